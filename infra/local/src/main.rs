@@ -1,0 +1,110 @@
+//! `cargo run -p crm-sync-local`: installs moto if needed, starts it, creates the stack's tables,
+//! queues and secret, and serves the webhook handler at http://127.0.0.1:3000 until Ctrl-C.
+//!
+//! Environment: `CRM_SYNC_HOST` (127.0.0.1), `CRM_SYNC_HTTP_PORT` (3000), `CRM_SYNC_MOTO_PORT`
+//! (4566), `CRM_SYNC_AWS_ENDPOINT` (use a moto already running there instead of starting one),
+//! `CRM_SYNC_STACK_NAME` (crm-sync-local), `HUBSPOT_CLIENT_SECRET` (local-hubspot-secret).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use crm_sync_local::moto::Moto;
+use crm_sync_local::{LocalStack, StackOptions};
+
+fn setting(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|value| !value.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,aws_config=warn".into()),
+        )
+        .with_target(false)
+        .init();
+
+    let host = setting("CRM_SYNC_HOST", "127.0.0.1");
+    let http_port: u16 = setting("CRM_SYNC_HTTP_PORT", "3000").parse().context("CRM_SYNC_HTTP_PORT")?;
+    let moto_port: u16 = setting("CRM_SYNC_MOTO_PORT", "4566").parse().context("CRM_SYNC_MOTO_PORT")?;
+    let stack_name = setting("CRM_SYNC_STACK_NAME", "crm-sync-local");
+    let secret = setting("HUBSPOT_CLIENT_SECRET", "local-hubspot-secret");
+
+    let (moto, aws_endpoint) = match std::env::var("CRM_SYNC_AWS_ENDPOINT").ok().filter(|v| !v.is_empty()) {
+        Some(endpoint) => (None, endpoint),
+        None => {
+            let moto = Moto::start(&host, moto_port).await?;
+            let endpoint = moto.endpoint.clone();
+            (Some(moto), endpoint)
+        }
+    };
+    let http_addr: SocketAddr = format!("{host}:{http_port}").parse().context("CRM_SYNC_HOST")?;
+    let stack = LocalStack::start(StackOptions {
+        aws_endpoint: aws_endpoint.clone(),
+        handler_aws_endpoint: None,
+        stack_name,
+        http_addr,
+        parameters: HashMap::from([("HubSpotClientSecret".to_string(), secret.clone())]),
+        env_overrides: HashMap::new(),
+    })
+    .await?;
+
+    print_summary(&stack, &aws_endpoint, moto.is_some(), &secret);
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    println!("\nstopping: HTTP server{}", if moto.is_some() { " and moto" } else { "" });
+    drop(stack);
+    drop(moto);
+    Ok(())
+}
+
+fn print_summary(stack: &LocalStack, aws_endpoint: &str, started_moto: bool, secret: &str) {
+    let resources = &stack.resources;
+    let webhook_url = format!("{}/webhooks/hubspot", stack.url());
+    println!();
+    println!("crm-sync is running locally");
+    println!("  webhooks      POST {webhook_url}");
+    println!(
+        "  AWS (moto)    {aws_endpoint}{}",
+        if started_moto { "" } else { " (already running)" }
+    );
+    let mut tables: Vec<_> = resources.tables.iter().collect();
+    tables.sort();
+    for (logical, name) in tables {
+        println!("  table         {name}  ({logical})");
+    }
+    let mut queues: Vec<_> = resources.queues.iter().collect();
+    queues.sort_by_key(|(logical, _)| logical.as_str());
+    for (logical, queue) in queues {
+        println!("  queue         {}  ({logical})", queue.url);
+    }
+    println!("  HubSpot secret {secret:?} (set HUBSPOT_CLIENT_SECRET to change it)");
+    println!();
+    println!("Send a v3-signed test delivery (bash, openssl, curl):");
+    println!();
+    println!("  SECRET='{secret}' URL='{webhook_url}'");
+    println!(
+        "  BODY='[{{\"eventId\":100,\"subscriptionId\":1,\"portalId\":62515,\"appId\":1,\"occurredAt\":1767225600000,\"subscriptionType\":\"contact.propertyChange\",\"attemptNumber\":0,\"objectId\":123,\"propertyName\":\"email\",\"propertyValue\":\"ada@example.com\",\"changeSource\":\"CRM_UI\"}}]'"
+    );
+    println!("  TS=$(date +%s%3N)");
+    println!("  SIG=$(printf '%s' \"POST$URL$BODY$TS\" | openssl dgst -sha256 -hmac \"$SECRET\" -binary | base64)");
+    println!(
+        "  curl -sS \"$URL\" -H 'content-type: application/json' -H \"x-hubspot-request-timestamp: $TS\" -H \"x-hubspot-signature-v3: $SIG\" -d \"$BODY\"; echo"
+    );
+    println!();
+    let inbound = resources.queue("InboundQueue");
+    println!("Then look (any AWS CLI; credentials can be anything):");
+    println!(
+        "  aws --endpoint-url {aws_endpoint} --region us-east-1 dynamodb scan --table-name {}",
+        resources.table("WebhookTable")
+    );
+    println!(
+        "  aws --endpoint-url {aws_endpoint} --region us-east-1 sqs receive-message --queue-url {} --max-number-of-messages 10",
+        inbound.url
+    );
+    println!();
+    println!("Ctrl-C stops everything started here.");
+}

@@ -1,0 +1,397 @@
+//! Reads `template.yaml` so that the local stack creates exactly the tables, queues and secrets
+//! the deployed stack declares, and gives each function the environment the template gives it.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context};
+use serde_yaml::Value;
+
+/// The parsed SAM template.
+pub struct Template {
+    resources: serde_yaml::Mapping,
+    parameters: serde_yaml::Mapping,
+    globals_env: serde_yaml::Mapping,
+}
+
+/// A DynamoDB table as declared.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    pub logical_id: String,
+    pub key_schema: Vec<(String, String)>,
+    pub attributes: Vec<(String, String)>,
+    pub global_indexes: Vec<IndexSpec>,
+    pub ttl_attribute: Option<String>,
+}
+
+/// A global secondary index as declared (all projected attributes kept).
+#[derive(Debug, Clone)]
+pub struct IndexSpec {
+    pub name: String,
+    pub key_schema: Vec<(String, String)>,
+}
+
+/// An SQS queue as declared.
+#[derive(Debug, Clone)]
+pub struct QueueSpec {
+    pub logical_id: String,
+    pub properties: serde_yaml::Mapping,
+}
+
+/// A Secrets Manager secret as declared.
+#[derive(Debug, Clone)]
+pub struct SecretSpec {
+    pub logical_id: String,
+    pub secret_string: Value,
+}
+
+fn get<'a>(map: &'a serde_yaml::Mapping, key: &str) -> Option<&'a Value> {
+    map.get(Value::String(key.to_string()))
+}
+
+fn mapping<'a>(map: &'a serde_yaml::Mapping, key: &str) -> Option<&'a serde_yaml::Mapping> {
+    get(map, key).and_then(Value::as_mapping)
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(text) => Some(text.clone()),
+        Value::Number(number) => Some(number.to_string()),
+        Value::Bool(flag) => Some(flag.to_string()),
+        _ => None,
+    }
+}
+
+fn pairs(list: Option<&Value>, name_key: &str, value_key: &str) -> Vec<(String, String)> {
+    list.and_then(Value::as_sequence)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Value::as_mapping)
+                .filter_map(|item| Some((text(get(item, name_key)?)?, text(get(item, value_key)?)?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Template {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let source = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::parse(&source).with_context(|| format!("reading {}", path.display()))
+    }
+
+    pub fn parse(source: &str) -> anyhow::Result<Self> {
+        let document: Value = serde_yaml::from_str(source)?;
+        let root = document.as_mapping().ok_or_else(|| anyhow!("the template is not a mapping"))?;
+        let resources = mapping(root, "Resources").cloned().ok_or_else(|| anyhow!("no Resources"))?;
+        let parameters = mapping(root, "Parameters").cloned().unwrap_or_default();
+        let globals_env = mapping(root, "Globals")
+            .and_then(|globals| mapping(globals, "Function"))
+            .and_then(|function| mapping(function, "Environment"))
+            .and_then(|environment| mapping(environment, "Variables"))
+            .cloned()
+            .unwrap_or_default();
+        Ok(Self {
+            resources,
+            parameters,
+            globals_env,
+        })
+    }
+
+    fn resources_of(&self, kind: &str) -> impl Iterator<Item = (String, &serde_yaml::Mapping)> + '_ {
+        let kind = kind.to_string();
+        self.resources.iter().filter_map(move |(id, resource)| {
+            let resource = resource.as_mapping()?;
+            (get(resource, "Type")?.as_str()? == kind).then(|| {
+                let properties = mapping(resource, "Properties");
+                (id.as_str().unwrap_or_default().to_string(), properties.unwrap_or(&EMPTY))
+            })
+        })
+    }
+
+    /// Parameter defaults, to be overlaid with local values.
+    pub fn parameter_defaults(&self) -> HashMap<String, String> {
+        self.parameters
+            .iter()
+            .filter_map(|(name, spec)| {
+                let default = get(spec.as_mapping()?, "Default")?;
+                Some((name.as_str()?.to_string(), text(default)?))
+            })
+            .collect()
+    }
+
+    pub fn tables(&self) -> Vec<TableSpec> {
+        self.resources_of("AWS::DynamoDB::Table")
+            .map(|(logical_id, properties)| TableSpec {
+                logical_id,
+                key_schema: pairs(get(properties, "KeySchema"), "AttributeName", "KeyType"),
+                attributes: pairs(get(properties, "AttributeDefinitions"), "AttributeName", "AttributeType"),
+                global_indexes: get(properties, "GlobalSecondaryIndexes")
+                    .and_then(Value::as_sequence)
+                    .map(|indexes| {
+                        indexes
+                            .iter()
+                            .filter_map(Value::as_mapping)
+                            .filter_map(|index| {
+                                Some(IndexSpec {
+                                    name: text(get(index, "IndexName")?)?,
+                                    key_schema: pairs(get(index, "KeySchema"), "AttributeName", "KeyType"),
+                                })
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                ttl_attribute: mapping(properties, "TimeToLiveSpecification")
+                    .and_then(|ttl| text(get(ttl, "AttributeName")?)),
+            })
+            .collect()
+    }
+
+    pub fn queues(&self) -> Vec<QueueSpec> {
+        self.resources_of("AWS::SQS::Queue")
+            .map(|(logical_id, properties)| QueueSpec {
+                logical_id,
+                properties: properties.clone(),
+            })
+            .collect()
+    }
+
+    pub fn secrets(&self) -> Vec<SecretSpec> {
+        self.resources_of("AWS::SecretsManager::Secret")
+            .filter_map(|(logical_id, properties)| {
+                Some(SecretSpec {
+                    logical_id,
+                    secret_string: get(properties, "SecretString")?.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// The environment of a function: the Globals' variables overlaid with its own, resolved.
+    pub fn function_environment(&self, function: &str, resolver: &Resolver) -> anyhow::Result<HashMap<String, String>> {
+        let resource = get(&self.resources, function)
+            .and_then(Value::as_mapping)
+            .ok_or_else(|| anyhow!("the template has no resource {function}"))?;
+        let own = mapping(resource, "Properties")
+            .and_then(|properties| mapping(properties, "Environment"))
+            .and_then(|environment| mapping(environment, "Variables"))
+            .cloned()
+            .unwrap_or_default();
+        let mut environment = HashMap::new();
+        for (name, value) in self.globals_env.iter().chain(own.iter()) {
+            let name = name.as_str().unwrap_or_default().to_string();
+            let resolved = resolver
+                .resolve(value)
+                .with_context(|| format!("{function}: environment variable {name}"))?;
+            environment.insert(name, resolved);
+        }
+        Ok(environment)
+    }
+}
+
+static EMPTY: std::sync::LazyLock<serde_yaml::Mapping> = std::sync::LazyLock::new(serde_yaml::Mapping::new);
+
+/// What `!Ref` and `!GetAtt` of a created resource give.
+#[derive(Debug, Clone, Default)]
+pub struct ResourceValues {
+    pub reference: String,
+    pub attributes: HashMap<String, String>,
+}
+
+/// Resolves CloudFormation intrinsics (`Ref`, `Fn::GetAtt`, `Fn::Sub`) against local values.
+#[derive(Debug, Clone, Default)]
+pub struct Resolver {
+    pub parameters: HashMap<String, String>,
+    pub pseudo: HashMap<String, String>,
+    pub resources: HashMap<String, ResourceValues>,
+}
+
+impl Resolver {
+    fn reference(&self, name: &str) -> anyhow::Result<String> {
+        if let Some(value) = self.parameters.get(name).or_else(|| self.pseudo.get(name)) {
+            return Ok(value.clone());
+        }
+        self.resources
+            .get(name)
+            .map(|resource| resource.reference.clone())
+            .ok_or_else(|| anyhow!("!Ref {name}: nothing local by that name"))
+    }
+
+    fn attribute(&self, resource: &str, attribute: &str) -> anyhow::Result<String> {
+        self.resources
+            .get(resource)
+            .and_then(|values| values.attributes.get(attribute))
+            .cloned()
+            .ok_or_else(|| anyhow!("!GetAtt {resource}.{attribute}: nothing local by that name"))
+    }
+
+    fn substitute(&self, template: &str, variables: &HashMap<String, String>) -> anyhow::Result<String> {
+        let mut out = String::new();
+        let mut rest = template;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let end = rest[start..]
+                .find('}')
+                .ok_or_else(|| anyhow!("!Sub: unclosed ${{ in `{template}`"))?;
+            let name = &rest[start + 2..start + end];
+            let value = match variables.get(name) {
+                Some(value) => value.clone(),
+                None => match name.split_once('.') {
+                    Some((resource, attribute)) if !name.starts_with("AWS::") => self.attribute(resource, attribute)?,
+                    _ => self.reference(name)?,
+                },
+            };
+            out.push_str(&value);
+            rest = &rest[start + end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    fn get_att(&self, target: &Value) -> anyhow::Result<String> {
+        match target {
+            Value::String(dotted) => {
+                let (resource, attribute) = dotted
+                    .split_once('.')
+                    .ok_or_else(|| anyhow!("!GetAtt {dotted}: expected Resource.Attribute"))?;
+                self.attribute(resource, attribute)
+            }
+            Value::Sequence(parts) if parts.len() == 2 => {
+                let part = |i: usize| text(&parts[i]).ok_or_else(|| anyhow!("!GetAtt: expected names"));
+                self.attribute(&part(0)?, &part(1)?)
+            }
+            _ => bail!("!GetAtt: unsupported form"),
+        }
+    }
+
+    fn sub(&self, argument: &Value) -> anyhow::Result<String> {
+        match argument {
+            Value::String(template) => self.substitute(template, &HashMap::new()),
+            Value::Sequence(parts) if parts.len() == 2 => {
+                let template = parts[0].as_str().ok_or_else(|| anyhow!("!Sub: expected a string"))?;
+                let mut variables = HashMap::new();
+                for (name, value) in parts[1].as_mapping().into_iter().flatten() {
+                    variables.insert(name.as_str().unwrap_or_default().to_string(), self.resolve(value)?);
+                }
+                self.substitute(template, &variables)
+            }
+            _ => bail!("!Sub: unsupported form"),
+        }
+    }
+
+    /// The local value of a template value.
+    pub fn resolve(&self, value: &Value) -> anyhow::Result<String> {
+        if let Some(plain) = text(value) {
+            return Ok(plain);
+        }
+        match value {
+            Value::Tagged(tagged) => match tagged.tag.to_string().as_str() {
+                "!Ref" => self.reference(&text(&tagged.value).unwrap_or_default()),
+                "!GetAtt" => self.get_att(&tagged.value),
+                "!Sub" => self.sub(&tagged.value),
+                other => bail!("{other} is not supported locally"),
+            },
+            Value::Mapping(map) if map.len() == 1 => {
+                let (key, argument) = map.iter().next().expect("one entry");
+                match key.as_str() {
+                    Some("Ref") => self.reference(&text(argument).unwrap_or_default()),
+                    Some("Fn::GetAtt") => self.get_att(argument),
+                    Some("Fn::Sub") => self.sub(argument),
+                    _ => bail!("{key:?} is not supported locally"),
+                }
+            }
+            _ => bail!("a value of this shape is not supported locally"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEMPLATE: &str = r#"
+Parameters:
+  Name: {Type: String, Default: world}
+  Secret: {Type: String, NoEcho: true}
+Globals:
+  Function:
+    Environment:
+      Variables:
+        SHARED: one
+Resources:
+  Table:
+    Type: AWS::DynamoDB::Table
+    Properties:
+      AttributeDefinitions: [{AttributeName: pk, AttributeType: S}]
+      KeySchema: [{AttributeName: pk, KeyType: HASH}]
+      TimeToLiveSpecification: {AttributeName: expires_at, Enabled: true}
+  Queue:
+    Type: AWS::SQS::Queue
+    Properties:
+      QueueName: !Sub ${AWS::StackName}-q
+  Fn:
+    Type: AWS::Serverless::Function
+    Properties:
+      Environment:
+        Variables:
+          TABLE: !Ref Table
+          QUEUE_ARN: !GetAtt Queue.Arn
+          GREETING: !Sub hello ${Name} from ${AWS::Region}
+          LONG: {"Fn::GetAtt": [Queue, Arn]}
+"#;
+
+    fn resolver() -> Resolver {
+        let mut resolver = Resolver::default();
+        resolver.parameters.insert("Name".into(), "world".into());
+        resolver.pseudo.insert("AWS::Region".into(), "us-east-1".into());
+        resolver.resources.insert(
+            "Table".into(),
+            ResourceValues {
+                reference: "local-Table".into(),
+                attributes: HashMap::new(),
+            },
+        );
+        resolver.resources.insert(
+            "Queue".into(),
+            ResourceValues {
+                reference: "http://q".into(),
+                attributes: [("Arn".to_string(), "arn:q".to_string())].into(),
+            },
+        );
+        resolver
+    }
+
+    #[test]
+    fn tables_are_read_with_their_keys_and_ttl() {
+        let tables = Template::parse(TEMPLATE).unwrap().tables();
+        assert_eq!(tables.len(), 1);
+        assert_eq!(tables[0].logical_id, "Table");
+        assert_eq!(tables[0].key_schema, vec![("pk".to_string(), "HASH".to_string())]);
+        assert_eq!(tables[0].ttl_attribute.as_deref(), Some("expires_at"));
+    }
+
+    #[test]
+    fn a_function_environment_resolves_every_intrinsic_used() {
+        let template = Template::parse(TEMPLATE).unwrap();
+        let environment = template.function_environment("Fn", &resolver()).unwrap();
+        assert_eq!(environment["SHARED"], "one");
+        assert_eq!(environment["TABLE"], "local-Table");
+        assert_eq!(environment["QUEUE_ARN"], "arn:q");
+        assert_eq!(environment["GREETING"], "hello world from us-east-1");
+        assert_eq!(environment["LONG"], "arn:q");
+    }
+
+    #[test]
+    fn an_unresolvable_reference_names_the_variable() {
+        let template = Template::parse(&TEMPLATE.replace("!Ref Table", "!Ref Missing")).unwrap();
+        let error = template.function_environment("Fn", &resolver()).unwrap_err();
+        assert!(format!("{error:#}").contains("environment variable TABLE"), "{error:#}");
+    }
+
+    #[test]
+    fn parameter_defaults_skip_parameters_without_one() {
+        let defaults = Template::parse(TEMPLATE).unwrap().parameter_defaults();
+        assert_eq!(defaults.get("Name").map(String::as_str), Some("world"));
+        assert!(!defaults.contains_key("Secret"));
+    }
+}

@@ -1,0 +1,390 @@
+//! HubSpot's webhook dialect: which signature headers prove a request, and how a delivery body
+//! (a JSON array of events) becomes [`InboundEvent`]s.
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use super::signature;
+use crate::domain::{AuthError, InboundEvent, ParseError, ProviderId, WebhookRequest};
+use crate::ports::WebhookProvider;
+
+pub const PROVIDER: ProviderId = "hubspot";
+
+const V3_SIGNATURE: &str = "X-HubSpot-Signature-v3";
+const V3_TIMESTAMP: &str = "X-HubSpot-Request-Timestamp";
+const LEGACY_SIGNATURE: &str = "X-HubSpot-Signature";
+const LEGACY_VERSION: &str = "X-HubSpot-Signature-Version";
+
+/// How HubSpot webhooks are checked.
+#[derive(Debug, Clone)]
+pub struct HubSpotWebhookSettings {
+    /// The app's client secret, the key of every signature version.
+    pub client_secret: SecretString,
+    /// Accept v1/v2 signatures (older subscriptions). They carry no timestamp, so no replay window.
+    pub accept_legacy_signatures: bool,
+    /// How far a v3 timestamp may be from now, either way (HubSpot's SDKs use 300 s).
+    pub replay_window_secs: u64,
+    /// The most events one delivery may hold (HubSpot sends fewer than 100).
+    pub max_events: usize,
+}
+
+impl HubSpotWebhookSettings {
+    pub fn new(client_secret: SecretString) -> Self {
+        Self {
+            client_secret,
+            accept_legacy_signatures: true,
+            replay_window_secs: 300,
+            max_events: 100,
+        }
+    }
+}
+
+/// HubSpot as a [`WebhookProvider`].
+#[derive(Debug, Clone)]
+pub struct HubSpotWebhooks {
+    settings: HubSpotWebhookSettings,
+}
+
+impl HubSpotWebhooks {
+    pub fn new(settings: HubSpotWebhookSettings) -> Self {
+        Self { settings }
+    }
+
+    fn secret(&self) -> &[u8] {
+        self.settings.client_secret.expose_secret().as_bytes()
+    }
+
+    fn authenticate_v3(&self, request: &WebhookRequest, signature: &str, now_ms: i64) -> Result<(), AuthError> {
+        let timestamp = request
+            .header(V3_TIMESTAMP)
+            .ok_or(AuthError::MissingHeader(V3_TIMESTAMP))?
+            .trim();
+        let sent_at_ms: i64 = timestamp
+            .parse()
+            .map_err(|_| AuthError::MalformedHeader(V3_TIMESTAMP))?;
+        let window_ms = i64::try_from(self.settings.replay_window_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        if now_ms.abs_diff(sent_at_ms) > window_ms.unsigned_abs() {
+            return Err(AuthError::StaleTimestamp {
+                window_secs: self.settings.replay_window_secs,
+            });
+        }
+        let valid = signature::verify_v3(
+            self.secret(),
+            &request.method,
+            &request.public_url,
+            &request.body,
+            timestamp,
+            signature,
+        );
+        valid.then_some(()).ok_or(AuthError::SignatureMismatch)
+    }
+
+    fn authenticate_legacy(&self, request: &WebhookRequest, signature: &str) -> Result<(), AuthError> {
+        let version = request.header(LEGACY_VERSION).unwrap_or("v1").trim();
+        if !self.settings.accept_legacy_signatures {
+            return Err(AuthError::UnsupportedVersion(short(version)));
+        }
+        let valid = match version {
+            "v1" => signature::verify_v1(self.secret(), &request.body, signature),
+            "v2" => signature::verify_v2(
+                self.secret(),
+                &request.method,
+                &request.public_url,
+                &request.body,
+                signature,
+            ),
+            other => return Err(AuthError::UnsupportedVersion(short(other))),
+        };
+        valid.then_some(()).ok_or(AuthError::SignatureMismatch)
+    }
+}
+
+/// Caps a caller-supplied value before it goes into an error message.
+fn short(value: &str) -> String {
+    value.chars().take(16).collect()
+}
+
+impl WebhookProvider for HubSpotWebhooks {
+    fn id(&self) -> ProviderId {
+        PROVIDER
+    }
+
+    fn authenticate(&self, request: &WebhookRequest, now_ms: i64) -> Result<(), AuthError> {
+        // v3 wins when both are present: it is the only version with a replay window.
+        if let Some(signature) = request.header(V3_SIGNATURE) {
+            return self.authenticate_v3(request, signature, now_ms);
+        }
+        if let Some(signature) = request.header(LEGACY_SIGNATURE) {
+            return self.authenticate_legacy(request, signature);
+        }
+        Err(AuthError::MissingHeader(V3_SIGNATURE))
+    }
+
+    fn parse(&self, body: &[u8]) -> Result<Vec<InboundEvent>, ParseError> {
+        parse_events(body, self.settings.max_events)
+    }
+}
+
+/// Reads a HubSpot delivery: a JSON array of 1..=`max_events` event objects.
+pub fn parse_events(body: &[u8], max_events: usize) -> Result<Vec<InboundEvent>, ParseError> {
+    let items: Vec<Box<RawValue>> = serde_json::from_slice(body).map_err(|error| match error.classify() {
+        serde_json::error::Category::Data => ParseError::NotAnArray,
+        _ => ParseError::InvalidJson {
+            line: error.line(),
+            column: error.column(),
+        },
+    })?;
+    if items.is_empty() {
+        return Err(ParseError::Empty);
+    }
+    if items.len() > max_events {
+        return Err(ParseError::TooManyEvents {
+            count: items.len(),
+            max: max_events,
+        });
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(index, raw)| parse_event(raw).map_err(|problem| ParseError::BadEvent { index, problem }))
+        .collect()
+}
+
+fn parse_event(raw: Box<RawValue>) -> Result<InboundEvent, String> {
+    let fields: Map<String, Value> =
+        serde_json::from_str(raw.get()).map_err(|_| "an event must be a JSON object".to_string())?;
+    let integer = |name: &str| -> Result<i64, String> {
+        fields
+            .get(name)
+            .and_then(Value::as_i64)
+            .ok_or_else(|| format!("`{name}` is missing or not an integer"))
+    };
+    let optional_text = |name: &str| -> Result<Option<String>, String> {
+        match fields.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text.clone())),
+            Some(Value::Number(number)) => Ok(Some(number.to_string())),
+            Some(_) => Err(format!("`{name}` must be a string or a number")),
+        }
+    };
+
+    let event_id = integer("eventId")?;
+    let subscription_id = integer("subscriptionId")?;
+    let portal_id = integer("portalId")?;
+    let occurred_at_ms = integer("occurredAt")?;
+    let kind = fields
+        .get("subscriptionType")
+        .and_then(Value::as_str)
+        .filter(|kind| !kind.is_empty())
+        .ok_or_else(|| "`subscriptionType` is missing or not a string".to_string())?
+        .to_string();
+    let object_id = optional_text("objectId")?;
+    let property = optional_text("propertyName")?;
+    let object_type = match kind.split_once('.') {
+        // Generic subscriptions name the type by id (0-1 contact, 0-3 deal, ...).
+        Some(("object", _)) => optional_text("objectTypeId")?,
+        Some((prefix, _)) => Some(prefix.to_string()),
+        None => None,
+    };
+
+    // eventId alone is not unique, and attemptNumber changes on each retry: the key is what stays
+    // the same across redeliveries of one notification and differs between notifications.
+    let key = format!(
+        "{portal_id}:{subscription_id}:{kind}:{}:{}:{event_id}:{occurred_at_ms}",
+        object_id.as_deref().unwrap_or("-"),
+        property.as_deref().unwrap_or("-"),
+    );
+    Ok(InboundEvent {
+        provider: PROVIDER,
+        key,
+        kind,
+        object_type,
+        object_id,
+        occurred_at_ms,
+        raw,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "test-client-secret";
+    const URL: &str = "https://hooks.example.com/webhooks/hubspot";
+    const NOW_MS: i64 = 1_700_000_000_000;
+    const EVENT: &str = r#"{"objectId":1246965,"propertyName":"lifecyclestage","propertyValue":"subscriber","changeSource":"ACADEMY","eventId":3816279340,"subscriptionId":25,"portalId":33,"appId":1160452,"occurredAt":1462216307945,"subscriptionType":"contact.propertyChange","attemptNumber":0}"#;
+
+    fn provider() -> HubSpotWebhooks {
+        HubSpotWebhooks::new(HubSpotWebhookSettings::new(SECRET.to_string().into()))
+    }
+
+    fn v3_request(body: &str, timestamp_ms: i64) -> WebhookRequest {
+        let timestamp = timestamp_ms.to_string();
+        let signature = signature::sign_v3(SECRET.as_bytes(), "POST", URL, body.as_bytes(), &timestamp);
+        WebhookRequest {
+            method: "POST".into(),
+            public_url: URL.into(),
+            headers: vec![
+                ("x-hubspot-signature-v3".into(), signature),
+                ("x-hubspot-request-timestamp".into(), timestamp),
+            ],
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_fresh_v3_signed_request_is_authentic() {
+        assert_eq!(provider().authenticate(&v3_request("[]", NOW_MS - 1_000), NOW_MS), Ok(()));
+    }
+
+    #[test]
+    fn a_v3_request_older_than_five_minutes_is_stale() {
+        let request = v3_request("[]", NOW_MS - 300_001);
+        assert_eq!(
+            provider().authenticate(&request, NOW_MS),
+            Err(AuthError::StaleTimestamp { window_secs: 300 })
+        );
+    }
+
+    #[test]
+    fn a_v3_request_dated_beyond_the_window_in_the_future_is_stale() {
+        let request = v3_request("[]", NOW_MS + 300_001);
+        assert!(matches!(
+            provider().authenticate(&request, NOW_MS),
+            Err(AuthError::StaleTimestamp { .. })
+        ));
+    }
+
+    #[test]
+    fn a_v3_request_for_another_url_does_not_match() {
+        let mut request = v3_request("[]", NOW_MS);
+        request.public_url = "https://hooks.example.com/webhooks/other".into();
+        assert_eq!(provider().authenticate(&request, NOW_MS), Err(AuthError::SignatureMismatch));
+    }
+
+    #[test]
+    fn a_v3_request_without_a_timestamp_is_rejected() {
+        let mut request = v3_request("[]", NOW_MS);
+        request.headers.retain(|(name, _)| name != "x-hubspot-request-timestamp");
+        assert_eq!(
+            provider().authenticate(&request, NOW_MS),
+            Err(AuthError::MissingHeader(V3_TIMESTAMP))
+        );
+    }
+
+    #[test]
+    fn a_request_without_any_signature_is_rejected() {
+        let mut request = v3_request("[]", NOW_MS);
+        request.headers.clear();
+        assert_eq!(
+            provider().authenticate(&request, NOW_MS),
+            Err(AuthError::MissingHeader(V3_SIGNATURE))
+        );
+    }
+
+    #[test]
+    fn legacy_v1_and_v2_signatures_are_accepted_unless_disabled() {
+        let body = b"[]".to_vec();
+        let v1 = WebhookRequest {
+            method: "POST".into(),
+            public_url: URL.into(),
+            headers: vec![("x-hubspot-signature".into(), signature::sign_v1(SECRET.as_bytes(), &body))],
+            body: body.clone(),
+        };
+        let v2 = WebhookRequest {
+            headers: vec![
+                (
+                    "x-hubspot-signature".into(),
+                    signature::sign_v2(SECRET.as_bytes(), "POST", URL, &body),
+                ),
+                ("x-hubspot-signature-version".into(), "v2".into()),
+            ],
+            ..v1.clone()
+        };
+        assert_eq!(provider().authenticate(&v1, NOW_MS), Ok(()));
+        assert_eq!(provider().authenticate(&v2, NOW_MS), Ok(()));
+
+        let mut strict = HubSpotWebhookSettings::new(SECRET.to_string().into());
+        strict.accept_legacy_signatures = false;
+        let strict = HubSpotWebhooks::new(strict);
+        assert_eq!(
+            strict.authenticate(&v1, NOW_MS),
+            Err(AuthError::UnsupportedVersion("v1".into()))
+        );
+    }
+
+    #[test]
+    fn an_unknown_legacy_version_is_rejected() {
+        let request = WebhookRequest {
+            method: "POST".into(),
+            public_url: URL.into(),
+            headers: vec![
+                ("x-hubspot-signature".into(), "00".into()),
+                ("x-hubspot-signature-version".into(), "v9".into()),
+            ],
+            body: vec![],
+        };
+        assert_eq!(
+            provider().authenticate(&request, NOW_MS),
+            Err(AuthError::UnsupportedVersion("v9".into()))
+        );
+    }
+
+    #[test]
+    fn events_parse_with_a_key_that_ignores_the_attempt_number() {
+        let first = parse_events(format!("[{EVENT}]").as_bytes(), 100).unwrap();
+        let retry = EVENT.replace(r#""attemptNumber":0"#, r#""attemptNumber":3"#);
+        let second = parse_events(format!("[{retry}]").as_bytes(), 100).unwrap();
+        assert_eq!(first[0].key, second[0].key);
+        assert_eq!(
+            first[0].key,
+            "33:25:contact.propertyChange:1246965:lifecyclestage:3816279340:1462216307945"
+        );
+        assert_eq!(first[0].object_type.as_deref(), Some("contact"));
+        assert_eq!(first[0].object_id.as_deref(), Some("1246965"));
+        assert_eq!(first[0].occurred_at_ms, 1_462_216_307_945);
+        assert_eq!(first[0].raw.get(), EVENT);
+    }
+
+    #[test]
+    fn events_that_differ_only_in_occurred_at_get_different_keys() {
+        let later = EVENT.replace("1462216307945", "1462216307946");
+        let events = parse_events(format!("[{EVENT},{later}]").as_bytes(), 100).unwrap();
+        assert_ne!(events[0].key, events[1].key);
+    }
+
+    #[test]
+    fn malformed_bodies_are_rejected_with_a_reason() {
+        assert!(matches!(parse_events(b"[{", 100), Err(ParseError::InvalidJson { .. })));
+        assert_eq!(parse_events(br#"{"a":1}"#, 100).unwrap_err(), ParseError::NotAnArray);
+        assert_eq!(parse_events(b"[]", 100).unwrap_err(), ParseError::Empty);
+        assert_eq!(
+            parse_events(b"[1]", 100).unwrap_err().to_string(),
+            "event 0: an event must be a JSON object"
+        );
+        let missing = EVENT.replace(r#""occurredAt":1462216307945,"#, "");
+        assert_eq!(
+            parse_events(format!("[{EVENT},{missing}]").as_bytes(), 100)
+                .unwrap_err()
+                .to_string(),
+            "event 1: `occurredAt` is missing or not an integer"
+        );
+    }
+
+    #[test]
+    fn a_delivery_over_the_event_limit_is_rejected() {
+        let body = format!("[{EVENT},{EVENT},{EVENT}]");
+        assert_eq!(
+            parse_events(body.as_bytes(), 2).unwrap_err(),
+            ParseError::TooManyEvents { count: 3, max: 2 }
+        );
+    }
+
+    #[test]
+    fn generic_object_subscriptions_take_the_type_from_object_type_id() {
+        let event = r#"{"eventId":1,"subscriptionId":2,"portalId":3,"occurredAt":4,"subscriptionType":"object.creation","objectTypeId":"0-3","objectId":99}"#;
+        let events = parse_events(format!("[{event}]").as_bytes(), 100).unwrap();
+        assert_eq!(events[0].object_type.as_deref(), Some("0-3"));
+    }
+}

@@ -1,0 +1,28 @@
+//! Secrets Manager: secrets are JSON objects of named fields, read once per cold start.
+
+use anyhow::{anyhow, Context};
+use aws_sdk_secretsmanager::error::DisplayErrorContext;
+use aws_sdk_secretsmanager::Client;
+use secrecy::SecretString;
+
+/// Reads one string field of a JSON secret.
+pub async fn read_secret_field(client: &Client, secret_id: &str, field: &str) -> anyhow::Result<SecretString> {
+    let output = client
+        .get_secret_value()
+        .secret_id(secret_id)
+        .send()
+        .await
+        .map_err(|error| anyhow!("{}", DisplayErrorContext(&error)))
+        .with_context(|| format!("reading secret {secret_id}"))?;
+    let text = output
+        .secret_string()
+        .with_context(|| format!("secret {secret_id} holds no string"))?;
+    let fields: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(text).map_err(|_| anyhow!("secret {secret_id} is not a JSON object"))?;
+    let value = fields
+        .get(field)
+        .and_then(|value| value.as_str())
+        .filter(|value| !value.is_empty())
+        .with_context(|| format!("secret {secret_id} has no non-empty string field `{field}`"))?;
+    Ok(SecretString::from(value.to_string()))
+}

@@ -1,0 +1,213 @@
+//! Typed configuration from the environment, read once per cold start. Every error names the
+//! variable at fault.
+
+use secrecy::SecretString;
+
+use crate::ingest::IngestSettings;
+
+/// A configuration problem, naming the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {variable}: {problem}")]
+pub struct ConfigError {
+    pub variable: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(variable: &str, problem: impl Into<String>) -> Self {
+        Self {
+            variable: variable.to_string(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Where a secret comes from: a value in the environment (local runs) or a Secrets Manager
+/// secret (deployed).
+#[derive(Debug, Clone)]
+pub enum SecretSource {
+    Value(SecretString),
+    SecretsManager { secret_id: String, field: &'static str },
+}
+
+/// Everything the webhook function needs.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub table: String,
+    pub inbound_queue_url: String,
+    /// Overrides the URL rebuilt from the request (custom domain, stage prefix): the part before
+    /// `/webhooks/{provider}`.
+    pub public_base_url: Option<String>,
+    pub ingest: IngestSettings,
+    pub hubspot_secret: SecretSource,
+    pub hubspot_accept_legacy_signatures: bool,
+    pub hubspot_replay_window_secs: u64,
+}
+
+/// Reads variables through a lookup, so that tests need not touch the process environment.
+pub struct Env<F: Fn(&str) -> Option<String>>(pub F);
+
+impl Env<fn(&str) -> Option<String>> {
+    /// The process environment.
+    pub fn process() -> Self {
+        Env(|name| std::env::var(name).ok())
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    fn optional(&self, name: &str) -> Option<String> {
+        (self.0)(name).map(|value| value.trim().to_string()).filter(|value| !value.is_empty())
+    }
+
+    fn required(&self, name: &str) -> Result<String, ConfigError> {
+        self.optional(name).ok_or_else(|| ConfigError::new(name, "is not set"))
+    }
+
+    fn parsed<T: std::str::FromStr>(&self, name: &str, default: T, what: &str) -> Result<T, ConfigError> {
+        match self.optional(name) {
+            None => Ok(default),
+            Some(text) => text
+                .parse()
+                .map_err(|_| ConfigError::new(name, format!("`{text}` is not {what}"))),
+        }
+    }
+
+    fn flag(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.optional(name).as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None => Ok(default),
+            Some("true" | "1" | "yes") => Ok(true),
+            Some("false" | "0" | "no") => Ok(false),
+            Some(other) => Err(ConfigError::new(name, format!("`{other}` is not true or false"))),
+        }
+    }
+
+    fn secret(&self, value_var: &str, id_var: &str, field: &'static str) -> Result<SecretSource, ConfigError> {
+        match (self.optional(value_var), self.optional(id_var)) {
+            (Some(value), _) => Ok(SecretSource::Value(SecretString::from(value))),
+            (None, Some(secret_id)) => Ok(SecretSource::SecretsManager { secret_id, field }),
+            (None, None) => Err(ConfigError::new(
+                value_var,
+                format!("is not set, and neither is {id_var}"),
+            )),
+        }
+    }
+
+    /// The webhook function's configuration.
+    pub fn webhook(&self) -> Result<WebhookConfig, ConfigError> {
+        let defaults = IngestSettings::default();
+        let days = |name: &str, default_ms: i64| -> Result<i64, ConfigError> {
+            let days: u32 = self.parsed(name, u32::try_from(default_ms / DAY_MS).unwrap_or(1), "a number of days")?;
+            Ok(i64::from(days) * DAY_MS)
+        };
+        let max_body_bytes: usize = self.parsed("WEBHOOK_MAX_BODY_BYTES", defaults.max_body_bytes, "a number of bytes")?;
+        if max_body_bytes > 350_000 {
+            // The raw body is stored in one DynamoDB item, which holds at most 400 KB.
+            return Err(ConfigError::new("WEBHOOK_MAX_BODY_BYTES", "must be at most 350000"));
+        }
+        let lease_secs: u32 = self.parsed(
+            "WEBHOOK_CLAIM_LEASE_SECONDS",
+            u32::try_from(defaults.claim_lease_ms / 1000).unwrap_or(30),
+            "a number of seconds",
+        )?;
+        let public_base_url = self.optional("WEBHOOK_PUBLIC_BASE_URL").map(|url| url.trim_end_matches('/').to_string());
+        if let Some(url) = &public_base_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(ConfigError::new("WEBHOOK_PUBLIC_BASE_URL", "must start with https:// or http://"));
+            }
+        }
+        Ok(WebhookConfig {
+            table: self.required("WEBHOOK_TABLE")?,
+            inbound_queue_url: self.required("INBOUND_QUEUE_URL")?,
+            public_base_url,
+            ingest: IngestSettings {
+                max_body_bytes,
+                claim_lease_ms: i64::from(lease_secs) * 1000,
+                delivery_retention_ms: days("RAW_DELIVERY_RETENTION_DAYS", defaults.delivery_retention_ms)?,
+                event_retention_ms: days("WEBHOOK_EVENT_RETENTION_DAYS", defaults.event_retention_ms)?,
+            },
+            hubspot_secret: self.secret("HUBSPOT_CLIENT_SECRET", "HUBSPOT_SECRET_ARN", "client_secret")?,
+            hubspot_accept_legacy_signatures: self.flag("HUBSPOT_ACCEPT_LEGACY_SIGNATURES", true)?,
+            hubspot_replay_window_secs: self.parsed("HUBSPOT_REPLAY_WINDOW_SECONDS", 300, "a number of seconds")?,
+        })
+    }
+}
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> Env<impl Fn(&str) -> Option<String>> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Env(move |name: &str| map.get(name).cloned())
+    }
+
+    const BASE: [(&str, &str); 3] = [
+        ("WEBHOOK_TABLE", "t"),
+        ("INBOUND_QUEUE_URL", "http://q"),
+        ("HUBSPOT_CLIENT_SECRET", "s"),
+    ];
+
+    #[test]
+    fn a_minimal_environment_gives_the_documented_defaults() {
+        let config = env(&BASE).webhook().unwrap();
+        assert_eq!(config.ingest.max_body_bytes, 262_144);
+        assert_eq!(config.ingest.claim_lease_ms, 30_000);
+        assert_eq!(config.ingest.delivery_retention_ms, 30 * DAY_MS);
+        assert!(config.hubspot_accept_legacy_signatures);
+        assert_eq!(config.hubspot_replay_window_secs, 300);
+        assert!(config.public_base_url.is_none());
+        assert!(matches!(config.hubspot_secret, SecretSource::Value(_)));
+    }
+
+    #[test]
+    fn the_secret_comes_from_secrets_manager_when_only_its_arn_is_set() {
+        let config = env(&[
+            ("WEBHOOK_TABLE", "t"),
+            ("INBOUND_QUEUE_URL", "http://q"),
+            ("HUBSPOT_SECRET_ARN", "arn:aws:secretsmanager:x"),
+        ])
+        .webhook()
+        .unwrap();
+        assert!(matches!(
+            config.hubspot_secret,
+            SecretSource::SecretsManager { ref secret_id, field: "client_secret" } if secret_id == "arn:aws:secretsmanager:x"
+        ));
+    }
+
+    #[test]
+    fn a_missing_variable_is_named_in_the_error() {
+        let error = env(&BASE[1..]).webhook().unwrap_err();
+        assert_eq!(error.variable, "WEBHOOK_TABLE");
+        let error = env(&BASE[..2]).webhook().unwrap_err();
+        assert_eq!(error.to_string(), "configuration: HUBSPOT_CLIENT_SECRET: is not set, and neither is HUBSPOT_SECRET_ARN");
+    }
+
+    #[test]
+    fn a_malformed_value_is_named_with_what_was_expected() {
+        let mut pairs = BASE.to_vec();
+        pairs.push(("WEBHOOK_MAX_BODY_BYTES", "lots"));
+        let error = env(&pairs).webhook().unwrap_err();
+        assert_eq!(error.to_string(), "configuration: WEBHOOK_MAX_BODY_BYTES: `lots` is not a number of bytes");
+        let mut pairs = BASE.to_vec();
+        pairs.push(("HUBSPOT_ACCEPT_LEGACY_SIGNATURES", "maybe"));
+        assert_eq!(env(&pairs).webhook().unwrap_err().variable, "HUBSPOT_ACCEPT_LEGACY_SIGNATURES");
+    }
+
+    #[test]
+    fn a_body_limit_beyond_what_one_item_holds_is_refused() {
+        let mut pairs = BASE.to_vec();
+        pairs.push(("WEBHOOK_MAX_BODY_BYTES", "500000"));
+        assert_eq!(env(&pairs).webhook().unwrap_err().variable, "WEBHOOK_MAX_BODY_BYTES");
+    }
+
+    #[test]
+    fn the_public_base_url_loses_its_trailing_slash() {
+        let mut pairs = BASE.to_vec();
+        pairs.push(("WEBHOOK_PUBLIC_BASE_URL", "https://hooks.example.com/crm/"));
+        let config = env(&pairs).webhook().unwrap();
+        assert_eq!(config.public_base_url.as_deref(), Some("https://hooks.example.com/crm"));
+    }
+}

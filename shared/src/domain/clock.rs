@@ -1,0 +1,39 @@
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The time source; injected so that rules about time (replay windows, leases) are testable.
+pub trait Clock: Send + Sync {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> i64;
+}
+
+/// The machine's wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("the system clock is set after 1970");
+        i64::try_from(since_epoch.as_millis()).expect("milliseconds since 1970 fit in an i64")
+    }
+}
+
+/// Formats epoch milliseconds as RFC 3339 (UTC), for humans reading stored items.
+pub fn rfc3339(ms: i64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_milliseconds_format_as_utc_rfc3339() {
+        assert_eq!(rfc3339(1_462_216_307_945), "2016-05-02T19:11:47.945Z");
+    }
+}

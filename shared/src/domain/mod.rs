@@ -1,0 +1,9 @@
+//! The domain: plain data and pure rules. Nothing here knows about AWS.
+
+pub mod clock;
+pub mod webhook;
+
+pub use clock::{Clock, SystemClock};
+pub use webhook::{
+    AuthError, Delivery, InboundEvent, ParseError, ProviderId, WebhookRequest, INBOUND_CONTRACT_VERSION,
+};

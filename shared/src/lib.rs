@@ -1,0 +1,16 @@
+//! crm-sync: keeps a web app and its CRM in step without the CRM ever sitting in the app's
+//! request path.
+//!
+//! Layout (hexagonal):
+//! - [`domain`]: the product's vocabulary and rules, free of AWS and HTTP framework types;
+//! - [`ports`]: the traits the domain needs from the outside world, with their contracts;
+//! - [`adapters`]: implementations of the ports, each named by the technology it speaks;
+//! - [`ingest`]: the webhook ingest use case, written against ports only;
+//! - [`entrypoints`]: how Lambda events reach the use cases (what `functions/*` wire up).
+
+pub mod adapters;
+pub mod config;
+pub mod domain;
+pub mod entrypoints;
+pub mod ingest;
+pub mod ports;
