@@ -56,11 +56,14 @@ impl Env<fn(&str) -> Option<String>> {
 
 impl<F: Fn(&str) -> Option<String>> Env<F> {
     fn optional(&self, name: &str) -> Option<String> {
-        (self.0)(name).map(|value| value.trim().to_string()).filter(|value| !value.is_empty())
+        (self.0)(name)
+            .map(|value| value.trim().to_string())
+            .filter(|value| !value.is_empty())
     }
 
     fn required(&self, name: &str) -> Result<String, ConfigError> {
-        self.optional(name).ok_or_else(|| ConfigError::new(name, "is not set"))
+        self.optional(name)
+            .ok_or_else(|| ConfigError::new(name, "is not set"))
     }
 
     fn parsed<T: std::str::FromStr>(&self, name: &str, default: T, what: &str) -> Result<T, ConfigError> {
@@ -73,7 +76,12 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     }
 
     fn flag(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
-        match self.optional(name).as_deref().map(str::to_ascii_lowercase).as_deref() {
+        match self
+            .optional(name)
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             None => Ok(default),
             Some("true" | "1" | "yes") => Ok(true),
             Some("false" | "0" | "no") => Ok(false),
@@ -81,7 +89,12 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         }
     }
 
-    fn secret(&self, value_var: &str, id_var: &str, field: &'static str) -> Result<SecretSource, ConfigError> {
+    fn secret(
+        &self,
+        value_var: &str,
+        id_var: &str,
+        field: &'static str,
+    ) -> Result<SecretSource, ConfigError> {
         match (self.optional(value_var), self.optional(id_var)) {
             (Some(value), _) => Ok(SecretSource::Value(SecretString::from(value))),
             (None, Some(secret_id)) => Ok(SecretSource::SecretsManager { secret_id, field }),
@@ -96,23 +109,39 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     pub fn webhook(&self) -> Result<WebhookConfig, ConfigError> {
         let defaults = IngestSettings::default();
         let days = |name: &str, default_ms: i64| -> Result<i64, ConfigError> {
-            let days: u32 = self.parsed(name, u32::try_from(default_ms / DAY_MS).unwrap_or(1), "a number of days")?;
+            let days: u32 = self.parsed(
+                name,
+                u32::try_from(default_ms / DAY_MS).unwrap_or(1),
+                "a number of days",
+            )?;
             Ok(i64::from(days) * DAY_MS)
         };
-        let max_body_bytes: usize = self.parsed("WEBHOOK_MAX_BODY_BYTES", defaults.max_body_bytes, "a number of bytes")?;
+        let max_body_bytes: usize = self.parsed(
+            "WEBHOOK_MAX_BODY_BYTES",
+            defaults.max_body_bytes,
+            "a number of bytes",
+        )?;
         if max_body_bytes > 350_000 {
             // The raw body is stored in one DynamoDB item, which holds at most 400 KB.
-            return Err(ConfigError::new("WEBHOOK_MAX_BODY_BYTES", "must be at most 350000"));
+            return Err(ConfigError::new(
+                "WEBHOOK_MAX_BODY_BYTES",
+                "must be at most 350000",
+            ));
         }
         let lease_secs: u32 = self.parsed(
             "WEBHOOK_CLAIM_LEASE_SECONDS",
             u32::try_from(defaults.claim_lease_ms / 1000).unwrap_or(30),
             "a number of seconds",
         )?;
-        let public_base_url = self.optional("WEBHOOK_PUBLIC_BASE_URL").map(|url| url.trim_end_matches('/').to_string());
+        let public_base_url = self
+            .optional("WEBHOOK_PUBLIC_BASE_URL")
+            .map(|url| url.trim_end_matches('/').to_string());
         if let Some(url) = &public_base_url {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
-                return Err(ConfigError::new("WEBHOOK_PUBLIC_BASE_URL", "must start with https:// or http://"));
+                return Err(ConfigError::new(
+                    "WEBHOOK_PUBLIC_BASE_URL",
+                    "must start with https:// or http://",
+                ));
             }
         }
         Ok(WebhookConfig {
@@ -127,7 +156,11 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             },
             hubspot_secret: self.secret("HUBSPOT_CLIENT_SECRET", "HUBSPOT_SECRET_ARN", "client_secret")?,
             hubspot_accept_legacy_signatures: self.flag("HUBSPOT_ACCEPT_LEGACY_SIGNATURES", true)?,
-            hubspot_replay_window_secs: self.parsed("HUBSPOT_REPLAY_WINDOW_SECONDS", 300, "a number of seconds")?,
+            hubspot_replay_window_secs: self.parsed(
+                "HUBSPOT_REPLAY_WINDOW_SECONDS",
+                300,
+                "a number of seconds",
+            )?,
         })
     }
 }
@@ -140,7 +173,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> Env<impl Fn(&str) -> Option<String>> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Env(move |name: &str| map.get(name).cloned())
     }
 
@@ -182,7 +218,10 @@ mod tests {
         let error = env(&BASE[1..]).webhook().unwrap_err();
         assert_eq!(error.variable, "WEBHOOK_TABLE");
         let error = env(&BASE[..2]).webhook().unwrap_err();
-        assert_eq!(error.to_string(), "configuration: HUBSPOT_CLIENT_SECRET: is not set, and neither is HUBSPOT_SECRET_ARN");
+        assert_eq!(
+            error.to_string(),
+            "configuration: HUBSPOT_CLIENT_SECRET: is not set, and neither is HUBSPOT_SECRET_ARN"
+        );
     }
 
     #[test]
@@ -190,17 +229,26 @@ mod tests {
         let mut pairs = BASE.to_vec();
         pairs.push(("WEBHOOK_MAX_BODY_BYTES", "lots"));
         let error = env(&pairs).webhook().unwrap_err();
-        assert_eq!(error.to_string(), "configuration: WEBHOOK_MAX_BODY_BYTES: `lots` is not a number of bytes");
+        assert_eq!(
+            error.to_string(),
+            "configuration: WEBHOOK_MAX_BODY_BYTES: `lots` is not a number of bytes"
+        );
         let mut pairs = BASE.to_vec();
         pairs.push(("HUBSPOT_ACCEPT_LEGACY_SIGNATURES", "maybe"));
-        assert_eq!(env(&pairs).webhook().unwrap_err().variable, "HUBSPOT_ACCEPT_LEGACY_SIGNATURES");
+        assert_eq!(
+            env(&pairs).webhook().unwrap_err().variable,
+            "HUBSPOT_ACCEPT_LEGACY_SIGNATURES"
+        );
     }
 
     #[test]
     fn a_body_limit_beyond_what_one_item_holds_is_refused() {
         let mut pairs = BASE.to_vec();
         pairs.push(("WEBHOOK_MAX_BODY_BYTES", "500000"));
-        assert_eq!(env(&pairs).webhook().unwrap_err().variable, "WEBHOOK_MAX_BODY_BYTES");
+        assert_eq!(
+            env(&pairs).webhook().unwrap_err().variable,
+            "WEBHOOK_MAX_BODY_BYTES"
+        );
     }
 
     #[test]
@@ -208,6 +256,9 @@ mod tests {
         let mut pairs = BASE.to_vec();
         pairs.push(("WEBHOOK_PUBLIC_BASE_URL", "https://hooks.example.com/crm/"));
         let config = env(&pairs).webhook().unwrap();
-        assert_eq!(config.public_base_url.as_deref(), Some("https://hooks.example.com/crm"));
+        assert_eq!(
+            config.public_base_url.as_deref(),
+            Some("https://hooks.example.com/crm")
+        );
     }
 }

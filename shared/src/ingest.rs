@@ -107,7 +107,11 @@ impl WebhookIngest {
 
     /// Ingests one webhook request for `provider_id`. `Ok` means every event in it is durably
     /// stored and on the queue (by this request or an earlier one).
-    pub async fn ingest(&self, provider_id: &str, request: &WebhookRequest) -> Result<IngestReport, IngestError> {
+    pub async fn ingest(
+        &self,
+        provider_id: &str,
+        request: &WebhookRequest,
+    ) -> Result<IngestReport, IngestError> {
         let provider = self
             .providers
             .iter()

@@ -56,8 +56,13 @@ pub trait WebhookStore: Send + Sync {
 
     /// Records that the event held by `token` is on the queue. MUST NOT touch an event whose
     /// lease has passed to another token.
-    async fn confirm_enqueued(&self, provider: ProviderId, key: &str, token: &str, now_ms: i64)
-        -> Result<(), StoreUnavailable>;
+    async fn confirm_enqueued(
+        &self,
+        provider: ProviderId,
+        key: &str,
+        token: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreUnavailable>;
 
     /// Gives up the lease held by `token` so that a retry may claim the event at once.
     async fn release(&self, provider: ProviderId, key: &str, token: &str) -> Result<(), StoreUnavailable>;

@@ -15,13 +15,21 @@ fn is_text(content_type: Option<&str>) -> bool {
     let Some(content_type) = content_type else {
         return true;
     };
-    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     essence.starts_with("text/")
         || essence.ends_with("+json")
         || essence.ends_with("+xml")
         || matches!(
             essence.as_str(),
-            "application/json" | "application/xml" | "application/x-www-form-urlencoded" | "application/javascript"
+            "application/json"
+                | "application/xml"
+                | "application/x-www-form-urlencoded"
+                | "application/javascript"
         )
 }
 
@@ -33,7 +41,11 @@ pub fn event(method: &str, target: &str, headers: &HeaderMap, body: &[u8], peer:
     for (name, value) in headers {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
         if name == http::header::COOKIE {
-            cookies.extend(value.split(';').map(|cookie| Value::String(cookie.trim().to_string())));
+            cookies.extend(
+                value
+                    .split(';')
+                    .map(|cookie| Value::String(cookie.trim().to_string())),
+            );
             continue;
         }
         // Payload 2.0 joins repeated headers with commas.
@@ -59,8 +71,12 @@ pub fn event(method: &str, target: &str, headers: &HeaderMap, body: &[u8], peer:
         .and_then(|value| value.to_str().ok())
         .unwrap_or("localhost")
         .to_string();
-    let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|value| value.to_str().ok());
-    let text_body = is_text(content_type).then(|| std::str::from_utf8(body).ok()).flatten();
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok());
+    let text_body = is_text(content_type)
+        .then(|| std::str::from_utf8(body).ok())
+        .flatten();
     let (body_field, base64_encoded) = match (body.is_empty(), text_body) {
         (true, _) => (Value::Null, false),
         (false, Some(text)) => (Value::String(text.to_string()), false),

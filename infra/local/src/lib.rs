@@ -61,7 +61,10 @@ impl LocalStack {
         webhook_env.extend(options.env_overrides.clone());
         let lookup = webhook_env.clone();
         let config = Env(move |name: &str| lookup.get(name).cloned()).webhook()?;
-        let handler_endpoint = options.handler_aws_endpoint.as_ref().unwrap_or(&options.aws_endpoint);
+        let handler_endpoint = options
+            .handler_aws_endpoint
+            .as_ref()
+            .unwrap_or(&options.aws_endpoint);
         let aws = load_sdk_config(&AwsTarget::local(handler_endpoint), CallBudget::WEBHOOK).await;
         let webhook = Arc::new(WebhookApi::build(&aws, config).await?);
 

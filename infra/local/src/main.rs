@@ -23,21 +23,29 @@ fn setting(name: &str, default: &str) -> String {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,aws_config=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,aws_config=warn".into()),
         )
         .with_target(false)
         .init();
 
     let host = setting("CRM_SYNC_HOST", "127.0.0.1");
-    let http_port: u16 = setting("CRM_SYNC_HTTP_PORT", "3000").parse().context("CRM_SYNC_HTTP_PORT")?;
-    let moto_port: u16 = setting("CRM_SYNC_MOTO_PORT", "4566").parse().context("CRM_SYNC_MOTO_PORT")?;
+    let http_port: u16 = setting("CRM_SYNC_HTTP_PORT", "3000")
+        .parse()
+        .context("CRM_SYNC_HTTP_PORT")?;
+    let moto_port: u16 = setting("CRM_SYNC_MOTO_PORT", "4566")
+        .parse()
+        .context("CRM_SYNC_MOTO_PORT")?;
     let stack_name = setting("CRM_SYNC_STACK_NAME", "crm-sync-local");
     let secret = setting("HUBSPOT_CLIENT_SECRET", "local-hubspot-secret");
 
-    let (moto, aws_endpoint) = match std::env::var("CRM_SYNC_AWS_ENDPOINT").ok().filter(|v| !v.is_empty()) {
+    let (moto, aws_endpoint) = match std::env::var("CRM_SYNC_AWS_ENDPOINT")
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
         Some(endpoint) => (None, endpoint),
         None => {
-            let moto = Moto::start(&host, moto_port).await?;
+            let moto = Moto::start(&host, moto_port)?;
             let endpoint = moto.endpoint.clone();
             (Some(moto), endpoint)
         }
@@ -55,7 +63,10 @@ async fn main() -> anyhow::Result<()> {
 
     print_summary(&stack, &aws_endpoint, moto.is_some(), &secret);
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-    println!("\nstopping: HTTP server{}", if moto.is_some() { " and moto" } else { "" });
+    println!(
+        "\nstopping: HTTP server{}",
+        if moto.is_some() { " and moto" } else { "" }
+    );
     drop(stack);
     drop(moto);
     Ok(())
@@ -90,7 +101,9 @@ fn print_summary(stack: &LocalStack, aws_endpoint: &str, started_moto: bool, sec
         "  BODY='[{{\"eventId\":100,\"subscriptionId\":1,\"portalId\":62515,\"appId\":1,\"occurredAt\":1767225600000,\"subscriptionType\":\"contact.propertyChange\",\"attemptNumber\":0,\"objectId\":123,\"propertyName\":\"email\",\"propertyValue\":\"ada@example.com\",\"changeSource\":\"CRM_UI\"}}]'"
     );
     println!("  TS=$(date +%s%3N)");
-    println!("  SIG=$(printf '%s' \"POST$URL$BODY$TS\" | openssl dgst -sha256 -hmac \"$SECRET\" -binary | base64)");
+    println!(
+        "  SIG=$(printf '%s' \"POST$URL$BODY$TS\" | openssl dgst -sha256 -hmac \"$SECRET\" -binary | base64)"
+    );
     println!(
         "  curl -sS \"$URL\" -H 'content-type: application/json' -H \"x-hubspot-request-timestamp: $TS\" -H \"x-hubspot-signature-v3: $SIG\" -d \"$BODY\"; echo"
     );

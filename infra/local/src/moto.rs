@@ -2,11 +2,10 @@
 //! own virtualenv on first use, started on a port, and stopped with its owner.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use tokio::process::{Child, ChildStdin, Command};
 
 /// The repository root (two levels above this crate).
 pub fn repo_root() -> PathBuf {
@@ -30,10 +29,16 @@ pub fn ensure_installed() -> anyhow::Result<PathBuf> {
     if moto_server.exists() {
         return Ok(moto_server);
     }
-    eprintln!("crm-sync: installing moto into {} (first run only)", venv.display());
+    eprintln!(
+        "crm-sync: installing moto into {} (first run only)",
+        venv.display()
+    );
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
-    run(std::process::Command::new(&python).arg("-m").arg("venv").arg(&venv))
-        .with_context(|| format!("creating a virtualenv with {python}"))?;
+    run(std::process::Command::new(&python)
+        .arg("-m")
+        .arg("venv")
+        .arg(&venv))
+    .with_context(|| format!("creating a virtualenv with {python}"))?;
     let requirements = repo_root().join("infra/requirements.txt");
     run(std::process::Command::new(venv.join("bin/pip"))
         .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
@@ -53,18 +58,38 @@ fn run(command: &mut std::process::Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A running moto server. Dropping it (or the process exiting) stops the server.
+/// A running moto server. Dropping it, or the process exiting, stops the server: the guard
+/// script ends moto when its stdin (our `lifeline`) closes.
 pub struct Moto {
     pub endpoint: String,
     pub port: u16,
-    _guard: Child,
-    _lifeline: ChildStdin,
+    guard: Child,
+    lifeline: Option<ChildStdin>,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        drop(self.lifeline.take());
+        let deadline = Instant::now() + Duration::from_secs(6);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.guard.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.guard.kill();
+    }
 }
 
 impl Moto {
-    /// Starts moto on `host:port` and waits until it answers.
-    pub async fn start(host: &str, port: u16) -> anyhow::Result<Moto> {
+    /// Starts moto on `host:port` and waits until it answers (blocking; it takes a second or two).
+    pub fn start(host: &str, port: u16) -> anyhow::Result<Moto> {
         let moto_server = ensure_installed()?;
+        if std::net::TcpListener::bind((host, port)).is_err() {
+            bail!(
+                "{host}:{port} is in use: choose another port, or point at a running moto with its endpoint"
+            );
+        }
         let guard_script = repo_root().join("infra/local/moto_guard.py");
         let mut guard = Command::new(venv_dir().join("bin/python"))
             .arg(&guard_script)
@@ -74,35 +99,35 @@ impl Moto {
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .kill_on_drop(true)
             .spawn()
             .context("starting moto")?;
-        let lifeline = guard.stdin.take().expect("stdin is piped");
+        let lifeline = guard.stdin.take();
         let endpoint = format!("http://{host}:{port}");
-        wait_until_up(&endpoint, &mut guard).await?;
-        Ok(Moto {
+        let mut moto = Moto {
             endpoint,
             port,
-            _guard: guard,
-            _lifeline: lifeline,
-        })
+            guard,
+            lifeline,
+        };
+        wait_until_up(&moto.endpoint.clone(), &mut moto.guard)?;
+        Ok(moto)
     }
 }
 
-async fn wait_until_up(endpoint: &str, guard: &mut Child) -> anyhow::Result<()> {
+fn wait_until_up(endpoint: &str, guard: &mut Child) -> anyhow::Result<()> {
     let address = endpoint.trim_start_matches("http://").to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = guard.try_wait()? {
             bail!("moto exited at start ({status}); is {address} already in use?");
         }
-        if tokio::net::TcpStream::connect(&address).await.is_ok() {
+        if std::net::TcpStream::connect(&address).is_ok() {
             return Ok(());
         }
         if Instant::now() > deadline {
             bail!("moto did not answer on {address} within 60 s");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

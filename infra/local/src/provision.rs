@@ -6,13 +6,13 @@ use std::collections::HashMap;
 use anyhow::{anyhow, Context};
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
-    ScalarAttributeType, TimeToLiveSpecification,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 use serde_yaml::Value;
 
-use crate::template::{ResourceValues, Resolver, Template};
+use crate::template::{Resolver, ResourceValues, Template};
 
 /// The local stand-ins' region and account, as moto reports them.
 pub const REGION: &str = "us-east-1";
@@ -86,7 +86,10 @@ fn resolve_json(resolver: &Resolver, value: &Value) -> anyhow::Result<serde_json
         Value::Mapping(map) if !is_intrinsic(map) => {
             let mut object = serde_json::Map::new();
             for (key, item) in map {
-                object.insert(key.as_str().unwrap_or_default().to_string(), resolve_json(resolver, item)?);
+                object.insert(
+                    key.as_str().unwrap_or_default().to_string(),
+                    resolve_json(resolver, item)?,
+                );
             }
             serde_json::Value::Object(object)
         }
@@ -234,7 +237,8 @@ pub async fn provision(
         let mut attributes = HashMap::new();
         for policy in ["RedrivePolicy", "RedriveAllowPolicy"] {
             if let Some(value) = queue.properties.get(policy) {
-                let json = resolve_json(&resolver, value).with_context(|| format!("{}: {policy}", queue.logical_id))?;
+                let json = resolve_json(&resolver, value)
+                    .with_context(|| format!("{}: {policy}", queue.logical_id))?;
                 attributes.insert(QueueAttributeName::from(policy), json.to_string());
             }
         }

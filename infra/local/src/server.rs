@@ -14,7 +14,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 /// A Lambda HTTP handler, as the local server calls it.
-pub type Handler = Arc<dyn Fn(lambda_http::Request) -> BoxFuture<'static, lambda_http::Response<lambda_http::Body>> + Send + Sync>;
+pub type Handler = Arc<
+    dyn Fn(lambda_http::Request) -> BoxFuture<'static, lambda_http::Response<lambda_http::Body>>
+        + Send
+        + Sync,
+>;
 
 /// Serves `handler` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, handler: Handler) {
@@ -25,7 +29,10 @@ pub async fn serve(listener: TcpListener, handler: Handler) {
         let handler = handler.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| answer(handler.clone(), request, peer));
-            if let Err(error) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+            if let Err(error) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(%error, "connection closed with an error");
             }
         });

@@ -82,8 +82,12 @@ impl Template {
 
     pub fn parse(source: &str) -> anyhow::Result<Self> {
         let document: Value = serde_yaml::from_str(source)?;
-        let root = document.as_mapping().ok_or_else(|| anyhow!("the template is not a mapping"))?;
-        let resources = mapping(root, "Resources").cloned().ok_or_else(|| anyhow!("no Resources"))?;
+        let root = document
+            .as_mapping()
+            .ok_or_else(|| anyhow!("the template is not a mapping"))?;
+        let resources = mapping(root, "Resources")
+            .cloned()
+            .ok_or_else(|| anyhow!("no Resources"))?;
         let parameters = mapping(root, "Parameters").cloned().unwrap_or_default();
         let globals_env = mapping(root, "Globals")
             .and_then(|globals| mapping(globals, "Function"))
@@ -104,7 +108,10 @@ impl Template {
             let resource = resource.as_mapping()?;
             (get(resource, "Type")?.as_str()? == kind).then(|| {
                 let properties = mapping(resource, "Properties");
-                (id.as_str().unwrap_or_default().to_string(), properties.unwrap_or(&EMPTY))
+                (
+                    id.as_str().unwrap_or_default().to_string(),
+                    properties.unwrap_or(&EMPTY),
+                )
             })
         })
     }
@@ -125,7 +132,11 @@ impl Template {
             .map(|(logical_id, properties)| TableSpec {
                 logical_id,
                 key_schema: pairs(get(properties, "KeySchema"), "AttributeName", "KeyType"),
-                attributes: pairs(get(properties, "AttributeDefinitions"), "AttributeName", "AttributeType"),
+                attributes: pairs(
+                    get(properties, "AttributeDefinitions"),
+                    "AttributeName",
+                    "AttributeType",
+                ),
                 global_indexes: get(properties, "GlobalSecondaryIndexes")
                     .and_then(Value::as_sequence)
                     .map(|indexes| {
@@ -168,7 +179,11 @@ impl Template {
     }
 
     /// The environment of a function: the Globals' variables overlaid with its own, resolved.
-    pub fn function_environment(&self, function: &str, resolver: &Resolver) -> anyhow::Result<HashMap<String, String>> {
+    pub fn function_environment(
+        &self,
+        function: &str,
+        resolver: &Resolver,
+    ) -> anyhow::Result<HashMap<String, String>> {
         let resource = get(&self.resources, function)
             .and_then(Value::as_mapping)
             .ok_or_else(|| anyhow!("the template has no resource {function}"))?;
@@ -237,7 +252,9 @@ impl Resolver {
             let value = match variables.get(name) {
                 Some(value) => value.clone(),
                 None => match name.split_once('.') {
-                    Some((resource, attribute)) if !name.starts_with("AWS::") => self.attribute(resource, attribute)?,
+                    Some((resource, attribute)) if !name.starts_with("AWS::") => {
+                        self.attribute(resource, attribute)?
+                    }
                     _ => self.reference(name)?,
                 },
             };
@@ -268,10 +285,15 @@ impl Resolver {
         match argument {
             Value::String(template) => self.substitute(template, &HashMap::new()),
             Value::Sequence(parts) if parts.len() == 2 => {
-                let template = parts[0].as_str().ok_or_else(|| anyhow!("!Sub: expected a string"))?;
+                let template = parts[0]
+                    .as_str()
+                    .ok_or_else(|| anyhow!("!Sub: expected a string"))?;
                 let mut variables = HashMap::new();
                 for (name, value) in parts[1].as_mapping().into_iter().flatten() {
-                    variables.insert(name.as_str().unwrap_or_default().to_string(), self.resolve(value)?);
+                    variables.insert(
+                        name.as_str().unwrap_or_default().to_string(),
+                        self.resolve(value)?,
+                    );
                 }
                 self.substitute(template, &variables)
             }
@@ -385,7 +407,10 @@ Resources:
     fn an_unresolvable_reference_names_the_variable() {
         let template = Template::parse(&TEMPLATE.replace("!Ref Table", "!Ref Missing")).unwrap();
         let error = template.function_environment("Fn", &resolver()).unwrap_err();
-        assert!(format!("{error:#}").contains("environment variable TABLE"), "{error:#}");
+        assert!(
+            format!("{error:#}").contains("environment variable TABLE"),
+            "{error:#}"
+        );
     }
 
     #[test]

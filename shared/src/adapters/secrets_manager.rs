@@ -6,7 +6,11 @@ use aws_sdk_secretsmanager::Client;
 use secrecy::SecretString;
 
 /// Reads one string field of a JSON secret.
-pub async fn read_secret_field(client: &Client, secret_id: &str, field: &str) -> anyhow::Result<SecretString> {
+pub async fn read_secret_field(
+    client: &Client,
+    secret_id: &str,
+    field: &str,
+) -> anyhow::Result<SecretString> {
     let output = client
         .get_secret_value()
         .secret_id(secret_id)

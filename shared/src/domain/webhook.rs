@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-/// Version of the inbound-queue message contract (see `schemas/inbound-event.v1.json`).
+/// Version of the inbound-queue message contract (`shared/schemas/inbound-event.v1.json`).
 pub const INBOUND_CONTRACT_VERSION: u32 = 1;
 
 /// A CRM's short name as it appears in URLs, keys and messages (`hubspot`, `pipedrive`, ...).
@@ -202,5 +202,37 @@ mod tests {
         assert_eq!(message["delivery_id"], delivery.id.as_str());
         assert_eq!(message["object_id"], "42");
         assert_eq!(message["event"]["objectId"], 42);
+    }
+
+    #[test]
+    fn the_queue_message_has_exactly_the_fields_its_published_schema_declares() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../schemas/inbound-event.v1.json")).unwrap();
+        let delivery = Delivery::new("hubspot", b"[]".to_vec(), 7, 1);
+        let event = InboundEvent {
+            provider: "hubspot",
+            key: "k".into(),
+            kind: "contact.creation".into(),
+            object_type: None,
+            object_id: None,
+            occurred_at_ms: 5,
+            raw: RawValue::from_string("{}".into()).unwrap(),
+        };
+        let message: serde_json::Value = serde_json::from_str(&event.queue_message(&delivery)).unwrap();
+        let produced: std::collections::BTreeSet<_> = message.as_object().unwrap().keys().cloned().collect();
+        let declared: std::collections::BTreeSet<_> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(produced, declared);
+        for required in schema["required"].as_array().unwrap() {
+            assert!(
+                !message[required.as_str().unwrap()].is_null(),
+                "{required} is required"
+            );
+        }
+        assert_eq!(message["version"], schema["properties"]["version"]["const"]);
     }
 }

@@ -50,7 +50,10 @@ impl WebhookApi {
                 aws_sdk_dynamodb::Client::new(aws),
                 config.table,
             )),
-            Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(aws), config.inbound_queue_url)),
+            Arc::new(SqsQueue::new(
+                aws_sdk_sqs::Client::new(aws),
+                config.inbound_queue_url,
+            )),
             Arc::new(SystemClock),
             config.ingest,
         );
@@ -64,7 +67,11 @@ impl WebhookApi {
             raw => raw.to_string(),
         };
         let Some(provider) = provider_in_path(&path) else {
-            return Ok(reply(StatusCode::NOT_FOUND, "not_found", "no such route; webhooks go to POST /webhooks/{provider}"));
+            return Ok(reply(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route; webhooks go to POST /webhooks/{provider}",
+            ));
         };
         if !self.ingest.knows_provider(provider) {
             return Ok(reply(
@@ -74,8 +81,14 @@ impl WebhookApi {
             ));
         }
         if request.method() != lambda_http::http::Method::POST {
-            let mut response = reply(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "webhooks are received with POST only");
-            response.headers_mut().insert(header::ALLOW, "POST".parse().expect("a valid header value"));
+            let mut response = reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "webhooks are received with POST only",
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, "POST".parse().expect("a valid header value"));
             return Ok(response);
         }
 

@@ -146,7 +146,11 @@ impl WebhookStore for DynamoDbWebhookStore {
                             .is_some_and(|status| status == STATUS_CLAIMED),
                         _ => false,
                     };
-                    Ok(if held { Claim::HeldElsewhere } else { Claim::AlreadyEnqueued })
+                    Ok(if held {
+                        Claim::HeldElsewhere
+                    } else {
+                        Claim::AlreadyEnqueued
+                    })
                 }
                 _ => Err(unavailable(error)),
             },
@@ -181,7 +185,10 @@ impl WebhookStore for DynamoDbWebhookStore {
                     .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
             {
                 // Our lease ran out and a retry took the event over; it enqueues and confirms it.
-                tracing::warn!(event_key = key, "lease lost before confirming; the event may be enqueued twice");
+                tracing::warn!(
+                    event_key = key,
+                    "lease lost before confirming; the event may be enqueued twice"
+                );
                 Ok(())
             }
             Err(error) => Err(unavailable(error)),

@@ -3,4 +3,4 @@
 pub mod signature;
 pub mod webhook;
 
-pub use webhook::{HubSpotWebhooks, HubSpotWebhookSettings};
+pub use webhook::{HubSpotWebhookSettings, HubSpotWebhooks};

@@ -62,12 +62,21 @@ fn v3_mac(secret: &[u8], method: &str, uri: &str, body: &[u8], timestamp: &str) 
 
 /// The v3 signature (Base64) of a request; used by the sandbox and by tests to sign.
 pub fn sign_v3(secret: &[u8], method: &str, uri: &str, body: &[u8], timestamp: &str) -> String {
-    let tag = v3_mac(secret, method, uri, body, timestamp).finalize().into_bytes();
+    let tag = v3_mac(secret, method, uri, body, timestamp)
+        .finalize()
+        .into_bytes();
     base64::engine::general_purpose::STANDARD.encode(tag)
 }
 
 /// Checks a v3 signature in constant time. A signature that is not Base64 never matches.
-pub fn verify_v3(secret: &[u8], method: &str, uri: &str, body: &[u8], timestamp: &str, signature: &str) -> bool {
+pub fn verify_v3(
+    secret: &[u8],
+    method: &str,
+    uri: &str,
+    body: &[u8],
+    timestamp: &str,
+    signature: &str,
+) -> bool {
     let Ok(claimed) = base64::engine::general_purpose::STANDARD.decode(signature.trim()) else {
         return false;
     };
@@ -169,17 +178,44 @@ mod tests {
     #[test]
     fn v2_rejects_a_tampered_method_uri_or_body() {
         assert!(!verify_v2(SECRET, "GET", URI, BODY, V2));
-        assert!(!verify_v2(SECRET, "POST", "https://www.example.com/other", BODY, V2));
+        assert!(!verify_v2(
+            SECRET,
+            "POST",
+            "https://www.example.com/other",
+            BODY,
+            V2
+        ));
         assert!(!verify_v2(SECRET, "POST", URI, b"{}", V2));
     }
 
     #[test]
     fn v3_rejects_a_tampered_method_uri_body_or_timestamp() {
         assert!(!verify_v3(SECRET, "PUT", URI, BODY, TIMESTAMP, V3));
-        assert!(!verify_v3(SECRET, "POST", "https://www.example.com/webhook_urj", BODY, TIMESTAMP, V3));
-        assert!(!verify_v3(SECRET, "POST", URI, b"{'example_field':'example_valuf'}", TIMESTAMP, V3));
+        assert!(!verify_v3(
+            SECRET,
+            "POST",
+            "https://www.example.com/webhook_urj",
+            BODY,
+            TIMESTAMP,
+            V3
+        ));
+        assert!(!verify_v3(
+            SECRET,
+            "POST",
+            URI,
+            b"{'example_field':'example_valuf'}",
+            TIMESTAMP,
+            V3
+        ));
         assert!(!verify_v3(SECRET, "POST", URI, BODY, "15000001", V3));
-        assert!(!verify_v3(b"zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz", "POST", URI, BODY, TIMESTAMP, V3));
+        assert!(!verify_v3(
+            b"zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz",
+            "POST",
+            URI,
+            BODY,
+            TIMESTAMP,
+            V3
+        ));
     }
 
     #[test]

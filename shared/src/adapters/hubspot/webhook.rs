@@ -55,7 +55,12 @@ impl HubSpotWebhooks {
         self.settings.client_secret.expose_secret().as_bytes()
     }
 
-    fn authenticate_v3(&self, request: &WebhookRequest, signature: &str, now_ms: i64) -> Result<(), AuthError> {
+    fn authenticate_v3(
+        &self,
+        request: &WebhookRequest,
+        signature: &str,
+        now_ms: i64,
+    ) -> Result<(), AuthError> {
         let timestamp = request
             .header(V3_TIMESTAMP)
             .ok_or(AuthError::MissingHeader(V3_TIMESTAMP))?
@@ -63,7 +68,8 @@ impl HubSpotWebhooks {
         let sent_at_ms: i64 = timestamp
             .parse()
             .map_err(|_| AuthError::MalformedHeader(V3_TIMESTAMP))?;
-        let window_ms = i64::try_from(self.settings.replay_window_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let window_ms =
+            i64::try_from(self.settings.replay_window_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         if now_ms.abs_diff(sent_at_ms) > window_ms.unsigned_abs() {
             return Err(AuthError::StaleTimestamp {
                 window_secs: self.settings.replay_window_secs,
@@ -235,7 +241,10 @@ mod tests {
 
     #[test]
     fn a_fresh_v3_signed_request_is_authentic() {
-        assert_eq!(provider().authenticate(&v3_request("[]", NOW_MS - 1_000), NOW_MS), Ok(()));
+        assert_eq!(
+            provider().authenticate(&v3_request("[]", NOW_MS - 1_000), NOW_MS),
+            Ok(())
+        );
     }
 
     #[test]
@@ -260,13 +269,18 @@ mod tests {
     fn a_v3_request_for_another_url_does_not_match() {
         let mut request = v3_request("[]", NOW_MS);
         request.public_url = "https://hooks.example.com/webhooks/other".into();
-        assert_eq!(provider().authenticate(&request, NOW_MS), Err(AuthError::SignatureMismatch));
+        assert_eq!(
+            provider().authenticate(&request, NOW_MS),
+            Err(AuthError::SignatureMismatch)
+        );
     }
 
     #[test]
     fn a_v3_request_without_a_timestamp_is_rejected() {
         let mut request = v3_request("[]", NOW_MS);
-        request.headers.retain(|(name, _)| name != "x-hubspot-request-timestamp");
+        request
+            .headers
+            .retain(|(name, _)| name != "x-hubspot-request-timestamp");
         assert_eq!(
             provider().authenticate(&request, NOW_MS),
             Err(AuthError::MissingHeader(V3_TIMESTAMP))
@@ -289,7 +303,10 @@ mod tests {
         let v1 = WebhookRequest {
             method: "POST".into(),
             public_url: URL.into(),
-            headers: vec![("x-hubspot-signature".into(), signature::sign_v1(SECRET.as_bytes(), &body))],
+            headers: vec![(
+                "x-hubspot-signature".into(),
+                signature::sign_v1(SECRET.as_bytes(), &body),
+            )],
             body: body.clone(),
         };
         let v2 = WebhookRequest {
@@ -356,8 +373,14 @@ mod tests {
 
     #[test]
     fn malformed_bodies_are_rejected_with_a_reason() {
-        assert!(matches!(parse_events(b"[{", 100), Err(ParseError::InvalidJson { .. })));
-        assert_eq!(parse_events(br#"{"a":1}"#, 100).unwrap_err(), ParseError::NotAnArray);
+        assert!(matches!(
+            parse_events(b"[{", 100),
+            Err(ParseError::InvalidJson { .. })
+        ));
+        assert_eq!(
+            parse_events(br#"{"a":1}"#, 100).unwrap_err(),
+            ParseError::NotAnArray
+        );
         assert_eq!(parse_events(b"[]", 100).unwrap_err(), ParseError::Empty);
         assert_eq!(
             parse_events(b"[1]", 100).unwrap_err().to_string(),

@@ -1,0 +1,393 @@
+//! `POST /webhooks/hubspot` through the local stack: API Gateway v2 events, DynamoDB and SQS in
+//! moto, the client secret read from Secrets Manager as when deployed.
+
+use std::collections::{HashMap, HashSet};
+
+use crm_sync::adapters::hubspot::signature;
+use crm_sync_tests::hubspot::{delivery, now_ms, property_change, v3_headers};
+use crm_sync_tests::{attr, spawn_app, spawn_app_with, AppOptions, TestApp, HUBSPOT_SECRET};
+use reqwest::StatusCode;
+
+async fn post(app: &TestApp, url: &str, body: &str, headers: &[(&str, String)]) -> reqwest::Response {
+    let mut request = app
+        .http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    request.send().await.expect("the local API answers")
+}
+
+/// Posts `body` signed (v3, now) for the URL it is posted to.
+async fn post_signed(app: &TestApp, body: &str) -> reqwest::Response {
+    let url = app.webhook_url("hubspot");
+    let headers = v3_headers(HUBSPOT_SECRET, &url, body.as_bytes(), now_ms());
+    post(app, &url, body, &headers).await
+}
+
+async fn json(response: reqwest::Response) -> (StatusCode, serde_json::Value) {
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")),
+    )
+}
+
+async fn assert_nothing_stored_or_enqueued(app: &TestApp) {
+    assert!(app.stored_items().await.is_empty(), "nothing may be stored");
+    assert!(app.drain_inbound().await.is_empty(), "nothing may be enqueued");
+}
+
+#[tokio::test]
+async fn a_signed_delivery_is_stored_and_enqueued_once_even_when_posted_three_times() {
+    let app = spawn_app().await;
+    let body = delivery(3, 0);
+
+    let mut replies = Vec::new();
+    for _ in 0..3 {
+        replies.push(json(post_signed(&app, &body).await).await);
+    }
+
+    assert!(
+        replies.iter().all(|(status, _)| *status == StatusCode::OK),
+        "{replies:?}"
+    );
+    assert_eq!(replies[0].1["enqueued"], 3);
+    assert_eq!(replies[1].1["enqueued"], 0);
+    assert_eq!(replies[2].1["duplicates"], 3);
+    assert_eq!(app.stored("delivery").await.len(), 1);
+    let events = app.stored("event").await;
+    assert_eq!(events.len(), 3);
+    assert!(events.iter().all(|event| attr(event, "status") == "enqueued"));
+    let messages = app.drain_inbound().await;
+    assert_eq!(messages.len(), 3);
+    let keys: HashSet<_> = messages
+        .iter()
+        .map(|m| m["event_key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(keys.len(), 3);
+    let delivery_id = replies[0].1["delivery_id"].as_str().unwrap();
+    assert!(messages
+        .iter()
+        .all(|m| m["delivery_id"] == delivery_id && m["provider"] == "hubspot"));
+}
+
+#[tokio::test]
+async fn the_raw_delivery_is_stored_verbatim_with_an_expiry() {
+    let app = spawn_app().await;
+    let body = delivery(2, 0);
+    assert_eq!(post_signed(&app, &body).await.status(), StatusCode::OK);
+    let deliveries = app.stored("delivery").await;
+    assert_eq!(attr(&deliveries[0], "body"), body);
+    let expires_at: i64 = deliveries[0]["expires_at"].as_n().unwrap().parse().unwrap();
+    let thirty_days = 30 * 24 * 3600;
+    assert!(
+        (expires_at - now_ms() / 1000 - thirty_days).abs() < 60,
+        "expires in 30 days"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_with_a_new_attempt_number_does_not_enqueue_the_events_again() {
+    let app = spawn_app().await;
+    assert_eq!(post_signed(&app, &delivery(2, 0)).await.status(), StatusCode::OK);
+    let (status, reply) = json(post_signed(&app, &delivery(2, 1)).await).await;
+
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(reply["duplicates"], 2);
+    // Each attempt's body is kept as received, but the events are stored and queued once.
+    assert_eq!(app.stored("delivery").await.len(), 2);
+    assert_eq!(app.stored("event").await.len(), 2);
+    assert_eq!(app.drain_inbound().await.len(), 2);
+}
+
+#[tokio::test]
+async fn concurrent_duplicate_deliveries_enqueue_each_event_once() {
+    let app = spawn_app().await;
+    let body = delivery(20, 0);
+    let replies = futures::future::join_all((0..5).map(|_| post_signed(&app, &body))).await;
+    let mut statuses: Vec<_> = replies.iter().map(|r| r.status()).collect();
+    // A request that found another one mid-flight answers 503; the CRM's retry then succeeds.
+    for status in statuses.iter_mut() {
+        if *status == StatusCode::SERVICE_UNAVAILABLE {
+            *status = post_signed(&app, &body).await.status();
+        }
+    }
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+    let messages = app.drain_inbound().await;
+    let keys: HashSet<_> = messages.iter().map(|m| m["event_key"].to_string()).collect();
+    assert_eq!(messages.len(), 20);
+    assert_eq!(keys.len(), 20);
+}
+
+#[tokio::test]
+async fn a_wrong_signature_is_401_and_stores_nothing() {
+    let app = spawn_app().await;
+    let body = delivery(1, 0);
+    let url = app.webhook_url("hubspot");
+    let headers = v3_headers("some-other-secret", &url, body.as_bytes(), now_ms());
+
+    let (status, reply) = json(post(&app, &url, &body, &headers).await).await;
+
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(reply["message"], "the signature does not match the request");
+    let good = v3_headers(HUBSPOT_SECRET, &url, body.as_bytes(), now_ms());
+    assert!(!reply.to_string().contains(HUBSPOT_SECRET));
+    assert!(
+        !reply.to_string().contains(&good[0].1),
+        "the expected signature is never echoed"
+    );
+    assert_nothing_stored_or_enqueued(&app).await;
+}
+
+#[tokio::test]
+async fn a_tampered_body_is_401_and_stores_nothing() {
+    let app = spawn_app().await;
+    let url = app.webhook_url("hubspot");
+    let signed = delivery(1, 0);
+    let headers = v3_headers(HUBSPOT_SECRET, &url, signed.as_bytes(), now_ms());
+    let tampered = signed.replace("person1@", "attacker@");
+
+    assert_eq!(
+        post(&app, &url, &tampered, &headers).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_nothing_stored_or_enqueued(&app).await;
+}
+
+#[tokio::test]
+async fn a_stale_timestamp_is_401_and_stores_nothing() {
+    let app = spawn_app().await;
+    let body = delivery(1, 0);
+    let url = app.webhook_url("hubspot");
+    let headers = v3_headers(HUBSPOT_SECRET, &url, body.as_bytes(), now_ms() - 6 * 60 * 1000);
+
+    let (status, reply) = json(post(&app, &url, &body, &headers).await).await;
+
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        reply["message"],
+        "the request timestamp is outside the 300-second replay window"
+    );
+    assert_nothing_stored_or_enqueued(&app).await;
+}
+
+#[tokio::test]
+async fn a_missing_signature_is_401_and_stores_nothing() {
+    let app = spawn_app().await;
+    let (status, reply) = json(post(&app, &app.webhook_url("hubspot"), &delivery(1, 0), &[]).await).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        reply["message"],
+        "the request carries no X-HubSpot-Signature-v3 header"
+    );
+    assert_nothing_stored_or_enqueued(&app).await;
+}
+
+#[tokio::test]
+async fn malformed_json_is_400_and_stores_nothing() {
+    let app = spawn_app().await;
+    let (status, reply) = json(post_signed(&app, "[{\"eventId\": 1,").await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply["error"], "bad_request");
+    assert!(reply["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("the body is not valid JSON"));
+    assert_nothing_stored_or_enqueued(&app).await;
+}
+
+#[tokio::test]
+async fn a_body_of_the_wrong_shape_is_400_and_stores_nothing() {
+    let app = spawn_app().await;
+    let mut events: Vec<_> = (1..=3)
+        .map(|i| property_change(i, i, "email", "x@example.com", 0))
+        .collect();
+    events[2].as_object_mut().unwrap().remove("portalId");
+    let body = serde_json::Value::Array(events).to_string();
+
+    let (status, reply) = json(post_signed(&app, &body).await).await;
+
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        reply["message"],
+        "event 2: `portalId` is missing or not an integer"
+    );
+    assert_nothing_stored_or_enqueued(&app).await;
+    assert_eq!(
+        post_signed(&app, r#"{"events":[]}"#).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_nothing_stored_or_enqueued(&app).await;
+}
+
+#[tokio::test]
+async fn a_body_over_the_configured_limit_is_413_and_stores_nothing() {
+    let app = spawn_app_with(AppOptions {
+        env: HashMap::from([("WEBHOOK_MAX_BODY_BYTES".to_string(), "2048".to_string())]),
+        ..AppOptions::default()
+    })
+    .await;
+    let body = delivery(20, 0);
+    assert!(body.len() > 2048);
+
+    let (status, reply) = json(post_signed(&app, &body).await).await;
+
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(reply["message"], "the body is larger than the 2048-byte limit");
+    assert_nothing_stored_or_enqueued(&app).await;
+}
+
+#[tokio::test]
+async fn a_wrong_method_is_405_with_allow_post_and_stores_nothing() {
+    let app = spawn_app().await;
+    let response = app.http.get(app.webhook_url("hubspot")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.headers()["allow"], "POST");
+    assert_nothing_stored_or_enqueued(&app).await;
+}
+
+#[tokio::test]
+async fn an_unknown_provider_is_404_and_stores_nothing() {
+    let app = spawn_app().await;
+    let url = app.webhook_url("zoho");
+    let body = delivery(1, 0);
+    let headers = v3_headers(HUBSPOT_SECRET, &url, body.as_bytes(), now_ms());
+    let (status, reply) = json(post(&app, &url, &body, &headers).await).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(reply["error"], "unknown_provider");
+    assert_nothing_stored_or_enqueued(&app).await;
+}
+
+#[tokio::test]
+async fn a_legacy_v1_signature_is_accepted() {
+    let app = spawn_app().await;
+    let body = delivery(1, 0);
+    let headers = [
+        (
+            "x-hubspot-signature",
+            signature::sign_v1(HUBSPOT_SECRET.as_bytes(), body.as_bytes()),
+        ),
+        ("x-hubspot-signature-version", "v1".to_string()),
+    ];
+    let response = post(&app, &app.webhook_url("hubspot"), &body, &headers).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(app.drain_inbound().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_base64_encoded_body_is_verified_over_its_decoded_bytes() {
+    let app = spawn_app().await;
+    let body = delivery(2, 0);
+    let url = app.webhook_url("hubspot");
+    let mut request = app
+        .http
+        .post(&url)
+        // API Gateway base64-encodes bodies of non-text content types.
+        .header("content-type", "application/octet-stream")
+        .body(body.clone());
+    for (name, value) in v3_headers(HUBSPOT_SECRET, &url, body.as_bytes(), now_ms()) {
+        request = request.header(name, value);
+    }
+    assert_eq!(request.send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(attr(&app.stored("delivery").await[0], "body"), body);
+}
+
+#[tokio::test]
+async fn v3_verifies_against_the_configured_public_url_behind_a_custom_domain() {
+    let public = "https://hooks.example.com/crm";
+    let app = spawn_app_with(AppOptions {
+        env: HashMap::from([("WEBHOOK_PUBLIC_BASE_URL".to_string(), public.to_string())]),
+        ..AppOptions::default()
+    })
+    .await;
+    let body = delivery(1, 0);
+    let local_url = app.webhook_url("hubspot");
+    let for_local = v3_headers(HUBSPOT_SECRET, &local_url, body.as_bytes(), now_ms());
+    let for_public = v3_headers(
+        HUBSPOT_SECRET,
+        &format!("{public}/webhooks/hubspot"),
+        body.as_bytes(),
+        now_ms(),
+    );
+
+    assert_eq!(
+        post(&app, &local_url, &body, &for_local).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        post(&app, &local_url, &body, &for_public).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn the_client_secret_comes_from_secrets_manager_as_when_deployed() {
+    let app = spawn_app().await;
+    assert!(app.stack.webhook_env["HUBSPOT_SECRET_ARN"].starts_with("arn:aws:secretsmanager:"));
+    assert!(!app.stack.webhook_env.contains_key("HUBSPOT_CLIENT_SECRET"));
+    assert_eq!(post_signed(&app, &delivery(1, 0)).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn when_dynamodb_fails_the_crm_gets_503_and_its_retry_stores_everything_once() {
+    let app = spawn_app_with(AppOptions {
+        fault_proxy: true,
+        ..AppOptions::default()
+    })
+    .await;
+    let faults = app.faults.as_ref().unwrap();
+    let body = delivery(5, 0);
+
+    faults.fail("DynamoDB_20120810.PutItem");
+    let (status, reply) = json(post_signed(&app, &body).await).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply["error"], "unavailable");
+    assert!(faults.failed_calls() > 0);
+    assert!(
+        app.drain_inbound().await.is_empty(),
+        "nothing is enqueued before it is stored"
+    );
+
+    faults.heal();
+    assert_eq!(post_signed(&app, &body).await.status(), StatusCode::OK);
+    assert_eq!(app.stored("event").await.len(), 5);
+    assert_eq!(app.drain_inbound().await.len(), 5);
+}
+
+#[tokio::test]
+async fn when_sqs_fails_after_the_events_are_stored_the_retry_enqueues_each_once() {
+    let app = spawn_app_with(AppOptions {
+        fault_proxy: true,
+        ..AppOptions::default()
+    })
+    .await;
+    let faults = app.faults.as_ref().unwrap();
+    let body = delivery(12, 0);
+
+    faults.fail("AmazonSQS.SendMessageBatch");
+    let (status, reply) = json(post_signed(&app, &body).await).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        reply["message"],
+        "12 of 12 events could not be stored and enqueued yet"
+    );
+    let events = app.stored("event").await;
+    assert_eq!(events.len(), 12, "the events are durable already");
+    assert!(events.iter().all(|event| attr(event, "status") == "claimed"));
+    assert!(app.drain_inbound().await.is_empty());
+
+    faults.heal();
+    let (status, reply) = json(post_signed(&app, &body).await).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(reply["enqueued"], 12);
+    assert_eq!(app.drain_inbound().await.len(), 12);
+    assert_eq!(post_signed(&app, &body).await.status(), StatusCode::OK);
+    assert!(
+        app.drain_inbound().await.is_empty(),
+        "a later redelivery enqueues nothing"
+    );
+}

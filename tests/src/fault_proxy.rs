@@ -1,0 +1,151 @@
+//! A proxy in front of moto that fails chosen AWS operations with HTTP 500, to show what the
+//! handlers do when AWS fails and after it recovers.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+#[derive(Default)]
+struct State {
+    /// Operations to fail, as they appear in `X-Amz-Target` (`DynamoDB_20120810.PutItem`,
+    /// `AmazonSQS.SendMessageBatch`) or a query `Action`; `*` fails everything.
+    failing: Vec<String>,
+    failed_calls: usize,
+}
+
+/// A running proxy; dropping it stops it.
+pub struct FaultProxy {
+    endpoint: String,
+    state: Arc<Mutex<State>>,
+    task: JoinHandle<()>,
+}
+
+impl FaultProxy {
+    pub async fn start(upstream: &str) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+        let state = Arc::new(Mutex::new(State::default()));
+        let client = reqwest::Client::new();
+        let upstream = upstream.to_string();
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (client, upstream, state) = (client.clone(), upstream.clone(), shared.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        forward(client.clone(), upstream.clone(), state.clone(), request)
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FaultProxy {
+            endpoint,
+            state,
+            task,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        self.endpoint.clone()
+    }
+
+    /// From now on, fail every call to `operation` (`*` for all).
+    pub fn fail(&self, operation: &str) {
+        self.state.lock().unwrap().failing.push(operation.to_string());
+    }
+
+    /// AWS is back: stop failing anything.
+    pub fn heal(&self) {
+        self.state.lock().unwrap().failing.clear();
+    }
+
+    /// How many calls were failed so far.
+    pub fn failed_calls(&self) -> usize {
+        self.state.lock().unwrap().failed_calls
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn forward(
+    client: reqwest::Client,
+    upstream: String,
+    state: Arc<Mutex<State>>,
+    request: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let target = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let form = String::from_utf8_lossy(&body);
+    {
+        let mut state = state.lock().unwrap();
+        let hit = state.failing.iter().any(|operation| {
+            operation == "*"
+                || target == *operation
+                || form.contains(&format!(
+                    "Action={}",
+                    operation.rsplit('.').next().unwrap_or_default()
+                ))
+        });
+        if hit {
+            state.failed_calls += 1;
+            let failure = hyper::Response::builder()
+                .status(500)
+                .header("content-type", "application/x-amz-json-1.0")
+                .body(Full::new(Bytes::from_static(
+                    br#"{"__type":"InternalFailure","message":"injected by the test"}"#,
+                )))
+                .unwrap();
+            return Ok(failure);
+        }
+    }
+    let url = format!(
+        "{upstream}{}",
+        parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/")
+    );
+    let mut outgoing = client.request(parts.method.clone(), url).body(body);
+    for (name, value) in &parts.headers {
+        if name != "host" && name != "content-length" {
+            outgoing = outgoing.header(name, value);
+        }
+    }
+    let response = match outgoing.send().await {
+        Ok(response) => response,
+        Err(error) => {
+            return Ok(hyper::Response::builder()
+                .status(502)
+                .body(Full::new(Bytes::from(error.to_string())))
+                .unwrap())
+        }
+    };
+    let mut builder = hyper::Response::builder().status(response.status());
+    for (name, value) in response.headers() {
+        if name != "content-length" && name != "transfer-encoding" {
+            builder = builder.header(name, value);
+        }
+    }
+    let bytes = response.bytes().await.unwrap_or_default();
+    Ok(builder.body(Full::new(bytes)).unwrap())
+}
