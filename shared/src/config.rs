@@ -44,6 +44,24 @@ pub struct WebhookConfig {
     pub hubspot_replay_window_secs: u64,
 }
 
+/// Everything the sync function needs.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    pub state_table: String,
+    pub rate_limit_table: String,
+    pub outbound_queue_url: String,
+    pub outbound_dlq_url: String,
+    /// The mapping file's text (the built-in one unless `CRM_SYNC_MAPPING_FILE` names another).
+    pub mapping_toml: String,
+    pub mapping_source: String,
+    pub hubspot_api_base: String,
+    pub hubspot_token: SecretSource,
+    pub crm_timeout_secs: u64,
+    pub limiter: crate::adapters::dynamodb::LimiterSettings,
+    pub sync: crate::sync::SyncSettings,
+    pub timeline_retention_ms: i64,
+}
+
 /// Reads variables through a lookup, so that tests need not touch the process environment.
 pub struct Env<F: Fn(&str) -> Option<String>>(pub F);
 
@@ -165,6 +183,93 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     }
 }
 
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    /// The sync function's configuration.
+    pub fn sync(&self) -> Result<SyncConfig, ConfigError> {
+        use std::time::Duration;
+        let limiter_defaults = crate::adapters::dynamodb::LimiterSettings::default();
+        let sync_defaults = crate::sync::SyncSettings::default();
+        let (mapping_toml, mapping_source) = match self.optional("CRM_SYNC_MAPPING_FILE") {
+            Some(path) => (
+                std::fs::read_to_string(&path).map_err(|error| {
+                    ConfigError::new("CRM_SYNC_MAPPING_FILE", format!("cannot read {path}: {error}"))
+                })?,
+                path,
+            ),
+            None => (
+                crate::domain::mapping::DEFAULT_MAPPING.to_string(),
+                "built-in shared/config/mapping.toml".to_string(),
+            ),
+        };
+        let headroom: f64 = self.parsed("HUBSPOT_BURST_HEADROOM", limiter_defaults.headroom, "a number")?;
+        if !(0.05..=1.0).contains(&headroom) {
+            return Err(ConfigError::new(
+                "HUBSPOT_BURST_HEADROOM",
+                "must be between 0.05 and 1",
+            ));
+        }
+        let seconds = |name: &str, default: Duration| -> Result<Duration, ConfigError> {
+            Ok(Duration::from_secs(self.parsed(
+                name,
+                default.as_secs(),
+                "a number of seconds",
+            )?))
+        };
+        let max_attempts: u32 = self.parsed("SYNC_MAX_ATTEMPTS", sync_defaults.max_attempts, "a number")?;
+        if max_attempts == 0 {
+            return Err(ConfigError::new("SYNC_MAX_ATTEMPTS", "must be at least 1"));
+        }
+        Ok(SyncConfig {
+            state_table: self.required("SYNC_STATE_TABLE")?,
+            rate_limit_table: self.required("RATE_LIMIT_TABLE")?,
+            outbound_queue_url: self.required("OUTBOUND_QUEUE_URL")?,
+            outbound_dlq_url: self.required("OUTBOUND_DLQ_URL")?,
+            mapping_toml,
+            mapping_source,
+            hubspot_api_base: self
+                .optional("HUBSPOT_API_BASE")
+                .unwrap_or_else(|| crate::adapters::hubspot::client::DEFAULT_BASE_URL.to_string()),
+            hubspot_token: self.secret("HUBSPOT_ACCESS_TOKEN", "HUBSPOT_SECRET_ARN", "access_token")?,
+            crm_timeout_secs: self.parsed("SYNC_CRM_TIMEOUT_SECONDS", 20, "a number of seconds")?,
+            limiter: crate::adapters::dynamodb::LimiterSettings {
+                burst_limit: self.parsed("HUBSPOT_BURST_LIMIT", limiter_defaults.burst_limit, "a number")?,
+                burst_window_ms: self.parsed(
+                    "HUBSPOT_BURST_WINDOW_MS",
+                    limiter_defaults.burst_window_ms,
+                    "milliseconds",
+                )?,
+                headroom,
+                daily_limit: self.parsed("HUBSPOT_DAILY_LIMIT", limiter_defaults.daily_limit, "a number")?,
+                daily_reserve: self.parsed(
+                    "HUBSPOT_DAILY_RESERVE",
+                    limiter_defaults.daily_reserve,
+                    "a number",
+                )?,
+                day_offset_minutes: self.parsed(
+                    "HUBSPOT_DAY_UTC_OFFSET_MINUTES",
+                    limiter_defaults.day_offset_minutes,
+                    "a number of minutes",
+                )?,
+                max_ahead_ms: limiter_defaults.max_ahead_ms,
+            },
+            sync: crate::sync::SyncSettings {
+                max_attempts,
+                retry_base: seconds("SYNC_RETRY_BASE_SECONDS", sync_defaults.retry_base)?,
+                retry_cap: seconds("SYNC_RETRY_CAP_SECONDS", sync_defaults.retry_cap)?
+                    .min(Duration::from_secs(900)),
+                lease: seconds("SYNC_LEASE_SECONDS", sync_defaults.lease)?,
+                busy_delay: seconds("SYNC_BUSY_RETRY_SECONDS", sync_defaults.busy_delay)?,
+                ..sync_defaults
+            },
+            timeline_retention_ms: i64::from(self.parsed::<u32>(
+                "TIMELINE_RETENTION_DAYS",
+                180,
+                "a number of days",
+            )?) * DAY_MS,
+        })
+    }
+}
+
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 #[cfg(test)]
@@ -249,6 +354,32 @@ mod tests {
             env(&pairs).webhook().unwrap_err().variable,
             "WEBHOOK_MAX_BODY_BYTES"
         );
+    }
+
+    const SYNC: [(&str, &str); 5] = [
+        ("SYNC_STATE_TABLE", "s"),
+        ("RATE_LIMIT_TABLE", "r"),
+        ("OUTBOUND_QUEUE_URL", "http://q"),
+        ("OUTBOUND_DLQ_URL", "http://d"),
+        ("HUBSPOT_ACCESS_TOKEN", "t"),
+    ];
+
+    #[test]
+    fn the_sync_configuration_defaults_to_hubspot_pro_limits_and_the_built_in_mapping() {
+        let config = env(&SYNC).sync().unwrap();
+        assert_eq!(config.limiter.burst_limit, 190);
+        assert_eq!(config.limiter.daily_reserve, 25_000);
+        assert_eq!(config.sync.max_attempts, 5);
+        assert_eq!(config.hubspot_api_base, "https://api.hubapi.com");
+        assert!(config.mapping_toml.contains("[contact]"));
+    }
+
+    #[test]
+    fn a_mapping_file_that_cannot_be_read_is_named() {
+        let mut pairs = SYNC.to_vec();
+        pairs.push(("CRM_SYNC_MAPPING_FILE", "/nonexistent/mapping.toml"));
+        let error = env(&pairs).sync().unwrap_err();
+        assert_eq!(error.variable, "CRM_SYNC_MAPPING_FILE");
     }
 
     #[test]

@@ -185,10 +185,7 @@ impl WebhookIngest {
         }
         let messages: Vec<OutgoingMessage> = won
             .iter()
-            .map(|event| OutgoingMessage {
-                id: event.key.clone(),
-                body: event.queue_message(delivery),
-            })
+            .map(|event| OutgoingMessage::new(event.key.clone(), event.queue_message(delivery)))
             .collect();
         let failures = self.queue.send(&messages).await;
         for failure in &failures {

@@ -14,3 +14,4 @@ pub mod domain;
 pub mod entrypoints;
 pub mod ingest;
 pub mod ports;
+pub mod sync;

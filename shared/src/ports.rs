@@ -3,6 +3,14 @@
 
 use async_trait::async_trait;
 
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use crate::domain::contract::{Change, RecordRef};
+use crate::domain::crm::{
+    AssociationInput, BatchResult, CrmError, RateInfo, ThrottlePolicy, UpdateInput, UpsertInput,
+};
+use crate::domain::sync::{RecordState, SyncStatus, TimelineEntry};
 use crate::domain::{AuthError, Delivery, InboundEvent, ParseError, ProviderId, WebhookRequest};
 
 /// A CRM's webhook dialect: how its requests are authenticated and how its bodies are read.
@@ -69,10 +77,24 @@ pub trait WebhookStore: Send + Sync {
 }
 
 /// One message to put on a queue; `id` is unique within one `send` call.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct OutgoingMessage {
     pub id: String,
     pub body: String,
+    /// Seconds before the message becomes visible (at most 900).
+    pub delay_secs: u32,
+    /// String message attributes.
+    pub attributes: Vec<(String, String)>,
+}
+
+impl OutgoingMessage {
+    pub fn new(id: impl Into<String>, body: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            body: body.into(),
+            ..Self::default()
+        }
+    }
 }
 
 /// A message that the queue did not accept.
@@ -88,4 +110,144 @@ pub trait MessageQueue: Send + Sync {
     /// Sends every message, in as few calls as the queue allows. MUST return one failure for
     /// every message that is not durably on the queue, and none for a message that is.
     async fn send(&self, messages: &[OutgoingMessage]) -> Vec<SendFailure>;
+}
+
+/// A CRM's record API, in batches. Every method MUST return one outcome per input, in input
+/// order, or an error for the whole call; errors MUST say whether a retry can help.
+#[async_trait]
+pub trait Crm: Send + Sync {
+    /// The CRM's name (`hubspot`).
+    fn name(&self) -> &'static str;
+
+    /// The most inputs one call takes.
+    fn max_batch(&self) -> usize;
+
+    /// Creates or updates records by the unique property `id_property`.
+    async fn upsert(
+        &self,
+        object: &str,
+        id_property: &str,
+        inputs: &[UpsertInput],
+    ) -> Result<BatchResult, CrmError>;
+
+    /// Updates records by CRM id.
+    async fn update(&self, object: &str, inputs: &[UpdateInput]) -> Result<BatchResult, CrmError>;
+
+    /// Archives records by CRM id.
+    async fn archive(&self, object: &str, crm_ids: &[String]) -> Result<BatchResult, CrmError>;
+
+    /// Links records of `from` to records of `to` with the default association.
+    async fn associate(
+        &self,
+        from: &str,
+        to: &str,
+        pairs: &[AssociationInput],
+    ) -> Result<BatchResult, CrmError>;
+}
+
+/// What claiming a record for a sync attempt found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordClaim {
+    /// The caller holds the record's lease; the state is as it was before the claim.
+    Claimed(RecordState),
+    /// A newer change is applied already.
+    Stale(RecordState),
+    /// This very change is applied already.
+    Duplicate,
+    /// Another attempt holds a live lease on the record.
+    Busy,
+}
+
+/// How a claimed attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    /// The change is in the CRM (or, for a delete, the record is archived).
+    Applied {
+        crm_id: Option<String>,
+        version_ms: i64,
+        idempotency_id: String,
+        /// The merged map of what crm-sync has written to the CRM.
+        written: BTreeMap<String, String>,
+        status: SyncStatus,
+    },
+    /// The attempt failed; `status` is `Pending` when it will be retried, `Failed` when not.
+    Failed { error: String, status: SyncStatus },
+    /// Nothing was tried (throttled before the call): give the lease back.
+    Released,
+}
+
+/// Per-record sync state and timeline.
+#[async_trait]
+pub trait SyncStateStore: Send + Sync {
+    /// Leases the record to `token` for an attempt at `change`, unless the change is stale, a
+    /// duplicate, or another live lease holds the record. MUST be atomic.
+    async fn claim(
+        &self,
+        change: &Change,
+        token: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<RecordClaim, StoreUnavailable>;
+
+    /// Records how the attempt ended and releases the lease. MUST NOT touch the record when the
+    /// lease has passed to another token.
+    async fn settle(
+        &self,
+        record: &RecordRef,
+        token: &str,
+        now_ms: i64,
+        settlement: &Settlement,
+    ) -> Result<(), StoreUnavailable>;
+
+    /// Current states of some records (missing records are absent from the map).
+    async fn states(
+        &self,
+        records: &[RecordRef],
+    ) -> Result<HashMap<RecordRef, RecordState>, StoreUnavailable>;
+
+    /// Appends to the records' timelines.
+    async fn append_timeline(&self, entries: &[TimelineEntry]) -> Result<(), StoreUnavailable>;
+
+    /// A record's state and its newest `limit` timeline entries, newest first, in one query.
+    async fn record(
+        &self,
+        record: &RecordRef,
+        limit: usize,
+    ) -> Result<Option<(RecordState, Vec<TimelineEntry>)>, StoreUnavailable>;
+
+    /// Records with `status`, most recently changed first; `cursor` continues a listing.
+    async fn by_status(
+        &self,
+        status: SyncStatus,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Result<(Vec<RecordState>, Option<String>), StoreUnavailable>;
+}
+
+/// The answer to a request for one CRM call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permit {
+    /// Call at `at_ms` (now, or a moment later: wait until then).
+    Granted { at_ms: i64 },
+    /// No call before `until_ms`.
+    Denied { until_ms: i64, policy: ThrottlePolicy },
+}
+
+/// The CRM call budget, shared by every concurrent instance.
+#[async_trait]
+pub trait RateLimiter: Send + Sync {
+    /// Reserves the next call slot. MUST never grant more calls in any rolling window than the
+    /// configured burst limit, nor dip into the daily reserve.
+    async fn acquire(&self, now_ms: i64) -> Result<Permit, StoreUnavailable>;
+
+    /// Takes in what the CRM said of its limits on a response.
+    async fn observe(&self, rate: &RateInfo, now_ms: i64) -> Result<(), StoreUnavailable>;
+
+    /// The CRM said no: hold every instance back for `wait`.
+    async fn throttled(
+        &self,
+        policy: ThrottlePolicy,
+        wait: Duration,
+        now_ms: i64,
+    ) -> Result<(), StoreUnavailable>;
 }

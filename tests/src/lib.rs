@@ -1,6 +1,7 @@
 //! Test harness: one moto per test binary, and for each test its own local stack (resource names
 //! prefixed uniquely, HTTP on a free port), driven over real HTTP.
 
+pub mod app_changes;
 pub mod fault_proxy;
 pub mod hubspot;
 
@@ -9,9 +10,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use crm_sync::adapters::aws::{load_sdk_config, AwsTarget, CallBudget};
+use crm_sync::adapters::dynamodb::DynamoDbSyncState;
 use crm_sync_local::moto::{free_port, Moto};
-use crm_sync_local::{LocalStack, StackOptions};
+use crm_sync_local::{CrmTarget, LocalStack, StackOptions};
 
 pub use fault_proxy::FaultProxy;
 
@@ -50,6 +53,30 @@ pub struct AppOptions {
     pub fault_proxy: bool,
     /// Extra environment for the functions.
     pub env: HashMap<String, String>,
+    /// Feed the sync function from its queue, as the event source mapping does.
+    pub event_sources: bool,
+    /// Template parameters on top of the test defaults.
+    pub parameters: HashMap<String, String>,
+}
+
+impl AppOptions {
+    /// A stack whose sync function runs from its queue, with retries quick enough for tests.
+    pub fn syncing() -> Self {
+        AppOptions {
+            event_sources: true,
+            env: HashMap::from([
+                ("SYNC_RETRY_BASE_SECONDS".to_string(), "1".to_string()),
+                ("SYNC_BUSY_RETRY_SECONDS".to_string(), "1".to_string()),
+            ]),
+            parameters: HashMap::from([("SyncBatchWindowSeconds".to_string(), "1".to_string())]),
+            ..AppOptions::default()
+        }
+    }
+
+    pub fn with_env(mut self, name: &str, value: &str) -> Self {
+        self.env.insert(name.to_string(), value.to_string());
+        self
+    }
 }
 
 /// One test's stack and the clients to look inside it.
@@ -83,7 +110,16 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         handler_aws_endpoint: faults.as_ref().map(FaultProxy::endpoint),
         stack_name,
         http_addr: "127.0.0.1:0".parse().expect("a socket address"),
-        parameters: HashMap::from([("HubSpotClientSecret".to_string(), HUBSPOT_SECRET.to_string())]),
+        crm: CrmTarget::Sandbox {
+            addr: "127.0.0.1:0".to_string(),
+        },
+        run_event_sources: options.event_sources,
+        parameters: {
+            let mut parameters =
+                HashMap::from([("HubSpotClientSecret".to_string(), HUBSPOT_SECRET.to_string())]);
+            parameters.extend(options.parameters);
+            parameters
+        },
         env_overrides: options.env,
     })
     .await
@@ -148,6 +184,148 @@ impl TestApp {
     /// Drains the inbound queue: every message body on it, each read once.
     pub async fn drain_inbound(&self) -> Vec<serde_json::Value> {
         drain(&self.sqs, self.inbound_queue_url()).await
+    }
+
+    pub fn sandbox(&self) -> &hubspot_sandbox::Sandbox {
+        self.stack
+            .sandbox
+            .as_ref()
+            .expect("test stacks run the HubSpot sandbox")
+    }
+
+    pub fn sync_state(&self) -> DynamoDbSyncState {
+        DynamoDbSyncState::new(
+            self.dynamodb.clone(),
+            self.stack.resources.table("SyncStateTable"),
+            30 * 24 * 3600 * 1000,
+        )
+    }
+
+    /// Sends app changes to the outbound queue, ten per call.
+    pub async fn send_changes(&self, changes: &[serde_json::Value]) {
+        let url = &self.stack.resources.queue("OutboundQueue").url;
+        for chunk in changes.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, change)| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(change.to_string())
+                        .build()
+                        .unwrap()
+                })
+                .collect();
+            let output = self
+                .sqs
+                .send_message_batch()
+                .queue_url(url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .expect("send works");
+            assert!(output.failed().is_empty(), "every change is queued");
+        }
+    }
+
+    /// Reads and deletes every message of a dead-letter queue: body and string attributes.
+    pub async fn drain_dead_letters(&self, queue: &str) -> Vec<(serde_json::Value, HashMap<String, String>)> {
+        let url = &self.stack.resources.queue(queue).url;
+        let mut letters = Vec::new();
+        loop {
+            let received = self
+                .sqs
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages(10)
+                .message_attribute_names("All")
+                .visibility_timeout(600)
+                .send()
+                .await
+                .expect("receive works");
+            if received.messages().is_empty() {
+                return letters;
+            }
+            for message in received.messages() {
+                let attributes = message
+                    .message_attributes()
+                    .map(|attributes| {
+                        attributes
+                            .iter()
+                            .filter_map(|(k, v)| Some((k.clone(), v.string_value()?.to_string())))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let body = serde_json::from_str(message.body().unwrap_or_default()).unwrap_or_default();
+                letters.push((body, attributes));
+                self.sqs
+                    .delete_message()
+                    .queue_url(url)
+                    .receipt_handle(message.receipt_handle().unwrap_or_default())
+                    .send()
+                    .await
+                    .expect("delete works");
+            }
+        }
+    }
+
+    /// Moves every message of `from` to `to` with its attributes, as
+    /// `aws sqs start-message-move-task` does (moto lacks it).
+    pub async fn redrive(&self, from: &str, to: &str) -> usize {
+        let from_url = self.stack.resources.queue(from).url.clone();
+        let to_url = self.stack.resources.queue(to).url.clone();
+        let mut moved = 0;
+        loop {
+            let received = self
+                .sqs
+                .receive_message()
+                .queue_url(&from_url)
+                .max_number_of_messages(10)
+                .message_attribute_names("All")
+                .send()
+                .await
+                .expect("receive works");
+            if received.messages().is_empty() {
+                return moved;
+            }
+            for message in received.messages() {
+                self.sqs
+                    .send_message()
+                    .queue_url(&to_url)
+                    .message_body(message.body().unwrap_or_default())
+                    .set_message_attributes(message.message_attributes().cloned())
+                    .send()
+                    .await
+                    .expect("send works");
+                self.sqs
+                    .delete_message()
+                    .queue_url(&from_url)
+                    .receipt_handle(message.receipt_handle().unwrap_or_default())
+                    .send()
+                    .await
+                    .expect("delete works");
+                moved += 1;
+            }
+        }
+    }
+}
+
+/// Polls `check` every 200 ms until it gives a value, or panics after `seconds` naming `what`.
+pub async fn eventually<T, F, Fut>(seconds: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {seconds} s waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 

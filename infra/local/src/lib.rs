@@ -1,8 +1,11 @@
 //! The local stack: moto standing in for AWS, the resources `template.yaml` declares created in
-//! it, and the Lambda handlers served over HTTP exactly as API Gateway would call them.
-//! `cargo run -p crm-sync-local` runs it; the integration tests start it the same way.
+//! it, the HubSpot sandbox standing in for HubSpot, the webhook handler served over HTTP exactly
+//! as API Gateway would call it, and the sync handler fed from its queue exactly as the event
+//! source mapping would feed it. `cargo run -p crm-sync-local` runs it; the integration tests
+//! start it the same way.
 
 pub mod apigw;
+pub mod esm;
 pub mod moto;
 pub mod provision;
 pub mod server;
@@ -11,15 +14,27 @@ pub mod template;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{anyhow, Context};
 use crm_sync::adapters::aws::{load_sdk_config, AwsTarget, CallBudget};
 use crm_sync::config::Env;
+use crm_sync::entrypoints::sync_sqs::SyncHandler;
 use crm_sync::entrypoints::webhook_http::WebhookApi;
+use hubspot_sandbox::{Sandbox, SandboxConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use provision::{LocalQueue, Provisioned};
+
+/// Which HubSpot the sync function talks to.
+#[derive(Debug, Clone)]
+pub enum CrmTarget {
+    /// Start the HubSpot sandbox on this address (port 0 for any free port).
+    Sandbox { addr: String },
+    /// Real HubSpot: `HUBSPOT_ACCESS_TOKEN` (and optionally `HUBSPOT_API_BASE`) in `env_overrides`.
+    HubSpot,
+}
 
 /// How to start a local stack.
 #[derive(Debug, Clone)]
@@ -32,43 +47,106 @@ pub struct StackOptions {
     pub stack_name: String,
     /// Where the HTTP API listens (port 0 for any free port).
     pub http_addr: SocketAddr,
+    pub crm: CrmTarget,
     /// Template parameter values (e.g. `HubSpotClientSecret`).
     pub parameters: HashMap<String, String>,
     /// Environment variables set on top of what the template gives the functions.
     pub env_overrides: HashMap<String, String>,
+    /// Run the sync function's event source (off to drive the handler by hand).
+    pub run_event_sources: bool,
 }
 
-/// A running local stack; dropping it stops the HTTP server (moto is owned separately).
+/// A running local stack; dropping it stops the HTTP server, the pollers and the sandbox
+/// (moto is owned separately).
 pub struct LocalStack {
     pub http_addr: SocketAddr,
     pub resources: Provisioned,
-    /// The webhook function's environment, as the template defines it, resolved locally.
+    /// Each function's environment, as the template defines it, resolved locally.
     pub webhook_env: HashMap<String, String>,
-    server: JoinHandle<()>,
+    pub sync_env: HashMap<String, String>,
+    pub sandbox: Option<Sandbox>,
+    pub sync: Arc<SyncHandler>,
+    event_sources: Vec<(aws_sdk_sqs::Client, esm::EventSource, esm::SqsHandler)>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl LocalStack {
     /// Creates the template's resources, builds the handlers from the template's environment and
     /// serves them.
-    pub async fn start(options: StackOptions) -> anyhow::Result<LocalStack> {
+    pub async fn start(mut options: StackOptions) -> anyhow::Result<LocalStack> {
         let template = template::Template::load(&moto::repo_root().join("template.yaml"))?;
+        let sandbox = match &options.crm {
+            CrmTarget::Sandbox { addr } => Some(Sandbox::start(addr, SandboxConfig::default()).await?),
+            CrmTarget::HubSpot => None,
+        };
+        if let Some(sandbox) = &sandbox {
+            options
+                .parameters
+                .entry("HubSpotAccessToken".into())
+                .or_insert_with(|| sandbox.token());
+        } else if let Some(token) = options.env_overrides.get("HUBSPOT_ACCESS_TOKEN") {
+            options
+                .parameters
+                .entry("HubSpotAccessToken".into())
+                .or_insert_with(|| token.clone());
+        }
+
         let admin = load_sdk_config(&AwsTarget::local(&options.aws_endpoint), CallBudget::WEBHOOK).await;
         let resources = provision::provision(&admin, &template, &options.stack_name, &options.parameters)
             .await
             .context("creating the template's resources in moto")?;
 
-        let mut webhook_env = template.function_environment("WebhookFunction", &resources.resolver)?;
-        webhook_env.extend(options.env_overrides.clone());
-        let lookup = webhook_env.clone();
-        let config = Env(move |name: &str| lookup.get(name).cloned()).webhook()?;
         let handler_endpoint = options
             .handler_aws_endpoint
             .as_ref()
             .unwrap_or(&options.aws_endpoint);
+        let mut webhook_env = template.function_environment("WebhookFunction", &resources.resolver)?;
+        webhook_env.extend(options.env_overrides.clone());
+        let lookup = webhook_env.clone();
+        let config = Env(move |name: &str| lookup.get(name).cloned()).webhook()?;
         let aws = load_sdk_config(&AwsTarget::local(handler_endpoint), CallBudget::WEBHOOK).await;
         let webhook = Arc::new(WebhookApi::build(&aws, config).await?);
 
-        let handler: server::Handler = Arc::new(move |request| {
+        let mut sync_env = template.function_environment("SyncFunction", &resources.resolver)?;
+        if let Some(sandbox) = &sandbox {
+            sync_env.insert("HUBSPOT_API_BASE".into(), sandbox.url());
+        }
+        sync_env.extend(options.env_overrides.clone());
+        let lookup = sync_env.clone();
+        let config = Env(move |name: &str| lookup.get(name).cloned()).sync()?;
+        let aws = load_sdk_config(&AwsTarget::local(handler_endpoint), CallBudget::BACKGROUND).await;
+        let sync = Arc::new(SyncHandler::build(&aws, config).await?);
+
+        let mut event_sources = Vec::new();
+        let timeout =
+            Duration::from_secs(template.function_timeout_secs("SyncFunction", &resources.resolver)?);
+        let sqs = aws_sdk_sqs::Client::new(&admin);
+        for spec in template.sqs_event_sources("SyncFunction", &resources.resolver)? {
+            let queue = resources
+                .queues
+                .values()
+                .find(|queue| queue.arn == spec.queue_arn)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "SyncFunction reads {}, which the template does not declare",
+                        spec.queue_arn
+                    )
+                })?;
+            let handler = sync.clone();
+            let call: esm::SqsHandler = Arc::new(move |event| {
+                let handler = handler.clone();
+                Box::pin(async move { handler.handle(event).await })
+            });
+            let source = esm::EventSource {
+                queue_url: queue.url.clone(),
+                spec,
+                function_timeout: timeout,
+            };
+            event_sources.push((sqs.clone(), source, call));
+        }
+        let mut tasks = Vec::new();
+
+        let http: server::Handler = Arc::new(move |request| {
             let webhook = webhook.clone();
             Box::pin(async move {
                 match webhook.handle(request).await {
@@ -81,13 +159,28 @@ impl LocalStack {
             .await
             .with_context(|| format!("listening on {}", options.http_addr))?;
         let http_addr = listener.local_addr()?;
-        let server = tokio::spawn(server::serve(listener, handler));
-        Ok(LocalStack {
+        tasks.push(tokio::spawn(server::serve(listener, http)));
+        let mut stack = LocalStack {
             http_addr,
             resources,
             webhook_env,
-            server,
-        })
+            sync_env,
+            sandbox,
+            sync,
+            event_sources,
+            tasks,
+        };
+        if options.run_event_sources {
+            stack.start_event_sources();
+        }
+        Ok(stack)
+    }
+
+    /// Starts feeding the functions from their queues (once; later calls do nothing).
+    pub fn start_event_sources(&mut self) {
+        for (sqs, source, handler) in self.event_sources.drain(..) {
+            self.tasks.extend(esm::start(sqs, source, handler));
+        }
     }
 
     /// The base URL of the local HTTP API.
@@ -98,6 +191,8 @@ impl LocalStack {
 
 impl Drop for LocalStack {
     fn drop(&mut self) {
-        self.server.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }

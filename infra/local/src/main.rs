@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use crm_sync_local::moto::Moto;
-use crm_sync_local::{LocalStack, StackOptions};
+use crm_sync_local::{CrmTarget, LocalStack, StackOptions};
 
 fn setting(name: &str, default: &str) -> String {
     std::env::var(name)
@@ -37,6 +37,24 @@ async fn main() -> anyhow::Result<()> {
         .parse()
         .context("CRM_SYNC_MOTO_PORT")?;
     let stack_name = setting("CRM_SYNC_STACK_NAME", "crm-sync-local");
+    let sandbox_port = setting("CRM_SYNC_SANDBOX_PORT", "3001");
+    // A real HubSpot token in the environment means real HubSpot; otherwise the sandbox.
+    let real_token = std::env::var("HUBSPOT_ACCESS_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let mut env_overrides = HashMap::new();
+    let crm = match &real_token {
+        Some(token) => {
+            env_overrides.insert("HUBSPOT_ACCESS_TOKEN".to_string(), token.clone());
+            if let Ok(base) = std::env::var("HUBSPOT_API_BASE") {
+                env_overrides.insert("HUBSPOT_API_BASE".to_string(), base);
+            }
+            CrmTarget::HubSpot
+        }
+        None => CrmTarget::Sandbox {
+            addr: format!("{host}:{sandbox_port}"),
+        },
+    };
     let secret = setting("HUBSPOT_CLIENT_SECRET", "local-hubspot-secret");
 
     let (moto, aws_endpoint) = match std::env::var("CRM_SYNC_AWS_ENDPOINT")
@@ -56,8 +74,10 @@ async fn main() -> anyhow::Result<()> {
         handler_aws_endpoint: None,
         stack_name,
         http_addr,
+        crm,
         parameters: HashMap::from([("HubSpotClientSecret".to_string(), secret.clone())]),
-        env_overrides: HashMap::new(),
+        env_overrides,
+        run_event_sources: true,
     })
     .await?;
 
@@ -92,6 +112,22 @@ fn print_summary(stack: &LocalStack, aws_endpoint: &str, started_moto: bool, sec
     for (logical, queue) in queues {
         println!("  queue         {}  ({logical})", queue.url);
     }
+    match &stack.sandbox {
+        Some(sandbox) => println!(
+            "  HubSpot       sandbox {} (token {:?}; records at {}/_sandbox/objects/contacts)",
+            sandbox.url(),
+            sandbox.token(),
+            sandbox.url()
+        ),
+        None => println!(
+            "  HubSpot       {} (HUBSPOT_ACCESS_TOKEN is set)",
+            stack
+                .sync_env
+                .get("HUBSPOT_API_BASE")
+                .map(String::as_str)
+                .unwrap_or("https://api.hubapi.com")
+        ),
+    }
     println!("  HubSpot secret {secret:?} (set HUBSPOT_CLIENT_SECRET to change it)");
     println!();
     println!("Send a v3-signed test delivery (bash, openssl, curl):");
@@ -118,6 +154,22 @@ fn print_summary(stack: &LocalStack, aws_endpoint: &str, started_moto: bool, sec
         "  aws --endpoint-url {aws_endpoint} --region us-east-1 sqs receive-message --queue-url {} --max-number-of-messages 10",
         inbound.url
     );
+    println!();
+    let outbound = resources.queue("OutboundQueue");
+    println!(
+        "Sync a contact to HubSpot (the sync function polls {}):",
+        outbound.name
+    );
+    println!(
+        "  aws --endpoint-url {aws_endpoint} --region us-east-1 sqs send-message --queue-url {} \\",
+        outbound.url
+    );
+    println!(
+        "    --message-body '{{\"version\":1,\"type\":\"contact.upsert\",\"record_id\":\"user-42\",\"idempotency_id\":\"'$(date +%s%N)'\",\"changed_at\":\"'$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)'\",\"data\":{{\"email\":\"ada@example.com\",\"first_name\":\"Ada\"}}}}'"
+    );
+    if let Some(sandbox) = &stack.sandbox {
+        println!("  curl -s {}/_sandbox/objects/contacts; echo", sandbox.url());
+    }
     println!();
     println!("Ctrl-C stops everything started here.");
 }

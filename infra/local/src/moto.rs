@@ -84,7 +84,7 @@ impl Drop for Moto {
 impl Moto {
     /// Starts moto on `host:port` and waits until it answers (blocking; it takes a second or two).
     pub fn start(host: &str, port: u16) -> anyhow::Result<Moto> {
-        let moto_server = ensure_installed()?;
+        ensure_installed()?;
         if std::net::TcpListener::bind((host, port)).is_err() {
             bail!(
                 "{host}:{port} is in use: choose another port, or point at a running moto with its endpoint"
@@ -93,7 +93,6 @@ impl Moto {
         let guard_script = repo_root().join("infra/local/moto_guard.py");
         let mut guard = Command::new(venv_dir().join("bin/python"))
             .arg(&guard_script)
-            .arg(&moto_server)
             .arg(host)
             .arg(port.to_string())
             .stdin(Stdio::piped())

@@ -204,6 +204,84 @@ impl Template {
     }
 }
 
+/// An SQS event source of a function, as declared.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SqsEventSpec {
+    pub queue_arn: String,
+    pub batch_size: usize,
+    pub batching_window_secs: u64,
+    pub maximum_concurrency: usize,
+    pub report_batch_item_failures: bool,
+}
+
+impl Template {
+    fn function(&self, function: &str) -> anyhow::Result<&serde_yaml::Mapping> {
+        get(&self.resources, function)
+            .and_then(Value::as_mapping)
+            .and_then(|resource| mapping(resource, "Properties"))
+            .ok_or_else(|| anyhow!("the template has no function {function}"))
+    }
+
+    /// The function's timeout in seconds (Lambda's default is 3).
+    pub fn function_timeout_secs(&self, function: &str, resolver: &Resolver) -> anyhow::Result<u64> {
+        match get(self.function(function)?, "Timeout") {
+            Some(value) => Ok(resolver.resolve(value)?.parse()?),
+            None => Ok(3),
+        }
+    }
+
+    /// The function's SQS event sources, resolved.
+    pub fn sqs_event_sources(
+        &self,
+        function: &str,
+        resolver: &Resolver,
+    ) -> anyhow::Result<Vec<SqsEventSpec>> {
+        let events = mapping(self.function(function)?, "Events")
+            .cloned()
+            .unwrap_or_default();
+        let mut sources = Vec::new();
+        for (name, event) in &events {
+            let Some(event) = event.as_mapping() else { continue };
+            if get(event, "Type").and_then(Value::as_str) != Some("SQS") {
+                continue;
+            }
+            let properties = mapping(event, "Properties").cloned().unwrap_or_default();
+            let number = |key: &str, default: u64| -> anyhow::Result<u64> {
+                match get(&properties, key) {
+                    Some(value) => Ok(resolver
+                        .resolve(value)
+                        .and_then(|v| v.parse().map_err(anyhow::Error::from))
+                        .with_context(|| {
+                            format!("{function}.Events.{}.{key}", name.as_str().unwrap_or_default())
+                        })?),
+                    None => Ok(default),
+                }
+            };
+            let concurrency =
+                match mapping(&properties, "ScalingConfig").and_then(|c| get(c, "MaximumConcurrency")) {
+                    Some(value) => resolver.resolve(value)?.parse()?,
+                    None => 5,
+                };
+            let responses = get(&properties, "FunctionResponseTypes")
+                .and_then(Value::as_sequence)
+                .is_some_and(|types| {
+                    types
+                        .iter()
+                        .any(|t| t.as_str() == Some("ReportBatchItemFailures"))
+                });
+            sources.push(SqsEventSpec {
+                queue_arn: resolver
+                    .resolve(get(&properties, "Queue").ok_or_else(|| anyhow!("SQS event without Queue"))?)?,
+                batch_size: number("BatchSize", 10)? as usize,
+                batching_window_secs: number("MaximumBatchingWindowInSeconds", 0)?,
+                maximum_concurrency: concurrency,
+                report_batch_item_failures: responses,
+            });
+        }
+        Ok(sources)
+    }
+}
+
 static EMPTY: std::sync::LazyLock<serde_yaml::Mapping> = std::sync::LazyLock::new(serde_yaml::Mapping::new);
 
 /// What `!Ref` and `!GetAtt` of a created resource give.
@@ -354,6 +432,17 @@ Resources:
   Fn:
     Type: AWS::Serverless::Function
     Properties:
+      Timeout: 60
+      Events:
+        Feed:
+          Type: SQS
+          Properties:
+            Queue: !GetAtt Queue.Arn
+            BatchSize: 500
+            MaximumBatchingWindowInSeconds: 2
+            FunctionResponseTypes: [ReportBatchItemFailures]
+            ScalingConfig:
+              MaximumConcurrency: !Ref Name
       Environment:
         Variables:
           TABLE: !Ref Table
@@ -411,6 +500,25 @@ Resources:
             format!("{error:#}").contains("environment variable TABLE"),
             "{error:#}"
         );
+    }
+
+    #[test]
+    fn sqs_event_sources_are_read_with_their_batching_and_concurrency() {
+        let template = Template::parse(TEMPLATE).unwrap();
+        let mut resolver = resolver();
+        resolver.parameters.insert("Name".into(), "3".into());
+        let sources = template.sqs_event_sources("Fn", &resolver).unwrap();
+        assert_eq!(
+            sources,
+            vec![SqsEventSpec {
+                queue_arn: "arn:q".into(),
+                batch_size: 500,
+                batching_window_secs: 2,
+                maximum_concurrency: 3,
+                report_batch_item_failures: true,
+            }]
+        );
+        assert_eq!(template.function_timeout_secs("Fn", &resolver).unwrap(), 60);
     }
 
     #[test]

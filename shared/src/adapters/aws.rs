@@ -43,6 +43,13 @@ impl CallBudget {
         operation_timeout: Duration::from_millis(3_500),
         max_attempts: 3,
     };
+
+    /// Queue consumers: more patience, the invocation has a minute.
+    pub const BACKGROUND: CallBudget = CallBudget {
+        attempt_timeout: Duration::from_secs(5),
+        operation_timeout: Duration::from_secs(15),
+        max_attempts: 4,
+    };
 }
 
 /// Loads the SDK configuration for `target` with the given call budget.

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use aws_sdk_sqs::error::DisplayErrorContext;
-use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use aws_sdk_sqs::Client;
 use futures::future::join_all;
 
@@ -35,11 +35,23 @@ impl SqsQueue {
     async fn send_batch(&self, batch: &[&OutgoingMessage]) -> Vec<SendFailure> {
         // SQS entry ids allow only [A-Za-z0-9_-]; the position in the batch maps them back.
         let entries = batch.iter().enumerate().map(|(position, message)| {
-            SendMessageBatchRequestEntry::builder()
+            let mut entry = SendMessageBatchRequestEntry::builder()
                 .id(position.to_string())
-                .message_body(&message.body)
-                .build()
-                .expect("id and body are set")
+                .message_body(&message.body);
+            if message.delay_secs > 0 {
+                entry = entry.delay_seconds(i32::try_from(message.delay_secs.min(900)).unwrap_or(900));
+            }
+            for (name, value) in &message.attributes {
+                entry = entry.message_attributes(
+                    name,
+                    MessageAttributeValue::builder()
+                        .data_type("String")
+                        .string_value(value)
+                        .build()
+                        .expect("type and value are set"),
+                );
+            }
+            entry.build().expect("id and body are set")
         });
         let result = self
             .client
@@ -111,10 +123,7 @@ mod tests {
     use super::*;
 
     fn message(id: usize, size: usize) -> OutgoingMessage {
-        OutgoingMessage {
-            id: id.to_string(),
-            body: "x".repeat(size),
-        }
+        OutgoingMessage::new(id.to_string(), "x".repeat(size))
     }
 
     #[test]

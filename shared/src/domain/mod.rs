@@ -1,6 +1,10 @@
 //! The domain: plain data and pure rules. Nothing here knows about AWS.
 
 pub mod clock;
+pub mod contract;
+pub mod crm;
+pub mod mapping;
+pub mod sync;
 pub mod webhook;
 
 pub use clock::{Clock, SystemClock};

@@ -1,0 +1,786 @@
+//! A local HubSpot for crm-sync's tests, benchmarks and local stack. It speaks the subset of the
+//! CRM v3 object API (and v4 batch associations) crm-sync uses, with HubSpot's paths, JSON shapes
+//! and status codes (200/201/204/207/400/401/404/409/429), its rate-limit headers, a rolling
+//! burst window and a daily budget; and a control API under `/_sandbox` to inject faults and to
+//! look at what it holds.
+//!
+//! Control API:
+//! - `POST /_sandbox/faults` with any of `error_rate`, `error_status`, `latency_ms`,
+//!   `timeout_rate`, `timeout_ms`, `throttle_next` (the next N calls get 429), `burst_limit`,
+//!   `burst_window_ms`, `daily_limit`, `daily_used`, `seed`;
+//! - `GET /_sandbox/objects/{type}` lists live records; `GET /_sandbox/stats` counts calls;
+//! - `POST` / `DELETE /_sandbox/properties/{type}/{name}` adds or removes a property, as an admin;
+//! - `POST /_sandbox/reset` forgets records, faults and counts.
+
+mod store;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use store::{InputFailure, Record, Store, DEAL_STAGES};
+
+/// Static settings of a sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// The bearer token every CRM call must carry.
+    pub token: String,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            token: "sandbox-token".to_string(),
+        }
+    }
+}
+
+/// Limits and injected faults; all of it can be changed while running.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Faults {
+    /// Share of calls answered with `error_status` instead of being served (0..1).
+    pub error_rate: f64,
+    pub error_status: u16,
+    /// Added to every call.
+    pub latency_ms: u64,
+    /// Share of calls that hang for `timeout_ms` and then fail.
+    pub timeout_rate: f64,
+    pub timeout_ms: u64,
+    /// The next N calls are refused with 429 TEN_SECONDLY_ROLLING (a storm).
+    pub throttle_next: u64,
+    /// Calls allowed in any rolling `burst_window_ms` (HubSpot Pro: 190 per 10 s).
+    pub burst_limit: u64,
+    pub burst_window_ms: u64,
+    /// Calls allowed per day, and how many are used already.
+    pub daily_limit: u64,
+    pub daily_used: u64,
+    /// Seeds the fault dice, for repeatable runs.
+    pub seed: Option<u64>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            error_rate: 0.0,
+            error_status: 503,
+            latency_ms: 0,
+            timeout_rate: 0.0,
+            timeout_ms: 30_000,
+            throttle_next: 0,
+            burst_limit: 190,
+            burst_window_ms: 10_000,
+            daily_limit: 625_000,
+            daily_used: 0,
+            seed: None,
+        }
+    }
+}
+
+/// Counters for tests and benchmarks.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stats {
+    /// Calls to the CRM API, by `METHOD path-pattern`.
+    pub calls: BTreeMap<String, u64>,
+    pub total_calls: u64,
+    pub throttled_burst: u64,
+    pub throttled_daily: u64,
+    pub injected_errors: u64,
+    pub injected_timeouts: u64,
+    pub unauthorized: u64,
+    /// Inputs received by batch endpoints.
+    pub batch_inputs: u64,
+}
+
+struct State {
+    config: SandboxConfig,
+    store: Store,
+    faults: Faults,
+    stats: Stats,
+    window: VecDeque<Instant>,
+    dice: fastrand::Rng,
+}
+
+/// A running sandbox; dropping it stops the server.
+pub struct Sandbox {
+    addr: std::net::SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Sandbox {
+    /// Serves a sandbox on `addr` (`127.0.0.1:0` for any free port).
+    pub async fn start(addr: &str, config: SandboxConfig) -> anyhow::Result<Sandbox> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State {
+            config,
+            store: Store::default(),
+            faults: Faults::default(),
+            stats: Stats::default(),
+            window: VecDeque::new(),
+            dice: fastrand::Rng::new(),
+        }));
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| handle(state.clone(), request));
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Sandbox { addr, state, task })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn token(&self) -> String {
+        self.state.lock().unwrap().config.token.clone()
+    }
+
+    /// Replaces the limits and faults.
+    pub fn set_faults(&self, faults: Faults) {
+        let mut state = self.state.lock().unwrap();
+        if let Some(seed) = faults.seed {
+            state.dice = fastrand::Rng::with_seed(seed);
+        }
+        state.faults = faults;
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.state.lock().unwrap().faults.clone()
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.state.lock().unwrap().stats.clone()
+    }
+
+    /// Live records of an object type.
+    pub fn records(&self, object: &str) -> Vec<Record> {
+        let state = self.state.lock().unwrap();
+        state
+            .store
+            .records(object)
+            .filter(|record| !record.archived)
+            .cloned()
+            .collect()
+    }
+
+    /// Every record of an object type, archived ones included.
+    pub fn all_records(&self, object: &str) -> Vec<Record> {
+        self.state
+            .lock()
+            .unwrap()
+            .store
+            .records(object)
+            .cloned()
+            .collect()
+    }
+
+    /// The live record whose unique `property` is `value`.
+    pub fn find(&self, object: &str, property: &str, value: &str) -> Option<Record> {
+        let state = self.state.lock().unwrap();
+        let id = state.store.find_by(object, property, value)?;
+        state.store.get(object, id).cloned()
+    }
+
+    /// What a record is associated with: (object type, id).
+    pub fn associations(&self, object: &str, id: u64) -> Vec<(String, u64)> {
+        self.state.lock().unwrap().store.associations_of(object, id)
+    }
+
+    /// Writes a record as a sales rep would in HubSpot's UI.
+    pub fn edit(
+        &self,
+        object: &str,
+        id: u64,
+        properties: BTreeMap<String, String>,
+    ) -> Result<Record, InputFailure> {
+        self.state.lock().unwrap().store.update(object, id, properties)
+    }
+
+    /// Adds a property to an object type, as a HubSpot admin would.
+    pub fn add_property(&self, object: &str, name: &str) {
+        self.state.lock().unwrap().store.add_property(object, name);
+    }
+
+    /// Removes a property from an object type.
+    pub fn remove_property(&self, object: &str, name: &str) {
+        self.state.lock().unwrap().store.remove_property(object, name);
+    }
+
+    /// Creates a record as a sales rep would.
+    pub fn create(&self, object: &str, properties: BTreeMap<String, String>) -> Result<Record, InputFailure> {
+        self.state.lock().unwrap().store.create(object, properties)
+    }
+}
+
+type Reply = hyper::Response<Full<Bytes>>;
+
+fn reply(status: u16, body: &Value, headers: &[(String, String)]) -> Reply {
+    let mut builder = hyper::Response::builder().status(status);
+    for (name, value) in headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    let bytes = if body.is_null() {
+        Bytes::new()
+    } else {
+        Bytes::from(body.to_string())
+    };
+    if !bytes.is_empty() {
+        builder = builder.header("content-type", "application/json;charset=utf-8");
+    }
+    builder.body(Full::new(bytes)).expect("a valid response")
+}
+
+fn hubspot_error(category: &str, message: &str) -> Value {
+    json!({
+        "status": "error",
+        "message": message,
+        "correlationId": uuid_like(),
+        "category": category,
+    })
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+        fastrand::u32(..),
+        fastrand::u16(..),
+        fastrand::u16(..0x1000),
+        fastrand::u16(..0x1000),
+        fastrand::u64(..1 << 48)
+    )
+}
+
+async fn handle(
+    state: Arc<Mutex<State>>,
+    request: hyper::Request<hyper::body::Incoming>,
+) -> Result<Reply, Infallible> {
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let path = parts.uri.path().to_string();
+    let query = parts.uri.query().unwrap_or_default().to_string();
+    if let Some(control) = path.strip_prefix("/_sandbox") {
+        return Ok(control_api(&state, parts.method.as_str(), control, &body));
+    }
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    Ok(crm_api(
+        state,
+        parts.method.as_str(),
+        &segments,
+        &query,
+        &parts.headers,
+        &body,
+    )
+    .await)
+}
+
+fn control_api(state: &Arc<Mutex<State>>, method: &str, path: &str, body: &[u8]) -> Reply {
+    let mut state = state.lock().unwrap();
+    match (method, path.trim_end_matches('/')) {
+        ("GET", "/health") => reply(200, &json!({"status": "ok"}), &[]),
+        ("GET", "/faults") => reply(200, &serde_json::to_value(&state.faults).unwrap(), &[]),
+        ("POST", "/faults") => {
+            let mut current = serde_json::to_value(&state.faults).unwrap();
+            let Ok(Value::Object(changes)) = serde_json::from_slice::<Value>(body) else {
+                return reply(
+                    400,
+                    &json!({"message": "expected a JSON object of fault settings"}),
+                    &[],
+                );
+            };
+            for (name, value) in changes {
+                current[name] = value;
+            }
+            match serde_json::from_value::<Faults>(current) {
+                Ok(faults) => {
+                    if let Some(seed) = faults.seed {
+                        state.dice = fastrand::Rng::with_seed(seed);
+                    }
+                    state.faults = faults;
+                    reply(200, &serde_json::to_value(&state.faults).unwrap(), &[])
+                }
+                Err(error) => reply(400, &json!({"message": error.to_string()}), &[]),
+            }
+        }
+        ("GET", "/stats") => reply(200, &serde_json::to_value(&state.stats).unwrap(), &[]),
+        ("POST", "/reset") => {
+            state.store = Store::default();
+            state.faults = Faults::default();
+            state.stats = Stats::default();
+            state.window.clear();
+            reply(204, &Value::Null, &[])
+        }
+        ("POST" | "DELETE", properties) if properties.starts_with("/properties/") => {
+            let Some((object, name)) = properties["/properties/".len()..].split_once('/') else {
+                return reply(
+                    400,
+                    &json!({"message": "use /_sandbox/properties/{object}/{name}"}),
+                    &[],
+                );
+            };
+            let known = if method == "POST" {
+                state.store.add_property(object, name)
+            } else {
+                state.store.remove_property(object, name)
+            };
+            if known {
+                reply(204, &Value::Null, &[])
+            } else {
+                reply(404, &json!({"message": format!("no object type {object}")}), &[])
+            }
+        }
+        ("GET", objects) if objects.starts_with("/objects/") => {
+            let object = &objects["/objects/".len()..];
+            let results: Vec<Value> = state
+                .store
+                .records(object)
+                .filter(|record| !record.archived)
+                .map(|record| record.to_json(None))
+                .collect();
+            reply(200, &json!({ "results": results }), &[])
+        }
+        _ => reply(404, &json!({"message": "unknown control endpoint"}), &[]),
+    }
+}
+
+/// What the limits and faults decide for one call, before it is served.
+enum Gate {
+    Serve {
+        delay: Duration,
+    },
+    Refuse {
+        delay: Duration,
+        status: u16,
+        body: Value,
+    },
+}
+
+fn rate_headers(state: &State) -> Vec<(String, String)> {
+    let faults = &state.faults;
+    let used = state.window.len() as u64;
+    vec![
+        ("X-HubSpot-RateLimit-Max".into(), faults.burst_limit.to_string()),
+        (
+            "X-HubSpot-RateLimit-Remaining".into(),
+            faults.burst_limit.saturating_sub(used).to_string(),
+        ),
+        (
+            "X-HubSpot-RateLimit-Interval-Milliseconds".into(),
+            faults.burst_window_ms.to_string(),
+        ),
+        ("X-HubSpot-RateLimit-Daily".into(), faults.daily_limit.to_string()),
+        (
+            "X-HubSpot-RateLimit-Daily-Remaining".into(),
+            faults.daily_limit.saturating_sub(faults.daily_used).to_string(),
+        ),
+    ]
+}
+
+fn gate(state: &mut State, headers: &http::HeaderMap) -> Gate {
+    let authorized = headers
+        .get("authorization")
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value == format!("Bearer {}", state.config.token));
+    if !authorized {
+        state.stats.unauthorized += 1;
+        return Gate::Refuse {
+            delay: Duration::ZERO,
+            status: 401,
+            body: hubspot_error(
+                "INVALID_AUTHENTICATION",
+                "Authentication credentials not found. This API supports OAuth 2.0 authentication.",
+            ),
+        };
+    }
+    let now = Instant::now();
+    let window = Duration::from_millis(state.faults.burst_window_ms);
+    while state
+        .window
+        .front()
+        .is_some_and(|at| now.duration_since(*at) >= window)
+    {
+        state.window.pop_front();
+    }
+    let delay = Duration::from_millis(state.faults.latency_ms);
+    let throttle = |policy: &str, message: &str| {
+        json!({
+            "status": "error",
+            "message": message,
+            "errorType": "RATE_LIMIT",
+            "correlationId": uuid_like(),
+            "policyName": policy,
+            "requestId": uuid_like(),
+        })
+    };
+    if state.faults.daily_used >= state.faults.daily_limit {
+        state.stats.throttled_daily += 1;
+        return Gate::Refuse {
+            delay,
+            status: 429,
+            body: throttle("DAILY", "You have reached your daily limit."),
+        };
+    }
+    if state.faults.throttle_next > 0 || state.window.len() as u64 >= state.faults.burst_limit {
+        state.faults.throttle_next = state.faults.throttle_next.saturating_sub(1);
+        state.stats.throttled_burst += 1;
+        return Gate::Refuse {
+            delay,
+            status: 429,
+            body: throttle(
+                "TEN_SECONDLY_ROLLING",
+                "You have reached your ten_secondly_rolling limit.",
+            ),
+        };
+    }
+    state.window.push_back(now);
+    state.faults.daily_used += 1;
+    let roll = state.dice.f64();
+    if roll < state.faults.timeout_rate {
+        state.stats.injected_timeouts += 1;
+        return Gate::Refuse {
+            delay: delay + Duration::from_millis(state.faults.timeout_ms),
+            status: 504,
+            body: hubspot_error("GATEWAY_TIMEOUT", "The request timed out."),
+        };
+    }
+    if roll < state.faults.timeout_rate + state.faults.error_rate {
+        state.stats.injected_errors += 1;
+        return Gate::Refuse {
+            delay,
+            status: state.faults.error_status,
+            body: hubspot_error("INTERNAL_ERROR", "An internal error occurred."),
+        };
+    }
+    Gate::Serve { delay }
+}
+
+async fn crm_api(
+    state: Arc<Mutex<State>>,
+    method: &str,
+    segments: &[&str],
+    query: &str,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> Reply {
+    let pattern = endpoint_pattern(method, segments);
+    let decision = {
+        let mut state = state.lock().unwrap();
+        state.stats.total_calls += 1;
+        *state.stats.calls.entry(pattern.clone()).or_default() += 1;
+        gate(&mut state, headers)
+    };
+    let delay = match &decision {
+        Gate::Serve { delay } | Gate::Refuse { delay, .. } => *delay,
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let mut state = state.lock().unwrap();
+    let headers = rate_headers(&state);
+    if let Gate::Refuse { status, body, .. } = decision {
+        return reply(status, &body, &headers);
+    }
+    let (status, body) = serve(&mut state, method, segments, query, body);
+    reply(status, &body, &headers)
+}
+
+fn endpoint_pattern(method: &str, segments: &[&str]) -> String {
+    let path: Vec<&str> = segments
+        .iter()
+        .map(|segment| {
+            if segment.chars().all(|c| c.is_ascii_digit()) {
+                "{id}"
+            } else {
+                segment
+            }
+        })
+        .collect();
+    format!("{method} /{}", path.join("/"))
+}
+
+#[derive(Deserialize)]
+struct BatchBody {
+    inputs: Vec<Value>,
+    #[serde(default)]
+    properties: Vec<String>,
+    #[serde(rename = "idProperty")]
+    id_property: Option<String>,
+}
+
+fn string_map(value: Option<&Value>) -> Result<BTreeMap<String, String>, String> {
+    let Some(value) = value else {
+        return Ok(BTreeMap::new());
+    };
+    let object = value.as_object().ok_or("properties must be an object")?;
+    object
+        .iter()
+        .map(|(name, value)| {
+            let text = match value {
+                Value::String(text) => text.clone(),
+                Value::Null => String::new(),
+                Value::Number(number) => number.to_string(),
+                Value::Bool(flag) => flag.to_string(),
+                _ => return Err(format!("property {name} must be a scalar")),
+            };
+            Ok((name.clone(), text))
+        })
+        .collect()
+}
+
+fn serve(state: &mut State, method: &str, segments: &[&str], query: &str, body: &[u8]) -> (u16, Value) {
+    match (method, segments) {
+        ("POST", ["crm", "v3", "objects", object, "batch", action]) => batch(state, object, action, body),
+        ("GET", ["crm", "v3", "objects", object, id]) => get_one(state, object, id, query),
+        ("POST", ["crm", "v4", "associations", from, to, "batch", "associate", "default"]) => {
+            associate(state, from, to, body)
+        }
+        _ => (
+            404,
+            hubspot_error("OBJECT_NOT_FOUND", "The sandbox does not serve this endpoint"),
+        ),
+    }
+}
+
+fn get_one(state: &State, object: &str, id: &str, query: &str) -> (u16, Value) {
+    let params: HashMap<&str, &str> = query.split('&').filter_map(|pair| pair.split_once('=')).collect();
+    let found = match params.get("idProperty") {
+        Some(property) => state.store.find_by(object, property, id),
+        None => id.parse().ok(),
+    };
+    match found.and_then(|id| state.store.get(object, id)) {
+        Some(record) => {
+            let only: Option<Vec<String>> = params
+                .get("properties")
+                .map(|p| p.split(',').map(str::to_string).collect());
+            (200, record.to_json(only.as_deref()))
+        }
+        None => (404, hubspot_error("OBJECT_NOT_FOUND", "Object not found")),
+    }
+}
+
+fn batch_reply(results: Vec<Value>, errors: Vec<Value>, created_status: u16) -> (u16, Value) {
+    let mut body = json!({
+        "status": "COMPLETE",
+        "results": results,
+        "startedAt": store_now(),
+        "completedAt": store_now(),
+    });
+    if errors.is_empty() {
+        (created_status, body)
+    } else {
+        body["numErrors"] = json!(errors.len());
+        body["errors"] = Value::Array(errors);
+        (207, body)
+    }
+}
+
+fn store_now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn batch(state: &mut State, object: &str, action: &str, body: &[u8]) -> (u16, Value) {
+    let Some((_, unique)) = state.store.schema(object).map(|(p, u)| (p.to_vec(), u.to_vec())) else {
+        return (
+            404,
+            hubspot_error(
+                "OBJECT_NOT_FOUND",
+                &format!("Unable to infer object type from: {object}"),
+            ),
+        );
+    };
+    let request: BatchBody = match serde_json::from_slice(body) {
+        Ok(request) => request,
+        Err(error) => {
+            return (
+                400,
+                hubspot_error("VALIDATION_ERROR", &format!("Invalid input JSON: {error}")),
+            )
+        }
+    };
+    if request.inputs.len() > 100 {
+        return (
+            400,
+            hubspot_error(
+                "VALIDATION_ERROR",
+                "Batch input limit exceeded: at most 100 inputs per call",
+            ),
+        );
+    }
+    state.stats.batch_inputs += request.inputs.len() as u64;
+    let mut results = Vec::new();
+    let mut errors = Vec::new();
+    match action {
+        "upsert" => {
+            for input in &request.inputs {
+                let trace = input.get("objectWriteTraceId").and_then(Value::as_str);
+                let id_property = input
+                    .get("idProperty")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if !unique.iter().any(|u| u == id_property) {
+                    return (
+                        400,
+                        hubspot_error(
+                            "VALIDATION_ERROR",
+                            &format!("idProperty {id_property} is not a unique property of {object}"),
+                        ),
+                    );
+                }
+                let key = input.get("id").and_then(Value::as_str).unwrap_or_default();
+                let properties = match string_map(input.get("properties")) {
+                    Ok(properties) => properties,
+                    Err(message) => return (400, hubspot_error("VALIDATION_ERROR", &message)),
+                };
+                match state.store.upsert(object, id_property, key, properties) {
+                    Ok((record, new)) => {
+                        let mut json = record.to_json(None);
+                        json["new"] = json!(new);
+                        if let Some(trace) = trace {
+                            json["objectWriteTraceId"] = json!(trace);
+                        }
+                        results.push(json);
+                    }
+                    Err(failure) => errors.push(failure.to_json(trace, None)),
+                }
+            }
+            batch_reply(results, errors, 200)
+        }
+        "create" | "update" => {
+            for input in &request.inputs {
+                let trace = input.get("objectWriteTraceId").and_then(Value::as_str);
+                let properties = match string_map(input.get("properties")) {
+                    Ok(properties) => properties,
+                    Err(message) => return (400, hubspot_error("VALIDATION_ERROR", &message)),
+                };
+                let outcome = if action == "create" {
+                    state.store.create(object, properties)
+                } else {
+                    let id = input
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .and_then(|id| id.parse().ok())
+                        .unwrap_or(0);
+                    state.store.update(object, id, properties)
+                };
+                match outcome {
+                    Ok(record) => {
+                        let mut json = record.to_json(None);
+                        if let Some(trace) = trace {
+                            json["objectWriteTraceId"] = json!(trace);
+                        }
+                        results.push(json);
+                    }
+                    Err(failure) => errors.push(failure.to_json(trace, None)),
+                }
+            }
+            batch_reply(results, errors, if action == "create" { 201 } else { 200 })
+        }
+        "archive" => {
+            for input in &request.inputs {
+                if let Some(id) = input
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .and_then(|id| id.parse().ok())
+                {
+                    state.store.archive(object, id);
+                }
+            }
+            (204, Value::Null)
+        }
+        "read" => {
+            for input in &request.inputs {
+                let id = input.get("id").and_then(Value::as_str).unwrap_or_default();
+                let found = match &request.id_property {
+                    Some(property) => state.store.find_by(object, property, id),
+                    None => id.parse().ok(),
+                };
+                match found.and_then(|found| state.store.get(object, found)) {
+                    Some(record) => {
+                        let only = (!request.properties.is_empty()).then_some(request.properties.as_slice());
+                        results.push(record.to_json(only));
+                    }
+                    None => errors.push(json!({
+                        "status": "error",
+                        "category": "OBJECT_NOT_FOUND",
+                        "message": "Could not get some objects, they may be deleted or not exist.",
+                        "context": { "ids": [id] },
+                    })),
+                }
+            }
+            batch_reply(results, errors, 200)
+        }
+        other => (
+            404,
+            hubspot_error("OBJECT_NOT_FOUND", &format!("No batch action {other}")),
+        ),
+    }
+}
+
+fn associate(state: &mut State, from: &str, to: &str, body: &[u8]) -> (u16, Value) {
+    let request: BatchBody = match serde_json::from_slice(body) {
+        Ok(request) => request,
+        Err(error) => {
+            return (
+                400,
+                hubspot_error("VALIDATION_ERROR", &format!("Invalid input JSON: {error}")),
+            )
+        }
+    };
+    state.stats.batch_inputs += request.inputs.len() as u64;
+    let mut results = Vec::new();
+    let mut errors = Vec::new();
+    for input in &request.inputs {
+        let id = |side: &str| -> u64 {
+            input
+                .pointer(&format!("/{side}/id"))
+                .and_then(Value::as_str)
+                .and_then(|id| id.parse().ok())
+                .unwrap_or(0)
+        };
+        let (from_id, to_id) = (id("from"), id("to"));
+        match state.store.associate(from, from_id, to, to_id) {
+            Ok(()) => results.push(json!({
+                "fromObjectTypeId": from, "fromObjectId": from_id,
+                "toObjectTypeId": to, "toObjectId": to_id,
+                "labels": [],
+            })),
+            Err(failure) => {
+                // The context names the pair, so that the caller can map the failure back.
+                let mut error = failure.to_json(None, Some(("fromObjectId", from_id.to_string())));
+                error["context"]["toObjectId"] = json!([to_id.to_string()]);
+                errors.push(error);
+            }
+        }
+    }
+    batch_reply(results, errors, 200)
+}

@@ -1,0 +1,570 @@
+//! The sandbox's records and HubSpot's rules for them: properties that exist, values that are
+//! valid, unique properties, upsert by a unique property, archive, associations.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde_json::{json, Value};
+
+/// Default deal stages of HubSpot's default pipeline.
+pub const DEAL_STAGES: [&str; 7] = [
+    "appointmentscheduled",
+    "qualifiedtobuy",
+    "presentationscheduled",
+    "decisionmakerboughtin",
+    "contractsent",
+    "closedwon",
+    "closedlost",
+];
+
+/// A stored CRM record.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub id: u64,
+    pub properties: BTreeMap<String, String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub archived: bool,
+}
+
+impl Record {
+    pub fn to_json(&self, only: Option<&[String]>) -> Value {
+        let properties: BTreeMap<&String, &String> = self
+            .properties
+            .iter()
+            .filter(|(name, _)| only.is_none_or(|only| only.contains(name)))
+            .collect();
+        json!({
+            "id": self.id.to_string(),
+            "properties": properties,
+            "createdAt": self.created_at,
+            "updatedAt": self.updated_at,
+            "archived": self.archived,
+        })
+    }
+}
+
+/// One failed input, shaped like HubSpot's batch error objects.
+#[derive(Debug, Clone)]
+pub struct InputFailure {
+    pub status: u16,
+    pub category: &'static str,
+    pub message: String,
+    /// The per-property message, in `errors[]`.
+    pub detail: Option<String>,
+    pub code: Option<&'static str>,
+    pub property: Option<String>,
+}
+
+impl InputFailure {
+    fn validation(code: &'static str, property: &str, detail: String) -> Self {
+        Self {
+            status: 400,
+            category: "VALIDATION_ERROR",
+            message: "Property values were not valid".to_string(),
+            detail: Some(detail),
+            code: Some(code),
+            property: Some(property.to_string()),
+        }
+    }
+
+    pub fn to_json(&self, trace: Option<&str>, extra_context: Option<(&str, String)>) -> Value {
+        let mut context = serde_json::Map::new();
+        if let Some(trace) = trace {
+            context.insert("objectWriteTraceId".into(), json!([trace]));
+        }
+        if let Some((name, value)) = extra_context {
+            context.insert(name.into(), json!([value]));
+        }
+        let mut errors = Vec::new();
+        if let Some(code) = self.code {
+            let detail = self.detail.as_deref().unwrap_or(&self.message);
+            errors.push(json!({
+                "message": detail,
+                "code": code,
+                "context": { "propertyName": [self.property.clone().unwrap_or_default()] },
+            }));
+        }
+        json!({
+            "status": "error",
+            "category": self.category,
+            "message": self.message,
+            "errors": errors,
+            "context": context,
+        })
+    }
+}
+
+/// Every object type's records, and the properties each type has.
+pub struct Store {
+    /// object -> (properties, unique properties)
+    schema: HashMap<String, (Vec<String>, Vec<String>)>,
+    objects: HashMap<String, BTreeMap<u64, Record>>,
+    next_id: u64,
+    /// (object, property, value) -> id, for unique properties of live records.
+    unique: HashMap<(String, String, String), u64>,
+    associations: HashSet<(String, u64, String, u64)>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        let schema = ["contacts", "deals", "notes"]
+            .into_iter()
+            .filter_map(|object| {
+                let (properties, unique) = default_properties(object)?;
+                Some((
+                    object.to_string(),
+                    (
+                        properties.iter().map(|p| p.to_string()).collect(),
+                        unique.iter().map(|p| p.to_string()).collect(),
+                    ),
+                ))
+            })
+            .collect();
+        Self {
+            schema,
+            objects: HashMap::new(),
+            next_id: 0,
+            unique: HashMap::new(),
+            associations: HashSet::new(),
+        }
+    }
+}
+
+/// Properties each object type has at first, and which of them hold unique values.
+fn default_properties(object: &str) -> Option<(&'static [&'static str], &'static [&'static str])> {
+    match object {
+        "contacts" => Some((
+            &[
+                "email",
+                "firstname",
+                "lastname",
+                "phone",
+                "company",
+                "lifecyclestage",
+                "crm_sync_app_id",
+            ],
+            &["email", "crm_sync_app_id"],
+        )),
+        "deals" => Some((
+            &[
+                "dealname",
+                "amount",
+                "closedate",
+                "dealstage",
+                "pipeline",
+                "crm_sync_app_id",
+            ],
+            &["crm_sync_app_id"],
+        )),
+        "notes" => Some((
+            &["hs_note_body", "hs_timestamp", "crm_sync_app_id"],
+            &["crm_sync_app_id"],
+        )),
+        _ => None,
+    }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+impl Store {
+    /// Whether the object type exists; its properties and unique properties.
+    pub fn schema(&self, object: &str) -> Option<(&[String], &[String])> {
+        self.schema
+            .get(object)
+            .map(|(properties, unique)| (properties.as_slice(), unique.as_slice()))
+    }
+
+    /// Adds a property to an object type, as a HubSpot admin would.
+    pub fn add_property(&mut self, object: &str, name: &str) -> bool {
+        match self.schema.get_mut(object) {
+            Some((properties, _)) => {
+                if !properties.iter().any(|p| p == name) {
+                    properties.push(name.to_string());
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes a property from an object type.
+    pub fn remove_property(&mut self, object: &str, name: &str) -> bool {
+        match self.schema.get_mut(object) {
+            Some((properties, _)) => {
+                properties.retain(|p| p != name);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn tick(&mut self) -> String {
+        now_rfc3339()
+    }
+
+    pub fn records(&self, object: &str) -> impl Iterator<Item = &Record> {
+        self.objects
+            .get(object)
+            .into_iter()
+            .flat_map(|records| records.values())
+    }
+
+    pub fn get(&self, object: &str, id: u64) -> Option<&Record> {
+        self.objects
+            .get(object)?
+            .get(&id)
+            .filter(|record| !record.archived)
+    }
+
+    pub fn find_by(&self, object: &str, property: &str, value: &str) -> Option<u64> {
+        self.unique
+            .get(&(object.to_string(), property.to_string(), value.to_string()))
+            .copied()
+    }
+
+    pub fn associations_of(&self, object: &str, id: u64) -> Vec<(String, u64)> {
+        self.associations
+            .iter()
+            .filter(|(from, from_id, _, _)| from == object && *from_id == id)
+            .map(|(_, _, to, to_id)| (to.clone(), *to_id))
+            .collect()
+    }
+
+    /// Checks property names and values as HubSpot does.
+    pub fn validate(&self, object: &str, properties: &BTreeMap<String, String>) -> Result<(), InputFailure> {
+        let known = self.schema(object).map(|(known, _)| known).unwrap_or(&[]);
+        for (name, value) in properties {
+            if !known.iter().any(|k| k == name) {
+                return Err(InputFailure {
+                    status: 400,
+                    category: "VALIDATION_ERROR",
+                    message: format!("Property \"{name}\" does not exist"),
+                    detail: None,
+                    code: Some("PROPERTY_DOESNT_EXIST"),
+                    property: Some(name.clone()),
+                });
+            }
+            if value.is_empty() {
+                continue;
+            }
+            let invalid = match name.as_str() {
+                "email" => {
+                    let valid = value.split_once('@').is_some_and(|(local, domain)| {
+                        !local.is_empty() && domain.contains('.') && !domain.ends_with('.')
+                    });
+                    (!valid).then(|| ("INVALID_EMAIL", format!("Email address {value} is invalid")))
+                }
+                "amount" => value
+                    .parse::<f64>()
+                    .is_err()
+                    .then(|| ("INVALID_DECIMAL", format!("{value} was not a valid number."))),
+                "closedate" | "hs_timestamp" => value.parse::<i64>().is_err().then(|| {
+                    (
+                        "INVALID_DATE",
+                        format!("{value} is not a valid datetime (epoch milliseconds)"),
+                    )
+                }),
+                "dealstage" => (!DEAL_STAGES.contains(&value.as_str())).then(|| {
+                    (
+                        "INVALID_OPTION",
+                        format!("{value} was not one of the allowed options"),
+                    )
+                }),
+                "hs_note_body" => (value.chars().count() > 65_536).then(|| {
+                    (
+                        "INVALID_LONG_STRING",
+                        "note body longer than 65536 characters".to_string(),
+                    )
+                }),
+                _ => None,
+            };
+            if let Some((code, message)) = invalid {
+                return Err(InputFailure::validation(code, name, message));
+            }
+        }
+        Ok(())
+    }
+
+    fn conflict(
+        &self,
+        object: &str,
+        id: Option<u64>,
+        properties: &BTreeMap<String, String>,
+    ) -> Option<InputFailure> {
+        let (_, unique) = self.schema(object)?;
+        for property in unique {
+            let Some(value) = properties.get(property).filter(|v| !v.is_empty()) else {
+                continue;
+            };
+            if let Some(existing) = self.find_by(object, property, value) {
+                if Some(existing) != id {
+                    let noun = match object {
+                        "contacts" => "Contact",
+                        "deals" => "Deal",
+                        _ => "Object",
+                    };
+                    return Some(InputFailure {
+                        status: 409,
+                        category: "CONFLICT",
+                        message: format!("{noun} already exists. Existing ID: {existing}"),
+                        detail: None,
+                        code: None,
+                        property: Some(property.to_string()),
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    fn index(&mut self, object: &str, record: &Record, add: bool) {
+        let Some((_, unique)) = self.schema(object) else {
+            return;
+        };
+        let unique = unique.to_vec();
+        for property in &unique {
+            if let Some(value) = record.properties.get(property).filter(|v| !v.is_empty()) {
+                let key = (object.to_string(), property.to_string(), value.clone());
+                if add {
+                    self.unique.insert(key, record.id);
+                } else {
+                    self.unique.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Creates a record; returns it.
+    pub fn create(
+        &mut self,
+        object: &str,
+        properties: BTreeMap<String, String>,
+    ) -> Result<Record, InputFailure> {
+        self.validate(object, &properties)?;
+        if object == "notes" && properties.get("hs_timestamp").is_none_or(|v| v.is_empty()) {
+            return Err(InputFailure::validation(
+                "REQUIRED_FIELD",
+                "hs_timestamp",
+                "hs_timestamp is required".to_string(),
+            ));
+        }
+        if let Some(conflict) = self.conflict(object, None, &properties) {
+            return Err(conflict);
+        }
+        self.next_id += 1;
+        let now = self.tick();
+        let record = Record {
+            id: self.next_id,
+            properties: properties.into_iter().filter(|(_, v)| !v.is_empty()).collect(),
+            created_at: now.clone(),
+            updated_at: now,
+            archived: false,
+        };
+        self.index(object, &record, true);
+        self.objects
+            .entry(object.to_string())
+            .or_default()
+            .insert(record.id, record.clone());
+        Ok(record)
+    }
+
+    /// Updates a live record's properties (an empty value clears one).
+    pub fn update(
+        &mut self,
+        object: &str,
+        id: u64,
+        properties: BTreeMap<String, String>,
+    ) -> Result<Record, InputFailure> {
+        self.validate(object, &properties)?;
+        let Some(current) = self.get(object, id).cloned() else {
+            return Err(InputFailure {
+                status: 404,
+                category: "OBJECT_NOT_FOUND",
+                message: format!("Object not found. objectId are usually numeric. ({id})"),
+                detail: None,
+                code: None,
+                property: None,
+            });
+        };
+        if let Some(conflict) = self.conflict(object, Some(id), &properties) {
+            return Err(conflict);
+        }
+        self.index(object, &current, false);
+        let mut record = current;
+        for (name, value) in properties {
+            if value.is_empty() {
+                record.properties.remove(&name);
+            } else {
+                record.properties.insert(name, value);
+            }
+        }
+        record.updated_at = self.tick();
+        self.index(object, &record, true);
+        self.objects
+            .entry(object.to_string())
+            .or_default()
+            .insert(id, record.clone());
+        Ok(record)
+    }
+
+    /// Creates or updates by a unique property; returns the record and whether it is new.
+    pub fn upsert(
+        &mut self,
+        object: &str,
+        id_property: &str,
+        key: &str,
+        mut properties: BTreeMap<String, String>,
+    ) -> Result<(Record, bool), InputFailure> {
+        properties.insert(id_property.to_string(), key.to_string());
+        match self.find_by(object, id_property, key) {
+            Some(id) => self.update(object, id, properties).map(|record| (record, false)),
+            None => self.create(object, properties).map(|record| (record, true)),
+        }
+    }
+
+    pub fn archive(&mut self, object: &str, id: u64) {
+        if let Some(record) = self.get(object, id).cloned() {
+            self.index(object, &record, false);
+            if let Some(stored) = self
+                .objects
+                .get_mut(object)
+                .and_then(|records| records.get_mut(&id))
+            {
+                stored.archived = true;
+            }
+        }
+    }
+
+    pub fn associate(&mut self, from: &str, from_id: u64, to: &str, to_id: u64) -> Result<(), InputFailure> {
+        for (object, id) in [(from, from_id), (to, to_id)] {
+            if self.get(object, id).is_none() {
+                return Err(InputFailure {
+                    status: 404,
+                    category: "OBJECT_NOT_FOUND",
+                    message: format!("No {object} with ID {id} exist"),
+                    detail: None,
+                    code: None,
+                    property: None,
+                });
+            }
+        }
+        self.associations
+            .insert((from.to_string(), from_id, to.to_string(), to_id));
+        self.associations
+            .insert((to.to_string(), to_id, from.to_string(), from_id));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn upsert_creates_once_then_updates_the_same_record() {
+        let mut store = Store::default();
+        let (first, new) = store
+            .upsert("contacts", "crm_sync_app_id", "u1", props(&[("email", "a@x.io")]))
+            .unwrap();
+        assert!(new);
+        let (second, new) = store
+            .upsert(
+                "contacts",
+                "crm_sync_app_id",
+                "u1",
+                props(&[("firstname", "Ada")]),
+            )
+            .unwrap();
+        assert!(!new);
+        assert_eq!(first.id, second.id);
+        assert_eq!(second.properties["email"], "a@x.io");
+        assert_eq!(store.records("contacts").count(), 1);
+    }
+
+    #[test]
+    fn a_second_contact_with_the_same_email_conflicts_naming_the_existing_id() {
+        let mut store = Store::default();
+        let (first, _) = store
+            .upsert("contacts", "crm_sync_app_id", "u1", props(&[("email", "a@x.io")]))
+            .unwrap();
+        let error = store
+            .upsert("contacts", "crm_sync_app_id", "u2", props(&[("email", "a@x.io")]))
+            .unwrap_err();
+        assert_eq!(error.category, "CONFLICT");
+        assert_eq!(
+            error.message,
+            format!("Contact already exists. Existing ID: {}", first.id)
+        );
+    }
+
+    #[test]
+    fn invalid_values_and_unknown_properties_are_validation_errors() {
+        let store = Store::default();
+        assert_eq!(
+            store
+                .validate("contacts", &props(&[("email", "nope")]))
+                .unwrap_err()
+                .code,
+            Some("INVALID_EMAIL")
+        );
+        assert_eq!(
+            store
+                .validate("deals", &props(&[("amount", "lots")]))
+                .unwrap_err()
+                .code,
+            Some("INVALID_DECIMAL")
+        );
+        assert_eq!(
+            store
+                .validate("deals", &props(&[("colour", "red")]))
+                .unwrap_err()
+                .code,
+            Some("PROPERTY_DOESNT_EXIST")
+        );
+        assert!(
+            store.validate("contacts", &props(&[("email", "")])).is_ok(),
+            "an empty value clears"
+        );
+    }
+
+    #[test]
+    fn a_property_an_admin_removes_no_longer_exists_until_added_back() {
+        let mut store = Store::default();
+        store.remove_property("contacts", "phone");
+        assert_eq!(
+            store
+                .validate("contacts", &props(&[("phone", "1")]))
+                .unwrap_err()
+                .code,
+            Some("PROPERTY_DOESNT_EXIST")
+        );
+        store.add_property("contacts", "phone");
+        assert!(store.validate("contacts", &props(&[("phone", "1")])).is_ok());
+    }
+
+    #[test]
+    fn an_archived_record_frees_its_unique_values() {
+        let mut store = Store::default();
+        let (record, _) = store
+            .upsert("contacts", "crm_sync_app_id", "u1", props(&[("email", "a@x.io")]))
+            .unwrap();
+        store.archive("contacts", record.id);
+        assert!(store.get("contacts", record.id).is_none());
+        let (again, new) = store
+            .upsert("contacts", "crm_sync_app_id", "u1", props(&[("email", "a@x.io")]))
+            .unwrap();
+        assert!(new);
+        assert_ne!(again.id, record.id);
+    }
+}

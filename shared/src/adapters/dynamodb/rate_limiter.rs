@@ -1,0 +1,356 @@
+//! The CRM call budget, shared by every sync instance through one DynamoDB item per CRM account.
+//!
+//! Burst: a generic cell rate algorithm. The item's `tat` ("theoretical arrival time", ms) is the
+//! earliest time the next call may start; each grant moves it on by one interval
+//! (window / (limit x headroom)), so no rolling window ever holds more than the limit allows.
+//! A grant when `tat` is in the past is "now"; otherwise it is the reserved slot at `tat`, at
+//! most `max_ahead_ms` ahead, and the caller waits for it. Either is one conditional write.
+//!
+//! Daily: `day_left` counts down with each grant and is reset from the CRM's own
+//! `Daily-Remaining` header; below the reserve, or after a DAILY 429 (`paused_until`), every
+//! instance is refused until the CRM's day turns.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::anyhow;
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::Client;
+
+use super::{n, s};
+use crate::domain::crm::{RateInfo, ThrottlePolicy};
+use crate::ports::{Permit, RateLimiter, StoreUnavailable};
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// The budget one CRM account allows.
+#[derive(Debug, Clone)]
+pub struct LimiterSettings {
+    /// Calls allowed in any rolling window (HubSpot Pro: 190 per 10 s).
+    pub burst_limit: u32,
+    pub burst_window_ms: u64,
+    /// Share of the burst limit to use (0..1]; the rest absorbs clock and network jitter.
+    pub headroom: f64,
+    /// Calls allowed per CRM day, and how many of them to leave unused.
+    pub daily_limit: u64,
+    pub daily_reserve: u64,
+    /// The CRM day starts at midnight in this offset from UTC.
+    pub day_offset_minutes: i32,
+    /// How far ahead a slot may be reserved.
+    pub max_ahead_ms: i64,
+}
+
+impl Default for LimiterSettings {
+    fn default() -> Self {
+        Self {
+            burst_limit: 190,
+            burst_window_ms: 10_000,
+            headroom: 0.98,
+            daily_limit: 625_000,
+            daily_reserve: 25_000,
+            day_offset_minutes: 0,
+            max_ahead_ms: 2_000,
+        }
+    }
+}
+
+impl LimiterSettings {
+    /// Milliseconds between two calls.
+    pub fn interval_ms(&self) -> f64 {
+        self.burst_window_ms as f64 / (f64::from(self.burst_limit.max(1)) * self.headroom.clamp(0.05, 1.0))
+    }
+
+    fn day_of(&self, now_ms: i64) -> i64 {
+        (now_ms + i64::from(self.day_offset_minutes) * 60_000).div_euclid(DAY_MS)
+    }
+
+    /// When the CRM's day after `now_ms` begins.
+    pub fn next_day_start_ms(&self, now_ms: i64) -> i64 {
+        (self.day_of(now_ms) + 1) * DAY_MS - i64::from(self.day_offset_minutes) * 60_000
+    }
+}
+
+/// [`RateLimiter`] over a DynamoDB table keyed by `pk`.
+pub struct DynamoDbRateLimiter {
+    client: Client,
+    table: String,
+    key: String,
+    settings: LimiterSettings,
+    /// The last `tat` seen, to pick the likelier of the two grant writes first.
+    last_tat: AtomicI64,
+    observed: AtomicU64,
+}
+
+fn unavailable<E, R>(error: SdkError<E, R>) -> StoreUnavailable
+where
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    StoreUnavailable(anyhow!("{}", DisplayErrorContext(&error)))
+}
+
+fn number(item: &std::collections::HashMap<String, AttributeValue>, name: &str) -> Option<f64> {
+    item.get(name)?.as_n().ok()?.parse().ok()
+}
+
+enum Attempt {
+    Granted(i64),
+    Refused(Option<std::collections::HashMap<String, AttributeValue>>),
+}
+
+impl DynamoDbRateLimiter {
+    /// `key` names the CRM account (`hubspot`).
+    pub fn new(
+        client: Client,
+        table: impl Into<String>,
+        key: impl Into<String>,
+        settings: LimiterSettings,
+    ) -> Self {
+        Self {
+            client,
+            table: table.into(),
+            key: key.into(),
+            settings,
+            last_tat: AtomicI64::new(0),
+            observed: AtomicU64::new(0),
+        }
+    }
+
+    pub fn settings(&self) -> &LimiterSettings {
+        &self.settings
+    }
+
+    async fn try_grant(&self, now_ms: i64, busy: bool) -> Result<Attempt, StoreUnavailable> {
+        let interval = self.settings.interval_ms();
+        let day = self.settings.day_of(now_ms);
+        let request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&self.key))
+            .expression_attribute_names("#day", "day")
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":today", n(day))
+            .expression_attribute_values(":reserve", n(self.settings.daily_reserve))
+            .expression_attribute_values(":minus_one", n(-1))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        let common = "#day = :today AND day_left > :reserve AND (attribute_not_exists(paused_until) OR paused_until <= :now)";
+        let request = if busy {
+            request
+                .update_expression("SET tat = tat + :interval ADD day_left :minus_one")
+                .condition_expression(format!("tat > :now AND tat <= :max_ahead AND {common}"))
+                .expression_attribute_values(":interval", n(format!("{interval:.3}")))
+                .expression_attribute_values(":max_ahead", n(now_ms + self.settings.max_ahead_ms))
+        } else {
+            request
+                .update_expression("SET tat = :next ADD day_left :minus_one")
+                .condition_expression(format!("(attribute_not_exists(tat) OR tat <= :now) AND {common}"))
+                .expression_attribute_values(":next", n(format!("{:.3}", now_ms as f64 + interval)))
+        };
+        match request.send().await {
+            Ok(output) => {
+                let tat = output
+                    .attributes()
+                    .and_then(|item| number(item, "tat"))
+                    .unwrap_or(now_ms as f64);
+                self.last_tat.store(tat as i64, Ordering::Relaxed);
+                let at = if busy {
+                    (tat - interval).ceil() as i64
+                } else {
+                    now_ms
+                };
+                Ok(Attempt::Granted(at))
+            }
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                let old = match error.as_service_error() {
+                    Some(UpdateItemError::ConditionalCheckFailedException(check)) => check.item().cloned(),
+                    _ => None,
+                };
+                Ok(Attempt::Refused(old))
+            }
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+
+    async fn start_day(&self, day: i64, left: u64) -> Result<(), StoreUnavailable> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&self.key))
+            .update_expression("SET #day = :today, day_left = :left")
+            .condition_expression("attribute_not_exists(#day) OR #day <> :today")
+            .expression_attribute_names("#day", "day")
+            .expression_attribute_values(":today", n(day))
+            .expression_attribute_values(":left", n(left))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+}
+
+#[async_trait]
+impl RateLimiter for DynamoDbRateLimiter {
+    async fn acquire(&self, now_ms: i64) -> Result<Permit, StoreUnavailable> {
+        let day = self.settings.day_of(now_ms);
+        let mut busy = self.last_tat.load(Ordering::Relaxed) > now_ms;
+        for _ in 0..6 {
+            let old = match self.try_grant(now_ms, busy).await? {
+                Attempt::Granted(at_ms) => return Ok(Permit::Granted { at_ms }),
+                Attempt::Refused(old) => old.unwrap_or_default(),
+            };
+            if number(&old, "day").map(|d| d as i64) != Some(day) {
+                self.start_day(day, self.settings.daily_limit).await?;
+                continue;
+            }
+            if let Some(paused) = number(&old, "paused_until")
+                .map(|p| p as i64)
+                .filter(|p| *p > now_ms)
+            {
+                return Ok(Permit::Denied {
+                    until_ms: paused,
+                    policy: ThrottlePolicy::Daily,
+                });
+            }
+            if number(&old, "day_left").is_some_and(|left| left <= self.settings.daily_reserve as f64) {
+                return Ok(Permit::Denied {
+                    until_ms: self.settings.next_day_start_ms(now_ms),
+                    policy: ThrottlePolicy::Daily,
+                });
+            }
+            let tat = number(&old, "tat").unwrap_or(0.0) as i64;
+            self.last_tat.store(tat, Ordering::Relaxed);
+            if tat > now_ms + self.settings.max_ahead_ms {
+                return Ok(Permit::Denied {
+                    until_ms: tat - self.settings.max_ahead_ms,
+                    policy: ThrottlePolicy::Burst,
+                });
+            }
+            busy = tat > now_ms;
+        }
+        // Heavy contention: report the slot as a short wait rather than spin.
+        Ok(Permit::Denied {
+            until_ms: now_ms + self.settings.interval_ms().ceil() as i64,
+            policy: ThrottlePolicy::Burst,
+        })
+    }
+
+    async fn observe(&self, rate: &RateInfo, now_ms: i64) -> Result<(), StoreUnavailable> {
+        let count = self.observed.fetch_add(1, Ordering::Relaxed);
+        if let Some(remaining) = rate.daily_remaining {
+            // The CRM's count is the truth; adopting it now and then (or near the reserve) keeps
+            // ours honest without a write per call.
+            if count % 20 == 0 || remaining <= self.settings.daily_reserve.saturating_mul(2) {
+                self.client
+                    .update_item()
+                    .table_name(&self.table)
+                    .key("pk", s(&self.key))
+                    .update_expression("SET #day = :today, day_left = :left")
+                    .expression_attribute_names("#day", "day")
+                    .expression_attribute_values(":today", n(self.settings.day_of(now_ms)))
+                    .expression_attribute_values(":left", n(remaining))
+                    .send()
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
+        if let (Some(remaining), Some(max)) = (rate.burst_remaining, rate.burst_max) {
+            // Slow down before the CRM says no: someone else (another app on the account) is
+            // using the window too.
+            if remaining <= max / 50 {
+                let pause = Duration::from_millis(self.settings.burst_window_ms / 10);
+                self.throttled(ThrottlePolicy::Burst, pause, now_ms).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn throttled(
+        &self,
+        policy: ThrottlePolicy,
+        wait: Duration,
+        now_ms: i64,
+    ) -> Result<(), StoreUnavailable> {
+        let until = now_ms + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
+        let (expression, condition, attribute) = match policy {
+            ThrottlePolicy::Burst => (
+                "SET tat = :until",
+                "attribute_not_exists(tat) OR tat < :until",
+                "tat",
+            ),
+            ThrottlePolicy::Daily => (
+                "SET paused_until = :until",
+                "attribute_not_exists(paused_until) OR paused_until < :until",
+                "paused_until",
+            ),
+        };
+        if policy == ThrottlePolicy::Burst {
+            self.last_tat.store(until, Ordering::Relaxed);
+        }
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&self.key))
+            .update_expression(expression)
+            .condition_expression(condition)
+            .expression_attribute_values(":until", n(until))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                tracing::debug!(attribute, "a longer hold is in place already");
+                Ok(())
+            }
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_interval_spreads_the_burst_limit_over_its_window_with_headroom() {
+        let settings = LimiterSettings::default();
+        let interval = settings.interval_ms();
+        assert!((interval - 10_000.0 / (190.0 * 0.98)).abs() < 1e-9);
+        // Calls spaced by the interval never put more than the limit in one window.
+        assert!((10_000.0 / interval).floor() + 1.0 <= 190.0);
+    }
+
+    #[test]
+    fn the_crm_day_turns_at_midnight_in_its_offset() {
+        let settings = LimiterSettings {
+            day_offset_minutes: -300,
+            ..LimiterSettings::default()
+        };
+        // 2026-01-01T04:00Z is 23:00 the day before at UTC-5; the day turns at 05:00Z.
+        let now = 1_767_240_000_000;
+        assert_eq!(settings.next_day_start_ms(now), 1_767_243_600_000);
+    }
+}

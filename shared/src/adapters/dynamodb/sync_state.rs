@@ -1,0 +1,491 @@
+//! Sync state in DynamoDB. One partition per app record, `pk = REC#{object}#{record id}`:
+//! - `sk = "~state"`: the record's state (sorts after every timeline entry, so one descending
+//!   query returns the state, then the newest timeline entries);
+//! - `sk = "T#{epoch ms, 13 digits}#{random}"`: timeline entries, expiring by TTL.
+//!
+//! Index `by_status` (`status`, `status_at`) lists records by status, most recently changed
+//! first; index `by_crm_id` (`crm_key` = `{object}#{crm id}`) finds the app record of a CRM id.
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::anyhow;
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, KeysAndAttributes, PutRequest, ReturnValue, ReturnValuesOnConditionCheckFailure,
+    WriteRequest,
+};
+use aws_sdk_dynamodb::Client;
+use base64::Engine as _;
+
+use super::{n, s};
+use crate::domain::contract::{Change, ObjectKind, RecordRef};
+use crate::domain::sync::{freshness, Freshness, RecordState, SyncStatus, TimelineEntry, TimelineKind};
+use crate::ports::{RecordClaim, Settlement, StoreUnavailable, SyncStateStore};
+
+const STATE_SK: &str = "~state";
+pub const BY_STATUS: &str = "by_status";
+pub const BY_CRM_ID: &str = "by_crm_id";
+
+type Item = HashMap<String, AttributeValue>;
+
+/// [`SyncStateStore`] over a DynamoDB table.
+#[derive(Debug, Clone)]
+pub struct DynamoDbSyncState {
+    client: Client,
+    table: String,
+    timeline_retention_ms: i64,
+}
+
+impl DynamoDbSyncState {
+    pub fn new(client: Client, table: impl Into<String>, timeline_retention_ms: i64) -> Self {
+        Self {
+            client,
+            table: table.into(),
+            timeline_retention_ms,
+        }
+    }
+
+    /// The app record a CRM id belongs to.
+    pub async fn find_by_crm_id(
+        &self,
+        object: ObjectKind,
+        crm_id: &str,
+    ) -> Result<Option<RecordState>, StoreUnavailable> {
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(BY_CRM_ID)
+            .key_condition_expression("crm_key = :key")
+            .expression_attribute_values(":key", s(format!("{object}#{crm_id}")))
+            .limit(1)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(output.items().first().and_then(state_from_item))
+    }
+}
+
+pub fn record_pk(record: &RecordRef) -> String {
+    format!("REC#{}#{}", record.object, record.record_id)
+}
+
+fn unavailable<E, R>(error: SdkError<E, R>) -> StoreUnavailable
+where
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    StoreUnavailable(anyhow!("{}", DisplayErrorContext(&error)))
+}
+
+fn status_at(now_ms: i64, record: &RecordRef) -> String {
+    format!("{now_ms:013}#{}#{}", record.object, record.record_id)
+}
+
+fn text(item: &Item, name: &str) -> Option<String> {
+    item.get(name).and_then(|value| value.as_s().ok()).cloned()
+}
+
+fn number(item: &Item, name: &str) -> Option<i64> {
+    item.get(name)
+        .and_then(|value| value.as_n().ok())
+        .and_then(|n| n.parse::<f64>().ok())
+        .map(|n| n as i64)
+}
+
+/// Reads a state item; `None` for an item that is not one.
+pub fn state_from_item(item: &Item) -> Option<RecordState> {
+    let object = ObjectKind::parse(&text(item, "object")?)?;
+    let record = RecordRef {
+        object,
+        record_id: text(item, "record_id")?,
+    };
+    let written = item
+        .get("written")
+        .and_then(|value| value.as_m().ok())
+        .map(|map| {
+            map.iter()
+                .filter_map(|(name, value)| Some((name.clone(), value.as_s().ok()?.clone())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(RecordState {
+        record,
+        crm_id: text(item, "crm_id"),
+        status: text(item, "status")
+            .and_then(|s| SyncStatus::parse(&s))
+            .unwrap_or(SyncStatus::Pending),
+        last_synced_at_ms: number(item, "last_synced_at"),
+        last_attempt_at_ms: number(item, "last_attempt_at"),
+        attempts: number(item, "attempts").unwrap_or(0).max(0) as u32,
+        last_error: text(item, "last_error"),
+        applied_version_ms: number(item, "applied_version"),
+        applied_idempotency_id: text(item, "applied_idempotency_id"),
+        written,
+    })
+}
+
+fn timeline_from_item(item: &Item) -> Option<TimelineEntry> {
+    let pk = text(item, "pk")?;
+    let mut parts = pk.splitn(3, '#').skip(1);
+    let record = RecordRef {
+        object: ObjectKind::parse(parts.next()?)?,
+        record_id: parts.next()?.to_string(),
+    };
+    Some(TimelineEntry {
+        record,
+        at_ms: number(item, "at")?,
+        kind: TimelineKind::parse(&text(item, "kind")?)?,
+        idempotency_id: text(item, "idempotency_id"),
+        detail: text(item, "detail").unwrap_or_default(),
+        call: text(item, "call"),
+    })
+}
+
+fn is_condition_failure(
+    error: &SdkError<UpdateItemError, aws_sdk_dynamodb::config::http::HttpResponse>,
+) -> bool {
+    error
+        .as_service_error()
+        .is_some_and(|e| e.is_conditional_check_failed_exception())
+}
+
+#[async_trait]
+impl SyncStateStore for DynamoDbSyncState {
+    async fn claim(
+        &self,
+        change: &Change,
+        token: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<RecordClaim, StoreUnavailable> {
+        let record = change.record();
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(record_pk(&record)))
+            .key("sk", s(STATE_SK))
+            .update_expression(
+                "SET #object = :object, record_id = :record_id, #status = :pending, status_at = :status_at, \
+                 last_attempt_at = :now, lease_token = :token, lease_until = :until, updated_at = :now",
+            )
+            .condition_expression(
+                "(attribute_not_exists(lease_until) OR lease_until < :now) AND \
+                 (attribute_not_exists(applied_version) OR applied_version < :version OR \
+                  (applied_version = :version AND applied_idempotency_id <> :idempotency))",
+            )
+            .expression_attribute_names("#object", "object")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":object", s(record.object.as_str()))
+            .expression_attribute_values(":record_id", s(&record.record_id))
+            .expression_attribute_values(":pending", s(SyncStatus::Pending.as_str()))
+            .expression_attribute_values(":status_at", s(status_at(now_ms, &record)))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":token", s(token))
+            .expression_attribute_values(":until", n(lease_until_ms))
+            .expression_attribute_values(":version", n(change.changed_at_ms))
+            .expression_attribute_values(":idempotency", s(&change.idempotency_id))
+            .return_values(ReturnValue::AllOld)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(output) => Ok(RecordClaim::Claimed(
+                output
+                    .attributes()
+                    .and_then(state_from_item)
+                    .unwrap_or_else(|| RecordState::new(record)),
+            )),
+            Err(error) if is_condition_failure(&error) => {
+                let old = match error.as_service_error() {
+                    Some(UpdateItemError::ConditionalCheckFailedException(check)) => check.item().cloned(),
+                    _ => None,
+                };
+                let Some(old) = old else {
+                    return Ok(RecordClaim::Busy);
+                };
+                let state = state_from_item(&old).unwrap_or_else(|| RecordState::new(record));
+                // A stale or repeated change is settled whatever lease is live.
+                Ok(match freshness(change, &state) {
+                    Freshness::Stale => RecordClaim::Stale(state),
+                    Freshness::Duplicate => RecordClaim::Duplicate,
+                    Freshness::Newer => RecordClaim::Busy,
+                })
+            }
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+
+    async fn settle(
+        &self,
+        record: &RecordRef,
+        token: &str,
+        now_ms: i64,
+        settlement: &Settlement,
+    ) -> Result<(), StoreUnavailable> {
+        let request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(record_pk(record)))
+            .key("sk", s(STATE_SK))
+            .condition_expression("lease_token = :token")
+            .expression_attribute_values(":token", s(token));
+        let request = match settlement {
+            Settlement::Applied {
+                crm_id,
+                version_ms,
+                idempotency_id,
+                written,
+                status,
+            } => {
+                let written: HashMap<String, AttributeValue> = written
+                    .iter()
+                    .map(|(name, value)| (name.clone(), s(value)))
+                    .collect();
+                let mut request = request
+                    .expression_attribute_names("#status", "status")
+                    .expression_attribute_values(":status", s(status.as_str()))
+                    .expression_attribute_values(":status_at", s(status_at(now_ms, record)))
+                    .expression_attribute_values(":now", n(now_ms))
+                    .expression_attribute_values(":zero", n(0))
+                    .expression_attribute_values(":version", n(*version_ms))
+                    .expression_attribute_values(":idempotency", s(idempotency_id))
+                    .expression_attribute_values(":written", AttributeValue::M(written));
+                let mut set = "#status = :status, status_at = :status_at, last_synced_at = :now, attempts = :zero, \
+                               applied_version = :version, applied_idempotency_id = :idempotency, written = :written, \
+                               updated_at = :now"
+                    .to_string();
+                if let Some(crm_id) = crm_id {
+                    set.push_str(", crm_id = :crm_id, crm_key = :crm_key");
+                    request = request
+                        .expression_attribute_values(":crm_id", s(crm_id))
+                        .expression_attribute_values(":crm_key", s(format!("{}#{crm_id}", record.object)));
+                }
+                request.update_expression(format!("SET {set} REMOVE last_error, lease_token, lease_until"))
+            }
+            Settlement::Failed { error, status } => request
+                .update_expression(
+                    "SET #status = :status, status_at = :status_at, last_error = :error, \
+                     attempts = if_not_exists(attempts, :zero) + :one, updated_at = :now \
+                     REMOVE lease_token, lease_until",
+                )
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":status", s(status.as_str()))
+                .expression_attribute_values(":status_at", s(status_at(now_ms, record)))
+                .expression_attribute_values(":error", s(error))
+                .expression_attribute_values(":zero", n(0))
+                .expression_attribute_values(":one", n(1))
+                .expression_attribute_values(":now", n(now_ms)),
+            Settlement::Released => request.update_expression("REMOVE lease_token, lease_until"),
+        };
+        match request.send().await {
+            Ok(_) => Ok(()),
+            Err(error) if is_condition_failure(&error) => {
+                tracing::warn!(record = %record, "lease lost before settling; the newer attempt decides");
+                Ok(())
+            }
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+
+    async fn states(
+        &self,
+        records: &[RecordRef],
+    ) -> Result<HashMap<RecordRef, RecordState>, StoreUnavailable> {
+        let mut found = HashMap::new();
+        for chunk in records.chunks(100) {
+            let mut keys: Vec<Item> = chunk
+                .iter()
+                .map(|record| {
+                    HashMap::from([
+                        ("pk".to_string(), s(record_pk(record))),
+                        ("sk".to_string(), s(STATE_SK)),
+                    ])
+                })
+                .collect();
+            keys.dedup();
+            let mut pending = Some(
+                KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .build()
+                    .map_err(|e| StoreUnavailable(e.into()))?,
+            );
+            let mut rounds = 0;
+            while let Some(request) = pending.take() {
+                let output = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(unavailable)?;
+                for item in output
+                    .responses()
+                    .and_then(|r| r.get(&self.table))
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(state) = state_from_item(item) {
+                        found.insert(state.record.clone(), state);
+                    }
+                }
+                pending = output
+                    .unprocessed_keys()
+                    .and_then(|unprocessed| unprocessed.get(&self.table))
+                    .filter(|request| !request.keys().is_empty())
+                    .cloned();
+                rounds += 1;
+                if pending.is_some() {
+                    if rounds > 8 {
+                        return Err(StoreUnavailable(anyhow!(
+                            "DynamoDB kept returning unprocessed keys"
+                        )));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50 << rounds)).await;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    async fn append_timeline(&self, entries: &[TimelineEntry]) -> Result<(), StoreUnavailable> {
+        for chunk in entries.chunks(25) {
+            let mut requests: Vec<WriteRequest> = chunk
+                .iter()
+                .map(|entry| {
+                    let mut item: Item = HashMap::from([
+                        ("pk".to_string(), s(record_pk(&entry.record))),
+                        (
+                            "sk".to_string(),
+                            s(format!("T#{:013}#{:08x}", entry.at_ms, fastrand::u32(..))),
+                        ),
+                        ("kind".to_string(), s(entry.kind.as_str())),
+                        ("at".to_string(), n(entry.at_ms)),
+                        ("detail".to_string(), s(&entry.detail)),
+                        (
+                            "expires_at".to_string(),
+                            n((entry.at_ms + self.timeline_retention_ms) / 1000),
+                        ),
+                    ]);
+                    if let Some(id) = &entry.idempotency_id {
+                        item.insert("idempotency_id".into(), s(id));
+                    }
+                    if let Some(call) = &entry.call {
+                        item.insert("call".into(), s(call));
+                    }
+                    WriteRequest::builder()
+                        .put_request(
+                            PutRequest::builder()
+                                .set_item(Some(item))
+                                .build()
+                                .expect("item is set"),
+                        )
+                        .build()
+                })
+                .collect();
+            let mut rounds = 0;
+            while !requests.is_empty() {
+                let output = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, requests)
+                    .send()
+                    .await
+                    .map_err(unavailable)?;
+                requests = output
+                    .unprocessed_items()
+                    .and_then(|unprocessed| unprocessed.get(&self.table))
+                    .cloned()
+                    .unwrap_or_default();
+                rounds += 1;
+                if !requests.is_empty() {
+                    if rounds > 8 {
+                        return Err(StoreUnavailable(anyhow!(
+                            "DynamoDB kept returning unprocessed items"
+                        )));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50 << rounds)).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn record(
+        &self,
+        record: &RecordRef,
+        limit: usize,
+    ) -> Result<Option<(RecordState, Vec<TimelineEntry>)>, StoreUnavailable> {
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(record_pk(record)))
+            .scan_index_forward(false)
+            .limit(i32::try_from(limit + 1).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let items = output.items();
+        let Some(state) = items
+            .first()
+            .filter(|item| text(item, "sk").as_deref() == Some(STATE_SK))
+            .and_then(state_from_item)
+        else {
+            return Ok(None);
+        };
+        let timeline = items.iter().skip(1).filter_map(timeline_from_item).collect();
+        Ok(Some((state, timeline)))
+    }
+
+    async fn by_status(
+        &self,
+        status: SyncStatus,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Result<(Vec<RecordState>, Option<String>), StoreUnavailable> {
+        let start = cursor.as_deref().and_then(decode_cursor);
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(BY_STATUS)
+            .key_condition_expression("#status = :status")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":status", s(status.as_str()))
+            .scan_index_forward(false)
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let states = output.items().iter().filter_map(state_from_item).collect();
+        Ok((states, output.last_evaluated_key().map(encode_cursor)))
+    }
+}
+
+/// Listing cursors are the last key, as URL-safe base64 JSON of its string attributes.
+fn encode_cursor(key: &Item) -> String {
+    let map: BTreeMap<&String, &String> = key
+        .iter()
+        .filter_map(|(name, value)| Some((name, value.as_s().ok()?)))
+        .collect();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&map).unwrap_or_default())
+}
+
+fn decode_cursor(cursor: &str) -> Option<Item> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()?;
+    let map: BTreeMap<String, String> = serde_json::from_slice(&bytes).ok()?;
+    Some(
+        map.into_iter()
+            .map(|(name, value)| (name, AttributeValue::S(value)))
+            .collect(),
+    )
+}

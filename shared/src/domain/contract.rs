@@ -1,0 +1,348 @@
+//! The message contract v1: what the app puts on the outbound queue for crm-sync
+//! (`shared/schemas/outbound-change.v1.json`). Parsing is strict and every error says what is
+//! wrong without echoing field values, which may be personal data.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+/// Version of the outbound message contract.
+pub const OUTBOUND_CONTRACT_VERSION: u64 = 1;
+
+const MAX_ID_LEN: usize = 256;
+
+/// The app's object types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ObjectKind {
+    Contact,
+    Deal,
+    Activity,
+}
+
+impl ObjectKind {
+    pub const ALL: [ObjectKind; 3] = [ObjectKind::Contact, ObjectKind::Deal, ObjectKind::Activity];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::Contact => "contact",
+            ObjectKind::Deal => "deal",
+            ObjectKind::Activity => "activity",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ObjectKind> {
+        ObjectKind::ALL.into_iter().find(|kind| kind.as_str() == text)
+    }
+}
+
+impl fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the app asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Operation {
+    Upsert,
+    /// Archive the record in the CRM.
+    Delete,
+    /// Log an activity (a note on a contact).
+    Log,
+}
+
+/// A field value as the app sends it; the CRM receives its text form.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue {
+    Text(String),
+    Number(serde_json::Number),
+    Bool(bool),
+    /// Clears the CRM property.
+    Null,
+}
+
+impl FieldValue {
+    /// The value as a CRM property string; an empty string clears the property.
+    pub fn to_crm_string(&self) -> String {
+        match self {
+            FieldValue::Text(text) => text.clone(),
+            FieldValue::Number(number) => number.to_string(),
+            FieldValue::Bool(flag) => flag.to_string(),
+            FieldValue::Null => String::new(),
+        }
+    }
+}
+
+/// One change from the app, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub object: ObjectKind,
+    pub operation: Operation,
+    pub record_id: String,
+    pub idempotency_id: String,
+    /// When the change happened in the app: the record's version.
+    pub changed_at_ms: i64,
+    pub data: BTreeMap<String, FieldValue>,
+    /// The app contact a deal or an activity belongs to.
+    pub contact_record_id: Option<String>,
+}
+
+impl Change {
+    pub fn record(&self) -> RecordRef {
+        RecordRef {
+            object: self.object,
+            record_id: self.record_id.clone(),
+        }
+    }
+
+    /// The message type as written in the contract.
+    pub fn type_name(&self) -> &'static str {
+        match (self.object, self.operation) {
+            (ObjectKind::Contact, Operation::Upsert) => "contact.upsert",
+            (ObjectKind::Contact, Operation::Delete) => "contact.delete",
+            (ObjectKind::Deal, Operation::Upsert) => "deal.upsert",
+            (ObjectKind::Deal, Operation::Delete) => "deal.delete",
+            (ObjectKind::Activity, _) => "activity.log",
+            (_, Operation::Log) => "activity.log",
+        }
+    }
+}
+
+/// An app record: object type and the app's id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordRef {
+    pub object: ObjectKind,
+    pub record_id: String,
+}
+
+impl fmt::Display for RecordRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.object, self.record_id)
+    }
+}
+
+/// Why a message does not follow the contract. The text is the dead-letter reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ContractError(pub String);
+
+fn invalid(message: impl Into<String>) -> ContractError {
+    ContractError(message.into())
+}
+
+const TYPES: [(&str, ObjectKind, Operation); 5] = [
+    ("contact.upsert", ObjectKind::Contact, Operation::Upsert),
+    ("contact.delete", ObjectKind::Contact, Operation::Delete),
+    ("deal.upsert", ObjectKind::Deal, Operation::Upsert),
+    ("deal.delete", ObjectKind::Deal, Operation::Delete),
+    ("activity.log", ObjectKind::Activity, Operation::Log),
+];
+
+const FIELDS: [&str; 7] = [
+    "version",
+    "type",
+    "record_id",
+    "idempotency_id",
+    "changed_at",
+    "data",
+    "contact_record_id",
+];
+
+fn identifier(fields: &Map<String, Value>, name: &str) -> Result<Option<String>, ContractError> {
+    match fields.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => {
+            if text.is_empty() || text.len() > MAX_ID_LEN || text.chars().any(char::is_control) {
+                Err(invalid(format!(
+                    "`{name}` must be 1 to {MAX_ID_LEN} characters without control characters"
+                )))
+            } else {
+                Ok(Some(text.clone()))
+            }
+        }
+        Some(_) => Err(invalid(format!("`{name}` must be a string"))),
+    }
+}
+
+fn required_identifier(fields: &Map<String, Value>, name: &str) -> Result<String, ContractError> {
+    identifier(fields, name)?.ok_or_else(|| invalid(format!("`{name}` is required")))
+}
+
+/// Reads a timestamp given as RFC 3339 text or as epoch milliseconds.
+pub fn parse_timestamp_ms(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(number) => number.as_i64().filter(|ms| *ms > 0),
+        Value::String(text) => {
+            let parsed =
+                time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+            i64::try_from(parsed.unix_timestamp_nanos() / 1_000_000).ok()
+        }
+        _ => None,
+    }
+}
+
+/// Parses and validates one message body.
+pub fn parse_change(body: &str) -> Result<Change, ContractError> {
+    let value: Value = serde_json::from_str(body).map_err(|error| {
+        invalid(format!(
+            "the message is not valid JSON (line {}, column {})",
+            error.line(),
+            error.column()
+        ))
+    })?;
+    let Value::Object(fields) = value else {
+        return Err(invalid("the message must be a JSON object"));
+    };
+    if let Some(unknown) = fields.keys().find(|key| !FIELDS.contains(&key.as_str())) {
+        return Err(invalid(format!("unknown field `{}`", truncate(unknown))));
+    }
+    match fields.get("version").and_then(Value::as_u64) {
+        Some(OUTBOUND_CONTRACT_VERSION) => {}
+        Some(other) => {
+            return Err(invalid(format!(
+                "version {other} is not supported (this is version 1)"
+            )))
+        }
+        None => return Err(invalid("`version` is required and must be 1")),
+    }
+    let type_name = fields
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("`type` is required"))?;
+    let (_, object, operation) = TYPES
+        .iter()
+        .find(|(name, _, _)| *name == type_name)
+        .copied()
+        .ok_or_else(|| {
+            invalid(format!(
+                "type `{}` is not one of contact.upsert, contact.delete, deal.upsert, deal.delete, activity.log",
+                truncate(type_name)
+            ))
+        })?;
+    let record_id = required_identifier(&fields, "record_id")?;
+    let idempotency_id = required_identifier(&fields, "idempotency_id")?;
+    let changed_at_ms = fields
+        .get("changed_at")
+        .ok_or_else(|| invalid("`changed_at` is required"))
+        .and_then(|value| {
+            parse_timestamp_ms(value)
+                .ok_or_else(|| invalid("`changed_at` must be an RFC 3339 time or epoch milliseconds"))
+        })?;
+    let contact_record_id = identifier(&fields, "contact_record_id")?;
+    if operation == Operation::Log && contact_record_id.is_none() {
+        return Err(invalid(
+            "activity.log needs `contact_record_id`, the contact it is logged on",
+        ));
+    }
+    if object == ObjectKind::Contact && contact_record_id.is_some() {
+        return Err(invalid(
+            "`contact_record_id` belongs on deals and activities only",
+        ));
+    }
+    let data = match (operation, fields.get("data")) {
+        (Operation::Delete, None | Some(Value::Null)) => BTreeMap::new(),
+        (Operation::Delete, Some(_)) => return Err(invalid("a delete carries no `data`")),
+        (_, Some(Value::Object(data))) => parse_data(data)?,
+        (_, _) => return Err(invalid("`data` is required and must be an object")),
+    };
+    Ok(Change {
+        object,
+        operation,
+        record_id,
+        idempotency_id,
+        changed_at_ms,
+        data,
+        contact_record_id,
+    })
+}
+
+fn parse_data(data: &Map<String, Value>) -> Result<BTreeMap<String, FieldValue>, ContractError> {
+    data.iter()
+        .map(|(name, value)| {
+            let value = match value {
+                Value::String(text) => FieldValue::Text(text.clone()),
+                Value::Number(number) => FieldValue::Number(number.clone()),
+                Value::Bool(flag) => FieldValue::Bool(*flag),
+                Value::Null => FieldValue::Null,
+                _ => {
+                    return Err(invalid(format!(
+                        "`data.{}` must be a string, number, boolean or null",
+                        truncate(name)
+                    )))
+                }
+            };
+            Ok((name.clone(), value))
+        })
+        .collect()
+}
+
+fn truncate(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTACT: &str = r#"{"version":1,"type":"contact.upsert","record_id":"user-42","idempotency_id":"i-1","changed_at":"2026-11-27T10:15:00.123Z","data":{"email":"ada@example.com","age":36,"vip":true,"phone":null}}"#;
+
+    #[test]
+    fn a_contact_upsert_parses_with_its_version_in_milliseconds() {
+        let change = parse_change(CONTACT).unwrap();
+        assert_eq!(change.object, ObjectKind::Contact);
+        assert_eq!(change.operation, Operation::Upsert);
+        assert_eq!(change.record_id, "user-42");
+        assert_eq!(change.changed_at_ms, 1_795_774_500_123);
+        assert_eq!(change.data["age"].to_crm_string(), "36");
+        assert_eq!(change.data["vip"].to_crm_string(), "true");
+        assert_eq!(change.data["phone"].to_crm_string(), "");
+    }
+
+    #[test]
+    fn changed_at_may_be_epoch_milliseconds() {
+        let body = CONTACT.replace(r#""2026-11-27T10:15:00.123Z""#, "1795774500123");
+        assert_eq!(parse_change(&body).unwrap().changed_at_ms, 1_795_774_500_123);
+    }
+
+    #[test]
+    fn a_delete_needs_no_data_and_may_not_carry_any() {
+        let delete =
+            r#"{"version":1,"type":"contact.delete","record_id":"u","idempotency_id":"i","changed_at":5}"#;
+        assert_eq!(parse_change(delete).unwrap().operation, Operation::Delete);
+        let with_data = delete.replace("\"changed_at\":5", "\"changed_at\":5,\"data\":{}");
+        assert_eq!(
+            parse_change(&with_data).unwrap_err().0,
+            "a delete carries no `data`"
+        );
+    }
+
+    #[test]
+    fn an_activity_must_name_its_contact() {
+        let activity = r#"{"version":1,"type":"activity.log","record_id":"a","idempotency_id":"i","changed_at":5,"data":{"body":"hi"}}"#;
+        assert!(parse_change(activity)
+            .unwrap_err()
+            .0
+            .contains("contact_record_id"));
+    }
+
+    #[test]
+    fn each_contract_violation_has_a_reason_that_does_not_echo_values() {
+        let cases = [
+            ("not json", "the message is not valid JSON (line 1, column 2)"),
+            ("[1]", "the message must be a JSON object"),
+            (&CONTACT.replace("\"version\":1", "\"version\":2"), "version 2 is not supported (this is version 1)"),
+            (&CONTACT.replace("contact.upsert", "contact.merge"), "type `contact.merge` is not one of contact.upsert, contact.delete, deal.upsert, deal.delete, activity.log"),
+            (&CONTACT.replace("\"record_id\":\"user-42\"", "\"record_id\":\"\""), "`record_id` must be 1 to 256 characters without control characters"),
+            (&CONTACT.replace("\"idempotency_id\":\"i-1\",", ""), "`idempotency_id` is required"),
+            (&CONTACT.replace("2026-11-27T10:15:00.123Z", "yesterday"), "`changed_at` must be an RFC 3339 time or epoch milliseconds"),
+            (&CONTACT.replace("\"age\":36", "\"age\":[36]"), "`data.age` must be a string, number, boolean or null"),
+            (&CONTACT.replace("\"version\":1", "\"version\":1,\"extra\":1"), "unknown field `extra`"),
+        ];
+        for (body, reason) in cases {
+            let error = parse_change(body).unwrap_err();
+            assert_eq!(error.0, reason, "for {body}");
+            assert!(!error.0.contains("ada@example.com"));
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! What crm-sync asks of a CRM and what it gets back, independent of any one CRM's wire format.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Create-or-update of one record by its unique key property.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpsertInput {
+    /// Value of the id property (the app's record id).
+    pub key: String,
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Update of one record by CRM id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateInput {
+    pub crm_id: String,
+    pub properties: BTreeMap<String, String>,
+}
+
+/// A link from one CRM record to another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssociationInput {
+    pub from_id: String,
+    pub to_id: String,
+}
+
+/// How one input of a batch call fared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputOutcome {
+    Done { crm_id: String, created: bool },
+    Failed(InputError),
+}
+
+/// Why one input failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputError {
+    pub kind: FailureKind,
+    /// The CRM's own error code (`INVALID_EMAIL`, `CONFLICT`, ...).
+    pub code: String,
+    /// The CRM's own message.
+    pub message: String,
+    /// For a conflict with an existing record: its CRM id.
+    pub existing_id: Option<String>,
+}
+
+/// Whether trying again can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Will fail the same way until someone fixes the data or the configuration.
+    Permanent,
+    /// Another record already holds a unique value (e.g. a contact's email).
+    Conflict,
+    /// May succeed later.
+    Transient,
+}
+
+/// The CRM's rate-limit state, as its response headers tell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RateInfo {
+    pub burst_max: Option<u32>,
+    pub burst_remaining: Option<u32>,
+    pub burst_interval_ms: Option<u64>,
+    pub daily_max: Option<u64>,
+    pub daily_remaining: Option<u64>,
+}
+
+/// The result of a batch call, input by input and in input order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchResult {
+    pub outcomes: Vec<InputOutcome>,
+    pub rate: RateInfo,
+    /// `METHOD path -> status`, for the record's timeline.
+    pub call: String,
+}
+
+/// Which limit a throttle came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThrottlePolicy {
+    /// The short rolling window (HubSpot: TEN_SECONDLY_ROLLING).
+    Burst,
+    /// The daily budget.
+    Daily,
+}
+
+/// A whole call that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CrmError {
+    #[error("throttled by the CRM ({policy:?}): {message}")]
+    Throttled {
+        policy: ThrottlePolicy,
+        retry_after: Option<Duration>,
+        message: String,
+        rate: RateInfo,
+    },
+    #[error("the CRM failed transiently ({call}): {message}")]
+    Transient { call: String, message: String },
+    #[error("the CRM refused the call ({call}): {message}")]
+    Rejected {
+        call: String,
+        status: u16,
+        message: String,
+    },
+}
+
+impl CrmError {
+    pub fn is_throttle(&self) -> bool {
+        matches!(self, CrmError::Throttled { .. })
+    }
+}

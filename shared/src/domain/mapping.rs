@@ -1,0 +1,311 @@
+//! Field mapping and ownership: which CRM property each app field becomes, and which side owns it.
+//! Loaded once at start; any error names the entry at fault, so a bad file never starts a sync.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Deserialize;
+
+use super::contract::{Change, ContractError, FieldValue, ObjectKind};
+
+/// The mapping shipped with crm-sync (`shared/config/mapping.toml`).
+pub const DEFAULT_MAPPING: &str = include_str!("../../config/mapping.toml");
+
+/// Which side is the source of truth for a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    App,
+    Crm,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldRule {
+    pub crm_property: String,
+    pub owner: Owner,
+}
+
+/// How one app object type maps onto the CRM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMapping {
+    /// The CRM's object type (`contacts`, `deals`, `notes`).
+    pub crm_object: String,
+    /// The unique CRM property holding the app's record id: the upsert key.
+    pub id_property: String,
+    /// App field name → rule.
+    pub fields: BTreeMap<String, FieldRule>,
+}
+
+/// A mapping error, naming the entry (`deal.fields.amount`) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("mapping: {entry}: {problem}")]
+pub struct MappingError {
+    pub entry: String,
+    pub problem: String,
+}
+
+fn mapping_error(entry: impl Into<String>, problem: impl Into<String>) -> MappingError {
+    MappingError {
+        entry: entry.into(),
+        problem: problem.into(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    contact: Option<RawObject>,
+    deal: Option<RawObject>,
+    activity: Option<RawObject>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawObject {
+    crm_object: String,
+    id_property: String,
+    #[serde(default)]
+    fields: BTreeMap<String, RawField>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawField {
+    crm: String,
+    owner: String,
+}
+
+/// What an outbound change writes to the CRM.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OutboundProperties {
+    /// CRM property → value: app-owned fields only.
+    pub properties: BTreeMap<String, String>,
+    /// App fields left out because the CRM owns them.
+    pub crm_owned: Vec<String>,
+}
+
+/// The whole mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    objects: HashMap<ObjectKind, ObjectMapping>,
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+impl Mapping {
+    /// Parses and checks a mapping file.
+    pub fn parse(text: &str) -> Result<Mapping, MappingError> {
+        let raw: RawFile = toml::from_str(text).map_err(|error| {
+            let span = error.span().map(|span| line_of(text, span.start)).unwrap_or(0);
+            mapping_error(format!("line {span}"), error.message().trim().to_string())
+        })?;
+        let mut objects = HashMap::new();
+        for (kind, object) in [
+            (ObjectKind::Contact, raw.contact),
+            (ObjectKind::Deal, raw.deal),
+            (ObjectKind::Activity, raw.activity),
+        ] {
+            let Some(object) = object else { continue };
+            objects.insert(kind, Self::check_object(kind, object)?);
+        }
+        if objects.is_empty() {
+            return Err(mapping_error(
+                "(file)",
+                "maps no object type; expected [contact], [deal] or [activity]",
+            ));
+        }
+        Ok(Mapping { objects })
+    }
+
+    fn check_object(kind: ObjectKind, raw: RawObject) -> Result<ObjectMapping, MappingError> {
+        let entry = kind.as_str();
+        if !valid_name(&raw.crm_object) {
+            return Err(mapping_error(
+                format!("{entry}.crm_object"),
+                "must be a CRM object name like `contacts`",
+            ));
+        }
+        if !valid_name(&raw.id_property) {
+            return Err(mapping_error(
+                format!("{entry}.id_property"),
+                "must be a CRM property name",
+            ));
+        }
+        let mut fields = BTreeMap::new();
+        let mut seen: HashMap<String, String> = HashMap::new();
+        for (field, rule) in raw.fields {
+            let at = format!("{entry}.fields.{field}");
+            if !valid_name(&field) {
+                return Err(mapping_error(at, "field names use letters, digits, `_` and `-`"));
+            }
+            if !valid_name(&rule.crm) {
+                return Err(mapping_error(at, "`crm` must be a CRM property name"));
+            }
+            if rule.crm == raw.id_property {
+                return Err(mapping_error(
+                    at,
+                    format!("`{}` is the id property; crm-sync writes it", rule.crm),
+                ));
+            }
+            if let Some(other) = seen.insert(rule.crm.clone(), field.clone()) {
+                return Err(mapping_error(
+                    at,
+                    format!("CRM property `{}` is mapped by `{other}` already", rule.crm),
+                ));
+            }
+            let owner = match rule.owner.as_str() {
+                "app" => Owner::App,
+                "crm" => Owner::Crm,
+                other => {
+                    return Err(mapping_error(
+                        at,
+                        format!("owner `{other}` must be `app` or `crm`"),
+                    ))
+                }
+            };
+            fields.insert(
+                field,
+                FieldRule {
+                    crm_property: rule.crm,
+                    owner,
+                },
+            );
+        }
+        Ok(ObjectMapping {
+            crm_object: raw.crm_object,
+            id_property: raw.id_property,
+            fields,
+        })
+    }
+
+    /// The mapping of an object type, if the file maps it.
+    pub fn object(&self, kind: ObjectKind) -> Option<&ObjectMapping> {
+        self.objects.get(&kind)
+    }
+
+    /// The CRM properties an outbound change writes: app-owned fields only. Refuses fields the
+    /// mapping does not know, and object types it does not map.
+    pub fn outbound(&self, change: &Change) -> Result<OutboundProperties, ContractError> {
+        let object = self
+            .object(change.object)
+            .ok_or_else(|| ContractError(format!("the mapping has no [{}] section", change.object)))?;
+        let mut out = OutboundProperties::default();
+        for (field, value) in &change.data {
+            let rule = object.fields.get(field).ok_or_else(|| {
+                ContractError(format!(
+                    "`data.{field}` is not a mapped {} field (shared/config/mapping.toml)",
+                    change.object
+                ))
+            })?;
+            match rule.owner {
+                Owner::App => {
+                    out.properties
+                        .insert(rule.crm_property.clone(), crm_value(rule, value));
+                }
+                Owner::Crm => out.crm_owned.push(field.clone()),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// HubSpot takes datetimes as epoch milliseconds; an RFC 3339 text for such a field is converted.
+fn crm_value(rule: &FieldRule, value: &FieldValue) -> String {
+    if let FieldValue::Text(text) = value {
+        if rule.crm_property == "hs_timestamp" || rule.crm_property == "closedate" {
+            if let Some(ms) = super::contract::parse_timestamp_ms(&serde_json::Value::String(text.clone())) {
+                return ms.to_string();
+            }
+        }
+    }
+    value.to_crm_string()
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::contract::parse_change;
+
+    #[test]
+    fn the_shipped_mapping_is_valid_and_maps_every_object_type() {
+        let mapping = Mapping::parse(DEFAULT_MAPPING).unwrap();
+        for kind in ObjectKind::ALL {
+            assert!(mapping.object(kind).is_some(), "{kind}");
+        }
+        assert_eq!(
+            mapping.object(ObjectKind::Contact).unwrap().fields["email"].owner,
+            Owner::App
+        );
+        assert_eq!(
+            mapping.object(ObjectKind::Deal).unwrap().fields["stage"].owner,
+            Owner::Crm
+        );
+    }
+
+    #[test]
+    fn outbound_writes_only_app_owned_fields_under_their_crm_names() {
+        let mapping = Mapping::parse(DEFAULT_MAPPING).unwrap();
+        let change = parse_change(r#"{"version":1,"type":"deal.upsert","record_id":"d","idempotency_id":"i","changed_at":5,"data":{"name":"Pro plan","amount":1200,"stage":"closedwon"}}"#).unwrap();
+        let out = mapping.outbound(&change).unwrap();
+        assert_eq!(
+            out.properties.get("dealname").map(String::as_str),
+            Some("Pro plan")
+        );
+        assert_eq!(out.properties.get("amount").map(String::as_str), Some("1200"));
+        assert!(!out.properties.contains_key("dealstage"));
+        assert_eq!(out.crm_owned, vec!["stage".to_string()]);
+    }
+
+    #[test]
+    fn an_unmapped_field_is_refused_by_name() {
+        let mapping = Mapping::parse(DEFAULT_MAPPING).unwrap();
+        let change = parse_change(r#"{"version":1,"type":"contact.upsert","record_id":"c","idempotency_id":"i","changed_at":5,"data":{"shoe_size":44}}"#).unwrap();
+        assert_eq!(
+            mapping.outbound(&change).unwrap_err().0,
+            "`data.shoe_size` is not a mapped contact field (shared/config/mapping.toml)"
+        );
+    }
+
+    #[test]
+    fn rfc3339_times_become_epoch_milliseconds_for_datetime_properties() {
+        let mapping = Mapping::parse(DEFAULT_MAPPING).unwrap();
+        let change = parse_change(r#"{"version":1,"type":"activity.log","record_id":"a","idempotency_id":"i","changed_at":5,"contact_record_id":"c","data":{"body":"hi","occurred_at":"2026-01-01T00:00:00Z"}}"#).unwrap();
+        let out = mapping.outbound(&change).unwrap();
+        assert_eq!(out.properties["hs_timestamp"], "1767225600000");
+    }
+
+    #[test]
+    fn each_bad_entry_is_named() {
+        let cases = [
+            ("[contact]\ncrm_object = \"contacts\"\nid_property = \"x\"\n[contact.fields]\nemail = { crm = \"email\", owner = \"both\" }\n", "contact.fields.email", "owner `both` must be `app` or `crm`"),
+            ("[deal]\ncrm_object = \"deals\"\nid_property = \"x\"\n[deal.fields]\na = { crm = \"amount\", owner = \"app\" }\nb = { crm = \"amount\", owner = \"app\" }\n", "deal.fields.b", "CRM property `amount` is mapped by `a` already"),
+            ("[deal]\ncrm_object = \"deals\"\nid_property = \"x\"\n[deal.fields]\na = { crm = \"x\", owner = \"app\" }\n", "deal.fields.a", "`x` is the id property; crm-sync writes it"),
+            ("[deal]\ncrm_object = \"\"\nid_property = \"x\"\n", "deal.crm_object", "must be a CRM object name like `contacts`"),
+            ("", "(file)", "maps no object type; expected [contact], [deal] or [activity]"),
+        ];
+        for (text, entry, problem) in cases {
+            let error = Mapping::parse(text).unwrap_err();
+            assert_eq!(
+                (error.entry.as_str(), error.problem.as_str()),
+                (entry, problem),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_syntax_error_or_unknown_key_names_its_line() {
+        let error = Mapping::parse("[contact]\ncrm_object = \"contacts\"\nid_property = \"x\"\ncolour = 1\n")
+            .unwrap_err();
+        assert_eq!(error.entry, "line 4");
+        assert!(error.problem.contains("colour"), "{}", error.problem);
+    }
+}

@@ -1,0 +1,306 @@
+//! Sync state and the pure rules of outbound sync: the newest change per record wins, an older
+//! or repeated change is skipped, retries back off exponentially with jitter.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use super::contract::{Change, Operation, RecordRef};
+
+/// Where a record stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SyncStatus {
+    /// A change is waiting for (or in) a sync attempt.
+    Pending,
+    Synced,
+    /// The last change failed permanently, or kept failing; its message is in the dead-letter queue.
+    Failed,
+    /// Archived in the CRM.
+    Deleted,
+}
+
+impl SyncStatus {
+    pub const ALL: [SyncStatus; 4] = [
+        SyncStatus::Pending,
+        SyncStatus::Synced,
+        SyncStatus::Failed,
+        SyncStatus::Deleted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncStatus::Pending => "pending",
+            SyncStatus::Synced => "synced",
+            SyncStatus::Failed => "failed",
+            SyncStatus::Deleted => "deleted",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<SyncStatus> {
+        SyncStatus::ALL.into_iter().find(|status| status.as_str() == text)
+    }
+}
+
+/// A record's sync state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordState {
+    pub record: RecordRef,
+    pub crm_id: Option<String>,
+    pub status: SyncStatus,
+    pub last_synced_at_ms: Option<i64>,
+    pub last_attempt_at_ms: Option<i64>,
+    /// Attempts at the current change since the last success.
+    pub attempts: u32,
+    /// The last error, with the CRM's own message.
+    pub last_error: Option<String>,
+    /// `changed_at` of the last change applied: the record's version in the CRM.
+    pub applied_version_ms: Option<i64>,
+    pub applied_idempotency_id: Option<String>,
+    /// CRM property → the value crm-sync last wrote.
+    pub written: BTreeMap<String, String>,
+}
+
+impl RecordState {
+    pub fn new(record: RecordRef) -> Self {
+        Self {
+            record,
+            crm_id: None,
+            status: SyncStatus::Pending,
+            last_synced_at_ms: None,
+            last_attempt_at_ms: None,
+            attempts: 0,
+            last_error: None,
+            applied_version_ms: None,
+            applied_idempotency_id: None,
+            written: BTreeMap::new(),
+        }
+    }
+}
+
+/// What happened, for a record's timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimelineKind {
+    Synced,
+    Deleted,
+    /// Older than what is applied already, or superseded by a newer change in the same batch.
+    Skipped,
+    Retrying,
+    Failed,
+    Note,
+}
+
+impl TimelineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimelineKind::Synced => "synced",
+            TimelineKind::Deleted => "deleted",
+            TimelineKind::Skipped => "skipped",
+            TimelineKind::Retrying => "retrying",
+            TimelineKind::Failed => "failed",
+            TimelineKind::Note => "note",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TimelineKind> {
+        [
+            TimelineKind::Synced,
+            TimelineKind::Deleted,
+            TimelineKind::Skipped,
+            TimelineKind::Retrying,
+            TimelineKind::Failed,
+            TimelineKind::Note,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == text)
+    }
+}
+
+/// One entry of a record's timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimelineEntry {
+    pub record: RecordRef,
+    pub at_ms: i64,
+    pub kind: TimelineKind,
+    pub idempotency_id: Option<String>,
+    pub detail: String,
+    /// The CRM call that decided it (`POST /crm/v3/objects/contacts/batch/upsert -> 207`).
+    pub call: Option<String>,
+}
+
+/// A change read from the queue, with how many transient failures it has had.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queued {
+    pub message_id: String,
+    pub change: Change,
+    pub attempts: u32,
+}
+
+/// A batch reduced to one change per record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchPlan {
+    /// The newest change of each record, in a stable order.
+    pub newest: Vec<Queued>,
+    /// Message ids of changes a newer one in the same batch replaces, with that newer change.
+    pub superseded: Vec<(Queued, String)>,
+}
+
+/// Orders two changes of one record: later `changed_at` wins; on a tie a delete wins, then the
+/// greater idempotency id, so that every consumer picks the same one.
+fn newer(a: &Change, b: &Change) -> bool {
+    let rank = |change: &Change| {
+        (
+            change.changed_at_ms,
+            change.operation == Operation::Delete,
+            change.idempotency_id.clone(),
+        )
+    };
+    rank(a) > rank(b)
+}
+
+/// Keeps the newest change per record.
+pub fn newest_per_record(batch: Vec<Queued>) -> BatchPlan {
+    let mut winners: HashMap<RecordRef, Queued> = HashMap::new();
+    let mut superseded = Vec::new();
+    for queued in batch {
+        let record = queued.change.record();
+        match winners.remove(&record) {
+            None => {
+                winners.insert(record, queued);
+            }
+            Some(current) if newer(&queued.change, &current.change) => {
+                let by = queued.change.idempotency_id.clone();
+                superseded.push((current, by));
+                winners.insert(record, queued);
+            }
+            Some(current) => {
+                let by = current.change.idempotency_id.clone();
+                superseded.push((queued, by));
+                winners.insert(record, current);
+            }
+        }
+    }
+    let mut newest: Vec<Queued> = winners.into_values().collect();
+    newest.sort_by_key(|queued| queued.change.record());
+    BatchPlan { newest, superseded }
+}
+
+/// How a change compares with what is applied already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    Newer,
+    /// This very change is applied already.
+    Duplicate,
+    /// A newer change is applied already.
+    Stale,
+}
+
+pub fn freshness(change: &Change, state: &RecordState) -> Freshness {
+    match state.applied_version_ms {
+        None => Freshness::Newer,
+        Some(applied) if change.changed_at_ms > applied => Freshness::Newer,
+        Some(applied) if change.changed_at_ms < applied => Freshness::Stale,
+        Some(_) if state.applied_idempotency_id.as_deref() == Some(change.idempotency_id.as_str()) => {
+            Freshness::Duplicate
+        }
+        Some(_) => Freshness::Newer,
+    }
+}
+
+/// Exponential backoff with "equal jitter": half the step fixed, half random (`jitter` in 0..1).
+pub fn backoff(attempt: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(20);
+    let step = base.saturating_mul(1 << exponent).min(cap);
+    let half = step / 2;
+    half + half.mul_f64(jitter.clamp(0.0, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::contract::ObjectKind;
+
+    fn change(record: &str, at: i64, id: &str, operation: Operation) -> Change {
+        Change {
+            object: ObjectKind::Contact,
+            operation,
+            record_id: record.into(),
+            idempotency_id: id.into(),
+            changed_at_ms: at,
+            data: BTreeMap::new(),
+            contact_record_id: None,
+        }
+    }
+
+    fn queued(message: &str, change: Change) -> Queued {
+        Queued {
+            message_id: message.into(),
+            change,
+            attempts: 0,
+        }
+    }
+
+    #[test]
+    fn the_newest_change_of_each_record_wins_whatever_the_order() {
+        let plan = newest_per_record(vec![
+            queued("m1", change("a", 20, "x", Operation::Upsert)),
+            queued("m2", change("a", 30, "y", Operation::Upsert)),
+            queued("m3", change("b", 10, "z", Operation::Upsert)),
+            queued("m4", change("a", 25, "w", Operation::Upsert)),
+        ]);
+        let kept: Vec<_> = plan.newest.iter().map(|q| q.message_id.as_str()).collect();
+        assert_eq!(kept, vec!["m2", "m3"]);
+        let mut dropped: Vec<_> = plan
+            .superseded
+            .iter()
+            .map(|(q, by)| (q.message_id.as_str(), by.as_str()))
+            .collect();
+        dropped.sort();
+        assert_eq!(dropped, vec![("m1", "y"), ("m4", "y")]);
+    }
+
+    #[test]
+    fn on_equal_times_a_delete_wins_over_an_upsert() {
+        let plan = newest_per_record(vec![
+            queued("m1", change("a", 20, "z", Operation::Delete)),
+            queued("m2", change("a", 20, "y", Operation::Upsert)),
+        ]);
+        assert_eq!(plan.newest[0].message_id, "m1");
+    }
+
+    #[test]
+    fn freshness_compares_versions_then_idempotency_ids() {
+        let mut state = RecordState::new(change("a", 0, "", Operation::Upsert).record());
+        assert_eq!(
+            freshness(&change("a", 5, "i", Operation::Upsert), &state),
+            Freshness::Newer
+        );
+        state.applied_version_ms = Some(10);
+        state.applied_idempotency_id = Some("i".into());
+        assert_eq!(
+            freshness(&change("a", 5, "j", Operation::Upsert), &state),
+            Freshness::Stale
+        );
+        assert_eq!(
+            freshness(&change("a", 10, "i", Operation::Upsert), &state),
+            Freshness::Duplicate
+        );
+        assert_eq!(
+            freshness(&change("a", 10, "k", Operation::Upsert), &state),
+            Freshness::Newer
+        );
+        assert_eq!(
+            freshness(&change("a", 11, "i", Operation::Upsert), &state),
+            Freshness::Newer
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_from_the_base_up_to_the_cap_with_bounded_jitter() {
+        let base = Duration::from_secs(2);
+        let cap = Duration::from_secs(60);
+        assert_eq!(backoff(1, base, cap, 0.0), Duration::from_secs(1));
+        assert_eq!(backoff(1, base, cap, 1.0), Duration::from_secs(2));
+        assert_eq!(backoff(3, base, cap, 1.0), Duration::from_secs(8));
+        assert_eq!(backoff(30, base, cap, 1.0), cap);
+        assert_eq!(backoff(30, base, cap, 0.0), cap / 2);
+    }
+}

@@ -1,0 +1,948 @@
+//! The outbound sync use case: a batch of app changes from the queue becomes as few CRM calls as
+//! possible, each record's newest change only, within the CRM's budget; every message ends done,
+//! re-queued with a delay, or dead-lettered with its reason, and never fails its batch.
+//!
+//! Retries go back on the queue as fresh messages (`DelaySeconds`, with the attempt count in a
+//! message attribute) rather than through the visibility timeout, so that the queue's receive
+//! count, and with it the redrive policy, only ever sees crashes: a throttle never dead-letters.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt};
+use tokio::time::Instant;
+
+use crate::domain::contract::{parse_change, Change, ObjectKind, Operation, RecordRef};
+use crate::domain::crm::{
+    AssociationInput, BatchResult, CrmError, FailureKind, InputOutcome, ThrottlePolicy, UpdateInput,
+    UpsertInput,
+};
+use crate::domain::mapping::{Mapping, ObjectMapping, OutboundProperties};
+use crate::domain::sync::{
+    backoff, newest_per_record, Queued, RecordState, SyncStatus, TimelineEntry, TimelineKind,
+};
+use crate::domain::Clock;
+use crate::ports::{
+    Crm, MessageQueue, OutgoingMessage, Permit, RateLimiter, RecordClaim, Settlement, SyncStateStore,
+};
+
+/// Message attribute carrying how many transient failures a change has had.
+pub const ATTEMPTS_ATTRIBUTE: &str = "crm_sync_attempts";
+/// Message attributes on dead letters.
+pub const ERROR_ATTRIBUTE: &str = "crm_sync_error";
+pub const FAILED_AT_ATTRIBUTE: &str = "crm_sync_failed_at";
+
+const CONCURRENCY: usize = 32;
+
+/// Retry and lease settings.
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    /// Transient failures before a change is dead-lettered.
+    pub max_attempts: u32,
+    /// Queue-level backoff: base and cap (SQS delays stop at 900 s).
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+    /// Quick retries of a failed call inside one invocation, before re-queueing.
+    pub quick_retries: u32,
+    pub quick_retry_base: Duration,
+    /// How long a record stays leased to one attempt: above the function timeout, below the
+    /// queue's visibility timeout.
+    pub lease: Duration,
+    /// Delay before retrying a record another attempt holds.
+    pub busy_delay: Duration,
+    /// Longest wait for the rate limiter inside an invocation; longer waits re-queue.
+    pub max_limiter_wait: Duration,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            retry_base: Duration::from_secs(10),
+            retry_cap: Duration::from_secs(900),
+            quick_retries: 2,
+            quick_retry_base: Duration::from_millis(250),
+            lease: Duration::from_secs(120),
+            busy_delay: Duration::from_secs(5),
+            max_limiter_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One message as the queue delivered it.
+#[derive(Debug, Clone)]
+pub struct SyncMessage {
+    pub message_id: String,
+    pub body: String,
+    /// String message attributes.
+    pub attributes: HashMap<String, String>,
+}
+
+/// What became of a batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Messages the queue must deliver again (their handling could not be recorded).
+    pub redeliver: Vec<String>,
+    pub applied: usize,
+    pub skipped: usize,
+    pub retried: usize,
+    pub dead_lettered: usize,
+    pub crm_calls: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Disposition {
+    Done,
+    Retry { delay: Duration, attempts: u32 },
+    DeadLetter { reason: String },
+    Redeliver,
+}
+
+/// A claimed record and the change to apply to it.
+struct Work {
+    queued: Queued,
+    prior: RecordState,
+    outbound: OutboundProperties,
+}
+
+/// How one piece of work ended.
+#[derive(Debug, Clone)]
+enum Outcome {
+    Applied {
+        crm_id: Option<String>,
+        created: bool,
+        call: String,
+    },
+    Failed {
+        kind: FailureKind,
+        error: String,
+        call: Option<String>,
+    },
+    Throttled {
+        until_ms: i64,
+    },
+}
+
+/// A call that did not produce a result.
+enum CallFailure {
+    Throttled { until_ms: i64 },
+    Transient(String),
+    Rejected(String),
+}
+
+/// The ports the sync needs.
+pub struct SyncService {
+    mapping: Arc<Mapping>,
+    crm: Arc<dyn Crm>,
+    state: Arc<dyn SyncStateStore>,
+    limiter: Arc<dyn RateLimiter>,
+    retry_queue: Arc<dyn MessageQueue>,
+    dead_letters: Arc<dyn MessageQueue>,
+    clock: Arc<dyn Clock>,
+    settings: SyncSettings,
+}
+
+impl SyncService {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        mapping: Arc<Mapping>,
+        crm: Arc<dyn Crm>,
+        state: Arc<dyn SyncStateStore>,
+        limiter: Arc<dyn RateLimiter>,
+        retry_queue: Arc<dyn MessageQueue>,
+        dead_letters: Arc<dyn MessageQueue>,
+        clock: Arc<dyn Clock>,
+        settings: SyncSettings,
+    ) -> Self {
+        Self {
+            mapping,
+            crm,
+            state,
+            limiter,
+            retry_queue,
+            dead_letters,
+            clock,
+            settings,
+        }
+    }
+
+    /// Handles a batch; finishes (or re-queues what it cannot finish) before `deadline`.
+    pub async fn process(&self, messages: Vec<SyncMessage>, deadline: Instant) -> SyncReport {
+        let mut report = SyncReport::default();
+        let mut dispositions: HashMap<String, Disposition> = HashMap::new();
+        let mut timeline: Vec<TimelineEntry> = Vec::new();
+        let now_ms = self.clock.now_ms();
+
+        let mut queued = Vec::new();
+        for message in &messages {
+            // A dead letter that was redriven carries its reason: it starts a fresh retry budget.
+            let redriven = message.attributes.contains_key(ERROR_ATTRIBUTE);
+            let attempts = message
+                .attributes
+                .get(ATTEMPTS_ATTRIBUTE)
+                .and_then(|value| value.parse().ok())
+                .filter(|_| !redriven)
+                .unwrap_or(0);
+            match parse_change(&message.body)
+                .and_then(|change| self.mapping.outbound(&change).map(|_| change))
+            {
+                Ok(change) => queued.push(Queued {
+                    message_id: message.message_id.clone(),
+                    change,
+                    attempts,
+                }),
+                Err(error) => {
+                    tracing::warn!(message_id = %message.message_id, reason = %error, "invalid message");
+                    dispositions.insert(
+                        message.message_id.clone(),
+                        Disposition::DeadLetter {
+                            reason: format!("invalid message: {error}"),
+                        },
+                    );
+                }
+            }
+        }
+
+        let plan = newest_per_record(queued);
+        for (superseded, by) in &plan.superseded {
+            dispositions.insert(superseded.message_id.clone(), Disposition::Done);
+            report.skipped += 1;
+            if *by == superseded.change.idempotency_id {
+                // The same change delivered twice: nothing to tell.
+                continue;
+            }
+            timeline.push(entry(
+                &superseded.change,
+                now_ms,
+                TimelineKind::Skipped,
+                format!("superseded by the newer change {by} in the same batch"),
+                None,
+            ));
+        }
+
+        let token = uuid::Uuid::new_v4().to_string();
+        let lease_until_ms = now_ms + i64::try_from(self.settings.lease.as_millis()).unwrap_or(i64::MAX / 2);
+        let claims = bounded(
+            plan.newest
+                .iter()
+                .map(|queued| self.state.claim(&queued.change, &token, now_ms, lease_until_ms))
+                .collect(),
+        )
+        .await;
+        let mut work = Vec::new();
+        for (queued, claim) in plan.newest.into_iter().zip(claims) {
+            let id = queued.message_id.clone();
+            match claim {
+                Ok(RecordClaim::Claimed(prior)) => {
+                    let outbound = self
+                        .mapping
+                        .outbound(&queued.change)
+                        .expect("checked when parsed");
+                    work.push(Work {
+                        queued,
+                        prior,
+                        outbound,
+                    });
+                }
+                Ok(RecordClaim::Stale(state)) => {
+                    report.skipped += 1;
+                    dispositions.insert(id, Disposition::Done);
+                    timeline.push(entry(
+                        &queued.change,
+                        now_ms,
+                        TimelineKind::Skipped,
+                        format!(
+                            "older than the change applied already (changed at {})",
+                            crate::domain::clock::rfc3339(state.applied_version_ms.unwrap_or_default())
+                        ),
+                        None,
+                    ));
+                }
+                Ok(RecordClaim::Duplicate) => {
+                    report.skipped += 1;
+                    dispositions.insert(id, Disposition::Done);
+                }
+                Ok(RecordClaim::Busy) => {
+                    dispositions.insert(
+                        id,
+                        Disposition::Retry {
+                            delay: self.settings.busy_delay,
+                            attempts: queued.attempts,
+                        },
+                    );
+                }
+                Err(error) => {
+                    tracing::error!(message_id = %id, error = ?anyhow::Error::from(error), "could not claim the record");
+                    dispositions.insert(id, Disposition::Redeliver);
+                }
+            }
+        }
+
+        let mut outcomes: HashMap<String, Outcome> = HashMap::new();
+        let mut written_contacts: HashMap<String, String> = HashMap::new();
+        for (object, operation) in [
+            (ObjectKind::Contact, Operation::Upsert),
+            (ObjectKind::Contact, Operation::Delete),
+            (ObjectKind::Deal, Operation::Upsert),
+            (ObjectKind::Deal, Operation::Delete),
+            (ObjectKind::Activity, Operation::Log),
+        ] {
+            let group: Vec<&Work> = work
+                .iter()
+                .filter(|w| w.queued.change.object == object && w.queued.change.operation == operation)
+                .collect();
+            if group.is_empty() {
+                continue;
+            }
+            let mapping = self.mapping.object(object).expect("checked when parsed");
+            let results = match operation {
+                Operation::Delete => self.archive_group(mapping, &group, deadline, &mut report).await,
+                _ => self.upsert_group(mapping, &group, deadline, &mut report).await,
+            };
+            for (w, outcome) in group.iter().zip(results) {
+                if object == ObjectKind::Contact {
+                    if let Outcome::Applied {
+                        crm_id: Some(crm_id), ..
+                    } = &outcome
+                    {
+                        written_contacts.insert(w.queued.change.record_id.clone(), crm_id.clone());
+                    }
+                }
+                outcomes.insert(w.queued.message_id.clone(), outcome);
+            }
+        }
+        self.associate(&work, &mut outcomes, &written_contacts, deadline, &mut report)
+            .await;
+
+        let settle_now = self.clock.now_ms();
+        let settled = bounded(
+            work.iter()
+                .map(|w| {
+                    let outcome = outcomes
+                        .get(&w.queued.message_id)
+                        .cloned()
+                        .unwrap_or(Outcome::Failed {
+                            kind: FailureKind::Transient,
+                            error: "not attempted".into(),
+                            call: None,
+                        });
+                    self.settle(w, outcome, &token, settle_now)
+                })
+                .collect(),
+        )
+        .await;
+        for (w, (disposition, timeline_entry)) in work.iter().zip(settled) {
+            match &disposition {
+                Disposition::Done => report.applied += 1,
+                Disposition::Retry { .. } => report.retried += 1,
+                _ => {}
+            }
+            dispositions.insert(w.queued.message_id.clone(), disposition);
+            timeline.extend(timeline_entry);
+        }
+
+        if let Err(error) = self.state.append_timeline(&timeline).await {
+            // The outcome is in each record's state; only the history line is lost.
+            tracing::error!(error = ?anyhow::Error::from(error), entries = timeline.len(), "could not write the timeline");
+        }
+        self.dispatch(&messages, dispositions, &mut report).await;
+        report
+    }
+
+    /// Applies the outcome to the record's state; returns the message's disposition and a
+    /// timeline entry.
+    async fn settle(
+        &self,
+        w: &Work,
+        outcome: Outcome,
+        token: &str,
+        now_ms: i64,
+    ) -> (Disposition, Option<TimelineEntry>) {
+        let change = &w.queued.change;
+        let record = change.record();
+        let (settlement, disposition, kind, detail, call) = match outcome {
+            Outcome::Applied {
+                crm_id,
+                created,
+                call,
+            } => {
+                let deleted = change.operation == Operation::Delete;
+                let mut written = w.prior.written.clone();
+                written.extend(w.outbound.properties.clone());
+                let crm_id = crm_id.or_else(|| w.prior.crm_id.clone());
+                let mut detail = match (deleted, created, &crm_id) {
+                    (true, _, Some(id)) => format!("archived CRM record {id}"),
+                    (true, _, None) => "nothing to archive: the record was never in the CRM".to_string(),
+                    (false, true, Some(id)) => format!("created CRM record {id}"),
+                    (false, _, Some(id)) => format!("updated CRM record {id}"),
+                    (false, _, None) => "applied".to_string(),
+                };
+                if !w.outbound.crm_owned.is_empty() {
+                    detail.push_str(&format!(
+                        "; not written, owned by the CRM: {}",
+                        w.outbound.crm_owned.join(", ")
+                    ));
+                }
+                (
+                    Settlement::Applied {
+                        crm_id,
+                        version_ms: change.changed_at_ms,
+                        idempotency_id: change.idempotency_id.clone(),
+                        written,
+                        status: if deleted {
+                            SyncStatus::Deleted
+                        } else {
+                            SyncStatus::Synced
+                        },
+                    },
+                    Disposition::Done,
+                    if deleted {
+                        TimelineKind::Deleted
+                    } else {
+                        TimelineKind::Synced
+                    },
+                    detail,
+                    Some(call),
+                )
+            }
+            Outcome::Throttled { until_ms } => (
+                Settlement::Released,
+                Disposition::Retry {
+                    delay: Duration::from_millis(u64::try_from(until_ms - now_ms).unwrap_or(0))
+                        .max(Duration::from_secs(1)),
+                    attempts: w.queued.attempts,
+                },
+                TimelineKind::Retrying,
+                format!(
+                    "CRM budget exhausted for now; retrying at {}",
+                    crate::domain::clock::rfc3339(until_ms)
+                ),
+                None,
+            ),
+            Outcome::Failed {
+                kind: FailureKind::Transient,
+                error,
+                call,
+            } => {
+                let attempts = w.queued.attempts + 1;
+                if attempts >= self.settings.max_attempts {
+                    let reason = format!("gave up after {attempts} attempts: {error}");
+                    (
+                        Settlement::Failed {
+                            error: reason.clone(),
+                            status: SyncStatus::Failed,
+                        },
+                        Disposition::DeadLetter {
+                            reason: reason.clone(),
+                        },
+                        TimelineKind::Failed,
+                        reason,
+                        call,
+                    )
+                } else {
+                    let delay = backoff(
+                        attempts,
+                        self.settings.retry_base,
+                        self.settings.retry_cap,
+                        fastrand::f64(),
+                    );
+                    (
+                        Settlement::Failed {
+                            error: error.clone(),
+                            status: SyncStatus::Pending,
+                        },
+                        Disposition::Retry { delay, attempts },
+                        TimelineKind::Retrying,
+                        format!(
+                            "attempt {attempts} failed, retrying in {} s: {error}",
+                            delay.as_secs()
+                        ),
+                        call,
+                    )
+                }
+            }
+            Outcome::Failed { error, call, .. } => (
+                Settlement::Failed {
+                    error: error.clone(),
+                    status: SyncStatus::Failed,
+                },
+                Disposition::DeadLetter {
+                    reason: error.clone(),
+                },
+                TimelineKind::Failed,
+                error,
+                call,
+            ),
+        };
+        if let Err(error) = self.state.settle(&record, token, now_ms, &settlement).await {
+            tracing::error!(record = %record, error = ?anyhow::Error::from(error), "could not record the outcome");
+            // The lease runs out and the redelivered message tries again; the upsert is idempotent.
+            return (Disposition::Redeliver, None);
+        }
+        (disposition, Some(entry(change, now_ms, kind, detail, call)))
+    }
+
+    async fn upsert_group(
+        &self,
+        mapping: &ObjectMapping,
+        group: &[&Work],
+        deadline: Instant,
+        report: &mut SyncReport,
+    ) -> Vec<Outcome> {
+        let inputs: Vec<UpsertInput> = group
+            .iter()
+            .map(|w| UpsertInput {
+                key: w.queued.change.record_id.clone(),
+                properties: w.outbound.properties.clone(),
+            })
+            .collect();
+        let mut outcomes = Vec::with_capacity(inputs.len());
+        for chunk in inputs.chunks(self.crm.max_batch().max(1)) {
+            outcomes.extend(self.upsert_isolating(mapping, chunk, deadline, report).await);
+        }
+        // A record that exists in the CRM without our id (a contact with the same email): adopt it.
+        let conflicts: Vec<(usize, String)> = outcomes
+            .iter()
+            .enumerate()
+            .filter_map(|(index, outcome)| match outcome {
+                Outcome::Failed {
+                    kind: FailureKind::Conflict,
+                    error,
+                    ..
+                } => existing_id(error).map(|id| (index, id)),
+                _ => None,
+            })
+            .collect();
+        if !conflicts.is_empty() {
+            let updates: Vec<UpdateInput> = conflicts
+                .iter()
+                .map(|(index, crm_id)| {
+                    let mut properties = inputs[*index].properties.clone();
+                    properties.insert(mapping.id_property.clone(), inputs[*index].key.clone());
+                    UpdateInput {
+                        crm_id: crm_id.clone(),
+                        properties,
+                    }
+                })
+                .collect();
+            let results = self
+                .call(deadline, report, || {
+                    self.crm.update(&mapping.crm_object, &updates)
+                })
+                .await;
+            let adopted = per_input(results, updates.len());
+            for ((index, _), outcome) in conflicts.into_iter().zip(adopted) {
+                outcomes[index] = outcome;
+            }
+        }
+        outcomes
+    }
+
+    /// Upserts a chunk; when the CRM refuses the whole call, halves it until the refused inputs
+    /// are isolated, so that one bad record never fails the others.
+    async fn upsert_isolating(
+        &self,
+        mapping: &ObjectMapping,
+        inputs: &[UpsertInput],
+        deadline: Instant,
+        report: &mut SyncReport,
+    ) -> Vec<Outcome> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; inputs.len()];
+        let mut ranges = vec![(0, inputs.len())];
+        while let Some((start, end)) = ranges.pop() {
+            let slice = &inputs[start..end];
+            let result = self
+                .call(deadline, report, || {
+                    self.crm.upsert(&mapping.crm_object, &mapping.id_property, slice)
+                })
+                .await;
+            match result {
+                Err(CallFailure::Rejected(_)) if slice.len() > 1 => {
+                    let middle = start + slice.len() / 2;
+                    ranges.push((start, middle));
+                    ranges.push((middle, end));
+                }
+                other => {
+                    for (offset, outcome) in per_input(other, slice.len()).into_iter().enumerate() {
+                        outcomes[start + offset] = Some(outcome);
+                    }
+                }
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.expect("every input is decided"))
+            .collect()
+    }
+
+    async fn archive_group(
+        &self,
+        mapping: &ObjectMapping,
+        group: &[&Work],
+        deadline: Instant,
+        report: &mut SyncReport,
+    ) -> Vec<Outcome> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; group.len()];
+        let mut targets = Vec::new();
+        for (index, w) in group.iter().enumerate() {
+            match &w.prior.crm_id {
+                Some(crm_id) => targets.push((index, crm_id.clone())),
+                None => {
+                    outcomes[index] = Some(Outcome::Applied {
+                        crm_id: None,
+                        created: false,
+                        call: "no CRM call: never synced".into(),
+                    })
+                }
+            }
+        }
+        for chunk in targets.chunks(self.crm.max_batch().max(1)) {
+            let ids: Vec<String> = chunk.iter().map(|(_, id)| id.clone()).collect();
+            let result = self
+                .call(deadline, report, || self.crm.archive(&mapping.crm_object, &ids))
+                .await;
+            for ((index, _), outcome) in chunk.iter().zip(per_input(result, ids.len())) {
+                outcomes[*index] = Some(outcome);
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.expect("every delete is decided"))
+            .collect()
+    }
+
+    /// Links applied deals and activities to their contacts. A contact that is not in the CRM
+    /// yet makes its deal or activity retry later (the upsert again is harmless).
+    async fn associate(
+        &self,
+        work: &[Work],
+        outcomes: &mut HashMap<String, Outcome>,
+        written_contacts: &HashMap<String, String>,
+        deadline: Instant,
+        report: &mut SyncReport,
+    ) {
+        let Some(contacts) = self.mapping.object(ObjectKind::Contact) else {
+            return;
+        };
+        let wanted: Vec<&Work> = work
+            .iter()
+            .filter(|w| {
+                w.queued.change.contact_record_id.is_some() && w.queued.change.operation != Operation::Delete
+            })
+            .filter(|w| {
+                matches!(
+                    outcomes.get(&w.queued.message_id),
+                    Some(Outcome::Applied { crm_id: Some(_), .. })
+                )
+            })
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let missing: Vec<RecordRef> = wanted
+            .iter()
+            .filter_map(|w| w.queued.change.contact_record_id.clone())
+            .filter(|id| !written_contacts.contains_key(id))
+            .map(|record_id| RecordRef {
+                object: ObjectKind::Contact,
+                record_id,
+            })
+            .collect();
+        let known = match self.state.states(&missing).await {
+            Ok(states) => states,
+            Err(error) => {
+                tracing::error!(error = ?anyhow::Error::from(error), "could not read contact states");
+                HashMap::new()
+            }
+        };
+        let contact_crm_id = |record_id: &str| -> Option<String> {
+            written_contacts.get(record_id).cloned().or_else(|| {
+                known
+                    .get(&RecordRef {
+                        object: ObjectKind::Contact,
+                        record_id: record_id.to_string(),
+                    })
+                    .filter(|state| state.status != SyncStatus::Deleted)
+                    .and_then(|state| state.crm_id.clone())
+            })
+        };
+        for object in [ObjectKind::Deal, ObjectKind::Activity] {
+            let Some(mapping) = self.mapping.object(object) else {
+                continue;
+            };
+            let mut pairs = Vec::new();
+            let mut owners = Vec::new();
+            for w in wanted.iter().filter(|w| w.queued.change.object == object) {
+                let contact = w.queued.change.contact_record_id.as_deref().unwrap_or_default();
+                let Some(Outcome::Applied {
+                    crm_id: Some(from_id),
+                    ..
+                }) = outcomes.get(&w.queued.message_id).cloned()
+                else {
+                    continue;
+                };
+                match contact_crm_id(contact) {
+                    Some(to_id) => {
+                        pairs.push(AssociationInput { from_id, to_id });
+                        owners.push(w.queued.message_id.clone());
+                    }
+                    None => {
+                        outcomes.insert(
+                            w.queued.message_id.clone(),
+                            Outcome::Failed {
+                                kind: FailureKind::Transient,
+                                error: format!(
+                                    "contact {contact} is not in the CRM yet, so the association waits"
+                                ),
+                                call: None,
+                            },
+                        );
+                    }
+                }
+            }
+            for (chunk, chunk_owners) in pairs
+                .chunks(self.crm.max_batch().max(1))
+                .zip(owners.chunks(self.crm.max_batch().max(1)))
+            {
+                let result = self
+                    .call(deadline, report, || {
+                        self.crm
+                            .associate(&mapping.crm_object, &contacts.crm_object, chunk)
+                    })
+                    .await;
+                for (owner, outcome) in chunk_owners.iter().zip(per_input(result, chunk.len())) {
+                    if let Outcome::Applied { .. } = outcome {
+                        continue;
+                    }
+                    outcomes.insert(owner.clone(), outcome);
+                }
+            }
+        }
+    }
+
+    /// One CRM call under the rate limiter, with quick retries of transient failures and of
+    /// burst throttles, until `deadline`.
+    async fn call<'a, F, Fut>(
+        &self,
+        deadline: Instant,
+        report: &mut SyncReport,
+        make: F,
+    ) -> Result<BatchResult, CallFailure>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<BatchResult, CrmError>> + 'a,
+    {
+        let mut transient_failures = 0;
+        let mut throttles = 0;
+        loop {
+            self.permit(deadline).await?;
+            report.crm_calls += 1;
+            let error = match make().await {
+                Ok(result) => {
+                    if let Err(error) = self.limiter.observe(&result.rate, self.clock.now_ms()).await {
+                        tracing::warn!(error = ?anyhow::Error::from(error), "could not record the CRM's rate headers");
+                    }
+                    return Ok(result);
+                }
+                Err(error) => error,
+            };
+            let now_ms = self.clock.now_ms();
+            match error {
+                CrmError::Throttled {
+                    policy, retry_after, ..
+                } => {
+                    throttles += 1;
+                    // A rolling window frees up continuously: a short pause, not a growing one.
+                    let wait = match policy {
+                        ThrottlePolicy::Daily => retry_after.unwrap_or(Duration::from_secs(3600)),
+                        ThrottlePolicy::Burst => retry_after.unwrap_or(Duration::from_secs(1)),
+                    };
+                    if let Err(error) = self.limiter.throttled(policy, wait, now_ms).await {
+                        tracing::warn!(error = ?anyhow::Error::from(error), "could not share the throttle");
+                    }
+                    tracing::info!(
+                        ?policy,
+                        wait_ms = wait.as_millis() as u64,
+                        "the CRM throttled a call"
+                    );
+                    if policy == ThrottlePolicy::Daily || throttles > 5 {
+                        return Err(CallFailure::Throttled {
+                            until_ms: now_ms + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2),
+                        });
+                    }
+                }
+                CrmError::Transient { call, message } => {
+                    transient_failures += 1;
+                    let wait = backoff(
+                        transient_failures,
+                        self.settings.quick_retry_base,
+                        Duration::from_secs(5),
+                        fastrand::f64(),
+                    );
+                    if transient_failures > self.settings.quick_retries || Instant::now() + wait >= deadline {
+                        return Err(CallFailure::Transient(format!("{call}: {message}")));
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+                CrmError::Rejected { call, message, .. } => {
+                    return Err(CallFailure::Rejected(format!("{call}: {message}")))
+                }
+            }
+        }
+    }
+
+    /// Waits for a call slot; a wait that would be too long, or past the deadline, re-queues.
+    async fn permit(&self, deadline: Instant) -> Result<(), CallFailure> {
+        loop {
+            let now_ms = self.clock.now_ms();
+            let permit = self.limiter.acquire(now_ms).await.map_err(|error| {
+                CallFailure::Transient(format!(
+                    "rate limiter unavailable: {:#}",
+                    anyhow::Error::from(error)
+                ))
+            })?;
+            let (until_ms, granted) = match permit {
+                Permit::Granted { at_ms } => (at_ms, true),
+                Permit::Denied { until_ms, .. } => (until_ms, false),
+            };
+            let wait = Duration::from_millis(u64::try_from(until_ms - now_ms).unwrap_or(0));
+            if !granted && (wait > self.settings.max_limiter_wait || Instant::now() + wait >= deadline) {
+                return Err(CallFailure::Throttled { until_ms });
+            }
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            if granted {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Carries out every message's disposition: re-queue, dead-letter, or ask for redelivery.
+    async fn dispatch(
+        &self,
+        messages: &[SyncMessage],
+        dispositions: HashMap<String, Disposition>,
+        report: &mut SyncReport,
+    ) {
+        let failed_at = crate::domain::clock::rfc3339(self.clock.now_ms());
+        let mut retries = Vec::new();
+        let mut dead = Vec::new();
+        for message in messages {
+            match dispositions
+                .get(&message.message_id)
+                .cloned()
+                .unwrap_or(Disposition::Redeliver)
+            {
+                Disposition::Done => {}
+                Disposition::Redeliver => report.redeliver.push(message.message_id.clone()),
+                Disposition::Retry { delay, attempts } => retries.push(OutgoingMessage {
+                    id: message.message_id.clone(),
+                    body: message.body.clone(),
+                    delay_secs: u32::try_from(delay.as_secs().clamp(1, 900)).unwrap_or(900),
+                    attributes: vec![(ATTEMPTS_ATTRIBUTE.to_string(), attempts.to_string())],
+                }),
+                Disposition::DeadLetter { reason } => {
+                    report.dead_lettered += 1;
+                    let attempts = message
+                        .attributes
+                        .get(ATTEMPTS_ATTRIBUTE)
+                        .cloned()
+                        .unwrap_or_else(|| "0".into());
+                    dead.push(OutgoingMessage {
+                        id: message.message_id.clone(),
+                        body: message.body.clone(),
+                        delay_secs: 0,
+                        attributes: vec![
+                            (ERROR_ATTRIBUTE.to_string(), reason.chars().take(1000).collect()),
+                            (FAILED_AT_ATTRIBUTE.to_string(), failed_at.clone()),
+                            (ATTEMPTS_ATTRIBUTE.to_string(), attempts),
+                        ],
+                    });
+                }
+            }
+        }
+        for failure in self.retry_queue.send(&retries).await {
+            tracing::error!(message_id = %failure.id, reason = %failure.reason, "could not re-queue; asking for redelivery");
+            report.redeliver.push(failure.id);
+        }
+        for failure in self.dead_letters.send(&dead).await {
+            tracing::error!(message_id = %failure.id, reason = %failure.reason, "could not dead-letter; asking for redelivery");
+            report.redeliver.push(failure.id);
+        }
+    }
+}
+
+fn entry(
+    change: &Change,
+    at_ms: i64,
+    kind: TimelineKind,
+    detail: String,
+    call: Option<String>,
+) -> TimelineEntry {
+    TimelineEntry {
+        record: change.record(),
+        at_ms,
+        kind,
+        idempotency_id: Some(change.idempotency_id.clone()),
+        detail,
+        call,
+    }
+}
+
+/// Spreads a call's result over its inputs.
+fn per_input(result: Result<BatchResult, CallFailure>, count: usize) -> Vec<Outcome> {
+    match result {
+        Ok(batch) => {
+            let call = batch.call.clone();
+            batch
+                .outcomes
+                .into_iter()
+                .map(|outcome| match outcome {
+                    InputOutcome::Done { crm_id, created } => Outcome::Applied {
+                        crm_id: Some(crm_id),
+                        created,
+                        call: call.clone(),
+                    },
+                    InputOutcome::Failed(error) => Outcome::Failed {
+                        kind: error.kind,
+                        error: format!("{}: {}", error.code, error.message),
+                        call: Some(call.clone()),
+                    },
+                })
+                .collect()
+        }
+        Err(failure) => {
+            let outcome = match failure {
+                CallFailure::Throttled { until_ms } => Outcome::Throttled { until_ms },
+                CallFailure::Transient(error) => Outcome::Failed {
+                    kind: FailureKind::Transient,
+                    error,
+                    call: None,
+                },
+                CallFailure::Rejected(error) => Outcome::Failed {
+                    kind: FailureKind::Permanent,
+                    error,
+                    call: None,
+                },
+            };
+            vec![outcome; count]
+        }
+    }
+}
+
+fn existing_id(error: &str) -> Option<String> {
+    let id: String = error
+        .split("Existing ID: ")
+        .nth(1)?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    (!id.is_empty()).then_some(id)
+}
+
+/// Runs the futures at most [`CONCURRENCY`] at a time; outputs keep the input order.
+async fn bounded<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    stream::iter(futures).buffered(CONCURRENCY).collect().await
+}

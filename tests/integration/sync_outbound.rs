@@ -1,0 +1,598 @@
+//! App -> CRM through the local stack: changes on the outbound queue, the sync handler fed by the
+//! local event source mapping, state in DynamoDB (moto), HubSpot played by the sandbox over HTTP.
+
+use std::collections::HashSet;
+
+use crm_sync::domain::contract::{ObjectKind, RecordRef};
+use crm_sync::domain::sync::{SyncStatus, TimelineKind};
+use crm_sync::ports::SyncStateStore;
+use crm_sync_tests::app_changes::{activity, contact, contact_delete, deal};
+use crm_sync_tests::hubspot::now_ms;
+use crm_sync_tests::{eventually, spawn_app_with, AppOptions, TestApp};
+use hubspot_sandbox::Faults;
+use serde_json::json;
+
+fn contact_ref(id: &str) -> RecordRef {
+    RecordRef {
+        object: ObjectKind::Contact,
+        record_id: id.to_string(),
+    }
+}
+
+/// Waits until the record has `status`, and returns its state and timeline.
+async fn settled(
+    app: &TestApp,
+    record: RecordRef,
+    status: SyncStatus,
+) -> (
+    crm_sync::domain::sync::RecordState,
+    Vec<crm_sync::domain::sync::TimelineEntry>,
+) {
+    let store = app.sync_state();
+    eventually(30, &format!("{record} to be {}", status.as_str()), || {
+        let store = store.clone();
+        let record = record.clone();
+        async move {
+            store
+                .record(&record, 50)
+                .await
+                .ok()
+                .flatten()
+                .filter(|(state, _)| state.status == status)
+        }
+    })
+    .await
+}
+
+/// Waits for `count` dead letters on the outbound DLQ and takes them off it.
+async fn dead_letters(
+    app: &TestApp,
+    count: usize,
+) -> Vec<(serde_json::Value, std::collections::HashMap<String, String>)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut letters = Vec::new();
+    while letters.len() < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {count} dead letters: {letters:?}"
+        );
+        letters.extend(app.drain_dead_letters("OutboundDeadLetterQueue").await);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    letters
+}
+
+async fn contact_in_crm(app: &TestApp, record_id: &str) -> hubspot_sandbox::Record {
+    eventually(30, &format!("contact {record_id} in the sandbox"), || async {
+        app.sandbox().find("contacts", "crm_sync_app_id", record_id)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_contact_upsert_creates_the_contact_with_app_owned_fields_only() {
+    let app = spawn_app_with(AppOptions::syncing()).await;
+    let at = now_ms();
+    app.send_changes(&[contact(
+        "user-1",
+        at,
+        json!({"email": "ada@example.com", "first_name": "Ada", "lifecycle_stage": "customer"}),
+    )])
+    .await;
+
+    let record = contact_in_crm(&app, "user-1").await;
+    assert_eq!(record.properties["email"], "ada@example.com");
+    assert_eq!(record.properties["firstname"], "Ada");
+    assert!(
+        !record.properties.contains_key("lifecyclestage"),
+        "the CRM owns the lifecycle stage"
+    );
+
+    let (state, timeline) = settled(&app, contact_ref("user-1"), SyncStatus::Synced).await;
+    assert_eq!(state.crm_id, Some(record.id.to_string()));
+    assert_eq!(state.applied_version_ms, Some(at));
+    assert_eq!(
+        state.written.get("email").map(String::as_str),
+        Some("ada@example.com")
+    );
+    assert!(state.last_synced_at_ms.is_some());
+    assert_eq!(timeline[0].kind, TimelineKind::Synced);
+    assert!(timeline[0]
+        .detail
+        .contains("not written, owned by the CRM: lifecycle_stage"));
+}
+
+#[tokio::test]
+async fn a_later_change_updates_the_same_contact_and_a_delete_archives_it() {
+    let app = spawn_app_with(AppOptions::syncing()).await;
+    let at = now_ms();
+    app.send_changes(&[contact("user-2", at, json!({"email": "bo@example.com"}))])
+        .await;
+    let first = contact_in_crm(&app, "user-2").await;
+    settled(&app, contact_ref("user-2"), SyncStatus::Synced).await;
+
+    app.send_changes(&[contact(
+        "user-2",
+        at + 1000,
+        json!({"email": "bo@new.example.com"}),
+    )])
+    .await;
+    eventually(30, "the new email", || async {
+        app.sandbox()
+            .find("contacts", "crm_sync_app_id", "user-2")
+            .filter(|r| r.properties["email"] == "bo@new.example.com")
+    })
+    .await;
+    assert_eq!(
+        app.sandbox().records("contacts").len(),
+        1,
+        "updated in place, not duplicated"
+    );
+
+    app.send_changes(&[contact_delete("user-2", at + 2000)]).await;
+    let (state, _) = settled(&app, contact_ref("user-2"), SyncStatus::Deleted).await;
+    assert_eq!(state.crm_id, Some(first.id.to_string()));
+    assert!(app.sandbox().records("contacts").is_empty());
+    assert!(app.sandbox().all_records("contacts")[0].archived);
+}
+
+#[tokio::test]
+async fn a_deal_and_an_activity_are_created_and_associated_with_their_contact() {
+    let app = spawn_app_with(AppOptions::syncing()).await;
+    let at = now_ms();
+    app.send_changes(&[
+        contact("user-3", at, json!({"email": "cy@example.com"})),
+        deal(
+            "deal-3",
+            "user-3",
+            at,
+            json!({"name": "Pro plan", "amount": 1200, "stage": "closedwon"}),
+        ),
+        activity("note-3", "user-3", at, "Upgraded to Pro"),
+    ])
+    .await;
+
+    let contact = contact_in_crm(&app, "user-3").await;
+    let deal_state = settled(
+        &app,
+        RecordRef {
+            object: ObjectKind::Deal,
+            record_id: "deal-3".into(),
+        },
+        SyncStatus::Synced,
+    )
+    .await
+    .0;
+    let note_state = settled(
+        &app,
+        RecordRef {
+            object: ObjectKind::Activity,
+            record_id: "note-3".into(),
+        },
+        SyncStatus::Synced,
+    )
+    .await
+    .0;
+    let deal = app.sandbox().find("deals", "crm_sync_app_id", "deal-3").unwrap();
+    assert_eq!(deal.properties["dealname"], "Pro plan");
+    assert_eq!(deal.properties["amount"], "1200");
+    assert!(
+        !deal.properties.contains_key("dealstage"),
+        "the CRM owns the deal stage"
+    );
+    assert_eq!(deal_state.crm_id, Some(deal.id.to_string()));
+    assert!(app
+        .sandbox()
+        .associations("deals", deal.id)
+        .contains(&("contacts".to_string(), contact.id)));
+    let note = app.sandbox().find("notes", "crm_sync_app_id", "note-3").unwrap();
+    assert_eq!(note.properties["hs_note_body"], "Upgraded to Pro");
+    assert_eq!(note.properties["hs_timestamp"], "1795773600000");
+    assert_eq!(note_state.crm_id, Some(note.id.to_string()));
+    assert!(app
+        .sandbox()
+        .associations("notes", note.id)
+        .contains(&("contacts".to_string(), contact.id)));
+}
+
+#[tokio::test]
+async fn a_burst_of_500_changes_goes_out_in_full_batches_of_100() {
+    let mut app = spawn_app_with(AppOptions {
+        event_sources: false,
+        ..AppOptions::syncing()
+    })
+    .await;
+    let at = now_ms();
+    let changes: Vec<_> = (0..500)
+        .map(|i| {
+            contact(
+                &format!("burst-{i}"),
+                at,
+                json!({"email": format!("burst{i}@example.com")}),
+            )
+        })
+        .collect();
+    app.send_changes(&changes).await;
+    // The backlog is there before the event source polls, as after an outage or a bulk import.
+    app.stack.start_event_sources();
+
+    eventually(60, "500 contacts in the sandbox", || async {
+        (app.sandbox().records("contacts").len() == 500).then_some(())
+    })
+    .await;
+    let stats = app.sandbox().stats();
+    let calls = stats.calls["POST /crm/v3/objects/contacts/batch/upsert"];
+    // Two concurrent pollers split the backlog into a few batches, each ending in one part-filled
+    // call: 500 records fit in 5 full calls, and this allows three part-filled ones.
+    assert!(calls <= 8, "500 records took {calls} calls");
+    assert_eq!(stats.batch_inputs, 500);
+    assert!(app.drain_dead_letters("OutboundDeadLetterQueue").await.is_empty());
+}
+
+#[tokio::test]
+async fn the_same_change_delivered_three_times_is_applied_once() {
+    let app = spawn_app_with(AppOptions::syncing()).await;
+    let change = contact("user-4", now_ms(), json!({"email": "dee@example.com"}));
+    app.send_changes(&[change.clone(), change.clone()]).await;
+    settled(&app, contact_ref("user-4"), SyncStatus::Synced).await;
+    app.send_changes(&[change]).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+
+    assert_eq!(app.sandbox().records("contacts").len(), 1);
+    let (state, timeline) = app
+        .sync_state()
+        .record(&contact_ref("user-4"), 50)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.status, SyncStatus::Synced);
+    let synced = timeline.iter().filter(|e| e.kind == TimelineKind::Synced).count();
+    assert_eq!(synced, 1, "{timeline:?}");
+    assert_eq!(timeline.len(), 1, "duplicates leave no trace: {timeline:?}");
+    assert_eq!(
+        app.sandbox().stats().batch_inputs,
+        1,
+        "the CRM saw the change once"
+    );
+}
+
+#[tokio::test]
+async fn an_older_change_arriving_late_never_overwrites_a_newer_one() {
+    let app = spawn_app_with(AppOptions::syncing()).await;
+    let at = now_ms();
+    app.send_changes(&[contact("user-5", at + 5_000, json!({"email": "new@example.com"}))])
+        .await;
+    settled(&app, contact_ref("user-5"), SyncStatus::Synced).await;
+
+    app.send_changes(&[contact("user-5", at, json!({"email": "old@example.com"}))])
+        .await;
+    let store = app.sync_state();
+    let timeline = eventually(30, "the stale change to be skipped", || {
+        let store = store.clone();
+        async move {
+            let (_, timeline) = store.record(&contact_ref("user-5"), 50).await.ok().flatten()?;
+            timeline
+                .iter()
+                .any(|e| e.kind == TimelineKind::Skipped)
+                .then_some(timeline)
+        }
+    })
+    .await;
+    assert!(timeline[0]
+        .detail
+        .starts_with("older than the change applied already"));
+    let record = app
+        .sandbox()
+        .find("contacts", "crm_sync_app_id", "user-5")
+        .unwrap();
+    assert_eq!(record.properties["email"], "new@example.com");
+    let (state, _) = store.record(&contact_ref("user-5"), 1).await.unwrap().unwrap();
+    assert_eq!(state.applied_version_ms, Some(at + 5_000));
+}
+
+#[tokio::test]
+async fn within_one_batch_only_the_newest_change_of_a_record_is_written() {
+    let app = spawn_app_with(AppOptions::syncing()).await;
+    let at = now_ms();
+    app.send_changes(&[
+        contact("user-6", at + 2, json!({"email": "third@example.com"})),
+        contact("user-6", at, json!({"email": "first@example.com"})),
+        contact("user-6", at + 1, json!({"email": "second@example.com"})),
+    ])
+    .await;
+    let (state, _) = settled(&app, contact_ref("user-6"), SyncStatus::Synced).await;
+    assert_eq!(state.applied_version_ms, Some(at + 2));
+    let record = app
+        .sandbox()
+        .find("contacts", "crm_sync_app_id", "user-6")
+        .unwrap();
+    assert_eq!(record.properties["email"], "third@example.com");
+}
+
+#[tokio::test]
+async fn a_partial_failure_syncs_the_rest_and_dead_letters_the_bad_record_with_the_crms_reason() {
+    let app = spawn_app_with(AppOptions::syncing()).await;
+    let at = now_ms();
+    app.send_changes(&[
+        contact("ok-1", at, json!({"email": "ok1@example.com"})),
+        contact("bad-1", at, json!({"email": "not-an-email"})),
+        contact("ok-2", at, json!({"email": "ok2@example.com"})),
+    ])
+    .await;
+
+    let (failed, timeline) = settled(&app, contact_ref("bad-1"), SyncStatus::Failed).await;
+    settled(&app, contact_ref("ok-1"), SyncStatus::Synced).await;
+    settled(&app, contact_ref("ok-2"), SyncStatus::Synced).await;
+    let error = failed.last_error.unwrap();
+    assert!(
+        error.starts_with("INVALID_EMAIL: Property values were not valid"),
+        "{error}"
+    );
+    assert_eq!(timeline[0].kind, TimelineKind::Failed);
+    assert!(timeline[0].call.as_deref().unwrap().ends_with("-> 207"));
+    let letters = dead_letters(&app, 1).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].0["record_id"], "bad-1");
+    assert_eq!(letters[0].1["crm_sync_error"], error);
+    assert_eq!(
+        app.sandbox().stats().calls["POST /crm/v3/objects/contacts/batch/upsert"],
+        1
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_message_is_dead_lettered_with_its_reason_and_never_fails_its_batch() {
+    let app = spawn_app_with(AppOptions::syncing()).await;
+    let at = now_ms();
+    app.send_changes(&[
+        json!({"version": 1, "type": "contact.merge", "record_id": "x"}),
+        contact("user-7", at, json!({"email": "eve@example.com", "shoe_size": 44})),
+        contact("user-8", at, json!({"email": "fay@example.com"})),
+    ])
+    .await;
+
+    settled(&app, contact_ref("user-8"), SyncStatus::Synced).await;
+    let letters = dead_letters(&app, 2).await;
+    let mut reasons: Vec<_> = letters
+        .iter()
+        .map(|(_, attrs)| attrs["crm_sync_error"].clone())
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        vec![
+            "invalid message: `data.shoe_size` is not a mapped contact field (shared/config/mapping.toml)".to_string(),
+            "invalid message: type `contact.merge` is not one of contact.upsert, contact.delete, deal.upsert, deal.delete, activity.log".to_string(),
+        ]
+    );
+    assert!(app
+        .sandbox()
+        .find("contacts", "crm_sync_app_id", "user-7")
+        .is_none());
+}
+
+#[tokio::test]
+async fn a_429_storm_slows_the_sync_down_but_dead_letters_nothing() {
+    let app = spawn_app_with(AppOptions::syncing()).await;
+    app.sandbox().set_faults(Faults {
+        throttle_next: 12,
+        ..Faults::default()
+    });
+    let at = now_ms();
+    let changes: Vec<_> = (0..150)
+        .map(|i| {
+            contact(
+                &format!("storm-{i}"),
+                at,
+                json!({"email": format!("storm{i}@example.com")}),
+            )
+        })
+        .collect();
+    app.send_changes(&changes).await;
+
+    eventually(90, "150 contacts despite the storm", || async {
+        (app.sandbox().records("contacts").len() == 150).then_some(())
+    })
+    .await;
+    assert_eq!(app.sandbox().stats().throttled_burst, 12);
+    assert!(app.drain_dead_letters("OutboundDeadLetterQueue").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_change_that_keeps_failing_transiently_is_dead_lettered_after_the_configured_attempts() {
+    let app = spawn_app_with(AppOptions::syncing().with_env("SYNC_MAX_ATTEMPTS", "2")).await;
+    app.sandbox().set_faults(Faults {
+        error_rate: 1.0,
+        error_status: 503,
+        ..Faults::default()
+    });
+    app.send_changes(&[contact("user-9", now_ms(), json!({"email": "gus@example.com"}))])
+        .await;
+
+    let (state, timeline) = settled(&app, contact_ref("user-9"), SyncStatus::Failed).await;
+    let error = state.last_error.unwrap();
+    assert!(error.starts_with("gave up after 2 attempts"), "{error}");
+    assert!(timeline.iter().any(|e| e.kind == TimelineKind::Retrying));
+    let letters = dead_letters(&app, 1).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].1["crm_sync_error"], error);
+}
+
+#[tokio::test]
+async fn a_dead_letter_redriven_after_the_fix_syncs_once() {
+    let app = spawn_app_with(AppOptions::syncing()).await;
+    // An admin removed the phone property: every contact with a phone is refused.
+    app.sandbox().remove_property("contacts", "phone");
+    let change = contact(
+        "user-10",
+        now_ms(),
+        json!({"email": "hal@example.com", "phone": "+1 555 0100"}),
+    );
+    app.send_changes(&[change]).await;
+    let (failed, _) = settled(&app, contact_ref("user-10"), SyncStatus::Failed).await;
+    assert!(failed.last_error.unwrap().starts_with("PROPERTY_DOESNT_EXIST"));
+    let dlq = app.stack.resources.queue("OutboundDeadLetterQueue").url.clone();
+    eventually(30, "the dead letter", || async {
+        let attributes = app
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&dlq)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await
+            .ok()?;
+        let count = attributes
+            .attributes()?
+            .get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)?
+            .clone();
+        (count == "1").then_some(())
+    })
+    .await;
+
+    app.sandbox().add_property("contacts", "phone");
+    assert_eq!(app.redrive("OutboundDeadLetterQueue", "OutboundQueue").await, 1);
+    assert_eq!(
+        app.redrive("OutboundDeadLetterQueue", "OutboundQueue").await,
+        0,
+        "a second redrive moves nothing"
+    );
+
+    let (state, _) = settled(&app, contact_ref("user-10"), SyncStatus::Synced).await;
+    let records = app.sandbox().records("contacts");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].properties["phone"], "+1 555 0100");
+    assert_eq!(state.crm_id, Some(records[0].id.to_string()));
+    assert_eq!(state.attempts, 0);
+    assert!(state.last_error.is_none());
+}
+
+#[tokio::test]
+async fn a_contact_whose_email_already_exists_in_the_crm_is_adopted_not_duplicated() {
+    let app = spawn_app_with(AppOptions::syncing()).await;
+    let existing = app
+        .sandbox()
+        .create(
+            "contacts",
+            [("email".to_string(), "ivy@example.com".to_string())].into(),
+        )
+        .unwrap();
+    app.send_changes(&[contact(
+        "user-11",
+        now_ms(),
+        json!({"email": "ivy@example.com", "first_name": "Ivy"}),
+    )])
+    .await;
+
+    let (state, _) = settled(&app, contact_ref("user-11"), SyncStatus::Synced).await;
+    assert_eq!(state.crm_id, Some(existing.id.to_string()));
+    let records = app.sandbox().records("contacts");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].properties["crm_sync_app_id"], "user-11");
+    assert_eq!(records[0].properties["firstname"], "Ivy");
+}
+
+#[tokio::test]
+async fn the_daily_reserve_is_never_spent_and_waiting_changes_are_not_dead_lettered() {
+    let app = spawn_app_with(
+        AppOptions::syncing()
+            .with_env("HUBSPOT_DAILY_LIMIT", "6")
+            .with_env("HUBSPOT_DAILY_RESERVE", "3"),
+    )
+    .await;
+    app.sandbox().set_faults(Faults {
+        daily_limit: 6,
+        ..Faults::default()
+    });
+    let at = now_ms();
+    for i in 0..5 {
+        app.send_changes(&[contact(
+            &format!("day-{i}"),
+            at,
+            json!({"email": format!("day{i}@example.com")}),
+        )])
+        .await;
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+
+    let stats = app.sandbox().stats();
+    assert_eq!(stats.total_calls, 3, "three calls, then the reserve: {stats:?}");
+    assert_eq!(stats.throttled_daily, 0, "the CRM never had to say no");
+    assert_eq!(app.sandbox().records("contacts").len(), 3);
+    assert!(
+        app.drain_dead_letters("OutboundDeadLetterQueue").await.is_empty(),
+        "waiting is not failing"
+    );
+    let (waiting, timeline) = app
+        .sync_state()
+        .record(&contact_ref("day-4"), 5)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(waiting.status, SyncStatus::Pending);
+    assert!(
+        timeline[0].detail.starts_with("CRM budget exhausted for now"),
+        "{timeline:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_mapping_file_stops_the_sync_function_from_starting_and_names_the_entry() {
+    let path = std::env::temp_dir().join(format!("crm-sync-bad-mapping-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "[contact]\ncrm_object = \"contacts\"\nid_property = \"crm_sync_app_id\"\n[contact.fields]\nemail = { crm = \"email\", owner = \"sales\" }\n",
+    )
+    .unwrap();
+    let result = crm_sync_local::LocalStack::start(crm_sync_local::StackOptions {
+        aws_endpoint: crm_sync_tests::moto_endpoint().to_string(),
+        handler_aws_endpoint: None,
+        stack_name: format!("badmap-{}", std::process::id()),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        crm: crm_sync_local::CrmTarget::Sandbox {
+            addr: "127.0.0.1:0".into(),
+        },
+        parameters: [("HubSpotClientSecret".to_string(), "s".to_string())].into(),
+        env_overrides: [("CRM_SYNC_MAPPING_FILE".to_string(), path.display().to_string())].into(),
+        run_event_sources: false,
+    })
+    .await;
+    let error = format!("{:#}", result.err().expect("a bad mapping stops the start"));
+    assert!(
+        error.contains("mapping: contact.fields.email: owner `sales` must be `app` or `crm`"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn records_can_be_listed_by_status() {
+    let app = spawn_app_with(AppOptions::syncing()).await;
+    let at = now_ms();
+    app.send_changes(&[
+        contact("list-1", at, json!({"email": "l1@example.com"})),
+        contact("list-2", at, json!({"email": "broken"})),
+        contact("list-3", at, json!({"email": "l3@example.com"})),
+    ])
+    .await;
+    settled(&app, contact_ref("list-2"), SyncStatus::Failed).await;
+    settled(&app, contact_ref("list-3"), SyncStatus::Synced).await;
+    settled(&app, contact_ref("list-1"), SyncStatus::Synced).await;
+
+    let store = app.sync_state();
+    let (failed, _) = store.by_status(SyncStatus::Failed, 10, None).await.unwrap();
+    assert_eq!(
+        failed
+            .iter()
+            .map(|s| s.record.record_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["list-2"]
+    );
+    let (first_page, cursor) = store.by_status(SyncStatus::Synced, 1, None).await.unwrap();
+    let (second_page, _) = store.by_status(SyncStatus::Synced, 1, cursor).await.unwrap();
+    let ids: HashSet<_> = first_page
+        .iter()
+        .chain(&second_page)
+        .map(|s| s.record.record_id.clone())
+        .collect();
+    assert_eq!(ids, HashSet::from(["list-1".to_string(), "list-3".to_string()]));
+}
