@@ -2,9 +2,13 @@
 
 A crashed or killed test run therefore never leaves a moto behind holding a port.
 
-Two speed fixes are applied first; they change no behaviour. moto's SQS receive re-reads every
-queue attribute (three passes over all messages) for each message it returns, and its clock goes
-through datetime objects; with thousands of queued messages a receive took seconds.
+Before it starts, moto is brought closer to AWS in two ways:
+- DynamoDB writes are atomic, as in AWS: moto serves requests on threads and its conditional
+  writes read, check and write without a lock, so two concurrent writers could both pass a
+  condition only one of them may pass;
+- speed, with no change of behaviour: its SQS receive re-read every queue attribute (three passes
+  over all messages) for each message it returned, and its clock went through datetime objects,
+  so that with thousands of queued messages one receive took seconds.
 """
 import sys
 import threading
@@ -35,9 +39,27 @@ def speed_up_moto() -> None:
     sqs_models.SQSBackend.is_message_valid_based_on_retention_period = is_message_valid_based_on_retention_period
 
 
+def make_dynamodb_writes_atomic() -> None:
+    import functools
+
+    from moto.dynamodb.models import DynamoDBBackend
+
+    lock = threading.RLock()
+    for name in ("put_item", "update_item", "delete_item", "transact_write_items", "batch_write_item"):
+        original = getattr(DynamoDBBackend, name)
+
+        @functools.wraps(original)
+        def locked(*args, __original=original, **kwargs):
+            with lock:
+                return __original(*args, **kwargs)
+
+        setattr(DynamoDBBackend, name, locked)
+
+
 def main() -> int:
     host, port = sys.argv[1], int(sys.argv[2])
     speed_up_moto()
+    make_dynamodb_writes_atomic()
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)

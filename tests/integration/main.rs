@@ -1,4 +1,5 @@
 //! Integration tests: each drives a local stack over real HTTP against moto.
 
+mod hubspot_adapters;
 mod sync_outbound;
 mod webhook_ingest;

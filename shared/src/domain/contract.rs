@@ -318,6 +318,41 @@ mod tests {
     }
 
     #[test]
+    fn the_published_schema_declares_exactly_the_fields_and_types_the_parser_takes() {
+        let schema: Value =
+            serde_json::from_str(include_str!("../../schemas/outbound-change.v1.json")).unwrap();
+        let mut declared: Vec<&str> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        declared.sort();
+        let mut fields = FIELDS.to_vec();
+        fields.sort();
+        assert_eq!(declared, fields);
+        let types: Vec<&str> = schema["properties"]["type"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        assert_eq!(types, TYPES.iter().map(|(name, _, _)| *name).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn every_example_in_the_published_schema_parses() {
+        let schema: Value =
+            serde_json::from_str(include_str!("../../schemas/outbound-change.v1.json")).unwrap();
+        let examples = schema["examples"].as_array().unwrap();
+        assert_eq!(examples.len(), 4);
+        for example in examples {
+            let change = parse_change(&example.to_string()).unwrap_or_else(|e| panic!("{example}: {e}"));
+            assert_eq!(change.type_name(), example["type"]);
+        }
+    }
+
+    #[test]
     fn an_activity_must_name_its_contact() {
         let activity = r#"{"version":1,"type":"activity.log","record_id":"a","idempotency_id":"i","changed_at":5,"data":{"body":"hi"}}"#;
         assert!(parse_change(activity)

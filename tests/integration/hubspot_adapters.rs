@@ -1,0 +1,289 @@
+//! The HubSpot client against the sandbox over HTTP, the sandbox's limits as HubSpot enforces
+//! them, and the shared rate limiter against DynamoDB (moto).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crm_sync::adapters::dynamodb::{DynamoDbRateLimiter, LimiterSettings};
+use crm_sync::adapters::hubspot::HubSpotClient;
+use crm_sync::domain::crm::{CrmError, FailureKind, InputOutcome, ThrottlePolicy, UpsertInput};
+use crm_sync::ports::{Crm, Permit, RateLimiter};
+use crm_sync_tests::hubspot::now_ms;
+use crm_sync_tests::{spawn_app, TestApp};
+use hubspot_sandbox::Faults;
+
+fn client(app: &TestApp, token: &str) -> HubSpotClient {
+    HubSpotClient::new(
+        &app.sandbox().url(),
+        token.to_string().into(),
+        Duration::from_secs(2),
+    )
+    .unwrap()
+}
+
+fn input(key: &str, email: &str) -> UpsertInput {
+    UpsertInput {
+        key: key.to_string(),
+        properties: BTreeMap::from([("email".to_string(), email.to_string())]),
+    }
+}
+
+#[tokio::test]
+async fn a_batch_upsert_maps_each_result_and_error_back_to_its_input() {
+    let app = spawn_app().await;
+    let hubspot = client(&app, &app.sandbox().token());
+    let inputs = [
+        input("a", "a@example.com"),
+        input("b", "broken"),
+        input("c", "c@example.com"),
+    ];
+
+    let result = hubspot
+        .upsert("contacts", "crm_sync_app_id", &inputs)
+        .await
+        .unwrap();
+
+    assert!(
+        result
+            .call
+            .ends_with("/crm/v3/objects/contacts/batch/upsert -> 207"),
+        "{}",
+        result.call
+    );
+    let a = app.sandbox().find("contacts", "crm_sync_app_id", "a").unwrap();
+    assert_eq!(
+        result.outcomes[0],
+        InputOutcome::Done {
+            crm_id: a.id.to_string(),
+            created: true
+        }
+    );
+    match &result.outcomes[1] {
+        InputOutcome::Failed(error) => {
+            assert_eq!(error.kind, FailureKind::Permanent);
+            assert_eq!(error.code, "INVALID_EMAIL");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        result.outcomes[2],
+        InputOutcome::Done { created: true, .. }
+    ));
+    assert_eq!(result.rate.burst_max, Some(190));
+    assert_eq!(result.rate.burst_remaining, Some(189));
+
+    let again = hubspot
+        .upsert("contacts", "crm_sync_app_id", &inputs[..1])
+        .await
+        .unwrap();
+    assert_eq!(
+        again.outcomes[0],
+        InputOutcome::Done {
+            crm_id: a.id.to_string(),
+            created: false
+        }
+    );
+}
+
+#[tokio::test]
+async fn throttles_outages_and_bad_tokens_are_told_apart() {
+    let app = spawn_app().await;
+    let hubspot = client(&app, &app.sandbox().token());
+    let inputs = [input("a", "a@example.com")];
+
+    app.sandbox().set_faults(Faults {
+        throttle_next: 1,
+        ..Faults::default()
+    });
+    match hubspot.upsert("contacts", "crm_sync_app_id", &inputs).await {
+        Err(CrmError::Throttled {
+            policy: ThrottlePolicy::Burst,
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    app.sandbox().set_faults(Faults {
+        daily_limit: 1,
+        daily_used: 1,
+        ..Faults::default()
+    });
+    match hubspot.upsert("contacts", "crm_sync_app_id", &inputs).await {
+        Err(CrmError::Throttled {
+            policy: ThrottlePolicy::Daily,
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    app.sandbox().set_faults(Faults {
+        error_rate: 1.0,
+        error_status: 502,
+        ..Faults::default()
+    });
+    assert!(matches!(
+        hubspot.upsert("contacts", "crm_sync_app_id", &inputs).await,
+        Err(CrmError::Transient { .. })
+    ));
+    app.sandbox().set_faults(Faults {
+        timeout_rate: 1.0,
+        timeout_ms: 5_000,
+        ..Faults::default()
+    });
+    match hubspot.upsert("contacts", "crm_sync_app_id", &inputs).await {
+        Err(CrmError::Transient { message, .. }) => assert_eq!(message, "timed out"),
+        other => panic!("{other:?}"),
+    }
+    app.sandbox().set_faults(Faults::default());
+    match client(&app, "wrong-token")
+        .upsert("contacts", "crm_sync_app_id", &inputs)
+        .await
+    {
+        Err(CrmError::Transient { message, .. }) => assert!(message.starts_with("authentication failed")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_whole_call_the_crm_refuses_is_a_rejection_naming_the_reason() {
+    let app = spawn_app().await;
+    let hubspot = client(&app, &app.sandbox().token());
+    let too_many: Vec<_> = (0..101)
+        .map(|i| input(&i.to_string(), &format!("{i}@example.com")))
+        .collect();
+    match hubspot.upsert("contacts", "crm_sync_app_id", &too_many).await {
+        Err(CrmError::Rejected {
+            status: 400, message, ..
+        }) => assert!(message.contains("at most 100")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_sandbox_enforces_the_rolling_burst_window_and_the_daily_budget() {
+    let app = spawn_app().await;
+    app.sandbox().set_faults(Faults {
+        burst_limit: 5,
+        burst_window_ms: 1_000,
+        daily_limit: 8,
+        ..Faults::default()
+    });
+    let http = reqwest::Client::new();
+    let url = format!("{}/crm/v3/objects/contacts/batch/read", app.sandbox().url());
+    let call = || {
+        http.post(&url)
+            .bearer_auth(app.sandbox().token())
+            .json(&serde_json::json!({"inputs": []}))
+            .send()
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(call().await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 200, 200, 429]);
+    let refused = call().await.unwrap();
+    assert_eq!(refused.headers()["x-hubspot-ratelimit-remaining"], "0");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["policyName"], "TEN_SECONDLY_ROLLING");
+    assert_eq!(body["errorType"], "RATE_LIMIT");
+
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    for _ in 0..3 {
+        assert_eq!(call().await.unwrap().status(), 200, "the window rolled on");
+    }
+    let daily = call().await.unwrap();
+    assert_eq!(daily.status(), 429);
+    assert_eq!(daily.headers()["x-hubspot-ratelimit-daily-remaining"], "0");
+    let body: serde_json::Value = daily.json().await.unwrap();
+    assert_eq!(body["policyName"], "DAILY");
+
+    let anonymous = http
+        .post(&url)
+        .json(&serde_json::json!({"inputs": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+}
+
+fn limiter(app: &TestApp, settings: LimiterSettings) -> DynamoDbRateLimiter {
+    DynamoDbRateLimiter::new(
+        app.dynamodb.clone(),
+        app.stack.resources.table("RateLimitTable"),
+        "hubspot",
+        settings,
+    )
+}
+
+#[tokio::test]
+async fn concurrent_instances_never_get_more_slots_than_the_burst_limit_allows() {
+    let app = spawn_app().await;
+    let settings = LimiterSettings {
+        burst_limit: 10,
+        burst_window_ms: 1_000,
+        headroom: 1.0,
+        ..LimiterSettings::default()
+    };
+    let instances: Vec<_> = (0..4).map(|_| limiter(&app, settings.clone())).collect();
+    let start = now_ms();
+    let mut grants = Vec::new();
+    for round in 0..5 {
+        let now = start + round * 50;
+        let permits = futures::future::join_all(instances.iter().map(|l| l.acquire(now))).await;
+        for permit in permits {
+            if let Permit::Granted { at_ms } = permit.unwrap() {
+                grants.push(at_ms);
+            }
+        }
+    }
+    grants.sort();
+    assert!(grants.len() >= 10, "{grants:?}");
+    // No two slots closer than the interval: no 1-second window holds more than 10.
+    for pair in grants.windows(2) {
+        assert!(pair[1] - pair[0] >= 99, "{grants:?}");
+    }
+    for (i, first) in grants.iter().enumerate() {
+        let in_window = grants[i..].iter().take_while(|at| **at < first + 1_000).count();
+        assert!(in_window <= 10, "{in_window} slots in one window: {grants:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_limiter_keeps_the_daily_reserve_and_honours_a_daily_429() {
+    let app = spawn_app().await;
+    let settings = LimiterSettings {
+        daily_limit: 5,
+        daily_reserve: 2,
+        burst_limit: 1000,
+        ..LimiterSettings::default()
+    };
+    let limiter = limiter(&app, settings.clone());
+    let now = now_ms();
+    let mut granted = 0;
+    for i in 0..6 {
+        match limiter.acquire(now + i * 100).await.unwrap() {
+            Permit::Granted { .. } => granted += 1,
+            Permit::Denied { policy, until_ms } => {
+                assert_eq!(policy, ThrottlePolicy::Daily);
+                assert_eq!(until_ms, settings.next_day_start_ms(now + i * 100));
+            }
+        }
+    }
+    assert_eq!(granted, 3, "5 a day, 2 kept in reserve");
+
+    let fresh = DynamoDbRateLimiter::new(
+        app.dynamodb.clone(),
+        app.stack.resources.table("RateLimitTable"),
+        "other",
+        LimiterSettings::default(),
+    );
+    fresh
+        .throttled(ThrottlePolicy::Daily, Duration::from_secs(60), now)
+        .await
+        .unwrap();
+    match fresh.acquire(now + 1_000).await.unwrap() {
+        Permit::Denied {
+            until_ms,
+            policy: ThrottlePolicy::Daily,
+        } => assert_eq!(until_ms, now + 60_000),
+        other => panic!("{other:?}"),
+    }
+}
