@@ -13,14 +13,12 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::anyhow;
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
 
-use super::{n, s};
+use super::{condition_failed, n, s, unavailable, written_or_not};
 use crate::domain::crm::{RateInfo, ThrottlePolicy};
 use crate::ports::{Permit, RateLimiter, StoreUnavailable};
 
@@ -82,14 +80,6 @@ pub struct DynamoDbRateLimiter {
     /// The last `tat` seen, to pick the likelier of the two grant writes first.
     last_tat: AtomicI64,
     observed: AtomicU64,
-}
-
-fn unavailable<E, R>(error: SdkError<E, R>) -> StoreUnavailable
-where
-    E: std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
-{
-    StoreUnavailable(anyhow!("{}", DisplayErrorContext(&error)))
 }
 
 fn number(item: &std::collections::HashMap<String, AttributeValue>, name: &str) -> Option<f64> {
@@ -165,11 +155,7 @@ impl DynamoDbRateLimiter {
                 };
                 Ok(Attempt::Granted(at))
             }
-            Err(error)
-                if error
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
+            Err(error) if condition_failed(&error) => {
                 let old = match error.as_service_error() {
                     Some(UpdateItemError::ConditionalCheckFailedException(check)) => check.item().cloned(),
                     _ => None,
@@ -193,17 +179,8 @@ impl DynamoDbRateLimiter {
             .expression_attribute_values(":left", n(left))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(error)
-                if error
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
-            Err(error) => Err(unavailable(error)),
-        }
+        // Another instance started the day first: as good.
+        written_or_not(result).map(|_| ())
     }
 }
 
@@ -315,18 +292,10 @@ impl RateLimiter for DynamoDbRateLimiter {
             .expression_attribute_values(":until", n(until))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(error)
-                if error
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                tracing::debug!(attribute, "a longer hold is in place already");
-                Ok(())
-            }
-            Err(error) => Err(unavailable(error)),
+        if !written_or_not(result)? {
+            tracing::debug!(attribute, "a longer hold is in place already");
         }
+        Ok(())
     }
 }
 

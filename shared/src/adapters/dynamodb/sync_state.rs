@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, HashMap};
 
 use anyhow::anyhow;
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, KeysAndAttributes, PutRequest, ReturnValue, ReturnValuesOnConditionCheckFailure,
@@ -19,7 +18,7 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 use base64::Engine as _;
 
-use super::{n, s};
+use super::{condition_failed, n, s, unavailable, written_or_not};
 use crate::domain::contract::{Change, ObjectKind, RecordRef};
 use crate::domain::sync::{freshness, Freshness, RecordState, SyncStatus, TimelineEntry, TimelineKind};
 use crate::ports::{RecordClaim, Settlement, StoreUnavailable, SyncStateStore};
@@ -70,14 +69,6 @@ impl DynamoDbSyncState {
 
 pub fn record_pk(record: &RecordRef) -> String {
     format!("REC#{}#{}", record.object, record.record_id)
-}
-
-fn unavailable<E, R>(error: SdkError<E, R>) -> StoreUnavailable
-where
-    E: std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
-{
-    StoreUnavailable(anyhow!("{}", DisplayErrorContext(&error)))
 }
 
 fn status_at(now_ms: i64, record: &RecordRef) -> String {
@@ -144,14 +135,6 @@ fn timeline_from_item(item: &Item) -> Option<TimelineEntry> {
     })
 }
 
-fn is_condition_failure(
-    error: &SdkError<UpdateItemError, aws_sdk_dynamodb::config::http::HttpResponse>,
-) -> bool {
-    error
-        .as_service_error()
-        .is_some_and(|e| e.is_conditional_check_failed_exception())
-}
-
 #[async_trait]
 impl SyncStateStore for DynamoDbSyncState {
     async fn claim(
@@ -199,7 +182,7 @@ impl SyncStateStore for DynamoDbSyncState {
                     .and_then(state_from_item)
                     .unwrap_or_else(|| RecordState::new(record)),
             )),
-            Err(error) if is_condition_failure(&error) => {
+            Err(error) if condition_failed(&error) => {
                 let old = match error.as_service_error() {
                     Some(UpdateItemError::ConditionalCheckFailedException(check)) => check.item().cloned(),
                     _ => None,
@@ -282,14 +265,10 @@ impl SyncStateStore for DynamoDbSyncState {
                 .expression_attribute_values(":now", n(now_ms)),
             Settlement::Released => request.update_expression("REMOVE lease_token, lease_until"),
         };
-        match request.send().await {
-            Ok(_) => Ok(()),
-            Err(error) if is_condition_failure(&error) => {
-                tracing::warn!(record = %record, "lease lost before settling; the newer attempt decides");
-                Ok(())
-            }
-            Err(error) => Err(unavailable(error)),
+        if !written_or_not(request.send().await)? {
+            tracing::warn!(record = %record, "lease lost before settling; the newer attempt decides");
         }
+        Ok(())
     }
 
     async fn states(

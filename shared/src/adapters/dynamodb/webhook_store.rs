@@ -3,14 +3,13 @@
 //! - `EVENT#{provider}#{event key}`: one item per event, the dedupe record and the lease that
 //!   makes "stored and enqueued once" hold across concurrent and repeated deliveries.
 
-use anyhow::anyhow;
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
 
-use super::{n, s};
+use super::{condition_failed, n, s, unavailable, written_or_not};
 use crate::domain::clock::rfc3339;
 use crate::domain::{Delivery, InboundEvent, ProviderId};
 use crate::ports::{Claim, StoreUnavailable, WebhookStore};
@@ -42,14 +41,6 @@ pub fn event_pk(provider: ProviderId, key: &str) -> String {
     format!("EVENT#{provider}#{key}")
 }
 
-fn unavailable<E, R>(error: SdkError<E, R>) -> StoreUnavailable
-where
-    E: std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
-{
-    StoreUnavailable(anyhow!("{}", DisplayErrorContext(&error)))
-}
-
 fn seconds(ms: i64) -> i64 {
     ms / 1000
 }
@@ -78,17 +69,7 @@ impl WebhookStore for DynamoDbWebhookStore {
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(error)
-                if error
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
-            Err(error) => Err(unavailable(error)),
-        }
+        written_or_not(result).map(|_| ())
     }
 
     async fn claim_event(
@@ -134,26 +115,22 @@ impl WebhookStore for DynamoDbWebhookStore {
             .await;
         match result {
             Ok(_) => Ok(Claim::Won),
-            Err(error) => match error.as_service_error() {
-                Some(failure) if failure.is_conditional_check_failed_exception() => {
-                    let held = match failure {
-                        aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(
-                            check,
-                        ) => check
-                            .item()
-                            .and_then(|item| item.get("status"))
-                            .and_then(|status| status.as_s().ok())
-                            .is_some_and(|status| status == STATUS_CLAIMED),
-                        _ => false,
-                    };
-                    Ok(if held {
-                        Claim::HeldElsewhere
-                    } else {
-                        Claim::AlreadyEnqueued
-                    })
-                }
-                _ => Err(unavailable(error)),
-            },
+            Err(error) if condition_failed(&error) => {
+                let held = match error.as_service_error() {
+                    Some(PutItemError::ConditionalCheckFailedException(check)) => check
+                        .item()
+                        .and_then(|item| item.get("status"))
+                        .and_then(|status| status.as_s().ok())
+                        .is_some_and(|status| status == STATUS_CLAIMED),
+                    _ => false,
+                };
+                Ok(if held {
+                    Claim::HeldElsewhere
+                } else {
+                    Claim::AlreadyEnqueued
+                })
+            }
+            Err(error) => Err(unavailable(error)),
         }
     }
 
@@ -209,16 +186,6 @@ impl WebhookStore for DynamoDbWebhookStore {
             .expression_attribute_values(":claimed", s(STATUS_CLAIMED))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(error)
-                if error
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
-            Err(error) => Err(unavailable(error)),
-        }
+        written_or_not(result).map(|_| ())
     }
 }
