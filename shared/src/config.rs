@@ -60,6 +60,20 @@ pub struct SyncConfig {
     pub limiter: crate::adapters::dynamodb::LimiterSettings,
     pub sync: crate::sync::SyncSettings,
     pub timeline_retention_ms: i64,
+    /// Set when the function also consumes the inbound (webhook events) queue.
+    pub inbound: Option<InboundConfig>,
+}
+
+/// What the sync function needs to process webhook events.
+#[derive(Debug, Clone)]
+pub struct InboundConfig {
+    /// Batches from this queue are webhook events; every other batch is app changes.
+    pub queue_arn: String,
+    pub queue_url: String,
+    pub dlq_url: String,
+    pub app_inbox_url: String,
+    pub webhook_table: String,
+    pub reassert_app_values: bool,
 }
 
 /// Reads variables through a lookup, so that tests need not touch the process environment.
@@ -266,6 +280,17 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 180,
                 "a number of days",
             )?) * DAY_MS,
+            inbound: match self.optional("INBOUND_QUEUE_ARN") {
+                None => None,
+                Some(queue_arn) => Some(InboundConfig {
+                    queue_arn,
+                    queue_url: self.required("INBOUND_QUEUE_URL")?,
+                    dlq_url: self.required("INBOUND_DLQ_URL")?,
+                    app_inbox_url: self.required("APP_INBOX_QUEUE_URL")?,
+                    webhook_table: self.required("WEBHOOK_TABLE")?,
+                    reassert_app_values: self.flag("REASSERT_APP_VALUES", false)?,
+                }),
+            },
         })
     }
 }
@@ -372,6 +397,23 @@ mod tests {
         assert_eq!(config.sync.max_attempts, 5);
         assert_eq!(config.hubspot_api_base, "https://api.hubapi.com");
         assert!(config.mapping_toml.contains("[contact]"));
+    }
+
+    #[test]
+    fn inbound_processing_is_configured_by_the_inbound_queue_and_needs_its_companions() {
+        assert!(env(&SYNC).sync().unwrap().inbound.is_none());
+        let mut pairs = SYNC.to_vec();
+        pairs.push(("INBOUND_QUEUE_ARN", "arn:aws:sqs:us-east-1:1:inbound"));
+        assert_eq!(env(&pairs).sync().unwrap_err().variable, "INBOUND_QUEUE_URL");
+        pairs.extend([
+            ("INBOUND_QUEUE_URL", "http://i"),
+            ("INBOUND_DLQ_URL", "http://id"),
+            ("APP_INBOX_QUEUE_URL", "http://a"),
+            ("WEBHOOK_TABLE", "w"),
+        ]);
+        let inbound = env(&pairs).sync().unwrap().inbound.unwrap();
+        assert_eq!(inbound.app_inbox_url, "http://a");
+        assert!(!inbound.reassert_app_values);
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub mod adapters;
 pub mod config;
 pub mod domain;
 pub mod entrypoints;
+pub mod inbound;
 pub mod ingest;
 pub mod ports;
 pub mod sync;
+pub mod worker;

@@ -6,10 +6,11 @@ use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use crate::domain::contract::{Change, RecordRef};
+use crate::domain::contract::{Change, ObjectKind, RecordRef};
 use crate::domain::crm::{
-    AssociationInput, BatchResult, CrmError, RateInfo, ThrottlePolicy, UpdateInput, UpsertInput,
+    AssociationInput, BatchResult, CrmError, RateInfo, ReadResult, ThrottlePolicy, UpdateInput, UpsertInput,
 };
+use crate::domain::inbound::{ConflictEntry, InboundMessage, Interpretation};
 use crate::domain::sync::{RecordState, SyncStatus, TimelineEntry};
 use crate::domain::{AuthError, Delivery, InboundEvent, ParseError, ProviderId, WebhookRequest};
 
@@ -136,6 +137,15 @@ pub trait Crm: Send + Sync {
     /// Archives records by CRM id.
     async fn archive(&self, object: &str, crm_ids: &[String]) -> Result<BatchResult, CrmError>;
 
+    /// Reads records by CRM id, with the named properties; a record that does not exist reads as
+    /// `None`.
+    async fn read(
+        &self,
+        object: &str,
+        crm_ids: &[String],
+        properties: &[String],
+    ) -> Result<ReadResult, CrmError>;
+
     /// Links records of `from` to records of `to` with the default association.
     async fn associate(
         &self,
@@ -176,7 +186,26 @@ pub enum Settlement {
     Released,
 }
 
-/// Per-record sync state and timeline.
+/// What leasing a record for inbound work found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    Leased(Box<RecordState>),
+    Busy,
+}
+
+/// What inbound work changes in a record's state.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct InboundUpdate {
+    /// The merged per-property times of the CRM changes acted on.
+    pub inbound_at: BTreeMap<String, i64>,
+    /// The merged values delivered to the app.
+    pub received: BTreeMap<String, String>,
+    /// The merged map of what crm-sync has written, when it re-asserted app values.
+    pub written: Option<BTreeMap<String, String>>,
+    pub new_conflicts: u32,
+}
+
+/// Per-record sync state, timeline and conflict journal.
 #[async_trait]
 pub trait SyncStateStore: Send + Sync {
     /// Leases the record to `token` for an attempt at `change`, unless the change is stale, a
@@ -215,6 +244,42 @@ pub trait SyncStateStore: Send + Sync {
         limit: usize,
     ) -> Result<Option<(RecordState, Vec<TimelineEntry>)>, StoreUnavailable>;
 
+    /// Leases an existing record to `token` for inbound work, whatever its version. MUST be atomic
+    /// with outbound claims: a record is leased to one attempt at a time.
+    async fn lease(
+        &self,
+        record: &RecordRef,
+        token: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<LeaseOutcome, StoreUnavailable>;
+
+    /// Records what inbound work did and releases the lease (see `settle`).
+    async fn settle_inbound(
+        &self,
+        record: &RecordRef,
+        token: &str,
+        now_ms: i64,
+        update: &InboundUpdate,
+    ) -> Result<(), StoreUnavailable>;
+
+    /// Appends to the records' conflict journals.
+    async fn append_conflicts(&self, entries: &[ConflictEntry]) -> Result<(), StoreUnavailable>;
+
+    /// A record's newest `limit` conflicts, newest first.
+    async fn conflicts(
+        &self,
+        record: &RecordRef,
+        limit: usize,
+    ) -> Result<Vec<ConflictEntry>, StoreUnavailable>;
+
+    /// The app record a CRM id belongs to.
+    async fn find_by_crm_id(
+        &self,
+        object: ObjectKind,
+        crm_id: &str,
+    ) -> Result<Option<RecordState>, StoreUnavailable>;
+
     /// Records with `status`, most recently changed first; `cursor` continues a listing.
     async fn by_status(
         &self,
@@ -250,4 +315,58 @@ pub trait RateLimiter: Send + Sync {
         wait: Duration,
         now_ms: i64,
     ) -> Result<(), StoreUnavailable>;
+}
+
+/// What became of one webhook event, recorded on its stored item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// CRM-owned changes went to the app.
+    Applied,
+    /// An app-owned field changed in the CRM; journaled, not applied.
+    Conflict,
+    /// crm-sync's own write coming back.
+    Echo,
+    /// Nothing for crm-sync to do (unmapped, stale, not an app record, ...).
+    Ignored,
+    /// Dead-lettered.
+    Failed,
+}
+
+impl EventOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventOutcome::Applied => "applied",
+            EventOutcome::Conflict => "conflict",
+            EventOutcome::Echo => "echo",
+            EventOutcome::Ignored => "ignored",
+            EventOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// The stored webhook events, as the inbound processor sees them.
+#[async_trait]
+pub trait EventJournal: Send + Sync {
+    /// Event keys (of `provider`) whose outcome is recorded already.
+    async fn processed(
+        &self,
+        provider: &str,
+        keys: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreUnavailable>;
+
+    /// Records an event's outcome. MUST record it once: a second call for the same event changes
+    /// nothing and returns `false`.
+    async fn record_outcome(
+        &self,
+        provider: &str,
+        key: &str,
+        outcome: EventOutcome,
+        detail: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreUnavailable>;
+}
+
+/// A CRM's webhook events, read as changes.
+pub trait CrmEvents: Send + Sync {
+    fn interpret(&self, message: &InboundMessage) -> Interpretation;
 }

@@ -10,30 +10,19 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::{self, StreamExt};
 use tokio::time::Instant;
 
 use crate::domain::contract::{parse_change, Change, ObjectKind, Operation, RecordRef};
 use crate::domain::crm::{
-    AssociationInput, BatchResult, CrmError, FailureKind, InputOutcome, ThrottlePolicy, UpdateInput,
-    UpsertInput,
+    AssociationInput, BatchResult, FailureKind, InputOutcome, UpdateInput, UpsertInput,
 };
 use crate::domain::mapping::{Mapping, ObjectMapping, OutboundProperties};
 use crate::domain::sync::{
     backoff, newest_per_record, Queued, RecordState, SyncStatus, TimelineEntry, TimelineKind,
 };
 use crate::domain::Clock;
-use crate::ports::{
-    Crm, MessageQueue, OutgoingMessage, Permit, RateLimiter, RecordClaim, Settlement, SyncStateStore,
-};
-
-/// Message attribute carrying how many transient failures a change has had.
-pub const ATTEMPTS_ATTRIBUTE: &str = "crm_sync_attempts";
-/// Message attributes on dead letters.
-pub const ERROR_ATTRIBUTE: &str = "crm_sync_error";
-pub const FAILED_AT_ATTRIBUTE: &str = "crm_sync_failed_at";
-
-const CONCURRENCY: usize = 32;
+use crate::ports::{Crm, MessageQueue, RateLimiter, RecordClaim, Settlement, SyncStateStore};
+use crate::worker::{bounded, BatchReport, CallFailure, CallSettings, Disposition, SyncMessage, Worker};
 
 /// Retry and lease settings.
 #[derive(Debug, Clone)]
@@ -55,6 +44,16 @@ pub struct SyncSettings {
     pub max_limiter_wait: Duration,
 }
 
+impl SyncSettings {
+    pub fn call_settings(&self) -> CallSettings {
+        CallSettings {
+            quick_retries: self.quick_retries,
+            quick_retry_base: self.quick_retry_base,
+            max_limiter_wait: self.max_limiter_wait,
+        }
+    }
+}
+
 impl Default for SyncSettings {
     fn default() -> Self {
         Self {
@@ -68,35 +67,6 @@ impl Default for SyncSettings {
             max_limiter_wait: Duration::from_secs(10),
         }
     }
-}
-
-/// One message as the queue delivered it.
-#[derive(Debug, Clone)]
-pub struct SyncMessage {
-    pub message_id: String,
-    pub body: String,
-    /// String message attributes.
-    pub attributes: HashMap<String, String>,
-}
-
-/// What became of a batch.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SyncReport {
-    /// Messages the queue must deliver again (their handling could not be recorded).
-    pub redeliver: Vec<String>,
-    pub applied: usize,
-    pub skipped: usize,
-    pub retried: usize,
-    pub dead_lettered: usize,
-    pub crm_calls: usize,
-}
-
-#[derive(Debug, Clone)]
-enum Disposition {
-    Done,
-    Retry { delay: Duration, attempts: u32 },
-    DeadLetter { reason: String },
-    Redeliver,
 }
 
 /// A claimed record and the change to apply to it.
@@ -124,22 +94,13 @@ enum Outcome {
     },
 }
 
-/// A call that did not produce a result.
-enum CallFailure {
-    Throttled { until_ms: i64 },
-    Transient(String),
-    Rejected(String),
-}
-
 /// The ports the sync needs.
 pub struct SyncService {
     mapping: Arc<Mapping>,
     crm: Arc<dyn Crm>,
     state: Arc<dyn SyncStateStore>,
-    limiter: Arc<dyn RateLimiter>,
-    retry_queue: Arc<dyn MessageQueue>,
-    dead_letters: Arc<dyn MessageQueue>,
     clock: Arc<dyn Clock>,
+    worker: Worker,
     settings: SyncSettings,
 }
 
@@ -155,35 +116,33 @@ impl SyncService {
         clock: Arc<dyn Clock>,
         settings: SyncSettings,
     ) -> Self {
+        let worker = Worker::new(
+            limiter,
+            retry_queue,
+            dead_letters,
+            clock.clone(),
+            settings.call_settings(),
+        );
         Self {
             mapping,
             crm,
             state,
-            limiter,
-            retry_queue,
-            dead_letters,
             clock,
+            worker,
             settings,
         }
     }
 
     /// Handles a batch; finishes (or re-queues what it cannot finish) before `deadline`.
-    pub async fn process(&self, messages: Vec<SyncMessage>, deadline: Instant) -> SyncReport {
-        let mut report = SyncReport::default();
+    pub async fn process(&self, messages: Vec<SyncMessage>, deadline: Instant) -> BatchReport {
+        let mut report = BatchReport::default();
         let mut dispositions: HashMap<String, Disposition> = HashMap::new();
         let mut timeline: Vec<TimelineEntry> = Vec::new();
         let now_ms = self.clock.now_ms();
 
         let mut queued = Vec::new();
         for message in &messages {
-            // A dead letter that was redriven carries its reason: it starts a fresh retry budget.
-            let redriven = message.attributes.contains_key(ERROR_ATTRIBUTE);
-            let attempts = message
-                .attributes
-                .get(ATTEMPTS_ATTRIBUTE)
-                .and_then(|value| value.parse().ok())
-                .filter(|_| !redriven)
-                .unwrap_or(0);
+            let attempts = message.attempts();
             match parse_change(&message.body)
                 .and_then(|change| self.mapping.outbound(&change).map(|_| change))
             {
@@ -346,7 +305,7 @@ impl SyncService {
             // The outcome is in each record's state; only the history line is lost.
             tracing::error!(error = ?anyhow::Error::from(error), entries = timeline.len(), "could not write the timeline");
         }
-        self.dispatch(&messages, dispositions, &mut report).await;
+        self.worker.dispatch(&messages, dispositions, &mut report).await;
         report
     }
 
@@ -488,7 +447,7 @@ impl SyncService {
         mapping: &ObjectMapping,
         group: &[&Work],
         deadline: Instant,
-        report: &mut SyncReport,
+        report: &mut BatchReport,
     ) -> Vec<Outcome> {
         let inputs: Vec<UpsertInput> = group
             .iter()
@@ -527,6 +486,7 @@ impl SyncService {
                 })
                 .collect();
             let results = self
+                .worker
                 .call(deadline, report, || {
                     self.crm.update(&mapping.crm_object, &updates)
                 })
@@ -546,13 +506,14 @@ impl SyncService {
         mapping: &ObjectMapping,
         inputs: &[UpsertInput],
         deadline: Instant,
-        report: &mut SyncReport,
+        report: &mut BatchReport,
     ) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; inputs.len()];
         let mut ranges = vec![(0, inputs.len())];
         while let Some((start, end)) = ranges.pop() {
             let slice = &inputs[start..end];
             let result = self
+                .worker
                 .call(deadline, report, || {
                     self.crm.upsert(&mapping.crm_object, &mapping.id_property, slice)
                 })
@@ -581,7 +542,7 @@ impl SyncService {
         mapping: &ObjectMapping,
         group: &[&Work],
         deadline: Instant,
-        report: &mut SyncReport,
+        report: &mut BatchReport,
     ) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; group.len()];
         let mut targets = Vec::new();
@@ -600,6 +561,7 @@ impl SyncService {
         for chunk in targets.chunks(self.crm.max_batch().max(1)) {
             let ids: Vec<String> = chunk.iter().map(|(_, id)| id.clone()).collect();
             let result = self
+                .worker
                 .call(deadline, report, || self.crm.archive(&mapping.crm_object, &ids))
                 .await;
             for ((index, _), outcome) in chunk.iter().zip(per_input(result, ids.len())) {
@@ -620,7 +582,7 @@ impl SyncService {
         outcomes: &mut HashMap<String, Outcome>,
         written_contacts: &HashMap<String, String>,
         deadline: Instant,
-        report: &mut SyncReport,
+        report: &mut BatchReport,
     ) {
         let Some(contacts) = self.mapping.object(ObjectKind::Contact) else {
             return;
@@ -706,6 +668,7 @@ impl SyncService {
                 .zip(owners.chunks(self.crm.max_batch().max(1)))
             {
                 let result = self
+                    .worker
                     .call(deadline, report, || {
                         self.crm
                             .associate(&mapping.crm_object, &contacts.crm_object, chunk)
@@ -718,158 +681,6 @@ impl SyncService {
                     outcomes.insert(owner.clone(), outcome);
                 }
             }
-        }
-    }
-
-    /// One CRM call under the rate limiter, with quick retries of transient failures and of
-    /// burst throttles, until `deadline`.
-    async fn call<'a, F, Fut>(
-        &self,
-        deadline: Instant,
-        report: &mut SyncReport,
-        make: F,
-    ) -> Result<BatchResult, CallFailure>
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<BatchResult, CrmError>> + 'a,
-    {
-        let mut transient_failures = 0;
-        let mut throttles = 0;
-        loop {
-            self.permit(deadline).await?;
-            report.crm_calls += 1;
-            let error = match make().await {
-                Ok(result) => {
-                    if let Err(error) = self.limiter.observe(&result.rate, self.clock.now_ms()).await {
-                        tracing::warn!(error = ?anyhow::Error::from(error), "could not record the CRM's rate headers");
-                    }
-                    return Ok(result);
-                }
-                Err(error) => error,
-            };
-            let now_ms = self.clock.now_ms();
-            match error {
-                CrmError::Throttled {
-                    policy, retry_after, ..
-                } => {
-                    throttles += 1;
-                    // A rolling window frees up continuously: a short pause, not a growing one.
-                    let wait = match policy {
-                        ThrottlePolicy::Daily => retry_after.unwrap_or(Duration::from_secs(3600)),
-                        ThrottlePolicy::Burst => retry_after.unwrap_or(Duration::from_secs(1)),
-                    };
-                    if let Err(error) = self.limiter.throttled(policy, wait, now_ms).await {
-                        tracing::warn!(error = ?anyhow::Error::from(error), "could not share the throttle");
-                    }
-                    tracing::info!(
-                        ?policy,
-                        wait_ms = wait.as_millis() as u64,
-                        "the CRM throttled a call"
-                    );
-                    if policy == ThrottlePolicy::Daily || throttles > 5 {
-                        return Err(CallFailure::Throttled {
-                            until_ms: now_ms + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2),
-                        });
-                    }
-                }
-                CrmError::Transient { call, message } => {
-                    transient_failures += 1;
-                    let wait = backoff(
-                        transient_failures,
-                        self.settings.quick_retry_base,
-                        Duration::from_secs(5),
-                        fastrand::f64(),
-                    );
-                    if transient_failures > self.settings.quick_retries || Instant::now() + wait >= deadline {
-                        return Err(CallFailure::Transient(format!("{call}: {message}")));
-                    }
-                    tokio::time::sleep(wait).await;
-                }
-                CrmError::Rejected { call, message, .. } => {
-                    return Err(CallFailure::Rejected(format!("{call}: {message}")))
-                }
-            }
-        }
-    }
-
-    /// Waits for a call slot; a wait that would be too long, or past the deadline, re-queues.
-    async fn permit(&self, deadline: Instant) -> Result<(), CallFailure> {
-        loop {
-            let now_ms = self.clock.now_ms();
-            let permit = self.limiter.acquire(now_ms).await.map_err(|error| {
-                CallFailure::Transient(format!(
-                    "rate limiter unavailable: {:#}",
-                    anyhow::Error::from(error)
-                ))
-            })?;
-            let (until_ms, granted) = match permit {
-                Permit::Granted { at_ms } => (at_ms, true),
-                Permit::Denied { until_ms, .. } => (until_ms, false),
-            };
-            let wait = Duration::from_millis(u64::try_from(until_ms - now_ms).unwrap_or(0));
-            if !granted && (wait > self.settings.max_limiter_wait || Instant::now() + wait >= deadline) {
-                return Err(CallFailure::Throttled { until_ms });
-            }
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
-            if granted {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Carries out every message's disposition: re-queue, dead-letter, or ask for redelivery.
-    async fn dispatch(
-        &self,
-        messages: &[SyncMessage],
-        dispositions: HashMap<String, Disposition>,
-        report: &mut SyncReport,
-    ) {
-        let failed_at = crate::domain::clock::rfc3339(self.clock.now_ms());
-        let mut retries = Vec::new();
-        let mut dead = Vec::new();
-        for message in messages {
-            match dispositions
-                .get(&message.message_id)
-                .cloned()
-                .unwrap_or(Disposition::Redeliver)
-            {
-                Disposition::Done => {}
-                Disposition::Redeliver => report.redeliver.push(message.message_id.clone()),
-                Disposition::Retry { delay, attempts } => retries.push(OutgoingMessage {
-                    id: message.message_id.clone(),
-                    body: message.body.clone(),
-                    delay_secs: u32::try_from(delay.as_secs().clamp(1, 900)).unwrap_or(900),
-                    attributes: vec![(ATTEMPTS_ATTRIBUTE.to_string(), attempts.to_string())],
-                }),
-                Disposition::DeadLetter { reason } => {
-                    report.dead_lettered += 1;
-                    let attempts = message
-                        .attributes
-                        .get(ATTEMPTS_ATTRIBUTE)
-                        .cloned()
-                        .unwrap_or_else(|| "0".into());
-                    dead.push(OutgoingMessage {
-                        id: message.message_id.clone(),
-                        body: message.body.clone(),
-                        delay_secs: 0,
-                        attributes: vec![
-                            (ERROR_ATTRIBUTE.to_string(), reason.chars().take(1000).collect()),
-                            (FAILED_AT_ATTRIBUTE.to_string(), failed_at.clone()),
-                            (ATTEMPTS_ATTRIBUTE.to_string(), attempts),
-                        ],
-                    });
-                }
-            }
-        }
-        for failure in self.retry_queue.send(&retries).await {
-            tracing::error!(message_id = %failure.id, reason = %failure.reason, "could not re-queue; asking for redelivery");
-            report.redeliver.push(failure.id);
-        }
-        for failure in self.dead_letters.send(&dead).await {
-            tracing::error!(message_id = %failure.id, reason = %failure.reason, "could not dead-letter; asking for redelivery");
-            report.redeliver.push(failure.id);
         }
     }
 }
@@ -940,9 +751,4 @@ fn existing_id(error: &str) -> Option<String> {
         .take_while(char::is_ascii_digit)
         .collect();
     (!id.is_empty()).then_some(id)
-}
-
-/// Runs the futures at most [`CONCURRENCY`] at a time; outputs keep the input order.
-async fn bounded<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
-    stream::iter(futures).buffered(CONCURRENCY).collect().await
 }

@@ -1,5 +1,6 @@
 //! Integration tests: each drives a local stack over real HTTP against moto.
 
 mod hubspot_adapters;
+mod sync_inbound;
 mod sync_outbound;
 mod webhook_ingest;

@@ -555,6 +555,7 @@ async fn a_bad_mapping_file_stops_the_sync_function_from_starting_and_names_the_
         parameters: [("HubSpotClientSecret".to_string(), "s".to_string())].into(),
         env_overrides: [("CRM_SYNC_MAPPING_FILE".to_string(), path.display().to_string())].into(),
         run_event_sources: false,
+        sandbox_webhooks: false,
     })
     .await;
     let error = format!("{:#}", result.err().expect("a bad mapping stops the start"));

@@ -57,6 +57,8 @@ pub struct AppOptions {
     pub event_sources: bool,
     /// Template parameters on top of the test defaults.
     pub parameters: HashMap<String, String>,
+    /// Let the sandbox post webhooks for every CRM change, as HubSpot does.
+    pub webhooks: bool,
 }
 
 impl AppOptions {
@@ -71,6 +73,12 @@ impl AppOptions {
             parameters: HashMap::from([("SyncBatchWindowSeconds".to_string(), "1".to_string())]),
             ..AppOptions::default()
         }
+    }
+
+    /// With the sandbox's webhooks on: the whole loop, CRM changes coming back to crm-sync.
+    pub fn with_webhooks(mut self) -> Self {
+        self.webhooks = true;
+        self
     }
 
     pub fn with_env(mut self, name: &str, value: &str) -> Self {
@@ -114,6 +122,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
             addr: "127.0.0.1:0".to_string(),
         },
         run_event_sources: options.event_sources,
+        sandbox_webhooks: options.webhooks,
         parameters: {
             let mut parameters =
                 HashMap::from([("HubSpotClientSecret".to_string(), HUBSPOT_SECRET.to_string())]);
@@ -124,7 +133,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     })
     .await
     .expect("the local stack starts");
-    let aws = load_sdk_config(&AwsTarget::local(&endpoint), CallBudget::WEBHOOK).await;
+    let aws = load_sdk_config(&AwsTarget::local(&endpoint), CallBudget::BACKGROUND).await;
     TestApp {
         stack,
         http: reqwest::Client::new(),
@@ -184,6 +193,27 @@ impl TestApp {
     /// Drains the inbound queue: every message body on it, each read once.
     pub async fn drain_inbound(&self) -> Vec<serde_json::Value> {
         drain(&self.sqs, self.inbound_queue_url()).await
+    }
+
+    /// Drains the app inbox: every message body on it, each read once.
+    pub async fn drain_app_inbox(&self) -> Vec<serde_json::Value> {
+        drain(&self.sqs, &self.stack.resources.queue("AppInboxQueue").url).await
+    }
+
+    /// Stored webhook events: (event key, status, outcome detail, the event as sent).
+    pub async fn webhook_events(&self) -> Vec<(String, String, String, serde_json::Value)> {
+        self.stored("event")
+            .await
+            .into_iter()
+            .map(|item| {
+                (
+                    attr(&item, "event_key").to_string(),
+                    attr(&item, "status").to_string(),
+                    attr(&item, "outcome_detail").to_string(),
+                    serde_json::from_str(attr(&item, "payload")).unwrap_or_default(),
+                )
+            })
+            .collect()
     }
 
     pub fn sandbox(&self) -> &hubspot_sandbox::Sandbox {

@@ -10,9 +10,16 @@
 //!   `burst_window_ms`, `daily_limit`, `daily_used`, `seed`;
 //! - `GET /_sandbox/objects/{type}` lists live records; `GET /_sandbox/stats` counts calls;
 //! - `POST` / `DELETE /_sandbox/properties/{type}/{name}` adds or removes a property, as an admin;
+//! - `POST /_sandbox/webhooks` sets where and how events are delivered (`target_url`,
+//!   `client_secret`, `batch_window_ms`, `max_events`, `max_retries`, `retry_base_ms`,
+//!   `timeout_ms`, `duplicate_rate`); `GET` shows the settings (without the secret) and counts;
+//! - `POST /_sandbox/objects/{type}` creates and `POST /_sandbox/objects/{type}/{id}` edits a
+//!   record as a sales rep would (JSON of properties): webhooks report it with `CRM_UI`, while
+//!   writes through the CRM API are reported with `INTEGRATION`;
 //! - `POST /_sandbox/reset` forgets records, faults and counts.
 
 mod store;
+mod webhooks;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
@@ -30,6 +37,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use store::{InputFailure, Record, Store, DEAL_STAGES};
+pub use webhooks::{WebhookSettings, WebhookStats};
 
 /// Static settings of a sandbox.
 #[derive(Debug, Clone)]
@@ -110,6 +118,55 @@ struct State {
     stats: Stats,
     window: VecDeque<Instant>,
     dice: fastrand::Rng,
+    webhooks: WebhookSettings,
+    webhook_stats: WebhookStats,
+    outbox: Vec<Value>,
+    next_event_id: u64,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl State {
+    /// Turns the store's recent changes into webhook events from `source`.
+    fn emit(&mut self, source: &str) {
+        let changes = std::mem::take(&mut self.store.changes);
+        if self.webhooks.target_url.is_none() || changes.is_empty() {
+            return;
+        }
+        let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        let events = webhooks::events_for(changes, &self.webhooks, source, &mut self.next_event_id, now_ms);
+        self.webhook_stats.events += events.len() as u64;
+        self.outbox.extend(events);
+        self.notify.notify_one();
+    }
+}
+
+/// Sends what collects in the outbox, a batch at a time, each delivery on its own task.
+async fn emit_webhooks(state: Arc<Mutex<State>>, notify: Arc<tokio::sync::Notify>) {
+    let http = reqwest::Client::new();
+    loop {
+        notify.notified().await;
+        let window = state.lock().unwrap().webhooks.batch_window_ms;
+        tokio::time::sleep(std::time::Duration::from_millis(window)).await;
+        loop {
+            let (batch, settings) = {
+                let mut state = state.lock().unwrap();
+                if state.outbox.is_empty() {
+                    break;
+                }
+                let take = state.webhooks.max_events.clamp(1, state.outbox.len());
+                let batch: Vec<Value> = state.outbox.drain(..take).collect();
+                state.webhook_stats.deliveries += 1;
+                (batch, state.webhooks.clone())
+            };
+            let (state, http) = (state.clone(), http.clone());
+            tokio::spawn(async move {
+                let (failed, duplicated) = webhooks::deliver(&http, &settings, batch).await;
+                let mut state = state.lock().unwrap();
+                state.webhook_stats.failed_attempts += failed;
+                state.webhook_stats.duplicates_sent += u64::from(duplicated);
+            });
+        }
+    }
 }
 
 /// A running sandbox; dropping it stops the server.
@@ -117,11 +174,13 @@ pub struct Sandbox {
     addr: std::net::SocketAddr,
     state: Arc<Mutex<State>>,
     task: JoinHandle<()>,
+    emitter: JoinHandle<()>,
 }
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
         self.task.abort();
+        self.emitter.abort();
     }
 }
 
@@ -130,6 +189,7 @@ impl Sandbox {
     pub async fn start(addr: &str, config: SandboxConfig) -> anyhow::Result<Sandbox> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let notify = Arc::new(tokio::sync::Notify::new());
         let state = Arc::new(Mutex::new(State {
             config,
             store: Store::default(),
@@ -137,7 +197,13 @@ impl Sandbox {
             stats: Stats::default(),
             window: VecDeque::new(),
             dice: fastrand::Rng::new(),
+            webhooks: WebhookSettings::default(),
+            webhook_stats: WebhookStats::default(),
+            outbox: Vec::new(),
+            next_event_id: 1_000,
+            notify: notify.clone(),
         }));
+        let emitter = tokio::spawn(emit_webhooks(state.clone(), notify));
         let shared = state.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -153,7 +219,12 @@ impl Sandbox {
                 });
             }
         });
-        Ok(Sandbox { addr, state, task })
+        Ok(Sandbox {
+            addr,
+            state,
+            task,
+            emitter,
+        })
     }
 
     pub fn url(&self) -> String {
@@ -215,14 +286,17 @@ impl Sandbox {
         self.state.lock().unwrap().store.associations_of(object, id)
     }
 
-    /// Writes a record as a sales rep would in HubSpot's UI.
+    /// Writes a record as a sales rep would in HubSpot's UI (webhooks say `CRM_UI`).
     pub fn edit(
         &self,
         object: &str,
         id: u64,
         properties: BTreeMap<String, String>,
     ) -> Result<Record, InputFailure> {
-        self.state.lock().unwrap().store.update(object, id, properties)
+        let mut state = self.state.lock().unwrap();
+        let result = state.store.update(object, id, properties);
+        state.emit("CRM_UI");
+        result
     }
 
     /// Adds a property to an object type, as a HubSpot admin would.
@@ -235,9 +309,25 @@ impl Sandbox {
         self.state.lock().unwrap().store.remove_property(object, name);
     }
 
-    /// Creates a record as a sales rep would.
+    /// Sets where and how webhooks are delivered.
+    pub fn set_webhooks(&self, settings: WebhookSettings) {
+        self.state.lock().unwrap().webhooks = settings;
+    }
+
+    pub fn webhooks(&self) -> WebhookSettings {
+        self.state.lock().unwrap().webhooks.clone()
+    }
+
+    pub fn webhook_stats(&self) -> WebhookStats {
+        self.state.lock().unwrap().webhook_stats.clone()
+    }
+
+    /// Creates a record as a sales rep would (webhooks say `CRM_UI`).
     pub fn create(&self, object: &str, properties: BTreeMap<String, String>) -> Result<Record, InputFailure> {
-        self.state.lock().unwrap().store.create(object, properties)
+        let mut state = self.state.lock().unwrap();
+        let result = state.store.create(object, properties);
+        state.emit("CRM_UI");
+        result
     }
 }
 
@@ -336,6 +426,8 @@ fn control_api(state: &Arc<Mutex<State>>, method: &str, path: &str, body: &[u8])
             state.faults = Faults::default();
             state.stats = Stats::default();
             state.window.clear();
+            state.outbox.clear();
+            state.webhook_stats = WebhookStats::default();
             reply(204, &Value::Null, &[])
         }
         ("POST" | "DELETE", properties) if properties.starts_with("/properties/") => {
@@ -355,6 +447,75 @@ fn control_api(state: &Arc<Mutex<State>>, method: &str, path: &str, body: &[u8])
                 reply(204, &Value::Null, &[])
             } else {
                 reply(404, &json!({"message": format!("no object type {object}")}), &[])
+            }
+        }
+        ("GET", "/webhooks") => {
+            let mut settings = serde_json::to_value(&state.webhooks).unwrap();
+            settings["client_secret"] = json!(if state.webhooks.client_secret.is_empty() {
+                ""
+            } else {
+                "(set)"
+            });
+            reply(
+                200,
+                &json!({"settings": settings, "stats": serde_json::to_value(&state.webhook_stats).unwrap()}),
+                &[],
+            )
+        }
+        ("POST", "/webhooks") => {
+            let mut current = serde_json::to_value(&state.webhooks).unwrap();
+            let Ok(Value::Object(changes)) = serde_json::from_slice::<Value>(body) else {
+                return reply(
+                    400,
+                    &json!({"message": "expected a JSON object of webhook settings"}),
+                    &[],
+                );
+            };
+            for (name, value) in changes {
+                current[name] = value;
+            }
+            match serde_json::from_value::<WebhookSettings>(current) {
+                Ok(settings) => {
+                    state.webhooks = settings;
+                    reply(204, &Value::Null, &[])
+                }
+                Err(error) => reply(400, &json!({"message": error.to_string()}), &[]),
+            }
+        }
+        ("POST", objects) if objects.starts_with("/objects/") => {
+            let path: Vec<&str> = objects["/objects/".len()..].split('/').collect();
+            let properties = match serde_json::from_slice::<Value>(body)
+                .ok()
+                .as_ref()
+                .map(|v| string_map(Some(v)))
+            {
+                Some(Ok(properties)) => properties,
+                _ => {
+                    return reply(
+                        400,
+                        &json!({"message": "expected a JSON object of properties"}),
+                        &[],
+                    )
+                }
+            };
+            let result = match path.as_slice() {
+                [object] => state.store.create(object, properties),
+                [object, id] => match id.parse() {
+                    Ok(id) => state.store.update(object, id, properties),
+                    Err(_) => return reply(400, &json!({"message": "the id must be a number"}), &[]),
+                },
+                _ => {
+                    return reply(
+                        404,
+                        &json!({"message": "use /_sandbox/objects/{type}[/{id}]"}),
+                        &[],
+                    )
+                }
+            };
+            state.emit("CRM_UI");
+            match result {
+                Ok(record) => reply(200, &record.to_json(None), &[]),
+                Err(failure) => reply(failure.status, &failure.to_json(None, None), &[]),
             }
         }
         ("GET", objects) if objects.starts_with("/objects/") => {
@@ -509,6 +670,7 @@ async fn crm_api(
         return reply(status, &body, &headers);
     }
     let (status, body) = serve(&mut state, method, segments, query, body);
+    state.emit("INTEGRATION");
     reply(status, &body, &headers)
 }
 

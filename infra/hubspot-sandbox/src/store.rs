@@ -94,8 +94,20 @@ impl InputFailure {
     }
 }
 
+/// A change to a record, as HubSpot would report it by webhook.
+#[derive(Debug, Clone)]
+pub struct StoreChange {
+    pub object: String,
+    pub id: u64,
+    pub created: bool,
+    /// Properties whose value changed (an empty value: cleared).
+    pub properties: BTreeMap<String, String>,
+}
+
 /// Every object type's records, and the properties each type has.
 pub struct Store {
+    /// Changes not yet turned into webhook events.
+    pub changes: Vec<StoreChange>,
     /// object -> (properties, unique properties)
     schema: HashMap<String, (Vec<String>, Vec<String>)>,
     objects: HashMap<String, BTreeMap<u64, Record>>,
@@ -121,6 +133,7 @@ impl Default for Store {
             })
             .collect();
         Self {
+            changes: Vec::new(),
             schema,
             objects: HashMap::new(),
             next_id: 0,
@@ -369,6 +382,12 @@ impl Store {
             .entry(object.to_string())
             .or_default()
             .insert(record.id, record.clone());
+        self.changes.push(StoreChange {
+            object: object.to_string(),
+            id: record.id,
+            created: true,
+            properties: record.properties.clone(),
+        });
         Ok(record)
     }
 
@@ -395,12 +414,25 @@ impl Store {
         }
         self.index(object, &current, false);
         let mut record = current;
+        let mut changed = BTreeMap::new();
         for (name, value) in properties {
+            let before = record.properties.get(&name).cloned().unwrap_or_default();
+            if before != value {
+                changed.insert(name.clone(), value.clone());
+            }
             if value.is_empty() {
                 record.properties.remove(&name);
             } else {
                 record.properties.insert(name, value);
             }
+        }
+        if !changed.is_empty() {
+            self.changes.push(StoreChange {
+                object: object.to_string(),
+                id,
+                created: false,
+                properties: changed,
+            });
         }
         record.updated_at = self.tick();
         self.index(object, &record, true);

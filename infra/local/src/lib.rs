@@ -54,6 +54,8 @@ pub struct StackOptions {
     pub env_overrides: HashMap<String, String>,
     /// Run the sync function's event source (off to drive the handler by hand).
     pub run_event_sources: bool,
+    /// Have the sandbox post webhooks for every change to this stack, as HubSpot would.
+    pub sandbox_webhooks: bool,
 }
 
 /// A running local stack; dropping it stops the HTTP server, the pollers and the sandbox
@@ -91,7 +93,7 @@ impl LocalStack {
                 .or_insert_with(|| token.clone());
         }
 
-        let admin = load_sdk_config(&AwsTarget::local(&options.aws_endpoint), CallBudget::WEBHOOK).await;
+        let admin = load_sdk_config(&AwsTarget::local(&options.aws_endpoint), CallBudget::BACKGROUND).await;
         let resources = provision::provision(&admin, &template, &options.stack_name, &options.parameters)
             .await
             .context("creating the template's resources in moto")?;
@@ -160,6 +162,18 @@ impl LocalStack {
             .with_context(|| format!("listening on {}", options.http_addr))?;
         let http_addr = listener.local_addr()?;
         tasks.push(tokio::spawn(server::serve(listener, http)));
+        if let Some(sandbox) = sandbox.as_ref().filter(|_| options.sandbox_webhooks) {
+            // The sandbox posts its webhooks to this stack, signed with the stack's client secret.
+            sandbox.set_webhooks(hubspot_sandbox::WebhookSettings {
+                target_url: Some(format!("http://{http_addr}/webhooks/hubspot")),
+                client_secret: options
+                    .parameters
+                    .get("HubSpotClientSecret")
+                    .cloned()
+                    .unwrap_or_default(),
+                ..sandbox.webhooks()
+            });
+        }
         let mut stack = LocalStack {
             http_addr,
             resources,

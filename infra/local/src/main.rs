@@ -78,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
         parameters: HashMap::from([("HubSpotClientSecret".to_string(), secret.clone())]),
         env_overrides,
         run_event_sources: true,
+        sandbox_webhooks: true,
     })
     .await?;
 

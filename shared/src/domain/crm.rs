@@ -74,6 +74,14 @@ pub struct BatchResult {
     pub call: String,
 }
 
+/// Records read by CRM id, in input order (`None`: no such record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadResult {
+    pub records: Vec<Option<BTreeMap<String, String>>>,
+    pub rate: RateInfo,
+    pub call: String,
+}
+
 /// Which limit a throttle came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThrottlePolicy {

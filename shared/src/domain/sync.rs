@@ -57,6 +57,12 @@ pub struct RecordState {
     pub applied_idempotency_id: Option<String>,
     /// CRM property → the value crm-sync last wrote.
     pub written: BTreeMap<String, String>,
+    /// CRM property → when the last CRM change of it that crm-sync acted on happened.
+    pub inbound_at: BTreeMap<String, i64>,
+    /// CRM property → the value the app last received from the CRM.
+    pub received: BTreeMap<String, String>,
+    /// Conflicts journaled for this record.
+    pub conflicts: u32,
 }
 
 impl RecordState {
@@ -72,6 +78,9 @@ impl RecordState {
             applied_version_ms: None,
             applied_idempotency_id: None,
             written: BTreeMap::new(),
+            inbound_at: BTreeMap::new(),
+            received: BTreeMap::new(),
+            conflicts: 0,
         }
     }
 }
@@ -85,6 +94,10 @@ pub enum TimelineKind {
     Skipped,
     Retrying,
     Failed,
+    /// A CRM-owned change delivered to the app.
+    Received,
+    /// An app-owned field changed in the CRM.
+    Conflict,
     Note,
 }
 
@@ -96,6 +109,8 @@ impl TimelineKind {
             TimelineKind::Skipped => "skipped",
             TimelineKind::Retrying => "retrying",
             TimelineKind::Failed => "failed",
+            TimelineKind::Received => "received",
+            TimelineKind::Conflict => "conflict",
             TimelineKind::Note => "note",
         }
     }
@@ -107,6 +122,8 @@ impl TimelineKind {
             TimelineKind::Skipped,
             TimelineKind::Retrying,
             TimelineKind::Failed,
+            TimelineKind::Received,
+            TimelineKind::Conflict,
             TimelineKind::Note,
         ]
         .into_iter()

@@ -7,25 +7,30 @@ use aws_config::SdkConfig;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::LambdaEvent;
 
-use crate::adapters::dynamodb::{DynamoDbRateLimiter, DynamoDbSyncState};
-use crate::adapters::hubspot::HubSpotClient;
+use crate::adapters::dynamodb::{DynamoDbRateLimiter, DynamoDbSyncState, DynamoDbWebhookStore};
+use crate::adapters::hubspot::{HubSpotClient, HubSpotEvents};
 use crate::adapters::secrets_manager::read_secret_field;
 use crate::adapters::sqs::SqsQueue;
 use crate::config::{SecretSource, SyncConfig};
 use crate::domain::mapping::Mapping;
 use crate::domain::SystemClock;
-use crate::sync::{SyncMessage, SyncReport, SyncService};
+use crate::inbound::{InboundService, InboundSettings};
+use crate::sync::SyncService;
+use crate::worker::{BatchReport, SyncMessage, Worker};
 
 /// Time kept back from the invocation deadline to re-queue what is left and answer.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(5);
 
+/// The sync function: app changes from the outbound queue, webhook events from the inbound one.
 pub struct SyncHandler {
-    service: SyncService,
+    outbound: SyncService,
+    /// The inbound queue's ARN and the service for its batches.
+    inbound: Option<(String, InboundService)>,
 }
 
 impl SyncHandler {
-    pub fn new(service: SyncService) -> Self {
-        Self { service }
+    pub fn new(outbound: SyncService, inbound: Option<(String, InboundService)>) -> Self {
+        Self { outbound, inbound }
     }
 
     /// Wires the production adapters. Fails (and so the cold start fails) on a bad mapping.
@@ -38,33 +43,67 @@ impl SyncHandler {
                 read_secret_field(&aws_sdk_secretsmanager::Client::new(aws), &secret_id, field).await?
             }
         };
-        let crm = HubSpotClient::new(
+        let crm = Arc::new(HubSpotClient::new(
             &config.hubspot_api_base,
             token,
             Duration::from_secs(config.crm_timeout_secs),
-        )?;
+        )?);
         let dynamodb = aws_sdk_dynamodb::Client::new(aws);
         let sqs = aws_sdk_sqs::Client::new(aws);
-        let service = SyncService::new(
-            Arc::new(mapping),
-            Arc::new(crm),
-            Arc::new(DynamoDbSyncState::new(
-                dynamodb.clone(),
-                config.state_table,
-                config.timeline_retention_ms,
-            )),
-            Arc::new(DynamoDbRateLimiter::new(
-                dynamodb,
-                config.rate_limit_table,
-                "hubspot",
-                config.limiter,
-            )),
+        let mapping = Arc::new(mapping);
+        let state = Arc::new(DynamoDbSyncState::new(
+            dynamodb.clone(),
+            config.state_table,
+            config.timeline_retention_ms,
+        ));
+        // One limiter for both directions: they spend the same CRM budget.
+        let limiter = Arc::new(DynamoDbRateLimiter::new(
+            dynamodb.clone(),
+            config.rate_limit_table,
+            "hubspot",
+            config.limiter,
+        ));
+        let clock = Arc::new(SystemClock);
+        let inbound = config.inbound.map(|inbound| {
+            let worker = Worker::new(
+                limiter.clone(),
+                Arc::new(SqsQueue::new(sqs.clone(), inbound.queue_url)),
+                Arc::new(SqsQueue::new(sqs.clone(), inbound.dlq_url)),
+                clock.clone(),
+                config.sync.call_settings(),
+            );
+            let settings = InboundSettings {
+                reassert_app_values: inbound.reassert_app_values,
+                lease: config.sync.lease,
+                busy_delay: config.sync.busy_delay,
+                max_attempts: config.sync.max_attempts,
+                retry_base: config.sync.retry_base,
+                retry_cap: config.sync.retry_cap,
+            };
+            let service = InboundService::new(
+                mapping.clone(),
+                crm.clone(),
+                Arc::new(HubSpotEvents),
+                Arc::new(DynamoDbWebhookStore::new(dynamodb.clone(), inbound.webhook_table)),
+                state.clone(),
+                Arc::new(SqsQueue::new(sqs.clone(), inbound.app_inbox_url)),
+                clock.clone(),
+                worker,
+                settings,
+            );
+            (inbound.queue_arn, service)
+        });
+        let outbound = SyncService::new(
+            mapping,
+            crm,
+            state,
+            limiter,
             Arc::new(SqsQueue::new(sqs.clone(), config.outbound_queue_url)),
             Arc::new(SqsQueue::new(sqs, config.outbound_dlq_url)),
-            Arc::new(SystemClock),
+            clock,
             config.sync,
         );
-        Ok(Self::new(service))
+        Ok(Self::new(outbound, inbound))
     }
 
     /// Handles one SQS batch; only messages whose handling could not be recorded come back.
@@ -73,6 +112,12 @@ impl SyncHandler {
         event: LambdaEvent<SqsEvent>,
     ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
         let deadline = deadline_of(event.context.deadline);
+        let source = event
+            .payload
+            .records
+            .first()
+            .and_then(|record| record.event_source_arn.clone())
+            .unwrap_or_default();
         let messages: Vec<SyncMessage> = event
             .payload
             .records
@@ -90,8 +135,12 @@ impl SyncHandler {
             })
             .collect();
         let count = messages.len();
-        let report: SyncReport = self.service.process(messages, deadline).await;
+        let (direction, report): (&str, BatchReport) = match &self.inbound {
+            Some((arn, inbound)) if *arn == source => ("inbound", inbound.process(messages, deadline).await),
+            _ => ("outbound", self.outbound.process(messages, deadline).await),
+        };
         tracing::info!(
+            direction,
             messages = count,
             applied = report.applied,
             skipped = report.skipped,

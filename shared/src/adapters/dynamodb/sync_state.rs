@@ -20,8 +20,9 @@ use base64::Engine as _;
 
 use super::{condition_failed, n, s, unavailable, written_or_not};
 use crate::domain::contract::{Change, ObjectKind, RecordRef};
+use crate::domain::inbound::ConflictEntry;
 use crate::domain::sync::{freshness, Freshness, RecordState, SyncStatus, TimelineEntry, TimelineKind};
-use crate::ports::{RecordClaim, Settlement, StoreUnavailable, SyncStateStore};
+use crate::ports::{InboundUpdate, LeaseOutcome, RecordClaim, Settlement, StoreUnavailable, SyncStateStore};
 
 const STATE_SK: &str = "~state";
 pub const BY_STATUS: &str = "by_status";
@@ -46,24 +47,48 @@ impl DynamoDbSyncState {
         }
     }
 
-    /// The app record a CRM id belongs to.
-    pub async fn find_by_crm_id(
-        &self,
-        object: ObjectKind,
-        crm_id: &str,
-    ) -> Result<Option<RecordState>, StoreUnavailable> {
-        let output = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(BY_CRM_ID)
-            .key_condition_expression("crm_key = :key")
-            .expression_attribute_values(":key", s(format!("{object}#{crm_id}")))
-            .limit(1)
-            .send()
-            .await
-            .map_err(unavailable)?;
-        Ok(output.items().first().and_then(state_from_item))
+    /// Writes items 25 a call, retrying what DynamoDB leaves unprocessed.
+    async fn put_all(&self, items: Vec<Item>) -> Result<(), StoreUnavailable> {
+        for chunk in items.chunks(25) {
+            let mut requests: Vec<WriteRequest> = chunk
+                .iter()
+                .map(|item| {
+                    WriteRequest::builder()
+                        .put_request(
+                            PutRequest::builder()
+                                .set_item(Some(item.clone()))
+                                .build()
+                                .expect("item is set"),
+                        )
+                        .build()
+                })
+                .collect();
+            let mut rounds = 0;
+            while !requests.is_empty() {
+                let output = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, requests)
+                    .send()
+                    .await
+                    .map_err(unavailable)?;
+                requests = output
+                    .unprocessed_items()
+                    .and_then(|unprocessed| unprocessed.get(&self.table))
+                    .cloned()
+                    .unwrap_or_default();
+                rounds += 1;
+                if !requests.is_empty() {
+                    if rounds > 8 {
+                        return Err(StoreUnavailable(anyhow!(
+                            "DynamoDB kept returning unprocessed items"
+                        )));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50 << rounds)).await;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -93,15 +118,17 @@ pub fn state_from_item(item: &Item) -> Option<RecordState> {
         object,
         record_id: text(item, "record_id")?,
     };
-    let written = item
-        .get("written")
+    let written = string_map(item, "written");
+    let inbound_at = item
+        .get("inbound_at")
         .and_then(|value| value.as_m().ok())
         .map(|map| {
             map.iter()
-                .filter_map(|(name, value)| Some((name.clone(), value.as_s().ok()?.clone())))
+                .filter_map(|(name, value)| Some((name.clone(), value.as_n().ok()?.parse().ok()?)))
                 .collect()
         })
         .unwrap_or_default();
+    let received = string_map(item, "received");
     Some(RecordState {
         record,
         crm_id: text(item, "crm_id"),
@@ -115,6 +142,43 @@ pub fn state_from_item(item: &Item) -> Option<RecordState> {
         applied_version_ms: number(item, "applied_version"),
         applied_idempotency_id: text(item, "applied_idempotency_id"),
         written,
+        inbound_at,
+        received,
+        conflicts: number(item, "conflicts").unwrap_or(0).max(0) as u32,
+    })
+}
+
+fn string_map(item: &Item, name: &str) -> BTreeMap<String, String> {
+    item.get(name)
+        .and_then(|value| value.as_m().ok())
+        .map(|map| {
+            map.iter()
+                .filter_map(|(key, value)| Some((key.clone(), value.as_s().ok()?.clone())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn map_value(map: &BTreeMap<String, String>) -> AttributeValue {
+    AttributeValue::M(map.iter().map(|(name, value)| (name.clone(), s(value))).collect())
+}
+
+fn conflict_from_item(item: &Item) -> Option<ConflictEntry> {
+    let pk = text(item, "pk")?;
+    let mut parts = pk.splitn(3, '#').skip(1);
+    Some(ConflictEntry {
+        record: RecordRef {
+            object: ObjectKind::parse(parts.next()?)?,
+            record_id: parts.next()?.to_string(),
+        },
+        at_ms: number(item, "at")?,
+        field: text(item, "field")?,
+        crm_property: text(item, "crm_property")?,
+        app_value: text(item, "app_value"),
+        crm_value: text(item, "crm_value").unwrap_or_default(),
+        source: text(item, "source").unwrap_or_default(),
+        event_key: text(item, "event_key").unwrap_or_default(),
+        resolution: text(item, "resolution").unwrap_or_default(),
     })
 }
 
@@ -225,10 +289,6 @@ impl SyncStateStore for DynamoDbSyncState {
                 written,
                 status,
             } => {
-                let written: HashMap<String, AttributeValue> = written
-                    .iter()
-                    .map(|(name, value)| (name.clone(), s(value)))
-                    .collect();
                 let mut request = request
                     .expression_attribute_names("#status", "status")
                     .expression_attribute_values(":status", s(status.as_str()))
@@ -237,7 +297,7 @@ impl SyncStateStore for DynamoDbSyncState {
                     .expression_attribute_values(":zero", n(0))
                     .expression_attribute_values(":version", n(*version_ms))
                     .expression_attribute_values(":idempotency", s(idempotency_id))
-                    .expression_attribute_values(":written", AttributeValue::M(written));
+                    .expression_attribute_values(":written", map_value(written));
                 let mut set = "#status = :status, status_at = :status_at, last_synced_at = :now, attempts = :zero, \
                                applied_version = :version, applied_idempotency_id = :idempotency, written = :written, \
                                updated_at = :now"
@@ -332,66 +392,178 @@ impl SyncStateStore for DynamoDbSyncState {
     }
 
     async fn append_timeline(&self, entries: &[TimelineEntry]) -> Result<(), StoreUnavailable> {
-        for chunk in entries.chunks(25) {
-            let mut requests: Vec<WriteRequest> = chunk
-                .iter()
-                .map(|entry| {
-                    let mut item: Item = HashMap::from([
-                        ("pk".to_string(), s(record_pk(&entry.record))),
-                        (
-                            "sk".to_string(),
-                            s(format!("T#{:013}#{:08x}", entry.at_ms, fastrand::u32(..))),
-                        ),
-                        ("kind".to_string(), s(entry.kind.as_str())),
-                        ("at".to_string(), n(entry.at_ms)),
-                        ("detail".to_string(), s(&entry.detail)),
-                        (
-                            "expires_at".to_string(),
-                            n((entry.at_ms + self.timeline_retention_ms) / 1000),
-                        ),
-                    ]);
-                    if let Some(id) = &entry.idempotency_id {
-                        item.insert("idempotency_id".into(), s(id));
-                    }
-                    if let Some(call) = &entry.call {
-                        item.insert("call".into(), s(call));
-                    }
-                    WriteRequest::builder()
-                        .put_request(
-                            PutRequest::builder()
-                                .set_item(Some(item))
-                                .build()
-                                .expect("item is set"),
-                        )
-                        .build()
-                })
-                .collect();
-            let mut rounds = 0;
-            while !requests.is_empty() {
-                let output = self
-                    .client
-                    .batch_write_item()
-                    .request_items(&self.table, requests)
-                    .send()
-                    .await
-                    .map_err(unavailable)?;
-                requests = output
-                    .unprocessed_items()
-                    .and_then(|unprocessed| unprocessed.get(&self.table))
-                    .cloned()
-                    .unwrap_or_default();
-                rounds += 1;
-                if !requests.is_empty() {
-                    if rounds > 8 {
-                        return Err(StoreUnavailable(anyhow!(
-                            "DynamoDB kept returning unprocessed items"
-                        )));
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(50 << rounds)).await;
+        let items = entries
+            .iter()
+            .map(|entry| {
+                let mut item: Item = HashMap::from([
+                    ("pk".to_string(), s(record_pk(&entry.record))),
+                    (
+                        "sk".to_string(),
+                        s(format!("T#{:013}#{:08x}", entry.at_ms, fastrand::u32(..))),
+                    ),
+                    ("kind".to_string(), s(entry.kind.as_str())),
+                    ("at".to_string(), n(entry.at_ms)),
+                    ("detail".to_string(), s(&entry.detail)),
+                    (
+                        "expires_at".to_string(),
+                        n((entry.at_ms + self.timeline_retention_ms) / 1000),
+                    ),
+                ]);
+                if let Some(id) = &entry.idempotency_id {
+                    item.insert("idempotency_id".into(), s(id));
                 }
-            }
+                if let Some(call) = &entry.call {
+                    item.insert("call".into(), s(call));
+                }
+                item
+            })
+            .collect();
+        self.put_all(items).await
+    }
+
+    async fn lease(
+        &self,
+        record: &RecordRef,
+        token: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<LeaseOutcome, StoreUnavailable> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(record_pk(record)))
+            .key("sk", s(STATE_SK))
+            .update_expression("SET lease_token = :token, lease_until = :until")
+            .condition_expression(
+                "attribute_exists(pk) AND (attribute_not_exists(lease_until) OR lease_until < :now)",
+            )
+            .expression_attribute_values(":token", s(token))
+            .expression_attribute_values(":until", n(lease_until_ms))
+            .expression_attribute_values(":now", n(now_ms))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(output) => Ok(output
+                .attributes()
+                .and_then(state_from_item)
+                .map(|state| LeaseOutcome::Leased(Box::new(state)))
+                .unwrap_or(LeaseOutcome::Busy)),
+            Err(error) if condition_failed(&error) => Ok(LeaseOutcome::Busy),
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+
+    async fn settle_inbound(
+        &self,
+        record: &RecordRef,
+        token: &str,
+        now_ms: i64,
+        update: &InboundUpdate,
+    ) -> Result<(), StoreUnavailable> {
+        let inbound_at: HashMap<String, AttributeValue> = update
+            .inbound_at
+            .iter()
+            .map(|(name, at)| (name.clone(), n(at)))
+            .collect();
+        let mut set = "inbound_at = :inbound_at, received = :received, updated_at = :now, \
+                       conflicts = if_not_exists(conflicts, :zero) + :new_conflicts"
+            .to_string();
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(record_pk(record)))
+            .key("sk", s(STATE_SK))
+            .condition_expression("lease_token = :token")
+            .expression_attribute_values(":token", s(token))
+            .expression_attribute_values(":inbound_at", AttributeValue::M(inbound_at))
+            .expression_attribute_values(":received", map_value(&update.received))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":new_conflicts", n(update.new_conflicts));
+        if update.new_conflicts > 0 {
+            set.push_str(", last_conflict_at = :now");
+        }
+        if let Some(written) = &update.written {
+            set.push_str(", written = :written");
+            request = request.expression_attribute_values(":written", map_value(written));
+        }
+        let result = request
+            .update_expression(format!("SET {set} REMOVE lease_token, lease_until"))
+            .send()
+            .await;
+        if !written_or_not(result)? {
+            tracing::warn!(record = %record, "lease lost before settling inbound work");
         }
         Ok(())
+    }
+
+    async fn append_conflicts(&self, entries: &[ConflictEntry]) -> Result<(), StoreUnavailable> {
+        let items = entries
+            .iter()
+            .map(|entry| {
+                let mut item: Item = HashMap::from([
+                    ("pk".to_string(), s(record_pk(&entry.record))),
+                    (
+                        "sk".to_string(),
+                        s(format!("C#{:013}#{:08x}", entry.at_ms, fastrand::u32(..))),
+                    ),
+                    ("at".to_string(), n(entry.at_ms)),
+                    ("field".to_string(), s(&entry.field)),
+                    ("crm_property".to_string(), s(&entry.crm_property)),
+                    ("crm_value".to_string(), s(&entry.crm_value)),
+                    ("source".to_string(), s(&entry.source)),
+                    ("event_key".to_string(), s(&entry.event_key)),
+                    ("resolution".to_string(), s(&entry.resolution)),
+                ]);
+                if let Some(app_value) = &entry.app_value {
+                    item.insert("app_value".into(), s(app_value));
+                }
+                item
+            })
+            .collect();
+        self.put_all(items).await
+    }
+
+    async fn conflicts(
+        &self,
+        record: &RecordRef,
+        limit: usize,
+    ) -> Result<Vec<ConflictEntry>, StoreUnavailable> {
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :conflict)")
+            .expression_attribute_values(":pk", s(record_pk(record)))
+            .expression_attribute_values(":conflict", s("C#"))
+            .scan_index_forward(false)
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(output.items().iter().filter_map(conflict_from_item).collect())
+    }
+
+    async fn find_by_crm_id(
+        &self,
+        object: ObjectKind,
+        crm_id: &str,
+    ) -> Result<Option<RecordState>, StoreUnavailable> {
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(BY_CRM_ID)
+            .key_condition_expression("crm_key = :key")
+            .expression_attribute_values(":key", s(format!("{object}#{crm_id}")))
+            .limit(1)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(output.items().first().and_then(state_from_item))
     }
 
     async fn record(

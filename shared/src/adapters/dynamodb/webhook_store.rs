@@ -12,7 +12,7 @@ use aws_sdk_dynamodb::Client;
 use super::{condition_failed, n, s, unavailable, written_or_not};
 use crate::domain::clock::rfc3339;
 use crate::domain::{Delivery, InboundEvent, ProviderId};
-use crate::ports::{Claim, StoreUnavailable, WebhookStore};
+use crate::ports::{Claim, EventJournal, EventOutcome, StoreUnavailable, WebhookStore};
 
 const STATUS_CLAIMED: &str = "claimed";
 const STATUS_ENQUEUED: &str = "enqueued";
@@ -33,11 +33,11 @@ impl DynamoDbWebhookStore {
     }
 }
 
-pub fn delivery_pk(provider: ProviderId, id: &str) -> String {
+pub fn delivery_pk(provider: &str, id: &str) -> String {
     format!("DELIVERY#{provider}#{id}")
 }
 
-pub fn event_pk(provider: ProviderId, key: &str) -> String {
+pub fn event_pk(provider: &str, key: &str) -> String {
     format!("EVENT#{provider}#{key}")
 }
 
@@ -187,5 +187,83 @@ impl WebhookStore for DynamoDbWebhookStore {
             .send()
             .await;
         written_or_not(result).map(|_| ())
+    }
+}
+
+#[async_trait]
+impl EventJournal for DynamoDbWebhookStore {
+    async fn processed(
+        &self,
+        provider: &str,
+        keys: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreUnavailable> {
+        let mut done = std::collections::HashSet::new();
+        let mut unique: Vec<&String> = keys.iter().collect();
+        unique.sort();
+        unique.dedup();
+        for chunk in unique.chunks(100) {
+            let request = aws_sdk_dynamodb::types::KeysAndAttributes::builder()
+                .set_keys(Some(
+                    chunk
+                        .iter()
+                        .map(|key| {
+                            std::collections::HashMap::from([("pk".to_string(), s(event_pk(provider, key)))])
+                        })
+                        .collect(),
+                ))
+                .projection_expression("event_key, #status")
+                .expression_attribute_names("#status", "status")
+                .build()
+                .map_err(|error| StoreUnavailable(error.into()))?;
+            let output = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, request)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            for item in output
+                .responses()
+                .and_then(|r| r.get(&self.table))
+                .into_iter()
+                .flatten()
+            {
+                let status = item.get("status").and_then(|v| v.as_s().ok()).map(String::as_str);
+                if !matches!(status, Some(STATUS_CLAIMED | STATUS_ENQUEUED) | None) {
+                    if let Some(key) = item.get("event_key").and_then(|v| v.as_s().ok()) {
+                        done.insert(key.clone());
+                    }
+                }
+            }
+            // Keys DynamoDB leaves unprocessed count as not processed: processing is idempotent.
+        }
+        Ok(done)
+    }
+
+    async fn record_outcome(
+        &self,
+        provider: &str,
+        key: &str,
+        outcome: EventOutcome,
+        detail: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreUnavailable> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(event_pk(provider, key)))
+            .update_expression("SET #status = :outcome, outcome_detail = :detail, processed_at = :now")
+            // Once: only an event still waiting for processing takes an outcome.
+            .condition_expression("#status IN (:claimed, :enqueued)")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":outcome", s(outcome.as_str()))
+            .expression_attribute_values(":detail", s(detail))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":claimed", s(STATUS_CLAIMED))
+            .expression_attribute_values(":enqueued", s(STATUS_ENQUEUED))
+            .send()
+            .await;
+        written_or_not(result)
     }
 }

@@ -10,8 +10,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
 use crate::domain::crm::{
-    AssociationInput, BatchResult, CrmError, FailureKind, InputError, InputOutcome, RateInfo, ThrottlePolicy,
-    UpdateInput, UpsertInput,
+    AssociationInput, BatchResult, CrmError, FailureKind, InputError, InputOutcome, RateInfo, ReadResult,
+    ThrottlePolicy, UpdateInput, UpsertInput,
 };
 use crate::ports::Crm;
 
@@ -309,6 +309,49 @@ impl Crm for HubSpotClient {
             })
             .collect();
         Ok(BatchResult { outcomes, rate, call })
+    }
+
+    async fn read(
+        &self,
+        object: &str,
+        crm_ids: &[String],
+        properties: &[String],
+    ) -> Result<ReadResult, CrmError> {
+        let body = json!({
+            "inputs": crm_ids.iter().map(|id| json!({ "id": id })).collect::<Vec<_>>(),
+            "properties": properties,
+        });
+        let (_, rate, json, call) = self
+            .post(&format!("/crm/v3/objects/{object}/batch/read"), body)
+            .await?;
+        let mut found: HashMap<String, std::collections::BTreeMap<String, String>> = HashMap::new();
+        for result in json
+            .get("results")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some(id) = result.get("id").and_then(Value::as_str) else {
+                continue;
+            };
+            let values = result
+                .get("properties")
+                .and_then(Value::as_object)
+                .map(|map| {
+                    map.iter()
+                        .map(|(name, value)| {
+                            (
+                                name.clone(),
+                                value.as_str().map(str::to_string).unwrap_or_default(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            found.insert(id.to_string(), values);
+        }
+        let records = crm_ids.iter().map(|id| found.remove(id)).collect();
+        Ok(ReadResult { records, rate, call })
     }
 
     async fn associate(

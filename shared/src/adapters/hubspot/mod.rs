@@ -5,4 +5,4 @@ pub mod signature;
 pub mod webhook;
 
 pub use client::HubSpotClient;
-pub use webhook::{HubSpotWebhookSettings, HubSpotWebhooks};
+pub use webhook::{HubSpotEvents, HubSpotWebhookSettings, HubSpotWebhooks};

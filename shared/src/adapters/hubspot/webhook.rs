@@ -6,8 +6,10 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::signature;
+use crate::domain::contract::ObjectKind;
+use crate::domain::inbound::{CrmChange, InboundMessage, Interpretation};
 use crate::domain::{AuthError, InboundEvent, ParseError, ProviderId, WebhookRequest};
-use crate::ports::WebhookProvider;
+use crate::ports::{CrmEvents, WebhookProvider};
 
 pub const PROVIDER: ProviderId = "hubspot";
 
@@ -130,6 +132,66 @@ impl WebhookProvider for HubSpotWebhooks {
     fn parse(&self, body: &[u8]) -> Result<Vec<InboundEvent>, ParseError> {
         parse_events(body, self.settings.max_events)
     }
+}
+
+/// HubSpot's `changeSource` values that mean "written through the API by an app".
+const INTEGRATION_SOURCES: [&str; 2] = ["INTEGRATION", "API"];
+
+/// HubSpot's stored webhook events, read as CRM changes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HubSpotEvents;
+
+impl CrmEvents for HubSpotEvents {
+    fn interpret(&self, message: &InboundMessage) -> Interpretation {
+        interpret(message)
+    }
+}
+
+/// Reads a stored HubSpot event as a change of a contact or a deal.
+pub fn interpret(message: &InboundMessage) -> Interpretation {
+    let Some((prefix, action)) = message.kind.split_once('.') else {
+        return Interpretation::Ignore(format!("`{}` is not an object event", message.kind));
+    };
+    let object = match prefix {
+        "contact" => ObjectKind::Contact,
+        "deal" => ObjectKind::Deal,
+        other => return Interpretation::Ignore(format!("{other} events are not synced")),
+    };
+    let Some(crm_id) = message.object_id.clone() else {
+        return Interpretation::Ignore("the event names no object".into());
+    };
+    let event = &message.event;
+    let source = event
+        .get("changeSource")
+        .and_then(Value::as_str)
+        .unwrap_or("UNKNOWN")
+        .to_string();
+    let from_integration = INTEGRATION_SOURCES.contains(&source.as_str());
+    let properties = match action {
+        "propertyChange" => {
+            let Some(property) = event.get("propertyName").and_then(Value::as_str) else {
+                return Interpretation::Ignore("a property change without a property".into());
+            };
+            match event.get("propertyValue") {
+                // Sensitive values arrive redacted: read them from the CRM instead.
+                Some(Value::String(value)) if value == "REDACTED" => None,
+                Some(Value::String(value)) => Some([(property.to_string(), value.clone())].into()),
+                Some(Value::Null) | None => Some([(property.to_string(), String::new())].into()),
+                Some(other) => Some([(property.to_string(), other.to_string())].into()),
+            }
+        }
+        "creation" => None,
+        other => return Interpretation::Ignore(format!("{prefix}.{other} events are not synced")),
+    };
+    Interpretation::Change(CrmChange {
+        object,
+        crm_id,
+        occurred_at_ms: message.occurred_at_ms,
+        source,
+        from_integration,
+        created: action == "creation",
+        properties,
+    })
 }
 
 /// Reads a HubSpot delivery: a JSON array of 1..=`max_events` event objects.
@@ -401,6 +463,71 @@ mod tests {
         assert_eq!(
             parse_events(body.as_bytes(), 2).unwrap_err(),
             ParseError::TooManyEvents { count: 3, max: 2 }
+        );
+    }
+
+    fn inbound(kind: &str, event: serde_json::Value) -> InboundMessage {
+        InboundMessage {
+            provider: "hubspot".into(),
+            event_key: "k".into(),
+            kind: kind.into(),
+            object_type: kind.split('.').next().map(str::to_string),
+            object_id: Some("7".into()),
+            occurred_at_ms: 5,
+            event,
+        }
+    }
+
+    #[test]
+    fn a_property_change_is_read_as_a_change_of_that_property() {
+        let message = inbound(
+            "deal.propertyChange",
+            serde_json::json!({"propertyName": "dealstage", "propertyValue": "closedwon", "changeSource": "CRM_UI"}),
+        );
+        match interpret(&message) {
+            Interpretation::Change(change) => {
+                assert_eq!(change.object, ObjectKind::Deal);
+                assert_eq!(change.crm_id, "7");
+                assert!(!change.from_integration);
+                assert_eq!(change.properties.unwrap()["dealstage"], "closedwon");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn creations_and_redacted_values_are_read_from_the_crm() {
+        let creation = inbound(
+            "contact.creation",
+            serde_json::json!({"changeSource": "INTEGRATION"}),
+        );
+        assert!(matches!(
+            interpret(&creation),
+            Interpretation::Change(CrmChange {
+                properties: None,
+                from_integration: true,
+                ..
+            })
+        ));
+        let redacted = inbound(
+            "contact.propertyChange",
+            serde_json::json!({"propertyName": "email", "propertyValue": "REDACTED", "changeSource": "CRM_UI"}),
+        );
+        assert!(matches!(
+            interpret(&redacted),
+            Interpretation::Change(CrmChange { properties: None, .. })
+        ));
+    }
+
+    #[test]
+    fn other_events_are_ignored_with_a_reason() {
+        assert_eq!(
+            interpret(&inbound("company.creation", serde_json::json!({}))),
+            Interpretation::Ignore("company events are not synced".into())
+        );
+        assert_eq!(
+            interpret(&inbound("contact.deletion", serde_json::json!({}))),
+            Interpretation::Ignore("contact.deletion events are not synced".into())
         );
     }
 

@@ -1,0 +1,345 @@
+//! CRM → app: what a stored webhook event means for an app record, field by field, under the
+//! ownership rules. Pure: the inbound use case feeds it the event, the record's state and the
+//! mapping, and carries out the decisions.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use super::contract::{ContractError, ObjectKind, RecordRef};
+use super::mapping::{ObjectMapping, Owner};
+use super::sync::RecordState;
+
+/// Version of the app-inbox message contract (`shared/schemas/app-inbox.v1.json`).
+pub const APP_INBOX_CONTRACT_VERSION: u32 = 1;
+
+/// An inbound-queue message (contract v1, written by the webhook function).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundMessage {
+    pub provider: String,
+    pub event_key: String,
+    pub kind: String,
+    pub object_type: Option<String>,
+    pub object_id: Option<String>,
+    pub occurred_at_ms: i64,
+    pub event: Value,
+}
+
+/// Reads an inbound-queue message.
+pub fn parse_inbound(body: &str) -> Result<InboundMessage, ContractError> {
+    let value: Value = serde_json::from_str(body)
+        .map_err(|_| ContractError("the inbound message is not valid JSON".into()))?;
+    let text = |name: &str| value.get(name).and_then(Value::as_str).map(str::to_string);
+    if value.get("version").and_then(Value::as_u64)
+        != Some(u64::from(super::webhook::INBOUND_CONTRACT_VERSION))
+    {
+        return Err(ContractError("the inbound message is not version 1".into()));
+    }
+    Ok(InboundMessage {
+        provider: text("provider").ok_or_else(|| ContractError("`provider` is required".into()))?,
+        event_key: text("event_key").ok_or_else(|| ContractError("`event_key` is required".into()))?,
+        kind: text("kind").ok_or_else(|| ContractError("`kind` is required".into()))?,
+        object_type: text("object_type"),
+        object_id: text("object_id"),
+        occurred_at_ms: value
+            .get("occurred_at_ms")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| ContractError("`occurred_at_ms` is required".into()))?,
+        event: value.get("event").cloned().unwrap_or(Value::Null),
+    })
+}
+
+/// A change the CRM reports about one of its records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrmChange {
+    pub object: ObjectKind,
+    pub crm_id: String,
+    pub occurred_at_ms: i64,
+    /// The CRM's name for who made the change (`CRM_UI`, `INTEGRATION`, ...).
+    pub source: String,
+    /// The CRM says the change came through an API integration (possibly crm-sync itself).
+    pub from_integration: bool,
+    /// The event reports the record's creation.
+    pub created: bool,
+    /// CRM property → new value; `None` when the event carries no values (a creation) or hides
+    /// them, and they must be read from the CRM.
+    pub properties: Option<BTreeMap<String, String>>,
+}
+
+/// What an event is, for crm-sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interpretation {
+    Change(CrmChange),
+    /// Not something crm-sync acts on, and why.
+    Ignore(String),
+}
+
+/// What to do with one property of a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldDecision {
+    /// A CRM-owned field changed: tell the app.
+    Deliver { field: String, value: String },
+    /// An app-owned field changed in the CRM: journal it, do not apply it.
+    Conflict {
+        field: String,
+        app_value: Option<String>,
+        crm_value: String,
+    },
+    /// crm-sync's own write coming back.
+    Echo,
+    /// An older change than one already applied for this field.
+    Stale,
+    /// The mapping does not know this property.
+    Unmapped,
+}
+
+/// Decides one property change of `record` under the mapping's ownership rules.
+pub fn decide(
+    mapping: &ObjectMapping,
+    state: &RecordState,
+    change: &CrmChange,
+    property: &str,
+    value: &str,
+) -> FieldDecision {
+    if property == mapping.id_property {
+        // crm-sync writes the id property with every upsert.
+        return if value == state.record.record_id {
+            FieldDecision::Echo
+        } else {
+            FieldDecision::Unmapped
+        };
+    }
+    let Some((field, rule)) = mapping
+        .fields
+        .iter()
+        .find(|(_, rule)| rule.crm_property == property)
+    else {
+        return FieldDecision::Unmapped;
+    };
+    // Strictly older only: a creation and its property changes share one time.
+    if state
+        .inbound_at
+        .get(property)
+        .is_some_and(|at| *at > change.occurred_at_ms)
+    {
+        return FieldDecision::Stale;
+    }
+    let written = state.written.get(property);
+    // The value crm-sync wrote, reported back as an integration's change: our own echo.
+    if change.from_integration && written.is_some_and(|w| w == value) {
+        return FieldDecision::Echo;
+    }
+    match rule.owner {
+        Owner::Crm => {
+            if state.received.get(property).is_some_and(|r| r == value) {
+                return FieldDecision::Echo;
+            }
+            FieldDecision::Deliver {
+                field: field.clone(),
+                value: value.to_string(),
+            }
+        }
+        // The CRM now says what the app says: nothing to resolve.
+        Owner::App if written.is_some_and(|w| w == value) => FieldDecision::Echo,
+        Owner::App => FieldDecision::Conflict {
+            field: field.clone(),
+            app_value: written.cloned(),
+            crm_value: value.to_string(),
+        },
+    }
+}
+
+/// One entry of a record's conflict journal: both values, where the CRM's came from, when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConflictEntry {
+    pub record: RecordRef,
+    /// When the CRM-side change happened.
+    pub at_ms: i64,
+    pub field: String,
+    pub crm_property: String,
+    pub app_value: Option<String>,
+    pub crm_value: String,
+    pub source: String,
+    pub event_key: String,
+    /// `kept the app's value` or `re-asserted the app's value in the CRM`.
+    pub resolution: String,
+}
+
+/// The app-inbox message (contract v1) for CRM-owned fields of one record that changed.
+pub fn app_inbox_message(
+    record: &RecordRef,
+    crm: &str,
+    crm_id: &str,
+    changes: &BTreeMap<String, String>,
+    occurred_at_ms: i64,
+    source: &str,
+    event_key: &str,
+) -> String {
+    json!({
+        "version": APP_INBOX_CONTRACT_VERSION,
+        "type": "crm.change",
+        "object": record.object.as_str(),
+        "record_id": record.record_id,
+        "crm": crm,
+        "crm_id": crm_id,
+        "changes": changes,
+        "occurred_at": super::clock::rfc3339(occurred_at_ms),
+        "occurred_at_ms": occurred_at_ms,
+        "source": source,
+        "event_key": event_key,
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::mapping::{Mapping, DEFAULT_MAPPING};
+
+    fn change(properties: &[(&str, &str)], at: i64, from_integration: bool) -> CrmChange {
+        CrmChange {
+            object: ObjectKind::Deal,
+            crm_id: "7".into(),
+            occurred_at_ms: at,
+            source: if from_integration { "INTEGRATION" } else { "CRM_UI" }.into(),
+            from_integration,
+            created: false,
+            properties: Some(
+                properties
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+        }
+    }
+
+    fn state() -> RecordState {
+        let mut state = RecordState::new(RecordRef {
+            object: ObjectKind::Deal,
+            record_id: "d".into(),
+        });
+        state.written.insert("dealname".into(), "Pro plan".into());
+        state
+    }
+
+    fn deals() -> ObjectMapping {
+        Mapping::parse(DEFAULT_MAPPING)
+            .unwrap()
+            .object(ObjectKind::Deal)
+            .unwrap()
+            .clone()
+    }
+
+    #[test]
+    fn a_crm_owned_field_is_delivered_under_its_app_name() {
+        let decision = decide(
+            &deals(),
+            &state(),
+            &change(&[], 10, false),
+            "dealstage",
+            "closedwon",
+        );
+        assert_eq!(
+            decision,
+            FieldDecision::Deliver {
+                field: "stage".into(),
+                value: "closedwon".into()
+            }
+        );
+    }
+
+    #[test]
+    fn an_app_owned_field_changed_in_the_crm_is_a_conflict_with_both_values() {
+        let decision = decide(
+            &deals(),
+            &state(),
+            &change(&[], 10, false),
+            "dealname",
+            "Rep's name",
+        );
+        assert_eq!(
+            decision,
+            FieldDecision::Conflict {
+                field: "name".into(),
+                app_value: Some("Pro plan".into()),
+                crm_value: "Rep's name".into()
+            }
+        );
+    }
+
+    #[test]
+    fn our_own_write_coming_back_is_an_echo_not_a_conflict() {
+        assert_eq!(
+            decide(&deals(), &state(), &change(&[], 10, true), "dealname", "Pro plan"),
+            FieldDecision::Echo
+        );
+        // A different value from an integration is still a conflict: someone else's integration.
+        assert!(matches!(
+            decide(&deals(), &state(), &change(&[], 10, true), "dealname", "Other"),
+            FieldDecision::Conflict { .. }
+        ));
+    }
+
+    #[test]
+    fn an_older_change_than_the_last_applied_one_for_the_field_is_stale() {
+        let mut state = state();
+        state.inbound_at.insert("dealstage".into(), 20);
+        assert_eq!(
+            decide(&deals(), &state, &change(&[], 19, false), "dealstage", "x"),
+            FieldDecision::Stale
+        );
+        // The same time is not older: a creation and its property changes share one.
+        assert!(matches!(
+            decide(&deals(), &state, &change(&[], 20, false), "dealstage", "x"),
+            FieldDecision::Deliver { .. }
+        ));
+        assert!(matches!(
+            decide(&deals(), &state, &change(&[], 21, false), "dealstage", "x"),
+            FieldDecision::Deliver { .. }
+        ));
+    }
+
+    #[test]
+    fn the_id_property_crm_sync_wrote_is_an_echo() {
+        assert_eq!(
+            decide(&deals(), &state(), &change(&[], 1, true), "crm_sync_app_id", "d"),
+            FieldDecision::Echo
+        );
+        assert_eq!(
+            decide(&deals(), &state(), &change(&[], 1, false), "crm_sync_app_id", "x"),
+            FieldDecision::Unmapped
+        );
+    }
+
+    #[test]
+    fn an_unmapped_property_is_left_alone() {
+        assert_eq!(
+            decide(
+                &deals(),
+                &state(),
+                &change(&[], 1, false),
+                "hs_lastmodifieddate",
+                "1"
+            ),
+            FieldDecision::Unmapped
+        );
+    }
+
+    #[test]
+    fn inbound_messages_parse_and_bad_ones_say_why() {
+        let body = r#"{"version":1,"provider":"hubspot","event_key":"k","delivery_id":"d","received_at_ms":1,"kind":"deal.propertyChange","object_type":"deal","object_id":"7","occurred_at_ms":5,"event":{"a":1}}"#;
+        let message = parse_inbound(body).unwrap();
+        assert_eq!(message.object_id.as_deref(), Some("7"));
+        assert_eq!(message.event["a"], 1);
+        assert_eq!(
+            parse_inbound("{").unwrap_err().0,
+            "the inbound message is not valid JSON"
+        );
+        assert_eq!(
+            parse_inbound(&body.replace("\"version\":1", "\"version\":2"))
+                .unwrap_err()
+                .0,
+            "the inbound message is not version 1"
+        );
+    }
+}

@@ -1,0 +1,701 @@
+//! The inbound use case: stored webhook events become, per field and under the ownership rules,
+//! changes delivered to the app (CRM-owned fields), conflicts journaled (app-owned fields), or
+//! nothing (crm-sync's own echo, an older change, an unmapped property). Each event is acted on
+//! once and records its outcome.
+//!
+//! A record is leased for inbound work exactly as for an outbound attempt, so the two directions
+//! never interleave on one record: the echo check always sees what crm-sync last wrote.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::domain::contract::{ObjectKind, RecordRef};
+use crate::domain::crm::UpdateInput;
+use crate::domain::inbound::{
+    app_inbox_message, decide, parse_inbound, ConflictEntry, CrmChange, FieldDecision, InboundMessage,
+    Interpretation,
+};
+use crate::domain::mapping::Mapping;
+use crate::domain::sync::{backoff, RecordState, TimelineEntry, TimelineKind};
+use crate::domain::Clock;
+use crate::ports::{
+    Crm, CrmEvents, EventJournal, EventOutcome, InboundUpdate, LeaseOutcome, MessageQueue, OutgoingMessage,
+    SyncStateStore,
+};
+use crate::worker::{bounded, BatchReport, CallFailure, Disposition, SyncMessage, Worker};
+
+/// How inbound events are handled.
+#[derive(Debug, Clone)]
+pub struct InboundSettings {
+    /// Write the app's value back to the CRM when a rep changes an app-owned field.
+    pub reassert_app_values: bool,
+    pub lease: Duration,
+    pub busy_delay: Duration,
+    pub max_attempts: u32,
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+}
+
+impl Default for InboundSettings {
+    fn default() -> Self {
+        Self {
+            reassert_app_values: false,
+            lease: Duration::from_secs(120),
+            busy_delay: Duration::from_secs(5),
+            max_attempts: 5,
+            retry_base: Duration::from_secs(10),
+            retry_cap: Duration::from_secs(900),
+        }
+    }
+}
+
+/// The ports inbound processing needs.
+pub struct InboundService {
+    mapping: Arc<Mapping>,
+    crm: Arc<dyn Crm>,
+    events: Arc<dyn CrmEvents>,
+    journal: Arc<dyn EventJournal>,
+    state: Arc<dyn SyncStateStore>,
+    app_inbox: Arc<dyn MessageQueue>,
+    clock: Arc<dyn Clock>,
+    worker: Worker,
+    settings: InboundSettings,
+}
+
+/// One event on its way through a batch.
+struct Pending {
+    message_id: String,
+    attempts: u32,
+    message: InboundMessage,
+    change: CrmChange,
+    record: Option<RecordState>,
+}
+
+/// A record's state before, its update so far, and what each of its events did.
+type RecordWork = (RecordState, InboundUpdate, Vec<(String, Effects)>);
+
+/// What acting on one event produced.
+#[derive(Default)]
+struct Effects {
+    delivered: BTreeMap<String, String>,
+    conflicts: Vec<ConflictEntry>,
+    echoes: usize,
+    stale: usize,
+}
+
+impl InboundService {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        mapping: Arc<Mapping>,
+        crm: Arc<dyn Crm>,
+        events: Arc<dyn CrmEvents>,
+        journal: Arc<dyn EventJournal>,
+        state: Arc<dyn SyncStateStore>,
+        app_inbox: Arc<dyn MessageQueue>,
+        clock: Arc<dyn Clock>,
+        worker: Worker,
+        settings: InboundSettings,
+    ) -> Self {
+        Self {
+            mapping,
+            crm,
+            events,
+            journal,
+            state,
+            app_inbox,
+            clock,
+            worker,
+            settings,
+        }
+    }
+
+    fn retry(&self, attempts: u32, reason: &str) -> Disposition {
+        let attempts = attempts + 1;
+        if attempts >= self.settings.max_attempts {
+            Disposition::DeadLetter {
+                reason: format!("gave up after {attempts} attempts: {reason}"),
+            }
+        } else {
+            Disposition::Retry {
+                delay: backoff(
+                    attempts,
+                    self.settings.retry_base,
+                    self.settings.retry_cap,
+                    fastrand::f64(),
+                ),
+                attempts,
+            }
+        }
+    }
+
+    pub async fn process(&self, messages: Vec<SyncMessage>, deadline: Instant) -> BatchReport {
+        let mut report = BatchReport::default();
+        let mut dispositions: HashMap<String, Disposition> = HashMap::new();
+        let mut outcomes: Vec<(String, String, EventOutcome, String)> = Vec::new();
+        let now_ms = self.clock.now_ms();
+
+        let mut parsed = Vec::new();
+        for message in &messages {
+            match parse_inbound(&message.body) {
+                Ok(inbound) => parsed.push((message, inbound)),
+                Err(error) => {
+                    dispositions.insert(
+                        message.message_id.clone(),
+                        Disposition::DeadLetter {
+                            reason: format!("invalid inbound message: {error}"),
+                        },
+                    );
+                }
+            }
+        }
+
+        // Events acted on already (a redelivery), or twice in this batch, are done.
+        let mut done_keys: HashSet<(String, String)> = HashSet::new();
+        let mut by_provider: HashMap<&str, Vec<String>> = HashMap::new();
+        for (_, inbound) in &parsed {
+            by_provider
+                .entry(&inbound.provider)
+                .or_default()
+                .push(inbound.event_key.clone());
+        }
+        for (provider, keys) in by_provider {
+            match self.journal.processed(provider, &keys).await {
+                Ok(done) => done_keys.extend(done.into_iter().map(|key| (provider.to_string(), key))),
+                Err(error) => {
+                    tracing::warn!(error = ?anyhow::Error::from(error), "could not look up processed events")
+                }
+            }
+        }
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut seen: HashSet<(String, String)> = HashSet::new();
+        for (message, inbound) in parsed {
+            let id = (inbound.provider.clone(), inbound.event_key.clone());
+            if done_keys.contains(&id) || !seen.insert(id) {
+                report.skipped += 1;
+                dispositions.insert(message.message_id.clone(), Disposition::Done);
+                continue;
+            }
+            match self.events.interpret(&inbound) {
+                Interpretation::Ignore(reason) => {
+                    report.skipped += 1;
+                    dispositions.insert(message.message_id.clone(), Disposition::Done);
+                    outcomes.push((
+                        inbound.provider.clone(),
+                        inbound.event_key.clone(),
+                        EventOutcome::Ignored,
+                        reason,
+                    ));
+                }
+                Interpretation::Change(change) => pending.push(Pending {
+                    message_id: message.message_id.clone(),
+                    attempts: message.attempts(),
+                    message: inbound,
+                    change,
+                    record: None,
+                }),
+            }
+        }
+
+        // Which app record each CRM record is.
+        let mut crm_keys: Vec<(ObjectKind, String)> = pending
+            .iter()
+            .map(|p| (p.change.object, p.change.crm_id.clone()))
+            .collect();
+        crm_keys.sort();
+        crm_keys.dedup();
+        let found = bounded(
+            crm_keys
+                .iter()
+                .map(|(object, crm_id)| self.state.find_by_crm_id(*object, crm_id))
+                .collect(),
+        )
+        .await;
+        let mut records: HashMap<(ObjectKind, String), RecordRef> = HashMap::new();
+        let mut lookup_failed = false;
+        for (key, result) in crm_keys.into_iter().zip(found) {
+            match result {
+                Ok(Some(state)) => {
+                    records.insert(key, state.record);
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    lookup_failed = true;
+                    tracing::error!(error = ?anyhow::Error::from(error), "could not resolve a CRM id");
+                }
+            }
+        }
+        let mut work: Vec<Pending> = Vec::new();
+        for p in pending {
+            match records.get(&(p.change.object, p.change.crm_id.clone())) {
+                Some(_) => work.push(p),
+                None if lookup_failed => {
+                    dispositions.insert(p.message_id.clone(), Disposition::Redeliver);
+                }
+                None => {
+                    report.skipped += 1;
+                    dispositions.insert(p.message_id.clone(), Disposition::Done);
+                    let detail = format!("no app record has {} CRM id {}", p.change.object, p.change.crm_id);
+                    outcomes.push((
+                        p.message.provider.clone(),
+                        p.message.event_key.clone(),
+                        EventOutcome::Ignored,
+                        detail,
+                    ));
+                }
+            }
+        }
+
+        // Lease each record, as an outbound attempt would.
+        let token = uuid::Uuid::new_v4().to_string();
+        let lease_until = now_ms + i64::try_from(self.settings.lease.as_millis()).unwrap_or(i64::MAX / 2);
+        let mut refs: Vec<RecordRef> = records.values().cloned().collect();
+        refs.sort();
+        refs.dedup();
+        let leases = bounded(
+            refs.iter()
+                .map(|r| self.state.lease(r, &token, now_ms, lease_until))
+                .collect(),
+        )
+        .await;
+        let mut leased: HashMap<RecordRef, RecordState> = HashMap::new();
+        for (record, lease) in refs.into_iter().zip(leases) {
+            match lease {
+                Ok(LeaseOutcome::Leased(state)) => {
+                    leased.insert(record, *state);
+                }
+                Ok(LeaseOutcome::Busy) => {}
+                Err(error) => {
+                    tracing::error!(error = ?anyhow::Error::from(error), "could not lease a record")
+                }
+            }
+        }
+        let mut ready = Vec::new();
+        for mut p in work {
+            let record = records[&(p.change.object, p.change.crm_id.clone())].clone();
+            match leased.get(&record) {
+                Some(state) => {
+                    p.record = Some(state.clone());
+                    ready.push(p);
+                }
+                None => {
+                    dispositions.insert(
+                        p.message_id.clone(),
+                        Disposition::Retry {
+                            delay: self.settings.busy_delay,
+                            attempts: p.attempts,
+                        },
+                    );
+                }
+            }
+        }
+
+        // An integration creating a record crm-sync knows is crm-sync's own upsert: its values
+        // come back one by one as property changes, so there is nothing to read.
+        let mut own_creations = HashSet::new();
+        for p in ready.iter_mut() {
+            if p.change.created && p.change.from_integration && p.change.properties.is_none() {
+                own_creations.insert(p.message_id.clone());
+                p.change.properties = Some(BTreeMap::new());
+            }
+        }
+        // Creations and redacted values carry no usable values: read them, in bulk.
+        let mut failed_reads: HashMap<String, Disposition> = HashMap::new();
+        for object in [ObjectKind::Contact, ObjectKind::Deal] {
+            let Some(mapping) = self.mapping.object(object) else {
+                continue;
+            };
+            let mut ids: Vec<String> = ready
+                .iter()
+                .filter(|p| p.change.object == object && p.change.properties.is_none())
+                .map(|p| p.change.crm_id.clone())
+                .collect();
+            ids.sort();
+            ids.dedup();
+            let properties: Vec<String> = mapping
+                .fields
+                .values()
+                .map(|rule| rule.crm_property.clone())
+                .collect();
+            for chunk in ids.chunks(self.crm.max_batch().max(1)) {
+                let result = self
+                    .worker
+                    .call(deadline, &mut report, || {
+                        self.crm.read(&mapping.crm_object, chunk, &properties)
+                    })
+                    .await;
+                match result {
+                    Ok(read) => {
+                        for (crm_id, values) in chunk.iter().zip(read.records) {
+                            for p in ready
+                                .iter_mut()
+                                .filter(|p| p.change.object == object && &p.change.crm_id == crm_id)
+                            {
+                                if p.change.properties.is_none() {
+                                    p.change.properties = Some(values.clone().unwrap_or_default());
+                                }
+                            }
+                        }
+                    }
+                    Err(failure) => {
+                        for p in ready
+                            .iter()
+                            .filter(|p| p.change.object == object && chunk.contains(&p.change.crm_id))
+                        {
+                            let disposition = match &failure {
+                                CallFailure::Throttled { until_ms } => Disposition::Retry {
+                                    delay: Duration::from_millis(
+                                        u64::try_from(until_ms - now_ms).unwrap_or(1000),
+                                    ),
+                                    attempts: p.attempts,
+                                },
+                                CallFailure::Transient(reason) => self.retry(p.attempts, reason),
+                                CallFailure::Rejected(reason) => Disposition::DeadLetter {
+                                    reason: reason.clone(),
+                                },
+                            };
+                            failed_reads.insert(p.message_id.clone(), disposition);
+                        }
+                    }
+                }
+            }
+        }
+
+        // Decide, record by record, in the order the changes happened.
+        ready.sort_by_key(|p| p.change.occurred_at_ms);
+        let mut per_record: BTreeMap<RecordRef, RecordWork> = BTreeMap::new();
+        for p in &ready {
+            if failed_reads.contains_key(&p.message_id) {
+                continue;
+            }
+            let state = p.record.clone().expect("leased records carry their state");
+            let record = state.record.clone();
+            let entry = per_record.entry(record.clone()).or_insert_with(|| {
+                let update = InboundUpdate {
+                    inbound_at: state.inbound_at.clone(),
+                    received: state.received.clone(),
+                    written: None,
+                    new_conflicts: 0,
+                };
+                (state.clone(), update, Vec::new())
+            });
+            let Some(mapping) = self.mapping.object(record.object) else {
+                continue;
+            };
+            // Decide against the state as this batch has moved it on.
+            let mut current = entry.0.clone();
+            current.inbound_at = entry.1.inbound_at.clone();
+            current.received = entry.1.received.clone();
+            let mut effects = Effects::default();
+            if own_creations.contains(&p.message_id) {
+                effects.echoes += 1;
+            }
+            for (property, value) in p.change.properties.clone().unwrap_or_default() {
+                match decide(mapping, &current, &p.change, &property, &value) {
+                    FieldDecision::Deliver { field, value } => {
+                        entry
+                            .1
+                            .inbound_at
+                            .insert(property.clone(), p.change.occurred_at_ms);
+                        entry.1.received.insert(property.clone(), value.clone());
+                        effects.delivered.insert(field, value);
+                    }
+                    FieldDecision::Conflict {
+                        field,
+                        app_value,
+                        crm_value,
+                    } => {
+                        entry
+                            .1
+                            .inbound_at
+                            .insert(property.clone(), p.change.occurred_at_ms);
+                        entry.1.new_conflicts += 1;
+                        let resolution = if self.settings.reassert_app_values && app_value.is_some() {
+                            "re-asserted the app's value in the CRM"
+                        } else {
+                            "kept the app's value"
+                        };
+                        effects.conflicts.push(ConflictEntry {
+                            record: record.clone(),
+                            at_ms: p.change.occurred_at_ms,
+                            field,
+                            crm_property: property.clone(),
+                            app_value,
+                            crm_value,
+                            source: p.change.source.clone(),
+                            event_key: p.message.event_key.clone(),
+                            resolution: resolution.to_string(),
+                        });
+                    }
+                    FieldDecision::Echo => {
+                        entry
+                            .1
+                            .inbound_at
+                            .insert(property.clone(), p.change.occurred_at_ms);
+                        effects.echoes += 1;
+                    }
+                    FieldDecision::Stale => effects.stale += 1,
+                    FieldDecision::Unmapped => {}
+                }
+            }
+            entry.2.push((p.message_id.clone(), effects));
+        }
+
+        // Re-assert the app's values where configured (the CRM reports it back as an echo).
+        if self.settings.reassert_app_values {
+            self.reassert(&per_record, deadline, &mut report).await;
+        }
+
+        // Tell the app, journal conflicts, settle each record.
+        let by_id: HashMap<&str, &Pending> = ready.iter().map(|p| (p.message_id.as_str(), p)).collect();
+        let mut inbox = Vec::new();
+        for (record, (_, _, items)) in &per_record {
+            for (message_id, effects) in items {
+                if effects.delivered.is_empty() {
+                    continue;
+                }
+                let p = by_id[message_id.as_str()];
+                inbox.push(OutgoingMessage::new(
+                    message_id.clone(),
+                    app_inbox_message(
+                        record,
+                        &p.message.provider,
+                        &p.change.crm_id,
+                        &effects.delivered,
+                        p.change.occurred_at_ms,
+                        &p.change.source,
+                        &p.message.event_key,
+                    ),
+                ));
+            }
+        }
+        let inbox_failures: HashSet<String> = self
+            .app_inbox
+            .send(&inbox)
+            .await
+            .into_iter()
+            .map(|f| f.id)
+            .collect();
+        let settle_now = self.clock.now_ms();
+        let mut timeline = Vec::new();
+        let mut conflicts = Vec::new();
+        let settled: HashSet<RecordRef> = per_record.keys().cloned().collect();
+        for (record, (state, update, items)) in per_record {
+            let failed = items.iter().any(|(id, _)| inbox_failures.contains(id));
+            let update = if failed {
+                // Nothing of this record counts as done: the redelivery acts on it again.
+                InboundUpdate {
+                    inbound_at: state.inbound_at.clone(),
+                    received: state.received.clone(),
+                    written: None,
+                    new_conflicts: 0,
+                }
+            } else {
+                let mut update = update;
+                if self.settings.reassert_app_values {
+                    update.written = Some(state.written.clone());
+                }
+                update
+            };
+            if let Err(error) = self
+                .state
+                .settle_inbound(&record, &token, settle_now, &update)
+                .await
+            {
+                tracing::error!(record = %record, error = ?anyhow::Error::from(error), "could not settle inbound work");
+                for (id, _) in &items {
+                    dispositions.insert(id.clone(), Disposition::Redeliver);
+                }
+                continue;
+            }
+            for (id, effects) in items {
+                if failed {
+                    dispositions.insert(id.clone(), Disposition::Redeliver);
+                    continue;
+                }
+                let p = by_id[id.as_str()];
+                let (outcome, detail) = describe(&effects);
+                if !effects.delivered.is_empty() {
+                    let fields: Vec<String> = effects
+                        .delivered
+                        .iter()
+                        .map(|(f, v)| format!("{f} = {v}"))
+                        .collect();
+                    timeline.push(inbound_entry(
+                        &record,
+                        p,
+                        TimelineKind::Received,
+                        format!("from the CRM ({}): {}", p.change.source, fields.join(", ")),
+                    ));
+                }
+                for conflict in &effects.conflicts {
+                    timeline.push(inbound_entry(
+                        &record,
+                        p,
+                        TimelineKind::Conflict,
+                        format!(
+                            "{} changed in the CRM ({}) to {:?}; the app owns it ({:?}): {}",
+                            conflict.field,
+                            conflict.source,
+                            conflict.crm_value,
+                            conflict.app_value.as_deref().unwrap_or(""),
+                            conflict.resolution
+                        ),
+                    ));
+                }
+                conflicts.extend(effects.conflicts);
+                match outcome {
+                    EventOutcome::Applied => report.applied += 1,
+                    _ => report.skipped += 1,
+                }
+                outcomes.push((
+                    p.message.provider.clone(),
+                    p.message.event_key.clone(),
+                    outcome,
+                    detail,
+                ));
+                dispositions.insert(id, Disposition::Done);
+            }
+        }
+        for (id, disposition) in failed_reads {
+            dispositions.insert(id, disposition);
+        }
+        // Records leased for events that all failed to read are given back untouched.
+        for (record, state) in &leased {
+            if !settled.contains(record) {
+                let untouched = InboundUpdate {
+                    inbound_at: state.inbound_at.clone(),
+                    received: state.received.clone(),
+                    written: None,
+                    new_conflicts: 0,
+                };
+                if let Err(error) = self
+                    .state
+                    .settle_inbound(record, &token, settle_now, &untouched)
+                    .await
+                {
+                    tracing::warn!(record = %record, error = ?anyhow::Error::from(error), "could not release a lease; it runs out");
+                }
+            }
+        }
+        if let Err(error) = self.state.append_conflicts(&conflicts).await {
+            tracing::error!(error = ?anyhow::Error::from(error), "could not journal conflicts");
+        }
+        if let Err(error) = self.state.append_timeline(&timeline).await {
+            tracing::error!(error = ?anyhow::Error::from(error), "could not write the timeline");
+        }
+        let recorded = bounded(
+            outcomes
+                .iter()
+                .map(|(provider, key, outcome, detail)| {
+                    self.journal
+                        .record_outcome(provider, key, *outcome, detail, settle_now)
+                })
+                .collect(),
+        )
+        .await;
+        for result in recorded {
+            if let Err(error) = result {
+                tracing::warn!(error = ?anyhow::Error::from(error), "could not record an event outcome");
+            }
+        }
+        for message in &messages {
+            if let Some(Disposition::DeadLetter { reason }) = dispositions.get(&message.message_id) {
+                if let Ok(inbound) = parse_inbound(&message.body) {
+                    let _ = self
+                        .journal
+                        .record_outcome(
+                            &inbound.provider,
+                            &inbound.event_key,
+                            EventOutcome::Failed,
+                            reason,
+                            settle_now,
+                        )
+                        .await;
+                }
+            }
+        }
+        self.worker.dispatch(&messages, dispositions, &mut report).await;
+        report
+    }
+
+    async fn reassert(
+        &self,
+        per_record: &BTreeMap<RecordRef, RecordWork>,
+        deadline: Instant,
+        report: &mut BatchReport,
+    ) {
+        for object in [ObjectKind::Contact, ObjectKind::Deal] {
+            let Some(mapping) = self.mapping.object(object) else {
+                continue;
+            };
+            let inputs: Vec<UpdateInput> = per_record
+                .iter()
+                .filter(|(record, _)| record.object == object)
+                .filter_map(|(_, (state, _, items))| {
+                    let properties: BTreeMap<String, String> = items
+                        .iter()
+                        .flat_map(|(_, effects)| effects.conflicts.iter())
+                        .filter_map(|c| Some((c.crm_property.clone(), c.app_value.clone()?)))
+                        .collect();
+                    (!properties.is_empty()).then(|| UpdateInput {
+                        crm_id: state.crm_id.clone().unwrap_or_default(),
+                        properties,
+                    })
+                })
+                .collect();
+            for chunk in inputs.chunks(self.crm.max_batch().max(1)) {
+                if let Err(failure) = self
+                    .worker
+                    .call(deadline, report, || self.crm.update(&mapping.crm_object, chunk))
+                    .await
+                {
+                    let reason = match failure {
+                        CallFailure::Throttled { .. } => "throttled".to_string(),
+                        CallFailure::Transient(reason) | CallFailure::Rejected(reason) => reason,
+                    };
+                    tracing::warn!(%reason, "could not re-assert app values; the nightly reconciliation will");
+                }
+            }
+        }
+    }
+}
+
+fn inbound_entry(record: &RecordRef, p: &Pending, kind: TimelineKind, detail: String) -> TimelineEntry {
+    TimelineEntry {
+        record: record.clone(),
+        at_ms: p.change.occurred_at_ms,
+        kind,
+        idempotency_id: Some(p.message.event_key.clone()),
+        detail,
+        call: None,
+    }
+}
+
+/// The event's outcome: delivered beats conflict beats echo beats ignored.
+fn describe(effects: &Effects) -> (EventOutcome, String) {
+    if !effects.delivered.is_empty() {
+        let fields: Vec<&str> = effects.delivered.keys().map(String::as_str).collect();
+        (
+            EventOutcome::Applied,
+            format!("delivered to the app: {}", fields.join(", ")),
+        )
+    } else if !effects.conflicts.is_empty() {
+        let fields: Vec<&str> = effects.conflicts.iter().map(|c| c.field.as_str()).collect();
+        (
+            EventOutcome::Conflict,
+            format!("app-owned, journaled: {}", fields.join(", ")),
+        )
+    } else if effects.echoes > 0 {
+        (EventOutcome::Echo, "crm-sync's own write".to_string())
+    } else if effects.stale > 0 {
+        (
+            EventOutcome::Ignored,
+            "older than a change already applied".to_string(),
+        )
+    } else {
+        (EventOutcome::Ignored, "no mapped property changed".to_string())
+    }
+}

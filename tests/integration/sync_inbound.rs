@@ -1,0 +1,321 @@
+//! CRM → app through the whole local stack: a "sales rep" edits a record in the sandbox, the
+//! sandbox posts v3-signed webhooks to the local API, the webhook function stores and queues
+//! them, and the sync function applies the ownership rules: CRM-owned changes reach the app
+//! inbox, app-owned ones are journaled as conflicts, crm-sync's own writes are recognised.
+
+use std::collections::BTreeMap;
+
+use crm_sync::domain::contract::{ObjectKind, RecordRef};
+use crm_sync::domain::sync::{SyncStatus, TimelineKind};
+use crm_sync::ports::SyncStateStore;
+use crm_sync_tests::app_changes::{contact, deal};
+use crm_sync_tests::hubspot::{now_ms, v3_headers};
+use crm_sync_tests::{eventually, spawn_app_with, AppOptions, TestApp, HUBSPOT_SECRET};
+use serde_json::json;
+
+fn record(object: ObjectKind, id: &str) -> RecordRef {
+    RecordRef {
+        object,
+        record_id: id.to_string(),
+    }
+}
+
+fn props(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Syncs a contact (and optionally a deal) from the app and waits until both are in the CRM and
+/// every webhook their creation caused has been processed.
+async fn synced(app: &TestApp, contact_id: &str, deal_id: Option<&str>) -> (u64, Option<u64>) {
+    let at = now_ms();
+    let mut changes = vec![contact(
+        contact_id,
+        at,
+        json!({"email": format!("{contact_id}@example.com"), "first_name": "Ann"}),
+    )];
+    if let Some(deal_id) = deal_id {
+        changes.push(deal(
+            deal_id,
+            contact_id,
+            at,
+            json!({"name": "Pro plan", "amount": 100}),
+        ));
+    }
+    app.send_changes(&changes).await;
+    let store = app.sync_state();
+    for r in [
+        Some(record(ObjectKind::Contact, contact_id)),
+        deal_id.map(|d| record(ObjectKind::Deal, d)),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        eventually(30, &format!("{r} synced"), || {
+            let (store, r) = (store.clone(), r.clone());
+            async move {
+                store
+                    .record(&r, 1)
+                    .await
+                    .ok()
+                    .flatten()
+                    .filter(|(s, _)| s.status == SyncStatus::Synced)
+            }
+        })
+        .await;
+    }
+    settle_webhooks(app).await;
+    let contact_crm = app
+        .sandbox()
+        .find("contacts", "crm_sync_app_id", contact_id)
+        .unwrap()
+        .id;
+    let deal_crm = deal_id.map(|d| app.sandbox().find("deals", "crm_sync_app_id", d).unwrap().id);
+    (contact_crm, deal_crm)
+}
+
+/// Waits until every stored webhook event has an outcome.
+async fn settle_webhooks(app: &TestApp) {
+    eventually(40, "every webhook event processed", || async {
+        let events = app.webhook_events().await;
+        (!events.is_empty()
+            && events
+                .iter()
+                .all(|(_, status, _, _)| status != "enqueued" && status != "claimed"))
+        .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn crm_syncs_own_writes_come_back_as_echoes_and_are_dropped() {
+    let app = spawn_app_with(AppOptions::syncing().with_webhooks()).await;
+    synced(&app, "echo-1", Some("echo-deal-1")).await;
+
+    let events = app.webhook_events().await;
+    assert!(
+        events.len() >= 4,
+        "creations and property changes of both records: {events:?}"
+    );
+    for (_, status, detail, event) in &events {
+        assert_eq!(event["changeSource"], "INTEGRATION");
+        assert_eq!(status, "echo", "{detail}: {event}");
+    }
+    assert!(app.drain_app_inbox().await.is_empty());
+    let conflicts = app
+        .sync_state()
+        .conflicts(&record(ObjectKind::Contact, "echo-1"), 10)
+        .await
+        .unwrap();
+    assert!(conflicts.is_empty());
+}
+
+#[tokio::test]
+async fn a_rep_moving_a_deal_stage_reaches_the_app_inbox() {
+    let app = spawn_app_with(AppOptions::syncing().with_webhooks()).await;
+    let (_, deal_crm) = synced(&app, "rep-1", Some("deal-rep-1")).await;
+
+    app.sandbox()
+        .edit("deals", deal_crm.unwrap(), props(&[("dealstage", "closedwon")]))
+        .unwrap();
+
+    let messages = eventually(30, "the app inbox message", || async {
+        let messages = app.drain_app_inbox().await;
+        (!messages.is_empty()).then_some(messages)
+    })
+    .await;
+    assert_eq!(messages.len(), 1);
+    let message = &messages[0];
+    assert_eq!(message["version"], 1);
+    assert_eq!(message["type"], "crm.change");
+    assert_eq!(message["object"], "deal");
+    assert_eq!(message["record_id"], "deal-rep-1");
+    assert_eq!(message["changes"], json!({"stage": "closedwon"}));
+    assert_eq!(message["source"], "CRM_UI");
+    assert_eq!(message["crm_id"], deal_crm.unwrap().to_string());
+
+    settle_webhooks(&app).await;
+    let applied: Vec<_> = app
+        .webhook_events()
+        .await
+        .into_iter()
+        .filter(|(_, s, _, _)| s == "applied")
+        .collect();
+    assert_eq!(applied.len(), 1);
+    assert_eq!(applied[0].2, "delivered to the app: stage");
+    let (state, timeline) = app
+        .sync_state()
+        .record(&record(ObjectKind::Deal, "deal-rep-1"), 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        state.received.get("dealstage").map(String::as_str),
+        Some("closedwon")
+    );
+    assert!(timeline
+        .iter()
+        .any(|e| e.kind == TimelineKind::Received && e.detail.contains("stage = closedwon")));
+}
+
+#[tokio::test]
+async fn a_rep_editing_an_app_owned_email_is_journaled_as_a_conflict_and_the_app_is_untouched() {
+    let app = spawn_app_with(AppOptions::syncing().with_webhooks()).await;
+    let (contact_crm, _) = synced(&app, "rep-2", None).await;
+
+    app.sandbox()
+        .edit("contacts", contact_crm, props(&[("email", "typo@example.com")]))
+        .unwrap();
+
+    let store = app.sync_state();
+    let conflicts = eventually(30, "the conflict", || {
+        let store = store.clone();
+        async move {
+            let conflicts = store
+                .conflicts(&record(ObjectKind::Contact, "rep-2"), 10)
+                .await
+                .ok()?;
+            (!conflicts.is_empty()).then_some(conflicts)
+        }
+    })
+    .await;
+    assert_eq!(conflicts.len(), 1);
+    let conflict = &conflicts[0];
+    assert_eq!(conflict.field, "email");
+    assert_eq!(conflict.app_value.as_deref(), Some("rep-2@example.com"));
+    assert_eq!(conflict.crm_value, "typo@example.com");
+    assert_eq!(conflict.source, "CRM_UI");
+    assert_eq!(conflict.resolution, "kept the app's value");
+    settle_webhooks(&app).await;
+    assert!(
+        app.drain_app_inbox().await.is_empty(),
+        "an app-owned change never reaches the app"
+    );
+    assert!(app
+        .webhook_events()
+        .await
+        .iter()
+        .any(|(_, status, _, _)| status == "conflict"));
+    let (state, _) = store
+        .record(&record(ObjectKind::Contact, "rep-2"), 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.conflicts, 1);
+    assert_eq!(
+        app.sandbox()
+            .find("contacts", "crm_sync_app_id", "rep-2")
+            .unwrap()
+            .properties["email"],
+        "typo@example.com"
+    );
+}
+
+#[tokio::test]
+async fn with_reassertion_on_the_apps_value_is_written_back_to_the_crm() {
+    let app = spawn_app_with(
+        AppOptions::syncing()
+            .with_webhooks()
+            .with_env("REASSERT_APP_VALUES", "true"),
+    )
+    .await;
+    let (contact_crm, _) = synced(&app, "rep-3", None).await;
+
+    app.sandbox()
+        .edit("contacts", contact_crm, props(&[("email", "typo@example.com")]))
+        .unwrap();
+
+    eventually(30, "the app's email back in the CRM", || async {
+        let record = app.sandbox().find("contacts", "crm_sync_app_id", "rep-3")?;
+        (record.properties["email"] == "rep-3@example.com").then_some(())
+    })
+    .await;
+    let conflicts = app
+        .sync_state()
+        .conflicts(&record(ObjectKind::Contact, "rep-3"), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        conflicts.len(),
+        1,
+        "the re-assertion's own echo is not another conflict"
+    );
+    assert_eq!(conflicts[0].resolution, "re-asserted the app's value in the CRM");
+}
+
+#[tokio::test]
+async fn an_older_event_never_overrides_a_newer_one_and_a_duplicate_is_processed_once() {
+    let app = spawn_app_with(AppOptions::syncing().with_webhooks()).await;
+    let (_, deal_crm) = synced(&app, "order-1", Some("deal-order-1")).await;
+    let deal_crm = deal_crm.unwrap();
+    let url = app.webhook_url("hubspot");
+    let event = |id: i64, at: i64, stage: &str| {
+        json!({"eventId": id, "subscriptionId": 202, "portalId": 62515, "appId": 1, "occurredAt": at,
+               "subscriptionType": "deal.propertyChange", "attemptNumber": 0, "objectId": deal_crm,
+               "propertyName": "dealstage", "propertyValue": stage, "changeSource": "CRM_UI"})
+    };
+    let t = now_ms();
+    let newer = json!([event(9001, t, "closedwon")]).to_string();
+    let older = json!([event(9000, t - 60_000, "qualifiedtobuy")]).to_string();
+    let post = |body: String| {
+        let headers = v3_headers(HUBSPOT_SECRET, &url, body.as_bytes(), now_ms());
+        let mut request = app
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+
+    assert_eq!(post(newer.clone()).await.unwrap().status(), 200);
+    assert_eq!(post(newer).await.unwrap().status(), 200);
+    let first = eventually(30, "the newer stage in the app inbox", || async {
+        let messages = app.drain_app_inbox().await;
+        (!messages.is_empty()).then_some(messages)
+    })
+    .await;
+    assert_eq!(post(older).await.unwrap().status(), 200);
+    settle_webhooks(&app).await;
+    let later = app.drain_app_inbox().await;
+
+    assert_eq!(first.len(), 1, "the duplicate delivery is processed once");
+    assert_eq!(first[0]["changes"]["stage"], "closedwon");
+    assert!(
+        later.is_empty(),
+        "the older stage never reaches the app: {later:?}"
+    );
+    let stale: Vec<_> = app
+        .webhook_events()
+        .await
+        .into_iter()
+        .filter(|(_, _, _, e)| e["eventId"] == 9000)
+        .collect();
+    assert_eq!(stale[0].1, "ignored");
+    assert_eq!(stale[0].2, "older than a change already applied");
+}
+
+#[tokio::test]
+async fn a_crm_record_the_app_does_not_know_is_ignored_with_the_reason() {
+    let app = spawn_app_with(AppOptions::syncing().with_webhooks()).await;
+    let created = app
+        .sandbox()
+        .create("contacts", props(&[("email", "walkin@example.com")]))
+        .unwrap();
+
+    settle_webhooks(&app).await;
+    let events = app.webhook_events().await;
+    assert!(!events.is_empty());
+    for (_, status, detail, _) in &events {
+        assert_eq!(status, "ignored");
+        assert_eq!(
+            detail,
+            &format!("no app record has contact CRM id {}", created.id)
+        );
+    }
+    assert!(app.drain_app_inbox().await.is_empty());
+}
