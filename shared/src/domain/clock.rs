@@ -19,12 +19,16 @@ impl Clock for SystemClock {
     }
 }
 
-/// Formats epoch milliseconds as RFC 3339 (UTC), for humans reading stored items.
+/// Formats epoch milliseconds as RFC 3339 in UTC, always with milliseconds, for humans reading
+/// stored items and for messages.
 pub fn rfc3339(ms: i64) -> String {
+    const FORMAT: &[time::format_description::FormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
     let nanos = i128::from(ms) * 1_000_000;
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| t.format(FORMAT).ok())
         .unwrap_or_else(|| ms.to_string())
 }
 
@@ -35,5 +39,6 @@ mod tests {
     #[test]
     fn epoch_milliseconds_format_as_utc_rfc3339() {
         assert_eq!(rfc3339(1_462_216_307_945), "2016-05-02T19:11:47.945Z");
+        assert_eq!(rfc3339(1_795_774_800_000), "2026-11-27T10:20:00.000Z");
     }
 }

@@ -326,6 +326,45 @@ mod tests {
     }
 
     #[test]
+    fn the_app_inbox_message_has_exactly_the_fields_its_published_schema_declares() {
+        let schema: Value = serde_json::from_str(include_str!("../../schemas/app-inbox.v1.json")).unwrap();
+        let record = RecordRef {
+            object: ObjectKind::Deal,
+            record_id: "order-7".into(),
+        };
+        let changes: BTreeMap<String, String> = [("stage".to_string(), "closedwon".to_string())].into();
+        let message: Value = serde_json::from_str(&app_inbox_message(
+            &record,
+            "hubspot",
+            "18237",
+            &changes,
+            1_795_774_800_000,
+            "CRM_UI",
+            "k",
+        ))
+        .unwrap();
+        let produced: std::collections::BTreeSet<&String> = message.as_object().unwrap().keys().collect();
+        let declared: std::collections::BTreeSet<&String> =
+            schema["properties"].as_object().unwrap().keys().collect();
+        assert_eq!(produced, declared);
+        let example = &schema["examples"][0];
+        for field in [
+            "version",
+            "type",
+            "object",
+            "record_id",
+            "crm",
+            "crm_id",
+            "changes",
+            "occurred_at",
+            "occurred_at_ms",
+            "source",
+        ] {
+            assert_eq!(message[field], example[field], "{field}");
+        }
+    }
+
+    #[test]
     fn inbound_messages_parse_and_bad_ones_say_why() {
         let body = r#"{"version":1,"provider":"hubspot","event_key":"k","delivery_id":"d","received_at_ms":1,"kind":"deal.propertyChange","object_type":"deal","object_id":"7","occurred_at_ms":5,"event":{"a":1}}"#;
         let message = parse_inbound(body).unwrap();
