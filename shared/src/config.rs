@@ -62,6 +62,8 @@ pub struct SyncConfig {
     pub timeline_retention_ms: i64,
     /// Set when the function also consumes the inbound (webhook events) queue.
     pub inbound: Option<InboundConfig>,
+    /// The low-priority lane the reconciliation re-enqueues into: (queue ARN, queue URL).
+    pub reconcile_lane: Option<(String, String)>,
 }
 
 /// What the sync function needs to process webhook events.
@@ -74,6 +76,23 @@ pub struct InboundConfig {
     pub app_inbox_url: String,
     pub webhook_table: String,
     pub reassert_app_values: bool,
+}
+
+/// Everything the reconcile function needs.
+#[derive(Debug, Clone)]
+pub struct ReconcileConfig {
+    pub state_table: String,
+    pub rate_limit_table: String,
+    /// The low-priority lane re-enqueued changes go to.
+    pub reconcile_queue_url: String,
+    pub mapping_toml: String,
+    pub mapping_source: String,
+    pub hubspot_api_base: String,
+    pub hubspot_token: SecretSource,
+    pub crm_timeout_secs: u64,
+    pub limiter: crate::adapters::dynamodb::LimiterSettings,
+    pub settings: crate::reconcile::ReconcileSettings,
+    pub timeline_retention_ms: i64,
 }
 
 /// Reads variables through a lookup, so that tests need not touch the process environment.
@@ -280,6 +299,10 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 180,
                 "a number of days",
             )?) * DAY_MS,
+            reconcile_lane: match self.optional("RECONCILE_QUEUE_ARN") {
+                None => None,
+                Some(arn) => Some((arn, self.required("RECONCILE_QUEUE_URL")?)),
+            },
             inbound: match self.optional("INBOUND_QUEUE_ARN") {
                 None => None,
                 Some(queue_arn) => Some(InboundConfig {
@@ -291,6 +314,52 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                     reassert_app_values: self.flag("REASSERT_APP_VALUES", false)?,
                 }),
             },
+        })
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    /// The reconcile function's configuration; CRM and limiter settings read as for the sync
+    /// function, so that both spend one budget the same way.
+    pub fn reconcile(&self) -> Result<ReconcileConfig, ConfigError> {
+        let defaults = crate::reconcile::ReconcileSettings::default();
+        let shared = |name: &str| -> Option<String> {
+            match name {
+                // The sync-only variables are not needed here.
+                "OUTBOUND_QUEUE_URL" | "OUTBOUND_DLQ_URL" => Some("unused".into()),
+                other => (self.0)(other),
+            }
+        };
+        let sync = Env(shared).sync()?;
+        let nights: u32 = self.parsed(
+            "RECONCILE_CYCLE_NIGHTS",
+            defaults.cycle_nights,
+            "a number of nights",
+        )?;
+        if nights == 0 {
+            return Err(ConfigError::new("RECONCILE_CYCLE_NIGHTS", "must be at least 1"));
+        }
+        let page_size: usize = self.parsed("RECONCILE_PAGE_SIZE", defaults.page_size, "a number")?;
+        Ok(ReconcileConfig {
+            state_table: sync.state_table,
+            rate_limit_table: sync.rate_limit_table,
+            reconcile_queue_url: self.required("RECONCILE_QUEUE_URL")?,
+            mapping_toml: sync.mapping_toml,
+            mapping_source: sync.mapping_source,
+            hubspot_api_base: sync.hubspot_api_base,
+            hubspot_token: sync.hubspot_token,
+            crm_timeout_secs: sync.crm_timeout_secs,
+            settings: crate::reconcile::ReconcileSettings {
+                cycle_nights: nights,
+                stuck_after: std::time::Duration::from_secs(
+                    60 * self.parsed::<u64>("RECONCILE_STUCK_AFTER_MINUTES", 60, "a number of minutes")?,
+                ),
+                page_size: page_size.clamp(1, 1000),
+                day_offset_minutes: sync.limiter.day_offset_minutes,
+                ..defaults
+            },
+            limiter: sync.limiter,
+            timeline_retention_ms: sync.timeline_retention_ms,
         })
     }
 }

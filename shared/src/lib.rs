@@ -15,5 +15,6 @@ pub mod entrypoints;
 pub mod inbound;
 pub mod ingest;
 pub mod ports;
+pub mod reconcile;
 pub mod sync;
 pub mod worker;

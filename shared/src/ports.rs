@@ -180,8 +180,13 @@ pub enum Settlement {
         written: BTreeMap<String, String>,
         status: SyncStatus,
     },
-    /// The attempt failed; `status` is `Pending` when it will be retried, `Failed` when not.
-    Failed { error: String, status: SyncStatus },
+    /// The attempt failed; `status` is `Pending` when it will be retried, `Failed` when not;
+    /// `retryable` when a later try may pass.
+    Failed {
+        error: String,
+        status: SyncStatus,
+        retryable: bool,
+    },
     /// Nothing was tried (throttled before the call): give the lease back.
     Released,
 }
@@ -213,6 +218,7 @@ pub trait SyncStateStore: Send + Sync {
     async fn claim(
         &self,
         change: &Change,
+        body: &str,
         token: &str,
         now_ms: i64,
         lease_until_ms: i64,
@@ -304,6 +310,10 @@ pub trait RateLimiter: Send + Sync {
     /// Reserves the next call slot. MUST never grant more calls in any rolling window than the
     /// configured burst limit, nor dip into the daily reserve.
     async fn acquire(&self, now_ms: i64) -> Result<Permit, StoreUnavailable>;
+
+    /// Like `acquire`, but only a slot free right now, never one reserved ahead: low-priority
+    /// work takes what live traffic leaves idle.
+    async fn acquire_idle(&self, now_ms: i64) -> Result<Permit, StoreUnavailable>;
 
     /// Takes in what the CRM said of its limits on a response.
     async fn observe(&self, rate: &RateInfo, now_ms: i64) -> Result<(), StoreUnavailable>;

@@ -42,6 +42,8 @@ pub struct SyncSettings {
     pub busy_delay: Duration,
     /// Longest wait for the rate limiter inside an invocation; longer waits re-queue.
     pub max_limiter_wait: Duration,
+    /// The reconciliation lane: only call slots live work leaves idle.
+    pub low_priority: bool,
 }
 
 impl SyncSettings {
@@ -50,6 +52,7 @@ impl SyncSettings {
             quick_retries: self.quick_retries,
             quick_retry_base: self.quick_retry_base,
             max_limiter_wait: self.max_limiter_wait,
+            low_priority: self.low_priority,
         }
     }
 }
@@ -65,6 +68,7 @@ impl Default for SyncSettings {
             lease: Duration::from_secs(120),
             busy_delay: Duration::from_secs(5),
             max_limiter_wait: Duration::from_secs(10),
+            low_priority: false,
         }
     }
 }
@@ -150,6 +154,7 @@ impl SyncService {
                     message_id: message.message_id.clone(),
                     change,
                     attempts,
+                    body: message.body.clone(),
                 }),
                 Err(error) => {
                     tracing::warn!(message_id = %message.message_id, reason = %error, "invalid message");
@@ -185,7 +190,10 @@ impl SyncService {
         let claims = bounded(
             plan.newest
                 .iter()
-                .map(|queued| self.state.claim(&queued.change, &token, now_ms, lease_until_ms))
+                .map(|queued| {
+                    self.state
+                        .claim(&queued.change, &queued.body, &token, now_ms, lease_until_ms)
+                })
                 .collect(),
         )
         .await;
@@ -391,6 +399,7 @@ impl SyncService {
                         Settlement::Failed {
                             error: reason.clone(),
                             status: SyncStatus::Failed,
+                            retryable: true,
                         },
                         Disposition::DeadLetter {
                             reason: reason.clone(),
@@ -410,6 +419,7 @@ impl SyncService {
                         Settlement::Failed {
                             error: error.clone(),
                             status: SyncStatus::Pending,
+                            retryable: true,
                         },
                         Disposition::Retry { delay, attempts },
                         TimelineKind::Retrying,
@@ -425,6 +435,7 @@ impl SyncService {
                 Settlement::Failed {
                     error: error.clone(),
                     status: SyncStatus::Failed,
+                    retryable: false,
                 },
                 Disposition::DeadLetter {
                     reason: error.clone(),

@@ -97,6 +97,8 @@ pub struct CallSettings {
     pub quick_retry_base: Duration,
     /// Longest wait for the rate limiter inside an invocation; longer waits re-queue.
     pub max_limiter_wait: Duration,
+    /// Take only idle call slots (the reconciliation lane), never reserve ahead of live work.
+    pub low_priority: bool,
 }
 
 /// The shared machinery of a queue consumer.
@@ -205,7 +207,12 @@ impl Worker {
     async fn permit(&self, deadline: Instant) -> Result<(), CallFailure> {
         loop {
             let now_ms = self.clock.now_ms();
-            let permit = self.limiter.acquire(now_ms).await.map_err(|error| {
+            let permit = if self.settings.low_priority {
+                self.limiter.acquire_idle(now_ms).await
+            } else {
+                self.limiter.acquire(now_ms).await
+            };
+            let permit = permit.map_err(|error| {
                 CallFailure::Transient(format!(
                     "rate limiter unavailable: {:#}",
                     anyhow::Error::from(error)

@@ -287,3 +287,32 @@ async fn the_limiter_keeps_the_daily_reserve_and_honours_a_daily_429() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn the_low_priority_lane_only_takes_slots_live_work_leaves_idle() {
+    let app = spawn_app().await;
+    let settings = LimiterSettings {
+        burst_limit: 10,
+        burst_window_ms: 1_000,
+        headroom: 1.0,
+        ..LimiterSettings::default()
+    };
+    let live = limiter(&app, settings.clone());
+    let low = limiter(&app, settings);
+    let now = now_ms();
+    assert!(
+        matches!(low.acquire_idle(now).await.unwrap(), Permit::Granted { at_ms } if at_ms == now),
+        "idle: granted"
+    );
+    // Live work reserves the next slots ahead.
+    for _ in 0..3 {
+        assert!(matches!(live.acquire(now).await.unwrap(), Permit::Granted { .. }));
+    }
+    match low.acquire_idle(now).await.unwrap() {
+        Permit::Denied {
+            policy: ThrottlePolicy::Burst,
+            until_ms,
+        } => assert!(until_ms > now + 200, "{until_ms}"),
+        other => panic!("the low lane took a reserved slot: {other:?}"),
+    }
+}

@@ -53,7 +53,7 @@ async fn synced(app: &TestApp, contact_id: &str, deal_id: Option<&str>) -> (u64,
     .into_iter()
     .flatten()
     {
-        eventually(30, &format!("{r} synced"), || {
+        eventually(60, &format!("{r} synced"), || {
             let (store, r) = (store.clone(), r.clone());
             async move {
                 store
@@ -78,7 +78,10 @@ async fn synced(app: &TestApp, contact_id: &str, deal_id: Option<&str>) -> (u64,
 
 /// Waits until every stored webhook event has an outcome.
 async fn settle_webhooks(app: &TestApp) {
-    eventually(40, "every webhook event processed", || async {
+    eventually(60, "every webhook event delivered and processed", || async {
+        if app.sandbox().pending_webhooks() > 0 {
+            return None;
+        }
         let events = app.webhook_events().await;
         (!events.is_empty()
             && events
@@ -121,7 +124,7 @@ async fn a_rep_moving_a_deal_stage_reaches_the_app_inbox() {
         .edit("deals", deal_crm.unwrap(), props(&[("dealstage", "closedwon")]))
         .unwrap();
 
-    let messages = eventually(30, "the app inbox message", || async {
+    let messages = eventually(60, "the app inbox message", || async {
         let messages = app.drain_app_inbox().await;
         (!messages.is_empty()).then_some(messages)
     })
@@ -170,7 +173,7 @@ async fn a_rep_editing_an_app_owned_email_is_journaled_as_a_conflict_and_the_app
         .unwrap();
 
     let store = app.sync_state();
-    let conflicts = eventually(30, "the conflict", || {
+    let conflicts = eventually(60, "the conflict", || {
         let store = store.clone();
         async move {
             let conflicts = store
@@ -227,11 +230,12 @@ async fn with_reassertion_on_the_apps_value_is_written_back_to_the_crm() {
         .edit("contacts", contact_crm, props(&[("email", "typo@example.com")]))
         .unwrap();
 
-    eventually(30, "the app's email back in the CRM", || async {
+    eventually(60, "the app's email back in the CRM", || async {
         let record = app.sandbox().find("contacts", "crm_sync_app_id", "rep-3")?;
         (record.properties["email"] == "rep-3@example.com").then_some(())
     })
     .await;
+    settle_webhooks(&app).await;
     let conflicts = app
         .sync_state()
         .conflicts(&record(ObjectKind::Contact, "rep-3"), 10)
@@ -274,7 +278,7 @@ async fn an_older_event_never_overrides_a_newer_one_and_a_duplicate_is_processed
 
     assert_eq!(post(newer.clone()).await.unwrap().status(), 200);
     assert_eq!(post(newer).await.unwrap().status(), 200);
-    let first = eventually(30, "the newer stage in the app inbox", || async {
+    let first = eventually(60, "the newer stage in the app inbox", || async {
         let messages = app.drain_app_inbox().await;
         (!messages.is_empty()).then_some(messages)
     })

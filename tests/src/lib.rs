@@ -133,6 +133,13 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     })
     .await
     .expect("the local stack starts");
+    if let Some(sandbox) = stack.sandbox.as_ref().filter(|_| options.webhooks) {
+        // Failed deliveries are retried as HubSpot does, only sooner: tests wait for them.
+        sandbox.set_webhooks(hubspot_sandbox::WebhookSettings {
+            retry_base_ms: 200,
+            ..sandbox.webhooks()
+        });
+    }
     let aws = load_sdk_config(&AwsTarget::local(&endpoint), CallBudget::BACKGROUND).await;
     TestApp {
         stack,

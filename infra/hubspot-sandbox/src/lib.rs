@@ -156,6 +156,7 @@ async fn emit_webhooks(state: Arc<Mutex<State>>, notify: Arc<tokio::sync::Notify
                 let take = state.webhooks.max_events.clamp(1, state.outbox.len());
                 let batch: Vec<Value> = state.outbox.drain(..take).collect();
                 state.webhook_stats.deliveries += 1;
+                state.webhook_stats.in_flight += 1;
                 (batch, state.webhooks.clone())
             };
             let (state, http) = (state.clone(), http.clone());
@@ -164,6 +165,7 @@ async fn emit_webhooks(state: Arc<Mutex<State>>, notify: Arc<tokio::sync::Notify
                 let mut state = state.lock().unwrap();
                 state.webhook_stats.failed_attempts += failed;
                 state.webhook_stats.duplicates_sent += u64::from(duplicated);
+                state.webhook_stats.in_flight -= 1;
             });
         }
     }
@@ -320,6 +322,11 @@ impl Sandbox {
 
     pub fn webhook_stats(&self) -> WebhookStats {
         self.state.lock().unwrap().webhook_stats.clone()
+    }
+    /// Webhook events not yet delivered: waiting in the outbox or in a delivery under way.
+    pub fn pending_webhooks(&self) -> u64 {
+        let state = self.state.lock().unwrap();
+        state.outbox.len() as u64 + state.webhook_stats.in_flight
     }
 
     /// Creates a record as a sales rep would (webhooks say `CRM_UI`).

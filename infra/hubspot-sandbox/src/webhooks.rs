@@ -57,6 +57,8 @@ pub struct WebhookStats {
     pub deliveries: u64,
     pub failed_attempts: u64,
     pub duplicates_sent: u64,
+    /// Deliveries posted or being retried right now.
+    pub in_flight: u64,
 }
 
 fn singular(object: &str) -> Option<&'static str> {

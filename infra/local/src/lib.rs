@@ -19,6 +19,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use crm_sync::adapters::aws::{load_sdk_config, AwsTarget, CallBudget};
 use crm_sync::config::Env;
+use crm_sync::entrypoints::reconcile_schedule::ReconcileHandler;
 use crm_sync::entrypoints::sync_sqs::SyncHandler;
 use crm_sync::entrypoints::webhook_http::WebhookApi;
 use hubspot_sandbox::{Sandbox, SandboxConfig};
@@ -66,8 +67,11 @@ pub struct LocalStack {
     /// Each function's environment, as the template defines it, resolved locally.
     pub webhook_env: HashMap<String, String>,
     pub sync_env: HashMap<String, String>,
+    pub reconcile_env: HashMap<String, String>,
     pub sandbox: Option<Sandbox>,
     pub sync: Arc<SyncHandler>,
+    /// The reconcile function's handler: run it with `run_until`, as the schedule would.
+    pub reconcile: Arc<ReconcileHandler>,
     event_sources: Vec<(aws_sdk_sqs::Client, esm::EventSource, esm::SqsHandler)>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -118,6 +122,15 @@ impl LocalStack {
         let config = Env(move |name: &str| lookup.get(name).cloned()).sync()?;
         let aws = load_sdk_config(&AwsTarget::local(handler_endpoint), CallBudget::BACKGROUND).await;
         let sync = Arc::new(SyncHandler::build(&aws, config).await?);
+
+        let mut reconcile_env = template.function_environment("ReconcileFunction", &resources.resolver)?;
+        if let Some(sandbox) = &sandbox {
+            reconcile_env.insert("HUBSPOT_API_BASE".into(), sandbox.url());
+        }
+        reconcile_env.extend(options.env_overrides.clone());
+        let lookup = reconcile_env.clone();
+        let config = Env(move |name: &str| lookup.get(name).cloned()).reconcile()?;
+        let reconcile = Arc::new(ReconcileHandler::build(&aws, config).await?);
 
         let mut event_sources = Vec::new();
         let timeout =
@@ -179,8 +192,10 @@ impl LocalStack {
             resources,
             webhook_env,
             sync_env,
+            reconcile_env,
             sandbox,
             sync,
+            reconcile,
             event_sources,
             tasks,
         };

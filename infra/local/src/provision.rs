@@ -158,17 +158,43 @@ pub async fn provision(
                     .build()?,
             );
         }
-        let created = request
-            .send()
-            .await
-            .map_err(|error| anyhow!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(&error)))
-            .with_context(|| format!("creating table {name}"))?;
-        let arn = created
-            .table_description()
-            .and_then(|description| description.table_arn())
-            .unwrap_or_default()
-            .to_string();
-        if let Some(attribute) = &table.ttl_attribute {
+        // A table that exists already (a second command attaching to a running stack) is reused.
+        let (arn, existed) = match request.send().await {
+            Ok(created) => (
+                created
+                    .table_description()
+                    .and_then(|description| description.table_arn())
+                    .unwrap_or_default()
+                    .to_string(),
+                false,
+            ),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_resource_in_use_exception()) =>
+            {
+                let described = dynamodb
+                    .describe_table()
+                    .table_name(&name)
+                    .send()
+                    .await
+                    .map_err(|error| anyhow!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(&error)))?;
+                let arn = described
+                    .table()
+                    .and_then(|table| table.table_arn())
+                    .unwrap_or_default()
+                    .to_string();
+                (arn, true)
+            }
+            Err(error) => {
+                return Err(anyhow!(
+                    "{}",
+                    aws_sdk_dynamodb::error::DisplayErrorContext(&error)
+                ))
+                .with_context(|| format!("creating table {name}"))
+            }
+        };
+        if let Some(attribute) = table.ttl_attribute.as_ref().filter(|_| !existed) {
             dynamodb
                 .update_time_to_live()
                 .table_name(&name)
@@ -261,15 +287,39 @@ pub async fn provision(
         let value = resolver
             .resolve(&secret.secret_string)
             .with_context(|| format!("{}: SecretString", secret.logical_id))?;
-        let created = secrets_manager
+        let arn = match secrets_manager
             .create_secret()
             .name(&name)
             .secret_string(value)
             .send()
             .await
-            .map_err(|error| anyhow!("{}", aws_sdk_secretsmanager::error::DisplayErrorContext(&error)))
-            .with_context(|| format!("creating secret {name}"))?;
-        let arn = created.arn().unwrap_or_default().to_string();
+        {
+            Ok(created) => created.arn().unwrap_or_default().to_string(),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_resource_exists_exception()) =>
+            {
+                secrets_manager
+                    .describe_secret()
+                    .secret_id(&name)
+                    .send()
+                    .await
+                    .map_err(|error| {
+                        anyhow!("{}", aws_sdk_secretsmanager::error::DisplayErrorContext(&error))
+                    })?
+                    .arn()
+                    .unwrap_or_default()
+                    .to_string()
+            }
+            Err(error) => {
+                return Err(anyhow!(
+                    "{}",
+                    aws_sdk_secretsmanager::error::DisplayErrorContext(&error)
+                ))
+                .with_context(|| format!("creating secret {name}"))
+            }
+        };
         resolver.resources.insert(
             secret.logical_id.clone(),
             ResourceValues {

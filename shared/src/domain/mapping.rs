@@ -21,6 +21,18 @@ pub enum Owner {
 pub struct FieldRule {
     pub crm_property: String,
     pub owner: Owner,
+    /// What the nightly reconciliation does when the CRM's value differs from what crm-sync
+    /// wrote (app-owned fields only).
+    pub on_drift: DriftPolicy,
+}
+
+/// The reconciliation's answer to drift of an app-owned field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriftPolicy {
+    /// Write crm-sync's value back.
+    Heal,
+    /// Report it and leave the CRM as it is.
+    Flag,
 }
 
 /// How one app object type maps onto the CRM.
@@ -71,6 +83,7 @@ struct RawObject {
 struct RawField {
     crm: String,
     owner: String,
+    on_drift: Option<String>,
 }
 
 /// What an outbound change writes to the CRM.
@@ -167,11 +180,22 @@ impl Mapping {
                     ))
                 }
             };
+            let on_drift = match (rule.on_drift.as_deref(), owner) {
+                (None | Some("heal"), _) => DriftPolicy::Heal,
+                (Some("flag"), _) => DriftPolicy::Flag,
+                (Some(other), _) => {
+                    return Err(mapping_error(
+                        at,
+                        format!("on_drift `{other}` must be `heal` or `flag`"),
+                    ))
+                }
+            };
             fields.insert(
                 field,
                 FieldRule {
                     crm_property: rule.crm,
                     owner,
+                    on_drift,
                 },
             );
         }

@@ -63,6 +63,10 @@ pub struct RecordState {
     pub received: BTreeMap<String, String>,
     /// Conflicts journaled for this record.
     pub conflicts: u32,
+    /// The message of the newest change not yet applied (what reconciliation re-enqueues).
+    pub pending_change: Option<String>,
+    /// The last failure may pass on a later try (it was not refused as invalid).
+    pub retryable: bool,
 }
 
 impl RecordState {
@@ -81,6 +85,8 @@ impl RecordState {
             inbound_at: BTreeMap::new(),
             received: BTreeMap::new(),
             conflicts: 0,
+            pending_change: None,
+            retryable: false,
         }
     }
 }
@@ -98,6 +104,10 @@ pub enum TimelineKind {
     Received,
     /// An app-owned field changed in the CRM.
     Conflict,
+    /// The reconciliation found the CRM differing from what crm-sync wrote or the app received.
+    Drift,
+    /// The reconciliation wrote crm-sync's value back.
+    Healed,
     Note,
 }
 
@@ -111,6 +121,8 @@ impl TimelineKind {
             TimelineKind::Failed => "failed",
             TimelineKind::Received => "received",
             TimelineKind::Conflict => "conflict",
+            TimelineKind::Drift => "drift",
+            TimelineKind::Healed => "healed",
             TimelineKind::Note => "note",
         }
     }
@@ -124,6 +136,8 @@ impl TimelineKind {
             TimelineKind::Failed,
             TimelineKind::Received,
             TimelineKind::Conflict,
+            TimelineKind::Drift,
+            TimelineKind::Healed,
             TimelineKind::Note,
         ]
         .into_iter()
@@ -149,6 +163,8 @@ pub struct Queued {
     pub message_id: String,
     pub change: Change,
     pub attempts: u32,
+    /// The message as sent.
+    pub body: String,
 }
 
 /// A batch reduced to one change per record.
@@ -252,6 +268,7 @@ mod tests {
             message_id: message.into(),
             change,
             attempts: 0,
+            body: String::new(),
         }
     }
 

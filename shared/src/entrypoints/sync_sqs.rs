@@ -26,11 +26,21 @@ pub struct SyncHandler {
     outbound: SyncService,
     /// The inbound queue's ARN and the service for its batches.
     inbound: Option<(String, InboundService)>,
+    /// The reconciliation lane's ARN and the low-priority service for its batches.
+    low_lane: Option<(String, SyncService)>,
 }
 
 impl SyncHandler {
-    pub fn new(outbound: SyncService, inbound: Option<(String, InboundService)>) -> Self {
-        Self { outbound, inbound }
+    pub fn new(
+        outbound: SyncService,
+        inbound: Option<(String, InboundService)>,
+        low_lane: Option<(String, SyncService)>,
+    ) -> Self {
+        Self {
+            outbound,
+            inbound,
+            low_lane,
+        }
     }
 
     /// Wires the production adapters. Fails (and so the cold start fails) on a bad mapping.
@@ -93,17 +103,34 @@ impl SyncHandler {
             );
             (inbound.queue_arn, service)
         });
+        let dead_letters = Arc::new(SqsQueue::new(sqs.clone(), config.outbound_dlq_url));
+        let low_lane = config.reconcile_lane.map(|(arn, url)| {
+            let mut settings = config.sync.clone();
+            settings.low_priority = true;
+            let service = SyncService::new(
+                mapping.clone(),
+                crm.clone(),
+                state.clone(),
+                limiter.clone(),
+                // Retries stay in the low lane.
+                Arc::new(SqsQueue::new(sqs.clone(), url)),
+                dead_letters.clone(),
+                clock.clone(),
+                settings,
+            );
+            (arn, service)
+        });
         let outbound = SyncService::new(
             mapping,
             crm,
             state,
             limiter,
-            Arc::new(SqsQueue::new(sqs.clone(), config.outbound_queue_url)),
-            Arc::new(SqsQueue::new(sqs, config.outbound_dlq_url)),
+            Arc::new(SqsQueue::new(sqs, config.outbound_queue_url)),
+            dead_letters,
             clock,
             config.sync,
         );
-        Ok(Self::new(outbound, inbound))
+        Ok(Self::new(outbound, inbound, low_lane))
     }
 
     /// Handles one SQS batch; only messages whose handling could not be recorded come back.
@@ -137,7 +164,10 @@ impl SyncHandler {
         let count = messages.len();
         let (direction, report): (&str, BatchReport) = match &self.inbound {
             Some((arn, inbound)) if *arn == source => ("inbound", inbound.process(messages, deadline).await),
-            _ => ("outbound", self.outbound.process(messages, deadline).await),
+            _ => match &self.low_lane {
+                Some((arn, low)) if *arn == source => ("reconcile", low.process(messages, deadline).await),
+                _ => ("outbound", self.outbound.process(messages, deadline).await),
+            },
         };
         tracing::info!(
             direction,

@@ -230,6 +230,45 @@ impl RateLimiter for DynamoDbRateLimiter {
         })
     }
 
+    async fn acquire_idle(&self, now_ms: i64) -> Result<Permit, StoreUnavailable> {
+        let day = self.settings.day_of(now_ms);
+        for _ in 0..3 {
+            let old = match self.try_grant(now_ms, false).await? {
+                Attempt::Granted(at_ms) => return Ok(Permit::Granted { at_ms }),
+                Attempt::Refused(old) => old.unwrap_or_default(),
+            };
+            if number(&old, "day").map(|d| d as i64) != Some(day) {
+                self.start_day(day, self.settings.daily_limit).await?;
+                continue;
+            }
+            if let Some(paused) = number(&old, "paused_until")
+                .map(|p| p as i64)
+                .filter(|p| *p > now_ms)
+            {
+                return Ok(Permit::Denied {
+                    until_ms: paused,
+                    policy: ThrottlePolicy::Daily,
+                });
+            }
+            if number(&old, "day_left").is_some_and(|left| left <= self.settings.daily_reserve as f64) {
+                return Ok(Permit::Denied {
+                    until_ms: self.settings.next_day_start_ms(now_ms),
+                    policy: ThrottlePolicy::Daily,
+                });
+            }
+            let tat = number(&old, "tat").unwrap_or(0.0) as i64;
+            self.last_tat.store(tat, Ordering::Relaxed);
+            return Ok(Permit::Denied {
+                until_ms: tat.max(now_ms + 1),
+                policy: ThrottlePolicy::Burst,
+            });
+        }
+        Ok(Permit::Denied {
+            until_ms: now_ms + self.settings.interval_ms().ceil() as i64,
+            policy: ThrottlePolicy::Burst,
+        })
+    }
+
     async fn observe(&self, rate: &RateInfo, now_ms: i64) -> Result<(), StoreUnavailable> {
         let count = self.observed.fetch_add(1, Ordering::Relaxed);
         if let Some(remaining) = rate.daily_remaining {

@@ -145,6 +145,12 @@ pub fn state_from_item(item: &Item) -> Option<RecordState> {
         inbound_at,
         received,
         conflicts: number(item, "conflicts").unwrap_or(0).max(0) as u32,
+        pending_change: text(item, "pending_change"),
+        retryable: item
+            .get("retryable")
+            .and_then(|v| v.as_bool().ok())
+            .copied()
+            .unwrap_or(false),
     })
 }
 
@@ -204,6 +210,7 @@ impl SyncStateStore for DynamoDbSyncState {
     async fn claim(
         &self,
         change: &Change,
+        body: &str,
         token: &str,
         now_ms: i64,
         lease_until_ms: i64,
@@ -217,7 +224,8 @@ impl SyncStateStore for DynamoDbSyncState {
             .key("sk", s(STATE_SK))
             .update_expression(
                 "SET #object = :object, record_id = :record_id, #status = :pending, status_at = :status_at, \
-                 last_attempt_at = :now, lease_token = :token, lease_until = :until, updated_at = :now",
+                 last_attempt_at = :now, lease_token = :token, lease_until = :until, updated_at = :now, \
+                 pending_change = :body",
             )
             .condition_expression(
                 "(attribute_not_exists(lease_until) OR lease_until < :now) AND \
@@ -235,6 +243,7 @@ impl SyncStateStore for DynamoDbSyncState {
             .expression_attribute_values(":until", n(lease_until_ms))
             .expression_attribute_values(":version", n(change.changed_at_ms))
             .expression_attribute_values(":idempotency", s(&change.idempotency_id))
+            .expression_attribute_values(":body", s(body))
             .return_values(ReturnValue::AllOld)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
@@ -308,14 +317,21 @@ impl SyncStateStore for DynamoDbSyncState {
                         .expression_attribute_values(":crm_id", s(crm_id))
                         .expression_attribute_values(":crm_key", s(format!("{}#{crm_id}", record.object)));
                 }
-                request.update_expression(format!("SET {set} REMOVE last_error, lease_token, lease_until"))
+                request.update_expression(format!(
+                    "SET {set} REMOVE last_error, lease_token, lease_until, pending_change, retryable"
+                ))
             }
-            Settlement::Failed { error, status } => request
+            Settlement::Failed {
+                error,
+                status,
+                retryable,
+            } => request
                 .update_expression(
                     "SET #status = :status, status_at = :status_at, last_error = :error, \
-                     attempts = if_not_exists(attempts, :zero) + :one, updated_at = :now \
+                     attempts = if_not_exists(attempts, :zero) + :one, updated_at = :now, retryable = :retryable \
                      REMOVE lease_token, lease_until",
                 )
+                .expression_attribute_values(":retryable", AttributeValue::Bool(*retryable))
                 .expression_attribute_names("#status", "status")
                 .expression_attribute_values(":status", s(status.as_str()))
                 .expression_attribute_values(":status_at", s(status_at(now_ms, record)))
@@ -639,4 +655,136 @@ fn decode_cursor(cursor: &str) -> Option<Item> {
             .map(|(name, value)| (name, AttributeValue::S(value)))
             .collect(),
     )
+}
+
+const RECONCILE_PK: &str = "RECONCILE";
+
+#[async_trait]
+impl crate::reconcile::ReconcileStore for DynamoDbSyncState {
+    async fn checkpoint(&self) -> Result<Option<crate::reconcile::Checkpoint>, StoreUnavailable> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(RECONCILE_PK))
+            .key("sk", s("checkpoint"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(output
+            .item()
+            .and_then(|item| text(item, "json"))
+            .and_then(|json| serde_json::from_str(&json).ok()))
+    }
+
+    async fn save(&self, checkpoint: &crate::reconcile::Checkpoint) -> Result<(), StoreUnavailable> {
+        let json = serde_json::to_string(checkpoint).map_err(|e| StoreUnavailable(e.into()))?;
+        let report = serde_json::to_string(&checkpoint.report).map_err(|e| StoreUnavailable(e.into()))?;
+        for (sk, body) in [
+            ("checkpoint".to_string(), json),
+            (format!("report#{:013}", checkpoint.report.started_at_ms), report),
+        ] {
+            self.client
+                .put_item()
+                .table_name(&self.table)
+                .item("pk", s(RECONCILE_PK))
+                .item("sk", s(sk))
+                .item("json", s(body))
+                .send()
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn reports(&self, limit: usize) -> Result<Vec<crate::reconcile::RunReport>, StoreUnavailable> {
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :report)")
+            .expression_attribute_values(":pk", s(RECONCILE_PK))
+            .expression_attribute_values(":report", s("report#"))
+            .scan_index_forward(false)
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(output
+            .items()
+            .iter()
+            .filter_map(|item| serde_json::from_str(&text(item, "json")?).ok())
+            .collect())
+    }
+
+    async fn synced_page(
+        &self,
+        segment: u32,
+        segments: u32,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<RecordState>, Option<String>), StoreUnavailable> {
+        let output = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .segment(i32::try_from(segment).unwrap_or(0))
+            .total_segments(i32::try_from(segments.max(1)).unwrap_or(1))
+            .filter_expression("sk = :state AND #status = :synced AND attribute_exists(crm_id)")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":state", s(STATE_SK))
+            .expression_attribute_values(":synced", s(SyncStatus::Synced.as_str()))
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+            .set_exclusive_start_key(cursor.as_deref().and_then(decode_cursor))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let states = output.items().iter().filter_map(state_from_item).collect();
+        Ok((states, output.last_evaluated_key().map(encode_cursor)))
+    }
+
+    async fn needing_requeue(
+        &self,
+        stuck_before_ms: i64,
+        cap: usize,
+    ) -> Result<Vec<RecordState>, StoreUnavailable> {
+        let mut found = Vec::new();
+        for (status, before) in [
+            (SyncStatus::Failed, None),
+            (SyncStatus::Pending, Some(stuck_before_ms)),
+        ] {
+            let mut start = None;
+            loop {
+                let mut query = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name(BY_STATUS)
+                    .expression_attribute_names("#status", "status")
+                    .expression_attribute_values(":status", s(status.as_str()))
+                    .set_exclusive_start_key(start);
+                query = match before {
+                    Some(before) => query
+                        .key_condition_expression("#status = :status AND status_at < :before")
+                        .expression_attribute_values(":before", s(format!("{before:013}"))),
+                    None => query.key_condition_expression("#status = :status"),
+                };
+                let output = query.send().await.map_err(unavailable)?;
+                for state in output.items().iter().filter_map(state_from_item) {
+                    let wanted = state.pending_change.is_some()
+                        && (state.status == SyncStatus::Pending || state.retryable);
+                    if wanted {
+                        found.push(state);
+                    }
+                }
+                start = output.last_evaluated_key().cloned();
+                if start.is_none() || found.len() >= cap {
+                    break;
+                }
+            }
+        }
+        found.truncate(cap);
+        Ok(found)
+    }
 }

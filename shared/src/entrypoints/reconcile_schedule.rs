@@ -1,0 +1,107 @@
+//! The reconcile function: invoked by EventBridge Scheduler (the event's content does not
+//! matter), it runs or resumes tonight's reconciliation until done or the deadline nears.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use lambda_runtime::LambdaEvent;
+use tokio::time::Instant;
+
+use crate::adapters::dynamodb::{DynamoDbRateLimiter, DynamoDbSyncState};
+use crate::adapters::hubspot::HubSpotClient;
+use crate::adapters::secrets_manager::read_secret_field;
+use crate::adapters::sqs::SqsQueue;
+use crate::config::{ReconcileConfig, SecretSource};
+use crate::domain::mapping::Mapping;
+use crate::domain::SystemClock;
+use crate::reconcile::{ReconcileService, RunReport};
+use crate::sync::SyncSettings;
+use crate::worker::Worker;
+
+pub struct ReconcileHandler {
+    service: ReconcileService,
+}
+
+impl ReconcileHandler {
+    pub async fn build(aws: &SdkConfig, config: ReconcileConfig) -> anyhow::Result<Self> {
+        let mapping = Mapping::parse(&config.mapping_toml)
+            .map_err(|error| anyhow::anyhow!("{error} (in {})", config.mapping_source))?;
+        let token = match config.hubspot_token {
+            SecretSource::Value(value) => value,
+            SecretSource::SecretsManager { secret_id, field } => {
+                read_secret_field(&aws_sdk_secretsmanager::Client::new(aws), &secret_id, field).await?
+            }
+        };
+        let crm = Arc::new(HubSpotClient::new(
+            &config.hubspot_api_base,
+            token,
+            Duration::from_secs(config.crm_timeout_secs),
+        )?);
+        let dynamodb = aws_sdk_dynamodb::Client::new(aws);
+        let sqs = aws_sdk_sqs::Client::new(aws);
+        let state = Arc::new(DynamoDbSyncState::new(
+            dynamodb.clone(),
+            config.state_table,
+            config.timeline_retention_ms,
+        ));
+        let limiter = Arc::new(DynamoDbRateLimiter::new(
+            dynamodb,
+            config.rate_limit_table,
+            "hubspot",
+            config.limiter,
+        ));
+        let low_lane = Arc::new(SqsQueue::new(sqs, config.reconcile_queue_url));
+        let clock = Arc::new(SystemClock);
+        let mut calls = SyncSettings::default().call_settings();
+        // Reconciliation is the lowest priority: only idle call slots.
+        calls.low_priority = true;
+        let worker = Worker::new(limiter, low_lane.clone(), low_lane.clone(), clock.clone(), calls);
+        let service = ReconcileService::new(
+            Arc::new(mapping),
+            crm,
+            state.clone(),
+            state,
+            low_lane,
+            worker,
+            clock,
+            config.settings,
+        );
+        Ok(Self { service })
+    }
+
+    /// Starts today's run over.
+    pub async fn restart(&self) -> anyhow::Result<()> {
+        Ok(self.service.restart().await?)
+    }
+
+    /// Runs until done or until `deadline`.
+    pub async fn run_until(&self, deadline: Instant) -> anyhow::Result<RunReport> {
+        Ok(self.service.run(deadline).await?)
+    }
+
+    pub async fn handle(
+        &self,
+        event: LambdaEvent<serde_json::Value>,
+    ) -> Result<RunReport, lambda_runtime::Error> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let left = Duration::from_millis(event.context.deadline.saturating_sub(now_ms));
+        let report = self.run_until(Instant::now() + left).await?;
+        tracing::info!(
+            run = %report.run_id,
+            phase = ?report.phase,
+            checked = report.checked,
+            healed = report.healed,
+            flagged = report.flagged,
+            requeued = report.requeued,
+            errors = report.errors,
+            api_calls = report.api_calls,
+            stopped = report.stopped.as_deref().unwrap_or(""),
+            "reconciliation"
+        );
+        Ok(report)
+    }
+}

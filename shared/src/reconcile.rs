@@ -1,0 +1,524 @@
+//! The nightly reconciliation: the backstop that makes the system converge. It re-enqueues
+//! changes that failed (retryably) or got stuck, in the low-priority lane, then reads the CRM in
+//! bulk for synced records and compares each field with what crm-sync last wrote (app-owned:
+//! healed or flagged per field) or what the app last received (CRM-owned: reported).
+//!
+//! Work is checkpointed after every page, so a run that meets the invocation's time limit or the
+//! daily budget reserve stops cleanly and the next invocation resumes where it stopped: every
+//! record is checked once per cycle however many invocations it takes. A cycle checks one of
+//! `cycle_nights` scan segments a night, so every record is checked within that many nights.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::domain::contract::ObjectKind;
+use crate::domain::crm::UpdateInput;
+use crate::domain::mapping::{DriftPolicy, Mapping, Owner};
+use crate::domain::sync::{RecordState, SyncStatus, TimelineEntry, TimelineKind};
+use crate::domain::Clock;
+use crate::ports::{
+    Crm, InboundUpdate, LeaseOutcome, MessageQueue, OutgoingMessage, StoreUnavailable, SyncStateStore,
+};
+use crate::worker::{BatchReport, CallFailure, Worker};
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// Where a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Requeue,
+    Drift,
+    Done,
+}
+
+/// What a run did, for the dashboard and the logs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunReport {
+    pub run_id: String,
+    /// The CRM day the run belongs to.
+    pub day: i64,
+    pub segment: u32,
+    pub segments: u32,
+    pub phase: Phase,
+    pub started_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    pub invocations: u32,
+    pub checked: u64,
+    pub healed: u64,
+    pub flagged: u64,
+    /// CRM-owned fields whose CRM value differs from what the app last received.
+    pub crm_drift: u64,
+    pub requeued: u64,
+    pub errors: u64,
+    pub api_calls: u64,
+    pub duration_ms: u64,
+    /// Why the last invocation stopped before the run was done.
+    pub stopped: Option<String>,
+}
+
+/// A run in progress: its report so far and where the scan stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub report: RunReport,
+    pub cursor: Option<String>,
+}
+
+/// Where runs keep their checkpoint and reports, and how they walk the records.
+#[async_trait]
+pub trait ReconcileStore: Send + Sync {
+    async fn checkpoint(&self) -> Result<Option<Checkpoint>, StoreUnavailable>;
+    /// Saves the checkpoint and the run's report.
+    async fn save(&self, checkpoint: &Checkpoint) -> Result<(), StoreUnavailable>;
+    /// The newest reports, newest first.
+    async fn reports(&self, limit: usize) -> Result<Vec<RunReport>, StoreUnavailable>;
+    /// One page of synced records (with a CRM id) of scan segment `segment` of `segments`.
+    async fn synced_page(
+        &self,
+        segment: u32,
+        segments: u32,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<RecordState>, Option<String>), StoreUnavailable>;
+    /// Records whose change failed retryably, or has been pending since before `stuck_before_ms`.
+    async fn needing_requeue(
+        &self,
+        stuck_before_ms: i64,
+        cap: usize,
+    ) -> Result<Vec<RecordState>, StoreUnavailable>;
+}
+
+/// How the reconciliation runs.
+#[derive(Debug, Clone)]
+pub struct ReconcileSettings {
+    /// Every record is checked within this many nights (one scan segment a night).
+    pub cycle_nights: u32,
+    /// A change pending longer than this is re-enqueued.
+    pub stuck_after: Duration,
+    /// Records scanned per page (one checkpoint each).
+    pub page_size: usize,
+    /// The CRM's day starts at midnight in this offset from UTC.
+    pub day_offset_minutes: i32,
+    /// At most this many changes re-enqueued a night.
+    pub requeue_cap: usize,
+    /// Time kept back from the deadline to save and answer.
+    pub stop_margin: Duration,
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        Self {
+            cycle_nights: 7,
+            stuck_after: Duration::from_secs(3600),
+            page_size: 100,
+            day_offset_minutes: 0,
+            requeue_cap: 10_000,
+            stop_margin: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The ports the reconciliation needs.
+pub struct ReconcileService {
+    mapping: Arc<Mapping>,
+    crm: Arc<dyn Crm>,
+    store: Arc<dyn ReconcileStore>,
+    state: Arc<dyn SyncStateStore>,
+    low_lane: Arc<dyn MessageQueue>,
+    worker: Worker,
+    clock: Arc<dyn Clock>,
+    settings: ReconcileSettings,
+}
+
+/// Why a page could not be finished.
+enum Stop {
+    Budget,
+    Store(StoreUnavailable),
+}
+
+impl ReconcileService {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        mapping: Arc<Mapping>,
+        crm: Arc<dyn Crm>,
+        store: Arc<dyn ReconcileStore>,
+        state: Arc<dyn SyncStateStore>,
+        low_lane: Arc<dyn MessageQueue>,
+        worker: Worker,
+        clock: Arc<dyn Clock>,
+        settings: ReconcileSettings,
+    ) -> Self {
+        Self {
+            mapping,
+            crm,
+            store,
+            state,
+            low_lane,
+            worker,
+            clock,
+            settings,
+        }
+    }
+
+    fn day_of(&self, now_ms: i64) -> i64 {
+        (now_ms + i64::from(self.settings.day_offset_minutes) * 60_000).div_euclid(DAY_MS)
+    }
+
+    fn fresh(&self, day: i64, now_ms: i64) -> Checkpoint {
+        let segments = self.settings.cycle_nights.max(1);
+        Checkpoint {
+            report: RunReport {
+                run_id: crate::domain::clock::rfc3339(now_ms),
+                day,
+                segment: u32::try_from(day.rem_euclid(i64::from(segments))).unwrap_or(0),
+                segments,
+                phase: Phase::Requeue,
+                started_at_ms: now_ms,
+                finished_at_ms: None,
+                invocations: 0,
+                checked: 0,
+                healed: 0,
+                flagged: 0,
+                crm_drift: 0,
+                requeued: 0,
+                errors: 0,
+                api_calls: 0,
+                duration_ms: 0,
+                stopped: None,
+            },
+            cursor: None,
+        }
+    }
+
+    /// Discards today's run, done or not, so that the next `run` starts over.
+    pub async fn restart(&self) -> Result<(), StoreUnavailable> {
+        let now_ms = self.clock.now_ms();
+        self.store.save(&self.fresh(self.day_of(now_ms), now_ms)).await
+    }
+
+    /// Runs (or resumes) tonight's reconciliation until it is done, the deadline nears, or the
+    /// budget reserve is reached.
+    pub async fn run(&self, deadline: Instant) -> Result<RunReport, StoreUnavailable> {
+        let started = Instant::now();
+        let now_ms = self.clock.now_ms();
+        let day = self.day_of(now_ms);
+        let mut checkpoint = match self.store.checkpoint().await? {
+            Some(checkpoint) if checkpoint.report.day == day => checkpoint,
+            _ => self.fresh(day, now_ms),
+        };
+        if checkpoint.report.phase == Phase::Done {
+            return Ok(checkpoint.report);
+        }
+        checkpoint.report.invocations += 1;
+        checkpoint.report.stopped = None;
+        let mut calls = BatchReport::default();
+
+        if checkpoint.report.phase == Phase::Requeue {
+            let stuck_before = now_ms - i64::try_from(self.settings.stuck_after.as_millis()).unwrap_or(0);
+            let records = self
+                .store
+                .needing_requeue(stuck_before, self.settings.requeue_cap)
+                .await?;
+            let messages: Vec<OutgoingMessage> = records
+                .iter()
+                .filter_map(|state| {
+                    Some(OutgoingMessage::new(
+                        state.record.to_string(),
+                        state.pending_change.clone()?,
+                    ))
+                })
+                .collect();
+            let failures = self.low_lane.send(&messages).await;
+            checkpoint.report.requeued += (messages.len() - failures.len()) as u64;
+            checkpoint.report.errors += failures.len() as u64;
+            checkpoint.report.phase = Phase::Drift;
+            self.store.save(&checkpoint).await?;
+        }
+
+        while checkpoint.report.phase == Phase::Drift {
+            if Instant::now() + self.settings.stop_margin >= deadline {
+                checkpoint.report.stopped = Some("the invocation's time limit; the next one resumes".into());
+                break;
+            }
+            let (states, next) = self
+                .store
+                .synced_page(
+                    checkpoint.report.segment,
+                    checkpoint.report.segments,
+                    checkpoint.cursor.clone(),
+                    self.settings.page_size,
+                )
+                .await?;
+            match self
+                .check_page(&states, deadline, &mut checkpoint.report, &mut calls)
+                .await
+            {
+                Ok(()) => {}
+                Err(Stop::Budget) => {
+                    checkpoint.report.stopped =
+                        Some("the CRM budget (reserve or limit); the next run resumes".into());
+                    break;
+                }
+                Err(Stop::Store(error)) => return Err(error),
+            }
+            checkpoint.cursor = next;
+            if checkpoint.cursor.is_none() {
+                checkpoint.report.phase = Phase::Done;
+                checkpoint.report.finished_at_ms = Some(self.clock.now_ms());
+            }
+            checkpoint.report.api_calls += calls.crm_calls as u64;
+            calls.crm_calls = 0;
+            self.store.save(&checkpoint).await?;
+        }
+
+        checkpoint.report.api_calls += calls.crm_calls as u64;
+        checkpoint.report.duration_ms += u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.store.save(&checkpoint).await?;
+        emit_metrics(&checkpoint.report);
+        Ok(checkpoint.report)
+    }
+
+    /// Compares one page of records with the CRM; heals, flags and reports. A record whose
+    /// check fails is counted as an error and left for the next cycle.
+    async fn check_page(
+        &self,
+        states: &[RecordState],
+        deadline: Instant,
+        report: &mut RunReport,
+        calls: &mut BatchReport,
+    ) -> Result<(), Stop> {
+        let now_ms = self.clock.now_ms();
+        let mut timeline = Vec::new();
+        for object in ObjectKind::ALL {
+            let Some(mapping) = self.mapping.object(object) else {
+                continue;
+            };
+            let group: Vec<&RecordState> = states
+                .iter()
+                .filter(|s| s.record.object == object && s.crm_id.is_some() && s.status == SyncStatus::Synced)
+                .collect();
+            if group.is_empty() {
+                continue;
+            }
+            let properties: Vec<String> = mapping
+                .fields
+                .values()
+                .map(|rule| rule.crm_property.clone())
+                .collect();
+            for chunk in group.chunks(self.crm.max_batch().max(1)) {
+                let ids: Vec<String> = chunk.iter().filter_map(|s| s.crm_id.clone()).collect();
+                let read = match self
+                    .worker
+                    .call(deadline, calls, || {
+                        self.crm.read(&mapping.crm_object, &ids, &properties)
+                    })
+                    .await
+                {
+                    Ok(read) => read,
+                    Err(CallFailure::Throttled { .. }) => return Err(Stop::Budget),
+                    Err(CallFailure::Transient(reason) | CallFailure::Rejected(reason)) => {
+                        tracing::warn!(%reason, records = chunk.len(), "could not read records to check");
+                        report.errors += chunk.len() as u64;
+                        continue;
+                    }
+                };
+                let mut heal: Vec<(&RecordState, BTreeMap<String, String>)> = Vec::new();
+                for (state, values) in chunk.iter().zip(read.records) {
+                    report.checked += 1;
+                    let Some(values) = values else {
+                        report.flagged += 1;
+                        timeline.push(drift_entry(
+                            state,
+                            now_ms,
+                            TimelineKind::Drift,
+                            "the record is gone from the CRM".into(),
+                        ));
+                        continue;
+                    };
+                    let mut restore = BTreeMap::new();
+                    for (field, rule) in &mapping.fields {
+                        let in_crm = values.get(&rule.crm_property).cloned().unwrap_or_default();
+                        match rule.owner {
+                            Owner::App => {
+                                let Some(written) = state.written.get(&rule.crm_property) else {
+                                    continue;
+                                };
+                                if *written == in_crm {
+                                    continue;
+                                }
+                                match rule.on_drift {
+                                    DriftPolicy::Heal => {
+                                        restore.insert(rule.crm_property.clone(), written.clone());
+                                    }
+                                    DriftPolicy::Flag => {
+                                        report.flagged += 1;
+                                        timeline.push(drift_entry(
+                                            state,
+                                            now_ms,
+                                            TimelineKind::Drift,
+                                            format!("{field} is {in_crm:?} in the CRM; crm-sync wrote {written:?} (flagged, not healed)"),
+                                        ));
+                                    }
+                                }
+                            }
+                            Owner::Crm => {
+                                let Some(received) = state.received.get(&rule.crm_property) else {
+                                    continue;
+                                };
+                                if *received != in_crm {
+                                    report.crm_drift += 1;
+                                    timeline.push(drift_entry(
+                                        state,
+                                        now_ms,
+                                        TimelineKind::Drift,
+                                        format!("{field} is {in_crm:?} in the CRM; the app last received {received:?}"),
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                    if !restore.is_empty() {
+                        heal.push((state, restore));
+                    }
+                }
+                self.heal(mapping, &heal, deadline, report, calls, &mut timeline, now_ms)
+                    .await;
+            }
+        }
+        self.state.append_timeline(&timeline).await.map_err(Stop::Store)?;
+        Ok(())
+    }
+
+    /// Writes crm-sync's values back, each record under its lease so that a live change is
+    /// never overwritten by an older value.
+    #[allow(clippy::too_many_arguments)]
+    async fn heal(
+        &self,
+        mapping: &crate::domain::mapping::ObjectMapping,
+        heal: &[(&RecordState, BTreeMap<String, String>)],
+        deadline: Instant,
+        report: &mut RunReport,
+        calls: &mut BatchReport,
+        timeline: &mut Vec<TimelineEntry>,
+        now_ms: i64,
+    ) {
+        if heal.is_empty() {
+            return;
+        }
+        let token = uuid::Uuid::new_v4().to_string();
+        let mut leased = Vec::new();
+        for (state, restore) in heal {
+            match self
+                .state
+                .lease(&state.record, &token, now_ms, now_ms + 120_000)
+                .await
+            {
+                // Healed only if nothing was written since the page was read.
+                Ok(LeaseOutcome::Leased(current)) if current.written == state.written => {
+                    leased.push((*state, current, restore))
+                }
+                Ok(LeaseOutcome::Leased(current)) => {
+                    self.release(&current, &token, now_ms).await;
+                }
+                _ => {}
+            }
+        }
+        if leased.is_empty() {
+            return;
+        }
+        let inputs: Vec<UpdateInput> = leased
+            .iter()
+            .map(|(state, _, restore)| UpdateInput {
+                crm_id: state.crm_id.clone().unwrap_or_default(),
+                properties: (*restore).clone(),
+            })
+            .collect();
+        let result = self
+            .worker
+            .call(deadline, calls, || self.crm.update(&mapping.crm_object, &inputs))
+            .await;
+        match result {
+            Ok(batch) => {
+                for ((state, _, restore), outcome) in leased.iter().zip(batch.outcomes) {
+                    if let crate::domain::crm::InputOutcome::Done { .. } = outcome {
+                        report.healed += restore.len() as u64;
+                        let fields: Vec<String> =
+                            restore.iter().map(|(p, v)| format!("{p} = {v:?}")).collect();
+                        timeline.push(drift_entry(
+                            state,
+                            now_ms,
+                            TimelineKind::Healed,
+                            format!("drift healed: wrote back {}", fields.join(", ")),
+                        ));
+                    } else {
+                        report.errors += 1;
+                    }
+                }
+            }
+            Err(_) => report.errors += leased.len() as u64,
+        }
+        for (_, current, _) in &leased {
+            self.release(current, &token, now_ms).await;
+        }
+    }
+
+    async fn release(&self, state: &RecordState, token: &str, now_ms: i64) {
+        let untouched = InboundUpdate {
+            inbound_at: state.inbound_at.clone(),
+            received: state.received.clone(),
+            written: None,
+            new_conflicts: 0,
+        };
+        if let Err(error) = self
+            .state
+            .settle_inbound(&state.record, token, now_ms, &untouched)
+            .await
+        {
+            tracing::warn!(record = %state.record, error = ?anyhow::Error::from(error), "could not release a lease; it runs out");
+        }
+    }
+}
+
+fn drift_entry(state: &RecordState, at_ms: i64, kind: TimelineKind, detail: String) -> TimelineEntry {
+    TimelineEntry {
+        record: state.record.clone(),
+        at_ms,
+        kind,
+        idempotency_id: None,
+        detail,
+        call: None,
+    }
+}
+
+/// One CloudWatch embedded-metric-format line with the run's counts.
+fn emit_metrics(report: &RunReport) {
+    let metrics = [
+        ("ReconcileChecked", report.checked),
+        ("ReconcileHealed", report.healed),
+        ("ReconcileFlagged", report.flagged),
+        ("ReconcileCrmDrift", report.crm_drift),
+        ("ReconcileRequeued", report.requeued),
+        ("ReconcileErrors", report.errors),
+        ("ReconcileApiCalls", report.api_calls),
+    ];
+    let mut line = serde_json::json!({
+        "_aws": {
+            "Timestamp": report.started_at_ms,
+            "CloudWatchMetrics": [{
+                "Namespace": "crm-sync",
+                "Dimensions": [["function"]],
+                "Metrics": metrics.iter().map(|(name, _)| serde_json::json!({"Name": name, "Unit": "Count"})).collect::<Vec<_>>(),
+            }],
+        },
+        "function": "reconcile",
+    });
+    for (name, value) in metrics {
+        line[name] = serde_json::json!(value);
+    }
+    println!("{line}");
+}

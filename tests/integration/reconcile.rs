@@ -1,0 +1,248 @@
+//! The nightly reconciliation through the local stack: failed changes re-enqueued in the
+//! low-priority lane and synced, drift in the CRM healed or flagged per field, a run interrupted
+//! by its time limit or the CRM budget resumed without checking any record twice.
+
+use std::time::Duration;
+
+use crm_sync::adapters::dynamodb::{DynamoDbRateLimiter, LimiterSettings};
+use crm_sync::domain::contract::{ObjectKind, RecordRef};
+use crm_sync::domain::crm::ThrottlePolicy;
+use crm_sync::domain::sync::{SyncStatus, TimelineKind};
+use crm_sync::ports::{RateLimiter, SyncStateStore};
+use crm_sync::reconcile::Phase;
+use crm_sync_tests::app_changes::contact;
+use crm_sync_tests::hubspot::now_ms;
+use crm_sync_tests::{eventually, spawn_app_with, AppOptions, TestApp};
+use hubspot_sandbox::Faults;
+use serde_json::json;
+use tokio::time::Instant;
+
+fn contact_ref(id: &str) -> RecordRef {
+    RecordRef {
+        object: ObjectKind::Contact,
+        record_id: id.to_string(),
+    }
+}
+
+async fn status_of(app: &TestApp, id: &str, status: SyncStatus) -> crm_sync::domain::sync::RecordState {
+    let store = app.sync_state();
+    eventually(60, &format!("{id} to be {}", status.as_str()), || {
+        let store = store.clone();
+        let record = contact_ref(id);
+        async move {
+            store
+                .record(&record, 1)
+                .await
+                .ok()
+                .flatten()
+                .map(|(s, _)| s)
+                .filter(|s| s.status == status)
+        }
+    })
+    .await
+}
+
+async fn sync_contacts(app: &TestApp, ids: &[String]) {
+    let at = now_ms();
+    let changes: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            contact(
+                id,
+                at,
+                json!({"email": format!("{id}@example.com"), "company": "Acme"}),
+            )
+        })
+        .collect();
+    app.send_changes(&changes).await;
+    eventually(60, "every contact synced", || async {
+        (app.sandbox().records("contacts").len() == ids.len()).then_some(())
+    })
+    .await;
+    status_of(app, ids.last().unwrap(), SyncStatus::Synced).await;
+}
+
+/// Runs the reconciliation as one long invocation would.
+async fn reconcile(app: &TestApp) -> crm_sync::reconcile::RunReport {
+    app.stack
+        .reconcile
+        .run_until(Instant::now() + Duration::from_secs(120))
+        .await
+        .expect("the reconciliation runs")
+}
+
+#[tokio::test]
+async fn retryably_failed_changes_are_re_enqueued_and_then_synced_but_refused_ones_are_not() {
+    let app = spawn_app_with(AppOptions::syncing().with_env("SYNC_MAX_ATTEMPTS", "1")).await;
+    app.sandbox().set_faults(Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    });
+    app.send_changes(&[contact("outage-1", now_ms(), json!({"email": "o1@example.com"}))])
+        .await;
+    let failed = status_of(&app, "outage-1", SyncStatus::Failed).await;
+    assert!(failed.retryable);
+    app.sandbox().set_faults(Faults::default());
+    app.send_changes(&[contact("invalid-1", now_ms(), json!({"email": "not-an-email"}))])
+        .await;
+    let refused = status_of(&app, "invalid-1", SyncStatus::Failed).await;
+    assert!(!refused.retryable);
+
+    let report = reconcile(&app).await;
+
+    assert_eq!(report.requeued, 1, "{report:?}");
+    let synced = status_of(&app, "outage-1", SyncStatus::Synced).await;
+    assert!(synced.pending_change.is_none());
+    assert!(app
+        .sandbox()
+        .find("contacts", "crm_sync_app_id", "outage-1")
+        .is_some());
+    assert_eq!(
+        status_of(&app, "invalid-1", SyncStatus::Failed).await.attempts,
+        1,
+        "not retried"
+    );
+}
+
+#[tokio::test]
+async fn drift_in_the_crm_is_healed_or_flagged_as_each_field_says() {
+    let app = spawn_app_with(AppOptions::syncing().with_env("RECONCILE_CYCLE_NIGHTS", "1")).await;
+    sync_contacts(&app, &["drift-1".to_string(), "steady-1".to_string()]).await;
+    let drifted = app
+        .sandbox()
+        .find("contacts", "crm_sync_app_id", "drift-1")
+        .unwrap();
+    // Someone edits the CRM and no webhook tells crm-sync (this stack has them off).
+    app.sandbox()
+        .edit(
+            "contacts",
+            drifted.id,
+            [
+                ("email".to_string(), "x@elsewhere.com".to_string()),
+                ("company".to_string(), "Other Ltd".to_string()),
+            ]
+            .into(),
+        )
+        .unwrap();
+
+    let report = reconcile(&app).await;
+
+    assert_eq!(report.phase, Phase::Done);
+    assert_eq!(report.checked, 2);
+    assert_eq!(report.healed, 1, "email heals: {report:?}");
+    assert_eq!(report.flagged, 1, "company is configured to flag: {report:?}");
+    let now = app
+        .sandbox()
+        .find("contacts", "crm_sync_app_id", "drift-1")
+        .unwrap();
+    assert_eq!(now.properties["email"], "drift-1@example.com");
+    assert_eq!(now.properties["company"], "Other Ltd");
+    let (_, timeline) = app
+        .sync_state()
+        .record(&contact_ref("drift-1"), 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(timeline
+        .iter()
+        .any(|e| e.kind == TimelineKind::Healed && e.detail.contains("email")));
+    assert!(timeline
+        .iter()
+        .any(|e| e.kind == TimelineKind::Drift && e.detail.contains("company is \"Other Ltd\" in the CRM")));
+    let reports = crm_sync::reconcile::ReconcileStore::reports(&app.sync_state(), 5)
+        .await
+        .unwrap();
+    assert_eq!(reports[0], report, "the run report is stored for the dashboard");
+}
+
+#[tokio::test]
+async fn a_run_cut_short_by_its_time_limit_resumes_and_checks_every_record_exactly_once() {
+    let app = spawn_app_with(
+        AppOptions::syncing()
+            .with_env("RECONCILE_CYCLE_NIGHTS", "1")
+            .with_env("RECONCILE_PAGE_SIZE", "40"),
+    )
+    .await;
+    let ids: Vec<String> = (0..230).map(|i| format!("many-{i}")).collect();
+    sync_contacts(&app, &ids).await;
+    let reads_before = app
+        .sandbox()
+        .stats()
+        .calls
+        .get("POST /crm/v3/objects/contacts/batch/read")
+        .copied()
+        .unwrap_or(0);
+    let inputs_before = app.sandbox().stats().batch_inputs;
+
+    let mut invocations = 0;
+    let report = loop {
+        invocations += 1;
+        // Ten seconds are kept back for saving: this leaves time for a page or two.
+        let report = app
+            .stack
+            .reconcile
+            .run_until(Instant::now() + Duration::from_millis(10_300))
+            .await
+            .unwrap();
+        if report.phase == Phase::Done {
+            break report;
+        }
+        assert!(invocations < 100, "the run never finished: {report:?}");
+    };
+
+    assert!(
+        report.invocations > 1,
+        "the run was cut short and resumed: {report:?}"
+    );
+    assert_eq!(report.checked, 230);
+    let stats = app.sandbox().stats();
+    assert_eq!(
+        stats.batch_inputs - inputs_before,
+        230,
+        "each record read exactly once"
+    );
+    assert!(stats.calls["POST /crm/v3/objects/contacts/batch/read"] - reads_before >= 6);
+    assert_eq!(report.healed + report.flagged + report.errors, 0);
+}
+
+#[tokio::test]
+async fn the_run_stops_when_the_crm_budget_says_so_and_resumes_later() {
+    let app = spawn_app_with(AppOptions::syncing().with_env("RECONCILE_CYCLE_NIGHTS", "1")).await;
+    let ids: Vec<String> = (0..120).map(|i| format!("budget-{i}")).collect();
+    sync_contacts(&app, &ids).await;
+    let limiter = DynamoDbRateLimiter::new(
+        app.dynamodb.clone(),
+        app.stack.resources.table("RateLimitTable"),
+        "hubspot",
+        LimiterSettings::default(),
+    );
+    // Longer than any wait inside an invocation (10 s): the run must stop, not wait.
+    limiter
+        .throttled(ThrottlePolicy::Daily, Duration::from_secs(20), now_ms())
+        .await
+        .unwrap();
+    let reads = || {
+        app.sandbox()
+            .stats()
+            .calls
+            .get("POST /crm/v3/objects/contacts/batch/read")
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = reads();
+
+    let stopped = reconcile(&app).await;
+    assert_eq!(stopped.phase, Phase::Drift, "{stopped:?}");
+    assert!(
+        stopped.stopped.as_deref().unwrap().starts_with("the CRM budget"),
+        "{stopped:?}"
+    );
+    assert_eq!(stopped.checked, 0);
+    assert_eq!(reads(), before, "not one call over the budget");
+
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let resumed = reconcile(&app).await;
+    assert_eq!(resumed.phase, Phase::Done);
+    assert_eq!(resumed.checked, 120);
+    assert_eq!(resumed.run_id, stopped.run_id, "the same run, resumed");
+}
