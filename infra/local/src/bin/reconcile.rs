@@ -1,7 +1,7 @@
 //! `cargo run -p crm-sync-local --bin reconcile [-- --again]`: runs the nightly reconciliation
 //! now against the running local stack (`cargo run -p crm-sync-local`), printing its progress.
-//! `--again` starts today's run over even if it is done. Reads the same settings as the local
-//! stack (`CRM_SYNC_HOST`, `CRM_SYNC_MOTO_PORT`, `CRM_SYNC_AWS_ENDPOINT`, `CRM_SYNC_STACK_NAME`,
+//! `--again` starts today's run over even if it is done; `RECONCILE_CYCLE_NIGHTS=1` checks every
+//! record rather than tonight's segment. Reads the same settings as the local stack (`CRM_SYNC_HOST`, `CRM_SYNC_MOTO_PORT`, `CRM_SYNC_AWS_ENDPOINT`, `CRM_SYNC_STACK_NAME`,
 //! `CRM_SYNC_SANDBOX_PORT`, `HUBSPOT_ACCESS_TOKEN`).
 
 use std::collections::HashMap;
@@ -59,6 +59,16 @@ async fn main() -> anyhow::Result<()> {
                 "HUBSPOT_API_BASE".into(),
                 format!("http://{host}:{}", setting("CRM_SYNC_SANDBOX_PORT", "3001")),
             );
+        }
+    }
+    // The run's shape can be set from the shell, e.g. RECONCILE_CYCLE_NIGHTS=1 to check everything.
+    for name in [
+        "RECONCILE_CYCLE_NIGHTS",
+        "RECONCILE_PAGE_SIZE",
+        "RECONCILE_STUCK_AFTER_MINUTES",
+    ] {
+        if let Ok(value) = std::env::var(name) {
+            env.insert(name.to_string(), value);
         }
     }
     let config = Env(move |name: &str| env.get(name).cloned()).reconcile()?;
