@@ -4,3 +4,44 @@
 pub mod reconcile_schedule;
 pub mod sync_sqs;
 pub mod webhook_http;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use secrecy::SecretString;
+
+use crate::adapters::hubspot::HubSpotClient;
+use crate::adapters::secrets_manager::read_secret_field;
+use crate::config::SecretSource;
+use crate::domain::mapping::Mapping;
+
+/// A secret's value: from the environment, or read from Secrets Manager (once, at cold start).
+pub(crate) async fn resolve_secret(aws: &SdkConfig, source: SecretSource) -> anyhow::Result<SecretString> {
+    match source {
+        SecretSource::Value(value) => Ok(value),
+        SecretSource::SecretsManager { secret_id, field } => {
+            read_secret_field(&aws_sdk_secretsmanager::Client::new(aws), &secret_id, field).await
+        }
+    }
+}
+
+/// The mapping, checked; the error names the entry and the file.
+pub(crate) fn load_mapping(toml: &str, source: &str) -> anyhow::Result<Mapping> {
+    Mapping::parse(toml).map_err(|error| anyhow::anyhow!("{error} (in {source})"))
+}
+
+/// The HubSpot API client.
+pub(crate) async fn hubspot_client(
+    aws: &SdkConfig,
+    api_base: &str,
+    token: SecretSource,
+    timeout_secs: u64,
+) -> anyhow::Result<Arc<HubSpotClient>> {
+    let token = resolve_secret(aws, token).await?;
+    Ok(Arc::new(HubSpotClient::new(
+        api_base,
+        token,
+        Duration::from_secs(timeout_secs),
+    )?))
+}

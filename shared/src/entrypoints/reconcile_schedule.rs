@@ -9,11 +9,8 @@ use lambda_runtime::LambdaEvent;
 use tokio::time::Instant;
 
 use crate::adapters::dynamodb::{DynamoDbRateLimiter, DynamoDbSyncState};
-use crate::adapters::hubspot::HubSpotClient;
-use crate::adapters::secrets_manager::read_secret_field;
 use crate::adapters::sqs::SqsQueue;
-use crate::config::{ReconcileConfig, SecretSource};
-use crate::domain::mapping::Mapping;
+use crate::config::ReconcileConfig;
 use crate::domain::SystemClock;
 use crate::reconcile::{ReconcileService, RunReport};
 use crate::sync::SyncSettings;
@@ -25,19 +22,14 @@ pub struct ReconcileHandler {
 
 impl ReconcileHandler {
     pub async fn build(aws: &SdkConfig, config: ReconcileConfig) -> anyhow::Result<Self> {
-        let mapping = Mapping::parse(&config.mapping_toml)
-            .map_err(|error| anyhow::anyhow!("{error} (in {})", config.mapping_source))?;
-        let token = match config.hubspot_token {
-            SecretSource::Value(value) => value,
-            SecretSource::SecretsManager { secret_id, field } => {
-                read_secret_field(&aws_sdk_secretsmanager::Client::new(aws), &secret_id, field).await?
-            }
-        };
-        let crm = Arc::new(HubSpotClient::new(
+        let mapping = super::load_mapping(&config.mapping_toml, &config.mapping_source)?;
+        let crm = super::hubspot_client(
+            aws,
             &config.hubspot_api_base,
-            token,
-            Duration::from_secs(config.crm_timeout_secs),
-        )?);
+            config.hubspot_token,
+            config.crm_timeout_secs,
+        )
+        .await?;
         let dynamodb = aws_sdk_dynamodb::Client::new(aws);
         let sqs = aws_sdk_sqs::Client::new(aws);
         let state = Arc::new(DynamoDbSyncState::new(

@@ -8,11 +8,9 @@ use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::LambdaEvent;
 
 use crate::adapters::dynamodb::{DynamoDbRateLimiter, DynamoDbSyncState, DynamoDbWebhookStore};
-use crate::adapters::hubspot::{HubSpotClient, HubSpotEvents};
-use crate::adapters::secrets_manager::read_secret_field;
+use crate::adapters::hubspot::HubSpotEvents;
 use crate::adapters::sqs::SqsQueue;
-use crate::config::{SecretSource, SyncConfig};
-use crate::domain::mapping::Mapping;
+use crate::config::SyncConfig;
 use crate::domain::SystemClock;
 use crate::inbound::{InboundService, InboundSettings};
 use crate::sync::SyncService;
@@ -45,19 +43,14 @@ impl SyncHandler {
 
     /// Wires the production adapters. Fails (and so the cold start fails) on a bad mapping.
     pub async fn build(aws: &SdkConfig, config: SyncConfig) -> anyhow::Result<Self> {
-        let mapping = Mapping::parse(&config.mapping_toml)
-            .map_err(|error| anyhow::anyhow!("{error} (in {})", config.mapping_source))?;
-        let token = match config.hubspot_token {
-            SecretSource::Value(value) => value,
-            SecretSource::SecretsManager { secret_id, field } => {
-                read_secret_field(&aws_sdk_secretsmanager::Client::new(aws), &secret_id, field).await?
-            }
-        };
-        let crm = Arc::new(HubSpotClient::new(
+        let mapping = super::load_mapping(&config.mapping_toml, &config.mapping_source)?;
+        let crm = super::hubspot_client(
+            aws,
             &config.hubspot_api_base,
-            token,
-            Duration::from_secs(config.crm_timeout_secs),
-        )?);
+            config.hubspot_token,
+            config.crm_timeout_secs,
+        )
+        .await?;
         let dynamodb = aws_sdk_dynamodb::Client::new(aws);
         let sqs = aws_sdk_sqs::Client::new(aws);
         let mapping = Arc::new(mapping);

@@ -11,9 +11,8 @@ use serde_json::json;
 
 use crate::adapters::dynamodb::DynamoDbWebhookStore;
 use crate::adapters::hubspot::{HubSpotWebhookSettings, HubSpotWebhooks};
-use crate::adapters::secrets_manager::read_secret_field;
 use crate::adapters::sqs::SqsQueue;
-use crate::config::{SecretSource, WebhookConfig};
+use crate::config::WebhookConfig;
 use crate::domain::{SystemClock, WebhookRequest};
 use crate::ingest::{IngestError, WebhookIngest};
 use crate::ports::WebhookProvider;
@@ -34,12 +33,7 @@ impl WebhookApi {
 
     /// Wires the production adapters: DynamoDB, SQS, and the HubSpot secret (read once, here).
     pub async fn build(aws: &SdkConfig, config: WebhookConfig) -> anyhow::Result<Self> {
-        let client_secret = match config.hubspot_secret {
-            SecretSource::Value(value) => value,
-            SecretSource::SecretsManager { secret_id, field } => {
-                read_secret_field(&aws_sdk_secretsmanager::Client::new(aws), &secret_id, field).await?
-            }
-        };
+        let client_secret = super::resolve_secret(aws, config.hubspot_secret).await?;
         let mut hubspot = HubSpotWebhookSettings::new(client_secret);
         hubspot.accept_legacy_signatures = config.hubspot_accept_legacy_signatures;
         hubspot.replay_window_secs = config.hubspot_replay_window_secs;

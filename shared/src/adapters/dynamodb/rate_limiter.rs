@@ -166,29 +166,11 @@ impl DynamoDbRateLimiter {
         }
     }
 
-    async fn start_day(&self, day: i64, left: u64) -> Result<(), StoreUnavailable> {
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(&self.key))
-            .update_expression("SET #day = :today, day_left = :left")
-            .condition_expression("attribute_not_exists(#day) OR #day <> :today")
-            .expression_attribute_names("#day", "day")
-            .expression_attribute_values(":today", n(day))
-            .expression_attribute_values(":left", n(left))
-            .send()
-            .await;
-        // Another instance started the day first: as good.
-        written_or_not(result).map(|_| ())
-    }
-}
-
-#[async_trait]
-impl RateLimiter for DynamoDbRateLimiter {
-    async fn acquire(&self, now_ms: i64) -> Result<Permit, StoreUnavailable> {
+    /// Grants the next slot, reserving one up to `max_ahead_ms` ahead when `may_reserve`, or
+    /// says until when there is none.
+    async fn acquire_slot(&self, now_ms: i64, may_reserve: bool) -> Result<Permit, StoreUnavailable> {
         let day = self.settings.day_of(now_ms);
-        let mut busy = self.last_tat.load(Ordering::Relaxed) > now_ms;
+        let mut busy = may_reserve && self.last_tat.load(Ordering::Relaxed) > now_ms;
         for _ in 0..6 {
             let old = match self.try_grant(now_ms, busy).await? {
                 Attempt::Granted(at_ms) => return Ok(Permit::Granted { at_ms }),
@@ -215,6 +197,12 @@ impl RateLimiter for DynamoDbRateLimiter {
             }
             let tat = number(&old, "tat").unwrap_or(0.0) as i64;
             self.last_tat.store(tat, Ordering::Relaxed);
+            if !may_reserve && tat > now_ms {
+                return Ok(Permit::Denied {
+                    until_ms: tat,
+                    policy: ThrottlePolicy::Burst,
+                });
+            }
             if tat > now_ms + self.settings.max_ahead_ms {
                 return Ok(Permit::Denied {
                     until_ms: tat - self.settings.max_ahead_ms,
@@ -230,43 +218,32 @@ impl RateLimiter for DynamoDbRateLimiter {
         })
     }
 
+    async fn start_day(&self, day: i64, left: u64) -> Result<(), StoreUnavailable> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&self.key))
+            .update_expression("SET #day = :today, day_left = :left")
+            .condition_expression("attribute_not_exists(#day) OR #day <> :today")
+            .expression_attribute_names("#day", "day")
+            .expression_attribute_values(":today", n(day))
+            .expression_attribute_values(":left", n(left))
+            .send()
+            .await;
+        // Another instance started the day first: as good.
+        written_or_not(result).map(|_| ())
+    }
+}
+
+#[async_trait]
+impl RateLimiter for DynamoDbRateLimiter {
+    async fn acquire(&self, now_ms: i64) -> Result<Permit, StoreUnavailable> {
+        self.acquire_slot(now_ms, true).await
+    }
+
     async fn acquire_idle(&self, now_ms: i64) -> Result<Permit, StoreUnavailable> {
-        let day = self.settings.day_of(now_ms);
-        for _ in 0..3 {
-            let old = match self.try_grant(now_ms, false).await? {
-                Attempt::Granted(at_ms) => return Ok(Permit::Granted { at_ms }),
-                Attempt::Refused(old) => old.unwrap_or_default(),
-            };
-            if number(&old, "day").map(|d| d as i64) != Some(day) {
-                self.start_day(day, self.settings.daily_limit).await?;
-                continue;
-            }
-            if let Some(paused) = number(&old, "paused_until")
-                .map(|p| p as i64)
-                .filter(|p| *p > now_ms)
-            {
-                return Ok(Permit::Denied {
-                    until_ms: paused,
-                    policy: ThrottlePolicy::Daily,
-                });
-            }
-            if number(&old, "day_left").is_some_and(|left| left <= self.settings.daily_reserve as f64) {
-                return Ok(Permit::Denied {
-                    until_ms: self.settings.next_day_start_ms(now_ms),
-                    policy: ThrottlePolicy::Daily,
-                });
-            }
-            let tat = number(&old, "tat").unwrap_or(0.0) as i64;
-            self.last_tat.store(tat, Ordering::Relaxed);
-            return Ok(Permit::Denied {
-                until_ms: tat.max(now_ms + 1),
-                policy: ThrottlePolicy::Burst,
-            });
-        }
-        Ok(Permit::Denied {
-            until_ms: now_ms + self.settings.interval_ms().ceil() as i64,
-            policy: ThrottlePolicy::Burst,
-        })
+        self.acquire_slot(now_ms, false).await
     }
 
     async fn observe(&self, rate: &RateInfo, now_ms: i64) -> Result<(), StoreUnavailable> {
