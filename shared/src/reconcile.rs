@@ -5,8 +5,10 @@
 //!
 //! Work is checkpointed after every page, so a run that meets the invocation's time limit or the
 //! daily budget reserve stops cleanly and the next invocation resumes where it stopped: every
-//! record is checked once per cycle however many invocations it takes. A cycle checks one of
-//! `cycle_nights` scan segments a night, so every record is checked within that many nights.
+//! record is checked once per run however many invocations it takes. The table is scanned in
+//! `cycle_nights` segments: a night starts with its own segment and goes on with the others while
+//! the budget and time allow, so everything is checked every night when the budget allows, and
+//! every record within `cycle_nights` nights when it does not.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -60,6 +62,10 @@ pub struct RunReport {
     pub duration_ms: u64,
     /// Why the last invocation stopped before the run was done.
     pub stopped: Option<String>,
+    /// Scan segments finished tonight: tonight's own first, then, while time and budget allow,
+    /// the others, so that everything is checked when the budget allows it.
+    #[serde(default)]
+    pub segments_checked: u32,
 }
 
 /// A run in progress: its report so far and where the scan stands.
@@ -190,6 +196,7 @@ impl ReconcileService {
                 api_calls: 0,
                 duration_ms: 0,
                 stopped: None,
+                segments_checked: 0,
             },
             cursor: None,
         }
@@ -268,8 +275,14 @@ impl ReconcileService {
             }
             checkpoint.cursor = next;
             if checkpoint.cursor.is_none() {
-                checkpoint.report.phase = Phase::Done;
-                checkpoint.report.finished_at_ms = Some(self.clock.now_ms());
+                checkpoint.report.segments_checked += 1;
+                if checkpoint.report.segments_checked >= checkpoint.report.segments {
+                    checkpoint.report.phase = Phase::Done;
+                    checkpoint.report.finished_at_ms = Some(self.clock.now_ms());
+                } else {
+                    // Tonight's segment is done: go on with the next while budget and time last.
+                    checkpoint.report.segment = (checkpoint.report.segment + 1) % checkpoint.report.segments;
+                }
             }
             checkpoint.report.api_calls += calls.crm_calls as u64;
             calls.crm_calls = 0;

@@ -246,3 +246,17 @@ async fn the_run_stops_when_the_crm_budget_says_so_and_resumes_later() {
     assert_eq!(resumed.checked, 120);
     assert_eq!(resumed.run_id, stopped.run_id, "the same run, resumed");
 }
+
+#[tokio::test]
+async fn a_night_checks_its_own_segment_first_and_all_the_others_when_the_budget_allows() {
+    let app = spawn_app_with(AppOptions::syncing().with_env("RECONCILE_CYCLE_NIGHTS", "3")).await;
+    let ids: Vec<String> = (0..30).map(|i| format!("slice-{i}")).collect();
+    sync_contacts(&app, &ids).await;
+
+    let report = reconcile(&app).await;
+
+    assert_eq!(report.phase, Phase::Done);
+    assert_eq!(report.segments, 3);
+    assert_eq!(report.segments_checked, 3);
+    assert_eq!(report.checked, 30, "every record once: {report:?}");
+}
