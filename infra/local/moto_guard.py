@@ -3,9 +3,9 @@
 A crashed or killed test run therefore never leaves a moto behind holding a port.
 
 Before it starts, moto is brought closer to AWS in two ways:
-- DynamoDB writes are atomic, as in AWS: moto serves requests on threads and its conditional
-  writes read, check and write without a lock, so two concurrent writers could both pass a
-  condition only one of them may pass;
+- DynamoDB writes are atomic, as in AWS: moto serves requests on threads and its writes read,
+  check, write and report old and new values without a lock, so two concurrent writers could
+  both pass a condition only one of them may pass, or see each other's values as their own;
 - speed, with no change of behaviour: its SQS receive re-read every queue attribute (three passes
   over all messages) for each message it returned, and its clock went through datetime objects,
   so that with thousands of queued messages one receive took seconds.
@@ -42,18 +42,20 @@ def speed_up_moto() -> None:
 def make_dynamodb_writes_atomic() -> None:
     import functools
 
-    from moto.dynamodb.models import DynamoDBBackend
+    from moto.dynamodb.responses import DynamoHandler
 
+    # The whole request, not just the backend call: the response reads the item's old and new
+    # values around the write, and those must belong to this write alone.
     lock = threading.RLock()
     for name in ("put_item", "update_item", "delete_item", "transact_write_items", "batch_write_item"):
-        original = getattr(DynamoDBBackend, name)
+        original = getattr(DynamoHandler, name)
 
         @functools.wraps(original)
         def locked(*args, __original=original, **kwargs):
             with lock:
                 return __original(*args, **kwargs)
 
-        setattr(DynamoDBBackend, name, locked)
+        setattr(DynamoHandler, name, locked)
 
 
 def main() -> int:
