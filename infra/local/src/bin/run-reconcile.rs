@@ -1,4 +1,4 @@
-//! `cargo run -p crm-sync-local --bin reconcile [-- --again]`: runs the nightly reconciliation
+//! `cargo run -p crm-sync-local --bin run-reconcile [-- --again]`: runs the nightly reconciliation
 //! now against the running local stack (`cargo run -p crm-sync-local`), printing its progress.
 //! `--again` starts today's run over even if it is done; `RECONCILE_CYCLE_NIGHTS=1` checks every
 //! record rather than tonight's segment. Reads the same settings as the local stack (`CRM_SYNC_HOST`, `CRM_SYNC_MOTO_PORT`, `CRM_SYNC_AWS_ENDPOINT`, `CRM_SYNC_STACK_NAME`,
