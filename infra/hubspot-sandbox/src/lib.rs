@@ -399,34 +399,33 @@ async fn handle(
     .await)
 }
 
+/// `current` with the fields a control request names changed; the rest stay as they are.
+fn merged<T: Serialize + serde::de::DeserializeOwned>(current: &T, body: &[u8]) -> Result<T, String> {
+    let mut value = serde_json::to_value(current).map_err(|e| e.to_string())?;
+    let Ok(Value::Object(changes)) = serde_json::from_slice::<Value>(body) else {
+        return Err("expected a JSON object of settings".to_string());
+    };
+    for (name, change) in changes {
+        value[name] = change;
+    }
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}
+
 fn control_api(state: &Arc<Mutex<State>>, method: &str, path: &str, body: &[u8]) -> Reply {
     let mut state = state.lock().unwrap();
     match (method, path.trim_end_matches('/')) {
         ("GET", "/health") => reply(200, &json!({"status": "ok"}), &[]),
         ("GET", "/faults") => reply(200, &serde_json::to_value(&state.faults).unwrap(), &[]),
-        ("POST", "/faults") => {
-            let mut current = serde_json::to_value(&state.faults).unwrap();
-            let Ok(Value::Object(changes)) = serde_json::from_slice::<Value>(body) else {
-                return reply(
-                    400,
-                    &json!({"message": "expected a JSON object of fault settings"}),
-                    &[],
-                );
-            };
-            for (name, value) in changes {
-                current[name] = value;
-            }
-            match serde_json::from_value::<Faults>(current) {
-                Ok(faults) => {
-                    if let Some(seed) = faults.seed {
-                        state.dice = fastrand::Rng::with_seed(seed);
-                    }
-                    state.faults = faults;
-                    reply(200, &serde_json::to_value(&state.faults).unwrap(), &[])
+        ("POST", "/faults") => match merged(&state.faults, body) {
+            Ok(faults) => {
+                if let Some(seed) = faults.seed {
+                    state.dice = fastrand::Rng::with_seed(seed);
                 }
-                Err(error) => reply(400, &json!({"message": error.to_string()}), &[]),
+                state.faults = faults;
+                reply(200, &serde_json::to_value(&state.faults).unwrap(), &[])
             }
-        }
+            Err(error) => reply(400, &json!({"message": error}), &[]),
+        },
         ("GET", "/stats") => reply(200, &serde_json::to_value(&state.stats).unwrap(), &[]),
         ("POST", "/reset") => {
             state.store = Store::default();
@@ -469,26 +468,13 @@ fn control_api(state: &Arc<Mutex<State>>, method: &str, path: &str, body: &[u8])
                 &[],
             )
         }
-        ("POST", "/webhooks") => {
-            let mut current = serde_json::to_value(&state.webhooks).unwrap();
-            let Ok(Value::Object(changes)) = serde_json::from_slice::<Value>(body) else {
-                return reply(
-                    400,
-                    &json!({"message": "expected a JSON object of webhook settings"}),
-                    &[],
-                );
-            };
-            for (name, value) in changes {
-                current[name] = value;
+        ("POST", "/webhooks") => match merged(&state.webhooks, body) {
+            Ok(settings) => {
+                state.webhooks = settings;
+                reply(204, &Value::Null, &[])
             }
-            match serde_json::from_value::<WebhookSettings>(current) {
-                Ok(settings) => {
-                    state.webhooks = settings;
-                    reply(204, &Value::Null, &[])
-                }
-                Err(error) => reply(400, &json!({"message": error.to_string()}), &[]),
-            }
-        }
+            Err(error) => reply(400, &json!({"message": error}), &[]),
+        },
         ("POST", objects) if objects.starts_with("/objects/") => {
             let path: Vec<&str> = objects["/objects/".len()..].split('/').collect();
             let properties = match serde_json::from_slice::<Value>(body)

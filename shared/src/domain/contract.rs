@@ -98,14 +98,10 @@ impl Change {
 
     /// The message type as written in the contract.
     pub fn type_name(&self) -> &'static str {
-        match (self.object, self.operation) {
-            (ObjectKind::Contact, Operation::Upsert) => "contact.upsert",
-            (ObjectKind::Contact, Operation::Delete) => "contact.delete",
-            (ObjectKind::Deal, Operation::Upsert) => "deal.upsert",
-            (ObjectKind::Deal, Operation::Delete) => "deal.delete",
-            (ObjectKind::Activity, _) => "activity.log",
-            (_, Operation::Log) => "activity.log",
-        }
+        TYPES
+            .iter()
+            .find(|(_, object, operation)| *object == self.object && *operation == self.operation)
+            .map_or("activity.log", |(name, _, _)| name)
     }
 }
 
