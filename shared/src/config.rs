@@ -64,6 +64,8 @@ pub struct SyncConfig {
     pub inbound: Option<InboundConfig>,
     /// The low-priority lane the reconciliation re-enqueues into: (queue ARN, queue URL).
     pub reconcile_lane: Option<(String, String)>,
+    /// The priority lane the dashboard's re-syncs go to: (queue ARN, queue URL).
+    pub resync_lane: Option<(String, String)>,
 }
 
 /// What the sync function needs to process webhook events.
@@ -93,6 +95,21 @@ pub struct ReconcileConfig {
     pub limiter: crate::adapters::dynamodb::LimiterSettings,
     pub settings: crate::reconcile::ReconcileSettings,
     pub timeline_retention_ms: i64,
+}
+
+/// Everything the dashboard function needs.
+#[derive(Debug, Clone)]
+pub struct DashboardConfig {
+    pub state_table: String,
+    /// Where re-syncs go: the priority lane the sync function reads.
+    pub resync_queue_url: String,
+    /// Each dead-letter queue with the queue it redrives to: (name, queue URL, DLQ URL).
+    pub lanes: Vec<(&'static str, String, String)>,
+    pub password: SecretSource,
+    pub session_ttl_ms: i64,
+    /// The HubSpot account id, for links to records in HubSpot.
+    pub hubspot_portal_id: Option<String>,
+    pub hubspot_app_url: String,
 }
 
 /// Reads variables through a lookup, so that tests need not touch the process environment.
@@ -303,6 +320,10 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 None => None,
                 Some(arn) => Some((arn, self.required("RECONCILE_QUEUE_URL")?)),
             },
+            resync_lane: match self.optional("RESYNC_QUEUE_ARN") {
+                None => None,
+                Some(arn) => Some((arn, self.required("RESYNC_QUEUE_URL")?)),
+            },
             inbound: match self.optional("INBOUND_QUEUE_ARN") {
                 None => None,
                 Some(queue_arn) => Some(InboundConfig {
@@ -360,6 +381,40 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             },
             limiter: sync.limiter,
             timeline_retention_ms: sync.timeline_retention_ms,
+        })
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    /// The dashboard function's configuration.
+    pub fn dashboard(&self) -> Result<DashboardConfig, ConfigError> {
+        let hours: u32 = self.parsed("DASHBOARD_SESSION_HOURS", 12, "a number of hours")?;
+        if hours == 0 || hours > 24 * 7 {
+            return Err(ConfigError::new("DASHBOARD_SESSION_HOURS", "must be 1 to 168"));
+        }
+        let lane = |name: &'static str, queue: &str, dlq: &str| -> Result<_, ConfigError> {
+            Ok((name, self.required(queue)?, self.required(dlq)?))
+        };
+        let app_url = self
+            .optional("HUBSPOT_APP_URL")
+            .unwrap_or_else(|| "https://app.hubspot.com".into());
+        if !app_url.starts_with("https://") && !app_url.starts_with("http://") {
+            return Err(ConfigError::new("HUBSPOT_APP_URL", "must start with https://"));
+        }
+        Ok(DashboardConfig {
+            state_table: self.required("SYNC_STATE_TABLE")?,
+            resync_queue_url: self.required("RESYNC_QUEUE_URL")?,
+            lanes: vec![
+                lane("outbound", "OUTBOUND_QUEUE_URL", "OUTBOUND_DLQ_URL")?,
+                lane("inbound", "INBOUND_QUEUE_URL", "INBOUND_DLQ_URL")?,
+                lane("app-inbox", "APP_INBOX_QUEUE_URL", "APP_INBOX_DLQ_URL")?,
+            ],
+            password: self.secret("DASHBOARD_PASSWORD", "DASHBOARD_SECRET_ARN", "password")?,
+            session_ttl_ms: i64::from(hours) * 3_600_000,
+            hubspot_portal_id: self
+                .optional("HUBSPOT_PORTAL_ID")
+                .filter(|id| id.chars().all(|c| c.is_ascii_digit())),
+            hubspot_app_url: app_url.trim_end_matches('/').to_string(),
         })
     }
 }

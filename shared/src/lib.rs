@@ -10,6 +10,7 @@
 
 pub mod adapters;
 pub mod config;
+pub mod dashboard;
 pub mod domain;
 pub mod entrypoints;
 pub mod inbound;

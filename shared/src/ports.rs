@@ -11,7 +11,7 @@ use crate::domain::crm::{
     AssociationInput, BatchResult, CrmError, RateInfo, ReadResult, ThrottlePolicy, UpdateInput, UpsertInput,
 };
 use crate::domain::inbound::{ConflictEntry, InboundMessage, Interpretation};
-use crate::domain::sync::{RecordState, SyncStatus, TimelineEntry};
+use crate::domain::sync::{RecordFilter, RecordState, SyncStatus, Tally, TimelineEntry};
 use crate::domain::{AuthError, Delivery, InboundEvent, ParseError, ProviderId, WebhookRequest};
 
 /// A CRM's webhook dialect: how its requests are authenticated and how its bodies are read.
@@ -286,13 +286,33 @@ pub trait SyncStateStore: Send + Sync {
         crm_id: &str,
     ) -> Result<Option<RecordState>, StoreUnavailable>;
 
-    /// Records with `status`, most recently changed first; `cursor` continues a listing.
-    async fn by_status(
+    /// Records the filter selects, most recently changed first; `cursor` continues a listing. A
+    /// cursor MUST be opaque to callers; one that this store did not hand out is `BadCursor`.
+    async fn list(
         &self,
-        status: SyncStatus,
+        filter: RecordFilter,
         limit: usize,
         cursor: Option<String>,
-    ) -> Result<(Vec<RecordState>, Option<String>), StoreUnavailable>;
+    ) -> Result<(Vec<RecordState>, Option<String>), ListError>;
+
+    /// How many records the filter selects, reading at most `max_pages` index pages: a large set
+    /// reads as an incomplete tally rather than as an unbounded scan.
+    async fn count(&self, filter: RecordFilter, max_pages: usize) -> Result<Tally, StoreUnavailable>;
+
+    /// Contacts whose email is `email` (compared lower-cased).
+    async fn find_by_email(&self, email: &str, limit: usize) -> Result<Vec<RecordState>, StoreUnavailable>;
+
+    /// Marks the record's conflicts as seen: it leaves the open-conflicts listing until a new one.
+    async fn dismiss_conflicts(&self, record: &RecordRef, now_ms: i64) -> Result<(), StoreUnavailable>;
+}
+
+/// Why a listing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    #[error("the listing cursor is not valid")]
+    BadCursor,
+    #[error(transparent)]
+    Unavailable(#[from] StoreUnavailable),
 }
 
 /// The answer to a request for one CRM call.
@@ -379,4 +399,50 @@ pub trait EventJournal: Send + Sync {
 /// A CRM's webhook events, read as changes.
 pub trait CrmEvents: Send + Sync {
     fn interpret(&self, message: &InboundMessage) -> Interpretation;
+}
+
+/// A queue failure; the caller reports it and may try again.
+#[derive(Debug, thiserror::Error)]
+#[error("the queue is unavailable")]
+pub struct QueueUnavailable(#[source] pub anyhow::Error);
+
+/// The oldest of the dead letters looked at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub sent_at_ms: i64,
+    /// Why it was dead-lettered, as recorded with it, if it was.
+    pub reason: Option<String>,
+    pub body: String,
+}
+
+/// A dead-letter queue at a glance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterSummary {
+    /// Messages waiting (approximate, as the queue reports it).
+    pub waiting: u64,
+    /// Messages someone is looking at or moving right now.
+    pub in_flight: u64,
+    pub oldest: Option<DeadLetter>,
+}
+
+/// What a redrive did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedriveOutcome {
+    pub moved: u64,
+    /// Messages the source queue refused; they stay in the dead-letter queue.
+    pub failed: u64,
+    /// The redrive stopped at its limit with messages left: run it again.
+    pub more: bool,
+}
+
+/// A dead-letter queue and the queue its messages came from.
+#[async_trait]
+pub trait DeadLetterQueue: Send + Sync {
+    /// Depth and the oldest message of a sample. MUST NOT remove or hide any message.
+    async fn summary(&self) -> Result<DeadLetterSummary, QueueUnavailable>;
+
+    /// Moves up to `max_messages` back to the source queue, body and attributes unchanged. MUST
+    /// delete a message only once the source queue holds it: an interrupted or repeated redrive
+    /// may duplicate a message (consumers are idempotent), never lose one.
+    async fn redrive(&self, max_messages: usize) -> Result<RedriveOutcome, QueueUnavailable>;
 }

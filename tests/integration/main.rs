@@ -1,5 +1,7 @@
 //! Integration tests: each drives a local stack over real HTTP against moto.
 
+mod dashboard;
+mod dashboard_browser;
 mod hubspot_adapters;
 mod reconcile;
 mod sync_inbound;

@@ -4,8 +4,8 @@
 use std::collections::HashSet;
 
 use crm_sync::domain::contract::{ObjectKind, RecordRef};
-use crm_sync::domain::sync::{SyncStatus, TimelineKind};
-use crm_sync::ports::SyncStateStore;
+use crm_sync::domain::sync::{RecordFilter, SyncStatus, Tally, TimelineKind};
+use crm_sync::ports::{ListError, SyncStateStore};
 use crm_sync_tests::app_changes::{activity, contact, contact_delete, deal};
 use crm_sync_tests::hubspot::now_ms;
 use crm_sync_tests::{eventually, spawn_app_with, AppOptions, TestApp};
@@ -28,20 +28,7 @@ async fn settled(
     crm_sync::domain::sync::RecordState,
     Vec<crm_sync::domain::sync::TimelineEntry>,
 ) {
-    let store = app.sync_state();
-    eventually(30, &format!("{record} to be {}", status.as_str()), || {
-        let store = store.clone();
-        let record = record.clone();
-        async move {
-            store
-                .record(&record, 50)
-                .await
-                .ok()
-                .flatten()
-                .filter(|(state, _)| state.status == status)
-        }
-    })
-    .await
+    app.settled(record, status).await
 }
 
 /// Waits for `count` dead letters on the outbound DLQ and takes them off it.
@@ -556,6 +543,7 @@ async fn a_bad_mapping_file_stops_the_sync_function_from_starting_and_names_the_
         env_overrides: [("CRM_SYNC_MAPPING_FILE".to_string(), path.display().to_string())].into(),
         run_event_sources: false,
         sandbox_webhooks: false,
+        generated_secrets: Default::default(),
     })
     .await;
     let error = format!("{:#}", result.err().expect("a bad mapping stops the start"));
@@ -580,7 +568,9 @@ async fn records_can_be_listed_by_status() {
     settled(&app, contact_ref("list-1"), SyncStatus::Synced).await;
 
     let store = app.sync_state();
-    let (failed, _) = store.by_status(SyncStatus::Failed, 10, None).await.unwrap();
+    let failed_filter = RecordFilter::Status(SyncStatus::Failed);
+    let synced_filter = RecordFilter::Status(SyncStatus::Synced);
+    let (failed, _) = store.list(failed_filter, 10, None).await.unwrap();
     assert_eq!(
         failed
             .iter()
@@ -588,8 +578,27 @@ async fn records_can_be_listed_by_status() {
             .collect::<Vec<_>>(),
         vec!["list-2"]
     );
-    let (first_page, cursor) = store.by_status(SyncStatus::Synced, 1, None).await.unwrap();
-    let (second_page, _) = store.by_status(SyncStatus::Synced, 1, cursor).await.unwrap();
+    let (first_page, cursor) = store.list(synced_filter, 1, None).await.unwrap();
+    let cursor = cursor.expect("a second page");
+    let (second_page, _) = store.list(synced_filter, 1, Some(cursor.clone())).await.unwrap();
+    assert!(
+        matches!(
+            store.list(failed_filter, 1, Some(cursor)).await,
+            Err(ListError::BadCursor)
+        ),
+        "a cursor of one listing is refused by another"
+    );
+    assert!(matches!(
+        store.list(synced_filter, 1, Some("not-a-cursor".into())).await,
+        Err(ListError::BadCursor)
+    ));
+    assert_eq!(
+        store.count(synced_filter, 5).await.unwrap(),
+        Tally {
+            count: 2,
+            complete: true
+        }
+    );
     let ids: HashSet<_> = first_page
         .iter()
         .chain(&second_page)

@@ -2,6 +2,8 @@
 //! prefixed uniquely, HTTP on a free port), driven over real HTTP.
 
 pub mod app_changes;
+pub mod browser;
+pub mod dashboard;
 pub mod fault_proxy;
 pub mod hubspot;
 
@@ -20,6 +22,8 @@ pub use fault_proxy::FaultProxy;
 
 /// The HubSpot client secret every test stack is deployed with.
 pub const HUBSPOT_SECRET: &str = "test-hubspot-client-secret";
+/// The dashboard password every test stack gets.
+pub const DASHBOARD_PASSWORD: &str = "test-dashboard-password";
 
 static MOTO: OnceLock<Moto> = OnceLock::new();
 static NEXT_STACK: AtomicUsize = AtomicUsize::new(0);
@@ -130,6 +134,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
             parameters
         },
         env_overrides: options.env,
+        generated_secrets: HashMap::from([("DashboardSecret".to_string(), DASHBOARD_PASSWORD.to_string())]),
     })
     .await
     .expect("the local stack starts");
@@ -236,6 +241,32 @@ impl TestApp {
             self.stack.resources.table("SyncStateTable"),
             30 * 24 * 3600 * 1000,
         )
+    }
+
+    /// Waits until the record has `status`; returns its state and newest timeline entries.
+    pub async fn settled(
+        &self,
+        record: crm_sync::domain::contract::RecordRef,
+        status: crm_sync::domain::sync::SyncStatus,
+    ) -> (
+        crm_sync::domain::sync::RecordState,
+        Vec<crm_sync::domain::sync::TimelineEntry>,
+    ) {
+        use crm_sync::ports::SyncStateStore;
+        let store = self.sync_state();
+        eventually(30, &format!("{record} to be {}", status.as_str()), || {
+            let store = store.clone();
+            let record = record.clone();
+            async move {
+                store
+                    .record(&record, 50)
+                    .await
+                    .ok()
+                    .flatten()
+                    .filter(|(state, _)| state.status == status)
+            }
+        })
+        .await
     }
 
     /// Sends app changes to the outbound queue, ten per call.

@@ -19,6 +19,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use crm_sync::adapters::aws::{load_sdk_config, AwsTarget, CallBudget};
 use crm_sync::config::Env;
+use crm_sync::entrypoints::dashboard_http::DashboardApi;
 use crm_sync::entrypoints::reconcile_schedule::ReconcileHandler;
 use crm_sync::entrypoints::sync_sqs::SyncHandler;
 use crm_sync::entrypoints::webhook_http::WebhookApi;
@@ -57,6 +58,9 @@ pub struct StackOptions {
     pub run_event_sources: bool,
     /// Have the sandbox post webhooks for every change to this stack, as HubSpot would.
     pub sandbox_webhooks: bool,
+    /// Values for secrets the template has Secrets Manager generate, by logical id (the
+    /// dashboard's password): random when absent.
+    pub generated_secrets: HashMap<String, String>,
 }
 
 /// A running local stack; dropping it stops the HTTP server, the pollers and the sandbox
@@ -68,6 +72,7 @@ pub struct LocalStack {
     pub webhook_env: HashMap<String, String>,
     pub sync_env: HashMap<String, String>,
     pub reconcile_env: HashMap<String, String>,
+    pub dashboard_env: HashMap<String, String>,
     pub sandbox: Option<Sandbox>,
     pub sync: Arc<SyncHandler>,
     /// The reconcile function's handler: run it with `run_until`, as the schedule would.
@@ -98,9 +103,15 @@ impl LocalStack {
         }
 
         let admin = load_sdk_config(&AwsTarget::local(&options.aws_endpoint), CallBudget::BACKGROUND).await;
-        let resources = provision::provision(&admin, &template, &options.stack_name, &options.parameters)
-            .await
-            .context("creating the template's resources in moto")?;
+        let resources = provision::provision(
+            &admin,
+            &template,
+            &options.stack_name,
+            &options.parameters,
+            &options.generated_secrets,
+        )
+        .await
+        .context("creating the template's resources in moto")?;
 
         let handler_endpoint = options
             .handler_aws_endpoint
@@ -132,6 +143,13 @@ impl LocalStack {
         let config = Env(move |name: &str| lookup.get(name).cloned()).reconcile()?;
         let reconcile = Arc::new(ReconcileHandler::build(&aws, config).await?);
 
+        let mut dashboard_env = template.function_environment("DashboardFunction", &resources.resolver)?;
+        dashboard_env.extend(options.env_overrides.clone());
+        let lookup = dashboard_env.clone();
+        let config = Env(move |name: &str| lookup.get(name).cloned()).dashboard()?;
+        let aws = load_sdk_config(&AwsTarget::local(handler_endpoint), CallBudget::WEBHOOK).await;
+        let dashboard = Arc::new(DashboardApi::build(&aws, config).await?);
+
         let mut event_sources = Vec::new();
         let timeout =
             Duration::from_secs(template.function_timeout_secs("SyncFunction", &resources.resolver)?);
@@ -161,10 +179,18 @@ impl LocalStack {
         }
         let mut tasks = Vec::new();
 
+        // The routes of the template's HttpApi: /admin to the dashboard, the rest to webhooks.
         let http: server::Handler = Arc::new(move |request| {
             let webhook = webhook.clone();
+            let dashboard = dashboard.clone();
             Box::pin(async move {
-                match webhook.handle(request).await {
+                let path = request.uri().path();
+                let answer = if path == "/admin" || path.starts_with("/admin/") {
+                    dashboard.handle(request).await
+                } else {
+                    webhook.handle(request).await
+                };
+                match answer {
                     Ok(response) => response,
                     Err(never) => match never {},
                 }
@@ -193,6 +219,7 @@ impl LocalStack {
             webhook_env,
             sync_env,
             reconcile_env,
+            dashboard_env,
             sandbox,
             sync,
             reconcile,

@@ -1,9 +1,11 @@
 //! `cargo run -p crm-sync-local`: installs moto if needed, starts it, creates the stack's tables,
-//! queues and secret, and serves the webhook handler at http://127.0.0.1:3000 until Ctrl-C.
+//! queues and secrets, and serves the webhook handler and the dashboard (/admin) at
+//! http://127.0.0.1:3000 until Ctrl-C.
 //!
 //! Environment: `CRM_SYNC_HOST` (127.0.0.1), `CRM_SYNC_HTTP_PORT` (3000), `CRM_SYNC_MOTO_PORT`
 //! (4566), `CRM_SYNC_AWS_ENDPOINT` (use a moto already running there instead of starting one),
-//! `CRM_SYNC_STACK_NAME` (crm-sync-local), `HUBSPOT_CLIENT_SECRET` (local-hubspot-secret).
+//! `CRM_SYNC_STACK_NAME` (crm-sync-local), `HUBSPOT_CLIENT_SECRET` (local-hubspot-secret),
+//! `CRM_SYNC_DASHBOARD_PASSWORD` (local-admin).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -56,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
         },
     };
     let secret = setting("HUBSPOT_CLIENT_SECRET", "local-hubspot-secret");
+    let dashboard_password = setting("CRM_SYNC_DASHBOARD_PASSWORD", "local-admin");
 
     let (moto, aws_endpoint) = match std::env::var("CRM_SYNC_AWS_ENDPOINT")
         .ok()
@@ -79,10 +82,17 @@ async fn main() -> anyhow::Result<()> {
         env_overrides,
         run_event_sources: true,
         sandbox_webhooks: true,
+        generated_secrets: HashMap::from([("DashboardSecret".to_string(), dashboard_password.clone())]),
     })
     .await?;
 
-    print_summary(&stack, &aws_endpoint, moto.is_some(), &secret);
+    print_summary(
+        &stack,
+        &aws_endpoint,
+        moto.is_some(),
+        &secret,
+        &dashboard_password,
+    );
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     println!(
         "\nstopping: HTTP server{}",
@@ -93,12 +103,16 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_summary(stack: &LocalStack, aws_endpoint: &str, started_moto: bool, secret: &str) {
+fn print_summary(stack: &LocalStack, aws_endpoint: &str, started_moto: bool, secret: &str, password: &str) {
     let resources = &stack.resources;
     let webhook_url = format!("{}/webhooks/hubspot", stack.url());
     println!();
     println!("crm-sync is running locally");
     println!("  webhooks      POST {webhook_url}");
+    println!(
+        "  dashboard     {}/admin  (password {password:?}; set CRM_SYNC_DASHBOARD_PASSWORD to change it)",
+        stack.url()
+    );
     println!(
         "  AWS (moto)    {aws_endpoint}{}",
         if started_moto { "" } else { " (already running)" }

@@ -12,7 +12,7 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_sqs::types::QueueAttributeName;
 use serde_yaml::Value;
 
-use crate::template::{Resolver, ResourceValues, Template};
+use crate::template::{Resolver, ResourceValues, SecretValue, Template};
 
 /// The local stand-ins' region and account, as moto reports them.
 pub const REGION: &str = "us-east-1";
@@ -124,6 +124,7 @@ pub async fn provision(
     template: &Template,
     stack_name: &str,
     parameters: &HashMap<String, String>,
+    generated_secrets: &HashMap<String, String>,
 ) -> anyhow::Result<Provisioned> {
     let mut resolver = Resolver {
         parameters: template.parameter_defaults(),
@@ -284,9 +285,22 @@ pub async fn provision(
     let mut secrets = HashMap::new();
     for secret in template.secrets() {
         let name = format!("{stack_name}-{}", secret.logical_id);
-        let value = resolver
-            .resolve(&secret.secret_string)
-            .with_context(|| format!("{}: SecretString", secret.logical_id))?;
+        let value = match &secret.value {
+            SecretValue::Given(value) => resolver
+                .resolve(value)
+                .with_context(|| format!("{}: SecretString", secret.logical_id))?,
+            SecretValue::Generated { template, key } => {
+                let mut json: serde_json::Map<String, serde_json::Value> = serde_json::from_str(template)
+                    .with_context(|| format!("{}: SecretStringTemplate", secret.logical_id))?;
+                // As Secrets Manager would, unless the caller fixed the value (tests, local runs).
+                let generated = generated_secrets
+                    .get(&secret.logical_id)
+                    .cloned()
+                    .unwrap_or_else(|| std::iter::repeat_with(fastrand::alphanumeric).take(32).collect());
+                json.insert(key.clone(), serde_json::Value::String(generated));
+                serde_json::Value::Object(json).to_string()
+            }
+        };
         let arn = match secrets_manager
             .create_secret()
             .name(&name)

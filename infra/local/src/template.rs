@@ -42,7 +42,16 @@ pub struct QueueSpec {
 #[derive(Debug, Clone)]
 pub struct SecretSpec {
     pub logical_id: String,
-    pub secret_string: Value,
+    pub value: SecretValue,
+}
+
+/// How a secret gets its value.
+#[derive(Debug, Clone)]
+pub enum SecretValue {
+    /// `SecretString`, to resolve.
+    Given(Value),
+    /// `GenerateSecretString`: the template's JSON with one generated key.
+    Generated { template: String, key: String },
 }
 
 fn get<'a>(map: &'a serde_yaml::Mapping, key: &str) -> Option<&'a Value> {
@@ -170,10 +179,20 @@ impl Template {
     pub fn secrets(&self) -> Vec<SecretSpec> {
         self.resources_of("AWS::SecretsManager::Secret")
             .filter_map(|(logical_id, properties)| {
-                Some(SecretSpec {
-                    logical_id,
-                    secret_string: get(properties, "SecretString")?.clone(),
-                })
+                let value = match get(properties, "SecretString") {
+                    Some(value) => SecretValue::Given(value.clone()),
+                    None => {
+                        let generate = get(properties, "GenerateSecretString")?.as_mapping()?;
+                        SecretValue::Generated {
+                            template: get(generate, "SecretStringTemplate")
+                                .and_then(Value::as_str)
+                                .unwrap_or("{}")
+                                .to_string(),
+                            key: get(generate, "GenerateStringKey")?.as_str()?.to_string(),
+                        }
+                    }
+                };
+                Some(SecretSpec { logical_id, value })
             })
             .collect()
     }

@@ -1,13 +1,22 @@
 //! SQS as a [`MessageQueue`]: SendMessageBatch, at most ten entries and 256 KiB a call, the
-//! calls for one send made concurrently.
+//! calls for one send made concurrently. And SQS as a [`DeadLetterQueue`], redriven by receive,
+//! send, then delete (moto has no StartMessageMoveTask, and this way the redrive is the same code
+//! everywhere).
 
 use async_trait::async_trait;
 use aws_sdk_sqs::error::DisplayErrorContext;
-use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::{
+    DeleteMessageBatchRequestEntry, Message, MessageAttributeValue, MessageSystemAttributeName,
+    QueueAttributeName, SendMessageBatchRequestEntry,
+};
 use aws_sdk_sqs::Client;
 use futures::future::join_all;
 
-use crate::ports::{MessageQueue, OutgoingMessage, SendFailure};
+use crate::ports::{
+    DeadLetter, DeadLetterQueue, DeadLetterSummary, MessageQueue, OutgoingMessage, QueueUnavailable,
+    RedriveOutcome, SendFailure,
+};
+use crate::worker::ERROR_ATTRIBUTE;
 
 const MAX_ENTRIES: usize = 10;
 const MAX_BATCH_BYTES: usize = 256 * 1024;
@@ -115,6 +124,199 @@ impl MessageQueue for SqsQueue {
             failures.extend(results.into_iter().flatten());
         }
         failures
+    }
+}
+
+/// A dead-letter queue in SQS and the queue it redrives to.
+#[derive(Debug, Clone)]
+pub struct SqsDeadLetterQueue {
+    client: Client,
+    dlq_url: String,
+    source_url: String,
+}
+
+impl SqsDeadLetterQueue {
+    pub fn new(client: Client, dlq_url: impl Into<String>, source_url: impl Into<String>) -> Self {
+        Self {
+            client,
+            dlq_url: dlq_url.into(),
+            source_url: source_url.into(),
+        }
+    }
+
+    /// Sends received messages to the source queue; returns the receipt handles of those it holds.
+    async fn forward(&self, messages: &[Message]) -> Result<Vec<String>, QueueUnavailable> {
+        let mut sent = Vec::new();
+        let mut group: Vec<&Message> = Vec::new();
+        let mut bytes = 0;
+        let mut groups = Vec::new();
+        for message in messages {
+            let size = message_size(message);
+            if !group.is_empty() && (group.len() == MAX_ENTRIES || bytes + size > MAX_BATCH_BYTES) {
+                groups.push(std::mem::take(&mut group));
+                bytes = 0;
+            }
+            group.push(message);
+            bytes += size;
+        }
+        groups.push(group);
+        for group in groups.into_iter().filter(|group| !group.is_empty()) {
+            let entries = group.iter().enumerate().map(|(position, message)| {
+                SendMessageBatchRequestEntry::builder()
+                    .id(position.to_string())
+                    .message_body(message.body().unwrap_or_default())
+                    .set_message_attributes(message.message_attributes().cloned())
+                    .build()
+                    .expect("id and body are set")
+            });
+            let output = self
+                .client
+                .send_message_batch()
+                .queue_url(&self.source_url)
+                .set_entries(Some(entries.collect()))
+                .send()
+                .await
+                .map_err(|error| QueueUnavailable(anyhow::anyhow!("{}", DisplayErrorContext(&error))))?;
+            for done in output.successful() {
+                if let Some(message) = done.id().parse::<usize>().ok().and_then(|i| group.get(i)) {
+                    sent.extend(message.receipt_handle().map(str::to_string));
+                }
+            }
+        }
+        Ok(sent)
+    }
+}
+
+/// What a message weighs against the batch limit: body plus attribute names and values.
+fn message_size(message: &Message) -> usize {
+    let attributes: usize = message
+        .message_attributes()
+        .map(|attributes| {
+            attributes
+                .iter()
+                .map(|(name, value)| {
+                    name.len()
+                        + value.data_type().len()
+                        + value.string_value().map_or(0, str::len)
+                        + value.binary_value().map_or(0, |blob| blob.as_ref().len())
+                })
+                .sum()
+        })
+        .unwrap_or(0);
+    message.body().map_or(0, str::len) + attributes
+}
+
+fn queue_error<E: std::error::Error + 'static, R: std::fmt::Debug>(
+    error: aws_sdk_sqs::error::SdkError<E, R>,
+) -> QueueUnavailable {
+    QueueUnavailable(anyhow::anyhow!("{}", DisplayErrorContext(&error)))
+}
+
+#[async_trait]
+impl DeadLetterQueue for SqsDeadLetterQueue {
+    async fn summary(&self) -> Result<DeadLetterSummary, QueueUnavailable> {
+        let attributes = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.dlq_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .map_err(queue_error)?;
+        let count = |name: QueueAttributeName| {
+            attributes
+                .attributes()
+                .and_then(|all| all.get(&name))
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(0)
+        };
+        let waiting = count(QueueAttributeName::ApproximateNumberOfMessages);
+        let in_flight = count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible);
+        // A look, not a take: visibility 0 leaves every message where it was.
+        let sample = self
+            .client
+            .receive_message()
+            .queue_url(&self.dlq_url)
+            .max_number_of_messages(10)
+            .visibility_timeout(0)
+            .wait_time_seconds(0)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .message_attribute_names(ERROR_ATTRIBUTE)
+            .send()
+            .await
+            .map_err(queue_error)?;
+        let oldest = sample
+            .messages()
+            .iter()
+            .map(|message| DeadLetter {
+                sent_at_ms: message
+                    .attributes()
+                    .and_then(|all| all.get(&MessageSystemAttributeName::SentTimestamp))
+                    .and_then(|value| value.parse().ok())
+                    .unwrap_or(0),
+                reason: message
+                    .message_attributes()
+                    .and_then(|all| all.get(ERROR_ATTRIBUTE))
+                    .and_then(|value| value.string_value())
+                    .map(str::to_string),
+                body: message.body().unwrap_or_default().to_string(),
+            })
+            .min_by_key(|letter| letter.sent_at_ms);
+        Ok(DeadLetterSummary {
+            waiting,
+            in_flight,
+            oldest,
+        })
+    }
+
+    async fn redrive(&self, max_messages: usize) -> Result<RedriveOutcome, QueueUnavailable> {
+        let mut outcome = RedriveOutcome::default();
+        loop {
+            if outcome.moved + outcome.failed >= max_messages as u64 {
+                outcome.more = true;
+                break;
+            }
+            // Long enough to send and delete a batch; a crash in between lets the message reappear.
+            let received = self
+                .client
+                .receive_message()
+                .queue_url(&self.dlq_url)
+                .max_number_of_messages(10)
+                .visibility_timeout(60)
+                .wait_time_seconds(0)
+                .message_attribute_names("All")
+                .send()
+                .await
+                .map_err(queue_error)?;
+            let messages = received.messages();
+            if messages.is_empty() {
+                break;
+            }
+            let sent = self.forward(messages).await?;
+            outcome.failed += (messages.len() - sent.len()) as u64;
+            if sent.is_empty() {
+                // The source queue refuses them: stop rather than spin on the same messages.
+                break;
+            }
+            let entries = sent.iter().enumerate().map(|(position, handle)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(position.to_string())
+                    .receipt_handle(handle)
+                    .build()
+                    .expect("id and handle are set")
+            });
+            let deleted = self
+                .client
+                .delete_message_batch()
+                .queue_url(&self.dlq_url)
+                .set_entries(Some(entries.collect()))
+                .send()
+                .await
+                .map_err(queue_error)?;
+            outcome.moved += deleted.successful().len() as u64;
+        }
+        Ok(outcome)
     }
 }
 

@@ -103,6 +103,31 @@ impl Change {
             .find(|(_, object, operation)| *object == self.object && *operation == self.operation)
             .map_or("activity.log", |(name, _, _)| name)
     }
+
+    /// A contact's `email`, lower-cased: what the dashboard's search finds it by.
+    pub fn search_email(&self) -> Option<String> {
+        if self.object != ObjectKind::Contact {
+            return None;
+        }
+        match self.data.get("email") {
+            Some(FieldValue::Text(email)) if !email.trim().is_empty() => Some(email.trim().to_lowercase()),
+            _ => None,
+        }
+    }
+}
+
+/// The same change under a new idempotency id, so that it is written again even though it is
+/// applied already; any newer change still wins over it. `body` must be a valid message.
+pub fn with_idempotency_id(body: &str, idempotency_id: &str) -> Result<String, ContractError> {
+    let mut value: Value =
+        serde_json::from_str(body).map_err(|_| invalid("the stored message is not valid JSON"))?;
+    let Some(fields) = value.as_object_mut() else {
+        return Err(invalid("the stored message is not a JSON object"));
+    };
+    fields.insert("idempotency_id".into(), Value::String(idempotency_id.into()));
+    let rewritten = value.to_string();
+    parse_change(&rewritten)?;
+    Ok(rewritten)
 }
 
 /// An app record: object type and the app's id.
@@ -282,6 +307,31 @@ mod tests {
     use super::*;
 
     const CONTACT: &str = r#"{"version":1,"type":"contact.upsert","record_id":"user-42","idempotency_id":"i-1","changed_at":"2026-11-27T10:15:00.123Z","data":{"email":"ada@example.com","age":36,"vip":true,"phone":null}}"#;
+
+    #[test]
+    fn a_re_sync_keeps_the_change_and_only_replaces_its_idempotency_id() {
+        let rewritten = with_idempotency_id(CONTACT, "resync-1").unwrap();
+        let original = parse_change(CONTACT).unwrap();
+        let again = parse_change(&rewritten).unwrap();
+        assert_eq!(again.idempotency_id, "resync-1");
+        assert_eq!(
+            Change {
+                idempotency_id: original.idempotency_id.clone(),
+                ..again
+            },
+            original
+        );
+        assert!(with_idempotency_id("[1]", "x").is_err());
+        assert!(with_idempotency_id(CONTACT, "").is_err());
+    }
+
+    #[test]
+    fn only_a_contact_has_a_search_email_and_it_is_lower_cased() {
+        let contact = parse_change(&CONTACT.replace("ada@example.com", " Ada@Example.COM ")).unwrap();
+        assert_eq!(contact.search_email().as_deref(), Some("ada@example.com"));
+        let deal = r#"{"version":1,"type":"deal.upsert","record_id":"d","idempotency_id":"i","changed_at":5,"data":{"name":"x"}}"#;
+        assert_eq!(parse_change(deal).unwrap().search_email(), None);
+    }
 
     #[test]
     fn a_contact_upsert_parses_with_its_version_in_milliseconds() {

@@ -67,6 +67,10 @@ pub struct RecordState {
     pub pending_change: Option<String>,
     /// The last failure may pass on a later try (it was not refused as invalid).
     pub retryable: bool,
+    /// The message of the last change applied (what a re-sync of a synced record sends again).
+    pub last_change: Option<String>,
+    /// Conflicts journaled since an operator last dismissed them.
+    pub open_conflicts: bool,
 }
 
 impl RecordState {
@@ -87,8 +91,48 @@ impl RecordState {
             conflicts: 0,
             pending_change: None,
             retryable: false,
+            last_change: None,
+            open_conflicts: false,
         }
     }
+}
+
+/// A listing of records: by status, or those with open conflicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordFilter {
+    Status(SyncStatus),
+    OpenConflicts,
+}
+
+impl RecordFilter {
+    /// In the order the dashboard shows them: what needs a look first.
+    pub const ALL: [RecordFilter; 5] = [
+        RecordFilter::Status(SyncStatus::Failed),
+        RecordFilter::Status(SyncStatus::Pending),
+        RecordFilter::OpenConflicts,
+        RecordFilter::Status(SyncStatus::Synced),
+        RecordFilter::Status(SyncStatus::Deleted),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordFilter::Status(status) => status.as_str(),
+            RecordFilter::OpenConflicts => "conflict",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RecordFilter> {
+        RecordFilter::ALL
+            .into_iter()
+            .find(|filter| filter.as_str() == text)
+    }
+}
+
+/// A count that may have stopped early: `complete` is false when there are more than `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    pub count: u64,
+    pub complete: bool,
 }
 
 /// What happened, for a record's timeline.

@@ -26,6 +26,8 @@ pub struct SyncHandler {
     inbound: Option<(String, InboundService)>,
     /// The reconciliation lane's ARN and the low-priority service for its batches.
     low_lane: Option<(String, SyncService)>,
+    /// The dashboard's re-sync lane: app changes again, at full priority, ahead of any backlog.
+    resync_lane: Option<(String, SyncService)>,
 }
 
 impl SyncHandler {
@@ -33,11 +35,13 @@ impl SyncHandler {
         outbound: SyncService,
         inbound: Option<(String, InboundService)>,
         low_lane: Option<(String, SyncService)>,
+        resync_lane: Option<(String, SyncService)>,
     ) -> Self {
         Self {
             outbound,
             inbound,
             low_lane,
+            resync_lane,
         }
     }
 
@@ -97,22 +101,27 @@ impl SyncHandler {
             (inbound.queue_arn, service)
         });
         let dead_letters = Arc::new(SqsQueue::new(sqs.clone(), config.outbound_dlq_url));
-        let low_lane = config.reconcile_lane.map(|(arn, url)| {
-            let mut settings = config.sync.clone();
-            settings.low_priority = true;
-            let service = SyncService::new(
+        // A lane is one more queue of app changes; its retries stay in it.
+        let lane = |url: String, settings: crate::sync::SyncSettings| {
+            SyncService::new(
                 mapping.clone(),
                 crm.clone(),
                 state.clone(),
                 limiter.clone(),
-                // Retries stay in the low lane.
                 Arc::new(SqsQueue::new(sqs.clone(), url)),
                 dead_letters.clone(),
                 clock.clone(),
                 settings,
-            );
-            (arn, service)
+            )
+        };
+        let low_lane = config.reconcile_lane.map(|(arn, url)| {
+            let mut settings = config.sync.clone();
+            settings.low_priority = true;
+            (arn, lane(url, settings))
         });
+        let resync_lane = config
+            .resync_lane
+            .map(|(arn, url)| (arn, lane(url, config.sync.clone())));
         let outbound = SyncService::new(
             mapping,
             crm,
@@ -123,7 +132,7 @@ impl SyncHandler {
             clock,
             config.sync,
         );
-        Ok(Self::new(outbound, inbound, low_lane))
+        Ok(Self::new(outbound, inbound, low_lane, resync_lane))
     }
 
     /// Handles one SQS batch; only messages whose handling could not be recorded come back.
@@ -157,8 +166,13 @@ impl SyncHandler {
         let count = messages.len();
         let (direction, report): (&str, BatchReport) = match &self.inbound {
             Some((arn, inbound)) if *arn == source => ("inbound", inbound.process(messages, deadline).await),
-            _ => match &self.low_lane {
-                Some((arn, low)) if *arn == source => ("reconcile", low.process(messages, deadline).await),
+            _ => match (&self.low_lane, &self.resync_lane) {
+                (Some((arn, low)), _) if *arn == source => {
+                    ("reconcile", low.process(messages, deadline).await)
+                }
+                (_, Some((arn, resync))) if *arn == source => {
+                    ("resync", resync.process(messages, deadline).await)
+                }
                 _ => ("outbound", self.outbound.process(messages, deadline).await),
             },
         };

@@ -43,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
             real_token.clone().unwrap_or_else(|| "sandbox-token".into()),
         ),
     ]);
-    let resources = provision::provision(&aws, &template, &stack_name, &parameters)
+    let resources = provision::provision(&aws, &template, &stack_name, &parameters, &HashMap::new())
         .await
         .with_context(|| {
             format!("finding the local stack at {endpoint}; is `cargo run -p crm-sync-local` running?")

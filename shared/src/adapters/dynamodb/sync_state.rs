@@ -4,7 +4,9 @@
 //! - `sk = "T#{epoch ms, 13 digits}#{random}"`: timeline entries, expiring by TTL.
 //!
 //! Index `by_status` (`status`, `status_at`) lists records by status, most recently changed
-//! first; index `by_crm_id` (`crm_key` = `{object}#{crm id}`) finds the app record of a CRM id.
+//! first; index `by_crm_id` (`crm_key` = `{object}#{crm id}`) finds the app record of a CRM id;
+//! index `by_email` (`email_key`, lower-cased) finds contacts by email; sparse index
+//! `by_conflict` (`conflict_flag`, `conflict_at`) lists records with conflicts nobody dismissed.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -12,7 +14,7 @@ use anyhow::anyhow;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, KeysAndAttributes, PutRequest, ReturnValue, ReturnValuesOnConditionCheckFailure,
+    AttributeValue, KeysAndAttributes, PutRequest, ReturnValue, ReturnValuesOnConditionCheckFailure, Select,
     WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
@@ -21,12 +23,19 @@ use base64::Engine as _;
 use super::{condition_failed, n, s, unavailable, written_or_not};
 use crate::domain::contract::{Change, ObjectKind, RecordRef};
 use crate::domain::inbound::ConflictEntry;
-use crate::domain::sync::{freshness, Freshness, RecordState, SyncStatus, TimelineEntry, TimelineKind};
-use crate::ports::{InboundUpdate, LeaseOutcome, RecordClaim, Settlement, StoreUnavailable, SyncStateStore};
+use crate::domain::sync::{
+    freshness, Freshness, RecordFilter, RecordState, SyncStatus, Tally, TimelineEntry, TimelineKind,
+};
+use crate::ports::{
+    InboundUpdate, LeaseOutcome, ListError, RecordClaim, Settlement, StoreUnavailable, SyncStateStore,
+};
 
 const STATE_SK: &str = "~state";
 pub const BY_STATUS: &str = "by_status";
 pub const BY_CRM_ID: &str = "by_crm_id";
+pub const BY_EMAIL: &str = "by_email";
+pub const BY_CONFLICT: &str = "by_conflict";
+const CONFLICT_OPEN: &str = "open";
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -45,6 +54,18 @@ impl DynamoDbSyncState {
             table: table.into(),
             timeline_retention_ms,
         }
+    }
+
+    /// An update of a record's state item.
+    fn update_state(
+        &self,
+        record: &RecordRef,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(record_pk(record)))
+            .key("sk", s(STATE_SK))
     }
 
     /// Writes items 25 a call, retrying what DynamoDB leaves unprocessed.
@@ -146,6 +167,8 @@ pub fn state_from_item(item: &Item) -> Option<RecordState> {
         received,
         conflicts: number(item, "conflicts").unwrap_or(0).max(0) as u32,
         pending_change: text(item, "pending_change"),
+        last_change: text(item, "last_change").filter(|body| !body.is_empty()),
+        open_conflicts: item.contains_key("conflict_flag"),
         retryable: item
             .get("retryable")
             .and_then(|v| v.as_bool().ok())
@@ -216,16 +239,19 @@ impl SyncStateStore for DynamoDbSyncState {
         lease_until_ms: i64,
     ) -> Result<RecordClaim, StoreUnavailable> {
         let record = change.record();
+        let mut set = "SET #object = :object, record_id = :record_id, #status = :pending, status_at = :status_at, \
+                       last_attempt_at = :now, lease_token = :token, lease_until = :until, updated_at = :now, \
+                       pending_change = :body"
+            .to_string();
+        let email = change.search_email();
+        if email.is_some() {
+            set.push_str(", email_key = :email");
+        }
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(record_pk(&record)))
-            .key("sk", s(STATE_SK))
-            .update_expression(
-                "SET #object = :object, record_id = :record_id, #status = :pending, status_at = :status_at, \
-                 last_attempt_at = :now, lease_token = :token, lease_until = :until, updated_at = :now, \
-                 pending_change = :body",
+            .update_state(&record)
+            .update_expression(set)
+            .set_expression_attribute_values(
+                email.map(|email| HashMap::from([(":email".to_string(), s(email))])),
             )
             .condition_expression(
                 "(attribute_not_exists(lease_until) OR lease_until < :now) AND \
@@ -283,11 +309,7 @@ impl SyncStateStore for DynamoDbSyncState {
         settlement: &Settlement,
     ) -> Result<(), StoreUnavailable> {
         let request = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(record_pk(record)))
-            .key("sk", s(STATE_SK))
+            .update_state(record)
             .condition_expression("lease_token = :token")
             .expression_attribute_values(":token", s(token));
         let request = match settlement {
@@ -306,10 +328,12 @@ impl SyncStateStore for DynamoDbSyncState {
                     .expression_attribute_values(":zero", n(0))
                     .expression_attribute_values(":version", n(*version_ms))
                     .expression_attribute_values(":idempotency", s(idempotency_id))
-                    .expression_attribute_values(":written", map_value(written));
+                    .expression_attribute_values(":written", map_value(written))
+                    .expression_attribute_values(":no_change", s(""));
+                // The applied change is kept: a re-sync from the dashboard sends it again.
                 let mut set = "#status = :status, status_at = :status_at, last_synced_at = :now, attempts = :zero, \
                                applied_version = :version, applied_idempotency_id = :idempotency, written = :written, \
-                               updated_at = :now"
+                               updated_at = :now, last_change = if_not_exists(pending_change, :no_change)"
                     .to_string();
                 if let Some(crm_id) = crm_id {
                     set.push_str(", crm_id = :crm_id, crm_key = :crm_key");
@@ -445,11 +469,7 @@ impl SyncStateStore for DynamoDbSyncState {
         lease_until_ms: i64,
     ) -> Result<LeaseOutcome, StoreUnavailable> {
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(record_pk(record)))
-            .key("sk", s(STATE_SK))
+            .update_state(record)
             .update_expression("SET lease_token = :token, lease_until = :until")
             .condition_expression(
                 "attribute_exists(pk) AND (attribute_not_exists(lease_until) OR lease_until < :now)",
@@ -487,11 +507,7 @@ impl SyncStateStore for DynamoDbSyncState {
                        conflicts = if_not_exists(conflicts, :zero) + :new_conflicts"
             .to_string();
         let mut request = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(record_pk(record)))
-            .key("sk", s(STATE_SK))
+            .update_state(record)
             .condition_expression("lease_token = :token")
             .expression_attribute_values(":token", s(token))
             .expression_attribute_values(":inbound_at", AttributeValue::M(inbound_at))
@@ -500,7 +516,10 @@ impl SyncStateStore for DynamoDbSyncState {
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":new_conflicts", n(update.new_conflicts));
         if update.new_conflicts > 0 {
-            set.push_str(", last_conflict_at = :now");
+            set.push_str(", last_conflict_at = :now, conflict_flag = :open, conflict_at = :conflict_at");
+            request = request
+                .expression_attribute_values(":open", s(CONFLICT_OPEN))
+                .expression_attribute_values(":conflict_at", s(status_at(now_ms, record)));
         }
         if let Some(written) = &update.written {
             set.push_str(", written = :written");
@@ -610,29 +629,97 @@ impl SyncStateStore for DynamoDbSyncState {
         Ok(Some((state, timeline)))
     }
 
-    async fn by_status(
+    async fn list(
         &self,
-        status: SyncStatus,
+        filter: RecordFilter,
         limit: usize,
         cursor: Option<String>,
-    ) -> Result<(Vec<RecordState>, Option<String>), StoreUnavailable> {
-        let start = cursor.as_deref().and_then(decode_cursor);
-        let output = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(BY_STATUS)
-            .key_condition_expression("#status = :status")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":status", s(status.as_str()))
+    ) -> Result<(Vec<RecordState>, Option<String>), ListError> {
+        let start = match cursor.as_deref() {
+            None => None,
+            Some(cursor) => Some(decode_cursor(cursor, filter).ok_or(ListError::BadCursor)?),
+        };
+        let output = listing_query(self.client.query().table_name(&self.table), filter)
             .scan_index_forward(false)
             .limit(i32::try_from(limit).unwrap_or(i32::MAX))
             .set_exclusive_start_key(start)
             .send()
             .await
-            .map_err(unavailable)?;
+            .map_err(|error| ListError::Unavailable(unavailable(error)))?;
         let states = output.items().iter().filter_map(state_from_item).collect();
         Ok((states, output.last_evaluated_key().map(encode_cursor)))
+    }
+
+    async fn count(&self, filter: RecordFilter, max_pages: usize) -> Result<Tally, StoreUnavailable> {
+        let mut count = 0u64;
+        let mut start = None;
+        for _ in 0..max_pages.max(1) {
+            let output = listing_query(self.client.query().table_name(&self.table), filter)
+                .select(Select::Count)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            count += u64::try_from(output.count()).unwrap_or(0);
+            match output.last_evaluated_key() {
+                Some(key) => start = Some(key.clone()),
+                None => {
+                    return Ok(Tally {
+                        count,
+                        complete: true,
+                    })
+                }
+            }
+        }
+        Ok(Tally {
+            count,
+            complete: false,
+        })
+    }
+
+    async fn find_by_email(&self, email: &str, limit: usize) -> Result<Vec<RecordState>, StoreUnavailable> {
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(BY_EMAIL)
+            .key_condition_expression("email_key = :email")
+            .expression_attribute_values(":email", s(email.trim().to_lowercase()))
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(output.items().iter().filter_map(state_from_item).collect())
+    }
+
+    async fn dismiss_conflicts(&self, record: &RecordRef, now_ms: i64) -> Result<(), StoreUnavailable> {
+        let result = self
+            .update_state(record)
+            .update_expression("SET conflicts_dismissed_at = :now REMOVE conflict_flag, conflict_at")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":now", n(now_ms))
+            .send()
+            .await;
+        written_or_not(result)?;
+        Ok(())
+    }
+}
+
+/// The index query behind a listing.
+fn listing_query(
+    query: aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+    filter: RecordFilter,
+) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder {
+    match filter {
+        RecordFilter::Status(status) => query
+            .index_name(BY_STATUS)
+            .key_condition_expression("#status = :status")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":status", s(status.as_str())),
+        RecordFilter::OpenConflicts => query
+            .index_name(BY_CONFLICT)
+            .key_condition_expression("conflict_flag = :open")
+            .expression_attribute_values(":open", s(CONFLICT_OPEN)),
     }
 }
 
@@ -645,16 +732,39 @@ fn encode_cursor(key: &Item) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&map).unwrap_or_default())
 }
 
-fn decode_cursor(cursor: &str) -> Option<Item> {
+/// Reads a cursor back, accepting only a key of the filter's own index: a cursor edited by hand
+/// is refused here rather than by DynamoDB.
+fn decode_cursor(cursor: &str, filter: RecordFilter) -> Option<Item> {
+    let map = decode_map(cursor)?;
+    let (partition, sort, value) = match filter {
+        RecordFilter::Status(status) => ("status", "status_at", status.as_str()),
+        RecordFilter::OpenConflicts => ("conflict_flag", "conflict_at", CONFLICT_OPEN),
+    };
+    let names: Vec<&str> = map.keys().map(String::as_str).collect();
+    let mut expected = vec!["pk", "sk", partition, sort];
+    expected.sort_unstable();
+    if names != expected || map.get(partition).map(String::as_str) != Some(value) || map["sk"] != STATE_SK {
+        return None;
+    }
+    Some(into_key(map))
+}
+
+fn decode_map(cursor: &str) -> Option<BTreeMap<String, String>> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(cursor)
         .ok()?;
-    let map: BTreeMap<String, String> = serde_json::from_slice(&bytes).ok()?;
-    Some(
-        map.into_iter()
-            .map(|(name, value)| (name, AttributeValue::S(value)))
-            .collect(),
-    )
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn into_key(map: BTreeMap<String, String>) -> Item {
+    map.into_iter()
+        .map(|(name, value)| (name, AttributeValue::S(value)))
+        .collect()
+}
+
+/// Reads back a cursor this store made for itself (the reconciliation's checkpoint).
+fn decode_key(cursor: &str) -> Option<Item> {
+    decode_map(cursor).map(into_key)
 }
 
 const RECONCILE_PK: &str = "RECONCILE";
@@ -736,7 +846,7 @@ impl crate::reconcile::ReconcileStore for DynamoDbSyncState {
             .expression_attribute_values(":state", s(STATE_SK))
             .expression_attribute_values(":synced", s(SyncStatus::Synced.as_str()))
             .limit(i32::try_from(limit).unwrap_or(i32::MAX))
-            .set_exclusive_start_key(cursor.as_deref().and_then(decode_cursor))
+            .set_exclusive_start_key(cursor.as_deref().and_then(decode_key))
             .send()
             .await
             .map_err(unavailable)?;

@@ -1,0 +1,416 @@
+//! The sync dashboard's use cases: find records by status or by what a support request names
+//! (app id, email, CRM id), show one record's whole story, re-sync records, look into and redrive
+//! the dead-letter queues, and show the latest reconciliation. Rendering is in [`html`], sign-in
+//! in [`session`]; the HTTP wiring is `entrypoints::dashboard_http`.
+
+pub mod html;
+pub mod session;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::domain::clock::Clock;
+use crate::domain::contract::{with_idempotency_id, ObjectKind, RecordRef};
+use crate::domain::inbound::ConflictEntry;
+use crate::domain::sync::{RecordFilter, RecordState, Tally, TimelineEntry, TimelineKind};
+use crate::ports::{
+    DeadLetterQueue, DeadLetterSummary, ListError, MessageQueue, OutgoingMessage, QueueUnavailable,
+    RedriveOutcome, StoreUnavailable, SyncStateStore,
+};
+use crate::reconcile::{ReconcileStore, RunReport};
+
+/// Marks a message the dashboard sent, for the logs and the timeline.
+pub const RESYNC_ATTRIBUTE: &str = "crm_sync_resync";
+
+/// Builds a record's URL in the CRM from its object type and CRM id.
+pub type CrmRecordUrl = Arc<dyn Fn(ObjectKind, &str) -> String + Send + Sync>;
+
+/// Tunables of the dashboard.
+#[derive(Clone)]
+pub struct DashboardSettings {
+    pub page_size: usize,
+    /// Index pages read per status count before it shows as "N+".
+    pub count_pages: usize,
+    pub timeline_entries: usize,
+    pub conflict_entries: usize,
+    /// Messages one Redrive click moves at most (it must finish within the API's 30 s).
+    pub redrive_max: usize,
+    /// Where a record lives in the CRM (`None`: no links).
+    pub crm_record_url: Option<CrmRecordUrl>,
+}
+
+impl Default for DashboardSettings {
+    fn default() -> Self {
+        Self {
+            page_size: 50,
+            count_pages: 5,
+            timeline_entries: 50,
+            conflict_entries: 50,
+            redrive_max: 500,
+            crm_record_url: None,
+        }
+    }
+}
+
+/// A dead-letter queue as the dashboard shows it.
+pub struct Lane {
+    /// Short name used in forms (`outbound`, `inbound`, `app-inbox`).
+    pub name: &'static str,
+    pub description: &'static str,
+    pub queue: Arc<dyn DeadLetterQueue>,
+}
+
+/// A failure the dashboard reports on the page.
+#[derive(Debug, thiserror::Error)]
+pub enum DashboardError {
+    #[error(transparent)]
+    Store(#[from] StoreUnavailable),
+    #[error(transparent)]
+    Queue(#[from] QueueUnavailable),
+    #[error("the listing cursor is not valid; start again from the first page")]
+    BadCursor,
+    #[error("there is no queue named `{0}`")]
+    UnknownLane(String),
+}
+
+impl From<ListError> for DashboardError {
+    fn from(error: ListError) -> Self {
+        match error {
+            ListError::BadCursor => DashboardError::BadCursor,
+            ListError::Unavailable(error) => DashboardError::Store(error),
+        }
+    }
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub records: Vec<RecordState>,
+    pub next: Option<String>,
+}
+
+/// One record with its story.
+#[derive(Debug, Clone)]
+pub struct RecordView {
+    pub state: RecordState,
+    pub timeline: Vec<TimelineEntry>,
+    pub conflicts: Vec<ConflictEntry>,
+}
+
+/// Why a record was not re-synced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SkipReason {
+    NoSuchRecord,
+    NothingStored,
+    Unsendable(String),
+    QueueRefused(String),
+}
+
+impl SkipReason {
+    /// A short code for links (a notice never carries free text).
+    pub fn code(&self) -> &'static str {
+        match self {
+            SkipReason::NoSuchRecord => "unknown",
+            SkipReason::NothingStored => "nothing",
+            SkipReason::Unsendable(_) => "unsendable",
+            SkipReason::QueueRefused(_) => "refused",
+        }
+    }
+
+    /// The sentence for a code.
+    pub fn describe(code: &str) -> Option<&'static str> {
+        Some(match code {
+            "unknown" => "crm-sync has no such record",
+            "nothing" => "no change of the record is stored, so the app must send one",
+            "unsendable" => "the stored change could not be sent again",
+            "refused" => "the re-sync queue refused it; try again",
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let summary = SkipReason::describe(self.code()).unwrap_or("skipped");
+        match self {
+            SkipReason::Unsendable(detail) | SkipReason::QueueRefused(detail) => {
+                write!(f, "{summary}: {detail}")
+            }
+            _ => f.write_str(summary),
+        }
+    }
+}
+
+/// What a re-sync request did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResyncOutcome {
+    pub queued: Vec<RecordRef>,
+    /// Records not queued, with why.
+    pub skipped: Vec<(RecordRef, SkipReason)>,
+}
+
+/// A dead-letter queue's state, or why it could not be read.
+pub struct LaneView {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub summary: Result<DeadLetterSummary, String>,
+}
+
+/// What a re-sync of one record sends: the change not yet applied as it is; otherwise the last
+/// applied change under a new idempotency id, so that it is written again (a newer change still
+/// wins over it, as any change's version does).
+pub fn resync_message(state: &RecordState, now_ms: i64) -> Result<String, SkipReason> {
+    if let Some(pending) = &state.pending_change {
+        return Ok(pending.clone());
+    }
+    match &state.last_change {
+        Some(applied) => with_idempotency_id(applied, &format!("resync-{now_ms}"))
+            .map_err(|error| SkipReason::Unsendable(error.to_string())),
+        None => Err(SkipReason::NothingStored),
+    }
+}
+
+pub struct DashboardService {
+    state: Arc<dyn SyncStateStore>,
+    reports: Arc<dyn ReconcileStore>,
+    lanes: Vec<Lane>,
+    resync_lane: Arc<dyn MessageQueue>,
+    clock: Arc<dyn Clock>,
+    settings: DashboardSettings,
+}
+
+impl DashboardService {
+    pub fn new(
+        state: Arc<dyn SyncStateStore>,
+        reports: Arc<dyn ReconcileStore>,
+        lanes: Vec<Lane>,
+        resync_lane: Arc<dyn MessageQueue>,
+        clock: Arc<dyn Clock>,
+        settings: DashboardSettings,
+    ) -> Self {
+        Self {
+            state,
+            reports,
+            lanes,
+            resync_lane,
+            clock,
+            settings,
+        }
+    }
+
+    pub fn settings(&self) -> &DashboardSettings {
+        &self.settings
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// The record's page in the CRM, where its URL is known.
+    pub fn crm_url(&self, state: &RecordState) -> Option<String> {
+        let url = self.settings.crm_record_url.as_ref()?;
+        Some(url(state.record.object, state.crm_id.as_ref()?))
+    }
+
+    /// Records per filter, each count bounded (see `DashboardSettings::count_pages`).
+    pub async fn counts(&self) -> Result<Vec<(RecordFilter, Tally)>, DashboardError> {
+        let counts = futures::future::join_all(
+            RecordFilter::ALL
+                .iter()
+                .map(|filter| self.state.count(*filter, self.settings.count_pages)),
+        )
+        .await;
+        RecordFilter::ALL
+            .into_iter()
+            .zip(counts)
+            .map(|(filter, tally)| Ok((filter, tally?)))
+            .collect()
+    }
+
+    pub async fn list(&self, filter: RecordFilter, cursor: Option<String>) -> Result<Page, DashboardError> {
+        let (records, next) = self.state.list(filter, self.settings.page_size, cursor).await?;
+        Ok(Page { records, next })
+    }
+
+    /// Records a support request may name: an email finds contacts; anything else is tried as an
+    /// app record id and as a CRM id, of every object type.
+    pub async fn search(&self, query: &str) -> Result<Vec<RecordState>, DashboardError> {
+        let query = query.trim();
+        if query.is_empty() {
+            return Ok(Vec::new());
+        }
+        if query.contains('@') {
+            return Ok(self.state.find_by_email(query, self.settings.page_size).await?);
+        }
+        let refs: Vec<RecordRef> = ObjectKind::ALL
+            .into_iter()
+            .map(|object| RecordRef {
+                object,
+                record_id: query.to_string(),
+            })
+            .collect();
+        let by_app_id = self.state.states(&refs).await?;
+        let by_crm_id = futures::future::join_all(
+            ObjectKind::ALL
+                .into_iter()
+                .map(|object| self.state.find_by_crm_id(object, query)),
+        )
+        .await;
+        let mut found: BTreeMap<RecordRef, RecordState> = BTreeMap::new();
+        for state in by_app_id.into_values() {
+            found.insert(state.record.clone(), state);
+        }
+        for state in by_crm_id {
+            if let Some(state) = state? {
+                found.insert(state.record.clone(), state);
+            }
+        }
+        Ok(found.into_values().collect())
+    }
+
+    pub async fn record(&self, record: &RecordRef) -> Result<Option<RecordView>, DashboardError> {
+        let (found, conflicts) = futures::future::join(
+            self.state.record(record, self.settings.timeline_entries),
+            self.state.conflicts(record, self.settings.conflict_entries),
+        )
+        .await;
+        Ok(found?.map(|(state, timeline)| RecordView {
+            state,
+            timeline,
+            conflicts: conflicts.unwrap_or_default(),
+        }))
+    }
+
+    /// Queues each record's change on the re-sync lane, ahead of the outbound backlog.
+    pub async fn resync(&self, records: &[RecordRef]) -> Result<ResyncOutcome, DashboardError> {
+        let now_ms = self.clock.now_ms();
+        let states: HashMap<RecordRef, RecordState> = self.state.states(records).await?;
+        let mut outcome = ResyncOutcome::default();
+        let mut messages = Vec::new();
+        let mut queued_refs: HashMap<String, RecordRef> = HashMap::new();
+        for (position, record) in records.iter().enumerate() {
+            let Some(state) = states.get(record) else {
+                outcome.skipped.push((record.clone(), SkipReason::NoSuchRecord));
+                continue;
+            };
+            match resync_message(state, now_ms) {
+                Ok(body) => {
+                    let id = position.to_string();
+                    queued_refs.insert(id.clone(), record.clone());
+                    messages.push(OutgoingMessage {
+                        id,
+                        body,
+                        delay_secs: 0,
+                        attributes: vec![(RESYNC_ATTRIBUTE.to_string(), "dashboard".to_string())],
+                    });
+                }
+                Err(reason) => outcome.skipped.push((record.clone(), reason)),
+            }
+        }
+        for failure in self.resync_lane.send(&messages).await {
+            if let Some(record) = queued_refs.remove(&failure.id) {
+                outcome
+                    .skipped
+                    .push((record, SkipReason::QueueRefused(failure.reason)));
+            }
+        }
+        let mut queued: Vec<(usize, RecordRef)> = queued_refs
+            .into_iter()
+            .map(|(id, record)| (id.parse().unwrap_or(0), record))
+            .collect();
+        queued.sort();
+        outcome.queued = queued.into_iter().map(|(_, record)| record).collect();
+        let notes: Vec<TimelineEntry> = outcome
+            .queued
+            .iter()
+            .map(|record| TimelineEntry {
+                record: record.clone(),
+                at_ms: now_ms,
+                kind: TimelineKind::Note,
+                idempotency_id: None,
+                detail: "re-sync requested from the dashboard".into(),
+                call: None,
+            })
+            .collect();
+        if let Err(error) = self.state.append_timeline(&notes).await {
+            // The re-syncs are queued; only their note is missing.
+            tracing::warn!(error = %error, "could not note the re-sync on the timelines");
+        }
+        Ok(outcome)
+    }
+
+    pub async fn dismiss_conflicts(&self, record: &RecordRef) -> Result<(), DashboardError> {
+        Ok(self.state.dismiss_conflicts(record, self.clock.now_ms()).await?)
+    }
+
+    pub async fn lanes(&self) -> Vec<LaneView> {
+        let summaries = futures::future::join_all(self.lanes.iter().map(|lane| lane.queue.summary())).await;
+        self.lanes
+            .iter()
+            .zip(summaries)
+            .map(|(lane, summary)| LaneView {
+                name: lane.name,
+                description: lane.description,
+                summary: summary.map_err(|error| format!("{error}: {:#}", error.0)),
+            })
+            .collect()
+    }
+
+    pub async fn redrive(&self, lane: &str) -> Result<RedriveOutcome, DashboardError> {
+        let lane = self
+            .lanes
+            .iter()
+            .find(|candidate| candidate.name == lane)
+            .ok_or_else(|| DashboardError::UnknownLane(lane.to_string()))?;
+        let outcome = lane.queue.redrive(self.settings.redrive_max).await?;
+        tracing::info!(
+            lane = lane.name,
+            moved = outcome.moved,
+            failed = outcome.failed,
+            more = outcome.more,
+            "redrive"
+        );
+        Ok(outcome)
+    }
+
+    pub async fn latest_report(&self) -> Result<Option<RunReport>, DashboardError> {
+        Ok(self.reports.reports(1).await?.into_iter().next())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::contract::parse_change;
+
+    const BODY: &str = r#"{"version":1,"type":"contact.upsert","record_id":"u-1","idempotency_id":"i-1","changed_at":5,"data":{"email":"a@example.com"}}"#;
+
+    fn state() -> RecordState {
+        RecordState::new(RecordRef {
+            object: ObjectKind::Contact,
+            record_id: "u-1".into(),
+        })
+    }
+
+    #[test]
+    fn a_change_not_yet_applied_is_re_sent_as_it_is() {
+        let mut state = state();
+        state.pending_change = Some(BODY.into());
+        state.last_change = Some("older".into());
+        assert_eq!(resync_message(&state, 9).unwrap(), BODY);
+    }
+
+    #[test]
+    fn an_applied_change_is_re_sent_under_a_new_idempotency_id_with_its_own_version() {
+        let mut state = state();
+        state.last_change = Some(BODY.into());
+        let change = parse_change(&resync_message(&state, 9).unwrap()).unwrap();
+        assert_eq!(change.idempotency_id, "resync-9");
+        assert_eq!(change.changed_at_ms, 5);
+    }
+
+    #[test]
+    fn a_record_with_no_stored_change_cannot_be_re_synced() {
+        assert_eq!(resync_message(&state(), 9), Err(SkipReason::NothingStored));
+    }
+}

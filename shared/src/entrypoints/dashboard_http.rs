@@ -1,0 +1,580 @@
+//! The dashboard under `/admin` behind API Gateway (HTTP API, payload format 2.0): routing,
+//! sign-in, CSRF checks, forms and redirects. What the pages show comes from
+//! [`DashboardService`]; how they look from [`crate::dashboard::html`].
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use aws_config::SdkConfig;
+use lambda_http::http::{header, HeaderMap, Method, StatusCode};
+use lambda_http::{Body, Request, RequestExt, Response};
+
+use crate::adapters::dynamodb::DynamoDbSyncState;
+use crate::adapters::hubspot;
+use crate::adapters::sqs::{SqsDeadLetterQueue, SqsQueue};
+use crate::config::DashboardConfig;
+use crate::dashboard::html::{self, Frame, Notice, RecordsView};
+use crate::dashboard::session::{Session, Sessions, COOKIE_NAME};
+use crate::dashboard::{DashboardError, DashboardService, DashboardSettings, Lane, SkipReason};
+use crate::domain::contract::{ObjectKind, RecordRef};
+use crate::domain::sync::{RecordFilter, SyncStatus};
+use crate::domain::SystemClock;
+use crate::ports::RedriveOutcome;
+
+/// The dashboard HTTP API.
+pub struct DashboardApi {
+    service: DashboardService,
+    sessions: Sessions,
+}
+
+/// One request, as the routes need it.
+struct Incoming {
+    method: Method,
+    path: String,
+    query: String,
+    headers: HeaderMap,
+    form: Vec<(String, String)>,
+}
+
+impl Incoming {
+    fn query(&self, name: &str) -> Option<String> {
+        form_urlencoded::parse(self.query.as_bytes())
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.into_owned())
+    }
+
+    fn field(&self, name: &str) -> Option<&str> {
+        self.form
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    fn fields<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.form
+            .iter()
+            .filter(move |(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    fn https(&self) -> bool {
+        self.headers
+            .get("x-forwarded-proto")
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|proto| proto.eq_ignore_ascii_case("https"))
+    }
+
+    fn cookie(&self, name: &str) -> Option<String> {
+        self.headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.to_string())
+    }
+
+    /// A cross-site POST is refused even before its token is checked: browsers send `Origin`
+    /// (and `Sec-Fetch-Site`) on form posts, and they must name this very site.
+    fn same_origin(&self) -> bool {
+        let header = |name: &str| self.headers.get(name).and_then(|value| value.to_str().ok());
+        if let Some(site) = header("sec-fetch-site") {
+            if site != "same-origin" && site != "none" {
+                return false;
+            }
+        }
+        match (header("origin"), header("host")) {
+            (None, _) => true,
+            (Some(origin), Some(host)) => {
+                let origin = origin.trim_end_matches('/');
+                origin == format!("https://{host}") || origin == format!("http://{host}")
+            }
+            (Some(_), None) => false,
+        }
+    }
+}
+
+/// Where a redirect may go: only back into the dashboard.
+fn safe_target(target: Option<&str>) -> String {
+    match target {
+        Some(target)
+            if (target == "/admin" || target.starts_with("/admin/") || target.starts_with("/admin?"))
+                && !target.contains("//")
+                && !target.contains('\\')
+                && !target.chars().any(char::is_control) =>
+        {
+            target.to_string()
+        }
+        _ => "/admin".into(),
+    }
+}
+
+fn parse_record(key: &str) -> Option<RecordRef> {
+    let (object, record_id) = key.split_once('/')?;
+    Some(RecordRef {
+        object: ObjectKind::parse(object)?,
+        record_id: record_id.to_string(),
+    })
+    .filter(|record| !record.record_id.is_empty())
+}
+
+fn page(status: StatusCode, html: String) -> Response<Body> {
+    let mut response = Response::new(Body::Text(html));
+    *response.status_mut() = status;
+    secure(&mut response);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        "text/html; charset=utf-8".parse().expect("a valid header"),
+    );
+    response
+}
+
+fn redirect(to: &str) -> Response<Body> {
+    let mut response = Response::new(Body::Empty);
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    secure(&mut response);
+    if let Ok(location) = to.parse() {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// Headers on every answer: never cached, never framed, no scripts at all.
+fn secure(response: &mut Response<Body>) {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("cache-control", "no-store"),
+        ("x-frame-options", "DENY"),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "same-origin"),
+        (
+            "content-security-policy",
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'",
+        ),
+    ] {
+        headers.insert(name, value.parse().expect("a valid header"));
+    }
+}
+
+fn with_query(path: &str, pairs: &[(&str, String)]) -> String {
+    let mut serializer = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in pairs {
+        serializer.append_pair(name, value);
+    }
+    let query = serializer.finish();
+    let separator = if path.contains('?') { '&' } else { '?' };
+    format!("{path}{separator}{query}")
+}
+
+impl DashboardApi {
+    pub fn new(service: DashboardService, sessions: Sessions) -> Self {
+        Self { service, sessions }
+    }
+
+    /// Wires DynamoDB, SQS and the dashboard password (read once, here, from Secrets Manager).
+    pub async fn build(aws: &SdkConfig, config: DashboardConfig) -> anyhow::Result<Self> {
+        let password = super::resolve_secret(aws, config.password).await?;
+        let dynamodb = aws_sdk_dynamodb::Client::new(aws);
+        let sqs = aws_sdk_sqs::Client::new(aws);
+        // Timeline retention only matters for entries this function writes: the re-sync notes.
+        let state = Arc::new(DynamoDbSyncState::new(
+            dynamodb,
+            config.state_table,
+            90 * 86_400_000,
+        ));
+        let lanes = config
+            .lanes
+            .into_iter()
+            .map(|(name, queue_url, dlq_url)| Lane {
+                name,
+                description: match name {
+                    "outbound" => "App changes that could not be written to the CRM.",
+                    "inbound" => "CRM webhook events that could not be processed.",
+                    _ => "CRM changes the app did not consume.",
+                },
+                queue: Arc::new(SqsDeadLetterQueue::new(sqs.clone(), dlq_url, queue_url)),
+            })
+            .collect();
+        let mut settings = DashboardSettings::default();
+        if let Some(portal) = config.hubspot_portal_id {
+            let app_url = config.hubspot_app_url;
+            settings.crm_record_url = Some(Arc::new(move |object, crm_id| {
+                hubspot::record_url(&app_url, &portal, object, crm_id)
+            }));
+        }
+        let service = DashboardService::new(
+            state.clone(),
+            state,
+            lanes,
+            Arc::new(SqsQueue::new(sqs, config.resync_queue_url)),
+            Arc::new(SystemClock),
+            settings,
+        );
+        Ok(Self::new(
+            service,
+            Sessions::new(&password, config.session_ttl_ms),
+        ))
+    }
+
+    /// Answers one request; every failure is a page that says what went wrong.
+    pub async fn handle(&self, request: Request) -> Result<Response<Body>, Infallible> {
+        let path = match request.raw_http_path() {
+            "" => request.uri().path().to_string(),
+            raw => raw.to_string(),
+        };
+        let path = match path.trim_end_matches('/') {
+            "" => "/".to_string(),
+            trimmed => trimmed.to_string(),
+        };
+        let incoming = Incoming {
+            method: request.method().clone(),
+            query: request.uri().query().unwrap_or("").to_string(),
+            headers: request.headers().clone(),
+            form: form_urlencoded::parse(request.body().as_ref())
+                .map(|(key, value)| (key.into_owned(), value.into_owned()))
+                .collect(),
+            path,
+        };
+        Ok(self.route(&incoming).await)
+    }
+
+    async fn route(&self, request: &Incoming) -> Response<Body> {
+        let now_ms = self.service.now_ms();
+        if request.path == "/admin/login" {
+            return match request.method {
+                Method::POST => self.sign_in(request, now_ms),
+                _ => page(
+                    StatusCode::OK,
+                    html::login_page(None, &safe_target(request.query("next").as_deref())),
+                ),
+            };
+        }
+        let Some(session) = request
+            .cookie(COOKIE_NAME)
+            .and_then(|value| self.sessions.verify(&value, now_ms))
+        else {
+            if request.method == Method::GET && request.path.starts_with("/admin") {
+                let here = if request.query.is_empty() {
+                    request.path.clone()
+                } else {
+                    format!("{}?{}", request.path, request.query)
+                };
+                return redirect(&with_query("/admin/login", &[("next", safe_target(Some(&here)))]));
+            }
+            return page(
+                StatusCode::UNAUTHORIZED,
+                html::message_page("Signed out", "Sign in at /admin/login first."),
+            );
+        };
+        if request.method == Method::POST {
+            let token = request.field("csrf").unwrap_or("");
+            if !request.same_origin() || !self.sessions.csrf_matches(&session, token) {
+                tracing::warn!(path = %request.path, "dashboard POST refused: cross-site or without its token");
+                return page(
+                    StatusCode::FORBIDDEN,
+                    html::message_page(
+                        "Refused",
+                        "This form did not come from this dashboard page. Reload the page and try again.",
+                    ),
+                );
+            }
+        }
+        let csrf = self.sessions.csrf_token(&session);
+        let result = match (&request.method, request.path.as_str()) {
+            (&Method::GET, "/admin") => self.records(request, &csrf, now_ms).await,
+            (&Method::GET, "/admin/record") => self.record(request, &csrf, now_ms).await,
+            (&Method::GET, "/admin/queues") => self.queues(request, &csrf, now_ms).await,
+            (&Method::POST, "/admin/resync") => self.resync(request).await,
+            (&Method::POST, "/admin/conflicts/dismiss") => self.dismiss(request).await,
+            (&Method::POST, "/admin/queues/redrive") => self.redrive(request).await,
+            (&Method::POST, "/admin/logout") => Ok(self.sign_out(request, &session)),
+            _ => Ok(page(
+                StatusCode::NOT_FOUND,
+                html::message_page("Not found", "There is no such dashboard page."),
+            )),
+        };
+        result.unwrap_or_else(|error| {
+            tracing::error!(error = %error, detail = ?error, "dashboard request failed");
+            let status = match error {
+                DashboardError::BadCursor | DashboardError::UnknownLane(_) => StatusCode::BAD_REQUEST,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            page(
+                status,
+                html::message_page("Something went wrong", &error.to_string()),
+            )
+        })
+    }
+
+    fn sign_in(&self, request: &Incoming, now_ms: i64) -> Response<Body> {
+        let next = safe_target(request.field("next"));
+        if !request.same_origin() {
+            return page(
+                StatusCode::FORBIDDEN,
+                html::message_page("Refused", "Sign in from the dashboard's own page."),
+            );
+        }
+        if !self
+            .sessions
+            .password_matches(request.field("password").unwrap_or(""))
+        {
+            tracing::warn!("dashboard sign-in with a wrong password");
+            return page(
+                StatusCode::UNAUTHORIZED,
+                html::login_page(Some("That password is not right."), &next),
+            );
+        }
+        let (_, cookie) = self
+            .sessions
+            .issue(now_ms, &uuid::Uuid::new_v4().simple().to_string());
+        let mut response = redirect(&next);
+        let cookie = format!(
+            "{COOKIE_NAME}={cookie}; Path=/admin; Max-Age={}; HttpOnly; SameSite=Strict{}",
+            self.sessions.ttl_secs(),
+            if request.https() { "; Secure" } else { "" }
+        );
+        if let Ok(value) = cookie.parse() {
+            response.headers_mut().insert(header::SET_COOKIE, value);
+        }
+        tracing::info!("dashboard sign-in");
+        response
+    }
+
+    fn sign_out(&self, request: &Incoming, _session: &Session) -> Response<Body> {
+        let mut response = redirect("/admin/login");
+        let cookie = format!(
+            "{COOKIE_NAME}=; Path=/admin; Max-Age=0; HttpOnly; SameSite=Strict{}",
+            if request.https() { "; Secure" } else { "" }
+        );
+        if let Ok(value) = cookie.parse() {
+            response.headers_mut().insert(header::SET_COOKIE, value);
+        }
+        response
+    }
+
+    fn notice(&self, request: &Incoming) -> Option<Notice> {
+        let number = |name: &str| request.query(name).and_then(|n| n.parse().ok()).unwrap_or(0);
+        match request.query("done")?.as_str() {
+            "resync" => Some(Notice::Resync {
+                queued: number("queued"),
+                skipped: number("skipped"),
+                reason: request
+                    .query("why")
+                    .and_then(|code| SkipReason::describe(&code))
+                    .map(str::to_string),
+            }),
+            "dismissed" => Some(Notice::Dismissed),
+            "redrive" => Some(Notice::Redrive {
+                lane: request
+                    .query("lane")
+                    .filter(|lane| ["outbound", "inbound", "app-inbox"].contains(&lane.as_str()))?,
+                outcome: RedriveOutcome {
+                    moved: number("moved"),
+                    failed: number("failed"),
+                    more: number("more") > 0,
+                },
+            }),
+            _ => None,
+        }
+    }
+
+    async fn records(
+        &self,
+        request: &Incoming,
+        csrf: &str,
+        now_ms: i64,
+    ) -> Result<Response<Body>, DashboardError> {
+        let query = request.query("q").unwrap_or_default();
+        let counts = self.service.counts().await?;
+        let frame = Frame {
+            csrf,
+            now_ms,
+            notice: self.notice(request),
+        };
+        let crm_url = |state: &_| self.service.crm_url(state);
+        if !query.trim().is_empty() {
+            let records = self.service.search(&query).await?;
+            let here = with_query("/admin", &[("q", query.clone())]);
+            let view = RecordsView {
+                counts: &counts,
+                filter: None,
+                query: &query,
+                records: &records,
+                next_cursor: None,
+                here: &here,
+            };
+            return Ok(page(StatusCode::OK, html::records_page(&frame, &view, &crm_url)));
+        }
+        let filter = request
+            .query("filter")
+            .and_then(|name| RecordFilter::parse(&name))
+            .unwrap_or(RecordFilter::Status(SyncStatus::Failed));
+        let cursor = request.query("cursor").filter(|cursor| !cursor.is_empty());
+        let listing = self.service.list(filter, cursor.clone()).await?;
+        let mut here_query = vec![("filter", filter.as_str().to_string())];
+        if let Some(cursor) = cursor {
+            here_query.push(("cursor", cursor));
+        }
+        let here = with_query("/admin", &here_query);
+        let view = RecordsView {
+            counts: &counts,
+            filter: Some(filter),
+            query: "",
+            records: &listing.records,
+            next_cursor: listing.next.as_deref(),
+            here: &here,
+        };
+        Ok(page(StatusCode::OK, html::records_page(&frame, &view, &crm_url)))
+    }
+
+    async fn record(
+        &self,
+        request: &Incoming,
+        csrf: &str,
+        now_ms: i64,
+    ) -> Result<Response<Body>, DashboardError> {
+        let record = request
+            .query("object")
+            .zip(request.query("id"))
+            .and_then(|(object, id)| parse_record(&format!("{object}/{id}")));
+        let Some(record) = record else {
+            return Ok(page(
+                StatusCode::BAD_REQUEST,
+                html::message_page(
+                    "Not a record",
+                    "A record page needs ?object=contact|deal|activity&id=…",
+                ),
+            ));
+        };
+        let Some(view) = self.service.record(&record).await? else {
+            return Ok(page(
+                StatusCode::NOT_FOUND,
+                html::message_page(
+                    "No such record",
+                    "crm-sync has never seen a change of this record.",
+                ),
+            ));
+        };
+        let frame = Frame {
+            csrf,
+            now_ms,
+            notice: self.notice(request),
+        };
+        let crm_url = self.service.crm_url(&view.state);
+        Ok(page(StatusCode::OK, html::record_page(&frame, &view, crm_url)))
+    }
+
+    async fn queues(
+        &self,
+        request: &Incoming,
+        csrf: &str,
+        now_ms: i64,
+    ) -> Result<Response<Body>, DashboardError> {
+        let (lanes, report) = futures::future::join(self.service.lanes(), self.service.latest_report()).await;
+        let frame = Frame {
+            csrf,
+            now_ms,
+            notice: self.notice(request),
+        };
+        let report_error = report.as_ref().err().map(ToString::to_string);
+        let report = match &report {
+            Ok(report) => Ok(report.as_ref()),
+            Err(_) => Err(report_error.as_deref().unwrap_or("")),
+        };
+        Ok(page(StatusCode::OK, html::queues_page(&frame, &lanes, report)))
+    }
+
+    async fn resync(&self, request: &Incoming) -> Result<Response<Body>, DashboardError> {
+        let field = if request.field("scope") == Some("page") {
+            "page_record"
+        } else {
+            "record"
+        };
+        let records: Vec<RecordRef> = request
+            .fields(field)
+            .filter_map(parse_record)
+            .take(self.service.settings().page_size)
+            .collect();
+        let outcome = self.service.resync(&records).await?;
+        let mut pairs = vec![
+            ("done", "resync".to_string()),
+            ("queued", outcome.queued.len().to_string()),
+            ("skipped", outcome.skipped.len().to_string()),
+        ];
+        if let Some((_, reason)) = outcome.skipped.first() {
+            pairs.push(("why", reason.code().to_string()));
+        }
+        tracing::info!(
+            queued = outcome.queued.len(),
+            skipped = outcome.skipped.len(),
+            "dashboard re-sync"
+        );
+        Ok(redirect(&with_query(&safe_target(request.field("back")), &pairs)))
+    }
+
+    async fn dismiss(&self, request: &Incoming) -> Result<Response<Body>, DashboardError> {
+        let Some(record) = request.field("record").and_then(parse_record) else {
+            return Ok(redirect("/admin"));
+        };
+        self.service.dismiss_conflicts(&record).await?;
+        Ok(redirect(&with_query(
+            &html::record_href(&record),
+            &[("done", "dismissed".to_string())],
+        )))
+    }
+
+    async fn redrive(&self, request: &Incoming) -> Result<Response<Body>, DashboardError> {
+        let lane = request.field("lane").unwrap_or("");
+        let outcome = self.service.redrive(lane).await?;
+        Ok(redirect(&with_query(
+            "/admin/queues",
+            &[
+                ("done", "redrive".to_string()),
+                ("lane", lane.to_string()),
+                ("moved", outcome.moved.to_string()),
+                ("failed", outcome.failed.to_string()),
+                ("more", u8::from(outcome.more).to_string()),
+            ],
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_stay_inside_the_dashboard() {
+        assert_eq!(safe_target(Some("/admin?filter=failed")), "/admin?filter=failed");
+        assert_eq!(
+            safe_target(Some("/admin/record?object=contact&id=1")),
+            "/admin/record?object=contact&id=1"
+        );
+        for hostile in [
+            "https://evil.example",
+            "//evil.example",
+            "/admin//evil",
+            "/adminx",
+            "/admin\\x",
+            "",
+        ] {
+            assert_eq!(safe_target(Some(hostile)), "/admin", "{hostile}");
+        }
+        assert_eq!(safe_target(None), "/admin");
+    }
+
+    #[test]
+    fn a_record_key_names_a_known_object_type_and_an_id() {
+        assert_eq!(
+            parse_record("contact/a/b"),
+            Some(RecordRef {
+                object: ObjectKind::Contact,
+                record_id: "a/b".into()
+            })
+        );
+        assert_eq!(parse_record("widget/1"), None);
+        assert_eq!(parse_record("contact/"), None);
+    }
+}

@@ -1,0 +1,419 @@
+//! The dashboard over real HTTP: sign-in, CSRF, listings and counts, search, re-sync, conflicts,
+//! and dead-letter redrive, against moto and the HubSpot sandbox.
+
+use std::collections::HashSet;
+
+use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
+use crm_sync::domain::contract::{parse_change, ObjectKind, RecordRef};
+use crm_sync::domain::sync::{SyncStatus, TimelineKind};
+use crm_sync::ports::SyncStateStore;
+use crm_sync_tests::app_changes::contact;
+use crm_sync_tests::dashboard::DashboardClient;
+use crm_sync_tests::hubspot::now_ms;
+use crm_sync_tests::{drain, eventually, spawn_app, spawn_app_with, AppOptions, TestApp, DASHBOARD_PASSWORD};
+use reqwest::StatusCode;
+use serde_json::json;
+
+fn contact_ref(id: &str) -> RecordRef {
+    RecordRef {
+        object: ObjectKind::Contact,
+        record_id: id.to_string(),
+    }
+}
+
+async fn signed_in(app: &TestApp) -> DashboardClient {
+    DashboardClient::signed_in(&app.stack.url(), DASHBOARD_PASSWORD).await
+}
+
+/// The count a records page shows for a filter.
+fn count_of(page: &str, filter: &str) -> String {
+    let marker = format!("data-filter=\"{filter}\">");
+    let start = page.find(&marker).expect("the page shows the count") + marker.len();
+    page[start..start + page[start..].find('<').unwrap()].to_string()
+}
+
+async fn queue_depth(app: &TestApp, logical_id: &str) -> u64 {
+    let attributes = app
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&app.stack.resources.queue(logical_id).url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap();
+    let all = attributes.attributes().unwrap();
+    [
+        QueueAttributeName::ApproximateNumberOfMessages,
+        QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+    ]
+    .iter()
+    .map(|name| all[name].parse::<u64>().unwrap())
+    .sum()
+}
+
+#[tokio::test]
+async fn no_dashboard_page_or_action_is_reachable_without_signing_in() {
+    let app = spawn_app().await;
+    let url = app.stack.url();
+    let anonymous = DashboardClient::new(&url);
+    for path in [
+        "/admin",
+        "/admin/queues",
+        "/admin/record?object=contact&id=x",
+        "/admin/nope",
+    ] {
+        let answer = anonymous.get(path).await;
+        assert_eq!(answer.status, StatusCode::SEE_OTHER, "{path}");
+        assert!(
+            answer
+                .location
+                .as_deref()
+                .unwrap()
+                .starts_with("/admin/login?next=%2Fadmin"),
+            "{path}: {:?}",
+            answer.location
+        );
+    }
+    for path in [
+        "/admin/resync",
+        "/admin/queues/redrive",
+        "/admin/conflicts/dismiss",
+        "/admin/logout",
+    ] {
+        let answer = anonymous
+            .post(path, &[("lane", "outbound"), ("record", "contact/x")])
+            .await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+
+    let mut wrong = DashboardClient::new(&url);
+    let answer = wrong.sign_in("not-the-password").await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert!(answer.set_cookie.is_none() && wrong.session_cookie().is_none());
+    assert!(answer.body.contains("That password is not right."));
+
+    let forged = DashboardClient::new(&url).with_cookie("crm_sync_session=99999999999999.n.forged");
+    assert_eq!(forged.get("/admin").await.status, StatusCode::SEE_OTHER);
+
+    let mut operator = DashboardClient::new(&url);
+    let answer = operator.sign_in(DASHBOARD_PASSWORD).await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER);
+    let cookie = answer.set_cookie.unwrap();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/admin"] {
+        assert!(cookie.contains(attribute), "{cookie} lacks {attribute}");
+    }
+    assert_eq!(operator.get("/admin").await.status, StatusCode::OK);
+    assert_eq!(operator.get("/admin/queues").await.status, StatusCode::OK);
+
+    let csrf = operator.csrf("/admin").await;
+    let out = operator.post("/admin/logout", &[("csrf", &csrf)]).await;
+    assert!(out.set_cookie.unwrap().contains("Max-Age=0"));
+}
+
+#[tokio::test]
+async fn a_re_sync_is_queued_only_for_a_same_site_post_carrying_the_session_token() {
+    let app = spawn_app().await;
+    // A change the sync function has taken in but not written: the state a failure leaves.
+    let store = app.sync_state();
+    let body = contact("csrf-1", now_ms(), json!({"email": "csrf-1@example.com"})).to_string();
+    let change = parse_change(&body).unwrap();
+    store
+        .claim(&change, &body, "t", now_ms(), now_ms())
+        .await
+        .unwrap();
+
+    let operator = signed_in(&app).await;
+    let other = signed_in(&app).await;
+    let token = operator.csrf("/admin").await;
+    let foreign_token = other.csrf("/admin").await;
+    assert_ne!(token, foreign_token, "each session has its own token");
+
+    let fields = |csrf: &'static str| {
+        vec![
+            ("csrf", csrf),
+            ("record", "contact/csrf-1"),
+            ("scope", "selected"),
+        ]
+    };
+    let refused = [
+        operator.post("/admin/resync", &fields("")).await,
+        operator
+            .post(
+                "/admin/resync",
+                &[("csrf", foreign_token.as_str()), ("record", "contact/csrf-1")],
+            )
+            .await,
+        operator
+            .post_from(
+                "/admin/resync",
+                &[("csrf", token.as_str()), ("record", "contact/csrf-1")],
+                Some("https://evil.example"),
+            )
+            .await,
+    ];
+    for answer in &refused {
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{}", answer.body);
+    }
+    assert_eq!(
+        queue_depth(&app, "ResyncQueue").await,
+        0,
+        "a refused post queues nothing"
+    );
+
+    let answer = operator
+        .post(
+            "/admin/resync",
+            &[("csrf", token.as_str()), ("record", "contact/csrf-1")],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        answer.location.as_deref(),
+        Some("/admin?done=resync&queued=1&skipped=0")
+    );
+    let queued = drain(&app.sqs, &app.stack.resources.queue("ResyncQueue").url).await;
+    assert_eq!(
+        queued,
+        vec![serde_json::from_str::<serde_json::Value>(&body).unwrap()]
+    );
+    let (_, timeline) = store.record(&contact_ref("csrf-1"), 10).await.unwrap().unwrap();
+    assert!(timeline
+        .iter()
+        .any(|entry| entry.kind == TimelineKind::Note && entry.detail.contains("dashboard")));
+}
+
+#[tokio::test]
+async fn records_are_counted_by_status_and_found_by_app_id_email_or_crm_id() {
+    let app = spawn_app_with(AppOptions::syncing()).await;
+    let at = now_ms();
+    app.send_changes(&[
+        contact("find-1", at, json!({"email": "Find.One@Example.com"})),
+        contact("find-2", at, json!({"email": "broken"})),
+        contact("<b>find-3</b>", at, json!({"email": "find-3@example.com"})),
+    ])
+    .await;
+    let (failed, _) = app.settled(contact_ref("find-2"), SyncStatus::Failed).await;
+    let (synced, _) = app.settled(contact_ref("find-1"), SyncStatus::Synced).await;
+    app.settled(contact_ref("<b>find-3</b>"), SyncStatus::Synced)
+        .await;
+
+    let operator = signed_in(&app).await;
+    let home = operator.get("/admin").await;
+    assert_eq!(home.status, StatusCode::OK);
+    assert_eq!(count_of(&home.body, "failed"), "1");
+    assert_eq!(count_of(&home.body, "synced"), "2");
+    assert_eq!(count_of(&home.body, "pending"), "0");
+    assert!(
+        home.body.contains("contact/find-2"),
+        "the failed listing is the default"
+    );
+    let error = failed.last_error.unwrap();
+    let shown: String = error.chars().take(40).collect();
+    assert!(
+        home.body.contains(&crm_sync::dashboard::html::esc(&shown)),
+        "the CRM's message is shown"
+    );
+
+    let synced_page = operator.get("/admin?filter=synced").await.body;
+    assert!(synced_page.contains("contact/&lt;b&gt;find-3&lt;/b&gt;"));
+    assert!(
+        !synced_page.contains("<b>find-3</b>"),
+        "a record id is never markup"
+    );
+
+    let crm_id = synced.crm_id.unwrap();
+    for query in ["find.one@example.COM", "find-1", crm_id.as_str()] {
+        let page = operator
+            .get(&format!(
+                "/admin?q={}",
+                crm_sync::dashboard::html::url_part(query)
+            ))
+            .await
+            .body;
+        assert!(page.contains("contact/find-1"), "searching {query}");
+        assert!(!page.contains("contact/find-2"), "searching {query}");
+    }
+    let page = operator.get("/admin?q=nobody%40example.com").await.body;
+    assert!(page.contains("No records."));
+
+    let bad = operator.get("/admin?filter=synced&cursor=eyJ4IjoiMSJ9").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.body.contains("cursor is not valid"));
+}
+
+#[tokio::test]
+async fn a_synced_record_re_synced_from_the_dashboard_is_written_to_the_crm_again() {
+    let app = spawn_app_with(AppOptions::syncing()).await;
+    app.send_changes(&[contact(
+        "again-1",
+        now_ms(),
+        json!({"email": "again-1@example.com"}),
+    )])
+    .await;
+    let (before, _) = app.settled(contact_ref("again-1"), SyncStatus::Synced).await;
+    let inputs_before = app.sandbox().stats().batch_inputs;
+
+    let operator = signed_in(&app).await;
+    let record_path = "/admin/record?object=contact&id=again-1";
+    let csrf = operator.csrf(record_path).await;
+    let answer = operator
+        .post(
+            "/admin/resync",
+            &[
+                ("csrf", csrf.as_str()),
+                ("record", "contact/again-1"),
+                ("back", record_path),
+            ],
+        )
+        .await;
+    assert_eq!(
+        answer.location.as_deref(),
+        Some("/admin/record?object=contact&id=again-1&done=resync&queued=1&skipped=0")
+    );
+    let store = app.sync_state();
+    let state = eventually(30, "the re-sync to be applied", || async {
+        let state = store.record(&contact_ref("again-1"), 10).await.ok()??.0;
+        state
+            .applied_idempotency_id
+            .as_deref()
+            .is_some_and(|id| id.starts_with("resync-"))
+            .then_some(state)
+    })
+    .await;
+    assert_eq!(state.status, SyncStatus::Synced);
+    assert_eq!(state.crm_id, before.crm_id, "the same CRM record");
+    assert!(
+        app.sandbox().stats().batch_inputs > inputs_before,
+        "written again"
+    );
+    assert_eq!(app.sandbox().records("contacts").len(), 1, "no duplicate");
+    let page = operator.get(&answer.location.unwrap()).await.body;
+    assert!(page.contains("Queued 1 record for re-sync."));
+    assert!(page.contains("re-sync requested from the dashboard"));
+}
+
+#[tokio::test]
+async fn a_conflict_stays_listed_until_an_operator_dismisses_it() {
+    let app = spawn_app_with(AppOptions::syncing().with_webhooks()).await;
+    app.send_changes(&[contact(
+        "clash-1",
+        now_ms(),
+        json!({"email": "clash-1@example.com"}),
+    )])
+    .await;
+    let (state, _) = app.settled(contact_ref("clash-1"), SyncStatus::Synced).await;
+    let crm_id: u64 = state.crm_id.unwrap().parse().unwrap();
+    app.sandbox()
+        .edit(
+            "contacts",
+            crm_id,
+            [("email".to_string(), "typo@example.com".to_string())].into(),
+        )
+        .unwrap();
+    let operator = signed_in(&app).await;
+    let listing = eventually(60, "the conflict listing", || async {
+        let page = operator.get("/admin?filter=conflict").await.body;
+        // The counts are read just before the listing: wait for both to show it.
+        (page.contains("contact/clash-1") && count_of(&page, "conflict") == "1").then_some(page)
+    })
+    .await;
+    assert!(
+        listing.contains("<span class=\"badge s-conflict\">conflict</span></td>"),
+        "the row is marked"
+    );
+
+    let record_path = "/admin/record?object=contact&id=clash-1";
+    let page = operator.get(record_path).await.body;
+    assert!(
+        page.contains("clash-1@example.com") && page.contains("typo@example.com"),
+        "both values"
+    );
+    let csrf = operator.csrf(record_path).await;
+    let answer = operator
+        .post(
+            "/admin/conflicts/dismiss",
+            &[("csrf", csrf.as_str()), ("record", "contact/clash-1")],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER);
+    let listing = operator.get("/admin?filter=conflict").await.body;
+    assert_eq!(count_of(&listing, "conflict"), "0");
+    assert!(!listing.contains("contact/clash-1"));
+    let page = operator.get(record_path).await.body;
+    assert!(
+        page.contains("typo@example.com"),
+        "the history stays on the record"
+    );
+    assert!(!page.contains("Dismiss conflicts"));
+}
+
+#[tokio::test]
+async fn redrive_returns_dead_letters_to_their_queue_and_running_it_twice_moves_each_once() {
+    let app = spawn_app().await;
+    let dlq = app.stack.resources.queue("OutboundDeadLetterQueue").url.clone();
+    let letter = |n: usize, reason: &str| {
+        let reason = MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(reason)
+            .build()
+            .unwrap();
+        app.sqs
+            .send_message()
+            .queue_url(&dlq)
+            .message_body(format!("{{\"letter\":{n}}}"))
+            .message_attributes("crm_sync_error", reason)
+    };
+    letter(0, "PROPERTY_DOESNT_EXIST: the oldest")
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    for n in 1..5 {
+        letter(n, "a newer failure").send().await.unwrap();
+    }
+    let operator = signed_in(&app).await;
+    let page = operator.get("/admin/queues").await.body;
+    let row = &page[page.find("data-lane=\"outbound\"").unwrap()..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(row.contains("<td class=\"depth\">5</td>"), "{row}");
+    assert!(row.contains("PROPERTY_DOESNT_EXIST: the oldest"), "{row}");
+    assert!(page.contains("No reconciliation has run yet."));
+    assert_eq!(
+        queue_depth(&app, "OutboundDeadLetterQueue").await,
+        5,
+        "looking moves nothing"
+    );
+
+    for n in 5..25 {
+        letter(n, "later").send().await.unwrap();
+    }
+    let csrf = operator.csrf("/admin/queues").await;
+    let fields = [("csrf", csrf.as_str()), ("lane", "outbound")];
+    let (first, second) = tokio::join!(
+        operator.post("/admin/queues/redrive", &fields),
+        operator.post("/admin/queues/redrive", &fields)
+    );
+    let moved = |answer: &crm_sync_tests::dashboard::Answer| -> u64 {
+        let location = answer.location.clone().expect("a redirect");
+        let start = location.find("moved=").unwrap() + 6;
+        location[start..].split('&').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(moved(&first) + moved(&second), 25);
+    let bodies = drain(&app.sqs, &app.stack.resources.queue("OutboundQueue").url).await;
+    let distinct: HashSet<String> = bodies.iter().map(|body| body.to_string()).collect();
+    assert_eq!((bodies.len(), distinct.len()), (25, 25), "each letter once");
+    assert_eq!(queue_depth(&app, "OutboundDeadLetterQueue").await, 0);
+
+    let again = operator.post("/admin/queues/redrive", &fields).await;
+    assert_eq!(moved(&again), 0);
+    let page = operator.get(&again.location.unwrap()).await.body;
+    assert!(page.contains("Moved 0 messages from the outbound dead-letter queue"));
+    let refused = operator
+        .post(
+            "/admin/queues/redrive",
+            &[("csrf", csrf.as_str()), ("lane", "nope")],
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+}

@@ -1,0 +1,184 @@
+//! The dashboard in a real browser (headless Chromium over WebDriver): an operator signs in,
+//! finds a failed record, reads the CRM's error, fixes the cause, clicks Re-sync and sees the
+//! record synced. With `CRM_SYNC_SCREENSHOTS=<dir>` it also saves the README's screenshots.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crm_sync::domain::contract::{ObjectKind, RecordRef};
+use crm_sync::domain::sync::SyncStatus;
+use crm_sync_tests::app_changes::contact;
+use crm_sync_tests::browser::Browser;
+use crm_sync_tests::hubspot::now_ms;
+use crm_sync_tests::{spawn_app_with, AppOptions, DASHBOARD_PASSWORD};
+use serde_json::json;
+
+async fn save(browser: &Browser, name: &str) {
+    let Some(dir) = std::env::var_os("CRM_SYNC_SCREENSHOTS").map(PathBuf::from) else {
+        return;
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = browser.screenshot().await.unwrap();
+    std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+}
+
+#[tokio::test]
+async fn an_operator_finds_a_failed_record_reads_its_error_and_re_syncs_it_after_the_fix() {
+    let app = spawn_app_with(AppOptions::syncing().with_webhooks()).await;
+    // An admin removed the phone property in the CRM: contacts with a phone are refused.
+    app.sandbox().remove_property("contacts", "phone");
+    let at = now_ms();
+    app.send_changes(&[
+        contact(
+            "ada",
+            at,
+            json!({"email": "ada@example.com", "first_name": "Ada"}),
+        ),
+        contact(
+            "grace",
+            at,
+            json!({"email": "grace@example.com", "phone": "+1 555 0100"}),
+        ),
+        contact(
+            "linus",
+            at,
+            json!({"email": "linus@example.com", "first_name": "Linus"}),
+        ),
+    ])
+    .await;
+    let grace = RecordRef {
+        object: ObjectKind::Contact,
+        record_id: "grace".into(),
+    };
+    app.settled(grace.clone(), SyncStatus::Failed).await;
+
+    let browser = Browser::start().await.expect("headless Chromium starts");
+    let base = app.stack.url();
+    browser.goto(&format!("{base}/admin")).await.unwrap();
+    assert!(
+        browser.url().await.unwrap().contains("/admin/login"),
+        "sign-in comes first"
+    );
+    save(&browser, "sign-in").await;
+    browser
+        .find("#password")
+        .await
+        .unwrap()
+        .type_text(DASHBOARD_PASSWORD)
+        .await
+        .unwrap();
+    browser
+        .find("form.login button")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+
+    // The failed listing is the landing page; the counts are at the top.
+    let failed_count = browser
+        .find("[data-filter=failed]")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(failed_count, "1");
+    save(&browser, "records").await;
+    browser
+        .find("a[href*='id=grace']")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(browser.title().await.unwrap().starts_with("contact/grace"));
+    let error = browser.find("#last-error").await.unwrap().text().await.unwrap();
+    assert!(error.starts_with("PROPERTY_DOESNT_EXIST"), "{error}");
+    assert!(
+        error.contains("phone"),
+        "the CRM's own message names the property: {error}"
+    );
+    save(&browser, "record-failed").await;
+
+    app.sandbox().add_property("contacts", "phone");
+    browser
+        .find("button[value=selected]")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let notice = browser.find(".notice").await.unwrap().text().await.unwrap();
+    assert_eq!(notice, "Queued 1 record for re-sync.");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = browser.find("h1 .badge").await.unwrap().text().await.unwrap();
+        if status == "synced" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the record never showed as synced (last: {status})"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let here = browser.url().await.unwrap();
+        browser.goto(&here).await.unwrap();
+    }
+    let crm = app
+        .sandbox()
+        .find("contacts", "crm_sync_app_id", "grace")
+        .expect("the contact is in the CRM");
+    assert_eq!(
+        crm.properties.get("phone").map(String::as_str),
+        Some("+1 555 0100")
+    );
+    let timeline = browser.find("#timeline").await.unwrap().text().await.unwrap();
+    assert!(
+        timeline.contains("re-sync requested from the dashboard"),
+        "{timeline}"
+    );
+    save(&browser, "record-synced").await;
+
+    // Tonight's reconciliation, as the schedule would start it.
+    let report = app
+        .stack
+        .reconcile
+        .run_until(tokio::time::Instant::now() + Duration::from_secs(60))
+        .await
+        .unwrap();
+    browser.goto(&format!("{base}/admin/queues")).await.unwrap();
+    let shown = browser
+        .find("#reconcile-report")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(shown.contains(&report.run_id), "{shown}");
+    assert!(
+        shown.contains(&format!("Records checked\n{}", report.checked)),
+        "{shown}"
+    );
+    let depth = browser
+        .find("tr[data-lane=outbound] .depth")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        depth, "1",
+        "the failed change's dead letter is still there until redriven"
+    );
+    save(&browser, "queues").await;
+
+    browser.resize(390, 844).await.unwrap();
+    browser
+        .goto(&format!("{base}/admin?filter=synced"))
+        .await
+        .unwrap();
+    assert_eq!(browser.find_all("tbody tr").await.unwrap().len(), 3);
+    save(&browser, "records-phone").await;
+}

@@ -1,0 +1,249 @@
+//! Headless Chromium driven over WebDriver (Debian's `chromium` and `chromium-driver`): just the
+//! commands the end-to-end tests need, spoken as JSON over HTTP to a chromedriver we start.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+fn setting(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|value| !value.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// A browser session; dropping it ends the session and stops chromedriver.
+pub struct Browser {
+    http: reqwest::Client,
+    session: String,
+    driver_url: String,
+    driver: Child,
+    profile: std::path::PathBuf,
+}
+
+/// An element of the current page.
+pub struct Element<'a> {
+    browser: &'a Browser,
+    id: String,
+}
+
+impl Browser {
+    /// Starts chromedriver and a headless Chromium (`CHROMEDRIVER`, `CHROMIUM` override the paths).
+    pub async fn start() -> anyhow::Result<Browser> {
+        let chromedriver = setting("CHROMEDRIVER", "/usr/bin/chromedriver");
+        let chromium = setting("CHROMIUM", "/usr/bin/chromium");
+        for path in [&chromedriver, &chromium] {
+            if !std::path::Path::new(path).exists() {
+                anyhow::bail!(
+                    "{path} is missing: install Debian's chromium and chromium-driver (`.ci/run` does)"
+                );
+            }
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let driver = Command::new(&chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let driver_url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()?;
+        let profile = std::env::temp_dir().join(format!("crm-sync-chromium-{}-{port}", std::process::id()));
+        let mut browser = Browser {
+            http,
+            session: String::new(),
+            driver_url,
+            driver,
+            profile,
+        };
+        let mut ready = false;
+        for _ in 0..100 {
+            if let Ok(response) = browser
+                .http
+                .get(format!("{}/status", browser.driver_url))
+                .send()
+                .await
+            {
+                if response.status().is_success() {
+                    ready = true;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::ensure!(ready, "chromedriver did not start");
+        // The flags keep Chromium off the network it has no access to here, and out of a sandbox
+        // that needs privileges the test runner may lack.
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-quic", "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--window-size=1280,900",
+                    format!("--user-data-dir={}", browser.profile.display()),
+                ]
+            }
+        }}});
+        let created = browser
+            .call(
+                reqwest::Method::POST,
+                &format!("{}/session", browser.driver_url),
+                Some(capabilities),
+            )
+            .await?;
+        browser.session = created["sessionId"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("no session id in {created}"))?
+            .to_string();
+        Ok(browser)
+    }
+
+    async fn call(&self, method: reqwest::Method, url: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let mut request = self.http.request(method, url);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let value: Value = response.json().await?;
+        anyhow::ensure!(status.is_success(), "WebDriver {url}: {status} {value}");
+        Ok(value["value"].clone())
+    }
+
+    async fn command(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}/session/{}{path}", self.driver_url, self.session);
+        self.call(method, &url, body).await
+    }
+
+    pub async fn goto(&self, url: &str) -> anyhow::Result<()> {
+        self.command(reqwest::Method::POST, "/url", Some(json!({"url": url})))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn url(&self) -> anyhow::Result<String> {
+        Ok(self
+            .command(reqwest::Method::GET, "/url", None)
+            .await?
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
+    }
+
+    pub async fn title(&self) -> anyhow::Result<String> {
+        Ok(self
+            .command(reqwest::Method::GET, "/title", None)
+            .await?
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
+    }
+
+    pub async fn find(&self, css: &str) -> anyhow::Result<Element<'_>> {
+        let found = self
+            .command(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await
+            .map_err(|error| anyhow::anyhow!("no element matches `{css}`: {error}"))?;
+        Ok(Element {
+            browser: self,
+            id: found[ELEMENT_KEY]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| anyhow::anyhow!("`{css}`: no element id in {found}"))?,
+        })
+    }
+
+    pub async fn find_all(&self, css: &str) -> anyhow::Result<Vec<Element<'_>>> {
+        let found = self
+            .command(
+                reqwest::Method::POST,
+                "/elements",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await?;
+        Ok(found
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|element| Element {
+                browser: self,
+                id: element[ELEMENT_KEY].as_str().unwrap_or_default().to_string(),
+            })
+            .collect())
+    }
+
+    /// Sets the viewport's outer size (a phone is about 390 x 844).
+    pub async fn resize(&self, width: u32, height: u32) -> anyhow::Result<()> {
+        self.command(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({"width": width, "height": height})),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A PNG of the viewport.
+    pub async fn screenshot(&self) -> anyhow::Result<Vec<u8>> {
+        let encoded = self.command(reqwest::Method::GET, "/screenshot", None).await?;
+        Ok(base64::engine::general_purpose::STANDARD.decode(encoded.as_str().unwrap_or_default())?)
+    }
+}
+
+impl Element<'_> {
+    pub async fn click(&self) -> anyhow::Result<()> {
+        self.browser
+            .command(
+                reqwest::Method::POST,
+                &format!("/element/{}/click", self.id),
+                Some(json!({})),
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn type_text(&self, text: &str) -> anyhow::Result<()> {
+        self.browser
+            .command(
+                reqwest::Method::POST,
+                &format!("/element/{}/value", self.id),
+                Some(json!({"text": text})),
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn text(&self) -> anyhow::Result<String> {
+        Ok(self
+            .browser
+            .command(reqwest::Method::GET, &format!("/element/{}/text", self.id), None)
+            .await?
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
