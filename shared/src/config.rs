@@ -66,6 +66,8 @@ pub struct SyncConfig {
     pub reconcile_lane: Option<(String, String)>,
     /// The priority lane the dashboard's re-syncs go to: (queue ARN, queue URL).
     pub resync_lane: Option<(String, String)>,
+    /// CloudWatch metrics (namespace, stack name); `None` writes none.
+    pub metrics: Option<(String, String)>,
 }
 
 /// What the sync function needs to process webhook events.
@@ -324,6 +326,12 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 None => None,
                 Some(arn) => Some((arn, self.required("RESYNC_QUEUE_URL")?)),
             },
+            metrics: self.optional("METRICS_NAMESPACE").map(|namespace| {
+                (
+                    namespace,
+                    self.optional("STACK_NAME").unwrap_or_else(|| "crm-sync".into()),
+                )
+            }),
             inbound: match self.optional("INBOUND_QUEUE_ARN") {
                 None => None,
                 Some(queue_arn) => Some(InboundConfig {

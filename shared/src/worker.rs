@@ -55,6 +55,12 @@ pub struct BatchReport {
     pub retried: usize,
     pub dead_lettered: usize,
     pub crm_calls: usize,
+    /// Calls the CRM answered with a throttle (429).
+    pub throttled: usize,
+    /// Calls that failed transiently (5xx, timeouts, 401/403).
+    pub crm_errors: usize,
+    /// The lowest daily call count the CRM said was left, when it said.
+    pub daily_remaining: Option<u64>,
 }
 
 /// The fate of one message.
@@ -151,6 +157,10 @@ impl Worker {
             report.crm_calls += 1;
             let error = match make().await {
                 Ok(result) => {
+                    if let Some(left) = result.rate().daily_remaining {
+                        report.daily_remaining =
+                            Some(report.daily_remaining.map_or(left, |seen| seen.min(left)));
+                    }
                     if let Err(error) = self.limiter.observe(result.rate(), self.clock.now_ms()).await {
                         tracing::warn!(error = ?anyhow::Error::from(error), "could not record the CRM's rate headers");
                     }
@@ -164,6 +174,7 @@ impl Worker {
                     policy, retry_after, ..
                 } => {
                     throttles += 1;
+                    report.throttled += 1;
                     // A rolling window frees up continuously: a short pause, not a growing one.
                     let wait = match policy {
                         ThrottlePolicy::Daily => retry_after.unwrap_or(Duration::from_secs(3600)),
@@ -185,6 +196,7 @@ impl Worker {
                 }
                 CrmError::Transient { call, message } => {
                     transient_failures += 1;
+                    report.crm_errors += 1;
                     let wait = backoff(
                         transient_failures,
                         self.settings.quick_retry_base,

@@ -203,7 +203,7 @@ async fn a_burst_of_500_changes_goes_out_in_full_batches_of_100() {
     // The backlog is there before the event source polls, as after an outage or a bulk import.
     app.stack.start_event_sources();
 
-    eventually(60, "500 contacts in the sandbox", || async {
+    eventually(180, "500 contacts in the sandbox", || async {
         (app.sandbox().records("contacts").len() == 500).then_some(())
     })
     .await;
@@ -377,7 +377,7 @@ async fn a_429_storm_slows_the_sync_down_but_dead_letters_nothing() {
         .collect();
     app.send_changes(&changes).await;
 
-    eventually(90, "150 contacts despite the storm", || async {
+    eventually(180, "150 contacts despite the storm", || async {
         (app.sandbox().records("contacts").len() == 150).then_some(())
     })
     .await;

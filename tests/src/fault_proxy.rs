@@ -18,6 +18,8 @@ struct State {
     /// `AmazonSQS.SendMessageBatch`) or a query `Action`; `*` fails everything.
     failing: Vec<String>,
     failed_calls: usize,
+    /// Calls passed through, by operation (`PutItem`, `SendMessageBatch`).
+    calls: std::collections::BTreeMap<String, u64>,
 }
 
 /// A running proxy; dropping it stops it.
@@ -72,6 +74,11 @@ impl FaultProxy {
         self.state.lock().unwrap().failing.clear();
     }
 
+    /// The calls that went through, by operation: what a workload costs in AWS requests.
+    pub fn calls(&self) -> std::collections::BTreeMap<String, u64> {
+        self.state.lock().unwrap().calls.clone()
+    }
+
     /// How many calls were failed so far.
     pub fn failed_calls(&self) -> usize {
         self.state.lock().unwrap().failed_calls
@@ -109,6 +116,17 @@ async fn forward(
                     operation.rsplit('.').next().unwrap_or_default()
                 ))
         });
+        let operation = match target.rsplit_once('.') {
+            Some((_, name)) => name.to_string(),
+            None => form
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("Action="))
+                .unwrap_or("other")
+                .to_string(),
+        };
+        if !hit {
+            *state.calls.entry(operation).or_default() += 1;
+        }
         if hit {
             state.failed_calls += 1;
             let failure = hyper::Response::builder()

@@ -243,7 +243,8 @@ impl TestApp {
         )
     }
 
-    /// Waits until the record has `status`; returns its state and newest timeline entries.
+    /// Waits until the record has `status` and the timeline entry that says why (written just
+    /// after the state); returns the state and the newest timeline entries.
     pub async fn settled(
         &self,
         record: crm_sync::domain::contract::RecordRef,
@@ -263,7 +264,12 @@ impl TestApp {
                     .await
                     .ok()
                     .flatten()
-                    .filter(|(state, _)| state.status == status)
+                    .filter(|(state, timeline)| {
+                        state.status == status
+                            && timeline
+                                .first()
+                                .is_some_and(|entry| entry.at_ms >= state.last_attempt_at_ms.unwrap_or(0))
+                    })
             }
         })
         .await

@@ -63,6 +63,31 @@ pub struct StackOptions {
     pub generated_secrets: HashMap<String, String>,
 }
 
+/// Counts the sync function's invocations and their time.
+#[derive(Debug, Default)]
+pub struct Invocations {
+    count: std::sync::atomic::AtomicU64,
+    busy_us: std::sync::atomic::AtomicU64,
+}
+
+impl Invocations {
+    fn record(&self, took: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.count.fetch_add(1, Relaxed);
+        self.busy_us
+            .fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// Invocations so far and their summed duration.
+    pub fn totals(&self) -> (u64, Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.count.load(Relaxed),
+            Duration::from_micros(self.busy_us.load(Relaxed)),
+        )
+    }
+}
+
 /// A running local stack; dropping it stops the HTTP server, the pollers and the sandbox
 /// (moto is owned separately).
 pub struct LocalStack {
@@ -77,6 +102,8 @@ pub struct LocalStack {
     pub sync: Arc<SyncHandler>,
     /// The reconcile function's handler: run it with `run_until`, as the schedule would.
     pub reconcile: Arc<ReconcileHandler>,
+    /// What the event sources' invocations of the sync function took (what Lambda would bill).
+    pub invocations: Arc<Invocations>,
     event_sources: Vec<(aws_sdk_sqs::Client, esm::EventSource, esm::SqsHandler)>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -128,6 +155,8 @@ impl LocalStack {
         if let Some(sandbox) = &sandbox {
             sync_env.insert("HUBSPOT_API_BASE".into(), sandbox.url());
         }
+        // Locally nobody reads CloudWatch metrics; they would only fill the console.
+        sync_env.remove("METRICS_NAMESPACE");
         sync_env.extend(options.env_overrides.clone());
         let lookup = sync_env.clone();
         let config = Env(move |name: &str| lookup.get(name).cloned()).sync()?;
@@ -151,6 +180,7 @@ impl LocalStack {
         let dashboard = Arc::new(DashboardApi::build(&aws, config).await?);
 
         let mut event_sources = Vec::new();
+        let invocations = Arc::new(Invocations::default());
         let timeout =
             Duration::from_secs(template.function_timeout_secs("SyncFunction", &resources.resolver)?);
         let sqs = aws_sdk_sqs::Client::new(&admin);
@@ -166,9 +196,16 @@ impl LocalStack {
                     )
                 })?;
             let handler = sync.clone();
+            let stats = invocations.clone();
             let call: esm::SqsHandler = Arc::new(move |event| {
                 let handler = handler.clone();
-                Box::pin(async move { handler.handle(event).await })
+                let stats = stats.clone();
+                Box::pin(async move {
+                    let started = std::time::Instant::now();
+                    let response = handler.handle(event).await;
+                    stats.record(started.elapsed());
+                    response
+                })
             });
             let source = esm::EventSource {
                 queue_url: queue.url.clone(),
@@ -223,6 +260,7 @@ impl LocalStack {
             sandbox,
             sync,
             reconcile,
+            invocations,
             event_sources,
             tasks,
         };

@@ -155,7 +155,14 @@ pub async fn provision(
                 GlobalSecondaryIndex::builder()
                     .index_name(&index.name)
                     .set_key_schema(Some(key_schema(&index.key_schema)?))
-                    .projection(Projection::builder().projection_type(ProjectionType::All).build())
+                    .projection(
+                        Projection::builder()
+                            .projection_type(ProjectionType::from(index.projection.as_str()))
+                            .set_non_key_attributes(
+                                (!index.projected.is_empty()).then(|| index.projected.clone()),
+                            )
+                            .build(),
+                    )
                     .build()?,
             );
         }

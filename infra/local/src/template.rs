@@ -24,11 +24,15 @@ pub struct TableSpec {
     pub ttl_attribute: Option<String>,
 }
 
-/// A global secondary index as declared (all projected attributes kept).
+/// A global secondary index as declared.
 #[derive(Debug, Clone)]
 pub struct IndexSpec {
     pub name: String,
     pub key_schema: Vec<(String, String)>,
+    /// `ALL`, `KEYS_ONLY` or `INCLUDE`.
+    pub projection: String,
+    /// The attributes an `INCLUDE` projection names.
+    pub projected: Vec<String>,
 }
 
 /// An SQS queue as declared.
@@ -153,9 +157,18 @@ impl Template {
                             .iter()
                             .filter_map(Value::as_mapping)
                             .filter_map(|index| {
+                                let projection = mapping(index, "Projection");
                                 Some(IndexSpec {
                                     name: text(get(index, "IndexName")?)?,
                                     key_schema: pairs(get(index, "KeySchema"), "AttributeName", "KeyType"),
+                                    projection: projection
+                                        .and_then(|p| text(get(p, "ProjectionType")?))
+                                        .unwrap_or_else(|| "ALL".into()),
+                                    projected: projection
+                                        .and_then(|p| get(p, "NonKeyAttributes"))
+                                        .and_then(Value::as_sequence)
+                                        .map(|names| names.iter().filter_map(text).collect())
+                                        .unwrap_or_default(),
                                 })
                             })
                             .collect()

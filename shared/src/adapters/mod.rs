@@ -1,6 +1,7 @@
 //! Adapters: the ports implemented over real technology, each module named for what it speaks.
 
 pub mod aws;
+pub mod cloudwatch;
 pub mod dynamodb;
 pub mod hubspot;
 pub mod secrets_manager;

@@ -7,6 +7,7 @@ use aws_config::SdkConfig;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::LambdaEvent;
 
+use crate::adapters::cloudwatch::{EmbeddedMetrics, Unit};
 use crate::adapters::dynamodb::{DynamoDbRateLimiter, DynamoDbSyncState, DynamoDbWebhookStore};
 use crate::adapters::hubspot::HubSpotEvents;
 use crate::adapters::sqs::SqsQueue;
@@ -28,6 +29,7 @@ pub struct SyncHandler {
     low_lane: Option<(String, SyncService)>,
     /// The dashboard's re-sync lane: app changes again, at full priority, ahead of any backlog.
     resync_lane: Option<(String, SyncService)>,
+    metrics: Option<EmbeddedMetrics>,
 }
 
 impl SyncHandler {
@@ -42,12 +44,20 @@ impl SyncHandler {
             inbound,
             low_lane,
             resync_lane,
+            metrics: None,
         }
+    }
+
+    /// Writes each batch's counts as CloudWatch metrics.
+    pub fn with_metrics(mut self, metrics: EmbeddedMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Wires the production adapters. Fails (and so the cold start fails) on a bad mapping.
     pub async fn build(aws: &SdkConfig, config: SyncConfig) -> anyhow::Result<Self> {
         let mapping = super::load_mapping(&config.mapping_toml, &config.mapping_source)?;
+        let metrics = config.metrics.clone();
         let crm = super::hubspot_client(
             aws,
             &config.hubspot_api_base,
@@ -132,7 +142,11 @@ impl SyncHandler {
             clock,
             config.sync,
         );
-        Ok(Self::new(outbound, inbound, low_lane, resync_lane))
+        let handler = Self::new(outbound, inbound, low_lane, resync_lane);
+        Ok(match metrics {
+            Some((namespace, stack)) => handler.with_metrics(EmbeddedMetrics::new(namespace, stack)),
+            None => handler,
+        })
     }
 
     /// Handles one SQS batch; only messages whose handling could not be recorded come back.
@@ -187,6 +201,14 @@ impl SyncHandler {
             crm_calls = report.crm_calls,
             "batch done"
         );
+        if let Some(metrics) = &self.metrics {
+            let now_ms = crate::domain::clock::Clock::now_ms(&SystemClock);
+            // Metrics go to stdout as they are: CloudWatch Logs reads them from the raw line.
+            println!(
+                "{}",
+                metrics.line(now_ms, direction, &batch_metrics(count, &report))
+            );
+        }
         let mut response = SqsBatchResponse::default();
         for id in report.redeliver {
             let mut failure = BatchItemFailure::default();
@@ -197,6 +219,26 @@ impl SyncHandler {
     }
 }
 
+/// What a batch reports to CloudWatch; the alarms in template.yaml read these names.
+pub fn batch_metrics(messages: usize, report: &BatchReport) -> Vec<(&'static str, f64, Unit)> {
+    let count = |n: usize| n as f64;
+    let mut metrics = vec![
+        ("Messages", count(messages), Unit::Count),
+        ("Applied", count(report.applied), Unit::Count),
+        ("Skipped", count(report.skipped), Unit::Count),
+        ("Retried", count(report.retried), Unit::Count),
+        ("DeadLettered", count(report.dead_lettered), Unit::Count),
+        ("Redelivered", count(report.redeliver.len()), Unit::Count),
+        ("CrmCalls", count(report.crm_calls), Unit::Count),
+        ("CrmThrottled", count(report.throttled), Unit::Count),
+        ("CrmErrors", count(report.crm_errors), Unit::Count),
+    ];
+    if let Some(left) = report.daily_remaining {
+        metrics.push(("DailyCallsRemaining", left as f64, Unit::Count));
+    }
+    metrics
+}
+
 /// The invocation's deadline (epoch ms) as an instant, less the margin.
 fn deadline_of(deadline_ms: u64) -> tokio::time::Instant {
     let now_ms = std::time::SystemTime::now()
@@ -205,4 +247,34 @@ fn deadline_of(deadline_ms: u64) -> tokio::time::Instant {
         .unwrap_or(0);
     let left = Duration::from_millis(deadline_ms.saturating_sub(now_ms));
     tokio::time::Instant::now() + left.saturating_sub(DEADLINE_MARGIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(metrics: &[(&'static str, f64, Unit)], name: &str) -> Option<f64> {
+        metrics.iter().find(|(n, _, _)| *n == name).map(|(_, v, _)| *v)
+    }
+
+    #[test]
+    fn a_batch_reports_its_counts_and_the_daily_budget_only_when_the_crm_told_it() {
+        let mut report = BatchReport {
+            applied: 97,
+            dead_lettered: 3,
+            throttled: 2,
+            crm_calls: 4,
+            ..BatchReport::default()
+        };
+        let metrics = batch_metrics(100, &report);
+        assert_eq!(value(&metrics, "Messages"), Some(100.0));
+        assert_eq!(value(&metrics, "DeadLettered"), Some(3.0));
+        assert_eq!(value(&metrics, "CrmThrottled"), Some(2.0));
+        assert_eq!(value(&metrics, "DailyCallsRemaining"), None);
+        report.daily_remaining = Some(1234);
+        assert_eq!(
+            value(&batch_metrics(100, &report), "DailyCallsRemaining"),
+            Some(1234.0)
+        );
+    }
 }

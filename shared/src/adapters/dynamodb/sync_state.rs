@@ -68,6 +68,16 @@ impl DynamoDbSyncState {
             .key("sk", s(STATE_SK))
     }
 
+    /// The states of the records whose keys an index (projecting keys only) returned, in order.
+    async fn states_of_keys(&self, keys: &[Item]) -> Result<Vec<RecordState>, StoreUnavailable> {
+        let records: Vec<RecordRef> = keys.iter().filter_map(record_of).collect();
+        let mut states = self.states(&records).await?;
+        Ok(records
+            .iter()
+            .filter_map(|record| states.remove(record))
+            .collect())
+    }
+
     /// Writes items 25 a call, retrying what DynamoDB leaves unprocessed.
     async fn put_all(&self, items: Vec<Item>) -> Result<(), StoreUnavailable> {
         for chunk in items.chunks(25) {
@@ -192,14 +202,19 @@ fn map_value(map: &BTreeMap<String, String>) -> AttributeValue {
     AttributeValue::M(map.iter().map(|(name, value)| (name.clone(), s(value))).collect())
 }
 
-fn conflict_from_item(item: &Item) -> Option<ConflictEntry> {
+/// The record a key belongs to (`pk = REC#{object}#{record id}`).
+fn record_of(item: &Item) -> Option<RecordRef> {
     let pk = text(item, "pk")?;
     let mut parts = pk.splitn(3, '#').skip(1);
+    Some(RecordRef {
+        object: ObjectKind::parse(parts.next()?)?,
+        record_id: parts.next()?.to_string(),
+    })
+}
+
+fn conflict_from_item(item: &Item) -> Option<ConflictEntry> {
     Some(ConflictEntry {
-        record: RecordRef {
-            object: ObjectKind::parse(parts.next()?)?,
-            record_id: parts.next()?.to_string(),
-        },
+        record: record_of(item)?,
         at_ms: number(item, "at")?,
         field: text(item, "field")?,
         crm_property: text(item, "crm_property")?,
@@ -212,14 +227,8 @@ fn conflict_from_item(item: &Item) -> Option<ConflictEntry> {
 }
 
 fn timeline_from_item(item: &Item) -> Option<TimelineEntry> {
-    let pk = text(item, "pk")?;
-    let mut parts = pk.splitn(3, '#').skip(1);
-    let record = RecordRef {
-        object: ObjectKind::parse(parts.next()?)?,
-        record_id: parts.next()?.to_string(),
-    };
     Some(TimelineEntry {
-        record,
+        record: record_of(item)?,
         at_ms: number(item, "at")?,
         kind: TimelineKind::parse(&text(item, "kind")?)?,
         idempotency_id: text(item, "idempotency_id"),
@@ -598,7 +607,8 @@ impl SyncStateStore for DynamoDbSyncState {
             .send()
             .await
             .map_err(unavailable)?;
-        Ok(output.items().first().and_then(state_from_item))
+        let found = self.states_of_keys(output.items()).await?;
+        Ok(found.into_iter().next())
     }
 
     async fn record(
@@ -689,7 +699,7 @@ impl SyncStateStore for DynamoDbSyncState {
             .send()
             .await
             .map_err(unavailable)?;
-        Ok(output.items().iter().filter_map(state_from_item).collect())
+        self.states_of_keys(output.items()).await
     }
 
     async fn dismiss_conflicts(&self, record: &RecordRef, now_ms: i64) -> Result<(), StoreUnavailable> {

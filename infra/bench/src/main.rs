@@ -1,0 +1,92 @@
+//! `cargo run --release -p crm-sync-bench`: the benchmarks, side by side in one run, against one
+//! moto and the HubSpot sandbox (which enforces HubSpot Pro's 190 calls per 10 s). Prints a
+//! table and writes `docs/bench/results.json` and `docs/bench/throughput.svg`.
+//!
+//! Options: `--records N` (20000; the bulk load also runs at N/4 to show how cost grows),
+//! `--naive M` (400), `--webhooks K` (200 single-event and K/4 hundred-event deliveries),
+//! `--out DIR` (docs/bench).
+
+mod footprint;
+mod outbound;
+mod report;
+mod webhook;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use crm_sync_local::moto::Moto;
+
+pub struct Args {
+    records: usize,
+    naive: usize,
+    webhooks: usize,
+    out: PathBuf,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        records: 20_000,
+        naive: 400,
+        webhooks: 200,
+        out: PathBuf::from("docs/bench"),
+    };
+    let mut given = std::env::args().skip(1);
+    while let Some(flag) = given.next() {
+        let value = given.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--records" => args.records = value.parse().context("--records")?,
+            "--naive" => args.naive = value.parse().context("--naive")?,
+            "--webhooks" => args.webhooks = value.parse().context("--webhooks")?,
+            "--out" => args.out = PathBuf::from(value),
+            other => anyhow::bail!("unknown option {other}"),
+        }
+    }
+    Ok(args)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some(footprint::CHILD) {
+        return footprint::child().await;
+    }
+    let args = parse_args()?;
+    std::fs::create_dir_all(&args.out)?;
+    let moto = Moto::start("127.0.0.1", free_port()?)?;
+    eprintln!("moto at {}", moto.endpoint);
+
+    let mut bulk = Vec::new();
+    for records in [args.records / 4, args.records] {
+        eprintln!("outbound bulk load: {records} contact upserts");
+        bulk.push(outbound::bulk(&moto.endpoint, records).await?);
+    }
+    eprintln!("naive pattern: {} single-record calls", args.naive);
+    let naive = outbound::naive(args.naive).await?;
+    eprintln!("webhook ingest");
+    let webhooks = webhook::ingest(&moto.endpoint, args.webhooks).await?;
+    eprintln!("footprint: one 10,000-message batch in a process of its own");
+    let memory = footprint::measure(&moto.endpoint, 10_000).await?;
+    let sizes = footprint::binary_sizes();
+
+    let results = report::Results {
+        machine: report::machine(),
+        bulk,
+        naive,
+        webhooks,
+        memory,
+        sizes,
+    };
+    println!("{}", report::table(&results));
+    let json = serde_json::to_string_pretty(&results.to_json())?;
+    std::fs::write(args.out.join("results.json"), json)?;
+    std::fs::write(args.out.join("throughput.svg"), report::svg(&results))?;
+    eprintln!(
+        "wrote {} and {}",
+        args.out.join("results.json").display(),
+        args.out.join("throughput.svg").display()
+    );
+    Ok(())
+}
