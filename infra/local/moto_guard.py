@@ -8,7 +8,9 @@ Before it starts, moto is brought closer to AWS in two ways:
   both pass a condition only one of them may pass, or see each other's values as their own;
 - speed, with no change of behaviour: its SQS receive re-read every queue attribute (three passes
   over all messages) for each message it returned, and its clock went through datetime objects,
-  so that with thousands of queued messages one receive took seconds.
+  so that with thousands of queued messages one receive took seconds; and its HTTP server wrote
+  each response in several small packets with Nagle's algorithm on, so that every answer waited
+  for the client's delayed ACK (a DynamoDB write took 17 ms, 6 ms with TCP_NODELAY).
 """
 import sys
 import threading
@@ -39,6 +41,20 @@ def speed_up_moto() -> None:
     sqs_models.SQSBackend.is_message_valid_based_on_retention_period = is_message_valid_based_on_retention_period
 
 
+def answer_without_nagle_delay() -> None:
+    import socket
+
+    import werkzeug.serving as serving
+
+    original_setup = serving.WSGIRequestHandler.setup
+
+    def setup(self):
+        original_setup(self)
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    serving.WSGIRequestHandler.setup = setup
+
+
 def make_dynamodb_writes_atomic() -> None:
     import functools
 
@@ -61,6 +77,7 @@ def make_dynamodb_writes_atomic() -> None:
 def main() -> int:
     host, port = sys.argv[1], int(sys.argv[2])
     speed_up_moto()
+    answer_without_nagle_delay()
     make_dynamodb_writes_atomic()
     from moto.server import ThreadedMotoServer
 

@@ -128,24 +128,41 @@ impl WebhookIngest {
         let events = provider.parse(&request.body)?;
 
         let delivery = Delivery::new(provider.id(), request.body.clone(), now_ms, events.len());
-        self.store
-            .put_delivery(&delivery, now_ms + self.settings.delivery_retention_ms)
-            .await
-            .map_err(|error| IngestError::Unavailable(error.into()))?;
-
         let token = uuid::Uuid::new_v4().to_string();
         let lease_until_ms = now_ms + self.settings.claim_lease_ms;
         let expires_at_ms = now_ms + self.settings.event_retention_ms;
-        let claims = bounded(
-            events
-                .iter()
-                .map(|event| {
-                    self.store
-                        .claim_event(event, &delivery, &token, now_ms, lease_until_ms, expires_at_ms)
-                })
-                .collect(),
+        // The raw delivery and the events are stored side by side: one round trip, not two.
+        let (stored, claims) = futures::future::join(
+            self.store
+                .put_delivery(&delivery, now_ms + self.settings.delivery_retention_ms),
+            bounded(
+                events
+                    .iter()
+                    .map(|event| {
+                        self.store.claim_event(
+                            event,
+                            &delivery,
+                            &token,
+                            now_ms,
+                            lease_until_ms,
+                            expires_at_ms,
+                        )
+                    })
+                    .collect(),
+            ),
         )
         .await;
+        if let Err(error) = stored {
+            // Give the leases back, so that the CRM's retry can claim the events at once.
+            for (event, claim) in events.iter().zip(&claims) {
+                if matches!(claim, Ok(Claim::Won)) {
+                    if let Err(release) = self.store.release(provider.id(), &event.key, &token).await {
+                        tracing::warn!(event_key = %event.key, error = ?anyhow::Error::from(release), "could not release a lease");
+                    }
+                }
+            }
+            return Err(IngestError::Unavailable(error.into()));
+        }
 
         let mut won: Vec<&InboundEvent> = Vec::new();
         let mut duplicates = 0;

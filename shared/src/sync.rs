@@ -22,7 +22,7 @@ use crate::domain::sync::{
 };
 use crate::domain::Clock;
 use crate::ports::{Crm, MessageQueue, RateLimiter, RecordClaim, Settlement, SyncStateStore};
-use crate::worker::{bounded, BatchReport, CallFailure, CallSettings, Disposition, SyncMessage, Worker};
+use crate::worker::{bounded_each, BatchReport, CallFailure, CallSettings, Disposition, SyncMessage, Worker};
 
 /// Retry and lease settings.
 #[derive(Debug, Clone)]
@@ -187,15 +187,10 @@ impl SyncService {
 
         let token = uuid::Uuid::new_v4().to_string();
         let lease_until_ms = now_ms + i64::try_from(self.settings.lease.as_millis()).unwrap_or(i64::MAX / 2);
-        let claims = bounded(
-            plan.newest
-                .iter()
-                .map(|queued| {
-                    self.state
-                        .claim(&queued.change, &queued.body, &token, now_ms, lease_until_ms)
-                })
-                .collect(),
-        )
+        let claims = bounded_each(&plan.newest, |queued| {
+            self.state
+                .claim(&queued.change, &queued.body, &token, now_ms, lease_until_ms)
+        })
         .await;
         let mut work = Vec::new();
         for (queued, claim) in plan.newest.into_iter().zip(claims) {
@@ -283,21 +278,17 @@ impl SyncService {
             .await;
 
         let settle_now = self.clock.now_ms();
-        let settled = bounded(
-            work.iter()
-                .map(|w| {
-                    let outcome = outcomes
-                        .get(&w.queued.message_id)
-                        .cloned()
-                        .unwrap_or(Outcome::Failed {
-                            kind: FailureKind::Transient,
-                            error: "not attempted".into(),
-                            call: None,
-                        });
-                    self.settle(w, outcome, &token, settle_now)
-                })
-                .collect(),
-        )
+        let settled = bounded_each(&work, |w| {
+            let outcome = outcomes
+                .get(&w.queued.message_id)
+                .cloned()
+                .unwrap_or(Outcome::Failed {
+                    kind: FailureKind::Transient,
+                    error: "not attempted".into(),
+                    call: None,
+                });
+            self.settle(w, outcome, &token, settle_now)
+        })
         .await;
         for (w, (disposition, timeline_entry)) in work.iter().zip(settled) {
             match &disposition {

@@ -2,11 +2,13 @@
 //! moto and the HubSpot sandbox (which enforces HubSpot Pro's 190 calls per 10 s). Prints a
 //! table and writes `docs/bench/results.json` and `docs/bench/throughput.svg`.
 //!
-//! Options: `--records N` (20000; the bulk load also runs at N/4 to show how cost grows),
+//! Options: `--records N` (20000; the load against the CRM ceiling also runs at N/4 to show how
+//! cost grows, and end to end through moto at N/10),
 //! `--naive M` (400), `--webhooks K` (200 single-event and K/4 hundred-event deliveries),
-//! `--out DIR` (docs/bench).
+//! `--footprint M` (10000 messages in the memory measurement's batch), `--out DIR` (docs/bench).
 
 mod footprint;
+mod memory_state;
 mod outbound;
 mod report;
 mod webhook;
@@ -20,6 +22,7 @@ pub struct Args {
     records: usize,
     naive: usize,
     webhooks: usize,
+    footprint: usize,
     out: PathBuf,
 }
 
@@ -28,6 +31,7 @@ fn parse_args() -> anyhow::Result<Args> {
         records: 20_000,
         naive: 400,
         webhooks: 200,
+        footprint: 10_000,
         out: PathBuf::from("docs/bench"),
     };
     let mut given = std::env::args().skip(1);
@@ -37,6 +41,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--records" => args.records = value.parse().context("--records")?,
             "--naive" => args.naive = value.parse().context("--naive")?,
             "--webhooks" => args.webhooks = value.parse().context("--webhooks")?,
+            "--footprint" => args.footprint = value.parse().context("--footprint")?,
             "--out" => args.out = PathBuf::from(value),
             other => anyhow::bail!("unknown option {other}"),
         }
@@ -58,22 +63,29 @@ async fn main() -> anyhow::Result<()> {
     let moto = Moto::start("127.0.0.1", free_port()?)?;
     eprintln!("moto at {}", moto.endpoint);
 
-    let mut bulk = Vec::new();
+    let mut ceiling = Vec::new();
     for records in [args.records / 4, args.records] {
-        eprintln!("outbound bulk load: {records} contact upserts");
-        bulk.push(outbound::bulk(&moto.endpoint, records).await?);
+        eprintln!("sync handler against the CRM ceiling: {records} contact upserts");
+        ceiling.push(outbound::handler_ceiling(&moto.endpoint, records).await?);
     }
+    let local_records = (args.records / 10).max(100);
+    eprintln!("end to end on the local stack: {local_records} contact upserts");
+    let end_to_end = outbound::bulk(&moto.endpoint, local_records).await?;
     eprintln!("naive pattern: {} single-record calls", args.naive);
     let naive = outbound::naive(args.naive).await?;
     eprintln!("webhook ingest");
     let webhooks = webhook::ingest(&moto.endpoint, args.webhooks).await?;
-    eprintln!("footprint: one 10,000-message batch in a process of its own");
-    let memory = footprint::measure(&moto.endpoint, 10_000).await?;
+    eprintln!(
+        "footprint: one {}-message batch in a process of its own",
+        args.footprint
+    );
+    let memory = footprint::measure(&moto.endpoint, args.footprint).await?;
     let sizes = footprint::binary_sizes();
 
     let results = report::Results {
         machine: report::machine(),
-        bulk,
+        ceiling,
+        end_to_end,
         naive,
         webhooks,
         memory,

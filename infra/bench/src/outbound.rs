@@ -2,6 +2,7 @@
 //! one-call-per-record pattern beside it, both against the sandbox's HubSpot Pro burst limit.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
@@ -12,6 +13,13 @@ use crm_sync_local::{CrmTarget, LocalStack, StackOptions};
 use crm_sync_tests::fault_proxy::FaultProxy;
 use hubspot_sandbox::{Sandbox, SandboxConfig};
 use serde_json::json;
+
+/// The benchmark's own AWS calls (filling queues, reading tables) wait as long as moto needs.
+pub const TOOLING: crm_sync::adapters::aws::CallBudget = crm_sync::adapters::aws::CallBudget {
+    attempt_timeout: Duration::from_secs(120),
+    operation_timeout: Duration::from_secs(300),
+    max_attempts: 3,
+};
 
 /// HubSpot Pro: 190 calls per 10 s, 100 records a call.
 pub const CEILING_RECORDS_PER_SEC: f64 = 19.0 * 100.0;
@@ -28,6 +36,60 @@ pub struct Bulk {
     pub invocations: u64,
     /// Summed duration of the sync function's invocations.
     pub busy_seconds: f64,
+    /// Average DynamoDB sizes (attribute names and values, as DynamoDB bills them) of the
+    /// records' state items and timeline items.
+    pub state_item_bytes: f64,
+    pub timeline_item_bytes: f64,
+}
+
+/// An item's size as DynamoDB bills writes: attribute names plus values.
+fn item_bytes(item: &HashMap<String, aws_sdk_dynamodb::types::AttributeValue>) -> usize {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    fn value(v: &AttributeValue) -> usize {
+        match v {
+            AttributeValue::S(s) | AttributeValue::N(s) => s.len(),
+            AttributeValue::Bool(_) | AttributeValue::Null(_) => 1,
+            AttributeValue::M(map) => 3 + map.iter().map(|(k, v)| k.len() + value(v) + 1).sum::<usize>(),
+            AttributeValue::L(list) => 3 + list.iter().map(|v| value(v) + 1).sum::<usize>(),
+            _ => 0,
+        }
+    }
+    item.iter().map(|(name, v)| name.len() + value(v)).sum()
+}
+
+/// Average sizes of state and timeline items in the table.
+async fn item_sizes(dynamodb: &aws_sdk_dynamodb::Client, table: &str) -> anyhow::Result<(f64, f64)> {
+    let (mut state, mut timeline) = ((0usize, 0usize), (0usize, 0usize));
+    let mut start = None;
+    loop {
+        let page = dynamodb
+            .scan()
+            .table_name(table)
+            .set_exclusive_start_key(start)
+            .send()
+            .await?;
+        for item in page.items() {
+            let sk = item
+                .get("sk")
+                .and_then(|v| v.as_s().ok())
+                .map_or("", String::as_str);
+            let bucket = if sk == "~state" {
+                &mut state
+            } else if sk.starts_with("T#") {
+                &mut timeline
+            } else {
+                continue;
+            };
+            bucket.0 += item_bytes(item);
+            bucket.1 += 1;
+        }
+        match page.last_evaluated_key() {
+            Some(key) => start = Some(key.clone()),
+            None => break,
+        }
+    }
+    let average = |(bytes, n): (usize, usize)| bytes as f64 / n.max(1) as f64;
+    Ok((average(state), average(timeline)))
 }
 
 impl Bulk {
@@ -107,18 +169,21 @@ pub async fn bulk(moto: &str, records: usize) -> anyhow::Result<Bulk> {
         crm: CrmTarget::Sandbox {
             addr: "127.0.0.1:0".into(),
         },
-        parameters: HashMap::from([("HubSpotClientSecret".to_string(), "bench".to_string())]),
+        // Batches of 100: a batch of 1,000 takes moto longer than the function's 60 s timeout
+        // (a minute of conditional writes), and a timed-out batch would be counted twice.
+        parameters: HashMap::from([
+            ("HubSpotClientSecret".to_string(), "bench".to_string()),
+            ("SyncBatchSize".to_string(), "100".to_string()),
+        ]),
         env_overrides: HashMap::new(),
         run_event_sources: false,
         sandbox_webhooks: false,
         generated_secrets: HashMap::new(),
     })
     .await?;
-    let aws = crm_sync::adapters::aws::load_sdk_config(
-        &crm_sync::adapters::aws::AwsTarget::local(moto),
-        crm_sync::adapters::aws::CallBudget::BACKGROUND,
-    )
-    .await;
+    let aws =
+        crm_sync::adapters::aws::load_sdk_config(&crm_sync::adapters::aws::AwsTarget::local(moto), TOOLING)
+            .await;
     let sqs = aws_sdk_sqs::Client::new(&aws);
     preload(&sqs, &stack.resources.queue("OutboundQueue").url, records).await?;
     let started = Instant::now();
@@ -134,10 +199,25 @@ pub async fn bulk(moto: &str, records: usize) -> anyhow::Result<Bulk> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
-    // Let the pollers delete the last batch before counting AWS requests.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The last batch is still settling its records in DynamoDB: count AWS requests only once
+    // they have stopped for five seconds.
+    let mut last = proxy.calls();
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = proxy.calls();
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        }
+    }
     let stats = sandbox.stats();
     let (invocations, busy) = stack.invocations.totals();
+    let (state_item_bytes, timeline_item_bytes) = item_sizes(
+        &aws_sdk_dynamodb::Client::new(&aws),
+        stack.resources.table("SyncStateTable"),
+    )
+    .await?;
     Ok(Bulk {
         records,
         seconds,
@@ -152,6 +232,8 @@ pub async fn bulk(moto: &str, records: usize) -> anyhow::Result<Bulk> {
         aws_calls: proxy.calls(),
         invocations,
         busy_seconds: busy.as_secs_f64(),
+        state_item_bytes,
+        timeline_item_bytes,
     })
 }
 
@@ -188,5 +270,187 @@ pub async fn naive(records: usize) -> anyhow::Result<Naive> {
         records,
         seconds: started.elapsed().as_secs_f64(),
         throttled,
+    })
+}
+
+/// The sync handler against the CRM ceiling: invoked as Lambda invokes it, with 1,000-message
+/// SQS events, two instances at a time (the outbound event source's maximum concurrency), the
+/// rate limiter in DynamoDB (moto) and HubSpot (the sandbox) at Pro limits; the state in memory
+/// (see `memory_state`). Throttled changes re-queued by the handler are read back and handled.
+pub async fn handler_ceiling(moto: &str, records: usize) -> anyhow::Result<Bulk> {
+    use std::sync::Arc;
+
+    use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
+    use crm_sync::adapters::dynamodb::DynamoDbRateLimiter;
+    use crm_sync::adapters::sqs::SqsQueue;
+    use crm_sync::config::Env;
+    use crm_sync::domain::mapping::{Mapping, DEFAULT_MAPPING};
+    use crm_sync::domain::SystemClock;
+    use crm_sync::entrypoints::sync_sqs::SyncHandler;
+    use crm_sync::sync::SyncService;
+    use lambda_runtime::{Context, LambdaEvent};
+
+    let sandbox = Sandbox::start("127.0.0.1:0", SandboxConfig::default()).await?;
+    let stack = LocalStack::start(StackOptions {
+        aws_endpoint: moto.to_string(),
+        handler_aws_endpoint: None,
+        stack_name: format!("benchcrm-{}-{records}", std::process::id()),
+        http_addr: "127.0.0.1:0".parse()?,
+        crm: CrmTarget::HubSpot,
+        parameters: HashMap::from([("HubSpotClientSecret".to_string(), "bench".to_string())]),
+        env_overrides: HashMap::from([
+            ("HUBSPOT_ACCESS_TOKEN".to_string(), sandbox.token()),
+            ("HUBSPOT_API_BASE".to_string(), sandbox.url()),
+        ]),
+        run_event_sources: false,
+        sandbox_webhooks: false,
+        generated_secrets: HashMap::new(),
+    })
+    .await?;
+    let lookup = stack.sync_env.clone();
+    let config = Env(move |name: &str| lookup.get(name).cloned()).sync()?;
+    let aws = crm_sync::adapters::aws::load_sdk_config(
+        &crm_sync::adapters::aws::AwsTarget::local(moto),
+        crm_sync::adapters::aws::CallBudget::BACKGROUND,
+    )
+    .await;
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+    let outbound = stack.resources.queue("OutboundQueue").clone();
+    let service = SyncService::new(
+        Arc::new(Mapping::parse(DEFAULT_MAPPING)?),
+        Arc::new(HubSpotClient::new(
+            &sandbox.url(),
+            secrecy::SecretString::from(sandbox.token()),
+            Duration::from_secs(20),
+        )?),
+        Arc::new(crate::memory_state::MemorySyncState::default()),
+        Arc::new(DynamoDbRateLimiter::new(
+            aws_sdk_dynamodb::Client::new(&aws),
+            stack.resources.table("RateLimitTable"),
+            "hubspot",
+            config.limiter.clone(),
+        )),
+        Arc::new(SqsQueue::new(sqs.clone(), outbound.url.clone())),
+        Arc::new(SqsQueue::new(sqs.clone(), config.outbound_dlq_url.clone())),
+        Arc::new(SystemClock),
+        config.sync.clone(),
+    );
+    let handler = Arc::new(SyncHandler::new(service, None, None, None));
+
+    let at = crm_sync_tests::hubspot::now_ms();
+    let pending: Arc<Mutex<Vec<SqsMessage>>> = Arc::new(Mutex::new(
+        (0..records)
+            .map(|i| {
+                let mut message = SqsMessage::default();
+                message.message_id = Some(format!("m-{i}"));
+                message.event_source_arn = Some(outbound.arn.clone());
+                message.body = Some(change(i, at));
+                message
+            })
+            .collect(),
+    ));
+    let busy = Arc::new(Mutex::new((0u64, Duration::ZERO)));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(600 + records as u64 / 10);
+    let instances = (0..2).map(|_| {
+        let (handler, pending, busy, sqs, outbound) = (
+            handler.clone(),
+            pending.clone(),
+            busy.clone(),
+            sqs.clone(),
+            outbound.clone(),
+        );
+        let sandbox = &sandbox;
+        async move {
+            loop {
+                let batch: Vec<SqsMessage> = {
+                    let mut pending = pending.lock().unwrap();
+                    let take = pending.len().min(1000);
+                    pending.drain(..take).collect()
+                };
+                let batch = if batch.is_empty() {
+                    if sandbox.records("contacts").len() >= records {
+                        return anyhow::Ok(());
+                    }
+                    anyhow::ensure!(Instant::now() < deadline, "the load did not finish");
+                    // What the handler re-queued (throttled or busy), as the event source would.
+                    let received = sqs
+                        .receive_message()
+                        .queue_url(&outbound.url)
+                        .max_number_of_messages(10)
+                        .wait_time_seconds(1)
+                        .message_attribute_names("All")
+                        .send()
+                        .await?;
+                    let mut batch = Vec::new();
+                    for message in received.messages() {
+                        sqs.delete_message()
+                            .queue_url(&outbound.url)
+                            .receipt_handle(message.receipt_handle().unwrap_or_default())
+                            .send()
+                            .await?;
+                        let mut event = SqsMessage::default();
+                        event.message_id = message.message_id().map(str::to_string);
+                        event.event_source_arn = Some(outbound.arn.clone());
+                        event.body = message.body().map(str::to_string);
+                        batch.push(event);
+                    }
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    batch
+                } else {
+                    batch
+                };
+                let mut event = SqsEvent::default();
+                event.records = batch.clone();
+                let mut context = Context::default();
+                context.deadline = (crm_sync_tests::hubspot::now_ms() + 60_000) as u64;
+                let invoked = Instant::now();
+                let response = handler
+                    .handle(LambdaEvent::new(event, context))
+                    .await
+                    .map_err(|error| anyhow::anyhow!("{error}"))?;
+                {
+                    let mut busy = busy.lock().unwrap();
+                    busy.0 += 1;
+                    busy.1 += invoked.elapsed();
+                }
+                let failed: std::collections::HashSet<String> = response
+                    .batch_item_failures
+                    .into_iter()
+                    .map(|failure| failure.item_identifier)
+                    .collect();
+                let mut pending = pending.lock().unwrap();
+                pending.extend(
+                    batch
+                        .into_iter()
+                        .filter(|m| failed.contains(m.message_id.as_deref().unwrap_or_default())),
+                );
+            }
+        }
+    });
+    for result in futures::future::join_all(instances).await {
+        result?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let stats = sandbox.stats();
+    let (invocations, busy) = *busy.lock().unwrap();
+    Ok(Bulk {
+        records,
+        seconds,
+        crm_calls: stats.total_calls,
+        upsert_calls: stats
+            .calls
+            .iter()
+            .filter(|(call, _)| call.contains("batch/upsert"))
+            .map(|(_, n)| n)
+            .sum(),
+        throttled: stats.throttled_burst + stats.throttled_daily,
+        aws_calls: BTreeMap::new(),
+        invocations,
+        busy_seconds: busy.as_secs_f64(),
+        state_item_bytes: 0.0,
+        timeline_item_bytes: 0.0,
     })
 }

@@ -10,7 +10,10 @@ use crate::webhook::Latencies;
 
 pub struct Results {
     pub machine: String,
-    pub bulk: Vec<Bulk>,
+    /// The handler against the CRM ceiling, at two sizes.
+    pub ceiling: Vec<Bulk>,
+    /// The whole local stack: moto's queue and state, the event source, the sandbox.
+    pub end_to_end: Bulk,
     pub naive: Naive,
     pub webhooks: Vec<Latencies>,
     pub memory: Memory,
@@ -41,8 +44,93 @@ pub fn machine() -> String {
     format!("{cpu}, {cores} cores, {memory_gb:.0} GiB")
 }
 
-fn per_record(bulk: &Bulk, operation: &str) -> f64 {
-    bulk.aws_calls.get(operation).copied().unwrap_or(0) as f64 / bulk.records as f64
+/// us-east-1 list prices, on demand.
+const LAMBDA_ARM_GB_SECOND: f64 = 0.000_013_333_4;
+const LAMBDA_REQUEST: f64 = 0.20 / 1e6;
+const SQS_REQUEST: f64 = 0.40 / 1e6;
+const DYNAMODB_WRU: f64 = 0.625 / 1e6;
+const DYNAMODB_RRU: f64 = 0.125 / 1e6;
+/// The sync function's MemorySize in template.yaml.
+const SYNC_MEMORY_GB: f64 = 0.25;
+
+/// One line of the cost of a million synced changes: what, dollars, how it was derived.
+pub struct CostLine {
+    pub what: &'static str,
+    pub dollars: f64,
+    pub basis: String,
+}
+
+fn units(bytes: f64, unit: f64) -> f64 {
+    (bytes / unit).ceil().max(1.0)
+}
+
+/// The cost of a million synced changes, from the measured request counts, item sizes and
+/// handler time (at the CRM ceiling, where production runs under load).
+pub fn cost(results: &Results) -> Vec<CostLine> {
+    let e2e = &results.end_to_end;
+    let per =
+        |operation: &str| e2e.aws_calls.get(operation).copied().unwrap_or(0) as f64 / e2e.records as f64;
+    let busiest = results.ceiling.last().unwrap_or(e2e);
+    let seconds_per_change = busiest.busy_seconds / busiest.records as f64;
+    let invocations_per_change = busiest.invocations as f64 / busiest.records as f64;
+    // Each UpdateItem of a state item writes the item and moves it in `by_status` (its key
+    // changes: a delete and a put of the projected item); the limiter's calls are one per CRM call.
+    let limiter_writes = e2e.crm_calls as f64 / e2e.records as f64;
+    let state_writes = (per("UpdateItem") - limiter_writes).max(0.0);
+    let state_wru = units(e2e.state_item_bytes, 1024.0);
+    let timeline_wru = units(e2e.timeline_item_bytes, 1024.0);
+    let wru = state_writes * 3.0 * state_wru + timeline_wru + limiter_writes;
+    let reads = per("Query") + per("BatchGetItem") + per("GetItem");
+    // The app sends one message per change; the event source receives and deletes ten at a time.
+    let sqs_requests = 1.0 + 0.1 + 0.1;
+    vec![
+        CostLine {
+            what: "DynamoDB writes",
+            dollars: 1e6 * wru * DYNAMODB_WRU,
+            basis: format!(
+                "{state_writes:.2} state writes x 3 (item + by_status move) x {state_wru:.0} WRU ({:.0} B items) + timeline {timeline_wru:.0} WRU ({:.0} B) + limiter {limiter_writes:.3}",
+                e2e.state_item_bytes, e2e.timeline_item_bytes
+            ),
+        },
+        CostLine {
+            what: "DynamoDB reads",
+            dollars: 1e6 * reads * DYNAMODB_RRU,
+            basis: format!("{reads:.3} reads per change"),
+        },
+        CostLine {
+            what: "SQS requests",
+            dollars: 1e6 * sqs_requests * SQS_REQUEST,
+            basis: "1 SendMessage by the app + 0.1 ReceiveMessage + 0.1 DeleteMessageBatch".into(),
+        },
+        CostLine {
+            what: "Lambda duration (arm64, 256 MB)",
+            dollars: 1e6 * seconds_per_change * SYNC_MEMORY_GB * LAMBDA_ARM_GB_SECOND,
+            basis: format!("{:.2} ms of sync function per change", seconds_per_change * 1000.0),
+        },
+        CostLine {
+            what: "Lambda requests",
+            dollars: 1e6 * invocations_per_change * LAMBDA_REQUEST,
+            basis: format!("{:.4} invocations per change", invocations_per_change),
+        },
+    ]
+}
+
+fn bulk_json(b: &Bulk) -> serde_json::Value {
+    json!({
+        "records": b.records,
+        "seconds": b.seconds,
+        "records_per_sec": b.records_per_sec(),
+        "fraction_of_ceiling": b.records_per_sec() / CEILING_RECORDS_PER_SEC,
+        "records_per_call": b.records_per_call(),
+        "crm_calls": b.crm_calls,
+        "upsert_calls": b.upsert_calls,
+        "throttled_429": b.throttled,
+        "aws_calls": b.aws_calls,
+        "invocations": b.invocations,
+        "busy_seconds": b.busy_seconds,
+        "state_item_bytes": b.state_item_bytes,
+        "timeline_item_bytes": b.timeline_item_bytes,
+    })
 }
 
 impl Results {
@@ -50,19 +138,8 @@ impl Results {
         json!({
             "machine": self.machine,
             "ceiling_records_per_sec": CEILING_RECORDS_PER_SEC,
-            "bulk": self.bulk.iter().map(|b| json!({
-                "records": b.records,
-                "seconds": b.seconds,
-                "records_per_sec": b.records_per_sec(),
-                "fraction_of_ceiling": b.records_per_sec() / CEILING_RECORDS_PER_SEC,
-                "records_per_call": b.records_per_call(),
-                "crm_calls": b.crm_calls,
-                "upsert_calls": b.upsert_calls,
-                "throttled_429": b.throttled,
-                "aws_calls": b.aws_calls,
-                "invocations": b.invocations,
-                "busy_seconds": b.busy_seconds,
-            })).collect::<Vec<_>>(),
+            "end_to_end": bulk_json(&self.end_to_end),
+            "handler_vs_ceiling": self.ceiling.iter().map(bulk_json).collect::<Vec<_>>(),
             "naive": {
                 "records": self.naive.records,
                 "seconds": self.naive.seconds,
@@ -85,9 +162,25 @@ impl Results {
                 "handled": self.memory.applied,
                 "seconds": self.memory.seconds,
             },
+            "cost_per_million_changes_usd": cost(self).iter().map(|line| json!({
+                "what": line.what, "dollars": line.dollars, "basis": line.basis,
+            })).collect::<Vec<_>>(),
             "binary_bytes": self.sizes.iter().map(|(name, size)| (name.clone(), json!(size))).collect::<serde_json::Map<_, _>>(),
         })
     }
+}
+
+fn bulk_row(label: &str, bulk: &Bulk, naive: &Naive) -> String {
+    format!(
+        "| {label}: {} contact upserts in {:.1} s | {:.0} | {:.1}% | {:.1} | {} | {:.0}x |",
+        bulk.records,
+        bulk.seconds,
+        bulk.records_per_sec(),
+        100.0 * bulk.records_per_sec() / CEILING_RECORDS_PER_SEC,
+        bulk.records_per_call(),
+        bulk.throttled,
+        bulk.records_per_sec() / naive.records_per_sec()
+    )
 }
 
 /// A Markdown table, as pasted into the README.
@@ -96,24 +189,14 @@ pub fn table(results: &Results) -> String {
     let _ = writeln!(out, "Machine: {}\n", results.machine);
     let _ = writeln!(
         out,
-        "| outbound bulk load | records/s | of the 1,900/s ceiling | records per call | 429s | vs naive |\n|---|---|---|---|---|---|"
+        "| outbound | records/s | of the 1,900/s ceiling | records per CRM call | 429s | vs naive |\n|---|---|---|---|---|---|"
     );
-    for bulk in &results.bulk {
-        let _ = writeln!(
-            out,
-            "| {} contact upserts in {:.1} s | {:.0} | {:.1}% | {:.1} | {} | {:.0}x |",
-            bulk.records,
-            bulk.seconds,
-            bulk.records_per_sec(),
-            100.0 * bulk.records_per_sec() / CEILING_RECORDS_PER_SEC,
-            bulk.records_per_call(),
-            bulk.throttled,
-            bulk.records_per_sec() / results.naive.records_per_sec()
-        );
+    for bulk in &results.ceiling {
+        let _ = writeln!(out, "{}", bulk_row("sync handler", bulk, &results.naive));
     }
     let _ = writeln!(
         out,
-        "| naive: {} records, one call each, in {:.1} s | {:.1} | {:.1}% | 1 | {} | 1x |",
+        "| naive, one call per record: {} records in {:.1} s | {:.1} | {:.1}% | 1 | {} | 1x |",
         results.naive.records,
         results.naive.seconds,
         results.naive.records_per_sec(),
@@ -122,38 +205,38 @@ pub fn table(results: &Results) -> String {
     );
     let _ = writeln!(
         out,
-        "\n| AWS requests per synced change | {} |\n|---|---|",
-        results
-            .bulk
-            .iter()
-            .map(|b| format!("{} records", b.records))
-            .collect::<Vec<_>>()
-            .join(" | ")
+        "{}",
+        bulk_row("end to end through moto", &results.end_to_end, &results.naive)
     );
-    let mut operations: Vec<&String> = results.bulk.iter().flat_map(|b| b.aws_calls.keys()).collect();
-    operations.sort();
-    operations.dedup();
-    for operation in operations {
+    let e2e = &results.end_to_end;
+    let _ = writeln!(
+        out,
+        "\n| end to end, per synced change | AWS requests |\n|---|---|"
+    );
+    for (operation, count) in &e2e.aws_calls {
+        let _ = writeln!(out, "| {operation} | {:.3} |", *count as f64 / e2e.records as f64);
+    }
+    for bulk in &results.ceiling {
         let _ = writeln!(
             out,
-            "| {operation} | {} |",
-            results
-                .bulk
-                .iter()
-                .map(|b| format!("{:.3}", per_record(b, operation)))
-                .collect::<Vec<_>>()
-                .join(" | ")
+            "| sync function time, {} records (handler invoked {} times) | {:.2} ms |",
+            bulk.records,
+            bulk.invocations,
+            1000.0 * bulk.busy_seconds / bulk.records as f64
         );
+    }
+    let lines = cost(results);
+    let _ = writeln!(
+        out,
+        "\n| a million synced changes, us-east-1 list prices | dollars | derived from |\n|---|---|---|"
+    );
+    for line in &lines {
+        let _ = writeln!(out, "| {} | {:.2} | {} |", line.what, line.dollars, line.basis);
     }
     let _ = writeln!(
         out,
-        "| sync invocations (their summed duration) | {} |",
-        results
-            .bulk
-            .iter()
-            .map(|b| format!("{} ({:.1} s)", b.invocations, b.busy_seconds))
-            .collect::<Vec<_>>()
-            .join(" | ")
+        "| **total** | **{:.2}** | |",
+        lines.iter().map(|line| line.dollars).sum::<f64>()
     );
     let _ = writeln!(
         out,
@@ -194,7 +277,7 @@ pub fn table(results: &Results) -> String {
 /// A bar chart of records per second: each bulk load, the ceiling, the naive pattern.
 pub fn svg(results: &Results) -> String {
     let mut bars: Vec<(String, f64, &str)> = results
-        .bulk
+        .ceiling
         .iter()
         .map(|b| {
             (
@@ -204,6 +287,11 @@ pub fn svg(results: &Results) -> String {
             )
         })
         .collect();
+    bars.push((
+        format!("end to end via moto, {}", results.end_to_end.records),
+        results.end_to_end.records_per_sec(),
+        "#6c8ed6",
+    ));
     bars.push(("HubSpot Pro ceiling".into(), CEILING_RECORDS_PER_SEC, "#9aa5b5"));
     bars.push((
         "naive, one call per record".into(),

@@ -1,0 +1,285 @@
+//! The sync state contract kept in memory, used by one benchmark only: the handler against the
+//! CRM ceiling. moto serializes DynamoDB writes in Python (a few hundred a second here), far
+//! below what DynamoDB sustains, so with moto the state store, not crm-sync or the CRM, would
+//! be what that benchmark measured. The end-to-end benchmark keeps the state in moto.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use crm_sync::domain::contract::{Change, ObjectKind, RecordRef};
+use crm_sync::domain::inbound::ConflictEntry;
+use crm_sync::domain::sync::{
+    freshness, Freshness, RecordFilter, RecordState, SyncStatus, Tally, TimelineEntry,
+};
+use crm_sync::ports::{
+    InboundUpdate, LeaseOutcome, ListError, RecordClaim, Settlement, StoreUnavailable, SyncStateStore,
+};
+
+#[derive(Default)]
+struct Row {
+    state: Option<RecordState>,
+    lease: Option<(String, i64)>,
+    timeline: Vec<TimelineEntry>,
+    conflicts: Vec<ConflictEntry>,
+}
+
+#[derive(Default)]
+pub struct MemorySyncState {
+    rows: Mutex<HashMap<RecordRef, Row>>,
+}
+
+fn leased_elsewhere(row: &Row, now_ms: i64) -> bool {
+    row.lease.as_ref().is_some_and(|(_, until)| *until >= now_ms)
+}
+
+#[async_trait]
+impl SyncStateStore for MemorySyncState {
+    async fn claim(
+        &self,
+        change: &Change,
+        body: &str,
+        token: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<RecordClaim, StoreUnavailable> {
+        let record = change.record();
+        let mut rows = self.rows.lock().unwrap();
+        let row = rows.entry(record.clone()).or_default();
+        let old = row.state.clone().unwrap_or_else(|| RecordState::new(record));
+        match freshness(change, &old) {
+            Freshness::Stale => return Ok(RecordClaim::Stale(old)),
+            Freshness::Duplicate => return Ok(RecordClaim::Duplicate),
+            Freshness::Newer if leased_elsewhere(row, now_ms) => return Ok(RecordClaim::Busy),
+            Freshness::Newer => {}
+        }
+        let mut state = old.clone();
+        state.status = SyncStatus::Pending;
+        state.last_attempt_at_ms = Some(now_ms);
+        state.pending_change = Some(body.to_string());
+        row.state = Some(state);
+        row.lease = Some((token.to_string(), lease_until_ms));
+        Ok(RecordClaim::Claimed(old))
+    }
+
+    async fn settle(
+        &self,
+        record: &RecordRef,
+        token: &str,
+        now_ms: i64,
+        settlement: &Settlement,
+    ) -> Result<(), StoreUnavailable> {
+        let mut rows = self.rows.lock().unwrap();
+        let Some(row) = rows.get_mut(record) else {
+            return Ok(());
+        };
+        if row.lease.as_ref().map(|(held, _)| held.as_str()) != Some(token) {
+            return Ok(());
+        }
+        row.lease = None;
+        let state = row.state.get_or_insert_with(|| RecordState::new(record.clone()));
+        match settlement {
+            Settlement::Applied {
+                crm_id,
+                version_ms,
+                idempotency_id,
+                written,
+                status,
+            } => {
+                state.status = *status;
+                state.last_synced_at_ms = Some(now_ms);
+                state.attempts = 0;
+                state.applied_version_ms = Some(*version_ms);
+                state.applied_idempotency_id = Some(idempotency_id.clone());
+                state.written = written.clone();
+                state.last_change = state.pending_change.take();
+                state.last_error = None;
+                if crm_id.is_some() {
+                    state.crm_id = crm_id.clone();
+                }
+            }
+            Settlement::Failed {
+                error,
+                status,
+                retryable,
+            } => {
+                state.status = *status;
+                state.last_error = Some(error.clone());
+                state.attempts += 1;
+                state.retryable = *retryable;
+            }
+            Settlement::Released => {}
+        }
+        Ok(())
+    }
+
+    async fn states(
+        &self,
+        records: &[RecordRef],
+    ) -> Result<HashMap<RecordRef, RecordState>, StoreUnavailable> {
+        let rows = self.rows.lock().unwrap();
+        Ok(records
+            .iter()
+            .filter_map(|record| Some((record.clone(), rows.get(record)?.state.clone()?)))
+            .collect())
+    }
+
+    async fn append_timeline(&self, entries: &[TimelineEntry]) -> Result<(), StoreUnavailable> {
+        let mut rows = self.rows.lock().unwrap();
+        for entry in entries {
+            rows.entry(entry.record.clone())
+                .or_default()
+                .timeline
+                .push(entry.clone());
+        }
+        Ok(())
+    }
+
+    async fn record(
+        &self,
+        record: &RecordRef,
+        limit: usize,
+    ) -> Result<Option<(RecordState, Vec<TimelineEntry>)>, StoreUnavailable> {
+        let rows = self.rows.lock().unwrap();
+        Ok(rows.get(record).and_then(|row| {
+            let timeline = row.timeline.iter().rev().take(limit).cloned().collect();
+            Some((row.state.clone()?, timeline))
+        }))
+    }
+
+    async fn lease(
+        &self,
+        record: &RecordRef,
+        token: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<LeaseOutcome, StoreUnavailable> {
+        let mut rows = self.rows.lock().unwrap();
+        let Some(row) = rows.get_mut(record).filter(|row| row.state.is_some()) else {
+            return Ok(LeaseOutcome::Busy);
+        };
+        if leased_elsewhere(row, now_ms) {
+            return Ok(LeaseOutcome::Busy);
+        }
+        row.lease = Some((token.to_string(), lease_until_ms));
+        Ok(LeaseOutcome::Leased(Box::new(
+            row.state.clone().expect("checked"),
+        )))
+    }
+
+    async fn settle_inbound(
+        &self,
+        record: &RecordRef,
+        token: &str,
+        _now_ms: i64,
+        update: &InboundUpdate,
+    ) -> Result<(), StoreUnavailable> {
+        let mut rows = self.rows.lock().unwrap();
+        let Some(row) = rows.get_mut(record) else {
+            return Ok(());
+        };
+        if row.lease.as_ref().map(|(held, _)| held.as_str()) != Some(token) {
+            return Ok(());
+        }
+        row.lease = None;
+        if let Some(state) = row.state.as_mut() {
+            state.inbound_at = update.inbound_at.clone();
+            state.received = update.received.clone();
+            if let Some(written) = &update.written {
+                state.written = written.clone();
+            }
+            state.conflicts += update.new_conflicts;
+            state.open_conflicts |= update.new_conflicts > 0;
+        }
+        Ok(())
+    }
+
+    async fn append_conflicts(&self, entries: &[ConflictEntry]) -> Result<(), StoreUnavailable> {
+        let mut rows = self.rows.lock().unwrap();
+        for entry in entries {
+            rows.entry(entry.record.clone())
+                .or_default()
+                .conflicts
+                .push(entry.clone());
+        }
+        Ok(())
+    }
+
+    async fn conflicts(
+        &self,
+        record: &RecordRef,
+        limit: usize,
+    ) -> Result<Vec<ConflictEntry>, StoreUnavailable> {
+        let rows = self.rows.lock().unwrap();
+        Ok(rows
+            .get(record)
+            .map(|row| row.conflicts.iter().rev().take(limit).cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn find_by_crm_id(
+        &self,
+        object: ObjectKind,
+        crm_id: &str,
+    ) -> Result<Option<RecordState>, StoreUnavailable> {
+        let rows = self.rows.lock().unwrap();
+        Ok(rows
+            .values()
+            .filter_map(|row| row.state.clone())
+            .find(|state| state.record.object == object && state.crm_id.as_deref() == Some(crm_id)))
+    }
+
+    async fn list(
+        &self,
+        filter: RecordFilter,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Result<(Vec<RecordState>, Option<String>), ListError> {
+        let skip: usize = match cursor {
+            None => 0,
+            Some(cursor) => cursor.parse().map_err(|_| ListError::BadCursor)?,
+        };
+        let rows = self.rows.lock().unwrap();
+        let mut selected: Vec<RecordState> = rows
+            .values()
+            .filter_map(|row| row.state.clone())
+            .filter(|state| match filter {
+                RecordFilter::Status(status) => state.status == status,
+                RecordFilter::OpenConflicts => state.open_conflicts,
+            })
+            .collect();
+        selected.sort_by_key(|state| std::cmp::Reverse(state.last_attempt_at_ms));
+        let page: Vec<RecordState> = selected.iter().skip(skip).take(limit).cloned().collect();
+        let next = (skip + page.len() < selected.len()).then(|| (skip + page.len()).to_string());
+        Ok((page, next))
+    }
+
+    async fn count(&self, filter: RecordFilter, _max_pages: usize) -> Result<Tally, StoreUnavailable> {
+        let (all, _) = self
+            .list(filter, usize::MAX, None)
+            .await
+            .map_err(|_| StoreUnavailable(anyhow::anyhow!("listing failed")))?;
+        Ok(Tally {
+            count: all.len() as u64,
+            complete: true,
+        })
+    }
+
+    async fn find_by_email(&self, _email: &str, _limit: usize) -> Result<Vec<RecordState>, StoreUnavailable> {
+        // The benchmark never searches; the state keeps no email here.
+        Ok(Vec::new())
+    }
+
+    async fn dismiss_conflicts(&self, record: &RecordRef, _now_ms: i64) -> Result<(), StoreUnavailable> {
+        if let Some(state) = self
+            .rows
+            .lock()
+            .unwrap()
+            .get_mut(record)
+            .and_then(|row| row.state.as_mut())
+        {
+            state.open_conflicts = false;
+        }
+        Ok(())
+    }
+}
