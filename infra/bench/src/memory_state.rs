@@ -29,6 +29,10 @@ pub struct MemorySyncState {
     rows: Mutex<HashMap<RecordRef, Row>>,
 }
 
+fn held_by(row: &Row, token: &str) -> bool {
+    row.lease.as_ref().map(|(held, _)| held.as_str()) == Some(token)
+}
+
 fn leased_elsewhere(row: &Row, now_ms: i64) -> bool {
     row.lease.as_ref().is_some_and(|(_, until)| *until >= now_ms)
 }
@@ -73,7 +77,7 @@ impl SyncStateStore for MemorySyncState {
         let Some(row) = rows.get_mut(record) else {
             return Ok(());
         };
-        if row.lease.as_ref().map(|(held, _)| held.as_str()) != Some(token) {
+        if !held_by(row, token) {
             return Ok(());
         }
         row.lease = None;
@@ -178,7 +182,7 @@ impl SyncStateStore for MemorySyncState {
         let Some(row) = rows.get_mut(record) else {
             return Ok(());
         };
-        if row.lease.as_ref().map(|(held, _)| held.as_str()) != Some(token) {
+        if !held_by(row, token) {
             return Ok(());
         }
         row.lease = None;

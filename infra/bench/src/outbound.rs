@@ -222,12 +222,7 @@ pub async fn bulk(moto: &str, records: usize) -> anyhow::Result<Bulk> {
         records,
         seconds,
         crm_calls: stats.total_calls,
-        upsert_calls: stats
-            .calls
-            .iter()
-            .filter(|(call, _)| call.contains("batch/upsert"))
-            .map(|(_, n)| n)
-            .sum(),
+        upsert_calls: upsert_calls(&stats),
         throttled: stats.throttled_burst + stats.throttled_daily,
         aws_calls: proxy.calls(),
         invocations,
@@ -235,6 +230,16 @@ pub async fn bulk(moto: &str, records: usize) -> anyhow::Result<Bulk> {
         state_item_bytes,
         timeline_item_bytes,
     })
+}
+
+/// Batch upsert calls the sandbox served.
+fn upsert_calls(stats: &hubspot_sandbox::Stats) -> u64 {
+    stats
+        .calls
+        .iter()
+        .filter(|(call, _)| call.contains("batch/upsert"))
+        .map(|(_, n)| n)
+        .sum()
 }
 
 /// One record per call, sequentially, waiting out each 429 as a simple client would.
@@ -440,12 +445,7 @@ pub async fn handler_ceiling(moto: &str, records: usize) -> anyhow::Result<Bulk>
         records,
         seconds,
         crm_calls: stats.total_calls,
-        upsert_calls: stats
-            .calls
-            .iter()
-            .filter(|(call, _)| call.contains("batch/upsert"))
-            .map(|(_, n)| n)
-            .sum(),
+        upsert_calls: upsert_calls(&stats),
         throttled: stats.throttled_burst + stats.throttled_daily,
         aws_calls: BTreeMap::new(),
         invocations,
