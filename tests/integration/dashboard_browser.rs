@@ -71,7 +71,7 @@ async fn an_operator_finds_a_failed_record_reads_its_error_and_re_syncs_it_after
         .find("form.login button")
         .await
         .unwrap()
-        .click()
+        .click_through()
         .await
         .unwrap();
 
@@ -89,7 +89,7 @@ async fn an_operator_finds_a_failed_record_reads_its_error_and_re_syncs_it_after
         .find("a[href*='id=grace']")
         .await
         .unwrap()
-        .click()
+        .click_through()
         .await
         .unwrap();
     assert!(browser.title().await.unwrap().starts_with("contact/grace"));
@@ -106,7 +106,7 @@ async fn an_operator_finds_a_failed_record_reads_its_error_and_re_syncs_it_after
         .find("button[value=selected]")
         .await
         .unwrap()
-        .click()
+        .click_through()
         .await
         .unwrap();
     let notice = browser.find(".notice").await.unwrap().text().await.unwrap();

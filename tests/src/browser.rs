@@ -152,14 +152,21 @@ impl Browser {
     }
 
     pub async fn find(&self, css: &str) -> anyhow::Result<Element<'_>> {
-        let found = self
+        let found = match self
             .command(
                 reqwest::Method::POST,
                 "/element",
                 Some(json!({"using": "css selector", "value": css})),
             )
             .await
-            .map_err(|error| anyhow::anyhow!("no element matches `{css}`: {error}"))?;
+        {
+            Ok(found) => found,
+            Err(error) => {
+                let page = self.url().await.unwrap_or_default();
+                let title = self.title().await.unwrap_or_default();
+                anyhow::bail!("no element matches `{css}` on {page} ({title}): {error}");
+            }
+        };
         Ok(Element {
             browser: self,
             id: found[ELEMENT_KEY]
@@ -207,7 +214,11 @@ impl Browser {
 }
 
 impl Element<'_> {
-    pub async fn click(&self) -> anyhow::Result<()> {
+    /// Clicks a link or submit button and waits for the page it leads to. A click returns once the
+    /// event is dispatched, which can be before the old page is gone; looking for the new page's
+    /// elements then would search the old one.
+    pub async fn click_through(&self) -> anyhow::Result<()> {
+        let old_page = self.browser.find("html").await?;
         self.browser
             .command(
                 reqwest::Method::POST,
@@ -215,7 +226,50 @@ impl Element<'_> {
                 Some(json!({})),
             )
             .await?;
-        Ok(())
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        // Mid-navigation, chromedriver may answer anything (a document unloading, a script
+        // interrupted), so only the settled answers count and the rest are asked again.
+        let mut last = String::new();
+        loop {
+            let old_gone = match self
+                .browser
+                .command(
+                    reqwest::Method::GET,
+                    &format!("/element/{}/name", old_page.id),
+                    None,
+                )
+                .await
+            {
+                Ok(_) => false,
+                Err(error) => {
+                    last = error.to_string();
+                    ["stale element reference", "no such element"]
+                        .iter()
+                        .any(|code| last.contains(code))
+                }
+            };
+            if old_gone {
+                let state = self
+                    .browser
+                    .command(
+                        reqwest::Method::POST,
+                        "/execute/sync",
+                        Some(json!({"script": "return document.readyState", "args": []})),
+                    )
+                    .await;
+                match state {
+                    Ok(state) if state.as_str() == Some("complete") => return Ok(()),
+                    Ok(state) => last = format!("the next page is {state}"),
+                    Err(error) => last = error.to_string(),
+                }
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "the click never led to a loaded page (on {}): {last}",
+                self.browser.url().await.unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub async fn type_text(&self, text: &str) -> anyhow::Result<()> {
