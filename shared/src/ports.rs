@@ -28,9 +28,9 @@ pub trait WebhookProvider: Send + Sync {
     fn parse(&self, body: &[u8]) -> Result<Vec<InboundEvent>, ParseError>;
 }
 
-/// A storage failure; the caller answers "try again later".
+/// A storage failure (of any store); the caller tries again later.
 #[derive(Debug, thiserror::Error)]
-#[error("webhook storage is unavailable")]
+#[error("storage is unavailable")]
 pub struct StoreUnavailable(#[source] pub anyhow::Error);
 
 /// What claiming an event for enqueueing found.
