@@ -395,10 +395,7 @@ impl InboundService {
             for (property, value) in p.change.properties.clone().unwrap_or_default() {
                 match decide(mapping, &current, &p.change, &property, &value) {
                     FieldDecision::Deliver { field, value } => {
-                        entry
-                            .1
-                            .inbound_at
-                            .insert(property.clone(), p.change.occurred_at_ms);
+                        later(&mut entry.1.inbound_at, &property, p.change.occurred_at_ms);
                         entry.1.received.insert(property.clone(), value.clone());
                         effects.delivered.insert(field, value);
                     }
@@ -407,10 +404,7 @@ impl InboundService {
                         app_value,
                         crm_value,
                     } => {
-                        entry
-                            .1
-                            .inbound_at
-                            .insert(property.clone(), p.change.occurred_at_ms);
+                        later(&mut entry.1.inbound_at, &property, p.change.occurred_at_ms);
                         entry.1.new_conflicts += 1;
                         let resolution = if self.settings.reassert_app_values && app_value.is_some() {
                             "re-asserted the app's value in the CRM"
@@ -430,10 +424,7 @@ impl InboundService {
                         });
                     }
                     FieldDecision::Echo => {
-                        entry
-                            .1
-                            .inbound_at
-                            .insert(property.clone(), p.change.occurred_at_ms);
+                        later(&mut entry.1.inbound_at, &property, p.change.occurred_at_ms);
                         effects.echoes += 1;
                     }
                     FieldDecision::Stale => effects.stale += 1,
@@ -661,6 +652,13 @@ impl InboundService {
             }
         }
     }
+}
+
+/// Moves a property's last acted-on time forward, never back: a late conflict is journaled
+/// without making older events look new.
+fn later(inbound_at: &mut BTreeMap<String, i64>, property: &str, at_ms: i64) {
+    let known = inbound_at.entry(property.to_string()).or_insert(at_ms);
+    *known = (*known).max(at_ms);
 }
 
 fn inbound_entry(record: &RecordRef, p: &Pending, kind: TimelineKind, detail: String) -> TimelineEntry {

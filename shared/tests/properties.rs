@@ -266,11 +266,16 @@ proptest! {
             properties: None,
         };
         let decision = decide(object, &state, &edit, "p0", &value);
+        let ours = written.as_deref() == Some(value.as_str());
         if last_inbound.is_some_and(|at| at > occurred) {
-            prop_assert_eq!(decision, FieldDecision::Stale);
+            // Late: only a person's edit of an app-owned field still counts, as a conflict.
+            if crm_owned || from_integration || ours {
+                prop_assert_eq!(decision, FieldDecision::Stale);
+            } else {
+                prop_assert!(matches!(decision, FieldDecision::Conflict { .. }), "{:?}", decision);
+            }
             return Ok(());
         }
-        let ours = written.as_deref() == Some(value.as_str());
         match decision {
             FieldDecision::Deliver { field, value: delivered } => {
                 prop_assert!(crm_owned, "an app-owned field was delivered");

@@ -1,5 +1,6 @@
 //! Integration tests: each drives a local stack over real HTTP against moto.
 
+mod chaos;
 mod dashboard;
 mod dashboard_browser;
 mod hubspot_adapters;

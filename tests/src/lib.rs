@@ -3,6 +3,7 @@
 
 pub mod app_changes;
 pub mod browser;
+pub mod chaos;
 pub mod dashboard;
 pub mod fault_proxy;
 pub mod hubspot;

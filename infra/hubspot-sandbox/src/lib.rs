@@ -7,12 +7,12 @@
 //! Control API:
 //! - `POST /_sandbox/faults` with any of `error_rate`, `error_status`, `latency_ms`,
 //!   `timeout_rate`, `timeout_ms`, `throttle_next` (the next N calls get 429), `burst_limit`,
-//!   `burst_window_ms`, `daily_limit`, `daily_used`, `seed`;
+//!   `burst_window_ms`, `daily_limit`, `daily_used`, `day_ms` (a short day, for tests), `seed`;
 //! - `GET /_sandbox/objects/{type}` lists live records; `GET /_sandbox/stats` counts calls;
 //! - `POST` / `DELETE /_sandbox/properties/{type}/{name}` adds or removes a property, as an admin;
 //! - `POST /_sandbox/webhooks` sets where and how events are delivered (`target_url`,
 //!   `client_secret`, `batch_window_ms`, `max_events`, `max_retries`, `retry_base_ms`,
-//!   `timeout_ms`, `duplicate_rate`); `GET` shows the settings (without the secret) and counts;
+//!   `timeout_ms`, `duplicate_rate`, `reorder_ms`); `GET` shows the settings (without the secret) and counts;
 //! - `POST /_sandbox/objects/{type}` creates and `POST /_sandbox/objects/{type}/{id}` edits a
 //!   record as a sales rep would (JSON of properties): webhooks report it with `CRM_UI`, while
 //!   writes through the CRM API are reported with `INTEGRATION`;
@@ -74,6 +74,9 @@ pub struct Faults {
     /// Calls allowed per day, and how many are used already.
     pub daily_limit: u64,
     pub daily_used: u64,
+    /// How long the sandbox's day lasts: `daily_used` goes back to 0 when it turns, and a DAILY
+    /// 429 says when (`Retry-After`). 0, the default: the day never turns.
+    pub day_ms: u64,
     /// Seeds the fault dice, for repeatable runs.
     pub seed: Option<u64>,
 }
@@ -91,6 +94,7 @@ impl Default for Faults {
             burst_window_ms: 10_000,
             daily_limit: 625_000,
             daily_used: 0,
+            day_ms: 0,
             seed: None,
         }
     }
@@ -117,6 +121,7 @@ struct State {
     faults: Faults,
     stats: Stats,
     window: VecDeque<Instant>,
+    day_started: Instant,
     dice: fastrand::Rng,
     webhooks: WebhookSettings,
     webhook_stats: WebhookStats,
@@ -126,6 +131,18 @@ struct State {
 }
 
 impl State {
+    fn set_faults(&mut self, faults: Faults) {
+        // A new seed restarts the dice; the same one leaves them rolling.
+        if let Some(seed) = faults.seed.filter(|seed| Some(*seed) != self.faults.seed) {
+            self.dice = fastrand::Rng::with_seed(seed);
+        }
+        // A new day length or a new count for today starts the day now.
+        if faults.day_ms != self.faults.day_ms || faults.daily_used != self.faults.daily_used {
+            self.day_started = Instant::now();
+        }
+        self.faults = faults;
+    }
+
     /// Turns the store's recent changes into webhook events from `source`.
     fn emit(&mut self, source: &str) {
         let changes = std::mem::take(&mut self.store.changes);
@@ -198,6 +215,7 @@ impl Sandbox {
             faults: Faults::default(),
             stats: Stats::default(),
             window: VecDeque::new(),
+            day_started: Instant::now(),
             dice: fastrand::Rng::new(),
             webhooks: WebhookSettings::default(),
             webhook_stats: WebhookStats::default(),
@@ -239,11 +257,7 @@ impl Sandbox {
 
     /// Replaces the limits and faults.
     pub fn set_faults(&self, faults: Faults) {
-        let mut state = self.state.lock().unwrap();
-        if let Some(seed) = faults.seed {
-            state.dice = fastrand::Rng::with_seed(seed);
-        }
-        state.faults = faults;
+        self.state.lock().unwrap().set_faults(faults);
     }
 
     pub fn faults(&self) -> Faults {
@@ -418,10 +432,7 @@ fn control_api(state: &Arc<Mutex<State>>, method: &str, path: &str, body: &[u8])
         ("GET", "/faults") => reply(200, &serde_json::to_value(&state.faults).unwrap(), &[]),
         ("POST", "/faults") => match merged(&state.faults, body) {
             Ok(faults) => {
-                if let Some(seed) = faults.seed {
-                    state.dice = fastrand::Rng::with_seed(seed);
-                }
-                state.faults = faults;
+                state.set_faults(faults);
                 reply(200, &serde_json::to_value(&state.faults).unwrap(), &[])
             }
             Err(error) => reply(400, &json!({"message": error}), &[]),
@@ -540,7 +551,12 @@ enum Gate {
 fn rate_headers(state: &State) -> Vec<(String, String)> {
     let faults = &state.faults;
     let used = state.window.len() as u64;
-    vec![
+    let mut headers = Vec::new();
+    if faults.day_ms > 0 && faults.daily_used >= faults.daily_limit {
+        let left = Duration::from_millis(faults.day_ms).saturating_sub(state.day_started.elapsed());
+        headers.push(("Retry-After".into(), left.as_secs().max(1).to_string()));
+    }
+    headers.extend([
         ("X-HubSpot-RateLimit-Max".into(), faults.burst_limit.to_string()),
         (
             "X-HubSpot-RateLimit-Remaining".into(),
@@ -555,7 +571,8 @@ fn rate_headers(state: &State) -> Vec<(String, String)> {
             "X-HubSpot-RateLimit-Daily-Remaining".into(),
             faults.daily_limit.saturating_sub(faults.daily_used).to_string(),
         ),
-    ]
+    ]);
+    headers
 }
 
 fn gate(state: &mut State, headers: &http::HeaderMap) -> Gate {
@@ -594,6 +611,12 @@ fn gate(state: &mut State, headers: &http::HeaderMap) -> Gate {
             "requestId": uuid_like(),
         })
     };
+    if state.faults.day_ms > 0
+        && now.duration_since(state.day_started).as_millis() >= u128::from(state.faults.day_ms)
+    {
+        state.faults.daily_used = 0;
+        state.day_started = now;
+    }
     if state.faults.daily_used >= state.faults.daily_limit {
         state.stats.throttled_daily += 1;
         return Gate::Refuse {

@@ -31,6 +31,8 @@ pub struct WebhookSettings {
     pub timeout_ms: u64,
     /// Share of deliveries posted twice, as HubSpot sometimes does.
     pub duplicate_rate: f64,
+    /// Each delivery first waits a random time up to this, so that later ones overtake it.
+    pub reorder_ms: u64,
 }
 
 impl Default for WebhookSettings {
@@ -46,6 +48,7 @@ impl Default for WebhookSettings {
             retry_base_ms: 1_000,
             timeout_ms: 5_000,
             duplicate_rate: 0.0,
+            reorder_ms: 0,
         }
     }
 }
@@ -136,6 +139,9 @@ pub async fn deliver(
     let Some(url) = settings.target_url.clone() else {
         return (0, false);
     };
+    if settings.reorder_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=settings.reorder_ms))).await;
+    }
     let mut failed = 0;
     for attempt in 0..=settings.max_retries {
         for event in &mut events {

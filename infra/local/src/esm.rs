@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
+    MessageSystemAttributeName,
+};
 use futures::future::BoxFuture;
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{json, Map, Value};
@@ -30,6 +33,45 @@ pub struct EventSource {
     pub queue_url: String,
     pub spec: SqsEventSpec,
     pub function_timeout: Duration,
+    pub crashes: Arc<CrashSwitch>,
+}
+
+/// Invocations that die mid-flight, as when a Lambda runs out of memory or its host fails: the
+/// handler is stopped wherever it is (after some CRM calls, before others) and reports nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Crashes {
+    /// Share of invocations that crash (0..1).
+    pub rate: f64,
+    /// A crashing invocation runs for a random time up to this first.
+    pub within: Duration,
+    /// When the crashed batch's messages are visible again. Lambda leaves them to the queue's
+    /// visibility timeout (six minutes here); a test shortens the wait.
+    pub return_after: Duration,
+}
+
+/// Turns crashes on and off for every event source of a stack, and counts them.
+#[derive(Debug, Default)]
+pub struct CrashSwitch {
+    settings: std::sync::Mutex<Crashes>,
+    crashed: std::sync::atomic::AtomicU64,
+}
+
+impl CrashSwitch {
+    pub fn set(&self, crashes: Crashes) {
+        *self.settings.lock().unwrap() = crashes;
+    }
+
+    /// Invocations crashed so far.
+    pub fn crashed(&self) -> u64 {
+        self.crashed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How long the next invocation may run before it crashes, if it is to crash.
+    fn draw(&self) -> Option<(Duration, Duration)> {
+        let crashes = *self.settings.lock().unwrap();
+        (crashes.rate > 0.0 && fastrand::f64() < crashes.rate)
+            .then(|| (crashes.within.mul_f64(fastrand::f64()), crashes.return_after))
+    }
 }
 
 /// Starts the pollers; dropping (aborting) the handles stops them.
@@ -150,11 +192,23 @@ async fn invoke(sqs: &aws_sdk_sqs::Client, source: &EventSource, handler: &SqsHa
     let mut context = Context::default();
     context.request_id = format!("local-{now_ms}");
     context.deadline = now_ms + source.function_timeout.as_millis() as u64;
-    let result = tokio::time::timeout(
-        source.function_timeout,
-        handler(LambdaEvent::new(payload, context)),
-    )
-    .await;
+    let crash = source.crashes.draw();
+    let limit = crash.map_or(source.function_timeout, |(after, _)| {
+        after.min(source.function_timeout)
+    });
+    let result = tokio::time::timeout(limit, handler(LambdaEvent::new(payload, context))).await;
+    if let (Err(_), Some((_, return_after))) = (&result, crash) {
+        source
+            .crashes
+            .crashed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            messages = batch.len(),
+            "local event source: the invocation crashed mid-flight"
+        );
+        return_early(sqs, &source.queue_url, &batch, return_after).await;
+        return;
+    }
     let failed: HashSet<String> = match result {
         Ok(Ok(response)) if source.spec.report_batch_item_failures => {
             let ids: HashSet<String> = batch
@@ -207,6 +261,35 @@ async fn invoke(sqs: &aws_sdk_sqs::Client, source: &EventSource, handler: &SqsHa
             .await
         {
             tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&error), "local event source: delete failed");
+        }
+    }
+}
+
+/// Makes a crashed batch visible again after `after`.
+async fn return_early(sqs: &aws_sdk_sqs::Client, queue_url: &str, batch: &[Message], after: Duration) {
+    let seconds = i32::try_from(after.as_secs()).unwrap_or(i32::MAX);
+    for chunk in batch.chunks(10) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(m.receipt_handle().unwrap_or_default())
+                    .visibility_timeout(seconds)
+                    .build()
+                    .expect("id and handle are set")
+            })
+            .collect();
+        if let Err(error) = sqs
+            .change_message_visibility_batch()
+            .queue_url(queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+        {
+            // The messages still come back, after the queue's own visibility timeout.
+            tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&error), "local event source: could not shorten a crashed batch's wait");
         }
     }
 }

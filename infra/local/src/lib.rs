@@ -104,6 +104,8 @@ pub struct LocalStack {
     pub reconcile: Arc<ReconcileHandler>,
     /// What the event sources' invocations of the sync function took (what Lambda would bill).
     pub invocations: Arc<Invocations>,
+    /// Crashes the sync function's invocations on demand (see [`esm::Crashes`]).
+    pub crashes: Arc<esm::CrashSwitch>,
     event_sources: Vec<(aws_sdk_sqs::Client, esm::EventSource, esm::SqsHandler)>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -181,6 +183,7 @@ impl LocalStack {
 
         let mut event_sources = Vec::new();
         let invocations = Arc::new(Invocations::default());
+        let crashes = Arc::new(esm::CrashSwitch::default());
         let timeout =
             Duration::from_secs(template.function_timeout_secs("SyncFunction", &resources.resolver)?);
         let sqs = aws_sdk_sqs::Client::new(&admin);
@@ -211,6 +214,7 @@ impl LocalStack {
                 queue_url: queue.url.clone(),
                 spec,
                 function_timeout: timeout,
+                crashes: crashes.clone(),
             };
             event_sources.push((sqs.clone(), source, call));
         }
@@ -261,6 +265,7 @@ impl LocalStack {
             sync,
             reconcile,
             invocations,
+            crashes,
             event_sources,
             tasks,
         };

@@ -437,6 +437,22 @@ impl Resolver {
     }
 }
 
+/// Every function's `Policies` entry, as written: (function, entry).
+impl Template {
+    pub fn function_policies(&self) -> Vec<(String, Value)> {
+        self.resources_of("AWS::Serverless::Function")
+            .flat_map(|(id, properties)| {
+                get(properties, "Policies")
+                    .and_then(Value::as_sequence)
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |entry| (id.clone(), entry))
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -558,5 +574,54 @@ Resources:
         let defaults = Template::parse(TEMPLATE).unwrap().parameter_defaults();
         assert_eq!(defaults.get("Name").map(String::as_str), Some("world"));
         assert!(!defaults.contains_key("Secret"));
+    }
+
+    /// The shipped template grants each function named actions on named resources only: no
+    /// wildcard action, no `*` resource, and only SAM policy templates that take one resource.
+    #[test]
+    fn the_shipped_template_grants_no_wildcard_action_or_resource() {
+        let template = Template::load(&crate::moto::repo_root().join("template.yaml")).unwrap();
+        let policies = template.function_policies();
+        assert!(policies.len() >= 4, "every function has a policy");
+        for (function, entry) in policies {
+            let entry = entry.as_mapping().expect("a policy entry is a mapping");
+            let (kind, body) = entry.iter().next().expect("a policy entry names its kind");
+            let kind = kind.as_str().unwrap_or_default();
+            match kind {
+                "SQSSendMessagePolicy" => assert!(get(body.as_mapping().unwrap(), "QueueName").is_some()),
+                "AWSSecretsManagerGetSecretValuePolicy" => {
+                    assert!(get(body.as_mapping().unwrap(), "SecretArn").is_some())
+                }
+                "Statement" => {
+                    for statement in body.as_sequence().expect("statements are a list") {
+                        let statement = statement.as_mapping().unwrap();
+                        assert_eq!(get(statement, "Effect").and_then(Value::as_str), Some("Allow"));
+                        let actions = get(statement, "Action").and_then(Value::as_sequence).unwrap();
+                        for action in actions {
+                            let action = action.as_str().unwrap();
+                            assert!(!action.contains('*'), "{function}: wildcard action {action}");
+                        }
+                        let resources = match get(statement, "Resource").unwrap() {
+                            Value::Sequence(many) => many.clone(),
+                            one => vec![one.clone()],
+                        };
+                        for resource in resources {
+                            // `!GetAtt`, `!Ref` or `!Sub` of a resource of this template: never
+                            // an ARN written out, never `*`.
+                            let Value::Tagged(tagged) = &resource else {
+                                panic!("{function}: a resource written out by hand: {resource:?}");
+                            };
+                            let text = tagged.value.as_str().unwrap_or_default();
+                            assert!(
+                                text.starts_with("${") || !text.contains('*'),
+                                "{function}: resource {text}"
+                            );
+                            assert!(!text.ends_with(":*"), "{function}: resource {text}");
+                        }
+                    }
+                }
+                other => panic!("{function}: policy {other} is not one the review allows"),
+            }
+        }
     }
 }

@@ -116,15 +116,28 @@ pub fn decide(
     else {
         return FieldDecision::Unmapped;
     };
+    let written = state.written.get(property);
     // Strictly older only: a creation and its property changes share one time.
     if state
         .inbound_at
         .get(property)
         .is_some_and(|at| *at > change.occurred_at_ms)
     {
-        return FieldDecision::Stale;
+        // A person's edit of an app-owned field is a conflict even when a newer value has
+        // replaced it since (webhooks arrive in any order); a late report from an integration is
+        // most likely one of crm-sync's own earlier writes, so it is only dropped.
+        let rival_edit =
+            rule.owner == Owner::App && !change.from_integration && written.is_none_or(|w| w != value);
+        return if rival_edit {
+            FieldDecision::Conflict {
+                field: field.clone(),
+                app_value: written.cloned(),
+                crm_value: value.to_string(),
+            }
+        } else {
+            FieldDecision::Stale
+        };
     }
-    let written = state.written.get(property);
     // The value crm-sync wrote, reported back as an integration's change: our own echo.
     if change.from_integration && written.is_some_and(|w| w == value) {
         return FieldDecision::Echo;
@@ -297,6 +310,31 @@ mod tests {
             decide(&deals(), &state, &change(&[], 21, false), "dealstage", "x"),
             FieldDecision::Deliver { .. }
         ));
+    }
+
+    #[test]
+    fn a_reps_edit_of_an_app_owned_field_reported_late_is_still_a_conflict() {
+        let mut state = state();
+        state.inbound_at.insert("dealname".into(), 20);
+        assert_eq!(
+            decide(
+                &deals(),
+                &state,
+                &change(&[], 19, false),
+                "dealname",
+                "Rep's name"
+            ),
+            FieldDecision::Conflict {
+                field: "name".into(),
+                app_value: Some("Pro plan".into()),
+                crm_value: "Rep's name".into()
+            }
+        );
+        // A late report from an integration is most likely our own earlier write.
+        assert_eq!(
+            decide(&deals(), &state, &change(&[], 19, true), "dealname", "Older plan"),
+            FieldDecision::Stale
+        );
     }
 
     #[test]
