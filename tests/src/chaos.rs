@@ -168,10 +168,15 @@ fn values(record: usize, version: usize) -> Value {
 const LIFECYCLE: [&str; 4] = ["lead", "opportunity", "customer", "evangelist"];
 
 /// Starts a stack made for chaos: short leases, retries and backoff caps, so that a run takes
-/// minutes; and one reconciliation segment, so that one run checks every record.
+/// minutes; small batches; and one reconciliation segment, so that one run checks every record.
 pub async fn chaos_app() -> TestApp {
     let mut options = AppOptions::syncing().with_webhooks();
     options.fault_proxy = false;
+    // Small batches: more invocations and CRM calls for the faults and crashes to hit, as when
+    // changes trickle in.
+    options
+        .parameters
+        .insert("SyncBatchSize".to_string(), "10".to_string());
     for (name, value) in [
         ("SYNC_LEASE_SECONDS", "10"),
         ("SYNC_RETRY_CAP_SECONDS", "4"),
