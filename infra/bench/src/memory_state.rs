@@ -33,6 +33,17 @@ fn held_by(row: &Row, token: &str) -> bool {
     row.lease.as_ref().map(|(held, _)| held.as_str()) == Some(token)
 }
 
+/// The row `token` leases, with the lease released; `None` when the lease was lost.
+fn release<'a>(
+    rows: &'a mut HashMap<RecordRef, Row>,
+    record: &RecordRef,
+    token: &str,
+) -> Option<&'a mut Row> {
+    let row = rows.get_mut(record).filter(|row| held_by(row, token))?;
+    row.lease = None;
+    Some(row)
+}
+
 fn leased_elsewhere(row: &Row, now_ms: i64) -> bool {
     row.lease.as_ref().is_some_and(|(_, until)| *until >= now_ms)
 }
@@ -74,13 +85,9 @@ impl SyncStateStore for MemorySyncState {
         settlement: &Settlement,
     ) -> Result<(), StoreUnavailable> {
         let mut rows = self.rows.lock().unwrap();
-        let Some(row) = rows.get_mut(record) else {
+        let Some(row) = release(&mut rows, record, token) else {
             return Ok(());
         };
-        if !held_by(row, token) {
-            return Ok(());
-        }
-        row.lease = None;
         let state = row.state.get_or_insert_with(|| RecordState::new(record.clone()));
         match settlement {
             Settlement::Applied {
@@ -179,13 +186,9 @@ impl SyncStateStore for MemorySyncState {
         update: &InboundUpdate,
     ) -> Result<(), StoreUnavailable> {
         let mut rows = self.rows.lock().unwrap();
-        let Some(row) = rows.get_mut(record) else {
+        let Some(row) = release(&mut rows, record, token) else {
             return Ok(());
         };
-        if !held_by(row, token) {
-            return Ok(());
-        }
-        row.lease = None;
         if let Some(state) = row.state.as_mut() {
             state.inbound_at = update.inbound_at.clone();
             state.received = update.received.clone();
