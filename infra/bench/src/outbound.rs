@@ -40,6 +40,8 @@ pub struct Bulk {
     /// records' state items and timeline items.
     pub state_item_bytes: f64,
     pub timeline_item_bytes: f64,
+    /// Seconds from the first CRM call to the last, as the sandbox saw them.
+    pub call_span_seconds: f64,
 }
 
 /// An item's size as DynamoDB bills writes: attribute names plus values.
@@ -99,6 +101,19 @@ impl Bulk {
 
     pub fn records_per_call(&self) -> f64 {
         self.records as f64 / self.upsert_calls.max(1) as f64
+    }
+
+    /// Calls per second between the first CRM call and the last: the pace once running,
+    /// without start-up (first batch parsed, secret and connections fetched) or the tail.
+    pub fn steady_calls_per_sec(&self) -> f64 {
+        self.crm_calls.saturating_sub(1) as f64 / self.call_span_seconds.max(1e-3)
+    }
+}
+
+fn call_span_seconds(stats: &hubspot_sandbox::Stats) -> f64 {
+    match (stats.first_call_ms, stats.last_call_ms) {
+        (Some(first), Some(last)) => last.saturating_sub(first) as f64 / 1000.0,
+        _ => 0.0,
     }
 }
 
@@ -229,6 +244,7 @@ pub async fn bulk(moto: &str, records: usize) -> anyhow::Result<Bulk> {
         busy_seconds: busy.as_secs_f64(),
         state_item_bytes,
         timeline_item_bytes,
+        call_span_seconds: call_span_seconds(&stats),
     })
 }
 
@@ -383,7 +399,6 @@ pub async fn handler_ceiling(moto: &str, records: usize) -> anyhow::Result<Bulk>
                         .receive_message()
                         .queue_url(&outbound.url)
                         .max_number_of_messages(10)
-                        .wait_time_seconds(1)
                         .message_attribute_names("All")
                         .send()
                         .await?;
@@ -401,6 +416,9 @@ pub async fn handler_ceiling(moto: &str, records: usize) -> anyhow::Result<Bulk>
                         batch.push(event);
                     }
                     if batch.is_empty() {
+                        // A short poll and a short nap: a long poll here would hold the run open
+                        // after the other instance has sent the last call.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
                     }
                     batch
@@ -452,5 +470,6 @@ pub async fn handler_ceiling(moto: &str, records: usize) -> anyhow::Result<Bulk>
         busy_seconds: busy.as_secs_f64(),
         state_item_bytes: 0.0,
         timeline_item_bytes: 0.0,
+        call_span_seconds: call_span_seconds(&stats),
     })
 }

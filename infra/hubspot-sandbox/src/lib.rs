@@ -113,6 +113,10 @@ pub struct Stats {
     pub unauthorized: u64,
     /// Inputs received by batch endpoints.
     pub batch_inputs: u64,
+    /// When the first and the latest API call arrived, in ms since the sandbox started: the
+    /// span over which a client's pace can be judged without its start-up.
+    pub first_call_ms: Option<u64>,
+    pub last_call_ms: Option<u64>,
 }
 
 struct State {
@@ -122,6 +126,7 @@ struct State {
     stats: Stats,
     window: VecDeque<Instant>,
     day_started: Instant,
+    started: Instant,
     dice: fastrand::Rng,
     webhooks: WebhookSettings,
     webhook_stats: WebhookStats,
@@ -216,6 +221,7 @@ impl Sandbox {
             stats: Stats::default(),
             window: VecDeque::new(),
             day_started: Instant::now(),
+            started: Instant::now(),
             dice: fastrand::Rng::new(),
             webhooks: WebhookSettings::default(),
             webhook_stats: WebhookStats::default(),
@@ -671,6 +677,9 @@ async fn crm_api(
     let decision = {
         let mut state = state.lock().unwrap();
         state.stats.total_calls += 1;
+        let at = u64::try_from(state.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        state.stats.first_call_ms.get_or_insert(at);
+        state.stats.last_call_ms = Some(at);
         *state.stats.calls.entry(pattern.clone()).or_default() += 1;
         gate(&mut state, headers)
     };

@@ -65,6 +65,24 @@ impl LimiterSettings {
         (now_ms + i64::from(self.day_offset_minutes) * 60_000).div_euclid(DAY_MS)
     }
 
+    /// How long to hold back after the CRM reported `remaining` of `max` calls left in its window.
+    ///
+    /// Our own pace leaves `max - (max x headroom) - 1` calls free in any window; fewer than that
+    /// means someone else (another app on the account) is spending the window too. Each missing
+    /// call costs one interval, so a blip of jitter costs a few milliseconds, not a second, while
+    /// a steady second spender keeps pushing us back. None left: the next call would be refused.
+    pub fn burst_pause(&self, remaining: u32, max: u32) -> Option<Duration> {
+        let ours = (f64::from(max) * self.headroom.clamp(0.05, 1.0)).ceil() as u32 + 1;
+        let slack = max.saturating_sub(ours);
+        if remaining == 0 {
+            return Some(Duration::from_millis(self.burst_window_ms / 10));
+        }
+        let missing = slack.checked_sub(remaining).filter(|m| *m > 0)?;
+        Some(Duration::from_secs_f64(
+            self.interval_ms() * f64::from(missing + 1) / 1000.0,
+        ))
+    }
+
     /// When the CRM's day after `now_ms` begins.
     pub fn next_day_start_ms(&self, now_ms: i64) -> i64 {
         (self.day_of(now_ms) + 1) * DAY_MS - i64::from(self.day_offset_minutes) * 60_000
@@ -266,10 +284,7 @@ impl RateLimiter for DynamoDbRateLimiter {
             }
         }
         if let (Some(remaining), Some(max)) = (rate.burst_remaining, rate.burst_max) {
-            // Slow down before the CRM says no: someone else (another app on the account) is
-            // using the window too.
-            if remaining <= max / 50 {
-                let pause = Duration::from_millis(self.settings.burst_window_ms / 10);
+            if let Some(pause) = self.settings.burst_pause(remaining, max) {
                 self.throttled(ThrottlePolicy::Burst, pause, now_ms).await?;
             }
         }
@@ -326,6 +341,37 @@ mod tests {
         assert!((interval - 10_000.0 / (190.0 * 0.98)).abs() < 1e-9);
         // Calls spaced by the interval never put more than the limit in one window.
         assert!((10_000.0 / interval).floor() + 1.0 <= 190.0);
+    }
+
+    #[test]
+    fn our_own_pace_with_headroom_does_not_trigger_a_pause() {
+        let settings = LimiterSettings::default();
+        // 190 x 0.98 rounds up to 187 calls in a window, plus one at its edge: 2 stay free.
+        assert_eq!(settings.burst_pause(2, 190), None);
+        assert_eq!(settings.burst_pause(40, 190), None);
+    }
+
+    #[test]
+    fn a_second_spender_on_the_account_costs_an_interval_per_missing_call() {
+        let settings = LimiterSettings::default();
+        let interval = settings.interval_ms();
+        let one = settings.burst_pause(1, 190).expect("one call short of our slack");
+        assert!(
+            (one.as_secs_f64() * 1000.0 - 2.0 * interval).abs() < 1.0,
+            "{one:?}"
+        );
+        // An empty window means the next call would be refused: wait a tenth of the window.
+        assert_eq!(settings.burst_pause(0, 190), Some(Duration::from_millis(1_000)));
+    }
+
+    #[test]
+    fn without_headroom_only_an_empty_window_pauses() {
+        let settings = LimiterSettings {
+            headroom: 1.0,
+            ..LimiterSettings::default()
+        };
+        assert_eq!(settings.burst_pause(1, 190), None);
+        assert!(settings.burst_pause(0, 190).is_some());
     }
 
     #[test]

@@ -78,16 +78,22 @@ impl DynamoDbSyncState {
             .collect())
     }
 
-    /// Writes items 25 a call, retrying what DynamoDB leaves unprocessed.
-    async fn put_all(&self, items: Vec<Item>) -> Result<(), StoreUnavailable> {
-        for chunk in items.chunks(25) {
+    /// Writes items 25 a call, retrying what DynamoDB leaves unprocessed. Items are built a
+    /// call's worth at a time: a 10,000-message batch would otherwise hold its whole timeline
+    /// as DynamoDB items at once, the largest allocation of the batch.
+    async fn put_all<T: Sync>(
+        &self,
+        entries: &[T],
+        item: impl Fn(&T) -> Item + Sync,
+    ) -> Result<(), StoreUnavailable> {
+        for chunk in entries.chunks(25) {
             let mut requests: Vec<WriteRequest> = chunk
                 .iter()
-                .map(|item| {
+                .map(|entry| {
                     WriteRequest::builder()
                         .put_request(
                             PutRequest::builder()
-                                .set_item(Some(item.clone()))
+                                .set_item(Some(item(entry)))
                                 .build()
                                 .expect("item is set"),
                         )
@@ -441,33 +447,30 @@ impl SyncStateStore for DynamoDbSyncState {
     }
 
     async fn append_timeline(&self, entries: &[TimelineEntry]) -> Result<(), StoreUnavailable> {
-        let items = entries
-            .iter()
-            .map(|entry| {
-                let mut item: Item = HashMap::from([
-                    ("pk".to_string(), s(record_pk(&entry.record))),
-                    (
-                        "sk".to_string(),
-                        s(format!("T#{:013}#{:08x}", entry.at_ms, fastrand::u32(..))),
-                    ),
-                    ("kind".to_string(), s(entry.kind.as_str())),
-                    ("at".to_string(), n(entry.at_ms)),
-                    ("detail".to_string(), s(&entry.detail)),
-                    (
-                        "expires_at".to_string(),
-                        n((entry.at_ms + self.timeline_retention_ms) / 1000),
-                    ),
-                ]);
-                if let Some(id) = &entry.idempotency_id {
-                    item.insert("idempotency_id".into(), s(id));
-                }
-                if let Some(call) = &entry.call {
-                    item.insert("call".into(), s(call));
-                }
-                item
-            })
-            .collect();
-        self.put_all(items).await
+        self.put_all(entries, |entry: &TimelineEntry| {
+            let mut item: Item = HashMap::from([
+                ("pk".to_string(), s(record_pk(&entry.record))),
+                (
+                    "sk".to_string(),
+                    s(format!("T#{:013}#{:08x}", entry.at_ms, fastrand::u32(..))),
+                ),
+                ("kind".to_string(), s(entry.kind.as_str())),
+                ("at".to_string(), n(entry.at_ms)),
+                ("detail".to_string(), s(&entry.detail)),
+                (
+                    "expires_at".to_string(),
+                    n((entry.at_ms + self.timeline_retention_ms) / 1000),
+                ),
+            ]);
+            if let Some(id) = &entry.idempotency_id {
+                item.insert("idempotency_id".into(), s(id));
+            }
+            if let Some(call) = &entry.call {
+                item.insert("call".into(), s(call));
+            }
+            item
+        })
+        .await
     }
 
     async fn lease(
@@ -545,30 +548,27 @@ impl SyncStateStore for DynamoDbSyncState {
     }
 
     async fn append_conflicts(&self, entries: &[ConflictEntry]) -> Result<(), StoreUnavailable> {
-        let items = entries
-            .iter()
-            .map(|entry| {
-                let mut item: Item = HashMap::from([
-                    ("pk".to_string(), s(record_pk(&entry.record))),
-                    (
-                        "sk".to_string(),
-                        s(format!("C#{:013}#{:08x}", entry.at_ms, fastrand::u32(..))),
-                    ),
-                    ("at".to_string(), n(entry.at_ms)),
-                    ("field".to_string(), s(&entry.field)),
-                    ("crm_property".to_string(), s(&entry.crm_property)),
-                    ("crm_value".to_string(), s(&entry.crm_value)),
-                    ("source".to_string(), s(&entry.source)),
-                    ("event_key".to_string(), s(&entry.event_key)),
-                    ("resolution".to_string(), s(&entry.resolution)),
-                ]);
-                if let Some(app_value) = &entry.app_value {
-                    item.insert("app_value".into(), s(app_value));
-                }
-                item
-            })
-            .collect();
-        self.put_all(items).await
+        self.put_all(entries, |entry: &ConflictEntry| {
+            let mut item: Item = HashMap::from([
+                ("pk".to_string(), s(record_pk(&entry.record))),
+                (
+                    "sk".to_string(),
+                    s(format!("C#{:013}#{:08x}", entry.at_ms, fastrand::u32(..))),
+                ),
+                ("at".to_string(), n(entry.at_ms)),
+                ("field".to_string(), s(&entry.field)),
+                ("crm_property".to_string(), s(&entry.crm_property)),
+                ("crm_value".to_string(), s(&entry.crm_value)),
+                ("source".to_string(), s(&entry.source)),
+                ("event_key".to_string(), s(&entry.event_key)),
+                ("resolution".to_string(), s(&entry.resolution)),
+            ]);
+            if let Some(app_value) = &entry.app_value {
+                item.insert("app_value".into(), s(app_value));
+            }
+            item
+        })
+        .await
     }
 
     async fn conflicts(
