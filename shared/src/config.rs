@@ -42,6 +42,15 @@ pub struct WebhookConfig {
     pub hubspot_secret: SecretSource,
     pub hubspot_accept_legacy_signatures: bool,
     pub hubspot_replay_window_secs: u64,
+    /// Pipedrive's webhooks, when `PIPEDRIVE_WEBHOOK_USER` is set: the Basic credentials given to
+    /// the webhook when it was created.
+    pub pipedrive: Option<PipedriveWebhookConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PipedriveWebhookConfig {
+    pub username: String,
+    pub password: SecretSource,
 }
 
 /// Everything the sync function needs.
@@ -231,6 +240,17 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 300,
                 "a number of seconds",
             )?,
+            pipedrive: match self.optional("PIPEDRIVE_WEBHOOK_USER") {
+                None => None,
+                Some(username) => Some(PipedriveWebhookConfig {
+                    username,
+                    password: self.secret(
+                        "PIPEDRIVE_WEBHOOK_PASSWORD",
+                        "PIPEDRIVE_SECRET_ARN",
+                        "webhook_password",
+                    )?,
+                }),
+            },
         })
     }
 }
@@ -458,6 +478,28 @@ mod tests {
         assert_eq!(config.hubspot_replay_window_secs, 300);
         assert!(config.public_base_url.is_none());
         assert!(matches!(config.hubspot_secret, SecretSource::Value(_)));
+    }
+
+    #[test]
+    fn pipedrive_webhooks_are_accepted_only_once_their_user_is_configured() {
+        assert!(env(&BASE).webhook().unwrap().pipedrive.is_none());
+        let mut pairs = BASE.to_vec();
+        pairs.extend([
+            ("PIPEDRIVE_WEBHOOK_USER", "crm-sync"),
+            ("PIPEDRIVE_SECRET_ARN", "arn:p"),
+        ]);
+        let pipedrive = env(&pairs).webhook().unwrap().pipedrive.expect("configured");
+        assert_eq!(pipedrive.username, "crm-sync");
+        assert!(matches!(
+            pipedrive.password,
+            SecretSource::SecretsManager { ref secret_id, field: "webhook_password" } if secret_id == "arn:p"
+        ));
+        pairs.truncate(BASE.len() + 1);
+        let error = env(&pairs).webhook().unwrap_err();
+        assert!(
+            error.to_string().contains("PIPEDRIVE_WEBHOOK_PASSWORD"),
+            "{error}"
+        );
     }
 
     #[test]

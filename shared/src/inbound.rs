@@ -52,6 +52,32 @@ impl Default for InboundSettings {
     }
 }
 
+/// One CRM's events; events another CRM posted are not this deployment's to apply, since their
+/// ids name records in that other CRM.
+pub struct EventsOf {
+    provider: &'static str,
+    events: Arc<dyn CrmEvents>,
+}
+
+impl EventsOf {
+    pub fn new(provider: &'static str, events: Arc<dyn CrmEvents>) -> Self {
+        Self { provider, events }
+    }
+}
+
+impl CrmEvents for EventsOf {
+    fn interpret(&self, message: &InboundMessage) -> Interpretation {
+        if message.provider == self.provider {
+            self.events.interpret(message)
+        } else {
+            Interpretation::Ignore(format!(
+                "a {} event; this deployment syncs with {}",
+                message.provider, self.provider
+            ))
+        }
+    }
+}
+
 /// The ports inbound processing needs.
 pub struct InboundService {
     mapping: Arc<Mapping>,
@@ -695,5 +721,54 @@ fn describe(effects: &Effects) -> (EventOutcome, String) {
         )
     } else {
         (EventOutcome::Ignored, "no mapped property changed".to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct AlwaysChange;
+
+    impl CrmEvents for AlwaysChange {
+        fn interpret(&self, message: &InboundMessage) -> Interpretation {
+            Interpretation::Change(CrmChange {
+                object: ObjectKind::Contact,
+                crm_id: message.object_id.clone().unwrap_or_default(),
+                occurred_at_ms: message.occurred_at_ms,
+                source: "CRM_UI".into(),
+                from_integration: false,
+                created: false,
+                properties: None,
+            })
+        }
+    }
+
+    fn message(provider: &str) -> InboundMessage {
+        InboundMessage {
+            provider: provider.into(),
+            event_key: "k".into(),
+            kind: "contact.propertyChange".into(),
+            object_type: Some("contact".into()),
+            object_id: Some("7".into()),
+            occurred_at_ms: 1,
+            event: serde_json::json!({}),
+        }
+    }
+
+    #[test]
+    fn events_of_the_configured_crm_are_read_and_another_crms_are_ignored() {
+        let events = EventsOf::new("hubspot", Arc::new(AlwaysChange));
+        assert!(matches!(
+            events.interpret(&message("hubspot")),
+            Interpretation::Change(_)
+        ));
+        let Interpretation::Ignore(reason) = events.interpret(&message("pipedrive")) else {
+            panic!("a pipedrive event is not for a hubspot deployment");
+        };
+        assert!(
+            reason.contains("pipedrive") && reason.contains("hubspot"),
+            "{reason}"
+        );
     }
 }

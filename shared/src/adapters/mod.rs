@@ -4,5 +4,6 @@ pub mod aws;
 pub mod cloudwatch;
 pub mod dynamodb;
 pub mod hubspot;
+pub mod pipedrive;
 pub mod secrets_manager;
 pub mod sqs;

@@ -66,6 +66,42 @@ pub struct CrmChange {
     pub properties: Option<BTreeMap<String, String>>,
 }
 
+/// Which record an object event is about: its kind split at the dot, the app object the CRM's
+/// type maps to, and the CRM id.
+#[derive(Debug)]
+pub struct EventSubject<'a> {
+    pub prefix: &'a str,
+    pub action: &'a str,
+    pub object: ObjectKind,
+    pub crm_id: String,
+}
+
+/// Reads `{type}.{action}` and the object id of an event; `object_of` names the CRM types that are
+/// synced. Anything else is an [`Interpretation::Ignore`] with its reason.
+pub fn event_subject(
+    message: &InboundMessage,
+    object_of: impl Fn(&str) -> Option<ObjectKind>,
+) -> Result<EventSubject<'_>, Interpretation> {
+    let Some((prefix, action)) = message.kind.split_once('.') else {
+        return Err(Interpretation::Ignore(format!(
+            "`{}` is not an object event",
+            message.kind
+        )));
+    };
+    let Some(object) = object_of(prefix) else {
+        return Err(Interpretation::Ignore(format!("{prefix} events are not synced")));
+    };
+    let Some(crm_id) = message.object_id.clone() else {
+        return Err(Interpretation::Ignore("the event names no object".into()));
+    };
+    Ok(EventSubject {
+        prefix,
+        action,
+        object,
+        crm_id,
+    })
+}
+
 /// What an event is, for crm-sync.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Interpretation {

@@ -13,7 +13,7 @@ use crate::adapters::hubspot::HubSpotEvents;
 use crate::adapters::sqs::SqsQueue;
 use crate::config::SyncConfig;
 use crate::domain::SystemClock;
-use crate::inbound::{InboundService, InboundSettings};
+use crate::inbound::{EventsOf, InboundService, InboundSettings};
 use crate::sync::SyncService;
 use crate::worker::{BatchReport, SyncMessage, Worker};
 
@@ -100,7 +100,10 @@ impl SyncHandler {
             let service = InboundService::new(
                 mapping.clone(),
                 crm.clone(),
-                Arc::new(HubSpotEvents),
+                Arc::new(EventsOf::new(
+                    crate::adapters::hubspot::webhook::PROVIDER,
+                    Arc::new(HubSpotEvents),
+                )),
                 Arc::new(DynamoDbWebhookStore::new(dynamodb.clone(), inbound.webhook_table)),
                 state.clone(),
                 Arc::new(SqsQueue::new(sqs.clone(), inbound.app_inbox_url)),

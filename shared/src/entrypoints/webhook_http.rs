@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::adapters::dynamodb::DynamoDbWebhookStore;
 use crate::adapters::hubspot::{HubSpotWebhookSettings, HubSpotWebhooks};
+use crate::adapters::pipedrive::{PipedriveWebhookSettings, PipedriveWebhooks};
 use crate::adapters::sqs::SqsQueue;
 use crate::config::WebhookConfig;
 use crate::domain::{SystemClock, WebhookRequest};
@@ -37,7 +38,14 @@ impl WebhookApi {
         let mut hubspot = HubSpotWebhookSettings::new(client_secret);
         hubspot.accept_legacy_signatures = config.hubspot_accept_legacy_signatures;
         hubspot.replay_window_secs = config.hubspot_replay_window_secs;
-        let providers: Vec<Arc<dyn WebhookProvider>> = vec![Arc::new(HubSpotWebhooks::new(hubspot))];
+        let mut providers: Vec<Arc<dyn WebhookProvider>> = vec![Arc::new(HubSpotWebhooks::new(hubspot))];
+        if let Some(pipedrive) = config.pipedrive {
+            let password = super::resolve_secret(aws, pipedrive.password).await?;
+            providers.push(Arc::new(PipedriveWebhooks::new(&PipedriveWebhookSettings {
+                username: pipedrive.username,
+                password,
+            })));
+        }
         let ingest = WebhookIngest::new(
             providers,
             Arc::new(DynamoDbWebhookStore::new(

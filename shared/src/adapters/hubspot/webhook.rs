@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use super::signature;
 use crate::domain::contract::ObjectKind;
-use crate::domain::inbound::{CrmChange, InboundMessage, Interpretation};
+use crate::domain::inbound::{event_subject, CrmChange, InboundMessage, Interpretation};
 use crate::domain::{AuthError, InboundEvent, ParseError, ProviderId, WebhookRequest};
 use crate::ports::{CrmEvents, WebhookProvider};
 
@@ -149,17 +149,15 @@ impl CrmEvents for HubSpotEvents {
 
 /// Reads a stored HubSpot event as a change of a contact or a deal.
 pub fn interpret(message: &InboundMessage) -> Interpretation {
-    let Some((prefix, action)) = message.kind.split_once('.') else {
-        return Interpretation::Ignore(format!("`{}` is not an object event", message.kind));
+    let subject = match event_subject(message, |prefix| match prefix {
+        "contact" => Some(ObjectKind::Contact),
+        "deal" => Some(ObjectKind::Deal),
+        _ => None,
+    }) {
+        Ok(subject) => subject,
+        Err(ignored) => return ignored,
     };
-    let object = match prefix {
-        "contact" => ObjectKind::Contact,
-        "deal" => ObjectKind::Deal,
-        other => return Interpretation::Ignore(format!("{other} events are not synced")),
-    };
-    let Some(crm_id) = message.object_id.clone() else {
-        return Interpretation::Ignore("the event names no object".into());
-    };
+    let (prefix, action) = (subject.prefix, subject.action);
     let event = &message.event;
     let source = event
         .get("changeSource")
@@ -184,8 +182,8 @@ pub fn interpret(message: &InboundMessage) -> Interpretation {
         other => return Interpretation::Ignore(format!("{prefix}.{other} events are not synced")),
     };
     Interpretation::Change(CrmChange {
-        object,
-        crm_id,
+        object: subject.object,
+        crm_id: subject.crm_id,
         occurred_at_ms: message.occurred_at_ms,
         source,
         from_integration,
