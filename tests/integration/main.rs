@@ -4,6 +4,7 @@ mod chaos;
 mod dashboard;
 mod dashboard_browser;
 mod hubspot_adapters;
+mod pipedrive_client;
 mod pipedrive_webhooks;
 mod reconcile;
 mod sync_inbound;

@@ -2,6 +2,7 @@
 
 pub mod aws;
 pub mod cloudwatch;
+pub mod crm_http;
 pub mod dynamodb;
 pub mod hubspot;
 pub mod pipedrive;

@@ -9,6 +9,7 @@ use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
+use crate::adapters::crm_http;
 use crate::domain::crm::{
     AssociationInput, BatchResult, CrmError, FailureKind, InputError, InputOutcome, RateInfo, ReadResult,
     ThrottlePolicy, UpdateInput, UpsertInput,
@@ -28,11 +29,7 @@ pub struct HubSpotClient {
 
 impl HubSpotClient {
     pub fn new(base_url: &str, token: SecretString, timeout: Duration) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(Duration::from_secs(5))
-            .user_agent(concat!("crm-sync/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = crm_http::client(timeout)?;
         Ok(Self {
             http,
             base_url: base_url.trim_end_matches('/').to_string(),
@@ -49,27 +46,12 @@ impl HubSpotClient {
             .json(&body)
             .send()
             .await
-            .map_err(|error| CrmError::Transient {
-                call: call.clone(),
-                message: if error.is_timeout() {
-                    "timed out".to_string()
-                } else {
-                    format!("could not reach HubSpot: {}", error.without_url())
-                },
-            })?;
+            .map_err(|error| crm_http::unreached(&call, "HubSpot", error))?;
         let status = response.status();
         let rate = rate_info(response.headers());
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = crm_http::seconds(response.headers(), "retry-after");
         let call = format!("{call} -> {}", status.as_u16());
-        let text = response.text().await.map_err(|error| CrmError::Transient {
-            call: call.clone(),
-            message: format!("the response broke off: {}", error.without_url()),
-        })?;
+        let text = crm_http::text(&call, response).await?;
         let json: Value = if text.trim().is_empty() {
             Value::Null
         } else {

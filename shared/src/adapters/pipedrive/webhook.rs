@@ -181,7 +181,7 @@ pub fn interpret(message: &InboundMessage) -> Interpretation {
 }
 
 /// The record's fields as flat properties; only those `previous` names, when it is given.
-fn flatten(
+pub(crate) fn flatten(
     data: &Map<String, Value>,
     previous: Option<&Map<String, Value>>,
 ) -> std::collections::BTreeMap<String, String> {

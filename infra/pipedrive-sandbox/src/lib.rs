@@ -1,0 +1,374 @@
+//! A local Pipedrive for tests: persons and deals over API v2 (create, update, get, delete,
+//! exact search by a custom field), token auth, the per-token burst window (2 s) and the daily
+//! budget, each reported in Pipedrive's headers and enforced with 429.
+//!
+//! Not yet: notes, webhooks emitted on edits, injected 5xx and timeouts.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Map, Value};
+use tokio::net::TcpListener;
+
+type Reply = hyper::Response<Full<Bytes>>;
+
+/// Limits as a Pipedrive plan sets them.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Requests per token in each burst window (plans: 20 to 120 per 2 s).
+    pub burst_limit: u64,
+    pub burst_window: Duration,
+    /// Requests left today, company-wide.
+    pub daily_left: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            burst_limit: 20,
+            burst_window: Duration::from_secs(2),
+            daily_left: 10_000,
+        }
+    }
+}
+
+/// Counters for tests.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub calls: u64,
+    pub throttled: u64,
+    pub unauthorized: u64,
+}
+
+struct State {
+    token: String,
+    limits: Limits,
+    window: VecDeque<Instant>,
+    stats: Stats,
+    /// Entity (`persons`, `deals`) → id → record.
+    records: BTreeMap<&'static str, BTreeMap<u64, Map<String, Value>>>,
+    next_id: u64,
+}
+
+/// A running sandbox; stops when dropped.
+pub struct Sandbox {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Sandbox {
+    pub async fn start(addr: &str, token: &str, limits: Limits) -> anyhow::Result<Sandbox> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State {
+            token: token.to_string(),
+            limits,
+            window: VecDeque::new(),
+            stats: Stats::default(),
+            records: BTreeMap::new(),
+            next_id: 1,
+        }));
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| handle(state.clone(), request));
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Sandbox { addr, state, task })
+    }
+
+    /// The API base, as `https://api.pipedrive.com/api/v2` is for the real one.
+    pub fn url(&self) -> String {
+        format!("http://{}/api/v2", self.addr)
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.state.lock().unwrap().stats.clone()
+    }
+
+    /// The records of `entity` (`persons`, `deals`) as stored.
+    pub fn records(&self, entity: &str) -> Vec<Map<String, Value>> {
+        let state = self.state.lock().unwrap();
+        state
+            .records
+            .iter()
+            .find(|(name, _)| **name == entity)
+            .map(|(_, records)| records.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Edits a record as a person in Pipedrive would.
+    pub fn edit(&self, entity: &str, id: u64, fields: Value) {
+        let mut state = self.state.lock().unwrap();
+        let entity = entity_name(entity).expect("persons or deals");
+        let record = state
+            .records
+            .entry(entity)
+            .or_default()
+            .get_mut(&id)
+            .expect("the record exists");
+        merge(record, fields.as_object().cloned().unwrap_or_default());
+    }
+}
+
+fn entity_name(segment: &str) -> Option<&'static str> {
+    match segment {
+        "persons" => Some("persons"),
+        "deals" => Some("deals"),
+        _ => None,
+    }
+}
+
+fn reply(status: u16, body: &Value, headers: &[(String, String)]) -> Reply {
+    let mut builder = hyper::Response::builder()
+        .status(status)
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    builder
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("a valid response")
+}
+
+fn error(status: u16, message: &str, code: &str, headers: &[(String, String)]) -> Reply {
+    reply(
+        status,
+        &json!({"success": false, "error": message, "errorCode": code}),
+        headers,
+    )
+}
+
+/// Pipedrive's rate headers for the current window.
+fn rate_headers(state: &State) -> Vec<(String, String)> {
+    let reset = state
+        .window
+        .front()
+        .map(|first| state.limits.burst_window.saturating_sub(first.elapsed()))
+        .unwrap_or_default();
+    vec![
+        ("x-ratelimit-limit".into(), state.limits.burst_limit.to_string()),
+        (
+            "x-ratelimit-remaining".into(),
+            state
+                .limits
+                .burst_limit
+                .saturating_sub(state.window.len() as u64)
+                .to_string(),
+        ),
+        ("x-ratelimit-reset".into(), reset.as_secs().max(1).to_string()),
+        (
+            "x-daily-requests-left".into(),
+            state.limits.daily_left.to_string(),
+        ),
+    ]
+}
+
+async fn handle(
+    state: Arc<Mutex<State>>,
+    request: hyper::Request<hyper::body::Incoming>,
+) -> Result<Reply, Infallible> {
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let mut state = state.lock().unwrap();
+    state.stats.calls += 1;
+    let token = parts
+        .headers
+        .get("x-api-token")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| {
+            parts
+                .headers
+                .get("authorization")
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.strip_prefix("Bearer "))
+                .map(str::to_string)
+        });
+    if token.as_deref() != Some(state.token.as_str()) {
+        state.stats.unauthorized += 1;
+        return Ok(error(401, "Unauthorized", "unauthorized", &[]));
+    }
+    let now = Instant::now();
+    let window = state.limits.burst_window;
+    while state
+        .window
+        .front()
+        .is_some_and(|at| now.duration_since(*at) >= window)
+    {
+        state.window.pop_front();
+    }
+    if state.limits.daily_left == 0 || state.window.len() as u64 >= state.limits.burst_limit {
+        state.stats.throttled += 1;
+        let headers = rate_headers(&state);
+        return Ok(error(429, "Request over limit", "rate_limit", &headers));
+    }
+    state.window.push_back(now);
+    state.limits.daily_left -= 1;
+    let headers = rate_headers(&state);
+    let path = parts.uri.path().trim_end_matches('/').to_string();
+    let query = parts.uri.query().unwrap_or_default().to_string();
+    let segments: Vec<&str> = path.trim_start_matches("/api/v2/").split('/').collect();
+    let (status, body) = serve(&mut state, parts.method.as_str(), &segments, &query, &body);
+    Ok(reply(status, &body, &headers))
+}
+
+fn serve(state: &mut State, method: &str, segments: &[&str], query: &str, body: &[u8]) -> (u16, Value) {
+    let not_found = (
+        404,
+        json!({"success": false, "error": "Not found", "errorCode": "not_found"}),
+    );
+    let Some(entity) = segments.first().and_then(|segment| entity_name(segment)) else {
+        return not_found;
+    };
+    let fields = || -> Result<Map<String, Value>, (u16, Value)> {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(fields)) => Ok(fields),
+            _ => Err((
+                400,
+                json!({"success": false, "error": "Invalid JSON body", "errorCode": "bad_request"}),
+            )),
+        }
+    };
+    match (method, segments.get(1).copied()) {
+        ("POST", None) => {
+            let fields = match fields() {
+                Ok(fields) => fields,
+                Err(reply) => return reply,
+            };
+            let id = state.next_id;
+            state.next_id += 1;
+            let mut record = Map::from_iter([("id".to_string(), json!(id))]);
+            merge(&mut record, fields);
+            state
+                .records
+                .entry(entity)
+                .or_default()
+                .insert(id, record.clone());
+            (201, json!({"success": true, "data": record}))
+        }
+        ("GET", Some("search")) => {
+            let params: BTreeMap<String, String> = query
+                .split('&')
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(name, value)| (name.to_string(), decode(value)))
+                .collect();
+            let term = params.get("term").cloned().unwrap_or_default();
+            let items: Vec<Value> = state
+                .records
+                .get(entity)
+                .into_iter()
+                .flat_map(|records| records.values())
+                .filter(|record| {
+                    record
+                        .get("custom_fields")
+                        .and_then(Value::as_object)
+                        .is_some_and(|custom| {
+                            custom.values().any(|value| value.as_str() == Some(term.as_str()))
+                        })
+                })
+                .map(|record| json!({"result_score": 1.0, "item": record}))
+                .collect();
+            (200, json!({"success": true, "data": {"items": items}}))
+        }
+        (method, Some(id)) => {
+            let Ok(id) = id.parse::<u64>() else {
+                return not_found;
+            };
+            let records = state.records.entry(entity).or_default();
+            match method {
+                "GET" => match records.get(&id) {
+                    Some(record) => (200, json!({"success": true, "data": record})),
+                    None => not_found,
+                },
+                "PATCH" => {
+                    let fields = match fields() {
+                        Ok(fields) => fields,
+                        Err(reply) => return reply,
+                    };
+                    match records.get_mut(&id) {
+                        Some(record) => {
+                            merge(record, fields);
+                            (200, json!({"success": true, "data": record}))
+                        }
+                        None => not_found,
+                    }
+                }
+                "DELETE" => match records.remove(&id) {
+                    Some(_) => (200, json!({"success": true, "data": {"id": id}})),
+                    None => not_found,
+                },
+                _ => not_found,
+            }
+        }
+        _ => not_found,
+    }
+}
+
+/// Sets each field; `custom_fields` merge key by key, as Pipedrive's PATCH does.
+fn merge(record: &mut Map<String, Value>, fields: Map<String, Value>) {
+    for (name, value) in fields {
+        match (name.as_str(), value) {
+            ("custom_fields", Value::Object(custom)) => {
+                let slot = record
+                    .entry("custom_fields")
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Value::Object(existing) = slot {
+                    existing.extend(custom);
+                }
+            }
+            ("id", _) => {}
+            (_, value) => {
+                record.insert(name, value);
+            }
+        }
+    }
+}
+
+/// Percent-decoding of a query value (`+` as space).
+fn decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3]).map(|hex| u8::from_str_radix(hex, 16)) {
+                    Ok(Ok(byte)) => {
+                        out.push(byte);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -1,0 +1,423 @@
+//! Pipedrive's API v2 (persons and deals) as a [`Crm`], over HTTPS with reqwest.
+//!
+//! Pipedrive has no bulk write and no upsert: each record is one call, and an upsert is an exact
+//! search by the custom field holding the app's id, then a PATCH or a POST. `max_batch` is 1, so
+//! the sync's batching sends one record a call and reports it so.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::header::HeaderMap;
+use reqwest::Method;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Map, Value};
+
+use super::webhook::flatten;
+use crate::adapters::crm_http;
+use crate::domain::crm::{
+    AssociationInput, BatchResult, CrmError, FailureKind, InputError, InputOutcome, RateInfo, ReadResult,
+    ThrottlePolicy, UpdateInput, UpsertInput,
+};
+use crate::ports::Crm;
+
+/// Pipedrive's public API v2.
+pub const DEFAULT_BASE_URL: &str = "https://api.pipedrive.com/api/v2";
+
+/// Fields Pipedrive keeps at the top level of a person or a deal; any other property is a custom
+/// field, named by its hash key.
+const TOP_LEVEL: [&str; 14] = [
+    "name",
+    "first_name",
+    "last_name",
+    "owner_id",
+    "org_id",
+    "visible_to",
+    "title",
+    "value",
+    "currency",
+    "stage_id",
+    "pipeline_id",
+    "status",
+    "person_id",
+    "expected_close_date",
+];
+
+/// A Pipedrive company, reached with an API token.
+#[derive(Clone)]
+pub struct PipedriveClient {
+    http: reqwest::Client,
+    base_url: String,
+    token: SecretString,
+}
+
+/// Pipedrive's rate state from its headers: `x-ratelimit-*` for the token's burst window,
+/// `x-daily-requests-left` for the company's day.
+pub fn rate_info(headers: &HeaderMap) -> RateInfo {
+    let number = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse::<u64>().ok())
+    };
+    RateInfo {
+        burst_max: number("x-ratelimit-limit").and_then(|n| u32::try_from(n).ok()),
+        burst_remaining: number("x-ratelimit-remaining").and_then(|n| u32::try_from(n).ok()),
+        burst_interval_ms: None,
+        daily_max: None,
+        daily_remaining: number("x-daily-requests-left"),
+    }
+}
+
+/// The body Pipedrive takes for `properties`: top-level fields, `email`/`phone` as the primary
+/// entry of `emails`/`phones`, the rest under `custom_fields`.
+pub fn body_of(properties: &BTreeMap<String, String>) -> Value {
+    let mut body = Map::new();
+    let mut custom = Map::new();
+    for (name, value) in properties {
+        match name.as_str() {
+            "email" | "phone" => {
+                body.insert(
+                    format!("{name}s"),
+                    json!([{"value": value, "primary": true, "label": "work"}]),
+                );
+            }
+            top if TOP_LEVEL.contains(&top) => {
+                body.insert(name.clone(), Value::String(value.clone()));
+            }
+            _ => {
+                custom.insert(name.clone(), Value::String(value.clone()));
+            }
+        }
+    }
+    if !custom.is_empty() {
+        body.insert("custom_fields".into(), Value::Object(custom));
+    }
+    Value::Object(body)
+}
+
+/// A successful call's `data` and rate state.
+struct Answer {
+    data: Value,
+    rate: RateInfo,
+    call: String,
+}
+
+impl PipedriveClient {
+    pub fn new(base_url: &str, token: SecretString, timeout: Duration) -> anyhow::Result<Self> {
+        let http = crm_http::client(timeout)?;
+        Ok(Self {
+            http,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    /// One call; `Ok(None)` for a 404, which callers read as "no such record".
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Option<Answer>, CrmError> {
+        let call = format!("{method} {}", path.split('?').next().unwrap_or(path));
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base_url))
+            .header("x-api-token", self.token.expose_secret());
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| crm_http::unreached(&call, "Pipedrive", error))?;
+        let status = response.status().as_u16();
+        let rate = rate_info(response.headers());
+        let reset = crm_http::seconds(response.headers(), "x-ratelimit-reset");
+        let call = format!("{call} -> {status}");
+        let text = crm_http::text(&call, response).await?;
+        let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let message = json
+            .get("error")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("HTTP {status}"));
+        match status {
+            200..=299 => Ok(Some(Answer {
+                data: json.get("data").cloned().unwrap_or(Value::Null),
+                rate,
+                call,
+            })),
+            404 => Ok(None),
+            429 => Err(CrmError::Throttled {
+                // Out of the day's budget, or out of the window: the headers tell which.
+                policy: if rate.daily_remaining == Some(0) {
+                    ThrottlePolicy::Daily
+                } else {
+                    ThrottlePolicy::Burst
+                },
+                retry_after: reset,
+                message,
+                rate,
+            }),
+            500..=599 => Err(CrmError::Transient { call, message }),
+            // A revoked token may be replaced: retried like an outage, so that messages reach
+            // the dead-letter queue only after the retry budget.
+            401 | 403 => Err(CrmError::Transient {
+                call,
+                message: format!("authentication failed: {message}"),
+            }),
+            code => Err(CrmError::Rejected {
+                call,
+                status: code,
+                message,
+            }),
+        }
+    }
+
+    fn single(answer: Answer, created: bool) -> BatchResult {
+        let outcome = match answer.data.get("id").map(id_text) {
+            Some(crm_id) if !crm_id.is_empty() => InputOutcome::Done { crm_id, created },
+            _ => InputOutcome::Failed(InputError {
+                kind: FailureKind::Transient,
+                code: "NO_ID".into(),
+                message: "Pipedrive answered without the record's id".into(),
+                existing_id: None,
+            }),
+        };
+        BatchResult {
+            outcomes: vec![outcome],
+            rate: answer.rate,
+            call: answer.call,
+        }
+    }
+
+    fn missing(call: String) -> BatchResult {
+        BatchResult {
+            outcomes: vec![InputOutcome::Failed(InputError {
+                kind: FailureKind::Permanent,
+                code: "NOT_FOUND".into(),
+                message: "no such record in Pipedrive".into(),
+                existing_id: None,
+            })],
+            rate: RateInfo::default(),
+            call,
+        }
+    }
+}
+
+fn id_text(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        Value::Number(number) => number.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn one(inputs: usize) -> Result<(), CrmError> {
+    if inputs == 1 {
+        Ok(())
+    } else {
+        Err(CrmError::Rejected {
+            call: "-".into(),
+            status: 400,
+            message: format!("Pipedrive takes one record a call, not {inputs}"),
+        })
+    }
+}
+
+#[async_trait]
+impl Crm for PipedriveClient {
+    fn name(&self) -> &'static str {
+        "pipedrive"
+    }
+
+    fn max_batch(&self) -> usize {
+        1
+    }
+
+    async fn upsert(
+        &self,
+        object: &str,
+        id_property: &str,
+        inputs: &[UpsertInput],
+    ) -> Result<BatchResult, CrmError> {
+        one(inputs.len())?;
+        let input = &inputs[0];
+        let key: String = form_urlencoded::byte_serialize(input.key.as_bytes()).collect();
+        let found = self
+            .call(
+                Method::GET,
+                &format!("/{object}/search?term={key}&fields=custom_fields&exact_match=true"),
+                None,
+            )
+            .await?;
+        let existing = found.as_ref().and_then(|answer| {
+            answer
+                .data
+                .get("items")
+                .and_then(Value::as_array)
+                .and_then(|items| items.first())
+                .and_then(|item| item.pointer("/item/id"))
+                .map(id_text)
+        });
+        let mut properties = input.properties.clone();
+        properties.insert(id_property.to_string(), input.key.clone());
+        let body = body_of(&properties);
+        match existing {
+            Some(id) => match self
+                .call(Method::PATCH, &format!("/{object}/{id}"), Some(body))
+                .await?
+            {
+                Some(answer) => Ok(Self::single(answer, false)),
+                None => Ok(Self::missing(format!("PATCH /{object}/{{id}} -> 404"))),
+            },
+            None => match self.call(Method::POST, &format!("/{object}"), Some(body)).await? {
+                Some(answer) => Ok(Self::single(answer, true)),
+                None => Ok(Self::missing(format!("POST /{object} -> 404"))),
+            },
+        }
+    }
+
+    async fn update(&self, object: &str, inputs: &[UpdateInput]) -> Result<BatchResult, CrmError> {
+        one(inputs.len())?;
+        let input = &inputs[0];
+        let path = format!("/{object}/{}", input.crm_id);
+        match self
+            .call(Method::PATCH, &path, Some(body_of(&input.properties)))
+            .await?
+        {
+            Some(answer) => Ok(Self::single(answer, false)),
+            None => Ok(Self::missing(format!("PATCH /{object}/{{id}} -> 404"))),
+        }
+    }
+
+    async fn archive(&self, object: &str, crm_ids: &[String]) -> Result<BatchResult, CrmError> {
+        one(crm_ids.len())?;
+        let path = format!("/{object}/{}", crm_ids[0]);
+        match self.call(Method::DELETE, &path, None).await? {
+            Some(answer) => Ok(BatchResult {
+                outcomes: vec![InputOutcome::Done {
+                    crm_id: crm_ids[0].clone(),
+                    created: false,
+                }],
+                rate: answer.rate,
+                call: answer.call,
+            }),
+            // Deleted already: what an archive wants.
+            None => Ok(BatchResult {
+                outcomes: vec![InputOutcome::Done {
+                    crm_id: crm_ids[0].clone(),
+                    created: false,
+                }],
+                rate: RateInfo::default(),
+                call: format!("DELETE /{object}/{{id}} -> 404"),
+            }),
+        }
+    }
+
+    async fn read(
+        &self,
+        object: &str,
+        crm_ids: &[String],
+        properties: &[String],
+    ) -> Result<ReadResult, CrmError> {
+        let mut records = Vec::with_capacity(crm_ids.len());
+        let mut rate = RateInfo::default();
+        let mut call = format!("GET /{object}/{{id}}");
+        for id in crm_ids {
+            match self.call(Method::GET, &format!("/{object}/{id}"), None).await? {
+                Some(answer) => {
+                    rate = answer.rate;
+                    call = answer.call;
+                    let data = answer.data.as_object().cloned().unwrap_or_default();
+                    let flat = flatten(&data, None);
+                    records.push(Some(
+                        flat.into_iter()
+                            .filter(|(name, _)| properties.is_empty() || properties.contains(name))
+                            .collect(),
+                    ));
+                }
+                None => records.push(None),
+            }
+        }
+        Ok(ReadResult { records, rate, call })
+    }
+
+    async fn associate(
+        &self,
+        from: &str,
+        to: &str,
+        pairs: &[AssociationInput],
+    ) -> Result<BatchResult, CrmError> {
+        one(pairs.len())?;
+        // A deal names its person; other links are not in Pipedrive's model.
+        if (from, to) != ("deals", "persons") {
+            return Err(CrmError::Rejected {
+                call: "-".into(),
+                status: 400,
+                message: format!("Pipedrive links {from} to {to} by no field crm-sync knows"),
+            });
+        }
+        let pair = &pairs[0];
+        let person: Value = pair
+            .to_id
+            .parse::<u64>()
+            .map(Value::from)
+            .unwrap_or_else(|_| Value::String(pair.to_id.clone()));
+        match self
+            .call(
+                Method::PATCH,
+                &format!("/deals/{}", pair.from_id),
+                Some(json!({ "person_id": person })),
+            )
+            .await?
+        {
+            Some(answer) => Ok(Self::single(answer, false)),
+            None => Ok(Self::missing("PATCH /deals/{id} -> 404".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn the_rate_headers_fill_the_burst_and_daily_state() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-ratelimit-limit", HeaderValue::from_static("40"));
+        headers.insert("x-ratelimit-remaining", HeaderValue::from_static("7"));
+        headers.insert("x-ratelimit-reset", HeaderValue::from_static("2"));
+        headers.insert("x-daily-requests-left", HeaderValue::from_static("9120"));
+        let rate = rate_info(&headers);
+        assert_eq!(rate.burst_max, Some(40));
+        assert_eq!(rate.burst_remaining, Some(7));
+        assert_eq!(rate.daily_remaining, Some(9120));
+        assert_eq!(rate_info(&HeaderMap::new()), RateInfo::default());
+    }
+
+    #[test]
+    fn email_and_phone_become_primary_entries_and_unknown_names_custom_fields() {
+        let properties: BTreeMap<String, String> = [
+            ("email", "ada@example.com"),
+            ("phone", "+44 20 7946 0000"),
+            ("name", "Ada Lovelace"),
+            ("a1b2c3", "app-7"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let body = body_of(&properties);
+        assert_eq!(body["emails"][0]["value"], "ada@example.com");
+        assert_eq!(body["emails"][0]["primary"], true);
+        assert_eq!(body["phones"][0]["value"], "+44 20 7946 0000");
+        assert_eq!(body["name"], "Ada Lovelace");
+        assert_eq!(body["custom_fields"]["a1b2c3"], "app-7");
+        // What goes out reads back the same through the webhook's flattening.
+        let back = flatten(body.as_object().unwrap(), None);
+        assert_eq!(back, properties);
+    }
+}

@@ -1,0 +1,227 @@
+//! The Pipedrive client over real HTTP against the Pipedrive sandbox: one record a call, upsert
+//! by the app's id, the burst window and the daily budget read from Pipedrive's headers.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crm_sync::adapters::pipedrive::PipedriveClient;
+use crm_sync::domain::crm::{AssociationInput, CrmError, InputOutcome, ThrottlePolicy, UpsertInput};
+use crm_sync::ports::Crm;
+use pipedrive_sandbox::{Limits, Sandbox};
+use secrecy::SecretString;
+
+const TOKEN: &str = "pipedrive-test-token";
+/// The custom field (by its hash key) that holds the app's record id.
+const APP_ID_FIELD: &str = "9f3c1e0a";
+
+async fn sandbox(limits: Limits) -> (Sandbox, PipedriveClient) {
+    let sandbox = Sandbox::start("127.0.0.1:0", TOKEN, limits)
+        .await
+        .expect("the sandbox starts");
+    let client = PipedriveClient::new(&sandbox.url(), SecretString::from(TOKEN), Duration::from_secs(5))
+        .expect("a client");
+    (sandbox, client)
+}
+
+fn input(key: &str, email: &str) -> UpsertInput {
+    UpsertInput {
+        key: key.to_string(),
+        properties: BTreeMap::from([
+            ("email".to_string(), email.to_string()),
+            ("name".to_string(), "Ada Lovelace".to_string()),
+        ]),
+    }
+}
+
+fn done(outcome: &InputOutcome) -> (String, bool) {
+    match outcome {
+        InputOutcome::Done { crm_id, created } => (crm_id.clone(), *created),
+        other => panic!("expected success, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_upsert_creates_a_person_once_and_then_updates_it_by_the_apps_id() {
+    let (sandbox, client) = sandbox(Limits::default()).await;
+    assert_eq!(client.max_batch(), 1);
+
+    let first = client
+        .upsert("persons", APP_ID_FIELD, &[input("app-1", "ada@example.com")])
+        .await
+        .expect("created");
+    let (id, created) = done(&first.outcomes[0]);
+    assert!(created);
+    assert_eq!(first.rate.daily_remaining, Some(10_000 - 2));
+
+    let second = client
+        .upsert("persons", APP_ID_FIELD, &[input("app-1", "ada@lovelace.example")])
+        .await
+        .expect("updated");
+    assert_eq!(done(&second.outcomes[0]), (id, false));
+
+    let persons = sandbox.records("persons");
+    assert_eq!(persons.len(), 1, "{persons:?}");
+    assert_eq!(persons[0]["emails"][0]["value"], "ada@lovelace.example");
+    assert_eq!(persons[0]["custom_fields"][APP_ID_FIELD], "app-1");
+    assert_eq!(sandbox.stats().calls, 4, "a search and a write per upsert");
+}
+
+#[tokio::test]
+async fn a_person_reads_back_flat_and_reads_as_none_once_deleted() {
+    let (_sandbox, client) = sandbox(Limits::default()).await;
+    let created = client
+        .upsert("persons", APP_ID_FIELD, &[input("app-2", "grace@example.com")])
+        .await
+        .expect("created");
+    let (id, _) = done(&created.outcomes[0]);
+
+    let read = client
+        .read(
+            "persons",
+            std::slice::from_ref(&id),
+            &["email".into(), APP_ID_FIELD.into()],
+        )
+        .await
+        .expect("read");
+    let record = read.records[0].clone().expect("the person exists");
+    assert_eq!(record["email"], "grace@example.com");
+    assert_eq!(record[APP_ID_FIELD], "app-2");
+    assert!(!record.contains_key("name"), "only the asked properties");
+
+    let archived = client
+        .archive("persons", std::slice::from_ref(&id))
+        .await
+        .expect("deleted");
+    assert_eq!(done(&archived.outcomes[0]).0, id);
+    let again = client
+        .archive("persons", std::slice::from_ref(&id))
+        .await
+        .expect("gone already");
+    assert!(matches!(again.outcomes[0], InputOutcome::Done { .. }));
+    let read = client.read("persons", &[id], &[]).await.expect("read");
+    assert_eq!(read.records, vec![None]);
+}
+
+#[tokio::test]
+async fn a_full_burst_window_is_a_burst_throttle_with_the_reset_as_retry_after() {
+    let (_sandbox, client) = sandbox(Limits {
+        burst_limit: 3,
+        ..Limits::default()
+    })
+    .await;
+    client
+        .upsert("persons", APP_ID_FIELD, &[input("app-3", "a@example.com")])
+        .await
+        .expect("two calls fit");
+    let error = client
+        .upsert("persons", APP_ID_FIELD, &[input("app-4", "b@example.com")])
+        .await
+        .expect_err("the fourth call of the window is refused");
+    let CrmError::Throttled {
+        policy,
+        retry_after,
+        rate,
+        ..
+    } = error
+    else {
+        panic!("expected a throttle, got {error:?}");
+    };
+    assert_eq!(policy, ThrottlePolicy::Burst);
+    assert!(
+        retry_after.is_some_and(|wait| wait <= Duration::from_secs(2)),
+        "{retry_after:?}"
+    );
+    assert_eq!(rate.burst_remaining, Some(0));
+    assert_eq!(rate.burst_max, Some(3));
+}
+
+#[tokio::test]
+async fn a_spent_daily_budget_is_a_daily_throttle() {
+    let (_sandbox, client) = sandbox(Limits {
+        daily_left: 1,
+        ..Limits::default()
+    })
+    .await;
+    let error = client
+        .upsert("persons", APP_ID_FIELD, &[input("app-5", "c@example.com")])
+        .await
+        .expect_err("the search spends the last request of the day");
+    assert!(
+        matches!(
+            error,
+            CrmError::Throttled {
+                policy: ThrottlePolicy::Daily,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_an_authentication_failure_that_may_pass_after_a_rotation() {
+    let (sandbox, _client) = sandbox(Limits::default()).await;
+    let client = PipedriveClient::new(
+        &sandbox.url(),
+        SecretString::from("revoked"),
+        Duration::from_secs(5),
+    )
+    .expect("a client");
+    let error = client
+        .upsert("persons", APP_ID_FIELD, &[input("app-6", "d@example.com")])
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&error, CrmError::Transient { message, .. } if message.starts_with("authentication failed")),
+        "{error:?}"
+    );
+    assert_eq!(sandbox.stats().unauthorized, 1);
+    assert!(sandbox.records("persons").is_empty());
+}
+
+#[tokio::test]
+async fn a_deal_is_linked_to_its_person_and_other_links_are_refused() {
+    let (sandbox, client) = sandbox(Limits::default()).await;
+    let person = client
+        .upsert("persons", APP_ID_FIELD, &[input("app-7", "e@example.com")])
+        .await
+        .expect("person");
+    let deal = client
+        .upsert(
+            "deals",
+            APP_ID_FIELD,
+            &[UpsertInput {
+                key: "deal-7".into(),
+                properties: BTreeMap::from([("title".to_string(), "Pilot".to_string())]),
+            }],
+        )
+        .await
+        .expect("deal");
+    let (person_id, _) = done(&person.outcomes[0]);
+    let (deal_id, _) = done(&deal.outcomes[0]);
+    let linked = client
+        .associate(
+            "deals",
+            "persons",
+            &[AssociationInput {
+                from_id: deal_id,
+                to_id: person_id.clone(),
+            }],
+        )
+        .await
+        .expect("linked");
+    assert!(matches!(linked.outcomes[0], InputOutcome::Done { .. }));
+    assert_eq!(sandbox.records("deals")[0]["person_id"].to_string(), person_id);
+
+    let refused = client
+        .associate(
+            "notes",
+            "persons",
+            &[AssociationInput {
+                from_id: "1".into(),
+                to_id: "2".into(),
+            }],
+        )
+        .await;
+    assert!(matches!(refused, Err(CrmError::Rejected { .. })), "{refused:?}");
+}
