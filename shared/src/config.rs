@@ -53,6 +53,53 @@ pub struct PipedriveWebhookConfig {
     pub password: SecretSource,
 }
 
+/// Which CRM the sync writes to (`CRM`: `hubspot`, the default, or `pipedrive`) and how it is
+/// reached.
+#[derive(Debug, Clone)]
+pub enum CrmSettings {
+    HubSpot { api_base: String, token: SecretSource },
+    Pipedrive { api_base: String, token: SecretSource },
+}
+
+impl CrmSettings {
+    /// The CRM's provider id: the limiter's key, and whose webhook events the sync applies.
+    pub fn provider(&self) -> crate::domain::ProviderId {
+        match self {
+            CrmSettings::HubSpot { .. } => crate::adapters::hubspot::webhook::PROVIDER,
+            CrmSettings::Pipedrive { .. } => crate::adapters::pipedrive::webhook::PROVIDER,
+        }
+    }
+
+    /// The prefix of its limit variables (`HUBSPOT_BURST_LIMIT`, `PIPEDRIVE_BURST_LIMIT`, ...).
+    fn prefix(&self) -> &'static str {
+        match self {
+            CrmSettings::HubSpot { .. } => "HUBSPOT",
+            CrmSettings::Pipedrive { .. } => "PIPEDRIVE",
+        }
+    }
+
+    /// The CRM's own limits, before any variable changes them.
+    fn limiter_defaults(&self) -> crate::adapters::dynamodb::LimiterSettings {
+        let hubspot = crate::adapters::dynamodb::LimiterSettings::default();
+        match self {
+            CrmSettings::HubSpot { .. } => hubspot,
+            // The lowest plan's token window (20 requests per 2 s); the daily budget is the
+            // company's and is adopted from `x-daily-requests-left` as calls report it.
+            CrmSettings::Pipedrive { .. } => crate::adapters::dynamodb::LimiterSettings {
+                burst_limit: 20,
+                burst_window_ms: 2_000,
+                daily_limit: 10_000,
+                daily_reserve: 500,
+                requests_per_call: 2,
+                // The window is short (2 s), so HubSpot's 2% margin would be 40 ms: less than a
+                // slow first connection between a search and its write. 10% is 200 ms.
+                headroom: 0.9,
+                ..hubspot
+            },
+        }
+    }
+}
+
 /// Everything the sync function needs.
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
@@ -63,8 +110,7 @@ pub struct SyncConfig {
     /// The mapping file's text (the built-in one unless `CRM_SYNC_MAPPING_FILE` names another).
     pub mapping_toml: String,
     pub mapping_source: String,
-    pub hubspot_api_base: String,
-    pub hubspot_token: SecretSource,
+    pub crm: CrmSettings,
     pub crm_timeout_secs: u64,
     pub limiter: crate::adapters::dynamodb::LimiterSettings,
     pub sync: crate::sync::SyncSettings,
@@ -100,8 +146,7 @@ pub struct ReconcileConfig {
     pub reconcile_queue_url: String,
     pub mapping_toml: String,
     pub mapping_source: String,
-    pub hubspot_api_base: String,
-    pub hubspot_token: SecretSource,
+    pub crm: CrmSettings,
     pub crm_timeout_secs: u64,
     pub limiter: crate::adapters::dynamodb::LimiterSettings,
     pub settings: crate::reconcile::ReconcileSettings,
@@ -259,7 +304,34 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     /// The sync function's configuration.
     pub fn sync(&self) -> Result<SyncConfig, ConfigError> {
         use std::time::Duration;
-        let limiter_defaults = crate::adapters::dynamodb::LimiterSettings::default();
+        let crm = match self
+            .optional("CRM")
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("hubspot") => CrmSettings::HubSpot {
+                api_base: self
+                    .optional("HUBSPOT_API_BASE")
+                    .unwrap_or_else(|| crate::adapters::hubspot::client::DEFAULT_BASE_URL.to_string()),
+                token: self.secret("HUBSPOT_ACCESS_TOKEN", "HUBSPOT_SECRET_ARN", "access_token")?,
+            },
+            Some("pipedrive") => CrmSettings::Pipedrive {
+                api_base: self
+                    .optional("PIPEDRIVE_API_BASE")
+                    .unwrap_or_else(|| crate::adapters::pipedrive::client::DEFAULT_BASE_URL.to_string()),
+                token: self.secret("PIPEDRIVE_API_TOKEN", "PIPEDRIVE_SECRET_ARN", "api_token")?,
+            },
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "CRM",
+                    format!("`{other}` is not a CRM crm-sync speaks (hubspot, pipedrive)"),
+                ))
+            }
+        };
+        let limiter_defaults = crm.limiter_defaults();
+        let prefix = crm.prefix();
+        let var = |name: &str| format!("{prefix}_{name}");
         let sync_defaults = crate::sync::SyncSettings::default();
         let (mapping_toml, mapping_source) = match self.optional("CRM_SYNC_MAPPING_FILE") {
             Some(path) => (
@@ -268,15 +340,21 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 })?,
                 path,
             ),
-            None => (
-                crate::domain::mapping::DEFAULT_MAPPING.to_string(),
-                "built-in shared/config/mapping.toml".to_string(),
-            ),
+            None => match crm {
+                CrmSettings::HubSpot { .. } => (
+                    crate::domain::mapping::DEFAULT_MAPPING.to_string(),
+                    "built-in shared/config/mapping.toml".to_string(),
+                ),
+                CrmSettings::Pipedrive { .. } => (
+                    crate::domain::mapping::PIPEDRIVE_MAPPING.to_string(),
+                    "built-in shared/config/mapping.pipedrive.toml".to_string(),
+                ),
+            },
         };
-        let headroom: f64 = self.parsed("HUBSPOT_BURST_HEADROOM", limiter_defaults.headroom, "a number")?;
+        let headroom: f64 = self.parsed(&var("BURST_HEADROOM"), limiter_defaults.headroom, "a number")?;
         if !(0.05..=1.0).contains(&headroom) {
             return Err(ConfigError::new(
-                "HUBSPOT_BURST_HEADROOM",
+                &var("BURST_HEADROOM"),
                 "must be between 0.05 and 1",
             ));
         }
@@ -298,31 +376,29 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             outbound_dlq_url: self.required("OUTBOUND_DLQ_URL")?,
             mapping_toml,
             mapping_source,
-            hubspot_api_base: self
-                .optional("HUBSPOT_API_BASE")
-                .unwrap_or_else(|| crate::adapters::hubspot::client::DEFAULT_BASE_URL.to_string()),
-            hubspot_token: self.secret("HUBSPOT_ACCESS_TOKEN", "HUBSPOT_SECRET_ARN", "access_token")?,
+            crm,
             crm_timeout_secs: self.parsed("SYNC_CRM_TIMEOUT_SECONDS", 20, "a number of seconds")?,
             limiter: crate::adapters::dynamodb::LimiterSettings {
-                burst_limit: self.parsed("HUBSPOT_BURST_LIMIT", limiter_defaults.burst_limit, "a number")?,
+                burst_limit: self.parsed(&var("BURST_LIMIT"), limiter_defaults.burst_limit, "a number")?,
                 burst_window_ms: self.parsed(
-                    "HUBSPOT_BURST_WINDOW_MS",
+                    &var("BURST_WINDOW_MS"),
                     limiter_defaults.burst_window_ms,
                     "milliseconds",
                 )?,
                 headroom,
-                daily_limit: self.parsed("HUBSPOT_DAILY_LIMIT", limiter_defaults.daily_limit, "a number")?,
+                daily_limit: self.parsed(&var("DAILY_LIMIT"), limiter_defaults.daily_limit, "a number")?,
                 daily_reserve: self.parsed(
-                    "HUBSPOT_DAILY_RESERVE",
+                    &var("DAILY_RESERVE"),
                     limiter_defaults.daily_reserve,
                     "a number",
                 )?,
                 day_offset_minutes: self.parsed(
-                    "HUBSPOT_DAY_UTC_OFFSET_MINUTES",
+                    &var("DAY_UTC_OFFSET_MINUTES"),
                     limiter_defaults.day_offset_minutes,
                     "a number of minutes",
                 )?,
                 max_ahead_ms: limiter_defaults.max_ahead_ms,
+                requests_per_call: limiter_defaults.requests_per_call,
             },
             sync: crate::sync::SyncSettings {
                 max_attempts,
@@ -395,8 +471,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             reconcile_queue_url: self.required("RECONCILE_QUEUE_URL")?,
             mapping_toml: sync.mapping_toml,
             mapping_source: sync.mapping_source,
-            hubspot_api_base: sync.hubspot_api_base,
-            hubspot_token: sync.hubspot_token,
+            crm: sync.crm,
             crm_timeout_secs: sync.crm_timeout_secs,
             settings: crate::reconcile::ReconcileSettings {
                 cycle_nights: nights,
@@ -569,8 +644,43 @@ mod tests {
         assert_eq!(config.limiter.burst_limit, 190);
         assert_eq!(config.limiter.daily_reserve, 25_000);
         assert_eq!(config.sync.max_attempts, 5);
-        assert_eq!(config.hubspot_api_base, "https://api.hubapi.com");
+        assert!(
+            matches!(config.crm, CrmSettings::HubSpot { ref api_base, .. } if api_base == "https://api.hubapi.com")
+        );
+        assert_eq!(config.crm.provider(), "hubspot");
         assert!(config.mapping_toml.contains("[contact]"));
+    }
+
+    #[test]
+    fn crm_pipedrive_takes_pipedrives_token_limits_and_mapping() {
+        let mut pairs = SYNC[..4].to_vec();
+        pairs.extend([
+            ("CRM", "Pipedrive"),
+            ("PIPEDRIVE_SECRET_ARN", "arn:p"),
+            ("PIPEDRIVE_BURST_LIMIT", "40"),
+        ]);
+        let config = env(&pairs).sync().unwrap();
+        assert!(matches!(
+            config.crm,
+            CrmSettings::Pipedrive { ref api_base, token: SecretSource::SecretsManager { field: "api_token", .. } }
+                if api_base == "https://api.pipedrive.com/api/v2"
+        ));
+        assert_eq!(config.crm.provider(), "pipedrive");
+        assert_eq!(config.limiter.burst_limit, 40);
+        assert_eq!(config.limiter.burst_window_ms, 2_000);
+        assert!(config.mapping_toml.contains(r#"crm_object = "persons""#));
+        // Without its token the error names Pipedrive's variable, not HubSpot's.
+        pairs.retain(|(name, _)| *name != "PIPEDRIVE_SECRET_ARN");
+        assert_eq!(env(&pairs).sync().unwrap_err().variable, "PIPEDRIVE_API_TOKEN");
+    }
+
+    #[test]
+    fn an_unknown_crm_is_refused_with_the_ones_spoken() {
+        let mut pairs = SYNC.to_vec();
+        pairs.push(("CRM", "zoho"));
+        let error = env(&pairs).sync().unwrap_err();
+        assert_eq!(error.variable, "CRM");
+        assert!(error.problem.contains("hubspot, pipedrive"), "{}", error.problem);
     }
 
     #[test]

@@ -9,4 +9,5 @@ mod pipedrive_webhooks;
 mod reconcile;
 mod sync_inbound;
 mod sync_outbound;
+mod sync_pipedrive;
 mod webhook_ingest;

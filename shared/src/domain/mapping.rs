@@ -9,6 +9,8 @@ use super::contract::{Change, ContractError, FieldValue, ObjectKind};
 
 /// The mapping shipped with crm-sync (`shared/config/mapping.toml`).
 pub const DEFAULT_MAPPING: &str = include_str!("../../config/mapping.toml");
+/// The built-in mapping when the CRM is Pipedrive.
+pub const PIPEDRIVE_MAPPING: &str = include_str!("../../config/mapping.pipedrive.toml");
 
 /// Which side is the source of truth for a field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,6 +259,14 @@ fn line_of(text: &str, offset: usize) -> usize {
 mod tests {
     use super::*;
     use crate::domain::contract::parse_change;
+
+    #[test]
+    fn the_built_in_pipedrive_mapping_maps_persons_and_deals_and_no_activities() {
+        let mapping = Mapping::parse(PIPEDRIVE_MAPPING).unwrap();
+        assert_eq!(mapping.object(ObjectKind::Contact).unwrap().crm_object, "persons");
+        assert_eq!(mapping.object(ObjectKind::Deal).unwrap().crm_object, "deals");
+        assert!(mapping.object(ObjectKind::Activity).is_none());
+    }
 
     #[test]
     fn the_shipped_mapping_is_valid_and_maps_every_object_type() {

@@ -12,10 +12,13 @@ use std::time::Duration;
 use aws_config::SdkConfig;
 use secrecy::SecretString;
 
-use crate::adapters::hubspot::HubSpotClient;
+use crate::adapters::hubspot::{HubSpotClient, HubSpotEvents};
+use crate::adapters::pipedrive::{PipedriveClient, PipedriveEvents};
 use crate::adapters::secrets_manager::read_secret_field;
-use crate::config::SecretSource;
+use crate::config::{CrmSettings, SecretSource};
 use crate::domain::mapping::Mapping;
+use crate::inbound::EventsOf;
+use crate::ports::{Crm, CrmEvents};
 
 /// A secret's value: from the environment, or read from Secrets Manager (once, at cold start).
 pub(crate) async fn resolve_secret(aws: &SdkConfig, source: SecretSource) -> anyhow::Result<SecretString> {
@@ -32,17 +35,30 @@ pub(crate) fn load_mapping(toml: &str, source: &str) -> anyhow::Result<Mapping> 
     Mapping::parse(toml).map_err(|error| anyhow::anyhow!("{error} (in {source})"))
 }
 
-/// The HubSpot API client.
-pub(crate) async fn hubspot_client(
+/// The configured CRM's API client.
+pub(crate) async fn crm_client(
     aws: &SdkConfig,
-    api_base: &str,
-    token: SecretSource,
+    settings: &CrmSettings,
     timeout_secs: u64,
-) -> anyhow::Result<Arc<HubSpotClient>> {
-    let token = resolve_secret(aws, token).await?;
-    Ok(Arc::new(HubSpotClient::new(
-        api_base,
-        token,
-        Duration::from_secs(timeout_secs),
-    )?))
+) -> anyhow::Result<Arc<dyn Crm>> {
+    let timeout = Duration::from_secs(timeout_secs);
+    Ok(match settings {
+        CrmSettings::HubSpot { api_base, token } => {
+            let token = resolve_secret(aws, token.clone()).await?;
+            Arc::new(HubSpotClient::new(api_base, token, timeout)?)
+        }
+        CrmSettings::Pipedrive { api_base, token } => {
+            let token = resolve_secret(aws, token.clone()).await?;
+            Arc::new(PipedriveClient::new(api_base, token, timeout)?)
+        }
+    })
+}
+
+/// How the configured CRM's webhook events read, for the inbound worker.
+pub(crate) fn crm_events(settings: &CrmSettings) -> Arc<dyn CrmEvents> {
+    let events: Arc<dyn CrmEvents> = match settings {
+        CrmSettings::HubSpot { .. } => Arc::new(HubSpotEvents),
+        CrmSettings::Pipedrive { .. } => Arc::new(PipedriveEvents),
+    };
+    Arc::new(EventsOf::new(settings.provider(), events))
 }

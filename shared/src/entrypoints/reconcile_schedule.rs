@@ -23,13 +23,7 @@ pub struct ReconcileHandler {
 impl ReconcileHandler {
     pub async fn build(aws: &SdkConfig, config: ReconcileConfig) -> anyhow::Result<Self> {
         let mapping = super::load_mapping(&config.mapping_toml, &config.mapping_source)?;
-        let crm = super::hubspot_client(
-            aws,
-            &config.hubspot_api_base,
-            config.hubspot_token,
-            config.crm_timeout_secs,
-        )
-        .await?;
+        let crm = super::crm_client(aws, &config.crm, config.crm_timeout_secs).await?;
         let dynamodb = aws_sdk_dynamodb::Client::new(aws);
         let sqs = aws_sdk_sqs::Client::new(aws);
         let state = Arc::new(DynamoDbSyncState::new(
@@ -40,7 +34,7 @@ impl ReconcileHandler {
         let limiter = Arc::new(DynamoDbRateLimiter::new(
             dynamodb,
             config.rate_limit_table,
-            "hubspot",
+            config.crm.provider(),
             config.limiter,
         ));
         let low_lane = Arc::new(SqsQueue::new(sqs, config.reconcile_queue_url));

@@ -9,11 +9,10 @@ use lambda_runtime::LambdaEvent;
 
 use crate::adapters::cloudwatch::{EmbeddedMetrics, Unit};
 use crate::adapters::dynamodb::{DynamoDbRateLimiter, DynamoDbSyncState, DynamoDbWebhookStore};
-use crate::adapters::hubspot::HubSpotEvents;
 use crate::adapters::sqs::SqsQueue;
 use crate::config::SyncConfig;
 use crate::domain::SystemClock;
-use crate::inbound::{EventsOf, InboundService, InboundSettings};
+use crate::inbound::{InboundService, InboundSettings};
 use crate::sync::SyncService;
 use crate::worker::{BatchReport, SyncMessage, Worker};
 
@@ -58,13 +57,7 @@ impl SyncHandler {
     pub async fn build(aws: &SdkConfig, config: SyncConfig) -> anyhow::Result<Self> {
         let mapping = super::load_mapping(&config.mapping_toml, &config.mapping_source)?;
         let metrics = config.metrics.clone();
-        let crm = super::hubspot_client(
-            aws,
-            &config.hubspot_api_base,
-            config.hubspot_token,
-            config.crm_timeout_secs,
-        )
-        .await?;
+        let crm = super::crm_client(aws, &config.crm, config.crm_timeout_secs).await?;
         let dynamodb = aws_sdk_dynamodb::Client::new(aws);
         let sqs = aws_sdk_sqs::Client::new(aws);
         let mapping = Arc::new(mapping);
@@ -77,7 +70,7 @@ impl SyncHandler {
         let limiter = Arc::new(DynamoDbRateLimiter::new(
             dynamodb.clone(),
             config.rate_limit_table,
-            "hubspot",
+            config.crm.provider(),
             config.limiter,
         ));
         let clock = Arc::new(SystemClock);
@@ -100,10 +93,7 @@ impl SyncHandler {
             let service = InboundService::new(
                 mapping.clone(),
                 crm.clone(),
-                Arc::new(EventsOf::new(
-                    crate::adapters::hubspot::webhook::PROVIDER,
-                    Arc::new(HubSpotEvents),
-                )),
+                super::crm_events(&config.crm),
                 Arc::new(DynamoDbWebhookStore::new(dynamodb.clone(), inbound.webhook_table)),
                 state.clone(),
                 Arc::new(SqsQueue::new(sqs.clone(), inbound.app_inbox_url)),

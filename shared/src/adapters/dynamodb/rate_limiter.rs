@@ -39,6 +39,9 @@ pub struct LimiterSettings {
     pub day_offset_minutes: i32,
     /// How far ahead a slot may be reserved.
     pub max_ahead_ms: i64,
+    /// CRM requests one granted call may make: 1 for a bulk API; 2 for Pipedrive, whose upsert
+    /// is a search and then a write.
+    pub requests_per_call: u32,
 }
 
 impl Default for LimiterSettings {
@@ -51,6 +54,7 @@ impl Default for LimiterSettings {
             daily_reserve: 25_000,
             day_offset_minutes: 0,
             max_ahead_ms: 2_000,
+            requests_per_call: 1,
         }
     }
 }
@@ -58,7 +62,8 @@ impl Default for LimiterSettings {
 impl LimiterSettings {
     /// Milliseconds between two calls.
     pub fn interval_ms(&self) -> f64 {
-        self.burst_window_ms as f64 / (f64::from(self.burst_limit.max(1)) * self.headroom.clamp(0.05, 1.0))
+        let calls = f64::from(self.burst_limit.max(1)) / f64::from(self.requests_per_call.max(1));
+        self.burst_window_ms as f64 / (calls * self.headroom.clamp(0.05, 1.0))
     }
 
     fn day_of(&self, now_ms: i64) -> i64 {
@@ -143,7 +148,10 @@ impl DynamoDbRateLimiter {
             .expression_attribute_values(":now", n(now_ms))
             .expression_attribute_values(":today", n(day))
             .expression_attribute_values(":reserve", n(self.settings.daily_reserve))
-            .expression_attribute_values(":minus_one", n(-1))
+            .expression_attribute_values(
+                ":minus_one",
+                n(-i64::from(self.settings.requests_per_call.max(1))),
+            )
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         let common = "#day = :today AND day_left > :reserve AND (attribute_not_exists(paused_until) OR paused_until <= :now)";
@@ -341,6 +349,18 @@ mod tests {
         assert!((interval - 10_000.0 / (190.0 * 0.98)).abs() < 1e-9);
         // Calls spaced by the interval never put more than the limit in one window.
         assert!((10_000.0 / interval).floor() + 1.0 <= 190.0);
+    }
+
+    #[test]
+    fn two_requests_a_call_halve_the_calls_a_window_holds() {
+        let settings = LimiterSettings {
+            burst_limit: 20,
+            burst_window_ms: 2_000,
+            requests_per_call: 2,
+            ..LimiterSettings::default()
+        };
+        // 10 calls (20 requests) per 2 s at 0.98 headroom.
+        assert!((settings.interval_ms() - 2_000.0 / (10.0 * 0.98)).abs() < 1e-9);
     }
 
     #[test]

@@ -207,6 +207,38 @@ impl PipedriveClient {
     }
 }
 
+/// Pipedrive requires a person's `name` (and a deal's `title`) on creation: when the app's
+/// fields do not give one, it is made from the first and last name, else the email.
+fn with_name(object: &str, mut body: Value) -> Value {
+    let required = match object {
+        "persons" => "name",
+        "deals" => "title",
+        _ => return body,
+    };
+    if body.get(required).is_some() {
+        return body;
+    }
+    let text = |name: &str| {
+        body.get(name)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let full = format!("{} {}", text("first_name"), text("last_name"))
+        .trim()
+        .to_string();
+    let name = if !full.is_empty() {
+        full
+    } else {
+        body.pointer("/emails/0/value")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| "(unnamed)".to_string())
+    };
+    body[required] = Value::String(name);
+    body
+}
+
 fn id_text(value: &Value) -> String {
     match value {
         Value::String(text) => text.clone(),
@@ -273,7 +305,10 @@ impl Crm for PipedriveClient {
                 Some(answer) => Ok(Self::single(answer, false)),
                 None => Ok(Self::missing(format!("PATCH /{object}/{{id}} -> 404"))),
             },
-            None => match self.call(Method::POST, &format!("/{object}"), Some(body)).await? {
+            None => match self
+                .call(Method::POST, &format!("/{object}"), Some(with_name(object, body)))
+                .await?
+            {
                 Some(answer) => Ok(Self::single(answer, true)),
                 None => Ok(Self::missing(format!("POST /{object} -> 404"))),
             },
@@ -384,6 +419,17 @@ impl Crm for PipedriveClient {
 mod tests {
     use super::*;
     use reqwest::header::HeaderValue;
+
+    #[test]
+    fn a_new_person_without_a_name_is_named_from_its_names_or_email() {
+        let named = with_name("persons", json!({"first_name": "Ada", "last_name": "Lovelace"}));
+        assert_eq!(named["name"], "Ada Lovelace");
+        let by_email = with_name("persons", json!({"emails": [{"value": "ada@example.com"}]}));
+        assert_eq!(by_email["name"], "ada@example.com");
+        let given = with_name("persons", json!({"name": "Countess"}));
+        assert_eq!(given["name"], "Countess");
+        assert_eq!(with_name("deals", json!({}))["title"], "(unnamed)");
+    }
 
     #[test]
     fn the_rate_headers_fill_the_burst_and_daily_state() {
