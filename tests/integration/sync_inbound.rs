@@ -78,18 +78,7 @@ async fn synced(app: &TestApp, contact_id: &str, deal_id: Option<&str>) -> (u64,
 
 /// Waits until every stored webhook event has an outcome.
 async fn settle_webhooks(app: &TestApp) {
-    eventually(60, "every webhook event delivered and processed", || async {
-        if app.sandbox().pending_webhooks() > 0 {
-            return None;
-        }
-        let events = app.webhook_events().await;
-        (!events.is_empty()
-            && events
-                .iter()
-                .all(|(_, status, _, _)| status != "enqueued" && status != "claimed"))
-        .then_some(())
-    })
-    .await;
+    app.webhooks_settled(|| app.sandbox().pending_webhooks()).await;
 }
 
 #[tokio::test]

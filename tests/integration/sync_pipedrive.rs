@@ -136,3 +136,143 @@ async fn a_small_burst_window_is_paced_by_the_limiter_and_nothing_is_lost() {
     assert_eq!(stats.throttled, 0, "the limiter keeps to the window: {stats:?}");
     assert!(app.drain_dead_letters("OutboundDeadLetterQueue").await.is_empty());
 }
+
+const HOOK_USER: &str = "pipedrive-hooks";
+const HOOK_PASSWORD: &str = "pipedrive hook password";
+
+/// A stack that syncs to Pipedrive and takes its webhooks, and the sandbox posting them to it.
+async fn pipedrive_loop() -> (Sandbox, TestApp) {
+    let sandbox = Sandbox::start("127.0.0.1:0", TOKEN, Limits::default())
+        .await
+        .expect("the sandbox starts");
+    let mut options = AppOptions::syncing()
+        .with_env("CRM", "pipedrive")
+        .with_env("PIPEDRIVE_API_BASE", &sandbox.url())
+        .with_env("PIPEDRIVE_API_TOKEN", TOKEN);
+    options.parameters.extend([
+        ("PipedriveWebhookUser".to_string(), HOOK_USER.to_string()),
+        ("PipedriveWebhookPassword".to_string(), HOOK_PASSWORD.to_string()),
+    ]);
+    let app = spawn_app_with(options).await;
+    sandbox.set_webhook(pipedrive_sandbox::Webhook {
+        url: app.webhook_url("pipedrive"),
+        user: HOOK_USER.into(),
+        password: HOOK_PASSWORD.into(),
+    });
+    (sandbox, app)
+}
+
+/// Syncs a contact and its deal, and waits until every webhook their writes caused is processed;
+/// returns their Pipedrive ids.
+async fn synced(sandbox: &Sandbox, app: &TestApp, contact_id: &str, deal_id: &str) -> (u64, u64) {
+    let at = now_ms();
+    app.send_changes(&[
+        contact(
+            contact_id,
+            at,
+            json!({"email": format!("{contact_id}@example.com"), "first_name": "Ann"}),
+        ),
+        crm_sync_tests::app_changes::deal(
+            deal_id,
+            contact_id,
+            at,
+            json!({"name": "Pro plan", "amount": 100}),
+        ),
+    ])
+    .await;
+    for (object, id) in [(ObjectKind::Contact, contact_id), (ObjectKind::Deal, deal_id)] {
+        app.settled(
+            RecordRef {
+                object,
+                record_id: id.into(),
+            },
+            SyncStatus::Synced,
+        )
+        .await;
+    }
+    settle_webhooks(sandbox, app).await;
+    let id_of = |entity: &str, record_id: &str| {
+        person(&sandbox.records(entity), record_id).expect("in Pipedrive")["id"]
+            .as_u64()
+            .expect("a numeric id")
+    };
+    (id_of("persons", contact_id), id_of("deals", deal_id))
+}
+
+async fn settle_webhooks(sandbox: &Sandbox, app: &TestApp) {
+    app.webhooks_settled(|| sandbox.pending_webhooks()).await;
+}
+
+#[tokio::test]
+async fn pipedrive_echoes_of_crm_syncs_own_writes_are_recognised_and_dropped() {
+    let (sandbox, app) = pipedrive_loop().await;
+    synced(&sandbox, &app, "pd-echo-1", "pd-echo-deal-1").await;
+
+    let events = app.webhook_events().await;
+    assert!(events.len() >= 2, "creations of both records: {events:?}");
+    for (_, status, detail, event) in &events {
+        assert_eq!(event["meta"]["change_source"], "api");
+        assert!(
+            status == "echo" || status == "ignored",
+            "{status}: {detail}: {event}"
+        );
+    }
+    assert!(
+        events.iter().any(|(_, status, _, _)| status == "echo"),
+        "{events:?}"
+    );
+    assert!(app.drain_app_inbox().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_pipedrive_user_moving_a_deal_stage_reaches_the_app_inbox() {
+    let (sandbox, app) = pipedrive_loop().await;
+    let (_, deal) = synced(&sandbox, &app, "pd-rep-1", "pd-deal-rep-1").await;
+
+    sandbox.edit("deals", deal, json!({"stage_id": 4}));
+
+    let messages = eventually(60, "the app inbox message", || async {
+        let messages = app.drain_app_inbox().await;
+        (!messages.is_empty()).then_some(messages)
+    })
+    .await;
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0]["object"], "deal");
+    assert_eq!(messages[0]["record_id"], "pd-deal-rep-1");
+    assert_eq!(messages[0]["changes"], json!({"stage": "4"}));
+    assert_eq!(messages[0]["source"], "app");
+    assert_eq!(messages[0]["crm_id"], deal.to_string());
+}
+
+#[tokio::test]
+async fn a_pipedrive_user_editing_an_app_owned_email_is_journaled_as_a_conflict() {
+    let (sandbox, app) = pipedrive_loop().await;
+    let (person_id, _) = synced(&sandbox, &app, "pd-rep-2", "pd-deal-rep-2").await;
+
+    sandbox.edit(
+        "persons",
+        person_id,
+        json!({"emails": [{"value": "typo@example.com", "primary": true, "label": "work"}]}),
+    );
+
+    let store = app.sync_state();
+    let record = RecordRef {
+        object: ObjectKind::Contact,
+        record_id: "pd-rep-2".into(),
+    };
+    let conflicts = eventually(60, "the conflict", || {
+        let (store, record) = (store.clone(), record.clone());
+        async move {
+            use crm_sync::ports::SyncStateStore;
+            let conflicts = store.conflicts(&record, 10).await.ok()?;
+            (!conflicts.is_empty()).then_some(conflicts)
+        }
+    })
+    .await;
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(conflicts[0].field, "email");
+    assert_eq!(conflicts[0].app_value.as_deref(), Some("pd-rep-2@example.com"));
+    assert_eq!(conflicts[0].crm_value, "typo@example.com");
+    assert_eq!(conflicts[0].source, "app");
+    assert!(app.drain_app_inbox().await.is_empty(), "the app owns the email");
+}

@@ -214,6 +214,23 @@ impl TestApp {
     }
 
     /// Stored webhook events: (event key, status, outcome detail, the event as sent).
+    /// Waits until the CRM has no webhook left to deliver (`pending`) and every stored event
+    /// has an outcome.
+    pub async fn webhooks_settled(&self, pending: impl Fn() -> u64) {
+        eventually(60, "every webhook event delivered and processed", || async {
+            if pending() > 0 {
+                return None;
+            }
+            let events = self.webhook_events().await;
+            (!events.is_empty()
+                && events
+                    .iter()
+                    .all(|(_, status, _, _)| status != "enqueued" && status != "claimed"))
+            .then_some(())
+        })
+        .await;
+    }
+
     pub async fn webhook_events(&self) -> Vec<(String, String, String, serde_json::Value)> {
         self.stored("event")
             .await

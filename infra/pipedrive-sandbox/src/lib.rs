@@ -1,8 +1,10 @@
 //! A local Pipedrive for tests: persons and deals over API v2 (create, update, get, delete,
 //! exact search by a custom field), token auth, the per-token burst window (2 s) and the daily
-//! budget, each reported in Pipedrive's headers and enforced with 429.
+//! budget, each reported in Pipedrive's headers and enforced with 429; webhooks v2 (HTTP Basic
+//! credentials) for every create and change, by the API (`change_source: api`) or by a person
+//! (`app`, through [`Sandbox::edit`]).
 //!
-//! Not yet: notes, webhooks emitted on edits, injected 5xx and timeouts.
+//! Not yet: notes, injected 5xx and timeouts.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
@@ -56,6 +58,103 @@ struct State {
     /// Entity (`persons`, `deals`) → id → record.
     records: BTreeMap<&'static str, BTreeMap<u64, Map<String, Value>>>,
     next_id: u64,
+    webhook: Option<Webhook>,
+    next_event: u64,
+    pending_webhooks: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Where webhooks go and the credentials they carry.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub url: String,
+    pub user: String,
+    pub password: String,
+}
+
+impl State {
+    /// Queues a v2 webhook for a create (no `previous`) or a change of `entity`'s record.
+    fn emit(
+        &mut self,
+        entity: &str,
+        record: &Map<String, Value>,
+        previous: Option<Map<String, Value>>,
+        source: &str,
+    ) {
+        let Some(webhook) = self.webhook.clone() else {
+            return;
+        };
+        self.next_event += 1;
+        let now = time::OffsetDateTime::now_utc();
+        let timestamp = now
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let singular = entity.trim_end_matches('s');
+        let body = json!({
+            "meta": {
+                "action": if previous.is_some() { "change" } else { "create" },
+                "entity": singular,
+                "entity_id": record.get("id").map(Value::to_string).unwrap_or_default(),
+                "id": format!("00000000-0000-4000-8000-{:012x}", self.next_event),
+                "timestamp": timestamp,
+                "attempt": 1,
+                "change_source": source,
+                "version": "2.0",
+                "company_id": "1",
+                "user_id": "1",
+            },
+            "data": record,
+            "previous": previous,
+        });
+        let pending = self.pending_webhooks.clone();
+        pending.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            // Pipedrive retries after 3, 30 and 150 s; the sandbox after 0.2, 0.4 and 0.8 s.
+            for attempt in 1..=4u64 {
+                let mut body = body.clone();
+                body["meta"]["attempt"] = json!(attempt);
+                let sent = client
+                    .post(&webhook.url)
+                    .basic_auth(&webhook.user, Some(&webhook.password))
+                    .json(&body)
+                    .send()
+                    .await;
+                if sent.is_ok_and(|response| response.status().is_success()) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200 << (attempt - 1))).await;
+            }
+            pending.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        });
+    }
+}
+
+/// What `fields` change in `record`, as Pipedrive's `previous` tells it: the old values.
+fn previous_of(record: &Map<String, Value>, fields: &Map<String, Value>) -> Map<String, Value> {
+    let mut previous = Map::new();
+    for (name, value) in fields {
+        if name == "custom_fields" {
+            let old = record.get("custom_fields").and_then(Value::as_object);
+            let changed: Map<String, Value> = value
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(hash, new)| old.and_then(|old| old.get(*hash)) != Some(*new))
+                .map(|(hash, _)| {
+                    (
+                        hash.clone(),
+                        old.and_then(|old| old.get(hash)).cloned().unwrap_or(Value::Null),
+                    )
+                })
+                .collect();
+            if !changed.is_empty() {
+                previous.insert(name.clone(), Value::Object(changed));
+            }
+        } else if record.get(name) != Some(value) {
+            previous.insert(name.clone(), record.get(name).cloned().unwrap_or(Value::Null));
+        }
+    }
+    previous
 }
 
 /// A running sandbox; stops when dropped.
@@ -82,6 +181,9 @@ impl Sandbox {
             stats: Stats::default(),
             records: BTreeMap::new(),
             next_id: 1,
+            webhook: None,
+            next_event: 0,
+            pending_webhooks: Arc::default(),
         }));
         let shared = state.clone();
         let task = tokio::spawn(async move {
@@ -121,17 +223,35 @@ impl Sandbox {
             .unwrap_or_default()
     }
 
-    /// Edits a record as a person in Pipedrive would.
+    /// Edits a record as a person in Pipedrive would; a webhook says so (`change_source: app`).
     pub fn edit(&self, entity: &str, id: u64, fields: Value) {
         let mut state = self.state.lock().unwrap();
         let entity = entity_name(entity).expect("persons or deals");
+        let fields = fields.as_object().cloned().unwrap_or_default();
         let record = state
             .records
             .entry(entity)
             .or_default()
             .get_mut(&id)
             .expect("the record exists");
-        merge(record, fields.as_object().cloned().unwrap_or_default());
+        let previous = previous_of(record, &fields);
+        merge(record, fields);
+        let record = record.clone();
+        state.emit(entity, &record, Some(previous), "app");
+    }
+
+    /// Posts a webhook for every create and change from now on.
+    pub fn set_webhook(&self, webhook: Webhook) {
+        self.state.lock().unwrap().webhook = Some(webhook);
+    }
+
+    /// Webhooks not yet delivered (or given up on).
+    pub fn pending_webhooks(&self) -> u64 {
+        self.state
+            .lock()
+            .unwrap()
+            .pending_webhooks
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -269,6 +389,7 @@ fn serve(state: &mut State, method: &str, segments: &[&str], query: &str, body: 
                 .entry(entity)
                 .or_default()
                 .insert(id, record.clone());
+            state.emit(entity, &record, None, "api");
             (201, json!({"success": true, "data": record}))
         }
         ("GET", Some("search")) => {
@@ -312,7 +433,12 @@ fn serve(state: &mut State, method: &str, segments: &[&str], query: &str, body: 
                     };
                     match records.get_mut(&id) {
                         Some(record) => {
+                            let previous = previous_of(record, &fields);
                             merge(record, fields);
+                            let record = record.clone();
+                            if !previous.is_empty() {
+                                state.emit(entity, &record, Some(previous), "api");
+                            }
                             (200, json!({"success": true, "data": record}))
                         }
                         None => not_found,
