@@ -276,3 +276,99 @@ async fn a_pipedrive_user_editing_an_app_owned_email_is_journaled_as_a_conflict(
     assert_eq!(conflicts[0].source, "app");
     assert!(app.drain_app_inbox().await.is_empty(), "the app owns the email");
 }
+
+#[tokio::test]
+async fn an_older_change_arriving_after_a_newer_one_does_not_overwrite_pipedrive() {
+    let (sandbox, app) = pipedrive_stack(Limits::default(), 20).await;
+    let at = now_ms();
+    app.send_changes(&[contact(
+        "pd-order-1",
+        at + 5_000,
+        json!({"email": "new@example.com"}),
+    )])
+    .await;
+    let record = RecordRef {
+        object: ObjectKind::Contact,
+        record_id: "pd-order-1".into(),
+    };
+    app.settled(record.clone(), SyncStatus::Synced).await;
+    app.send_changes(&[contact("pd-order-1", at, json!({"email": "old@example.com"}))])
+        .await;
+    let (_, timeline) = eventually(30, "the older change skipped", || {
+        let (store, record) = (app.sync_state(), record.clone());
+        async move {
+            use crm_sync::ports::SyncStateStore;
+            store
+                .record(&record, 10)
+                .await
+                .ok()
+                .flatten()
+                .filter(|(_, timeline)| {
+                    timeline
+                        .iter()
+                        .any(|entry| entry.detail.starts_with("older than"))
+                })
+        }
+    })
+    .await;
+    assert!(!timeline.is_empty());
+    let persons = sandbox.records("persons");
+    assert_eq!(persons.len(), 1);
+    assert_eq!(persons[0]["emails"][0]["value"], "new@example.com");
+}
+
+#[tokio::test]
+async fn the_reconciliation_heals_drift_in_pipedrive_one_record_a_call() {
+    let sandbox = Sandbox::start("127.0.0.1:0", TOKEN, Limits::default())
+        .await
+        .expect("the sandbox starts");
+    let app = spawn_app_with(
+        AppOptions::syncing()
+            .with_env("CRM", "pipedrive")
+            .with_env("PIPEDRIVE_API_BASE", &sandbox.url())
+            .with_env("PIPEDRIVE_API_TOKEN", TOKEN)
+            .with_env("RECONCILE_CYCLE_NIGHTS", "1"),
+    )
+    .await;
+    let at = now_ms();
+    app.send_changes(&[
+        contact("pd-drift-1", at, json!({"email": "drift@example.com"})),
+        contact("pd-steady-1", at, json!({"email": "steady@example.com"})),
+    ])
+    .await;
+    for id in ["pd-drift-1", "pd-steady-1"] {
+        app.settled(
+            RecordRef {
+                object: ObjectKind::Contact,
+                record_id: id.into(),
+            },
+            SyncStatus::Synced,
+        )
+        .await;
+    }
+    let drifted = person(&sandbox.records("persons"), "pd-drift-1").expect("synced")["id"]
+        .as_u64()
+        .expect("an id");
+    // Someone edits Pipedrive and no webhook tells crm-sync (none is configured here).
+    sandbox.edit(
+        "persons",
+        drifted,
+        json!({"emails": [{"value": "x@elsewhere.com", "primary": true, "label": "work"}]}),
+    );
+
+    let report = app
+        .stack
+        .reconcile
+        .run_until(tokio::time::Instant::now() + std::time::Duration::from_secs(120))
+        .await
+        .expect("the reconciliation runs");
+
+    assert_eq!(report.checked, 2, "{report:?}");
+    assert_eq!(report.healed, 1, "{report:?}");
+    let persons = sandbox.records("persons");
+    assert_eq!(
+        person(&persons, "pd-drift-1").unwrap()["emails"][0]["value"],
+        "drift@example.com"
+    );
+    assert_eq!(persons.len(), 2);
+}
