@@ -11,18 +11,21 @@ use serde_json::{json, Map, Value};
 
 const TOKEN: &str = "pipedrive-sync-token";
 
+/// A syncing stack whose CRM is `sandbox`.
+fn syncing_to(sandbox: &Sandbox) -> AppOptions {
+    AppOptions::syncing()
+        .with_env("CRM", "pipedrive")
+        .with_env("PIPEDRIVE_API_BASE", &sandbox.url())
+        .with_env("PIPEDRIVE_API_TOKEN", TOKEN)
+}
+
 async fn pipedrive_stack(limits: Limits, burst_limit: u64) -> (Sandbox, TestApp) {
     let sandbox = Sandbox::start("127.0.0.1:0", TOKEN, limits)
         .await
         .expect("the sandbox starts");
-    let app = spawn_app_with(
-        AppOptions::syncing()
-            .with_env("CRM", "pipedrive")
-            .with_env("PIPEDRIVE_API_BASE", &sandbox.url())
-            .with_env("PIPEDRIVE_API_TOKEN", TOKEN)
-            .with_env("PIPEDRIVE_BURST_LIMIT", &burst_limit.to_string()),
-    )
-    .await;
+    let app =
+        spawn_app_with(syncing_to(&sandbox).with_env("PIPEDRIVE_BURST_LIMIT", &burst_limit.to_string()))
+            .await;
     (sandbox, app)
 }
 
@@ -145,10 +148,7 @@ async fn pipedrive_loop() -> (Sandbox, TestApp) {
     let sandbox = Sandbox::start("127.0.0.1:0", TOKEN, Limits::default())
         .await
         .expect("the sandbox starts");
-    let mut options = AppOptions::syncing()
-        .with_env("CRM", "pipedrive")
-        .with_env("PIPEDRIVE_API_BASE", &sandbox.url())
-        .with_env("PIPEDRIVE_API_TOKEN", TOKEN);
+    let mut options = syncing_to(&sandbox);
     options.parameters.extend([
         ("PipedriveWebhookUser".to_string(), HOOK_USER.to_string()),
         ("PipedriveWebhookPassword".to_string(), HOOK_PASSWORD.to_string()),
@@ -322,14 +322,7 @@ async fn the_reconciliation_heals_drift_in_pipedrive_one_record_a_call() {
     let sandbox = Sandbox::start("127.0.0.1:0", TOKEN, Limits::default())
         .await
         .expect("the sandbox starts");
-    let app = spawn_app_with(
-        AppOptions::syncing()
-            .with_env("CRM", "pipedrive")
-            .with_env("PIPEDRIVE_API_BASE", &sandbox.url())
-            .with_env("PIPEDRIVE_API_TOKEN", TOKEN)
-            .with_env("RECONCILE_CYCLE_NIGHTS", "1"),
-    )
-    .await;
+    let app = spawn_app_with(syncing_to(&sandbox).with_env("RECONCILE_CYCLE_NIGHTS", "1")).await;
     let at = now_ms();
     app.send_changes(&[
         contact("pd-drift-1", at, json!({"email": "drift@example.com"})),
