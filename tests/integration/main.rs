@@ -7,6 +7,7 @@ mod hubspot_adapters;
 mod pipedrive_client;
 mod pipedrive_webhooks;
 mod reconcile;
+mod salesforce_client;
 mod sync_inbound;
 mod sync_outbound;
 mod sync_pipedrive;

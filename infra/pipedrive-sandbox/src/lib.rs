@@ -8,17 +8,12 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Map, Value};
-use tokio::net::TcpListener;
 
 type Reply = hyper::Response<Full<Bytes>>;
 
@@ -159,21 +154,12 @@ fn previous_of(record: &Map<String, Value>, fields: &Map<String, Value>) -> Map<
 
 /// A running sandbox; stops when dropped.
 pub struct Sandbox {
-    addr: SocketAddr,
+    server: sandbox_server::Server,
     state: Arc<Mutex<State>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl Sandbox {
     pub async fn start(addr: &str, token: &str, limits: Limits) -> anyhow::Result<Sandbox> {
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State {
             token: token.to_string(),
             limits,
@@ -186,26 +172,13 @@ impl Sandbox {
             pending_webhooks: Arc::default(),
         }));
         let shared = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let state = shared.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| handle(state.clone(), request));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Ok(Sandbox { addr, state, task })
+        let server = sandbox_server::start(addr, move |request| handle(shared.clone(), request)).await?;
+        Ok(Sandbox { server, state })
     }
 
     /// The API base, as `https://api.pipedrive.com/api/v2` is for the real one.
     pub fn url(&self) -> String {
-        format!("http://{}/api/v2", self.addr)
+        format!("http://{}/api/v2", self.server.addr)
     }
 
     pub fn stats(&self) -> Stats {

@@ -6,5 +6,6 @@ pub mod crm_http;
 pub mod dynamodb;
 pub mod hubspot;
 pub mod pipedrive;
+pub mod salesforce;
 pub mod secrets_manager;
 pub mod sqs;

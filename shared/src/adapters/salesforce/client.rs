@@ -1,0 +1,496 @@
+//! Salesforce's REST API (sObject Collections) as a [`Crm`], over HTTPS with reqwest.
+//!
+//! Writes go 200 records a call with `allOrNone: false`, so one bad record fails alone; an upsert
+//! is by the external id field that holds the app's id. The daily API budget comes from
+//! `Sforce-Limit-Info`; a spent one is a 403 `REQUEST_LIMIT_EXCEEDED`. An expired session
+//! (`INVALID_SESSION_ID`) is renewed once with the OAuth refresh token, and the call repeated.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::header::HeaderMap;
+use reqwest::Method;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Map, Value};
+use tokio::sync::RwLock;
+
+use crate::adapters::crm_http;
+use crate::domain::crm::{
+    AssociationInput, BatchResult, CrmError, FailureKind, InputError, InputOutcome, RateInfo, ReadResult,
+    ThrottlePolicy, UpdateInput, UpsertInput,
+};
+use crate::ports::Crm;
+
+/// The REST API version crm-sync speaks.
+pub const API_VERSION: &str = "v60.0";
+
+/// How to renew the access token: a connected app's client and a user's refresh token.
+#[derive(Clone)]
+pub struct OAuthRefresh {
+    /// `https://login.salesforce.com/services/oauth2/token` (or the org's My Domain).
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub refresh_token: SecretString,
+}
+
+/// A Salesforce org.
+pub struct SalesforceClient {
+    http: reqwest::Client,
+    /// `{instance_url}/services/data/{API_VERSION}`.
+    base_url: RwLock<String>,
+    token: RwLock<SecretString>,
+    refresh: Option<OAuthRefresh>,
+}
+
+/// The daily API budget from `Sforce-Limit-Info: api-usage=used/max`.
+pub fn rate_info(headers: &HeaderMap) -> RateInfo {
+    let usage = headers
+        .get("sforce-limit-info")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| {
+            value
+                .split(',')
+                .find_map(|part| part.trim().strip_prefix("api-usage="))
+        })
+        .and_then(|usage| usage.split_once('/'))
+        .and_then(|(used, max)| Some((used.trim().parse::<u64>().ok()?, max.trim().parse::<u64>().ok()?)));
+    match usage {
+        Some((used, max)) => RateInfo {
+            daily_max: Some(max),
+            daily_remaining: Some(max.saturating_sub(used)),
+            ..RateInfo::default()
+        },
+        None => RateInfo::default(),
+    }
+}
+
+/// How a Salesforce error code bears on a retry.
+fn kind_of(code: &str) -> FailureKind {
+    match code {
+        "DUPLICATE_VALUE" | "DUPLICATES_DETECTED" => FailureKind::Conflict,
+        "UNABLE_TO_LOCK_ROW" | "REQUEST_RUNNING_TOO_LONG" | "SERVER_UNAVAILABLE" => FailureKind::Transient,
+        _ => FailureKind::Permanent,
+    }
+}
+
+/// One SaveResult (`{id, success, created?, errors}`) as an outcome.
+fn save_result(result: &Value, fallback_id: Option<&str>) -> InputOutcome {
+    if result.get("success").and_then(Value::as_bool) == Some(true) {
+        let crm_id = result
+            .get("id")
+            .and_then(Value::as_str)
+            .or(fallback_id)
+            .unwrap_or_default()
+            .to_string();
+        return InputOutcome::Done {
+            crm_id,
+            created: result.get("created").and_then(Value::as_bool).unwrap_or(false),
+        };
+    }
+    let error = result
+        .get("errors")
+        .and_then(Value::as_array)
+        .and_then(|errors| errors.first())
+        .cloned()
+        .unwrap_or(Value::Null);
+    let code = error
+        .get("statusCode")
+        .and_then(Value::as_str)
+        .unwrap_or("UNKNOWN_ERROR")
+        .to_string();
+    InputOutcome::Failed(InputError {
+        kind: kind_of(&code),
+        message: error
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("Salesforce refused the record")
+            .to_string(),
+        code,
+        existing_id: None,
+    })
+}
+
+/// A record body: its type, then its fields by API name.
+fn record(object: &str, fields: impl IntoIterator<Item = (String, String)>) -> Value {
+    let mut body = Map::new();
+    body.insert("attributes".into(), json!({ "type": object }));
+    for (name, value) in fields {
+        body.insert(name, Value::String(value));
+    }
+    Value::Object(body)
+}
+
+/// A record body of `properties` and one more field that names the record (`id`, or the
+/// external id field).
+fn record_with(
+    object: &str,
+    properties: &std::collections::BTreeMap<String, String>,
+    naming: (&str, &str),
+) -> Value {
+    let fields = properties
+        .iter()
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .chain([(naming.0.to_string(), naming.1.to_string())]);
+    record(object, fields)
+}
+
+impl SalesforceClient {
+    /// `instance_url` is the org's (`https://acme.my.salesforce.com`); `refresh` renews `token`.
+    pub fn new(
+        instance_url: &str,
+        token: SecretString,
+        refresh: Option<OAuthRefresh>,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: crm_http::client(timeout)?,
+            base_url: RwLock::new(Self::api_base(instance_url)),
+            token: RwLock::new(token),
+            refresh,
+        })
+    }
+
+    fn api_base(instance_url: &str) -> String {
+        format!(
+            "{}/services/data/{API_VERSION}",
+            instance_url.trim_end_matches('/')
+        )
+    }
+
+    /// Trades the refresh token for a new access token (and the instance it is good for).
+    async fn renew(&self, refresh: &OAuthRefresh) -> Result<(), CrmError> {
+        let call = "POST /services/oauth2/token".to_string();
+        let form = form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "refresh_token")
+            .append_pair("client_id", &refresh.client_id)
+            .append_pair("client_secret", refresh.client_secret.expose_secret())
+            .append_pair("refresh_token", refresh.refresh_token.expose_secret())
+            .finish();
+        let response = self
+            .http
+            .post(&refresh.token_url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+            .await
+            .map_err(|error| crm_http::unreached(&call, "Salesforce", error))?;
+        let status = response.status().as_u16();
+        let call = format!("{call} -> {status}");
+        let json: Value =
+            serde_json::from_str(&crm_http::text(&call, response).await?).unwrap_or(Value::Null);
+        let Some(token) = json
+            .get("access_token")
+            .and_then(Value::as_str)
+            .filter(|_| status == 200)
+        else {
+            return Err(CrmError::Transient {
+                call,
+                message: format!(
+                    "authentication failed: the refresh token was refused ({})",
+                    json.get("error")
+                        .and_then(Value::as_str)
+                        .unwrap_or("no access token")
+                ),
+            });
+        };
+        *self.token.write().await = SecretString::from(token.to_string());
+        if let Some(instance) = json.get("instance_url").and_then(Value::as_str) {
+            *self.base_url.write().await = Self::api_base(instance);
+        }
+        Ok(())
+    }
+
+    /// One call; an expired session is renewed once and the call repeated.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(Value, RateInfo, String), CrmError> {
+        let mut renewed = false;
+        loop {
+            let call = format!("{method} {}", path.split('?').next().unwrap_or(path));
+            let url = format!("{}{path}", self.base_url.read().await);
+            let mut request = self
+                .http
+                .request(method.clone(), url)
+                .bearer_auth(self.token.read().await.expose_secret());
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|error| crm_http::unreached(&call, "Salesforce", error))?;
+            let status = response.status().as_u16();
+            let rate = rate_info(response.headers());
+            let call = format!("{call} -> {status}");
+            let json: Value =
+                serde_json::from_str(&crm_http::text(&call, response).await?).unwrap_or(Value::Null);
+            let first = json.as_array().and_then(|errors| errors.first());
+            let code = first
+                .and_then(|error| error.get("errorCode"))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let message = first
+                .and_then(|error| error.get("message"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("HTTP {status}"));
+            return match (status, code) {
+                (200..=299, _) => Ok((json, rate, call)),
+                (401, _) => match &self.refresh {
+                    Some(refresh) if !renewed => {
+                        self.renew(refresh).await?;
+                        renewed = true;
+                        continue;
+                    }
+                    _ => Err(CrmError::Transient {
+                        call,
+                        message: format!("authentication failed: {message}"),
+                    }),
+                },
+                (403, "REQUEST_LIMIT_EXCEEDED") => Err(CrmError::Throttled {
+                    policy: ThrottlePolicy::Daily,
+                    retry_after: None,
+                    message,
+                    rate,
+                }),
+                (500..=599, _) => Err(CrmError::Transient { call, message }),
+                (code, _) => Err(CrmError::Rejected {
+                    call,
+                    status: code,
+                    message,
+                }),
+            };
+        }
+    }
+
+    /// Maps a collection's SaveResults back to its `count` inputs, in order.
+    fn results(json: &Value, count: usize, ids: Option<&[String]>) -> Vec<InputOutcome> {
+        let results = json.as_array().map(Vec::as_slice).unwrap_or_default();
+        (0..count)
+            .map(|index| match results.get(index) {
+                Some(result) => save_result(result, ids.and_then(|ids| ids.get(index)).map(String::as_str)),
+                None => InputOutcome::Failed(InputError {
+                    kind: FailureKind::Transient,
+                    code: "NO_RESULT".into(),
+                    message: "Salesforce answered without this record's result".into(),
+                    existing_id: None,
+                }),
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Crm for SalesforceClient {
+    fn name(&self) -> &'static str {
+        "salesforce"
+    }
+
+    fn max_batch(&self) -> usize {
+        200
+    }
+
+    async fn upsert(
+        &self,
+        object: &str,
+        id_property: &str,
+        inputs: &[UpsertInput],
+    ) -> Result<BatchResult, CrmError> {
+        let records: Vec<Value> = inputs
+            .iter()
+            .map(|input| record_with(object, &input.properties, (id_property, &input.key)))
+            .collect();
+        let body = json!({ "allOrNone": false, "records": records });
+        let (json, rate, call) = self
+            .call(
+                Method::PATCH,
+                &format!("/composite/sobjects/{object}/{id_property}"),
+                Some(&body),
+            )
+            .await?;
+        Ok(BatchResult {
+            outcomes: Self::results(&json, inputs.len(), None),
+            rate,
+            call,
+        })
+    }
+
+    async fn update(&self, object: &str, inputs: &[UpdateInput]) -> Result<BatchResult, CrmError> {
+        let records: Vec<Value> = inputs
+            .iter()
+            .map(|input| record_with(object, &input.properties, ("id", &input.crm_id)))
+            .collect();
+        let body = json!({ "allOrNone": false, "records": records });
+        let (json, rate, call) = self
+            .call(Method::PATCH, "/composite/sobjects", Some(&body))
+            .await?;
+        let ids: Vec<String> = inputs.iter().map(|input| input.crm_id.clone()).collect();
+        Ok(BatchResult {
+            outcomes: Self::results(&json, inputs.len(), Some(&ids)),
+            rate,
+            call,
+        })
+    }
+
+    async fn archive(&self, _object: &str, crm_ids: &[String]) -> Result<BatchResult, CrmError> {
+        let (json, rate, call) = self
+            .call(
+                Method::DELETE,
+                &format!("/composite/sobjects?ids={}&allOrNone=false", crm_ids.join(",")),
+                None,
+            )
+            .await?;
+        let outcomes = Self::results(&json, crm_ids.len(), Some(crm_ids))
+            .into_iter()
+            .zip(crm_ids)
+            .map(|(outcome, id)| match outcome {
+                // Deleted already: what an archive wants.
+                InputOutcome::Failed(error) if error.code == "ENTITY_IS_DELETED" => InputOutcome::Done {
+                    crm_id: id.clone(),
+                    created: false,
+                },
+                other => other,
+            })
+            .collect();
+        Ok(BatchResult { outcomes, rate, call })
+    }
+
+    async fn read(
+        &self,
+        object: &str,
+        crm_ids: &[String],
+        properties: &[String],
+    ) -> Result<ReadResult, CrmError> {
+        let fields = if properties.is_empty() {
+            "Id".to_string()
+        } else {
+            properties.join(",")
+        };
+        let (json, rate, call) = self
+            .call(
+                Method::GET,
+                &format!(
+                    "/composite/sobjects/{object}?ids={}&fields={fields}",
+                    crm_ids.join(",")
+                ),
+                None,
+            )
+            .await?;
+        let found = json.as_array().map(Vec::as_slice).unwrap_or_default();
+        let records = (0..crm_ids.len())
+            .map(|index| {
+                let record = found.get(index)?.as_object()?;
+                Some(
+                    record
+                        .iter()
+                        .filter(|(name, _)| *name != "attributes")
+                        .filter(|(name, _)| properties.is_empty() || properties.contains(name))
+                        .map(|(name, value)| {
+                            let text = match value {
+                                Value::String(text) => text.clone(),
+                                Value::Null => String::new(),
+                                other => other.to_string(),
+                            };
+                            (name.clone(), text)
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        Ok(ReadResult { records, rate, call })
+    }
+
+    async fn associate(
+        &self,
+        from: &str,
+        to: &str,
+        pairs: &[AssociationInput],
+    ) -> Result<BatchResult, CrmError> {
+        // An opportunity and a contact are linked by an OpportunityContactRole record.
+        if (from, to) != ("Opportunity", "Contact") {
+            return Err(CrmError::Rejected {
+                call: "-".into(),
+                status: 400,
+                message: format!("Salesforce links {from} to {to} by no record crm-sync knows"),
+            });
+        }
+        let records: Vec<Value> = pairs
+            .iter()
+            .map(|pair| {
+                record(
+                    "OpportunityContactRole",
+                    [
+                        ("OpportunityId".to_string(), pair.from_id.clone()),
+                        ("ContactId".to_string(), pair.to_id.clone()),
+                    ],
+                )
+            })
+            .collect();
+        let body = json!({ "allOrNone": false, "records": records });
+        let (json, rate, call) = self
+            .call(Method::POST, "/composite/sobjects", Some(&body))
+            .await?;
+        Ok(BatchResult {
+            outcomes: Self::results(&json, pairs.len(), None),
+            rate,
+            call,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn the_limit_header_gives_the_days_budget_left() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "sforce-limit-info",
+            HeaderValue::from_static("api-usage=10018/100000"),
+        );
+        let rate = rate_info(&headers);
+        assert_eq!(rate.daily_max, Some(100_000));
+        assert_eq!(rate.daily_remaining, Some(89_982));
+        assert_eq!(rate.burst_remaining, None);
+        assert_eq!(rate_info(&HeaderMap::new()), RateInfo::default());
+    }
+
+    #[test]
+    fn save_results_keep_their_ids_and_say_whether_a_retry_can_help() {
+        let created = save_result(
+            &json!({"id": "003A", "success": true, "errors": [], "created": true}),
+            None,
+        );
+        assert_eq!(
+            created,
+            InputOutcome::Done {
+                crm_id: "003A".into(),
+                created: true
+            }
+        );
+        let locked = save_result(
+            &json!({"success": false, "errors": [{"statusCode": "UNABLE_TO_LOCK_ROW", "message": "locked"}]}),
+            None,
+        );
+        assert!(matches!(
+            locked,
+            InputOutcome::Failed(InputError {
+                kind: FailureKind::Transient,
+                ..
+            })
+        ));
+        let bad = save_result(
+            &json!({"success": false, "errors": [{"statusCode": "INVALID_EMAIL_ADDRESS", "message": "Email: invalid"}]}),
+            None,
+        );
+        assert!(
+            matches!(bad, InputOutcome::Failed(InputError { kind: FailureKind::Permanent, ref code, .. }) if code == "INVALID_EMAIL_ADDRESS")
+        );
+    }
+}
