@@ -59,6 +59,24 @@ pub struct PipedriveWebhookConfig {
 pub enum CrmSettings {
     HubSpot { api_base: String, token: SecretSource },
     Pipedrive { api_base: String, token: SecretSource },
+    Salesforce(SalesforceSettings),
+}
+
+/// A Salesforce org and how to renew its access token.
+#[derive(Debug, Clone)]
+pub struct SalesforceSettings {
+    pub instance_url: String,
+    pub token: SecretSource,
+    /// Set when `SALESFORCE_CLIENT_ID` is: the connected app's secret and the refresh token.
+    pub refresh: Option<SalesforceRefresh>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SalesforceRefresh {
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: SecretSource,
+    pub refresh_token: SecretSource,
 }
 
 impl CrmSettings {
@@ -67,6 +85,7 @@ impl CrmSettings {
         match self {
             CrmSettings::HubSpot { .. } => crate::adapters::hubspot::webhook::PROVIDER,
             CrmSettings::Pipedrive { .. } => crate::adapters::pipedrive::webhook::PROVIDER,
+            CrmSettings::Salesforce(_) => "salesforce",
         }
     }
 
@@ -75,6 +94,7 @@ impl CrmSettings {
         match self {
             CrmSettings::HubSpot { .. } => "HUBSPOT",
             CrmSettings::Pipedrive { .. } => "PIPEDRIVE",
+            CrmSettings::Salesforce(_) => "SALESFORCE",
         }
     }
 
@@ -94,6 +114,16 @@ impl CrmSettings {
                 // The window is short (2 s), so HubSpot's 2% margin would be 40 ms: less than a
                 // slow first connection between a search and its write. 10% is 200 ms.
                 headroom: 0.9,
+                ..hubspot
+            },
+            // Salesforce has no short window, only the daily budget (100,000 requests and up,
+            // by edition and licences); 20 calls a second keeps well clear of its concurrent
+            // long-request limit.
+            CrmSettings::Salesforce(_) => crate::adapters::dynamodb::LimiterSettings {
+                burst_limit: 20,
+                burst_window_ms: 1_000,
+                daily_limit: 100_000,
+                daily_reserve: 5_000,
                 ..hubspot
             },
         }
@@ -322,10 +352,33 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                     .unwrap_or_else(|| crate::adapters::pipedrive::client::DEFAULT_BASE_URL.to_string()),
                 token: self.secret("PIPEDRIVE_API_TOKEN", "PIPEDRIVE_SECRET_ARN", "api_token")?,
             },
+            Some("salesforce") => CrmSettings::Salesforce(SalesforceSettings {
+                instance_url: self.required("SALESFORCE_INSTANCE_URL")?,
+                token: self.secret("SALESFORCE_ACCESS_TOKEN", "SALESFORCE_SECRET_ARN", "access_token")?,
+                refresh: match self.optional("SALESFORCE_CLIENT_ID") {
+                    None => None,
+                    Some(client_id) => Some(SalesforceRefresh {
+                        token_url: self
+                            .optional("SALESFORCE_TOKEN_URL")
+                            .unwrap_or_else(|| "https://login.salesforce.com/services/oauth2/token".into()),
+                        client_id,
+                        client_secret: self.secret(
+                            "SALESFORCE_CLIENT_SECRET",
+                            "SALESFORCE_SECRET_ARN",
+                            "client_secret",
+                        )?,
+                        refresh_token: self.secret(
+                            "SALESFORCE_REFRESH_TOKEN",
+                            "SALESFORCE_SECRET_ARN",
+                            "refresh_token",
+                        )?,
+                    }),
+                },
+            }),
             Some(other) => {
                 return Err(ConfigError::new(
                     "CRM",
-                    format!("`{other}` is not a CRM crm-sync speaks (hubspot, pipedrive)"),
+                    format!("`{other}` is not a CRM crm-sync speaks (hubspot, pipedrive, salesforce)"),
                 ))
             }
         };
@@ -348,6 +401,10 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 CrmSettings::Pipedrive { .. } => (
                     crate::domain::mapping::PIPEDRIVE_MAPPING.to_string(),
                     "built-in shared/config/mapping.pipedrive.toml".to_string(),
+                ),
+                CrmSettings::Salesforce(_) => (
+                    crate::domain::mapping::SALESFORCE_MAPPING.to_string(),
+                    "built-in shared/config/mapping.salesforce.toml".to_string(),
                 ),
             },
         };
@@ -675,12 +732,51 @@ mod tests {
     }
 
     #[test]
+    fn crm_salesforce_needs_its_instance_and_renews_with_a_refresh_token_when_a_client_is_set() {
+        let mut pairs = SYNC[..4].to_vec();
+        pairs.extend([("CRM", "salesforce"), ("SALESFORCE_SECRET_ARN", "arn:s")]);
+        assert_eq!(
+            env(&pairs).sync().unwrap_err().variable,
+            "SALESFORCE_INSTANCE_URL"
+        );
+        pairs.push(("SALESFORCE_INSTANCE_URL", "https://acme.my.salesforce.com"));
+        let config = env(&pairs).sync().unwrap();
+        let CrmSettings::Salesforce(settings) = &config.crm else {
+            panic!("salesforce");
+        };
+        assert!(settings.refresh.is_none());
+        assert_eq!(config.limiter.daily_limit, 100_000);
+        assert!(config.mapping_toml.contains(r#"crm_object = "Contact""#));
+        pairs.push(("SALESFORCE_CLIENT_ID", "app"));
+        let config = env(&pairs).sync().unwrap();
+        let CrmSettings::Salesforce(settings) = &config.crm else {
+            panic!("salesforce");
+        };
+        let refresh = settings.refresh.as_ref().expect("a refresh client");
+        assert_eq!(
+            refresh.token_url,
+            "https://login.salesforce.com/services/oauth2/token"
+        );
+        assert!(matches!(
+            refresh.refresh_token,
+            SecretSource::SecretsManager {
+                field: "refresh_token",
+                ..
+            }
+        ));
+    }
+
+    #[test]
     fn an_unknown_crm_is_refused_with_the_ones_spoken() {
         let mut pairs = SYNC.to_vec();
         pairs.push(("CRM", "zoho"));
         let error = env(&pairs).sync().unwrap_err();
         assert_eq!(error.variable, "CRM");
-        assert!(error.problem.contains("hubspot, pipedrive"), "{}", error.problem);
+        assert!(
+            error.problem.contains("hubspot, pipedrive, salesforce"),
+            "{}",
+            error.problem
+        );
     }
 
     #[test]

@@ -56,11 +56,12 @@ impl Default for InboundSettings {
 /// ids name records in that other CRM.
 pub struct EventsOf {
     provider: &'static str,
-    events: Arc<dyn CrmEvents>,
+    /// `None` for a CRM whose events crm-sync does not read yet.
+    events: Option<Arc<dyn CrmEvents>>,
 }
 
 impl EventsOf {
-    pub fn new(provider: &'static str, events: Arc<dyn CrmEvents>) -> Self {
+    pub fn new(provider: &'static str, events: Option<Arc<dyn CrmEvents>>) -> Self {
         Self { provider, events }
     }
 }
@@ -68,7 +69,10 @@ impl EventsOf {
 impl CrmEvents for EventsOf {
     fn interpret(&self, message: &InboundMessage) -> Interpretation {
         if message.provider == self.provider {
-            self.events.interpret(message)
+            match &self.events {
+                Some(events) => events.interpret(message),
+                None => Interpretation::Ignore(format!("{} events are not read yet", self.provider)),
+            }
         } else {
             Interpretation::Ignore(format!(
                 "a {} event; this deployment syncs with {}",
@@ -758,7 +762,7 @@ mod tests {
 
     #[test]
     fn events_of_the_configured_crm_are_read_and_another_crms_are_ignored() {
-        let events = EventsOf::new("hubspot", Arc::new(AlwaysChange));
+        let events = EventsOf::new("hubspot", Some(Arc::new(AlwaysChange)));
         assert!(matches!(
             events.interpret(&message("hubspot")),
             Interpretation::Change(_)

@@ -11,4 +11,5 @@ mod salesforce_client;
 mod sync_inbound;
 mod sync_outbound;
 mod sync_pipedrive;
+mod sync_salesforce;
 mod webhook_ingest;

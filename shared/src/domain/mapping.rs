@@ -11,6 +11,8 @@ use super::contract::{Change, ContractError, FieldValue, ObjectKind};
 pub const DEFAULT_MAPPING: &str = include_str!("../../config/mapping.toml");
 /// The built-in mapping when the CRM is Pipedrive.
 pub const PIPEDRIVE_MAPPING: &str = include_str!("../../config/mapping.pipedrive.toml");
+/// The built-in mapping when the CRM is Salesforce.
+pub const SALESFORCE_MAPPING: &str = include_str!("../../config/mapping.salesforce.toml");
 
 /// Which side is the source of truth for a field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,6 +261,16 @@ fn line_of(text: &str, offset: usize) -> usize {
 mod tests {
     use super::*;
     use crate::domain::contract::parse_change;
+
+    #[test]
+    fn the_built_in_salesforce_mapping_maps_contacts_and_opportunities() {
+        let mapping = Mapping::parse(SALESFORCE_MAPPING).unwrap();
+        assert_eq!(mapping.object(ObjectKind::Contact).unwrap().crm_object, "Contact");
+        assert_eq!(
+            mapping.object(ObjectKind::Deal).unwrap().crm_object,
+            "Opportunity"
+        );
+    }
 
     #[test]
     fn the_built_in_pipedrive_mapping_maps_persons_and_deals_and_no_activities() {
