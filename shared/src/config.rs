@@ -196,6 +196,21 @@ pub struct DashboardConfig {
     /// The HubSpot account id, for links to records in HubSpot.
     pub hubspot_portal_id: Option<String>,
     pub hubspot_app_url: String,
+    /// Where record links point: the configured CRM's app, when it is known.
+    pub record_links: RecordLinks,
+}
+
+/// The CRM app a record's dashboard link opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordLinks {
+    /// HubSpot (links need `HUBSPOT_PORTAL_ID`).
+    HubSpot,
+    /// The company's Pipedrive, `https://{company}.pipedrive.com`.
+    Pipedrive(String),
+    /// The org's Lightning Experience, at its instance URL.
+    Salesforce(String),
+    /// No link: the CRM's address is not configured.
+    None,
 }
 
 /// Reads variables through a lookup, so that tests need not touch the process environment.
@@ -575,7 +590,36 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 .optional("HUBSPOT_PORTAL_ID")
                 .filter(|id| id.chars().all(|c| c.is_ascii_digit())),
             hubspot_app_url: app_url.trim_end_matches('/').to_string(),
+            record_links: self.record_links()?,
         })
+    }
+
+    fn record_links(&self) -> Result<RecordLinks, ConfigError> {
+        let url = |name: &str| -> Result<Option<String>, ConfigError> {
+            match self.optional(name) {
+                None => Ok(None),
+                Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
+                    Ok(Some(url.trim_end_matches('/').to_string()))
+                }
+                Some(_) => Err(ConfigError::new(name, "must start with https://")),
+            }
+        };
+        Ok(
+            match self
+                .optional("CRM")
+                .as_deref()
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+            {
+                Some("pipedrive") => {
+                    url("PIPEDRIVE_APP_URL")?.map_or(RecordLinks::None, RecordLinks::Pipedrive)
+                }
+                Some("salesforce") => {
+                    url("SALESFORCE_INSTANCE_URL")?.map_or(RecordLinks::None, RecordLinks::Salesforce)
+                }
+                _ => RecordLinks::HubSpot,
+            },
+        )
     }
 }
 
@@ -764,6 +808,50 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn dashboard_links_open_the_configured_crms_app_when_its_address_is_known() {
+        let base = [
+            ("SYNC_STATE_TABLE", "s"),
+            ("RESYNC_QUEUE_URL", "http://r"),
+            ("OUTBOUND_QUEUE_URL", "http://o"),
+            ("OUTBOUND_DLQ_URL", "http://od"),
+            ("INBOUND_QUEUE_URL", "http://i"),
+            ("INBOUND_DLQ_URL", "http://id"),
+            ("APP_INBOX_QUEUE_URL", "http://a"),
+            ("APP_INBOX_DLQ_URL", "http://ad"),
+            ("DASHBOARD_PASSWORD", "p"),
+        ];
+        let links = |extra: &[(&'static str, &'static str)]| {
+            let mut pairs = base.to_vec();
+            pairs.extend_from_slice(extra);
+            env(&pairs).dashboard().map(|config| config.record_links)
+        };
+        assert_eq!(links(&[]).unwrap(), RecordLinks::HubSpot);
+        assert_eq!(links(&[("CRM", "pipedrive")]).unwrap(), RecordLinks::None);
+        assert_eq!(
+            links(&[
+                ("CRM", "pipedrive"),
+                ("PIPEDRIVE_APP_URL", "https://acme.pipedrive.com/")
+            ])
+            .unwrap(),
+            RecordLinks::Pipedrive("https://acme.pipedrive.com".into())
+        );
+        assert_eq!(
+            links(&[
+                ("CRM", "salesforce"),
+                ("SALESFORCE_INSTANCE_URL", "https://acme.my.salesforce.com")
+            ])
+            .unwrap(),
+            RecordLinks::Salesforce("https://acme.my.salesforce.com".into())
+        );
+        assert_eq!(
+            links(&[("CRM", "pipedrive"), ("PIPEDRIVE_APP_URL", "javascript:alert(1)")])
+                .unwrap_err()
+                .variable,
+            "PIPEDRIVE_APP_URL"
+        );
     }
 
     #[test]

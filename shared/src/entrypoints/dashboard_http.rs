@@ -12,7 +12,7 @@ use lambda_http::{Body, Request, RequestExt, Response};
 use crate::adapters::dynamodb::DynamoDbSyncState;
 use crate::adapters::hubspot;
 use crate::adapters::sqs::{SqsDeadLetterQueue, SqsQueue};
-use crate::config::DashboardConfig;
+use crate::config::{DashboardConfig, RecordLinks};
 use crate::dashboard::html::{self, Frame, Notice, RecordsView};
 use crate::dashboard::session::{Session, Sessions, COOKIE_NAME};
 use crate::dashboard::{DashboardError, DashboardService, DashboardSettings, Lane, SkipReason};
@@ -197,13 +197,28 @@ impl DashboardApi {
                 queue: Arc::new(SqsDeadLetterQueue::new(sqs.clone(), dlq_url, queue_url)),
             })
             .collect();
-        let mut settings = DashboardSettings::default();
-        if let Some(portal) = config.hubspot_portal_id {
-            let app_url = config.hubspot_app_url;
-            settings.crm_record_url = Some(Arc::new(move |object, crm_id| {
-                hubspot::record_url(&app_url, &portal, object, crm_id)
-            }));
-        }
+        let crm_record_url: Option<crate::dashboard::CrmRecordUrl> = match config.record_links {
+            RecordLinks::HubSpot => match config.hubspot_portal_id {
+                Some(portal) => {
+                    let app_url = config.hubspot_app_url;
+                    Some(Arc::new(move |object, crm_id: &str| {
+                        hubspot::record_url(&app_url, &portal, object, crm_id)
+                    }))
+                }
+                None => None,
+            },
+            RecordLinks::Pipedrive(app_url) => Some(Arc::new(move |object, crm_id: &str| {
+                crate::adapters::pipedrive::record_url(&app_url, object, crm_id)
+            })),
+            RecordLinks::Salesforce(instance) => Some(Arc::new(move |object, crm_id: &str| {
+                crate::adapters::salesforce::record_url(&instance, object, crm_id)
+            })),
+            RecordLinks::None => None,
+        };
+        let settings = DashboardSettings {
+            crm_record_url,
+            ..DashboardSettings::default()
+        };
         let service = DashboardService::new(
             state.clone(),
             state,

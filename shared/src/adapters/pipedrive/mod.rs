@@ -6,3 +6,38 @@ pub mod webhook;
 
 pub use client::PipedriveClient;
 pub use webhook::{PipedriveEvents, PipedriveWebhookSettings, PipedriveWebhooks};
+
+use crate::domain::contract::ObjectKind;
+
+/// A record's page in the company's Pipedrive (`https://{company}.pipedrive.com`).
+pub fn record_url(app_url: &str, object: ObjectKind, crm_id: &str) -> String {
+    let id: String = form_urlencoded::byte_serialize(crm_id.as_bytes()).collect();
+    match object {
+        ObjectKind::Contact => format!("{app_url}/person/{id}"),
+        ObjectKind::Deal => format!("{app_url}/deal/{id}"),
+        // Activities are not synced to Pipedrive: its activity list, not a record.
+        ObjectKind::Activity => format!("{app_url}/activities/list"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn persons_and_deals_link_to_their_pages_in_the_companys_pipedrive() {
+        let app = "https://acme.pipedrive.com";
+        assert_eq!(
+            record_url(app, ObjectKind::Contact, "42"),
+            "https://acme.pipedrive.com/person/42"
+        );
+        assert_eq!(
+            record_url(app, ObjectKind::Deal, "7"),
+            "https://acme.pipedrive.com/deal/7"
+        );
+        assert_eq!(
+            record_url(app, ObjectKind::Deal, "7/../x"),
+            "https://acme.pipedrive.com/deal/7%2F..%2Fx"
+        );
+    }
+}

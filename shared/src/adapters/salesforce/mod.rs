@@ -3,3 +3,37 @@
 pub mod client;
 
 pub use client::{OAuthRefresh, SalesforceClient};
+
+use crate::domain::contract::ObjectKind;
+
+/// A record's page in Lightning Experience at the org's instance URL.
+pub fn record_url(instance_url: &str, object: ObjectKind, crm_id: &str) -> String {
+    let id: String = form_urlencoded::byte_serialize(crm_id.as_bytes()).collect();
+    let sobject = match object {
+        ObjectKind::Contact => "Contact",
+        ObjectKind::Deal => "Opportunity",
+        ObjectKind::Activity => "Task",
+    };
+    format!("{instance_url}/lightning/r/{sobject}/{id}/view")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_link_to_their_lightning_pages() {
+        assert_eq!(
+            record_url(
+                "https://acme.my.salesforce.com",
+                ObjectKind::Deal,
+                "006000000000001AAA"
+            ),
+            "https://acme.my.salesforce.com/lightning/r/Opportunity/006000000000001AAA/view"
+        );
+        assert_eq!(
+            record_url("https://acme.my.salesforce.com", ObjectKind::Contact, "003x"),
+            "https://acme.my.salesforce.com/lightning/r/Contact/003x/view"
+        );
+    }
+}
