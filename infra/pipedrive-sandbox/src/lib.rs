@@ -366,11 +366,8 @@ fn serve(state: &mut State, method: &str, segments: &[&str], query: &str, body: 
             (201, json!({"success": true, "data": record}))
         }
         ("GET", Some("search")) => {
-            let params: BTreeMap<String, String> = query
-                .split('&')
-                .filter_map(|pair| pair.split_once('='))
-                .map(|(name, value)| (name.to_string(), decode(value)))
-                .collect();
+            let params: BTreeMap<String, String> =
+                form_urlencoded::parse(query.as_bytes()).into_owned().collect();
             let term = params.get("term").cloned().unwrap_or_default();
             let items: Vec<Value> = state
                 .records
@@ -446,28 +443,4 @@ fn merge(record: &mut Map<String, Value>, fields: Map<String, Value>) {
             }
         }
     }
-}
-
-/// Percent-decoding of a query value (`+` as space).
-fn decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3]).map(|hex| u8::from_str_radix(hex, 16)) {
-                    Ok(Ok(byte)) => {
-                        out.push(byte);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            byte => out.push(byte),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

@@ -112,11 +112,7 @@ fn reply(status: u16, body: &Value, state: &State) -> Reply {
 }
 
 fn form(body: &[u8]) -> BTreeMap<String, String> {
-    String::from_utf8_lossy(body)
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(name, value)| (name.to_string(), value.replace("%2F", "/").replace("%3D", "=")))
-        .collect()
+    form_urlencoded::parse(body).into_owned().collect()
 }
 
 async fn handle(
@@ -172,14 +168,7 @@ async fn handle(
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect();
-    let query: BTreeMap<String, String> = parts
-        .uri
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(name, value)| (name.to_string(), value.replace("%2C", ",")))
-        .collect();
+    let query = form(parts.uri.query().unwrap_or_default().as_bytes());
     let (status, body) = match (parts.method.as_str(), segments.as_slice()) {
         ("PATCH", [sobject, external_id]) => collection(&mut state, &body, |state, record| {
             upsert(state, sobject, external_id, record)
