@@ -45,6 +45,15 @@ pub struct WebhookConfig {
     /// Pipedrive's webhooks, when `PIPEDRIVE_WEBHOOK_USER` is set: the Basic credentials given to
     /// the webhook when it was created.
     pub pipedrive: Option<PipedriveWebhookConfig>,
+    /// Salesforce's Outbound Messages, when `SALESFORCE_ORGANIZATION_ID` is set: the org they
+    /// must come from and the token in the endpoint URL.
+    pub salesforce: Option<SalesforceWebhookConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SalesforceWebhookConfig {
+    pub organization_id: String,
+    pub token: SecretSource,
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +78,9 @@ pub struct SalesforceSettings {
     pub token: SecretSource,
     /// Set when `SALESFORCE_CLIENT_ID` is: the connected app's secret and the refresh token.
     pub refresh: Option<SalesforceRefresh>,
+    /// The user crm-sync's API calls run as (`SALESFORCE_INTEGRATION_USER_ID`): a notification
+    /// of a record this user modified last is crm-sync's own write coming back.
+    pub integration_user_id: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -85,7 +97,7 @@ impl CrmSettings {
         match self {
             CrmSettings::HubSpot { .. } => crate::adapters::hubspot::webhook::PROVIDER,
             CrmSettings::Pipedrive { .. } => crate::adapters::pipedrive::webhook::PROVIDER,
-            CrmSettings::Salesforce(_) => "salesforce",
+            CrmSettings::Salesforce(_) => crate::adapters::salesforce::outbound_messages::PROVIDER,
         }
     }
 
@@ -341,6 +353,17 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                     )?,
                 }),
             },
+            salesforce: match self.optional("SALESFORCE_ORGANIZATION_ID") {
+                None => None,
+                Some(organization_id) => Some(SalesforceWebhookConfig {
+                    organization_id,
+                    token: self.secret(
+                        "SALESFORCE_WEBHOOK_TOKEN",
+                        "SALESFORCE_SECRET_ARN",
+                        "webhook_token",
+                    )?,
+                }),
+            },
         })
     }
 }
@@ -389,6 +412,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                         )?,
                     }),
                 },
+                integration_user_id: self.optional("SALESFORCE_INTEGRATION_USER_ID"),
             }),
             Some(other) => {
                 return Err(ConfigError::new(
@@ -654,6 +678,25 @@ mod tests {
         assert_eq!(config.hubspot_replay_window_secs, 300);
         assert!(config.public_base_url.is_none());
         assert!(matches!(config.hubspot_secret, SecretSource::Value(_)));
+    }
+
+    #[test]
+    fn salesforce_outbound_messages_are_accepted_only_once_the_org_is_configured() {
+        assert!(env(&BASE).webhook().unwrap().salesforce.is_none());
+        let mut pairs = BASE.to_vec();
+        pairs.extend([
+            ("SALESFORCE_ORGANIZATION_ID", "00D000000000062EAA"),
+            ("SALESFORCE_SECRET_ARN", "arn:s"),
+        ]);
+        let salesforce = env(&pairs).webhook().unwrap().salesforce.expect("configured");
+        assert_eq!(salesforce.organization_id, "00D000000000062EAA");
+        assert!(matches!(
+            salesforce.token,
+            SecretSource::SecretsManager { ref secret_id, field: "webhook_token" } if secret_id == "arn:s"
+        ));
+        pairs.truncate(BASE.len() + 1);
+        let error = env(&pairs).webhook().unwrap_err();
+        assert!(error.to_string().contains("SALESFORCE_WEBHOOK_TOKEN"), "{error}");
     }
 
     #[test]

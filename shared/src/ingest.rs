@@ -105,6 +105,14 @@ impl WebhookIngest {
         self.providers.iter().any(|provider| provider.id() == id)
     }
 
+    /// What `id`'s accepted deliveries are answered with, when the CRM expects a particular body.
+    pub fn acknowledgement(&self, id: &str) -> Option<crate::domain::Acknowledgement> {
+        self.providers
+            .iter()
+            .find(|provider| provider.id() == id)
+            .and_then(|provider| provider.acknowledgement())
+    }
+
     /// Ingests one webhook request for `provider_id`. `Ok` means every event in it is durably
     /// stored and on the queue (by this request or an earlier one).
     pub async fn ingest(

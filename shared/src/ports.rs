@@ -12,7 +12,9 @@ use crate::domain::crm::{
 };
 use crate::domain::inbound::{ConflictEntry, InboundMessage, Interpretation};
 use crate::domain::sync::{RecordFilter, RecordState, SyncStatus, Tally, TimelineEntry};
-use crate::domain::{AuthError, Delivery, InboundEvent, ParseError, ProviderId, WebhookRequest};
+use crate::domain::{
+    Acknowledgement, AuthError, Delivery, InboundEvent, ParseError, ProviderId, WebhookRequest,
+};
 
 /// A CRM's webhook dialect: how its requests are authenticated and how its bodies are read.
 pub trait WebhookProvider: Send + Sync {
@@ -20,12 +22,18 @@ pub trait WebhookProvider: Send + Sync {
     fn id(&self) -> ProviderId;
 
     /// MUST return `Ok` only if the request provably comes from the CRM (signature, credentials,
-    /// replay window), comparing secrets in constant time. MUST NOT look at the body as data.
+    /// replay window), comparing secrets in constant time. MUST NOT read the body as data; it
+    /// may read only the proof a CRM puts there (Salesforce's `OrganizationId`).
     fn authenticate(&self, request: &WebhookRequest, now_ms: i64) -> Result<(), AuthError>;
 
     /// Reads an authenticated body into events. MUST reject the whole body if any event is
     /// malformed, so that a delivery is either stored whole or not at all.
     fn parse(&self, body: &[u8]) -> Result<Vec<InboundEvent>, ParseError>;
+
+    /// What an accepted delivery is answered with; `None` is a JSON summary of what was stored.
+    fn acknowledgement(&self) -> Option<Acknowledgement> {
+        None
+    }
 }
 
 /// A storage failure (of any store); the caller tries again later.

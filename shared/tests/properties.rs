@@ -268,8 +268,9 @@ proptest! {
         let decision = decide(object, &state, &edit, "p0", &value);
         let ours = written.as_deref() == Some(value.as_str());
         if last_inbound.is_some_and(|at| at > occurred) {
-            // Late: only a person's edit of an app-owned field still counts, as a conflict.
-            if crm_owned || from_integration || ours {
+            // Late: only a person's edit of an app-owned field still counts, as a conflict, unless
+            // it leaves empty a field the app never wrote.
+            if crm_owned || from_integration || ours || (written.is_none() && value.is_empty()) {
                 prop_assert_eq!(decision, FieldDecision::Stale);
             } else {
                 prop_assert!(matches!(decision, FieldDecision::Conflict { .. }), "{:?}", decision);
@@ -293,6 +294,11 @@ proptest! {
             FieldDecision::Echo => prop_assert!(
                 ours || (crm_owned && received.as_deref() == Some(value.as_str()))
             ),
+            // Nothing to act on: empty, and the side that owns nothing here never held a value.
+            FieldDecision::Unmapped => {
+                let held = if crm_owned { received.is_some() } else { written.is_some() };
+                prop_assert!(value.is_empty() && !held, "nothing done with {:?}", value);
+            }
             other => prop_assert!(false, "unexpected {:?}", other),
         }
     }

@@ -8,6 +8,7 @@ mod pipedrive_client;
 mod pipedrive_webhooks;
 mod reconcile;
 mod salesforce_client;
+mod salesforce_webhooks;
 mod sync_inbound;
 mod sync_outbound;
 mod sync_pipedrive;

@@ -165,38 +165,16 @@ async fn pipedrive_loop() -> (Sandbox, TestApp) {
 /// Syncs a contact and its deal, and waits until every webhook their writes caused is processed;
 /// returns their Pipedrive ids.
 async fn synced(sandbox: &Sandbox, app: &TestApp, contact_id: &str, deal_id: &str) -> (u64, u64) {
-    let at = now_ms();
-    app.send_changes(&[
-        contact(
+    let (person, deal) = app
+        .synced_contact_and_deal(
             contact_id,
-            at,
-            json!({"email": format!("{contact_id}@example.com"), "first_name": "Ann"}),
-        ),
-        crm_sync_tests::app_changes::deal(
             deal_id,
-            contact_id,
-            at,
-            json!({"name": "Pro plan", "amount": 100}),
-        ),
-    ])
-    .await;
-    for (object, id) in [(ObjectKind::Contact, contact_id), (ObjectKind::Deal, deal_id)] {
-        app.settled(
-            RecordRef {
-                object,
-                record_id: id.into(),
-            },
-            SyncStatus::Synced,
+            json!({"email": format!("{contact_id}@example.com"), "first_name": "Ann"}),
         )
         .await;
-    }
     settle_webhooks(sandbox, app).await;
-    let id_of = |entity: &str, record_id: &str| {
-        person(&sandbox.records(entity), record_id).expect("in Pipedrive")["id"]
-            .as_u64()
-            .expect("a numeric id")
-    };
-    (id_of("persons", contact_id), id_of("deals", deal_id))
+    let numeric = |id: String| id.parse::<u64>().expect("a numeric Pipedrive id");
+    (numeric(person), numeric(deal))
 }
 
 async fn settle_webhooks(sandbox: &Sandbox, app: &TestApp) {
@@ -255,20 +233,12 @@ async fn a_pipedrive_user_editing_an_app_owned_email_is_journaled_as_a_conflict(
         json!({"emails": [{"value": "typo@example.com", "primary": true, "label": "work"}]}),
     );
 
-    let store = app.sync_state();
-    let record = RecordRef {
-        object: ObjectKind::Contact,
-        record_id: "pd-rep-2".into(),
-    };
-    let conflicts = eventually(60, "the conflict", || {
-        let (store, record) = (store.clone(), record.clone());
-        async move {
-            use crm_sync::ports::SyncStateStore;
-            let conflicts = store.conflicts(&record, 10).await.ok()?;
-            (!conflicts.is_empty()).then_some(conflicts)
-        }
-    })
-    .await;
+    let conflicts = app
+        .journaled_conflicts(RecordRef {
+            object: ObjectKind::Contact,
+            record_id: "pd-rep-2".into(),
+        })
+        .await;
     assert_eq!(conflicts.len(), 1, "{conflicts:?}");
     assert_eq!(conflicts[0].field, "email");
     assert_eq!(conflicts[0].app_value.as_deref(), Some("pd-rep-2@example.com"));

@@ -3,29 +3,86 @@
 
 use crm_sync::domain::contract::{ObjectKind, RecordRef};
 use crm_sync::domain::sync::SyncStatus;
-use crm_sync_tests::app_changes::{contact, deal};
+use crm_sync_tests::app_changes::{activity, contact, deal};
 use crm_sync_tests::hubspot::now_ms;
 use crm_sync_tests::{eventually, spawn_app_with, AppOptions, TestApp};
-use salesforce_sandbox::Sandbox;
+use salesforce_sandbox::{OutboundMessages, Sandbox, INTEGRATION_USER_ID, ORGANIZATION_ID};
 use serde_json::json;
 
-async fn salesforce_stack() -> (Sandbox, TestApp) {
-    let sandbox = Sandbox::start("127.0.0.1:0", "access-0", "refresh-1", 10_000)
+/// A syncing stack whose CRM is `sandbox`.
+fn syncing_to(sandbox: &Sandbox) -> AppOptions {
+    AppOptions::syncing()
+        .with_env("SYNC_MAX_ATTEMPTS", "1")
+        .with_env("CRM", "salesforce")
+        .with_env("SALESFORCE_INSTANCE_URL", &sandbox.instance_url())
+        .with_env("SALESFORCE_ACCESS_TOKEN", "access-0")
+        .with_env("SALESFORCE_CLIENT_ID", "connected-app")
+        .with_env("SALESFORCE_CLIENT_SECRET", "client-secret")
+        .with_env("SALESFORCE_REFRESH_TOKEN", "refresh-1")
+        .with_env("SALESFORCE_TOKEN_URL", &sandbox.token_url())
+}
+
+async fn start_sandbox() -> Sandbox {
+    Sandbox::start("127.0.0.1:0", "access-0", "refresh-1", 10_000)
         .await
-        .expect("the sandbox starts");
-    let app = spawn_app_with(
-        AppOptions::syncing()
-            .with_env("SYNC_MAX_ATTEMPTS", "1")
-            .with_env("CRM", "salesforce")
-            .with_env("SALESFORCE_INSTANCE_URL", &sandbox.instance_url())
-            .with_env("SALESFORCE_ACCESS_TOKEN", "access-0")
-            .with_env("SALESFORCE_CLIENT_ID", "connected-app")
-            .with_env("SALESFORCE_CLIENT_SECRET", "client-secret")
-            .with_env("SALESFORCE_REFRESH_TOKEN", "refresh-1")
-            .with_env("SALESFORCE_TOKEN_URL", &sandbox.token_url()),
-    )
-    .await;
+        .expect("the sandbox starts")
+}
+
+async fn salesforce_stack() -> (Sandbox, TestApp) {
+    let sandbox = start_sandbox().await;
+    let app = spawn_app_with(syncing_to(&sandbox)).await;
     (sandbox, app)
+}
+
+const WEBHOOK_TOKEN: &str = "outbound-messages-token-9Xc2";
+
+/// The whole loop: crm-sync writes to the sandbox, whose Outbound Messages come back to the
+/// stack's webhook route, as a workflow rule on Contact and Opportunity would send them.
+async fn salesforce_loop() -> (Sandbox, TestApp) {
+    let sandbox = start_sandbox().await;
+    let mut options = syncing_to(&sandbox);
+    options.parameters.extend([
+        (
+            "SalesforceOrganizationId".to_string(),
+            ORGANIZATION_ID.to_string(),
+        ),
+        ("SalesforceWebhookToken".to_string(), WEBHOOK_TOKEN.to_string()),
+        (
+            "SalesforceIntegrationUserId".to_string(),
+            INTEGRATION_USER_ID.to_string(),
+        ),
+    ]);
+    let app = spawn_app_with(options).await;
+    let selected = |fields: &[&str]| fields.iter().map(|f| f.to_string()).collect::<Vec<_>>();
+    sandbox.set_outbound_messages(OutboundMessages {
+        url: format!("{}?token={WEBHOOK_TOKEN}", app.webhook_url("salesforce")),
+        fields: [
+            (
+                "Contact".to_string(),
+                selected(&["Email", "Phone", "FirstName", "LastName", "Crm_Sync_App_Id__c"]),
+            ),
+            (
+                "Opportunity".to_string(),
+                selected(&["Name", "Amount", "StageName", "Crm_Sync_App_Id__c"]),
+            ),
+        ]
+        .into(),
+    });
+    (sandbox, app)
+}
+
+/// Syncs a contact and its deal and waits until every Outbound Message their writes caused is
+/// processed; returns their Salesforce ids.
+async fn synced(sandbox: &Sandbox, app: &TestApp, contact_id: &str, deal_id: &str) -> (String, String) {
+    let ids = app
+        .synced_contact_and_deal(
+            contact_id,
+            deal_id,
+            json!({"email": format!("{contact_id}@example.com"), "last_name": "Byron"}),
+        )
+        .await;
+    app.webhooks_settled(|| sandbox.pending_messages()).await;
+    ids
 }
 
 fn record(object: ObjectKind, id: &str) -> RecordRef {
@@ -89,6 +146,39 @@ async fn contacts_and_deals_reach_salesforce_linked_and_an_invalid_record_fails_
 }
 
 #[tokio::test]
+async fn an_activity_becomes_a_task_on_its_contact_once_however_often_it_is_sent() {
+    let (sandbox, app) = salesforce_stack().await;
+    let at = now_ms();
+    app.send_changes(&[contact(
+        "sf-act-c",
+        at,
+        json!({"email": "act@example.com", "last_name": "Noether"}),
+    )])
+    .await;
+    let (contact_state, _) = app
+        .settled(record(ObjectKind::Contact, "sf-act-c"), SyncStatus::Synced)
+        .await;
+    let call = activity("sf-act-1", "sf-act-c", at, "Called about the renewal");
+    app.send_changes(&[call.clone(), call]).await;
+    let (task_state, _) = app
+        .settled(record(ObjectKind::Activity, "sf-act-1"), SyncStatus::Synced)
+        .await;
+
+    let tasks = sandbox.records("Task");
+    assert_eq!(tasks.len(), 1, "upserted by the app's id: {tasks:?}");
+    let task = &tasks[0];
+    assert_eq!(task["Crm_Sync_App_Id__c"], "sf-act-1");
+    assert_eq!(task["Description"], "Called about the renewal");
+    assert_eq!(task["ActivityDate"], "2026-11-27", "a date field takes the day");
+    assert_eq!(
+        task["WhoId"].as_str(),
+        contact_state.crm_id.as_deref(),
+        "on its contact"
+    );
+    assert_eq!(task_state.crm_id.as_deref(), task["Id"].as_str());
+}
+
+#[tokio::test]
 async fn an_expired_session_is_renewed_and_the_sync_carries_on() {
     let (sandbox, app) = salesforce_stack().await;
     app.send_changes(&[contact(
@@ -115,4 +205,73 @@ async fn an_expired_session_is_renewed_and_the_sync_carries_on() {
     .await;
     assert_eq!(stats.refused_sessions, 1);
     assert_eq!(sandbox.records("Contact").len(), 2);
+}
+
+#[tokio::test]
+async fn salesforce_notifications_of_crm_syncs_own_writes_are_echoes() {
+    let (sandbox, app) = salesforce_loop().await;
+    synced(&sandbox, &app, "sf-echo-1", "sf-echo-deal-1").await;
+
+    let events = app.webhook_events().await;
+    assert!(events.len() >= 2, "notifications of both records: {events:?}");
+    for (_, status, detail, event) in &events {
+        assert_eq!(event["fields"]["LastModifiedById"], INTEGRATION_USER_ID);
+        assert_eq!(status, "echo", "{detail}: {event}");
+    }
+    assert!(
+        app.drain_app_inbox().await.is_empty(),
+        "an amount written as 100 and reported as 100.0 is no change"
+    );
+    assert!(sandbox.stats().messages_acknowledged >= 2);
+    assert_eq!(
+        sandbox.stats().messages_refused,
+        0,
+        "every message was acknowledged at once"
+    );
+}
+
+#[tokio::test]
+async fn a_salesforce_user_moving_an_opportunity_stage_reaches_the_app_inbox() {
+    let (sandbox, app) = salesforce_loop().await;
+    let (_, opportunity) = synced(&sandbox, &app, "sf-rep-1", "sf-deal-rep-1").await;
+
+    sandbox.edit("Opportunity", &opportunity, json!({"StageName": "Closed Won"}));
+
+    let messages = eventually(60, "the app inbox message", || async {
+        let messages = app.drain_app_inbox().await;
+        (!messages.is_empty()).then_some(messages)
+    })
+    .await;
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0]["object"], "deal");
+    assert_eq!(messages[0]["record_id"], "sf-deal-rep-1");
+    assert_eq!(
+        messages[0]["changes"],
+        json!({"stage": "Closed Won"}),
+        "only the changed field, though the notification carries them all"
+    );
+    assert_eq!(messages[0]["source"], "user 005000000000002AAA");
+    assert_eq!(messages[0]["crm_id"], opportunity);
+}
+
+#[tokio::test]
+async fn a_salesforce_user_editing_an_app_owned_email_is_journaled_as_a_conflict() {
+    let (sandbox, app) = salesforce_loop().await;
+    let (contact_id, _) = synced(&sandbox, &app, "sf-rep-2", "sf-deal-rep-2").await;
+
+    sandbox.edit("Contact", &contact_id, json!({"Email": "typo@example.com"}));
+
+    let conflicts = app
+        .journaled_conflicts(record(ObjectKind::Contact, "sf-rep-2"))
+        .await;
+    assert_eq!(
+        conflicts.len(),
+        1,
+        "only the email, not the unchanged fields: {conflicts:?}"
+    );
+    assert_eq!(conflicts[0].field, "email");
+    assert_eq!(conflicts[0].app_value.as_deref(), Some("sf-rep-2@example.com"));
+    assert_eq!(conflicts[0].crm_value, "typo@example.com");
+    assert_eq!(conflicts[0].source, "user 005000000000002AAA");
+    assert!(app.drain_app_inbox().await.is_empty(), "the app owns the email");
 }

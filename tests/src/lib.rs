@@ -293,6 +293,57 @@ impl TestApp {
         .await
     }
 
+    /// Waits until the record's conflict journal holds something; returns its newest entries.
+    pub async fn journaled_conflicts(
+        &self,
+        record: crm_sync::domain::contract::RecordRef,
+    ) -> Vec<crm_sync::domain::inbound::ConflictEntry> {
+        use crm_sync::ports::SyncStateStore;
+        let store = self.sync_state();
+        eventually(60, "the conflict journaled", || {
+            let (store, record) = (store.clone(), record.clone());
+            async move {
+                let conflicts = store.conflicts(&record, 10).await.ok()?;
+                (!conflicts.is_empty()).then_some(conflicts)
+            }
+        })
+        .await
+    }
+
+    /// Sends a contact and a deal on it, both changed now, and waits until both are synced;
+    /// returns their CRM ids.
+    pub async fn synced_contact_and_deal(
+        &self,
+        contact_id: &str,
+        deal_id: &str,
+        contact: serde_json::Value,
+    ) -> (String, String) {
+        use crm_sync::domain::contract::{ObjectKind, RecordRef};
+        use crm_sync::domain::sync::SyncStatus;
+        let at = hubspot::now_ms();
+        self.send_changes(&[
+            app_changes::contact(contact_id, at, contact),
+            app_changes::deal(
+                deal_id,
+                contact_id,
+                at,
+                serde_json::json!({"name": "Pro plan", "amount": 100}),
+            ),
+        ])
+        .await;
+        let mut ids = Vec::new();
+        for (object, record_id) in [(ObjectKind::Contact, contact_id), (ObjectKind::Deal, deal_id)] {
+            let record = RecordRef {
+                object,
+                record_id: record_id.to_string(),
+            };
+            let (state, _) = self.settled(record, SyncStatus::Synced).await;
+            ids.push(state.crm_id.expect("a synced record has a CRM id"));
+        }
+        let deal = ids.pop().expect("two ids");
+        (ids.pop().expect("two ids"), deal)
+    }
+
     /// Sends app changes to the outbound queue, ten per call.
     pub async fn send_changes(&self, changes: &[serde_json::Value]) {
         let url = &self.stack.resources.queue("OutboundQueue").url;

@@ -2,13 +2,17 @@
 //! delete, retrieve; 200 records a call, `allOrNone`), per-record SaveResults in input order,
 //! `Sforce-Limit-Info` on every response and `REQUEST_LIMIT_EXCEEDED` once the day's API
 //! requests are spent, and OAuth: an expired access token is refused with `INVALID_SESSION_ID`
-//! and a refresh token buys a new one.
+//! and a refresh token buys a new one. Outbound Messages: once configured, every write (by the
+//! API as the integration user, or by [`Sandbox::edit`] as a person) posts a SOAP
+//! `notifications` message with the record's selected fields, resent until it is acknowledged.
 //!
-//! Not yet: Outbound Messages (SOAP notifications) on edits, injected 5xx and timeouts.
+//! Not yet: injected 5xx and timeouts.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -19,12 +23,33 @@ type Reply = hyper::Response<Full<Bytes>>;
 /// The API version the sandbox serves.
 pub const API_PATH: &str = "/services/data/v60.0";
 
+/// The user API calls run as: the integration user crm-sync authenticates as.
+pub const INTEGRATION_USER_ID: &str = "005000000000001AAA";
+
+/// The user [`Sandbox::edit`] acts as: a person in Salesforce.
+pub const PERSON_USER_ID: &str = "005000000000002AAA";
+
+/// The org's id, as its Outbound Messages carry it.
+pub const ORGANIZATION_ID: &str = "00D000000000062EAA";
+
 /// Counters for tests.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
     pub calls: u64,
     pub refreshed: u64,
     pub refused_sessions: u64,
+    /// Outbound Messages answered with `Ack` = `true`.
+    pub messages_acknowledged: u64,
+    /// Posts of Outbound Messages that were not acknowledged (each is resent).
+    pub messages_refused: u64,
+}
+
+/// Where Outbound Messages go, and which fields of each SObject they carry (Salesforce adds
+/// `Id`; the sandbox also always selects `LastModifiedById` and `LastModifiedDate`).
+#[derive(Debug, Clone)]
+pub struct OutboundMessages {
+    pub url: String,
+    pub fields: BTreeMap<String, Vec<String>>,
 }
 
 struct State {
@@ -37,6 +62,11 @@ struct State {
     /// SObject → id → record (fields by API name).
     records: BTreeMap<String, BTreeMap<String, Map<String, Value>>>,
     next_id: u64,
+    outbound: Option<OutboundMessages>,
+    next_notification: u64,
+    pending_messages: Arc<AtomicU64>,
+    /// Records written by the request being handled, to notify of once it is done.
+    touched: Vec<(String, String)>,
 }
 
 /// A running sandbox; stops when dropped.
@@ -63,6 +93,10 @@ impl Sandbox {
             stats: Stats::default(),
             records: BTreeMap::new(),
             next_id: 1,
+            outbound: None,
+            next_notification: 1,
+            pending_messages: Arc::default(),
+            touched: Vec::new(),
         }));
         let shared = state.clone();
         let server = sandbox_server::start(addr, move |request| handle(shared.clone(), request)).await?;
@@ -86,6 +120,31 @@ impl Sandbox {
     /// Ends the current access token's session, as Salesforce does after its timeout.
     pub fn expire_session(&self) {
         self.state.lock().unwrap().access_token = "expired".into();
+    }
+
+    /// Posts an Outbound Message for every write from now on.
+    pub fn set_outbound_messages(&self, outbound: OutboundMessages) {
+        self.state.lock().unwrap().outbound = Some(outbound);
+    }
+
+    /// Outbound Messages not yet acknowledged (or given up on).
+    pub fn pending_messages(&self) -> u64 {
+        self.state.lock().unwrap().pending_messages.load(Ordering::SeqCst)
+    }
+
+    /// Edits a record as a person in Salesforce would; an Outbound Message follows.
+    pub fn edit(&self, sobject: &str, id: &str, fields: Value) {
+        let mut guard = self.state.lock().unwrap();
+        let state = &mut *guard;
+        let record = state
+            .records
+            .get_mut(sobject)
+            .and_then(|records| records.get_mut(id))
+            .expect("the record exists");
+        record.extend(fields.as_object().cloned().unwrap_or_default());
+        stamp(record, PERSON_USER_ID);
+        state.touched.push((sobject.to_string(), id.to_string()));
+        state.notify(self.state.clone());
     }
 
     /// The records of `sobject` as stored.
@@ -121,6 +180,7 @@ async fn handle(
 ) -> Result<Reply, Infallible> {
     let (parts, body) = request.into_parts();
     let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let shared = state.clone();
     let mut state = state.lock().unwrap();
     state.stats.calls += 1;
     let path = parts.uri.path().to_string();
@@ -217,7 +277,9 @@ async fn handle(
             json!([{"message": "The requested resource does not exist", "errorCode": "NOT_FOUND"}]),
         ),
     };
-    Ok(reply(status, &body, &state))
+    let response = reply(status, &body, &state);
+    state.notify(shared.clone());
+    Ok(response)
 }
 
 /// Applies `each` to every record of a collection request, in order.
@@ -260,11 +322,21 @@ fn invalid(record: &Map<String, Value>) -> Option<Value> {
     (!email.contains('@')).then(|| failure("INVALID_EMAIL_ADDRESS", "Email: invalid email address", "Email"))
 }
 
+/// Currency and number fields crm-sync writes; Salesforce stores them as doubles whatever the
+/// JSON gave.
+const NUMBER_FIELDS: [&str; 2] = ["Amount", "Probability"];
+
 fn fields_of(record: &Map<String, Value>) -> Map<String, Value> {
     record
         .iter()
         .filter(|(name, _)| *name != "attributes" && *name != "id" && *name != "Id")
-        .map(|(name, value)| (name.clone(), value.clone()))
+        .map(|(name, value)| {
+            let number = NUMBER_FIELDS
+                .contains(&name.as_str())
+                .then(|| value.as_str().and_then(|text| text.parse::<f64>().ok()))
+                .flatten();
+            (name.clone(), number.map_or_else(|| value.clone(), |n| json!(n)))
+        })
         .collect()
 }
 
@@ -282,6 +354,9 @@ fn create(state: &mut State, sobject: &str, record: &Map<String, Value>) -> Valu
     let mut stored = fields_of(record);
     stored.insert("Id".into(), json!(id));
     stored.insert("attributes".into(), json!({"type": sobject}));
+    stored.insert("CreatedDate".into(), json!(now()));
+    stamp(&mut stored, INTEGRATION_USER_ID);
+    state.touched.push((sobject.to_string(), id.clone()));
     state
         .records
         .entry(sobject.to_string())
@@ -316,6 +391,8 @@ fn upsert(state: &mut State, sobject: &str, external_id: &str, record: &Map<Stri
                 .and_then(|records| records.get_mut(&id))
                 .expect("found");
             stored.extend(fields_of(record));
+            stamp(stored, INTEGRATION_USER_ID);
+            state.touched.push((sobject.to_string(), id.clone()));
             json!({"id": id, "success": true, "errors": [], "created": false})
         }
     }
@@ -332,11 +409,134 @@ fn update(state: &mut State, record: &Map<String, Value>) -> Value {
     if let Some(problem) = invalid(record) {
         return problem;
     }
-    match state.records.values_mut().find_map(|records| records.get_mut(id)) {
-        Some(stored) => {
+    let found = state
+        .records
+        .iter_mut()
+        .find_map(|(sobject, records)| records.get_mut(id).map(|stored| (sobject.clone(), stored)));
+    match found {
+        Some((sobject, stored)) => {
             stored.extend(fields_of(record));
+            stamp(stored, INTEGRATION_USER_ID);
+            state.touched.push((sobject, id.to_string()));
             json!({"id": id, "success": true, "errors": []})
         }
         None => failure("ENTITY_IS_DELETED", "entity is deleted", "Id"),
+    }
+}
+
+/// Salesforce's `xsd:dateTime`, to the second as `LastModifiedDate` is.
+fn now() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    now.format(time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].000Z"
+    ))
+    .expect("a formattable time")
+}
+
+fn stamp(record: &mut Map<String, Value>, user: &str) {
+    record.insert("LastModifiedById".into(), json!(user));
+    record.insert("LastModifiedDate".into(), json!(now()));
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A field as the SOAP API renders it: numbers as doubles (`100.0`), null as `xsi:nil`.
+fn field_xml(name: &str, value: Option<&Value>) -> String {
+    let text = match value {
+        None | Some(Value::Null) => return format!(r#"<sf:{name} xsi:nil="true"/>"#),
+        Some(Value::String(text)) => escape(text),
+        Some(Value::Number(number)) => match number.as_f64() {
+            Some(float) if float.fract() == 0.0 => format!("{float:.1}"),
+            _ => number.to_string(),
+        },
+        Some(other) => escape(&other.to_string()),
+    };
+    format!("<sf:{name}>{text}</sf:{name}>")
+}
+
+impl State {
+    /// Queues an Outbound Message for each SObject among the records just written, 100
+    /// notifications a message, as Salesforce batches them.
+    fn notify(&mut self, shared: Arc<Mutex<State>>) {
+        let touched = std::mem::take(&mut self.touched);
+        let Some(outbound) = self.outbound.clone() else {
+            return;
+        };
+        let mut by_sobject: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (sobject, id) in touched {
+            if outbound.fields.contains_key(&sobject) {
+                by_sobject.entry(sobject).or_default().push(id);
+            }
+        }
+        for (sobject, ids) in by_sobject {
+            let selected = &outbound.fields[&sobject];
+            for chunk in ids.chunks(100) {
+                let mut notifications = String::new();
+                for id in chunk {
+                    let Some(record) = self.records.get(&sobject).and_then(|records| records.get(id)) else {
+                        continue;
+                    };
+                    let mut fields = field_xml("Id", record.get("Id"));
+                    for name in selected.iter().map(String::as_str).chain([
+                        "CreatedDate",
+                        "LastModifiedById",
+                        "LastModifiedDate",
+                    ]) {
+                        fields.push_str(&field_xml(name, record.get(name)));
+                    }
+                    notifications.push_str(&format!(
+                        r#"<Notification><Id>04l{:012}AAA</Id><sObject xsi:type="sf:{sobject}" xmlns:sf="urn:sobject.enterprise.soap.sforce.com">{fields}</sObject></Notification>"#,
+                        self.next_notification
+                    ));
+                    self.next_notification += 1;
+                }
+                let body = format!(
+                    r#"<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><notifications xmlns="http://soap.sforce.com/2005/09/outbound"><OrganizationId>{ORGANIZATION_ID}</OrganizationId><ActionId>04k000000000001AAA</ActionId><SessionId xsi:nil="true"/><EnterpriseUrl>http://sandbox/services/Soap/c/60.0</EnterpriseUrl><PartnerUrl>http://sandbox/services/Soap/u/60.0</PartnerUrl>{notifications}</notifications></soapenv:Body></soapenv:Envelope>"#
+                );
+                self.send(shared.clone(), outbound.url.clone(), body);
+            }
+        }
+    }
+
+    fn send(&self, shared: Arc<Mutex<State>>, url: String, body: String) {
+        let pending = self.pending_messages.clone();
+        pending.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            // Salesforce resends for 24 hours, further apart each time; the sandbox for about 3 s.
+            for attempt in 0..5u32 {
+                let answer = client
+                    .post(&url)
+                    .header("content-type", "text/xml; charset=utf-8")
+                    .header("SOAPAction", "\"\"")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                let acknowledged = match answer {
+                    Ok(response) if response.status().is_success() => response
+                        .text()
+                        .await
+                        .is_ok_and(|text| text.contains("<Ack>true</Ack>")),
+                    _ => false,
+                };
+                {
+                    let mut state = shared.lock().unwrap();
+                    if acknowledged {
+                        state.stats.messages_acknowledged += 1;
+                    } else {
+                        state.stats.messages_refused += 1;
+                    }
+                }
+                if acknowledged {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+            pending.fetch_sub(1, Ordering::SeqCst);
+        });
     }
 }

@@ -125,7 +125,8 @@ pub enum FieldDecision {
     Echo,
     /// An older change than one already applied for this field.
     Stale,
-    /// The mapping does not know this property.
+    /// Nothing to act on: the mapping does not know the property, or the CRM reports empty a field
+    /// the other side never held a value for.
     Unmapped,
 }
 
@@ -162,8 +163,9 @@ pub fn decide(
         // A person's edit of an app-owned field is a conflict even when a newer value has
         // replaced it since (webhooks arrive in any order); a late report from an integration is
         // most likely one of crm-sync's own earlier writes, so it is only dropped.
-        let rival_edit =
-            rule.owner == Owner::App && !change.from_integration && written.is_none_or(|w| w != value);
+        let rival_edit = rule.owner == Owner::App
+            && !change.from_integration
+            && written.map_or(!value.is_empty(), |w| !same_value(w, value));
         return if rival_edit {
             FieldDecision::Conflict {
                 field: field.clone(),
@@ -175,13 +177,17 @@ pub fn decide(
         };
     }
     // The value crm-sync wrote, reported back as an integration's change: our own echo.
-    if change.from_integration && written.is_some_and(|w| w == value) {
+    if change.from_integration && written.is_some_and(|w| same_value(w, value)) {
         return FieldDecision::Echo;
     }
     match rule.owner {
         Owner::Crm => {
-            if state.received.get(property).is_some_and(|r| r == value) {
+            if state.received.get(property).is_some_and(|r| same_value(r, value)) {
                 return FieldDecision::Echo;
+            }
+            // Still empty, as far as the app was ever told: nothing to deliver.
+            if value.is_empty() && !state.received.contains_key(property) {
+                return FieldDecision::Unmapped;
             }
             FieldDecision::Deliver {
                 field: field.clone(),
@@ -189,13 +195,35 @@ pub fn decide(
             }
         }
         // The CRM now says what the app says: nothing to resolve.
-        Owner::App if written.is_some_and(|w| w == value) => FieldDecision::Echo,
+        Owner::App if written.is_some_and(|w| same_value(w, value)) => FieldDecision::Echo,
+        // An empty field the app never wrote: a CRM that reports every field (Salesforce)
+        // says so of each one it does not hold, and there is nothing to disagree with.
+        Owner::App if written.is_none() && value.is_empty() => FieldDecision::Unmapped,
         Owner::App => FieldDecision::Conflict {
             field: field.clone(),
             app_value: written.cloned(),
             crm_value: value.to_string(),
         },
     }
+}
+
+/// Whether two renderings are the same value: equal text, or equal numbers (Salesforce reports
+/// a currency field written as `100` as `100.0`).
+/// Only plain decimals compare as numbers, and only when one has a fraction: `0123` and `123`
+/// stay different (a phone number, a code).
+pub fn same_value(a: &str, b: &str) -> bool {
+    let decimal = |text: &str| {
+        let digits = text.strip_prefix('-').unwrap_or(text);
+        !digits.is_empty()
+            && digits.chars().all(|c| c.is_ascii_digit() || c == '.')
+            && digits.chars().filter(|c| *c == '.').count() <= 1
+    };
+    a == b
+        || (decimal(a)
+            && decimal(b)
+            && (a.contains('.') || b.contains('.'))
+            && a.parse::<f64>().ok() == b.parse::<f64>().ok()
+            && a.parse::<f64>().is_ok())
 }
 
 /// One entry of a record's conflict journal: both values, where the CRM's came from, when.
@@ -326,6 +354,50 @@ mod tests {
         assert!(matches!(
             decide(&deals(), &state(), &change(&[], 10, true), "dealname", "Other"),
             FieldDecision::Conflict { .. }
+        ));
+    }
+
+    #[test]
+    fn a_number_the_crm_renders_with_a_fraction_is_the_value_the_app_wrote() {
+        let mut state = state();
+        state.written.insert("amount".into(), "100".into());
+        assert_eq!(
+            decide(&deals(), &state, &change(&[], 10, false), "amount", "100.0"),
+            FieldDecision::Echo
+        );
+        assert!(matches!(
+            decide(&deals(), &state, &change(&[], 10, false), "amount", "100.5"),
+            FieldDecision::Conflict { .. }
+        ));
+        assert!(same_value("-1.50", "-1.5"));
+        assert!(
+            !same_value("0123", "123"),
+            "codes and phone numbers keep their zeros"
+        );
+        assert!(!same_value("1e2", "100.0"));
+        assert!(!same_value("NaN", "NaN.0"));
+    }
+
+    #[test]
+    fn an_empty_crm_field_the_app_never_wrote_is_no_conflict_but_a_filled_one_is() {
+        assert_eq!(
+            decide(&deals(), &state(), &change(&[], 10, false), "amount", ""),
+            FieldDecision::Unmapped
+        );
+        // Likewise a CRM-owned field never delivered, until it is cleared after a delivery.
+        assert_eq!(
+            decide(&deals(), &state(), &change(&[], 10, false), "dealstage", ""),
+            FieldDecision::Unmapped
+        );
+        let mut delivered = state();
+        delivered.received.insert("dealstage".into(), "won".into());
+        assert!(matches!(
+            decide(&deals(), &delivered, &change(&[], 10, false), "dealstage", ""),
+            FieldDecision::Deliver { .. }
+        ));
+        assert!(matches!(
+            decide(&deals(), &state(), &change(&[], 10, false), "amount", "5"),
+            FieldDecision::Conflict { app_value: None, .. }
         ));
     }
 

@@ -28,6 +28,17 @@ pub struct FieldRule {
     /// What the nightly reconciliation does when the CRM's value differs from what crm-sync
     /// wrote (app-owned fields only).
     pub on_drift: DriftPolicy,
+    /// How a time the app sends is written; `None` writes the value as it is.
+    pub format: Option<ValueFormat>,
+}
+
+/// How a time the app sends (RFC 3339 text or epoch milliseconds) is written to the CRM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueFormat {
+    /// Epoch milliseconds (HubSpot's datetimes and dates).
+    EpochMs,
+    /// `YYYY-MM-DD`, in UTC (Salesforce's date fields, such as a Task's `ActivityDate`).
+    Date,
 }
 
 /// The reconciliation's answer to drift of an app-owned field.
@@ -88,6 +99,7 @@ struct RawField {
     crm: String,
     owner: String,
     on_drift: Option<String>,
+    format: Option<String>,
 }
 
 /// What an outbound change writes to the CRM.
@@ -194,12 +206,26 @@ impl Mapping {
                     ))
                 }
             };
+            let format = match rule.format.as_deref() {
+                Some("epoch_ms") => Some(ValueFormat::EpochMs),
+                Some("date") => Some(ValueFormat::Date),
+                // HubSpot's two time properties were converted before `format` existed.
+                None if rule.crm == "hs_timestamp" || rule.crm == "closedate" => Some(ValueFormat::EpochMs),
+                None => None,
+                Some(other) => {
+                    return Err(mapping_error(
+                        at,
+                        format!("format `{other}` must be `epoch_ms` or `date`"),
+                    ))
+                }
+            };
             fields.insert(
                 field,
                 FieldRule {
                     crm_property: rule.crm,
                     owner,
                     on_drift,
+                    format,
                 },
             );
         }
@@ -241,16 +267,24 @@ impl Mapping {
     }
 }
 
-/// HubSpot takes datetimes as epoch milliseconds; an RFC 3339 text for such a field is converted.
+/// A time in the field's `format`; anything that is not a time is written as it is, for the CRM
+/// to accept or refuse.
 fn crm_value(rule: &FieldRule, value: &FieldValue) -> String {
-    if let FieldValue::Text(text) = value {
-        if rule.crm_property == "hs_timestamp" || rule.crm_property == "closedate" {
-            if let Some(ms) = super::contract::parse_timestamp_ms(&serde_json::Value::String(text.clone())) {
-                return ms.to_string();
-            }
+    let as_json = match value {
+        FieldValue::Text(text) => serde_json::Value::String(text.clone()),
+        FieldValue::Number(number) => serde_json::Value::Number(number.clone()),
+        _ => return value.to_crm_string(),
+    };
+    let ms = super::contract::parse_timestamp_ms(&as_json);
+    match (rule.format, ms) {
+        (Some(ValueFormat::EpochMs), Some(ms)) => ms.to_string(),
+        (Some(ValueFormat::Date), Some(ms)) => {
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                .map(|at| at.date().to_string())
+                .unwrap_or_else(|_| value.to_crm_string())
         }
+        _ => value.to_crm_string(),
     }
-    value.to_crm_string()
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -326,6 +360,25 @@ mod tests {
         let change = parse_change(r#"{"version":1,"type":"activity.log","record_id":"a","idempotency_id":"i","changed_at":5,"contact_record_id":"c","data":{"body":"hi","occurred_at":"2026-01-01T00:00:00Z"}}"#).unwrap();
         let out = mapping.outbound(&change).unwrap();
         assert_eq!(out.properties["hs_timestamp"], "1767225600000");
+    }
+
+    #[test]
+    fn a_date_format_writes_the_utc_day_of_a_time_given_as_text_or_milliseconds() {
+        let mapping = Mapping::parse(SALESFORCE_MAPPING).unwrap();
+        for occurred_at in [r#""2026-01-01T23:30:00-02:00""#, "1767317400000"] {
+            let change = parse_change(&format!(
+                r#"{{"version":1,"type":"activity.log","record_id":"a","idempotency_id":"i","changed_at":5,"contact_record_id":"c","data":{{"body":"hi","occurred_at":{occurred_at}}}}}"#
+            ))
+            .unwrap();
+            let out = mapping.outbound(&change).unwrap();
+            assert_eq!(out.properties["ActivityDate"], "2026-01-02", "{occurred_at}");
+        }
+        let error = Mapping::parse(
+            "[activity]\ncrm_object = \"Task\"\nid_property = \"x\"\n[activity.fields]\nat = { crm = \"D\", owner = \"app\", format = \"unix\" }\n",
+        )
+        .unwrap_err();
+        assert_eq!(error.entry, "activity.fields.at");
+        assert!(error.problem.contains("`epoch_ms` or `date`"), "{error}");
     }
 
     #[test]

@@ -10,5 +10,6 @@ pub mod webhook;
 
 pub use clock::{Clock, SystemClock};
 pub use webhook::{
-    AuthError, Delivery, InboundEvent, ParseError, ProviderId, WebhookRequest, INBOUND_CONTRACT_VERSION,
+    Acknowledgement, AuthError, Delivery, InboundEvent, ParseError, ProviderId, WebhookRequest,
+    INBOUND_CONTRACT_VERSION,
 };

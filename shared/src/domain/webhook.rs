@@ -50,6 +50,10 @@ pub enum AuthError {
     UnsupportedVersion(String),
     #[error("the credentials do not match")]
     BadCredentials,
+    #[error("the request URL carries no `{0}` parameter")]
+    MissingParameter(&'static str),
+    #[error("the notification comes from another organization than the configured one")]
+    ForeignOrganization,
 }
 
 /// Why an authenticated body could not be read as the provider's events.
@@ -65,6 +69,27 @@ pub enum ParseError {
     TooManyEvents { count: usize, max: usize },
     #[error("event {index}: {problem}")]
     BadEvent { index: usize, problem: String },
+    #[error("the body is not a SOAP notification: {0}")]
+    NotSoap(String),
+}
+
+impl ParseError {
+    /// A delivery holds from 1 to `max` events.
+    pub fn check_count(count: usize, max: usize) -> Result<(), ParseError> {
+        match count {
+            0 => Err(ParseError::Empty),
+            count if count > max => Err(ParseError::TooManyEvents { count, max }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The answer to an accepted delivery when the CRM expects a particular one (Salesforce resends
+/// an Outbound Message until it reads its SOAP `Ack`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acknowledgement {
+    pub content_type: &'static str,
+    pub body: &'static str,
 }
 
 /// One webhook request body as received, kept verbatim for audit and replay.

@@ -175,7 +175,10 @@ impl DashboardApi {
 
     /// Wires DynamoDB, SQS and the dashboard password (read once, here, from Secrets Manager).
     pub async fn build(aws: &SdkConfig, config: DashboardConfig) -> anyhow::Result<Self> {
-        let password = super::resolve_secret(aws, config.password).await?;
+        let password = super::not_empty(
+            super::resolve_secret(aws, config.password).await?,
+            "the dashboard password (DashboardSecret, DASHBOARD_PASSWORD)",
+        )?;
         let dynamodb = aws_sdk_dynamodb::Client::new(aws);
         let sqs = aws_sdk_sqs::Client::new(aws);
         // Timeline retention only matters for entries this function writes: the re-sync notes.

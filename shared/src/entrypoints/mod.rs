@@ -14,7 +14,7 @@ use secrecy::SecretString;
 
 use crate::adapters::hubspot::{HubSpotClient, HubSpotEvents};
 use crate::adapters::pipedrive::{PipedriveClient, PipedriveEvents};
-use crate::adapters::salesforce::{OAuthRefresh, SalesforceClient};
+use crate::adapters::salesforce::{OAuthRefresh, SalesforceClient, SalesforceEvents};
 use crate::adapters::secrets_manager::read_secret_field;
 use crate::config::{CrmSettings, SecretSource};
 use crate::domain::mapping::Mapping;
@@ -31,6 +31,15 @@ pub(crate) async fn resolve_secret(aws: &SdkConfig, source: SecretSource) -> any
     }
 }
 
+/// Stacks for one CRM leave the others' secrets empty; the chosen CRM's must be set.
+pub(crate) fn not_empty(secret: SecretString, what: &str) -> anyhow::Result<SecretString> {
+    use secrecy::ExposeSecret;
+    if secret.expose_secret().trim().is_empty() {
+        anyhow::bail!("{what} is empty");
+    }
+    Ok(secret)
+}
+
 /// The mapping, checked; the error names the entry and the file.
 pub(crate) fn load_mapping(toml: &str, source: &str) -> anyhow::Result<Mapping> {
     Mapping::parse(toml).map_err(|error| anyhow::anyhow!("{error} (in {source})"))
@@ -45,11 +54,17 @@ pub(crate) async fn crm_client(
     let timeout = Duration::from_secs(timeout_secs);
     Ok(match settings {
         CrmSettings::HubSpot { api_base, token } => {
-            let token = resolve_secret(aws, token.clone()).await?;
+            let token = not_empty(
+                resolve_secret(aws, token.clone()).await?,
+                "the HubSpot access token (HubSpotAccessToken, HUBSPOT_ACCESS_TOKEN)",
+            )?;
             Arc::new(HubSpotClient::new(api_base, token, timeout)?)
         }
         CrmSettings::Pipedrive { api_base, token } => {
-            let token = resolve_secret(aws, token.clone()).await?;
+            let token = not_empty(
+                resolve_secret(aws, token.clone()).await?,
+                "the Pipedrive API token (PipedriveApiToken, PIPEDRIVE_API_TOKEN)",
+            )?;
             Arc::new(PipedriveClient::new(api_base, token, timeout)?)
         }
         CrmSettings::Salesforce(settings) => {
@@ -59,9 +74,24 @@ pub(crate) async fn crm_client(
                 Some(refresh) => Some(OAuthRefresh {
                     token_url: refresh.token_url.clone(),
                     client_id: refresh.client_id.clone(),
-                    client_secret: resolve_secret(aws, refresh.client_secret.clone()).await?,
-                    refresh_token: resolve_secret(aws, refresh.refresh_token.clone()).await?,
+                    client_secret: not_empty(
+                        resolve_secret(aws, refresh.client_secret.clone()).await?,
+                        "the connected app's secret (SalesforceClientSecret, SALESFORCE_CLIENT_SECRET)",
+                    )?,
+                    refresh_token: not_empty(
+                        resolve_secret(aws, refresh.refresh_token.clone()).await?,
+                        "the refresh token (SalesforceRefreshToken, SALESFORCE_REFRESH_TOKEN)",
+                    )?,
                 }),
+            };
+            // With a refresh token the first call fetches an access token.
+            let token = if refresh.is_some() {
+                token
+            } else {
+                not_empty(
+                    token,
+                    "the Salesforce access token (SalesforceAccessToken, SALESFORCE_ACCESS_TOKEN)",
+                )?
             };
             Arc::new(SalesforceClient::new(
                 &settings.instance_url,
@@ -78,8 +108,9 @@ pub(crate) fn crm_events(settings: &CrmSettings) -> Arc<dyn CrmEvents> {
     let events: Option<Arc<dyn CrmEvents>> = match settings {
         CrmSettings::HubSpot { .. } => Some(Arc::new(HubSpotEvents)),
         CrmSettings::Pipedrive { .. } => Some(Arc::new(PipedriveEvents)),
-        // Salesforce's notifications are not read yet (see the README).
-        CrmSettings::Salesforce(_) => None,
+        CrmSettings::Salesforce(settings) => Some(Arc::new(SalesforceEvents {
+            integration_user_id: settings.integration_user_id.clone(),
+        })),
     };
     Arc::new(EventsOf::new(settings.provider(), events))
 }

@@ -7,11 +7,13 @@ use aws_config::SdkConfig;
 use lambda_http::http::{header, StatusCode};
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
 use crate::adapters::dynamodb::DynamoDbWebhookStore;
 use crate::adapters::hubspot::{HubSpotWebhookSettings, HubSpotWebhooks};
 use crate::adapters::pipedrive::{PipedriveWebhookSettings, PipedriveWebhooks};
+use crate::adapters::salesforce::{SalesforceOutboundMessages, SalesforceWebhookSettings};
 use crate::adapters::sqs::SqsQueue;
 use crate::config::WebhookConfig;
 use crate::domain::{SystemClock, WebhookRequest};
@@ -32,19 +34,39 @@ impl WebhookApi {
         }
     }
 
-    /// Wires the production adapters: DynamoDB, SQS, and the HubSpot secret (read once, here).
+    /// Wires the production adapters: DynamoDB, SQS, and each provider's secret (read once, here).
+    /// A provider whose secret is empty is left out, so its route answers 404: an empty secret
+    /// would prove nothing, and it is how a stack for another CRM leaves it unset.
     pub async fn build(aws: &SdkConfig, config: WebhookConfig) -> anyhow::Result<Self> {
-        let client_secret = super::resolve_secret(aws, config.hubspot_secret).await?;
-        let mut hubspot = HubSpotWebhookSettings::new(client_secret);
-        hubspot.accept_legacy_signatures = config.hubspot_accept_legacy_signatures;
-        hubspot.replay_window_secs = config.hubspot_replay_window_secs;
-        let mut providers: Vec<Arc<dyn WebhookProvider>> = vec![Arc::new(HubSpotWebhooks::new(hubspot))];
+        let mut providers: Vec<Arc<dyn WebhookProvider>> = Vec::new();
+        if let Some(client_secret) = present(
+            super::resolve_secret(aws, config.hubspot_secret).await?,
+            "hubspot",
+        ) {
+            let mut hubspot = HubSpotWebhookSettings::new(client_secret);
+            hubspot.accept_legacy_signatures = config.hubspot_accept_legacy_signatures;
+            hubspot.replay_window_secs = config.hubspot_replay_window_secs;
+            providers.push(Arc::new(HubSpotWebhooks::new(hubspot)));
+        }
         if let Some(pipedrive) = config.pipedrive {
-            let password = super::resolve_secret(aws, pipedrive.password).await?;
-            providers.push(Arc::new(PipedriveWebhooks::new(&PipedriveWebhookSettings {
-                username: pipedrive.username,
-                password,
-            })));
+            if let Some(password) =
+                present(super::resolve_secret(aws, pipedrive.password).await?, "pipedrive")
+            {
+                providers.push(Arc::new(PipedriveWebhooks::new(&PipedriveWebhookSettings {
+                    username: pipedrive.username,
+                    password,
+                })));
+            }
+        }
+        if let Some(salesforce) = config.salesforce {
+            if let Some(token) = present(super::resolve_secret(aws, salesforce.token).await?, "salesforce") {
+                providers.push(Arc::new(SalesforceOutboundMessages::new(
+                    &SalesforceWebhookSettings {
+                        organization_id: salesforce.organization_id,
+                        token,
+                    },
+                )));
+            }
         }
         let ingest = WebhookIngest::new(
             providers,
@@ -106,15 +128,22 @@ impl WebhookApi {
                     duplicates = report.duplicates,
                     "delivery accepted"
                 );
-                json_response(
-                    StatusCode::OK,
-                    &json!({
-                        "delivery_id": report.delivery_id,
-                        "events": report.events,
-                        "enqueued": report.enqueued,
-                        "duplicates": report.duplicates,
-                    }),
-                )
+                match self.ingest.acknowledgement(&provider) {
+                    Some(ack) => Response::builder()
+                        .status(StatusCode::OK)
+                        .header(header::CONTENT_TYPE, ack.content_type)
+                        .body(Body::Text(ack.body.to_string()))
+                        .expect("a static response is valid"),
+                    None => json_response(
+                        StatusCode::OK,
+                        &json!({
+                            "delivery_id": report.delivery_id,
+                            "events": report.events,
+                            "enqueued": report.enqueued,
+                            "duplicates": report.duplicates,
+                        }),
+                    ),
+                }
             }
             Err(error) => {
                 let (status, code) = classify(&error);
@@ -126,6 +155,18 @@ impl WebhookApi {
                 reply(status, code, &error.to_string())
             }
         })
+    }
+}
+
+fn present(secret: SecretString, provider: &str) -> Option<SecretString> {
+    if secret.expose_secret().trim().is_empty() {
+        tracing::warn!(
+            provider,
+            "the provider's secret is empty; its webhooks are refused"
+        );
+        None
+    } else {
+        Some(secret)
     }
 }
 

@@ -201,15 +201,7 @@ pub fn parse_events(body: &[u8], max_events: usize) -> Result<Vec<InboundEvent>,
             column: error.column(),
         },
     })?;
-    if items.is_empty() {
-        return Err(ParseError::Empty);
-    }
-    if items.len() > max_events {
-        return Err(ParseError::TooManyEvents {
-            count: items.len(),
-            max: max_events,
-        });
-    }
+    ParseError::check_count(items.len(), max_events)?;
     items
         .into_iter()
         .enumerate()

@@ -410,30 +410,49 @@ impl Crm for SalesforceClient {
         to: &str,
         pairs: &[AssociationInput],
     ) -> Result<BatchResult, CrmError> {
-        // An opportunity and a contact are linked by an OpportunityContactRole record.
-        if (from, to) != ("Opportunity", "Contact") {
-            return Err(CrmError::Rejected {
-                call: "-".into(),
-                status: 400,
-                message: format!("Salesforce links {from} to {to} by no record crm-sync knows"),
-            });
-        }
-        let records: Vec<Value> = pairs
-            .iter()
-            .map(|pair| {
-                record(
-                    "OpportunityContactRole",
-                    [
-                        ("OpportunityId".to_string(), pair.from_id.clone()),
-                        ("ContactId".to_string(), pair.to_id.clone()),
-                    ],
-                )
-            })
-            .collect();
+        let (method, records): (Method, Vec<Value>) = match (from, to) {
+            // An opportunity and a contact are linked by an OpportunityContactRole record.
+            ("Opportunity", "Contact") => (
+                Method::POST,
+                pairs
+                    .iter()
+                    .map(|pair| {
+                        record(
+                            "OpportunityContactRole",
+                            [
+                                ("OpportunityId".to_string(), pair.from_id.clone()),
+                                ("ContactId".to_string(), pair.to_id.clone()),
+                            ],
+                        )
+                    })
+                    .collect(),
+            ),
+            // A task names its contact in `WhoId`.
+            ("Task", "Contact") => (
+                Method::PATCH,
+                pairs
+                    .iter()
+                    .map(|pair| {
+                        record(
+                            "Task",
+                            [
+                                ("id".to_string(), pair.from_id.clone()),
+                                ("WhoId".to_string(), pair.to_id.clone()),
+                            ],
+                        )
+                    })
+                    .collect(),
+            ),
+            _ => {
+                return Err(CrmError::Rejected {
+                    call: "-".into(),
+                    status: 400,
+                    message: format!("Salesforce links {from} to {to} by no field crm-sync knows"),
+                })
+            }
+        };
         let body = json!({ "allOrNone": false, "records": records });
-        let (json, rate, call) = self
-            .call(Method::POST, "/composite/sobjects", Some(&body))
-            .await?;
+        let (json, rate, call) = self.call(method, "/composite/sobjects", Some(&body)).await?;
         Ok(BatchResult {
             outcomes: Self::results(&json, pairs.len(), None),
             rate,

@@ -1,8 +1,11 @@
-//! Salesforce: the REST API client (sObject Collections, 200 records a call, OAuth refresh).
+//! Salesforce: the REST API client (sObject Collections, 200 records a call, OAuth refresh) and
+//! the inbound Outbound Messages (SOAP notifications).
 
 pub mod client;
+pub mod outbound_messages;
 
 pub use client::{OAuthRefresh, SalesforceClient};
+pub use outbound_messages::{SalesforceEvents, SalesforceOutboundMessages, SalesforceWebhookSettings};
 
 use crate::domain::contract::ObjectKind;
 
