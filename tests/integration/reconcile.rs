@@ -62,13 +62,8 @@ async fn sync_contacts(app: &TestApp, ids: &[String]) {
     status_of(app, ids.last().unwrap(), SyncStatus::Synced).await;
 }
 
-/// Runs the reconciliation as one long invocation would.
 async fn reconcile(app: &TestApp) -> crm_sync::reconcile::RunReport {
-    app.stack
-        .reconcile
-        .run_until(Instant::now() + Duration::from_secs(120))
-        .await
-        .expect("the reconciliation runs")
+    app.reconcile().await
 }
 
 #[tokio::test]

@@ -319,12 +319,7 @@ async fn the_reconciliation_heals_drift_in_pipedrive_one_record_a_call() {
         json!({"emails": [{"value": "x@elsewhere.com", "primary": true, "label": "work"}]}),
     );
 
-    let report = app
-        .stack
-        .reconcile
-        .run_until(tokio::time::Instant::now() + std::time::Duration::from_secs(120))
-        .await
-        .expect("the reconciliation runs");
+    let report = app.reconcile().await;
 
     assert_eq!(report.checked, 2, "{report:?}");
     assert_eq!(report.healed, 1, "{report:?}");
@@ -334,4 +329,57 @@ async fn the_reconciliation_heals_drift_in_pipedrive_one_record_a_call() {
         "drift@example.com"
     );
     assert_eq!(persons.len(), 2);
+}
+
+#[tokio::test]
+async fn under_pipedrive_errors_and_lost_answers_every_person_ends_up_once_with_its_latest_email() {
+    let sandbox = Sandbox::start("127.0.0.1:0", TOKEN, Limits::default())
+        .await
+        .expect("the sandbox starts");
+    sandbox.set_faults(
+        pipedrive_sandbox::Faults {
+            error_rate: 0.15,
+            timeout_rate: 0.05,
+            timeout: std::time::Duration::from_secs(2),
+        },
+        // Its first four rolls hold an error and a late answer, so both happen in any run.
+        20,
+    );
+    let app = spawn_app_with(syncing_to(&sandbox).with_patient_retries()).await;
+    let records = 15;
+    let at = now_ms();
+    for (version, label) in [(at, "v1"), (at + 1, "v2")] {
+        let changes: Vec<Value> = (0..records)
+            .map(|n| {
+                contact(
+                    &format!("pd-fault-{n}"),
+                    version,
+                    json!({"email": format!("{label}-{n}@example.com")}),
+                )
+            })
+            .collect();
+        app.send_changes(&changes).await;
+    }
+    for n in 0..records {
+        app.applied(
+            RecordRef {
+                object: ObjectKind::Contact,
+                record_id: format!("pd-fault-{n}"),
+            },
+            at + 1,
+        )
+        .await;
+    }
+    let persons = sandbox.records("persons");
+    assert_eq!(persons.len(), records, "no person twice, whatever was retried");
+    for n in 0..records {
+        let person = person(&persons, &format!("pd-fault-{n}")).expect("in Pipedrive");
+        assert_eq!(person["emails"][0]["value"], format!("v2-{n}@example.com"));
+    }
+    let stats = sandbox.stats();
+    assert!(
+        stats.injected_errors > 0 && stats.injected_timeouts > 0,
+        "the run proves little: {stats:?}"
+    );
+    assert!(app.drain_dead_letters("OutboundDeadLetterQueue").await.is_empty());
 }

@@ -275,3 +275,95 @@ async fn a_salesforce_user_editing_an_app_owned_email_is_journaled_as_a_conflict
     assert_eq!(conflicts[0].source, "user 005000000000002AAA");
     assert!(app.drain_app_inbox().await.is_empty(), "the app owns the email");
 }
+
+#[tokio::test]
+async fn under_salesforce_errors_and_lost_answers_every_contact_ends_up_once_with_its_latest_email() {
+    let sandbox = start_sandbox().await;
+    sandbox.set_faults(
+        salesforce_sandbox::Faults {
+            error_rate: 0.2,
+            timeout_rate: 0.1,
+            timeout: std::time::Duration::from_secs(2),
+        },
+        // Its first four rolls hold a late answer and an error, so both happen in any run.
+        14,
+    );
+    let app = spawn_app_with(syncing_to(&sandbox).with_patient_retries()).await;
+    let records = 30;
+    let at = now_ms();
+    for (version, label) in [(at, "v1"), (at + 1, "v2")] {
+        let changes: Vec<serde_json::Value> = (0..records)
+            .map(|n| {
+                contact(
+                    &format!("sf-fault-{n}"),
+                    version,
+                    json!({"email": format!("{label}-{n}@example.com"), "last_name": "Faulty"}),
+                )
+            })
+            .collect();
+        app.send_changes(&changes).await;
+    }
+    for n in 0..records {
+        app.applied(record(ObjectKind::Contact, &format!("sf-fault-{n}")), at + 1)
+            .await;
+    }
+    let contacts = sandbox.records("Contact");
+    assert_eq!(contacts.len(), records, "no contact twice, whatever was retried");
+    for n in 0..records {
+        let id = format!("sf-fault-{n}");
+        let contact = contacts
+            .iter()
+            .find(|c| c["Crm_Sync_App_Id__c"] == id.as_str())
+            .expect("in Salesforce");
+        assert_eq!(contact["Email"], format!("v2-{n}@example.com"));
+    }
+    let stats = sandbox.stats();
+    assert!(
+        stats.injected_errors > 0 && stats.injected_timeouts > 0,
+        "the run proves little: {stats:?}"
+    );
+    assert!(app.drain_dead_letters("OutboundDeadLetterQueue").await.is_empty());
+}
+
+#[tokio::test]
+async fn the_reconciliation_heals_drift_in_salesforce() {
+    let sandbox = start_sandbox().await;
+    let app = spawn_app_with(syncing_to(&sandbox).with_env("RECONCILE_CYCLE_NIGHTS", "1")).await;
+    let at = now_ms();
+    app.send_changes(&[
+        contact(
+            "sf-drift-1",
+            at,
+            json!({"email": "drift@example.com", "last_name": "Drift"}),
+        ),
+        contact(
+            "sf-steady-1",
+            at,
+            json!({"email": "steady@example.com", "last_name": "Steady"}),
+        ),
+    ])
+    .await;
+    let (drifted, _) = app
+        .settled(record(ObjectKind::Contact, "sf-drift-1"), SyncStatus::Synced)
+        .await;
+    app.settled(record(ObjectKind::Contact, "sf-steady-1"), SyncStatus::Synced)
+        .await;
+    // A person edits Salesforce and no Outbound Message tells crm-sync (none is configured here).
+    sandbox.edit(
+        "Contact",
+        drifted.crm_id.as_deref().expect("a Salesforce id"),
+        json!({"Email": "x@elsewhere.com"}),
+    );
+
+    let report = app.reconcile().await;
+
+    assert_eq!(report.checked, 2, "{report:?}");
+    assert_eq!(report.healed, 1, "{report:?}");
+    let contacts = sandbox.records("Contact");
+    assert_eq!(contacts.len(), 2);
+    let healed = contacts
+        .iter()
+        .find(|c| c["Crm_Sync_App_Id__c"] == "sf-drift-1")
+        .expect("in Salesforce");
+    assert_eq!(healed["Email"], "drift@example.com");
+}

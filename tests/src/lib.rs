@@ -86,6 +86,14 @@ impl AppOptions {
         self
     }
 
+    /// For a CRM that fails on purpose: a 1-second call timeout, and up to 12 attempts at most
+    /// 2 s apart, so that a test ends with everything applied rather than dead-lettered.
+    pub fn with_patient_retries(self) -> Self {
+        self.with_env("SYNC_CRM_TIMEOUT_SECONDS", "1")
+            .with_env("SYNC_MAX_ATTEMPTS", "12")
+            .with_env("SYNC_RETRY_CAP_SECONDS", "2")
+    }
+
     pub fn with_env(mut self, name: &str, value: &str) -> Self {
         self.env.insert(name.to_string(), value.to_string());
         self
@@ -288,6 +296,32 @@ impl TestApp {
                                 .first()
                                 .is_some_and(|entry| entry.at_ms >= state.last_attempt_at_ms.unwrap_or(0))
                     })
+            }
+        })
+        .await
+    }
+
+    /// Runs the reconciliation as one long invocation would.
+    pub async fn reconcile(&self) -> crm_sync::reconcile::RunReport {
+        self.stack
+            .reconcile
+            .run_until(tokio::time::Instant::now() + std::time::Duration::from_secs(120))
+            .await
+            .expect("the reconciliation runs")
+    }
+
+    /// Waits until the change made at `version_ms` is the one the CRM holds and the record is
+    /// synced.
+    pub async fn applied(&self, record: crm_sync::domain::contract::RecordRef, version_ms: i64) {
+        use crm_sync::ports::SyncStateStore;
+        let store = self.sync_state();
+        eventually(120, &format!("{record} synced at version {version_ms}"), || {
+            let (store, record) = (store.clone(), record.clone());
+            async move {
+                let (state, _) = store.record(&record, 1).await.ok().flatten()?;
+                (state.status == crm_sync::domain::sync::SyncStatus::Synced
+                    && state.applied_version_ms == Some(version_ms))
+                .then_some(())
             }
         })
         .await

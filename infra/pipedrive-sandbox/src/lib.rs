@@ -4,7 +4,10 @@
 //! credentials) for every create and change, by the API (`change_source: api`) or by a person
 //! (`app`, through [`Sandbox::edit`]).
 //!
-//! Not yet: notes, injected 5xx and timeouts.
+//! `set_faults` injects 500s (not applied) and late answers (applied, answered after the client
+//! gave up).
+//!
+//! Not yet: notes.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
@@ -13,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+pub use sandbox_server::Faults;
+use sandbox_server::{Fault, FaultDice};
 use serde_json::{json, Map, Value};
 
 type Reply = hyper::Response<Full<Bytes>>;
@@ -43,6 +48,9 @@ pub struct Stats {
     pub calls: u64,
     pub throttled: u64,
     pub unauthorized: u64,
+    /// Calls answered 500 by injection, and calls applied but answered late.
+    pub injected_errors: u64,
+    pub injected_timeouts: u64,
 }
 
 struct State {
@@ -56,6 +64,7 @@ struct State {
     webhook: Option<Webhook>,
     next_event: u64,
     pending_webhooks: Arc<std::sync::atomic::AtomicU64>,
+    dice: FaultDice,
 }
 
 /// Where webhooks go and the credentials they carry.
@@ -170,6 +179,7 @@ impl Sandbox {
             webhook: None,
             next_event: 0,
             pending_webhooks: Arc::default(),
+            dice: FaultDice::default(),
         }));
         let shared = state.clone();
         let server = sandbox_server::start(addr, move |request| handle(shared.clone(), request)).await?;
@@ -182,7 +192,17 @@ impl Sandbox {
     }
 
     pub fn stats(&self) -> Stats {
-        self.state.lock().unwrap().stats.clone()
+        let state = self.state.lock().unwrap();
+        Stats {
+            injected_errors: state.dice.errors,
+            injected_timeouts: state.dice.timeouts,
+            ..state.stats.clone()
+        }
+    }
+
+    /// Injects failures into API calls from now on, with seeded dice.
+    pub fn set_faults(&self, faults: Faults, seed: u64) {
+        self.state.lock().unwrap().dice = FaultDice::new(faults, seed);
     }
 
     /// The records of `entity` (`persons`, `deals`) as stored.
@@ -287,6 +307,19 @@ async fn handle(
 ) -> Result<Reply, Infallible> {
     let (parts, body) = request.into_parts();
     let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let (reply, late) = respond(&state, &parts, &body);
+    if let Some(late) = late {
+        tokio::time::sleep(late).await;
+    }
+    Ok(reply)
+}
+
+/// The answer, and how long to hold it back (an injected timeout).
+fn respond(
+    state: &Arc<Mutex<State>>,
+    parts: &http::request::Parts,
+    body: &[u8],
+) -> (Reply, Option<Duration>) {
     let mut state = state.lock().unwrap();
     state.stats.calls += 1;
     let token = parts
@@ -304,7 +337,7 @@ async fn handle(
         });
     if token.as_deref() != Some(state.token.as_str()) {
         state.stats.unauthorized += 1;
-        return Ok(error(401, "Unauthorized", "unauthorized", &[]));
+        return (error(401, "Unauthorized", "unauthorized", &[]), None);
     }
     let now = Instant::now();
     let window = state.limits.burst_window;
@@ -318,16 +351,26 @@ async fn handle(
     if state.limits.daily_left == 0 || state.window.len() as u64 >= state.limits.burst_limit {
         state.stats.throttled += 1;
         let headers = rate_headers(&state);
-        return Ok(error(429, "Request over limit", "rate_limit", &headers));
+        return (error(429, "Request over limit", "rate_limit", &headers), None);
     }
     state.window.push_back(now);
     state.limits.daily_left -= 1;
     let headers = rate_headers(&state);
+    let late = match state.dice.roll() {
+        Fault::Error => {
+            return (
+                error(500, "Internal server error", "internal_server_error", &headers),
+                None,
+            )
+        }
+        Fault::Late(hold) => Some(hold),
+        Fault::None => None,
+    };
     let path = parts.uri.path().trim_end_matches('/').to_string();
     let query = parts.uri.query().unwrap_or_default().to_string();
     let segments: Vec<&str> = path.trim_start_matches("/api/v2/").split('/').collect();
-    let (status, body) = serve(&mut state, parts.method.as_str(), &segments, &query, &body);
-    Ok(reply(status, &body, &headers))
+    let (status, body) = serve(&mut state, parts.method.as_str(), &segments, &query, body);
+    (reply(status, &body, &headers), late)
 }
 
 fn serve(state: &mut State, method: &str, segments: &[&str], query: &str, body: &[u8]) -> (u16, Value) {

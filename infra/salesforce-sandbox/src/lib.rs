@@ -6,10 +6,14 @@
 //! API as the integration user, or by [`Sandbox::edit`] as a person) posts a SOAP
 //! `notifications` message with the record's selected fields, resent until it is acknowledged.
 //!
-//! Not yet: injected 5xx and timeouts.
+//! `set_faults` injects 500s (not applied) and late answers (applied, answered after the
+//! client gave up).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+
+pub use sandbox_server::Faults;
+use sandbox_server::{Fault, FaultDice};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,6 +46,9 @@ pub struct Stats {
     pub messages_acknowledged: u64,
     /// Posts of Outbound Messages that were not acknowledged (each is resent).
     pub messages_refused: u64,
+    /// Calls answered 500 by injection, and calls applied but answered late.
+    pub injected_errors: u64,
+    pub injected_timeouts: u64,
 }
 
 /// Where Outbound Messages go, and which fields of each SObject they carry (Salesforce adds
@@ -67,6 +74,7 @@ struct State {
     pending_messages: Arc<AtomicU64>,
     /// Records written by the request being handled, to notify of once it is done.
     touched: Vec<(String, String)>,
+    dice: FaultDice,
 }
 
 /// A running sandbox; stops when dropped.
@@ -97,6 +105,7 @@ impl Sandbox {
             next_notification: 1,
             pending_messages: Arc::default(),
             touched: Vec::new(),
+            dice: FaultDice::default(),
         }));
         let shared = state.clone();
         let server = sandbox_server::start(addr, move |request| handle(shared.clone(), request)).await?;
@@ -114,12 +123,22 @@ impl Sandbox {
     }
 
     pub fn stats(&self) -> Stats {
-        self.state.lock().unwrap().stats.clone()
+        let state = self.state.lock().unwrap();
+        Stats {
+            injected_errors: state.dice.errors,
+            injected_timeouts: state.dice.timeouts,
+            ..state.stats.clone()
+        }
     }
 
     /// Ends the current access token's session, as Salesforce does after its timeout.
     pub fn expire_session(&self) {
         self.state.lock().unwrap().access_token = "expired".into();
+    }
+
+    /// Injects failures into API calls from now on (not into the token endpoint), with seeded dice.
+    pub fn set_faults(&self, faults: Faults, seed: u64) {
+        self.state.lock().unwrap().dice = FaultDice::new(faults, seed);
     }
 
     /// Posts an Outbound Message for every write from now on.
@@ -180,17 +199,29 @@ async fn handle(
 ) -> Result<Reply, Infallible> {
     let (parts, body) = request.into_parts();
     let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-    let shared = state.clone();
-    let mut state = state.lock().unwrap();
+    let (reply, late) = respond(&state, &parts, &body);
+    if let Some(late) = late {
+        tokio::time::sleep(late).await;
+    }
+    Ok(reply)
+}
+
+/// The answer, and how long to hold it back (an injected timeout).
+fn respond(
+    shared: &Arc<Mutex<State>>,
+    parts: &hyper::http::request::Parts,
+    body: &[u8],
+) -> (Reply, Option<Duration>) {
+    let mut state = shared.lock().unwrap();
     state.stats.calls += 1;
     let path = parts.uri.path().to_string();
     if path == "/services/oauth2/token" {
-        let fields = form(&body);
+        let fields = form(body);
         if fields.get("grant_type").map(String::as_str) != Some("refresh_token")
             || fields.get("refresh_token") != Some(&state.refresh_token)
         {
             let body = json!({"error": "invalid_grant", "error_description": "expired access/refresh token"});
-            return Ok(reply(400, &body, &state));
+            return (reply(400, &body, &state), None);
         }
         state.tokens_issued += 1;
         state.stats.refreshed += 1;
@@ -200,7 +231,7 @@ async fn handle(
             "instance_url": format!("http://{}", parts.headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or_default()),
             "token_type": "Bearer",
         });
-        return Ok(reply(200, &body, &state));
+        return (reply(200, &body, &state), None);
     }
     let bearer = parts
         .headers
@@ -210,17 +241,25 @@ async fn handle(
     if bearer != Some(state.access_token.as_str()) {
         state.stats.refused_sessions += 1;
         let body = json!([{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]);
-        return Ok(reply(401, &body, &state));
+        return (reply(401, &body, &state), None);
     }
     if state.used >= state.daily_limit {
         let body =
             json!([{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}]);
-        return Ok(reply(403, &body, &state));
+        return (reply(403, &body, &state), None);
     }
     state.used += 1;
+    let late = match state.dice.roll() {
+        Fault::Error => {
+            let body = json!([{"message": "An unexpected error occurred. Please include this ErrorId if you contact support: 1234567890-12345 (-1234567890)", "errorCode": "UNKNOWN_EXCEPTION"}]);
+            return (reply(500, &body, &state), None);
+        }
+        Fault::Late(hold) => Some(hold),
+        Fault::None => None,
+    };
     let Some(rest) = path.strip_prefix(&format!("{API_PATH}/composite/sobjects")) else {
         let body = json!([{"message": "The requested resource does not exist", "errorCode": "NOT_FOUND"}]);
-        return Ok(reply(404, &body, &state));
+        return (reply(404, &body, &state), None);
     };
     let segments: Vec<String> = rest
         .trim_matches('/')
@@ -230,11 +269,11 @@ async fn handle(
         .collect();
     let query = form(parts.uri.query().unwrap_or_default().as_bytes());
     let (status, body) = match (parts.method.as_str(), segments.as_slice()) {
-        ("PATCH", [sobject, external_id]) => collection(&mut state, &body, |state, record| {
+        ("PATCH", [sobject, external_id]) => collection(&mut state, body, |state, record| {
             upsert(state, sobject, external_id, record)
         }),
-        ("PATCH", []) => collection(&mut state, &body, update),
-        ("POST", []) => collection(&mut state, &body, |state, record| {
+        ("PATCH", []) => collection(&mut state, body, update),
+        ("POST", []) => collection(&mut state, body, |state, record| {
             let sobject = record
                 .get("attributes")
                 .and_then(|a| a.get("type"))
@@ -279,7 +318,7 @@ async fn handle(
     };
     let response = reply(status, &body, &state);
     state.notify(shared.clone());
-    Ok(response)
+    (response, late)
 }
 
 /// Applies `each` to every record of a collection request, in order.
