@@ -243,6 +243,8 @@ impl SyncService {
 
         let mut outcomes: HashMap<String, Outcome> = HashMap::new();
         let mut written_contacts: HashMap<String, String> = HashMap::new();
+        // The CRM ids of the contacts deals and activities belong to, once contacts are written.
+        let mut parents: Option<HashMap<String, String>> = None;
         for (object, operation) in [
             (ObjectKind::Contact, Operation::Upsert),
             (ObjectKind::Contact, Operation::Delete),
@@ -258,9 +260,16 @@ impl SyncService {
                 continue;
             }
             let mapping = self.mapping.object(object).expect("checked when parsed");
+            if object != ObjectKind::Contact && parents.is_none() {
+                parents = Some(self.contact_crm_ids(&work, &written_contacts).await);
+            }
             let results = match operation {
                 Operation::Delete => self.archive_group(mapping, &group, deadline, &mut report).await,
-                _ => self.upsert_group(mapping, &group, deadline, &mut report).await,
+                _ => {
+                    let parents = parents.as_ref().cloned().unwrap_or_default();
+                    self.upsert_group(mapping, &group, &parents, deadline, &mut report)
+                        .await
+                }
             };
             for (w, outcome) in group.iter().zip(results) {
                 if object == ObjectKind::Contact {
@@ -274,7 +283,11 @@ impl SyncService {
                 outcomes.insert(w.queued.message_id.clone(), outcome);
             }
         }
-        self.associate(&work, &mut outcomes, &written_contacts, deadline, &mut report)
+        let parents = match parents {
+            Some(parents) => parents,
+            None => self.contact_crm_ids(&work, &written_contacts).await,
+        };
+        self.associate(&work, &mut outcomes, &parents, deadline, &mut report)
             .await;
 
         let settle_now = self.clock.now_ms();
@@ -448,6 +461,7 @@ impl SyncService {
         &self,
         mapping: &ObjectMapping,
         group: &[&Work],
+        parents: &HashMap<String, String>,
         deadline: Instant,
         report: &mut BatchReport,
     ) -> Vec<Outcome> {
@@ -456,6 +470,14 @@ impl SyncService {
             .map(|w| UpsertInput {
                 key: w.queued.change.record_id.clone(),
                 properties: w.outbound.properties.clone(),
+                crm_id: w.prior.crm_id.clone(),
+                parent_crm_id: w
+                    .queued
+                    .change
+                    .contact_record_id
+                    .as_ref()
+                    .and_then(|contact| parents.get(contact))
+                    .cloned(),
             })
             .collect();
         let mut outcomes = Vec::with_capacity(inputs.len());
@@ -576,13 +598,51 @@ impl SyncService {
             .collect()
     }
 
+    /// The CRM ids of the contacts the batch's deals and activities name: written by this batch,
+    /// or recorded earlier (and not deleted since). A contact not in the CRM is left out.
+    async fn contact_crm_ids(
+        &self,
+        work: &[Work],
+        written_contacts: &HashMap<String, String>,
+    ) -> HashMap<String, String> {
+        let mut ids = written_contacts.clone();
+        let mut missing: Vec<RecordRef> = work
+            .iter()
+            .filter(|w| w.queued.change.operation != Operation::Delete)
+            .filter_map(|w| w.queued.change.contact_record_id.clone())
+            .filter(|id| !written_contacts.contains_key(id))
+            .map(|record_id| RecordRef {
+                object: ObjectKind::Contact,
+                record_id,
+            })
+            .collect();
+        missing.sort();
+        missing.dedup();
+        if missing.is_empty() {
+            return ids;
+        }
+        match self.state.states(&missing).await {
+            Ok(states) => {
+                for (record, state) in states {
+                    if let (Some(crm_id), false) = (state.crm_id, state.status == SyncStatus::Deleted) {
+                        ids.insert(record.record_id, crm_id);
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::error!(error = ?anyhow::Error::from(error), "could not read contact states")
+            }
+        }
+        ids
+    }
+
     /// Links applied deals and activities to their contacts. A contact that is not in the CRM
     /// yet makes its deal or activity retry later (the upsert again is harmless).
     async fn associate(
         &self,
         work: &[Work],
         outcomes: &mut HashMap<String, Outcome>,
-        written_contacts: &HashMap<String, String>,
+        contact_ids: &HashMap<String, String>,
         deadline: Instant,
         report: &mut BatchReport,
     ) {
@@ -604,33 +664,7 @@ impl SyncService {
         if wanted.is_empty() {
             return;
         }
-        let missing: Vec<RecordRef> = wanted
-            .iter()
-            .filter_map(|w| w.queued.change.contact_record_id.clone())
-            .filter(|id| !written_contacts.contains_key(id))
-            .map(|record_id| RecordRef {
-                object: ObjectKind::Contact,
-                record_id,
-            })
-            .collect();
-        let known = match self.state.states(&missing).await {
-            Ok(states) => states,
-            Err(error) => {
-                tracing::error!(error = ?anyhow::Error::from(error), "could not read contact states");
-                HashMap::new()
-            }
-        };
-        let contact_crm_id = |record_id: &str| -> Option<String> {
-            written_contacts.get(record_id).cloned().or_else(|| {
-                known
-                    .get(&RecordRef {
-                        object: ObjectKind::Contact,
-                        record_id: record_id.to_string(),
-                    })
-                    .filter(|state| state.status != SyncStatus::Deleted)
-                    .and_then(|state| state.crm_id.clone())
-            })
-        };
+        let contact_crm_id = |record_id: &str| contact_ids.get(record_id).cloned();
         for object in [ObjectKind::Deal, ObjectKind::Activity] {
             let Some(mapping) = self.mapping.object(object) else {
                 continue;

@@ -22,10 +22,10 @@ fn client(app: &TestApp, token: &str) -> HubSpotClient {
 }
 
 fn input(key: &str, email: &str) -> UpsertInput {
-    UpsertInput {
-        key: key.to_string(),
-        properties: BTreeMap::from([("email".to_string(), email.to_string())]),
-    }
+    UpsertInput::new(
+        key.to_string(),
+        BTreeMap::from([("email".to_string(), email.to_string())]),
+    )
 }
 
 #[tokio::test]

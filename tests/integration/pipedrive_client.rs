@@ -24,13 +24,13 @@ async fn sandbox(limits: Limits) -> (Sandbox, PipedriveClient) {
 }
 
 fn input(key: &str, email: &str) -> UpsertInput {
-    UpsertInput {
-        key: key.to_string(),
-        properties: BTreeMap::from([
+    UpsertInput::new(
+        key.to_string(),
+        BTreeMap::from([
             ("email".to_string(), email.to_string()),
             ("name".to_string(), "Ada Lovelace".to_string()),
         ]),
-    }
+    )
 }
 
 fn done(outcome: &InputOutcome) -> (String, bool) {
@@ -190,10 +190,10 @@ async fn a_deal_is_linked_to_its_person_and_other_links_are_refused() {
         .upsert(
             "deals",
             APP_ID_FIELD,
-            &[UpsertInput {
-                key: "deal-7".into(),
-                properties: BTreeMap::from([("title".to_string(), "Pilot".to_string())]),
-            }],
+            &[UpsertInput::new(
+                "deal-7",
+                BTreeMap::from([("title".to_string(), "Pilot".to_string())]),
+            )],
         )
         .await
         .expect("deal");
@@ -215,8 +215,8 @@ async fn a_deal_is_linked_to_its_person_and_other_links_are_refused() {
 
     let refused = client
         .associate(
-            "notes",
             "persons",
+            "deals",
             &[AssociationInput {
                 from_id: "1".into(),
                 to_id: "2".into(),
@@ -224,4 +224,80 @@ async fn a_deal_is_linked_to_its_person_and_other_links_are_refused() {
         )
         .await;
     assert!(matches!(refused, Err(CrmError::Rejected { .. })), "{refused:?}");
+}
+
+fn note(body: &str, crm_id: Option<String>, person: Option<String>) -> UpsertInput {
+    UpsertInput {
+        crm_id,
+        parent_crm_id: person,
+        ..UpsertInput::new(
+            "act-1",
+            BTreeMap::from([("content".to_string(), body.to_string())]),
+        )
+    }
+}
+
+#[tokio::test]
+async fn a_note_is_created_on_its_person_updated_by_its_id_and_written_anew_once_deleted() {
+    let (sandbox, client) = sandbox(Limits::default()).await;
+    let person = done(
+        &client
+            .upsert("persons", APP_ID_FIELD, &[input("app-9", "n@example.com")])
+            .await
+            .unwrap()
+            .outcomes[0],
+    )
+    .0;
+
+    // Without its person the note cannot be created yet: a retry may find the person.
+    let orphan = client
+        .upsert("notes", "unused", &[note("Call", None, None)])
+        .await
+        .unwrap();
+    assert!(
+        matches!(&orphan.outcomes[0], InputOutcome::Failed(error) if error.kind == crm_sync::domain::crm::FailureKind::Transient),
+        "{orphan:?}"
+    );
+    assert!(sandbox.records("notes").is_empty());
+
+    let created = client
+        .upsert("notes", "unused", &[note("Call", None, Some(person.clone()))])
+        .await
+        .unwrap();
+    let (note_id, was_created) = done(&created.outcomes[0]);
+    assert!(was_created);
+    assert!(created.call.starts_with("POST /notes"), "{}", created.call);
+    let updated = client
+        .upsert(
+            "notes",
+            "unused",
+            &[note(
+                "Call, rescheduled",
+                Some(note_id.clone()),
+                Some(person.clone()),
+            )],
+        )
+        .await
+        .unwrap();
+    assert_eq!(done(&updated.outcomes[0]), (note_id.clone(), false));
+    let notes = sandbox.records("notes");
+    assert_eq!(notes.len(), 1, "updated in place: {notes:?}");
+    assert_eq!(notes[0]["content"], "Call, rescheduled");
+    assert_eq!(notes[0]["person_id"].to_string(), person);
+
+    client
+        .archive("notes", std::slice::from_ref(&note_id))
+        .await
+        .unwrap();
+    assert!(sandbox.records("notes").is_empty());
+    let again = client
+        .upsert(
+            "notes",
+            "unused",
+            &[note("Call", Some(note_id.clone()), Some(person))],
+        )
+        .await
+        .unwrap();
+    let (new_id, created) = done(&again.outcomes[0]);
+    assert!(created && new_id != note_id, "a deleted note is written anew");
 }

@@ -38,12 +38,14 @@ async fn org(daily_limit: u64, refresh_token: Option<&str>) -> (Sandbox, Salesfo
 
 fn contacts(count: usize, email: impl Fn(usize) -> String) -> Vec<UpsertInput> {
     (0..count)
-        .map(|i| UpsertInput {
-            key: format!("app-{i}"),
-            properties: BTreeMap::from([
-                ("Email".to_string(), email(i)),
-                ("LastName".to_string(), format!("L{i}")),
-            ]),
+        .map(|i| {
+            UpsertInput::new(
+                format!("app-{i}"),
+                BTreeMap::from([
+                    ("Email".to_string(), email(i)),
+                    ("LastName".to_string(), format!("L{i}")),
+                ]),
+            )
         })
         .collect()
 }
@@ -196,10 +198,10 @@ async fn an_opportunity_is_linked_to_its_contact_by_a_contact_role() {
         .upsert(
             "Opportunity",
             APP_ID,
-            &[UpsertInput {
-                key: "deal-1".into(),
-                properties: BTreeMap::from([("Name".to_string(), "Pilot".to_string())]),
-            }],
+            &[UpsertInput::new(
+                "deal-1",
+                BTreeMap::from([("Name".to_string(), "Pilot".to_string())]),
+            )],
         )
         .await
         .expect("opportunity");

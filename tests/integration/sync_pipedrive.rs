@@ -3,7 +3,7 @@
 
 use crm_sync::domain::contract::{ObjectKind, RecordRef};
 use crm_sync::domain::sync::SyncStatus;
-use crm_sync_tests::app_changes::contact;
+use crm_sync_tests::app_changes::{activity, contact};
 use crm_sync_tests::hubspot::now_ms;
 use crm_sync_tests::{eventually, spawn_app_with, AppOptions, TestApp};
 use pipedrive_sandbox::{Limits, Sandbox};
@@ -382,4 +382,37 @@ async fn under_pipedrive_errors_and_lost_answers_every_person_ends_up_once_with_
         "the run proves little: {stats:?}"
     );
     assert!(app.drain_dead_letters("OutboundDeadLetterQueue").await.is_empty());
+}
+
+#[tokio::test]
+async fn an_activity_becomes_one_note_on_its_person_and_a_later_change_rewrites_that_note() {
+    let (sandbox, app) = pipedrive_stack(Limits::default(), 20).await;
+    let at = now_ms();
+    app.send_changes(&[contact("pd-act-c", at, json!({"email": "act@example.com"}))])
+        .await;
+    let (person, _) = app
+        .settled(
+            RecordRef {
+                object: ObjectKind::Contact,
+                record_id: "pd-act-c".into(),
+            },
+            SyncStatus::Synced,
+        )
+        .await;
+    let call = activity("pd-act-1", "pd-act-c", at, "Called about the renewal");
+    app.send_changes(&[call.clone(), call]).await;
+    let note = RecordRef {
+        object: ObjectKind::Activity,
+        record_id: "pd-act-1".into(),
+    };
+    app.applied(note.clone(), at).await;
+    app.send_changes(&[activity("pd-act-1", "pd-act-c", at + 1, "Renewal signed")])
+        .await;
+    app.applied(note, at + 1).await;
+
+    let notes = sandbox.records("notes");
+    assert_eq!(notes.len(), 1, "one note, sent twice and changed once: {notes:?}");
+    assert_eq!(notes[0]["content"], "Renewal signed");
+    assert_eq!(Some(notes[0]["person_id"].to_string()), person.crm_id);
+    assert_eq!(notes[0]["add_time"], "2026-11-27 10:00:00");
 }

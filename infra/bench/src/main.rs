@@ -5,10 +5,13 @@
 //! Options: `--records N` (20000; the load against the CRM ceiling also runs at N/4 to show how
 //! cost grows, and end to end through moto at N/10),
 //! `--naive M` (400), `--webhooks K` (200 single-event and K/4 hundred-event deliveries),
-//! `--footprint M` (10000 messages in the memory measurement's batch), `--out DIR` (docs/bench).
+//! `--footprint M` (10000 messages in the memory measurement's batch), `--out DIR` (docs/bench),
+//! `--crm-records P` (200 through Pipedrive, 10x that through Salesforce), `--only crms` (just
+//! the Pipedrive and Salesforce rows, written to `crms.json`).
 
 mod footprint;
 mod memory_state;
+mod other_crms;
 mod outbound;
 mod report;
 mod webhook;
@@ -23,6 +26,8 @@ pub struct Args {
     naive: usize,
     webhooks: usize,
     footprint: usize,
+    crm_records: usize,
+    only: Option<String>,
     out: PathBuf,
 }
 
@@ -32,6 +37,8 @@ fn parse_args() -> anyhow::Result<Args> {
         naive: 400,
         webhooks: 200,
         footprint: 10_000,
+        crm_records: 200,
+        only: None,
         out: PathBuf::from("docs/bench"),
     };
     let mut given = std::env::args().skip(1);
@@ -43,6 +50,8 @@ fn parse_args() -> anyhow::Result<Args> {
             "--webhooks" => args.webhooks = value.parse().context("--webhooks")?,
             "--footprint" => args.footprint = value.parse().context("--footprint")?,
             "--out" => args.out = PathBuf::from(value),
+            "--crm-records" => args.crm_records = value.parse().context("--crm-records")?,
+            "--only" if value == "crms" => args.only = Some(value),
             other => anyhow::bail!("unknown option {other}"),
         }
     }
@@ -62,6 +71,17 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let moto = Moto::start("127.0.0.1", free_port()?)?;
     eprintln!("moto at {}", moto.endpoint);
+
+    eprintln!("Pipedrive: {} contact upserts", args.crm_records);
+    let mut crms = vec![other_crms::pipedrive(&moto.endpoint, args.crm_records).await?];
+    eprintln!("Salesforce: {} contact upserts", args.crm_records * 10);
+    crms.push(other_crms::salesforce(&moto.endpoint, args.crm_records * 10).await?);
+    println!("{}", other_crms::table(&crms));
+    let json: Vec<serde_json::Value> = crms.iter().map(other_crms::CrmRow::to_json).collect();
+    std::fs::write(args.out.join("crms.json"), serde_json::to_string_pretty(&json)?)?;
+    if args.only.is_some() {
+        return Ok(());
+    }
 
     let mut ceiling = Vec::new();
     for records in [args.records / 4, args.records] {

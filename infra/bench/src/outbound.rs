@@ -142,6 +142,22 @@ fn change(i: usize, at: i64) -> String {
     .to_string()
 }
 
+/// Fills the stack's outbound queue, then starts its event sources; returns when they started.
+pub async fn preload_and_start(
+    stack: &mut LocalStack,
+    moto: &str,
+    records: usize,
+) -> anyhow::Result<Instant> {
+    let aws =
+        crm_sync::adapters::aws::load_sdk_config(&crm_sync::adapters::aws::AwsTarget::local(moto), TOOLING)
+            .await;
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+    preload(&sqs, &stack.resources.queue("OutboundQueue").url, records).await?;
+    let started = Instant::now();
+    stack.start_event_sources();
+    Ok(started)
+}
+
 /// Fills the queue before the clock starts, ten messages a call, 16 calls at a time.
 async fn preload(sqs: &aws_sdk_sqs::Client, url: &str, records: usize) -> anyhow::Result<()> {
     let at = crm_sync_tests::hubspot::now_ms();
@@ -196,13 +212,10 @@ pub async fn bulk(moto: &str, records: usize) -> anyhow::Result<Bulk> {
         generated_secrets: HashMap::new(),
     })
     .await?;
+    let started = preload_and_start(&mut stack, moto, records).await?;
     let aws =
         crm_sync::adapters::aws::load_sdk_config(&crm_sync::adapters::aws::AwsTarget::local(moto), TOOLING)
             .await;
-    let sqs = aws_sdk_sqs::Client::new(&aws);
-    preload(&sqs, &stack.resources.queue("OutboundQueue").url, records).await?;
-    let started = Instant::now();
-    stack.start_event_sources();
     let sandbox = stack.sandbox.as_ref().expect("the sandbox runs");
     let deadline = started + Duration::from_secs(600 + records as u64 / 10);
     loop {
@@ -269,10 +282,10 @@ pub async fn naive(records: usize) -> anyhow::Result<Naive> {
     let started = Instant::now();
     let mut throttled = 0;
     for i in 0..records {
-        let input = UpsertInput {
-            key: format!("naive-{i}"),
-            properties: BTreeMap::from([("email".to_string(), format!("naive-{i}@example.com"))]),
-        };
+        let input = UpsertInput::new(
+            format!("naive-{i}"),
+            BTreeMap::from([("email".to_string(), format!("naive-{i}@example.com"))]),
+        );
         loop {
             match client
                 .upsert("contacts", "crm_sync_app_id", std::slice::from_ref(&input))

@@ -1,13 +1,12 @@
 //! A local Pipedrive for tests: persons and deals over API v2 (create, update, get, delete,
-//! exact search by a custom field), token auth, the per-token burst window (2 s) and the daily
-//! budget, each reported in Pipedrive's headers and enforced with 429; webhooks v2 (HTTP Basic
+//! exact search by a custom field) and notes over API v1 (content and a person, deal, org or lead
+//! required), token auth, the per-token burst window (2 s) and the daily budget, each reported in
+//! Pipedrive's headers and enforced with 429; webhooks v2 (HTTP Basic
 //! credentials) for every create and change, by the API (`change_source: api`) or by a person
 //! (`app`, through [`Sandbox::edit`]).
 //!
 //! `set_faults` injects 500s (not applied) and late answers (applied, answered after the client
 //! gave up).
-//!
-//! Not yet: notes.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
@@ -84,7 +83,8 @@ impl State {
         previous: Option<Map<String, Value>>,
         source: &str,
     ) {
-        let Some(webhook) = self.webhook.clone() else {
+        // The webhooks crm-sync registers are for persons and deals only.
+        let Some(webhook) = self.webhook.clone().filter(|_| entity != "notes") else {
             return;
         };
         self.next_event += 1;
@@ -252,6 +252,7 @@ fn entity_name(segment: &str) -> Option<&'static str> {
     match segment {
         "persons" => Some("persons"),
         "deals" => Some("deals"),
+        "notes" => Some("notes"),
         _ => None,
     }
 }
@@ -368,7 +369,17 @@ fn respond(
     };
     let path = parts.uri.path().trim_end_matches('/').to_string();
     let query = parts.uri.query().unwrap_or_default().to_string();
-    let segments: Vec<&str> = path.trim_start_matches("/api/v2/").split('/').collect();
+    // Notes exist only in API v1; persons and deals are served from v2.
+    let (version, rest) = match (path.strip_prefix("/api/v2/"), path.strip_prefix("/v1/")) {
+        (Some(rest), _) => (2, rest),
+        (_, Some(rest)) => (1, rest),
+        _ => (0, path.as_str()),
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    if (version == 1) != (segments.first() == Some(&"notes")) {
+        let body = json!({"success": false, "error": "Not found", "errorCode": "not_found"});
+        return (reply(404, &body, &headers), late);
+    }
     let (status, body) = serve(&mut state, parts.method.as_str(), &segments, &query, body);
     (reply(status, &body, &headers), late)
 }
@@ -396,6 +407,20 @@ fn serve(state: &mut State, method: &str, segments: &[&str], query: &str, body: 
                 Ok(fields) => fields,
                 Err(reply) => return reply,
             };
+            if entity == "notes"
+                && (fields
+                    .get("content")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                    || !["person_id", "deal_id", "org_id", "lead_id"]
+                        .iter()
+                        .any(|link| fields.get(*link).is_some_and(|v| !v.is_null())))
+            {
+                return (
+                    400,
+                    json!({"success": false, "error": "Content and one of deal_id, person_id, org_id or lead_id are required", "errorCode": "bad_request"}),
+                );
+            }
             let id = state.next_id;
             state.next_id += 1;
             let mut record = Map::from_iter([("id".to_string(), json!(id))]);
@@ -439,7 +464,8 @@ fn serve(state: &mut State, method: &str, segments: &[&str], query: &str, body: 
                     Some(record) => (200, json!({"success": true, "data": record})),
                     None => not_found,
                 },
-                "PATCH" => {
+                // v2 updates with PATCH, v1 (notes) with PUT.
+                "PATCH" | "PUT" => {
                     let fields = match fields() {
                         Ok(fields) => fields,
                         Err(reply) => return reply,

@@ -9,6 +9,24 @@ pub struct UpsertInput {
     /// Value of the id property (the app's record id).
     pub key: String,
     pub properties: BTreeMap<String, String>,
+    /// The CRM id crm-sync recorded for this record, if any: a CRM that cannot find a record by
+    /// the app's id (Pipedrive notes) updates this one.
+    pub crm_id: Option<String>,
+    /// The CRM id of the contact a deal or activity belongs to, when it is known before the
+    /// write: a CRM that must create such a record attached (Pipedrive notes) uses it.
+    pub parent_crm_id: Option<String>,
+}
+
+impl UpsertInput {
+    /// An input known by the app's id only.
+    pub fn new(key: impl Into<String>, properties: BTreeMap<String, String>) -> Self {
+        Self {
+            key: key.into(),
+            properties,
+            crm_id: None,
+            parent_crm_id: None,
+        }
+    }
 }
 
 /// Update of one record by CRM id.

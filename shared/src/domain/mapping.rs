@@ -39,6 +39,8 @@ pub enum ValueFormat {
     EpochMs,
     /// `YYYY-MM-DD`, in UTC (Salesforce's date fields, such as a Task's `ActivityDate`).
     Date,
+    /// `YYYY-MM-DD HH:MM:SS`, in UTC (Pipedrive's `add_time`).
+    UtcDateTime,
 }
 
 /// The reconciliation's answer to drift of an app-owned field.
@@ -209,13 +211,14 @@ impl Mapping {
             let format = match rule.format.as_deref() {
                 Some("epoch_ms") => Some(ValueFormat::EpochMs),
                 Some("date") => Some(ValueFormat::Date),
+                Some("utc_datetime") => Some(ValueFormat::UtcDateTime),
                 // HubSpot's two time properties were converted before `format` existed.
                 None if rule.crm == "hs_timestamp" || rule.crm == "closedate" => Some(ValueFormat::EpochMs),
                 None => None,
                 Some(other) => {
                     return Err(mapping_error(
                         at,
-                        format!("format `{other}` must be `epoch_ms` or `date`"),
+                        format!("format `{other}` must be `epoch_ms`, `date` or `utc_datetime`"),
                     ))
                 }
             };
@@ -278,10 +281,17 @@ fn crm_value(rule: &FieldRule, value: &FieldValue) -> String {
     let ms = super::contract::parse_timestamp_ms(&as_json);
     match (rule.format, ms) {
         (Some(ValueFormat::EpochMs), Some(ms)) => ms.to_string(),
-        (Some(ValueFormat::Date), Some(ms)) => {
-            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-                .map(|at| at.date().to_string())
-                .unwrap_or_else(|_| value.to_crm_string())
+        (Some(format @ (ValueFormat::Date | ValueFormat::UtcDateTime)), Some(ms)) => {
+            let Ok(at) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
+                return value.to_crm_string();
+            };
+            match format {
+                ValueFormat::Date => at.date().to_string(),
+                _ => {
+                    let (hour, minute, second) = at.time().as_hms();
+                    format!("{} {hour:02}:{minute:02}:{second:02}", at.date())
+                }
+            }
         }
         _ => value.to_crm_string(),
     }
@@ -307,11 +317,11 @@ mod tests {
     }
 
     #[test]
-    fn the_built_in_pipedrive_mapping_maps_persons_and_deals_and_no_activities() {
+    fn the_built_in_pipedrive_mapping_maps_persons_deals_and_activities_as_notes() {
         let mapping = Mapping::parse(PIPEDRIVE_MAPPING).unwrap();
         assert_eq!(mapping.object(ObjectKind::Contact).unwrap().crm_object, "persons");
         assert_eq!(mapping.object(ObjectKind::Deal).unwrap().crm_object, "deals");
-        assert!(mapping.object(ObjectKind::Activity).is_none());
+        assert_eq!(mapping.object(ObjectKind::Activity).unwrap().crm_object, "notes");
     }
 
     #[test]
@@ -372,13 +382,18 @@ mod tests {
             .unwrap();
             let out = mapping.outbound(&change).unwrap();
             assert_eq!(out.properties["ActivityDate"], "2026-01-02", "{occurred_at}");
+            let out = Mapping::parse(PIPEDRIVE_MAPPING)
+                .unwrap()
+                .outbound(&change)
+                .unwrap();
+            assert_eq!(out.properties["add_time"], "2026-01-02 01:30:00", "{occurred_at}");
         }
         let error = Mapping::parse(
             "[activity]\ncrm_object = \"Task\"\nid_property = \"x\"\n[activity.fields]\nat = { crm = \"D\", owner = \"app\", format = \"unix\" }\n",
         )
         .unwrap_err();
         assert_eq!(error.entry, "activity.fields.at");
-        assert!(error.problem.contains("`epoch_ms` or `date`"), "{error}");
+        assert!(error.problem.contains("`date` or `utc_datetime`"), "{error}");
     }
 
     #[test]

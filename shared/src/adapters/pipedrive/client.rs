@@ -48,8 +48,13 @@ const TOP_LEVEL: [&str; 14] = [
 pub struct PipedriveClient {
     http: reqwest::Client,
     base_url: String,
+    /// API v1's root, for notes: v2 has none.
+    v1_url: String,
     token: SecretString,
 }
+
+/// The object activities are written as: notes on their person (API v1).
+pub const NOTES: &str = "notes";
 
 /// Pipedrive's rate state from its headers: `x-ratelimit-*` for the token's burst window,
 /// `x-daily-requests-left` for the company's day.
@@ -106,9 +111,15 @@ struct Answer {
 impl PipedriveClient {
     pub fn new(base_url: &str, token: SecretString, timeout: Duration) -> anyhow::Result<Self> {
         let http = crm_http::client(timeout)?;
+        let base_url = base_url.trim_end_matches('/').to_string();
+        let v1_url = match base_url.strip_suffix("/api/v2") {
+            Some(root) => format!("{root}/v1"),
+            None => format!("{base_url}/v1"),
+        };
         Ok(Self {
             http,
-            base_url: base_url.trim_end_matches('/').to_string(),
+            base_url,
+            v1_url,
             token,
         })
     }
@@ -121,9 +132,14 @@ impl PipedriveClient {
         body: Option<Value>,
     ) -> Result<Option<Answer>, CrmError> {
         let call = format!("{method} {}", path.split('?').next().unwrap_or(path));
+        let base = if path.starts_with("/notes") {
+            &self.v1_url
+        } else {
+            &self.base_url
+        };
         let mut request = self
             .http
-            .request(method, format!("{}{path}", self.base_url))
+            .request(method, format!("{base}{path}"))
             .header("x-api-token", self.token.expose_secret());
         if let Some(body) = body {
             request = request.json(&body);
@@ -193,6 +209,48 @@ impl PipedriveClient {
         }
     }
 
+    /// A note is written on its person: updated in place when crm-sync knows its id, else
+    /// created on the person. Notes have no custom field to find one by the app's id.
+    async fn upsert_note(&self, input: &UpsertInput) -> Result<BatchResult, CrmError> {
+        let mut body: Map<String, Value> = input
+            .properties
+            .iter()
+            .map(|(name, value)| (name.clone(), Value::String(value.clone())))
+            .collect();
+        if let Some(person) = &input.parent_crm_id {
+            body.insert("person_id".into(), numeric(person));
+        }
+        if let Some(id) = &input.crm_id {
+            let path = format!("/{NOTES}/{id}");
+            if let Some(answer) = self
+                .call(Method::PUT, &path, Some(Value::Object(body.clone())))
+                .await?
+            {
+                return Ok(Self::single(answer, false));
+            }
+            // Deleted in Pipedrive since: written anew.
+        }
+        if input.parent_crm_id.is_none() {
+            return Ok(BatchResult {
+                outcomes: vec![InputOutcome::Failed(InputError {
+                    kind: FailureKind::Transient,
+                    code: "NO_PERSON".into(),
+                    message: "a note is created on its person, who is not in Pipedrive yet".into(),
+                    existing_id: None,
+                })],
+                rate: RateInfo::default(),
+                call: "-".into(),
+            });
+        }
+        match self
+            .call(Method::POST, &format!("/{NOTES}"), Some(Value::Object(body)))
+            .await?
+        {
+            Some(answer) => Ok(Self::single(answer, true)),
+            None => Ok(Self::missing(format!("POST /{NOTES} -> 404"))),
+        }
+    }
+
     fn missing(call: String) -> BatchResult {
         BatchResult {
             outcomes: vec![InputOutcome::Failed(InputError {
@@ -239,6 +297,13 @@ fn with_name(object: &str, mut body: Value) -> Value {
     body
 }
 
+/// Pipedrive's ids are numbers; anything else is sent as given, for Pipedrive to refuse.
+fn numeric(id: &str) -> Value {
+    id.parse::<u64>()
+        .map(Value::from)
+        .unwrap_or_else(|_| Value::String(id.to_string()))
+}
+
 fn id_text(value: &Value) -> String {
     match value {
         Value::String(text) => text.clone(),
@@ -277,6 +342,9 @@ impl Crm for PipedriveClient {
     ) -> Result<BatchResult, CrmError> {
         one(inputs.len())?;
         let input = &inputs[0];
+        if object == NOTES {
+            return self.upsert_note(input).await;
+        }
         let key: String = form_urlencoded::byte_serialize(input.key.as_bytes()).collect();
         let found = self
             .call(
@@ -387,6 +455,17 @@ impl Crm for PipedriveClient {
         pairs: &[AssociationInput],
     ) -> Result<BatchResult, CrmError> {
         one(pairs.len())?;
+        // A note was written on its person already (see `upsert_note`).
+        if (from, to) == (NOTES, "persons") {
+            return Ok(BatchResult {
+                outcomes: vec![InputOutcome::Done {
+                    crm_id: pairs[0].from_id.clone(),
+                    created: false,
+                }],
+                rate: RateInfo::default(),
+                call: "-".into(),
+            });
+        }
         // A deal names its person; other links are not in Pipedrive's model.
         if (from, to) != ("deals", "persons") {
             return Err(CrmError::Rejected {
@@ -396,11 +475,7 @@ impl Crm for PipedriveClient {
             });
         }
         let pair = &pairs[0];
-        let person: Value = pair
-            .to_id
-            .parse::<u64>()
-            .map(Value::from)
-            .unwrap_or_else(|_| Value::String(pair.to_id.clone()));
+        let person = numeric(&pair.to_id);
         match self
             .call(
                 Method::PATCH,
