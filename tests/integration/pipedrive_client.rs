@@ -266,7 +266,11 @@ async fn a_note_is_created_on_its_person_updated_by_its_id_and_written_anew_once
         .unwrap();
     let (note_id, was_created) = done(&created.outcomes[0]);
     assert!(was_created);
-    assert!(created.call.starts_with("POST /notes"), "{}", created.call);
+    assert_eq!(
+        sandbox.records("notes")[0]["content"],
+        "Call\n[crm-sync:act-1]",
+        "its last line names the app's id"
+    );
     let updated = client
         .upsert(
             "notes",
@@ -282,7 +286,16 @@ async fn a_note_is_created_on_its_person_updated_by_its_id_and_written_anew_once
     assert_eq!(done(&updated.outcomes[0]), (note_id.clone(), false));
     let notes = sandbox.records("notes");
     assert_eq!(notes.len(), 1, "updated in place: {notes:?}");
-    assert_eq!(notes[0]["content"], "Call, rescheduled");
+    assert_eq!(notes[0]["content"], "Call, rescheduled\n[crm-sync:act-1]");
+    let read = client
+        .read("notes", std::slice::from_ref(&note_id), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        read.records[0].as_ref().unwrap()["content"],
+        "Call, rescheduled",
+        "read back as the app wrote it"
+    );
     assert_eq!(notes[0]["person_id"].to_string(), person);
 
     client
@@ -300,4 +313,62 @@ async fn a_note_is_created_on_its_person_updated_by_its_id_and_written_anew_once
         .unwrap();
     let (new_id, created) = done(&again.outcomes[0]);
     assert!(created && new_id != note_id, "a deleted note is written anew");
+}
+
+#[tokio::test]
+async fn a_note_whose_creation_answer_was_lost_is_found_by_its_marker_and_not_written_twice() {
+    let (sandbox, _) = sandbox(Limits::default()).await;
+    let client = PipedriveClient::new(
+        &sandbox.url(),
+        SecretString::from(TOKEN),
+        Duration::from_millis(300),
+    )
+    .expect("a client");
+    let person = done(
+        &client
+            .upsert("persons", APP_ID_FIELD, &[input("app-10", "lost@example.com")])
+            .await
+            .unwrap()
+            .outcomes[0],
+    )
+    .0;
+
+    // The search for an earlier copy is answered; Pipedrive then writes the note, and that
+    // answer never arrives in time (the dice's first two rolls with this seed).
+    sandbox.set_faults(
+        pipedrive_sandbox::Faults {
+            timeout_rate: 0.5,
+            timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
+        3,
+    );
+    let lost = client
+        .upsert("notes", "unused", &[note("Call", None, Some(person.clone()))])
+        .await;
+    assert!(lost.is_err(), "{lost:?}");
+    sandbox.set_faults(pipedrive_sandbox::Faults::default(), 1);
+    let written = sandbox.records("notes");
+    assert_eq!(written.len(), 1);
+    assert!(written[0]["content"]
+        .as_str()
+        .unwrap()
+        .contains("[crm-sync:act-1]"));
+
+    let retry = client
+        .upsert(
+            "notes",
+            "unused",
+            &[note("Call, rescheduled", None, Some(person))],
+        )
+        .await
+        .unwrap();
+    let (id, _) = done(&retry.outcomes[0]);
+    let notes = sandbox.records("notes");
+    assert_eq!(notes.len(), 1, "found, not written twice: {notes:?}");
+    assert_eq!(notes[0]["id"].to_string(), id);
+    assert_eq!(
+        notes[0]["content"], "Call, rescheduled\n[crm-sync:act-1]",
+        "and brought up to date"
+    );
 }

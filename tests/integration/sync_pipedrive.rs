@@ -332,7 +332,7 @@ async fn the_reconciliation_heals_drift_in_pipedrive_one_record_a_call() {
 }
 
 #[tokio::test]
-async fn under_pipedrive_errors_and_lost_answers_every_person_ends_up_once_with_its_latest_email() {
+async fn under_pipedrive_errors_and_lost_answers_every_person_and_note_ends_up_once_with_its_latest_values() {
     let sandbox = Sandbox::start("127.0.0.1:0", TOKEN, Limits::default())
         .await
         .expect("the sandbox starts");
@@ -360,6 +360,18 @@ async fn under_pipedrive_errors_and_lost_answers_every_person_ends_up_once_with_
             .collect();
         app.send_changes(&changes).await;
     }
+    let notes = 5;
+    let calls: Vec<Value> = (0..notes)
+        .map(|n| {
+            activity(
+                &format!("pd-fault-act-{n}"),
+                &format!("pd-fault-{n}"),
+                at,
+                &format!("Call {n}"),
+            )
+        })
+        .collect();
+    app.send_changes(&calls).await;
     for n in 0..records {
         app.applied(
             RecordRef {
@@ -370,12 +382,31 @@ async fn under_pipedrive_errors_and_lost_answers_every_person_ends_up_once_with_
         )
         .await;
     }
+    for n in 0..notes {
+        app.applied(
+            RecordRef {
+                object: ObjectKind::Activity,
+                record_id: format!("pd-fault-act-{n}"),
+            },
+            at,
+        )
+        .await;
+    }
     let persons = sandbox.records("persons");
     assert_eq!(persons.len(), records, "no person twice, whatever was retried");
     for n in 0..records {
         let person = person(&persons, &format!("pd-fault-{n}")).expect("in Pipedrive");
         assert_eq!(person["emails"][0]["value"], format!("v2-{n}@example.com"));
     }
+    let mut contents: Vec<String> = sandbox
+        .records("notes")
+        .iter()
+        .map(|note| note["content"].as_str().unwrap_or_default().to_string())
+        .map(|content| content.split('\n').next().unwrap_or_default().to_string())
+        .collect();
+    contents.sort();
+    let expected: Vec<String> = (0..notes).map(|n| format!("Call {n}")).collect();
+    assert_eq!(contents, expected, "each note once");
     let stats = sandbox.stats();
     assert!(
         stats.injected_errors > 0 && stats.injected_timeouts > 0,
@@ -412,7 +443,7 @@ async fn an_activity_becomes_one_note_on_its_person_and_a_later_change_rewrites_
 
     let notes = sandbox.records("notes");
     assert_eq!(notes.len(), 1, "one note, sent twice and changed once: {notes:?}");
-    assert_eq!(notes[0]["content"], "Renewal signed");
+    assert_eq!(notes[0]["content"], "Renewal signed\n[crm-sync:pd-act-1]");
     assert_eq!(Some(notes[0]["person_id"].to_string()), person.crm_id);
     assert_eq!(notes[0]["add_time"], "2026-11-27 10:00:00");
 }

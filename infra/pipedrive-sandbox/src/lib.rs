@@ -433,6 +433,34 @@ fn serve(state: &mut State, method: &str, segments: &[&str], query: &str, body: 
             state.emit(entity, &record, None, "api");
             (201, json!({"success": true, "data": record}))
         }
+        // API v1's list of notes: by person, newest first (`sort=id DESC`), `limit` of them.
+        ("GET", None) if entity == "notes" => {
+            let params: BTreeMap<String, String> =
+                form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+            let person = params.get("person_id").cloned();
+            let limit = params
+                .get("limit")
+                .and_then(|limit| limit.parse::<usize>().ok())
+                .unwrap_or(100);
+            let newest_first = params.get("sort").is_some_and(|sort| sort == "id DESC");
+            let mut notes: Vec<Value> = state
+                .records
+                .get(entity)
+                .into_iter()
+                .flat_map(|records| records.values())
+                .filter(|note| {
+                    person
+                        .as_ref()
+                        .is_none_or(|p| note.get("person_id").map(Value::to_string).as_ref() == Some(p))
+                })
+                .map(|note| Value::Object(note.clone()))
+                .collect();
+            if newest_first {
+                notes.reverse();
+            }
+            notes.truncate(limit);
+            (200, json!({"success": true, "data": notes}))
+        }
         ("GET", Some("search")) => {
             let params: BTreeMap<String, String> =
                 form_urlencoded::parse(query.as_bytes()).into_owned().collect();

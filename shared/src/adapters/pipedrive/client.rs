@@ -210,27 +210,30 @@ impl PipedriveClient {
     }
 
     /// A note is written on its person: updated in place when crm-sync knows its id, else
-    /// created on the person. Notes have no custom field to find one by the app's id.
+    /// created on the person. Notes have no custom field to find one by the app's id, so each
+    /// note ends with a line naming the app's id, and a creation first looks for it among the
+    /// person's newest notes: a retry after a lost answer finds the note instead of creating a
+    /// second one. Like a person's upsert, a creation is two requests.
     async fn upsert_note(&self, input: &UpsertInput) -> Result<BatchResult, CrmError> {
         let mut body: Map<String, Value> = input
             .properties
             .iter()
             .map(|(name, value)| (name.clone(), Value::String(value.clone())))
             .collect();
+        let content = body.get("content").and_then(Value::as_str).unwrap_or_default();
+        let marked = format!("{content}\n{}", note_marker(&input.key));
+        body.insert("content".into(), Value::String(marked));
         if let Some(person) = &input.parent_crm_id {
             body.insert("person_id".into(), numeric(person));
         }
+        let body = Value::Object(body);
         if let Some(id) = &input.crm_id {
-            let path = format!("/{NOTES}/{id}");
-            if let Some(answer) = self
-                .call(Method::PUT, &path, Some(Value::Object(body.clone())))
-                .await?
-            {
+            if let Some(answer) = self.put_note(id, &body).await? {
                 return Ok(Self::single(answer, false));
             }
             // Deleted in Pipedrive since: written anew.
         }
-        if input.parent_crm_id.is_none() {
+        let Some(person) = &input.parent_crm_id else {
             return Ok(BatchResult {
                 outcomes: vec![InputOutcome::Failed(InputError {
                     kind: FailureKind::Transient,
@@ -241,14 +244,45 @@ impl PipedriveClient {
                 rate: RateInfo::default(),
                 call: "-".into(),
             });
+        };
+        // An earlier try may have created it and lost the answer (a retry within the same
+        // invocation, or a later one): found by its last line, and brought up to date.
+        if let Some(id) = self.marked_note(person, &note_marker(&input.key)).await? {
+            if let Some(answer) = self.put_note(&id, &body).await? {
+                return Ok(Self::single(answer, true));
+            }
         }
-        match self
-            .call(Method::POST, &format!("/{NOTES}"), Some(Value::Object(body)))
-            .await?
-        {
+        match self.call(Method::POST, &format!("/{NOTES}"), Some(body)).await? {
             Some(answer) => Ok(Self::single(answer, true)),
             None => Ok(Self::missing(format!("POST /{NOTES} -> 404"))),
         }
+    }
+
+    async fn put_note(&self, id: &str, body: &Value) -> Result<Option<Answer>, CrmError> {
+        self.call(Method::PUT, &format!("/{NOTES}/{id}"), Some(body.clone()))
+            .await
+    }
+
+    /// The newest notes of `person` (100, newest first) holding `marker`: one an earlier attempt
+    /// created.
+    async fn marked_note(&self, person: &str, marker: &str) -> Result<Option<String>, CrmError> {
+        let person: String = form_urlencoded::byte_serialize(person.as_bytes()).collect();
+        let path = format!("/{NOTES}?person_id={person}&sort=id%20DESC&limit=100");
+        let Some(answer) = self.call(Method::GET, &path, None).await? else {
+            return Ok(None);
+        };
+        Ok(answer
+            .data
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|note| {
+                note.get("content")
+                    .and_then(Value::as_str)
+                    .is_some_and(|content| content.contains(marker))
+            })
+            .and_then(|note| note.get("id"))
+            .map(id_text))
     }
 
     fn missing(call: String) -> BatchResult {
@@ -295,6 +329,20 @@ fn with_name(object: &str, mut body: Value) -> Value {
     };
     body[required] = Value::String(name);
     body
+}
+
+/// The last line of every note crm-sync writes: plain text, which survives Pipedrive's HTML
+/// sanitizing, and tells a person in Pipedrive where the note came from.
+fn note_marker(key: &str) -> String {
+    format!("[crm-sync:{key}]")
+}
+
+/// A note's content as the app wrote it: without the marker line.
+fn unmarked(content: &str) -> &str {
+    match content.rsplit_once("\n[crm-sync:") {
+        Some((text, rest)) if rest.ends_with(']') && !rest.contains('\n') => text,
+        _ => content,
+    }
 }
 
 /// Pipedrive's ids are numbers; anything else is sent as given, for Pipedrive to refuse.
@@ -435,7 +483,12 @@ impl Crm for PipedriveClient {
                     rate = answer.rate;
                     call = answer.call;
                     let data = answer.data.as_object().cloned().unwrap_or_default();
-                    let flat = flatten(&data, None);
+                    let mut flat = flatten(&data, None);
+                    if object == NOTES {
+                        if let Some(content) = flat.get_mut("content") {
+                            *content = unmarked(content).to_string();
+                        }
+                    }
                     records.push(Some(
                         flat.into_iter()
                             .filter(|(name, _)| properties.is_empty() || properties.contains(name))
@@ -493,6 +546,18 @@ impl Crm for PipedriveClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_notes_content_reads_back_without_its_marker_line_only() {
+        assert_eq!(unmarked("Call\n[crm-sync:act-1]"), "Call");
+        assert_eq!(unmarked("Line\nCall\n[crm-sync:a]"), "Line\nCall");
+        assert_eq!(
+            unmarked("[crm-sync:a] is written by the app"),
+            "[crm-sync:a] is written by the app"
+        );
+        assert_eq!(unmarked("Call\n[crm-sync:a]\nmore"), "Call\n[crm-sync:a]\nmore");
+        assert_eq!(note_marker("act-1"), "[crm-sync:act-1]");
+    }
     use reqwest::header::HeaderValue;
 
     #[test]
