@@ -367,3 +367,81 @@ async fn the_reconciliation_heals_drift_in_salesforce() {
         .expect("in Salesforce");
     assert_eq!(healed["Email"], "drift@example.com");
 }
+
+#[tokio::test]
+async fn salesforce_duplicates_write_once_and_an_older_change_arriving_later_is_skipped() {
+    let (sandbox, app) = salesforce_stack().await;
+    let at = now_ms();
+    let newer = contact(
+        "sf-order-1",
+        at + 5_000,
+        json!({"email": "new@example.com", "last_name": "Order"}),
+    );
+    app.send_changes(&[newer.clone(), newer]).await;
+    app.applied(record(ObjectKind::Contact, "sf-order-1"), at + 5_000)
+        .await;
+    app.send_changes(&[contact(
+        "sf-order-1",
+        at,
+        json!({"email": "old@example.com", "last_name": "Order"}),
+    )])
+    .await;
+    eventually(30, "the older change skipped", || {
+        let (store, record) = (app.sync_state(), record(ObjectKind::Contact, "sf-order-1"));
+        async move {
+            use crm_sync::ports::SyncStateStore;
+            let (_, timeline) = store.record(&record, 10).await.ok().flatten()?;
+            timeline
+                .iter()
+                .any(|entry| entry.detail.starts_with("older than"))
+                .then_some(())
+        }
+    })
+    .await;
+    let contacts = sandbox.records("Contact");
+    assert_eq!(contacts.len(), 1, "the duplicate wrote nothing more");
+    assert_eq!(contacts[0]["Email"], "new@example.com");
+}
+
+#[tokio::test]
+async fn a_spent_salesforce_day_read_from_its_limit_header_holds_the_sync_before_salesforce_refuses() {
+    // One API request left today: the first batch spends it, and its Sforce-Limit-Info says so.
+    let sandbox = Sandbox::start("127.0.0.1:0", "access-0", "refresh-1", 1)
+        .await
+        .expect("the sandbox starts");
+    let app = spawn_app_with(syncing_to(&sandbox)).await;
+    let at = now_ms();
+    app.send_changes(&[contact(
+        "sf-day-1",
+        at,
+        json!({"email": "d1@example.com", "last_name": "Day"}),
+    )])
+    .await;
+    app.applied(record(ObjectKind::Contact, "sf-day-1"), at).await;
+    app.send_changes(&[contact(
+        "sf-day-2",
+        at,
+        json!({"email": "d2@example.com", "last_name": "Day"}),
+    )])
+    .await;
+
+    let waiting = eventually(30, "the record held back", || {
+        let (store, record) = (app.sync_state(), record(ObjectKind::Contact, "sf-day-2"));
+        async move {
+            use crm_sync::ports::SyncStateStore;
+            let (state, timeline) = store.record(&record, 10).await.ok().flatten()?;
+            timeline
+                .iter()
+                .any(|entry| entry.detail.starts_with("CRM budget exhausted"))
+                .then_some(state)
+        }
+    })
+    .await;
+    assert_eq!(waiting.status, SyncStatus::Pending, "waiting, not failed");
+    // Every instance now waits for Salesforce's day to end instead of asking and being refused.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(sandbox.stats().limit_refusals, 0);
+    assert_eq!(sandbox.stats().calls, 1);
+    assert_eq!(sandbox.records("Contact").len(), 1);
+    assert!(app.drain_dead_letters("OutboundDeadLetterQueue").await.is_empty());
+}

@@ -46,6 +46,8 @@ pub struct Stats {
     pub messages_acknowledged: u64,
     /// Posts of Outbound Messages that were not acknowledged (each is resent).
     pub messages_refused: u64,
+    /// Calls refused with `REQUEST_LIMIT_EXCEEDED`: the day's budget was spent.
+    pub limit_refusals: u64,
     /// Calls answered 500 by injection, and calls applied but answered late.
     pub injected_errors: u64,
     pub injected_timeouts: u64,
@@ -244,6 +246,7 @@ fn respond(
         return (reply(401, &body, &state), None);
     }
     if state.used >= state.daily_limit {
+        state.stats.limit_refusals += 1;
         let body =
             json!([{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}]);
         return (reply(403, &body, &state), None);
