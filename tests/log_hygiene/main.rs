@@ -17,6 +17,11 @@ use serde_json::json;
 
 static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
 
+const PIPEDRIVE_USER: &str = "crm-sync-hooks";
+const PIPEDRIVE_PASSWORD: &str = "pipedrive-hook-password-7Hq";
+const SALESFORCE_ORG: &str = "00D000000000062EAA";
+const SALESFORCE_TOKEN: &str = "salesforce-outbound-token-4Zk";
+
 struct Capture(Arc<Mutex<Vec<u8>>>);
 
 impl Write for Capture {
@@ -56,11 +61,20 @@ fn record(id: &str) -> RecordRef {
 #[tokio::test]
 async fn no_secret_email_address_or_phone_number_reaches_the_logs_on_any_path() {
     let logs = capture_logs();
-    let app = spawn_app_with(AppOptions {
+    let mut options = AppOptions {
         fault_proxy: true,
         ..AppOptions::syncing().with_webhooks()
-    })
-    .await;
+    };
+    options.parameters.extend(
+        [
+            ("PipedriveWebhookUser", PIPEDRIVE_USER),
+            ("PipedriveWebhookPassword", PIPEDRIVE_PASSWORD),
+            ("SalesforceOrganizationId", SALESFORCE_ORG),
+            ("SalesforceWebhookToken", SALESFORCE_TOKEN),
+        ]
+        .map(|(name, value)| (name.to_string(), value.to_string())),
+    );
+    let app = spawn_app_with(options).await;
     let faults = app.faults.as_ref().unwrap();
     let store = app.sync_state();
     let at = now_ms();
@@ -139,6 +153,36 @@ async fn no_secret_email_address_or_phone_number_reaches_the_logs_on_any_path() 
         assert_eq!(request.send().await.unwrap().status(), 401);
     }
 
+    // Pipedrive's and Salesforce's routes: wrong credentials, and accepted events that carry a
+    // person's email (the body is stored, never logged).
+    let pipedrive = app.webhook_url("pipedrive");
+    let event = json!({
+        "meta": {"action": "change", "entity": "person", "entity_id": "42", "id": "ev-1",
+                 "timestamp": "2026-11-27T10:00:00Z", "change_source": "app", "version": "2.0"},
+        "data": {"id": 42, "emails": [{"value": "pd.person@example.com", "primary": true}]},
+        "previous": {"emails": []}
+    })
+    .to_string();
+    for (password, status) in [("a-guessed-password", 401), (PIPEDRIVE_PASSWORD, 200)] {
+        let sent = app
+            .http
+            .post(&pipedrive)
+            .basic_auth(PIPEDRIVE_USER, Some(password))
+            .body(event.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sent.status(), status);
+    }
+    let soap = format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><notifications xmlns="http://soap.sforce.com/2005/09/outbound"><OrganizationId>{SALESFORCE_ORG}</OrganizationId><Notification><Id>04l1</Id><sObject xsi:type="sf:Contact" xmlns:sf="urn:sobject.enterprise.soap.sforce.com"><sf:Id>003A</sf:Id><sf:Email>sf.person@example.com</sf:Email><sf:LastModifiedDate>2026-11-27T10:00:00.000Z</sf:LastModifiedDate></sObject></Notification></notifications></soapenv:Body></soapenv:Envelope>"#
+    );
+    for (token, status) in [("a-guessed-token", 401), (SALESFORCE_TOKEN, 200)] {
+        let url = format!("{}?token={token}", app.webhook_url("salesforce"));
+        let sent = app.http.post(&url).body(soap.clone()).send().await.unwrap();
+        assert_eq!(sent.status(), status);
+    }
+
     // The dashboard: a wrong password, a right one, a page, and a POST without its token.
     let base = app.stack.url();
     let wrong_attempt = "correct-horse-battery-staple";
@@ -163,6 +207,8 @@ async fn no_secret_email_address_or_phone_number_reaches_the_logs_on_any_path() 
         "invalid message",
         "could not claim the record",
         "delivery rejected",
+        r#"delivery rejected provider="pipedrive""#,
+        r#"delivery accepted provider="salesforce""#,
         "dashboard sign-in with a wrong password",
         "dashboard POST refused",
     ] {
@@ -175,6 +221,10 @@ async fn no_secret_email_address_or_phone_number_reaches_the_logs_on_any_path() 
         ("the HubSpot client secret", HUBSPOT_SECRET.to_string()),
         ("the HubSpot access token", app.sandbox().token()),
         ("the dashboard password", DASHBOARD_PASSWORD.to_string()),
+        ("the Pipedrive webhook password", PIPEDRIVE_PASSWORD.to_string()),
+        ("a guessed Pipedrive password", "a-guessed-password".to_string()),
+        ("the Salesforce webhook token", SALESFORCE_TOKEN.to_string()),
+        ("a guessed Salesforce token", "a-guessed-token".to_string()),
         ("a wrong password tried", wrong_attempt.to_string()),
         ("the session cookie", cookie),
     ];
@@ -187,6 +237,8 @@ async fn no_secret_email_address_or_phone_number_reaches_the_logs_on_any_path() 
         "+44 20 7946 0958",
         "+1 555 0199",
         "+1 555 0111",
+        "pd.person@example.com",
+        "sf.person@example.com",
     ];
     let mut leaks = Vec::new();
     for (what, value) in secrets
