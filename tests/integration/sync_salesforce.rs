@@ -386,18 +386,8 @@ async fn salesforce_duplicates_write_once_and_an_older_change_arriving_later_is_
         json!({"email": "old@example.com", "last_name": "Order"}),
     )])
     .await;
-    eventually(30, "the older change skipped", || {
-        let (store, record) = (app.sync_state(), record(ObjectKind::Contact, "sf-order-1"));
-        async move {
-            use crm_sync::ports::SyncStateStore;
-            let (_, timeline) = store.record(&record, 10).await.ok().flatten()?;
-            timeline
-                .iter()
-                .any(|entry| entry.detail.starts_with("older than"))
-                .then_some(())
-        }
-    })
-    .await;
+    app.timeline_says(record(ObjectKind::Contact, "sf-order-1"), "older than")
+        .await;
     let contacts = sandbox.records("Contact");
     assert_eq!(contacts.len(), 1, "the duplicate wrote nothing more");
     assert_eq!(contacts[0]["Email"], "new@example.com");
@@ -425,18 +415,9 @@ async fn a_spent_salesforce_day_read_from_its_limit_header_holds_the_sync_before
     )])
     .await;
 
-    let waiting = eventually(30, "the record held back", || {
-        let (store, record) = (app.sync_state(), record(ObjectKind::Contact, "sf-day-2"));
-        async move {
-            use crm_sync::ports::SyncStateStore;
-            let (state, timeline) = store.record(&record, 10).await.ok().flatten()?;
-            timeline
-                .iter()
-                .any(|entry| entry.detail.starts_with("CRM budget exhausted"))
-                .then_some(state)
-        }
-    })
-    .await;
+    let (waiting, _) = app
+        .timeline_says(record(ObjectKind::Contact, "sf-day-2"), "CRM budget exhausted")
+        .await;
     assert_eq!(waiting.status, SyncStatus::Pending, "waiting, not failed");
     // Every instance now waits for Salesforce's day to end instead of asking and being refused.
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;

@@ -310,6 +310,31 @@ impl TestApp {
             .expect("the reconciliation runs")
     }
 
+    /// Waits until one of the record's newest timeline entries starts with `prefix`; returns the
+    /// state and those entries.
+    pub async fn timeline_says(
+        &self,
+        record: crm_sync::domain::contract::RecordRef,
+        prefix: &str,
+    ) -> (
+        crm_sync::domain::sync::RecordState,
+        Vec<crm_sync::domain::sync::TimelineEntry>,
+    ) {
+        use crm_sync::ports::SyncStateStore;
+        let store = self.sync_state();
+        eventually(30, &format!("{record}'s timeline to say `{prefix}`"), || {
+            let (store, record) = (store.clone(), record.clone());
+            async move {
+                let (state, timeline) = store.record(&record, 10).await.ok().flatten()?;
+                timeline
+                    .iter()
+                    .any(|entry| entry.detail.starts_with(prefix))
+                    .then_some((state, timeline))
+            }
+        })
+        .await
+    }
+
     /// Waits until the change made at `version_ms` is the one the CRM holds and the record is
     /// synced.
     pub async fn applied(&self, record: crm_sync::domain::contract::RecordRef, version_ms: i64) {

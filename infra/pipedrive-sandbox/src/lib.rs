@@ -9,12 +9,11 @@
 //! gave up).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 pub use sandbox_server::Faults;
 use sandbox_server::{Fault, FaultDice};
 use serde_json::{json, Map, Value};
@@ -182,7 +181,8 @@ impl Sandbox {
             dice: FaultDice::default(),
         }));
         let shared = state.clone();
-        let server = sandbox_server::start(addr, move |request| handle(shared.clone(), request)).await?;
+        let server =
+            sandbox_server::start_responding(addr, move |parts, body| respond(&shared, parts, body)).await?;
         Ok(Sandbox { server, state })
     }
 
@@ -300,19 +300,6 @@ fn rate_headers(state: &State) -> Vec<(String, String)> {
             state.limits.daily_left.to_string(),
         ),
     ]
-}
-
-async fn handle(
-    state: Arc<Mutex<State>>,
-    request: hyper::Request<hyper::body::Incoming>,
-) -> Result<Reply, Infallible> {
-    let (parts, body) = request.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-    let (reply, late) = respond(&state, &parts, &body);
-    if let Some(late) = late {
-        tokio::time::sleep(late).await;
-    }
-    Ok(reply)
 }
 
 /// The answer, and how long to hold it back (an injected timeout).

@@ -10,7 +10,6 @@
 //! client gave up).
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 
 pub use sandbox_server::Faults;
 use sandbox_server::{Fault, FaultDice};
@@ -19,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use serde_json::{json, Map, Value};
 
 type Reply = hyper::Response<Full<Bytes>>;
@@ -110,7 +109,8 @@ impl Sandbox {
             dice: FaultDice::default(),
         }));
         let shared = state.clone();
-        let server = sandbox_server::start(addr, move |request| handle(shared.clone(), request)).await?;
+        let server =
+            sandbox_server::start_responding(addr, move |parts, body| respond(&shared, parts, body)).await?;
         Ok(Sandbox { server, state })
     }
 
@@ -193,19 +193,6 @@ fn reply(status: u16, body: &Value, state: &State) -> Reply {
 
 fn form(body: &[u8]) -> BTreeMap<String, String> {
     form_urlencoded::parse(body).into_owned().collect()
-}
-
-async fn handle(
-    state: Arc<Mutex<State>>,
-    request: hyper::Request<hyper::body::Incoming>,
-) -> Result<Reply, Infallible> {
-    let (parts, body) = request.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-    let (reply, late) = respond(&state, &parts, &body);
-    if let Some(late) = late {
-        tokio::time::sleep(late).await;
-    }
-    Ok(reply)
 }
 
 /// The answer, and how long to hold it back (an injected timeout).

@@ -38,6 +38,32 @@ where
     })
 }
 
+/// Binds `addr` and answers each request with `respond`: a synchronous function of the request's
+/// head and body that may ask for its answer to be held back (an injected late answer).
+pub async fn start_responding<R>(addr: &str, respond: R) -> std::io::Result<Server>
+where
+    R: Fn(&hyper::http::request::Parts, &[u8]) -> (Reply, Option<std::time::Duration>)
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    start(addr, move |request: hyper::Request<hyper::body::Incoming>| {
+        let respond = respond.clone();
+        async move {
+            use http_body_util::BodyExt;
+            let (parts, body) = request.into_parts();
+            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+            let (reply, late) = respond(&parts, &body);
+            if let Some(late) = late {
+                tokio::time::sleep(late).await;
+            }
+            Ok(reply)
+        }
+    })
+    .await
+}
+
 /// Serves every connection `listener` accepts with `handle`, until the task is aborted.
 pub fn serve<H, F>(listener: TcpListener, handle: H) -> tokio::task::JoinHandle<()>
 where
