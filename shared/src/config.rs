@@ -205,6 +205,10 @@ pub struct DashboardConfig {
     pub lanes: Vec<(&'static str, String, String)>,
     pub password: SecretSource,
     pub session_ttl_ms: i64,
+    /// Where sessions and failed sign-ins are kept (`DashboardTable`).
+    pub table: String,
+    /// Failed sign-ins allowed per client and from all clients, per window.
+    pub sign_in_limits: crate::dashboard::session::SignInLimits,
     /// The HubSpot account id, for links to records in HubSpot.
     pub hubspot_portal_id: Option<String>,
     pub hubspot_app_url: String,
@@ -334,6 +338,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 claim_lease_ms: i64::from(lease_secs) * 1000,
                 delivery_retention_ms: days("RAW_DELIVERY_RETENTION_DAYS", defaults.delivery_retention_ms)?,
                 event_retention_ms: days("WEBHOOK_EVENT_RETENTION_DAYS", defaults.event_retention_ms)?,
+                ..defaults
             },
             hubspot_secret: self.secret("HUBSPOT_CLIENT_SECRET", "HUBSPOT_SECRET_ARN", "client_secret")?,
             hubspot_accept_legacy_signatures: self.flag("HUBSPOT_ACCEPT_LEGACY_SIGNATURES", true)?,
@@ -503,6 +508,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                     .min(Duration::from_secs(900)),
                 lease: seconds("SYNC_LEASE_SECONDS", sync_defaults.lease)?,
                 busy_delay: seconds("SYNC_BUSY_RETRY_SECONDS", sync_defaults.busy_delay)?,
+                max_clock_skew: seconds("MAX_CLOCK_SKEW_SECONDS", sync_defaults.max_clock_skew)?,
                 ..sync_defaults
             },
             timeline_retention_ms: i64::from(self.parsed::<u32>(
@@ -591,6 +597,36 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         if hours == 0 || hours > 24 * 7 {
             return Err(ConfigError::new("DASHBOARD_SESSION_HOURS", "must be 1 to 168"));
         }
+        let sign_in_defaults = crate::dashboard::session::SignInLimits::default();
+        let at_least_one = |name: &str, default: u32| -> Result<u32, ConfigError> {
+            let value: u32 = self.parsed(name, default, "a number")?;
+            if value == 0 {
+                return Err(ConfigError::new(name, "must be at least 1"));
+            }
+            Ok(value)
+        };
+        let window_secs: u32 = self.parsed(
+            "DASHBOARD_SIGN_IN_WINDOW_SECONDS",
+            u32::try_from(sign_in_defaults.window_ms / 1000).unwrap_or(900),
+            "a number of seconds",
+        )?;
+        if window_secs == 0 || window_secs > 86_400 {
+            return Err(ConfigError::new(
+                "DASHBOARD_SIGN_IN_WINDOW_SECONDS",
+                "must be 1 to 86400",
+            ));
+        }
+        let sign_in_limits = crate::dashboard::session::SignInLimits {
+            per_client: at_least_one(
+                "DASHBOARD_SIGN_IN_FAILURES_PER_CLIENT",
+                sign_in_defaults.per_client,
+            )?,
+            all_clients: at_least_one(
+                "DASHBOARD_SIGN_IN_FAILURES_ALL_CLIENTS",
+                sign_in_defaults.all_clients,
+            )?,
+            window_ms: i64::from(window_secs) * 1000,
+        };
         let lane = |name: &'static str, queue: &str, dlq: &str| -> Result<_, ConfigError> {
             Ok((name, self.required(queue)?, self.required(dlq)?))
         };
@@ -610,6 +646,8 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             ],
             password: self.secret("DASHBOARD_PASSWORD", "DASHBOARD_SECRET_ARN", "password")?,
             session_ttl_ms: i64::from(hours) * 3_600_000,
+            table: self.required("DASHBOARD_TABLE")?,
+            sign_in_limits,
             hubspot_portal_id: self
                 .optional("HUBSPOT_PORTAL_ID")
                 .filter(|id| id.chars().all(|c| c.is_ascii_digit())),
@@ -865,6 +903,7 @@ mod tests {
             ("APP_INBOX_QUEUE_URL", "http://a"),
             ("APP_INBOX_DLQ_URL", "http://ad"),
             ("DASHBOARD_PASSWORD", "p"),
+            ("DASHBOARD_TABLE", "t"),
         ];
         let links = |extra: &[(&'static str, &'static str)]| {
             let mut pairs = base.to_vec();
@@ -894,6 +933,49 @@ mod tests {
                 .unwrap_err()
                 .variable,
             "PIPEDRIVE_APP_URL"
+        );
+    }
+
+    #[test]
+    fn dashboard_sign_in_limits_default_to_five_per_client_and_a_hundred_in_all_per_quarter_hour() {
+        let mut pairs = vec![
+            ("SYNC_STATE_TABLE", "s"),
+            ("RESYNC_QUEUE_URL", "http://r"),
+            ("OUTBOUND_QUEUE_URL", "http://o"),
+            ("OUTBOUND_DLQ_URL", "http://od"),
+            ("INBOUND_QUEUE_URL", "http://i"),
+            ("INBOUND_DLQ_URL", "http://id"),
+            ("APP_INBOX_QUEUE_URL", "http://a"),
+            ("APP_INBOX_DLQ_URL", "http://ad"),
+            ("DASHBOARD_PASSWORD", "p"),
+        ];
+        assert_eq!(env(&pairs).dashboard().unwrap_err().variable, "DASHBOARD_TABLE");
+        pairs.push(("DASHBOARD_TABLE", "t"));
+        let config = env(&pairs).dashboard().unwrap();
+        assert_eq!(config.table, "t");
+        assert_eq!(
+            config.sign_in_limits,
+            crate::dashboard::session::SignInLimits {
+                per_client: 5,
+                all_clients: 100,
+                window_ms: 900_000,
+            }
+        );
+        pairs.extend([
+            ("DASHBOARD_SIGN_IN_FAILURES_PER_CLIENT", "3"),
+            ("DASHBOARD_SIGN_IN_FAILURES_ALL_CLIENTS", "20"),
+            ("DASHBOARD_SIGN_IN_WINDOW_SECONDS", "60"),
+        ]);
+        let limits = env(&pairs).dashboard().unwrap().sign_in_limits;
+        assert_eq!(
+            (limits.per_client, limits.all_clients, limits.window_ms),
+            (3, 20, 60_000)
+        );
+        pairs.push(("DASHBOARD_SIGN_IN_FAILURES_PER_CLIENT", "0"));
+        // The later pair wins in the lookup map.
+        assert_eq!(
+            env(&pairs).dashboard().unwrap_err().variable,
+            "DASHBOARD_SIGN_IN_FAILURES_PER_CLIENT"
         );
     }
 

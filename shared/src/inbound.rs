@@ -37,6 +37,8 @@ pub struct InboundSettings {
     pub max_attempts: u32,
     pub retry_base: Duration,
     pub retry_cap: Duration,
+    /// How far ahead of this clock an event's time may be; see `SyncSettings::max_clock_skew`.
+    pub max_clock_skew: Duration,
 }
 
 impl Default for InboundSettings {
@@ -48,6 +50,7 @@ impl Default for InboundSettings {
             max_attempts: 5,
             retry_base: Duration::from_secs(10),
             retry_cap: Duration::from_secs(900),
+            max_clock_skew: Duration::from_secs(300),
         }
     }
 }
@@ -206,6 +209,22 @@ impl InboundService {
             if done_keys.contains(&id) || !seen.insert(id) {
                 report.skipped += 1;
                 dispositions.insert(message.message_id.clone(), Disposition::Done);
+                continue;
+            }
+            let ahead_ms = inbound.occurred_at_ms.saturating_sub(now_ms);
+            if ahead_ms > i64::try_from(self.settings.max_clock_skew.as_millis()).unwrap_or(i64::MAX) {
+                // An event from the future would make every real change after it look older.
+                // Its outcome stays unrecorded, so that a redrive once the clocks agree applies it.
+                dispositions.insert(
+                    message.message_id.clone(),
+                    Disposition::DeadLetter {
+                        reason: format!(
+                            "the event's time is {} s ahead of crm-sync's clock, more than the {} s allowed",
+                            ahead_ms / 1000,
+                            self.settings.max_clock_skew.as_secs()
+                        ),
+                    },
+                );
                 continue;
             }
             match self.events.interpret(&inbound) {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use futures::stream::{self, StreamExt};
 
+use crate::domain::webhook::MAX_EVENT_KEY_BYTES;
 use crate::domain::{AuthError, Clock, Delivery, InboundEvent, ParseError, WebhookRequest};
 use crate::ports::{Claim, MessageQueue, OutgoingMessage, WebhookProvider, WebhookStore};
 
@@ -29,6 +30,8 @@ pub struct IngestSettings {
     pub delivery_retention_ms: i64,
     /// How long event items, and so the dedupe record, are kept.
     pub event_retention_ms: i64,
+    /// The largest inbound-queue message one event may become (SQS takes 256 KiB by default).
+    pub max_message_bytes: usize,
 }
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
@@ -40,6 +43,7 @@ impl Default for IngestSettings {
             claim_lease_ms: 30_000,
             delivery_retention_ms: 30 * DAY_MS,
             event_retention_ms: 90 * DAY_MS,
+            max_message_bytes: 256 * 1024,
         }
     }
 }
@@ -134,8 +138,36 @@ impl WebhookIngest {
         let now_ms = self.clock.now_ms();
         provider.authenticate(request, now_ms)?;
         let events = provider.parse(&request.body)?;
-
         let delivery = Delivery::new(provider.id(), request.body.clone(), now_ms, events.len());
+        // Every limit of what is stored and sent is checked before anything is: a refusal
+        // leaves nothing behind for the CRM's retries to pile up.
+        for (index, event) in events.iter().enumerate() {
+            if event.key.len() > MAX_EVENT_KEY_BYTES {
+                return Err(IngestError::BadRequest(ParseError::BadEvent {
+                    index,
+                    problem: format!(
+                        "the event's identity is {} bytes long, more than the {MAX_EVENT_KEY_BYTES} allowed",
+                        event.key.len()
+                    ),
+                }));
+            }
+            let size = event.queue_message(&delivery).len();
+            if size > self.settings.max_message_bytes {
+                return Err(IngestError::BadRequest(ParseError::BadEvent {
+                    index,
+                    problem: format!(
+                        "the event makes a {size}-byte queue message, more than the {} allowed",
+                        self.settings.max_message_bytes
+                    ),
+                }));
+            }
+        }
+        // The same event twice in one delivery is stored and sent once.
+        let mut keys = HashSet::new();
+        let (events, repeated): (Vec<&InboundEvent>, Vec<&InboundEvent>) =
+            events.iter().partition(|event| keys.insert(event.key.as_str()));
+        let event_count = events.len() + repeated.len();
+
         let token = uuid::Uuid::new_v4().to_string();
         let lease_until_ms = now_ms + self.settings.claim_lease_ms;
         let expires_at_ms = now_ms + self.settings.event_retention_ms;
@@ -173,9 +205,9 @@ impl WebhookIngest {
         }
 
         let mut won: Vec<&InboundEvent> = Vec::new();
-        let mut duplicates = 0;
+        let mut duplicates = repeated.len();
         let mut pending = 0;
-        for (event, claim) in events.iter().zip(claims) {
+        for (event, claim) in events.iter().copied().zip(claims) {
             match claim {
                 Ok(Claim::Won) => won.push(event),
                 Ok(Claim::AlreadyEnqueued) => duplicates += 1,
@@ -190,14 +222,20 @@ impl WebhookIngest {
         let enqueued = self.enqueue(&won, &delivery, &token).await;
         pending += won.len() - enqueued;
         if pending > 0 {
+            tracing::warn!(
+                delivery_id = %delivery.id,
+                pending,
+                events = event_count,
+                "some events are not stored and enqueued yet; the CRM must retry"
+            );
             return Err(IngestError::Incomplete {
                 pending,
-                events: events.len(),
+                events: event_count,
             });
         }
         Ok(IngestReport {
             delivery_id: delivery.id,
-            events: events.len(),
+            events: event_count,
             enqueued,
             duplicates,
         })

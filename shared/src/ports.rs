@@ -454,3 +454,51 @@ pub trait DeadLetterQueue: Send + Sync {
     /// may duplicate a message (consumers are idempotent), never lose one.
     async fn redrive(&self, max_messages: usize) -> Result<RedriveOutcome, QueueUnavailable>;
 }
+
+/// A dashboard session as stored. It is found by a digest of its cookie, never by the cookie
+/// itself, so that whoever reads the store cannot sign in with what they read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    /// The version of the password it was signed in with (not derived from the password).
+    pub password_version: String,
+}
+
+/// The dashboard's sessions, shared by every instance of the dashboard.
+#[async_trait]
+pub trait DashboardSessions: Send + Sync {
+    /// Stores a session under `key`. MUST keep it until at least `session.expires_at_ms` unless it
+    /// is ended, and MUST NOT replace a session stored under the same key (that is an error).
+    async fn create(&self, key: &str, session: &StoredSession) -> Result<(), StoreUnavailable>;
+
+    /// The session stored under `key`, if any. MUST see every `create` and `end` that returned
+    /// before the call, on any instance (a strongly consistent read). MAY return a session past
+    /// its expiry: the caller checks the expiry.
+    async fn find(&self, key: &str) -> Result<Option<StoredSession>, StoreUnavailable>;
+
+    /// Ends the session: once this returns, `find` MUST NOT find it, on any instance. Ending a
+    /// session that is not stored succeeds.
+    async fn end(&self, key: &str) -> Result<(), StoreUnavailable>;
+}
+
+/// Counts of sign-in attempts in fixed time windows, shared by every instance of the dashboard.
+#[async_trait]
+pub trait SignInCounters: Send + Sync {
+    /// Counts one attempt on `counter` in the window numbered `window`, unless `limit` attempts
+    /// are counted there already: then it counts nothing and returns `None`. Otherwise returns the
+    /// count with this attempt. MUST be atomic across instances: of any number of concurrent
+    /// calls, no more than `limit` attempts in all are ever counted in one window. MUST keep the
+    /// count until at least `keep_until_ms`.
+    async fn count(
+        &self,
+        counter: &str,
+        window: i64,
+        limit: u32,
+        keep_until_ms: i64,
+    ) -> Result<Option<u32>, StoreUnavailable>;
+
+    /// Takes back one attempt that `count` counted (the sign-in turned out right). MUST NOT take
+    /// a count below zero.
+    async fn uncount(&self, counter: &str, window: i64) -> Result<(), StoreUnavailable>;
+}

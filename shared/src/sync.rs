@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::domain::contract::{parse_change, Change, ObjectKind, Operation, RecordRef};
+use crate::domain::contract::{parse_change, Change, ContractError, ObjectKind, Operation, RecordRef};
 use crate::domain::crm::{
     AssociationInput, BatchResult, FailureKind, InputOutcome, UpdateInput, UpsertInput,
 };
@@ -44,6 +44,9 @@ pub struct SyncSettings {
     pub max_limiter_wait: Duration,
     /// The reconciliation lane: only call slots live work leaves idle.
     pub low_priority: bool,
+    /// How far ahead of this clock a change's `changed_at` may be. A change dated further ahead
+    /// would win over every real change after it, so it is dead-lettered instead.
+    pub max_clock_skew: Duration,
 }
 
 impl SyncSettings {
@@ -69,6 +72,7 @@ impl Default for SyncSettings {
             busy_delay: Duration::from_secs(5),
             max_limiter_wait: Duration::from_secs(10),
             low_priority: false,
+            max_clock_skew: Duration::from_secs(300),
         }
     }
 }
@@ -149,6 +153,7 @@ impl SyncService {
             let attempts = message.attempts();
             match parse_change(&message.body)
                 .and_then(|change| self.mapping.outbound(&change).map(|_| change))
+                .and_then(|change| check_clock_skew(&change, now_ms, self.settings.max_clock_skew))
             {
                 Ok(change) => queued.push(Queued {
                     message_id: message.message_id.clone(),
@@ -193,6 +198,7 @@ impl SyncService {
         })
         .await;
         let mut work = Vec::new();
+        let mut oversized: Vec<(Queued, String)> = Vec::new();
         for (queued, claim) in plan.newest.into_iter().zip(claims) {
             let id = queued.message_id.clone();
             match claim {
@@ -201,6 +207,12 @@ impl SyncService {
                         .mapping
                         .outbound(&queued.change)
                         .expect("checked when parsed");
+                    if let Some(reason) = state_too_large(&queued, &prior, &outbound) {
+                        // Refused before any CRM call: once written, the outcome could not be
+                        // recorded, and the state would never say what the CRM holds.
+                        oversized.push((queued, reason));
+                        continue;
+                    }
                     work.push(Work {
                         queued,
                         prior,
@@ -239,6 +251,32 @@ impl SyncService {
                     dispositions.insert(id, Disposition::Redeliver);
                 }
             }
+        }
+
+        for (queued, reason) in oversized {
+            let failed = Settlement::Failed {
+                error: reason.clone(),
+                status: SyncStatus::Failed,
+                retryable: false,
+            };
+            let record = queued.change.record();
+            let disposition = match self.state.settle(&record, &token, now_ms, &failed).await {
+                Ok(()) => {
+                    timeline.push(entry(
+                        &queued.change,
+                        now_ms,
+                        TimelineKind::Failed,
+                        reason.clone(),
+                        None,
+                    ));
+                    Disposition::DeadLetter { reason }
+                }
+                Err(error) => {
+                    tracing::error!(record = %record, error = ?anyhow::Error::from(error), "could not record the outcome");
+                    Disposition::Redeliver
+                }
+            };
+            dispositions.insert(queued.message_id.clone(), disposition);
         }
 
         let mut outcomes: HashMap<String, Outcome> = HashMap::new();
@@ -497,6 +535,20 @@ impl SyncService {
                 _ => None,
             })
             .collect();
+        let object = group
+            .first()
+            .map_or(ObjectKind::Contact, |w| w.queued.change.object);
+        let conflicts = self
+            .adoptable(
+                object,
+                mapping,
+                &inputs,
+                conflicts,
+                &mut outcomes,
+                deadline,
+                report,
+            )
+            .await;
         if !conflicts.is_empty() {
             let updates: Vec<UpdateInput> = conflicts
                 .iter()
@@ -521,6 +573,85 @@ impl SyncService {
             }
         }
         outcomes
+    }
+
+    /// Of the CRM records that already hold a record's unique value, those this record may
+    /// adopt: ones that carry no other app record's id, in the CRM or in the sync state. Any
+    /// other is an identity conflict, left for an operator: re-pointing it would hand one app
+    /// record's CRM record to another.
+    #[allow(clippy::too_many_arguments)]
+    async fn adoptable(
+        &self,
+        object: ObjectKind,
+        mapping: &ObjectMapping,
+        inputs: &[UpsertInput],
+        conflicts: Vec<(usize, String)>,
+        outcomes: &mut [Outcome],
+        deadline: Instant,
+        report: &mut BatchReport,
+    ) -> Vec<(usize, String)> {
+        if conflicts.is_empty() {
+            return conflicts;
+        }
+        let crm_ids: Vec<String> = conflicts.iter().map(|(_, crm_id)| crm_id.clone()).collect();
+        let read = self
+            .worker
+            .call(deadline, report, || {
+                self.crm.read(
+                    &mapping.crm_object,
+                    &crm_ids,
+                    std::slice::from_ref(&mapping.id_property),
+                )
+            })
+            .await;
+        let read = match read {
+            Ok(read) => read,
+            Err(failure) => {
+                for ((index, _), outcome) in conflicts.iter().zip(per_input(Err(failure), crm_ids.len())) {
+                    outcomes[*index] = outcome;
+                }
+                return Vec::new();
+            }
+        };
+        let known = bounded_each(&crm_ids, |crm_id| self.state.find_by_crm_id(object, crm_id)).await;
+        let mut adoptable = Vec::new();
+        for (((index, crm_id), record), known) in conflicts.into_iter().zip(read.records).zip(known) {
+            let key = &inputs[index].key;
+            let in_crm = record
+                .as_ref()
+                .and_then(|properties| properties.get(&mapping.id_property))
+                .filter(|id| !id.is_empty() && *id != key)
+                .cloned();
+            let in_state = match known {
+                Ok(state) => state.map(|state| state.record.record_id).filter(|id| id != key),
+                Err(error) => {
+                    outcomes[index] = Outcome::Failed {
+                        kind: FailureKind::Transient,
+                        error: format!(
+                            "could not look up who holds CRM record {crm_id}: {:#}",
+                            anyhow::Error::from(error)
+                        ),
+                        call: Some(read.call.clone()),
+                    };
+                    continue;
+                }
+            };
+            match in_crm.or(in_state) {
+                Some(other) => {
+                    outcomes[index] = Outcome::Failed {
+                        kind: FailureKind::Permanent,
+                        error: format!(
+                            "identity conflict: CRM record {crm_id} already belongs to app record {other}, \
+                             so app record {key} cannot take it over; merge or relink the two in the app or \
+                             the CRM, then re-sync {key}"
+                        ),
+                        call: Some(read.call.clone()),
+                    };
+                }
+                None => adoptable.push((index, crm_id)),
+            }
+        }
+        adoptable
     }
 
     /// Upserts a chunk; when the CRM refuses the whole call, halves it until the refused inputs
@@ -777,6 +908,45 @@ fn per_input(result: Result<BatchResult, CallFailure>, count: usize) -> Vec<Outc
             vec![outcome; count]
         }
     }
+}
+
+/// Refuses a change dated further ahead of `now_ms` than `max_skew`.
+fn check_clock_skew(change: &Change, now_ms: i64, max_skew: Duration) -> Result<Change, ContractError> {
+    let ahead_ms = change.changed_at_ms.saturating_sub(now_ms);
+    if ahead_ms > i64::try_from(max_skew.as_millis()).unwrap_or(i64::MAX) {
+        return Err(ContractError(format!(
+            "`changed_at` is {} s ahead of crm-sync's clock, more than the {} s allowed: a change \
+             from the future would win over every real change after it",
+            ahead_ms / 1000,
+            max_skew.as_secs()
+        )));
+    }
+    Ok(change.clone())
+}
+
+/// What one record's state item would hold after this change, against DynamoDB's 400 KB item:
+/// the message while pending, the last applied one, and the merged values written and received.
+fn state_too_large(queued: &Queued, prior: &RecordState, outbound: &OutboundProperties) -> Option<String> {
+    const ITEM_BUDGET: usize = 360 * 1024;
+    let map_size = |map: &std::collections::BTreeMap<String, String>| -> usize {
+        map.iter().map(|(name, value)| name.len() + value.len() + 8).sum()
+    };
+    let mut written = prior.written.clone();
+    written.extend(outbound.properties.clone());
+    let size = 2 * queued.body.len()
+        + prior.last_change.as_ref().map_or(0, String::len)
+        + map_size(&written)
+        + map_size(&prior.received)
+        + prior.inbound_at.keys().map(|name| name.len() + 16).sum::<usize>()
+        + 4 * 1024;
+    (size > ITEM_BUDGET).then(|| {
+        format!(
+            "the record's sync state would take about {} KB with this change, more than the {} KB \
+             one DynamoDB item can safely hold; shorten the record's largest fields",
+            size / 1024,
+            ITEM_BUDGET / 1024
+        )
+    })
 }
 
 fn existing_id(error: &str) -> Option<String> {

@@ -1,9 +1,15 @@
-//! The dashboard over real HTTP: sign-in, CSRF, listings and counts, search, re-sync, conflicts,
-//! and dead-letter redrive, against moto and the HubSpot sandbox.
+//! The dashboard over real HTTP: sign-in, sign-in limits, server-side sessions and sign-out,
+//! CSRF, listings and counts, search, re-sync, conflicts, and dead-letter redrive, against moto
+//! and the HubSpot sandbox.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
+use std::time::Duration;
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
+use crm_sync::adapters::dynamodb::session_pk;
+use crm_sync::dashboard::session::storage_key;
 use crm_sync::domain::contract::{parse_change, ObjectKind, RecordRef};
 use crm_sync::domain::sync::{SyncStatus, TimelineKind};
 use crm_sync::ports::SyncStateStore;
@@ -50,6 +56,39 @@ async fn queue_depth(app: &TestApp, logical_id: &str) -> u64 {
     .iter()
     .map(|name| all[name].parse::<u64>().unwrap())
     .sum()
+}
+
+/// The `pk` of every session item in the dashboard's table.
+async fn stored_sessions(app: &TestApp) -> Vec<String> {
+    let scanned = app
+        .dynamodb
+        .scan()
+        .table_name(app.stack.resources.table("DashboardTable"))
+        .send()
+        .await
+        .expect("scan works");
+    scanned
+        .items()
+        .iter()
+        .filter_map(|item| item.get("pk")?.as_s().ok().cloned())
+        .filter(|pk| pk.starts_with("SESSION#"))
+        .collect()
+}
+
+/// The value of a client's session cookie (after `crm_sync_session=`).
+fn cookie_value(client: &DashboardClient) -> String {
+    let cookie = client.session_cookie().expect("signed in");
+    cookie.split_once('=').expect("name=value").1.to_string()
+}
+
+/// Waits, if need be, until the dashboard's current sign-in window (windows of `window_ms` start
+/// at multiples of it since the epoch) has at least `room_ms` left, so that what a test does next
+/// falls in one window.
+async fn with_room_in_the_window(window_ms: i64, room_ms: i64) {
+    let left = window_ms - now_ms().rem_euclid(window_ms);
+    if left < room_ms {
+        tokio::time::sleep(Duration::from_millis(u64::try_from(left).unwrap() + 20)).await;
+    }
 }
 
 #[tokio::test]
@@ -416,4 +455,208 @@ async fn redrive_returns_dead_letters_to_their_queue_and_running_it_twice_moves_
         )
         .await;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn after_five_wrong_passwords_a_client_is_refused_even_the_right_one_until_the_window_ends() {
+    const WINDOW_SECS: u64 = 5;
+    let app = spawn_app_with(
+        AppOptions::default().with_env("DASHBOARD_SIGN_IN_WINDOW_SECONDS", &WINDOW_SECS.to_string()),
+    )
+    .await;
+    let url = app.stack.url();
+    // Another machine, as the dashboard sees it: the local API's sourceIp is the TCP peer.
+    let guesser_ip: IpAddr = "127.0.0.7".parse().unwrap();
+    let mut guesser = DashboardClient::from_address(&url, guesser_ip);
+    let window_ms = i64::try_from(WINDOW_SECS * 1000).unwrap();
+    with_room_in_the_window(window_ms, window_ms - 1_000).await;
+    for n in 1..=5 {
+        let answer = guesser.sign_in(&format!("guess-{n}")).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::UNAUTHORIZED,
+            "guess {n}: {}",
+            answer.body
+        );
+        assert!(answer.body.contains("That password is not right."));
+    }
+    let refused = guesser.sign_in(DASHBOARD_PASSWORD).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", refused.body);
+    assert!(
+        refused.body.contains("Too many failed sign-ins. Try again after"),
+        "the page says when: {}",
+        refused.body
+    );
+    let wait: u64 = refused
+        .retry_after
+        .as_deref()
+        .expect("a Retry-After header")
+        .parse()
+        .unwrap();
+    assert!((1..=WINDOW_SECS).contains(&wait), "Retry-After: {wait}");
+    assert!(refused.set_cookie.is_none() && guesser.session_cookie().is_none());
+    assert_eq!(guesser.get("/admin").await.status, StatusCode::SEE_OTHER);
+
+    let mut colleague = DashboardClient::from_address(&url, "127.0.0.8".parse().unwrap());
+    let answer = colleague.sign_in(DASHBOARD_PASSWORD).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::SEE_OTHER,
+        "another client signs in: {}",
+        answer.body
+    );
+    assert_eq!(colleague.get("/admin").await.status, StatusCode::OK);
+
+    // Refused attempts are not counted: once the window ends, the right password works again.
+    let back = eventually(3 * WINDOW_SECS, "sign-in to open again for the client", || {
+        let url = url.clone();
+        async move {
+            let mut client = DashboardClient::from_address(&url, guesser_ip);
+            let answer = client.sign_in(DASHBOARD_PASSWORD).await;
+            if answer.status == StatusCode::TOO_MANY_REQUESTS {
+                return None;
+            }
+            assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+            Some(client)
+        }
+    })
+    .await;
+    assert_eq!(back.get("/admin").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn past_the_limit_for_all_clients_together_even_a_new_client_with_the_right_password_is_refused() {
+    let app = spawn_app_with(
+        AppOptions::default()
+            .with_env("DASHBOARD_SIGN_IN_FAILURES_ALL_CLIENTS", "3")
+            .with_env("DASHBOARD_SIGN_IN_WINDOW_SECONDS", "60"),
+    )
+    .await;
+    let url = app.stack.url();
+    with_room_in_the_window(60_000, 10_000).await;
+    for (n, ip) in ["127.0.0.11", "127.0.0.12", "127.0.0.13"].into_iter().enumerate() {
+        let mut guesser = DashboardClient::from_address(&url, ip.parse().unwrap());
+        let answer = guesser.sign_in(&format!("guess-{n}")).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{ip}: {}", answer.body);
+    }
+    let mut operator = DashboardClient::from_address(&url, "127.0.0.14".parse().unwrap());
+    let refused = operator.sign_in(DASHBOARD_PASSWORD).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", refused.body);
+    assert!(operator.session_cookie().is_none());
+}
+
+#[tokio::test]
+async fn a_session_cookie_copied_before_sign_out_opens_no_page_and_no_action_after_it() {
+    let app = spawn_app().await;
+    let url = app.stack.url();
+    let operator = signed_in(&app).await;
+    let copy = DashboardClient::new(&url).with_cookie(operator.session_cookie().unwrap());
+    assert_eq!(
+        copy.get("/admin").await.status,
+        StatusCode::OK,
+        "a copy works until sign-out"
+    );
+    let csrf = operator.csrf("/admin").await;
+    assert_eq!(stored_sessions(&app).await.len(), 1);
+
+    let out = operator.post("/admin/logout", &[("csrf", csrf.as_str())]).await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER, "{}", out.body);
+    assert_eq!(out.location.as_deref(), Some("/admin/login"));
+    assert!(
+        stored_sessions(&app).await.is_empty(),
+        "sign-out deletes the session"
+    );
+
+    for client in [&operator, &copy] {
+        for path in ["/admin", "/admin/queues", "/admin/record?object=contact&id=x"] {
+            let answer = client.get(path).await;
+            assert_eq!(answer.status, StatusCode::SEE_OTHER, "{path}");
+            assert!(
+                answer.location.as_deref().unwrap().starts_with("/admin/login"),
+                "{path}: {:?}",
+                answer.location
+            );
+        }
+        for path in [
+            "/admin/resync",
+            "/admin/queues/redrive",
+            "/admin/conflicts/dismiss",
+            "/admin/logout",
+        ] {
+            let fields = [
+                ("csrf", csrf.as_str()),
+                ("lane", "outbound"),
+                ("record", "contact/x"),
+            ];
+            let answer = client.post(path, &fields).await;
+            assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{path}");
+        }
+    }
+    assert_eq!(queue_depth(&app, "ResyncQueue").await, 0);
+}
+
+#[tokio::test]
+async fn a_cookie_is_a_random_token_stored_as_a_digest_and_without_its_item_it_opens_nothing() {
+    let app = spawn_app().await;
+    let url = app.stack.url();
+    let first = signed_in(&app).await;
+    let second = signed_in(&app).await;
+    let (one, two) = (cookie_value(&first), cookie_value(&second));
+    assert_ne!(one, two, "the same password, two unrelated cookies");
+    for cookie in [&one, &two] {
+        // 32 random bytes in base64url: no expiry, no id, no signature to check a password against.
+        assert_eq!(cookie.len(), 43, "{cookie}");
+        assert!(
+            cookie
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_'),
+            "{cookie}"
+        );
+    }
+
+    let mut stored = stored_sessions(&app).await;
+    stored.sort();
+    let mut expected = vec![session_pk(&storage_key(&one)), session_pk(&storage_key(&two))];
+    expected.sort();
+    assert_eq!(stored, expected, "the table holds a digest of each cookie");
+    assert!(stored.iter().all(|pk| !pk.contains(&one) && !pk.contains(&two)));
+
+    // The first session's item goes, behind the dashboard's back: its cookie opens nothing.
+    app.dynamodb
+        .delete_item()
+        .table_name(app.stack.resources.table("DashboardTable"))
+        .key("pk", AttributeValue::S(session_pk(&storage_key(&one))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.get("/admin").await.status, StatusCode::SEE_OTHER);
+    assert_eq!(second.get("/admin").await.status, StatusCode::OK);
+    // Nor does a well-formed token the dashboard never issued.
+    let made_up = DashboardClient::new(&url).with_cookie(&format!("crm_sync_session={}", "A".repeat(43)));
+    assert_eq!(made_up.get("/admin").await.status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn an_over_long_search_or_record_id_is_answered_without_touching_dynamodb_limits() {
+    let app = spawn_app().await;
+    let operator = signed_in(&app).await;
+    let at_limit = "r".repeat(256);
+    let past = "r".repeat(3000);
+
+    for (path, expected) in [
+        (format!("/admin?q={at_limit}"), StatusCode::OK),
+        (format!("/admin?q={past}"), StatusCode::OK),
+        (format!("/admin?q={past}%40example.com"), StatusCode::OK),
+        (
+            format!("/admin/record?object=contact&id={at_limit}"),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!("/admin/record?object=contact&id={past}"),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let answer = operator.get(&path).await;
+        assert_eq!(answer.status, expected, "{}: {}", &path[..40], answer.body);
+    }
 }

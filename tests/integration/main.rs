@@ -4,6 +4,7 @@ mod chaos;
 mod dashboard;
 mod dashboard_browser;
 mod hubspot_adapters;
+mod local_api;
 mod pipedrive_client;
 mod pipedrive_webhooks;
 mod reconcile;

@@ -81,6 +81,28 @@ async fn settle_webhooks(app: &TestApp) {
     app.webhooks_settled(|| app.sandbox().pending_webhooks()).await;
 }
 
+/// A HubSpot delivery of one rep's move of deal `deal_crm` to `stage`, at `at`.
+fn stage_change(deal_crm: u64, event_id: i64, at: i64, stage: &str) -> serde_json::Value {
+    json!({"eventId": event_id, "subscriptionId": 202, "portalId": 62515, "appId": 1, "occurredAt": at,
+           "subscriptionType": "deal.propertyChange", "attemptNumber": 0, "objectId": deal_crm,
+           "propertyName": "dealstage", "propertyValue": stage, "changeSource": "CRM_UI"})
+}
+
+/// Posts `body` to the stack's HubSpot webhook route, signed now.
+async fn post_signed(app: &TestApp, body: String) -> reqwest::StatusCode {
+    let url = app.webhook_url("hubspot");
+    let headers = v3_headers(HUBSPOT_SECRET, &url, body.as_bytes(), now_ms());
+    let mut request = app
+        .http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(body);
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    request.send().await.unwrap().status()
+}
+
 #[tokio::test]
 async fn crm_syncs_own_writes_come_back_as_echoes_and_are_dropped() {
     let app = spawn_app_with(AppOptions::syncing().with_webhooks()).await;
@@ -243,36 +265,18 @@ async fn an_older_event_never_overrides_a_newer_one_and_a_duplicate_is_processed
     let app = spawn_app_with(AppOptions::syncing().with_webhooks()).await;
     let (_, deal_crm) = synced(&app, "order-1", Some("deal-order-1")).await;
     let deal_crm = deal_crm.unwrap();
-    let url = app.webhook_url("hubspot");
-    let event = |id: i64, at: i64, stage: &str| {
-        json!({"eventId": id, "subscriptionId": 202, "portalId": 62515, "appId": 1, "occurredAt": at,
-               "subscriptionType": "deal.propertyChange", "attemptNumber": 0, "objectId": deal_crm,
-               "propertyName": "dealstage", "propertyValue": stage, "changeSource": "CRM_UI"})
-    };
     let t = now_ms();
-    let newer = json!([event(9001, t, "closedwon")]).to_string();
-    let older = json!([event(9000, t - 60_000, "qualifiedtobuy")]).to_string();
-    let post = |body: String| {
-        let headers = v3_headers(HUBSPOT_SECRET, &url, body.as_bytes(), now_ms());
-        let mut request = app
-            .http
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(body);
-        for (name, value) in headers {
-            request = request.header(name, value);
-        }
-        request.send()
-    };
+    let newer = json!([stage_change(deal_crm, 9001, t, "closedwon")]).to_string();
+    let older = json!([stage_change(deal_crm, 9000, t - 60_000, "qualifiedtobuy")]).to_string();
 
-    assert_eq!(post(newer.clone()).await.unwrap().status(), 200);
-    assert_eq!(post(newer).await.unwrap().status(), 200);
+    assert_eq!(post_signed(&app, newer.clone()).await, 200);
+    assert_eq!(post_signed(&app, newer).await, 200);
     let first = eventually(60, "the newer stage in the app inbox", || async {
         let messages = app.drain_app_inbox().await;
         (!messages.is_empty()).then_some(messages)
     })
     .await;
-    assert_eq!(post(older).await.unwrap().status(), 200);
+    assert_eq!(post_signed(&app, older).await, 200);
     settle_webhooks(&app).await;
     let later = app.drain_app_inbox().await;
 
@@ -311,4 +315,53 @@ async fn a_crm_record_the_app_does_not_know_is_ignored_with_the_reason() {
         );
     }
     assert!(app.drain_app_inbox().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_crm_event_dated_past_the_allowed_clock_skew_is_dead_lettered_and_the_next_real_edit_applies() {
+    let app = spawn_app_with(
+        AppOptions::syncing()
+            .with_webhooks()
+            .with_env("MAX_CLOCK_SKEW_SECONDS", "60"),
+    )
+    .await;
+    let (_, deal_crm) = synced(&app, "order-9", Some("deal-order-9")).await;
+    let deal_crm = deal_crm.unwrap();
+    let ten_years = 10 * 365 * 24 * 3600 * 1000_i64;
+
+    assert_eq!(
+        post_signed(
+            &app,
+            json!([stage_change(deal_crm, 7001, now_ms() + ten_years, "closedlost")]).to_string()
+        )
+        .await,
+        200
+    );
+    let letters = eventually(60, "the future event dead-lettered", || async {
+        let letters = app.drain_dead_letters("InboundDeadLetterQueue").await;
+        (!letters.is_empty()).then_some(letters)
+    })
+    .await;
+    assert_eq!(letters.len(), 1);
+    assert!(
+        letters[0].1["crm_sync_error"].contains("ahead of crm-sync's clock, more than the 60 s allowed"),
+        "{:?}",
+        letters[0].1
+    );
+
+    assert_eq!(
+        post_signed(
+            &app,
+            json!([stage_change(deal_crm, 7002, now_ms(), "closedwon")]).to_string()
+        )
+        .await,
+        200
+    );
+    let delivered = eventually(60, "the real stage in the app inbox", || async {
+        let messages = app.drain_app_inbox().await;
+        (!messages.is_empty()).then_some(messages)
+    })
+    .await;
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    assert_eq!(delivered[0]["changes"]["stage"], "closedwon");
 }

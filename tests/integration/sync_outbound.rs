@@ -606,3 +606,189 @@ async fn records_can_be_listed_by_status() {
         .collect();
     assert_eq!(ids, HashSet::from(["list-1".to_string(), "list-3".to_string()]));
 }
+
+#[tokio::test]
+async fn a_second_app_record_with_the_same_email_never_takes_over_the_first_ones_crm_record() {
+    let app = spawn_app_with(AppOptions::syncing()).await;
+    let at = now_ms();
+    app.send_changes(&[contact(
+        "user-a",
+        at,
+        json!({"email": "team@example.com", "first_name": "Ann"}),
+    )])
+    .await;
+    let (first, _) = settled(&app, contact_ref("user-a"), SyncStatus::Synced).await;
+    let crm_id = first.crm_id.clone().unwrap();
+
+    app.send_changes(&[contact(
+        "user-b",
+        at + 1,
+        json!({"email": "team@example.com", "first_name": "Bob"}),
+    )])
+    .await;
+
+    let (second, timeline) = settled(&app, contact_ref("user-b"), SyncStatus::Failed).await;
+    let error = second.last_error.clone().unwrap();
+    assert!(error.starts_with("identity conflict"), "{error}");
+    for part in [crm_id.as_str(), "user-a", "user-b"] {
+        assert!(error.contains(part), "{part} is named in: {error}");
+    }
+    assert_eq!(second.crm_id, None);
+    assert_eq!(timeline[0].kind, TimelineKind::Failed);
+    let letters = dead_letters(&app, 1).await;
+    assert_eq!(letters[0].0["record_id"], "user-b");
+    assert_eq!(letters[0].1["crm_sync_error"], error);
+
+    let records = app.sandbox().records("contacts");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].properties["crm_sync_app_id"], "user-a");
+    assert_eq!(records[0].properties["firstname"], "Ann");
+    let (first_after, first_timeline) = settled(&app, contact_ref("user-a"), SyncStatus::Synced).await;
+    assert_eq!(first_after.crm_id, Some(crm_id));
+    assert!(first_timeline
+        .iter()
+        .all(|entry| entry.kind != TimelineKind::Conflict));
+}
+
+#[tokio::test]
+async fn a_crm_record_already_carrying_another_app_id_is_not_adopted_even_if_crm_sync_never_saw_it() {
+    let app = spawn_app_with(AppOptions::syncing()).await;
+    app.sandbox()
+        .create(
+            "contacts",
+            [
+                ("email".to_string(), "kim@example.com".to_string()),
+                ("crm_sync_app_id".to_string(), "legacy-9".to_string()),
+            ]
+            .into(),
+        )
+        .unwrap();
+    app.send_changes(&[contact("user-k", now_ms(), json!({"email": "kim@example.com"}))])
+        .await;
+
+    let (state, _) = settled(&app, contact_ref("user-k"), SyncStatus::Failed).await;
+    assert!(state.last_error.unwrap().contains("legacy-9"));
+    let records = app.sandbox().records("contacts");
+    assert_eq!(records[0].properties["crm_sync_app_id"], "legacy-9");
+}
+
+#[tokio::test]
+async fn a_change_dated_past_the_allowed_clock_skew_is_dead_lettered_and_poisons_nothing() {
+    let app = spawn_app_with(AppOptions::syncing().with_env("MAX_CLOCK_SKEW_SECONDS", "60")).await;
+    let now = now_ms();
+    let ten_years = 10 * 365 * 24 * 3600 * 1000;
+    app.send_changes(&[
+        contact("user-f", now + ten_years, json!({"first_name": "Future"})),
+        contact("user-g", now + 55_000, json!({"first_name": "Within"})),
+    ])
+    .await;
+    let letters = dead_letters(&app, 1).await;
+    assert_eq!(letters[0].0["record_id"], "user-f");
+    let reason = &letters[0].1["crm_sync_error"];
+    assert!(
+        reason.contains("ahead of crm-sync's clock, more than the 60 s allowed"),
+        "{reason}"
+    );
+    settled(&app, contact_ref("user-g"), SyncStatus::Synced).await;
+
+    // The real change after it is applied: nothing was recorded for the future one.
+    app.send_changes(&[contact("user-f", now_ms(), json!({"first_name": "Real"}))])
+        .await;
+    settled(&app, contact_ref("user-f"), SyncStatus::Synced).await;
+    assert_eq!(
+        contact_in_crm(&app, "user-f").await.properties["firstname"],
+        "Real"
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_change_is_dead_lettered_before_any_crm_call_and_never_shows_as_synced() {
+    let app = spawn_app_with(AppOptions::syncing()).await;
+    let calls_before = app.sandbox().stats().calls.values().sum::<u64>();
+    app.send_changes(&[
+        contact("user-big", now_ms(), json!({"first_name": "x".repeat(260_000)})),
+        contact("user-long", now_ms(), json!({"first_name": "x".repeat(65_537)})),
+    ])
+    .await;
+
+    let letters = dead_letters(&app, 2).await;
+    let mut reasons: Vec<String> = letters
+        .iter()
+        .map(|(_, attrs)| attrs["crm_sync_error"].clone())
+        .collect();
+    reasons.sort();
+    assert!(
+        reasons[0].contains("`data.first_name` is 65537 characters, more than the 65536 allowed"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].contains("bytes, more than the 102400 allowed"),
+        "{reasons:?}"
+    );
+    assert_eq!(app.sandbox().stats().calls.values().sum::<u64>(), calls_before);
+    for id in ["user-big", "user-long"] {
+        let state = app.sync_state().record(&contact_ref(id), 1).await.unwrap();
+        assert!(
+            state.is_none(),
+            "{id}: nothing stored for a message refused whole"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_change_that_would_overflow_its_records_state_fails_visibly_before_the_crm_is_called() {
+    let app = spawn_app_with(AppOptions::syncing()).await;
+    // Each message is under every limit; together, the values written would not fit one item.
+    let fields = ["first_name", "last_name", "phone", "company"];
+    let mut changes = Vec::new();
+    let at = now_ms();
+    for (round, field) in fields.iter().enumerate() {
+        changes.push(contact(
+            "user-wide",
+            at + round as i64,
+            json!({ *field: "w".repeat(65_000) }),
+        ));
+    }
+    for change in changes {
+        app.send_changes(std::slice::from_ref(&change)).await;
+        let version = change["changed_at"].as_i64().unwrap();
+        let done = eventually(30, "the change settled", || async {
+            let (state, _) = app
+                .sync_state()
+                .record(&contact_ref("user-wide"), 1)
+                .await
+                .unwrap()?;
+            (state.applied_version_ms == Some(version) || state.status == SyncStatus::Failed).then_some(state)
+        })
+        .await;
+        if done.status == SyncStatus::Failed {
+            let error = done.last_error.unwrap();
+            assert!(error.contains("sync state would take about"), "{error}");
+            let letters = dead_letters(&app, 1).await;
+            assert_eq!(letters[0].1["crm_sync_error"], error);
+            return;
+        }
+    }
+    panic!("four 65,000-character fields never hit the state's size budget");
+}
+
+#[tokio::test]
+async fn a_record_id_of_256_four_byte_characters_syncs_as_the_schema_allows() {
+    let app = spawn_app_with(AppOptions::syncing()).await;
+    let wide = "\u{1F600}".repeat(256);
+    let accented = "é".repeat(200);
+    app.send_changes(&[
+        contact(&wide, now_ms(), json!({"email": "wide@example.com"})),
+        contact(&accented, now_ms(), json!({"email": "accent@example.com"})),
+    ])
+    .await;
+    settled(&app, contact_ref(&wide), SyncStatus::Synced).await;
+    settled(&app, contact_ref(&accented), SyncStatus::Synced).await;
+    let synced = app
+        .sync_state()
+        .list(RecordFilter::Status(SyncStatus::Synced), 10, None)
+        .await
+        .unwrap()
+        .0;
+    assert_eq!(synced.len(), 2, "both are listed by status");
+}

@@ -231,13 +231,43 @@ async fn a_body_over_the_configured_limit_is_413_and_stores_nothing() {
         ..AppOptions::default()
     })
     .await;
-    let body = delivery(20, 0);
-    assert!(body.len() > 2048);
+    let padded = |len: usize| {
+        let body = delivery(1, 0);
+        let padding = "p".repeat(len - body.len());
+        body.replace("\"CRM_UI\"", &format!("\"CRM_UI{padding}\""))
+    };
+    let at_limit = padded(2048);
+    assert_eq!(at_limit.len(), 2048);
+    assert_eq!(post_signed(&app, &at_limit).await.status(), StatusCode::OK);
+    assert_eq!(app.stored("delivery").await.len(), 1);
+    app.drain_inbound().await;
+    let body = padded(2049);
 
     let (status, reply) = json(post_signed(&app, &body).await).await;
 
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(reply["message"], "the body is larger than the 2048-byte limit");
+    assert_eq!(app.stored("delivery").await.len(), 1, "only the one at the limit");
+    assert!(app.drain_inbound().await.is_empty());
+}
+
+#[tokio::test]
+async fn an_event_too_large_for_one_queue_message_is_400_and_stores_nothing() {
+    let app = spawn_app().await;
+    // One event filling the 256 KiB body: with its envelope it cannot be one SQS message.
+    let body = delivery(1, 0);
+    let padding = "v".repeat(256 * 1024 - body.len());
+    let body = body.replace("person1@example.com", &format!("{padding}person1@example.com"));
+    assert_eq!(body.len(), 256 * 1024);
+
+    let (status, reply) = json(post_signed(&app, &body).await).await;
+
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{reply}");
+    let message = reply["message"].as_str().unwrap();
+    assert!(
+        message.contains("queue message, more than the 262144 allowed"),
+        "{message}"
+    );
     assert_nothing_stored_or_enqueued(&app).await;
 }
 
@@ -390,4 +420,122 @@ async fn when_sqs_fails_after_the_events_are_stored_the_retry_enqueues_each_once
         app.drain_inbound().await.is_empty(),
         "a later redelivery enqueues nothing"
     );
+}
+
+#[tokio::test]
+async fn a_claim_whose_first_answer_was_lost_is_still_this_requests_own() {
+    let app = spawn_app_with(AppOptions {
+        fault_proxy: true,
+        ..AppOptions::default()
+    })
+    .await;
+    let faults = app.faults.as_ref().unwrap();
+    // The claims land in DynamoDB, their answers do not: the SDK retries each, and the retry
+    // finds the claim it made itself.
+    faults.lose_answers("DynamoDB_20120810.PutItem", 4);
+    let (status, reply) = json(post_signed(&app, &delivery(3, 0)).await).await;
+
+    assert!(faults.failed_calls() > 0, "the proxy lost some answers");
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["enqueued"], 3);
+    assert_eq!(app.drain_inbound().await.len(), 3);
+    let events = app.stored("event").await;
+    assert!(events.iter().all(|event| attr(event, "status") == "enqueued"));
+}
+
+#[tokio::test]
+async fn a_delivery_holding_the_same_event_twice_stores_and_enqueues_it_once() {
+    let app = spawn_app().await;
+    let event = property_change(7, 1007, "email", "seven@example.com", 0);
+    let body = serde_json::json!([
+        event,
+        event,
+        property_change(8, 1008, "email", "e@example.com", 0)
+    ])
+    .to_string();
+
+    let (status, reply) = json(post_signed(&app, &body).await).await;
+
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["events"], 3);
+    assert_eq!(reply["enqueued"], 2);
+    assert_eq!(reply["duplicates"], 1);
+    assert_eq!(app.stored("event").await.len(), 2);
+    assert_eq!(app.drain_inbound().await.len(), 2);
+}
+
+#[tokio::test]
+async fn two_hundred_distinct_deliveries_at_once_are_all_accepted_and_enqueued() {
+    let app = spawn_app().await;
+    let replies = futures::future::join_all((0..200).map(|i| {
+        let body = serde_json::json!([property_change(
+            10_000 + i,
+            5_000 + i,
+            "email",
+            "x@example.com",
+            0
+        )])
+        .to_string();
+        let app = &app;
+        async move { post_signed(app, &body).await.status() }
+    }))
+    .await;
+
+    let refused: Vec<_> = replies.iter().filter(|status| !status.is_success()).collect();
+    assert!(refused.is_empty(), "{} refused: {refused:?}", refused.len());
+    let events = app.stored("event").await;
+    assert_eq!(events.len(), 200);
+    assert!(events.iter().all(|event| attr(event, "status") == "enqueued"));
+    let keys: HashSet<String> = app
+        .drain_inbound()
+        .await
+        .iter()
+        .map(|message| message["event_key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(keys.len(), 200);
+}
+
+/// HubSpot events with one field replaced by `value`.
+fn event_with(field: &str, value: serde_json::Value) -> String {
+    let mut event = property_change(1, 1001, "email", "a@example.com", 0);
+    event[field] = value;
+    serde_json::json!([event]).to_string()
+}
+
+#[tokio::test]
+async fn each_key_field_is_taken_at_its_length_limit_and_refused_by_name_one_byte_past_it() {
+    let app = spawn_app().await;
+    let limit = crm_sync::domain::webhook::MAX_IDENTIFIER_BYTES;
+    for field in ["propertyName", "subscriptionType", "objectId"] {
+        let at_limit = match field {
+            "subscriptionType" => format!("contact.{}", "p".repeat(limit - "contact.".len())),
+            _ => "7".repeat(limit),
+        };
+        let (status, reply) =
+            json(post_signed(&app, &event_with(field, at_limit.clone().into())).await).await;
+        assert_eq!(status, StatusCode::OK, "{field} at {limit} bytes: {reply}");
+
+        let past = format!("{at_limit}7");
+        let (status, reply) = json(post_signed(&app, &event_with(field, past.into())).await).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{field}: {reply}");
+        let message = reply["message"].as_str().unwrap();
+        assert!(message.contains(field), "{message}");
+    }
+    // Only the three accepted deliveries are stored: a refusal leaves nothing behind.
+    assert_eq!(app.stored("delivery").await.len(), 3);
+    assert_eq!(app.stored("event").await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_three_kilobyte_property_name_is_refused_every_time_and_stores_nothing() {
+    let app = spawn_app().await;
+    for attempt in 0..3 {
+        // HubSpot's retry carries a new attempt number, so a new body each time.
+        let mut event = property_change(1, 1001, &"p".repeat(3000), "v", attempt);
+        event["attemptNumber"] = attempt.into();
+        let body = serde_json::json!([event]).to_string();
+        let (status, reply) = json(post_signed(&app, &body).await).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{reply}");
+    }
+    assert_nothing_stored_or_enqueued(&app).await;
 }

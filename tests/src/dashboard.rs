@@ -1,7 +1,9 @@
 //! A signed-in dashboard user over real HTTP: follows no redirects by itself, keeps its session
 //! cookie, and reads each page's CSRF token the way a browser form would carry it.
 
-use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
+use std::net::IpAddr;
+
+use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, RETRY_AFTER, SET_COOKIE};
 use reqwest::redirect::Policy;
 use reqwest::StatusCode;
 
@@ -17,16 +19,29 @@ pub struct Answer {
     pub status: StatusCode,
     pub location: Option<String>,
     pub set_cookie: Option<String>,
+    pub retry_after: Option<String>,
     pub body: String,
 }
 
 impl DashboardClient {
     pub fn new(base: &str) -> Self {
-        Self {
-            http: reqwest::Client::builder()
+        Self::with_client(base, reqwest::Client::builder().redirect(Policy::none()))
+    }
+
+    /// A client on another machine, as the dashboard sees it: its connections come from `ip`
+    /// (any of 127.0.0.0/8 reaches a local stack listening on 127.0.0.1).
+    pub fn from_address(base: &str, ip: IpAddr) -> Self {
+        Self::with_client(
+            base,
+            reqwest::Client::builder()
                 .redirect(Policy::none())
-                .build()
-                .expect("a client"),
+                .local_address(ip),
+        )
+    }
+
+    fn with_client(base: &str, builder: reqwest::ClientBuilder) -> Self {
+        Self {
+            http: builder.build().expect("a client"),
             base: base.to_string(),
             cookie: None,
         }
@@ -138,11 +153,17 @@ async fn answer(response: reqwest::Response) -> Answer {
         .get(SET_COOKIE)
         .and_then(|value| value.to_str().ok())
         .map(str::to_string);
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_string);
     let body = response.text().await.unwrap_or_default();
     Answer {
         status,
         location,
         set_cookie,
+        retry_after,
         body,
     }
 }

@@ -17,6 +17,9 @@ struct State {
     /// Operations to fail, as they appear in `X-Amz-Target` (`DynamoDB_20120810.PutItem`,
     /// `AmazonSQS.SendMessageBatch`) or a query `Action`; `*` fails everything.
     failing: Vec<String>,
+    /// Operations whose next calls reach moto but whose answers are replaced by a 500, as when
+    /// a write lands and its answer is lost: how many answers each has left to lose.
+    losing: std::collections::BTreeMap<String, usize>,
     failed_calls: usize,
     /// Calls passed through, by operation (`PutItem`, `SendMessageBatch`).
     calls: std::collections::BTreeMap<String, u64>,
@@ -69,6 +72,16 @@ impl FaultProxy {
         self.state.lock().unwrap().failing.push(operation.to_string());
     }
 
+    /// Let the next `count` calls to `operation` (as in `X-Amz-Target`) through to moto, then
+    /// answer each with a 500: the write is done, the caller does not know it.
+    pub fn lose_answers(&self, operation: &str, count: usize) {
+        self.state
+            .lock()
+            .unwrap()
+            .losing
+            .insert(operation.to_string(), count);
+    }
+
     /// AWS is back: stop failing anything.
     pub fn heal(&self) {
         self.state.lock().unwrap().failing.clear();
@@ -106,6 +119,17 @@ async fn forward(
         .unwrap_or_default()
         .to_string();
     let form = String::from_utf8_lossy(&body);
+    let lose_answer = {
+        let mut state = state.lock().unwrap();
+        match state.losing.get_mut(&target) {
+            Some(left) if *left > 0 => {
+                *left -= 1;
+                state.failed_calls += 1;
+                true
+            }
+            _ => false,
+        }
+    };
     {
         let mut state = state.lock().unwrap();
         let hit = state.failing.iter().any(|operation| {
@@ -129,14 +153,7 @@ async fn forward(
         }
         if hit {
             state.failed_calls += 1;
-            let failure = hyper::Response::builder()
-                .status(500)
-                .header("content-type", "application/x-amz-json-1.0")
-                .body(Full::new(Bytes::from_static(
-                    br#"{"__type":"InternalFailure","message":"injected by the test"}"#,
-                )))
-                .unwrap();
-            return Ok(failure);
+            return Ok(injected_failure());
         }
     }
     let url = format!(
@@ -165,5 +182,18 @@ async fn forward(
         }
     }
     let bytes = response.bytes().await.unwrap_or_default();
+    if lose_answer {
+        return Ok(injected_failure());
+    }
     Ok(builder.body(Full::new(bytes)).unwrap())
+}
+
+fn injected_failure() -> hyper::Response<Full<Bytes>> {
+    hyper::Response::builder()
+        .status(500)
+        .header("content-type", "application/x-amz-json-1.0")
+        .body(Full::new(Bytes::from_static(
+            br#"{"__type":"InternalFailure","message":"injected by the test"}"#,
+        )))
+        .unwrap()
 }

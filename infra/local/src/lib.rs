@@ -225,11 +225,10 @@ impl LocalStack {
             let webhook = webhook.clone();
             let dashboard = dashboard.clone();
             Box::pin(async move {
-                let path = request.uri().path();
-                let answer = if path == "/admin" || path.starts_with("/admin/") {
-                    dashboard.handle(request).await
-                } else {
-                    webhook.handle(request).await
+                let answer = match route(&request) {
+                    Route::Dashboard => dashboard.handle(request).await,
+                    Route::Webhooks => webhook.handle(request).await,
+                    Route::Refused => return refused_path(),
                 };
                 match answer {
                     Ok(response) => response,
@@ -288,10 +287,88 @@ impl LocalStack {
     }
 }
 
+/// Where the local API sends a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Dashboard,
+    Webhooks,
+    /// A path with a `.` or `..` segment or a backslash: neither handler's.
+    Refused,
+}
+
+/// Routes by the raw path, the one both handlers read: the request's URI is normalized
+/// (`/webhooks/../admin` is `/admin` there), so routing by it would send a path to a handler that
+/// reads it as another. A path that reads differently normalized and raw is refused before either
+/// handler sees it.
+fn route(request: &lambda_http::Request) -> Route {
+    use lambda_http::RequestExt as _;
+    let path = match request.raw_http_path() {
+        "" => request.uri().path(),
+        raw => raw,
+    };
+    if crm_sync::entrypoints::is_ambiguous_path(path) {
+        Route::Refused
+    } else if path == "/admin" || path.starts_with("/admin/") {
+        Route::Dashboard
+    } else {
+        Route::Webhooks
+    }
+}
+
+/// The answer to a refused path: 404, as each handler answers such a path deployed (neither
+/// has a route for it), with the reason.
+fn refused_path() -> lambda_http::Response<lambda_http::Body> {
+    lambda_http::Response::builder()
+        .status(404)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(lambda_http::Body::Text(
+            "no route has a `.` or `..` segment, a backslash or an encoded slash in its path".into(),
+        ))
+        .expect("a static response is valid")
+}
+
 impl Drop for LocalStack {
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routed(target: &str) -> Route {
+        let event = apigw::event(
+            "GET",
+            target,
+            &http::HeaderMap::new(),
+            b"",
+            "127.0.0.1:9".parse().unwrap(),
+        );
+        route(&apigw::into_request(event).unwrap())
+    }
+
+    #[test]
+    fn the_dashboard_gets_admin_paths_and_the_webhook_function_the_rest() {
+        assert_eq!(routed("/admin"), Route::Dashboard);
+        assert_eq!(routed("/admin/queues?lane=inbound"), Route::Dashboard);
+        assert_eq!(routed("/webhooks/hubspot"), Route::Webhooks);
+        assert_eq!(routed("/adminx"), Route::Webhooks);
+    }
+
+    #[test]
+    fn a_path_that_normalizes_into_another_route_reaches_neither_handler() {
+        for target in [
+            "/webhooks/../admin",
+            "/webhooks/%2e%2e/admin",
+            "/webhooks/%2E%2E/admin",
+            "/admin/../webhooks/hubspot",
+            "/admin/./queues",
+            "/webhooks/hubspot%5c..%5cadmin",
+        ] {
+            assert_eq!(routed(target), Route::Refused, "{target}");
         }
     }
 }

@@ -12,6 +12,16 @@ pub async fn read_secret_field(
     secret_id: &str,
     field: &str,
 ) -> anyhow::Result<SecretString> {
+    Ok(read_secret_field_and_version(client, secret_id, field).await?.0)
+}
+
+/// [`read_secret_field`], with the version of the secret it read: Secrets Manager's `VersionId`,
+/// a new one with every new value, and nothing derived from the value.
+pub async fn read_secret_field_and_version(
+    client: &Client,
+    secret_id: &str,
+    field: &str,
+) -> anyhow::Result<(SecretString, Option<String>)> {
     let output = client
         .get_secret_value()
         .secret_id(secret_id)
@@ -28,5 +38,8 @@ pub async fn read_secret_field(
         .get(field)
         .and_then(|value| value.as_str())
         .with_context(|| format!("secret {secret_id} has no string field `{field}`"))?;
-    Ok(SecretString::from(value.to_string()))
+    Ok((
+        SecretString::from(value.to_string()),
+        output.version_id().map(str::to_string),
+    ))
 }

@@ -236,7 +236,9 @@ impl DashboardService {
     /// app record id and as a CRM id, of every object type.
     pub async fn search(&self, query: &str) -> Result<Vec<RecordState>, DashboardError> {
         let query = query.trim();
-        if query.is_empty() {
+        // Longer than any record id, email or CRM id crm-sync keeps: nothing to find, and too
+        // long for a DynamoDB key.
+        if query.is_empty() || query.chars().count() > crate::domain::contract::MAX_ID_CHARS {
             return Ok(Vec::new());
         }
         if query.contains('@') {

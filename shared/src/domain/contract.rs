@@ -10,7 +10,20 @@ use serde_json::{Map, Value};
 /// Version of the outbound message contract.
 pub const OUTBOUND_CONTRACT_VERSION: u64 = 1;
 
-const MAX_ID_LEN: usize = 256;
+/// The longest identifier (`record_id`, `idempotency_id`, `contact_record_id`) and field name,
+/// in characters (Unicode code points, as JSON Schema's `maxLength` counts).
+pub const MAX_ID_CHARS: usize = 256;
+
+/// The longest text value of a field, in characters: HubSpot's limit for a property value.
+pub const MAX_VALUE_CHARS: usize = 65_536;
+
+/// The largest message, in bytes of UTF-8. A record's state keeps the pending and the last
+/// applied message and the values written, in one DynamoDB item of at most 400 KB.
+pub const MAX_MESSAGE_BYTES: usize = 100 * 1024;
+
+/// The longest email that is indexed for the dashboard's search (RFC 5321's limit for a path);
+/// a longer one is no address, and would not fit an index key.
+const MAX_SEARCH_EMAIL_BYTES: usize = 254;
 
 /// The app's object types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -110,7 +123,11 @@ impl Change {
             return None;
         }
         match self.data.get("email") {
-            Some(FieldValue::Text(email)) if !email.trim().is_empty() => Some(email.trim().to_lowercase()),
+            Some(FieldValue::Text(email))
+                if !email.trim().is_empty() && email.trim().len() <= MAX_SEARCH_EMAIL_BYTES =>
+            {
+                Some(email.trim().to_lowercase())
+            }
             _ => None,
         }
     }
@@ -174,9 +191,9 @@ fn identifier(fields: &Map<String, Value>, name: &str) -> Result<Option<String>,
     match fields.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(text)) => {
-            if text.is_empty() || text.len() > MAX_ID_LEN || text.chars().any(char::is_control) {
+            if text.is_empty() || text.chars().count() > MAX_ID_CHARS || text.chars().any(char::is_control) {
                 Err(invalid(format!(
-                    "`{name}` must be 1 to {MAX_ID_LEN} characters without control characters"
+                    "`{name}` must be 1 to {MAX_ID_CHARS} characters without control characters"
                 )))
             } else {
                 Ok(Some(text.clone()))
@@ -205,6 +222,13 @@ pub fn parse_timestamp_ms(value: &Value) -> Option<i64> {
 
 /// Parses and validates one message body.
 pub fn parse_change(body: &str) -> Result<Change, ContractError> {
+    // Checked before parsing, so that an oversized message costs no parse.
+    if body.len() > MAX_MESSAGE_BYTES {
+        return Err(invalid(format!(
+            "the message is {} bytes, more than the {MAX_MESSAGE_BYTES} allowed",
+            body.len()
+        )));
+    }
     let value: Value = serde_json::from_str(body).map_err(|error| {
         invalid(format!(
             "the message is not valid JSON (line {}, column {})",
@@ -281,7 +305,19 @@ pub fn parse_change(body: &str) -> Result<Change, ContractError> {
 fn parse_data(data: &Map<String, Value>) -> Result<BTreeMap<String, FieldValue>, ContractError> {
     data.iter()
         .map(|(name, value)| {
+            if name.is_empty() || name.chars().count() > MAX_ID_CHARS {
+                return Err(invalid(format!(
+                    "a `data` field name must be 1 to {MAX_ID_CHARS} characters"
+                )));
+            }
             let value = match value {
+                Value::String(text) if text.chars().count() > MAX_VALUE_CHARS => {
+                    return Err(invalid(format!(
+                        "`data.{}` is {} characters, more than the {MAX_VALUE_CHARS} allowed",
+                        truncate(name),
+                        text.chars().count()
+                    )))
+                }
                 Value::String(text) => FieldValue::Text(text.clone()),
                 Value::Number(number) => FieldValue::Number(number.clone()),
                 Value::Bool(flag) => FieldValue::Bool(*flag),
@@ -405,6 +441,85 @@ mod tests {
             .unwrap_err()
             .0
             .contains("contact_record_id"));
+    }
+
+    fn contact_with(record_id: &str, first_name: &str) -> String {
+        serde_json::json!({
+            "version": 1, "type": "contact.upsert", "record_id": record_id, "idempotency_id": "i",
+            "changed_at": 5, "data": {"first_name": first_name}
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn identifiers_are_counted_in_characters_as_the_schema_counts_them() {
+        let schema: Value =
+            serde_json::from_str(include_str!("../../schemas/outbound-change.v1.json")).unwrap();
+        for name in ["record_id", "idempotency_id", "contact_record_id"] {
+            assert_eq!(schema["properties"][name]["maxLength"], MAX_ID_CHARS);
+        }
+        // 256 four-byte characters: valid under the schema's maxLength, so valid here.
+        let wide = "\u{1F600}".repeat(MAX_ID_CHARS);
+        assert_eq!(parse_change(&contact_with(&wide, "Ada")).unwrap().record_id, wide);
+        assert!(parse_change(&contact_with(&"é".repeat(200), "Ada")).is_ok());
+        let error = parse_change(&contact_with(&format!("{wide}x"), "Ada")).unwrap_err();
+        assert!(
+            error.0.contains("`record_id` must be 1 to 256 characters"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_field_value_is_taken_at_its_character_limit_and_refused_one_past_it() {
+        let schema: Value =
+            serde_json::from_str(include_str!("../../schemas/outbound-change.v1.json")).unwrap();
+        assert_eq!(
+            schema["properties"]["data"]["additionalProperties"]["maxLength"],
+            MAX_VALUE_CHARS
+        );
+        let at_limit = "x".repeat(MAX_VALUE_CHARS);
+        assert!(parse_change(&contact_with("u", &at_limit)).is_ok());
+        let error = parse_change(&contact_with("u", &format!("{at_limit}x"))).unwrap_err();
+        assert_eq!(
+            error.0,
+            "`data.first_name` is 65537 characters, more than the 65536 allowed"
+        );
+    }
+
+    #[test]
+    fn a_message_is_taken_at_its_byte_limit_and_refused_one_byte_past_it() {
+        let empty = contact_with("u", "").len();
+        let at_limit = contact_with("u", &"a".repeat(MAX_MESSAGE_BYTES - empty));
+        assert_eq!(at_limit.len(), MAX_MESSAGE_BYTES);
+        // Past the value limit, so the byte limit is what answers.
+        let past = contact_with("u", &"a".repeat(MAX_MESSAGE_BYTES - empty + 1));
+        assert!(parse_change(&at_limit).unwrap_err().0.contains("characters"));
+        assert_eq!(
+            parse_change(&past).unwrap_err().0,
+            format!(
+                "the message is {} bytes, more than the {MAX_MESSAGE_BYTES} allowed",
+                MAX_MESSAGE_BYTES + 1
+            )
+        );
+        let mut fields = serde_json::Map::new();
+        for i in 0..2 {
+            fields.insert(format!("f{i}"), Value::String("a".repeat(40_000)));
+        }
+        let two_fields = serde_json::json!({
+            "version": 1, "type": "contact.upsert", "record_id": "u", "idempotency_id": "i",
+            "changed_at": 5, "data": fields
+        })
+        .to_string();
+        assert!(two_fields.len() <= MAX_MESSAGE_BYTES);
+        assert!(parse_change(&two_fields).is_ok());
+    }
+
+    #[test]
+    fn an_email_too_long_to_be_an_address_is_not_indexed_for_search() {
+        let body = CONTACT.replace("ada@example.com", &format!("{}@example.com", "a".repeat(242)));
+        assert_eq!(parse_change(&body).unwrap().search_email().unwrap().len(), 254);
+        let body = CONTACT.replace("ada@example.com", &format!("{}@example.com", "a".repeat(243)));
+        assert_eq!(parse_change(&body).unwrap().search_email(), None);
     }
 
     #[test]

@@ -73,6 +73,26 @@ pub enum ParseError {
     NotSoap(String),
 }
 
+/// The longest identifier a provider takes from an event (ids, names, types) into its key:
+/// event keys become DynamoDB partition keys, which hold at most 2,048 bytes.
+pub const MAX_IDENTIFIER_BYTES: usize = 256;
+
+/// The longest event key; with its `EVENT#{provider}#` prefix it stays well inside DynamoDB's
+/// 2,048-byte partition key.
+pub const MAX_EVENT_KEY_BYTES: usize = 1024;
+
+/// Refuses an identifier longer than [`MAX_IDENTIFIER_BYTES`], naming the field (never its value).
+pub fn check_identifier(name: &str, value: &str) -> Result<(), String> {
+    if value.len() > MAX_IDENTIFIER_BYTES {
+        Err(format!(
+            "`{name}` is {} bytes long, more than the {MAX_IDENTIFIER_BYTES} allowed",
+            value.len()
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 impl ParseError {
     /// A delivery holds from 1 to `max` events.
     pub fn check_count(count: usize, max: usize) -> Result<(), ParseError> {

@@ -1,21 +1,25 @@
 //! The dashboard under `/admin` behind API Gateway (HTTP API, payload format 2.0): routing,
 //! sign-in, CSRF checks, forms and redirects. What the pages show comes from
-//! [`DashboardService`]; how they look from [`crate::dashboard::html`].
+//! [`DashboardService`]; how they look from [`crate::dashboard::html`]; who is signed in from
+//! [`SignIn`].
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use aws_config::SdkConfig;
 use lambda_http::http::{header, HeaderMap, Method, StatusCode};
 use lambda_http::{Body, Request, RequestExt, Response};
 
-use crate::adapters::dynamodb::DynamoDbSyncState;
+use crate::adapters::dynamodb::{DynamoDbDashboardStore, DynamoDbSyncState};
 use crate::adapters::hubspot;
+use crate::adapters::secrets_manager::read_secret_field_and_version;
 use crate::adapters::sqs::{SqsDeadLetterQueue, SqsQueue};
-use crate::config::{DashboardConfig, RecordLinks};
+use crate::config::{DashboardConfig, RecordLinks, SecretSource};
 use crate::dashboard::html::{self, Frame, Notice, RecordsView};
-use crate::dashboard::session::{Session, Sessions, COOKIE_NAME};
+use crate::dashboard::session::{Session, SignIn, SignInOutcome, COOKIE_NAME};
 use crate::dashboard::{DashboardError, DashboardService, DashboardSettings, Lane, SkipReason};
+use crate::domain::clock::rfc3339;
 use crate::domain::contract::{ObjectKind, RecordRef};
 use crate::domain::sync::{RecordFilter, SyncStatus};
 use crate::domain::SystemClock;
@@ -24,7 +28,7 @@ use crate::ports::RedriveOutcome;
 /// The dashboard HTTP API.
 pub struct DashboardApi {
     service: DashboardService,
-    sessions: Sessions,
+    access: SignIn,
 }
 
 /// One request, as the routes need it.
@@ -34,6 +38,8 @@ struct Incoming {
     query: String,
     headers: HeaderMap,
     form: Vec<(String, String)>,
+    /// The caller's IP address, as API Gateway saw it (see [`client_ip`]).
+    client: String,
 }
 
 impl Incoming {
@@ -95,6 +101,40 @@ impl Incoming {
     }
 }
 
+/// The caller's IP address: API Gateway's `sourceIp` (the TCP peer, which the caller cannot
+/// choose), else the first `X-Forwarded-For` entry (only without API Gateway in front), else
+/// `unknown`. Anything that is not an IP address reads as `unknown`.
+fn client_ip(source_ip: Option<&str>, headers: &HeaderMap) -> String {
+    let forwarded = headers
+        .get("x-forwarded-for")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(',').next());
+    source_ip
+        .filter(|ip| !ip.trim().is_empty())
+        .or(forwarded)
+        .and_then(|ip| ip.trim().parse::<IpAddr>().ok())
+        .map_or_else(|| "unknown".to_string(), |ip| ip.to_string())
+}
+
+fn source_ip(request: &Request) -> Option<String> {
+    match request.request_context_ref()? {
+        lambda_http::request::RequestContext::ApiGatewayV2(context) => context.http.source_ip.clone(),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+/// Sets the session cookie (`value`, for `max_age` seconds; empty and 0 clear it).
+fn set_cookie(response: &mut Response<Body>, value: &str, max_age: i64, https: bool) {
+    let cookie = format!(
+        "{COOKIE_NAME}={value}; Path=/admin; Max-Age={max_age}; HttpOnly; SameSite=Strict{}",
+        if https { "; Secure" } else { "" }
+    );
+    if let Ok(value) = cookie.parse() {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+}
+
 /// Where a redirect may go: only back into the dashboard.
 fn safe_target(target: Option<&str>) -> String {
     match target {
@@ -116,7 +156,12 @@ fn parse_record(key: &str) -> Option<RecordRef> {
         object: ObjectKind::parse(object)?,
         record_id: record_id.to_string(),
     })
-    .filter(|record| !record.record_id.is_empty())
+    // No record id is longer (the message contract's limit), and a longer one would not fit a
+    // DynamoDB key: it names no record.
+    .filter(|record| {
+        !record.record_id.is_empty()
+            && record.record_id.chars().count() <= crate::domain::contract::MAX_ID_CHARS
+    })
 }
 
 fn page(status: StatusCode, html: String) -> Response<Body> {
@@ -169,18 +214,41 @@ fn with_query(path: &str, pairs: &[(&str, String)]) -> String {
 }
 
 impl DashboardApi {
-    pub fn new(service: DashboardService, sessions: Sessions) -> Self {
-        Self { service, sessions }
+    pub fn new(service: DashboardService, access: SignIn) -> Self {
+        Self { service, access }
     }
 
     /// Wires DynamoDB, SQS and the dashboard password (read once, here, from Secrets Manager).
     pub async fn build(aws: &SdkConfig, config: DashboardConfig) -> anyhow::Result<Self> {
+        // Sessions remember the password's version (never anything derived from the password),
+        // so that a new password ends them. A password from the environment has no version.
+        let (password, password_version) = match config.password {
+            SecretSource::Value(value) => (value, "environment".to_string()),
+            SecretSource::SecretsManager { secret_id, field } => {
+                let (value, version) = read_secret_field_and_version(
+                    &aws_sdk_secretsmanager::Client::new(aws),
+                    &secret_id,
+                    field,
+                )
+                .await?;
+                (value, version.unwrap_or_else(|| "unversioned".to_string()))
+            }
+        };
         let password = super::not_empty(
-            super::resolve_secret(aws, config.password).await?,
+            password,
             "the dashboard password (DashboardSecret, DASHBOARD_PASSWORD)",
         )?;
         let dynamodb = aws_sdk_dynamodb::Client::new(aws);
         let sqs = aws_sdk_sqs::Client::new(aws);
+        let sign_in_store = Arc::new(DynamoDbDashboardStore::new(dynamodb.clone(), config.table));
+        let access = SignIn::new(
+            &password,
+            password_version,
+            sign_in_store.clone(),
+            sign_in_store,
+            config.sign_in_limits,
+            config.session_ttl_ms,
+        );
         // Timeline retention only matters for entries this function writes: the re-sync notes.
         let state = Arc::new(DynamoDbSyncState::new(
             dynamodb,
@@ -230,10 +298,7 @@ impl DashboardApi {
             Arc::new(SystemClock),
             settings,
         );
-        Ok(Self::new(
-            service,
-            Sessions::new(&password, config.session_ttl_ms),
-        ))
+        Ok(Self::new(service, access))
     }
 
     /// Answers one request; every failure is a page that says what went wrong.
@@ -242,11 +307,20 @@ impl DashboardApi {
             "" => request.uri().path().to_string(),
             raw => raw.to_string(),
         };
+        // `/admin/../webhooks/x` or `/admin/%2e/queues` is no dashboard page, whatever a URL
+        // parser would make of it (see `is_ambiguous_path`).
+        if super::is_ambiguous_path(&path) {
+            return Ok(page(
+                StatusCode::NOT_FOUND,
+                html::message_page("Not found", "There is no such dashboard page."),
+            ));
+        }
         let path = match path.trim_end_matches('/') {
             "" => "/".to_string(),
             trimmed => trimmed.to_string(),
         };
         let incoming = Incoming {
+            client: client_ip(source_ip(&request).as_deref(), request.headers()),
             method: request.method().clone(),
             query: request.uri().query().unwrap_or("").to_string(),
             headers: request.headers().clone(),
@@ -262,17 +336,27 @@ impl DashboardApi {
         let now_ms = self.service.now_ms();
         if request.path == "/admin/login" {
             return match request.method {
-                Method::POST => self.sign_in(request, now_ms),
+                Method::POST => self.sign_in(request, now_ms).await,
                 _ => page(
                     StatusCode::OK,
                     html::login_page(None, &safe_target(request.query("next").as_deref())),
                 ),
             };
         }
-        let Some(session) = request
-            .cookie(COOKIE_NAME)
-            .and_then(|value| self.sessions.verify(&value, now_ms))
-        else {
+        let session = match request.cookie(COOKIE_NAME) {
+            None => None,
+            Some(cookie) => match self.access.session(&cookie, now_ms).await {
+                Ok(session) => session,
+                Err(error) => {
+                    tracing::error!(error = %error, detail = ?error, "could not read the dashboard session");
+                    return page(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        html::message_page("Something went wrong", &error.to_string()),
+                    );
+                }
+            },
+        };
+        let Some(session) = session else {
             if request.method == Method::GET && request.path.starts_with("/admin") {
                 let here = if request.query.is_empty() {
                     request.path.clone()
@@ -288,7 +372,7 @@ impl DashboardApi {
         };
         if request.method == Method::POST {
             let token = request.field("csrf").unwrap_or("");
-            if !request.same_origin() || !self.sessions.csrf_matches(&session, token) {
+            if !request.same_origin() || !session.csrf_matches(token) {
                 tracing::warn!(path = %request.path, "dashboard POST refused: cross-site or without its token");
                 return page(
                     StatusCode::FORBIDDEN,
@@ -299,7 +383,7 @@ impl DashboardApi {
                 );
             }
         }
-        let csrf = self.sessions.csrf_token(&session);
+        let csrf = session.csrf_token().to_string();
         let result = match (&request.method, request.path.as_str()) {
             (&Method::GET, "/admin") => self.records(request, &csrf, now_ms).await,
             (&Method::GET, "/admin/record") => self.record(request, &csrf, now_ms).await,
@@ -307,7 +391,7 @@ impl DashboardApi {
             (&Method::POST, "/admin/resync") => self.resync(request).await,
             (&Method::POST, "/admin/conflicts/dismiss") => self.dismiss(request).await,
             (&Method::POST, "/admin/queues/redrive") => self.redrive(request).await,
-            (&Method::POST, "/admin/logout") => Ok(self.sign_out(request, &session)),
+            (&Method::POST, "/admin/logout") => self.sign_out(request, &session).await,
             _ => Ok(page(
                 StatusCode::NOT_FOUND,
                 html::message_page("Not found", "There is no such dashboard page."),
@@ -326,7 +410,7 @@ impl DashboardApi {
         })
     }
 
-    fn sign_in(&self, request: &Incoming, now_ms: i64) -> Response<Body> {
+    async fn sign_in(&self, request: &Incoming, now_ms: i64) -> Response<Body> {
         let next = safe_target(request.field("next"));
         if !request.same_origin() {
             return page(
@@ -334,42 +418,61 @@ impl DashboardApi {
                 html::message_page("Refused", "Sign in from the dashboard's own page."),
             );
         }
-        if !self
-            .sessions
-            .password_matches(request.field("password").unwrap_or(""))
-        {
-            tracing::warn!("dashboard sign-in with a wrong password");
-            return page(
+        let attempt = request.field("password").unwrap_or("");
+        let outcome = match self.access.sign_in(&request.client, attempt, now_ms).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                // Failures cannot be counted: nobody signs in until they can.
+                tracing::error!(error = %error, detail = ?error, "dashboard sign-in failed");
+                return page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    html::login_page(Some("Signing in is unavailable right now; try again."), &next),
+                );
+            }
+        };
+        match outcome {
+            SignInOutcome::SignedIn { cookie, .. } => {
+                let mut response = redirect(&next);
+                set_cookie(&mut response, &cookie, self.access.ttl_secs(), request.https());
+                response
+            }
+            SignInOutcome::WrongPassword => page(
                 StatusCode::UNAUTHORIZED,
                 html::login_page(Some("That password is not right."), &next),
-            );
+            ),
+            SignInOutcome::TooManyFailures { until_ms } => {
+                let wait_secs = (until_ms - now_ms).max(0).div_euclid(1000) + 1;
+                let at = rfc3339(until_ms);
+                let at = at.get(11..19).unwrap_or(&at);
+                // "In 1 minute" up to a whole minute ahead, "in 15 minutes" up to 15.
+                let minutes = (until_ms - now_ms - 1).max(0) / 60_000 + 1;
+                let message = format!(
+                    "Too many failed sign-ins. Try again after {at} UTC (in {} {}).",
+                    minutes,
+                    if minutes == 1 { "minute" } else { "minutes" }
+                );
+                let mut response = page(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    html::login_page(Some(message.as_str()), &next),
+                );
+                if let Ok(value) = wait_secs.to_string().parse() {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+                response
+            }
         }
-        let (_, cookie) = self
-            .sessions
-            .issue(now_ms, &uuid::Uuid::new_v4().simple().to_string());
-        let mut response = redirect(&next);
-        let cookie = format!(
-            "{COOKIE_NAME}={cookie}; Path=/admin; Max-Age={}; HttpOnly; SameSite=Strict{}",
-            self.sessions.ttl_secs(),
-            if request.https() { "; Secure" } else { "" }
-        );
-        if let Ok(value) = cookie.parse() {
-            response.headers_mut().insert(header::SET_COOKIE, value);
-        }
-        tracing::info!("dashboard sign-in");
-        response
     }
 
-    fn sign_out(&self, request: &Incoming, _session: &Session) -> Response<Body> {
+    /// Ends the session for every copy of the cookie, then clears this browser's.
+    async fn sign_out(
+        &self,
+        request: &Incoming,
+        session: &Session,
+    ) -> Result<Response<Body>, DashboardError> {
+        self.access.sign_out(session).await?;
         let mut response = redirect("/admin/login");
-        let cookie = format!(
-            "{COOKIE_NAME}=; Path=/admin; Max-Age=0; HttpOnly; SameSite=Strict{}",
-            if request.https() { "; Secure" } else { "" }
-        );
-        if let Ok(value) = cookie.parse() {
-            response.headers_mut().insert(header::SET_COOKIE, value);
-        }
-        response
+        set_cookie(&mut response, "", 0, request.https());
+        Ok(response)
     }
 
     fn notice(&self, request: &Incoming) -> Option<Notice> {
@@ -581,6 +684,20 @@ mod tests {
             assert_eq!(safe_target(Some(hostile)), "/admin", "{hostile}");
         }
         assert_eq!(safe_target(None), "/admin");
+    }
+
+    #[test]
+    fn the_client_is_api_gateways_source_ip_else_the_first_forwarded_address_else_unknown() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "198.51.100.7, 10.0.0.1".parse().unwrap());
+        assert_eq!(client_ip(Some("203.0.113.9"), &headers), "203.0.113.9");
+        assert_eq!(client_ip(None, &headers), "198.51.100.7");
+        assert_eq!(client_ip(Some(""), &headers), "198.51.100.7");
+        assert_eq!(client_ip(Some("2001:db8::1"), &HeaderMap::new()), "2001:db8::1");
+        assert_eq!(client_ip(None, &HeaderMap::new()), "unknown");
+        headers.insert("x-forwarded-for", "not-an-address".parse().unwrap());
+        assert_eq!(client_ip(None, &headers), "unknown");
+        assert_eq!(client_ip(Some("all"), &HeaderMap::new()), "unknown");
     }
 
     #[test]

@@ -114,3 +114,60 @@ pub(crate) fn crm_events(settings: &CrmSettings) -> Arc<dyn CrmEvents> {
     };
     Arc::new(EventsOf::new(settings.provider(), events))
 }
+
+/// Whether a request path reads differently to different layers: a `.` or `..` segment (also
+/// percent-encoded, `%2e`), a backslash, or an encoded slash or backslash (`%2f`, `%5c`), which
+/// some layers decode into a separator. A URL parser normalizes these away (`/webhooks/../admin`
+/// is `/admin` to it) while the routes match the raw text, so neither HTTP handler takes such a
+/// path for one of its routes: no route of the API has one, and both answer 404.
+pub fn is_ambiguous_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    if lower.contains('\\') || lower.contains("%2f") || lower.contains("%5c") {
+        return true;
+    }
+    lower
+        .split('/')
+        .map(|segment| segment.replace("%2e", "."))
+        .any(|segment| segment == "." || segment == "..")
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::is_ambiguous_path;
+
+    #[test]
+    fn dot_segments_backslashes_and_encoded_separators_make_a_path_ambiguous() {
+        for path in [
+            "/webhooks/../admin",
+            "/webhooks/%2e%2e/admin",
+            "/webhooks/%2E%2E/admin",
+            "/webhooks/.%2e/admin",
+            "/admin/./queues",
+            "/admin/%2e/queues",
+            "/admin/..",
+            "/webhooks\\hubspot",
+            "/webhooks%2fhubspot",
+            "/webhooks%5Chubspot",
+        ] {
+            assert!(is_ambiguous_path(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn the_api_s_own_paths_are_not_ambiguous() {
+        for path in [
+            "/webhooks/hubspot",
+            "/prod/webhooks/salesforce/",
+            "/admin",
+            "/admin/record",
+            "/admin/queues/redrive",
+            "/admin/login",
+            "/",
+            "",
+            "/webhooks/hub.spot",
+            "/webhooks/...",
+        ] {
+            assert!(!is_ambiguous_path(path), "{path}");
+        }
+    }
+}

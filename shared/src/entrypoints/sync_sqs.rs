@@ -89,6 +89,7 @@ impl SyncHandler {
                 max_attempts: config.sync.max_attempts,
                 retry_base: config.sync.retry_base,
                 retry_cap: config.sync.retry_cap,
+                max_clock_skew: config.sync.max_clock_skew,
             };
             let service = InboundService::new(
                 mapping.clone(),

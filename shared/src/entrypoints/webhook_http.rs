@@ -182,8 +182,12 @@ fn classify(error: &IngestError) -> (StatusCode, &'static str) {
     }
 }
 
-/// The provider segment of `.../webhooks/{provider}`; any prefix (stage, API mapping) is allowed.
+/// The provider segment of `.../webhooks/{provider}`; any prefix (stage, API mapping) is allowed,
+/// but no `.` or `..` segment or backslash anywhere (see [`super::is_ambiguous_path`]).
 fn provider_in_path(path: &str) -> Option<&str> {
+    if super::is_ambiguous_path(path) {
+        return None;
+    }
     let mut segments = path.trim_end_matches('/').rsplit('/');
     let provider = segments.next()?;
     (segments.next()? == "webhooks" && !provider.is_empty()).then_some(provider)
@@ -270,5 +274,18 @@ mod tests {
         assert_eq!(provider_in_path("/webhooks/"), None);
         assert_eq!(provider_in_path("/hooks/hubspot"), None);
         assert_eq!(provider_in_path("/"), None);
+    }
+
+    #[test]
+    fn a_path_with_a_dot_segment_or_a_backslash_names_no_provider() {
+        for path in [
+            "/admin/../webhooks/hubspot",
+            "/webhooks/./hubspot",
+            "/x/%2e%2e/webhooks/hubspot",
+            "/webhooks/..",
+            "/webhooks\\hubspot",
+        ] {
+            assert_eq!(provider_in_path(path), None, "{path}");
+        }
     }
 }

@@ -1,9 +1,11 @@
 //! DynamoDB adapters.
 
+mod dashboard_store;
 mod rate_limiter;
 mod sync_state;
 mod webhook_store;
 
+pub use dashboard_store::{session_pk, sign_in_pk, DynamoDbDashboardStore};
 pub use rate_limiter::{DynamoDbRateLimiter, LimiterSettings};
 pub use sync_state::{record_pk, state_from_item, DynamoDbSyncState, BY_CRM_ID, BY_STATUS};
 pub use webhook_store::DynamoDbWebhookStore;

@@ -133,8 +133,16 @@ pub fn record_pk(record: &RecordRef) -> String {
     format!("REC#{}#{}", record.object, record.record_id)
 }
 
+/// The time-ordered sort key of the listing indexes. The record id only keeps equal times
+/// apart, so it is cut to fit DynamoDB's 1,024-byte sort key: a 256-character id can take
+/// 1,024 bytes on its own.
 fn status_at(now_ms: i64, record: &RecordRef) -> String {
-    format!("{now_ms:013}#{}#{}", record.object, record.record_id)
+    const MAX_ID_BYTES: usize = 960;
+    let mut end = record.record_id.len().min(MAX_ID_BYTES);
+    while !record.record_id.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{now_ms:013}#{}#{}", record.object, &record.record_id[..end])
 }
 
 fn text(item: &Item, name: &str) -> Option<String> {

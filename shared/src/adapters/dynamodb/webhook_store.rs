@@ -116,18 +116,21 @@ impl WebhookStore for DynamoDbWebhookStore {
         match result {
             Ok(_) => Ok(Claim::Won),
             Err(error) if condition_failed(&error) => {
-                let held = match error.as_service_error() {
-                    Some(PutItemError::ConditionalCheckFailedException(check)) => check
-                        .item()
-                        .and_then(|item| item.get("status"))
-                        .and_then(|status| status.as_s().ok())
-                        .is_some_and(|status| status == STATUS_CLAIMED),
-                    _ => false,
+                let old = match error.as_service_error() {
+                    Some(PutItemError::ConditionalCheckFailedException(check)) => check.item(),
+                    _ => None,
                 };
-                Ok(if held {
-                    Claim::HeldElsewhere
-                } else {
-                    Claim::AlreadyEnqueued
+                let field = |name: &str| {
+                    old.and_then(|item| item.get(name))
+                        .and_then(|value| value.as_s().ok())
+                        .map(String::as_str)
+                };
+                Ok(match (field("status"), field("claim_token")) {
+                    // The SDK retried a write that had landed (its first answer was lost): the
+                    // claim it finds is this request's own.
+                    (Some(STATUS_CLAIMED), Some(holder)) if holder == token => Claim::Won,
+                    (Some(STATUS_CLAIMED), _) => Claim::HeldElsewhere,
+                    _ => Claim::AlreadyEnqueued,
                 })
             }
             Err(error) => Err(unavailable(error)),

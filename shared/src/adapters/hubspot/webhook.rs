@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 use super::signature;
 use crate::domain::contract::ObjectKind;
 use crate::domain::inbound::{event_subject, CrmChange, InboundMessage, Interpretation};
+use crate::domain::webhook::check_identifier;
 use crate::domain::{AuthError, InboundEvent, ParseError, ProviderId, WebhookRequest};
 use crate::ports::{CrmEvents, WebhookProvider};
 
@@ -245,6 +246,16 @@ fn parse_event(raw: Box<RawValue>) -> Result<InboundEvent, String> {
         Some((prefix, _)) => Some(prefix.to_string()),
         None => None,
     };
+    // These make up the event's key: refused here, with the field's name, rather than by
+    // DynamoDB after the delivery is stored.
+    check_identifier("subscriptionType", &kind)?;
+    for (name, value) in [
+        ("objectId", &object_id),
+        ("propertyName", &property),
+        ("objectTypeId", &object_type),
+    ] {
+        check_identifier(name, value.as_deref().unwrap_or_default())?;
+    }
 
     // eventId alone is not unique, and attemptNumber changes on each retry: the key is what stays
     // the same across redeliveries of one notification and differs between notifications.
@@ -301,6 +312,12 @@ mod tests {
 
     #[test]
     fn a_v3_request_older_than_five_minutes_is_stale() {
+        for at_limit in [NOW_MS - 300_000, NOW_MS + 300_000] {
+            assert_eq!(
+                provider().authenticate(&v3_request("[]", at_limit), NOW_MS),
+                Ok(())
+            );
+        }
         let request = v3_request("[]", NOW_MS - 300_001);
         assert_eq!(
             provider().authenticate(&request, NOW_MS),
@@ -449,6 +466,12 @@ mod tests {
 
     #[test]
     fn a_delivery_over_the_event_limit_is_rejected() {
+        assert_eq!(
+            parse_events(format!("[{EVENT},{EVENT}]").as_bytes(), 2)
+                .unwrap()
+                .len(),
+            2
+        );
         let body = format!("[{EVENT},{EVENT},{EVENT}]");
         assert_eq!(
             parse_events(body.as_bytes(), 2).unwrap_err(),

@@ -10,6 +10,7 @@ use subtle::ConstantTimeEq;
 
 use crate::domain::contract::ObjectKind;
 use crate::domain::inbound::{event_subject, CrmChange, InboundMessage, Interpretation};
+use crate::domain::webhook::check_identifier;
 use crate::domain::{AuthError, InboundEvent, ParseError, ProviderId, WebhookRequest};
 use crate::ports::{CrmEvents, WebhookProvider};
 
@@ -86,11 +87,14 @@ pub fn parse_event(body: &[u8]) -> Result<InboundEvent, ParseError> {
         .and_then(Value::as_object)
         .ok_or_else(|| bad("`meta` is missing or not an object".into()))?;
     let text = |name: &str| -> Result<String, ParseError> {
-        match meta.get(name) {
-            Some(Value::String(text)) if !text.is_empty() => Ok(text.clone()),
-            Some(Value::Number(number)) => Ok(number.to_string()),
-            _ => Err(bad(format!("`meta.{name}` is missing or not a string"))),
-        }
+        let text = match meta.get(name) {
+            Some(Value::String(text)) if !text.is_empty() => text.clone(),
+            Some(Value::Number(number)) => number.to_string(),
+            _ => return Err(bad(format!("`meta.{name}` is missing or not a string"))),
+        };
+        // Each of these goes into the event's key or the stored item: refused here, by name.
+        check_identifier(&format!("meta.{name}"), &text).map_err(bad)?;
+        Ok(text)
     };
     let version = text("version")?;
     if !version.starts_with("2.") {
@@ -329,6 +333,26 @@ mod tests {
         assert_eq!(parse_event(retried.as_bytes()).expect("valid").key, event.key);
         let other = CHANGE.replace("8f2b7c1e", "0000aaaa");
         assert_ne!(parse_event(other.as_bytes()).expect("valid").key, event.key);
+    }
+
+    #[test]
+    fn each_key_field_is_taken_at_its_length_limit_and_refused_by_name_one_byte_past_it() {
+        let limit = crate::domain::webhook::MAX_IDENTIFIER_BYTES;
+        for (field, original) in [
+            ("meta.id", "8f2b7c1e-2f0a-4c1b-9d55-0c4c6b1a9e10"),
+            ("meta.entity_id", r#""entity_id":"42""#),
+        ] {
+            let with = |value: String| match field {
+                "meta.id" => CHANGE.replace(original, &value),
+                _ => CHANGE.replace(original, &format!(r#""entity_id":"{value}""#)),
+            };
+            assert!(parse_event(with("7".repeat(limit)).as_bytes()).is_ok(), "{field}");
+            let error = parse_event(with("7".repeat(limit + 1)).as_bytes()).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!("event 0: `{field}` is 257 bytes long, more than the 256 allowed")
+            );
+        }
     }
 
     #[test]

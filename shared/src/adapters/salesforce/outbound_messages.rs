@@ -13,6 +13,7 @@ use subtle::ConstantTimeEq;
 
 use crate::domain::contract::ObjectKind;
 use crate::domain::inbound::{event_subject, CrmChange, InboundMessage, Interpretation};
+use crate::domain::webhook::check_identifier;
 use crate::domain::{Acknowledgement, AuthError, InboundEvent, ParseError, ProviderId, WebhookRequest};
 use crate::ports::{CrmEvents, WebhookProvider};
 
@@ -23,6 +24,12 @@ pub const TOKEN_PARAMETER: &str = "token";
 
 /// Salesforce puts at most 100 notifications in one message.
 pub const MAX_NOTIFICATIONS: usize = 100;
+
+/// The deepest element nesting a message may have. An Outbound Message nests seven levels
+/// (Envelope, Body, notifications, Notification, sObject, a field, a compound field's part);
+/// roxmltree parses nested elements by recursion, so a deeper document is refused before it is
+/// parsed: a few kilobytes of `<a><a>…` would otherwise overflow the stack.
+pub const MAX_XML_DEPTH: usize = 32;
 
 const SOAP_NS: &str = "http://schemas.xmlsoap.org/soap/envelope/";
 const OUTBOUND_NS: &str = "http://soap.sforce.com/2005/09/outbound";
@@ -96,7 +103,7 @@ impl WebhookProvider for SalesforceOutboundMessages {
         // A body that cannot be read names no org; `parse` rejects it with the reason.
         match std::str::from_utf8(&request.body)
             .ok()
-            .and_then(|text| roxmltree::Document::parse(text).ok())
+            .and_then(|text| parse_document(text).ok())
             .and_then(|document| {
                 notifications(&document)
                     .ok()
@@ -146,6 +153,72 @@ fn notifications<'a, 'input>(
         .ok_or_else(|| ParseError::NotSoap("the Body holds no outbound `notifications`".into()))
 }
 
+/// Parses a body as XML once its nesting is known to be shallow. roxmltree refuses DTDs by
+/// default, so entity expansion cannot be used against us either.
+fn parse_document(text: &str) -> Result<roxmltree::Document<'_>, ParseError> {
+    if let Some(depth) = nesting_beyond(text, MAX_XML_DEPTH) {
+        return Err(ParseError::NotSoap(format!(
+            "elements are nested {depth} deep, deeper than the {MAX_XML_DEPTH} allowed"
+        )));
+    }
+    roxmltree::Document::parse(text).map_err(|error| ParseError::NotSoap(error.to_string()))
+}
+
+/// The depth at which `text`'s elements first nest deeper than `max`, read without recursion:
+/// comments, CDATA, processing instructions and declarations are skipped, quoted attribute
+/// values may hold `>`. Malformed input is left for the parser to refuse.
+fn nesting_beyond(text: &str, max: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let find = |from: usize, needle: &[u8]| -> usize {
+        bytes[from.min(bytes.len())..]
+            .windows(needle.len())
+            .position(|window| window == needle)
+            .map_or(bytes.len(), |at| from + at + needle.len())
+    };
+    let mut depth = 0usize;
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes[at] != b'<' {
+            at += 1;
+            continue;
+        }
+        let rest = &bytes[at..];
+        if rest.starts_with(b"<!--") {
+            at = find(at + 4, b"-->");
+        } else if rest.starts_with(b"<![CDATA[") {
+            at = find(at + 9, b"]]>");
+        } else if rest.starts_with(b"<?") {
+            at = find(at + 2, b"?>");
+        } else if rest.starts_with(b"</") {
+            depth = depth.saturating_sub(1);
+            at = find(at + 2, b">");
+        } else if rest.starts_with(b"<!") {
+            at = find(at + 2, b">");
+        } else {
+            // A start tag: find its end outside quoted attribute values.
+            let mut quote = None;
+            let mut end = at + 1;
+            while end < bytes.len() {
+                match (quote, bytes[end]) {
+                    (None, b'"' | b'\'') => quote = Some(bytes[end]),
+                    (Some(open), byte) if byte == open => quote = None,
+                    (None, b'>') => break,
+                    _ => {}
+                }
+                end += 1;
+            }
+            if end >= bytes.len() || bytes[end - 1] != b'/' {
+                depth += 1;
+                if depth > max {
+                    return Some(depth);
+                }
+            }
+            at = end + 1;
+        }
+    }
+    None
+}
+
 fn child<'a, 'input>(node: roxmltree::Node<'a, 'input>, name: &str) -> Option<roxmltree::Node<'a, 'input>> {
     node.children()
         .find(|child| child.is_element() && child.tag_name().name() == name)
@@ -167,13 +240,13 @@ fn child_text(node: roxmltree::Node<'_, '_>, name: &str) -> Option<String> {
 /// record's `LastModifiedDate`, which the outbound message must therefore include.
 pub fn parse_notifications(body: &[u8]) -> Result<Vec<InboundEvent>, ParseError> {
     let text = std::str::from_utf8(body).map_err(|_| ParseError::NotSoap("the body is not UTF-8".into()))?;
-    // roxmltree refuses DTDs by default, so entity expansion cannot be used against us.
-    let document =
-        roxmltree::Document::parse(text).map_err(|error| ParseError::NotSoap(error.to_string()))?;
+    let document = parse_document(text)?;
     let notifications = notifications(&document)?;
     let organization = child_text(notifications, "OrganizationId")
         .ok_or_else(|| ParseError::NotSoap("`OrganizationId` is missing".into()))?;
     let action = child_text(notifications, "ActionId").unwrap_or_default();
+    check_identifier("OrganizationId", &organization).map_err(ParseError::NotSoap)?;
+    check_identifier("ActionId", &action).map_err(ParseError::NotSoap)?;
     let list: Vec<_> = notifications
         .children()
         .filter(|node| node.has_tag_name((OUTBOUND_NS, "Notification")))
@@ -187,6 +260,7 @@ pub fn parse_notifications(body: &[u8]) -> Result<Vec<InboundEvent>, ParseError>
                 problem: problem.to_string(),
             };
             let id = child_text(notification, "Id").ok_or_else(|| bad("the notification has no `Id`"))?;
+            check_identifier("Notification/Id", &id).map_err(|problem| bad(&problem))?;
             let record =
                 child(notification, "sObject").ok_or_else(|| bad("the notification has no `sObject`"))?;
             let sobject = record
@@ -194,6 +268,7 @@ pub fn parse_notifications(body: &[u8]) -> Result<Vec<InboundEvent>, ParseError>
                 .map(|kind| kind.rsplit(':').next().unwrap_or(kind).to_string())
                 .filter(|kind| !kind.is_empty())
                 .ok_or_else(|| bad("the sObject has no `xsi:type`"))?;
+            check_identifier("sObject/@xsi:type", &sobject).map_err(|problem| bad(&problem))?;
             let mut fields = Map::new();
             for field in record.children().filter(roxmltree::Node::is_element) {
                 // Compound fields (an address) arrive as nested elements; crm-sync maps none.
@@ -213,6 +288,7 @@ pub fn parse_notifications(body: &[u8]) -> Result<Vec<InboundEvent>, ParseError>
                 .filter(|id| !id.is_empty())
                 .ok_or_else(|| bad("the sObject has no `Id`"))?
                 .to_string();
+            check_identifier("sObject/Id", &record_id).map_err(|problem| bad(&problem))?;
             let modified = fields
                 .get("LastModifiedDate")
                 .and_then(Value::as_str)
@@ -359,6 +435,83 @@ mod tests {
     }
 
     const URL: &str = "https://hooks.example.com/webhooks/salesforce?token=a%20long%20random%20token";
+
+    /// A contact notification whose `sObject` holds a compound field nested `levels` deep.
+    fn nested(levels: usize) -> String {
+        let open = "<a>".repeat(levels);
+        let close = "</a>".repeat(levels);
+        let field = format!("<sf:MailingAddress>{open}x{close}</sf:MailingAddress>");
+        message(ORG, &contact("04l1", "003A", "a@b.c", "005U")).replace(
+            "<sf:Phone xsi:nil=\"true\"/>",
+            &format!("<sf:Phone xsi:nil=\"true\"/>{field}"),
+        )
+    }
+
+    #[test]
+    fn elements_nested_to_the_limit_are_read_and_one_level_more_is_refused_unparsed() {
+        // Envelope, Body, notifications, Notification, sObject, MailingAddress: 6 levels above.
+        let at_limit = nested(MAX_XML_DEPTH - 6);
+        assert_eq!(nesting_beyond(&at_limit, MAX_XML_DEPTH), None);
+        assert_eq!(parse_notifications(at_limit.as_bytes()).unwrap().len(), 1);
+        let past = nested(MAX_XML_DEPTH - 5);
+        assert_eq!(nesting_beyond(&past, MAX_XML_DEPTH), Some(MAX_XML_DEPTH + 1));
+        assert!(matches!(
+            parse_notifications(past.as_bytes()),
+            Err(ParseError::NotSoap(reason)) if reason.contains("nested")
+        ));
+    }
+
+    #[test]
+    fn a_body_nested_far_deeper_than_any_stack_allows_is_refused_without_a_crash() {
+        // 30,000 levels in 210 KB: parsed by recursion this overflows a thread's stack.
+        let deep = nested(30_000);
+        assert!(deep.len() < 256 * 1024);
+        assert!(parse_notifications(deep.as_bytes()).is_err());
+        assert_eq!(
+            provider().authenticate(&request(URL, &deep), 0),
+            Ok(()),
+            "an unreadable body names no org; parse refuses it"
+        );
+    }
+
+    #[test]
+    fn quoted_brackets_comments_and_cdata_do_not_confuse_the_depth_count() {
+        let text = r#"<a x="<b>" y='>'><!-- <c><c><c> --><![CDATA[<d><d>]]><?pi <e>?><f/><g></g></a>"#;
+        assert_eq!(nesting_beyond(text, 2), None);
+        assert_eq!(nesting_beyond(text, 1), Some(2));
+        assert_eq!(nesting_beyond("<a><b><c/></b></a>", 1), Some(2));
+    }
+
+    #[test]
+    fn over_long_identifiers_are_refused_by_name() {
+        let long = "0".repeat(crate::domain::webhook::MAX_IDENTIFIER_BYTES + 1);
+        let at_limit = "0".repeat(crate::domain::webhook::MAX_IDENTIFIER_BYTES);
+        let ok = message(ORG, &contact(&at_limit, "003A", "a@b.c", "005U"));
+        assert_eq!(parse_notifications(ok.as_bytes()).unwrap().len(), 1);
+        let cases = [
+            (
+                message(ORG, &contact(&long, "003A", "a@b.c", "005U")),
+                "Notification/Id",
+            ),
+            (
+                message(ORG, &contact("04l1", &long, "a@b.c", "005U")),
+                "sObject/Id",
+            ),
+            (
+                message(ORG, &contact("04l1", "003A", "a@b.c", "005U"))
+                    .replace("sf:Contact", &format!("sf:{long}")),
+                "xsi:type",
+            ),
+            (
+                message(&long, &contact("04l1", "003A", "a@b.c", "005U")),
+                "OrganizationId",
+            ),
+        ];
+        for (body, field) in cases {
+            let error = parse_notifications(body.as_bytes()).unwrap_err().to_string();
+            assert!(error.contains(field), "{field}: {error}");
+        }
+    }
 
     #[test]
     fn a_message_with_the_right_token_and_organization_is_authentic() {
