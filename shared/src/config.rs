@@ -470,6 +470,11 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         if max_attempts == 0 {
             return Err(ConfigError::new("SYNC_MAX_ATTEMPTS", "must be at least 1"));
         }
+        let max_clock_skew = seconds("MAX_CLOCK_SKEW_SECONDS", sync_defaults.max_clock_skew)?;
+        if max_clock_skew < Duration::from_secs(1) {
+            // Clocks a few milliseconds apart would dead-letter ordinary changes.
+            return Err(ConfigError::new("MAX_CLOCK_SKEW_SECONDS", "must be at least 1"));
+        }
         Ok(SyncConfig {
             state_table: self.required("SYNC_STATE_TABLE")?,
             rate_limit_table: self.required("RATE_LIMIT_TABLE")?,
@@ -508,7 +513,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                     .min(Duration::from_secs(900)),
                 lease: seconds("SYNC_LEASE_SECONDS", sync_defaults.lease)?,
                 busy_delay: seconds("SYNC_BUSY_RETRY_SECONDS", sync_defaults.busy_delay)?,
-                max_clock_skew: seconds("MAX_CLOCK_SKEW_SECONDS", sync_defaults.max_clock_skew)?,
+                max_clock_skew,
                 ..sync_defaults
             },
             timeline_retention_ms: i64::from(self.parsed::<u32>(
@@ -977,6 +982,16 @@ mod tests {
             env(&pairs).dashboard().unwrap_err().variable,
             "DASHBOARD_SIGN_IN_FAILURES_PER_CLIENT"
         );
+    }
+
+    #[test]
+    fn a_clock_skew_below_one_second_is_refused() {
+        let mut pairs = SYNC.to_vec();
+        pairs.push(("MAX_CLOCK_SKEW_SECONDS", "0"));
+        assert_eq!(env(&pairs).sync().unwrap_err().variable, "MAX_CLOCK_SKEW_SECONDS");
+        pairs.pop();
+        pairs.push(("MAX_CLOCK_SKEW_SECONDS", "1"));
+        assert_eq!(env(&pairs).sync().unwrap().sync.max_clock_skew.as_secs(), 1);
     }
 
     #[test]

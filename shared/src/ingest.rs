@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use futures::stream::{self, StreamExt};
 
-use crate::domain::webhook::MAX_EVENT_KEY_BYTES;
+use crate::domain::webhook::{json_depth, MAX_EVENT_DEPTH, MAX_EVENT_KEY_BYTES};
 use crate::domain::{AuthError, Clock, Delivery, InboundEvent, ParseError, WebhookRequest};
 use crate::ports::{Claim, MessageQueue, OutgoingMessage, WebhookProvider, WebhookStore};
 
@@ -30,7 +30,8 @@ pub struct IngestSettings {
     pub delivery_retention_ms: i64,
     /// How long event items, and so the dedupe record, are kept.
     pub event_retention_ms: i64,
-    /// The largest inbound-queue message one event may become (SQS takes 256 KiB by default).
+    /// The largest inbound-queue message one event may become: SQS takes 256 KiB by default,
+    /// and a retry or a dead letter adds attributes (attempts, the reason, up to about 1.1 KB).
     pub max_message_bytes: usize,
 }
 
@@ -43,7 +44,7 @@ impl Default for IngestSettings {
             claim_lease_ms: 30_000,
             delivery_retention_ms: 30 * DAY_MS,
             event_retention_ms: 90 * DAY_MS,
-            max_message_bytes: 256 * 1024,
+            max_message_bytes: 256 * 1024 - 4 * 1024,
         }
     }
 }
@@ -148,6 +149,15 @@ impl WebhookIngest {
                     problem: format!(
                         "the event's identity is {} bytes long, more than the {MAX_EVENT_KEY_BYTES} allowed",
                         event.key.len()
+                    ),
+                }));
+            }
+            let depth = json_depth(event.raw.get());
+            if depth > MAX_EVENT_DEPTH {
+                return Err(IngestError::BadRequest(ParseError::BadEvent {
+                    index,
+                    problem: format!(
+                        "the event nests {depth} levels deep, more than the {MAX_EVENT_DEPTH} allowed"
                     ),
                 }));
             }

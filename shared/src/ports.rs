@@ -174,6 +174,9 @@ pub enum RecordClaim {
     Duplicate,
     /// Another attempt holds a live lease on the record.
     Busy,
+    /// The store cannot hold the change (the record's state would exceed its item limit); the
+    /// state is unchanged and the text says why.
+    Refused(String),
 }
 
 /// How a claimed attempt ended.
@@ -306,6 +309,17 @@ pub trait SyncStateStore: Send + Sync {
     /// How many records the filter selects, reading at most `max_pages` index pages: a large set
     /// reads as an incomplete tally rather than as an unbounded scan.
     async fn count(&self, filter: RecordFilter, max_pages: usize) -> Result<Tally, StoreUnavailable>;
+
+    /// Records `record_id` as the one app record that took over the existing CRM record
+    /// `crm_id`, unless another app record did so first. MUST be atomic: of concurrent callers
+    /// for one CRM record, exactly one wins. Returns `None` when `record_id` holds it (now or
+    /// already), or the app record id that holds it.
+    async fn claim_crm_record(
+        &self,
+        object: ObjectKind,
+        crm_id: &str,
+        record_id: &str,
+    ) -> Result<Option<String>, StoreUnavailable>;
 
     /// Contacts whose email is `email` (compared lower-cased).
     async fn find_by_email(&self, email: &str, limit: usize) -> Result<Vec<RecordState>, StoreUnavailable>;

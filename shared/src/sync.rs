@@ -233,6 +233,18 @@ impl SyncService {
                         None,
                     ));
                 }
+                Ok(RecordClaim::Refused(reason)) => {
+                    // Nothing was written: the state still says what the CRM holds.
+                    tracing::warn!(message_id = %id, record = %queued.change.record(), "the record's state cannot take the change");
+                    timeline.push(entry(
+                        &queued.change,
+                        now_ms,
+                        TimelineKind::Failed,
+                        reason.clone(),
+                        None,
+                    ));
+                    dispositions.insert(id, Disposition::DeadLetter { reason });
+                }
                 Ok(RecordClaim::Duplicate) => {
                     report.skipped += 1;
                     dispositions.insert(id, Disposition::Done);
@@ -576,9 +588,10 @@ impl SyncService {
     }
 
     /// Of the CRM records that already hold a record's unique value, those this record may
-    /// adopt: ones that carry no other app record's id, in the CRM or in the sync state. Any
-    /// other is an identity conflict, left for an operator: re-pointing it would hand one app
-    /// record's CRM record to another.
+    /// adopt: ones that carry no other app record's id, in the CRM or in the sync state, and
+    /// that no other app record takes over first (in this batch, or concurrently: the store's
+    /// claim on the CRM record decides). Any other is an identity conflict, left for an
+    /// operator: re-pointing it would hand one app record's CRM record to another.
     #[allow(clippy::too_many_arguments)]
     async fn adoptable(
         &self,
@@ -590,10 +603,35 @@ impl SyncService {
         deadline: Instant,
         report: &mut BatchReport,
     ) -> Vec<(usize, String)> {
-        if conflicts.is_empty() {
-            return conflicts;
+        let identity_conflict =
+            |crm_id: &str, other: &str, key: &str, call: Option<String>| Outcome::Failed {
+                kind: FailureKind::Permanent,
+                error: format!(
+                    "identity conflict: CRM record {crm_id} already belongs to app record {other}, so app \
+                 record {key} cannot take it over; merge or relink the two in the app or the CRM, then \
+                 re-sync {key}"
+                ),
+                call,
+            };
+        // Two records of this batch naming one CRM record: the first may adopt it, not both.
+        let mut first_by_crm_id: HashMap<String, usize> = HashMap::new();
+        let mut unique = Vec::new();
+        for (index, crm_id) in conflicts {
+            match first_by_crm_id.get(&crm_id) {
+                Some(first) => {
+                    outcomes[index] =
+                        identity_conflict(&crm_id, &inputs[*first].key, &inputs[index].key, None)
+                }
+                None => {
+                    first_by_crm_id.insert(crm_id.clone(), index);
+                    unique.push((index, crm_id));
+                }
+            }
         }
-        let crm_ids: Vec<String> = conflicts.iter().map(|(_, crm_id)| crm_id.clone()).collect();
+        if unique.is_empty() {
+            return unique;
+        }
+        let crm_ids: Vec<String> = unique.iter().map(|(_, crm_id)| crm_id.clone()).collect();
         let read = self
             .worker
             .call(deadline, report, || {
@@ -607,19 +645,30 @@ impl SyncService {
         let read = match read {
             Ok(read) => read,
             Err(failure) => {
-                for ((index, _), outcome) in conflicts.iter().zip(per_input(Err(failure), crm_ids.len())) {
+                for ((index, _), outcome) in unique.iter().zip(per_input(Err(failure), crm_ids.len())) {
                     outcomes[*index] = outcome;
                 }
                 return Vec::new();
             }
         };
         let known = bounded_each(&crm_ids, |crm_id| self.state.find_by_crm_id(object, crm_id)).await;
-        let mut adoptable = Vec::new();
-        for (((index, crm_id), record), known) in conflicts.into_iter().zip(read.records).zip(known) {
+        let mut candidates = Vec::new();
+        for (((index, crm_id), record), known) in unique.into_iter().zip(read.records).zip(known) {
             let key = &inputs[index].key;
-            let in_crm = record
-                .as_ref()
-                .and_then(|properties| properties.get(&mapping.id_property))
+            let call = Some(read.call.clone());
+            let Some(properties) = record else {
+                // Named by the CRM, yet not readable (merged or deleted since): try again later.
+                outcomes[index] = Outcome::Failed {
+                    kind: FailureKind::Transient,
+                    error: format!(
+                        "CRM record {crm_id} holds this record's unique value but could not be read"
+                    ),
+                    call,
+                };
+                continue;
+            };
+            let in_crm = properties
+                .get(&mapping.id_property)
                 .filter(|id| !id.is_empty() && *id != key)
                 .cloned();
             let in_state = match known {
@@ -631,24 +680,39 @@ impl SyncService {
                             "could not look up who holds CRM record {crm_id}: {:#}",
                             anyhow::Error::from(error)
                         ),
-                        call: Some(read.call.clone()),
+                        call,
                     };
                     continue;
                 }
             };
             match in_crm.or(in_state) {
-                Some(other) => {
-                    outcomes[index] = Outcome::Failed {
-                        kind: FailureKind::Permanent,
-                        error: format!(
-                            "identity conflict: CRM record {crm_id} already belongs to app record {other}, \
-                             so app record {key} cannot take it over; merge or relink the two in the app or \
-                             the CRM, then re-sync {key}"
-                        ),
-                        call: Some(read.call.clone()),
-                    };
+                Some(other) => outcomes[index] = identity_conflict(&crm_id, &other, key, call),
+                None => candidates.push((index, crm_id)),
+            }
+        }
+        // Another invocation may be adopting the same CRM record right now: one claim wins.
+        let claims = bounded_each(&candidates, |(index, crm_id)| {
+            self.state.claim_crm_record(object, crm_id, &inputs[*index].key)
+        })
+        .await;
+        let mut adoptable = Vec::new();
+        for ((index, crm_id), claim) in candidates.into_iter().zip(claims) {
+            match claim {
+                Ok(None) => adoptable.push((index, crm_id)),
+                Ok(Some(other)) => {
+                    outcomes[index] =
+                        identity_conflict(&crm_id, &other, &inputs[index].key, Some(read.call.clone()))
                 }
-                None => adoptable.push((index, crm_id)),
+                Err(error) => {
+                    outcomes[index] = Outcome::Failed {
+                        kind: FailureKind::Transient,
+                        error: format!(
+                            "could not claim CRM record {crm_id}: {:#}",
+                            anyhow::Error::from(error)
+                        ),
+                        call: None,
+                    }
+                }
             }
         }
         adoptable

@@ -792,3 +792,145 @@ async fn a_record_id_of_256_four_byte_characters_syncs_as_the_schema_allows() {
         .0;
     assert_eq!(synced.len(), 2, "both are listed by status");
 }
+
+#[tokio::test]
+async fn two_records_of_one_batch_naming_the_same_crm_record_never_both_take_it() {
+    let app = spawn_app_with(AppOptions::syncing()).await;
+    let existing = app
+        .sandbox()
+        .create(
+            "contacts",
+            [("email".to_string(), "desk@example.com".to_string())].into(),
+        )
+        .unwrap();
+    let at = now_ms();
+    app.send_changes(&[
+        contact(
+            "user-c",
+            at,
+            json!({"email": "desk@example.com", "first_name": "Cy"}),
+        ),
+        contact(
+            "user-d",
+            at,
+            json!({"email": "desk@example.com", "first_name": "Di"}),
+        ),
+    ])
+    .await;
+
+    let states = eventually(30, "both records settled", || async {
+        let store = app.sync_state();
+        let mut states = Vec::new();
+        for id in ["user-c", "user-d"] {
+            let (state, _) = store.record(&contact_ref(id), 1).await.ok()??;
+            if !matches!(state.status, SyncStatus::Synced | SyncStatus::Failed) {
+                return None;
+            }
+            states.push(state);
+        }
+        Some(states)
+    })
+    .await;
+    let synced: Vec<_> = states.iter().filter(|s| s.status == SyncStatus::Synced).collect();
+    let failed: Vec<_> = states.iter().filter(|s| s.status == SyncStatus::Failed).collect();
+    assert_eq!((synced.len(), failed.len()), (1, 1), "{states:?}");
+    assert_eq!(synced[0].crm_id, Some(existing.id.to_string()));
+    assert!(failed[0]
+        .last_error
+        .as_deref()
+        .unwrap()
+        .starts_with("identity conflict"));
+    let records = app.sandbox().records("contacts");
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        records[0].properties["crm_sync_app_id"],
+        synced[0].record.record_id
+    );
+}
+
+#[tokio::test]
+async fn of_concurrent_claims_on_one_crm_record_exactly_one_app_record_wins() {
+    let app = spawn_app_with(AppOptions::default()).await;
+    let store = app.sync_state();
+    let claims = futures::future::join_all((0..10).map(|i| {
+        let store = store.clone();
+        async move {
+            let id = format!("claimant-{i}");
+            (
+                id.clone(),
+                store
+                    .claim_crm_record(ObjectKind::Contact, "777", &id)
+                    .await
+                    .unwrap(),
+            )
+        }
+    }))
+    .await;
+
+    let winners: Vec<_> = claims.iter().filter(|(_, other)| other.is_none()).collect();
+    assert_eq!(winners.len(), 1, "{claims:?}");
+    let winner = &winners[0].0;
+    for (_, other) in claims.iter().filter(|(_, other)| other.is_some()) {
+        assert_eq!(other.as_deref(), Some(winner.as_str()));
+    }
+    assert_eq!(
+        store
+            .claim_crm_record(ObjectKind::Contact, "777", winner)
+            .await
+            .unwrap(),
+        None,
+        "the winner's claim holds again"
+    );
+}
+
+#[tokio::test]
+async fn a_change_the_records_stored_state_cannot_take_is_dead_lettered_with_the_reason() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let app = spawn_app_with(AppOptions::syncing()).await;
+    // A state that holds 320 KB of values already (written before the limits existed).
+    let big = AttributeValue::S("w".repeat(320 * 1024));
+    app.dynamodb
+        .put_item()
+        .table_name(app.stack.resources.table("SyncStateTable"))
+        .item("pk", AttributeValue::S("REC#contact#user-full".into()))
+        .item("sk", AttributeValue::S("~state".into()))
+        .item("object", AttributeValue::S("contact".into()))
+        .item("record_id", AttributeValue::S("user-full".into()))
+        .item("status", AttributeValue::S("synced".into()))
+        .item(
+            "written",
+            AttributeValue::M([("company".to_string(), big)].into()),
+        )
+        .send()
+        .await
+        .unwrap();
+    let calls_before = app.sandbox().stats().calls.values().sum::<u64>();
+
+    app.send_changes(&[contact(
+        "user-full",
+        now_ms(),
+        json!({"first_name": "é".repeat(45_000)}),
+    )])
+    .await;
+
+    let letters = dead_letters(&app, 1).await;
+    let reason = &letters[0].1["crm_sync_error"];
+    assert!(
+        reason.contains("would exceed DynamoDB's 400 KB item limit"),
+        "{reason}"
+    );
+    assert_eq!(app.sandbox().stats().calls.values().sum::<u64>(), calls_before);
+    let (state, timeline) = app
+        .sync_state()
+        .record(&contact_ref("user-full"), 5)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        state.status,
+        SyncStatus::Synced,
+        "the state still says what the CRM holds"
+    );
+    assert!(state.pending_change.is_none());
+    assert_eq!(timeline[0].kind, TimelineKind::Failed);
+}

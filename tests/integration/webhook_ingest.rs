@@ -254,7 +254,8 @@ async fn a_body_over_the_configured_limit_is_413_and_stores_nothing() {
 #[tokio::test]
 async fn an_event_too_large_for_one_queue_message_is_400_and_stores_nothing() {
     let app = spawn_app().await;
-    // One event filling the 256 KiB body: with its envelope it cannot be one SQS message.
+    // One event filling the 256 KiB body: with its envelope, and room for the attributes of a
+    // retry or a dead letter, it cannot be one SQS message.
     let body = delivery(1, 0);
     let padding = "v".repeat(256 * 1024 - body.len());
     let body = body.replace("person1@example.com", &format!("{padding}person1@example.com"));
@@ -265,7 +266,7 @@ async fn an_event_too_large_for_one_queue_message_is_400_and_stores_nothing() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{reply}");
     let message = reply["message"].as_str().unwrap();
     assert!(
-        message.contains("queue message, more than the 262144 allowed"),
+        message.contains("queue message, more than the 258048 allowed"),
         "{message}"
     );
     assert_nothing_stored_or_enqueued(&app).await;
@@ -506,24 +507,31 @@ fn event_with(field: &str, value: serde_json::Value) -> String {
 async fn each_key_field_is_taken_at_its_length_limit_and_refused_by_name_one_byte_past_it() {
     let app = spawn_app().await;
     let limit = crm_sync::domain::webhook::MAX_IDENTIFIER_BYTES;
-    for field in ["propertyName", "subscriptionType", "objectId"] {
+    // `objectTypeId` names the type of the generic subscriptions' events (`object.*`).
+    let with = |field: &str, value: String| {
+        let body = event_with(field, value.into());
+        match field {
+            "objectTypeId" => body.replace("contact.propertyChange", "object.propertyChange"),
+            _ => body,
+        }
+    };
+    for field in ["propertyName", "subscriptionType", "objectId", "objectTypeId"] {
         let at_limit = match field {
             "subscriptionType" => format!("contact.{}", "p".repeat(limit - "contact.".len())),
             _ => "7".repeat(limit),
         };
-        let (status, reply) =
-            json(post_signed(&app, &event_with(field, at_limit.clone().into())).await).await;
+        let (status, reply) = json(post_signed(&app, &with(field, at_limit.clone())).await).await;
         assert_eq!(status, StatusCode::OK, "{field} at {limit} bytes: {reply}");
 
         let past = format!("{at_limit}7");
-        let (status, reply) = json(post_signed(&app, &event_with(field, past.into())).await).await;
+        let (status, reply) = json(post_signed(&app, &with(field, past)).await).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{field}: {reply}");
         let message = reply["message"].as_str().unwrap();
         assert!(message.contains(field), "{message}");
     }
-    // Only the three accepted deliveries are stored: a refusal leaves nothing behind.
-    assert_eq!(app.stored("delivery").await.len(), 3);
-    assert_eq!(app.stored("event").await.len(), 3);
+    // Only the four accepted deliveries are stored: a refusal leaves nothing behind.
+    assert_eq!(app.stored("delivery").await.len(), 4);
+    assert_eq!(app.stored("event").await.len(), 4);
 }
 
 #[tokio::test]
@@ -538,4 +546,30 @@ async fn a_three_kilobyte_property_name_is_refused_every_time_and_stores_nothing
         assert_eq!(status, StatusCode::BAD_REQUEST, "{reply}");
     }
     assert_nothing_stored_or_enqueued(&app).await;
+}
+
+#[tokio::test]
+async fn an_event_nested_deeper_than_the_consumer_can_read_is_400_and_stores_nothing() {
+    let app = spawn_app().await;
+    let limit = crm_sync::domain::webhook::MAX_EVENT_DEPTH;
+    // The event object is one level; its value adds the rest.
+    let nested = |levels: usize| {
+        let value: serde_json::Value =
+            serde_json::from_str(&format!("{}{}", "[".repeat(levels), "]".repeat(levels))).unwrap();
+        event_with("propertyValue", value)
+    };
+    let (status, reply) = json(post_signed(&app, &nested(limit - 1)).await).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(app.drain_inbound().await.len(), 1);
+
+    let (status, reply) = json(post_signed(&app, &nested(limit)).await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .contains("nests 65 levels deep"),
+        "{reply}"
+    );
+    assert_eq!(app.stored("delivery").await.len(), 1, "only the one at the limit");
 }

@@ -27,6 +27,7 @@ struct Row {
 #[derive(Default)]
 pub struct MemorySyncState {
     rows: Mutex<HashMap<RecordRef, Row>>,
+    crm_owners: Mutex<HashMap<(ObjectKind, String), String>>,
 }
 
 fn held_by(row: &Row, token: &str) -> bool {
@@ -234,6 +235,19 @@ impl SyncStateStore for MemorySyncState {
             .values()
             .filter_map(|row| row.state.clone())
             .find(|state| state.record.object == object && state.crm_id.as_deref() == Some(crm_id)))
+    }
+
+    async fn claim_crm_record(
+        &self,
+        object: ObjectKind,
+        crm_id: &str,
+        record_id: &str,
+    ) -> Result<Option<String>, StoreUnavailable> {
+        let mut owners = self.crm_owners.lock().unwrap();
+        let owner = owners
+            .entry((object, crm_id.to_string()))
+            .or_insert_with(|| record_id.to_string());
+        Ok((owner != record_id).then(|| owner.clone()))
     }
 
     async fn list(

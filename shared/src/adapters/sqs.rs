@@ -100,7 +100,14 @@ fn batches(messages: &[OutgoingMessage]) -> Vec<Vec<&OutgoingMessage>> {
     let mut groups: Vec<Vec<&OutgoingMessage>> = Vec::new();
     let mut bytes = 0;
     for message in messages {
-        let size = message.body.len();
+        // SQS counts attributes (name, type and value) towards the batch's size, as it does
+        // towards each message's.
+        let size = message.body.len()
+            + message
+                .attributes
+                .iter()
+                .map(|(name, value)| name.len() + "String".len() + value.len())
+                .sum::<usize>();
         let fits = groups
             .last()
             .is_some_and(|group| group.len() < MAX_ENTRIES && bytes + size <= MAX_BATCH_BYTES);
@@ -340,5 +347,32 @@ mod tests {
         let messages: Vec<_> = (0..4).map(|i| message(i, 100 * 1024)).collect();
         let sizes: Vec<_> = batches(&messages).iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![2, 2]);
+    }
+
+    #[test]
+    fn attributes_count_towards_the_batch_byte_limit() {
+        // Ten dead letters of 26,000 bytes fit by their bodies alone, not with their reasons.
+        let reason = "r".repeat(1000);
+        let messages: Vec<_> = (0..10)
+            .map(|i| OutgoingMessage {
+                attributes: vec![("crm_sync_error".into(), reason.clone())],
+                ..message(i, 26_000)
+            })
+            .collect();
+        let groups = batches(&messages);
+        assert_eq!(groups.len(), 2);
+        for group in groups {
+            let bytes: usize = group
+                .iter()
+                .map(|m| {
+                    m.body.len()
+                        + m.attributes
+                            .iter()
+                            .map(|(n, v)| n.len() + 6 + v.len())
+                            .sum::<usize>()
+                })
+                .sum();
+            assert!(bytes <= MAX_BATCH_BYTES);
+        }
     }
 }

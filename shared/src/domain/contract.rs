@@ -21,8 +21,8 @@ pub const MAX_VALUE_CHARS: usize = 65_536;
 /// applied message and the values written, in one DynamoDB item of at most 400 KB.
 pub const MAX_MESSAGE_BYTES: usize = 100 * 1024;
 
-/// The longest email that is indexed for the dashboard's search (RFC 5321's limit for a path);
-/// a longer one is no address, and would not fit an index key.
+/// The longest email that is indexed for the dashboard's search (RFC 5321's limit for a path,
+/// lower-cased): a longer one is no address.
 const MAX_SEARCH_EMAIL_BYTES: usize = 254;
 
 /// The app's object types.
@@ -123,11 +123,8 @@ impl Change {
             return None;
         }
         match self.data.get("email") {
-            Some(FieldValue::Text(email))
-                if !email.trim().is_empty() && email.trim().len() <= MAX_SEARCH_EMAIL_BYTES =>
-            {
-                Some(email.trim().to_lowercase())
-            }
+            Some(FieldValue::Text(email)) => Some(email.trim().to_lowercase())
+                .filter(|email| !email.is_empty() && email.len() <= MAX_SEARCH_EMAIL_BYTES),
             _ => None,
         }
     }

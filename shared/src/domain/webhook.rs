@@ -81,6 +81,39 @@ pub const MAX_IDENTIFIER_BYTES: usize = 256;
 /// 2,048-byte partition key.
 pub const MAX_EVENT_KEY_BYTES: usize = 1024;
 
+/// The deepest nesting of arrays and objects an event may have. serde_json stops reading at 128
+/// levels, and an event travels one level down in its queue message: an event any deeper would be
+/// stored and then be unreadable by the consumer.
+pub const MAX_EVENT_DEPTH: usize = 64;
+
+/// How deep arrays and objects nest in a JSON text, counted without recursion (brackets inside
+/// strings do not count).
+pub fn json_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for byte in text.bytes() {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// Refuses an identifier longer than [`MAX_IDENTIFIER_BYTES`], naming the field (never its value).
 pub fn check_identifier(name: &str, value: &str) -> Result<(), String> {
     if value.len() > MAX_IDENTIFIER_BYTES {
@@ -206,6 +239,15 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_depth_counts_nesting_but_not_brackets_in_strings() {
+        assert_eq!(json_depth("1"), 0);
+        assert_eq!(json_depth(r#"{"a":[1,{"b":"[[[{"}]}"#), 3);
+        assert_eq!(json_depth(r#"["\"[[", {}]"#), 2);
+        let deep = format!("{}{}", "[".repeat(MAX_EVENT_DEPTH), "]".repeat(MAX_EVENT_DEPTH));
+        assert_eq!(json_depth(&deep), MAX_EVENT_DEPTH);
+    }
 
     #[test]
     fn header_lookup_ignores_case() {

@@ -31,6 +31,8 @@ use crate::ports::{
 };
 
 const STATE_SK: &str = "~state";
+/// `pk = CRMOWNER#{object}#{crm id}`: the app record that took over an existing CRM record.
+const OWNER_SK: &str = "~owner";
 pub const BY_STATUS: &str = "by_status";
 pub const BY_CRM_ID: &str = "by_crm_id";
 pub const BY_EMAIL: &str = "by_email";
@@ -143,6 +145,26 @@ fn status_at(now_ms: i64, record: &RecordRef) -> String {
         end -= 1;
     }
     format!("{now_ms:013}#{}#{}", record.object, &record.record_id[..end])
+}
+
+/// A CRM's error text (which may quote a rejected value) cut to what a state or timeline item
+/// can always hold; the dead letter keeps its own copy of the reason.
+fn clip(text: &str) -> String {
+    const MAX_CHARS: usize = 2_000;
+    match text.char_indices().nth(MAX_CHARS) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
+/// Whether a write failed because the item would exceed DynamoDB's 400 KB: retrying cannot help.
+fn item_too_large<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(
+    error: &aws_sdk_dynamodb::error::SdkError<E, R>,
+) -> bool {
+    error.as_service_error().is_some_and(|e| {
+        e.code() == Some("ValidationException")
+            && e.message().is_some_and(|m| m.contains("maximum allowed size"))
+    })
 }
 
 fn text(item: &Item, name: &str) -> Option<String> {
@@ -262,9 +284,12 @@ impl SyncStateStore for DynamoDbSyncState {
         lease_until_ms: i64,
     ) -> Result<RecordClaim, StoreUnavailable> {
         let record = change.record();
-        let mut set = "SET #object = :object, record_id = :record_id, #status = :pending, status_at = :status_at, \
-                       last_attempt_at = :now, lease_token = :token, lease_until = :until, updated_at = :now, \
-                       pending_change = :body"
+        // The message first: it is what can overflow the item. DynamoDB applies an update whole
+        // or not at all; moto applies it action by action, and stopping at the first leaves the
+        // item as it was there too.
+        let mut set = "SET pending_change = :body, #object = :object, record_id = :record_id, #status = :pending, \
+                       status_at = :status_at, last_attempt_at = :now, lease_token = :token, lease_until = :until, \
+                       updated_at = :now"
             .to_string();
         let email = change.search_email();
         if email.is_some() {
@@ -304,6 +329,11 @@ impl SyncStateStore for DynamoDbSyncState {
                     .and_then(state_from_item)
                     .unwrap_or_else(|| RecordState::new(record)),
             )),
+            Err(error) if item_too_large(&error) => Ok(RecordClaim::Refused(format!(
+                "the record's sync state cannot take this {}-byte change: with what it holds \
+                 already it would exceed DynamoDB's 400 KB item limit; shorten the record's largest fields",
+                body.len()
+            ))),
             Err(error) if condition_failed(&error) => {
                 let old = match error.as_service_error() {
                     Some(UpdateItemError::ConditionalCheckFailedException(check)) => check.item().cloned(),
@@ -382,7 +412,7 @@ impl SyncStateStore for DynamoDbSyncState {
                 .expression_attribute_names("#status", "status")
                 .expression_attribute_values(":status", s(status.as_str()))
                 .expression_attribute_values(":status_at", s(status_at(now_ms, record)))
-                .expression_attribute_values(":error", s(error))
+                .expression_attribute_values(":error", s(clip(error)))
                 .expression_attribute_values(":zero", n(0))
                 .expression_attribute_values(":one", n(1))
                 .expression_attribute_values(":now", n(now_ms)),
@@ -464,7 +494,7 @@ impl SyncStateStore for DynamoDbSyncState {
                 ),
                 ("kind".to_string(), s(entry.kind.as_str())),
                 ("at".to_string(), n(entry.at_ms)),
-                ("detail".to_string(), s(&entry.detail)),
+                ("detail".to_string(), s(clip(&entry.detail))),
                 (
                     "expires_at".to_string(),
                     n((entry.at_ms + self.timeline_retention_ms) / 1000),
@@ -695,6 +725,44 @@ impl SyncStateStore for DynamoDbSyncState {
         })
     }
 
+    async fn claim_crm_record(
+        &self,
+        object: ObjectKind,
+        crm_id: &str,
+        record_id: &str,
+    ) -> Result<Option<String>, StoreUnavailable> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(format!("CRMOWNER#{object}#{crm_id}")))
+            .item("sk", s(OWNER_SK))
+            .item("owner", s(record_id))
+            .condition_expression("attribute_not_exists(pk) OR #owner = :owner")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":owner", s(record_id))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(None),
+            Err(error) if condition_failed(&error) => Ok(match error.as_service_error() {
+                Some(
+                    aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(
+                        check,
+                    ),
+                ) => Some(
+                    check
+                        .item()
+                        .and_then(|item| text(item, "owner"))
+                        .unwrap_or_default(),
+                ),
+                _ => Some(String::new()),
+            }),
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+
     async fn find_by_email(&self, email: &str, limit: usize) -> Result<Vec<RecordState>, StoreUnavailable> {
         let output = self
             .client
@@ -914,5 +982,14 @@ impl crate::reconcile::ReconcileStore for DynamoDbSyncState {
         }
         found.truncate(cap);
         Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_text_is_clipped_at_two_thousand_characters() {
+        assert_eq!(super::clip(&"é".repeat(2_000)), "é".repeat(2_000));
+        assert_eq!(super::clip(&"é".repeat(2_001)), format!("{}…", "é".repeat(2_000)));
     }
 }
