@@ -19,7 +19,8 @@ use crate::domain::inbound::{
     Interpretation,
 };
 use crate::domain::mapping::Mapping;
-use crate::domain::sync::{backoff, RecordState, TimelineEntry, TimelineKind};
+use crate::domain::contract::parse_change;
+use crate::domain::sync::{backoff, remember_writes, RecordState, TimelineEntry, TimelineKind};
 use crate::domain::Clock;
 use crate::ports::{
     Crm, CrmEvents, EventJournal, EventOutcome, InboundUpdate, LeaseOutcome, MessageQueue, OutgoingMessage,
@@ -162,6 +163,21 @@ impl InboundService {
                 attempts,
             }
         }
+    }
+
+    /// The state with the values of its pending change counted as written lately: a change
+    /// whose attempt wrote to the CRM, then failed (its deal's contact not there yet) or crashed
+    /// before settling, is echoed back like any other write of crm-sync's.
+    fn with_pending_writes(&self, mut state: RecordState) -> RecordState {
+        let pending = state
+            .pending_change
+            .as_deref()
+            .and_then(|body| parse_change(body).ok())
+            .and_then(|change| self.mapping.outbound(&change).ok());
+        if let Some(outbound) = pending {
+            remember_writes(&mut state.recent_writes, &outbound.properties);
+        }
+        state
     }
 
     pub async fn process(&self, messages: Vec<SyncMessage>, deadline: Instant) -> BatchReport {
@@ -419,7 +435,7 @@ impl InboundService {
             if failed_reads.contains_key(&p.message_id) {
                 continue;
             }
-            let state = p.record.clone().expect("leased records carry their state");
+            let state = self.with_pending_writes(p.record.clone().expect("leased records carry their state"));
             let record = state.record.clone();
             let entry = per_record.entry(record.clone()).or_insert_with(|| {
                 let update = InboundUpdate {

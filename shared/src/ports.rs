@@ -189,6 +189,8 @@ pub enum Settlement {
         idempotency_id: String,
         /// The merged map of what crm-sync has written to the CRM.
         written: BTreeMap<String, String>,
+        /// What crm-sync wrote lately, this write included (see `RecordState::recent_writes`).
+        recent_writes: BTreeMap<String, Vec<String>>,
         status: SyncStatus,
     },
     /// The attempt failed; `status` is `Pending` when it will be retried, `Failed` when not;

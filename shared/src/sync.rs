@@ -18,7 +18,7 @@ use crate::domain::crm::{
 };
 use crate::domain::mapping::{Mapping, ObjectMapping, OutboundProperties};
 use crate::domain::sync::{
-    backoff, newest_per_record, Queued, RecordState, SyncStatus, TimelineEntry, TimelineKind,
+    backoff, newest_per_record, remember_writes, Queued, RecordState, SyncStatus, TimelineEntry, TimelineKind,
 };
 use crate::domain::Clock;
 use crate::ports::{Crm, MessageQueue, RateLimiter, RecordClaim, Settlement, SyncStateStore};
@@ -391,6 +391,8 @@ impl SyncService {
                 let deleted = change.operation == Operation::Delete;
                 let mut written = w.prior.written.clone();
                 written.extend(w.outbound.properties.clone());
+                let mut recent_writes = w.prior.recent_writes.clone();
+                remember_writes(&mut recent_writes, &w.outbound.properties);
                 let crm_id = crm_id.or_else(|| w.prior.crm_id.clone());
                 let mut detail = match (deleted, created, &crm_id) {
                     (true, _, Some(id)) => format!("archived CRM record {id}"),
@@ -411,6 +413,7 @@ impl SyncService {
                         version_ms: change.changed_at_ms,
                         idempotency_id: change.idempotency_id.clone(),
                         written,
+                        recent_writes,
                         status: if deleted {
                             SyncStatus::Deleted
                         } else {

@@ -365,3 +365,63 @@ async fn a_crm_event_dated_past_the_allowed_clock_skew_is_dead_lettered_and_the_
     assert_eq!(delivered.len(), 1, "{delivered:?}");
     assert_eq!(delivered[0]["changes"]["stage"], "closedwon");
 }
+
+#[tokio::test]
+async fn the_late_echo_of_an_earlier_write_is_recognised_and_never_journaled() {
+    let app = spawn_app_with(AppOptions::syncing().with_webhooks()).await;
+    synced(&app, "late-1", None).await;
+    // HubSpot batches and delays its deliveries: the echo of one write arrives after the next.
+    app.sandbox().set_webhooks(hubspot_sandbox::WebhookSettings {
+        batch_window_ms: 4_000,
+        ..app.sandbox().webhooks()
+    });
+    let contact_ref = record(ObjectKind::Contact, "late-1");
+    for name in ["Two", "Three"] {
+        let at = now_ms();
+        app.send_changes(&[contact(
+            "late-1",
+            at,
+            json!({"email": "late-1@example.com", "first_name": name}),
+        )])
+        .await;
+        app.applied(contact_ref.clone(), at).await;
+    }
+    settle_webhooks(&app).await;
+
+    let events = app.webhook_events().await;
+    let late: Vec<_> = events
+        .iter()
+        .filter(|(_, _, _, e)| e["propertyName"] == "firstname" && e["propertyValue"] == "Two")
+        .collect();
+    assert!(!late.is_empty(), "the first write's echo was delivered: {events:?}");
+    for (_, status, detail, event) in &events {
+        assert_eq!(status, "echo", "{detail}: {event}");
+    }
+    let conflicts = app.sync_state().conflicts(&contact_ref, 10).await.unwrap();
+    assert!(conflicts.is_empty(), "{conflicts:?}");
+    assert!(app.drain_app_inbox().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_reps_edit_back_to_an_earlier_app_value_is_still_a_conflict() {
+    let app = spawn_app_with(AppOptions::syncing().with_webhooks()).await;
+    let contact_crm = synced(&app, "late-2", None).await.0;
+    let contact_ref = record(ObjectKind::Contact, "late-2");
+    let at = now_ms();
+    app.send_changes(&[contact(
+        "late-2",
+        at,
+        json!({"email": "late-2@example.com", "first_name": "Newer"}),
+    )])
+    .await;
+    app.applied(contact_ref.clone(), at).await;
+    settle_webhooks(&app).await;
+
+    // "Ann" is what crm-sync wrote first; a person typing it back is no echo.
+    app.sandbox()
+        .edit("contacts", contact_crm, props(&[("firstname", "Ann")]))
+        .unwrap();
+    let conflicts = app.journaled_conflicts(contact_ref).await;
+    assert_eq!(conflicts[0].crm_value, "Ann");
+    assert_eq!(conflicts[0].app_value.as_deref(), Some("Newer"));
+}

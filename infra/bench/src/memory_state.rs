@@ -96,9 +96,11 @@ impl SyncStateStore for MemorySyncState {
                 version_ms,
                 idempotency_id,
                 written,
+                recent_writes,
                 status,
             } => {
                 state.status = *status;
+                state.recent_writes = recent_writes.clone();
                 state.last_synced_at_ms = Some(now_ms);
                 state.attempts = 0;
                 state.applied_version_ms = Some(*version_ms);

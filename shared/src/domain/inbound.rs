@@ -176,8 +176,9 @@ pub fn decide(
             FieldDecision::Stale
         };
     }
-    // The value crm-sync wrote, reported back as an integration's change: our own echo.
-    if change.from_integration && written.is_some_and(|w| same_value(w, value)) {
+    // A value crm-sync wrote, last or lately, reported back as an integration's change: our own
+    // echo, however late or out of order it arrives.
+    if change.from_integration && state.wrote_recently(property, value) {
         return FieldDecision::Echo;
     }
     match rule.owner {
@@ -305,6 +306,28 @@ mod tests {
             .object(ObjectKind::Deal)
             .unwrap()
             .clone()
+    }
+
+    #[test]
+    fn an_integrations_report_of_any_recent_write_is_an_echo_and_a_persons_is_a_conflict() {
+        let mut state = state();
+        let mut earlier = BTreeMap::new();
+        earlier.insert("dealname".to_string(), "Starter plan".to_string());
+        crate::domain::sync::remember_writes(&mut state.recent_writes, &earlier);
+        crate::domain::sync::remember_writes(&mut state.recent_writes, &state.written.clone());
+        let late = change(&[], 10, true);
+        assert_eq!(
+            decide(&deals(), &state, &late, "dealname", "Starter plan"),
+            FieldDecision::Echo
+        );
+        assert!(matches!(
+            decide(&deals(), &state, &change(&[], 10, false), "dealname", "Starter plan"),
+            FieldDecision::Conflict { .. }
+        ));
+        assert!(matches!(
+            decide(&deals(), &state, &late, "dealname", "Never written"),
+            FieldDecision::Conflict { .. }
+        ));
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub struct RecordState {
     pub applied_idempotency_id: Option<String>,
     /// CRM property → the value crm-sync last wrote.
     pub written: BTreeMap<String, String>,
+    /// CRM property → fingerprints of the values crm-sync wrote to it lately, oldest first (at
+    /// most [`RECENT_WRITES`]): a CRM reports writes late and in any order, so the echo of an
+    /// earlier write can arrive after a later one.
+    pub recent_writes: BTreeMap<String, Vec<String>>,
     /// CRM property → when the last CRM change of it that crm-sync acted on happened.
     pub inbound_at: BTreeMap<String, i64>,
     /// CRM property → the value the app last received from the CRM.
@@ -86,6 +90,7 @@ impl RecordState {
             applied_version_ms: None,
             applied_idempotency_id: None,
             written: BTreeMap::new(),
+            recent_writes: BTreeMap::new(),
             inbound_at: BTreeMap::new(),
             received: BTreeMap::new(),
             conflicts: 0,
@@ -94,6 +99,46 @@ impl RecordState {
             last_change: None,
             open_conflicts: false,
         }
+    }
+}
+
+/// How many of its own writes of each property crm-sync remembers for recognizing their echoes.
+pub const RECENT_WRITES: usize = 8;
+
+/// A short digest of a value as a CRM reports it back: text as it is, a number with a fraction
+/// as the number (`100.0` is the `100` crm-sync wrote; see `same_value`).
+pub fn value_fingerprint(value: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let canonical = match value.parse::<f64>() {
+        Ok(number) if value.contains('.') && number.is_finite() => number.to_string(),
+        _ => value.to_string(),
+    };
+    super::webhook::hex(&Sha256::digest(canonical.as_bytes())[..8])
+}
+
+/// Adds `written` to the remembered writes: each value once, newest last, the oldest forgotten
+/// past [`RECENT_WRITES`].
+pub fn remember_writes(recent: &mut BTreeMap<String, Vec<String>>, written: &BTreeMap<String, String>) {
+    for (property, value) in written {
+        let fingerprints = recent.entry(property.clone()).or_default();
+        let fingerprint = value_fingerprint(value);
+        fingerprints.retain(|known| *known != fingerprint);
+        fingerprints.push(fingerprint);
+        let excess = fingerprints.len().saturating_sub(RECENT_WRITES);
+        fingerprints.drain(..excess);
+    }
+}
+
+impl RecordState {
+    /// Whether crm-sync wrote `value` to `property` lately (or last).
+    pub fn wrote_recently(&self, property: &str, value: &str) -> bool {
+        self.written
+            .get(property)
+            .is_some_and(|written| super::inbound::same_value(written, value))
+            || self
+                .recent_writes
+                .get(property)
+                .is_some_and(|known| known.contains(&value_fingerprint(value)))
     }
 }
 
@@ -293,6 +338,30 @@ pub fn backoff(attempt: u32, base: Duration, cap: Duration, jitter: f64) -> Dura
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_writes_keep_each_value_once_newest_last_and_forget_the_oldest() {
+        let mut recent = BTreeMap::new();
+        for i in 0..RECENT_WRITES + 2 {
+            let written = BTreeMap::from([("p".to_string(), format!("v{i}"))]);
+            remember_writes(&mut recent, &written);
+        }
+        remember_writes(&mut recent, &BTreeMap::from([("p".to_string(), "v3".to_string())]));
+        let kept = &recent["p"];
+        assert_eq!(kept.len(), RECENT_WRITES);
+        assert_eq!(kept.last(), Some(&value_fingerprint("v3")));
+        assert!(!kept.contains(&value_fingerprint("v0")));
+        assert!(!kept.contains(&value_fingerprint("v1")));
+        assert!(kept.contains(&value_fingerprint("v2")));
+        assert_eq!(kept.iter().filter(|f| **f == value_fingerprint("v3")).count(), 1);
+    }
+
+    #[test]
+    fn a_number_reported_with_a_fraction_has_the_fingerprint_crm_sync_wrote() {
+        assert_eq!(value_fingerprint("100.0"), value_fingerprint("100"));
+        assert_ne!(value_fingerprint("0123"), value_fingerprint("123"));
+        assert_ne!(value_fingerprint("Ada"), value_fingerprint("ada"));
+    }
     use crate::domain::contract::ObjectKind;
 
     fn change(record: &str, at: i64, id: &str, operation: Operation) -> Change {

@@ -196,6 +196,15 @@ pub fn state_from_item(item: &Item) -> Option<RecordState> {
         })
         .unwrap_or_default();
     let received = string_map(item, "received");
+    let recent_writes = string_map(item, "recent_writes")
+        .into_iter()
+        .map(|(property, fingerprints)| {
+            (
+                property,
+                fingerprints.split_whitespace().map(str::to_string).collect(),
+            )
+        })
+        .collect();
     Some(RecordState {
         record,
         crm_id: text(item, "crm_id"),
@@ -209,6 +218,7 @@ pub fn state_from_item(item: &Item) -> Option<RecordState> {
         applied_version_ms: number(item, "applied_version"),
         applied_idempotency_id: text(item, "applied_idempotency_id"),
         written,
+        recent_writes,
         inbound_at,
         received,
         conflicts: number(item, "conflicts").unwrap_or(0).max(0) as u32,
@@ -371,9 +381,15 @@ impl SyncStateStore for DynamoDbSyncState {
                 version_ms,
                 idempotency_id,
                 written,
+                recent_writes,
                 status,
             } => {
+                let recent: BTreeMap<String, String> = recent_writes
+                    .iter()
+                    .map(|(property, fingerprints)| (property.clone(), fingerprints.join(" ")))
+                    .collect();
                 let mut request = request
+                    .expression_attribute_values(":recent", map_value(&recent))
                     .expression_attribute_names("#status", "status")
                     .expression_attribute_values(":status", s(status.as_str()))
                     .expression_attribute_values(":status_at", s(status_at(now_ms, record)))
@@ -386,7 +402,7 @@ impl SyncStateStore for DynamoDbSyncState {
                 // The applied change is kept: a re-sync from the dashboard sends it again.
                 let mut set = "#status = :status, status_at = :status_at, last_synced_at = :now, attempts = :zero, \
                                applied_version = :version, applied_idempotency_id = :idempotency, written = :written, \
-                               updated_at = :now, last_change = if_not_exists(pending_change, :no_change)"
+                               recent_writes = :recent, updated_at = :now, last_change = if_not_exists(pending_change, :no_change)"
                     .to_string();
                 if let Some(crm_id) = crm_id {
                     set.push_str(", crm_id = :crm_id, crm_key = :crm_key");
