@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::domain::contract::parse_change;
 use crate::domain::contract::{ObjectKind, RecordRef};
 use crate::domain::crm::UpdateInput;
 use crate::domain::inbound::{
@@ -19,7 +20,6 @@ use crate::domain::inbound::{
     Interpretation,
 };
 use crate::domain::mapping::Mapping;
-use crate::domain::contract::parse_change;
 use crate::domain::sync::{backoff, remember_writes, RecordState, TimelineEntry, TimelineKind};
 use crate::domain::Clock;
 use crate::ports::{
@@ -180,6 +180,97 @@ impl InboundService {
         state
     }
 
+    /// Finds the app records of CRM records the state does not know by CRM id, by the app's id
+    /// that crm-sync wrote on them: a record whose first sync wrote to the CRM but has not
+    /// settled (its deal's contact not there yet, or a crash) is still the app's, and a rep's
+    /// edit of it must not be dropped. Returns the CRM records that could not be read, with why.
+    async fn resolve_by_app_id(
+        &self,
+        unknown: &[(ObjectKind, String)],
+        records: &mut HashMap<(ObjectKind, String), RecordRef>,
+        deadline: Instant,
+        report: &mut BatchReport,
+    ) -> HashMap<(ObjectKind, String), String> {
+        let mut unresolved = HashMap::new();
+        for object in ObjectKind::ALL {
+            let Some(mapping) = self.mapping.object(object) else {
+                continue;
+            };
+            let ids: Vec<String> = unknown
+                .iter()
+                .filter(|(kind, _)| *kind == object)
+                .map(|(_, crm_id)| crm_id.clone())
+                .collect();
+            for chunk in ids.chunks(self.crm.max_batch().max(1)) {
+                let read = self
+                    .worker
+                    .call(deadline, report, || {
+                        self.crm.read(
+                            &mapping.crm_object,
+                            chunk,
+                            std::slice::from_ref(&mapping.id_property),
+                        )
+                    })
+                    .await;
+                let read = match read {
+                    Ok(read) => read,
+                    Err(CallFailure::Throttled { .. }) | Err(CallFailure::Transient(_)) => {
+                        for crm_id in chunk {
+                            unresolved.insert(
+                                (object, crm_id.clone()),
+                                format!("could not read {object} CRM record {crm_id} to find its app record"),
+                            );
+                        }
+                        continue;
+                    }
+                    // Refused (the record type cannot be read): nothing to resolve.
+                    Err(CallFailure::Rejected(_)) => continue,
+                };
+                let candidates: Vec<(String, RecordRef)> = chunk
+                    .iter()
+                    .zip(read.records)
+                    .filter_map(|(crm_id, properties)| {
+                        let app_id = properties?.get(&mapping.id_property)?.clone();
+                        (!app_id.is_empty()).then(|| {
+                            (
+                                crm_id.clone(),
+                                RecordRef {
+                                    object,
+                                    record_id: app_id,
+                                },
+                            )
+                        })
+                    })
+                    .collect();
+                if candidates.is_empty() {
+                    continue;
+                }
+                let refs: Vec<RecordRef> = candidates.iter().map(|(_, record)| record.clone()).collect();
+                match self.state.states(&refs).await {
+                    Ok(states) => {
+                        for (crm_id, record) in candidates {
+                            // Only a record the app sent, and not one linked to another CRM record.
+                            let ours = states.get(&record).is_some_and(|state| {
+                                state.crm_id.as_ref().is_none_or(|known| *known == crm_id)
+                            });
+                            if ours {
+                                records.insert((object, crm_id), record);
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        let reason =
+                            format!("could not read the sync state: {:#}", anyhow::Error::from(error));
+                        for (crm_id, _) in candidates {
+                            unresolved.insert((object, crm_id), reason.clone());
+                        }
+                    }
+                }
+            }
+        }
+        unresolved
+    }
+
     pub async fn process(&self, messages: Vec<SyncMessage>, deadline: Instant) -> BatchReport {
         let mut report = BatchReport::default();
         let mut dispositions: HashMap<String, Disposition> = HashMap::new();
@@ -280,24 +371,33 @@ impl InboundService {
         .await;
         let mut records: HashMap<(ObjectKind, String), RecordRef> = HashMap::new();
         let mut lookup_failed = false;
+        let mut unknown: Vec<(ObjectKind, String)> = Vec::new();
         for (key, result) in crm_keys.into_iter().zip(found) {
             match result {
                 Ok(Some(state)) => {
                     records.insert(key, state.record);
                 }
-                Ok(None) => {}
+                Ok(None) => unknown.push(key),
                 Err(error) => {
                     lookup_failed = true;
                     tracing::error!(error = ?anyhow::Error::from(error), "could not resolve a CRM id");
                 }
             }
         }
+        let unresolved = self
+            .resolve_by_app_id(&unknown, &mut records, deadline, &mut report)
+            .await;
         let mut work: Vec<Pending> = Vec::new();
         for p in pending {
-            match records.get(&(p.change.object, p.change.crm_id.clone())) {
+            let key = (p.change.object, p.change.crm_id.clone());
+            match records.get(&key) {
                 Some(_) => work.push(p),
                 None if lookup_failed => {
                     dispositions.insert(p.message_id.clone(), Disposition::Redeliver);
+                }
+                None if unresolved.contains_key(&key) => {
+                    let reason = &unresolved[&key];
+                    dispositions.insert(p.message_id.clone(), self.retry(p.attempts, reason));
                 }
                 None => {
                     report.skipped += 1;
@@ -429,7 +529,11 @@ impl InboundService {
         }
 
         // Decide, record by record, in the order the changes happened.
-        ready.sort_by_key(|p| p.change.occurred_at_ms);
+        // Changes of one millisecond in a fixed order, so that a redelivery numbers them alike.
+        ready.sort_by(|a, b| {
+            (a.change.occurred_at_ms, &a.message.event_key)
+                .cmp(&(b.change.occurred_at_ms, &b.message.event_key))
+        });
         let mut per_record: BTreeMap<RecordRef, RecordWork> = BTreeMap::new();
         for p in &ready {
             if failed_reads.contains_key(&p.message_id) {
@@ -438,12 +542,7 @@ impl InboundService {
             let state = self.with_pending_writes(p.record.clone().expect("leased records carry their state"));
             let record = state.record.clone();
             let entry = per_record.entry(record.clone()).or_insert_with(|| {
-                let update = InboundUpdate {
-                    inbound_at: state.inbound_at.clone(),
-                    received: state.received.clone(),
-                    written: None,
-                    new_conflicts: 0,
-                };
+                let update = InboundUpdate::unchanged(&state);
                 (state.clone(), update, Vec::new())
             });
             let Some(mapping) = self.mapping.object(record.object) else {
@@ -507,16 +606,19 @@ impl InboundService {
         // Tell the app, journal conflicts, settle each record.
         let by_id: HashMap<&str, &Pending> = ready.iter().map(|p| (p.message_id.as_str(), p)).collect();
         let mut inbox = Vec::new();
-        for (record, (_, _, items)) in &per_record {
-            for (message_id, effects) in items {
+        for (record, (state, update, items)) in per_record.iter_mut() {
+            let mut sequence = state.inbox_sequence;
+            for (message_id, effects) in items.iter() {
                 if effects.delivered.is_empty() {
                     continue;
                 }
                 let p = by_id[message_id.as_str()];
+                sequence += 1;
                 inbox.push(OutgoingMessage::new(
                     message_id.clone(),
                     app_inbox_message(
                         record,
+                        sequence,
                         &p.message.provider,
                         &p.change.crm_id,
                         &effects.delivered,
@@ -526,6 +628,7 @@ impl InboundService {
                     ),
                 ));
             }
+            update.inbox_sequence = sequence;
         }
         let inbox_failures: HashSet<String> = self
             .app_inbox
@@ -542,12 +645,7 @@ impl InboundService {
             let failed = items.iter().any(|(id, _)| inbox_failures.contains(id));
             let update = if failed {
                 // Nothing of this record counts as done: the redelivery acts on it again.
-                InboundUpdate {
-                    inbound_at: state.inbound_at.clone(),
-                    received: state.received.clone(),
-                    written: None,
-                    new_conflicts: 0,
-                }
+                InboundUpdate::unchanged(&state)
             } else {
                 let mut update = update;
                 if self.settings.reassert_app_values {
@@ -621,12 +719,7 @@ impl InboundService {
         // Records leased for events that all failed to read are given back untouched.
         for (record, state) in &leased {
             if !settled.contains(record) {
-                let untouched = InboundUpdate {
-                    inbound_at: state.inbound_at.clone(),
-                    received: state.received.clone(),
-                    written: None,
-                    new_conflicts: 0,
-                };
+                let untouched = InboundUpdate::unchanged(state);
                 if let Err(error) = self
                     .state
                     .settle_inbound(record, &token, settle_now, &untouched)

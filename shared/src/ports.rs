@@ -221,6 +221,21 @@ pub struct InboundUpdate {
     /// The merged map of what crm-sync has written, when it re-asserted app values.
     pub written: Option<BTreeMap<String, String>>,
     pub new_conflicts: u32,
+    /// The `sequence` of the last app-inbox message sent for the record.
+    pub inbox_sequence: u64,
+}
+
+impl InboundUpdate {
+    /// What leaves the record's inbound state as it is (and gives its lease back).
+    pub fn unchanged(state: &RecordState) -> Self {
+        Self {
+            inbound_at: state.inbound_at.clone(),
+            received: state.received.clone(),
+            written: None,
+            new_conflicts: 0,
+            inbox_sequence: state.inbox_sequence,
+        }
+    }
 }
 
 /// Per-record sync state, timeline and conflict journal.

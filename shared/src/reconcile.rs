@@ -481,12 +481,7 @@ impl ReconcileService {
     }
 
     async fn release(&self, state: &RecordState, token: &str, now_ms: i64) {
-        let untouched = InboundUpdate {
-            inbound_at: state.inbound_at.clone(),
-            received: state.received.clone(),
-            written: None,
-            new_conflicts: 0,
-        };
+        let untouched = InboundUpdate::unchanged(state);
         if let Err(error) = self
             .state
             .settle_inbound(&state.record, token, now_ms, &untouched)

@@ -393,7 +393,10 @@ async fn the_late_echo_of_an_earlier_write_is_recognised_and_never_journaled() {
         .iter()
         .filter(|(_, _, _, e)| e["propertyName"] == "firstname" && e["propertyValue"] == "Two")
         .collect();
-    assert!(!late.is_empty(), "the first write's echo was delivered: {events:?}");
+    assert!(
+        !late.is_empty(),
+        "the first write's echo was delivered: {events:?}"
+    );
     for (_, status, detail, event) in &events {
         assert_eq!(status, "echo", "{detail}: {event}");
     }
@@ -424,4 +427,86 @@ async fn a_reps_edit_back_to_an_earlier_app_value_is_still_a_conflict() {
     let conflicts = app.journaled_conflicts(contact_ref).await;
     assert_eq!(conflicts[0].crm_value, "Ann");
     assert_eq!(conflicts[0].app_value.as_deref(), Some("Newer"));
+}
+
+#[tokio::test]
+async fn a_reps_edit_of_a_deal_whose_first_sync_has_not_settled_reaches_the_app() {
+    let app = spawn_app_with(AppOptions::syncing().with_webhooks()).await;
+    // The deal's contact never reaches the CRM, so the deal is written but never settles.
+    app.send_changes(&[deal(
+        "deal-early",
+        "contact-missing",
+        now_ms(),
+        json!({"name": "Early plan", "amount": 50}),
+    )])
+    .await;
+    let created = eventually(60, "the deal in the CRM", || async {
+        app.sandbox().find("deals", "crm_sync_app_id", "deal-early")
+    })
+    .await;
+    let deal_ref = record(ObjectKind::Deal, "deal-early");
+    let state = app.sync_state().record(&deal_ref, 1).await.unwrap().unwrap().0;
+    assert_eq!(
+        state.crm_id, None,
+        "the sync has not recorded the CRM id: {state:?}"
+    );
+
+    app.sandbox()
+        .edit("deals", created.id, props(&[("dealstage", "closedwon")]))
+        .unwrap();
+
+    let inbox = eventually(60, "the rep's stage in the app inbox", || async {
+        let messages = app.drain_app_inbox().await;
+        (!messages.is_empty()).then_some(messages)
+    })
+    .await;
+    assert_eq!(inbox.len(), 1, "{inbox:?}");
+    assert_eq!(inbox[0]["record_id"], "deal-early");
+    assert_eq!(inbox[0]["changes"]["stage"], "closedwon");
+    settle_webhooks(&app).await;
+    let conflicts = app.sync_state().conflicts(&deal_ref, 10).await.unwrap();
+    assert!(
+        conflicts.is_empty(),
+        "the creation's echoes are crm-sync's own: {conflicts:?}"
+    );
+}
+
+#[tokio::test]
+async fn two_edits_in_one_millisecond_reach_the_app_in_an_order_it_can_rely_on() {
+    let app = spawn_app_with(AppOptions::syncing().with_webhooks()).await;
+    let (_, deal_crm) = synced(&app, "tie-1", Some("deal-tie-1")).await;
+    let deal_crm = deal_crm.unwrap();
+    let at = now_ms();
+    let body = json!([
+        stage_change(deal_crm, 8101, at, "contractsent"),
+        stage_change(deal_crm, 8102, at, "closedwon")
+    ])
+    .to_string();
+    assert_eq!(post_signed(&app, body).await, 200);
+
+    let mut inbox = eventually(60, "both stages in the app inbox", || async {
+        let messages = app.drain_app_inbox().await;
+        (messages.len() >= 2).then_some(messages)
+    })
+    .await;
+    assert_eq!(inbox.len(), 2, "{inbox:?}");
+    assert_eq!(inbox[0]["occurred_at_ms"], inbox[1]["occurred_at_ms"]);
+    inbox.sort_by_key(|message| message["sequence"].as_u64().unwrap());
+    let (first, last) = (&inbox[0], &inbox[1]);
+    assert_eq!(
+        last["sequence"].as_u64().unwrap(),
+        first["sequence"].as_u64().unwrap() + 1
+    );
+    // The app, applying by (occurred_at_ms, sequence), ends where crm-sync's state says it is.
+    let (state, _) = app
+        .sync_state()
+        .record(&record(ObjectKind::Deal, "deal-tie-1"), 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        last["changes"]["stage"].as_str(),
+        state.received.get("dealstage").map(String::as_str)
+    );
+    assert_eq!(state.inbox_sequence, last["sequence"].as_u64().unwrap());
 }

@@ -199,6 +199,7 @@ impl SyncStateStore for MemorySyncState {
                 state.written = written.clone();
             }
             state.conflicts += update.new_conflicts;
+            state.inbox_sequence = update.inbox_sequence;
             state.open_conflicts |= update.new_conflicts > 0;
         }
         Ok(())

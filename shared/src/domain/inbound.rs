@@ -244,8 +244,12 @@ pub struct ConflictEntry {
 }
 
 /// The app-inbox message (contract v1) for CRM-owned fields of one record that changed.
+/// `sequence` numbers the record's messages in the order crm-sync decided them: it orders two
+/// changes that happened in the same millisecond.
+#[allow(clippy::too_many_arguments)]
 pub fn app_inbox_message(
     record: &RecordRef,
+    sequence: u64,
     crm: &str,
     crm_id: &str,
     changes: &BTreeMap<String, String>,
@@ -265,6 +269,7 @@ pub fn app_inbox_message(
         "occurred_at_ms": occurred_at_ms,
         "source": source,
         "event_key": event_key,
+        "sequence": sequence,
     })
     .to_string()
 }
@@ -321,7 +326,13 @@ mod tests {
             FieldDecision::Echo
         );
         assert!(matches!(
-            decide(&deals(), &state, &change(&[], 10, false), "dealname", "Starter plan"),
+            decide(
+                &deals(),
+                &state,
+                &change(&[], 10, false),
+                "dealname",
+                "Starter plan"
+            ),
             FieldDecision::Conflict { .. }
         ));
         assert!(matches!(
@@ -504,6 +515,7 @@ mod tests {
         let changes: BTreeMap<String, String> = [("stage".to_string(), "closedwon".to_string())].into();
         let message: Value = serde_json::from_str(&app_inbox_message(
             &record,
+            3,
             "hubspot",
             "18237",
             &changes,

@@ -67,6 +67,8 @@ pub struct RecordState {
     pub received: BTreeMap<String, String>,
     /// Conflicts journaled for this record.
     pub conflicts: u32,
+    /// The `sequence` of the last app-inbox message sent for this record.
+    pub inbox_sequence: u64,
     /// The message of the newest change not yet applied (what reconciliation re-enqueues).
     pub pending_change: Option<String>,
     /// The last failure may pass on a later try (it was not refused as invalid).
@@ -94,6 +96,7 @@ impl RecordState {
             inbound_at: BTreeMap::new(),
             received: BTreeMap::new(),
             conflicts: 0,
+            inbox_sequence: 0,
             pending_change: None,
             retryable: false,
             last_change: None,
@@ -346,7 +349,10 @@ mod tests {
             let written = BTreeMap::from([("p".to_string(), format!("v{i}"))]);
             remember_writes(&mut recent, &written);
         }
-        remember_writes(&mut recent, &BTreeMap::from([("p".to_string(), "v3".to_string())]));
+        remember_writes(
+            &mut recent,
+            &BTreeMap::from([("p".to_string(), "v3".to_string())]),
+        );
         let kept = &recent["p"];
         assert_eq!(kept.len(), RECENT_WRITES);
         assert_eq!(kept.last(), Some(&value_fingerprint("v3")));

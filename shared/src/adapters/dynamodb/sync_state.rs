@@ -222,6 +222,7 @@ pub fn state_from_item(item: &Item) -> Option<RecordState> {
         inbound_at,
         received,
         conflicts: number(item, "conflicts").unwrap_or(0).max(0) as u32,
+        inbox_sequence: number(item, "inbox_sequence").unwrap_or(0).max(0) as u64,
         pending_change: text(item, "pending_change"),
         last_change: text(item, "last_change").filter(|body| !body.is_empty()),
         open_conflicts: item.contains_key("conflict_flag"),
@@ -570,7 +571,7 @@ impl SyncStateStore for DynamoDbSyncState {
             .map(|(name, at)| (name.clone(), n(at)))
             .collect();
         let mut set = "inbound_at = :inbound_at, received = :received, updated_at = :now, \
-                       conflicts = if_not_exists(conflicts, :zero) + :new_conflicts"
+                       conflicts = if_not_exists(conflicts, :zero) + :new_conflicts, inbox_sequence = :sequence"
             .to_string();
         let mut request = self
             .update_state(record)
@@ -580,7 +581,8 @@ impl SyncStateStore for DynamoDbSyncState {
             .expression_attribute_values(":received", map_value(&update.received))
             .expression_attribute_values(":now", n(now_ms))
             .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":new_conflicts", n(update.new_conflicts));
+            .expression_attribute_values(":new_conflicts", n(update.new_conflicts))
+            .expression_attribute_values(":sequence", n(update.inbox_sequence));
         if update.new_conflicts > 0 {
             set.push_str(", last_conflict_at = :now, conflict_flag = :open, conflict_at = :conflict_at");
             request = request
