@@ -193,6 +193,8 @@ pub struct ReconcileConfig {
     pub limiter: crate::adapters::dynamodb::LimiterSettings,
     pub settings: crate::reconcile::ReconcileSettings,
     pub timeline_retention_ms: i64,
+    /// Where CRM-owned drift goes: the app inbox (unset: drift is only reported).
+    pub app_inbox_queue_url: Option<String>,
 }
 
 /// Everything the dashboard function needs.
@@ -591,6 +593,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             },
             limiter: sync.limiter,
             timeline_retention_ms: sync.timeline_retention_ms,
+            app_inbox_queue_url: self.optional("APP_INBOX_QUEUE_URL"),
         })
     }
 }

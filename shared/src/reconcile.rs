@@ -54,8 +54,15 @@ pub struct RunReport {
     pub checked: u64,
     pub healed: u64,
     pub flagged: u64,
-    /// CRM-owned fields whose CRM value differs from what the app last received.
+    /// CRM-owned fields whose CRM value differs from what the app last received (or that the
+    /// app never received).
     pub crm_drift: u64,
+    /// Records whose CRM-owned drift went to the app inbox.
+    #[serde(default)]
+    pub delivered: u64,
+    /// Heals and deliveries not done, by reason; the next run tries them again.
+    #[serde(default)]
+    pub skipped: BTreeMap<String, u64>,
     pub requeued: u64,
     pub errors: u64,
     pub api_calls: u64,
@@ -136,10 +143,21 @@ pub struct ReconcileService {
     store: Arc<dyn ReconcileStore>,
     state: Arc<dyn SyncStateStore>,
     low_lane: Arc<dyn MessageQueue>,
+    /// Where CRM-owned drift is delivered; `None`: only reported.
+    app_inbox: Option<Arc<dyn MessageQueue>>,
     worker: Worker,
     clock: Arc<dyn Clock>,
     settings: ReconcileSettings,
 }
+
+/// A record's drifted CRM-owned fields: CRM property → (app field, the CRM's value).
+type Drifted = BTreeMap<String, (String, String)>;
+
+/// Why a heal or a delivery was left for the next run.
+const SKIP_LEASED: &str = "the record was busy with a live change";
+const SKIP_CHANGED: &str = "the record changed since the CRM was read";
+const SKIP_UNAVAILABLE: &str = "the record could not be leased";
+const SKIP_INBOX: &str = "the app inbox did not take the message";
 
 /// Why a page could not be finished.
 enum Stop {
@@ -165,10 +183,17 @@ impl ReconcileService {
             store,
             state,
             low_lane,
+            app_inbox: None,
             worker,
             clock,
             settings,
         }
+    }
+
+    /// Delivers CRM-owned drift to the app inbox, once per drifted value.
+    pub fn with_app_inbox(mut self, app_inbox: Option<Arc<dyn MessageQueue>>) -> Self {
+        self.app_inbox = app_inbox;
+        self
     }
 
     fn day_of(&self, now_ms: i64) -> i64 {
@@ -191,6 +216,8 @@ impl ReconcileService {
                 healed: 0,
                 flagged: 0,
                 crm_drift: 0,
+                delivered: 0,
+                skipped: BTreeMap::new(),
                 requeued: 0,
                 errors: 0,
                 api_calls: 0,
@@ -325,6 +352,8 @@ impl ReconcileService {
                 .collect();
             for chunk in group.chunks(self.crm.max_batch().max(1)) {
                 let ids: Vec<String> = chunk.iter().filter_map(|s| s.crm_id.clone()).collect();
+                // What the CRM held at this time: a change after it is newer than the drift.
+                let read_at_ms = self.clock.now_ms();
                 let read = match self
                     .worker
                     .call(deadline, calls, || {
@@ -341,6 +370,7 @@ impl ReconcileService {
                     }
                 };
                 let mut heal: Vec<(&RecordState, BTreeMap<String, String>)> = Vec::new();
+                let mut deliver: Vec<(&RecordState, Drifted)> = Vec::new();
                 for (state, values) in chunk.iter().zip(read.records) {
                     report.checked += 1;
                     let Some(values) = values else {
@@ -354,6 +384,7 @@ impl ReconcileService {
                         continue;
                     };
                     let mut restore = BTreeMap::new();
+                    let mut drifted = BTreeMap::new();
                     for (field, rule) in &mapping.fields {
                         let in_crm = values.get(&rule.crm_property).cloned().unwrap_or_default();
                         match rule.owner {
@@ -380,26 +411,41 @@ impl ReconcileService {
                                 }
                             }
                             Owner::Crm => {
-                                let Some(received) = state.received.get(&rule.crm_property) else {
+                                // A value the app never received counts as empty: a stage set
+                                // in the CRM without a webhook is drift too.
+                                let received = state.received.get(&rule.crm_property);
+                                if crate::domain::inbound::same_value(
+                                    received.map_or("", String::as_str),
+                                    &in_crm,
+                                ) {
                                     continue;
-                                };
-                                if *received != in_crm {
-                                    report.crm_drift += 1;
-                                    timeline.push(drift_entry(
-                                        state,
-                                        now_ms,
-                                        TimelineKind::Drift,
-                                        format!("{field} is {in_crm:?} in the CRM; the app last received {received:?}"),
-                                    ));
                                 }
+                                report.crm_drift += 1;
+                                timeline.push(drift_entry(
+                                    state,
+                                    now_ms,
+                                    TimelineKind::Drift,
+                                    match received {
+                                        Some(received) => format!(
+                                            "{field} is {in_crm:?} in the CRM; the app last received {received:?}"
+                                        ),
+                                        None => format!("{field} is {in_crm:?} in the CRM; the app never received it"),
+                                    },
+                                ));
+                                drifted.insert(rule.crm_property.clone(), (field.clone(), in_crm));
                             }
                         }
                     }
                     if !restore.is_empty() {
                         heal.push((state, restore));
                     }
+                    if !drifted.is_empty() {
+                        deliver.push((state, drifted));
+                    }
                 }
                 self.heal(mapping, &heal, deadline, report, calls, &mut timeline, now_ms)
+                    .await;
+                self.deliver(&deliver, read_at_ms, report, &mut timeline, now_ms)
                     .await;
             }
         }
@@ -436,9 +482,11 @@ impl ReconcileService {
                     leased.push((*state, current, restore))
                 }
                 Ok(LeaseOutcome::Leased(current)) => {
+                    skip(report, SKIP_CHANGED);
                     self.release(&current, &token, now_ms).await;
                 }
-                _ => {}
+                Ok(LeaseOutcome::Busy) => skip(report, SKIP_LEASED),
+                Err(_) => skip(report, SKIP_UNAVAILABLE),
             }
         }
         if leased.is_empty() {
@@ -480,6 +528,101 @@ impl ReconcileService {
         }
     }
 
+    /// Sends CRM-owned drift to the app inbox, each record under its lease, and records it as
+    /// received, so that it is delivered once. The message is dated when the CRM was read: a
+    /// change made after that is newer, for crm-sync and for the app.
+    async fn deliver(
+        &self,
+        deliveries: &[(&RecordState, Drifted)],
+        read_at_ms: i64,
+        report: &mut RunReport,
+        timeline: &mut Vec<TimelineEntry>,
+        now_ms: i64,
+    ) {
+        let Some(app_inbox) = &self.app_inbox else {
+            return;
+        };
+        let token = uuid::Uuid::new_v4().to_string();
+        for (state, drifted) in deliveries {
+            let current = match self
+                .state
+                .lease(&state.record, &token, now_ms, now_ms + 120_000)
+                .await
+            {
+                Ok(LeaseOutcome::Leased(current)) => *current,
+                Ok(LeaseOutcome::Busy) => {
+                    skip(report, SKIP_LEASED);
+                    continue;
+                }
+                Err(_) => {
+                    skip(report, SKIP_UNAVAILABLE);
+                    continue;
+                }
+            };
+            // A webhook acted on since the page was read knows better.
+            let moved_on = drifted.keys().any(|property| {
+                current.received.get(property) != state.received.get(property)
+                    || current.inbound_at.get(property) != state.inbound_at.get(property)
+            });
+            if moved_on {
+                skip(report, SKIP_CHANGED);
+                self.release(&current, &token, now_ms).await;
+                continue;
+            }
+            let changes: BTreeMap<String, String> = drifted
+                .values()
+                .map(|(field, value)| (field.clone(), value.clone()))
+                .collect();
+            let sequence = current.inbox_sequence + 1;
+            let event_key = format!(
+                "reconcile:{}:{}",
+                crate::domain::clock::rfc3339(read_at_ms),
+                state.record
+            );
+            let message = crate::domain::inbound::app_inbox_message(
+                &state.record,
+                sequence,
+                self.crm.name(),
+                state.crm_id.as_deref().unwrap_or_default(),
+                &changes,
+                read_at_ms,
+                "RECONCILIATION",
+                &event_key,
+            );
+            if !app_inbox
+                .send(&[OutgoingMessage::new(event_key.clone(), message)])
+                .await
+                .is_empty()
+            {
+                skip(report, SKIP_INBOX);
+                self.release(&current, &token, now_ms).await;
+                continue;
+            }
+            let mut update = InboundUpdate::unchanged(&current);
+            for (property, (_, value)) in drifted {
+                update.received.insert(property.clone(), value.clone());
+                update.inbound_at.insert(property.clone(), read_at_ms);
+            }
+            update.inbox_sequence = sequence;
+            if let Err(error) = self
+                .state
+                .settle_inbound(&state.record, &token, now_ms, &update)
+                .await
+            {
+                // The app has the message; the next run finds the drift again and sends it once more.
+                tracing::warn!(record = %state.record, error = ?anyhow::Error::from(error), "could not record a delivered drift");
+            }
+            report.delivered += 1;
+            let fields: Vec<String> = changes.iter().map(|(f, v)| format!("{f} = {v:?}")).collect();
+            timeline.push(drift_entry(
+                state,
+                now_ms,
+                TimelineKind::Received,
+                format!("drift delivered to the app: {}", fields.join(", ")),
+            ));
+        }
+    }
+
     async fn release(&self, state: &RecordState, token: &str, now_ms: i64) {
         let untouched = InboundUpdate::unchanged(state);
         if let Err(error) = self
@@ -490,6 +633,10 @@ impl ReconcileService {
             tracing::warn!(record = %state.record, error = ?anyhow::Error::from(error), "could not release a lease; it runs out");
         }
     }
+}
+
+fn skip(report: &mut RunReport, reason: &str) {
+    *report.skipped.entry(reason.to_string()).or_default() += 1;
 }
 
 fn drift_entry(state: &RecordState, at_ms: i64, kind: TimelineKind, detail: String) -> TimelineEntry {
@@ -510,6 +657,8 @@ fn emit_metrics(report: &RunReport) {
         ("ReconcileHealed", report.healed),
         ("ReconcileFlagged", report.flagged),
         ("ReconcileCrmDrift", report.crm_drift),
+        ("ReconcileDelivered", report.delivered),
+        ("ReconcileSkipped", report.skipped.values().sum()),
         ("ReconcileRequeued", report.requeued),
         ("ReconcileErrors", report.errors),
         ("ReconcileApiCalls", report.api_calls),

@@ -255,3 +255,70 @@ async fn a_night_checks_its_own_segment_first_and_all_the_others_when_the_budget
     assert_eq!(report.segments_checked, 3);
     assert_eq!(report.checked, 30, "every record once: {report:?}");
 }
+
+#[tokio::test]
+async fn crm_owned_drift_the_app_never_received_is_delivered_to_the_app_once() {
+    let app = spawn_app_with(AppOptions::syncing().with_env("RECONCILE_CYCLE_NIGHTS", "1")).await;
+    sync_contacts(&app, &["silent-1".to_string()]).await;
+    let record = app
+        .sandbox()
+        .find("contacts", "crm_sync_app_id", "silent-1")
+        .unwrap();
+    // A stage set in the CRM with no webhook: the app never received any stage.
+    app.sandbox()
+        .edit(
+            "contacts",
+            record.id,
+            [("lifecyclestage".to_string(), "customer".to_string())].into(),
+        )
+        .unwrap();
+
+    let first = reconcile(&app).await;
+    assert_eq!(first.crm_drift, 1, "{first:?}");
+    assert_eq!(first.delivered, 1, "{first:?}");
+    let inbox = app.drain_app_inbox().await;
+    assert_eq!(inbox.len(), 1, "{inbox:?}");
+    assert_eq!(inbox[0]["record_id"], "silent-1");
+    assert_eq!(inbox[0]["changes"]["lifecycle_stage"], "customer");
+    assert_eq!(inbox[0]["source"], "RECONCILIATION");
+    assert_eq!(inbox[0]["sequence"], 1);
+
+    app.stack.reconcile.restart().await.unwrap();
+    let second = reconcile(&app).await;
+    assert_eq!((second.crm_drift, second.delivered), (0, 0), "{second:?}");
+    assert!(app.drain_app_inbox().await.is_empty(), "delivered once");
+}
+
+#[tokio::test]
+async fn a_heal_skipped_because_the_record_is_busy_is_counted_with_its_reason() {
+    let app = spawn_app_with(AppOptions::syncing().with_env("RECONCILE_CYCLE_NIGHTS", "1")).await;
+    sync_contacts(&app, &["busy-1".to_string()]).await;
+    let record = app
+        .sandbox()
+        .find("contacts", "crm_sync_app_id", "busy-1")
+        .unwrap();
+    app.sandbox()
+        .edit(
+            "contacts",
+            record.id,
+            [("email".to_string(), "x@elsewhere.com".to_string())].into(),
+        )
+        .unwrap();
+    // A live change holds the record.
+    let now = now_ms();
+    let lease = app
+        .sync_state()
+        .lease(&contact_ref("busy-1"), "someone-else", now, now + 600_000)
+        .await
+        .unwrap();
+    assert!(matches!(lease, crm_sync::ports::LeaseOutcome::Leased(_)));
+
+    let report = reconcile(&app).await;
+
+    assert_eq!(report.healed, 0, "{report:?}");
+    assert_eq!(
+        report.skipped.get("the record was busy with a live change"),
+        Some(&1),
+        "{report:?}"
+    );
+}

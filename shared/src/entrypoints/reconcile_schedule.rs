@@ -37,7 +37,10 @@ impl ReconcileHandler {
             config.crm.provider(),
             config.limiter,
         ));
-        let low_lane = Arc::new(SqsQueue::new(sqs, config.reconcile_queue_url));
+        let low_lane = Arc::new(SqsQueue::new(sqs.clone(), config.reconcile_queue_url));
+        let app_inbox = config
+            .app_inbox_queue_url
+            .map(|url| Arc::new(SqsQueue::new(sqs, url)) as Arc<dyn crate::ports::MessageQueue>);
         let clock = Arc::new(SystemClock);
         let mut calls = SyncSettings::default().call_settings();
         // Reconciliation is the lowest priority: only idle call slots.
@@ -52,7 +55,8 @@ impl ReconcileHandler {
             worker,
             clock,
             config.settings,
-        );
+        )
+        .with_app_inbox(app_inbox);
         Ok(Self { service })
     }
 

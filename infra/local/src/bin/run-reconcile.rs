@@ -82,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         let report = handler.run_until(deadline).await?;
         println!(
-            "run {}  segment {}/{}  {:?}  checked {}  healed {}  flagged {}  crm drift {}  re-enqueued {}  errors {}  CRM calls {}",
+            "run {}  segment {}/{}  {:?}  checked {}  healed {}  flagged {}  crm drift {}  delivered {}  skipped {}  re-enqueued {}  errors {}  CRM calls {}",
             report.run_id,
             report.segment + 1,
             report.segments,
@@ -91,6 +91,8 @@ async fn main() -> anyhow::Result<()> {
             report.healed,
             report.flagged,
             report.crm_drift,
+            report.delivered,
+            report.skipped.values().sum::<u64>(),
             report.requeued,
             report.errors,
             report.api_calls,
