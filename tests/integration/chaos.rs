@@ -19,6 +19,12 @@ async fn under_crm_faults_crashes_and_duplicate_webhooks_nothing_is_lost_doubled
         "{tally}"
     );
     assert_eq!(tally.conflicts_journaled, tally.rep_edits_app_owned);
+    assert_eq!(tally.conflict_entries, tally.rep_edits_app_owned, "{tally}");
+    assert!(tally.rep_drift_to_heal > 0, "the healing path ran: {tally}");
+    assert_eq!(
+        tally.reconcile_healed as usize, tally.rep_drift_to_heal,
+        "{tally}"
+    );
     assert!(
         tally.rep_edits_app_owned > 0 && tally.rep_edits_crm_owned > 0,
         "{tally}"

@@ -28,6 +28,8 @@ pub struct Plan {
     pub delete_share: f64,
     /// Sales-rep edits: half of an app-owned field (conflicts), half of a CRM-owned one.
     pub rep_edits: usize,
+    /// Emails reps edit once the app is quiet: drift the reconciliation must heal.
+    pub late_rep_edits: usize,
     /// Messages that break the contract, dead-lettered on purpose.
     pub invalid: usize,
     /// Share of changes the app sends twice.
@@ -48,6 +50,7 @@ impl Plan {
             rounds: 3,
             delete_share: 0.1,
             rep_edits: 12,
+            late_rep_edits: 3,
             invalid: 4,
             duplicate_share: 0.1,
             crm_error_rate: 0.15,
@@ -79,7 +82,12 @@ pub struct Tally {
     pub redriven: usize,
     pub reconcile_checked: u64,
     pub reconcile_healed: u64,
+    /// App-owned fields a rep changed and no later app change overwrote: what the reconciliation
+    /// must heal.
+    pub rep_drift_to_heal: usize,
     pub conflicts_journaled: usize,
+    /// Entries in the conflict journals, all records: each must be a rep's edit.
+    pub conflict_entries: usize,
     pub inbox_messages: usize,
     pub inbox_repeats: usize,
     pub dead_letters_left: usize,
@@ -87,11 +95,13 @@ pub struct Tally {
     pub seconds: f64,
     /// Everything that broke a guarantee; empty when the run passed.
     pub problems: Vec<String>,
+    /// For the first records a problem names: their sync state, timeline and CRM record.
+    pub diagnoses: Vec<String>,
 }
 
 impl fmt::Display for Tally {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let rows: [(&str, String); 24] = [
+        let rows: [(&str, String); 26] = [
             ("app changes sent", self.changes_sent.to_string()),
             ("  of which sent twice", self.duplicates_sent.to_string()),
             ("  of which deletes", self.deletes_sent.to_string()),
@@ -114,8 +124,13 @@ impl fmt::Display for Tally {
             ("  posted twice", self.webhook_duplicates.to_string()),
             ("dead letters redriven", self.redriven.to_string()),
             ("reconciliation: checked", self.reconcile_checked.to_string()),
+            ("rep drift to heal, before it", self.rep_drift_to_heal.to_string()),
             ("reconciliation: healed", self.reconcile_healed.to_string()),
-            ("conflicts journaled", self.conflicts_journaled.to_string()),
+            (
+                "rep edits journaled as conflicts",
+                self.conflicts_journaled.to_string(),
+            ),
+            ("conflict entries, all records", self.conflict_entries.to_string()),
             ("app-inbox messages", self.inbox_messages.to_string()),
             ("  repeats (same event key)", self.inbox_repeats.to_string()),
             ("dead letters left", self.dead_letters_left.to_string()),
@@ -128,6 +143,9 @@ impl fmt::Display for Tally {
         }
         for problem in &self.problems {
             writeln!(f, "  - {problem}")?;
+        }
+        for diagnosis in &self.diagnoses {
+            writeln!(f, "{diagnosis}")?;
         }
         Ok(())
     }
@@ -271,7 +289,8 @@ pub async fn run(app: &TestApp, plan: &Plan) -> Tally {
         .collect();
     let store = app.sync_state();
     let mut app_owned_edits: Vec<(String, String)> = Vec::new();
-    let mut crm_owned_edits: BTreeMap<String, String> = BTreeMap::new();
+    // Every stage each record was given, in order: the app may see any of them, and no other.
+    let mut crm_owned_edits: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let deadline = Instant::now() + plan.drain_timeout;
     let mut edit = 0;
     while edit < plan.rep_edits && Instant::now() < deadline {
@@ -308,7 +327,7 @@ pub async fn run(app: &TestApp, plan: &Plan) -> Tally {
         if property == "email" {
             app_owned_edits.push((record, value));
         } else {
-            crm_owned_edits.insert(record, value);
+            crm_owned_edits.entry(record).or_default().push(value);
         }
         edit += 1;
         // Two edits of one record never share a millisecond.
@@ -360,6 +379,38 @@ pub async fn run(app: &TestApp, plan: &Plan) -> Tally {
     }
     quiet(app, plan.drain_timeout, &mut tally).await;
 
+    // Once the app is quiet, reps edit a few emails more: no app change overwrites these, so they
+    // stay in the CRM until the reconciliation heals them.
+    let mut late = 0;
+    for r in (0..plan.records).filter(|r| !deleted.contains(r)) {
+        if late == plan.late_rep_edits {
+            break;
+        }
+        let record = format!("c{r}");
+        let reference = RecordRef {
+            object: ObjectKind::Contact,
+            record_id: record.clone(),
+        };
+        let Ok(Some((state, _))) = store.record(&reference, 1).await else {
+            continue;
+        };
+        let Some(crm_id) = state.crm_id.and_then(|id| id.parse::<u64>().ok()) else {
+            continue;
+        };
+        let value = format!("rep-late-{late}@example.org");
+        let edited = sandbox.edit(
+            "contacts",
+            crm_id,
+            BTreeMap::from([("email".to_string(), value.clone())]),
+        );
+        if edited.is_ok() {
+            app_owned_edits.push((record, value));
+            late += 1;
+        }
+    }
+    tally.rep_edits_app_owned = app_owned_edits.len();
+    quiet(app, plan.drain_timeout, &mut tally).await;
+    check_before_reconciliation(app, &model, &app_owned_edits, &mut tally);
     // Tonight's reconciliation heals the drift the reps left in app-owned fields.
     let report = app
         .stack
@@ -370,6 +421,12 @@ pub async fn run(app: &TestApp, plan: &Plan) -> Tally {
         Ok(report) => {
             tally.reconcile_checked = report.checked;
             tally.reconcile_healed = report.healed;
+            if report.healed > tally.rep_drift_to_heal as u64 {
+                tally.problems.push(format!(
+                    "the reconciliation healed {} fields, but only {} were reps' edits: it hid lost updates",
+                    report.healed, tally.rep_drift_to_heal
+                ));
+            }
             if report.finished_at_ms.is_none() {
                 tally
                     .problems
@@ -395,6 +452,56 @@ pub async fn run(app: &TestApp, plan: &Plan) -> Tally {
     tally.webhook_duplicates = webhooks.duplicates_sent;
     tally.seconds = started.elapsed().as_secs_f64();
     tally
+}
+
+/// The app-owned fields whose CRM value is not the app's latest: (field, CRM's, app's).
+fn differences(data: &Value, crm: &hubspot_sandbox::Record) -> Vec<(&'static str, String, String)> {
+    [
+        ("email", "email"),
+        ("phone", "phone"),
+        ("first_name", "firstname"),
+    ]
+    .into_iter()
+    .filter_map(|(field, property)| {
+        let want = data[field].as_str().unwrap_or_default();
+        let have = crm
+            .properties
+            .get(property)
+            .map(String::as_str)
+            .unwrap_or_default();
+        (want != have).then(|| (field, have.to_string(), want.to_string()))
+    })
+    .collect()
+}
+
+/// Before the reconciliation: the only app-owned values the CRM may hold that are not the app's
+/// latest are reps' edits, which the reconciliation heals. Anything else is an app update the
+/// sync lost, and the reconciliation must not be what hides it.
+fn check_before_reconciliation(
+    app: &TestApp,
+    model: &AppModel,
+    app_owned_edits: &[(String, String)],
+    tally: &mut Tally,
+) {
+    for (record, latest) in &model.latest {
+        let (Some(data), Some(crm)) = (latest, app.sandbox().find("contacts", "crm_sync_app_id", record))
+        else {
+            continue;
+        };
+        for (field, have, want) in differences(data, &crm) {
+            let a_rep_edit = field == "email"
+                && app_owned_edits
+                    .iter()
+                    .any(|(edited, value)| edited == record && *value == have);
+            if a_rep_edit {
+                tally.rep_drift_to_heal += 1;
+            } else {
+                tally.problems.push(format!(
+                    "before the reconciliation, {record}.{field}: the CRM has `{have}`, the app `{want}` (a lost update)"
+                ));
+            }
+        }
+    }
 }
 
 /// Waits until no queue holds a message (visible, in flight or delayed) and the sandbox has no
@@ -445,7 +552,7 @@ async fn check(
     app: &TestApp,
     model: &AppModel,
     app_owned_edits: &[(String, String)],
-    crm_owned_edits: &BTreeMap<String, String>,
+    crm_owned_edits: &BTreeMap<String, Vec<String>>,
     plan: &Plan,
     tally: &mut Tally,
 ) {
@@ -474,22 +581,10 @@ async fn check(
             )),
             (Some(_), None) => tally.problems.push(format!("{record} is missing from the CRM")),
             (Some(data), Some(crm)) => {
-                for (field, property) in [
-                    ("email", "email"),
-                    ("phone", "phone"),
-                    ("first_name", "firstname"),
-                ] {
-                    let want = data[field].as_str().unwrap_or_default();
-                    let have = crm
-                        .properties
-                        .get(property)
-                        .map(String::as_str)
-                        .unwrap_or_default();
-                    if want != have {
-                        tally.problems.push(format!(
-                            "{record}.{field}: the CRM has `{have}`, the app `{want}`"
-                        ));
-                    }
+                for (field, have, want) in differences(data, &crm) {
+                    tally.problems.push(format!(
+                        "{record}.{field}: the CRM has `{have}`, the app `{want}`"
+                    ));
                 }
             }
             (None, None) => {}
@@ -543,20 +638,59 @@ async fn check(
         }
     }
 
-    // Every rep edit of a CRM-owned field reached the app; the newest one is the CRM's value.
+    // The journal holds only real edits by someone else: a rep's value of that record's email.
+    let mut journaled = 0;
+    for record in model.latest.keys() {
+        let reference = RecordRef {
+            object: ObjectKind::Contact,
+            record_id: record.clone(),
+        };
+        for conflict in store.conflicts(&reference, 100).await.unwrap_or_default() {
+            journaled += 1;
+            let a_rep_edit = app_owned_edits
+                .iter()
+                .any(|(edited, value)| edited == record && *value == conflict.crm_value);
+            if !a_rep_edit {
+                tally.problems.push(format!(
+                    "{record}: a conflict that is no rep's edit: {} = {:?} from {} (event {})",
+                    conflict.field, conflict.crm_value, conflict.source, conflict.event_key
+                ));
+            }
+        }
+    }
+    tally.conflict_entries = journaled;
+
+    // The app inbox holds the reps' stages and nothing else (repeats of one event allowed), and
+    // the newest, by (occurred_at_ms, sequence), is the last one a rep set.
     let inbox = app.drain_app_inbox().await;
     tally.inbox_messages = inbox.len();
     let keys: HashSet<&str> = inbox.iter().filter_map(|m| m["event_key"].as_str()).collect();
     tally.inbox_repeats = inbox.len() - keys.len();
-    for (record, value) in crm_owned_edits {
+    for message in &inbox {
+        let record = message["record_id"].as_str().unwrap_or_default();
+        let set_by_reps = crm_owned_edits.get(record);
+        let expected = message["changes"].as_object().is_some_and(|changes| {
+            changes.iter().all(|(field, value)| {
+                field == "lifecycle_stage"
+                    && set_by_reps.is_some_and(|values| values.iter().any(|v| value == v.as_str()))
+            })
+        });
+        if !expected {
+            tally
+                .problems
+                .push(format!("{record}: the app inbox got what no rep set: {message}"));
+        }
+    }
+    for (record, values) in crm_owned_edits {
         let newest = inbox
             .iter()
             .filter(|m| m["record_id"] == record.as_str() && m["changes"]["lifecycle_stage"].is_string())
-            .max_by_key(|m| m["occurred_at_ms"].as_i64());
+            .max_by_key(|m| (m["occurred_at_ms"].as_i64(), m["sequence"].as_u64()));
         let delivered = newest.and_then(|m| m["changes"]["lifecycle_stage"].as_str());
-        if delivered != Some(value.as_str()) {
+        let last = values.last().map(String::as_str);
+        if delivered != last {
             tally.problems.push(format!(
-                "{record}: the app inbox's newest lifecycle stage is {delivered:?}, the rep set `{value}`"
+                "{record}: the app inbox's newest lifecycle stage is {delivered:?}, the rep set {last:?} last"
             ));
         }
     }
@@ -580,10 +714,67 @@ async fn check(
             }
         }
     }
+    diagnose(app, tally).await;
     if tally.dead_letters_left < plan.invalid {
         tally.problems.push(format!(
             "{} invalid messages were sent, {} were dead-lettered",
             plan.invalid, tally.dead_letters_left
         ));
+    }
+}
+
+/// Describes the first records the problems name (`c12`): their state, newest timeline entries,
+/// conflicts and CRM record, so that a failed run says what happened to them.
+async fn diagnose(app: &TestApp, tally: &mut Tally) {
+    let mut named: Vec<String> = Vec::new();
+    for problem in &tally.problems {
+        let Some(record) = problem.split(|c: char| !c.is_ascii_alphanumeric()).find(|word| {
+            word.len() > 1 && word.starts_with('c') && word[1..].bytes().all(|b| b.is_ascii_digit())
+        }) else {
+            continue;
+        };
+        if !named.iter().any(|known| known == record) {
+            named.push(record.to_string());
+        }
+    }
+    let store = app.sync_state();
+    for record in named.into_iter().take(5) {
+        let reference = RecordRef {
+            object: ObjectKind::Contact,
+            record_id: record.clone(),
+        };
+        let mut lines = vec![format!("{record}:")];
+        match store.record(&reference, 12).await {
+            Ok(Some((state, timeline))) => {
+                lines.push(format!(
+                    "  state: {} crm id {:?}, applied version {:?} ({:?}), written {:?}, error {:?}",
+                    state.status.as_str(),
+                    state.crm_id,
+                    state.applied_version_ms,
+                    state.applied_idempotency_id,
+                    state.written,
+                    state.last_error
+                ));
+                for entry in timeline {
+                    lines.push(format!(
+                        "  {} {} {} {}",
+                        entry.at_ms,
+                        entry.kind.as_str(),
+                        entry.idempotency_id.unwrap_or_default(),
+                        entry.detail
+                    ));
+                }
+            }
+            other => lines.push(format!("  state: {other:?}")),
+        }
+        for conflict in store.conflicts(&reference, 5).await.unwrap_or_default() {
+            lines.push(format!(
+                "  conflict {} = {:?} from {} ({})",
+                conflict.field, conflict.crm_value, conflict.source, conflict.event_key
+            ));
+        }
+        let crm = app.sandbox().find("contacts", "crm_sync_app_id", &record);
+        lines.push(format!("  CRM: {:?}", crm.map(|r| (r.id, r.properties))));
+        tally.diagnoses.push(lines.join("\n"));
     }
 }

@@ -1,4 +1,5 @@
-//! `cargo run --release -p crm-sync-tests --bin chaos -- [--records N] [--rounds N] [--seed N]`:
+//! `cargo run --release -p crm-sync-tests --bin chaos -- [--records N] [--rounds N] [--seed N]
+//! [--crash-rate R] [--rep-edits N] [--late-rep-edits N]`:
 //! the chaos scenario at full size, with its tally. Exits non-zero if any guarantee broke.
 
 use std::time::Duration;
@@ -10,6 +11,7 @@ fn main() -> anyhow::Result<()> {
         records: 1_000,
         rounds: 3,
         rep_edits: 200,
+        late_rep_edits: 20,
         invalid: 20,
         seed: 2026,
         drain_timeout: Duration::from_secs(1_800),
@@ -24,6 +26,7 @@ fn main() -> anyhow::Result<()> {
             "--records" => plan.records = value.parse()?,
             "--rounds" => plan.rounds = value.parse()?,
             "--rep-edits" => plan.rep_edits = value.parse()?,
+            "--late-rep-edits" => plan.late_rep_edits = value.parse()?,
             "--crash-rate" => plan.crash_rate = value.parse()?,
             "--seed" => plan.seed = value.parse()?,
             other => anyhow::bail!("unknown option {other}"),
