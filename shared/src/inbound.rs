@@ -169,6 +169,7 @@ impl InboundService {
     /// whose attempt wrote to the CRM, then failed (its deal's contact not there yet) or crashed
     /// before settling, is echoed back like any other write of crm-sync's.
     fn with_pending_writes(&self, mut state: RecordState) -> RecordState {
+        state.recent_writes = state.own_writes();
         let pending = state
             .pending_change
             .as_deref()

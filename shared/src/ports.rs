@@ -243,24 +243,31 @@ impl InboundUpdate {
 pub trait SyncStateStore: Send + Sync {
     /// Leases the record to `token` for an attempt at `change`, unless the change is stale, a
     /// duplicate, or another live lease holds the record. MUST be atomic.
+    /// `writes` are the CRM values the attempt is about to write: a claim MUST add their
+    /// fingerprints to the record's `claimed_writes`, so that their echoes are known for crm-sync's
+    /// own even if the attempt never settles.
+    #[allow(clippy::too_many_arguments)]
     async fn claim(
         &self,
         change: &Change,
         body: &str,
+        writes: &BTreeMap<String, String>,
         token: &str,
         now_ms: i64,
         lease_until_ms: i64,
     ) -> Result<RecordClaim, StoreUnavailable>;
 
-    /// Records how the attempt ended and releases the lease. MUST NOT touch the record when the
-    /// lease has passed to another token.
+    /// Records how the attempt ended and releases the lease; returns `true`. An applied
+    /// settlement's `recent_writes` include the record's `claimed_writes`, which it clears. MUST NOT touch the
+    /// record when the lease has passed to another token, and then returns `false`: another
+    /// attempt decides the record, and this one's outcome is not recorded.
     async fn settle(
         &self,
         record: &RecordRef,
         token: &str,
         now_ms: i64,
         settlement: &Settlement,
-    ) -> Result<(), StoreUnavailable>;
+    ) -> Result<bool, StoreUnavailable>;
 
     /// Current states of some records (missing records are absent from the map).
     async fn states(

@@ -6,7 +6,7 @@
 //! message attribute) rather than through the visibility timeout, so that the queue's receive
 //! count, and with it the redrive policy, only ever sees crashes: a throttle never dead-letters.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -192,9 +192,27 @@ impl SyncService {
 
         let token = uuid::Uuid::new_v4().to_string();
         let lease_until_ms = now_ms + i64::try_from(self.settings.lease.as_millis()).unwrap_or(i64::MAX / 2);
-        let claims = bounded_each(&plan.newest, |queued| {
-            self.state
-                .claim(&queued.change, &queued.body, &token, now_ms, lease_until_ms)
+        // What each attempt is about to write, claimed with the lease (see `claimed_writes`).
+        let writes: Vec<BTreeMap<String, String>> = plan
+            .newest
+            .iter()
+            .map(|queued| {
+                self.mapping
+                    .outbound(&queued.change)
+                    .map(|outbound| outbound.properties)
+                    .unwrap_or_default()
+            })
+            .collect();
+        let claiming: Vec<(&Queued, &BTreeMap<String, String>)> = plan.newest.iter().zip(&writes).collect();
+        let claims = bounded_each(&claiming, |(queued, writes)| {
+            self.state.claim(
+                &queued.change,
+                &queued.body,
+                writes,
+                &token,
+                now_ms,
+                lease_until_ms,
+            )
         })
         .await;
         let mut work = Vec::new();
@@ -273,7 +291,11 @@ impl SyncService {
             };
             let record = queued.change.record();
             let disposition = match self.state.settle(&record, &token, now_ms, &failed).await {
-                Ok(()) => {
+                Ok(false) => Disposition::Retry {
+                    delay: self.settings.busy_delay,
+                    attempts: queued.attempts,
+                },
+                Ok(true) => {
                     timeline.push(entry(
                         &queued.change,
                         now_ms,
@@ -391,7 +413,7 @@ impl SyncService {
                 let deleted = change.operation == Operation::Delete;
                 let mut written = w.prior.written.clone();
                 written.extend(w.outbound.properties.clone());
-                let mut recent_writes = w.prior.recent_writes.clone();
+                let mut recent_writes = w.prior.own_writes();
                 remember_writes(&mut recent_writes, &w.outbound.properties);
                 let crm_id = crm_id.or_else(|| w.prior.crm_id.clone());
                 let mut detail = match (deleted, created, &crm_id) {
@@ -502,12 +524,25 @@ impl SyncService {
                 call,
             ),
         };
-        if let Err(error) = self.state.settle(&record, token, now_ms, &settlement).await {
-            tracing::error!(record = %record, error = ?anyhow::Error::from(error), "could not record the outcome");
-            // The lease runs out and the redelivered message tries again; the upsert is idempotent.
-            return (Disposition::Redeliver, None);
+        match self.state.settle(&record, token, now_ms, &settlement).await {
+            Ok(true) => (disposition, Some(entry(change, now_ms, kind, detail, call))),
+            // The attempt outlived its lease and another attempt now holds the record: this
+            // outcome is not recorded, so the change is decided again (a newer one applied since
+            // makes it stale then). Done here, a newer change whose write was overtaken would
+            // be lost with the state saying the older one is in the CRM.
+            Ok(false) => (
+                Disposition::Retry {
+                    delay: self.settings.busy_delay,
+                    attempts: w.queued.attempts,
+                },
+                None,
+            ),
+            Err(error) => {
+                tracing::error!(record = %record, error = ?anyhow::Error::from(error), "could not record the outcome");
+                // The lease runs out and the redelivered message tries again; the upsert is idempotent.
+                (Disposition::Redeliver, None)
+            }
         }
-        (disposition, Some(entry(change, now_ms, kind, detail, call)))
     }
 
     async fn upsert_group(

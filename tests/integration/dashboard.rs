@@ -158,7 +158,7 @@ async fn a_re_sync_is_queued_only_for_a_same_site_post_carrying_the_session_toke
     let body = contact("csrf-1", now_ms(), json!({"email": "csrf-1@example.com"})).to_string();
     let change = parse_change(&body).unwrap();
     store
-        .claim(&change, &body, "t", now_ms(), now_ms())
+        .claim(&change, &body, &Default::default(), "t", now_ms(), now_ms())
         .await
         .unwrap();
 

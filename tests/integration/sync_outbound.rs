@@ -934,3 +934,50 @@ async fn a_change_the_records_stored_state_cannot_take_is_dead_lettered_with_the
     assert!(state.pending_change.is_none());
     assert_eq!(timeline[0].kind, TimelineKind::Failed);
 }
+
+#[tokio::test]
+async fn a_newer_change_whose_attempt_outlived_its_lease_is_decided_again_not_lost() {
+    // A lease shorter than one CRM call: the attempt at the newer change is overtaken by an
+    // attempt at an older one, whose write lands last.
+    let app = spawn_app_with(
+        AppOptions::syncing()
+            .with_env("SYNC_LEASE_SECONDS", "1")
+            .with_env("SYNC_CRM_TIMEOUT_SECONDS", "10"),
+    )
+    .await;
+    let at = now_ms() - 60_000;
+    app.send_changes(&[contact("user-z", at, json!({"first_name": "v1"}))])
+        .await;
+    app.applied(contact_ref("user-z"), at).await;
+    app.sandbox().set_faults(Faults {
+        latency_ms: 3_000,
+        ..app.sandbox().faults()
+    });
+
+    app.send_changes(&[contact("user-z", at + 3, json!({"first_name": "v3"}))])
+        .await;
+    eventually(30, "the attempt at v3 holds the record", || async {
+        let (state, _) = app.sync_state().record(&contact_ref("user-z"), 1).await.ok()??;
+        state
+            .pending_change
+            .filter(|body| body.contains("\"v3\""))
+            .map(|_| ())
+    })
+    .await;
+    // The older change: busy at first, then claimed once v3's lease has run out.
+    app.send_changes(&[contact("user-z", at + 2, json!({"first_name": "v2"}))])
+        .await;
+
+    app.applied(contact_ref("user-z"), at + 3).await;
+    app.sandbox().set_faults(Faults {
+        latency_ms: 0,
+        ..app.sandbox().faults()
+    });
+    let record = eventually(60, "the CRM holds v3", || async {
+        app.sandbox()
+            .find("contacts", "crm_sync_app_id", "user-z")
+            .filter(|record| record.properties["firstname"] == "v3")
+    })
+    .await;
+    assert_eq!(record.properties["firstname"], "v3");
+}

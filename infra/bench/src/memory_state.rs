@@ -55,6 +55,7 @@ impl SyncStateStore for MemorySyncState {
         &self,
         change: &Change,
         body: &str,
+        writes: &std::collections::BTreeMap<String, String>,
         token: &str,
         now_ms: i64,
         lease_until_ms: i64,
@@ -73,6 +74,13 @@ impl SyncStateStore for MemorySyncState {
         state.status = SyncStatus::Pending;
         state.last_attempt_at_ms = Some(now_ms);
         state.pending_change = Some(body.to_string());
+        for (property, value) in writes {
+            state
+                .claimed_writes
+                .entry(property.clone())
+                .or_default()
+                .push(crm_sync::domain::sync::value_fingerprint(value));
+        }
         row.state = Some(state);
         row.lease = Some((token.to_string(), lease_until_ms));
         Ok(RecordClaim::Claimed(old))
@@ -84,10 +92,10 @@ impl SyncStateStore for MemorySyncState {
         token: &str,
         now_ms: i64,
         settlement: &Settlement,
-    ) -> Result<(), StoreUnavailable> {
+    ) -> Result<bool, StoreUnavailable> {
         let mut rows = self.rows.lock().unwrap();
         let Some(row) = release(&mut rows, record, token) else {
-            return Ok(());
+            return Ok(false);
         };
         let state = row.state.get_or_insert_with(|| RecordState::new(record.clone()));
         match settlement {
@@ -101,6 +109,7 @@ impl SyncStateStore for MemorySyncState {
             } => {
                 state.status = *status;
                 state.recent_writes = recent_writes.clone();
+                state.claimed_writes.clear();
                 state.last_synced_at_ms = Some(now_ms);
                 state.attempts = 0;
                 state.applied_version_ms = Some(*version_ms);
@@ -124,7 +133,7 @@ impl SyncStateStore for MemorySyncState {
             }
             Settlement::Released => {}
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn states(

@@ -61,6 +61,10 @@ pub struct RecordState {
     /// most [`RECENT_WRITES`]): a CRM reports writes late and in any order, so the echo of an
     /// earlier write can arrive after a later one.
     pub recent_writes: BTreeMap<String, Vec<String>>,
+    /// CRM property → fingerprints of values attempts claimed to write since the last applied
+    /// change: an attempt that wrote to the CRM and then crashed or lost its lease still made
+    /// them crm-sync's own.
+    pub claimed_writes: BTreeMap<String, Vec<String>>,
     /// CRM property → when the last CRM change of it that crm-sync acted on happened.
     pub inbound_at: BTreeMap<String, i64>,
     /// CRM property → the value the app last received from the CRM.
@@ -93,6 +97,7 @@ impl RecordState {
             applied_idempotency_id: None,
             written: BTreeMap::new(),
             recent_writes: BTreeMap::new(),
+            claimed_writes: BTreeMap::new(),
             inbound_at: BTreeMap::new(),
             received: BTreeMap::new(),
             conflicts: 0,
@@ -123,12 +128,29 @@ pub fn value_fingerprint(value: &str) -> String {
 /// past [`RECENT_WRITES`].
 pub fn remember_writes(recent: &mut BTreeMap<String, Vec<String>>, written: &BTreeMap<String, String>) {
     for (property, value) in written {
-        let fingerprints = recent.entry(property.clone()).or_default();
-        let fingerprint = value_fingerprint(value);
-        fingerprints.retain(|known| *known != fingerprint);
-        fingerprints.push(fingerprint);
-        let excess = fingerprints.len().saturating_sub(RECENT_WRITES);
-        fingerprints.drain(..excess);
+        remember_fingerprint(recent, property, value_fingerprint(value));
+    }
+}
+
+/// Adds one fingerprint of `property` to the remembered writes (see [`remember_writes`]).
+pub fn remember_fingerprint(recent: &mut BTreeMap<String, Vec<String>>, property: &str, fingerprint: String) {
+    let fingerprints = recent.entry(property.to_string()).or_default();
+    fingerprints.retain(|known| *known != fingerprint);
+    fingerprints.push(fingerprint);
+    let excess = fingerprints.len().saturating_sub(RECENT_WRITES);
+    fingerprints.drain(..excess);
+}
+
+impl RecordState {
+    /// The remembered writes with the claimed ones folded in: what crm-sync may have written.
+    pub fn own_writes(&self) -> BTreeMap<String, Vec<String>> {
+        let mut own = self.recent_writes.clone();
+        for (property, fingerprints) in &self.claimed_writes {
+            for fingerprint in fingerprints {
+                remember_fingerprint(&mut own, property, fingerprint.clone());
+            }
+        }
+        own
     }
 }
 
@@ -138,10 +160,11 @@ impl RecordState {
         self.written
             .get(property)
             .is_some_and(|written| super::inbound::same_value(written, value))
-            || self
-                .recent_writes
-                .get(property)
-                .is_some_and(|known| known.contains(&value_fingerprint(value)))
+            || [&self.recent_writes, &self.claimed_writes].iter().any(|writes| {
+                writes
+                    .get(property)
+                    .is_some_and(|known| known.contains(&value_fingerprint(value)))
+            })
     }
 }
 

@@ -24,7 +24,8 @@ use super::{condition_failed, n, s, unavailable, written_or_not};
 use crate::domain::contract::{Change, ObjectKind, RecordRef};
 use crate::domain::inbound::ConflictEntry;
 use crate::domain::sync::{
-    freshness, Freshness, RecordFilter, RecordState, SyncStatus, Tally, TimelineEntry, TimelineKind,
+    freshness, value_fingerprint, Freshness, RecordFilter, RecordState, SyncStatus, Tally, TimelineEntry,
+    TimelineKind,
 };
 use crate::ports::{
     InboundUpdate, LeaseOutcome, ListError, RecordClaim, Settlement, StoreUnavailable, SyncStateStore,
@@ -205,6 +206,20 @@ pub fn state_from_item(item: &Item) -> Option<RecordState> {
             )
         })
         .collect();
+    let mut claimed_writes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for entry in item
+        .get("claimed_writes")
+        .and_then(|value| value.as_l().ok())
+        .into_iter()
+        .flatten()
+    {
+        if let Some((fingerprint, property)) = entry.as_s().ok().and_then(|entry| entry.split_once(' ')) {
+            claimed_writes
+                .entry(property.to_string())
+                .or_default()
+                .push(fingerprint.to_string());
+        }
+    }
     Some(RecordState {
         record,
         crm_id: text(item, "crm_id"),
@@ -219,6 +234,7 @@ pub fn state_from_item(item: &Item) -> Option<RecordState> {
         applied_idempotency_id: text(item, "applied_idempotency_id"),
         written,
         recent_writes,
+        claimed_writes,
         inbound_at,
         received,
         conflicts: number(item, "conflicts").unwrap_or(0).max(0) as u32,
@@ -290,6 +306,7 @@ impl SyncStateStore for DynamoDbSyncState {
         &self,
         change: &Change,
         body: &str,
+        writes: &BTreeMap<String, String>,
         token: &str,
         now_ms: i64,
         lease_until_ms: i64,
@@ -306,12 +323,30 @@ impl SyncStateStore for DynamoDbSyncState {
         if email.is_some() {
             set.push_str(", email_key = :email");
         }
+        let mut values: HashMap<String, AttributeValue> = HashMap::new();
+        if let Some(email) = email {
+            values.insert(":email".into(), s(email));
+        }
+        if !writes.is_empty() {
+            // Each entry `{fingerprint} {property}`; folded into `recent_writes` when a change settles.
+            set.push_str(
+                ", claimed_writes = list_append(if_not_exists(claimed_writes, :no_writes), :writes)",
+            );
+            values.insert(":no_writes".into(), AttributeValue::L(Vec::new()));
+            values.insert(
+                ":writes".into(),
+                AttributeValue::L(
+                    writes
+                        .iter()
+                        .map(|(property, value)| s(format!("{} {property}", value_fingerprint(value))))
+                        .collect(),
+                ),
+            );
+        }
         let result = self
             .update_state(&record)
             .update_expression(set)
-            .set_expression_attribute_values(
-                email.map(|email| HashMap::from([(":email".to_string(), s(email))])),
-            )
+            .set_expression_attribute_values((!values.is_empty()).then_some(values))
             .condition_expression(
                 "(attribute_not_exists(lease_until) OR lease_until < :now) AND \
                  (attribute_not_exists(applied_version) OR applied_version < :version OR \
@@ -371,7 +406,7 @@ impl SyncStateStore for DynamoDbSyncState {
         token: &str,
         now_ms: i64,
         settlement: &Settlement,
-    ) -> Result<(), StoreUnavailable> {
+    ) -> Result<bool, StoreUnavailable> {
         let request = self
             .update_state(record)
             .condition_expression("lease_token = :token")
@@ -412,7 +447,7 @@ impl SyncStateStore for DynamoDbSyncState {
                         .expression_attribute_values(":crm_key", s(format!("{}#{crm_id}", record.object)));
                 }
                 request.update_expression(format!(
-                    "SET {set} REMOVE last_error, lease_token, lease_until, pending_change, retryable"
+                    "SET {set} REMOVE last_error, lease_token, lease_until, pending_change, retryable, claimed_writes"
                 ))
             }
             Settlement::Failed {
@@ -435,10 +470,11 @@ impl SyncStateStore for DynamoDbSyncState {
                 .expression_attribute_values(":now", n(now_ms)),
             Settlement::Released => request.update_expression("REMOVE lease_token, lease_until"),
         };
-        if !written_or_not(request.send().await)? {
+        let recorded = written_or_not(request.send().await)?;
+        if !recorded {
             tracing::warn!(record = %record, "lease lost before settling; the newer attempt decides");
         }
-        Ok(())
+        Ok(recorded)
     }
 
     async fn states(
