@@ -981,3 +981,159 @@ async fn a_newer_change_whose_attempt_outlived_its_lease_is_decided_again_not_lo
     .await;
     assert_eq!(record.properties["firstname"], "v3");
 }
+
+/// After which step a test stops the sync function mid-flight.
+#[derive(Debug, Clone, Copy)]
+enum CrashAfter {
+    /// The record is claimed; the CRM call has not answered.
+    Claim,
+    /// The CRM holds the change; its outcome is not recorded.
+    CrmWrite,
+    /// The outcome is recorded; the timeline is not written.
+    Settle,
+}
+
+/// One outbound message as Lambda hands it over.
+fn sqs_event(message_id: &str, body: &serde_json::Value) -> aws_lambda_events::sqs::SqsEvent {
+    let mut message = aws_lambda_events::sqs::SqsMessage::default();
+    message.message_id = Some(message_id.to_string());
+    message.body = Some(body.to_string());
+    let mut event = aws_lambda_events::sqs::SqsEvent::default();
+    event.records = vec![message];
+    event
+}
+
+/// Invokes the sync function on `event` as Lambda would, with a minute to run.
+async fn invoke(
+    app: &TestApp,
+    event: aws_lambda_events::sqs::SqsEvent,
+) -> Result<aws_lambda_events::sqs::SqsBatchResponse, lambda_runtime::Error> {
+    let mut context = lambda_runtime::Context::default();
+    context.deadline = (now_ms() + 60_000) as u64;
+    app.stack
+        .sync
+        .handle(lambda_runtime::LambdaEvent::new(event, context))
+        .await
+}
+
+#[tokio::test]
+async fn a_crash_at_any_step_of_a_sync_leaves_the_change_applied_once_after_redelivery() {
+    for point in [CrashAfter::Claim, CrashAfter::CrmWrite, CrashAfter::Settle] {
+        let app = spawn_app_with(AppOptions {
+            fault_proxy: true,
+            ..AppOptions::default().with_env("SYNC_LEASE_SECONDS", "1")
+        })
+        .await;
+        let faults = app.faults.as_ref().unwrap();
+        let record_id = format!("crash-{point:?}");
+        let at = now_ms() - 1_000;
+        let change = contact(
+            &record_id,
+            at,
+            json!({"email": "crash@example.com", "first_name": "Once"}),
+        );
+        let event = sqs_event("m-1", &change);
+
+        // Hold the sync function at the point, then stop it there, as a crash would.
+        match point {
+            CrashAfter::Claim => app.sandbox().set_faults(Faults {
+                latency_ms: 60_000,
+                ..app.sandbox().faults()
+            }),
+            // The settle is the only write conditioned on the lease alone.
+            CrashAfter::CrmWrite => faults.hold("\"lease_token = :token\""),
+            // The timeline's items are the only ones keyed `T#…`.
+            CrashAfter::Settle => faults.hold("{\"S\":\"T#"),
+        }
+        let running = tokio::spawn({
+            let app_sync = app.stack.sync.clone();
+            let event = event.clone();
+            async move {
+                let mut context = lambda_runtime::Context::default();
+                context.deadline = (now_ms() + 60_000) as u64;
+                app_sync
+                    .handle(lambda_runtime::LambdaEvent::new(event, context))
+                    .await
+            }
+        });
+        eventually(30, &format!("the sync held {point:?}"), || async {
+            match point {
+                CrashAfter::Claim => app
+                    .sync_state()
+                    .record(&contact_ref(&record_id), 1)
+                    .await
+                    .ok()
+                    .flatten()
+                    .filter(|(state, _)| state.pending_change.is_some())
+                    .map(|_| ()),
+                _ => (faults.held() > 0).then_some(()),
+            }
+        })
+        .await;
+        running.abort();
+        let _ = running.await;
+        faults.release();
+        app.sandbox().set_faults(Faults {
+            latency_ms: 0,
+            ..app.sandbox().faults()
+        });
+
+        // The crashed batch comes back once; after that the change lives only where the sync
+        // function put it: a retry on the queue. A step that dropped it would lose the change.
+        let response = invoke(&app, event.clone()).await.expect("the handler answers");
+        assert!(response.batch_item_failures.is_empty(), "{point:?}: {response:?}");
+        let queue = app.stack.resources.queue("OutboundQueue").url.clone();
+        eventually(
+            60,
+            &format!("the change applied after a crash {point:?}"),
+            || async {
+                if let Some((state, _)) = app.sync_state().record(&contact_ref(&record_id), 1).await.ok()? {
+                    if state.status == SyncStatus::Synced && state.applied_version_ms == Some(at) {
+                        return Some(state);
+                    }
+                }
+                let received = app
+                    .sqs
+                    .receive_message()
+                    .queue_url(&queue)
+                    .max_number_of_messages(10)
+                    .wait_time_seconds(1)
+                    .message_attribute_names("All")
+                    .send()
+                    .await
+                    .ok()?;
+                for message in received.messages() {
+                    let mut retry = aws_lambda_events::sqs::SqsMessage::default();
+                    retry.message_id = message.message_id().map(str::to_string);
+                    retry.body = message.body().map(str::to_string);
+                    for (name, value) in message.message_attributes().into_iter().flatten() {
+                        let mut attribute = aws_lambda_events::sqs::SqsMessageAttribute::default();
+                        attribute.string_value = value.string_value().map(str::to_string);
+                        attribute.data_type = Some("String".to_string());
+                        retry.message_attributes.insert(name.clone(), attribute);
+                    }
+                    let mut batch = aws_lambda_events::sqs::SqsEvent::default();
+                    batch.records = vec![retry];
+                    invoke(&app, batch).await.expect("the handler answers");
+                    app.sqs
+                        .delete_message()
+                        .queue_url(&queue)
+                        .receipt_handle(message.receipt_handle().unwrap_or_default())
+                        .send()
+                        .await
+                        .ok()?;
+                }
+                None
+            },
+        )
+        .await;
+        let in_crm: Vec<_> = app
+            .sandbox()
+            .records("contacts")
+            .into_iter()
+            .filter(|r| r.properties.get("crm_sync_app_id") == Some(&record_id))
+            .collect();
+        assert_eq!(in_crm.len(), 1, "{point:?}: the contact is in the CRM once");
+        assert_eq!(in_crm[0].properties["firstname"], "Once", "{point:?}");
+    }
+}

@@ -14,12 +14,19 @@ use tokio::task::JoinHandle;
 
 #[derive(Default)]
 struct State {
+    /// Wakes the held requests.
+    released: Arc<tokio::sync::Notify>,
     /// Operations to fail, as they appear in `X-Amz-Target` (`DynamoDB_20120810.PutItem`,
     /// `AmazonSQS.SendMessageBatch`) or a query `Action`; `*` fails everything.
     failing: Vec<String>,
     /// Operations whose next calls reach moto but whose answers are replaced by a 500, as when
     /// a write lands and its answer is lost: how many answers each has left to lose.
     losing: std::collections::BTreeMap<String, usize>,
+    /// Requests whose body holds this text are held, never reaching moto, until `release`:
+    /// where a test stops a handler mid-flight.
+    holding: Option<String>,
+    /// How many requests are held right now.
+    held: usize,
     failed_calls: usize,
     /// Calls passed through, by operation (`PutItem`, `SendMessageBatch`).
     calls: std::collections::BTreeMap<String, u64>,
@@ -82,6 +89,24 @@ impl FaultProxy {
             .insert(operation.to_string(), count);
     }
 
+    /// From now on, hold every request whose body contains `text` (an operation's own words,
+    /// e.g. its condition expression): it reaches moto never, and is answered 500 once released.
+    pub fn hold(&self, text: &str) {
+        self.state.lock().unwrap().holding = Some(text.to_string());
+    }
+
+    /// How many requests are held now.
+    pub fn held(&self) -> usize {
+        self.state.lock().unwrap().held
+    }
+
+    /// Stops holding; the held requests are answered 500, as if the connection had broken.
+    pub fn release(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.holding = None;
+        state.released.notify_waiters();
+    }
+
     /// AWS is back: stop failing anything.
     pub fn heal(&self) {
         self.state.lock().unwrap().failing.clear();
@@ -119,6 +144,29 @@ async fn forward(
         .unwrap_or_default()
         .to_string();
     let form = String::from_utf8_lossy(&body);
+    let hold = {
+        let mut state = state.lock().unwrap();
+        match &state.holding {
+            Some(text) if form.contains(text.as_str()) => {
+                state.held += 1;
+                // Registered before the lock is let go, so that a release cannot slip between.
+                let released = state.released.clone();
+                Some(released)
+            }
+            _ => None,
+        }
+    };
+    if let Some(released) = hold {
+        let notified = released.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let still_held = state.lock().unwrap().holding.is_some();
+        if still_held {
+            notified.await;
+        }
+        state.lock().unwrap().held -= 1;
+        return Ok(injected_failure());
+    }
     let lose_answer = {
         let mut state = state.lock().unwrap();
         match state.losing.get_mut(&target) {
