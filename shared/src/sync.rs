@@ -6,7 +6,7 @@
 //! message attribute) rather than through the visibility timeout, so that the queue's receive
 //! count, and with it the redrive policy, only ever sees crashes: a throttle never dead-letters.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -316,7 +316,7 @@ impl SyncService {
         let mut outcomes: HashMap<String, Outcome> = HashMap::new();
         let mut written_contacts: HashMap<String, String> = HashMap::new();
         // The CRM ids of the contacts deals and activities belong to, once contacts are written.
-        let mut parents: Option<HashMap<String, String>> = None;
+        let mut parents: Option<ContactIds> = None;
         for (object, operation) in [
             (ObjectKind::Contact, Operation::Upsert),
             (ObjectKind::Contact, Operation::Delete),
@@ -338,7 +338,7 @@ impl SyncService {
             let results = match operation {
                 Operation::Delete => self.archive_group(mapping, &group, deadline, &mut report).await,
                 _ => {
-                    let parents = parents.as_ref().cloned().unwrap_or_default();
+                    let parents = parents.as_ref().map(|p| p.crm_ids.clone()).unwrap_or_default();
                     self.upsert_group(mapping, &group, &parents, deadline, &mut report)
                         .await
                 }
@@ -832,13 +832,13 @@ impl SyncService {
     }
 
     /// The CRM ids of the contacts the batch's deals and activities name: written by this batch,
-    /// or recorded earlier (and not deleted since). A contact not in the CRM is left out.
-    async fn contact_crm_ids(
-        &self,
-        work: &[Work],
-        written_contacts: &HashMap<String, String>,
-    ) -> HashMap<String, String> {
-        let mut ids = written_contacts.clone();
+    /// or recorded earlier (and not deleted since). A contact not in the CRM is left out; one the
+    /// app deleted is named as such.
+    async fn contact_crm_ids(&self, work: &[Work], written_contacts: &HashMap<String, String>) -> ContactIds {
+        let mut ids = ContactIds {
+            crm_ids: written_contacts.clone(),
+            deleted: HashSet::new(),
+        };
         let mut missing: Vec<RecordRef> = work
             .iter()
             .filter(|w| w.queued.change.operation != Operation::Delete)
@@ -857,8 +857,14 @@ impl SyncService {
         match self.state.states(&missing).await {
             Ok(states) => {
                 for (record, state) in states {
-                    if let (Some(crm_id), false) = (state.crm_id, state.status == SyncStatus::Deleted) {
-                        ids.insert(record.record_id, crm_id);
+                    match (state.crm_id, state.status) {
+                        (_, SyncStatus::Deleted) => {
+                            ids.deleted.insert(record.record_id);
+                        }
+                        (Some(crm_id), _) => {
+                            ids.crm_ids.insert(record.record_id, crm_id);
+                        }
+                        (None, _) => {}
                     }
                 }
             }
@@ -870,12 +876,13 @@ impl SyncService {
     }
 
     /// Links applied deals and activities to their contacts. A contact that is not in the CRM
-    /// yet makes its deal or activity retry later (the upsert again is harmless).
+    /// yet makes its deal or activity retry later (the upsert again is harmless); one the app
+    /// deleted never will be, so its deal or activity stays applied, unlinked.
     async fn associate(
         &self,
         work: &[Work],
         outcomes: &mut HashMap<String, Outcome>,
-        contact_ids: &HashMap<String, String>,
+        contact_ids: &ContactIds,
         deadline: Instant,
         report: &mut BatchReport,
     ) {
@@ -897,7 +904,7 @@ impl SyncService {
         if wanted.is_empty() {
             return;
         }
-        let contact_crm_id = |record_id: &str| contact_ids.get(record_id).cloned();
+        let contact_crm_id = |record_id: &str| contact_ids.crm_ids.get(record_id).cloned();
         for object in [ObjectKind::Deal, ObjectKind::Activity] {
             let Some(mapping) = self.mapping.object(object) else {
                 continue;
@@ -918,6 +925,7 @@ impl SyncService {
                         pairs.push(AssociationInput { from_id, to_id });
                         owners.push(w.queued.message_id.clone());
                     }
+                    None if contact_ids.deleted.contains(contact) => {}
                     None => {
                         outcomes.insert(
                             w.queued.message_id.clone(),
@@ -969,6 +977,14 @@ fn entry(
         detail,
         call,
     }
+}
+
+/// The contacts a batch's deals and activities belong to: CRM ids of those in the CRM, and the
+/// app's ids of those the app deleted.
+#[derive(Debug, Clone, Default)]
+struct ContactIds {
+    crm_ids: HashMap<String, String>,
+    deleted: HashSet<String>,
 }
 
 /// Spreads a call's result over its inputs.

@@ -1137,3 +1137,26 @@ async fn a_crash_at_any_step_of_a_sync_leaves_the_change_applied_once_after_rede
         assert_eq!(in_crm[0].properties["firstname"], "Once", "{point:?}");
     }
 }
+
+#[tokio::test]
+async fn a_deal_of_a_contact_the_app_deleted_is_written_unlinked_not_retried_forever() {
+    let app = spawn_app_with(AppOptions::syncing()).await;
+    let at = now_ms() - 10_000;
+    app.send_changes(&[contact("gone-1", at, json!({"email": "gone@example.com"}))])
+        .await;
+    app.applied(contact_ref("gone-1"), at).await;
+    app.send_changes(&[contact_delete("gone-1", at + 1)]).await;
+    settled(&app, contact_ref("gone-1"), SyncStatus::Deleted).await;
+
+    app.send_changes(&[deal("deal-gone-1", "gone-1", at + 2, json!({"name": "Orphan"}))])
+        .await;
+
+    let deal_ref = RecordRef {
+        object: ObjectKind::Deal,
+        record_id: "deal-gone-1".into(),
+    };
+    let (state, _) = settled(&app, deal_ref, SyncStatus::Synced).await;
+    let crm_id: u64 = state.crm_id.unwrap().parse().unwrap();
+    assert!(app.sandbox().associations("deals", crm_id).is_empty());
+    assert!(app.drain_dead_letters("OutboundDeadLetterQueue").await.is_empty());
+}

@@ -154,6 +154,10 @@ impl fmt::Display for Tally {
 /// The app's side: each record's latest values, or `None` once deleted.
 struct AppModel {
     latest: BTreeMap<String, Option<Value>>,
+    /// Deal `d{r}` of contact `c{r}` → its latest values (deals are never deleted).
+    deals: BTreeMap<String, Value>,
+    /// Activity `a{r}` → the contact it is logged on.
+    activities: BTreeMap<String, String>,
     next_id: u64,
 }
 
@@ -173,7 +177,34 @@ impl AppModel {
         }
         message
     }
+
+    fn deal_change(&mut self, r: usize, at: i64, data: Value) -> Value {
+        self.next_id += 1;
+        self.deals.insert(format!("d{r}"), data.clone());
+        json!({
+            "version": 1, "type": "deal.upsert", "record_id": format!("d{r}"),
+            "idempotency_id": format!("chaos-{}", self.next_id), "changed_at": at,
+            "contact_record_id": format!("c{r}"), "data": data,
+        })
+    }
+
+    fn activity(&mut self, r: usize, at: i64) -> Value {
+        self.next_id += 1;
+        self.activities.insert(format!("a{r}"), format!("c{r}"));
+        json!({
+            "version": 1, "type": "activity.log", "record_id": format!("a{r}"),
+            "idempotency_id": format!("chaos-{}", self.next_id), "changed_at": at,
+            "contact_record_id": format!("c{r}"),
+            "data": {"body": format!("Called contact {r}"), "occurred_at": "2026-11-27T10:00:00Z"},
+        })
+    }
 }
+
+fn deal_values(record: usize, version: usize) -> Value {
+    json!({"name": format!("Deal{record}v{version}"), "amount": (version as u64 + 1) * 100})
+}
+
+const DEAL_STAGES: [&str; 3] = ["qualifiedtobuy", "contractsent", "closedwon"];
 
 fn values(record: usize, version: usize) -> Value {
     json!({
@@ -218,6 +249,8 @@ pub async fn run(app: &TestApp, plan: &Plan) -> Tally {
     let base_ms = crate::hubspot::now_ms() - 1_800_000;
     let mut model = AppModel {
         latest: BTreeMap::new(),
+        deals: BTreeMap::new(),
+        activities: BTreeMap::new(),
         next_id: 0,
     };
 
@@ -257,9 +290,17 @@ pub async fn run(app: &TestApp, plan: &Plan) -> Tally {
     // Creation, then update rounds sent straight after, each record sometimes twice in a round
     // (two changes a millisecond apart, in either order).
     let mut version = vec![0usize; plan.records];
-    let creations: Vec<Value> = (0..plan.records)
+    // Each contact comes with a deal, and every fifth with a logged call, all in one shuffle: a
+    // deal or an activity may arrive before its contact.
+    let mut creations: Vec<Value> = (0..plan.records)
         .map(|r| model.change(&format!("c{r}"), base_ms, Some(values(r, 0))))
         .collect();
+    for r in 0..plan.records {
+        creations.push(model.deal_change(r, base_ms, deal_values(r, 0)));
+        if r % 5 == 0 {
+            creations.push(model.activity(r, base_ms));
+        }
+    }
     let batch = send(creations, &mut rng, &mut tally);
     app.send_changes(&batch).await;
     for round in 1..=plan.rounds {
@@ -270,6 +311,9 @@ pub async fn run(app: &TestApp, plan: &Plan) -> Tally {
                 *v += 1;
                 let at = base_ms + (round as i64) * 10_000 + *v as i64;
                 messages.push(model.change(&format!("c{r}"), at, Some(values(r, *v))));
+                if rng.f64() < 0.5 {
+                    messages.push(model.deal_change(r, at, deal_values(r, *v)));
+                }
             }
         }
         let batch = send(messages, &mut rng, &mut tally);
@@ -311,7 +355,36 @@ pub async fn run(app: &TestApp, plan: &Plan) -> Tally {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        let (property, value) = if edit % 2 == 0 {
+        if edit % 3 == 2 {
+            // A rep moves the record's deal to another stage (CRM-owned).
+            let deal = format!("d{r}");
+            let deal_reference = RecordRef {
+                object: ObjectKind::Deal,
+                record_id: deal.clone(),
+            };
+            let deal_crm = match store.record(&deal_reference, 1).await {
+                Ok(Some((state, _))) => state.crm_id.and_then(|id| id.parse::<u64>().ok()),
+                _ => None,
+            };
+            let Some(deal_crm) = deal_crm else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let stage = DEAL_STAGES[edit % DEAL_STAGES.len()].to_string();
+            let edited = sandbox.edit(
+                "deals",
+                deal_crm,
+                BTreeMap::from([("dealstage".to_string(), stage.clone())]),
+            );
+            if edited.is_err() {
+                continue;
+            }
+            crm_owned_edits.entry(deal).or_default().push(stage);
+            edit += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
+        let (property, value) = if edit % 3 == 0 {
             ("email", format!("rep-edit-{edit}@example.org"))
         } else {
             ("lifecyclestage", LIFECYCLE[edit % LIFECYCLE.len()].to_string())
@@ -474,6 +547,19 @@ fn differences(data: &Value, crm: &hubspot_sandbox::Record) -> Vec<(&'static str
     .collect()
 }
 
+/// A deal's app-owned fields whose CRM value is not the app's latest: (field, what differs).
+fn deal_differences(data: &Value, crm: &hubspot_sandbox::Record) -> Vec<(&'static str, String)> {
+    let name = data["name"].as_str().unwrap_or_default().to_string();
+    let amount = data["amount"].to_string();
+    [("name", "dealname", name), ("amount", "amount", amount)]
+        .into_iter()
+        .filter_map(|(field, property, want)| {
+            let have = crm.properties.get(property).cloned().unwrap_or_default();
+            (have != want).then(|| (field, format!("the CRM has `{have}`, the app `{want}`")))
+        })
+        .collect()
+}
+
 /// Before the reconciliation: the only app-owned values the CRM may hold that are not the app's
 /// latest are reps' edits, which the reconciliation heals. Anything else is an app update the
 /// sync lost, and the reconciliation must not be what hides it.
@@ -483,6 +569,15 @@ fn check_before_reconciliation(
     app_owned_edits: &[(String, String)],
     tally: &mut Tally,
 ) {
+    for (deal, data) in &model.deals {
+        if let Some(crm) = app.sandbox().find("deals", "crm_sync_app_id", deal) {
+            for (field, what) in deal_differences(data, &crm) {
+                tally.problems.push(format!(
+                    "before the reconciliation, {deal}.{field}: {what} (a lost update)"
+                ));
+            }
+        }
+    }
     for (record, latest) in &model.latest {
         let (Some(data), Some(crm)) = (latest, app.sandbox().find("contacts", "crm_sync_app_id", record))
         else {
@@ -638,6 +733,78 @@ async fn check(
         }
     }
 
+    // Each deal is in the CRM once, with the app's latest values, linked to its contact; each
+    // activity is one note on its contact.
+    for (deal, data) in &model.deals {
+        tally.records_checked += 1;
+        let copies: Vec<_> = sandbox
+            .all_records("deals")
+            .into_iter()
+            .filter(|record| record.properties.get("crm_sync_app_id") == Some(deal))
+            .collect();
+        let Some(crm) = copies.first() else {
+            tally.problems.push(format!("{deal} is missing from the CRM"));
+            continue;
+        };
+        if copies.len() > 1 {
+            tally
+                .problems
+                .push(format!("{deal} is in the CRM {} times", copies.len()));
+        }
+        for (field, what) in deal_differences(data, crm) {
+            tally.problems.push(format!("{deal}.{field}: {what}"));
+        }
+        let contact = deal.replacen('d', "c", 1);
+        if let Some(contact_crm) = sandbox.find("contacts", "crm_sync_app_id", &contact) {
+            if !sandbox
+                .associations("deals", crm.id)
+                .iter()
+                .any(|(object, id)| object == "contacts" && *id == contact_crm.id)
+            {
+                tally.problems.push(format!("{deal} is not linked to {contact}"));
+            }
+        }
+        let reference = RecordRef {
+            object: ObjectKind::Deal,
+            record_id: deal.clone(),
+        };
+        match store.record(&reference, 1).await {
+            Ok(Some((state, _))) if state.status == SyncStatus::Synced => {}
+            other => tally.problems.push(format!(
+                "{deal} is not synced: {:?}",
+                other.map(|found| found.map(|(state, _)| (state.status, state.last_error)))
+            )),
+        }
+    }
+    for (activity, contact) in &model.activities {
+        tally.records_checked += 1;
+        let notes: Vec<_> = sandbox
+            .all_records("notes")
+            .into_iter()
+            .filter(|record| record.properties.get("crm_sync_app_id") == Some(activity))
+            .collect();
+        match notes.as_slice() {
+            [note] => {
+                let linked = sandbox
+                    .find("contacts", "crm_sync_app_id", contact)
+                    .is_none_or(|contact| {
+                        sandbox
+                            .associations("notes", note.id)
+                            .iter()
+                            .any(|(object, id)| object == "contacts" && *id == contact.id)
+                    });
+                if !linked {
+                    tally
+                        .problems
+                        .push(format!("{activity} is not linked to {contact}"));
+                }
+            }
+            notes => tally
+                .problems
+                .push(format!("{activity} is in the CRM {} times", notes.len())),
+        }
+    }
+
     // The journal holds only real edits by someone else: a rep's value of that record's email.
     let mut journaled = 0;
     for record in model.latest.keys() {
@@ -669,9 +836,14 @@ async fn check(
     for message in &inbox {
         let record = message["record_id"].as_str().unwrap_or_default();
         let set_by_reps = crm_owned_edits.get(record);
+        let owned_field = if record.starts_with('d') {
+            "stage"
+        } else {
+            "lifecycle_stage"
+        };
         let expected = message["changes"].as_object().is_some_and(|changes| {
             changes.iter().all(|(field, value)| {
-                field == "lifecycle_stage"
+                field == owned_field
                     && set_by_reps.is_some_and(|values| values.iter().any(|v| value == v.as_str()))
             })
         });
@@ -682,15 +854,20 @@ async fn check(
         }
     }
     for (record, values) in crm_owned_edits {
+        let owned_field = if record.starts_with('d') {
+            "stage"
+        } else {
+            "lifecycle_stage"
+        };
         let newest = inbox
             .iter()
-            .filter(|m| m["record_id"] == record.as_str() && m["changes"]["lifecycle_stage"].is_string())
+            .filter(|m| m["record_id"] == record.as_str() && m["changes"][owned_field].is_string())
             .max_by_key(|m| (m["occurred_at_ms"].as_i64(), m["sequence"].as_u64()));
-        let delivered = newest.and_then(|m| m["changes"]["lifecycle_stage"].as_str());
+        let delivered = newest.and_then(|m| m["changes"][owned_field].as_str());
         let last = values.last().map(String::as_str);
         if delivered != last {
             tally.problems.push(format!(
-                "{record}: the app inbox's newest lifecycle stage is {delivered:?}, the rep set {last:?} last"
+                "{record}: the app inbox's newest {owned_field} is {delivered:?}, the rep set {last:?} last"
             ));
         }
     }
@@ -723,13 +900,15 @@ async fn check(
     }
 }
 
-/// Describes the first records the problems name (`c12`): their state, newest timeline entries,
+/// Describes the first records the problems name (`c12`, `d12`, `a10`): their state, newest timeline entries,
 /// conflicts and CRM record, so that a failed run says what happened to them.
 async fn diagnose(app: &TestApp, tally: &mut Tally) {
     let mut named: Vec<String> = Vec::new();
     for problem in &tally.problems {
         let Some(record) = problem.split(|c: char| !c.is_ascii_alphanumeric()).find(|word| {
-            word.len() > 1 && word.starts_with('c') && word[1..].bytes().all(|b| b.is_ascii_digit())
+            word.len() > 1
+                && (word.starts_with('c') || word.starts_with('d') || word.starts_with('a'))
+                && word[1..].bytes().all(|b| b.is_ascii_digit())
         }) else {
             continue;
         };
@@ -739,8 +918,13 @@ async fn diagnose(app: &TestApp, tally: &mut Tally) {
     }
     let store = app.sync_state();
     for record in named.into_iter().take(5) {
+        let (object, crm_object) = match record.as_bytes()[0] {
+            b'd' => (ObjectKind::Deal, "deals"),
+            b'a' => (ObjectKind::Activity, "notes"),
+            _ => (ObjectKind::Contact, "contacts"),
+        };
         let reference = RecordRef {
-            object: ObjectKind::Contact,
+            object,
             record_id: record.clone(),
         };
         let mut lines = vec![format!("{record}:")];
@@ -773,7 +957,7 @@ async fn diagnose(app: &TestApp, tally: &mut Tally) {
                 conflict.field, conflict.crm_value, conflict.source, conflict.event_key
             ));
         }
-        let crm = app.sandbox().find("contacts", "crm_sync_app_id", &record);
+        let crm = app.sandbox().find(crm_object, "crm_sync_app_id", &record);
         lines.push(format!("  CRM: {:?}", crm.map(|r| (r.id, r.properties))));
         tally.diagnoses.push(lines.join("\n"));
     }
