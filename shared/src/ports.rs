@@ -199,9 +199,15 @@ pub enum Settlement {
         error: String,
         status: SyncStatus,
         retryable: bool,
+        /// What crm-sync may have written lately, the claimed writes folded in (which the
+        /// settle clears, so that they never pile up on a record that keeps failing).
+        recent_writes: BTreeMap<String, Vec<String>>,
     },
-    /// Nothing was tried (throttled before the call): give the lease back.
-    Released,
+    /// Nothing was tried (throttled before the call): give the lease back, folding the claimed
+    /// writes into `recent_writes` as `Failed` does.
+    Released {
+        recent_writes: BTreeMap<String, Vec<String>>,
+    },
 }
 
 /// What leasing a record for inbound work found.

@@ -472,9 +472,11 @@ impl ReconcileService {
         let token = uuid::Uuid::new_v4().to_string();
         let mut leased = Vec::new();
         for (state, restore) in heal {
+            // Leased as of now: the page's earlier chunks and calls took time.
+            let leased_at = self.clock.now_ms();
             match self
                 .state
-                .lease(&state.record, &token, now_ms, now_ms + 120_000)
+                .lease(&state.record, &token, leased_at, leased_at + 120_000)
                 .await
             {
                 // Healed only if nothing was written since the page was read.
@@ -544,9 +546,10 @@ impl ReconcileService {
         };
         let token = uuid::Uuid::new_v4().to_string();
         for (state, drifted) in deliveries {
+            let leased_at = self.clock.now_ms();
             let current = match self
                 .state
-                .lease(&state.record, &token, now_ms, now_ms + 120_000)
+                .lease(&state.record, &token, leased_at, leased_at + 120_000)
                 .await
             {
                 Ok(LeaseOutcome::Leased(current)) => *current,
@@ -599,9 +602,10 @@ impl ReconcileService {
                 continue;
             }
             let mut update = InboundUpdate::unchanged(&current);
+            // `inbound_at` stays: a rep's edit just after the read, in the CRM's own time, is
+            // newer than the drift and must still apply.
             for (property, (_, value)) in drifted {
                 update.received.insert(property.clone(), value.clone());
-                update.inbound_at.insert(property.clone(), read_at_ms);
             }
             update.inbox_sequence = sequence;
             if let Err(error) = self

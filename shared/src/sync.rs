@@ -216,7 +216,7 @@ impl SyncService {
         })
         .await;
         let mut work = Vec::new();
-        let mut oversized: Vec<(Queued, String)> = Vec::new();
+        let mut oversized: Vec<(Queued, String, BTreeMap<String, Vec<String>>)> = Vec::new();
         for (queued, claim) in plan.newest.into_iter().zip(claims) {
             let id = queued.message_id.clone();
             match claim {
@@ -228,7 +228,7 @@ impl SyncService {
                     if let Some(reason) = state_too_large(&queued, &prior, &outbound) {
                         // Refused before any CRM call: once written, the outcome could not be
                         // recorded, and the state would never say what the CRM holds.
-                        oversized.push((queued, reason));
+                        oversized.push((queued, reason, prior.own_writes()));
                         continue;
                     }
                     work.push(Work {
@@ -283,11 +283,12 @@ impl SyncService {
             }
         }
 
-        for (queued, reason) in oversized {
+        for (queued, reason, recent_writes) in oversized {
             let failed = Settlement::Failed {
                 error: reason.clone(),
                 status: SyncStatus::Failed,
                 retryable: false,
+                recent_writes,
             };
             let record = queued.change.record();
             let disposition = match self.state.settle(&record, &token, now_ms, &failed).await {
@@ -404,6 +405,9 @@ impl SyncService {
     ) -> (Disposition, Option<TimelineEntry>) {
         let change = &w.queued.change;
         let record = change.record();
+        // A failed attempt may still have written (a deal written, its link refused).
+        let mut own = w.prior.own_writes();
+        remember_writes(&mut own, &w.outbound.properties);
         let (settlement, disposition, kind, detail, call) = match outcome {
             Outcome::Applied {
                 crm_id,
@@ -453,7 +457,9 @@ impl SyncService {
                 )
             }
             Outcome::Throttled { until_ms } => (
-                Settlement::Released,
+                Settlement::Released {
+                    recent_writes: w.prior.own_writes(),
+                },
                 Disposition::Retry {
                     delay: Duration::from_millis(u64::try_from(until_ms - now_ms).unwrap_or(0))
                         .max(Duration::from_secs(1)),
@@ -479,6 +485,7 @@ impl SyncService {
                             error: reason.clone(),
                             status: SyncStatus::Failed,
                             retryable: true,
+                            recent_writes: own.clone(),
                         },
                         Disposition::DeadLetter {
                             reason: reason.clone(),
@@ -499,6 +506,7 @@ impl SyncService {
                             error: error.clone(),
                             status: SyncStatus::Pending,
                             retryable: true,
+                            recent_writes: own.clone(),
                         },
                         Disposition::Retry { delay, attempts },
                         TimelineKind::Retrying,
@@ -515,6 +523,7 @@ impl SyncService {
                     error: error.clone(),
                     status: SyncStatus::Failed,
                     retryable: false,
+                    recent_writes: own.clone(),
                 },
                 Disposition::DeadLetter {
                     reason: error.clone(),
@@ -1056,6 +1065,11 @@ fn state_too_large(queued: &Queued, prior: &RecordState, outbound: &OutboundProp
         + map_size(&written)
         + map_size(&prior.received)
         + prior.inbound_at.keys().map(|name| name.len() + 16).sum::<usize>()
+        + prior
+            .claimed_writes
+            .iter()
+            .map(|(name, fingerprints)| fingerprints.len() * (name.len() + 24))
+            .sum::<usize>()
         + 4 * 1024;
     (size > ITEM_BUDGET).then(|| {
         format!(

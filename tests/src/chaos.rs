@@ -370,7 +370,7 @@ pub async fn run(app: &TestApp, plan: &Plan) -> Tally {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             };
-            let stage = DEAL_STAGES[edit % DEAL_STAGES.len()].to_string();
+            let stage = DEAL_STAGES[(edit / 3) % DEAL_STAGES.len()].to_string();
             let edited = sandbox.edit(
                 "deals",
                 deal_crm,
@@ -823,6 +823,20 @@ async fn check(
                     conflict.field, conflict.crm_value, conflict.source, conflict.event_key
                 ));
             }
+        }
+    }
+    // No rep edits a deal's app-owned fields: any conflict there is crm-sync's own echo.
+    for deal in model.deals.keys() {
+        let reference = RecordRef {
+            object: ObjectKind::Deal,
+            record_id: deal.clone(),
+        };
+        for conflict in store.conflicts(&reference, 100).await.unwrap_or_default() {
+            journaled += 1;
+            tally.problems.push(format!(
+                "{deal}: a conflict that is no rep's edit: {} = {:?} from {} (event {})",
+                conflict.field, conflict.crm_value, conflict.source, conflict.event_key
+            ));
         }
     }
     tally.conflict_entries = journaled;

@@ -125,13 +125,19 @@ impl SyncStateStore for MemorySyncState {
                 error,
                 status,
                 retryable,
+                recent_writes,
             } => {
                 state.status = *status;
                 state.last_error = Some(error.clone());
                 state.attempts += 1;
                 state.retryable = *retryable;
+                state.recent_writes = recent_writes.clone();
+                state.claimed_writes.clear();
             }
-            Settlement::Released => {}
+            Settlement::Released { recent_writes } => {
+                state.recent_writes = recent_writes.clone();
+                state.claimed_writes.clear();
+            }
         }
         Ok(true)
     }

@@ -117,8 +117,13 @@ pub const RECENT_WRITES: usize = 8;
 /// as the number (`100.0` is the `100` crm-sync wrote; see `same_value`).
 pub fn value_fingerprint(value: &str) -> String {
     use sha2::{Digest, Sha256};
+    // Only a plain decimal with a fraction is read as a number, as `same_value` reads them.
+    let digits = value.strip_prefix('-').unwrap_or(value);
+    let plain_decimal = !digits.is_empty()
+        && digits.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && digits.chars().filter(|c| *c == '.').count() == 1;
     let canonical = match value.parse::<f64>() {
-        Ok(number) if value.contains('.') && number.is_finite() => number.to_string(),
+        Ok(number) if plain_decimal && number.is_finite() => number.to_string(),
         _ => value.to_string(),
     };
     super::webhook::hex(&Sha256::digest(canonical.as_bytes())[..8])
@@ -390,6 +395,8 @@ mod tests {
         assert_eq!(value_fingerprint("100.0"), value_fingerprint("100"));
         assert_ne!(value_fingerprint("0123"), value_fingerprint("123"));
         assert_ne!(value_fingerprint("Ada"), value_fingerprint("ada"));
+        assert_ne!(value_fingerprint("1.5e3"), value_fingerprint("1500"));
+        assert_ne!(value_fingerprint("+1.5"), value_fingerprint("1.5"));
     }
     use crate::domain::contract::ObjectKind;
 

@@ -148,6 +148,16 @@ fn status_at(now_ms: i64, record: &RecordRef) -> String {
     format!("{now_ms:013}#{}#{}", record.object, &record.record_id[..end])
 }
 
+/// Remembered writes as stored: property → space-separated fingerprints.
+fn recent_value(recent_writes: &BTreeMap<String, Vec<String>>) -> AttributeValue {
+    AttributeValue::M(
+        recent_writes
+            .iter()
+            .map(|(property, fingerprints)| (property.clone(), s(fingerprints.join(" "))))
+            .collect(),
+    )
+}
+
 /// A CRM's error text (which may quote a rejected value) cut to what a state or timeline item
 /// can always hold; the dead letter keeps its own copy of the reason.
 fn clip(text: &str) -> String {
@@ -420,12 +430,8 @@ impl SyncStateStore for DynamoDbSyncState {
                 recent_writes,
                 status,
             } => {
-                let recent: BTreeMap<String, String> = recent_writes
-                    .iter()
-                    .map(|(property, fingerprints)| (property.clone(), fingerprints.join(" ")))
-                    .collect();
                 let mut request = request
-                    .expression_attribute_values(":recent", map_value(&recent))
+                    .expression_attribute_values(":recent", recent_value(recent_writes))
                     .expression_attribute_names("#status", "status")
                     .expression_attribute_values(":status", s(status.as_str()))
                     .expression_attribute_values(":status_at", s(status_at(now_ms, record)))
@@ -454,12 +460,15 @@ impl SyncStateStore for DynamoDbSyncState {
                 error,
                 status,
                 retryable,
+                recent_writes,
             } => request
                 .update_expression(
                     "SET #status = :status, status_at = :status_at, last_error = :error, \
-                     attempts = if_not_exists(attempts, :zero) + :one, updated_at = :now, retryable = :retryable \
-                     REMOVE lease_token, lease_until",
+                     attempts = if_not_exists(attempts, :zero) + :one, updated_at = :now, retryable = :retryable, \
+                     recent_writes = :recent \
+                     REMOVE lease_token, lease_until, claimed_writes",
                 )
+                .expression_attribute_values(":recent", recent_value(recent_writes))
                 .expression_attribute_values(":retryable", AttributeValue::Bool(*retryable))
                 .expression_attribute_names("#status", "status")
                 .expression_attribute_values(":status", s(status.as_str()))
@@ -468,7 +477,9 @@ impl SyncStateStore for DynamoDbSyncState {
                 .expression_attribute_values(":zero", n(0))
                 .expression_attribute_values(":one", n(1))
                 .expression_attribute_values(":now", n(now_ms)),
-            Settlement::Released => request.update_expression("REMOVE lease_token, lease_until"),
+            Settlement::Released { recent_writes } => request
+                .update_expression("SET recent_writes = :recent REMOVE lease_token, lease_until, claimed_writes")
+                .expression_attribute_values(":recent", recent_value(recent_writes)),
         };
         let recorded = written_or_not(request.send().await)?;
         if !recorded {
