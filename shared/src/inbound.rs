@@ -20,7 +20,7 @@ use crate::domain::inbound::{
     Interpretation,
 };
 use crate::domain::mapping::Mapping;
-use crate::domain::sync::{backoff, remember_writes, RecordState, TimelineEntry, TimelineKind};
+use crate::domain::sync::{backoff, remember_writes, RecordState, SyncStatus, TimelineEntry, TimelineKind};
 use crate::domain::Clock;
 use crate::ports::{
     Crm, CrmEvents, EventJournal, EventOutcome, InboundUpdate, LeaseOutcome, MessageQueue, OutgoingMessage,
@@ -191,6 +191,7 @@ impl InboundService {
         records: &mut HashMap<(ObjectKind, String), RecordRef>,
         deadline: Instant,
         report: &mut BatchReport,
+        throttled: &mut HashMap<(ObjectKind, String), i64>,
     ) -> HashMap<(ObjectKind, String), String> {
         let mut unresolved = HashMap::new();
         for object in ObjectKind::ALL {
@@ -215,7 +216,14 @@ impl InboundService {
                     .await;
                 let read = match read {
                     Ok(read) => read,
-                    Err(CallFailure::Throttled { .. }) | Err(CallFailure::Transient(_)) => {
+                    Err(CallFailure::Throttled { until_ms }) => {
+                        // The budget, not the event, is at fault: wait, counting no attempt.
+                        for crm_id in chunk {
+                            throttled.insert((object, crm_id.clone()), until_ms);
+                        }
+                        continue;
+                    }
+                    Err(CallFailure::Transient(_)) => {
                         for crm_id in chunk {
                             unresolved.insert(
                                 (object, crm_id.clone()),
@@ -252,7 +260,8 @@ impl InboundService {
                         for (crm_id, record) in candidates {
                             // Only a record the app sent, and not one linked to another CRM record.
                             let ours = states.get(&record).is_some_and(|state| {
-                                state.crm_id.as_ref().is_none_or(|known| *known == crm_id)
+                                state.status != SyncStatus::Deleted
+                                    && state.crm_id.as_ref().is_none_or(|known| *known == crm_id)
                             });
                             if ours {
                                 records.insert((object, crm_id), record);
@@ -385,8 +394,9 @@ impl InboundService {
                 }
             }
         }
+        let mut throttled = HashMap::new();
         let unresolved = self
-            .resolve_by_app_id(&unknown, &mut records, deadline, &mut report)
+            .resolve_by_app_id(&unknown, &mut records, deadline, &mut report, &mut throttled)
             .await;
         let mut work: Vec<Pending> = Vec::new();
         for p in pending {
@@ -395,6 +405,16 @@ impl InboundService {
                 Some(_) => work.push(p),
                 None if lookup_failed => {
                     dispositions.insert(p.message_id.clone(), Disposition::Redeliver);
+                }
+                None if throttled.contains_key(&key) => {
+                    let wait_ms = u64::try_from(throttled[&key] - now_ms).unwrap_or(1000);
+                    dispositions.insert(
+                        p.message_id.clone(),
+                        Disposition::Retry {
+                            delay: Duration::from_millis(wait_ms).max(Duration::from_secs(1)),
+                            attempts: p.attempts,
+                        },
+                    );
                 }
                 None if unresolved.contains_key(&key) => {
                     let reason = &unresolved[&key];
@@ -645,8 +665,13 @@ impl InboundService {
         for (record, (state, update, items)) in per_record {
             let failed = items.iter().any(|(id, _)| inbox_failures.contains(id));
             let update = if failed {
-                // Nothing of this record counts as done: the redelivery acts on it again.
-                InboundUpdate::unchanged(&state)
+                // Nothing of this record counts as done: the redelivery acts on it again. The
+                // sequence numbers some of its messages went out with stay spent, so that no
+                // later message of the record is numbered like one the app may hold already.
+                InboundUpdate {
+                    inbox_sequence: update.inbox_sequence,
+                    ..InboundUpdate::unchanged(&state)
+                }
             } else {
                 let mut update = update;
                 if self.settings.reassert_app_values {
