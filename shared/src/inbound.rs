@@ -560,11 +560,13 @@ impl InboundService {
             if failed_reads.contains_key(&p.message_id) {
                 continue;
             }
-            let state = self.with_pending_writes(p.record.clone().expect("leased records carry their state"));
-            let record = state.record.clone();
+            let leased = p.record.as_ref().expect("leased records carry their state");
+            let record = leased.record.clone();
+            // Once a record: its pending change is parsed for the first of its events only.
             let entry = per_record.entry(record.clone()).or_insert_with(|| {
+                let state = self.with_pending_writes(leased.clone());
                 let update = InboundUpdate::unchanged(&state);
-                (state.clone(), update, Vec::new())
+                (state, update, Vec::new())
             });
             let Some(mapping) = self.mapping.object(record.object) else {
                 continue;

@@ -192,23 +192,23 @@ impl SyncService {
 
         let token = uuid::Uuid::new_v4().to_string();
         let lease_until_ms = now_ms + i64::try_from(self.settings.lease.as_millis()).unwrap_or(i64::MAX / 2);
-        // What each attempt is about to write, claimed with the lease (see `claimed_writes`).
-        let writes: Vec<BTreeMap<String, String>> = plan
+        // What each attempt is about to write, mapped once and claimed with the lease (see
+        // `claimed_writes`).
+        let outbounds: Vec<OutboundProperties> = plan
             .newest
             .iter()
             .map(|queued| {
                 self.mapping
                     .outbound(&queued.change)
-                    .map(|outbound| outbound.properties)
-                    .unwrap_or_default()
+                    .expect("checked when parsed")
             })
             .collect();
-        let claiming: Vec<(&Queued, &BTreeMap<String, String>)> = plan.newest.iter().zip(&writes).collect();
-        let claims = bounded_each(&claiming, |(queued, writes)| {
+        let claiming: Vec<(&Queued, &OutboundProperties)> = plan.newest.iter().zip(&outbounds).collect();
+        let claims = bounded_each(&claiming, |(queued, outbound)| {
             self.state.claim(
                 &queued.change,
                 &queued.body,
-                writes,
+                &outbound.properties,
                 &token,
                 now_ms,
                 lease_until_ms,
@@ -217,14 +217,10 @@ impl SyncService {
         .await;
         let mut work = Vec::new();
         let mut oversized: Vec<(Queued, String, BTreeMap<String, Vec<String>>)> = Vec::new();
-        for (queued, claim) in plan.newest.into_iter().zip(claims) {
+        for ((queued, claim), outbound) in plan.newest.into_iter().zip(claims).zip(outbounds) {
             let id = queued.message_id.clone();
             match claim {
                 Ok(RecordClaim::Claimed(prior)) => {
-                    let outbound = self
-                        .mapping
-                        .outbound(&queued.change)
-                        .expect("checked when parsed");
                     if let Some(reason) = state_too_large(&queued, &prior, &outbound) {
                         // Refused before any CRM call: once written, the outcome could not be
                         // recorded, and the state would never say what the CRM holds.
@@ -254,14 +250,7 @@ impl SyncService {
                 Ok(RecordClaim::Refused(reason)) => {
                     // Nothing was written: the state still says what the CRM holds.
                     tracing::warn!(message_id = %id, record = %queued.change.record(), "the record's state cannot take the change");
-                    timeline.push(entry(
-                        &queued.change,
-                        now_ms,
-                        TimelineKind::Failed,
-                        reason.clone(),
-                        None,
-                    ));
-                    dispositions.insert(id, Disposition::DeadLetter { reason });
+                    dispositions.insert(id, refused(&queued.change, now_ms, reason, &mut timeline));
                 }
                 Ok(RecordClaim::Duplicate) => {
                     report.skipped += 1;
@@ -296,16 +285,7 @@ impl SyncService {
                     delay: self.settings.busy_delay,
                     attempts: queued.attempts,
                 },
-                Ok(true) => {
-                    timeline.push(entry(
-                        &queued.change,
-                        now_ms,
-                        TimelineKind::Failed,
-                        reason.clone(),
-                        None,
-                    ));
-                    Disposition::DeadLetter { reason }
-                }
+                Ok(true) => refused(&queued.change, now_ms, reason, &mut timeline),
                 Err(error) => {
                     tracing::error!(record = %record, error = ?anyhow::Error::from(error), "could not record the outcome");
                     Disposition::Redeliver
@@ -969,6 +949,12 @@ impl SyncService {
             }
         }
     }
+}
+
+/// A change refused before any CRM call: its timeline says why, and it is dead-lettered.
+fn refused(change: &Change, at_ms: i64, reason: String, timeline: &mut Vec<TimelineEntry>) -> Disposition {
+    timeline.push(entry(change, at_ms, TimelineKind::Failed, reason.clone(), None));
+    Disposition::DeadLetter { reason }
 }
 
 fn entry(
