@@ -66,8 +66,16 @@ pub struct PipedriveWebhookConfig {
 /// reached.
 #[derive(Debug, Clone)]
 pub enum CrmSettings {
-    HubSpot { api_base: String, token: SecretSource },
-    Pipedrive { api_base: String, token: SecretSource },
+    HubSpot {
+        api_base: String,
+        token: SecretSource,
+        /// `HUBSPOT_API_VERSION`, default 2026-03.
+        api_version: crate::adapters::hubspot::client::ApiVersion,
+    },
+    Pipedrive {
+        api_base: String,
+        token: SecretSource,
+    },
     Salesforce(SalesforceSettings),
 }
 
@@ -390,6 +398,11 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                     .optional("HUBSPOT_API_BASE")
                     .unwrap_or_else(|| crate::adapters::hubspot::client::DEFAULT_BASE_URL.to_string()),
                 token: self.secret("HUBSPOT_ACCESS_TOKEN", "HUBSPOT_SECRET_ARN", "access_token")?,
+                api_version: match self.optional("HUBSPOT_API_VERSION") {
+                    None => crate::adapters::hubspot::client::ApiVersion::DEFAULT,
+                    Some(text) => crate::adapters::hubspot::client::ApiVersion::parse(&text)
+                        .map_err(|reason| ConfigError::new("HUBSPOT_API_VERSION", reason))?,
+                },
             },
             Some("pipedrive") => CrmSettings::Pipedrive {
                 api_base: self

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use crate::domain::contract::{Change, ObjectKind, RecordRef};
 use crate::domain::crm::{
-    AssociationInput, BatchResult, CrmError, RateInfo, ReadResult, ThrottlePolicy, UpdateInput, UpsertInput,
+    AssociationInput, BatchResult, CrmError, PropertyKinds, RateInfo, ReadResult, ThrottlePolicy,
+    UpdateInput, UpsertInput,
 };
 use crate::domain::inbound::{ConflictEntry, InboundMessage, Interpretation};
 use crate::domain::sync::{RecordFilter, RecordState, SyncStatus, Tally, TimelineEntry};
@@ -161,6 +162,13 @@ pub trait Crm: Send + Sync {
         to: &str,
         pairs: &[AssociationInput],
     ) -> Result<BatchResult, CrmError>;
+
+    /// How the CRM types each property of `object`, for comparing values by meaning; a property
+    /// it does not report compares as text. Read once per run, not per record.
+    async fn property_kinds(&self, object: &str) -> Result<PropertyKinds, CrmError> {
+        let _ = object;
+        Ok(PropertyKinds::default())
+    }
 }
 
 /// What claiming a record for a sync attempt found.

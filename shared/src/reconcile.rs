@@ -10,7 +10,7 @@
 //! the budget and time allow, so everything is checked every night when the budget allows, and
 //! every record within `cycle_nights` nights when it does not.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,9 +19,10 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::domain::contract::ObjectKind;
-use crate::domain::crm::UpdateInput;
+use crate::domain::crm::{UpdateInput, ValueKind};
 use crate::domain::mapping::{DriftPolicy, Mapping, Owner};
 use crate::domain::sync::{RecordState, SyncStatus, TimelineEntry, TimelineKind};
+use crate::domain::values;
 use crate::domain::Clock;
 use crate::ports::{
     Crm, InboundUpdate, LeaseOutcome, MessageQueue, OutgoingMessage, StoreUnavailable, SyncStateStore,
@@ -148,7 +149,14 @@ pub struct ReconcileService {
     worker: Worker,
     clock: Arc<dyn Clock>,
     settings: ReconcileSettings,
+    /// Each CRM object's property kinds, read once an hour at most: `(read at ms, kinds)`.
+    kinds: tokio::sync::Mutex<HashMap<String, (i64, Arc<Kinds>)>>,
 }
+
+type Kinds = BTreeMap<String, ValueKind>;
+
+/// How long property kinds read from the CRM are used before they are read again.
+const KINDS_TTL_MS: i64 = 60 * 60 * 1000;
 
 /// A record's drifted CRM-owned fields: CRM property → (app field, the CRM's value).
 type Drifted = BTreeMap<String, (String, String)>;
@@ -187,6 +195,41 @@ impl ReconcileService {
             worker,
             clock,
             settings,
+            kinds: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The property kinds of a CRM object, from the cache or the CRM. When the CRM cannot say,
+    /// values compare as text for this page (a drift may show that a read a moment later would
+    /// not) and the next page asks again.
+    async fn kinds(&self, object: &str, deadline: Instant, calls: &mut BatchReport) -> Arc<Kinds> {
+        let now_ms = self.clock.now_ms();
+        if let Some((at_ms, kinds)) = self.kinds.lock().await.get(object) {
+            if now_ms - at_ms < KINDS_TTL_MS {
+                return kinds.clone();
+            }
+        }
+        match self
+            .worker
+            .call(deadline, calls, || self.crm.property_kinds(object))
+            .await
+        {
+            Ok(read) => {
+                let kinds = Arc::new(read.kinds);
+                self.kinds
+                    .lock()
+                    .await
+                    .insert(object.to_string(), (now_ms, kinds.clone()));
+                kinds
+            }
+            Err(failure) => {
+                tracing::warn!(
+                    ?failure,
+                    object,
+                    "could not read the CRM's property types; comparing as text"
+                );
+                Arc::new(BTreeMap::new())
+            }
         }
     }
 
@@ -350,6 +393,7 @@ impl ReconcileService {
                 .values()
                 .map(|rule| rule.crm_property.clone())
                 .collect();
+            let kinds = self.kinds(&mapping.crm_object, deadline, calls).await;
             for chunk in group.chunks(self.crm.max_batch().max(1)) {
                 let ids: Vec<String> = chunk.iter().filter_map(|s| s.crm_id.clone()).collect();
                 // What the CRM held at this time: a change after it is newer than the drift.
@@ -387,12 +431,13 @@ impl ReconcileService {
                     let mut drifted = BTreeMap::new();
                     for (field, rule) in &mapping.fields {
                         let in_crm = values.get(&rule.crm_property).cloned().unwrap_or_default();
+                        let kind = kinds.get(&rule.crm_property).copied().unwrap_or_default();
                         match rule.owner {
                             Owner::App => {
                                 let Some(written) = state.written.get(&rule.crm_property) else {
                                     continue;
                                 };
-                                if *written == in_crm {
+                                if values::equivalent(kind, written, &in_crm) {
                                     continue;
                                 }
                                 match rule.on_drift {
@@ -414,10 +459,10 @@ impl ReconcileService {
                                 // A value the app never received counts as empty: a stage set
                                 // in the CRM without a webhook is drift too.
                                 let received = state.received.get(&rule.crm_property);
-                                if crate::domain::inbound::same_value(
-                                    received.map_or("", String::as_str),
-                                    &in_crm,
-                                ) {
+                                let received_value = received.map_or("", String::as_str);
+                                if crate::domain::inbound::same_value(received_value, &in_crm)
+                                    || values::equivalent(kind, received_value, &in_crm)
+                                {
                                     continue;
                                 }
                                 report.crm_drift += 1;

@@ -73,6 +73,7 @@ pub enum Disposition {
 }
 
 /// A call that did not produce a result.
+#[derive(Debug)]
 pub enum CallFailure {
     Throttled { until_ms: i64 },
     Transient(String),
@@ -85,6 +86,12 @@ pub trait Observed {
 }
 
 impl Observed for BatchResult {
+    fn rate(&self) -> &RateInfo {
+        &self.rate
+    }
+}
+
+impl Observed for crate::domain::crm::PropertyKinds {
     fn rate(&self) -> &RateInfo {
         &self.rate
     }

@@ -5,8 +5,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crm_sync::adapters::dynamodb::{DynamoDbRateLimiter, LimiterSettings};
+use crm_sync::adapters::hubspot::client::ApiVersion;
 use crm_sync::adapters::hubspot::HubSpotClient;
-use crm_sync::domain::crm::{CrmError, FailureKind, InputOutcome, ThrottlePolicy, UpsertInput};
+use crm_sync::domain::crm::{
+    AssociationInput, CrmError, FailureKind, InputOutcome, ThrottlePolicy, UpsertInput, ValueKind,
+};
 use crm_sync::ports::{Crm, Permit, RateLimiter};
 use crm_sync_tests::hubspot::now_ms;
 use crm_sync_tests::{spawn_app, TestApp};
@@ -46,7 +49,7 @@ async fn a_batch_upsert_maps_each_result_and_error_back_to_its_input() {
     assert!(
         result
             .call
-            .ends_with("/crm/v3/objects/contacts/batch/upsert -> 207"),
+            .ends_with("/crm/objects/2026-03/contacts/batch/upsert -> 207"),
         "{}",
         result.call
     );
@@ -82,6 +85,175 @@ async fn a_batch_upsert_maps_each_result_and_error_back_to_its_input() {
             crm_id: a.id.to_string(),
             created: false
         }
+    );
+}
+
+#[tokio::test]
+async fn an_email_held_by_a_record_without_our_id_refuses_the_whole_batch_and_alone_is_a_conflict_to_adopt() {
+    let app = spawn_app().await;
+    let hubspot = client(&app, &app.sandbox().token());
+    let existing = app
+        .sandbox()
+        .create(
+            "contacts",
+            [("email".to_string(), "ivy@example.com".to_string())].into(),
+        )
+        .unwrap();
+
+    // HubSpot refuses such a batch as a whole (409), so nothing of it is written.
+    match hubspot
+        .upsert(
+            "contacts",
+            "crm_sync_app_id",
+            &[
+                input("new-1", "new@example.com"),
+                input("ivy-1", "ivy@example.com"),
+            ],
+        )
+        .await
+    {
+        Err(CrmError::Rejected {
+            status: 409, message, ..
+        }) => {
+            assert!(
+                message.contains(&format!("Existing ID: {}", existing.id)),
+                "{message}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(app
+        .sandbox()
+        .find("contacts", "crm_sync_app_id", "new-1")
+        .is_none());
+
+    let alone = hubspot
+        .upsert(
+            "contacts",
+            "crm_sync_app_id",
+            &[input("ivy-1", "ivy@example.com")],
+        )
+        .await
+        .unwrap();
+    match &alone.outcomes[..] {
+        [InputOutcome::Failed(error)] => {
+            assert_eq!(error.kind, FailureKind::Conflict);
+            assert_eq!(error.existing_id, Some(existing.id.to_string()));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_association_the_results_do_not_name_is_failed_not_counted_as_done() {
+    let app = spawn_app().await;
+    let hubspot = client(&app, &app.sandbox().token());
+    let contact = app
+        .sandbox()
+        .create(
+            "contacts",
+            [("email".to_string(), "a@example.com".to_string())].into(),
+        )
+        .unwrap();
+    let deal = app
+        .sandbox()
+        .create("deals", [("dealname".to_string(), "Plan".to_string())].into())
+        .unwrap();
+    let pairs = [
+        AssociationInput {
+            from_id: deal.id.to_string(),
+            to_id: contact.id.to_string(),
+        },
+        AssociationInput {
+            from_id: deal.id.to_string(),
+            to_id: "987654".to_string(),
+        },
+    ];
+
+    let result = hubspot.associate("deals", "contacts", &pairs).await.unwrap();
+
+    assert!(
+        result
+            .call
+            .ends_with("/crm/associations/2026-03/deals/contacts/batch/associate/default -> 200"),
+        "{}",
+        result.call
+    );
+    assert!(
+        matches!(result.outcomes[0], InputOutcome::Done { .. }),
+        "{:?}",
+        result.outcomes
+    );
+    assert!(
+        matches!(&result.outcomes[1], InputOutcome::Failed(_)),
+        "{:?}",
+        result.outcomes
+    );
+    assert_eq!(
+        app.sandbox().associations("deals", deal.id),
+        vec![("contacts".to_string(), contact.id)]
+    );
+}
+
+#[tokio::test]
+async fn the_configured_api_version_is_the_one_called_and_one_hubspot_does_not_serve_is_refused() {
+    let app = spawn_app().await;
+    let on = |version: &str| {
+        client(&app, &app.sandbox().token()).with_api_version(ApiVersion::parse(version).unwrap())
+    };
+
+    let result = on("2026-09")
+        .upsert("contacts", "crm_sync_app_id", &[input("v-1", "v1@example.com")])
+        .await
+        .unwrap();
+    assert!(
+        result.call.contains("/crm/objects/2026-09/contacts/batch/upsert"),
+        "{}",
+        result.call
+    );
+    match on("2030-03")
+        .upsert("contacts", "crm_sync_app_id", &[input("v-2", "v2@example.com")])
+        .await
+    {
+        Err(CrmError::Rejected { status: 404, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ApiVersion::DEFAULT.end_of_support(), (2027, 9));
+    assert!(ApiVersion::parse("2026-04").is_err());
+    assert!(ApiVersion::parse("v3").is_err());
+}
+
+#[tokio::test]
+async fn property_kinds_are_read_from_hubspot_properties_and_dates_read_back_as_iso_text() {
+    let app = spawn_app().await;
+    let hubspot = client(&app, &app.sandbox().token());
+
+    let deals = hubspot.property_kinds("deals").await.unwrap();
+    assert_eq!(deals.kinds.get("closedate"), Some(&ValueKind::DateTime));
+    assert_eq!(deals.kinds.get("amount"), Some(&ValueKind::Number));
+    assert_eq!(deals.kinds.get("dealname"), Some(&ValueKind::Text));
+
+    let written = hubspot
+        .upsert(
+            "deals",
+            "crm_sync_app_id",
+            &[UpsertInput::new(
+                "deal-1",
+                BTreeMap::from([("closedate".to_string(), "1798675200000".to_string())]),
+            )],
+        )
+        .await
+        .unwrap();
+    let InputOutcome::Done { crm_id, .. } = &written.outcomes[0] else {
+        panic!("{written:?}");
+    };
+    let read = hubspot
+        .read("deals", std::slice::from_ref(crm_id), &["closedate".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(
+        read.records[0].as_ref().unwrap()["closedate"],
+        "2026-12-31T00:00:00.000Z"
     );
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests: each drives a local stack over real HTTP against moto.
 
 mod chaos;
+mod contract;
 mod dashboard;
 mod dashboard_browser;
 mod hubspot_adapters;

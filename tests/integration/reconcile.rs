@@ -67,6 +67,47 @@ async fn reconcile(app: &TestApp) -> crm_sync::reconcile::RunReport {
 }
 
 #[tokio::test]
+async fn records_unchanged_since_their_sync_show_no_drift_though_the_crm_reads_dates_and_numbers_back_in_its_own_form(
+) {
+    let app = spawn_app_with(AppOptions::syncing().with_env("RECONCILE_CYCLE_NIGHTS", "1")).await;
+    let at = now_ms();
+    app.send_changes(&[
+        contact("buyer-1", at, json!({"email": "buyer-1@example.com"})),
+        crm_sync_tests::app_changes::deal(
+            "order-1",
+            "buyer-1",
+            at,
+            json!({"name": "Annual plan", "amount": "1200.50", "close_date": "2026-12-31T00:00:00Z"}),
+        ),
+    ])
+    .await;
+    let deal = RecordRef {
+        object: ObjectKind::Deal,
+        record_id: "order-1".into(),
+    };
+    let (state, _) = app.settled(deal, SyncStatus::Synced).await;
+    // What crm-sync wrote and what HubSpot reads back differ in form only.
+    assert_eq!(state.written["closedate"], "1798675200000");
+    assert_eq!(state.written["amount"], "1200.50");
+
+    let report = reconcile(&app).await;
+
+    assert_eq!(report.phase, Phase::Done);
+    assert_eq!(report.checked, 2, "{report:?}");
+    assert_eq!(
+        (report.healed, report.flagged, report.crm_drift),
+        (0, 0, 0),
+        "{report:?}"
+    );
+    let calls = app.sandbox().stats().calls;
+    assert_eq!(
+        calls.get("POST /crm/objects/2026-03/deals/batch/update"),
+        None,
+        "nothing written back: {calls:?}"
+    );
+}
+
+#[tokio::test]
 async fn retryably_failed_changes_are_re_enqueued_and_then_synced_but_refused_ones_are_not() {
     let app = spawn_app_with(AppOptions::syncing().with_env("SYNC_MAX_ATTEMPTS", "1")).await;
     app.sandbox().set_faults(Faults {
@@ -164,7 +205,7 @@ async fn a_run_cut_short_by_its_time_limit_resumes_and_checks_every_record_exact
         .sandbox()
         .stats()
         .calls
-        .get("POST /crm/v3/objects/contacts/batch/read")
+        .get("POST /crm/objects/2026-03/contacts/batch/read")
         .copied()
         .unwrap_or(0);
     let inputs_before = app.sandbox().stats().batch_inputs;
@@ -196,7 +237,7 @@ async fn a_run_cut_short_by_its_time_limit_resumes_and_checks_every_record_exact
         230,
         "each record read exactly once"
     );
-    assert!(stats.calls["POST /crm/v3/objects/contacts/batch/read"] - reads_before >= 6);
+    assert!(stats.calls["POST /crm/objects/2026-03/contacts/batch/read"] - reads_before >= 6);
     assert_eq!(report.healed + report.flagged + report.errors, 0);
 }
 
@@ -220,7 +261,7 @@ async fn the_run_stops_when_the_crm_budget_says_so_and_resumes_later() {
         app.sandbox()
             .stats()
             .calls
-            .get("POST /crm/v3/objects/contacts/batch/read")
+            .get("POST /crm/objects/2026-03/contacts/batch/read")
             .copied()
             .unwrap_or(0)
     };

@@ -297,6 +297,26 @@ async fn an_older_event_never_overrides_a_newer_one_and_a_duplicate_is_processed
 }
 
 #[tokio::test]
+async fn a_generic_object_property_change_from_hubspots_developer_platform_reaches_the_app_inbox() {
+    let app = spawn_app_with(AppOptions::syncing().with_webhooks()).await;
+    let (_, deal_crm) = synced(&app, "order-7", Some("deal-order-7")).await;
+    let mut event = stage_change(deal_crm.unwrap(), 9100, now_ms(), "contractsent");
+    event["subscriptionType"] = json!("object.propertyChange");
+    event["objectTypeId"] = json!("0-3");
+
+    assert_eq!(post_signed(&app, json!([event]).to_string()).await, 200);
+    let messages = eventually(60, "the stage in the app inbox", || async {
+        let messages = app.drain_app_inbox().await;
+        (!messages.is_empty()).then_some(messages)
+    })
+    .await;
+
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0]["record_id"], "deal-order-7");
+    assert_eq!(messages[0]["changes"]["stage"], "contractsent");
+}
+
+#[tokio::test]
 async fn a_crm_record_the_app_does_not_know_is_ignored_with_the_reason() {
     let app = spawn_app_with(AppOptions::syncing().with_webhooks()).await;
     let created = app

@@ -208,7 +208,7 @@ async fn a_burst_of_500_changes_goes_out_in_full_batches_of_100() {
     })
     .await;
     let stats = app.sandbox().stats();
-    let calls = stats.calls["POST /crm/v3/objects/contacts/batch/upsert"];
+    let calls = stats.calls["POST /crm/objects/2026-03/contacts/batch/upsert"];
     // Two concurrent pollers split the backlog into a few batches, each ending in one part-filled
     // call: 500 records fit in 5 full calls, and this allows three part-filled ones.
     assert!(calls <= 8, "500 records took {calls} calls");
@@ -322,7 +322,7 @@ async fn a_partial_failure_syncs_the_rest_and_dead_letters_the_bad_record_with_t
     assert_eq!(letters[0].0["record_id"], "bad-1");
     assert_eq!(letters[0].1["crm_sync_error"], error);
     assert_eq!(
-        app.sandbox().stats().calls["POST /crm/v3/objects/contacts/batch/upsert"],
+        app.sandbox().stats().calls["POST /crm/objects/2026-03/contacts/batch/upsert"],
         1
     );
 }

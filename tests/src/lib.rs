@@ -4,6 +4,7 @@
 pub mod app_changes;
 pub mod browser;
 pub mod chaos;
+pub mod contract;
 pub mod dashboard;
 pub mod fault_proxy;
 pub mod hubspot;

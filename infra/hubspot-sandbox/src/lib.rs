@@ -726,18 +726,83 @@ fn string_map(value: Option<&Value>) -> Result<BTreeMap<String, String>, String>
         .collect()
 }
 
+/// The date-versioned API releases the sandbox serves, besides the legacy v3/v4 paths.
+pub const API_VERSIONS: [&str; 2] = ["2026-03", "2026-09"];
+
 fn serve(state: &mut State, method: &str, segments: &[&str], query: &str, body: &[u8]) -> (u16, Value) {
+    // `/crm/objects/2026-03/…` is `/crm/v3/objects/…` with the same bodies; likewise associations
+    // (v4) and properties (v3).
+    let version_ok = |version: &str| API_VERSIONS.contains(&version);
     match (method, segments) {
         ("POST", ["crm", "v3", "objects", object, "batch", action]) => batch(state, object, action, body),
+        ("POST", ["crm", "objects", version, object, "batch", action]) if version_ok(version) => {
+            batch(state, object, action, body)
+        }
         ("GET", ["crm", "v3", "objects", object, id]) => get_one(state, object, id, query),
+        ("GET", ["crm", "objects", version, object, id]) if version_ok(version) => {
+            get_one(state, object, id, query)
+        }
         ("POST", ["crm", "v4", "associations", from, to, "batch", "associate", "default"]) => {
             associate(state, from, to, body)
         }
+        ("POST", ["crm", "associations", version, from, to, "batch", "associate", "default"])
+            if version_ok(version) =>
+        {
+            associate(state, from, to, body)
+        }
+        ("GET", ["crm", "v3", "properties", object]) => properties(state, object),
+        ("GET", ["crm", "properties", version, object]) if version_ok(version) => properties(state, object),
         _ => (
             404,
             hubspot_error("OBJECT_NOT_FOUND", "The sandbox does not serve this endpoint"),
         ),
     }
+}
+
+/// `GET /crm/properties/{version}/{object}`: each property's name, type and field type.
+fn properties(state: &State, object: &str) -> (u16, Value) {
+    let Some((names, unique)) = state.store.schema(object) else {
+        return (
+            404,
+            hubspot_error(
+                "OBJECT_NOT_FOUND",
+                &format!("Unable to infer object type from: {object}"),
+            ),
+        );
+    };
+    let results: Vec<Value> = names
+        .iter()
+        .map(|name| {
+            let kind = store::property_type(name);
+            let field_type = match kind {
+                "number" => "number",
+                "datetime" | "date" => "date",
+                "enumeration" => "select",
+                "phone_number" => "phonenumber",
+                _ => "text",
+            };
+            json!({
+                "name": name,
+                "label": name,
+                "type": kind,
+                "fieldType": field_type,
+                "groupName": format!("{}information", object.trim_end_matches('s')),
+                "description": "",
+                "options": [],
+                "hasUniqueValue": unique.contains(name),
+                "hidden": false,
+                "formField": true,
+                "calculated": false,
+                "externalOptions": false,
+                "displayOrder": -1,
+                "createdAt": "2026-01-01T00:00:00.000Z",
+                "updatedAt": "2026-01-01T00:00:00.000Z",
+                "archived": false,
+                "modificationMetadata": {"archivable": true, "readOnlyDefinition": false, "readOnlyValue": false},
+            })
+        })
+        .collect();
+    (200, json!({ "results": results }))
 }
 
 fn get_one(state: &State, object: &str, id: &str, query: &str) -> (u16, Value) {
@@ -774,9 +839,7 @@ fn batch_reply(results: Vec<Value>, errors: Vec<Value>, created_status: u16) -> 
 }
 
 fn store_now() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    store::now_rfc3339()
 }
 
 fn batch(state: &mut State, object: &str, action: &str, body: &[u8]) -> (u16, Value) {
@@ -808,10 +871,54 @@ fn batch(state: &mut State, object: &str, action: &str, body: &[u8]) -> (u16, Va
         );
     }
     state.stats.batch_inputs += request.inputs.len() as u64;
+    // Multi-status needs an `objectWriteTraceId` on every input; without one, the first failing
+    // input fails the whole call with its own status (400 for an invalid value).
+    let traced = request
+        .inputs
+        .iter()
+        .all(|input| input.get("objectWriteTraceId").and_then(Value::as_str).is_some());
     let mut results = Vec::new();
     let mut errors = Vec::new();
     match action {
         "upsert" => {
+            // A unique value another record holds (an email) refuses the whole call with 409,
+            // before any input is applied; so does a value two inputs of the batch share.
+            let mut claimed: HashMap<(String, String), String> = HashMap::new();
+            for input in &request.inputs {
+                let id_property = input
+                    .get("idProperty")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let key = input.get("id").and_then(Value::as_str).unwrap_or_default();
+                let Ok(properties) = string_map(input.get("properties")) else {
+                    continue;
+                };
+                if let Some(conflict) = state.store.upsert_conflict(object, id_property, key, &properties) {
+                    return (409, conflict.to_whole_call_json());
+                }
+                for property in &unique {
+                    let value = if property == id_property {
+                        Some(key.to_string())
+                    } else {
+                        properties.get(property).filter(|v| !v.is_empty()).cloned()
+                    };
+                    if let Some(value) = value {
+                        if let Some(other) =
+                            claimed.insert((property.clone(), value.clone()), key.to_string())
+                        {
+                            if other != key || property == id_property {
+                                return (
+                                    400,
+                                    hubspot_error(
+                                        "VALIDATION_ERROR",
+                                        &format!("Duplicate IDs found in batch input: [{value}]. IDs must be unique"),
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
             for input in &request.inputs {
                 let trace = input.get("objectWriteTraceId").and_then(Value::as_str);
                 let id_property = input
@@ -841,6 +948,7 @@ fn batch(state: &mut State, object: &str, action: &str, body: &[u8]) -> (u16, Va
                         }
                         results.push(json);
                     }
+                    Err(failure) if !traced => return (failure.status, failure.to_whole_call_json()),
                     Err(failure) => errors.push(failure.to_json(trace, None)),
                 }
             }
@@ -871,6 +979,7 @@ fn batch(state: &mut State, object: &str, action: &str, body: &[u8]) -> (u16, Va
                         }
                         results.push(json);
                     }
+                    Err(failure) if !traced => return (failure.status, failure.to_whole_call_json()),
                     Err(failure) => errors.push(failure.to_json(trace, None)),
                 }
             }
@@ -905,6 +1014,8 @@ fn batch(state: &mut State, object: &str, action: &str, body: &[u8]) -> (u16, Va
                         "category": "OBJECT_NOT_FOUND",
                         "message": "Could not get some objects, they may be deleted or not exist.",
                         "context": { "ids": [id] },
+                        "errors": [],
+                        "links": {},
                     })),
                 }
             }
@@ -941,17 +1052,49 @@ fn associate(state: &mut State, from: &str, to: &str, body: &[u8]) -> (u16, Valu
         let (from_id, to_id) = (id("from"), id("to"));
         match state.store.associate(from, from_id, to, to_id) {
             Ok(()) => results.push(json!({
-                "fromObjectTypeId": from, "fromObjectId": from_id,
-                "toObjectTypeId": to, "toObjectId": to_id,
-                "labels": [],
+                "from": { "id": from_id.to_string() },
+                "to": { "id": to_id.to_string() },
+                "associationSpec": {
+                    "associationCategory": "HUBSPOT_DEFINED",
+                    "associationTypeId": default_association_type(from, to),
+                },
             })),
-            Err(failure) => {
-                // The context names the pair, so that the caller can map the failure back.
-                let mut error = failure.to_json(None, Some(("fromObjectId", from_id.to_string())));
-                error["context"]["toObjectId"] = json!([to_id.to_string()]);
-                errors.push(error);
-            }
+            Err(failure) => errors.push(json!({
+                "status": "error",
+                "category": failure.category,
+                "message": failure.message,
+                "context": { "ids": [from_id.to_string(), to_id.to_string()] },
+                "errors": [],
+                "links": {},
+            })),
         }
     }
-    batch_reply(results, errors, 200)
+    // The SDK maps only a 200 here (`BatchResponsePublicDefaultAssociation`, which carries
+    // `numErrors` and `errors`): failed pairs are reported in it, not by a 207.
+    let mut body = json!({
+        "status": "COMPLETE",
+        "results": results,
+        "startedAt": store_now(),
+        "completedAt": store_now(),
+    });
+    if !errors.is_empty() {
+        body["numErrors"] = json!(errors.len());
+        body["errors"] = Value::Array(errors);
+    }
+    (200, body)
+}
+
+/// HubSpot's default association type ids (HUBSPOT_DEFINED).
+fn default_association_type(from: &str, to: &str) -> u32 {
+    match (from, to) {
+        ("deals", "contacts") => 3,
+        ("contacts", "deals") => 4,
+        ("contacts", "companies") => 279,
+        ("companies", "contacts") => 280,
+        ("notes", "contacts") => 202,
+        ("contacts", "notes") => 201,
+        ("notes", "deals") => 214,
+        ("deals", "notes") => 213,
+        _ => 1,
+    }
 }

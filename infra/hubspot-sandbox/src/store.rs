@@ -26,12 +26,59 @@ pub struct Record {
     pub archived: bool,
 }
 
+/// HubSpot's type of a property (`GET /crm/properties/{version}/{object}`): what it validates on
+/// write and how it reads back. Properties an admin adds are text.
+pub fn property_type(name: &str) -> &'static str {
+    match name {
+        "amount" => "number",
+        "closedate" | "hs_timestamp" => "datetime",
+        "dealstage" | "pipeline" | "lifecyclestage" => "enumeration",
+        "phone" => "phone_number",
+        _ => "string",
+    }
+}
+
+/// Epoch milliseconds of a datetime as HubSpot takes it: epoch ms, or UTC text (RFC 3339).
+fn datetime_ms(value: &str) -> Option<i64> {
+    if let Ok(ms) = value.parse::<i64>() {
+        return Some(ms);
+    }
+    let at = time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// A stored value as the API reads it back: datetimes as ISO text with milliseconds, whatever
+/// form they were written in (webhooks report the stored epoch milliseconds), numbers in their
+/// shortest form.
+fn api_value(name: &str, value: &str) -> String {
+    if property_type(name) == "number" {
+        // HubSpot keeps numbers as numbers: `1200.50` reads back as `1200.5`.
+        if let Some(number) = value.parse::<f64>().ok().filter(|n| n.is_finite()) {
+            return number.to_string();
+        }
+    }
+    if property_type(name) == "datetime" {
+        if let Some(at) = value
+            .parse::<i128>()
+            .ok()
+            .and_then(|ms| time::OffsetDateTime::from_unix_timestamp_nanos(ms * 1_000_000).ok())
+        {
+            let format = time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+            );
+            return at.format(&format).unwrap_or_else(|_| value.to_string());
+        }
+    }
+    value.to_string()
+}
+
 impl Record {
     pub fn to_json(&self, only: Option<&[String]>) -> Value {
-        let properties: BTreeMap<&String, &String> = self
+        let properties: BTreeMap<&String, String> = self
             .properties
             .iter()
             .filter(|(name, _)| only.is_none_or(|only| only.contains(name)))
+            .map(|(name, value)| (name, api_value(name, value)))
             .collect();
         json!({
             "id": self.id.to_string(),
@@ -67,6 +114,16 @@ impl InputFailure {
         }
     }
 
+    /// The body of a whole call this failure refuses: HubSpot's error body, with a correlation id.
+    pub fn to_whole_call_json(&self) -> Value {
+        let mut body = self.to_json(None, None);
+        body["correlationId"] = json!(format!("{:08x}-sandbox", self.message.len()));
+        if body["context"].as_object().is_some_and(serde_json::Map::is_empty) {
+            body.as_object_mut().map(|b| b.remove("context"));
+        }
+        body
+    }
+
     pub fn to_json(&self, trace: Option<&str>, extra_context: Option<(&str, String)>) -> Value {
         let mut context = serde_json::Map::new();
         if let Some(trace) = trace {
@@ -90,6 +147,7 @@ impl InputFailure {
             "message": self.message,
             "errors": errors,
             "context": context,
+            "links": {},
         })
     }
 }
@@ -177,9 +235,24 @@ fn default_properties(object: &str) -> Option<(&'static [&'static str], &'static
     }
 }
 
-fn now_rfc3339() -> String {
+/// Values as the store keeps them: datetimes as epoch milliseconds.
+fn stored(mut properties: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    for (name, value) in properties.iter_mut() {
+        if property_type(name) == "datetime" && !value.is_empty() {
+            if let Some(ms) = datetime_ms(value) {
+                *value = ms.to_string();
+            }
+        }
+    }
+    properties
+}
+
+/// Now as HubSpot writes times: UTC, to the millisecond.
+pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        ))
         .unwrap_or_default()
 }
 
@@ -275,10 +348,10 @@ impl Store {
                     .parse::<f64>()
                     .is_err()
                     .then(|| ("INVALID_DECIMAL", format!("{value} was not a valid number."))),
-                "closedate" | "hs_timestamp" => value.parse::<i64>().is_err().then(|| {
+                "closedate" | "hs_timestamp" => datetime_ms(value).is_none().then(|| {
                     (
                         "INVALID_DATE",
-                        format!("{value} is not a valid datetime (epoch milliseconds)"),
+                        format!("{value} is not a valid datetime (epoch milliseconds or UTC text)"),
                     )
                 }),
                 "dealstage" => (!DEAL_STAGES.contains(&value.as_str())).then(|| {
@@ -358,6 +431,7 @@ impl Store {
         properties: BTreeMap<String, String>,
     ) -> Result<Record, InputFailure> {
         self.validate(object, &properties)?;
+        let properties = stored(properties);
         if object == "notes" && properties.get("hs_timestamp").is_none_or(|v| v.is_empty()) {
             return Err(InputFailure::validation(
                 "REQUIRED_FIELD",
@@ -399,6 +473,7 @@ impl Store {
         properties: BTreeMap<String, String>,
     ) -> Result<Record, InputFailure> {
         self.validate(object, &properties)?;
+        let properties = stored(properties);
         let Some(current) = self.get(object, id).cloned() else {
             return Err(InputFailure {
                 status: 404,
@@ -456,6 +531,22 @@ impl Store {
             Some(id) => self.update(object, id, properties).map(|record| (record, false)),
             None => self.create(object, properties).map(|record| (record, true)),
         }
+    }
+
+    /// The conflict an upsert by `id_property = key` would meet: another live record holding one
+    /// of its unique values. Checked for a whole batch before any input is applied, because
+    /// HubSpot refuses such a batch as a whole.
+    pub fn upsert_conflict(
+        &self,
+        object: &str,
+        id_property: &str,
+        key: &str,
+        properties: &BTreeMap<String, String>,
+    ) -> Option<InputFailure> {
+        let mut properties = properties.clone();
+        properties.insert(id_property.to_string(), key.to_string());
+        let target = self.find_by(object, id_property, key);
+        self.conflict(object, target, &properties)
     }
 
     pub fn archive(&mut self, object: &str, id: u64) {

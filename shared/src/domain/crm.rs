@@ -100,6 +100,28 @@ pub struct ReadResult {
     pub call: String,
 }
 
+/// How a CRM types a property, as far as comparing values goes: what crm-sync wrote and what the
+/// CRM reads back may differ in form (epoch ms written, ISO text read; `1200` and `1200.0`)
+/// while meaning the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ValueKind {
+    #[default]
+    Text,
+    Number,
+    Bool,
+    /// A calendar day.
+    Date,
+    /// An instant.
+    DateTime,
+}
+
+/// A CRM object's property kinds, by property name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PropertyKinds {
+    pub kinds: BTreeMap<String, ValueKind>,
+    pub rate: RateInfo,
+}
+
 /// Which limit a throttle came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThrottlePolicy {

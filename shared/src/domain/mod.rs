@@ -6,6 +6,7 @@ pub mod crm;
 pub mod inbound;
 pub mod mapping;
 pub mod sync;
+pub mod values;
 pub mod webhook;
 
 pub use clock::{Clock, SystemClock};

@@ -273,7 +273,7 @@ pub struct TimelineEntry {
     pub kind: TimelineKind,
     pub idempotency_id: Option<String>,
     pub detail: String,
-    /// The CRM call that decided it (`POST /crm/v3/objects/contacts/batch/upsert -> 207`).
+    /// The CRM call that decided it (`POST /crm/objects/2026-03/contacts/batch/upsert -> 207`).
     pub call: Option<String>,
 }
 

@@ -53,12 +53,18 @@ pub(crate) async fn crm_client(
 ) -> anyhow::Result<Arc<dyn Crm>> {
     let timeout = Duration::from_secs(timeout_secs);
     Ok(match settings {
-        CrmSettings::HubSpot { api_base, token } => {
+        CrmSettings::HubSpot {
+            api_base,
+            token,
+            api_version,
+        } => {
             let token = not_empty(
                 resolve_secret(aws, token.clone()).await?,
                 "the HubSpot access token (HubSpotAccessToken, HUBSPOT_ACCESS_TOKEN)",
             )?;
-            Arc::new(HubSpotClient::new(api_base, token, timeout)?)
+            let (year, month) = api_version.end_of_support();
+            tracing::info!(%api_version, "HubSpot API version {api_version}, supported by HubSpot until {year}-{month:02}");
+            Arc::new(HubSpotClient::new(api_base, token, timeout)?.with_api_version(*api_version))
         }
         CrmSettings::Pipedrive { api_base, token } => {
             let token = not_empty(

@@ -1,6 +1,7 @@
-//! HubSpot's CRM v3 object API (and v4 associations) as a [`Crm`], over HTTPS with reqwest.
+//! HubSpot's date-versioned CRM API (objects, associations, properties) as a [`Crm`], over HTTPS
+//! with reqwest.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,8 +12,8 @@ use serde_json::{json, Value};
 
 use crate::adapters::crm_http;
 use crate::domain::crm::{
-    AssociationInput, BatchResult, CrmError, FailureKind, InputError, InputOutcome, RateInfo, ReadResult,
-    ThrottlePolicy, UpdateInput, UpsertInput,
+    AssociationInput, BatchResult, CrmError, FailureKind, InputError, InputOutcome, PropertyKinds, RateInfo,
+    ReadResult, ThrottlePolicy, UpdateInput, UpsertInput, ValueKind,
 };
 use crate::ports::Crm;
 
@@ -25,25 +26,50 @@ pub struct HubSpotClient {
     http: reqwest::Client,
     base_url: String,
     token: SecretString,
+    version: ApiVersion,
 }
 
 impl HubSpotClient {
+    /// A client on the default API version ([`ApiVersion::DEFAULT`]).
     pub fn new(base_url: &str, token: SecretString, timeout: Duration) -> anyhow::Result<Self> {
         let http = crm_http::client(timeout)?;
         Ok(Self {
             http,
             base_url: base_url.trim_end_matches('/').to_string(),
             token,
+            version: ApiVersion::DEFAULT,
         })
     }
 
+    /// The same client on another API version.
+    pub fn with_api_version(mut self, version: ApiVersion) -> Self {
+        self.version = version;
+        self
+    }
+
+    fn objects_path(&self, object: &str, action: &str) -> String {
+        format!("/crm/objects/{}/{object}/batch/{action}", self.version)
+    }
+
     async fn post(&self, path: &str, body: Value) -> Result<(StatusCode, RateInfo, Value, String), CrmError> {
-        let call = format!("POST {path}");
-        let response = self
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, RateInfo, Value, String), CrmError> {
+        let call = format!("{method} {path}");
+        let mut request = self
             .http
-            .post(format!("{}{path}", self.base_url))
-            .bearer_auth(self.token.expose_secret())
-            .json(&body)
+            .request(method, format!("{}{path}", self.base_url))
+            .bearer_auth(self.token.expose_secret());
+        if let Some(body) = &body {
+            request = request.json(body);
+        }
+        let response = request
             .send()
             .await
             .map_err(|error| crm_http::unreached(&call, "HubSpot", error))?;
@@ -141,6 +167,97 @@ impl HubSpotClient {
     }
 }
 
+/// A HubSpot API version: the date-versioned API (`2026-03`), one release each March and
+/// September, each supported for 18 months.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiVersion {
+    year: u16,
+    month: u8,
+}
+
+impl ApiVersion {
+    /// The version crm-sync is built and tested against.
+    pub const DEFAULT: ApiVersion = ApiVersion { year: 2026, month: 3 };
+
+    /// Reads `YYYY-03` or `YYYY-09`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let invalid =
+            || format!("`{text}` is not a HubSpot API version: expected YYYY-03 or YYYY-09, e.g. 2026-03");
+        let (year, month) = text.trim().split_once('-').ok_or_else(invalid)?;
+        let year: u16 = year.parse().map_err(|_| invalid())?;
+        let month: u8 = month.parse().map_err(|_| invalid())?;
+        if !(2026..=2099).contains(&year) || !(month == 3 || month == 9) || text.trim().len() != 7 {
+            return Err(invalid());
+        }
+        Ok(Self { year, month })
+    }
+
+    /// The first month HubSpot no longer supports this version (`(year, month)`): 18 months on.
+    pub fn end_of_support(self) -> (u16, u8) {
+        let months = u32::from(self.year) * 12 + u32::from(self.month) - 1 + 18;
+        ((months / 12) as u16, (months % 12 + 1) as u8)
+    }
+}
+
+impl std::fmt::Display for ApiVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04}-{:02}", self.year, self.month)
+    }
+}
+
+/// HubSpot answers a batch whose input collides with an existing record's unique value (an
+/// email) with a 409 for the whole call. For a call of one input that is that input's conflict,
+/// with the existing record's id, so that it can be adopted; a larger call is halved by the sync
+/// until it is one.
+fn conflict_of_one(error: CrmError, inputs: usize) -> Result<BatchResult, CrmError> {
+    match error {
+        CrmError::Rejected {
+            call,
+            status: 409,
+            message,
+        } if inputs == 1 => {
+            let existing_id = existing_id(&message);
+            match existing_id {
+                Some(existing_id) => Ok(BatchResult {
+                    outcomes: vec![InputOutcome::Failed(InputError {
+                        kind: FailureKind::Conflict,
+                        code: "CONFLICT".to_string(),
+                        message,
+                        existing_id: Some(existing_id),
+                    })],
+                    rate: RateInfo::default(),
+                    call,
+                }),
+                None => Err(CrmError::Rejected {
+                    call,
+                    status: 409,
+                    message,
+                }),
+            }
+        }
+        other => Err(other),
+    }
+}
+
+fn existing_id(message: &str) -> Option<String> {
+    message
+        .split("Existing ID: ")
+        .nth(1)
+        .map(|rest| rest.chars().take_while(char::is_ascii_digit).collect::<String>())
+        .filter(|id| !id.is_empty())
+}
+
+/// A property value as text, whatever JSON type HubSpot used for it.
+fn scalar_text(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        Value::Null => String::new(),
+        Value::Number(number) => number.to_string(),
+        Value::Bool(flag) => flag.to_string(),
+        other => other.to_string(),
+    }
+}
+
 fn header_number<T: std::str::FromStr>(headers: &HeaderMap, name: &str) -> Option<T> {
     headers.get(name)?.to_str().ok()?.trim().parse().ok()
 }
@@ -190,14 +307,7 @@ fn input_error(error: &Value) -> InputError {
         })
         .unwrap_or(400);
     let (kind, existing_id) = match category {
-        "CONFLICT" => (
-            FailureKind::Conflict,
-            message
-                .split("Existing ID: ")
-                .nth(1)
-                .map(|rest| rest.chars().take_while(char::is_ascii_digit).collect::<String>())
-                .filter(|id| !id.is_empty()),
-        ),
+        "CONFLICT" => (FailureKind::Conflict, existing_id(&message)),
         "RATE_LIMITS" => (FailureKind::Transient, None),
         _ if status >= 500 || status == 423 => (FailureKind::Transient, None),
         _ => (FailureKind::Permanent, None),
@@ -238,9 +348,11 @@ impl Crm for HubSpotClient {
                 "objectWriteTraceId": index.to_string(),
             })).collect::<Vec<_>>()
         });
-        let (_, rate, json, call) = self
-            .post(&format!("/crm/v3/objects/{object}/batch/upsert"), body)
-            .await?;
+        let path = self.objects_path(object, "upsert");
+        let (_, rate, json, call) = match self.post(&path, body).await {
+            Ok(answer) => answer,
+            Err(error) => return conflict_of_one(error, inputs.len()),
+        };
         let positions: HashMap<&str, usize> = inputs
             .iter()
             .enumerate()
@@ -263,9 +375,11 @@ impl Crm for HubSpotClient {
                 "objectWriteTraceId": index.to_string(),
             })).collect::<Vec<_>>()
         });
-        let (_, rate, json, call) = self
-            .post(&format!("/crm/v3/objects/{object}/batch/update"), body)
-            .await?;
+        let path = self.objects_path(object, "update");
+        let (_, rate, json, call) = match self.post(&path, body).await {
+            Ok(answer) => answer,
+            Err(error) => return conflict_of_one(error, inputs.len()),
+        };
         let positions: HashMap<&str, usize> = inputs
             .iter()
             .enumerate()
@@ -279,9 +393,7 @@ impl Crm for HubSpotClient {
 
     async fn archive(&self, object: &str, crm_ids: &[String]) -> Result<BatchResult, CrmError> {
         let body = json!({ "inputs": crm_ids.iter().map(|id| json!({ "id": id })).collect::<Vec<_>>() });
-        let (_, rate, _, call) = self
-            .post(&format!("/crm/v3/objects/{object}/batch/archive"), body)
-            .await?;
+        let (_, rate, _, call) = self.post(&self.objects_path(object, "archive"), body).await?;
         // 204: archive is all or nothing, and archiving an archived record is not an error.
         let outcomes = crm_ids
             .iter()
@@ -303,10 +415,8 @@ impl Crm for HubSpotClient {
             "inputs": crm_ids.iter().map(|id| json!({ "id": id })).collect::<Vec<_>>(),
             "properties": properties,
         });
-        let (_, rate, json, call) = self
-            .post(&format!("/crm/v3/objects/{object}/batch/read"), body)
-            .await?;
-        let mut found: HashMap<String, std::collections::BTreeMap<String, String>> = HashMap::new();
+        let (_, rate, json, call) = self.post(&self.objects_path(object, "read"), body).await?;
+        let mut found: HashMap<String, BTreeMap<String, String>> = HashMap::new();
         for result in json
             .get("results")
             .and_then(Value::as_array)
@@ -321,12 +431,7 @@ impl Crm for HubSpotClient {
                 .and_then(Value::as_object)
                 .map(|map| {
                     map.iter()
-                        .map(|(name, value)| {
-                            (
-                                name.clone(),
-                                value.as_str().map(str::to_string).unwrap_or_default(),
-                            )
-                        })
+                        .map(|(name, value)| (name.clone(), scalar_text(value)))
                         .collect()
                 })
                 .unwrap_or_default();
@@ -348,37 +453,89 @@ impl Crm for HubSpotClient {
                 "to": { "id": pair.to_id },
             })).collect::<Vec<_>>()
         });
-        let (_, rate, json, call) = self
-            .post(
-                &format!("/crm/v4/associations/{from}/{to}/batch/associate/default"),
-                body,
-            )
-            .await?;
-        let positions: HashMap<(String, String), usize> = pairs
-            .iter()
-            .enumerate()
-            .map(|(index, pair)| ((pair.from_id.clone(), pair.to_id.clone()), index))
-            .collect();
-        let mut outcomes: Vec<InputOutcome> = pairs
-            .iter()
-            .map(|pair| InputOutcome::Done {
-                crm_id: pair.from_id.clone(),
-                created: false,
+        let path = format!(
+            "/crm/associations/{}/{from}/{to}/batch/associate/default",
+            self.version
+        );
+        let (_, rate, json, call) = self.post(&path, body).await?;
+        Ok(BatchResult {
+            outcomes: association_outcomes(&json, pairs),
+            rate,
+            call,
+        })
+    }
+
+    async fn property_kinds(&self, object: &str) -> Result<PropertyKinds, CrmError> {
+        let path = format!("/crm/properties/{}/{object}", self.version);
+        let (_, rate, json, _) = self.send(reqwest::Method::GET, &path, None).await?;
+        let kinds = json
+            .get("results")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|property| {
+                let name = property.get("name")?.as_str()?;
+                let kind = match property.get("type")?.as_str()? {
+                    "number" => ValueKind::Number,
+                    "bool" => ValueKind::Bool,
+                    "date" => ValueKind::Date,
+                    "datetime" => ValueKind::DateTime,
+                    _ => ValueKind::Text,
+                };
+                Some((name.to_string(), kind))
             })
             .collect();
-        // Only failures need mapping back: a 200 associates every pair.
-        for error in json.get("errors").and_then(Value::as_array).into_iter().flatten() {
-            let from = error.pointer("/context/fromObjectId/0").and_then(Value::as_str);
-            let to = error.pointer("/context/toObjectId/0").and_then(Value::as_str);
-            let index = from
-                .zip(to)
-                .and_then(|(from, to)| positions.get(&(from.to_string(), to.to_string())));
-            if let Some(&index) = index {
-                outcomes[index] = InputOutcome::Failed(input_error(error));
-            }
-        }
-        Ok(BatchResult { outcomes, rate, call })
+        Ok(PropertyKinds { kinds, rate })
     }
+}
+
+/// An association is done when HubSpot's results name its pair (`from.id`, `to.id`): the error
+/// objects of a failed one carry no documented key to map them back by, so every pair the results
+/// leave out failed, with the errors' messages as the reason.
+fn association_outcomes(json: &Value, pairs: &[AssociationInput]) -> Vec<InputOutcome> {
+    let id = |value: Option<&Value>| value.map(scalar_text).unwrap_or_default();
+    let done: std::collections::HashSet<(String, String)> = json
+        .get("results")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|result| (id(result.pointer("/from/id")), id(result.pointer("/to/id"))))
+        .collect();
+    let errors: Vec<&Value> = json
+        .get("errors")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .collect();
+    pairs
+        .iter()
+        .map(|pair| {
+            if done.contains(&(pair.from_id.clone(), pair.to_id.clone())) {
+                return InputOutcome::Done {
+                    crm_id: pair.from_id.clone(),
+                    created: false,
+                };
+            }
+            // The error that names either id, else the first.
+            let error = errors
+                .iter()
+                .find(|error| {
+                    let text = error.to_string();
+                    text.contains(&format!("\"{}\"", pair.from_id))
+                        || text.contains(&format!("\"{}\"", pair.to_id))
+                })
+                .or(errors.first());
+            InputOutcome::Failed(match error {
+                Some(error) => input_error(error),
+                None => InputError {
+                    kind: FailureKind::Transient,
+                    code: "NOT_REPORTED".to_string(),
+                    message: "HubSpot's response did not report this association".to_string(),
+                    existing_id: None,
+                },
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -148,17 +148,23 @@ impl CrmEvents for HubSpotEvents {
     }
 }
 
-/// Reads a stored HubSpot event as a change of a contact or a deal.
+/// Reads a stored HubSpot event as a change of a contact or a deal: `contact.propertyChange`
+/// and, from HubSpot's generic subscriptions, `object.propertyChange` with `objectTypeId` `0-1`.
 pub fn interpret(message: &InboundMessage) -> Interpretation {
     let subject = match event_subject(message, |prefix| match prefix {
         "contact" => Some(ObjectKind::Contact),
         "deal" => Some(ObjectKind::Deal),
+        "object" => match message.object_type.as_deref() {
+            Some("0-1") => Some(ObjectKind::Contact),
+            Some("0-3") => Some(ObjectKind::Deal),
+            _ => None,
+        },
         _ => None,
     }) {
         Ok(subject) => subject,
         Err(ignored) => return ignored,
     };
-    let (prefix, action) = (subject.prefix, subject.action);
+    let action = subject.action;
     let event = &message.event;
     let source = event
         .get("changeSource")
@@ -180,7 +186,12 @@ pub fn interpret(message: &InboundMessage) -> Interpretation {
             }
         }
         "creation" => None,
-        other => return Interpretation::Ignore(format!("{prefix}.{other} events are not synced")),
+        other => {
+            return Interpretation::Ignore(format!(
+                "{}.{other} events are not synced",
+                subject.object.as_str()
+            ))
+        }
     };
     Interpretation::Change(CrmChange {
         object: subject.object,
@@ -542,6 +553,41 @@ mod tests {
             interpret(&inbound("contact.deletion", serde_json::json!({}))),
             Interpretation::Ignore("contact.deletion events are not synced".into())
         );
+    }
+
+    #[test]
+    fn a_generic_object_event_is_read_as_the_change_of_the_type_its_object_type_id_names() {
+        let event = |type_id: &str| InboundMessage {
+            kind: "object.propertyChange".into(),
+            object_type: Some(type_id.into()),
+            ..inbound(
+                "object.propertyChange",
+                serde_json::json!({"objectTypeId": type_id, "propertyName": "dealstage", "propertyValue": "closedwon", "changeSource": "CRM_UI"}),
+            )
+        };
+        match interpret(&event("0-3")) {
+            Interpretation::Change(change) => {
+                assert_eq!(change.object, ObjectKind::Deal);
+                assert_eq!(change.crm_id, "7");
+                assert_eq!(
+                    change.properties,
+                    Some([("dealstage".to_string(), "closedwon".to_string())].into())
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(interpret(&event("0-1")), Interpretation::Change(c) if c.object == ObjectKind::Contact)
+        );
+        let creation = InboundMessage {
+            kind: "object.creation".into(),
+            ..event("0-1")
+        };
+        assert!(
+            matches!(interpret(&creation), Interpretation::Change(c) if c.created && c.properties.is_none())
+        );
+        assert!(matches!(interpret(&event("0-2")), Interpretation::Ignore(_)));
+        assert!(matches!(interpret(&event("2-123")), Interpretation::Ignore(_)));
     }
 
     #[test]
