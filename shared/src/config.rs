@@ -123,14 +123,16 @@ impl CrmSettings {
         let hubspot = crate::adapters::dynamodb::LimiterSettings::default();
         match self {
             CrmSettings::HubSpot { .. } => hubspot,
-            // The lowest plan's token window (20 requests per 2 s); the daily budget is the
-            // company's and is adopted from `x-daily-requests-left` as calls report it.
+            // The lowest plan's token window (20 requests per 2 s). The daily budget is the
+            // company's, in tokens (30,000 x plan multiplier x seats), shared with every other
+            // app; it is adopted from `x-daily-ratelimit-token-remaining` as calls report it.
             CrmSettings::Pipedrive { .. } => crate::adapters::dynamodb::LimiterSettings {
                 burst_limit: 20,
                 burst_window_ms: 2_000,
-                daily_limit: 10_000,
-                daily_reserve: 500,
+                daily_limit: 30_000,
+                daily_reserve: 1_500,
                 requests_per_call: 2,
+                daily_cost_per_call: crate::adapters::pipedrive::client::token_cost::PER_CALL,
                 // The window is short (2 s), so HubSpot's 2% margin would be 40 ms: less than a
                 // slow first connection between a search and its write. 10% is 200 ms.
                 headroom: 0.9,
@@ -520,6 +522,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 )?,
                 max_ahead_ms: limiter_defaults.max_ahead_ms,
                 requests_per_call: limiter_defaults.requests_per_call,
+                daily_cost_per_call: limiter_defaults.daily_cost_per_call,
             },
             sync: crate::sync::SyncSettings {
                 max_attempts,

@@ -555,6 +555,9 @@ impl SyncService {
                     .as_ref()
                     .and_then(|contact| parents.get(contact))
                     .cloned(),
+                // A retry, or a claim whose earlier holder wrote and never settled.
+                may_exist: w.queued.attempts > 0 || !w.prior.claimed_writes.is_empty(),
+                written_before: w.prior.written.clone(),
             })
             .collect();
         let mut outcomes = Vec::with_capacity(inputs.len());

@@ -28,3 +28,41 @@ async fn hubspots_official_python_client_reads_every_answer_the_hubspot_sandbox_
         run.output
     );
 }
+
+#[tokio::test]
+async fn pipedrives_official_node_client_reads_every_answer_and_takes_every_request_crm_sync_makes() {
+    let suites = contract::node_suites().expect("the Node clients install");
+    const TOKEN: &str = "contract-token";
+    let sandbox =
+        pipedrive_sandbox::Sandbox::start("127.0.0.1:0", TOKEN, pipedrive_sandbox::Limits::default())
+            .await
+            .expect("the sandbox starts");
+    // crm-sync itself, syncing to the sandbox: the suite sends app changes and checks what
+    // crm-sync wrote against the official request models.
+    let app = crm_sync_tests::spawn_app_with(
+        crm_sync_tests::AppOptions::syncing()
+            .with_env("CRM", "pipedrive")
+            .with_env("PIPEDRIVE_API_BASE", &sandbox.url())
+            .with_env("PIPEDRIVE_API_TOKEN", TOKEN),
+    )
+    .await;
+    let root = sandbox.url().trim_end_matches("/api/v2").to_string();
+
+    let run = contract::run(
+        std::path::Path::new("node"),
+        "pipedrive_contract.mjs",
+        &[
+            ("PIPEDRIVE_BASE_URL", root),
+            ("PIPEDRIVE_TOKEN", TOKEN.to_string()),
+            (
+                "CRM_SYNC_OUTBOUND_QUEUE_URL",
+                app.stack.resources.queue("OutboundQueue").url.clone(),
+            ),
+        ],
+    )
+    .await;
+    let _ = suites;
+
+    assert!(run.passed, "{}\n\n{}", run.failures(), run.output);
+    assert!(!run.output.contains("SKIP"), "every check ran:\n{}", run.output);
+}

@@ -461,6 +461,51 @@ async fn the_limiter_keeps_the_daily_reserve_and_honours_a_daily_429() {
 }
 
 #[tokio::test]
+async fn a_token_budget_is_spent_by_each_calls_cost_and_corrected_by_the_crms_own_count() {
+    let app = spawn_app().await;
+    // Pipedrive's: a day of 100 tokens, 20 kept back, 25 a granted call.
+    let settings = LimiterSettings {
+        daily_limit: 100,
+        daily_reserve: 20,
+        daily_cost_per_call: 25,
+        burst_limit: 1000,
+        ..LimiterSettings::default()
+    };
+    let limiter = limiter(&app, settings);
+    let now = now_ms();
+    let mut granted = 0;
+    for i in 0..5 {
+        if let Permit::Granted { .. } = limiter.acquire(now + i * 100).await.unwrap() {
+            granted += 1;
+        }
+    }
+    assert_eq!(
+        granted, 3,
+        "100, 75, 50 left before each grant; 25 would dip into the 20 kept back"
+    );
+
+    // Pipedrive says more is left (another app's spend came back, or our estimate was high).
+    limiter
+        .observe(
+            &crm_sync::domain::crm::RateInfo {
+                daily_remaining: Some(60),
+                ..Default::default()
+            },
+            now + 1_000,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        limiter.acquire(now + 1_100).await.unwrap(),
+        Permit::Granted { .. }
+    ));
+    assert!(
+        matches!(limiter.acquire(now + 1_200).await.unwrap(), Permit::Denied { .. }),
+        "35 left, 20 kept back"
+    );
+}
+
+#[tokio::test]
 async fn the_low_priority_lane_only_takes_slots_live_work_leaves_idle() {
     let app = spawn_app().await;
     let settings = LimiterSettings {

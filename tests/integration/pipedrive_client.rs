@@ -18,6 +18,8 @@ async fn sandbox(limits: Limits) -> (Sandbox, PipedriveClient) {
     let sandbox = Sandbox::start("127.0.0.1:0", TOKEN, limits)
         .await
         .expect("the sandbox starts");
+    sandbox.add_custom_field("persons", APP_ID_FIELD, "varchar");
+    sandbox.add_custom_field("deals", APP_ID_FIELD, "varchar");
     let client = PipedriveClient::new(&sandbox.url(), SecretString::from(TOKEN), Duration::from_secs(5))
         .expect("a client");
     (sandbox, client)
@@ -51,7 +53,8 @@ async fn an_upsert_creates_a_person_once_and_then_updates_it_by_the_apps_id() {
         .expect("created");
     let (id, created) = done(&first.outcomes[0]);
     assert!(created);
-    assert_eq!(first.rate.daily_remaining, Some(10_000 - 2));
+    // A search (20 tokens) and a create (5).
+    assert_eq!(first.rate.daily_remaining, Some(30_000 - 25));
 
     let second = client
         .upsert("persons", APP_ID_FIELD, &[input("app-1", "ada@lovelace.example")])
@@ -138,14 +141,14 @@ async fn a_full_burst_window_is_a_burst_throttle_with_the_reset_as_retry_after()
 #[tokio::test]
 async fn a_spent_daily_budget_is_a_daily_throttle() {
     let (_sandbox, client) = sandbox(Limits {
-        daily_left: 1,
+        daily_tokens: 19,
         ..Limits::default()
     })
     .await;
     let error = client
         .upsert("persons", APP_ID_FIELD, &[input("app-5", "c@example.com")])
         .await
-        .expect_err("the search spends the last request of the day");
+        .expect_err("a search costs 20 tokens, more than the day has left");
     assert!(
         matches!(
             error,
@@ -371,4 +374,159 @@ async fn a_note_whose_creation_answer_was_lost_is_found_by_its_marker_and_not_wr
         notes[0]["content"], "Call, rescheduled\n[crm-sync:act-1]",
         "and brought up to date"
     );
+}
+
+#[tokio::test]
+async fn a_persons_name_parts_are_written_as_its_name_and_a_deals_amount_as_a_number() {
+    let (sandbox, client) = sandbox(Limits::default()).await;
+    let parts = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let created = client
+        .upsert(
+            "persons",
+            APP_ID_FIELD,
+            &[UpsertInput::new(
+                "app-20",
+                parts(&[
+                    ("first_name", "Grace"),
+                    ("last_name", "Hopper"),
+                    ("email", "g@example.com"),
+                ]),
+            )],
+        )
+        .await
+        .unwrap();
+    let (id, _) = done(&created.outcomes[0]);
+    assert_eq!(sandbox.records("persons")[0]["name"], "Grace Hopper");
+
+    // Only the first name changes: the last comes from Pipedrive.
+    let renamed = client
+        .upsert(
+            "persons",
+            APP_ID_FIELD,
+            &[UpsertInput {
+                crm_id: Some(id.clone()),
+                ..UpsertInput::new("app-20", parts(&[("first_name", "Amazing Grace")]))
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(done(&renamed.outcomes[0]), (id, false));
+    let person = &sandbox.records("persons")[0];
+    assert_eq!(person["name"], "Amazing Grace Hopper");
+    assert_eq!(sandbox.stats().invalid, 0, "every request fit the v2 models");
+
+    let deal = client
+        .upsert(
+            "deals",
+            APP_ID_FIELD,
+            &[UpsertInput::new(
+                "deal-20",
+                parts(&[("title", "Pilot"), ("value", "1200")]),
+            )],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(deal.outcomes[0], InputOutcome::Done { .. }), "{deal:?}");
+    assert_eq!(sandbox.records("deals")[0]["value"], serde_json::json!(1200));
+    let refused = client
+        .upsert(
+            "deals",
+            APP_ID_FIELD,
+            &[UpsertInput::new(
+                "deal-21",
+                parts(&[("title", "Pilot"), ("value", "lots")]),
+            )],
+        )
+        .await;
+    match refused {
+        Err(CrmError::Rejected {
+            status: 400, message, ..
+        }) => assert!(message.contains("value"), "{message}"),
+        other => panic!("text in a number field is Pipedrive's 400: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_person_whose_creation_answer_was_lost_is_found_past_the_lagging_search_not_created_twice() {
+    let (sandbox, _) = sandbox(Limits {
+        search_lag: Duration::from_secs(120),
+        ..Limits::default()
+    })
+    .await;
+    let client = PipedriveClient::new(
+        &sandbox.url(),
+        SecretString::from(TOKEN),
+        Duration::from_millis(300),
+    )
+    .expect("a client");
+    // The person fields are read once, before the faults.
+    client
+        .upsert("persons", APP_ID_FIELD, &[input("app-30", "first@example.com")])
+        .await
+        .unwrap();
+
+    // The search is answered; Pipedrive then creates the person, and that answer never arrives in
+    // time (the dice's first two rolls with this seed).
+    sandbox.set_faults(
+        pipedrive_sandbox::Faults {
+            timeout_rate: 0.5,
+            timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
+        3,
+    );
+    let lost = client
+        .upsert("persons", APP_ID_FIELD, &[input("app-31", "lost@example.com")])
+        .await;
+    assert!(lost.is_err(), "{lost:?}");
+    sandbox.set_faults(pipedrive_sandbox::Faults::default(), 1);
+    assert_eq!(sandbox.records("persons").len(), 2, "the create happened");
+
+    // The same instance retries: the search cannot see the person yet, the newest persons can.
+    let retry = client
+        .upsert("persons", APP_ID_FIELD, &[input("app-31", "retry@example.com")])
+        .await
+        .unwrap();
+    assert!(
+        matches!(retry.outcomes[0], InputOutcome::Done { created: false, .. }),
+        "{retry:?}"
+    );
+    // Another instance, told that an earlier attempt may have written it, finds it the same way.
+    let other =
+        PipedriveClient::new(&sandbox.url(), SecretString::from(TOKEN), Duration::from_secs(5)).unwrap();
+    let hinted = other
+        .upsert(
+            "persons",
+            APP_ID_FIELD,
+            &[UpsertInput {
+                may_exist: true,
+                ..input("app-31", "hinted@example.com")
+            }],
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(hinted.outcomes[0], InputOutcome::Done { created: false, .. }),
+        "{hinted:?}"
+    );
+    let persons = sandbox.records("persons");
+    assert_eq!(persons.len(), 2, "not created twice: {persons:?}");
+    assert!(persons
+        .iter()
+        .any(|p| p["emails"][0]["value"] == "hinted@example.com"));
+
+    // Without the hint the lagging search would have missed it: the hazard is real.
+    let unhinted = other
+        .upsert("persons", APP_ID_FIELD, &[input("app-31", "dup@example.com")])
+        .await
+        .unwrap();
+    assert!(matches!(
+        unhinted.outcomes[0],
+        InputOutcome::Done { created: true, .. }
+    ));
 }

@@ -173,6 +173,14 @@ async fn synced(sandbox: &Sandbox, app: &TestApp, contact_id: &str, deal_id: &st
         )
         .await;
     settle_webhooks(sandbox, app).await;
+    // The deal's creation tells the app the pipeline and stage Pipedrive gave it.
+    let first = app.drain_app_inbox().await;
+    assert!(
+        first
+            .iter()
+            .all(|m| m["object"] == "deal" && m["changes"]["stage"].is_string()),
+        "{first:?}"
+    );
     let numeric = |id: String| id.parse::<u64>().expect("a numeric Pipedrive id");
     (numeric(person), numeric(deal))
 }
@@ -190,8 +198,13 @@ async fn pipedrive_echoes_of_crm_syncs_own_writes_are_recognised_and_dropped() {
     assert!(events.len() >= 2, "creations of both records: {events:?}");
     for (_, status, detail, event) in &events {
         assert_eq!(event["meta"]["change_source"], "api");
+        // The deal's creation carries the pipeline and stage Pipedrive chose, which the CRM
+        // owns and crm-sync never wrote: news for the app, not an echo. Nothing else is.
+        let crm_defaults = event["meta"]["action"] == "create"
+            && event["meta"]["entity"] == "deal"
+            && detail == "delivered to the app: pipeline, stage";
         assert!(
-            status == "echo" || status == "ignored",
+            status == "echo" || status == "ignored" || crm_defaults,
             "{status}: {detail}: {event}"
         );
     }
@@ -220,6 +233,30 @@ async fn a_pipedrive_user_moving_a_deal_stage_reaches_the_app_inbox() {
     assert_eq!(messages[0]["changes"], json!({"stage": "4"}));
     assert_eq!(messages[0]["source"], "app");
     assert_eq!(messages[0]["crm_id"], deal.to_string());
+}
+
+#[tokio::test]
+async fn a_stage_move_reaches_the_app_when_pipedrive_dates_its_webhook_in_epoch_seconds() {
+    let (sandbox, app) = pipedrive_loop().await;
+    let (_, deal) = synced(&sandbox, &app, "pd-rep-3", "pd-deal-rep-3").await;
+    sandbox.set_epoch_timestamps(true);
+
+    sandbox.edit("deals", deal, json!({"stage_id": 5}));
+
+    let messages = eventually(60, "the app inbox message", || async {
+        let messages = app.drain_app_inbox().await;
+        (!messages.is_empty()).then_some(messages)
+    })
+    .await;
+    assert_eq!(messages[0]["record_id"], "pd-deal-rep-3");
+    assert_eq!(messages[0]["changes"], json!({"stage": "5"}));
+    let events = app.webhook_events().await;
+    assert!(
+        events
+            .iter()
+            .any(|(_, _, _, event)| event["meta"]["timestamp"].is_number()),
+        "the webhook carried an epoch number: {events:?}"
+    );
 }
 
 #[tokio::test]

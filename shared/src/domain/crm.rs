@@ -15,6 +15,14 @@ pub struct UpsertInput {
     /// The CRM id of the contact a deal or activity belongs to, when it is known before the
     /// write: a CRM that must create such a record attached (Pipedrive notes) uses it.
     pub parent_crm_id: Option<String>,
+    /// An earlier attempt of this change may have created the record without crm-sync learning
+    /// its id (a lost answer, a crash): a CRM whose lookup by the app's id lags behind its writes
+    /// (Pipedrive's search) looks harder before creating.
+    pub may_exist: bool,
+    /// What crm-sync last wrote to this record, by CRM property: a CRM that writes several app
+    /// fields as one (Pipedrive's `name`, of a first and a last name) completes a change to one
+    /// of them from it.
+    pub written_before: BTreeMap<String, String>,
 }
 
 impl UpsertInput {
@@ -25,6 +33,8 @@ impl UpsertInput {
             properties,
             crm_id: None,
             parent_crm_id: None,
+            may_exist: false,
+            written_before: BTreeMap::new(),
         }
     }
 }

@@ -6,8 +6,8 @@
 //! A grant when `tat` is in the past is "now"; otherwise it is the reserved slot at `tat`, at
 //! most `max_ahead_ms` ahead, and the caller waits for it. Either is one conditional write.
 //!
-//! Daily: `day_left` counts down with each grant and is reset from the CRM's own
-//! `Daily-Remaining` header; below the reserve, or after a DAILY 429 (`paused_until`), every
+//! Daily: `day_left` counts down with each grant (by its cost: calls, or Pipedrive's tokens) and
+//! is reset from the CRM's own daily-remaining header; below the reserve, or after a DAILY 429 (`paused_until`), every
 //! instance is refused until the CRM's day turns.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -42,6 +42,10 @@ pub struct LimiterSettings {
     /// CRM requests one granted call may make: 1 for a bulk API; 2 for Pipedrive, whose upsert
     /// is a search and then a write.
     pub requests_per_call: u32,
+    /// What one granted call takes from the daily budget: 1 where the budget counts calls;
+    /// Pipedrive's counts tokens, and an upsert (a search and a create) costs 25. The CRM's own
+    /// remaining count, read from each answer, corrects the estimate.
+    pub daily_cost_per_call: u32,
 }
 
 impl Default for LimiterSettings {
@@ -55,6 +59,7 @@ impl Default for LimiterSettings {
             day_offset_minutes: 0,
             max_ahead_ms: 2_000,
             requests_per_call: 1,
+            daily_cost_per_call: 1,
         }
     }
 }
@@ -115,6 +120,11 @@ enum Attempt {
 }
 
 impl DynamoDbRateLimiter {
+    /// The least `day_left` a grant may start from: the reserve and the grant's own cost.
+    fn daily_floor(&self) -> u64 {
+        self.settings.daily_reserve + u64::from(self.settings.daily_cost_per_call.max(1))
+    }
+
     /// `key` names the CRM account (`hubspot`).
     pub fn new(
         client: Client,
@@ -147,23 +157,21 @@ impl DynamoDbRateLimiter {
             .expression_attribute_names("#day", "day")
             .expression_attribute_values(":now", n(now_ms))
             .expression_attribute_values(":today", n(day))
-            .expression_attribute_values(":reserve", n(self.settings.daily_reserve))
-            .expression_attribute_values(
-                ":minus_one",
-                n(-i64::from(self.settings.requests_per_call.max(1))),
-            )
+            // A grant must leave the reserve whole: `day_left - cost >= reserve`.
+            .expression_attribute_values(":floor", n(self.daily_floor()))
+            .expression_attribute_values(":cost", n(-i64::from(self.settings.daily_cost_per_call.max(1))))
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        let common = "#day = :today AND day_left > :reserve AND (attribute_not_exists(paused_until) OR paused_until <= :now)";
+        let common = "#day = :today AND day_left >= :floor AND (attribute_not_exists(paused_until) OR paused_until <= :now)";
         let request = if busy {
             request
-                .update_expression("SET tat = tat + :interval ADD day_left :minus_one")
+                .update_expression("SET tat = tat + :interval ADD day_left :cost")
                 .condition_expression(format!("tat > :now AND tat <= :max_ahead AND {common}"))
                 .expression_attribute_values(":interval", n(format!("{interval:.3}")))
                 .expression_attribute_values(":max_ahead", n(now_ms + self.settings.max_ahead_ms))
         } else {
             request
-                .update_expression("SET tat = :next ADD day_left :minus_one")
+                .update_expression("SET tat = :next ADD day_left :cost")
                 .condition_expression(format!("(attribute_not_exists(tat) OR tat <= :now) AND {common}"))
                 .expression_attribute_values(":next", n(format!("{:.3}", now_ms as f64 + interval)))
         };
@@ -215,7 +223,7 @@ impl DynamoDbRateLimiter {
                     policy: ThrottlePolicy::Daily,
                 });
             }
-            if number(&old, "day_left").is_some_and(|left| left <= self.settings.daily_reserve as f64) {
+            if number(&old, "day_left").is_some_and(|left| left < self.daily_floor() as f64) {
                 return Ok(Permit::Denied {
                     until_ms: self.settings.next_day_start_ms(now_ms),
                     policy: ThrottlePolicy::Daily,

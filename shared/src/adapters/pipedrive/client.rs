@@ -1,10 +1,15 @@
 //! Pipedrive's API v2 (persons and deals) as a [`Crm`], over HTTPS with reqwest.
 //!
-//! Pipedrive has no bulk write and no upsert: each record is one call, and an upsert is an exact
-//! search by the custom field holding the app's id, then a PATCH or a POST. `max_batch` is 1, so
-//! the sync's batching sends one record a call and reports it so.
+//! Pipedrive has no bulk write and no upsert: each record is one call. A record whose Pipedrive
+//! id crm-sync knows is written by id; otherwise an upsert is an exact search by the custom
+//! field holding the app's id, then a PATCH or a POST. `max_batch` is 1, so the sync's batching
+//! sends one record a call and reports it so.
+//!
+//! Pipedrive's limit is a daily token budget per company, with a cost per endpoint
+//! ([`token_cost`]); the client reads the budget from `x-daily-ratelimit-token-*`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,20 +21,19 @@ use serde_json::{json, Map, Value};
 use super::webhook::flatten;
 use crate::adapters::crm_http;
 use crate::domain::crm::{
-    AssociationInput, BatchResult, CrmError, FailureKind, InputError, InputOutcome, RateInfo, ReadResult,
-    ThrottlePolicy, UpdateInput, UpsertInput,
+    AssociationInput, BatchResult, CrmError, FailureKind, InputError, InputOutcome, PropertyKinds, RateInfo,
+    ReadResult, ThrottlePolicy, UpdateInput, UpsertInput, ValueKind,
 };
 use crate::ports::Crm;
 
 /// Pipedrive's public API v2.
 pub const DEFAULT_BASE_URL: &str = "https://api.pipedrive.com/api/v2";
 
-/// Fields Pipedrive keeps at the top level of a person or a deal; any other property is a custom
-/// field, named by its hash key.
-const TOP_LEVEL: [&str; 14] = [
+/// Fields Pipedrive keeps at the top level of a person or a deal (API v2 request models); any
+/// other property is a custom field, named by its hash key. A person's `first_name` and
+/// `last_name` are read back but not written: v2 takes `name`, which the client makes of them.
+const TOP_LEVEL: [&str; 12] = [
     "name",
-    "first_name",
-    "last_name",
     "owner_id",
     "org_id",
     "visible_to",
@@ -43,6 +47,38 @@ const TOP_LEVEL: [&str; 14] = [
     "expected_close_date",
 ];
 
+/// Top-level fields the v2 models type as integers, and as numbers.
+const INTEGER_FIELDS: [&str; 6] = [
+    "owner_id",
+    "org_id",
+    "visible_to",
+    "stage_id",
+    "pipeline_id",
+    "person_id",
+];
+const NUMBER_FIELDS: [&str; 1] = ["value"];
+
+/// The parts of a person's name the app may own; written together as `name`.
+const NAME_PARTS: [&str; 2] = ["first_name", "last_name"];
+
+/// Tokens each endpoint crm-sync calls costs from the company's daily budget (Pipedrive's API
+/// reference, `x-token-cost`).
+pub mod token_cost {
+    pub const SEARCH: u32 = 20;
+    pub const CREATE: u32 = 5;
+    pub const UPDATE: u32 = 5;
+    pub const GET: u32 = 1;
+    pub const DELETE: u32 = 3;
+    pub const LIST: u32 = 10;
+    pub const FIELDS: u32 = 10;
+    pub const NOTE_WRITE: u32 = 10;
+    pub const NOTE_GET: u32 = 2;
+    pub const NOTES_LIST: u32 = 20;
+    /// What the limiter reserves for one granted call: an upsert of a record crm-sync has not
+    /// written yet (a search and a write). The budget headers correct it after each call.
+    pub const PER_CALL: u32 = SEARCH + CREATE;
+}
+
 /// A Pipedrive company, reached with an API token.
 #[derive(Clone)]
 pub struct PipedriveClient {
@@ -51,13 +87,19 @@ pub struct PipedriveClient {
     /// API v1's root, for notes: v2 has none.
     v1_url: String,
     token: SecretString,
+    /// App ids whose creation may have happened without the answer arriving: the next upsert
+    /// of each looks past the search index, which lags behind writes.
+    uncertain: Arc<Mutex<HashSet<String>>>,
+    /// Each object's field kinds (`personFields`, `dealFields`), read once.
+    kinds: Arc<Mutex<HashMap<String, BTreeMap<String, ValueKind>>>>,
 }
 
 /// The object activities are written as: notes on their person (API v1).
 pub const NOTES: &str = "notes";
 
 /// Pipedrive's rate state from its headers: `x-ratelimit-*` for the token's burst window,
-/// `x-daily-requests-left` for the company's day.
+/// `x-daily-ratelimit-token-*` for the company's daily token budget (missing now and then after
+/// a long idle spell, so optional).
 pub fn rate_info(headers: &HeaderMap) -> RateInfo {
     let number = |name: &str| {
         headers
@@ -69,17 +111,49 @@ pub fn rate_info(headers: &HeaderMap) -> RateInfo {
         burst_max: number("x-ratelimit-limit").and_then(|n| u32::try_from(n).ok()),
         burst_remaining: number("x-ratelimit-remaining").and_then(|n| u32::try_from(n).ok()),
         burst_interval_ms: None,
-        daily_max: None,
-        daily_remaining: number("x-daily-requests-left"),
+        daily_max: number("x-daily-ratelimit-token-limit"),
+        daily_remaining: number("x-daily-ratelimit-token-remaining"),
     }
 }
 
-/// The body Pipedrive takes for `properties`: top-level fields, `email`/`phone` as the primary
-/// entry of `emails`/`phones`, the rest under `custom_fields`.
-pub fn body_of(properties: &BTreeMap<String, String>) -> Value {
+/// A value as the v2 models type it: numbers as JSON numbers for number fields, `null` to clear.
+fn typed(name: &str, value: &str, kind: ValueKind) -> Value {
+    if value.is_empty() {
+        return Value::Null;
+    }
+    let number = |value: &str| value.trim().parse::<f64>().ok().filter(|n| n.is_finite());
+    if INTEGER_FIELDS.contains(&name) {
+        if let Ok(integer) = value.trim().parse::<i64>() {
+            return Value::from(integer);
+        }
+    } else if NUMBER_FIELDS.contains(&name) || kind == ValueKind::Number {
+        if let Some(number) = number(value) {
+            // Whole numbers as integers: `1200`, not `1200.0`.
+            return if number.fract() == 0.0 && number.abs() < 9e15 {
+                Value::from(number as i64)
+            } else {
+                json!(number)
+            };
+        }
+    } else if kind == ValueKind::Bool {
+        match value {
+            "true" => return Value::Bool(true),
+            "false" => return Value::Bool(false),
+            _ => {}
+        }
+    }
+    // Sent as given: Pipedrive refuses what its model does not take, and says why.
+    Value::String(value.to_string())
+}
+
+/// The body Pipedrive's v2 models take for `properties`: top-level fields typed, `email`/`phone`
+/// as the primary entry of `emails`/`phones`, the rest under `custom_fields`, typed by `kinds`.
+/// A person's name parts are left out (see [`person_name`]).
+pub fn body_of(properties: &BTreeMap<String, String>, kinds: &BTreeMap<String, ValueKind>) -> Value {
     let mut body = Map::new();
     let mut custom = Map::new();
     for (name, value) in properties {
+        let kind = kinds.get(name).copied().unwrap_or_default();
         match name.as_str() {
             "email" | "phone" => {
                 body.insert(
@@ -87,11 +161,12 @@ pub fn body_of(properties: &BTreeMap<String, String>) -> Value {
                     json!([{"value": value, "primary": true, "label": "work"}]),
                 );
             }
+            part if NAME_PARTS.contains(&part) => {}
             top if TOP_LEVEL.contains(&top) => {
-                body.insert(name.clone(), Value::String(value.clone()));
+                body.insert(name.clone(), typed(name, value, kind));
             }
             _ => {
-                custom.insert(name.clone(), Value::String(value.clone()));
+                custom.insert(name.clone(), typed(name, value, kind));
             }
         }
     }
@@ -101,9 +176,44 @@ pub fn body_of(properties: &BTreeMap<String, String>) -> Value {
     Value::Object(body)
 }
 
+/// The `name` a person's name parts make: the app's new parts over the current ones. `None` when
+/// the change names neither part.
+fn person_name(properties: &BTreeMap<String, String>, current: &BTreeMap<String, String>) -> Option<String> {
+    if !NAME_PARTS.iter().any(|part| properties.contains_key(*part)) {
+        return None;
+    }
+    let part = |name: &str| {
+        properties
+            .get(name)
+            .or_else(|| current.get(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    Some(
+        format!("{} {}", part("first_name"), part("last_name"))
+            .trim()
+            .to_string(),
+    )
+}
+
+/// Whether a record (a search item's or a list's) carries `key` in the custom field
+/// `id_property`, exactly: Pipedrive's exact search ignores case. Search items list custom field
+/// values without their keys.
+fn carries_key(record: &Value, id_property: &str, key: &str) -> bool {
+    match record.get("custom_fields") {
+        Some(Value::Array(values)) => values.iter().any(|value| value.as_str() == Some(key)),
+        Some(Value::Object(fields)) => fields.get(id_property).is_some_and(|value| {
+            value.as_str() == Some(key) || value.pointer("/value").and_then(Value::as_str) == Some(key)
+        }),
+        _ => false,
+    }
+}
+
 /// A successful call's `data` and rate state.
 struct Answer {
     data: Value,
+    /// `additional_data` (pagination).
+    additional: Value,
     rate: RateInfo,
     call: String,
 }
@@ -121,7 +231,108 @@ impl PipedriveClient {
             base_url,
             v1_url,
             token,
+            uncertain: Arc::default(),
+            kinds: Arc::default(),
         })
+    }
+
+    /// Kinds of `object`'s fields: Pipedrive's field list (`GET /{personFields|dealFields}`),
+    /// read once and kept; the standard fields' kinds are known.
+    async fn field_kinds(&self, object: &str) -> Result<(BTreeMap<String, ValueKind>, RateInfo), CrmError> {
+        if let Some(kinds) = self.kinds.lock().expect("not poisoned").get(object) {
+            return Ok((kinds.clone(), RateInfo::default()));
+        }
+        let mut kinds: BTreeMap<String, ValueKind> = match object {
+            "deals" => [
+                ("value", ValueKind::Number),
+                ("expected_close_date", ValueKind::Date),
+            ]
+            .into(),
+            NOTES => [("add_time", ValueKind::DateTime)].into(),
+            _ => BTreeMap::new(),
+        }
+        .into_iter()
+        .map(|(name, kind)| (name.to_string(), kind))
+        .collect();
+        let fields = match object {
+            "persons" => Some("personFields"),
+            "deals" => Some("dealFields"),
+            _ => None,
+        };
+        let mut rate = RateInfo::default();
+        if let Some(fields) = fields {
+            let mut cursor: Option<String> = None;
+            // Pages of 500; a company has a few hundred fields at most.
+            for _ in 0..20 {
+                let path = match &cursor {
+                    Some(cursor) => format!("/{fields}?limit=500&cursor={cursor}"),
+                    None => format!("/{fields}?limit=500"),
+                };
+                let Some(answer) = self.call(Method::GET, &path, None).await? else {
+                    break;
+                };
+                rate = answer.rate;
+                for field in answer.data.as_array().into_iter().flatten() {
+                    let (Some(code), Some(kind)) = (
+                        field.get("field_code").and_then(Value::as_str),
+                        field.get("field_type").and_then(Value::as_str),
+                    ) else {
+                        continue;
+                    };
+                    let kind = match kind {
+                        "int" | "double" | "monetary" => ValueKind::Number,
+                        "boolean" => ValueKind::Bool,
+                        "date" => ValueKind::Date,
+                        _ => ValueKind::Text,
+                    };
+                    kinds.entry(code.to_string()).or_insert(kind);
+                }
+                cursor = answer
+                    .additional
+                    .pointer("/next_cursor")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                if cursor.is_none() {
+                    break;
+                }
+            }
+        }
+        self.kinds
+            .lock()
+            .expect("not poisoned")
+            .insert(object.to_string(), kinds.clone());
+        Ok((kinds, rate))
+    }
+
+    /// Field kinds for typing a write's custom fields. Only a value that could be a number or a
+    /// boolean needs its field's kind, so only then are the fields read (once, 10 tokens): a
+    /// write of text fields costs no extra request against the burst window. When Pipedrive
+    /// cannot say, values go out as text and a number field refuses them with its reason.
+    async fn write_kinds(
+        &self,
+        object: &str,
+        properties: &BTreeMap<String, String>,
+    ) -> BTreeMap<String, ValueKind> {
+        let needs_kinds = properties.iter().any(|(name, value)| {
+            !TOP_LEVEL.contains(&name.as_str())
+                && !NAME_PARTS.contains(&name.as_str())
+                && !matches!(name.as_str(), "email" | "phone")
+                && (value.trim().parse::<f64>().is_ok() || value == "true" || value == "false")
+        });
+        let cached = self.kinds.lock().expect("not poisoned").get(object).cloned();
+        if let Some(kinds) = cached {
+            return kinds;
+        }
+        if !needs_kinds {
+            return BTreeMap::new();
+        }
+        match self.field_kinds(object).await {
+            Ok((kinds, _)) => kinds,
+            Err(error) => {
+                tracing::warn!(%error, object, "could not read Pipedrive's fields; writing values as text");
+                BTreeMap::new()
+            }
+        }
     }
 
     /// One call; `Ok(None)` for a 404, which callers read as "no such record".
@@ -151,6 +362,7 @@ impl PipedriveClient {
         let status = response.status().as_u16();
         let rate = rate_info(response.headers());
         let reset = crm_http::seconds(response.headers(), "x-ratelimit-reset");
+        let retry_after = crm_http::seconds(response.headers(), "retry-after");
         let call = format!("{call} -> {status}");
         let text = crm_http::text(&call, response).await?;
         let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
@@ -162,21 +374,26 @@ impl PipedriveClient {
         match status {
             200..=299 => Ok(Some(Answer {
                 data: json.get("data").cloned().unwrap_or(Value::Null),
+                additional: json.get("additional_data").cloned().unwrap_or(Value::Null),
                 rate,
                 call,
             })),
             404 => Ok(None),
-            429 => Err(CrmError::Throttled {
-                // Out of the day's budget, or out of the window: the headers tell which.
-                policy: if rate.daily_remaining == Some(0) {
-                    ThrottlePolicy::Daily
-                } else {
-                    ThrottlePolicy::Burst
-                },
-                retry_after: reset,
-                message,
-                rate,
-            }),
+            429 => {
+                // Out of the day's token budget, or out of the window: the headers and the
+                // message tell which. The day's 429 carries `retry-after` until the reset.
+                let daily = rate.daily_remaining == Some(0) || message.to_ascii_lowercase().contains("daily");
+                Err(CrmError::Throttled {
+                    policy: if daily {
+                        ThrottlePolicy::Daily
+                    } else {
+                        ThrottlePolicy::Burst
+                    },
+                    retry_after: if daily { retry_after.or(reset) } else { reset },
+                    message,
+                    rate,
+                })
+            }
             500..=599 => Err(CrmError::Transient { call, message }),
             // A revoked token may be replaced: retried like an outage, so that messages reach
             // the dead-letter queue only after the retry budget.
@@ -283,6 +500,137 @@ impl PipedriveClient {
             })
             .and_then(|note| note.get("id"))
             .map(id_text))
+    }
+
+    /// PATCHes a record by its Pipedrive id; `None` when Pipedrive has no such record. A change
+    /// to one of a person's name parts is completed with the other as crm-sync last wrote it,
+    /// else as Pipedrive reads it back (one token), since v2 writes only the whole `name`.
+    async fn write_by_id(
+        &self,
+        object: &str,
+        id: &str,
+        properties: &BTreeMap<String, String>,
+        written_before: &BTreeMap<String, String>,
+    ) -> Result<Option<BatchResult>, CrmError> {
+        let kinds = self.write_kinds(object, properties).await;
+        let mut body = body_of(properties, &kinds);
+        let parts_given = NAME_PARTS
+            .iter()
+            .filter(|part| properties.contains_key(**part))
+            .count();
+        let parts_known = NAME_PARTS
+            .iter()
+            .filter(|part| properties.contains_key(**part) || written_before.contains_key(**part))
+            .count();
+        if object == "persons" && parts_given > 0 {
+            // What crm-sync wrote last is the app's own split; Pipedrive's read-back splits
+            // `name` at its first space, which a two-word first name does not survive.
+            let current = if parts_known == NAME_PARTS.len() {
+                written_before.clone()
+            } else if parts_given < NAME_PARTS.len() {
+                match self.call(Method::GET, &format!("/{object}/{id}"), None).await? {
+                    Some(answer) => answer
+                        .data
+                        .as_object()
+                        .map(|data| flatten(data, None))
+                        .unwrap_or_default(),
+                    None => return Ok(None),
+                }
+            } else {
+                BTreeMap::new()
+            };
+            if let Some(name) = person_name(properties, &current).filter(|name| !name.is_empty()) {
+                body["name"] = Value::String(name);
+            }
+        }
+        Ok(self
+            .call(Method::PATCH, &format!("/{object}/{id}"), Some(body))
+            .await?
+            .map(|answer| Self::single(answer, false)))
+    }
+
+    /// The Pipedrive id of the record carrying `key` in `id_property`: an exact search (20 tokens),
+    /// whose index lags behind writes; when an earlier attempt may have created the record, also
+    /// the newest records themselves (10 tokens), which do not lag.
+    async fn find(
+        &self,
+        object: &str,
+        id_property: &str,
+        key: &str,
+        may_exist: bool,
+    ) -> Result<Option<String>, CrmError> {
+        let term: String = form_urlencoded::byte_serialize(key.as_bytes()).collect();
+        let found = self
+            .call(
+                Method::GET,
+                &format!("/{object}/search?term={term}&fields=custom_fields&exact_match=true&limit=10"),
+                None,
+            )
+            .await?;
+        let hit = found.as_ref().and_then(|answer| {
+            answer
+                .data
+                .get("items")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|item| item.get("item"))
+                .find(|item| carries_key(item, id_property, key))
+                .and_then(|item| item.get("id"))
+                .map(id_text)
+        });
+        if hit.is_some() || !may_exist {
+            return Ok(hit);
+        }
+        let field: String = form_urlencoded::byte_serialize(id_property.as_bytes()).collect();
+        let newest = self
+            .call(
+                Method::GET,
+                &format!("/{object}?sort_by=add_time&sort_direction=desc&limit=100&custom_fields={field}"),
+                None,
+            )
+            .await?;
+        Ok(newest.and_then(|answer| {
+            answer
+                .data
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|record| carries_key(record, id_property, key))
+                .and_then(|record| record.get("id"))
+                .map(id_text)
+        }))
+    }
+
+    /// A note rewritten by its id (the reconciliation's heal): `PUT` as API v1 takes it, its
+    /// marker line kept so that the note is still found by the app's id.
+    async fn update_note(&self, input: &UpdateInput) -> Result<BatchResult, CrmError> {
+        let Some(current) = self
+            .call(Method::GET, &format!("/{NOTES}/{}", input.crm_id), None)
+            .await?
+        else {
+            return Ok(Self::missing(format!("GET /{NOTES}/{{id}} -> 404")));
+        };
+        let mut body: Map<String, Value> = input
+            .properties
+            .iter()
+            .map(|(name, value)| (name.clone(), Value::String(value.clone())))
+            .collect();
+        if let Some(content) = body.get("content").and_then(Value::as_str) {
+            let old = current
+                .data
+                .get("content")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let marker = old.len() - unmarked(old).len();
+            let content = format!("{content}{}", &old[old.len() - marker..]);
+            body.insert("content".into(), Value::String(content));
+        }
+        Ok(self
+            .put_note(&input.crm_id, &Value::Object(body))
+            .await?
+            .map(|answer| Self::single(answer, false))
+            .unwrap_or_else(|| Self::missing(format!("PUT /{NOTES}/{{id}} -> 404"))))
     }
 
     fn missing(call: String) -> BatchResult {
@@ -393,55 +741,62 @@ impl Crm for PipedriveClient {
         if object == NOTES {
             return self.upsert_note(input).await;
         }
-        let key: String = form_urlencoded::byte_serialize(input.key.as_bytes()).collect();
-        let found = self
-            .call(
-                Method::GET,
-                &format!("/{object}/search?term={key}&fields=custom_fields&exact_match=true"),
-                None,
-            )
-            .await?;
-        let existing = found.as_ref().and_then(|answer| {
-            answer
-                .data
-                .get("items")
-                .and_then(Value::as_array)
-                .and_then(|items| items.first())
-                .and_then(|item| item.pointer("/item/id"))
-                .map(id_text)
-        });
         let mut properties = input.properties.clone();
         properties.insert(id_property.to_string(), input.key.clone());
-        let body = body_of(&properties);
-        match existing {
-            Some(id) => match self
-                .call(Method::PATCH, &format!("/{object}/{id}"), Some(body))
+        if let Some(id) = &input.crm_id {
+            if let Some(result) = self
+                .write_by_id(object, id, &properties, &input.written_before)
                 .await?
             {
-                Some(answer) => Ok(Self::single(answer, false)),
-                None => Ok(Self::missing(format!("PATCH /{object}/{{id}} -> 404"))),
-            },
-            None => match self
-                .call(Method::POST, &format!("/{object}"), Some(with_name(object, body)))
+                return Ok(result);
+            }
+            // Deleted in Pipedrive since: found again by the app's id, or written anew.
+        }
+        let may_exist = input.may_exist || self.uncertain.lock().expect("not poisoned").contains(&input.key);
+        if let Some(id) = self.find(object, id_property, &input.key, may_exist).await? {
+            return Ok(self
+                .write_by_id(object, &id, &properties, &input.written_before)
                 .await?
-            {
-                Some(answer) => Ok(Self::single(answer, true)),
-                None => Ok(Self::missing(format!("POST /{object} -> 404"))),
-            },
+                .unwrap_or_else(|| Self::missing(format!("PATCH /{object}/{{id}} -> 404"))));
+        }
+        let kinds = self.write_kinds(object, &properties).await;
+        let mut body = body_of(&properties, &kinds);
+        if let Some(name) = person_name(&properties, &BTreeMap::new()).filter(|name| !name.is_empty()) {
+            body["name"] = Value::String(name);
+        }
+        match self
+            .call(Method::POST, &format!("/{object}"), Some(with_name(object, body)))
+            .await
+        {
+            Ok(Some(answer)) => {
+                self.uncertain.lock().expect("not poisoned").remove(&input.key);
+                Ok(Self::single(answer, true))
+            }
+            Ok(None) => Ok(Self::missing(format!("POST /{object} -> 404"))),
+            Err(error) => {
+                // The person may exist now without the answer having arrived: the next try looks
+                // past the search index before creating again.
+                if matches!(error, CrmError::Transient { .. }) {
+                    self.uncertain
+                        .lock()
+                        .expect("not poisoned")
+                        .insert(input.key.clone());
+                }
+                Err(error)
+            }
         }
     }
 
     async fn update(&self, object: &str, inputs: &[UpdateInput]) -> Result<BatchResult, CrmError> {
         one(inputs.len())?;
         let input = &inputs[0];
-        let path = format!("/{object}/{}", input.crm_id);
-        match self
-            .call(Method::PATCH, &path, Some(body_of(&input.properties)))
-            .await?
-        {
-            Some(answer) => Ok(Self::single(answer, false)),
-            None => Ok(Self::missing(format!("PATCH /{object}/{{id}} -> 404"))),
+        if object == NOTES {
+            return self.update_note(input).await;
         }
+        Ok(self
+            .write_by_id(object, &input.crm_id, &input.properties, &BTreeMap::new())
+            .await?
+            .unwrap_or_else(|| Self::missing(format!("PATCH /{object}/{{id}} -> 404"))))
     }
 
     async fn archive(&self, object: &str, crm_ids: &[String]) -> Result<BatchResult, CrmError> {
@@ -499,6 +854,11 @@ impl Crm for PipedriveClient {
             }
         }
         Ok(ReadResult { records, rate, call })
+    }
+
+    async fn property_kinds(&self, object: &str) -> Result<PropertyKinds, CrmError> {
+        let (kinds, rate) = self.field_kinds(object).await?;
+        Ok(PropertyKinds { kinds, rate })
     }
 
     async fn associate(
@@ -572,16 +932,29 @@ mod tests {
     }
 
     #[test]
-    fn the_rate_headers_fill_the_burst_and_daily_state() {
+    fn the_rate_headers_fill_the_burst_window_and_the_daily_token_budget() {
         let mut headers = HeaderMap::new();
         headers.insert("x-ratelimit-limit", HeaderValue::from_static("40"));
         headers.insert("x-ratelimit-remaining", HeaderValue::from_static("7"));
         headers.insert("x-ratelimit-reset", HeaderValue::from_static("2"));
+        headers.insert(
+            "x-daily-ratelimit-token-limit",
+            HeaderValue::from_static("150000"),
+        );
+        headers.insert(
+            "x-daily-ratelimit-token-remaining",
+            HeaderValue::from_static("127320"),
+        );
         headers.insert("x-daily-requests-left", HeaderValue::from_static("9120"));
         let rate = rate_info(&headers);
         assert_eq!(rate.burst_max, Some(40));
         assert_eq!(rate.burst_remaining, Some(7));
-        assert_eq!(rate.daily_remaining, Some(9120));
+        assert_eq!(rate.daily_max, Some(150_000));
+        assert_eq!(
+            rate.daily_remaining,
+            Some(127_320),
+            "tokens, not the old request counter"
+        );
         assert_eq!(rate_info(&HeaderMap::new()), RateInfo::default());
     }
 
@@ -596,7 +969,7 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let body = body_of(&properties);
+        let body = body_of(&properties, &BTreeMap::new());
         assert_eq!(body["emails"][0]["value"], "ada@example.com");
         assert_eq!(body["emails"][0]["primary"], true);
         assert_eq!(body["phones"][0]["value"], "+44 20 7946 0000");
@@ -605,5 +978,77 @@ mod tests {
         // What goes out reads back the same through the webhook's flattening.
         let back = flatten(body.as_object().unwrap(), None);
         assert_eq!(back, properties);
+    }
+
+    #[test]
+    fn numbers_go_out_as_numbers_and_an_empty_value_clears_the_field() {
+        let properties: BTreeMap<String, String> = [
+            ("value", "1200"),
+            ("stage_id", "3"),
+            ("title", "Plan"),
+            ("d1e2", "12.50"),
+            ("f3g4", "1200"),
+            ("expected_close_date", ""),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let kinds = BTreeMap::from([("d1e2".to_string(), ValueKind::Number)]);
+        let body = body_of(&properties, &kinds);
+        assert_eq!(body["value"], json!(1200));
+        assert_eq!(body["stage_id"], json!(3));
+        assert_eq!(body["title"], json!("Plan"));
+        assert_eq!(body["custom_fields"]["d1e2"], json!(12.5));
+        assert_eq!(
+            body["custom_fields"]["f3g4"],
+            json!("1200"),
+            "a text field stays text"
+        );
+        assert_eq!(body["expected_close_date"], Value::Null);
+        assert_eq!(
+            body_of(&[("value".to_string(), "lots".to_string())].into(), &kinds)["value"],
+            "lots"
+        );
+    }
+
+    #[test]
+    fn a_persons_name_is_made_of_the_new_parts_over_the_current_ones() {
+        let given = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let current = given(&[("first_name", "Grace"), ("last_name", "Hopper")]);
+        assert_eq!(
+            person_name(&given(&[("first_name", "Amazing Grace")]), &current).as_deref(),
+            Some("Amazing Grace Hopper")
+        );
+        assert_eq!(
+            person_name(&given(&[("last_name", "")]), &current).as_deref(),
+            Some("Grace")
+        );
+        assert_eq!(person_name(&given(&[("email", "g@example.com")]), &current), None);
+        let body = body_of(
+            &given(&[("first_name", "Ada"), ("last_name", "L")]),
+            &BTreeMap::new(),
+        );
+        assert!(
+            body.get("first_name").is_none() && body.get("last_name").is_none(),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn a_search_hit_counts_only_when_it_carries_the_key_exactly() {
+        let item = json!({"id": 7, "custom_fields": ["App-1", "other"]});
+        assert!(carries_key(&item, "abc", "App-1"));
+        assert!(
+            !carries_key(&item, "abc", "app-1"),
+            "exact search ignores case; we do not"
+        );
+        let listed = json!({"id": 7, "custom_fields": {"abc": "app-1"}});
+        assert!(carries_key(&listed, "abc", "app-1"));
+        assert!(!carries_key(&listed, "xyz", "app-1"));
     }
 }

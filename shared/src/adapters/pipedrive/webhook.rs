@@ -108,10 +108,9 @@ pub fn parse_event(body: &[u8]) -> Result<InboundEvent, ParseError> {
     let entity = text("entity")?;
     let entity_id = text("entity_id")?;
     let timestamp = text("timestamp")?;
-    let occurred_at_ms =
-        time::OffsetDateTime::parse(&timestamp, &time::format_description::well_known::Rfc3339)
-            .map(|at| (at.unix_timestamp_nanos() / 1_000_000) as i64)
-            .map_err(|_| bad("`meta.timestamp` is not an RFC 3339 time".into()))?;
+    let occurred_at_ms = timestamp_ms(&timestamp).ok_or_else(|| {
+        bad("`meta.timestamp` is neither an RFC 3339 time nor epoch seconds or milliseconds".into())
+    })?;
     if action != "delete" && !fields.get("data").is_some_and(Value::is_object) {
         return Err(bad("`data` is missing or not an object".into()));
     }
@@ -126,6 +125,22 @@ pub fn parse_event(body: &[u8]) -> Result<InboundEvent, ParseError> {
         occurred_at_ms,
         raw,
     })
+}
+
+/// `meta.timestamp` in milliseconds: Pipedrive's examples show RFC 3339 text for some entities and
+/// a 10-digit epoch number (seconds) for others; 13 digits are read as milliseconds.
+fn timestamp_ms(timestamp: &str) -> Option<i64> {
+    if !timestamp.is_empty() && timestamp.bytes().all(|b| b.is_ascii_digit()) {
+        let number: i64 = timestamp.parse().ok()?;
+        return match timestamp.len() {
+            ..=11 => number.checked_mul(1000),
+            12..=14 => Some(number),
+            _ => None,
+        };
+    }
+    time::OffsetDateTime::parse(timestamp, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|at| (at.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
 /// Pipedrive's stored webhook events, read as CRM changes.
@@ -228,11 +243,29 @@ fn primary(entries: &Value) -> String {
         .unwrap_or_default()
 }
 
+/// A field's value as text. Webhooks wrap custom fields as `{type, value}`, or `{type, id}` for
+/// enum, people, org and user fields, and `{type, values: [{id}]}` for sets (ids joined by
+/// commas, as Pipedrive's API takes them); the REST API gives bare values.
 fn scalar(value: &Value) -> String {
     match value {
         Value::Null => String::new(),
         Value::String(text) => text.clone(),
-        Value::Object(object) => object.get("value").map(scalar).unwrap_or_default(),
+        Value::Object(object) => {
+            if let Some(value) = object.get("value") {
+                scalar(value)
+            } else if let Some(id) = object.get("id") {
+                scalar(id)
+            } else if let Some(Value::Array(values)) = object.get("values") {
+                values
+                    .iter()
+                    .map(|entry| entry.get("id").map(scalar).unwrap_or_else(|| scalar(entry)))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            } else {
+                String::new()
+            }
+        }
+        Value::Array(values) => values.iter().map(scalar).collect::<Vec<_>>().join(","),
         other => other.to_string(),
     }
 }
@@ -467,5 +500,49 @@ mod tests {
         assert!(
             matches!(interpret(&message(&organization)), Interpretation::Ignore(reason) if reason.contains("organization"))
         );
+    }
+
+    #[test]
+    fn a_timestamp_may_be_rfc_3339_text_or_epoch_seconds_or_milliseconds() {
+        assert_eq!(timestamp_ms("2026-11-27T10:15:00Z"), Some(1_795_774_500_000));
+        assert_eq!(timestamp_ms("1795774500"), Some(1_795_774_500_000));
+        assert_eq!(timestamp_ms("1795774500123"), Some(1_795_774_500_123));
+        assert_eq!(timestamp_ms("17957745001234567"), None);
+        assert_eq!(timestamp_ms("yesterday"), None);
+    }
+
+    #[test]
+    fn a_numeric_timestamp_in_meta_is_read_as_epoch_seconds() {
+        let body = serde_json::json!({
+            "meta": {"action": "change", "entity": "person", "entity_id": "7", "id": "e-1",
+                     "timestamp": 1795774500, "version": "2.0", "change_source": "app"},
+            "data": {"id": 7, "name": "Ada"}, "previous": {"name": "Ad"}
+        });
+        let event = parse_event(body.to_string().as_bytes()).unwrap();
+        assert_eq!(event.occurred_at_ms, 1_795_774_500_000);
+    }
+
+    #[test]
+    fn custom_fields_of_every_type_read_as_their_value_or_ids() {
+        let data = serde_json::json!({
+            "id": 7,
+            "custom_fields": {
+                "text": {"type": "varchar", "value": "app-7"},
+                "amount": {"type": "double", "value": 12.5},
+                "tier": {"type": "enum", "id": 17},
+                "tags": {"type": "set", "values": [{"id": 13}, {"id": 14}]},
+                "manager": {"type": "user", "id": 3},
+                "bare": "plain",
+                "empty": null
+            }
+        });
+        let flat = flatten(data.as_object().unwrap(), None);
+        assert_eq!(flat["text"], "app-7");
+        assert_eq!(flat["amount"], "12.5");
+        assert_eq!(flat["tier"], "17");
+        assert_eq!(flat["tags"], "13,14");
+        assert_eq!(flat["manager"], "3");
+        assert_eq!(flat["bare"], "plain");
+        assert_eq!(flat["empty"], "");
     }
 }
