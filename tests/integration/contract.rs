@@ -66,3 +66,40 @@ async fn pipedrives_official_node_client_reads_every_answer_and_takes_every_requ
     assert!(run.passed, "{}\n\n{}", run.failures(), run.output);
     assert!(!run.output.contains("SKIP"), "every check ran:\n{}", run.output);
 }
+
+#[tokio::test]
+async fn simple_salesforce_and_jsforce_read_every_answer_the_salesforce_sandbox_gives() {
+    let python = contract::python().expect("the contract virtualenv installs");
+    let suites = contract::node_suites().expect("the Node clients install");
+    // A small day, so that the suite can spend it and see Salesforce's 403.
+    let sandbox =
+        salesforce_sandbox::Sandbox::start("127.0.0.1:0", "contract-access", "contract-refresh", 3_000)
+            .await
+            .expect("the sandbox starts");
+    sandbox.require_client("crm-sync-contract", "crm-sync-contract-secret");
+    let env = [
+        ("SALESFORCE_BASE_URL", sandbox.instance_url()),
+        ("SALESFORCE_TOKEN", "contract-access".to_string()),
+        ("SALESFORCE_REFRESH_TOKEN", "contract-refresh".to_string()),
+        ("SALESFORCE_CLIENT_ID", "crm-sync-contract".to_string()),
+        ("SALESFORCE_CLIENT_SECRET", "crm-sync-contract-secret".to_string()),
+    ];
+
+    let refresh = contract::run(std::path::Path::new("node"), "salesforce_refresh.mjs", &env).await;
+    let rest = contract::run(&python, "salesforce_contract.py", &env).await;
+    let _ = suites;
+
+    assert!(
+        refresh.passed,
+        "jsforce:\n{}\n\n{}",
+        refresh.failures(),
+        refresh.output
+    );
+    assert!(
+        rest.passed,
+        "simple-salesforce:\n{}\n\n{}",
+        rest.failures(),
+        rest.output
+    );
+    assert!(!rest.output.contains("SKIP"), "every check ran:\n{}", rest.output);
+}

@@ -14,7 +14,7 @@ use secrecy::SecretString;
 
 const ACCESS: &str = "access-0";
 const REFRESH: &str = "refresh-token-1";
-const APP_ID: &str = "App_Id__c";
+const APP_ID: &str = "Crm_Sync_App_Id__c";
 
 async fn org(daily_limit: u64, refresh_token: Option<&str>) -> (Sandbox, SalesforceClient) {
     let sandbox = Sandbox::start("127.0.0.1:0", ACCESS, REFRESH, daily_limit)

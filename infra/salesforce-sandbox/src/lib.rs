@@ -6,6 +6,13 @@
 //! API as the integration user, or by [`Sandbox::edit`] as a person) posts a SOAP
 //! `notifications` message with the record's selected fields, resent until it is acknowledged.
 //!
+//! It knows each sObject's fields and their types, as `describe` lists them
+//! (`GET /sobjects/{type}/describe`): a write or a read naming a field the sObject does not have
+//! is refused with `INVALID_FIELD`, a malformed id with `MALFORMED_ID`. Retrieval takes the
+//! documented `POST /composite/sobjects/{type}` (`{ids, fields}`) and the `GET` form, and
+//! answers only the fields asked for, each record with `attributes: {type, url}` and datetimes
+//! as the REST API writes them (`2026-11-27T10:15:00.000+0000`).
+//!
 //! `set_faults` injects 500s (not applied) and late answers (applied, answered after the
 //! client gave up).
 
@@ -76,6 +83,8 @@ struct State {
     /// Records written by the request being handled, to notify of once it is done.
     touched: Vec<(String, String)>,
     dice: FaultDice,
+    /// The connected app's client id and secret, once set: a refresh naming another is refused.
+    client: Option<(String, String)>,
 }
 
 /// A running sandbox; stops when dropped.
@@ -96,6 +105,7 @@ impl Sandbox {
         let state = Arc::new(Mutex::new(State {
             access_token: access_token.to_string(),
             refresh_token: refresh_token.to_string(),
+            client: None,
             tokens_issued: 0,
             daily_limit,
             used: 0,
@@ -117,6 +127,12 @@ impl Sandbox {
     /// The instance URL (`https://{domain}.my.salesforce.com` for a real org).
     pub fn instance_url(&self) -> String {
         format!("http://{}", self.server.addr)
+    }
+
+    /// Refuses token refreshes that do not name this connected app (`invalid_client_id`) and its
+    /// secret (`invalid_client`); until set, any non-empty pair is taken.
+    pub fn require_client(&self, client_id: &str, client_secret: &str) {
+        self.state.lock().unwrap().client = Some((client_id.to_string(), client_secret.to_string()));
     }
 
     /// The OAuth token endpoint.
@@ -212,13 +228,52 @@ fn respond(
             let body = json!({"error": "invalid_grant", "error_description": "expired access/refresh token"});
             return (reply(400, &body, &state), None);
         }
+        let client_id = fields.get("client_id").cloned().unwrap_or_default();
+        let client_secret = fields.get("client_secret").cloned().unwrap_or_default();
+        let (known_id, known_secret) = match &state.client {
+            Some((id, secret)) => (client_id == *id, client_secret == *secret),
+            None => (!client_id.is_empty(), !client_secret.is_empty()),
+        };
+        if !known_id {
+            let body =
+                json!({"error": "invalid_client_id", "error_description": "client identifier invalid"});
+            return (reply(400, &body, &state), None);
+        }
+        if !known_secret {
+            let body = json!({"error": "invalid_client", "error_description": "invalid client credentials"});
+            return (reply(400, &body, &state), None);
+        }
         state.tokens_issued += 1;
         state.stats.refreshed += 1;
         state.access_token = format!("access-{}", state.tokens_issued);
+        let instance_url = format!(
+            "http://{}",
+            parts
+                .headers
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default()
+        );
+        // The identity URL, when it was issued, and their HMAC-SHA256 under the client secret:
+        // what the token endpoint documents and the clients (jsforce) read.
+        let id = format!("{instance_url}/id/{ORGANIZATION_ID}/{INTEGRATION_USER_ID}");
+        let issued_at = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).to_string();
+        let signature = {
+            use base64::Engine;
+            use hmac::{KeyInit, Mac};
+            let mut mac =
+                hmac::Hmac::<sha2::Sha256>::new_from_slice(client_secret.as_bytes()).expect("any key length");
+            mac.update(format!("{id}{issued_at}").as_bytes());
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+        };
         let body = json!({
             "access_token": state.access_token,
-            "instance_url": format!("http://{}", parts.headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or_default()),
+            "instance_url": instance_url,
+            "id": id,
             "token_type": "Bearer",
+            "issued_at": issued_at,
+            "signature": signature,
+            "scope": "api refresh_token",
         });
         return (reply(200, &body, &state), None);
     }
@@ -247,6 +302,13 @@ fn respond(
         Fault::Late(hold) => Some(hold),
         Fault::None => None,
     };
+    if let Some(sobject) = path
+        .strip_prefix(&format!("{API_PATH}/sobjects/"))
+        .and_then(|rest| rest.strip_suffix("/describe"))
+    {
+        let (status, body) = describe(sobject);
+        return (reply(status, &body, &state), late);
+    }
     let Some(rest) = path.strip_prefix(&format!("{API_PATH}/composite/sobjects")) else {
         let body = json!([{"message": "The requested resource does not exist", "errorCode": "NOT_FOUND"}]);
         return (reply(404, &body, &state), None);
@@ -270,37 +332,63 @@ fn respond(
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string();
-            create(state, &sobject, record)
+            // A create's SaveResult has no `created`; only an upsert's does.
+            let mut result = create(state, &sobject, record);
+            if let Some(result) = result.as_object_mut() {
+                result.remove("created");
+            }
+            result
         }),
         ("DELETE", []) => {
             let ids = query.get("ids").cloned().unwrap_or_default();
             let results: Vec<Value> = ids
                 .split(',')
                 .map(|id| {
-                    let found = state.records.values_mut().any(|records| records.remove(id).is_some());
+                    if !well_formed(id) {
+                        return failure_without_field("MALFORMED_ID", &format!("malformed id {id}"));
+                    }
+                    let found = state
+                        .records
+                        .values_mut()
+                        .any(|records| records.remove(id).is_some());
                     if found {
                         json!({"id": id, "success": true, "errors": []})
                     } else {
-                        json!({"success": false, "errors": [{"statusCode": "ENTITY_IS_DELETED", "message": "entity is deleted", "fields": []}]})
+                        failure_without_field("ENTITY_IS_DELETED", "entity is deleted")
                     }
                 })
                 .collect();
             (200, Value::Array(results))
         }
         ("GET", [sobject]) => {
-            let ids = query.get("ids").cloned().unwrap_or_default();
-            let records = state.records.get(sobject.as_str());
-            let results: Vec<Value> = ids
-                .split(',')
-                .map(|id| {
-                    records
-                        .and_then(|records| records.get(id))
-                        .map(|record| Value::Object(record.clone()))
-                        .unwrap_or(Value::Null)
-                })
-                .collect();
-            (200, Value::Array(results))
+            let ids: Vec<String> = query
+                .get("ids")
+                .map(|ids| ids.split(',').map(str::to_string).collect())
+                .unwrap_or_default();
+            let fields: Vec<String> = query
+                .get("fields")
+                .map(|fields| fields.split(',').map(str::to_string).collect())
+                .unwrap_or_default();
+            retrieve(&state, sobject, &ids, &fields)
         }
+        ("POST", [sobject]) => match serde_json::from_slice::<Value>(body) {
+            Ok(request) => {
+                let list = |name: &str| -> Vec<String> {
+                    request
+                        .get(name)
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                };
+                retrieve(&state, sobject, &list("ids"), &list("fields"))
+            }
+            Err(_) => (
+                400,
+                json!([{"message": "JSON parser error", "errorCode": "JSON_PARSER_ERROR"}]),
+            ),
+        },
         _ => (
             404,
             json!([{"message": "The requested resource does not exist", "errorCode": "NOT_FOUND"}]),
@@ -345,8 +433,232 @@ fn failure(code: &str, message: &str, field: &str) -> Value {
     json!({"success": false, "errors": [{"statusCode": code, "message": message, "fields": [field]}]})
 }
 
-/// Salesforce's own checks on the fields crm-sync writes.
-fn invalid(record: &Map<String, Value>) -> Option<Value> {
+fn failure_without_field(code: &str, message: &str) -> Value {
+    json!({"success": false, "errors": [{"statusCode": code, "message": message, "fields": []}]})
+}
+
+/// Each sObject's fields and their `describe` types. Custom fields end in `__c`.
+fn schema(sobject: &str) -> Option<&'static [(&'static str, &'static str)]> {
+    match sobject {
+        "Contact" => Some(&[
+            ("Id", "id"),
+            ("FirstName", "string"),
+            ("LastName", "string"),
+            ("Email", "email"),
+            ("Phone", "phone"),
+            ("Title", "string"),
+            ("Description", "textarea"),
+            ("AccountId", "reference"),
+            ("MasterRecordId", "reference"),
+            ("Crm_Sync_App_Id__c", "string"),
+            ("CreatedDate", "datetime"),
+            ("LastModifiedDate", "datetime"),
+            ("LastModifiedById", "reference"),
+            ("IsDeleted", "boolean"),
+        ]),
+        "Opportunity" => Some(&[
+            ("Id", "id"),
+            ("Name", "string"),
+            ("Amount", "currency"),
+            ("Probability", "percent"),
+            ("CloseDate", "date"),
+            ("StageName", "picklist"),
+            ("Description", "textarea"),
+            ("AccountId", "reference"),
+            ("Crm_Sync_App_Id__c", "string"),
+            ("CreatedDate", "datetime"),
+            ("LastModifiedDate", "datetime"),
+            ("LastModifiedById", "reference"),
+            ("IsDeleted", "boolean"),
+        ]),
+        "Task" => Some(&[
+            ("Id", "id"),
+            ("Subject", "combobox"),
+            ("Description", "textarea"),
+            ("ActivityDate", "date"),
+            ("Status", "picklist"),
+            ("WhoId", "reference"),
+            ("WhatId", "reference"),
+            ("Crm_Sync_App_Id__c", "string"),
+            ("CreatedDate", "datetime"),
+            ("LastModifiedDate", "datetime"),
+            ("LastModifiedById", "reference"),
+            ("IsDeleted", "boolean"),
+        ]),
+        "OpportunityContactRole" => Some(&[
+            ("Id", "id"),
+            ("OpportunityId", "reference"),
+            ("ContactId", "reference"),
+            ("Role", "picklist"),
+            ("IsPrimary", "boolean"),
+            ("CreatedDate", "datetime"),
+            ("LastModifiedDate", "datetime"),
+            ("LastModifiedById", "reference"),
+            ("IsDeleted", "boolean"),
+        ]),
+        _ => None,
+    }
+}
+
+fn field_type(sobject: &str, field: &str) -> Option<&'static str> {
+    schema(sobject)?
+        .iter()
+        .find(|(name, _)| *name == field)
+        .map(|(_, kind)| *kind)
+}
+
+/// `GET /sobjects/{type}/describe`: the sObject's fields, with the attributes clients read.
+fn describe(sobject: &str) -> (u16, Value) {
+    let Some(fields) = schema(sobject) else {
+        return (
+            404,
+            json!([{"errorCode": "NOT_FOUND", "message": format!("The requested resource does not exist: {sobject}")}]),
+        );
+    };
+    let fields: Vec<Value> = fields
+        .iter()
+        .map(|(name, kind)| {
+            let system = matches!(
+                *name,
+                "Id" | "CreatedDate" | "LastModifiedDate" | "LastModifiedById" | "IsDeleted"
+            );
+            json!({
+                "name": name, "label": name, "type": kind,
+                "soapType": match *kind {
+                    "currency" | "percent" | "double" => "xsd:double",
+                    "boolean" => "xsd:boolean",
+                    "date" => "xsd:date",
+                    "datetime" => "xsd:dateTime",
+                    "id" | "reference" => "tns:ID",
+                    _ => "xsd:string",
+                },
+                "nillable": !system && *name != "LastName" && *name != "Name",
+                "createable": !system, "updateable": !system,
+                "custom": name.ends_with("__c"),
+                "externalId": *name == "Crm_Sync_App_Id__c",
+                "unique": *name == "Crm_Sync_App_Id__c",
+                "idLookup": *name == "Id" || *name == "Crm_Sync_App_Id__c",
+                "calculated": false, "length": if *kind == "string" { 255 } else { 0 },
+                "picklistValues": [], "referenceTo": [],
+            })
+        })
+        .collect();
+    (
+        200,
+        json!({"name": sobject, "label": sobject, "custom": false, "createable": true, "updateable": true,
+               "deletable": true, "queryable": true, "retrieveable": true, "fields": fields}),
+    )
+}
+
+/// An 18-character record id (or its 15-character form): letters and digits.
+fn well_formed(id: &str) -> bool {
+    matches!(id.len(), 15 | 18) && id.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// `2026-11-27T10:15:00.000Z`, as stored and as Outbound Messages send it, in the REST API's
+/// form: `2026-11-27T10:15:00.000+0000`.
+fn rest_datetime(value: &Value) -> Value {
+    match value.as_str().and_then(|text| text.strip_suffix('Z')) {
+        Some(stamp) => json!(format!("{stamp}+0000")),
+        None => value.clone(),
+    }
+}
+
+/// Records by id as sObject Collections retrieve them: in the order asked, `null` for an id
+/// with no record, each with `attributes` and only the fields asked for.
+fn retrieve(state: &State, sobject: &str, ids: &[String], fields: &[String]) -> (u16, Value) {
+    if schema(sobject).is_none() {
+        return (
+            404,
+            json!([{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}]),
+        );
+    }
+    if let Some(unknown) = fields.iter().find(|field| field_type(sobject, field).is_none()) {
+        return (
+            400,
+            json!([{"errorCode": "INVALID_FIELD", "message": format!("No such column '{unknown}' on entity '{sobject}'.")}]),
+        );
+    }
+    if ids.len() > 2000 {
+        return (
+            400,
+            json!([{"errorCode": "EXCEEDED_ID_LIMIT", "message": "too many ids"}]),
+        );
+    }
+    if let Some(bad) = ids.iter().find(|id| !well_formed(id)) {
+        return (
+            400,
+            json!([{"errorCode": "MALFORMED_ID", "message": format!("malformed id {bad}")}]),
+        );
+    }
+    let records = state.records.get(sobject);
+    let results: Vec<Value> = ids
+        .iter()
+        .map(|id| {
+            let Some(stored) = records.and_then(|records| records.get(id)) else {
+                return Value::Null;
+            };
+            let mut record = Map::new();
+            record.insert(
+                "attributes".into(),
+                json!({"type": sobject, "url": format!("{API_PATH}/sobjects/{sobject}/{id}")}),
+            );
+            for field in fields {
+                let value = stored.get(field).cloned().unwrap_or(Value::Null);
+                let value = if field_type(sobject, field) == Some("datetime") {
+                    rest_datetime(&value)
+                } else {
+                    value
+                };
+                record.insert(field.clone(), value);
+            }
+            Value::Object(record)
+        })
+        .collect();
+    (200, Value::Array(results))
+}
+
+/// What a reference field points at.
+fn reference_target(field: &str) -> Option<&'static str> {
+    match field {
+        "ContactId" | "WhoId" => Some("Contact"),
+        "OpportunityId" | "WhatId" => Some("Opportunity"),
+        _ => None,
+    }
+}
+
+/// A reference to a record that does not exist: `INVALID_CROSS_REFERENCE_KEY`.
+fn dangling(state: &State, record: &Map<String, Value>) -> Option<Value> {
+    record.iter().find_map(|(field, value)| {
+        let target = reference_target(field)?;
+        let id = value.as_str().filter(|id| !id.is_empty())?;
+        let exists = state
+            .records
+            .get(target)
+            .is_some_and(|records| records.contains_key(id));
+        (!exists).then(|| {
+            failure(
+                "INVALID_CROSS_REFERENCE_KEY",
+                &format!("invalid cross reference id: {id}"),
+                field,
+            )
+        })
+    })
+}
+
+/// Salesforce's own checks on the fields crm-sync writes: fields the sObject has, and valid
+/// emails.
+fn invalid(sobject: &str, record: &Map<String, Value>) -> Option<Value> {
+    if let Some(unknown) = record
+        .keys()
+        .find(|name| *name != "attributes" && *name != "id" && field_type(sobject, name).is_none())
+    {
+        return Some(failure(
+            "INVALID_FIELD",
+            &format!("No such column '{unknown}' on sobject of type {sobject}"),
+            unknown,
+        ));
+    }
     let email = record.get("Email").and_then(Value::as_str)?;
     (!email.contains('@')).then(|| failure("INVALID_EMAIL_ADDRESS", "Email: invalid email address", "Email"))
 }
@@ -370,12 +682,14 @@ fn fields_of(record: &Map<String, Value>) -> Map<String, Value> {
 }
 
 fn create(state: &mut State, sobject: &str, record: &Map<String, Value>) -> Value {
-    if let Some(problem) = invalid(record) {
+    if let Some(problem) = invalid(sobject, record).or_else(|| dangling(state, record)) {
         return problem;
     }
     let prefix = match sobject {
         "Contact" => "003",
         "Opportunity" => "006",
+        "Task" => "00T",
+        "OpportunityContactRole" => "00K",
         _ => "a00",
     };
     let id = format!("{prefix}{:012}AAA", state.next_id);
@@ -411,7 +725,7 @@ fn upsert(state: &mut State, sobject: &str, external_id: &str, record: &Map<Stri
     match existing {
         None => create(state, sobject, record),
         Some(id) => {
-            if let Some(problem) = invalid(record) {
+            if let Some(problem) = invalid(sobject, record).or_else(|| dangling(state, record)) {
                 return problem;
             }
             let stored = state
@@ -435,8 +749,12 @@ fn update(state: &mut State, record: &Map<String, Value>) -> Value {
     else {
         return failure("MISSING_ARGUMENT", "Id not specified", "Id");
     };
-    if let Some(problem) = invalid(record) {
-        return problem;
+    if !well_formed(id) {
+        return failure(
+            "MALFORMED_ID",
+            &format!("Record ID: id value of incorrect type: {id}"),
+            "Id",
+        );
     }
     let found = state
         .records
@@ -444,6 +762,9 @@ fn update(state: &mut State, record: &Map<String, Value>) -> Value {
         .find_map(|(sobject, records)| records.get_mut(id).map(|stored| (sobject.clone(), stored)));
     match found {
         Some((sobject, stored)) => {
+            if let Some(problem) = invalid(&sobject, record) {
+                return problem;
+            }
             stored.extend(fields_of(record));
             stamp(stored, INTEGRATION_USER_ID);
             state.touched.push((sobject, id.to_string()));

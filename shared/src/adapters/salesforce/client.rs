@@ -16,8 +16,8 @@ use tokio::sync::RwLock;
 
 use crate::adapters::crm_http;
 use crate::domain::crm::{
-    AssociationInput, BatchResult, CrmError, FailureKind, InputError, InputOutcome, RateInfo, ReadResult,
-    ThrottlePolicy, UpdateInput, UpsertInput,
+    AssociationInput, BatchResult, CrmError, FailureKind, InputError, InputOutcome, PropertyKinds, RateInfo,
+    ReadResult, ThrottlePolicy, UpdateInput, UpsertInput, ValueKind,
 };
 use crate::ports::Crm;
 
@@ -49,8 +49,10 @@ pub fn rate_info(headers: &HeaderMap) -> RateInfo {
         .get("sforce-limit-info")
         .and_then(|value| value.to_str().ok())
         .and_then(|value| {
+            // `api-usage=25/5000; per-app-api-usage=17/250(appName=…)`: parts split by `;` (or
+            // `,`), the org's own first.
             value
-                .split(',')
+                .split([';', ','])
                 .find_map(|part| part.trim().strip_prefix("api-usage="))
         })
         .and_then(|usage| usage.split_once('/'))
@@ -370,14 +372,13 @@ impl Crm for SalesforceClient {
         } else {
             properties.join(",")
         };
+        // The documented retrieve form: ids and fields in the body, not a 200-id URL.
+        let body = json!({ "ids": crm_ids, "fields": fields.split(',').collect::<Vec<_>>() });
         let (json, rate, call) = self
             .call(
-                Method::GET,
-                &format!(
-                    "/composite/sobjects/{object}?ids={}&fields={fields}",
-                    crm_ids.join(",")
-                ),
-                None,
+                Method::POST,
+                &format!("/composite/sobjects/{object}"),
+                Some(&body),
             )
             .await?;
         let found = json.as_array().map(Vec::as_slice).unwrap_or_default();
@@ -402,6 +403,30 @@ impl Crm for SalesforceClient {
             })
             .collect();
         Ok(ReadResult { records, rate, call })
+    }
+
+    async fn property_kinds(&self, object: &str) -> Result<PropertyKinds, CrmError> {
+        let (json, rate, _) = self
+            .call(Method::GET, &format!("/sobjects/{object}/describe"), None)
+            .await?;
+        let kinds = json
+            .get("fields")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|field| {
+                let name = field.get("name")?.as_str()?;
+                let kind = match field.get("type")?.as_str()? {
+                    "double" | "currency" | "percent" | "int" | "long" => ValueKind::Number,
+                    "boolean" => ValueKind::Bool,
+                    "date" => ValueKind::Date,
+                    "datetime" => ValueKind::DateTime,
+                    _ => ValueKind::Text,
+                };
+                Some((name.to_string(), kind))
+            })
+            .collect();
+        Ok(PropertyKinds { kinds, rate })
     }
 
     async fn associate(
@@ -477,6 +502,16 @@ mod tests {
         assert_eq!(rate.daily_max, Some(100_000));
         assert_eq!(rate.daily_remaining, Some(89_982));
         assert_eq!(rate.burst_remaining, None);
+        headers.insert(
+            "sforce-limit-info",
+            HeaderValue::from_static("api-usage=25/5000; per-app-api-usage=17/250(appName=crm-sync)"),
+        );
+        let rate = rate_info(&headers);
+        assert_eq!(
+            (rate.daily_max, rate.daily_remaining),
+            (Some(5_000), Some(4_975)),
+            "the org's own part"
+        );
         assert_eq!(rate_info(&HeaderMap::new()), RateInfo::default());
     }
 
