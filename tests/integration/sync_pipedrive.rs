@@ -353,6 +353,52 @@ async fn the_reconciliation_heals_drift_in_pipedrive_one_record_a_call() {
 }
 
 #[tokio::test]
+async fn an_unchanged_deal_shows_no_drift_though_pipedrive_reads_amounts_and_dates_in_its_own_form() {
+    let sandbox = Sandbox::start("127.0.0.1:0", TOKEN, Limits::default())
+        .await
+        .expect("the sandbox starts");
+    let app = spawn_app_with(syncing_to(&sandbox).with_env("RECONCILE_CYCLE_NIGHTS", "1")).await;
+    let at = now_ms();
+    app.send_changes(&[
+        contact(
+            "pd-buyer-1",
+            at,
+            json!({"email": "buyer@example.com", "first_name": "Bo"}),
+        ),
+        crm_sync_tests::app_changes::deal(
+            "pd-order-9",
+            "pd-buyer-1",
+            at,
+            json!({"name": "Annual plan", "amount": "1200.50", "close_date": "2026-12-31T00:00:00Z"}),
+        ),
+    ])
+    .await;
+    let (deal, _) = app
+        .settled(
+            RecordRef {
+                object: ObjectKind::Deal,
+                record_id: "pd-order-9".into(),
+            },
+            SyncStatus::Synced,
+        )
+        .await;
+    let stored = &sandbox.records("deals")[0];
+    assert_eq!(
+        stored["value"],
+        json!(1200.5),
+        "a number, as the v2 model types it"
+    );
+    assert_eq!(stored["expected_close_date"], "2026-12-31");
+    assert_eq!(deal.written["value"], "1200.50");
+
+    let report = app.reconcile().await;
+
+    assert_eq!(report.checked, 2, "{report:?}");
+    assert_eq!((report.healed, report.flagged), (0, 0), "{report:?}");
+    assert_eq!(sandbox.stats().invalid, 0, "every request fit the v2 models");
+}
+
+#[tokio::test]
 async fn under_pipedrive_errors_and_lost_answers_every_person_and_note_ends_up_once_with_its_latest_values() {
     let sandbox = Sandbox::start("127.0.0.1:0", TOKEN, Limits::default())
         .await

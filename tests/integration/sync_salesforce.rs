@@ -371,6 +371,40 @@ async fn the_reconciliation_heals_drift_in_salesforce() {
 }
 
 #[tokio::test]
+async fn an_unchanged_opportunity_shows_no_drift_though_salesforce_reads_amounts_and_dates_in_its_own_form() {
+    let sandbox = start_sandbox().await;
+    let app = spawn_app_with(syncing_to(&sandbox).with_env("RECONCILE_CYCLE_NIGHTS", "1")).await;
+    let at = now_ms();
+    app.send_changes(&[
+        contact(
+            "sf-buyer-1",
+            at,
+            json!({"email": "buyer@example.com", "last_name": "Buyer"}),
+        ),
+        crm_sync_tests::app_changes::deal(
+            "sf-order-9",
+            "sf-buyer-1",
+            at,
+            json!({"name": "Annual plan", "amount": 1200, "close_date": "2026-12-31T00:00:00Z"}),
+        ),
+    ])
+    .await;
+    let (deal, _) = app
+        .settled(record(ObjectKind::Deal, "sf-order-9"), SyncStatus::Synced)
+        .await;
+    let opportunity = &sandbox.records("Opportunity")[0];
+    // Salesforce keeps the amount as a double and the day as a date.
+    assert_eq!(opportunity["Amount"], json!(1200.0));
+    assert_eq!(opportunity["CloseDate"], "2026-12-31");
+    assert_eq!(deal.written["Amount"], "1200");
+
+    let report = app.reconcile().await;
+
+    assert_eq!(report.checked, 2, "{report:?}");
+    assert_eq!((report.healed, report.flagged), (0, 0), "{report:?}");
+}
+
+#[tokio::test]
 async fn salesforce_duplicates_write_once_and_an_older_change_arriving_later_is_skipped() {
     let (sandbox, app) = salesforce_stack().await;
     let at = now_ms();

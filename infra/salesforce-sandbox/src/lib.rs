@@ -659,6 +659,20 @@ fn invalid(sobject: &str, record: &Map<String, Value>) -> Option<Value> {
             unknown,
         ));
     }
+    // A date field takes `YYYY-MM-DD` only.
+    let date = time::macros::format_description!("[year]-[month]-[day]");
+    if let Some((name, value)) = record.iter().find(|(name, value)| {
+        field_type(sobject, name) == Some("date")
+            && value
+                .as_str()
+                .is_some_and(|text| !text.is_empty() && time::Date::parse(text, &date).is_err())
+    }) {
+        return Some(failure(
+            "INVALID_TYPE_ON_FIELD_IN_RECORD",
+            &format!("{name}: value not of required type: {value}"),
+            name,
+        ));
+    }
     let email = record.get("Email").and_then(Value::as_str)?;
     (!email.contains('@')).then(|| failure("INVALID_EMAIL_ADDRESS", "Email: invalid email address", "Email"))
 }
