@@ -16,6 +16,47 @@ fn setting(name: &str, default: &str) -> String {
         .unwrap_or_else(|| default.to_string())
 }
 
+/// Installs Debian's `chromium` and `chromium-driver` once per test process, the way the run
+/// command installs moto: only where the user may install packages (root with apt-get);
+/// elsewhere the error says the one command to run.
+fn install_chromium() -> Result<(), String> {
+    static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            let instruction = "the browser test needs Debian's chromium and chromium-driver: \
+                               run `sudo apt-get install chromium chromium-driver`";
+            let root = Command::new("id")
+                .arg("-u")
+                .output()
+                .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0");
+            if !root || !std::path::Path::new("/usr/bin/apt-get").exists() {
+                return Err(instruction.to_string());
+            }
+            eprintln!("crm-sync tests: installing chromium and chromium-driver (first run only)");
+            let install = || {
+                Command::new("apt-get")
+                    .args(["install", "-y", "-qq", "chromium", "chromium-driver"])
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .stdout(Stdio::null())
+                    .status()
+                    .is_ok_and(|status| status.success())
+            };
+            let updated = || {
+                Command::new("apt-get")
+                    .args(["update", "-qq"])
+                    .stdout(Stdio::null())
+                    .status()
+                    .is_ok_and(|status| status.success())
+            };
+            if install() || (updated() && install()) {
+                Ok(())
+            } else {
+                Err(format!("apt-get could not install them; {instruction}"))
+            }
+        })
+        .clone()
+}
+
 /// A browser session; dropping it ends the session and stops chromedriver.
 pub struct Browser {
     http: reqwest::Client,
@@ -36,12 +77,17 @@ impl Browser {
     pub async fn start() -> anyhow::Result<Browser> {
         let chromedriver = setting("CHROMEDRIVER", "/usr/bin/chromedriver");
         let chromium = setting("CHROMIUM", "/usr/bin/chromium");
-        for path in [&chromedriver, &chromium] {
-            if !std::path::Path::new(path).exists() {
-                anyhow::bail!(
-                    "{path} is missing: install Debian's chromium and chromium-driver (`.ci/run` does)"
-                );
-            }
+        let missing = || {
+            [&chromedriver, &chromium]
+                .into_iter()
+                .find(|path| !std::path::Path::new(path.as_str()).exists())
+                .cloned()
+        };
+        if missing().is_some() {
+            install_chromium().map_err(anyhow::Error::msg)?;
+        }
+        if let Some(path) = missing() {
+            anyhow::bail!("{path} is missing: install Debian's chromium and chromium-driver");
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let driver = Command::new(&chromedriver)
