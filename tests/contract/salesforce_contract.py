@@ -9,12 +9,13 @@ Every call in shared/src/adapters/salesforce/client.rs is exercised in the form 
   PATCH  /composite/sobjects  {allOrNone:false, records:[{attributes, id, ...}]}  update(), Task WhoId link
   POST   /composite/sobjects  {allOrNone:false, records:[OpportunityContactRole]} associate()
   DELETE /composite/sobjects?ids=a,b&allOrNone=false                              archive()
-  GET    /composite/sobjects/{SObject}?ids=a,b&fields=F1,F2                       read()
+  POST   /composite/sobjects/{SObject}  {ids, fields}                             read()
+  GET    /sobjects/{SObject}/describe                                              property_kinds()
   errors ([{message, errorCode}]), 401 INVALID_SESSION_ID, 403 REQUEST_LIMIT_EXCEEDED,
   Sforce-Limit-Info
 
-plus the documented retrieve form `POST /composite/sobjects/{SObject}` {ids, fields} and describe
-(`GET /sobjects/{SObject}/describe`), which crm-sync is about to use to normalise values by type.
+plus the GET retrieve form `GET /composite/sobjects/{SObject}?ids=a,b&fields=F1,F2`, which the
+documentation also gives.
 Checks marked [advisory] cover calls crm-sync does not make or behaviour the documentation does not
 pin down; they print PASS/FAIL but do not change the exit code.
 
@@ -25,7 +26,8 @@ target/debug/crm-sync-local`):
   SALESFORCE_API_VERSION    60.0 (crm-sync's API_VERSION)
   SALESFORCE_TOKEN          access token (sandbox-token)
   SALESFORCE_REFRESH_TOKEN  refresh token (sandbox-refresh)
-  SALESFORCE_CLIENT_ID      connected app consumer key (crm-sync-contract; the sandbox checks none)
+  SALESFORCE_CLIENT_ID      connected app consumer key (crm-sync-contract; the sandbox checks it
+                            once told to with require_client, as the contract test does)
   SALESFORCE_CLIENT_SECRET  connected app consumer secret (crm-sync-contract-secret)
   SALESFORCE_TOKEN_URL      {SALESFORCE_BASE_URL}/services/oauth2/token
   SALESFORCE_EXTERNAL_ID_FIELD  Crm_Sync_App_Id__c (on Contact, Opportunity and Task)
