@@ -672,9 +672,16 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             session_ttl_ms: i64::from(hours) * 3_600_000,
             table: self.required("DASHBOARD_TABLE")?,
             sign_in_limits,
-            hubspot_portal_id: self
-                .optional("HUBSPOT_PORTAL_ID")
-                .filter(|id| id.chars().all(|c| c.is_ascii_digit())),
+            hubspot_portal_id: match self.optional("HUBSPOT_PORTAL_ID") {
+                None => None,
+                Some(id) if !id.is_empty() && id.chars().all(|c| c.is_ascii_digit()) => Some(id),
+                Some(id) => {
+                    return Err(ConfigError::new(
+                        "HUBSPOT_PORTAL_ID",
+                        format!("`{id}` is not a HubSpot account id (digits only)"),
+                    ))
+                }
+            },
             hubspot_app_url: app_url.trim_end_matches('/').to_string(),
             record_links: self.record_links()?,
         })
@@ -1001,6 +1008,30 @@ mod tests {
             env(&pairs).dashboard().unwrap_err().variable,
             "DASHBOARD_SIGN_IN_FAILURES_PER_CLIENT"
         );
+    }
+
+    #[test]
+    fn a_hubspot_portal_id_that_is_not_digits_stops_the_cold_start_naming_it() {
+        let base = [
+            ("SYNC_STATE_TABLE", "s"),
+            ("RESYNC_QUEUE_URL", "http://r"),
+            ("OUTBOUND_QUEUE_URL", "http://o"),
+            ("OUTBOUND_DLQ_URL", "http://od"),
+            ("INBOUND_QUEUE_URL", "http://i"),
+            ("INBOUND_DLQ_URL", "http://id"),
+            ("APP_INBOX_QUEUE_URL", "http://a"),
+            ("APP_INBOX_DLQ_URL", "http://ad"),
+            ("DASHBOARD_PASSWORD", "p"),
+            ("DASHBOARD_TABLE", "t"),
+        ];
+        let with = |id: &'static str| {
+            let mut pairs = base.to_vec();
+            pairs.push(("HUBSPOT_PORTAL_ID", id));
+            env(&pairs).dashboard()
+        };
+        assert_eq!(with("62515").unwrap().hubspot_portal_id.as_deref(), Some("62515"));
+        assert_eq!(with("").unwrap().hubspot_portal_id, None, "unset");
+        assert_eq!(with("62515x").unwrap_err().variable, "HUBSPOT_PORTAL_ID");
     }
 
     #[test]
