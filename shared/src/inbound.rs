@@ -84,6 +84,17 @@ impl CrmEvents for EventsOf {
             ))
         }
     }
+
+    fn align(
+        &self,
+        object: ObjectKind,
+        values: &mut std::collections::BTreeMap<String, String>,
+        written: &std::collections::BTreeMap<String, String>,
+    ) {
+        if let Some(events) = &self.events {
+            events.align(object, values, written);
+        }
+    }
 }
 
 /// The ports inbound processing needs.
@@ -579,7 +590,10 @@ impl InboundService {
             if own_creations.contains(&p.message_id) {
                 effects.echoes += 1;
             }
-            for (property, value) in p.change.properties.clone().unwrap_or_default() {
+            let mut properties = p.change.properties.clone().unwrap_or_default();
+            self.events
+                .align(record.object, &mut properties, &current.written);
+            for (property, value) in properties {
                 match decide(mapping, &current, &p.change, &property, &value) {
                     FieldDecision::Deliver { field, value } => {
                         later(&mut entry.1.inbound_at, &property, p.change.occurred_at_ms);

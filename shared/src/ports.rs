@@ -169,6 +169,17 @@ pub trait Crm: Send + Sync {
         let _ = object;
         Ok(PropertyKinds::default())
     }
+
+    /// Brings a record's values as read into the form crm-sync wrote them in (see
+    /// [`CrmEvents::align`]); `object` is the CRM object.
+    fn align_read(
+        &self,
+        object: &str,
+        values: &mut std::collections::BTreeMap<String, String>,
+        written: &std::collections::BTreeMap<String, String>,
+    ) {
+        let _ = (object, values, written);
+    }
 }
 
 /// What claiming a record for a sync attempt found.
@@ -459,6 +470,18 @@ pub trait EventJournal: Send + Sync {
 /// A CRM's webhook events, read as changes.
 pub trait CrmEvents: Send + Sync {
     fn interpret(&self, message: &InboundMessage) -> Interpretation;
+
+    /// Brings an event's values of a record into the form crm-sync wrote them in, where the CRM
+    /// stores several app fields as one (Pipedrive's `name`, split again at its first space):
+    /// `written` is what crm-sync last wrote to the record.
+    fn align(
+        &self,
+        object: crate::domain::contract::ObjectKind,
+        values: &mut std::collections::BTreeMap<String, String>,
+        written: &std::collections::BTreeMap<String, String>,
+    ) {
+        let _ = (object, values, written);
+    }
 }
 
 /// A queue failure; the caller reports it and may try again.

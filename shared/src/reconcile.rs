@@ -200,8 +200,8 @@ impl ReconcileService {
     }
 
     /// The property kinds of a CRM object, from the cache or the CRM. When the CRM cannot say,
-    /// values compare as text for this page (a drift may show that a read a moment later would
-    /// not) and the next page asks again.
+    /// values compare as text for the hour (a drift may show that a read a moment later would
+    /// not), and the CRM is asked again after it.
     async fn kinds(&self, object: &str, deadline: Instant, calls: &mut BatchReport) -> Arc<Kinds> {
         let now_ms = self.clock.now_ms();
         if let Some((at_ms, kinds)) = self.kinds.lock().await.get(object) {
@@ -223,12 +223,18 @@ impl ReconcileService {
                 kinds
             }
             Err(failure) => {
+                // Kept like a success, so that a refusal costs one call an hour, not one a page.
                 tracing::warn!(
                     ?failure,
                     object,
                     "could not read the CRM's property types; comparing as text"
                 );
-                Arc::new(BTreeMap::new())
+                let kinds = Arc::new(BTreeMap::new());
+                self.kinds
+                    .lock()
+                    .await
+                    .insert(object.to_string(), (now_ms, kinds.clone()));
+                kinds
             }
         }
     }
@@ -417,7 +423,7 @@ impl ReconcileService {
                 let mut deliver: Vec<(&RecordState, Drifted)> = Vec::new();
                 for (state, values) in chunk.iter().zip(read.records) {
                     report.checked += 1;
-                    let Some(values) = values else {
+                    let Some(mut values) = values else {
                         report.flagged += 1;
                         timeline.push(drift_entry(
                             state,
@@ -427,6 +433,8 @@ impl ReconcileService {
                         ));
                         continue;
                     };
+                    self.crm
+                        .align_read(&mapping.crm_object, &mut values, &state.written);
                     let mut restore = BTreeMap::new();
                     let mut drifted = BTreeMap::new();
                     for (field, rule) in &mapping.fields {

@@ -555,8 +555,13 @@ impl SyncService {
                     .as_ref()
                     .and_then(|contact| parents.get(contact))
                     .cloned(),
-                // A retry, or a claim whose earlier holder wrote and never settled.
-                may_exist: w.queued.attempts > 0 || !w.prior.claimed_writes.is_empty(),
+                // An earlier attempt of any change may have created it and lost the answer: a
+                // retry, a claim whose holder wrote and never settled, a try that was throttled
+                // or overtaken by a newer change. Only a record never tried is surely new.
+                may_exist: w.prior.crm_id.is_none()
+                    && (w.queued.attempts > 0
+                        || !w.prior.claimed_writes.is_empty()
+                        || w.prior.last_attempt_at_ms.is_some()),
                 written_before: w.prior.written.clone(),
             })
             .collect();
@@ -603,15 +608,36 @@ impl SyncService {
                     }
                 })
                 .collect();
-            let results = self
-                .worker
-                .call(deadline, report, || {
-                    self.crm.update(&mapping.crm_object, &updates)
-                })
-                .await;
-            let adopted = per_input(results, updates.len());
-            for ((index, _), outcome) in conflicts.into_iter().zip(adopted) {
-                outcomes[index] = outcome;
+            // One adoption a call: HubSpot refuses a batch as a whole when one of its inputs
+            // collides (409), and an adoption is rare enough to pay a call each.
+            for ((index, crm_id), update) in conflicts.into_iter().zip(updates) {
+                let result = self
+                    .worker
+                    .call(deadline, report, || {
+                        self.crm
+                            .update(&mapping.crm_object, std::slice::from_ref(&update))
+                    })
+                    .await;
+                let outcome = per_input(result, 1).pop().expect("one outcome");
+                outcomes[index] = match outcome {
+                    // Taking the record over collided with yet another one: the CRM holds two
+                    // records where the app has one.
+                    Outcome::Failed {
+                        kind: FailureKind::Conflict,
+                        error,
+                        call,
+                    } => Outcome::Failed {
+                        kind: FailureKind::Permanent,
+                        error: format!(
+                            "identity conflict: adopting CRM record {crm_id} for app record {} collided \
+                             with another CRM record ({error}); merge the duplicates in the CRM, then \
+                             re-sync {}",
+                            inputs[index].key, inputs[index].key
+                        ),
+                        call,
+                    },
+                    other => other,
+                };
             }
         }
         outcomes
@@ -647,6 +673,20 @@ impl SyncService {
         let mut first_by_crm_id: HashMap<String, usize> = HashMap::new();
         let mut unique = Vec::new();
         for (index, crm_id) in conflicts {
+            // The record is a CRM record already, and its new unique value (an email) is held by
+            // another: two CRM records for one app record, which no adoption can resolve.
+            if let Some(own) = inputs[index].crm_id.as_ref().filter(|own| **own != crm_id) {
+                outcomes[index] = Outcome::Failed {
+                    kind: FailureKind::Permanent,
+                    error: format!(
+                        "identity conflict: app record {} is CRM record {own}, and CRM record {crm_id} \
+                         already holds its new unique value; merge the two in the CRM, then re-sync {}",
+                        inputs[index].key, inputs[index].key
+                    ),
+                    call: None,
+                };
+                continue;
+            }
             match first_by_crm_id.get(&crm_id) {
                 Some(first) => {
                     outcomes[index] =

@@ -429,7 +429,7 @@ async function personsAndDealsAndNotes() {
   conforms(`persons.update request is an UpdatePersonRequest (${json(updateBody)})`, updateBody, 'UpdatePersonRequest', 'v2');
   const updated = sample('PATCH /api/v2/persons/{id}', await call(() => persons.updatePerson({ id: personId, UpdatePersonRequest: updateBody })));
   conforms('persons.update response is an UpsertPersonResponse', updated.body, 'UpsertPersonResponse', 'v2');
-  check('persons.update: a first-name change reaches `name`, the only name field UpdatePersonRequest has', updated.body?.data?.name === 'Augusta Lovelace', `name after PATCH = ${json(updated.body?.data?.name)}, body sent ${json(updateBody)}`);
+  check('persons.update: the new name reads back, split into first_name and last_name (Person model)', updated.body?.data?.name === 'Augusta Lovelace' && updated.body?.data?.first_name === 'Augusta' && updated.body?.data?.last_name === 'Lovelace', `after PATCH: ${json(pick(updated.body?.data || {}, /name/))}`);
   carries('persons.update response carries update_time', updated.body?.data, ['update_time']);
 
   // --- Deal create, associate, search, read (client.rs:385-432, 504-543) ------------------------

@@ -27,6 +27,7 @@ async fn hubspots_official_python_client_reads_every_answer_the_hubspot_sandbox_
         "every call is checked, on v3/v4 and 2026-03 paths:\n{}",
         run.output
     );
+    assert!(!run.output.contains("SKIP"), "every check ran:\n{}", run.output);
 }
 
 #[tokio::test]
@@ -102,4 +103,9 @@ async fn simple_salesforce_and_jsforce_read_every_answer_the_salesforce_sandbox_
         rest.output
     );
     assert!(!rest.output.contains("SKIP"), "every check ran:\n{}", rest.output);
+    assert!(
+        !refresh.output.contains("SKIP"),
+        "every check ran:\n{}",
+        refresh.output
+    );
 }

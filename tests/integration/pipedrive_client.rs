@@ -66,7 +66,11 @@ async fn an_upsert_creates_a_person_once_and_then_updates_it_by_the_apps_id() {
     assert_eq!(persons.len(), 1, "{persons:?}");
     assert_eq!(persons[0]["emails"][0]["value"], "ada@lovelace.example");
     assert_eq!(persons[0]["custom_fields"][APP_ID_FIELD], "app-1");
-    assert_eq!(sandbox.stats().calls, 4, "a search and a write per upsert");
+    assert_eq!(
+        sandbox.stats().calls,
+        5,
+        "a search and a create; then a search, a read of the hit and a write"
+    );
 }
 
 #[tokio::test]
@@ -89,7 +93,11 @@ async fn a_person_reads_back_flat_and_reads_as_none_once_deleted() {
     let record = read.records[0].clone().expect("the person exists");
     assert_eq!(record["email"], "grace@example.com");
     assert_eq!(record[APP_ID_FIELD], "app-2");
-    assert!(!record.contains_key("name"), "only the asked properties");
+    assert!(!record.contains_key("owner_id"), "only the asked properties");
+    assert_eq!(
+        record["name"], "Ada Lovelace",
+        "and a person's name, which its parts are read against"
+    );
 
     let archived = client
         .archive("persons", std::slice::from_ref(&id))
@@ -529,4 +537,40 @@ async fn a_person_whose_creation_answer_was_lost_is_found_past_the_lagging_searc
         unhinted.outcomes[0],
         InputOutcome::Done { created: true, .. }
     ));
+}
+
+#[tokio::test]
+async fn a_search_hit_whose_other_field_holds_the_app_id_is_not_taken_for_the_record() {
+    let (sandbox, client) = sandbox(Limits::default()).await;
+    sandbox.add_custom_field("persons", "referred_by", "varchar");
+    let referrer = client
+        .upsert(
+            "persons",
+            APP_ID_FIELD,
+            &[UpsertInput::new(
+                "app-40",
+                BTreeMap::from([
+                    ("name".to_string(), "Ann Referrer".to_string()),
+                    ("referred_by".to_string(), "app-41".to_string()),
+                ]),
+            )],
+        )
+        .await
+        .unwrap();
+    let (referrer_id, _) = done(&referrer.outcomes[0]);
+
+    let new = client
+        .upsert("persons", APP_ID_FIELD, &[input("app-41", "new@example.com")])
+        .await
+        .unwrap();
+
+    let (new_id, created) = done(&new.outcomes[0]);
+    assert!(created && new_id != referrer_id, "{new:?}");
+    let persons = sandbox.records("persons");
+    let untouched = persons
+        .iter()
+        .find(|p| p["id"].as_u64().map(|id| id.to_string()).as_ref() == Some(&referrer_id))
+        .unwrap();
+    assert_eq!(untouched["custom_fields"][APP_ID_FIELD], "app-40");
+    assert_eq!(untouched["name"], "Ann Referrer");
 }

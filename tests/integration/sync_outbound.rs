@@ -673,6 +673,47 @@ async fn a_crm_record_already_carrying_another_app_id_is_not_adopted_even_if_crm
 }
 
 #[tokio::test]
+async fn a_synced_contact_changing_to_an_email_another_crm_record_holds_is_an_identity_conflict_not_a_takeover(
+) {
+    let app = spawn_app_with(AppOptions::syncing()).await;
+    let lead = app
+        .sandbox()
+        .create(
+            "contacts",
+            [("email".to_string(), "lee@example.com".to_string())].into(),
+        )
+        .unwrap();
+    app.send_changes(&[contact("user-l", now_ms(), json!({"email": "l@example.com"}))])
+        .await;
+    let (synced, _) = settled(&app, contact_ref("user-l"), SyncStatus::Synced).await;
+    let own = synced.crm_id.expect("a CRM id");
+
+    app.send_changes(&[contact(
+        "user-l",
+        now_ms() + 1,
+        json!({"email": "lee@example.com"}),
+    )])
+    .await;
+
+    let (state, _) = settled(&app, contact_ref("user-l"), SyncStatus::Failed).await;
+    let error = state.last_error.unwrap();
+    assert!(
+        error.contains("identity conflict") && error.contains(&own) && error.contains(&lead.id.to_string()),
+        "{error}"
+    );
+    assert_eq!(state.crm_id, Some(own), "still its own CRM record");
+    let lead_now = app
+        .sandbox()
+        .find("contacts", "email", "lee@example.com")
+        .unwrap();
+    assert_eq!(lead_now.id, lead.id);
+    assert!(
+        !lead_now.properties.contains_key("crm_sync_app_id"),
+        "the lead is not taken over"
+    );
+}
+
+#[tokio::test]
 async fn a_change_dated_past_the_allowed_clock_skew_is_dead_lettered_and_poisons_nothing() {
     let app = spawn_app_with(AppOptions::syncing().with_env("MAX_CLOCK_SKEW_SECONDS", "60")).await;
     let now = now_ms();

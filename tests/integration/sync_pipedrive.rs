@@ -260,6 +260,36 @@ async fn a_stage_move_reaches_the_app_when_pipedrive_dates_its_webhook_in_epoch_
 }
 
 #[tokio::test]
+async fn a_two_word_first_name_comes_back_from_pipedrive_as_an_echo_not_a_conflict() {
+    use crm_sync::ports::SyncStateStore;
+    let (sandbox, app) = pipedrive_loop().await;
+    let person = RecordRef {
+        object: ObjectKind::Contact,
+        record_id: "pd-name-1".into(),
+    };
+    app.send_changes(&[contact(
+        "pd-name-1",
+        now_ms(),
+        json!({"email": "mary@example.com", "first_name": "Mary Ann", "last_name": "Smith"}),
+    )])
+    .await;
+    app.settled(person.clone(), SyncStatus::Synced).await;
+    settle_webhooks(&sandbox, &app).await;
+
+    assert_eq!(sandbox.records("persons")[0]["name"], "Mary Ann Smith");
+    let events = app.webhook_events().await;
+    assert!(!events.is_empty());
+    for (_, status, detail, event) in &events {
+        assert!(
+            status == "echo" || status == "ignored",
+            "{status}: {detail}: {event}"
+        );
+    }
+    let conflicts = app.sync_state().conflicts(&person, 10).await.unwrap();
+    assert!(conflicts.is_empty(), "{conflicts:?}");
+}
+
+#[tokio::test]
 async fn a_pipedrive_user_editing_an_app_owned_email_is_journaled_as_a_conflict() {
     let (sandbox, app) = pipedrive_loop().await;
     let (person_id, _) = synced(&sandbox, &app, "pd-rep-2", "pd-deal-rep-2").await;
@@ -360,10 +390,11 @@ async fn an_unchanged_deal_shows_no_drift_though_pipedrive_reads_amounts_and_dat
     let app = spawn_app_with(syncing_to(&sandbox).with_env("RECONCILE_CYCLE_NIGHTS", "1")).await;
     let at = now_ms();
     app.send_changes(&[
+        // Pipedrive keeps only `name` and splits it at its first space: `Mary` + `Ann Smith`.
         contact(
             "pd-buyer-1",
             at,
-            json!({"email": "buyer@example.com", "first_name": "Bo"}),
+            json!({"email": "buyer@example.com", "first_name": "Mary Ann", "last_name": "Smith"}),
         ),
         crm_sync_tests::app_changes::deal(
             "pd-order-9",
@@ -395,7 +426,12 @@ async fn an_unchanged_deal_shows_no_drift_though_pipedrive_reads_amounts_and_dat
 
     assert_eq!(report.checked, 2, "{report:?}");
     assert_eq!((report.healed, report.flagged), (0, 0), "{report:?}");
+    // The one CRM-side difference is real: the stage and pipeline Pipedrive gave the new deal,
+    // which the app never received (this stack takes no webhooks).
+    assert_eq!((report.crm_drift, report.delivered), (2, 1), "{report:?}");
     assert_eq!(sandbox.stats().invalid, 0, "every request fit the v2 models");
+    let person = &sandbox.records("persons")[0];
+    assert_eq!(person["first_name"], "Mary", "Pipedrive's own split");
 }
 
 #[tokio::test]

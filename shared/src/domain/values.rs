@@ -17,9 +17,13 @@ pub fn equivalent(kind: ValueKind, a: &str, b: &str) -> bool {
     let (a, b) = (a.trim(), b.trim());
     match kind {
         ValueKind::Text => false,
-        ValueKind::Number => match (number(a), number(b)) {
-            (Some(x), Some(y)) => x == y || (x - y).abs() <= f64::EPSILON * x.abs().max(y.abs()),
-            _ => false,
+        ValueKind::Number => match (integer(a), integer(b)) {
+            // Whole numbers exactly: an id-like 9007199254740993 is not ...992.
+            (Some(x), Some(y)) => x == y,
+            _ => match (number(a), number(b)) {
+                (Some(x), Some(y)) => x == y || (x - y).abs() <= f64::EPSILON * x.abs().max(y.abs()),
+                _ => false,
+            },
         },
         ValueKind::Bool => matches!((boolean(a), boolean(b)), (Some(x), Some(y)) if x == y),
         ValueKind::DateTime => matches!((instant_ms(a), instant_ms(b)), (Some(x), Some(y)) if x == y),
@@ -34,6 +38,16 @@ fn number(text: &str) -> Option<f64> {
     text.parse::<f64>().ok().filter(|n| n.is_finite())
 }
 
+/// A whole number written as one (`1200`, `-3`, `1200.0`): exact beyond f64's 2^53.
+fn integer(text: &str) -> Option<i128> {
+    let digits = text.strip_suffix(".0").unwrap_or(text);
+    let unsigned = digits.strip_prefix('-').unwrap_or(digits);
+    if unsigned.is_empty() || !unsigned.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 fn boolean(text: &str) -> Option<bool> {
     match text.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" => Some(true),
@@ -45,14 +59,21 @@ fn boolean(text: &str) -> Option<bool> {
 /// Epoch milliseconds of an instant written as epoch ms, RFC 3339 (`Z` or an offset),
 /// Salesforce's `…+0000`, `YYYY-MM-DD HH:MM:SS` (UTC) or a bare day (midnight UTC).
 pub fn instant_ms(text: &str) -> Option<i64> {
-    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+    // Epoch milliseconds, before 1970 too (`-14182980000`).
+    let unsigned = text.strip_prefix('-').unwrap_or(text);
+    if !unsigned.is_empty() && unsigned.bytes().all(|b| b.is_ascii_digit()) {
         return text.parse().ok();
     }
     let at = OffsetDateTime::parse(text, &Rfc3339)
         .ok()
         .or_else(|| {
-            // `2026-11-27T10:15:00.000+0000`: an offset without a colon.
-            let (stamp, offset) = text.split_at(text.len().checked_sub(5)?);
+            // `2026-11-27T10:15:00.000+0000`: an offset without a colon. Any text may get here,
+            // so the cut must fall between characters.
+            let cut = text
+                .len()
+                .checked_sub(5)
+                .filter(|cut| text.is_char_boundary(*cut))?;
+            let (stamp, offset) = text.split_at(cut);
             let sign = match offset.as_bytes().first()? {
                 b'+' => 1,
                 b'-' => -1,
@@ -132,6 +153,39 @@ mod tests {
         assert!(!equivalent(ValueKind::Number, "", "0"));
         assert!(equivalent(ValueKind::Bool, "true", "True"));
         assert!(!equivalent(ValueKind::Bool, "true", "false"));
+    }
+
+    #[test]
+    fn instants_before_1970_and_large_whole_numbers_compare_exactly() {
+        assert!(equivalent(
+            ValueKind::DateTime,
+            "-14182980000",
+            "1969-07-20T20:17:00Z"
+        ));
+        assert!(equivalent(ValueKind::Date, "-14182980000", "1969-07-20"));
+        assert!(!equivalent(
+            ValueKind::Number,
+            "9007199254740993",
+            "9007199254740992"
+        ));
+        assert!(equivalent(ValueKind::Number, "1200", "1200.0"));
+        assert!(equivalent(ValueKind::Number, "-0", "0"));
+    }
+
+    #[test]
+    fn text_that_is_no_time_never_panics_whatever_its_characters() {
+        for text in [
+            "Q3 – TBD",
+            "ü",
+            "–––––",
+            "2026-12-31T00:00:00.000+00–0",
+            "+0000",
+            "",
+        ] {
+            assert!(instant_ms(text).is_none(), "{text}");
+            assert!(!equivalent(ValueKind::DateTime, text, "1798675200000"), "{text}");
+            assert!(!equivalent(ValueKind::Date, text, "2026-12-31"), "{text}");
+        }
     }
 
     #[test]

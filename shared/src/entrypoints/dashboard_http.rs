@@ -75,10 +75,10 @@ impl Incoming {
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(key, _)| *key == name)
-            .map(|(_, value)| value.to_string())
+            .flat_map(cookie::Cookie::split_parse)
+            .filter_map(Result::ok)
+            .find(|cookie| cookie.name() == name)
+            .map(|cookie| cookie.value().to_string())
     }
 
     /// A cross-site POST is refused even before its token is checked: browsers send `Origin`
@@ -121,11 +121,14 @@ fn source_ip(request: &Request) -> Option<String> {
 
 /// Sets the session cookie (`value`, for `max_age` seconds; empty and 0 clear it).
 fn set_cookie(response: &mut Response<Body>, value: &str, max_age: i64, https: bool) {
-    let cookie = format!(
-        "{COOKIE_NAME}={value}; Path=/admin; Max-Age={max_age}; HttpOnly; SameSite=Strict{}",
-        if https { "; Secure" } else { "" }
-    );
-    if let Ok(value) = cookie.parse() {
+    let cookie = cookie::Cookie::build((COOKIE_NAME, value))
+        .path("/admin")
+        .max_age(cookie::time::Duration::seconds(max_age))
+        .http_only(true)
+        .same_site(cookie::SameSite::Strict)
+        .secure(https)
+        .build();
+    if let Ok(value) = cookie.to_string().parse() {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
 }

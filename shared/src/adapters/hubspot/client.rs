@@ -228,11 +228,8 @@ fn conflict_of_one(error: CrmError, inputs: usize) -> Result<BatchResult, CrmErr
                     rate: RateInfo::default(),
                     call,
                 }),
-                None => Err(CrmError::Rejected {
-                    call,
-                    status: 409,
-                    message,
-                }),
+                // A conflict naming no record cannot be adopted; another try may name it.
+                None => Err(CrmError::Transient { call, message }),
             }
         }
         other => Err(other),
@@ -467,7 +464,20 @@ impl Crm for HubSpotClient {
 
     async fn property_kinds(&self, object: &str) -> Result<PropertyKinds, CrmError> {
         let path = format!("/crm/properties/{}/{object}", self.version);
-        let (_, rate, json, _) = self.send(reqwest::Method::GET, &path, None).await?;
+        let (_, rate, json, _) = match self.send(reqwest::Method::GET, &path, None).await {
+            Ok(answer) => answer,
+            // Reading property definitions takes the `crm.schemas.{object}.read` scope, which a
+            // token made for object reads and writes may lack: the standard properties' types
+            // are known, so they still compare by meaning.
+            Err(CrmError::Transient { message, .. }) if message.starts_with("authentication failed") => {
+                tracing::warn!(object, %message, "HubSpot refused the property definitions (grant crm.schemas.{object}.read); comparing the standard properties by their known types");
+                return Ok(PropertyKinds {
+                    kinds: standard_kinds(),
+                    rate: RateInfo::default(),
+                });
+            }
+            Err(error) => return Err(error),
+        };
         let kinds = json
             .get("results")
             .and_then(Value::as_array)
@@ -489,6 +499,22 @@ impl Crm for HubSpotClient {
     }
 }
 
+/// Types of HubSpot's standard properties crm-sync's mappings use, for when the property
+/// definitions cannot be read.
+fn standard_kinds() -> BTreeMap<String, ValueKind> {
+    [
+        ("closedate", ValueKind::DateTime),
+        ("hs_timestamp", ValueKind::DateTime),
+        ("createdate", ValueKind::DateTime),
+        ("lastmodifieddate", ValueKind::DateTime),
+        ("amount", ValueKind::Number),
+        ("hs_deal_stage_probability", ValueKind::Number),
+    ]
+    .into_iter()
+    .map(|(name, kind)| (name.to_string(), kind))
+    .collect()
+}
+
 /// An association is done when HubSpot's results name its pair (`from.id`, `to.id`): the error
 /// objects of a failed one carry no documented key to map them back by, so every pair the results
 /// leave out failed, with the errors' messages as the reason.
@@ -507,6 +533,10 @@ fn association_outcomes(json: &Value, pairs: &[AssociationInput]) -> Vec<InputOu
         .into_iter()
         .flatten()
         .collect();
+    let missing = pairs
+        .iter()
+        .filter(|pair| !done.contains(&(pair.from_id.clone(), pair.to_id.clone())))
+        .count();
     pairs
         .iter()
         .map(|pair| {
@@ -516,21 +546,33 @@ fn association_outcomes(json: &Value, pairs: &[AssociationInput]) -> Vec<InputOu
                     created: false,
                 };
             }
-            // The error that names either id, else the first.
-            let error = errors
+            // The one error that names either id; else the only error when only this pair is
+            // missing. Anything less certain is reported as transient: a retry finds out.
+            let naming: Vec<&&Value> = errors
                 .iter()
-                .find(|error| {
+                .filter(|error| {
                     let text = error.to_string();
                     text.contains(&format!("\"{}\"", pair.from_id))
                         || text.contains(&format!("\"{}\"", pair.to_id))
                 })
-                .or(errors.first());
+                .collect();
+            let error = match (naming.as_slice(), errors.as_slice()) {
+                ([one], _) => Some(**one),
+                ([], [only]) if missing == 1 => Some(*only),
+                _ => None,
+            };
             InputOutcome::Failed(match error {
                 Some(error) => input_error(error),
                 None => InputError {
                     kind: FailureKind::Transient,
                     code: "NOT_REPORTED".to_string(),
-                    message: "HubSpot's response did not report this association".to_string(),
+                    message: match errors.first() {
+                        Some(first) => format!(
+                            "HubSpot did not associate this pair; its errors: {}",
+                            error_detail(first).unwrap_or_default()
+                        ),
+                        None => "HubSpot's response did not report this association".to_string(),
+                    },
                     existing_id: None,
                 },
             })
@@ -575,6 +617,55 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_failed_association_takes_only_an_error_certainly_its_own_else_a_transient_one() {
+        let pair = |from: &str, to: &str| AssociationInput {
+            from_id: from.into(),
+            to_id: to.into(),
+        };
+        let pairs = [pair("1", "2"), pair("3", "4"), pair("5", "6")];
+        let answer = json!({
+            "status": "COMPLETE",
+            "results": [{"from": {"id": "1"}, "to": {"id": "2"}, "associationSpec": {}}],
+            "errors": [
+                {"status": "error", "category": "VALIDATION_ERROR", "message": "No contacts with ID 4 exist", "context": {"ids": ["3", "4"]}},
+                {"status": "error", "category": "VALIDATION_ERROR", "message": "something else", "context": {}}
+            ]
+        });
+        let outcomes = association_outcomes(&answer, &pairs);
+        assert!(matches!(outcomes[0], InputOutcome::Done { .. }));
+        assert!(
+            matches!(&outcomes[1], InputOutcome::Failed(e) if e.kind == FailureKind::Permanent),
+            "{outcomes:?}"
+        );
+        assert!(
+            matches!(&outcomes[2], InputOutcome::Failed(e) if e.kind == FailureKind::Transient && e.code == "NOT_REPORTED"),
+            "two errors, none naming it: not blamed on either: {outcomes:?}"
+        );
+
+        let one_missing = json!({"results": [
+            {"from": {"id": "1"}, "to": {"id": "2"}}, {"from": {"id": "3"}, "to": {"id": "4"}}
+        ], "errors": [{"status": "error", "category": "VALIDATION_ERROR", "message": "bad pair"}]});
+        let outcomes = association_outcomes(&one_missing, &pairs);
+        assert!(
+            matches!(&outcomes[2], InputOutcome::Failed(e) if e.kind == FailureKind::Permanent),
+            "{outcomes:?}"
+        );
+    }
+
+    #[test]
+    fn a_whole_call_conflict_naming_no_record_is_retried_not_refused() {
+        let error = CrmError::Rejected {
+            call: "POST x -> 409".into(),
+            status: 409,
+            message: "Conflict".into(),
+        };
+        assert!(matches!(
+            conflict_of_one(error, 1),
+            Err(CrmError::Transient { .. })
+        ));
     }
 
     #[test]

@@ -47,6 +47,12 @@ const TOP_LEVEL: [&str; 12] = [
     "expected_close_date",
 ];
 
+/// An object's field kinds and when they were read.
+type KindsRead = (std::time::Instant, BTreeMap<String, ValueKind>);
+
+/// How long field kinds read from Pipedrive are used.
+const KINDS_TTL: Duration = Duration::from_secs(60 * 60);
+
 /// Top-level fields the v2 models type as integers, and as numbers.
 const INTEGER_FIELDS: [&str; 6] = [
     "owner_id",
@@ -75,8 +81,11 @@ pub mod token_cost {
     pub const NOTE_GET: u32 = 2;
     pub const NOTES_LIST: u32 = 20;
     /// What the limiter reserves for one granted call: an upsert of a record crm-sync has not
-    /// written yet (a search and a write). The budget headers correct it after each call.
-    pub const PER_CALL: u32 = SEARCH + CREATE;
+    /// written yet, looked for past the lagging search too (a search, the newest records, a
+    /// check of the hit, a write). A note's worst case (60) and the field list (10, hourly) can
+    /// exceed it: the reserve absorbs that, and the budget headers correct the count after each
+    /// answer.
+    pub const PER_CALL: u32 = SEARCH + LIST + GET + CREATE + 4;
 }
 
 /// A Pipedrive company, reached with an API token.
@@ -90,8 +99,9 @@ pub struct PipedriveClient {
     /// App ids whose creation may have happened without the answer arriving: the next upsert
     /// of each looks past the search index, which lags behind writes.
     uncertain: Arc<Mutex<HashSet<String>>>,
-    /// Each object's field kinds (`personFields`, `dealFields`), read once.
-    kinds: Arc<Mutex<HashMap<String, BTreeMap<String, ValueKind>>>>,
+    /// Each object's field kinds (`personFields`, `dealFields`) and when they were read: read
+    /// again after [`KINDS_TTL`], so that a field an admin adds is typed within the hour.
+    kinds: Arc<Mutex<HashMap<String, KindsRead>>>,
 }
 
 /// The object activities are written as: notes on their person (API v1).
@@ -236,11 +246,23 @@ impl PipedriveClient {
         })
     }
 
+    /// The cached kinds of `object`, while fresh.
+    fn cached_kinds(&self, object: &str) -> Option<BTreeMap<String, ValueKind>> {
+        let kinds = self
+            .kinds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        kinds
+            .get(object)
+            .filter(|(at, _)| at.elapsed() < KINDS_TTL)
+            .map(|(_, kinds)| kinds.clone())
+    }
+
     /// Kinds of `object`'s fields: Pipedrive's field list (`GET /{personFields|dealFields}`),
-    /// read once and kept; the standard fields' kinds are known.
+    /// kept for [`KINDS_TTL`]; the standard fields' kinds are known.
     async fn field_kinds(&self, object: &str) -> Result<(BTreeMap<String, ValueKind>, RateInfo), CrmError> {
-        if let Some(kinds) = self.kinds.lock().expect("not poisoned").get(object) {
-            return Ok((kinds.clone(), RateInfo::default()));
+        if let Some(kinds) = self.cached_kinds(object) {
+            return Ok((kinds, RateInfo::default()));
         }
         let mut kinds: BTreeMap<String, ValueKind> = match object {
             "deals" => [
@@ -280,7 +302,10 @@ impl PipedriveClient {
                         continue;
                     };
                     let kind = match kind {
-                        "int" | "double" | "monetary" => ValueKind::Number,
+                        // Option and link fields take their id, a number.
+                        "int" | "double" | "monetary" | "enum" | "user" | "org" | "people" => {
+                            ValueKind::Number
+                        }
                         "boolean" => ValueKind::Bool,
                         "date" => ValueKind::Date,
                         _ => ValueKind::Text,
@@ -299,40 +324,34 @@ impl PipedriveClient {
         }
         self.kinds
             .lock()
-            .expect("not poisoned")
-            .insert(object.to_string(), kinds.clone());
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(object.to_string(), (std::time::Instant::now(), kinds.clone()));
         Ok((kinds, rate))
     }
 
     /// Field kinds for typing a write's custom fields. Only a value that could be a number or a
-    /// boolean needs its field's kind, so only then are the fields read (once, 10 tokens): a
-    /// write of text fields costs no extra request against the burst window. When Pipedrive
-    /// cannot say, values go out as text and a number field refuses them with its reason.
+    /// boolean needs its field's kind, so only then are the fields read (10 tokens an hour): a
+    /// write of text fields costs no extra request against the burst window. A failed read fails
+    /// the write the same way (a throttle waits, an outage retries): sent as text, a number would
+    /// be refused for good.
     async fn write_kinds(
         &self,
         object: &str,
         properties: &BTreeMap<String, String>,
-    ) -> BTreeMap<String, ValueKind> {
+    ) -> Result<BTreeMap<String, ValueKind>, CrmError> {
+        if let Some(kinds) = self.cached_kinds(object) {
+            return Ok(kinds);
+        }
         let needs_kinds = properties.iter().any(|(name, value)| {
             !TOP_LEVEL.contains(&name.as_str())
                 && !NAME_PARTS.contains(&name.as_str())
                 && !matches!(name.as_str(), "email" | "phone")
                 && (value.trim().parse::<f64>().is_ok() || value == "true" || value == "false")
         });
-        let cached = self.kinds.lock().expect("not poisoned").get(object).cloned();
-        if let Some(kinds) = cached {
-            return kinds;
-        }
         if !needs_kinds {
-            return BTreeMap::new();
+            return Ok(BTreeMap::new());
         }
-        match self.field_kinds(object).await {
-            Ok((kinds, _)) => kinds,
-            Err(error) => {
-                tracing::warn!(%error, object, "could not read Pipedrive's fields; writing values as text");
-                BTreeMap::new()
-            }
-        }
+        Ok(self.field_kinds(object).await?.0)
     }
 
     /// One call; `Ok(None)` for a 404, which callers read as "no such record".
@@ -512,7 +531,7 @@ impl PipedriveClient {
         properties: &BTreeMap<String, String>,
         written_before: &BTreeMap<String, String>,
     ) -> Result<Option<BatchResult>, CrmError> {
-        let kinds = self.write_kinds(object, properties).await;
+        let kinds = self.write_kinds(object, properties).await?;
         let mut body = body_of(properties, &kinds);
         let parts_given = NAME_PARTS
             .iter()
@@ -529,11 +548,16 @@ impl PipedriveClient {
                 written_before.clone()
             } else if parts_given < NAME_PARTS.len() {
                 match self.call(Method::GET, &format!("/{object}/{id}"), None).await? {
+                    // Pipedrive's own split, unless the name is the email a nameless person was
+                    // given at creation (`with_name`): that is no part of a name.
                     Some(answer) => answer
                         .data
                         .as_object()
                         .map(|data| flatten(data, None))
-                        .unwrap_or_default(),
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|(name, value)| NAME_PARTS.contains(&name.as_str()) && !value.contains('@'))
+                        .collect(),
                     None => return Ok(None),
                 }
             } else {
@@ -567,20 +591,44 @@ impl PipedriveClient {
                 None,
             )
             .await?;
-        let hit = found.as_ref().and_then(|answer| {
-            answer
+        // A search item lists custom field values without their keys, so another field holding
+        // the same text (a "referred by" field) would match too: each candidate is read (one
+        // token) and taken only if the id field itself holds the key.
+        let candidates: Vec<String> = found
+            .as_ref()
+            .map(|answer| {
+                answer
+                    .data
+                    .get("items")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|item| item.get("item"))
+                    .filter(|item| carries_key(item, id_property, key))
+                    .filter_map(|item| item.get("id"))
+                    .map(id_text)
+                    .take(3)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for candidate in candidates {
+            let Some(answer) = self
+                .call(Method::GET, &format!("/{object}/{candidate}"), None)
+                .await?
+            else {
+                continue;
+            };
+            if answer
                 .data
-                .get("items")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|item| item.get("item"))
-                .find(|item| carries_key(item, id_property, key))
-                .and_then(|item| item.get("id"))
-                .map(id_text)
-        });
-        if hit.is_some() || !may_exist {
-            return Ok(hit);
+                .pointer(&format!("/custom_fields/{}", pointer_escape(id_property)))
+                .and_then(Value::as_str)
+                == Some(key)
+            {
+                return Ok(Some(candidate));
+            }
+        }
+        if !may_exist {
+            return Ok(None);
         }
         let field: String = form_urlencoded::byte_serialize(id_property.as_bytes()).collect();
         let newest = self
@@ -693,6 +741,11 @@ fn unmarked(content: &str) -> &str {
     }
 }
 
+/// A JSON pointer segment for `name` (`~` and `/` escaped).
+fn pointer_escape(name: &str) -> String {
+    name.replace('~', "~0").replace('/', "~1")
+}
+
 /// Pipedrive's ids are numbers; anything else is sent as given, for Pipedrive to refuse.
 fn numeric(id: &str) -> Value {
     id.parse::<u64>()
@@ -752,14 +805,23 @@ impl Crm for PipedriveClient {
             }
             // Deleted in Pipedrive since: found again by the app's id, or written anew.
         }
-        let may_exist = input.may_exist || self.uncertain.lock().expect("not poisoned").contains(&input.key);
+        let may_exist = input.may_exist
+            || self
+                .uncertain
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(&input.key);
         if let Some(id) = self.find(object, id_property, &input.key, may_exist).await? {
+            self.uncertain
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&input.key);
             return Ok(self
                 .write_by_id(object, &id, &properties, &input.written_before)
                 .await?
                 .unwrap_or_else(|| Self::missing(format!("PATCH /{object}/{{id}} -> 404"))));
         }
-        let kinds = self.write_kinds(object, &properties).await;
+        let kinds = self.write_kinds(object, &properties).await?;
         let mut body = body_of(&properties, &kinds);
         if let Some(name) = person_name(&properties, &BTreeMap::new()).filter(|name| !name.is_empty()) {
             body["name"] = Value::String(name);
@@ -769,7 +831,10 @@ impl Crm for PipedriveClient {
             .await
         {
             Ok(Some(answer)) => {
-                self.uncertain.lock().expect("not poisoned").remove(&input.key);
+                self.uncertain
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&input.key);
                 Ok(Self::single(answer, true))
             }
             Ok(None) => Ok(Self::missing(format!("POST /{object} -> 404"))),
@@ -844,11 +909,14 @@ impl Crm for PipedriveClient {
                             *content = unmarked(content).to_string();
                         }
                     }
-                    records.push(Some(
-                        flat.into_iter()
-                            .filter(|(name, _)| properties.is_empty() || properties.contains(name))
-                            .collect(),
-                    ));
+                    // A person's `name` comes along: it tells whether the parts Pipedrive split
+                    // it into are still the ones crm-sync wrote (`align_read`).
+                    let keep = |name: &str| {
+                        properties.is_empty()
+                            || properties.iter().any(|p| p == name)
+                            || (object == "persons" && name == "name")
+                    };
+                    records.push(Some(flat.into_iter().filter(|(name, _)| keep(name)).collect()));
                 }
                 None => records.push(None),
             }
@@ -859,6 +927,17 @@ impl Crm for PipedriveClient {
     async fn property_kinds(&self, object: &str) -> Result<PropertyKinds, CrmError> {
         let (kinds, rate) = self.field_kinds(object).await?;
         Ok(PropertyKinds { kinds, rate })
+    }
+
+    fn align_read(
+        &self,
+        object: &str,
+        values: &mut BTreeMap<String, String>,
+        written: &BTreeMap<String, String>,
+    ) {
+        if object == "persons" {
+            super::webhook::align_name_parts(values, written);
+        }
     }
 
     async fn associate(

@@ -151,6 +151,43 @@ impl CrmEvents for PipedriveEvents {
     fn interpret(&self, message: &InboundMessage) -> Interpretation {
         interpret(message)
     }
+
+    fn align(
+        &self,
+        object: ObjectKind,
+        values: &mut std::collections::BTreeMap<String, String>,
+        written: &std::collections::BTreeMap<String, String>,
+    ) {
+        if object == ObjectKind::Contact {
+            align_name_parts(values, written);
+        }
+    }
+}
+
+/// A person's name parts as crm-sync wrote them, when Pipedrive's `name` is still the name they
+/// make: Pipedrive keeps only `name` and splits it at its first space, so `Mary Ann` + `Smith`
+/// reads back as `Mary` + `Ann Smith`, which is no change and must not count as one.
+pub fn align_name_parts(
+    values: &mut std::collections::BTreeMap<String, String>,
+    written: &std::collections::BTreeMap<String, String>,
+) {
+    const PARTS: [&str; 2] = ["first_name", "last_name"];
+    let Some(name) = values.get("name") else {
+        return;
+    };
+    if !PARTS.iter().any(|part| written.contains_key(*part)) {
+        return;
+    }
+    let part = |name: &str| written.get(name).map(|v| v.trim()).unwrap_or_default();
+    let composed = format!("{} {}", part("first_name"), part("last_name"));
+    if name.trim() != composed.trim() {
+        return;
+    }
+    for name in PARTS {
+        if let Some(value) = written.get(name) {
+            values.insert(name.to_string(), value.clone());
+        }
+    }
 }
 
 /// Reads a stored Pipedrive event as a change of a person (contact) or a deal.
@@ -500,6 +537,35 @@ mod tests {
         assert!(
             matches!(interpret(&message(&organization)), Interpretation::Ignore(reason) if reason.contains("organization"))
         );
+    }
+
+    #[test]
+    fn name_parts_read_back_as_written_while_the_name_is_the_one_they_make() {
+        let written: std::collections::BTreeMap<String, String> =
+            [("first_name", "Mary Ann"), ("last_name", "Smith")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let read = |name: &str, first: &str, last: &str| -> std::collections::BTreeMap<String, String> {
+            [("name", name), ("first_name", first), ("last_name", last)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let mut same = read("Mary Ann Smith", "Mary", "Ann Smith");
+        align_name_parts(&mut same, &written);
+        assert_eq!(
+            (same["first_name"].as_str(), same["last_name"].as_str()),
+            ("Mary Ann", "Smith")
+        );
+        // Renamed in Pipedrive: the CRM's parts stand, and differ.
+        let mut renamed = read("Mary Ann Jones", "Mary", "Ann Jones");
+        align_name_parts(&mut renamed, &written);
+        assert_eq!(renamed["last_name"], "Ann Jones");
+        // Nothing written: nothing to align with.
+        let mut untouched = read("Mary Ann Smith", "Mary", "Ann Smith");
+        align_name_parts(&mut untouched, &Default::default());
+        assert_eq!(untouched["first_name"], "Mary");
     }
 
     #[test]

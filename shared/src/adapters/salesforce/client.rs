@@ -43,27 +43,34 @@ pub struct SalesforceClient {
     refresh: Option<OAuthRefresh>,
 }
 
-/// The daily API budget from `Sforce-Limit-Info: api-usage=used/max`.
+/// The daily API budget from `Sforce-Limit-Info: api-usage=used/max`, and, where the connected
+/// app has its own cap (`; per-app-api-usage=used/max(appName=…)`), the smaller of the two.
 pub fn rate_info(headers: &HeaderMap) -> RateInfo {
-    let usage = headers
+    let Some(value) = headers
         .get("sforce-limit-info")
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| {
-            // `api-usage=25/5000; per-app-api-usage=17/250(appName=…)`: parts split by `;` (or
-            // `,`), the org's own first.
-            value
-                .split([';', ','])
-                .find_map(|part| part.trim().strip_prefix("api-usage="))
-        })
-        .and_then(|usage| usage.split_once('/'))
-        .and_then(|(used, max)| Some((used.trim().parse::<u64>().ok()?, max.trim().parse::<u64>().ok()?)));
-    match usage {
-        Some((used, max)) => RateInfo {
+    else {
+        return RateInfo::default();
+    };
+    let usage = |prefix: &str| -> Option<(u64, u64)> {
+        let usage = value
+            .split([';', ','])
+            .find_map(|part| part.trim().strip_prefix(prefix))?;
+        let usage = usage.split('(').next().unwrap_or(usage);
+        let (used, max) = usage.split_once('/')?;
+        Some((used.trim().parse().ok()?, max.trim().parse().ok()?))
+    };
+    let left = |(used, max): (u64, u64)| (max, max.saturating_sub(used));
+    match (
+        usage("api-usage=").map(left),
+        usage("per-app-api-usage=").map(left),
+    ) {
+        (Some((max, remaining)), app) => RateInfo {
             daily_max: Some(max),
-            daily_remaining: Some(max.saturating_sub(used)),
+            daily_remaining: Some(app.map_or(remaining, |(_, app_left)| remaining.min(app_left))),
             ..RateInfo::default()
         },
-        None => RateInfo::default(),
+        _ => RateInfo::default(),
     }
 }
 
@@ -509,8 +516,8 @@ mod tests {
         let rate = rate_info(&headers);
         assert_eq!(
             (rate.daily_max, rate.daily_remaining),
-            (Some(5_000), Some(4_975)),
-            "the org's own part"
+            (Some(5_000), Some(233)),
+            "the connected app's own cap is the nearer limit"
         );
         assert_eq!(rate_info(&HeaderMap::new()), RateInfo::default());
     }
