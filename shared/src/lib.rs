@@ -6,7 +6,8 @@
 //! - [`ports`]: the traits the domain needs from the outside world, with their contracts;
 //! - [`adapters`]: implementations of the ports, each named by the technology it speaks;
 //! - [`ingest`]: the webhook ingest use case, written against ports only;
-//! - [`entrypoints`]: how Lambda events reach the use cases (what `functions/*` wire up).
+//! - [`entrypoints`]: how Lambda events reach the use cases (what `functions/*` wire up);
+//! - `testing` (feature `test-util`): in-memory adapters of the ports, for fast use-case tests.
 
 pub mod adapters;
 pub mod config;
@@ -18,4 +19,6 @@ pub mod ingest;
 pub mod ports;
 pub mod reconcile;
 pub mod sync;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 pub mod worker;

@@ -1119,3 +1119,7 @@ fn existing_id(error: &str) -> Option<String> {
         .collect();
     (!id.is_empty()).then_some(id)
 }
+
+#[cfg(test)]
+#[path = "sync_tests.rs"]
+mod use_case_tests;

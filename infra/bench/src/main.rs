@@ -10,7 +10,6 @@
 //! the Pipedrive and Salesforce rows, written to `crms.json`).
 
 mod footprint;
-mod memory_state;
 mod other_crms;
 mod outbound;
 mod report;

@@ -310,7 +310,7 @@ pub async fn naive(records: usize) -> anyhow::Result<Naive> {
 /// The sync handler against the CRM ceiling: invoked as Lambda invokes it, with 1,000-message
 /// SQS events, two instances at a time (the outbound event source's maximum concurrency), the
 /// rate limiter in DynamoDB (moto) and HubSpot (the sandbox) at Pro limits; the state in memory
-/// (see `memory_state`). Throttled changes re-queued by the handler are read back and handled.
+/// (see `crm_sync::testing::MemorySyncState`). Throttled changes re-queued by the handler are read back and handled.
 pub async fn handler_ceiling(moto: &str, records: usize) -> anyhow::Result<Bulk> {
     use std::sync::Arc;
 
@@ -357,7 +357,7 @@ pub async fn handler_ceiling(moto: &str, records: usize) -> anyhow::Result<Bulk>
             secrecy::SecretString::from(sandbox.token()),
             Duration::from_secs(20),
         )?),
-        Arc::new(crate::memory_state::MemorySyncState::default()),
+        Arc::new(crm_sync::testing::MemorySyncState::default()),
         Arc::new(DynamoDbRateLimiter::new(
             aws_sdk_dynamodb::Client::new(&aws),
             stack.resources.table("RateLimitTable"),

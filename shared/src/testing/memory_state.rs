@@ -1,20 +1,19 @@
-//! The sync state contract kept in memory, used by one benchmark only: the handler against the
-//! CRM ceiling. moto serializes DynamoDB writes in Python (a few hundred a second here), far
-//! below what DynamoDB sustains, so with moto the state store, not crm-sync or the CRM, would
-//! be what that benchmark measured. The end-to-end benchmark keeps the state in moto.
+//! The sync state contract kept in memory: for the use cases' fast tests, and for the benchmark
+//! of the handler against the CRM ceiling (moto serializes DynamoDB writes in Python, a few
+//! hundred a second here, so with moto the state store would be what that benchmark measured).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use async_trait::async_trait;
-use crm_sync::domain::contract::{Change, ObjectKind, RecordRef};
-use crm_sync::domain::inbound::ConflictEntry;
-use crm_sync::domain::sync::{
+use crate::domain::contract::{Change, ObjectKind, RecordRef};
+use crate::domain::inbound::ConflictEntry;
+use crate::domain::sync::{
     freshness, Freshness, RecordFilter, RecordState, SyncStatus, Tally, TimelineEntry,
 };
-use crm_sync::ports::{
+use crate::ports::{
     InboundUpdate, LeaseOutcome, ListError, RecordClaim, Settlement, StoreUnavailable, SyncStateStore,
 };
+use async_trait::async_trait;
 
 #[derive(Default)]
 struct Row {
@@ -79,7 +78,7 @@ impl SyncStateStore for MemorySyncState {
                 .claimed_writes
                 .entry(property.clone())
                 .or_default()
-                .push(crm_sync::domain::sync::value_fingerprint(value));
+                .push(crate::domain::sync::value_fingerprint(value));
         }
         row.state = Some(state);
         row.lease = Some((token.to_string(), lease_until_ms));

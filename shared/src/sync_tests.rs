@@ -1,0 +1,241 @@
+//! The sync use case against in-memory ports: its rules (one write per change, order, per-input
+//! failures, throttles, retries) in milliseconds. The same guarantees are proven end to end
+//! against moto and the sandboxes in `tests/integration/sync_outbound.rs`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::{SyncService, SyncSettings};
+use crate::domain::contract::{ObjectKind, RecordRef};
+use crate::domain::crm::FailureKind;
+use crate::domain::mapping::{Mapping, DEFAULT_MAPPING};
+use crate::domain::sync::SyncStatus;
+use crate::ports::SyncStateStore;
+use crate::testing::{ManualClock, MemoryCrm, MemoryQueue, MemorySyncState, OpenLimiter};
+use crate::worker::{SyncMessage, ATTEMPTS_ATTRIBUTE, ERROR_ATTRIBUTE};
+
+const NOW: i64 = 1_796_000_000_000;
+
+struct Harness {
+    service: SyncService,
+    crm: Arc<MemoryCrm>,
+    state: Arc<MemorySyncState>,
+    retries: Arc<MemoryQueue>,
+    dead_letters: Arc<MemoryQueue>,
+}
+
+fn harness() -> Harness {
+    let crm = Arc::new(MemoryCrm::new(100));
+    let state = Arc::new(MemorySyncState::default());
+    let retries = Arc::new(MemoryQueue::default());
+    let dead_letters = Arc::new(MemoryQueue::default());
+    let settings = SyncSettings {
+        quick_retry_base: Duration::from_millis(1),
+        ..SyncSettings::default()
+    };
+    let service = SyncService::new(
+        Arc::new(Mapping::parse(DEFAULT_MAPPING).expect("the shipped mapping")),
+        crm.clone(),
+        state.clone(),
+        Arc::new(OpenLimiter),
+        retries.clone(),
+        dead_letters.clone(),
+        Arc::new(ManualClock::at(NOW)),
+        settings,
+    );
+    Harness {
+        service,
+        crm,
+        state,
+        retries,
+        dead_letters,
+    }
+}
+
+fn message(id: &str, record: &str, changed_at_ms: i64, data: serde_json::Value) -> SyncMessage {
+    SyncMessage {
+        message_id: id.to_string(),
+        body: json!({
+            "version": 1, "type": "contact.upsert", "record_id": record,
+            "idempotency_id": id, "changed_at": changed_at_ms, "data": data,
+        })
+        .to_string(),
+        attributes: HashMap::new(),
+    }
+}
+
+fn contact(record: &str) -> RecordRef {
+    RecordRef {
+        object: ObjectKind::Contact,
+        record_id: record.to_string(),
+    }
+}
+
+fn soon() -> Instant {
+    Instant::now() + Duration::from_secs(30)
+}
+
+#[tokio::test]
+async fn a_change_is_written_once_and_the_same_message_again_writes_nothing() {
+    let h = harness();
+    let change = message("m-1", "user-1", NOW - 1_000, json!({"email": "a@example.com"}));
+
+    let first = h.service.process(vec![change.clone()], soon()).await;
+    let calls = h.crm.calls();
+    let again = h.service.process(vec![change], soon()).await;
+
+    assert_eq!((first.applied, again.applied), (1, 0), "{first:?} {again:?}");
+    assert_eq!(h.crm.calls(), calls, "the duplicate made no CRM call");
+    assert_eq!(
+        h.crm.record("contacts", "user-1").unwrap().properties["email"],
+        "a@example.com"
+    );
+    let (state, _) = h.state.record(&contact("user-1"), 1).await.unwrap().unwrap();
+    assert_eq!(state.status, SyncStatus::Synced);
+}
+
+#[tokio::test]
+async fn within_a_batch_and_across_batches_the_newest_change_wins() {
+    let h = harness();
+    h.service
+        .process(
+            vec![
+                message("m-2", "user-2", NOW - 1_000, json!({"email": "new@example.com"})),
+                message("m-1", "user-2", NOW - 2_000, json!({"email": "old@example.com"})),
+            ],
+            soon(),
+        )
+        .await;
+    let late = h
+        .service
+        .process(
+            vec![message(
+                "m-0",
+                "user-2",
+                NOW - 3_000,
+                json!({"email": "older@example.com"}),
+            )],
+            soon(),
+        )
+        .await;
+
+    assert_eq!(late.skipped, 1, "{late:?}");
+    assert_eq!(
+        h.crm.record("contacts", "user-2").unwrap().properties["email"],
+        "new@example.com"
+    );
+}
+
+#[tokio::test]
+async fn one_refused_input_is_dead_lettered_with_the_crms_reason_and_the_rest_of_its_batch_is_written() {
+    let h = harness();
+    h.crm
+        .fail("user-bad", FailureKind::Permanent, "Email address x is invalid");
+
+    let report = h
+        .service
+        .process(
+            vec![
+                message("m-1", "user-good", NOW, json!({"email": "g@example.com"})),
+                message("m-2", "user-bad", NOW, json!({"email": "x"})),
+            ],
+            soon(),
+        )
+        .await;
+
+    assert_eq!((report.applied, report.dead_lettered), (1, 1), "{report:?}");
+    assert!(h.crm.record("contacts", "user-good").is_some());
+    let letters = h.dead_letters.take();
+    assert_eq!(letters.len(), 1);
+    let reason = letters[0]
+        .attributes
+        .iter()
+        .find(|(name, _)| name == ERROR_ATTRIBUTE)
+        .map(|(_, value)| value.clone())
+        .unwrap();
+    assert!(reason.contains("Email address x is invalid"), "{reason}");
+    let (state, _) = h.state.record(&contact("user-bad"), 1).await.unwrap().unwrap();
+    assert_eq!(state.status, SyncStatus::Failed);
+}
+
+#[tokio::test]
+async fn a_transient_failure_goes_back_on_the_queue_with_its_attempt_counted_and_then_applies() {
+    let h = harness();
+    h.crm.fail("user-3", FailureKind::Transient, "503 from the CRM");
+
+    let report = h
+        .service
+        .process(
+            vec![message("m-1", "user-3", NOW, json!({"email": "t@example.com"}))],
+            soon(),
+        )
+        .await;
+
+    assert_eq!(report.retried, 1, "{report:?}");
+    let retry = h.retries.take().pop().expect("re-queued");
+    // The first backoff step: half the 10 s base plus jitter.
+    assert!(
+        (5..=10).contains(&retry.delay_secs),
+        "backoff, not a hot loop: {retry:?}"
+    );
+    let attempts: HashMap<_, _> = retry.attributes.iter().cloned().collect();
+    assert_eq!(attempts[ATTEMPTS_ATTRIBUTE], "1");
+
+    h.crm.heal("user-3");
+    let redelivered = SyncMessage {
+        message_id: "m-1-retry".into(),
+        body: retry.body,
+        attributes: attempts,
+    };
+    let report = h.service.process(vec![redelivered], soon()).await;
+    assert_eq!(report.applied, 1, "{report:?}");
+    assert!(h.dead_letters.take().is_empty());
+}
+
+#[tokio::test]
+async fn a_throttle_that_outlasts_the_quick_retries_re_queues_without_counting_an_attempt() {
+    let h = harness();
+    h.crm.throttle_next(100);
+
+    let report = h
+        .service
+        .process(
+            vec![message("m-1", "user-4", NOW, json!({"email": "q@example.com"}))],
+            soon(),
+        )
+        .await;
+
+    assert_eq!(report.applied, 0, "{report:?}");
+    let retry = h.retries.take().pop().expect("re-queued");
+    let attempts = retry
+        .attributes
+        .iter()
+        .find(|(name, _)| name == ATTEMPTS_ATTRIBUTE)
+        .map(|(_, value)| value.as_str())
+        .unwrap_or("0");
+    assert_eq!(attempts, "0", "a throttle is no failure: {retry:?}");
+    assert!(h.dead_letters.take().is_empty(), "a throttle never dead-letters");
+    assert_eq!(h.crm.count("contacts"), 0);
+}
+
+#[tokio::test]
+async fn an_invalid_message_is_dead_lettered_before_any_crm_call() {
+    let h = harness();
+    let bad = message("m-1", "user-5", NOW, json!({"shoe_size": 44}));
+
+    let report = h.service.process(vec![bad], soon()).await;
+
+    assert_eq!(report.dead_lettered, 1, "{report:?}");
+    assert_eq!(h.crm.calls(), 0);
+    let reason = h.dead_letters.take()[0]
+        .attributes
+        .iter()
+        .find(|(name, _)| name == ERROR_ATTRIBUTE)
+        .map(|(_, value)| value.clone())
+        .unwrap();
+    assert!(reason.contains("shoe_size"), "{reason}");
+}

@@ -1,0 +1,319 @@
+//! In-memory adapters of the ports, so that a use case runs in a test in milliseconds: the sync
+//! state ([`MemorySyncState`]), a queue that keeps what it is sent ([`MemoryQueue`]), a CRM that
+//! keeps records by the app's id and fails on cue ([`MemoryCrm`]), a limiter that always grants
+//! ([`OpenLimiter`]) and a clock the test moves ([`ManualClock`]). The integration tests prove the
+//! same behaviour against moto and the sandboxes over HTTP; these prove the use cases' rules.
+
+mod memory_state;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use memory_state::MemorySyncState;
+
+use crate::domain::crm::{
+    AssociationInput, BatchResult, CrmError, FailureKind, InputError, InputOutcome, RateInfo, ReadResult,
+    ThrottlePolicy, UpdateInput, UpsertInput,
+};
+use crate::domain::Clock;
+use crate::ports::{Crm, MessageQueue, OutgoingMessage, Permit, RateLimiter, SendFailure, StoreUnavailable};
+
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A queue that keeps every message it is sent.
+#[derive(Default)]
+pub struct MemoryQueue {
+    sent: Mutex<Vec<OutgoingMessage>>,
+}
+
+impl MemoryQueue {
+    /// What was sent since the last `take`, and forgets it.
+    pub fn take(&self) -> Vec<OutgoingMessage> {
+        std::mem::take(&mut *locked(&self.sent))
+    }
+}
+
+#[async_trait]
+impl MessageQueue for MemoryQueue {
+    async fn send(&self, messages: &[OutgoingMessage]) -> Vec<SendFailure> {
+        locked(&self.sent).extend_from_slice(messages);
+        Vec::new()
+    }
+}
+
+/// A limiter with no limits: every call is granted now.
+#[derive(Default)]
+pub struct OpenLimiter;
+
+#[async_trait]
+impl RateLimiter for OpenLimiter {
+    async fn acquire(&self, now_ms: i64) -> Result<Permit, StoreUnavailable> {
+        Ok(Permit::Granted { at_ms: now_ms })
+    }
+
+    async fn acquire_idle(&self, now_ms: i64) -> Result<Permit, StoreUnavailable> {
+        Ok(Permit::Granted { at_ms: now_ms })
+    }
+
+    async fn observe(&self, _rate: &RateInfo, _now_ms: i64) -> Result<(), StoreUnavailable> {
+        Ok(())
+    }
+
+    async fn throttled(
+        &self,
+        _policy: ThrottlePolicy,
+        _wait: Duration,
+        _now_ms: i64,
+    ) -> Result<(), StoreUnavailable> {
+        Ok(())
+    }
+}
+
+/// A clock that stands still until the test moves it.
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    pub fn at(now_ms: i64) -> Self {
+        Self(AtomicI64::new(now_ms))
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_millis() as i64, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// One record the CRM holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryRecord {
+    pub crm_id: String,
+    pub properties: BTreeMap<String, String>,
+}
+
+/// A CRM in memory: records upserted by the app's id, `max_batch` inputs a call, and failures on
+/// cue: an input refused for good or for now (by its key), or the next calls throttled.
+pub struct MemoryCrm {
+    max_batch: usize,
+    /// object → app id → record.
+    records: Mutex<HashMap<String, BTreeMap<String, MemoryRecord>>>,
+    next_id: AtomicUsize,
+    /// key → (kind, message): how an input with that key fails.
+    failing: Mutex<HashMap<String, (FailureKind, String)>>,
+    throttle_next: AtomicU32,
+    calls: AtomicUsize,
+}
+
+impl MemoryCrm {
+    pub fn new(max_batch: usize) -> Self {
+        Self {
+            max_batch,
+            records: Mutex::default(),
+            next_id: AtomicUsize::new(1),
+            failing: Mutex::default(),
+            throttle_next: AtomicU32::new(0),
+            calls: AtomicUsize::new(0),
+        }
+    }
+
+    /// Inputs with `key` fail with `kind` from now on.
+    pub fn fail(&self, key: &str, kind: FailureKind, message: &str) {
+        locked(&self.failing).insert(key.to_string(), (kind, message.to_string()));
+    }
+
+    /// Inputs with `key` succeed again.
+    pub fn heal(&self, key: &str) {
+        locked(&self.failing).remove(key);
+    }
+
+    /// The next `calls` calls are answered with a burst throttle.
+    pub fn throttle_next(&self, calls: u32) {
+        self.throttle_next.store(calls, Ordering::SeqCst);
+    }
+
+    /// Calls made so far.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// The record of `object` the app's `key` names.
+    pub fn record(&self, object: &str, key: &str) -> Option<MemoryRecord> {
+        locked(&self.records).get(object)?.get(key).cloned()
+    }
+
+    /// How many records of `object` it holds.
+    pub fn count(&self, object: &str) -> usize {
+        locked(&self.records).get(object).map_or(0, BTreeMap::len)
+    }
+
+    fn call(&self) -> Result<(), CrmError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let throttled = self
+            .throttle_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1))
+            .is_ok();
+        if throttled {
+            return Err(CrmError::Throttled {
+                policy: ThrottlePolicy::Burst,
+                retry_after: Some(Duration::from_millis(1)),
+                message: "throttled on cue".into(),
+                rate: RateInfo::default(),
+            });
+        }
+        Ok(())
+    }
+
+    fn failure(&self, key: &str) -> Option<InputOutcome> {
+        locked(&self.failing).get(key).map(|(kind, message)| {
+            InputOutcome::Failed(InputError {
+                kind: *kind,
+                code: "ON_CUE".into(),
+                message: message.clone(),
+                existing_id: None,
+            })
+        })
+    }
+
+    fn result(outcomes: Vec<InputOutcome>) -> BatchResult {
+        BatchResult {
+            outcomes,
+            rate: RateInfo::default(),
+            call: "memory".into(),
+        }
+    }
+}
+
+#[async_trait]
+impl Crm for MemoryCrm {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    async fn upsert(
+        &self,
+        object: &str,
+        _id_property: &str,
+        inputs: &[UpsertInput],
+    ) -> Result<BatchResult, CrmError> {
+        self.call()?;
+        let mut records = locked(&self.records);
+        let records = records.entry(object.to_string()).or_default();
+        let outcomes = inputs
+            .iter()
+            .map(|input| {
+                if let Some(failed) = self.failure(&input.key) {
+                    return failed;
+                }
+                let created = !records.contains_key(&input.key);
+                let record = records.entry(input.key.clone()).or_insert_with(|| MemoryRecord {
+                    crm_id: self.next_id.fetch_add(1, Ordering::SeqCst).to_string(),
+                    properties: BTreeMap::new(),
+                });
+                record.properties.extend(input.properties.clone());
+                InputOutcome::Done {
+                    crm_id: record.crm_id.clone(),
+                    created,
+                }
+            })
+            .collect();
+        Ok(Self::result(outcomes))
+    }
+
+    async fn update(&self, object: &str, inputs: &[UpdateInput]) -> Result<BatchResult, CrmError> {
+        self.call()?;
+        let mut records = locked(&self.records);
+        let records = records.entry(object.to_string()).or_default();
+        let outcomes = inputs
+            .iter()
+            .map(
+                |input| match records.values_mut().find(|r| r.crm_id == input.crm_id) {
+                    Some(record) => {
+                        record.properties.extend(input.properties.clone());
+                        InputOutcome::Done {
+                            crm_id: input.crm_id.clone(),
+                            created: false,
+                        }
+                    }
+                    None => InputOutcome::Failed(InputError {
+                        kind: FailureKind::Permanent,
+                        code: "NOT_FOUND".into(),
+                        message: "no such record".into(),
+                        existing_id: None,
+                    }),
+                },
+            )
+            .collect();
+        Ok(Self::result(outcomes))
+    }
+
+    async fn archive(&self, object: &str, crm_ids: &[String]) -> Result<BatchResult, CrmError> {
+        self.call()?;
+        let mut records = locked(&self.records);
+        let records = records.entry(object.to_string()).or_default();
+        records.retain(|_, record| !crm_ids.contains(&record.crm_id));
+        Ok(Self::result(
+            crm_ids
+                .iter()
+                .map(|id| InputOutcome::Done {
+                    crm_id: id.clone(),
+                    created: false,
+                })
+                .collect(),
+        ))
+    }
+
+    async fn read(
+        &self,
+        object: &str,
+        crm_ids: &[String],
+        _properties: &[String],
+    ) -> Result<ReadResult, CrmError> {
+        self.call()?;
+        let records = locked(&self.records);
+        let found = records.get(object);
+        Ok(ReadResult {
+            records: crm_ids
+                .iter()
+                .map(|id| {
+                    found
+                        .and_then(|records| records.values().find(|r| r.crm_id == *id))
+                        .map(|record| record.properties.clone())
+                })
+                .collect(),
+            rate: RateInfo::default(),
+            call: "memory".into(),
+        })
+    }
+
+    async fn associate(
+        &self,
+        _from: &str,
+        _to: &str,
+        pairs: &[AssociationInput],
+    ) -> Result<BatchResult, CrmError> {
+        self.call()?;
+        Ok(Self::result(
+            pairs
+                .iter()
+                .map(|pair| InputOutcome::Done {
+                    crm_id: pair.from_id.clone(),
+                    created: false,
+                })
+                .collect(),
+        ))
+    }
+}
