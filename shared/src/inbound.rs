@@ -946,3 +946,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "inbound_tests.rs"]
+mod use_case_tests;

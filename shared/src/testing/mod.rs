@@ -317,3 +317,51 @@ impl Crm for MemoryCrm {
         ))
     }
 }
+
+/// The webhook event journal in memory: each event's outcome, recorded once.
+#[derive(Default)]
+pub struct MemoryJournal {
+    outcomes: Mutex<HashMap<(String, String), (crate::ports::EventOutcome, String)>>,
+}
+
+impl MemoryJournal {
+    /// The outcome and detail recorded for an event.
+    pub fn outcome(&self, provider: &str, key: &str) -> Option<(crate::ports::EventOutcome, String)> {
+        locked(&self.outcomes)
+            .get(&(provider.to_string(), key.to_string()))
+            .cloned()
+    }
+}
+
+#[async_trait]
+impl crate::ports::EventJournal for MemoryJournal {
+    async fn processed(
+        &self,
+        provider: &str,
+        keys: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreUnavailable> {
+        let outcomes = locked(&self.outcomes);
+        Ok(keys
+            .iter()
+            .filter(|key| outcomes.contains_key(&(provider.to_string(), (*key).clone())))
+            .cloned()
+            .collect())
+    }
+
+    async fn record_outcome(
+        &self,
+        provider: &str,
+        key: &str,
+        outcome: crate::ports::EventOutcome,
+        detail: &str,
+        _now_ms: i64,
+    ) -> Result<bool, StoreUnavailable> {
+        let mut outcomes = locked(&self.outcomes);
+        let slot = (provider.to_string(), key.to_string());
+        if outcomes.contains_key(&slot) {
+            return Ok(false);
+        }
+        outcomes.insert(slot, (outcome, detail.to_string()));
+        Ok(true)
+    }
+}
