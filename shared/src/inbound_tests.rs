@@ -4,10 +4,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::time::Instant;
 
 use super::{EventsOf, InboundService, InboundSettings};
 use crate::adapters::hubspot::HubSpotEvents;
@@ -15,8 +13,10 @@ use crate::domain::contract::{ObjectKind, RecordRef};
 use crate::domain::mapping::{Mapping, DEFAULT_MAPPING};
 use crate::ports::{EventOutcome, SyncStateStore};
 use crate::sync::{SyncService, SyncSettings};
-use crate::testing::{ManualClock, MemoryCrm, MemoryJournal, MemoryQueue, MemorySyncState, OpenLimiter};
-use crate::worker::{CallSettings, SyncMessage, Worker};
+use crate::testing::{
+    deadline, worker, ManualClock, MemoryCrm, MemoryJournal, MemoryQueue, MemorySyncState, OpenLimiter,
+};
+use crate::worker::SyncMessage;
 
 const NOW: i64 = 1_796_000_000_000;
 
@@ -36,18 +36,7 @@ fn harness() -> Harness {
     let app_inbox = Arc::new(MemoryQueue::default());
     let clock = Arc::new(ManualClock::at(NOW));
     let queue = Arc::new(MemoryQueue::default());
-    let worker = Worker::new(
-        Arc::new(OpenLimiter),
-        queue.clone(),
-        queue.clone(),
-        clock.clone(),
-        CallSettings {
-            quick_retries: 2,
-            quick_retry_base: Duration::from_millis(1),
-            max_limiter_wait: Duration::from_secs(1),
-            low_priority: false,
-        },
-    );
+    let worker = worker(clock.clone(), queue.clone(), 2, false);
     let inbound = InboundService::new(
         mapping.clone(),
         crm.clone(),
@@ -78,10 +67,6 @@ fn harness() -> Harness {
     }
 }
 
-fn soon() -> Instant {
-    Instant::now() + Duration::from_secs(30)
-}
-
 /// Syncs `user-1` (email, deal-less) to the CRM; returns its CRM id.
 async fn synced(h: &Harness) -> String {
     let change = SyncMessage {
@@ -91,7 +76,7 @@ async fn synced(h: &Harness) -> String {
         .to_string(),
         attributes: HashMap::new(),
     };
-    assert_eq!(h.outbound.process(vec![change], soon()).await.applied, 1);
+    assert_eq!(h.outbound.process(vec![change], deadline()).await.applied, 1);
     let (state, _) = h.state.record(&user(), 1).await.unwrap().unwrap();
     state.crm_id.expect("synced")
 }
@@ -139,8 +124,8 @@ async fn a_reps_change_of_a_crm_owned_field_reaches_the_app_inbox_once() {
         "CRM_UI",
     );
 
-    h.inbound.process(vec![event.clone()], soon()).await;
-    h.inbound.process(vec![event], soon()).await;
+    h.inbound.process(vec![event.clone()], deadline()).await;
+    h.inbound.process(vec![event], deadline()).await;
 
     let messages = inbox(&h);
     assert_eq!(messages.len(), 1, "{messages:?}");
@@ -167,7 +152,7 @@ async fn a_reps_change_of_an_app_owned_field_is_journaled_as_a_conflict_not_appl
                 "typo@example.com",
                 "CRM_UI",
             )],
-            soon(),
+            deadline(),
         )
         .await;
 
@@ -194,7 +179,7 @@ async fn the_late_echo_of_an_earlier_write_is_recognised_and_no_conflict() {
         .to_string(),
         attributes: HashMap::new(),
     };
-    assert_eq!(h.outbound.process(vec![second], soon()).await.applied, 1);
+    assert_eq!(h.outbound.process(vec![second], deadline()).await.applied, 1);
 
     h.inbound
         .process(
@@ -206,7 +191,7 @@ async fn the_late_echo_of_an_earlier_write_is_recognised_and_no_conflict() {
                 "ada@example.com",
                 "INTEGRATION",
             )],
-            soon(),
+            deadline(),
         )
         .await;
 
@@ -230,7 +215,7 @@ async fn an_older_crm_change_arriving_after_a_newer_one_never_overrides_it() {
                 "customer",
                 "CRM_UI",
             )],
-            soon(),
+            deadline(),
         )
         .await;
     h.inbound
@@ -243,7 +228,7 @@ async fn an_older_crm_change_arriving_after_a_newer_one_never_overrides_it() {
                 "lead",
                 "CRM_UI",
             )],
-            soon(),
+            deadline(),
         )
         .await;
 

@@ -577,3 +577,30 @@ pub trait SignInCounters: Send + Sync {
     /// a count below zero.
     async fn uncount(&self, counter: &str, window: i64) -> Result<(), StoreUnavailable>;
 }
+
+/// Where runs keep their checkpoint and reports, and how they walk the records.
+#[async_trait]
+pub trait ReconcileStore: Send + Sync {
+    async fn checkpoint(&self) -> Result<Option<crate::domain::reconcile::Checkpoint>, StoreUnavailable>;
+    /// Saves the checkpoint and the run's report.
+    async fn save(&self, checkpoint: &crate::domain::reconcile::Checkpoint) -> Result<(), StoreUnavailable>;
+    /// The newest reports, newest first.
+    async fn reports(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::domain::reconcile::RunReport>, StoreUnavailable>;
+    /// One page of synced records (with a CRM id) of scan segment `segment` of `segments`.
+    async fn synced_page(
+        &self,
+        segment: u32,
+        segments: u32,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<RecordState>, Option<String>), StoreUnavailable>;
+    /// Records whose change failed retryably, or has been pending since before `stuck_before_ms`.
+    async fn needing_requeue(
+        &self,
+        stuck_before_ms: i64,
+        cap: usize,
+    ) -> Result<Vec<RecordState>, StoreUnavailable>;
+}

@@ -14,8 +14,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::domain::contract::ObjectKind;
@@ -31,81 +29,8 @@ use crate::worker::{BatchReport, CallFailure, Worker};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
-/// Where a run is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Requeue,
-    Drift,
-    Done,
-}
-
-/// What a run did, for the dashboard and the logs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunReport {
-    pub run_id: String,
-    /// The CRM day the run belongs to.
-    pub day: i64,
-    pub segment: u32,
-    pub segments: u32,
-    pub phase: Phase,
-    pub started_at_ms: i64,
-    pub finished_at_ms: Option<i64>,
-    pub invocations: u32,
-    pub checked: u64,
-    pub healed: u64,
-    pub flagged: u64,
-    /// CRM-owned fields whose CRM value differs from what the app last received (or that the
-    /// app never received).
-    pub crm_drift: u64,
-    /// Records whose CRM-owned drift went to the app inbox.
-    #[serde(default)]
-    pub delivered: u64,
-    /// Heals and deliveries not done, by reason; the next run tries them again.
-    #[serde(default)]
-    pub skipped: BTreeMap<String, u64>,
-    pub requeued: u64,
-    pub errors: u64,
-    pub api_calls: u64,
-    pub duration_ms: u64,
-    /// Why the last invocation stopped before the run was done.
-    pub stopped: Option<String>,
-    /// Scan segments finished tonight: tonight's own first, then, while time and budget allow,
-    /// the others, so that everything is checked when the budget allows it.
-    #[serde(default)]
-    pub segments_checked: u32,
-}
-
-/// A run in progress: its report so far and where the scan stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Checkpoint {
-    pub report: RunReport,
-    pub cursor: Option<String>,
-}
-
-/// Where runs keep their checkpoint and reports, and how they walk the records.
-#[async_trait]
-pub trait ReconcileStore: Send + Sync {
-    async fn checkpoint(&self) -> Result<Option<Checkpoint>, StoreUnavailable>;
-    /// Saves the checkpoint and the run's report.
-    async fn save(&self, checkpoint: &Checkpoint) -> Result<(), StoreUnavailable>;
-    /// The newest reports, newest first.
-    async fn reports(&self, limit: usize) -> Result<Vec<RunReport>, StoreUnavailable>;
-    /// One page of synced records (with a CRM id) of scan segment `segment` of `segments`.
-    async fn synced_page(
-        &self,
-        segment: u32,
-        segments: u32,
-        cursor: Option<String>,
-        limit: usize,
-    ) -> Result<(Vec<RecordState>, Option<String>), StoreUnavailable>;
-    /// Records whose change failed retryably, or has been pending since before `stuck_before_ms`.
-    async fn needing_requeue(
-        &self,
-        stuck_before_ms: i64,
-        cap: usize,
-    ) -> Result<Vec<RecordState>, StoreUnavailable>;
-}
+pub use crate::domain::reconcile::{Checkpoint, Phase, RunReport};
+pub use crate::ports::ReconcileStore;
 
 /// How the reconciliation runs.
 #[derive(Debug, Clone)]
@@ -736,3 +661,7 @@ fn emit_metrics(report: &RunReport) {
     }
     println!("{line}");
 }
+
+#[cfg(test)]
+#[path = "reconcile_tests.rs"]
+mod use_case_tests;

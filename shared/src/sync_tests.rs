@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::time::Instant;
 
 use super::{SyncService, SyncSettings};
 use crate::domain::contract::{ObjectKind, RecordRef};
@@ -15,7 +14,7 @@ use crate::domain::crm::FailureKind;
 use crate::domain::mapping::{Mapping, DEFAULT_MAPPING};
 use crate::domain::sync::SyncStatus;
 use crate::ports::SyncStateStore;
-use crate::testing::{ManualClock, MemoryCrm, MemoryQueue, MemorySyncState, OpenLimiter};
+use crate::testing::{deadline, ManualClock, MemoryCrm, MemoryQueue, MemorySyncState, OpenLimiter};
 use crate::worker::{SyncMessage, ATTEMPTS_ATTRIBUTE, ERROR_ATTRIBUTE};
 
 const NOW: i64 = 1_796_000_000_000;
@@ -75,18 +74,14 @@ fn contact(record: &str) -> RecordRef {
     }
 }
 
-fn soon() -> Instant {
-    Instant::now() + Duration::from_secs(30)
-}
-
 #[tokio::test]
 async fn a_change_is_written_once_and_the_same_message_again_writes_nothing() {
     let h = harness();
     let change = message("m-1", "user-1", NOW - 1_000, json!({"email": "a@example.com"}));
 
-    let first = h.service.process(vec![change.clone()], soon()).await;
+    let first = h.service.process(vec![change.clone()], deadline()).await;
     let calls = h.crm.calls();
-    let again = h.service.process(vec![change], soon()).await;
+    let again = h.service.process(vec![change], deadline()).await;
 
     assert_eq!((first.applied, again.applied), (1, 0), "{first:?} {again:?}");
     assert_eq!(h.crm.calls(), calls, "the duplicate made no CRM call");
@@ -107,7 +102,7 @@ async fn within_a_batch_and_across_batches_the_newest_change_wins() {
                 message("m-2", "user-2", NOW - 1_000, json!({"email": "new@example.com"})),
                 message("m-1", "user-2", NOW - 2_000, json!({"email": "old@example.com"})),
             ],
-            soon(),
+            deadline(),
         )
         .await;
     let late = h
@@ -119,7 +114,7 @@ async fn within_a_batch_and_across_batches_the_newest_change_wins() {
                 NOW - 3_000,
                 json!({"email": "older@example.com"}),
             )],
-            soon(),
+            deadline(),
         )
         .await;
 
@@ -143,7 +138,7 @@ async fn one_refused_input_is_dead_lettered_with_the_crms_reason_and_the_rest_of
                 message("m-1", "user-good", NOW, json!({"email": "g@example.com"})),
                 message("m-2", "user-bad", NOW, json!({"email": "x"})),
             ],
-            soon(),
+            deadline(),
         )
         .await;
 
@@ -171,7 +166,7 @@ async fn a_transient_failure_goes_back_on_the_queue_with_its_attempt_counted_and
         .service
         .process(
             vec![message("m-1", "user-3", NOW, json!({"email": "t@example.com"}))],
-            soon(),
+            deadline(),
         )
         .await;
 
@@ -191,7 +186,7 @@ async fn a_transient_failure_goes_back_on_the_queue_with_its_attempt_counted_and
         body: retry.body,
         attributes: attempts,
     };
-    let report = h.service.process(vec![redelivered], soon()).await;
+    let report = h.service.process(vec![redelivered], deadline()).await;
     assert_eq!(report.applied, 1, "{report:?}");
     assert!(h.dead_letters.take().is_empty());
 }
@@ -205,7 +200,7 @@ async fn a_throttle_that_outlasts_the_quick_retries_re_queues_without_counting_a
         .service
         .process(
             vec![message("m-1", "user-4", NOW, json!({"email": "q@example.com"}))],
-            soon(),
+            deadline(),
         )
         .await;
 
@@ -227,7 +222,7 @@ async fn an_invalid_message_is_dead_lettered_before_any_crm_call() {
     let h = harness();
     let bad = message("m-1", "user-5", NOW, json!({"shoe_size": 44}));
 
-    let report = h.service.process(vec![bad], soon()).await;
+    let report = h.service.process(vec![bad], deadline()).await;
 
     assert_eq!(report.dead_lettered, 1, "{report:?}");
     assert_eq!(h.crm.calls(), 0);

@@ -5,6 +5,7 @@ pub mod contract;
 pub mod crm;
 pub mod inbound;
 pub mod mapping;
+pub mod reconcile;
 pub mod sync;
 pub mod values;
 pub mod webhook;

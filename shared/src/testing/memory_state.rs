@@ -27,6 +27,11 @@ struct Row {
 pub struct MemorySyncState {
     rows: Mutex<HashMap<RecordRef, Row>>,
     crm_owners: Mutex<HashMap<(ObjectKind, String), String>>,
+    /// The reconciliation's checkpoint and its reports, oldest first.
+    reconcile: Mutex<(
+        Option<crate::domain::reconcile::Checkpoint>,
+        Vec<crate::domain::reconcile::RunReport>,
+    )>,
 }
 
 fn held_by(row: &Row, token: &str) -> bool {
@@ -319,5 +324,89 @@ impl SyncStateStore for MemorySyncState {
             state.open_conflicts = false;
         }
         Ok(())
+    }
+}
+
+/// A record's place in the scan: its object and id, as text that sorts.
+fn scan_key(record: &RecordRef) -> String {
+    format!("{}#{}", record.object.as_str(), record.record_id)
+}
+
+#[async_trait]
+impl crate::ports::ReconcileStore for MemorySyncState {
+    async fn checkpoint(&self) -> Result<Option<crate::domain::reconcile::Checkpoint>, StoreUnavailable> {
+        Ok(self.reconcile.lock().unwrap().0.clone())
+    }
+
+    async fn save(&self, checkpoint: &crate::domain::reconcile::Checkpoint) -> Result<(), StoreUnavailable> {
+        let mut reconcile = self.reconcile.lock().unwrap();
+        reconcile.0 = Some(checkpoint.clone());
+        let reports = &mut reconcile.1;
+        reports.retain(|report| report.started_at_ms != checkpoint.report.started_at_ms);
+        reports.push(checkpoint.report.clone());
+        Ok(())
+    }
+
+    async fn reports(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::domain::reconcile::RunReport>, StoreUnavailable> {
+        let reconcile = self.reconcile.lock().unwrap();
+        Ok(reconcile.1.iter().rev().take(limit).cloned().collect())
+    }
+
+    async fn synced_page(
+        &self,
+        segment: u32,
+        segments: u32,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<RecordState>, Option<String>), StoreUnavailable> {
+        let rows = self.rows.lock().unwrap();
+        // Segments by a stable digest of the key, as DynamoDB's parallel scan splits by hash.
+        let in_segment = |key: &str| {
+            let digest = key
+                .bytes()
+                .fold(0u32, |sum, b| sum.wrapping_mul(31).wrapping_add(u32::from(b)));
+            digest % segments.max(1) == segment
+        };
+        let mut page: Vec<(String, RecordState)> = rows
+            .iter()
+            .filter_map(|(record, row)| Some((scan_key(record), row.state.clone()?)))
+            .filter(|(key, state)| {
+                state.status == SyncStatus::Synced
+                    && state.crm_id.is_some()
+                    && in_segment(key)
+                    && cursor.as_ref().is_none_or(|cursor| key > cursor)
+            })
+            .collect();
+        page.sort_by(|a, b| a.0.cmp(&b.0));
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let next = more.then(|| page.last().map(|(key, _)| key.clone())).flatten();
+        Ok((page.into_iter().map(|(_, state)| state).collect(), next))
+    }
+
+    async fn needing_requeue(
+        &self,
+        stuck_before_ms: i64,
+        cap: usize,
+    ) -> Result<Vec<RecordState>, StoreUnavailable> {
+        let rows = self.rows.lock().unwrap();
+        let mut found: Vec<RecordState> = rows
+            .values()
+            .filter_map(|row| row.state.clone())
+            .filter(|state| {
+                state.pending_change.is_some()
+                    && match state.status {
+                        SyncStatus::Failed => state.retryable,
+                        SyncStatus::Pending => state.last_attempt_at_ms.is_none_or(|at| at < stuck_before_ms),
+                        _ => false,
+                    }
+            })
+            .collect();
+        found.sort_by_key(|state| scan_key(&state.record));
+        found.truncate(cap);
+        Ok(found)
     }
 }

@@ -22,6 +22,33 @@ use crate::domain::crm::{
 use crate::domain::Clock;
 use crate::ports::{Crm, MessageQueue, OutgoingMessage, Permit, RateLimiter, SendFailure, StoreUnavailable};
 
+/// A use case's deadline in a test: far enough never to cut a run short.
+pub fn deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(30)
+}
+
+/// A worker over an open limiter whose retries and dead letters go to `queue`, retrying a failed
+/// call `quick_retries` times a millisecond apart.
+pub fn worker(
+    clock: std::sync::Arc<dyn Clock>,
+    queue: std::sync::Arc<MemoryQueue>,
+    quick_retries: u32,
+    low_priority: bool,
+) -> crate::worker::Worker {
+    crate::worker::Worker::new(
+        std::sync::Arc::new(OpenLimiter),
+        queue.clone(),
+        queue,
+        clock,
+        crate::worker::CallSettings {
+            quick_retries,
+            quick_retry_base: Duration::from_millis(1),
+            max_limiter_wait: Duration::from_secs(1),
+            low_priority,
+        },
+    )
+}
+
 fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -149,6 +176,16 @@ impl MemoryCrm {
     /// The record of `object` the app's `key` names.
     pub fn record(&self, object: &str, key: &str) -> Option<MemoryRecord> {
         locked(&self.records).get(object)?.get(key).cloned()
+    }
+
+    /// Changes a record as a person in the CRM would, with no webhook.
+    pub fn edit(&self, object: &str, key: &str, property: &str, value: &str) {
+        if let Some(record) = locked(&self.records)
+            .get_mut(object)
+            .and_then(|records| records.get_mut(key))
+        {
+            record.properties.insert(property.to_string(), value.to_string());
+        }
     }
 
     /// How many records of `object` it holds.
