@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::types::{
     ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
-use serde_yaml::Value;
+use serde_norway::Value;
 
 use crate::template::{Resolver, ResourceValues, SecretValue, Template};
 
@@ -97,7 +97,7 @@ fn resolve_json(resolver: &Resolver, value: &Value) -> anyhow::Result<serde_json
     })
 }
 
-fn is_intrinsic(map: &serde_yaml::Mapping) -> bool {
+fn is_intrinsic(map: &serde_norway::Mapping) -> bool {
     map.len() == 1
         && map
             .keys()

@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
-use serde_yaml::Value;
+use serde_norway::Value;
 
 /// The parsed SAM template.
 pub struct Template {
-    resources: serde_yaml::Mapping,
-    parameters: serde_yaml::Mapping,
-    globals_env: serde_yaml::Mapping,
+    resources: serde_norway::Mapping,
+    parameters: serde_norway::Mapping,
+    globals_env: serde_norway::Mapping,
 }
 
 /// A DynamoDB table as declared.
@@ -39,7 +39,7 @@ pub struct IndexSpec {
 #[derive(Debug, Clone)]
 pub struct QueueSpec {
     pub logical_id: String,
-    pub properties: serde_yaml::Mapping,
+    pub properties: serde_norway::Mapping,
 }
 
 /// A Secrets Manager secret as declared.
@@ -58,11 +58,11 @@ pub enum SecretValue {
     Generated { template: String, key: String },
 }
 
-fn get<'a>(map: &'a serde_yaml::Mapping, key: &str) -> Option<&'a Value> {
+fn get<'a>(map: &'a serde_norway::Mapping, key: &str) -> Option<&'a Value> {
     map.get(Value::String(key.to_string()))
 }
 
-fn mapping<'a>(map: &'a serde_yaml::Mapping, key: &str) -> Option<&'a serde_yaml::Mapping> {
+fn mapping<'a>(map: &'a serde_norway::Mapping, key: &str) -> Option<&'a serde_norway::Mapping> {
     get(map, key).and_then(Value::as_mapping)
 }
 
@@ -94,7 +94,7 @@ impl Template {
     }
 
     pub fn parse(source: &str) -> anyhow::Result<Self> {
-        let document: Value = serde_yaml::from_str(source)?;
+        let document: Value = serde_norway::from_str(source)?;
         let root = document
             .as_mapping()
             .ok_or_else(|| anyhow!("the template is not a mapping"))?;
@@ -115,7 +115,7 @@ impl Template {
         })
     }
 
-    fn resources_of(&self, kind: &str) -> impl Iterator<Item = (String, &serde_yaml::Mapping)> + '_ {
+    fn resources_of(&self, kind: &str) -> impl Iterator<Item = (String, &serde_norway::Mapping)> + '_ {
         let kind = kind.to_string();
         self.resources.iter().filter_map(move |(id, resource)| {
             let resource = resource.as_mapping()?;
@@ -247,7 +247,7 @@ pub struct SqsEventSpec {
 }
 
 impl Template {
-    fn function(&self, function: &str) -> anyhow::Result<&serde_yaml::Mapping> {
+    fn function(&self, function: &str) -> anyhow::Result<&serde_norway::Mapping> {
         get(&self.resources, function)
             .and_then(Value::as_mapping)
             .and_then(|resource| mapping(resource, "Properties"))
@@ -314,7 +314,8 @@ impl Template {
     }
 }
 
-static EMPTY: std::sync::LazyLock<serde_yaml::Mapping> = std::sync::LazyLock::new(serde_yaml::Mapping::new);
+static EMPTY: std::sync::LazyLock<serde_norway::Mapping> =
+    std::sync::LazyLock::new(serde_norway::Mapping::new);
 
 /// What `!Ref` and `!GetAtt` of a created resource give.
 #[derive(Debug, Clone, Default)]
