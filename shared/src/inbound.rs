@@ -119,6 +119,15 @@ struct Pending {
     record: Option<RecordState>,
 }
 
+/// A batch's bookkeeping as its phases go: the report, each message's fate, each event's outcome
+/// to record, and the batch's clock reading.
+struct Tally {
+    report: BatchReport,
+    dispositions: HashMap<String, Disposition>,
+    outcomes: Vec<(String, String, EventOutcome, String)>,
+    now_ms: i64,
+}
+
 /// A record's state before, its update so far, and what each of its events did.
 type RecordWork = (RecordState, InboundUpdate, Vec<(String, Effects)>);
 
@@ -293,202 +302,16 @@ impl InboundService {
     }
 
     pub async fn process(&self, messages: Vec<SyncMessage>, deadline: Instant) -> BatchReport {
-        let mut report = BatchReport::default();
-        let mut dispositions: HashMap<String, Disposition> = HashMap::new();
-        let mut outcomes: Vec<(String, String, EventOutcome, String)> = Vec::new();
-        let now_ms = self.clock.now_ms();
-
-        let mut parsed = Vec::new();
-        for message in &messages {
-            match parse_inbound(&message.body) {
-                Ok(inbound) => parsed.push((message, inbound)),
-                Err(error) => {
-                    dispositions.insert(
-                        message.message_id.clone(),
-                        Disposition::DeadLetter {
-                            reason: format!("invalid inbound message: {error}"),
-                        },
-                    );
-                }
-            }
-        }
-
-        // Events acted on already (a redelivery), or twice in this batch, are done.
-        let mut done_keys: HashSet<(String, String)> = HashSet::new();
-        let mut by_provider: HashMap<&str, Vec<String>> = HashMap::new();
-        for (_, inbound) in &parsed {
-            by_provider
-                .entry(&inbound.provider)
-                .or_default()
-                .push(inbound.event_key.clone());
-        }
-        for (provider, keys) in by_provider {
-            match self.journal.processed(provider, &keys).await {
-                Ok(done) => done_keys.extend(done.into_iter().map(|key| (provider.to_string(), key))),
-                Err(error) => {
-                    tracing::warn!(error = ?anyhow::Error::from(error), "could not look up processed events")
-                }
-            }
-        }
-        let mut pending: Vec<Pending> = Vec::new();
-        let mut seen: HashSet<(String, String)> = HashSet::new();
-        for (message, inbound) in parsed {
-            let id = (inbound.provider.clone(), inbound.event_key.clone());
-            if done_keys.contains(&id) || !seen.insert(id) {
-                report.skipped += 1;
-                dispositions.insert(message.message_id.clone(), Disposition::Done);
-                continue;
-            }
-            let ahead_ms = inbound.occurred_at_ms.saturating_sub(now_ms);
-            if ahead_ms > i64::try_from(self.settings.max_clock_skew.as_millis()).unwrap_or(i64::MAX) {
-                // An event from the future would make every real change after it look older.
-                // Its outcome stays unrecorded, so that a redrive once the clocks agree applies it.
-                dispositions.insert(
-                    message.message_id.clone(),
-                    Disposition::DeadLetter {
-                        reason: format!(
-                            "the event's time is {} s ahead of crm-sync's clock, more than the {} s allowed",
-                            ahead_ms / 1000,
-                            self.settings.max_clock_skew.as_secs()
-                        ),
-                    },
-                );
-                continue;
-            }
-            match self.events.interpret(&inbound) {
-                Interpretation::Ignore(reason) => {
-                    report.skipped += 1;
-                    dispositions.insert(message.message_id.clone(), Disposition::Done);
-                    outcomes.push((
-                        inbound.provider.clone(),
-                        inbound.event_key.clone(),
-                        EventOutcome::Ignored,
-                        reason,
-                    ));
-                }
-                Interpretation::Change(change) => pending.push(Pending {
-                    message_id: message.message_id.clone(),
-                    attempts: message.attempts(),
-                    message: inbound,
-                    change,
-                    record: None,
-                }),
-            }
-        }
-
-        // Which app record each CRM record is.
-        let mut crm_keys: Vec<(ObjectKind, String)> = pending
-            .iter()
-            .map(|p| (p.change.object, p.change.crm_id.clone()))
-            .collect();
-        crm_keys.sort();
-        crm_keys.dedup();
-        let found = bounded(
-            crm_keys
-                .iter()
-                .map(|(object, crm_id)| self.state.find_by_crm_id(*object, crm_id))
-                .collect(),
-        )
-        .await;
-        let mut records: HashMap<(ObjectKind, String), RecordRef> = HashMap::new();
-        let mut lookup_failed = false;
-        let mut unknown: Vec<(ObjectKind, String)> = Vec::new();
-        for (key, result) in crm_keys.into_iter().zip(found) {
-            match result {
-                Ok(Some(state)) => {
-                    records.insert(key, state.record);
-                }
-                Ok(None) => unknown.push(key),
-                Err(error) => {
-                    lookup_failed = true;
-                    tracing::error!(error = ?anyhow::Error::from(error), "could not resolve a CRM id");
-                }
-            }
-        }
-        let mut throttled = HashMap::new();
-        let unresolved = self
-            .resolve_by_app_id(&unknown, &mut records, deadline, &mut report, &mut throttled)
-            .await;
-        let mut work: Vec<Pending> = Vec::new();
-        for p in pending {
-            let key = (p.change.object, p.change.crm_id.clone());
-            match records.get(&key) {
-                Some(_) => work.push(p),
-                None if lookup_failed => {
-                    dispositions.insert(p.message_id.clone(), Disposition::Redeliver);
-                }
-                None if throttled.contains_key(&key) => {
-                    let wait_ms = u64::try_from(throttled[&key] - now_ms).unwrap_or(1000);
-                    dispositions.insert(
-                        p.message_id.clone(),
-                        Disposition::Retry {
-                            delay: Duration::from_millis(wait_ms).max(Duration::from_secs(1)),
-                            attempts: p.attempts,
-                        },
-                    );
-                }
-                None if unresolved.contains_key(&key) => {
-                    let reason = &unresolved[&key];
-                    dispositions.insert(p.message_id.clone(), self.retry(p.attempts, reason));
-                }
-                None => {
-                    report.skipped += 1;
-                    dispositions.insert(p.message_id.clone(), Disposition::Done);
-                    let detail = format!("no app record has {} CRM id {}", p.change.object, p.change.crm_id);
-                    outcomes.push((
-                        p.message.provider.clone(),
-                        p.message.event_key.clone(),
-                        EventOutcome::Ignored,
-                        detail,
-                    ));
-                }
-            }
-        }
-
-        // Lease each record, as an outbound attempt would.
+        let mut batch = Tally {
+            report: BatchReport::default(),
+            dispositions: HashMap::new(),
+            outcomes: Vec::new(),
+            now_ms: self.clock.now_ms(),
+        };
+        let pending = self.triage(&messages, &mut batch).await;
+        let (work, records) = self.resolve(pending, &mut batch, deadline).await;
         let token = uuid::Uuid::new_v4().to_string();
-        let lease_until = now_ms + i64::try_from(self.settings.lease.as_millis()).unwrap_or(i64::MAX / 2);
-        let mut refs: Vec<RecordRef> = records.values().cloned().collect();
-        refs.sort();
-        refs.dedup();
-        let leases = bounded(
-            refs.iter()
-                .map(|r| self.state.lease(r, &token, now_ms, lease_until))
-                .collect(),
-        )
-        .await;
-        let mut leased: HashMap<RecordRef, RecordState> = HashMap::new();
-        for (record, lease) in refs.into_iter().zip(leases) {
-            match lease {
-                Ok(LeaseOutcome::Leased(state)) => {
-                    leased.insert(record, *state);
-                }
-                Ok(LeaseOutcome::Busy) => {}
-                Err(error) => {
-                    tracing::error!(error = ?anyhow::Error::from(error), "could not lease a record")
-                }
-            }
-        }
-        let mut ready = Vec::new();
-        for mut p in work {
-            let record = records[&(p.change.object, p.change.crm_id.clone())].clone();
-            match leased.get(&record) {
-                Some(state) => {
-                    p.record = Some(state.clone());
-                    ready.push(p);
-                }
-                None => {
-                    dispositions.insert(
-                        p.message_id.clone(),
-                        Disposition::Retry {
-                            delay: self.settings.busy_delay,
-                            attempts: p.attempts,
-                        },
-                    );
-                }
-            }
-        }
-
+        let (mut ready, leased) = self.lease(work, &records, &token, &mut batch).await;
         // An integration creating a record crm-sync knows is crm-sync's own upsert: its values
         // come back one by one as property changes, so there is nothing to read.
         let mut own_creations = HashSet::new();
@@ -498,67 +321,13 @@ impl InboundService {
                 p.change.properties = Some(BTreeMap::new());
             }
         }
-        // Creations and redacted values carry no usable values: read them, in bulk.
-        let mut failed_reads: HashMap<String, Disposition> = HashMap::new();
-        for object in [ObjectKind::Contact, ObjectKind::Deal] {
-            let Some(mapping) = self.mapping.object(object) else {
-                continue;
-            };
-            let mut ids: Vec<String> = ready
-                .iter()
-                .filter(|p| p.change.object == object && p.change.properties.is_none())
-                .map(|p| p.change.crm_id.clone())
-                .collect();
-            ids.sort();
-            ids.dedup();
-            let properties: Vec<String> = mapping
-                .fields
-                .values()
-                .map(|rule| rule.crm_property.clone())
-                .collect();
-            for chunk in ids.chunks(self.crm.max_batch().max(1)) {
-                let result = self
-                    .worker
-                    .call(deadline, &mut report, || {
-                        self.crm.read(&mapping.crm_object, chunk, &properties)
-                    })
-                    .await;
-                match result {
-                    Ok(read) => {
-                        for (crm_id, values) in chunk.iter().zip(read.records) {
-                            for p in ready
-                                .iter_mut()
-                                .filter(|p| p.change.object == object && &p.change.crm_id == crm_id)
-                            {
-                                if p.change.properties.is_none() {
-                                    p.change.properties = Some(values.clone().unwrap_or_default());
-                                }
-                            }
-                        }
-                    }
-                    Err(failure) => {
-                        for p in ready
-                            .iter()
-                            .filter(|p| p.change.object == object && chunk.contains(&p.change.crm_id))
-                        {
-                            let disposition = match &failure {
-                                CallFailure::Throttled { until_ms } => Disposition::Retry {
-                                    delay: Duration::from_millis(
-                                        u64::try_from(until_ms - now_ms).unwrap_or(1000),
-                                    ),
-                                    attempts: p.attempts,
-                                },
-                                CallFailure::Transient(reason) => self.retry(p.attempts, reason),
-                                CallFailure::Rejected(reason) => Disposition::DeadLetter {
-                                    reason: reason.clone(),
-                                },
-                            };
-                            failed_reads.insert(p.message_id.clone(), disposition);
-                        }
-                    }
-                }
-            }
-        }
+        let failed_reads = self.read_missing(&mut ready, &mut batch, deadline).await;
+        let Tally {
+            mut report,
+            mut dispositions,
+            mut outcomes,
+            now_ms: _,
+        } = batch;
 
         // Decide, record by record, in the order the changes happened.
         // Changes of one millisecond in a fixed order, so that a redelivery numbers them alike.
@@ -642,38 +411,7 @@ impl InboundService {
 
         // Tell the app, journal conflicts, settle each record.
         let by_id: HashMap<&str, &Pending> = ready.iter().map(|p| (p.message_id.as_str(), p)).collect();
-        let mut inbox = Vec::new();
-        for (record, (state, update, items)) in per_record.iter_mut() {
-            let mut sequence = state.inbox_sequence;
-            for (message_id, effects) in items.iter() {
-                if effects.delivered.is_empty() {
-                    continue;
-                }
-                let p = by_id[message_id.as_str()];
-                sequence += 1;
-                inbox.push(OutgoingMessage::new(
-                    message_id.clone(),
-                    app_inbox_message(
-                        record,
-                        sequence,
-                        &p.message.provider,
-                        &p.change.crm_id,
-                        &effects.delivered,
-                        p.change.occurred_at_ms,
-                        &p.change.source,
-                        &p.message.event_key,
-                    ),
-                ));
-            }
-            update.inbox_sequence = sequence;
-        }
-        let inbox_failures: HashSet<String> = self
-            .app_inbox
-            .send(&inbox)
-            .await
-            .into_iter()
-            .map(|f| f.id)
-            .collect();
+        let inbox_failures = self.deliver(&mut per_record, &by_id).await;
         let settle_now = self.clock.now_ms();
         let mut timeline = Vec::new();
         let mut conflicts = Vec::new();
@@ -771,10 +509,378 @@ impl InboundService {
                 }
             }
         }
-        if let Err(error) = self.state.append_conflicts(&conflicts).await {
+        self.record(
+            &messages,
+            &dispositions,
+            &outcomes,
+            &conflicts,
+            &timeline,
+            settle_now,
+        )
+        .await;
+        self.worker.dispatch(&messages, dispositions, &mut report).await;
+        report
+    }
+
+    /// Triage: each message parsed, events acted on already (a redelivery) or twice in this
+    /// batch dropped, events from beyond the clock skew dead-lettered, the rest read as changes.
+    async fn triage(&self, messages: &[SyncMessage], batch: &mut Tally) -> Vec<Pending> {
+        let mut parsed = Vec::new();
+        for message in messages {
+            match parse_inbound(&message.body) {
+                Ok(inbound) => parsed.push((message, inbound)),
+                Err(error) => {
+                    batch.dispositions.insert(
+                        message.message_id.clone(),
+                        Disposition::DeadLetter {
+                            reason: format!("invalid inbound message: {error}"),
+                        },
+                    );
+                }
+            }
+        }
+
+        // Events acted on already (a redelivery), or twice in this batch, are done.
+        let mut done_keys: HashSet<(String, String)> = HashSet::new();
+        let mut by_provider: HashMap<&str, Vec<String>> = HashMap::new();
+        for (_, inbound) in &parsed {
+            by_provider
+                .entry(&inbound.provider)
+                .or_default()
+                .push(inbound.event_key.clone());
+        }
+        for (provider, keys) in by_provider {
+            match self.journal.processed(provider, &keys).await {
+                Ok(done) => done_keys.extend(done.into_iter().map(|key| (provider.to_string(), key))),
+                Err(error) => {
+                    tracing::warn!(error = ?anyhow::Error::from(error), "could not look up processed events")
+                }
+            }
+        }
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut seen: HashSet<(String, String)> = HashSet::new();
+        for (message, inbound) in parsed {
+            let id = (inbound.provider.clone(), inbound.event_key.clone());
+            if done_keys.contains(&id) || !seen.insert(id) {
+                batch.report.skipped += 1;
+                batch
+                    .dispositions
+                    .insert(message.message_id.clone(), Disposition::Done);
+                continue;
+            }
+            let ahead_ms = inbound.occurred_at_ms.saturating_sub(batch.now_ms);
+            if ahead_ms > i64::try_from(self.settings.max_clock_skew.as_millis()).unwrap_or(i64::MAX) {
+                // An event from the future would make every real change after it look older.
+                // Its outcome stays unrecorded, so that a redrive once the clocks agree applies it.
+                batch.dispositions.insert(
+                    message.message_id.clone(),
+                    Disposition::DeadLetter {
+                        reason: format!(
+                            "the event's time is {} s ahead of crm-sync's clock, more than the {} s allowed",
+                            ahead_ms / 1000,
+                            self.settings.max_clock_skew.as_secs()
+                        ),
+                    },
+                );
+                continue;
+            }
+            match self.events.interpret(&inbound) {
+                Interpretation::Ignore(reason) => {
+                    batch.report.skipped += 1;
+                    batch
+                        .dispositions
+                        .insert(message.message_id.clone(), Disposition::Done);
+                    batch.outcomes.push((
+                        inbound.provider.clone(),
+                        inbound.event_key.clone(),
+                        EventOutcome::Ignored,
+                        reason,
+                    ));
+                }
+                Interpretation::Change(change) => pending.push(Pending {
+                    message_id: message.message_id.clone(),
+                    attempts: message.attempts(),
+                    message: inbound,
+                    change,
+                    record: None,
+                }),
+            }
+        }
+        pending
+    }
+
+    /// Resolve: which app record each event's CRM record is (the state's index, else the CRM's
+    /// id property); an event whose record cannot be known now waits, one of no app record is
+    /// done with the reason.
+    async fn resolve(
+        &self,
+        pending: Vec<Pending>,
+        batch: &mut Tally,
+        deadline: Instant,
+    ) -> (Vec<Pending>, HashMap<(ObjectKind, String), RecordRef>) {
+        // Which app record each CRM record is.
+        let mut crm_keys: Vec<(ObjectKind, String)> = pending
+            .iter()
+            .map(|p| (p.change.object, p.change.crm_id.clone()))
+            .collect();
+        crm_keys.sort();
+        crm_keys.dedup();
+        let found = bounded(
+            crm_keys
+                .iter()
+                .map(|(object, crm_id)| self.state.find_by_crm_id(*object, crm_id))
+                .collect(),
+        )
+        .await;
+        let mut records: HashMap<(ObjectKind, String), RecordRef> = HashMap::new();
+        let mut lookup_failed = false;
+        let mut unknown: Vec<(ObjectKind, String)> = Vec::new();
+        for (key, result) in crm_keys.into_iter().zip(found) {
+            match result {
+                Ok(Some(state)) => {
+                    records.insert(key, state.record);
+                }
+                Ok(None) => unknown.push(key),
+                Err(error) => {
+                    lookup_failed = true;
+                    tracing::error!(error = ?anyhow::Error::from(error), "could not resolve a CRM id");
+                }
+            }
+        }
+        let mut throttled = HashMap::new();
+        let unresolved = self
+            .resolve_by_app_id(
+                &unknown,
+                &mut records,
+                deadline,
+                &mut batch.report,
+                &mut throttled,
+            )
+            .await;
+        let mut work: Vec<Pending> = Vec::new();
+        for p in pending {
+            let key = (p.change.object, p.change.crm_id.clone());
+            match records.get(&key) {
+                Some(_) => work.push(p),
+                None if lookup_failed => {
+                    batch
+                        .dispositions
+                        .insert(p.message_id.clone(), Disposition::Redeliver);
+                }
+                None if throttled.contains_key(&key) => {
+                    let wait_ms = u64::try_from(throttled[&key] - batch.now_ms).unwrap_or(1000);
+                    batch.dispositions.insert(
+                        p.message_id.clone(),
+                        Disposition::Retry {
+                            delay: Duration::from_millis(wait_ms).max(Duration::from_secs(1)),
+                            attempts: p.attempts,
+                        },
+                    );
+                }
+                None if unresolved.contains_key(&key) => {
+                    let reason = &unresolved[&key];
+                    batch
+                        .dispositions
+                        .insert(p.message_id.clone(), self.retry(p.attempts, reason));
+                }
+                None => {
+                    batch.report.skipped += 1;
+                    batch.dispositions.insert(p.message_id.clone(), Disposition::Done);
+                    let detail = format!("no app record has {} CRM id {}", p.change.object, p.change.crm_id);
+                    batch.outcomes.push((
+                        p.message.provider.clone(),
+                        p.message.event_key.clone(),
+                        EventOutcome::Ignored,
+                        detail,
+                    ));
+                }
+            }
+        }
+        (work, records)
+    }
+
+    /// Lease: each record leased to this attempt, as an outbound attempt would; an event of a
+    /// record leased elsewhere waits a moment. Returns the events ready to decide, each with its
+    /// record's state, and the states leased.
+    async fn lease(
+        &self,
+        work: Vec<Pending>,
+        records: &HashMap<(ObjectKind, String), RecordRef>,
+        token: &str,
+        batch: &mut Tally,
+    ) -> (Vec<Pending>, HashMap<RecordRef, RecordState>) {
+        let lease_until =
+            batch.now_ms + i64::try_from(self.settings.lease.as_millis()).unwrap_or(i64::MAX / 2);
+        let mut refs: Vec<RecordRef> = records.values().cloned().collect();
+        refs.sort();
+        refs.dedup();
+        let leases = bounded(
+            refs.iter()
+                .map(|r| self.state.lease(r, token, batch.now_ms, lease_until))
+                .collect(),
+        )
+        .await;
+        let mut leased: HashMap<RecordRef, RecordState> = HashMap::new();
+        for (record, lease) in refs.into_iter().zip(leases) {
+            match lease {
+                Ok(LeaseOutcome::Leased(state)) => {
+                    leased.insert(record, *state);
+                }
+                Ok(LeaseOutcome::Busy) => {}
+                Err(error) => {
+                    tracing::error!(error = ?anyhow::Error::from(error), "could not lease a record")
+                }
+            }
+        }
+        let mut ready = Vec::new();
+        for mut p in work {
+            let record = records[&(p.change.object, p.change.crm_id.clone())].clone();
+            match leased.get(&record) {
+                Some(state) => {
+                    p.record = Some(state.clone());
+                    ready.push(p);
+                }
+                None => {
+                    batch.dispositions.insert(
+                        p.message_id.clone(),
+                        Disposition::Retry {
+                            delay: self.settings.busy_delay,
+                            attempts: p.attempts,
+                        },
+                    );
+                }
+            }
+        }
+        (ready, leased)
+    }
+
+    /// Read: creations and redacted values carry no usable values, so they are read from the
+    /// CRM, in bulk. Returns what became of the events whose read failed.
+    async fn read_missing(
+        &self,
+        ready: &mut [Pending],
+        batch: &mut Tally,
+        deadline: Instant,
+    ) -> HashMap<String, Disposition> {
+        // Creations and redacted values carry no usable values: read them, in bulk.
+        let mut failed_reads: HashMap<String, Disposition> = HashMap::new();
+        for object in [ObjectKind::Contact, ObjectKind::Deal] {
+            let Some(mapping) = self.mapping.object(object) else {
+                continue;
+            };
+            let mut ids: Vec<String> = ready
+                .iter()
+                .filter(|p| p.change.object == object && p.change.properties.is_none())
+                .map(|p| p.change.crm_id.clone())
+                .collect();
+            ids.sort();
+            ids.dedup();
+            let properties: Vec<String> = mapping
+                .fields
+                .values()
+                .map(|rule| rule.crm_property.clone())
+                .collect();
+            for chunk in ids.chunks(self.crm.max_batch().max(1)) {
+                let result = self
+                    .worker
+                    .call(deadline, &mut batch.report, || {
+                        self.crm.read(&mapping.crm_object, chunk, &properties)
+                    })
+                    .await;
+                match result {
+                    Ok(read) => {
+                        for (crm_id, values) in chunk.iter().zip(read.records) {
+                            for p in ready
+                                .iter_mut()
+                                .filter(|p| p.change.object == object && &p.change.crm_id == crm_id)
+                            {
+                                if p.change.properties.is_none() {
+                                    p.change.properties = Some(values.clone().unwrap_or_default());
+                                }
+                            }
+                        }
+                    }
+                    Err(failure) => {
+                        for p in ready
+                            .iter()
+                            .filter(|p| p.change.object == object && chunk.contains(&p.change.crm_id))
+                        {
+                            let disposition = match &failure {
+                                CallFailure::Throttled { until_ms } => Disposition::Retry {
+                                    delay: Duration::from_millis(
+                                        u64::try_from(until_ms - batch.now_ms).unwrap_or(1000),
+                                    ),
+                                    attempts: p.attempts,
+                                },
+                                CallFailure::Transient(reason) => self.retry(p.attempts, reason),
+                                CallFailure::Rejected(reason) => Disposition::DeadLetter {
+                                    reason: reason.clone(),
+                                },
+                            };
+                            failed_reads.insert(p.message_id.clone(), disposition);
+                        }
+                    }
+                }
+            }
+        }
+        failed_reads
+    }
+
+    /// Deliver: the CRM-owned changes each record's events decided, to the app inbox, numbered
+    /// per record in the order they happened. Returns the messages the inbox did not take.
+    async fn deliver(
+        &self,
+        per_record: &mut BTreeMap<RecordRef, RecordWork>,
+        by_id: &HashMap<&str, &Pending>,
+    ) -> HashSet<String> {
+        let mut inbox = Vec::new();
+        for (record, (state, update, items)) in per_record.iter_mut() {
+            let mut sequence = state.inbox_sequence;
+            for (message_id, effects) in items.iter() {
+                if effects.delivered.is_empty() {
+                    continue;
+                }
+                let p = by_id[message_id.as_str()];
+                sequence += 1;
+                inbox.push(OutgoingMessage::new(
+                    message_id.clone(),
+                    app_inbox_message(
+                        record,
+                        sequence,
+                        &p.message.provider,
+                        &p.change.crm_id,
+                        &effects.delivered,
+                        p.change.occurred_at_ms,
+                        &p.change.source,
+                        &p.message.event_key,
+                    ),
+                ));
+            }
+            update.inbox_sequence = sequence;
+        }
+        self.app_inbox
+            .send(&inbox)
+            .await
+            .into_iter()
+            .map(|f| f.id)
+            .collect()
+    }
+
+    /// Record: the conflict journal, the timeline, and each event's outcome on its stored item
+    /// (dead-lettered ones as failed, with the reason), so that a redelivery is known as one.
+    async fn record(
+        &self,
+        messages: &[SyncMessage],
+        dispositions: &HashMap<String, Disposition>,
+        outcomes: &[(String, String, EventOutcome, String)],
+        conflicts: &[ConflictEntry],
+        timeline: &[TimelineEntry],
+        settle_now: i64,
+    ) {
+        if let Err(error) = self.state.append_conflicts(conflicts).await {
             tracing::error!(error = ?anyhow::Error::from(error), "could not journal conflicts");
         }
-        if let Err(error) = self.state.append_timeline(&timeline).await {
+        if let Err(error) = self.state.append_timeline(timeline).await {
             tracing::error!(error = ?anyhow::Error::from(error), "could not write the timeline");
         }
         let recorded = bounded(
@@ -792,7 +898,7 @@ impl InboundService {
                 tracing::warn!(error = ?anyhow::Error::from(error), "could not record an event outcome");
             }
         }
-        for message in &messages {
+        for message in messages {
             if let Some(Disposition::DeadLetter { reason }) = dispositions.get(&message.message_id) {
                 if let Ok(inbound) = parse_inbound(&message.body) {
                     let _ = self
@@ -808,8 +914,6 @@ impl InboundService {
                 }
             }
         }
-        self.worker.dispatch(&messages, dispositions, &mut report).await;
-        report
     }
 
     async fn reassert(
