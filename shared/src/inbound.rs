@@ -322,12 +322,6 @@ impl InboundService {
             }
         }
         let failed_reads = self.read_missing(&mut ready, &mut batch, deadline).await;
-        let Tally {
-            mut report,
-            mut dispositions,
-            mut outcomes,
-            now_ms: _,
-        } = batch;
 
         // Decide, record by record, in the order the changes happened.
         // Changes of one millisecond in a fixed order, so that a redelivery numbers them alike.
@@ -335,166 +329,29 @@ impl InboundService {
             (a.change.occurred_at_ms, &a.message.event_key)
                 .cmp(&(b.change.occurred_at_ms, &b.message.event_key))
         });
-        let mut per_record: BTreeMap<RecordRef, RecordWork> = BTreeMap::new();
-        for p in &ready {
-            if failed_reads.contains_key(&p.message_id) {
-                continue;
-            }
-            let leased = p.record.as_ref().expect("leased records carry their state");
-            let record = leased.record.clone();
-            // Once a record: its pending change is parsed for the first of its events only.
-            let entry = per_record.entry(record.clone()).or_insert_with(|| {
-                let state = self.with_pending_writes(leased.clone());
-                let update = InboundUpdate::unchanged(&state);
-                (state, update, Vec::new())
-            });
-            let Some(mapping) = self.mapping.object(record.object) else {
-                continue;
-            };
-            // Decide against the state as this batch has moved it on.
-            let mut current = entry.0.clone();
-            current.inbound_at = entry.1.inbound_at.clone();
-            current.received = entry.1.received.clone();
-            let mut effects = Effects::default();
-            if own_creations.contains(&p.message_id) {
-                effects.echoes += 1;
-            }
-            let mut properties = p.change.properties.clone().unwrap_or_default();
-            self.events
-                .align(record.object, &mut properties, &current.written);
-            for (property, value) in properties {
-                match decide(mapping, &current, &p.change, &property, &value) {
-                    FieldDecision::Deliver { field, value } => {
-                        later(&mut entry.1.inbound_at, &property, p.change.occurred_at_ms);
-                        entry.1.received.insert(property.clone(), value.clone());
-                        effects.delivered.insert(field, value);
-                    }
-                    FieldDecision::Conflict {
-                        field,
-                        app_value,
-                        crm_value,
-                    } => {
-                        later(&mut entry.1.inbound_at, &property, p.change.occurred_at_ms);
-                        entry.1.new_conflicts += 1;
-                        let resolution = if self.settings.reassert_app_values && app_value.is_some() {
-                            "re-asserted the app's value in the CRM"
-                        } else {
-                            "kept the app's value"
-                        };
-                        effects.conflicts.push(ConflictEntry {
-                            record: record.clone(),
-                            at_ms: p.change.occurred_at_ms,
-                            field,
-                            crm_property: property.clone(),
-                            app_value,
-                            crm_value,
-                            source: p.change.source.clone(),
-                            event_key: p.message.event_key.clone(),
-                            resolution: resolution.to_string(),
-                        });
-                    }
-                    FieldDecision::Echo => {
-                        later(&mut entry.1.inbound_at, &property, p.change.occurred_at_ms);
-                        effects.echoes += 1;
-                    }
-                    FieldDecision::Stale => effects.stale += 1,
-                    FieldDecision::Unmapped => {}
-                }
-            }
-            entry.2.push((p.message_id.clone(), effects));
-        }
+        let mut per_record = self.decide_all(&ready, &failed_reads, &own_creations);
 
         // Re-assert the app's values where configured (the CRM reports it back as an echo).
         if self.settings.reassert_app_values {
-            self.reassert(&per_record, deadline, &mut report).await;
+            self.reassert(&per_record, deadline, &mut batch.report).await;
         }
 
         // Tell the app, journal conflicts, settle each record.
         let by_id: HashMap<&str, &Pending> = ready.iter().map(|p| (p.message_id.as_str(), p)).collect();
         let inbox_failures = self.deliver(&mut per_record, &by_id).await;
         let settle_now = self.clock.now_ms();
-        let mut timeline = Vec::new();
-        let mut conflicts = Vec::new();
-        let settled: HashSet<RecordRef> = per_record.keys().cloned().collect();
-        for (record, (state, update, items)) in per_record {
-            let failed = items.iter().any(|(id, _)| inbox_failures.contains(id));
-            let update = if failed {
-                // Nothing of this record counts as done: the redelivery acts on it again. The
-                // sequence numbers some of its messages went out with stay spent, so that no
-                // later message of the record is numbered like one the app may hold already.
-                InboundUpdate {
-                    inbox_sequence: update.inbox_sequence,
-                    ..InboundUpdate::unchanged(&state)
-                }
-            } else {
-                let mut update = update;
-                if self.settings.reassert_app_values {
-                    update.written = Some(state.written.clone());
-                }
-                update
-            };
-            if let Err(error) = self
-                .state
-                .settle_inbound(&record, &token, settle_now, &update)
-                .await
-            {
-                tracing::error!(record = %record, error = ?anyhow::Error::from(error), "could not settle inbound work");
-                for (id, _) in &items {
-                    dispositions.insert(id.clone(), Disposition::Redeliver);
-                }
-                continue;
-            }
-            for (id, effects) in items {
-                if failed {
-                    dispositions.insert(id.clone(), Disposition::Redeliver);
-                    continue;
-                }
-                let p = by_id[id.as_str()];
-                let (outcome, detail) = describe(&effects);
-                if !effects.delivered.is_empty() {
-                    let fields: Vec<String> = effects
-                        .delivered
-                        .iter()
-                        .map(|(f, v)| format!("{f} = {v}"))
-                        .collect();
-                    timeline.push(inbound_entry(
-                        &record,
-                        p,
-                        TimelineKind::Received,
-                        format!("from the CRM ({}): {}", p.change.source, fields.join(", ")),
-                    ));
-                }
-                for conflict in &effects.conflicts {
-                    timeline.push(inbound_entry(
-                        &record,
-                        p,
-                        TimelineKind::Conflict,
-                        format!(
-                            "{} changed in the CRM ({}) to {:?}; the app owns it ({:?}): {}",
-                            conflict.field,
-                            conflict.source,
-                            conflict.crm_value,
-                            conflict.app_value.as_deref().unwrap_or(""),
-                            conflict.resolution
-                        ),
-                    ));
-                }
-                conflicts.extend(effects.conflicts);
-                match outcome {
-                    EventOutcome::Applied => report.applied += 1,
-                    _ => report.skipped += 1,
-                }
-                outcomes.push((
-                    p.message.provider.clone(),
-                    p.message.event_key.clone(),
-                    outcome,
-                    detail,
-                ));
-                dispositions.insert(id, Disposition::Done);
-            }
-        }
+        let (timeline, conflicts, settled) = self
+            .settle_records(
+                per_record,
+                &inbox_failures,
+                &by_id,
+                &token,
+                settle_now,
+                &mut batch,
+            )
+            .await;
         for (id, disposition) in failed_reads {
-            dispositions.insert(id, disposition);
+            batch.dispositions.insert(id, disposition);
         }
         // Records leased for events that all failed to read are given back untouched.
         for (record, state) in &leased {
@@ -511,15 +368,17 @@ impl InboundService {
         }
         self.record(
             &messages,
-            &dispositions,
-            &outcomes,
+            &batch.dispositions,
+            &batch.outcomes,
             &conflicts,
             &timeline,
             settle_now,
         )
         .await;
-        self.worker.dispatch(&messages, dispositions, &mut report).await;
-        report
+        self.worker
+            .dispatch(&messages, batch.dispositions, &mut batch.report)
+            .await;
+        batch.report
     }
 
     /// Triage: each message parsed, events acted on already (a redelivery) or twice in this
@@ -824,6 +683,180 @@ impl InboundService {
             }
         }
         failed_reads
+    }
+
+    /// Decide: each event's values field by field (deliver, conflict, echo, stale), per record
+    /// in the order they happened, against the record's state as this batch moves it on.
+    fn decide_all(
+        &self,
+        ready: &[Pending],
+        failed_reads: &HashMap<String, Disposition>,
+        own_creations: &HashSet<String>,
+    ) -> BTreeMap<RecordRef, RecordWork> {
+        let mut per_record: BTreeMap<RecordRef, RecordWork> = BTreeMap::new();
+        for p in ready {
+            if failed_reads.contains_key(&p.message_id) {
+                continue;
+            }
+            let leased = p.record.as_ref().expect("leased records carry their state");
+            let record = leased.record.clone();
+            // Once a record: its pending change is parsed for the first of its events only.
+            let entry = per_record.entry(record.clone()).or_insert_with(|| {
+                let state = self.with_pending_writes(leased.clone());
+                let update = InboundUpdate::unchanged(&state);
+                (state, update, Vec::new())
+            });
+            let Some(mapping) = self.mapping.object(record.object) else {
+                continue;
+            };
+            // Decide against the state as this batch has moved it on.
+            let mut current = entry.0.clone();
+            current.inbound_at = entry.1.inbound_at.clone();
+            current.received = entry.1.received.clone();
+            let mut effects = Effects::default();
+            if own_creations.contains(&p.message_id) {
+                effects.echoes += 1;
+            }
+            let mut properties = p.change.properties.clone().unwrap_or_default();
+            self.events
+                .align(record.object, &mut properties, &current.written);
+            for (property, value) in properties {
+                match decide(mapping, &current, &p.change, &property, &value) {
+                    FieldDecision::Deliver { field, value } => {
+                        later(&mut entry.1.inbound_at, &property, p.change.occurred_at_ms);
+                        entry.1.received.insert(property.clone(), value.clone());
+                        effects.delivered.insert(field, value);
+                    }
+                    FieldDecision::Conflict {
+                        field,
+                        app_value,
+                        crm_value,
+                    } => {
+                        later(&mut entry.1.inbound_at, &property, p.change.occurred_at_ms);
+                        entry.1.new_conflicts += 1;
+                        let resolution = if self.settings.reassert_app_values && app_value.is_some() {
+                            "re-asserted the app's value in the CRM"
+                        } else {
+                            "kept the app's value"
+                        };
+                        effects.conflicts.push(ConflictEntry {
+                            record: record.clone(),
+                            at_ms: p.change.occurred_at_ms,
+                            field,
+                            crm_property: property.clone(),
+                            app_value,
+                            crm_value,
+                            source: p.change.source.clone(),
+                            event_key: p.message.event_key.clone(),
+                            resolution: resolution.to_string(),
+                        });
+                    }
+                    FieldDecision::Echo => {
+                        later(&mut entry.1.inbound_at, &property, p.change.occurred_at_ms);
+                        effects.echoes += 1;
+                    }
+                    FieldDecision::Stale => effects.stale += 1,
+                    FieldDecision::Unmapped => {}
+                }
+            }
+            entry.2.push((p.message_id.clone(), effects));
+        }
+        per_record
+    }
+
+    /// Settle: each record's update under its lease, its events' outcomes, timeline entries and
+    /// conflicts; a record whose inbox messages did not all go out counts as not done. Returns
+    /// the timeline entries, the conflicts, and the records settled.
+    async fn settle_records(
+        &self,
+        per_record: BTreeMap<RecordRef, RecordWork>,
+        inbox_failures: &HashSet<String>,
+        by_id: &HashMap<&str, &Pending>,
+        token: &str,
+        settle_now: i64,
+        batch: &mut Tally,
+    ) -> (Vec<TimelineEntry>, Vec<ConflictEntry>, HashSet<RecordRef>) {
+        let mut timeline = Vec::new();
+        let mut conflicts = Vec::new();
+        let settled: HashSet<RecordRef> = per_record.keys().cloned().collect();
+        for (record, (state, update, items)) in per_record {
+            let failed = items.iter().any(|(id, _)| inbox_failures.contains(id));
+            let update = if failed {
+                // Nothing of this record counts as done: the redelivery acts on it again. The
+                // sequence numbers some of its messages went out with stay spent, so that no
+                // later message of the record is numbered like one the app may hold already.
+                InboundUpdate {
+                    inbox_sequence: update.inbox_sequence,
+                    ..InboundUpdate::unchanged(&state)
+                }
+            } else {
+                let mut update = update;
+                if self.settings.reassert_app_values {
+                    update.written = Some(state.written.clone());
+                }
+                update
+            };
+            if let Err(error) = self
+                .state
+                .settle_inbound(&record, token, settle_now, &update)
+                .await
+            {
+                tracing::error!(record = %record, error = ?anyhow::Error::from(error), "could not settle inbound work");
+                for (id, _) in &items {
+                    batch.dispositions.insert(id.clone(), Disposition::Redeliver);
+                }
+                continue;
+            }
+            for (id, effects) in items {
+                if failed {
+                    batch.dispositions.insert(id.clone(), Disposition::Redeliver);
+                    continue;
+                }
+                let p = by_id[id.as_str()];
+                let (outcome, detail) = describe(&effects);
+                if !effects.delivered.is_empty() {
+                    let fields: Vec<String> = effects
+                        .delivered
+                        .iter()
+                        .map(|(f, v)| format!("{f} = {v}"))
+                        .collect();
+                    timeline.push(inbound_entry(
+                        &record,
+                        p,
+                        TimelineKind::Received,
+                        format!("from the CRM ({}): {}", p.change.source, fields.join(", ")),
+                    ));
+                }
+                for conflict in &effects.conflicts {
+                    timeline.push(inbound_entry(
+                        &record,
+                        p,
+                        TimelineKind::Conflict,
+                        format!(
+                            "{} changed in the CRM ({}) to {:?}; the app owns it ({:?}): {}",
+                            conflict.field,
+                            conflict.source,
+                            conflict.crm_value,
+                            conflict.app_value.as_deref().unwrap_or(""),
+                            conflict.resolution
+                        ),
+                    ));
+                }
+                conflicts.extend(effects.conflicts);
+                match outcome {
+                    EventOutcome::Applied => batch.report.applied += 1,
+                    _ => batch.report.skipped += 1,
+                }
+                batch.outcomes.push((
+                    p.message.provider.clone(),
+                    p.message.event_key.clone(),
+                    outcome,
+                    detail,
+                ));
+                batch.dispositions.insert(id, Disposition::Done);
+            }
+        }
+        (timeline, conflicts, settled)
     }
 
     /// Deliver: the CRM-owned changes each record's events decided, to the app inbox, numbered

@@ -77,6 +77,15 @@ impl Default for SyncSettings {
     }
 }
 
+/// A batch's bookkeeping as its phases go: the report, each message's fate, the timeline
+/// entries to write, and the batch's clock reading.
+struct Tally {
+    report: BatchReport,
+    dispositions: HashMap<String, Disposition>,
+    timeline: Vec<TimelineEntry>,
+    now_ms: i64,
+}
+
 /// A claimed record and the change to apply to it.
 struct Work {
     queued: Queued,
@@ -143,17 +152,60 @@ impl SyncService {
 
     /// Handles a batch; finishes (or re-queues what it cannot finish) before `deadline`.
     pub async fn process(&self, messages: Vec<SyncMessage>, deadline: Instant) -> BatchReport {
-        let mut report = BatchReport::default();
-        let mut dispositions: HashMap<String, Disposition> = HashMap::new();
-        let mut timeline: Vec<TimelineEntry> = Vec::new();
-        let now_ms = self.clock.now_ms();
+        let mut batch = Tally {
+            report: BatchReport::default(),
+            dispositions: HashMap::new(),
+            timeline: Vec::new(),
+            now_ms: self.clock.now_ms(),
+        };
+        let queued = self.validate(&messages, &mut batch);
+        // Newest change per record: what a newer one in the batch replaces is done.
+        let plan = newest_per_record(queued);
+        for (superseded, by) in &plan.superseded {
+            batch
+                .dispositions
+                .insert(superseded.message_id.clone(), Disposition::Done);
+            batch.report.skipped += 1;
+            if *by == superseded.change.idempotency_id {
+                // The same change delivered twice: nothing to tell.
+                continue;
+            }
+            batch.timeline.push(entry(
+                &superseded.change,
+                batch.now_ms,
+                TimelineKind::Skipped,
+                format!("superseded by the newer change {by} in the same batch"),
+                None,
+            ));
+        }
 
+        let token = uuid::Uuid::new_v4().to_string();
+        let work = self.claim(plan.newest, &token, &mut batch).await;
+        let outcomes = self.write(&work, deadline, &mut batch.report).await;
+        self.settle_all(&work, outcomes, &token, &mut batch).await;
+        let Tally {
+            mut report,
+            dispositions,
+            timeline,
+            now_ms: _,
+        } = batch;
+        if let Err(error) = self.state.append_timeline(&timeline).await {
+            // The outcome is in each record's state; only the history line is lost.
+            tracing::error!(error = ?anyhow::Error::from(error), entries = timeline.len(), "could not write the timeline");
+        }
+        self.worker.dispatch(&messages, dispositions, &mut report).await;
+        report
+    }
+
+    /// Validate: each message against the contract, the mapping and the clock; what fails is
+    /// dead-lettered with its reason before any CRM call.
+    fn validate(&self, messages: &[SyncMessage], batch: &mut Tally) -> Vec<Queued> {
         let mut queued = Vec::new();
-        for message in &messages {
+        for message in messages {
             let attempts = message.attempts();
             match parse_change(&message.body)
                 .and_then(|change| self.mapping.outbound(&change).map(|_| change))
-                .and_then(|change| check_clock_skew(&change, now_ms, self.settings.max_clock_skew))
+                .and_then(|change| check_clock_skew(&change, batch.now_ms, self.settings.max_clock_skew))
             {
                 Ok(change) => queued.push(Queued {
                     message_id: message.message_id.clone(),
@@ -163,7 +215,7 @@ impl SyncService {
                 }),
                 Err(error) => {
                     tracing::warn!(message_id = %message.message_id, reason = %error, "invalid message");
-                    dispositions.insert(
+                    batch.dispositions.insert(
                         message.message_id.clone(),
                         Disposition::DeadLetter {
                             reason: format!("invalid message: {error}"),
@@ -172,30 +224,18 @@ impl SyncService {
                 }
             }
         }
+        queued
+    }
 
-        let plan = newest_per_record(queued);
-        for (superseded, by) in &plan.superseded {
-            dispositions.insert(superseded.message_id.clone(), Disposition::Done);
-            report.skipped += 1;
-            if *by == superseded.change.idempotency_id {
-                // The same change delivered twice: nothing to tell.
-                continue;
-            }
-            timeline.push(entry(
-                &superseded.change,
-                now_ms,
-                TimelineKind::Skipped,
-                format!("superseded by the newer change {by} in the same batch"),
-                None,
-            ));
-        }
-
-        let token = uuid::Uuid::new_v4().to_string();
-        let lease_until_ms = now_ms + i64::try_from(self.settings.lease.as_millis()).unwrap_or(i64::MAX / 2);
+    /// Claim: each record's lease and the change's version in one conditional write, and what
+    /// the attempt will write with it; a stale, duplicate, busy or oversized change goes no
+    /// further. Returns the records this attempt now holds.
+    async fn claim(&self, newest: Vec<Queued>, token: &str, batch: &mut Tally) -> Vec<Work> {
+        let lease_until_ms =
+            batch.now_ms + i64::try_from(self.settings.lease.as_millis()).unwrap_or(i64::MAX / 2);
         // What each attempt is about to write, mapped once and claimed with the lease (see
         // `claimed_writes`).
-        let outbounds: Vec<OutboundProperties> = plan
-            .newest
+        let outbounds: Vec<OutboundProperties> = newest
             .iter()
             .map(|queued| {
                 self.mapping
@@ -203,21 +243,21 @@ impl SyncService {
                     .expect("checked when parsed")
             })
             .collect();
-        let claiming: Vec<(&Queued, &OutboundProperties)> = plan.newest.iter().zip(&outbounds).collect();
+        let claiming: Vec<(&Queued, &OutboundProperties)> = newest.iter().zip(&outbounds).collect();
         let claims = bounded_each(&claiming, |(queued, outbound)| {
             self.state.claim(
                 &queued.change,
                 &queued.body,
                 &outbound.properties,
-                &token,
-                now_ms,
+                token,
+                batch.now_ms,
                 lease_until_ms,
             )
         })
         .await;
         let mut work = Vec::new();
         let mut oversized: Vec<(Queued, String, BTreeMap<String, Vec<String>>)> = Vec::new();
-        for ((queued, claim), outbound) in plan.newest.into_iter().zip(claims).zip(outbounds) {
+        for ((queued, claim), outbound) in newest.into_iter().zip(claims).zip(outbounds) {
             let id = queued.message_id.clone();
             match claim {
                 Ok(RecordClaim::Claimed(prior)) => {
@@ -234,11 +274,11 @@ impl SyncService {
                     });
                 }
                 Ok(RecordClaim::Stale(state)) => {
-                    report.skipped += 1;
-                    dispositions.insert(id, Disposition::Done);
-                    timeline.push(entry(
+                    batch.report.skipped += 1;
+                    batch.dispositions.insert(id, Disposition::Done);
+                    batch.timeline.push(entry(
                         &queued.change,
-                        now_ms,
+                        batch.now_ms,
                         TimelineKind::Skipped,
                         format!(
                             "older than the change applied already (changed at {})",
@@ -250,14 +290,17 @@ impl SyncService {
                 Ok(RecordClaim::Refused(reason)) => {
                     // Nothing was written: the state still says what the CRM holds.
                     tracing::warn!(message_id = %id, record = %queued.change.record(), "the record's state cannot take the change");
-                    dispositions.insert(id, refused(&queued.change, now_ms, reason, &mut timeline));
+                    batch.dispositions.insert(
+                        id,
+                        refused(&queued.change, batch.now_ms, reason, &mut batch.timeline),
+                    );
                 }
                 Ok(RecordClaim::Duplicate) => {
-                    report.skipped += 1;
-                    dispositions.insert(id, Disposition::Done);
+                    batch.report.skipped += 1;
+                    batch.dispositions.insert(id, Disposition::Done);
                 }
                 Ok(RecordClaim::Busy) => {
-                    dispositions.insert(
+                    batch.dispositions.insert(
                         id,
                         Disposition::Retry {
                             delay: self.settings.busy_delay,
@@ -267,7 +310,7 @@ impl SyncService {
                 }
                 Err(error) => {
                     tracing::error!(message_id = %id, error = ?anyhow::Error::from(error), "could not claim the record");
-                    dispositions.insert(id, Disposition::Redeliver);
+                    batch.dispositions.insert(id, Disposition::Redeliver);
                 }
             }
         }
@@ -280,20 +323,30 @@ impl SyncService {
                 recent_writes,
             };
             let record = queued.change.record();
-            let disposition = match self.state.settle(&record, &token, now_ms, &failed).await {
+            let disposition = match self.state.settle(&record, token, batch.now_ms, &failed).await {
                 Ok(false) => Disposition::Retry {
                     delay: self.settings.busy_delay,
                     attempts: queued.attempts,
                 },
-                Ok(true) => refused(&queued.change, now_ms, reason, &mut timeline),
+                Ok(true) => refused(&queued.change, batch.now_ms, reason, &mut batch.timeline),
                 Err(error) => {
                     tracing::error!(record = %record, error = ?anyhow::Error::from(error), "could not record the outcome");
                     Disposition::Redeliver
                 }
             };
-            dispositions.insert(queued.message_id.clone(), disposition);
+            batch.dispositions.insert(queued.message_id.clone(), disposition);
         }
+        work
+    }
 
+    /// Write: the claimed changes to the CRM in bulk, contacts first (deals and activities link
+    /// to them), then the links. Returns each message's outcome.
+    async fn write(
+        &self,
+        work: &[Work],
+        deadline: Instant,
+        report: &mut BatchReport,
+    ) -> HashMap<String, Outcome> {
         let mut outcomes: HashMap<String, Outcome> = HashMap::new();
         let mut written_contacts: HashMap<String, String> = HashMap::new();
         // The CRM ids of the contacts deals and activities belong to, once contacts are written.
@@ -314,13 +367,13 @@ impl SyncService {
             }
             let mapping = self.mapping.object(object).expect("checked when parsed");
             if object != ObjectKind::Contact && parents.is_none() {
-                parents = Some(self.contact_crm_ids(&work, &written_contacts).await);
+                parents = Some(self.contact_crm_ids(work, &written_contacts).await);
             }
             let results = match operation {
-                Operation::Delete => self.archive_group(mapping, &group, deadline, &mut report).await,
+                Operation::Delete => self.archive_group(mapping, &group, deadline, report).await,
                 _ => {
                     let parents = parents.as_ref().map(|p| p.crm_ids.clone()).unwrap_or_default();
-                    self.upsert_group(mapping, &group, &parents, deadline, &mut report)
+                    self.upsert_group(mapping, &group, &parents, deadline, report)
                         .await
                 }
             };
@@ -338,13 +391,24 @@ impl SyncService {
         }
         let parents = match parents {
             Some(parents) => parents,
-            None => self.contact_crm_ids(&work, &written_contacts).await,
+            None => self.contact_crm_ids(work, &written_contacts).await,
         };
-        self.associate(&work, &mut outcomes, &parents, deadline, &mut report)
+        self.associate(work, &mut outcomes, &parents, deadline, report)
             .await;
+        outcomes
+    }
 
+    /// Settle: each record's outcome into its state, under its lease; returns nothing, the
+    /// messages' fates going into the batch.
+    async fn settle_all(
+        &self,
+        work: &[Work],
+        outcomes: HashMap<String, Outcome>,
+        token: &str,
+        batch: &mut Tally,
+    ) {
         let settle_now = self.clock.now_ms();
-        let settled = bounded_each(&work, |w| {
+        let settled = bounded_each(work, |w| {
             let outcome = outcomes
                 .get(&w.queued.message_id)
                 .cloned()
@@ -353,25 +417,20 @@ impl SyncService {
                     error: "not attempted".into(),
                     call: None,
                 });
-            self.settle(w, outcome, &token, settle_now)
+            self.settle(w, outcome, token, settle_now)
         })
         .await;
         for (w, (disposition, timeline_entry)) in work.iter().zip(settled) {
             match &disposition {
-                Disposition::Done => report.applied += 1,
-                Disposition::Retry { .. } => report.retried += 1,
+                Disposition::Done => batch.report.applied += 1,
+                Disposition::Retry { .. } => batch.report.retried += 1,
                 _ => {}
             }
-            dispositions.insert(w.queued.message_id.clone(), disposition);
-            timeline.extend(timeline_entry);
+            batch
+                .dispositions
+                .insert(w.queued.message_id.clone(), disposition);
+            batch.timeline.extend(timeline_entry);
         }
-
-        if let Err(error) = self.state.append_timeline(&timeline).await {
-            // The outcome is in each record's state; only the history line is lost.
-            tracing::error!(error = ?anyhow::Error::from(error), entries = timeline.len(), "could not write the timeline");
-        }
-        self.worker.dispatch(&messages, dispositions, &mut report).await;
-        report
     }
 
     /// Applies the outcome to the record's state; returns the message's disposition and a
@@ -385,134 +444,8 @@ impl SyncService {
     ) -> (Disposition, Option<TimelineEntry>) {
         let change = &w.queued.change;
         let record = change.record();
-        // A failed attempt may still have written (a deal written, its link refused).
-        let mut own = w.prior.own_writes();
-        remember_writes(&mut own, &w.outbound.properties);
-        let (settlement, disposition, kind, detail, call) = match outcome {
-            Outcome::Applied {
-                crm_id,
-                created,
-                call,
-            } => {
-                let deleted = change.operation == Operation::Delete;
-                let mut written = w.prior.written.clone();
-                written.extend(w.outbound.properties.clone());
-                let mut recent_writes = w.prior.own_writes();
-                remember_writes(&mut recent_writes, &w.outbound.properties);
-                let crm_id = crm_id.or_else(|| w.prior.crm_id.clone());
-                let mut detail = match (deleted, created, &crm_id) {
-                    (true, _, Some(id)) => format!("archived CRM record {id}"),
-                    (true, _, None) => "nothing to archive: the record was never in the CRM".to_string(),
-                    (false, true, Some(id)) => format!("created CRM record {id}"),
-                    (false, _, Some(id)) => format!("updated CRM record {id}"),
-                    (false, _, None) => "applied".to_string(),
-                };
-                if !w.outbound.crm_owned.is_empty() {
-                    detail.push_str(&format!(
-                        "; not written, owned by the CRM: {}",
-                        w.outbound.crm_owned.join(", ")
-                    ));
-                }
-                (
-                    Settlement::Applied {
-                        crm_id,
-                        version_ms: change.changed_at_ms,
-                        idempotency_id: change.idempotency_id.clone(),
-                        written,
-                        recent_writes,
-                        status: if deleted {
-                            SyncStatus::Deleted
-                        } else {
-                            SyncStatus::Synced
-                        },
-                    },
-                    Disposition::Done,
-                    if deleted {
-                        TimelineKind::Deleted
-                    } else {
-                        TimelineKind::Synced
-                    },
-                    detail,
-                    Some(call),
-                )
-            }
-            Outcome::Throttled { until_ms } => (
-                Settlement::Released {
-                    recent_writes: w.prior.own_writes(),
-                },
-                Disposition::Retry {
-                    delay: Duration::from_millis(u64::try_from(until_ms - now_ms).unwrap_or(0))
-                        .max(Duration::from_secs(1)),
-                    attempts: w.queued.attempts,
-                },
-                TimelineKind::Retrying,
-                format!(
-                    "CRM budget exhausted for now; retrying at {}",
-                    crate::domain::clock::rfc3339(until_ms)
-                ),
-                None,
-            ),
-            Outcome::Failed {
-                kind: FailureKind::Transient,
-                error,
-                call,
-            } => {
-                let attempts = w.queued.attempts + 1;
-                if attempts >= self.settings.max_attempts {
-                    let reason = format!("gave up after {attempts} attempts: {error}");
-                    (
-                        Settlement::Failed {
-                            error: reason.clone(),
-                            status: SyncStatus::Failed,
-                            retryable: true,
-                            recent_writes: own.clone(),
-                        },
-                        Disposition::DeadLetter {
-                            reason: reason.clone(),
-                        },
-                        TimelineKind::Failed,
-                        reason,
-                        call,
-                    )
-                } else {
-                    let delay = backoff(
-                        attempts,
-                        self.settings.retry_base,
-                        self.settings.retry_cap,
-                        fastrand::f64(),
-                    );
-                    (
-                        Settlement::Failed {
-                            error: error.clone(),
-                            status: SyncStatus::Pending,
-                            retryable: true,
-                            recent_writes: own.clone(),
-                        },
-                        Disposition::Retry { delay, attempts },
-                        TimelineKind::Retrying,
-                        format!(
-                            "attempt {attempts} failed, retrying in {} s: {error}",
-                            delay.as_secs()
-                        ),
-                        call,
-                    )
-                }
-            }
-            Outcome::Failed { error, call, .. } => (
-                Settlement::Failed {
-                    error: error.clone(),
-                    status: SyncStatus::Failed,
-                    retryable: false,
-                    recent_writes: own.clone(),
-                },
-                Disposition::DeadLetter {
-                    reason: error.clone(),
-                },
-                TimelineKind::Failed,
-                error,
-                call,
-            ),
-        };
+        let (settlement, disposition, kind, detail, call) =
+            settlement(w, outcome, &self.settings, now_ms, fastrand::f64());
         match self.state.settle(&record, token, now_ms, &settlement).await {
             Ok(true) => (disposition, Some(entry(change, now_ms, kind, detail, call))),
             // The attempt outlived its lease and another attempt now holds the record: this
@@ -1063,6 +996,142 @@ fn per_input(result: Result<BatchResult, CallFailure>, count: usize) -> Vec<Outc
             };
             vec![outcome; count]
         }
+    }
+}
+
+/// What an attempt's outcome makes of the record's state and of its message, decided without
+/// touching either: the settlement to record, the message's fate, and the timeline line (kind,
+/// detail, the CRM call). `jitter` (0..1) spreads the retries of a transient failure.
+fn settlement(
+    w: &Work,
+    outcome: Outcome,
+    settings: &SyncSettings,
+    now_ms: i64,
+    jitter: f64,
+) -> (Settlement, Disposition, TimelineKind, String, Option<String>) {
+    let change = &w.queued.change;
+    // A failed attempt may still have written (a deal written, its link refused).
+    let mut own = w.prior.own_writes();
+    remember_writes(&mut own, &w.outbound.properties);
+    match outcome {
+        Outcome::Applied {
+            crm_id,
+            created,
+            call,
+        } => {
+            let deleted = change.operation == Operation::Delete;
+            let mut written = w.prior.written.clone();
+            written.extend(w.outbound.properties.clone());
+            let mut recent_writes = w.prior.own_writes();
+            remember_writes(&mut recent_writes, &w.outbound.properties);
+            let crm_id = crm_id.or_else(|| w.prior.crm_id.clone());
+            let mut detail = match (deleted, created, &crm_id) {
+                (true, _, Some(id)) => format!("archived CRM record {id}"),
+                (true, _, None) => "nothing to archive: the record was never in the CRM".to_string(),
+                (false, true, Some(id)) => format!("created CRM record {id}"),
+                (false, _, Some(id)) => format!("updated CRM record {id}"),
+                (false, _, None) => "applied".to_string(),
+            };
+            if !w.outbound.crm_owned.is_empty() {
+                detail.push_str(&format!(
+                    "; not written, owned by the CRM: {}",
+                    w.outbound.crm_owned.join(", ")
+                ));
+            }
+            (
+                Settlement::Applied {
+                    crm_id,
+                    version_ms: change.changed_at_ms,
+                    idempotency_id: change.idempotency_id.clone(),
+                    written,
+                    recent_writes,
+                    status: if deleted {
+                        SyncStatus::Deleted
+                    } else {
+                        SyncStatus::Synced
+                    },
+                },
+                Disposition::Done,
+                if deleted {
+                    TimelineKind::Deleted
+                } else {
+                    TimelineKind::Synced
+                },
+                detail,
+                Some(call),
+            )
+        }
+        Outcome::Throttled { until_ms } => (
+            Settlement::Released {
+                recent_writes: w.prior.own_writes(),
+            },
+            Disposition::Retry {
+                delay: Duration::from_millis(u64::try_from(until_ms - now_ms).unwrap_or(0))
+                    .max(Duration::from_secs(1)),
+                attempts: w.queued.attempts,
+            },
+            TimelineKind::Retrying,
+            format!(
+                "CRM budget exhausted for now; retrying at {}",
+                crate::domain::clock::rfc3339(until_ms)
+            ),
+            None,
+        ),
+        Outcome::Failed {
+            kind: FailureKind::Transient,
+            error,
+            call,
+        } => {
+            let attempts = w.queued.attempts + 1;
+            if attempts >= settings.max_attempts {
+                let reason = format!("gave up after {attempts} attempts: {error}");
+                (
+                    Settlement::Failed {
+                        error: reason.clone(),
+                        status: SyncStatus::Failed,
+                        retryable: true,
+                        recent_writes: own.clone(),
+                    },
+                    Disposition::DeadLetter {
+                        reason: reason.clone(),
+                    },
+                    TimelineKind::Failed,
+                    reason,
+                    call,
+                )
+            } else {
+                let delay = backoff(attempts, settings.retry_base, settings.retry_cap, jitter);
+                (
+                    Settlement::Failed {
+                        error: error.clone(),
+                        status: SyncStatus::Pending,
+                        retryable: true,
+                        recent_writes: own.clone(),
+                    },
+                    Disposition::Retry { delay, attempts },
+                    TimelineKind::Retrying,
+                    format!(
+                        "attempt {attempts} failed, retrying in {} s: {error}",
+                        delay.as_secs()
+                    ),
+                    call,
+                )
+            }
+        }
+        Outcome::Failed { error, call, .. } => (
+            Settlement::Failed {
+                error: error.clone(),
+                status: SyncStatus::Failed,
+                retryable: false,
+                recent_writes: own.clone(),
+            },
+            Disposition::DeadLetter {
+                reason: error.clone(),
+            },
+            TimelineKind::Failed,
+            error,
+            call,
+        ),
     }
 }
 

@@ -234,3 +234,93 @@ async fn an_invalid_message_is_dead_lettered_before_any_crm_call() {
         .unwrap();
     assert!(reason.contains("shoe_size"), "{reason}");
 }
+
+/// A claimed contact change at its `attempts`th try, writing an email.
+fn work(attempts: u32) -> super::Work {
+    let body = message("m-1", "user-9", NOW, json!({"email": "w@example.com"})).body;
+    let change = crate::domain::contract::parse_change(&body).expect("a valid change");
+    super::Work {
+        queued: crate::domain::sync::Queued {
+            message_id: "m-1".into(),
+            change: change.clone(),
+            attempts,
+            body,
+        },
+        prior: crate::domain::sync::RecordState::new(change.record()),
+        outbound: crate::domain::mapping::OutboundProperties {
+            properties: [("email".to_string(), "w@example.com".to_string())].into(),
+            crm_owned: vec!["lifecycle_stage".into()],
+        },
+    }
+}
+
+#[test]
+fn an_applied_outcome_records_the_values_written_and_names_the_fields_the_crm_owns() {
+    let outcome = super::Outcome::Applied {
+        crm_id: Some("7".into()),
+        created: true,
+        call: "POST x -> 200".into(),
+    };
+    let (settlement, disposition, _, detail, _) =
+        super::settlement(&work(0), outcome, &SyncSettings::default(), NOW, 0.5);
+    assert!(matches!(disposition, crate::worker::Disposition::Done));
+    assert_eq!(
+        detail,
+        "created CRM record 7; not written, owned by the CRM: lifecycle_stage"
+    );
+    match settlement {
+        crate::ports::Settlement::Applied { written, status, .. } => {
+            assert_eq!(written["email"], "w@example.com");
+            assert_eq!(status, SyncStatus::Synced);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_transient_failure_retries_with_backoff_until_the_last_attempt_then_dead_letters_as_retryable() {
+    let settings = SyncSettings::default();
+    let failed = || super::Outcome::Failed {
+        kind: FailureKind::Transient,
+        error: "503".into(),
+        call: None,
+    };
+    let (_, disposition, _, _, _) = super::settlement(&work(0), failed(), &settings, NOW, 1.0);
+    match disposition {
+        crate::worker::Disposition::Retry { delay, attempts } => {
+            assert_eq!((delay, attempts), (Duration::from_secs(10), 1));
+        }
+        other => panic!("{other:?}"),
+    }
+    let (settlement, disposition, _, detail, _) =
+        super::settlement(&work(settings.max_attempts - 1), failed(), &settings, NOW, 1.0);
+    assert!(matches!(
+        disposition,
+        crate::worker::Disposition::DeadLetter { .. }
+    ));
+    assert_eq!(detail, "gave up after 5 attempts: 503");
+    assert!(matches!(
+        settlement,
+        crate::ports::Settlement::Failed {
+            retryable: true,
+            status: SyncStatus::Failed,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_throttle_releases_the_record_and_waits_for_the_budget_without_counting_an_attempt() {
+    let outcome = super::Outcome::Throttled {
+        until_ms: NOW + 30_000,
+    };
+    let (settlement, disposition, _, _, _) =
+        super::settlement(&work(2), outcome, &SyncSettings::default(), NOW, 0.5);
+    assert!(matches!(settlement, crate::ports::Settlement::Released { .. }));
+    match disposition {
+        crate::worker::Disposition::Retry { delay, attempts } => {
+            assert_eq!((delay, attempts), (Duration::from_secs(30), 2));
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -530,3 +530,40 @@ async fn two_edits_in_one_millisecond_reach_the_app_in_an_order_it_can_rely_on()
     );
     assert_eq!(state.inbox_sequence, last["sequence"].as_u64().unwrap());
 }
+
+#[tokio::test]
+async fn an_event_acted_on_again_after_a_crash_journals_its_conflict_once() {
+    let app = spawn_app_with(AppOptions::syncing()).await;
+    let record = RecordRef {
+        object: ObjectKind::Contact,
+        record_id: "user-j".into(),
+    };
+    let entry = |property: &str| crm_sync::domain::inbound::ConflictEntry {
+        record: record.clone(),
+        at_ms: now_ms(),
+        field: property.into(),
+        crm_property: property.into(),
+        app_value: Some("ada@example.com".into()),
+        crm_value: "typo@example.com".into(),
+        source: "CRM_UI".into(),
+        event_key: "62515:1:contact.propertyChange:7:email:1:2".into(),
+        resolution: "kept the app's value".into(),
+    };
+    let store = app.sync_state();
+    let email = entry("email");
+
+    // The first attempt journaled it and crashed before recording the event's outcome; the
+    // redelivery decides the same event again.
+    store
+        .append_conflicts(std::slice::from_ref(&email))
+        .await
+        .unwrap();
+    store
+        .append_conflicts(std::slice::from_ref(&email))
+        .await
+        .unwrap();
+    store.append_conflicts(&[entry("phone")]).await.unwrap();
+
+    let conflicts = store.conflicts(&record, 10).await.unwrap();
+    assert_eq!(conflicts.len(), 2, "one per event and property: {conflicts:?}");
+}

@@ -227,10 +227,10 @@ impl SyncStateStore for MemorySyncState {
     async fn append_conflicts(&self, entries: &[ConflictEntry]) -> Result<(), StoreUnavailable> {
         let mut rows = self.rows.lock().unwrap();
         for entry in entries {
-            rows.entry(entry.record.clone())
-                .or_default()
-                .conflicts
-                .push(entry.clone());
+            let conflicts = &mut rows.entry(entry.record.clone()).or_default().conflicts;
+            // One entry per event and property, as the DynamoDB store keys them.
+            conflicts.retain(|c| (&c.event_key, &c.crm_property) != (&entry.event_key, &entry.crm_property));
+            conflicts.push(entry.clone());
         }
         Ok(())
     }

@@ -654,9 +654,17 @@ impl SyncStateStore for DynamoDbSyncState {
         self.put_all(entries, |entry: &ConflictEntry| {
             let mut item: Item = HashMap::from([
                 ("pk".to_string(), s(record_pk(&entry.record))),
+                // Named by the event and the property, so that an event acted on again (its
+                // outcome not recorded before a crash) journals the same entry, not a second one.
                 (
                     "sk".to_string(),
-                    s(format!("C#{:013}#{:08x}", entry.at_ms, fastrand::u32(..))),
+                    s(format!(
+                        "C#{:013}#{}",
+                        entry.at_ms,
+                        &crate::domain::webhook::sha256_hex(
+                            format!("{}\n{}", entry.event_key, entry.crm_property).as_bytes()
+                        )[..16]
+                    )),
                 ),
                 ("at".to_string(), n(entry.at_ms)),
                 ("field".to_string(), s(&entry.field)),
