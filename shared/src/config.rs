@@ -1092,4 +1092,56 @@ mod tests {
             Some("https://hooks.example.com/crm")
         );
     }
+
+    #[test]
+    fn every_variable_the_configuration_reads_is_documented() {
+        // The code before its tests: every quoted NAME it reads, and each CRM's limit variables.
+        let source = include_str!("config.rs")
+            .split("#[cfg(test)]")
+            .next()
+            .unwrap_or_default();
+        let docs = include_str!("../../docs/configuration.md");
+        let quoted = |text: &str| -> Vec<String> {
+            text.split('"')
+                .skip(1)
+                .step_by(2)
+                .filter(|name| {
+                    name.len() > 2
+                        && name.starts_with(|c: char| c.is_ascii_uppercase())
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+                })
+                .map(str::to_string)
+                .collect()
+        };
+        let per_crm: Vec<String> = source
+            .split("var(\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .map(str::to_string)
+            .collect();
+        assert!(
+            per_crm.contains(&"BURST_LIMIT".to_string()),
+            "the limit variables are found"
+        );
+        let mut missing = Vec::new();
+        const CRMS: [&str; 3] = ["HUBSPOT", "PIPEDRIVE", "SALESFORCE"];
+        for name in quoted(source)
+            .into_iter()
+            .filter(|name| !CRMS.contains(&name.as_str()))
+        {
+            let names = if per_crm.contains(&name) {
+                CRMS.map(|crm| format!("{crm}_{name}")).to_vec()
+            } else {
+                vec![name]
+            };
+            missing.extend(
+                names
+                    .into_iter()
+                    .filter(|name| !docs.contains(&format!("`{name}`"))),
+            );
+        }
+        assert!(missing.is_empty(), "not in docs/configuration.md: {missing:?}");
+    }
 }
