@@ -223,7 +223,7 @@ async fn the_same_change_delivered_three_times_is_applied_once() {
     app.send_changes(&[change.clone(), change.clone()]).await;
     settled(&app, contact_ref("user-4"), SyncStatus::Synced).await;
     app.send_changes(&[change]).await;
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    app.queue_settled("OutboundQueue").await;
 
     assert_eq!(app.sandbox().records("contacts").len(), 1);
     let (state, timeline) = app
@@ -491,16 +491,18 @@ async fn the_daily_reserve_is_never_spent_and_waiting_changes_are_not_dead_lette
         ..Faults::default()
     });
     let at = now_ms();
+    // One change a batch: each is written, or waits, before the next is sent.
     for i in 0..5 {
-        app.send_changes(&[contact(
-            &format!("day-{i}"),
-            at,
-            json!({"email": format!("day{i}@example.com")}),
-        )])
-        .await;
-        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let id = format!("day-{i}");
+        app.send_changes(&[contact(&id, at, json!({"email": format!("day{i}@example.com")}))])
+            .await;
+        if i < 3 {
+            app.applied(contact_ref(&id), at).await;
+        } else {
+            app.timeline_says(contact_ref(&id), "CRM budget exhausted").await;
+        }
     }
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    app.queue_settled("OutboundQueue").await;
 
     let stats = app.sandbox().stats();
     assert_eq!(stats.total_calls, 3, "three calls, then the reserve: {stats:?}");

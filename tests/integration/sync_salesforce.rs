@@ -455,8 +455,13 @@ async fn a_spent_salesforce_day_read_from_its_limit_header_holds_the_sync_before
         .timeline_says(record(ObjectKind::Contact, "sf-day-2"), "CRM budget exhausted")
         .await;
     assert_eq!(waiting.status, SyncStatus::Pending, "waiting, not failed");
-    // Every instance now waits for Salesforce's day to end instead of asking and being refused.
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    // Every instance now waits for Salesforce's day to end instead of asking and being refused:
+    // the change is on the queue, delayed, and nothing else is left to run.
+    assert_eq!(
+        app.queue_settled("OutboundQueue").await,
+        1,
+        "the waiting change, delayed"
+    );
     assert_eq!(sandbox.stats().limit_refusals, 0);
     assert_eq!(sandbox.stats().calls, 1);
     assert_eq!(sandbox.records("Contact").len(), 1);

@@ -404,6 +404,39 @@ impl TestApp {
         (ids.pop().expect("two ids"), deal)
     }
 
+    /// Waits until nothing on `queue` (its logical id in the template) is visible or in flight:
+    /// every message on it has been handled, or is delayed for later. Returns how many are
+    /// delayed.
+    pub async fn queue_settled(&self, queue: &str) -> u64 {
+        use aws_sdk_sqs::types::QueueAttributeName;
+        let url = self.stack.resources.queue(queue).url.clone();
+        eventually(60, &format!("{queue} to settle"), || {
+            let (sqs, url) = (self.sqs.clone(), url.clone());
+            async move {
+                let attributes = sqs
+                    .get_queue_attributes()
+                    .queue_url(&url)
+                    .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+                    .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+                    .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+                    .send()
+                    .await
+                    .ok()?;
+                let count = |name: QueueAttributeName| -> u64 {
+                    attributes
+                        .attributes()
+                        .and_then(|all| all.get(&name))
+                        .and_then(|value| value.parse().ok())
+                        .unwrap_or(0)
+                };
+                (count(QueueAttributeName::ApproximateNumberOfMessages) == 0
+                    && count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible) == 0)
+                    .then(|| count(QueueAttributeName::ApproximateNumberOfMessagesDelayed))
+            }
+        })
+        .await
+    }
+
     /// Sends app changes to the outbound queue, ten per call.
     pub async fn send_changes(&self, changes: &[serde_json::Value]) {
         let url = &self.stack.resources.queue("OutboundQueue").url;
