@@ -10,13 +10,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use anyhow::anyhow;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, KeysAndAttributes, PutRequest, ReturnValue, ReturnValuesOnConditionCheckFailure, Select,
-    WriteRequest,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure, Select};
 use aws_sdk_dynamodb::Client;
 use base64::Engine as _;
 
@@ -40,7 +36,7 @@ pub const BY_EMAIL: &str = "by_email";
 pub const BY_CONFLICT: &str = "by_conflict";
 const CONFLICT_OPEN: &str = "open";
 
-type Item = HashMap<String, AttributeValue>;
+use super::Item;
 
 /// [`SyncStateStore`] over a DynamoDB table.
 #[derive(Debug, Clone)]
@@ -90,43 +86,7 @@ impl DynamoDbSyncState {
         item: impl Fn(&T) -> Item + Sync,
     ) -> Result<(), StoreUnavailable> {
         for chunk in entries.chunks(25) {
-            let mut requests: Vec<WriteRequest> = chunk
-                .iter()
-                .map(|entry| {
-                    WriteRequest::builder()
-                        .put_request(
-                            PutRequest::builder()
-                                .set_item(Some(item(entry)))
-                                .build()
-                                .expect("item is set"),
-                        )
-                        .build()
-                })
-                .collect();
-            let mut rounds = 0;
-            while !requests.is_empty() {
-                let output = self
-                    .client
-                    .batch_write_item()
-                    .request_items(&self.table, requests)
-                    .send()
-                    .await
-                    .map_err(unavailable)?;
-                requests = output
-                    .unprocessed_items()
-                    .and_then(|unprocessed| unprocessed.get(&self.table))
-                    .cloned()
-                    .unwrap_or_default();
-                rounds += 1;
-                if !requests.is_empty() {
-                    if rounds > 8 {
-                        return Err(StoreUnavailable(anyhow!(
-                            "DynamoDB kept returning unprocessed items"
-                        )));
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(50 << rounds)).await;
-                }
-            }
+            super::batch_put(&self.client, &self.table, chunk.iter().map(&item).collect()).await?;
         }
         Ok(())
     }
@@ -492,59 +452,23 @@ impl SyncStateStore for DynamoDbSyncState {
         &self,
         records: &[RecordRef],
     ) -> Result<HashMap<RecordRef, RecordState>, StoreUnavailable> {
-        let mut found = HashMap::new();
-        for chunk in records.chunks(100) {
-            let mut keys: Vec<Item> = chunk
-                .iter()
-                .map(|record| {
-                    HashMap::from([
-                        ("pk".to_string(), s(record_pk(record))),
-                        ("sk".to_string(), s(STATE_SK)),
-                    ])
-                })
-                .collect();
-            keys.dedup();
-            let mut pending = Some(
-                KeysAndAttributes::builder()
-                    .set_keys(Some(keys))
-                    .build()
-                    .map_err(|e| StoreUnavailable(e.into()))?,
-            );
-            let mut rounds = 0;
-            while let Some(request) = pending.take() {
-                let output = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.table, request)
-                    .send()
-                    .await
-                    .map_err(unavailable)?;
-                for item in output
-                    .responses()
-                    .and_then(|r| r.get(&self.table))
-                    .into_iter()
-                    .flatten()
-                {
-                    if let Some(state) = state_from_item(item) {
-                        found.insert(state.record.clone(), state);
-                    }
-                }
-                pending = output
-                    .unprocessed_keys()
-                    .and_then(|unprocessed| unprocessed.get(&self.table))
-                    .filter(|request| !request.keys().is_empty())
-                    .cloned();
-                rounds += 1;
-                if pending.is_some() {
-                    if rounds > 8 {
-                        return Err(StoreUnavailable(anyhow!(
-                            "DynamoDB kept returning unprocessed keys"
-                        )));
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(50 << rounds)).await;
-                }
-            }
-        }
+        let mut keys: Vec<Item> = records
+            .iter()
+            .map(|record| {
+                HashMap::from([
+                    ("pk".to_string(), s(record_pk(record))),
+                    ("sk".to_string(), s(STATE_SK)),
+                ])
+            })
+            .collect();
+        keys.sort_by(|a, b| a["pk"].as_s().ok().cmp(&b["pk"].as_s().ok()));
+        keys.dedup();
+        let found = super::batch_get(&self.client, &self.table, keys, None)
+            .await?
+            .iter()
+            .filter_map(state_from_item)
+            .map(|state| (state.record.clone(), state))
+            .collect();
         Ok(found)
     }
 

@@ -204,41 +204,24 @@ impl EventJournal for DynamoDbWebhookStore {
         let mut unique: Vec<&String> = keys.iter().collect();
         unique.sort();
         unique.dedup();
-        for chunk in unique.chunks(100) {
-            let request = aws_sdk_dynamodb::types::KeysAndAttributes::builder()
-                .set_keys(Some(
-                    chunk
-                        .iter()
-                        .map(|key| {
-                            std::collections::HashMap::from([("pk".to_string(), s(event_pk(provider, key)))])
-                        })
-                        .collect(),
-                ))
-                .projection_expression("event_key, #status")
-                .expression_attribute_names("#status", "status")
-                .build()
-                .map_err(|error| StoreUnavailable(error.into()))?;
-            let output = self
-                .client
-                .batch_get_item()
-                .request_items(&self.table, request)
-                .send()
-                .await
-                .map_err(unavailable)?;
-            for item in output
-                .responses()
-                .and_then(|r| r.get(&self.table))
-                .into_iter()
-                .flatten()
-            {
-                let status = item.get("status").and_then(|v| v.as_s().ok()).map(String::as_str);
-                if !matches!(status, Some(STATUS_CLAIMED | STATUS_ENQUEUED) | None) {
-                    if let Some(key) = item.get("event_key").and_then(|v| v.as_s().ok()) {
-                        done.insert(key.clone());
-                    }
+        let keys = unique
+            .iter()
+            .map(|key| std::collections::HashMap::from([("pk".to_string(), s(event_pk(provider, key)))]))
+            .collect();
+        let items = super::batch_get(
+            &self.client,
+            &self.table,
+            keys,
+            Some(("event_key, #status", &[("#status", "status")])),
+        )
+        .await?;
+        for item in items {
+            let status = item.get("status").and_then(|v| v.as_s().ok()).map(String::as_str);
+            if !matches!(status, Some(STATUS_CLAIMED | STATUS_ENQUEUED) | None) {
+                if let Some(key) = item.get("event_key").and_then(|v| v.as_s().ok()) {
+                    done.insert(key.clone());
                 }
             }
-            // Keys DynamoDB leaves unprocessed count as not processed: processing is idempotent.
         }
         Ok(done)
     }
