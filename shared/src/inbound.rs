@@ -22,9 +22,9 @@ use crate::domain::inbound::{
 use crate::domain::mapping::Mapping;
 use crate::domain::sync::{backoff, remember_writes, RecordState, SyncStatus, TimelineEntry, TimelineKind};
 use crate::domain::Clock;
+use crate::ports::state::*;
 use crate::ports::{
     Crm, CrmEvents, EventJournal, EventOutcome, InboundUpdate, LeaseOutcome, MessageQueue, OutgoingMessage,
-    SyncStateStore,
 };
 use crate::worker::{bounded, BatchReport, CallFailure, Disposition, SyncMessage, Worker};
 

@@ -11,7 +11,8 @@ use super::{EventsOf, InboundService, InboundSettings};
 use crate::adapters::hubspot::HubSpotEvents;
 use crate::domain::contract::{ObjectKind, RecordRef};
 use crate::domain::mapping::{Mapping, DEFAULT_MAPPING};
-use crate::ports::{EventOutcome, SyncStateStore};
+use crate::ports::state::*;
+use crate::ports::EventOutcome;
 use crate::sync::{SyncService, SyncSettings};
 use crate::testing::{
     deadline, worker, ManualClock, MemoryCrm, MemoryJournal, MemoryQueue, MemorySyncState, OpenLimiter,

@@ -263,9 +263,10 @@ impl InboundUpdate {
     }
 }
 
-/// Per-record sync state, timeline and conflict journal.
+/// The per-record sync state's leases: one attempt at a time writes a record to the CRM or acts
+/// on its CRM events, and records how that ended.
 #[async_trait]
-pub trait SyncStateStore: Send + Sync {
+pub trait RecordLeases: Send + Sync {
     /// Leases the record to `token` for an attempt at `change`, unless the change is stale, a
     /// duplicate, or another live lease holds the record. MUST be atomic.
     /// `writes` are the CRM values the attempt is about to write: a claim MUST add their
@@ -294,22 +295,6 @@ pub trait SyncStateStore: Send + Sync {
         settlement: &Settlement,
     ) -> Result<bool, StoreUnavailable>;
 
-    /// Current states of some records (missing records are absent from the map).
-    async fn states(
-        &self,
-        records: &[RecordRef],
-    ) -> Result<HashMap<RecordRef, RecordState>, StoreUnavailable>;
-
-    /// Appends to the records' timelines.
-    async fn append_timeline(&self, entries: &[TimelineEntry]) -> Result<(), StoreUnavailable>;
-
-    /// A record's state and its newest `limit` timeline entries, newest first, in one query.
-    async fn record(
-        &self,
-        record: &RecordRef,
-        limit: usize,
-    ) -> Result<Option<(RecordState, Vec<TimelineEntry>)>, StoreUnavailable>;
-
     /// Leases an existing record to `token` for inbound work, whatever its version. MUST be atomic
     /// with outbound claims: a record is leased to one attempt at a time.
     async fn lease(
@@ -329,6 +314,24 @@ pub trait SyncStateStore: Send + Sync {
         update: &InboundUpdate,
     ) -> Result<(), StoreUnavailable>;
 
+    /// Records `record_id` as the one app record that took over the existing CRM record
+    /// `crm_id`, unless another app record did so first. MUST be atomic: of concurrent callers
+    /// for one CRM record, exactly one wins. Returns `None` when `record_id` holds it (now or
+    /// already), or the app record id that holds it.
+    async fn claim_crm_record(
+        &self,
+        object: ObjectKind,
+        crm_id: &str,
+        record_id: &str,
+    ) -> Result<Option<String>, StoreUnavailable>;
+}
+
+/// Each record's history: its timeline and its conflict journal.
+#[async_trait]
+pub trait RecordJournal: Send + Sync {
+    /// Appends to the records' timelines.
+    async fn append_timeline(&self, entries: &[TimelineEntry]) -> Result<(), StoreUnavailable>;
+
     /// Appends to the records' conflict journals.
     async fn append_conflicts(&self, entries: &[ConflictEntry]) -> Result<(), StoreUnavailable>;
 
@@ -338,6 +341,26 @@ pub trait SyncStateStore: Send + Sync {
         record: &RecordRef,
         limit: usize,
     ) -> Result<Vec<ConflictEntry>, StoreUnavailable>;
+
+    /// Marks the record's conflicts as seen: it leaves the open-conflicts listing until a new one.
+    async fn dismiss_conflicts(&self, record: &RecordRef, now_ms: i64) -> Result<(), StoreUnavailable>;
+}
+
+/// Reading records' states: by record, by CRM id, by email, by status.
+#[async_trait]
+pub trait RecordQueries: Send + Sync {
+    /// Current states of some records (missing records are absent from the map).
+    async fn states(
+        &self,
+        records: &[RecordRef],
+    ) -> Result<HashMap<RecordRef, RecordState>, StoreUnavailable>;
+
+    /// A record's state and its newest `limit` timeline entries, newest first, in one query.
+    async fn record(
+        &self,
+        record: &RecordRef,
+        limit: usize,
+    ) -> Result<Option<(RecordState, Vec<TimelineEntry>)>, StoreUnavailable>;
 
     /// The app record a CRM id belongs to.
     async fn find_by_crm_id(
@@ -359,22 +382,20 @@ pub trait SyncStateStore: Send + Sync {
     /// reads as an incomplete tally rather than as an unbounded scan.
     async fn count(&self, filter: RecordFilter, max_pages: usize) -> Result<Tally, StoreUnavailable>;
 
-    /// Records `record_id` as the one app record that took over the existing CRM record
-    /// `crm_id`, unless another app record did so first. MUST be atomic: of concurrent callers
-    /// for one CRM record, exactly one wins. Returns `None` when `record_id` holds it (now or
-    /// already), or the app record id that holds it.
-    async fn claim_crm_record(
-        &self,
-        object: ObjectKind,
-        crm_id: &str,
-        record_id: &str,
-    ) -> Result<Option<String>, StoreUnavailable>;
-
     /// Contacts whose email is `email` (compared lower-cased).
     async fn find_by_email(&self, email: &str, limit: usize) -> Result<Vec<RecordState>, StoreUnavailable>;
+}
 
-    /// Marks the record's conflicts as seen: it leaves the open-conflicts listing until a new one.
-    async fn dismiss_conflicts(&self, record: &RecordRef, now_ms: i64) -> Result<(), StoreUnavailable>;
+/// Per-record sync state, timeline and conflict journal: the three roles one store plays. Each
+/// use case names the roles it uses; a store implements all three.
+pub trait SyncStateStore: RecordLeases + RecordJournal + RecordQueries {}
+
+impl<T: RecordLeases + RecordJournal + RecordQueries + ?Sized> SyncStateStore for T {}
+
+/// The store's roles and the store, for `use crate::ports::state::*`: calling a role's method
+/// needs its trait in scope.
+pub mod state {
+    pub use super::{RecordJournal, RecordLeases, RecordQueries, SyncStateStore};
 }
 
 /// Why a listing failed.

@@ -22,9 +22,8 @@ use crate::domain::mapping::{DriftPolicy, Mapping, Owner};
 use crate::domain::sync::{RecordState, SyncStatus, TimelineEntry, TimelineKind};
 use crate::domain::values;
 use crate::domain::Clock;
-use crate::ports::{
-    Crm, InboundUpdate, LeaseOutcome, MessageQueue, OutgoingMessage, StoreUnavailable, SyncStateStore,
-};
+use crate::ports::state::*;
+use crate::ports::{Crm, InboundUpdate, LeaseOutcome, MessageQueue, OutgoingMessage, StoreUnavailable};
 use crate::worker::{BatchReport, CallFailure, Worker};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;

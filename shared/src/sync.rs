@@ -21,7 +21,8 @@ use crate::domain::sync::{
     backoff, newest_per_record, remember_writes, Queued, RecordState, SyncStatus, TimelineEntry, TimelineKind,
 };
 use crate::domain::Clock;
-use crate::ports::{Crm, MessageQueue, RateLimiter, RecordClaim, Settlement, SyncStateStore};
+use crate::ports::state::*;
+use crate::ports::{Crm, MessageQueue, RateLimiter, RecordClaim, Settlement};
 use crate::worker::{bounded_each, BatchReport, CallFailure, CallSettings, Disposition, SyncMessage, Worker};
 
 /// Retry and lease settings.

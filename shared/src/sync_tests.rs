@@ -13,7 +13,7 @@ use crate::domain::contract::{ObjectKind, RecordRef};
 use crate::domain::crm::FailureKind;
 use crate::domain::mapping::{Mapping, DEFAULT_MAPPING};
 use crate::domain::sync::SyncStatus;
-use crate::ports::SyncStateStore;
+use crate::ports::state::*;
 use crate::testing::{deadline, ManualClock, MemoryCrm, MemoryQueue, MemorySyncState, OpenLimiter};
 use crate::worker::{SyncMessage, ATTEMPTS_ATTRIBUTE, ERROR_ATTRIBUTE};
 

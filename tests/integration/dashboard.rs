@@ -12,7 +12,7 @@ use crm_sync::adapters::dynamodb::session_pk;
 use crm_sync::dashboard::session::storage_key;
 use crm_sync::domain::contract::{parse_change, ObjectKind, RecordRef};
 use crm_sync::domain::sync::{SyncStatus, TimelineKind};
-use crm_sync::ports::SyncStateStore;
+use crm_sync::ports::state::*;
 use crm_sync_tests::app_changes::contact;
 use crm_sync_tests::dashboard::DashboardClient;
 use crm_sync_tests::hubspot::now_ms;

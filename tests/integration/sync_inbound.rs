@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use crm_sync::domain::contract::{ObjectKind, RecordRef};
 use crm_sync::domain::sync::{SyncStatus, TimelineKind};
-use crm_sync::ports::SyncStateStore;
+use crm_sync::ports::state::*;
 use crm_sync_tests::app_changes::{contact, deal};
 use crm_sync_tests::hubspot::{now_ms, v3_headers};
 use crm_sync_tests::{eventually, spawn_app_with, AppOptions, TestApp, HUBSPOT_SECRET};

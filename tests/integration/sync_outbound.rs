@@ -5,7 +5,8 @@ use std::collections::HashSet;
 
 use crm_sync::domain::contract::{ObjectKind, RecordRef};
 use crm_sync::domain::sync::{RecordFilter, SyncStatus, Tally, TimelineKind};
-use crm_sync::ports::{ListError, SyncStateStore};
+use crm_sync::ports::state::*;
+use crm_sync::ports::ListError;
 use crm_sync_tests::app_changes::{activity, contact, contact_delete, deal};
 use crm_sync_tests::hubspot::now_ms;
 use crm_sync_tests::{eventually, spawn_app_with, AppOptions, TestApp};

@@ -261,7 +261,7 @@ async fn a_stage_move_reaches_the_app_when_pipedrive_dates_its_webhook_in_epoch_
 
 #[tokio::test]
 async fn a_two_word_first_name_comes_back_from_pipedrive_as_an_echo_not_a_conflict() {
-    use crm_sync::ports::SyncStateStore;
+    use crm_sync::ports::state::*;
     let (sandbox, app) = pipedrive_loop().await;
     let person = RecordRef {
         object: ObjectKind::Contact,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crm_sync::domain::contract::{ObjectKind, RecordRef};
 use crm_sync::domain::sync::SyncStatus;
-use crm_sync::ports::SyncStateStore;
+use crm_sync::ports::state::*;
 use crm_sync_tests::app_changes::contact;
 use crm_sync_tests::dashboard::DashboardClient;
 use crm_sync_tests::hubspot::{delivery, now_ms, v3_headers};

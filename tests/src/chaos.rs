@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_sqs::types::QueueAttributeName;
 use crm_sync::domain::contract::{ObjectKind, RecordRef};
 use crm_sync::domain::sync::SyncStatus;
-use crm_sync::ports::SyncStateStore;
+use crm_sync::ports::state::*;
 use crm_sync_local::esm::Crashes;
 use hubspot_sandbox::{Faults, WebhookSettings};
 use serde_json::{json, Value};

@@ -280,7 +280,7 @@ impl TestApp {
         crm_sync::domain::sync::RecordState,
         Vec<crm_sync::domain::sync::TimelineEntry>,
     ) {
-        use crm_sync::ports::SyncStateStore;
+        use crm_sync::ports::state::*;
         let store = self.sync_state();
         eventually(30, &format!("{record} to be {}", status.as_str()), || {
             let store = store.clone();
@@ -321,7 +321,7 @@ impl TestApp {
         crm_sync::domain::sync::RecordState,
         Vec<crm_sync::domain::sync::TimelineEntry>,
     ) {
-        use crm_sync::ports::SyncStateStore;
+        use crm_sync::ports::state::*;
         let store = self.sync_state();
         eventually(30, &format!("{record}'s timeline to say `{prefix}`"), || {
             let (store, record) = (store.clone(), record.clone());
@@ -339,7 +339,7 @@ impl TestApp {
     /// Waits until the change made at `version_ms` is the one the CRM holds and the record is
     /// synced.
     pub async fn applied(&self, record: crm_sync::domain::contract::RecordRef, version_ms: i64) {
-        use crm_sync::ports::SyncStateStore;
+        use crm_sync::ports::state::*;
         let store = self.sync_state();
         eventually(120, &format!("{record} synced at version {version_ms}"), || {
             let (store, record) = (store.clone(), record.clone());
@@ -358,7 +358,7 @@ impl TestApp {
         &self,
         record: crm_sync::domain::contract::RecordRef,
     ) -> Vec<crm_sync::domain::inbound::ConflictEntry> {
-        use crm_sync::ports::SyncStateStore;
+        use crm_sync::ports::state::*;
         let store = self.sync_state();
         eventually(60, "the conflict journaled", || {
             let (store, record) = (store.clone(), record.clone());

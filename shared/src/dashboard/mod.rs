@@ -13,9 +13,10 @@ use crate::domain::clock::Clock;
 use crate::domain::contract::{with_idempotency_id, ObjectKind, RecordRef};
 use crate::domain::inbound::ConflictEntry;
 use crate::domain::sync::{RecordFilter, RecordState, Tally, TimelineEntry, TimelineKind};
+use crate::ports::state::*;
 use crate::ports::{
     DeadLetterQueue, DeadLetterSummary, ListError, MessageQueue, OutgoingMessage, QueueUnavailable,
-    RedriveOutcome, StoreUnavailable, SyncStateStore,
+    RedriveOutcome, StoreUnavailable,
 };
 use crate::reconcile::{ReconcileStore, RunReport};
 

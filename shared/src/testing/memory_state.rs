@@ -10,9 +10,8 @@ use crate::domain::inbound::ConflictEntry;
 use crate::domain::sync::{
     freshness, Freshness, RecordFilter, RecordState, SyncStatus, Tally, TimelineEntry,
 };
-use crate::ports::{
-    InboundUpdate, LeaseOutcome, ListError, RecordClaim, Settlement, StoreUnavailable, SyncStateStore,
-};
+use crate::ports::state::*;
+use crate::ports::{InboundUpdate, LeaseOutcome, ListError, RecordClaim, Settlement, StoreUnavailable};
 use async_trait::async_trait;
 
 #[derive(Default)]
@@ -54,7 +53,7 @@ fn leased_elsewhere(row: &Row, now_ms: i64) -> bool {
 }
 
 #[async_trait]
-impl SyncStateStore for MemorySyncState {
+impl RecordLeases for MemorySyncState {
     async fn claim(
         &self,
         change: &Change,
@@ -146,40 +145,6 @@ impl SyncStateStore for MemorySyncState {
         Ok(true)
     }
 
-    async fn states(
-        &self,
-        records: &[RecordRef],
-    ) -> Result<HashMap<RecordRef, RecordState>, StoreUnavailable> {
-        let rows = self.rows.lock().unwrap();
-        Ok(records
-            .iter()
-            .filter_map(|record| Some((record.clone(), rows.get(record)?.state.clone()?)))
-            .collect())
-    }
-
-    async fn append_timeline(&self, entries: &[TimelineEntry]) -> Result<(), StoreUnavailable> {
-        let mut rows = self.rows.lock().unwrap();
-        for entry in entries {
-            rows.entry(entry.record.clone())
-                .or_default()
-                .timeline
-                .push(entry.clone());
-        }
-        Ok(())
-    }
-
-    async fn record(
-        &self,
-        record: &RecordRef,
-        limit: usize,
-    ) -> Result<Option<(RecordState, Vec<TimelineEntry>)>, StoreUnavailable> {
-        let rows = self.rows.lock().unwrap();
-        Ok(rows.get(record).and_then(|row| {
-            let timeline = row.timeline.iter().rev().take(limit).cloned().collect();
-            Some((row.state.clone()?, timeline))
-        }))
-    }
-
     async fn lease(
         &self,
         record: &RecordRef,
@@ -224,6 +189,33 @@ impl SyncStateStore for MemorySyncState {
         Ok(())
     }
 
+    async fn claim_crm_record(
+        &self,
+        object: ObjectKind,
+        crm_id: &str,
+        record_id: &str,
+    ) -> Result<Option<String>, StoreUnavailable> {
+        let mut owners = self.crm_owners.lock().unwrap();
+        let owner = owners
+            .entry((object, crm_id.to_string()))
+            .or_insert_with(|| record_id.to_string());
+        Ok((owner != record_id).then(|| owner.clone()))
+    }
+}
+
+#[async_trait]
+impl RecordJournal for MemorySyncState {
+    async fn append_timeline(&self, entries: &[TimelineEntry]) -> Result<(), StoreUnavailable> {
+        let mut rows = self.rows.lock().unwrap();
+        for entry in entries {
+            rows.entry(entry.record.clone())
+                .or_default()
+                .timeline
+                .push(entry.clone());
+        }
+        Ok(())
+    }
+
     async fn append_conflicts(&self, entries: &[ConflictEntry]) -> Result<(), StoreUnavailable> {
         let mut rows = self.rows.lock().unwrap();
         for entry in entries {
@@ -247,6 +239,45 @@ impl SyncStateStore for MemorySyncState {
             .unwrap_or_default())
     }
 
+    async fn dismiss_conflicts(&self, record: &RecordRef, _now_ms: i64) -> Result<(), StoreUnavailable> {
+        if let Some(state) = self
+            .rows
+            .lock()
+            .unwrap()
+            .get_mut(record)
+            .and_then(|row| row.state.as_mut())
+        {
+            state.open_conflicts = false;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl RecordQueries for MemorySyncState {
+    async fn states(
+        &self,
+        records: &[RecordRef],
+    ) -> Result<HashMap<RecordRef, RecordState>, StoreUnavailable> {
+        let rows = self.rows.lock().unwrap();
+        Ok(records
+            .iter()
+            .filter_map(|record| Some((record.clone(), rows.get(record)?.state.clone()?)))
+            .collect())
+    }
+
+    async fn record(
+        &self,
+        record: &RecordRef,
+        limit: usize,
+    ) -> Result<Option<(RecordState, Vec<TimelineEntry>)>, StoreUnavailable> {
+        let rows = self.rows.lock().unwrap();
+        Ok(rows.get(record).and_then(|row| {
+            let timeline = row.timeline.iter().rev().take(limit).cloned().collect();
+            Some((row.state.clone()?, timeline))
+        }))
+    }
+
     async fn find_by_crm_id(
         &self,
         object: ObjectKind,
@@ -257,19 +288,6 @@ impl SyncStateStore for MemorySyncState {
             .values()
             .filter_map(|row| row.state.clone())
             .find(|state| state.record.object == object && state.crm_id.as_deref() == Some(crm_id)))
-    }
-
-    async fn claim_crm_record(
-        &self,
-        object: ObjectKind,
-        crm_id: &str,
-        record_id: &str,
-    ) -> Result<Option<String>, StoreUnavailable> {
-        let mut owners = self.crm_owners.lock().unwrap();
-        let owner = owners
-            .entry((object, crm_id.to_string()))
-            .or_insert_with(|| record_id.to_string());
-        Ok((owner != record_id).then(|| owner.clone()))
     }
 
     async fn list(
@@ -311,19 +329,6 @@ impl SyncStateStore for MemorySyncState {
     async fn find_by_email(&self, _email: &str, _limit: usize) -> Result<Vec<RecordState>, StoreUnavailable> {
         // The benchmark never searches; the state keeps no email here.
         Ok(Vec::new())
-    }
-
-    async fn dismiss_conflicts(&self, record: &RecordRef, _now_ms: i64) -> Result<(), StoreUnavailable> {
-        if let Some(state) = self
-            .rows
-            .lock()
-            .unwrap()
-            .get_mut(record)
-            .and_then(|row| row.state.as_mut())
-        {
-            state.open_conflicts = false;
-        }
-        Ok(())
     }
 }
 

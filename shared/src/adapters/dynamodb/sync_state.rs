@@ -23,9 +23,8 @@ use crate::domain::sync::{
     freshness, value_fingerprint, Freshness, RecordFilter, RecordState, SyncStatus, Tally, TimelineEntry,
     TimelineKind,
 };
-use crate::ports::{
-    InboundUpdate, LeaseOutcome, ListError, RecordClaim, Settlement, StoreUnavailable, SyncStateStore,
-};
+use crate::ports::state::*;
+use crate::ports::{InboundUpdate, LeaseOutcome, ListError, RecordClaim, Settlement, StoreUnavailable};
 
 const STATE_SK: &str = "~state";
 /// `pk = CRMOWNER#{object}#{crm id}`: the app record that took over an existing CRM record.
@@ -271,7 +270,7 @@ fn timeline_from_item(item: &Item) -> Option<TimelineEntry> {
 }
 
 #[async_trait]
-impl SyncStateStore for DynamoDbSyncState {
+impl RecordLeases for DynamoDbSyncState {
     async fn claim(
         &self,
         change: &Change,
@@ -448,57 +447,6 @@ impl SyncStateStore for DynamoDbSyncState {
         Ok(recorded)
     }
 
-    async fn states(
-        &self,
-        records: &[RecordRef],
-    ) -> Result<HashMap<RecordRef, RecordState>, StoreUnavailable> {
-        let mut keys: Vec<Item> = records
-            .iter()
-            .map(|record| {
-                HashMap::from([
-                    ("pk".to_string(), s(record_pk(record))),
-                    ("sk".to_string(), s(STATE_SK)),
-                ])
-            })
-            .collect();
-        keys.sort_by(|a, b| a["pk"].as_s().ok().cmp(&b["pk"].as_s().ok()));
-        keys.dedup();
-        let found = super::batch_get(&self.client, &self.table, keys, None)
-            .await?
-            .iter()
-            .filter_map(state_from_item)
-            .map(|state| (state.record.clone(), state))
-            .collect();
-        Ok(found)
-    }
-
-    async fn append_timeline(&self, entries: &[TimelineEntry]) -> Result<(), StoreUnavailable> {
-        self.put_all(entries, |entry: &TimelineEntry| {
-            let mut item: Item = HashMap::from([
-                ("pk".to_string(), s(record_pk(&entry.record))),
-                (
-                    "sk".to_string(),
-                    s(format!("T#{:013}#{:08x}", entry.at_ms, fastrand::u32(..))),
-                ),
-                ("kind".to_string(), s(entry.kind.as_str())),
-                ("at".to_string(), n(entry.at_ms)),
-                ("detail".to_string(), s(clip(&entry.detail))),
-                (
-                    "expires_at".to_string(),
-                    n((entry.at_ms + self.timeline_retention_ms) / 1000),
-                ),
-            ]);
-            if let Some(id) = &entry.idempotency_id {
-                item.insert("idempotency_id".into(), s(id));
-            }
-            if let Some(call) = &entry.call {
-                item.insert("call".into(), s(call));
-            }
-            item
-        })
-        .await
-    }
-
     async fn lease(
         &self,
         record: &RecordRef,
@@ -574,6 +522,74 @@ impl SyncStateStore for DynamoDbSyncState {
         Ok(())
     }
 
+    async fn claim_crm_record(
+        &self,
+        object: ObjectKind,
+        crm_id: &str,
+        record_id: &str,
+    ) -> Result<Option<String>, StoreUnavailable> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(format!("CRMOWNER#{object}#{crm_id}")))
+            .item("sk", s(OWNER_SK))
+            .item("owner", s(record_id))
+            .condition_expression("attribute_not_exists(pk) OR #owner = :owner")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":owner", s(record_id))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(None),
+            Err(error) if condition_failed(&error) => Ok(match error.as_service_error() {
+                Some(
+                    aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(
+                        check,
+                    ),
+                ) => Some(
+                    check
+                        .item()
+                        .and_then(|item| text(item, "owner"))
+                        .unwrap_or_default(),
+                ),
+                _ => Some(String::new()),
+            }),
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+}
+
+#[async_trait]
+impl RecordJournal for DynamoDbSyncState {
+    async fn append_timeline(&self, entries: &[TimelineEntry]) -> Result<(), StoreUnavailable> {
+        self.put_all(entries, |entry: &TimelineEntry| {
+            let mut item: Item = HashMap::from([
+                ("pk".to_string(), s(record_pk(&entry.record))),
+                (
+                    "sk".to_string(),
+                    s(format!("T#{:013}#{:08x}", entry.at_ms, fastrand::u32(..))),
+                ),
+                ("kind".to_string(), s(entry.kind.as_str())),
+                ("at".to_string(), n(entry.at_ms)),
+                ("detail".to_string(), s(clip(&entry.detail))),
+                (
+                    "expires_at".to_string(),
+                    n((entry.at_ms + self.timeline_retention_ms) / 1000),
+                ),
+            ]);
+            if let Some(id) = &entry.idempotency_id {
+                item.insert("idempotency_id".into(), s(id));
+            }
+            if let Some(call) = &entry.call {
+                item.insert("call".into(), s(call));
+            }
+            item
+        })
+        .await
+    }
+
     async fn append_conflicts(&self, entries: &[ConflictEntry]) -> Result<(), StoreUnavailable> {
         self.put_all(entries, |entry: &ConflictEntry| {
             let mut item: Item = HashMap::from([
@@ -624,6 +640,45 @@ impl SyncStateStore for DynamoDbSyncState {
             .await
             .map_err(unavailable)?;
         Ok(output.items().iter().filter_map(conflict_from_item).collect())
+    }
+
+    async fn dismiss_conflicts(&self, record: &RecordRef, now_ms: i64) -> Result<(), StoreUnavailable> {
+        let result = self
+            .update_state(record)
+            .update_expression("SET conflicts_dismissed_at = :now REMOVE conflict_flag, conflict_at")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":now", n(now_ms))
+            .send()
+            .await;
+        written_or_not(result)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl RecordQueries for DynamoDbSyncState {
+    async fn states(
+        &self,
+        records: &[RecordRef],
+    ) -> Result<HashMap<RecordRef, RecordState>, StoreUnavailable> {
+        let mut keys: Vec<Item> = records
+            .iter()
+            .map(|record| {
+                HashMap::from([
+                    ("pk".to_string(), s(record_pk(record))),
+                    ("sk".to_string(), s(STATE_SK)),
+                ])
+            })
+            .collect();
+        keys.sort_by(|a, b| a["pk"].as_s().ok().cmp(&b["pk"].as_s().ok()));
+        keys.dedup();
+        let found = super::batch_get(&self.client, &self.table, keys, None)
+            .await?
+            .iter()
+            .filter_map(state_from_item)
+            .map(|state| (state.record.clone(), state))
+            .collect();
+        Ok(found)
     }
 
     async fn find_by_crm_id(
@@ -722,44 +777,6 @@ impl SyncStateStore for DynamoDbSyncState {
         })
     }
 
-    async fn claim_crm_record(
-        &self,
-        object: ObjectKind,
-        crm_id: &str,
-        record_id: &str,
-    ) -> Result<Option<String>, StoreUnavailable> {
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(format!("CRMOWNER#{object}#{crm_id}")))
-            .item("sk", s(OWNER_SK))
-            .item("owner", s(record_id))
-            .condition_expression("attribute_not_exists(pk) OR #owner = :owner")
-            .expression_attribute_names("#owner", "owner")
-            .expression_attribute_values(":owner", s(record_id))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(None),
-            Err(error) if condition_failed(&error) => Ok(match error.as_service_error() {
-                Some(
-                    aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(
-                        check,
-                    ),
-                ) => Some(
-                    check
-                        .item()
-                        .and_then(|item| text(item, "owner"))
-                        .unwrap_or_default(),
-                ),
-                _ => Some(String::new()),
-            }),
-            Err(error) => Err(unavailable(error)),
-        }
-    }
-
     async fn find_by_email(&self, email: &str, limit: usize) -> Result<Vec<RecordState>, StoreUnavailable> {
         let output = self
             .client
@@ -773,18 +790,6 @@ impl SyncStateStore for DynamoDbSyncState {
             .await
             .map_err(unavailable)?;
         self.states_of_keys(output.items()).await
-    }
-
-    async fn dismiss_conflicts(&self, record: &RecordRef, now_ms: i64) -> Result<(), StoreUnavailable> {
-        let result = self
-            .update_state(record)
-            .update_expression("SET conflicts_dismissed_at = :now REMOVE conflict_flag, conflict_at")
-            .condition_expression("attribute_exists(pk)")
-            .expression_attribute_values(":now", n(now_ms))
-            .send()
-            .await;
-        written_or_not(result)?;
-        Ok(())
     }
 }
 
