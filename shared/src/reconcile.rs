@@ -18,9 +18,8 @@ use tokio::time::Instant;
 
 use crate::domain::contract::ObjectKind;
 use crate::domain::crm::{UpdateInput, ValueKind};
-use crate::domain::mapping::{DriftPolicy, Mapping, Owner};
+use crate::domain::mapping::Mapping;
 use crate::domain::sync::{RecordState, SyncStatus, TimelineEntry, TimelineKind};
-use crate::domain::values;
 use crate::domain::Clock;
 use crate::ports::state::*;
 use crate::ports::{Crm, InboundUpdate, LeaseOutcome, MessageQueue, OutgoingMessage, StoreUnavailable};
@@ -28,6 +27,7 @@ use crate::worker::{BatchReport, CallFailure, Worker};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
+use crate::domain::reconcile::{field_drifts, FieldDrift};
 pub use crate::domain::reconcile::{Checkpoint, Phase, RunReport};
 pub use crate::ports::ReconcileStore;
 
@@ -361,42 +361,33 @@ impl ReconcileService {
                         .align_read(&mapping.crm_object, &mut values, &state.written);
                     let mut restore = BTreeMap::new();
                     let mut drifted = BTreeMap::new();
-                    for (field, rule) in &mapping.fields {
-                        let in_crm = values.get(&rule.crm_property).cloned().unwrap_or_default();
-                        let kind = kinds.get(&rule.crm_property).copied().unwrap_or_default();
-                        match rule.owner {
-                            Owner::App => {
-                                let Some(written) = state.written.get(&rule.crm_property) else {
-                                    continue;
-                                };
-                                if values::equivalent(kind, written, &in_crm) {
-                                    continue;
-                                }
-                                match rule.on_drift {
-                                    DriftPolicy::Heal => {
-                                        restore.insert(rule.crm_property.clone(), written.clone());
-                                    }
-                                    DriftPolicy::Flag => {
-                                        report.flagged += 1;
-                                        timeline.push(drift_entry(
-                                            state,
-                                            now_ms,
-                                            TimelineKind::Drift,
-                                            format!("{field} is {in_crm:?} in the CRM; crm-sync wrote {written:?} (flagged, not healed)"),
-                                        ));
-                                    }
-                                }
+                    for drift in field_drifts(mapping, state, &values, &kinds) {
+                        match drift {
+                            FieldDrift::Heal {
+                                crm_property,
+                                written,
+                            } => {
+                                restore.insert(crm_property, written);
                             }
-                            Owner::Crm => {
-                                // A value the app never received counts as empty: a stage set
-                                // in the CRM without a webhook is drift too.
-                                let received = state.received.get(&rule.crm_property);
-                                let received_value = received.map_or("", String::as_str);
-                                if crate::domain::inbound::same_value(received_value, &in_crm)
-                                    || values::equivalent(kind, received_value, &in_crm)
-                                {
-                                    continue;
-                                }
+                            FieldDrift::Flag {
+                                field,
+                                in_crm,
+                                written,
+                            } => {
+                                report.flagged += 1;
+                                timeline.push(drift_entry(
+                                    state,
+                                    now_ms,
+                                    TimelineKind::Drift,
+                                    format!("{field} is {in_crm:?} in the CRM; crm-sync wrote {written:?} (flagged, not healed)"),
+                                ));
+                            }
+                            FieldDrift::Missed {
+                                field,
+                                crm_property,
+                                in_crm,
+                                received,
+                            } => {
                                 report.crm_drift += 1;
                                 timeline.push(drift_entry(
                                     state,
@@ -409,7 +400,7 @@ impl ReconcileService {
                                         None => format!("{field} is {in_crm:?} in the CRM; the app never received it"),
                                     },
                                 ));
-                                drifted.insert(rule.crm_property.clone(), (field.clone(), in_crm));
+                                drifted.insert(crm_property, (field, in_crm));
                             }
                         }
                     }

@@ -5,6 +5,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::crm::ValueKind;
+use crate::domain::mapping::{DriftPolicy, ObjectMapping, Owner};
+use crate::domain::sync::RecordState;
+use crate::domain::values;
+
 /// Where a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -55,4 +60,153 @@ pub struct RunReport {
 pub struct Checkpoint {
     pub report: RunReport,
     pub cursor: Option<String>,
+}
+
+/// How one field of a record, as the CRM holds it, differs from what crm-sync knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldDrift {
+    /// An app-owned field whose CRM value is not what crm-sync wrote, to be written back.
+    Heal { crm_property: String, written: String },
+    /// The same, where the mapping says to flag it rather than heal it.
+    Flag {
+        field: String,
+        in_crm: String,
+        written: String,
+    },
+    /// A CRM-owned field whose value is not what the app last received (or never received):
+    /// the app missed a webhook.
+    Missed {
+        field: String,
+        crm_property: String,
+        in_crm: String,
+        received: Option<String>,
+    },
+}
+
+/// What the reconciliation finds in one record: each field compared by its CRM type (`kinds`;
+/// a property missing from it compares as text), an app-owned one against what crm-sync wrote,
+/// a CRM-owned one against what the app received.
+pub fn field_drifts(
+    mapping: &ObjectMapping,
+    state: &RecordState,
+    in_crm: &BTreeMap<String, String>,
+    kinds: &BTreeMap<String, ValueKind>,
+) -> Vec<FieldDrift> {
+    let mut drifts = Vec::new();
+    for (field, rule) in &mapping.fields {
+        let value = in_crm.get(&rule.crm_property).cloned().unwrap_or_default();
+        let kind = kinds.get(&rule.crm_property).copied().unwrap_or_default();
+        match rule.owner {
+            Owner::App => {
+                let Some(written) = state.written.get(&rule.crm_property) else {
+                    continue;
+                };
+                if values::equivalent(kind, written, &value) {
+                    continue;
+                }
+                drifts.push(match rule.on_drift {
+                    DriftPolicy::Heal => FieldDrift::Heal {
+                        crm_property: rule.crm_property.clone(),
+                        written: written.clone(),
+                    },
+                    DriftPolicy::Flag => FieldDrift::Flag {
+                        field: field.clone(),
+                        in_crm: value,
+                        written: written.clone(),
+                    },
+                });
+            }
+            Owner::Crm => {
+                // A value the app never received counts as empty: a stage set in the CRM without
+                // a webhook is drift too.
+                let received = state.received.get(&rule.crm_property);
+                let received_value = received.map_or("", String::as_str);
+                if crate::domain::inbound::same_value(received_value, &value)
+                    || values::equivalent(kind, received_value, &value)
+                {
+                    continue;
+                }
+                drifts.push(FieldDrift::Missed {
+                    field: field.clone(),
+                    crm_property: rule.crm_property.clone(),
+                    in_crm: value,
+                    received: received.cloned(),
+                });
+            }
+        }
+    }
+    drifts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::contract::{ObjectKind, RecordRef};
+    use crate::domain::mapping::{Mapping, DEFAULT_MAPPING};
+
+    fn state(written: &[(&str, &str)], received: &[(&str, &str)]) -> RecordState {
+        let pairs = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        RecordState {
+            written: pairs(written),
+            received: pairs(received),
+            ..RecordState::new(RecordRef {
+                object: ObjectKind::Deal,
+                record_id: "order-1".into(),
+            })
+        }
+    }
+
+    #[test]
+    fn a_field_compares_by_its_crm_type_and_by_whose_it_is() {
+        let mapping = Mapping::parse(DEFAULT_MAPPING).unwrap();
+        let deals = mapping.object(ObjectKind::Deal).unwrap();
+        let known = state(
+            &[
+                ("amount", "1200.50"),
+                ("closedate", "1798675200000"),
+                ("dealname", "Plan"),
+            ],
+            &[("dealstage", "qualifiedtobuy")],
+        );
+        let read: BTreeMap<String, String> = [
+            ("amount", "1200.5"),
+            ("closedate", "2026-12-31T00:00:00.000Z"),
+            ("dealname", "Plan B"),
+            ("dealstage", "closedwon"),
+            ("pipeline", ""),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let kinds = [("amount", ValueKind::Number), ("closedate", ValueKind::DateTime)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+
+        let drifts = field_drifts(deals, &known, &read, &kinds);
+
+        assert_eq!(
+            drifts,
+            vec![
+                FieldDrift::Heal {
+                    crm_property: "dealname".into(),
+                    written: "Plan".into()
+                },
+                FieldDrift::Missed {
+                    field: "stage".into(),
+                    crm_property: "dealstage".into(),
+                    in_crm: "closedwon".into(),
+                    received: Some("qualifiedtobuy".into())
+                },
+            ],
+            "the amount and the date differ in form only; an empty pipeline never received is no news"
+        );
+        // As text, the same values would all drift.
+        assert_eq!(field_drifts(deals, &known, &read, &BTreeMap::new()).len(), 4);
+    }
 }
