@@ -387,6 +387,9 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
 
 impl<F: Fn(&str) -> Option<String>> Env<F> {
     /// The sync function's configuration.
+    ///
+    /// Long on purpose: every variable of the sync function is read here, in one place, so that
+    /// each error names its variable; typed per-function structs (envy) would replace it.
     pub fn sync(&self) -> Result<SyncConfig, ConfigError> {
         use std::time::Duration;
         let crm = match self

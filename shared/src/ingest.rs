@@ -120,6 +120,9 @@ impl WebhookIngest {
 
     /// Ingests one webhook request for `provider_id`. `Ok` means every event in it is durably
     /// stored and on the queue (by this request or an earlier one).
+    ///
+    /// Long on purpose: the request's whole path (provider, size, signature, parse, limits, store,
+    /// enqueue) reads in order; each step's rules are in the functions it calls.
     pub async fn ingest(
         &self,
         provider_id: &str,
@@ -140,38 +143,7 @@ impl WebhookIngest {
         provider.authenticate(request, now_ms)?;
         let events = provider.parse(&request.body)?;
         let delivery = Delivery::new(provider.id(), request.body.clone(), now_ms, events.len());
-        // Every limit of what is stored and sent is checked before anything is: a refusal
-        // leaves nothing behind for the CRM's retries to pile up.
-        for (index, event) in events.iter().enumerate() {
-            if event.key.len() > MAX_EVENT_KEY_BYTES {
-                return Err(IngestError::BadRequest(ParseError::BadEvent {
-                    index,
-                    problem: format!(
-                        "the event's identity is {} bytes long, more than the {MAX_EVENT_KEY_BYTES} allowed",
-                        event.key.len()
-                    ),
-                }));
-            }
-            let depth = json_depth(event.raw.get());
-            if depth > MAX_EVENT_DEPTH {
-                return Err(IngestError::BadRequest(ParseError::BadEvent {
-                    index,
-                    problem: format!(
-                        "the event nests {depth} levels deep, more than the {MAX_EVENT_DEPTH} allowed"
-                    ),
-                }));
-            }
-            let size = event.queue_message(&delivery).len();
-            if size > self.settings.max_message_bytes {
-                return Err(IngestError::BadRequest(ParseError::BadEvent {
-                    index,
-                    problem: format!(
-                        "the event makes a {size}-byte queue message, more than the {} allowed",
-                        self.settings.max_message_bytes
-                    ),
-                }));
-            }
-        }
+        check_limits(&events, &delivery, self.settings.max_message_bytes)?;
         // The same event twice in one delivery is stored and sent once.
         let mut keys = HashSet::new();
         let (events, repeated): (Vec<&InboundEvent>, Vec<&InboundEvent>) =
@@ -295,4 +267,43 @@ impl WebhookIngest {
 /// (Futures are built first: a stream `map` closure here defeats the `Send` proof handlers need.)
 async fn bounded<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
     stream::iter(futures).buffered(STORE_CONCURRENCY).collect().await
+}
+/// Every limit of what is stored and sent, checked before anything is: a refusal leaves nothing
+/// behind for the CRM's retries to pile up. The first event past a limit names it.
+fn check_limits(
+    events: &[InboundEvent],
+    delivery: &Delivery,
+    max_message_bytes: usize,
+) -> Result<(), IngestError> {
+    for (index, event) in events.iter().enumerate() {
+        if event.key.len() > MAX_EVENT_KEY_BYTES {
+            return Err(IngestError::BadRequest(ParseError::BadEvent {
+                index,
+                problem: format!(
+                    "the event's identity is {} bytes long, more than the {MAX_EVENT_KEY_BYTES} allowed",
+                    event.key.len()
+                ),
+            }));
+        }
+        let depth = json_depth(event.raw.get());
+        if depth > MAX_EVENT_DEPTH {
+            return Err(IngestError::BadRequest(ParseError::BadEvent {
+                index,
+                problem: format!(
+                    "the event nests {depth} levels deep, more than the {MAX_EVENT_DEPTH} allowed"
+                ),
+            }));
+        }
+        let size = event.queue_message(delivery).len();
+        if size > max_message_bytes {
+            return Err(IngestError::BadRequest(ParseError::BadEvent {
+                index,
+                problem: format!(
+                    "the event makes a {size}-byte queue message, more than the {} allowed",
+                    max_message_bytes
+                ),
+            }));
+        }
+    }
+    Ok(())
 }

@@ -298,6 +298,9 @@ impl ReconcileService {
 
     /// Compares one page of records with the CRM; heals, flags and reports. A record whose
     /// check fails is counted as an error and left for the next cycle.
+    ///
+    /// Long on purpose: one page read, compared (the rule is `field_drifts`), healed and delivered,
+    /// with the page's budget and timeline threaded through.
     async fn check_page(
         &self,
         states: &[RecordState],

@@ -582,6 +582,9 @@ impl SyncService {
     /// that no other app record takes over first (in this batch, or concurrently: the store's
     /// claim on the CRM record decides). Any other is an identity conflict, left for an
     /// operator: re-pointing it would hand one app record's CRM record to another.
+    ///
+    /// Long on purpose: the adoption rules (the record's own CRM id, first in the batch, the CRM's
+    /// id property, the state's owner, the concurrent claim) read in the order they apply.
     #[allow(clippy::too_many_arguments)]
     async fn adoptable(
         &self,
@@ -1003,6 +1006,9 @@ fn per_input(result: Result<BatchResult, CallFailure>, count: usize) -> Vec<Outc
 /// What an attempt's outcome makes of the record's state and of its message, decided without
 /// touching either: the settlement to record, the message's fate, and the timeline line (kind,
 /// detail, the CRM call). `jitter` (0..1) spreads the retries of a transient failure.
+///
+/// Long on purpose: one arm per outcome, so that what each does to the state and to the
+/// message reads side by side.
 fn settlement(
     w: &Work,
     outcome: Outcome,

@@ -371,6 +371,8 @@ fn short(text: &str, max: usize) -> String {
     cut
 }
 
+/// Long on purpose: the record page's HTML in document order (a template crate would move it
+/// to a template).
 pub fn record_page(frame: &Frame<'_>, view: &RecordView, crm_url: Option<String>) -> String {
     let state = &view.state;
     let key = record_key(&state.record);
