@@ -11,6 +11,7 @@ mod pipedrive_webhooks;
 mod reconcile;
 mod salesforce_client;
 mod salesforce_webhooks;
+mod scenarios;
 mod sync_inbound;
 mod sync_outbound;
 mod sync_pipedrive;

@@ -245,40 +245,6 @@ async fn the_same_change_delivered_three_times_is_applied_once() {
 }
 
 #[tokio::test]
-async fn an_older_change_arriving_late_never_overwrites_a_newer_one() {
-    let app = spawn_app_with(AppOptions::syncing()).await;
-    let at = now_ms();
-    app.send_changes(&[contact("user-5", at + 5_000, json!({"email": "new@example.com"}))])
-        .await;
-    settled(&app, contact_ref("user-5"), SyncStatus::Synced).await;
-
-    app.send_changes(&[contact("user-5", at, json!({"email": "old@example.com"}))])
-        .await;
-    let store = app.sync_state();
-    let timeline = eventually(30, "the stale change to be skipped", || {
-        let store = store.clone();
-        async move {
-            let (_, timeline) = store.record(&contact_ref("user-5"), 50).await.ok().flatten()?;
-            timeline
-                .iter()
-                .any(|e| e.kind == TimelineKind::Skipped)
-                .then_some(timeline)
-        }
-    })
-    .await;
-    assert!(timeline[0]
-        .detail
-        .starts_with("older than the change applied already"));
-    let record = app
-        .sandbox()
-        .find("contacts", "crm_sync_app_id", "user-5")
-        .unwrap();
-    assert_eq!(record.properties["email"], "new@example.com");
-    let (state, _) = store.record(&contact_ref("user-5"), 1).await.unwrap().unwrap();
-    assert_eq!(state.applied_version_ms, Some(at + 5_000));
-}
-
-#[tokio::test]
 async fn within_one_batch_only_the_newest_change_of_a_record_is_written() {
     let app = spawn_app_with(AppOptions::syncing()).await;
     let at = now_ms();

@@ -315,30 +315,6 @@ async fn a_pipedrive_user_editing_an_app_owned_email_is_journaled_as_a_conflict(
 }
 
 #[tokio::test]
-async fn an_older_change_arriving_after_a_newer_one_does_not_overwrite_pipedrive() {
-    let (sandbox, app) = pipedrive_stack(Limits::default(), 20).await;
-    let at = now_ms();
-    app.send_changes(&[contact(
-        "pd-order-1",
-        at + 5_000,
-        json!({"email": "new@example.com"}),
-    )])
-    .await;
-    let record = RecordRef {
-        object: ObjectKind::Contact,
-        record_id: "pd-order-1".into(),
-    };
-    app.settled(record.clone(), SyncStatus::Synced).await;
-    app.send_changes(&[contact("pd-order-1", at, json!({"email": "old@example.com"}))])
-        .await;
-    let (_, timeline) = app.timeline_says(record, "older than").await;
-    assert!(!timeline.is_empty());
-    let persons = sandbox.records("persons");
-    assert_eq!(persons.len(), 1);
-    assert_eq!(persons[0]["emails"][0]["value"], "new@example.com");
-}
-
-#[tokio::test]
 async fn the_reconciliation_heals_drift_in_pipedrive_one_record_a_call() {
     let sandbox = Sandbox::start("127.0.0.1:0", TOKEN, Limits::default())
         .await

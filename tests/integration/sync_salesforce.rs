@@ -405,31 +405,6 @@ async fn an_unchanged_opportunity_shows_no_drift_though_salesforce_reads_amounts
 }
 
 #[tokio::test]
-async fn salesforce_duplicates_write_once_and_an_older_change_arriving_later_is_skipped() {
-    let (sandbox, app) = salesforce_stack().await;
-    let at = now_ms();
-    let newer = contact(
-        "sf-order-1",
-        at + 5_000,
-        json!({"email": "new@example.com", "last_name": "Order"}),
-    );
-    app.send_changes(&[newer.clone(), newer]).await;
-    app.applied(record(ObjectKind::Contact, "sf-order-1"), at + 5_000)
-        .await;
-    app.send_changes(&[contact(
-        "sf-order-1",
-        at,
-        json!({"email": "old@example.com", "last_name": "Order"}),
-    )])
-    .await;
-    app.timeline_says(record(ObjectKind::Contact, "sf-order-1"), "older than")
-        .await;
-    let contacts = sandbox.records("Contact");
-    assert_eq!(contacts.len(), 1, "the duplicate wrote nothing more");
-    assert_eq!(contacts[0]["Email"], "new@example.com");
-}
-
-#[tokio::test]
 async fn a_spent_salesforce_day_read_from_its_limit_header_holds_the_sync_before_salesforce_refuses() {
     // One API request left today: the first batch spends it, and its Sforce-Limit-Info says so.
     let sandbox = Sandbox::start("127.0.0.1:0", "access-0", "refresh-1", 1)

@@ -5,6 +5,7 @@ pub mod app_changes;
 pub mod browser;
 pub mod chaos;
 pub mod contract;
+pub mod crms;
 pub mod dashboard;
 pub mod fault_proxy;
 pub mod hubspot;
