@@ -307,3 +307,7 @@ fn check_limits(
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "ingest_tests.rs"]
+mod use_case_tests;

@@ -402,3 +402,98 @@ impl crate::ports::EventJournal for MemoryJournal {
         Ok(true)
     }
 }
+
+/// An event's (lease token, lease until, enqueued), by (provider, key).
+type EventRow = (String, i64, bool);
+
+/// The webhook store in memory: raw deliveries, and each event's lease and whether it is on the
+/// queue; `fail_deliveries` makes storing a delivery fail, as a DynamoDB outage would.
+#[derive(Default)]
+pub struct MemoryWebhookStore {
+    deliveries: Mutex<HashMap<String, usize>>,
+    events: Mutex<HashMap<(String, String), EventRow>>,
+    fail_deliveries: std::sync::atomic::AtomicBool,
+}
+
+impl MemoryWebhookStore {
+    pub fn fail_deliveries(&self, fail: bool) {
+        self.fail_deliveries.store(fail, Ordering::SeqCst);
+    }
+
+    /// How many distinct deliveries and events it holds, and how many events are enqueued.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let events = locked(&self.events);
+        (
+            locked(&self.deliveries).len(),
+            events.len(),
+            events.values().filter(|(_, _, enqueued)| *enqueued).count(),
+        )
+    }
+}
+
+#[async_trait]
+impl crate::ports::WebhookStore for MemoryWebhookStore {
+    async fn put_delivery(
+        &self,
+        delivery: &crate::domain::webhook::Delivery,
+        _expires_at_ms: i64,
+    ) -> Result<(), StoreUnavailable> {
+        if self.fail_deliveries.load(Ordering::SeqCst) {
+            return Err(StoreUnavailable(anyhow::anyhow!("the store is down, on cue")));
+        }
+        locked(&self.deliveries).insert(delivery.id.clone(), delivery.event_count);
+        Ok(())
+    }
+
+    async fn claim_event(
+        &self,
+        event: &crate::domain::webhook::InboundEvent,
+        _delivery: &crate::domain::webhook::Delivery,
+        token: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+        _expires_at_ms: i64,
+    ) -> Result<crate::ports::Claim, StoreUnavailable> {
+        let mut events = locked(&self.events);
+        let slot = (event.provider.to_string(), event.key.clone());
+        match events.get(&slot) {
+            Some((_, _, true)) => Ok(crate::ports::Claim::AlreadyEnqueued),
+            Some((held, until, false)) if held != token && *until > now_ms => {
+                Ok(crate::ports::Claim::HeldElsewhere)
+            }
+            _ => {
+                events.insert(slot, (token.to_string(), lease_until_ms, false));
+                Ok(crate::ports::Claim::Won)
+            }
+        }
+    }
+
+    async fn confirm_enqueued(
+        &self,
+        provider: crate::domain::webhook::ProviderId,
+        key: &str,
+        token: &str,
+        _now_ms: i64,
+    ) -> Result<(), StoreUnavailable> {
+        if let Some(row) = locked(&self.events).get_mut(&(provider.to_string(), key.to_string())) {
+            if row.0 == token {
+                row.2 = true;
+            }
+        }
+        Ok(())
+    }
+
+    async fn release(
+        &self,
+        provider: crate::domain::webhook::ProviderId,
+        key: &str,
+        token: &str,
+    ) -> Result<(), StoreUnavailable> {
+        let mut events = locked(&self.events);
+        let slot = (provider.to_string(), key.to_string());
+        if events.get(&slot).is_some_and(|row| row.0 == token && !row.2) {
+            events.remove(&slot);
+        }
+        Ok(())
+    }
+}
