@@ -2,6 +2,7 @@
 //! and Salesforce's sandboxes.
 
 use crm_sync::domain::contract::{ObjectKind, RecordRef};
+use crm_sync::ports::state::*;
 use crm_sync_tests::app_changes::contact;
 use crm_sync_tests::crms::Crm;
 use crm_sync_tests::hubspot::now_ms;
@@ -44,5 +45,55 @@ async fn in_every_crm_a_duplicate_writes_once_and_an_older_change_arriving_late_
             "{crm:?}: the duplicate wrote nothing more"
         );
         assert_eq!(stack.contact_emails()["order-1"], "new@example.com", "{crm:?}");
+    }
+}
+
+#[tokio::test]
+async fn in_every_crm_a_persons_edit_of_an_app_owned_email_is_journaled_as_a_conflict_and_the_app_is_untouched(
+) {
+    for crm in Crm::ALL {
+        let stack = crm.looped_stack().await;
+        let app = &stack.app;
+        let at = now_ms();
+        app.send_changes(&[contact(
+            "rep-2",
+            at,
+            json!({"email": "rep-2@example.com", "last_name": "Rep"}),
+        )])
+        .await;
+        app.applied(contact_ref("rep-2"), at).await;
+        stack.webhooks_settled().await;
+
+        stack.edit_email_as_a_person("rep-2", "typo@example.com");
+
+        let conflicts = app.journaled_conflicts(contact_ref("rep-2")).await;
+        stack.webhooks_settled().await;
+        assert_eq!(conflicts.len(), 1, "{crm:?}: only the email: {conflicts:?}");
+        let conflict = &conflicts[0];
+        assert_eq!(conflict.field, "email", "{crm:?}");
+        assert_eq!(
+            conflict.app_value.as_deref(),
+            Some("rep-2@example.com"),
+            "{crm:?}"
+        );
+        assert_eq!(conflict.crm_value, "typo@example.com", "{crm:?}");
+        assert_eq!(conflict.source, crm.person_source(), "{crm:?}");
+        assert_eq!(conflict.resolution, "kept the app's value", "{crm:?}");
+        assert!(
+            app.drain_app_inbox().await.is_empty(),
+            "{crm:?}: the app owns the email"
+        );
+        let (state, _) = app
+            .sync_state()
+            .record(&contact_ref("rep-2"), 1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(state.conflicts, 1, "{crm:?}");
+        assert_eq!(
+            stack.contact_emails()["rep-2"],
+            "typo@example.com",
+            "{crm:?}: the CRM keeps it"
+        );
     }
 }

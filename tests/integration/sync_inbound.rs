@@ -175,59 +175,6 @@ async fn a_rep_moving_a_deal_stage_reaches_the_app_inbox() {
 }
 
 #[tokio::test]
-async fn a_rep_editing_an_app_owned_email_is_journaled_as_a_conflict_and_the_app_is_untouched() {
-    let app = spawn_app_with(AppOptions::syncing().with_webhooks()).await;
-    let (contact_crm, _) = synced(&app, "rep-2", None).await;
-
-    app.sandbox()
-        .edit("contacts", contact_crm, props(&[("email", "typo@example.com")]))
-        .unwrap();
-
-    let store = app.sync_state();
-    let conflicts = eventually(60, "the conflict", || {
-        let store = store.clone();
-        async move {
-            let conflicts = store
-                .conflicts(&record(ObjectKind::Contact, "rep-2"), 10)
-                .await
-                .ok()?;
-            (!conflicts.is_empty()).then_some(conflicts)
-        }
-    })
-    .await;
-    assert_eq!(conflicts.len(), 1);
-    let conflict = &conflicts[0];
-    assert_eq!(conflict.field, "email");
-    assert_eq!(conflict.app_value.as_deref(), Some("rep-2@example.com"));
-    assert_eq!(conflict.crm_value, "typo@example.com");
-    assert_eq!(conflict.source, "CRM_UI");
-    assert_eq!(conflict.resolution, "kept the app's value");
-    settle_webhooks(&app).await;
-    assert!(
-        app.drain_app_inbox().await.is_empty(),
-        "an app-owned change never reaches the app"
-    );
-    assert!(app
-        .webhook_events()
-        .await
-        .iter()
-        .any(|(_, status, _, _)| status == "conflict"));
-    let (state, _) = store
-        .record(&record(ObjectKind::Contact, "rep-2"), 1)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(state.conflicts, 1);
-    assert_eq!(
-        app.sandbox()
-            .find("contacts", "crm_sync_app_id", "rep-2")
-            .unwrap()
-            .properties["email"],
-        "typo@example.com"
-    );
-}
-
-#[tokio::test]
 async fn with_reassertion_on_the_apps_value_is_written_back_to_the_crm() {
     let app = spawn_app_with(
         AppOptions::syncing()

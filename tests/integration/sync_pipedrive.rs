@@ -290,31 +290,6 @@ async fn a_two_word_first_name_comes_back_from_pipedrive_as_an_echo_not_a_confli
 }
 
 #[tokio::test]
-async fn a_pipedrive_user_editing_an_app_owned_email_is_journaled_as_a_conflict() {
-    let (sandbox, app) = pipedrive_loop().await;
-    let (person_id, _) = synced(&sandbox, &app, "pd-rep-2", "pd-deal-rep-2").await;
-
-    sandbox.edit(
-        "persons",
-        person_id,
-        json!({"emails": [{"value": "typo@example.com", "primary": true, "label": "work"}]}),
-    );
-
-    let conflicts = app
-        .journaled_conflicts(RecordRef {
-            object: ObjectKind::Contact,
-            record_id: "pd-rep-2".into(),
-        })
-        .await;
-    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
-    assert_eq!(conflicts[0].field, "email");
-    assert_eq!(conflicts[0].app_value.as_deref(), Some("pd-rep-2@example.com"));
-    assert_eq!(conflicts[0].crm_value, "typo@example.com");
-    assert_eq!(conflicts[0].source, "app");
-    assert!(app.drain_app_inbox().await.is_empty(), "the app owns the email");
-}
-
-#[tokio::test]
 async fn the_reconciliation_heals_drift_in_pipedrive_one_record_a_call() {
     let sandbox = Sandbox::start("127.0.0.1:0", TOKEN, Limits::default())
         .await

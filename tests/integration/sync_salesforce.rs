@@ -255,28 +255,6 @@ async fn a_salesforce_user_moving_an_opportunity_stage_reaches_the_app_inbox() {
 }
 
 #[tokio::test]
-async fn a_salesforce_user_editing_an_app_owned_email_is_journaled_as_a_conflict() {
-    let (sandbox, app) = salesforce_loop().await;
-    let (contact_id, _) = synced(&sandbox, &app, "sf-rep-2", "sf-deal-rep-2").await;
-
-    sandbox.edit("Contact", &contact_id, json!({"Email": "typo@example.com"}));
-
-    let conflicts = app
-        .journaled_conflicts(record(ObjectKind::Contact, "sf-rep-2"))
-        .await;
-    assert_eq!(
-        conflicts.len(),
-        1,
-        "only the email, not the unchanged fields: {conflicts:?}"
-    );
-    assert_eq!(conflicts[0].field, "email");
-    assert_eq!(conflicts[0].app_value.as_deref(), Some("sf-rep-2@example.com"));
-    assert_eq!(conflicts[0].crm_value, "typo@example.com");
-    assert_eq!(conflicts[0].source, "user 005000000000002AAA");
-    assert!(app.drain_app_inbox().await.is_empty(), "the app owns the email");
-}
-
-#[tokio::test]
 async fn under_salesforce_errors_and_lost_answers_every_contact_ends_up_once_with_its_latest_email() {
     let sandbox = start_sandbox().await;
     sandbox.set_faults(

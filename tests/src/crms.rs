@@ -17,6 +17,87 @@ pub enum Crm {
 impl Crm {
     pub const ALL: [Crm; 3] = [Crm::HubSpot, Crm::Pipedrive, Crm::Salesforce];
 
+    /// A syncing stack writing to this CRM's sandbox, whose webhooks (HubSpot's, Pipedrive's
+    /// v2, Salesforce's Outbound Messages) come back to the stack: the whole loop.
+    pub async fn looped_stack(self) -> CrmStack {
+        const TOKEN: &str = "scenario-token";
+        match self {
+            Crm::HubSpot => CrmStack {
+                app: spawn_app_with(AppOptions::syncing().with_webhooks()).await,
+                sandbox: Sandbox::HubSpot,
+            },
+            Crm::Pipedrive => {
+                let sandbox = pipedrive_sandbox::Sandbox::start(
+                    "127.0.0.1:0",
+                    TOKEN,
+                    pipedrive_sandbox::Limits::default(),
+                )
+                .await
+                .expect("the sandbox starts");
+                let mut options = pipedrive_options(&sandbox, TOKEN);
+                options.parameters.extend([
+                    ("PipedriveWebhookUser".to_string(), "scenario-hooks".to_string()),
+                    (
+                        "PipedriveWebhookPassword".to_string(),
+                        "scenario hook password".to_string(),
+                    ),
+                ]);
+                let app = spawn_app_with(options).await;
+                sandbox.set_webhook(pipedrive_sandbox::Webhook {
+                    url: app.webhook_url("pipedrive"),
+                    user: "scenario-hooks".into(),
+                    password: "scenario hook password".into(),
+                });
+                CrmStack {
+                    app,
+                    sandbox: Sandbox::Pipedrive(sandbox),
+                }
+            }
+            Crm::Salesforce => {
+                const HOOK_TOKEN: &str = "scenario-outbound-token-7Qm";
+                let sandbox =
+                    salesforce_sandbox::Sandbox::start("127.0.0.1:0", TOKEN, "scenario-refresh", 10_000)
+                        .await
+                        .expect("the sandbox starts");
+                let mut options = salesforce_options(&sandbox, TOKEN);
+                options.parameters.extend([
+                    (
+                        "SalesforceOrganizationId".to_string(),
+                        salesforce_sandbox::ORGANIZATION_ID.to_string(),
+                    ),
+                    ("SalesforceWebhookToken".to_string(), HOOK_TOKEN.to_string()),
+                    (
+                        "SalesforceIntegrationUserId".to_string(),
+                        salesforce_sandbox::INTEGRATION_USER_ID.to_string(),
+                    ),
+                ]);
+                let app = spawn_app_with(options).await;
+                let selected = |fields: &[&str]| fields.iter().map(|f| f.to_string()).collect::<Vec<_>>();
+                sandbox.set_outbound_messages(salesforce_sandbox::OutboundMessages {
+                    url: format!("{}?token={HOOK_TOKEN}", app.webhook_url("salesforce")),
+                    fields: [(
+                        "Contact".to_string(),
+                        selected(&["Email", "Phone", "FirstName", "LastName", "Crm_Sync_App_Id__c"]),
+                    )]
+                    .into(),
+                });
+                CrmStack {
+                    app,
+                    sandbox: Sandbox::Salesforce(sandbox),
+                }
+            }
+        }
+    }
+
+    /// What the conflict journal names as the source of a person's edit in this CRM.
+    pub fn person_source(self) -> &'static str {
+        match self {
+            Crm::HubSpot => "CRM_UI",
+            Crm::Pipedrive => "app",
+            Crm::Salesforce => "user 005000000000002AAA",
+        }
+    }
+
     /// A syncing stack writing to this CRM's sandbox.
     pub async fn stack(self) -> CrmStack {
         const TOKEN: &str = "scenario-token";
@@ -33,13 +114,7 @@ impl Crm {
                 )
                 .await
                 .expect("the sandbox starts");
-                let app = spawn_app_with(
-                    AppOptions::syncing()
-                        .with_env("CRM", "pipedrive")
-                        .with_env("PIPEDRIVE_API_BASE", &sandbox.url())
-                        .with_env("PIPEDRIVE_API_TOKEN", TOKEN),
-                )
-                .await;
+                let app = spawn_app_with(pipedrive_options(&sandbox, TOKEN)).await;
                 CrmStack {
                     app,
                     sandbox: Sandbox::Pipedrive(sandbox),
@@ -50,13 +125,7 @@ impl Crm {
                     salesforce_sandbox::Sandbox::start("127.0.0.1:0", TOKEN, "scenario-refresh", 10_000)
                         .await
                         .expect("the sandbox starts");
-                let app = spawn_app_with(
-                    AppOptions::syncing()
-                        .with_env("CRM", "salesforce")
-                        .with_env("SALESFORCE_INSTANCE_URL", &sandbox.instance_url())
-                        .with_env("SALESFORCE_ACCESS_TOKEN", TOKEN),
-                )
-                .await;
+                let app = spawn_app_with(salesforce_options(&sandbox, TOKEN)).await;
                 CrmStack {
                     app,
                     sandbox: Sandbox::Salesforce(sandbox),
@@ -64,6 +133,20 @@ impl Crm {
             }
         }
     }
+}
+
+fn pipedrive_options(sandbox: &pipedrive_sandbox::Sandbox, token: &str) -> AppOptions {
+    AppOptions::syncing()
+        .with_env("CRM", "pipedrive")
+        .with_env("PIPEDRIVE_API_BASE", &sandbox.url())
+        .with_env("PIPEDRIVE_API_TOKEN", token)
+}
+
+fn salesforce_options(sandbox: &salesforce_sandbox::Sandbox, token: &str) -> AppOptions {
+    AppOptions::syncing()
+        .with_env("CRM", "salesforce")
+        .with_env("SALESFORCE_INSTANCE_URL", &sandbox.instance_url())
+        .with_env("SALESFORCE_ACCESS_TOKEN", token)
 }
 
 enum Sandbox {
@@ -112,6 +195,60 @@ impl CrmStack {
                     (text(&contact["Crm_Sync_App_Id__c"]), text(&contact["Email"]))
                 })
                 .collect(),
+        }
+    }
+
+    /// Changes a contact's email as a person in the CRM would; its webhook says so.
+    pub fn edit_email_as_a_person(&self, app_id: &str, email: &str) {
+        match &self.sandbox {
+            Sandbox::HubSpot => {
+                let sandbox = self.app.sandbox();
+                let record = sandbox
+                    .find("contacts", "crm_sync_app_id", app_id)
+                    .expect("the contact is in HubSpot");
+                sandbox
+                    .edit(
+                        "contacts",
+                        record.id,
+                        [("email".to_string(), email.to_string())].into(),
+                    )
+                    .expect("an edit HubSpot takes");
+            }
+            Sandbox::Pipedrive(sandbox) => {
+                let person = sandbox
+                    .records("persons")
+                    .into_iter()
+                    .find(|p| p["custom_fields"]["crm_sync_app_id"] == app_id)
+                    .expect("the person is in Pipedrive");
+                let id = person["id"].as_u64().expect("a numeric id");
+                sandbox.edit(
+                    "persons",
+                    id,
+                    serde_json::json!({"emails": [{"value": email, "primary": true, "label": "work"}]}),
+                );
+            }
+            Sandbox::Salesforce(sandbox) => {
+                let contact = sandbox
+                    .records("Contact")
+                    .into_iter()
+                    .find(|c| c["Crm_Sync_App_Id__c"] == app_id)
+                    .expect("the contact is in Salesforce");
+                let id = contact["Id"].as_str().expect("an id").to_string();
+                sandbox.edit("Contact", &id, serde_json::json!({"Email": email}));
+            }
+        }
+    }
+
+    /// Waits until every webhook the CRM has sent is delivered and processed.
+    pub async fn webhooks_settled(&self) {
+        match &self.sandbox {
+            Sandbox::HubSpot => {
+                self.app
+                    .webhooks_settled(|| self.app.sandbox().pending_webhooks())
+                    .await
+            }
+            Sandbox::Pipedrive(sandbox) => self.app.webhooks_settled(|| sandbox.pending_webhooks()).await,
+            Sandbox::Salesforce(sandbox) => self.app.webhooks_settled(|| sandbox.pending_messages()).await,
         }
     }
 

@@ -183,10 +183,10 @@ pub fn align_name_parts(
     if name.trim() != composed.trim() {
         return;
     }
+    // Every part, as written: a part crm-sync never wrote is empty, whatever Pipedrive's split
+    // made of the name (`Rep` alone reads back as first name `Rep`).
     for name in PARTS {
-        if let Some(value) = written.get(name) {
-            values.insert(name.to_string(), value.clone());
-        }
+        values.insert(name.to_string(), written.get(name).cloned().unwrap_or_default());
     }
 }
 
@@ -562,6 +562,15 @@ mod tests {
         let mut renamed = read("Mary Ann Jones", "Mary", "Ann Jones");
         align_name_parts(&mut renamed, &written);
         assert_eq!(renamed["last_name"], "Ann Jones");
+        // Only a last name written: Pipedrive's first name is its split, not the app's.
+        let last_only: std::collections::BTreeMap<String, String> =
+            [("last_name".to_string(), "Rep".to_string())].into();
+        let mut split = read("Rep", "Rep", "");
+        align_name_parts(&mut split, &last_only);
+        assert_eq!(
+            (split["first_name"].as_str(), split["last_name"].as_str()),
+            ("", "Rep")
+        );
         // Nothing written: nothing to align with.
         let mut untouched = read("Mary Ann Smith", "Mary", "Ann Smith");
         align_name_parts(&mut untouched, &Default::default());
