@@ -27,13 +27,7 @@ impl Crm {
                 sandbox: Sandbox::HubSpot,
             },
             Crm::Pipedrive => {
-                let sandbox = pipedrive_sandbox::Sandbox::start(
-                    "127.0.0.1:0",
-                    TOKEN,
-                    pipedrive_sandbox::Limits::default(),
-                )
-                .await
-                .expect("the sandbox starts");
+                let sandbox = start_pipedrive(TOKEN).await;
                 let mut options = pipedrive_options(&sandbox, TOKEN);
                 options.parameters.extend([
                     ("PipedriveWebhookUser".to_string(), "scenario-hooks".to_string()),
@@ -107,13 +101,7 @@ impl Crm {
                 sandbox: Sandbox::HubSpot,
             },
             Crm::Pipedrive => {
-                let sandbox = pipedrive_sandbox::Sandbox::start(
-                    "127.0.0.1:0",
-                    TOKEN,
-                    pipedrive_sandbox::Limits::default(),
-                )
-                .await
-                .expect("the sandbox starts");
+                let sandbox = start_pipedrive(TOKEN).await;
                 let app = spawn_app_with(pipedrive_options(&sandbox, TOKEN)).await;
                 CrmStack {
                     app,
@@ -133,6 +121,18 @@ impl Crm {
             }
         }
     }
+}
+
+async fn start_pipedrive(token: &str) -> pipedrive_sandbox::Sandbox {
+    pipedrive_sandbox::Sandbox::start("127.0.0.1:0", token, pipedrive_sandbox::Limits::default())
+        .await
+        .expect("the sandbox starts")
+}
+
+async fn start_salesforce(token: &str) -> salesforce_sandbox::Sandbox {
+    salesforce_sandbox::Sandbox::start("127.0.0.1:0", token, "scenario-refresh", 10_000)
+        .await
+        .expect("the sandbox starts")
 }
 
 fn pipedrive_options(sandbox: &pipedrive_sandbox::Sandbox, token: &str) -> AppOptions {
