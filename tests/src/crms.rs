@@ -49,10 +49,7 @@ impl Crm {
             }
             Crm::Salesforce => {
                 const HOOK_TOKEN: &str = "scenario-outbound-token-7Qm";
-                let sandbox =
-                    salesforce_sandbox::Sandbox::start("127.0.0.1:0", TOKEN, "scenario-refresh", 10_000)
-                        .await
-                        .expect("the sandbox starts");
+                let sandbox = start_salesforce(TOKEN).await;
                 let mut options = salesforce_options(&sandbox, TOKEN);
                 options.parameters.extend([
                     (
@@ -109,10 +106,7 @@ impl Crm {
                 }
             }
             Crm::Salesforce => {
-                let sandbox =
-                    salesforce_sandbox::Sandbox::start("127.0.0.1:0", TOKEN, "scenario-refresh", 10_000)
-                        .await
-                        .expect("the sandbox starts");
+                let sandbox = start_salesforce(TOKEN).await;
                 let app = spawn_app_with(salesforce_options(&sandbox, TOKEN)).await;
                 CrmStack {
                     app,
