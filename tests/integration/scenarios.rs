@@ -2,9 +2,11 @@
 //! and Salesforce's sandboxes.
 
 use crm_sync::domain::contract::{ObjectKind, RecordRef};
+use crm_sync::domain::sync::TimelineKind;
 use crm_sync::ports::state::*;
-use crm_sync_tests::app_changes::contact;
+use crm_sync_tests::app_changes::{contact, deal};
 use crm_sync_tests::crms::Crm;
+use crm_sync_tests::eventually;
 use crm_sync_tests::hubspot::now_ms;
 use serde_json::json;
 
@@ -94,6 +96,63 @@ async fn in_every_crm_a_persons_edit_of_an_app_owned_email_is_journaled_as_a_con
             stack.contact_emails()["rep-2"],
             "typo@example.com",
             "{crm:?}: the CRM keeps it"
+        );
+    }
+}
+
+#[tokio::test]
+async fn in_every_crm_a_persons_move_of_a_crm_owned_deal_stage_reaches_the_app_inbox() {
+    for crm in Crm::ALL {
+        let stack = crm.looped_stack().await;
+        let app = &stack.app;
+        let at = now_ms();
+        app.send_changes(&[
+            contact(
+                "buyer-1",
+                at,
+                json!({"email": "buyer-1@example.com", "last_name": "Buyer"}),
+            ),
+            deal(
+                "order-1",
+                "buyer-1",
+                at,
+                json!({"name": "Annual plan", "amount": 100}),
+            ),
+        ])
+        .await;
+        let order = RecordRef {
+            object: ObjectKind::Deal,
+            record_id: "order-1".into(),
+        };
+        app.applied(order.clone(), at).await;
+        stack.webhooks_settled().await;
+        // What the deal's creation told the app (Pipedrive gives a new deal a stage) is not news.
+        app.drain_app_inbox().await;
+
+        let stage = stack.move_deal_stage_as_a_person("order-1");
+
+        let messages = eventually(60, "the app inbox message", || async {
+            let messages = app.drain_app_inbox().await;
+            (!messages.is_empty()).then_some(messages)
+        })
+        .await;
+        assert_eq!(messages.len(), 1, "{crm:?}: {messages:?}");
+        let message = &messages[0];
+        assert_eq!(message["type"], "crm.change", "{crm:?}");
+        assert_eq!(message["object"], "deal", "{crm:?}");
+        assert_eq!(message["record_id"], "order-1", "{crm:?}");
+        assert_eq!(
+            message["changes"],
+            json!({ "stage": stage }),
+            "{crm:?}: only the changed field"
+        );
+        assert_eq!(message["source"], crm.person_source(), "{crm:?}");
+        let (_, timeline) = app.timeline_says(order, "from the CRM").await;
+        assert!(
+            timeline
+                .iter()
+                .any(|e| e.kind == TimelineKind::Received && e.detail.contains(&format!("stage = {stage}"))),
+            "{crm:?}: {timeline:?}"
         );
     }
 }

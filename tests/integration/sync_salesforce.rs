@@ -231,30 +231,6 @@ async fn salesforce_notifications_of_crm_syncs_own_writes_are_echoes() {
 }
 
 #[tokio::test]
-async fn a_salesforce_user_moving_an_opportunity_stage_reaches_the_app_inbox() {
-    let (sandbox, app) = salesforce_loop().await;
-    let (_, opportunity) = synced(&sandbox, &app, "sf-rep-1", "sf-deal-rep-1").await;
-
-    sandbox.edit("Opportunity", &opportunity, json!({"StageName": "Closed Won"}));
-
-    let messages = eventually(60, "the app inbox message", || async {
-        let messages = app.drain_app_inbox().await;
-        (!messages.is_empty()).then_some(messages)
-    })
-    .await;
-    assert_eq!(messages.len(), 1, "{messages:?}");
-    assert_eq!(messages[0]["object"], "deal");
-    assert_eq!(messages[0]["record_id"], "sf-deal-rep-1");
-    assert_eq!(
-        messages[0]["changes"],
-        json!({"stage": "Closed Won"}),
-        "only the changed field, though the notification carries them all"
-    );
-    assert_eq!(messages[0]["source"], "user 005000000000002AAA");
-    assert_eq!(messages[0]["crm_id"], opportunity);
-}
-
-#[tokio::test]
 async fn under_salesforce_errors_and_lost_answers_every_contact_ends_up_once_with_its_latest_email() {
     let sandbox = start_sandbox().await;
     sandbox.set_faults(

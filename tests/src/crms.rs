@@ -66,10 +66,16 @@ impl Crm {
                 let selected = |fields: &[&str]| fields.iter().map(|f| f.to_string()).collect::<Vec<_>>();
                 sandbox.set_outbound_messages(salesforce_sandbox::OutboundMessages {
                     url: format!("{}?token={HOOK_TOKEN}", app.webhook_url("salesforce")),
-                    fields: [(
-                        "Contact".to_string(),
-                        selected(&["Email", "Phone", "FirstName", "LastName", "Crm_Sync_App_Id__c"]),
-                    )]
+                    fields: [
+                        (
+                            "Contact".to_string(),
+                            selected(&["Email", "Phone", "FirstName", "LastName", "Crm_Sync_App_Id__c"]),
+                        ),
+                        (
+                            "Opportunity".to_string(),
+                            selected(&["Name", "Amount", "StageName", "Crm_Sync_App_Id__c"]),
+                        ),
+                    ]
                     .into(),
                 });
                 CrmStack {
@@ -229,6 +235,47 @@ impl CrmStack {
                     .expect("the contact is in Salesforce");
                 let id = contact["Id"].as_str().expect("an id").to_string();
                 sandbox.edit("Contact", &id, serde_json::json!({"Email": email}));
+            }
+        }
+    }
+
+    /// Moves a deal to a later stage as a person in the CRM would; returns the stage as the CRM
+    /// names it (what the app inbox should carry).
+    pub fn move_deal_stage_as_a_person(&self, app_id: &str) -> String {
+        match &self.sandbox {
+            Sandbox::HubSpot => {
+                let sandbox = self.app.sandbox();
+                let deal = sandbox
+                    .find("deals", "crm_sync_app_id", app_id)
+                    .expect("the deal is in HubSpot");
+                sandbox
+                    .edit(
+                        "deals",
+                        deal.id,
+                        [("dealstage".to_string(), "closedwon".to_string())].into(),
+                    )
+                    .expect("an edit HubSpot takes");
+                "closedwon".into()
+            }
+            Sandbox::Pipedrive(sandbox) => {
+                let deal = sandbox
+                    .records("deals")
+                    .into_iter()
+                    .find(|d| d["custom_fields"]["crm_sync_app_id"] == app_id)
+                    .expect("the deal is in Pipedrive");
+                let id = deal["id"].as_u64().expect("a numeric id");
+                sandbox.edit("deals", id, serde_json::json!({"stage_id": 4}));
+                "4".into()
+            }
+            Sandbox::Salesforce(sandbox) => {
+                let opportunity = sandbox
+                    .records("Opportunity")
+                    .into_iter()
+                    .find(|o| o["Crm_Sync_App_Id__c"] == app_id)
+                    .expect("the opportunity is in Salesforce");
+                let id = opportunity["Id"].as_str().expect("an id").to_string();
+                sandbox.edit("Opportunity", &id, serde_json::json!({"StageName": "Closed Won"}));
+                "Closed Won".into()
             }
         }
     }
