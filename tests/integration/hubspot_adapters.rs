@@ -258,6 +258,29 @@ async fn property_kinds_are_read_from_hubspot_properties_and_dates_read_back_as_
 }
 
 #[tokio::test]
+async fn without_the_schemas_scope_the_standard_properties_still_compare_by_their_known_types() {
+    let app = spawn_app().await;
+    let hubspot = client(&app, &app.sandbox().token());
+    app.sandbox().set_faults(Faults {
+        schemas_scope_missing: true,
+        ..Faults::default()
+    });
+
+    let deals = hubspot.property_kinds("deals").await.unwrap();
+
+    assert_eq!(deals.kinds.get("closedate"), Some(&ValueKind::DateTime));
+    assert_eq!(deals.kinds.get("amount"), Some(&ValueKind::Number));
+    assert_eq!(deals.kinds.get("dealname"), None, "the rest compares as text");
+    assert_eq!(
+        app.sandbox()
+            .stats()
+            .calls
+            .get("GET /crm/properties/2026-03/deals"),
+        Some(&1)
+    );
+}
+
+#[tokio::test]
 async fn throttles_outages_and_bad_tokens_are_told_apart() {
     let app = spawn_app().await;
     let hubspot = client(&app, &app.sandbox().token());

@@ -7,7 +7,8 @@
 //! Control API:
 //! - `POST /_sandbox/faults` with any of `error_rate`, `error_status`, `latency_ms`,
 //!   `timeout_rate`, `timeout_ms`, `throttle_next` (the next N calls get 429), `burst_limit`,
-//!   `burst_window_ms`, `daily_limit`, `daily_used`, `day_ms` (a short day, for tests), `seed`;
+//!   `burst_window_ms`, `daily_limit`, `daily_used`, `day_ms` (a short day, for tests), `seed`,
+//!   `schemas_scope_missing` (property definitions answer 403, as for a token without the scope);
 //! - `GET /_sandbox/objects/{type}` lists live records; `GET /_sandbox/stats` counts calls;
 //! - `POST` / `DELETE /_sandbox/properties/{type}/{name}` adds or removes a property, as an admin;
 //! - `POST /_sandbox/webhooks` sets where and how events are delivered (`target_url`,
@@ -76,6 +77,8 @@ pub struct Faults {
     pub day_ms: u64,
     /// Seeds the fault dice, for repeatable runs.
     pub seed: Option<u64>,
+    /// The token lacks the `crm.schemas.*.read` scopes: property definitions answer 403.
+    pub schemas_scope_missing: bool,
 }
 
 impl Default for Faults {
@@ -93,6 +96,7 @@ impl Default for Faults {
             daily_used: 0,
             day_ms: 0,
             seed: None,
+            schemas_scope_missing: false,
         }
     }
 }
@@ -761,6 +765,17 @@ fn serve(state: &mut State, method: &str, segments: &[&str], query: &str, body: 
 
 /// `GET /crm/properties/{version}/{object}`: each property's name, type and field type.
 fn properties(state: &State, object: &str) -> (u16, Value) {
+    if state.faults.schemas_scope_missing {
+        let mut body = hubspot_error(
+            "MISSING_SCOPES",
+            "This app hasn't been granted all required scopes to make this call.",
+        );
+        body["errors"] = json!([{
+            "message": "One or more of the following scopes are required.",
+            "context": {"requiredGranularScopes": [format!("crm.schemas.{object}.read")]},
+        }]);
+        return (403, body);
+    }
     let Some((names, unique)) = state.store.schema(object) else {
         return (
             404,
