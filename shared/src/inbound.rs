@@ -205,6 +205,8 @@ impl InboundService {
     /// that crm-sync wrote on them: a record whose first sync wrote to the CRM but has not
     /// settled (its deal's contact not there yet, or a crash) is still the app's, and a rep's
     /// edit of it must not be dropped. Returns the CRM records that could not be read, with why.
+    ///
+    /// Long on purpose: the CRM reads, their throttles and their failures are one lookup.
     async fn resolve_by_app_id(
         &self,
         unknown: &[(ObjectKind, String)],
@@ -383,6 +385,9 @@ impl InboundService {
 
     /// Triage: each message parsed, events acted on already (a redelivery) or twice in this
     /// batch dropped, events from beyond the clock skew dead-lettered, the rest read as changes.
+    ///
+    /// Long on purpose: each way an event leaves the batch early (invalid, done, duplicate, from the
+    /// future, ignored), in the order they are checked.
     async fn triage(&self, messages: &[SyncMessage], batch: &mut Tally) -> Vec<Pending> {
         let mut parsed = Vec::new();
         for message in messages {
@@ -471,6 +476,9 @@ impl InboundService {
     /// Resolve: which app record each event's CRM record is (the state's index, else the CRM's
     /// id property); an event whose record cannot be known now waits, one of no app record is
     /// done with the reason.
+    ///
+    /// Long on purpose: one arm per way an event's record can be unknown (lookup failed, throttled,
+    /// unreadable, none), side by side.
     async fn resolve(
         &self,
         pending: Vec<Pending>,
@@ -767,6 +775,8 @@ impl InboundService {
     /// Settle: each record's update under its lease, its events' outcomes, timeline entries and
     /// conflicts; a record whose inbox messages did not all go out counts as not done. Returns
     /// the timeline entries, the conflicts, and the records settled.
+    ///
+    /// Long on purpose: a record's update, outcomes, timeline and conflicts are settled together.
     async fn settle_records(
         &self,
         per_record: BTreeMap<RecordRef, RecordWork>,

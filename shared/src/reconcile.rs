@@ -210,6 +210,8 @@ impl ReconcileService {
 
     /// Runs (or resumes) tonight's reconciliation until it is done, the deadline nears, or the
     /// budget reserve is reached.
+    ///
+    /// Long on purpose: the night's phases (re-enqueue, drift, done) and their checkpoints in order.
     pub async fn run(&self, deadline: Instant) -> Result<RunReport, StoreUnavailable> {
         let started = Instant::now();
         let now_ms = self.clock.now_ms();
@@ -504,6 +506,8 @@ impl ReconcileService {
     /// Sends CRM-owned drift to the app inbox, each record under its lease, and records it as
     /// received, so that it is delivered once. The message is dated when the CRM was read: a
     /// change made after that is newer, for crm-sync and for the app.
+    ///
+    /// Long on purpose: each drift's send, and the recording that makes it once, under one lease.
     async fn deliver(
         &self,
         deliveries: &[(&RecordState, Drifted)],

@@ -231,6 +231,9 @@ impl SyncService {
     /// Claim: each record's lease and the change's version in one conditional write, and what
     /// the attempt will write with it; a stale, duplicate, busy or oversized change goes no
     /// further. Returns the records this attempt now holds.
+    ///
+    /// Long on purpose: one arm per claim outcome (claimed, stale, refused, duplicate, busy), side by
+    /// side.
     async fn claim(&self, newest: Vec<Queued>, token: &str, batch: &mut Tally) -> Vec<Work> {
         let lease_until_ms =
             batch.now_ms + i64::try_from(self.settings.lease.as_millis()).unwrap_or(i64::MAX / 2);
@@ -468,6 +471,7 @@ impl SyncService {
         }
     }
 
+    /// Long on purpose: the upsert, its conflicts and their adoption read as one step of the write.
     async fn upsert_group(
         &self,
         mapping: &ObjectMapping,
@@ -847,6 +851,9 @@ impl SyncService {
     /// Links applied deals and activities to their contacts. A contact that is not in the CRM
     /// yet makes its deal or activity retry later (the upsert again is harmless); one the app
     /// deleted never will be, so its deal or activity stays applied, unlinked.
+    ///
+    /// Long on purpose: one pass links deals and activities alike, with the cases above side by
+    /// side.
     async fn associate(
         &self,
         work: &[Work],

@@ -243,6 +243,7 @@ pub struct RecordsView<'a> {
     pub here: &'a str,
 }
 
+/// Long on purpose: the list page's HTML in document order.
 pub fn records_page(
     frame: &Frame<'_>,
     view: &RecordsView<'_>,

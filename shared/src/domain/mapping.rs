@@ -152,6 +152,7 @@ impl Mapping {
         Ok(Mapping { objects })
     }
 
+    /// Long on purpose: each mapping rule's check, in the order the file's entries read.
     fn check_object(kind: ObjectKind, raw: RawObject) -> Result<ObjectMapping, MappingError> {
         let entry = kind.as_str();
         if !valid_name(&raw.crm_object) {

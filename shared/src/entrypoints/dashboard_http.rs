@@ -217,6 +217,8 @@ impl DashboardApi {
     }
 
     /// Wires DynamoDB, SQS and the dashboard password (read once, here, from Secrets Manager).
+    ///
+    /// Long on purpose: the dashboard function's wiring, every port once, in one place.
     pub async fn build(aws: &SdkConfig, config: DashboardConfig) -> anyhow::Result<Self> {
         // Sessions remember the password's version (never anything derived from the password),
         // so that a new password ends them. A password from the environment has no version.

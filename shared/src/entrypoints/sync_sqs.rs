@@ -54,6 +54,8 @@ impl SyncHandler {
     }
 
     /// Wires the production adapters. Fails (and so the cold start fails) on a bad mapping.
+    ///
+    /// Long on purpose: the sync function's wiring, every port once, in one place.
     pub async fn build(aws: &SdkConfig, config: SyncConfig) -> anyhow::Result<Self> {
         let mapping = super::load_mapping(&config.mapping_toml, &config.mapping_source)?;
         let metrics = config.metrics.clone();

@@ -271,6 +271,8 @@ fn timeline_from_item(item: &Item) -> Option<TimelineEntry> {
 
 #[async_trait]
 impl RecordLeases for DynamoDbSyncState {
+    /// Long on purpose: the one conditional write that claims a record, and the reading of its
+    /// answer, belong together.
     async fn claim(
         &self,
         change: &Change,

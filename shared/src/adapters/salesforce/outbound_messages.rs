@@ -238,6 +238,8 @@ fn child_text(node: roxmltree::Node<'_, '_>, name: &str) -> Option<String> {
 /// sobject, fields}`, a field set to nil being `null`. Its key is
 /// `{OrganizationId}:{Notification Id}`, which Salesforce keeps across resends. Its time is the
 /// record's `LastModifiedDate`, which the outbound message must therefore include.
+///
+/// Long on purpose: the SOAP envelope read element by element, each with its own refusal.
 pub fn parse_notifications(body: &[u8]) -> Result<Vec<InboundEvent>, ParseError> {
     let text = std::str::from_utf8(body).map_err(|_| ParseError::NotSoap("the body is not UTF-8".into()))?;
     let document = parse_document(text)?;
