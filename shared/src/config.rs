@@ -925,20 +925,23 @@ mod tests {
         ));
     }
 
+    /// Every variable the dashboard function requires.
+    const DASHBOARD: [(&str, &str); 10] = [
+        ("SYNC_STATE_TABLE", "s"),
+        ("RESYNC_QUEUE_URL", "http://r"),
+        ("OUTBOUND_QUEUE_URL", "http://o"),
+        ("OUTBOUND_DLQ_URL", "http://od"),
+        ("INBOUND_QUEUE_URL", "http://i"),
+        ("INBOUND_DLQ_URL", "http://id"),
+        ("APP_INBOX_QUEUE_URL", "http://a"),
+        ("APP_INBOX_DLQ_URL", "http://ad"),
+        ("DASHBOARD_PASSWORD", "p"),
+        ("DASHBOARD_TABLE", "t"),
+    ];
+
     #[test]
     fn dashboard_links_open_the_configured_crms_app_when_its_address_is_known() {
-        let base = [
-            ("SYNC_STATE_TABLE", "s"),
-            ("RESYNC_QUEUE_URL", "http://r"),
-            ("OUTBOUND_QUEUE_URL", "http://o"),
-            ("OUTBOUND_DLQ_URL", "http://od"),
-            ("INBOUND_QUEUE_URL", "http://i"),
-            ("INBOUND_DLQ_URL", "http://id"),
-            ("APP_INBOX_QUEUE_URL", "http://a"),
-            ("APP_INBOX_DLQ_URL", "http://ad"),
-            ("DASHBOARD_PASSWORD", "p"),
-            ("DASHBOARD_TABLE", "t"),
-        ];
+        let base = DASHBOARD;
         let links = |extra: &[(&'static str, &'static str)]| {
             let mut pairs = base.to_vec();
             pairs.extend_from_slice(extra);
@@ -1015,18 +1018,7 @@ mod tests {
 
     #[test]
     fn a_hubspot_portal_id_that_is_not_digits_stops_the_cold_start_naming_it() {
-        let base = [
-            ("SYNC_STATE_TABLE", "s"),
-            ("RESYNC_QUEUE_URL", "http://r"),
-            ("OUTBOUND_QUEUE_URL", "http://o"),
-            ("OUTBOUND_DLQ_URL", "http://od"),
-            ("INBOUND_QUEUE_URL", "http://i"),
-            ("INBOUND_DLQ_URL", "http://id"),
-            ("APP_INBOX_QUEUE_URL", "http://a"),
-            ("APP_INBOX_DLQ_URL", "http://ad"),
-            ("DASHBOARD_PASSWORD", "p"),
-            ("DASHBOARD_TABLE", "t"),
-        ];
+        let base = DASHBOARD;
         let with = |id: &'static str| {
             let mut pairs = base.to_vec();
             pairs.push(("HUBSPOT_PORTAL_ID", id));

@@ -516,7 +516,7 @@ impl SyncService {
                     kind: FailureKind::Conflict,
                     error,
                     ..
-                } => existing_id(error).map(|id| (index, id)),
+                } => crate::domain::crm::existing_id(error).map(|id| (index, id)),
                 _ => None,
             })
             .collect();
@@ -1191,16 +1191,6 @@ fn state_too_large(queued: &Queued, prior: &RecordState, outbound: &OutboundProp
             ITEM_BUDGET / 1024
         )
     })
-}
-
-fn existing_id(error: &str) -> Option<String> {
-    let id: String = error
-        .split("Existing ID: ")
-        .nth(1)?
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    (!id.is_empty()).then_some(id)
 }
 
 #[cfg(test)]

@@ -67,6 +67,15 @@ fn message(id: &str, record: &str, changed_at_ms: i64, data: serde_json::Value) 
     }
 }
 
+/// A message attribute's value.
+fn attribute(message: &crate::ports::OutgoingMessage, name: &str) -> Option<String> {
+    message
+        .attributes
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.clone())
+}
+
 fn contact(record: &str) -> RecordRef {
     RecordRef {
         object: ObjectKind::Contact,
@@ -146,12 +155,7 @@ async fn one_refused_input_is_dead_lettered_with_the_crms_reason_and_the_rest_of
     assert!(h.crm.record("contacts", "user-good").is_some());
     let letters = h.dead_letters.take();
     assert_eq!(letters.len(), 1);
-    let reason = letters[0]
-        .attributes
-        .iter()
-        .find(|(name, _)| name == ERROR_ATTRIBUTE)
-        .map(|(_, value)| value.clone())
-        .unwrap();
+    let reason = attribute(&letters[0], ERROR_ATTRIBUTE).unwrap();
     assert!(reason.contains("Email address x is invalid"), "{reason}");
     let (state, _) = h.state.record(&contact("user-bad"), 1).await.unwrap().unwrap();
     assert_eq!(state.status, SyncStatus::Failed);
@@ -206,12 +210,7 @@ async fn a_throttle_that_outlasts_the_quick_retries_re_queues_without_counting_a
 
     assert_eq!(report.applied, 0, "{report:?}");
     let retry = h.retries.take().pop().expect("re-queued");
-    let attempts = retry
-        .attributes
-        .iter()
-        .find(|(name, _)| name == ATTEMPTS_ATTRIBUTE)
-        .map(|(_, value)| value.as_str())
-        .unwrap_or("0");
+    let attempts = attribute(&retry, ATTEMPTS_ATTRIBUTE).unwrap_or_else(|| "0".into());
     assert_eq!(attempts, "0", "a throttle is no failure: {retry:?}");
     assert!(h.dead_letters.take().is_empty(), "a throttle never dead-letters");
     assert_eq!(h.crm.count("contacts"), 0);
@@ -226,12 +225,7 @@ async fn an_invalid_message_is_dead_lettered_before_any_crm_call() {
 
     assert_eq!(report.dead_lettered, 1, "{report:?}");
     assert_eq!(h.crm.calls(), 0);
-    let reason = h.dead_letters.take()[0]
-        .attributes
-        .iter()
-        .find(|(name, _)| name == ERROR_ATTRIBUTE)
-        .map(|(_, value)| value.clone())
-        .unwrap();
+    let reason = attribute(&h.dead_letters.take()[0], ERROR_ATTRIBUTE).unwrap();
     assert!(reason.contains("shoe_size"), "{reason}");
 }
 

@@ -60,6 +60,18 @@ pub enum InputOutcome {
     Failed(InputError),
 }
 
+/// The id of the existing record a CRM's conflict message names (`... Existing ID: 123`, as
+/// HubSpot words it), if it names one.
+pub fn existing_id(message: &str) -> Option<String> {
+    let id: String = message
+        .split("Existing ID: ")
+        .nth(1)?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    (!id.is_empty()).then_some(id)
+}
+
 /// Why one input failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InputError {

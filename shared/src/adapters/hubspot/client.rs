@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 
 use crate::adapters::crm_http;
 use crate::domain::crm::{
-    AssociationInput, BatchResult, CrmError, FailureKind, InputError, InputOutcome, PropertyKinds, RateInfo,
-    ReadResult, ThrottlePolicy, UpdateInput, UpsertInput, ValueKind,
+    existing_id, AssociationInput, BatchResult, CrmError, FailureKind, InputError, InputOutcome,
+    PropertyKinds, RateInfo, ReadResult, ThrottlePolicy, UpdateInput, UpsertInput, ValueKind,
 };
 use crate::ports::Crm;
 
@@ -234,14 +234,6 @@ fn conflict_of_one(error: CrmError, inputs: usize) -> Result<BatchResult, CrmErr
         }
         other => Err(other),
     }
-}
-
-fn existing_id(message: &str) -> Option<String> {
-    message
-        .split("Existing ID: ")
-        .nth(1)
-        .map(|rest| rest.chars().take_while(char::is_ascii_digit).collect::<String>())
-        .filter(|id| !id.is_empty())
 }
 
 /// A property value as text, whatever JSON type HubSpot used for it.
