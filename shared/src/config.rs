@@ -118,6 +118,22 @@ impl CrmSettings {
         }
     }
 
+    /// The mapping used when `CRM_SYNC_MAPPING_FILE` names none: (its text, where it came from).
+    fn built_in_mapping(&self) -> (String, String) {
+        let (text, file) = match self {
+            CrmSettings::HubSpot { .. } => (crate::domain::mapping::DEFAULT_MAPPING, "mapping.toml"),
+            CrmSettings::Pipedrive { .. } => (
+                crate::domain::mapping::PIPEDRIVE_MAPPING,
+                "mapping.pipedrive.toml",
+            ),
+            CrmSettings::Salesforce(_) => (
+                crate::domain::mapping::SALESFORCE_MAPPING,
+                "mapping.salesforce.toml",
+            ),
+        };
+        (text.to_string(), format!("built-in shared/config/{file}"))
+    }
+
     /// The CRM's own limits, before any variable changes them.
     fn limiter_defaults(&self) -> crate::adapters::dynamodb::LimiterSettings {
         let hubspot = crate::adapters::dynamodb::LimiterSettings::default();
@@ -152,21 +168,28 @@ impl CrmSettings {
     }
 }
 
-/// Everything the sync function needs.
+/// What the sync and the reconcile functions share: the CRM, how fast it may be called, the
+/// mapping, and the state they keep about it.
 #[derive(Debug, Clone)]
-pub struct SyncConfig {
-    pub state_table: String,
-    pub rate_limit_table: String,
-    pub outbound_queue_url: String,
-    pub outbound_dlq_url: String,
+pub struct CrmSection {
+    pub settings: CrmSettings,
+    pub limiter: crate::adapters::dynamodb::LimiterSettings,
     /// The mapping file's text (the built-in one unless `CRM_SYNC_MAPPING_FILE` names another).
     pub mapping_toml: String,
     pub mapping_source: String,
-    pub crm: CrmSettings,
-    pub crm_timeout_secs: u64,
-    pub limiter: crate::adapters::dynamodb::LimiterSettings,
-    pub sync: crate::sync::SyncSettings,
+    pub timeout_secs: u64,
+    pub state_table: String,
+    pub rate_limit_table: String,
     pub timeline_retention_ms: i64,
+}
+
+/// Everything the sync function needs.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    pub crm: CrmSection,
+    pub outbound_queue_url: String,
+    pub outbound_dlq_url: String,
+    pub sync: crate::sync::SyncSettings,
     /// Set when the function also consumes the inbound (webhook events) queue.
     pub inbound: Option<InboundConfig>,
     /// The low-priority lane the reconciliation re-enqueues into: (queue ARN, queue URL).
@@ -192,17 +215,10 @@ pub struct InboundConfig {
 /// Everything the reconcile function needs.
 #[derive(Debug, Clone)]
 pub struct ReconcileConfig {
-    pub state_table: String,
-    pub rate_limit_table: String,
+    pub crm: CrmSection,
     /// The low-priority lane re-enqueued changes go to.
     pub reconcile_queue_url: String,
-    pub mapping_toml: String,
-    pub mapping_source: String,
-    pub crm: CrmSettings,
-    pub crm_timeout_secs: u64,
-    pub limiter: crate::adapters::dynamodb::LimiterSettings,
     pub settings: crate::reconcile::ReconcileSettings,
-    pub timeline_retention_ms: i64,
     /// Where CRM-owned drift goes: the app inbox (unset: drift is only reported).
     pub app_inbox_queue_url: Option<String>,
 }
@@ -252,72 +268,26 @@ impl Env<fn(&str) -> Option<String>> {
 }
 
 impl<F: Fn(&str) -> Option<String>> Env<F> {
-    fn optional(&self, name: &str) -> Option<String> {
-        (self.0)(name)
-            .map(|value| value.trim().to_string())
-            .filter(|value| !value.is_empty())
-    }
-
-    fn required(&self, name: &str) -> Result<String, ConfigError> {
-        self.optional(name)
-            .ok_or_else(|| ConfigError::new(name, "is not set"))
-    }
-
-    fn parsed<T: std::str::FromStr>(&self, name: &str, default: T, what: &str) -> Result<T, ConfigError> {
-        match self.optional(name) {
-            None => Ok(default),
-            Some(text) => text
-                .parse()
-                .map_err(|_| ConfigError::new(name, format!("`{text}` is not {what}"))),
-        }
-    }
-
-    fn flag(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
-        match self
-            .optional(name)
-            .as_deref()
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
-            None => Ok(default),
-            Some("true" | "1" | "yes") => Ok(true),
-            Some("false" | "0" | "no") => Ok(false),
-            Some(other) => Err(ConfigError::new(name, format!("`{other}` is not true or false"))),
-        }
-    }
-
-    fn secret(
-        &self,
-        value_var: &str,
-        id_var: &str,
-        field: &'static str,
-    ) -> Result<SecretSource, ConfigError> {
-        match (self.optional(value_var), self.optional(id_var)) {
-            (Some(value), _) => Ok(SecretSource::Value(SecretString::from(value))),
-            (None, Some(secret_id)) => Ok(SecretSource::SecretsManager { secret_id, field }),
-            (None, None) => Err(ConfigError::new(
-                value_var,
-                format!("is not set, and neither is {id_var}"),
-            )),
-        }
+    /// The variables `T` declares (each field is a variable, `prefix` + its name in capitals),
+    /// deserialized by envy. Values are trimmed and an empty one counts as unset, as a template
+    /// parameter left blank arrives empty.
+    fn read<T: serde::de::DeserializeOwned>(&self, prefix: &str) -> Result<T, ConfigError> {
+        let pairs = variables::names::<T>(prefix).into_iter().filter_map(|name| {
+            let value = (self.0)(&name)?.trim().to_string();
+            (!value.is_empty()).then_some((name, value))
+        });
+        envy::prefixed(prefix)
+            .from_iter(pairs)
+            .map_err(|error| variables::named(error, prefix))
     }
 
     /// The webhook function's configuration.
     pub fn webhook(&self) -> Result<WebhookConfig, ConfigError> {
+        let vars: variables::Webhook = self.read("")?;
         let defaults = IngestSettings::default();
-        let days = |name: &str, default_ms: i64| -> Result<i64, ConfigError> {
-            let days: u32 = self.parsed(
-                name,
-                u32::try_from(default_ms / DAY_MS).unwrap_or(1),
-                "a number of days",
-            )?;
-            Ok(i64::from(days) * DAY_MS)
-        };
-        let max_body_bytes: usize = self.parsed(
-            "WEBHOOK_MAX_BODY_BYTES",
-            defaults.max_body_bytes,
-            "a number of bytes",
-        )?;
+        let days =
+            |days: Option<u32>, default_ms: i64| days.map_or(default_ms, |days| i64::from(days) * DAY_MS);
+        let max_body_bytes = vars.webhook_max_body_bytes.unwrap_or(defaults.max_body_bytes);
         if max_body_bytes > 350_000 {
             // The raw body is stored in one DynamoDB item, which holds at most 400 KB.
             return Err(ConfigError::new(
@@ -325,318 +295,200 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 "must be at most 350000",
             ));
         }
-        let lease_secs: u32 = self.parsed(
-            "WEBHOOK_CLAIM_LEASE_SECONDS",
-            u32::try_from(defaults.claim_lease_ms / 1000).unwrap_or(30),
-            "a number of seconds",
-        )?;
-        let public_base_url = self
-            .optional("WEBHOOK_PUBLIC_BASE_URL")
-            .map(|url| url.trim_end_matches('/').to_string());
-        if let Some(url) = &public_base_url {
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                return Err(ConfigError::new(
-                    "WEBHOOK_PUBLIC_BASE_URL",
-                    "must start with https:// or http://",
-                ));
-            }
-        }
         Ok(WebhookConfig {
-            table: self.required("WEBHOOK_TABLE")?,
-            inbound_queue_url: self.required("INBOUND_QUEUE_URL")?,
-            public_base_url,
+            table: vars.webhook_table,
+            inbound_queue_url: vars.inbound_queue_url,
+            public_base_url: web_address("WEBHOOK_PUBLIC_BASE_URL", vars.webhook_public_base_url)?,
             ingest: IngestSettings {
                 max_body_bytes,
-                claim_lease_ms: i64::from(lease_secs) * 1000,
-                delivery_retention_ms: days("RAW_DELIVERY_RETENTION_DAYS", defaults.delivery_retention_ms)?,
-                event_retention_ms: days("WEBHOOK_EVENT_RETENTION_DAYS", defaults.event_retention_ms)?,
+                claim_lease_ms: vars
+                    .webhook_claim_lease_seconds
+                    .map_or(defaults.claim_lease_ms, |secs| i64::from(secs) * 1000),
+                delivery_retention_ms: days(vars.raw_delivery_retention_days, defaults.delivery_retention_ms),
+                event_retention_ms: days(vars.webhook_event_retention_days, defaults.event_retention_ms),
                 ..defaults
             },
-            hubspot_secret: self.secret("HUBSPOT_CLIENT_SECRET", "HUBSPOT_SECRET_ARN", "client_secret")?,
-            hubspot_accept_legacy_signatures: self.flag("HUBSPOT_ACCEPT_LEGACY_SIGNATURES", true)?,
-            hubspot_replay_window_secs: self.parsed(
-                "HUBSPOT_REPLAY_WINDOW_SECONDS",
-                300,
-                "a number of seconds",
+            hubspot_secret: secret(
+                ("HUBSPOT_CLIENT_SECRET", vars.hubspot_client_secret),
+                ("HUBSPOT_SECRET_ARN", vars.hubspot_secret_arn.clone()),
+                "client_secret",
             )?,
-            pipedrive: match self.optional("PIPEDRIVE_WEBHOOK_USER") {
+            hubspot_accept_legacy_signatures: flag(
+                "HUBSPOT_ACCEPT_LEGACY_SIGNATURES",
+                vars.hubspot_accept_legacy_signatures,
+                true,
+            )?,
+            hubspot_replay_window_secs: vars.hubspot_replay_window_seconds.unwrap_or(300),
+            pipedrive: match vars.pipedrive_webhook_user {
                 None => None,
                 Some(username) => Some(PipedriveWebhookConfig {
                     username,
-                    password: self.secret(
-                        "PIPEDRIVE_WEBHOOK_PASSWORD",
-                        "PIPEDRIVE_SECRET_ARN",
+                    password: secret(
+                        ("PIPEDRIVE_WEBHOOK_PASSWORD", vars.pipedrive_webhook_password),
+                        ("PIPEDRIVE_SECRET_ARN", vars.pipedrive_secret_arn),
                         "webhook_password",
                     )?,
                 }),
             },
-            salesforce: match self.optional("SALESFORCE_ORGANIZATION_ID") {
+            salesforce: match vars.salesforce_organization_id {
                 None => None,
                 Some(organization_id) => Some(SalesforceWebhookConfig {
                     organization_id,
-                    token: self.secret(
-                        "SALESFORCE_WEBHOOK_TOKEN",
-                        "SALESFORCE_SECRET_ARN",
+                    token: secret(
+                        ("SALESFORCE_WEBHOOK_TOKEN", vars.salesforce_webhook_token),
+                        ("SALESFORCE_SECRET_ARN", vars.salesforce_secret_arn),
                         "webhook_token",
                     )?,
                 }),
             },
         })
     }
-}
 
-impl<F: Fn(&str) -> Option<String>> Env<F> {
-    /// The sync function's configuration.
-    ///
-    /// Long on purpose: every variable of the sync function is read here, in one place, so that
-    /// each error names its variable; typed per-function structs (envy) would replace it.
-    pub fn sync(&self) -> Result<SyncConfig, ConfigError> {
-        use std::time::Duration;
-        let crm = match self
-            .optional("CRM")
-            .as_deref()
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
-            None | Some("hubspot") => CrmSettings::HubSpot {
-                api_base: self
-                    .optional("HUBSPOT_API_BASE")
-                    .unwrap_or_else(|| crate::adapters::hubspot::client::DEFAULT_BASE_URL.to_string()),
-                token: self.secret("HUBSPOT_ACCESS_TOKEN", "HUBSPOT_SECRET_ARN", "access_token")?,
-                api_version: match self.optional("HUBSPOT_API_VERSION") {
-                    None => crate::adapters::hubspot::client::ApiVersion::DEFAULT,
-                    Some(text) => crate::adapters::hubspot::client::ApiVersion::parse(&text)
-                        .map_err(|reason| ConfigError::new("HUBSPOT_API_VERSION", reason))?,
-                },
-            },
-            Some("pipedrive") => CrmSettings::Pipedrive {
-                api_base: self
-                    .optional("PIPEDRIVE_API_BASE")
-                    .unwrap_or_else(|| crate::adapters::pipedrive::client::DEFAULT_BASE_URL.to_string()),
-                token: self.secret("PIPEDRIVE_API_TOKEN", "PIPEDRIVE_SECRET_ARN", "api_token")?,
-            },
-            Some("salesforce") => CrmSettings::Salesforce(SalesforceSettings {
-                instance_url: self.required("SALESFORCE_INSTANCE_URL")?,
-                token: self.secret("SALESFORCE_ACCESS_TOKEN", "SALESFORCE_SECRET_ARN", "access_token")?,
-                refresh: match self.optional("SALESFORCE_CLIENT_ID") {
-                    None => None,
-                    Some(client_id) => Some(SalesforceRefresh {
-                        token_url: self
-                            .optional("SALESFORCE_TOKEN_URL")
-                            .unwrap_or_else(|| "https://login.salesforce.com/services/oauth2/token".into()),
-                        client_id,
-                        client_secret: self.secret(
-                            "SALESFORCE_CLIENT_SECRET",
-                            "SALESFORCE_SECRET_ARN",
-                            "client_secret",
-                        )?,
-                        refresh_token: self.secret(
-                            "SALESFORCE_REFRESH_TOKEN",
-                            "SALESFORCE_SECRET_ARN",
-                            "refresh_token",
-                        )?,
-                    }),
-                },
-                integration_user_id: self.optional("SALESFORCE_INTEGRATION_USER_ID"),
-            }),
-            Some(other) => {
-                return Err(ConfigError::new(
-                    "CRM",
-                    format!("`{other}` is not a CRM crm-sync speaks (hubspot, pipedrive, salesforce)"),
-                ))
-            }
-        };
-        let limiter_defaults = crm.limiter_defaults();
-        let prefix = crm.prefix();
-        let var = |name: &str| format!("{prefix}_{name}");
-        let sync_defaults = crate::sync::SyncSettings::default();
-        let (mapping_toml, mapping_source) = match self.optional("CRM_SYNC_MAPPING_FILE") {
+    /// The CRM section the sync and the reconcile functions share.
+    fn crm_section(&self) -> Result<CrmSection, ConfigError> {
+        let vars: variables::Crm = self.read("")?;
+        let settings = crm_settings(vars.crm.as_deref(), &vars)?;
+        let defaults = settings.limiter_defaults();
+        let limits: variables::Limits = self.read(&format!("{}_", settings.prefix()))?;
+        let headroom = limits.burst_headroom.unwrap_or(defaults.headroom);
+        if !(0.05..=1.0).contains(&headroom) {
+            return Err(ConfigError::new(
+                &format!("{}_BURST_HEADROOM", settings.prefix()),
+                "must be between 0.05 and 1",
+            ));
+        }
+        let (mapping_toml, mapping_source) = match vars.crm_sync_mapping_file {
             Some(path) => (
                 std::fs::read_to_string(&path).map_err(|error| {
                     ConfigError::new("CRM_SYNC_MAPPING_FILE", format!("cannot read {path}: {error}"))
                 })?,
                 path,
             ),
-            None => match crm {
-                CrmSettings::HubSpot { .. } => (
-                    crate::domain::mapping::DEFAULT_MAPPING.to_string(),
-                    "built-in shared/config/mapping.toml".to_string(),
-                ),
-                CrmSettings::Pipedrive { .. } => (
-                    crate::domain::mapping::PIPEDRIVE_MAPPING.to_string(),
-                    "built-in shared/config/mapping.pipedrive.toml".to_string(),
-                ),
-                CrmSettings::Salesforce(_) => (
-                    crate::domain::mapping::SALESFORCE_MAPPING.to_string(),
-                    "built-in shared/config/mapping.salesforce.toml".to_string(),
-                ),
+            None => settings.built_in_mapping(),
+        };
+        Ok(CrmSection {
+            limiter: crate::adapters::dynamodb::LimiterSettings {
+                burst_limit: limits.burst_limit.unwrap_or(defaults.burst_limit),
+                burst_window_ms: limits.burst_window_ms.unwrap_or(defaults.burst_window_ms),
+                headroom,
+                daily_limit: limits.daily_limit.unwrap_or(defaults.daily_limit),
+                daily_reserve: limits.daily_reserve.unwrap_or(defaults.daily_reserve),
+                day_offset_minutes: limits
+                    .day_utc_offset_minutes
+                    .unwrap_or(defaults.day_offset_minutes),
+                ..defaults
             },
-        };
-        let headroom: f64 = self.parsed(&var("BURST_HEADROOM"), limiter_defaults.headroom, "a number")?;
-        if !(0.05..=1.0).contains(&headroom) {
-            return Err(ConfigError::new(
-                &var("BURST_HEADROOM"),
-                "must be between 0.05 and 1",
-            ));
-        }
-        let seconds = |name: &str, default: Duration| -> Result<Duration, ConfigError> {
-            Ok(Duration::from_secs(self.parsed(
-                name,
-                default.as_secs(),
-                "a number of seconds",
-            )?))
-        };
-        let max_attempts: u32 = self.parsed("SYNC_MAX_ATTEMPTS", sync_defaults.max_attempts, "a number")?;
+            settings,
+            mapping_toml,
+            mapping_source,
+            timeout_secs: vars.sync_crm_timeout_seconds.unwrap_or(20),
+            state_table: vars.sync_state_table,
+            rate_limit_table: vars.rate_limit_table,
+            timeline_retention_ms: i64::from(vars.timeline_retention_days.unwrap_or(180)) * DAY_MS,
+        })
+    }
+
+    /// The sync function's configuration.
+    pub fn sync(&self) -> Result<SyncConfig, ConfigError> {
+        use std::time::Duration;
+        let crm = self.crm_section()?;
+        let vars: variables::Sync = self.read("")?;
+        let defaults = crate::sync::SyncSettings::default();
+        let seconds = |secs: Option<u64>, default: Duration| secs.map_or(default, Duration::from_secs);
+        let max_attempts = vars.sync_max_attempts.unwrap_or(defaults.max_attempts);
         if max_attempts == 0 {
             return Err(ConfigError::new("SYNC_MAX_ATTEMPTS", "must be at least 1"));
         }
-        let max_clock_skew = seconds("MAX_CLOCK_SKEW_SECONDS", sync_defaults.max_clock_skew)?;
+        let max_clock_skew = seconds(vars.max_clock_skew_seconds, defaults.max_clock_skew);
         if max_clock_skew < Duration::from_secs(1) {
             // Clocks a few milliseconds apart would dead-letter ordinary changes.
             return Err(ConfigError::new("MAX_CLOCK_SKEW_SECONDS", "must be at least 1"));
         }
+        let lane = |arn: Option<String>, url: Option<String>, url_name: &str| match arn {
+            None => Ok(None),
+            Some(arn) => Ok(Some((arn, required(url_name, url)?))),
+        };
         Ok(SyncConfig {
-            state_table: self.required("SYNC_STATE_TABLE")?,
-            rate_limit_table: self.required("RATE_LIMIT_TABLE")?,
-            outbound_queue_url: self.required("OUTBOUND_QUEUE_URL")?,
-            outbound_dlq_url: self.required("OUTBOUND_DLQ_URL")?,
-            mapping_toml,
-            mapping_source,
             crm,
-            crm_timeout_secs: self.parsed("SYNC_CRM_TIMEOUT_SECONDS", 20, "a number of seconds")?,
-            limiter: crate::adapters::dynamodb::LimiterSettings {
-                burst_limit: self.parsed(&var("BURST_LIMIT"), limiter_defaults.burst_limit, "a number")?,
-                burst_window_ms: self.parsed(
-                    &var("BURST_WINDOW_MS"),
-                    limiter_defaults.burst_window_ms,
-                    "milliseconds",
-                )?,
-                headroom,
-                daily_limit: self.parsed(&var("DAILY_LIMIT"), limiter_defaults.daily_limit, "a number")?,
-                daily_reserve: self.parsed(
-                    &var("DAILY_RESERVE"),
-                    limiter_defaults.daily_reserve,
-                    "a number",
-                )?,
-                day_offset_minutes: self.parsed(
-                    &var("DAY_UTC_OFFSET_MINUTES"),
-                    limiter_defaults.day_offset_minutes,
-                    "a number of minutes",
-                )?,
-                max_ahead_ms: limiter_defaults.max_ahead_ms,
-                requests_per_call: limiter_defaults.requests_per_call,
-                daily_cost_per_call: limiter_defaults.daily_cost_per_call,
-            },
+            outbound_queue_url: vars.outbound_queue_url,
+            outbound_dlq_url: vars.outbound_dlq_url,
             sync: crate::sync::SyncSettings {
                 max_attempts,
-                retry_base: seconds("SYNC_RETRY_BASE_SECONDS", sync_defaults.retry_base)?,
-                retry_cap: seconds("SYNC_RETRY_CAP_SECONDS", sync_defaults.retry_cap)?
+                retry_base: seconds(vars.sync_retry_base_seconds, defaults.retry_base),
+                retry_cap: seconds(vars.sync_retry_cap_seconds, defaults.retry_cap)
                     .min(Duration::from_secs(900)),
-                lease: seconds("SYNC_LEASE_SECONDS", sync_defaults.lease)?,
-                busy_delay: seconds("SYNC_BUSY_RETRY_SECONDS", sync_defaults.busy_delay)?,
+                lease: seconds(vars.sync_lease_seconds, defaults.lease),
+                busy_delay: seconds(vars.sync_busy_retry_seconds, defaults.busy_delay),
                 max_clock_skew,
-                ..sync_defaults
+                ..defaults
             },
-            timeline_retention_ms: i64::from(self.parsed::<u32>(
-                "TIMELINE_RETENTION_DAYS",
-                180,
-                "a number of days",
-            )?) * DAY_MS,
-            reconcile_lane: match self.optional("RECONCILE_QUEUE_ARN") {
-                None => None,
-                Some(arn) => Some((arn, self.required("RECONCILE_QUEUE_URL")?)),
-            },
-            resync_lane: match self.optional("RESYNC_QUEUE_ARN") {
-                None => None,
-                Some(arn) => Some((arn, self.required("RESYNC_QUEUE_URL")?)),
-            },
-            metrics: self.optional("METRICS_NAMESPACE").map(|namespace| {
-                (
-                    namespace,
-                    self.optional("STACK_NAME").unwrap_or_else(|| "crm-sync".into()),
-                )
-            }),
-            inbound: match self.optional("INBOUND_QUEUE_ARN") {
+            reconcile_lane: lane(
+                vars.reconcile_queue_arn,
+                vars.reconcile_queue_url,
+                "RECONCILE_QUEUE_URL",
+            )?,
+            resync_lane: lane(vars.resync_queue_arn, vars.resync_queue_url, "RESYNC_QUEUE_URL")?,
+            metrics: vars
+                .metrics_namespace
+                .map(|namespace| (namespace, vars.stack_name.unwrap_or_else(|| "crm-sync".into()))),
+            inbound: match vars.inbound_queue_arn {
                 None => None,
                 Some(queue_arn) => Some(InboundConfig {
                     queue_arn,
-                    queue_url: self.required("INBOUND_QUEUE_URL")?,
-                    dlq_url: self.required("INBOUND_DLQ_URL")?,
-                    app_inbox_url: self.required("APP_INBOX_QUEUE_URL")?,
-                    webhook_table: self.required("WEBHOOK_TABLE")?,
-                    reassert_app_values: self.flag("REASSERT_APP_VALUES", false)?,
+                    queue_url: required("INBOUND_QUEUE_URL", vars.inbound_queue_url)?,
+                    dlq_url: required("INBOUND_DLQ_URL", vars.inbound_dlq_url)?,
+                    app_inbox_url: required("APP_INBOX_QUEUE_URL", vars.app_inbox_queue_url)?,
+                    webhook_table: required("WEBHOOK_TABLE", vars.webhook_table)?,
+                    reassert_app_values: flag("REASSERT_APP_VALUES", vars.reassert_app_values, false)?,
                 }),
             },
         })
     }
-}
 
-impl<F: Fn(&str) -> Option<String>> Env<F> {
-    /// The reconcile function's configuration; CRM and limiter settings read as for the sync
-    /// function, so that both spend one budget the same way.
+    /// The reconcile function's configuration: the CRM section as the sync function reads it,
+    /// so that both spend one budget the same way.
     pub fn reconcile(&self) -> Result<ReconcileConfig, ConfigError> {
+        let crm = self.crm_section()?;
+        let vars: variables::Reconcile = self.read("")?;
         let defaults = crate::reconcile::ReconcileSettings::default();
-        let shared = |name: &str| -> Option<String> {
-            match name {
-                // The sync-only variables are not needed here.
-                "OUTBOUND_QUEUE_URL" | "OUTBOUND_DLQ_URL" => Some("unused".into()),
-                other => (self.0)(other),
-            }
-        };
-        let sync = Env(shared).sync()?;
-        let nights: u32 = self.parsed(
-            "RECONCILE_CYCLE_NIGHTS",
-            defaults.cycle_nights,
-            "a number of nights",
-        )?;
+        let nights = vars.reconcile_cycle_nights.unwrap_or(defaults.cycle_nights);
         if nights == 0 {
             return Err(ConfigError::new("RECONCILE_CYCLE_NIGHTS", "must be at least 1"));
         }
-        let page_size: usize = self.parsed("RECONCILE_PAGE_SIZE", defaults.page_size, "a number")?;
         Ok(ReconcileConfig {
-            state_table: sync.state_table,
-            rate_limit_table: sync.rate_limit_table,
-            reconcile_queue_url: self.required("RECONCILE_QUEUE_URL")?,
-            mapping_toml: sync.mapping_toml,
-            mapping_source: sync.mapping_source,
-            crm: sync.crm,
-            crm_timeout_secs: sync.crm_timeout_secs,
+            reconcile_queue_url: vars.reconcile_queue_url,
             settings: crate::reconcile::ReconcileSettings {
                 cycle_nights: nights,
                 stuck_after: std::time::Duration::from_secs(
-                    60 * self.parsed::<u64>("RECONCILE_STUCK_AFTER_MINUTES", 60, "a number of minutes")?,
+                    60 * vars.reconcile_stuck_after_minutes.unwrap_or(60),
                 ),
-                page_size: page_size.clamp(1, 1000),
-                day_offset_minutes: sync.limiter.day_offset_minutes,
+                page_size: vars
+                    .reconcile_page_size
+                    .unwrap_or(defaults.page_size)
+                    .clamp(1, 1000),
+                day_offset_minutes: crm.limiter.day_offset_minutes,
                 ..defaults
             },
-            limiter: sync.limiter,
-            timeline_retention_ms: sync.timeline_retention_ms,
-            app_inbox_queue_url: self.optional("APP_INBOX_QUEUE_URL"),
+            crm,
+            app_inbox_queue_url: vars.app_inbox_queue_url,
         })
     }
-}
 
-impl<F: Fn(&str) -> Option<String>> Env<F> {
     /// The dashboard function's configuration.
     pub fn dashboard(&self) -> Result<DashboardConfig, ConfigError> {
-        let hours: u32 = self.parsed("DASHBOARD_SESSION_HOURS", 12, "a number of hours")?;
+        let vars: variables::Dashboard = self.read("")?;
+        let hours = vars.dashboard_session_hours.unwrap_or(12);
         if hours == 0 || hours > 24 * 7 {
             return Err(ConfigError::new("DASHBOARD_SESSION_HOURS", "must be 1 to 168"));
         }
-        let sign_in_defaults = crate::dashboard::session::SignInLimits::default();
-        let at_least_one = |name: &str, default: u32| -> Result<u32, ConfigError> {
-            let value: u32 = self.parsed(name, default, "a number")?;
-            if value == 0 {
-                return Err(ConfigError::new(name, "must be at least 1"));
-            }
-            Ok(value)
+        let defaults = crate::dashboard::session::SignInLimits::default();
+        let at_least_one = |name: &str, value: Option<u32>, default: u32| match value.unwrap_or(default) {
+            0 => Err(ConfigError::new(name, "must be at least 1")),
+            value => Ok(value),
         };
-        let window_secs: u32 = self.parsed(
-            "DASHBOARD_SIGN_IN_WINDOW_SECONDS",
-            u32::try_from(sign_in_defaults.window_ms / 1000).unwrap_or(900),
-            "a number of seconds",
-        )?;
+        let window_secs = vars
+            .dashboard_sign_in_window_seconds
+            .unwrap_or(u32::try_from(defaults.window_ms / 1000).unwrap_or(900));
         if window_secs == 0 || window_secs > 86_400 {
             return Err(ConfigError::new(
                 "DASHBOARD_SIGN_IN_WINDOW_SECONDS",
@@ -646,76 +498,360 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         let sign_in_limits = crate::dashboard::session::SignInLimits {
             per_client: at_least_one(
                 "DASHBOARD_SIGN_IN_FAILURES_PER_CLIENT",
-                sign_in_defaults.per_client,
+                vars.dashboard_sign_in_failures_per_client,
+                defaults.per_client,
             )?,
             all_clients: at_least_one(
                 "DASHBOARD_SIGN_IN_FAILURES_ALL_CLIENTS",
-                sign_in_defaults.all_clients,
+                vars.dashboard_sign_in_failures_all_clients,
+                defaults.all_clients,
             )?,
             window_ms: i64::from(window_secs) * 1000,
         };
-        let lane = |name: &'static str, queue: &str, dlq: &str| -> Result<_, ConfigError> {
-            Ok((name, self.required(queue)?, self.required(dlq)?))
+        let hubspot_portal_id = match vars.hubspot_portal_id {
+            Some(id) if !id.chars().all(|c| c.is_ascii_digit()) => {
+                return Err(ConfigError::new(
+                    "HUBSPOT_PORTAL_ID",
+                    format!("`{id}` is not a HubSpot account id (digits only)"),
+                ))
+            }
+            id => id,
         };
-        let app_url = self
-            .optional("HUBSPOT_APP_URL")
-            .unwrap_or_else(|| "https://app.hubspot.com".into());
-        if !app_url.starts_with("https://") && !app_url.starts_with("http://") {
-            return Err(ConfigError::new("HUBSPOT_APP_URL", "must start with https://"));
-        }
+        let record_links = match crm_name(vars.crm.as_deref())? {
+            "pipedrive" => web_address("PIPEDRIVE_APP_URL", vars.pipedrive_app_url)?
+                .map_or(RecordLinks::None, RecordLinks::Pipedrive),
+            "salesforce" => web_address("SALESFORCE_INSTANCE_URL", vars.salesforce_instance_url)?
+                .map_or(RecordLinks::None, RecordLinks::Salesforce),
+            _ => RecordLinks::HubSpot,
+        };
         Ok(DashboardConfig {
-            state_table: self.required("SYNC_STATE_TABLE")?,
-            resync_queue_url: self.required("RESYNC_QUEUE_URL")?,
+            state_table: vars.sync_state_table,
+            resync_queue_url: vars.resync_queue_url,
             lanes: vec![
-                lane("outbound", "OUTBOUND_QUEUE_URL", "OUTBOUND_DLQ_URL")?,
-                lane("inbound", "INBOUND_QUEUE_URL", "INBOUND_DLQ_URL")?,
-                lane("app-inbox", "APP_INBOX_QUEUE_URL", "APP_INBOX_DLQ_URL")?,
+                ("outbound", vars.outbound_queue_url, vars.outbound_dlq_url),
+                ("inbound", vars.inbound_queue_url, vars.inbound_dlq_url),
+                ("app-inbox", vars.app_inbox_queue_url, vars.app_inbox_dlq_url),
             ],
-            password: self.secret("DASHBOARD_PASSWORD", "DASHBOARD_SECRET_ARN", "password")?,
+            password: secret(
+                ("DASHBOARD_PASSWORD", vars.dashboard_password),
+                ("DASHBOARD_SECRET_ARN", vars.dashboard_secret_arn),
+                "password",
+            )?,
             session_ttl_ms: i64::from(hours) * 3_600_000,
-            table: self.required("DASHBOARD_TABLE")?,
+            table: vars.dashboard_table,
             sign_in_limits,
-            hubspot_portal_id: match self.optional("HUBSPOT_PORTAL_ID") {
-                None => None,
-                Some(id) if !id.is_empty() && id.chars().all(|c| c.is_ascii_digit()) => Some(id),
-                Some(id) => {
-                    return Err(ConfigError::new(
-                        "HUBSPOT_PORTAL_ID",
-                        format!("`{id}` is not a HubSpot account id (digits only)"),
-                    ))
-                }
-            },
-            hubspot_app_url: app_url.trim_end_matches('/').to_string(),
-            record_links: self.record_links()?,
+            hubspot_portal_id,
+            hubspot_app_url: web_address("HUBSPOT_APP_URL", vars.hubspot_app_url)?
+                .unwrap_or_else(|| "https://app.hubspot.com".into()),
+            record_links,
         })
     }
+}
 
-    fn record_links(&self) -> Result<RecordLinks, ConfigError> {
-        let url = |name: &str| -> Result<Option<String>, ConfigError> {
-            match self.optional(name) {
-                None => Ok(None),
-                Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
-                    Ok(Some(url.trim_end_matches('/').to_string()))
-                }
-                Some(_) => Err(ConfigError::new(name, "must start with https://")),
-            }
-        };
-        Ok(
-            match self
-                .optional("CRM")
-                .as_deref()
-                .map(str::to_ascii_lowercase)
-                .as_deref()
+/// A required value that a configuration choice made necessary (its struct field is optional).
+fn required(name: &str, value: Option<String>) -> Result<String, ConfigError> {
+    value.ok_or_else(|| ConfigError::new(name, "is not set"))
+}
+
+/// A flag: `true`, `1` or `yes`; `false`, `0` or `no`, in any case.
+fn flag(name: &str, value: Option<String>, default: bool) -> Result<bool, ConfigError> {
+    match value.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(default),
+        Some("true" | "1" | "yes") => Ok(true),
+        Some("false" | "0" | "no") => Ok(false),
+        Some(other) => Err(ConfigError::new(name, format!("`{other}` is not true or false"))),
+    }
+}
+
+/// A secret from its own variable, or else from the Secrets Manager secret its ARN names.
+fn secret(
+    value: (&str, Option<String>),
+    arn: (&str, Option<String>),
+    field: &'static str,
+) -> Result<SecretSource, ConfigError> {
+    match (value, arn) {
+        ((_, Some(value)), _) => Ok(SecretSource::Value(SecretString::from(value))),
+        (_, (_, Some(secret_id))) => Ok(SecretSource::SecretsManager { secret_id, field }),
+        ((value_name, None), (arn_name, None)) => Err(ConfigError::new(
+            value_name,
+            format!("is not set, and neither is {arn_name}"),
+        )),
+    }
+}
+
+/// An `https://` (or, locally, `http://`) address, without its trailing slash.
+fn web_address(name: &str, value: Option<String>) -> Result<Option<String>, ConfigError> {
+    match value {
+        None => Ok(None),
+        Some(url) => {
+            let url = url.trim_end_matches('/');
+            match url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("http://"))
             {
-                Some("pipedrive") => {
-                    url("PIPEDRIVE_APP_URL")?.map_or(RecordLinks::None, RecordLinks::Pipedrive)
-                }
-                Some("salesforce") => {
-                    url("SALESFORCE_INSTANCE_URL")?.map_or(RecordLinks::None, RecordLinks::Salesforce)
-                }
-                _ => RecordLinks::HubSpot,
+                Some(host) if !host.is_empty() => Ok(Some(url.to_string())),
+                _ => Err(ConfigError::new(name, "must be an https:// (or http://) address")),
+            }
+        }
+    }
+}
+
+/// `CRM`, in lower case: one of the CRMs crm-sync speaks (HubSpot when unset).
+fn crm_name(value: Option<&str>) -> Result<&'static str, ConfigError> {
+    match value.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("hubspot") => Ok("hubspot"),
+        Some("pipedrive") => Ok("pipedrive"),
+        Some("salesforce") => Ok("salesforce"),
+        Some(other) => Err(ConfigError::new(
+            "CRM",
+            format!("`{other}` is not a CRM crm-sync speaks (hubspot, pipedrive, salesforce)"),
+        )),
+    }
+}
+
+fn crm_settings(crm: Option<&str>, vars: &variables::Crm) -> Result<CrmSettings, ConfigError> {
+    let vars = vars.clone();
+    Ok(match crm_name(crm)? {
+        "pipedrive" => CrmSettings::Pipedrive {
+            api_base: vars
+                .pipedrive_api_base
+                .unwrap_or_else(|| crate::adapters::pipedrive::client::DEFAULT_BASE_URL.to_string()),
+            token: secret(
+                ("PIPEDRIVE_API_TOKEN", vars.pipedrive_api_token),
+                ("PIPEDRIVE_SECRET_ARN", vars.pipedrive_secret_arn),
+                "api_token",
+            )?,
+        },
+        "salesforce" => CrmSettings::Salesforce(SalesforceSettings {
+            instance_url: required("SALESFORCE_INSTANCE_URL", vars.salesforce_instance_url)?,
+            token: secret(
+                ("SALESFORCE_ACCESS_TOKEN", vars.salesforce_access_token),
+                ("SALESFORCE_SECRET_ARN", vars.salesforce_secret_arn.clone()),
+                "access_token",
+            )?,
+            refresh: match vars.salesforce_client_id {
+                None => None,
+                Some(client_id) => Some(SalesforceRefresh {
+                    token_url: vars
+                        .salesforce_token_url
+                        .unwrap_or_else(|| "https://login.salesforce.com/services/oauth2/token".into()),
+                    client_id,
+                    client_secret: secret(
+                        ("SALESFORCE_CLIENT_SECRET", vars.salesforce_client_secret),
+                        ("SALESFORCE_SECRET_ARN", vars.salesforce_secret_arn.clone()),
+                        "client_secret",
+                    )?,
+                    refresh_token: secret(
+                        ("SALESFORCE_REFRESH_TOKEN", vars.salesforce_refresh_token),
+                        ("SALESFORCE_SECRET_ARN", vars.salesforce_secret_arn),
+                        "refresh_token",
+                    )?,
+                }),
             },
-        )
+            integration_user_id: vars.salesforce_integration_user_id,
+        }),
+        _ => CrmSettings::HubSpot {
+            api_base: vars
+                .hubspot_api_base
+                .unwrap_or_else(|| crate::adapters::hubspot::client::DEFAULT_BASE_URL.to_string()),
+            token: secret(
+                ("HUBSPOT_ACCESS_TOKEN", vars.hubspot_access_token),
+                ("HUBSPOT_SECRET_ARN", vars.hubspot_secret_arn),
+                "access_token",
+            )?,
+            api_version: match vars.hubspot_api_version {
+                None => crate::adapters::hubspot::client::ApiVersion::DEFAULT,
+                Some(text) => crate::adapters::hubspot::client::ApiVersion::parse(&text)
+                    .map_err(|reason| ConfigError::new("HUBSPOT_API_VERSION", reason))?,
+            },
+        },
+    })
+}
+
+/// Each function's variables as typed structs: a field is a variable (its name in capitals),
+/// `Option` when it may be unset. Only what envy cannot say (defaults, ranges, choices that
+/// make others required) is decided by the code above.
+mod variables {
+    use serde::Deserialize;
+
+    use super::ConfigError;
+
+    #[derive(Deserialize)]
+    pub(super) struct Webhook {
+        pub webhook_table: String,
+        pub inbound_queue_url: String,
+        pub webhook_public_base_url: Option<String>,
+        pub webhook_max_body_bytes: Option<usize>,
+        pub webhook_claim_lease_seconds: Option<u32>,
+        pub raw_delivery_retention_days: Option<u32>,
+        pub webhook_event_retention_days: Option<u32>,
+        pub hubspot_client_secret: Option<String>,
+        pub hubspot_secret_arn: Option<String>,
+        /// A flag: read as text, for [`super::flag`] accepts more than `true` and `false`.
+        pub hubspot_accept_legacy_signatures: Option<String>,
+        pub hubspot_replay_window_seconds: Option<u64>,
+        pub pipedrive_webhook_user: Option<String>,
+        pub pipedrive_webhook_password: Option<String>,
+        pub pipedrive_secret_arn: Option<String>,
+        pub salesforce_organization_id: Option<String>,
+        pub salesforce_webhook_token: Option<String>,
+        pub salesforce_secret_arn: Option<String>,
+    }
+
+    /// The CRM section, shared by the sync and the reconcile functions.
+    #[derive(Deserialize, Clone)]
+    pub(super) struct Crm {
+        pub crm: Option<String>,
+        pub sync_state_table: String,
+        pub rate_limit_table: String,
+        pub crm_sync_mapping_file: Option<String>,
+        pub sync_crm_timeout_seconds: Option<u64>,
+        pub timeline_retention_days: Option<u32>,
+        pub hubspot_api_base: Option<String>,
+        pub hubspot_access_token: Option<String>,
+        pub hubspot_secret_arn: Option<String>,
+        pub hubspot_api_version: Option<String>,
+        pub pipedrive_api_base: Option<String>,
+        pub pipedrive_api_token: Option<String>,
+        pub pipedrive_secret_arn: Option<String>,
+        pub salesforce_instance_url: Option<String>,
+        pub salesforce_access_token: Option<String>,
+        pub salesforce_secret_arn: Option<String>,
+        pub salesforce_client_id: Option<String>,
+        pub salesforce_token_url: Option<String>,
+        pub salesforce_client_secret: Option<String>,
+        pub salesforce_refresh_token: Option<String>,
+        pub salesforce_integration_user_id: Option<String>,
+    }
+
+    /// The limiter's variables, each prefixed with the CRM's name (`HUBSPOT_BURST_LIMIT`, ...).
+    #[derive(Deserialize)]
+    pub(super) struct Limits {
+        pub burst_limit: Option<u32>,
+        pub burst_window_ms: Option<u64>,
+        pub burst_headroom: Option<f64>,
+        pub daily_limit: Option<u64>,
+        pub daily_reserve: Option<u64>,
+        pub day_utc_offset_minutes: Option<i32>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct Sync {
+        pub outbound_queue_url: String,
+        pub outbound_dlq_url: String,
+        pub sync_max_attempts: Option<u32>,
+        pub sync_retry_base_seconds: Option<u64>,
+        pub sync_retry_cap_seconds: Option<u64>,
+        pub sync_lease_seconds: Option<u64>,
+        pub sync_busy_retry_seconds: Option<u64>,
+        pub max_clock_skew_seconds: Option<u64>,
+        pub reconcile_queue_arn: Option<String>,
+        pub reconcile_queue_url: Option<String>,
+        pub resync_queue_arn: Option<String>,
+        pub resync_queue_url: Option<String>,
+        pub metrics_namespace: Option<String>,
+        pub stack_name: Option<String>,
+        pub inbound_queue_arn: Option<String>,
+        pub inbound_queue_url: Option<String>,
+        pub inbound_dlq_url: Option<String>,
+        pub app_inbox_queue_url: Option<String>,
+        pub webhook_table: Option<String>,
+        /// A flag, read as text (see [`super::flag`]).
+        pub reassert_app_values: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct Reconcile {
+        pub reconcile_queue_url: String,
+        pub reconcile_cycle_nights: Option<u32>,
+        pub reconcile_page_size: Option<usize>,
+        pub reconcile_stuck_after_minutes: Option<u64>,
+        pub app_inbox_queue_url: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct Dashboard {
+        pub crm: Option<String>,
+        pub sync_state_table: String,
+        pub resync_queue_url: String,
+        pub outbound_queue_url: String,
+        pub outbound_dlq_url: String,
+        pub inbound_queue_url: String,
+        pub inbound_dlq_url: String,
+        pub app_inbox_queue_url: String,
+        pub app_inbox_dlq_url: String,
+        pub dashboard_password: Option<String>,
+        pub dashboard_secret_arn: Option<String>,
+        pub dashboard_table: String,
+        pub dashboard_session_hours: Option<u32>,
+        pub dashboard_sign_in_failures_per_client: Option<u32>,
+        pub dashboard_sign_in_failures_all_clients: Option<u32>,
+        pub dashboard_sign_in_window_seconds: Option<u32>,
+        pub hubspot_portal_id: Option<String>,
+        pub hubspot_app_url: Option<String>,
+        pub pipedrive_app_url: Option<String>,
+        pub salesforce_instance_url: Option<String>,
+    }
+
+    /// The variable names `T` declares, with `prefix`: serde hands a struct's deserializer its
+    /// field names, so asking once (and stopping there) lists them.
+    pub(super) fn names<T: serde::de::DeserializeOwned>(prefix: &str) -> Vec<String> {
+        let mut fields = FieldNames(&[]);
+        let _ = T::deserialize(&mut fields);
+        fields
+            .0
+            .iter()
+            .map(|field| format!("{prefix}{}", field.to_ascii_uppercase()))
+            .collect()
+    }
+
+    struct FieldNames(&'static [&'static str]);
+
+    impl<'de> serde::Deserializer<'de> for &mut FieldNames {
+        type Error = serde::de::value::Error;
+
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0 = fields;
+            Err(serde::de::Error::custom("only the field names were asked for"))
+        }
+
+        fn deserialize_any<V: serde::de::Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Self::Error> {
+            Err(serde::de::Error::custom("not a struct of variables"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+
+    /// envy's error, naming the variable: a missing one by its field, a malformed one by what
+    /// envy reports it was "provided by" (as text: envy has no structured form of it).
+    pub(super) fn named(error: envy::Error, prefix: &str) -> ConfigError {
+        match error {
+            envy::Error::MissingValue(field) => {
+                ConfigError::new(&format!("{prefix}{}", field.to_ascii_uppercase()), "is not set")
+            }
+            envy::Error::Custom(message) => match message.rsplit_once(" provided by ") {
+                Some((problem, variable)) => {
+                    let (why, value) = problem
+                        .rsplit_once(" while parsing value '")
+                        .map_or((problem, ""), |(why, value)| (why, value.trim_end_matches('\'')));
+                    // envy names the variable without the prefix it stripped.
+                    ConfigError::new(
+                        &format!("{prefix}{variable}"),
+                        format!("`{value}` is not valid: {why}"),
+                    )
+                }
+                None => ConfigError::new("environment", message),
+            },
+        }
     }
 }
 
@@ -826,7 +962,7 @@ mod tests {
         let error = env(&pairs).webhook().unwrap_err();
         assert_eq!(
             error.to_string(),
-            "configuration: WEBHOOK_MAX_BODY_BYTES: `lots` is not a number of bytes"
+            "configuration: WEBHOOK_MAX_BODY_BYTES: `lots` is not valid: invalid digit found in string"
         );
         let mut pairs = BASE.to_vec();
         pairs.push(("HUBSPOT_ACCEPT_LEGACY_SIGNATURES", "maybe"));
@@ -857,14 +993,14 @@ mod tests {
     #[test]
     fn the_sync_configuration_defaults_to_hubspot_pro_limits_and_the_built_in_mapping() {
         let config = env(&SYNC).sync().unwrap();
-        assert_eq!(config.limiter.burst_limit, 190);
-        assert_eq!(config.limiter.daily_reserve, 25_000);
+        assert_eq!(config.crm.limiter.burst_limit, 190);
+        assert_eq!(config.crm.limiter.daily_reserve, 25_000);
         assert_eq!(config.sync.max_attempts, 5);
         assert!(
-            matches!(config.crm, CrmSettings::HubSpot { ref api_base, .. } if api_base == "https://api.hubapi.com")
+            matches!(config.crm.settings, CrmSettings::HubSpot { ref api_base, .. } if api_base == "https://api.hubapi.com")
         );
-        assert_eq!(config.crm.provider(), "hubspot");
-        assert!(config.mapping_toml.contains("[contact]"));
+        assert_eq!(config.crm.settings.provider(), "hubspot");
+        assert!(config.crm.mapping_toml.contains("[contact]"));
     }
 
     #[test]
@@ -877,14 +1013,14 @@ mod tests {
         ]);
         let config = env(&pairs).sync().unwrap();
         assert!(matches!(
-            config.crm,
+            config.crm.settings,
             CrmSettings::Pipedrive { ref api_base, token: SecretSource::SecretsManager { field: "api_token", .. } }
                 if api_base == "https://api.pipedrive.com/api/v2"
         ));
-        assert_eq!(config.crm.provider(), "pipedrive");
-        assert_eq!(config.limiter.burst_limit, 40);
-        assert_eq!(config.limiter.burst_window_ms, 2_000);
-        assert!(config.mapping_toml.contains(r#"crm_object = "persons""#));
+        assert_eq!(config.crm.settings.provider(), "pipedrive");
+        assert_eq!(config.crm.limiter.burst_limit, 40);
+        assert_eq!(config.crm.limiter.burst_window_ms, 2_000);
+        assert!(config.crm.mapping_toml.contains(r#"crm_object = "persons""#));
         // Without its token the error names Pipedrive's variable, not HubSpot's.
         pairs.retain(|(name, _)| *name != "PIPEDRIVE_SECRET_ARN");
         assert_eq!(env(&pairs).sync().unwrap_err().variable, "PIPEDRIVE_API_TOKEN");
@@ -900,15 +1036,15 @@ mod tests {
         );
         pairs.push(("SALESFORCE_INSTANCE_URL", "https://acme.my.salesforce.com"));
         let config = env(&pairs).sync().unwrap();
-        let CrmSettings::Salesforce(settings) = &config.crm else {
+        let CrmSettings::Salesforce(settings) = &config.crm.settings else {
             panic!("salesforce");
         };
         assert!(settings.refresh.is_none());
-        assert_eq!(config.limiter.daily_limit, 100_000);
-        assert!(config.mapping_toml.contains(r#"crm_object = "Contact""#));
+        assert_eq!(config.crm.limiter.daily_limit, 100_000);
+        assert!(config.crm.mapping_toml.contains(r#"crm_object = "Contact""#));
         pairs.push(("SALESFORCE_CLIENT_ID", "app"));
         let config = env(&pairs).sync().unwrap();
-        let CrmSettings::Salesforce(settings) = &config.crm else {
+        let CrmSettings::Salesforce(settings) = &config.crm.settings else {
             panic!("salesforce");
         };
         let refresh = settings.refresh.as_ref().expect("a refresh client");
@@ -1078,6 +1214,16 @@ mod tests {
     }
 
     #[test]
+    fn an_address_without_a_host_is_refused() {
+        let mut pairs = BASE.to_vec();
+        pairs.push(("WEBHOOK_PUBLIC_BASE_URL", "https://"));
+        assert_eq!(
+            env(&pairs).webhook().unwrap_err().variable,
+            "WEBHOOK_PUBLIC_BASE_URL"
+        );
+    }
+
+    #[test]
     fn the_public_base_url_loses_its_trailing_slash() {
         let mut pairs = BASE.to_vec();
         pairs.push(("WEBHOOK_PUBLIC_BASE_URL", "https://hooks.example.com/crm/"));
@@ -1090,53 +1236,71 @@ mod tests {
 
     #[test]
     fn every_variable_the_configuration_reads_is_documented() {
-        // The code before its tests: every quoted NAME it reads, and each CRM's limit variables.
-        let source = include_str!("config.rs")
-            .split("#[cfg(test)]")
-            .next()
-            .unwrap_or_default();
+        use super::variables::{self, names};
         let docs = include_str!("../../docs/configuration.md");
-        let quoted = |text: &str| -> Vec<String> {
-            text.split('"')
-                .skip(1)
-                .step_by(2)
-                .filter(|name| {
-                    name.len() > 2
-                        && name.starts_with(|c: char| c.is_ascii_uppercase())
-                        && name
-                            .chars()
-                            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-                })
-                .map(str::to_string)
-                .collect()
-        };
-        let per_crm: Vec<String> = source
-            .split("var(\"")
-            .skip(1)
-            .filter_map(|rest| rest.split('"').next())
-            .map(str::to_string)
-            .collect();
-        assert!(
-            per_crm.contains(&"BURST_LIMIT".to_string()),
-            "the limit variables are found"
-        );
-        let mut missing = Vec::new();
-        const CRMS: [&str; 3] = ["HUBSPOT", "PIPEDRIVE", "SALESFORCE"];
-        for name in quoted(source)
-            .into_iter()
-            .filter(|name| !CRMS.contains(&name.as_str()))
-        {
-            let names = if per_crm.contains(&name) {
-                CRMS.map(|crm| format!("{crm}_{name}")).to_vec()
-            } else {
-                vec![name]
-            };
-            missing.extend(
-                names
-                    .into_iter()
-                    .filter(|name| !docs.contains(&format!("`{name}`"))),
-            );
+        let mut read = Vec::new();
+        read.extend(names::<variables::Webhook>(""));
+        read.extend(names::<variables::Crm>(""));
+        read.extend(names::<variables::Sync>(""));
+        read.extend(names::<variables::Reconcile>(""));
+        read.extend(names::<variables::Dashboard>(""));
+        for crm in ["HUBSPOT_", "PIPEDRIVE_", "SALESFORCE_"] {
+            read.extend(names::<variables::Limits>(crm));
         }
+        assert!(
+            read.contains(&"PIPEDRIVE_BURST_LIMIT".to_string()),
+            "the names are listed: {read:?}"
+        );
+        let missing: Vec<&String> = read
+            .iter()
+            .filter(|name| !docs.contains(&format!("`{name}`")))
+            .collect();
         assert!(missing.is_empty(), "not in docs/configuration.md: {missing:?}");
+    }
+
+    #[test]
+    fn only_the_variables_a_function_declares_are_read() {
+        let asked = std::cell::RefCell::new(Vec::new());
+        let config = Env(|name: &str| {
+            asked.borrow_mut().push(name.to_string());
+            BASE.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.to_string())
+        })
+        .webhook();
+        assert!(config.is_ok());
+        let asked = asked.into_inner();
+        assert!(asked.contains(&"WEBHOOK_TABLE".to_string()));
+        assert!(!asked.contains(&"SYNC_STATE_TABLE".to_string()), "{asked:?}");
+    }
+
+    #[test]
+    fn a_flag_is_true_or_false_in_any_of_their_spellings_and_anything_else_names_the_variable() {
+        let with = |value: &'static str| {
+            let mut pairs = BASE.to_vec();
+            pairs.push(("HUBSPOT_ACCEPT_LEGACY_SIGNATURES", value));
+            env(&pairs).webhook()
+        };
+        assert!(!with("false").unwrap().hubspot_accept_legacy_signatures);
+        assert!(!with("No").unwrap().hubspot_accept_legacy_signatures);
+        assert!(!with("0").unwrap().hubspot_accept_legacy_signatures);
+        assert!(with("TRUE").unwrap().hubspot_accept_legacy_signatures);
+        assert!(
+            with("  ").unwrap().hubspot_accept_legacy_signatures,
+            "blank is unset"
+        );
+        let error = with("maybe").unwrap_err();
+        assert_eq!(error.variable, "HUBSPOT_ACCEPT_LEGACY_SIGNATURES");
+        assert!(error.problem.contains("`maybe`"), "{}", error.problem);
+    }
+
+    #[test]
+    fn a_limit_variable_is_read_for_the_configured_crm_only() {
+        let mut pairs = SYNC.to_vec();
+        pairs.extend([("PIPEDRIVE_BURST_LIMIT", "7"), ("HUBSPOT_DAILY_LIMIT", "lots")]);
+        let error = env(&pairs).sync().unwrap_err();
+        assert_eq!(error.variable, "HUBSPOT_DAILY_LIMIT");
+        pairs.pop();
+        assert_eq!(env(&pairs).sync().unwrap().crm.limiter.burst_limit, 190);
     }
 }

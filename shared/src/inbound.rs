@@ -103,7 +103,9 @@ pub struct InboundService {
     crm: Arc<dyn Crm>,
     events: Arc<dyn CrmEvents>,
     journal: Arc<dyn EventJournal>,
-    state: Arc<dyn SyncStateStore>,
+    leases: Arc<dyn RecordLeases>,
+    history: Arc<dyn RecordJournal>,
+    queries: Arc<dyn RecordQueries>,
     app_inbox: Arc<dyn MessageQueue>,
     clock: Arc<dyn Clock>,
     worker: Worker,
@@ -147,7 +149,7 @@ impl InboundService {
         crm: Arc<dyn Crm>,
         events: Arc<dyn CrmEvents>,
         journal: Arc<dyn EventJournal>,
-        state: Arc<dyn SyncStateStore>,
+        state: Arc<impl RecordLeases + RecordJournal + RecordQueries + 'static>,
         app_inbox: Arc<dyn MessageQueue>,
         clock: Arc<dyn Clock>,
         worker: Worker,
@@ -158,7 +160,9 @@ impl InboundService {
             crm,
             events,
             journal,
-            state,
+            leases: state.clone(),
+            history: state.clone(),
+            queries: state,
             app_inbox,
             clock,
             worker,
@@ -277,7 +281,7 @@ impl InboundService {
                     continue;
                 }
                 let refs: Vec<RecordRef> = candidates.iter().map(|(_, record)| record.clone()).collect();
-                match self.state.states(&refs).await {
+                match self.queries.states(&refs).await {
                     Ok(states) => {
                         for (crm_id, record) in candidates {
                             // Only a record the app sent, and not one linked to another CRM record.
@@ -360,7 +364,7 @@ impl InboundService {
             if !settled.contains(record) {
                 let untouched = InboundUpdate::unchanged(state);
                 if let Err(error) = self
-                    .state
+                    .leases
                     .settle_inbound(record, &token, settle_now, &untouched)
                     .await
                 {
@@ -495,7 +499,7 @@ impl InboundService {
         let found = bounded(
             crm_keys
                 .iter()
-                .map(|(object, crm_id)| self.state.find_by_crm_id(*object, crm_id))
+                .map(|(object, crm_id)| self.queries.find_by_crm_id(*object, crm_id))
                 .collect(),
         )
         .await;
@@ -583,7 +587,7 @@ impl InboundService {
         refs.dedup();
         let leases = bounded(
             refs.iter()
-                .map(|r| self.state.lease(r, token, batch.now_ms, lease_until))
+                .map(|r| self.leases.lease(r, token, batch.now_ms, lease_until))
                 .collect(),
         )
         .await;
@@ -807,7 +811,7 @@ impl InboundService {
                 update
             };
             if let Err(error) = self
-                .state
+                .leases
                 .settle_inbound(&record, token, settle_now, &update)
                 .await
             {
@@ -920,10 +924,10 @@ impl InboundService {
         timeline: &[TimelineEntry],
         settle_now: i64,
     ) {
-        if let Err(error) = self.state.append_conflicts(conflicts).await {
+        if let Err(error) = self.history.append_conflicts(conflicts).await {
             tracing::error!(error = ?anyhow::Error::from(error), "could not journal conflicts");
         }
-        if let Err(error) = self.state.append_timeline(timeline).await {
+        if let Err(error) = self.history.append_timeline(timeline).await {
             tracing::error!(error = ?anyhow::Error::from(error), "could not write the timeline");
         }
         let recorded = bounded(

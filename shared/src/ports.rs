@@ -386,16 +386,11 @@ pub trait RecordQueries: Send + Sync {
     async fn find_by_email(&self, email: &str, limit: usize) -> Result<Vec<RecordState>, StoreUnavailable>;
 }
 
-/// Per-record sync state, timeline and conflict journal: the three roles one store plays. Each
-/// use case names the roles it uses; a store implements all three.
-pub trait SyncStateStore: RecordLeases + RecordJournal + RecordQueries {}
-
-impl<T: RecordLeases + RecordJournal + RecordQueries + ?Sized> SyncStateStore for T {}
-
-/// The store's roles and the store, for `use crate::ports::state::*`: calling a role's method
-/// needs its trait in scope.
+/// The three roles the per-record sync store plays (leases, timeline and conflict journal,
+/// queries), for `use crate::ports::state::*`: calling a role's method needs its trait in scope.
+/// Each use case holds only the roles it uses; a store adapter implements all three.
 pub mod state {
-    pub use super::{RecordJournal, RecordLeases, RecordQueries, SyncStateStore};
+    pub use super::{RecordJournal, RecordLeases, RecordQueries};
 }
 
 /// Why a listing failed.

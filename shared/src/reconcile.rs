@@ -66,7 +66,8 @@ pub struct ReconcileService {
     mapping: Arc<Mapping>,
     crm: Arc<dyn Crm>,
     store: Arc<dyn ReconcileStore>,
-    state: Arc<dyn SyncStateStore>,
+    leases: Arc<dyn RecordLeases>,
+    history: Arc<dyn RecordJournal>,
     low_lane: Arc<dyn MessageQueue>,
     /// Where CRM-owned drift is delivered; `None`: only reported.
     app_inbox: Option<Arc<dyn MessageQueue>>,
@@ -103,7 +104,7 @@ impl ReconcileService {
         mapping: Arc<Mapping>,
         crm: Arc<dyn Crm>,
         store: Arc<dyn ReconcileStore>,
-        state: Arc<dyn SyncStateStore>,
+        state: Arc<impl RecordLeases + RecordJournal + 'static>,
         low_lane: Arc<dyn MessageQueue>,
         worker: Worker,
         clock: Arc<dyn Clock>,
@@ -113,7 +114,8 @@ impl ReconcileService {
             mapping,
             crm,
             store,
-            state,
+            leases: state.clone(),
+            history: state,
             low_lane,
             app_inbox: None,
             worker,
@@ -422,7 +424,10 @@ impl ReconcileService {
                     .await;
             }
         }
-        self.state.append_timeline(&timeline).await.map_err(Stop::Store)?;
+        self.history
+            .append_timeline(&timeline)
+            .await
+            .map_err(Stop::Store)?;
         Ok(())
     }
 
@@ -448,7 +453,7 @@ impl ReconcileService {
             // Leased as of now: the page's earlier chunks and calls took time.
             let leased_at = self.clock.now_ms();
             match self
-                .state
+                .leases
                 .lease(&state.record, &token, leased_at, leased_at + 120_000)
                 .await
             {
@@ -523,7 +528,7 @@ impl ReconcileService {
         for (state, drifted) in deliveries {
             let leased_at = self.clock.now_ms();
             let current = match self
-                .state
+                .leases
                 .lease(&state.record, &token, leased_at, leased_at + 120_000)
                 .await
             {
@@ -584,7 +589,7 @@ impl ReconcileService {
             }
             update.inbox_sequence = sequence;
             if let Err(error) = self
-                .state
+                .leases
                 .settle_inbound(&state.record, &token, now_ms, &update)
                 .await
             {
@@ -605,7 +610,7 @@ impl ReconcileService {
     async fn release(&self, state: &RecordState, token: &str, now_ms: i64) {
         let untouched = InboundUpdate::unchanged(state);
         if let Err(error) = self
-            .state
+            .leases
             .settle_inbound(&state.record, token, now_ms, &untouched)
             .await
         {

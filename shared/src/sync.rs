@@ -116,7 +116,9 @@ enum Outcome {
 pub struct SyncService {
     mapping: Arc<Mapping>,
     crm: Arc<dyn Crm>,
-    state: Arc<dyn SyncStateStore>,
+    leases: Arc<dyn RecordLeases>,
+    history: Arc<dyn RecordJournal>,
+    queries: Arc<dyn RecordQueries>,
     clock: Arc<dyn Clock>,
     worker: Worker,
     settings: SyncSettings,
@@ -127,7 +129,7 @@ impl SyncService {
     pub fn new(
         mapping: Arc<Mapping>,
         crm: Arc<dyn Crm>,
-        state: Arc<dyn SyncStateStore>,
+        state: Arc<impl RecordLeases + RecordJournal + RecordQueries + 'static>,
         limiter: Arc<dyn RateLimiter>,
         retry_queue: Arc<dyn MessageQueue>,
         dead_letters: Arc<dyn MessageQueue>,
@@ -144,7 +146,9 @@ impl SyncService {
         Self {
             mapping,
             crm,
-            state,
+            leases: state.clone(),
+            history: state.clone(),
+            queries: state,
             clock,
             worker,
             settings,
@@ -190,7 +194,7 @@ impl SyncService {
             timeline,
             now_ms: _,
         } = batch;
-        if let Err(error) = self.state.append_timeline(&timeline).await {
+        if let Err(error) = self.history.append_timeline(&timeline).await {
             // The outcome is in each record's state; only the history line is lost.
             tracing::error!(error = ?anyhow::Error::from(error), entries = timeline.len(), "could not write the timeline");
         }
@@ -249,7 +253,7 @@ impl SyncService {
             .collect();
         let claiming: Vec<(&Queued, &OutboundProperties)> = newest.iter().zip(&outbounds).collect();
         let claims = bounded_each(&claiming, |(queued, outbound)| {
-            self.state.claim(
+            self.leases.claim(
                 &queued.change,
                 &queued.body,
                 &outbound.properties,
@@ -327,7 +331,7 @@ impl SyncService {
                 recent_writes,
             };
             let record = queued.change.record();
-            let disposition = match self.state.settle(&record, token, batch.now_ms, &failed).await {
+            let disposition = match self.leases.settle(&record, token, batch.now_ms, &failed).await {
                 Ok(false) => Disposition::Retry {
                     delay: self.settings.busy_delay,
                     attempts: queued.attempts,
@@ -450,7 +454,7 @@ impl SyncService {
         let record = change.record();
         let (settlement, disposition, kind, detail, call) =
             settlement(w, outcome, &self.settings, now_ms, fastrand::f64());
-        match self.state.settle(&record, token, now_ms, &settlement).await {
+        match self.leases.settle(&record, token, now_ms, &settlement).await {
             Ok(true) => (disposition, Some(entry(change, now_ms, kind, detail, call))),
             // The attempt outlived its lease and another attempt now holds the record: this
             // outcome is not recorded, so the change is decided again (a newer one applied since
@@ -662,7 +666,7 @@ impl SyncService {
                 return Vec::new();
             }
         };
-        let known = bounded_each(&crm_ids, |crm_id| self.state.find_by_crm_id(object, crm_id)).await;
+        let known = bounded_each(&crm_ids, |crm_id| self.queries.find_by_crm_id(object, crm_id)).await;
         let mut candidates = Vec::new();
         for (((index, crm_id), record), known) in unique.into_iter().zip(read.records).zip(known) {
             let key = &inputs[index].key;
@@ -703,7 +707,7 @@ impl SyncService {
         }
         // Another invocation may be adopting the same CRM record right now: one claim wins.
         let claims = bounded_each(&candidates, |(index, crm_id)| {
-            self.state.claim_crm_record(object, crm_id, &inputs[*index].key)
+            self.leases.claim_crm_record(object, crm_id, &inputs[*index].key)
         })
         .await;
         let mut adoptable = Vec::new();
@@ -827,7 +831,7 @@ impl SyncService {
         if missing.is_empty() {
             return ids;
         }
-        match self.state.states(&missing).await {
+        match self.queries.states(&missing).await {
             Ok(states) => {
                 for (record, state) in states {
                     match (state.crm_id, state.status) {

@@ -51,6 +51,38 @@ async fn in_every_crm_a_duplicate_writes_once_and_an_older_change_arriving_late_
 }
 
 #[tokio::test]
+async fn in_every_crm_crm_syncs_own_writes_come_back_as_echoes_and_reach_neither_the_app_nor_the_conflict_journal(
+) {
+    for crm in Crm::ALL {
+        let stack = crm.looped_stack().await;
+        let app = &stack.app;
+        let at = now_ms();
+        // A two-word first name: Pipedrive reports `name` split at its first space.
+        app.send_changes(&[contact(
+            "echo-1",
+            at,
+            json!({"email": "echo-1@example.com", "first_name": "Mary Ann", "last_name": "Echo"}),
+        )])
+        .await;
+        app.applied(contact_ref("echo-1"), at).await;
+        stack.webhooks_settled().await;
+
+        let events = app.webhook_events().await;
+        assert!(!events.is_empty(), "{crm:?}: the CRM reported crm-sync's write");
+        for (_, status, detail, event) in &events {
+            assert_eq!(status, "echo", "{crm:?}: {detail}: {event}");
+        }
+        assert!(app.drain_app_inbox().await.is_empty(), "{crm:?}");
+        let conflicts = app
+            .sync_state()
+            .conflicts(&contact_ref("echo-1"), 10)
+            .await
+            .unwrap();
+        assert!(conflicts.is_empty(), "{crm:?}: {conflicts:?}");
+    }
+}
+
+#[tokio::test]
 async fn in_every_crm_a_persons_edit_of_an_app_owned_email_is_journaled_as_a_conflict_and_the_app_is_untouched(
 ) {
     for crm in Crm::ALL {
@@ -154,5 +186,41 @@ async fn in_every_crm_a_persons_move_of_a_crm_owned_deal_stage_reaches_the_app_i
                 .any(|e| e.kind == TimelineKind::Received && e.detail.contains(&format!("stage = {stage}"))),
             "{crm:?}: {timeline:?}"
         );
+    }
+}
+
+#[tokio::test]
+async fn in_every_crm_the_reconciliation_heals_an_app_owned_field_a_person_changed_unseen_and_leaves_the_rest(
+) {
+    for crm in Crm::ALL {
+        let stack = crm.stack_with_env(&[("RECONCILE_CYCLE_NIGHTS", "1")]).await;
+        let app = &stack.app;
+        let at = now_ms();
+        app.send_changes(&[
+            contact(
+                "drift-1",
+                at,
+                json!({"email": "drift@example.com", "last_name": "Drift"}),
+            ),
+            contact(
+                "steady-1",
+                at,
+                json!({"email": "steady@example.com", "last_name": "Steady"}),
+            ),
+        ])
+        .await;
+        app.applied(contact_ref("drift-1"), at).await;
+        app.applied(contact_ref("steady-1"), at).await;
+        // A person edits the CRM and no webhook tells crm-sync (none reaches this stack).
+        stack.edit_email_as_a_person("drift-1", "x@elsewhere.com");
+
+        let report = app.reconcile().await;
+
+        assert_eq!(report.checked, 2, "{crm:?}: {report:?}");
+        assert_eq!(report.healed, 1, "{crm:?}: {report:?}");
+        let emails = stack.contact_emails();
+        assert_eq!(emails["drift-1"], "drift@example.com", "{crm:?}");
+        assert_eq!(emails["steady-1"], "steady@example.com", "{crm:?}");
+        assert_eq!(stack.contact_count(), 2, "{crm:?}: healed in place");
     }
 }

@@ -104,29 +104,6 @@ async fn post_signed(app: &TestApp, body: String) -> reqwest::StatusCode {
 }
 
 #[tokio::test]
-async fn crm_syncs_own_writes_come_back_as_echoes_and_are_dropped() {
-    let app = spawn_app_with(AppOptions::syncing().with_webhooks()).await;
-    synced(&app, "echo-1", Some("echo-deal-1")).await;
-
-    let events = app.webhook_events().await;
-    assert!(
-        events.len() >= 4,
-        "creations and property changes of both records: {events:?}"
-    );
-    for (_, status, detail, event) in &events {
-        assert_eq!(event["changeSource"], "INTEGRATION");
-        assert_eq!(status, "echo", "{detail}: {event}");
-    }
-    assert!(app.drain_app_inbox().await.is_empty());
-    let conflicts = app
-        .sync_state()
-        .conflicts(&record(ObjectKind::Contact, "echo-1"), 10)
-        .await
-        .unwrap();
-    assert!(conflicts.is_empty());
-}
-
-#[tokio::test]
 async fn with_reassertion_on_the_apps_value_is_written_back_to_the_crm() {
     let app = spawn_app_with(
         AppOptions::syncing()

@@ -270,50 +270,6 @@ async fn a_two_word_first_name_comes_back_from_pipedrive_as_an_echo_not_a_confli
 }
 
 #[tokio::test]
-async fn the_reconciliation_heals_drift_in_pipedrive_one_record_a_call() {
-    let sandbox = Sandbox::start("127.0.0.1:0", TOKEN, Limits::default())
-        .await
-        .expect("the sandbox starts");
-    let app = spawn_app_with(syncing_to(&sandbox).with_env("RECONCILE_CYCLE_NIGHTS", "1")).await;
-    let at = now_ms();
-    app.send_changes(&[
-        contact("pd-drift-1", at, json!({"email": "drift@example.com"})),
-        contact("pd-steady-1", at, json!({"email": "steady@example.com"})),
-    ])
-    .await;
-    for id in ["pd-drift-1", "pd-steady-1"] {
-        app.settled(
-            RecordRef {
-                object: ObjectKind::Contact,
-                record_id: id.into(),
-            },
-            SyncStatus::Synced,
-        )
-        .await;
-    }
-    let drifted = person(&sandbox.records("persons"), "pd-drift-1").expect("synced")["id"]
-        .as_u64()
-        .expect("an id");
-    // Someone edits Pipedrive and no webhook tells crm-sync (none is configured here).
-    sandbox.edit(
-        "persons",
-        drifted,
-        json!({"emails": [{"value": "x@elsewhere.com", "primary": true, "label": "work"}]}),
-    );
-
-    let report = app.reconcile().await;
-
-    assert_eq!(report.checked, 2, "{report:?}");
-    assert_eq!(report.healed, 1, "{report:?}");
-    let persons = sandbox.records("persons");
-    assert_eq!(
-        person(&persons, "pd-drift-1").unwrap()["emails"][0]["value"],
-        "drift@example.com"
-    );
-    assert_eq!(persons.len(), 2);
-}
-
-#[tokio::test]
 async fn an_unchanged_deal_shows_no_drift_though_pipedrive_reads_amounts_and_dates_in_its_own_form() {
     let sandbox = Sandbox::start("127.0.0.1:0", TOKEN, Limits::default())
         .await

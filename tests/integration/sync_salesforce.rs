@@ -282,49 +282,6 @@ async fn under_salesforce_errors_and_lost_answers_every_contact_ends_up_once_wit
 }
 
 #[tokio::test]
-async fn the_reconciliation_heals_drift_in_salesforce() {
-    let sandbox = start_sandbox().await;
-    let app = spawn_app_with(syncing_to(&sandbox).with_env("RECONCILE_CYCLE_NIGHTS", "1")).await;
-    let at = now_ms();
-    app.send_changes(&[
-        contact(
-            "sf-drift-1",
-            at,
-            json!({"email": "drift@example.com", "last_name": "Drift"}),
-        ),
-        contact(
-            "sf-steady-1",
-            at,
-            json!({"email": "steady@example.com", "last_name": "Steady"}),
-        ),
-    ])
-    .await;
-    let (drifted, _) = app
-        .settled(record(ObjectKind::Contact, "sf-drift-1"), SyncStatus::Synced)
-        .await;
-    app.settled(record(ObjectKind::Contact, "sf-steady-1"), SyncStatus::Synced)
-        .await;
-    // A person edits Salesforce and no Outbound Message tells crm-sync (none is configured here).
-    sandbox.edit(
-        "Contact",
-        drifted.crm_id.as_deref().expect("a Salesforce id"),
-        json!({"Email": "x@elsewhere.com"}),
-    );
-
-    let report = app.reconcile().await;
-
-    assert_eq!(report.checked, 2, "{report:?}");
-    assert_eq!(report.healed, 1, "{report:?}");
-    let contacts = sandbox.records("Contact");
-    assert_eq!(contacts.len(), 2);
-    let healed = contacts
-        .iter()
-        .find(|c| c["Crm_Sync_App_Id__c"] == "sf-drift-1")
-        .expect("in Salesforce");
-    assert_eq!(healed["Email"], "drift@example.com");
-}
-
-#[tokio::test]
 async fn an_unchanged_opportunity_shows_no_drift_though_salesforce_reads_amounts_and_dates_in_its_own_form() {
     let sandbox = start_sandbox().await;
     let app = spawn_app_with(syncing_to(&sandbox).with_env("RECONCILE_CYCLE_NIGHTS", "1")).await;

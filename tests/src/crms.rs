@@ -97,15 +97,26 @@ impl Crm {
 
     /// A syncing stack writing to this CRM's sandbox.
     pub async fn stack(self) -> CrmStack {
+        self.stack_with_env(&[]).await
+    }
+
+    /// [`Crm::stack`], its functions given these variables too.
+    pub async fn stack_with_env(self, env: &[(&str, &str)]) -> CrmStack {
         const TOKEN: &str = "scenario-token";
+        let with_env = |mut options: AppOptions| {
+            for (name, value) in env {
+                options = options.with_env(name, value);
+            }
+            options
+        };
         match self {
             Crm::HubSpot => CrmStack {
-                app: spawn_app_with(AppOptions::syncing()).await,
+                app: spawn_app_with(with_env(AppOptions::syncing())).await,
                 sandbox: Sandbox::HubSpot,
             },
             Crm::Pipedrive => {
                 let sandbox = start_pipedrive(TOKEN).await;
-                let app = spawn_app_with(pipedrive_options(&sandbox, TOKEN)).await;
+                let app = spawn_app_with(with_env(pipedrive_options(&sandbox, TOKEN))).await;
                 CrmStack {
                     app,
                     sandbox: Sandbox::Pipedrive(sandbox),
@@ -113,7 +124,7 @@ impl Crm {
             }
             Crm::Salesforce => {
                 let sandbox = start_salesforce(TOKEN).await;
-                let app = spawn_app_with(salesforce_options(&sandbox, TOKEN)).await;
+                let app = spawn_app_with(with_env(salesforce_options(&sandbox, TOKEN))).await;
                 CrmStack {
                     app,
                     sandbox: Sandbox::Salesforce(sandbox),

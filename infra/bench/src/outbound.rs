@@ -362,7 +362,7 @@ pub async fn handler_ceiling(moto: &str, records: usize) -> anyhow::Result<Bulk>
             aws_sdk_dynamodb::Client::new(&aws),
             stack.resources.table("RateLimitTable"),
             "hubspot",
-            config.limiter.clone(),
+            config.crm.limiter.clone(),
         )),
         Arc::new(SqsQueue::new(sqs.clone(), outbound.url.clone())),
         Arc::new(SqsQueue::new(sqs.clone(), config.outbound_dlq_url.clone())),

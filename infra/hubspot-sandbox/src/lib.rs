@@ -4,11 +4,16 @@
 //! burst window and a daily budget; and a control API under `/_sandbox` to inject faults and to
 //! look at what it holds.
 //!
+//! Every other path is a CRM call, whatever its method: it is counted and goes through the limits
+//! and faults even where no endpoint serves it (then 404 `OBJECT_NOT_FOUND`). Slashes around a CRM
+//! path and at the end of a control path are ignored.
+//!
 //! Control API:
 //! - `POST /_sandbox/faults` with any of `error_rate`, `error_status`, `latency_ms`,
 //!   `timeout_rate`, `timeout_ms`, `throttle_next` (the next N calls get 429), `burst_limit`,
 //!   `burst_window_ms`, `daily_limit`, `daily_used`, `day_ms` (a short day, for tests), `seed`,
 //!   `schemas_scope_missing` (property definitions answer 403, as for a token without the scope);
+//!   `GET` shows them; `GET /_sandbox/health` answers while the sandbox runs;
 //! - `GET /_sandbox/objects/{type}` lists live records; `GET /_sandbox/stats` counts calls;
 //! - `POST` / `DELETE /_sandbox/properties/{type}/{name}` adds or removes a property, as an admin;
 //! - `POST /_sandbox/webhooks` sets where and how events are delivered (`target_url`,
@@ -18,20 +23,24 @@
 //!   record as a sales rep would (JSON of properties): webhooks report it with `CRM_UI`, while
 //!   writes through the CRM API are reported with `INTEGRATION`;
 //! - `POST /_sandbox/reset` forgets records, faults and counts.
+//!
+//! Any other control path or method answers 404 `unknown control endpoint`.
 
 mod store;
 mod webhooks;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use axum::body::{Body, Bytes};
+use axum::extract::{self, DefaultBodyLimit, Path, RawQuery, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use store::{InputFailure, Record, Store, DEAL_STAGES};
@@ -196,15 +205,13 @@ async fn emit_webhooks(state: Arc<Mutex<State>>, notify: Arc<tokio::sync::Notify
 
 /// A running sandbox; dropping it stops the server.
 pub struct Sandbox {
-    addr: std::net::SocketAddr,
-    state: Arc<Mutex<State>>,
-    task: JoinHandle<()>,
+    server: sandbox_server::Server,
+    state: Shared,
     emitter: JoinHandle<()>,
 }
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        self.task.abort();
         self.emitter.abort();
     }
 }
@@ -212,8 +219,6 @@ impl Drop for Sandbox {
 impl Sandbox {
     /// Serves a sandbox on `addr` (`127.0.0.1:0` for any free port).
     pub async fn start(addr: &str, config: SandboxConfig) -> anyhow::Result<Sandbox> {
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
         let notify = Arc::new(tokio::sync::Notify::new());
         let state = Arc::new(Mutex::new(State {
             config,
@@ -230,19 +235,17 @@ impl Sandbox {
             next_event_id: 1_000,
             notify: notify.clone(),
         }));
+        let server = sandbox_server::start(addr, router(state.clone())).await?;
         let emitter = tokio::spawn(emit_webhooks(state.clone(), notify));
-        let shared = state.clone();
-        let task = sandbox_server::serve(listener, move |request| handle(shared.clone(), request));
         Ok(Sandbox {
-            addr,
+            server,
             state,
-            task,
             emitter,
         })
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.server.addr)
     }
 
     pub fn token(&self) -> String {
@@ -346,10 +349,11 @@ impl Sandbox {
     }
 }
 
-type Reply = hyper::Response<Full<Bytes>>;
+/// The state every handler and the gate share.
+type Shared = Arc<Mutex<State>>;
 
-fn reply(status: u16, body: &Value, headers: &[(String, String)]) -> Reply {
-    let mut builder = hyper::Response::builder().status(status);
+fn reply(status: u16, body: &Value, headers: &[(String, String)]) -> Response {
+    let mut builder = Response::builder().status(status);
     for (name, value) in headers {
         builder = builder.header(name.as_str(), value.as_str());
     }
@@ -361,7 +365,22 @@ fn reply(status: u16, body: &Value, headers: &[(String, String)]) -> Reply {
     if !bytes.is_empty() {
         builder = builder.header("content-type", "application/json;charset=utf-8");
     }
-    builder.body(Full::new(bytes)).expect("a valid response")
+    builder.body(Body::from(bytes)).expect("a valid response")
+}
+
+/// `response` with `headers` put before its own, where [`reply`] puts them.
+fn headed(mut response: Response, headers: &[(String, String)]) -> Response {
+    let own = std::mem::take(response.headers_mut());
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::try_from(name.as_str()),
+            http::HeaderValue::try_from(value.as_str()),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response.headers_mut().extend(own);
+    response
 }
 
 fn hubspot_error(category: &str, message: &str) -> Value {
@@ -384,27 +403,361 @@ fn uuid_like() -> String {
     )
 }
 
-async fn handle(
-    state: Arc<Mutex<State>>,
-    request: hyper::Request<hyper::body::Incoming>,
-) -> Result<Reply, Infallible> {
-    let (parts, body) = request.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-    let path = parts.uri.path().to_string();
-    let query = parts.uri.query().unwrap_or_default().to_string();
-    if let Some(control) = path.strip_prefix("/_sandbox") {
-        return Ok(control_api(&state, parts.method.as_str(), control, &body));
+/// Every endpoint of the CRM API (behind the gate) and of the control API (under `/_sandbox`).
+fn router(state: Shared) -> Router {
+    // The legacy family (v3 objects and properties, v4 associations) and each dated release
+    // (`/crm/objects/2026-03/…`) take the same bodies, so they share handlers.
+    let mut families = vec![(
+        "/crm/v3/objects".to_string(),
+        "/crm/v4/associations".to_string(),
+        "/crm/v3/properties".to_string(),
+    )];
+    families.extend(API_VERSIONS.iter().map(|version| {
+        (
+            format!("/crm/objects/{version}"),
+            format!("/crm/associations/{version}"),
+            format!("/crm/properties/{version}"),
+        )
+    }));
+    let mut crm: Router<Shared> = Router::new();
+    for (objects, associations, definitions) in families {
+        // axum answers HEAD with the GET handler; the sandbox never served HEAD.
+        crm = crm
+            .route(
+                &format!("{objects}/{{object}}/batch/{{action}}"),
+                post(batch_call),
+            )
+            .route(
+                &format!("{objects}/{{object}}/{{id}}"),
+                get(get_one_call).head(not_served),
+            )
+            .route(
+                &format!("{associations}/{{from}}/{{to}}/batch/associate/default"),
+                post(associate_call),
+            )
+            .route(
+                &format!("{definitions}/{{object}}"),
+                get(properties_call).head(not_served),
+            );
     }
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    Ok(crm_api(
-        state,
-        parts.method.as_str(),
-        &segments,
-        &query,
-        &parts.headers,
-        &body,
+    // A CRM call no endpoint serves still counts against the limits, as at HubSpot; so the gate
+    // wraps the fallbacks too, and the fallbacks are set before it.
+    let crm = crm
+        .fallback(not_served)
+        .method_not_allowed_fallback(not_served)
+        .layer(middleware::from_fn_with_state(state.clone(), gate_calls));
+
+    let control: Router<Shared> = Router::new()
+        .route("/health", get(health).head(unknown_control))
+        .route("/faults", get(show_faults).head(unknown_control).post(set_faults))
+        .route("/stats", get(show_stats).head(unknown_control))
+        .route("/reset", post(reset))
+        // `{*path}`: the type, then the name with any slashes in it, as before.
+        .route(
+            "/properties/{*path}",
+            post(change_property).delete(change_property),
+        )
+        .route(
+            "/webhooks",
+            get(show_webhooks).head(unknown_control).post(set_webhooks),
+        )
+        .route(
+            "/objects/{*path}",
+            get(list_records).head(unknown_control).post(write_record),
+        )
+        .fallback(unknown_control)
+        .method_not_allowed_fallback(unknown_control);
+
+    let routes = crm.nest("/_sandbox", control).with_state(state);
+    // Rewriting the path has to happen before routing, which a layer on `routes` runs after; so
+    // `routes` is served as the fallback of a router whose only work is this layer.
+    Router::new()
+        .fallback_service(routes)
+        .layer(middleware::from_fn(prepare))
+}
+
+/// What the hand-written matcher before axum did to every request, kept for clients: the body is
+/// read whole up front (a body that breaks off counts as empty; no size limit), the path is
+/// normalized as that matcher read it, and no `Allow` header is added to a wrong method's answer.
+async fn prepare(request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    if let Some(uri) = routed_uri(&parts.uri) {
+        parts.uri = uri;
+    }
+    let mut request = Request::from_parts(parts, Body::from(body));
+    // The body is in memory already; axum's 2 MB default would refuse what was accepted before.
+    DefaultBodyLimit::disable().apply(&mut request);
+    let mut response = next.run(request).await;
+    response.headers_mut().remove(http::header::ALLOW);
+    response
+}
+
+fn routed_uri(uri: &http::Uri) -> Option<http::Uri> {
+    let path = routed_path(uri.path());
+    if path == uri.path() {
+        return None;
+    }
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().ok()?);
+    http::Uri::from_parts(parts).ok()
+}
+
+/// The path the router matches for `path`, so that every path reaches the endpoint it reached
+/// before axum: anything starting with `/_sandbox` went to the control API, with slashes at its
+/// end ignored; a CRM path was read with the slashes around it ignored.
+fn routed_path(path: &str) -> String {
+    match path.strip_prefix("/_sandbox") {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+            format!("/_sandbox{}", rest.trim_end_matches('/'))
+        }
+        // `/_sandboxes`: a control path that names no endpoint.
+        Some(_) => "/_sandbox".to_string(),
+        None => {
+            let trimmed = path.trim_matches('/');
+            if trimmed.starts_with("_sandbox") {
+                // `//_sandbox/…` was a CRM path no endpoint serves; trimmed, it would be a control one.
+                path.to_string()
+            } else {
+                format!("/{trimmed}")
+            }
+        }
+    }
+}
+
+/// Every CRM call: counted under its `METHOD pattern`, then refused (401, 429, an injected error
+/// or timeout) or served, after the injected latency; either way with the rate-limit headers.
+async fn gate_calls(extract::State(state): extract::State<Shared>, request: Request, next: Next) -> Response {
+    let pattern = {
+        let segments: Vec<&str> = request.uri().path().trim_matches('/').split('/').collect();
+        endpoint_pattern(request.method().as_str(), &segments)
+    };
+    let decision = {
+        let mut state = state.lock().unwrap();
+        state.stats.total_calls += 1;
+        let at = u64::try_from(state.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        state.stats.first_call_ms.get_or_insert(at);
+        state.stats.last_call_ms = Some(at);
+        *state.stats.calls.entry(pattern).or_default() += 1;
+        gate(&mut state, request.headers())
+    };
+    let delay = match &decision {
+        Gate::Serve { delay } | Gate::Refuse { delay, .. } => *delay,
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    // As the state stands when the call is answered, before the endpoint's own work.
+    let headers = {
+        let state = state.lock().unwrap();
+        rate_headers(&state)
+    };
+    match decision {
+        Gate::Refuse { status, body, .. } => reply(status, &body, &headers),
+        Gate::Serve { .. } => headed(next.run(request).await, &headers),
+    }
+}
+
+/// Serves one CRM call on the state, and reports its writes to webhooks as the integration's
+/// under the same lock, so that a sales rep's edit in between is not taken for it.
+fn served(state: &Shared, call: impl FnOnce(&mut State) -> (u16, Value)) -> Response {
+    let mut state = state.lock().unwrap();
+    let (status, body) = call(&mut state);
+    state.emit("INTEGRATION");
+    reply(status, &body, &[])
+}
+
+async fn batch_call(
+    extract::State(state): extract::State<Shared>,
+    Path((object, action)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    served(&state, |state| batch(state, &object, &action, &body))
+}
+
+async fn get_one_call(
+    extract::State(state): extract::State<Shared>,
+    Path((object, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    served(&state, |state| {
+        get_one(state, &object, &id, query.as_deref().unwrap_or_default())
+    })
+}
+
+async fn associate_call(
+    extract::State(state): extract::State<Shared>,
+    Path((from, to)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    served(&state, |state| associate(state, &from, &to, &body))
+}
+
+async fn properties_call(
+    extract::State(state): extract::State<Shared>,
+    Path(object): Path<String>,
+) -> Response {
+    served(&state, |state| properties(state, &object))
+}
+
+async fn not_served(extract::State(state): extract::State<Shared>) -> Response {
+    served(&state, |_| {
+        (
+            404,
+            hubspot_error("OBJECT_NOT_FOUND", "The sandbox does not serve this endpoint"),
+        )
+    })
+}
+
+async fn unknown_control() -> Response {
+    reply(404, &json!({"message": "unknown control endpoint"}), &[])
+}
+
+async fn health() -> Response {
+    reply(200, &json!({"status": "ok"}), &[])
+}
+
+async fn show_faults(extract::State(state): extract::State<Shared>) -> Response {
+    let state = state.lock().unwrap();
+    reply(200, &serde_json::to_value(&state.faults).unwrap(), &[])
+}
+
+async fn set_faults(extract::State(state): extract::State<Shared>, body: Bytes) -> Response {
+    let mut state = state.lock().unwrap();
+    match merged(&state.faults, &body) {
+        Ok(faults) => {
+            state.set_faults(faults);
+            reply(200, &serde_json::to_value(&state.faults).unwrap(), &[])
+        }
+        Err(error) => reply(400, &json!({"message": error}), &[]),
+    }
+}
+
+async fn show_stats(extract::State(state): extract::State<Shared>) -> Response {
+    let state = state.lock().unwrap();
+    reply(200, &serde_json::to_value(&state.stats).unwrap(), &[])
+}
+
+async fn reset(extract::State(state): extract::State<Shared>) -> Response {
+    let mut state = state.lock().unwrap();
+    state.store = Store::default();
+    state.faults = Faults::default();
+    state.stats = Stats::default();
+    state.window.clear();
+    state.outbox.clear();
+    state.webhook_stats = WebhookStats::default();
+    reply(204, &Value::Null, &[])
+}
+
+/// `POST` / `DELETE /_sandbox/properties/{type}/{name}`.
+async fn change_property(
+    extract::State(state): extract::State<Shared>,
+    method: http::Method,
+    Path(path): Path<String>,
+) -> Response {
+    let mut state = state.lock().unwrap();
+    let Some((object, name)) = path.split_once('/') else {
+        return reply(
+            400,
+            &json!({"message": "use /_sandbox/properties/{object}/{name}"}),
+            &[],
+        );
+    };
+    let known = if method == http::Method::POST {
+        state.store.add_property(object, name)
+    } else {
+        state.store.remove_property(object, name)
+    };
+    if known {
+        reply(204, &Value::Null, &[])
+    } else {
+        reply(404, &json!({"message": format!("no object type {object}")}), &[])
+    }
+}
+
+async fn show_webhooks(extract::State(state): extract::State<Shared>) -> Response {
+    let state = state.lock().unwrap();
+    let mut settings = serde_json::to_value(&state.webhooks).unwrap();
+    settings["client_secret"] = json!(if state.webhooks.client_secret.is_empty() {
+        ""
+    } else {
+        "(set)"
+    });
+    reply(
+        200,
+        &json!({"settings": settings, "stats": serde_json::to_value(&state.webhook_stats).unwrap()}),
+        &[],
     )
-    .await)
+}
+
+async fn set_webhooks(extract::State(state): extract::State<Shared>, body: Bytes) -> Response {
+    let mut state = state.lock().unwrap();
+    match merged(&state.webhooks, &body) {
+        Ok(settings) => {
+            state.webhooks = settings;
+            reply(204, &Value::Null, &[])
+        }
+        Err(error) => reply(400, &json!({"message": error}), &[]),
+    }
+}
+
+/// `GET /_sandbox/objects/{type}`: everything after `objects/` is the type.
+async fn list_records(extract::State(state): extract::State<Shared>, Path(object): Path<String>) -> Response {
+    let state = state.lock().unwrap();
+    let results: Vec<Value> = state
+        .store
+        .records(&object)
+        .filter(|record| !record.archived)
+        .map(|record| record.to_json(None))
+        .collect();
+    reply(200, &json!({ "results": results }), &[])
+}
+
+/// `POST /_sandbox/objects/{type}[/{id}]`: a sales rep's create or edit.
+async fn write_record(
+    extract::State(state): extract::State<Shared>,
+    Path(path): Path<String>,
+    body: Bytes,
+) -> Response {
+    let mut state = state.lock().unwrap();
+    let properties = match serde_json::from_slice::<Value>(&body)
+        .ok()
+        .as_ref()
+        .map(|v| string_map(Some(v)))
+    {
+        Some(Ok(properties)) => properties,
+        _ => {
+            return reply(
+                400,
+                &json!({"message": "expected a JSON object of properties"}),
+                &[],
+            )
+        }
+    };
+    let path: Vec<&str> = path.split('/').collect();
+    let result = match path.as_slice() {
+        [object] => state.store.create(object, properties),
+        [object, id] => match id.parse() {
+            Ok(id) => state.store.update(object, id, properties),
+            Err(_) => return reply(400, &json!({"message": "the id must be a number"}), &[]),
+        },
+        _ => {
+            return reply(
+                404,
+                &json!({"message": "use /_sandbox/objects/{type}[/{id}]"}),
+                &[],
+            )
+        }
+    };
+    state.emit("CRM_UI");
+    match result {
+        Ok(record) => reply(200, &record.to_json(None), &[]),
+        Err(failure) => reply(failure.status, &failure.to_json(None, None), &[]),
+    }
 }
 
 /// `current` with the fields a control request names changed; the rest stay as they are.
@@ -417,117 +770,6 @@ fn merged<T: Serialize + serde::de::DeserializeOwned>(current: &T, body: &[u8]) 
         value[name] = change;
     }
     serde_json::from_value(value).map_err(|e| e.to_string())
-}
-
-fn control_api(state: &Arc<Mutex<State>>, method: &str, path: &str, body: &[u8]) -> Reply {
-    let mut state = state.lock().unwrap();
-    match (method, path.trim_end_matches('/')) {
-        ("GET", "/health") => reply(200, &json!({"status": "ok"}), &[]),
-        ("GET", "/faults") => reply(200, &serde_json::to_value(&state.faults).unwrap(), &[]),
-        ("POST", "/faults") => match merged(&state.faults, body) {
-            Ok(faults) => {
-                state.set_faults(faults);
-                reply(200, &serde_json::to_value(&state.faults).unwrap(), &[])
-            }
-            Err(error) => reply(400, &json!({"message": error}), &[]),
-        },
-        ("GET", "/stats") => reply(200, &serde_json::to_value(&state.stats).unwrap(), &[]),
-        ("POST", "/reset") => {
-            state.store = Store::default();
-            state.faults = Faults::default();
-            state.stats = Stats::default();
-            state.window.clear();
-            state.outbox.clear();
-            state.webhook_stats = WebhookStats::default();
-            reply(204, &Value::Null, &[])
-        }
-        ("POST" | "DELETE", properties) if properties.starts_with("/properties/") => {
-            let Some((object, name)) = properties["/properties/".len()..].split_once('/') else {
-                return reply(
-                    400,
-                    &json!({"message": "use /_sandbox/properties/{object}/{name}"}),
-                    &[],
-                );
-            };
-            let known = if method == "POST" {
-                state.store.add_property(object, name)
-            } else {
-                state.store.remove_property(object, name)
-            };
-            if known {
-                reply(204, &Value::Null, &[])
-            } else {
-                reply(404, &json!({"message": format!("no object type {object}")}), &[])
-            }
-        }
-        ("GET", "/webhooks") => {
-            let mut settings = serde_json::to_value(&state.webhooks).unwrap();
-            settings["client_secret"] = json!(if state.webhooks.client_secret.is_empty() {
-                ""
-            } else {
-                "(set)"
-            });
-            reply(
-                200,
-                &json!({"settings": settings, "stats": serde_json::to_value(&state.webhook_stats).unwrap()}),
-                &[],
-            )
-        }
-        ("POST", "/webhooks") => match merged(&state.webhooks, body) {
-            Ok(settings) => {
-                state.webhooks = settings;
-                reply(204, &Value::Null, &[])
-            }
-            Err(error) => reply(400, &json!({"message": error}), &[]),
-        },
-        ("POST", objects) if objects.starts_with("/objects/") => {
-            let path: Vec<&str> = objects["/objects/".len()..].split('/').collect();
-            let properties = match serde_json::from_slice::<Value>(body)
-                .ok()
-                .as_ref()
-                .map(|v| string_map(Some(v)))
-            {
-                Some(Ok(properties)) => properties,
-                _ => {
-                    return reply(
-                        400,
-                        &json!({"message": "expected a JSON object of properties"}),
-                        &[],
-                    )
-                }
-            };
-            let result = match path.as_slice() {
-                [object] => state.store.create(object, properties),
-                [object, id] => match id.parse() {
-                    Ok(id) => state.store.update(object, id, properties),
-                    Err(_) => return reply(400, &json!({"message": "the id must be a number"}), &[]),
-                },
-                _ => {
-                    return reply(
-                        404,
-                        &json!({"message": "use /_sandbox/objects/{type}[/{id}]"}),
-                        &[],
-                    )
-                }
-            };
-            state.emit("CRM_UI");
-            match result {
-                Ok(record) => reply(200, &record.to_json(None), &[]),
-                Err(failure) => reply(failure.status, &failure.to_json(None, None), &[]),
-            }
-        }
-        ("GET", objects) if objects.starts_with("/objects/") => {
-            let object = &objects["/objects/".len()..];
-            let results: Vec<Value> = state
-                .store
-                .records(object)
-                .filter(|record| !record.archived)
-                .map(|record| record.to_json(None))
-                .collect();
-            reply(200, &json!({ "results": results }), &[])
-        }
-        _ => reply(404, &json!({"message": "unknown control endpoint"}), &[]),
-    }
 }
 
 /// What the limits and faults decide for one call, before it is served.
@@ -653,40 +895,6 @@ fn gate(state: &mut State, headers: &http::HeaderMap) -> Gate {
     Gate::Serve { delay }
 }
 
-async fn crm_api(
-    state: Arc<Mutex<State>>,
-    method: &str,
-    segments: &[&str],
-    query: &str,
-    headers: &http::HeaderMap,
-    body: &[u8],
-) -> Reply {
-    let pattern = endpoint_pattern(method, segments);
-    let decision = {
-        let mut state = state.lock().unwrap();
-        state.stats.total_calls += 1;
-        let at = u64::try_from(state.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        state.stats.first_call_ms.get_or_insert(at);
-        state.stats.last_call_ms = Some(at);
-        *state.stats.calls.entry(pattern.clone()).or_default() += 1;
-        gate(&mut state, headers)
-    };
-    let delay = match &decision {
-        Gate::Serve { delay } | Gate::Refuse { delay, .. } => *delay,
-    };
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
-    let mut state = state.lock().unwrap();
-    let headers = rate_headers(&state);
-    if let Gate::Refuse { status, body, .. } = decision {
-        return reply(status, &body, &headers);
-    }
-    let (status, body) = serve(&mut state, method, segments, query, body);
-    state.emit("INTEGRATION");
-    reply(status, &body, &headers)
-}
-
 fn endpoint_pattern(method: &str, segments: &[&str]) -> String {
     let path: Vec<&str> = segments
         .iter()
@@ -732,36 +940,6 @@ fn string_map(value: Option<&Value>) -> Result<BTreeMap<String, String>, String>
 
 /// The date-versioned API releases the sandbox serves, besides the legacy v3/v4 paths.
 pub const API_VERSIONS: [&str; 2] = ["2026-03", "2026-09"];
-
-fn serve(state: &mut State, method: &str, segments: &[&str], query: &str, body: &[u8]) -> (u16, Value) {
-    // `/crm/objects/2026-03/…` is `/crm/v3/objects/…` with the same bodies; likewise associations
-    // (v4) and properties (v3).
-    let version_ok = |version: &str| API_VERSIONS.contains(&version);
-    match (method, segments) {
-        ("POST", ["crm", "v3", "objects", object, "batch", action]) => batch(state, object, action, body),
-        ("POST", ["crm", "objects", version, object, "batch", action]) if version_ok(version) => {
-            batch(state, object, action, body)
-        }
-        ("GET", ["crm", "v3", "objects", object, id]) => get_one(state, object, id, query),
-        ("GET", ["crm", "objects", version, object, id]) if version_ok(version) => {
-            get_one(state, object, id, query)
-        }
-        ("POST", ["crm", "v4", "associations", from, to, "batch", "associate", "default"]) => {
-            associate(state, from, to, body)
-        }
-        ("POST", ["crm", "associations", version, from, to, "batch", "associate", "default"])
-            if version_ok(version) =>
-        {
-            associate(state, from, to, body)
-        }
-        ("GET", ["crm", "v3", "properties", object]) => properties(state, object),
-        ("GET", ["crm", "properties", version, object]) if version_ok(version) => properties(state, object),
-        _ => (
-            404,
-            hubspot_error("OBJECT_NOT_FOUND", "The sandbox does not serve this endpoint"),
-        ),
-    }
-}
 
 /// `GET /crm/properties/{version}/{object}`: each property's name, type and field type.
 fn properties(state: &State, object: &str) -> (u16, Value) {
@@ -1111,5 +1289,97 @@ fn default_association_type(from: &str, to: &str) -> u32 {
         ("notes", "deals") => 214,
         ("deals", "notes") => 213,
         _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_routed_as_the_hand_written_matcher_read_them() {
+        assert_eq!(
+            routed_path("/crm/v3/objects/contacts/batch/read/"),
+            "/crm/v3/objects/contacts/batch/read"
+        );
+        assert_eq!(
+            routed_path("//crm/v3/properties/contacts"),
+            "/crm/v3/properties/contacts"
+        );
+        assert_eq!(routed_path("/_sandbox/faults//"), "/_sandbox/faults");
+        assert_eq!(routed_path("/_sandbox/"), "/_sandbox");
+        assert_eq!(routed_path("/_sandboxes"), "/_sandbox");
+        assert_eq!(routed_path("//_sandbox/faults"), "//_sandbox/faults");
+        assert_eq!(routed_path("/"), "/");
+    }
+
+    #[tokio::test]
+    async fn calls_outside_the_endpoints_get_the_answers_they_got_before_axum() {
+        let sandbox = Sandbox::start("127.0.0.1:0", SandboxConfig::default())
+            .await
+            .unwrap();
+        let http = reqwest::Client::new();
+        let (url, token) = (sandbox.url(), sandbox.token());
+        let call = |method: reqwest::Method, path: &str| {
+            http.request(method, format!("{url}{path}")).bearer_auth(&token)
+        };
+
+        // A wrong method on an endpoint is a CRM call no endpoint serves: gated, counted, 404.
+        let wrong = call(reqwest::Method::GET, "/crm/v3/objects/contacts/batch/read")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 404);
+        assert!(wrong.headers().get("allow").is_none());
+        assert_eq!(wrong.headers()["x-hubspot-ratelimit-max"], "190");
+        assert_eq!(wrong.headers()["content-type"], "application/json;charset=utf-8");
+        let body: Value = wrong.json().await.unwrap();
+        assert_eq!(body["message"], "The sandbox does not serve this endpoint");
+
+        let head = call(reqwest::Method::HEAD, "/crm/v3/properties/contacts")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), 404, "HEAD was never served");
+
+        // A trailing slash, and a body without a content type.
+        let read = call(reqwest::Method::POST, "/crm/objects/2026-03/contacts/batch/read/")
+            .body(r#"{"inputs": []}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read.status(), 200);
+
+        let anonymous = http.get(format!("{url}/nowhere/42")).send().await.unwrap();
+        assert_eq!(anonymous.status(), 401, "the token is checked before the path");
+
+        let stats = sandbox.stats();
+        assert_eq!(stats.calls["GET /crm/v3/objects/contacts/batch/read"], 1);
+        assert_eq!(stats.calls["HEAD /crm/v3/properties/contacts"], 1);
+        assert_eq!(stats.calls["POST /crm/objects/2026-03/contacts/batch/read"], 1);
+        assert_eq!(stats.calls["GET /nowhere/{id}"], 1);
+        assert_eq!(stats.unauthorized, 1);
+
+        let faults = http.get(format!("{url}/_sandbox/faults/")).send().await.unwrap();
+        assert_eq!(faults.status(), 200);
+        for (method, path) in [
+            (reqwest::Method::PUT, "/_sandbox/faults"),
+            (reqwest::Method::GET, "/_sandbox/reset"),
+            (reqwest::Method::GET, "/_sandbox"),
+            (reqwest::Method::GET, "/_sandboxes"),
+        ] {
+            let unknown = http.request(method, format!("{url}{path}")).send().await.unwrap();
+            assert_eq!(unknown.status(), 404, "{path}");
+            assert!(unknown.headers().get("allow").is_none(), "{path}");
+            let body: Value = unknown.json().await.unwrap();
+            assert_eq!(body["message"], "unknown control endpoint", "{path}");
+        }
+        let nameless = http
+            .post(format!("{url}/_sandbox/properties/contacts/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(nameless.status(), 400);
+        assert_eq!(sandbox.stats().total_calls, 4, "control calls are no CRM calls");
     }
 }

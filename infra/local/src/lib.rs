@@ -221,21 +221,25 @@ impl LocalStack {
         let mut tasks = Vec::new();
 
         // The routes of the template's HttpApi: /admin to the dashboard, the rest to webhooks.
-        let http: server::Handler = Arc::new(move |request| {
+        let webhooks: server::Handler = Arc::new(move |request| {
             let webhook = webhook.clone();
-            let dashboard = dashboard.clone();
             Box::pin(async move {
-                let answer = match route(&request) {
-                    Route::Dashboard => dashboard.handle(request).await,
-                    Route::Webhooks => webhook.handle(request).await,
-                    Route::Refused => return refused_path(),
-                };
-                match answer {
+                match webhook.handle(request).await {
                     Ok(response) => response,
                     Err(never) => match never {},
                 }
             })
         });
+        let admin: server::Handler = Arc::new(move |request| {
+            let dashboard = dashboard.clone();
+            Box::pin(async move {
+                match dashboard.handle(request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            })
+        });
+        let http = routes(admin, webhooks);
         let listener = TcpListener::bind(options.http_addr)
             .await
             .with_context(|| format!("listening on {}", options.http_addr))?;
@@ -287,44 +291,33 @@ impl LocalStack {
     }
 }
 
-/// Where the local API sends a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route {
-    Dashboard,
-    Webhooks,
-    /// A path with a `.` or `..` segment or a backslash: neither handler's.
-    Refused,
+/// The local API's routes, as the template's HttpApi has them: `/admin` and below to the
+/// dashboard, everything else to the webhook function.
+fn routes(dashboard: server::Handler, webhooks: server::Handler) -> axum::Router {
+    let dashboard = server::gateway(dashboard);
+    axum::Router::new()
+        .route("/admin", axum::routing::any(dashboard.clone()))
+        .route("/admin/", axum::routing::any(dashboard.clone()))
+        .route("/admin/{*rest}", axum::routing::any(dashboard))
+        .fallback(server::gateway(webhooks))
+        .layer(axum::middleware::from_fn(refuse_ambiguous_paths))
 }
 
-/// Routes by the raw path, the one both handlers read: the request's URI is normalized
-/// (`/webhooks/../admin` is `/admin` there), so routing by it would send a path to a handler that
-/// reads it as another. A path that reads differently normalized and raw is refused before either
-/// handler sees it.
-fn route(request: &lambda_http::Request) -> Route {
-    use lambda_http::RequestExt as _;
-    let path = match request.raw_http_path() {
-        "" => request.uri().path(),
-        raw => raw,
-    };
-    if crm_sync::entrypoints::is_ambiguous_path(path) {
-        Route::Refused
-    } else if path == "/admin" || path.starts_with("/admin/") {
-        Route::Dashboard
-    } else {
-        Route::Webhooks
+/// Routes match the raw path while a URL parser normalizes it (`/webhooks/../admin` is `/admin`
+/// to the handler that reads it), so a path that reads differently normalized and raw is refused
+/// before either handler sees it: 404, as each handler answers such a path deployed (neither has
+/// a route for it), with the reason.
+async fn refuse_ambiguous_paths(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if crm_sync::entrypoints::is_ambiguous_path(request.uri().path()) {
+        return server::plain(
+            404,
+            "no route has a `.` or `..` segment, a backslash or an encoded slash in its path",
+        );
     }
-}
-
-/// The answer to a refused path: 404, as each handler answers such a path deployed (neither
-/// has a route for it), with the reason.
-fn refused_path() -> lambda_http::Response<lambda_http::Body> {
-    lambda_http::Response::builder()
-        .status(404)
-        .header("content-type", "text/plain; charset=utf-8")
-        .body(lambda_http::Body::Text(
-            "no route has a `.` or `..` segment, a backslash or an encoded slash in its path".into(),
-        ))
-        .expect("a static response is valid")
+    next.run(request).await
 }
 
 impl Drop for LocalStack {
@@ -338,28 +331,43 @@ impl Drop for LocalStack {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tower::ServiceExt as _;
 
-    fn routed(target: &str) -> Route {
-        let event = apigw::event(
-            "GET",
-            target,
-            &http::HeaderMap::new(),
-            b"",
-            "127.0.0.1:9".parse().unwrap(),
-        );
-        route(&apigw::into_request(event).unwrap())
+    /// Which function the local API hands `target` to: its answer names it.
+    async fn routed(target: &str) -> (u16, String) {
+        let named = |name: &'static str| -> server::Handler {
+            Arc::new(move |_| Box::pin(async move { axum::response::Response::new(name.into()) }))
+        };
+        let mut request = axum::extract::Request::new(axum::body::Body::empty());
+        *request.uri_mut() = target.parse().unwrap();
+        let peer: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+        request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        let response = routes(named("dashboard"), named("webhooks"))
+            .oneshot(request)
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
     }
 
-    #[test]
-    fn the_dashboard_gets_admin_paths_and_the_webhook_function_the_rest() {
-        assert_eq!(routed("/admin"), Route::Dashboard);
-        assert_eq!(routed("/admin/queues?lane=inbound"), Route::Dashboard);
-        assert_eq!(routed("/webhooks/hubspot"), Route::Webhooks);
-        assert_eq!(routed("/adminx"), Route::Webhooks);
+    #[tokio::test]
+    async fn the_dashboard_gets_admin_paths_and_the_webhook_function_the_rest() {
+        for (target, function) in [
+            ("/admin", "dashboard"),
+            ("/admin/", "dashboard"),
+            ("/admin/queues?lane=inbound", "dashboard"),
+            ("/webhooks/hubspot", "webhooks"),
+            ("/adminx", "webhooks"),
+        ] {
+            assert_eq!(routed(target).await, (200, function.to_string()), "{target}");
+        }
     }
 
-    #[test]
-    fn a_path_that_normalizes_into_another_route_reaches_neither_handler() {
+    #[tokio::test]
+    async fn a_path_that_normalizes_into_another_route_reaches_neither_handler() {
         for target in [
             "/webhooks/../admin",
             "/webhooks/%2e%2e/admin",
@@ -368,7 +376,12 @@ mod tests {
             "/admin/./queues",
             "/webhooks/hubspot%5c..%5cadmin",
         ] {
-            assert_eq!(routed(target), Route::Refused, "{target}");
+            let (status, body) = routed(target).await;
+            assert_eq!(status, 404, "{target}");
+            assert!(
+                body.contains("no route has a `.` or `..` segment"),
+                "{target}: {body}"
+            );
         }
     }
 }

@@ -1,83 +1,59 @@
 //! A small HTTP server that plays API Gateway: each request becomes a v2 event, goes to a handler,
 //! and the handler's response goes back to the caller.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use axum::extract::{ConnectInfo, Request};
+use axum::response::Response;
+use axum::Router;
 use futures::future::BoxFuture;
-use http_body_util::{BodyExt, Full};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 /// A Lambda HTTP handler, as the local server calls it.
-pub type Handler = Arc<
-    dyn Fn(lambda_http::Request) -> BoxFuture<'static, lambda_http::Response<lambda_http::Body>>
-        + Send
-        + Sync,
->;
+pub type Handler = Arc<dyn Fn(lambda_http::Request) -> BoxFuture<'static, Response> + Send + Sync>;
 
-/// Serves `handler` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, handler: Handler) {
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
-        };
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| answer(handler.clone(), request, peer));
-            if let Err(error) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%error, "connection closed with an error");
-            }
-        });
+/// Serves `router` on `listener` until the task is dropped; its routes may read the caller's
+/// address (API Gateway's `sourceIp`).
+pub async fn serve(listener: TcpListener, router: Router) {
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(error) = axum::serve(listener, service).await {
+        tracing::warn!(%error, "the local API stopped accepting connections");
     }
 }
 
-async fn answer(
+/// An axum handler that hands each request to `handler` the way API Gateway would.
+pub fn gateway(
     handler: Handler,
-    request: hyper::Request<hyper::body::Incoming>,
-    peer: SocketAddr,
-) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+) -> impl Fn(ConnectInfo<SocketAddr>, Request) -> BoxFuture<'static, Response> + Clone + Send + Sync + 'static
+{
+    move |ConnectInfo(peer), request| Box::pin(answer(handler.clone(), request, peer))
+}
+
+async fn answer(handler: Handler, request: Request, peer: SocketAddr) -> Response {
     let (parts, body) = request.into_parts();
-    let body = match body.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => return Ok(plain(400, "could not read the request body")),
+    let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
+        return plain(400, "could not read the request body");
     };
     // What the runtime's conversion cannot read is refused here, with its reason, instead of
     // panicking in it and dropping the connection.
     if let Err(reason) = crate::apigw::check_headers(&parts.headers) {
-        return Ok(plain(400, &reason));
+        return plain(400, &reason);
     }
     let target = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
     let event = crate::apigw::event(parts.method.as_str(), target, &parts.headers, &body, peer);
-    let request = match crate::apigw::into_request(event) {
-        Ok(request) => request,
-        Err(error) if error.is::<crate::apigw::ConversionPanicked>() => {
-            return Ok(plain(400, &error.to_string()))
-        }
-        Err(error) => return Ok(plain(500, &format!("could not build the Lambda event: {error}"))),
-    };
-    let response = handler(request).await;
-    let (parts, body) = response.into_parts();
-    let bytes = match body {
-        lambda_http::Body::Text(text) => Bytes::from(text),
-        lambda_http::Body::Binary(bytes) => Bytes::from(bytes),
-        _ => Bytes::new(),
-    };
-    Ok(hyper::Response::from_parts(parts, Full::new(bytes)))
+    match crate::apigw::into_request(event) {
+        Ok(request) => handler(request).await,
+        Err(error) if error.is::<crate::apigw::ConversionPanicked>() => plain(400, &error.to_string()),
+        Err(error) => plain(500, &format!("could not build the Lambda event: {error}")),
+    }
 }
 
-fn plain(status: u16, message: &str) -> hyper::Response<Full<Bytes>> {
-    hyper::Response::builder()
+pub fn plain(status: u16, message: &str) -> Response {
+    Response::builder()
         .status(status)
         .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from(message.to_string())))
+        .body(axum::body::Body::from(message.to_string()))
         .expect("a static response is valid")
 }
 
@@ -88,12 +64,10 @@ mod tests {
 
     /// Answers every request with 200 and the host the handler saw.
     fn echo_host() -> Handler {
-        Arc::new(
-            |request: lambda_http::Request| -> BoxFuture<'static, lambda_http::Response<lambda_http::Body>> {
-                let host = request.uri().host().unwrap_or_default().to_string();
-                Box::pin(async move { lambda_http::Response::new(lambda_http::Body::Text(host)) })
-            },
-        )
+        Arc::new(|request: lambda_http::Request| -> BoxFuture<'static, Response> {
+            let host = request.uri().host().unwrap_or_default().to_string();
+            Box::pin(async move { Response::new(axum::body::Body::from(host)) })
+        })
     }
 
     /// Sends `head` as written on a new connection; the whole answer ("" if the connection was
@@ -114,7 +88,8 @@ mod tests {
     async fn server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        (addr, tokio::spawn(serve(listener, echo_host())))
+        let router = Router::new().fallback(gateway(echo_host()));
+        (addr, tokio::spawn(serve(listener, router)))
     }
 
     #[tokio::test]

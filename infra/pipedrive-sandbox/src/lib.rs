@@ -13,18 +13,35 @@
 //! `set_faults` injects 500s (not applied) and late answers (applied, answered after the client
 //! gave up). `GET /_sandbox/requests` lists the last 500 requests as received (method, path,
 //! query, body), so that a test can hold what a client sent against the official models.
+//!
+//! Routing is an axum router (`router`): API v2 at `/api/v2`, notes at `/v1`, each endpoint a
+//! route. Pipedrive's gate is a layer over all of them, in order: the request log, the token,
+//! the daily budget and the burst window, injected faults. A path or method Pipedrive lacks is
+//! a JSON 404 behind the same gate.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{self, DefaultBodyLimit, Path, RawQuery, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{any, MethodRouter};
+use axum::Router;
 pub use sandbox_server::Faults;
 use sandbox_server::{Fault, FaultDice};
 use serde_json::{json, Map, Value};
 
-type Reply = hyper::Response<Full<Bytes>>;
+type Shared = Arc<Mutex<State>>;
+/// The store, as the gate and the handlers extract it.
+type Store = extract::State<Shared>;
+/// A record's id from the path. Kept as text: one that is not a number (or, percent-decoded,
+/// not UTF-8) is a 404, as Pipedrive answers it, not axum's 400.
+type Id = Result<Path<String>, PathRejection>;
 
 /// Limits as a Pipedrive plan sets them.
 #[derive(Debug, Clone)]
@@ -236,7 +253,7 @@ fn previous_of(record: &Map<String, Value>, fields: &Map<String, Value>) -> Map<
 /// A running sandbox; stops when dropped.
 pub struct Sandbox {
     server: sandbox_server::Server,
-    state: Arc<Mutex<State>>,
+    state: Shared,
 }
 
 /// The custom field every sandbox has on persons and deals: where crm-sync keeps the app's id
@@ -269,9 +286,7 @@ impl Sandbox {
             dice: FaultDice::default(),
             requests: VecDeque::new(),
         }));
-        let shared = state.clone();
-        let server =
-            sandbox_server::start_responding(addr, move |parts, body| respond(&shared, parts, body)).await?;
+        let server = sandbox_server::start(addr, router(state.clone())).await?;
         Ok(Sandbox { server, state })
     }
 
@@ -367,26 +382,27 @@ fn entity_name(segment: &str) -> Option<&'static str> {
     }
 }
 
-fn reply(status: u16, body: &Value, headers: &[(String, String)]) -> Reply {
-    let mut builder = hyper::Response::builder()
+fn reply(status: u16, body: &Value, headers: &[(String, String)]) -> Response {
+    let mut builder = axum::http::Response::builder()
         .status(status)
         .header("content-type", "application/json");
     for (name, value) in headers {
         builder = builder.header(name.as_str(), value.as_str());
     }
     builder
-        .body(Full::new(Bytes::from(body.to_string())))
+        .body(Body::from(body.to_string()))
         .expect("a valid response")
 }
 
 /// An error body: `errorCode` is the status, a number, as the official client's only model of
 /// it (`UnathorizedResponse`) and Pipedrive's daily-budget 429 have it.
-fn error(status: u16, message: &str, headers: &[(String, String)]) -> Reply {
-    reply(
-        status,
-        &json!({"success": false, "error": message, "errorCode": status}),
-        headers,
-    )
+fn error_body(status: u16, message: &str) -> Value {
+    json!({"success": false, "error": message, "errorCode": status})
+}
+
+/// What Pipedrive answers for a path, method or record it does not have.
+fn not_found() -> (u16, Value) {
+    (404, error_body(404, "Not found"))
 }
 
 /// API v2's answer to a request its model does not take.
@@ -458,17 +474,104 @@ fn seconds_to_midnight() -> u64 {
     (midnight - now).whole_seconds().max(1) as u64
 }
 
-/// The answer, and how long to hold it back (an injected timeout).
-fn respond(
-    state: &Arc<Mutex<State>>,
-    parts: &http::request::Parts,
-    body: &[u8],
-) -> (Reply, Option<Duration>) {
-    let mut state = state.lock().unwrap();
-    if parts.uri.path() == "/_sandbox/requests" {
-        let log: Vec<Value> = state.requests.iter().cloned().collect();
-        return (reply(200, &Value::Array(log), &[]), None);
+/// Pipedrive's API as the sandbox serves it. Every API call, to a path or with a method Pipedrive
+/// lacks too, passes the gate first: a miss is a call that was logged, authenticated and paid
+/// for, then answered 404. The control API is routed after the gate is layered, so it is free and
+/// unlogged.
+fn router(shared: Shared) -> Router {
+    let mut api = Router::new()
+        .route(
+            "/api/v2/personFields",
+            methods().get(|store: Store| fields(store, "persons")),
+        )
+        .route(
+            "/api/v2/dealFields",
+            methods().get(|store: Store| fields(store, "deals")),
+        );
+    // Persons and deals exist in API v2 only, notes in API v1 only.
+    for entity in ["persons", "deals"] {
+        api = api
+            .route(
+                &format!("/api/v2/{entity}"),
+                methods()
+                    .get(move |store: Store, query: RawQuery| list(store, query, entity))
+                    .post(move |store: Store, body: Bytes| create(store, body, entity)),
+            )
+            .route(
+                &format!("/api/v2/{entity}/search"),
+                methods().get(move |store: Store, query: RawQuery| search(store, query, entity)),
+            )
+            .route(
+                &format!("/api/v2/{entity}/{{id}}"),
+                methods()
+                    .get(move |store: Store, id: Id| read(store, id, entity))
+                    .patch(move |store: Store, id: Id, body: Bytes| update(store, id, body, entity))
+                    .delete(move |store: Store, id: Id| delete(store, id, entity)),
+            );
     }
+    api.route(
+        "/v1/notes",
+        methods()
+            .get(list_notes)
+            .post(|store: Store, body: Bytes| create(store, body, "notes")),
+    )
+    .route(
+        "/v1/notes/{id}",
+        methods()
+            .get(|store: Store, id: Id| read(store, id, "notes"))
+            .put(|store: Store, id: Id, body: Bytes| update(store, id, body, "notes"))
+            .delete(|store: Store, id: Id| delete(store, id, "notes")),
+    )
+    .fallback(missing)
+    .layer(middleware::from_fn_with_state(shared.clone(), gate))
+    // The API takes bodies of any size; axum's extractors would refuse one over 2 MB.
+    .layer(DefaultBodyLimit::disable())
+    .route("/_sandbox/requests", any(requests))
+    .with_state(shared)
+}
+
+/// A path's method router, before its methods are added: any other method, HEAD included (axum
+/// would answer it with the GET handler), is answered as a path Pipedrive lacks. Starting from
+/// `any` rather than `method_not_allowed_fallback` also keeps axum from adding an `Allow` header.
+fn methods() -> MethodRouter<Shared> {
+    any(missing).head(missing)
+}
+
+/// The gate's word on a call.
+enum Verdict {
+    /// Answered here: status, body, headers.
+    Refused(u16, Value, Vec<(String, String)>),
+    /// Goes on to its handler: the rate headers its answer carries, and how long to hold that
+    /// answer back (an injected late answer: applied, answered after the client gave up).
+    Admitted(Vec<(String, String)>, Option<Duration>),
+}
+
+/// Every API call passes here before its handler; see [`admit`].
+async fn gate(extract::State(shared): Store, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    // Read whole for the request log; the handler gets the same bytes.
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let (headers, late) = match admit(&shared, &parts, &body) {
+        Verdict::Refused(status, body, headers) => return reply(status, &body, &headers),
+        Verdict::Admitted(headers, late) => (headers, late),
+    };
+    let mut response = next.run(Request::from_parts(parts, Body::from(body))).await;
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    if let Some(late) = late {
+        tokio::time::sleep(late).await;
+    }
+    response
+}
+
+/// Pipedrive's gate, in order: the request log (every call, refused ones too), the token, the
+/// daily token budget and the burst window (a call is priced by its path and method, whether the
+/// path exists or not), then the injected faults.
+fn admit(shared: &Shared, parts: &Parts, body: &[u8]) -> Verdict {
+    let mut state = shared.lock().unwrap();
     state.stats.calls += 1;
     if state.requests.len() == REQUEST_LOG {
         state.requests.pop_front();
@@ -502,15 +605,14 @@ fn respond(
         });
     if token.as_deref() != Some(state.token.as_str()) {
         state.stats.unauthorized += 1;
-        return (error(401, "Unauthorized", &[]), None);
+        return Verdict::Refused(401, error_body(401, "Unauthorized"), Vec::new());
     }
-    let path = parts.uri.path().trim_end_matches('/').to_string();
-    let query = parts.uri.query().unwrap_or_default().to_string();
-    // Notes exist only in API v1; persons and deals are served from v2.
+    // The version prices the call (v1 costs more); which paths exist is the router's business.
+    let path = parts.uri.path().trim_end_matches('/');
     let (version, rest) = match (path.strip_prefix("/api/v2/"), path.strip_prefix("/v1/")) {
         (Some(rest), _) => (2, rest),
         (_, Some(rest)) => (1, rest),
-        _ => (0, path.as_str()),
+        _ => (0, path),
     };
     let segments: Vec<&str> = rest.split('/').collect();
     let cost = token_cost(parts.method.as_str(), version, &segments);
@@ -527,41 +629,93 @@ fn respond(
         state.stats.throttled += 1;
         let mut headers = rate_headers(&state);
         headers.push(("retry-after".into(), seconds_to_midnight().to_string()));
-        return (
-            reply(
-                429,
-                &json!({"success": false, "error": "daily request budget exceeded", "errorCode": 429}),
-                &headers,
-            ),
-            None,
+        return Verdict::Refused(
+            429,
+            json!({"success": false, "error": "daily request budget exceeded", "errorCode": 429}),
+            headers,
         );
     }
     if state.window.len() as u64 >= state.limits.burst_limit {
         state.stats.throttled += 1;
-        let headers = rate_headers(&state);
-        return (error(429, "Request over limit", &headers), None);
+        return Verdict::Refused(429, error_body(429, "Request over limit"), rate_headers(&state));
     }
     state.window.push_back(now);
     state.limits.daily_tokens -= cost;
     state.stats.tokens += cost;
     let headers = rate_headers(&state);
-    let late = match state.dice.roll() {
-        Fault::Error => return (error(500, "Internal server error", &headers), None),
-        Fault::Late(hold) => Some(hold),
-        Fault::None => None,
-    };
-    let fields_list = segments
-        .first()
-        .is_some_and(|s| *s == "personFields" || *s == "dealFields");
-    if !fields_list && (version == 1) != (segments.first() == Some(&"notes")) {
-        let body = json!({"success": false, "error": "Not found", "errorCode": 404});
-        return (reply(404, &body, &headers), late);
+    match state.dice.roll() {
+        Fault::Error => Verdict::Refused(500, error_body(500, "Internal server error"), headers),
+        Fault::Late(hold) => Verdict::Admitted(headers, Some(hold)),
+        Fault::None => Verdict::Admitted(headers, None),
     }
-    let (status, body) = serve(&mut state, parts.method.as_str(), &segments, &query, body);
+}
+
+/// Runs one endpoint on the store and answers its JSON; a 400 is a request the API's model
+/// refused.
+fn answer(shared: &Shared, endpoint: impl FnOnce(&mut State) -> (u16, Value)) -> Response {
+    let mut state = shared.lock().unwrap();
+    let (status, body) = endpoint(&mut state);
     if status == 400 {
         state.stats.invalid += 1;
     }
-    (reply(status, &body, &headers), late)
+    reply(status, &body, &[])
+}
+
+/// A query's parameters, decoded.
+fn params(query: Option<String>) -> BTreeMap<String, String> {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// The id in the path as text; the endpoint answers 404 when it is not a number.
+fn path_id(id: Id) -> String {
+    id.map(|Path(id)| id).unwrap_or_default()
+}
+
+// The handlers: `entity` is fixed by the route.
+
+async fn missing() -> Response {
+    let (status, body) = not_found();
+    reply(status, &body, &[])
+}
+
+async fn fields(extract::State(shared): Store, entity: &'static str) -> Response {
+    answer(&shared, |state| (200, field_list(state, entity)))
+}
+
+async fn list(extract::State(shared): Store, RawQuery(query): RawQuery, entity: &'static str) -> Response {
+    answer(&shared, |state| list_records(state, entity, &params(query)))
+}
+
+async fn list_notes(extract::State(shared): Store, RawQuery(query): RawQuery) -> Response {
+    answer(&shared, |state| list_notes_of(state, &params(query)))
+}
+
+async fn search(extract::State(shared): Store, RawQuery(query): RawQuery, entity: &'static str) -> Response {
+    answer(&shared, |state| search_records(state, entity, &params(query)))
+}
+
+async fn create(extract::State(shared): Store, body: Bytes, entity: &'static str) -> Response {
+    answer(&shared, |state| create_record(state, entity, &body))
+}
+
+async fn read(extract::State(shared): Store, id: Id, entity: &'static str) -> Response {
+    answer(&shared, |state| read_record(state, entity, &path_id(id)))
+}
+
+async fn update(extract::State(shared): Store, id: Id, body: Bytes, entity: &'static str) -> Response {
+    answer(&shared, |state| update_record(state, entity, &path_id(id), &body))
+}
+
+async fn delete(extract::State(shared): Store, id: Id, entity: &'static str) -> Response {
+    answer(&shared, |state| delete_record(state, entity, &path_id(id)))
+}
+
+/// `/_sandbox/requests`, any method: the request log, newest last.
+async fn requests(extract::State(shared): Store) -> Response {
+    let log: Vec<Value> = shared.lock().unwrap().requests.iter().cloned().collect();
+    reply(200, &Value::Array(log), &[])
 }
 
 fn now_text() -> String {
@@ -792,222 +946,214 @@ fn search_item(entity: &str, record: &Map<String, Value>) -> Value {
     }
 }
 
-fn serve(state: &mut State, method: &str, segments: &[&str], query: &str, body: &[u8]) -> (u16, Value) {
-    let not_found = (
-        404,
-        json!({"success": false, "error": "Not found", "errorCode": 404}),
-    );
-    let params: BTreeMap<String, String> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
-    if let Some(fields_of) = segments.first().and_then(|first| match *first {
-        "personFields" => Some("persons"),
-        "dealFields" => Some("deals"),
-        _ => None,
-    }) {
-        if method != "GET" || segments.len() > 1 {
-            return not_found;
-        }
-        return (200, field_list(state, fields_of));
+/// A request body as the JSON object every write takes.
+fn body_fields(body: &[u8]) -> Result<Map<String, Value>, (u16, Value)> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(fields)) => Ok(fields),
+        _ => Err((
+            400,
+            json!({"success": false, "error": "Invalid JSON body", "errorCode": 400}),
+        )),
     }
-    let Some(entity) = segments.first().and_then(|segment| entity_name(segment)) else {
-        return not_found;
+}
+
+/// `POST /api/v2/{persons|deals}`, `POST /v1/notes`.
+fn create_record(state: &mut State, entity: &'static str, body: &[u8]) -> (u16, Value) {
+    let fields = match body_fields(body) {
+        Ok(fields) => fields,
+        Err(reply) => return reply,
     };
-    let fields = || -> Result<Map<String, Value>, (u16, Value)> {
-        match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Object(fields)) => Ok(fields),
-            _ => Err((
+    if entity == "notes" {
+        if fields
+            .get("content")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+            || !["person_id", "deal_id", "org_id", "lead_id"]
+                .iter()
+                .any(|link| fields.get(*link).is_some_and(|v| !v.is_null()))
+        {
+            return (
                 400,
-                json!({"success": false, "error": "Invalid JSON body", "errorCode": 400}),
-            )),
+                json!({"success": false, "error": "Content and one of deal_id, person_id, org_id or lead_id are required", "errorCode": 400}),
+            );
         }
-    };
+        if let Some(problem) = note_problem(&fields) {
+            return (400, json!({"success": false, "error": problem, "errorCode": 400}));
+        }
+    } else if let Err(detail) = validate(state, entity, &fields, true) {
+        return invalid(&detail);
+    }
     let lag = state.limits.search_lag;
-    match (method, segments.get(1).copied()) {
-        ("POST", None) => {
-            let fields = match fields() {
-                Ok(fields) => fields,
-                Err(reply) => return reply,
-            };
-            if entity == "notes" {
-                if fields
-                    .get("content")
-                    .and_then(Value::as_str)
-                    .is_none_or(str::is_empty)
-                    || !["person_id", "deal_id", "org_id", "lead_id"]
-                        .iter()
-                        .any(|link| fields.get(*link).is_some_and(|v| !v.is_null()))
-                {
-                    return (
-                        400,
-                        json!({"success": false, "error": "Content and one of deal_id, person_id, org_id or lead_id are required", "errorCode": 400}),
-                    );
-                }
-                if let Some(problem) = note_problem(&fields) {
-                    return (400, json!({"success": false, "error": problem, "errorCode": 400}));
-                }
-            } else if let Err(detail) = validate(state, entity, &fields, true) {
-                return invalid(&detail);
-            }
-            let id = state.next_id;
-            state.next_id += 1;
-            let mut record = created(entity, id);
-            merge(&mut record, fields);
-            touched(entity, &mut record);
-            state
-                .records
-                .entry(entity)
-                .or_default()
-                .insert(id, record.clone());
+    let id = state.next_id;
+    state.next_id += 1;
+    let mut record = created(entity, id);
+    merge(&mut record, fields);
+    touched(entity, &mut record);
+    state
+        .records
+        .entry(entity)
+        .or_default()
+        .insert(id, record.clone());
+    state.indexed_at.insert((entity, id), Instant::now() + lag);
+    state.emit(entity, &record, None, "api");
+    (201, json!({"success": true, "data": shown(&record)}))
+}
+
+/// `GET /v1/notes`: by person, newest first (`sort=id DESC`), `limit` of them.
+fn list_notes_of(state: &State, params: &BTreeMap<String, String>) -> (u16, Value) {
+    let person = params.get("person_id").cloned();
+    let limit = params
+        .get("limit")
+        .and_then(|limit| limit.parse::<usize>().ok())
+        .unwrap_or(100)
+        .min(500);
+    let start = params
+        .get("start")
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or(0);
+    let newest_first = params.get("sort").is_some_and(|sort| sort == "id DESC");
+    let mut notes: Vec<Value> = state
+        .records
+        .get("notes")
+        .into_iter()
+        .flat_map(|records| records.values())
+        .filter(|note| {
+            person
+                .as_ref()
+                .is_none_or(|p| note.get("person_id").map(Value::to_string).as_ref() == Some(p))
+        })
+        .map(|note| Value::Object(note.clone()))
+        .collect();
+    if newest_first {
+        notes.reverse();
+    }
+    let total = notes.len();
+    let page: Vec<Value> = notes.into_iter().skip(start).take(limit).collect();
+    let more = start + page.len() < total;
+    (
+        200,
+        json!({"success": true, "data": page, "additional_data": {"pagination": if more {
+            json!({"start": start, "limit": limit, "more_items_in_collection": true, "next_start": start + limit})
+        } else {
+            json!({"start": start, "limit": limit, "more_items_in_collection": false})
+        }}}),
+    )
+}
+
+/// `GET /api/v2/{persons|deals}`, newest first when asked (`sort_by=add_time&sort_direction=desc`).
+fn list_records(state: &State, entity: &str, params: &BTreeMap<String, String>) -> (u16, Value) {
+    let limit = params
+        .get("limit")
+        .and_then(|limit| limit.parse::<usize>().ok())
+        .unwrap_or(100)
+        .min(500);
+    let mut records: Vec<Map<String, Value>> = state
+        .records
+        .get(entity)
+        .into_iter()
+        .flat_map(|records| records.values().cloned())
+        .collect();
+    if params.get("sort_direction").is_some_and(|d| d == "desc") {
+        records.reverse();
+    }
+    records.truncate(limit);
+    let records: Vec<Value> = records.iter().map(shown).collect();
+    (
+        200,
+        // No `next_cursor`: there is no next page.
+        json!({"success": true, "data": records, "additional_data": {}}),
+    )
+}
+
+/// `GET /api/v2/{persons|deals}/search`: an exact match on a custom field's value, among the
+/// records the search index has caught up with.
+fn search_records(state: &State, entity: &'static str, params: &BTreeMap<String, String>) -> (u16, Value) {
+    let term = params.get("term").cloned().unwrap_or_default().to_lowercase();
+    let now = Instant::now();
+    let items: Vec<Value> = state
+        .records
+        .get(entity)
+        .into_iter()
+        .flat_map(|records| records.values())
+        .filter(|record| {
+            let id = record.get("id").and_then(Value::as_u64).unwrap_or_default();
+            state.indexed_at.get(&(entity, id)).is_none_or(|at| *at <= now)
+        })
+        // Exact match ignores case, as Pipedrive documents it.
+        .filter(|record| {
+            record
+                .get("custom_fields")
+                .and_then(Value::as_object)
+                .is_some_and(|custom| {
+                    custom
+                        .values()
+                        .any(|value| value.as_str().is_some_and(|v| v.to_lowercase() == term))
+                })
+        })
+        .map(|record| json!({"result_score": 1.0, "item": search_item(entity, record)}))
+        .collect();
+    (
+        200,
+        json!({"success": true, "data": {"items": items}, "additional_data": {}}),
+    )
+}
+
+/// `PATCH /api/v2/{persons|deals}/{id}`, `PUT /v1/notes/{id}`: v2 updates with PATCH, v1 with
+/// PUT, each only its own (the router's business).
+fn update_record(state: &mut State, entity: &'static str, id: &str, body: &[u8]) -> (u16, Value) {
+    let Ok(id) = id.parse::<u64>() else {
+        return not_found();
+    };
+    let fields = match body_fields(body) {
+        Ok(fields) => fields,
+        Err(reply) => return reply,
+    };
+    if entity == "notes" {
+        if let Some(problem) = note_problem(&fields) {
+            return (400, json!({"success": false, "error": problem, "errorCode": 400}));
+        }
+    } else if let Err(detail) = validate(state, entity, &fields, false) {
+        return invalid(&detail);
+    }
+    let lag = state.limits.search_lag;
+    let records = state.records.entry(entity).or_default();
+    match records.get_mut(&id) {
+        Some(record) => {
+            let previous = previous_of(record, &fields);
+            merge(record, fields);
+            touched(entity, record);
+            let record = record.clone();
             state.indexed_at.insert((entity, id), Instant::now() + lag);
-            state.emit(entity, &record, None, "api");
-            (201, json!({"success": true, "data": shown(&record)}))
-        }
-        // API v1's list of notes: by person, newest first (`sort=id DESC`), `limit` of them.
-        ("GET", None) if entity == "notes" => {
-            let person = params.get("person_id").cloned();
-            let limit = params
-                .get("limit")
-                .and_then(|limit| limit.parse::<usize>().ok())
-                .unwrap_or(100)
-                .min(500);
-            let start = params
-                .get("start")
-                .and_then(|s| s.parse::<usize>().ok())
-                .unwrap_or(0);
-            let newest_first = params.get("sort").is_some_and(|sort| sort == "id DESC");
-            let mut notes: Vec<Value> = state
-                .records
-                .get(entity)
-                .into_iter()
-                .flat_map(|records| records.values())
-                .filter(|note| {
-                    person
-                        .as_ref()
-                        .is_none_or(|p| note.get("person_id").map(Value::to_string).as_ref() == Some(p))
-                })
-                .map(|note| Value::Object(note.clone()))
-                .collect();
-            if newest_first {
-                notes.reverse();
+            if !previous.is_empty() {
+                state.emit(entity, &record, Some(previous), "api");
             }
-            let total = notes.len();
-            let page: Vec<Value> = notes.into_iter().skip(start).take(limit).collect();
-            let more = start + page.len() < total;
-            (
-                200,
-                json!({"success": true, "data": page, "additional_data": {"pagination": if more {
-                    json!({"start": start, "limit": limit, "more_items_in_collection": true, "next_start": start + limit})
-                } else {
-                    json!({"start": start, "limit": limit, "more_items_in_collection": false})
-                }}}),
-            )
+            (200, json!({"success": true, "data": shown(&record)}))
         }
-        // API v2's list, newest first when asked (`sort_by=add_time&sort_direction=desc`).
-        ("GET", None) => {
-            let limit = params
-                .get("limit")
-                .and_then(|limit| limit.parse::<usize>().ok())
-                .unwrap_or(100)
-                .min(500);
-            let mut records: Vec<Map<String, Value>> = state
-                .records
-                .get(entity)
-                .into_iter()
-                .flat_map(|records| records.values().cloned())
-                .collect();
-            if params.get("sort_direction").is_some_and(|d| d == "desc") {
-                records.reverse();
-            }
-            records.truncate(limit);
-            let records: Vec<Value> = records.iter().map(shown).collect();
-            (
-                200,
-                // No `next_cursor`: there is no next page.
-                json!({"success": true, "data": records, "additional_data": {}}),
-            )
-        }
-        ("GET", Some("search")) => {
-            let term = params.get("term").cloned().unwrap_or_default().to_lowercase();
-            let now = Instant::now();
-            let items: Vec<Value> = state
-                .records
-                .get(entity)
-                .into_iter()
-                .flat_map(|records| records.values())
-                .filter(|record| {
-                    let id = record.get("id").and_then(Value::as_u64).unwrap_or_default();
-                    state.indexed_at.get(&(entity, id)).is_none_or(|at| *at <= now)
-                })
-                // Exact match ignores case, as Pipedrive documents it.
-                .filter(|record| {
-                    record
-                        .get("custom_fields")
-                        .and_then(Value::as_object)
-                        .is_some_and(|custom| {
-                            custom
-                                .values()
-                                .any(|value| value.as_str().is_some_and(|v| v.to_lowercase() == term))
-                        })
-                })
-                .map(|record| json!({"result_score": 1.0, "item": search_item(entity, record)}))
-                .collect();
-            (
-                200,
-                json!({"success": true, "data": {"items": items}, "additional_data": {}}),
-            )
-        }
-        (method, Some(id)) => {
-            let Ok(id) = id.parse::<u64>() else {
-                return not_found;
-            };
-            // v2 updates with PATCH, v1 (notes) with PUT; each only its own.
-            let update = if entity == "notes" { "PUT" } else { "PATCH" };
-            if method == "PATCH" || method == "PUT" {
-                if method != update {
-                    return not_found;
-                }
-                let fields = match fields() {
-                    Ok(fields) => fields,
-                    Err(reply) => return reply,
-                };
-                if entity == "notes" {
-                    if let Some(problem) = note_problem(&fields) {
-                        return (400, json!({"success": false, "error": problem, "errorCode": 400}));
-                    }
-                } else if let Err(detail) = validate(state, entity, &fields, false) {
-                    return invalid(&detail);
-                }
-                let records = state.records.entry(entity).or_default();
-                return match records.get_mut(&id) {
-                    Some(record) => {
-                        let previous = previous_of(record, &fields);
-                        merge(record, fields);
-                        touched(entity, record);
-                        let record = record.clone();
-                        state.indexed_at.insert((entity, id), Instant::now() + lag);
-                        if !previous.is_empty() {
-                            state.emit(entity, &record, Some(previous), "api");
-                        }
-                        (200, json!({"success": true, "data": shown(&record)}))
-                    }
-                    None => not_found,
-                };
-            }
-            let records = state.records.entry(entity).or_default();
-            match method {
-                "GET" => match records.get(&id) {
-                    Some(record) => (200, json!({"success": true, "data": shown(record)})),
-                    None => not_found,
-                },
-                "DELETE" => match records.remove(&id) {
-                    // v2 answers the id, v1 `true`.
-                    Some(_) if entity == "notes" => (200, json!({"success": true, "data": true})),
-                    Some(_) => (200, json!({"success": true, "data": {"id": id}})),
-                    None => not_found,
-                },
-                _ => not_found,
-            }
-        }
-        _ => not_found,
+        None => not_found(),
+    }
+}
+
+/// `GET /api/v2/{persons|deals}/{id}`, `GET /v1/notes/{id}`.
+fn read_record(state: &mut State, entity: &'static str, id: &str) -> (u16, Value) {
+    let Ok(id) = id.parse::<u64>() else {
+        return not_found();
+    };
+    match state.records.entry(entity).or_default().get(&id) {
+        Some(record) => (200, json!({"success": true, "data": shown(record)})),
+        None => not_found(),
+    }
+}
+
+/// `DELETE /api/v2/{persons|deals}/{id}`, `DELETE /v1/notes/{id}`.
+fn delete_record(state: &mut State, entity: &'static str, id: &str) -> (u16, Value) {
+    let Ok(id) = id.parse::<u64>() else {
+        return not_found();
+    };
+    match state.records.entry(entity).or_default().remove(&id) {
+        // v2 answers the id, v1 `true`.
+        Some(_) if entity == "notes" => (200, json!({"success": true, "data": true})),
+        Some(_) => (200, json!({"success": true, "data": {"id": id}})),
+        None => not_found(),
     }
 }
 
@@ -1086,5 +1232,137 @@ fn merge(record: &mut Map<String, Value>, fields: Map<String, Value>) {
                 record.insert(name, value);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::Method;
+
+    const TOKEN: &str = "sandbox-token";
+
+    async fn call(sandbox: &Sandbox, method: Method, path: &str, body: Option<&str>) -> reqwest::Response {
+        let mut request = reqwest::Client::new()
+            .request(method, format!("http://{}{path}", sandbox.server.addr))
+            .header("x-api-token", TOKEN);
+        if let Some(body) = body {
+            // No content-type, on purpose: the sandbox reads a body as JSON whatever it is labelled.
+            request = request.body(body.to_string());
+        }
+        request.send().await.expect("the sandbox answers")
+    }
+
+    #[tokio::test]
+    async fn each_endpoint_family_is_served_priced_and_rate_headed() {
+        let sandbox = Sandbox::start("127.0.0.1:0", TOKEN, Limits::default())
+            .await
+            .unwrap();
+        let created = call(
+            &sandbox,
+            Method::POST,
+            "/api/v2/persons",
+            Some(r#"{"name":"Ada Lovelace"}"#),
+        )
+        .await;
+        assert_eq!(created.status(), 201);
+        assert_eq!(created.headers()["x-ratelimit-limit"], "20");
+        assert!(created
+            .headers()
+            .contains_key("x-daily-ratelimit-token-remaining"));
+        let id = created.json::<Value>().await.unwrap()["data"]["id"]
+            .as_u64()
+            .unwrap();
+        let read = call(&sandbox, Method::GET, &format!("/api/v2/persons/{id}"), None).await;
+        assert_eq!(
+            read.json::<Value>().await.unwrap()["data"]["name"],
+            "Ada Lovelace"
+        );
+        let note = format!(r#"{{"content":"Met at the lab","person_id":{id}}}"#);
+        assert_eq!(
+            call(&sandbox, Method::POST, "/v1/notes", Some(&note))
+                .await
+                .status(),
+            201
+        );
+        let notes = call(
+            &sandbox,
+            Method::GET,
+            &format!("/v1/notes?person_id={id}&sort=id%20DESC"),
+            None,
+        )
+        .await;
+        assert_eq!(
+            notes.json::<Value>().await.unwrap()["data"]
+                .as_array()
+                .map(Vec::len),
+            Some(1)
+        );
+        let search = "/api/v2/persons/search?term=none&fields=custom_fields&exact_match=true";
+        assert_eq!(call(&sandbox, Method::GET, search, None).await.status(), 200);
+        assert_eq!(
+            call(&sandbox, Method::GET, "/api/v2/dealFields", None)
+                .await
+                .status(),
+            200
+        );
+        // v2 create 5, v2 get 1, v1 create 10, v1 list 20, search 20, field list 10.
+        assert_eq!(sandbox.stats().tokens, 66);
+    }
+
+    #[tokio::test]
+    async fn misses_and_wrong_methods_are_gated_json_404s_and_the_log_is_not_gated() {
+        let sandbox = Sandbox::start("127.0.0.1:0", TOKEN, Limits::default())
+            .await
+            .unwrap();
+        let misses = [
+            (Method::PATCH, "/v1/notes/1"),
+            (Method::PUT, "/api/v2/persons/1"),
+            (Method::GET, "/v1/persons"),
+            (Method::GET, "/api/v2/notes"),
+            (Method::GET, "/api/v2/persons/x"),
+            (Method::POST, "/api/v2/persons/search"),
+            (Method::GET, "/nowhere"),
+        ];
+        for (method, path) in &misses {
+            let answer = call(&sandbox, method.clone(), path, None).await;
+            assert_eq!(answer.status(), 404, "{method} {path}");
+            assert!(answer.headers().get("allow").is_none(), "{method} {path}");
+            assert!(
+                answer.headers().contains_key("x-ratelimit-remaining"),
+                "{method} {path}"
+            );
+            let body: Value = answer.json().await.unwrap();
+            assert_eq!(
+                body,
+                json!({"success": false, "error": "Not found", "errorCode": 404})
+            );
+        }
+        // HEAD is not GET here.
+        assert_eq!(
+            call(&sandbox, Method::HEAD, "/api/v2/persons", None)
+                .await
+                .status(),
+            404
+        );
+        let root = format!("http://{}", sandbox.server.addr);
+        let unauthorized = reqwest::get(format!("{root}/api/v2/persons")).await.unwrap();
+        assert_eq!(unauthorized.status(), 401);
+        assert!(!unauthorized.headers().contains_key("x-ratelimit-limit"));
+
+        let log: Value = reqwest::get(format!("{root}/_sandbox/requests"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let calls = misses.len() + 2;
+        assert_eq!(log.as_array().map(Vec::len), Some(calls));
+        assert_eq!(
+            log[0],
+            json!({"method": "PATCH", "path": "/v1/notes/1", "query": "", "body": null})
+        );
+        assert_eq!(sandbox.stats().calls, calls as u64);
+        assert_eq!(sandbox.stats().unauthorized, 1);
     }
 }

@@ -11,10 +11,14 @@
 //! is refused with `INVALID_FIELD`, a malformed id with `MALFORMED_ID`. Retrieval takes the
 //! documented `POST /composite/sobjects/{type}` (`{ids, fields}`) and the `GET` form, and
 //! answers only the fields asked for, each record with `attributes: {type, url}` and datetimes
-//! as the REST API writes them (`2026-11-27T10:15:00.000+0000`).
+//! as the REST API writes them (`2026-11-27T10:15:00.000+0000`). Any other path, or a method a
+//! collections path does not take, is answered `NOT_FOUND`.
 //!
 //! `set_faults` injects 500s (not applied) and late answers (applied, answered after the
 //! client gave up).
+//!
+//! The HTTP side (an axum router: the paths, the checks every API call passes first) is in
+//! `routes.rs`; this file holds the org's state and what each call does to it.
 
 use std::collections::BTreeMap;
 
@@ -24,11 +28,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
+use axum::response::Response;
 use serde_json::{json, Map, Value};
 
-type Reply = hyper::Response<Full<Bytes>>;
+mod routes;
 
 /// The API version the sandbox serves.
 pub const API_PATH: &str = "/services/data/v60.0";
@@ -87,10 +90,13 @@ struct State {
     client: Option<(String, String)>,
 }
 
+/// The org, as the handlers and [`Sandbox`] share it.
+type Shared = Arc<Mutex<State>>;
+
 /// A running sandbox; stops when dropped.
 pub struct Sandbox {
     server: sandbox_server::Server,
-    state: Arc<Mutex<State>>,
+    state: Shared,
 }
 
 impl Sandbox {
@@ -118,9 +124,7 @@ impl Sandbox {
             touched: Vec::new(),
             dice: FaultDice::default(),
         }));
-        let shared = state.clone();
-        let server =
-            sandbox_server::start_responding(addr, move |parts, body| respond(&shared, parts, body)).await?;
+        let server = sandbox_server::start(addr, routes::router(state.clone())).await?;
         Ok(Sandbox { server, state })
     }
 
@@ -195,15 +199,16 @@ impl Sandbox {
     }
 }
 
-fn reply(status: u16, body: &Value, state: &State) -> Reply {
-    hyper::Response::builder()
+/// A JSON answer, with the day's API usage as Salesforce reports it on every response.
+fn reply(status: u16, body: &Value, state: &State) -> Response {
+    axum::http::Response::builder()
         .status(status)
         .header("content-type", "application/json;charset=UTF-8")
         .header(
             "Sforce-Limit-Info",
             format!("api-usage={}/{}", state.used, state.daily_limit),
         )
-        .body(Full::new(Bytes::from(body.to_string())))
+        .body(axum::body::Body::from(body.to_string()))
         .expect("a valid response")
 }
 
@@ -211,62 +216,94 @@ fn form(body: &[u8]) -> BTreeMap<String, String> {
     form_urlencoded::parse(body).into_owned().collect()
 }
 
-/// The answer, and how long to hold it back (an injected timeout).
-fn respond(
-    shared: &Arc<Mutex<State>>,
-    parts: &hyper::http::request::Parts,
-    body: &[u8],
-) -> (Reply, Option<Duration>) {
-    let mut state = shared.lock().unwrap();
-    state.stats.calls += 1;
-    let path = parts.uri.path().to_string();
-    if path == "/services/oauth2/token" {
-        let fields = form(body);
-        if fields.get("grant_type").map(String::as_str) != Some("refresh_token")
-            || fields.get("refresh_token") != Some(&state.refresh_token)
-        {
-            let body = json!({"error": "invalid_grant", "error_description": "expired access/refresh token"});
-            return (reply(400, &body, &state), None);
+fn not_found() -> (u16, Value) {
+    (
+        404,
+        json!([{"message": "The requested resource does not exist", "errorCode": "NOT_FOUND"}]),
+    )
+}
+
+impl State {
+    /// Counts an API call (anything but the token endpoint) and lets it through, or refuses it
+    /// as Salesforce does, in its order: the session, then the day's budget; then the injected
+    /// faults. `Ok` carries how long to hold the answer back (an injected timeout).
+    fn admit(&mut self, bearer: Option<&str>) -> Result<Option<Duration>, (u16, Value)> {
+        self.stats.calls += 1;
+        if bearer != Some(self.access_token.as_str()) {
+            self.stats.refused_sessions += 1;
+            return Err((
+                401,
+                json!([{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]),
+            ));
         }
-        let client_id = fields.get("client_id").cloned().unwrap_or_default();
-        let client_secret = fields.get("client_secret").cloned().unwrap_or_default();
-        let (known_id, known_secret) = match &state.client {
-            Some((id, secret)) => (client_id == *id, client_secret == *secret),
-            None => (!client_id.is_empty(), !client_secret.is_empty()),
-        };
-        if !known_id {
-            let body =
-                json!({"error": "invalid_client_id", "error_description": "client identifier invalid"});
-            return (reply(400, &body, &state), None);
+        if self.used >= self.daily_limit {
+            self.stats.limit_refusals += 1;
+            return Err((
+                403,
+                json!([{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}]),
+            ));
         }
-        if !known_secret {
-            let body = json!({"error": "invalid_client", "error_description": "invalid client credentials"});
-            return (reply(400, &body, &state), None);
+        self.used += 1;
+        match self.dice.roll() {
+            Fault::Error => Err((
+                500,
+                json!([{"message": "An unexpected error occurred. Please include this ErrorId if you contact support: 1234567890-12345 (-1234567890)", "errorCode": "UNKNOWN_EXCEPTION"}]),
+            )),
+            Fault::Late(hold) => Ok(Some(hold)),
+            Fault::None => Ok(None),
         }
-        state.tokens_issued += 1;
-        state.stats.refreshed += 1;
-        state.access_token = format!("access-{}", state.tokens_issued);
-        let instance_url = format!(
-            "http://{}",
-            parts
-                .headers
-                .get("host")
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or_default()
+    }
+}
+
+/// `/services/oauth2/token`: the refresh-token grant, from its form `body`; `host` (the request's
+/// `Host`) makes the instance URL.
+fn refresh(state: &mut State, host: &str, body: &[u8]) -> (u16, Value) {
+    let fields = form(body);
+    if fields.get("grant_type").map(String::as_str) != Some("refresh_token")
+        || fields.get("refresh_token") != Some(&state.refresh_token)
+    {
+        return (
+            400,
+            json!({"error": "invalid_grant", "error_description": "expired access/refresh token"}),
         );
-        // The identity URL, when it was issued, and their HMAC-SHA256 under the client secret:
-        // what the token endpoint documents and the clients (jsforce) read.
-        let id = format!("{instance_url}/id/{ORGANIZATION_ID}/{INTEGRATION_USER_ID}");
-        let issued_at = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).to_string();
-        let signature = {
-            use base64::Engine;
-            use hmac::{KeyInit, Mac};
-            let mut mac =
-                hmac::Hmac::<sha2::Sha256>::new_from_slice(client_secret.as_bytes()).expect("any key length");
-            mac.update(format!("{id}{issued_at}").as_bytes());
-            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-        };
-        let body = json!({
+    }
+    let client_id = fields.get("client_id").cloned().unwrap_or_default();
+    let client_secret = fields.get("client_secret").cloned().unwrap_or_default();
+    let (known_id, known_secret) = match &state.client {
+        Some((id, secret)) => (client_id == *id, client_secret == *secret),
+        None => (!client_id.is_empty(), !client_secret.is_empty()),
+    };
+    if !known_id {
+        return (
+            400,
+            json!({"error": "invalid_client_id", "error_description": "client identifier invalid"}),
+        );
+    }
+    if !known_secret {
+        return (
+            400,
+            json!({"error": "invalid_client", "error_description": "invalid client credentials"}),
+        );
+    }
+    state.tokens_issued += 1;
+    state.stats.refreshed += 1;
+    state.access_token = format!("access-{}", state.tokens_issued);
+    let instance_url = format!("http://{host}");
+    // The identity URL, when it was issued, and their HMAC-SHA256 under the client secret:
+    // what the token endpoint documents and the clients (jsforce) read.
+    let id = format!("{instance_url}/id/{ORGANIZATION_ID}/{INTEGRATION_USER_ID}");
+    let issued_at = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).to_string();
+    let signature = {
+        use base64::Engine;
+        use hmac::{KeyInit, Mac};
+        let mut mac =
+            hmac::Hmac::<sha2::Sha256>::new_from_slice(client_secret.as_bytes()).expect("any key length");
+        mac.update(format!("{id}{issued_at}").as_bytes());
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    };
+    (
+        200,
+        json!({
             "access_token": state.access_token,
             "instance_url": instance_url,
             "id": id,
@@ -274,129 +311,82 @@ fn respond(
             "issued_at": issued_at,
             "signature": signature,
             "scope": "api refresh_token",
-        });
-        return (reply(200, &body, &state), None);
+        }),
+    )
+}
+
+/// One record of `POST /composite/sobjects`: its type from `attributes`.
+fn create_from_attributes(state: &mut State, record: &Map<String, Value>) -> Value {
+    let sobject = record
+        .get("attributes")
+        .and_then(|a| a.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    // A create's SaveResult has no `created`; only an upsert's does.
+    let mut result = create(state, &sobject, record);
+    if let Some(result) = result.as_object_mut() {
+        result.remove("created");
     }
-    let bearer = parts
-        .headers
-        .get("authorization")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    if bearer != Some(state.access_token.as_str()) {
-        state.stats.refused_sessions += 1;
-        let body = json!([{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]);
-        return (reply(401, &body, &state), None);
-    }
-    if state.used >= state.daily_limit {
-        state.stats.limit_refusals += 1;
-        let body =
-            json!([{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}]);
-        return (reply(403, &body, &state), None);
-    }
-    state.used += 1;
-    let late = match state.dice.roll() {
-        Fault::Error => {
-            let body = json!([{"message": "An unexpected error occurred. Please include this ErrorId if you contact support: 1234567890-12345 (-1234567890)", "errorCode": "UNKNOWN_EXCEPTION"}]);
-            return (reply(500, &body, &state), None);
-        }
-        Fault::Late(hold) => Some(hold),
-        Fault::None => None,
-    };
-    if let Some(sobject) = path
-        .strip_prefix(&format!("{API_PATH}/sobjects/"))
-        .and_then(|rest| rest.strip_suffix("/describe"))
-    {
-        let (status, body) = describe(sobject);
-        return (reply(status, &body, &state), late);
-    }
-    let Some(rest) = path.strip_prefix(&format!("{API_PATH}/composite/sobjects")) else {
-        let body = json!([{"message": "The requested resource does not exist", "errorCode": "NOT_FOUND"}]);
-        return (reply(404, &body, &state), None);
-    };
-    let segments: Vec<String> = rest
-        .trim_matches('/')
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
+    result
+}
+
+/// `DELETE /composite/sobjects?ids=a,b`: a SaveResult per id, in order.
+fn delete_by_ids(state: &mut State, query: &BTreeMap<String, String>) -> (u16, Value) {
+    let ids = query.get("ids").cloned().unwrap_or_default();
+    let results: Vec<Value> = ids
+        .split(',')
+        .map(|id| {
+            if !well_formed(id) {
+                return failure_without_field("MALFORMED_ID", &format!("malformed id {id}"));
+            }
+            let found = state
+                .records
+                .values_mut()
+                .any(|records| records.remove(id).is_some());
+            if found {
+                json!({"id": id, "success": true, "errors": []})
+            } else {
+                failure_without_field("ENTITY_IS_DELETED", "entity is deleted")
+            }
+        })
         .collect();
-    let query = form(parts.uri.query().unwrap_or_default().as_bytes());
-    let (status, body) = match (parts.method.as_str(), segments.as_slice()) {
-        ("PATCH", [sobject, external_id]) => collection(&mut state, body, |state, record| {
-            upsert(state, sobject, external_id, record)
-        }),
-        ("PATCH", []) => collection(&mut state, body, update),
-        ("POST", []) => collection(&mut state, body, |state, record| {
-            let sobject = record
-                .get("attributes")
-                .and_then(|a| a.get("type"))
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            // A create's SaveResult has no `created`; only an upsert's does.
-            let mut result = create(state, &sobject, record);
-            if let Some(result) = result.as_object_mut() {
-                result.remove("created");
-            }
-            result
-        }),
-        ("DELETE", []) => {
-            let ids = query.get("ids").cloned().unwrap_or_default();
-            let results: Vec<Value> = ids
-                .split(',')
-                .map(|id| {
-                    if !well_formed(id) {
-                        return failure_without_field("MALFORMED_ID", &format!("malformed id {id}"));
-                    }
-                    let found = state
-                        .records
-                        .values_mut()
-                        .any(|records| records.remove(id).is_some());
-                    if found {
-                        json!({"id": id, "success": true, "errors": []})
-                    } else {
-                        failure_without_field("ENTITY_IS_DELETED", "entity is deleted")
-                    }
-                })
-                .collect();
-            (200, Value::Array(results))
+    (200, Value::Array(results))
+}
+
+/// `GET /composite/sobjects/{type}?ids=a,b&fields=F1,F2`.
+fn retrieve_by_query(state: &State, sobject: &str, query: &BTreeMap<String, String>) -> (u16, Value) {
+    let ids: Vec<String> = query
+        .get("ids")
+        .map(|ids| ids.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    let fields: Vec<String> = query
+        .get("fields")
+        .map(|fields| fields.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    retrieve(state, sobject, &ids, &fields)
+}
+
+/// `POST /composite/sobjects/{type}` with `{ids, fields}`.
+fn retrieve_by_body(state: &State, sobject: &str, body: &[u8]) -> (u16, Value) {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(request) => {
+            let list = |name: &str| -> Vec<String> {
+                request
+                    .get(name)
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            };
+            retrieve(state, sobject, &list("ids"), &list("fields"))
         }
-        ("GET", [sobject]) => {
-            let ids: Vec<String> = query
-                .get("ids")
-                .map(|ids| ids.split(',').map(str::to_string).collect())
-                .unwrap_or_default();
-            let fields: Vec<String> = query
-                .get("fields")
-                .map(|fields| fields.split(',').map(str::to_string).collect())
-                .unwrap_or_default();
-            retrieve(&state, sobject, &ids, &fields)
-        }
-        ("POST", [sobject]) => match serde_json::from_slice::<Value>(body) {
-            Ok(request) => {
-                let list = |name: &str| -> Vec<String> {
-                    request
-                        .get(name)
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|v| v.as_str().map(str::to_string))
-                        .collect()
-                };
-                retrieve(&state, sobject, &list("ids"), &list("fields"))
-            }
-            Err(_) => (
-                400,
-                json!([{"message": "JSON parser error", "errorCode": "JSON_PARSER_ERROR"}]),
-            ),
-        },
-        _ => (
-            404,
-            json!([{"message": "The requested resource does not exist", "errorCode": "NOT_FOUND"}]),
+        Err(_) => (
+            400,
+            json!([{"message": "JSON parser error", "errorCode": "JSON_PARSER_ERROR"}]),
         ),
-    };
-    let response = reply(status, &body, &state);
-    state.notify(shared.clone());
-    (response, late)
+    }
 }
 
 /// Applies `each` to every record of a collection request, in order.

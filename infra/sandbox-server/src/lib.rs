@@ -1,16 +1,9 @@
-//! What every CRM sandbox does the same way: accept connections and serve each with HTTP/1.
+//! What every CRM sandbox does the same way: serve its axum router on a port, and roll the dice
+//! for injected faults.
 
-use std::convert::Infallible;
-use std::future::Future;
-
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-pub type Reply = hyper::Response<Full<Bytes>>;
+pub use axum;
 
 /// A server that stops when dropped.
 pub struct Server {
@@ -24,65 +17,15 @@ impl Drop for Server {
     }
 }
 
-/// Binds `addr` (port 0 picks a free one) and serves it with `handle`.
-pub async fn start<H, F>(addr: &str, handle: H) -> std::io::Result<Server>
-where
-    H: Fn(hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Result<Reply, Infallible>> + Send + 'static,
-{
+/// Binds `addr` (port 0 picks a free one) and serves `router` on it until the server is dropped.
+pub async fn start(addr: &str, router: axum::Router) -> std::io::Result<Server> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
-    Ok(Server {
-        addr,
-        task: serve(listener, handle),
-    })
-}
-
-/// Binds `addr` and answers each request with `respond`: a synchronous function of the request's
-/// head and body that may ask for its answer to be held back (an injected late answer).
-pub async fn start_responding<R>(addr: &str, respond: R) -> std::io::Result<Server>
-where
-    R: Fn(&hyper::http::request::Parts, &[u8]) -> (Reply, Option<std::time::Duration>)
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-{
-    start(addr, move |request: hyper::Request<hyper::body::Incoming>| {
-        let respond = respond.clone();
-        async move {
-            use http_body_util::BodyExt;
-            let (parts, body) = request.into_parts();
-            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-            let (reply, late) = respond(&parts, &body);
-            if let Some(late) = late {
-                tokio::time::sleep(late).await;
-            }
-            Ok(reply)
-        }
-    })
-    .await
-}
-
-/// Serves every connection `listener` accepts with `handle`, until the task is aborted.
-pub fn serve<H, F>(listener: TcpListener, handle: H) -> tokio::task::JoinHandle<()>
-where
-    H: Fn(hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Result<Reply, Infallible>> + Send + 'static,
-{
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let handle = handle.clone();
-            tokio::spawn(async move {
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service_fn(handle))
-                    .await;
-            });
-        }
-    })
+    let task = tokio::spawn(async move {
+        // `serve` only returns when the listener fails; the sandbox is gone then anyway.
+        let _ = axum::serve(listener, router).await;
+    });
+    Ok(Server { addr, task })
 }
 
 /// Injected failures, for the sandboxes that have no control API of their own.

@@ -1,32 +1,19 @@
-//! The dashboard's pages: plain server-rendered HTML, one inline stylesheet, no scripts. Every
-//! value that did not come from this file goes through [`esc`] (text and attributes alike) or
-//! [`url_part`] (inside a link).
+//! The dashboard's pages: plain server-rendered HTML, one inline stylesheet, no scripts. Pages are
+//! built with `maud`, whose splices escape every value (text and attributes alike); a value inside
+//! a link also goes through [`url_part`] first.
 
-use std::fmt::Write as _;
+use std::collections::BTreeMap;
+
+use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use crate::domain::clock::rfc3339;
 use crate::domain::contract::RecordRef;
-use crate::domain::sync::{RecordFilter, RecordState, SyncStatus, Tally};
+use crate::domain::inbound::ConflictEntry;
+use crate::domain::sync::{RecordFilter, RecordState, SyncStatus, Tally, TimelineEntry};
 use crate::ports::{DeadLetterSummary, RedriveOutcome};
 use crate::reconcile::RunReport;
 
 use super::{LaneView, RecordView};
-
-/// Escapes text for HTML element content and quoted attribute values.
-pub fn esc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
 
 /// Percent-encodes a value for a query string.
 pub fn url_part(text: &str) -> String {
@@ -97,71 +84,93 @@ input[type=search],input[type=password]{font:inherit;padding:.4rem .6rem;border:
 .login label{display:block;margin-bottom:.4rem}.login input{max-width:none;margin-bottom:1rem}\
 @media (max-width:640px){main{padding:.6rem}th,td{padding:.4rem}.hide-narrow{display:none}}";
 
-fn document(title: &str, header: &str, body: &str) -> String {
-    format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{} · crm-sync</title><style>{STYLE}</style></head><body>{header}<main>{body}</main></body></html>",
-        esc(title)
-    )
+/// Shown for a dead letter the queue moved by itself, without crm-sync recording why.
+const NO_REASON: &str =
+    "no reason recorded: the queue moved it here after repeated deliveries failed (a crash or a timeout)";
+
+fn document(title: &str, header: Markup, content: Markup) -> String {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · crm-sync" }
+                // Unescaped on purpose: a constant of this file, never data.
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                (header)
+                main { (content) }
+            }
+        }
+    }
+    .into_string()
 }
 
-fn signed_in(title: &str, frame: &Frame<'_>, body: &str) -> String {
-    let header = format!(
-        "<header><a class=\"brand\" href=\"/admin\">crm-sync</a><nav><a href=\"/admin\">Records</a>\
-         <a href=\"/admin/queues\">Queues</a><form method=\"post\" action=\"/admin/logout\">{}\
-         <button class=\"quiet\" type=\"submit\">Sign out</button></form></nav></header>",
-        csrf_field(frame.csrf)
-    );
-    let notice = frame.notice.as_ref().map(notice_html).unwrap_or_default();
-    document(title, &header, &format!("{notice}{body}"))
-}
-
-fn csrf_field(token: &str) -> String {
-    format!("<input type=\"hidden\" name=\"csrf\" value=\"{}\">", esc(token))
-}
-
-fn notice_html(notice: &Notice) -> String {
-    let (bad, text) = match notice {
-        Notice::Resync {
-            queued,
-            skipped,
-            reason,
-        } => {
-            let mut text = format!("Queued {queued} record{} for re-sync.", plural(*queued));
-            if *skipped > 0 {
-                let _ = write!(text, " {skipped} not queued");
-                match reason {
-                    Some(reason) => {
-                        let _ = write!(text, ": {reason}.");
-                    }
-                    None => text.push('.'),
+fn signed_in(title: &str, frame: &Frame<'_>, content: Markup) -> String {
+    let header = html! {
+        header {
+            a.brand href="/admin" { "crm-sync" }
+            nav {
+                a href="/admin" { "Records" }
+                a href="/admin/queues" { "Queues" }
+                form method="post" action="/admin/logout" {
+                    (csrf_field(frame.csrf))
+                    button.quiet type="submit" { "Sign out" }
                 }
             }
-            (*skipped > 0 && *queued == 0, text)
         }
-        Notice::Dismissed => (false, "Conflicts dismissed.".to_string()),
-        Notice::Redrive { lane, outcome } => {
-            let mut text = format!(
-                "Moved {} message{} from the {lane} dead-letter queue back to its queue.",
-                outcome.moved,
-                plural(outcome.moved)
-            );
-            if outcome.failed > 0 {
-                let _ = write!(text, " {} could not be moved and stay.", outcome.failed);
-            }
-            if outcome.more {
-                text.push_str(" More are waiting: redrive again.");
-            }
-            (outcome.failed > 0, text)
-        }
-        Notice::Error(text) => (true, text.clone()),
     };
-    format!(
-        "<div class=\"notice{}\" role=\"status\">{}</div>",
-        if bad { " bad" } else { "" },
-        esc(&text)
-    )
+    let page = html! {
+        @if let Some(notice) = &frame.notice {
+            (notice_html(notice))
+        }
+        (content)
+    };
+    document(title, header, page)
+}
+
+fn csrf_field(token: &str) -> Markup {
+    html! { input type="hidden" name="csrf" value=(token); }
+}
+
+fn notice_html(notice: &Notice) -> Markup {
+    let bad = match notice {
+        Notice::Resync { queued, skipped, .. } => *skipped > 0 && *queued == 0,
+        Notice::Dismissed => false,
+        Notice::Redrive { outcome, .. } => outcome.failed > 0,
+        Notice::Error(_) => true,
+    };
+    html! {
+        div.notice.bad[bad] role="status" { (notice_text(notice)) }
+    }
+}
+
+fn notice_text(notice: &Notice) -> Markup {
+    html! {
+        @match notice {
+            Notice::Resync { queued, skipped, reason } => {
+                "Queued " (queued) " record" (plural(*queued)) " for re-sync."
+                @if *skipped > 0 {
+                    " " (skipped) " not queued"
+                    @if let Some(reason) = reason { ": " (reason) "." } @else { "." }
+                }
+            }
+            Notice::Dismissed => "Conflicts dismissed.",
+            Notice::Redrive { lane, outcome } => {
+                "Moved " (outcome.moved) " message" (plural(outcome.moved)) " from the " (lane)
+                " dead-letter queue back to its queue."
+                @if outcome.failed > 0 {
+                    " " (outcome.failed) " could not be moved and stay."
+                }
+                @if outcome.more {
+                    " More are waiting: redrive again."
+                }
+            }
+            Notice::Error(text) => (text),
+        }
+    }
 }
 
 fn plural(n: u64) -> &'static str {
@@ -172,16 +181,30 @@ fn plural(n: u64) -> &'static str {
     }
 }
 
+/// Quiet text standing in for a missing value.
+fn muted(text: &str) -> Markup {
+    html! { span.muted { (text) } }
+}
+
+/// A value, or `absent` (quietly) when there is none.
+fn text_or(value: Option<&str>, absent: &str) -> Markup {
+    html! {
+        @match value {
+            Some(value) => (value),
+            None => (muted(absent)),
+        }
+    }
+}
+
 /// A moment, exactly and relative to now.
-fn when(at_ms: Option<i64>, now_ms: i64) -> String {
+fn when(at_ms: Option<i64>, now_ms: i64) -> Markup {
     let Some(at_ms) = at_ms else {
-        return "<span class=\"muted\">never</span>".into();
+        return muted("never");
     };
     let exact = rfc3339(at_ms);
-    format!(
-        "<time datetime=\"{exact}\" title=\"{exact}\">{}</time>",
-        esc(&ago(now_ms - at_ms))
-    )
+    html! {
+        time datetime=(exact) title=(exact) { (ago(now_ms - at_ms)) }
+    }
 }
 
 /// "42 s ago", "5 min ago", "3 h ago", "2 d ago".
@@ -195,8 +218,8 @@ pub fn ago(elapsed_ms: i64) -> String {
     }
 }
 
-fn status_badge(status: SyncStatus) -> String {
-    format!("<span class=\"badge s-{0}\">{0}</span>", status.as_str())
+fn status_badge(status: SyncStatus) -> Markup {
+    html! { span.badge.{ "s-" (status.as_str()) } { (status.as_str()) } }
 }
 
 fn filter_label(filter: RecordFilter) -> &'static str {
@@ -209,26 +232,29 @@ fn filter_label(filter: RecordFilter) -> &'static str {
     }
 }
 
-fn tally(tally: &Tally) -> String {
-    if tally.complete {
-        tally.count.to_string()
-    } else {
-        format!("{}+", tally.count)
+/// A count, with a `+` when counting stopped early.
+fn tally(tally: &Tally) -> Markup {
+    html! {
+        (tally.count)
+        @if !tally.complete { "+" }
     }
 }
 
 pub fn login_page(error: Option<&str>, next: &str) -> String {
-    let error = error
-        .map(|error| format!("<div class=\"notice bad\" role=\"alert\">{}</div>", esc(error)))
-        .unwrap_or_default();
-    let body = format!(
-        "<form class=\"login\" method=\"post\" action=\"/admin/login\"><h1>crm-sync dashboard</h1>{error}\
-         <label for=\"password\">Password</label>\
-         <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required autofocus>\
-         <input type=\"hidden\" name=\"next\" value=\"{}\"><button type=\"submit\">Sign in</button></form>",
-        esc(next)
-    );
-    document("Sign in", "", &body)
+    let content = html! {
+        form.login method="post" action="/admin/login" {
+            h1 { "crm-sync dashboard" }
+            @if let Some(error) = error {
+                div.notice.bad role="alert" { (error) }
+            }
+            label for="password" { "Password" }
+            input id="password" name="password" type="password" autocomplete="current-password"
+                required autofocus;
+            input type="hidden" name="next" value=(next);
+            button type="submit" { "Sign in" }
+        }
+    };
+    document("Sign in", Markup::default(), content)
 }
 
 /// What the records page shows.
@@ -243,115 +269,142 @@ pub struct RecordsView<'a> {
     pub here: &'a str,
 }
 
-/// Long on purpose: the list page's HTML in document order.
 pub fn records_page(
     frame: &Frame<'_>,
     view: &RecordsView<'_>,
     crm_url: &dyn Fn(&RecordState) -> Option<String>,
 ) -> String {
-    let mut body = String::new();
-    body.push_str("<h1>Records</h1><nav class=\"tabs\" aria-label=\"Status\">");
-    for (filter, count) in view.counts {
-        let on = view.filter == Some(*filter);
-        let _ = write!(
-            body,
-            "<a class=\"tab{}\" href=\"/admin?filter={}\"{}><span class=\"badge s-{}\">{}</span><span class=\"count\" data-filter=\"{}\">{}</span></a>",
-            if on { " on" } else { "" },
-            filter.as_str(),
-            if on { " aria-current=\"page\"" } else { "" },
-            filter.as_str(),
-            filter_label(*filter),
-            filter.as_str(),
-            tally(count)
-        );
-    }
-    body.push_str("</nav>");
-    let _ = write!(
-        body,
-        "<form class=\"search\" method=\"get\" action=\"/admin\" role=\"search\">\
-         <input type=\"search\" name=\"q\" value=\"{}\" placeholder=\"App id, email or CRM id\" aria-label=\"Search\">\
-         <button type=\"submit\">Search</button></form>",
-        esc(view.query)
-    );
-    match view.filter {
-        Some(filter) => {
-            let _ = write!(body, "<h2>{}</h2>", filter_label(filter));
+    let content = html! {
+        h1 { "Records" }
+        (status_tabs(view))
+        (search_form(view.query))
+        @match view.filter {
+            Some(filter) => h2 { (filter_label(filter)) },
+            None => h2 { "Results for “" (view.query) "”" },
         }
-        None => {
-            let _ = write!(body, "<h2>Results for “{}”</h2>", esc(view.query));
+        @if view.records.is_empty() {
+            p.muted { "No records." }
+        } @else {
+            (records_form(frame, view, crm_url))
+            (next_page_link(view))
         }
-    }
-    if view.records.is_empty() {
-        body.push_str("<p class=\"muted\">No records.</p>");
-        return signed_in("Records", frame, &body);
-    }
-    let _ = write!(
-        body,
-        "<form method=\"post\" action=\"/admin/resync\">{}<input type=\"hidden\" name=\"back\" value=\"{}\">",
-        csrf_field(frame.csrf),
-        esc(view.here)
-    );
-    body.push_str(
-        "<div class=\"scroll\"><table><thead><tr><th><span class=\"hide-narrow\">Select</span></th><th>Record</th>\
-         <th>Status</th><th>CRM id</th><th>Last synced</th><th class=\"hide-narrow\">Attempts</th><th>Last error</th></tr></thead><tbody>",
-    );
-    for state in view.records {
-        let key = record_key(&state.record);
-        let crm = crm_cell(state, crm_url(state));
-        let conflict = if state.open_conflicts {
-            " <span class=\"badge s-conflict\">conflict</span>"
-        } else {
-            ""
-        };
-        let _ = write!(
-            body,
-            "<tr><td><input type=\"checkbox\" name=\"record\" value=\"{}\" aria-label=\"Select {}\"></td>\
-             <td><a href=\"{}\">{}</a></td><td>{}{conflict}</td><td>{crm}</td><td>{}</td><td class=\"hide-narrow\">{}</td>\
-             <td class=\"err\">{}</td></tr>",
-            esc(&key),
-            esc(&key),
-            esc(&record_href(&state.record)),
-            esc(&key),
-            status_badge(state.status),
-            when(state.last_synced_at_ms, frame.now_ms),
-            state.attempts,
-            esc(&short(state.last_error.as_deref().unwrap_or(""), 160))
-        );
-    }
-    body.push_str("</tbody></table></div>");
-    for state in view.records {
-        let _ = write!(
-            body,
-            "<input type=\"hidden\" name=\"page_record\" value=\"{}\">",
-            esc(&record_key(&state.record))
-        );
-    }
-    let _ = write!(
-        body,
-        "<div class=\"actions\"><button type=\"submit\" name=\"scope\" value=\"selected\">Re-sync selected</button>\
-         <button class=\"quiet\" type=\"submit\" name=\"scope\" value=\"page\">Re-sync all {} on this page</button></div></form>",
-        view.records.len()
-    );
-    if let (Some(cursor), Some(filter)) = (view.next_cursor, view.filter) {
-        let _ = write!(
-            body,
-            "<p><a rel=\"next\" href=\"/admin?filter={}&amp;cursor={}\">Next page →</a></p>",
-            filter.as_str(),
-            esc(&url_part(cursor))
-        );
-    }
-    signed_in("Records", frame, &body)
+    };
+    signed_in("Records", frame, content)
 }
 
-fn crm_cell(state: &RecordState, url: Option<String>) -> String {
-    match (&state.crm_id, url) {
-        (Some(id), Some(url)) => format!(
-            "<a href=\"{}\" rel=\"noreferrer\" target=\"_blank\">{}</a>",
-            esc(&url),
-            esc(id)
-        ),
-        (Some(id), None) => esc(id),
-        (None, _) => "<span class=\"muted\">none yet</span>".into(),
+/// One tab per listing, with its count.
+fn status_tabs(view: &RecordsView<'_>) -> Markup {
+    html! {
+        nav.tabs aria-label="Status" {
+            @for (filter, count) in view.counts {
+                @let on = view.filter == Some(*filter);
+                a.tab.on[on] href={ "/admin?filter=" (filter.as_str()) }
+                    aria-current=[on.then_some("page")] {
+                    span.badge.{ "s-" (filter.as_str()) } { (filter_label(*filter)) }
+                    span.count data-filter=(filter.as_str()) { (tally(count)) }
+                }
+            }
+        }
+    }
+}
+
+fn search_form(query: &str) -> Markup {
+    html! {
+        form.search method="get" action="/admin" role="search" {
+            input type="search" name="q" value=(query) placeholder="App id, email or CRM id"
+                aria-label="Search";
+            button type="submit" { "Search" }
+        }
+    }
+}
+
+/// The listing as a form: re-sync the checked records, or every record on the page.
+fn records_form(
+    frame: &Frame<'_>,
+    view: &RecordsView<'_>,
+    crm_url: &dyn Fn(&RecordState) -> Option<String>,
+) -> Markup {
+    html! {
+        form method="post" action="/admin/resync" {
+            (csrf_field(frame.csrf))
+            input type="hidden" name="back" value=(view.here);
+            div.scroll {
+                table {
+                    thead {
+                        tr {
+                            th { span.hide-narrow { "Select" } }
+                            th { "Record" }
+                            th { "Status" }
+                            th { "CRM id" }
+                            th { "Last synced" }
+                            th.hide-narrow { "Attempts" }
+                            th { "Last error" }
+                        }
+                    }
+                    tbody {
+                        @for state in view.records {
+                            (record_row(state, crm_url(state), frame.now_ms))
+                        }
+                    }
+                }
+            }
+            @for state in view.records {
+                input type="hidden" name="page_record" value=(record_key(&state.record));
+            }
+            div.actions {
+                button type="submit" name="scope" value="selected" { "Re-sync selected" }
+                button.quiet type="submit" name="scope" value="page" {
+                    "Re-sync all " (view.records.len()) " on this page"
+                }
+            }
+        }
+    }
+}
+
+fn record_row(state: &RecordState, crm_url: Option<String>, now_ms: i64) -> Markup {
+    let key = record_key(&state.record);
+    html! {
+        tr {
+            td {
+                input type="checkbox" name="record" value=(key) aria-label={ "Select " (key) };
+            }
+            td { a href=(record_href(&state.record)) { (key) } }
+            td {
+                (status_badge(state.status))
+                @if state.open_conflicts {
+                    " " span.badge.s-conflict { "conflict" }
+                }
+            }
+            td { (crm_cell(state, crm_url)) }
+            td { (when(state.last_synced_at_ms, now_ms)) }
+            td.hide-narrow { (state.attempts) }
+            td.err { (short(state.last_error.as_deref().unwrap_or(""), 160)) }
+        }
+    }
+}
+
+/// Only listings page (search results are one page).
+fn next_page_link(view: &RecordsView<'_>) -> Markup {
+    html! {
+        @if let (Some(cursor), Some(filter)) = (view.next_cursor, view.filter) {
+            p {
+                a rel="next" href={ "/admin?filter=" (filter.as_str()) "&cursor=" (url_part(cursor)) } {
+                    "Next page →"
+                }
+            }
+        }
+    }
+}
+
+fn crm_cell(state: &RecordState, url: Option<String>) -> Markup {
+    html! {
+        @match (&state.crm_id, url) {
+            (Some(id), Some(url)) => {
+                a href=(url) rel="noreferrer" target="_blank" { (id) }
+            }
+            (Some(id), None) => (id),
+            (None, _) => (muted("none yet")),
+        }
     }
 }
 
@@ -372,132 +425,186 @@ fn short(text: &str, max: usize) -> String {
     cut
 }
 
-/// Long on purpose: the record page's HTML in document order (a template crate would move it
-/// to a template).
 pub fn record_page(frame: &Frame<'_>, view: &RecordView, crm_url: Option<String>) -> String {
     let state = &view.state;
     let key = record_key(&state.record);
-    let here = record_href(&state.record);
-    let mut body = format!("<h1>{} {}</h1>", esc(&key), status_badge(state.status));
-    let _ = write!(
-        body,
-        "<form method=\"post\" action=\"/admin/resync\" class=\"actions\">{}\
-         <input type=\"hidden\" name=\"record\" value=\"{}\"><input type=\"hidden\" name=\"back\" value=\"{}\">\
-         <button type=\"submit\" name=\"scope\" value=\"selected\">Re-sync</button></form>",
-        csrf_field(frame.csrf),
-        esc(&key),
-        esc(&here)
-    );
-    let _ = write!(
-        body,
-        "<dl><dt>Status</dt><dd>{}</dd><dt>CRM id</dt><dd>{}</dd><dt>Last synced</dt><dd>{}</dd>\
-         <dt>Last attempt</dt><dd>{}</dd><dt>Attempts</dt><dd>{}</dd><dt>Last error</dt><dd class=\"err\" id=\"last-error\">{}</dd>\
-         <dt>Applied change</dt><dd>{}</dd><dt>Waiting change</dt><dd>{}</dd><dt>Conflicts</dt><dd>{}{}</dd></dl>",
-        status_badge(state.status),
-        crm_cell(state, crm_url),
-        when(state.last_synced_at_ms, frame.now_ms),
-        when(state.last_attempt_at_ms, frame.now_ms),
-        state.attempts,
-        state
-            .last_error
-            .as_deref()
-            .map(esc)
-            .unwrap_or_else(|| "<span class=\"muted\">none</span>".into()),
-        match (&state.applied_idempotency_id, state.applied_version_ms) {
-            (Some(id), Some(version)) => format!("{} (version {})", esc(id), rfc3339(version)),
-            _ => "<span class=\"muted\">none</span>".into(),
-        },
-        state
-            .pending_change
-            .as_deref()
-            .map(|body| format!("<pre>{}</pre>", esc(&pretty(body))))
-            .unwrap_or_else(|| "<span class=\"muted\">none</span>".into()),
-        state.conflicts,
-        if state.open_conflicts { " (open)" } else { "" }
-    );
+    let content = html! {
+        h1 { (key) " " (status_badge(state.status)) }
+        (resync_form(frame.csrf, &key, &record_href(&state.record)))
+        (record_facts(state, crm_url, frame.now_ms))
+        (conflicts_section(frame, view, &key))
+        (timeline_section(&view.timeline, frame.now_ms))
+        (values_table("Written to the CRM", &state.written))
+        (values_table("Received from the CRM", &state.received))
+    };
+    signed_in(&key, frame, content)
+}
 
-    body.push_str("<h2>Conflicts</h2>");
-    if view.conflicts.is_empty() {
-        body.push_str(
-            "<p class=\"muted\">None: no app-owned field of this record was changed in the CRM.</p>",
-        );
-    } else {
-        if state.open_conflicts {
-            let _ = write!(
-                body,
-                "<form method=\"post\" action=\"/admin/conflicts/dismiss\" class=\"actions\">{}\
-                 <input type=\"hidden\" name=\"record\" value=\"{}\">\
-                 <button class=\"quiet\" type=\"submit\">Dismiss conflicts</button></form>",
-                csrf_field(frame.csrf),
-                esc(&key)
-            );
+fn resync_form(csrf: &str, key: &str, back: &str) -> Markup {
+    html! {
+        form.actions method="post" action="/admin/resync" {
+            (csrf_field(csrf))
+            input type="hidden" name="record" value=(key);
+            input type="hidden" name="back" value=(back);
+            button type="submit" name="scope" value="selected" { "Re-sync" }
         }
-        body.push_str(
-            "<div class=\"scroll\"><table><thead><tr><th>When</th><th>Field</th><th>App value</th><th>CRM value</th>\
-             <th>Outcome</th></tr></thead><tbody>",
-        );
-        for conflict in &view.conflicts {
-            let _ = write!(
-                body,
-                "<tr><td>{}</td><td>{} <span class=\"muted\">({})</span></td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                when(Some(conflict.at_ms), frame.now_ms),
-                esc(&conflict.field),
-                esc(&conflict.crm_property),
-                conflict
-                    .app_value
-                    .as_deref()
-                    .map(esc)
-                    .unwrap_or_else(|| "<span class=\"muted\">unknown</span>".into()),
-                esc(&conflict.crm_value),
-                esc(&conflict.resolution)
-            );
-        }
-        body.push_str("</tbody></table></div>");
     }
+}
 
-    body.push_str("<h2>Timeline</h2>");
-    if view.timeline.is_empty() {
-        body.push_str("<p class=\"muted\">Nothing yet.</p>");
-    } else {
-        body.push_str(
-            "<div class=\"scroll\"><table id=\"timeline\"><thead><tr><th>When</th><th>What</th><th>Detail</th>\
-             <th class=\"hide-narrow\">CRM call</th></tr></thead><tbody>",
-        );
-        for entry in &view.timeline {
-            let _ = write!(
-                body,
-                "<tr><td>{}</td><td>{}</td><td>{}{}</td><td class=\"hide-narrow\">{}</td></tr>",
-                when(Some(entry.at_ms), frame.now_ms),
-                esc(entry.kind.as_str()),
-                esc(&entry.detail),
-                entry
-                    .idempotency_id
-                    .as_deref()
-                    .map(|id| format!(" <span class=\"muted\">({})</span>", esc(id)))
-                    .unwrap_or_default(),
-                esc(entry.call.as_deref().unwrap_or(""))
-            );
+/// The record's sync state at a glance.
+fn record_facts(state: &RecordState, crm_url: Option<String>, now_ms: i64) -> Markup {
+    html! {
+        dl {
+            dt { "Status" }
+            dd { (status_badge(state.status)) }
+            dt { "CRM id" }
+            dd { (crm_cell(state, crm_url)) }
+            dt { "Last synced" }
+            dd { (when(state.last_synced_at_ms, now_ms)) }
+            dt { "Last attempt" }
+            dd { (when(state.last_attempt_at_ms, now_ms)) }
+            dt { "Attempts" }
+            dd { (state.attempts) }
+            dt { "Last error" }
+            dd.err #last-error { (text_or(state.last_error.as_deref(), "none")) }
+            dt { "Applied change" }
+            dd {
+                @match (&state.applied_idempotency_id, state.applied_version_ms) {
+                    (Some(id), Some(version)) => { (id) " (version " (rfc3339(version)) ")" }
+                    _ => (muted("none")),
+                }
+            }
+            dt { "Waiting change" }
+            dd {
+                @match &state.pending_change {
+                    Some(body) => pre { (pretty(body)) },
+                    None => (muted("none")),
+                }
+            }
+            dt { "Conflicts" }
+            dd {
+                (state.conflicts)
+                @if state.open_conflicts { " (open)" }
+            }
         }
-        body.push_str("</tbody></table></div>");
     }
+}
 
-    for (title, values) in [
-        ("Written to the CRM", &state.written),
-        ("Received from the CRM", &state.received),
-    ] {
-        if values.is_empty() {
-            continue;
+fn conflicts_section(frame: &Frame<'_>, view: &RecordView, key: &str) -> Markup {
+    html! {
+        h2 { "Conflicts" }
+        @if view.conflicts.is_empty() {
+            p.muted { "None: no app-owned field of this record was changed in the CRM." }
+        } @else {
+            @if view.state.open_conflicts {
+                form.actions method="post" action="/admin/conflicts/dismiss" {
+                    (csrf_field(frame.csrf))
+                    input type="hidden" name="record" value=(key);
+                    button.quiet type="submit" { "Dismiss conflicts" }
+                }
+            }
+            div.scroll {
+                table {
+                    thead {
+                        tr {
+                            th { "When" }
+                            th { "Field" }
+                            th { "App value" }
+                            th { "CRM value" }
+                            th { "Outcome" }
+                        }
+                    }
+                    tbody {
+                        @for conflict in &view.conflicts {
+                            (conflict_row(conflict, frame.now_ms))
+                        }
+                    }
+                }
+            }
         }
-        let _ = write!(
-            body,
-            "<h2>{title}</h2><div class=\"scroll\"><table><thead><tr><th>CRM property</th><th>Value</th></tr></thead><tbody>"
-        );
-        for (name, value) in values {
-            let _ = write!(body, "<tr><td>{}</td><td>{}</td></tr>", esc(name), esc(value));
-        }
-        body.push_str("</tbody></table></div>");
     }
-    signed_in(&key, frame, &body)
+}
+
+fn conflict_row(conflict: &ConflictEntry, now_ms: i64) -> Markup {
+    html! {
+        tr {
+            td { (when(Some(conflict.at_ms), now_ms)) }
+            td { (conflict.field) " " span.muted { "(" (conflict.crm_property) ")" } }
+            td { (text_or(conflict.app_value.as_deref(), "unknown")) }
+            td { (conflict.crm_value) }
+            td { (conflict.resolution) }
+        }
+    }
+}
+
+fn timeline_section(timeline: &[TimelineEntry], now_ms: i64) -> Markup {
+    html! {
+        h2 { "Timeline" }
+        @if timeline.is_empty() {
+            p.muted { "Nothing yet." }
+        } @else {
+            div.scroll {
+                table #timeline {
+                    thead {
+                        tr {
+                            th { "When" }
+                            th { "What" }
+                            th { "Detail" }
+                            th.hide-narrow { "CRM call" }
+                        }
+                    }
+                    tbody {
+                        @for entry in timeline {
+                            (timeline_row(entry, now_ms))
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn timeline_row(entry: &TimelineEntry, now_ms: i64) -> Markup {
+    html! {
+        tr {
+            td { (when(Some(entry.at_ms), now_ms)) }
+            td { (entry.kind.as_str()) }
+            td {
+                (entry.detail)
+                @if let Some(id) = &entry.idempotency_id {
+                    " " span.muted { "(" (id) ")" }
+                }
+            }
+            td.hide-narrow { (entry.call.as_deref().unwrap_or("")) }
+        }
+    }
+}
+
+/// CRM property values, under a heading; nothing at all when there are none.
+fn values_table(heading: &str, values: &BTreeMap<String, String>) -> Markup {
+    html! {
+        @if !values.is_empty() {
+            h2 { (heading) }
+            div.scroll {
+                table {
+                    thead {
+                        tr {
+                            th { "CRM property" }
+                            th { "Value" }
+                        }
+                    }
+                    tbody {
+                        @for (name, value) in values {
+                            tr {
+                                td { (name) }
+                                td { (value) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 pub fn queues_page(
@@ -505,104 +612,162 @@ pub fn queues_page(
     lanes: &[LaneView],
     report: Result<Option<&RunReport>, &str>,
 ) -> String {
-    let mut body = String::from(
-        "<h1>Queues</h1><p class=\"muted\">Dead letters are changes and events that failed for good or kept \
-         failing. Fix the cause, then redrive: the messages go back to their queue, and running it twice is safe.</p>\
-         <div class=\"scroll\"><table><thead><tr><th>Dead-letter queue</th><th>Waiting</th><th class=\"hide-narrow\">In flight</th>\
-         <th>Oldest</th><th></th></tr></thead><tbody>",
-    );
-    for lane in lanes {
-        let (waiting, in_flight, oldest) = match &lane.summary {
-            Ok(summary) => lane_cells(summary, frame.now_ms),
-            Err(error) => (
-                "?".into(),
-                "?".into(),
-                format!(
-                    "<span class=\"err\">could not read the queue: {}</span>",
-                    esc(error)
-                ),
-            ),
-        };
-        let _ = write!(
-            body,
-            "<tr data-lane=\"{0}\"><td><strong>{0}</strong><br><span class=\"muted\">{1}</span></td><td class=\"depth\">{waiting}</td>\
-             <td class=\"hide-narrow\">{in_flight}</td><td>{oldest}</td><td><form method=\"post\" action=\"/admin/queues/redrive\">{2}\
-             <input type=\"hidden\" name=\"lane\" value=\"{0}\"><button type=\"submit\">Redrive</button></form></td></tr>",
-            esc(lane.name),
-            esc(lane.description),
-            csrf_field(frame.csrf)
-        );
-    }
-    body.push_str("</tbody></table></div><h2>Latest reconciliation</h2>");
-    match report {
-        Err(error) => {
-            let _ = write!(
-                body,
-                "<p class=\"err\">Could not read the reports: {}</p>",
-                esc(error)
-            );
+    let content = html! {
+        h1 { "Queues" }
+        p.muted {
+            "Dead letters are changes and events that failed for good or kept failing. Fix the cause, \
+             then redrive: the messages go back to their queue, and running it twice is safe."
         }
-        Ok(None) => body.push_str("<p class=\"muted\">No reconciliation has run yet.</p>"),
-        Ok(Some(report)) => {
-            let _ = write!(
-                body,
-                "<dl id=\"reconcile-report\"><dt>Run</dt><dd>{}</dd><dt>Started</dt><dd>{}</dd><dt>Finished</dt><dd>{}</dd>\
-                 <dt>Records checked</dt><dd>{}</dd><dt>Re-enqueued</dt><dd>{}</dd><dt>Drift healed</dt><dd>{}</dd>\
-                 <dt>Drift flagged</dt><dd>{}</dd><dt>CRM-owned drift</dt><dd>{}</dd><dt>Errors</dt><dd>{}</dd>\
-                 <dt>CRM calls</dt><dd>{}</dd><dt>Segments</dt><dd>{} of {} (tonight's: {})</dd><dt>Stopped early</dt><dd>{}</dd></dl>",
-                esc(&report.run_id),
-                when(Some(report.started_at_ms), frame.now_ms),
-                when(report.finished_at_ms, frame.now_ms),
-                report.checked,
-                report.requeued,
-                report.healed,
-                report.flagged,
-                report.crm_drift,
-                report.errors,
-                report.api_calls,
-                report.segments_checked,
-                report.segments,
-                report.segment,
-                report.stopped.as_deref().map(esc).unwrap_or_else(|| "no".into())
-            );
+        div.scroll {
+            table {
+                thead {
+                    tr {
+                        th { "Dead-letter queue" }
+                        th { "Waiting" }
+                        th.hide-narrow { "In flight" }
+                        th { "Oldest" }
+                        th {}
+                    }
+                }
+                tbody {
+                    @for lane in lanes {
+                        (lane_row(lane, frame))
+                    }
+                }
+            }
         }
-    }
-    signed_in("Queues", frame, &body)
+        h2 { "Latest reconciliation" }
+        (reconcile_report(report, frame.now_ms))
+    };
+    signed_in("Queues", frame, content)
 }
 
-fn lane_cells(summary: &DeadLetterSummary, now_ms: i64) -> (String, String, String) {
-    let oldest = match &summary.oldest {
-        None => "<span class=\"muted\">empty</span>".to_string(),
-        Some(letter) => format!(
-            "{}<div class=\"err reason\">{}</div><details><summary>Message</summary><pre>{}</pre></details>",
-            when(Some(letter.sent_at_ms), now_ms),
-            esc(letter.reason.as_deref().unwrap_or(
-                "no reason recorded: the queue moved it here after repeated deliveries failed (a crash or a timeout)"
-            )),
-            esc(&short(&letter.body, 2000))
-        ),
-    };
-    (summary.waiting.to_string(), summary.in_flight.to_string(), oldest)
+fn lane_row(lane: &LaneView, frame: &Frame<'_>) -> Markup {
+    html! {
+        tr data-lane=(lane.name) {
+            td {
+                strong { (lane.name) }
+                br;
+                span.muted { (lane.description) }
+            }
+            @match &lane.summary {
+                Ok(summary) => (lane_cells(summary, frame.now_ms)),
+                Err(error) => {
+                    td.depth { "?" }
+                    td.hide-narrow { "?" }
+                    td { span.err { "could not read the queue: " (error) } }
+                }
+            }
+            td {
+                form method="post" action="/admin/queues/redrive" {
+                    (csrf_field(frame.csrf))
+                    input type="hidden" name="lane" value=(lane.name);
+                    button type="submit" { "Redrive" }
+                }
+            }
+        }
+    }
+}
+
+/// Waiting, in flight and the oldest letter: three cells of a lane's row.
+fn lane_cells(summary: &DeadLetterSummary, now_ms: i64) -> Markup {
+    html! {
+        td.depth { (summary.waiting) }
+        td.hide-narrow { (summary.in_flight) }
+        td {
+            @match &summary.oldest {
+                None => (muted("empty")),
+                Some(letter) => {
+                    (when(Some(letter.sent_at_ms), now_ms))
+                    div.err.reason { (letter.reason.as_deref().unwrap_or(NO_REASON)) }
+                    details {
+                        summary { "Message" }
+                        pre { (short(&letter.body, 2000)) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn reconcile_report(report: Result<Option<&RunReport>, &str>, now_ms: i64) -> Markup {
+    html! {
+        @match report {
+            Err(error) => p.err { "Could not read the reports: " (error) },
+            Ok(None) => p.muted { "No reconciliation has run yet." },
+            Ok(Some(report)) => (report_facts(report, now_ms)),
+        }
+    }
+}
+
+fn report_facts(report: &RunReport, now_ms: i64) -> Markup {
+    html! {
+        dl #reconcile-report {
+            dt { "Run" }
+            dd { (report.run_id) }
+            dt { "Started" }
+            dd { (when(Some(report.started_at_ms), now_ms)) }
+            dt { "Finished" }
+            dd { (when(report.finished_at_ms, now_ms)) }
+            dt { "Records checked" }
+            dd { (report.checked) }
+            dt { "Re-enqueued" }
+            dd { (report.requeued) }
+            dt { "Drift healed" }
+            dd { (report.healed) }
+            dt { "Drift flagged" }
+            dd { (report.flagged) }
+            dt { "CRM-owned drift" }
+            dd { (report.crm_drift) }
+            dt { "Errors" }
+            dd { (report.errors) }
+            dt { "CRM calls" }
+            dd { (report.api_calls) }
+            dt { "Segments" }
+            dd { (report.segments_checked) " of " (report.segments) " (tonight's: " (report.segment) ")" }
+            dt { "Stopped early" }
+            dd { (report.stopped.as_deref().unwrap_or("no")) }
+        }
+    }
 }
 
 pub fn message_page(title: &str, message: &str) -> String {
-    document(
-        title,
-        "<header><a class=\"brand\" href=\"/admin\">crm-sync</a></header>",
-        &format!("<h1>{}</h1><p>{}</p>", esc(title), esc(message)),
-    )
+    let header = html! {
+        header { a.brand href="/admin" { "crm-sync" } }
+    };
+    let content = html! {
+        h1 { (title) }
+        p { (message) }
+    };
+    document(title, header, content)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::contract::ObjectKind;
+    use crate::domain::sync::TimelineKind;
 
     #[test]
     fn escaping_neutralises_markup_in_text_and_attributes() {
+        let hostile = "<script>alert(\"x\")</script> & 'y'";
+        let escaped = "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; 'y'";
+        let login = login_page(Some(hostile), hostile);
+        assert!(!login.contains("<script>"), "{login}");
+        assert!(
+            login.contains("role=\"alert\">&lt;script&gt;alert(&quot;x&quot;)"),
+            "{login}"
+        );
+        assert!(
+            login.contains("name=\"next\" value=\"&lt;script&gt;alert(&quot;x&quot;)"),
+            "{login}"
+        );
+        let message = message_page(hostile, hostile);
+        assert!(!message.contains("<script>"), "{message}");
         assert_eq!(
-            esc("<script>alert(\"x\")</script> & 'y'"),
-            "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#39;y&#39;"
+            message.matches(escaped).count(),
+            3,
+            "title, heading and text: {message}"
         );
     }
 
@@ -635,6 +800,64 @@ mod tests {
         assert!(!page.contains("<script>"), "{page}");
         assert!(!page.contains("t\"oken"));
         assert!(page.contains("id=%3Cimg+src%3Dx+onerror%3Dalert%281%29%3E"));
+        assert!(
+            page.contains("&quot;&gt;&lt;script&gt;alert(2)&lt;/script&gt;"),
+            "{page}"
+        );
+        assert!(page.contains("cursor=a%26b"), "{page}");
+    }
+
+    #[test]
+    fn hostile_values_on_a_record_page_are_shown_as_text() {
+        let hostile = |what: &str| ["\"'><script>alert('", what, "')</script>"].concat();
+        let record = RecordRef {
+            object: ObjectKind::Contact,
+            record_id: hostile("id"),
+        };
+        let mut state = RecordState::new(record.clone());
+        state.status = SyncStatus::Failed;
+        state.crm_id = Some(hostile("crm"));
+        state.last_error = Some(hostile("error"));
+        state.pending_change = Some(hostile("pending"));
+        state.open_conflicts = true;
+        state.written.insert(hostile("property"), hostile("written"));
+        state.received.insert("email".into(), hostile("received"));
+        let view = RecordView {
+            state,
+            timeline: vec![TimelineEntry {
+                record: record.clone(),
+                at_ms: 0,
+                kind: TimelineKind::Failed,
+                idempotency_id: Some(hostile("idempotency")),
+                detail: hostile("detail"),
+                call: Some(hostile("call")),
+            }],
+            conflicts: vec![ConflictEntry {
+                record,
+                at_ms: 0,
+                field: hostile("field"),
+                crm_property: hostile("crm_property"),
+                app_value: Some(hostile("app")),
+                crm_value: hostile("crm-value"),
+                source: "webhook".into(),
+                event_key: "e-1".into(),
+                resolution: hostile("resolution"),
+            }],
+        };
+        let frame = Frame {
+            csrf: "csrf",
+            now_ms: 0,
+            notice: Some(Notice::Error(hostile("notice"))),
+        };
+        let page = record_page(&frame, &view, Some(hostile("url")));
+        assert!(!page.contains("<script"), "{page}");
+        assert!(!page.contains("\"'>"), "{page}");
+        let shown = "id crm error pending property written received idempotency detail call field \
+                     crm_property app crm-value resolution notice url";
+        for what in shown.split_whitespace() {
+            let escaped = ["&quot;'&gt;&lt;script&gt;alert('", what, "')&lt;/script&gt;"].concat();
+            assert!(page.contains(&escaped), "{what} is shown escaped: {page}");
+        }
     }
 
     #[test]

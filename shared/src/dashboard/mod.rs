@@ -172,7 +172,8 @@ pub fn resync_message(state: &RecordState, now_ms: i64) -> Result<String, SkipRe
 }
 
 pub struct DashboardService {
-    state: Arc<dyn SyncStateStore>,
+    history: Arc<dyn RecordJournal>,
+    queries: Arc<dyn RecordQueries>,
     reports: Arc<dyn ReconcileStore>,
     lanes: Vec<Lane>,
     resync_lane: Arc<dyn MessageQueue>,
@@ -182,7 +183,7 @@ pub struct DashboardService {
 
 impl DashboardService {
     pub fn new(
-        state: Arc<dyn SyncStateStore>,
+        state: Arc<impl RecordJournal + RecordQueries + 'static>,
         reports: Arc<dyn ReconcileStore>,
         lanes: Vec<Lane>,
         resync_lane: Arc<dyn MessageQueue>,
@@ -190,7 +191,8 @@ impl DashboardService {
         settings: DashboardSettings,
     ) -> Self {
         Self {
-            state,
+            history: state.clone(),
+            queries: state,
             reports,
             lanes,
             resync_lane,
@@ -218,7 +220,7 @@ impl DashboardService {
         let counts = futures::future::join_all(
             RecordFilter::ALL
                 .iter()
-                .map(|filter| self.state.count(*filter, self.settings.count_pages)),
+                .map(|filter| self.queries.count(*filter, self.settings.count_pages)),
         )
         .await;
         RecordFilter::ALL
@@ -229,7 +231,7 @@ impl DashboardService {
     }
 
     pub async fn list(&self, filter: RecordFilter, cursor: Option<String>) -> Result<Page, DashboardError> {
-        let (records, next) = self.state.list(filter, self.settings.page_size, cursor).await?;
+        let (records, next) = self.queries.list(filter, self.settings.page_size, cursor).await?;
         Ok(Page { records, next })
     }
 
@@ -243,7 +245,7 @@ impl DashboardService {
             return Ok(Vec::new());
         }
         if query.contains('@') {
-            return Ok(self.state.find_by_email(query, self.settings.page_size).await?);
+            return Ok(self.queries.find_by_email(query, self.settings.page_size).await?);
         }
         let refs: Vec<RecordRef> = ObjectKind::ALL
             .into_iter()
@@ -252,11 +254,11 @@ impl DashboardService {
                 record_id: query.to_string(),
             })
             .collect();
-        let by_app_id = self.state.states(&refs).await?;
+        let by_app_id = self.queries.states(&refs).await?;
         let by_crm_id = futures::future::join_all(
             ObjectKind::ALL
                 .into_iter()
-                .map(|object| self.state.find_by_crm_id(object, query)),
+                .map(|object| self.queries.find_by_crm_id(object, query)),
         )
         .await;
         let mut found: BTreeMap<RecordRef, RecordState> = BTreeMap::new();
@@ -273,8 +275,8 @@ impl DashboardService {
 
     pub async fn record(&self, record: &RecordRef) -> Result<Option<RecordView>, DashboardError> {
         let (found, conflicts) = futures::future::join(
-            self.state.record(record, self.settings.timeline_entries),
-            self.state.conflicts(record, self.settings.conflict_entries),
+            self.queries.record(record, self.settings.timeline_entries),
+            self.history.conflicts(record, self.settings.conflict_entries),
         )
         .await;
         Ok(found?.map(|(state, timeline)| RecordView {
@@ -287,7 +289,7 @@ impl DashboardService {
     /// Queues each record's change on the re-sync lane, ahead of the outbound backlog.
     pub async fn resync(&self, records: &[RecordRef]) -> Result<ResyncOutcome, DashboardError> {
         let now_ms = self.clock.now_ms();
-        let states: HashMap<RecordRef, RecordState> = self.state.states(records).await?;
+        let states: HashMap<RecordRef, RecordState> = self.queries.states(records).await?;
         let mut outcome = ResyncOutcome::default();
         let mut messages = Vec::new();
         let mut queued_refs: HashMap<String, RecordRef> = HashMap::new();
@@ -335,7 +337,7 @@ impl DashboardService {
                 call: None,
             })
             .collect();
-        if let Err(error) = self.state.append_timeline(&notes).await {
+        if let Err(error) = self.history.append_timeline(&notes).await {
             // The re-syncs are queued; only their note is missing.
             tracing::warn!(error = %error, "could not note the re-sync on the timelines");
         }
@@ -343,7 +345,10 @@ impl DashboardService {
     }
 
     pub async fn dismiss_conflicts(&self, record: &RecordRef) -> Result<(), DashboardError> {
-        Ok(self.state.dismiss_conflicts(record, self.clock.now_ms()).await?)
+        Ok(self
+            .history
+            .dismiss_conflicts(record, self.clock.now_ms())
+            .await?)
     }
 
     pub async fn lanes(&self) -> Vec<LaneView> {

@@ -1,5 +1,5 @@
-//! The dashboard under `/admin` behind API Gateway (HTTP API, payload format 2.0): routing,
-//! sign-in, CSRF checks, forms and redirects. What the pages show comes from
+//! The dashboard under `/admin` behind API Gateway (HTTP API, payload format 2.0): its axum
+//! router, sign-in, CSRF checks, forms and redirects. What the pages show comes from
 //! [`DashboardService`]; how they look from [`crate::dashboard::html`]; who is signed in from
 //! [`SignIn`].
 
@@ -8,8 +8,16 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use aws_config::SdkConfig;
-use lambda_http::http::{header, HeaderMap, Method, StatusCode};
-use lambda_http::{Body, Request, RequestExt, Response};
+use axum::body::Body;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::{Extension, Router};
+use lambda_http::RequestExt;
+use tower::ServiceExt as _;
 
 use crate::adapters::dynamodb::{DynamoDbDashboardStore, DynamoDbSyncState};
 use crate::adapters::hubspot;
@@ -25,8 +33,13 @@ use crate::domain::sync::{RecordFilter, SyncStatus};
 use crate::domain::SystemClock;
 use crate::ports::RedriveOutcome;
 
-/// The dashboard HTTP API.
+/// The dashboard HTTP API: its router over the dashboard service and the sign-in.
 pub struct DashboardApi {
+    router: Router,
+}
+
+/// What the routes share.
+struct Dashboard {
     service: DashboardService,
     access: SignIn,
 }
@@ -101,6 +114,36 @@ impl Incoming {
     }
 }
 
+impl Incoming {
+    fn read(parts: &Parts, body: &[u8]) -> Self {
+        Incoming {
+            client: client_ip(source_ip(parts).as_deref()),
+            method: parts.method.clone(),
+            query: parts.uri.query().unwrap_or("").to_string(),
+            headers: parts.headers.clone(),
+            form: form_urlencoded::parse(body)
+                .map(|(key, value)| (key.into_owned(), value.into_owned()))
+                .collect(),
+            path: parts.uri.path().to_string(),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for Incoming {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(request: Request, _: &S) -> Result<Self, Self::Rejection> {
+        let (parts, body) = request.into_parts();
+        let body = whole_body(body).await;
+        Ok(Incoming::read(&parts, &body))
+    }
+}
+
+/// The body, whole: API Gateway has it in memory already (10 MB at most), and forms are small.
+async fn whole_body(body: Body) -> axum::body::Bytes {
+    axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default()
+}
+
 /// The caller's IP address: API Gateway's `sourceIp`, the TCP peer, which the caller cannot
 /// choose. `X-Forwarded-For` is never read: its entries are whatever the caller wrote, so a
 /// guesser could give each attempt a new address. Anything that is not an IP address, or no
@@ -111,7 +154,7 @@ fn client_ip(source_ip: Option<&str>) -> String {
         .map_or_else(|| "unknown".to_string(), |ip| ip.to_string())
 }
 
-fn source_ip(request: &Request) -> Option<String> {
+fn source_ip(request: &Parts) -> Option<String> {
     match request.request_context_ref()? {
         lambda_http::request::RequestContext::ApiGatewayV2(context) => context.http.source_ip.clone(),
         #[allow(unreachable_patterns)]
@@ -120,7 +163,7 @@ fn source_ip(request: &Request) -> Option<String> {
 }
 
 /// Sets the session cookie (`value`, for `max_age` seconds; empty and 0 clear it).
-fn set_cookie(response: &mut Response<Body>, value: &str, max_age: i64, https: bool) {
+fn set_cookie(response: &mut Response, value: &str, max_age: i64, https: bool) {
     let cookie = cookie::Cookie::build((COOKIE_NAME, value))
         .path("/admin")
         .max_age(cookie::time::Duration::seconds(max_age))
@@ -162,8 +205,8 @@ fn parse_record(key: &str) -> Option<RecordRef> {
     })
 }
 
-fn page(status: StatusCode, html: String) -> Response<Body> {
-    let mut response = Response::new(Body::Text(html));
+fn page(status: StatusCode, html: String) -> Response {
+    let mut response = Response::new(Body::from(html));
     *response.status_mut() = status;
     secure(&mut response);
     response.headers_mut().insert(
@@ -173,8 +216,8 @@ fn page(status: StatusCode, html: String) -> Response<Body> {
     response
 }
 
-fn redirect(to: &str) -> Response<Body> {
-    let mut response = Response::new(Body::Empty);
+fn redirect(to: &str) -> Response {
+    let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SEE_OTHER;
     secure(&mut response);
     if let Ok(location) = to.parse() {
@@ -184,7 +227,7 @@ fn redirect(to: &str) -> Response<Body> {
 }
 
 /// Headers on every answer: never cached, never framed, no scripts at all.
-fn secure(response: &mut Response<Body>) {
+fn secure(response: &mut Response) {
     let headers = response.headers_mut();
     for (name, value) in [
         ("cache-control", "no-store"),
@@ -213,7 +256,25 @@ fn with_query(path: &str, pairs: &[(&str, String)]) -> String {
 
 impl DashboardApi {
     pub fn new(service: DashboardService, access: SignIn) -> Self {
-        Self { service, access }
+        let dashboard = Arc::new(Dashboard { service, access });
+        // Every page but the sign-in needs a session, and every form post its CSRF token.
+        let signed_in = Router::new()
+            // HEAD is no page: it would run a page's queries for nothing.
+            .route("/admin", get(records).head(not_found))
+            .route("/admin/record", get(record).head(not_found))
+            .route("/admin/queues", get(queues).head(not_found))
+            .route("/admin/resync", post(resync))
+            .route("/admin/conflicts/dismiss", post(dismiss))
+            .route("/admin/queues/redrive", post(redrive))
+            .route("/admin/logout", post(sign_out))
+            .fallback(not_found)
+            .method_not_allowed_fallback(not_found)
+            .layer(middleware::from_fn_with_state(dashboard.clone(), require_session));
+        let router = Router::new()
+            .route("/admin/login", any(login))
+            .merge(signed_in)
+            .with_state(dashboard);
+        Self { router }
     }
 
     /// Wires DynamoDB, SQS and the dashboard password (read once, here, from Secrets Manager).
@@ -302,364 +363,362 @@ impl DashboardApi {
     }
 
     /// Answers one request; every failure is a page that says what went wrong.
-    pub async fn handle(&self, request: Request) -> Result<Response<Body>, Infallible> {
-        let path = match request.raw_http_path() {
-            "" => request.uri().path().to_string(),
-            raw => raw.to_string(),
-        };
+    pub async fn handle(&self, request: lambda_http::Request) -> Result<Response, Infallible> {
+        let path = super::raw_path(&request);
         // `/admin/../webhooks/x` or `/admin/%2e/queues` is no dashboard page, whatever a URL
         // parser would make of it (see `is_ambiguous_path`).
         if super::is_ambiguous_path(&path) {
-            return Ok(page(
-                StatusCode::NOT_FOUND,
-                html::message_page("Not found", "There is no such dashboard page."),
-            ));
+            return Ok(not_found().await);
         }
-        let path = match path.trim_end_matches('/') {
-            "" => "/".to_string(),
-            trimmed => trimmed.to_string(),
+        let route = match path.trim_end_matches('/') {
+            "" => "/",
+            trimmed => trimmed,
         };
-        let incoming = Incoming {
-            client: client_ip(source_ip(&request).as_deref()),
-            method: request.method().clone(),
-            query: request.uri().query().unwrap_or("").to_string(),
-            headers: request.headers().clone(),
-            form: form_urlencoded::parse(request.body().as_ref())
-                .map(|(key, value)| (key.into_owned(), value.into_owned()))
-                .collect(),
-            path,
-        };
-        Ok(self.route(&incoming).await)
-    }
-
-    async fn route(&self, request: &Incoming) -> Response<Body> {
-        let now_ms = self.service.now_ms();
-        if request.path == "/admin/login" {
-            return match request.method {
-                Method::POST => self.sign_in(request, now_ms).await,
-                _ => page(
-                    StatusCode::OK,
-                    html::login_page(None, &safe_target(request.query("next").as_deref())),
-                ),
-            };
-        }
-        let session = match request.cookie(COOKIE_NAME) {
-            None => None,
-            Some(cookie) => match self.access.session(&cookie, now_ms).await {
-                Ok(session) => session,
-                Err(error) => {
-                    tracing::error!(error = %error, detail = ?error, "could not read the dashboard session");
-                    return page(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        html::message_page("Something went wrong", &error.to_string()),
-                    );
-                }
-            },
-        };
-        let Some(session) = session else {
-            if request.method == Method::GET && request.path.starts_with("/admin") {
-                let here = if request.query.is_empty() {
-                    request.path.clone()
-                } else {
-                    format!("{}?{}", request.path, request.query)
-                };
-                return redirect(&with_query("/admin/login", &[("next", safe_target(Some(&here)))]));
-            }
-            return page(
-                StatusCode::UNAUTHORIZED,
-                html::message_page("Signed out", "Sign in at /admin/login first."),
-            );
-        };
-        if request.method == Method::POST {
-            let token = request.field("csrf").unwrap_or("");
-            if !request.same_origin() || !session.csrf_matches(token) {
-                tracing::warn!(path = %request.path, "dashboard POST refused: cross-site or without its token");
-                return page(
-                    StatusCode::FORBIDDEN,
-                    html::message_page(
-                        "Refused",
-                        "This form did not come from this dashboard page. Reload the page and try again.",
-                    ),
-                );
-            }
-        }
-        let csrf = session.csrf_token().to_string();
-        let result = match (&request.method, request.path.as_str()) {
-            (&Method::GET, "/admin") => self.records(request, &csrf, now_ms).await,
-            (&Method::GET, "/admin/record") => self.record(request, &csrf, now_ms).await,
-            (&Method::GET, "/admin/queues") => self.queues(request, &csrf, now_ms).await,
-            (&Method::POST, "/admin/resync") => self.resync(request).await,
-            (&Method::POST, "/admin/conflicts/dismiss") => self.dismiss(request).await,
-            (&Method::POST, "/admin/queues/redrive") => self.redrive(request).await,
-            (&Method::POST, "/admin/logout") => self.sign_out(request, &session).await,
-            _ => Ok(page(
-                StatusCode::NOT_FOUND,
-                html::message_page("Not found", "There is no such dashboard page."),
-            )),
-        };
-        result.unwrap_or_else(|error| {
-            tracing::error!(error = %error, detail = ?error, "dashboard request failed");
-            let status = match error {
-                DashboardError::BadCursor | DashboardError::UnknownLane(_) => StatusCode::BAD_REQUEST,
-                _ => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            page(
-                status,
-                html::message_page("Something went wrong", &error.to_string()),
-            )
-        })
-    }
-
-    async fn sign_in(&self, request: &Incoming, now_ms: i64) -> Response<Body> {
-        let next = safe_target(request.field("next"));
-        if !request.same_origin() {
-            return page(
-                StatusCode::FORBIDDEN,
-                html::message_page("Refused", "Sign in from the dashboard's own page."),
-            );
-        }
-        let attempt = request.field("password").unwrap_or("");
-        let outcome = match self.access.sign_in(&request.client, attempt, now_ms).await {
-            Ok(outcome) => outcome,
-            Err(error) => {
-                // Failures cannot be counted: nobody signs in until they can.
-                tracing::error!(error = %error, detail = ?error, "dashboard sign-in failed");
-                return page(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    html::login_page(Some("Signing in is unavailable right now; try again."), &next),
-                );
-            }
-        };
-        match outcome {
-            SignInOutcome::SignedIn { cookie, .. } => {
-                let mut response = redirect(&next);
-                set_cookie(&mut response, &cookie, self.access.ttl_secs(), request.https());
-                response
-            }
-            SignInOutcome::WrongPassword => page(
-                StatusCode::UNAUTHORIZED,
-                html::login_page(Some("That password is not right."), &next),
-            ),
-            SignInOutcome::TooManyFailures { until_ms } => {
-                let wait_secs = (until_ms - now_ms).max(0).div_euclid(1000) + 1;
-                let at = rfc3339(until_ms);
-                let at = at.get(11..19).unwrap_or(&at);
-                // "In 1 minute" up to a whole minute ahead, "in 15 minutes" up to 15.
-                let minutes = (until_ms - now_ms - 1).max(0) / 60_000 + 1;
-                let message = format!(
-                    "Too many failed sign-ins. Try again after {at} UTC (in {} {}).",
-                    minutes,
-                    if minutes == 1 { "minute" } else { "minutes" }
-                );
-                let mut response = page(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    html::login_page(Some(message.as_str()), &next),
-                );
-                if let Ok(value) = wait_secs.to_string().parse() {
-                    response.headers_mut().insert(header::RETRY_AFTER, value);
-                }
-                response
-            }
-        }
-    }
-
-    /// Ends the session for every copy of the cookie, then clears this browser's.
-    async fn sign_out(
-        &self,
-        request: &Incoming,
-        session: &Session,
-    ) -> Result<Response<Body>, DashboardError> {
-        self.access.sign_out(session).await?;
-        let mut response = redirect("/admin/login");
-        set_cookie(&mut response, "", 0, request.https());
+        let mut response = self
+            .router
+            .clone()
+            .oneshot(super::routed_by(request, route))
+            .await?;
+        // axum names the allowed methods on a route's fallback answers; the dashboard answers
+        // those 404 (or asks for a sign-in), so there is nothing to allow.
+        response.headers_mut().remove(header::ALLOW);
         Ok(response)
     }
+}
 
-    fn notice(&self, request: &Incoming) -> Option<Notice> {
-        let number = |name: &str| request.query(name).and_then(|n| n.parse().ok()).unwrap_or(0);
-        match request.query("done")?.as_str() {
-            "resync" => Some(Notice::Resync {
-                queued: number("queued"),
-                skipped: number("skipped"),
-                reason: request
-                    .query("why")
-                    .and_then(|code| SkipReason::describe(&code))
-                    .map(str::to_string),
-            }),
-            "dismissed" => Some(Notice::Dismissed),
-            "redrive" => Some(Notice::Redrive {
-                lane: request
-                    .query("lane")
-                    .filter(|lane| ["outbound", "inbound", "app-inbox"].contains(&lane.as_str()))?,
-                outcome: RedriveOutcome {
-                    moved: number("moved"),
-                    failed: number("failed"),
-                    more: number("more") > 0,
-                },
-            }),
-            _ => None,
+async fn not_found() -> Response {
+    page(
+        StatusCode::NOT_FOUND,
+        html::message_page("Not found", "There is no such dashboard page."),
+    )
+}
+
+/// Lets a request through with its [`Session`] once its cookie names a live session and, for a
+/// form post, the form came from this site with the session's CSRF token.
+async fn require_session(State(d): State<Arc<Dashboard>>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = whole_body(body).await;
+    let incoming = Incoming::read(&parts, &body);
+    let now_ms = d.service.now_ms();
+    let session = match incoming.cookie(COOKIE_NAME) {
+        None => None,
+        Some(cookie) => match d.access.session(&cookie, now_ms).await {
+            Ok(session) => session,
+            Err(error) => {
+                tracing::error!(error = %error, detail = ?error, "could not read the dashboard session");
+                return page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    html::message_page("Something went wrong", &error.to_string()),
+                );
+            }
+        },
+    };
+    let Some(session) = session else {
+        if incoming.method == Method::GET && incoming.path.starts_with("/admin") {
+            let here = if incoming.query.is_empty() {
+                incoming.path.clone()
+            } else {
+                format!("{}?{}", incoming.path, incoming.query)
+            };
+            return redirect(&with_query("/admin/login", &[("next", safe_target(Some(&here)))]));
+        }
+        return page(
+            StatusCode::UNAUTHORIZED,
+            html::message_page("Signed out", "Sign in at /admin/login first."),
+        );
+    };
+    if incoming.method == Method::POST {
+        let token = incoming.field("csrf").unwrap_or("");
+        if !incoming.same_origin() || !session.csrf_matches(token) {
+            tracing::warn!(path = %incoming.path, "dashboard POST refused: cross-site or without its token");
+            return page(
+                StatusCode::FORBIDDEN,
+                html::message_page(
+                    "Refused",
+                    "This form did not come from this dashboard page. Reload the page and try again.",
+                ),
+            );
         }
     }
+    let mut request = Request::from_parts(parts, Body::from(body));
+    request.extensions_mut().insert(session);
+    next.run(request).await
+}
 
-    async fn records(
-        &self,
-        request: &Incoming,
-        csrf: &str,
-        now_ms: i64,
-    ) -> Result<Response<Body>, DashboardError> {
-        let query = request.query("q").unwrap_or_default();
-        let counts = self.service.counts().await?;
-        let frame = Frame {
-            csrf,
-            now_ms,
-            notice: self.notice(request),
+impl IntoResponse for DashboardError {
+    fn into_response(self) -> Response {
+        tracing::error!(error = %self, detail = ?self, "dashboard request failed");
+        let status = match self {
+            DashboardError::BadCursor | DashboardError::UnknownLane(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
         };
-        let crm_url = |state: &_| self.service.crm_url(state);
-        if !query.trim().is_empty() {
-            let records = self.service.search(&query).await?;
-            let here = with_query("/admin", &[("q", query.clone())]);
-            let view = RecordsView {
-                counts: &counts,
-                filter: None,
-                query: &query,
-                records: &records,
-                next_cursor: None,
-                here: &here,
-            };
-            return Ok(page(StatusCode::OK, html::records_page(&frame, &view, &crm_url)));
+        page(
+            status,
+            html::message_page("Something went wrong", &self.to_string()),
+        )
+    }
+}
+
+/// The sign-in form, and signing in with it.
+async fn login(State(d): State<Arc<Dashboard>>, request: Incoming) -> Response {
+    match request.method {
+        Method::POST => sign_in(&d, &request, d.service.now_ms()).await,
+        _ => page(
+            StatusCode::OK,
+            html::login_page(None, &safe_target(request.query("next").as_deref())),
+        ),
+    }
+}
+
+async fn sign_in(d: &Dashboard, request: &Incoming, now_ms: i64) -> Response {
+    let next = safe_target(request.field("next"));
+    if !request.same_origin() {
+        return page(
+            StatusCode::FORBIDDEN,
+            html::message_page("Refused", "Sign in from the dashboard's own page."),
+        );
+    }
+    let attempt = request.field("password").unwrap_or("");
+    let outcome = match d.access.sign_in(&request.client, attempt, now_ms).await {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            // Failures cannot be counted: nobody signs in until they can.
+            tracing::error!(error = %error, detail = ?error, "dashboard sign-in failed");
+            return page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                html::login_page(Some("Signing in is unavailable right now; try again."), &next),
+            );
         }
-        let filter = request
-            .query("filter")
-            .and_then(|name| RecordFilter::parse(&name))
-            .unwrap_or(RecordFilter::Status(SyncStatus::Failed));
-        let cursor = request.query("cursor").filter(|cursor| !cursor.is_empty());
-        let listing = self.service.list(filter, cursor.clone()).await?;
-        let mut here_query = vec![("filter", filter.as_str().to_string())];
-        if let Some(cursor) = cursor {
-            here_query.push(("cursor", cursor));
+    };
+    match outcome {
+        SignInOutcome::SignedIn { cookie, .. } => {
+            let mut response = redirect(&next);
+            set_cookie(&mut response, &cookie, d.access.ttl_secs(), request.https());
+            response
         }
-        let here = with_query("/admin", &here_query);
+        SignInOutcome::WrongPassword => page(
+            StatusCode::UNAUTHORIZED,
+            html::login_page(Some("That password is not right."), &next),
+        ),
+        SignInOutcome::TooManyFailures { until_ms } => {
+            let wait_secs = (until_ms - now_ms).max(0).div_euclid(1000) + 1;
+            let at = rfc3339(until_ms);
+            let at = at.get(11..19).unwrap_or(&at);
+            // "In 1 minute" up to a whole minute ahead, "in 15 minutes" up to 15.
+            let minutes = (until_ms - now_ms - 1).max(0) / 60_000 + 1;
+            let message = format!(
+                "Too many failed sign-ins. Try again after {at} UTC (in {} {}).",
+                minutes,
+                if minutes == 1 { "minute" } else { "minutes" }
+            );
+            let mut response = page(
+                StatusCode::TOO_MANY_REQUESTS,
+                html::login_page(Some(message.as_str()), &next),
+            );
+            if let Ok(value) = wait_secs.to_string().parse() {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            response
+        }
+    }
+}
+
+/// Ends the session for every copy of the cookie, then clears this browser's.
+async fn sign_out(
+    State(d): State<Arc<Dashboard>>,
+    Extension(session): Extension<Session>,
+    request: Incoming,
+) -> Result<Response, DashboardError> {
+    d.access.sign_out(&session).await?;
+    let mut response = redirect("/admin/login");
+    set_cookie(&mut response, "", 0, request.https());
+    Ok(response)
+}
+
+fn notice(request: &Incoming) -> Option<Notice> {
+    let number = |name: &str| request.query(name).and_then(|n| n.parse().ok()).unwrap_or(0);
+    match request.query("done")?.as_str() {
+        "resync" => Some(Notice::Resync {
+            queued: number("queued"),
+            skipped: number("skipped"),
+            reason: request
+                .query("why")
+                .and_then(|code| SkipReason::describe(&code))
+                .map(str::to_string),
+        }),
+        "dismissed" => Some(Notice::Dismissed),
+        "redrive" => Some(Notice::Redrive {
+            lane: request
+                .query("lane")
+                .filter(|lane| ["outbound", "inbound", "app-inbox"].contains(&lane.as_str()))?,
+            outcome: RedriveOutcome {
+                moved: number("moved"),
+                failed: number("failed"),
+                more: number("more") > 0,
+            },
+        }),
+        _ => None,
+    }
+}
+
+async fn records(
+    State(d): State<Arc<Dashboard>>,
+    Extension(session): Extension<Session>,
+    request: Incoming,
+) -> Result<Response, DashboardError> {
+    let (csrf, now_ms) = (session.csrf_token(), d.service.now_ms());
+    let query = request.query("q").unwrap_or_default();
+    let counts = d.service.counts().await?;
+    let frame = Frame {
+        csrf,
+        now_ms,
+        notice: notice(&request),
+    };
+    let crm_url = |state: &_| d.service.crm_url(state);
+    if !query.trim().is_empty() {
+        let records = d.service.search(&query).await?;
+        let here = with_query("/admin", &[("q", query.clone())]);
         let view = RecordsView {
             counts: &counts,
-            filter: Some(filter),
-            query: "",
-            records: &listing.records,
-            next_cursor: listing.next.as_deref(),
+            filter: None,
+            query: &query,
+            records: &records,
+            next_cursor: None,
             here: &here,
         };
-        Ok(page(StatusCode::OK, html::records_page(&frame, &view, &crm_url)))
+        return Ok(page(StatusCode::OK, html::records_page(&frame, &view, &crm_url)));
     }
+    let filter = request
+        .query("filter")
+        .and_then(|name| RecordFilter::parse(&name))
+        .unwrap_or(RecordFilter::Status(SyncStatus::Failed));
+    let cursor = request.query("cursor").filter(|cursor| !cursor.is_empty());
+    let listing = d.service.list(filter, cursor.clone()).await?;
+    let mut here_query = vec![("filter", filter.as_str().to_string())];
+    if let Some(cursor) = cursor {
+        here_query.push(("cursor", cursor));
+    }
+    let here = with_query("/admin", &here_query);
+    let view = RecordsView {
+        counts: &counts,
+        filter: Some(filter),
+        query: "",
+        records: &listing.records,
+        next_cursor: listing.next.as_deref(),
+        here: &here,
+    };
+    Ok(page(StatusCode::OK, html::records_page(&frame, &view, &crm_url)))
+}
 
-    async fn record(
-        &self,
-        request: &Incoming,
-        csrf: &str,
-        now_ms: i64,
-    ) -> Result<Response<Body>, DashboardError> {
-        let record = request
-            .query("object")
-            .zip(request.query("id"))
-            .and_then(|(object, id)| parse_record(&format!("{object}/{id}")));
-        let Some(record) = record else {
-            return Ok(page(
-                StatusCode::BAD_REQUEST,
-                html::message_page(
-                    "Not a record",
-                    "A record page needs ?object=contact|deal|activity&id=…",
-                ),
-            ));
-        };
-        let Some(view) = self.service.record(&record).await? else {
-            return Ok(page(
-                StatusCode::NOT_FOUND,
-                html::message_page(
-                    "No such record",
-                    "crm-sync has never seen a change of this record.",
-                ),
-            ));
-        };
-        let frame = Frame {
-            csrf,
-            now_ms,
-            notice: self.notice(request),
-        };
-        let crm_url = self.service.crm_url(&view.state);
-        Ok(page(StatusCode::OK, html::record_page(&frame, &view, crm_url)))
-    }
+async fn record(
+    State(d): State<Arc<Dashboard>>,
+    Extension(session): Extension<Session>,
+    request: Incoming,
+) -> Result<Response, DashboardError> {
+    let (csrf, now_ms) = (session.csrf_token(), d.service.now_ms());
+    let record = request
+        .query("object")
+        .zip(request.query("id"))
+        .and_then(|(object, id)| parse_record(&format!("{object}/{id}")));
+    let Some(record) = record else {
+        return Ok(page(
+            StatusCode::BAD_REQUEST,
+            html::message_page(
+                "Not a record",
+                "A record page needs ?object=contact|deal|activity&id=…",
+            ),
+        ));
+    };
+    let Some(view) = d.service.record(&record).await? else {
+        return Ok(page(
+            StatusCode::NOT_FOUND,
+            html::message_page(
+                "No such record",
+                "crm-sync has never seen a change of this record.",
+            ),
+        ));
+    };
+    let frame = Frame {
+        csrf,
+        now_ms,
+        notice: notice(&request),
+    };
+    let crm_url = d.service.crm_url(&view.state);
+    Ok(page(StatusCode::OK, html::record_page(&frame, &view, crm_url)))
+}
 
-    async fn queues(
-        &self,
-        request: &Incoming,
-        csrf: &str,
-        now_ms: i64,
-    ) -> Result<Response<Body>, DashboardError> {
-        let (lanes, report) = futures::future::join(self.service.lanes(), self.service.latest_report()).await;
-        let frame = Frame {
-            csrf,
-            now_ms,
-            notice: self.notice(request),
-        };
-        let report_error = report.as_ref().err().map(ToString::to_string);
-        let report = match &report {
-            Ok(report) => Ok(report.as_ref()),
-            Err(_) => Err(report_error.as_deref().unwrap_or("")),
-        };
-        Ok(page(StatusCode::OK, html::queues_page(&frame, &lanes, report)))
-    }
+async fn queues(
+    State(d): State<Arc<Dashboard>>,
+    Extension(session): Extension<Session>,
+    request: Incoming,
+) -> Result<Response, DashboardError> {
+    let (csrf, now_ms) = (session.csrf_token(), d.service.now_ms());
+    let (lanes, report) = futures::future::join(d.service.lanes(), d.service.latest_report()).await;
+    let frame = Frame {
+        csrf,
+        now_ms,
+        notice: notice(&request),
+    };
+    let report_error = report.as_ref().err().map(ToString::to_string);
+    let report = match &report {
+        Ok(report) => Ok(report.as_ref()),
+        Err(_) => Err(report_error.as_deref().unwrap_or("")),
+    };
+    Ok(page(StatusCode::OK, html::queues_page(&frame, &lanes, report)))
+}
 
-    async fn resync(&self, request: &Incoming) -> Result<Response<Body>, DashboardError> {
-        let field = if request.field("scope") == Some("page") {
-            "page_record"
-        } else {
-            "record"
-        };
-        let records: Vec<RecordRef> = request
-            .fields(field)
-            .filter_map(parse_record)
-            .take(self.service.settings().page_size)
-            .collect();
-        let outcome = self.service.resync(&records).await?;
-        let mut pairs = vec![
-            ("done", "resync".to_string()),
-            ("queued", outcome.queued.len().to_string()),
-            ("skipped", outcome.skipped.len().to_string()),
-        ];
-        if let Some((_, reason)) = outcome.skipped.first() {
-            pairs.push(("why", reason.code().to_string()));
-        }
-        tracing::info!(
-            queued = outcome.queued.len(),
-            skipped = outcome.skipped.len(),
-            "dashboard re-sync"
-        );
-        Ok(redirect(&with_query(&safe_target(request.field("back")), &pairs)))
+async fn resync(State(d): State<Arc<Dashboard>>, request: Incoming) -> Result<Response, DashboardError> {
+    let field = if request.field("scope") == Some("page") {
+        "page_record"
+    } else {
+        "record"
+    };
+    let records: Vec<RecordRef> = request
+        .fields(field)
+        .filter_map(parse_record)
+        .take(d.service.settings().page_size)
+        .collect();
+    let outcome = d.service.resync(&records).await?;
+    let mut pairs = vec![
+        ("done", "resync".to_string()),
+        ("queued", outcome.queued.len().to_string()),
+        ("skipped", outcome.skipped.len().to_string()),
+    ];
+    if let Some((_, reason)) = outcome.skipped.first() {
+        pairs.push(("why", reason.code().to_string()));
     }
+    tracing::info!(
+        queued = outcome.queued.len(),
+        skipped = outcome.skipped.len(),
+        "dashboard re-sync"
+    );
+    Ok(redirect(&with_query(&safe_target(request.field("back")), &pairs)))
+}
 
-    async fn dismiss(&self, request: &Incoming) -> Result<Response<Body>, DashboardError> {
-        let Some(record) = request.field("record").and_then(parse_record) else {
-            return Ok(redirect("/admin"));
-        };
-        self.service.dismiss_conflicts(&record).await?;
-        Ok(redirect(&with_query(
-            &html::record_href(&record),
-            &[("done", "dismissed".to_string())],
-        )))
-    }
+async fn dismiss(State(d): State<Arc<Dashboard>>, request: Incoming) -> Result<Response, DashboardError> {
+    let Some(record) = request.field("record").and_then(parse_record) else {
+        return Ok(redirect("/admin"));
+    };
+    d.service.dismiss_conflicts(&record).await?;
+    Ok(redirect(&with_query(
+        &html::record_href(&record),
+        &[("done", "dismissed".to_string())],
+    )))
+}
 
-    async fn redrive(&self, request: &Incoming) -> Result<Response<Body>, DashboardError> {
-        let lane = request.field("lane").unwrap_or("");
-        let outcome = self.service.redrive(lane).await?;
-        Ok(redirect(&with_query(
-            "/admin/queues",
-            &[
-                ("done", "redrive".to_string()),
-                ("lane", lane.to_string()),
-                ("moved", outcome.moved.to_string()),
-                ("failed", outcome.failed.to_string()),
-                ("more", u8::from(outcome.more).to_string()),
-            ],
-        )))
-    }
+async fn redrive(State(d): State<Arc<Dashboard>>, request: Incoming) -> Result<Response, DashboardError> {
+    let lane = request.field("lane").unwrap_or("");
+    let outcome = d.service.redrive(lane).await?;
+    Ok(redirect(&with_query(
+        "/admin/queues",
+        &[
+            ("done", "redrive".to_string()),
+            ("lane", lane.to_string()),
+            ("moved", outcome.moved.to_string()),
+            ("failed", outcome.failed.to_string()),
+            ("more", u8::from(outcome.more).to_string()),
+        ],
+    )))
 }
 
 #[cfg(test)]

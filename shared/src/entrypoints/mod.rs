@@ -21,6 +21,76 @@ use crate::domain::mapping::Mapping;
 use crate::inbound::EventsOf;
 use crate::ports::{Crm, CrmEvents};
 
+/// The path API Gateway received, before any stage prefix the runtime adds to the URI.
+pub(crate) fn raw_path<B>(request: &http::Request<B>) -> String {
+    use lambda_http::RequestExt as _;
+    match request.raw_http_path() {
+        "" => request.uri().path().to_string(),
+        raw => raw.to_string(),
+    }
+}
+
+/// The path as sent, kept in a routed request's extensions (see [`routed_by`]).
+#[derive(Debug, Clone)]
+struct SentPath(String);
+
+/// [`raw_path`] of a request taken apart after [`routed_by`].
+pub(crate) fn raw_path_of(parts: &http::request::Parts) -> String {
+    match parts.extensions.get::<SentPath>() {
+        Some(SentPath(path)) => path.clone(),
+        None => parts.uri.path().to_string(),
+    }
+}
+
+/// The request with `route` as the path its router matches, its query kept; the path as sent
+/// stays in the request's extensions (read it with [`raw_path_of`]).
+pub(crate) fn routed_by<B>(mut request: http::Request<B>, route: &str) -> http::Request<B> {
+    let sent = raw_path(&request);
+    let target = match request.uri().query() {
+        Some(query) => format!("{route}?{query}"),
+        None => route.to_string(),
+    };
+    // A path that is no valid URI (a space, a control byte) routes nowhere, rather than by the
+    // runtime's normalized reading of it.
+    *request.uri_mut() = target.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+    request.extensions_mut().insert(SentPath(sent));
+    request
+}
+
+/// What the sync and the reconcile functions build alike from their CRM section: the mapping,
+/// the CRM client, the state store and the one limiter both directions spend.
+pub(crate) struct CrmWiring {
+    pub mapping: Arc<Mapping>,
+    pub crm: Arc<dyn Crm>,
+    pub state: Arc<crate::adapters::dynamodb::DynamoDbSyncState>,
+    pub limiter: Arc<crate::adapters::dynamodb::DynamoDbRateLimiter>,
+}
+
+/// Fails (and so the cold start fails) on a bad mapping or an unreadable CRM secret.
+pub(crate) async fn wire_crm(
+    aws: &SdkConfig,
+    section: crate::config::CrmSection,
+) -> anyhow::Result<CrmWiring> {
+    let mapping = load_mapping(&section.mapping_toml, &section.mapping_source)?;
+    let crm = crm_client(aws, &section.settings, section.timeout_secs).await?;
+    let dynamodb = aws_sdk_dynamodb::Client::new(aws);
+    Ok(CrmWiring {
+        mapping: Arc::new(mapping),
+        crm,
+        state: Arc::new(crate::adapters::dynamodb::DynamoDbSyncState::new(
+            dynamodb.clone(),
+            section.state_table,
+            section.timeline_retention_ms,
+        )),
+        limiter: Arc::new(crate::adapters::dynamodb::DynamoDbRateLimiter::new(
+            dynamodb,
+            section.rate_limit_table,
+            section.settings.provider(),
+            section.limiter,
+        )),
+    })
+}
+
 /// A secret's value: from the environment, or read from Secrets Manager (once, at cold start).
 pub(crate) async fn resolve_secret(aws: &SdkConfig, source: SecretSource) -> anyhow::Result<SecretString> {
     match source {

@@ -8,7 +8,6 @@ use aws_config::SdkConfig;
 use lambda_runtime::LambdaEvent;
 use tokio::time::Instant;
 
-use crate::adapters::dynamodb::{DynamoDbRateLimiter, DynamoDbSyncState};
 use crate::adapters::sqs::SqsQueue;
 use crate::config::ReconcileConfig;
 use crate::domain::SystemClock;
@@ -22,21 +21,13 @@ pub struct ReconcileHandler {
 
 impl ReconcileHandler {
     pub async fn build(aws: &SdkConfig, config: ReconcileConfig) -> anyhow::Result<Self> {
-        let mapping = super::load_mapping(&config.mapping_toml, &config.mapping_source)?;
-        let crm = super::crm_client(aws, &config.crm, config.crm_timeout_secs).await?;
-        let dynamodb = aws_sdk_dynamodb::Client::new(aws);
+        let super::CrmWiring {
+            mapping,
+            crm,
+            state,
+            limiter,
+        } = super::wire_crm(aws, config.crm).await?;
         let sqs = aws_sdk_sqs::Client::new(aws);
-        let state = Arc::new(DynamoDbSyncState::new(
-            dynamodb.clone(),
-            config.state_table,
-            config.timeline_retention_ms,
-        ));
-        let limiter = Arc::new(DynamoDbRateLimiter::new(
-            dynamodb,
-            config.rate_limit_table,
-            config.crm.provider(),
-            config.limiter,
-        ));
         let low_lane = Arc::new(SqsQueue::new(sqs.clone(), config.reconcile_queue_url));
         let app_inbox = config
             .app_inbox_queue_url
@@ -47,7 +38,7 @@ impl ReconcileHandler {
         calls.low_priority = true;
         let worker = Worker::new(limiter, low_lane.clone(), low_lane.clone(), clock.clone(), calls);
         let service = ReconcileService::new(
-            Arc::new(mapping),
+            mapping,
             crm,
             state.clone(),
             state,

@@ -8,7 +8,7 @@ use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::LambdaEvent;
 
 use crate::adapters::cloudwatch::{EmbeddedMetrics, Unit};
-use crate::adapters::dynamodb::{DynamoDbRateLimiter, DynamoDbSyncState, DynamoDbWebhookStore};
+use crate::adapters::dynamodb::DynamoDbWebhookStore;
 use crate::adapters::sqs::SqsQueue;
 use crate::config::SyncConfig;
 use crate::domain::SystemClock;
@@ -57,24 +57,16 @@ impl SyncHandler {
     ///
     /// Long on purpose: the sync function's wiring, every port once, in one place.
     pub async fn build(aws: &SdkConfig, config: SyncConfig) -> anyhow::Result<Self> {
-        let mapping = super::load_mapping(&config.mapping_toml, &config.mapping_source)?;
         let metrics = config.metrics.clone();
-        let crm = super::crm_client(aws, &config.crm, config.crm_timeout_secs).await?;
+        let events = super::crm_events(&config.crm.settings);
+        let super::CrmWiring {
+            mapping,
+            crm,
+            state,
+            limiter,
+        } = super::wire_crm(aws, config.crm).await?;
         let dynamodb = aws_sdk_dynamodb::Client::new(aws);
         let sqs = aws_sdk_sqs::Client::new(aws);
-        let mapping = Arc::new(mapping);
-        let state = Arc::new(DynamoDbSyncState::new(
-            dynamodb.clone(),
-            config.state_table,
-            config.timeline_retention_ms,
-        ));
-        // One limiter for both directions: they spend the same CRM budget.
-        let limiter = Arc::new(DynamoDbRateLimiter::new(
-            dynamodb.clone(),
-            config.rate_limit_table,
-            config.crm.provider(),
-            config.limiter,
-        ));
         let clock = Arc::new(SystemClock);
         let inbound = config.inbound.map(|inbound| {
             let worker = Worker::new(
@@ -96,7 +88,7 @@ impl SyncHandler {
             let service = InboundService::new(
                 mapping.clone(),
                 crm.clone(),
-                super::crm_events(&config.crm),
+                events,
                 Arc::new(DynamoDbWebhookStore::new(dynamodb.clone(), inbound.webhook_table)),
                 state.clone(),
                 Arc::new(SqsQueue::new(sqs.clone(), inbound.app_inbox_url)),

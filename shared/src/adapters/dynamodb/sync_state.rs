@@ -37,7 +37,8 @@ const CONFLICT_OPEN: &str = "open";
 
 use super::Item;
 
-/// [`SyncStateStore`] over a DynamoDB table.
+/// The per-record sync store's three roles ([`crate::ports::RecordLeases`],
+/// [`crate::ports::RecordJournal`], [`crate::ports::RecordQueries`]) over a DynamoDB table.
 #[derive(Debug, Clone)]
 pub struct DynamoDbSyncState {
     client: Client,
@@ -236,7 +237,53 @@ fn map_value(map: &BTreeMap<String, String>) -> AttributeValue {
 
 /// The record a key belongs to (`pk = REC#{object}#{record id}`).
 fn record_of(item: &Item) -> Option<RecordRef> {
-    let pk = text(item, "pk")?;
+    record_in(&text(item, "pk")?)
+}
+
+/// A timeline entry's item, `sk = T#{at, 13 digits}#{random}`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TimelineItem {
+    pk: String,
+    sk: String,
+    kind: String,
+    at: i64,
+    #[serde(default)]
+    detail: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    idempotency_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    call: Option<String>,
+    /// TTL, in epoch seconds.
+    #[serde(default)]
+    expires_at: i64,
+}
+
+/// A conflict entry's item, `sk = C#{at, 13 digits}#{event and property}`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ConflictItem {
+    pk: String,
+    sk: String,
+    at: i64,
+    field: String,
+    crm_property: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    app_value: Option<String>,
+    #[serde(default)]
+    crm_value: String,
+    #[serde(default)]
+    source: String,
+    #[serde(default)]
+    event_key: String,
+    #[serde(default)]
+    resolution: String,
+}
+
+/// Plain strings and numbers always make an item.
+fn to_item(value: impl serde::Serialize) -> Item {
+    serde_dynamo::to_item(value).expect("an item of strings and numbers")
+}
+
+fn record_in(pk: &str) -> Option<RecordRef> {
     let mut parts = pk.splitn(3, '#').skip(1);
     Some(RecordRef {
         object: ObjectKind::parse(parts.next()?)?,
@@ -245,27 +292,29 @@ fn record_of(item: &Item) -> Option<RecordRef> {
 }
 
 fn conflict_from_item(item: &Item) -> Option<ConflictEntry> {
+    let item: ConflictItem = serde_dynamo::from_item(item.clone()).ok()?;
     Some(ConflictEntry {
-        record: record_of(item)?,
-        at_ms: number(item, "at")?,
-        field: text(item, "field")?,
-        crm_property: text(item, "crm_property")?,
-        app_value: text(item, "app_value"),
-        crm_value: text(item, "crm_value").unwrap_or_default(),
-        source: text(item, "source").unwrap_or_default(),
-        event_key: text(item, "event_key").unwrap_or_default(),
-        resolution: text(item, "resolution").unwrap_or_default(),
+        record: record_in(&item.pk)?,
+        at_ms: item.at,
+        field: item.field,
+        crm_property: item.crm_property,
+        app_value: item.app_value,
+        crm_value: item.crm_value,
+        source: item.source,
+        event_key: item.event_key,
+        resolution: item.resolution,
     })
 }
 
 fn timeline_from_item(item: &Item) -> Option<TimelineEntry> {
+    let item: TimelineItem = serde_dynamo::from_item(item.clone()).ok()?;
     Some(TimelineEntry {
-        record: record_of(item)?,
-        at_ms: number(item, "at")?,
-        kind: TimelineKind::parse(&text(item, "kind")?)?,
-        idempotency_id: text(item, "idempotency_id"),
-        detail: text(item, "detail").unwrap_or_default(),
-        call: text(item, "call"),
+        record: record_in(&item.pk)?,
+        at_ms: item.at,
+        kind: TimelineKind::parse(&item.kind)?,
+        idempotency_id: item.idempotency_id,
+        detail: item.detail,
+        call: item.call,
     })
 }
 
@@ -567,59 +616,39 @@ impl RecordLeases for DynamoDbSyncState {
 impl RecordJournal for DynamoDbSyncState {
     async fn append_timeline(&self, entries: &[TimelineEntry]) -> Result<(), StoreUnavailable> {
         self.put_all(entries, |entry: &TimelineEntry| {
-            let mut item: Item = HashMap::from([
-                ("pk".to_string(), s(record_pk(&entry.record))),
-                (
-                    "sk".to_string(),
-                    s(format!("T#{:013}#{:08x}", entry.at_ms, fastrand::u32(..))),
-                ),
-                ("kind".to_string(), s(entry.kind.as_str())),
-                ("at".to_string(), n(entry.at_ms)),
-                ("detail".to_string(), s(clip(&entry.detail))),
-                (
-                    "expires_at".to_string(),
-                    n((entry.at_ms + self.timeline_retention_ms) / 1000),
-                ),
-            ]);
-            if let Some(id) = &entry.idempotency_id {
-                item.insert("idempotency_id".into(), s(id));
-            }
-            if let Some(call) = &entry.call {
-                item.insert("call".into(), s(call));
-            }
-            item
+            to_item(TimelineItem {
+                pk: record_pk(&entry.record),
+                sk: format!("T#{:013}#{:08x}", entry.at_ms, fastrand::u32(..)),
+                kind: entry.kind.as_str().to_string(),
+                at: entry.at_ms,
+                detail: clip(&entry.detail),
+                idempotency_id: entry.idempotency_id.clone(),
+                call: entry.call.clone(),
+                expires_at: (entry.at_ms + self.timeline_retention_ms) / 1000,
+            })
         })
         .await
     }
 
     async fn append_conflicts(&self, entries: &[ConflictEntry]) -> Result<(), StoreUnavailable> {
         self.put_all(entries, |entry: &ConflictEntry| {
-            let mut item: Item = HashMap::from([
-                ("pk".to_string(), s(record_pk(&entry.record))),
-                // Named by the event and the property, so that an event acted on again (its
-                // outcome not recorded before a crash) journals the same entry, not a second one.
-                (
-                    "sk".to_string(),
-                    s(format!(
-                        "C#{:013}#{}",
-                        entry.at_ms,
-                        &crate::domain::webhook::sha256_hex(
-                            format!("{}\n{}", entry.event_key, entry.crm_property).as_bytes()
-                        )[..16]
-                    )),
-                ),
-                ("at".to_string(), n(entry.at_ms)),
-                ("field".to_string(), s(&entry.field)),
-                ("crm_property".to_string(), s(&entry.crm_property)),
-                ("crm_value".to_string(), s(&entry.crm_value)),
-                ("source".to_string(), s(&entry.source)),
-                ("event_key".to_string(), s(&entry.event_key)),
-                ("resolution".to_string(), s(&entry.resolution)),
-            ]);
-            if let Some(app_value) = &entry.app_value {
-                item.insert("app_value".into(), s(app_value));
-            }
-            item
+            // Named by the event and the property, so that an event acted on again (its outcome
+            // not recorded before a crash) journals the same entry, not a second one.
+            let named = crate::domain::webhook::sha256_hex(
+                format!("{}\n{}", entry.event_key, entry.crm_property).as_bytes(),
+            );
+            to_item(ConflictItem {
+                pk: record_pk(&entry.record),
+                sk: format!("C#{:013}#{}", entry.at_ms, &named[..16]),
+                at: entry.at_ms,
+                field: entry.field.clone(),
+                crm_property: entry.crm_property.clone(),
+                app_value: entry.app_value.clone(),
+                crm_value: entry.crm_value.clone(),
+                source: entry.source.clone(),
+                event_key: entry.event_key.clone(),
+                resolution: entry.resolution.clone(),
+            })
         })
         .await
     }
@@ -991,6 +1020,56 @@ impl crate::reconcile::ReconcileStore for DynamoDbSyncState {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeline_entry_reads_back_from_its_item_as_written() {
+        let entry = TimelineEntry {
+            record: RecordRef {
+                object: ObjectKind::Contact,
+                record_id: "a#b/c".into(),
+            },
+            at_ms: 1_764_000_000_123,
+            kind: TimelineKind::Synced,
+            idempotency_id: None,
+            detail: "created".into(),
+            call: Some("POST /crm/objects/2026-03/contacts/batch/upsert -> 200".into()),
+        };
+        let item = to_item(TimelineItem {
+            pk: record_pk(&entry.record),
+            sk: "T#1".into(),
+            kind: entry.kind.as_str().into(),
+            at: entry.at_ms,
+            detail: entry.detail.clone(),
+            idempotency_id: None,
+            call: entry.call.clone(),
+            expires_at: 1,
+        });
+        assert!(
+            matches!(item.get("at"), Some(AttributeValue::N(_))),
+            "a number, for the TTL and sorting"
+        );
+        assert!(
+            !item.contains_key("idempotency_id"),
+            "an absent value is no attribute"
+        );
+        assert_eq!(timeline_from_item(&item), Some(entry));
+    }
+
+    #[test]
+    fn a_conflict_item_without_the_optional_attributes_still_reads() {
+        let item: Item = HashMap::from([
+            ("pk".to_string(), s("REC#deal#9")),
+            ("sk".to_string(), s("C#1")),
+            ("at".to_string(), n(5)),
+            ("field".to_string(), s("stage")),
+            ("crm_property".to_string(), s("dealstage")),
+        ]);
+        let entry = conflict_from_item(&item).expect("an entry");
+        assert_eq!((entry.record.record_id.as_str(), entry.at_ms), ("9", 5));
+        assert_eq!((entry.app_value, entry.crm_value), (None, String::new()));
+    }
+
     #[test]
     fn error_text_is_clipped_at_two_thousand_characters() {
         assert_eq!(super::clip(&"é".repeat(2_000)), "é".repeat(2_000));
