@@ -224,3 +224,55 @@ async fn in_every_crm_the_reconciliation_heals_an_app_owned_field_a_person_chang
         assert_eq!(stack.contact_count(), 2, "{crm:?}: healed in place");
     }
 }
+
+#[tokio::test]
+async fn in_every_crm_under_errors_and_timeouts_every_contact_ends_up_once_with_its_latest_email() {
+    for crm in Crm::ALL {
+        let stack = crm.stack_with(|options| options.with_patient_retries()).await;
+        // Seed 41: the first call fails, the second times out, so both happen in any run.
+        stack.inject_faults(0.2, 0.1, 41);
+        let app = &stack.app;
+        let records = 20;
+        let at = now_ms();
+        // Each version once the last is applied: every version costs calls, whatever the event
+        // source batches together.
+        for (version, label) in [(at, "v1"), (at + 1, "v2"), (at + 2, "v3")] {
+            let changes: Vec<serde_json::Value> = (0..records)
+                .map(|n| {
+                    contact(
+                        &format!("fault-{n}"),
+                        version,
+                        json!({"email": format!("{label}-{n}@example.com"), "last_name": "Faulty"}),
+                    )
+                })
+                .collect();
+            app.send_changes(&changes).await;
+            for n in 0..records {
+                app.applied(contact_ref(&format!("fault-{n}")), version).await;
+            }
+        }
+
+        assert_eq!(
+            stack.contact_count(),
+            records,
+            "{crm:?}: no contact twice, whatever was retried"
+        );
+        let emails = stack.contact_emails();
+        for n in 0..records {
+            assert_eq!(
+                emails[&format!("fault-{n}")],
+                format!("v3-{n}@example.com"),
+                "{crm:?}"
+            );
+        }
+        let (errors, timeouts) = stack.injected_faults();
+        assert!(
+            errors > 0 && timeouts > 0,
+            "{crm:?}: the run proves little: {errors}, {timeouts}"
+        );
+        assert!(
+            app.drain_dead_letters("OutboundDeadLetterQueue").await.is_empty(),
+            "{crm:?}"
+        );
+    }
+}

@@ -102,13 +102,18 @@ impl Crm {
 
     /// [`Crm::stack`], its functions given these variables too.
     pub async fn stack_with_env(self, env: &[(&str, &str)]) -> CrmStack {
-        const TOKEN: &str = "scenario-token";
-        let with_env = |mut options: AppOptions| {
+        self.stack_with(|mut options| {
             for (name, value) in env {
                 options = options.with_env(name, value);
             }
             options
-        };
+        })
+        .await
+    }
+
+    /// [`Crm::stack`], its options changed by `with_env`.
+    pub async fn stack_with(self, with_env: impl Fn(AppOptions) -> AppOptions) -> CrmStack {
+        const TOKEN: &str = "scenario-token";
         match self {
             Crm::HubSpot => CrmStack {
                 app: spawn_app_with(with_env(AppOptions::syncing())).await,
@@ -301,6 +306,59 @@ impl CrmStack {
             }
             Sandbox::Pipedrive(sandbox) => self.app.webhooks_settled(|| sandbox.pending_webhooks()).await,
             Sandbox::Salesforce(sandbox) => self.app.webhooks_settled(|| sandbox.pending_messages()).await,
+        }
+    }
+
+    /// From now on the CRM fails `error_rate` of its calls with a server error and times out
+    /// `timeout_rate` of them (answering after 2 s, past a patient stack's 1 s: Pipedrive and
+    /// Salesforce apply such a call, HubSpot's gateway does not), its dice seeded with `seed`.
+    pub fn inject_faults(&self, error_rate: f64, timeout_rate: f64, seed: u64) {
+        let timeout = std::time::Duration::from_secs(2);
+        match &self.sandbox {
+            Sandbox::HubSpot => {
+                let sandbox = self.app.sandbox();
+                sandbox.set_faults(hubspot_sandbox::Faults {
+                    error_rate,
+                    timeout_rate,
+                    timeout_ms: 2_000,
+                    seed: Some(seed),
+                    ..sandbox.faults()
+                });
+            }
+            Sandbox::Pipedrive(sandbox) => sandbox.set_faults(
+                pipedrive_sandbox::Faults {
+                    error_rate,
+                    timeout_rate,
+                    timeout,
+                },
+                seed,
+            ),
+            Sandbox::Salesforce(sandbox) => sandbox.set_faults(
+                salesforce_sandbox::Faults {
+                    error_rate,
+                    timeout_rate,
+                    timeout,
+                },
+                seed,
+            ),
+        }
+    }
+
+    /// The server errors and timeouts the CRM has injected so far.
+    pub fn injected_faults(&self) -> (u64, u64) {
+        match &self.sandbox {
+            Sandbox::HubSpot => {
+                let stats = self.app.sandbox().stats();
+                (stats.injected_errors, stats.injected_timeouts)
+            }
+            Sandbox::Pipedrive(sandbox) => {
+                let stats = sandbox.stats();
+                (stats.injected_errors, stats.injected_timeouts)
+            }
+            Sandbox::Salesforce(sandbox) => {
+                let stats = sandbox.stats();
+                (stats.injected_errors, stats.injected_timeouts)
+            }
         }
     }
 
