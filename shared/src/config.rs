@@ -209,6 +209,8 @@ pub struct InboundConfig {
     pub dlq_url: String,
     pub app_inbox_url: String,
     pub webhook_table: String,
+    /// How long each event's outcome item, and so its dedupe record, is kept.
+    pub event_retention_ms: i64,
     pub reassert_app_values: bool,
 }
 
@@ -301,11 +303,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             public_base_url: web_address("WEBHOOK_PUBLIC_BASE_URL", vars.webhook_public_base_url)?,
             ingest: IngestSettings {
                 max_body_bytes,
-                claim_lease_ms: vars
-                    .webhook_claim_lease_seconds
-                    .map_or(defaults.claim_lease_ms, |secs| i64::from(secs) * 1000),
                 delivery_retention_ms: days(vars.raw_delivery_retention_days, defaults.delivery_retention_ms),
-                event_retention_ms: days(vars.webhook_event_retention_days, defaults.event_retention_ms),
                 ..defaults
             },
             hubspot_secret: secret(
@@ -439,6 +437,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                     dlq_url: required("INBOUND_DLQ_URL", vars.inbound_dlq_url)?,
                     app_inbox_url: required("APP_INBOX_QUEUE_URL", vars.app_inbox_queue_url)?,
                     webhook_table: required("WEBHOOK_TABLE", vars.webhook_table)?,
+                    event_retention_ms: i64::from(vars.webhook_event_retention_days.unwrap_or(90)) * DAY_MS,
                     reassert_app_values: flag("REASSERT_APP_VALUES", vars.reassert_app_values, false)?,
                 }),
             },
@@ -682,9 +681,7 @@ mod variables {
         pub inbound_queue_url: String,
         pub webhook_public_base_url: Option<String>,
         pub webhook_max_body_bytes: Option<usize>,
-        pub webhook_claim_lease_seconds: Option<u32>,
         pub raw_delivery_retention_days: Option<u32>,
-        pub webhook_event_retention_days: Option<u32>,
         pub hubspot_client_secret: Option<String>,
         pub hubspot_secret_arn: Option<String>,
         /// A flag: read as text, for [`super::flag`] accepts more than `true` and `false`.
@@ -756,6 +753,7 @@ mod variables {
         pub inbound_dlq_url: Option<String>,
         pub app_inbox_queue_url: Option<String>,
         pub webhook_table: Option<String>,
+        pub webhook_event_retention_days: Option<u32>,
         /// A flag, read as text (see [`super::flag`]).
         pub reassert_app_values: Option<String>,
     }
@@ -880,7 +878,6 @@ mod tests {
     fn a_minimal_environment_gives_the_documented_defaults() {
         let config = env(&BASE).webhook().unwrap();
         assert_eq!(config.ingest.max_body_bytes, 262_144);
-        assert_eq!(config.ingest.claim_lease_ms, 30_000);
         assert_eq!(config.ingest.delivery_retention_ms, 30 * DAY_MS);
         assert!(config.hubspot_accept_legacy_signatures);
         assert_eq!(config.hubspot_replay_window_secs, 300);

@@ -126,7 +126,8 @@ struct Pending {
 struct Tally {
     report: BatchReport,
     dispositions: HashMap<String, Disposition>,
-    outcomes: Vec<(String, String, EventOutcome, String)>,
+    /// Each event with its outcome and why.
+    outcomes: Vec<(InboundMessage, EventOutcome, String)>,
     now_ms: i64,
 }
 
@@ -458,12 +459,9 @@ impl InboundService {
                     batch
                         .dispositions
                         .insert(message.message_id.clone(), Disposition::Done);
-                    batch.outcomes.push((
-                        inbound.provider.clone(),
-                        inbound.event_key.clone(),
-                        EventOutcome::Ignored,
-                        reason,
-                    ));
+                    batch
+                        .outcomes
+                        .push((inbound.clone(), EventOutcome::Ignored, reason));
                 }
                 Interpretation::Change(change) => pending.push(Pending {
                     message_id: message.message_id.clone(),
@@ -558,12 +556,9 @@ impl InboundService {
                     batch.report.skipped += 1;
                     batch.dispositions.insert(p.message_id.clone(), Disposition::Done);
                     let detail = format!("no app record has {} CRM id {}", p.change.object, p.change.crm_id);
-                    batch.outcomes.push((
-                        p.message.provider.clone(),
-                        p.message.event_key.clone(),
-                        EventOutcome::Ignored,
-                        detail,
-                    ));
+                    batch
+                        .outcomes
+                        .push((p.message.clone(), EventOutcome::Ignored, detail));
                 }
             }
         }
@@ -861,12 +856,7 @@ impl InboundService {
                     EventOutcome::Applied => batch.report.applied += 1,
                     _ => batch.report.skipped += 1,
                 }
-                batch.outcomes.push((
-                    p.message.provider.clone(),
-                    p.message.event_key.clone(),
-                    outcome,
-                    detail,
-                ));
+                batch.outcomes.push((p.message.clone(), outcome, detail));
                 batch.dispositions.insert(id, Disposition::Done);
             }
         }
@@ -919,7 +909,7 @@ impl InboundService {
         &self,
         messages: &[SyncMessage],
         dispositions: &HashMap<String, Disposition>,
-        outcomes: &[(String, String, EventOutcome, String)],
+        outcomes: &[(InboundMessage, EventOutcome, String)],
         conflicts: &[ConflictEntry],
         timeline: &[TimelineEntry],
         settle_now: i64,
@@ -933,9 +923,8 @@ impl InboundService {
         let recorded = bounded(
             outcomes
                 .iter()
-                .map(|(provider, key, outcome, detail)| {
-                    self.journal
-                        .record_outcome(provider, key, *outcome, detail, settle_now)
+                .map(|(event, outcome, detail)| {
+                    self.journal.record_outcome(event, *outcome, detail, settle_now)
                 })
                 .collect(),
         )
@@ -950,13 +939,7 @@ impl InboundService {
                 if let Ok(inbound) = parse_inbound(&message.body) {
                     let _ = self
                         .journal
-                        .record_outcome(
-                            &inbound.provider,
-                            &inbound.event_key,
-                            EventOutcome::Failed,
-                            reason,
-                            settle_now,
-                        )
+                        .record_outcome(&inbound, EventOutcome::Failed, reason, settle_now)
                         .await;
                 }
             }
@@ -1073,6 +1056,8 @@ mod tests {
         InboundMessage {
             provider: provider.into(),
             event_key: "k".into(),
+            delivery_id: None,
+            received_at_ms: None,
             kind: "contact.propertyChange".into(),
             object_type: Some("contact".into()),
             object_id: Some("7".into()),

@@ -27,6 +27,8 @@ struct Harness {
     state: Arc<MemorySyncState>,
     journal: Arc<MemoryJournal>,
     app_inbox: Arc<MemoryQueue>,
+    /// Where retried messages go (a busy record's event comes back later).
+    retries: Arc<MemoryQueue>,
 }
 
 fn harness() -> Harness {
@@ -55,7 +57,7 @@ fn harness() -> Harness {
         state.clone(),
         Arc::new(OpenLimiter),
         queue.clone(),
-        queue,
+        queue.clone(),
         clock,
         SyncSettings::default(),
     );
@@ -65,6 +67,7 @@ fn harness() -> Harness {
         state,
         journal,
         app_inbox,
+        retries: queue,
     }
 }
 
@@ -136,6 +139,69 @@ async fn a_reps_change_of_a_crm_owned_field_reaches_the_app_inbox_once() {
         h.journal.outcome("hubspot", "e-1").unwrap().0,
         EventOutcome::Applied
     );
+}
+
+#[tokio::test]
+async fn two_copies_of_an_event_processed_at_once_reach_the_app_once_and_record_one_outcome() {
+    let h = harness();
+    let crm_id = synced(&h).await;
+    h.retries.take();
+    let event = change("e-9", &crm_id, NOW - 1_000, "lifecyclestage", "lead", "CRM_UI");
+    let copy = SyncMessage {
+        message_id: "e-9-copy".into(),
+        ..event.clone()
+    };
+
+    // A CRM's retry enqueued the event twice, and two batches hold one copy each.
+    futures::future::join(
+        h.inbound.process(vec![event], deadline()),
+        h.inbound.process(vec![copy], deadline()),
+    )
+    .await;
+    // A copy that found the record busy comes back later, as SQS redelivers it.
+    let retried: Vec<SyncMessage> = h
+        .retries
+        .take()
+        .into_iter()
+        .map(|message| SyncMessage {
+            message_id: format!("{}-again", message.id),
+            body: message.body,
+            attributes: HashMap::new(),
+        })
+        .collect();
+    h.inbound.process(retried, deadline()).await;
+
+    let messages = inbox(&h);
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0]["changes"]["lifecycle_stage"], "lead");
+    assert_eq!(
+        h.journal.outcome("hubspot", "e-9").unwrap().0,
+        EventOutcome::Applied
+    );
+}
+
+#[tokio::test]
+async fn the_same_event_twice_in_one_batch_reaches_the_app_once() {
+    let h = harness();
+    let crm_id = synced(&h).await;
+    let event = change(
+        "e-8",
+        &crm_id,
+        NOW - 1_000,
+        "lifecyclestage",
+        "customer",
+        "CRM_UI",
+    );
+    let copy = SyncMessage {
+        message_id: "e-8-copy".into(),
+        ..event.clone()
+    };
+
+    h.inbound.process(vec![event, copy], deadline()).await;
+    let retried = h.retries.take();
+
+    assert_eq!(inbox(&h).len(), 1);
+    assert!(retried.is_empty(), "neither copy is left for later: {retried:?}");
 }
 
 #[tokio::test]

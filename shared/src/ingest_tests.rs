@@ -1,6 +1,7 @@
-//! Webhook ingest against in-memory ports: stored and enqueued once, a redelivery a duplicate,
-//! an outage leaving the events claimable by the CRM's retry, an oversized event refused before
-//! anything is stored. Proven end to end over HTTP in `tests/integration/webhook_ingest.rs`.
+//! Webhook ingest against in-memory ports: the delivery stored once and its events sent, a
+//! redelivery sent again (for the consumer to recognise), an outage of either side answered with
+//! a retry, an oversized event refused before anything is stored or sent. Proven end to end over
+//! HTTP in `tests/integration/webhook_ingest.rs`.
 
 use std::sync::Arc;
 
@@ -55,30 +56,60 @@ fn delivery(event_id: &str, padding: usize) -> WebhookRequest {
 }
 
 #[tokio::test]
-async fn an_event_is_stored_and_enqueued_once_and_its_redelivery_is_a_duplicate() {
+async fn a_delivery_is_stored_once_and_each_posting_sends_its_events() {
     let (service, store, queue) = ingest(IngestSettings::default());
 
     let first = service.ingest("pipedrive", &delivery("e-1", 0)).await.unwrap();
     let again = service.ingest("pipedrive", &delivery("e-1", 0)).await.unwrap();
 
     assert_eq!((first.enqueued, first.duplicates), (1, 0));
-    assert_eq!((again.enqueued, again.duplicates), (0, 1));
-    assert_eq!(queue.take().len(), 1, "on the queue once");
-    assert_eq!(store.counts(), (1, 1, 1));
+    assert_eq!(again.enqueued, 1, "sent again: the consumer recognises it");
+    let sent = queue.take();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(
+        sent[0].body, sent[1].body,
+        "the same event, as the consumer will see it"
+    );
+    assert_eq!(store.deliveries(), 1, "the raw delivery once");
 }
 
 #[tokio::test]
-async fn an_outage_storing_the_delivery_leaves_its_events_claimable_by_the_crms_retry() {
+async fn a_storage_outage_is_answered_with_a_retry_and_the_retry_stores_the_delivery() {
     let (service, store, queue) = ingest(IngestSettings::default());
     store.fail_deliveries(true);
 
     let failed = service.ingest("pipedrive", &delivery("e-2", 0)).await;
     assert!(matches!(failed, Err(IngestError::Unavailable(_))), "{failed:?}");
-    assert!(queue.take().is_empty(), "nothing enqueued");
+    assert_eq!(queue.take().len(), 1, "sent side by side with the failed write");
+    assert_eq!(store.deliveries(), 0);
 
     store.fail_deliveries(false);
     let retry = service.ingest("pipedrive", &delivery("e-2", 0)).await.unwrap();
-    assert_eq!(retry.enqueued, 1, "the released claim is won again at once");
+    assert_eq!(retry.enqueued, 1);
+    assert_eq!(store.deliveries(), 1);
+}
+
+#[tokio::test]
+async fn a_queue_outage_is_answered_with_a_retry_naming_the_events_not_sent() {
+    let (service, store, queue) = ingest(IngestSettings::default());
+    queue.fail_sends(true);
+
+    let failed = service.ingest("pipedrive", &delivery("e-4", 0)).await;
+    assert!(
+        matches!(
+            failed,
+            Err(IngestError::Incomplete {
+                pending: 1,
+                events: 1
+            })
+        ),
+        "{failed:?}"
+    );
+    assert_eq!(store.deliveries(), 1, "stored side by side");
+
+    queue.fail_sends(false);
+    service.ingest("pipedrive", &delivery("e-4", 0)).await.unwrap();
+    assert_eq!(queue.take().len(), 1, "the retry sends it");
 }
 
 #[tokio::test]
@@ -94,6 +125,6 @@ async fn an_event_past_the_queue_message_limit_is_refused_before_anything_is_sto
         Err(IngestError::BadRequest(error)) => assert!(error.to_string().contains("2048 allowed"), "{error}"),
         other => panic!("{other:?}"),
     }
-    assert_eq!(store.counts(), (0, 0, 0));
+    assert_eq!(store.deliveries(), 0);
     assert!(queue.take().is_empty());
 }

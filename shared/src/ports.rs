@@ -42,48 +42,12 @@ pub trait WebhookProvider: Send + Sync {
 #[error("storage is unavailable")]
 pub struct StoreUnavailable(#[source] pub anyhow::Error);
 
-/// What claiming an event for enqueueing found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Claim {
-    /// The event is stored and this caller holds the lease: it must enqueue it, then confirm.
-    Won,
-    /// An earlier delivery stored and enqueued this event: nothing to do.
-    AlreadyEnqueued,
-    /// Another request holds a live lease on this event; it may still fail, so do not confirm.
-    HeldElsewhere,
-}
-
-/// Durable storage of raw deliveries and their events.
+/// Durable storage of raw deliveries, as received.
 #[async_trait]
 pub trait WebhookStore: Send + Sync {
-    /// Stores a raw delivery. MUST succeed without change when the same delivery is stored already.
+    /// Stores a raw delivery. MUST succeed without change when the same delivery is stored already
+    /// (a CRM's retry keeps the first copy and its first arrival time).
     async fn put_delivery(&self, delivery: &Delivery, expires_at_ms: i64) -> Result<(), StoreUnavailable>;
-
-    /// Stores `event` and leases it to `token` until `lease_until_ms`, unless it is enqueued
-    /// already or leased to someone else until after `now_ms`. MUST be atomic: two concurrent
-    /// callers never both win.
-    async fn claim_event(
-        &self,
-        event: &InboundEvent,
-        delivery: &Delivery,
-        token: &str,
-        now_ms: i64,
-        lease_until_ms: i64,
-        expires_at_ms: i64,
-    ) -> Result<Claim, StoreUnavailable>;
-
-    /// Records that the event held by `token` is on the queue. MUST NOT touch an event whose
-    /// lease has passed to another token.
-    async fn confirm_enqueued(
-        &self,
-        provider: ProviderId,
-        key: &str,
-        token: &str,
-        now_ms: i64,
-    ) -> Result<(), StoreUnavailable>;
-
-    /// Gives up the lease held by `token` so that a retry may claim the event at once.
-    async fn release(&self, provider: ProviderId, key: &str, token: &str) -> Result<(), StoreUnavailable>;
 }
 
 /// One message to put on a queue; `id` is unique within one `send` call.
@@ -471,12 +435,13 @@ pub trait EventJournal: Send + Sync {
         keys: &[String],
     ) -> Result<std::collections::HashSet<String>, StoreUnavailable>;
 
-    /// Records an event's outcome. MUST record it once: a second call for the same event changes
-    /// nothing and returns `false`.
+    /// Records an event's outcome, with the event. MUST record it once, atomically: of any
+    /// number of calls for the same event (a CRM's retry enqueues an event again, and two copies
+    /// may be processed at once), one records it and returns `true`; the others change nothing
+    /// and return `false`.
     async fn record_outcome(
         &self,
-        provider: &str,
-        key: &str,
+        event: &InboundMessage,
         outcome: EventOutcome,
         detail: &str,
         now_ms: i64,

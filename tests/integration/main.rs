@@ -4,6 +4,7 @@ mod chaos;
 mod contract;
 mod dashboard;
 mod dashboard_browser;
+mod event_journal;
 mod hubspot_adapters;
 mod local_api;
 mod pipedrive_client;

@@ -173,6 +173,33 @@ async fn an_older_event_never_overrides_a_newer_one_and_a_duplicate_is_processed
 }
 
 #[tokio::test]
+async fn a_delivery_posted_again_and_again_at_once_reaches_the_app_once_with_one_outcome() {
+    let app = spawn_app_with(AppOptions::syncing().with_webhooks()).await;
+    let (_, deal_crm) = synced(&app, "replay-1", Some("deal-replay-1")).await;
+    let body = json!([stage_change(deal_crm.unwrap(), 9300, now_ms(), "contractsent")]).to_string();
+
+    // A CRM retrying a slow answer, and a burst of copies at once: every copy is enqueued.
+    for _ in 0..3 {
+        assert_eq!(post_signed(&app, body.clone()).await, 200);
+    }
+    let statuses = futures::future::join_all((0..20).map(|_| post_signed(&app, body.clone()))).await;
+    assert!(statuses.iter().all(|status| *status == 200), "{statuses:?}");
+    settle_webhooks(&app).await;
+
+    let messages = app.drain_app_inbox().await;
+    assert_eq!(messages.len(), 1, "once, of 23 copies: {messages:?}");
+    assert_eq!(messages[0]["changes"]["stage"], "contractsent");
+    let outcomes: Vec<_> = app
+        .webhook_events()
+        .await
+        .into_iter()
+        .filter(|(_, _, _, event)| event["eventId"] == 9300)
+        .collect();
+    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+    assert_eq!(outcomes[0].1, "applied");
+}
+
+#[tokio::test]
 async fn a_generic_object_property_change_from_hubspots_developer_platform_reaches_the_app_inbox() {
     let app = spawn_app_with(AppOptions::syncing().with_webhooks()).await;
     let (_, deal_crm) = synced(&app, "order-7", Some("deal-order-7")).await;

@@ -42,7 +42,7 @@ async fn assert_nothing_stored_or_enqueued(app: &TestApp) {
 }
 
 #[tokio::test]
-async fn a_signed_delivery_is_stored_and_enqueued_once_even_when_posted_three_times() {
+async fn a_delivery_posted_three_times_is_stored_once_and_each_posting_enqueues_its_events() {
     let app = spawn_app().await;
     let body = delivery(3, 0);
 
@@ -55,15 +55,21 @@ async fn a_signed_delivery_is_stored_and_enqueued_once_even_when_posted_three_ti
         replies.iter().all(|(status, _)| *status == StatusCode::OK),
         "{replies:?}"
     );
-    assert_eq!(replies[0].1["enqueued"], 3);
-    assert_eq!(replies[1].1["enqueued"], 0);
-    assert_eq!(replies[2].1["duplicates"], 3);
+    assert!(
+        replies.iter().all(|(_, reply)| reply["enqueued"] == 3),
+        "{replies:?}"
+    );
     assert_eq!(app.stored("delivery").await.len(), 1);
-    let events = app.stored("event").await;
-    assert_eq!(events.len(), 3);
-    assert!(events.iter().all(|event| attr(event, "status") == "enqueued"));
+    assert!(
+        app.stored("event").await.is_empty(),
+        "no per-event write at ingest: the consumer records each event's outcome"
+    );
     let messages = app.drain_inbound().await;
-    assert_eq!(messages.len(), 3);
+    assert_eq!(
+        messages.len(),
+        9,
+        "sent each time; the consumer recognises the copies"
+    );
     let keys: HashSet<_> = messages
         .iter()
         .map(|m| m["event_key"].as_str().unwrap().to_string())
@@ -91,35 +97,37 @@ async fn the_raw_delivery_is_stored_verbatim_with_an_expiry() {
 }
 
 #[tokio::test]
-async fn a_retry_with_a_new_attempt_number_does_not_enqueue_the_events_again() {
+async fn a_retry_with_a_new_attempt_number_keeps_both_bodies_and_enqueues_the_same_events() {
     let app = spawn_app().await;
     assert_eq!(post_signed(&app, &delivery(2, 0)).await.status(), StatusCode::OK);
     let (status, reply) = json(post_signed(&app, &delivery(2, 1)).await).await;
 
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(reply["duplicates"], 2);
-    // Each attempt's body is kept as received, but the events are stored and queued once.
+    assert_eq!(reply["enqueued"], 2);
+    // Each attempt's body is kept as received; its events keep their keys, so the consumer
+    // knows the second copy of each.
     assert_eq!(app.stored("delivery").await.len(), 2);
-    assert_eq!(app.stored("event").await.len(), 2);
-    assert_eq!(app.drain_inbound().await.len(), 2);
+    let keys: HashSet<_> = app
+        .drain_inbound()
+        .await
+        .iter()
+        .map(|m| m["event_key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(keys.len(), 2);
 }
 
 #[tokio::test]
-async fn concurrent_duplicate_deliveries_enqueue_each_event_once() {
+async fn fifty_concurrent_replays_of_one_delivery_are_all_accepted_and_store_it_once() {
     let app = spawn_app().await;
     let body = delivery(20, 0);
-    let replies = futures::future::join_all((0..5).map(|_| post_signed(&app, &body))).await;
-    let mut statuses: Vec<_> = replies.iter().map(|r| r.status()).collect();
-    // A request that found another one mid-flight answers 503; the CRM's retry then succeeds.
-    for status in statuses.iter_mut() {
-        if *status == StatusCode::SERVICE_UNAVAILABLE {
-            *status = post_signed(&app, &body).await.status();
-        }
-    }
+    let replies = futures::future::join_all((0..50).map(|_| post_signed(&app, &body))).await;
+
+    let statuses: Vec<_> = replies.iter().map(|r| r.status()).collect();
     assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+    assert_eq!(app.stored("delivery").await.len(), 1);
     let messages = app.drain_inbound().await;
     let keys: HashSet<_> = messages.iter().map(|m| m["event_key"].to_string()).collect();
-    assert_eq!(messages.len(), 20);
+    assert_eq!(messages.len(), 50 * 20);
     assert_eq!(keys.len(), 20);
 }
 
@@ -364,7 +372,7 @@ async fn the_client_secret_comes_from_secrets_manager_as_when_deployed() {
 }
 
 #[tokio::test]
-async fn when_dynamodb_fails_the_crm_gets_503_and_its_retry_stores_everything_once() {
+async fn when_dynamodb_fails_the_crm_gets_503_and_its_retry_stores_the_delivery() {
     let app = spawn_app_with(AppOptions {
         fault_proxy: true,
         ..AppOptions::default()
@@ -378,19 +386,21 @@ async fn when_dynamodb_fails_the_crm_gets_503_and_its_retry_stores_everything_on
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reply["error"], "unavailable");
     assert!(faults.failed_calls() > 0);
-    assert!(
-        app.drain_inbound().await.is_empty(),
-        "nothing is enqueued before it is stored"
+    assert!(app.stored("delivery").await.is_empty());
+    assert_eq!(
+        app.drain_inbound().await.len(),
+        5,
+        "sent side by side: the events are processed while the CRM retries"
     );
 
     faults.heal();
     assert_eq!(post_signed(&app, &body).await.status(), StatusCode::OK);
-    assert_eq!(app.stored("event").await.len(), 5);
+    assert_eq!(app.stored("delivery").await.len(), 1);
     assert_eq!(app.drain_inbound().await.len(), 5);
 }
 
 #[tokio::test]
-async fn when_sqs_fails_after_the_events_are_stored_the_retry_enqueues_each_once() {
+async fn when_sqs_fails_the_crm_gets_503_naming_the_events_and_its_retry_enqueues_them() {
     let app = spawn_app_with(AppOptions {
         fault_proxy: true,
         ..AppOptions::default()
@@ -402,13 +412,8 @@ async fn when_sqs_fails_after_the_events_are_stored_the_retry_enqueues_each_once
     faults.fail("AmazonSQS.SendMessageBatch");
     let (status, reply) = json(post_signed(&app, &body).await).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(
-        reply["message"],
-        "12 of 12 events could not be stored and enqueued yet"
-    );
-    let events = app.stored("event").await;
-    assert_eq!(events.len(), 12, "the events are durable already");
-    assert!(events.iter().all(|event| attr(event, "status") == "claimed"));
+    assert_eq!(reply["message"], "12 of 12 events could not be enqueued yet");
+    assert_eq!(app.stored("delivery").await.len(), 1, "stored side by side");
     assert!(app.drain_inbound().await.is_empty());
 
     faults.heal();
@@ -416,36 +421,30 @@ async fn when_sqs_fails_after_the_events_are_stored_the_retry_enqueues_each_once
     assert_eq!(status, StatusCode::OK);
     assert_eq!(reply["enqueued"], 12);
     assert_eq!(app.drain_inbound().await.len(), 12);
-    assert_eq!(post_signed(&app, &body).await.status(), StatusCode::OK);
-    assert!(
-        app.drain_inbound().await.is_empty(),
-        "a later redelivery enqueues nothing"
-    );
+    assert_eq!(app.stored("delivery").await.len(), 1);
 }
 
 #[tokio::test]
-async fn a_claim_whose_first_answer_was_lost_is_still_this_requests_own() {
+async fn a_delivery_write_whose_first_answer_was_lost_is_accepted_on_the_sdks_retry() {
     let app = spawn_app_with(AppOptions {
         fault_proxy: true,
         ..AppOptions::default()
     })
     .await;
     let faults = app.faults.as_ref().unwrap();
-    // The claims land in DynamoDB, their answers do not: the SDK retries each, and the retry
-    // finds the claim it made itself.
-    faults.lose_answers("DynamoDB_20120810.PutItem", 4);
+    // The write lands in DynamoDB, its answer does not: the SDK retries it, and the retry finds
+    // the delivery stored (by itself) and takes that as done.
+    faults.lose_answers("DynamoDB_20120810.PutItem", 1);
     let (status, reply) = json(post_signed(&app, &delivery(3, 0)).await).await;
 
-    assert!(faults.failed_calls() > 0, "the proxy lost some answers");
+    assert!(faults.failed_calls() > 0, "the proxy lost an answer");
     assert_eq!(status, StatusCode::OK, "{reply}");
-    assert_eq!(reply["enqueued"], 3);
+    assert_eq!(app.stored("delivery").await.len(), 1);
     assert_eq!(app.drain_inbound().await.len(), 3);
-    let events = app.stored("event").await;
-    assert!(events.iter().all(|event| attr(event, "status") == "enqueued"));
 }
 
 #[tokio::test]
-async fn a_delivery_holding_the_same_event_twice_stores_and_enqueues_it_once() {
+async fn a_delivery_holding_the_same_event_twice_enqueues_it_once() {
     let app = spawn_app().await;
     let event = property_change(7, 1007, "email", "seven@example.com", 0);
     let body = serde_json::json!([
@@ -461,7 +460,6 @@ async fn a_delivery_holding_the_same_event_twice_stores_and_enqueues_it_once() {
     assert_eq!(reply["events"], 3);
     assert_eq!(reply["enqueued"], 2);
     assert_eq!(reply["duplicates"], 1);
-    assert_eq!(app.stored("event").await.len(), 2);
     assert_eq!(app.drain_inbound().await.len(), 2);
 }
 
@@ -484,9 +482,7 @@ async fn two_hundred_distinct_deliveries_at_once_are_all_accepted_and_enqueued()
 
     let refused: Vec<_> = replies.iter().filter(|status| !status.is_success()).collect();
     assert!(refused.is_empty(), "{} refused: {refused:?}", refused.len());
-    let events = app.stored("event").await;
-    assert_eq!(events.len(), 200);
-    assert!(events.iter().all(|event| attr(event, "status") == "enqueued"));
+    assert_eq!(app.stored("delivery").await.len(), 200);
     let keys: HashSet<String> = app
         .drain_inbound()
         .await
@@ -529,9 +525,9 @@ async fn each_key_field_is_taken_at_its_length_limit_and_refused_by_name_one_byt
         let message = reply["message"].as_str().unwrap();
         assert!(message.contains(field), "{message}");
     }
-    // Only the four accepted deliveries are stored: a refusal leaves nothing behind.
+    // Only the four accepted deliveries are stored and sent: a refusal leaves nothing behind.
     assert_eq!(app.stored("delivery").await.len(), 4);
-    assert_eq!(app.stored("event").await.len(), 4);
+    assert_eq!(app.drain_inbound().await.len(), 4);
 }
 
 #[tokio::test]

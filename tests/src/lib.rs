@@ -223,24 +223,21 @@ impl TestApp {
         drain(&self.sqs, &self.stack.resources.queue("AppInboxQueue").url).await
     }
 
-    /// Stored webhook events: (event key, status, outcome detail, the event as sent).
-    /// Waits until the CRM has no webhook left to deliver (`pending`) and every stored event
-    /// has an outcome.
+    /// Waits until the CRM has no webhook left to deliver (`pending`), some event has an
+    /// outcome, and nothing is left on the inbound queue, visible, in flight or delayed for a
+    /// retry: every delivered event is processed.
     pub async fn webhooks_settled(&self, pending: impl Fn() -> u64) {
         eventually(60, "every webhook event delivered and processed", || async {
-            if pending() > 0 {
+            if pending() > 0 || self.webhook_events().await.is_empty() {
                 return None;
             }
-            let events = self.webhook_events().await;
-            (!events.is_empty()
-                && events
-                    .iter()
-                    .all(|(_, status, _, _)| status != "enqueued" && status != "claimed"))
-            .then_some(())
+            (self.queue_counts("InboundQueue").await? == (0, 0, 0)).then_some(())
         })
         .await;
     }
 
+    /// Stored webhook events, each written once with its outcome: (event key, status, outcome
+    /// detail, the event as sent).
     pub async fn webhook_events(&self) -> Vec<(String, String, String, serde_json::Value)> {
         self.stored("event")
             .await
@@ -409,33 +406,39 @@ impl TestApp {
     /// every message on it has been handled, or is delayed for later. Returns how many are
     /// delayed.
     pub async fn queue_settled(&self, queue: &str) -> u64 {
-        use aws_sdk_sqs::types::QueueAttributeName;
-        let url = self.stack.resources.queue(queue).url.clone();
-        eventually(60, &format!("{queue} to settle"), || {
-            let (sqs, url) = (self.sqs.clone(), url.clone());
-            async move {
-                let attributes = sqs
-                    .get_queue_attributes()
-                    .queue_url(&url)
-                    .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-                    .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-                    .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
-                    .send()
-                    .await
-                    .ok()?;
-                let count = |name: QueueAttributeName| -> u64 {
-                    attributes
-                        .attributes()
-                        .and_then(|all| all.get(&name))
-                        .and_then(|value| value.parse().ok())
-                        .unwrap_or(0)
-                };
-                (count(QueueAttributeName::ApproximateNumberOfMessages) == 0
-                    && count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible) == 0)
-                    .then(|| count(QueueAttributeName::ApproximateNumberOfMessagesDelayed))
-            }
+        eventually(60, &format!("{queue} to settle"), || async {
+            let (visible, in_flight, delayed) = self.queue_counts(queue).await?;
+            (visible == 0 && in_flight == 0).then_some(delayed)
         })
         .await
+    }
+
+    /// How many messages on `queue` are visible, in flight and delayed (SQS's approximations).
+    pub async fn queue_counts(&self, queue: &str) -> Option<(u64, u64, u64)> {
+        use aws_sdk_sqs::types::QueueAttributeName;
+        let url = &self.stack.resources.queue(queue).url;
+        let attributes = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .ok()?;
+        let count = |name: QueueAttributeName| -> u64 {
+            attributes
+                .attributes()
+                .and_then(|all| all.get(&name))
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(0)
+        };
+        Some((
+            count(QueueAttributeName::ApproximateNumberOfMessages),
+            count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+            count(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+        ))
     }
 
     /// Sends app changes to the outbound queue, ten per call.

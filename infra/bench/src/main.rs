@@ -7,8 +7,10 @@
 //! `--naive M` (400), `--webhooks K` (200 single-event and K/4 hundred-event deliveries),
 //! `--footprint M` (10000 messages in the memory measurement's batch), `--out DIR` (docs/bench),
 //! `--crm-records P` (200 through Pipedrive, 10x that through Salesforce), `--only crms` (just
-//! the Pipedrive and Salesforce rows, written to `crms.json`).
+//! the Pipedrive and Salesforce rows, written to `crms.json`), `--only ingest` (just webhook
+//! ingest, its bursts and the functions' cold starts, written to `ingest.json`).
 
+mod cold_start;
 mod footprint;
 mod other_crms;
 mod outbound;
@@ -50,11 +52,37 @@ fn parse_args() -> anyhow::Result<Args> {
             "--footprint" => args.footprint = value.parse().context("--footprint")?,
             "--out" => args.out = PathBuf::from(value),
             "--crm-records" => args.crm_records = value.parse().context("--crm-records")?,
-            "--only" if value == "crms" => args.only = Some(value),
+            "--only" if value == "crms" || value == "ingest" => args.only = Some(value),
             other => anyhow::bail!("unknown option {other}"),
         }
     }
     Ok(args)
+}
+
+/// Webhook ingest against the raw calls, its bursts, and the cold starts: printed, and written to
+/// `ingest.json`.
+async fn ingest(moto: &str, args: &Args) -> anyhow::Result<Vec<webhook::Latencies>> {
+    eprintln!("webhook ingest");
+    let (latencies, bursts) = webhook::ingest(moto, args.webhooks).await?;
+    eprintln!("cold starts (builds the release binaries first)");
+    let starts = cold_start::measure(moto).await?;
+    println!("{}", webhook::table(&latencies, &bursts));
+    println!("{}", cold_start::table(&starts));
+    let mut json = webhook::to_json(&latencies, &bursts);
+    json["cold_starts"] = serde_json::Value::Array(
+        starts
+            .iter()
+            .map(|start| {
+                serde_json::json!({
+                    "function": start.function, "init_ms": start.init_ms,
+                    "first_invocation_ms": start.first_invocation_ms,
+                    "init_calls": start.init_calls, "answer": start.answer,
+                })
+            })
+            .collect(),
+    );
+    std::fs::write(args.out.join("ingest.json"), serde_json::to_string_pretty(&json)?)?;
+    Ok(latencies)
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -71,6 +99,10 @@ async fn main() -> anyhow::Result<()> {
     let moto = Moto::start("127.0.0.1", free_port()?)?;
     eprintln!("moto at {}", moto.endpoint);
 
+    if args.only.as_deref() == Some("ingest") {
+        ingest(&moto.endpoint, &args).await?;
+        return Ok(());
+    }
     eprintln!("Pipedrive: {} contact upserts", args.crm_records);
     let mut crms = vec![other_crms::pipedrive(&moto.endpoint, args.crm_records).await?];
     eprintln!("Salesforce: {} contact upserts", args.crm_records * 10);
@@ -92,8 +124,7 @@ async fn main() -> anyhow::Result<()> {
     let end_to_end = outbound::bulk(&moto.endpoint, local_records).await?;
     eprintln!("naive pattern: {} single-record calls", args.naive);
     let naive = outbound::naive(args.naive).await?;
-    eprintln!("webhook ingest");
-    let webhooks = webhook::ingest(&moto.endpoint, args.webhooks).await?;
+    let webhooks = ingest(&moto.endpoint, &args).await?;
     eprintln!(
         "footprint: one {}-message batch in a process of its own",
         args.footprint

@@ -18,6 +18,9 @@ pub const APP_INBOX_CONTRACT_VERSION: u32 = 1;
 pub struct InboundMessage {
     pub provider: String,
     pub event_key: String,
+    /// The delivery that carried it, and when that arrived (kept with the event's outcome).
+    pub delivery_id: Option<String>,
+    pub received_at_ms: Option<i64>,
     pub kind: String,
     pub object_type: Option<String>,
     pub object_id: Option<String>,
@@ -38,6 +41,8 @@ pub fn parse_inbound(body: &str) -> Result<InboundMessage, ContractError> {
     Ok(InboundMessage {
         provider: text("provider").ok_or_else(|| ContractError("`provider` is required".into()))?,
         event_key: text("event_key").ok_or_else(|| ContractError("`event_key` is required".into()))?,
+        delivery_id: text("delivery_id"),
+        received_at_ms: value.get("received_at_ms").and_then(Value::as_i64),
         kind: text("kind").ok_or_else(|| ContractError("`kind` is required".into()))?,
         object_type: text("object_type"),
         object_id: text("object_id"),

@@ -8,7 +8,7 @@ use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::LambdaEvent;
 
 use crate::adapters::cloudwatch::{EmbeddedMetrics, Unit};
-use crate::adapters::dynamodb::DynamoDbWebhookStore;
+use crate::adapters::dynamodb::DynamoDbEventJournal;
 use crate::adapters::sqs::SqsQueue;
 use crate::config::SyncConfig;
 use crate::domain::SystemClock;
@@ -89,7 +89,11 @@ impl SyncHandler {
                 mapping.clone(),
                 crm.clone(),
                 events,
-                Arc::new(DynamoDbWebhookStore::new(dynamodb.clone(), inbound.webhook_table)),
+                Arc::new(DynamoDbEventJournal::new(
+                    dynamodb.clone(),
+                    inbound.webhook_table,
+                    inbound.event_retention_ms,
+                )),
                 state.clone(),
                 Arc::new(SqsQueue::new(sqs.clone(), inbound.app_inbox_url)),
                 clock.clone(),

@@ -53,10 +53,12 @@ fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// A queue that keeps every message it is sent.
+/// A queue that keeps every message it is sent; `fail_sends` makes every send fail, as an SQS
+/// outage would.
 #[derive(Default)]
 pub struct MemoryQueue {
     sent: Mutex<Vec<OutgoingMessage>>,
+    fail_sends: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryQueue {
@@ -64,11 +66,24 @@ impl MemoryQueue {
     pub fn take(&self) -> Vec<OutgoingMessage> {
         std::mem::take(&mut *locked(&self.sent))
     }
+
+    pub fn fail_sends(&self, fail: bool) {
+        self.fail_sends.store(fail, Ordering::SeqCst);
+    }
 }
 
 #[async_trait]
 impl MessageQueue for MemoryQueue {
     async fn send(&self, messages: &[OutgoingMessage]) -> Vec<SendFailure> {
+        if self.fail_sends.load(Ordering::SeqCst) {
+            return messages
+                .iter()
+                .map(|message| SendFailure {
+                    id: message.id.clone(),
+                    reason: "the queue is down, on cue".into(),
+                })
+                .collect();
+        }
         locked(&self.sent).extend_from_slice(messages);
         Vec::new()
     }
@@ -387,14 +402,13 @@ impl crate::ports::EventJournal for MemoryJournal {
 
     async fn record_outcome(
         &self,
-        provider: &str,
-        key: &str,
+        event: &crate::domain::inbound::InboundMessage,
         outcome: crate::ports::EventOutcome,
         detail: &str,
         _now_ms: i64,
     ) -> Result<bool, StoreUnavailable> {
         let mut outcomes = locked(&self.outcomes);
-        let slot = (provider.to_string(), key.to_string());
+        let slot = (event.provider.clone(), event.event_key.clone());
         if outcomes.contains_key(&slot) {
             return Ok(false);
         }
@@ -403,15 +417,10 @@ impl crate::ports::EventJournal for MemoryJournal {
     }
 }
 
-/// An event's (lease token, lease until, enqueued), by (provider, key).
-type EventRow = (String, i64, bool);
-
-/// The webhook store in memory: raw deliveries, and each event's lease and whether it is on the
-/// queue; `fail_deliveries` makes storing a delivery fail, as a DynamoDB outage would.
+/// The webhook store in memory: raw deliveries, each once by id; `fail_deliveries` makes storing a delivery fail, as a DynamoDB outage would.
 #[derive(Default)]
 pub struct MemoryWebhookStore {
     deliveries: Mutex<HashMap<String, usize>>,
-    events: Mutex<HashMap<(String, String), EventRow>>,
     fail_deliveries: std::sync::atomic::AtomicBool,
 }
 
@@ -420,14 +429,9 @@ impl MemoryWebhookStore {
         self.fail_deliveries.store(fail, Ordering::SeqCst);
     }
 
-    /// How many distinct deliveries and events it holds, and how many events are enqueued.
-    pub fn counts(&self) -> (usize, usize, usize) {
-        let events = locked(&self.events);
-        (
-            locked(&self.deliveries).len(),
-            events.len(),
-            events.values().filter(|(_, _, enqueued)| *enqueued).count(),
-        )
+    /// How many distinct deliveries it holds.
+    pub fn deliveries(&self) -> usize {
+        locked(&self.deliveries).len()
     }
 }
 
@@ -441,59 +445,9 @@ impl crate::ports::WebhookStore for MemoryWebhookStore {
         if self.fail_deliveries.load(Ordering::SeqCst) {
             return Err(StoreUnavailable(anyhow::anyhow!("the store is down, on cue")));
         }
-        locked(&self.deliveries).insert(delivery.id.clone(), delivery.event_count);
-        Ok(())
-    }
-
-    async fn claim_event(
-        &self,
-        event: &crate::domain::webhook::InboundEvent,
-        _delivery: &crate::domain::webhook::Delivery,
-        token: &str,
-        now_ms: i64,
-        lease_until_ms: i64,
-        _expires_at_ms: i64,
-    ) -> Result<crate::ports::Claim, StoreUnavailable> {
-        let mut events = locked(&self.events);
-        let slot = (event.provider.to_string(), event.key.clone());
-        match events.get(&slot) {
-            Some((_, _, true)) => Ok(crate::ports::Claim::AlreadyEnqueued),
-            Some((held, until, false)) if held != token && *until > now_ms => {
-                Ok(crate::ports::Claim::HeldElsewhere)
-            }
-            _ => {
-                events.insert(slot, (token.to_string(), lease_until_ms, false));
-                Ok(crate::ports::Claim::Won)
-            }
-        }
-    }
-
-    async fn confirm_enqueued(
-        &self,
-        provider: crate::domain::webhook::ProviderId,
-        key: &str,
-        token: &str,
-        _now_ms: i64,
-    ) -> Result<(), StoreUnavailable> {
-        if let Some(row) = locked(&self.events).get_mut(&(provider.to_string(), key.to_string())) {
-            if row.0 == token {
-                row.2 = true;
-            }
-        }
-        Ok(())
-    }
-
-    async fn release(
-        &self,
-        provider: crate::domain::webhook::ProviderId,
-        key: &str,
-        token: &str,
-    ) -> Result<(), StoreUnavailable> {
-        let mut events = locked(&self.events);
-        let slot = (provider.to_string(), key.to_string());
-        if events.get(&slot).is_some_and(|row| row.0 == token && !row.2) {
-            events.remove(&slot);
-        }
+        locked(&self.deliveries)
+            .entry(delivery.id.clone())
+            .or_insert(delivery.event_count);
         Ok(())
     }
 }

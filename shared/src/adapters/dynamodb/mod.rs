@@ -8,7 +8,7 @@ mod webhook_store;
 pub use dashboard_store::{session_pk, sign_in_pk, DynamoDbDashboardStore};
 pub use rate_limiter::{DynamoDbRateLimiter, LimiterSettings};
 pub use sync_state::{record_pk, state_from_item, DynamoDbSyncState, BY_CRM_ID, BY_STATUS};
-pub use webhook_store::DynamoDbWebhookStore;
+pub use webhook_store::{DynamoDbEventJournal, DynamoDbWebhookStore};
 
 use std::collections::HashMap;
 

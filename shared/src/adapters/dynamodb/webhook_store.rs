@@ -1,21 +1,23 @@
-//! Raw deliveries and their events in one DynamoDB table keyed by `pk`:
-//! - `DELIVERY#{provider}#{sha256 of body}`: the body as received, expiring by TTL;
-//! - `EVENT#{provider}#{event key}`: one item per event, the dedupe record and the lease that
-//!   makes "stored and enqueued once" hold across concurrent and repeated deliveries.
+//! Raw deliveries and their events' outcomes in one DynamoDB table keyed by `pk`:
+//! - `DELIVERY#{provider}#{sha256 of body}`: the body as received, expiring by TTL; the webhook
+//!   function's one write per delivery;
+//! - `EVENT#{provider}#{event key}`: one item per event, written once by the consumer with the
+//!   event's outcome (the dedupe record: a copy of the event processed later finds it).
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::primitives::Blob;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 
-use super::{condition_failed, n, s, unavailable, written_or_not};
+use super::{n, s, written_or_not};
 use crate::domain::clock::rfc3339;
-use crate::domain::{Delivery, InboundEvent, ProviderId};
-use crate::ports::{Claim, EventJournal, EventOutcome, StoreUnavailable, WebhookStore};
+use crate::domain::inbound::InboundMessage;
+use crate::domain::Delivery;
+use crate::ports::{EventJournal, EventOutcome, StoreUnavailable, WebhookStore};
 
-const STATUS_CLAIMED: &str = "claimed";
-const STATUS_ENQUEUED: &str = "enqueued";
+/// What event items written before outcomes were recorded at once (by the earlier ingest) say
+/// while they wait: such an event is not processed yet.
+const WAITING: [&str; 2] = ["claimed", "enqueued"];
 
 /// [`WebhookStore`] over a DynamoDB table.
 #[derive(Debug, Clone)]
@@ -45,6 +47,25 @@ fn seconds(ms: i64) -> i64 {
     ms / 1000
 }
 
+/// [`EventJournal`] over the same table: each event's outcome, with the event.
+#[derive(Debug, Clone)]
+pub struct DynamoDbEventJournal {
+    client: Client,
+    table: String,
+    /// How long an event's item, and so its dedupe record, is kept (TTL).
+    retention_ms: i64,
+}
+
+impl DynamoDbEventJournal {
+    pub fn new(client: Client, table: impl Into<String>, retention_ms: i64) -> Self {
+        Self {
+            client,
+            table: table.into(),
+            retention_ms,
+        }
+    }
+}
+
 #[async_trait]
 impl WebhookStore for DynamoDbWebhookStore {
     async fn put_delivery(&self, delivery: &Delivery, expires_at_ms: i64) -> Result<(), StoreUnavailable> {
@@ -71,130 +92,10 @@ impl WebhookStore for DynamoDbWebhookStore {
             .await;
         written_or_not(result).map(|_| ())
     }
-
-    async fn claim_event(
-        &self,
-        event: &InboundEvent,
-        delivery: &Delivery,
-        token: &str,
-        now_ms: i64,
-        lease_until_ms: i64,
-        expires_at_ms: i64,
-    ) -> Result<Claim, StoreUnavailable> {
-        let mut request = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(event_pk(event.provider, &event.key)))
-            .item("kind", s("event"))
-            .item("provider", s(event.provider))
-            .item("event_key", s(&event.key))
-            .item("event_kind", s(&event.kind))
-            .item("occurred_at", n(event.occurred_at_ms))
-            .item("payload", s(event.raw.get()))
-            .item("delivery_id", s(&delivery.id))
-            .item("received_at", n(delivery.received_at_ms))
-            .item("status", s(STATUS_CLAIMED))
-            .item("claim_token", s(token))
-            .item("lease_until", n(lease_until_ms))
-            .item("expires_at", n(seconds(expires_at_ms)));
-        if let Some(object_type) = &event.object_type {
-            request = request.item("object_type", s(object_type));
-        }
-        if let Some(object_id) = &event.object_id {
-            request = request.item("object_id", s(object_id));
-        }
-        let result = request
-            // New, or claimed by a request whose lease ran out without enqueueing it.
-            .condition_expression("attribute_not_exists(pk) OR (#status = :claimed AND lease_until < :now)")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":claimed", s(STATUS_CLAIMED))
-            .expression_attribute_values(":now", n(now_ms))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(Claim::Won),
-            Err(error) if condition_failed(&error) => {
-                let old = match error.as_service_error() {
-                    Some(PutItemError::ConditionalCheckFailedException(check)) => check.item(),
-                    _ => None,
-                };
-                let field = |name: &str| {
-                    old.and_then(|item| item.get(name))
-                        .and_then(|value| value.as_s().ok())
-                        .map(String::as_str)
-                };
-                Ok(match (field("status"), field("claim_token")) {
-                    // The SDK retried a write that had landed (its first answer was lost): the
-                    // claim it finds is this request's own.
-                    (Some(STATUS_CLAIMED), Some(holder)) if holder == token => Claim::Won,
-                    (Some(STATUS_CLAIMED), _) => Claim::HeldElsewhere,
-                    _ => Claim::AlreadyEnqueued,
-                })
-            }
-            Err(error) => Err(unavailable(error)),
-        }
-    }
-
-    async fn confirm_enqueued(
-        &self,
-        provider: ProviderId,
-        key: &str,
-        token: &str,
-        now_ms: i64,
-    ) -> Result<(), StoreUnavailable> {
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(event_pk(provider, key)))
-            .update_expression("SET #status = :enqueued, enqueued_at = :now REMOVE lease_until")
-            .condition_expression("claim_token = :token")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":enqueued", s(STATUS_ENQUEUED))
-            .expression_attribute_values(":now", n(now_ms))
-            .expression_attribute_values(":token", s(token))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(error)
-                if error
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                // Our lease ran out and a retry took the event over; it enqueues and confirms it.
-                tracing::warn!(
-                    event_key = key,
-                    "lease lost before confirming; the event may be enqueued twice"
-                );
-                Ok(())
-            }
-            Err(error) => Err(unavailable(error)),
-        }
-    }
-
-    async fn release(&self, provider: ProviderId, key: &str, token: &str) -> Result<(), StoreUnavailable> {
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(event_pk(provider, key)))
-            .update_expression("SET lease_until = :zero")
-            .condition_expression("claim_token = :token AND #status = :claimed")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":token", s(token))
-            .expression_attribute_values(":claimed", s(STATUS_CLAIMED))
-            .send()
-            .await;
-        written_or_not(result).map(|_| ())
-    }
 }
 
 #[async_trait]
-impl EventJournal for DynamoDbWebhookStore {
+impl EventJournal for DynamoDbEventJournal {
     async fn processed(
         &self,
         provider: &str,
@@ -217,7 +118,7 @@ impl EventJournal for DynamoDbWebhookStore {
         .await?;
         for item in items {
             let status = item.get("status").and_then(|v| v.as_s().ok()).map(String::as_str);
-            if !matches!(status, Some(STATUS_CLAIMED | STATUS_ENQUEUED) | None) {
+            if status.is_some_and(|status| !WAITING.contains(&status)) {
                 if let Some(key) = item.get("event_key").and_then(|v| v.as_s().ok()) {
                     done.insert(key.clone());
                 }
@@ -228,26 +129,45 @@ impl EventJournal for DynamoDbWebhookStore {
 
     async fn record_outcome(
         &self,
-        provider: &str,
-        key: &str,
+        event: &InboundMessage,
         outcome: EventOutcome,
         detail: &str,
         now_ms: i64,
     ) -> Result<bool, StoreUnavailable> {
-        let result = self
+        let mut request = self
             .client
-            .update_item()
+            .put_item()
             .table_name(&self.table)
-            .key("pk", s(event_pk(provider, key)))
-            .update_expression("SET #status = :outcome, outcome_detail = :detail, processed_at = :now")
-            // Once: only an event still waiting for processing takes an outcome.
-            .condition_expression("#status IN (:claimed, :enqueued)")
+            .item("pk", s(event_pk(&event.provider, &event.event_key)))
+            .item("kind", s("event"))
+            .item("provider", s(&event.provider))
+            .item("event_key", s(&event.event_key))
+            .item("event_kind", s(&event.kind))
+            .item("occurred_at", n(event.occurred_at_ms))
+            .item("payload", s(event.event.to_string()))
+            .item("status", s(outcome.as_str()))
+            .item("outcome_detail", s(detail))
+            .item("processed_at", n(now_ms))
+            .item("expires_at", n(seconds(now_ms + self.retention_ms)));
+        for (name, value) in [
+            ("object_type", &event.object_type),
+            ("object_id", &event.object_id),
+            ("delivery_id", &event.delivery_id),
+        ] {
+            if let Some(value) = value {
+                request = request.item(name, s(value));
+            }
+        }
+        if let Some(received_at) = event.received_at_ms {
+            request = request.item("received_at", n(received_at));
+        }
+        let result = request
+            // Once: the first copy of the event records it; an item the earlier ingest left
+            // waiting takes it too.
+            .condition_expression("attribute_not_exists(pk) OR #status IN (:claimed, :enqueued)")
             .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":outcome", s(outcome.as_str()))
-            .expression_attribute_values(":detail", s(detail))
-            .expression_attribute_values(":now", n(now_ms))
-            .expression_attribute_values(":claimed", s(STATUS_CLAIMED))
-            .expression_attribute_values(":enqueued", s(STATUS_ENQUEUED))
+            .expression_attribute_values(":claimed", s(WAITING[0]))
+            .expression_attribute_values(":enqueued", s(WAITING[1]))
             .send()
             .await;
         written_or_not(result)

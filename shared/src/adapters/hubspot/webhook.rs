@@ -494,6 +494,8 @@ mod tests {
         InboundMessage {
             provider: "hubspot".into(),
             event_key: "k".into(),
+            delivery_id: None,
+            received_at_ms: None,
             kind: kind.into(),
             object_type: kind.split('.').next().map(str::to_string),
             object_id: Some("7".into()),

@@ -468,6 +468,8 @@ mod tests {
         InboundMessage {
             provider: PROVIDER.into(),
             event_key: event.key,
+            delivery_id: None,
+            received_at_ms: None,
             kind: event.kind,
             object_type: event.object_type,
             object_id: event.object_id,

@@ -652,6 +652,8 @@ mod tests {
         InboundMessage {
             provider: PROVIDER.into(),
             event_key: event.key.clone(),
+            delivery_id: None,
+            received_at_ms: None,
             kind: event.kind.clone(),
             object_type: event.object_type.clone(),
             object_id: event.object_id.clone(),
