@@ -437,7 +437,17 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                     dlq_url: required("INBOUND_DLQ_URL", vars.inbound_dlq_url)?,
                     app_inbox_url: required("APP_INBOX_QUEUE_URL", vars.app_inbox_queue_url)?,
                     webhook_table: required("WEBHOOK_TABLE", vars.webhook_table)?,
-                    event_retention_ms: i64::from(vars.webhook_event_retention_days.unwrap_or(90)) * DAY_MS,
+                    event_retention_ms: match vars.webhook_event_retention_days.unwrap_or(90) {
+                        // The outcome item is the event's dedupe record: kept for no day, it
+                        // would let a CRM's retry act again.
+                        0 => {
+                            return Err(ConfigError::new(
+                                "WEBHOOK_EVENT_RETENTION_DAYS",
+                                "must be at least 1",
+                            ))
+                        }
+                        days => i64::from(days) * DAY_MS,
+                    },
                     reassert_app_values: flag("REASSERT_APP_VALUES", vars.reassert_app_values, false)?,
                 }),
             },

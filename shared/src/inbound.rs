@@ -141,6 +141,8 @@ struct Effects {
     conflicts: Vec<ConflictEntry>,
     echoes: usize,
     stale: usize,
+    /// A copy of an event already acted on for the record: nothing to decide.
+    copy: bool,
 }
 
 impl InboundService {
@@ -347,7 +349,7 @@ impl InboundService {
         let by_id: HashMap<&str, &Pending> = ready.iter().map(|p| (p.message_id.as_str(), p)).collect();
         let inbox_failures = self.deliver(&mut per_record, &by_id).await;
         let settle_now = self.clock.now_ms();
-        let (timeline, conflicts, settled) = self
+        let (timeline, settled) = self
             .settle_records(
                 per_record,
                 &inbox_failures,
@@ -377,7 +379,6 @@ impl InboundService {
             &messages,
             &batch.dispositions,
             &batch.outcomes,
-            &conflicts,
             &timeline,
             settle_now,
         )
@@ -440,7 +441,8 @@ impl InboundService {
             let ahead_ms = inbound.occurred_at_ms.saturating_sub(batch.now_ms);
             if ahead_ms > i64::try_from(self.settings.max_clock_skew.as_millis()).unwrap_or(i64::MAX) {
                 // An event from the future would make every real change after it look older.
-                // Its outcome stays unrecorded, so that a redrive once the clocks agree applies it.
+                // Its outcome is recorded as failed, which a redrive, once the clocks agree,
+                // replaces when it applies the event.
                 batch.dispositions.insert(
                     message.message_id.clone(),
                     Disposition::DeadLetter {
@@ -720,7 +722,14 @@ impl InboundService {
             let mut current = entry.0.clone();
             current.inbound_at = entry.1.inbound_at.clone();
             current.received = entry.1.received.clone();
+            current.recent_events = entry.1.recent_events.clone();
             let mut effects = Effects::default();
+            if current.acted_on(&p.message.event_key) {
+                effects.copy = true;
+                entry.2.push((p.message_id.clone(), effects));
+                continue;
+            }
+            entry.1.acted_on(&p.message.event_key);
             if own_creations.contains(&p.message_id) {
                 effects.echoes += 1;
             }
@@ -771,9 +780,11 @@ impl InboundService {
         per_record
     }
 
-    /// Settle: each record's update under its lease, its events' outcomes, timeline entries and
-    /// conflicts; a record whose inbox messages did not all go out counts as not done. Returns
-    /// the timeline entries, the conflicts, and the records settled.
+    /// Settle: each record's conflicts journaled, then its update under its lease (with the
+    /// fingerprints of the events acted on, so that a copy finds them: the conflicts must be
+    /// journaled by then), its events' outcomes and timeline entries; a record whose inbox
+    /// messages did not all go out counts as not done. Returns the timeline entries and the
+    /// records settled.
     ///
     /// Long on purpose: a record's update, outcomes, timeline and conflicts are settled together.
     async fn settle_records(
@@ -784,9 +795,8 @@ impl InboundService {
         token: &str,
         settle_now: i64,
         batch: &mut Tally,
-    ) -> (Vec<TimelineEntry>, Vec<ConflictEntry>, HashSet<RecordRef>) {
+    ) -> (Vec<TimelineEntry>, HashSet<RecordRef>) {
         let mut timeline = Vec::new();
-        let mut conflicts = Vec::new();
         let settled: HashSet<RecordRef> = per_record.keys().cloned().collect();
         for (record, (state, update, items)) in per_record {
             let failed = items.iter().any(|(id, _)| inbox_failures.contains(id));
@@ -805,6 +815,22 @@ impl InboundService {
                 }
                 update
             };
+            // Entries are keyed by event and property, so one journaled again (a crash before
+            // the settle below) is the same entry.
+            let conflicts: Vec<ConflictEntry> = items
+                .iter()
+                .filter(|_| !failed)
+                .flat_map(|(_, effects)| effects.conflicts.iter().cloned())
+                .collect();
+            if !conflicts.is_empty() {
+                if let Err(error) = self.history.append_conflicts(&conflicts).await {
+                    tracing::error!(record = %record, error = ?anyhow::Error::from(error), "could not journal conflicts; the events are acted on again");
+                    for (id, _) in &items {
+                        batch.dispositions.insert(id.clone(), Disposition::Redeliver);
+                    }
+                    continue;
+                }
+            }
             if let Err(error) = self
                 .leases
                 .settle_inbound(&record, token, settle_now, &update)
@@ -851,7 +877,6 @@ impl InboundService {
                         ),
                     ));
                 }
-                conflicts.extend(effects.conflicts);
                 match outcome {
                     EventOutcome::Applied => batch.report.applied += 1,
                     _ => batch.report.skipped += 1,
@@ -860,7 +885,7 @@ impl InboundService {
                 batch.dispositions.insert(id, Disposition::Done);
             }
         }
-        (timeline, conflicts, settled)
+        (timeline, settled)
     }
 
     /// Deliver: the CRM-owned changes each record's events decided, to the app inbox, numbered
@@ -910,13 +935,9 @@ impl InboundService {
         messages: &[SyncMessage],
         dispositions: &HashMap<String, Disposition>,
         outcomes: &[(InboundMessage, EventOutcome, String)],
-        conflicts: &[ConflictEntry],
         timeline: &[TimelineEntry],
         settle_now: i64,
     ) {
-        if let Err(error) = self.history.append_conflicts(conflicts).await {
-            tracing::error!(error = ?anyhow::Error::from(error), "could not journal conflicts");
-        }
         if let Err(error) = self.history.append_timeline(timeline).await {
             tracing::error!(error = ?anyhow::Error::from(error), "could not write the timeline");
         }
@@ -1008,7 +1029,12 @@ fn inbound_entry(record: &RecordRef, p: &Pending, kind: TimelineKind, detail: St
 
 /// The event's outcome: delivered beats conflict beats echo beats ignored.
 fn describe(effects: &Effects) -> (EventOutcome, String) {
-    if !effects.delivered.is_empty() {
+    if effects.copy {
+        (
+            EventOutcome::Ignored,
+            "a copy of an event already acted on for this record".to_string(),
+        )
+    } else if !effects.delivered.is_empty() {
         let fields: Vec<&str> = effects.delivered.keys().map(String::as_str).collect();
         (
             EventOutcome::Applied,

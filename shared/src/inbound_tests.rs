@@ -181,6 +181,28 @@ async fn two_copies_of_an_event_processed_at_once_reach_the_app_once_and_record_
 }
 
 #[tokio::test]
+async fn a_copy_of_a_reps_conflicting_edit_that_misses_the_first_copys_outcome_is_no_second_conflict() {
+    let h = harness();
+    let crm_id = synced(&h).await;
+    let event = change("e-7", &crm_id, NOW - 1_000, "email", "typo@example.com", "CRM_UI");
+    let copy = SyncMessage {
+        message_id: "e-7-copy".into(),
+        ..event.clone()
+    };
+
+    h.inbound.process(vec![event], deadline()).await;
+    // The copy's batch reads the journal before the first copy's outcome shows there.
+    h.journal.forget("hubspot", "e-7");
+    h.inbound.process(vec![copy], deadline()).await;
+
+    let (state, _) = h.state.record(&user(), 10).await.unwrap().unwrap();
+    assert_eq!(state.conflicts, 1, "one person's edit, one conflict");
+    let (outcome, detail) = h.journal.outcome("hubspot", "e-7").unwrap();
+    assert_eq!(outcome, EventOutcome::Ignored);
+    assert!(detail.contains("copy"), "{detail}");
+}
+
+#[tokio::test]
 async fn the_same_event_twice_in_one_batch_reaches_the_app_once() {
     let h = harness();
     let crm_id = synced(&h).await;

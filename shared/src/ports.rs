@@ -212,6 +212,9 @@ pub struct InboundUpdate {
     pub new_conflicts: u32,
     /// The `sequence` of the last app-inbox message sent for the record.
     pub inbox_sequence: u64,
+    /// The record's event fingerprints with those acted on now (see
+    /// [`RecordState::recent_events`]).
+    pub recent_events: Vec<String>,
 }
 
 impl InboundUpdate {
@@ -223,7 +226,21 @@ impl InboundUpdate {
             written: None,
             new_conflicts: 0,
             inbox_sequence: state.inbox_sequence,
+            recent_events: state.recent_events.clone(),
         }
+    }
+
+    /// Adds an event acted on now, keeping the newest [`crate::domain::sync::RECENT_EVENTS`].
+    pub fn acted_on(&mut self, event_key: &str) {
+        let fingerprint = crate::domain::sync::event_fingerprint(event_key);
+        if !self.recent_events.contains(&fingerprint) {
+            self.recent_events.push(fingerprint);
+        }
+        let excess = self
+            .recent_events
+            .len()
+            .saturating_sub(crate::domain::sync::RECENT_EVENTS);
+        self.recent_events.drain(..excess);
     }
 }
 
@@ -428,7 +445,8 @@ impl EventOutcome {
 /// The stored webhook events, as the inbound processor sees them.
 #[async_trait]
 pub trait EventJournal: Send + Sync {
-    /// Event keys (of `provider`) whose outcome is recorded already.
+    /// Event keys (of `provider`) whose outcome is recorded already (a `failed` one is not: a
+    /// redrive may process it after all).
     async fn processed(
         &self,
         provider: &str,
@@ -438,7 +456,7 @@ pub trait EventJournal: Send + Sync {
     /// Records an event's outcome, with the event. MUST record it once, atomically: of any
     /// number of calls for the same event (a CRM's retry enqueues an event again, and two copies
     /// may be processed at once), one records it and returns `true`; the others change nothing
-    /// and return `false`.
+    /// and return `false`. A `failed` outcome is the exception: a later one replaces it.
     async fn record_outcome(
         &self,
         event: &InboundMessage,

@@ -1,5 +1,5 @@
 //! SQS as a [`MessageQueue`]: SendMessageBatch, at most ten entries and 256 KiB a call, the
-//! calls for one send made concurrently. And SQS as a [`DeadLetterQueue`], redriven by receive,
+//! calls for one send made concurrently (one message alone goes by SendMessage, the smaller call). And SQS as a [`DeadLetterQueue`], redriven by receive,
 //! send, then delete (moto has no StartMessageMoveTask, and this way the redrive is the same code
 //! everywhere).
 
@@ -41,6 +41,27 @@ impl SqsQueue {
         &self.url
     }
 
+    async fn send_one(&self, message: &OutgoingMessage) -> Vec<SendFailure> {
+        let mut request = self
+            .client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(&message.body);
+        if message.delay_secs > 0 {
+            request = request.delay_seconds(i32::try_from(message.delay_secs.min(900)).unwrap_or(900));
+        }
+        for (name, value) in &message.attributes {
+            request = request.message_attributes(name, string_attribute(value));
+        }
+        match request.send().await {
+            Ok(_) => Vec::new(),
+            Err(error) => vec![SendFailure {
+                id: message.id.clone(),
+                reason: DisplayErrorContext(&error).to_string(),
+            }],
+        }
+    }
+
     async fn send_batch(&self, batch: &[&OutgoingMessage]) -> Vec<SendFailure> {
         // SQS entry ids allow only [A-Za-z0-9_-]; the position in the batch maps them back.
         let entries = batch.iter().enumerate().map(|(position, message)| {
@@ -51,14 +72,7 @@ impl SqsQueue {
                 entry = entry.delay_seconds(i32::try_from(message.delay_secs.min(900)).unwrap_or(900));
             }
             for (name, value) in &message.attributes {
-                entry = entry.message_attributes(
-                    name,
-                    MessageAttributeValue::builder()
-                        .data_type("String")
-                        .string_value(value)
-                        .build()
-                        .expect("type and value are set"),
-                );
+                entry = entry.message_attributes(name, string_attribute(value));
             }
             entry.build().expect("id and body are set")
         });
@@ -95,6 +109,14 @@ impl SqsQueue {
     }
 }
 
+fn string_attribute(value: &str) -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(value)
+        .build()
+        .expect("type and value are set")
+}
+
 /// Splits messages into SendMessageBatch-sized groups, in order.
 fn batches(messages: &[OutgoingMessage]) -> Vec<Vec<&OutgoingMessage>> {
     let mut groups: Vec<Vec<&OutgoingMessage>> = Vec::new();
@@ -124,6 +146,9 @@ fn batches(messages: &[OutgoingMessage]) -> Vec<Vec<&OutgoingMessage>> {
 #[async_trait]
 impl MessageQueue for SqsQueue {
     async fn send(&self, messages: &[OutgoingMessage]) -> Vec<SendFailure> {
+        if let [message] = messages {
+            return self.send_one(message).await;
+        }
         let groups = batches(messages);
         let mut failures = Vec::new();
         for wave in groups.chunks(CONCURRENT_CALLS) {

@@ -81,9 +81,28 @@ pub struct RecordState {
     pub last_change: Option<String>,
     /// Conflicts journaled since an operator last dismissed them.
     pub open_conflicts: bool,
+    /// Fingerprints of the CRM events last acted on for this record, oldest first (at most
+    /// [`RECENT_EVENTS`]), saved with the record's inbound update under its lease: a copy of an
+    /// event (a CRM's retry, enqueued again) that reaches the record after the first is known
+    /// here even before the first's outcome is recorded in the event journal.
+    pub recent_events: Vec<String>,
+}
+
+/// How many event fingerprints a record keeps: copies of an event race each other for moments,
+/// and later ones are found by their recorded outcome.
+pub const RECENT_EVENTS: usize = 16;
+
+/// An event key's fingerprint in a record's state: short, for the state item's size.
+pub fn event_fingerprint(event_key: &str) -> String {
+    crate::domain::webhook::sha256_hex(event_key.as_bytes())[..12].to_string()
 }
 
 impl RecordState {
+    /// Whether an event with this key was acted on for this record lately.
+    pub fn acted_on(&self, event_key: &str) -> bool {
+        self.recent_events.contains(&event_fingerprint(event_key))
+    }
+
     pub fn new(record: RecordRef) -> Self {
         Self {
             record,
@@ -106,6 +125,7 @@ impl RecordState {
             retryable: false,
             last_change: None,
             open_conflicts: false,
+            recent_events: Vec::new(),
         }
     }
 }

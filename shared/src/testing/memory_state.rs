@@ -184,6 +184,7 @@ impl RecordLeases for MemorySyncState {
             }
             state.conflicts += update.new_conflicts;
             state.inbox_sequence = update.inbox_sequence;
+            state.recent_events = update.recent_events.clone();
             state.open_conflicts |= update.new_conflicts > 0;
         }
         Ok(())

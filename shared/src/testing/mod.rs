@@ -377,6 +377,12 @@ pub struct MemoryJournal {
 }
 
 impl MemoryJournal {
+    /// Forgets an event's outcome, as a read that does not see it yet would (DynamoDB's
+    /// eventually consistent reads, or a write still on its way).
+    pub fn forget(&self, provider: &str, key: &str) {
+        locked(&self.outcomes).remove(&(provider.to_string(), key.to_string()));
+    }
+
     /// The outcome and detail recorded for an event.
     pub fn outcome(&self, provider: &str, key: &str) -> Option<(crate::ports::EventOutcome, String)> {
         locked(&self.outcomes)
@@ -395,7 +401,11 @@ impl crate::ports::EventJournal for MemoryJournal {
         let outcomes = locked(&self.outcomes);
         Ok(keys
             .iter()
-            .filter(|key| outcomes.contains_key(&(provider.to_string(), (*key).clone())))
+            .filter(|key| {
+                outcomes
+                    .get(&(provider.to_string(), (*key).clone()))
+                    .is_some_and(|(outcome, _)| *outcome != crate::ports::EventOutcome::Failed)
+            })
             .cloned()
             .collect())
     }
@@ -409,7 +419,10 @@ impl crate::ports::EventJournal for MemoryJournal {
     ) -> Result<bool, StoreUnavailable> {
         let mut outcomes = locked(&self.outcomes);
         let slot = (event.provider.clone(), event.event_key.clone());
-        if outcomes.contains_key(&slot) {
+        if outcomes
+            .get(&slot)
+            .is_some_and(|(recorded, _)| *recorded != crate::ports::EventOutcome::Failed)
+        {
             return Ok(false);
         }
         outcomes.insert(slot, (outcome, detail.to_string()));

@@ -212,6 +212,11 @@ pub fn state_from_item(item: &Item) -> Option<RecordState> {
         pending_change: text(item, "pending_change"),
         last_change: text(item, "last_change").filter(|body| !body.is_empty()),
         open_conflicts: item.contains_key("conflict_flag"),
+        recent_events: item
+            .get("recent_events")
+            .and_then(|value| value.as_l().ok())
+            .map(|list| list.iter().filter_map(|v| v.as_s().ok().cloned()).collect())
+            .unwrap_or_default(),
         retryable: item
             .get("retryable")
             .and_then(|v| v.as_bool().ok())
@@ -541,7 +546,8 @@ impl RecordLeases for DynamoDbSyncState {
             .map(|(name, at)| (name.clone(), n(at)))
             .collect();
         let mut set = "inbound_at = :inbound_at, received = :received, updated_at = :now, \
-                       conflicts = if_not_exists(conflicts, :zero) + :new_conflicts, inbox_sequence = :sequence"
+                       conflicts = if_not_exists(conflicts, :zero) + :new_conflicts, inbox_sequence = :sequence, \
+                       recent_events = :events"
             .to_string();
         let mut request = self
             .update_state(record)
@@ -552,7 +558,11 @@ impl RecordLeases for DynamoDbSyncState {
             .expression_attribute_values(":now", n(now_ms))
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":new_conflicts", n(update.new_conflicts))
-            .expression_attribute_values(":sequence", n(update.inbox_sequence));
+            .expression_attribute_values(":sequence", n(update.inbox_sequence))
+            .expression_attribute_values(
+                ":events",
+                AttributeValue::L(update.recent_events.iter().map(s).collect()),
+            );
         if update.new_conflicts > 0 {
             set.push_str(", last_conflict_at = :now, conflict_flag = :open, conflict_at = :conflict_at");
             request = request

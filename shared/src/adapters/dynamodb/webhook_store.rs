@@ -15,9 +15,9 @@ use crate::domain::inbound::InboundMessage;
 use crate::domain::Delivery;
 use crate::ports::{EventJournal, EventOutcome, StoreUnavailable, WebhookStore};
 
-/// What event items written before outcomes were recorded at once (by the earlier ingest) say
-/// while they wait: such an event is not processed yet.
-const WAITING: [&str; 2] = ["claimed", "enqueued"];
+/// Statuses of an event not processed yet: what the earlier ingest left while an event waited,
+/// and `failed` (dead-lettered: a redrive may process it after all).
+const WAITING: [&str; 3] = ["claimed", "enqueued", "failed"];
 
 /// [`WebhookStore`] over a DynamoDB table.
 #[derive(Debug, Clone)]
@@ -163,11 +163,12 @@ impl EventJournal for DynamoDbEventJournal {
         }
         let result = request
             // Once: the first copy of the event records it; an item the earlier ingest left
-            // waiting takes it too.
-            .condition_expression("attribute_not_exists(pk) OR #status IN (:claimed, :enqueued)")
+            // waiting, or a dead letter's, takes it too.
+            .condition_expression("attribute_not_exists(pk) OR #status IN (:claimed, :enqueued, :failed)")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":claimed", s(WAITING[0]))
             .expression_attribute_values(":enqueued", s(WAITING[1]))
+            .expression_attribute_values(":failed", s(WAITING[2]))
             .send()
             .await;
         written_or_not(result)
