@@ -8,7 +8,8 @@
 //! `--footprint M` (10000 messages in the memory measurement's batch), `--out DIR` (docs/bench),
 //! `--crm-records P` (200 through Pipedrive, 10x that through Salesforce), `--only crms` (just
 //! the Pipedrive and Salesforce rows, written to `crms.json`), `--only ingest` (just webhook
-//! ingest, its bursts and the functions' cold starts, written to `ingest.json`).
+//! ingest, its bursts and the functions' cold starts, written to `ingest.json`), `--only cold`
+//! (just the cold starts, printed).
 
 mod cold_start;
 mod footprint;
@@ -52,7 +53,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--footprint" => args.footprint = value.parse().context("--footprint")?,
             "--out" => args.out = PathBuf::from(value),
             "--crm-records" => args.crm_records = value.parse().context("--crm-records")?,
-            "--only" if value == "crms" || value == "ingest" => args.only = Some(value),
+            "--only" if ["crms", "ingest", "cold"].contains(&value.as_str()) => args.only = Some(value),
             other => anyhow::bail!("unknown option {other}"),
         }
     }
@@ -101,6 +102,13 @@ async fn main() -> anyhow::Result<()> {
 
     if args.only.as_deref() == Some("ingest") {
         ingest(&moto.endpoint, &args).await?;
+        return Ok(());
+    }
+    if args.only.as_deref() == Some("cold") {
+        println!(
+            "{}",
+            cold_start::table(&cold_start::measure(&moto.endpoint).await?)
+        );
         return Ok(());
     }
     eprintln!("Pipedrive: {} contact upserts", args.crm_records);
