@@ -1080,8 +1080,11 @@ fn settlement(
             )
         }
         Outcome::Throttled { until_ms } => (
+            // A throttle may come after this attempt wrote (a deal written, its association
+            // throttled): what it may have written stays crm-sync's own, or its echo would read
+            // as a person's edit.
             Settlement::Released {
-                recent_writes: w.prior.own_writes(),
+                recent_writes: own.clone(),
             },
             Disposition::Retry {
                 delay: Duration::from_millis(u64::try_from(until_ms - now_ms).unwrap_or(0))

@@ -304,13 +304,21 @@ fn a_transient_failure_retries_with_backoff_until_the_last_attempt_then_dead_let
 }
 
 #[test]
-fn a_throttle_releases_the_record_and_waits_for_the_budget_without_counting_an_attempt() {
+fn a_throttle_releases_the_record_remembering_what_the_attempt_may_have_written_and_waits_without_counting_an_attempt(
+) {
     let outcome = super::Outcome::Throttled {
         until_ms: NOW + 30_000,
     };
     let (settlement, disposition, _, _, _) =
         super::settlement(&work(2), outcome, &SyncSettings::default(), NOW, 0.5);
-    assert!(matches!(settlement, crate::ports::Settlement::Released { .. }));
+    match settlement {
+        crate::ports::Settlement::Released { recent_writes } => assert_eq!(
+            recent_writes["email"],
+            [crate::domain::sync::value_fingerprint("w@example.com")],
+            "a throttle after a write (a deal's association) leaves the write crm-sync's own"
+        ),
+        other => panic!("{other:?}"),
+    }
     match disposition {
         crate::worker::Disposition::Retry { delay, attempts } => {
             assert_eq!((delay, attempts), (Duration::from_secs(30), 2));
