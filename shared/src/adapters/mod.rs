@@ -9,3 +9,4 @@ pub mod pipedrive;
 pub mod salesforce;
 pub mod secrets_manager;
 pub mod sqs;
+pub mod tls;
