@@ -63,14 +63,7 @@ pub async fn load_sdk_config(target: &AwsTarget, budget: CallBudget) -> SdkConfi
                 .build(),
         );
     match target {
-        AwsTarget::FromEnvironment => match super::tls::sdk_http_client() {
-            Ok(client) => loader.http_client(client).load().await,
-            Err(error) => {
-                // The SDK's own client reads the same roots; only the sharing is lost.
-                tracing::warn!(error = %error, "could not share the trust store with the AWS SDK");
-                loader.load().await
-            }
-        },
+        AwsTarget::FromEnvironment => loader.load().await,
         AwsTarget::Local { endpoint_url, region } => {
             loader
                 .endpoint_url(endpoint_url)

@@ -7,11 +7,9 @@ use reqwest::header::HeaderMap;
 
 use crate::domain::crm::CrmError;
 
-/// A client with the call's whole-request `timeout`, a short connect timeout, our user agent,
-/// and the process's one trust store ([`super::tls`]).
+/// A client with the call's whole-request `timeout`, a short connect timeout and our user agent.
 pub fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
-        .tls_certs_only(super::tls::reqwest_roots())
         .timeout(timeout)
         .connect_timeout(Duration::from_secs(5))
         .user_agent(concat!("crm-sync/", env!("CARGO_PKG_VERSION")))

@@ -9,4 +9,3 @@ pub mod pipedrive;
 pub mod salesforce;
 pub mod secrets_manager;
 pub mod sqs;
-pub mod tls;
