@@ -1213,6 +1213,30 @@ mod tests {
     }
 
     #[test]
+    fn an_event_retention_of_no_day_is_refused_for_the_dedupe_record_would_vanish() {
+        let mut pairs = SYNC.to_vec();
+        pairs.extend([
+            ("INBOUND_QUEUE_ARN", "arn:aws:sqs:us-east-1:1:inbound"),
+            ("INBOUND_QUEUE_URL", "http://i"),
+            ("INBOUND_DLQ_URL", "http://id"),
+            ("APP_INBOX_QUEUE_URL", "http://a"),
+            ("WEBHOOK_TABLE", "w"),
+        ]);
+        let inbound = env(&pairs).sync().unwrap().inbound.unwrap();
+        assert_eq!(inbound.event_retention_ms, 90 * DAY_MS);
+        pairs.push(("WEBHOOK_EVENT_RETENTION_DAYS", "1"));
+        assert_eq!(
+            env(&pairs).sync().unwrap().inbound.unwrap().event_retention_ms,
+            DAY_MS
+        );
+        pairs.push(("WEBHOOK_EVENT_RETENTION_DAYS", "0"));
+        assert_eq!(
+            env(&pairs).sync().unwrap_err().variable,
+            "WEBHOOK_EVENT_RETENTION_DAYS"
+        );
+    }
+
+    #[test]
     fn a_mapping_file_that_cannot_be_read_is_named() {
         let mut pairs = SYNC.to_vec();
         pairs.push(("CRM_SYNC_MAPPING_FILE", "/nonexistent/mapping.toml"));

@@ -131,16 +131,19 @@ impl WebhookIngest {
         provider.authenticate(request, now_ms)?;
         let events = provider.parse(&request.body)?;
         let delivery = Delivery::new(provider.id(), request.body.clone(), now_ms, events.len());
-        check_limits(&events, &delivery, self.settings.max_message_bytes)?;
+        // Each event's queue message, made once: checked against the limits, then sent.
+        let bodies: Vec<String> = events
+            .iter()
+            .map(|event| event.queue_message(&delivery))
+            .collect();
+        check_limits(&events, &bodies, self.settings.max_message_bytes)?;
         // The same event twice in one delivery is sent once.
         let mut keys = HashSet::new();
-        let unique: Vec<&InboundEvent> = events
+        let messages: Vec<OutgoingMessage> = events
             .iter()
-            .filter(|event| keys.insert(event.key.as_str()))
-            .collect();
-        let messages: Vec<OutgoingMessage> = unique
-            .iter()
-            .map(|event| OutgoingMessage::new(event.key.clone(), event.queue_message(&delivery)))
+            .zip(bodies)
+            .filter(|(event, _)| keys.insert(event.key.as_str()))
+            .map(|(event, body)| OutgoingMessage::new(event.key.clone(), body))
             .collect();
 
         // One round trip: neither waits for the other.
@@ -182,10 +185,10 @@ impl WebhookIngest {
 /// behind for the CRM's retries to pile up. The first event past a limit names it.
 fn check_limits(
     events: &[InboundEvent],
-    delivery: &Delivery,
+    bodies: &[String],
     max_message_bytes: usize,
 ) -> Result<(), IngestError> {
-    for (index, event) in events.iter().enumerate() {
+    for (index, (event, body)) in events.iter().zip(bodies).enumerate() {
         if event.key.len() > MAX_EVENT_KEY_BYTES {
             return Err(IngestError::BadRequest(ParseError::BadEvent {
                 index,
@@ -204,7 +207,7 @@ fn check_limits(
                 ),
             }));
         }
-        let size = event.queue_message(delivery).len();
+        let size = body.len();
         if size > max_message_bytes {
             return Err(IngestError::BadRequest(ParseError::BadEvent {
                 index,

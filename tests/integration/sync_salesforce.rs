@@ -6,7 +6,7 @@ use crm_sync::domain::sync::SyncStatus;
 use crm_sync_tests::app_changes::{activity, contact, deal};
 use crm_sync_tests::hubspot::now_ms;
 use crm_sync_tests::{eventually, spawn_app_with, AppOptions, TestApp};
-use salesforce_sandbox::{OutboundMessages, Sandbox, INTEGRATION_USER_ID, ORGANIZATION_ID};
+use salesforce_sandbox::{Sandbox, INTEGRATION_USER_ID};
 use serde_json::json;
 
 /// A syncing stack whose CRM is `sandbox`.
@@ -34,40 +34,11 @@ async fn salesforce_stack() -> (Sandbox, TestApp) {
     (sandbox, app)
 }
 
-const WEBHOOK_TOKEN: &str = "outbound-messages-token-9Xc2";
-
 /// The whole loop: crm-sync writes to the sandbox, whose Outbound Messages come back to the
 /// stack's webhook route, as a workflow rule on Contact and Opportunity would send them.
 async fn salesforce_loop() -> (Sandbox, TestApp) {
     let sandbox = start_sandbox().await;
-    let mut options = syncing_to(&sandbox);
-    options.parameters.extend([
-        (
-            "SalesforceOrganizationId".to_string(),
-            ORGANIZATION_ID.to_string(),
-        ),
-        ("SalesforceWebhookToken".to_string(), WEBHOOK_TOKEN.to_string()),
-        (
-            "SalesforceIntegrationUserId".to_string(),
-            INTEGRATION_USER_ID.to_string(),
-        ),
-    ]);
-    let app = spawn_app_with(options).await;
-    let selected = |fields: &[&str]| fields.iter().map(|f| f.to_string()).collect::<Vec<_>>();
-    sandbox.set_outbound_messages(OutboundMessages {
-        url: format!("{}?token={WEBHOOK_TOKEN}", app.webhook_url("salesforce")),
-        fields: [
-            (
-                "Contact".to_string(),
-                selected(&["Email", "Phone", "FirstName", "LastName", "Crm_Sync_App_Id__c"]),
-            ),
-            (
-                "Opportunity".to_string(),
-                selected(&["Name", "Amount", "StageName", "Crm_Sync_App_Id__c"]),
-            ),
-        ]
-        .into(),
-    });
+    let app = crm_sync_tests::crms::salesforce_looped_app(&sandbox, syncing_to(&sandbox)).await;
     (sandbox, app)
 }
 

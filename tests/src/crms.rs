@@ -48,36 +48,8 @@ impl Crm {
                 }
             }
             Crm::Salesforce => {
-                const HOOK_TOKEN: &str = "scenario-outbound-token-7Qm";
                 let sandbox = start_salesforce(TOKEN).await;
-                let mut options = salesforce_options(&sandbox, TOKEN);
-                options.parameters.extend([
-                    (
-                        "SalesforceOrganizationId".to_string(),
-                        salesforce_sandbox::ORGANIZATION_ID.to_string(),
-                    ),
-                    ("SalesforceWebhookToken".to_string(), HOOK_TOKEN.to_string()),
-                    (
-                        "SalesforceIntegrationUserId".to_string(),
-                        salesforce_sandbox::INTEGRATION_USER_ID.to_string(),
-                    ),
-                ]);
-                let app = spawn_app_with(options).await;
-                let selected = |fields: &[&str]| fields.iter().map(|f| f.to_string()).collect::<Vec<_>>();
-                sandbox.set_outbound_messages(salesforce_sandbox::OutboundMessages {
-                    url: format!("{}?token={HOOK_TOKEN}", app.webhook_url("salesforce")),
-                    fields: [
-                        (
-                            "Contact".to_string(),
-                            selected(&["Email", "Phone", "FirstName", "LastName", "Crm_Sync_App_Id__c"]),
-                        ),
-                        (
-                            "Opportunity".to_string(),
-                            selected(&["Name", "Amount", "StageName", "Crm_Sync_App_Id__c"]),
-                        ),
-                    ]
-                    .into(),
-                });
+                let app = salesforce_looped_app(&sandbox, salesforce_options(&sandbox, TOKEN)).await;
                 CrmStack {
                     app,
                     sandbox: Sandbox::Salesforce(sandbox),
@@ -137,6 +109,43 @@ impl Crm {
             }
         }
     }
+}
+
+/// A stack started with `options` (syncing to `sandbox`) whose Outbound Messages from `sandbox`
+/// come back to its webhook route, as a workflow rule on Contact and Opportunity would send them.
+pub async fn salesforce_looped_app(
+    sandbox: &salesforce_sandbox::Sandbox,
+    mut options: AppOptions,
+) -> TestApp {
+    const HOOK_TOKEN: &str = "outbound-messages-token-9Xc2";
+    options.parameters.extend([
+        (
+            "SalesforceOrganizationId".to_string(),
+            salesforce_sandbox::ORGANIZATION_ID.to_string(),
+        ),
+        ("SalesforceWebhookToken".to_string(), HOOK_TOKEN.to_string()),
+        (
+            "SalesforceIntegrationUserId".to_string(),
+            salesforce_sandbox::INTEGRATION_USER_ID.to_string(),
+        ),
+    ]);
+    let app = spawn_app_with(options).await;
+    let selected = |fields: &[&str]| fields.iter().map(|f| f.to_string()).collect::<Vec<_>>();
+    sandbox.set_outbound_messages(salesforce_sandbox::OutboundMessages {
+        url: format!("{}?token={HOOK_TOKEN}", app.webhook_url("salesforce")),
+        fields: [
+            (
+                "Contact".to_string(),
+                selected(&["Email", "Phone", "FirstName", "LastName", "Crm_Sync_App_Id__c"]),
+            ),
+            (
+                "Opportunity".to_string(),
+                selected(&["Name", "Amount", "StageName", "Crm_Sync_App_Id__c"]),
+            ),
+        ]
+        .into(),
+    });
+    app
 }
 
 async fn start_pipedrive(token: &str) -> pipedrive_sandbox::Sandbox {

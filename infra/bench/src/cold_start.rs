@@ -15,11 +15,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
-use crm_sync_local::{CrmTarget, LocalStack, StackOptions};
 use crm_sync_tests::fault_proxy::FaultProxy;
-use crm_sync_tests::hubspot::{now_ms, property_change, v3_headers};
+use crm_sync_tests::hubspot::{now_ms, property_change};
 
-const SECRET: &str = "bench-secret";
+use crate::webhook::SECRET;
 /// Fresh starts per function; the median is reported.
 const STARTS: usize = 5;
 
@@ -86,21 +85,7 @@ fn build_binaries() -> anyhow::Result<PathBuf> {
 pub async fn measure(moto: &str) -> anyhow::Result<Vec<ColdStart>> {
     let dir = build_binaries()?;
     let proxy = Arc::new(FaultProxy::start(moto).await);
-    let stack = LocalStack::start(StackOptions {
-        aws_endpoint: moto.to_string(),
-        handler_aws_endpoint: None,
-        stack_name: format!("benchcold-{}", std::process::id()),
-        http_addr: "127.0.0.1:0".parse()?,
-        crm: CrmTarget::Sandbox {
-            addr: "127.0.0.1:0".into(),
-        },
-        parameters: HashMap::from([("HubSpotClientSecret".to_string(), SECRET.to_string())]),
-        env_overrides: HashMap::new(),
-        run_event_sources: false,
-        sandbox_webhooks: false,
-        generated_secrets: HashMap::new(),
-    })
-    .await?;
+    let stack = crate::webhook::stack(moto, "benchcold").await?;
     let functions: Vec<(&str, HashMap<String, String>, String)> = vec![
         ("hello-lambda (anchor)", HashMap::new(), "{}".to_string()),
         ("webhook", stack.webhook_env.clone(), webhook_event()?),
@@ -269,23 +254,7 @@ async fn response(State(runtime): State<Arc<Runtime>>, body: String) -> StatusCo
 /// API Gateway's event for a signed one-event HubSpot delivery.
 fn webhook_event() -> anyhow::Result<String> {
     let body = serde_json::json!([property_change(1, 5_000, "email", "cold@example.com", 0)]).to_string();
-    let mut headers = http::HeaderMap::new();
-    headers.insert("host", "bench.example".parse()?);
-    headers.insert("x-forwarded-proto", "https".parse()?);
-    headers.insert("content-type", "application/json".parse()?);
-    for (name, value) in v3_headers(
-        SECRET,
-        "https://bench.example/webhooks/hubspot",
-        body.as_bytes(),
-        now_ms(),
-    ) {
-        headers.insert(name, value.parse()?);
-    }
-    let peer: SocketAddr = "127.0.0.1:9".parse()?;
-    Ok(
-        crm_sync_local::apigw::event("POST", "/webhooks/hubspot", &headers, body.as_bytes(), peer)
-            .to_string(),
-    )
+    Ok(crate::webhook::signed_event(&body)?.to_string())
 }
 
 /// API Gateway's event for the dashboard's sign-in page.

@@ -62,7 +62,7 @@ fn parse_args() -> anyhow::Result<Args> {
 
 /// Webhook ingest against the raw calls, its bursts, and the cold starts: printed, and written to
 /// `ingest.json`.
-async fn ingest(moto: &str, args: &Args) -> anyhow::Result<Vec<webhook::Latencies>> {
+async fn ingest(moto: &str, args: &Args) -> anyhow::Result<()> {
     eprintln!("webhook ingest");
     let (latencies, bursts) = webhook::ingest(moto, args.webhooks).await?;
     eprintln!("cold starts (builds the release binaries first)");
@@ -83,7 +83,7 @@ async fn ingest(moto: &str, args: &Args) -> anyhow::Result<Vec<webhook::Latencie
             .collect(),
     );
     std::fs::write(args.out.join("ingest.json"), serde_json::to_string_pretty(&json)?)?;
-    Ok(latencies)
+    Ok(())
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -132,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
     let end_to_end = outbound::bulk(&moto.endpoint, local_records).await?;
     eprintln!("naive pattern: {} single-record calls", args.naive);
     let naive = outbound::naive(args.naive).await?;
-    let webhooks = ingest(&moto.endpoint, &args).await?;
+    ingest(&moto.endpoint, &args).await?;
     eprintln!(
         "footprint: one {}-message batch in a process of its own",
         args.footprint
@@ -145,7 +145,6 @@ async fn main() -> anyhow::Result<()> {
         ceiling,
         end_to_end,
         naive,
-        webhooks,
         memory,
         sizes,
     };

@@ -6,7 +6,6 @@ use serde_json::json;
 
 use crate::footprint::Memory;
 use crate::outbound::{Bulk, Naive, CEILING_RECORDS_PER_SEC};
-use crate::webhook::Latencies;
 
 pub struct Results {
     pub machine: String,
@@ -15,7 +14,6 @@ pub struct Results {
     /// The whole local stack: moto's queue and state, the event source, the sandbox.
     pub end_to_end: Bulk,
     pub naive: Naive,
-    pub webhooks: Vec<Latencies>,
     pub memory: Memory,
     pub sizes: Vec<(String, Option<u64>)>,
 }
@@ -148,15 +146,6 @@ impl Results {
                 "records_per_sec": self.naive.records_per_sec(),
                 "throttled_429": self.naive.throttled,
             },
-            "webhooks": self.webhooks.iter().map(|w| json!({
-                "events": w.events,
-                "deliveries": w.deliveries,
-                "handler_p50_ms": w.handler_p50_ms,
-                "handler_p99_ms": w.handler_p99_ms,
-                "raw_p50_ms": w.raw_p50_ms,
-                "raw_p99_ms": w.raw_p99_ms,
-                "ratio_p50": w.handler_p50_ms / w.raw_p50_ms,
-            })).collect::<Vec<_>>(),
             "memory": {
                 "messages": self.memory.messages,
                 "before_mb": self.memory.before_mb,
@@ -243,24 +232,6 @@ pub fn table(results: &Results) -> String {
         "| **total** | **{:.2}** | |",
         lines.iter().map(|line| line.dollars).sum::<f64>()
     );
-    let _ = writeln!(
-        out,
-        "\n| webhook ingest | handler p50 | handler p99 | raw calls p50 | raw calls p99 | handler / raw (p50) |\n|---|---|---|---|---|---|"
-    );
-    for w in &results.webhooks {
-        let _ = writeln!(
-            out,
-            "| {} event{} × {} deliveries | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2}x |",
-            w.events,
-            if w.events == 1 { "" } else { "s" },
-            w.deliveries,
-            w.handler_p50_ms,
-            w.handler_p99_ms,
-            w.raw_p50_ms,
-            w.raw_p99_ms,
-            w.handler_p50_ms / w.raw_p50_ms
-        );
-    }
     let _ = writeln!(
         out,
         "\n| footprint | |\n|---|---|\n| sync handler, one {}-message batch: peak resident memory | {:.1} MB (before the batch: {:.1} MB; {:.1} s) |",

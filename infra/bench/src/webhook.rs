@@ -15,7 +15,8 @@ use crm_sync::entrypoints::webhook_http::WebhookApi;
 use crm_sync_local::{CrmTarget, LocalStack, StackOptions};
 use crm_sync_tests::hubspot::{now_ms, property_change, v3_headers};
 
-const SECRET: &str = "bench-secret";
+/// The HubSpot client secret the bench stacks sign webhooks with.
+pub const SECRET: &str = "bench-secret";
 const URL: &str = "https://bench.example/webhooks/hubspot";
 
 /// Latencies of one kind of delivery.
@@ -43,6 +44,11 @@ fn body(events: usize, first_id: i64) -> String {
 }
 
 fn request(body: &str) -> anyhow::Result<lambda_http::Request> {
+    crm_sync_local::apigw::into_request(signed_event(body)?)
+}
+
+/// API Gateway's event for `body` posted to the HubSpot route, signed now with [`SECRET`].
+pub fn signed_event(body: &str) -> anyhow::Result<serde_json::Value> {
     let mut headers = http::HeaderMap::new();
     headers.insert("host", "bench.example".parse()?);
     headers.insert("x-forwarded-proto", "https".parse()?);
@@ -51,8 +57,13 @@ fn request(body: &str) -> anyhow::Result<lambda_http::Request> {
         headers.insert(name, value.parse()?);
     }
     let peer: SocketAddr = "127.0.0.1:9".parse()?;
-    let event = crm_sync_local::apigw::event("POST", "/webhooks/hubspot", &headers, body.as_bytes(), peer);
-    crm_sync_local::apigw::into_request(event)
+    Ok(crm_sync_local::apigw::event(
+        "POST",
+        "/webhooks/hubspot",
+        &headers,
+        body.as_bytes(),
+        peer,
+    ))
 }
 
 /// What storing a delivery and enqueueing its events take at the least, one after the other: a
@@ -127,11 +138,13 @@ impl Burst {
     }
 }
 
-pub async fn ingest(moto: &str, deliveries: usize) -> anyhow::Result<(Vec<Latencies>, Vec<Burst>)> {
-    let stack = LocalStack::start(StackOptions {
+/// A local stack on `moto` whose HubSpot webhooks are signed with [`SECRET`], its event sources
+/// stopped: the functions' resources and environments, nothing running on its own.
+pub async fn stack(moto: &str, name: &str) -> anyhow::Result<LocalStack> {
+    LocalStack::start(StackOptions {
         aws_endpoint: moto.to_string(),
         handler_aws_endpoint: None,
-        stack_name: format!("benchwh-{}", std::process::id()),
+        stack_name: format!("{name}-{}", std::process::id()),
         http_addr: "127.0.0.1:0".parse()?,
         crm: CrmTarget::Sandbox {
             addr: "127.0.0.1:0".into(),
@@ -142,7 +155,11 @@ pub async fn ingest(moto: &str, deliveries: usize) -> anyhow::Result<(Vec<Latenc
         sandbox_webhooks: false,
         generated_secrets: HashMap::new(),
     })
-    .await?;
+    .await
+}
+
+pub async fn ingest(moto: &str, deliveries: usize) -> anyhow::Result<(Vec<Latencies>, Vec<Burst>)> {
+    let stack = stack(moto, "benchwh").await?;
     let lookup = stack.webhook_env.clone();
     let config = Env(move |name: &str| lookup.get(name).cloned()).webhook()?;
     // moto takes seconds over a 100-event delivery (DynamoDB takes milliseconds): the deployed

@@ -16,6 +16,22 @@ pub fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
+/// The `{name, type}` entries of a CRM's property list, each with the kind of value crm-sync
+/// compares it as (`kind` reads the CRM's type name; an entry without both is skipped).
+pub fn property_kinds(
+    list: Option<&serde_json::Value>,
+    kind: impl Fn(&str) -> crate::domain::crm::ValueKind,
+) -> std::collections::BTreeMap<String, crate::domain::crm::ValueKind> {
+    list.and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|property| {
+            let name = property.get("name")?.as_str()?;
+            Some((name.to_string(), kind(property.get("type")?.as_str()?)))
+        })
+        .collect()
+}
+
 /// A request that got no answer: a timeout or a connection failure, both worth a retry.
 pub fn unreached(call: &str, crm: &str, error: reqwest::Error) -> CrmError {
     CrmError::Transient {

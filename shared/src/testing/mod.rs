@@ -433,7 +433,7 @@ impl crate::ports::EventJournal for MemoryJournal {
 /// The webhook store in memory: raw deliveries, each once by id; `fail_deliveries` makes storing a delivery fail, as a DynamoDB outage would.
 #[derive(Default)]
 pub struct MemoryWebhookStore {
-    deliveries: Mutex<HashMap<String, usize>>,
+    deliveries: Mutex<std::collections::HashSet<String>>,
     fail_deliveries: std::sync::atomic::AtomicBool,
 }
 
@@ -458,9 +458,7 @@ impl crate::ports::WebhookStore for MemoryWebhookStore {
         if self.fail_deliveries.load(Ordering::SeqCst) {
             return Err(StoreUnavailable(anyhow::anyhow!("the store is down, on cue")));
         }
-        locked(&self.deliveries)
-            .entry(delivery.id.clone())
-            .or_insert(delivery.event_count);
+        locked(&self.deliveries).insert(delivery.id.clone());
         Ok(())
     }
 }

@@ -470,23 +470,13 @@ impl Crm for HubSpotClient {
             }
             Err(error) => return Err(error),
         };
-        let kinds = json
-            .get("results")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|property| {
-                let name = property.get("name")?.as_str()?;
-                let kind = match property.get("type")?.as_str()? {
-                    "number" => ValueKind::Number,
-                    "bool" => ValueKind::Bool,
-                    "date" => ValueKind::Date,
-                    "datetime" => ValueKind::DateTime,
-                    _ => ValueKind::Text,
-                };
-                Some((name.to_string(), kind))
-            })
-            .collect();
+        let kinds = crm_http::property_kinds(json.get("results"), |kind| match kind {
+            "number" => ValueKind::Number,
+            "bool" => ValueKind::Bool,
+            "date" => ValueKind::Date,
+            "datetime" => ValueKind::DateTime,
+            _ => ValueKind::Text,
+        });
         Ok(PropertyKinds { kinds, rate })
     }
 }

@@ -416,23 +416,13 @@ impl Crm for SalesforceClient {
         let (json, rate, _) = self
             .call(Method::GET, &format!("/sobjects/{object}/describe"), None)
             .await?;
-        let kinds = json
-            .get("fields")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|field| {
-                let name = field.get("name")?.as_str()?;
-                let kind = match field.get("type")?.as_str()? {
-                    "double" | "currency" | "percent" | "int" | "long" => ValueKind::Number,
-                    "boolean" => ValueKind::Bool,
-                    "date" => ValueKind::Date,
-                    "datetime" => ValueKind::DateTime,
-                    _ => ValueKind::Text,
-                };
-                Some((name.to_string(), kind))
-            })
-            .collect();
+        let kinds = crm_http::property_kinds(json.get("fields"), |kind| match kind {
+            "double" | "currency" | "percent" | "int" | "long" => ValueKind::Number,
+            "boolean" => ValueKind::Bool,
+            "date" => ValueKind::Date,
+            "datetime" => ValueKind::DateTime,
+            _ => ValueKind::Text,
+        });
         Ok(PropertyKinds { kinds, rate })
     }
 
