@@ -28,6 +28,10 @@ use crate::ports::{
 };
 use crate::worker::{bounded, BatchReport, CallFailure, Disposition, SyncMessage, Worker};
 
+#[path = "inbound_identity.rs"]
+mod identity;
+use identity::IdentityWork;
+
 /// How inbound events are handled.
 #[derive(Debug, Clone)]
 pub struct InboundSettings {
@@ -317,7 +321,7 @@ impl InboundService {
             outcomes: Vec::new(),
             now_ms: self.clock.now_ms(),
         };
-        let pending = self.triage(&messages, &mut batch).await;
+        let (pending, identities) = self.triage(&messages, &mut batch).await;
         let (work, records) = self.resolve(pending, &mut batch, deadline).await;
         let token = uuid::Uuid::new_v4().to_string();
         let (mut ready, leased) = self.lease(work, &records, &token, &mut batch).await;
@@ -362,6 +366,11 @@ impl InboundService {
         for (id, disposition) in failed_reads {
             batch.dispositions.insert(id, disposition);
         }
+        // Identity events after the changes, whose records' leases are given back by now.
+        let identity = self.apply_identities(identities, &mut batch).await;
+        let mut timeline = timeline;
+        timeline.retain(|entry| !identity.erased.contains(&entry.record));
+        timeline.extend(identity.timeline);
         // Records leased for events that all failed to read are given back untouched.
         for (record, state) in &leased {
             if !settled.contains(record) {
@@ -394,7 +403,7 @@ impl InboundService {
     ///
     /// Long on purpose: each way an event leaves the batch early (invalid, done, duplicate, from the
     /// future, ignored), in the order they are checked.
-    async fn triage(&self, messages: &[SyncMessage], batch: &mut Tally) -> Vec<Pending> {
+    async fn triage(&self, messages: &[SyncMessage], batch: &mut Tally) -> (Vec<Pending>, Vec<IdentityWork>) {
         let mut parsed = Vec::new();
         for message in messages {
             match parse_inbound(&message.body) {
@@ -428,6 +437,7 @@ impl InboundService {
             }
         }
         let mut pending: Vec<Pending> = Vec::new();
+        let mut identities: Vec<IdentityWork> = Vec::new();
         let mut seen: HashSet<(String, String)> = HashSet::new();
         for (message, inbound) in parsed {
             let id = (inbound.provider.clone(), inbound.event_key.clone());
@@ -472,9 +482,15 @@ impl InboundService {
                     change,
                     record: None,
                 }),
+                Interpretation::Identity(change) => identities.push(IdentityWork {
+                    message_id: message.message_id.clone(),
+                    attempts: message.attempts(),
+                    message: inbound,
+                    change,
+                }),
             }
         }
-        pending
+        (pending, identities)
     }
 
     /// Resolve: which app record each event's CRM record is (the state's index, else the CRM's
@@ -989,6 +1005,7 @@ impl InboundService {
                     (!properties.is_empty()).then(|| UpdateInput {
                         crm_id: state.crm_id.clone().unwrap_or_default(),
                         properties,
+                        written_before: state.written.clone(),
                     })
                 })
                 .collect();

@@ -29,6 +29,7 @@ struct Harness {
     app_inbox: Arc<MemoryQueue>,
     /// Where retried messages go (a busy record's event comes back later).
     retries: Arc<MemoryQueue>,
+    crm: Arc<MemoryCrm>,
 }
 
 fn harness() -> Harness {
@@ -53,7 +54,7 @@ fn harness() -> Harness {
     );
     let outbound = SyncService::new(
         mapping,
-        crm,
+        crm.clone(),
         state.clone(),
         Arc::new(OpenLimiter),
         queue.clone(),
@@ -68,6 +69,7 @@ fn harness() -> Harness {
         journal,
         app_inbox,
         retries: queue,
+        crm,
     }
 }
 
@@ -329,3 +331,6 @@ async fn an_older_crm_change_arriving_after_a_newer_one_never_overrides_it() {
         EventOutcome::Ignored
     );
 }
+
+#[path = "inbound_identity_tests.rs"]
+mod identity;

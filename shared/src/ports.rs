@@ -11,6 +11,7 @@ use crate::domain::crm::{
     AssociationInput, BatchResult, CrmError, PropertyKinds, RateInfo, ReadResult, ThrottlePolicy,
     UpdateInput, UpsertInput,
 };
+pub use crate::domain::identity::IdentityUpdate;
 use crate::domain::inbound::{ConflictEntry, InboundMessage, Interpretation};
 use crate::domain::sync::{RecordFilter, RecordState, SyncStatus, Tally, TimelineEntry};
 use crate::domain::{
@@ -186,6 +187,10 @@ pub enum Settlement {
         /// settle clears, so that they never pile up on a record that keeps failing).
         recent_writes: BTreeMap<String, Vec<String>>,
     },
+    /// The change is refused and kept nowhere (the record was erased for privacy): the pending
+    /// change, the claimed writes and the email index the claim added are removed, the record stays
+    /// deleted, `error` says why.
+    Dropped { error: String },
     /// Nothing was tried (throttled before the call): give the lease back, folding the claimed
     /// writes into `recent_writes` as `Failed` does.
     Released {
@@ -215,6 +220,8 @@ pub struct InboundUpdate {
     /// The record's event fingerprints with those acted on now (see
     /// [`RecordState::recent_events`]).
     pub recent_events: Vec<String>,
+    /// What an identity event (a merge, restore or privacy deletion) changes in the record.
+    pub identity: Option<IdentityUpdate>,
 }
 
 impl InboundUpdate {
@@ -227,6 +234,7 @@ impl InboundUpdate {
             new_conflicts: 0,
             inbox_sequence: state.inbox_sequence,
             recent_events: state.recent_events.clone(),
+            identity: None,
         }
     }
 
@@ -305,6 +313,20 @@ pub trait RecordLeases: Send + Sync {
         crm_id: &str,
         record_id: &str,
     ) -> Result<Option<String>, StoreUnavailable>;
+
+    /// Records that the CRM merged the records `merged` into `survivor`, so that a write or an
+    /// event naming a merged-away id finds the survivor. Idempotent.
+    async fn record_merge(
+        &self,
+        object: ObjectKind,
+        merged: &[String],
+        survivor: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreUnavailable>;
+
+    /// Lets a record in an identity conflict write its CRM record, shared with the other app
+    /// records on it (an operator's decision); its writes leave the CRM's id property alone.
+    async fn share_crm_record(&self, record: &RecordRef, now_ms: i64) -> Result<(), StoreUnavailable>;
 }
 
 /// Each record's history: its timeline and its conflict journal.
@@ -325,6 +347,10 @@ pub trait RecordJournal: Send + Sync {
 
     /// Marks the record's conflicts as seen: it leaves the open-conflicts listing until a new one.
     async fn dismiss_conflicts(&self, record: &RecordRef, now_ms: i64) -> Result<(), StoreUnavailable>;
+
+    /// Deletes the record's timeline and conflict journal, which hold values (a privacy
+    /// deletion); the state item stays.
+    async fn forget(&self, record: &RecordRef) -> Result<(), StoreUnavailable>;
 }
 
 /// Reading records' states: by record, by CRM id, by email, by status.
@@ -343,12 +369,42 @@ pub trait RecordQueries: Send + Sync {
         limit: usize,
     ) -> Result<Option<(RecordState, Vec<TimelineEntry>)>, StoreUnavailable>;
 
-    /// The app record a CRM id belongs to.
+    /// The app records linked to a CRM id, at most `limit`: more than one after the CRM merged
+    /// records of several app records into one.
+    async fn holders(
+        &self,
+        object: ObjectKind,
+        crm_id: &str,
+        limit: usize,
+    ) -> Result<Vec<RecordState>, StoreUnavailable>;
+
+    /// The app record a CRM id belongs to: of several, one the app did not delete, that is not
+    /// waiting on an identity conflict, and that was not moved there by a merge, in that order.
     async fn find_by_crm_id(
         &self,
         object: ObjectKind,
         crm_id: &str,
-    ) -> Result<Option<RecordState>, StoreUnavailable>;
+    ) -> Result<Option<RecordState>, StoreUnavailable> {
+        let mut holders = self
+            .holders(object, crm_id, crate::domain::identity::MAX_HOLDERS)
+            .await?;
+        holders.sort_by_key(|state| {
+            (
+                state.status == SyncStatus::Deleted,
+                state.identity_conflict.is_some(),
+                state.follow_crm_id,
+                state.record.record_id.clone(),
+            )
+        });
+        Ok(holders.into_iter().next())
+    }
+
+    /// Where the CRM merged each of `crm_ids` to, one merge on: ids never merged are absent.
+    async fn merged_into(
+        &self,
+        object: ObjectKind,
+        crm_ids: &[String],
+    ) -> Result<HashMap<String, String>, StoreUnavailable>;
 
     /// Records the filter selects, most recently changed first; `cursor` continues a listing. A
     /// cursor MUST be opaque to callers; one that this store did not hand out is `BadCursor`.

@@ -477,6 +477,7 @@ impl ReconcileService {
             .map(|(state, _, restore)| UpdateInput {
                 crm_id: state.crm_id.clone().unwrap_or_default(),
                 properties: (*restore).clone(),
+                written_before: state.written.clone(),
             })
             .collect();
         let result = self

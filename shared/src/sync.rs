@@ -87,6 +87,10 @@ struct Tally {
     now_ms: i64,
 }
 
+#[path = "sync_identity.rs"]
+mod identity;
+use identity::{CrmFuture, Target};
+
 /// A claimed record and the change to apply to it.
 struct Work {
     queued: Queued,
@@ -269,6 +273,23 @@ impl SyncService {
             let id = queued.message_id.clone();
             match claim {
                 Ok(RecordClaim::Claimed(prior)) => {
+                    if let Some(at_ms) = prior.erased_at_ms {
+                        // Nothing of it is kept: not the change, not a dead letter of it.
+                        let reason = format!(
+                            "refused: the CRM erased this record for privacy at {}; erase it in the app too",
+                            crate::domain::clock::rfc3339(at_ms)
+                        );
+                        oversized.push((queued, reason, BTreeMap::new()));
+                        continue;
+                    }
+                    if let Some(reason) = prior
+                        .identity_conflict
+                        .clone()
+                        .filter(|_| queued.change.operation != Operation::Delete)
+                    {
+                        oversized.push((queued, format!("held: {reason}"), prior.own_writes()));
+                        continue;
+                    }
                     if let Some(reason) = state_too_large(&queued, &prior, &outbound) {
                         // Refused before any CRM call: once written, the outcome could not be
                         // recorded, and the state would never say what the CRM holds.
@@ -323,12 +344,21 @@ impl SyncService {
             }
         }
 
+        // Refused after the claim: too large for the state, held by an identity conflict (a
+        // dead letter an operator redrives once it is resolved), or erased (dropped, kept nowhere).
         for (queued, reason, recent_writes) in oversized {
-            let failed = Settlement::Failed {
-                error: reason.clone(),
-                status: SyncStatus::Failed,
-                retryable: false,
-                recent_writes,
+            let erased = reason.starts_with("refused: the CRM erased");
+            let failed = if erased {
+                Settlement::Dropped {
+                    error: reason.clone(),
+                }
+            } else {
+                Settlement::Failed {
+                    error: reason.clone(),
+                    status: SyncStatus::Failed,
+                    retryable: false,
+                    recent_writes,
+                }
             };
             let record = queued.change.record();
             let disposition = match self.leases.settle(&record, token, batch.now_ms, &failed).await {
@@ -336,6 +366,17 @@ impl SyncService {
                     delay: self.settings.busy_delay,
                     attempts: queued.attempts,
                 },
+                Ok(true) if erased => {
+                    batch.report.skipped += 1;
+                    batch.timeline.push(entry(
+                        &queued.change,
+                        batch.now_ms,
+                        TimelineKind::Skipped,
+                        reason,
+                        None,
+                    ));
+                    Disposition::Done
+                }
                 Ok(true) => refused(&queued.change, batch.now_ms, reason, &mut batch.timeline),
                 Err(error) => {
                     tracing::error!(record = %record, error = ?anyhow::Error::from(error), "could not record the outcome");
@@ -507,10 +548,48 @@ impl SyncService {
                 written_before: w.prior.written.clone(),
             })
             .collect();
-        let mut outcomes = Vec::with_capacity(inputs.len());
-        for chunk in inputs.chunks(self.crm.max_batch().max(1)) {
-            outcomes.extend(self.upsert_isolating(mapping, chunk, deadline, report).await);
+        let object = group
+            .first()
+            .map_or(ObjectKind::Contact, |w| w.queued.change.object);
+        // A record the CRM knows by id is written by it (following the CRM's merges); the rest
+        // by the app's id.
+        let targets = self.targets(object, group).await;
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; inputs.len()];
+        self.write_by_id(
+            object,
+            mapping,
+            &inputs,
+            &targets,
+            &mut outcomes,
+            deadline,
+            report,
+        )
+        .await;
+        let mut inputs = inputs;
+        let upserting: Vec<usize> = (0..inputs.len())
+            .filter(|index| matches!(targets[*index], Target::Upsert { .. }))
+            .collect();
+        for index in &upserting {
+            if let Target::Upsert { forget_crm_id: true } = targets[*index] {
+                inputs[*index].crm_id = None;
+            }
         }
+        let upserts: Vec<UpsertInput> = upserting.iter().map(|index| inputs[*index].clone()).collect();
+        let max = self.crm.max_batch().max(1);
+        for (indexes, chunk) in upserting.chunks(max).zip(upserts.chunks(max)) {
+            let written = self
+                .isolating(chunk, deadline, report, |slice| {
+                    self.crm.upsert(&mapping.crm_object, &mapping.id_property, slice)
+                })
+                .await;
+            for (index, outcome) in indexes.iter().zip(written) {
+                outcomes[*index] = Some(outcome);
+            }
+        }
+        let mut outcomes: Vec<Outcome> = outcomes
+            .into_iter()
+            .map(|o| o.expect("every input is decided"))
+            .collect();
         // A record that exists in the CRM without our id (a contact with the same email): adopt it.
         let conflicts: Vec<(usize, String)> = outcomes
             .iter()
@@ -524,9 +603,6 @@ impl SyncService {
                 _ => None,
             })
             .collect();
-        let object = group
-            .first()
-            .map_or(ObjectKind::Contact, |w| w.queued.change.object);
         let conflicts = self
             .adoptable(
                 object,
@@ -547,6 +623,7 @@ impl SyncService {
                     UpdateInput {
                         crm_id: crm_id.clone(),
                         properties,
+                        written_before: BTreeMap::new(),
                     }
                 })
                 .collect();
@@ -733,25 +810,21 @@ impl SyncService {
         adoptable
     }
 
-    /// Upserts a chunk; when the CRM refuses the whole call, halves it until the refused inputs
-    /// are isolated, so that one bad record never fails the others.
-    async fn upsert_isolating(
-        &self,
-        mapping: &ObjectMapping,
-        inputs: &[UpsertInput],
+    /// Writes a chunk with `write` (an upsert, an update by id); when the CRM refuses the whole
+    /// call, halves it until the refused inputs are isolated, so that one bad record never fails
+    /// the others.
+    async fn isolating<'s, T: Sync>(
+        &'s self,
+        inputs: &'s [T],
         deadline: Instant,
         report: &mut BatchReport,
+        write: impl Fn(&'s [T]) -> CrmFuture<'s>,
     ) -> Vec<Outcome> {
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; inputs.len()];
+        let mut outcomes: Vec<Option<Outcome>> = inputs.iter().map(|_| None).collect();
         let mut ranges = vec![(0, inputs.len())];
         while let Some((start, end)) = ranges.pop() {
             let slice = &inputs[start..end];
-            let result = self
-                .worker
-                .call(deadline, report, || {
-                    self.crm.upsert(&mapping.crm_object, &mapping.id_property, slice)
-                })
-                .await;
+            let result = self.worker.call(deadline, report, || write(slice)).await;
             match result {
                 Err(CallFailure::Rejected(_)) if slice.len() > 1 => {
                     let middle = start + slice.len() / 2;
@@ -780,16 +853,13 @@ impl SyncService {
     ) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; group.len()];
         let mut targets = Vec::new();
-        for (index, w) in group.iter().enumerate() {
-            match &w.prior.crm_id {
-                Some(crm_id) => targets.push((index, crm_id.clone())),
-                None => {
-                    outcomes[index] = Some(Outcome::Applied {
-                        crm_id: None,
-                        created: false,
-                        call: "no CRM call: never synced".into(),
-                    })
-                }
+        let object = group
+            .first()
+            .map_or(ObjectKind::Contact, |w| w.queued.change.object);
+        for (index, target) in self.delete_targets(object, group).await.into_iter().enumerate() {
+            match target {
+                Ok(crm_id) => targets.push((index, crm_id)),
+                Err(outcome) => outcomes[index] = Some(outcome),
             }
         }
         for chunk in targets.chunks(self.crm.max_batch().max(1)) {
@@ -1042,8 +1112,13 @@ fn settlement(
             written.extend(w.outbound.properties.clone());
             let mut recent_writes = w.prior.own_writes();
             remember_writes(&mut recent_writes, &w.outbound.properties);
+            // A delete that only unlinked the record (its CRM record is shared) says so.
+            let unlinked = call
+                .strip_prefix("no CRM call: ")
+                .filter(|why| deleted && why.starts_with("unlinked"));
             let crm_id = crm_id.or_else(|| w.prior.crm_id.clone());
             let mut detail = match (deleted, created, &crm_id) {
+                _ if unlinked.is_some() => unlinked.unwrap_or_default().to_string(),
                 (true, _, Some(id)) => format!("archived CRM record {id}"),
                 (true, _, None) => "nothing to archive: the record was never in the CRM".to_string(),
                 (false, true, Some(id)) => format!("created CRM record {id}"),

@@ -6,6 +6,7 @@ mod dashboard;
 mod dashboard_browser;
 mod event_journal;
 mod hubspot_adapters;
+mod identity;
 mod local_api;
 mod pipedrive_client;
 mod pipedrive_webhooks;

@@ -371,6 +371,84 @@ impl CrmStack {
         }
     }
 
+    /// The CRM id of the contact holding the app's `app_id`.
+    pub fn contact_crm_id(&self, app_id: &str) -> String {
+        match &self.sandbox {
+            Sandbox::HubSpot => self
+                .app
+                .sandbox()
+                .find("contacts", "crm_sync_app_id", app_id)
+                .expect("the contact is in HubSpot")
+                .id
+                .to_string(),
+            Sandbox::Pipedrive(sandbox) => sandbox
+                .records("persons")
+                .into_iter()
+                .find(|p| p["custom_fields"]["crm_sync_app_id"] == app_id)
+                .expect("the person is in Pipedrive")["id"]
+                .to_string(),
+            Sandbox::Salesforce(_) => unimplemented!("Salesforce merges are found by the reconciliation"),
+        }
+    }
+
+    /// A contact created by a person in the CRM, holding no app id; returns its CRM id.
+    pub fn create_contact_as_a_person(&self, email: &str) -> String {
+        match &self.sandbox {
+            Sandbox::HubSpot => self
+                .app
+                .sandbox()
+                .create("contacts", [("email".to_string(), email.to_string())].into())
+                .expect("a contact HubSpot takes")
+                .id
+                .to_string(),
+            Sandbox::Pipedrive(sandbox) => sandbox
+                .create(
+                    "persons",
+                    serde_json::json!({"name": email, "emails": [{"value": email, "primary": true, "label": "work"}]}),
+                )
+                .to_string(),
+            Sandbox::Salesforce(_) => unimplemented!("Salesforce merges are found by the reconciliation"),
+        }
+    }
+
+    /// Merges the contact `loser` into `survivor` as a person in the CRM would (HubSpot: the
+    /// survivor is the primary, and the merge makes a new record); returns the surviving CRM id.
+    pub fn merge_contacts_as_a_person(&self, loser: &str, survivor: &str) -> String {
+        let id = |text: &str| text.parse::<u64>().expect("a numeric CRM id");
+        match &self.sandbox {
+            Sandbox::HubSpot => self
+                .app
+                .sandbox()
+                .merge("contacts", id(survivor), id(loser))
+                .expect("a merge HubSpot takes")
+                .id
+                .to_string(),
+            Sandbox::Pipedrive(sandbox) => {
+                assert!(
+                    sandbox.merge("persons", id(loser), id(survivor)),
+                    "a merge Pipedrive takes"
+                );
+                survivor.to_string()
+            }
+            Sandbox::Salesforce(_) => unimplemented!("Salesforce merges are found by the reconciliation"),
+        }
+    }
+
+    /// Whether the CRM holds a live contact with this id.
+    pub fn contact_exists(&self, crm_id: &str) -> bool {
+        match &self.sandbox {
+            Sandbox::HubSpot => crm_id
+                .parse::<u64>()
+                .ok()
+                .is_some_and(|id| self.app.sandbox().records("contacts").iter().any(|r| r.id == id)),
+            Sandbox::Pipedrive(sandbox) => sandbox
+                .records("persons")
+                .iter()
+                .any(|p| p["id"].as_u64().map(|id| id.to_string()).as_deref() == Some(crm_id)),
+            Sandbox::Salesforce(sandbox) => sandbox.records("Contact").iter().any(|c| c["Id"] == crm_id),
+        }
+    }
+
     /// How many contacts the CRM holds (a contact written twice would show here).
     pub fn contact_count(&self) -> usize {
         match &self.sandbox {

@@ -347,6 +347,36 @@ impl Sandbox {
         state.emit("CRM_UI");
         result
     }
+
+    /// Merges `secondary` into `primary` as a sales rep would in HubSpot's UI; returns the
+    /// surviving record (a new one, for contacts).
+    pub fn merge(&self, object: &str, primary: u64, secondary: u64) -> Result<Record, InputFailure> {
+        let mut state = self.state.lock().unwrap();
+        let result = state.store.merge(object, primary, secondary);
+        state.emit("CRM_UI");
+        result
+    }
+
+    /// Archives a record as a sales rep would (no webhook: the app subscribes to none for it).
+    pub fn archive(&self, object: &str, id: u64) {
+        self.state.lock().unwrap().store.archive(object, id);
+    }
+
+    /// Restores an archived record as a sales rep would; `false` when there is none to restore.
+    pub fn restore(&self, object: &str, id: u64) -> bool {
+        let mut state = self.state.lock().unwrap();
+        let restored = state.store.restore(object, id);
+        state.emit("CRM_UI");
+        restored
+    }
+
+    /// Deletes a contact for privacy (GDPR) as a sales rep would; `false` when there is none.
+    pub fn privacy_delete(&self, object: &str, id: u64) -> bool {
+        let mut state = self.state.lock().unwrap();
+        let deleted = state.store.privacy_delete(object, id);
+        state.emit("CRM_UI");
+        deleted
+    }
 }
 
 /// The state every handler and the gate share.
@@ -431,6 +461,8 @@ fn router(state: Shared) -> Router {
                 &format!("{objects}/{{object}}/{{id}}"),
                 get(get_one_call).head(not_served),
             )
+            .route(&format!("{objects}/{{object}}/merge"), post(merge_call))
+            .route(&format!("{objects}/contacts/gdpr-delete"), post(gdpr_delete_call))
             .route(
                 &format!("{associations}/{{from}}/{{to}}/batch/associate/default"),
                 post(associate_call),
@@ -465,6 +497,8 @@ fn router(state: Shared) -> Router {
             "/objects/{*path}",
             get(list_records).head(unknown_control).post(write_record),
         )
+        .route("/merge/{object}", post(merge_as_rep))
+        .route("/{action}/{object}/{id}", post(identity_as_rep))
         .fallback(unknown_control)
         .method_not_allowed_fallback(unknown_control);
 
@@ -577,6 +611,95 @@ async fn batch_call(
     body: Bytes,
 ) -> Response {
     served(&state, |state| batch(state, &object, &action, &body))
+}
+
+/// `POST /crm/objects/{version}/{type}/merge` `{primaryObjectId, objectIdToMerge}`: the
+/// surviving record.
+async fn merge_call(
+    extract::State(state): extract::State<Shared>,
+    Path(object): Path<String>,
+    body: Bytes,
+) -> Response {
+    served(&state, |state| match merge_ids(&body) {
+        Ok((primary, secondary)) => match state.store.merge(&object, primary, secondary) {
+            Ok(record) => (200, record.to_json(None)),
+            Err(failure) => (failure.status, failure.to_json(None, None)),
+        },
+        Err(message) => (400, hubspot_error("VALIDATION_ERROR", &message)),
+    })
+}
+
+/// The two ids of a merge request; HubSpot's model types them as strings.
+fn merge_ids(body: &[u8]) -> Result<(u64, u64), String> {
+    let value: Value = serde_json::from_slice(body).map_err(|_| "expected a JSON object".to_string())?;
+    let id = |name: &str| {
+        value
+            .get(name)
+            .and_then(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .or_else(|| v.as_u64().map(|n| n.to_string()))
+            })
+            .and_then(|text| text.parse::<u64>().ok())
+            .ok_or_else(|| format!("`{name}` is missing or not a record id"))
+    };
+    Ok((id("primaryObjectId")?, id("objectIdToMerge")?))
+}
+
+/// `POST /crm/objects/{version}/contacts/gdpr-delete` `{objectId}`: 204, the contact gone for good.
+async fn gdpr_delete_call(extract::State(state): extract::State<Shared>, body: Bytes) -> Response {
+    served(&state, |state| {
+        let id = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("objectId").cloned())
+            .and_then(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .or_else(|| v.as_u64().map(|n| n.to_string()))
+            })
+            .and_then(|text| text.parse::<u64>().ok());
+        match id {
+            Some(id) if state.store.privacy_delete("contacts", id) => (204, Value::Null),
+            Some(_) => (404, hubspot_error("OBJECT_NOT_FOUND", "Object not found")),
+            None => (400, hubspot_error("VALIDATION_ERROR", "`objectId` is missing")),
+        }
+    })
+}
+
+/// `POST /_sandbox/merge/{type}` `{primaryObjectId, objectIdToMerge}`: a sales rep's merge.
+async fn merge_as_rep(
+    extract::State(state): extract::State<Shared>,
+    Path(object): Path<String>,
+    body: Bytes,
+) -> Response {
+    let mut state = state.lock().unwrap();
+    let result = merge_ids(&body).map(|(primary, secondary)| state.store.merge(&object, primary, secondary));
+    state.emit("CRM_UI");
+    match result {
+        Ok(Ok(record)) => reply(200, &record.to_json(None), &[]),
+        Ok(Err(failure)) => reply(failure.status, &failure.to_json(None, None), &[]),
+        Err(message) => reply(400, &json!({ "message": message }), &[]),
+    }
+}
+
+/// `POST /_sandbox/restore/{type}/{id}`, `POST /_sandbox/privacy-delete/{type}/{id}`: a sales
+/// rep restores an archived record, or deletes a contact for privacy.
+async fn identity_as_rep(
+    extract::State(state): extract::State<Shared>,
+    Path((action, object, id)): Path<(String, String, u64)>,
+) -> Response {
+    let mut state = state.lock().unwrap();
+    let done = match action.as_str() {
+        "restore" => state.store.restore(&object, id),
+        "privacy-delete" => state.store.privacy_delete(&object, id),
+        _ => return reply(404, &json!({ "message": "no such control endpoint" }), &[]),
+    };
+    state.emit("CRM_UI");
+    if done {
+        reply(204, &Value::Null, &[])
+    } else {
+        reply(404, &json!({ "message": format!("no record to {action}") }), &[])
+    }
 }
 
 async fn get_one_call(
@@ -1002,7 +1125,7 @@ fn get_one(state: &State, object: &str, id: &str, query: &str) -> (u16, Value) {
     let params: HashMap<&str, &str> = query.split('&').filter_map(|pair| pair.split_once('=')).collect();
     let found = match params.get("idProperty") {
         Some(property) => state.store.find_by(object, property, id),
-        None => id.parse().ok(),
+        None => id.parse().ok().map(|id| state.store.resolve(object, id)),
     };
     match found.and_then(|id| state.store.get(object, id)) {
         Some(record) => {
@@ -1195,7 +1318,8 @@ fn batch(state: &mut State, object: &str, action: &str, body: &[u8]) -> (u16, Va
                 let id = input.get("id").and_then(Value::as_str).unwrap_or_default();
                 let found = match &request.id_property {
                     Some(property) => state.store.find_by(object, property, id),
-                    None => id.parse().ok(),
+                    // A merged-away id reads as the record that survived it.
+                    None => id.parse().ok().map(|id| state.store.resolve(object, id)),
                 };
                 match found.and_then(|found| state.store.get(object, found)) {
                     Some(record) => {

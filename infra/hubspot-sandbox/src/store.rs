@@ -103,6 +103,18 @@ pub struct InputFailure {
 }
 
 impl InputFailure {
+    /// HubSpot's answer to a write naming a record that is not there (or not any more).
+    fn not_found(id: u64) -> Self {
+        Self {
+            status: 404,
+            category: "OBJECT_NOT_FOUND",
+            message: format!("Object not found. objectId are usually numeric. ({id})"),
+            detail: None,
+            code: None,
+            property: None,
+        }
+    }
+
     fn validation(code: &'static str, property: &str, detail: String) -> Self {
         Self {
             status: 400,
@@ -160,6 +172,21 @@ pub struct StoreChange {
     pub created: bool,
     /// Properties whose value changed (an empty value: cleared).
     pub properties: BTreeMap<String, String>,
+    /// A change of who the record is (`merge`, `restore`, `privacyDeletion`) and the fields its
+    /// event carries beyond the common ones.
+    pub identity: Option<(&'static str, Value)>,
+}
+
+impl StoreChange {
+    fn identity(object: &str, id: u64, action: &'static str, fields: Value) -> Self {
+        Self {
+            object: object.to_string(),
+            id,
+            created: false,
+            properties: BTreeMap::new(),
+            identity: Some((action, fields)),
+        }
+    }
 }
 
 /// Every object type's records, and the properties each type has.
@@ -173,6 +200,8 @@ pub struct Store {
     /// (object, property, value) -> id, for unique properties of live records.
     unique: HashMap<(String, String, String), u64>,
     associations: HashSet<(String, u64, String, u64)>,
+    /// (object, merged-away id) -> the id it was merged into.
+    merged: HashMap<(String, u64), u64>,
 }
 
 impl Default for Store {
@@ -197,6 +226,7 @@ impl Default for Store {
             next_id: 0,
             unique: HashMap::new(),
             associations: HashSet::new(),
+            merged: HashMap::new(),
         }
     }
 }
@@ -424,6 +454,15 @@ impl Store {
         }
     }
 
+    /// Stores a live record, its unique values indexed.
+    fn put(&mut self, object: &str, record: &Record) {
+        self.index(object, record, true);
+        self.objects
+            .entry(object.to_string())
+            .or_default()
+            .insert(record.id, record.clone());
+    }
+
     /// Creates a record; returns it.
     pub fn create(
         &mut self,
@@ -451,16 +490,13 @@ impl Store {
             updated_at: now,
             archived: false,
         };
-        self.index(object, &record, true);
-        self.objects
-            .entry(object.to_string())
-            .or_default()
-            .insert(record.id, record.clone());
+        self.put(object, &record);
         self.changes.push(StoreChange {
             object: object.to_string(),
             id: record.id,
             created: true,
             properties: record.properties.clone(),
+            identity: None,
         });
         Ok(record)
     }
@@ -475,14 +511,7 @@ impl Store {
         self.validate(object, &properties)?;
         let properties = stored(properties);
         let Some(current) = self.get(object, id).cloned() else {
-            return Err(InputFailure {
-                status: 404,
-                category: "OBJECT_NOT_FOUND",
-                message: format!("Object not found. objectId are usually numeric. ({id})"),
-                detail: None,
-                code: None,
-                property: None,
-            });
+            return Err(InputFailure::not_found(id));
         };
         if let Some(conflict) = self.conflict(object, Some(id), &properties) {
             return Err(conflict);
@@ -507,14 +536,11 @@ impl Store {
                 id,
                 created: false,
                 properties: changed,
+                identity: None,
             });
         }
         record.updated_at = self.tick();
-        self.index(object, &record, true);
-        self.objects
-            .entry(object.to_string())
-            .or_default()
-            .insert(id, record.clone());
+        self.put(object, &record);
         Ok(record)
     }
 
@@ -560,6 +586,140 @@ impl Store {
                 stored.archived = true;
             }
         }
+    }
+
+    /// The record `id` names now: itself, or the one it was merged into (HubSpot reads a
+    /// merged-away id as the record that survived it).
+    pub fn resolve(&self, object: &str, id: u64) -> u64 {
+        let mut id = id;
+        while let Some(next) = self.merged.get(&(object.to_string(), id)) {
+            id = *next;
+        }
+        id
+    }
+
+    /// Merges `secondary` into `primary`, as HubSpot does: contacts and companies become a new
+    /// record (a new id) holding the primary's values, its empty ones filled from the secondary;
+    /// other objects keep the primary's id. Both old ids then read as the survivor, and writes by
+    /// them find nothing. Associations move to the survivor. Returns the survivor.
+    pub fn merge(&mut self, object: &str, primary: u64, secondary: u64) -> Result<Record, InputFailure> {
+        if primary == secondary {
+            return Err(InputFailure {
+                status: 400,
+                category: "VALIDATION_ERROR",
+                message: "A record cannot be merged with itself".into(),
+                detail: None,
+                code: None,
+                property: None,
+            });
+        }
+        let first = self
+            .get(object, primary)
+            .cloned()
+            .ok_or_else(|| InputFailure::not_found(primary))?;
+        let second = self
+            .get(object, secondary)
+            .cloned()
+            .ok_or_else(|| InputFailure::not_found(secondary))?;
+        let mut properties = second.properties.clone();
+        let moved = first
+            .properties
+            .keys()
+            .filter(|name| !second.properties.contains_key(*name))
+            .count();
+        properties.extend(first.properties.clone());
+        for old in [&first, &second] {
+            self.index(object, old, false);
+            if let Some(stored) = self.objects.get_mut(object).and_then(|r| r.get_mut(&old.id)) {
+                stored.archived = true;
+            }
+        }
+        let new_record = matches!(object, "contacts" | "companies");
+        let id = if new_record {
+            self.next_id += 1;
+            self.next_id
+        } else {
+            primary
+        };
+        let now = self.tick();
+        let record = Record {
+            id,
+            properties,
+            created_at: first.created_at.clone(),
+            updated_at: now,
+            archived: false,
+        };
+        self.put(object, &record);
+        for old in [primary, secondary].into_iter().filter(|old| *old != id) {
+            self.merged.insert((object.to_string(), old), id);
+            let moved_links: Vec<(String, u64, String, u64)> = self
+                .associations
+                .iter()
+                .filter(|(from, from_id, to, to_id)| {
+                    (from == object && *from_id == old) || (to == object && *to_id == old)
+                })
+                .cloned()
+                .collect();
+            for (from, from_id, to, to_id) in moved_links {
+                self.associations
+                    .remove(&(from.clone(), from_id, to.clone(), to_id));
+                let from_id = if from == object && from_id == old {
+                    id
+                } else {
+                    from_id
+                };
+                let to_id = if to == object && to_id == old { id } else { to_id };
+                self.associations.insert((from, from_id, to, to_id));
+            }
+        }
+        let mut fields = json!({
+            "primaryObjectId": primary,
+            "mergedObjectIds": [secondary],
+            "numberOfPropertiesMoved": moved,
+        });
+        if new_record {
+            fields["newObjectId"] = json!(id);
+        }
+        self.changes
+            .push(StoreChange::identity(object, id, "merge", fields));
+        Ok(record)
+    }
+
+    /// Brings back an archived record that was not merged away; `false` when there is none.
+    pub fn restore(&mut self, object: &str, id: u64) -> bool {
+        if self.merged.contains_key(&(object.to_string(), id)) {
+            return false;
+        }
+        let Some(record) = self.objects.get_mut(object).and_then(|r| r.get_mut(&id)) else {
+            return false;
+        };
+        if !record.archived {
+            return false;
+        }
+        record.archived = false;
+        let record = record.clone();
+        self.index(object, &record, true);
+        self.changes
+            .push(StoreChange::identity(object, id, "restore", json!({})));
+        true
+    }
+
+    /// Deletes a contact for good, as a GDPR deletion does: nothing of it is kept, its unique
+    /// values are free again; `false` when there is none.
+    pub fn privacy_delete(&mut self, object: &str, id: u64) -> bool {
+        let Some(record) = self.get(object, id).cloned() else {
+            return false;
+        };
+        self.index(object, &record, false);
+        if let Some(records) = self.objects.get_mut(object) {
+            records.remove(&id);
+        }
+        self.associations.retain(|(from, from_id, to, to_id)| {
+            !((from == object && *from_id == id) || (to == object && *to_id == id))
+        });
+        self.changes
+            .push(StoreChange::identity(object, id, "privacyDeletion", json!({})));
+        true
     }
 
     pub fn associate(&mut self, from: &str, from_id: u64, to: &str, to_id: u64) -> Result<(), InputFailure> {

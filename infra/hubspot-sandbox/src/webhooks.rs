@@ -97,12 +97,32 @@ pub fn events_for(
         if source == "INTEGRATION" {
             base["sourceId"] = json!(settings.app_id.to_string());
         }
+        if let Some((action, fields)) = &change.identity {
+            // A privacy deletion is reported as a deletion too.
+            let actions: &[&str] = if *action == "privacyDeletion" {
+                &["privacyDeletion", "deletion"]
+            } else {
+                std::slice::from_ref(action)
+            };
+            for action in actions {
+                *next_id += 1;
+                let mut event = base.clone();
+                event["eventId"] = json!(*next_id);
+                event["subscriptionType"] = json!(format!("{kind}.{action}"));
+                event["subscriptionId"] = json!(subscription(kind, action));
+                for (name, value) in fields.as_object().into_iter().flatten() {
+                    event[name] = value.clone();
+                }
+                events.push(event);
+            }
+            continue;
+        }
         if change.created {
             *next_id += 1;
             let mut event = base.clone();
             event["eventId"] = json!(*next_id);
             event["subscriptionType"] = json!(format!("{kind}.creation"));
-            event["subscriptionId"] = json!(if kind == "contact" { 101 } else { 201 });
+            event["subscriptionId"] = json!(subscription(kind, "creation"));
             event["changeFlag"] = json!("NEW");
             events.push(event);
         }
@@ -111,13 +131,26 @@ pub fn events_for(
             let mut event = base.clone();
             event["eventId"] = json!(*next_id);
             event["subscriptionType"] = json!(format!("{kind}.propertyChange"));
-            event["subscriptionId"] = json!(if kind == "contact" { 102 } else { 202 });
+            event["subscriptionId"] = json!(subscription(kind, "propertyChange"));
             event["propertyName"] = json!(property);
             event["propertyValue"] = json!(value);
             events.push(event);
         }
     }
     events
+}
+
+/// The id of the app's subscription to one kind of event.
+fn subscription(kind: &str, action: &str) -> u64 {
+    let base = if kind == "contact" { 100 } else { 200 };
+    base + match action {
+        "creation" => 1,
+        "propertyChange" => 2,
+        "deletion" => 3,
+        "merge" => 4,
+        "restore" => 5,
+        _ => 6,
+    }
 }
 
 /// The v3 signature of a POST of `body` to `url` at `timestamp`.
@@ -201,6 +234,7 @@ mod tests {
             id: 5,
             created: true,
             properties: [("email".to_string(), "a@b.io".to_string())].into(),
+            identity: None,
         };
         let mut next = 0;
         let events = events_for(vec![change], &WebhookSettings::default(), "CRM_UI", &mut next, 9);
@@ -209,5 +243,34 @@ mod tests {
         assert_eq!(events[1]["propertyName"], "email");
         assert_eq!(events[1]["objectId"], 5);
         assert_ne!(events[0]["eventId"], events[1]["eventId"]);
+    }
+
+    #[test]
+    fn a_merge_is_one_event_with_its_ids_and_a_privacy_deletion_is_reported_as_a_deletion_too() {
+        let mut store = crate::store::Store::default();
+        let a = store
+            .create("contacts", [("email".to_string(), "a@b.io".to_string())].into())
+            .unwrap();
+        let b = store
+            .create("contacts", [("email".to_string(), "b@b.io".to_string())].into())
+            .unwrap();
+        store.changes.clear();
+        let survivor = store.merge("contacts", a.id, b.id).unwrap();
+        assert!(store.privacy_delete("contacts", survivor.id));
+        let mut next = 0;
+        let changes = std::mem::take(&mut store.changes);
+        let events = events_for(changes, &WebhookSettings::default(), "CRM_UI", &mut next, 9);
+        let kinds: Vec<&str> = events
+            .iter()
+            .map(|e| e["subscriptionType"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            ["contact.merge", "contact.privacyDeletion", "contact.deletion"]
+        );
+        assert_eq!(events[0]["primaryObjectId"], a.id);
+        assert_eq!(events[0]["mergedObjectIds"], json!([b.id]));
+        assert_eq!(events[0]["newObjectId"], survivor.id);
+        assert_eq!(events[0]["objectId"], survivor.id);
     }
 }

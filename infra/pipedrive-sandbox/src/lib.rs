@@ -160,6 +160,26 @@ impl State {
         previous: Option<Map<String, Value>>,
         source: &str,
     ) {
+        let action = if previous.is_some() { "change" } else { "create" };
+        self.emit_event(entity, record, action, previous, Map::new(), source);
+    }
+
+    /// Queues the v2 webhook of a record merged away: a delete carrying `meta.merged_to_id`, with
+    /// the record in `previous` and no `data`.
+    fn emit_merged_away(&mut self, entity: &str, record: &Map<String, Value>, into: u64, source: &str) {
+        let meta = Map::from_iter([("merged_to_id".to_string(), json!(into.to_string()))]);
+        self.emit_event(entity, record, "delete", Some(record.clone()), meta, source);
+    }
+
+    fn emit_event(
+        &mut self,
+        entity: &str,
+        record: &Map<String, Value>,
+        action: &str,
+        previous: Option<Map<String, Value>>,
+        extra_meta: Map<String, Value>,
+        source: &str,
+    ) {
         // The webhooks crm-sync registers are for persons and deals only.
         let Some(webhook) = self.webhook.clone().filter(|_| entity != "notes") else {
             return;
@@ -175,9 +195,9 @@ impl State {
         };
         let singular = entity.trim_end_matches('s');
         let id = record.get("id").and_then(Value::as_u64).unwrap_or_default();
-        let body = json!({
+        let mut body = json!({
             "meta": {
-                "action": if previous.is_some() { "change" } else { "create" },
+                "action": action,
                 "entity": singular,
                 "entity_id": id.to_string(),
                 "id": format!("00000000-0000-4000-8000-{:012x}", self.next_event),
@@ -195,9 +215,12 @@ impl State {
                 "webhook_id": "1",
                 "webhook_owner_id": "1",
             },
-            "data": self.wrapped(entity, record),
+            "data": if action == "delete" { Value::Null } else { Value::Object(self.wrapped(entity, record)) },
             "previous": previous.map(|previous| self.wrapped(entity, &previous)),
         });
+        for (name, value) in extra_meta {
+            body["meta"][name] = value;
+        }
         let pending = self.pending_webhooks.clone();
         pending.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(async move {
@@ -358,6 +381,25 @@ impl Sandbox {
         state.emit(entity, &record, Some(previous), "app");
     }
 
+    /// Creates a record as a person in Pipedrive would (`change_source: app`); returns its id.
+    pub fn create(&self, entity: &str, fields: Value) -> u64 {
+        let mut state = self.state.lock().unwrap();
+        let entity = entity_name(entity).expect("persons or deals");
+        let (status, answer) = create_record_by(&mut state, entity, fields.to_string().as_bytes(), "app");
+        assert_eq!(status, 201, "{answer}");
+        answer["data"]["id"].as_u64().expect("an id")
+    }
+
+    /// Merges `loser` into `survivor` as a person in Pipedrive would (`PUT /v1/{entity}/{id}/merge`
+    /// does the same for an API client): the survivor's values win, its empty ones are filled
+    /// from the loser, which is deleted. Webhooks: the loser's delete with `merged_to_id`, then
+    /// the survivor's change.
+    pub fn merge(&self, entity: &str, loser: u64, survivor: u64) -> bool {
+        let mut state = self.state.lock().unwrap();
+        let entity = entity_name(entity).expect("persons or deals");
+        merge_records(&mut state, entity, loser, survivor, "app").0 == 200
+    }
+
     /// Posts a webhook for every create and change from now on.
     pub fn set_webhook(&self, webhook: Webhook) {
         self.state.lock().unwrap().webhook = Some(webhook);
@@ -508,6 +550,13 @@ fn router(shared: Shared) -> Router {
                     .patch(move |store: Store, id: Id, body: Bytes| update(store, id, body, entity))
                     .delete(move |store: Store, id: Id| delete(store, id, entity)),
             );
+    }
+    for entity in ["persons", "deals"] {
+        // Merging exists in API v1 only.
+        api = api.route(
+            &format!("/v1/{entity}/{{id}}/merge"),
+            methods().put(move |store: Store, id: Id, body: Bytes| merge_call(store, id, body, entity)),
+        );
     }
     api.route(
         "/v1/notes",
@@ -710,6 +759,85 @@ async fn update(extract::State(shared): Store, id: Id, body: Bytes, entity: &'st
 
 async fn delete(extract::State(shared): Store, id: Id, entity: &'static str) -> Response {
     answer(&shared, |state| delete_record(state, entity, &path_id(id)))
+}
+
+/// `PUT /v1/{persons|deals}/{id}/merge` `{"merge_with_id"}`: the record of the path is merged
+/// into `merge_with_id`, which survives.
+async fn merge_call(extract::State(shared): Store, id: Id, body: Bytes, entity: &'static str) -> Response {
+    answer(&shared, |state| {
+        let Ok(loser) = path_id(id).parse::<u64>() else {
+            return not_found();
+        };
+        let survivor = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("merge_with_id").and_then(Value::as_u64));
+        match survivor {
+            Some(survivor) => merge_records(state, entity, loser, survivor, "api"),
+            None => invalid("merge_with_id is required and must be a number"),
+        }
+    })
+}
+
+/// Merges `loser` into `survivor`; see [`Sandbox::merge`].
+fn merge_records(
+    state: &mut State,
+    entity: &'static str,
+    loser: u64,
+    survivor: u64,
+    source: &str,
+) -> (u16, Value) {
+    let records = state.records.entry(entity).or_default();
+    if loser == survivor || !records.contains_key(&survivor) {
+        return not_found();
+    }
+    let Some(gone) = records.remove(&loser) else {
+        return not_found();
+    };
+    let kept = records.get_mut(&survivor).expect("checked");
+    let before = kept.clone();
+    let empty = |value: Option<&Value>| match value {
+        None | Some(Value::Null) => true,
+        Some(Value::String(text)) => text.is_empty(),
+        Some(Value::Array(items)) => items.is_empty(),
+        _ => false,
+    };
+    let mut filled = Map::new();
+    for (name, value) in &gone {
+        if name == "custom_fields" {
+            let mine = kept
+                .get("custom_fields")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            let theirs: Map<String, Value> = value
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(code, v)| empty(mine.get(*code)) && !v.is_null())
+                .map(|(code, v)| (code.clone(), v.clone()))
+                .collect();
+            if !theirs.is_empty() {
+                filled.insert(name.clone(), Value::Object(theirs));
+            }
+        } else if !matches!(name.as_str(), "id" | "add_time" | "update_time")
+            && empty(kept.get(name))
+            && !empty(Some(value))
+        {
+            filled.insert(name.clone(), value.clone());
+        }
+    }
+    let previous = previous_of(&before, &filled);
+    merge(kept, filled);
+    touched(entity, kept);
+    let kept = kept.clone();
+    let lag = state.limits.search_lag;
+    state.indexed_at.insert((entity, survivor), Instant::now() + lag);
+    state.indexed_at.remove(&(entity, loser));
+    state.emit_merged_away(entity, &gone, survivor, source);
+    state.emit(entity, &kept, Some(previous), source);
+    let mut data = shown(&kept);
+    data["merge_what_id"] = json!(loser);
+    (200, json!({"success": true, "data": data}))
 }
 
 /// `/_sandbox/requests`, any method: the request log, newest last.
@@ -959,6 +1087,11 @@ fn body_fields(body: &[u8]) -> Result<Map<String, Value>, (u16, Value)> {
 
 /// `POST /api/v2/{persons|deals}`, `POST /v1/notes`.
 fn create_record(state: &mut State, entity: &'static str, body: &[u8]) -> (u16, Value) {
+    create_record_by(state, entity, body, "api")
+}
+
+/// Creates a record; its webhook names `source` (`api` for a client, `app` for a person).
+fn create_record_by(state: &mut State, entity: &'static str, body: &[u8], source: &str) -> (u16, Value) {
     let fields = match body_fields(body) {
         Ok(fields) => fields,
         Err(reply) => return reply,
@@ -995,7 +1128,7 @@ fn create_record(state: &mut State, entity: &'static str, body: &[u8]) -> (u16, 
         .or_default()
         .insert(id, record.clone());
     state.indexed_at.insert((entity, id), Instant::now() + lag);
-    state.emit(entity, &record, None, "api");
+    state.emit(entity, &record, None, source);
     (201, json!({"success": true, "data": shown(&record)}))
 }
 

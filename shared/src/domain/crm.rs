@@ -44,6 +44,18 @@ impl UpsertInput {
 pub struct UpdateInput {
     pub crm_id: String,
     pub properties: BTreeMap<String, String>,
+    /// What crm-sync last wrote to the record (see [`UpsertInput::written_before`]).
+    pub written_before: BTreeMap<String, String>,
+}
+
+impl UpdateInput {
+    pub fn new(crm_id: impl Into<String>, properties: BTreeMap<String, String>) -> Self {
+        Self {
+            crm_id: crm_id.into(),
+            properties,
+            written_before: BTreeMap::new(),
+        }
+    }
 }
 
 /// A link from one CRM record to another.

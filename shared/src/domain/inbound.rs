@@ -111,6 +111,8 @@ pub fn event_subject(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Interpretation {
     Change(CrmChange),
+    /// Who a record is changed: a merge, a restore, a privacy deletion.
+    Identity(super::identity::IdentityChange),
     /// Not something crm-sync acts on, and why.
     Ignore(String),
 }

@@ -3,6 +3,7 @@
 pub mod clock;
 pub mod contract;
 pub mod crm;
+pub mod identity;
 pub mod inbound;
 pub mod mapping;
 pub mod reconcile;

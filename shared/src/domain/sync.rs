@@ -86,6 +86,14 @@ pub struct RecordState {
     /// event (a CRM's retry, enqueued again) that reaches the record after the first is known
     /// here even before the first's outcome is recorded in the event journal.
     pub recent_events: Vec<String>,
+    /// The CRM record is known by its id only and written by it: a merge moved the record onto
+    /// a survivor whose id property may hold another app record's id, or none.
+    pub follow_crm_id: bool,
+    /// Why the record's writes wait: its CRM record is also another app record's (a merge in the
+    /// CRM made them one), until the app or an operator decides.
+    pub identity_conflict: Option<String>,
+    /// When the CRM erased the record for privacy: its values are forgotten and its changes refused.
+    pub erased_at_ms: Option<i64>,
 }
 
 /// How many event fingerprints a record keeps: copies of an event race each other for moments,
@@ -126,6 +134,9 @@ impl RecordState {
             last_change: None,
             open_conflicts: false,
             recent_events: Vec::new(),
+            follow_crm_id: false,
+            identity_conflict: None,
+            erased_at_ms: None,
         }
     }
 }
@@ -248,6 +259,8 @@ pub enum TimelineKind {
     Drift,
     /// The reconciliation wrote crm-sync's value back.
     Healed,
+    /// Who the record is in the CRM changed: a merge, a restore, a privacy deletion.
+    Identity,
     Note,
 }
 
@@ -263,6 +276,7 @@ impl TimelineKind {
             TimelineKind::Conflict => "conflict",
             TimelineKind::Drift => "drift",
             TimelineKind::Healed => "healed",
+            TimelineKind::Identity => "identity",
             TimelineKind::Note => "note",
         }
     }
@@ -278,6 +292,7 @@ impl TimelineKind {
             TimelineKind::Conflict,
             TimelineKind::Drift,
             TimelineKind::Healed,
+            TimelineKind::Identity,
             TimelineKind::Note,
         ]
         .into_iter()

@@ -26,11 +26,28 @@ struct Row {
 pub struct MemorySyncState {
     rows: Mutex<HashMap<RecordRef, Row>>,
     crm_owners: Mutex<HashMap<(ObjectKind, String), String>>,
+    /// Merged-away CRM id → the id it was merged into.
+    merges: Mutex<HashMap<(ObjectKind, String), String>>,
     /// The reconciliation's checkpoint and its reports, oldest first.
     reconcile: Mutex<(
         Option<crate::domain::reconcile::Checkpoint>,
         Vec<crate::domain::reconcile::RunReport>,
     )>,
+}
+
+impl MemorySyncState {
+    /// Changes an existing record's state; a record with no state is left alone.
+    fn mark_state(&self, record: &RecordRef, mark: impl FnOnce(&mut RecordState)) {
+        if let Some(state) = self
+            .rows
+            .lock()
+            .unwrap()
+            .get_mut(record)
+            .and_then(|row| row.state.as_mut())
+        {
+            mark(state);
+        }
+    }
 }
 
 fn held_by(row: &Row, token: &str) -> bool {
@@ -137,6 +154,12 @@ impl RecordLeases for MemorySyncState {
                 state.recent_writes = recent_writes.clone();
                 state.claimed_writes.clear();
             }
+            Settlement::Dropped { error } => {
+                state.status = SyncStatus::Deleted;
+                state.last_error = Some(error.clone());
+                state.pending_change = None;
+                state.claimed_writes.clear();
+            }
             Settlement::Released { recent_writes } => {
                 state.recent_writes = recent_writes.clone();
                 state.claimed_writes.clear();
@@ -186,6 +209,9 @@ impl RecordLeases for MemorySyncState {
             state.inbox_sequence = update.inbox_sequence;
             state.recent_events = update.recent_events.clone();
             state.open_conflicts |= update.new_conflicts > 0;
+            if let Some(identity) = &update.identity {
+                state.apply_identity(identity);
+            }
         }
         Ok(())
     }
@@ -201,6 +227,25 @@ impl RecordLeases for MemorySyncState {
             .entry((object, crm_id.to_string()))
             .or_insert_with(|| record_id.to_string());
         Ok((owner != record_id).then(|| owner.clone()))
+    }
+
+    async fn record_merge(
+        &self,
+        object: ObjectKind,
+        merged: &[String],
+        survivor: &str,
+        _at_ms: i64,
+    ) -> Result<(), StoreUnavailable> {
+        let mut merges = self.merges.lock().unwrap();
+        for crm_id in merged {
+            merges.insert((object, crm_id.clone()), survivor.to_string());
+        }
+        Ok(())
+    }
+
+    async fn share_crm_record(&self, record: &RecordRef, _now_ms: i64) -> Result<(), StoreUnavailable> {
+        self.mark_state(record, |state| state.identity_conflict = None);
+        Ok(())
     }
 }
 
@@ -241,14 +286,14 @@ impl RecordJournal for MemorySyncState {
     }
 
     async fn dismiss_conflicts(&self, record: &RecordRef, _now_ms: i64) -> Result<(), StoreUnavailable> {
-        if let Some(state) = self
-            .rows
-            .lock()
-            .unwrap()
-            .get_mut(record)
-            .and_then(|row| row.state.as_mut())
-        {
-            state.open_conflicts = false;
+        self.mark_state(record, |state| state.open_conflicts = false);
+        Ok(())
+    }
+
+    async fn forget(&self, record: &RecordRef) -> Result<(), StoreUnavailable> {
+        if let Some(row) = self.rows.lock().unwrap().get_mut(record) {
+            row.timeline.clear();
+            row.conflicts.clear();
         }
         Ok(())
     }
@@ -279,16 +324,31 @@ impl RecordQueries for MemorySyncState {
         }))
     }
 
-    async fn find_by_crm_id(
+    async fn holders(
         &self,
         object: ObjectKind,
         crm_id: &str,
-    ) -> Result<Option<RecordState>, StoreUnavailable> {
+        limit: usize,
+    ) -> Result<Vec<RecordState>, StoreUnavailable> {
         let rows = self.rows.lock().unwrap();
         Ok(rows
             .values()
             .filter_map(|row| row.state.clone())
-            .find(|state| state.record.object == object && state.crm_id.as_deref() == Some(crm_id)))
+            .filter(|state| state.record.object == object && state.crm_id.as_deref() == Some(crm_id))
+            .take(limit)
+            .collect())
+    }
+
+    async fn merged_into(
+        &self,
+        object: ObjectKind,
+        crm_ids: &[String],
+    ) -> Result<HashMap<String, String>, StoreUnavailable> {
+        let merges = self.merges.lock().unwrap();
+        Ok(crm_ids
+            .iter()
+            .filter_map(|id| Some((id.clone(), merges.get(&(object, id.clone()))?.clone())))
+            .collect())
     }
 
     async fn list(

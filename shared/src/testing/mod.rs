@@ -203,6 +203,33 @@ impl MemoryCrm {
         }
     }
 
+    /// Merges the record of the app's `loser` into that of `survivor`, as a person in the CRM
+    /// would: the loser's record is gone (and its id with it). Returns both CRM ids.
+    pub fn merge(&self, object: &str, loser: &str, survivor: &str) -> (String, String) {
+        let mut records = locked(&self.records);
+        let records = records.entry(object.to_string()).or_default();
+        let gone = records.remove(loser).expect("the loser exists");
+        let kept = records.get(survivor).expect("the survivor exists");
+        (gone.crm_id, kept.crm_id.clone())
+    }
+
+    /// Deletes the record of the app's `key`, as a person in the CRM would.
+    pub fn delete(&self, object: &str, key: &str) {
+        locked(&self.records)
+            .entry(object.to_string())
+            .or_default()
+            .remove(key);
+    }
+
+    /// The record with CRM id `crm_id`, whatever app id it holds.
+    pub fn by_crm_id(&self, object: &str, crm_id: &str) -> Option<MemoryRecord> {
+        locked(&self.records)
+            .get(object)?
+            .values()
+            .find(|record| record.crm_id == crm_id)
+            .cloned()
+    }
+
     /// How many records of `object` it holds.
     pub fn count(&self, object: &str) -> usize {
         locked(&self.records).get(object).map_or(0, BTreeMap::len)

@@ -127,7 +127,7 @@ pub(crate) async fn batch_put(
     items: Vec<Item>,
 ) -> Result<(), StoreUnavailable> {
     debug_assert!(items.len() <= 25, "one batch call takes at most 25 items");
-    let mut requests: Vec<WriteRequest> = items
+    let requests: Vec<WriteRequest> = items
         .into_iter()
         .map(|item| {
             WriteRequest::builder()
@@ -140,6 +140,38 @@ pub(crate) async fn batch_put(
                 .build()
         })
         .collect();
+    batch_write(client, table, requests).await
+}
+
+/// Deletes the items of `keys` from `table` in one batch call of at most 25, retrying what
+/// DynamoDB leaves unprocessed.
+pub(crate) async fn batch_delete(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    keys: Vec<Item>,
+) -> Result<(), StoreUnavailable> {
+    debug_assert!(keys.len() <= 25, "one batch call takes at most 25 items");
+    let requests = keys
+        .into_iter()
+        .map(|key| {
+            WriteRequest::builder()
+                .delete_request(
+                    aws_sdk_dynamodb::types::DeleteRequest::builder()
+                        .set_key(Some(key))
+                        .build()
+                        .expect("key is set"),
+                )
+                .build()
+        })
+        .collect();
+    batch_write(client, table, requests).await
+}
+
+async fn batch_write(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    mut requests: Vec<WriteRequest>,
+) -> Result<(), StoreUnavailable> {
     let mut rounds = 0;
     while !requests.is_empty() {
         let output = client

@@ -29,6 +29,7 @@ use crate::ports::{InboundUpdate, LeaseOutcome, ListError, RecordClaim, Settleme
 const STATE_SK: &str = "~state";
 /// `pk = CRMOWNER#{object}#{crm id}`: the app record that took over an existing CRM record.
 const OWNER_SK: &str = "~owner";
+const MERGED_SK: &str = "~merged";
 pub const BY_STATUS: &str = "by_status";
 pub const BY_CRM_ID: &str = "by_crm_id";
 pub const BY_EMAIL: &str = "by_email";
@@ -67,6 +68,25 @@ impl DynamoDbSyncState {
             .key("sk", s(STATE_SK))
     }
 
+    /// An operator's mark on an existing record's state (`expression` may use `:now`); a record
+    /// with no state is left alone.
+    async fn mark_state(
+        &self,
+        record: &RecordRef,
+        expression: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreUnavailable> {
+        let result = self
+            .update_state(record)
+            .update_expression(expression)
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":now", n(now_ms))
+            .send()
+            .await;
+        written_or_not(result)?;
+        Ok(())
+    }
+
     /// The states of the records whose keys an index (projecting keys only) returned, in order.
     async fn states_of_keys(&self, keys: &[Item]) -> Result<Vec<RecordState>, StoreUnavailable> {
         let records: Vec<RecordRef> = keys.iter().filter_map(record_of).collect();
@@ -90,6 +110,50 @@ impl DynamoDbSyncState {
         }
         Ok(())
     }
+}
+
+/// `pk = MERGED#{object}#{crm id}`: where the CRM merged a record to.
+fn merged_pk(object: ObjectKind, crm_id: &str) -> String {
+    format!("MERGED#{object}#{crm_id}")
+}
+
+/// The parts of a state update an identity event adds (see [`crate::ports::IdentityUpdate`]).
+fn identity_update(
+    mut request: aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder,
+    record: &RecordRef,
+    identity: &crate::ports::IdentityUpdate,
+    now_ms: i64,
+    set: &mut String,
+    remove: &mut String,
+) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+    if let Some(crm_id) = &identity.crm_id {
+        set.push_str(", crm_id = :crm_id, crm_key = :crm_key, follow_crm_id = :follow");
+        request = request
+            .expression_attribute_values(":crm_id", s(crm_id))
+            .expression_attribute_values(":crm_key", s(format!("{}#{crm_id}", record.object)))
+            .expression_attribute_values(":follow", AttributeValue::Bool(true));
+    }
+    if let Some(reason) = &identity.identity_conflict {
+        set.push_str(", identity_conflict = :identity");
+        request = request.expression_attribute_values(":identity", s(clip(reason)));
+    }
+    if let Some(at_ms) = identity.erased_at_ms {
+        set.push_str(", erased_at = :erased");
+        request = request.expression_attribute_values(":erased", n(at_ms));
+        // What may hold the person's data; `received` and `inbound_at` are emptied by the caller.
+        remove.push_str(
+            ", written, recent_writes, claimed_writes, pending_change, last_change, last_error, \
+             retryable, email_key",
+        );
+    }
+    if let Some(status) = identity.status {
+        set.push_str(", #status = :status, status_at = :status_at");
+        request = request
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":status", s(status.as_str()))
+            .expression_attribute_values(":status_at", s(status_at(now_ms, record)));
+    }
+    request
 }
 
 pub fn record_pk(record: &RecordRef) -> String {
@@ -222,6 +286,13 @@ pub fn state_from_item(item: &Item) -> Option<RecordState> {
             .and_then(|v| v.as_bool().ok())
             .copied()
             .unwrap_or(false),
+        follow_crm_id: item
+            .get("follow_crm_id")
+            .and_then(|v| v.as_bool().ok())
+            .copied()
+            .unwrap_or(false),
+        identity_conflict: text(item, "identity_conflict"),
+        erased_at_ms: number(item, "erased_at"),
     })
 }
 
@@ -492,6 +563,16 @@ impl RecordLeases for DynamoDbSyncState {
                 .expression_attribute_values(":zero", n(0))
                 .expression_attribute_values(":one", n(1))
                 .expression_attribute_values(":now", n(now_ms)),
+            Settlement::Dropped { error } => request
+                .update_expression(
+                    "SET #status = :status, status_at = :status_at, last_error = :error, updated_at = :now \
+                     REMOVE lease_token, lease_until, claimed_writes, pending_change, email_key",
+                )
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":status", s(SyncStatus::Deleted.as_str()))
+                .expression_attribute_values(":status_at", s(status_at(now_ms, record)))
+                .expression_attribute_values(":error", s(clip(error)))
+                .expression_attribute_values(":now", n(now_ms)),
             Settlement::Released { recent_writes } => request
                 .update_expression("SET recent_writes = :recent REMOVE lease_token, lease_until, claimed_writes")
                 .expression_attribute_values(":recent", recent_value(recent_writes)),
@@ -573,14 +654,41 @@ impl RecordLeases for DynamoDbSyncState {
             set.push_str(", written = :written");
             request = request.expression_attribute_values(":written", map_value(written));
         }
+        let mut remove = "lease_token, lease_until".to_string();
+        if let Some(identity) = &update.identity {
+            request = identity_update(request, record, identity, now_ms, &mut set, &mut remove);
+        }
         let result = request
-            .update_expression(format!("SET {set} REMOVE lease_token, lease_until"))
+            .update_expression(format!("SET {set} REMOVE {remove}"))
             .send()
             .await;
         if !written_or_not(result)? {
             tracing::warn!(record = %record, "lease lost before settling inbound work");
         }
         Ok(())
+    }
+
+    async fn record_merge(
+        &self,
+        object: ObjectKind,
+        merged: &[String],
+        survivor: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreUnavailable> {
+        self.put_all(merged, |crm_id: &String| {
+            HashMap::from([
+                ("pk".to_string(), s(merged_pk(object, crm_id))),
+                ("sk".to_string(), s(MERGED_SK)),
+                ("into".to_string(), s(survivor)),
+                ("at".to_string(), n(at_ms)),
+            ])
+        })
+        .await
+    }
+
+    async fn share_crm_record(&self, record: &RecordRef, now_ms: i64) -> Result<(), StoreUnavailable> {
+        self.mark_state(record, "SET updated_at = :now REMOVE identity_conflict", now_ms)
+            .await
     }
 
     async fn claim_crm_record(
@@ -684,14 +792,39 @@ impl RecordJournal for DynamoDbSyncState {
     }
 
     async fn dismiss_conflicts(&self, record: &RecordRef, now_ms: i64) -> Result<(), StoreUnavailable> {
-        let result = self
-            .update_state(record)
-            .update_expression("SET conflicts_dismissed_at = :now REMOVE conflict_flag, conflict_at")
-            .condition_expression("attribute_exists(pk)")
-            .expression_attribute_values(":now", n(now_ms))
-            .send()
-            .await;
-        written_or_not(result)?;
+        self.mark_state(
+            record,
+            "SET conflicts_dismissed_at = :now REMOVE conflict_flag, conflict_at",
+            now_ms,
+        )
+        .await
+    }
+
+    async fn forget(&self, record: &RecordRef) -> Result<(), StoreUnavailable> {
+        for prefix in ["T#", "C#"] {
+            let mut start: Option<Item> = None;
+            loop {
+                let output = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                    .expression_attribute_values(":pk", s(record_pk(record)))
+                    .expression_attribute_values(":prefix", s(prefix))
+                    .projection_expression("pk, sk")
+                    .set_exclusive_start_key(start)
+                    .send()
+                    .await
+                    .map_err(unavailable)?;
+                for chunk in output.items().chunks(25) {
+                    super::batch_delete(&self.client, &self.table, chunk.to_vec()).await?;
+                }
+                start = output.last_evaluated_key().cloned();
+                if start.is_none() {
+                    break;
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -722,11 +855,12 @@ impl RecordQueries for DynamoDbSyncState {
         Ok(found)
     }
 
-    async fn find_by_crm_id(
+    async fn holders(
         &self,
         object: ObjectKind,
         crm_id: &str,
-    ) -> Result<Option<RecordState>, StoreUnavailable> {
+        limit: usize,
+    ) -> Result<Vec<RecordState>, StoreUnavailable> {
         let output = self
             .client
             .query()
@@ -734,12 +868,43 @@ impl RecordQueries for DynamoDbSyncState {
             .index_name(BY_CRM_ID)
             .key_condition_expression("crm_key = :key")
             .expression_attribute_values(":key", s(format!("{object}#{crm_id}")))
-            .limit(1)
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
             .send()
             .await
             .map_err(unavailable)?;
+        // The index is eventually consistent: a state read since moved on is no holder.
         let found = self.states_of_keys(output.items()).await?;
-        Ok(found.into_iter().next())
+        Ok(found
+            .into_iter()
+            .filter(|state| state.crm_id.as_deref() == Some(crm_id))
+            .collect())
+    }
+
+    async fn merged_into(
+        &self,
+        object: ObjectKind,
+        crm_ids: &[String],
+    ) -> Result<HashMap<String, String>, StoreUnavailable> {
+        let mut keys: Vec<Item> = crm_ids
+            .iter()
+            .map(|crm_id| {
+                HashMap::from([
+                    ("pk".to_string(), s(merged_pk(object, crm_id))),
+                    ("sk".to_string(), s(MERGED_SK)),
+                ])
+            })
+            .collect();
+        keys.sort_by(|a, b| a["pk"].as_s().ok().cmp(&b["pk"].as_s().ok()));
+        keys.dedup();
+        let prefix = merged_pk(object, "");
+        Ok(super::batch_get(&self.client, &self.table, keys, None)
+            .await?
+            .iter()
+            .filter_map(|item| {
+                let from = text(item, "pk")?.strip_prefix(&prefix)?.to_string();
+                Some((from, text(item, "into")?))
+            })
+            .collect())
     }
 
     async fn record(

@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use super::signature;
 use crate::domain::contract::ObjectKind;
+use crate::domain::identity::{IdentityChange, IdentityKind};
 use crate::domain::inbound::{event_subject, CrmChange, InboundMessage, Interpretation};
 use crate::domain::webhook::check_identifier;
 use crate::domain::{AuthError, InboundEvent, ParseError, ProviderId, WebhookRequest};
@@ -186,6 +187,9 @@ pub fn interpret(message: &InboundMessage) -> Interpretation {
             }
         }
         "creation" => None,
+        "merge" | "restore" | "privacyDeletion" => {
+            return identity(message, subject.object, subject.crm_id, action, source)
+        }
         other => {
             return Interpretation::Ignore(format!(
                 "{}.{other} events are not synced",
@@ -201,6 +205,60 @@ pub fn interpret(message: &InboundMessage) -> Interpretation {
         from_integration,
         created: action == "creation",
         properties,
+    })
+}
+
+/// A merge, restore or privacy deletion. A merge names the survivor `newObjectId` when HubSpot
+/// made a new record of the merge (contacts and companies), else `primaryObjectId`; every other id
+/// it names (the primary's included, when a new record replaced it) is merged away.
+fn identity(
+    message: &InboundMessage,
+    object: ObjectKind,
+    crm_id: String,
+    action: &str,
+    source: String,
+) -> Interpretation {
+    let event = &message.event;
+    let id = |value: &Value| match value {
+        Value::String(text) => Some(text.clone()),
+        Value::Number(number) => Some(number.to_string()),
+        _ => None,
+    };
+    let kind = match action {
+        "restore" => IdentityKind::Restored,
+        "privacyDeletion" => IdentityKind::Erased,
+        _ => {
+            let named = |name: &str| event.get(name).and_then(id);
+            let survivor = named("newObjectId")
+                .or_else(|| named("primaryObjectId"))
+                .unwrap_or_else(|| crm_id.clone());
+            let merged = event
+                .get("mergedObjectIds")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(id)
+                .chain(named("primaryObjectId"))
+                .chain(Some(crm_id));
+            return match IdentityChange::merge(
+                object,
+                survivor,
+                named("primaryObjectId"),
+                merged,
+                message.occurred_at_ms,
+                source,
+            ) {
+                Some(change) => Interpretation::Identity(change),
+                None => Interpretation::Ignore("a merge that names no record merged away".into()),
+            };
+        }
+    };
+    Interpretation::Identity(IdentityChange {
+        object,
+        crm_id,
+        kind,
+        occurred_at_ms: message.occurred_at_ms,
+        source,
     })
 }
 
@@ -542,6 +600,55 @@ mod tests {
         assert!(matches!(
             interpret(&redacted),
             Interpretation::Change(CrmChange { properties: None, .. })
+        ));
+    }
+
+    #[test]
+    fn a_merge_names_the_new_record_as_survivor_and_every_other_id_as_merged_away() {
+        let event = serde_json::json!({
+            "objectId": 7, "primaryObjectId": 7, "mergedObjectIds": [102, 103],
+            "newObjectId": 200, "numberOfPropertiesMoved": 4, "changeSource": "CRM_UI"
+        });
+        let Interpretation::Identity(change) = interpret(&inbound("contact.merge", event)) else {
+            panic!("a merge is an identity change");
+        };
+        assert_eq!(change.crm_id, "200");
+        assert_eq!(
+            change.kind,
+            IdentityKind::Merged {
+                merged: vec!["102".into(), "103".into(), "7".into()],
+                primary: Some("7".into())
+            }
+        );
+        // Deals keep the primary's id: it survives.
+        let event = serde_json::json!({"objectId": 7, "primaryObjectId": 7, "mergedObjectIds": [8]});
+        let Interpretation::Identity(change) = interpret(&inbound("deal.merge", event)) else {
+            panic!("a deal merge is an identity change");
+        };
+        assert_eq!((change.object, change.crm_id.as_str()), (ObjectKind::Deal, "7"));
+        assert_eq!(
+            change.kind,
+            IdentityKind::Merged {
+                merged: vec!["8".into()],
+                primary: None
+            }
+        );
+    }
+
+    #[test]
+    fn restores_and_privacy_deletions_are_identity_changes_and_a_bare_deletion_is_not() {
+        for (kind, expected) in [
+            ("contact.restore", IdentityKind::Restored),
+            ("contact.privacyDeletion", IdentityKind::Erased),
+        ] {
+            let Interpretation::Identity(change) = interpret(&inbound(kind, serde_json::json!({}))) else {
+                panic!("{kind} is an identity change");
+            };
+            assert_eq!(change.kind, expected);
+        }
+        assert!(matches!(
+            interpret(&inbound("contact.deletion", serde_json::json!({}))),
+            Interpretation::Ignore(_)
         ));
     }
 

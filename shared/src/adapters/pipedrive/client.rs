@@ -859,7 +859,7 @@ impl Crm for PipedriveClient {
             return self.update_note(input).await;
         }
         Ok(self
-            .write_by_id(object, &input.crm_id, &input.properties, &BTreeMap::new())
+            .write_by_id(object, &input.crm_id, &input.properties, &input.written_before)
             .await?
             .unwrap_or_else(|| Self::missing(format!("PATCH /{object}/{{id}} -> 404"))))
     }

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::domain::contract::ObjectKind;
+use crate::domain::identity::IdentityChange;
 use crate::domain::inbound::{event_subject, CrmChange, InboundMessage, Interpretation};
 use crate::domain::webhook::check_identifier;
 use crate::domain::{AuthError, InboundEvent, ParseError, ProviderId, WebhookRequest};
@@ -223,6 +224,26 @@ pub fn interpret(message: &InboundMessage) -> Interpretation {
             changed
         }
         ("create" | "change", None) => return Interpretation::Ignore("the event carries no data".into()),
+        // A merge: the loser is deleted with the survivor's id in `meta.merged_to_id` (the
+        // survivor's own `change` follows as a separate event).
+        ("delete", _) => {
+            let survivor = match event.pointer("/meta/merged_to_id") {
+                Some(Value::String(id)) => id.clone(),
+                Some(Value::Number(id)) => id.to_string(),
+                _ => return Interpretation::Ignore(format!("{entity}.delete events are not synced")),
+            };
+            return match IdentityChange::merge(
+                subject.object,
+                survivor,
+                None,
+                [subject.crm_id],
+                message.occurred_at_ms,
+                source,
+            ) {
+                Some(change) => Interpretation::Identity(change),
+                None => Interpretation::Ignore("a merge of a record into itself".into()),
+            };
+        }
         (other, _) => return Interpretation::Ignore(format!("{entity}.{other} events are not synced")),
     };
     Interpretation::Change(CrmChange {
@@ -539,6 +560,21 @@ mod tests {
         assert!(
             matches!(interpret(&message(&organization)), Interpretation::Ignore(reason) if reason.contains("organization"))
         );
+    }
+
+    #[test]
+    fn a_delete_carrying_merged_to_id_is_a_merge_into_that_record() {
+        let merged = CHANGE
+            .replace(r#""action":"change""#, r#""action":"delete""#)
+            .replace(r#""version":"2.0""#, r#""version":"2.0","merged_to_id":"4410""#);
+        let Interpretation::Identity(change) = interpret(&message(&merged)) else {
+            panic!("a merge is an identity change");
+        };
+        assert_eq!(change.crm_id, "4410");
+        let crate::domain::identity::IdentityKind::Merged { merged, .. } = change.kind else {
+            panic!("a merge");
+        };
+        assert_eq!(merged, vec![message(CHANGE).object_id.unwrap()]);
     }
 
     #[test]

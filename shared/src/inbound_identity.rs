@@ -1,0 +1,366 @@
+//! Identity events in the inbound use case: a merge re-points the app records of the merged-away
+//! CRM ids to the survivor, a restore re-links, a privacy deletion erases. Each is rare, so each
+//! is carried out on its own: its records leased together, the app told, then each record settled.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use super::{InboundService, Tally};
+use crate::domain::contract::RecordRef;
+use crate::domain::identity::{
+    merged_message, plan_merge, record_message, Holder, IdentityChange, IdentityKind, IdentityUpdate,
+    MergePlan, MAX_HOLDERS,
+};
+use crate::domain::inbound::{ConflictEntry, InboundMessage};
+use crate::domain::sync::{RecordState, SyncStatus, TimelineEntry, TimelineKind};
+use crate::ports::{EventOutcome, InboundUpdate, LeaseOutcome, OutgoingMessage};
+use crate::worker::Disposition;
+
+/// An identity event waiting in a batch.
+pub(super) struct IdentityWork {
+    pub message_id: String,
+    pub attempts: u32,
+    pub message: InboundMessage,
+    pub change: IdentityChange,
+}
+
+/// What carrying out the batch's identity events left to record.
+#[derive(Default)]
+pub(super) struct IdentityEffects {
+    pub timeline: Vec<TimelineEntry>,
+    /// Records erased: no entry of this batch may bring their values back.
+    pub erased: HashSet<RecordRef>,
+}
+
+/// How one identity event ended, before its outcome is recorded.
+enum Ended {
+    Done(EventOutcome, String),
+    /// Not now: the event is delivered again (`None`: at once, `Some`: after a delay).
+    Again(Option<Duration>),
+}
+
+impl InboundService {
+    /// Carries out the batch's identity events, oldest first.
+    pub(super) async fn apply_identities(
+        &self,
+        mut work: Vec<IdentityWork>,
+        batch: &mut Tally,
+    ) -> IdentityEffects {
+        work.sort_by(|a, b| {
+            (a.change.occurred_at_ms, &a.message.event_key)
+                .cmp(&(b.change.occurred_at_ms, &b.message.event_key))
+        });
+        let mut effects = IdentityEffects::default();
+        for item in work {
+            let ended = self.apply_identity(&item, batch.now_ms, &mut effects).await;
+            let disposition = match ended {
+                Ended::Done(outcome, detail) => {
+                    match outcome {
+                        EventOutcome::Applied => batch.report.applied += 1,
+                        _ => batch.report.skipped += 1,
+                    }
+                    batch.outcomes.push((item.message.clone(), outcome, detail));
+                    Disposition::Done
+                }
+                Ended::Again(None) => Disposition::Redeliver,
+                Ended::Again(Some(delay)) => Disposition::Retry {
+                    delay,
+                    attempts: item.attempts,
+                },
+            };
+            batch.dispositions.insert(item.message_id.clone(), disposition);
+        }
+        effects
+    }
+
+    async fn apply_identity(&self, item: &IdentityWork, now_ms: i64, effects: &mut IdentityEffects) -> Ended {
+        let change = &item.change;
+        if let IdentityKind::Merged { merged, .. } = &change.kind {
+            // First, so that a write naming a merged-away id follows it even if no app record
+            // moves now (the merge may reach crm-sync before the record's first write settles).
+            if let Err(error) = self
+                .leases
+                .record_merge(change.object, merged, &change.crm_id, change.occurred_at_ms)
+                .await
+            {
+                tracing::error!(error = ?anyhow::Error::from(error), "could not record a merge");
+                return Ended::Again(None);
+            }
+        }
+        let ids: Vec<String> = match &change.kind {
+            IdentityKind::Merged { merged, .. } => merged.iter().chain([&change.crm_id]).cloned().collect(),
+            _ => vec![change.crm_id.clone()],
+        };
+        let mut holders = Vec::new();
+        for crm_id in &ids {
+            match self.queries.holders(change.object, crm_id, MAX_HOLDERS).await {
+                Ok(found) => holders.extend(found.into_iter().map(|state| Holder {
+                    record: state.record,
+                    crm_id: crm_id.clone(),
+                })),
+                Err(error) => {
+                    tracing::error!(error = ?anyhow::Error::from(error), "could not find the app records of a CRM id");
+                    return Ended::Again(None);
+                }
+            }
+        }
+        let plan = match &change.kind {
+            IdentityKind::Merged { merged, primary } => {
+                plan_merge(&change.crm_id, primary.as_deref(), merged, &holders)
+            }
+            _ => MergePlan {
+                owners: holders.iter().map(|h| h.record.clone()).collect(),
+                moved: Vec::new(),
+            },
+        };
+        let records = plan.records();
+        if records.is_empty() {
+            return Ended::Done(
+                EventOutcome::Ignored,
+                format!("no app record has {} CRM id {}", change.object, ids.join(" or ")),
+            );
+        }
+        let token = uuid::Uuid::new_v4().to_string();
+        let Some(states) = self.lease_all(&records, &token, now_ms).await else {
+            return Ended::Again(Some(self.settings.busy_delay));
+        };
+        if states.iter().all(|state| state.acted_on(&item.message.event_key)) {
+            self.release_all(&states, &token, now_ms).await;
+            return Ended::Done(
+                EventOutcome::Ignored,
+                "a copy of an event already acted on for this record".into(),
+            );
+        }
+        let messages = self.identity_messages(item, &plan, &states);
+        if !self.app_inbox.send(&messages).await.is_empty() {
+            self.release_all(&states, &token, now_ms).await;
+            return Ended::Again(None);
+        }
+        let detail = self
+            .settle_identity(item, &plan, &states, &token, now_ms, effects)
+            .await;
+        match detail {
+            Some(detail) => Ended::Done(EventOutcome::Applied, detail),
+            None => Ended::Again(None),
+        }
+    }
+
+    /// Leases every record, or none: a record leased elsewhere makes the event wait.
+    async fn lease_all(&self, records: &[RecordRef], token: &str, now_ms: i64) -> Option<Vec<RecordState>> {
+        let until = now_ms + i64::try_from(self.settings.lease.as_millis()).unwrap_or(i64::MAX / 2);
+        let mut states = Vec::new();
+        for record in records {
+            match self.leases.lease(record, token, now_ms, until).await {
+                Ok(LeaseOutcome::Leased(state)) => states.push(*state),
+                Ok(LeaseOutcome::Busy) | Err(_) => {
+                    self.release_all(&states, token, now_ms).await;
+                    return None;
+                }
+            }
+        }
+        Some(states)
+    }
+
+    async fn release_all(&self, states: &[RecordState], token: &str, now_ms: i64) {
+        for state in states {
+            if let Err(error) = self
+                .leases
+                .settle_inbound(&state.record, token, now_ms, &InboundUpdate::unchanged(state))
+                .await
+            {
+                tracing::warn!(record = %state.record, error = ?anyhow::Error::from(error), "could not release a lease; it runs out");
+            }
+        }
+    }
+
+    /// The app-inbox messages an identity event makes: one for a merge, one per record otherwise.
+    fn identity_messages(
+        &self,
+        item: &IdentityWork,
+        plan: &MergePlan,
+        states: &[RecordState],
+    ) -> Vec<OutgoingMessage> {
+        let change = &item.change;
+        let message = &item.message;
+        match &change.kind {
+            IdentityKind::Merged { merged, .. } => vec![OutgoingMessage::new(
+                item.message_id.clone(),
+                merged_message(
+                    change.object,
+                    &message.provider,
+                    &change.crm_id,
+                    merged,
+                    plan,
+                    change.occurred_at_ms,
+                    &change.source,
+                    &message.event_key,
+                ),
+            )],
+            kind => states
+                .iter()
+                .enumerate()
+                .map(|(index, state)| {
+                    OutgoingMessage::new(
+                        format!("{}-{index}", item.message_id),
+                        record_message(
+                            kind,
+                            &state.record,
+                            state.inbox_sequence + 1,
+                            &message.provider,
+                            &change.crm_id,
+                            change.occurred_at_ms,
+                            &change.source,
+                            &message.event_key,
+                        ),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Each record's update under its lease, with its timeline entry (and, for two app records
+    /// on one CRM record, a conflict each). Returns the event's outcome detail, `None` when a
+    /// record could not be settled (the event is acted on again; what settled stays settled).
+    async fn settle_identity(
+        &self,
+        item: &IdentityWork,
+        plan: &MergePlan,
+        states: &[RecordState],
+        token: &str,
+        now_ms: i64,
+        effects: &mut IdentityEffects,
+    ) -> Option<String> {
+        let change = &item.change;
+        let conflict = plan.is_identity_conflict();
+        let mut all_settled = true;
+        for state in states {
+            let record = &state.record;
+            let moved_from = plan
+                .moved
+                .iter()
+                .find(|(r, _)| r == record)
+                .map(|(_, from)| from.clone());
+            let mut update = InboundUpdate::unchanged(state);
+            update.acted_on(&item.message.event_key);
+            let mut identity = IdentityUpdate::default();
+            let detail = match (&change.kind, &moved_from) {
+                (IdentityKind::Merged { .. }, Some(from)) => {
+                    identity.crm_id = Some(change.crm_id.clone());
+                    identity.identity_conflict = plan.conflict_reason(record, &change.crm_id);
+                    format!(
+                        "merged in the CRM ({}): CRM record {from} into CRM record {}, which this record \
+                         follows from now on{}",
+                        change.source,
+                        change.crm_id,
+                        identity
+                            .identity_conflict
+                            .as_ref()
+                            .map(|reason| format!("; {reason}"))
+                            .unwrap_or_default()
+                    )
+                }
+                (IdentityKind::Merged { merged, .. }, None) => format!(
+                    "merged in the CRM ({}): CRM record{} {} merged into this record's CRM record {}{}",
+                    change.source,
+                    if merged.len() == 1 { "" } else { "s" },
+                    merged.join(", "),
+                    change.crm_id,
+                    if conflict {
+                        let others: Vec<String> = plan
+                            .records()
+                            .into_iter()
+                            .filter(|r| r != record)
+                            .map(|r| r.record_id)
+                            .collect();
+                        format!(
+                            "; app record {} now points here too (an identity conflict)",
+                            others.join(", ")
+                        )
+                    } else {
+                        String::new()
+                    }
+                ),
+                (IdentityKind::Restored, _) => {
+                    update.inbox_sequence += 1;
+                    if state.status == SyncStatus::Deleted && state.erased_at_ms.is_none() {
+                        identity.status = Some(SyncStatus::Synced);
+                    }
+                    format!(
+                        "restored in the CRM ({}): CRM record {} is back and still this record's",
+                        change.source, change.crm_id
+                    )
+                }
+                (IdentityKind::Erased, _) => {
+                    update.inbox_sequence += 1;
+                    update.inbound_at = BTreeMap::new();
+                    update.received = BTreeMap::new();
+                    identity.erased_at_ms = Some(change.occurred_at_ms);
+                    identity.status = Some(SyncStatus::Deleted);
+                    if let Err(error) = self.history.forget(record).await {
+                        tracing::error!(record = %record, error = ?anyhow::Error::from(error), "could not forget an erased record's history");
+                        all_settled = false;
+                        self.release_all(std::slice::from_ref(state), token, now_ms).await;
+                        continue;
+                    }
+                    effects.erased.insert(record.clone());
+                    format!(
+                        "erased in the CRM by a privacy deletion ({}): crm-sync forgot the record's values \
+                         and history and refuses its changes",
+                        change.source
+                    )
+                }
+            };
+            if conflict && matches!(change.kind, IdentityKind::Merged { .. }) {
+                update.new_conflicts += 1;
+                let entry = ConflictEntry {
+                    record: record.clone(),
+                    at_ms: change.occurred_at_ms,
+                    field: "(identity)".into(),
+                    crm_property: "(merge)".into(),
+                    app_value: Some(record.record_id.clone()),
+                    crm_value: format!(
+                        "CRM record {} is app records {}",
+                        change.crm_id,
+                        plan.records()
+                            .iter()
+                            .map(|r| r.record_id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    source: change.source.clone(),
+                    event_key: item.message.event_key.clone(),
+                    resolution: "the moved records' writes wait for the app or an operator".into(),
+                };
+                if let Err(error) = self.history.append_conflicts(&[entry]).await {
+                    tracing::error!(record = %record, error = ?anyhow::Error::from(error), "could not journal an identity conflict");
+                    all_settled = false;
+                    self.release_all(std::slice::from_ref(state), token, now_ms).await;
+                    continue;
+                }
+            }
+            update.identity = Some(identity);
+            if let Err(error) = self.leases.settle_inbound(record, token, now_ms, &update).await {
+                tracing::error!(record = %record, error = ?anyhow::Error::from(error), "could not settle an identity event");
+                all_settled = false;
+                continue;
+            }
+            effects.timeline.push(TimelineEntry {
+                record: record.clone(),
+                at_ms: change.occurred_at_ms,
+                kind: TimelineKind::Identity,
+                idempotency_id: Some(item.message.event_key.clone()),
+                detail,
+                call: None,
+            });
+        }
+        all_settled.then(|| {
+            let names: Vec<&str> = states.iter().map(|s| s.record.record_id.as_str()).collect();
+            format!(
+                "{}: app record{} {}",
+                change.kind.as_str(),
+                if names.len() == 1 { "" } else { "s" },
+                names.join(", ")
+            )
+        })
+    }
+}

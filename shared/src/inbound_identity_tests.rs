@@ -1,0 +1,369 @@
+//! Identity events against in-memory ports: merges, restores, privacy deletions, and what the
+//! outbound sync makes of them. End to end, with the sandboxes merging as people would, in
+//! `tests/integration/identity.rs`.
+
+use super::*;
+use crate::domain::sync::{SyncStatus, TimelineKind};
+use crate::ports::Crm;
+
+/// Syncs a contact with `record_id` and `email`; returns its CRM id.
+async fn synced_as(h: &Harness, record_id: &str, email: &str, at_ms: i64) -> String {
+    let change = SyncMessage {
+        message_id: format!("out-{record_id}-{at_ms}"),
+        body: json!({"version": 1, "type": "contact.upsert", "record_id": record_id,
+                     "idempotency_id": format!("c-{record_id}-{at_ms}"), "changed_at": at_ms,
+                     "data": {"email": email}})
+        .to_string(),
+        attributes: HashMap::new(),
+    };
+    h.outbound.process(vec![change], deadline()).await;
+    state_of(h, record_id).await.crm_id.expect("synced")
+}
+
+async fn state_of(h: &Harness, record_id: &str) -> crate::domain::sync::RecordState {
+    let record = RecordRef {
+        object: ObjectKind::Contact,
+        record_id: record_id.into(),
+    };
+    h.state.record(&record, 1).await.unwrap().unwrap().0
+}
+
+async fn timeline_of(h: &Harness, record_id: &str) -> Vec<crate::domain::sync::TimelineEntry> {
+    let record = RecordRef {
+        object: ObjectKind::Contact,
+        record_id: record_id.into(),
+    };
+    h.state.record(&record, 50).await.unwrap().unwrap().1
+}
+
+/// A HubSpot identity event (`contact.merge`, `contact.restore`, `contact.privacyDeletion`).
+fn identity(key: &str, kind: &str, crm_id: &str, extra: Value) -> SyncMessage {
+    let mut event = json!({"eventId": 1, "subscriptionId": 2, "portalId": 3, "occurredAt": NOW - 500,
+                           "subscriptionType": kind, "objectId": crm_id, "changeSource": "CRM_UI"});
+    for (name, value) in extra.as_object().unwrap() {
+        event[name] = value.clone();
+    }
+    SyncMessage {
+        message_id: key.into(),
+        body: json!({"version": 1, "provider": "hubspot", "event_key": key, "delivery_id": "d-1",
+                     "received_at_ms": NOW, "kind": kind, "object_type": "contact",
+                     "object_id": crm_id, "occurred_at_ms": NOW - 500, "event": event})
+        .to_string(),
+        attributes: HashMap::new(),
+    }
+}
+
+fn merge(key: &str, survivor: &str, merged: &[&str]) -> SyncMessage {
+    identity(
+        key,
+        "contact.merge",
+        survivor,
+        json!({"primaryObjectId": survivor, "mergedObjectIds": merged}),
+    )
+}
+
+fn upsert(record_id: &str, at_ms: i64, data: Value) -> SyncMessage {
+    SyncMessage {
+        message_id: format!("up-{record_id}-{at_ms}"),
+        body: json!({"version": 1, "type": "contact.upsert", "record_id": record_id,
+                     "idempotency_id": format!("u-{record_id}-{at_ms}"), "changed_at": at_ms, "data": data})
+        .to_string(),
+        attributes: HashMap::new(),
+    }
+}
+
+#[tokio::test]
+async fn a_merge_moves_the_app_record_of_the_merged_away_id_to_the_survivor_and_tells_the_app_once() {
+    let h = harness();
+    let loser = synced_as(&h, "user-1", "ada@example.com", NOW - 60_000).await;
+    // A CRM contact of no app record: a rep's own entry of the same person.
+    let survivor = match h
+        .crm
+        .upsert(
+            "contacts",
+            "crm_sync_app_id",
+            &[crate::domain::crm::UpsertInput::new(
+                "rep-entry",
+                Default::default(),
+            )],
+        )
+        .await
+        .unwrap()
+        .outcomes[0]
+        .clone()
+    {
+        crate::domain::crm::InputOutcome::Done { crm_id, .. } => crm_id,
+        other => panic!("{other:?}"),
+    };
+    h.crm.merge("contacts", "user-1", "rep-entry");
+    let event = merge("m-1", &survivor, &[&loser]);
+
+    h.inbound.process(vec![event.clone()], deadline()).await;
+    h.inbound.process(vec![event], deadline()).await;
+
+    let messages = inbox(&h);
+    let merged: Vec<&Value> = messages.iter().filter(|m| m["type"] == "crm.merged").collect();
+    assert_eq!(merged.len(), 1, "{messages:?}");
+    assert_eq!(merged[0]["version"], 2);
+    assert_eq!(merged[0]["crm_id"], survivor.as_str());
+    assert_eq!(merged[0]["merged_crm_ids"], json!([loser]));
+    assert!(merged[0]["moved_record_ids"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("user-1")));
+    let state = state_of(&h, "user-1").await;
+    assert_eq!(state.crm_id.as_deref(), Some(survivor.as_str()));
+    assert!(state.follow_crm_id);
+    let timeline = timeline_of(&h, "user-1").await;
+    assert!(
+        timeline
+            .iter()
+            .any(|e| e.kind == TimelineKind::Identity
+                && e.detail.contains(&format!("into CRM record {survivor}"))),
+        "{timeline:?}"
+    );
+    assert_eq!(
+        h.journal.outcome("hubspot", "m-1").unwrap().0,
+        EventOutcome::Applied
+    );
+}
+
+#[tokio::test]
+async fn a_write_after_a_merge_goes_to_the_survivor_and_creates_nothing() {
+    let h = harness();
+    let loser = synced_as(&h, "user-1", "ada@example.com", NOW - 60_000).await;
+    let survivor = synced_as(&h, "user-2", "ada@work.example", NOW - 59_000).await;
+    h.crm.merge("contacts", "user-1", "user-2");
+    h.inbound
+        .process(vec![merge("m-1", &survivor, &[&loser])], deadline())
+        .await;
+    h.state.share_crm_record(&user(), NOW).await.unwrap();
+    let before = h.crm.count("contacts");
+
+    h.outbound
+        .process(
+            vec![upsert("user-1", NOW - 10_000, json!({"first_name": "Ada"}))],
+            deadline(),
+        )
+        .await;
+
+    assert_eq!(h.crm.count("contacts"), before, "no contact created");
+    let written = h.crm.by_crm_id("contacts", &survivor).unwrap();
+    assert_eq!(written.properties["firstname"], "Ada");
+    // The survivor keeps the id of the app record it already was.
+    assert_ne!(
+        written.properties.get("crm_sync_app_id").map(String::as_str),
+        Some("user-1")
+    );
+    assert_eq!(state_of(&h, "user-1").await.status, SyncStatus::Synced);
+}
+
+#[tokio::test]
+async fn two_app_records_on_one_crm_record_are_an_identity_conflict_that_holds_the_moved_ones_writes() {
+    let h = harness();
+    let loser = synced_as(&h, "user-1", "ada@example.com", NOW - 60_000).await;
+    let survivor = synced_as(&h, "user-2", "ada@work.example", NOW - 59_000).await;
+    h.crm.merge("contacts", "user-1", "user-2");
+
+    h.inbound
+        .process(vec![merge("m-1", &survivor, &[&loser])], deadline())
+        .await;
+
+    let messages = inbox(&h);
+    assert_eq!(messages[0]["identity_conflict"], true);
+    assert_eq!(messages[0]["record_ids"], json!(["user-2", "user-1"]));
+    let moved = state_of(&h, "user-1").await;
+    let reason = moved.identity_conflict.clone().expect("an identity conflict");
+    assert!(reason.contains("app record user-2 also holds"), "{reason}");
+    for record_id in ["user-1", "user-2"] {
+        let state = state_of(&h, record_id).await;
+        assert!(state.open_conflicts, "{record_id} shows in the open conflicts");
+    }
+    // The moved record's write waits for a decision, in the dead-letter queue with its reason.
+    let calls = h.crm.calls();
+    h.outbound
+        .process(
+            vec![upsert("user-1", NOW - 10_000, json!({"first_name": "Ada"}))],
+            deadline(),
+        )
+        .await;
+    assert_eq!(h.crm.calls(), calls, "no CRM call for a held record");
+    let held = state_of(&h, "user-1").await;
+    assert_eq!(held.status, SyncStatus::Failed);
+    assert!(held.last_error.unwrap().starts_with("held: identity conflict"));
+    // The app merges its records and deletes the duplicate: unlinked, the CRM record stays.
+    let delete = SyncMessage {
+        message_id: "del-1".into(),
+        body: json!({"version": 1, "type": "contact.delete", "record_id": "user-1",
+                     "idempotency_id": "d-1", "changed_at": NOW - 5_000})
+        .to_string(),
+        attributes: HashMap::new(),
+    };
+    h.outbound.process(vec![delete], deadline()).await;
+    assert!(h.crm.by_crm_id("contacts", &survivor).is_some(), "not archived");
+    let deleted = state_of(&h, "user-1").await;
+    assert_eq!(deleted.status, SyncStatus::Deleted);
+    let timeline = timeline_of(&h, "user-1").await;
+    assert!(
+        timeline[0].detail.starts_with("unlinked: CRM record"),
+        "{:?}",
+        timeline[0]
+    );
+}
+
+#[tokio::test]
+async fn a_write_follows_a_chain_of_merges_recorded_before_its_record_moved() {
+    let h = harness();
+    let first = synced_as(&h, "user-1", "ada@example.com", NOW - 60_000).await;
+    let last = synced_as(&h, "user-9", "ada@last.example", NOW - 59_000).await;
+    h.crm.merge("contacts", "user-1", "user-9");
+    // A into B, then B into C, recorded while no app record was on B.
+    h.state
+        .record_merge(
+            ObjectKind::Contact,
+            std::slice::from_ref(&first),
+            "intermediate",
+            NOW,
+        )
+        .await
+        .unwrap();
+    h.state
+        .record_merge(ObjectKind::Contact, &["intermediate".into()], &last, NOW)
+        .await
+        .unwrap();
+    let before = h.crm.count("contacts");
+
+    h.outbound
+        .process(
+            vec![upsert("user-1", NOW - 10_000, json!({"first_name": "Ada"}))],
+            deadline(),
+        )
+        .await;
+
+    assert_eq!(h.crm.count("contacts"), before);
+    assert_eq!(
+        h.crm.by_crm_id("contacts", &last).unwrap().properties["firstname"],
+        "Ada"
+    );
+    assert_eq!(
+        state_of(&h, "user-1").await.crm_id.as_deref(),
+        Some(last.as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_record_gone_from_the_crm_waits_one_retry_for_a_merge_then_is_created_anew() {
+    let h = harness();
+    let gone = synced_as(&h, "user-1", "ada@example.com", NOW - 60_000).await;
+    h.crm.delete("contacts", "user-1");
+    h.retries.take();
+
+    h.outbound
+        .process(
+            vec![upsert("user-1", NOW - 10_000, json!({"first_name": "Ada"}))],
+            deadline(),
+        )
+        .await;
+    let waiting = state_of(&h, "user-1").await;
+    assert_eq!(waiting.status, SyncStatus::Pending);
+    assert!(waiting.last_error.unwrap().contains("is gone from the CRM"));
+    assert_eq!(h.crm.count("contacts"), 0, "not re-created at once");
+
+    // No merge named it by the retry: a person deleted it, and the app still has it.
+    let retry = h.retries.take().pop().expect("a retry");
+    h.outbound
+        .process(
+            vec![SyncMessage {
+                message_id: "again".into(),
+                body: retry.body,
+                attributes: retry.attributes.iter().cloned().collect(),
+            }],
+            deadline(),
+        )
+        .await;
+    let state = state_of(&h, "user-1").await;
+    assert_eq!(state.status, SyncStatus::Synced, "{:?}", state.last_error);
+    assert_ne!(state.crm_id.as_deref(), Some(gone.as_str()));
+    assert_eq!(h.crm.count("contacts"), 1);
+}
+
+#[tokio::test]
+async fn a_restore_in_the_crm_tells_the_app_and_keeps_the_link() {
+    let h = harness();
+    let crm_id = synced_as(&h, "user-1", "ada@example.com", NOW - 60_000).await;
+
+    h.inbound
+        .process(
+            vec![identity("r-1", "contact.restore", &crm_id, json!({}))],
+            deadline(),
+        )
+        .await;
+
+    let messages = inbox(&h);
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0]["type"], "crm.restored");
+    assert_eq!(messages[0]["record_id"], "user-1");
+    assert_eq!(messages[0]["sequence"], 1);
+    assert_eq!(
+        state_of(&h, "user-1").await.crm_id.as_deref(),
+        Some(crm_id.as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_privacy_deletion_forgets_the_records_values_and_history_and_refuses_its_changes() {
+    let h = harness();
+    let crm_id = synced_as(&h, "user-1", "ada@example.com", NOW - 60_000).await;
+    h.inbound
+        .process(
+            vec![change(
+                "e-1",
+                &crm_id,
+                NOW - 2_000,
+                "lifecyclestage",
+                "lead",
+                "CRM_UI",
+            )],
+            deadline(),
+        )
+        .await;
+    inbox(&h);
+
+    h.inbound
+        .process(
+            vec![identity("p-1", "contact.privacyDeletion", &crm_id, json!({}))],
+            deadline(),
+        )
+        .await;
+
+    let messages = inbox(&h);
+    assert_eq!(messages[0]["type"], "crm.erased");
+    assert_eq!(messages[0]["sequence"], 2);
+    let state = state_of(&h, "user-1").await;
+    assert_eq!(state.status, SyncStatus::Deleted);
+    assert!(state.erased_at_ms.is_some());
+    assert!(state.written.is_empty() && state.received.is_empty() && state.last_change.is_none());
+    let timeline = timeline_of(&h, "user-1").await;
+    assert_eq!(timeline.len(), 1, "only that it happened: {timeline:?}");
+    assert!(!timeline[0].detail.contains("ada@"), "{}", timeline[0].detail);
+    assert!(h.state.conflicts(&user(), 10).await.unwrap().is_empty());
+
+    // A change the app sends afterwards is refused and kept nowhere.
+    let calls = h.crm.calls();
+    h.retries.take();
+    h.outbound
+        .process(
+            vec![upsert("user-1", NOW - 1_000, json!({"email": "ada@new.example"}))],
+            deadline(),
+        )
+        .await;
+    assert_eq!(h.crm.calls(), calls);
+    assert!(h.retries.take().is_empty(), "not dead-lettered, not retried");
+    let state = state_of(&h, "user-1").await;
+    assert_eq!(state.pending_change, None);
+    assert_eq!(state.status, SyncStatus::Deleted);
+    assert!(state
+        .last_error
+        .unwrap()
+        .contains("erased this record for privacy"));
+}

@@ -1,0 +1,323 @@
+//! Identity that survives the CRM, through the local stack: people merge, restore and erase
+//! contacts in HubSpot's and Pipedrive's sandboxes, which post each vendor's events back.
+
+use crm_sync::domain::contract::{ObjectKind, RecordRef};
+use crm_sync::domain::sync::{RecordState, SyncStatus};
+use crm_sync::ports::state::*;
+use crm_sync_tests::app_changes::contact;
+use crm_sync_tests::crms::{Crm, CrmStack};
+use crm_sync_tests::eventually;
+use crm_sync_tests::hubspot::now_ms;
+use serde_json::{json, Value};
+
+/// The CRMs whose merges arrive as webhooks (Salesforce's are found by the reconciliation).
+const MERGING: [Crm; 2] = [Crm::HubSpot, Crm::Pipedrive];
+
+fn contact_ref(id: &str) -> RecordRef {
+    RecordRef {
+        object: ObjectKind::Contact,
+        record_id: id.into(),
+    }
+}
+
+/// Syncs a contact and waits until the CRM's report of it is processed; returns its CRM id.
+async fn synced(stack: &CrmStack, record_id: &str, at_ms: i64) -> String {
+    stack
+        .app
+        .send_changes(&[contact(
+            record_id,
+            at_ms,
+            json!({"email": format!("{record_id}@example.com"), "last_name": "Identity"}),
+        )])
+        .await;
+    stack.app.applied(contact_ref(record_id), at_ms).await;
+    stack.webhooks_settled().await;
+    stack.contact_crm_id(record_id)
+}
+
+/// Waits until the record's state satisfies `check`.
+async fn state_where(
+    stack: &CrmStack,
+    record_id: &str,
+    what: &str,
+    check: impl Fn(&RecordState) -> bool,
+) -> RecordState {
+    let store = stack.app.sync_state();
+    eventually(60, what, || {
+        let store = store.clone();
+        let check = &check;
+        async move {
+            let (state, _) = store.record(&contact_ref(record_id), 1).await.ok().flatten()?;
+            check(&state).then_some(state)
+        }
+    })
+    .await
+}
+
+fn of_type<'a>(inbox: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    inbox.iter().filter(|m| m["type"] == kind).collect()
+}
+
+#[tokio::test]
+async fn in_hubspot_and_pipedrive_a_merge_into_a_reps_contact_moves_the_app_record_and_its_next_write_creates_nothing(
+) {
+    for crm in MERGING {
+        let stack = crm.looped_stack().await;
+        let app = &stack.app;
+        let at = now_ms();
+        let loser = synced(&stack, "m-1", at).await;
+        app.drain_app_inbox().await;
+        let rep = stack.create_contact_as_a_person("m-1@work.example");
+
+        let survivor = stack.merge_contacts_as_a_person(&loser, &rep);
+        let state = state_where(&stack, "m-1", "the record on the survivor", |s| {
+            s.crm_id.as_deref() == Some(survivor.as_str())
+        })
+        .await;
+        stack.webhooks_settled().await;
+
+        assert!(
+            state.identity_conflict.is_none(),
+            "{crm:?}: one app record, no conflict"
+        );
+        let inbox = app.drain_app_inbox().await;
+        let merged = of_type(&inbox, "crm.merged");
+        assert_eq!(merged.len(), 1, "{crm:?}: told once: {inbox:?}");
+        assert_eq!(merged[0]["version"], 2);
+        assert_eq!(merged[0]["crm_id"], survivor.as_str(), "{crm:?}");
+        assert_eq!(merged[0]["record_ids"], json!(["m-1"]), "{crm:?}");
+        assert_eq!(merged[0]["identity_conflict"], false);
+        assert!(
+            merged[0]["merged_crm_ids"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(loser)),
+            "{crm:?}: {}",
+            merged[0]
+        );
+        app.timeline_says(contact_ref("m-1"), "merged in the CRM").await;
+
+        let contacts = stack.contact_count();
+        app.send_changes(&[contact(
+            "m-1",
+            at + 1_000,
+            json!({"email": "m-1@new.example", "last_name": "Identity"}),
+        )])
+        .await;
+        app.applied(contact_ref("m-1"), at + 1_000).await;
+        assert_eq!(stack.contact_count(), contacts, "{crm:?}: no contact created");
+        assert!(stack.contact_exists(&survivor), "{crm:?}");
+        let (state, _) = app
+            .sync_state()
+            .record(&contact_ref("m-1"), 1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(state.crm_id.as_deref(), Some(survivor.as_str()), "{crm:?}");
+        assert!(
+            stack
+                .contact_emails()
+                .values()
+                .any(|email| email == "m-1@new.example"),
+            "{crm:?}: the survivor holds the write: {:?}",
+            stack.contact_emails()
+        );
+    }
+}
+
+#[tokio::test]
+async fn in_hubspot_and_pipedrive_two_app_records_merged_into_one_are_an_identity_conflict_the_app_resolves_by_deleting_one(
+) {
+    for crm in MERGING {
+        let stack = crm.looped_stack().await;
+        let app = &stack.app;
+        let at = now_ms();
+        let kept = synced(&stack, "dup-a", at).await;
+        let gone = synced(&stack, "dup-b", at).await;
+        app.drain_app_inbox().await;
+
+        let survivor = stack.merge_contacts_as_a_person(&gone, &kept);
+        let held = state_where(&stack, "dup-b", "the duplicate held", |s| {
+            s.identity_conflict.is_some()
+        })
+        .await;
+        stack.webhooks_settled().await;
+
+        assert_eq!(held.crm_id.as_deref(), Some(survivor.as_str()), "{crm:?}");
+        let owner = state_where(&stack, "dup-a", "the owner on the survivor", |s| {
+            s.crm_id.as_deref() == Some(survivor.as_str())
+        })
+        .await;
+        assert!(
+            owner.identity_conflict.is_none(),
+            "{crm:?}: the primary's record writes on"
+        );
+        assert!(
+            owner.open_conflicts && held.open_conflicts,
+            "{crm:?}: both in the conflicts listing"
+        );
+        let inbox = app.drain_app_inbox().await;
+        let merged = of_type(&inbox, "crm.merged");
+        assert_eq!(merged.len(), 1, "{crm:?}: {inbox:?}");
+        assert_eq!(merged[0]["identity_conflict"], true);
+        assert_eq!(merged[0]["record_ids"], json!(["dup-a", "dup-b"]), "{crm:?}");
+
+        // The duplicate's writes wait, with the reason, for the app or an operator.
+        app.send_changes(&[contact(
+            "dup-b",
+            at + 1_000,
+            json!({"email": "dup-b@example.com", "last_name": "Overwrite"}),
+        )])
+        .await;
+        let (state, _) = app
+            .timeline_says(contact_ref("dup-b"), "held: identity conflict")
+            .await;
+        assert_eq!(state.status, SyncStatus::Failed, "{crm:?}");
+
+        // The app merges its own records and deletes the duplicate: unlinked, nothing archived.
+        app.send_changes(&[
+            json!({"version": 1, "type": "contact.delete", "record_id": "dup-b",
+                                  "idempotency_id": format!("del-{}", at), "changed_at": at + 2_000}),
+        ])
+        .await;
+        app.timeline_says(contact_ref("dup-b"), "unlinked: CRM record")
+            .await;
+        assert!(stack.contact_exists(&survivor), "{crm:?}: the survivor stays");
+        let contacts = stack.contact_count();
+        app.send_changes(&[contact(
+            "dup-a",
+            at + 3_000,
+            json!({"email": "dup-a@example.com", "last_name": "Owner"}),
+        )])
+        .await;
+        app.applied(contact_ref("dup-a"), at + 3_000).await;
+        assert_eq!(stack.contact_count(), contacts, "{crm:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_write_that_meets_an_id_merged_away_before_its_event_arrives_waits_and_follows_the_merge() {
+    let stack = Crm::HubSpot.looped_stack().await;
+    let app = &stack.app;
+    let at = now_ms();
+    let loser = synced(&stack, "late-1", at).await;
+    let rep = stack.create_contact_as_a_person("late-1@work.example");
+    stack.webhooks_settled().await;
+    // The merge's webhook leaves the CRM seconds after the app's next write.
+    let sandbox = app.sandbox();
+    sandbox.set_webhooks(hubspot_sandbox::WebhookSettings {
+        batch_window_ms: 3_000,
+        ..sandbox.webhooks()
+    });
+    let survivor = stack.merge_contacts_as_a_person(&loser, &rep);
+    let contacts = stack.contact_count();
+
+    app.send_changes(&[contact(
+        "late-1",
+        at + 1_000,
+        json!({"email": "late-1@example.com", "last_name": "Late"}),
+    )])
+    .await;
+    app.timeline_says(contact_ref("late-1"), "attempt 1 failed").await;
+    app.applied(contact_ref("late-1"), at + 1_000).await;
+
+    assert_eq!(stack.contact_count(), contacts, "not created anew");
+    let (state, timeline) = app
+        .sync_state()
+        .record(&contact_ref("late-1"), 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.crm_id.as_deref(), Some(survivor.as_str()));
+    assert!(
+        timeline.iter().any(|e| e.detail.contains("is gone from the CRM")),
+        "{timeline:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_chain_of_merges_leaves_the_app_record_on_the_last_survivor() {
+    for crm in MERGING {
+        let stack = crm.looped_stack().await;
+        let app = &stack.app;
+        let at = now_ms();
+        let first = synced(&stack, "chain-1", at).await;
+        let middle = stack.create_contact_as_a_person("chain@middle.example");
+        let last = stack.create_contact_as_a_person("chain@last.example");
+
+        let once = stack.merge_contacts_as_a_person(&first, &middle);
+        let twice = stack.merge_contacts_as_a_person(&once, &last);
+        state_where(&stack, "chain-1", "the record on the last survivor", |s| {
+            s.crm_id.as_deref() == Some(twice.as_str())
+        })
+        .await;
+        stack.webhooks_settled().await;
+        assert_eq!(
+            of_type(&app.drain_app_inbox().await, "crm.merged").len(),
+            2,
+            "{crm:?}"
+        );
+
+        let contacts = stack.contact_count();
+        app.send_changes(&[contact(
+            "chain-1",
+            at + 1_000,
+            json!({"email": "chain-1@example.com", "last_name": "Chained"}),
+        )])
+        .await;
+        app.applied(contact_ref("chain-1"), at + 1_000).await;
+        assert_eq!(stack.contact_count(), contacts, "{crm:?}");
+        assert!(stack.contact_exists(&twice), "{crm:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_hubspot_restore_tells_the_app_and_a_privacy_deletion_erases_the_record_on_both_sides() {
+    let stack = Crm::HubSpot.looped_stack().await;
+    let app = &stack.app;
+    let at = now_ms();
+    let crm_id = synced(&stack, "gdpr-1", at).await;
+    app.drain_app_inbox().await;
+    let sandbox = app.sandbox();
+    let id: u64 = crm_id.parse().unwrap();
+
+    sandbox.archive("contacts", id);
+    assert!(sandbox.restore("contacts", id));
+    let restored = eventually(30, "the restore in the app inbox", || async {
+        let inbox = app.drain_app_inbox().await;
+        of_type(&inbox, "crm.restored").first().map(|m| (*m).clone())
+    })
+    .await;
+    assert_eq!(restored["record_id"], "gdpr-1");
+    assert_eq!(restored["crm_id"], crm_id.as_str());
+
+    assert!(sandbox.privacy_delete("contacts", id));
+    let erased = state_where(&stack, "gdpr-1", "the record erased", |s| {
+        s.erased_at_ms.is_some()
+    })
+    .await;
+    stack.webhooks_settled().await;
+    assert_eq!(erased.status, SyncStatus::Deleted);
+    assert!(erased.written.is_empty() && erased.last_change.is_none());
+    let inbox = app.drain_app_inbox().await;
+    assert_eq!(of_type(&inbox, "crm.erased").len(), 1, "{inbox:?}");
+    let (_, timeline) = app
+        .sync_state()
+        .record(&contact_ref("gdpr-1"), 50)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(timeline.len(), 1, "only that it happened: {timeline:?}");
+    assert!(!timeline[0].detail.contains("@example.com"));
+
+    // The app's next change of the person is refused: the CRM never gets them back.
+    app.send_changes(&[contact(
+        "gdpr-1",
+        at + 5_000,
+        json!({"email": "gdpr-1@example.com", "last_name": "Again"}),
+    )])
+    .await;
+    app.timeline_says(contact_ref("gdpr-1"), "refused: the CRM erased this record")
+        .await;
+    assert_eq!(stack.contact_count(), 0);
+}
