@@ -418,6 +418,12 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 lease: seconds(vars.sync_lease_seconds, defaults.lease),
                 busy_delay: seconds(vars.sync_busy_retry_seconds, defaults.busy_delay),
                 max_clock_skew,
+                shared_email: match vars.shared_email_policy.as_deref() {
+                    None => defaults.shared_email,
+                    Some(text) => crate::sync::SharedEmailPolicy::parse(text).ok_or_else(|| {
+                        ConfigError::new("SHARED_EMAIL_POLICY", format!("`{text}` is not adopt or refuse"))
+                    })?,
+                },
                 ..defaults
             },
             reconcile_lane: lane(
@@ -752,6 +758,7 @@ mod variables {
         pub sync_lease_seconds: Option<u64>,
         pub sync_busy_retry_seconds: Option<u64>,
         pub max_clock_skew_seconds: Option<u64>,
+        pub shared_email_policy: Option<String>,
         pub reconcile_queue_arn: Option<String>,
         pub reconcile_queue_url: Option<String>,
         pub resync_queue_arn: Option<String>,

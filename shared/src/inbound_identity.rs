@@ -124,6 +124,11 @@ impl InboundService {
         let Some(states) = self.lease_all(&records, &token, now_ms).await else {
             return Ended::Again(Some(self.settings.busy_delay));
         };
+        if change.kind == IdentityKind::Erased && states.iter().all(|state| state.erased_at_ms.is_some()) {
+            // The app's own erasure coming back: nothing left to forget, nothing to tell.
+            self.release_all(&states, &token, now_ms).await;
+            return Ended::Done(EventOutcome::Echo, "the record is erased already".into());
+        }
         if states.iter().all(|state| state.acted_on(&item.message.event_key)) {
             self.release_all(&states, &token, now_ms).await;
             return Ended::Done(

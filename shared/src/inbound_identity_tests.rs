@@ -365,5 +365,48 @@ async fn a_privacy_deletion_forgets_the_records_values_and_history_and_refuses_i
     assert!(state
         .last_error
         .unwrap()
-        .contains("erased this record for privacy"));
+        .contains("was erased for privacy"));
+}
+
+#[tokio::test]
+async fn an_erasure_the_app_sends_erases_the_contact_in_the_crm_and_everything_crm_sync_held_of_it() {
+    let h = harness();
+    synced_as(&h, "user-1", "ada@example.com", NOW - 60_000).await;
+    assert_eq!(h.crm.count("contacts"), 1);
+    let erase = SyncMessage {
+        message_id: "erase-1".into(),
+        body: json!({"version": 1, "type": "contact.erase", "record_id": "user-1",
+                     "idempotency_id": "e-1", "changed_at": NOW - 5_000})
+        .to_string(),
+        attributes: HashMap::new(),
+    };
+
+    h.outbound.process(vec![erase.clone()], deadline()).await;
+
+    assert_eq!(h.crm.count("contacts"), 0, "erased in the CRM");
+    let state = state_of(&h, "user-1").await;
+    assert_eq!(state.status, SyncStatus::Deleted);
+    assert!(state.erased_at_ms.is_some());
+    assert!(state.written.is_empty() && state.last_change.is_none() && state.pending_change.is_none());
+    let timeline = timeline_of(&h, "user-1").await;
+    assert_eq!(timeline.len(), 1, "{timeline:?}");
+    assert!(timeline[0].detail.starts_with("erased at the app's request"));
+
+    // Sent again, and then followed by a change: nothing reaches the CRM.
+    let calls = h.crm.calls();
+    h.outbound
+        .process(
+            vec![
+                SyncMessage {
+                    message_id: "erase-2".into(),
+                    ..erase
+                },
+                upsert("user-1", NOW - 1_000, json!({"email": "ada@example.com"})),
+            ],
+            deadline(),
+        )
+        .await;
+    assert_eq!(h.crm.calls(), calls);
+    assert_eq!(h.crm.count("contacts"), 0);
+    assert_eq!(state_of(&h, "user-1").await.status, SyncStatus::Deleted);
 }

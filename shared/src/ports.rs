@@ -111,6 +111,13 @@ pub trait Crm: Send + Sync {
     /// Archives records by CRM id.
     async fn archive(&self, object: &str, crm_ids: &[String]) -> Result<BatchResult, CrmError>;
 
+    /// Erases one record for privacy: for good, with nothing kept that a restore could bring
+    /// back where the CRM offers that (HubSpot's GDPR delete); elsewhere its delete. A record
+    /// that is not there any more is erased already: `Done`.
+    async fn erase(&self, object: &str, crm_id: &str) -> Result<BatchResult, CrmError> {
+        self.archive(object, &[crm_id.to_string()]).await
+    }
+
     /// Reads records by CRM id, with the named properties; a record that does not exist reads as
     /// `None`.
     async fn read(
@@ -191,6 +198,13 @@ pub enum Settlement {
     /// change, the claimed writes and the email index the claim added are removed, the record stays
     /// deleted, `error` says why.
     Dropped { error: String },
+    /// The record was erased for privacy (in the CRM, at the app's request): its ids, status
+    /// (`deleted`), version and `erased_at` stay; every value, the last and pending change, the
+    /// error, the email index and the fingerprints of values go.
+    Erased {
+        version_ms: i64,
+        idempotency_id: String,
+    },
     /// Nothing was tried (throttled before the call): give the lease back, folding the claimed
     /// writes into `recent_writes` as `Failed` does.
     Released {
@@ -324,9 +338,6 @@ pub trait RecordLeases: Send + Sync {
         at_ms: i64,
     ) -> Result<(), StoreUnavailable>;
 
-    /// Lets a record in an identity conflict write its CRM record, shared with the other app
-    /// records on it (an operator's decision); its writes leave the CRM's id property alone.
-    async fn share_crm_record(&self, record: &RecordRef, now_ms: i64) -> Result<(), StoreUnavailable>;
 }
 
 /// Each record's history: its timeline and its conflict journal.
@@ -347,6 +358,10 @@ pub trait RecordJournal: Send + Sync {
 
     /// Marks the record's conflicts as seen: it leaves the open-conflicts listing until a new one.
     async fn dismiss_conflicts(&self, record: &RecordRef, now_ms: i64) -> Result<(), StoreUnavailable>;
+
+    /// Lets a record in an identity conflict write its CRM record, shared with the other app
+    /// records on it (an operator's decision); its writes leave the CRM's id property alone.
+    async fn share_crm_record(&self, record: &RecordRef, now_ms: i64) -> Result<(), StoreUnavailable>;
 
     /// Deletes the record's timeline and conflict journal, which hold values (a privacy
     /// deletion); the state item stays.

@@ -48,6 +48,31 @@ pub struct SyncSettings {
     /// How far ahead of this clock a change's `changed_at` may be. A change dated further ahead
     /// would win over every real change after it, so it is dead-lettered instead.
     pub max_clock_skew: Duration,
+    /// What a record whose unique value (an email) a CRM record already holds does.
+    pub shared_email: SharedEmailPolicy,
+}
+
+/// What a record does when a CRM record it is not linked to holds its unique value (a contact's
+/// email). Either way a CRM record that carries another app record's id is never taken over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SharedEmailPolicy {
+    /// Take the CRM record over when it carries no other app record's id (a contact a person
+    /// entered before the app had it): one CRM record per person.
+    #[default]
+    Adopt,
+    /// Never take one over: the change fails as an identity conflict for an operator, who merges
+    /// or relinks in the CRM.
+    Refuse,
+}
+
+impl SharedEmailPolicy {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.to_ascii_lowercase().as_str() {
+            "adopt" => Some(Self::Adopt),
+            "refuse" => Some(Self::Refuse),
+            _ => None,
+        }
+    }
 }
 
 impl SyncSettings {
@@ -74,6 +99,7 @@ impl Default for SyncSettings {
             max_limiter_wait: Duration::from_secs(10),
             low_priority: false,
             max_clock_skew: Duration::from_secs(300),
+            shared_email: SharedEmailPolicy::Adopt,
         }
     }
 }
@@ -86,6 +112,9 @@ struct Tally {
     timeline: Vec<TimelineEntry>,
     now_ms: i64,
 }
+
+/// How a change of an erased record is refused (kept nowhere, not dead-lettered).
+const ERASED: &str = "refused";
 
 #[path = "sync_identity.rs"]
 mod identity;
@@ -275,10 +304,12 @@ impl SyncService {
                 Ok(RecordClaim::Claimed(prior)) => {
                     if let Some(at_ms) = prior.erased_at_ms {
                         // Nothing of it is kept: not the change, not a dead letter of it.
-                        let reason = format!(
-                            "refused: the CRM erased this record for privacy at {}; erase it in the app too",
-                            crate::domain::clock::rfc3339(at_ms)
-                        );
+                        let at = crate::domain::clock::rfc3339(at_ms);
+                        let reason = if queued.change.operation == Operation::Erase {
+                            format!("{ERASED}: erased already at {at}")
+                        } else {
+                            format!("{ERASED}: the record was erased for privacy at {at}; erase it in the app too")
+                        };
                         oversized.push((queued, reason, BTreeMap::new()));
                         continue;
                     }
@@ -347,7 +378,7 @@ impl SyncService {
         // Refused after the claim: too large for the state, held by an identity conflict (a
         // dead letter an operator redrives once it is resolved), or erased (dropped, kept nowhere).
         for (queued, reason, recent_writes) in oversized {
-            let erased = reason.starts_with("refused: the CRM erased");
+            let erased = reason.starts_with(ERASED);
             let failed = if erased {
                 Settlement::Dropped {
                     error: reason.clone(),
@@ -403,6 +434,7 @@ impl SyncService {
         for (object, operation) in [
             (ObjectKind::Contact, Operation::Upsert),
             (ObjectKind::Contact, Operation::Delete),
+            (ObjectKind::Contact, Operation::Erase),
             (ObjectKind::Deal, Operation::Upsert),
             (ObjectKind::Deal, Operation::Delete),
             (ObjectKind::Activity, Operation::Log),
@@ -420,6 +452,7 @@ impl SyncService {
             }
             let results = match operation {
                 Operation::Delete => self.archive_group(mapping, &group, deadline, report).await,
+                Operation::Erase => self.erase_group(mapping, &group, deadline, report).await,
                 _ => {
                     let parents = parents.as_ref().map(|p| p.crm_ids.clone()).unwrap_or_default();
                     self.upsert_group(mapping, &group, &parents, deadline, report)
@@ -495,6 +528,14 @@ impl SyncService {
         let record = change.record();
         let (settlement, disposition, kind, detail, call) =
             settlement(w, outcome, &self.settings, now_ms, fastrand::f64());
+        if matches!(settlement, Settlement::Erased { .. }) {
+            // The history goes first: an erasure settled with its history still there could be
+            // left so by a crash. Erasing again is harmless.
+            if let Err(error) = self.history.forget(&record).await {
+                tracing::error!(record = %record, error = ?anyhow::Error::from(error), "could not forget an erased record's history");
+                return (Disposition::Redeliver, None);
+            }
+        }
         match self.leases.settle(&record, token, now_ms, &settlement).await {
             Ok(true) => (disposition, Some(entry(change, now_ms, kind, detail, call))),
             // The attempt outlived its lease and another attempt now holds the record: this
@@ -603,6 +644,23 @@ impl SyncService {
                 _ => None,
             })
             .collect();
+        // The policy may forbid adopting at all: each such record is an identity conflict.
+        let conflicts = if self.settings.shared_email == SharedEmailPolicy::Refuse {
+            for (index, crm_id) in conflicts {
+                outcomes[index] = Outcome::Failed {
+                    kind: FailureKind::Permanent,
+                    error: format!(
+                        "identity conflict: CRM record {crm_id} already holds app record {}'s unique value \
+                         and SHARED_EMAIL_POLICY is refuse; merge or relink the two in the CRM, then re-sync {}",
+                        inputs[index].key, inputs[index].key
+                    ),
+                    call: None,
+                };
+            }
+            Vec::new()
+        } else {
+            conflicts
+        };
         let conflicts = self
             .adoptable(
                 object,
@@ -1102,6 +1160,27 @@ fn settlement(
     let mut own = w.prior.own_writes();
     remember_writes(&mut own, &w.outbound.properties);
     match outcome {
+        Outcome::Applied { crm_id, call, .. } if change.operation == Operation::Erase => {
+            let detail = match crm_id.or_else(|| w.prior.crm_id.clone()) {
+                Some(id) => format!(
+                    "erased at the app's request: CRM record {id} erased, and crm-sync forgot the record's \
+                     values and history"
+                ),
+                None => "erased at the app's request: never in the CRM; crm-sync forgot the record's values \
+                         and history"
+                    .to_string(),
+            };
+            (
+                Settlement::Erased {
+                    version_ms: change.changed_at_ms,
+                    idempotency_id: change.idempotency_id.clone(),
+                },
+                Disposition::Done,
+                TimelineKind::Deleted,
+                detail,
+                Some(call),
+            )
+        }
         Outcome::Applied {
             crm_id,
             created,

@@ -125,6 +125,40 @@ impl SyncService {
         targets
     }
 
+    /// Erases each record in the CRM, one call each (HubSpot's GDPR delete takes one record; an
+    /// erasure is rare): the survivor when the CRM merged the record away.
+    pub(super) async fn erase_group(
+        &self,
+        mapping: &ObjectMapping,
+        group: &[&Work],
+        deadline: Instant,
+        report: &mut BatchReport,
+    ) -> Vec<Outcome> {
+        let object = group
+            .first()
+            .map_or(ObjectKind::Contact, |w| w.queued.change.object);
+        let known: Vec<String> = group.iter().filter_map(|w| w.prior.crm_id.clone()).collect();
+        let survivors = self.survivors(object, &known).await;
+        let mut outcomes = Vec::with_capacity(group.len());
+        for w in group {
+            let Some(crm_id) = &w.prior.crm_id else {
+                outcomes.push(Outcome::Applied {
+                    crm_id: None,
+                    created: false,
+                    call: "no CRM call: never synced".into(),
+                });
+                continue;
+            };
+            let target = survivors.get(crm_id).unwrap_or(crm_id);
+            let result = self
+                .worker
+                .call(deadline, report, || self.crm.erase(&mapping.crm_object, target))
+                .await;
+            outcomes.extend(super::per_input(result, 1));
+        }
+        outcomes
+    }
+
     /// The survivor of each CRM id the CRM merged away (following chains of merges); ids never
     /// merged are absent. A store that cannot answer, or a loop, leaves an id as it is: its write
     /// then meets the dead id and waits.

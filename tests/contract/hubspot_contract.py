@@ -521,6 +521,43 @@ def check_upsert_after_archive(fam, obj):
     assert result.id != crm_id, f"the archived id {crm_id} came back"
 
 
+def merge_or_purge(fam, action, body, types):
+    """`POST …/contacts/merge` or `…/contacts/gdpr-delete`: the SDK's method (v3) or its ApiClient on
+    the dated path, with the SDK's request model."""
+    api = client.crm.contacts.basic_api
+    if fam.dated:
+        path = f"/crm/objects/{VERSION}/contacts/{'merge' if action == 'merge' else 'gdpr-delete'}"
+        return fam._raw(api.api_client, "POST", path, body, types)
+    api.api_client.last_response = None
+    return sdk_call(api.api_client, lambda: getattr(api, f"{action}_with_http_info")(body))
+
+
+def check_merge(fam):
+    (_, primary), (_, secondary) = fixture("contacts", 2, "merge")
+    body = contact_models.PublicMergeInput(primary_object_id=primary, object_id_to_merge=secondary)
+    answer = merge_or_purge(fam, "merge", body, {200: "SimplePublicObject"})
+    assert answer.api_error is None and answer.model_error is None and answer.status == 200, (
+        f"expected HTTP 200 as SimplePublicObject; got {answer.describe()}"
+    )
+    survivor = answer.data
+    assert type(survivor).__name__ == "SimplePublicObject", f"got {type(survivor).__name__}"
+    # Both old ids read as the survivor, as HubSpot documents for merged records.
+    read = Family(False).batch("contacts", "read", read_body("contacts", [primary, secondary], [ID_PROPERTY]))
+    ids = {r.get("id") for r in raw_results(read)}
+    assert ids == {survivor.id}, f"reading the merged ids gave {sorted(ids)}, expected [{survivor.id}]"
+    return f"survivor {survivor.id} of {primary} and {secondary}"
+
+
+def check_gdpr_delete(fam):
+    (_, crm_id), = fixture("contacts", 1, "gdpr")
+    body = contact_models.PublicGdprDeleteInput(object_id=crm_id)
+    answer = merge_or_purge(fam, "purge", body, {})
+    assert answer.api_error is None and answer.status == 204, f"expected HTTP 204; got {answer.describe()}"
+    assert not answer.raw, f"204 with a body: {short(answer.raw)}"
+    read = Family(False).batch("contacts", "read", read_body("contacts", [crm_id], [ID_PROPERTY]))
+    assert not raw_results(read), f"the erased contact still reads back: {read.describe()}"
+
+
 def check_date_read_back(fam, obj, prop):
     (key, crm_id), = fixture(obj, 1, "date")
     answer = fam.batch(obj, "read", read_body(obj, [crm_id], [prop, ID_PROPERTY]))
@@ -771,6 +808,8 @@ def main():
                 f"[{n}] deals batch/upsert with text in a number property (amount), {how}, VALIDATION_ERROR",
                 lambda: check_validation(fam, "deals", {"dealname": "Bad amount", "amount": "lots"}, {"INVALID_DECIMAL", "INVALID_INTEGER", "INVALID_NUMBER"}, "amount", traced=traced),
             )
+        checks.run(f"[{n}] contacts merge: 200 SimplePublicObject, both old ids read as the survivor", lambda: check_merge(fam))
+        checks.run(f"[{n}] contacts gdpr-delete (PublicGdprDeleteInput): 204, no body, the contact gone", lambda: check_gdpr_delete(fam))
         checks.run(f"[{n}] 429 TEN_SECONDLY_ROLLING: errorType RATE_LIMIT, policyName, rate-limit headers", lambda: check_throttle(fam, "TEN_SECONDLY_ROLLING"))
         checks.run(f"[{n}] 429 DAILY: 'You have reached your daily limit.', policyName DAILY", lambda: check_throttle(fam, "DAILY"))
     return checks.finish()

@@ -317,7 +317,135 @@ async fn a_hubspot_restore_tells_the_app_and_a_privacy_deletion_erases_the_recor
         json!({"email": "gdpr-1@example.com", "last_name": "Again"}),
     )])
     .await;
-    app.timeline_says(contact_ref("gdpr-1"), "refused: the CRM erased this record")
+    app.timeline_says(contact_ref("gdpr-1"), "refused: the record was erased for privacy")
         .await;
     assert_eq!(stack.contact_count(), 0);
+}
+
+#[tokio::test]
+async fn with_the_refuse_policy_a_contact_whose_email_a_crm_contact_holds_is_an_identity_conflict_not_an_adoption() {
+    let stack = Crm::HubSpot
+        .stack_with_env(&[("SHARED_EMAIL_POLICY", "refuse")])
+        .await;
+    let app = &stack.app;
+    let existing = stack.create_contact_as_a_person("ivy@example.com");
+
+    app.send_changes(&[contact(
+        "ivy-1",
+        now_ms(),
+        json!({"email": "ivy@example.com", "first_name": "Ivy"}),
+    )])
+    .await;
+
+    let (state, _) = app
+        .timeline_says(contact_ref("ivy-1"), "identity conflict: CRM record")
+        .await;
+    assert_eq!(state.status, SyncStatus::Failed);
+    assert!(
+        state.last_error.unwrap().contains("SHARED_EMAIL_POLICY is refuse"),
+        "the reason names the policy"
+    );
+    assert_eq!(state.crm_id, None);
+    assert_eq!(stack.contact_count(), 1, "nothing created, nothing taken over");
+    assert_eq!(stack.contact_emails().get(""), Some(&"ivy@example.com".to_string()));
+    assert!(stack.contact_exists(&existing));
+}
+
+#[tokio::test]
+async fn in_hubspot_and_pipedrive_an_erasure_the_app_sends_removes_the_contact_from_the_crm_and_its_values_from_crm_sync(
+) {
+    for crm in MERGING {
+        let stack = crm.looped_stack().await;
+        let app = &stack.app;
+        let at = now_ms();
+        let crm_id = synced(&stack, "erase-1", at).await;
+        app.drain_app_inbox().await;
+
+        app.send_changes(&[json!({"version": 1, "type": "contact.erase", "record_id": "erase-1",
+                                  "idempotency_id": format!("erase-{at}"), "changed_at": at + 1_000})])
+            .await;
+
+        let (state, timeline) = app
+            .timeline_says(contact_ref("erase-1"), "erased at the app's request")
+            .await;
+        assert_eq!(state.status, SyncStatus::Deleted, "{crm:?}");
+        assert!(state.erased_at_ms.is_some() && state.written.is_empty(), "{crm:?}");
+        assert_eq!(timeline.len(), 1, "{crm:?}: only that it happened: {timeline:?}");
+        assert!(!stack.contact_exists(&crm_id), "{crm:?}");
+        if crm == Crm::HubSpot {
+            let id: u64 = crm_id.parse().unwrap();
+            assert!(
+                !app.sandbox().all_records("contacts").iter().any(|r| r.id == id),
+                "a GDPR delete keeps no archived copy"
+            );
+        }
+        stack.webhooks_settled().await;
+        let inbox = app.drain_app_inbox().await;
+        assert!(
+            of_type(&inbox, "crm.erased").is_empty(),
+            "{crm:?}: the app's own erasure is not reported back: {inbox:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_operator_sees_an_identity_conflict_on_the_record_page_and_lets_the_held_record_share_its_crm_record(
+) {
+    use crm_sync_tests::dashboard::DashboardClient;
+    let stack = Crm::HubSpot.looped_stack().await;
+    let app = &stack.app;
+    let at = now_ms();
+    let kept = synced(&stack, "share-a", at).await;
+    let gone = synced(&stack, "share-b", at).await;
+    let survivor = stack.merge_contacts_as_a_person(&gone, &kept);
+    state_where(&stack, "share-b", "the duplicate held", |s| s.identity_conflict.is_some()).await;
+    app.send_changes(&[contact(
+        "share-b",
+        at + 1_000,
+        json!({"email": "share-b@example.com", "last_name": "Shared"}),
+    )])
+    .await;
+    app.timeline_says(contact_ref("share-b"), "held: identity conflict").await;
+
+    let operator = DashboardClient::signed_in(&app.stack.url(), crm_sync_tests::DASHBOARD_PASSWORD).await;
+    let path = "/admin/record?object=contact&id=share-b";
+    let page = operator.get(path).await.body;
+    assert!(page.contains("app record share-a also holds"), "the reason is shown");
+    assert!(page.contains("Share the CRM record"));
+    let csrf = operator.csrf(path).await;
+    let answer = operator
+        .post(
+            "/admin/identity/share",
+            &[("csrf", csrf.as_str()), ("record", "contact/share-b")],
+        )
+        .await;
+    assert_eq!(answer.status, reqwest::StatusCode::SEE_OTHER);
+    let page = operator.get(&format!("{path}&done=shared")).await.body;
+    assert!(page.contains("now shares its CRM record"), "{page}");
+    assert!(!page.contains("Share the CRM record"));
+
+    let csrf = operator.csrf(path).await;
+    operator
+        .post(
+            "/admin/resync",
+            &[
+                ("csrf", csrf.as_str()),
+                ("record", "contact/share-b"),
+                ("back", path),
+                ("scope", "selected"),
+            ],
+        )
+        .await;
+    app.applied(contact_ref("share-b"), at + 1_000).await;
+    let record = app
+        .sandbox()
+        .records("contacts")
+        .into_iter()
+        .find(|r| r.id.to_string() == survivor)
+        .expect("the survivor");
+    assert_eq!(record.properties["lastname"], "Shared", "written by id to the survivor");
+    assert_eq!(
+        record.properties["crm_sync_app_id"], "share-a",
+        "the owner's id stays on the CRM record"
+    );
 }

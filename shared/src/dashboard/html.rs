@@ -51,6 +51,8 @@ pub enum Notice {
         reason: Option<String>,
     },
     Dismissed,
+    /// An operator let a record in an identity conflict share its CRM record.
+    Shared,
     Redrive {
         lane: String,
         outcome: RedriveOutcome,
@@ -138,7 +140,7 @@ fn csrf_field(token: &str) -> Markup {
 fn notice_html(notice: &Notice) -> Markup {
     let bad = match notice {
         Notice::Resync { queued, skipped, .. } => *skipped > 0 && *queued == 0,
-        Notice::Dismissed => false,
+        Notice::Dismissed | Notice::Shared => false,
         Notice::Redrive { outcome, .. } => outcome.failed > 0,
         Notice::Error(_) => true,
     };
@@ -158,6 +160,7 @@ fn notice_text(notice: &Notice) -> Markup {
                 }
             }
             Notice::Dismissed => "Conflicts dismissed.",
+            Notice::Shared => "The record now shares its CRM record: re-sync it to send its held change.",
             Notice::Redrive { lane, outcome } => {
                 "Moved " (outcome.moved) " message" (plural(outcome.moved)) " from the " (lane)
                 " dead-letter queue back to its queue."
@@ -432,6 +435,7 @@ pub fn record_page(frame: &Frame<'_>, view: &RecordView, crm_url: Option<String>
         h1 { (key) " " (status_badge(state.status)) }
         (resync_form(frame.csrf, &key, &record_href(&state.record)))
         (record_facts(state, crm_url, frame.now_ms))
+        (identity_section(frame, state, &key))
         (conflicts_section(frame, view, &key))
         (timeline_section(&view.timeline, frame.now_ms))
         (values_table("Written to the CRM", &state.written))
@@ -485,6 +489,29 @@ fn record_facts(state: &RecordState, crm_url: Option<String>, now_ms: i64) -> Ma
             dd {
                 (state.conflicts)
                 @if state.open_conflicts { " (open)" }
+            }
+        }
+    }
+}
+
+/// Who the record is in the CRM, when a merge or a privacy deletion changed it.
+fn identity_section(frame: &Frame<'_>, state: &RecordState, key: &str) -> Markup {
+    html! {
+        @if let Some(at) = state.erased_at_ms {
+            h2 { "Identity" }
+            p #identity { "Erased for privacy at " (rfc3339(at)) ": crm-sync keeps no value of it and refuses its changes." }
+        } @else if let Some(reason) = &state.identity_conflict {
+            h2 { "Identity" }
+            p.err #identity { (reason) }
+            form.actions method="post" action="/admin/identity/share" {
+                (csrf_field(frame.csrf))
+                input type="hidden" name="record" value=(key);
+                button.quiet type="submit" { "Share the CRM record" }
+            }
+        } @else if state.follow_crm_id {
+            h2 { "Identity" }
+            p #identity {
+                "Follows CRM record " (state.crm_id.as_deref().unwrap_or("")) ", into which the CRM merged its own; see the timeline."
             }
         }
     }

@@ -351,6 +351,11 @@ impl DashboardService {
             .await?)
     }
 
+    /// An operator's decision on an identity conflict: the record writes the CRM record it shares.
+    pub async fn share_crm_record(&self, record: &RecordRef) -> Result<(), DashboardError> {
+        Ok(self.history.share_crm_record(record, self.clock.now_ms()).await?)
+    }
+
     pub async fn lanes(&self) -> Vec<LaneView> {
         let summaries = futures::future::join_all(self.lanes.iter().map(|lane| lane.queue.summary())).await;
         self.lanes

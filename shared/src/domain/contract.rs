@@ -63,6 +63,9 @@ pub enum Operation {
     Delete,
     /// Log an activity (a note on a contact).
     Log,
+    /// Erase a contact for privacy: in the CRM (HubSpot's GDPR delete; the other CRMs' delete)
+    /// and in crm-sync's state and history.
+    Erase,
 }
 
 /// A field value as the app sends it; the CRM receives its text form.
@@ -166,9 +169,10 @@ fn invalid(message: impl Into<String>) -> ContractError {
     ContractError(message.into())
 }
 
-const TYPES: [(&str, ObjectKind, Operation); 5] = [
+const TYPES: [(&str, ObjectKind, Operation); 6] = [
     ("contact.upsert", ObjectKind::Contact, Operation::Upsert),
     ("contact.delete", ObjectKind::Contact, Operation::Delete),
+    ("contact.erase", ObjectKind::Contact, Operation::Erase),
     ("deal.upsert", ObjectKind::Deal, Operation::Upsert),
     ("deal.delete", ObjectKind::Deal, Operation::Delete),
     ("activity.log", ObjectKind::Activity, Operation::Log),
@@ -258,7 +262,8 @@ pub fn parse_change(body: &str) -> Result<Change, ContractError> {
         .copied()
         .ok_or_else(|| {
             invalid(format!(
-                "type `{}` is not one of contact.upsert, contact.delete, deal.upsert, deal.delete, activity.log",
+                "type `{}` is not one of contact.upsert, contact.delete, contact.erase, deal.upsert, deal.delete, \
+                 activity.log",
                 truncate(type_name)
             ))
         })?;
@@ -283,8 +288,10 @@ pub fn parse_change(body: &str) -> Result<Change, ContractError> {
         ));
     }
     let data = match (operation, fields.get("data")) {
-        (Operation::Delete, None | Some(Value::Null)) => BTreeMap::new(),
-        (Operation::Delete, Some(_)) => return Err(invalid("a delete carries no `data`")),
+        (Operation::Delete | Operation::Erase, None | Some(Value::Null)) => BTreeMap::new(),
+        (Operation::Delete | Operation::Erase, Some(_)) => {
+            return Err(invalid("a delete or an erasure carries no `data`"))
+        }
         (_, Some(Value::Object(data))) => parse_data(data)?,
         (_, _) => return Err(invalid("`data` is required and must be an object")),
     };
@@ -392,7 +399,7 @@ mod tests {
         let with_data = delete.replace("\"changed_at\":5", "\"changed_at\":5,\"data\":{}");
         assert_eq!(
             parse_change(&with_data).unwrap_err().0,
-            "a delete carries no `data`"
+            "a delete or an erasure carries no `data`"
         );
     }
 
@@ -525,7 +532,7 @@ mod tests {
             ("not json", "the message is not valid JSON (line 1, column 2)"),
             ("[1]", "the message must be a JSON object"),
             (&CONTACT.replace("\"version\":1", "\"version\":2"), "version 2 is not supported (this is version 1)"),
-            (&CONTACT.replace("contact.upsert", "contact.merge"), "type `contact.merge` is not one of contact.upsert, contact.delete, deal.upsert, deal.delete, activity.log"),
+            (&CONTACT.replace("contact.upsert", "contact.merge"), "type `contact.merge` is not one of contact.upsert, contact.delete, contact.erase, deal.upsert, deal.delete, activity.log"),
             (&CONTACT.replace("\"record_id\":\"user-42\"", "\"record_id\":\"\""), "`record_id` must be 1 to 256 characters without control characters"),
             (&CONTACT.replace("\"idempotency_id\":\"i-1\",", ""), "`idempotency_id` is required"),
             (&CONTACT.replace("2026-11-27T10:15:00.123Z", "yesterday"), "`changed_at` must be an RFC 3339 time or epoch milliseconds"),

@@ -331,12 +331,13 @@ pub struct BatchPlan {
     pub superseded: Vec<(Queued, String)>,
 }
 
-/// Orders two changes of one record: later `changed_at` wins; on a tie a delete wins, then the
-/// greater idempotency id, so that every consumer picks the same one.
+/// Orders two changes of one record: later `changed_at` wins; on a tie an erasure, then a
+/// delete wins, then the greater idempotency id, so that every consumer picks the same one.
 fn newer(a: &Change, b: &Change) -> bool {
     let rank = |change: &Change| {
         (
             change.changed_at_ms,
+            change.operation == Operation::Erase,
             change.operation == Operation::Delete,
             change.idempotency_id.clone(),
         )

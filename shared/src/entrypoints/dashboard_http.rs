@@ -265,6 +265,7 @@ impl DashboardApi {
             .route("/admin/queues", get(queues).head(not_found))
             .route("/admin/resync", post(resync))
             .route("/admin/conflicts/dismiss", post(dismiss))
+            .route("/admin/identity/share", post(share))
             .route("/admin/queues/redrive", post(redrive))
             .route("/admin/logout", post(sign_out))
             .fallback(not_found)
@@ -547,6 +548,7 @@ fn notice(request: &Incoming) -> Option<Notice> {
                 .map(str::to_string),
         }),
         "dismissed" => Some(Notice::Dismissed),
+        "shared" => Some(Notice::Shared),
         "redrive" => Some(Notice::Redrive {
             lane: request
                 .query("lane")
@@ -703,6 +705,18 @@ async fn dismiss(State(d): State<Arc<Dashboard>>, request: Incoming) -> Result<R
     Ok(redirect(&with_query(
         &html::record_href(&record),
         &[("done", "dismissed".to_string())],
+    )))
+}
+
+async fn share(State(d): State<Arc<Dashboard>>, request: Incoming) -> Result<Response, DashboardError> {
+    let Some(record) = request.field("record").and_then(parse_record) else {
+        return Ok(redirect("/admin"));
+    };
+    d.service.share_crm_record(&record).await?;
+    tracing::info!(record = %record, "dashboard share of a CRM record in an identity conflict");
+    Ok(redirect(&with_query(
+        &html::record_href(&record),
+        &[("done", "shared".to_string())],
     )))
 }
 

@@ -154,6 +154,19 @@ impl RecordLeases for MemorySyncState {
                 state.recent_writes = recent_writes.clone();
                 state.claimed_writes.clear();
             }
+            Settlement::Erased {
+                version_ms,
+                idempotency_id,
+            } => {
+                state.apply_identity(&crate::ports::IdentityUpdate {
+                    erased_at_ms: Some(now_ms),
+                    status: Some(SyncStatus::Deleted),
+                    ..Default::default()
+                });
+                state.applied_version_ms = Some(*version_ms);
+                state.applied_idempotency_id = Some(idempotency_id.clone());
+                state.last_synced_at_ms = Some(now_ms);
+            }
             Settlement::Dropped { error } => {
                 state.status = SyncStatus::Deleted;
                 state.last_error = Some(error.clone());
@@ -243,10 +256,6 @@ impl RecordLeases for MemorySyncState {
         Ok(())
     }
 
-    async fn share_crm_record(&self, record: &RecordRef, _now_ms: i64) -> Result<(), StoreUnavailable> {
-        self.mark_state(record, |state| state.identity_conflict = None);
-        Ok(())
-    }
 }
 
 #[async_trait]
@@ -287,6 +296,11 @@ impl RecordJournal for MemorySyncState {
 
     async fn dismiss_conflicts(&self, record: &RecordRef, _now_ms: i64) -> Result<(), StoreUnavailable> {
         self.mark_state(record, |state| state.open_conflicts = false);
+        Ok(())
+    }
+
+    async fn share_crm_record(&self, record: &RecordRef, _now_ms: i64) -> Result<(), StoreUnavailable> {
+        self.mark_state(record, |state| state.identity_conflict = None);
         Ok(())
     }
 

@@ -563,6 +563,25 @@ impl RecordLeases for DynamoDbSyncState {
                 .expression_attribute_values(":zero", n(0))
                 .expression_attribute_values(":one", n(1))
                 .expression_attribute_values(":now", n(now_ms)),
+            Settlement::Erased {
+                version_ms,
+                idempotency_id,
+            } => request
+                .update_expression(
+                    "SET #status = :status, status_at = :status_at, erased_at = :now, last_synced_at = :now, \
+                     applied_version = :version, applied_idempotency_id = :idempotency, updated_at = :now, \
+                     attempts = :zero, inbound_at = :empty, received = :empty \
+                     REMOVE lease_token, lease_until, written, recent_writes, claimed_writes, pending_change, \
+                     last_change, last_error, retryable, email_key",
+                )
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":status", s(SyncStatus::Deleted.as_str()))
+                .expression_attribute_values(":status_at", s(status_at(now_ms, record)))
+                .expression_attribute_values(":version", n(*version_ms))
+                .expression_attribute_values(":idempotency", s(idempotency_id))
+                .expression_attribute_values(":zero", n(0))
+                .expression_attribute_values(":empty", AttributeValue::M(HashMap::new()))
+                .expression_attribute_values(":now", n(now_ms)),
             Settlement::Dropped { error } => request
                 .update_expression(
                     "SET #status = :status, status_at = :status_at, last_error = :error, updated_at = :now \
@@ -686,10 +705,6 @@ impl RecordLeases for DynamoDbSyncState {
         .await
     }
 
-    async fn share_crm_record(&self, record: &RecordRef, now_ms: i64) -> Result<(), StoreUnavailable> {
-        self.mark_state(record, "SET updated_at = :now REMOVE identity_conflict", now_ms)
-            .await
-    }
 
     async fn claim_crm_record(
         &self,
@@ -798,6 +813,11 @@ impl RecordJournal for DynamoDbSyncState {
             now_ms,
         )
         .await
+    }
+
+    async fn share_crm_record(&self, record: &RecordRef, now_ms: i64) -> Result<(), StoreUnavailable> {
+        self.mark_state(record, "SET updated_at = :now REMOVE identity_conflict", now_ms)
+            .await
     }
 
     async fn forget(&self, record: &RecordRef) -> Result<(), StoreUnavailable> {

@@ -394,6 +394,27 @@ impl Crm for HubSpotClient {
         Ok(BatchResult { outcomes, rate, call })
     }
 
+    async fn erase(&self, object: &str, crm_id: &str) -> Result<BatchResult, CrmError> {
+        if object != "contacts" {
+            return self.archive(object, &[crm_id.to_string()]).await;
+        }
+        let path = format!("/crm/objects/{}/contacts/gdpr-delete", self.version);
+        let done = |rate, call| BatchResult {
+            outcomes: vec![InputOutcome::Done {
+                crm_id: crm_id.to_string(),
+                created: false,
+            }],
+            rate,
+            call,
+        };
+        match self.post(&path, json!({ "objectId": crm_id })).await {
+            // 204; a contact that is not there (erased or merged away already) is erased too.
+            Ok((_, rate, _, call)) => Ok(done(rate, call)),
+            Err(CrmError::Rejected { status: 404, call, .. }) => Ok(done(RateInfo::default(), call)),
+            Err(error) => Err(error),
+        }
+    }
+
     async fn read(
         &self,
         object: &str,
