@@ -60,6 +60,11 @@ impl Default for InboundSettings {
     }
 }
 
+/// How many times an event about a CRM record that carries the app's id of a record linked to
+/// another CRM record comes back (waiting for the event of a merge of the two) before it is
+/// taken as no app record's.
+const WAITS_FOR_A_MERGE: u32 = 3;
+
 /// One CRM's events; events another CRM posted are not this deployment's to apply, since their
 /// ids name records in that other CRM.
 pub struct EventsOf {
@@ -225,6 +230,7 @@ impl InboundService {
         deadline: Instant,
         report: &mut BatchReport,
         throttled: &mut HashMap<(ObjectKind, String), i64>,
+        waiting: &mut HashMap<(ObjectKind, String), String>,
     ) -> HashMap<(ObjectKind, String), String> {
         let mut unresolved = HashMap::new();
         for object in ObjectKind::ALL {
@@ -290,14 +296,55 @@ impl InboundService {
                 let refs: Vec<RecordRef> = candidates.iter().map(|(_, record)| record.clone()).collect();
                 match self.queries.states(&refs).await {
                     Ok(states) => {
+                        // A record linked to a CRM id the CRM merged into this one is this one's
+                        // too: its write followed the merge, whose own event moves it later.
+                        let linked: Vec<String> =
+                            states.values().filter_map(|state| state.crm_id.clone()).collect();
+                        let survivors =
+                            crate::merges::survivors(self.queries.as_ref(), object, &linked).await;
                         for (crm_id, record) in candidates {
                             // Only a record the app sent, and not one linked to another CRM record.
                             let ours = states.get(&record).is_some_and(|state| {
                                 state.status != SyncStatus::Deleted
-                                    && state.crm_id.as_ref().is_none_or(|known| *known == crm_id)
+                                    && state.crm_id.as_ref().is_none_or(|known| {
+                                        *known == crm_id || survivors.get(known) == Some(&crm_id)
+                                    })
                             });
-                            if ours {
+                            let elsewhere = states
+                                .get(&record)
+                                .filter(|state| state.status != SyncStatus::Deleted)
+                                .and_then(|state| state.crm_id.clone())
+                                .filter(|_| !ours);
+                            // Where the CRM can tell (HubSpot reads a merged-away id as its
+                            // survivor), it is asked whether the record's id went here.
+                            let merged_here = match &elsewhere {
+                                Some(known) => {
+                                    self.merged_here(
+                                        object,
+                                        &mapping.crm_object,
+                                        known,
+                                        &crm_id,
+                                        deadline,
+                                        report,
+                                    )
+                                    .await
+                                }
+                                None => false,
+                            };
+                            if ours || merged_here {
                                 records.insert((object, crm_id), record);
+                            } else if let Some(known) = elsewhere {
+                                // The CRM record carries the app's id of a record linked to
+                                // another CRM record: most likely the survivor of a merge whose
+                                // event has not come yet.
+                                waiting.insert(
+                                    (object, crm_id.clone()),
+                                    format!(
+                                        "CRM record {crm_id} carries app record {}'s id, which is linked to CRM \
+                                         record {known}: waiting for a merge of the two",
+                                        record.record_id
+                                    ),
+                                );
                             }
                         }
                     }
@@ -312,6 +359,36 @@ impl InboundService {
             }
         }
         unresolved
+    }
+
+    /// Whether the CRM says that its record `from` went into `into` (and then records the merge).
+    async fn merged_here(
+        &self,
+        object: ObjectKind,
+        crm_object: &str,
+        from: &str,
+        into: &str,
+        deadline: Instant,
+        report: &mut BatchReport,
+    ) -> bool {
+        let Ok(lookup) = self
+            .worker
+            .call(deadline, report, || self.crm.survivor(crm_object, from))
+            .await
+        else {
+            return false;
+        };
+        if lookup.survivor.as_deref() != Some(into) {
+            return false;
+        }
+        if let Err(error) = self
+            .leases
+            .record_merge(object, &[from.to_string()], into, self.clock.now_ms())
+            .await
+        {
+            tracing::warn!(error = ?anyhow::Error::from(error), "could not record a merge the CRM reported");
+        }
+        true
     }
 
     pub async fn process(&self, messages: Vec<SyncMessage>, deadline: Instant) -> BatchReport {
@@ -353,7 +430,7 @@ impl InboundService {
         let by_id: HashMap<&str, &Pending> = ready.iter().map(|p| (p.message_id.as_str(), p)).collect();
         let inbox_failures = self.deliver(&mut per_record, &by_id).await;
         let settle_now = self.clock.now_ms();
-        let (timeline, settled) = self
+        let settled = self
             .settle_records(
                 per_record,
                 &inbox_failures,
@@ -366,11 +443,6 @@ impl InboundService {
         for (id, disposition) in failed_reads {
             batch.dispositions.insert(id, disposition);
         }
-        // Identity events after the changes, whose records' leases are given back by now.
-        let identity = self.apply_identities(identities, &mut batch).await;
-        let mut timeline = timeline;
-        timeline.retain(|entry| !identity.erased.contains(&entry.record));
-        timeline.extend(identity.timeline);
         // Records leased for events that all failed to read are given back untouched.
         for (record, state) in &leased {
             if !settled.contains(record) {
@@ -384,11 +456,14 @@ impl InboundService {
                 }
             }
         }
+        // Identity events after the changes, whose records' leases are given back by now. Their
+        // timeline lines name ids and times, never values.
+        let identity = self.apply_identities(identities, &mut batch, deadline).await;
         self.record(
             &messages,
             &batch.dispositions,
             &batch.outcomes,
-            &timeline,
+            &identity.timeline,
             settle_now,
         )
         .await;
@@ -535,6 +610,7 @@ impl InboundService {
             }
         }
         let mut throttled = HashMap::new();
+        let mut waiting = HashMap::new();
         let unresolved = self
             .resolve_by_app_id(
                 &unknown,
@@ -542,6 +618,7 @@ impl InboundService {
                 deadline,
                 &mut batch.report,
                 &mut throttled,
+                &mut waiting,
             )
             .await;
         let mut work: Vec<Pending> = Vec::new();
@@ -563,6 +640,19 @@ impl InboundService {
                             attempts: p.attempts,
                         },
                     );
+                }
+                // Back twice, for the merge's event to arrive; then taken as no record's.
+                None if waiting.contains_key(&key) && p.attempts < WAITS_FOR_A_MERGE => {
+                    batch
+                        .dispositions
+                        .insert(p.message_id.clone(), self.retry(p.attempts, &waiting[&key]));
+                }
+                None if waiting.contains_key(&key) => {
+                    batch.report.skipped += 1;
+                    batch.dispositions.insert(p.message_id.clone(), Disposition::Done);
+                    batch
+                        .outcomes
+                        .push((p.message.clone(), EventOutcome::Ignored, waiting[&key].clone()));
                 }
                 None if unresolved.contains_key(&key) => {
                     let reason = &unresolved[&key];
@@ -796,11 +886,12 @@ impl InboundService {
         per_record
     }
 
-    /// Settle: each record's conflicts journaled, then its update under its lease (with the
-    /// fingerprints of the events acted on, so that a copy finds them: the conflicts must be
-    /// journaled by then), its events' outcomes and timeline entries; a record whose inbox
-    /// messages did not all go out counts as not done. Returns the timeline entries and the
-    /// records settled.
+    /// Settle: each record's conflicts journaled, the timeline written, then each record's
+    /// update under its lease (with the fingerprints of the events acted on, so that a copy finds
+    /// them: the conflicts must be journaled by then), and its events' outcomes; a record whose
+    /// inbox messages did not all go out counts as not done. The timeline is written while the
+    /// leases are held: a line written after a lease is given back could land after a privacy
+    /// erasure had forgotten the record's history. Returns the records settled.
     ///
     /// Long on purpose: a record's update, outcomes, timeline and conflicts are settled together.
     async fn settle_records(
@@ -811,9 +902,10 @@ impl InboundService {
         token: &str,
         settle_now: i64,
         batch: &mut Tally,
-    ) -> (Vec<TimelineEntry>, HashSet<RecordRef>) {
-        let mut timeline = Vec::new();
+    ) -> HashSet<RecordRef> {
         let settled: HashSet<RecordRef> = per_record.keys().cloned().collect();
+        let mut timeline = Vec::new();
+        let mut ready = Vec::new();
         for (record, (state, update, items)) in per_record {
             let failed = items.iter().any(|(id, _)| inbox_failures.contains(id));
             let update = if failed {
@@ -847,52 +939,39 @@ impl InboundService {
                     continue;
                 }
             }
-            if let Err(error) = self
+            if !failed {
+                for (id, effects) in &items {
+                    timeline.extend(event_entries(&record, by_id[id.as_str()], effects));
+                }
+            }
+            ready.push((record, update, items, failed));
+        }
+        if let Err(error) = self.history.append_timeline(&timeline).await {
+            tracing::error!(error = ?anyhow::Error::from(error), "could not write the timeline");
+        }
+        for (record, update, items, failed) in ready {
+            let settled = match self
                 .leases
                 .settle_inbound(&record, token, settle_now, &update)
                 .await
             {
-                tracing::error!(record = %record, error = ?anyhow::Error::from(error), "could not settle inbound work");
+                Ok(settled) => settled,
+                Err(error) => {
+                    tracing::error!(record = %record, error = ?anyhow::Error::from(error), "could not settle inbound work");
+                    false
+                }
+            };
+            if !settled || failed {
+                // Not recorded (the lease ran out, or the store failed), or not all told to the
+                // app: acted on again.
                 for (id, _) in &items {
                     batch.dispositions.insert(id.clone(), Disposition::Redeliver);
                 }
                 continue;
             }
             for (id, effects) in items {
-                if failed {
-                    batch.dispositions.insert(id.clone(), Disposition::Redeliver);
-                    continue;
-                }
                 let p = by_id[id.as_str()];
                 let (outcome, detail) = describe(&effects);
-                if !effects.delivered.is_empty() {
-                    let fields: Vec<String> = effects
-                        .delivered
-                        .iter()
-                        .map(|(f, v)| format!("{f} = {v}"))
-                        .collect();
-                    timeline.push(inbound_entry(
-                        &record,
-                        p,
-                        TimelineKind::Received,
-                        format!("from the CRM ({}): {}", p.change.source, fields.join(", ")),
-                    ));
-                }
-                for conflict in &effects.conflicts {
-                    timeline.push(inbound_entry(
-                        &record,
-                        p,
-                        TimelineKind::Conflict,
-                        format!(
-                            "{} changed in the CRM ({}) to {:?}; the app owns it ({:?}): {}",
-                            conflict.field,
-                            conflict.source,
-                            conflict.crm_value,
-                            conflict.app_value.as_deref().unwrap_or(""),
-                            conflict.resolution
-                        ),
-                    ));
-                }
                 match outcome {
                     EventOutcome::Applied => batch.report.applied += 1,
                     _ => batch.report.skipped += 1,
@@ -901,7 +980,7 @@ impl InboundService {
                 batch.dispositions.insert(id, Disposition::Done);
             }
         }
-        (timeline, settled)
+        settled
     }
 
     /// Deliver: the CRM-owned changes each record's events decided, to the app inbox, numbered
@@ -1042,6 +1121,40 @@ fn inbound_entry(record: &RecordRef, p: &Pending, kind: TimelineKind, detail: St
         detail,
         call: None,
     }
+}
+
+/// The timeline lines of one event acted on: what it delivered, and each conflict.
+fn event_entries(record: &RecordRef, p: &Pending, effects: &Effects) -> Vec<TimelineEntry> {
+    let mut entries = Vec::new();
+    if !effects.delivered.is_empty() {
+        let fields: Vec<String> = effects
+            .delivered
+            .iter()
+            .map(|(f, v)| format!("{f} = {v}"))
+            .collect();
+        entries.push(inbound_entry(
+            record,
+            p,
+            TimelineKind::Received,
+            format!("from the CRM ({}): {}", p.change.source, fields.join(", ")),
+        ));
+    }
+    for conflict in &effects.conflicts {
+        entries.push(inbound_entry(
+            record,
+            p,
+            TimelineKind::Conflict,
+            format!(
+                "{} changed in the CRM ({}) to {:?}; the app owns it ({:?}): {}",
+                conflict.field,
+                conflict.source,
+                conflict.crm_value,
+                conflict.app_value.as_deref().unwrap_or(""),
+                conflict.resolution
+            ),
+        ));
+    }
+    entries
 }
 
 /// The event's outcome: delivered beats conflict beats echo beats ignored.

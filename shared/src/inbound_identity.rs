@@ -2,7 +2,7 @@
 //! CRM ids to the survivor, a restore re-links, a privacy deletion erases. Each is rare, so each
 //! is carried out on its own: its records leased together, the app told, then each record settled.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use super::{InboundService, Tally};
@@ -28,16 +28,22 @@ pub(super) struct IdentityWork {
 #[derive(Default)]
 pub(super) struct IdentityEffects {
     pub timeline: Vec<TimelineEntry>,
-    /// Records erased: no entry of this batch may bring their values back.
-    pub erased: HashSet<RecordRef>,
 }
 
 /// How one identity event ended, before its outcome is recorded.
 enum Ended {
     Done(EventOutcome, String),
-    /// Not now: the event is delivered again (`None`: at once, `Some`: after a delay).
+    /// Not now: the event is delivered again (`None`: at once, `Some`: after a delay), no
+    /// attempt counted.
     Again(Option<Duration>),
+    /// No app record yet: the event comes back once more after a while, an attempt counted.
+    Wait(String),
 }
+
+/// How many times an identity event that finds no app record comes back before it is ignored:
+/// the CRM's events arrive in any order, and the event of the merge that brings a record onto
+/// this CRM id may come after this one.
+const WAITS_FOR_A_RECORD: u32 = 3;
 
 impl InboundService {
     /// Carries out the batch's identity events, oldest first.
@@ -45,6 +51,7 @@ impl InboundService {
         &self,
         mut work: Vec<IdentityWork>,
         batch: &mut Tally,
+        deadline: tokio::time::Instant,
     ) -> IdentityEffects {
         work.sort_by(|a, b| {
             (a.change.occurred_at_ms, &a.message.event_key)
@@ -52,7 +59,9 @@ impl InboundService {
         });
         let mut effects = IdentityEffects::default();
         for item in work {
-            let ended = self.apply_identity(&item, batch.now_ms, &mut effects).await;
+            let ended = self
+                .apply_identity(&item, batch.now_ms, deadline, &mut batch.report, &mut effects)
+                .await;
             let disposition = match ended {
                 Ended::Done(outcome, detail) => {
                     match outcome {
@@ -62,6 +71,7 @@ impl InboundService {
                     batch.outcomes.push((item.message.clone(), outcome, detail));
                     Disposition::Done
                 }
+                Ended::Wait(reason) => self.retry(item.attempts, &reason),
                 Ended::Again(None) => Disposition::Redeliver,
                 Ended::Again(Some(delay)) => Disposition::Retry {
                     delay,
@@ -73,7 +83,16 @@ impl InboundService {
         effects
     }
 
-    async fn apply_identity(&self, item: &IdentityWork, now_ms: i64, effects: &mut IdentityEffects) -> Ended {
+    /// Long on purpose: one identity event from its merge record to its settled records, the
+    /// ways it can wait (busy records, no record yet) in the order they are met.
+    async fn apply_identity(
+        &self,
+        item: &IdentityWork,
+        now_ms: i64,
+        deadline: tokio::time::Instant,
+        report: &mut crate::worker::BatchReport,
+        effects: &mut IdentityEffects,
+    ) -> Ended {
         let change = &item.change;
         if let IdentityKind::Merged { merged, .. } = &change.kind {
             // First, so that a write naming a merged-away id follows it even if no app record
@@ -87,17 +106,50 @@ impl InboundService {
                 return Ended::Again(None);
             }
         }
-        let ids: Vec<String> = match &change.kind {
-            IdentityKind::Merged { merged, .. } => merged.iter().chain([&change.crm_id]).cloned().collect(),
-            _ => vec![change.crm_id.clone()],
+        // A merge concerns the ids it names, and any other id recorded as merged into its
+        // survivor (a write that asked the CRM where a gone id went, before this event came).
+        let (ids, merged_ids): (Vec<String>, Vec<String>) = match &change.kind {
+            IdentityKind::Merged { merged, .. } => {
+                let mut merged = merged.clone();
+                match self.queries.merged_from(change.object, &change.crm_id).await {
+                    Ok(more) => merged.extend(more),
+                    Err(error) => {
+                        tracing::error!(error = ?anyhow::Error::from(error), "could not read the merges into a record");
+                        return Ended::Again(None);
+                    }
+                }
+                merged.sort();
+                merged.dedup();
+                let ids = merged.iter().chain([&change.crm_id]).cloned().collect();
+                (ids, merged)
+            }
+            _ => (vec![change.crm_id.clone()], Vec::new()),
         };
+        // Where the survivor went since (a later merge whose event came first): the records
+        // move straight there.
+        let destination = crate::merges::survivors(
+            self.queries.as_ref(),
+            change.object,
+            std::slice::from_ref(&change.crm_id),
+        )
+        .await
+        .remove(&change.crm_id)
+        .unwrap_or_else(|| change.crm_id.clone());
         let mut holders = Vec::new();
         for crm_id in &ids {
             match self.queries.holders(change.object, crm_id, MAX_HOLDERS).await {
-                Ok(found) => holders.extend(found.into_iter().map(|state| Holder {
-                    record: state.record,
-                    crm_id: crm_id.clone(),
-                })),
+                // A record the app deleted neither moves nor owns; an erasure takes it too.
+                Ok(found) => holders.extend(
+                    found
+                        .into_iter()
+                        .filter(|state| {
+                            change.kind == IdentityKind::Erased || state.status != SyncStatus::Deleted
+                        })
+                        .map(|state| Holder {
+                            record: state.record,
+                            crm_id: crm_id.clone(),
+                        }),
+                ),
                 Err(error) => {
                     tracing::error!(error = ?anyhow::Error::from(error), "could not find the app records of a CRM id");
                     return Ended::Again(None);
@@ -105,15 +157,60 @@ impl InboundService {
             }
         }
         let plan = match &change.kind {
-            IdentityKind::Merged { merged, primary } => {
-                plan_merge(&change.crm_id, primary.as_deref(), merged, &holders)
+            IdentityKind::Merged { primary, .. } => {
+                plan_merge(&change.crm_id, primary.as_deref(), &merged_ids, &holders)
             }
             _ => MergePlan {
                 owners: holders.iter().map(|h| h.record.clone()).collect(),
                 moved: Vec::new(),
             },
         };
+        let mut plan = plan;
+        if plan.records().is_empty() && destination != change.crm_id {
+            // A later merge's event came first and moved the records on: they are on the
+            // destination, with this merge's ids among those they were on.
+            match self
+                .queries
+                .holders(change.object, &destination, MAX_HOLDERS)
+                .await
+            {
+                Ok(found) => {
+                    for state in found.into_iter().filter(|s| s.status != SyncStatus::Deleted) {
+                        if let Some(from) = state.previous_crm_ids.iter().find(|id| merged_ids.contains(id)) {
+                            plan.moved.push((state.record.clone(), from.clone()));
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(error = ?anyhow::Error::from(error), "could not find the app records of a CRM id");
+                    return Ended::Again(None);
+                }
+            }
+        }
+        if plan.records().is_empty() && change.kind == IdentityKind::Restored {
+            // A restored record whose app record is on an id merged into it (its merge's event
+            // not come yet): found by the app's id the CRM record carries.
+            let key = (change.object, change.crm_id.clone());
+            let (mut found, mut throttled, mut waiting) = (HashMap::new(), HashMap::new(), HashMap::new());
+            self.resolve_by_app_id(
+                std::slice::from_ref(&key),
+                &mut found,
+                deadline,
+                report,
+                &mut throttled,
+                &mut waiting,
+            )
+            .await;
+            plan.owners.extend(found.remove(&key));
+        }
         let records = plan.records();
+        if records.is_empty() && item.attempts < WAITS_FOR_A_RECORD {
+            return Ended::Wait(format!(
+                "no app record on {} CRM id {} yet",
+                change.object,
+                ids.join(" or ")
+            ));
+        }
         if records.is_empty() {
             return Ended::Done(
                 EventOutcome::Ignored,
@@ -142,7 +239,7 @@ impl InboundService {
             return Ended::Again(None);
         }
         let detail = self
-            .settle_identity(item, &plan, &states, &token, now_ms, effects)
+            .settle_identity(item, &plan, &destination, &states, &token, now_ms, effects)
             .await;
         match detail {
             Some(detail) => Ended::Done(EventOutcome::Applied, detail),
@@ -226,10 +323,12 @@ impl InboundService {
     /// Each record's update under its lease, with its timeline entry (and, for two app records
     /// on one CRM record, a conflict each). Returns the event's outcome detail, `None` when a
     /// record could not be settled (the event is acted on again; what settled stays settled).
+    #[allow(clippy::too_many_arguments)]
     async fn settle_identity(
         &self,
         item: &IdentityWork,
         plan: &MergePlan,
+        destination: &str,
         states: &[RecordState],
         token: &str,
         now_ms: i64,
@@ -240,6 +339,11 @@ impl InboundService {
         let mut all_settled = true;
         for state in states {
             let record = &state.record;
+            if state.acted_on(&item.message.event_key) {
+                // Settled by an earlier delivery of this event: nothing more to record.
+                self.release_all(std::slice::from_ref(state), token, now_ms).await;
+                continue;
+            }
             let moved_from = plan
                 .moved
                 .iter()
@@ -250,13 +354,19 @@ impl InboundService {
             let mut identity = IdentityUpdate::default();
             let detail = match (&change.kind, &moved_from) {
                 (IdentityKind::Merged { .. }, Some(from)) => {
-                    identity.crm_id = Some(change.crm_id.clone());
+                    identity.crm_id = Some(destination.to_string());
+                    identity.previous_crm_ids = state.moved_to(destination);
                     identity.identity_conflict = plan.conflict_reason(record, &change.crm_id);
                     format!(
                         "merged in the CRM ({}): CRM record {from} into CRM record {}, which this record \
-                         follows from now on{}",
+                         follows from now on{}{}",
                         change.source,
                         change.crm_id,
+                        if destination == change.crm_id {
+                            String::new()
+                        } else {
+                            format!(" (merged on into CRM record {destination} since)")
+                        },
                         identity
                             .identity_conflict
                             .as_ref()
@@ -264,32 +374,35 @@ impl InboundService {
                             .unwrap_or_default()
                     )
                 }
-                (IdentityKind::Merged { merged, .. }, None) => format!(
-                    "merged in the CRM ({}): CRM record{} {} merged into this record's CRM record {}{}",
-                    change.source,
-                    if merged.len() == 1 { "" } else { "s" },
-                    merged.join(", "),
-                    change.crm_id,
-                    if conflict {
-                        let others: Vec<String> = plan
-                            .records()
-                            .into_iter()
-                            .filter(|r| r != record)
-                            .map(|r| r.record_id)
-                            .collect();
-                        format!(
-                            "; app record {} now points here too (an identity conflict)",
-                            others.join(", ")
-                        )
-                    } else {
-                        String::new()
+                (IdentityKind::Merged { merged, .. }, None) => {
+                    if state.crm_id.as_deref() != Some(destination) {
+                        identity.crm_id = Some(destination.to_string());
+                        identity.previous_crm_ids = state.moved_to(destination);
                     }
-                ),
+                    format!(
+                        "merged in the CRM ({}): CRM record{} {} merged into this record's CRM record {}{}",
+                        change.source,
+                        if merged.len() == 1 { "" } else { "s" },
+                        merged.join(", "),
+                        change.crm_id,
+                        if conflict {
+                            let others: Vec<String> = plan
+                                .records()
+                                .into_iter()
+                                .filter(|r| r != record)
+                                .map(|r| r.record_id)
+                                .collect();
+                            format!(
+                                "; app record {} now points here too (an identity conflict)",
+                                others.join(", ")
+                            )
+                        } else {
+                            String::new()
+                        }
+                    )
+                }
                 (IdentityKind::Restored, _) => {
                     update.inbox_sequence += 1;
-                    if state.status == SyncStatus::Deleted && state.erased_at_ms.is_none() {
-                        identity.status = Some(SyncStatus::Synced);
-                    }
                     format!(
                         "restored in the CRM ({}): CRM record {} is back and still this record's",
                         change.source, change.crm_id
@@ -307,7 +420,6 @@ impl InboundService {
                         self.release_all(std::slice::from_ref(state), token, now_ms).await;
                         continue;
                     }
-                    effects.erased.insert(record.clone());
                     format!(
                         "erased in the CRM by a privacy deletion ({}): crm-sync forgot the record's values \
                          and history and refuses its changes",
@@ -344,10 +456,18 @@ impl InboundService {
                 }
             }
             update.identity = Some(identity);
-            if let Err(error) = self.leases.settle_inbound(record, token, now_ms, &update).await {
-                tracing::error!(record = %record, error = ?anyhow::Error::from(error), "could not settle an identity event");
-                all_settled = false;
-                continue;
+            match self.leases.settle_inbound(record, token, now_ms, &update).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(record = %record, "lease lost before settling an identity event");
+                    all_settled = false;
+                    continue;
+                }
+                Err(error) => {
+                    tracing::error!(record = %record, error = ?anyhow::Error::from(error), "could not settle an identity event");
+                    all_settled = false;
+                    continue;
+                }
             }
             effects.timeline.push(TimelineEntry {
                 record: record.clone(),

@@ -36,6 +36,23 @@ async fn timeline_of(h: &Harness, record_id: &str) -> Vec<crate::domain::sync::T
     h.state.record(&record, 50).await.unwrap().unwrap().1
 }
 
+/// A CRM contact no app record is linked to (a person's entry); `key` names it in the memory CRM.
+async fn crm_only(h: &Harness, key: &str) -> String {
+    let written = h
+        .crm
+        .upsert(
+            "contacts",
+            "crm_sync_app_id",
+            &[crate::domain::crm::UpsertInput::new(key, Default::default())],
+        )
+        .await
+        .unwrap();
+    match &written.outcomes[0] {
+        crate::domain::crm::InputOutcome::Done { crm_id, .. } => crm_id.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A HubSpot identity event (`contact.merge`, `contact.restore`, `contact.privacyDeletion`).
 fn identity(key: &str, kind: &str, crm_id: &str, extra: Value) -> SyncMessage {
     let mut event = json!({"eventId": 1, "subscriptionId": 2, "portalId": 3, "occurredAt": NOW - 500,
@@ -77,24 +94,7 @@ async fn a_merge_moves_the_app_record_of_the_merged_away_id_to_the_survivor_and_
     let h = harness();
     let loser = synced_as(&h, "user-1", "ada@example.com", NOW - 60_000).await;
     // A CRM contact of no app record: a rep's own entry of the same person.
-    let survivor = match h
-        .crm
-        .upsert(
-            "contacts",
-            "crm_sync_app_id",
-            &[crate::domain::crm::UpsertInput::new(
-                "rep-entry",
-                Default::default(),
-            )],
-        )
-        .await
-        .unwrap()
-        .outcomes[0]
-        .clone()
-    {
-        crate::domain::crm::InputOutcome::Done { crm_id, .. } => crm_id,
-        other => panic!("{other:?}"),
-    };
+    let survivor = crm_only(&h, "rep-entry").await;
     h.crm.merge("contacts", "user-1", "rep-entry");
     let event = merge("m-1", &survivor, &[&loser]);
 
@@ -215,8 +215,8 @@ async fn two_app_records_on_one_crm_record_are_an_identity_conflict_that_holds_t
 async fn a_write_follows_a_chain_of_merges_recorded_before_its_record_moved() {
     let h = harness();
     let first = synced_as(&h, "user-1", "ada@example.com", NOW - 60_000).await;
-    let last = synced_as(&h, "user-9", "ada@last.example", NOW - 59_000).await;
-    h.crm.merge("contacts", "user-1", "user-9");
+    let last = crm_only(&h, "rep-last").await;
+    h.crm.merge("contacts", "user-1", "rep-last");
     // A into B, then B into C, recorded while no app record was on B.
     h.state
         .record_merge(
@@ -245,14 +245,65 @@ async fn a_write_follows_a_chain_of_merges_recorded_before_its_record_moved() {
         h.crm.by_crm_id("contacts", &last).unwrap().properties["firstname"],
         "Ada"
     );
+    // The record stays where it is until the merge's own event moves it (and tells the app).
     assert_eq!(
         state_of(&h, "user-1").await.crm_id.as_deref(),
-        Some(last.as_str())
+        Some(first.as_str())
+    );
+    let timeline = timeline_of(&h, "user-1").await;
+    assert_eq!(
+        timeline[0].detail,
+        format!("updated CRM record {last}, into which the CRM merged CRM record {first}")
     );
 }
 
 #[tokio::test]
-async fn a_record_gone_from_the_crm_waits_one_retry_for_a_merge_then_is_created_anew() {
+async fn a_write_that_finds_its_id_merged_into_another_app_records_crm_record_waits_for_the_merges_event() {
+    let h = harness();
+    let loser = synced_as(&h, "user-1", "ada@example.com", NOW - 60_000).await;
+    let survivor = synced_as(&h, "user-2", "ada@work.example", NOW - 59_000).await;
+    h.crm.merge("contacts", "user-1", "user-2");
+    // The merge is recorded; its event has not moved user-1 yet (its record was busy).
+    h.state
+        .record_merge(ObjectKind::Contact, std::slice::from_ref(&loser), &survivor, NOW)
+        .await
+        .unwrap();
+    let calls = h.crm.calls();
+
+    h.outbound
+        .process(
+            vec![upsert("user-1", NOW - 10_000, json!({"first_name": "Other"}))],
+            deadline(),
+        )
+        .await;
+
+    assert_eq!(h.crm.calls(), calls, "nothing written over user-2's CRM record");
+    let state = state_of(&h, "user-1").await;
+    assert_eq!(
+        state.status,
+        SyncStatus::Pending,
+        "it waits for the merge's event"
+    );
+    assert!(
+        state
+            .last_error
+            .unwrap()
+            .contains("which app record user-2 is on too"),
+        "the reason names the other record"
+    );
+
+    // The event comes: user-2 owns the survivor, user-1 moves and is held.
+    h.inbound
+        .process(vec![merge("m-1", &survivor, &[&loser])], deadline())
+        .await;
+    let moved = state_of(&h, "user-1").await;
+    assert_eq!(moved.crm_id.as_deref(), Some(survivor.as_str()));
+    assert!(moved.identity_conflict.is_some());
+    assert!(state_of(&h, "user-2").await.identity_conflict.is_none());
+}
+
+#[tokio::test]
+async fn a_record_gone_from_the_crm_waits_two_tries_for_a_merge_then_is_created_anew() {
     let h = harness();
     let gone = synced_as(&h, "user-1", "ada@example.com", NOW - 60_000).await;
     h.crm.delete("contacts", "user-1");
@@ -269,18 +320,21 @@ async fn a_record_gone_from_the_crm_waits_one_retry_for_a_merge_then_is_created_
     assert!(waiting.last_error.unwrap().contains("is gone from the CRM"));
     assert_eq!(h.crm.count("contacts"), 0, "not re-created at once");
 
-    // No merge named it by the retry: a person deleted it, and the app still has it.
-    let retry = h.retries.take().pop().expect("a retry");
-    h.outbound
-        .process(
-            vec![SyncMessage {
-                message_id: "again".into(),
-                body: retry.body,
-                attributes: retry.attributes.iter().cloned().collect(),
-            }],
-            deadline(),
-        )
-        .await;
+    // No merge names it by the second try either: a person deleted it, and the app still has it.
+    for (round, still_gone) in [(1, true), (2, false)] {
+        let retry = h.retries.take().pop().expect("a retry");
+        h.outbound
+            .process(
+                vec![SyncMessage {
+                    message_id: format!("again-{round}"),
+                    body: retry.body,
+                    attributes: retry.attributes.iter().cloned().collect(),
+                }],
+                deadline(),
+            )
+            .await;
+        assert_eq!(h.crm.count("contacts") == 0, still_gone, "try {round}");
+    }
     let state = state_of(&h, "user-1").await;
     assert_eq!(state.status, SyncStatus::Synced, "{:?}", state.last_error);
     assert_ne!(state.crm_id.as_deref(), Some(gone.as_str()));
@@ -362,10 +416,7 @@ async fn a_privacy_deletion_forgets_the_records_values_and_history_and_refuses_i
     let state = state_of(&h, "user-1").await;
     assert_eq!(state.pending_change, None);
     assert_eq!(state.status, SyncStatus::Deleted);
-    assert!(state
-        .last_error
-        .unwrap()
-        .contains("was erased for privacy"));
+    assert!(state.last_error.unwrap().contains("was erased for privacy"));
 }
 
 #[tokio::test]

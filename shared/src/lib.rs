@@ -16,6 +16,7 @@ pub mod domain;
 pub mod entrypoints;
 pub mod inbound;
 pub mod ingest;
+pub mod merges;
 pub mod ports;
 pub mod reconcile;
 pub mod sync;

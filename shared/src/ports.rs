@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use crate::domain::contract::{Change, ObjectKind, RecordRef};
 use crate::domain::crm::{
-    AssociationInput, BatchResult, CrmError, PropertyKinds, RateInfo, ReadResult, ThrottlePolicy,
-    UpdateInput, UpsertInput,
+    AssociationInput, BatchResult, CrmError, MergeLookup, PropertyKinds, RateInfo, ReadResult,
+    ThrottlePolicy, UpdateInput, UpsertInput,
 };
 pub use crate::domain::identity::IdentityUpdate;
 use crate::domain::inbound::{ConflictEntry, InboundMessage, Interpretation};
@@ -118,6 +118,18 @@ pub trait Crm: Send + Sync {
         self.archive(object, &[crm_id.to_string()]).await
     }
 
+    /// Where the CRM says a record id it no longer has went: the survivor, for a CRM that reads a
+    /// merged-away id as its survivor (HubSpot); `None` where it cannot tell (a deleted record,
+    /// or a CRM that answers a merged id as missing).
+    async fn survivor(&self, object: &str, crm_id: &str) -> Result<MergeLookup, CrmError> {
+        let _ = (object, crm_id);
+        Ok(MergeLookup {
+            survivor: None,
+            rate: RateInfo::default(),
+            call: "no CRM call: the CRM does not read merged ids".into(),
+        })
+    }
+
     /// Reads records by CRM id, with the named properties; a record that does not exist reads as
     /// `None`.
     async fn read(
@@ -201,10 +213,7 @@ pub enum Settlement {
     /// The record was erased for privacy (in the CRM, at the app's request): its ids, status
     /// (`deleted`), version and `erased_at` stay; every value, the last and pending change, the
     /// error, the email index and the fingerprints of values go.
-    Erased {
-        version_ms: i64,
-        idempotency_id: String,
-    },
+    Erased { version_ms: i64, idempotency_id: String },
     /// Nothing was tried (throttled before the call): give the lease back, folding the claimed
     /// writes into `recent_writes` as `Failed` does.
     Released {
@@ -308,14 +317,15 @@ pub trait RecordLeases: Send + Sync {
         lease_until_ms: i64,
     ) -> Result<LeaseOutcome, StoreUnavailable>;
 
-    /// Records what inbound work did and releases the lease (see `settle`).
+    /// Records what inbound work did and releases the lease; returns `false`, touching nothing,
+    /// when the lease has passed to another token (see `settle`).
     async fn settle_inbound(
         &self,
         record: &RecordRef,
         token: &str,
         now_ms: i64,
         update: &InboundUpdate,
-    ) -> Result<(), StoreUnavailable>;
+    ) -> Result<bool, StoreUnavailable>;
 
     /// Records `record_id` as the one app record that took over the existing CRM record
     /// `crm_id`, unless another app record did so first. MUST be atomic: of concurrent callers
@@ -337,7 +347,6 @@ pub trait RecordLeases: Send + Sync {
         survivor: &str,
         at_ms: i64,
     ) -> Result<(), StoreUnavailable>;
-
 }
 
 /// Each record's history: its timeline and its conflict journal.
@@ -413,6 +422,9 @@ pub trait RecordQueries: Send + Sync {
         });
         Ok(holders.into_iter().next())
     }
+
+    /// The CRM ids the CRM merged straight into `survivor` (one merge back).
+    async fn merged_from(&self, object: ObjectKind, survivor: &str) -> Result<Vec<String>, StoreUnavailable>;
 
     /// Where the CRM merged each of `crm_ids` to, one merge on: ids never merged are absent.
     async fn merged_into(

@@ -318,9 +318,17 @@ impl ReconcileService {
             let Some(mapping) = self.mapping.object(object) else {
                 continue;
             };
+            // A record held by an identity conflict shares its CRM record with another app record,
+            // whose values the CRM holds: healing it would write one app record over the other.
             let group: Vec<&RecordState> = states
                 .iter()
-                .filter(|s| s.record.object == object && s.crm_id.is_some() && s.status == SyncStatus::Synced)
+                .filter(|s| {
+                    s.record.object == object
+                        && s.crm_id.is_some()
+                        && s.status == SyncStatus::Synced
+                        && s.identity_conflict.is_none()
+                        && s.erased_at_ms.is_none()
+                })
                 .collect();
             if group.is_empty() {
                 continue;

@@ -318,8 +318,12 @@ impl SyncService {
                         .clone()
                         .filter(|_| queued.change.operation != Operation::Delete)
                     {
-                        oversized.push((queued, format!("held: {reason}"), prior.own_writes()));
-                        continue;
+                        // Held while another app record still holds the CRM record: once the
+                        // others are deleted, the record writes again.
+                        if self.still_shared(&prior).await {
+                            oversized.push((queued, format!("held: {reason}"), prior.own_writes()));
+                            continue;
+                        }
                     }
                     if let Some(reason) = state_too_large(&queued, &prior, &outbound) {
                         // Refused before any CRM call: once written, the outcome could not be
@@ -481,7 +485,9 @@ impl SyncService {
     }
 
     /// Settle: each record's outcome into its state, under its lease; returns nothing, the
-    /// messages' fates going into the batch.
+    /// messages' fates going into the batch. Every outcome is decided first and the timeline
+    /// written while the leases are held: a line written after a lease is given back could land
+    /// after a privacy erasure of the record had forgotten its history.
     async fn settle_all(
         &self,
         work: &[Work],
@@ -490,19 +496,73 @@ impl SyncService {
         batch: &mut Tally,
     ) {
         let settle_now = self.clock.now_ms();
-        let settled = bounded_each(work, |w| {
-            let outcome = outcomes
-                .get(&w.queued.message_id)
-                .cloned()
-                .unwrap_or(Outcome::Failed {
-                    kind: FailureKind::Transient,
-                    error: "not attempted".into(),
-                    call: None,
-                });
-            self.settle(w, outcome, token, settle_now)
+        let decided: Vec<_> = work
+            .iter()
+            .map(|w| {
+                let outcome = outcomes
+                    .get(&w.queued.message_id)
+                    .cloned()
+                    .unwrap_or(Outcome::Failed {
+                        kind: FailureKind::Transient,
+                        error: "not attempted".into(),
+                        call: None,
+                    });
+                settlement(w, outcome, &self.settings, settle_now, fastrand::f64())
+            })
+            .collect();
+        // An erasure forgets the history first: settled with its history still there, a crash
+        // could leave it so. Erasing again is harmless.
+        let mut history_kept = HashSet::new();
+        for (w, (settlement, ..)) in work.iter().zip(&decided) {
+            if matches!(settlement, Settlement::Erased { .. }) {
+                let record = w.queued.change.record();
+                if let Err(error) = self.history.forget(&record).await {
+                    tracing::error!(record = %record, error = ?anyhow::Error::from(error), "could not forget an erased record's history");
+                    history_kept.insert(w.queued.message_id.clone());
+                }
+            }
+        }
+        let entries: Vec<TimelineEntry> = work
+            .iter()
+            .zip(&decided)
+            .filter(|(w, _)| !history_kept.contains(&w.queued.message_id))
+            .map(|(w, (_, _, kind, detail, call))| {
+                entry(&w.queued.change, settle_now, *kind, detail.clone(), call.clone())
+            })
+            .collect();
+        if let Err(error) = self.history.append_timeline(&entries).await {
+            // The outcome is in each record's state; only the history lines are lost.
+            tracing::error!(error = ?anyhow::Error::from(error), entries = entries.len(), "could not write the timeline");
+        }
+        let items: Vec<(&Work, &Settlement, &Disposition)> = work
+            .iter()
+            .zip(&decided)
+            .map(|(w, (settlement, disposition, ..))| (w, settlement, disposition))
+            .collect();
+        let settled = bounded_each(&items, |(w, settlement, disposition)| async {
+            let record = w.queued.change.record();
+            if history_kept.contains(&w.queued.message_id) {
+                return Disposition::Redeliver;
+            }
+            match self.leases.settle(&record, token, settle_now, settlement).await {
+                Ok(true) => (*disposition).clone(),
+                // The attempt outlived its lease and another attempt now holds the record: this
+                // outcome is not recorded, so the change is decided again (a newer one applied
+                // since makes it stale then). Done here, a newer change whose write was overtaken
+                // would be lost with the state saying the older one is in the CRM.
+                Ok(false) => Disposition::Retry {
+                    delay: self.settings.busy_delay,
+                    attempts: w.queued.attempts,
+                },
+                Err(error) => {
+                    tracing::error!(record = %record, error = ?anyhow::Error::from(error), "could not record the outcome");
+                    // The lease runs out and the redelivered message tries again; the write is idempotent.
+                    Disposition::Redeliver
+                }
+            }
         })
         .await;
-        for (w, (disposition, timeline_entry)) in work.iter().zip(settled) {
+        for (w, disposition) in work.iter().zip(settled) {
             match &disposition {
                 Disposition::Done => batch.report.applied += 1,
                 Disposition::Retry { .. } => batch.report.retried += 1,
@@ -511,49 +571,6 @@ impl SyncService {
             batch
                 .dispositions
                 .insert(w.queued.message_id.clone(), disposition);
-            batch.timeline.extend(timeline_entry);
-        }
-    }
-
-    /// Applies the outcome to the record's state; returns the message's disposition and a
-    /// timeline entry.
-    async fn settle(
-        &self,
-        w: &Work,
-        outcome: Outcome,
-        token: &str,
-        now_ms: i64,
-    ) -> (Disposition, Option<TimelineEntry>) {
-        let change = &w.queued.change;
-        let record = change.record();
-        let (settlement, disposition, kind, detail, call) =
-            settlement(w, outcome, &self.settings, now_ms, fastrand::f64());
-        if matches!(settlement, Settlement::Erased { .. }) {
-            // The history goes first: an erasure settled with its history still there could be
-            // left so by a crash. Erasing again is harmless.
-            if let Err(error) = self.history.forget(&record).await {
-                tracing::error!(record = %record, error = ?anyhow::Error::from(error), "could not forget an erased record's history");
-                return (Disposition::Redeliver, None);
-            }
-        }
-        match self.leases.settle(&record, token, now_ms, &settlement).await {
-            Ok(true) => (disposition, Some(entry(change, now_ms, kind, detail, call))),
-            // The attempt outlived its lease and another attempt now holds the record: this
-            // outcome is not recorded, so the change is decided again (a newer one applied since
-            // makes it stale then). Done here, a newer change whose write was overtaken would
-            // be lost with the state saying the older one is in the CRM.
-            Ok(false) => (
-                Disposition::Retry {
-                    delay: self.settings.busy_delay,
-                    attempts: w.queued.attempts,
-                },
-                None,
-            ),
-            Err(error) => {
-                tracing::error!(record = %record, error = ?anyhow::Error::from(error), "could not record the outcome");
-                // The lease runs out and the redelivered message tries again; the upsert is idempotent.
-                (Disposition::Redeliver, None)
-            }
         }
     }
 
@@ -599,6 +616,7 @@ impl SyncService {
         self.write_by_id(
             object,
             mapping,
+            group,
             &inputs,
             &targets,
             &mut outcomes,
@@ -1195,9 +1213,23 @@ fn settlement(
             let unlinked = call
                 .strip_prefix("no CRM call: ")
                 .filter(|why| deleted && why.starts_with("unlinked"));
-            let crm_id = crm_id.or_else(|| w.prior.crm_id.clone());
+            // A write that followed the CRM's merge to a survivor leaves the record where it is:
+            // the merge's own event moves it, and tells the app, once.
+            let followed = match (&w.prior.crm_id, &crm_id) {
+                (Some(own), Some(written)) if !created && own != written => Some(written.clone()),
+                _ => None,
+            };
+            let crm_id = match followed {
+                Some(_) => w.prior.crm_id.clone(),
+                None => crm_id.or_else(|| w.prior.crm_id.clone()),
+            };
             let mut detail = match (deleted, created, &crm_id) {
                 _ if unlinked.is_some() => unlinked.unwrap_or_default().to_string(),
+                _ if followed.is_some() => format!(
+                    "updated CRM record {}, into which the CRM merged CRM record {}",
+                    followed.clone().unwrap_or_default(),
+                    crm_id.clone().unwrap_or_default()
+                ),
                 (true, _, Some(id)) => format!("archived CRM record {id}"),
                 (true, _, None) => "nothing to archive: the record was never in the CRM".to_string(),
                 (false, true, Some(id)) => format!("created CRM record {id}"),

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::{Outcome, SyncService, Work};
 use crate::domain::contract::ObjectKind;
 use crate::domain::crm::{BatchResult, CrmError, FailureKind, UpdateInput, UpsertInput};
-use crate::domain::identity::{MAX_HOLDERS, MAX_MERGE_HOPS};
+use crate::domain::identity::MAX_HOLDERS;
 use crate::domain::mapping::ObjectMapping;
 use crate::domain::sync::SyncStatus;
 use crate::worker::BatchReport;
@@ -24,19 +24,35 @@ pub(super) type CrmFuture<'s> = Pin<Box<dyn Future<Output = Result<BatchResult, 
 pub(super) const GONE: &str = "is gone from the CRM";
 
 /// How a record is written.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(super) enum Target {
     /// By the app's id; `forget_crm_id` when the CRM id crm-sync knew is gone for good.
     Upsert { forget_crm_id: bool },
-    /// By CRM id; `with_app_id` writes the app's id property too (not on a survivor of a merge,
-    /// whose id property may be another app record's).
-    ById { crm_id: String, with_app_id: bool },
+    /// By CRM id. The app's id property is left as the CRM has it: written at creation (or
+    /// adoption), it may be another app record's on a survivor of a merge.
+    ById { crm_id: String },
+    /// Not written: the outcome is known before any call.
+    Decided(Outcome),
 }
 
-/// Whether a write by id failed because the record is not there (deleted or merged away).
+/// Whether a write by id failed because the record is not there (deleted or merged away): an
+/// input's not-found error, or a whole call answered 404.
 fn gone(outcome: &Outcome) -> bool {
     const CODES: [&str; 3] = ["OBJECT_NOT_FOUND:", "NOT_FOUND:", "ENTITY_IS_DELETED:"];
-    matches!(outcome, Outcome::Failed { error, .. } if CODES.iter().any(|code| error.starts_with(code)))
+    matches!(outcome, Outcome::Failed { error, .. }
+        if CODES.iter().any(|code| error.starts_with(code)) || error.contains(" -> 404)"))
+}
+
+/// How many tries find a record gone, with no merge naming it, before it is created anew: the
+/// CRM's merge event may be seconds behind the write that met the dead id.
+const GONE_TRIES: u32 = 2;
+
+/// The error a write by id leaves when its CRM record is gone; the retry reads it back.
+fn gone_error(crm_id: &str) -> String {
+    format!(
+        "CRM record {crm_id} {GONE} (merged or deleted there): the retry waits for the CRM's merge \
+         event, and creates the record anew if none names it"
+    )
 }
 
 impl SyncService {
@@ -45,30 +61,118 @@ impl SyncService {
     pub(super) async fn targets(&self, object: ObjectKind, group: &[&Work]) -> Vec<Target> {
         let known: Vec<String> = group.iter().filter_map(|w| w.prior.crm_id.clone()).collect();
         let survivors = self.survivors(object, &known).await;
-        group
-            .iter()
-            .map(|w| {
-                let Some(crm_id) = &w.prior.crm_id else {
-                    return Target::Upsert { forget_crm_id: false };
-                };
-                match survivors.get(crm_id) {
-                    Some(survivor) => Target::ById {
-                        crm_id: survivor.clone(),
-                        with_app_id: false,
-                    },
-                    // Gone at the last try and no merge has named it since: deleted in the CRM.
-                    None if w.queued.attempts > 0
-                        && w.prior.last_error.as_deref().is_some_and(|e| e.contains(GONE)) =>
-                    {
-                        Target::Upsert { forget_crm_id: true }
-                    }
-                    None => Target::ById {
-                        crm_id: crm_id.clone(),
-                        with_app_id: !w.prior.follow_crm_id,
-                    },
+        let mut targets = Vec::with_capacity(group.len());
+        for w in group {
+            let Some(crm_id) = &w.prior.crm_id else {
+                targets.push(Target::Upsert { forget_crm_id: false });
+                continue;
+            };
+            let target = match survivors.get(crm_id) {
+                Some(survivor) => self.follow(object, w, crm_id, survivor).await,
+                // Gone at the last tries and no merge has named it since: deleted in the CRM.
+                None if w.queued.attempts > 0
+                    && w.prior.attempts >= GONE_TRIES
+                    && w.prior.last_error.as_deref() == Some(gone_error(crm_id).as_str()) =>
+                {
+                    Target::Upsert { forget_crm_id: true }
                 }
+                None => Target::ById {
+                    crm_id: crm_id.clone(),
+                },
+            };
+            targets.push(target);
+        }
+        targets
+    }
+
+    /// A record whose CRM id was merged into `survivor` before the merge moved the record (its
+    /// event not acted on yet, or acted on before the record had that id): written to the
+    /// survivor, unless another app record holds it, which makes the identity conflict the merge
+    /// would have made.
+    async fn follow(&self, object: ObjectKind, w: &Work, from: &str, survivor: &str) -> Target {
+        // The survivor's holders, and those of every record merged into it that its merge has not
+        // moved yet: the merge's own event decides who owns it, never a write that came first.
+        match crate::merges::holders_of_merge(self.queries.as_ref(), object, survivor).await {
+            Ok(holders) => {
+                let others: Vec<String> = holders
+                    .into_iter()
+                    .filter(|h| h.record != w.prior.record && h.status != SyncStatus::Deleted)
+                    .map(|h| h.record.record_id)
+                    .collect();
+                if others.is_empty() {
+                    Target::ById {
+                        crm_id: survivor.to_string(),
+                    }
+                } else {
+                    // The merge's event decides who owns the survivor (and holds the others):
+                    // until it has, the write waits.
+                    Target::Decided(Outcome::Failed {
+                        kind: FailureKind::Transient,
+                        error: format!(
+                            "the CRM merged CRM record {from} into {survivor}, which app record {} is on \
+                             too: waiting for the merge's event to decide which app record owns it",
+                            others.join(", ")
+                        ),
+                        call: None,
+                    })
+                }
+            }
+            Err(error) => Target::Decided(Outcome::Failed {
+                kind: FailureKind::Transient,
+                error: format!(
+                    "could not look up who holds CRM record {survivor}: {:#}",
+                    anyhow::Error::from(error)
+                ),
+                call: None,
+            }),
+        }
+    }
+
+    /// Whether another live app record still holds the CRM record of `state` (a record held by
+    /// an identity conflict); when that cannot be read, it counts as held.
+    pub(super) async fn still_shared(&self, state: &crate::domain::sync::RecordState) -> bool {
+        let Some(crm_id) = &state.crm_id else {
+            return false;
+        };
+        match self
+            .queries
+            .holders(state.record.object, crm_id, MAX_HOLDERS)
+            .await
+        {
+            Ok(holders) => holders
+                .iter()
+                .any(|h| h.record != state.record && h.status != SyncStatus::Deleted),
+            Err(_) => true,
+        }
+    }
+
+    /// Asks the CRM where a gone record went (HubSpot reads a merged id as its survivor), and
+    /// records the merge it names, so that the next write and the merge's own event find it.
+    async fn ask_survivor(
+        &self,
+        object: ObjectKind,
+        mapping: &ObjectMapping,
+        crm_id: &str,
+        deadline: Instant,
+        report: &mut BatchReport,
+    ) -> Option<String> {
+        let lookup = self
+            .worker
+            .call(deadline, report, || {
+                self.crm.survivor(&mapping.crm_object, crm_id)
             })
-            .collect()
+            .await
+            .ok()?;
+        let survivor = lookup.survivor?;
+        let now_ms = self.clock.now_ms();
+        if let Err(error) = self
+            .leases
+            .record_merge(object, &[crm_id.to_string()], &survivor, now_ms)
+            .await
+        {
+            tracing::warn!(error = ?anyhow::Error::from(error), "could not record a merge the CRM reported");
+        }
+        Some(survivor)
     }
 
     /// Which CRM record each delete archives: the record's own, or the survivor of its merge;
@@ -159,73 +263,34 @@ impl SyncService {
         outcomes
     }
 
-    /// The survivor of each CRM id the CRM merged away (following chains of merges); ids never
-    /// merged are absent. A store that cannot answer, or a loop, leaves an id as it is: its write
-    /// then meets the dead id and waits.
     async fn survivors(&self, object: ObjectKind, crm_ids: &[String]) -> HashMap<String, String> {
-        let mut current: HashMap<String, String> = HashMap::new();
-        let mut asking: Vec<String> = crm_ids.to_vec();
-        asking.sort();
-        asking.dedup();
-        for _ in 0..MAX_MERGE_HOPS {
-            if asking.is_empty() {
-                break;
-            }
-            let hops = match self.queries.merged_into(object, &asking).await {
-                Ok(hops) => hops,
-                Err(error) => {
-                    tracing::warn!(error = ?anyhow::Error::from(error), "could not read the CRM's merges");
-                    break;
-                }
-            };
-            let mut next = Vec::new();
-            for id in &asking {
-                let Some(into) = hops.get(id) else { continue };
-                // Every original id that had reached `id` moves on to `into`.
-                let starts: Vec<String> = crm_ids
-                    .iter()
-                    .filter(|start| current.get(*start).unwrap_or(*start) == id)
-                    .cloned()
-                    .collect();
-                for start in starts {
-                    if start != *into {
-                        current.insert(start, into.clone());
-                    } else {
-                        current.remove(&start);
-                    }
-                }
-                next.push(into.clone());
-            }
-            next.sort();
-            next.dedup();
-            asking = next;
-        }
-        current.retain(|from, into| from != into);
-        current
+        crate::merges::survivors(self.queries.as_ref(), object, crm_ids).await
     }
 
-    /// Writes the records targeted by id, in bulk; a record found gone is looked up among the
-    /// CRM's merges once more (the merge may have arrived meanwhile) and written to the survivor,
-    /// else it fails for a retry that waits for the merge.
+    /// Writes the records targeted by id, in bulk, and sets the outcomes decided without a call;
+    /// a record found gone is looked up among the CRM's merges once more (the merge may have
+    /// arrived meanwhile) and written to the survivor, else it fails for a retry that waits for
+    /// the merge.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn write_by_id(
         &self,
         object: ObjectKind,
         mapping: &ObjectMapping,
+        group: &[&Work],
         inputs: &[UpsertInput],
         targets: &[Target],
         outcomes: &mut [Option<Outcome>],
         deadline: Instant,
         report: &mut BatchReport,
     ) {
-        let mut pending: Vec<(usize, String, bool)> = targets
-            .iter()
-            .enumerate()
-            .filter_map(|(index, target)| match target {
-                Target::ById { crm_id, with_app_id } => Some((index, crm_id.clone(), *with_app_id)),
-                Target::Upsert { .. } => None,
-            })
-            .collect();
+        let mut pending: Vec<(usize, String)> = Vec::new();
+        for (index, target) in targets.iter().enumerate() {
+            match target {
+                Target::ById { crm_id } => pending.push((index, crm_id.clone())),
+                Target::Decided(outcome) => outcomes[index] = Some(outcome.clone()),
+                Target::Upsert { .. } => {}
+            }
+        }
         // Twice at most: the ids as known, then the survivors of those found gone.
         for round in 0..2 {
             if pending.is_empty() {
@@ -233,17 +298,10 @@ impl SyncService {
             }
             let updates: Vec<UpdateInput> = pending
                 .iter()
-                .map(|(index, crm_id, with_app_id)| {
-                    let input = &inputs[*index];
-                    let mut properties = input.properties.clone();
-                    if *with_app_id {
-                        properties.insert(mapping.id_property.clone(), input.key.clone());
-                    }
-                    UpdateInput {
-                        crm_id: crm_id.clone(),
-                        properties,
-                        written_before: input.written_before.clone(),
-                    }
+                .map(|(index, crm_id)| UpdateInput {
+                    crm_id: crm_id.clone(),
+                    properties: inputs[*index].properties.clone(),
+                    written_before: inputs[*index].written_before.clone(),
                 })
                 .collect();
             let max = self.crm.max_batch().max(1);
@@ -257,7 +315,7 @@ impl SyncService {
                 );
             }
             let mut gone_ids = Vec::new();
-            for ((index, crm_id, _), outcome) in pending.iter().zip(written) {
+            for ((index, crm_id), outcome) in pending.iter().zip(written) {
                 if gone(&outcome) {
                     gone_ids.push((*index, crm_id.clone(), outcome));
                 } else {
@@ -266,14 +324,25 @@ impl SyncService {
             }
             let survivors = if round == 0 && !gone_ids.is_empty() {
                 let ids: Vec<String> = gone_ids.iter().map(|(_, id, _)| id.clone()).collect();
-                self.survivors(object, &ids).await
+                let mut survivors = self.survivors(object, &ids).await;
+                let unknown: Vec<&String> = ids.iter().filter(|id| !survivors.contains_key(*id)).collect();
+                for id in unknown {
+                    if let Some(survivor) = self.ask_survivor(object, mapping, id, deadline, report).await {
+                        survivors.insert(id.clone(), survivor);
+                    }
+                }
+                survivors
             } else {
                 HashMap::new()
             };
             pending = Vec::new();
             for (index, crm_id, outcome) in gone_ids {
                 match survivors.get(&crm_id) {
-                    Some(survivor) => pending.push((index, survivor.clone(), false)),
+                    Some(survivor) => match self.follow(object, group[index], &crm_id, survivor).await {
+                        Target::ById { crm_id } => pending.push((index, crm_id)),
+                        Target::Decided(outcome) => outcomes[index] = Some(outcome),
+                        Target::Upsert { .. } => unreachable!("a merge is followed by id"),
+                    },
                     None => {
                         let call = match &outcome {
                             Outcome::Failed { call, .. } => call.clone(),
@@ -281,17 +350,14 @@ impl SyncService {
                         };
                         outcomes[index] = Some(Outcome::Failed {
                             kind: FailureKind::Transient,
-                            error: format!(
-                                "CRM record {crm_id} {GONE} (merged or deleted there): the retry waits for \
-                                 the CRM's merge event, and creates the record anew if none names it"
-                            ),
+                            error: gone_error(&crm_id),
                             call,
                         });
                     }
                 }
             }
         }
-        for (index, _, _) in pending {
+        for (index, _) in pending {
             outcomes[index] = Some(Outcome::Failed {
                 kind: FailureKind::Transient,
                 error: format!("the CRM record a merge named as survivor {GONE} as well"),
@@ -315,6 +381,12 @@ mod tests {
         assert!(gone(&failed("OBJECT_NOT_FOUND: Object not found")));
         assert!(gone(&failed("NOT_FOUND: no such record in Pipedrive")));
         assert!(gone(&failed("ENTITY_IS_DELETED: entity is deleted")));
+        assert!(gone(&failed(
+            "the CRM refused the call (POST /crm/objects/2026-03/contacts/batch/update -> 404): gone"
+        )));
         assert!(!gone(&failed("INVALID_EMAIL: not an email")));
+        assert!(!gone(&failed(
+            "the CRM refused the call (POST /crm/objects/2026-03/contacts/batch/update -> 400): bad"
+        )));
     }
 }

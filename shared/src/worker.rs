@@ -97,6 +97,12 @@ impl Observed for crate::domain::crm::PropertyKinds {
     }
 }
 
+impl Observed for crate::domain::crm::MergeLookup {
+    fn rate(&self) -> &RateInfo {
+        &self.rate
+    }
+}
+
 impl Observed for ReadResult {
     fn rate(&self) -> &RateInfo {
         &self.rate

@@ -31,3 +31,18 @@ async fn under_crm_faults_crashes_and_duplicate_webhooks_nothing_is_lost_doubled
     );
     assert_eq!(tally.dead_letters_left, plan.invalid);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_merges_chains_restores_and_crm_faults_every_app_record_ends_on_a_live_crm_record_none_created_twice(
+) {
+    let app = chaos_app().await;
+    let plan = crm_sync_tests::identity_chaos::IdentityPlan::small();
+    let tally = crm_sync_tests::identity_chaos::run(&app, &plan).await;
+    println!("{tally}");
+    assert!(tally.problems.is_empty(), "{tally}");
+    assert!(tally.crm_errors_injected > 0, "the faults hit: {tally}");
+    assert!(
+        tally.chained > 0 && tally.app_pairs > 0 && tally.restores > 0,
+        "{tally}"
+    );
+}

@@ -316,7 +316,7 @@ async fn an_invalid_message_is_dead_lettered_with_its_reason_and_never_fails_its
         reasons,
         vec![
             "invalid message: `data.shoe_size` is not a mapped contact field (shared/config/mapping.toml)".to_string(),
-            "invalid message: type `contact.merge` is not one of contact.upsert, contact.delete, deal.upsert, deal.delete, activity.log".to_string(),
+            "invalid message: type `contact.merge` is not one of contact.upsert, contact.delete, contact.erase, deal.upsert, deal.delete, activity.log".to_string(),
         ]
     );
     assert!(app

@@ -9,6 +9,7 @@ pub mod crms;
 pub mod dashboard;
 pub mod fault_proxy;
 pub mod hubspot;
+pub mod identity_chaos;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -312,7 +313,8 @@ impl TestApp {
     }
 
     /// Waits until one of the record's newest timeline entries starts with `prefix`; returns the
-    /// state and those entries.
+    /// state and those entries. An attempt writes its line while it still holds the record, just
+    /// before its outcome settles: to read the settled state, wait for it with [`Self::settled`].
     pub async fn timeline_says(
         &self,
         record: crm_sync::domain::contract::RecordRef,

@@ -134,6 +134,15 @@ pub struct ReadResult {
     pub call: String,
 }
 
+/// Where a CRM says one of its record ids went: the record a read of that id returns, when it is
+/// another (HubSpot reads a merged-away id as the merge's survivor).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeLookup {
+    pub survivor: Option<String>,
+    pub rate: RateInfo,
+    pub call: String,
+}
+
 /// How a CRM types a property, as far as comparing values goes: what crm-sync wrote and what the
 /// CRM reads back may differ in form (epoch ms written, ISO text read; `1200` and `1200.0`)
 /// while meaning the same.

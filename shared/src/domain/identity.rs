@@ -15,6 +15,10 @@ pub const APP_INBOX_IDENTITY_VERSION: u32 = 2;
 /// conflict, and a handful names it well enough.
 pub const MAX_HOLDERS: usize = 10;
 
+/// The most records one merge event may name as merged away (HubSpot merges two at a time):
+/// a longer list is refused when the delivery arrives.
+pub const MAX_MERGED_IDS: usize = 16;
+
 /// How many merges crm-sync follows from one CRM id to its survivor (a merged into b, b into c):
 /// a longer chain, or a loop, is refused rather than followed forever.
 pub const MAX_MERGE_HOPS: usize = 16;
@@ -93,6 +97,8 @@ impl IdentityChange {
 pub struct IdentityUpdate {
     /// The CRM id the record moves to (a merge's survivor); it is written by id from now on.
     pub crm_id: Option<String>,
+    /// With `crm_id`: the ids it was on, its current one included ([`RecordState::moved_to`]).
+    pub previous_crm_ids: Vec<String>,
     /// Sets the record's identity conflict (see [`RecordState::identity_conflict`]).
     pub identity_conflict: Option<String>,
     /// The record's new status (a restored record marked deleted is synced again).
@@ -103,10 +109,24 @@ pub struct IdentityUpdate {
 }
 
 impl RecordState {
+    /// The record's previous CRM ids once it moves to `crm_id`: its current one added (each once,
+    /// the oldest dropped past [`MAX_MERGE_HOPS`]).
+    pub fn moved_to(&self, crm_id: &str) -> Vec<String> {
+        let mut previous = self.previous_crm_ids.clone();
+        if let Some(current) = self.crm_id.as_ref().filter(|current| *current != crm_id) {
+            previous.retain(|known| known != current);
+            previous.push(current.clone());
+        }
+        let excess = previous.len().saturating_sub(MAX_MERGE_HOPS);
+        previous.drain(..excess);
+        previous
+    }
+
     /// The state after an identity event (see [`IdentityUpdate`]); an erasure keeps the record's
     /// ids, its sequence and when it happened, and nothing else it held.
     pub fn apply_identity(&mut self, update: &IdentityUpdate) {
         if let Some(crm_id) = &update.crm_id {
+            self.previous_crm_ids = self.moved_to(crm_id);
             self.crm_id = Some(crm_id.clone());
             self.follow_crm_id = true;
         }
@@ -128,6 +148,7 @@ impl RecordState {
             self.last_change = None;
             self.last_error = None;
             self.retryable = false;
+            self.open_conflicts = false;
         }
     }
 }
@@ -212,6 +233,11 @@ pub fn plan_merge(survivor: &str, primary: Option<&str>, merged: &[String], hold
     }
     plan.owners.sort();
     plan.moved.sort();
+    // No app record was on the survivor or the primary: one of the moved ones owns the result,
+    // the same one whichever delivery decides, so that some record keeps writing.
+    if plan.owners.is_empty() && plan.moved.len() > 1 {
+        plan.owners.push(plan.moved[0].0.clone());
+    }
     plan
 }
 
@@ -390,6 +416,19 @@ mod tests {
         assert_eq!(plan.conflict_reason(&contact("a"), "9"), None);
         assert!(plan.conflict_reason(&contact("b"), "9").is_some());
         assert_eq!(plan.records(), vec![contact("a"), contact("b")]);
+    }
+
+    #[test]
+    fn a_merge_of_two_app_records_onto_a_record_of_neither_makes_the_first_of_them_the_owner() {
+        let plan = plan_merge(
+            "9",
+            None,
+            &["5".into(), "6".into()],
+            &[holder("c", "6"), holder("b", "5")],
+        );
+        assert_eq!(plan.owners, vec![contact("b")]);
+        assert_eq!(plan.conflict_reason(&contact("b"), "9"), None);
+        assert!(plan.conflict_reason(&contact("c"), "9").is_some());
     }
 
     #[test]

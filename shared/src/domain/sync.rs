@@ -94,6 +94,10 @@ pub struct RecordState {
     pub identity_conflict: Option<String>,
     /// When the CRM erased the record for privacy: its values are forgotten and its changes refused.
     pub erased_at_ms: Option<i64>,
+    /// The CRM ids the record was on before merges moved it, oldest first (at most
+    /// [`crate::domain::identity::MAX_MERGE_HOPS`]): a merge's event that comes after a later
+    /// merge moved the record still finds it.
+    pub previous_crm_ids: Vec<String>,
 }
 
 /// How many event fingerprints a record keeps: copies of an event race each other for moments,
@@ -137,6 +141,7 @@ impl RecordState {
             follow_crm_id: false,
             identity_conflict: None,
             erased_at_ms: None,
+            previous_crm_ids: Vec::new(),
         }
     }
 }

@@ -137,6 +137,7 @@ impl RecordLeases for MemorySyncState {
                 state.written = written.clone();
                 state.last_change = state.pending_change.take();
                 state.last_error = None;
+                state.identity_conflict = None;
                 if crm_id.is_some() {
                     state.crm_id = crm_id.clone();
                 }
@@ -207,10 +208,10 @@ impl RecordLeases for MemorySyncState {
         token: &str,
         _now_ms: i64,
         update: &InboundUpdate,
-    ) -> Result<(), StoreUnavailable> {
+    ) -> Result<bool, StoreUnavailable> {
         let mut rows = self.rows.lock().unwrap();
         let Some(row) = release(&mut rows, record, token) else {
-            return Ok(());
+            return Ok(false);
         };
         if let Some(state) = row.state.as_mut() {
             state.inbound_at = update.inbound_at.clone();
@@ -226,7 +227,7 @@ impl RecordLeases for MemorySyncState {
                 state.apply_identity(identity);
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn claim_crm_record(
@@ -255,7 +256,6 @@ impl RecordLeases for MemorySyncState {
         }
         Ok(())
     }
-
 }
 
 #[async_trait]
@@ -350,6 +350,15 @@ impl RecordQueries for MemorySyncState {
             .filter_map(|row| row.state.clone())
             .filter(|state| state.record.object == object && state.crm_id.as_deref() == Some(crm_id))
             .take(limit)
+            .collect())
+    }
+
+    async fn merged_from(&self, object: ObjectKind, survivor: &str) -> Result<Vec<String>, StoreUnavailable> {
+        let merges = self.merges.lock().unwrap();
+        Ok(merges
+            .iter()
+            .filter(|((kind, _), into)| *kind == object && *into == survivor)
+            .map(|((_, from), _)| from.clone())
             .collect())
     }
 

@@ -127,11 +127,17 @@ fn identity_update(
     remove: &mut String,
 ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
     if let Some(crm_id) = &identity.crm_id {
-        set.push_str(", crm_id = :crm_id, crm_key = :crm_key, follow_crm_id = :follow");
+        set.push_str(
+            ", crm_id = :crm_id, crm_key = :crm_key, follow_crm_id = :follow, previous_crm_ids = :previous",
+        );
         request = request
             .expression_attribute_values(":crm_id", s(crm_id))
             .expression_attribute_values(":crm_key", s(format!("{}#{crm_id}", record.object)))
-            .expression_attribute_values(":follow", AttributeValue::Bool(true));
+            .expression_attribute_values(":follow", AttributeValue::Bool(true))
+            .expression_attribute_values(
+                ":previous",
+                AttributeValue::L(identity.previous_crm_ids.iter().map(s).collect()),
+            );
     }
     if let Some(reason) = &identity.identity_conflict {
         set.push_str(", identity_conflict = :identity");
@@ -143,7 +149,7 @@ fn identity_update(
         // What may hold the person's data; `received` and `inbound_at` are emptied by the caller.
         remove.push_str(
             ", written, recent_writes, claimed_writes, pending_change, last_change, last_error, \
-             retryable, email_key",
+             retryable, email_key, conflict_flag, conflict_at",
         );
     }
     if let Some(status) = identity.status {
@@ -293,6 +299,11 @@ pub fn state_from_item(item: &Item) -> Option<RecordState> {
             .unwrap_or(false),
         identity_conflict: text(item, "identity_conflict"),
         erased_at_ms: number(item, "erased_at"),
+        previous_crm_ids: item
+            .get("previous_crm_ids")
+            .and_then(|value| value.as_l().ok())
+            .map(|list| list.iter().filter_map(|v| v.as_s().ok().cloned()).collect())
+            .unwrap_or_default(),
     })
 }
 
@@ -539,7 +550,8 @@ impl RecordLeases for DynamoDbSyncState {
                         .expression_attribute_values(":crm_key", s(format!("{}#{crm_id}", record.object)));
                 }
                 request.update_expression(format!(
-                    "SET {set} REMOVE last_error, lease_token, lease_until, pending_change, retryable, claimed_writes"
+                    "SET {set} REMOVE last_error, lease_token, lease_until, pending_change, retryable, claimed_writes, \
+                     identity_conflict"
                 ))
             }
             Settlement::Failed {
@@ -572,7 +584,7 @@ impl RecordLeases for DynamoDbSyncState {
                      applied_version = :version, applied_idempotency_id = :idempotency, updated_at = :now, \
                      attempts = :zero, inbound_at = :empty, received = :empty \
                      REMOVE lease_token, lease_until, written, recent_writes, claimed_writes, pending_change, \
-                     last_change, last_error, retryable, email_key",
+                     last_change, last_error, retryable, email_key, conflict_flag, conflict_at",
                 )
                 .expression_attribute_names("#status", "status")
                 .expression_attribute_values(":status", s(SyncStatus::Deleted.as_str()))
@@ -639,7 +651,7 @@ impl RecordLeases for DynamoDbSyncState {
         token: &str,
         now_ms: i64,
         update: &InboundUpdate,
-    ) -> Result<(), StoreUnavailable> {
+    ) -> Result<bool, StoreUnavailable> {
         let inbound_at: HashMap<String, AttributeValue> = update
             .inbound_at
             .iter()
@@ -681,10 +693,11 @@ impl RecordLeases for DynamoDbSyncState {
             .update_expression(format!("SET {set} REMOVE {remove}"))
             .send()
             .await;
-        if !written_or_not(result)? {
+        let recorded = written_or_not(result)?;
+        if !recorded {
             tracing::warn!(record = %record, "lease lost before settling inbound work");
         }
-        Ok(())
+        Ok(recorded)
     }
 
     async fn record_merge(
@@ -694,17 +707,26 @@ impl RecordLeases for DynamoDbSyncState {
         survivor: &str,
         at_ms: i64,
     ) -> Result<(), StoreUnavailable> {
-        self.put_all(merged, |crm_id: &String| {
+        // Each merge both ways: from the merged-away id, and under the survivor.
+        let items: Vec<(String, String)> = merged
+            .iter()
+            .flat_map(|crm_id| {
+                [
+                    (merged_pk(object, crm_id), MERGED_SK.to_string()),
+                    (format!("MERGEDINTO#{object}#{survivor}"), crm_id.clone()),
+                ]
+            })
+            .collect();
+        self.put_all(&items, |(pk, sk): &(String, String)| {
             HashMap::from([
-                ("pk".to_string(), s(merged_pk(object, crm_id))),
-                ("sk".to_string(), s(MERGED_SK)),
+                ("pk".to_string(), s(pk)),
+                ("sk".to_string(), s(sk)),
                 ("into".to_string(), s(survivor)),
                 ("at".to_string(), n(at_ms)),
             ])
         })
         .await
     }
-
 
     async fn claim_crm_record(
         &self,
@@ -888,7 +910,8 @@ impl RecordQueries for DynamoDbSyncState {
             .index_name(BY_CRM_ID)
             .key_condition_expression("crm_key = :key")
             .expression_attribute_values(":key", s(format!("{object}#{crm_id}")))
-            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+            // Read past index entries the states moved on from, which the filter below drops.
+            .limit(i32::try_from(limit.saturating_mul(2)).unwrap_or(i32::MAX))
             .send()
             .await
             .map_err(unavailable)?;
@@ -897,6 +920,25 @@ impl RecordQueries for DynamoDbSyncState {
         Ok(found
             .into_iter()
             .filter(|state| state.crm_id.as_deref() == Some(crm_id))
+            .take(limit)
+            .collect())
+    }
+
+    async fn merged_from(&self, object: ObjectKind, survivor: &str) -> Result<Vec<String>, StoreUnavailable> {
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(format!("MERGEDINTO#{object}#{survivor}")))
+            .limit(i32::try_from(crate::domain::identity::MAX_MERGED_IDS * 4).unwrap_or(64))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(output
+            .items()
+            .iter()
+            .filter_map(|item| text(item, "sk"))
             .collect())
     }
 

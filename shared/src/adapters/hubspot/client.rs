@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::adapters::crm_http;
 use crate::domain::crm::{
-    existing_id, AssociationInput, BatchResult, CrmError, FailureKind, InputError, InputOutcome,
+    existing_id, AssociationInput, BatchResult, CrmError, FailureKind, InputError, InputOutcome, MergeLookup,
     PropertyKinds, RateInfo, ReadResult, ThrottlePolicy, UpdateInput, UpsertInput, ValueKind,
 };
 use crate::ports::Crm;
@@ -394,6 +394,21 @@ impl Crm for HubSpotClient {
         Ok(BatchResult { outcomes, rate, call })
     }
 
+    async fn survivor(&self, object: &str, crm_id: &str) -> Result<MergeLookup, CrmError> {
+        // HubSpot reads a merged-away id as the record that survived the merge, under its own id.
+        let body = json!({ "inputs": [{ "id": crm_id }], "properties": [] });
+        let (_, rate, json, call) = self.post(&self.objects_path(object, "read"), body).await?;
+        let survivor = json
+            .get("results")
+            .and_then(Value::as_array)
+            .and_then(|results| results.first())
+            .and_then(|result| result.get("id"))
+            .and_then(Value::as_str)
+            .filter(|id| *id != crm_id)
+            .map(str::to_string);
+        Ok(MergeLookup { survivor, rate, call })
+    }
+
     async fn erase(&self, object: &str, crm_id: &str) -> Result<BatchResult, CrmError> {
         if object != "contacts" {
             return self.archive(object, &[crm_id.to_string()]).await;
@@ -410,7 +425,9 @@ impl Crm for HubSpotClient {
         match self.post(&path, json!({ "objectId": crm_id })).await {
             // 204; a contact that is not there (erased or merged away already) is erased too.
             Ok((_, rate, _, call)) => Ok(done(rate, call)),
-            Err(CrmError::Rejected { status: 404, call, .. }) => Ok(done(RateInfo::default(), call)),
+            Err(CrmError::Rejected {
+                status: 404, call, ..
+            }) => Ok(done(RateInfo::default(), call)),
             Err(error) => Err(error),
         }
     }

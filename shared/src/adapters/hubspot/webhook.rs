@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use super::signature;
 use crate::domain::contract::ObjectKind;
-use crate::domain::identity::{IdentityChange, IdentityKind};
+use crate::domain::identity::{IdentityChange, IdentityKind, MAX_MERGED_IDS};
 use crate::domain::inbound::{event_subject, CrmChange, InboundMessage, Interpretation};
 use crate::domain::webhook::check_identifier;
 use crate::domain::{AuthError, InboundEvent, ParseError, ProviderId, WebhookRequest};
@@ -315,6 +315,28 @@ fn parse_event(raw: Box<RawValue>) -> Result<InboundEvent, String> {
         Some((prefix, _)) => Some(prefix.to_string()),
         None => None,
     };
+    // A merge names its records: a bounded list of ids, each an identifier.
+    if let Some(merged) = fields.get("mergedObjectIds") {
+        let ids = merged
+            .as_array()
+            .ok_or_else(|| "`mergedObjectIds` must be an array".to_string())?;
+        if ids.len() > MAX_MERGED_IDS {
+            return Err(format!(
+                "`mergedObjectIds` names {} records, more than the {MAX_MERGED_IDS} allowed",
+                ids.len()
+            ));
+        }
+        for id in ids {
+            match id {
+                Value::String(text) => check_identifier("mergedObjectIds", text)?,
+                Value::Number(_) => {}
+                _ => return Err("`mergedObjectIds` must hold ids (strings or numbers)".to_string()),
+            }
+        }
+    }
+    for name in ["primaryObjectId", "newObjectId"] {
+        check_identifier(name, optional_text(name)?.as_deref().unwrap_or_default())?;
+    }
     // These make up the event's key: refused here, with the field's name, rather than by
     // DynamoDB after the delivery is stored.
     check_identifier("subscriptionType", &kind)?;
@@ -633,6 +655,30 @@ mod tests {
                 primary: None
             }
         );
+    }
+
+    #[test]
+    fn a_merge_naming_more_records_than_allowed_or_not_ids_is_refused_by_name_at_the_limit_it_passes() {
+        let merge = |ids: Value| {
+            let event = serde_json::json!({"eventId": 1, "subscriptionId": 2, "portalId": 3,
+                "occurredAt": 4, "subscriptionType": "contact.merge", "objectId": 9,
+                "primaryObjectId": 9, "mergedObjectIds": ids});
+            parse_events(serde_json::json!([event]).to_string().as_bytes(), 100)
+        };
+        let at_limit: Vec<u64> = (0..MAX_MERGED_IDS as u64).collect();
+        assert!(merge(serde_json::json!(at_limit)).is_ok());
+        let past: Vec<u64> = (0..=MAX_MERGED_IDS as u64).collect();
+        let error = merge(serde_json::json!(past)).unwrap_err().to_string();
+        assert!(
+            error.contains("mergedObjectIds") && error.contains("17"),
+            "{error}"
+        );
+        let error = merge(serde_json::json!([{"id": 1}])).unwrap_err().to_string();
+        assert!(error.contains("mergedObjectIds"), "{error}");
+        let error = merge(serde_json::json!(["x".repeat(257)]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("257 bytes"), "{error}");
     }
 
     #[test]

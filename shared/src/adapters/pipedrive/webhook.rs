@@ -112,6 +112,12 @@ pub fn parse_event(body: &[u8]) -> Result<InboundEvent, ParseError> {
     let occurred_at_ms = timestamp_ms(&timestamp).ok_or_else(|| {
         bad("`meta.timestamp` is neither an RFC 3339 time nor epoch seconds or milliseconds".into())
     })?;
+    // A merge's survivor is an id like the others.
+    match meta.get("merged_to_id") {
+        None | Some(Value::Null) | Some(Value::Number(_)) => {}
+        Some(Value::String(id)) => check_identifier("meta.merged_to_id", id).map_err(bad)?,
+        Some(_) => return Err(bad("`meta.merged_to_id` must be an id".into())),
+    }
     if action != "delete" && !fields.get("data").is_some_and(Value::is_object) {
         return Err(bad("`data` is missing or not an object".into()));
     }
@@ -437,6 +443,7 @@ mod tests {
             ("action", format!("change{}", " ".repeat(limit - 6))),
             ("version", format!("2.{}", "0".repeat(limit - 2))),
             ("timestamp", "1".repeat(limit)),
+            ("merged_to_id", "7".repeat(limit)),
         ] {
             let original = event["meta"][field].clone();
             event["meta"][field] = Value::String(at_limit.clone());
