@@ -641,7 +641,7 @@ impl InboundService {
                         },
                     );
                 }
-                // Back twice, for the merge's event to arrive; then taken as no record's.
+                // Back three times, for the merge's event to arrive; then taken as no record's.
                 None if waiting.contains_key(&key) && p.attempts < WAITS_FOR_A_MERGE => {
                     batch
                         .dispositions

@@ -146,6 +146,7 @@ impl InboundService {
                             change.kind == IdentityKind::Erased || state.status != SyncStatus::Deleted
                         })
                         .map(|state| Holder {
+                            held: state.identity_conflict.is_some(),
                             record: state.record,
                             crm_id: crm_id.clone(),
                         }),
@@ -166,18 +167,23 @@ impl InboundService {
             },
         };
         let mut plan = plan;
-        if plan.records().is_empty() && destination != change.crm_id {
-            // A later merge's event came first and moved the records on: they are on the
-            // destination, with this merge's ids among those they were on.
+        if destination != change.crm_id {
+            // A later merge's event came first: the records on its survivor own what this merge
+            // moves there, and those it moved on from this merge's ids are this merge's too.
             match self
                 .queries
                 .holders(change.object, &destination, MAX_HOLDERS)
                 .await
             {
                 Ok(found) => {
+                    let empty = plan.records().is_empty();
                     for state in found.into_iter().filter(|s| s.status != SyncStatus::Deleted) {
-                        if let Some(from) = state.previous_crm_ids.iter().find(|id| merged_ids.contains(id)) {
+                        let from = state.previous_crm_ids.iter().find(|id| merged_ids.contains(id));
+                        if let (true, Some(from)) = (empty, from) {
                             plan.moved.push((state.record.clone(), from.clone()));
+                        }
+                        if state.identity_conflict.is_none() && !plan.owners.contains(&state.record) {
+                            plan.owners.push(state.record.clone());
                         }
                     }
                 }

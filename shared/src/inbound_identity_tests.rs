@@ -36,6 +36,18 @@ async fn timeline_of(h: &Harness, record_id: &str) -> Vec<crate::domain::sync::T
     h.state.record(&record, 50).await.unwrap().unwrap().1
 }
 
+/// Syncs user-1 and user-2, then merges user-1's CRM contact into user-2's as a person would,
+/// and acts on the merge's event; returns the two CRM ids (merged away, survivor).
+async fn merged_pair(h: &Harness) -> (String, String) {
+    let loser = synced_as(h, "user-1", "ada@example.com", NOW - 60_000).await;
+    let survivor = synced_as(h, "user-2", "ada@work.example", NOW - 59_000).await;
+    h.crm.merge("contacts", "user-1", "user-2");
+    h.inbound
+        .process(vec![merge("m-1", &survivor, &[&loser])], deadline())
+        .await;
+    (loser, survivor)
+}
+
 /// A CRM contact no app record is linked to (a person's entry); `key` names it in the memory CRM.
 async fn crm_only(h: &Harness, key: &str) -> String {
     let written = h
@@ -131,12 +143,7 @@ async fn a_merge_moves_the_app_record_of_the_merged_away_id_to_the_survivor_and_
 #[tokio::test]
 async fn a_write_after_a_merge_goes_to_the_survivor_and_creates_nothing() {
     let h = harness();
-    let loser = synced_as(&h, "user-1", "ada@example.com", NOW - 60_000).await;
-    let survivor = synced_as(&h, "user-2", "ada@work.example", NOW - 59_000).await;
-    h.crm.merge("contacts", "user-1", "user-2");
-    h.inbound
-        .process(vec![merge("m-1", &survivor, &[&loser])], deadline())
-        .await;
+    let (_, survivor) = merged_pair(&h).await;
     h.state.share_crm_record(&user(), NOW).await.unwrap();
     let before = h.crm.count("contacts");
 
@@ -460,4 +467,33 @@ async fn an_erasure_the_app_sends_erases_the_contact_in_the_crm_and_everything_c
     assert_eq!(h.crm.calls(), calls);
     assert_eq!(h.crm.count("contacts"), 0);
     assert_eq!(state_of(&h, "user-1").await.status, SyncStatus::Deleted);
+}
+
+#[tokio::test]
+async fn an_erasure_of_a_held_record_forgets_it_and_leaves_the_crm_record_its_owner_still_holds() {
+    let h = harness();
+    let (_, survivor) = merged_pair(&h).await;
+    assert!(state_of(&h, "user-1").await.identity_conflict.is_some());
+    let erase = SyncMessage {
+        message_id: "erase-held".into(),
+        body: json!({"version": 1, "type": "contact.erase", "record_id": "user-1",
+                     "idempotency_id": "e-held", "changed_at": NOW - 1_000})
+        .to_string(),
+        attributes: HashMap::new(),
+    };
+
+    h.outbound.process(vec![erase], deadline()).await;
+
+    let erased = state_of(&h, "user-1").await;
+    assert!(erased.erased_at_ms.is_some(), "not held: {:?}", erased.last_error);
+    assert!(
+        h.crm.by_crm_id("contacts", &survivor).is_some(),
+        "user-2's CRM record stays"
+    );
+    let timeline = timeline_of(&h, "user-1").await;
+    assert!(
+        timeline[0].detail.contains("not erased in the CRM"),
+        "{:?}",
+        timeline[0]
+    );
 }

@@ -134,6 +134,9 @@ enum Outcome {
         crm_id: Option<String>,
         created: bool,
         call: String,
+        /// The record's own CRM id, when the write went to `crm_id`, the survivor the CRM merged
+        /// it into: the record stays where it is until the merge's event moves it.
+        followed: Option<String>,
     },
     Failed {
         kind: FailureKind,
@@ -316,7 +319,7 @@ impl SyncService {
                     if let Some(reason) = prior
                         .identity_conflict
                         .clone()
-                        .filter(|_| queued.change.operation != Operation::Delete)
+                        .filter(|_| !matches!(queued.change.operation, Operation::Delete | Operation::Erase))
                     {
                         // Held while another app record still holds the CRM record: once the
                         // others are deleted, the record writes again.
@@ -1132,6 +1135,7 @@ fn per_input(result: Result<BatchResult, CallFailure>, count: usize) -> Vec<Outc
                         crm_id: Some(crm_id),
                         created,
                         call: call.clone(),
+                        followed: None,
                     },
                     InputOutcome::Failed(error) => Outcome::Failed {
                         kind: error.kind,
@@ -1179,7 +1183,15 @@ fn settlement(
     remember_writes(&mut own, &w.outbound.properties);
     match outcome {
         Outcome::Applied { crm_id, call, .. } if change.operation == Operation::Erase => {
+            let kept = call
+                .strip_prefix("no CRM call: CRM record ")
+                .filter(|why| why.contains("not erased"));
             let detail = match crm_id.or_else(|| w.prior.crm_id.clone()) {
+                Some(_) if kept.is_some() => format!(
+                    "erased at the app's request in crm-sync, which forgot the record's values and history; \
+                     CRM record {}",
+                    kept.unwrap_or_default()
+                ),
                 Some(id) => format!(
                     "erased at the app's request: CRM record {id} erased, and crm-sync forgot the record's \
                      values and history"
@@ -1203,6 +1215,7 @@ fn settlement(
             crm_id,
             created,
             call,
+            followed,
         } => {
             let deleted = change.operation == Operation::Delete;
             let mut written = w.prior.written.clone();
@@ -1215,20 +1228,17 @@ fn settlement(
                 .filter(|why| deleted && why.starts_with("unlinked"));
             // A write that followed the CRM's merge to a survivor leaves the record where it is:
             // the merge's own event moves it, and tells the app, once.
-            let followed = match (&w.prior.crm_id, &crm_id) {
-                (Some(own), Some(written)) if !created && own != written => Some(written.clone()),
-                _ => None,
-            };
-            let crm_id = match followed {
-                Some(_) => w.prior.crm_id.clone(),
+            let survivor = followed.as_ref().and(crm_id.clone());
+            let crm_id = match &followed {
+                Some(own) => Some(own.clone()),
                 None => crm_id.or_else(|| w.prior.crm_id.clone()),
             };
             let mut detail = match (deleted, created, &crm_id) {
                 _ if unlinked.is_some() => unlinked.unwrap_or_default().to_string(),
-                _ if followed.is_some() => format!(
-                    "updated CRM record {}, into which the CRM merged CRM record {}",
-                    followed.clone().unwrap_or_default(),
-                    crm_id.clone().unwrap_or_default()
+                (_, _, Some(own)) if survivor.is_some() => format!(
+                    "{} CRM record {}, into which the CRM merged CRM record {own}",
+                    if deleted { "archived" } else { "updated" },
+                    survivor.clone().unwrap_or_default(),
                 ),
                 (true, _, Some(id)) => format!("archived CRM record {id}"),
                 (true, _, None) => "nothing to archive: the record was never in the CRM".to_string(),

@@ -1,6 +1,6 @@
 //! Writes by CRM id, following the CRM's merges: a record the CRM knows is written by its id,
 //! never re-created by the app's id, and a record whose CRM id was merged away is written to
-//! the survivor. A record whose CRM id is gone and that no merge names waits one retry for the
+//! the survivor. A record whose CRM id is gone and that no merge names waits two tries for the
 //! CRM's merge event, then is created anew.
 
 use std::collections::HashMap;
@@ -155,15 +155,21 @@ impl SyncService {
         crm_id: &str,
         deadline: Instant,
         report: &mut BatchReport,
-    ) -> Option<String> {
+    ) -> Result<Option<String>, String> {
         let lookup = self
             .worker
             .call(deadline, report, || {
                 self.crm.survivor(&mapping.crm_object, crm_id)
             })
             .await
-            .ok()?;
-        let survivor = lookup.survivor?;
+            .map_err(|failure| match failure {
+                crate::worker::CallFailure::Throttled { .. } => "throttled".to_string(),
+                crate::worker::CallFailure::Transient(reason)
+                | crate::worker::CallFailure::Rejected(reason) => reason,
+            })?;
+        let Some(survivor) = lookup.survivor else {
+            return Ok(None);
+        };
         let now_ms = self.clock.now_ms();
         if let Err(error) = self
             .leases
@@ -172,7 +178,7 @@ impl SyncService {
         {
             tracing::warn!(error = ?anyhow::Error::from(error), "could not record a merge the CRM reported");
         }
-        Some(survivor)
+        Ok(Some(survivor))
     }
 
     /// Which CRM record each delete archives: the record's own, or the survivor of its merge;
@@ -192,6 +198,7 @@ impl SyncService {
                     crm_id: None,
                     created: false,
                     call: "no CRM call: never synced".into(),
+                    followed: None,
                 }));
                 continue;
             };
@@ -223,6 +230,7 @@ impl SyncService {
                         "no CRM call: unlinked: CRM record {target} stays in the CRM, linked to app record {} as well",
                         others.join(", ")
                     ),
+                    followed: None,
                 })
             });
         }
@@ -250,10 +258,26 @@ impl SyncService {
                     crm_id: None,
                     created: false,
                     call: "no CRM call: never synced".into(),
+                    followed: None,
                 });
                 continue;
             };
             let target = survivors.get(crm_id).unwrap_or(crm_id);
+            // A CRM record another app record holds too is that record's as well: the erasure
+            // forgets this record in crm-sync and leaves the CRM record to an operator.
+            let mut shared = w.prior.clone();
+            shared.crm_id = Some(target.clone());
+            if self.still_shared(&shared).await {
+                outcomes.push(Outcome::Applied {
+                    crm_id: None,
+                    created: false,
+                    call: format!(
+                        "no CRM call: CRM record {target} is another app record's too, so it is not erased in the CRM"
+                    ),
+                    followed: None,
+                });
+                continue;
+            }
             let result = self
                 .worker
                 .call(deadline, report, || self.crm.erase(&mapping.crm_object, target))
@@ -315,20 +339,41 @@ impl SyncService {
                 );
             }
             let mut gone_ids = Vec::new();
+            let mut unasked: Vec<(String, String)> = Vec::new();
             for ((index, crm_id), outcome) in pending.iter().zip(written) {
                 if gone(&outcome) {
                     gone_ids.push((*index, crm_id.clone(), outcome));
-                } else {
-                    outcomes[*index] = Some(outcome);
+                    continue;
                 }
+                // Written to a survivor of the record's own CRM id: say so, for the settlement.
+                let own = group[*index].prior.crm_id.clone().filter(|own| own != crm_id);
+                outcomes[*index] = Some(match outcome {
+                    Outcome::Applied {
+                        crm_id,
+                        created,
+                        call,
+                        ..
+                    } => Outcome::Applied {
+                        crm_id,
+                        created,
+                        call,
+                        followed: own,
+                    },
+                    other => other,
+                });
             }
             let survivors = if round == 0 && !gone_ids.is_empty() {
                 let ids: Vec<String> = gone_ids.iter().map(|(_, id, _)| id.clone()).collect();
                 let mut survivors = self.survivors(object, &ids).await;
                 let unknown: Vec<&String> = ids.iter().filter(|id| !survivors.contains_key(*id)).collect();
                 for id in unknown {
-                    if let Some(survivor) = self.ask_survivor(object, mapping, id, deadline, report).await {
-                        survivors.insert(id.clone(), survivor);
+                    match self.ask_survivor(object, mapping, id, deadline, report).await {
+                        Ok(Some(survivor)) => {
+                            survivors.insert(id.clone(), survivor);
+                        }
+                        Ok(None) => {}
+                        // Not knowing is no answer: the try does not count towards creating anew.
+                        Err(reason) => unasked.push((id.clone(), reason)),
                     }
                 }
                 survivors
@@ -348,9 +393,15 @@ impl SyncService {
                             Outcome::Failed { call, .. } => call.clone(),
                             _ => None,
                         };
+                        let error = match unasked.iter().find(|(id, _)| *id == crm_id) {
+                            Some((_, reason)) => format!(
+                                "CRM record {crm_id} {GONE}, and where it went could not be asked: {reason}"
+                            ),
+                            None => gone_error(&crm_id),
+                        };
                         outcomes[index] = Some(Outcome::Failed {
                             kind: FailureKind::Transient,
-                            error: gone_error(&crm_id),
+                            error,
                             call,
                         });
                     }

@@ -254,6 +254,7 @@ fn an_applied_outcome_records_the_values_written_and_names_the_fields_the_crm_ow
         crm_id: Some("7".into()),
         created: true,
         call: "POST x -> 200".into(),
+        followed: None,
     };
     let (settlement, disposition, _, detail, _) =
         super::settlement(&work(0), outcome, &SyncSettings::default(), NOW, 0.5);

@@ -101,7 +101,7 @@ pub struct IdentityUpdate {
     pub previous_crm_ids: Vec<String>,
     /// Sets the record's identity conflict (see [`RecordState::identity_conflict`]).
     pub identity_conflict: Option<String>,
-    /// The record's new status (a restored record marked deleted is synced again).
+    /// The record's new status (an erased record is deleted).
     pub status: Option<SyncStatus>,
     /// Erased for privacy at this time: every value the state holds is forgotten (written,
     /// received, pending and last change, error, email index), the status becomes deleted.
@@ -159,6 +159,8 @@ pub struct Holder {
     pub record: RecordRef,
     /// The CRM id it is linked to now.
     pub crm_id: String,
+    /// Held by an earlier identity conflict: it owns nothing a merge makes while another can.
+    pub held: bool,
 }
 
 /// What a merge does to the app records linked to its CRM ids.
@@ -234,9 +236,18 @@ pub fn plan_merge(survivor: &str, primary: Option<&str>, merged: &[String], hold
     plan.owners.sort();
     plan.moved.sort();
     // No app record was on the survivor or the primary: one of the moved ones owns the result,
-    // the same one whichever delivery decides, so that some record keeps writing.
+    // the same one whichever delivery decides (one not held already, if there is one), so that
+    // some record keeps writing.
     if plan.owners.is_empty() && plan.moved.len() > 1 {
-        plan.owners.push(plan.moved[0].0.clone());
+        let held = |record: &RecordRef| holders.iter().any(|h| h.record == *record && h.held);
+        let owner = plan
+            .moved
+            .iter()
+            .find(|(record, _)| !held(record))
+            .unwrap_or(&plan.moved[0])
+            .0
+            .clone();
+        plan.owners.push(owner);
     }
     plan
 }
@@ -344,6 +355,7 @@ mod tests {
         Holder {
             record: contact(id),
             crm_id: crm_id.into(),
+            held: false,
         }
     }
 
@@ -429,6 +441,16 @@ mod tests {
         assert_eq!(plan.owners, vec![contact("b")]);
         assert_eq!(plan.conflict_reason(&contact("b"), "9"), None);
         assert!(plan.conflict_reason(&contact("c"), "9").is_some());
+    }
+
+    #[test]
+    fn a_held_record_merged_on_with_its_owner_does_not_become_the_owner() {
+        // a owns 9 and b is held on it; the CRM merges 9 into 12 (a new record).
+        let mut b = holder("b", "9");
+        b.held = true;
+        let plan = plan_merge("12", None, &["9".into()], &[b, holder("c", "9")]);
+        assert_eq!(plan.owners, vec![contact("c")]);
+        assert!(plan.conflict_reason(&contact("b"), "12").is_some());
     }
 
     #[test]

@@ -854,6 +854,8 @@ impl RecordJournal for DynamoDbSyncState {
                     .expression_attribute_values(":pk", s(record_pk(record)))
                     .expression_attribute_values(":prefix", s(prefix))
                     .projection_expression("pk, sk")
+                    // A line written a moment before must be seen, and forgotten, too.
+                    .consistent_read(true)
                     .set_exclusive_start_key(start)
                     .send()
                     .await
