@@ -136,6 +136,8 @@ impl InboundService {
         .remove(&change.crm_id)
         .unwrap_or_else(|| change.crm_id.clone());
         let mut holders = Vec::new();
+        // The ids each record was on before (a write that followed this merge moved it already).
+        let mut previous: HashMap<RecordRef, Vec<String>> = HashMap::new();
         for crm_id in &ids {
             match self.queries.holders(change.object, crm_id, MAX_HOLDERS).await {
                 // A record the app deleted neither moves nor owns; an erasure takes it too.
@@ -145,10 +147,13 @@ impl InboundService {
                         .filter(|state| {
                             change.kind == IdentityKind::Erased || state.status != SyncStatus::Deleted
                         })
-                        .map(|state| Holder {
-                            held: state.identity_conflict.is_some(),
-                            record: state.record,
-                            crm_id: crm_id.clone(),
+                        .map(|state| {
+                            previous.insert(state.record.clone(), state.previous_crm_ids.clone());
+                            Holder {
+                                held: state.identity_conflict.is_some(),
+                                record: state.record,
+                                crm_id: crm_id.clone(),
+                            }
                         }),
                 ),
                 Err(error) => {
@@ -167,6 +172,18 @@ impl InboundService {
             },
         };
         let mut plan = plan;
+        // A record on the survivor that was on one of the merged ids moved by a write that
+        // followed this merge: it moved all the same, and the app hears so.
+        for owner in plan.owners.clone() {
+            let from = previous
+                .get(&owner)
+                .and_then(|ids| ids.iter().find(|id| merged_ids.contains(id)));
+            if let Some(from) = from {
+                if !plan.moved.iter().any(|(r, _)| *r == owner) {
+                    plan.moved.push((owner.clone(), from.clone()));
+                }
+            }
+        }
         if destination != change.crm_id {
             // A later merge's event came first: the records on its survivor own what this merge
             // moves there, and those it moved on from this merge's ids are this merge's too.

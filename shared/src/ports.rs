@@ -195,6 +195,9 @@ pub enum Settlement {
         /// What crm-sync wrote lately, this write included (see `RecordState::recent_writes`).
         recent_writes: BTreeMap<String, Vec<String>>,
         status: SyncStatus,
+        /// The record moved to `crm_id` from another CRM id (a write that followed the CRM's
+        /// merge): the ids it was on, its old one included (`RecordState::previous_crm_ids`).
+        previous_crm_ids: Option<Vec<String>>,
     },
     /// The attempt failed; `status` is `Pending` when it will be retried, `Failed` when not;
     /// `retryable` when a later try may pass.

@@ -614,7 +614,7 @@ impl SyncService {
             .map_or(ObjectKind::Contact, |w| w.queued.change.object);
         // A record the CRM knows by id is written by it (following the CRM's merges); the rest
         // by the app's id.
-        let targets = self.targets(object, group).await;
+        let targets = self.targets(object, mapping, group, deadline, report).await;
         let mut outcomes: Vec<Option<Outcome>> = vec![None; inputs.len()];
         self.write_by_id(
             object,
@@ -1226,19 +1226,20 @@ fn settlement(
             let unlinked = call
                 .strip_prefix("no CRM call: ")
                 .filter(|why| deleted && why.starts_with("unlinked"));
-            // A write that followed the CRM's merge to a survivor leaves the record where it is:
-            // the merge's own event moves it, and tells the app, once.
-            let survivor = followed.as_ref().and(crm_id.clone());
-            let crm_id = match &followed {
-                Some(own) => Some(own.clone()),
-                None => crm_id.or_else(|| w.prior.crm_id.clone()),
-            };
+            // A write that followed the CRM's merge moves the record to the survivor (no other
+            // app record holds it, or the write would have waited); the merge's own event, if it
+            // comes, finds the record there by its previous ids and tells the app.
+            let previous_crm_ids = followed
+                .as_ref()
+                .and_then(|_| crm_id.as_ref().map(|survivor| w.prior.moved_to(survivor)));
+            let crm_id = crm_id.or_else(|| w.prior.crm_id.clone());
             let mut detail = match (deleted, created, &crm_id) {
                 _ if unlinked.is_some() => unlinked.unwrap_or_default().to_string(),
-                (_, _, Some(own)) if survivor.is_some() => format!(
-                    "{} CRM record {}, into which the CRM merged CRM record {own}",
+                (_, _, Some(survivor)) if followed.is_some() => format!(
+                    "{} CRM record {survivor}, into which the CRM merged CRM record {}; the record follows it \
+                     from now on",
                     if deleted { "archived" } else { "updated" },
-                    survivor.clone().unwrap_or_default(),
+                    followed.clone().unwrap_or_default(),
                 ),
                 (true, _, Some(id)) => format!("archived CRM record {id}"),
                 (true, _, None) => "nothing to archive: the record was never in the CRM".to_string(),
@@ -1264,6 +1265,7 @@ fn settlement(
                     } else {
                         SyncStatus::Synced
                     },
+                    previous_crm_ids,
                 },
                 Disposition::Done,
                 if deleted {

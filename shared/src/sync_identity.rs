@@ -58,7 +58,14 @@ fn gone_error(crm_id: &str) -> String {
 impl SyncService {
     /// How each record of the group is written: by the app's id when the CRM id is unknown (or
     /// gone for good), else by the CRM id, the survivor's when the CRM merged it.
-    pub(super) async fn targets(&self, object: ObjectKind, group: &[&Work]) -> Vec<Target> {
+    pub(super) async fn targets(
+        &self,
+        object: ObjectKind,
+        mapping: &ObjectMapping,
+        group: &[&Work],
+        deadline: Instant,
+        report: &mut BatchReport,
+    ) -> Vec<Target> {
         let known: Vec<String> = group.iter().filter_map(|w| w.prior.crm_id.clone()).collect();
         let survivors = self.survivors(object, &known).await;
         let mut targets = Vec::with_capacity(group.len());
@@ -68,7 +75,10 @@ impl SyncService {
                 continue;
             };
             let target = match survivors.get(crm_id) {
-                Some(survivor) => self.follow(object, w, crm_id, survivor).await,
+                Some(survivor) => {
+                    self.follow(object, mapping, w, crm_id, survivor, deadline, report)
+                        .await
+                }
                 // Gone at the last tries and no merge has named it since: deleted in the CRM.
                 None if w.queued.attempts > 0
                     && w.prior.attempts >= GONE_TRIES
@@ -89,7 +99,17 @@ impl SyncService {
     /// event not acted on yet, or acted on before the record had that id): written to the
     /// survivor, unless another app record holds it, which makes the identity conflict the merge
     /// would have made.
-    async fn follow(&self, object: ObjectKind, w: &Work, from: &str, survivor: &str) -> Target {
+    #[allow(clippy::too_many_arguments)]
+    async fn follow(
+        &self,
+        object: ObjectKind,
+        mapping: &ObjectMapping,
+        w: &Work,
+        from: &str,
+        survivor: &str,
+        deadline: Instant,
+        report: &mut BatchReport,
+    ) -> Target {
         // The survivor's holders, and those of every record merged into it that its merge has not
         // moved yet: the merge's own event decides who owns it, never a write that came first.
         match crate::merges::holders_of_merge(self.queries.as_ref(), object, survivor).await {
@@ -99,7 +119,7 @@ impl SyncService {
                     .filter(|h| h.record != w.prior.record && h.status != SyncStatus::Deleted)
                     .map(|h| h.record.record_id)
                     .collect();
-                if others.is_empty() {
+                if others.is_empty() || self.owns(mapping, w, survivor, deadline, report).await {
                     Target::ById {
                         crm_id: survivor.to_string(),
                     }
@@ -126,6 +146,34 @@ impl SyncService {
                 call: None,
             }),
         }
+    }
+
+    /// Whether the survivor carries this record's app id: the merge kept this record's values
+    /// (HubSpot keeps the primary's, Pipedrive the survivor's own), so this record owns it,
+    /// whatever the merge's event, when it comes, moves there besides.
+    async fn owns(
+        &self,
+        mapping: &ObjectMapping,
+        w: &Work,
+        survivor: &str,
+        deadline: Instant,
+        report: &mut BatchReport,
+    ) -> bool {
+        let ids = [survivor.to_string()];
+        let read = self
+            .worker
+            .call(deadline, report, || {
+                self.crm.read(
+                    &mapping.crm_object,
+                    &ids,
+                    std::slice::from_ref(&mapping.id_property),
+                )
+            })
+            .await;
+        read.ok()
+            .and_then(|read| read.records.into_iter().next().flatten())
+            .and_then(|values| values.get(&mapping.id_property).cloned())
+            .is_some_and(|id| id == w.prior.record.record_id)
     }
 
     /// Whether another live app record still holds the CRM record of `state` (a record held by
@@ -383,7 +431,10 @@ impl SyncService {
             pending = Vec::new();
             for (index, crm_id, outcome) in gone_ids {
                 match survivors.get(&crm_id) {
-                    Some(survivor) => match self.follow(object, group[index], &crm_id, survivor).await {
+                    Some(survivor) => match self
+                        .follow(object, mapping, group[index], &crm_id, survivor, deadline, report)
+                        .await
+                    {
                         Target::ById { crm_id } => pending.push((index, crm_id)),
                         Target::Decided(outcome) => outcomes[index] = Some(outcome),
                         Target::Upsert { .. } => unreachable!("a merge is followed by id"),

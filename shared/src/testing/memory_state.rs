@@ -126,7 +126,12 @@ impl RecordLeases for MemorySyncState {
                 written,
                 recent_writes,
                 status,
+                previous_crm_ids,
             } => {
+                if let Some(previous) = previous_crm_ids {
+                    state.previous_crm_ids = previous.clone();
+                    state.follow_crm_id = true;
+                }
                 state.status = *status;
                 state.recent_writes = recent_writes.clone();
                 state.claimed_writes.clear();

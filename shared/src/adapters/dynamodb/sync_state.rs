@@ -526,6 +526,7 @@ impl RecordLeases for DynamoDbSyncState {
                 written,
                 recent_writes,
                 status,
+                previous_crm_ids,
             } => {
                 let mut request = request
                     .expression_attribute_values(":recent", recent_value(recent_writes))
@@ -548,6 +549,12 @@ impl RecordLeases for DynamoDbSyncState {
                     request = request
                         .expression_attribute_values(":crm_id", s(crm_id))
                         .expression_attribute_values(":crm_key", s(format!("{}#{crm_id}", record.object)));
+                }
+                if let Some(previous) = previous_crm_ids {
+                    set.push_str(", previous_crm_ids = :previous, follow_crm_id = :follow");
+                    request = request
+                        .expression_attribute_values(":previous", AttributeValue::L(previous.iter().map(s).collect()))
+                        .expression_attribute_values(":follow", AttributeValue::Bool(true));
                 }
                 request.update_expression(format!(
                     "SET {set} REMOVE last_error, lease_token, lease_until, pending_change, retryable, claimed_writes, \
