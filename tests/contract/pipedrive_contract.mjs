@@ -665,9 +665,31 @@ async function throughCrmSync() {
 
 // ---------------------------------------------------------------------------------------------
 
+/** A person merged into another through the official client's v1 PersonsApi.mergePersons (a person in
+ * Pipedrive merges the same way): the merged person is gone, the one kept answers as before. */
+async function merges() {
+  const mergesApi = new v1.PersonsApi(config.v1);
+  const make = async (label) => {
+    const body = { name: `Merge ${label}`, emails: entry(`merge-${label}-${RUN}@example.com`), custom_fields: { [ID_PROPERTY]: `merge-${label}-${RUN}` } };
+    const made = await call(() => persons.addPerson({ AddPersonRequest: body }));
+    return made.body?.data?.id;
+  };
+  const kept = await make('kept');
+  const gone = await make('gone');
+  const request = { merge_with_id: kept };
+  conforms('persons.merge request is a MergePersonsRequest', request, 'MergePersonsRequest', 'v1');
+  const merged = sample('PUT /v1/persons/{id}/merge', await call(() => mergesApi.mergePersons({ id: gone, MergePersonsRequest: request })));
+  check('persons.merge: 200 with success:true, the kept person\'s id and merge_what_id', merged.ok && merged.body?.success === true && merged.body?.data?.id === kept && merged.body?.data?.merge_what_id === gone, `status ${merged.status} body ${json(merged.body)}`);
+  const after = await call(() => persons.getPerson({ id: gone }));
+  check('persons.get of the merged person: 404', after.status === 404, `status ${after.status} body ${json(after.body)}`);
+  const still = await call(() => persons.getPerson({ id: kept }));
+  check('persons.get of the kept person: 200, its own app id', still.ok && still.body?.data?.custom_fields?.[ID_PROPERTY] === `merge-kept-${RUN}`, json(still.body?.data));
+}
+
 async function main() {
   console.log(`# pipedrive ${JSON.parse(readFileSync(join(PKG_ROOT, 'package.json'), 'utf8')).version} against ${BASE} (v2 ${config.v2.basePath}, v1 ${config.v1.basePath})`);
   await personsAndDealsAndNotes();
+  await merges();
   rateLimitHeaders();
   await burst();
   await throughCrmSync();

@@ -66,6 +66,11 @@ async fn pipedrives_official_node_client_reads_every_answer_and_takes_every_requ
 
     assert!(run.passed, "{}\n\n{}", run.failures(), run.output);
     assert!(!run.output.contains("SKIP"), "every check ran:\n{}", run.output);
+    assert!(
+        run.output.contains("PASS persons.merge: 200"),
+        "the merge is checked:\n{}",
+        run.output
+    );
 }
 
 #[tokio::test]

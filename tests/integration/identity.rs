@@ -493,3 +493,24 @@ async fn an_operator_sees_an_identity_conflict_on_the_record_page_and_lets_the_h
         "the owner's id stays on the CRM record"
     );
 }
+
+#[tokio::test]
+async fn a_merge_recorded_again_with_another_survivor_leaves_no_entry_under_the_first_in_dynamodb() {
+    let app = crm_sync_tests::spawn_app_with(crm_sync_tests::AppOptions::syncing()).await;
+    let store = app.sync_state();
+    let contact = ObjectKind::Contact;
+    // HubSpot's read named the end of a chain first; the event then names the next record.
+    store.record_merge(contact, &["5".into()], "12", 1).await.unwrap();
+    assert_eq!(
+        store.merged_from(contact, "12").await.unwrap(),
+        vec!["5".to_string()]
+    );
+    store.record_merge(contact, &["5".into()], "9", 2).await.unwrap();
+
+    assert!(store.merged_from(contact, "12").await.unwrap().is_empty());
+    assert_eq!(
+        store.merged_from(contact, "9").await.unwrap(),
+        vec!["5".to_string()]
+    );
+    assert_eq!(store.merged_into(contact, &["5".into()]).await.unwrap()["5"], "9");
+}

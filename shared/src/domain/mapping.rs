@@ -61,6 +61,9 @@ pub struct ObjectMapping {
     pub id_property: String,
     /// App field name → rule.
     pub fields: BTreeMap<String, FieldRule>,
+    /// Who owns a deal's link to its contact: the app (its `contact_record_id`, the default) or
+    /// the CRM (a person's change of it reaches the app). Deals only.
+    pub contact_link: Owner,
 }
 
 /// A mapping error, naming the entry (`deal.fields.amount`) and what is wrong with it.
@@ -91,6 +94,7 @@ struct RawFile {
 struct RawObject {
     crm_object: String,
     id_property: String,
+    contact_link: Option<String>,
     #[serde(default)]
     fields: BTreeMap<String, RawField>,
 }
@@ -233,10 +237,27 @@ impl Mapping {
                 },
             );
         }
+        let contact_link = match (kind, raw.contact_link.as_deref()) {
+            (_, None | Some("app")) => Owner::App,
+            (ObjectKind::Deal, Some("crm")) => Owner::Crm,
+            (ObjectKind::Deal, Some(other)) => {
+                return Err(mapping_error(
+                    format!("{entry}.contact_link"),
+                    format!("`{other}` must be `app` or `crm`"),
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(mapping_error(
+                    format!("{entry}.contact_link"),
+                    "only a deal's link to its contact has an owner",
+                ))
+            }
+        };
         Ok(ObjectMapping {
             crm_object: raw.crm_object,
             id_property: raw.id_property,
             fields,
+            contact_link,
         })
     }
 

@@ -714,6 +714,22 @@ impl RecordLeases for DynamoDbSyncState {
         survivor: &str,
         at_ms: i64,
     ) -> Result<(), StoreUnavailable> {
+        // A merge recorded before for one of these ids (HubSpot's read named a chain's end, the
+        // event now names the next record) leaves no entry under the old survivor.
+        let known = self.merged_into(object, merged).await?;
+        let stale: Vec<Item> = known
+            .iter()
+            .filter(|(_, into)| into.as_str() != survivor)
+            .map(|(crm_id, into)| {
+                HashMap::from([
+                    ("pk".to_string(), s(format!("MERGEDINTO#{object}#{into}"))),
+                    ("sk".to_string(), s(crm_id)),
+                ])
+            })
+            .collect();
+        for chunk in stale.chunks(25) {
+            super::batch_delete(&self.client, &self.table, chunk.to_vec()).await?;
+        }
         // Each merge both ways: from the merged-away id, and under the survivor.
         let items: Vec<(String, String)> = merged
             .iter()
