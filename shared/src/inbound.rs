@@ -31,6 +31,9 @@ use crate::worker::{bounded, BatchReport, CallFailure, Disposition, SyncMessage,
 #[path = "inbound_identity.rs"]
 mod identity;
 use identity::IdentityWork;
+#[path = "inbound_links.rs"]
+mod links;
+use links::LinkWork;
 
 /// How inbound events are handled.
 #[derive(Debug, Clone)]
@@ -398,7 +401,7 @@ impl InboundService {
             outcomes: Vec::new(),
             now_ms: self.clock.now_ms(),
         };
-        let (pending, identities) = self.triage(&messages, &mut batch).await;
+        let (pending, identities, links) = self.triage(&messages, &mut batch).await;
         let (work, records) = self.resolve(pending, &mut batch, deadline).await;
         let token = uuid::Uuid::new_v4().to_string();
         let (mut ready, leased) = self.lease(work, &records, &token, &mut batch).await;
@@ -458,7 +461,8 @@ impl InboundService {
         }
         // Identity events after the changes, whose records' leases are given back by now. Their
         // timeline lines name ids and times, never values.
-        let identity = self.apply_identities(identities, &mut batch, deadline).await;
+        let mut identity = self.apply_identities(identities, &mut batch, deadline).await;
+        self.apply_links(links, &mut batch, &mut identity).await;
         self.record(
             &messages,
             &batch.dispositions,
@@ -478,7 +482,11 @@ impl InboundService {
     ///
     /// Long on purpose: each way an event leaves the batch early (invalid, done, duplicate, from the
     /// future, ignored), in the order they are checked.
-    async fn triage(&self, messages: &[SyncMessage], batch: &mut Tally) -> (Vec<Pending>, Vec<IdentityWork>) {
+    async fn triage(
+        &self,
+        messages: &[SyncMessage],
+        batch: &mut Tally,
+    ) -> (Vec<Pending>, Vec<IdentityWork>, Vec<LinkWork>) {
         let mut parsed = Vec::new();
         for message in messages {
             match parse_inbound(&message.body) {
@@ -513,6 +521,7 @@ impl InboundService {
         }
         let mut pending: Vec<Pending> = Vec::new();
         let mut identities: Vec<IdentityWork> = Vec::new();
+        let mut links: Vec<LinkWork> = Vec::new();
         let mut seen: HashSet<(String, String)> = HashSet::new();
         for (message, inbound) in parsed {
             let id = (inbound.provider.clone(), inbound.event_key.clone());
@@ -563,9 +572,15 @@ impl InboundService {
                     message: inbound,
                     change,
                 }),
+                Interpretation::Link(change) => links.push(LinkWork {
+                    message_id: message.message_id.clone(),
+                    attempts: message.attempts(),
+                    message: inbound,
+                    change,
+                }),
             }
         }
-        (pending, identities)
+        (pending, identities, links)
     }
 
     /// Resolve: which app record each event's CRM record is (the state's index, else the CRM's

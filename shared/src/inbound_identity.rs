@@ -271,7 +271,12 @@ impl InboundService {
     }
 
     /// Leases every record, or none: a record leased elsewhere makes the event wait.
-    async fn lease_all(&self, records: &[RecordRef], token: &str, now_ms: i64) -> Option<Vec<RecordState>> {
+    pub(super) async fn lease_all(
+        &self,
+        records: &[RecordRef],
+        token: &str,
+        now_ms: i64,
+    ) -> Option<Vec<RecordState>> {
         let until = now_ms + i64::try_from(self.settings.lease.as_millis()).unwrap_or(i64::MAX / 2);
         let mut states = Vec::new();
         for record in records {
@@ -286,7 +291,7 @@ impl InboundService {
         Some(states)
     }
 
-    async fn release_all(&self, states: &[RecordState], token: &str, now_ms: i64) {
+    pub(super) async fn release_all(&self, states: &[RecordState], token: &str, now_ms: i64) {
         for state in states {
             if let Err(error) = self
                 .leases

@@ -514,3 +514,116 @@ async fn a_merge_recorded_again_with_another_survivor_leaves_no_entry_under_the_
     );
     assert_eq!(store.merged_into(contact, &["5".into()]).await.unwrap()["5"], "9");
 }
+
+/// A HubSpot stack whose webhooks come back, with the shipped mapping but for a deal's contact
+/// link owned by `owner`.
+async fn linked_stack(owner: &str) -> crm_sync_tests::TestApp {
+    let mapping = include_str!("../../shared/config/mapping.toml").replace(
+        "[deal]\ncrm_object = \"deals\"\n",
+        &format!("[deal]\ncrm_object = \"deals\"\ncontact_link = \"{owner}\"\n"),
+    );
+    let path = std::env::temp_dir().join(format!(
+        "crm-sync-links-{owner}-{}-{}.toml",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    std::fs::write(&path, mapping).unwrap();
+    crm_sync_tests::spawn_app_with(
+        crm_sync_tests::AppOptions::syncing()
+            .with_webhooks()
+            .with_env("CRM_SYNC_MAPPING_FILE", &path.display().to_string()),
+    )
+    .await
+}
+
+/// Syncs contacts `first` and `second` and a deal of `first`; returns the deal's and the
+/// contacts' HubSpot ids.
+async fn deal_of_first(
+    app: &crm_sync_tests::TestApp,
+    first: &str,
+    second: &str,
+    deal: &str,
+) -> (u64, u64, u64) {
+    let at = now_ms();
+    app.send_changes(&[
+        contact(first, at, json!({"email": format!("{first}@example.com")})),
+        contact(second, at, json!({"email": format!("{second}@example.com")})),
+        crm_sync_tests::app_changes::deal(deal, first, at, json!({"name": "Linked deal"})),
+    ])
+    .await;
+    let deal_ref = RecordRef {
+        object: ObjectKind::Deal,
+        record_id: deal.into(),
+    };
+    app.applied(deal_ref, at).await;
+    app.webhooks_settled(|| app.sandbox().pending_webhooks()).await;
+    let id = |object: &str, key: &str| {
+        app.sandbox()
+            .find(object, "crm_sync_app_id", key)
+            .expect("in HubSpot")
+            .id
+    };
+    (id("deals", deal), id("contacts", first), id("contacts", second))
+}
+
+#[tokio::test]
+async fn a_reps_change_of_an_app_owned_deal_contact_link_is_journaled_as_a_conflict_and_crm_syncs_own_is_an_echo(
+) {
+    let app = linked_stack("app").await;
+    let (deal, first, second) = deal_of_first(&app, "link-a", "link-b", "link-deal").await;
+    app.drain_app_inbox().await;
+    // crm-sync's own link of the deal to its contact came back, and is an echo.
+    let events = app.webhook_events().await;
+    let own: Vec<_> = events
+        .iter()
+        .filter(|(key, ..)| key.contains("deal.associationChange"))
+        .collect();
+    assert!(!own.is_empty(), "HubSpot reported crm-sync's link");
+    assert!(own.iter().all(|(_, status, ..)| status == "echo"), "{own:?}");
+
+    assert!(app.sandbox().link_as_rep(deal, second, false));
+    assert!(app.sandbox().link_as_rep(deal, first, true));
+    app.webhooks_settled(|| app.sandbox().pending_webhooks()).await;
+
+    let deal_ref = RecordRef {
+        object: ObjectKind::Deal,
+        record_id: "link-deal".into(),
+    };
+    let conflicts = app.sync_state().conflicts(&deal_ref, 10).await.unwrap();
+    assert_eq!(conflicts.len(), 2, "{conflicts:?}");
+    assert!(conflicts.iter().all(|c| c.field == "(link) contact"
+        && c.app_value.as_deref() == Some("link-a")
+        && c.resolution == "kept the app's link"));
+    assert!(conflicts
+        .iter()
+        .any(|c| c.crm_value.starts_with("contact link-b linked")));
+    assert!(conflicts
+        .iter()
+        .any(|c| c.crm_value.starts_with("contact link-a unlinked")));
+    let inbox = app.drain_app_inbox().await;
+    assert!(of_type(&inbox, "crm.link").is_empty(), "{inbox:?}");
+}
+
+#[tokio::test]
+async fn a_reps_change_of_a_crm_owned_deal_contact_link_reaches_the_app_once_each() {
+    let app = linked_stack("crm").await;
+    let (deal, first, second) = deal_of_first(&app, "crm-link-a", "crm-link-b", "crm-link-deal").await;
+    app.drain_app_inbox().await;
+
+    assert!(app.sandbox().link_as_rep(deal, second, false));
+    assert!(app.sandbox().link_as_rep(deal, first, true));
+    app.webhooks_settled(|| app.sandbox().pending_webhooks()).await;
+
+    let inbox = app.drain_app_inbox().await;
+    let links = of_type(&inbox, "crm.link");
+    assert_eq!(links.len(), 2, "{inbox:?}");
+    assert!(links
+        .iter()
+        .all(|m| m["version"] == 2 && m["record_id"] == "crm-link-deal"));
+    assert!(links
+        .iter()
+        .any(|m| m["linked_record_id"] == "crm-link-b" && m["removed"] == false));
+    assert!(links
+        .iter()
+        .any(|m| m["linked_record_id"] == "crm-link-a" && m["removed"] == true));
+}

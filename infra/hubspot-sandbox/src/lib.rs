@@ -357,6 +357,23 @@ impl Sandbox {
         result
     }
 
+    /// Links a deal to a contact, or removes the link, as a sales rep would; `false` when there
+    /// was nothing to change.
+    pub fn link_as_rep(&self, deal: u64, contact: u64, remove: bool) -> bool {
+        let mut state = self.state.lock().unwrap();
+        let changed = if remove {
+            state.store.disassociate("deals", deal, "contacts", contact)
+        } else {
+            let before = state
+                .store
+                .associations_of("deals", deal)
+                .contains(&("contacts".to_string(), contact));
+            state.store.associate("deals", deal, "contacts", contact).is_ok() && !before
+        };
+        state.emit("CRM_UI");
+        changed
+    }
+
     /// Archives a record as a sales rep would (no webhook: the app subscribes to none for it).
     pub fn archive(&self, object: &str, id: u64) {
         self.state.lock().unwrap().store.archive(object, id);

@@ -735,11 +735,54 @@ impl Store {
                 });
             }
         }
-        self.associations
+        let new = self
+            .associations
             .insert((from.to_string(), from_id, to.to_string(), to_id));
         self.associations
             .insert((to.to_string(), to_id, from.to_string(), from_id));
+        if new {
+            self.association_changed(from, from_id, to, to_id, false);
+        }
         Ok(())
+    }
+
+    /// Removes a link (both directions); `false` when there was none.
+    pub fn disassociate(&mut self, from: &str, from_id: u64, to: &str, to_id: u64) -> bool {
+        let removed = self
+            .associations
+            .remove(&(from.to_string(), from_id, to.to_string(), to_id));
+        self.associations
+            .remove(&(to.to_string(), to_id, from.to_string(), from_id));
+        if removed {
+            self.association_changed(from, from_id, to, to_id, true);
+        }
+        removed
+    }
+
+    /// A deal's link to a contact changed: HubSpot reports it on both sides.
+    fn association_changed(&mut self, from: &str, from_id: u64, to: &str, to_id: u64, removed: bool) {
+        let (deal, contact) = match (from, to) {
+            ("deals", "contacts") => (from_id, to_id),
+            ("contacts", "deals") => (to_id, from_id),
+            _ => return,
+        };
+        for (object, id, kind, other) in [
+            ("deals", deal, "DEAL_TO_CONTACT", contact),
+            ("contacts", contact, "CONTACT_TO_DEAL", deal),
+        ] {
+            self.changes.push(StoreChange::identity(
+                object,
+                id,
+                "associationChange",
+                json!({
+                    "associationType": kind,
+                    "fromObjectId": id,
+                    "toObjectId": other,
+                    "associationRemoved": removed,
+                    "isPrimaryAssociation": false,
+                }),
+            ));
+        }
     }
 }
 

@@ -149,6 +149,7 @@ fn subscription(kind: &str, action: &str) -> u64 {
         "deletion" => 3,
         "merge" => 4,
         "restore" => 5,
+        "associationChange" => 7,
         _ => 6,
     }
 }

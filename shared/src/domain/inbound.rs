@@ -113,8 +113,54 @@ pub enum Interpretation {
     Change(CrmChange),
     /// Who a record is changed: a merge, a restore, a privacy deletion.
     Identity(super::identity::IdentityChange),
+    /// A deal's link to a contact added or removed in the CRM.
+    Link(LinkChange),
     /// Not something crm-sync acts on, and why.
     Ignore(String),
+}
+
+/// A deal's association with a contact, added or removed in the CRM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkChange {
+    /// The deal's CRM id.
+    pub crm_id: String,
+    pub contact_crm_id: String,
+    pub removed: bool,
+    pub occurred_at_ms: i64,
+    pub source: String,
+    /// The CRM says an API integration made it (crm-sync links each deal to its contact).
+    pub from_integration: bool,
+}
+
+/// The app-inbox message (version 2) for a deal's link to a contact changed in the CRM, when
+/// the mapping gives the CRM that link (`contact_link = "crm"`).
+#[allow(clippy::too_many_arguments)]
+pub fn link_message(
+    record: &RecordRef,
+    sequence: u64,
+    crm: &str,
+    link: &LinkChange,
+    contact_record_id: Option<&str>,
+    event_key: &str,
+) -> String {
+    json!({
+        "version": super::identity::APP_INBOX_IDENTITY_VERSION,
+        "type": "crm.link",
+        "object": record.object.as_str(),
+        "record_id": record.record_id,
+        "link": "contact",
+        "linked_record_id": contact_record_id,
+        "crm": crm,
+        "crm_id": link.crm_id,
+        "linked_crm_id": link.contact_crm_id,
+        "removed": link.removed,
+        "occurred_at": super::clock::rfc3339(link.occurred_at_ms),
+        "occurred_at_ms": link.occurred_at_ms,
+        "source": link.source,
+        "event_key": event_key,
+        "sequence": sequence,
+    })
+    .to_string()
 }
 
 /// What to do with one property of a change.
@@ -550,6 +596,34 @@ mod tests {
         ] {
             assert_eq!(message[field], example[field], "{field}");
         }
+    }
+
+    #[test]
+    fn the_link_message_has_exactly_the_fields_its_published_schema_declares() {
+        let schema: Value = serde_json::from_str(include_str!("../../schemas/app-inbox.v2.json")).unwrap();
+        let record = RecordRef {
+            object: ObjectKind::Deal,
+            record_id: "order-7".into(),
+        };
+        let link = LinkChange {
+            crm_id: "18237".into(),
+            contact_crm_id: "51".into(),
+            removed: false,
+            occurred_at_ms: 1_795_774_800_000,
+            source: "CRM_UI".into(),
+            from_integration: false,
+        };
+        let message: Value =
+            serde_json::from_str(&link_message(&record, 4, "hubspot", &link, Some("user-9"), "k")).unwrap();
+        let produced: std::collections::BTreeSet<&String> = message.as_object().unwrap().keys().collect();
+        let declared: std::collections::BTreeSet<&String> = schema["$defs"]["link"]["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        assert_eq!(produced, declared);
+        assert_eq!(message["type"], "crm.link");
+        assert_eq!(message["linked_record_id"], "user-9");
     }
 
     #[test]

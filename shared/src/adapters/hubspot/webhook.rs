@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use super::signature;
 use crate::domain::contract::ObjectKind;
 use crate::domain::identity::{IdentityChange, IdentityKind, MAX_MERGED_IDS};
-use crate::domain::inbound::{event_subject, CrmChange, InboundMessage, Interpretation};
+use crate::domain::inbound::{event_subject, CrmChange, InboundMessage, Interpretation, LinkChange};
 use crate::domain::webhook::check_identifier;
 use crate::domain::{AuthError, InboundEvent, ParseError, ProviderId, WebhookRequest};
 use crate::ports::{CrmEvents, WebhookProvider};
@@ -152,6 +152,9 @@ impl CrmEvents for HubSpotEvents {
 /// Reads a stored HubSpot event as a change of a contact or a deal: `contact.propertyChange`
 /// and, from HubSpot's generic subscriptions, `object.propertyChange` with `objectTypeId` `0-1`.
 pub fn interpret(message: &InboundMessage) -> Interpretation {
+    if message.kind.ends_with(".associationChange") {
+        return link(message);
+    }
     let subject = match event_subject(message, |prefix| match prefix {
         "contact" => Some(ObjectKind::Contact),
         "deal" => Some(ObjectKind::Deal),
@@ -205,6 +208,41 @@ pub fn interpret(message: &InboundMessage) -> Interpretation {
         from_integration,
         created: action == "creation",
         properties,
+    })
+}
+
+/// An association change: only a deal's side of its link to a contact is read (HubSpot sends
+/// one event for each side).
+fn link(message: &InboundMessage) -> Interpretation {
+    let event = &message.event;
+    let text = |name: &str| match event.get(name) {
+        Some(Value::String(text)) => Some(text.clone()),
+        Some(Value::Number(number)) => Some(number.to_string()),
+        _ => None,
+    };
+    let deal_to_contact = text("associationType").as_deref() == Some("DEAL_TO_CONTACT")
+        || (text("fromObjectTypeId").as_deref() == Some("0-3")
+            && text("toObjectTypeId").as_deref() == Some("0-1"));
+    if !deal_to_contact {
+        return Interpretation::Ignore(format!(
+            "only a deal's link to its contact is synced, not {}",
+            text("associationType").unwrap_or_else(|| "this association".into())
+        ));
+    }
+    let (Some(crm_id), Some(contact_crm_id)) = (text("fromObjectId"), text("toObjectId")) else {
+        return Interpretation::Ignore("an association change that names no records".into());
+    };
+    let source = text("changeSource").unwrap_or_else(|| "UNKNOWN".into());
+    Interpretation::Link(LinkChange {
+        crm_id,
+        contact_crm_id,
+        removed: event
+            .get("associationRemoved")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        occurred_at_ms: message.occurred_at_ms,
+        from_integration: INTEGRATION_SOURCES.contains(&source.as_str()),
+        source,
     })
 }
 
@@ -679,6 +717,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("257 bytes"), "{error}");
+    }
+
+    #[test]
+    fn a_deals_side_of_a_contact_association_is_a_link_change_and_the_other_side_is_ignored() {
+        let event = serde_json::json!({"associationType": "DEAL_TO_CONTACT", "fromObjectId": 7,
+            "toObjectId": 9, "associationRemoved": true, "changeSource": "CRM_UI"});
+        let Interpretation::Link(link) = interpret(&inbound("deal.associationChange", event)) else {
+            panic!("a deal's association is a link change");
+        };
+        assert_eq!((link.crm_id.as_str(), link.contact_crm_id.as_str()), ("7", "9"));
+        assert!(link.removed && !link.from_integration);
+        let other =
+            serde_json::json!({"associationType": "CONTACT_TO_DEAL", "fromObjectId": 9, "toObjectId": 7});
+        assert!(matches!(
+            interpret(&inbound("contact.associationChange", other)),
+            Interpretation::Ignore(reason) if reason.contains("CONTACT_TO_DEAL")
+        ));
     }
 
     #[test]
