@@ -25,6 +25,17 @@ enum Decided {
     Deliver,
     Conflict { app_contact: Option<String> },
     Echo,
+    Stale,
+}
+
+/// Why a link change is not done now.
+enum Later {
+    /// No app record yet, or the like: an attempt counted.
+    Wait(String),
+    /// The deal is busy: back after a moment, no attempt counted.
+    Busy,
+    /// A store or the inbox failed: delivered again.
+    Again,
 }
 
 impl InboundService {
@@ -49,31 +60,35 @@ impl InboundService {
                     batch.outcomes.push((item.message.clone(), outcome, detail));
                     Disposition::Done
                 }
-                Err(Some(reason)) => self.retry(item.attempts, &reason),
-                Err(None) => Disposition::Redeliver,
+                Err(Later::Wait(reason)) => self.retry(item.attempts, &reason),
+                Err(Later::Busy) => Disposition::Retry {
+                    delay: self.settings.busy_delay,
+                    attempts: item.attempts,
+                },
+                Err(Later::Again) => Disposition::Redeliver,
             };
             batch.dispositions.insert(item.message_id.clone(), disposition);
         }
     }
 
-    /// One link change: `Ok` with its outcome, `Err(Some(why))` to wait, `Err(None)` to redo.
+    /// One link change: `Ok` with its outcome, or why it is done later.
     async fn apply_link(
         &self,
         item: &LinkWork,
         now_ms: i64,
         effects: &mut IdentityEffects,
-    ) -> Result<(EventOutcome, String), Option<String>> {
+    ) -> Result<(EventOutcome, String), Later> {
         let change = &item.change;
         let deal = self
             .queries
             .find_by_crm_id(ObjectKind::Deal, &change.crm_id)
             .await
-            .map_err(|_| None)?;
+            .map_err(|_| Later::Again)?;
         let Some(deal) = deal else {
             // The deal's first write may not have settled yet.
             let reason = format!("no app record has deal CRM id {}", change.crm_id);
             return if item.attempts < WAITS_FOR_A_MERGE {
-                Err(Some(reason))
+                Err(Later::Wait(reason))
             } else {
                 Ok((EventOutcome::Ignored, reason))
             };
@@ -82,27 +97,31 @@ impl InboundService {
             .queries
             .find_by_crm_id(ObjectKind::Contact, &change.contact_crm_id)
             .await
-            .map_err(|_| None)?
+            .map_err(|_| Later::Again)?
             .map(|state| state.record.record_id);
         let owner = self
             .mapping
             .object(ObjectKind::Deal)
             .map_or(Owner::App, |mapping| mapping.contact_link);
+        let app_contact = app_contact_of(&deal);
         let decided = match owner {
-            Owner::Crm => Decided::Deliver,
             // crm-sync links each deal to its contact through the API: its own link coming back.
-            Owner::App if change.from_integration => Decided::Echo,
-            Owner::App => {
-                let app_contact = app_contact_of(&deal);
-                if !change.removed && app_contact.is_some() && app_contact == contact {
-                    Decided::Echo
-                } else {
-                    Decided::Conflict { app_contact }
-                }
-            }
+            _ if change.from_integration => Decided::Echo,
+            Owner::Crm => Decided::Deliver,
+            Owner::App if !change.removed && app_contact.is_some() && app_contact == contact => Decided::Echo,
+            // A link the app does not hold (one it moved away from) going away is no conflict.
+            Owner::App if change.removed && app_contact != contact => Decided::Stale,
+            Owner::App => Decided::Conflict { app_contact },
         };
-        if let Decided::Echo = decided {
-            return Ok((EventOutcome::Echo, "crm-sync's own link".into()));
+        match decided {
+            Decided::Echo => return Ok((EventOutcome::Echo, "crm-sync's own link".into())),
+            Decided::Stale => {
+                return Ok((
+                    EventOutcome::Ignored,
+                    "the unlinked contact is not the one the app links the deal to".into(),
+                ))
+            }
+            _ => {}
         }
         let token = uuid::Uuid::new_v4().to_string();
         let record = deal.record.clone();
@@ -110,7 +129,7 @@ impl InboundService {
             .lease_all(std::slice::from_ref(&record), &token, now_ms)
             .await
         else {
-            return Err(Some(format!("deal {} is busy", record.record_id)));
+            return Err(Later::Busy);
         };
         let state = &states[0];
         if state.acted_on(&item.message.event_key) {
@@ -148,7 +167,7 @@ impl InboundService {
                     .is_empty()
                 {
                     self.release_all(&states, &token, now_ms).await;
-                    return Err(None);
+                    return Err(Later::Again);
                 }
                 (
                     EventOutcome::Applied,
@@ -167,26 +186,26 @@ impl InboundService {
                     crm_value: what.clone(),
                     source: change.source.clone(),
                     event_key: item.message.event_key.clone(),
-                    resolution: "kept the app's link".into(),
+                    resolution: "the app's link stands: the deal's next change links it again".into(),
                 };
                 if self.history.append_conflicts(&[entry]).await.is_err() {
                     self.release_all(&states, &token, now_ms).await;
-                    return Err(None);
+                    return Err(Later::Again);
                 }
                 (
                     EventOutcome::Conflict,
                     TimelineKind::Conflict,
                     format!(
-                        "{what}; the app owns the deal's contact link ({:?}): kept the app's link",
+                        "{what}; the app owns the deal's contact link ({:?}): the deal's next change links it again",
                         app_contact.unwrap_or_default()
                     ),
                 )
             }
-            Decided::Echo => unreachable!("returned above"),
+            Decided::Echo | Decided::Stale => unreachable!("returned above"),
         };
         match self.leases.settle_inbound(&record, &token, now_ms, &update).await {
             Ok(true) => {}
-            _ => return Err(None),
+            _ => return Err(Later::Again),
         }
         effects.timeline.push(TimelineEntry {
             record,

@@ -1023,11 +1023,19 @@ impl SyncService {
             .filter(|w| {
                 w.queued.change.contact_record_id.is_some() && w.queued.change.operation != Operation::Delete
             })
-            .filter(|w| {
-                matches!(
-                    outcomes.get(&w.queued.message_id),
-                    Some(Outcome::Applied { crm_id: Some(_), .. })
-                )
+            .filter(|w| match outcomes.get(&w.queued.message_id) {
+                // A deal whose contact link the CRM owns is linked until its first link is in
+                // (settled with a CRM id): after that, people move the link in the CRM and
+                // crm-sync leaves it to them.
+                Some(Outcome::Applied { crm_id: Some(_), .. }) => {
+                    w.prior.crm_id.is_none()
+                        || w.queued.change.object != ObjectKind::Deal
+                        || self
+                            .mapping
+                            .object(ObjectKind::Deal)
+                            .is_none_or(|deal| deal.contact_link == crate::domain::mapping::Owner::App)
+                }
+                _ => false,
             })
             .collect();
         if wanted.is_empty() {

@@ -593,7 +593,7 @@ async fn a_reps_change_of_an_app_owned_deal_contact_link_is_journaled_as_a_confl
     assert_eq!(conflicts.len(), 2, "{conflicts:?}");
     assert!(conflicts.iter().all(|c| c.field == "(link) contact"
         && c.app_value.as_deref() == Some("link-a")
-        && c.resolution == "kept the app's link"));
+        && c.resolution == "the app's link stands: the deal's next change links it again"));
     assert!(conflicts
         .iter()
         .any(|c| c.crm_value.starts_with("contact link-b linked")));
@@ -608,7 +608,11 @@ async fn a_reps_change_of_an_app_owned_deal_contact_link_is_journaled_as_a_confl
 async fn a_reps_change_of_a_crm_owned_deal_contact_link_reaches_the_app_once_each() {
     let app = linked_stack("crm").await;
     let (deal, first, second) = deal_of_first(&app, "crm-link-a", "crm-link-b", "crm-link-deal").await;
-    app.drain_app_inbox().await;
+    let before = app.drain_app_inbox().await;
+    assert!(
+        of_type(&before, "crm.link").is_empty(),
+        "crm-sync's own first link is no person's: {before:?}"
+    );
 
     assert!(app.sandbox().link_as_rep(deal, second, false));
     assert!(app.sandbox().link_as_rep(deal, first, true));
@@ -626,4 +630,25 @@ async fn a_reps_change_of_a_crm_owned_deal_contact_link_reaches_the_app_once_eac
     assert!(links
         .iter()
         .any(|m| m["linked_record_id"] == "crm-link-a" && m["removed"] == true));
+
+    // The app's next change of the deal leaves the link the rep set.
+    let at = now_ms() + 1_000;
+    app.send_changes(&[crm_sync_tests::app_changes::deal(
+        "crm-link-deal",
+        "crm-link-a",
+        at,
+        json!({"name": "Renamed deal"}),
+    )])
+    .await;
+    app.applied(
+        RecordRef {
+            object: ObjectKind::Deal,
+            record_id: "crm-link-deal".into(),
+        },
+        at,
+    )
+    .await;
+    let linked = app.sandbox().associations("deals", deal);
+    assert!(linked.contains(&("contacts".to_string(), second)), "{linked:?}");
+    assert!(!linked.contains(&("contacts".to_string(), first)), "{linked:?}");
 }

@@ -113,6 +113,12 @@ pub fn events_for(
                 for (name, value) in fields.as_object().into_iter().flatten() {
                     event[name] = value.clone();
                 }
+                // HubSpot's association events name their records as from and to only.
+                if *action == "associationChange" {
+                    if let Some(event) = event.as_object_mut() {
+                        event.remove("objectId");
+                    }
+                }
                 events.push(event);
             }
             continue;

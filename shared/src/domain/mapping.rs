@@ -238,7 +238,7 @@ impl Mapping {
             );
         }
         let contact_link = match (kind, raw.contact_link.as_deref()) {
-            (_, None | Some("app")) => Owner::App,
+            (_, None) | (ObjectKind::Deal, Some("app")) => Owner::App,
             (ObjectKind::Deal, Some("crm")) => Owner::Crm,
             (ObjectKind::Deal, Some(other)) => {
                 return Err(mapping_error(

@@ -220,9 +220,11 @@ fn link(message: &InboundMessage) -> Interpretation {
         Some(Value::Number(number)) => Some(number.to_string()),
         _ => None,
     };
+    // HubSpot's own deal-to-contact link (type 3), not a label a person defined.
     let deal_to_contact = text("associationType").as_deref() == Some("DEAL_TO_CONTACT")
         || (text("fromObjectTypeId").as_deref() == Some("0-3")
-            && text("toObjectTypeId").as_deref() == Some("0-1"));
+            && text("toObjectTypeId").as_deref() == Some("0-1")
+            && text("associationTypeId").is_none_or(|id| id == "3"));
     if !deal_to_contact {
         return Interpretation::Ignore(format!(
             "only a deal's link to its contact is synced, not {}",
@@ -345,8 +347,27 @@ fn parse_event(raw: Box<RawValue>) -> Result<InboundEvent, String> {
         .filter(|kind| !kind.is_empty())
         .ok_or_else(|| "`subscriptionType` is missing or not a string".to_string())?
         .to_string();
-    let object_id = optional_text("objectId")?;
-    let property = optional_text("propertyName")?;
+    // An association change names its records as `fromObjectId` and `toObjectId` (and may carry
+    // no `objectId`): they, and whether the link went, tell one such event from another.
+    let association = kind.ends_with(".associationChange");
+    let object_id = match optional_text("objectId")? {
+        None if association => optional_text("fromObjectId")?,
+        id => id,
+    };
+    let property = if association {
+        Some(format!(
+            "{}>{}:{}",
+            optional_text("fromObjectId")?.unwrap_or_default(),
+            optional_text("toObjectId")?.unwrap_or_default(),
+            if fields.get("associationRemoved").and_then(Value::as_bool) == Some(true) {
+                "removed"
+            } else {
+                "added"
+            }
+        ))
+    } else {
+        optional_text("propertyName")?
+    };
     let object_type = match kind.split_once('.') {
         // Generic subscriptions name the type by id (0-1 contact, 0-3 deal, ...).
         Some(("object", _)) => optional_text("objectTypeId")?,
@@ -734,6 +755,24 @@ mod tests {
             interpret(&inbound("contact.associationChange", other)),
             Interpretation::Ignore(reason) if reason.contains("CONTACT_TO_DEAL")
         ));
+    }
+
+    #[test]
+    fn association_events_without_an_object_id_are_told_apart_by_their_records_and_direction() {
+        let event = |removed: bool| {
+            serde_json::json!({"eventId": 1, "subscriptionId": 2, "portalId": 3, "occurredAt": 4,
+                "subscriptionType": "deal.associationChange", "associationType": "DEAL_TO_CONTACT",
+                "fromObjectId": 7, "toObjectId": 9, "associationRemoved": removed, "changeSource": "USER"})
+        };
+        let parsed = parse_events(
+            serde_json::json!([event(false), event(true)])
+                .to_string()
+                .as_bytes(),
+            100,
+        )
+        .unwrap();
+        assert_ne!(parsed[0].key, parsed[1].key);
+        assert_eq!(parsed[0].object_id.as_deref(), Some("7"));
     }
 
     #[test]
