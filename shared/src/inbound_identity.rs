@@ -9,7 +9,7 @@ use super::{InboundService, Tally};
 use crate::domain::contract::RecordRef;
 use crate::domain::identity::{
     merged_message, plan_merge, record_message, Holder, IdentityChange, IdentityKind, IdentityUpdate,
-    MergePlan, MAX_HOLDERS,
+    MergePlan, ERASED_MARK, MAX_HOLDERS,
 };
 use crate::domain::inbound::{ConflictEntry, InboundMessage};
 use crate::domain::sync::{RecordState, SyncStatus, TimelineEntry, TimelineKind};
@@ -94,12 +94,19 @@ impl InboundService {
         effects: &mut IdentityEffects,
     ) -> Ended {
         let change = &item.change;
-        if let IdentityKind::Merged { merged, .. } = &change.kind {
-            // First, so that a write naming a merged-away id follows it even if no app record
-            // moves now (the merge may reach crm-sync before the record's first write settles).
+        // First, so that a write naming a merged-away id follows it even if no app record moves
+        // now (the merge may reach crm-sync before the record's first write settles); and an
+        // erased id is recorded as merged into nothing, so that a record a late merge brings
+        // there is erased too, and no write follows it back into the CRM.
+        let recorded = match &change.kind {
+            IdentityKind::Merged { merged, .. } => Some((merged.clone(), change.crm_id.clone())),
+            IdentityKind::Erased => Some((vec![change.crm_id.clone()], ERASED_MARK.to_string())),
+            IdentityKind::Restored => None,
+        };
+        if let Some((from, into)) = recorded {
             if let Err(error) = self
                 .leases
-                .record_merge(change.object, merged, &change.crm_id, change.occurred_at_ms)
+                .record_merge(change.object, &from, &into, change.occurred_at_ms)
                 .await
             {
                 tracing::error!(error = ?anyhow::Error::from(error), "could not record a merge");
@@ -256,6 +263,22 @@ impl InboundService {
                 "a copy of an event already acted on for this record".into(),
             );
         }
+        // A merge into a record the CRM erased since: the records it brings there are erased too.
+        let erased_since;
+        let item = if destination == ERASED_MARK && matches!(change.kind, IdentityKind::Merged { .. }) {
+            erased_since = IdentityWork {
+                message_id: item.message_id.clone(),
+                attempts: item.attempts,
+                message: item.message.clone(),
+                change: IdentityChange {
+                    kind: IdentityKind::Erased,
+                    ..change.clone()
+                },
+            };
+            &erased_since
+        } else {
+            item
+        };
         let messages = self.identity_messages(item, &plan, &states);
         if !self.app_inbox.send(&messages).await.is_empty() {
             self.release_all(&states, &token, now_ms).await;

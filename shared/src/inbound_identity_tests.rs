@@ -527,3 +527,68 @@ async fn an_erasure_of_a_held_record_forgets_it_and_leaves_the_crm_record_its_ow
         timeline[0]
     );
 }
+
+#[tokio::test]
+async fn a_record_a_late_merge_brings_onto_a_contact_the_crm_erased_is_erased_too_and_never_written_back() {
+    let h = harness();
+    let loser = synced_as(&h, "user-1", "ada@example.com", NOW - 60_000).await;
+    let survivor = crm_only(&h, "rep-entry").await;
+    h.crm.merge("contacts", "user-1", "rep-entry");
+    // The survivor is erased for privacy before the merge's event comes (none of the app's is on it).
+    for _ in 0..3 {
+        h.inbound
+            .process(
+                vec![identity("p-1", "contact.privacyDeletion", &survivor, json!({}))],
+                deadline(),
+            )
+            .await;
+    }
+    h.crm.delete("contacts", "rep-entry");
+    let before = h.crm.count("contacts");
+
+    // The app's write meanwhile is not written back into the CRM.
+    h.outbound
+        .process(
+            vec![upsert("user-1", NOW - 10_000, json!({"first_name": "Ada"}))],
+            deadline(),
+        )
+        .await;
+    assert_eq!(h.crm.count("contacts"), before, "nothing re-created");
+    assert!(state_of(&h, "user-1")
+        .await
+        .last_error
+        .unwrap()
+        .contains("is gone from the CRM"));
+
+    // The merge's event erases the record it brings there.
+    h.inbound
+        .process(vec![merge("m-1", &survivor, &[&loser])], deadline())
+        .await;
+    let state = state_of(&h, "user-1").await;
+    assert!(state.erased_at_ms.is_some(), "{state:?}");
+    assert!(state.written.is_empty());
+    let told = inbox(&h);
+    assert!(
+        told.iter()
+            .any(|m| m["type"] == "crm.erased" && m["record_id"] == "user-1"),
+        "{told:?}"
+    );
+    // The write's retry is refused: the person stays erased.
+    let retry = h
+        .retries
+        .take()
+        .into_iter()
+        .find(|m| m.body.contains("user-1"))
+        .expect("a retry");
+    h.outbound
+        .process(
+            vec![SyncMessage {
+                message_id: "again".into(),
+                body: retry.body,
+                attributes: retry.attributes.iter().cloned().collect(),
+            }],
+            deadline(),
+        )
+        .await;
+    assert_eq!(h.crm.count("contacts"), before, "never written back");
+}

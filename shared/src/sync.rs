@@ -1231,9 +1231,9 @@ fn settlement(
             let mut recent_writes = w.prior.own_writes();
             remember_writes(&mut recent_writes, &w.outbound.properties);
             // A delete that only unlinked the record (its CRM record is shared) says so.
-            let unlinked = call
-                .strip_prefix("no CRM call: ")
-                .filter(|why| deleted && why.starts_with("unlinked"));
+            let unlinked = call.strip_prefix("no CRM call: ").filter(|why| {
+                deleted && (why.starts_with("unlinked") || why.starts_with("nothing to archive"))
+            });
             // A write that followed the CRM's merge moves the record to the survivor (no other
             // app record holds it, or the write would have waited); the merge's own event, if it
             // comes, finds the record there by its previous ids and tells the app.

@@ -75,6 +75,17 @@ impl SyncService {
                 continue;
             };
             let target = match survivors.get(crm_id) {
+                // Merged into a record the CRM erased since: never written back into the CRM.
+                Some(survivor) if survivor == crate::domain::identity::ERASED_MARK => {
+                    Target::Decided(Outcome::Failed {
+                        kind: FailureKind::Transient,
+                        error: format!(
+                            "the CRM record CRM record {crm_id} went into was erased for privacy: waiting \
+                             for the merge's event, which erases this record too"
+                        ),
+                        call: None,
+                    })
+                }
                 Some(survivor) => {
                     self.follow(object, mapping, w, crm_id, survivor, deadline, report)
                         .await
@@ -251,6 +262,15 @@ impl SyncService {
                 continue;
             };
             let target = survivors.get(crm_id).unwrap_or(crm_id).clone();
+            if target == crate::domain::identity::ERASED_MARK {
+                targets.push(Err(Outcome::Applied {
+                    crm_id: None,
+                    created: false,
+                    call: "no CRM call: nothing to archive, the CRM erased the record for privacy".into(),
+                    followed: None,
+                }));
+                continue;
+            }
             let others: Vec<String> = match self.queries.holders(object, &target, MAX_HOLDERS).await {
                 Ok(holders) => holders
                     .into_iter()
@@ -311,6 +331,15 @@ impl SyncService {
                 continue;
             };
             let target = survivors.get(crm_id).unwrap_or(crm_id);
+            if target == crate::domain::identity::ERASED_MARK {
+                outcomes.push(Outcome::Applied {
+                    crm_id: None,
+                    created: false,
+                    call: "no CRM call: the CRM erased the record already".into(),
+                    followed: None,
+                });
+                continue;
+            }
             // A CRM record another app record holds too is that record's as well: the erasure
             // forgets this record in crm-sync and leaves the CRM record to an operator.
             let mut shared = w.prior.clone();
@@ -431,6 +460,16 @@ impl SyncService {
             pending = Vec::new();
             for (index, crm_id, outcome) in gone_ids {
                 match survivors.get(&crm_id) {
+                    Some(survivor) if survivor == crate::domain::identity::ERASED_MARK => {
+                        outcomes[index] = Some(Outcome::Failed {
+                            kind: FailureKind::Transient,
+                            error: format!(
+                                "the CRM record CRM record {crm_id} went into was erased for privacy: \
+                                 waiting for the merge's event, which erases this record too"
+                            ),
+                            call: None,
+                        });
+                    }
                     Some(survivor) => match self
                         .follow(object, mapping, group[index], &crm_id, survivor, deadline, report)
                         .await

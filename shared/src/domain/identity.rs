@@ -19,6 +19,9 @@ pub const MAX_HOLDERS: usize = 10;
 /// a longer list is refused when the delivery arrives.
 pub const MAX_MERGED_IDS: usize = 16;
 
+/// What an erased CRM id is recorded as merged into: nothing a write may follow.
+pub const ERASED_MARK: &str = "~erased";
+
 /// How many merges crm-sync follows from one CRM id to its survivor (a merged into b, b into c):
 /// a longer chain, or a loop, is refused rather than followed forever.
 pub const MAX_MERGE_HOPS: usize = 16;
