@@ -47,6 +47,28 @@ fn gone(outcome: &Outcome) -> bool {
 /// CRM's merge event may be seconds behind the write that met the dead id.
 const GONE_TRIES: u32 = 2;
 
+/// A write's outcome decided without a CRM call, `why` saying so on the timeline.
+fn without_call(why: &str) -> Outcome {
+    Outcome::Applied {
+        crm_id: None,
+        created: false,
+        call: format!("no CRM call: {why}"),
+        followed: None,
+    }
+}
+
+/// The wait of a write whose CRM id went, by merges, into a record the CRM erased for privacy.
+fn into_erased(crm_id: &str) -> Outcome {
+    Outcome::Failed {
+        kind: FailureKind::Transient,
+        error: format!(
+            "the CRM record CRM record {crm_id} went into was erased for privacy: waiting for the merge's \
+             event, which erases this record too"
+        ),
+        call: None,
+    }
+}
+
 /// The error a write by id leaves when its CRM record is gone; the retry reads it back.
 fn gone_error(crm_id: &str) -> String {
     format!(
@@ -77,14 +99,7 @@ impl SyncService {
             let target = match survivors.get(crm_id) {
                 // Merged into a record the CRM erased since: never written back into the CRM.
                 Some(survivor) if survivor == crate::domain::identity::ERASED_MARK => {
-                    Target::Decided(Outcome::Failed {
-                        kind: FailureKind::Transient,
-                        error: format!(
-                            "the CRM record CRM record {crm_id} went into was erased for privacy: waiting \
-                             for the merge's event, which erases this record too"
-                        ),
-                        call: None,
-                    })
+                    Target::Decided(into_erased(crm_id))
                 }
                 Some(survivor) => {
                     self.follow(object, mapping, w, crm_id, survivor, deadline, report)
@@ -253,22 +268,14 @@ impl SyncService {
         let mut targets = Vec::with_capacity(group.len());
         for w in group {
             let Some(crm_id) = &w.prior.crm_id else {
-                targets.push(Err(Outcome::Applied {
-                    crm_id: None,
-                    created: false,
-                    call: "no CRM call: never synced".into(),
-                    followed: None,
-                }));
+                targets.push(Err(without_call("never synced")));
                 continue;
             };
             let target = survivors.get(crm_id).unwrap_or(crm_id).clone();
             if target == crate::domain::identity::ERASED_MARK {
-                targets.push(Err(Outcome::Applied {
-                    crm_id: None,
-                    created: false,
-                    call: "no CRM call: nothing to archive, the CRM erased the record for privacy".into(),
-                    followed: None,
-                }));
+                targets.push(Err(without_call(
+                    "nothing to archive, the CRM erased the record for privacy",
+                )));
                 continue;
             }
             let others: Vec<String> = match self.queries.holders(object, &target, MAX_HOLDERS).await {
@@ -322,22 +329,12 @@ impl SyncService {
         let mut outcomes = Vec::with_capacity(group.len());
         for w in group {
             let Some(crm_id) = &w.prior.crm_id else {
-                outcomes.push(Outcome::Applied {
-                    crm_id: None,
-                    created: false,
-                    call: "no CRM call: never synced".into(),
-                    followed: None,
-                });
+                outcomes.push(without_call("never synced"));
                 continue;
             };
             let target = survivors.get(crm_id).unwrap_or(crm_id);
             if target == crate::domain::identity::ERASED_MARK {
-                outcomes.push(Outcome::Applied {
-                    crm_id: None,
-                    created: false,
-                    call: "no CRM call: the CRM erased the record already".into(),
-                    followed: None,
-                });
+                outcomes.push(without_call("the CRM erased the record already"));
                 continue;
             }
             // A CRM record another app record holds too is that record's as well: the erasure
@@ -345,14 +342,9 @@ impl SyncService {
             let mut shared = w.prior.clone();
             shared.crm_id = Some(target.clone());
             if self.still_shared(&shared).await {
-                outcomes.push(Outcome::Applied {
-                    crm_id: None,
-                    created: false,
-                    call: format!(
-                        "no CRM call: CRM record {target} is another app record's too, so it is not erased in the CRM"
-                    ),
-                    followed: None,
-                });
+                outcomes.push(without_call(&format!(
+                    "CRM record {target} is another app record's too, so it is not erased in the CRM"
+                )));
                 continue;
             }
             let result = self
@@ -461,14 +453,7 @@ impl SyncService {
             for (index, crm_id, outcome) in gone_ids {
                 match survivors.get(&crm_id) {
                     Some(survivor) if survivor == crate::domain::identity::ERASED_MARK => {
-                        outcomes[index] = Some(Outcome::Failed {
-                            kind: FailureKind::Transient,
-                            error: format!(
-                                "the CRM record CRM record {crm_id} went into was erased for privacy: \
-                                 waiting for the merge's event, which erases this record too"
-                            ),
-                            call: None,
-                        });
+                        outcomes[index] = Some(into_erased(&crm_id));
                     }
                     Some(survivor) => match self
                         .follow(object, mapping, group[index], &crm_id, survivor, deadline, report)
