@@ -528,12 +528,18 @@ async fn linked_stack(owner: &str) -> crm_sync_tests::TestApp {
         fastrand::u32(..)
     ));
     std::fs::write(&path, mapping).unwrap();
-    crm_sync_tests::spawn_app_with(
+    let app = crm_sync_tests::spawn_app_with(
         crm_sync_tests::AppOptions::syncing()
             .with_webhooks()
             .with_env("CRM_SYNC_MAPPING_FILE", &path.display().to_string()),
     )
-    .await
+    .await;
+    let sandbox = app.sandbox();
+    sandbox.set_webhooks(hubspot_sandbox::WebhookSettings {
+        association_changes: true,
+        ..sandbox.webhooks()
+    });
+    app
 }
 
 /// Syncs contacts `first` and `second` and a deal of `first`; returns the deal's and the

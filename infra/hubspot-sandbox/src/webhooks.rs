@@ -33,6 +33,9 @@ pub struct WebhookSettings {
     pub duplicate_rate: f64,
     /// Each delivery first waits a random time up to this, so that later ones overtake it.
     pub reorder_ms: u64,
+    /// Whether the app subscribes to association changes (`deal.associationChange` and the
+    /// contact's side): off unless a test asks, as an app's subscriptions are its own choice.
+    pub association_changes: bool,
 }
 
 impl Default for WebhookSettings {
@@ -49,6 +52,7 @@ impl Default for WebhookSettings {
             timeout_ms: 5_000,
             duplicate_rate: 0.0,
             reorder_ms: 0,
+            association_changes: false,
         }
     }
 }
@@ -98,6 +102,9 @@ pub fn events_for(
             base["sourceId"] = json!(settings.app_id.to_string());
         }
         if let Some((action, fields)) = &change.identity {
+            if *action == "associationChange" && !settings.association_changes {
+                continue;
+            }
             // A privacy deletion is reported as a deletion too.
             let actions: &[&str] = if *action == "privacyDeletion" {
                 &["privacyDeletion", "deletion"]
