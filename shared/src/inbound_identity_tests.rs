@@ -91,6 +91,17 @@ fn merge(key: &str, survivor: &str, merged: &[&str]) -> SyncMessage {
     )
 }
 
+/// The app's `contact.delete` or `contact.erase` of user-1.
+fn without_data(message_id: &str, kind: &str, at_ms: i64) -> SyncMessage {
+    SyncMessage {
+        message_id: message_id.into(),
+        body: json!({"version": 1, "type": kind, "record_id": "user-1",
+                     "idempotency_id": message_id, "changed_at": at_ms})
+        .to_string(),
+        attributes: HashMap::new(),
+    }
+}
+
 fn upsert(record_id: &str, at_ms: i64, data: Value) -> SyncMessage {
     SyncMessage {
         message_id: format!("up-{record_id}-{at_ms}"),
@@ -199,13 +210,7 @@ async fn two_app_records_on_one_crm_record_are_an_identity_conflict_that_holds_t
     assert_eq!(held.status, SyncStatus::Failed);
     assert!(held.last_error.unwrap().starts_with("held: identity conflict"));
     // The app merges its records and deletes the duplicate: unlinked, the CRM record stays.
-    let delete = SyncMessage {
-        message_id: "del-1".into(),
-        body: json!({"version": 1, "type": "contact.delete", "record_id": "user-1",
-                     "idempotency_id": "d-1", "changed_at": NOW - 5_000})
-        .to_string(),
-        attributes: HashMap::new(),
-    };
+    let delete = without_data("del-1", "contact.delete", NOW - 5_000);
     h.outbound.process(vec![delete], deadline()).await;
     assert!(h.crm.by_crm_id("contacts", &survivor).is_some(), "not archived");
     let deleted = state_of(&h, "user-1").await;
@@ -461,13 +466,7 @@ async fn an_erasure_the_app_sends_erases_the_contact_in_the_crm_and_everything_c
     let h = harness();
     synced_as(&h, "user-1", "ada@example.com", NOW - 60_000).await;
     assert_eq!(h.crm.count("contacts"), 1);
-    let erase = SyncMessage {
-        message_id: "erase-1".into(),
-        body: json!({"version": 1, "type": "contact.erase", "record_id": "user-1",
-                     "idempotency_id": "e-1", "changed_at": NOW - 5_000})
-        .to_string(),
-        attributes: HashMap::new(),
-    };
+    let erase = without_data("erase-1", "contact.erase", NOW - 5_000);
 
     h.outbound.process(vec![erase.clone()], deadline()).await;
 
@@ -504,13 +503,7 @@ async fn an_erasure_of_a_held_record_forgets_it_and_leaves_the_crm_record_its_ow
     let h = harness();
     let (_, survivor) = merged_pair(&h).await;
     assert!(state_of(&h, "user-1").await.identity_conflict.is_some());
-    let erase = SyncMessage {
-        message_id: "erase-held".into(),
-        body: json!({"version": 1, "type": "contact.erase", "record_id": "user-1",
-                     "idempotency_id": "e-held", "changed_at": NOW - 1_000})
-        .to_string(),
-        attributes: HashMap::new(),
-    };
+    let erase = without_data("erase-held", "contact.erase", NOW - 1_000);
 
     h.outbound.process(vec![erase], deadline()).await;
 
