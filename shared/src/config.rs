@@ -223,6 +223,9 @@ pub struct ReconcileConfig {
     pub settings: crate::reconcile::ReconcileSettings,
     /// Where CRM-owned drift goes: the app inbox (unset: drift is only reported).
     pub app_inbox_queue_url: Option<String>,
+    /// Where merges read from a CRM that does not announce them (Salesforce) go, as events for
+    /// the identity step: the inbound queue (unset: they are not read).
+    pub inbound_queue_url: Option<String>,
 }
 
 /// Everything the dashboard function needs.
@@ -486,6 +489,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             },
             crm,
             app_inbox_queue_url: vars.app_inbox_queue_url,
+            inbound_queue_url: vars.inbound_queue_url,
         })
     }
 
@@ -782,6 +786,7 @@ mod variables {
         pub reconcile_page_size: Option<usize>,
         pub reconcile_stuck_after_minutes: Option<u64>,
         pub app_inbox_queue_url: Option<String>,
+        pub inbound_queue_url: Option<String>,
     }
 
     #[derive(Deserialize)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::domain::contract::{Change, ObjectKind, RecordRef};
 use crate::domain::crm::{
-    AssociationInput, BatchResult, CrmError, MergeLookup, PropertyKinds, RateInfo, ReadResult,
+    AssociationInput, BatchResult, CrmError, MergeLookup, MergePage, PropertyKinds, RateInfo, ReadResult,
     ThrottlePolicy, UpdateInput, UpsertInput,
 };
 pub use crate::domain::identity::IdentityUpdate;
@@ -127,6 +127,30 @@ pub trait Crm: Send + Sync {
             survivor: None,
             rate: RateInfo::default(),
             call: "no CRM call: the CRM does not read merged ids".into(),
+        })
+    }
+
+    /// Whether merges of `object` are read from the CRM ([`Crm::merges_since`]) because it keeps
+    /// them to be read rather than announcing them (Salesforce).
+    fn merges_are_read(&self, object: &str) -> bool {
+        let _ = object;
+        false
+    }
+
+    /// Merges of `object` the CRM recorded after `since_ms`, oldest first, where
+    /// [`Crm::merges_are_read`]; `next` continues a page's read.
+    async fn merges_since(
+        &self,
+        object: &str,
+        since_ms: i64,
+        next: Option<&str>,
+    ) -> Result<MergePage, CrmError> {
+        let _ = (object, since_ms, next);
+        Ok(MergePage {
+            merges: Vec::new(),
+            next: None,
+            rate: RateInfo::default(),
+            call: "no CRM call: the CRM announces its merges".into(),
         })
     }
 
@@ -682,6 +706,10 @@ pub trait ReconcileStore: Send + Sync {
         cursor: Option<String>,
         limit: usize,
     ) -> Result<(Vec<RecordState>, Option<String>), StoreUnavailable>;
+    /// Up to when merges of the CRM object `object` have been read and handed on.
+    async fn merges_read_to(&self, object: &str) -> Result<Option<i64>, StoreUnavailable>;
+    /// Saves it; a later read starts there.
+    async fn save_merges_read_to(&self, object: &str, at_ms: i64) -> Result<(), StoreUnavailable>;
     /// Records whose change failed retryably, or has been pending since before `stuck_before_ms`.
     async fn needing_requeue(
         &self,

@@ -71,6 +71,8 @@ pub struct ReconcileService {
     low_lane: Arc<dyn MessageQueue>,
     /// Where CRM-owned drift is delivered; `None`: only reported.
     app_inbox: Option<Arc<dyn MessageQueue>>,
+    /// Where merges read from the CRM go, as events for the identity step; `None`: not read.
+    inbound: Option<Arc<dyn MessageQueue>>,
     worker: Worker,
     clock: Arc<dyn Clock>,
     settings: ReconcileSettings,
@@ -91,6 +93,25 @@ const SKIP_LEASED: &str = "the record was busy with a live change";
 const SKIP_CHANGED: &str = "the record changed since the CRM was read";
 const SKIP_UNAVAILABLE: &str = "the record could not be leased";
 const SKIP_INBOX: &str = "the app inbox did not take the message";
+
+/// How far before the last read's start the next read of merges begins: the CRM stamps a merge
+/// by its own clock, and a merge committing as a read runs may carry a stamp just before it.
+const MERGE_READ_OVERLAP_MS: i64 = 10 * 60 * 1000;
+
+/// How far back the first read of merges looks: Salesforce keeps merged records in the recycle
+/// bin for 15 days.
+const FIRST_MERGE_LOOKBACK_MS: i64 = 15 * DAY_MS;
+
+/// What one read of merges did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MergeScan {
+    /// Merges handed to the identity step.
+    pub found: u64,
+    /// Reads that failed and messages not enqueued; the next read tries them again.
+    pub errors: u64,
+    /// Why the read stopped before every object was read.
+    pub stopped: Option<String>,
+}
 
 /// Why a page could not be finished.
 enum Stop {
@@ -118,6 +139,7 @@ impl ReconcileService {
             history: state,
             low_lane,
             app_inbox: None,
+            inbound: None,
             worker,
             clock,
             settings,
@@ -171,6 +193,13 @@ impl ReconcileService {
         self
     }
 
+    /// Reads the merges of a CRM that does not announce them and hands them to the identity step
+    /// on the inbound queue.
+    pub fn with_inbound_queue(mut self, inbound: Option<Arc<dyn MessageQueue>>) -> Self {
+        self.inbound = inbound;
+        self
+    }
+
     fn day_of(&self, now_ms: i64) -> i64 {
         (now_ms + i64::from(self.settings.day_offset_minutes) * 60_000).div_euclid(DAY_MS)
     }
@@ -194,6 +223,7 @@ impl ReconcileService {
                 delivered: 0,
                 skipped: BTreeMap::new(),
                 requeued: 0,
+                merges_found: 0,
                 errors: 0,
                 api_calls: 0,
                 duration_ms: 0,
@@ -247,11 +277,25 @@ impl ReconcileService {
             let failures = self.low_lane.send(&messages).await;
             checkpoint.report.requeued += (messages.len() - failures.len()) as u64;
             checkpoint.report.errors += failures.len() as u64;
-            checkpoint.report.phase = Phase::Drift;
+            checkpoint.report.phase = Phase::Merges;
             self.store.save(&checkpoint).await?;
         }
 
-        while checkpoint.report.phase == Phase::Drift {
+        if checkpoint.report.phase == Phase::Merges {
+            let scan = self.read_merges(deadline, &mut calls).await?;
+            checkpoint.report.merges_found += scan.found;
+            checkpoint.report.errors += scan.errors;
+            checkpoint.report.api_calls += calls.crm_calls as u64;
+            calls.crm_calls = 0;
+            match scan.stopped {
+                // The next invocation reads on from the last saved point.
+                Some(stopped) => checkpoint.report.stopped = Some(stopped),
+                None => checkpoint.report.phase = Phase::Drift,
+            }
+            self.store.save(&checkpoint).await?;
+        }
+
+        while checkpoint.report.phase == Phase::Drift && checkpoint.report.stopped.is_none() {
             if Instant::now() + self.settings.stop_margin >= deadline {
                 checkpoint.report.stopped = Some("the invocation's time limit; the next one resumes".into());
                 break;
@@ -298,6 +342,102 @@ impl ReconcileService {
         self.store.save(&checkpoint).await?;
         emit_metrics(&checkpoint.report);
         Ok(checkpoint.report)
+    }
+
+    /// Reads the CRM's merges now, between nightly runs (a frequent schedule), so that the app
+    /// hears of a merge within minutes rather than by the next night.
+    pub async fn scan_merges(&self, deadline: Instant) -> Result<MergeScan, StoreUnavailable> {
+        self.read_merges(deadline, &mut BatchReport::default()).await
+    }
+
+    /// Reads the merges the CRM recorded since the last read, for each synced object whose merges
+    /// the CRM does not announce, and puts each on the inbound queue as an event: the identity
+    /// step moves the records and tells the app, as for a merge a webhook announced. Where it
+    /// stopped is saved after each object, so a read never starts over from the beginning; reads
+    /// overlap a little, and a merge read twice is one event (its key).
+    async fn read_merges(
+        &self,
+        deadline: Instant,
+        calls: &mut BatchReport,
+    ) -> Result<MergeScan, StoreUnavailable> {
+        let mut scan = MergeScan::default();
+        let Some(inbound) = &self.inbound else {
+            return Ok(scan);
+        };
+        let mut objects: Vec<&str> = ObjectKind::ALL
+            .iter()
+            .filter_map(|object| self.mapping.object(*object))
+            .map(|mapping| mapping.crm_object.as_str())
+            .filter(|object| self.crm.merges_are_read(object))
+            .collect();
+        objects.dedup();
+        'objects: for object in objects {
+            let started_ms = self.clock.now_ms();
+            let since_ms = match self.store.merges_read_to(object).await? {
+                Some(read_to) => read_to - MERGE_READ_OVERLAP_MS,
+                None => started_ms - FIRST_MERGE_LOOKBACK_MS,
+            };
+            let mut next: Option<String> = None;
+            loop {
+                if Instant::now() + self.settings.stop_margin >= deadline {
+                    scan.stopped = Some("the invocation's time limit; the next one resumes".into());
+                    break 'objects;
+                }
+                let page = match self
+                    .worker
+                    .call(deadline, calls, || {
+                        self.crm.merges_since(object, since_ms, next.as_deref())
+                    })
+                    .await
+                {
+                    Ok(page) => page,
+                    Err(CallFailure::Throttled { .. }) => {
+                        scan.stopped = Some("the CRM budget (reserve or limit); the next run resumes".into());
+                        break 'objects;
+                    }
+                    Err(CallFailure::Transient(reason) | CallFailure::Rejected(reason)) => {
+                        tracing::warn!(%reason, object, "could not read the CRM's merges");
+                        scan.errors += 1;
+                        continue 'objects;
+                    }
+                };
+                let read_at_ms = self.clock.now_ms();
+                let messages: Vec<OutgoingMessage> = page
+                    .merges
+                    .iter()
+                    .enumerate()
+                    .map(|(index, seen)| {
+                        OutgoingMessage::new(
+                            index.to_string(),
+                            crate::domain::identity::merge_seen_message(
+                                self.crm.name(),
+                                object,
+                                seen,
+                                read_at_ms,
+                            ),
+                        )
+                    })
+                    .collect();
+                let failures = inbound.send(&messages).await;
+                if !failures.is_empty() {
+                    // Not saved as read: the next read finds them again.
+                    tracing::warn!(
+                        object,
+                        failed = failures.len(),
+                        "could not enqueue merges read from the CRM"
+                    );
+                    scan.errors += failures.len() as u64;
+                    continue 'objects;
+                }
+                scan.found += messages.len() as u64;
+                next = page.next;
+                if next.is_none() {
+                    self.store.save_merges_read_to(object, started_ms).await?;
+                    break;
+                }
+            }
+        }
+        Ok(scan)
     }
 
     /// Compares one page of records with the CRM; heals, flags and reports. A record whose

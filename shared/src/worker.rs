@@ -103,6 +103,12 @@ impl Observed for crate::domain::crm::MergeLookup {
     }
 }
 
+impl Observed for crate::domain::crm::MergePage {
+    fn rate(&self) -> &RateInfo {
+        &self.rate
+    }
+}
+
 impl Observed for ReadResult {
     fn rate(&self) -> &RateInfo {
         &self.rate

@@ -9,6 +9,7 @@ Every call in shared/src/adapters/salesforce/client.rs is exercised in the form 
   PATCH  /composite/sobjects  {allOrNone:false, records:[{attributes, id, ...}]}  update(), Task WhoId link
   POST   /composite/sobjects  {allOrNone:false, records:[OpportunityContactRole]} associate()
   DELETE /composite/sobjects?ids=a,b&allOrNone=false                              archive()
+  GET    /queryAll/?q=SELECT … MasterRecordId … (and nextRecordsUrl)               merges_since(), survivor()
   POST   /composite/sobjects/{SObject}  {ids, fields}                             read()
   GET    /sobjects/{SObject}/describe                                              property_kinds()
   errors ([{message, errorCode}]), 401 INVALID_SESSION_ID, 403 REQUEST_LIMIT_EXCEEDED,
@@ -95,6 +96,10 @@ TOKEN_URL = env("SALESFORCE_TOKEN_URL", f"{BASE_URL}/services/oauth2/token")
 EXT_ID = env("SALESFORCE_EXTERNAL_ID_FIELD", "Crm_Sync_App_Id__c")
 SKIP_LIMIT_BURN = env("SALESFORCE_SKIP_LIMIT_BURN", "") not in ("", "0", "false")
 MAX_BURN = int(env("SALESFORCE_MAX_BURN", "150000"))
+# Merges a person made in the org before the run, for the queryAll checks: "merged:master,..."
+# and a SOQL datetime before them. Unset: those checks are skipped.
+MERGED = dict(pair.split(":", 1) for pair in env("SALESFORCE_MERGED", "").split(",") if ":" in pair)
+MERGES_SINCE = env("SALESFORCE_MERGES_SINCE", "")
 
 _split = urlsplit(BASE_URL)
 HOST = _split.hostname or ""
@@ -546,6 +551,53 @@ def check_delete_malformed():
 
 
 # --------------------------------------------------------------------------------------------
+# Checks: queryAll (merges, and where a merged id went)
+
+DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}\+0000$")
+
+
+def check_query_all_deleted():
+    ids = [CTX.contacts["e"], CTX.contacts["d"]]
+    soql = (f"SELECT Id, MasterRecordId, IsDeleted, SystemModstamp FROM Contact "
+            f"WHERE Id IN ('{ids[0]}', '{ids[1]}')")
+    live = CTX.sf.query(soql)
+    expect(live.get("totalSize") == 0 and live.get("records") == [], f"query hides deleted records: {short(live)}")
+    every = CTX.sf.query_all(soql, include_deleted=True)
+    records = every.get("records")
+    expect(every.get("done") is True and every.get("totalSize") == 2, f"queryAll finds both: {short(every)}")
+    expect(sorted(r["Id"] for r in records) == sorted(ids), f"the deleted ids: {short(records)}")
+    for record in records:
+        expect(record["attributes"]["type"] == "Contact", f"attributes.type: {short(record)}")
+        expect(record["IsDeleted"] is True and record["MasterRecordId"] is None,
+               f"deleted, not merged: {short(record)}")
+        expect(DATETIME.match(record["SystemModstamp"] or ""), f"SystemModstamp as the REST API writes it: {short(record)}")
+    return short(records)
+
+
+def check_query_all_merges():
+    if not MERGED:
+        print("SKIP queryAll merges: set SALESFORCE_MERGED and SALESFORCE_MERGES_SINCE", flush=True)
+        return "skipped"
+    # The query crm-sync's merge scan sends (shared/src/adapters/salesforce/client.rs).
+    soql = ("SELECT Id, MasterRecordId, SystemModstamp, LastModifiedById FROM Contact WHERE IsDeleted = true "
+            f"AND MasterRecordId != null AND SystemModstamp > {MERGES_SINCE} ORDER BY SystemModstamp")
+    first = CTX.sf.query(soql, include_deleted=True)
+    if first.get("done") is False:
+        expect(re.match(r"^/services/data/v\d+\.\d+/query/[^/]+$", first.get("nextRecordsUrl") or ""),
+               f"nextRecordsUrl is a path from the host: {short(first)}")
+    every = CTX.sf.query_all(soql, include_deleted=True)
+    records = every.get("records") or []
+    expect(every.get("totalSize") == len(records), f"totalSize counts every page: {short(every)}")
+    found = {record["Id"]: record["MasterRecordId"] for record in records}
+    for merged, master in MERGED.items():
+        expect(found.get(merged) == master, f"{merged} merged into {master}: {short(records)}")
+    stamps = [record["SystemModstamp"] for record in records]
+    expect(stamps == sorted(stamps), f"oldest first: {stamps}")
+    expect(all(isinstance(record.get("LastModifiedById"), str) for record in records), f"who merged: {short(records)}")
+    return f"{len(records)} merged record(s), first page done={first.get('done')}"
+
+
+# --------------------------------------------------------------------------------------------
 # Checks: errors, limits, describe
 
 
@@ -832,6 +884,9 @@ def main():
     check("archive DELETE /composite/sobjects?ids=&allOrNone=false", check_delete)
     check("archive: an already deleted record -> ENTITY_IS_DELETED", check_delete_deleted)
     check("archive: a malformed id -> MALFORMED_ID (not ENTITY_IS_DELETED)", check_delete_malformed)
+    check("queryAll GET /queryAll/?q=: deleted records with IsDeleted, query hides them", check_query_all_deleted)
+    check("queryAll: merged records name MasterRecordId, page by page via nextRecordsUrl (merge scan)",
+          check_query_all_merges)
     check("errors: bad token -> 401 [{message, errorCode: INVALID_SESSION_ID}]", check_invalid_session)
     check("errors: unknown resource -> 404 [{message, errorCode: NOT_FOUND}]", check_not_found)
     check("errors: malformed JSON -> 400 JSON_PARSER_ERROR", check_json_parser_error)

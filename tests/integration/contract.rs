@@ -83,7 +83,20 @@ async fn simple_salesforce_and_jsforce_read_every_answer_the_salesforce_sandbox_
             .await
             .expect("the sandbox starts");
     sandbox.require_client("crm-sync-contract", "crm-sync-contract-secret");
+    // Merges a person made before the run, for the queryAll checks: two into one at once, then
+    // that one into another; answered two records a page, so that the client pages.
+    let now_ms = crm_sync::domain::Clock::now_ms(&crm_sync::domain::SystemClock);
+    let since = format!("{}Z", &crm_sync::domain::clock::rfc3339(now_ms - 5_000)[..19]);
+    let person =
+        |n: u32| sandbox.create_as_person("Contact", serde_json::json!({"LastName": format!("Merged {n}")}));
+    let [a, b, c, d] = [person(1), person(2), person(3), person(4)];
+    sandbox.merge("Contact", &a, &[&b, &c]).expect("a merge");
+    sandbox.merge("Contact", &d, &[&a]).expect("a merge");
+    sandbox.set_query_batch_size(2);
+    let merged = format!("{b}:{a},{c}:{a},{a}:{d}");
     let env = [
+        ("SALESFORCE_MERGED", merged),
+        ("SALESFORCE_MERGES_SINCE", since),
         ("SALESFORCE_BASE_URL", sandbox.instance_url()),
         ("SALESFORCE_TOKEN", "contract-access".to_string()),
         ("SALESFORCE_REFRESH_TOKEN", "contract-refresh".to_string()),
@@ -108,6 +121,11 @@ async fn simple_salesforce_and_jsforce_read_every_answer_the_salesforce_sandbox_
         rest.output
     );
     assert!(!rest.output.contains("SKIP"), "every check ran:\n{}", rest.output);
+    assert!(
+        rest.output.contains("PASS queryAll: merged records"),
+        "the merge scan's query is checked:\n{}",
+        rest.output
+    );
     assert!(
         !refresh.output.contains("SKIP"),
         "every check ran:\n{}",

@@ -1,5 +1,6 @@
 //! Identity that survives the CRM, through the local stack: people merge, restore and erase
-//! contacts in HubSpot's and Pipedrive's sandboxes, which post each vendor's events back.
+//! contacts in the CRMs' sandboxes. HubSpot's and Pipedrive's post each vendor's events back;
+//! Salesforce's merges are read by the merge scan, as Salesforce announces none.
 
 use crm_sync::domain::contract::{ObjectKind, RecordRef};
 use crm_sync::domain::sync::{RecordState, SyncStatus};
@@ -10,8 +11,11 @@ use crm_sync_tests::eventually;
 use crm_sync_tests::hubspot::now_ms;
 use serde_json::{json, Value};
 
-/// The CRMs whose merges arrive as webhooks (Salesforce's are found by the reconciliation).
-const MERGING: [Crm; 2] = [Crm::HubSpot, Crm::Pipedrive];
+/// Every CRM merges: HubSpot and Pipedrive announce it, Salesforce's is read by the merge scan.
+const MERGING: [Crm; 3] = Crm::ALL;
+
+/// The CRMs whose erasures these tests cover (Salesforce's erasure is its delete).
+const ERASING: [Crm; 2] = [Crm::HubSpot, Crm::Pipedrive];
 
 fn contact_ref(id: &str) -> RecordRef {
     RecordRef {
@@ -59,8 +63,7 @@ fn of_type<'a>(inbox: &'a [Value], kind: &str) -> Vec<&'a Value> {
 }
 
 #[tokio::test]
-async fn in_hubspot_and_pipedrive_a_merge_into_a_reps_contact_moves_the_app_record_and_its_next_write_creates_nothing(
-) {
+async fn in_every_crm_a_merge_into_a_reps_contact_moves_the_app_record_and_its_next_write_creates_nothing() {
     for crm in MERGING {
         let stack = crm.looped_stack().await;
         let app = &stack.app;
@@ -70,6 +73,9 @@ async fn in_hubspot_and_pipedrive_a_merge_into_a_reps_contact_moves_the_app_reco
         let rep = stack.create_contact_as_a_person("m-1@work.example");
 
         let survivor = stack.merge_contacts_as_a_person(&loser, &rep);
+        stack.merges_noticed().await;
+        // Salesforce: the next scan reads the merge again (scans overlap); it is one event.
+        stack.merges_noticed().await;
         let state = state_where(&stack, "m-1", "the record on the survivor", |s| {
             s.crm_id.as_deref() == Some(survivor.as_str())
         })
@@ -126,7 +132,7 @@ async fn in_hubspot_and_pipedrive_a_merge_into_a_reps_contact_moves_the_app_reco
 }
 
 #[tokio::test]
-async fn in_hubspot_and_pipedrive_two_app_records_merged_into_one_are_an_identity_conflict_the_app_resolves_by_deleting_one(
+async fn in_every_crm_two_app_records_merged_into_one_are_an_identity_conflict_the_app_resolves_by_deleting_one(
 ) {
     for crm in MERGING {
         let stack = crm.looped_stack().await;
@@ -137,6 +143,7 @@ async fn in_hubspot_and_pipedrive_two_app_records_merged_into_one_are_an_identit
         app.drain_app_inbox().await;
 
         let survivor = stack.merge_contacts_as_a_person(&gone, &kept);
+        stack.merges_noticed().await;
         let held = state_where(&stack, "dup-b", "the duplicate held", |s| {
             s.identity_conflict.is_some()
         })
@@ -237,8 +244,9 @@ async fn a_write_that_meets_an_id_merged_away_before_its_event_arrives_follows_t
                 .any(|email| email == "late-1@example.com"),
             "{crm:?}: the survivor holds the write"
         );
-        if crm == Crm::HubSpot {
-            // HubSpot reads the merged id as its survivor: the write follows at once.
+        if crm != Crm::Pipedrive {
+            // HubSpot reads the merged id as its survivor, Salesforce's queryAll names its
+            // master: the write follows at once.
             let (_, timeline) = app
                 .sync_state()
                 .record(&contact_ref("late-1"), 10)
@@ -252,6 +260,22 @@ async fn a_write_that_meets_an_id_merged_away_before_its_event_arrives_follows_t
                 "{timeline:?}"
             );
         }
+        // The merge is noticed after the write followed it: the app is still told, once.
+        stack.merges_noticed().await;
+        stack.webhooks_settled().await;
+        let told = eventually(60, "the app told of the merge", || async {
+            let merged: Vec<Value> = app
+                .drain_app_inbox()
+                .await
+                .into_iter()
+                .filter(|m| m["type"] == "crm.merged")
+                .collect();
+            (!merged.is_empty()).then_some(merged)
+        })
+        .await;
+        assert_eq!(told.len(), 1, "{crm:?}: {told:?}");
+        assert_eq!(told[0]["record_ids"], json!(["late-1"]), "{crm:?}");
+        assert_eq!(told[0]["crm_id"], survivor.as_str(), "{crm:?}");
     }
 }
 
@@ -267,6 +291,11 @@ async fn a_chain_of_merges_leaves_the_app_record_on_the_last_survivor() {
 
         let once = stack.merge_contacts_as_a_person(&first, &middle);
         let twice = stack.merge_contacts_as_a_person(&once, &last);
+        if crm == Crm::Salesforce {
+            // The nightly run reads merges too, before it checks drift.
+            let report = app.reconcile().await;
+            assert_eq!(report.merges_found, 2, "{report:?}");
+        }
         state_where(&stack, "chain-1", "the record on the last survivor", |s| {
             s.crm_id.as_deref() == Some(twice.as_str())
         })
@@ -384,7 +413,7 @@ async fn with_the_refuse_policy_a_contact_whose_email_a_crm_contact_holds_is_an_
 #[tokio::test]
 async fn in_hubspot_and_pipedrive_an_erasure_the_app_sends_removes_the_contact_from_the_crm_and_its_values_from_crm_sync(
 ) {
-    for crm in MERGING {
+    for crm in ERASING {
         let stack = crm.looped_stack().await;
         let app = &stack.app;
         let at = now_ms();

@@ -225,3 +225,96 @@ async fn an_opportunity_is_linked_to_its_contact_by_a_contact_role() {
         (Some(deal_id.as_str()), Some(contact_id.as_str()))
     );
 }
+
+#[tokio::test]
+async fn merged_contacts_are_read_with_query_all_page_by_page_and_a_merged_id_names_its_last_master() {
+    let (sandbox, client) = org(1_000, None).await;
+    let written = client
+        .upsert("Contact", APP_ID, &contacts(5, |i| format!("m{i}@example.com")))
+        .await
+        .unwrap();
+    let ids: Vec<String> = written.outcomes.iter().map(|o| done(o).0).collect();
+    let before_ms = crm_sync::domain::Clock::now_ms(&crm_sync::domain::SystemClock) - 2_000;
+    // 1 and 2 into 0 at once (Salesforce merges three at most), then 0 into 3: a chain.
+    sandbox.merge("Contact", &ids[0], &[&ids[1], &ids[2]]).unwrap();
+    sandbox.merge("Contact", &ids[3], &[&ids[0]]).unwrap();
+    // Deleted by a person, not merged: not a merge.
+    sandbox.delete("Contact", &ids[4]);
+    sandbox.set_query_batch_size(2);
+
+    assert!(client.merges_are_read("Contact"));
+    assert!(
+        !client.merges_are_read("Opportunity"),
+        "Salesforce does not merge opportunities"
+    );
+    let mut seen = Vec::new();
+    let mut next: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = client
+            .merges_since("Contact", before_ms, next.as_deref())
+            .await
+            .unwrap();
+        pages += 1;
+        assert!(page.merges.len() <= 2);
+        seen.extend(page.merges);
+        next = page.next;
+        if next.is_none() {
+            break;
+        }
+    }
+    assert_eq!(pages, 2, "three merges in batches of two");
+    let pairs: BTreeMap<String, String> = seen
+        .iter()
+        .map(|m| (m.merged.clone(), m.survivor.clone()))
+        .collect();
+    assert_eq!(
+        pairs,
+        BTreeMap::from([
+            (ids[1].clone(), ids[0].clone()),
+            (ids[2].clone(), ids[0].clone()),
+            (ids[0].clone(), ids[3].clone()),
+        ])
+    );
+    assert!(seen
+        .iter()
+        .all(|m| m.at_ms >= before_ms && m.by.as_deref() == Some(salesforce_sandbox::PERSON_USER_ID)));
+
+    // Nothing merged after now.
+    let later = client
+        .merges_since(
+            "Contact",
+            crm_sync::domain::Clock::now_ms(&crm_sync::domain::SystemClock) + 2_000,
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(later.merges.is_empty() && later.next.is_none());
+
+    // A write to a merged id meets ENTITY_IS_DELETED; asked, Salesforce names the last master.
+    let lookup = client.survivor("Contact", &ids[1]).await.unwrap();
+    assert_eq!(
+        lookup.survivor.as_deref(),
+        Some(ids[3].as_str()),
+        "1 into 0 into 3"
+    );
+    assert_eq!(
+        client.survivor("Contact", &ids[4]).await.unwrap().survivor,
+        None,
+        "deleted, not merged"
+    );
+    assert_eq!(
+        client.survivor("Contact", &ids[3]).await.unwrap().survivor,
+        None,
+        "alive"
+    );
+    assert_eq!(
+        client
+            .survivor("Contact", "003' OR Id != '")
+            .await
+            .unwrap()
+            .survivor,
+        None,
+        "an id that is no id is never put into a query"
+    );
+}

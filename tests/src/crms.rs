@@ -216,8 +216,15 @@ impl CrmStack {
                 .records("Contact")
                 .into_iter()
                 .map(|contact| {
-                    let text = |value: &serde_json::Value| value.as_str().unwrap_or_default().to_string();
-                    (text(&contact["Crm_Sync_App_Id__c"]), text(&contact["Email"]))
+                    // A person's contact has no app id field at all.
+                    let text = |name: &str| {
+                        contact
+                            .get(name)
+                            .and_then(serde_json::Value::as_str)
+                            .unwrap_or_default()
+                            .to_string()
+                    };
+                    (text("Crm_Sync_App_Id__c"), text("Email"))
                 })
                 .collect(),
         }
@@ -256,7 +263,7 @@ impl CrmStack {
                 let contact = sandbox
                     .records("Contact")
                     .into_iter()
-                    .find(|c| c["Crm_Sync_App_Id__c"] == app_id)
+                    .find(|c| c.get("Crm_Sync_App_Id__c").and_then(serde_json::Value::as_str) == Some(app_id))
                     .expect("the contact is in Salesforce");
                 let id = contact["Id"].as_str().expect("an id").to_string();
                 sandbox.edit("Contact", &id, serde_json::json!({"Email": email}));
@@ -296,7 +303,7 @@ impl CrmStack {
                 let opportunity = sandbox
                     .records("Opportunity")
                     .into_iter()
-                    .find(|o| o["Crm_Sync_App_Id__c"] == app_id)
+                    .find(|o| o.get("Crm_Sync_App_Id__c").and_then(serde_json::Value::as_str) == Some(app_id))
                     .expect("the opportunity is in Salesforce");
                 let id = opportunity["Id"].as_str().expect("an id").to_string();
                 sandbox.edit("Opportunity", &id, serde_json::json!({"StageName": "Closed Won"}));
@@ -387,7 +394,14 @@ impl CrmStack {
                 .find(|p| p["custom_fields"]["crm_sync_app_id"] == app_id)
                 .expect("the person is in Pipedrive")["id"]
                 .to_string(),
-            Sandbox::Salesforce(_) => unimplemented!("Salesforce merges are found by the reconciliation"),
+            Sandbox::Salesforce(sandbox) => sandbox
+                .records("Contact")
+                .into_iter()
+                .find(|c| c.get("Crm_Sync_App_Id__c").and_then(serde_json::Value::as_str) == Some(app_id))
+                .expect("the contact is in Salesforce")["Id"]
+                .as_str()
+                .expect("an id")
+                .to_string(),
         }
     }
 
@@ -407,12 +421,15 @@ impl CrmStack {
                     serde_json::json!({"name": email, "emails": [{"value": email, "primary": true, "label": "work"}]}),
                 )
                 .to_string(),
-            Sandbox::Salesforce(_) => unimplemented!("Salesforce merges are found by the reconciliation"),
+            Sandbox::Salesforce(sandbox) => {
+                sandbox.create_as_person("Contact", serde_json::json!({"Email": email, "LastName": email}))
+            }
         }
     }
 
     /// Merges the contact `loser` into `survivor` as a person in the CRM would (HubSpot: the
     /// survivor is the primary, and the merge makes a new record); returns the surviving CRM id.
+    /// Salesforce announces no merge: see [`Self::merges_noticed`].
     pub fn merge_contacts_as_a_person(&self, loser: &str, survivor: &str) -> String {
         let id = |text: &str| text.parse::<u64>().expect("a numeric CRM id");
         match &self.sandbox {
@@ -430,7 +447,24 @@ impl CrmStack {
                 );
                 survivor.to_string()
             }
-            Sandbox::Salesforce(_) => unimplemented!("Salesforce merges are found by the reconciliation"),
+            Sandbox::Salesforce(sandbox) => {
+                sandbox
+                    .merge("Contact", survivor, &[loser])
+                    .expect("a merge Salesforce takes");
+                survivor.to_string()
+            }
+        }
+    }
+
+    /// Lets crm-sync notice the CRM's merges: HubSpot and Pipedrive post them; Salesforce's are
+    /// read by the reconcile function's frequent merge scan, run here as its schedule would.
+    pub async fn merges_noticed(&self) {
+        if let Sandbox::Salesforce(_) = &self.sandbox {
+            let scan = self.app.scan_merges().await;
+            assert_eq!(
+                scan.errors, 0,
+                "the merge scan read and enqueued everything: {scan:?}"
+            );
         }
     }
 
@@ -445,7 +479,10 @@ impl CrmStack {
                 .records("persons")
                 .iter()
                 .any(|p| p["id"].as_u64().map(|id| id.to_string()).as_deref() == Some(crm_id)),
-            Sandbox::Salesforce(sandbox) => sandbox.records("Contact").iter().any(|c| c["Id"] == crm_id),
+            Sandbox::Salesforce(sandbox) => sandbox
+                .records("Contact")
+                .iter()
+                .any(|c| c.get("Id").and_then(serde_json::Value::as_str) == Some(crm_id)),
         }
     }
 

@@ -312,6 +312,15 @@ impl TestApp {
             .expect("the reconciliation runs")
     }
 
+    /// Runs the reconcile function's merge scan, as its 15-minute schedule would.
+    pub async fn scan_merges(&self) -> crm_sync::reconcile::MergeScan {
+        self.stack
+            .reconcile
+            .scan_merges_until(tokio::time::Instant::now() + std::time::Duration::from_secs(60))
+            .await
+            .expect("the merge scan runs")
+    }
+
     /// Waits until one of the record's newest timeline entries starts with `prefix`; returns the
     /// state and those entries. An attempt writes its line while it still holds the record, just
     /// before its outcome settles: to read the settled state, wait for it with [`Self::settled`].

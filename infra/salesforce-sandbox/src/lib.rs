@@ -11,8 +11,11 @@
 //! is refused with `INVALID_FIELD`, a malformed id with `MALFORMED_ID`. Retrieval takes the
 //! documented `POST /composite/sobjects/{type}` (`{ids, fields}`) and the `GET` form, and
 //! answers only the fields asked for, each record with `attributes: {type, url}` and datetimes
-//! as the REST API writes them (`2026-11-27T10:15:00.000+0000`). Any other path, or a method a
-//! collections path does not take, is answered `NOT_FOUND`.
+//! as the REST API writes them (`2026-11-27T10:15:00.000+0000`). Deleted records stay in a
+//! recycle bin, which `queryAll` reads (a small SOQL subset, in `soql.rs`, answered in batches
+//! with `nextRecordsUrl`); [`Sandbox::merge`] merges as a person, leaving each loser deleted
+//! with its `MasterRecordId`. Any other path, or a method a collections path does not take, is
+//! answered `NOT_FOUND`.
 //!
 //! `set_faults` injects 500s (not applied) and late answers (applied, answered after the
 //! client gave up).
@@ -32,6 +35,7 @@ use axum::response::Response;
 use serde_json::{json, Map, Value};
 
 mod routes;
+mod soql;
 
 /// The API version the sandbox serves.
 pub const API_PATH: &str = "/services/data/v60.0";
@@ -88,6 +92,14 @@ struct State {
     dice: FaultDice,
     /// The connected app's client id and secret, once set: a refresh naming another is refused.
     client: Option<(String, String)>,
+    /// Deleted records (by the API, a person or a merge), as the recycle bin keeps them:
+    /// `IsDeleted` true, and a merge's losers with `MasterRecordId`. Only `queryAll` sees them.
+    recycle_bin: BTreeMap<String, BTreeMap<String, Map<String, Value>>>,
+    /// Query results not yet read, by query locator.
+    cursors: BTreeMap<String, Vec<Value>>,
+    next_locator: u64,
+    /// The most records a query answer holds before `nextRecordsUrl` (Salesforce: up to 2,000).
+    query_batch: usize,
 }
 
 /// The org, as the handlers and [`Sandbox`] share it.
@@ -123,6 +135,10 @@ impl Sandbox {
             pending_messages: Arc::default(),
             touched: Vec::new(),
             dice: FaultDice::default(),
+            recycle_bin: BTreeMap::new(),
+            cursors: BTreeMap::new(),
+            next_locator: 1,
+            query_batch: 2000,
         }));
         let server = sandbox_server::start(addr, routes::router(state.clone())).await?;
         Ok(Sandbox { server, state })
@@ -188,7 +204,102 @@ impl Sandbox {
         state.notify(self.state.clone());
     }
 
-    /// The records of `sobject` as stored.
+    /// Creates a record as a person in Salesforce would; an Outbound Message follows. Returns
+    /// its id.
+    pub fn create_as_person(&self, sobject: &str, fields: Value) -> String {
+        let mut guard = self.state.lock().unwrap();
+        let state = &mut *guard;
+        let mut record = fields.as_object().cloned().unwrap_or_default();
+        record.insert("attributes".into(), json!({"type": sobject}));
+        let created = create(state, sobject, &record);
+        let id = created["id"]
+            .as_str()
+            .expect("a record Salesforce takes")
+            .to_string();
+        let stored = state
+            .records
+            .get_mut(sobject)
+            .and_then(|records| records.get_mut(&id))
+            .expect("just created");
+        stamp(stored, PERSON_USER_ID);
+        state.notify(self.state.clone());
+        id
+    }
+
+    /// Merges records as a person does in Salesforce (up to three at once): `master` keeps its
+    /// id and values and is stamped as modified (an Outbound Message follows); each of `merged`
+    /// goes to the recycle bin, deleted, with `MasterRecordId` naming the master; the records that
+    /// pointed at them (tasks, contact roles) point at the master, without a message.
+    pub fn merge(&self, sobject: &str, master: &str, merged: &[&str]) -> Result<(), String> {
+        if field_type(sobject, "MasterRecordId").is_none() {
+            return Err(format!("{sobject} records cannot be merged"));
+        }
+        if merged.is_empty() || merged.len() > 2 {
+            return Err("a merge takes a master and one or two other records".into());
+        }
+        let mut guard = self.state.lock().unwrap();
+        let state = &mut *guard;
+        let live = state.records.entry(sobject.to_string()).or_default();
+        if !live.contains_key(master) {
+            return Err(format!("no live {sobject} {master}"));
+        }
+        if let Some(missing) = merged
+            .iter()
+            .find(|id| **id == master || !live.contains_key(**id))
+        {
+            return Err(format!("cannot merge {missing} into {master}"));
+        }
+        for id in merged {
+            let mut record = live.remove(*id).expect("checked above");
+            record.insert("IsDeleted".into(), json!(true));
+            record.insert("MasterRecordId".into(), json!(master));
+            stamp(&mut record, PERSON_USER_ID);
+            state
+                .recycle_bin
+                .entry(sobject.to_string())
+                .or_default()
+                .insert((*id).to_string(), record);
+        }
+        stamp(live.get_mut(master).expect("checked above"), PERSON_USER_ID);
+        for (child, field) in [("Task", "WhoId"), ("OpportunityContactRole", "ContactId")] {
+            for record in state.records.entry(child.to_string()).or_default().values_mut() {
+                if record
+                    .get(field)
+                    .and_then(Value::as_str)
+                    .is_some_and(|id| merged.contains(&id))
+                {
+                    record.insert(field.into(), json!(master));
+                }
+            }
+        }
+        state.touched.push((sobject.to_string(), master.to_string()));
+        state.notify(self.state.clone());
+        Ok(())
+    }
+
+    /// Deletes a record as a person does: to the recycle bin, with no message.
+    pub fn delete(&self, sobject: &str, id: &str) {
+        let mut state = self.state.lock().unwrap();
+        let mut record = state
+            .records
+            .get_mut(sobject)
+            .and_then(|records| records.remove(id))
+            .expect("the record exists");
+        record.insert("IsDeleted".into(), json!(true));
+        stamp(&mut record, PERSON_USER_ID);
+        state
+            .recycle_bin
+            .entry(sobject.to_string())
+            .or_default()
+            .insert(id.to_string(), record);
+    }
+
+    /// Answers queries in pages of at most `size` records (Salesforce may answer fewer than asked).
+    pub fn set_query_batch_size(&self, size: usize) {
+        self.state.lock().unwrap().query_batch = size.max(1);
+    }
+
+    /// The records of `sobject` as stored (not those in the recycle bin).
     pub fn records(&self, sobject: &str) -> Vec<Map<String, Value>> {
         let state = self.state.lock().unwrap();
         state
@@ -342,9 +453,16 @@ fn delete_by_ids(state: &mut State, query: &BTreeMap<String, String>) -> (u16, V
             }
             let found = state
                 .records
-                .values_mut()
-                .any(|records| records.remove(id).is_some());
-            if found {
+                .iter_mut()
+                .find_map(|(sobject, records)| Some((sobject.clone(), records.remove(id)?)));
+            if let Some((sobject, mut record)) = found {
+                record.insert("IsDeleted".into(), json!(true));
+                stamp(&mut record, INTEGRATION_USER_ID);
+                state
+                    .recycle_bin
+                    .entry(sobject)
+                    .or_default()
+                    .insert(id.to_string(), record);
                 json!({"id": id, "success": true, "errors": []})
             } else {
                 failure_without_field("ENTITY_IS_DELETED", "entity is deleted")
@@ -444,6 +562,7 @@ fn schema(sobject: &str) -> Option<&'static [(&'static str, &'static str)]> {
             ("CreatedDate", "datetime"),
             ("LastModifiedDate", "datetime"),
             ("LastModifiedById", "reference"),
+            ("SystemModstamp", "datetime"),
             ("IsDeleted", "boolean"),
         ]),
         "Opportunity" => Some(&[
@@ -459,6 +578,7 @@ fn schema(sobject: &str) -> Option<&'static [(&'static str, &'static str)]> {
             ("CreatedDate", "datetime"),
             ("LastModifiedDate", "datetime"),
             ("LastModifiedById", "reference"),
+            ("SystemModstamp", "datetime"),
             ("IsDeleted", "boolean"),
         ]),
         "Task" => Some(&[
@@ -473,6 +593,7 @@ fn schema(sobject: &str) -> Option<&'static [(&'static str, &'static str)]> {
             ("CreatedDate", "datetime"),
             ("LastModifiedDate", "datetime"),
             ("LastModifiedById", "reference"),
+            ("SystemModstamp", "datetime"),
             ("IsDeleted", "boolean"),
         ]),
         "OpportunityContactRole" => Some(&[
@@ -484,6 +605,7 @@ fn schema(sobject: &str) -> Option<&'static [(&'static str, &'static str)]> {
             ("CreatedDate", "datetime"),
             ("LastModifiedDate", "datetime"),
             ("LastModifiedById", "reference"),
+            ("SystemModstamp", "datetime"),
             ("IsDeleted", "boolean"),
         ]),
         _ => None,
@@ -510,7 +632,12 @@ fn describe(sobject: &str) -> (u16, Value) {
         .map(|(name, kind)| {
             let system = matches!(
                 *name,
-                "Id" | "CreatedDate" | "LastModifiedDate" | "LastModifiedById" | "IsDeleted"
+                "Id" | "CreatedDate"
+                    | "LastModifiedDate"
+                    | "LastModifiedById"
+                    | "SystemModstamp"
+                    | "IsDeleted"
+                    | "MasterRecordId"
             );
             json!({
                 "name": name, "label": name, "type": kind,
@@ -588,24 +715,110 @@ fn retrieve(state: &State, sobject: &str, ids: &[String], fields: &[String]) -> 
             let Some(stored) = records.and_then(|records| records.get(id)) else {
                 return Value::Null;
             };
-            let mut record = Map::new();
-            record.insert(
-                "attributes".into(),
-                json!({"type": sobject, "url": format!("{API_PATH}/sobjects/{sobject}/{id}")}),
-            );
-            for field in fields {
-                let value = stored.get(field).cloned().unwrap_or(Value::Null);
-                let value = if field_type(sobject, field) == Some("datetime") {
-                    rest_datetime(&value)
-                } else {
-                    value
-                };
-                record.insert(field.clone(), value);
-            }
-            Value::Object(record)
+            selected(sobject, id, stored, fields)
         })
         .collect();
     (200, Value::Array(results))
+}
+
+/// A field's name as the schema spells it (SOQL names are case-insensitive).
+fn schema_field(sobject: &str, name: &str) -> Option<String> {
+    schema(sobject)?
+        .iter()
+        .find(|(known, _)| known.eq_ignore_ascii_case(name))
+        .map(|(known, _)| (*known).to_string())
+}
+
+/// A record as a query answers it: `attributes`, then the fields selected.
+fn selected(sobject: &str, id: &str, stored: &Map<String, Value>, fields: &[String]) -> Value {
+    let mut record = Map::new();
+    record.insert(
+        "attributes".into(),
+        json!({"type": sobject, "url": format!("{API_PATH}/sobjects/{sobject}/{id}")}),
+    );
+    for field in fields {
+        let value = match (field.as_str(), stored.get(field)) {
+            ("IsDeleted", None) => json!(false),
+            (_, value) => value.cloned().unwrap_or(Value::Null),
+        };
+        let value = if field_type(sobject, field) == Some("datetime") {
+            rest_datetime(&value)
+        } else {
+            value
+        };
+        record.insert(field.clone(), value);
+    }
+    Value::Object(record)
+}
+
+/// `GET /query/?q=` and `GET /queryAll/?q=` (`all`: deleted records too): the first batch, and
+/// a `nextRecordsUrl` for the rest.
+fn query(state: &mut State, soql: &str, all: bool, batch: Option<usize>) -> (u16, Value) {
+    let query = match soql::parse(soql, schema_field) {
+        Ok(query) => query,
+        Err((code, message)) => return (400, json!([{"errorCode": code, "message": message}])),
+    };
+    if schema(&query.sobject).is_none() {
+        return (
+            400,
+            json!([{"errorCode": "INVALID_TYPE", "message": format!("sObject type '{}' is not supported.", query.sobject)}]),
+        );
+    }
+    let bins = [Some(&state.records), all.then_some(&state.recycle_bin)];
+    let mut found: Vec<Map<String, Value>> = bins
+        .into_iter()
+        .flatten()
+        .filter_map(|bin| bin.get(&query.sobject))
+        .flat_map(|records| records.values())
+        .filter(|record| query.matches(record))
+        .cloned()
+        .collect();
+    query.sort(&mut found);
+    found.truncate(query.limit.unwrap_or(usize::MAX));
+    let records: Vec<Value> = found
+        .iter()
+        .map(|record| {
+            let id = record.get("Id").and_then(Value::as_str).unwrap_or_default();
+            selected(&query.sobject, id, record, &query.fields)
+        })
+        .collect();
+    let batch = batch.unwrap_or(state.query_batch).min(state.query_batch);
+    let locator = format!("01g{:012}AAA", state.next_locator);
+    state.next_locator += 1;
+    let total = records.len();
+    state.cursors.insert(locator.clone(), records);
+    page(state, &locator, 0, batch, total)
+}
+
+/// The batch of a query's results from `offset`: `done`, or a `nextRecordsUrl` to the next.
+fn page(state: &mut State, locator: &str, offset: usize, batch: usize, total: usize) -> (u16, Value) {
+    let Some(records) = state.cursors.get(locator) else {
+        return (
+            400,
+            json!([{"errorCode": "INVALID_QUERY_LOCATOR", "message": "invalid query locator"}]),
+        );
+    };
+    let end = (offset + batch).min(records.len());
+    let chunk: Vec<Value> = records.get(offset..end).unwrap_or_default().to_vec();
+    let done = end >= records.len();
+    let mut answer = json!({"totalSize": total, "done": done, "records": chunk});
+    if done {
+        state.cursors.remove(locator);
+    } else {
+        answer["nextRecordsUrl"] = json!(format!("{API_PATH}/query/{locator}-{end}"));
+    }
+    (200, answer)
+}
+
+/// `GET /query/{locator}-{offset}`: the next batch of a query.
+fn query_more(state: &mut State, locator_and_offset: &str) -> (u16, Value) {
+    let (locator, offset) = locator_and_offset
+        .rsplit_once('-')
+        .and_then(|(locator, offset)| Some((locator.to_string(), offset.parse::<usize>().ok()?)))
+        .unwrap_or_default();
+    let total = state.cursors.get(&locator).map_or(0, Vec::len);
+    let batch = state.query_batch;
+    page(state, &locator, offset, batch, total)
 }
 
 /// What a reference field points at.
@@ -790,6 +1003,7 @@ fn now() -> String {
 fn stamp(record: &mut Map<String, Value>, user: &str) {
     record.insert("LastModifiedById".into(), json!(user));
     record.insert("LastModifiedDate".into(), json!(now()));
+    record.insert("SystemModstamp".into(), json!(now()));
 }
 
 fn escape(text: &str) -> String {

@@ -12,8 +12,8 @@ use axum::Router;
 use serde_json::Value;
 
 use super::{
-    collection, create_from_attributes, delete_by_ids, describe, form, not_found, refresh, reply,
-    retrieve_by_body, retrieve_by_query, update, upsert, Shared, API_PATH,
+    collection, create_from_attributes, delete_by_ids, describe, form, not_found, query, query_more, refresh,
+    reply, retrieve_by_body, retrieve_by_query, update, upsert, Shared, API_PATH,
 };
 
 /// The OAuth token endpoint, and the REST API behind the session, budget and fault checks.
@@ -41,6 +41,15 @@ pub(crate) fn router(shared: Shared) -> Router {
         // Describe never looked at the method.
         any(describe_sobject),
     );
+    for (resource, all) in [("query", false), ("queryAll", true)] {
+        let run = get(move |state: State<Shared>, headers: HeaderMap, raw: RawQuery| {
+            run_query(state, headers, raw, all)
+        });
+        api = api
+            .route(&format!("{API_PATH}/{resource}/"), run.clone())
+            .route(&format!("{API_PATH}/{resource}"), run)
+            .route(&format!("{API_PATH}/{resource}/{{locator}}"), get(next_batch));
+    }
     for (path, methods) in composite {
         // A trailing slash has always been tolerated here; clients that add one keep working.
         api = api
@@ -173,6 +182,43 @@ async fn retrieve_records_by_body(
     body: Bytes,
 ) -> Response {
     answer(&shared, |state| retrieve_by_body(state, &sobject, &body))
+}
+
+/// `GET /query/?q=…` and `GET /queryAll/?q=…`; `Sforce-Query-Options: batchSize=N` asks for
+/// smaller batches (200 to 2,000).
+async fn run_query(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    all: bool,
+) -> Response {
+    let parameters = form(raw.unwrap_or_default().as_bytes());
+    let batch = headers
+        .get("sforce-query-options")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| {
+            value
+                .split(',')
+                .find_map(|part| part.trim().strip_prefix("batchSize="))
+        })
+        .and_then(|size| size.trim().parse::<usize>().ok())
+        .map(|size| size.clamp(200, 2000));
+    let mut state = shared.lock().unwrap();
+    let (status, body) = match parameters.get("q") {
+        Some(soql) => query(&mut state, soql, all, batch),
+        None => (
+            400,
+            serde_json::json!([{"errorCode": "MALFORMED_QUERY", "message": "the q parameter is required"}]),
+        ),
+    };
+    reply(status, &body, &state)
+}
+
+/// `GET /query/{locator}-{offset}`: the next batch of a query (of a `queryAll` too).
+async fn next_batch(State(shared): State<Shared>, Path(locator): Path<String>) -> Response {
+    let mut state = shared.lock().unwrap();
+    let (status, body) = query_more(&mut state, &locator);
+    reply(status, &body, &state)
 }
 
 /// A method a served path does not take: `NOT_FOUND`, after the checks like any API call.

@@ -143,6 +143,31 @@ pub struct MergeLookup {
     pub call: String,
 }
 
+/// A merge a CRM reports only when asked: Salesforce keeps each record a merge deleted, with
+/// its `MasterRecordId`, and fires no message for it. The reconciliation reads them and hands
+/// each to the identity step as an event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MergeSeen {
+    /// The record the merge deleted.
+    pub merged: String,
+    /// The record it was merged into (itself possibly merged away since).
+    pub survivor: String,
+    /// When the CRM recorded the deletion.
+    pub at_ms: i64,
+    /// The CRM user who merged, when the CRM says.
+    #[serde(default)]
+    pub by: Option<String>,
+}
+
+/// One page of merges read from a CRM, oldest first; `next` reads the following page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergePage {
+    pub merges: Vec<MergeSeen>,
+    pub next: Option<String>,
+    pub rate: RateInfo,
+    pub call: String,
+}
+
 /// How a CRM types a property, as far as comparing values goes: what crm-sync wrote and what the
 /// CRM reads back may differ in form (epoch ms written, ISO text read; `1200` and `1200.0`)
 /// while meaning the same.

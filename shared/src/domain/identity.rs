@@ -5,7 +5,9 @@
 use serde_json::json;
 
 use super::contract::{ObjectKind, RecordRef};
+use super::crm::MergeSeen;
 use super::sync::{RecordState, SyncStatus};
+use super::webhook::{Delivery, InboundEvent, ProviderId};
 
 /// Version of the app-inbox messages about identity (`shared/schemas/app-inbox.v2.json`); a
 /// change of CRM-owned fields stays a version 1 message, as consumers of version 1 read it.
@@ -25,6 +27,35 @@ pub const ERASED_MARK: &str = "~erased";
 /// How many merges crm-sync follows from one CRM id to its survivor (a merged into b, b into c):
 /// a longer chain, or a loop, is refused rather than followed forever.
 pub const MAX_MERGE_HOPS: usize = 16;
+
+/// The action of an inbound event that carries a [`MergeSeen`] read from the CRM.
+pub const MERGE_SEEN_ACTION: &str = "merged";
+
+/// The inbound-queue message (contract v1) for a merge read from the CRM rather than announced by
+/// it: kind `{crm_object}.merged`, about the merged record. Its key names the record and when it
+/// was merged, so the same merge read twice (reads overlap) is one event.
+pub fn merge_seen_message(
+    provider: ProviderId,
+    crm_object: &str,
+    seen: &MergeSeen,
+    read_at_ms: i64,
+) -> String {
+    let raw = serde_json::value::to_raw_value(seen).expect("a merge always serializes");
+    let delivery = Delivery::new(provider, raw.get().as_bytes().to_vec(), read_at_ms, 1);
+    InboundEvent {
+        provider,
+        key: format!(
+            "{provider}:{crm_object}:{}:{MERGE_SEEN_ACTION}:{}",
+            seen.merged, seen.at_ms
+        ),
+        kind: format!("{crm_object}.{MERGE_SEEN_ACTION}"),
+        object_type: Some(crm_object.to_string()),
+        object_id: Some(seen.merged.clone()),
+        occurred_at_ms: seen.at_ms,
+        raw,
+    }
+    .queue_message(&delivery)
+}
 
 /// What happened to a CRM record's identity.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,6 +15,8 @@ use crate::domain::values;
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Requeue,
+    /// Merges read from a CRM that does not announce them, handed to the identity step.
+    Merges,
     Drift,
     Done,
 }
@@ -44,6 +46,10 @@ pub struct RunReport {
     #[serde(default)]
     pub skipped: BTreeMap<String, u64>,
     pub requeued: u64,
+    /// Merges read from the CRM and handed to the identity step (a CRM that announces its
+    /// merges has none here).
+    #[serde(default)]
+    pub merges_found: u64,
     pub errors: u64,
     pub api_calls: u64,
     pub duration_ms: u64,

@@ -11,7 +11,10 @@ use tokio::time::Instant;
 use crate::adapters::sqs::SqsQueue;
 use crate::config::ReconcileConfig;
 use crate::domain::SystemClock;
-use crate::reconcile::{ReconcileService, RunReport};
+use crate::reconcile::{MergeScan, ReconcileService, RunReport};
+
+/// The task of the frequent schedule's event: read the CRM's merges only.
+pub const MERGES_TASK: &str = "merges";
 use crate::sync::SyncSettings;
 use crate::worker::Worker;
 
@@ -29,9 +32,10 @@ impl ReconcileHandler {
         } = super::wire_crm(aws, config.crm).await?;
         let sqs = aws_sdk_sqs::Client::new(aws);
         let low_lane = Arc::new(SqsQueue::new(sqs.clone(), config.reconcile_queue_url));
-        let app_inbox = config
-            .app_inbox_queue_url
-            .map(|url| Arc::new(SqsQueue::new(sqs, url)) as Arc<dyn crate::ports::MessageQueue>);
+        let queue =
+            |url: String| Arc::new(SqsQueue::new(sqs.clone(), url)) as Arc<dyn crate::ports::MessageQueue>;
+        let app_inbox = config.app_inbox_queue_url.map(queue);
+        let inbound = config.inbound_queue_url.map(queue);
         let clock = Arc::new(SystemClock);
         let mut calls = SyncSettings::default().call_settings();
         // Reconciliation is the lowest priority: only idle call slots.
@@ -47,7 +51,8 @@ impl ReconcileHandler {
             clock,
             config.settings,
         )
-        .with_app_inbox(app_inbox);
+        .with_app_inbox(app_inbox)
+        .with_inbound_queue(inbound);
         Ok(Self { service })
     }
 
@@ -61,15 +66,35 @@ impl ReconcileHandler {
         Ok(self.service.run(deadline).await?)
     }
 
+    /// Reads the CRM's merges now (the frequent schedule's task), until done or `deadline`.
+    pub async fn scan_merges_until(&self, deadline: Instant) -> anyhow::Result<MergeScan> {
+        Ok(self.service.scan_merges(deadline).await?)
+    }
+
+    /// The nightly run, or with `{"task": "merges"}` only the read of the CRM's merges.
     pub async fn handle(
         &self,
         event: LambdaEvent<serde_json::Value>,
-    ) -> Result<RunReport, lambda_runtime::Error> {
+    ) -> Result<serde_json::Value, lambda_runtime::Error> {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let left = Duration::from_millis(event.context.deadline.saturating_sub(now_ms));
+        if event.payload.get("task").and_then(serde_json::Value::as_str) == Some(MERGES_TASK) {
+            let scan = self.scan_merges_until(Instant::now() + left).await?;
+            tracing::info!(
+                found = scan.found,
+                errors = scan.errors,
+                stopped = scan.stopped.as_deref().unwrap_or(""),
+                "merges read"
+            );
+            return Ok(serde_json::json!({
+                "merges_found": scan.found,
+                "errors": scan.errors,
+                "stopped": scan.stopped,
+            }));
+        }
         let report = self.run_until(Instant::now() + left).await?;
         tracing::info!(
             run = %report.run_id,
@@ -78,11 +103,12 @@ impl ReconcileHandler {
             healed = report.healed,
             flagged = report.flagged,
             requeued = report.requeued,
+            merges_found = report.merges_found,
             errors = report.errors,
             api_calls = report.api_calls,
             stopped = report.stopped.as_deref().unwrap_or(""),
             "reconciliation"
         );
-        Ok(report)
+        Ok(serde_json::to_value(report)?)
     }
 }

@@ -33,6 +33,8 @@ pub struct MemorySyncState {
         Option<crate::domain::reconcile::Checkpoint>,
         Vec<crate::domain::reconcile::RunReport>,
     )>,
+    /// CRM object → up to when its merges were read.
+    merges_read: Mutex<HashMap<String, i64>>,
 }
 
 impl MemorySyncState {
@@ -438,6 +440,15 @@ impl crate::ports::ReconcileStore for MemorySyncState {
         let reports = &mut reconcile.1;
         reports.retain(|report| report.started_at_ms != checkpoint.report.started_at_ms);
         reports.push(checkpoint.report.clone());
+        Ok(())
+    }
+
+    async fn merges_read_to(&self, object: &str) -> Result<Option<i64>, StoreUnavailable> {
+        Ok(self.merges_read.lock().unwrap().get(object).copied())
+    }
+
+    async fn save_merges_read_to(&self, object: &str, at_ms: i64) -> Result<(), StoreUnavailable> {
+        self.merges_read.lock().unwrap().insert(object.to_string(), at_ms);
         Ok(())
     }
 

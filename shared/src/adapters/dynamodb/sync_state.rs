@@ -1189,6 +1189,40 @@ impl crate::reconcile::ReconcileStore for DynamoDbSyncState {
         Ok(())
     }
 
+    async fn merges_read_to(&self, object: &str) -> Result<Option<i64>, StoreUnavailable> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(RECONCILE_PK))
+            .key("sk", s(format!("merges#{object}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(output
+            .item()
+            .and_then(|item| item.get("read_to"))
+            .and_then(|value| value.as_n().ok())
+            .and_then(|ms| ms.parse().ok()))
+    }
+
+    async fn save_merges_read_to(&self, object: &str, at_ms: i64) -> Result<(), StoreUnavailable> {
+        // Never backwards: the nightly run and the frequent scan may save one after the other.
+        let saved = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(RECONCILE_PK))
+            .item("sk", s(format!("merges#{object}")))
+            .item("read_to", n(at_ms))
+            .condition_expression("attribute_not_exists(read_to) OR read_to < :at")
+            .expression_attribute_values(":at", n(at_ms))
+            .send()
+            .await;
+        written_or_not(saved).map(|_| ())
+    }
+
     async fn reports(&self, limit: usize) -> Result<Vec<crate::reconcile::RunReport>, StoreUnavailable> {
         let output = self
             .client

@@ -16,8 +16,8 @@ use tokio::sync::RwLock;
 
 use crate::adapters::crm_http;
 use crate::domain::crm::{
-    AssociationInput, BatchResult, CrmError, FailureKind, InputError, InputOutcome, PropertyKinds, RateInfo,
-    ReadResult, ThrottlePolicy, UpdateInput, UpsertInput, ValueKind,
+    AssociationInput, BatchResult, CrmError, FailureKind, InputError, InputOutcome, MergeLookup, MergePage,
+    MergeSeen, PropertyKinds, RateInfo, ReadResult, ThrottlePolicy, UpdateInput, UpsertInput, ValueKind,
 };
 use crate::ports::Crm;
 
@@ -142,6 +142,45 @@ fn record_with(
         .map(|(name, value)| (name.clone(), value.clone()))
         .chain([(naming.0.to_string(), naming.1.to_string())]);
     record(object, fields)
+}
+
+/// The sObjects Salesforce merges (a merge keeps the losers deleted, with `MasterRecordId`).
+pub const MERGEABLE: [&str; 3] = ["Account", "Contact", "Lead"];
+
+/// How many merges a chain is followed through when one id is asked about (a into b, b into c).
+const SURVIVOR_HOPS: usize = 4;
+
+/// A datetime as the REST API writes it (`2026-11-27T10:15:00.000+0000`) or as RFC 3339, in
+/// epoch milliseconds.
+pub fn datetime_ms(text: &str) -> Option<i64> {
+    use time::format_description::well_known::Rfc3339;
+    const REST: &[time::format_description::FormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond][offset_hour sign:mandatory][offset_minute]"
+    );
+    time::OffsetDateTime::parse(text, &Rfc3339)
+        .or_else(|_| time::OffsetDateTime::parse(text, REST))
+        .ok()
+        .and_then(|at| i64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok())
+}
+
+/// A SOQL datetime literal (UTC, to the second; unquoted).
+fn soql_datetime(ms: i64) -> String {
+    let text = crate::domain::clock::rfc3339(ms.div_euclid(1000) * 1000);
+    text.replace(".000Z", "Z")
+}
+
+/// A SOQL string literal for an id: Salesforce ids are letters and digits only, so anything
+/// else is refused rather than escaped.
+fn soql_id(id: &str) -> Option<String> {
+    (!id.is_empty() && id.len() <= 18 && id.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then(|| format!("'{id}'"))
+}
+
+fn query_path(soql: &str) -> String {
+    format!(
+        "/queryAll/?q={}",
+        form_urlencoded::byte_serialize(soql.as_bytes()).collect::<String>()
+    )
 }
 
 impl SalesforceClient {
@@ -366,6 +405,118 @@ impl Crm for SalesforceClient {
             })
             .collect();
         Ok(BatchResult { outcomes, rate, call })
+    }
+
+    fn merges_are_read(&self, object: &str) -> bool {
+        MERGEABLE.contains(&object)
+    }
+
+    async fn merges_since(
+        &self,
+        object: &str,
+        since_ms: i64,
+        next: Option<&str>,
+    ) -> Result<MergePage, CrmError> {
+        let path = match next {
+            // `nextRecordsUrl` is absolute from the host (`/services/data/v60.0/query/01g…-2000`).
+            Some(next) => match next.find("/query") {
+                Some(at) => next[at..].to_string(),
+                None => {
+                    return Err(CrmError::Rejected {
+                        call: "GET nextRecordsUrl".into(),
+                        status: 400,
+                        message: format!("unexpected nextRecordsUrl {next:?}"),
+                    })
+                }
+            },
+            None => query_path(&format!(
+                "SELECT Id, MasterRecordId, SystemModstamp, LastModifiedById FROM {object} \
+                 WHERE IsDeleted = true AND MasterRecordId != null AND SystemModstamp > {} \
+                 ORDER BY SystemModstamp",
+                soql_datetime(since_ms)
+            )),
+        };
+        let (json, rate, call) = self.call(Method::GET, &path, None).await?;
+        let text = |record: &Value, name: &str| {
+            record
+                .get(name)
+                .and_then(Value::as_str)
+                .filter(|text| !text.is_empty())
+                .map(str::to_string)
+        };
+        let merges = json
+            .get("records")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|record| {
+                Some(MergeSeen {
+                    merged: text(record, "Id")?,
+                    survivor: text(record, "MasterRecordId")?,
+                    at_ms: datetime_ms(&text(record, "SystemModstamp")?)?,
+                    by: text(record, "LastModifiedById"),
+                })
+            })
+            .collect();
+        let next = (json.get("done").and_then(Value::as_bool) == Some(false))
+            .then(|| text(&json, "nextRecordsUrl"))
+            .flatten();
+        Ok(MergePage {
+            merges,
+            next,
+            rate,
+            call,
+        })
+    }
+
+    async fn survivor(&self, object: &str, crm_id: &str) -> Result<MergeLookup, CrmError> {
+        // A merged record stays readable with `queryAll` for the recycle bin's 15 days, naming its
+        // master; a chain (a into b, b into c) is followed a few hops.
+        let mut lookup = MergeLookup {
+            survivor: None,
+            rate: RateInfo::default(),
+            call: "no CRM call: Salesforce merges only these objects".into(),
+        };
+        if !MERGEABLE.contains(&object) {
+            return Ok(lookup);
+        }
+        let mut at = crm_id.to_string();
+        for _ in 0..SURVIVOR_HOPS {
+            let Some(id) = soql_id(&at) else {
+                break;
+            };
+            let soql = format!("SELECT Id, MasterRecordId, IsDeleted FROM {object} WHERE Id = {id}");
+            let (json, rate, call) = self.call(Method::GET, &query_path(&soql), None).await?;
+            (lookup.rate, lookup.call) = (rate, call);
+            let record = json
+                .get("records")
+                .and_then(Value::as_array)
+                .and_then(|records| records.first());
+            let deleted = record
+                .and_then(|r| r.get("IsDeleted"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let master = record
+                .and_then(|r| r.get("MasterRecordId"))
+                .and_then(Value::as_str)
+                .filter(|master| !master.is_empty());
+            match (deleted, master) {
+                (true, Some(master)) => {
+                    lookup.survivor = Some(master.to_string());
+                    at = master.to_string();
+                }
+                // Alive: the last master named is where the record went.
+                (false, _) => break,
+                // Deleted by a person, not merged: nowhere to follow.
+                (true, None) => {
+                    if at != crm_id {
+                        lookup.survivor = None;
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(lookup)
     }
 
     async fn read(

@@ -12,6 +12,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::domain::contract::ObjectKind;
+use crate::domain::crm::MergeSeen;
+use crate::domain::identity::{IdentityChange, MERGE_SEEN_ACTION};
 use crate::domain::inbound::{event_subject, CrmChange, InboundMessage, Interpretation};
 use crate::domain::webhook::check_identifier;
 use crate::domain::{Acknowledgement, AuthError, InboundEvent, ParseError, ProviderId, WebhookRequest};
@@ -329,6 +331,32 @@ pub struct SalesforceEvents {
     pub integration_user_id: Option<String>,
 }
 
+impl SalesforceEvents {
+    /// A merge the reconciliation read (Salesforce sends no message for one): the merged record
+    /// into its master, which keeps its own values.
+    fn merge_seen(&self, object: ObjectKind, message: &InboundMessage) -> Interpretation {
+        let Ok(seen) = serde_json::from_value::<MergeSeen>(message.event.clone()) else {
+            return Interpretation::Ignore("the merge names no merged record and master".into());
+        };
+        let source = match seen.by.as_deref() {
+            Some(by)
+                if self
+                    .integration_user_id
+                    .as_deref()
+                    .is_some_and(|user| same_id(user, by)) =>
+            {
+                "integration".to_string()
+            }
+            Some(by) => format!("user {by}"),
+            None => "unknown".to_string(),
+        };
+        match IdentityChange::merge(object, seen.survivor, None, [seen.merged], seen.at_ms, source) {
+            Some(change) => Interpretation::Identity(change),
+            None => Interpretation::Ignore("the merge names the same record twice".into()),
+        }
+    }
+}
+
 impl CrmEvents for SalesforceEvents {
     fn interpret(&self, message: &InboundMessage) -> Interpretation {
         let subject = match event_subject(message, |sobject| match sobject {
@@ -339,6 +367,9 @@ impl CrmEvents for SalesforceEvents {
             Ok(subject) => subject,
             Err(ignored) => return ignored,
         };
+        if subject.action == MERGE_SEEN_ACTION {
+            return self.merge_seen(subject.object, message);
+        }
         let Some(fields) = message.event.get("fields").and_then(Value::as_object) else {
             return Interpretation::Ignore("the notification carries no fields".into());
         };
@@ -713,5 +744,55 @@ mod tests {
             SalesforceEvents::default().interpret(&message),
             Interpretation::Ignore(reason) if reason.contains("Lead")
         ));
+    }
+
+    #[test]
+    fn a_merge_the_merge_scan_read_is_an_identity_change_into_the_master() {
+        use crate::domain::identity::{merge_seen_message, IdentityKind};
+        let seen = MergeSeen {
+            merged: "003B".into(),
+            survivor: "003A".into(),
+            at_ms: 1_796_000_000_000,
+            by: Some("005000000000002AAA".into()),
+        };
+        let message = crate::domain::inbound::parse_inbound(&merge_seen_message(
+            PROVIDER,
+            "Contact",
+            &seen,
+            1_796_000_100_000,
+        ))
+        .unwrap();
+        assert_eq!(message.kind, "Contact.merged");
+        let again = crate::domain::inbound::parse_inbound(&merge_seen_message(
+            PROVIDER,
+            "Contact",
+            &seen,
+            1_796_000_900_000,
+        ))
+        .unwrap();
+        assert_eq!(message.event_key, again.event_key, "read twice, one event");
+        let events = SalesforceEvents {
+            integration_user_id: Some("005000000000001AAA".into()),
+        };
+        let Interpretation::Identity(change) = events.interpret(&message) else {
+            panic!("an identity change");
+        };
+        assert_eq!(change.crm_id, "003A", "the master survives");
+        assert_eq!(
+            change.kind,
+            IdentityKind::Merged {
+                merged: vec!["003B".into()],
+                primary: None
+            }
+        );
+        assert_eq!(change.source, "user 005000000000002AAA");
+        assert_eq!(change.occurred_at_ms, 1_796_000_000_000);
+
+        let mut broken = message.clone();
+        broken.event = json!({"merged": "003B"});
+        assert!(matches!(events.interpret(&broken), Interpretation::Ignore(_)));
+        let mut itself = message;
+        itself.event = json!({"merged": "003A", "survivor": "003A", "at_ms": 1});
+        assert!(matches!(events.interpret(&itself), Interpretation::Ignore(_)));
     }
 }
