@@ -706,10 +706,15 @@ pub trait ReconcileStore: Send + Sync {
         cursor: Option<String>,
         limit: usize,
     ) -> Result<(Vec<RecordState>, Option<String>), StoreUnavailable>;
-    /// Up to when merges of the CRM object `object` have been read and handed on.
-    async fn merges_read_to(&self, object: &str) -> Result<Option<i64>, StoreUnavailable>;
-    /// Saves it; a later read starts there.
-    async fn save_merges_read_to(&self, object: &str, at_ms: i64) -> Result<(), StoreUnavailable>;
+    /// How far the merges of the CRM object `object` have been read and handed on.
+    async fn merge_mark(&self, object: &str)
+        -> Result<crate::domain::reconcile::MergeMark, StoreUnavailable>;
+    /// Saves it. MUST NOT move `read_to_ms` backwards.
+    async fn save_merge_mark(
+        &self,
+        object: &str,
+        mark: &crate::domain::reconcile::MergeMark,
+    ) -> Result<(), StoreUnavailable>;
     /// Records whose change failed retryably, or has been pending since before `stuck_before_ms`.
     async fn needing_requeue(
         &self,

@@ -27,7 +27,7 @@ use crate::worker::{BatchReport, CallFailure, Worker};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
-use crate::domain::reconcile::{field_drifts, FieldDrift};
+use crate::domain::reconcile::{field_drifts, FieldDrift, MergeMark};
 pub use crate::domain::reconcile::{Checkpoint, Phase, RunReport};
 pub use crate::ports::ReconcileStore;
 
@@ -105,8 +105,8 @@ const FIRST_MERGE_LOOKBACK_MS: i64 = 15 * DAY_MS;
 /// What one read of merges did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct MergeScan {
-    /// Merges handed to the identity step.
-    pub found: u64,
+    /// Merges handed to the identity step (re-reads of the overlap included).
+    pub read: u64,
     /// Reads that failed and messages not enqueued; the next read tries them again.
     pub errors: u64,
     /// Why the read stopped before every object was read.
@@ -223,7 +223,7 @@ impl ReconcileService {
                 delivered: 0,
                 skipped: BTreeMap::new(),
                 requeued: 0,
-                merges_found: 0,
+                merges_read: 0,
                 errors: 0,
                 api_calls: 0,
                 duration_ms: 0,
@@ -253,6 +253,8 @@ impl ReconcileService {
             _ => self.fresh(day, now_ms),
         };
         if checkpoint.report.phase == Phase::Done {
+            // The night's later invocations still read merges: they hold the only slot.
+            self.scan_merges(deadline).await?;
             return Ok(checkpoint.report);
         }
         checkpoint.report.invocations += 1;
@@ -277,23 +279,22 @@ impl ReconcileService {
             let failures = self.low_lane.send(&messages).await;
             checkpoint.report.requeued += (messages.len() - failures.len()) as u64;
             checkpoint.report.errors += failures.len() as u64;
-            checkpoint.report.phase = Phase::Merges;
+            checkpoint.report.phase = Phase::Drift;
             self.store.save(&checkpoint).await?;
         }
 
-        if checkpoint.report.phase == Phase::Merges {
-            let scan = self.read_merges(deadline, &mut calls).await?;
-            checkpoint.report.merges_found += scan.found;
-            checkpoint.report.errors += scan.errors;
-            checkpoint.report.api_calls += calls.crm_calls as u64;
-            calls.crm_calls = 0;
-            match scan.stopped {
-                // The next invocation reads on from the last saved point.
-                Some(stopped) => checkpoint.report.stopped = Some(stopped),
-                None => checkpoint.report.phase = Phase::Drift,
-            }
-            self.store.save(&checkpoint).await?;
+        // Every invocation reads the merges first (one call when there are none): the night's
+        // invocations hold the function's only slot, which the merge scan would otherwise need.
+        let scan = self.read_merges(deadline, &mut calls).await?;
+        checkpoint.report.merges_read += scan.read;
+        checkpoint.report.errors += scan.errors;
+        checkpoint.report.api_calls += calls.crm_calls as u64;
+        calls.crm_calls = 0;
+        if let Some(stopped) = scan.stopped {
+            // The next invocation reads on from the last page saved, then checks drift.
+            checkpoint.report.stopped = Some(stopped);
         }
+        self.store.save(&checkpoint).await?;
 
         while checkpoint.report.phase == Phase::Drift && checkpoint.report.stopped.is_none() {
             if Instant::now() + self.settings.stop_margin >= deadline {
@@ -347,14 +348,28 @@ impl ReconcileService {
     /// Reads the CRM's merges now, between nightly runs (a frequent schedule), so that the app
     /// hears of a merge within minutes rather than by the next night.
     pub async fn scan_merges(&self, deadline: Instant) -> Result<MergeScan, StoreUnavailable> {
-        self.read_merges(deadline, &mut BatchReport::default()).await
+        let mut calls = BatchReport::default();
+        let scan = self.read_merges(deadline, &mut calls).await?;
+        emit(
+            "reconcile",
+            self.clock.now_ms(),
+            &[
+                ("MergesRead", scan.read),
+                ("MergeScanErrors", scan.errors),
+                ("MergeScanApiCalls", calls.crm_calls as u64),
+            ],
+        );
+        Ok(scan)
     }
 
     /// Reads the merges the CRM recorded since the last read, for each synced object whose merges
     /// the CRM does not announce, and puts each on the inbound queue as an event: the identity
-    /// step moves the records and tells the app, as for a merge a webhook announced. Where it
-    /// stopped is saved after each object, so a read never starts over from the beginning; reads
-    /// overlap a little, and a merge read twice is one event (its key).
+    /// step moves the records and tells the app, as for a merge a webhook announced.
+    ///
+    /// Pages come oldest first; after each page is enqueued, its last stamp is saved as where a
+    /// stopped read resumes (inclusive), so a long backlog moves on across invocations. A complete
+    /// read saves its start; the next read begins a little before it. A merge read twice is one
+    /// event (its key).
     async fn read_merges(
         &self,
         deadline: Instant,
@@ -370,12 +385,16 @@ impl ReconcileService {
             .map(|mapping| mapping.crm_object.as_str())
             .filter(|object| self.crm.merges_are_read(object))
             .collect();
+        objects.sort_unstable();
         objects.dedup();
         'objects: for object in objects {
             let started_ms = self.clock.now_ms();
-            let since_ms = match self.store.merges_read_to(object).await? {
-                Some(read_to) => read_to - MERGE_READ_OVERLAP_MS,
-                None => started_ms - FIRST_MERGE_LOOKBACK_MS,
+            let mut mark = self.store.merge_mark(object).await?;
+            let since_ms = match (mark.resume_from_ms, mark.read_to_ms) {
+                // Stamps are whole seconds: a millisecond before takes the resume stamp's in.
+                (Some(resume), _) => resume - 1,
+                (None, Some(read_to)) => read_to - MERGE_READ_OVERLAP_MS,
+                (None, None) => started_ms - FIRST_MERGE_LOOKBACK_MS,
             };
             let mut next: Option<String> = None;
             loop {
@@ -429,11 +448,19 @@ impl ReconcileService {
                     scan.errors += failures.len() as u64;
                     continue 'objects;
                 }
-                scan.found += messages.len() as u64;
+                scan.read += messages.len() as u64;
                 next = page.next;
                 if next.is_none() {
-                    self.store.save_merges_read_to(object, started_ms).await?;
+                    mark = MergeMark {
+                        read_to_ms: Some(started_ms),
+                        resume_from_ms: None,
+                    };
+                    self.store.save_merge_mark(object, &mark).await?;
                     break;
+                }
+                if let Some(last) = page.merges.iter().map(|seen| seen.at_ms).max() {
+                    mark.resume_from_ms = Some(last);
+                    self.store.save_merge_mark(object, &mark).await?;
                 }
             }
         }
@@ -785,30 +812,39 @@ fn drift_entry(state: &RecordState, at_ms: i64, kind: TimelineKind, detail: Stri
 
 /// One CloudWatch embedded-metric-format line with the run's counts.
 fn emit_metrics(report: &RunReport) {
-    let metrics = [
-        ("ReconcileChecked", report.checked),
-        ("ReconcileHealed", report.healed),
-        ("ReconcileFlagged", report.flagged),
-        ("ReconcileCrmDrift", report.crm_drift),
-        ("ReconcileDelivered", report.delivered),
-        ("ReconcileSkipped", report.skipped.values().sum()),
-        ("ReconcileRequeued", report.requeued),
-        ("ReconcileErrors", report.errors),
-        ("ReconcileApiCalls", report.api_calls),
-    ];
+    emit(
+        "reconcile",
+        report.started_at_ms,
+        &[
+            ("ReconcileChecked", report.checked),
+            ("ReconcileHealed", report.healed),
+            ("ReconcileFlagged", report.flagged),
+            ("ReconcileCrmDrift", report.crm_drift),
+            ("ReconcileDelivered", report.delivered),
+            ("ReconcileSkipped", report.skipped.values().sum()),
+            ("ReconcileRequeued", report.requeued),
+            ("ReconcileMergesRead", report.merges_read),
+            ("ReconcileErrors", report.errors),
+            ("ReconcileApiCalls", report.api_calls),
+        ],
+    );
+}
+
+/// One CloudWatch embedded-metric line (namespace `crm-sync`, dimension `function`).
+fn emit(function: &str, at_ms: i64, metrics: &[(&str, u64)]) {
     let mut line = serde_json::json!({
         "_aws": {
-            "Timestamp": report.started_at_ms,
+            "Timestamp": at_ms,
             "CloudWatchMetrics": [{
                 "Namespace": "crm-sync",
                 "Dimensions": [["function"]],
                 "Metrics": metrics.iter().map(|(name, _)| serde_json::json!({"Name": name, "Unit": "Count"})).collect::<Vec<_>>(),
             }],
         },
-        "function": "reconcile",
+        "function": function,
     });
     for (name, value) in metrics {
-        line[name] = serde_json::json!(value);
+        line[*name] = serde_json::json!(value);
     }
     println!("{line}");
 }

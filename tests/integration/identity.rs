@@ -294,7 +294,7 @@ async fn a_chain_of_merges_leaves_the_app_record_on_the_last_survivor() {
         if crm == Crm::Salesforce {
             // The nightly run reads merges too, before it checks drift.
             let report = app.reconcile().await;
-            assert_eq!(report.merges_found, 2, "{report:?}");
+            assert_eq!(report.merges_read, 2, "{report:?}");
         }
         state_where(&stack, "chain-1", "the record on the last survivor", |s| {
             s.crm_id.as_deref() == Some(twice.as_str())

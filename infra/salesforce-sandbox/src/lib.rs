@@ -95,8 +95,8 @@ struct State {
     /// Deleted records (by the API, a person or a merge), as the recycle bin keeps them:
     /// `IsDeleted` true, and a merge's losers with `MasterRecordId`. Only `queryAll` sees them.
     recycle_bin: BTreeMap<String, BTreeMap<String, Map<String, Value>>>,
-    /// Query results not yet read, by query locator.
-    cursors: BTreeMap<String, Vec<Value>>,
+    /// Query results not yet read, and the batch size asked for, by query locator.
+    cursors: BTreeMap<String, (Vec<Value>, usize)>,
     next_locator: u64,
     /// The most records a query answer holds before `nextRecordsUrl` (Salesforce: up to 2,000).
     query_batch: usize,
@@ -758,12 +758,6 @@ fn query(state: &mut State, soql: &str, all: bool, batch: Option<usize>) -> (u16
         Ok(query) => query,
         Err((code, message)) => return (400, json!([{"errorCode": code, "message": message}])),
     };
-    if schema(&query.sobject).is_none() {
-        return (
-            400,
-            json!([{"errorCode": "INVALID_TYPE", "message": format!("sObject type '{}' is not supported.", query.sobject)}]),
-        );
-    }
     let bins = [Some(&state.records), all.then_some(&state.recycle_bin)];
     let mut found: Vec<Map<String, Value>> = bins
         .into_iter()
@@ -785,22 +779,22 @@ fn query(state: &mut State, soql: &str, all: bool, batch: Option<usize>) -> (u16
     let batch = batch.unwrap_or(state.query_batch).min(state.query_batch);
     let locator = format!("01g{:012}AAA", state.next_locator);
     state.next_locator += 1;
-    let total = records.len();
-    state.cursors.insert(locator.clone(), records);
-    page(state, &locator, 0, batch, total)
+    state.cursors.insert(locator.clone(), (records, batch));
+    page(state, &locator, 0)
 }
 
 /// The batch of a query's results from `offset`: `done`, or a `nextRecordsUrl` to the next.
-fn page(state: &mut State, locator: &str, offset: usize, batch: usize, total: usize) -> (u16, Value) {
-    let Some(records) = state.cursors.get(locator) else {
+fn page(state: &mut State, locator: &str, offset: usize) -> (u16, Value) {
+    let Some((records, batch)) = state.cursors.get(locator) else {
         return (
             400,
             json!([{"errorCode": "INVALID_QUERY_LOCATOR", "message": "invalid query locator"}]),
         );
     };
-    let end = (offset + batch).min(records.len());
+    let total = records.len();
+    let end = (offset + batch).min(total);
     let chunk: Vec<Value> = records.get(offset..end).unwrap_or_default().to_vec();
-    let done = end >= records.len();
+    let done = end >= total;
     let mut answer = json!({"totalSize": total, "done": done, "records": chunk});
     if done {
         state.cursors.remove(locator);
@@ -816,9 +810,7 @@ fn query_more(state: &mut State, locator_and_offset: &str) -> (u16, Value) {
         .rsplit_once('-')
         .and_then(|(locator, offset)| Some((locator.to_string(), offset.parse::<usize>().ok()?)))
         .unwrap_or_default();
-    let total = state.cursors.get(&locator).map_or(0, Vec::len);
-    let batch = state.query_batch;
-    page(state, &locator, offset, batch, total)
+    page(state, &locator, offset)
 }
 
 /// What a reference field points at.

@@ -1,6 +1,6 @@
 //! The SOQL the sandbox answers, and nothing more:
 //! `SELECT f, … FROM Obj [WHERE c AND c …] [ORDER BY f [ASC|DESC]] [LIMIT n]`, where a condition
-//! is `Field op literal` (`=`, `!=`, `<`, `>`, `<=`, `>=`) or `Field IN ('a', …)`, and a literal
+//! is `Field op literal` (`=`, `!=` or `<>`, `<`, `>`, `<=`, `>=`) or `Field IN ('a', …)`, and a literal
 //! is a quoted string, `true`/`false`, `null`, a number or a datetime (`2026-11-30T00:00:00Z`).
 //! Anything else is refused as Salesforce refuses a query it cannot parse (`MALFORMED_QUERY`);
 //! a field the sObject lacks is `INVALID_FIELD`.
@@ -81,9 +81,8 @@ fn tokens(soql: &str) -> Result<Vec<String>, Refusal> {
             '=' | '!' | '<' | '>' => {
                 chars.next();
                 let mut op = c.to_string();
-                if chars.peek() == Some(&'=') {
-                    op.push('=');
-                    chars.next();
+                if chars.peek() == Some(&'=') || (c == '<' && chars.peek() == Some(&'>')) {
+                    op.extend(chars.next());
                 }
                 out.push(op);
             }
@@ -166,6 +165,12 @@ pub(crate) fn parse(soql: &str, field: impl Fn(&str, &str) -> Option<String>) ->
         .ok_or_else(|| malformed("unexpected end of query"))?
         .clone();
     at += 2;
+    if field(&sobject, "Id").is_none() {
+        return Err((
+            "INVALID_TYPE",
+            format!("sObject type '{sobject}' is not supported."),
+        ));
+    }
     let resolve = |name: &str| {
         field(&sobject, name).ok_or_else(|| {
             (
@@ -189,7 +194,7 @@ pub(crate) fn parse(soql: &str, field: impl Fn(&str, &str) -> Option<String>) ->
             at += 2;
             let op = match op_token.to_ascii_uppercase().as_str() {
                 "=" => Op::Eq,
-                "!=" => Op::Ne,
+                "!=" | "<>" => Op::Ne,
                 "<" => Op::Lt,
                 ">" => Op::Gt,
                 "<=" => Op::Le,
@@ -364,9 +369,14 @@ mod tests {
 
     #[test]
     fn names_are_case_insensitive_and_in_lists_match_any_value() {
-        let query = parse("select id from Contact where ID in ('x', 'y') limit 5", field).unwrap();
+        let query = parse(
+            "select id from Contact where ID in ('x', 'y') AND id <> 'x' limit 5",
+            field,
+        )
+        .unwrap();
         assert_eq!(query.limit, Some(5));
         assert!(query.matches(&record(json!({"Id": "y"}))));
+        assert!(!query.matches(&record(json!({"Id": "x"}))), "<> is !=");
         assert!(!query.matches(&record(json!({"Id": "z"}))));
     }
 

@@ -32,8 +32,9 @@ pub const MAX_MERGE_HOPS: usize = 16;
 pub const MERGE_SEEN_ACTION: &str = "merged";
 
 /// The inbound-queue message (contract v1) for a merge read from the CRM rather than announced by
-/// it: kind `{crm_object}.merged`, about the merged record. Its key names the record and when it
-/// was merged, so the same merge read twice (reads overlap) is one event.
+/// it: kind `{crm_object}.merged`, about the merged record. Its key names the merged record and
+/// its survivor, which stay what they are however often the merge is read (reads overlap) or its
+/// record touched later, so one merge is one event.
 pub fn merge_seen_message(
     provider: ProviderId,
     crm_object: &str,
@@ -46,7 +47,7 @@ pub fn merge_seen_message(
         provider,
         key: format!(
             "{provider}:{crm_object}:{}:{MERGE_SEEN_ACTION}:{}",
-            seen.merged, seen.at_ms
+            seen.merged, seen.survivor
         ),
         kind: format!("{crm_object}.{MERGE_SEEN_ACTION}"),
         object_type: Some(crm_object.to_string()),

@@ -15,8 +15,6 @@ use crate::domain::values;
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Requeue,
-    /// Merges read from a CRM that does not announce them, handed to the identity step.
-    Merges,
     Drift,
     Done,
 }
@@ -46,10 +44,10 @@ pub struct RunReport {
     #[serde(default)]
     pub skipped: BTreeMap<String, u64>,
     pub requeued: u64,
-    /// Merges read from the CRM and handed to the identity step (a CRM that announces its
-    /// merges has none here).
+    /// Merges read from the CRM and handed to the identity step (a merge read again in the next
+    /// read's overlap counts again, and is still one event); none for a CRM that announces them.
     #[serde(default)]
-    pub merges_found: u64,
+    pub merges_read: u64,
     pub errors: u64,
     pub api_calls: u64,
     pub duration_ms: u64,
@@ -59,6 +57,16 @@ pub struct RunReport {
     /// the others, so that everything is checked when the budget allows it.
     #[serde(default)]
     pub segments_checked: u32,
+}
+
+/// How far the merges of one CRM object have been read (a CRM that announces none: Salesforce).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MergeMark {
+    /// Where the last complete read started: every merge stamped before it has been handed on
+    /// (the next read starts a little earlier, for stamps that were committing then).
+    pub read_to_ms: Option<i64>,
+    /// A read that stopped after a page goes on from this stamp, inclusive.
+    pub resume_from_ms: Option<i64>,
 }
 
 /// A run in progress: its report so far and where the scan stands.

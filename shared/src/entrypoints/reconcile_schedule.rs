@@ -84,14 +84,22 @@ impl ReconcileHandler {
         if event.payload.get("task").and_then(serde_json::Value::as_str) == Some(MERGES_TASK) {
             let scan = self.scan_merges_until(Instant::now() + left).await?;
             tracing::info!(
-                found = scan.found,
+                read = scan.read,
                 errors = scan.errors,
                 stopped = scan.stopped.as_deref().unwrap_or(""),
                 "merges read"
             );
+            if scan.errors > 0 {
+                // A failed invocation, so that ReconcileErrorsAlarm says so: merges left unread
+                // long enough leave Salesforce's recycle bin.
+                return Err(format!(
+                    "the merge scan met {} error(s); the next scan reads them again",
+                    scan.errors
+                )
+                .into());
+            }
             return Ok(serde_json::json!({
-                "merges_found": scan.found,
-                "errors": scan.errors,
+                "merges_read": scan.read,
                 "stopped": scan.stopped,
             }));
         }
@@ -103,7 +111,7 @@ impl ReconcileHandler {
             healed = report.healed,
             flagged = report.flagged,
             requeued = report.requeued,
-            merges_found = report.merges_found,
+            merges_read = report.merges_read,
             errors = report.errors,
             api_calls = report.api_calls,
             stopped = report.stopped.as_deref().unwrap_or(""),

@@ -33,8 +33,8 @@ pub struct MemorySyncState {
         Option<crate::domain::reconcile::Checkpoint>,
         Vec<crate::domain::reconcile::RunReport>,
     )>,
-    /// CRM object → up to when its merges were read.
-    merges_read: Mutex<HashMap<String, i64>>,
+    /// CRM object → how far its merges were read.
+    merges_read: Mutex<HashMap<String, crate::domain::reconcile::MergeMark>>,
 }
 
 impl MemorySyncState {
@@ -443,12 +443,29 @@ impl crate::ports::ReconcileStore for MemorySyncState {
         Ok(())
     }
 
-    async fn merges_read_to(&self, object: &str) -> Result<Option<i64>, StoreUnavailable> {
-        Ok(self.merges_read.lock().unwrap().get(object).copied())
+    async fn merge_mark(
+        &self,
+        object: &str,
+    ) -> Result<crate::domain::reconcile::MergeMark, StoreUnavailable> {
+        Ok(self
+            .merges_read
+            .lock()
+            .unwrap()
+            .get(object)
+            .copied()
+            .unwrap_or_default())
     }
 
-    async fn save_merges_read_to(&self, object: &str, at_ms: i64) -> Result<(), StoreUnavailable> {
-        self.merges_read.lock().unwrap().insert(object.to_string(), at_ms);
+    async fn save_merge_mark(
+        &self,
+        object: &str,
+        mark: &crate::domain::reconcile::MergeMark,
+    ) -> Result<(), StoreUnavailable> {
+        let mut marks = self.merges_read.lock().unwrap();
+        let saved = marks.entry(object.to_string()).or_default();
+        if saved.read_to_ms <= mark.read_to_ms {
+            *saved = *mark;
+        }
         Ok(())
     }
 

@@ -154,6 +154,11 @@ pub struct MemoryCrm {
     failing: Mutex<HashMap<String, (FailureKind, String)>>,
     throttle_next: AtomicU32,
     calls: AtomicUsize,
+    /// Merges it keeps to be read (a CRM that announces none), per CRM object, oldest first,
+    /// and how many a page answers.
+    merges: Mutex<(BTreeMap<String, Vec<crate::domain::crm::MergeSeen>>, usize)>,
+    /// Continuation pages of merges still answered before the day's budget runs out.
+    merge_pages_left: Mutex<Option<u32>>,
 }
 
 impl MemoryCrm {
@@ -165,7 +170,23 @@ impl MemoryCrm {
             failing: Mutex::default(),
             throttle_next: AtomicU32::new(0),
             calls: AtomicUsize::new(0),
+            merges: Mutex::new((BTreeMap::new(), 100)),
+            merge_pages_left: Mutex::new(None),
         }
+    }
+
+    /// Keeps `merges` of `object` to be read, `page_size` a page; its merges are read from now on.
+    pub fn keep_merges(&self, object: &str, merges: Vec<crate::domain::crm::MergeSeen>, page_size: usize) {
+        let mut kept = locked(&self.merges);
+        let list = kept.0.entry(object.to_string()).or_default();
+        list.extend(merges);
+        list.sort_by_key(|seen| seen.at_ms);
+        kept.1 = page_size.max(1);
+    }
+
+    /// After `pages` more continuation pages of merges, the day's budget is spent (`None`: never).
+    pub fn spend_budget_after_merge_pages(&self, pages: Option<u32>) {
+        *locked(&self.merge_pages_left) = pages;
     }
 
     /// Inputs with `key` fail with `kind` from now on.
@@ -353,6 +374,51 @@ impl Crm for MemoryCrm {
                 })
                 .collect(),
         ))
+    }
+
+    fn merges_are_read(&self, object: &str) -> bool {
+        locked(&self.merges).0.contains_key(object)
+    }
+
+    async fn merges_since(
+        &self,
+        object: &str,
+        since_ms: i64,
+        next: Option<&str>,
+    ) -> Result<crate::domain::crm::MergePage, CrmError> {
+        self.call()?;
+        if next.is_some() {
+            let mut left = locked(&self.merge_pages_left);
+            match left.as_mut() {
+                Some(0) => {
+                    return Err(CrmError::Throttled {
+                        policy: ThrottlePolicy::Daily,
+                        retry_after: None,
+                        message: "the day's budget is spent, on cue".into(),
+                        rate: RateInfo::default(),
+                    })
+                }
+                Some(pages) => *pages -= 1,
+                None => {}
+            }
+        }
+        let kept = locked(&self.merges);
+        let after: Vec<_> = kept
+            .0
+            .get(object)
+            .into_iter()
+            .flatten()
+            .filter(|seen| seen.at_ms > since_ms)
+            .cloned()
+            .collect();
+        let offset: usize = next.and_then(|next| next.parse().ok()).unwrap_or(0);
+        let end = (offset + kept.1).min(after.len());
+        Ok(crate::domain::crm::MergePage {
+            merges: after[offset.min(end)..end].to_vec(),
+            next: (end < after.len()).then(|| end.to_string()),
+            rate: RateInfo::default(),
+            call: "memory".into(),
+        })
     }
 
     async fn read(

@@ -1189,7 +1189,10 @@ impl crate::reconcile::ReconcileStore for DynamoDbSyncState {
         Ok(())
     }
 
-    async fn merges_read_to(&self, object: &str) -> Result<Option<i64>, StoreUnavailable> {
+    async fn merge_mark(
+        &self,
+        object: &str,
+    ) -> Result<crate::domain::reconcile::MergeMark, StoreUnavailable> {
         let output = self
             .client
             .get_item()
@@ -1200,27 +1203,42 @@ impl crate::reconcile::ReconcileStore for DynamoDbSyncState {
             .send()
             .await
             .map_err(unavailable)?;
-        Ok(output
-            .item()
-            .and_then(|item| item.get("read_to"))
-            .and_then(|value| value.as_n().ok())
-            .and_then(|ms| ms.parse().ok()))
+        let number = |name: &str| {
+            output
+                .item()
+                .and_then(|item| item.get(name))
+                .and_then(|value| value.as_n().ok())
+                .and_then(|ms| ms.parse().ok())
+        };
+        Ok(crate::domain::reconcile::MergeMark {
+            read_to_ms: number("read_to"),
+            resume_from_ms: number("resume_from"),
+        })
     }
 
-    async fn save_merges_read_to(&self, object: &str, at_ms: i64) -> Result<(), StoreUnavailable> {
-        // Never backwards: the nightly run and the frequent scan may save one after the other.
-        let saved = self
+    async fn save_merge_mark(
+        &self,
+        object: &str,
+        mark: &crate::domain::reconcile::MergeMark,
+    ) -> Result<(), StoreUnavailable> {
+        let mut put = self
             .client
             .put_item()
             .table_name(&self.table)
             .item("pk", s(RECONCILE_PK))
-            .item("sk", s(format!("merges#{object}")))
-            .item("read_to", n(at_ms))
-            .condition_expression("attribute_not_exists(read_to) OR read_to < :at")
-            .expression_attribute_values(":at", n(at_ms))
-            .send()
-            .await;
-        written_or_not(saved).map(|_| ())
+            .item("sk", s(format!("merges#{object}")));
+        // Never backwards: a late save (a retried invocation) must not undo a later read's mark.
+        put = match mark.read_to_ms {
+            Some(read_to) => put
+                .item("read_to", n(read_to))
+                .condition_expression("attribute_not_exists(read_to) OR read_to <= :at")
+                .expression_attribute_values(":at", n(read_to)),
+            None => put.condition_expression("attribute_not_exists(read_to)"),
+        };
+        if let Some(resume) = mark.resume_from_ms {
+            put = put.item("resume_from", n(resume));
+        }
+        written_or_not(put.send().await).map(|_| ())
     }
 
     async fn reports(&self, limit: usize) -> Result<Vec<crate::reconcile::RunReport>, StoreUnavailable> {

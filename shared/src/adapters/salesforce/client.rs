@@ -169,11 +169,10 @@ fn soql_datetime(ms: i64) -> String {
     text.replace(".000Z", "Z")
 }
 
-/// A SOQL string literal for an id: Salesforce ids are letters and digits only, so anything
+/// A SOQL string literal for an id: Salesforce ids are 15 or 18 letters and digits, so anything
 /// else is refused rather than escaped.
 fn soql_id(id: &str) -> Option<String> {
-    (!id.is_empty() && id.len() <= 18 && id.bytes().all(|b| b.is_ascii_alphanumeric()))
-        .then(|| format!("'{id}'"))
+    (matches!(id.len(), 15 | 18) && id.bytes().all(|b| b.is_ascii_alphanumeric())).then(|| format!("'{id}'"))
 }
 
 fn query_path(soql: &str) -> String {
@@ -417,6 +416,14 @@ impl Crm for SalesforceClient {
         since_ms: i64,
         next: Option<&str>,
     ) -> Result<MergePage, CrmError> {
+        // The object goes into the query as it is: only Salesforce's own names do.
+        if !MERGEABLE.contains(&object) {
+            return Err(CrmError::Rejected {
+                call: "GET /queryAll".into(),
+                status: 400,
+                message: format!("Salesforce does not merge {object} records"),
+            });
+        }
         let path = match next {
             // `nextRecordsUrl` is absolute from the host (`/services/data/v60.0/query/01g…-2000`).
             Some(next) => match next.find("/query") {
@@ -470,12 +477,12 @@ impl Crm for SalesforceClient {
     }
 
     async fn survivor(&self, object: &str, crm_id: &str) -> Result<MergeLookup, CrmError> {
-        // A merged record stays readable with `queryAll` for the recycle bin's 15 days, naming its
-        // master; a chain (a into b, b into c) is followed a few hops.
+        // A merged record stays readable with `queryAll` while the recycle bin keeps it, naming
+        // its master; a chain (a into b, b into c) is followed a few hops.
         let mut lookup = MergeLookup {
             survivor: None,
             rate: RateInfo::default(),
-            call: "no CRM call: Salesforce merges only these objects".into(),
+            call: format!("no CRM call: {crm_id} is no {object} id Salesforce merges"),
         };
         if !MERGEABLE.contains(&object) {
             return Ok(lookup);
@@ -486,7 +493,12 @@ impl Crm for SalesforceClient {
                 break;
             };
             let soql = format!("SELECT Id, MasterRecordId, IsDeleted FROM {object} WHERE Id = {id}");
-            let (json, rate, call) = self.call(Method::GET, &query_path(&soql), None).await?;
+            let (json, rate, call) = match self.call(Method::GET, &query_path(&soql), None).await {
+                Ok(answer) => answer,
+                // A master found on an earlier hop is an answer; the write asks again later.
+                Err(_) if lookup.survivor.is_some() => break,
+                Err(error) => return Err(error),
+            };
             (lookup.rate, lookup.call) = (rate, call);
             let record = json
                 .get("records")
@@ -505,13 +517,12 @@ impl Crm for SalesforceClient {
                     lookup.survivor = Some(master.to_string());
                     at = master.to_string();
                 }
-                // Alive: the last master named is where the record went.
+                // Alive, or out of the recycle bin already: the last master named (if any) is
+                // where the record went.
                 (false, _) => break,
-                // Deleted by a person, not merged: nowhere to follow.
+                // A master deleted by a person, not merged on: nowhere to follow.
                 (true, None) => {
-                    if at != crm_id {
-                        lookup.survivor = None;
-                    }
+                    lookup.survivor = None;
                     break;
                 }
             }
