@@ -196,6 +196,8 @@ pub struct SyncConfig {
     pub reconcile_lane: Option<(String, String)>,
     /// The priority lane the dashboard's re-syncs go to: (queue ARN, queue URL).
     pub resync_lane: Option<(String, String)>,
+    /// The low-priority lane adoption backfills write through: (queue ARN, queue URL).
+    pub backfill_lane: Option<(String, String)>,
     /// CloudWatch metrics (namespace, stack name); `None` writes none.
     pub metrics: Option<(String, String)>,
 }
@@ -226,6 +228,16 @@ pub struct ReconcileConfig {
     /// Where merges read from a CRM that does not announce them (Salesforce) go, as events for
     /// the identity step: the inbound queue (unset: they are not read).
     pub inbound_queue_url: Option<String>,
+}
+
+/// Everything adoption (`crm-sync-adopt`) needs: the sync function's CRM section, and its
+/// backfill lane and app inbox.
+#[derive(Debug, Clone)]
+pub struct AdoptConfig {
+    pub crm: CrmSection,
+    pub backfill_queue_url: String,
+    /// Where the initial pull delivers CRM-owned values (unset: no initial pull).
+    pub app_inbox_queue_url: Option<String>,
 }
 
 /// Everything the dashboard function needs.
@@ -435,6 +447,11 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 "RECONCILE_QUEUE_URL",
             )?,
             resync_lane: lane(vars.resync_queue_arn, vars.resync_queue_url, "RESYNC_QUEUE_URL")?,
+            backfill_lane: lane(
+                vars.backfill_queue_arn,
+                vars.backfill_queue_url,
+                "BACKFILL_QUEUE_URL",
+            )?,
             metrics: vars
                 .metrics_namespace
                 .map(|namespace| (namespace, vars.stack_name.unwrap_or_else(|| "crm-sync".into()))),
@@ -490,6 +507,17 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             crm,
             app_inbox_queue_url: vars.app_inbox_queue_url,
             inbound_queue_url: vars.inbound_queue_url,
+        })
+    }
+
+    /// Adoption's configuration: the sync function's variables (`BACKFILL_QUEUE_URL` required).
+    pub fn adopt(&self) -> Result<AdoptConfig, ConfigError> {
+        let crm = self.crm_section()?;
+        let vars: variables::Adopt = self.read("")?;
+        Ok(AdoptConfig {
+            crm,
+            backfill_queue_url: vars.backfill_queue_url,
+            app_inbox_queue_url: vars.app_inbox_queue_url,
         })
     }
 
@@ -767,6 +795,8 @@ mod variables {
         pub reconcile_queue_url: Option<String>,
         pub resync_queue_arn: Option<String>,
         pub resync_queue_url: Option<String>,
+        pub backfill_queue_arn: Option<String>,
+        pub backfill_queue_url: Option<String>,
         pub metrics_namespace: Option<String>,
         pub stack_name: Option<String>,
         pub inbound_queue_arn: Option<String>,
@@ -787,6 +817,12 @@ mod variables {
         pub reconcile_stuck_after_minutes: Option<u64>,
         pub app_inbox_queue_url: Option<String>,
         pub inbound_queue_url: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct Adopt {
+        pub backfill_queue_url: String,
+        pub app_inbox_queue_url: Option<String>,
     }
 
     #[derive(Deserialize)]

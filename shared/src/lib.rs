@@ -10,6 +10,7 @@
 //! - `testing` (feature `test-util`): in-memory adapters of the ports, for fast use-case tests.
 
 pub mod adapters;
+pub mod adoption;
 pub mod config;
 pub mod dashboard;
 pub mod domain;

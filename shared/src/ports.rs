@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use crate::domain::contract::{Change, ObjectKind, RecordRef};
 use crate::domain::crm::{
-    AssociationInput, BatchResult, CrmError, MergeLookup, MergePage, PropertyKinds, RateInfo, ReadResult,
-    ThrottlePolicy, UpdateInput, UpsertInput,
+    AssociationInput, BatchResult, CrmError, FindResult, MergeLookup, MergePage, PropertyKinds, RateInfo,
+    ReadResult, ThrottlePolicy, UpdateInput, UpsertInput,
 };
 pub use crate::domain::identity::IdentityUpdate;
 use crate::domain::inbound::{ConflictEntry, InboundMessage, Interpretation};
@@ -162,6 +162,30 @@ pub trait Crm: Send + Sync {
         crm_ids: &[String],
         properties: &[String],
     ) -> Result<ReadResult, CrmError>;
+
+    /// Finds the records of `object` holding each of `values` in `property` (the app's id
+    /// property, or the email property of contacts), with `properties` read; a value may match
+    /// none or several. At most [`Crm::max_find`] values a call. A CRM that cannot look records up
+    /// this way refuses (`Rejected`).
+    async fn find(
+        &self,
+        object: &str,
+        property: &str,
+        values: &[String],
+        properties: &[String],
+    ) -> Result<FindResult, CrmError> {
+        let _ = (values, properties);
+        Err(CrmError::Rejected {
+            call: format!("find {object} by {property}"),
+            status: 501,
+            message: format!("{} cannot look {object} up by {property} yet", self.name()),
+        })
+    }
+
+    /// The most values one [`Crm::find`] call takes.
+    fn max_find(&self) -> usize {
+        self.max_batch()
+    }
 
     /// Links records of `from` to records of `to` with the default association.
     async fn associate(
@@ -685,6 +709,30 @@ pub trait SignInCounters: Send + Sync {
     /// Takes back one attempt that `count` counted (the sign-in turned out right). MUST NOT take
     /// a count below zero.
     async fn uncount(&self, counter: &str, window: i64) -> Result<(), StoreUnavailable>;
+}
+
+/// Where backfills keep their progress.
+#[async_trait]
+pub trait AdoptionStore: Send + Sync {
+    async fn backfill(
+        &self,
+        plan_id: &str,
+    ) -> Result<Option<crate::domain::adoption::BackfillProgress>, StoreUnavailable>;
+    async fn save_backfill(
+        &self,
+        progress: &crate::domain::adoption::BackfillProgress,
+    ) -> Result<(), StoreUnavailable>;
+    /// The newest backfills, newest first.
+    async fn backfills(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::domain::adoption::BackfillProgress>, StoreUnavailable>;
+}
+
+/// How many messages a queue holds (waiting or being handled), as the queue estimates it.
+#[async_trait]
+pub trait QueueDepth: Send + Sync {
+    async fn depth(&self) -> Result<u64, QueueUnavailable>;
 }
 
 /// Where runs keep their checkpoint and reports, and how they walk the records.

@@ -103,6 +103,12 @@ impl Observed for crate::domain::crm::MergeLookup {
     }
 }
 
+impl Observed for crate::domain::crm::FindResult {
+    fn rate(&self) -> &RateInfo {
+        &self.rate
+    }
+}
+
 impl Observed for crate::domain::crm::MergePage {
     fn rate(&self) -> &RateInfo {
         &self.rate

@@ -1,5 +1,6 @@
 //! Integration tests: each drives a local stack over real HTTP against moto.
 
+mod adoption;
 mod chaos;
 mod contract;
 mod dashboard;

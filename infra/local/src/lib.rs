@@ -8,6 +8,7 @@ pub mod apigw;
 pub mod esm;
 pub mod moto;
 pub mod provision;
+pub mod running;
 pub mod server;
 pub mod template;
 

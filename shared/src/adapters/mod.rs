@@ -6,6 +6,7 @@ pub mod crm_http;
 pub mod dynamodb;
 pub mod hubspot;
 pub mod pipedrive;
+pub mod plan_files;
 pub mod salesforce;
 pub mod secrets_manager;
 pub mod sqs;

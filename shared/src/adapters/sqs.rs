@@ -245,6 +245,28 @@ fn queue_error<E: std::error::Error + 'static, R: std::fmt::Debug>(
 }
 
 #[async_trait]
+impl crate::ports::QueueDepth for SqsQueue {
+    async fn depth(&self) -> Result<u64, QueueUnavailable> {
+        let attributes = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .map_err(queue_error)?;
+        Ok(attributes
+            .attributes()
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, value)| value.parse::<u64>().ok())
+            .sum())
+    }
+}
+
+#[async_trait]
 impl DeadLetterQueue for SqsDeadLetterQueue {
     async fn summary(&self) -> Result<DeadLetterSummary, QueueUnavailable> {
         let attributes = self

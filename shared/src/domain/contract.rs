@@ -26,7 +26,8 @@ pub const MAX_MESSAGE_BYTES: usize = 100 * 1024;
 const MAX_SEARCH_EMAIL_BYTES: usize = 254;
 
 /// The app's object types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ObjectKind {
     Contact,
     Deal,

@@ -134,6 +134,14 @@ pub struct ReadResult {
     pub call: String,
 }
 
+/// Records found by a property's values, in input order: every record holding each value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FindResult {
+    pub matches: Vec<Vec<crate::domain::adoption::Found>>,
+    pub rate: RateInfo,
+    pub call: String,
+}
+
 /// Where a CRM says one of its record ids went: the record a read of that id returns, when it is
 /// another (HubSpot reads a merged-away id as the merge's survivor).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -269,9 +269,17 @@ impl Mapping {
     /// The CRM properties an outbound change writes: app-owned fields only. Refuses fields the
     /// mapping does not know, and object types it does not map.
     pub fn outbound(&self, change: &Change) -> Result<OutboundProperties, ContractError> {
-        let object = self
-            .object(change.object)
-            .ok_or_else(|| ContractError(format!("the mapping has no [{}] section", change.object)))?;
+        self.object(change.object)
+            .ok_or_else(|| ContractError(format!("the mapping has no [{}] section", change.object)))?
+            .outbound(change)
+    }
+}
+
+impl ObjectMapping {
+    /// The CRM properties a change of this object writes: app-owned fields only. Refuses fields
+    /// the mapping does not know.
+    pub fn outbound(&self, change: &Change) -> Result<OutboundProperties, ContractError> {
+        let object = self;
         let mut out = OutboundProperties::default();
         for (field, value) in &change.data {
             let rule = object.fields.get(field).ok_or_else(|| {

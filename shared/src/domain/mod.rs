@@ -1,5 +1,6 @@
 //! The domain: plain data and pure rules. Nothing here knows about AWS.
 
+pub mod adoption;
 pub mod clock;
 pub mod contract;
 pub mod crm;

@@ -28,6 +28,8 @@ pub struct SyncHandler {
     low_lane: Option<(String, SyncService)>,
     /// The dashboard's re-sync lane: app changes again, at full priority, ahead of any backlog.
     resync_lane: Option<(String, SyncService)>,
+    /// The adoption backfill's lane: at the lowest priority, like the reconciliation's.
+    backfill_lane: Option<(String, SyncService)>,
     metrics: Option<EmbeddedMetrics>,
 }
 
@@ -43,8 +45,15 @@ impl SyncHandler {
             inbound,
             low_lane,
             resync_lane,
+            backfill_lane: None,
             metrics: None,
         }
+    }
+
+    /// Consumes the adoption backfill's lane too: (queue ARN, its low-priority service).
+    pub fn with_backfill_lane(mut self, lane: Option<(String, SyncService)>) -> Self {
+        self.backfill_lane = lane;
+        self
     }
 
     /// Writes each batch's counts as CloudWatch metrics.
@@ -121,6 +130,11 @@ impl SyncHandler {
             settings.low_priority = true;
             (arn, lane(url, settings))
         });
+        let backfill_lane = config.backfill_lane.map(|(arn, url)| {
+            let mut settings = config.sync.clone();
+            settings.low_priority = true;
+            (arn, lane(url, settings))
+        });
         let resync_lane = config
             .resync_lane
             .map(|(arn, url)| (arn, lane(url, config.sync.clone())));
@@ -134,7 +148,7 @@ impl SyncHandler {
             clock,
             config.sync,
         );
-        let handler = Self::new(outbound, inbound, low_lane, resync_lane);
+        let handler = Self::new(outbound, inbound, low_lane, resync_lane).with_backfill_lane(backfill_lane);
         Ok(match metrics {
             Some((namespace, stack)) => handler.with_metrics(EmbeddedMetrics::new(namespace, stack)),
             None => handler,
@@ -179,7 +193,12 @@ impl SyncHandler {
                 (_, Some((arn, resync))) if *arn == source => {
                     ("resync", resync.process(messages, deadline).await)
                 }
-                _ => ("outbound", self.outbound.process(messages, deadline).await),
+                _ => match &self.backfill_lane {
+                    Some((arn, backfill)) if *arn == source => {
+                        ("backfill", backfill.process(messages, deadline).await)
+                    }
+                    _ => ("outbound", self.outbound.process(messages, deadline).await),
+                },
             },
         };
         tracing::info!(

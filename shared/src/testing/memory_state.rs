@@ -33,6 +33,8 @@ pub struct MemorySyncState {
         Option<crate::domain::reconcile::Checkpoint>,
         Vec<crate::domain::reconcile::RunReport>,
     )>,
+    /// Backfills' progress, by plan.
+    backfills: Mutex<HashMap<String, crate::domain::adoption::BackfillProgress>>,
     /// CRM object → how far its merges were read.
     merges_read: Mutex<HashMap<String, crate::domain::reconcile::MergeMark>>,
 }
@@ -530,5 +532,36 @@ impl crate::ports::ReconcileStore for MemorySyncState {
         found.sort_by_key(|state| scan_key(&state.record));
         found.truncate(cap);
         Ok(found)
+    }
+}
+
+#[async_trait]
+impl crate::ports::AdoptionStore for MemorySyncState {
+    async fn backfill(
+        &self,
+        plan_id: &str,
+    ) -> Result<Option<crate::domain::adoption::BackfillProgress>, StoreUnavailable> {
+        Ok(self.backfills.lock().unwrap().get(plan_id).cloned())
+    }
+
+    async fn save_backfill(
+        &self,
+        progress: &crate::domain::adoption::BackfillProgress,
+    ) -> Result<(), StoreUnavailable> {
+        self.backfills
+            .lock()
+            .unwrap()
+            .insert(progress.plan_id.clone(), progress.clone());
+        Ok(())
+    }
+
+    async fn backfills(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::domain::adoption::BackfillProgress>, StoreUnavailable> {
+        let mut all: Vec<_> = self.backfills.lock().unwrap().values().cloned().collect();
+        all.sort_by_key(|progress| std::cmp::Reverse(progress.started_at_ms));
+        all.truncate(limit);
+        Ok(all)
     }
 }

@@ -89,6 +89,14 @@ impl MessageQueue for MemoryQueue {
     }
 }
 
+#[async_trait]
+impl crate::ports::QueueDepth for MemoryQueue {
+    /// Messages sent and not taken yet.
+    async fn depth(&self) -> Result<u64, crate::ports::QueueUnavailable> {
+        Ok(locked(&self.sent).len() as u64)
+    }
+}
+
 /// A limiter with no limits: every call is granted now.
 #[derive(Default)]
 pub struct OpenLimiter;
@@ -173,6 +181,22 @@ impl MemoryCrm {
             merges: Mutex::new((BTreeMap::new(), 100)),
             merge_pages_left: Mutex::new(None),
         }
+    }
+
+    /// Puts a record a person made in the CRM (no app id) under `key`; returns its CRM id.
+    pub fn put_record(&self, object: &str, key: &str, properties: BTreeMap<String, String>) -> String {
+        let crm_id = format!("crm-{}", self.next_id.fetch_add(1, Ordering::SeqCst));
+        locked(&self.records)
+            .entry(object.to_string())
+            .or_default()
+            .insert(
+                format!("~{key}"),
+                MemoryRecord {
+                    crm_id: crm_id.clone(),
+                    properties,
+                },
+            );
+        crm_id
     }
 
     /// Keeps `merges` of `object` to be read, `page_size` a page; its merges are read from now on.
@@ -374,6 +398,46 @@ impl Crm for MemoryCrm {
                 })
                 .collect(),
         ))
+    }
+
+    async fn find(
+        &self,
+        object: &str,
+        property: &str,
+        values: &[String],
+        _properties: &[String],
+    ) -> Result<crate::domain::crm::FindResult, CrmError> {
+        self.call()?;
+        let records = locked(&self.records);
+        let all = records.get(object);
+        let matches = values
+            .iter()
+            .map(|value| {
+                all.into_iter()
+                    .flatten()
+                    .filter(|(key, record)| match record.properties.get(property) {
+                        Some(held) => held.eq_ignore_ascii_case(value),
+                        // Records upserted here are keyed by the app's id.
+                        None => !key.starts_with('~') && *key == value,
+                    })
+                    .map(|(key, record)| {
+                        let mut values = record.properties.clone();
+                        if !key.starts_with('~') {
+                            values.entry(property.to_string()).or_insert_with(|| key.clone());
+                        }
+                        crate::domain::adoption::Found {
+                            crm_id: record.crm_id.clone(),
+                            values,
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(crate::domain::crm::FindResult {
+            matches,
+            rate: RateInfo::default(),
+            call: "memory".into(),
+        })
     }
 
     fn merges_are_read(&self, object: &str) -> bool {

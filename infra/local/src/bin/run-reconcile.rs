@@ -4,63 +4,16 @@
 //! record rather than tonight's segment. Reads the same settings as the local stack (`CRM_SYNC_HOST`, `CRM_SYNC_MOTO_PORT`, `CRM_SYNC_AWS_ENDPOINT`, `CRM_SYNC_STACK_NAME`,
 //! `CRM_SYNC_SANDBOX_PORT`, `HUBSPOT_ACCESS_TOKEN`).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use anyhow::Context;
-use crm_sync::adapters::aws::{load_sdk_config, AwsTarget, CallBudget};
 use crm_sync::config::Env;
 use crm_sync::entrypoints::reconcile_schedule::ReconcileHandler;
 use crm_sync::reconcile::Phase;
-use crm_sync_local::{moto, provision, template};
-
-fn setting(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_string())
-}
+use crm_sync_local::running;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let host = setting("CRM_SYNC_HOST", "127.0.0.1");
-    let endpoint = setting(
-        "CRM_SYNC_AWS_ENDPOINT",
-        &format!("http://{host}:{}", setting("CRM_SYNC_MOTO_PORT", "4566")),
-    );
-    let stack_name = setting("CRM_SYNC_STACK_NAME", "crm-sync-local");
-    let real_token = std::env::var("HUBSPOT_ACCESS_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty());
-
-    let template = template::Template::load(&moto::repo_root().join("template.yaml"))?;
-    let aws = load_sdk_config(&AwsTarget::local(&endpoint), CallBudget::BACKGROUND).await;
-    // Provisioning is idempotent: this finds the running stack's tables, queues and secret.
-    let parameters = HashMap::from([
-        ("HubSpotClientSecret".to_string(), "unused".to_string()),
-        (
-            "HubSpotAccessToken".to_string(),
-            real_token.clone().unwrap_or_else(|| "sandbox-token".into()),
-        ),
-    ]);
-    let resources = provision::provision(&aws, &template, &stack_name, &parameters, &HashMap::new())
-        .await
-        .with_context(|| {
-            format!("finding the local stack at {endpoint}; is `cargo run -p crm-sync-local` running?")
-        })?;
-    let mut env = template.function_environment("ReconcileFunction", &resources.resolver)?;
-    match real_token {
-        Some(token) => {
-            env.insert("HUBSPOT_ACCESS_TOKEN".into(), token);
-        }
-        None => {
-            env.insert("HUBSPOT_ACCESS_TOKEN".into(), "sandbox-token".into());
-            env.insert(
-                "HUBSPOT_API_BASE".into(),
-                format!("http://{host}:{}", setting("CRM_SYNC_SANDBOX_PORT", "3001")),
-            );
-        }
-    }
+    let (aws, mut env) = running::function_env("ReconcileFunction").await?;
     // The run's shape can be set from the shell, e.g. RECONCILE_CYCLE_NIGHTS=1 to check everything.
     for name in [
         "RECONCILE_CYCLE_NIGHTS",

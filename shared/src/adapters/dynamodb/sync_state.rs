@@ -1148,24 +1148,90 @@ fn decode_key(cursor: &str) -> Option<Item> {
     decode_map(cursor).map(into_key)
 }
 
+const ADOPTION_PK: &str = "ADOPTION";
+
+impl DynamoDbSyncState {
+    /// One of the table's control items (the reconciliation's, adoption's), read consistently.
+    async fn control_item(&self, pk: &str, sk: impl Into<String>) -> Result<Option<Item>, StoreUnavailable> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(output.item)
+    }
+}
+
+#[async_trait]
+impl crate::ports::AdoptionStore for DynamoDbSyncState {
+    async fn backfill(
+        &self,
+        plan_id: &str,
+    ) -> Result<Option<crate::domain::adoption::BackfillProgress>, StoreUnavailable> {
+        let item = self
+            .control_item(ADOPTION_PK, format!("backfill#{plan_id}"))
+            .await?;
+        Ok(item
+            .and_then(|item| text(&item, "json"))
+            .and_then(|json| serde_json::from_str(&json).ok()))
+    }
+
+    async fn save_backfill(
+        &self,
+        progress: &crate::domain::adoption::BackfillProgress,
+    ) -> Result<(), StoreUnavailable> {
+        let json = serde_json::to_string(progress).map_err(|e| StoreUnavailable(e.into()))?;
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(ADOPTION_PK))
+            .item("sk", s(format!("backfill#{}", progress.plan_id)))
+            .item("json", s(json))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn backfills(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::domain::adoption::BackfillProgress>, StoreUnavailable> {
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :backfill)")
+            .expression_attribute_values(":pk", s(ADOPTION_PK))
+            .expression_attribute_values(":backfill", s("backfill#"))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let mut all: Vec<crate::domain::adoption::BackfillProgress> = output
+            .items()
+            .iter()
+            .filter_map(|item| text(item, "json"))
+            .filter_map(|json| serde_json::from_str(&json).ok())
+            .collect();
+        all.sort_by_key(|progress| std::cmp::Reverse(progress.started_at_ms));
+        all.truncate(limit);
+        Ok(all)
+    }
+}
+
 const RECONCILE_PK: &str = "RECONCILE";
 
 #[async_trait]
 impl crate::reconcile::ReconcileStore for DynamoDbSyncState {
     async fn checkpoint(&self) -> Result<Option<crate::reconcile::Checkpoint>, StoreUnavailable> {
-        let output = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(RECONCILE_PK))
-            .key("sk", s("checkpoint"))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(unavailable)?;
-        Ok(output
-            .item()
-            .and_then(|item| text(item, "json"))
+        let item = self.control_item(RECONCILE_PK, "checkpoint").await?;
+        Ok(item
+            .and_then(|item| text(&item, "json"))
             .and_then(|json| serde_json::from_str(&json).ok()))
     }
 
@@ -1193,19 +1259,11 @@ impl crate::reconcile::ReconcileStore for DynamoDbSyncState {
         &self,
         object: &str,
     ) -> Result<crate::domain::reconcile::MergeMark, StoreUnavailable> {
-        let output = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(RECONCILE_PK))
-            .key("sk", s(format!("merges#{object}")))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(unavailable)?;
+        let item = self
+            .control_item(RECONCILE_PK, format!("merges#{object}"))
+            .await?;
         let number = |name: &str| {
-            output
-                .item()
+            item.as_ref()
                 .and_then(|item| item.get(name))
                 .and_then(|value| value.as_n().ok())
                 .and_then(|ms| ms.parse().ok())

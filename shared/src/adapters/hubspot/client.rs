@@ -11,9 +11,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
 use crate::adapters::crm_http;
+use crate::domain::adoption::Found;
 use crate::domain::crm::{
-    existing_id, AssociationInput, BatchResult, CrmError, FailureKind, InputError, InputOutcome, MergeLookup,
-    PropertyKinds, RateInfo, ReadResult, ThrottlePolicy, UpdateInput, UpsertInput, ValueKind,
+    existing_id, AssociationInput, BatchResult, CrmError, FailureKind, FindResult, InputError, InputOutcome,
+    MergeLookup, PropertyKinds, RateInfo, ReadResult, ThrottlePolicy, UpdateInput, UpsertInput, ValueKind,
 };
 use crate::ports::Crm;
 
@@ -313,6 +314,27 @@ fn trace_index(value: &Value) -> Option<usize> {
     value.get("objectWriteTraceId")?.as_str()?.parse().ok()
 }
 
+/// The records of a batch read's `results`: id and property values as text.
+fn records_read(json: &Value) -> impl Iterator<Item = (String, BTreeMap<String, String>)> + '_ {
+    json.get("results")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|result| {
+            let id = result.get("id").and_then(Value::as_str)?;
+            let values = result
+                .get("properties")
+                .and_then(Value::as_object)
+                .map(|map| {
+                    map.iter()
+                        .map(|(name, value)| (name.clone(), scalar_text(value)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            Some((id.to_string(), values))
+        })
+}
+
 #[async_trait]
 impl Crm for HubSpotClient {
     fn name(&self) -> &'static str {
@@ -443,29 +465,40 @@ impl Crm for HubSpotClient {
             "properties": properties,
         });
         let (_, rate, json, call) = self.post(&self.objects_path(object, "read"), body).await?;
-        let mut found: HashMap<String, BTreeMap<String, String>> = HashMap::new();
-        for result in json
-            .get("results")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let Some(id) = result.get("id").and_then(Value::as_str) else {
-                continue;
-            };
-            let values = result
-                .get("properties")
-                .and_then(Value::as_object)
-                .map(|map| {
-                    map.iter()
-                        .map(|(name, value)| (name.clone(), scalar_text(value)))
-                        .collect()
-                })
-                .unwrap_or_default();
-            found.insert(id.to_string(), values);
-        }
+        let mut found: HashMap<String, BTreeMap<String, String>> = records_read(&json).collect();
         let records = crm_ids.iter().map(|id| found.remove(id)).collect();
         Ok(ReadResult { records, rate, call })
+    }
+
+    async fn find(
+        &self,
+        object: &str,
+        property: &str,
+        values: &[String],
+        properties: &[String],
+    ) -> Result<FindResult, CrmError> {
+        // A batch read by a unique property (`idProperty`): the app's id property, or a
+        // contact's email. HubSpot keeps emails lower-cased, and answers each record once.
+        let mut wanted: Vec<String> = properties.to_vec();
+        if !wanted.iter().any(|p| p == property) {
+            wanted.push(property.to_string());
+        }
+        let body = json!({
+            "idProperty": property,
+            "inputs": values.iter().map(|value| json!({ "id": value })).collect::<Vec<_>>(),
+            "properties": wanted,
+        });
+        let (_, rate, json, call) = self.post(&self.objects_path(object, "read"), body).await?;
+        let mut by_value: HashMap<String, Vec<Found>> = HashMap::new();
+        for (crm_id, values) in records_read(&json) {
+            let key = values.get(property).cloned().unwrap_or_default().to_lowercase();
+            by_value.entry(key).or_default().push(Found { crm_id, values });
+        }
+        let matches = values
+            .iter()
+            .map(|value| by_value.get(&value.to_lowercase()).cloned().unwrap_or_default())
+            .collect();
+        Ok(FindResult { matches, rate, call })
     }
 
     async fn associate(

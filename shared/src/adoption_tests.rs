@@ -1,0 +1,144 @@
+//! The adoption plan against in-memory ports: app records sorted into creates, updates, links
+//! and identity conflicts from what the CRM holds, with nothing written. The same is proven
+//! against the HubSpot sandbox in `tests/integration/adoption.rs`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::{InputLine, PlanSink, Planner};
+use crate::domain::adoption::{Action, PlanItem};
+use crate::domain::mapping::{Mapping, DEFAULT_MAPPING};
+use crate::ports::Crm;
+use crate::testing::{deadline, worker, ManualClock, MemoryCrm, MemoryQueue};
+
+#[derive(Default)]
+struct Collected {
+    items: Vec<PlanItem>,
+    invalid: Vec<(u64, String)>,
+}
+
+impl PlanSink for Collected {
+    fn item(&mut self, item: &PlanItem) -> anyhow::Result<()> {
+        self.items.push(item.clone());
+        Ok(())
+    }
+
+    fn invalid(&mut self, line: u64, reason: &str) -> anyhow::Result<()> {
+        self.invalid.push((line, reason.to_string()));
+        Ok(())
+    }
+}
+
+fn contact(line: u64, id: &str, email: &str) -> InputLine {
+    InputLine::Message {
+        line,
+        body: json!({"version": 1, "type": "contact.upsert", "record_id": id,
+                     "idempotency_id": format!("adopt-{id}"), "changed_at": 1_796_000_000_000_i64,
+                     "data": {"email": email, "first_name": "Ada"}})
+        .to_string(),
+    }
+}
+
+fn props(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_plan_sorts_app_records_into_creates_updates_links_and_conflicts_and_writes_nothing() {
+    let crm = Arc::new(MemoryCrm::new(100));
+    let synced = crm
+        .upsert(
+            "contacts",
+            "crm_sync_app_id",
+            &[crate::domain::crm::UpsertInput::new(
+                "u1",
+                props(&[("email", "u1@example.com"), ("firstname", "Old")]),
+            )],
+        )
+        .await
+        .unwrap();
+    assert_eq!(synced.outcomes.len(), 1);
+    let person = crm.put_record(
+        "contacts",
+        "ada",
+        props(&[("email", "ada@example.com"), ("lifecyclestage", "lead")]),
+    );
+    crm.put_record("contacts", "dup-1", props(&[("email", "dup@example.com")]));
+    crm.put_record("contacts", "dup-2", props(&[("email", "dup@example.com")]));
+    let before = crm.count("contacts");
+
+    let mapping = Arc::new(Mapping::parse(DEFAULT_MAPPING).unwrap());
+    let clock = Arc::new(ManualClock::at(1_796_000_000_000));
+    let planner = Planner::new(
+        mapping,
+        crm.clone(),
+        worker(clock, Arc::new(MemoryQueue::default()), 0, true),
+    );
+    let input = vec![
+        contact(1, "u1", "u1@example.com"),
+        contact(2, "u2", "ADA@example.com"),
+        contact(3, "u3", "dup@example.com"),
+        contact(4, "u4", "new@example.com"),
+        InputLine::Message {
+            line: 5,
+            body: "{not json".into(),
+        },
+        contact(6, "u5", "twin@example.com"),
+        contact(7, "u6", "twin@example.com"),
+    ];
+    let shared = HashMap::from([(6, vec!["u6".to_string()]), (7, vec!["u5".to_string()])]);
+    let mut sink = Collected::default();
+    let counts = planner
+        .plan(input.into_iter(), &shared, &mut sink, deadline())
+        .await
+        .unwrap();
+
+    let actions: Vec<(&str, &str)> = sink
+        .items
+        .iter()
+        .map(|item| (item.record_id.as_str(), item.action.name()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("u1", "update"),
+            ("u2", "link"),
+            ("u3", "conflict"),
+            ("u4", "create"),
+            ("u5", "conflict"),
+            ("u6", "conflict")
+        ]
+    );
+    let Action::Update { fields, .. } = &sink.items[0].action else {
+        unreachable!()
+    };
+    assert_eq!(fields[0].field, "first_name", "field by field: {fields:?}");
+    assert!(matches!(&sink.items[1].action, Action::Link { crm_id, .. } if *crm_id == person));
+    assert_eq!(
+        sink.items[1].crm_owned,
+        BTreeMap::from([("lifecycle_stage".to_string(), "lead".to_string())]),
+        "the CRM-owned value the app does not have"
+    );
+    assert_eq!(sink.invalid.len(), 1);
+    assert_eq!(sink.invalid[0].0, 5);
+    assert_eq!(
+        (
+            counts.create,
+            counts.update,
+            counts.link,
+            counts.conflict,
+            counts.invalid
+        ),
+        (1, 1, 1, 3, 1)
+    );
+    assert_eq!(crm.count("contacts"), before, "a plan writes nothing");
+    assert_eq!(
+        counts.plan_calls, 3,
+        "property types, one lookup by id, one by email"
+    );
+}

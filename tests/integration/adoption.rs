@@ -1,0 +1,254 @@
+//! Adoption day through the local stack, against the HubSpot sandbox: an app and a CRM that
+//! already hold records, planned (nothing written), then backfilled, killed in the middle and
+//! resumed, with every record written once and the CRM-owned values pulled once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crm_sync::adapters::aws::{load_sdk_config, AwsTarget, CallBudget};
+use crm_sync::adapters::plan_files::{self, InputFormat, PlanFiles};
+use crm_sync::adoption::BackfillSettings;
+use crm_sync::config::Env;
+use crm_sync::domain::adoption::{Action, BackfillPhase, PlanCounts};
+use crm_sync::domain::contract::{ObjectKind, RecordRef};
+use crm_sync::domain::sync::{SyncStatus, TimelineKind};
+use crm_sync::entrypoints::adoption_tool::AdoptionTool;
+use crm_sync::ports::state::*;
+use crm_sync_tests::{spawn_app_with, AppOptions, TestApp};
+use serde_json::json;
+
+const CHANGED_AT: i64 = 1_796_000_000_000;
+
+fn work_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "crm-sync-adoption-{name}-{}-{}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn message(id: &str, email: &str, first_name: &str) -> String {
+    json!({"version": 1, "type": "contact.upsert", "record_id": id, "idempotency_id": format!("adopt-{id}"),
+           "changed_at": CHANGED_AT, "data": {"email": email, "first_name": first_name, "last_name": "Adopted"}})
+    .to_string()
+}
+
+async fn tool(app: &TestApp, settings: BackfillSettings) -> AdoptionTool {
+    let env = app.stack.sync_env.clone();
+    let config = Env(move |name: &str| env.get(name).cloned()).adopt().unwrap();
+    let aws = load_sdk_config(
+        &AwsTarget::local(crm_sync_tests::moto_endpoint()),
+        CallBudget::BACKGROUND,
+    )
+    .await;
+    AdoptionTool::build_with(&aws, config, settings).await.unwrap()
+}
+
+async fn plan(tool: &AdoptionTool, input: &Path, dir: &Path) -> PlanCounts {
+    let format = InputFormat::of(input, ObjectKind::Contact);
+    let shared = plan_files::shared_emails(input, format, &dir.join("work")).unwrap();
+    let mut files = PlanFiles::create(dir).unwrap();
+    let counts = tool
+        .planner
+        .plan(
+            plan_files::read_input(input, format, CHANGED_AT).unwrap(),
+            &shared,
+            &mut files,
+            tokio::time::Instant::now() + Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    files.finish().unwrap();
+    counts
+}
+
+fn contact_ref(id: &str) -> RecordRef {
+    RecordRef {
+        object: ObjectKind::Contact,
+        record_id: id.into(),
+    }
+}
+
+fn props(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn adoption_plans_without_writing_then_a_killed_backfill_resumes_and_writes_each_record_once() {
+    let app = spawn_app_with(AppOptions::syncing()).await;
+    let sandbox = app.sandbox();
+    // The CRM before adoption: one contact crm-sync wrote long ago (our id), a person's contact
+    // with the email of an app user, and a person's contact nobody in the app has.
+    let known = sandbox
+        .create(
+            "contacts",
+            props(&[
+                ("crm_sync_app_id", "user-1"),
+                ("email", "user-1@example.com"),
+                ("firstname", "Old"),
+            ]),
+        )
+        .unwrap();
+    let person = sandbox
+        .create(
+            "contacts",
+            props(&[
+                ("email", "ada@example.com"),
+                ("lifecyclestage", "customer"),
+                ("firstname", "Ada"),
+            ]),
+        )
+        .unwrap();
+    sandbox
+        .create("contacts", props(&[("email", "stranger@example.com")]))
+        .unwrap();
+    let crm_before = sandbox.records("contacts").len();
+
+    let dir = work_dir("plan");
+    let input = dir.join("users.jsonl");
+    let mut lines = vec![
+        message("user-1", "user-1@example.com", "New"),
+        message("user-2", "ADA@example.com", "Ada"),
+        message("twin-a", "twin@example.com", "Twin"),
+        message("twin-b", "twin@example.com", "Twin"),
+        "not a message".to_string(),
+    ];
+    lines.extend((0..12).map(|i| message(&format!("new-{i}"), &format!("new-{i}@example.com"), "New")));
+    std::fs::write(&input, lines.join("\n")).unwrap();
+
+    let tool = tool(
+        &app,
+        BackfillSettings {
+            send_batch: 4,
+            settle_poll: Duration::from_millis(200),
+        },
+    )
+    .await;
+    let calls_before = sandbox.stats().total_calls;
+    let counts = plan(&tool, &input, &dir).await;
+    assert_eq!(
+        (
+            counts.update,
+            counts.link,
+            counts.conflict,
+            counts.create,
+            counts.invalid
+        ),
+        (1, 1, 2, 12, 1),
+        "{counts:?}"
+    );
+    assert_eq!(counts.crm_owned_records, 1, "the person's lifecycle stage");
+    let plan_calls = sandbox.stats().total_calls - calls_before;
+    assert!(plan_calls <= 3, "a batch: types, by id, by email: {plan_calls}");
+    assert_eq!(
+        sandbox.records("contacts").len(),
+        crm_before,
+        "the plan writes nothing"
+    );
+    assert_eq!(
+        sandbox
+            .find("contacts", "email", "ada@example.com")
+            .unwrap()
+            .properties
+            .get("crm_sync_app_id"),
+        None
+    );
+    let items: Vec<_> = plan_files::read_plan(&dir).unwrap().map(Result::unwrap).collect();
+    let update = items.iter().find(|i| i.record_id == "user-1").unwrap();
+    assert!(
+        matches!(&update.action, Action::Update { crm_id, fields } if *crm_id == known.id.to_string()
+            && fields.iter().any(|f| f.field == "first_name" && f.in_crm == "Old" && f.app == "New")),
+        "{update:?}"
+    );
+
+    // Killed once some records are on the lane: the run is dropped at its next step.
+    let reader = || -> anyhow::Result<Box<dyn Iterator<Item = anyhow::Result<_>> + Send>> {
+        Ok(Box::new(plan_files::read_plan(&dir)?))
+    };
+    let (kill, killed) = tokio::sync::watch::channel(false);
+    let show = move |progress: &crm_sync::domain::adoption::BackfillProgress| {
+        if progress.phase == BackfillPhase::Writes && progress.sent >= 4 {
+            let _ = kill.send(true);
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut killed = killed;
+    tokio::select! {
+        outcome = tool.backfill.run("plan-test", &counts, &reader, deadline, &show) => {
+            panic!("the backfill should have been killed first: {outcome:?}")
+        }
+        _ = killed.wait_for(|k| *k) => {}
+    }
+    let saved = tool.store.backfill("plan-test").await.unwrap().unwrap();
+    assert_eq!(saved.phase, BackfillPhase::Writes, "{saved:?}");
+    assert_eq!(saved.linked, 1, "links first");
+    assert!(saved.sent >= 4 && saved.sent < 14, "{saved:?}");
+
+    let first_seen = std::sync::Mutex::new(None::<u64>);
+    let resumed = |progress: &crm_sync::domain::adoption::BackfillProgress| {
+        first_seen.lock().unwrap().get_or_insert(progress.sent);
+    };
+    let done = tool
+        .backfill
+        .run("plan-test", &counts, &reader, deadline, &resumed)
+        .await
+        .unwrap();
+    assert!(
+        first_seen.lock().unwrap().unwrap() >= saved.sent,
+        "resumed from its saved progress, not from the start"
+    );
+    assert_eq!(done.phase, BackfillPhase::Done, "{done:?}");
+    assert_eq!(
+        done.sent, 14,
+        "every record but the conflicts, each sent once: {done:?}"
+    );
+    assert_eq!(done.pulled, 1);
+
+    // Every record written is synced, once: one `synced` line each.
+    let store = app.sync_state();
+    for id in ["user-1", "user-2"]
+        .into_iter()
+        .map(String::from)
+        .chain((0..12).map(|i| format!("new-{i}")))
+    {
+        let (state, timeline) = store.record(&contact_ref(&id), 20).await.unwrap().unwrap();
+        assert_eq!(state.status, SyncStatus::Synced, "{id}");
+        let writes = timeline.iter().filter(|e| e.kind == TimelineKind::Synced).count();
+        assert_eq!(writes, 1, "{id} written once: {timeline:?}");
+    }
+    assert!(
+        store.record(&contact_ref("twin-a"), 1).await.unwrap().is_none(),
+        "conflicts wait"
+    );
+    // The person's contact is linked, not duplicated; the stranger is left alone.
+    let linked = sandbox.find("contacts", "crm_sync_app_id", "user-2").unwrap();
+    assert_eq!(linked.id, person.id);
+    assert_eq!(
+        sandbox.records("contacts").len(),
+        crm_before + 12,
+        "only the twelve new ones created"
+    );
+
+    // The initial pull: the CRM-owned stage reached the app once, in the v1 contract.
+    let inbox = app.drain_app_inbox().await;
+    let pulled: Vec<_> = inbox.iter().filter(|m| m["source"] == "ADOPTION").collect();
+    assert_eq!(pulled.len(), 1, "{inbox:?}");
+    assert_eq!(pulled[0]["record_id"], "user-2");
+    assert_eq!(pulled[0]["changes"]["lifecycle_stage"], "customer");
+
+    // A backfill run again after it is done does nothing more.
+    let again = tool
+        .backfill
+        .run("plan-test", &counts, &reader, deadline, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(again.sent, 14);
+    assert!(app.drain_app_inbox().await.is_empty());
+    std::fs::remove_dir_all(dir).ok();
+}
