@@ -32,26 +32,6 @@ pub trait PlanSink: Send {
     fn invalid(&mut self, line: u64, reason: &str) -> anyhow::Result<()>;
 }
 
-/// Why a plan could not be finished.
-#[derive(Debug, thiserror::Error)]
-pub enum PlanError {
-    #[error("the CRM's budget is spent (or its reserve reached); plan again when it is back")]
-    Budget,
-    #[error("the CRM could not answer: {0}")]
-    Crm(String),
-    #[error("the plan could not be written: {0:#}")]
-    Sink(anyhow::Error),
-}
-
-impl From<CallFailure> for PlanError {
-    fn from(failure: CallFailure) -> Self {
-        match failure {
-            CallFailure::Throttled { .. } => PlanError::Budget,
-            CallFailure::Transient(reason) | CallFailure::Rejected(reason) => PlanError::Crm(reason),
-        }
-    }
-}
-
 /// Plans adoption against one CRM.
 pub struct Planner {
     mapping: Arc<Mapping>,
@@ -79,7 +59,7 @@ impl Planner {
         shared: &HashMap<u64, Vec<String>>,
         sink: &mut dyn PlanSink,
         deadline: Instant,
-    ) -> Result<PlanCounts, PlanError> {
+    ) -> Result<PlanCounts, AdoptionError> {
         let mut counts = PlanCounts::default();
         let mut kinds: HashMap<ObjectKind, BTreeMap<String, ValueKind>> = HashMap::new();
         let mut pending: BTreeMap<ObjectKind, Vec<Pending>> = BTreeMap::new();
@@ -90,7 +70,7 @@ impl Planner {
                 InputLine::Message { line, body } => (line, body),
                 InputLine::Invalid { line, reason } => {
                     counts.invalid += 1;
-                    sink.invalid(line, &reason).map_err(PlanError::Sink)?;
+                    sink.invalid(line, &reason).map_err(AdoptionError::Sink)?;
                     continue;
                 }
             };
@@ -98,7 +78,7 @@ impl Planner {
                 Ok(change) => change,
                 Err(reason) => {
                     counts.invalid += 1;
-                    sink.invalid(line, &reason).map_err(PlanError::Sink)?;
+                    sink.invalid(line, &reason).map_err(AdoptionError::Sink)?;
                     continue;
                 }
             };
@@ -170,7 +150,7 @@ impl Planner {
         counts: &mut PlanCounts,
         calls: &mut BatchReport,
         deadline: Instant,
-    ) -> Result<(), PlanError> {
+    ) -> Result<(), AdoptionError> {
         let mapping = self.mapping.object(object).expect("checked when read");
         if let std::collections::hash_map::Entry::Vacant(entry) = kinds.entry(object) {
             let read = self
@@ -239,17 +219,20 @@ impl Planner {
                 message: record.body,
             };
             counts.add(&item);
-            sink.item(&item).map_err(PlanError::Sink)?;
+            sink.item(&item).map_err(AdoptionError::Sink)?;
         }
         Ok(())
     }
 }
 
-/// Why a backfill stopped before it was done; it goes on from its saved progress when run again.
+/// Why a plan or a backfill stopped before it was done; a backfill goes on from its saved
+/// progress when run again.
 #[derive(Debug, thiserror::Error)]
-pub enum BackfillError {
-    #[error("the CRM's budget for the backfill is spent (the live reserve is kept); run it again later")]
+pub enum AdoptionError {
+    #[error("the CRM's budget is spent (the live reserve is kept); run it again later")]
     Budget,
+    #[error("the plan could not be written: {0:#}")]
+    Sink(anyhow::Error),
     #[error("the CRM could not answer: {0}")]
     Crm(String),
     #[error("the backfill lane did not take {0} message(s)")]
@@ -264,11 +247,11 @@ pub enum BackfillError {
     Deadline(String),
 }
 
-impl From<CallFailure> for BackfillError {
+impl From<CallFailure> for AdoptionError {
     fn from(failure: CallFailure) -> Self {
         match failure {
-            CallFailure::Throttled { .. } => BackfillError::Budget,
-            CallFailure::Transient(reason) | CallFailure::Rejected(reason) => BackfillError::Crm(reason),
+            CallFailure::Throttled { .. } => AdoptionError::Budget,
+            CallFailure::Transient(reason) | CallFailure::Rejected(reason) => AdoptionError::Crm(reason),
         }
     }
 }
@@ -355,7 +338,7 @@ impl Backfill {
         plan: &PlanReader<'_>,
         deadline: Instant,
         progress: &(dyn Fn(&BackfillProgress) + Sync),
-    ) -> Result<BackfillProgress, BackfillError> {
+    ) -> Result<BackfillProgress, AdoptionError> {
         let now_ms = self.clock.now_ms();
         let mut state = match self.store.backfill(plan_id).await? {
             Some(saved) => saved,
@@ -383,7 +366,7 @@ impl Backfill {
         deadline: Instant,
         progress: &(dyn Fn(&BackfillProgress) + Sync),
         calls: &mut BatchReport,
-    ) -> Result<(), BackfillError> {
+    ) -> Result<(), AdoptionError> {
         loop {
             match state.phase {
                 BackfillPhase::Links => self.links(state, plan, deadline, progress, calls).await?,
@@ -400,7 +383,7 @@ impl Backfill {
         &self,
         state: &mut BackfillProgress,
         progress: &(dyn Fn(&BackfillProgress) + Sync),
-    ) -> Result<(), BackfillError> {
+    ) -> Result<(), AdoptionError> {
         state.updated_at_ms = self.clock.now_ms();
         self.store.save_backfill(state).await?;
         progress(state);
@@ -420,16 +403,16 @@ impl Backfill {
         &self,
         state: &BackfillProgress,
         plan: &PlanReader<'_>,
-    ) -> Result<impl Iterator<Item = anyhow::Result<PlanItem>>, BackfillError> {
+    ) -> Result<impl Iterator<Item = anyhow::Result<PlanItem>>, AdoptionError> {
         let after = state.line;
         Ok(plan()
-            .map_err(BackfillError::Plan)?
+            .map_err(AdoptionError::Plan)?
             .filter(move |item| item.as_ref().map_or(true, |item| item.line > after)))
     }
 
-    fn check_deadline(&self, deadline: Instant) -> Result<(), BackfillError> {
+    fn check_deadline(&self, deadline: Instant) -> Result<(), AdoptionError> {
         if Instant::now() >= deadline {
-            return Err(BackfillError::Deadline(
+            return Err(AdoptionError::Deadline(
                 "the time given ran out; run it again to go on".into(),
             ));
         }
@@ -449,7 +432,7 @@ impl Backfill {
         deadline: Instant,
         progress: &(dyn Fn(&BackfillProgress) + Sync),
         calls: &mut BatchReport,
-    ) -> Result<(), BackfillError> {
+    ) -> Result<(), AdoptionError> {
         let links = self.selected(state, plan, |item| matches!(item.action, Action::Link { .. }))?;
         for batch in Batches::new(links, self.crm.max_batch()) {
             let batch = batch?;
@@ -468,7 +451,7 @@ impl Backfill {
         state: &BackfillProgress,
         plan: &PlanReader<'_>,
         select: impl Fn(&PlanItem) -> bool,
-    ) -> Result<impl Iterator<Item = anyhow::Result<PlanItem>>, BackfillError> {
+    ) -> Result<impl Iterator<Item = anyhow::Result<PlanItem>>, AdoptionError> {
         Ok(self
             .remaining(state, plan)?
             .filter(move |item| item.as_ref().map_or(true, &select)))
@@ -482,7 +465,7 @@ impl Backfill {
         resume_line: Option<u64>,
         calls: &mut BatchReport,
         progress: &(dyn Fn(&BackfillProgress) + Sync),
-    ) -> Result<(), BackfillError> {
+    ) -> Result<(), AdoptionError> {
         Self::count_calls(state, calls);
         if let Some(line) = resume_line {
             state.line = line;
@@ -500,7 +483,7 @@ impl Backfill {
         state: &mut BackfillProgress,
         deadline: Instant,
         calls: &mut BatchReport,
-    ) -> Result<(), BackfillError> {
+    ) -> Result<(), AdoptionError> {
         let mapping = self.mapping.object(object).expect("a planned object is mapped");
         let links: Vec<(String, String)> = items
             .iter()
@@ -563,12 +546,12 @@ impl Backfill {
         Ok(())
     }
 
-    fn refuse(&self, state: &mut BackfillProgress, record_id: &str) -> Result<(), BackfillError> {
+    fn refuse(&self, state: &mut BackfillProgress, record_id: &str) -> Result<(), AdoptionError> {
         if !state.refused.iter().any(|r| r == record_id) {
             state.refused.push(record_id.to_string());
         }
         if state.refused.len() > MAX_REFUSED {
-            return Err(BackfillError::TooManyRefused(state.refused.len()));
+            return Err(AdoptionError::TooManyRefused(state.refused.len()));
         }
         Ok(())
     }
@@ -580,12 +563,12 @@ impl Backfill {
         plan: &PlanReader<'_>,
         deadline: Instant,
         progress: &(dyn Fn(&BackfillProgress) + Sync),
-    ) -> Result<(), BackfillError> {
+    ) -> Result<(), AdoptionError> {
         let refused: std::collections::HashSet<String> = state.refused.iter().cloned().collect();
         let mut messages: Vec<crate::ports::OutgoingMessage> = Vec::new();
         let mut items = self.remaining(state, plan)?.peekable();
         while let Some(item) = items.next() {
-            let item = item.map_err(BackfillError::Plan)?;
+            let item = item.map_err(AdoptionError::Plan)?;
             let last_line = item.line;
             let writes = match &item.action {
                 Action::Conflict { .. } => false,
@@ -603,7 +586,7 @@ impl Backfill {
                 self.check_deadline(deadline)?;
                 let failures = self.lane.send(&messages).await;
                 if !failures.is_empty() {
-                    return Err(BackfillError::Lane(failures.len()));
+                    return Err(AdoptionError::Lane(failures.len()));
                 }
                 state.sent += messages.len() as u64;
                 state.line = last_line;
@@ -622,7 +605,7 @@ impl Backfill {
         state: &mut BackfillProgress,
         deadline: Instant,
         progress: &(dyn Fn(&BackfillProgress) + Sync),
-    ) -> Result<(), BackfillError> {
+    ) -> Result<(), AdoptionError> {
         loop {
             match self.lane_depth.depth().await {
                 Ok(0) => break,
@@ -653,7 +636,7 @@ impl Backfill {
         deadline: Instant,
         progress: &(dyn Fn(&BackfillProgress) + Sync),
         calls: &mut BatchReport,
-    ) -> Result<(), BackfillError> {
+    ) -> Result<(), AdoptionError> {
         let refused: std::collections::HashSet<String> = state.refused.iter().cloned().collect();
         let matched = self.selected(state, plan, |item| {
             matches!(
@@ -681,7 +664,7 @@ impl Backfill {
         state: &mut BackfillProgress,
         deadline: Instant,
         calls: &mut BatchReport,
-    ) -> Result<(), BackfillError> {
+    ) -> Result<(), AdoptionError> {
         let Some(app_inbox) = &self.app_inbox else {
             return Ok(());
         };
@@ -781,7 +764,7 @@ impl Backfill {
                 .is_empty()
             {
                 self.release(current, &token).await;
-                return Err(BackfillError::Lane(1));
+                return Err(AdoptionError::Lane(1));
             }
             update.inbox_sequence = sequence;
             self.leases
@@ -832,7 +815,7 @@ impl<I> Batches<I> {
 }
 
 impl<I: Iterator<Item = anyhow::Result<PlanItem>>> Iterator for Batches<I> {
-    type Item = Result<Batch, BackfillError>;
+    type Item = Result<Batch, AdoptionError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         while !self.read_all {
@@ -851,7 +834,7 @@ impl<I: Iterator<Item = anyhow::Result<PlanItem>>> Iterator for Batches<I> {
                         }));
                     }
                 }
-                Some(Err(error)) => return Some(Err(BackfillError::Plan(error))),
+                Some(Err(error)) => return Some(Err(AdoptionError::Plan(error))),
                 None => self.read_all = true,
             }
         }

@@ -347,15 +347,21 @@ mod tests {
     fn an_over_long_line_is_refused_without_losing_the_next_and_blank_lines_are_skipped() {
         let dir = work_dir("long");
         let input = dir.join("app.jsonl");
-        let long = "x".repeat(MAX_MESSAGE_BYTES + 10);
-        std::fs::write(&input, format!("{long}\n\n{}\n", message("a", "a@example.com"))).unwrap();
+        let at_limit = "x".repeat(MAX_MESSAGE_BYTES);
+        let past_it = "x".repeat(MAX_MESSAGE_BYTES + 1);
+        let text = format!("{at_limit}\n{past_it}\n\n{}\n", message("a", "a@example.com"));
+        std::fs::write(&input, text).unwrap();
         let lines: Vec<InputLine> = read_input(&input, InputFormat::JsonLines, 0).unwrap().collect();
-        assert!(matches!(&lines[0], InputLine::Invalid { line: 1, reason } if reason.contains("longer")));
         assert!(
-            matches!(&lines[1], InputLine::Message { line: 3, .. }),
+            matches!(&lines[0], InputLine::Message { line: 1, body } if body.len() == MAX_MESSAGE_BYTES),
+            "at the limit: read whole"
+        );
+        assert!(matches!(&lines[1], InputLine::Invalid { line: 2, reason } if reason.contains("longer")));
+        assert!(
+            matches!(&lines[2], InputLine::Message { line: 4, .. }),
             "{lines:?}"
         );
-        assert_eq!(lines.len(), 2);
+        assert_eq!(lines.len(), 3);
         std::fs::remove_dir_all(dir).ok();
     }
 
