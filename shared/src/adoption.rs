@@ -212,6 +212,7 @@ impl Planner {
             );
             let item = PlanItem {
                 line: record.line,
+                plan_line: 0,
                 object,
                 record_id: record.change.record_id.clone(),
                 action,
@@ -273,6 +274,9 @@ impl Default for BackfillSettings {
         }
     }
 }
+
+/// How many readings in a row of an empty lane count as settled.
+const SETTLED_READINGS: u32 = 3;
 
 /// How many times the initial pull asks for a record busy with live work.
 const PULL_LEASE_ROUNDS: usize = 5;
@@ -407,7 +411,14 @@ impl Backfill {
         let after = state.line;
         Ok(plan()
             .map_err(AdoptionError::Plan)?
-            .filter(move |item| item.as_ref().map_or(true, |item| item.line > after)))
+            .enumerate()
+            .map(|(index, item)| {
+                item.map(|mut item| {
+                    item.plan_line = index as u64 + 1;
+                    item
+                })
+            })
+            .filter(move |item| item.as_ref().map_or(true, |item| item.plan_line > after)))
     }
 
     fn check_deadline(&self, deadline: Instant) -> Result<(), AdoptionError> {
@@ -485,9 +496,13 @@ impl Backfill {
         calls: &mut BatchReport,
     ) -> Result<(), AdoptionError> {
         let mapping = self.mapping.object(object).expect("a planned object is mapped");
+        // One CRM record once a call (HubSpot refuses a batch naming an id twice): a record twice
+        // in the input is linked by its first line.
+        let mut seen = std::collections::HashSet::new();
         let links: Vec<(String, String)> = items
             .iter()
             .filter_map(|item| Some((item.record_id.clone(), item.action.crm_id()?.to_string())))
+            .filter(|(_, crm_id)| seen.insert(crm_id.clone()))
             .collect();
         let id_property = [mapping.id_property.clone()];
         let crm_ids: Vec<String> = links.iter().map(|(_, crm_id)| crm_id.clone()).collect();
@@ -509,7 +524,7 @@ impl Backfill {
                 (Some(_), None) => true,
             };
             if !free {
-                self.refuse(state, record_id)?;
+                self.refuse(state, object, record_id)?;
                 continue;
             }
             if self
@@ -518,7 +533,7 @@ impl Backfill {
                 .await?
                 .is_some()
             {
-                self.refuse(state, record_id)?;
+                self.refuse(state, object, record_id)?;
                 continue;
             }
             inputs.push(crate::domain::crm::UpdateInput::new(
@@ -539,16 +554,22 @@ impl Backfill {
                 crate::domain::crm::InputOutcome::Failed(error) => {
                     tracing::warn!(crm_id = %input.crm_id, code = %error.code, "a link was refused");
                     let record_id = input.properties[&mapping.id_property].clone();
-                    self.refuse(state, &record_id)?;
+                    self.refuse(state, object, &record_id)?;
                 }
             }
         }
         Ok(())
     }
 
-    fn refuse(&self, state: &mut BackfillProgress, record_id: &str) -> Result<(), AdoptionError> {
-        if !state.refused.iter().any(|r| r == record_id) {
-            state.refused.push(record_id.to_string());
+    fn refuse(
+        &self,
+        state: &mut BackfillProgress,
+        object: ObjectKind,
+        record_id: &str,
+    ) -> Result<(), AdoptionError> {
+        let key = refusal_key(object, record_id);
+        if !state.refused.contains(&key) {
+            state.refused.push(key);
         }
         if state.refused.len() > MAX_REFUSED {
             return Err(AdoptionError::TooManyRefused(state.refused.len()));
@@ -569,10 +590,10 @@ impl Backfill {
         let mut items = self.remaining(state, plan)?.peekable();
         while let Some(item) = items.next() {
             let item = item.map_err(AdoptionError::Plan)?;
-            let last_line = item.line;
+            let last_line = item.plan_line;
             let writes = match &item.action {
                 Action::Conflict { .. } => false,
-                Action::Link { .. } => !refused.contains(&item.record_id),
+                Action::Link { .. } => !refused.contains(&refusal_key(item.object, &item.record_id)),
                 _ => true,
             };
             if writes {
@@ -606,10 +627,17 @@ impl Backfill {
         deadline: Instant,
         progress: &(dyn Fn(&BackfillProgress) + Sync),
     ) -> Result<(), AdoptionError> {
+        // SQS's counts are estimates that may read 0 a moment early: three readings in a row.
+        let mut empty = 0;
         loop {
             match self.lane_depth.depth().await {
-                Ok(0) => break,
-                Ok(_) => {}
+                Ok(0) => {
+                    empty += 1;
+                    if empty >= SETTLED_READINGS {
+                        break;
+                    }
+                }
+                Ok(_) => empty = 0,
                 // A busy queue service answers late now and then: look again.
                 Err(error) => tracing::warn!(error = ?error.0, "could not read the backfill lane's depth"),
             }
@@ -642,7 +670,7 @@ impl Backfill {
             matches!(
                 item.action,
                 Action::Update { .. } | Action::Unchanged { .. } | Action::Link { .. }
-            ) && !refused.contains(&item.record_id)
+            ) && !refused.contains(&refusal_key(item.object, &item.record_id))
                 && !item.crm_owned.is_empty()
         })?;
         for batch in Batches::new(matched, self.crm.max_batch()) {
@@ -665,47 +693,79 @@ impl Backfill {
         deadline: Instant,
         calls: &mut BatchReport,
     ) -> Result<(), AdoptionError> {
-        let Some(app_inbox) = &self.app_inbox else {
-            return Ok(());
-        };
-        let mapping = self.mapping.object(object).expect("a planned object is mapped");
-        let token = uuid::Uuid::new_v4().to_string();
-        let now_ms = self.clock.now_ms();
-        let mut leased = Vec::new();
-        let mut waiting: Vec<&String> = record_ids.iter().collect();
+        let mut waiting: Vec<String> = record_ids.to_vec();
+        waiting.sort();
+        waiting.dedup();
         // A record busy with live work (its link's echo, a change) is asked again a few times;
         // one still busy, or not written, is left to the reconciliation, which finds the values
-        // the app never received.
+        // the app never received. Leases are held only while a round reads and delivers.
         for round in 0..PULL_LEASE_ROUNDS {
-            let mut busy = Vec::new();
-            for record_id in waiting {
-                let record = crate::domain::contract::RecordRef {
-                    object,
-                    record_id: record_id.clone(),
-                };
-                let now_ms = self.clock.now_ms();
-                match self
-                    .leases
-                    .lease(&record, &token, now_ms, now_ms + 120_000)
-                    .await?
-                {
-                    crate::ports::LeaseOutcome::Leased(current) if current.crm_id.is_some() => {
-                        leased.push(*current)
-                    }
-                    crate::ports::LeaseOutcome::Leased(current) => self.release(&current, &token).await,
-                    crate::ports::LeaseOutcome::Busy => busy.push(record_id),
-                }
-            }
+            let token = uuid::Uuid::new_v4().to_string();
+            let (leased, busy) = self.lease_for_pull(object, &waiting, &token, state).await?;
+            self.deliver_pulled(object, &leased, &token, state, deadline, calls)
+                .await?;
             waiting = busy;
             if waiting.is_empty() || round + 1 == PULL_LEASE_ROUNDS {
                 break;
             }
+            self.check_deadline(deadline)?;
             tokio::time::sleep(self.settings.settle_poll).await;
         }
         state.pull_deferred += waiting.len() as u64;
-        if leased.is_empty() {
-            return Ok(());
+        Ok(())
+    }
+
+    /// Leases what it can of `record_ids`: the records leased (written ones: with a CRM id) and
+    /// those busy. A store failure gives back every lease taken.
+    async fn lease_for_pull(
+        &self,
+        object: ObjectKind,
+        record_ids: &[String],
+        token: &str,
+        state: &mut BackfillProgress,
+    ) -> Result<(Vec<crate::domain::sync::RecordState>, Vec<String>), AdoptionError> {
+        let (mut leased, mut busy) = (Vec::new(), Vec::new());
+        for record_id in record_ids {
+            let record = crate::domain::contract::RecordRef {
+                object,
+                record_id: record_id.clone(),
+            };
+            let now_ms = self.clock.now_ms();
+            match self.leases.lease(&record, token, now_ms, now_ms + 120_000).await {
+                Ok(crate::ports::LeaseOutcome::Leased(current)) if current.crm_id.is_some() => {
+                    leased.push(*current)
+                }
+                Ok(crate::ports::LeaseOutcome::Leased(current)) => {
+                    // Not written (it failed, or waits for its contact): nothing to pull yet.
+                    self.release(&current, token).await;
+                    state.pull_deferred += 1;
+                }
+                Ok(crate::ports::LeaseOutcome::Busy) => busy.push(record_id.clone()),
+                Err(error) => {
+                    self.release_all(&leased, token).await;
+                    return Err(error.into());
+                }
+            }
         }
+        Ok((leased, busy))
+    }
+
+    /// Reads the leased records' CRM-owned values and delivers those the app has not received,
+    /// settling each lease; on a failure, every lease not settled yet is given back.
+    async fn deliver_pulled(
+        &self,
+        object: ObjectKind,
+        leased: &[crate::domain::sync::RecordState],
+        token: &str,
+        state: &mut BackfillProgress,
+        deadline: Instant,
+        calls: &mut BatchReport,
+    ) -> Result<(), AdoptionError> {
+        let (Some(app_inbox), false) = (&self.app_inbox, leased.is_empty()) else {
+            self.release_all(leased, token).await;
+            return Ok(());
+        };
+        let mapping = self.mapping.object(object).expect("a planned object is mapped");
         let owned: Vec<(&String, &String)> = mapping
             .fields
             .iter()
@@ -723,13 +783,12 @@ impl Backfill {
         {
             Ok(read) => read,
             Err(error) => {
-                for current in &leased {
-                    self.release(current, &token).await;
-                }
+                self.release_all(leased, token).await;
                 return Err(error.into());
             }
         };
-        for (current, values) in leased.iter().zip(read.records) {
+        let now_ms = self.clock.now_ms();
+        for (index, (current, values)) in leased.iter().zip(read.records).enumerate() {
             let mut changes = BTreeMap::new();
             let mut update = crate::ports::InboundUpdate::unchanged(current);
             for (field, property) in &owned {
@@ -743,7 +802,7 @@ impl Backfill {
                 update.received.insert((*property).clone(), value.clone());
             }
             if changes.is_empty() {
-                self.release(current, &token).await;
+                self.release(current, token).await;
                 continue;
             }
             let sequence = current.inbox_sequence + 1;
@@ -763,16 +822,29 @@ impl Backfill {
                 .await
                 .is_empty()
             {
-                self.release(current, &token).await;
+                self.release_all(&leased[index..], token).await;
                 return Err(AdoptionError::Lane(1));
             }
             update.inbox_sequence = sequence;
-            self.leases
-                .settle_inbound(&current.record, &token, self.clock.now_ms(), &update)
-                .await?;
+            if let Err(error) = self
+                .leases
+                .settle_inbound(&current.record, token, self.clock.now_ms(), &update)
+                .await
+            {
+                // The app has the message; the reconciliation finds the value unrecorded and
+                // sends it once more.
+                self.release_all(&leased[index + 1..], token).await;
+                return Err(error.into());
+            }
             state.pulled += 1;
         }
         Ok(())
+    }
+
+    async fn release_all(&self, states: &[crate::domain::sync::RecordState], token: &str) {
+        for state in states {
+            self.release(state, token).await;
+        }
     }
 
     async fn release(&self, state: &crate::domain::sync::RecordState, token: &str) {
@@ -821,7 +893,7 @@ impl<I: Iterator<Item = anyhow::Result<PlanItem>>> Iterator for Batches<I> {
         while !self.read_all {
             match self.items.next() {
                 Some(Ok(item)) => {
-                    let (object, line) = (item.object, item.line);
+                    let (object, line) = (item.object, item.plan_line);
                     let queue = self.pending.entry(object).or_default();
                     queue.push(item);
                     if queue.len() >= self.size {
@@ -847,6 +919,11 @@ impl<I: Iterator<Item = anyhow::Result<PlanItem>>> Iterator for Batches<I> {
             resume_line: None,
         }))
     }
+}
+
+/// How a refused link is kept in the progress: the object and the app record.
+fn refusal_key(object: ObjectKind, record_id: &str) -> String {
+    format!("{object}/{record_id}")
 }
 
 /// The CRM properties a plan reads: the app's id property and every mapped field.

@@ -386,6 +386,10 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 headroom,
                 daily_limit: limits.daily_limit.unwrap_or(defaults.daily_limit),
                 daily_reserve: limits.daily_reserve.unwrap_or(defaults.daily_reserve),
+                // A tenth of the day for live changes unless set.
+                live_reserve: limits
+                    .live_reserve
+                    .unwrap_or(limits.daily_limit.unwrap_or(defaults.daily_limit) / 10),
                 day_offset_minutes: limits
                     .day_utc_offset_minutes
                     .unwrap_or(defaults.day_offset_minutes),
@@ -777,6 +781,7 @@ mod variables {
         pub burst_headroom: Option<f64>,
         pub daily_limit: Option<u64>,
         pub daily_reserve: Option<u64>,
+        pub live_reserve: Option<u64>,
         pub day_utc_offset_minutes: Option<i32>,
     }
 

@@ -484,6 +484,37 @@ async fn the_limiter_keeps_the_daily_reserve_and_honours_a_daily_429() {
 }
 
 #[tokio::test]
+async fn background_work_stops_at_the_live_reserve_and_live_changes_spend_it() {
+    let app = spawn_app().await;
+    let settings = LimiterSettings {
+        daily_limit: 10,
+        daily_reserve: 2,
+        live_reserve: 3,
+        burst_limit: 1000,
+        ..LimiterSettings::default()
+    };
+    let limiter = limiter(&app, settings);
+    let now = now_ms();
+    let mut background = 0;
+    for i in 0..8 {
+        if let Permit::Granted { .. } = limiter.acquire_idle(now + i * 100).await.unwrap() {
+            background += 1;
+        }
+    }
+    assert_eq!(
+        background, 5,
+        "10 a day: 2 never spent, 3 more kept for live changes"
+    );
+    let mut live = 0;
+    for i in 8..12 {
+        if let Permit::Granted { .. } = limiter.acquire(now + i * 100).await.unwrap() {
+            live += 1;
+        }
+    }
+    assert_eq!(live, 3, "live changes spend the live reserve, not the reserve");
+}
+
+#[tokio::test]
 async fn a_token_budget_is_spent_by_each_calls_cost_and_corrected_by_the_crms_own_count() {
     let app = spawn_app().await;
     // Pipedrive's: a day of 100 tokens, 20 kept back, 25 a granted call.

@@ -20,6 +20,8 @@ fn syncing_to(sandbox: &Sandbox) -> AppOptions {
         .with_env("SALESFORCE_CLIENT_SECRET", "client-secret")
         .with_env("SALESFORCE_REFRESH_TOKEN", "refresh-1")
         .with_env("SALESFORCE_TOKEN_URL", &sandbox.token_url())
+        // The sandbox's day, as an org's edition would set it.
+        .with_env("SALESFORCE_DAILY_LIMIT", "10000")
 }
 
 async fn start_sandbox() -> Sandbox {

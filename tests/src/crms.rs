@@ -172,6 +172,8 @@ fn salesforce_options(sandbox: &salesforce_sandbox::Sandbox, token: &str) -> App
         .with_env("CRM", "salesforce")
         .with_env("SALESFORCE_INSTANCE_URL", &sandbox.instance_url())
         .with_env("SALESFORCE_ACCESS_TOKEN", token)
+        // The sandbox's day, as an org's edition would set it.
+        .with_env("SALESFORCE_DAILY_LIMIT", "10000")
 }
 
 enum Sandbox {

@@ -1353,6 +1353,23 @@ fn batch(state: &mut State, object: &str, action: &str, body: &[u8]) -> (u16, Va
                     })),
                 }
             }
+            // None of the ids found: the whole call is a 404, as integrators report of HubSpot.
+            if results.is_empty() && !errors.is_empty() {
+                let ids: Vec<Value> = errors
+                    .iter()
+                    .filter_map(|e| e.pointer("/context/ids/0").cloned())
+                    .collect();
+                return (
+                    404,
+                    json!({
+                        "status": "error",
+                        "category": "OBJECT_NOT_FOUND",
+                        "message": "Could not get some objects, they may be deleted or not exist.",
+                        "context": { "ids": ids },
+                        "correlationId": "00000000-0000-0000-0000-000000000000",
+                    }),
+                );
+            }
             batch_reply(results, errors, 200)
         }
         other => (

@@ -173,13 +173,13 @@ fn csv_lines(
     }))
 }
 
-/// How many work files the emails are spread over: each holds about 1/256 of them, and only one
-/// is in memory at a time.
-const BUCKETS: usize = 256;
+/// How many work files the emails are spread over: each holds about 1/64 of them, and only one
+/// is in memory at a time (64 open files stay under every system's default limit).
+const BUCKETS: usize = 64;
 
 /// The app records sharing an email with another of the input, by line: line → the other
 /// records' ids (at most ten named). The emails go to work files in `work_dir` by a digest, and
-/// one file at a time is read back, so memory holds one 256th of the input's emails, plus the
+/// one file at a time is read back, so memory holds one 64th of the input's emails, plus the
 /// records that do share one.
 pub fn shared_emails(
     path: &Path,
@@ -192,7 +192,8 @@ pub fn shared_emails(
         .map(|index| File::create(bucket_path(index)).map(BufWriter::new))
         .collect::<Result<_, _>>()
         .context("creating the email work files")?;
-    for line in read_input(path, format, 0)? {
+    // Any valid time will do: only the emails are read.
+    for line in read_input(path, format, 1)? {
         let InputLine::Message { line, body } = line else {
             continue;
         };
@@ -205,7 +206,7 @@ pub fn shared_emails(
         let digest = Sha256::digest(email.as_bytes());
         let key = crate::domain::webhook::hex(&digest[..12]);
         writeln!(
-            writers[usize::from(digest[0])],
+            writers[usize::from(digest[0]) % BUCKETS],
             "{key}\t{line}\t{}",
             change.record_id.replace(['\t', '\n'], " ")
         )?;
@@ -231,18 +232,23 @@ pub fn shared_emails(
             .collect();
         rows.sort();
         for group in rows.chunk_by(|a, b| a.0 == b.0) {
+            // The group's first distinct ids, once (a placeholder email on 100,000 rows stays
+            // linear): each record names up to ten others among them.
+            let mut ids: Vec<&String> = group.iter().map(|(_, _, id)| id).collect();
+            ids.sort();
+            ids.dedup();
+            if ids.len() < 2 {
+                continue;
+            }
+            ids.truncate(11);
             for (_, line, record_id) in group {
-                let mut others: Vec<String> = group
+                let others: Vec<String> = ids
                     .iter()
-                    .map(|(_, _, other)| other.clone())
-                    .filter(|other| other != record_id)
+                    .filter(|other| **other != record_id)
+                    .take(10)
+                    .map(|other| (*other).clone())
                     .collect();
-                others.sort();
-                others.dedup();
-                if !others.is_empty() {
-                    others.truncate(10);
-                    shared.insert(*line, others);
-                }
+                shared.insert(*line, others);
             }
         }
         std::fs::remove_file(&path).ok();
@@ -339,6 +345,24 @@ mod tests {
             std::fs::read_dir(dir.join("work")).unwrap().count(),
             0,
             "the work files are gone"
+        );
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn csv_rows_sharing_an_email_are_found_without_a_changed_at_column() {
+        let dir = work_dir("shared-csv");
+        let input = dir.join("users.csv");
+        std::fs::write(
+            &input,
+            "record_id,email\nu1,twin@example.com\nu2,Twin@Example.com\nu3,solo@example.com\n",
+        )
+        .unwrap();
+        let format = InputFormat::of(&input, ObjectKind::Contact);
+        let shared = shared_emails(&input, format, &dir.join("work")).unwrap();
+        assert_eq!(
+            shared,
+            HashMap::from([(2, vec!["u2".to_string()]), (3, vec!["u1".to_string()])])
         );
         std::fs::remove_dir_all(dir).ok();
     }

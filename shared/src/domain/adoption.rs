@@ -78,8 +78,13 @@ impl Action {
 /// not have yet (the initial pull delivers them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanItem {
-    /// The record's line in the input (1-based): the backfill's checkpoint counts in these.
+    /// The record's line in the input (1-based).
     pub line: u64,
+    /// Its line in the plan file (1-based), set as the plan is read back: the backfill's
+    /// progress counts in these, as the plan holds each object's batches together rather than
+    /// in input order.
+    #[serde(skip)]
+    pub plan_line: u64,
     pub object: ObjectKind,
     pub record_id: String,
     #[serde(flatten)]
@@ -119,6 +124,18 @@ pub fn decide(
     kinds: &BTreeMap<String, ValueKind>,
 ) -> (Action, BTreeMap<String, String>) {
     let app_values = app_owned_values(mapping, change);
+    // A record found by its email that carries this record's own id is the record found by id
+    // (it was linked between the two lookups).
+    let own: Vec<Found> = by_email
+        .iter()
+        .filter(|found| found.values.get(&mapping.id_property) == Some(&change.record_id))
+        .cloned()
+        .collect();
+    let by_id = if by_id.is_empty() && !own.is_empty() {
+        &own[..]
+    } else {
+        by_id
+    };
     match by_id {
         [] => {}
         [found] => {
@@ -287,9 +304,12 @@ impl PlanCounts {
 pub struct Budget {
     /// Records one write call takes.
     pub batch: u64,
-    /// Calls a day, and how many of them are kept for live changes.
+    /// Calls a day; how many are never spent (the reserve); and how many above it only live
+    /// changes spend, so that a backfill leaves them their budget.
     pub daily_limit: u64,
     pub daily_reserve: u64,
+    #[serde(default)]
+    pub live_reserve: u64,
     /// Calls the day has left now, when the CRM said.
     pub left_today: Option<u64>,
     /// The rate ceiling: calls per second.
@@ -306,9 +326,9 @@ pub struct Cost {
     pub write_calls: u64,
     pub pull_calls: u64,
     pub total_calls: u64,
-    /// Of one day's budget after the reserve.
+    /// Of one day's budget after the reserve and the live reserve.
     pub share_of_daily_budget: f64,
-    /// Days of budget after the reserve the backfill needs (1 when it fits in today's).
+    /// Days of that budget the backfill needs (1 when it fits in today's).
     pub days: u64,
     /// Seconds at the rate ceiling, if the budget allowed it all now.
     pub seconds_at_ceiling: f64,
@@ -322,10 +342,11 @@ pub fn cost(counts: &PlanCounts, budget: &Budget) -> Cost {
     let write_calls = (counts.create + counts.update + counts.link + counts.unchanged).div_ceil(batch);
     let pull_calls = counts.crm_owned_records.div_ceil(batch);
     let total_calls = link_calls + write_calls + pull_calls;
-    let per_day = budget.daily_limit.saturating_sub(budget.daily_reserve).max(1);
+    let kept = budget.daily_reserve + budget.live_reserve;
+    let per_day = budget.daily_limit.saturating_sub(kept).max(1);
     let today = budget
         .left_today
-        .map_or(per_day, |left| left.saturating_sub(budget.daily_reserve));
+        .map_or(per_day, |left| left.saturating_sub(kept));
     let days = if total_calls <= today {
         1
     } else {
@@ -362,13 +383,14 @@ pub enum BackfillPhase {
 pub struct BackfillProgress {
     pub plan_id: String,
     pub phase: BackfillPhase,
-    /// The last plan line the phase has handled.
+    /// The last line of the plan file the phase has handled.
     pub line: u64,
     /// Records in the plan, and how many of them the backfill writes.
     pub records: u64,
     pub to_write: u64,
     pub linked: u64,
-    /// Links not made: the CRM record carries another app id now, or another app record took it.
+    /// Links not made (`object/record id`): the CRM record carries another app id now, another
+    /// app record took it, or it is gone.
     pub refused: Vec<String>,
     pub sent: u64,
     /// Records whose CRM-owned values reached the app inbox, and those left to the
@@ -524,6 +546,17 @@ mod tests {
         // A record the CRM already knows by its app id is no conflict, whatever its email.
         let (known, _) = decide(&m, &c, &[found("9", &[])], &[], Some(&shared), &BTreeMap::new());
         assert_eq!(known.name(), "update");
+        // Found by email carrying its own id (linked between the lookups): the record is its own.
+        let (own, _) = decide(
+            &m,
+            &c,
+            &[],
+            &[found("7", &[("crm_sync_app_id", "u1")])],
+            None,
+            &BTreeMap::new(),
+        );
+        assert_eq!(own.crm_id(), Some("7"), "{own:?}");
+        assert_eq!(own.name(), "update");
     }
 
     #[test]
@@ -537,7 +570,8 @@ mod tests {
         let budget = Budget {
             batch: 100,
             daily_limit: 1_000,
-            daily_reserve: 998,
+            daily_reserve: 990,
+            live_reserve: 8,
             left_today: Some(999),
             calls_per_second: 2.0,
         };

@@ -63,6 +63,7 @@ impl AdoptionTool {
             batch: crm.max_batch() as u64,
             daily_limit: limits.daily_limit,
             daily_reserve: limits.daily_reserve,
+            live_reserve: limits.live_reserve,
             left_today: None,
             calls_per_second: f64::from(limits.burst_limit) * limits.headroom * 1000.0
                 / limits.burst_window_ms.max(1) as f64,

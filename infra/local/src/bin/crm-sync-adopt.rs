@@ -135,7 +135,14 @@ async fn plan(
     let shared = plan_files::shared_emails(input, format, &dir.join("work"))?;
     spinner.set_message("asking the CRM");
     let mut files = PlanFiles::create(&dir)?;
-    let records = plan_files::read_input(input, format, now_ms)?;
+    // A CSV row without `changed_at` is as old as the file: a live change made since the export
+    // is newer, and wins.
+    let exported_ms = std::fs::metadata(input)
+        .and_then(|meta| meta.modified())
+        .ok()
+        .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(now_ms, |since| since.as_millis() as i64);
+    let records = plan_files::read_input(input, format, exported_ms)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(24 * 3600);
     let counts = tool.planner.plan(records, &shared, &mut files, deadline).await?;
     files.finish()?;

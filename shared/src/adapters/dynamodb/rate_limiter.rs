@@ -35,6 +35,10 @@ pub struct LimiterSettings {
     /// Calls allowed per CRM day, and how many of them to leave unused.
     pub daily_limit: u64,
     pub daily_reserve: u64,
+    /// Calls of the day above the reserve that only live changes may spend: background work (the
+    /// reconciliation, an adoption backfill) stops this far above the reserve, so that live
+    /// changes are never left without budget by it.
+    pub live_reserve: u64,
     /// The CRM day starts at midnight in this offset from UTC.
     pub day_offset_minutes: i32,
     /// How far ahead a slot may be reserved.
@@ -56,6 +60,8 @@ impl Default for LimiterSettings {
             headroom: 0.98,
             daily_limit: 625_000,
             daily_reserve: 25_000,
+            // The configuration sets a tenth of the day (see `config`); none unless told.
+            live_reserve: 0,
             day_offset_minutes: 0,
             max_ahead_ms: 2_000,
             requests_per_call: 1,
@@ -120,9 +126,11 @@ enum Attempt {
 }
 
 impl DynamoDbRateLimiter {
-    /// The least `day_left` a grant may start from: the reserve and the grant's own cost.
-    fn daily_floor(&self) -> u64 {
-        self.settings.daily_reserve + u64::from(self.settings.daily_cost_per_call.max(1))
+    /// The least `day_left` a grant may start from: the reserve (and, for background work, the
+    /// live reserve above it) and the grant's own cost.
+    fn daily_floor(&self, background: bool) -> u64 {
+        let live = if background { self.settings.live_reserve } else { 0 };
+        self.settings.daily_reserve + live + u64::from(self.settings.daily_cost_per_call.max(1))
     }
 
     /// `key` names the CRM account (`hubspot`).
@@ -146,7 +154,7 @@ impl DynamoDbRateLimiter {
         &self.settings
     }
 
-    async fn try_grant(&self, now_ms: i64, busy: bool) -> Result<Attempt, StoreUnavailable> {
+    async fn try_grant(&self, now_ms: i64, busy: bool, floor: u64) -> Result<Attempt, StoreUnavailable> {
         let interval = self.settings.interval_ms();
         let day = self.settings.day_of(now_ms);
         let request = self
@@ -158,7 +166,7 @@ impl DynamoDbRateLimiter {
             .expression_attribute_values(":now", n(now_ms))
             .expression_attribute_values(":today", n(day))
             // A grant must leave the reserve whole: `day_left - cost >= reserve`.
-            .expression_attribute_values(":floor", n(self.daily_floor()))
+            .expression_attribute_values(":floor", n(floor))
             .expression_attribute_values(":cost", n(-i64::from(self.settings.daily_cost_per_call.max(1))))
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
@@ -204,9 +212,11 @@ impl DynamoDbRateLimiter {
     /// says until when there is none.
     async fn acquire_slot(&self, now_ms: i64, may_reserve: bool) -> Result<Permit, StoreUnavailable> {
         let day = self.settings.day_of(now_ms);
+        // A slot taken only when idle is background work's: it keeps the live reserve too.
+        let floor = self.daily_floor(!may_reserve);
         let mut busy = may_reserve && self.last_tat.load(Ordering::Relaxed) > now_ms;
         for _ in 0..6 {
-            let old = match self.try_grant(now_ms, busy).await? {
+            let old = match self.try_grant(now_ms, busy, floor).await? {
                 Attempt::Granted(at_ms) => return Ok(Permit::Granted { at_ms }),
                 Attempt::Refused(old) => old.unwrap_or_default(),
             };
@@ -223,7 +233,7 @@ impl DynamoDbRateLimiter {
                     policy: ThrottlePolicy::Daily,
                 });
             }
-            if number(&old, "day_left").is_some_and(|left| left < self.daily_floor() as f64) {
+            if number(&old, "day_left").is_some_and(|left| left < floor as f64) {
                 return Ok(Permit::Denied {
                     until_ms: self.settings.next_day_start_ms(now_ms),
                     policy: ThrottlePolicy::Daily,

@@ -62,6 +62,30 @@ impl HubSpotClient {
         path: &str,
         body: Option<Value>,
     ) -> Result<(StatusCode, RateInfo, Value, String), CrmError> {
+        self.send_reading(method, path, body, false).await
+    }
+
+    /// A batch read: HubSpot answers 404 (`OBJECT_NOT_FOUND`) when none of the ids exists,
+    /// which reads as no results rather than as a refused call.
+    async fn batch_read(&self, object: &str, body: Value) -> Result<(RateInfo, Value, String), CrmError> {
+        let (_, rate, json, call) = self
+            .send_reading(
+                reqwest::Method::POST,
+                &self.objects_path(object, "read"),
+                Some(body),
+                true,
+            )
+            .await?;
+        Ok((rate, json, call))
+    }
+
+    async fn send_reading(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        none_found_is_empty: bool,
+    ) -> Result<(StatusCode, RateInfo, Value, String), CrmError> {
         let call = format!("{method} {path}");
         let mut request = self
             .http
@@ -91,6 +115,11 @@ impl HubSpotClient {
             .unwrap_or_else(|| format!("HTTP {}", status.as_u16()));
         match status.as_u16() {
             200..=299 => Ok((status, rate, json, call)),
+            404 if none_found_is_empty
+                && json.get("category").and_then(Value::as_str) == Some("OBJECT_NOT_FOUND") =>
+            {
+                Ok((status, rate, json!({ "status": "COMPLETE", "results": [] }), call))
+            }
             429 => {
                 let policy = match json.get("policyName").and_then(Value::as_str) {
                     Some("DAILY") => ThrottlePolicy::Daily,
@@ -419,7 +448,7 @@ impl Crm for HubSpotClient {
     async fn survivor(&self, object: &str, crm_id: &str) -> Result<MergeLookup, CrmError> {
         // HubSpot reads a merged-away id as the record that survived the merge, under its own id.
         let body = json!({ "inputs": [{ "id": crm_id }], "properties": [] });
-        let (_, rate, json, call) = self.post(&self.objects_path(object, "read"), body).await?;
+        let (rate, json, call) = self.batch_read(object, body).await?;
         let survivor = json
             .get("results")
             .and_then(Value::as_array)
@@ -464,7 +493,7 @@ impl Crm for HubSpotClient {
             "inputs": crm_ids.iter().map(|id| json!({ "id": id })).collect::<Vec<_>>(),
             "properties": properties,
         });
-        let (_, rate, json, call) = self.post(&self.objects_path(object, "read"), body).await?;
+        let (rate, json, call) = self.batch_read(object, body).await?;
         let mut found: HashMap<String, BTreeMap<String, String>> = records_read(&json).collect();
         let records = crm_ids.iter().map(|id| found.remove(id)).collect();
         Ok(ReadResult { records, rate, call })
@@ -478,25 +507,39 @@ impl Crm for HubSpotClient {
         properties: &[String],
     ) -> Result<FindResult, CrmError> {
         // A batch read by a unique property (`idProperty`): the app's id property, or a
-        // contact's email. HubSpot keeps emails lower-cased, and answers each record once.
+        // contact's email. HubSpot keeps emails lower-cased (app ids as they are), and answers
+        // each record once.
+        let fold = |value: &str| {
+            if property == "email" {
+                value.to_lowercase()
+            } else {
+                value.to_string()
+            }
+        };
         let mut wanted: Vec<String> = properties.to_vec();
         if !wanted.iter().any(|p| p == property) {
             wanted.push(property.to_string());
         }
+        let mut unique: Vec<&String> = values.iter().collect();
+        unique.sort();
+        unique.dedup();
         let body = json!({
             "idProperty": property,
-            "inputs": values.iter().map(|value| json!({ "id": value })).collect::<Vec<_>>(),
+            "inputs": unique.iter().map(|value| json!({ "id": value })).collect::<Vec<_>>(),
             "properties": wanted,
         });
-        let (_, rate, json, call) = self.post(&self.objects_path(object, "read"), body).await?;
+        let (rate, json, call) = self.batch_read(object, body).await?;
         let mut by_value: HashMap<String, Vec<Found>> = HashMap::new();
         for (crm_id, values) in records_read(&json) {
-            let key = values.get(property).cloned().unwrap_or_default().to_lowercase();
-            by_value.entry(key).or_default().push(Found { crm_id, values });
+            let key = values.get(property).cloned().unwrap_or_default();
+            by_value
+                .entry(fold(&key))
+                .or_default()
+                .push(Found { crm_id, values });
         }
         let matches = values
             .iter()
-            .map(|value| by_value.get(&value.to_lowercase()).cloned().unwrap_or_default())
+            .map(|value| by_value.get(&fold(value)).cloned().unwrap_or_default())
             .collect();
         Ok(FindResult { matches, rate, call })
     }
