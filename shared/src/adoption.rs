@@ -495,7 +495,7 @@ impl Backfill {
         deadline: Instant,
         calls: &mut BatchReport,
     ) -> Result<(), AdoptionError> {
-        let mapping = self.mapping.object(object).expect("a planned object is mapped");
+        let mapping = self.mapping_of(object)?;
         // One CRM record once a call (HubSpot refuses a batch naming an id twice): a record twice
         // in the input is linked by its first line.
         let mut seen = std::collections::HashSet::new();
@@ -765,7 +765,13 @@ impl Backfill {
             self.release_all(leased, token).await;
             return Ok(());
         };
-        let mapping = self.mapping.object(object).expect("a planned object is mapped");
+        let mapping = match self.mapping_of(object) {
+            Ok(mapping) => mapping,
+            Err(error) => {
+                self.release_all(leased, token).await;
+                return Err(error);
+            }
+        };
         let owned: Vec<(&String, &String)> = mapping
             .fields
             .iter()
@@ -839,6 +845,16 @@ impl Backfill {
             state.pulled += 1;
         }
         Ok(())
+    }
+
+    /// A planned object's mapping; one the mapping no longer has (changed since the plan) stops
+    /// the backfill rather than guessing.
+    fn mapping_of(&self, object: ObjectKind) -> Result<&ObjectMapping, AdoptionError> {
+        self.mapping.object(object).ok_or_else(|| {
+            AdoptionError::Plan(anyhow::anyhow!(
+                "the mapping has no [{object}] section any more; plan again with the mapping in use"
+            ))
+        })
     }
 
     async fn release_all(&self, states: &[crate::domain::sync::RecordState], token: &str) {
