@@ -660,3 +660,42 @@ async fn an_over_long_search_or_record_id_is_answered_without_touching_dynamodb_
         assert_eq!(answer.status, expected, "{}: {}", &path[..40], answer.body);
     }
 }
+
+#[tokio::test]
+async fn an_operator_sees_each_adoption_backfills_phase_and_progress_on_the_queues_page() {
+    use crm_sync::domain::adoption::{BackfillPhase, BackfillProgress, PlanCounts};
+    use crm_sync::ports::AdoptionStore;
+    let app = spawn_app().await;
+    let operator = signed_in(&app).await;
+    assert!(operator
+        .get("/admin/queues")
+        .await
+        .body
+        .contains("No backfill has run."));
+
+    let counts = PlanCounts {
+        records: 210,
+        create: 150,
+        update: 30,
+        link: 20,
+        conflict: 10,
+        ..PlanCounts::default()
+    };
+    let mut progress = BackfillProgress::new("plan-20261202T020352-102", &counts, now_ms() - 60_000);
+    progress.phase = BackfillPhase::Writes;
+    progress.sent = 120;
+    progress.linked = 19;
+    progress.refused = vec!["contact/u-7".into()];
+    progress.stopped = Some("the CRM's budget is spent <soon>".into());
+    app.sync_state().save_backfill(&progress).await.unwrap();
+
+    let page = operator.get("/admin/queues").await.body;
+    let row = &page[page
+        .find("data-plan=\"plan-20261202T020352-102\"")
+        .expect("the backfill's row")..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(row.contains("writes"), "{row}");
+    assert!(row.contains("120 of 200"), "sent of the records to write: {row}");
+    assert!(row.contains("10 conflicts, 1 links refused"), "{row}");
+    assert!(row.contains("&lt;soon&gt;"), "the reason is escaped: {row}");
+}

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
+use crate::domain::adoption::BackfillProgress;
 use crate::domain::clock::rfc3339;
 use crate::domain::contract::RecordRef;
 use crate::domain::inbound::ConflictEntry;
@@ -638,6 +639,7 @@ pub fn queues_page(
     frame: &Frame<'_>,
     lanes: &[LaneView],
     report: Result<Option<&RunReport>, &str>,
+    backfills: Result<&[BackfillProgress], &str>,
 ) -> String {
     let content = html! {
         h1 { "Queues" }
@@ -665,8 +667,60 @@ pub fn queues_page(
         }
         h2 { "Latest reconciliation" }
         (reconcile_report(report, frame.now_ms))
+        h2 { "Adoption backfills" }
+        (backfill_table(backfills, frame.now_ms))
     };
     signed_in("Queues", frame, content)
+}
+
+/// Each backfill's phase and progress (run and resumed with `crm-sync-adopt backfill`).
+fn backfill_table(backfills: Result<&[BackfillProgress], &str>, now_ms: i64) -> Markup {
+    html! {
+        @match backfills {
+            Err(error) => p.err { "Could not read the backfills: " (error) },
+            Ok([]) => p.muted { "No backfill has run. Plan one with crm-sync-adopt (docs/adoption.md)." },
+            Ok(backfills) => div.scroll {
+                table #backfills {
+                    thead {
+                        tr {
+                            th { "Plan" }
+                            th { "Phase" }
+                            th { "Sent" }
+                            th.hide-narrow { "Linked" }
+                            th.hide-narrow { "Pulled" }
+                            th { "Waiting for a person" }
+                            th.hide-narrow { "CRM calls" }
+                            th { "Updated" }
+                        }
+                    }
+                    tbody {
+                        @for backfill in backfills {
+                            tr data-plan=(backfill.plan_id) {
+                                td { (backfill.plan_id) }
+                                td {
+                                    (format!("{:?}", backfill.phase).to_lowercase())
+                                    @if let Some(stopped) = &backfill.stopped {
+                                        div.err.reason { "stopped: " (stopped) }
+                                    }
+                                }
+                                td { (backfill.sent) " of " (backfill.to_write) }
+                                td.hide-narrow { (backfill.linked) }
+                                td.hide-narrow {
+                                    (backfill.pulled)
+                                    @if backfill.pull_deferred > 0 {
+                                        " (" (backfill.pull_deferred) " left to the reconciliation)"
+                                    }
+                                }
+                                td { (backfill.conflicts) " conflicts, " (backfill.refused.len()) " links refused" }
+                                td.hide-narrow { (backfill.crm_calls) }
+                                td { (when(Some(backfill.updated_at_ms), now_ms)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn lane_row(lane: &LaneView, frame: &Frame<'_>) -> Markup {

@@ -179,6 +179,8 @@ pub struct DashboardService {
     resync_lane: Arc<dyn MessageQueue>,
     clock: Arc<dyn Clock>,
     settings: DashboardSettings,
+    /// Where adoption backfills keep their progress (`None`: not shown).
+    adoptions: Option<Arc<dyn crate::ports::AdoptionStore>>,
 }
 
 impl DashboardService {
@@ -198,6 +200,21 @@ impl DashboardService {
             resync_lane,
             clock,
             settings,
+            adoptions: None,
+        }
+    }
+
+    /// Shows adoption backfills' progress on the queues page.
+    pub fn with_adoptions(mut self, adoptions: Arc<dyn crate::ports::AdoptionStore>) -> Self {
+        self.adoptions = Some(adoptions);
+        self
+    }
+
+    /// The newest adoption backfills, newest first.
+    pub async fn backfills(&self) -> Result<Vec<crate::domain::adoption::BackfillProgress>, DashboardError> {
+        match &self.adoptions {
+            Some(store) => Ok(store.backfills(10).await?),
+            None => Ok(Vec::new()),
         }
     }
 

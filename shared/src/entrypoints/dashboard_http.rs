@@ -354,12 +354,13 @@ impl DashboardApi {
         };
         let service = DashboardService::new(
             state.clone(),
-            state,
+            state.clone(),
             lanes,
             Arc::new(SqsQueue::new(sqs, config.resync_queue_url)),
             Arc::new(SystemClock),
             settings,
-        );
+        )
+        .with_adoptions(state);
         Ok(Self::new(service, access))
     }
 
@@ -655,7 +656,12 @@ async fn queues(
     request: Incoming,
 ) -> Result<Response, DashboardError> {
     let (csrf, now_ms) = (session.csrf_token(), d.service.now_ms());
-    let (lanes, report) = futures::future::join(d.service.lanes(), d.service.latest_report()).await;
+    let (lanes, report, backfills) = futures::future::join3(
+        d.service.lanes(),
+        d.service.latest_report(),
+        d.service.backfills(),
+    )
+    .await;
     let frame = Frame {
         csrf,
         now_ms,
@@ -666,7 +672,16 @@ async fn queues(
         Ok(report) => Ok(report.as_ref()),
         Err(_) => Err(report_error.as_deref().unwrap_or("")),
     };
-    Ok(page(StatusCode::OK, html::queues_page(&frame, &lanes, report)))
+    let backfills = backfills.map_err(|error| error.to_string());
+    Ok(page(
+        StatusCode::OK,
+        html::queues_page(
+            &frame,
+            &lanes,
+            report,
+            backfills.as_deref().map_err(String::as_str),
+        ),
+    ))
 }
 
 async fn resync(State(d): State<Arc<Dashboard>>, request: Incoming) -> Result<Response, DashboardError> {
