@@ -252,3 +252,55 @@ async fn adoption_plans_without_writing_then_a_killed_backfill_resumes_and_write
     assert!(app.drain_app_inbox().await.is_empty());
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[tokio::test]
+async fn adoption_against_salesforce_links_by_email_and_leaves_an_email_two_contacts_share_to_a_person() {
+    let stack = crm_sync_tests::crms::Crm::Salesforce.stack().await;
+    let crm_sync_tests::crms::CrmStack { app, .. } = &stack;
+    let person = stack.create_contact_as_a_person("ada@example.com");
+    stack.create_contact_as_a_person("twin@example.com");
+    stack.create_contact_as_a_person("twin@example.com");
+    let before = stack.contact_count();
+
+    let dir = work_dir("salesforce");
+    let input = dir.join("users.jsonl");
+    let lines = [
+        message("sf-1", "Ada@Example.com", "Ada"),
+        message("sf-2", "twin@example.com", "Twin"),
+        message("sf-3", "new@example.com", "New"),
+    ];
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let tool = tool(
+        app,
+        BackfillSettings {
+            send_batch: 100,
+            settle_poll: Duration::from_millis(200),
+        },
+    )
+    .await;
+    let counts = plan(&tool, &input, &dir).await;
+    assert_eq!(
+        (counts.link, counts.conflict, counts.create),
+        (1, 1, 1),
+        "{counts:?}"
+    );
+    assert_eq!(stack.contact_count(), before, "the plan writes nothing");
+
+    let reader = || -> anyhow::Result<Box<dyn Iterator<Item = anyhow::Result<_>> + Send>> {
+        Ok(Box::new(plan_files::read_plan(&dir)?))
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let done = tool
+        .backfill
+        .run("plan-sf", &counts, &reader, deadline, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.phase, done.linked, done.sent),
+        (BackfillPhase::Done, 1, 2),
+        "{done:?}"
+    );
+    assert_eq!(stack.contact_crm_id("sf-1"), person, "linked, not created");
+    assert_eq!(stack.contact_count(), before + 1, "only the new one created");
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -318,3 +318,66 @@ async fn merged_contacts_are_read_with_query_all_page_by_page_and_a_merged_id_na
         "an id that is no id is never put into a query"
     );
 }
+
+#[tokio::test]
+async fn records_are_found_by_external_id_and_by_email_in_any_case_several_to_one_email() {
+    let (sandbox, client) = org(1_000, None).await;
+    client
+        .upsert("Contact", APP_ID, &contacts(2, |i| format!("c{i}@example.com")))
+        .await
+        .unwrap();
+    let person = sandbox.create_as_person(
+        "Contact",
+        serde_json::json!({"LastName": "P", "Email": "Ada@Example.com"}),
+    );
+    sandbox.create_as_person(
+        "Contact",
+        serde_json::json!({"LastName": "Q", "Email": "twin@example.com"}),
+    );
+    sandbox.create_as_person(
+        "Contact",
+        serde_json::json!({"LastName": "R", "Email": "twin@example.com"}),
+    );
+    let properties = vec!["Email".to_string(), APP_ID.to_string(), "LastName".to_string()];
+
+    let by_id = client
+        .find("Contact", APP_ID, &["app-1".into(), "app-9".into()], &properties)
+        .await
+        .unwrap();
+    assert_eq!(by_id.matches[0].len(), 1);
+    assert_eq!(by_id.matches[0][0].values["Email"], "c1@example.com");
+    assert!(by_id.matches[1].is_empty());
+
+    let by_email = client
+        .find(
+            "Contact",
+            "Email",
+            &[
+                "ada@example.com".into(),
+                "twin@example.com".into(),
+                "o'brien\\@example.com".into(),
+            ],
+            &properties,
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_email.matches[0].len(), 1, "case does not matter");
+    assert_eq!(by_email.matches[0][0].crm_id, person);
+    assert_eq!(
+        by_email.matches[0][0].values.get(APP_ID).map(String::as_str),
+        Some(""),
+        "no app id"
+    );
+    assert_eq!(by_email.matches[1].len(), 2, "two records hold one email");
+    assert!(
+        by_email.matches[2].is_empty(),
+        "a quote and a backslash are escaped, not injected"
+    );
+    assert!(
+        client
+            .find("Contact", "Email) OR (Id", &["x".into()], &properties)
+            .await
+            .is_err(),
+        "a name that is no field is refused before any query"
+    );
+}

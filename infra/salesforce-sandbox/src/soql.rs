@@ -3,7 +3,7 @@
 //! is `Field op literal` (`=`, `!=` or `<>`, `<`, `>`, `<=`, `>=`) or `Field IN ('a', …)`, and a literal
 //! is a quoted string, `true`/`false`, `null`, a number or a datetime (`2026-11-30T00:00:00Z`).
 //! Anything else is refused as Salesforce refuses a query it cannot parse (`MALFORMED_QUERY`);
-//! a field the sObject lacks is `INVALID_FIELD`.
+//! a field the sObject lacks is `INVALID_FIELD`. Text compares without regard to case, as in SOQL.
 
 use std::cmp::Ordering;
 
@@ -280,7 +280,10 @@ fn compare(value: Option<&Value>, literal: &Literal) -> Option<Ordering> {
             Ordering::Greater
         }),
         Literal::Bool(want) => Some(value.and_then(Value::as_bool).unwrap_or(false).cmp(want)),
-        Literal::Text(want) => value.and_then(Value::as_str).map(|have| have.cmp(want.as_str())),
+        // SOQL compares text without regard to case.
+        Literal::Text(want) => value
+            .and_then(Value::as_str)
+            .map(|have| have.to_lowercase().cmp(&want.to_lowercase())),
         Literal::Number(want) => value
             .and_then(Value::as_f64)
             .and_then(|have| have.partial_cmp(want)),
@@ -376,6 +379,10 @@ mod tests {
         .unwrap();
         assert_eq!(query.limit, Some(5));
         assert!(query.matches(&record(json!({"Id": "y"}))));
+        assert!(
+            query.matches(&record(json!({"Id": "Y"}))),
+            "text compares without regard to case"
+        );
         assert!(!query.matches(&record(json!({"Id": "x"}))), "<> is !=");
         assert!(!query.matches(&record(json!({"Id": "z"}))));
     }

@@ -15,9 +15,11 @@ use serde_json::{json, Map, Value};
 use tokio::sync::RwLock;
 
 use crate::adapters::crm_http;
+use crate::domain::adoption::Found;
 use crate::domain::crm::{
-    AssociationInput, BatchResult, CrmError, FailureKind, InputError, InputOutcome, MergeLookup, MergePage,
-    MergeSeen, PropertyKinds, RateInfo, ReadResult, ThrottlePolicy, UpdateInput, UpsertInput, ValueKind,
+    AssociationInput, BatchResult, CrmError, FailureKind, FindResult, InputError, InputOutcome, MergeLookup,
+    MergePage, MergeSeen, PropertyKinds, RateInfo, ReadResult, ThrottlePolicy, UpdateInput, UpsertInput,
+    ValueKind,
 };
 use crate::ports::Crm;
 
@@ -176,10 +178,28 @@ fn soql_id(id: &str) -> Option<String> {
 }
 
 fn query_path(soql: &str) -> String {
+    resource_path("queryAll", soql)
+}
+
+fn resource_path(resource: &str, soql: &str) -> String {
     format!(
-        "/queryAll/?q={}",
+        "/{resource}/?q={}",
         form_urlencoded::byte_serialize(soql.as_bytes()).collect::<String>()
     )
+}
+
+/// A SOQL string literal: backslashes and quotes escaped; `None` for a value with control
+/// characters, which no id or email holds.
+fn soql_text(value: &str) -> Option<String> {
+    if value.chars().any(char::is_control) {
+        return None;
+    }
+    Some(format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'")))
+}
+
+/// A field or sObject name as it may appear in a query: letters, digits and underscores.
+fn soql_name(name: &str) -> Option<&str> {
+    (!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')).then_some(name)
 }
 
 impl SalesforceClient {
@@ -404,6 +424,96 @@ impl Crm for SalesforceClient {
             })
             .collect();
         Ok(BatchResult { outcomes, rate, call })
+    }
+
+    fn max_find(&self) -> usize {
+        // A query's URL stays well under Salesforce's 16,384 characters.
+        100
+    }
+
+    async fn find(
+        &self,
+        object: &str,
+        property: &str,
+        values: &[String],
+        properties: &[String],
+    ) -> Result<FindResult, CrmError> {
+        let refused = |what: &str| CrmError::Rejected {
+            call: format!("find {object} by {property}"),
+            status: 400,
+            message: format!("{what} is no Salesforce name"),
+        };
+        let sobject = soql_name(object).ok_or_else(|| refused(object))?;
+        let field = soql_name(property).ok_or_else(|| refused(property))?;
+        let mut fields: Vec<&str> = vec!["Id", field];
+        for name in properties {
+            fields.push(soql_name(name).ok_or_else(|| refused(name))?);
+        }
+        fields.sort_unstable();
+        fields.dedup();
+        let literals: Vec<String> = values.iter().filter_map(|value| soql_text(value)).collect();
+        // SOQL compares text without regard to case, as HubSpot keeps emails lower-cased.
+        let fold = |value: &str| value.to_lowercase();
+        let mut by_value: std::collections::HashMap<String, Vec<Found>> = std::collections::HashMap::new();
+        let (mut rate, mut call) = (
+            RateInfo::default(),
+            format!("no CRM call: no {field} to look for"),
+        );
+        if !literals.is_empty() {
+            let soql = format!(
+                "SELECT {} FROM {sobject} WHERE {field} IN ({})",
+                fields.join(", "),
+                literals.join(", ")
+            );
+            let mut path = resource_path("query", &soql);
+            loop {
+                let (json, answered_rate, answered_call) = self.call(Method::GET, &path, None).await?;
+                (rate, call) = (answered_rate, answered_call);
+                for record in json
+                    .get("records")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let Some(id) = record.get("Id").and_then(Value::as_str) else {
+                        continue;
+                    };
+                    let values: std::collections::BTreeMap<String, String> = record
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .filter(|(name, _)| *name != "attributes")
+                        .map(|(name, value)| {
+                            let text = match value {
+                                Value::String(text) => text.clone(),
+                                Value::Null => String::new(),
+                                other => other.to_string(),
+                            };
+                            (name.clone(), text)
+                        })
+                        .collect();
+                    let key = fold(values.get(field).map(String::as_str).unwrap_or_default());
+                    by_value.entry(key).or_default().push(Found {
+                        crm_id: id.to_string(),
+                        values,
+                    });
+                }
+                match json.get("nextRecordsUrl").and_then(Value::as_str) {
+                    Some(next) if json.get("done").and_then(Value::as_bool) == Some(false) => {
+                        path = next
+                            .find("/query")
+                            .map(|at| next[at..].to_string())
+                            .unwrap_or_default();
+                    }
+                    _ => break,
+                }
+            }
+        }
+        let matches = values
+            .iter()
+            .map(|value| by_value.get(&fold(value)).cloned().unwrap_or_default())
+            .collect();
+        Ok(FindResult { matches, rate, call })
     }
 
     fn merges_are_read(&self, object: &str) -> bool {
