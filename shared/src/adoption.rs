@@ -586,6 +586,7 @@ impl Backfill {
         progress: &(dyn Fn(&BackfillProgress) + Sync),
     ) -> Result<(), AdoptionError> {
         let refused: std::collections::HashSet<String> = state.refused.iter().cloned().collect();
+        let waiting = self.contacts_waiting(plan, &refused)?;
         let mut messages: Vec<crate::ports::OutgoingMessage> = Vec::new();
         let mut items = self.remaining(state, plan)?.peekable();
         while let Some(item) = items.next() {
@@ -596,6 +597,17 @@ impl Backfill {
                 Action::Link { .. } => !refused.contains(&refusal_key(item.object, &item.record_id)),
                 _ => true,
             };
+            // A deal or an activity of a contact that waits for a person would only wait for its
+            // contact on the lane and end dead-lettered: it waits here with its contact.
+            let waits_on_contact = writes
+                && crate::domain::contract::parse_change(&item.message)
+                    .ok()
+                    .and_then(|change| change.contact_record_id)
+                    .is_some_and(|contact| waiting.contains(&contact));
+            if waits_on_contact {
+                state.waiting_on_contact += 1;
+            }
+            let writes = writes && !waits_on_contact;
             if writes {
                 messages.push(crate::ports::OutgoingMessage::new(
                     messages.len().to_string(),
@@ -617,6 +629,26 @@ impl Backfill {
         }
         self.next_phase(state, BackfillPhase::Settle);
         self.step(state, progress).await
+    }
+
+    /// The contacts the backfill does not write: identity conflicts and refused links (a few, as
+    /// a plan goes; read from the whole plan, as a deal may come before its contact).
+    fn contacts_waiting(
+        &self,
+        plan: &PlanReader<'_>,
+        refused: &std::collections::HashSet<String>,
+    ) -> Result<std::collections::HashSet<String>, AdoptionError> {
+        let mut waiting = std::collections::HashSet::new();
+        for item in plan().map_err(AdoptionError::Plan)? {
+            let item = item.map_err(AdoptionError::Plan)?;
+            let refused_link = refused.contains(&refusal_key(item.object, &item.record_id));
+            if item.object == ObjectKind::Contact
+                && (matches!(item.action, Action::Conflict { .. }) || refused_link)
+            {
+                waiting.insert(item.record_id);
+            }
+        }
+        Ok(waiting)
     }
 
     /// Waits until the lane is empty: the sync function has written (or dead-lettered) every

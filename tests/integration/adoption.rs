@@ -118,6 +118,11 @@ async fn adoption_plans_without_writing_then_a_killed_backfill_resumes_and_write
         message("twin-a", "twin@example.com", "Twin"),
         message("twin-b", "twin@example.com", "Twin"),
         "not a message".to_string(),
+        // A deal of a contact that waits for a person waits with it.
+        json!({"version": 1, "type": "deal.upsert", "record_id": "deal-twin", "contact_record_id": "twin-a",
+               "idempotency_id": "adopt-deal-twin", "changed_at": CHANGED_AT,
+               "data": {"name": "Twin's deal", "amount": 100}})
+        .to_string(),
     ];
     lines.extend((0..12).map(|i| message(&format!("new-{i}"), &format!("new-{i}@example.com"), "New")));
     std::fs::write(&input, lines.join("\n")).unwrap();
@@ -140,12 +145,15 @@ async fn adoption_plans_without_writing_then_a_killed_backfill_resumes_and_write
             counts.create,
             counts.invalid
         ),
-        (1, 1, 2, 12, 1),
+        (1, 1, 2, 13, 1),
         "{counts:?}"
     );
     assert_eq!(counts.crm_owned_records, 1, "the person's lifecycle stage");
     let plan_calls = sandbox.stats().total_calls - calls_before;
-    assert!(plan_calls <= 3, "a batch: types, by id, by email: {plan_calls}");
+    assert!(
+        plan_calls <= 5,
+        "a batch of contacts (types, by id, by email) and one of deals (types, by id): {plan_calls}"
+    );
     assert_eq!(
         sandbox.records("contacts").len(),
         crm_before,
@@ -208,6 +216,10 @@ async fn adoption_plans_without_writing_then_a_killed_backfill_resumes_and_write
         done.sent, 14,
         "every record but the conflicts, each sent once: {done:?}"
     );
+    assert_eq!(
+        done.waiting_on_contact, 1,
+        "the twin's deal waits with its contact"
+    );
     assert_eq!(done.pulled, 1);
 
     // Every record written is synced, once: one `synced` line each.
@@ -226,6 +238,11 @@ async fn adoption_plans_without_writing_then_a_killed_backfill_resumes_and_write
         store.record(&contact_ref("twin-a"), 1).await.unwrap().is_none(),
         "conflicts wait"
     );
+    let deal = RecordRef {
+        object: ObjectKind::Deal,
+        record_id: "deal-twin".into(),
+    };
+    assert!(store.record(&deal, 1).await.unwrap().is_none(), "its deal too");
     // The person's contact is linked, not duplicated; the stranger is left alone.
     let linked = sandbox.find("contacts", "crm_sync_app_id", "user-2").unwrap();
     assert_eq!(linked.id, person.id);

@@ -711,7 +711,12 @@ fn backfill_table(backfills: Result<&[BackfillProgress], &str>, now_ms: i64) -> 
                                         " (" (backfill.pull_deferred) " left to the reconciliation)"
                                     }
                                 }
-                                td { (backfill.conflicts) " conflicts, " (backfill.refused.len()) " links refused" }
+                                td {
+                                    (backfill.conflicts) " conflicts, " (backfill.refused.len()) " links refused"
+                                    @if backfill.waiting_on_contact > 0 {
+                                        ", " (backfill.waiting_on_contact) " of their deals and activities"
+                                    }
+                                }
                                 td.hide-narrow { (backfill.crm_calls) }
                                 td { (when(Some(backfill.updated_at_ms), now_ms)) }
                             }

@@ -337,7 +337,8 @@ pub struct Cost {
 /// The cost of running a plan with `counts` within `budget`.
 pub fn cost(counts: &PlanCounts, budget: &Budget) -> Cost {
     let batch = budget.batch.max(1);
-    let link_calls = counts.link.div_ceil(batch);
+    // Each batch of links is read again, then written.
+    let link_calls = 2 * counts.link.div_ceil(batch);
     // Unchanged records are written too: so that crm-sync knows them from the first day.
     let write_calls = (counts.create + counts.update + counts.link + counts.unchanged).div_ceil(batch);
     let pull_calls = counts.crm_owned_records.div_ceil(batch);
@@ -398,8 +399,11 @@ pub struct BackfillProgress {
     pub pulled: u64,
     #[serde(default)]
     pub pull_deferred: u64,
-    /// Identity conflicts left for a person.
+    /// Identity conflicts left for a person, and the deals and activities not written because
+    /// their contact is one (or its link was refused).
     pub conflicts: u64,
+    #[serde(default)]
+    pub waiting_on_contact: u64,
     pub crm_calls: u64,
     pub started_at_ms: i64,
     pub updated_at_ms: i64,
@@ -422,6 +426,7 @@ impl BackfillProgress {
             pulled: 0,
             pull_deferred: 0,
             conflicts: counts.conflict,
+            waiting_on_contact: 0,
             crm_calls: 0,
             started_at_ms: now_ms,
             updated_at_ms: now_ms,
@@ -583,10 +588,11 @@ mod tests {
                 cost.pull_calls,
                 cost.total_calls
             ),
-            (1, 2, 0, 3)
+            (2, 2, 0, 4),
+            "links are read again, then written"
         );
-        assert_eq!(cost.days, 2, "one call today, two tomorrow");
-        assert!((cost.seconds_at_ceiling - 1.5).abs() < 1e-9);
-        assert!((cost.share_of_daily_budget - 1.5).abs() < 1e-9);
+        assert_eq!(cost.days, 3, "one call today, then two a day");
+        assert!((cost.seconds_at_ceiling - 2.0).abs() < 1e-9);
+        assert!((cost.share_of_daily_budget - 2.0).abs() < 1e-9);
     }
 }

@@ -356,8 +356,11 @@ fn print_progress(progress: &BackfillProgress) {
     ]);
     table.add_row(["links refused".to_string(), progress.refused.len().to_string()]);
     table.add_row([
-        "identity conflicts left".to_string(),
-        progress.conflicts.to_string(),
+        "waiting for a person".to_string(),
+        format!(
+            "{} identity conflicts, {} deals and activities of theirs",
+            progress.conflicts, progress.waiting_on_contact
+        ),
     ]);
     table.add_row(["CRM calls".to_string(), progress.crm_calls.to_string()]);
     if let Some(stopped) = &progress.stopped {
