@@ -234,6 +234,8 @@ pub enum AdoptionError {
     Budget,
     #[error("the plan could not be written: {0:#}")]
     Sink(anyhow::Error),
+    #[error("another backfill of this plan is running; it goes on, this one stopped")]
+    Busy,
     #[error("the CRM could not answer: {0}")]
     Crm(String),
     #[error("the backfill lane did not take {0} message(s)")]
@@ -264,6 +266,9 @@ pub struct BackfillSettings {
     pub send_batch: usize,
     /// How often the lane's depth is looked at while its writes finish.
     pub settle_poll: std::time::Duration,
+    /// How long a run holds its plan after each save: a run that dies (killed, its machine
+    /// gone) lets another start after this; one stopped on purpose lets go at once.
+    pub run_hold: std::time::Duration,
 }
 
 impl Default for BackfillSettings {
@@ -271,6 +276,7 @@ impl Default for BackfillSettings {
         Self {
             send_batch: 100,
             settle_poll: std::time::Duration::from_secs(2),
+            run_hold: std::time::Duration::from_secs(300),
         }
     }
 }
@@ -303,9 +309,16 @@ pub struct Backfill {
     store: Arc<dyn crate::ports::AdoptionStore>,
     clock: Arc<dyn crate::domain::Clock>,
     settings: BackfillSettings,
+    /// Set to stop the run at its next step, saved and letting go of the plan.
+    stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Backfill {
+    /// What stops a run cleanly at its next step (an operator's Ctrl-C).
+    pub fn stopper(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.stop.clone()
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         mapping: Arc<Mapping>,
@@ -330,6 +343,7 @@ impl Backfill {
             store,
             clock,
             settings,
+            stop: Arc::default(),
         }
     }
 
@@ -349,6 +363,11 @@ impl Backfill {
             None => BackfillProgress::new(plan_id, counts, now_ms),
         };
         state.stopped = None;
+        state.run_token = uuid::Uuid::new_v4().to_string();
+        // One run of a plan at a time: this run holds it while it saves, a little longer each step.
+        if !self.save(&state, false).await? {
+            return Err(AdoptionError::Busy);
+        }
         let mut calls = BatchReport::default();
         let result = self
             .phases(&mut state, plan, deadline, progress, &mut calls)
@@ -358,9 +377,19 @@ impl Backfill {
         if let Err(error) = &result {
             state.stopped = Some(error.to_string());
         }
-        self.store.save_backfill(&state).await?;
+        // Saved and let go: the next run may start at once.
+        self.save(&state, true).await?;
         progress(&state);
         result.map(|()| state)
+    }
+
+    /// Saves the progress, holding the plan for this run (or letting it go); `false` when
+    /// another run holds it.
+    async fn save(&self, state: &BackfillProgress, release: bool) -> Result<bool, AdoptionError> {
+        let now_ms = self.clock.now_ms();
+        let hold_ms = i64::try_from(self.settings.run_hold.as_millis()).unwrap_or(i64::MAX / 2);
+        let until_ms = if release { now_ms - 1 } else { now_ms + hold_ms };
+        Ok(self.store.save_backfill(state, now_ms, until_ms).await?)
     }
 
     async fn phases(
@@ -389,7 +418,9 @@ impl Backfill {
         progress: &(dyn Fn(&BackfillProgress) + Sync),
     ) -> Result<(), AdoptionError> {
         state.updated_at_ms = self.clock.now_ms();
-        self.store.save_backfill(state).await?;
+        if !self.save(state, false).await? {
+            return Err(AdoptionError::Busy);
+        }
         progress(state);
         Ok(())
     }
@@ -422,6 +453,11 @@ impl Backfill {
     }
 
     fn check_deadline(&self, deadline: Instant) -> Result<(), AdoptionError> {
+        if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(AdoptionError::Deadline(
+                "stopped by the operator; run it again to go on".into(),
+            ));
+        }
         if Instant::now() >= deadline {
             return Err(AdoptionError::Deadline(
                 "the time given ran out; run it again to go on".into(),
@@ -674,6 +710,10 @@ impl Backfill {
                 Err(error) => tracing::warn!(error = ?error.0, "could not read the backfill lane's depth"),
             }
             self.check_deadline(deadline)?;
+            // Waiting is this run's work too: it keeps the plan held.
+            if !self.save(state, false).await? {
+                return Err(AdoptionError::Busy);
+            }
             progress(state);
             tokio::time::sleep(self.settings.settle_poll).await;
         }

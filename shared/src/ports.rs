@@ -718,10 +718,14 @@ pub trait AdoptionStore: Send + Sync {
         &self,
         plan_id: &str,
     ) -> Result<Option<crate::domain::adoption::BackfillProgress>, StoreUnavailable>;
+    /// Saves a run's progress and holds the plan for that run (`progress.run_token`) until
+    /// `held_until_ms`. MUST NOT save, and returns `false`, while another run holds the plan.
     async fn save_backfill(
         &self,
         progress: &crate::domain::adoption::BackfillProgress,
-    ) -> Result<(), StoreUnavailable>;
+        now_ms: i64,
+        held_until_ms: i64,
+    ) -> Result<bool, StoreUnavailable>;
     /// The newest backfills, newest first.
     async fn backfills(
         &self,

@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use crm_sync::adapters::aws::{load_sdk_config, AwsTarget, CallBudget};
 use crm_sync::adapters::plan_files::{self, InputFormat, PlanFiles};
-use crm_sync::adoption::BackfillSettings;
+use crm_sync::adoption::{AdoptionError, BackfillSettings};
 use crm_sync::config::Env;
 use crm_sync::domain::adoption::{Action, BackfillPhase, PlanCounts};
 use crm_sync::domain::contract::{ObjectKind, RecordRef};
 use crm_sync::domain::sync::{SyncStatus, TimelineKind};
 use crm_sync::entrypoints::adoption_tool::AdoptionTool;
 use crm_sync::ports::state::*;
-use crm_sync_tests::{spawn_app_with, AppOptions, TestApp};
+use crm_sync_tests::{eventually, spawn_app_with, AppOptions, TestApp};
 use serde_json::json;
 
 const CHANGED_AT: i64 = 1_796_000_000_000;
@@ -132,6 +132,7 @@ async fn adoption_plans_without_writing_then_a_killed_backfill_resumes_and_write
         BackfillSettings {
             send_batch: 4,
             settle_poll: Duration::from_millis(200),
+            run_hold: Duration::from_secs(3),
         },
     )
     .await;
@@ -202,11 +203,25 @@ async fn adoption_plans_without_writing_then_a_killed_backfill_resumes_and_write
     let resumed = |progress: &crm_sync::domain::adoption::BackfillProgress| {
         first_seen.lock().unwrap().get_or_insert(progress.sent);
     };
-    let done = tool
+    // The killed run still holds the plan (its machine may only be slow): a second run is refused.
+    let second = tool
         .backfill
-        .run("plan-test", &counts, &reader, deadline, &resumed)
-        .await
-        .unwrap();
+        .run("plan-test", &counts, &reader, deadline, &|_| {})
+        .await;
+    assert!(matches!(second, Err(AdoptionError::Busy)), "{second:?}");
+    // Once its hold lapses, the next run goes on where it stopped.
+    let done = eventually(30, "the killed run's hold lapsed", || async {
+        match tool
+            .backfill
+            .run("plan-test", &counts, &reader, deadline, &resumed)
+            .await
+        {
+            Err(AdoptionError::Busy) => None,
+            other => Some(other),
+        }
+    })
+    .await
+    .unwrap();
     assert!(
         first_seen.lock().unwrap().unwrap() >= saved.sent,
         "resumed from its saved progress, not from the start"
@@ -292,6 +307,7 @@ async fn adoption_against_salesforce_links_by_email_and_leaves_an_email_two_cont
         BackfillSettings {
             send_batch: 100,
             settle_poll: Duration::from_millis(200),
+            run_hold: Duration::from_secs(3),
         },
     )
     .await;

@@ -687,7 +687,12 @@ async fn an_operator_sees_each_adoption_backfills_phase_and_progress_on_the_queu
     progress.linked = 19;
     progress.refused = vec!["contact/u-7".into()];
     progress.stopped = Some("the CRM's budget is spent <soon>".into());
-    app.sync_state().save_backfill(&progress).await.unwrap();
+    progress.run_token = "a-run".into();
+    assert!(app
+        .sync_state()
+        .save_backfill(&progress, now_ms(), now_ms())
+        .await
+        .unwrap());
 
     let page = operator.get("/admin/queues").await.body;
     let row = &page[page

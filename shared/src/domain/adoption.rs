@@ -410,6 +410,10 @@ pub struct BackfillProgress {
     pub finished_at_ms: Option<i64>,
     /// Why the last run stopped before the end.
     pub stopped: Option<String>,
+    /// The run saving this progress: one run of a plan at a time (set by the run, not stored in
+    /// the progress's JSON).
+    #[serde(skip)]
+    pub run_token: String,
 }
 
 impl BackfillProgress {
@@ -432,6 +436,7 @@ impl BackfillProgress {
             updated_at_ms: now_ms,
             finished_at_ms: None,
             stopped: None,
+            run_token: String::new(),
         }
     }
 }

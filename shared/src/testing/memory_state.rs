@@ -34,7 +34,7 @@ pub struct MemorySyncState {
         Vec<crate::domain::reconcile::RunReport>,
     )>,
     /// Backfills' progress, by plan.
-    backfills: Mutex<HashMap<String, crate::domain::adoption::BackfillProgress>>,
+    backfills: Mutex<HashMap<String, (crate::domain::adoption::BackfillProgress, i64)>>,
     /// CRM object → how far its merges were read.
     merges_read: Mutex<HashMap<String, crate::domain::reconcile::MergeMark>>,
 }
@@ -541,25 +541,41 @@ impl crate::ports::AdoptionStore for MemorySyncState {
         &self,
         plan_id: &str,
     ) -> Result<Option<crate::domain::adoption::BackfillProgress>, StoreUnavailable> {
-        Ok(self.backfills.lock().unwrap().get(plan_id).cloned())
+        Ok(self.backfills.lock().unwrap().get(plan_id).map(|(progress, _)| {
+            crate::domain::adoption::BackfillProgress {
+                run_token: String::new(),
+                ..progress.clone()
+            }
+        }))
     }
 
     async fn save_backfill(
         &self,
         progress: &crate::domain::adoption::BackfillProgress,
-    ) -> Result<(), StoreUnavailable> {
-        self.backfills
-            .lock()
-            .unwrap()
-            .insert(progress.plan_id.clone(), progress.clone());
-        Ok(())
+        now_ms: i64,
+        held_until_ms: i64,
+    ) -> Result<bool, StoreUnavailable> {
+        let mut backfills = self.backfills.lock().unwrap();
+        if let Some((held, until)) = backfills.get(&progress.plan_id) {
+            if *until >= now_ms && held.run_token != progress.run_token {
+                return Ok(false);
+            }
+        }
+        backfills.insert(progress.plan_id.clone(), (progress.clone(), held_until_ms));
+        Ok(true)
     }
 
     async fn backfills(
         &self,
         limit: usize,
     ) -> Result<Vec<crate::domain::adoption::BackfillProgress>, StoreUnavailable> {
-        let mut all: Vec<_> = self.backfills.lock().unwrap().values().cloned().collect();
+        let mut all: Vec<_> = self
+            .backfills
+            .lock()
+            .unwrap()
+            .values()
+            .map(|(progress, _)| progress.clone())
+            .collect();
         all.sort_by_key(|progress| std::cmp::Reverse(progress.started_at_ms));
         all.truncate(limit);
         Ok(all)

@@ -304,13 +304,17 @@ async fn backfill(tool: &AdoptionTool, dir: &Path, minutes: Option<u64>) -> anyh
     let run = tool
         .backfill
         .run(&summary.plan_id, &summary.counts, &reader, deadline, &show);
-    let outcome = tokio::select! {
-        outcome = run => outcome,
-        _ = tokio::signal::ctrl_c() => {
-            bar.abandon_with_message("stopped; run it again to go on");
-            return Ok(());
+    // Ctrl-C stops at the next step, saved and letting go of the plan; a second one quits at once.
+    let stopper = tool.backfill.stopper();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            stopper.store(true, std::sync::atomic::Ordering::SeqCst);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
         }
-    };
+    });
+    let outcome = run.await;
     bar.finish();
     match outcome {
         Ok(progress) => print_progress(&progress),

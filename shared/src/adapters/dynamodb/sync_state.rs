@@ -1184,18 +1184,25 @@ impl crate::ports::AdoptionStore for DynamoDbSyncState {
     async fn save_backfill(
         &self,
         progress: &crate::domain::adoption::BackfillProgress,
-    ) -> Result<(), StoreUnavailable> {
+        now_ms: i64,
+        held_until_ms: i64,
+    ) -> Result<bool, StoreUnavailable> {
         let json = serde_json::to_string(progress).map_err(|e| StoreUnavailable(e.into()))?;
-        self.client
-            .put_item()
+        let saved = self
+            .client
+            .update_item()
             .table_name(&self.table)
-            .item("pk", s(ADOPTION_PK))
-            .item("sk", s(format!("backfill#{}", progress.plan_id)))
-            .item("json", s(json))
+            .key("pk", s(ADOPTION_PK))
+            .key("sk", s(format!("backfill#{}", progress.plan_id)))
+            .update_expression("SET json = :json, run_token = :token, run_until = :until")
+            .condition_expression("attribute_not_exists(run_until) OR run_until < :now OR run_token = :token")
+            .expression_attribute_values(":json", s(json))
+            .expression_attribute_values(":token", s(&progress.run_token))
+            .expression_attribute_values(":until", n(held_until_ms))
+            .expression_attribute_values(":now", n(now_ms))
             .send()
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+            .await;
+        written_or_not(saved)
     }
 
     async fn backfills(
