@@ -39,6 +39,23 @@ pub struct Planner {
     worker: Worker,
 }
 
+/// One plan's running state: what is counted and read once, and where decisions go.
+struct PlanRun<'a> {
+    shared: &'a HashMap<u64, Vec<String>>,
+    kinds: HashMap<ObjectKind, BTreeMap<String, ValueKind>>,
+    sink: &'a mut dyn PlanSink,
+    counts: PlanCounts,
+    calls: BatchReport,
+    deadline: Instant,
+}
+
+impl PlanRun<'_> {
+    fn invalid(&mut self, line: u64, reason: &str) -> Result<(), AdoptionError> {
+        self.counts.invalid += 1;
+        self.sink.invalid(line, reason).map_err(AdoptionError::Sink)
+    }
+}
+
 /// A record waiting in its object's batch.
 struct Pending {
     line: u64,
@@ -60,25 +77,28 @@ impl Planner {
         sink: &mut dyn PlanSink,
         deadline: Instant,
     ) -> Result<PlanCounts, AdoptionError> {
-        let mut counts = PlanCounts::default();
-        let mut kinds: HashMap<ObjectKind, BTreeMap<String, ValueKind>> = HashMap::new();
+        let mut run = PlanRun {
+            shared,
+            kinds: HashMap::new(),
+            sink,
+            counts: PlanCounts::default(),
+            calls: BatchReport::default(),
+            deadline,
+        };
         let mut pending: BTreeMap<ObjectKind, Vec<Pending>> = BTreeMap::new();
         let batch = self.crm.max_find().min(self.crm.max_batch()).max(1);
-        let mut calls = BatchReport::default();
         for line in input {
             let (line, body) = match line {
                 InputLine::Message { line, body } => (line, body),
                 InputLine::Invalid { line, reason } => {
-                    counts.invalid += 1;
-                    sink.invalid(line, &reason).map_err(AdoptionError::Sink)?;
+                    run.invalid(line, &reason)?;
                     continue;
                 }
             };
             let change = match self.plannable(&body) {
                 Ok(change) => change,
                 Err(reason) => {
-                    counts.invalid += 1;
-                    sink.invalid(line, &reason).map_err(AdoptionError::Sink)?;
+                    run.invalid(line, &reason)?;
                     continue;
                 }
             };
@@ -87,36 +107,17 @@ impl Planner {
             queue.push(Pending { line, body, change });
             if queue.len() >= batch {
                 let records = std::mem::take(queue);
-                self.plan_batch(
-                    object,
-                    records,
-                    shared,
-                    &mut kinds,
-                    sink,
-                    &mut counts,
-                    &mut calls,
-                    deadline,
-                )
-                .await?;
+                self.plan_batch(object, records, &mut run).await?;
             }
         }
         for (object, records) in std::mem::take(&mut pending) {
             if !records.is_empty() {
-                self.plan_batch(
-                    object,
-                    records,
-                    shared,
-                    &mut kinds,
-                    sink,
-                    &mut counts,
-                    &mut calls,
-                    deadline,
-                )
-                .await?;
+                self.plan_batch(object, records, &mut run).await?;
             }
         }
-        counts.plan_calls = calls.crm_calls as u64;
-        counts.daily_remaining = calls.daily_remaining;
+        let mut counts = run.counts;
+        counts.plan_calls = run.calls.crm_calls as u64;
+        counts.daily_remaining = run.calls.daily_remaining;
         Ok(counts)
     }
 
@@ -139,18 +140,21 @@ impl Planner {
 
     /// Long on purpose: one batch's two lookups (by the app's id, then by email for the records
     /// the first did not find) and its decisions, in input order.
-    #[allow(clippy::too_many_arguments)]
     async fn plan_batch(
         &self,
         object: ObjectKind,
         records: Vec<Pending>,
-        shared: &HashMap<u64, Vec<String>>,
-        kinds: &mut HashMap<ObjectKind, BTreeMap<String, ValueKind>>,
-        sink: &mut dyn PlanSink,
-        counts: &mut PlanCounts,
-        calls: &mut BatchReport,
-        deadline: Instant,
+        run: &mut PlanRun<'_>,
     ) -> Result<(), AdoptionError> {
+        let PlanRun {
+            shared,
+            kinds,
+            sink,
+            counts,
+            calls,
+            deadline,
+        } = run;
+        let (shared, deadline) = (*shared, *deadline);
         let mapping = self.mapping.object(object).expect("checked when read");
         if let std::collections::hash_map::Entry::Vacant(entry) = kinds.entry(object) {
             let read = self
