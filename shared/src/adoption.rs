@@ -22,8 +22,19 @@ use crate::worker::{BatchReport, CallFailure, Worker};
 /// One line of the app's records: an outbound-change message, or why the line is none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InputLine {
-    Message { line: u64, body: String },
-    Invalid { line: u64, reason: String },
+    Message {
+        line: u64,
+        body: String,
+    },
+    Invalid {
+        line: u64,
+        reason: String,
+    },
+    /// The input cannot be read on from here: the plan stops rather than miss what follows.
+    Unreadable {
+        line: u64,
+        reason: String,
+    },
 }
 
 /// Where a plan goes, item by item.
@@ -93,6 +104,9 @@ impl Planner {
                 InputLine::Invalid { line, reason } => {
                     run.invalid(line, &reason)?;
                     continue;
+                }
+                InputLine::Unreadable { line, reason } => {
+                    return Err(AdoptionError::Input(format!("line {line}: {reason}")))
                 }
             };
             let change = match self.plannable(&body) {
@@ -240,6 +254,8 @@ pub enum AdoptionError {
     Sink(anyhow::Error),
     #[error("another backfill of this plan is running; it goes on, this one stopped")]
     Busy,
+    #[error("the input cannot be read on: {0}; fix it and plan again")]
+    Input(String),
     #[error("the CRM could not answer: {0}")]
     Crm(String),
     #[error("the backfill lane did not take {0} message(s)")]

@@ -42,6 +42,9 @@ pub fn read_input(
     changed_at_ms: i64,
 ) -> anyhow::Result<Box<dyn Iterator<Item = InputLine> + Send>> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    if !file.metadata()?.is_file() {
+        anyhow::bail!("{} is not a file", path.display());
+    }
     Ok(match format {
         InputFormat::JsonLines => Box::new(JsonLines {
             reader: BufReader::new(file),
@@ -80,9 +83,8 @@ impl<R: Read> Iterator for JsonLines<R> {
                 Ok(_) => {}
             }
             if !bytes.ends_with(b"\n") && bytes.len() > MAX_MESSAGE_BYTES {
-                // Skip the rest of the over-long line.
-                let mut rest = Vec::new();
-                let _ = self.reader.read_until(b'\n', &mut rest);
+                // Skip the rest of the over-long line a buffer at a time, never holding it.
+                skip_line(&mut self.reader);
                 return Some(InputLine::Invalid {
                     line,
                     reason: format!("the line is longer than the {MAX_MESSAGE_BYTES} bytes a message may be"),
@@ -101,13 +103,55 @@ impl<R: Read> Iterator for JsonLines<R> {
     }
 }
 
+/// Reads past the end of the current line without keeping it.
+fn skip_line<R: Read>(reader: &mut BufReader<R>) {
+    loop {
+        let (done, used) = match reader.fill_buf() {
+            Ok([]) | Err(_) => return,
+            Ok(buffer) => match buffer.iter().position(|b| *b == b'\n') {
+                Some(at) => (true, at + 1),
+                None => (false, buffer.len()),
+            },
+        };
+        reader.consume(used);
+        if done {
+            return;
+        }
+    }
+}
+
+/// Passes a CSV file through, failing a record longer than a message may be: the CSV reader
+/// would otherwise hold a record of any length (one quoted field can span the whole file).
+struct RecordCap<R> {
+    inner: R,
+    since_newline: usize,
+}
+
+impl<R: Read> Read for RecordCap<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.inner.read(buffer)?;
+        for byte in &buffer[..read] {
+            self.since_newline = if *byte == b'\n' { 0 } else { self.since_newline + 1 };
+            if self.since_newline > MAX_MESSAGE_BYTES {
+                return Err(std::io::Error::other(format!(
+                    "a CSV line is longer than the {MAX_MESSAGE_BYTES} bytes a message may be"
+                )));
+            }
+        }
+        Ok(read)
+    }
+}
+
 /// CSV rows as outbound-change messages.
 fn csv_lines(
     file: File,
     object: ObjectKind,
     changed_at_ms: i64,
 ) -> anyhow::Result<impl Iterator<Item = InputLine>> {
-    let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(file);
+    let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(RecordCap {
+        inner: file,
+        since_newline: 0,
+    });
     let headers: Vec<String> = reader
         .headers()
         .context("reading the CSV header")?
@@ -126,6 +170,13 @@ fn csv_lines(
         let line = index as u64 + 2;
         let row = match row {
             Ok(row) => row,
+            // The reader cannot go on after its input failed (a line over the cap).
+            Err(error) if matches!(error.kind(), csv::ErrorKind::Io(_)) => {
+                return InputLine::Unreadable {
+                    line,
+                    reason: error.to_string(),
+                }
+            }
             Err(error) => {
                 return InputLine::Invalid {
                     line,
@@ -386,6 +437,35 @@ mod tests {
             "{lines:?}"
         );
         assert_eq!(lines.len(), 3);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn a_directory_is_refused_and_an_over_long_csv_line_stops_the_plan_with_its_line() {
+        let dir = work_dir("bad-input");
+        assert!(
+            read_input(&dir, InputFormat::JsonLines, 1).is_err(),
+            "a directory is no input"
+        );
+        let input = dir.join("users.csv");
+        let long = "x".repeat(MAX_MESSAGE_BYTES + 1);
+        std::fs::write(&input, format!("record_id,email\nu1,{long}\nu2,b@example.com\n")).unwrap();
+        let lines: Vec<InputLine> = read_input(
+            &input,
+            InputFormat::Csv {
+                object: ObjectKind::Contact,
+            },
+            1,
+        )
+        .unwrap()
+        .collect();
+        // The CSV reader cannot go on past a line it refused: the plan stops, naming it, rather
+        // than plan the file without its rest.
+        assert!(
+            matches!(&lines[0], InputLine::Unreadable { reason, .. } if reason.contains("longer")),
+            "{:?}",
+            lines.first()
+        );
         std::fs::remove_dir_all(dir).ok();
     }
 
