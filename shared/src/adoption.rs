@@ -394,6 +394,12 @@ impl Backfill {
             .await;
         state.crm_calls += calls.crm_calls as u64;
         state.updated_at_ms = self.clock.now_ms();
+        // A stop asked for ends this run only.
+        self.stop.store(false, std::sync::atomic::Ordering::SeqCst);
+        if let Err(AdoptionError::Busy) = &result {
+            // Another run holds the plan: its progress is the one to keep.
+            return Err(AdoptionError::Busy);
+        }
         if let Err(error) = &result {
             state.stopped = Some(error.to_string());
         }
@@ -408,7 +414,8 @@ impl Backfill {
     async fn save(&self, state: &BackfillProgress, release: bool) -> Result<bool, AdoptionError> {
         let now_ms = self.clock.now_ms();
         let hold_ms = i64::try_from(self.settings.run_hold.as_millis()).unwrap_or(i64::MAX / 2);
-        let until_ms = if release { now_ms - 1 } else { now_ms + hold_ms };
+        // Let go: held until the epoch, whatever another machine's clock says.
+        let until_ms = if release { 0 } else { now_ms + hold_ms };
         Ok(self.store.save_backfill(state, now_ms, until_ms).await?)
     }
 
@@ -758,11 +765,20 @@ impl Backfill {
         calls: &mut BatchReport,
     ) -> Result<(), AdoptionError> {
         let refused: std::collections::HashSet<String> = state.refused.iter().cloned().collect();
+        // Records not written (waiting with their contact) have nothing to lease.
+        let waiting = self.contacts_waiting(plan, &refused)?;
         let matched = self.selected(state, plan, |item| {
-            matches!(
-                item.action,
-                Action::Update { .. } | Action::Unchanged { .. } | Action::Link { .. }
-            ) && !refused.contains(&refusal_key(item.object, &item.record_id))
+            let waits = item.object == ObjectKind::Contact && waiting.contains(&item.record_id)
+                || crate::domain::contract::parse_change(&item.message)
+                    .ok()
+                    .and_then(|change| change.contact_record_id)
+                    .is_some_and(|contact| waiting.contains(&contact));
+            !waits
+                && matches!(
+                    item.action,
+                    Action::Update { .. } | Action::Unchanged { .. } | Action::Link { .. }
+                )
+                && !refused.contains(&refusal_key(item.object, &item.record_id))
                 && !item.crm_owned.is_empty()
         })?;
         for batch in Batches::new(matched, self.crm.max_batch()) {
@@ -971,7 +987,8 @@ impl Backfill {
 struct Batch {
     object: ObjectKind,
     items: Vec<PlanItem>,
-    /// The line a stopped phase may go on after: set when no other object's items wait.
+    /// The line a stopped phase may go on after: before the first item of any object still
+    /// waiting for its batch.
     resume_line: Option<u64>,
 }
 
@@ -1006,7 +1023,15 @@ impl<I: Iterator<Item = anyhow::Result<PlanItem>>> Iterator for Batches<I> {
                     queue.push(item);
                     if queue.len() >= self.size {
                         let items = std::mem::take(queue);
-                        let resume_line = self.pending.values().all(Vec::is_empty).then_some(line);
+                        // Everything before the first item still waiting (of any object) is done.
+                        let resume_line = Some(
+                            self.pending
+                                .values()
+                                .filter_map(|waiting| waiting.first())
+                                .map(|first| first.plan_line - 1)
+                                .min()
+                                .unwrap_or(line),
+                        );
                         return Some(Ok(Batch {
                             object,
                             items,

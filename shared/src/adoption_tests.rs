@@ -142,3 +142,43 @@ async fn a_plan_sorts_app_records_into_creates_updates_links_and_conflicts_and_w
         "property types, one lookup by id, one by email"
     );
 }
+
+#[test]
+fn batches_of_mixed_objects_resume_before_the_first_item_still_waiting() {
+    use super::Batches;
+    use crate::domain::adoption::Action;
+    use crate::domain::contract::ObjectKind;
+    let item = |plan_line: u64, object: ObjectKind| {
+        Ok(PlanItem {
+            line: plan_line,
+            plan_line,
+            object,
+            record_id: format!("r{plan_line}"),
+            action: Action::Create,
+            crm_owned: BTreeMap::new(),
+            message: String::new(),
+        })
+    };
+    // Contacts and deals alternate; two a batch.
+    let items = (1..=8).map(|n| {
+        item(
+            n,
+            if n % 2 == 1 {
+                ObjectKind::Contact
+            } else {
+                ObjectKind::Deal
+            },
+        )
+    });
+    let lines: Vec<Option<u64>> = Batches::new(items, 2)
+        .map(|batch| batch.unwrap().resume_line)
+        .collect();
+    // Contacts 1 and 3 go while deal 2 waits: done through line 1. Deals 2 and 4 go while
+    // nothing waits: through 4. Contacts 5 and 7 while deal 6 waits: through 5. Then through 8.
+    assert_eq!(lines, vec![Some(1), Some(4), Some(5), Some(8)]);
+    let saved: Vec<u64> = lines.iter().flatten().copied().collect();
+    assert!(
+        saved.windows(2).all(|w| w[0] <= w[1]),
+        "never backwards: {saved:?}"
+    );
+}

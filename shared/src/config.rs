@@ -379,17 +379,28 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             ),
             None => settings.built_in_mapping(),
         };
+        let daily_limit = limits.daily_limit.unwrap_or(defaults.daily_limit);
+        let daily_reserve = limits.daily_reserve.unwrap_or(defaults.daily_reserve);
+        // A tenth of the day for live changes unless set.
+        let live_reserve = limits.live_reserve.unwrap_or(daily_limit / 10);
+        if daily_reserve + live_reserve >= daily_limit {
+            let prefix = settings.prefix();
+            return Err(ConfigError::new(
+                &format!("{prefix}_LIVE_RESERVE"),
+                format!(
+                    "{prefix}_DAILY_RESERVE ({daily_reserve}) and {prefix}_LIVE_RESERVE ({live_reserve}) leave nothing of \
+                     {prefix}_DAILY_LIMIT ({daily_limit}) for background work: set the account's real daily limit"
+                ),
+            ));
+        }
         Ok(CrmSection {
             limiter: crate::adapters::dynamodb::LimiterSettings {
                 burst_limit: limits.burst_limit.unwrap_or(defaults.burst_limit),
                 burst_window_ms: limits.burst_window_ms.unwrap_or(defaults.burst_window_ms),
                 headroom,
-                daily_limit: limits.daily_limit.unwrap_or(defaults.daily_limit),
-                daily_reserve: limits.daily_reserve.unwrap_or(defaults.daily_reserve),
-                // A tenth of the day for live changes unless set.
-                live_reserve: limits
-                    .live_reserve
-                    .unwrap_or(limits.daily_limit.unwrap_or(defaults.daily_limit) / 10),
+                daily_limit,
+                daily_reserve,
+                live_reserve,
                 day_offset_minutes: limits
                     .day_utc_offset_minutes
                     .unwrap_or(defaults.day_offset_minutes),

@@ -1176,9 +1176,10 @@ impl crate::ports::AdoptionStore for DynamoDbSyncState {
         let item = self
             .control_item(ADOPTION_PK, format!("backfill#{plan_id}"))
             .await?;
-        Ok(item
-            .and_then(|item| text(&item, "json"))
-            .and_then(|json| serde_json::from_str(&json).ok()))
+        // Progress that does not read is an error, never "not started": a fresh run would redo it all.
+        item.and_then(|item| text(&item, "json"))
+            .map(|json| serde_json::from_str(&json).map_err(|e| StoreUnavailable(e.into())))
+            .transpose()
     }
 
     async fn save_backfill(

@@ -492,7 +492,12 @@ impl Crm for SalesforceClient {
                             (name.clone(), text)
                         })
                         .collect();
-                    let key = fold(values.get(field).map(String::as_str).unwrap_or_default());
+                    // Salesforce answers with the field's own spelling, whatever the mapping's.
+                    let held = values
+                        .iter()
+                        .find(|(name, _)| name.eq_ignore_ascii_case(field))
+                        .map(|(_, value)| value.as_str());
+                    let key = fold(held.unwrap_or_default());
                     by_value.entry(key).or_default().push(Found {
                         crm_id: id.to_string(),
                         values,
