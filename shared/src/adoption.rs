@@ -940,17 +940,22 @@ impl Backfill {
                 return Err(AdoptionError::Lane(1));
             }
             update.inbox_sequence = sequence;
-            if let Err(error) = self
+            match self
                 .leases
                 .settle_inbound(&current.record, token, self.clock.now_ms(), &update)
                 .await
             {
-                // The app has the message; the reconciliation finds the value unrecorded and
-                // sends it once more.
-                self.release_all(&leased[index + 1..], token).await;
-                return Err(error.into());
+                Ok(true) => state.pulled += 1,
+                // The lease ran out meanwhile and live work took the record: the message is sent
+                // but not recorded, so the reconciliation sends the value once more.
+                Ok(false) => state.pull_deferred += 1,
+                Err(error) => {
+                    // The app has the message; the reconciliation finds the value unrecorded
+                    // and sends it once more.
+                    self.release_all(&leased[index + 1..], token).await;
+                    return Err(error.into());
+                }
             }
-            state.pulled += 1;
         }
         Ok(())
     }

@@ -373,6 +373,17 @@ async fn records_are_found_by_external_id_and_by_email_in_any_case_several_to_on
         by_email.matches[2].is_empty(),
         "a quote and a backslash are escaped, not injected"
     );
+    // Long values make several queries (Salesforce's URL is capped); answers stay in input order.
+    let mut long: Vec<String> = (0..60)
+        .map(|i| format!("{}{i}@example.com", "l".repeat(230)))
+        .collect();
+    long.push("ada@example.com".into());
+    let calls_before = sandbox.stats().calls;
+    let spread = client.find("Contact", "Email", &long, &properties).await.unwrap();
+    assert!(sandbox.stats().calls - calls_before >= 2, "more than one query");
+    assert_eq!(spread.matches.len(), 61);
+    assert!(spread.matches[..60].iter().all(Vec::is_empty));
+    assert_eq!(spread.matches[60][0].crm_id, person);
     assert!(
         client
             .find("Contact", "Email) OR (Id", &["x".into()], &properties)

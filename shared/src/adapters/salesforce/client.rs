@@ -149,6 +149,10 @@ fn record_with(
 /// The sObjects Salesforce merges (a merge keeps the losers deleted, with `MasterRecordId`).
 pub const MERGEABLE: [&str; 3] = ["Account", "Contact", "Lead"];
 
+/// The most characters, percent-encoded, of one query's `IN` list: with the rest of the query it
+/// stays well under Salesforce's 16,384-character URL.
+const MAX_IN_LIST_CHARS: usize = 8_000;
+
 /// How many merges a chain is followed through when one id is asked about (a into b, b into c).
 const SURVIVOR_HOPS: usize = 4;
 
@@ -459,11 +463,28 @@ impl Crm for SalesforceClient {
             RateInfo::default(),
             format!("no CRM call: no {field} to look for"),
         );
-        if !literals.is_empty() {
+        // Queries short enough for Salesforce's URL limit (16,384 characters): long values (ids
+        // up to 256 characters, emails up to 254 bytes, percent-encoded) make more of them.
+        let mut chunks: Vec<Vec<&String>> = Vec::new();
+        let mut length = 0;
+        for literal in &literals {
+            let encoded = form_urlencoded::byte_serialize(literal.as_bytes())
+                .map(str::len)
+                .sum::<usize>()
+                + 3;
+            if chunks.is_empty() || length + encoded > MAX_IN_LIST_CHARS {
+                chunks.push(Vec::new());
+                length = 0;
+            }
+            length += encoded;
+            chunks.last_mut().expect("pushed above").push(literal);
+        }
+        for chunk in chunks {
+            let list: Vec<&str> = chunk.iter().map(|literal| literal.as_str()).collect();
             let soql = format!(
                 "SELECT {} FROM {sobject} WHERE {field} IN ({})",
                 fields.join(", "),
-                literals.join(", ")
+                list.join(", ")
             );
             let mut path = resource_path("query", &soql);
             loop {
