@@ -181,4 +181,24 @@ async fn an_operator_finds_a_failed_record_reads_its_error_and_re_syncs_it_after
         .unwrap();
     assert_eq!(browser.find_all("tbody tr").await.unwrap().len(), 3);
     save(&browser, "records-phone").await;
+
+    // The test ends every process it started: Chromium too, not only chromedriver.
+    let chromium = browser.chromium_processes();
+    assert!(!chromium.is_empty(), "Chromium ran under its own profile");
+    drop(browser);
+    crm_sync_tests::eventually(20, "Chromium ended with the browser", || {
+        let chromium = chromium.clone();
+        async move {
+            let alive: Vec<u32> = chromium
+                .iter()
+                .copied()
+                .filter(|pid| {
+                    std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists()
+                        && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+                })
+                .collect();
+            alive.is_empty().then_some(())
+        }
+    })
+    .await;
 }

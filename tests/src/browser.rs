@@ -340,10 +340,40 @@ impl Element<'_> {
     }
 }
 
+impl Browser {
+    /// The processes of this browser's Chromium: every one runs with its own profile directory.
+    pub fn chromium_processes(&self) -> Vec<u32> {
+        processes_naming(&format!("--user-data-dir={}", self.profile.display()))
+    }
+}
+
+/// Processes whose command line holds `text` (read from `/proc`).
+pub fn processes_naming(text: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(text).then_some(pid)
+        })
+        .collect()
+}
+
 impl Drop for Browser {
     fn drop(&mut self) {
+        // chromedriver's Chromium outlives a killed chromedriver: it is ended by its profile,
+        // which no other browser shares.
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        // `--` ends pkill's options: the pattern itself starts with dashes.
+        let _ = Command::new("pkill")
+            .arg("-f")
+            .arg("--")
+            .arg(format!("--user-data-dir={}", self.profile.display()))
+            .status();
         let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
