@@ -662,11 +662,7 @@ impl Backfill {
             };
             // A deal or an activity of a contact that waits for a person would only wait for its
             // contact on the lane and end dead-lettered: it waits here with its contact.
-            let waits_on_contact = writes
-                && crate::domain::contract::parse_change(&item.message)
-                    .ok()
-                    .and_then(|change| change.contact_record_id)
-                    .is_some_and(|contact| waiting.contains(&contact));
+            let waits_on_contact = writes && contact_waits(&item, &waiting);
             if waits_on_contact {
                 state.waiting_on_contact += 1;
             }
@@ -769,10 +765,7 @@ impl Backfill {
         let waiting = self.contacts_waiting(plan, &refused)?;
         let matched = self.selected(state, plan, |item| {
             let waits = item.object == ObjectKind::Contact && waiting.contains(&item.record_id)
-                || crate::domain::contract::parse_change(&item.message)
-                    .ok()
-                    .and_then(|change| change.contact_record_id)
-                    .is_some_and(|contact| waiting.contains(&contact));
+                || contact_waits(item, &waiting);
             !waits
                 && matches!(
                     item.action,
@@ -1057,6 +1050,14 @@ impl<I: Iterator<Item = anyhow::Result<PlanItem>>> Iterator for Batches<I> {
             resume_line: None,
         }))
     }
+}
+
+/// Whether a deal or an activity belongs to a contact that is not written (`waiting`).
+fn contact_waits(item: &PlanItem, waiting: &std::collections::HashSet<String>) -> bool {
+    crate::domain::contract::parse_change(&item.message)
+        .ok()
+        .and_then(|change| change.contact_record_id)
+        .is_some_and(|contact| waiting.contains(&contact))
 }
 
 /// How a refused link is kept in the progress: the object and the app record.

@@ -156,17 +156,32 @@ const MAX_IN_LIST_CHARS: usize = 8_000;
 /// How many merges a chain is followed through when one id is asked about (a into b, b into c).
 const SURVIVOR_HOPS: usize = 4;
 
-/// A datetime as the REST API writes it (`2026-11-27T10:15:00.000+0000`) or as RFC 3339, in
-/// epoch milliseconds.
-pub fn datetime_ms(text: &str) -> Option<i64> {
-    use time::format_description::well_known::Rfc3339;
-    const REST: &[time::format_description::FormatItem<'_>] = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond][offset_hour sign:mandatory][offset_minute]"
-    );
-    time::OffsetDateTime::parse(text, &Rfc3339)
-        .or_else(|_| time::OffsetDateTime::parse(text, REST))
-        .ok()
-        .and_then(|at| i64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok())
+/// A record's fields as text, without `attributes` (a null reads as empty).
+fn field_texts(record: &Map<String, Value>) -> impl Iterator<Item = (String, String)> + '_ {
+    record
+        .iter()
+        .filter(|(name, _)| *name != "attributes")
+        .map(|(name, value)| {
+            let text = match value {
+                Value::String(text) => text.clone(),
+                Value::Null => String::new(),
+                other => other.to_string(),
+            };
+            (name.clone(), text)
+        })
+}
+
+/// The API path of a query's `nextRecordsUrl`, which is absolute from the host
+/// (`/services/data/v60.0/query/01g…-2000`).
+fn next_records_path(next: &str) -> Result<String, CrmError> {
+    match next.find("/query") {
+        Some(at) => Ok(next[at..].to_string()),
+        None => Err(CrmError::Rejected {
+            call: "GET nextRecordsUrl".into(),
+            status: 400,
+            message: format!("unexpected nextRecordsUrl {next:?}"),
+        }),
+    }
 }
 
 /// A SOQL datetime literal (UTC, to the second; unquoted).
@@ -501,18 +516,8 @@ impl Crm for SalesforceClient {
                     };
                     let values: std::collections::BTreeMap<String, String> = record
                         .as_object()
-                        .into_iter()
-                        .flatten()
-                        .filter(|(name, _)| *name != "attributes")
-                        .map(|(name, value)| {
-                            let text = match value {
-                                Value::String(text) => text.clone(),
-                                Value::Null => String::new(),
-                                other => other.to_string(),
-                            };
-                            (name.clone(), text)
-                        })
-                        .collect();
+                        .map(|r| field_texts(r).collect())
+                        .unwrap_or_default();
                     // Salesforce answers with the field's own spelling, whatever the mapping's.
                     let held = values
                         .iter()
@@ -526,10 +531,7 @@ impl Crm for SalesforceClient {
                 }
                 match json.get("nextRecordsUrl").and_then(Value::as_str) {
                     Some(next) if json.get("done").and_then(Value::as_bool) == Some(false) => {
-                        path = next
-                            .find("/query")
-                            .map(|at| next[at..].to_string())
-                            .unwrap_or_default();
+                        path = next_records_path(next)?;
                     }
                     _ => break,
                 }
@@ -561,17 +563,7 @@ impl Crm for SalesforceClient {
             });
         }
         let path = match next {
-            // `nextRecordsUrl` is absolute from the host (`/services/data/v60.0/query/01g…-2000`).
-            Some(next) => match next.find("/query") {
-                Some(at) => next[at..].to_string(),
-                None => {
-                    return Err(CrmError::Rejected {
-                        call: "GET nextRecordsUrl".into(),
-                        status: 400,
-                        message: format!("unexpected nextRecordsUrl {next:?}"),
-                    })
-                }
-            },
+            Some(next) => next_records_path(next)?,
             None => query_path(&format!(
                 "SELECT Id, MasterRecordId, SystemModstamp, LastModifiedById FROM {object} \
                  WHERE IsDeleted = true AND MasterRecordId != null AND SystemModstamp > {} \
@@ -596,7 +588,7 @@ impl Crm for SalesforceClient {
                 Some(MergeSeen {
                     merged: text(record, "Id")?,
                     survivor: text(record, "MasterRecordId")?,
-                    at_ms: datetime_ms(&text(record, "SystemModstamp")?)?,
+                    at_ms: crate::domain::values::instant_ms(&text(record, "SystemModstamp")?)?,
                     by: text(record, "LastModifiedById"),
                 })
             })
@@ -691,18 +683,8 @@ impl Crm for SalesforceClient {
             .map(|index| {
                 let record = found.get(index)?.as_object()?;
                 Some(
-                    record
-                        .iter()
-                        .filter(|(name, _)| *name != "attributes")
+                    field_texts(record)
                         .filter(|(name, _)| properties.is_empty() || properties.contains(name))
-                        .map(|(name, value)| {
-                            let text = match value {
-                                Value::String(text) => text.clone(),
-                                Value::Null => String::new(),
-                                other => other.to_string(),
-                            };
-                            (name.clone(), text)
-                        })
                         .collect(),
                 )
             })
