@@ -533,8 +533,8 @@ pub trait RateLimiter: Send + Sync {
     /// configured burst limit, nor dip into the daily reserve.
     async fn acquire(&self, now_ms: i64) -> Result<Permit, StoreUnavailable>;
 
-    /// Like `acquire`, but only a slot free right now, never one reserved ahead: low-priority
-    /// work takes what live traffic leaves idle.
+    /// Like `acquire`, for low-priority work: a slot free now or the very next one, never
+    /// further ahead, and never one a live call may take first.
     async fn acquire_idle(&self, now_ms: i64) -> Result<Permit, StoreUnavailable>;
 
     /// Takes in what the CRM said of its limits on a response.
@@ -731,6 +731,19 @@ pub trait AdoptionStore: Send + Sync {
         &self,
         limit: usize,
     ) -> Result<Vec<crate::domain::adoption::BackfillProgress>, StoreUnavailable>;
+    /// Keeps a plan's summary, for the dashboard; planning the same id again replaces it.
+    async fn save_plan(&self, summary: &crate::domain::adoption::PlanSummary)
+        -> Result<(), StoreUnavailable>;
+    /// A plan's summary.
+    async fn plan(
+        &self,
+        plan_id: &str,
+    ) -> Result<Option<crate::domain::adoption::PlanSummary>, StoreUnavailable>;
+    /// The newest plans' summaries, newest first.
+    async fn plans(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::domain::adoption::PlanSummary>, StoreUnavailable>;
 }
 
 /// How many messages a queue holds (waiting or being handled), as the queue estimates it.

@@ -139,6 +139,10 @@ pub struct Worker {
     dead_letters: Arc<dyn MessageQueue>,
     clock: Arc<dyn Clock>,
     settings: CallSettings,
+    /// Low-priority calls ask the limiter one at a time: they may only take the next slot, so
+    /// a crowd of them asking at once would only spend limiter writes (and slow live callers'
+    /// writes to the same item) for slots one of them gets.
+    low_priority_turn: tokio::sync::Mutex<()>,
 }
 
 impl Worker {
@@ -155,6 +159,7 @@ impl Worker {
             dead_letters,
             clock,
             settings,
+            low_priority_turn: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -242,6 +247,10 @@ impl Worker {
 
     /// Waits for a call slot; a wait that would be too long, or past the deadline, re-queues.
     async fn permit(&self, deadline: Instant) -> Result<(), CallFailure> {
+        let _turn = match self.settings.low_priority {
+            true => Some(self.low_priority_turn.lock().await),
+            false => None,
+        };
         loop {
             let now_ms = self.clock.now_ms();
             let permit = if self.settings.low_priority {

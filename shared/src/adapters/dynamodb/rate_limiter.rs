@@ -2,9 +2,17 @@
 //!
 //! Burst: a generic cell rate algorithm. The item's `tat` ("theoretical arrival time", ms) is the
 //! earliest time the next call may start; each grant moves it on by one interval
-//! (window / (limit x headroom)), so no rolling window ever holds more than the limit allows.
+//! (window / (limit x headroom - live_burst)), so no rolling window ever holds more than the
+//! limit allows.
 //! A grant when `tat` is in the past is "now"; otherwise it is the reserved slot at `tat`, at
 //! most `max_ahead_ms` ahead, and the caller waits for it. Either is one conditional write.
+//!
+//! Priority: background work (the reconciliation, a backfill) reserves at most one slot ahead,
+//! and live work may start up to `live_burst` slots before its reserved one. So a live change
+//! never waits behind background work. The pace leaves room for that lead: the interval is
+//! window / (limit x headroom - live_burst), and any window still holds at most
+//! limit x headroom + 1 calls. A hold the CRM asked for (a burst 429, too few calls left) is
+//! set that lead further out, so that live calls too start only once it is over.
 //!
 //! Daily: `day_left` counts down with each grant (by its cost: calls, or Pipedrive's tokens) and
 //! is reset from the CRM's own daily-remaining header; below the reserve, or after a DAILY 429 (`paused_until`), every
@@ -46,6 +54,9 @@ pub struct LimiterSettings {
     /// CRM requests one granted call may make: 1 for a bulk API; 2 for Pipedrive, whose upsert
     /// is a search and then a write.
     pub requests_per_call: u32,
+    /// Slots a live call may start ahead of its turn, so that it does not wait behind
+    /// background work; the pace is slowed by as many calls a window to make room.
+    pub live_burst: u32,
     /// What one granted call takes from the daily budget: 1 where the budget counts calls;
     /// Pipedrive's counts tokens, and an upsert (a search and a create) costs 25. The CRM's own
     /// remaining count, read from each answer, corrects the estimate.
@@ -66,6 +77,8 @@ impl Default for LimiterSettings {
             max_ahead_ms: 2_000,
             requests_per_call: 1,
             daily_cost_per_call: 1,
+            // Two of HubSpot's 190 calls a window (1%): a live change goes at once.
+            live_burst: 2,
         }
     }
 }
@@ -74,7 +87,17 @@ impl LimiterSettings {
     /// Milliseconds between two calls.
     pub fn interval_ms(&self) -> f64 {
         let calls = f64::from(self.burst_limit.max(1)) / f64::from(self.requests_per_call.max(1));
-        self.burst_window_ms as f64 / (calls * self.headroom.clamp(0.05, 1.0))
+        let paced = calls * self.headroom.clamp(0.05, 1.0);
+        // The live lead comes out of the pace, but never more than half of it.
+        let paced = (paced - f64::from(self.live_burst)).max(paced / 2.0);
+        self.burst_window_ms as f64 / paced
+    }
+
+    /// How far before its reserved slot a live call may start.
+    fn live_lead_ms(&self) -> f64 {
+        let calls = f64::from(self.burst_limit.max(1)) / f64::from(self.requests_per_call.max(1));
+        let paced = calls * self.headroom.clamp(0.05, 1.0);
+        f64::from(self.live_burst).min(paced / 2.0) * self.interval_ms()
     }
 
     fn day_of(&self, now_ms: i64) -> i64 {
@@ -154,7 +177,16 @@ impl DynamoDbRateLimiter {
         &self.settings
     }
 
-    async fn try_grant(&self, now_ms: i64, busy: bool, floor: u64) -> Result<Attempt, StoreUnavailable> {
+    /// One grant attempt: "now" when idle (`busy` false), else the slot at `tat` if it is at
+    /// most `ahead_ms` away, started up to `lead_ms` before it.
+    async fn try_grant(
+        &self,
+        now_ms: i64,
+        busy: bool,
+        floor: u64,
+        ahead_ms: i64,
+        lead_ms: f64,
+    ) -> Result<Attempt, StoreUnavailable> {
         let interval = self.settings.interval_ms();
         let day = self.settings.day_of(now_ms);
         let request = self
@@ -176,7 +208,7 @@ impl DynamoDbRateLimiter {
                 .update_expression("SET tat = tat + :interval ADD day_left :cost")
                 .condition_expression(format!("tat > :now AND tat <= :max_ahead AND {common}"))
                 .expression_attribute_values(":interval", n(format!("{interval:.3}")))
-                .expression_attribute_values(":max_ahead", n(now_ms + self.settings.max_ahead_ms))
+                .expression_attribute_values(":max_ahead", n(now_ms + ahead_ms))
         } else {
             request
                 .update_expression("SET tat = :next ADD day_left :cost")
@@ -189,9 +221,9 @@ impl DynamoDbRateLimiter {
                     .attributes()
                     .and_then(|item| number(item, "tat"))
                     .unwrap_or(now_ms as f64);
-                self.last_tat.store(tat as i64, Ordering::Relaxed);
+                self.last_tat.store(tat.ceil() as i64, Ordering::Relaxed);
                 let at = if busy {
-                    (tat - interval).ceil() as i64
+                    ((tat - interval - lead_ms).ceil() as i64).max(now_ms)
                 } else {
                     now_ms
                 };
@@ -208,15 +240,22 @@ impl DynamoDbRateLimiter {
         }
     }
 
-    /// Grants the next slot, reserving one up to `max_ahead_ms` ahead when `may_reserve`, or
-    /// says until when there is none.
-    async fn acquire_slot(&self, now_ms: i64, may_reserve: bool) -> Result<Permit, StoreUnavailable> {
+    /// Grants the next slot: live work (`live`) reserves up to `max_ahead_ms` ahead and starts
+    /// up to its lead early; background work reserves at most one slot ahead, so it never holds
+    /// a live call back. Or says until when there is none.
+    async fn acquire_slot(&self, now_ms: i64, live: bool) -> Result<Permit, StoreUnavailable> {
         let day = self.settings.day_of(now_ms);
-        // A slot taken only when idle is background work's: it keeps the live reserve too.
-        let floor = self.daily_floor(!may_reserve);
-        let mut busy = may_reserve && self.last_tat.load(Ordering::Relaxed) > now_ms;
+        // Background work keeps the live reserve too.
+        let floor = self.daily_floor(!live);
+        let interval = self.settings.interval_ms();
+        let (ahead_ms, lead_ms) = if live {
+            (self.settings.max_ahead_ms, self.settings.live_lead_ms())
+        } else {
+            (interval.floor() as i64, 0.0)
+        };
+        let mut busy = self.last_tat.load(Ordering::Relaxed) > now_ms;
         for _ in 0..6 {
-            let old = match self.try_grant(now_ms, busy, floor).await? {
+            let old = match self.try_grant(now_ms, busy, floor, ahead_ms, lead_ms).await? {
                 Attempt::Granted(at_ms) => return Ok(Permit::Granted { at_ms }),
                 Attempt::Refused(old) => old.unwrap_or_default(),
             };
@@ -239,21 +278,17 @@ impl DynamoDbRateLimiter {
                     policy: ThrottlePolicy::Daily,
                 });
             }
-            let tat = number(&old, "tat").unwrap_or(0.0) as i64;
-            self.last_tat.store(tat, Ordering::Relaxed);
-            if !may_reserve && tat > now_ms {
+            // `tat` is fractional: compared as DynamoDB compares it, so that a caller told to
+            // wait until a time finds its slot there.
+            let tat = number(&old, "tat").unwrap_or(0.0);
+            self.last_tat.store(tat.ceil() as i64, Ordering::Relaxed);
+            if tat > (now_ms + ahead_ms) as f64 {
                 return Ok(Permit::Denied {
-                    until_ms: tat,
+                    until_ms: (tat - ahead_ms as f64).ceil() as i64,
                     policy: ThrottlePolicy::Burst,
                 });
             }
-            if tat > now_ms + self.settings.max_ahead_ms {
-                return Ok(Permit::Denied {
-                    until_ms: tat - self.settings.max_ahead_ms,
-                    policy: ThrottlePolicy::Burst,
-                });
-            }
-            busy = tat > now_ms;
+            busy = tat > now_ms as f64;
         }
         // Heavy contention: report the slot as a short wait rather than spin.
         Ok(Permit::Denied {
@@ -323,7 +358,11 @@ impl RateLimiter for DynamoDbRateLimiter {
         wait: Duration,
         now_ms: i64,
     ) -> Result<(), StoreUnavailable> {
-        let until = now_ms + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
+        let mut until = now_ms + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
+        if policy == ThrottlePolicy::Burst {
+            // A live call may start its lead before `tat`: not before the hold is over.
+            until = until.saturating_add(self.settings.live_lead_ms().ceil() as i64);
+        }
         let (expression, condition, attribute) = match policy {
             ThrottlePolicy::Burst => (
                 "SET tat = :until",
@@ -364,9 +403,35 @@ mod tests {
     fn the_interval_spreads_the_burst_limit_over_its_window_with_headroom() {
         let settings = LimiterSettings::default();
         let interval = settings.interval_ms();
-        assert!((interval - 10_000.0 / (190.0 * 0.98)).abs() < 1e-9);
+        // 186.2 calls a window, less the two a live call may lead by.
+        assert!((interval - 10_000.0 / (190.0 * 0.98 - 2.0)).abs() < 1e-9);
         // Calls spaced by the interval never put more than the limit in one window.
         assert!((10_000.0 / interval).floor() + 1.0 <= 190.0);
+    }
+
+    #[test]
+    fn a_live_calls_lead_still_leaves_every_window_within_the_limit() {
+        for settings in [
+            LimiterSettings::default(),
+            LimiterSettings {
+                burst_limit: 10,
+                burst_window_ms: 1_000,
+                headroom: 1.0,
+                ..LimiterSettings::default()
+            },
+            LimiterSettings {
+                live_burst: 50,
+                ..LimiterSettings::default()
+            },
+        ] {
+            // Slots are an interval apart and a call starts at most the lead before its slot:
+            // a rolling window [t, t + window) holds the slots of the window and of the lead
+            // after it.
+            let (window, interval) = (settings.burst_window_ms as f64, settings.interval_ms());
+            let most = ((window + settings.live_lead_ms()) / interval - 1e-9).ceil();
+            assert!(most <= f64::from(settings.burst_limit), "{settings:?}: {most}");
+            assert!(settings.live_lead_ms() > 0.0);
+        }
     }
 
     #[test]
@@ -375,6 +440,7 @@ mod tests {
             burst_limit: 20,
             burst_window_ms: 2_000,
             requests_per_call: 2,
+            live_burst: 0,
             ..LimiterSettings::default()
         };
         // 10 calls (20 requests) per 2 s at 0.98 headroom.
