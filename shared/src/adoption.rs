@@ -307,8 +307,17 @@ const SETTLED_READINGS: u32 = 3;
 /// How many times the initial pull asks for a record busy with live work.
 const PULL_LEASE_ROUNDS: usize = 5;
 
-/// The most links one backfill may have refused (they are kept in its progress).
+/// The most links one backfill may have refused, and the room their keys may take: they are
+/// kept in its progress, one DynamoDB item (400 KB at most), and a record id may be 1 KB.
 const MAX_REFUSED: usize = 5_000;
+const MAX_REFUSED_BYTES: usize = 200_000;
+
+/// Whether refused links no longer fit a backfill's saved progress.
+pub(crate) fn too_many_refused(refused: &[String]) -> bool {
+    // Each key is saved as a JSON string: quotes and a comma.
+    let bytes: usize = refused.iter().map(|key| key.len() + 3).sum();
+    refused.len() > MAX_REFUSED || bytes > MAX_REFUSED_BYTES
+}
 
 /// A plan, read from the start each time a phase walks it.
 pub type PlanReader<'a> =
@@ -634,7 +643,7 @@ impl Backfill {
         if !state.refused.contains(&key) {
             state.refused.push(key);
         }
-        if state.refused.len() > MAX_REFUSED {
+        if too_many_refused(&state.refused) {
             return Err(AdoptionError::TooManyRefused(state.refused.len()));
         }
         Ok(())

@@ -182,3 +182,20 @@ fn batches_of_mixed_objects_resume_before_the_first_item_still_waiting() {
         "never backwards: {saved:?}"
     );
 }
+
+#[test]
+fn refused_links_stop_a_backfill_once_they_would_not_fit_its_saved_progress() {
+    use crate::adoption::too_many_refused;
+    let short = |n: usize| (0..n).map(|i| format!("contact/u-{i}")).collect::<Vec<_>>();
+    assert!(!too_many_refused(&short(5_000)), "at the count limit");
+    assert!(too_many_refused(&short(5_001)), "one past it");
+    // Record ids of 256 four-byte characters: far fewer fit in the item.
+    let long = |n: usize| {
+        (0..n)
+            .map(|i| format!("contact/{i:04}{}", "語".repeat(252)))
+            .collect::<Vec<_>>()
+    };
+    let fitting = 200_000 / (long(1)[0].len() + 3);
+    assert!(!too_many_refused(&long(fitting)), "{fitting} long keys fit");
+    assert!(too_many_refused(&long(fitting + 1)), "one more does not");
+}

@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crm_sync::adapters::aws::{load_sdk_config, AwsTarget, CallBudget};
-use crm_sync::adapters::plan_files::{self, InputFormat, PlanFiles};
+use crm_sync::adapters::plan_files::{self, InputFormat};
 use crm_sync::adoption::{AdoptionError, BackfillSettings};
 use crm_sync::config::Env;
 use crm_sync::domain::adoption::{Action, BackfillPhase, PlanCounts};
 use crm_sync::domain::contract::{ObjectKind, RecordRef};
 use crm_sync::domain::sync::{SyncStatus, TimelineKind};
-use crm_sync::entrypoints::adoption_tool::AdoptionTool;
+use crm_sync::entrypoints::adoption_tool::{AdoptionTool, PlanRequest};
 use crm_sync::ports::state::*;
 use crm_sync_tests::{eventually, spawn_app_with, AppOptions, TestApp};
 use serde_json::json;
@@ -47,22 +47,33 @@ async fn tool(app: &TestApp, settings: BackfillSettings) -> AdoptionTool {
     AdoptionTool::build_with(&aws, config, settings).await.unwrap()
 }
 
-async fn plan(tool: &AdoptionTool, input: &Path, dir: &Path) -> PlanCounts {
-    let format = InputFormat::of(input, ObjectKind::Contact);
-    let shared = plan_files::shared_emails(input, format, &dir.join("work")).unwrap();
-    let mut files = PlanFiles::create(dir).unwrap();
-    let counts = tool
-        .planner
-        .plan(
-            plan_files::read_input(input, format, CHANGED_AT).unwrap(),
-            &shared,
-            &mut files,
-            tokio::time::Instant::now() + Duration::from_secs(60),
-        )
+/// Plans `input` as the tool does, under `plan_id`; the dashboard is given the summary.
+async fn plan(tool: &AdoptionTool, plan_id: &str, input: &Path, dir: &Path) -> PlanCounts {
+    let request = PlanRequest {
+        plan_id,
+        input,
+        format: InputFormat::of(input, ObjectKind::Contact),
+        dir,
+        exported_ms: CHANGED_AT,
+        now_ms: crm_sync_tests::hubspot::now_ms(),
+        deadline: tokio::time::Instant::now() + Duration::from_secs(60),
+    };
+    let (summary, unsaved) = tool.plan_file(&request, &|_| {}).await.unwrap();
+    assert_eq!(unsaved, None);
+    let saved = tool
+        .store
+        .plan(plan_id)
         .await
-        .unwrap();
-    files.finish().unwrap();
-    counts
+        .unwrap()
+        .expect("the dashboard's copy");
+    assert_eq!(
+        (&saved.counts, &saved.examples),
+        (&summary.counts, &summary.examples)
+    );
+    let on_disk: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(on_disk["counts"]["records"], summary.counts.records);
+    summary.counts
 }
 
 fn contact_ref(id: &str) -> RecordRef {
@@ -137,7 +148,7 @@ async fn adoption_plans_without_writing_then_a_killed_backfill_resumes_and_write
     )
     .await;
     let calls_before = sandbox.stats().total_calls;
-    let counts = plan(&tool, &input, &dir).await;
+    let counts = plan(&tool, "plan-test", &input, &dir).await;
     assert_eq!(
         (
             counts.update,
@@ -286,15 +297,26 @@ async fn adoption_plans_without_writing_then_a_killed_backfill_resumes_and_write
 }
 
 #[tokio::test]
-async fn adoption_against_salesforce_links_by_email_and_leaves_an_email_two_contacts_share_to_a_person() {
-    let stack = crm_sync_tests::crms::Crm::Salesforce.stack().await;
+async fn adoption_against_salesforce_and_pipedrive_links_by_email_and_leaves_an_email_two_contacts_share_to_a_person(
+) {
+    for crm in [
+        crm_sync_tests::crms::Crm::Salesforce,
+        crm_sync_tests::crms::Crm::Pipedrive,
+    ] {
+        adopts_against(crm).await;
+    }
+}
+
+async fn adopts_against(crm: crm_sync_tests::crms::Crm) {
+    let stack = crm.stack().await;
+    let name = format!("{crm:?}").to_lowercase();
     let crm_sync_tests::crms::CrmStack { app, .. } = &stack;
     let person = stack.create_contact_as_a_person("ada@example.com");
     stack.create_contact_as_a_person("twin@example.com");
     stack.create_contact_as_a_person("twin@example.com");
     let before = stack.contact_count();
 
-    let dir = work_dir("salesforce");
+    let dir = work_dir(&name);
     let input = dir.join("users.jsonl");
     let lines = [
         message("sf-1", "Ada@Example.com", "Ada"),
@@ -311,13 +333,14 @@ async fn adoption_against_salesforce_links_by_email_and_leaves_an_email_two_cont
         },
     )
     .await;
-    let counts = plan(&tool, &input, &dir).await;
+    let plan_id = format!("plan-{name}");
+    let counts = plan(&tool, &plan_id, &input, &dir).await;
     assert_eq!(
         (counts.link, counts.conflict, counts.create),
         (1, 1, 1),
-        "{counts:?}"
+        "{name}: {counts:?}"
     );
-    assert_eq!(stack.contact_count(), before, "the plan writes nothing");
+    assert_eq!(stack.contact_count(), before, "{name}: the plan writes nothing");
 
     let reader = || -> anyhow::Result<Box<dyn Iterator<Item = anyhow::Result<_>> + Send>> {
         Ok(Box::new(plan_files::read_plan(&dir)?))
@@ -325,15 +348,23 @@ async fn adoption_against_salesforce_links_by_email_and_leaves_an_email_two_cont
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let done = tool
         .backfill
-        .run("plan-sf", &counts, &reader, deadline, &|_| {})
+        .run(&plan_id, &counts, &reader, deadline, &|_| {})
         .await
         .unwrap();
     assert_eq!(
         (done.phase, done.linked, done.sent),
         (BackfillPhase::Done, 1, 2),
-        "{done:?}"
+        "{name}: {done:?}"
     );
-    assert_eq!(stack.contact_crm_id("sf-1"), person, "linked, not created");
-    assert_eq!(stack.contact_count(), before + 1, "only the new one created");
+    assert_eq!(
+        stack.contact_crm_id("sf-1"),
+        person,
+        "{name}: linked, not created"
+    );
+    assert_eq!(
+        stack.contact_count(),
+        before + 1,
+        "{name}: only the new one created"
+    );
     std::fs::remove_dir_all(dir).ok();
 }

@@ -704,3 +704,144 @@ async fn an_operator_sees_each_adoption_backfills_phase_and_progress_on_the_queu
     assert!(row.contains("10 conflicts, 1 links refused"), "{row}");
     assert!(row.contains("&lt;soon&gt;"), "the reason is escaped: {row}");
 }
+
+#[tokio::test]
+async fn an_operator_reads_a_plans_decisions_cost_conflicts_and_field_changes_on_its_page() {
+    use crm_sync::domain::adoption::{
+        cost, Action, BackfillPhase, BackfillProgress, Budget, FieldChange, PlanCounts, PlanItem, PlanSummary,
+    };
+    use crm_sync::domain::contract::ObjectKind;
+    use crm_sync::ports::AdoptionStore;
+    let app = spawn_app().await;
+    let operator = signed_in(&app).await;
+    assert!(operator
+        .get("/admin/queues")
+        .await
+        .body
+        .contains("No plan has been made."));
+
+    let counts = PlanCounts {
+        records: 1_000,
+        create: 700,
+        update: 150,
+        unchanged: 50,
+        link: 90,
+        conflict: 10,
+        crm_owned_records: 290,
+        ..PlanCounts::default()
+    };
+    let budget = Budget {
+        batch: 100,
+        daily_limit: 625_000,
+        daily_reserve: 25_000,
+        live_reserve: 60_000,
+        left_today: None,
+        calls_per_second: 18.4,
+    };
+    let item = |record_id: &str, action: Action| PlanItem {
+        line: 1,
+        plan_line: 0,
+        object: ObjectKind::Contact,
+        record_id: record_id.into(),
+        action,
+        crm_owned: Default::default(),
+        message: String::new(),
+    };
+    let plan_id = "plan-20261202T050000-001";
+    let mut summary = PlanSummary {
+        plan_id: plan_id.into(),
+        input: "users.jsonl".into(),
+        crm: "hubspot".into(),
+        planned_at: "2026-12-02T05:00:00Z".into(),
+        cost: cost(&counts, &budget),
+        counts,
+        budget,
+        examples: Vec::new(),
+    };
+    summary.take_examples(
+        [
+            item(
+                "u-1",
+                Action::Conflict {
+                    reason: "<b>two</b> app records share ada@example.com".into(),
+                    crm_ids: vec!["901".into()],
+                },
+            ),
+            item(
+                "u-2",
+                Action::Update {
+                    crm_id: "902".into(),
+                    fields: vec![FieldChange {
+                        field: "last_name".into(),
+                        crm_property: "lastname".into(),
+                        in_crm: "Byron".into(),
+                        app: "Lovelace".into(),
+                    }],
+                },
+            ),
+        ]
+        .into_iter(),
+    );
+    app.sync_state().save_plan(&summary).await.unwrap();
+
+    let queues = operator.get("/admin/queues").await.body;
+    let row = &queues[queues
+        .find(&format!("data-plan=\"{plan_id}\""))
+        .expect("the plan's row")..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(row.contains(&format!("/admin/adoption?plan={plan_id}")), "{row}");
+    assert!(
+        row.contains("<td>700</td>") && row.contains("not started"),
+        "{row}"
+    );
+
+    let page = operator.get(&format!("/admin/adoption?plan={plan_id}")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let body = page.body;
+    let decision = |action: &str| {
+        let row = &body[body.find(&format!("data-action=\"{action}\"")).expect(action)..];
+        row[..row.find("</tr>").unwrap()].to_string()
+    };
+    assert!(decision("link").contains("<td>90</td>"), "{}", decision("link"));
+    assert!(decision("conflict").contains("<td>10</td>"));
+    // 2 x 90 links / 100 + 990 writes / 100 + 290 pulls / 100 = 2 + 10 + 3 calls.
+    assert!(
+        body.contains("15 (2 for links, 10 writes, 3 pull reads)"),
+        "{body}"
+    );
+    assert!(
+        body.contains("&lt;b&gt;two&lt;/b&gt; app records share"),
+        "the reason is escaped"
+    );
+    assert!(
+        body.contains("Byron") && body.contains("Lovelace"),
+        "field by field"
+    );
+    assert!(body.contains("Not started."));
+
+    let mut progress = BackfillProgress::new(plan_id, &summary.counts, now_ms());
+    progress.phase = BackfillPhase::Pull;
+    progress.run_token = "a-run".into();
+    app.sync_state()
+        .save_backfill(&progress, now_ms(), 0)
+        .await
+        .unwrap();
+    let body = operator
+        .get(&format!("/admin/adoption?plan={plan_id}"))
+        .await
+        .body;
+    assert!(
+        !body.contains("Not started.") && body.contains("pull"),
+        "the backfill's progress"
+    );
+
+    for (path, status) in [
+        (
+            "/admin/adoption?plan=plan-none".to_string(),
+            StatusCode::NOT_FOUND,
+        ),
+        ("/admin/adoption".to_string(), StatusCode::BAD_REQUEST),
+    ] {
+        assert_eq!(operator.get(&path).await.status, status, "{path}");
+    }
+}

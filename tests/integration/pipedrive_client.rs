@@ -574,3 +574,89 @@ async fn a_search_hit_whose_other_field_holds_the_app_id_is_not_taken_for_the_re
     assert_eq!(untouched["custom_fields"][APP_ID_FIELD], "app-40");
     assert_eq!(untouched["name"], "Ann Referrer");
 }
+
+#[tokio::test]
+async fn adoption_finds_persons_by_the_apps_id_and_by_any_of_their_emails_one_value_a_call() {
+    use serde_json::json;
+    let (sandbox, client) = sandbox(Limits::default()).await;
+    assert_eq!(client.max_find(), 1);
+    let ours = sandbox.create(
+        "persons",
+        json!({"name": "Ada Lovelace", "emails": [{"value": "ada@example.com", "primary": true}],
+               "custom_fields": {APP_ID_FIELD: "app-1"}}),
+    );
+    // Another field holding the same text is no match by the app's id.
+    sandbox.add_custom_field("persons", "referrer", "varchar");
+    sandbox.create(
+        "persons",
+        json!({"name": "Referred", "emails": [{"value": "ref@example.com"}],
+               "custom_fields": {"referrer": "app-1"}}),
+    );
+    let persons_one = sandbox.create(
+        "persons",
+        json!({"name": "Grace Hopper", "emails": [{"value": "work@example.com", "primary": true},
+                                                  {"value": "Grace@Example.com", "primary": false}]}),
+    );
+    sandbox.create(
+        "persons",
+        json!({"name": "Twin A", "emails": [{"value": "twin@example.com"}]}),
+    );
+    sandbox.create(
+        "persons",
+        json!({"name": "Twin B", "emails": [{"value": "twin@example.com"}]}),
+    );
+
+    let found = |value: &str, by: &'static str| {
+        let client = &client;
+        let value = value.to_string();
+        async move {
+            client
+                .find(
+                    "persons",
+                    by,
+                    &[value],
+                    &[APP_ID_FIELD.to_string(), "email".into()],
+                )
+                .await
+                .expect("found")
+                .matches
+        }
+    };
+    let by_id = found("app-1", APP_ID_FIELD).await;
+    assert_eq!(by_id.len(), 1);
+    assert_eq!(
+        by_id[0].len(),
+        1,
+        "the referrer's field is not the id field: {by_id:?}"
+    );
+    assert_eq!(by_id[0][0].crm_id, ours.to_string());
+    assert_eq!(by_id[0][0].values[APP_ID_FIELD], "app-1");
+
+    let by_email = found("grace@example.com", "email").await;
+    assert_eq!(
+        by_email[0].len(),
+        1,
+        "a secondary email, in another case: {by_email:?}"
+    );
+    assert_eq!(by_email[0][0].crm_id, persons_one.to_string());
+    assert_eq!(
+        by_email[0][0].values.get(APP_ID_FIELD),
+        None,
+        "no app id: free to link"
+    );
+
+    let twins = found("twin@example.com", "email").await;
+    assert_eq!(
+        twins[0].len(),
+        2,
+        "two persons share it: named, for a person to decide"
+    );
+    assert!(found("nobody@example.com", "email").await[0].is_empty());
+
+    match client.find("notes", APP_ID_FIELD, &["n-1".into()], &[]).await {
+        Err(CrmError::Rejected { message, .. }) => {
+            assert!(message.contains("cannot search notes"), "{message}")
+        }
+        other => panic!("notes cannot be searched: {other:?}"),
+    }
+}

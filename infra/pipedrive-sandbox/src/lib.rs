@@ -1198,10 +1198,15 @@ fn list_records(state: &State, entity: &str, params: &BTreeMap<String, String>) 
     )
 }
 
-/// `GET /api/v2/{persons|deals}/search`: an exact match on a custom field's value, among the
-/// records the search index has caught up with.
+/// `GET /api/v2/{persons|deals}/search`: an exact match on a custom field's value, or on a
+/// person's email (`fields=email`), among the records the search index has caught up with.
 fn search_records(state: &State, entity: &'static str, params: &BTreeMap<String, String>) -> (u16, Value) {
     let term = params.get("term").cloned().unwrap_or_default().to_lowercase();
+    let fields = params.get("fields").map_or("custom_fields", String::as_str);
+    let (by_custom, by_email) = (
+        fields.split(',').any(|f| f == "custom_fields"),
+        entity == "persons" && fields.split(',').any(|f| f == "email"),
+    );
     let now = Instant::now();
     let items: Vec<Value> = state
         .records
@@ -1214,14 +1219,24 @@ fn search_records(state: &State, entity: &'static str, params: &BTreeMap<String,
         })
         // Exact match ignores case, as Pipedrive documents it.
         .filter(|record| {
-            record
-                .get("custom_fields")
-                .and_then(Value::as_object)
-                .is_some_and(|custom| {
-                    custom
-                        .values()
-                        .any(|value| value.as_str().is_some_and(|v| v.to_lowercase() == term))
-                })
+            let custom = by_custom
+                && record
+                    .get("custom_fields")
+                    .and_then(Value::as_object)
+                    .is_some_and(|custom| {
+                        custom
+                            .values()
+                            .any(|value| value.as_str().is_some_and(|v| v.to_lowercase() == term))
+                    });
+            let email = by_email
+                && record
+                    .get("emails")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|entry| entry.get("value").and_then(Value::as_str))
+                    .any(|value| value.to_lowercase() == term);
+            custom || email
         })
         .map(|record| json!({"result_score": 1.0, "item": search_item(entity, record)}))
         .collect();

@@ -124,17 +124,26 @@ fn skip_line<R: Read>(reader: &mut BufReader<R>) {
 /// would otherwise hold a record of any length (one quoted field can span the whole file).
 struct RecordCap<R> {
     inner: R,
-    since_newline: usize,
+    since_row: usize,
+    /// Inside a quoted field, where a line break belongs to the field (`""` toggles twice).
+    quoted: bool,
 }
 
 impl<R: Read> Read for RecordCap<R> {
     fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
         let read = self.inner.read(buffer)?;
         for byte in &buffer[..read] {
-            self.since_newline = if *byte == b'\n' { 0 } else { self.since_newline + 1 };
-            if self.since_newline > MAX_MESSAGE_BYTES {
+            if *byte == b'"' {
+                self.quoted = !self.quoted;
+            }
+            self.since_row = if *byte == b'\n' && !self.quoted {
+                0
+            } else {
+                self.since_row + 1
+            };
+            if self.since_row > MAX_MESSAGE_BYTES {
                 return Err(std::io::Error::other(format!(
-                    "a CSV line is longer than the {MAX_MESSAGE_BYTES} bytes a message may be"
+                    "a CSV row is longer than the {MAX_MESSAGE_BYTES} bytes a message may be"
                 )));
             }
         }
@@ -150,7 +159,8 @@ fn csv_lines(
 ) -> anyhow::Result<impl Iterator<Item = InputLine>> {
     let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(RecordCap {
         inner: file,
-        since_newline: 0,
+        since_row: 0,
+        quoted: false,
     });
     let headers: Vec<String> = reader
         .headers()
@@ -466,6 +476,31 @@ mod tests {
             "{:?}",
             lines.first()
         );
+        // A quoted field may hold line breaks: the row, not each line, is what is capped.
+        let csv = InputFormat::Csv {
+            object: ObjectKind::Contact,
+        };
+        let spread = |bytes: usize| "a\n".repeat(bytes / 2);
+        for (field, refused) in [
+            (spread(MAX_MESSAGE_BYTES - 100), false),
+            (spread(MAX_MESSAGE_BYTES + 100), true),
+        ] {
+            std::fs::write(
+                &input,
+                format!(
+                    "record_id,email,company\nu1,a@example.com,\"{field}\"\nu2,b@example.com,\"\"\"q\"\"\"\n"
+                ),
+            )
+            .unwrap();
+            let lines: Vec<InputLine> = read_input(&input, csv, 1).unwrap().collect();
+            let first_refused =
+                matches!(&lines[0], InputLine::Unreadable { reason, .. } if reason.contains("longer"));
+            assert_eq!(first_refused, refused, "{} bytes over many lines", field.len());
+            if !refused {
+                assert_eq!(lines.len(), 2, "an escaped quote leaves the next row whole");
+                assert!(matches!(&lines[1], InputLine::Message { .. }), "{:?}", lines[1]);
+            }
+        }
         std::fs::remove_dir_all(dir).ok();
     }
 

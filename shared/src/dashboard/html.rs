@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
-use crate::domain::adoption::BackfillProgress;
+use crate::domain::adoption::{Action, BackfillProgress, PlanItem, PlanSummary};
 use crate::domain::clock::rfc3339;
 use crate::domain::contract::RecordRef;
 use crate::domain::inbound::ConflictEntry;
@@ -640,6 +640,7 @@ pub fn queues_page(
     lanes: &[LaneView],
     report: Result<Option<&RunReport>, &str>,
     backfills: Result<&[BackfillProgress], &str>,
+    plans: Result<&[PlanSummary], &str>,
 ) -> String {
     let content = html! {
         h1 { "Queues" }
@@ -667,10 +668,199 @@ pub fn queues_page(
         }
         h2 { "Latest reconciliation" }
         (reconcile_report(report, frame.now_ms))
+        h2 { "Adoption plans" }
+        (plan_table(plans, backfills.unwrap_or(&[])))
         h2 { "Adoption backfills" }
         (backfill_table(backfills, frame.now_ms))
     };
     signed_in("Queues", frame, content)
+}
+
+/// The link to a plan's page.
+pub fn plan_href(plan_id: &str) -> String {
+    format!("/admin/adoption?plan={}", url_part(plan_id))
+}
+
+/// The newest plans (made with `crm-sync-adopt plan`): what each would do and what it costs.
+fn plan_table(plans: Result<&[PlanSummary], &str>, backfills: &[BackfillProgress]) -> Markup {
+    html! {
+        @match plans {
+            Err(error) => p.err { "Could not read the plans: " (error) },
+            Ok([]) => p.muted { "No plan has been made. Make one with crm-sync-adopt plan (docs/adoption.md)." },
+            Ok(plans) => div.scroll {
+                table #plans {
+                    thead {
+                        tr {
+                            th { "Plan" }
+                            th { "Records" }
+                            th { "Create" }
+                            th { "Update" }
+                            th.hide-narrow { "Unchanged" }
+                            th { "Link" }
+                            th { "Conflicts" }
+                            th.hide-narrow { "CRM calls" }
+                            th { "Backfill" }
+                        }
+                    }
+                    tbody {
+                        @for plan in plans {
+                            tr data-plan=(plan.plan_id) {
+                                td {
+                                    a href=(plan_href(&plan.plan_id)) { (plan.plan_id) }
+                                    br;
+                                    span.muted { (plan.crm) ", " (plan.planned_at) }
+                                }
+                                td { (plan.counts.records) }
+                                td { (plan.counts.create) }
+                                td { (plan.counts.update) }
+                                td.hide-narrow { (plan.counts.unchanged) }
+                                td { (plan.counts.link) }
+                                td { (plan.counts.conflict) }
+                                td.hide-narrow { (plan.cost.total_calls) }
+                                td {
+                                    @match backfills.iter().find(|b| b.plan_id == plan.plan_id) {
+                                        Some(backfill) => (format!("{:?}", backfill.phase).to_lowercase()),
+                                        None => (muted("not started")),
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One plan: its decisions, its cost, its backfill, and a few of its records of each kind.
+pub fn plan_page(frame: &Frame<'_>, plan: &PlanSummary, backfill: Option<&BackfillProgress>) -> String {
+    let c = &plan.counts;
+    let examples = |name: &str| -> Vec<&PlanItem> {
+        plan.examples
+            .iter()
+            .filter(|item| item.action.name() == name)
+            .collect()
+    };
+    let content = html! {
+        h1 { "Plan " (plan.plan_id) }
+        p.muted {
+            (c.records) " records of " (plan.input) " planned against " (plan.crm) " at " (plan.planned_at)
+            ". The plan directory (plan.jsonl) holds every record; this page shows the counts and the first few of each kind."
+        }
+        div.scroll {
+            table #decisions {
+                thead { tr { th { "Decision" } th { "Records" } th { "What the backfill does" } } }
+                tbody {
+                    tr data-action="create" { td { "create" } td { (c.create) } td { "creates them: no CRM record carries their id or holds their email" } }
+                    tr data-action="update" { td { "update" } td { (c.update) } td { "writes the app-owned fields that differ (" (c.fields_to_write) " fields in all)" } }
+                    tr data-action="unchanged" { td { "unchanged" } td { (c.unchanged) } td { "writes them once, so that crm-sync knows them from the first day" } }
+                    tr data-action="link" { td { "link" } td { (c.link) } td { "writes the app's id onto the CRM record that holds their email, then their fields" } }
+                    tr data-action="conflict" { td { "identity conflict" } td { (c.conflict) } td { "nothing: a person decides which record is which" } }
+                    tr { td { "CRM-owned values" } td { (c.crm_owned_records) } td { "the initial pull tells the app" } }
+                    tr { td { "invalid lines" } td { (c.invalid) } td { "left out (invalid.jsonl says why)" } }
+                }
+            }
+        }
+        h2 { "Cost" }
+        dl #cost {
+            dt { "CRM calls" }
+            dd {
+                (plan.cost.total_calls) " (" (plan.cost.link_calls) " for links, " (plan.cost.write_calls)
+                " writes, " (plan.cost.pull_calls) " pull reads); the plan itself made " (c.plan_calls)
+            }
+            dt { "Share of a day's budget" }
+            dd {
+                (format!("{:.1}%", plan.cost.share_of_daily_budget * 100.0)) " of "
+                (plan.budget.daily_limit.saturating_sub(plan.budget.daily_reserve + plan.budget.live_reserve))
+                " calls (the daily limit less the reserve and the live reserve)"
+            }
+            dt { "Days" }
+            dd { (plan.cost.days) }
+            dt { "At the rate ceiling" }
+            dd { (format!("{:.0} s at {:.1} calls a second", plan.cost.seconds_at_ceiling, plan.budget.calls_per_second)) }
+        }
+        h2 { "Backfill" }
+        @match backfill {
+            Some(backfill) => (backfill_table(Ok(std::slice::from_ref(backfill)), frame.now_ms)),
+            None => p.muted #not-started { "Not started. Run it with crm-sync-adopt backfill adoption/" (plan.plan_id) "." },
+        }
+        @let conflicts = examples("conflict");
+        @if !conflicts.is_empty() {
+            h2 { "Identity conflicts" }
+            div.scroll {
+                table #conflicts {
+                    thead { tr { th { "Record" } th { "Why" } th { "CRM records" } } }
+                    tbody {
+                        @for item in &conflicts {
+                            @if let Action::Conflict { reason, crm_ids } = &item.action {
+                                tr {
+                                    td { (item.object) " " (item.record_id) }
+                                    td { (reason) }
+                                    td { (crm_ids.join(", ")) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @let changes: Vec<&PlanItem> = examples("update").into_iter().chain(examples("link")).collect();
+        @if !changes.is_empty() {
+            h2 { "Field by field" }
+            div.scroll {
+                table #changes {
+                    thead { tr { th { "Record" } th { "Decision" } th { "Field" } th { "In the CRM" } th { "From the app" } } }
+                    tbody {
+                        @for item in &changes {
+                            @match &item.action {
+                                Action::Update { crm_id, fields } | Action::Link { crm_id, fields } => {
+                                    @if fields.is_empty() {
+                                        tr {
+                                            td { (item.object) " " (item.record_id) }
+                                            td { (item.action.name()) " CRM record " (crm_id) }
+                                            td colspan="3" { (muted("every app value already there")) }
+                                        }
+                                    }
+                                    @for change in fields {
+                                        tr {
+                                            td { (item.object) " " (item.record_id) }
+                                            td { (item.action.name()) " CRM record " (crm_id) }
+                                            td { (change.field) }
+                                            td { (text_or(Some(change.in_crm.as_str()).filter(|v| !v.is_empty()), "empty")) }
+                                            td { (change.app) }
+                                        }
+                                    }
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @let owned: Vec<&PlanItem> = plan.examples.iter().filter(|item| !item.crm_owned.is_empty()).collect();
+        @if !owned.is_empty() {
+            h2 { "CRM-owned values the app will receive" }
+            div.scroll {
+                table #crm-owned {
+                    thead { tr { th { "Record" } th { "Values" } } }
+                    tbody {
+                        @for item in &owned {
+                            tr {
+                                td { (item.object) " " (item.record_id) }
+                                td {
+                                    @for (field, value) in &item.crm_owned {
+                                        (field) " = " (value) br;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    signed_in("Adoption plan", frame, content)
 }
 
 /// Each backfill's phase and progress (run and resumed with `crm-sync-adopt backfill`).

@@ -204,7 +204,7 @@ impl DashboardService {
         }
     }
 
-    /// Shows adoption backfills' progress on the queues page.
+    /// Shows adoption plans and their backfills' progress.
     pub fn with_adoptions(mut self, adoptions: Arc<dyn crate::ports::AdoptionStore>) -> Self {
         self.adoptions = Some(adoptions);
         self
@@ -216,6 +216,35 @@ impl DashboardService {
             Some(store) => Ok(store.backfills(10).await?),
             None => Ok(Vec::new()),
         }
+    }
+
+    /// The newest adoption plans, newest first.
+    pub async fn plans(&self) -> Result<Vec<crate::domain::adoption::PlanSummary>, DashboardError> {
+        match &self.adoptions {
+            Some(store) => Ok(store.plans(10).await?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// One plan and its backfill, if one has started.
+    pub async fn plan(
+        &self,
+        plan_id: &str,
+    ) -> Result<
+        Option<(
+            crate::domain::adoption::PlanSummary,
+            Option<crate::domain::adoption::BackfillProgress>,
+        )>,
+        DashboardError,
+    > {
+        let Some(store) = &self.adoptions else {
+            return Ok(None);
+        };
+        let (plan, backfill) = futures::future::join(store.plan(plan_id), store.backfill(plan_id)).await;
+        Ok(match plan? {
+            Some(plan) => Some((plan, backfill?)),
+            None => None,
+        })
     }
 
     pub fn settings(&self) -> &DashboardSettings {

@@ -441,6 +441,111 @@ impl BackfillProgress {
     }
 }
 
+/// A plan as the terminal, `summary.json` and the dashboard show it: its counts, the CRM's
+/// limits, the cost, and a few of its records of each decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanSummary {
+    pub plan_id: String,
+    pub input: String,
+    pub crm: String,
+    pub planned_at: String,
+    pub counts: PlanCounts,
+    pub budget: Budget,
+    pub cost: Cost,
+    /// Up to [`EXAMPLES_PER_ACTION`] records of each decision but `create`, without their
+    /// messages, long values cut short.
+    #[serde(default)]
+    pub examples: Vec<PlanItem>,
+}
+
+/// Records of each decision a summary shows.
+pub const EXAMPLES_PER_ACTION: usize = 10;
+
+/// Characters of a value an example keeps, and the fields of a record it shows.
+const EXAMPLE_VALUE_CHARS: usize = 120;
+const EXAMPLE_FIELDS: usize = 20;
+
+/// The most a summary's examples take, serialized: it is stored as one item (400 KB at most).
+const EXAMPLES_MAX_BYTES: usize = 64 * 1024;
+
+fn cut(value: &str) -> String {
+    match value.char_indices().nth(EXAMPLE_VALUE_CHARS) {
+        Some((at, _)) => format!("{}…", &value[..at]),
+        None => value.to_string(),
+    }
+}
+
+impl PlanSummary {
+    /// Keeps the first few records of each decision but `create` (nothing to show but the
+    /// message) from a plan read in order.
+    pub fn take_examples(&mut self, plan: impl Iterator<Item = PlanItem>) {
+        let mut taken: BTreeMap<&'static str, usize> = BTreeMap::new();
+        let mut bytes = 0;
+        for item in plan {
+            let name = item.action.name();
+            let count = taken.entry(name).or_default();
+            if name == "create" || *count >= EXAMPLES_PER_ACTION {
+                // Every kind shown has its examples: the rest of the plan changes nothing.
+                let full = |kind: &str| taken.get(kind).is_some_and(|c| *c >= EXAMPLES_PER_ACTION);
+                if ["update", "unchanged", "link", "conflict"].into_iter().all(full) {
+                    break;
+                }
+                continue;
+            }
+            let example = Self::example(item);
+            let size = serde_json::to_string(&example).map_or(usize::MAX / 2, |json| json.len());
+            // One large example leaves room for others that fit.
+            if bytes + size > EXAMPLES_MAX_BYTES {
+                continue;
+            }
+            bytes += size;
+            *count += 1;
+            self.examples.push(example);
+        }
+    }
+
+    fn example(item: PlanItem) -> PlanItem {
+        let fields = |fields: Vec<FieldChange>| {
+            fields
+                .into_iter()
+                .take(EXAMPLE_FIELDS)
+                .map(|change| FieldChange {
+                    in_crm: cut(&change.in_crm),
+                    app: cut(&change.app),
+                    ..change
+                })
+                .collect()
+        };
+        let action = match item.action {
+            Action::Update { crm_id, fields: f } => Action::Update {
+                crm_id: cut(&crm_id),
+                fields: fields(f),
+            },
+            Action::Link { crm_id, fields: f } => Action::Link {
+                crm_id: cut(&crm_id),
+                fields: fields(f),
+            },
+            Action::Unchanged { crm_id } => Action::Unchanged { crm_id: cut(&crm_id) },
+            Action::Conflict { reason, crm_ids } => Action::Conflict {
+                reason: cut(&reason),
+                crm_ids: crm_ids.iter().take(5).map(|id| cut(id)).collect(),
+            },
+            Action::Create => Action::Create,
+        };
+        PlanItem {
+            record_id: cut(&item.record_id),
+            action,
+            crm_owned: item
+                .crm_owned
+                .into_iter()
+                .map(|(field, value)| (field, cut(&value)))
+                .collect(),
+            message: String::new(),
+            ..item
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -599,5 +704,117 @@ mod tests {
         assert_eq!(cost.days, 3, "one call today, then two a day");
         assert!((cost.seconds_at_ceiling - 2.0).abs() < 1e-9);
         assert!((cost.share_of_daily_budget - 2.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_summary_keeps_a_few_records_of_each_decision_short_and_without_their_messages() {
+        let item = |n: u64, action: Action| PlanItem {
+            line: n,
+            plan_line: 0,
+            object: ObjectKind::Contact,
+            record_id: format!("u{n}"),
+            action,
+            crm_owned: BTreeMap::from([("lifecycle_stage".to_string(), "x".repeat(500))]),
+            message: "{\"the\":\"message\"}".into(),
+        };
+        let long = FieldChange {
+            field: "last_name".into(),
+            crm_property: "lastname".into(),
+            in_crm: "é".repeat(300),
+            app: "Lovelace".into(),
+        };
+        let plan = (0..30).flat_map(|n| {
+            [
+                item(n * 4, Action::Create),
+                item(
+                    n * 4 + 1,
+                    Action::Update {
+                        crm_id: n.to_string(),
+                        fields: vec![long.clone()],
+                    },
+                ),
+                item(
+                    n * 4 + 2,
+                    Action::Conflict {
+                        reason: "shared".into(),
+                        crm_ids: (0..9).map(|i| i.to_string()).collect(),
+                    },
+                ),
+                item(
+                    n * 4 + 3,
+                    Action::Unchanged {
+                        crm_id: n.to_string(),
+                    },
+                ),
+            ]
+        });
+        let mut summary = PlanSummary {
+            plan_id: "p".into(),
+            input: "users.jsonl".into(),
+            crm: "hubspot".into(),
+            planned_at: "2026-12-02T00:00:00Z".into(),
+            counts: PlanCounts::default(),
+            budget: Budget {
+                batch: 100,
+                daily_limit: 1,
+                daily_reserve: 0,
+                live_reserve: 0,
+                left_today: None,
+                calls_per_second: 1.0,
+            },
+            cost: cost(
+                &PlanCounts::default(),
+                &Budget {
+                    batch: 100,
+                    daily_limit: 1,
+                    daily_reserve: 0,
+                    live_reserve: 0,
+                    left_today: None,
+                    calls_per_second: 1.0,
+                },
+            ),
+            examples: Vec::new(),
+        };
+        summary.take_examples(plan);
+        let named = |name: &str| {
+            summary
+                .examples
+                .iter()
+                .filter(|e| e.action.name() == name)
+                .count()
+        };
+        assert_eq!(
+            (
+                named("create"),
+                named("update"),
+                named("conflict"),
+                named("unchanged")
+            ),
+            (0, 10, 10, 10)
+        );
+        let first = &summary.examples[0];
+        assert_eq!(first.record_id, "u1", "the first ones, in plan order");
+        assert!(first.message.is_empty());
+        assert_eq!(
+            first.crm_owned["lifecycle_stage"].chars().count(),
+            EXAMPLE_VALUE_CHARS + 1
+        );
+        let Action::Update { fields, .. } = &first.action else {
+            panic!("{first:?}")
+        };
+        assert_eq!(
+            fields[0].in_crm.chars().count(),
+            EXAMPLE_VALUE_CHARS + 1,
+            "cut at a character, marked"
+        );
+        let conflict = summary
+            .examples
+            .iter()
+            .find(|e| e.action.name() == "conflict")
+            .unwrap();
+        let Action::Conflict { crm_ids, .. } = &conflict.action else {
+            unreachable!()
+        };
+        assert_eq!(crm_ids.len(), 5);
     }
 }

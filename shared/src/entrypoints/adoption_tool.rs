@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use aws_config::SdkConfig;
 
+use crate::adapters::plan_files::{self, InputFormat, PlanFiles};
 use crate::adapters::sqs::SqsQueue;
 use crate::adoption::{Backfill, BackfillSettings, Planner};
 use crate::config::AdoptConfig;
-use crate::domain::adoption::Budget;
+use crate::domain::adoption::{cost, Budget, PlanSummary};
 use crate::domain::SystemClock;
 use crate::ports::{AdoptionStore, MessageQueue};
 use crate::sync::SyncSettings;
@@ -65,8 +66,8 @@ impl AdoptionTool {
             daily_reserve: limits.daily_reserve,
             live_reserve: limits.live_reserve,
             left_today: None,
-            calls_per_second: f64::from(limits.burst_limit) * limits.headroom * 1000.0
-                / limits.burst_window_ms.max(1) as f64,
+            // The limiter's own pace: headroom, live lead and requests a call counted.
+            calls_per_second: 1000.0 / limits.interval_ms(),
         };
         Ok(Self {
             planner: Planner::new(mapping.clone(), crm.clone(), worker()),
@@ -87,4 +88,60 @@ impl AdoptionTool {
             crm_name: crm.name(),
         })
     }
+
+    /// Plans the records of `input` into `dir` (`plan.jsonl`, `invalid.jsonl`, `summary.json`)
+    /// and keeps the summary for the dashboard. `exported_ms` dates rows without `changed_at`;
+    /// `stage` hears what the plan is doing. Returns the summary, and why the dashboard could
+    /// not be given it, if it could not: the plan directory is what a backfill runs.
+    pub async fn plan_file(
+        &self,
+        request: &PlanRequest<'_>,
+        stage: &dyn Fn(&str),
+    ) -> anyhow::Result<(PlanSummary, Option<String>)> {
+        let (input, dir) = (request.input, request.dir);
+        stage("looking for app records that share an email");
+        let shared = plan_files::shared_emails(input, request.format, &dir.join("work"))?;
+        stage("asking the CRM");
+        let mut files = PlanFiles::create(dir)?;
+        let records = plan_files::read_input(input, request.format, request.exported_ms)?;
+        let counts = self
+            .planner
+            .plan(records, &shared, &mut files, request.deadline)
+            .await?;
+        files.finish()?;
+        std::fs::remove_dir_all(dir.join("work")).ok();
+        let budget = Budget {
+            left_today: counts.daily_remaining,
+            ..self.budget
+        };
+        let mut summary = PlanSummary {
+            plan_id: request.plan_id.to_string(),
+            input: input.display().to_string(),
+            crm: self.crm_name.to_string(),
+            planned_at: crate::domain::clock::rfc3339(request.now_ms),
+            cost: cost(&counts, &budget),
+            counts,
+            budget,
+            examples: Vec::new(),
+        };
+        summary.take_examples(plan_files::read_plan(dir)?.filter_map(Result::ok));
+        std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+        let unsaved = match self.store.save_plan(&summary).await {
+            Ok(()) => None,
+            Err(error) => Some(format!("{:#}", anyhow::Error::from(error))),
+        };
+        Ok((summary, unsaved))
+    }
+}
+
+/// What to plan, and where.
+pub struct PlanRequest<'a> {
+    pub plan_id: &'a str,
+    pub input: &'a std::path::Path,
+    pub format: InputFormat,
+    pub dir: &'a std::path::Path,
+    /// When the input was exported: the date of rows without `changed_at`.
+    pub exported_ms: i64,
+    pub now_ms: i64,
+    pub deadline: tokio::time::Instant,
 }

@@ -263,6 +263,7 @@ impl DashboardApi {
             .route("/admin", get(records).head(not_found))
             .route("/admin/record", get(record).head(not_found))
             .route("/admin/queues", get(queues).head(not_found))
+            .route("/admin/adoption", get(adoption_plan).head(not_found))
             .route("/admin/resync", post(resync))
             .route("/admin/conflicts/dismiss", post(dismiss))
             .route("/admin/identity/share", post(share))
@@ -656,10 +657,11 @@ async fn queues(
     request: Incoming,
 ) -> Result<Response, DashboardError> {
     let (csrf, now_ms) = (session.csrf_token(), d.service.now_ms());
-    let (lanes, report, backfills) = futures::future::join3(
+    let (lanes, report, backfills, plans) = futures::future::join4(
         d.service.lanes(),
         d.service.latest_report(),
         d.service.backfills(),
+        d.service.plans(),
     )
     .await;
     let frame = Frame {
@@ -673,6 +675,7 @@ async fn queues(
         Err(_) => Err(report_error.as_deref().unwrap_or("")),
     };
     let backfills = backfills.map_err(|error| error.to_string());
+    let plans = plans.map_err(|error| error.to_string());
     Ok(page(
         StatusCode::OK,
         html::queues_page(
@@ -680,7 +683,40 @@ async fn queues(
             &lanes,
             report,
             backfills.as_deref().map_err(String::as_str),
+            plans.as_deref().map_err(String::as_str),
         ),
+    ))
+}
+
+async fn adoption_plan(
+    State(d): State<Arc<Dashboard>>,
+    Extension(session): Extension<Session>,
+    request: Incoming,
+) -> Result<Response, DashboardError> {
+    let (csrf, now_ms) = (session.csrf_token(), d.service.now_ms());
+    let Some(plan_id) = request.query("plan").filter(|id| !id.is_empty()) else {
+        return Ok(page(
+            StatusCode::BAD_REQUEST,
+            html::message_page("Not a plan", "A plan page needs ?plan=<plan id>"),
+        ));
+    };
+    let Some((plan, backfill)) = d.service.plan(&plan_id).await? else {
+        return Ok(page(
+            StatusCode::NOT_FOUND,
+            html::message_page(
+                "No such plan",
+                "No plan of this id was saved. Plans made with crm-sync-adopt plan are listed on the Queues page.",
+            ),
+        ));
+    };
+    let frame = Frame {
+        csrf,
+        now_ms,
+        notice: notice(&request),
+    };
+    Ok(page(
+        StatusCode::OK,
+        html::plan_page(&frame, &plan, backfill.as_ref()),
     ))
 }
 

@@ -35,6 +35,8 @@ pub struct MemorySyncState {
     )>,
     /// Backfills' progress, by plan.
     backfills: Mutex<HashMap<String, (crate::domain::adoption::BackfillProgress, i64)>>,
+    /// Plans' summaries, by plan.
+    plans: Mutex<HashMap<String, crate::domain::adoption::PlanSummary>>,
     /// CRM object → how far its merges were read.
     merges_read: Mutex<HashMap<String, crate::domain::reconcile::MergeMark>>,
 }
@@ -577,6 +579,34 @@ impl crate::ports::AdoptionStore for MemorySyncState {
             .map(|(progress, _)| progress.clone())
             .collect();
         all.sort_by_key(|progress| std::cmp::Reverse(progress.started_at_ms));
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    async fn save_plan(
+        &self,
+        summary: &crate::domain::adoption::PlanSummary,
+    ) -> Result<(), StoreUnavailable> {
+        self.plans
+            .lock()
+            .unwrap()
+            .insert(summary.plan_id.clone(), summary.clone());
+        Ok(())
+    }
+
+    async fn plan(
+        &self,
+        plan_id: &str,
+    ) -> Result<Option<crate::domain::adoption::PlanSummary>, StoreUnavailable> {
+        Ok(self.plans.lock().unwrap().get(plan_id).cloned())
+    }
+
+    async fn plans(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::domain::adoption::PlanSummary>, StoreUnavailable> {
+        let mut all: Vec<_> = self.plans.lock().unwrap().values().cloned().collect();
+        all.sort_by(|a, b| b.planned_at.cmp(&a.planned_at));
         all.truncate(limit);
         Ok(all)
     }

@@ -17,14 +17,13 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use crm_sync::adapters::aws::{load_sdk_config, AwsTarget, CallBudget};
-use crm_sync::adapters::plan_files::{self, InputFormat, PlanFiles};
+use crm_sync::adapters::plan_files::{self, InputFormat};
 use crm_sync::config::Env;
-use crm_sync::domain::adoption::{cost, Action, BackfillPhase, BackfillProgress, Budget, Cost, PlanCounts};
+use crm_sync::domain::adoption::{Action, BackfillPhase, BackfillProgress, PlanSummary};
 use crm_sync::domain::contract::ObjectKind;
 use crm_sync::domain::Clock;
-use crm_sync::entrypoints::adoption_tool::AdoptionTool;
+use crm_sync::entrypoints::adoption_tool::{AdoptionTool, PlanRequest};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
 
 #[derive(Parser)]
 #[command(
@@ -65,18 +64,6 @@ enum Command {
     },
     /// Shows a backfill's saved progress.
     Status { plan: PathBuf },
-}
-
-/// `summary.json` of a plan directory.
-#[derive(Serialize, Deserialize)]
-struct Summary {
-    plan_id: String,
-    input: String,
-    crm: String,
-    planned_at: String,
-    counts: PlanCounts,
-    budget: Budget,
-    cost: Cost,
 }
 
 #[tokio::main]
@@ -130,11 +117,7 @@ async fn plan(
     } else {
         ProgressBar::new_spinner()
     };
-    spinner.set_message("looking for app records that share an email");
     spinner.enable_steady_tick(Duration::from_millis(200));
-    let shared = plan_files::shared_emails(input, format, &dir.join("work"))?;
-    spinner.set_message("asking the CRM");
-    let mut files = PlanFiles::create(&dir)?;
     // A CSV row without `changed_at` is as old as the file: a live change made since the export
     // is newer, and wins.
     let exported_ms = std::fs::metadata(input)
@@ -142,26 +125,22 @@ async fn plan(
         .ok()
         .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(now_ms, |since| since.as_millis() as i64);
-    let records = plan_files::read_input(input, format, exported_ms)?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(24 * 3600);
-    let counts = tool.planner.plan(records, &shared, &mut files, deadline).await?;
-    files.finish()?;
-    std::fs::remove_dir_all(dir.join("work")).ok();
+    let request = PlanRequest {
+        plan_id: &plan_id,
+        input,
+        format,
+        dir: &dir,
+        exported_ms,
+        now_ms,
+        deadline: tokio::time::Instant::now() + Duration::from_secs(24 * 3600),
+    };
+    let (summary, unsaved) = tool
+        .plan_file(&request, &|stage| spinner.set_message(stage.to_string()))
+        .await?;
     spinner.finish_and_clear();
-    let budget = Budget {
-        left_today: counts.daily_remaining,
-        ..tool.budget
-    };
-    let summary = Summary {
-        plan_id,
-        input: input.display().to_string(),
-        crm: tool.crm_name.to_string(),
-        planned_at: crm_sync::domain::clock::rfc3339(now_ms),
-        cost: cost(&counts, &budget),
-        counts,
-        budget,
-    };
-    std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    if let Some(error) = unsaved {
+        eprintln!("warning: the dashboard will not show this plan: {error}");
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -170,7 +149,7 @@ async fn plan(
     Ok(())
 }
 
-fn print_plan(summary: &Summary, dir: &Path) -> anyhow::Result<()> {
+fn print_plan(summary: &PlanSummary, dir: &Path) -> anyhow::Result<()> {
     let c = &summary.counts;
     let cost = &summary.cost;
     let mut table = Table::new();
@@ -239,8 +218,9 @@ fn print_plan(summary: &Summary, dir: &Path) -> anyhow::Result<()> {
         ),
     ]);
     println!("{costs}");
-    let examples: Vec<String> = plan_files::read_plan(dir)?
-        .filter_map(Result::ok)
+    let examples: Vec<String> = summary
+        .examples
+        .iter()
         .filter_map(|item| match &item.action {
             Action::Conflict { reason, .. } => {
                 Some(format!("  {} {}: {reason}", item.object, item.record_id))
@@ -269,7 +249,7 @@ fn human(seconds: f64) -> String {
     }
 }
 
-fn summary(dir: &Path) -> anyhow::Result<Summary> {
+fn summary(dir: &Path) -> anyhow::Result<PlanSummary> {
     let path = dir.join("summary.json");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     Ok(serde_json::from_str(&text)?)

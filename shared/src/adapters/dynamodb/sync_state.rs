@@ -1210,25 +1210,78 @@ impl crate::ports::AdoptionStore for DynamoDbSyncState {
         &self,
         limit: usize,
     ) -> Result<Vec<crate::domain::adoption::BackfillProgress>, StoreUnavailable> {
+        let mut all: Vec<crate::domain::adoption::BackfillProgress> =
+            self.adoption_items("backfill#", limit).await?;
+        all.sort_by_key(|progress| std::cmp::Reverse(progress.started_at_ms));
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    async fn save_plan(
+        &self,
+        summary: &crate::domain::adoption::PlanSummary,
+    ) -> Result<(), StoreUnavailable> {
+        let json = serde_json::to_string(summary).map_err(|e| StoreUnavailable(e.into()))?;
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(ADOPTION_PK))
+            .item("sk", s(format!("plan#{}", summary.plan_id)))
+            .item("json", s(json))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn plan(
+        &self,
+        plan_id: &str,
+    ) -> Result<Option<crate::domain::adoption::PlanSummary>, StoreUnavailable> {
+        let item = self.control_item(ADOPTION_PK, format!("plan#{plan_id}")).await?;
+        item.and_then(|item| text(&item, "json"))
+            .map(|json| serde_json::from_str(&json).map_err(|e| StoreUnavailable(e.into())))
+            .transpose()
+    }
+
+    async fn plans(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::domain::adoption::PlanSummary>, StoreUnavailable> {
+        let mut all: Vec<crate::domain::adoption::PlanSummary> = self.adoption_items("plan#", limit).await?;
+        all.sort_by(|a, b| b.planned_at.cmp(&a.planned_at));
+        all.truncate(limit);
+        Ok(all)
+    }
+}
+
+impl DynamoDbSyncState {
+    /// The newest `limit` adoption items under `prefix` (plans or backfills): plan ids begin
+    /// with the time they were made, so the sort key's order is theirs, and the newest are read
+    /// first, one page. Items that do not read (written by another version) are left out.
+    async fn adoption_items<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<T>, StoreUnavailable> {
         let output = self
             .client
             .query()
             .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :backfill)")
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
             .expression_attribute_values(":pk", s(ADOPTION_PK))
-            .expression_attribute_values(":backfill", s("backfill#"))
+            .expression_attribute_values(":prefix", s(prefix))
+            .scan_index_forward(false)
+            .limit(i32::try_from(limit.max(1)).unwrap_or(i32::MAX))
             .send()
             .await
             .map_err(unavailable)?;
-        let mut all: Vec<crate::domain::adoption::BackfillProgress> = output
+        Ok(output
             .items()
             .iter()
             .filter_map(|item| text(item, "json"))
             .filter_map(|json| serde_json::from_str(&json).ok())
-            .collect();
-        all.sort_by_key(|progress| std::cmp::Reverse(progress.started_at_ms));
-        all.truncate(limit);
-        Ok(all)
+            .collect())
     }
 }
 

@@ -20,9 +20,10 @@ use serde_json::{json, Map, Value};
 
 use super::webhook::flatten;
 use crate::adapters::crm_http;
+use crate::domain::adoption::Found;
 use crate::domain::crm::{
-    AssociationInput, BatchResult, CrmError, FailureKind, InputError, InputOutcome, PropertyKinds, RateInfo,
-    ReadResult, ThrottlePolicy, UpdateInput, UpsertInput, ValueKind,
+    AssociationInput, BatchResult, CrmError, FailureKind, FindResult, InputError, InputOutcome,
+    PropertyKinds, RateInfo, ReadResult, ThrottlePolicy, UpdateInput, UpsertInput, ValueKind,
 };
 use crate::ports::Crm;
 
@@ -922,6 +923,91 @@ impl Crm for PipedriveClient {
             }
         }
         Ok(ReadResult { records, rate, call })
+    }
+
+    /// One value a call (`max_find`): an exact search, by the app's id field or a person's
+    /// email (20 tokens), then the one record found, read whole (1 token; by id, kept only if
+    /// its id field holds the value). Two or more found are named without being read: the plan leaves such a
+    /// value to a person whatever they hold. Notes cannot be searched.
+    async fn find(
+        &self,
+        object: &str,
+        property: &str,
+        values: &[String],
+        properties: &[String],
+    ) -> Result<FindResult, CrmError> {
+        let by_email = property == "email";
+        if object == NOTES || (by_email && object != "persons") {
+            return Err(CrmError::Rejected {
+                call: format!("find {object} by {property}"),
+                status: 501,
+                message: format!("pipedrive cannot search {object} by {property}"),
+            });
+        }
+        let mut found = FindResult {
+            matches: Vec::with_capacity(values.len()),
+            rate: RateInfo::default(),
+            call: format!("GET /{object}/search"),
+        };
+        for value in values {
+            let term: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();
+            let fields = if by_email { "email" } else { "custom_fields" };
+            let Some(answer) = self
+                .call(
+                    Method::GET,
+                    &format!("/{object}/search?term={term}&fields={fields}&exact_match=true&limit=10"),
+                    None,
+                )
+                .await?
+            else {
+                found.matches.push(Vec::new());
+                continue;
+            };
+            found.rate = answer.rate;
+            let ids: Vec<String> = answer
+                .data
+                .get("items")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|item| item.get("item"))
+                // A search item lists custom values without their keys: another field holding
+                // the id's text matches too, and the read below tells them apart.
+                .filter(|item| by_email || carries_key(item, property, value))
+                .filter_map(|item| item.get("id"))
+                .map(id_text)
+                .collect();
+            let matches = if by_email && ids.len() > 1 {
+                // Two persons share it: the plan leaves it to a person whatever they hold.
+                ids.into_iter()
+                    .map(|crm_id| Found {
+                        crm_id,
+                        values: BTreeMap::new(),
+                    })
+                    .collect()
+            } else {
+                // A search item lists custom values without their keys: a candidate by the
+                // app's id is taken only if its id field holds it (the upsert's rule, up to 3).
+                let mut matches = Vec::new();
+                for id in ids.into_iter().take(3) {
+                    let read = self.read(object, std::slice::from_ref(&id), &[]).await?;
+                    for record in read.records.into_iter().flatten() {
+                        if by_email || record.get(property) == Some(value) {
+                            matches.push(Found {
+                                crm_id: id.clone(),
+                                values: record
+                                    .into_iter()
+                                    .filter(|(name, _)| name == property || properties.contains(name))
+                                    .collect(),
+                            });
+                        }
+                    }
+                }
+                matches
+            };
+            found.matches.push(matches);
+        }
+        Ok(found)
     }
 
     async fn property_kinds(&self, object: &str) -> Result<PropertyKinds, CrmError> {
