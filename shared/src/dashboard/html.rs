@@ -752,7 +752,7 @@ pub fn plan_page(frame: &Frame<'_>, plan: &PlanSummary, backfill: Option<&Backfi
                 thead { tr { th { "Decision" } th { "Records" } th { "What the backfill does" } } }
                 tbody {
                     tr data-action="create" { td { "create" } td { (c.create) } td { "creates them: no CRM record carries their id or holds their email" } }
-                    tr data-action="update" { td { "update" } td { (c.update) } td { "writes the app-owned fields that differ (" (c.fields_to_write) " fields in all)" } }
+                    tr data-action="update" { td { "update" } td { (c.update) } td { "writes the app-owned fields that differ" } }
                     tr data-action="unchanged" { td { "unchanged" } td { (c.unchanged) } td { "writes them once, so that crm-sync knows them from the first day" } }
                     tr data-action="link" { td { "link" } td { (c.link) } td { "writes the app's id onto the CRM record that holds their email, then their fields" } }
                     tr data-action="conflict" { td { "identity conflict" } td { (c.conflict) } td { "nothing: a person decides which record is which" } }
@@ -761,6 +761,7 @@ pub fn plan_page(frame: &Frame<'_>, plan: &PlanSummary, backfill: Option<&Backfi
                 }
             }
         }
+        p #fields-to-write { (c.fields_to_write) " app-owned values differ in all, over the updates and links." }
         h2 { "Cost" }
         dl #cost {
             dt { "CRM calls" }

@@ -199,13 +199,14 @@ fn print_plan(summary: &PlanSummary, dir: &Path) -> anyhow::Result<()> {
     costs.add_row([
         "share of a day's budget".to_string(),
         format!(
-            "{:.1}% of {} calls after the {}-call reserve",
+            "{:.1}% of {} calls (the daily limit less the {}-call reserve and the {}-call live reserve)",
             cost.share_of_daily_budget * 100.0,
             summary
                 .budget
                 .daily_limit
-                .saturating_sub(summary.budget.daily_reserve),
-            summary.budget.daily_reserve
+                .saturating_sub(summary.budget.daily_reserve + summary.budget.live_reserve),
+            summary.budget.daily_reserve,
+            summary.budget.live_reserve
         ),
     ]);
     costs.add_row(["days".to_string(), cost.days.to_string()]);
