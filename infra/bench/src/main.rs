@@ -9,7 +9,8 @@
 //! `--crm-records P` (200 through Pipedrive, 10x that through Salesforce), `--only crms` (just
 //! the Pipedrive and Salesforce rows, written to `crms.json`), `--only ingest` (just webhook
 //! ingest, its bursts and the functions' cold starts, written to `ingest.json`), `--only cold`
-//! (just the cold starts, printed).
+//! (just the cold starts, printed), `--only ceiling` (just the sync handler against the CRM
+//! ceiling and the naive pattern, printed).
 
 mod cold_start;
 mod footprint;
@@ -53,7 +54,9 @@ fn parse_args() -> anyhow::Result<Args> {
             "--footprint" => args.footprint = value.parse().context("--footprint")?,
             "--out" => args.out = PathBuf::from(value),
             "--crm-records" => args.crm_records = value.parse().context("--crm-records")?,
-            "--only" if ["crms", "ingest", "cold"].contains(&value.as_str()) => args.only = Some(value),
+            "--only" if ["crms", "ingest", "cold", "ceiling"].contains(&value.as_str()) => {
+                args.only = Some(value)
+            }
             other => anyhow::bail!("unknown option {other}"),
         }
     }
@@ -102,6 +105,19 @@ async fn main() -> anyhow::Result<()> {
 
     if args.only.as_deref() == Some("ingest") {
         ingest(&moto.endpoint, &args).await?;
+        return Ok(());
+    }
+    if args.only.as_deref() == Some("ceiling") {
+        // The rows the limiter's pace decides, printed; the JSON files are left as they are.
+        let mut rows = Vec::new();
+        for records in [args.records / 4, args.records] {
+            eprintln!("sync handler against the CRM ceiling: {records} contact upserts");
+            rows.push(outbound::handler_ceiling(&moto.endpoint, records).await?);
+        }
+        let naive = outbound::naive(args.naive).await?;
+        for bulk in &rows {
+            println!("{}", report::bulk_row("sync handler", bulk, &naive));
+        }
         return Ok(());
     }
     if args.only.as_deref() == Some("cold") {

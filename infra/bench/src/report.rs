@@ -161,7 +161,7 @@ impl Results {
     }
 }
 
-fn bulk_row(label: &str, bulk: &Bulk, naive: &Naive) -> String {
+pub fn bulk_row(label: &str, bulk: &Bulk, naive: &Naive) -> String {
     format!(
         "| {label}: {} contact upserts in {:.1} s | {:.0} | {:.1}% | {:.2} ({:.1}%) | {:.1} | {} | {:.0}x |",
         bulk.records,
