@@ -49,6 +49,8 @@ from common import Checks, Skip, env, short  # noqa: E402
 import hubspot  # noqa: E402
 from hubspot import HubSpot  # noqa: E402
 import hubspot.crm.associations.v4 as assoc_models  # noqa: E402
+import hubspot.crm.associations.v4.schema as assoc_schema_models  # noqa: E402
+import hubspot.crm.companies as company_models  # noqa: E402
 import hubspot.crm.contacts as contact_models  # noqa: E402
 import hubspot.crm.deals as deal_models  # noqa: E402
 import hubspot.crm.objects.notes as note_models  # noqa: E402
@@ -76,6 +78,7 @@ client = HubSpot(access_token=TOKEN, host=BASE, client_side_validation=STRICT)
 # The SDK package (request models, response models) and batch API of each object type.
 OBJECTS = {
     "contacts": (contact_models, lambda: client.crm.contacts.batch_api),
+    "companies": (company_models, lambda: client.crm.companies.batch_api),
     "deals": (deal_models, lambda: client.crm.deals.batch_api),
     "notes": (note_models, lambda: client.crm.objects.notes.batch_api),
 }
@@ -94,7 +97,16 @@ PROPERTIES_TYPES = {200: "CollectionResponsePropertyNoPaging"}
 
 # HUBSPOT_DEFINED default association type ids (reference: dealToContact 3, noteToContact 202,
 # noteToDeal 214).
-ASSOCIATIONS = [("deals", "contacts", 3), ("notes", "contacts", 202), ("notes", "deals", 214)]
+ASSOCIATIONS = [
+    ("deals", "contacts", 3),
+    ("notes", "contacts", 202),
+    ("notes", "deals", 214),
+    ("contacts", "companies", 279),
+    ("deals", "companies", 341),
+]
+# associations/v4/api/batch_api.py create and get_page (batch/read).
+LABELLED_CREATE_TYPES = {201: "BatchResponseLabelsBetweenObjectPair", 207: "BatchResponseLabelsBetweenObjectPairWithErrors"}
+LABELLED_READ_TYPES = {200: "BatchResponsePublicAssociationMultiWithLabel", 207: "BatchResponsePublicAssociationMultiWithLabelWithErrors"}
 
 
 class Answer:
@@ -195,6 +207,17 @@ class Family:
         api.api_client.last_response = None
         return sdk_call(api.api_client, lambda: api.create_default_with_http_info(from_type, to_type, body))
 
+    def labelled(self, from_type, to_type, action, body):
+        """batch/create (labels) or batch/read of the v4 associations API."""
+        api = client.crm.associations.v4.batch_api
+        if self.dated:
+            types = LABELLED_CREATE_TYPES if action == "create" else LABELLED_READ_TYPES
+            path = f"/crm/associations/{VERSION}/{from_type}/{to_type}/batch/{action}"
+            return self._raw(api.api_client, "POST", path, body, types)
+        api.api_client.last_response = None
+        method = api.create_with_http_info if action == "create" else api.get_page_with_http_info
+        return sdk_call(api.api_client, lambda: method(from_type, to_type, body))
+
     def properties(self, obj):
         api = client.crm.properties.core_api
         if self.dated:
@@ -269,6 +292,8 @@ def sample(obj, key, variant=0):
     """Properties crm-sync writes for each object type (dates as epoch ms, as crm-sync sends)."""
     if obj == "contacts":
         return {"email": f"{key}@contract.example.com", "firstname": "Ada", "lastname": f"Contract{variant}"}
+    if obj == "companies":
+        return {"name": f"Contract company {key} v{variant}", "domain": f"{key}.contract.example.com"}
     if obj == "deals":
         return {
             "dealname": f"Contract deal {key} v{variant}",
@@ -300,6 +325,15 @@ def expect(answer, status, model):
     else:
         assert type(answer.data).__name__ == model, f"expected {model}, got {type(answer.data).__name__}"
         assert answer.data.status == "COMPLETE", f"status {answer.data.status!r}, expected 'COMPLETE'"
+    return answer.data
+
+
+def expect_collection(answer, model):
+    """A 200 the SDK deserialized as `model`, a collection without a batch status."""
+    assert answer.api_error is None and answer.model_error is None and answer.status == 200, (
+        f"expected HTTP 200 as {model}; got {answer.describe()}"
+    )
+    assert type(answer.data).__name__ == model, f"expected {model}, got {type(answer.data).__name__}"
     return answer.data
 
 
@@ -617,6 +651,67 @@ def check_associate(fam, from_type, to_type, type_id):
     return f"{len(pairs)} result(s)"
 
 
+def linked_types(fam, from_type, to_type, from_id):
+    """(toObjectId, category, typeId, label) of a record's links, read through the SDK's model."""
+    body = assoc_models.BatchInputPublicFetchAssociationsBatchRequest(
+        inputs=[assoc_models.PublicFetchAssociationsBatchRequest(id=from_id)]
+    )
+    answer = fam.labelled(from_type, to_type, "read", body)
+    data = expect(answer, 200, "BatchResponsePublicAssociationMultiWithLabel")
+    return {
+        (str(to.to_object_id), t.category, t.type_id, t.label)
+        for result in data.results
+        for to in result.to
+        for t in to.association_types
+    }
+
+
+def check_labels(fam):
+    """A label defined between contacts and companies (with its inverse), a contact linked to a
+    company with it, read back on both sides, then the label and the link taken off."""
+    definitions = client.crm.associations.v4.schema.definitions_api
+    request = assoc_schema_models.PublicAssociationDefinitionCreateRequest(
+        label=f"Billing contact {fam.name}", name=f"billing_contact_{fam.name.replace('-', '_')}", inverse_label=f"Billed company {fam.name}"
+    )
+    made = sdk_call(definitions.api_client, lambda: definitions.create_with_http_info("contacts", "companies", request))
+    data = expect_collection(made, "CollectionResponseAssociationSpecWithLabelNoPaging")
+    type_id = next((t.type_id for t in data.results if t.label == request.label), None)
+    assert type_id is not None and all(t.category == "USER_DEFINED" for t in data.results), f"no USER_DEFINED type for the label: {short(made.raw)}"
+    listed = sdk_call(definitions.api_client, lambda: definitions.get_all_with_http_info("contacts", "companies"))
+    kinds = {(t.category, t.type_id, t.label) for t in expect_collection(listed, "CollectionResponseAssociationSpecWithLabelNoPaging").results}
+    assert ("HUBSPOT_DEFINED", 279, None) in kinds and ("USER_DEFINED", type_id, request.label) in kinds, f"labels listed: {kinds}"
+    (_, contact), = fixture("contacts", 1, "lb")
+    (_, company), = fixture("companies", 1, "lb")
+    body = assoc_models.BatchInputPublicAssociationMultiPost(
+        inputs=[
+            assoc_models.PublicAssociationMultiPost(
+                _from=assoc_models.PublicObjectId(id=contact),
+                to=assoc_models.PublicObjectId(id=company),
+                types=[assoc_models.AssociationSpec(association_category="USER_DEFINED", association_type_id=type_id)],
+            )
+        ]
+    )
+    created = expect(fam.labelled("contacts", "companies", "create", body), 201, "BatchResponseLabelsBetweenObjectPair")
+    pairs = [(str(r.from_object_id), str(r.to_object_id), r.from_object_type_id, r.to_object_type_id, r.labels) for r in created.results]
+    assert pairs == [(contact, company, "0-1", "0-2", [request.label])], f"created: {pairs}"
+    forward = linked_types(fam, "contacts", "companies", contact)
+    assert forward == {(company, "HUBSPOT_DEFINED", 279, None), (company, "USER_DEFINED", type_id, request.label)}, f"contact's side: {forward}"
+    backward = linked_types(fam, "companies", "contacts", company)
+    assert (contact, "USER_DEFINED", type_id + 1, request.inverse_label) in backward and (contact, "HUBSPOT_DEFINED", 280, None) in backward, f"company's side: {backward}"
+    batch = client.crm.associations.v4.batch_api
+    batch.api_client.last_response = None
+    unlabelled = sdk_call(batch.api_client, lambda: batch.archive_labels_with_http_info("contacts", "companies", body))
+    assert unlabelled.status == 204, f"labels/archive: {unlabelled.describe()}"
+    assert linked_types(fam, "contacts", "companies", contact) == {(company, "HUBSPOT_DEFINED", 279, None)}, "the label went, the link stayed"
+    gone = assoc_models.BatchInputPublicAssociationMultiArchive(
+        inputs=[assoc_models.PublicAssociationMultiArchive(_from=assoc_models.PublicObjectId(id=contact), to=[assoc_models.PublicObjectId(id=company)])]
+    )
+    archived = sdk_call(batch.api_client, lambda: batch.archive_with_http_info("contacts", "companies", gone))
+    assert archived.status == 204, f"batch/archive: {archived.describe()}"
+    assert linked_types(fam, "contacts", "companies", contact) == set(), "no link left"
+    return f"label {type_id}, inverse {type_id + 1}"
+
+
 def check_properties(fam, obj, expected):
     answer = fam.properties(obj)
     assert answer.status == 200 and answer.data is not None, f"expected HTTP 200 as CollectionResponsePropertyNoPaging; got {answer.describe()}"
@@ -631,6 +726,7 @@ def check_properties(fam, obj, expected):
 
 PROPERTY_EXPECTATIONS = {
     "contacts": {"email": ("string", False), ID_PROPERTY: ("string", True)},
+    "companies": {"name": ("string", False), "domain": ("string", False), ID_PROPERTY: ("string", True)},
     "deals": {"amount": ("number", False), "closedate": ("datetime", False), "dealstage": ("enumeration", False), ID_PROPERTY: ("string", True)},
     "notes": {"hs_timestamp": ("datetime", False), "hs_note_body": ("string", False), ID_PROPERTY: ("string", True)},
 }
@@ -800,6 +896,10 @@ def main():
                 f"[{a}] associations {from_type}->{to_type} batch/associate/default: PublicDefaultAssociation, type {type_id}",
                 lambda: check_associate(fam, from_type, to_type, type_id),
             )
+        checks.run(
+            f"[{a}] labelled associations contacts->companies: a label and its inverse defined, batch/create 201 with the label, batch/read both sides, labels/archive keeps the link, batch/archive 204",
+            lambda: check_labels(fam),
+        )
         for obj, expected in PROPERTY_EXPECTATIONS.items():
             checks.run(f"[{n}] properties {obj}: {', '.join(f'{k}:{v[0]}' for k, v in expected.items())}", lambda: check_properties(fam, obj, expected))
         checks.run(f"[{n}] contacts batch/create without objectWriteTraceId on an existing email: whole-call 409 CONFLICT", lambda: check_conflict_create_untraced(fam))

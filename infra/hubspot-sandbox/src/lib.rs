@@ -26,6 +26,7 @@
 //!
 //! Any other control path or method answers 404 `unknown control endpoint`.
 
+mod associations;
 mod store;
 mod webhooks;
 
@@ -485,6 +486,18 @@ fn router(state: Shared) -> Router {
                 post(associate_call),
             )
             .route(
+                &format!("{associations}/{{from}}/{{to}}/batch/{{action}}"),
+                post(labelled_call),
+            )
+            .route(
+                &format!("{associations}/{{from}}/{{to}}/batch/labels/archive"),
+                post(unlabel_call),
+            )
+            .route(
+                &format!("{associations}/{{from}}/{{to}}/labels"),
+                get(labels_call).post(define_label_call).head(not_served),
+            )
+            .route(
                 &format!("{definitions}/{{object}}"),
                 get(properties_call).head(not_served),
             );
@@ -735,6 +748,48 @@ async fn associate_call(
     body: Bytes,
 ) -> Response {
     served(&state, |state| associate(state, &from, &to, &body))
+}
+
+/// `POST …/{from}/{to}/batch/create|read|archive` of the v4 associations API (labels).
+async fn labelled_call(
+    extract::State(state): extract::State<Shared>,
+    Path((from, to, action)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
+    served(&state, |state| match action.as_str() {
+        "create" => associations::create(state, &from, &to, &body),
+        "read" => associations::read(state, &from, &to, &body),
+        "archive" => associations::archive(state, &from, &to, &body),
+        _ => (
+            404,
+            hubspot_error("OBJECT_NOT_FOUND", "The sandbox does not serve this endpoint"),
+        ),
+    })
+}
+
+async fn unlabel_call(
+    extract::State(state): extract::State<Shared>,
+    Path((from, to)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    served(&state, |state| {
+        associations::remove_labels(state, &from, &to, &body)
+    })
+}
+
+async fn labels_call(
+    extract::State(state): extract::State<Shared>,
+    Path((from, to)): Path<(String, String)>,
+) -> Response {
+    served(&state, |state| associations::labels(state, &from, &to))
+}
+
+async fn define_label_call(
+    extract::State(state): extract::State<Shared>,
+    Path((from, to)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    served(&state, |state| associations::define(state, &from, &to, &body))
 }
 
 async fn properties_call(
@@ -1407,7 +1462,7 @@ fn associate(state: &mut State, from: &str, to: &str, body: &[u8]) -> (u16, Valu
                 "to": { "id": to_id.to_string() },
                 "associationSpec": {
                     "associationCategory": "HUBSPOT_DEFINED",
-                    "associationTypeId": default_association_type(from, to),
+                    "associationTypeId": store::default_association_type(from, to),
                 },
             })),
             Err(failure) => errors.push(json!({
@@ -1433,21 +1488,6 @@ fn associate(state: &mut State, from: &str, to: &str, body: &[u8]) -> (u16, Valu
         body["errors"] = Value::Array(errors);
     }
     (200, body)
-}
-
-/// HubSpot's default association type ids (HUBSPOT_DEFINED).
-fn default_association_type(from: &str, to: &str) -> u32 {
-    match (from, to) {
-        ("deals", "contacts") => 3,
-        ("contacts", "deals") => 4,
-        ("contacts", "companies") => 279,
-        ("companies", "contacts") => 280,
-        ("notes", "contacts") => 202,
-        ("contacts", "notes") => 201,
-        ("notes", "deals") => 214,
-        ("deals", "notes") => 213,
-        _ => 1,
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The sandbox's records and HubSpot's rules for them: properties that exist, values that are
 //! valid, unique properties, upsert by a unique property, archive, associations.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde_json::{json, Value};
 
@@ -200,13 +200,18 @@ pub struct Store {
     /// (object, property, value) -> id, for unique properties of live records.
     unique: HashMap<(String, String, String), u64>,
     associations: HashSet<(String, u64, String, u64)>,
+    /// The association types (labels) of each linked pair, by direction: every link has its
+    /// default type; a labelled one has its label's too.
+    link_types: HashMap<(String, u64, String, u64), BTreeSet<u32>>,
+    /// Labels an admin defined between two object types: (from, to) -> [(type id, label)].
+    labels: HashMap<(String, String), Vec<(u32, String)>>,
     /// (object, merged-away id) -> the id it was merged into.
     merged: HashMap<(String, u64), u64>,
 }
 
 impl Default for Store {
     fn default() -> Self {
-        let schema = ["contacts", "deals", "notes"]
+        let schema = ["contacts", "companies", "deals", "notes"]
             .into_iter()
             .filter_map(|object| {
                 let (properties, unique) = default_properties(object)?;
@@ -226,6 +231,8 @@ impl Default for Store {
             next_id: 0,
             unique: HashMap::new(),
             associations: HashSet::new(),
+            link_types: HashMap::new(),
+            labels: HashMap::new(),
             merged: HashMap::new(),
         }
     }
@@ -245,6 +252,10 @@ fn default_properties(object: &str) -> Option<(&'static [&'static str], &'static
                 "crm_sync_app_id",
             ],
             &["email", "crm_sync_app_id"],
+        )),
+        "companies" => Some((
+            &["name", "domain", "industry", "city", "crm_sync_app_id"],
+            &["crm_sync_app_id"],
         )),
         "deals" => Some((
             &[
@@ -663,12 +674,21 @@ impl Store {
             for (from, from_id, to, to_id) in moved_links {
                 self.associations
                     .remove(&(from.clone(), from_id, to.clone(), to_id));
+                let types = self
+                    .link_types
+                    .remove(&(from.clone(), from_id, to.clone(), to_id))
+                    .unwrap_or_default();
                 let from_id = if from == object && from_id == old {
                     id
                 } else {
                     from_id
                 };
                 let to_id = if to == object && to_id == old { id } else { to_id };
+                // The survivor keeps every type either record had on the link.
+                self.link_types
+                    .entry((from.clone(), from_id, to.clone(), to_id))
+                    .or_default()
+                    .extend(types);
                 self.associations.insert((from, from_id, to, to_id));
             }
         }
@@ -717,6 +737,9 @@ impl Store {
         self.associations.retain(|(from, from_id, to, to_id)| {
             !((from == object && *from_id == id) || (to == object && *to_id == id))
         });
+        self.link_types.retain(|(from, from_id, to, to_id), _| {
+            !((from == object && *from_id == id) || (to == object && *to_id == id))
+        });
         self.changes
             .push(StoreChange::identity(object, id, "privacyDeletion", json!({})));
         true
@@ -740,10 +763,153 @@ impl Store {
             .insert((from.to_string(), from_id, to.to_string(), to_id));
         self.associations
             .insert((to.to_string(), to_id, from.to_string(), from_id));
+        self.add_types(from, from_id, to, to_id, &[default_association_type(from, to)]);
         if new {
             self.association_changed(from, from_id, to, to_id, false);
         }
         Ok(())
+    }
+
+    /// Records `types` (and their inverses) on a linked pair, both ways.
+    fn add_types(&mut self, from: &str, from_id: u64, to: &str, to_id: u64, types: &[u32]) {
+        for type_id in types {
+            let inverse = self.inverse_type(from, to, *type_id);
+            self.link_types
+                .entry((from.to_string(), from_id, to.to_string(), to_id))
+                .or_default()
+                .insert(*type_id);
+            if let Some(inverse) = inverse {
+                self.link_types
+                    .entry((to.to_string(), to_id, from.to_string(), from_id))
+                    .or_default()
+                    .insert(inverse);
+            }
+        }
+    }
+
+    /// Defines a label between two object types and its inverse, as an admin does in HubSpot's
+    /// settings; returns their type ids (USER_DEFINED). The same label again is the same type.
+    pub fn define_label(&mut self, from: &str, to: &str, label: &str, inverse: &str) -> (u32, u32) {
+        if let Some(index) = self
+            .labels
+            .get(&(from.to_string(), to.to_string()))
+            .and_then(|defined| defined.iter().position(|(_, name)| name == label))
+        {
+            let there = self.labels[&(from.to_string(), to.to_string())][index].0;
+            return (there, self.inverse_type(from, to, there).unwrap_or(there));
+        }
+        let next = 1_000 + 2 * self.labels.values().map(Vec::len).sum::<usize>() as u32;
+        self.labels
+            .entry((from.to_string(), to.to_string()))
+            .or_default()
+            .push((next, label.to_string()));
+        self.labels
+            .entry((to.to_string(), from.to_string()))
+            .or_default()
+            .push((next + 1, inverse.to_string()));
+        (next, next + 1)
+    }
+
+    /// The association types between two object types: HubSpot's default (no label), then the
+    /// labels defined; (category, type id, label).
+    pub fn labels_between(&self, from: &str, to: &str) -> Vec<(&'static str, u32, Option<String>)> {
+        let mut types = vec![("HUBSPOT_DEFINED", default_association_type(from, to), None)];
+        types.extend(
+            self.labels
+                .get(&(from.to_string(), to.to_string()))
+                .into_iter()
+                .flatten()
+                .map(|(id, label)| ("USER_DEFINED", *id, Some(label.clone()))),
+        );
+        types
+    }
+
+    /// The type of the other direction: a default's is the other default, a label's its inverse.
+    fn inverse_type(&self, from: &str, to: &str, type_id: u32) -> Option<u32> {
+        if type_id == default_association_type(from, to) {
+            return Some(default_association_type(to, from));
+        }
+        let index = self
+            .labels
+            .get(&(from.to_string(), to.to_string()))?
+            .iter()
+            .position(|(id, _)| *id == type_id)?;
+        Some(
+            self.labels
+                .get(&(to.to_string(), from.to_string()))?
+                .get(index)?
+                .0,
+        )
+    }
+
+    /// Links two records with the given types (a default one included), as the v4 batch create
+    /// does; returns the labels the pair now has. A type not defined between the two objects is
+    /// refused.
+    pub fn associate_with(
+        &mut self,
+        from: &str,
+        from_id: u64,
+        to: &str,
+        to_id: u64,
+        types: &[u32],
+    ) -> Result<Vec<String>, InputFailure> {
+        let known: Vec<u32> = self
+            .labels_between(from, to)
+            .iter()
+            .map(|(_, id, _)| *id)
+            .collect();
+        if let Some(unknown) = types.iter().find(|id| !known.contains(id)) {
+            return Err(InputFailure {
+                status: 400,
+                category: "VALIDATION_ERROR",
+                message: format!("{unknown} is not a valid association type between {from} and {to}"),
+                detail: None,
+                code: None,
+                property: None,
+            });
+        }
+        self.associate(from, from_id, to, to_id)?;
+        self.add_types(from, from_id, to, to_id, types);
+        Ok(self.labels_of(from, from_id, to, to_id))
+    }
+
+    /// The labels (not the default type) a linked pair has, in this direction.
+    pub fn labels_of(&self, from: &str, from_id: u64, to: &str, to_id: u64) -> Vec<String> {
+        let types = self.types_of(from, from_id, to, to_id);
+        self.labels_between(from, to)
+            .into_iter()
+            .filter(|(_, id, _)| types.contains(id))
+            .filter_map(|(_, _, label)| label)
+            .collect()
+    }
+
+    /// The type ids a linked pair has, in this direction.
+    pub fn types_of(&self, from: &str, from_id: u64, to: &str, to_id: u64) -> BTreeSet<u32> {
+        self.link_types
+            .get(&(from.to_string(), from_id, to.to_string(), to_id))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Takes labels off a linked pair (and their inverses); the link and its default type stay.
+    pub fn remove_labels(&mut self, from: &str, from_id: u64, to: &str, to_id: u64, types: &[u32]) {
+        let default = default_association_type(from, to);
+        for type_id in types.iter().filter(|id| **id != default) {
+            let inverse = self.inverse_type(from, to, *type_id);
+            if let Some(held) = self
+                .link_types
+                .get_mut(&(from.to_string(), from_id, to.to_string(), to_id))
+            {
+                held.remove(type_id);
+            }
+            if let (Some(inverse), Some(held)) = (
+                inverse,
+                self.link_types
+                    .get_mut(&(to.to_string(), to_id, from.to_string(), from_id)),
+            ) {
+                held.remove(&inverse);
+            }
+        }
     }
 
     /// Removes a link (both directions); `false` when there was none.
@@ -752,6 +918,10 @@ impl Store {
             .associations
             .remove(&(from.to_string(), from_id, to.to_string(), to_id));
         self.associations
+            .remove(&(to.to_string(), to_id, from.to_string(), from_id));
+        self.link_types
+            .remove(&(from.to_string(), from_id, to.to_string(), to_id));
+        self.link_types
             .remove(&(to.to_string(), to_id, from.to_string(), from_id));
         if removed {
             self.association_changed(from, from_id, to, to_id, true);
@@ -783,6 +953,25 @@ impl Store {
                 }),
             ));
         }
+    }
+}
+
+/// HubSpot's default association type ids (HUBSPOT_DEFINED) between standard objects.
+pub fn default_association_type(from: &str, to: &str) -> u32 {
+    match (from, to) {
+        ("deals", "contacts") => 3,
+        ("contacts", "deals") => 4,
+        ("contacts", "companies") => 279,
+        ("companies", "contacts") => 280,
+        ("deals", "companies") => 341,
+        ("companies", "deals") => 342,
+        ("notes", "contacts") => 202,
+        ("contacts", "notes") => 201,
+        ("notes", "deals") => 214,
+        ("deals", "notes") => 213,
+        ("notes", "companies") => 190,
+        ("companies", "notes") => 189,
+        _ => 1,
     }
 }
 
