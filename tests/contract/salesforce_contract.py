@@ -108,7 +108,7 @@ LOOPBACK = HOST in ("127.0.0.1", "localhost", "::1")
 # A run's external ids are unique, so reruns against the same org do not collide.
 RUN = uuid.uuid4().hex[:10]
 # Well-formed ids that name no record (an all-digit 15-char id has the checksum suffix AAA).
-ABSENT = {"Contact": "003000000000000AAA", "Opportunity": "006000000000000AAA"}
+ABSENT = {"Contact": "003000000000000AAA", "Opportunity": "006000000000000AAA", "Account": "001000000000000AAA"}
 MALFORMED_ID = "not-a-salesforce-id"
 
 
@@ -649,6 +649,8 @@ DESCRIBE_EXPECTED = {
                     "StageName": "picklist", "Probability": "percent"},
     "Task": {"Id": "id", "Subject": "combobox", "Description": "textarea", "ActivityDate": "date",
              "WhoId": "reference"},
+    "Account": {"Id": "id", "Name": "string", "Website": "url", "Industry": "picklist", "ParentId": "reference"},
+    "Project__c": {"Id": "id", "Name": "string", "Account__c": "reference", "Status__c": "picklist"},
 }
 
 
@@ -671,6 +673,44 @@ def check_describe(sobject):
                f"{EXT_ID} should be described with externalId true: {short(external)}")
         return f"{len(fields)} fields; " + ", ".join(f"{n}:{by_name[n]['type']}" for n in DESCRIBE_EXPECTED[sobject])
     return run
+
+
+def check_account_relations():
+    """An Account by external id; a contact naming it gets its direct AccountContactRelation;
+    another account's relation with roles made by API; the same pair again refused."""
+    account = succeeded(upsert("Account", [{EXT_ID: f"{RUN}-acct", "Name": "Contract Account",
+                                            "Website": "https://contract.example.com"}])[0], "[0] Account", "001")
+    other = succeeded(upsert("Account", [{EXT_ID: f"{RUN}-acct2", "Name": "Other Account"}])[0], "[0] Account", "001")
+    person = succeeded(upsert("Contact", [contact("acr", AccountId=account)])[0], "[0] Contact", "003")
+    direct = CTX.sf.query(
+        f"SELECT Id, AccountId, IsDirect, Roles FROM AccountContactRelation WHERE ContactId = '{person}'")
+    rows = direct.get("records", [])
+    expect(len(rows) == 1 and rows[0].get("AccountId") == account and rows[0].get("IsDirect") is True,
+           f"the contact's direct relation: {short(direct)}")
+    relation = {"attributes": {"type": "AccountContactRelation"}, "AccountId": other, "ContactId": person,
+                "Roles": "Billing Contact;Decision Maker"}
+    made = succeeded(create([relation])[0], "[0] AccountContactRelation", "07k")
+    read = retrieve("AccountContactRelation", [made], ["Roles", "IsDirect", "IsActive"])
+    expect(read[0].get("Roles") == "Billing Contact;Decision Maker" and read[0].get("IsDirect") is False
+           and read[0].get("IsActive") is True, f"roles read back, indirect and active: {short(read)}")
+    failed_with(create([relation])[0], "[0] the same pair again", "DUPLICATE_VALUE")
+    return f"direct {rows[0]['Id']}, indirect {made}"
+
+
+def check_custom_object_lookup():
+    """A custom object (Project__c) upserted by external id with a lookup to its account; a lookup
+    to an account that does not exist fails alone."""
+    account = succeeded(upsert("Account", [{EXT_ID: f"{RUN}-acct", "Name": "Contract Account"}])[0], "[0] Account")
+    results = upsert("Project__c", [
+        {EXT_ID: f"{RUN}-proj", "Name": "Contract project", "Account__c": account, "Status__c": "Active"},
+        {EXT_ID: f"{RUN}-orphan", "Name": "Orphan", "Account__c": ABSENT["Account"]},
+    ])
+    expect(isinstance(results, list) and len(results) == 2, f"expected 2 SaveResults: {short(results)}")
+    project = succeeded(results[0], "[0] Project__c", "a01")
+    failed_with(results[1], "[1] a lookup to no account", "INVALID_CROSS_REFERENCE_KEY", "Account__c")
+    read = retrieve("Project__c", [project], ["Account__c", "Status__c"])
+    expect(read[0].get("Account__c") == account, f"the lookup read back: {short(read)}")
+    return short(results)
 
 
 def check_single_upsert():
@@ -891,7 +931,11 @@ def main():
     check("errors: unknown resource -> 404 [{message, errorCode: NOT_FOUND}]", check_not_found)
     check("errors: malformed JSON -> 400 JSON_PARSER_ERROR", check_json_parser_error)
     check("Sforce-Limit-Info: api-usage=used/max, parsed by simple-salesforce, grows per call", check_limit_header)
-    for sobject in ("Contact", "Opportunity", "Task"):
+    check("Account upsert (001), a contact's direct AccountContactRelation, one with Roles by API (07k), the pair again DUPLICATE_VALUE",
+          check_account_relations)
+    check("custom object Project__c upsert (a01) with a lookup to its Account; a lookup to none INVALID_CROSS_REFERENCE_KEY",
+          check_custom_object_lookup)
+    for sobject in ("Contact", "Opportunity", "Task", "Account", "Project__c"):
         check(f"describe GET /sobjects/{sobject}/describe: fields[].name/type, {EXT_ID} externalId",
               check_describe(sobject))
     check("single-record upsert PATCH /sobjects/Contact/{ext}/{value} -> 201", check_single_upsert, advisory=True)

@@ -121,6 +121,9 @@ async fn simple_salesforce_and_jsforce_read_every_answer_the_salesforce_sandbox_
         rest.output
     );
     assert!(!rest.output.contains("SKIP"), "every check ran:\n{}", rest.output);
+    for check in ["PASS Account upsert", "PASS custom object Project__c"] {
+        assert!(rest.output.contains(check), "{check} ran:\n{}", rest.output);
+    }
     assert!(
         rest.output.contains("PASS queryAll: merged records"),
         "the merge scan's query is checked:\n{}",

@@ -596,6 +596,49 @@ fn schema(sobject: &str) -> Option<&'static [(&'static str, &'static str)]> {
             ("SystemModstamp", "datetime"),
             ("IsDeleted", "boolean"),
         ]),
+        "Account" => Some(&[
+            ("Id", "id"),
+            ("Name", "string"),
+            ("Website", "url"),
+            ("Industry", "picklist"),
+            ("Phone", "phone"),
+            ("ParentId", "reference"),
+            ("MasterRecordId", "reference"),
+            ("Crm_Sync_App_Id__c", "string"),
+            ("CreatedDate", "datetime"),
+            ("LastModifiedDate", "datetime"),
+            ("LastModifiedById", "reference"),
+            ("SystemModstamp", "datetime"),
+            ("IsDeleted", "boolean"),
+        ]),
+        // A contact's link to an account with its roles: the direct one (the contact's
+        // AccountId) is made by Salesforce, more are made by hand or by API.
+        "AccountContactRelation" => Some(&[
+            ("Id", "id"),
+            ("AccountId", "reference"),
+            ("ContactId", "reference"),
+            ("Roles", "multipicklist"),
+            ("IsDirect", "boolean"),
+            ("IsActive", "boolean"),
+            ("CreatedDate", "datetime"),
+            ("LastModifiedDate", "datetime"),
+            ("LastModifiedById", "reference"),
+            ("SystemModstamp", "datetime"),
+            ("IsDeleted", "boolean"),
+        ]),
+        // A custom object, as an admin defines one: its name ends in `__c`, as do its fields.
+        "Project__c" => Some(&[
+            ("Id", "id"),
+            ("Name", "string"),
+            ("Account__c", "reference"),
+            ("Status__c", "picklist"),
+            ("Crm_Sync_App_Id__c", "string"),
+            ("CreatedDate", "datetime"),
+            ("LastModifiedDate", "datetime"),
+            ("LastModifiedById", "reference"),
+            ("SystemModstamp", "datetime"),
+            ("IsDeleted", "boolean"),
+        ]),
         "OpportunityContactRole" => Some(&[
             ("Id", "id"),
             ("OpportunityId", "reference"),
@@ -818,6 +861,7 @@ fn reference_target(field: &str) -> Option<&'static str> {
     match field {
         "ContactId" | "WhoId" => Some("Contact"),
         "OpportunityId" | "WhatId" => Some("Opportunity"),
+        "AccountId" | "ParentId" | "Account__c" => Some("Account"),
         _ => None,
     }
 }
@@ -891,7 +935,10 @@ fn fields_of(record: &Map<String, Value>) -> Map<String, Value> {
 }
 
 fn create(state: &mut State, sobject: &str, record: &Map<String, Value>) -> Value {
-    if let Some(problem) = invalid(sobject, record).or_else(|| dangling(state, record)) {
+    if let Some(problem) = invalid(sobject, record)
+        .or_else(|| dangling(state, record))
+        .or_else(|| duplicate_relation(state, sobject, record))
+    {
         return problem;
     }
     let prefix = match sobject {
@@ -899,11 +946,19 @@ fn create(state: &mut State, sobject: &str, record: &Map<String, Value>) -> Valu
         "Opportunity" => "006",
         "Task" => "00T",
         "OpportunityContactRole" => "00K",
+        "Account" => "001",
+        "AccountContactRelation" => "07k",
+        "Project__c" => "a01",
         _ => "a00",
     };
     let id = format!("{prefix}{:012}AAA", state.next_id);
     state.next_id += 1;
     let mut stored = fields_of(record);
+    if sobject == "AccountContactRelation" {
+        // A relation made by API is never the direct one (that is the contact's AccountId).
+        stored.insert("IsDirect".into(), json!(false));
+        stored.entry("IsActive").or_insert(json!(true));
+    }
     stored.insert("Id".into(), json!(id));
     stored.insert("attributes".into(), json!({"type": sobject}));
     stored.insert("CreatedDate".into(), json!(now()));
@@ -914,7 +969,75 @@ fn create(state: &mut State, sobject: &str, record: &Map<String, Value>) -> Valu
         .entry(sobject.to_string())
         .or_default()
         .insert(id.clone(), stored);
+    direct_relation(state, sobject, &id);
     json!({"id": id, "success": true, "errors": [], "created": true})
+}
+
+/// A second relation between one account and one contact: `DUPLICATE_VALUE`.
+fn duplicate_relation(state: &State, sobject: &str, record: &Map<String, Value>) -> Option<Value> {
+    if sobject != "AccountContactRelation" {
+        return None;
+    }
+    let (account, contact) = (record.get("AccountId")?, record.get("ContactId")?);
+    let (id, _) = state
+        .records
+        .get("AccountContactRelation")?
+        .iter()
+        .find(|(_, r)| r.get("AccountId") == Some(account) && r.get("ContactId") == Some(contact))?;
+    Some(failure_without_field(
+        "DUPLICATE_VALUE",
+        &format!("duplicate value found: <unknown> duplicates value on record with id: {id}"),
+    ))
+}
+
+/// A contact's account is its direct relation, which Salesforce keeps: made when the contact
+/// names an account, and the one before made indirect when it names another.
+fn direct_relation(state: &mut State, sobject: &str, contact_id: &str) {
+    if sobject != "Contact" {
+        return;
+    }
+    let account = state
+        .records
+        .get("Contact")
+        .and_then(|contacts| contacts.get(contact_id))
+        .and_then(|contact| contact.get("AccountId"))
+        .and_then(Value::as_str)
+        .filter(|account| !account.is_empty())
+        .map(str::to_string);
+    let relations = state.records.entry("AccountContactRelation".into()).or_default();
+    let mut found = false;
+    for relation in relations.values_mut() {
+        if relation.get("ContactId").and_then(Value::as_str) != Some(contact_id) {
+            continue;
+        }
+        let this = relation.get("AccountId").and_then(Value::as_str) == account.as_deref();
+        found |= this;
+        if relation.get("IsDirect") == Some(&json!(true)) && !this {
+            relation.insert("IsDirect".into(), json!(false));
+            stamp(relation, INTEGRATION_USER_ID);
+        }
+    }
+    let Some(account) = account.filter(|_| !found) else {
+        return;
+    };
+    let id = format!("07k{:012}AAA", state.next_id);
+    state.next_id += 1;
+    let mut relation = Map::new();
+    relation.insert("Id".into(), json!(id));
+    relation.insert("attributes".into(), json!({"type": "AccountContactRelation"}));
+    relation.insert("AccountId".into(), json!(account));
+    relation.insert("ContactId".into(), json!(contact_id));
+    relation.insert("Roles".into(), Value::Null);
+    relation.insert("IsDirect".into(), json!(true));
+    relation.insert("IsActive".into(), json!(true));
+    relation.insert("IsDeleted".into(), json!(false));
+    relation.insert("CreatedDate".into(), json!(now()));
+    stamp(&mut relation, INTEGRATION_USER_ID);
+    state
+        .records
+        .entry("AccountContactRelation".into())
+        .or_default()
+        .insert(id, relation);
 }
 
 fn upsert(state: &mut State, sobject: &str, external_id: &str, record: &Map<String, Value>) -> Value {
@@ -945,6 +1068,7 @@ fn upsert(state: &mut State, sobject: &str, external_id: &str, record: &Map<Stri
             stored.extend(fields_of(record));
             stamp(stored, INTEGRATION_USER_ID);
             state.touched.push((sobject.to_string(), id.clone()));
+            direct_relation(state, sobject, &id);
             json!({"id": id, "success": true, "errors": [], "created": false})
         }
     }
@@ -976,7 +1100,8 @@ fn update(state: &mut State, record: &Map<String, Value>) -> Value {
             }
             stored.extend(fields_of(record));
             stamp(stored, INTEGRATION_USER_ID);
-            state.touched.push((sobject, id.to_string()));
+            state.touched.push((sobject.clone(), id.to_string()));
+            direct_relation(state, &sobject, id);
             json!({"id": id, "success": true, "errors": []})
         }
         None => failure("ENTITY_IS_DELETED", "entity is deleted", "Id"),
