@@ -328,6 +328,7 @@ const config = configure(TOKEN);
 for (const c of [config.v1, config.v2]) c.baseOptions = baseOptions;
 const persons = new v2.PersonsApi(config.v2);
 const deals = new v2.DealsApi(config.v2);
+const organizations = new v2.OrganizationsApi(config.v2);
 const notes = new v1.NotesApi(config.v1);
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -502,6 +503,37 @@ async function personsAndDealsAndNotes() {
   const rawPatch = await fetch(`${BASE}/v1/notes/${noteId}`, { method: 'PATCH', headers: { 'x-api-token': TOKEN, 'content-type': 'application/json' }, body: json({ content: 'x' }) });
   check('notes: the sandbox refuses PATCH /v1/notes/{id}, as Pipedrive does', rawPatch.status === 404, `status ${rawPatch.status}`);
 
+  // --- Organizations, and a person and a deal linked to one (org_id) ----------------------------
+  const orgKey = `org-${RUN}`;
+  const orgBody = { name: 'Analytical Engines Ltd', address: { value: '12 Marylebone, London' }, custom_fields: { [ID_PROPERTY]: orgKey } };
+  conforms(`organizations.create request is an AddOrganizationRequest (${json(orgBody)})`, orgBody, 'AddOrganizationRequest', 'v2');
+  const orgCreated = sample('POST /api/v2/organizations', await call(() => organizations.addOrganization({ AddOrganizationRequest: orgBody })));
+  const orgId = orgCreated.body?.data?.id;
+  check('organizations.create: 2xx with success:true and a numeric data.id', orgCreated.ok && orgCreated.body?.success === true && Number.isInteger(orgId), `status ${orgCreated.status} body ${json(orgCreated.body)}`);
+  conforms('organizations.create response is an UpsertOrganizationResponse', orgCreated.body, 'UpsertOrganizationResponse', 'v2');
+  check('organizations.create response values: name, address, custom field as sent',
+    orgCreated.body?.data?.name === orgBody.name && orgCreated.body?.data?.address?.value === orgBody.address.value && orgCreated.body?.data?.custom_fields?.[ID_PROPERTY] === orgKey,
+    json(orgCreated.body?.data));
+  const orgGot = sample('GET /api/v2/organizations/{id}', await call(() => organizations.getOrganization({ id: orgId })));
+  conforms('organizations.get response is an UpsertOrganizationResponse', orgGot.body, 'UpsertOrganizationResponse', 'v2');
+  const orgFound = sample('GET /api/v2/organizations/search', await call(() => organizations.searchOrganization({ term: orgKey, fields: 'custom_fields', exact_match: true })));
+  const orgItem = orgFound.body?.data?.items?.[0]?.item;
+  check('organizations.search finds the organization by the app id, item type "organization"', orgItem?.id === orgId && orgItem?.type === 'organization', json(orgFound.body));
+  conforms('organizations.search response is a GetOrganizationSearchResponse (item: address as text, custom_fields: string[])', orgFound.body, 'GetOrganizationSearchResponse', 'v2');
+  const orgUpdateBody = { name: 'Analytical Engines plc' };
+  conforms(`organizations.update request is an UpdateOrganizationRequest (${json(orgUpdateBody)})`, orgUpdateBody, 'UpdateOrganizationRequest', 'v2');
+  const orgUpdated = sample('PATCH /api/v2/organizations/{id}', await call(() => organizations.updateOrganization({ id: orgId, UpdateOrganizationRequest: orgUpdateBody })));
+  conforms('organizations.update response is an UpsertOrganizationResponse', orgUpdated.body, 'UpsertOrganizationResponse', 'v2');
+  check('organizations.update: the new name reads back', orgUpdated.body?.data?.name === orgUpdateBody.name, json(orgUpdated.body?.data));
+  const personOrg = { org_id: orgId };
+  conforms(`persons.update request: {org_id: number} is an UpdatePersonRequest (${json(personOrg)})`, personOrg, 'UpdatePersonRequest', 'v2');
+  const personLinked = await call(() => persons.updatePerson({ id: personId, UpdatePersonRequest: personOrg }));
+  check('persons.update links the organization (data.org_id)', personLinked.body?.data?.org_id === orgId, json(personLinked.body?.data));
+  const dealLinkedOrg = await call(() => deals.updateDeal({ id: dealId, UpdateDealRequest: { org_id: orgId } }));
+  check('deals.update links the organization (data.org_id)', dealLinkedOrg.body?.data?.org_id === orgId, json(dealLinkedOrg.body?.data));
+  const orgFields = await call(() => new v2.OrganizationFieldsApi(config.v2).getOrganizationFields({}));
+  check('organizationFields lists the app id field as custom', (orgFields.body?.data || []).some((f) => f.field_code === ID_PROPERTY && f.is_custom_field === true), json(orgFields.body?.data));
+
   const noteDeleted = sample('DELETE /v1/notes/{id}', await call(() => notes.deleteNote({ id: noteId })));
   conforms('notes.delete (not called by crm-sync: no activity delete) response is a DeleteNoteResponse (data: boolean)', noteDeleted.body, 'DeleteNoteResponse', 'v1');
 
@@ -509,6 +541,9 @@ async function personsAndDealsAndNotes() {
   const dealDeleted = sample('DELETE /api/v2/deals/{id}', await call(() => deals.deleteDeal({ id: dealId })));
   conforms('deals.delete response is a DeleteDealResponse', dealDeleted.body, 'DeleteDealResponse', 'v2');
   check('deals.delete answers data.id = the deal', dealDeleted.body?.data?.id === dealId, json(dealDeleted.body));
+  const orgDeleted = sample('DELETE /api/v2/organizations/{id}', await call(() => organizations.deleteOrganization({ id: orgId })));
+  conforms('organizations.delete response is a DeleteOrganizationResponse', orgDeleted.body, 'DeleteOrganizationResponse', 'v2');
+  check('organizations.delete answers data.id = the organization', orgDeleted.body?.data?.id === orgId, json(orgDeleted.body));
   const personDeleted = sample('DELETE /api/v2/persons/{id}', await call(() => persons.deletePerson({ id: personId })));
   conforms('persons.delete response is a DeletePersonResponse', personDeleted.body, 'DeletePersonResponse', 'v2');
   check('persons.delete answers data.id = the person', personDeleted.body?.data?.id === personId, json(personDeleted.body));

@@ -71,6 +71,12 @@ async fn pipedrives_official_node_client_reads_every_answer_and_takes_every_requ
         "the merge is checked:\n{}",
         run.output
     );
+    assert!(
+        run.output
+            .contains("PASS organizations.search finds the organization"),
+        "organizations are checked:\n{}",
+        run.output
+    );
 }
 
 #[tokio::test]

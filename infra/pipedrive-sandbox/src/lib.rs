@@ -279,7 +279,7 @@ pub struct Sandbox {
     state: Shared,
 }
 
-/// The custom field every sandbox has on persons and deals: where crm-sync keeps the app's id
+/// The custom field every sandbox has on persons, deals and organizations: where crm-sync keeps the app's id
 /// (the name `mapping.pipedrive.toml` gives it).
 pub const APP_ID_FIELD: &str = "crm_sync_app_id";
 
@@ -300,7 +300,12 @@ impl Sandbox {
             stats: Stats::default(),
             records: BTreeMap::new(),
             indexed_at: BTreeMap::new(),
-            custom_fields: [("persons", app_id(())), ("deals", app_id(()))].into(),
+            custom_fields: [
+                ("persons", app_id(())),
+                ("deals", app_id(())),
+                ("organizations", app_id(())),
+            ]
+            .into(),
             next_id: 1,
             webhook: None,
             epoch_timestamps: false,
@@ -331,7 +336,7 @@ impl Sandbox {
     /// `monetary`, `enum`, `date`, ...).
     pub fn add_custom_field(&self, entity: &str, code: &str, field_type: &'static str) {
         let mut state = self.state.lock().unwrap();
-        let entity = entity_name(entity).expect("persons or deals");
+        let entity = entity_name(entity).expect("persons, deals or organizations");
         state.custom_fields.entry(entity).or_default().push(Field {
             code: code.to_string(),
             field_type,
@@ -419,6 +424,7 @@ fn entity_name(segment: &str) -> Option<&'static str> {
     match segment {
         "persons" => Some("persons"),
         "deals" => Some("deals"),
+        "organizations" => Some("organizations"),
         "notes" => Some("notes"),
         _ => None,
     }
@@ -529,9 +535,13 @@ fn router(shared: Shared) -> Router {
         .route(
             "/api/v2/dealFields",
             methods().get(|store: Store| fields(store, "deals")),
+        )
+        .route(
+            "/api/v2/organizationFields",
+            methods().get(|store: Store| fields(store, "organizations")),
         );
-    // Persons and deals exist in API v2 only, notes in API v1 only.
-    for entity in ["persons", "deals"] {
+    // Persons, deals and organizations exist in API v2 only, notes in API v1 only.
+    for entity in ["persons", "deals", "organizations"] {
         api = api
             .route(
                 &format!("/api/v2/{entity}"),
@@ -895,9 +905,25 @@ fn model_field(entity: &str, name: &str) -> Option<&'static str> {
         ("label_ids", "array"),
         ("custom_fields", "object"),
     ];
+    // AddOrganizationRequest / UpdateOrganizationRequest.
+    let organization = [
+        ("name", "string"),
+        ("owner_id", "integer"),
+        ("add_time", "string"),
+        ("visible_to", "integer"),
+        ("label_ids", "array"),
+        ("address", "object"),
+        ("website", "string"),
+        ("linkedin", "string"),
+        ("industry", "integer"),
+        ("annual_revenue", "number"),
+        ("employee_count", "integer"),
+        ("custom_fields", "object"),
+    ];
     let fields: &[(&str, &'static str)] = match entity {
         "persons" => &person,
         "deals" => &deal,
+        "organizations" => &organization,
         _ => return None,
     };
     fields
@@ -968,7 +994,7 @@ fn validate(state: &State, entity: &str, fields: &Map<String, Value>, creating: 
             ));
         }
     }
-    let required = if entity == "persons" { "name" } else { "title" };
+    let required = if entity == "deals" { "title" } else { "name" };
     let named = fields
         .get(required)
         .and_then(Value::as_str)
@@ -1009,6 +1035,8 @@ fn created(entity: &str, id: u64) -> Map<String, Value> {
     let defaults = match entity {
         "persons" => json!({"owner_id": 1, "org_id": null, "emails": [], "phones": [], "visible_to": 3,
                              "label_ids": [], "is_deleted": false, "custom_fields": {}}),
+        "organizations" => json!({"owner_id": 1, "visible_to": 3, "label_ids": [], "is_deleted": false,
+                                   "custom_fields": {}}),
         "deals" => json!({"owner_id": 1, "person_id": null, "org_id": null, "pipeline_id": 1, "stage_id": 1,
                            "value": 0, "currency": "USD", "status": "open", "visible_to": 3,
                            "is_deleted": false, "expected_close_date": null, "custom_fields": {}}),
@@ -1059,6 +1087,13 @@ fn search_item(entity: &str, record: &Map<String, Value>) -> Value {
         json!({
             "id": record["id"], "type": "person", "name": record.get("name"),
             "phones": texts("phones"), "emails": texts("emails"),
+            "visible_to": record.get("visible_to"), "owner": owner,
+            "custom_fields": custom, "notes": [],
+        })
+    } else if entity == "organizations" {
+        json!({
+            "id": record["id"], "type": "organization", "name": record.get("name"),
+            "address": record.get("address").and_then(|address| address.get("value")).cloned(),
             "visible_to": record.get("visible_to"), "owner": owner,
             "custom_fields": custom, "notes": [],
         })
@@ -1331,6 +1366,13 @@ fn field_list(state: &State, entity: &'static str) -> Value {
             ("phone", "phone"),
             ("owner_id", "user"),
             ("org_id", "org"),
+            ("add_time", "date"),
+            ("update_time", "date"),
+        ],
+        "organizations" => &[
+            ("name", "varchar"),
+            ("owner_id", "user"),
+            ("address", "address"),
             ("add_time", "date"),
             ("update_time", "date"),
         ],
