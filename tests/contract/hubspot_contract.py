@@ -51,6 +51,8 @@ from hubspot import HubSpot  # noqa: E402
 import hubspot.crm.associations.v4 as assoc_models  # noqa: E402
 import hubspot.crm.associations.v4.schema as assoc_schema_models  # noqa: E402
 import hubspot.crm.companies as company_models  # noqa: E402
+import hubspot.crm.objects as object_models  # noqa: E402
+import hubspot.crm.schemas as schema_models  # noqa: E402
 import hubspot.crm.contacts as contact_models  # noqa: E402
 import hubspot.crm.deals as deal_models  # noqa: E402
 import hubspot.crm.objects.notes as note_models  # noqa: E402
@@ -712,6 +714,56 @@ def check_labels(fam):
     return f"label {type_id}, inverse {type_id + 1}"
 
 
+def check_custom_object():
+    """A custom object type defined through the schemas API, then written and read through the
+    generic objects API by its objectTypeId and by its fullyQualifiedName."""
+    schemas = client.crm.schemas.core_api
+    name = f"project_{RUN}"
+    egg = schema_models.ObjectSchemaEgg(
+        name=name,
+        labels=schema_models.ObjectTypeDefinitionLabels(singular="Project", plural="Projects"),
+        primary_display_property="project_name",
+        required_properties=["project_name"],
+        searchable_properties=["project_name"],
+        secondary_display_properties=[],
+        associated_objects=["COMPANY"],
+        properties=[
+            schema_models.ObjectTypePropertyCreate(name="project_name", label="Name", type="string", field_type="text"),
+            schema_models.ObjectTypePropertyCreate(name=ID_PROPERTY, label="App id", type="string", field_type="text", has_unique_value=True),
+        ],
+    )
+    schemas.api_client.last_response = None
+    made = sdk_call(schemas.api_client, lambda: schemas.create_with_http_info(egg))
+    assert made.api_error is None and made.model_error is None and made.status == 201 and type(made.data).__name__ == "ObjectSchema", (
+        f"expected 201 ObjectSchema; got {made.describe()}"
+    )
+    type_id, qualified = made.data.object_type_id, made.data.fully_qualified_name
+    assert type_id.startswith("2-") and qualified.startswith("p") and qualified.endswith(f"_{name}"), f"ids: {type_id}, {qualified}"
+    again = sdk_call(schemas.api_client, lambda: schemas.create_with_http_info(egg))
+    assert again.status == 400, f"the same name again: {again.describe()}"
+    got = sdk_call(schemas.api_client, lambda: schemas.get_by_id_with_http_info(qualified))
+    assert got.status == 200 and got.data.object_type_id == type_id, f"by its fullyQualifiedName: {got.describe()}"
+    objects = client.crm.objects.batch_api
+    key = new_key("project")
+    body = object_models.BatchInputSimplePublicObjectBatchInputUpsert(
+        inputs=[object_models.SimplePublicObjectBatchInputUpsert(
+            id_property=ID_PROPERTY, id=key, properties={"project_name": "Analytical engine", ID_PROPERTY: key}, object_write_trace_id="0")]
+    )
+    objects.api_client.last_response = None
+    written = expect(sdk_call(objects.api_client, lambda: objects.upsert_with_http_info(type_id, body)), 200, "BatchResponseSimplePublicUpsertObject")
+    assert [r.new for r in written.results] == [True], f"created: {written.results}"
+    read_body = object_models.BatchReadInputSimplePublicObjectId(
+        properties=["project_name"], id_property=ID_PROPERTY, inputs=[object_models.SimplePublicObjectId(id=key)], properties_with_history=[]
+    )
+    read = expect(sdk_call(objects.api_client, lambda: objects.read_with_http_info(qualified, read_body)), 200, "BatchResponseSimplePublicObject")
+    assert [r.properties.get("project_name") for r in read.results] == ["Analytical engine"], f"read back by {qualified}: {read.results}"
+    props = client.crm.properties.core_api
+    listed = sdk_call(props.api_client, lambda: props.get_all_with_http_info(type_id))
+    unique = {p.name: p.has_unique_value for p in (listed.data.results if listed.data else [])}
+    assert unique.get(ID_PROPERTY) is True and unique.get("project_name") is False, f"properties of {type_id}: {unique}"
+    return f"{type_id} ({qualified})"
+
+
 def check_properties(fam, obj, expected):
     answer = fam.properties(obj)
     assert answer.status == 200 and answer.data is not None, f"expected HTTP 200 as CollectionResponsePropertyNoPaging; got {answer.describe()}"
@@ -895,6 +947,11 @@ def main():
             checks.run(
                 f"[{a}] associations {from_type}->{to_type} batch/associate/default: PublicDefaultAssociation, type {type_id}",
                 lambda: check_associate(fam, from_type, to_type, type_id),
+            )
+        if not fam.dated:
+            checks.run(
+                "[v3] custom object: schemas API 201 ObjectSchema (2-…, p…_name), the name again 400, read by fullyQualifiedName; records upserted by objectTypeId and read by fullyQualifiedName; its properties",
+                check_custom_object,
             )
         checks.run(
             f"[{a}] labelled associations contacts->companies: a label and its inverse defined, batch/create 201 with the label, batch/read both sides, labels/archive keeps the link, batch/archive 204",

@@ -23,11 +23,14 @@ async fn hubspots_official_python_client_reads_every_answer_the_hubspot_sandbox_
 
     assert!(run.passed, "{}\n\n{}", run.failures(), run.output);
     assert!(
-        run.passes() >= 124,
+        run.passes() >= 125,
         "every call is checked, on v3/v4 and 2026-03 paths:\n{}",
         run.output
     );
     assert!(!run.output.contains("SKIP"), "every check ran:\n{}", run.output);
+    for check in ["PASS [v3] custom object", "PASS [v4] labelled associations"] {
+        assert!(run.output.contains(check), "{check} ran:\n{}", run.output);
+    }
 }
 
 #[tokio::test]

@@ -8,14 +8,14 @@ use serde_json::{json, Value};
 
 use crate::{hubspot_error, store_now, State};
 
-/// HubSpot's object type ids of the standard objects the sandbox keeps.
-fn type_id_of(object: &str) -> &'static str {
+/// HubSpot's object type id: a standard object's, or a custom one's own (`2-…`).
+fn type_id_of(object: &str) -> String {
     match object {
-        "contacts" => "0-1",
-        "companies" => "0-2",
-        "deals" => "0-3",
-        "notes" => "0-46",
-        _ => "0-0",
+        "contacts" => "0-1".into(),
+        "companies" => "0-2".into(),
+        "deals" => "0-3".into(),
+        "notes" => "0-46".into(),
+        custom => custom.to_string(),
     }
 }
 

@@ -502,6 +502,16 @@ fn router(state: Shared) -> Router {
                 get(properties_call).head(not_served),
             );
     }
+    // Custom object types (the schemas API has one path family).
+    crm = crm
+        .route(
+            "/crm-object-schemas/v3/schemas",
+            post(define_object_call).get(list_objects_call),
+        )
+        .route(
+            "/crm-object-schemas/v3/schemas/{object}",
+            get(object_schema_call).head(not_served),
+        );
     // A CRM call no endpoint serves still counts against the limits, as at HubSpot; so the gate
     // wraps the fallbacks too, and the fallbacks are set before it.
     let crm = crm
@@ -640,7 +650,10 @@ async fn batch_call(
     Path((object, action)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    served(&state, |state| batch(state, &object, &action, &body))
+    served(&state, |state| {
+        let object = state.store.canonical(&object).to_string();
+        batch(state, &object, &action, &body)
+    })
 }
 
 /// `POST /crm/objects/{version}/{type}/merge` `{primaryObjectId, objectIdToMerge}`: the
@@ -738,6 +751,7 @@ async fn get_one_call(
     RawQuery(query): RawQuery,
 ) -> Response {
     served(&state, |state| {
+        let object = state.store.canonical(&object).to_string();
         get_one(state, &object, &id, query.as_deref().unwrap_or_default())
     })
 }
@@ -756,13 +770,63 @@ async fn labelled_call(
     Path((from, to, action)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Response {
-    served(&state, |state| match action.as_str() {
-        "create" => associations::create(state, &from, &to, &body),
-        "read" => associations::read(state, &from, &to, &body),
-        "archive" => associations::archive(state, &from, &to, &body),
-        _ => (
+    served(&state, |state| {
+        let (from, to) = (
+            state.store.canonical(&from).to_string(),
+            state.store.canonical(&to).to_string(),
+        );
+        match action.as_str() {
+            "create" => associations::create(state, &from, &to, &body),
+            "read" => associations::read(state, &from, &to, &body),
+            "archive" => associations::archive(state, &from, &to, &body),
+            _ => (
+                404,
+                hubspot_error("OBJECT_NOT_FOUND", "The sandbox does not serve this endpoint"),
+            ),
+        }
+    })
+}
+
+/// `POST /crm-object-schemas/v3/schemas`: a custom object type (201 `ObjectSchema`).
+async fn define_object_call(extract::State(state): extract::State<Shared>, body: Bytes) -> Response {
+    served(&state, |state| {
+        let egg: Value = match serde_json::from_slice(&body) {
+            Ok(egg) => egg,
+            Err(error) => {
+                return (
+                    400,
+                    hubspot_error("VALIDATION_ERROR", &format!("Invalid input JSON: {error}")),
+                )
+            }
+        };
+        let portal = state.webhooks.portal_id;
+        match state.store.define_object(&egg, portal) {
+            Ok(schema) => (201, schema),
+            Err(reason) => (400, hubspot_error("VALIDATION_ERROR", &reason)),
+        }
+    })
+}
+
+/// `GET /crm-object-schemas/v3/schemas`: the custom object types.
+async fn list_objects_call(extract::State(state): extract::State<Shared>) -> Response {
+    served(&state, |state| {
+        (200, json!({"results": state.store.object_schemas()}))
+    })
+}
+
+/// `GET /crm-object-schemas/v3/schemas/{objectType}`: one custom object type, by any name.
+async fn object_schema_call(
+    extract::State(state): extract::State<Shared>,
+    Path(object): Path<String>,
+) -> Response {
+    served(&state, |state| match state.store.object_schema(&object) {
+        Some(schema) => (200, schema.clone()),
+        None => (
             404,
-            hubspot_error("OBJECT_NOT_FOUND", "The sandbox does not serve this endpoint"),
+            hubspot_error(
+                "OBJECT_NOT_FOUND",
+                &format!("Unable to infer object type from: {object}"),
+            ),
         ),
     })
 }
@@ -796,7 +860,10 @@ async fn properties_call(
     extract::State(state): extract::State<Shared>,
     Path(object): Path<String>,
 ) -> Response {
-    served(&state, |state| properties(state, &object))
+    served(&state, |state| {
+        let object = state.store.canonical(&object).to_string();
+        properties(state, &object)
+    })
 }
 
 async fn not_served(extract::State(state): extract::State<Shared>) -> Response {
@@ -1161,7 +1228,8 @@ fn properties(state: &State, object: &str) -> (u16, Value) {
     let results: Vec<Value> = names
         .iter()
         .map(|name| {
-            let kind = store::property_type(name);
+            let kind = state.store.property_type_of(object, name);
+            let kind = kind.as_str();
             let field_type = match kind {
                 "number" => "number",
                 "datetime" | "date" => "date",

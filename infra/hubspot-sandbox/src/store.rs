@@ -207,6 +207,12 @@ pub struct Store {
     labels: HashMap<(String, String), Vec<(u32, String)>>,
     /// (object, merged-away id) -> the id it was merged into.
     merged: HashMap<(String, u64), u64>,
+    /// Custom object types by `objectTypeId` (`2-…`): their schema as the schemas API answers it.
+    custom: BTreeMap<String, Value>,
+    /// A custom object's other names (`fullyQualifiedName`, `name`) -> its `objectTypeId`.
+    aliases: HashMap<String, String>,
+    /// (custom object type, property) -> the property's `type`.
+    custom_types: HashMap<(String, String), String>,
 }
 
 impl Default for Store {
@@ -234,6 +240,9 @@ impl Default for Store {
             link_types: HashMap::new(),
             labels: HashMap::new(),
             merged: HashMap::new(),
+            custom: BTreeMap::new(),
+            aliases: HashMap::new(),
+            custom_types: HashMap::new(),
         }
     }
 }
@@ -298,6 +307,130 @@ pub fn now_rfc3339() -> String {
 }
 
 impl Store {
+    /// The object type a path names: a custom object by its `objectTypeId`, its
+    /// `fullyQualifiedName` or its name, anything else as it is.
+    pub fn canonical<'a>(&'a self, object: &'a str) -> &'a str {
+        self.aliases.get(object).map_or(object, String::as_str)
+    }
+
+    /// A property's `type`: a custom object's as its schema declared it.
+    pub fn property_type_of(&self, object: &str, name: &str) -> String {
+        self.custom_types
+            .get(&(object.to_string(), name.to_string()))
+            .cloned()
+            .unwrap_or_else(|| property_type(name).to_string())
+    }
+
+    /// A custom object type defined from an `ObjectSchemaEgg`, as `POST
+    /// /crm-object-schemas/v3/schemas` does; its `ObjectSchema`, or why it is refused.
+    pub fn define_object(&mut self, egg: &Value, portal_id: u64) -> Result<Value, String> {
+        let name = egg
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let valid_name = !name.is_empty()
+            && name.len() <= 100
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
+        if !valid_name {
+            return Err("name must start with a letter and hold only letters, digits and _".into());
+        }
+        if self.aliases.contains_key(&name) || self.schema.contains_key(&name) {
+            return Err(format!("An object type named {name} already exists"));
+        }
+        let labels = egg.get("labels").cloned().unwrap_or(Value::Null);
+        if labels.get("singular").and_then(Value::as_str).is_none()
+            || labels.get("plural").and_then(Value::as_str).is_none()
+        {
+            return Err("labels need singular and plural".into());
+        }
+        let mut properties = Vec::new();
+        let mut unique = Vec::new();
+        let mut described = Vec::new();
+        for property in egg
+            .get("properties")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let (Some(pname), Some(kind)) = (
+                property.get("name").and_then(Value::as_str),
+                property.get("type").and_then(Value::as_str),
+            ) else {
+                return Err("each property needs name and type".into());
+            };
+            if properties.iter().any(|p: &String| p == pname) {
+                return Err(format!("property {pname} is defined twice"));
+            }
+            properties.push(pname.to_string());
+            if property.get("hasUniqueValue").and_then(Value::as_bool) == Some(true) {
+                unique.push(pname.to_string());
+            }
+            described.push((pname.to_string(), kind.to_string(), property.clone()));
+        }
+        let required: Vec<String> = egg
+            .get("requiredProperties")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.as_str().map(str::to_string))
+            .collect();
+        if let Some(missing) = required.iter().find(|p| !properties.contains(p)) {
+            return Err(format!("required property {missing} is not among the properties"));
+        }
+        let object_type_id = format!("2-{}", 2_000_001 + self.custom.len());
+        let fully_qualified = format!("p{portal_id}_{name}");
+        let now = now_rfc3339();
+        let schema = serde_json::json!({
+            "id": object_type_id.trim_start_matches("2-"),
+            "objectTypeId": object_type_id,
+            "fullyQualifiedName": fully_qualified,
+            "name": name,
+            "labels": labels,
+            "requiredProperties": required,
+            "searchableProperties": egg.get("searchableProperties").cloned().unwrap_or(serde_json::json!([])),
+            "primaryDisplayProperty": egg.get("primaryDisplayProperty").cloned().unwrap_or(Value::Null),
+            "secondaryDisplayProperties": egg.get("secondaryDisplayProperties").cloned().unwrap_or(serde_json::json!([])),
+            "properties": described.iter().map(|(pname, kind, given)| serde_json::json!({
+                "name": pname,
+                "label": given.get("label").cloned().unwrap_or(serde_json::json!(pname)),
+                "type": kind,
+                "fieldType": given.get("fieldType").cloned().unwrap_or(serde_json::json!("text")),
+                "groupName": format!("{name}_information"),
+                "description": "",
+                "options": [],
+                "hasUniqueValue": unique.contains(pname),
+                "createdAt": now,
+                "updatedAt": now,
+            })).collect::<Vec<_>>(),
+            "associations": [],
+            "createdAt": now,
+            "updatedAt": now,
+            "archived": false,
+        });
+        for (pname, kind, _) in &described {
+            self.custom_types
+                .insert((object_type_id.clone(), pname.clone()), kind.clone());
+        }
+        self.schema.insert(object_type_id.clone(), (properties, unique));
+        self.aliases.insert(fully_qualified, object_type_id.clone());
+        self.aliases.insert(name, object_type_id.clone());
+        self.custom.insert(object_type_id, schema.clone());
+        Ok(schema)
+    }
+
+    /// Every custom object type's schema.
+    pub fn object_schemas(&self) -> Vec<Value> {
+        self.custom.values().cloned().collect()
+    }
+
+    /// A custom object type's schema, by any of its names.
+    pub fn object_schema(&self, object: &str) -> Option<&Value> {
+        self.custom.get(self.canonical(object))
+    }
+
     /// Whether the object type exists; its properties and unique properties.
     pub fn schema(&self, object: &str) -> Option<(&[String], &[String])> {
         self.schema
