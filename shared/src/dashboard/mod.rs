@@ -24,7 +24,7 @@ use crate::reconcile::{ReconcileStore, RunReport};
 pub const RESYNC_ATTRIBUTE: &str = "crm_sync_resync";
 
 /// Builds a record's URL in the CRM from its object type and CRM id.
-pub type CrmRecordUrl = Arc<dyn Fn(ObjectKind, &str) -> String + Send + Sync>;
+pub type CrmRecordUrl = Arc<dyn Fn(ObjectKind, &str) -> Option<String> + Send + Sync>;
 
 /// Tunables of the dashboard.
 #[derive(Clone)]
@@ -258,7 +258,7 @@ impl DashboardService {
     /// The record's page in the CRM, where its URL is known.
     pub fn crm_url(&self, state: &RecordState) -> Option<String> {
         let url = self.settings.crm_record_url.as_ref()?;
-        Some(url(state.record.object, state.crm_id.as_ref()?))
+        url(state.record.object, state.crm_id.as_ref()?)
     }
 
     /// Records per filter, each count bounded (see `DashboardSettings::count_pages`).

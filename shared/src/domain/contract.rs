@@ -25,34 +25,126 @@ pub const MAX_MESSAGE_BYTES: usize = 100 * 1024;
 /// lower-cased): a longer one is no address.
 const MAX_SEARCH_EMAIL_BYTES: usize = 254;
 
-/// The app's object types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ObjectKind {
-    Contact,
-    Deal,
-    Activity,
-}
+/// An object type of the app: the three crm-sync knows from the start (contacts, deals,
+/// activities) and any the mapping declares ([`ObjectKind::declare`]). A name, interned once,
+/// so that a kind is copied freely and compared cheaply.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ObjectKind(&'static str);
 
+/// Object types the mapping declared, beyond the built-in ones; they live as long as the process.
+static DECLARED: std::sync::RwLock<Vec<&'static str>> = std::sync::RwLock::new(Vec::new());
+
+/// The longest name of a declared object type.
+pub const MAX_OBJECT_NAME_CHARS: usize = 40;
+
+// The built-in kinds keep the names they had as an enum's variants, so that they read as before
+// wherever they are compared or matched.
+#[allow(non_upper_case_globals)]
 impl ObjectKind {
+    pub const Contact: ObjectKind = ObjectKind("contact");
+    pub const Deal: ObjectKind = ObjectKind("deal");
+    pub const Activity: ObjectKind = ObjectKind("activity");
+
+    /// The built-in kinds, in the order their records depend on each other.
     pub const ALL: [ObjectKind; 3] = [ObjectKind::Contact, ObjectKind::Deal, ObjectKind::Activity];
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            ObjectKind::Contact => "contact",
-            ObjectKind::Deal => "deal",
-            ObjectKind::Activity => "activity",
-        }
+        self.0
     }
 
+    /// A built-in kind or one the mapping declared.
     pub fn parse(text: &str) -> Option<ObjectKind> {
-        ObjectKind::ALL.into_iter().find(|kind| kind.as_str() == text)
+        if let Some(kind) = ObjectKind::ALL.into_iter().find(|kind| kind.as_str() == text) {
+            return Some(kind);
+        }
+        let declared = DECLARED.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        declared
+            .iter()
+            .find(|name| **name == text)
+            .map(|name| ObjectKind(name))
+    }
+
+    /// Declares an object type by its name (lower-case letters, digits and `_`, starting with a
+    /// letter, at most [`MAX_OBJECT_NAME_CHARS`]); declaring it again, or a built-in, gives the
+    /// same kind.
+    pub fn declare(name: &str) -> Result<ObjectKind, String> {
+        let valid = !name.is_empty()
+            && name.chars().count() <= MAX_OBJECT_NAME_CHARS
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            return Err(format!(
+                "`{name}` is no object type name: lower-case letters, digits and _, starting with a letter, at most {MAX_OBJECT_NAME_CHARS}"
+            ));
+        }
+        if let Some(kind) = ObjectKind::parse(name) {
+            return Ok(kind);
+        }
+        let mut declared = DECLARED
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(name) = declared.iter().find(|known| **known == name) {
+            return Ok(ObjectKind(name));
+        }
+        let interned: &'static str = Box::leak(name.to_string().into_boxed_str());
+        declared.push(interned);
+        Ok(ObjectKind(interned))
+    }
+
+    /// Whether crm-sync knows this kind from the start (not declared by the mapping).
+    pub fn is_built_in(self) -> bool {
+        ObjectKind::ALL.contains(&self)
+    }
+
+    /// The built-in kinds first, in their order, then the declared ones by name.
+    fn rank(self) -> (usize, &'static str) {
+        let built_in = ObjectKind::ALL.iter().position(|kind| *kind == self);
+        (built_in.unwrap_or(ObjectKind::ALL.len()), self.0)
+    }
+}
+
+impl PartialOrd for ObjectKind {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ObjectKind {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.rank().cmp(&other.rank())
+    }
+}
+
+impl fmt::Debug for ObjectKind {
+    /// As the enum's variants printed: `Contact`, `Deal`, `Activity`; a declared kind by name.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut chars = self.0.chars();
+        match (self.is_built_in(), chars.next()) {
+            (true, Some(first)) => write!(f, "{}{}", first.to_ascii_uppercase(), chars.as_str()),
+            _ => f.write_str(self.0),
+        }
     }
 }
 
 impl fmt::Display for ObjectKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for ObjectKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ObjectKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        ObjectKind::parse(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown object type `{name}`")))
     }
 }
 
@@ -545,5 +637,53 @@ mod tests {
             assert_eq!(error.0, reason, "for {body}");
             assert!(!error.0.contains("ada@example.com"));
         }
+    }
+
+    #[test]
+    fn a_declared_object_type_is_one_name_sorted_after_the_built_in_ones_and_read_back_by_serde() {
+        let company = ObjectKind::declare("company").unwrap();
+        assert_eq!(ObjectKind::declare("company").unwrap(), company, "declared once");
+        assert_eq!(ObjectKind::declare("contact").unwrap(), ObjectKind::Contact);
+        assert_eq!(ObjectKind::parse("company"), Some(company));
+        assert_eq!(ObjectKind::parse("never_declared"), None);
+        assert!(!company.is_built_in() && ObjectKind::Deal.is_built_in());
+        let mut kinds = vec![
+            company,
+            ObjectKind::Activity,
+            ObjectKind::Contact,
+            ObjectKind::Deal,
+        ];
+        kinds.sort();
+        assert_eq!(
+            kinds,
+            vec![
+                ObjectKind::Contact,
+                ObjectKind::Deal,
+                ObjectKind::Activity,
+                company
+            ]
+        );
+        assert_eq!(
+            format!("{:?} {company:?} {company}", ObjectKind::Contact),
+            "Contact company company"
+        );
+        let json = serde_json::to_string(&(company, ObjectKind::Deal)).unwrap();
+        assert_eq!(json, r#"["company","deal"]"#);
+        let back: (ObjectKind, ObjectKind) = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, (company, ObjectKind::Deal));
+        assert!(serde_json::from_str::<ObjectKind>(r#""never_declared""#).is_err());
+        for bad in [
+            "",
+            "Company",
+            "9lives",
+            "com-pany",
+            &"x".repeat(MAX_OBJECT_NAME_CHARS + 1),
+        ] {
+            assert!(ObjectKind::declare(bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            ObjectKind::declare(&"x".repeat(MAX_OBJECT_NAME_CHARS)).is_ok(),
+            "at the limit"
+        );
     }
 }

@@ -9,20 +9,20 @@ pub use webhook::{HubSpotEvents, HubSpotWebhookSettings, HubSpotWebhooks};
 
 use crate::domain::contract::ObjectKind;
 
-/// HubSpot's object type id of what an app object becomes (contacts, deals, notes).
-pub fn object_type_id(object: ObjectKind) -> &'static str {
+/// HubSpot's object type id of what a built-in app object becomes (contacts, deals, notes); a
+/// declared object's is its mapping's.
+pub fn object_type_id(object: ObjectKind) -> Option<&'static str> {
     match object {
-        ObjectKind::Contact => "0-1",
-        ObjectKind::Deal => "0-3",
-        ObjectKind::Activity => "0-46",
+        ObjectKind::Contact => Some("0-1"),
+        ObjectKind::Deal => Some("0-3"),
+        ObjectKind::Activity => Some("0-46"),
+        _ => None,
     }
 }
 
-/// A record's page in HubSpot's app.
-pub fn record_url(app_url: &str, portal_id: &str, object: ObjectKind, crm_id: &str) -> String {
+/// A record's page in HubSpot's app, for the built-in objects.
+pub fn record_url(app_url: &str, portal_id: &str, object: ObjectKind, crm_id: &str) -> Option<String> {
     let id: String = form_urlencoded::byte_serialize(crm_id.as_bytes()).collect();
-    format!(
-        "{app_url}/contacts/{portal_id}/record/{}/{id}",
-        object_type_id(object)
-    )
+    let type_id = object_type_id(object)?;
+    Some(format!("{app_url}/contacts/{portal_id}/record/{type_id}/{id}"))
 }

@@ -9,14 +9,16 @@ pub use webhook::{PipedriveEvents, PipedriveWebhookSettings, PipedriveWebhooks};
 
 use crate::domain::contract::ObjectKind;
 
-/// A record's page in the company's Pipedrive (`https://{company}.pipedrive.com`).
-pub fn record_url(app_url: &str, object: ObjectKind, crm_id: &str) -> String {
+/// A record's page in the company's Pipedrive (`https://{company}.pipedrive.com`), for the
+/// built-in objects.
+pub fn record_url(app_url: &str, object: ObjectKind, crm_id: &str) -> Option<String> {
     let id: String = form_urlencoded::byte_serialize(crm_id.as_bytes()).collect();
     match object {
-        ObjectKind::Contact => format!("{app_url}/person/{id}"),
-        ObjectKind::Deal => format!("{app_url}/deal/{id}"),
+        ObjectKind::Contact => Some(format!("{app_url}/person/{id}")),
+        ObjectKind::Deal => Some(format!("{app_url}/deal/{id}")),
         // Activities are not synced to Pipedrive: its activity list, not a record.
-        ObjectKind::Activity => format!("{app_url}/activities/list"),
+        ObjectKind::Activity => Some(format!("{app_url}/activities/list")),
+        _ => None,
     }
 }
 
@@ -28,16 +30,16 @@ mod tests {
     fn persons_and_deals_link_to_their_pages_in_the_companys_pipedrive() {
         let app = "https://acme.pipedrive.com";
         assert_eq!(
-            record_url(app, ObjectKind::Contact, "42"),
-            "https://acme.pipedrive.com/person/42"
+            record_url(app, ObjectKind::Contact, "42").as_deref(),
+            Some("https://acme.pipedrive.com/person/42")
         );
         assert_eq!(
-            record_url(app, ObjectKind::Deal, "7"),
-            "https://acme.pipedrive.com/deal/7"
+            record_url(app, ObjectKind::Deal, "7").as_deref(),
+            Some("https://acme.pipedrive.com/deal/7")
         );
         assert_eq!(
-            record_url(app, ObjectKind::Deal, "7/../x"),
-            "https://acme.pipedrive.com/deal/7%2F..%2Fx"
+            record_url(app, ObjectKind::Deal, "7/../x").as_deref(),
+            Some("https://acme.pipedrive.com/deal/7%2F..%2Fx")
         );
     }
 }

@@ -9,15 +9,16 @@ pub use outbound_messages::{SalesforceEvents, SalesforceOutboundMessages, Salesf
 
 use crate::domain::contract::ObjectKind;
 
-/// A record's page in Lightning Experience at the org's instance URL.
-pub fn record_url(instance_url: &str, object: ObjectKind, crm_id: &str) -> String {
+/// A record's page in Lightning Experience at the org's instance URL, for the built-in objects.
+pub fn record_url(instance_url: &str, object: ObjectKind, crm_id: &str) -> Option<String> {
     let id: String = form_urlencoded::byte_serialize(crm_id.as_bytes()).collect();
     let sobject = match object {
         ObjectKind::Contact => "Contact",
         ObjectKind::Deal => "Opportunity",
         ObjectKind::Activity => "Task",
+        _ => return None,
     };
-    format!("{instance_url}/lightning/r/{sobject}/{id}/view")
+    Some(format!("{instance_url}/lightning/r/{sobject}/{id}/view"))
 }
 
 #[cfg(test)]
@@ -31,12 +32,13 @@ mod tests {
                 "https://acme.my.salesforce.com",
                 ObjectKind::Deal,
                 "006000000000001AAA"
-            ),
-            "https://acme.my.salesforce.com/lightning/r/Opportunity/006000000000001AAA/view"
+            )
+            .as_deref(),
+            Some("https://acme.my.salesforce.com/lightning/r/Opportunity/006000000000001AAA/view")
         );
         assert_eq!(
-            record_url("https://acme.my.salesforce.com", ObjectKind::Contact, "003x"),
-            "https://acme.my.salesforce.com/lightning/r/Contact/003x/view"
+            record_url("https://acme.my.salesforce.com", ObjectKind::Contact, "003x").as_deref(),
+            Some("https://acme.my.salesforce.com/lightning/r/Contact/003x/view")
         );
     }
 }
