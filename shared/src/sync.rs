@@ -438,14 +438,26 @@ impl SyncService {
         let mut written_contacts: HashMap<String, String> = HashMap::new();
         // The CRM ids of the contacts deals and activities belong to, once contacts are written.
         let mut parents: Option<ContactIds> = None;
-        for (object, operation) in [
+        // The built-in kinds in the order their records depend on each other, then the kinds the
+        // mapping declares.
+        let declared = self
+            .mapping
+            .kinds()
+            .into_iter()
+            .filter(|kind| !kind.is_built_in())
+            .flat_map(|kind| [(kind, Operation::Upsert), (kind, Operation::Delete)]);
+        let groups: Vec<(ObjectKind, Operation)> = [
             (ObjectKind::Contact, Operation::Upsert),
             (ObjectKind::Contact, Operation::Delete),
             (ObjectKind::Contact, Operation::Erase),
             (ObjectKind::Deal, Operation::Upsert),
             (ObjectKind::Deal, Operation::Delete),
             (ObjectKind::Activity, Operation::Log),
-        ] {
+        ]
+        .into_iter()
+        .chain(declared)
+        .collect();
+        for (object, operation) in groups {
             let group: Vec<&Work> = work
                 .iter()
                 .filter(|w| w.queued.change.object == object && w.queued.change.operation == operation)
@@ -454,7 +466,7 @@ impl SyncService {
                 continue;
             }
             let mapping = self.mapping.object(object).expect("checked when parsed");
-            if object != ObjectKind::Contact && parents.is_none() {
+            if object != ObjectKind::Contact && object.is_built_in() && parents.is_none() {
                 parents = Some(self.contact_crm_ids(work, &written_contacts).await);
             }
             let results = match operation {

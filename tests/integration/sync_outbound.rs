@@ -1170,3 +1170,75 @@ async fn a_deal_of_a_contact_the_app_deleted_is_written_unlinked_not_retried_for
     assert!(app.sandbox().associations("deals", crm_id).is_empty());
     assert!(app.drain_dead_letters("OutboundDeadLetterQueue").await.is_empty());
 }
+
+#[tokio::test]
+async fn an_object_type_the_mapping_declares_is_created_updated_and_archived_by_version_2_messages() {
+    let dir = std::env::temp_dir().join(format!("crm-sync-declared-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mapping = dir.join("mapping.toml");
+    std::fs::write(
+        &mapping,
+        format!(
+            "{}\n[company]\ncrm_object = \"companies\"\nid_property = \"crm_sync_app_id\"\n\n[company.fields]\n\
+             name = {{ crm = \"name\", owner = \"app\" }}\ndomain = {{ crm = \"domain\", owner = \"app\" }}\n\
+             industry = {{ crm = \"industry\", owner = \"crm\" }}\n",
+            crm_sync::domain::mapping::DEFAULT_MAPPING
+        ),
+    )
+    .unwrap();
+    let app =
+        spawn_app_with(AppOptions::syncing().with_env("CRM_SYNC_MAPPING_FILE", mapping.to_str().unwrap()))
+            .await;
+    let company = RecordRef {
+        object: ObjectKind::declare("company").unwrap(),
+        record_id: "acct-1".into(),
+    };
+    let at = now_ms();
+    let upsert = |version: i64, data: serde_json::Value| {
+        json!({"version": 2, "type": "object.upsert", "object_type": "company", "record_id": "acct-1",
+               "idempotency_id": format!("acct-1-{version}"), "changed_at": version, "data": data})
+    };
+    app.send_changes(&[upsert(
+        at,
+        json!({"name": "Analytical Engines", "domain": "engines.example.com", "industry": "COMPUTER_SOFTWARE"}),
+    )])
+    .await;
+    let record = eventually(30, "the company in the sandbox", || async {
+        app.sandbox().find("companies", "crm_sync_app_id", "acct-1")
+    })
+    .await;
+    assert_eq!(record.properties["name"], "Analytical Engines");
+    assert_eq!(record.properties["domain"], "engines.example.com");
+    assert!(
+        !record.properties.contains_key("industry"),
+        "the CRM owns the industry"
+    );
+    let (state, _) = settled(&app, company.clone(), SyncStatus::Synced).await;
+    assert_eq!(state.crm_id, Some(record.id.to_string()));
+
+    app.send_changes(&[upsert(at + 1000, json!({"name": "Analytical Engines plc"}))])
+        .await;
+    eventually(30, "the new name", || async {
+        app.sandbox()
+            .find("companies", "crm_sync_app_id", "acct-1")
+            .filter(|r| r.properties["name"] == "Analytical Engines plc")
+    })
+    .await;
+    assert_eq!(app.sandbox().records("companies").len(), 1, "updated in place");
+
+    app.send_changes(&[json!({"version": 2, "type": "object.delete", "object_type": "company",
+                               "record_id": "acct-1", "idempotency_id": "acct-1-gone", "changed_at": at + 2000})])
+        .await;
+    settled(&app, company, SyncStatus::Deleted).await;
+    assert!(app.sandbox().records("companies").is_empty());
+
+    app.send_changes(&[json!({"version": 2, "type": "object.upsert", "object_type": "spaceship",
+                               "record_id": "s-1", "idempotency_id": "s-1", "changed_at": at, "data": {"name": "x"}})])
+        .await;
+    let letters = dead_letters(&app, 1).await;
+    assert_eq!(
+        letters[0].1["crm_sync_error"],
+        "invalid message: object_type `spaceship` is not an object type the mapping declares"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -10,6 +10,10 @@ use serde_json::{Map, Value};
 /// Version of the outbound message contract.
 pub const OUTBOUND_CONTRACT_VERSION: u64 = 1;
 
+/// The outbound contract's version 2: a change of an object type the mapping declares
+/// (`object.upsert`, `object.delete` with `object_type`); version 1 messages are unchanged.
+pub const OBJECT_CONTRACT_VERSION: u64 = 2;
+
 /// The longest identifier (`record_id`, `idempotency_id`, `contact_record_id`) and field name,
 /// in characters (Unicode code points, as JSON Schema's `maxLength` counts).
 pub const MAX_ID_CHARS: usize = 256;
@@ -207,6 +211,12 @@ impl Change {
 
     /// The message type as written in the contract.
     pub fn type_name(&self) -> &'static str {
+        if !self.object.is_built_in() {
+            return match self.operation {
+                Operation::Delete => "object.delete",
+                _ => "object.upsert",
+            };
+        }
         TYPES
             .iter()
             .find(|(_, object, operation)| *object == self.object && *operation == self.operation)
@@ -262,6 +272,38 @@ fn invalid(message: impl Into<String>) -> ContractError {
     ContractError(message.into())
 }
 
+/// A version 2 message's object type and operation: `object.upsert` or `object.delete` of a
+/// type the mapping declares.
+fn object_type(
+    fields: &Map<String, Value>,
+    type_name: &str,
+) -> Result<(ObjectKind, Operation), ContractError> {
+    let operation = match type_name {
+        "object.upsert" => Operation::Upsert,
+        "object.delete" => Operation::Delete,
+        other => {
+            return Err(invalid(format!(
+                "type `{}` is not one of object.upsert, object.delete (version 2)",
+                truncate(other)
+            )))
+        }
+    };
+    let name = fields
+        .get("object_type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("`object_type` is required in version 2"))?;
+    match ObjectKind::parse(name) {
+        Some(kind) if kind.is_built_in() => Err(invalid(format!(
+            "`{name}` changes are version 1 messages ({name}.upsert, …)"
+        ))),
+        Some(kind) => Ok((kind, operation)),
+        None => Err(invalid(format!(
+            "object_type `{}` is not an object type the mapping declares",
+            truncate(name)
+        ))),
+    }
+}
+
 const TYPES: [(&str, ObjectKind, Operation); 6] = [
     ("contact.upsert", ObjectKind::Contact, Operation::Upsert),
     ("contact.delete", ObjectKind::Contact, Operation::Delete),
@@ -271,9 +313,10 @@ const TYPES: [(&str, ObjectKind, Operation); 6] = [
     ("activity.log", ObjectKind::Activity, Operation::Log),
 ];
 
-const FIELDS: [&str; 7] = [
+const FIELDS: [&str; 8] = [
     "version",
     "type",
+    "object_type",
     "record_id",
     "idempotency_id",
     "changed_at",
@@ -336,30 +379,37 @@ pub fn parse_change(body: &str) -> Result<Change, ContractError> {
     if let Some(unknown) = fields.keys().find(|key| !FIELDS.contains(&key.as_str())) {
         return Err(invalid(format!("unknown field `{}`", truncate(unknown))));
     }
-    match fields.get("version").and_then(Value::as_u64) {
-        Some(OUTBOUND_CONTRACT_VERSION) => {}
+    let version = match fields.get("version").and_then(Value::as_u64) {
+        Some(version @ (OUTBOUND_CONTRACT_VERSION | OBJECT_CONTRACT_VERSION)) => version,
         Some(other) => {
             return Err(invalid(format!(
-                "version {other} is not supported (this is version 1)"
+                "version {other} is not supported (versions 1 and 2 are)"
             )))
         }
-        None => return Err(invalid("`version` is required and must be 1")),
-    }
+        None => return Err(invalid("`version` is required and must be 1 or 2")),
+    };
     let type_name = fields
         .get("type")
         .and_then(Value::as_str)
         .ok_or_else(|| invalid("`type` is required"))?;
-    let (_, object, operation) = TYPES
-        .iter()
-        .find(|(name, _, _)| *name == type_name)
-        .copied()
-        .ok_or_else(|| {
-            invalid(format!(
-                "type `{}` is not one of contact.upsert, contact.delete, contact.erase, deal.upsert, deal.delete, \
-                 activity.log",
-                truncate(type_name)
-            ))
-        })?;
+    let (object, operation) = if version == OBJECT_CONTRACT_VERSION {
+        object_type(&fields, type_name)?
+    } else {
+        if fields.contains_key("object_type") {
+            return Err(invalid("`object_type` belongs to version 2 messages"));
+        }
+        TYPES
+            .iter()
+            .find(|(name, _, _)| *name == type_name)
+            .map(|(_, object, operation)| (*object, *operation))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "type `{}` is not one of contact.upsert, contact.delete, contact.erase, deal.upsert, deal.delete, \
+                     activity.log",
+                    truncate(type_name)
+                ))
+            })?
+    };
     let record_id = required_identifier(&fields, "record_id")?;
     let idempotency_id = required_identifier(&fields, "idempotency_id")?;
     let changed_at_ms = fields
@@ -375,7 +425,7 @@ pub fn parse_change(body: &str) -> Result<Change, ContractError> {
             "activity.log needs `contact_record_id`, the contact it is logged on",
         ));
     }
-    if object == ObjectKind::Contact && contact_record_id.is_some() {
+    if (object == ObjectKind::Contact || !object.is_built_in()) && contact_record_id.is_some() {
         return Err(invalid(
             "`contact_record_id` belongs on deals and activities only",
         ));
@@ -507,7 +557,7 @@ mod tests {
             .map(String::as_str)
             .collect();
         declared.sort();
-        let mut fields = FIELDS.to_vec();
+        let mut fields: Vec<&str> = FIELDS.iter().copied().filter(|f| *f != "object_type").collect();
         fields.sort();
         assert_eq!(declared, fields);
         let types: Vec<&str> = schema["properties"]["type"]["enum"]
@@ -624,7 +674,8 @@ mod tests {
         let cases = [
             ("not json", "the message is not valid JSON (line 1, column 2)"),
             ("[1]", "the message must be a JSON object"),
-            (&CONTACT.replace("\"version\":1", "\"version\":2"), "version 2 is not supported (this is version 1)"),
+            (&CONTACT.replace("\"version\":1", "\"version\":3"), "version 3 is not supported (versions 1 and 2 are)"),
+            (&CONTACT.replace("\"version\":1", "\"version\":2"), "type `contact.upsert` is not one of object.upsert, object.delete (version 2)"),
             (&CONTACT.replace("contact.upsert", "contact.merge"), "type `contact.merge` is not one of contact.upsert, contact.delete, contact.erase, deal.upsert, deal.delete, activity.log"),
             (&CONTACT.replace("\"record_id\":\"user-42\"", "\"record_id\":\"\""), "`record_id` must be 1 to 256 characters without control characters"),
             (&CONTACT.replace("\"idempotency_id\":\"i-1\",", ""), "`idempotency_id` is required"),
@@ -685,5 +736,74 @@ mod tests {
             ObjectKind::declare(&"x".repeat(MAX_OBJECT_NAME_CHARS)).is_ok(),
             "at the limit"
         );
+    }
+
+    #[test]
+    fn a_version_2_message_changes_an_object_type_the_mapping_declares() {
+        let project = ObjectKind::declare("project").unwrap();
+        let upsert = r#"{"version":2,"type":"object.upsert","object_type":"project","record_id":"p-1","idempotency_id":"i-1","changed_at":5,"data":{"name":"Engine"}}"#;
+        let change = parse_change(upsert).unwrap();
+        assert_eq!(
+            (change.object, change.operation, change.type_name()),
+            (project, Operation::Upsert, "object.upsert")
+        );
+        let delete = r#"{"version":2,"type":"object.delete","object_type":"project","record_id":"p-1","idempotency_id":"i-2","changed_at":6}"#;
+        assert_eq!(parse_change(delete).unwrap().type_name(), "object.delete");
+        for (body, reason) in [
+            (
+                upsert.replace("\"project\"", "\"spaceship\""),
+                "object_type `spaceship` is not an object type the mapping declares",
+            ),
+            (
+                upsert.replace("\"project\"", "\"contact\""),
+                "`contact` changes are version 1 messages (contact.upsert, …)",
+            ),
+            (
+                upsert.replace(",\"object_type\":\"project\"", ""),
+                "`object_type` is required in version 2",
+            ),
+            (
+                upsert.replace("object.upsert", "object.erase"),
+                "type `object.erase` is not one of object.upsert, object.delete (version 2)",
+            ),
+            (
+                upsert.replace("\"version\":2", "\"version\":1"),
+                "`object_type` belongs to version 2 messages",
+            ),
+            (
+                upsert.replace("\"data\"", "\"contact_record_id\":\"u-1\",\"data\""),
+                "`contact_record_id` belongs on deals and activities only",
+            ),
+        ] {
+            assert_eq!(parse_change(&body).unwrap_err().0, reason, "{body}");
+        }
+    }
+
+    #[test]
+    fn the_published_version_2_schema_declares_the_parsers_fields_and_its_examples_parse() {
+        ObjectKind::declare("company").unwrap();
+        let schema: Value =
+            serde_json::from_str(include_str!("../../schemas/outbound-change.v2.json")).unwrap();
+        let mut declared: Vec<&str> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        declared.sort();
+        let mut fields: Vec<&str> = FIELDS
+            .iter()
+            .copied()
+            .filter(|f| *f != "contact_record_id")
+            .collect();
+        fields.sort();
+        assert_eq!(declared, fields);
+        let examples = schema["examples"].as_array().unwrap();
+        assert_eq!(examples.len(), 2);
+        for example in examples {
+            let change = parse_change(&example.to_string()).unwrap_or_else(|e| panic!("{example}: {e}"));
+            assert_eq!(change.type_name(), example["type"]);
+            assert_eq!(change.object.as_str(), example["object_type"]);
+        }
     }
 }

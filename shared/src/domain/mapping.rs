@@ -81,13 +81,9 @@ fn mapping_error(entry: impl Into<String>, problem: impl Into<String>) -> Mappin
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    contact: Option<RawObject>,
-    deal: Option<RawObject>,
-    activity: Option<RawObject>,
-}
+/// The file: one table an object type, named as the app names it. `contact`, `deal` and
+/// `activity` are built in; any other name declares an object type of its own.
+type RawFile = BTreeMap<String, RawObject>;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -139,18 +135,20 @@ impl Mapping {
             mapping_error(format!("line {span}"), error.message().trim().to_string())
         })?;
         let mut objects = HashMap::new();
-        for (kind, object) in [
-            (ObjectKind::Contact, raw.contact),
-            (ObjectKind::Deal, raw.deal),
-            (ObjectKind::Activity, raw.activity),
-        ] {
-            let Some(object) = object else { continue };
+        for (name, object) in raw {
+            // A plural of a built-in name is a typo, not a type of its own.
+            if let Some(meant) = ObjectKind::ALL.into_iter().find(|kind| {
+                name == format!("{kind}s") || (name == "activities" && *kind == ObjectKind::Activity)
+            }) {
+                return Err(mapping_error(name, format!("did you mean [{meant}]?")));
+            }
+            let kind = ObjectKind::declare(&name).map_err(|problem| mapping_error(name.clone(), problem))?;
             objects.insert(kind, Self::check_object(kind, object)?);
         }
         if objects.is_empty() {
             return Err(mapping_error(
                 "(file)",
-                "maps no object type; expected [contact], [deal] or [activity]",
+                "maps no object type; expected [contact], [deal], [activity] or one of the app's own",
             ));
         }
         Ok(Mapping { objects })
@@ -264,6 +262,13 @@ impl Mapping {
     /// The mapping of an object type, if the file maps it.
     pub fn object(&self, kind: ObjectKind) -> Option<&ObjectMapping> {
         self.objects.get(&kind)
+    }
+
+    /// The object types the file maps: the built-in ones first, then those it declares.
+    pub fn kinds(&self) -> Vec<ObjectKind> {
+        let mut kinds: Vec<ObjectKind> = self.objects.keys().copied().collect();
+        kinds.sort();
+        kinds
     }
 
     /// The CRM properties an outbound change writes: app-owned fields only. Refuses fields the
@@ -433,7 +438,11 @@ mod tests {
             ("[deal]\ncrm_object = \"deals\"\nid_property = \"x\"\n[deal.fields]\na = { crm = \"amount\", owner = \"app\" }\nb = { crm = \"amount\", owner = \"app\" }\n", "deal.fields.b", "CRM property `amount` is mapped by `a` already"),
             ("[deal]\ncrm_object = \"deals\"\nid_property = \"x\"\n[deal.fields]\na = { crm = \"x\", owner = \"app\" }\n", "deal.fields.a", "`x` is the id property; crm-sync writes it"),
             ("[deal]\ncrm_object = \"\"\nid_property = \"x\"\n", "deal.crm_object", "must be a CRM object name like `contacts`"),
-            ("", "(file)", "maps no object type; expected [contact], [deal] or [activity]"),
+            ("", "(file)", "maps no object type; expected [contact], [deal], [activity] or one of the app's own"),
+            ("[contacts]\ncrm_object = \"contacts\"\nid_property = \"x\"\n", "contacts", "did you mean [contact]?"),
+            ("[activities]\ncrm_object = \"notes\"\nid_property = \"x\"\n", "activities", "did you mean [activity]?"),
+            ("[Company]\ncrm_object = \"companies\"\nid_property = \"x\"\n", "Company", "`Company` is no object type name: lower-case letters, digits and _, starting with a letter, at most 40"),
+            ("[company]\ncrm_object = \"companies\"\nid_property = \"x\"\ncontact_link = \"crm\"\n", "company.contact_link", "only a deal's link to its contact has an owner"),
         ];
         for (text, entry, problem) in cases {
             let error = Mapping::parse(text).unwrap_err();
@@ -451,5 +460,21 @@ mod tests {
             .unwrap_err();
         assert_eq!(error.entry, "line 4");
         assert!(error.problem.contains("colour"), "{}", error.problem);
+    }
+
+    #[test]
+    fn any_other_table_declares_an_object_type_of_the_app_with_its_fields_and_owners() {
+        let mapping = Mapping::parse(
+            "[contact]\ncrm_object = \"contacts\"\nid_property = \"crm_sync_app_id\"\n\
+             [company]\ncrm_object = \"companies\"\nid_property = \"crm_sync_app_id\"\n\
+             [company.fields]\nname = { crm = \"name\", owner = \"app\" }\nindustry = { crm = \"industry\", owner = \"crm\" }\n",
+        )
+        .unwrap();
+        let company = ObjectKind::parse("company").expect("declared by the mapping");
+        assert_eq!(mapping.kinds(), vec![ObjectKind::Contact, company]);
+        let object = mapping.object(company).unwrap();
+        assert_eq!(object.crm_object, "companies");
+        assert_eq!(object.fields["name"].owner, Owner::App);
+        assert_eq!(object.fields["industry"].owner, Owner::Crm);
     }
 }

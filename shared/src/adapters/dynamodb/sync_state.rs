@@ -219,9 +219,11 @@ fn number(item: &Item, name: &str) -> Option<i64> {
         .map(|n| n as i64)
 }
 
-/// Reads a state item; `None` for an item that is not one.
+/// Reads a state item; `None` for an item that is not one. An object type the item names is
+/// taken as declared: crm-sync wrote it under a mapping that declared it, and a function that
+/// does not read the mapping (the dashboard) still shows the record.
 pub fn state_from_item(item: &Item) -> Option<RecordState> {
-    let object = ObjectKind::parse(&text(item, "object")?)?;
+    let object = ObjectKind::declare(&text(item, "object")?).ok()?;
     let record = RecordRef {
         object,
         record_id: text(item, "record_id")?,
@@ -373,7 +375,7 @@ fn to_item(value: impl serde::Serialize) -> Item {
 fn record_in(pk: &str) -> Option<RecordRef> {
     let mut parts = pk.splitn(3, '#').skip(1);
     Some(RecordRef {
-        object: ObjectKind::parse(parts.next()?)?,
+        object: ObjectKind::declare(parts.next()?).ok()?,
         record_id: parts.next()?.to_string(),
     })
 }
