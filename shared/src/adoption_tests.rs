@@ -199,3 +199,40 @@ fn refused_links_stop_a_backfill_once_they_would_not_fit_its_saved_progress() {
     assert!(!too_many_refused(&long(fitting)), "{fitting} long keys fit");
     assert!(too_many_refused(&long(fitting + 1)), "one more does not");
 }
+
+#[tokio::test]
+async fn a_record_of_a_declared_object_type_is_listed_as_not_adopted_and_nothing_is_asked_of_the_crm() {
+    let mapping = Arc::new(
+        Mapping::parse(&format!(
+            "{DEFAULT_MAPPING}\n[company]\ncrm_object = \"companies\"\nid_property = \"crm_sync_app_id\"\n[company.fields]\nname = {{ crm = \"name\", owner = \"app\" }}\n"
+        ))
+        .unwrap(),
+    );
+    let crm = Arc::new(MemoryCrm::new(100));
+    let clock = Arc::new(ManualClock::at(1_796_000_000_000));
+    let planner = Planner::new(
+        mapping,
+        crm.clone(),
+        worker(clock, Arc::new(MemoryQueue::default()), 0, true),
+    );
+    let company = InputLine::Message {
+        line: 1,
+        body: json!({"version": 2, "type": "object.upsert", "object_type": "company", "record_id": "acct-1",
+                     "idempotency_id": "a-1", "changed_at": 1_796_000_000_000_i64, "data": {"name": "Engines"}})
+        .to_string(),
+    };
+    let mut sink = Collected::default();
+    let counts = planner
+        .plan([company].into_iter(), &HashMap::new(), &mut sink, deadline())
+        .await
+        .unwrap();
+    assert_eq!((counts.invalid, counts.records, sink.items.len()), (1, 0, 0));
+    assert_eq!(counts.plan_calls, 0, "no CRM call for it");
+    assert_eq!(
+        sink.invalid,
+        vec![(
+            1,
+            "a company is not adopted yet: adoption plans contacts, deals and activities".to_string()
+        )]
+    );
+}

@@ -288,10 +288,11 @@ fn object_type(
             )))
         }
     };
-    let name = fields
-        .get("object_type")
-        .and_then(Value::as_str)
-        .ok_or_else(|| invalid("`object_type` is required in version 2"))?;
+    let name = match fields.get("object_type") {
+        Some(Value::String(name)) => name,
+        Some(_) => return Err(invalid("`object_type` must be a string")),
+        None => return Err(invalid("`object_type` is required in version 2")),
+    };
     match ObjectKind::parse(name) {
         Some(kind) if kind.is_built_in() => Err(invalid(format!(
             "`{name}` changes are version 1 messages ({name}.upsert, …)"

@@ -119,6 +119,21 @@ pub struct Mapping {
     objects: HashMap<ObjectKind, ObjectMapping>,
 }
 
+/// Whether `a` is one edit from `b`: a letter added, missing, changed, or two neighbours swapped.
+fn one_slip(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let prefix = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let (a, b) = (&a[prefix..], &b[prefix..]);
+    match (a.len(), b.len()) {
+        (x, y) if x == y + 1 => a[1..] == *b,
+        (x, y) if y == x + 1 => b[1..] == *a,
+        (x, y) if x == y && x >= 1 => {
+            a[1..] == b[1..] || (x >= 2 && a[0] == b[1] && a[1] == b[0] && a[2..] == b[2..])
+        }
+        _ => false,
+    }
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 100
@@ -135,12 +150,23 @@ impl Mapping {
             mapping_error(format!("line {span}"), error.message().trim().to_string())
         })?;
         let mut objects = HashMap::new();
+        let mut crm_objects: HashMap<String, String> = HashMap::new();
         for (name, object) in raw {
-            // A plural of a built-in name is a typo, not a type of its own.
+            // A name one slip from a built-in one (a plural, a swapped or missing letter) is a
+            // typo, not a type of its own: as one, it would leave the built-in type unmapped.
             if let Some(meant) = ObjectKind::ALL.into_iter().find(|kind| {
-                name == format!("{kind}s") || (name == "activities" && *kind == ObjectKind::Activity)
+                name != kind.as_str()
+                    && (one_slip(&name, kind.as_str())
+                        || (name == "activities" && *kind == ObjectKind::Activity))
             }) {
                 return Err(mapping_error(name, format!("did you mean [{meant}]?")));
+            }
+            // Two tables on one CRM object would write, archive and claim each other's records.
+            if let Some(other) = crm_objects.insert(object.crm_object.to_lowercase(), name.clone()) {
+                return Err(mapping_error(
+                    format!("{name}.crm_object"),
+                    format!("`{}` is mapped by [{other}] already", object.crm_object),
+                ));
             }
             let kind = ObjectKind::declare(&name).map_err(|problem| mapping_error(name.clone(), problem))?;
             objects.insert(kind, Self::check_object(kind, object)?);
@@ -440,6 +466,9 @@ mod tests {
             ("[deal]\ncrm_object = \"\"\nid_property = \"x\"\n", "deal.crm_object", "must be a CRM object name like `contacts`"),
             ("", "(file)", "maps no object type; expected [contact], [deal], [activity] or one of the app's own"),
             ("[contacts]\ncrm_object = \"contacts\"\nid_property = \"x\"\n", "contacts", "did you mean [contact]?"),
+            ("[contcat]\ncrm_object = \"contacts\"\nid_property = \"x\"\n", "contcat", "did you mean [contact]?"),
+            ("[dael]\ncrm_object = \"deals\"\nid_property = \"x\"\n", "dael", "did you mean [deal]?"),
+            ("[contact]\ncrm_object = \"contacts\"\nid_property = \"x\"\n[lead]\ncrm_object = \"Contacts\"\nid_property = \"x\"\n", "lead.crm_object", "`Contacts` is mapped by [contact] already"),
             ("[activities]\ncrm_object = \"notes\"\nid_property = \"x\"\n", "activities", "did you mean [activity]?"),
             ("[Company]\ncrm_object = \"companies\"\nid_property = \"x\"\n", "Company", "`Company` is no object type name: lower-case letters, digits and _, starting with a letter, at most 40"),
             ("[company]\ncrm_object = \"companies\"\nid_property = \"x\"\ncontact_link = \"crm\"\n", "company.contact_link", "only a deal's link to its contact has an owner"),
@@ -476,5 +505,25 @@ mod tests {
         assert_eq!(object.crm_object, "companies");
         assert_eq!(object.fields["name"].owner, Owner::App);
         assert_eq!(object.fields["industry"].owner, Owner::Crm);
+    }
+
+    #[test]
+    fn a_name_one_slip_from_a_built_in_is_a_typo_and_others_are_types_of_their_own() {
+        for typo in [
+            "contacts", "contac", "contcat", "xontact", "deals", "dael", "activty",
+        ] {
+            assert!(
+                ObjectKind::ALL.iter().any(|kind| one_slip(typo, kind.as_str())),
+                "{typo}"
+            );
+        }
+        for name in ["lead", "company", "contact", "person", "ticket", "deal_stage"] {
+            assert!(
+                !ObjectKind::ALL
+                    .iter()
+                    .any(|kind| name != kind.as_str() && one_slip(name, kind.as_str())),
+                "{name}"
+            );
+        }
     }
 }

@@ -100,8 +100,9 @@ async fn plan(
     out: Option<PathBuf>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let object =
-        ObjectKind::parse(object).with_context(|| format!("`{object}` is not contact, deal or activity"))?;
+    let object = ObjectKind::parse(object)
+        .filter(|kind| kind.is_built_in())
+        .with_context(|| format!("`{object}` is not contact, deal or activity"))?;
     let now_ms = crm_sync::domain::SystemClock.now_ms();
     let plan_id = format!(
         "plan-{}",
