@@ -584,7 +584,24 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             }
             id => id,
         };
-        let record_links = match crm_name(vars.crm.as_deref())? {
+        // The object types the mapping declares: the dashboard shows their records and opens
+        // their pages in any instance. A mapping that does not read stops the cold start, as it
+        // does the sync function's.
+        let crm = crm_name(vars.crm.as_deref())?;
+        let mapping_text = match &vars.crm_sync_mapping_file {
+            Some(path) => std::fs::read_to_string(path).map_err(|error| {
+                ConfigError::new("CRM_SYNC_MAPPING_FILE", format!("cannot read {path}: {error}"))
+            })?,
+            None => match crm {
+                "pipedrive" => crate::domain::mapping::PIPEDRIVE_MAPPING,
+                "salesforce" => crate::domain::mapping::SALESFORCE_MAPPING,
+                _ => crate::domain::mapping::DEFAULT_MAPPING,
+            }
+            .to_string(),
+        };
+        crate::domain::mapping::Mapping::parse(&mapping_text)
+            .map_err(|error| ConfigError::new("CRM_SYNC_MAPPING_FILE", error.to_string()))?;
+        let record_links = match crm {
             "pipedrive" => web_address("PIPEDRIVE_APP_URL", vars.pipedrive_app_url)?
                 .map_or(RecordLinks::None, RecordLinks::Pipedrive),
             "salesforce" => web_address("SALESFORCE_INSTANCE_URL", vars.salesforce_instance_url)?
@@ -868,6 +885,7 @@ mod variables {
         pub hubspot_app_url: Option<String>,
         pub pipedrive_app_url: Option<String>,
         pub salesforce_instance_url: Option<String>,
+        pub crm_sync_mapping_file: Option<String>,
     }
 
     /// The variable names `T` declares, with `prefix`: serde hands a struct's deserializer its
@@ -1226,6 +1244,45 @@ mod tests {
             env(&pairs).dashboard().unwrap_err().variable,
             "DASHBOARD_SIGN_IN_FAILURES_PER_CLIENT"
         );
+    }
+
+    #[test]
+    fn the_dashboard_knows_the_object_types_its_crms_mapping_declares_and_a_bad_mapping_stops_it() {
+        let dir = std::env::temp_dir().join(format!("crm-sync-dashboard-mapping-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (good, bad) = (dir.join("good.toml"), dir.join("bad.toml"));
+        std::fs::write(
+            &good,
+            "[contact]\ncrm_object = \"contacts\"\nid_property = \"crm_sync_app_id\"\n\
+             [gadget]\ncrm_object = \"2-2000001\"\nid_property = \"crm_sync_app_id\"\n",
+        )
+        .unwrap();
+        std::fs::write(&bad, "[contact]\ncrm_object = \"\"\nid_property = \"x\"\n").unwrap();
+        let mut pairs = vec![
+            ("SYNC_STATE_TABLE", "s"),
+            ("RESYNC_QUEUE_URL", "http://r"),
+            ("OUTBOUND_QUEUE_URL", "http://o"),
+            ("OUTBOUND_DLQ_URL", "http://od"),
+            ("INBOUND_QUEUE_URL", "http://i"),
+            ("INBOUND_DLQ_URL", "http://id"),
+            ("APP_INBOX_QUEUE_URL", "http://a"),
+            ("APP_INBOX_DLQ_URL", "http://ad"),
+            ("DASHBOARD_PASSWORD", "p"),
+            ("DASHBOARD_TABLE", "t"),
+        ];
+        assert!(env(&pairs).dashboard().is_ok(), "the built-in mapping");
+        assert_eq!(crate::domain::contract::ObjectKind::parse("gadget"), None);
+        pairs.push(("CRM_SYNC_MAPPING_FILE", good.to_str().unwrap()));
+        env(&pairs).dashboard().unwrap();
+        assert!(
+            crate::domain::contract::ObjectKind::parse("gadget").is_some(),
+            "declared at cold start"
+        );
+        pairs.push(("CRM_SYNC_MAPPING_FILE", bad.to_str().unwrap()));
+        let error = env(&pairs).dashboard().unwrap_err();
+        assert_eq!(error.variable, "CRM_SYNC_MAPPING_FILE");
+        assert!(error.to_string().contains("contact.crm_object"), "{error}");
+        std::fs::remove_dir_all(dir).ok();
     }
 
     #[test]

@@ -293,7 +293,7 @@ impl DashboardService {
         if query.contains('@') {
             return Ok(self.queries.find_by_email(query, self.settings.page_size).await?);
         }
-        let refs: Vec<RecordRef> = ObjectKind::ALL
+        let refs: Vec<RecordRef> = ObjectKind::known()
             .into_iter()
             .map(|object| RecordRef {
                 object,
@@ -302,7 +302,7 @@ impl DashboardService {
             .collect();
         let by_app_id = self.queries.states(&refs).await?;
         let by_crm_id = futures::future::join_all(
-            ObjectKind::ALL
+            ObjectKind::known()
                 .into_iter()
                 .map(|object| self.queries.find_by_crm_id(object, query)),
         )

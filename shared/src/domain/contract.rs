@@ -97,6 +97,15 @@ impl ObjectKind {
         Ok(ObjectKind(interned))
     }
 
+    /// The built-in kinds, then those declared so far in this process.
+    pub fn known() -> Vec<ObjectKind> {
+        let declared = DECLARED.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        ObjectKind::ALL
+            .into_iter()
+            .chain(declared.iter().map(|name| ObjectKind(name)))
+            .collect()
+    }
+
     /// Whether crm-sync knows this kind from the start (not declared by the mapping).
     pub fn is_built_in(self) -> bool {
         ObjectKind::ALL.contains(&self)
