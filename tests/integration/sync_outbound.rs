@@ -1242,3 +1242,73 @@ async fn an_object_type_the_mapping_declares_is_created_updated_and_archived_by_
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[tokio::test]
+async fn in_every_crm_a_declared_company_is_written_by_the_apps_id_and_renamed_in_place() {
+    use crm_sync::domain::mapping::{DEFAULT_MAPPING, PIPEDRIVE_MAPPING, SALESFORCE_MAPPING};
+    use crm_sync_tests::crms::Crm;
+    let dir = std::env::temp_dir().join(format!("crm-sync-companies-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (crm, built_in, crm_object, id_property, name) in [
+        (
+            Crm::HubSpot,
+            DEFAULT_MAPPING,
+            "companies",
+            "crm_sync_app_id",
+            "name",
+        ),
+        (
+            Crm::Pipedrive,
+            PIPEDRIVE_MAPPING,
+            "organizations",
+            "crm_sync_app_id",
+            "name",
+        ),
+        (
+            Crm::Salesforce,
+            SALESFORCE_MAPPING,
+            "Account",
+            "Crm_Sync_App_Id__c",
+            "Name",
+        ),
+    ] {
+        let mapping = dir.join(format!("{crm:?}.toml"));
+        std::fs::write(
+            &mapping,
+            format!(
+                "{built_in}\n[company]\ncrm_object = \"{crm_object}\"\nid_property = \"{id_property}\"\n\
+                 [company.fields]\nname = {{ crm = \"{name}\", owner = \"app\" }}\n"
+            ),
+        )
+        .unwrap();
+        let stack = crm
+            .stack_with_env(&[("CRM_SYNC_MAPPING_FILE", mapping.to_str().unwrap())])
+            .await;
+        let company = RecordRef {
+            object: ObjectKind::declare("company").unwrap(),
+            record_id: "acct-7".into(),
+        };
+        let at = now_ms();
+        let upsert = |version: i64, name: &str| {
+            json!({"version": 2, "type": "object.upsert", "object_type": "company", "record_id": "acct-7",
+                   "idempotency_id": format!("acct-7-{version}"), "changed_at": version, "data": {"name": name}})
+        };
+        stack.app.send_changes(&[upsert(at, "Analytical Engines")]).await;
+        stack.app.settled(company.clone(), SyncStatus::Synced).await;
+        assert_eq!(
+            stack.named_records(crm_object),
+            vec![("acct-7".to_string(), "Analytical Engines".to_string())],
+            "{crm:?}"
+        );
+        stack
+            .app
+            .send_changes(&[upsert(at + 1000, "Analytical Engines plc")])
+            .await;
+        eventually(30, &format!("{crm:?}: the new name"), || async {
+            let records = stack.named_records(crm_object);
+            (records == vec![("acct-7".to_string(), "Analytical Engines plc".to_string())]).then_some(())
+        })
+        .await;
+    }
+    std::fs::remove_dir_all(dir).ok();
+}

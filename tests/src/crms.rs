@@ -489,6 +489,41 @@ impl CrmStack {
     }
 
     /// How many contacts the CRM holds (a contact written twice would show here).
+    /// The live records of a CRM object as (the app's id, their name): HubSpot's `name`,
+    /// Pipedrive's `name`, Salesforce's `Name`.
+    pub fn named_records(&self, crm_object: &str) -> Vec<(String, String)> {
+        let text = |value: Option<&serde_json::Value>| {
+            value.and_then(|v| v.as_str()).unwrap_or_default().to_string()
+        };
+        match &self.sandbox {
+            Sandbox::HubSpot => self
+                .app
+                .sandbox()
+                .records(crm_object)
+                .into_iter()
+                .map(|r| {
+                    let get = |name: &str| r.properties.get(name).cloned().unwrap_or_default();
+                    (get("crm_sync_app_id"), get("name"))
+                })
+                .collect(),
+            Sandbox::Pipedrive(sandbox) => sandbox
+                .records(crm_object)
+                .iter()
+                .map(|r| {
+                    (
+                        text(r.get("custom_fields").and_then(|c| c.get("crm_sync_app_id"))),
+                        text(r.get("name")),
+                    )
+                })
+                .collect(),
+            Sandbox::Salesforce(sandbox) => sandbox
+                .records(crm_object)
+                .iter()
+                .map(|r| (text(r.get("Crm_Sync_App_Id__c")), text(r.get("Name"))))
+                .collect(),
+        }
+    }
+
     pub fn contact_count(&self) -> usize {
         match &self.sandbox {
             Sandbox::HubSpot => self.app.sandbox().records("contacts").len(),
