@@ -120,18 +120,11 @@ impl CrmSettings {
 
     /// The mapping used when `CRM_SYNC_MAPPING_FILE` names none: (its text, where it came from).
     fn built_in_mapping(&self) -> (String, String) {
-        let (text, file) = match self {
-            CrmSettings::HubSpot { .. } => (crate::domain::mapping::DEFAULT_MAPPING, "mapping.toml"),
-            CrmSettings::Pipedrive { .. } => (
-                crate::domain::mapping::PIPEDRIVE_MAPPING,
-                "mapping.pipedrive.toml",
-            ),
-            CrmSettings::Salesforce(_) => (
-                crate::domain::mapping::SALESFORCE_MAPPING,
-                "mapping.salesforce.toml",
-            ),
-        };
-        (text.to_string(), format!("built-in shared/config/{file}"))
+        built_in_mapping(match self {
+            CrmSettings::HubSpot { .. } => "hubspot",
+            CrmSettings::Pipedrive { .. } => "pipedrive",
+            CrmSettings::Salesforce(_) => "salesforce",
+        })
     }
 
     /// The CRM's own limits, before any variable changes them.
@@ -375,15 +368,8 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 "must be between 0.05 and 1",
             ));
         }
-        let (mapping_toml, mapping_source) = match vars.crm_sync_mapping_file {
-            Some(path) => (
-                std::fs::read_to_string(&path).map_err(|error| {
-                    ConfigError::new("CRM_SYNC_MAPPING_FILE", format!("cannot read {path}: {error}"))
-                })?,
-                path,
-            ),
-            None => settings.built_in_mapping(),
-        };
+        let (mapping_toml, mapping_source) =
+            mapping_text(vars.crm_sync_mapping_file, settings.built_in_mapping())?;
         let daily_limit = limits.daily_limit.unwrap_or(defaults.daily_limit);
         let daily_reserve = limits.daily_reserve.unwrap_or(defaults.daily_reserve);
         // A tenth of the day for live changes unless set.
@@ -588,18 +574,8 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         // their pages in any instance. A mapping that does not read stops the cold start, as it
         // does the sync function's.
         let crm = crm_name(vars.crm.as_deref())?;
-        let mapping_text = match &vars.crm_sync_mapping_file {
-            Some(path) => std::fs::read_to_string(path).map_err(|error| {
-                ConfigError::new("CRM_SYNC_MAPPING_FILE", format!("cannot read {path}: {error}"))
-            })?,
-            None => match crm {
-                "pipedrive" => crate::domain::mapping::PIPEDRIVE_MAPPING,
-                "salesforce" => crate::domain::mapping::SALESFORCE_MAPPING,
-                _ => crate::domain::mapping::DEFAULT_MAPPING,
-            }
-            .to_string(),
-        };
-        crate::domain::mapping::Mapping::parse(&mapping_text)
+        let (mapping_toml, _) = mapping_text(vars.crm_sync_mapping_file, built_in_mapping(crm))?;
+        crate::domain::mapping::Mapping::parse(&mapping_toml)
             .map_err(|error| ConfigError::new("CRM_SYNC_MAPPING_FILE", error.to_string()))?;
         let record_links = match crm {
             "pipedrive" => web_address("PIPEDRIVE_APP_URL", vars.pipedrive_app_url)?
@@ -681,6 +657,35 @@ fn web_address(name: &str, value: Option<String>) -> Result<Option<String>, Conf
 }
 
 /// `CRM`, in lower case: one of the CRMs crm-sync speaks (HubSpot when unset).
+/// The built-in mapping of a CRM (by [`crm_name`]): (its text, where it came from).
+fn built_in_mapping(crm: &str) -> (String, String) {
+    let (text, file) = match crm {
+        "pipedrive" => (
+            crate::domain::mapping::PIPEDRIVE_MAPPING,
+            "mapping.pipedrive.toml",
+        ),
+        "salesforce" => (
+            crate::domain::mapping::SALESFORCE_MAPPING,
+            "mapping.salesforce.toml",
+        ),
+        _ => (crate::domain::mapping::DEFAULT_MAPPING, "mapping.toml"),
+    };
+    (text.to_string(), format!("built-in shared/config/{file}"))
+}
+
+/// The mapping `CRM_SYNC_MAPPING_FILE` names, else `built_in`: (its text, where it came from).
+fn mapping_text(file: Option<String>, built_in: (String, String)) -> Result<(String, String), ConfigError> {
+    match file {
+        Some(path) => Ok((
+            std::fs::read_to_string(&path).map_err(|error| {
+                ConfigError::new("CRM_SYNC_MAPPING_FILE", format!("cannot read {path}: {error}"))
+            })?,
+            path,
+        )),
+        None => Ok(built_in),
+    }
+}
+
 fn crm_name(value: Option<&str>) -> Result<&'static str, ConfigError> {
     match value.map(str::to_ascii_lowercase).as_deref() {
         None | Some("hubspot") => Ok("hubspot"),

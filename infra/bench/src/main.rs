@@ -14,6 +14,7 @@
 
 mod cold_start;
 mod footprint;
+mod machine;
 mod other_crms;
 mod outbound;
 mod report;
@@ -157,7 +158,7 @@ async fn main() -> anyhow::Result<()> {
     let sizes = footprint::binary_sizes();
 
     let results = report::Results {
-        machine: report::machine(),
+        machine: machine::describe(),
         ceiling,
         end_to_end,
         naive,

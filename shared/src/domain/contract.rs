@@ -72,6 +72,10 @@ impl ObjectKind {
     /// letter, at most [`MAX_OBJECT_NAME_CHARS`]); declaring it again, or a built-in, gives the
     /// same kind.
     pub fn declare(name: &str) -> Result<ObjectKind, String> {
+        // Every stored record's kind comes through here: a known one costs no check.
+        if let Some(kind) = ObjectKind::parse(name) {
+            return Ok(kind);
+        }
         let valid = !name.is_empty()
             && name.chars().count() <= MAX_OBJECT_NAME_CHARS
             && name.starts_with(|c: char| c.is_ascii_lowercase())
@@ -82,9 +86,6 @@ impl ObjectKind {
             return Err(format!(
                 "`{name}` is no object type name: lower-case letters, digits and _, starting with a letter, at most {MAX_OBJECT_NAME_CHARS}"
             ));
-        }
-        if let Some(kind) = ObjectKind::parse(name) {
-            return Ok(kind);
         }
         let mut declared = DECLARED
             .write()

@@ -60,15 +60,7 @@ impl AdoptionTool {
                 calls.clone(),
             )
         };
-        let budget = Budget {
-            batch: crm.max_batch() as u64,
-            daily_limit: limits.daily_limit,
-            daily_reserve: limits.daily_reserve,
-            live_reserve: limits.live_reserve,
-            left_today: None,
-            // The limiter's own pace: headroom, live lead and requests a call counted.
-            calls_per_second: 1000.0 / limits.interval_ms(),
-        };
+        let budget = budget_of(&limits, crm.max_batch());
         Ok(Self {
             planner: Planner::new(mapping.clone(), crm.clone(), worker()),
             backfill: Backfill::new(
@@ -131,6 +123,19 @@ impl AdoptionTool {
             Err(error) => Some(format!("{:#}", anyhow::Error::from(error))),
         };
         Ok((summary, unsaved))
+    }
+}
+
+/// The CRM's limits as a plan's cost is reckoned against them, `batch` records a write call.
+pub fn budget_of(limits: &crate::adapters::dynamodb::LimiterSettings, batch: usize) -> Budget {
+    Budget {
+        batch: batch as u64,
+        daily_limit: limits.daily_limit,
+        daily_reserve: limits.daily_reserve,
+        live_reserve: limits.live_reserve,
+        left_today: None,
+        // The limiter's own pace: headroom, live lead and requests a call counted.
+        calls_per_second: 1000.0 / limits.interval_ms(),
     }
 }
 

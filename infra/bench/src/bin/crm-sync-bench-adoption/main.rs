@@ -18,6 +18,8 @@
 
 mod harness;
 mod heap;
+#[path = "../../machine.rs"]
+mod machine;
 
 #[global_allocator]
 static HEAP: heap::Accounting = heap::Accounting;
@@ -253,14 +255,7 @@ impl Setup {
     }
 
     fn budget(&self) -> Budget {
-        Budget {
-            batch: 100,
-            daily_limit: self.limits.daily_limit,
-            daily_reserve: self.limits.daily_reserve,
-            live_reserve: self.limits.live_reserve,
-            left_today: None,
-            calls_per_second: 1000.0 / self.limits.interval_ms(),
-        }
+        crm_sync::entrypoints::adoption_tool::budget_of(&self.limits, 100)
     }
 
     /// One instance of the sync function: live changes, or the backfill lane at the lowest
@@ -891,7 +886,7 @@ fn report(
         large.records
     ));
     let json = json!({
-        "machine": crm_sync_bench_machine(),
+        "machine": machine::describe(),
         "records": large.records,
         "live_changes_per_second": args.live_rate,
         "plan": {
@@ -921,20 +916,4 @@ fn report(
         },
     });
     (text, json)
-}
-
-fn crm_sync_bench_machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|line| line.starts_with("model name"))
-                .and_then(|line| line.split(':').nth(1))
-                .map(|name| name.trim().to_string())
-        })
-        .unwrap_or_default();
-    format!(
-        "{cpu}, {} cores",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    )
 }
