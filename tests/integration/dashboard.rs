@@ -841,8 +841,23 @@ async fn an_operator_reads_a_plans_decisions_cost_conflicts_and_field_changes_on
             StatusCode::NOT_FOUND,
         ),
         ("/admin/adoption".to_string(), StatusCode::BAD_REQUEST),
+        // 256 bytes is looked up; one past it, and past DynamoDB's key size, is no plan, not an
+        // error (moto does not enforce the key size: this shows the answer, not the guard).
+        (
+            format!("/admin/adoption?plan={}", "p".repeat(256)),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!("/admin/adoption?plan={}", "p".repeat(257)),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!("/admin/adoption?plan={}", "p".repeat(2_000)),
+            StatusCode::NOT_FOUND,
+        ),
     ] {
-        assert_eq!(operator.get(&path).await.status, status, "{path}");
+        let shown: String = path.chars().take(40).collect();
+        assert_eq!(operator.get(&path).await.status, status, "{shown}");
     }
 }
 

@@ -700,7 +700,13 @@ async fn adoption_plan(
             html::message_page("Not a plan", "A plan page needs ?plan=<plan id>"),
         ));
     };
-    let Some((plan, backfill)) = d.service.plan(&plan_id).await? else {
+    // crm-sync-adopt makes plan ids (`plan-<time>`); a longer one than 256 bytes is none and is
+    // not looked up: `plan#<id>` would pass DynamoDB's 1,024-byte sort key, a ValidationException.
+    let found = match plan_id.len() <= 256 {
+        true => d.service.plan(&plan_id).await?,
+        false => None,
+    };
+    let Some((plan, backfill)) = found else {
         return Ok(page(
             StatusCode::NOT_FOUND,
             html::message_page(
