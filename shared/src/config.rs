@@ -438,6 +438,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                     .min(Duration::from_secs(900)),
                 lease: seconds(vars.sync_lease_seconds, defaults.lease),
                 busy_delay: seconds(vars.sync_busy_retry_seconds, defaults.busy_delay),
+                max_link_wait: seconds(vars.sync_max_link_wait_seconds, defaults.max_link_wait),
                 max_clock_skew,
                 shared_email: match vars.shared_email_policy.as_deref() {
                     None => defaults.shared_email,
@@ -830,6 +831,7 @@ mod variables {
         pub sync_max_attempts: Option<u32>,
         pub sync_retry_base_seconds: Option<u64>,
         pub sync_retry_cap_seconds: Option<u64>,
+        pub sync_max_link_wait_seconds: Option<u64>,
         pub sync_lease_seconds: Option<u64>,
         pub sync_busy_retry_seconds: Option<u64>,
         pub max_clock_skew_seconds: Option<u64>,

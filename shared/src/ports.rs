@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use crate::domain::contract::{Change, ObjectKind, RecordRef};
 use crate::domain::crm::{
-    AssociationInput, BatchResult, CrmError, FindResult, MergeLookup, MergePage, PropertyKinds, RateInfo,
-    ReadResult, ThrottlePolicy, UpdateInput, UpsertInput,
+    AssociationInput, BatchResult, CrmError, CrmLink, FindResult, LinkInput, MergeLookup, MergePage,
+    PropertyKinds, RateInfo, ReadResult, ThrottlePolicy, UpdateInput, UpsertInput,
 };
 pub use crate::domain::identity::IdentityUpdate;
 use crate::domain::inbound::{ConflictEntry, InboundMessage, Interpretation};
@@ -194,6 +194,26 @@ pub trait Crm: Send + Sync {
         to: &str,
         pairs: &[AssociationInput],
     ) -> Result<BatchResult, CrmError>;
+
+    /// Whether the CRM can hold links the way `via` says; the text says how it holds them
+    /// instead. Checked for every link of the mapping at cold start.
+    fn holds_links(&self, via: &crate::domain::mapping::LinkVia) -> Result<(), String> {
+        Err(format!("{} holds no links of its own ({via:?})", self.name()))
+    }
+
+    /// Links each pair as `link.via` says, with its labels, taking off its `drop_labels`; a pair
+    /// linked already keeps its link (the call is safe to repeat). A CRM that cannot hold links
+    /// that way refuses (`Rejected`).
+    async fn link(&self, link: &CrmLink, pairs: &[LinkInput]) -> Result<BatchResult, CrmError> {
+        let _ = pairs;
+        Err(unsupported_link(self.name(), link))
+    }
+
+    /// Removes each pair's link (every label with it); a pair not linked is done already.
+    async fn unlink(&self, link: &CrmLink, pairs: &[LinkInput]) -> Result<BatchResult, CrmError> {
+        let _ = pairs;
+        Err(unsupported_link(self.name(), link))
+    }
 
     /// How the CRM types each property of `object`, for comparing values by meaning; a property
     /// it does not report compares as text. Read once per run, not per record.
@@ -786,4 +806,13 @@ pub trait ReconcileStore: Send + Sync {
         stuck_before_ms: i64,
         cap: usize,
     ) -> Result<Vec<RecordState>, StoreUnavailable>;
+}
+
+/// The refusal of a CRM that cannot hold a link the way the mapping says.
+pub fn unsupported_link(crm: &str, link: &CrmLink) -> CrmError {
+    CrmError::Rejected {
+        call: format!("link {} to {}", link.from_object, link.to_object),
+        status: 501,
+        message: format!("{crm} cannot hold a link {:?}", link.via),
+    }
 }

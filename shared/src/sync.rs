@@ -12,11 +12,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::domain::contract::{parse_change, Change, ContractError, ObjectKind, Operation, RecordRef};
-use crate::domain::crm::{
-    AssociationInput, BatchResult, FailureKind, InputOutcome, UpdateInput, UpsertInput,
+use crate::domain::contract::{
+    parse_change, Association, Change, ContractError, ObjectKind, Operation, RecordRef,
 };
-use crate::domain::mapping::{Mapping, ObjectMapping, OutboundProperties};
+use crate::domain::crm::{
+    AssociationInput, BatchResult, CrmLink, FailureKind, InputOutcome, LinkInput, UpdateInput, UpsertInput,
+};
+use crate::domain::mapping::{Mapping, ObjectMapping, OutboundProperties, LABELS};
 use crate::domain::sync::{
     backoff, newest_per_record, remember_writes, Queued, RecordState, SyncStatus, TimelineEntry, TimelineKind,
 };
@@ -50,6 +52,9 @@ pub struct SyncSettings {
     pub max_clock_skew: Duration,
     /// What a record whose unique value (an email) a CRM record already holds does.
     pub shared_email: SharedEmailPolicy,
+    /// How long after it was made a link waits for the records it joins to be in the CRM,
+    /// before it is dead-lettered (retryable: the nightly reconciliation sends it again).
+    pub max_link_wait: Duration,
 }
 
 /// What a record does when a CRM record it is not linked to holds its unique value (a contact's
@@ -100,6 +105,7 @@ impl Default for SyncSettings {
             low_priority: false,
             max_clock_skew: Duration::from_secs(300),
             shared_email: SharedEmailPolicy::Adopt,
+            max_link_wait: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -145,6 +151,11 @@ enum Outcome {
     },
     Throttled {
         until_ms: i64,
+    },
+    /// Waits for a record it links to to be in the CRM: retried without counting an attempt,
+    /// up to [`SyncSettings::max_link_wait`] after the change was made.
+    Waiting {
+        reason: String,
     },
 }
 
@@ -436,6 +447,8 @@ impl SyncService {
     ) -> HashMap<String, Outcome> {
         let mut outcomes: HashMap<String, Outcome> = HashMap::new();
         let mut written_contacts: HashMap<String, String> = HashMap::new();
+        // Every record this batch put in the CRM, for the associations that follow.
+        let mut written: HashMap<RecordRef, String> = HashMap::new();
         // The CRM ids of the contacts deals and activities belong to, once contacts are written.
         let mut parents: Option<ContactIds> = None;
         // The built-in kinds in the order their records depend on each other, then the kinds the
@@ -479,6 +492,14 @@ impl SyncService {
                 }
             };
             for (w, outcome) in group.iter().zip(results) {
+                if let Outcome::Applied {
+                    crm_id: Some(crm_id), ..
+                } = &outcome
+                {
+                    if operation != Operation::Delete {
+                        written.insert(w.queued.change.record(), crm_id.clone());
+                    }
+                }
                 if object == ObjectKind::Contact {
                     if let Outcome::Applied {
                         crm_id: Some(crm_id), ..
@@ -496,7 +517,173 @@ impl SyncService {
         };
         self.associate(work, &mut outcomes, &parents, deadline, report)
             .await;
+        self.write_links(work, &written, &mut outcomes, deadline, report)
+            .await;
         outcomes
+    }
+
+    /// Writes the batch's association changes, once the records they join are written: a pair
+    /// whose other end is not in the CRM yet waits and is retried (never linked to anything
+    /// else); a pair with an end the app deleted has nothing left to link.
+    ///
+    /// Long on purpose: finding both ends' CRM ids, then one call a chunk of pairs per link
+    /// type and direction.
+    async fn write_links(
+        &self,
+        work: &[Work],
+        written: &HashMap<RecordRef, String>,
+        outcomes: &mut HashMap<String, Outcome>,
+        deadline: Instant,
+        report: &mut BatchReport,
+    ) {
+        let links: Vec<(&Work, &Association)> = work
+            .iter()
+            .filter_map(|w| w.queued.change.association.as_ref().map(|a| (w, a)))
+            .collect();
+        if links.is_empty() {
+            return;
+        }
+        let mut ends: Vec<RecordRef> = links
+            .iter()
+            .flat_map(|(_, a)| [a.from.clone(), a.to.clone()])
+            .filter(|end| !written.contains_key(end))
+            .collect();
+        ends.sort();
+        ends.dedup();
+        let mut crm_ids = written.clone();
+        let mut deleted: HashSet<RecordRef> = HashSet::new();
+        if !ends.is_empty() {
+            match self.queries.states(&ends).await {
+                Ok(states) => {
+                    for (record, state) in states {
+                        match (state.crm_id, state.status) {
+                            (_, SyncStatus::Deleted) => {
+                                deleted.insert(record);
+                            }
+                            (Some(crm_id), _) => {
+                                crm_ids.insert(record, crm_id);
+                            }
+                            (None, _) => {}
+                        }
+                    }
+                }
+                Err(error) => {
+                    let error = format!("could not read the linked records' states: {error}");
+                    for (w, _) in &links {
+                        outcomes.insert(
+                            w.queued.message_id.clone(),
+                            Outcome::Failed {
+                                kind: FailureKind::Transient,
+                                error: error.clone(),
+                                call: None,
+                            },
+                        );
+                    }
+                    return;
+                }
+            }
+        }
+        // (from type, to type, operation) → the pairs to write, with the messages they settle.
+        let mut groups: BTreeMap<(ObjectKind, ObjectKind, Operation), Vec<(String, LinkInput)>> =
+            BTreeMap::new();
+        for (w, association) in &links {
+            let operation = w.queued.change.operation;
+            let verb = if operation == Operation::Delete {
+                "remove"
+            } else {
+                "set"
+            };
+            let id = w.queued.message_id.clone();
+            let (from, to) = (&association.from, &association.to);
+            match (crm_ids.get(from), crm_ids.get(to)) {
+                (Some(from_id), Some(to_id)) => {
+                    let before: Vec<&str> = w
+                        .prior
+                        .written
+                        .get(LABELS)
+                        .map(|labels| labels.lines().collect())
+                        .unwrap_or_default();
+                    let input = LinkInput {
+                        from_id: from_id.clone(),
+                        to_id: to_id.clone(),
+                        labels: association.labels.clone(),
+                        drop_labels: before
+                            .into_iter()
+                            .filter(|label| !association.labels.iter().any(|kept| kept == label))
+                            .map(str::to_string)
+                            .collect(),
+                    };
+                    groups
+                        .entry((from.object, to.object, operation))
+                        .or_default()
+                        .push((id, input));
+                }
+                _ if deleted.contains(from) || deleted.contains(to) => {
+                    let gone = if deleted.contains(from) { from } else { to };
+                    outcomes.insert(
+                        id,
+                        no_call(format!("{gone} is deleted, so there is no link to {verb}")),
+                    );
+                }
+                (found_from, _) if operation == Operation::Delete => {
+                    let missing = if found_from.is_none() { from } else { to };
+                    outcomes.insert(
+                        id,
+                        no_call(format!(
+                            "{missing} was never in the CRM, so there is no link to remove"
+                        )),
+                    );
+                }
+                (found_from, _) => {
+                    let missing = if found_from.is_none() { from } else { to };
+                    outcomes.insert(
+                        id,
+                        Outcome::Waiting {
+                            reason: format!("{missing} is not in the CRM yet, so the link waits"),
+                        },
+                    );
+                }
+            }
+        }
+        for ((from, to, operation), pairs) in groups {
+            let (Some(from_mapping), Some(to_mapping), Some(via)) = (
+                self.mapping.object(from),
+                self.mapping.object(to),
+                self.mapping.link(from, to),
+            ) else {
+                continue;
+            };
+            let link = CrmLink {
+                from_object: from_mapping.crm_object.clone(),
+                to_object: to_mapping.crm_object.clone(),
+                via: via.clone(),
+            };
+            for chunk in pairs.chunks(self.crm.max_batch().max(1)) {
+                let inputs: Vec<LinkInput> = chunk.iter().map(|(_, input)| input.clone()).collect();
+                let result = self
+                    .worker
+                    .call(deadline, report, || async {
+                        if operation == Operation::Delete {
+                            self.crm.unlink(&link, &inputs).await
+                        } else {
+                            self.crm.link(&link, &inputs).await
+                        }
+                    })
+                    .await;
+                for ((id, input), outcome) in chunk.iter().zip(per_input(result, chunk.len())) {
+                    let outcome = match outcome {
+                        Outcome::Applied { call, .. } => Outcome::Applied {
+                            crm_id: Some(format!("{} → {}", input.from_id, input.to_id)),
+                            created: false,
+                            call,
+                            followed: None,
+                        },
+                        other => other,
+                    };
+                    outcomes.insert(id.clone(), outcome);
+                }
+            }
+        }
     }
 
     /// Settle: each record's outcome into its state, under its lease; returns nothing, the
@@ -1111,6 +1298,39 @@ impl SyncService {
     }
 }
 
+/// A change crm-sync stops retrying: failed (a later try may pass, so reconciliation sends it
+/// again) and dead-lettered with the reason.
+fn gave_up(
+    reason: String,
+    own: BTreeMap<String, Vec<String>>,
+    call: Option<String>,
+) -> (Settlement, Disposition, TimelineKind, String, Option<String>) {
+    (
+        Settlement::Failed {
+            error: reason.clone(),
+            status: SyncStatus::Failed,
+            retryable: true,
+            recent_writes: own,
+        },
+        Disposition::DeadLetter {
+            reason: reason.clone(),
+        },
+        TimelineKind::Failed,
+        reason,
+        call,
+    )
+}
+
+/// Applied without a CRM call, for the reason given.
+fn no_call(why: String) -> Outcome {
+    Outcome::Applied {
+        crm_id: None,
+        created: false,
+        call: format!("no CRM call: {why}"),
+        followed: None,
+    }
+}
+
 /// A change refused before any CRM call: its timeline says why, and it is dead-lettered.
 fn refused(change: &Change, at_ms: i64, reason: String, timeline: &mut Vec<TimelineEntry>) -> Disposition {
     timeline.push(entry(change, at_ms, TimelineKind::Failed, reason.clone(), None));
@@ -1253,7 +1473,21 @@ fn settlement(
                 .as_ref()
                 .and_then(|_| crm_id.as_ref().map(|survivor| w.prior.moved_to(survivor)));
             let crm_id = crm_id.or_else(|| w.prior.crm_id.clone());
+            let without_call = call.strip_prefix("no CRM call: ");
             let mut detail = match (deleted, created, &crm_id) {
+                _ if change.association.is_some() => match (without_call, &crm_id, deleted) {
+                    (Some(why), _, _) => why.to_string(),
+                    (None, Some(pair), true) => format!("unlinked CRM records {pair}"),
+                    (None, pair, false) => {
+                        let labels = change.association.as_ref().map(|a| a.labels.join(", ")).unwrap_or_default();
+                        format!(
+                            "linked CRM records {}{}",
+                            pair.as_deref().unwrap_or_default(),
+                            if labels.is_empty() { String::new() } else { format!(" as {labels}") }
+                        )
+                    }
+                    (None, None, true) => "unlinked".to_string(),
+                },
                 _ if unlinked.is_some() => unlinked.unwrap_or_default().to_string(),
                 (_, _, Some(survivor)) if followed.is_some() => format!(
                     "{} CRM record {survivor}, into which the CRM merged CRM record {}; the record follows it \
@@ -1297,6 +1531,37 @@ fn settlement(
                 Some(call),
             )
         }
+        Outcome::Waiting { reason } => {
+            let waited_ms = u64::try_from(now_ms - change.changed_at_ms).unwrap_or(0);
+            if Duration::from_millis(waited_ms) > settings.max_link_wait {
+                let reason = format!(
+                    "gave up after waiting {} s for the linked records: {reason}",
+                    waited_ms / 1000
+                );
+                return gave_up(reason, own, None);
+            }
+            // Soon while the wait is young (the other record is likely in the same burst of
+            // changes), rarer as it ages: a quarter of the time waited, within the backoff's
+            // bounds.
+            let delay = Duration::from_millis(waited_ms / 4)
+                .max(settings.retry_base / 2)
+                .min(settings.retry_cap);
+            (
+                Settlement::Failed {
+                    error: reason.clone(),
+                    status: SyncStatus::Pending,
+                    retryable: true,
+                    recent_writes: own.clone(),
+                },
+                Disposition::Retry {
+                    delay,
+                    attempts: w.queued.attempts,
+                },
+                TimelineKind::Retrying,
+                format!("retrying in {} s: {reason}", delay.as_secs()),
+                None,
+            )
+        }
         Outcome::Throttled { until_ms } => (
             // A throttle may come after this attempt wrote (a deal written, its association
             // throttled): what it may have written stays crm-sync's own, or its echo would read
@@ -1323,21 +1588,7 @@ fn settlement(
         } => {
             let attempts = w.queued.attempts + 1;
             if attempts >= settings.max_attempts {
-                let reason = format!("gave up after {attempts} attempts: {error}");
-                (
-                    Settlement::Failed {
-                        error: reason.clone(),
-                        status: SyncStatus::Failed,
-                        retryable: true,
-                        recent_writes: own.clone(),
-                    },
-                    Disposition::DeadLetter {
-                        reason: reason.clone(),
-                    },
-                    TimelineKind::Failed,
-                    reason,
-                    call,
-                )
+                gave_up(format!("gave up after {attempts} attempts: {error}"), own, call)
             } else {
                 let delay = backoff(attempts, settings.retry_base, settings.retry_cap, jitter);
                 (

@@ -327,3 +327,312 @@ fn a_throttle_releases_the_record_remembering_what_the_attempt_may_have_written_
         other => panic!("{other:?}"),
     }
 }
+
+fn raw(id: &str, body: serde_json::Value) -> SyncMessage {
+    SyncMessage {
+        message_id: id.to_string(),
+        body: body.to_string(),
+        attributes: HashMap::new(),
+    }
+}
+
+fn company(id: &str, at: i64) -> SyncMessage {
+    raw(
+        &format!("{id}-{at}"),
+        json!({"version": 2, "type": "object.upsert", "object_type": "company", "record_id": id,
+               "idempotency_id": format!("{id}-{at}"), "changed_at": at, "data": {"name": "Acme"}}),
+    )
+}
+
+fn link(id: &str, contact: &str, company: &str, at: i64, labels: Option<&[&str]>) -> SyncMessage {
+    let mut body = json!({"version": 2, "type": "association.upsert", "object_type": "contact",
+                          "record_id": contact, "to_object_type": "company", "to_record_id": company,
+                          "idempotency_id": id, "changed_at": at});
+    match labels {
+        Some(labels) => body["labels"] = json!(labels),
+        None => body["type"] = json!("association.delete"),
+    }
+    raw(id, body)
+}
+
+fn link_ref(contact: &str, company: &str) -> RecordRef {
+    RecordRef {
+        object: ObjectKind::Link,
+        record_id: format!("contact:{contact}|company:{company}"),
+    }
+}
+
+/// The labels of each contact → company link in the CRM, by the app's ids.
+fn links_by_app_id(h: &Harness) -> Vec<(String, String, Vec<String>)> {
+    let app_id = |object: &str, crm_id: &str| h.crm.app_id_of(object, crm_id).unwrap_or_default();
+    h.crm
+        .links("contacts", "companies")
+        .into_iter()
+        .map(|((from, to), labels)| (app_id("contacts", &from), app_id("companies", &to), labels))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_link_whose_company_is_not_in_the_crm_yet_waits_and_is_written_once_it_is() {
+    let h = harness();
+    h.service
+        .process(
+            vec![message(
+                "c-1",
+                "user-1",
+                NOW - 5_000,
+                json!({"email": "a@example.com"}),
+            )],
+            deadline(),
+        )
+        .await;
+    let early = h
+        .service
+        .process(
+            vec![link(
+                "l-1",
+                "user-1",
+                "acme",
+                NOW - 4_000,
+                Some(&["Billing contact"]),
+            )],
+            deadline(),
+        )
+        .await;
+    assert_eq!(early.retried, 1, "{early:?}");
+    assert!(
+        h.crm.links("contacts", "companies").is_empty(),
+        "linked to nothing meanwhile"
+    );
+    let (state, _) = h
+        .state
+        .record(&link_ref("user-1", "acme"), 5)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.status, SyncStatus::Pending);
+    assert!(state
+        .last_error
+        .unwrap()
+        .contains("company/acme is not in the CRM yet"));
+    let retry = h.retries.take().pop().expect("re-queued");
+    assert_eq!(
+        attribute(&retry, ATTEMPTS_ATTRIBUTE).as_deref().unwrap_or("0"),
+        "0",
+        "waiting is no failed attempt"
+    );
+    assert!((5..=10).contains(&retry.delay_secs), "{retry:?}");
+
+    h.service
+        .process(vec![company("acme", NOW - 3_000)], deadline())
+        .await;
+    let report = h
+        .service
+        .process(
+            vec![SyncMessage {
+                message_id: "l-1-retry".into(),
+                body: retry.body,
+                attributes: retry.attributes.into_iter().collect(),
+            }],
+            deadline(),
+        )
+        .await;
+    assert_eq!(report.applied, 1, "{report:?}");
+    assert_eq!(
+        links_by_app_id(&h),
+        vec![("user-1".into(), "acme".into(), vec!["Billing contact".into()])]
+    );
+    let (state, timeline) = h
+        .state
+        .record(&link_ref("user-1", "acme"), 5)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.status, SyncStatus::Synced);
+    assert!(
+        timeline[0].detail.starts_with("linked CRM records"),
+        "{}",
+        timeline[0].detail
+    );
+}
+
+#[tokio::test]
+async fn in_one_batch_both_records_are_written_before_the_link_that_joins_them() {
+    let h = harness();
+    let report = h
+        .service
+        .process(
+            vec![
+                link("l-1", "user-1", "acme", NOW - 1_000, Some(&[])),
+                company("acme", NOW - 2_000),
+                message("c-1", "user-1", NOW - 2_000, json!({"email": "a@example.com"})),
+            ],
+            deadline(),
+        )
+        .await;
+    assert_eq!((report.applied, report.retried), (3, 0), "{report:?}");
+    assert_eq!(
+        links_by_app_id(&h),
+        vec![("user-1".into(), "acme".into(), vec![])]
+    );
+}
+
+#[tokio::test]
+async fn a_links_labels_are_replaced_whole_an_older_change_is_skipped_and_a_delete_removes_it() {
+    let h = harness();
+    h.service
+        .process(
+            vec![
+                company("acme", NOW - 9_000),
+                message("c-1", "user-1", NOW - 9_000, json!({"email": "a@example.com"})),
+                link(
+                    "l-1",
+                    "user-1",
+                    "acme",
+                    NOW - 8_000,
+                    Some(&["Billing contact", "Decision maker"]),
+                ),
+            ],
+            deadline(),
+        )
+        .await;
+    h.service
+        .process(
+            vec![link(
+                "l-2",
+                "user-1",
+                "acme",
+                NOW - 7_000,
+                Some(&["Decision maker", "Owner"]),
+            )],
+            deadline(),
+        )
+        .await;
+    assert_eq!(
+        links_by_app_id(&h),
+        vec![(
+            "user-1".into(),
+            "acme".into(),
+            vec!["Decision maker".into(), "Owner".into()]
+        )],
+        "the label the app no longer names came off"
+    );
+    let late = h
+        .service
+        .process(
+            vec![link(
+                "l-0",
+                "user-1",
+                "acme",
+                NOW - 8_500,
+                Some(&["Billing contact"]),
+            )],
+            deadline(),
+        )
+        .await;
+    assert_eq!(late.skipped, 1, "{late:?}");
+    h.service
+        .process(vec![link("l-3", "user-1", "acme", NOW - 6_000, None)], deadline())
+        .await;
+    assert!(h.crm.links("contacts", "companies").is_empty());
+    let (state, _) = h
+        .state
+        .record(&link_ref("user-1", "acme"), 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.status, SyncStatus::Deleted);
+}
+
+#[tokio::test]
+async fn a_link_to_a_deleted_record_or_undeclared_by_the_mapping_makes_no_crm_call() {
+    let h = harness();
+    h.service
+        .process(
+            vec![
+                company("acme", NOW - 9_000),
+                message("c-1", "user-1", NOW - 9_000, json!({"email": "a@example.com"})),
+            ],
+            deadline(),
+        )
+        .await;
+    h.service
+        .process(
+            vec![raw(
+                "gone",
+                json!({"version": 2, "type": "object.delete", "object_type": "company", "record_id": "acme",
+                       "idempotency_id": "gone", "changed_at": NOW - 8_000}),
+            )],
+            deadline(),
+        )
+        .await;
+    let calls = h.crm.calls();
+    let report = h
+        .service
+        .process(
+            vec![link("l-1", "user-1", "acme", NOW - 7_000, Some(&["Owner"]))],
+            deadline(),
+        )
+        .await;
+    assert_eq!((report.applied, h.crm.calls()), (1, calls), "{report:?}");
+    let (_, timeline) = h
+        .state
+        .record(&link_ref("user-1", "acme"), 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        timeline[0].detail,
+        "company/acme is deleted, so there is no link to set"
+    );
+
+    // The shipped mapping declares no link from a company to a contact.
+    let backwards = raw(
+        "l-2",
+        json!({"version": 2, "type": "association.upsert", "object_type": "company", "record_id": "acme",
+               "to_object_type": "contact", "to_record_id": "user-1", "idempotency_id": "l-2", "changed_at": NOW}),
+    );
+    let report = h.service.process(vec![backwards], deadline()).await;
+    assert_eq!(report.dead_lettered, 1, "{report:?}");
+    let reason = attribute(&h.dead_letters.take()[0], ERROR_ATTRIBUTE).unwrap();
+    assert_eq!(
+        reason,
+        "invalid message: the mapping declares no link from company to contact (a [company.links.contact] table)"
+    );
+}
+
+#[tokio::test]
+async fn a_link_still_waiting_a_day_after_it_was_made_is_dead_lettered_retryable_with_its_reason() {
+    let h = harness();
+    let day_ms = 24 * 3600 * 1000;
+    let young = h
+        .service
+        .process(
+            vec![link("l-1", "user-1", "acme", NOW - day_ms + 60_000, Some(&[]))],
+            deadline(),
+        )
+        .await;
+    assert_eq!(young.retried, 1, "{young:?}");
+    let retry = h.retries.take().pop().unwrap();
+    assert_eq!(retry.delay_secs, 900, "an old wait retries at the backoff's cap");
+    let old = h
+        .service
+        .process(
+            vec![link("l-2", "user-1", "acme", NOW - day_ms - 1_000, Some(&[]))],
+            deadline(),
+        )
+        .await;
+    assert_eq!(old.dead_lettered, 1, "{old:?}");
+    let reason = attribute(&h.dead_letters.take()[0], ERROR_ATTRIBUTE).unwrap();
+    assert_eq!(
+        reason,
+        "gave up after waiting 86401 s for the linked records: contact/user-1 is not in the CRM yet, so the link waits"
+    );
+    let (state, _) = h
+        .state
+        .record(&link_ref("user-1", "acme"), 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(state.retryable && state.status == SyncStatus::Failed, "{state:?}");
+}

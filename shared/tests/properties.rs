@@ -26,6 +26,7 @@ fn change(record: u8, at: i64, id: u16, delete: bool) -> Change {
         changed_at_ms: at,
         data: BTreeMap::new(),
         contact_record_id: None,
+        association: None,
     }
 }
 

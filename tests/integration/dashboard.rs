@@ -863,26 +863,14 @@ async fn an_operator_reads_a_plans_decisions_cost_conflicts_and_field_changes_on
 
 #[tokio::test]
 async fn an_operator_finds_and_opens_a_record_of_an_object_type_the_mapping_declares() {
-    let dir = std::env::temp_dir().join(format!("crm-sync-dashboard-declared-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mapping = dir.join("mapping.toml");
-    std::fs::write(
-        &mapping,
-        format!(
-            "{}\n[venue]\ncrm_object = \"companies\"\nid_property = \"crm_sync_app_id\"\n[venue.fields]\nname = {{ crm = \"name\", owner = \"app\" }}\n",
-            crm_sync::domain::mapping::DEFAULT_MAPPING
-        ),
-    )
-    .unwrap();
-    let app =
-        spawn_app_with(AppOptions::syncing().with_env("CRM_SYNC_MAPPING_FILE", mapping.to_str().unwrap()))
-            .await;
+    // The built-in mapping declares [company]; the dashboard reads it at cold start.
+    let app = spawn_app_with(AppOptions::syncing()).await;
     let venue = RecordRef {
-        object: ObjectKind::declare("venue").unwrap(),
+        object: ObjectKind::declare("company").unwrap(),
         record_id: "hall-9".into(),
     };
     app.send_changes(&[
-        json!({"version": 2, "type": "object.upsert", "object_type": "venue",
+        json!({"version": 2, "type": "object.upsert", "object_type": "company",
                                "record_id": "hall-9", "idempotency_id": "hall-9-1", "changed_at": now_ms(),
                                "data": {"name": "Great Hall"}}),
     ])
@@ -891,7 +879,7 @@ async fn an_operator_finds_and_opens_a_record_of_an_object_type_the_mapping_decl
     let crm_id = state.crm_id.expect("written");
     let operator = signed_in(&app).await;
 
-    let page = operator.get("/admin/record?object=venue&id=hall-9").await;
+    let page = operator.get("/admin/record?object=company&id=hall-9").await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
     assert!(
         page.body.contains("hall-9") && page.body.contains(&crm_id),
@@ -901,10 +889,9 @@ async fn an_operator_finds_and_opens_a_record_of_an_object_type_the_mapping_decl
     for query in ["hall-9", crm_id.as_str()] {
         let found = operator.get(&format!("/admin?q={query}")).await.body;
         assert!(
-            found.contains("/admin/record?object=venue&amp;id=hall-9")
-                || found.contains("/admin/record?object=venue&id=hall-9"),
+            found.contains("/admin/record?object=company&amp;id=hall-9")
+                || found.contains("/admin/record?object=company&id=hall-9"),
             "searching {query}: {found}"
         );
     }
-    std::fs::remove_dir_all(dir).ok();
 }

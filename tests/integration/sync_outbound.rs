@@ -1173,22 +1173,8 @@ async fn a_deal_of_a_contact_the_app_deleted_is_written_unlinked_not_retried_for
 
 #[tokio::test]
 async fn an_object_type_the_mapping_declares_is_created_updated_and_archived_by_version_2_messages() {
-    let dir = std::env::temp_dir().join(format!("crm-sync-declared-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mapping = dir.join("mapping.toml");
-    std::fs::write(
-        &mapping,
-        format!(
-            "{}\n[company]\ncrm_object = \"companies\"\nid_property = \"crm_sync_app_id\"\n\n[company.fields]\n\
-             name = {{ crm = \"name\", owner = \"app\" }}\ndomain = {{ crm = \"domain\", owner = \"app\" }}\n\
-             industry = {{ crm = \"industry\", owner = \"crm\" }}\n",
-            crm_sync::domain::mapping::DEFAULT_MAPPING
-        ),
-    )
-    .unwrap();
-    let app =
-        spawn_app_with(AppOptions::syncing().with_env("CRM_SYNC_MAPPING_FILE", mapping.to_str().unwrap()))
-            .await;
+    // The built-in mapping declares [company] (HubSpot companies).
+    let app = spawn_app_with(AppOptions::syncing()).await;
     let company = RecordRef {
         object: ObjectKind::declare("company").unwrap(),
         record_id: "acct-1".into(),
@@ -1240,50 +1226,18 @@ async fn an_object_type_the_mapping_declares_is_created_updated_and_archived_by_
         letters[0].1["crm_sync_error"],
         "invalid message: object_type `spaceship` is not an object type the mapping declares"
     );
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[tokio::test]
 async fn in_every_crm_a_declared_company_is_written_by_the_apps_id_and_renamed_in_place() {
-    use crm_sync::domain::mapping::{DEFAULT_MAPPING, PIPEDRIVE_MAPPING, SALESFORCE_MAPPING};
     use crm_sync_tests::crms::Crm;
-    let dir = std::env::temp_dir().join(format!("crm-sync-companies-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for (crm, built_in, crm_object, id_property, name) in [
-        (
-            Crm::HubSpot,
-            DEFAULT_MAPPING,
-            "companies",
-            "crm_sync_app_id",
-            "name",
-        ),
-        (
-            Crm::Pipedrive,
-            PIPEDRIVE_MAPPING,
-            "organizations",
-            "crm_sync_app_id",
-            "name",
-        ),
-        (
-            Crm::Salesforce,
-            SALESFORCE_MAPPING,
-            "Account",
-            "Crm_Sync_App_Id__c",
-            "Name",
-        ),
+    // Each CRM's built-in mapping declares [company].
+    for (crm, crm_object) in [
+        (Crm::HubSpot, "companies"),
+        (Crm::Pipedrive, "organizations"),
+        (Crm::Salesforce, "Account"),
     ] {
-        let mapping = dir.join(format!("{crm:?}.toml"));
-        std::fs::write(
-            &mapping,
-            format!(
-                "{built_in}\n[company]\ncrm_object = \"{crm_object}\"\nid_property = \"{id_property}\"\n\
-                 [company.fields]\nname = {{ crm = \"{name}\", owner = \"app\" }}\n"
-            ),
-        )
-        .unwrap();
-        let stack = crm
-            .stack_with_env(&[("CRM_SYNC_MAPPING_FILE", mapping.to_str().unwrap())])
-            .await;
+        let stack = crm.stack_with_env(&[]).await;
         let company = RecordRef {
             object: ObjectKind::declare("company").unwrap(),
             record_id: "acct-7".into(),
@@ -1310,5 +1264,4 @@ async fn in_every_crm_a_declared_company_is_written_by_the_apps_id_and_renamed_i
         })
         .await;
     }
-    std::fs::remove_dir_all(dir).ok();
 }

@@ -54,3 +54,41 @@ pub fn activity(record_id: &str, contact_record_id: &str, changed_at_ms: i64, bo
         "data": { "body": body, "occurred_at": "2026-11-27T10:00:00Z" },
     })
 }
+
+/// A version 2 change of an object type the mapping declares.
+pub fn object_upsert(object_type: &str, record_id: &str, changed_at_ms: i64, data: Value) -> Value {
+    json!({
+        "version": 2,
+        "type": "object.upsert",
+        "object_type": object_type,
+        "record_id": record_id,
+        "idempotency_id": idempotency_id(),
+        "changed_at": changed_at_ms,
+        "data": data,
+    })
+}
+
+/// A version 2 association change from one record to another: set with `labels`, or removed
+/// (`None`).
+pub fn association(
+    from: (&str, &str),
+    to: (&str, &str),
+    changed_at_ms: i64,
+    labels: Option<&[&str]>,
+) -> Value {
+    let mut change = json!({
+        "version": 2,
+        "type": "association.upsert",
+        "object_type": from.0,
+        "record_id": from.1,
+        "to_object_type": to.0,
+        "to_record_id": to.1,
+        "idempotency_id": idempotency_id(),
+        "changed_at": changed_at_ms,
+    });
+    match labels {
+        Some(labels) => change["labels"] = json!(labels),
+        None => change["type"] = json!("association.delete"),
+    }
+    change
+}

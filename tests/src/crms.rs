@@ -524,6 +524,114 @@ impl CrmStack {
         }
     }
 
+    /// Every link from a contact or a deal to a company the CRM holds, by the app's ids:
+    /// (`contact` or `deal`, its app id, the company's app id, the pair's labels sorted).
+    pub fn company_links(&self) -> std::collections::BTreeSet<(String, String, String, Vec<String>)> {
+        use serde_json::Value;
+        let mut links = std::collections::BTreeSet::new();
+        match &self.sandbox {
+            Sandbox::HubSpot => {
+                let sandbox = self.app.sandbox();
+                let app_id = |object: &str, id: u64| {
+                    sandbox
+                        .records(object)
+                        .into_iter()
+                        .find(|r| r.id == id)
+                        .and_then(|r| r.properties.get("crm_sync_app_id").cloned())
+                        .unwrap_or_default()
+                };
+                for (kind, object) in [("contact", "contacts"), ("deal", "deals")] {
+                    for record in sandbox.records(object) {
+                        for (other, company) in sandbox.associations(object, record.id) {
+                            if other == "companies" {
+                                links.insert((
+                                    kind.to_string(),
+                                    app_id(object, record.id),
+                                    app_id("companies", company),
+                                    sandbox.labels_of(object, record.id, "companies", company),
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+            Sandbox::Pipedrive(sandbox) => {
+                let app_id = |record: &serde_json::Map<String, Value>| {
+                    record["custom_fields"]["crm_sync_app_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                let organizations = sandbox.records("organizations");
+                for (kind, entity) in [("contact", "persons"), ("deal", "deals")] {
+                    for record in sandbox.records(entity) {
+                        let Some(org) = record.get("org_id").and_then(Value::as_u64) else {
+                            continue;
+                        };
+                        let company = organizations
+                            .iter()
+                            .find(|o| o["id"].as_u64() == Some(org))
+                            .map(app_id)
+                            .unwrap_or_default();
+                        links.insert((kind.to_string(), app_id(&record), company, Vec::new()));
+                    }
+                }
+            }
+            Sandbox::Salesforce(sandbox) => {
+                let text = |record: &serde_json::Map<String, Value>, field: &str| {
+                    record
+                        .get(field)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                let app_id = |sobject: &str, id: &str| {
+                    sandbox
+                        .records(sobject)
+                        .into_iter()
+                        .find(|r| r.get("Id").and_then(Value::as_str) == Some(id))
+                        .map(|r| text(&r, "Crm_Sync_App_Id__c"))
+                        .unwrap_or_default()
+                };
+                for relation in sandbox.records("AccountContactRelation") {
+                    let mut roles: Vec<String> = text(&relation, "Roles")
+                        .split(';')
+                        .filter(|r| !r.is_empty())
+                        .map(str::to_string)
+                        .collect();
+                    roles.sort();
+                    links.insert((
+                        "contact".into(),
+                        app_id("Contact", &text(&relation, "ContactId")),
+                        app_id("Account", &text(&relation, "AccountId")),
+                        roles,
+                    ));
+                }
+                for deal in sandbox.records("Opportunity") {
+                    let account = text(&deal, "AccountId");
+                    if !account.is_empty() {
+                        links.insert((
+                            "deal".into(),
+                            text(&deal, "Crm_Sync_App_Id__c"),
+                            app_id("Account", &account),
+                            Vec::new(),
+                        ));
+                    }
+                }
+            }
+        }
+        links
+    }
+
+    /// How many records of a CRM object the sandbox holds.
+    pub fn count(&self, crm_object: &str) -> usize {
+        match &self.sandbox {
+            Sandbox::HubSpot => self.app.sandbox().records(crm_object).len(),
+            Sandbox::Pipedrive(sandbox) => sandbox.records(crm_object).len(),
+            Sandbox::Salesforce(sandbox) => sandbox.records(crm_object).len(),
+        }
+    }
+
     pub fn contact_count(&self) -> usize {
         match &self.sandbox {
             Sandbox::HubSpot => self.app.sandbox().records("contacts").len(),

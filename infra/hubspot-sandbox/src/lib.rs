@@ -300,6 +300,27 @@ impl Sandbox {
         self.state.lock().unwrap().store.associations_of(object, id)
     }
 
+    /// Defines an association label and its inverse, as an admin does in HubSpot's settings.
+    pub fn define_label(&self, from: &str, to: &str, label: &str, inverse: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .store
+            .define_label(from, to, label, inverse);
+    }
+
+    /// The labels a linked pair carries, in this direction, sorted.
+    pub fn labels_of(&self, from: &str, from_id: u64, to: &str, to_id: u64) -> Vec<String> {
+        let mut labels = self
+            .state
+            .lock()
+            .unwrap()
+            .store
+            .labels_of(from, from_id, to, to_id);
+        labels.sort();
+        labels
+    }
+
     /// Writes a record as a sales rep would in HubSpot's UI (webhooks say `CRM_UI`).
     pub fn edit(
         &self,

@@ -287,14 +287,17 @@ impl DashboardService {
         let query = query.trim();
         // Longer than any record id, email or CRM id crm-sync keeps: nothing to find, and too
         // long for a DynamoDB key.
-        if query.is_empty() || query.chars().count() > crate::domain::contract::MAX_ID_CHARS {
+        if query.is_empty() || query.len() > crate::domain::contract::MAX_LINK_ID_BYTES {
             return Ok(Vec::new());
         }
-        if query.contains('@') {
+        // A link's id (two records' types and ids) may be longer than a record's.
+        let link_only = query.chars().count() > crate::domain::contract::MAX_ID_CHARS;
+        if query.contains('@') && !link_only {
             return Ok(self.queries.find_by_email(query, self.settings.page_size).await?);
         }
         let refs: Vec<RecordRef> = ObjectKind::known()
             .into_iter()
+            .filter(|object| !link_only || *object == ObjectKind::Link)
             .map(|object| RecordRef {
                 object,
                 record_id: query.to_string(),
@@ -304,6 +307,7 @@ impl DashboardService {
         let by_crm_id = futures::future::join_all(
             ObjectKind::known()
                 .into_iter()
+                .filter(|_| !link_only)
                 .map(|object| self.queries.find_by_crm_id(object, query)),
         )
         .await;

@@ -48,6 +48,9 @@ impl ObjectKind {
     pub const Contact: ObjectKind = ObjectKind("contact");
     pub const Deal: ObjectKind = ObjectKind("deal");
     pub const Activity: ObjectKind = ObjectKind("activity");
+    /// An association between two records (a version 2 `association.*` change): a record of its
+    /// own, so that it is ordered, retried and shown like any other. Not a table of the mapping.
+    pub const Link: ObjectKind = ObjectKind("link");
 
     /// The built-in kinds, in the order their records depend on each other.
     pub const ALL: [ObjectKind; 3] = [ObjectKind::Contact, ObjectKind::Deal, ObjectKind::Activity];
@@ -61,6 +64,9 @@ impl ObjectKind {
         if let Some(kind) = ObjectKind::ALL.into_iter().find(|kind| kind.as_str() == text) {
             return Some(kind);
         }
+        if text == ObjectKind::Link.as_str() {
+            return Some(ObjectKind::Link);
+        }
         let declared = DECLARED.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         declared
             .iter()
@@ -72,6 +78,9 @@ impl ObjectKind {
     /// letter, at most [`MAX_OBJECT_NAME_CHARS`]); declaring it again, or a built-in, gives the
     /// same kind.
     pub fn declare(name: &str) -> Result<ObjectKind, String> {
+        if name == ObjectKind::Link.as_str() {
+            return Err("`link` is reserved: it names the associations between records".into());
+        }
         // Every stored record's kind comes through here: a known one costs no check.
         if let Some(kind) = ObjectKind::parse(name) {
             return Ok(kind);
@@ -98,13 +107,25 @@ impl ObjectKind {
         Ok(ObjectKind(interned))
     }
 
-    /// The built-in kinds, then those declared so far in this process.
+    /// A kind read back from crm-sync's own storage: any known one, links included, else
+    /// declared now (written under a mapping that declared it).
+    pub fn stored(name: &str) -> Option<ObjectKind> {
+        ObjectKind::parse(name).or_else(|| ObjectKind::declare(name).ok())
+    }
+
+    /// The built-in kinds, then those declared so far in this process, then links.
     pub fn known() -> Vec<ObjectKind> {
         let declared = DECLARED.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         ObjectKind::ALL
             .into_iter()
             .chain(declared.iter().map(|name| ObjectKind(name)))
+            .chain([ObjectKind::Link])
             .collect()
+    }
+
+    /// Whether the mapping declared this kind (neither built in nor a link).
+    pub fn is_declared(self) -> bool {
+        !self.is_built_in() && self != ObjectKind::Link
     }
 
     /// Whether crm-sync knows this kind from the start (not declared by the mapping).
@@ -115,7 +136,8 @@ impl ObjectKind {
     /// The built-in kinds first, in their order, then the declared ones by name.
     fn rank(self) -> (usize, &'static str) {
         let built_in = ObjectKind::ALL.iter().position(|kind| *kind == self);
-        (built_in.unwrap_or(ObjectKind::ALL.len()), self.0)
+        let declared = if self == ObjectKind::Link { 1 } else { 0 };
+        (built_in.unwrap_or(ObjectKind::ALL.len() + declared), self.0)
     }
 }
 
@@ -209,6 +231,43 @@ pub struct Change {
     pub data: BTreeMap<String, FieldValue>,
     /// The app contact a deal or an activity belongs to.
     pub contact_record_id: Option<String>,
+    /// For an association change (`object` is [`ObjectKind::Link`]): the two records and labels.
+    pub association: Option<Association>,
+}
+
+/// An association the app sets or removes between two of its records: `from` and `to` as the
+/// app names them, and on a set, the labels the pair carries (the CRM's association labels or
+/// roles). The set is whole: labels crm-sync wrote before and not named again come off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Association {
+    pub from: RecordRef,
+    pub to: RecordRef,
+    pub labels: Vec<String>,
+}
+
+/// The most labels one association carries.
+pub const MAX_LABELS: usize = 20;
+
+/// The longest label, in characters (HubSpot's limit for a label's name).
+pub const MAX_LABEL_CHARS: usize = 100;
+
+/// The longest id of an association's record (both ids with their types), in bytes: its state's
+/// key must stay within DynamoDB's 2,048-byte partition key.
+pub const MAX_LINK_ID_BYTES: usize = 1_024;
+
+impl Association {
+    /// The id of the association's own record: `{from type}:{from id}|{to type}:{to id}`, with `%`
+    /// and `|` of the app's ids escaped, so that two pairs never share one.
+    pub fn record_id(&self) -> String {
+        let escape = |id: &str| id.replace('%', "%25").replace('|', "%7C");
+        format!(
+            "{}:{}|{}:{}",
+            self.from.object,
+            escape(&self.from.record_id),
+            self.to.object,
+            escape(&self.to.record_id)
+        )
+    }
 }
 
 impl Change {
@@ -221,6 +280,12 @@ impl Change {
 
     /// The message type as written in the contract.
     pub fn type_name(&self) -> &'static str {
+        if self.association.is_some() {
+            return match self.operation {
+                Operation::Delete => "association.delete",
+                _ => "association.upsert",
+            };
+        }
         if !self.object.is_built_in() {
             return match self.operation {
                 Operation::Delete => "object.delete",
@@ -283,36 +348,108 @@ fn invalid(message: impl Into<String>) -> ContractError {
 }
 
 /// A version 2 message's object type and operation: `object.upsert` or `object.delete` of a
-/// type the mapping declares.
+/// type the mapping declares, or `association.upsert` / `association.delete` from a record of
+/// any mapped type (the last element says which).
 fn object_type(
     fields: &Map<String, Value>,
     type_name: &str,
-) -> Result<(ObjectKind, Operation), ContractError> {
-    let operation = match type_name {
-        "object.upsert" => Operation::Upsert,
-        "object.delete" => Operation::Delete,
+) -> Result<(ObjectKind, Operation, bool), ContractError> {
+    let (operation, association) = match type_name {
+        "object.upsert" => (Operation::Upsert, false),
+        "object.delete" => (Operation::Delete, false),
+        "association.upsert" => (Operation::Upsert, true),
+        "association.delete" => (Operation::Delete, true),
         other => {
             return Err(invalid(format!(
-                "type `{}` is not one of object.upsert, object.delete (version 2)",
-                truncate(other)
-            )))
+            "type `{}` is not one of object.upsert, object.delete, association.upsert, association.delete \
+                 (version 2)",
+            truncate(other)
+        )))
         }
     };
-    let name = match fields.get("object_type") {
-        Some(Value::String(name)) => name,
-        Some(_) => return Err(invalid("`object_type` must be a string")),
-        None => return Err(invalid("`object_type` is required in version 2")),
-    };
-    match ObjectKind::parse(name) {
-        Some(kind) if kind.is_built_in() => Err(invalid(format!(
+    let kind = named_kind(fields, "object_type")?;
+    if kind.is_built_in() && !association {
+        let name = kind.as_str();
+        return Err(invalid(format!(
             "`{name}` changes are version 1 messages ({name}.upsert, …)"
-        ))),
-        Some(kind) => Ok((kind, operation)),
-        None => Err(invalid(format!(
-            "object_type `{}` is not an object type the mapping declares",
-            truncate(name)
-        ))),
+        )));
     }
+    Ok((kind, operation, association))
+}
+
+/// The object type a field names: built in or declared by the mapping.
+fn named_kind(fields: &Map<String, Value>, field: &str) -> Result<ObjectKind, ContractError> {
+    let name = match fields.get(field) {
+        Some(Value::String(name)) => name,
+        Some(_) => return Err(invalid(format!("`{field}` must be a string"))),
+        None => return Err(invalid(format!("`{field}` is required in version 2"))),
+    };
+    ObjectKind::parse(name)
+        .filter(|kind| *kind != ObjectKind::Link)
+        .ok_or_else(|| {
+            invalid(format!(
+                "{field} `{}` is not an object type the mapping declares",
+                truncate(name)
+            ))
+        })
+}
+
+/// An association change's other end and labels; `from` is the message's own record.
+fn association(
+    fields: &Map<String, Value>,
+    from: RecordRef,
+    operation: Operation,
+) -> Result<Association, ContractError> {
+    if fields.contains_key("data") {
+        return Err(invalid(
+            "an association change carries no `data`; a pair's labels are its `labels`",
+        ));
+    }
+    let to = RecordRef {
+        object: named_kind(fields, "to_object_type")?,
+        record_id: required_identifier(fields, "to_record_id")?,
+    };
+    let labels = match (operation, fields.get("labels")) {
+        (_, None | Some(Value::Null)) => Vec::new(),
+        (Operation::Delete, Some(_)) => return Err(invalid("an association.delete carries no `labels`")),
+        (_, Some(Value::Array(items))) => {
+            if items.len() > MAX_LABELS {
+                return Err(invalid(format!(
+                    "`labels` names {} labels, more than the {MAX_LABELS} allowed",
+                    items.len()
+                )));
+            }
+            let mut labels: Vec<String> = Vec::new();
+            for item in items {
+                let Value::String(label) = item else {
+                    return Err(invalid("`labels` must be an array of strings"));
+                };
+                if label.trim().is_empty()
+                    || label.chars().count() > MAX_LABEL_CHARS
+                    || label.chars().any(char::is_control)
+                {
+                    return Err(invalid(format!(
+                        "a label must be 1 to {MAX_LABEL_CHARS} characters, not blank, without control characters"
+                    )));
+                }
+                if labels.contains(label) {
+                    return Err(invalid(format!("label `{}` is named twice", truncate(label))));
+                }
+                labels.push(label.clone());
+            }
+            labels
+        }
+        (_, Some(_)) => return Err(invalid("`labels` must be an array of strings")),
+    };
+    let association = Association { from, to, labels };
+    let bytes = association.record_id().len();
+    if bytes > MAX_LINK_ID_BYTES {
+        return Err(invalid(format!(
+            "the two records' types and ids are {bytes} bytes together, more than the {MAX_LINK_ID_BYTES} an \
+             association allows"
+        )));
+    }
+    Ok(association)
 }
 
 const TYPES: [(&str, ObjectKind, Operation); 6] = [
@@ -324,7 +461,7 @@ const TYPES: [(&str, ObjectKind, Operation); 6] = [
     ("activity.log", ObjectKind::Activity, Operation::Log),
 ];
 
-const FIELDS: [&str; 8] = [
+const FIELDS: [&str; 11] = [
     "version",
     "type",
     "object_type",
@@ -333,7 +470,13 @@ const FIELDS: [&str; 8] = [
     "changed_at",
     "data",
     "contact_record_id",
+    "to_object_type",
+    "to_record_id",
+    "labels",
 ];
+
+/// The fields only an association change carries.
+const ASSOCIATION_FIELDS: [&str; 3] = ["to_object_type", "to_record_id", "labels"];
 
 fn identifier(fields: &Map<String, Value>, name: &str) -> Result<Option<String>, ContractError> {
     match fields.get(name) {
@@ -403,7 +546,7 @@ pub fn parse_change(body: &str) -> Result<Change, ContractError> {
         .get("type")
         .and_then(Value::as_str)
         .ok_or_else(|| invalid("`type` is required"))?;
-    let (object, operation) = if version == OBJECT_CONTRACT_VERSION {
+    let (object, operation, is_association) = if version == OBJECT_CONTRACT_VERSION {
         object_type(&fields, type_name)?
     } else {
         if fields.contains_key("object_type") {
@@ -412,7 +555,7 @@ pub fn parse_change(body: &str) -> Result<Change, ContractError> {
         TYPES
             .iter()
             .find(|(name, _, _)| *name == type_name)
-            .map(|(_, object, operation)| (*object, *operation))
+            .map(|(_, object, operation)| (*object, *operation, false))
             .ok_or_else(|| {
                 invalid(format!(
                     "type `{}` is not one of contact.upsert, contact.delete, contact.erase, deal.upsert, deal.delete, \
@@ -430,6 +573,16 @@ pub fn parse_change(body: &str) -> Result<Change, ContractError> {
             parse_timestamp_ms(value)
                 .ok_or_else(|| invalid("`changed_at` must be an RFC 3339 time or epoch milliseconds"))
         })?;
+    if !is_association {
+        if let Some(field) = ASSOCIATION_FIELDS
+            .iter()
+            .find(|field| fields.contains_key(**field))
+        {
+            return Err(invalid(format!(
+                "`{field}` belongs to association changes (association.upsert, association.delete)"
+            )));
+        }
+    }
     let contact_record_id = identifier(&fields, "contact_record_id")?;
     if operation == Operation::Log && contact_record_id.is_none() {
         return Err(invalid(
@@ -440,6 +593,25 @@ pub fn parse_change(body: &str) -> Result<Change, ContractError> {
         return Err(invalid(
             "`contact_record_id` belongs on deals and activities only",
         ));
+    }
+    if is_association {
+        if contact_record_id.is_some() {
+            return Err(invalid(
+                "`contact_record_id` belongs on deals and activities only",
+            ));
+        }
+        let from = RecordRef { object, record_id };
+        let association = association(&fields, from, operation)?;
+        return Ok(Change {
+            object: ObjectKind::Link,
+            operation,
+            record_id: association.record_id(),
+            idempotency_id,
+            changed_at_ms,
+            data: BTreeMap::new(),
+            contact_record_id: None,
+            association: Some(association),
+        });
     }
     let data = match (operation, fields.get("data")) {
         (Operation::Delete | Operation::Erase, None | Some(Value::Null)) => BTreeMap::new(),
@@ -457,6 +629,7 @@ pub fn parse_change(body: &str) -> Result<Change, ContractError> {
         changed_at_ms,
         data,
         contact_record_id,
+        association: None,
     })
 }
 
@@ -568,7 +741,12 @@ mod tests {
             .map(String::as_str)
             .collect();
         declared.sort();
-        let mut fields: Vec<&str> = FIELDS.iter().copied().filter(|f| *f != "object_type").collect();
+        // Version 2's own fields are not version 1's.
+        let mut fields: Vec<&str> = FIELDS
+            .iter()
+            .copied()
+            .filter(|f| *f != "object_type" && !ASSOCIATION_FIELDS.contains(f))
+            .collect();
         fields.sort();
         assert_eq!(declared, fields);
         let types: Vec<&str> = schema["properties"]["type"]["enum"]
@@ -686,7 +864,7 @@ mod tests {
             ("not json", "the message is not valid JSON (line 1, column 2)"),
             ("[1]", "the message must be a JSON object"),
             (&CONTACT.replace("\"version\":1", "\"version\":3"), "version 3 is not supported (versions 1 and 2 are)"),
-            (&CONTACT.replace("\"version\":1", "\"version\":2"), "type `contact.upsert` is not one of object.upsert, object.delete (version 2)"),
+            (&CONTACT.replace("\"version\":1", "\"version\":2"), "type `contact.upsert` is not one of object.upsert, object.delete, association.upsert, association.delete (version 2)"),
             (&CONTACT.replace("contact.upsert", "contact.merge"), "type `contact.merge` is not one of contact.upsert, contact.delete, contact.erase, deal.upsert, deal.delete, activity.log"),
             (&CONTACT.replace("\"record_id\":\"user-42\"", "\"record_id\":\"\""), "`record_id` must be 1 to 256 characters without control characters"),
             (&CONTACT.replace("\"idempotency_id\":\"i-1\",", ""), "`idempotency_id` is required"),
@@ -775,7 +953,7 @@ mod tests {
             ),
             (
                 upsert.replace("object.upsert", "object.erase"),
-                "type `object.erase` is not one of object.upsert, object.delete (version 2)",
+                "type `object.erase` is not one of object.upsert, object.delete, association.upsert, association.delete (version 2)",
             ),
             (
                 upsert.replace("\"version\":2", "\"version\":1"),
@@ -810,11 +988,123 @@ mod tests {
         fields.sort();
         assert_eq!(declared, fields);
         let examples = schema["examples"].as_array().unwrap();
-        assert_eq!(examples.len(), 2);
+        assert_eq!(examples.len(), 4);
         for example in examples {
             let change = parse_change(&example.to_string()).unwrap_or_else(|e| panic!("{example}: {e}"));
             assert_eq!(change.type_name(), example["type"]);
-            assert_eq!(change.object.as_str(), example["object_type"]);
+            let from = change
+                .association
+                .as_ref()
+                .map_or(change.object, |a| a.from.object);
+            assert_eq!(from.as_str(), example["object_type"]);
+        }
+    }
+
+    const LINK: &str = r#"{"version":2,"type":"association.upsert","object_type":"contact","record_id":"u-1","to_object_type":"company","to_record_id":"acme","labels":["Billing contact","Decision maker"],"idempotency_id":"l-1","changed_at":5}"#;
+
+    #[test]
+    fn an_association_change_is_a_record_of_its_own_named_by_both_ends() {
+        ObjectKind::declare("company").unwrap();
+        let change = parse_change(LINK).unwrap();
+        assert_eq!(change.object, ObjectKind::Link);
+        assert_eq!(change.record_id, "contact:u-1|company:acme");
+        assert_eq!(change.type_name(), "association.upsert");
+        let association = change.association.unwrap();
+        assert_eq!(association.from.record_id, "u-1");
+        assert_eq!(association.to.object.as_str(), "company");
+        assert_eq!(association.labels, ["Billing contact", "Decision maker"]);
+        let delete = LINK
+            .replace("association.upsert", "association.delete")
+            .replace(r#""labels":["Billing contact","Decision maker"],"#, "");
+        let delete = parse_change(&delete).unwrap();
+        assert_eq!(delete.operation, Operation::Delete);
+        assert_eq!(
+            delete.record_id, "contact:u-1|company:acme",
+            "one record for both operations"
+        );
+        // Ids holding the separators cannot make two pairs share a record.
+        let tricky = LINK
+            .replace(r#""u-1""#, r#""a|company:b""#)
+            .replace(r#""acme""#, r#""c""#);
+        let plain = LINK
+            .replace(r#""u-1""#, r#""a""#)
+            .replace(r#""acme""#, r#""b|company:c""#);
+        assert_ne!(
+            parse_change(&tricky).unwrap().record_id,
+            parse_change(&plain).unwrap().record_id
+        );
+    }
+
+    #[test]
+    fn an_association_change_is_refused_past_each_of_its_limits() {
+        ObjectKind::declare("company").unwrap();
+        let with_labels = |labels: Vec<String>| {
+            LINK.replace(
+                r#"["Billing contact","Decision maker"]"#,
+                &serde_json::to_string(&labels).unwrap(),
+            )
+        };
+        let twenty: Vec<String> = (0..MAX_LABELS).map(|n| format!("label {n}")).collect();
+        assert_eq!(
+            parse_change(&with_labels(twenty.clone()))
+                .unwrap()
+                .association
+                .unwrap()
+                .labels
+                .len(),
+            20
+        );
+        let mut twenty_one = twenty;
+        twenty_one.push("one more".into());
+        let long = "é".repeat(MAX_LABEL_CHARS);
+        assert!(
+            parse_change(&with_labels(vec![long.clone()])).is_ok(),
+            "100 characters of 2 bytes each"
+        );
+        // The record id at DynamoDB's bound for it, and one byte past.
+        let fits = format!("{}ab", "𝄞".repeat(251));
+        assert_eq!(format!("contact:{fits}|company:a").len(), MAX_LINK_ID_BYTES);
+        let at_limit = LINK
+            .replace(r#""u-1""#, &format!("\"{fits}\""))
+            .replace(r#""acme""#, r#""a""#);
+        assert_eq!(
+            parse_change(&at_limit).unwrap().record_id.len(),
+            MAX_LINK_ID_BYTES
+        );
+        let past = LINK
+            .replace(r#""u-1""#, &format!("\"{fits}c\""))
+            .replace(r#""acme""#, r#""a""#);
+        for (body, reason) in [
+            (with_labels(twenty_one), "`labels` names 21 labels, more than the 20 allowed".to_string()),
+            (
+                with_labels(vec![format!("{long}x")]),
+                "a label must be 1 to 100 characters, not blank, without control characters".into(),
+            ),
+            (with_labels(vec![" ".into()]), "a label must be 1 to 100 characters, not blank, without control characters".into()),
+            (with_labels(vec!["a\nb".into()]), "a label must be 1 to 100 characters, not blank, without control characters".into()),
+            (with_labels(vec!["Owner".into(), "Owner".into()]), "label `Owner` is named twice".into()),
+            (LINK.replace(r#"["Billing contact","Decision maker"]"#, r#""Owner""#), "`labels` must be an array of strings".into()),
+            (LINK.replace(r#""Decision maker""#, "7"), "`labels` must be an array of strings".into()),
+            (
+                past,
+                "the two records' types and ids are 1025 bytes together, more than the 1024 an association allows".into(),
+            ),
+            (LINK.replace("association.upsert", "association.delete"), "an association.delete carries no `labels`".into()),
+            (LINK.replace(r#""changed_at":5"#, r#""changed_at":5,"data":{}"#), "an association change carries no `data`; a pair's labels are its `labels`".into()),
+            (LINK.replace(r#""to_object_type":"company","#, ""), "`to_object_type` is required in version 2".into()),
+            (LINK.replace(r#""to_record_id":"acme","#, ""), "`to_record_id` is required".into()),
+            (LINK.replace(r#""company""#, r#""link""#), "to_object_type `link` is not an object type the mapping declares".into()),
+            (LINK.replace(r#""company""#, r#""ship""#), "to_object_type `ship` is not an object type the mapping declares".into()),
+            (
+                LINK.replace("association.upsert", "object.upsert"),
+                "`contact` changes are version 1 messages (contact.upsert, …)".into(),
+            ),
+            (
+                LINK.replace("association.upsert", "contact.upsert").replace(r#""version":2"#, r#""version":1"#).replace(r#""object_type":"contact","#, ""),
+                "`to_object_type` belongs to association changes (association.upsert, association.delete)".into(),
+            ),
+        ] {
+            assert_eq!(parse_change(&body).unwrap_err().0, reason, "{body}");
         }
     }
 }

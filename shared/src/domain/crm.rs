@@ -65,6 +65,59 @@ pub struct AssociationInput {
     pub to_id: String,
 }
 
+/// An association the mapping declares, in the CRM's terms: the two CRM objects and how the
+/// CRM holds the link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrmLink {
+    pub from_object: String,
+    pub to_object: String,
+    pub via: crate::domain::mapping::LinkVia,
+}
+
+/// One pair to link or unlink: the two CRM records, the labels the pair is to carry, and the
+/// labels crm-sync put on it before that are to come off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInput {
+    pub from_id: String,
+    pub to_id: String,
+    pub labels: Vec<String>,
+    pub drop_labels: Vec<String>,
+}
+
+impl AssociationInput {
+    /// This pair linked as asked.
+    pub fn done(&self) -> InputOutcome {
+        InputOutcome::Done {
+            crm_id: self.from_id.clone(),
+            created: false,
+        }
+    }
+}
+
+impl LinkInput {
+    /// This pair linked (or unlinked) as asked.
+    pub fn done(&self) -> InputOutcome {
+        InputOutcome::Done {
+            crm_id: self.from_id.clone(),
+            created: false,
+        }
+    }
+}
+
+impl BatchResult {
+    /// A result whose inputs were each decided, in input order.
+    pub fn decided(outcomes: Vec<Option<InputOutcome>>, rate: RateInfo, call: String) -> Self {
+        BatchResult {
+            outcomes: outcomes
+                .into_iter()
+                .map(|o| o.expect("every input is decided"))
+                .collect(),
+            rate,
+            call,
+        }
+    }
+}
+
 /// How one input of a batch call fared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InputOutcome {

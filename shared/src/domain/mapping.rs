@@ -93,6 +93,56 @@ struct RawObject {
     contact_link: Option<String>,
     #[serde(default)]
     fields: BTreeMap<String, RawField>,
+    /// `[<type>.links.<other type>]`: the associations this type's records make.
+    #[serde(default)]
+    links: BTreeMap<String, RawLink>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLink {
+    field: Option<String>,
+    junction: Option<String>,
+    from_field: Option<String>,
+    to_field: Option<String>,
+    labels_field: Option<String>,
+}
+
+/// How the CRM holds an association the mapping declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkVia {
+    /// An association of its own between the two records, with labels (HubSpot).
+    Association,
+    /// A lookup field on the `from` record holding the `to` record's CRM id (Salesforce's
+    /// `AccountId`, Pipedrive's `org_id`); it takes no labels.
+    Field(String),
+    /// A junction object with a record per pair (Salesforce's `AccountContactRelation`): its
+    /// fields naming the two records, and a multi-select field taking the labels.
+    Junction {
+        object: String,
+        from_field: String,
+        to_field: String,
+        labels_field: Option<String>,
+    },
+}
+
+impl LinkVia {
+    /// Why the labels cannot be written this way, if they cannot.
+    pub fn refuses_labels(&self) -> Option<String> {
+        match self {
+            LinkVia::Association => None,
+            LinkVia::Junction {
+                labels_field: Some(_),
+                ..
+            } => None,
+            LinkVia::Field(field) => Some(format!(
+                "the link is the lookup field `{field}`, which takes no labels"
+            )),
+            LinkVia::Junction { object, .. } => Some(format!(
+                "the link is a `{object}` record and the mapping names no `labels_field` for its labels"
+            )),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -103,6 +153,9 @@ struct RawField {
     on_drift: Option<String>,
     format: Option<String>,
 }
+
+/// The name under which an association's state keeps the labels crm-sync wrote (one a line).
+pub const LABELS: &str = "labels";
 
 /// What an outbound change writes to the CRM.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -117,6 +170,8 @@ pub struct OutboundProperties {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {
     objects: HashMap<ObjectKind, ObjectMapping>,
+    /// (from, to) → how the CRM holds the association.
+    links: HashMap<(ObjectKind, ObjectKind), LinkVia>,
 }
 
 /// Whether `a` is one edit from `b`: a letter added, missing, changed, or two neighbours swapped.
@@ -151,7 +206,8 @@ impl Mapping {
         })?;
         let mut objects = HashMap::new();
         let mut crm_objects: HashMap<String, String> = HashMap::new();
-        for (name, object) in raw {
+        let mut raw_links: Vec<(ObjectKind, String, RawLink)> = Vec::new();
+        for (name, mut object) in raw {
             // A name one slip from a built-in one (a plural, a swapped or missing letter) is a
             // typo, not a type of its own: as one, it would leave the built-in type unmapped.
             if let Some(meant) = ObjectKind::ALL.into_iter().find(|kind| {
@@ -169,7 +225,20 @@ impl Mapping {
                 ));
             }
             let kind = ObjectKind::declare(&name).map_err(|problem| mapping_error(name.clone(), problem))?;
+            raw_links.extend(
+                std::mem::take(&mut object.links)
+                    .into_iter()
+                    .map(|(to, link)| (kind, to, link)),
+            );
             objects.insert(kind, Self::check_object(kind, object)?);
+        }
+        let mut links = HashMap::new();
+        for (from, to, raw) in raw_links {
+            let entry = format!("{from}.links.{to}");
+            let to = ObjectKind::parse(&to)
+                .filter(|kind| objects.contains_key(kind))
+                .ok_or_else(|| mapping_error(&entry, format!("`{to}` is no object type of this mapping")))?;
+            links.insert((from, to), Self::check_link(&entry, raw)?);
         }
         if objects.is_empty() {
             return Err(mapping_error(
@@ -177,7 +246,75 @@ impl Mapping {
                 "maps no object type; expected [contact], [deal], [activity] or one of the app's own",
             ));
         }
-        Ok(Mapping { objects })
+        Ok(Mapping { objects, links })
+    }
+
+    fn check_link(entry: &str, raw: RawLink) -> Result<LinkVia, MappingError> {
+        let name = |value: Option<String>, what: &str| -> Result<Option<String>, MappingError> {
+            match value {
+                Some(value) if !valid_name(&value) => Err(mapping_error(
+                    format!("{entry}.{what}"),
+                    "must be a CRM field or object name",
+                )),
+                value => Ok(value),
+            }
+        };
+        let field = name(raw.field, "field")?;
+        let junction = name(raw.junction, "junction")?;
+        let from_field = name(raw.from_field, "from_field")?;
+        let to_field = name(raw.to_field, "to_field")?;
+        let labels_field = name(raw.labels_field, "labels_field")?;
+        match (field, junction) {
+            (Some(_), Some(_)) => Err(mapping_error(
+                entry,
+                "a link is a lookup `field` or a `junction` object, not both",
+            )),
+            (Some(field), None) => {
+                if from_field.is_some() || to_field.is_some() || labels_field.is_some() {
+                    return Err(mapping_error(
+                        entry,
+                        "`from_field`, `to_field` and `labels_field` belong to a `junction`",
+                    ));
+                }
+                Ok(LinkVia::Field(field))
+            }
+            (None, Some(object)) => match (from_field, to_field) {
+                (Some(from_field), Some(to_field)) => Ok(LinkVia::Junction {
+                    object,
+                    from_field,
+                    to_field,
+                    labels_field,
+                }),
+                _ => Err(mapping_error(
+                    entry,
+                    "a `junction` needs `from_field` and `to_field`, its fields naming the two records",
+                )),
+            },
+            (None, None) if from_field.is_some() || to_field.is_some() || labels_field.is_some() => {
+                Err(mapping_error(
+                    entry,
+                    "`from_field`, `to_field` and `labels_field` belong to a `junction`",
+                ))
+            }
+            (None, None) => Ok(LinkVia::Association),
+        }
+    }
+
+    /// How the CRM holds associations from `from` records to `to` records, if the mapping
+    /// declares them.
+    pub fn link(&self, from: ObjectKind, to: ObjectKind) -> Option<&LinkVia> {
+        self.links.get(&(from, to))
+    }
+
+    /// Every association the mapping declares: (from, to, how).
+    pub fn links(&self) -> Vec<(ObjectKind, ObjectKind, &LinkVia)> {
+        let mut links: Vec<_> = self
+            .links
+            .iter()
+            .map(|((from, to), via)| (*from, *to, via))
+            .collect();
+        links.sort_by_key(|(from, to, _)| (*from, *to));
+        links
     }
 
     /// Long on purpose: each mapping rule's check, in the order the file's entries read.
@@ -300,6 +437,23 @@ impl Mapping {
     /// The CRM properties an outbound change writes: app-owned fields only. Refuses fields the
     /// mapping does not know, and object types it does not map.
     pub fn outbound(&self, change: &Change) -> Result<OutboundProperties, ContractError> {
+        if let Some(association) = &change.association {
+            let (from, to) = (association.from.object, association.to.object);
+            let via = self.link(from, to).ok_or_else(|| {
+                ContractError(format!(
+                    "the mapping declares no link from {from} to {to} (a [{from}.links.{to}] table)"
+                ))
+            })?;
+            if let Some(why) = via.refuses_labels().filter(|_| !association.labels.is_empty()) {
+                return Err(ContractError(format!("labels from {from} to {to}: {why}")));
+            }
+            // The labels are what an association writes: kept in its state as written, so that
+            // the next change knows which labels crm-sync put on the pair.
+            return Ok(OutboundProperties {
+                properties: [(LABELS.to_string(), association.labels.join("\n"))].into(),
+                crm_owned: Vec::new(),
+            });
+        }
         self.object(change.object)
             .ok_or_else(|| ContractError(format!("the mapping has no [{}] section", change.object)))?
             .outbound(change)
@@ -505,6 +659,115 @@ mod tests {
         assert_eq!(object.crm_object, "companies");
         assert_eq!(object.fields["name"].owner, Owner::App);
         assert_eq!(object.fields["industry"].owner, Owner::Crm);
+    }
+
+    #[test]
+    fn a_links_table_declares_how_the_crm_holds_the_association_and_which_labels_it_takes() {
+        let base = "[contact]\ncrm_object = \"Contact\"\nid_property = \"X__c\"\n\
+                    [company]\ncrm_object = \"Account\"\nid_property = \"X__c\"\n";
+        let parse = |links: &str| Mapping::parse(&format!("{base}{links}"));
+        let company = ObjectKind::parse("company").unwrap_or_else(|| ObjectKind::declare("company").unwrap());
+        let mapping = parse("[contact.links.company]\n").unwrap();
+        assert_eq!(
+            mapping.link(ObjectKind::Contact, company),
+            Some(&LinkVia::Association)
+        );
+        assert_eq!(
+            mapping.link(company, ObjectKind::Contact),
+            None,
+            "a link has a direction"
+        );
+        let mapping = parse("[contact.links.company]\nfield = \"AccountId\"\n").unwrap();
+        let via = mapping.link(ObjectKind::Contact, company).unwrap();
+        assert_eq!(via, &LinkVia::Field("AccountId".into()));
+        assert!(via.refuses_labels().unwrap().contains("AccountId"));
+        let mapping = parse(
+            "[contact.links.company]\njunction = \"AccountContactRelation\"\nfrom_field = \"ContactId\"\n\
+             to_field = \"AccountId\"\nlabels_field = \"Roles\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            mapping
+                .link(ObjectKind::Contact, company)
+                .unwrap()
+                .refuses_labels(),
+            None
+        );
+        for (links, entry, problem) in [
+            (
+                "[contact.links.ship]\n",
+                "contact.links.ship",
+                "`ship` is no object type of this mapping",
+            ),
+            (
+                "[contact.links.deal]\n",
+                "contact.links.deal",
+                "`deal` is no object type of this mapping",
+            ),
+            (
+                "[contact.links.company]\nfield = \"a\"\njunction = \"b\"\n",
+                "contact.links.company",
+                "not both",
+            ),
+            (
+                "[contact.links.company]\njunction = \"b\"\nfrom_field = \"c\"\n",
+                "contact.links.company",
+                "needs `from_field` and `to_field`",
+            ),
+            (
+                "[contact.links.company]\nfield = \"a\"\nlabels_field = \"r\"\n",
+                "contact.links.company",
+                "belong to a `junction`",
+            ),
+            (
+                "[contact.links.company]\nlabels_field = \"r\"\n",
+                "contact.links.company",
+                "belong to a `junction`",
+            ),
+            (
+                "[contact.links.company]\nfield = \"a b\"\n",
+                "contact.links.company.field",
+                "must be a CRM field",
+            ),
+        ] {
+            let error = parse(links).unwrap_err();
+            assert_eq!(error.entry, entry, "{links}");
+            assert!(error.problem.contains(problem), "{links}: {}", error.problem);
+        }
+        assert!(
+            parse("[contact.links.company]\ncolour = \"red\"\n").is_err(),
+            "unknown keys are refused"
+        );
+        assert!(
+            Mapping::parse("[link]\ncrm_object = \"x\"\nid_property = \"y\"\n")
+                .unwrap_err()
+                .problem
+                .contains("reserved"),
+            "`link` names the associations' own records"
+        );
+    }
+
+    #[test]
+    fn every_built_in_mapping_ships_companies_and_links_to_them_that_its_crm_holds() {
+        for (text, contact_link) in [
+            (DEFAULT_MAPPING, LinkVia::Association),
+            (PIPEDRIVE_MAPPING, LinkVia::Field("org_id".into())),
+            (
+                SALESFORCE_MAPPING,
+                LinkVia::Junction {
+                    object: "AccountContactRelation".into(),
+                    from_field: "ContactId".into(),
+                    to_field: "AccountId".into(),
+                    labels_field: Some("Roles".into()),
+                },
+            ),
+        ] {
+            let mapping = Mapping::parse(text).unwrap();
+            let company = ObjectKind::parse("company").unwrap();
+            assert!(mapping.object(company).unwrap().fields["name"].owner == Owner::App);
+            assert_eq!(mapping.link(ObjectKind::Contact, company), Some(&contact_link));
+            assert!(mapping.link(ObjectKind::Deal, company).is_some());
+        }
     }
 
     #[test]

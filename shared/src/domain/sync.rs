@@ -450,6 +450,7 @@ mod tests {
             changed_at_ms: at,
             data: BTreeMap::new(),
             contact_record_id: None,
+            association: None,
         }
     }
 

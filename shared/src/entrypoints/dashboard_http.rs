@@ -197,11 +197,15 @@ fn parse_record(key: &str) -> Option<RecordRef> {
         object: ObjectKind::parse(object)?,
         record_id: record_id.to_string(),
     })
-    // No record id is longer (the message contract's limit), and a longer one would not fit a
-    // DynamoDB key: it names no record.
+    // No record id is longer (the message contract's limits: a link's id is both its records'),
+    // and a longer one would not fit a DynamoDB key: it names no record.
     .filter(|record| {
         !record.record_id.is_empty()
-            && record.record_id.chars().count() <= crate::domain::contract::MAX_ID_CHARS
+            && if record.object == ObjectKind::Link {
+                record.record_id.len() <= crate::domain::contract::MAX_LINK_ID_BYTES
+            } else {
+                record.record_id.chars().count() <= crate::domain::contract::MAX_ID_CHARS
+            }
     })
 }
 

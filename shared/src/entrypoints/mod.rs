@@ -74,6 +74,7 @@ pub(crate) async fn wire_crm(
 ) -> anyhow::Result<CrmWiring> {
     let mapping = load_mapping(&section.mapping_toml, &section.mapping_source)?;
     let crm = crm_client(aws, &section.settings, section.timeout_secs).await?;
+    check_links(&mapping, crm.as_ref())?;
     let dynamodb = aws_sdk_dynamodb::Client::new(aws);
     Ok(CrmWiring {
         mapping: Arc::new(mapping),
@@ -112,6 +113,15 @@ pub(crate) fn not_empty(secret: SecretString, what: &str) -> anyhow::Result<Secr
 }
 
 /// The mapping, checked; the error names the entry and the file.
+/// Refuses a mapping whose links the CRM cannot hold as it says.
+pub(crate) fn check_links(mapping: &Mapping, crm: &dyn Crm) -> anyhow::Result<()> {
+    for (from, to, via) in mapping.links() {
+        crm.holds_links(via)
+            .map_err(|why| anyhow::anyhow!("mapping: {from}.links.{to}: {why}"))?;
+    }
+    Ok(())
+}
+
 pub(crate) fn load_mapping(toml: &str, source: &str) -> anyhow::Result<Mapping> {
     Mapping::parse(toml).map_err(|error| anyhow::anyhow!("{error} (in {source})"))
 }

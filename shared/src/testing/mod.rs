@@ -16,8 +16,8 @@ use async_trait::async_trait;
 pub use memory_state::MemorySyncState;
 
 use crate::domain::crm::{
-    AssociationInput, BatchResult, CrmError, FailureKind, InputError, InputOutcome, RateInfo, ReadResult,
-    ThrottlePolicy, UpdateInput, UpsertInput,
+    AssociationInput, BatchResult, CrmError, CrmLink, FailureKind, InputError, InputOutcome, LinkInput,
+    RateInfo, ReadResult, ThrottlePolicy, UpdateInput, UpsertInput,
 };
 use crate::domain::Clock;
 use crate::ports::{Crm, MessageQueue, OutgoingMessage, Permit, RateLimiter, SendFailure, StoreUnavailable};
@@ -151,6 +151,9 @@ pub struct MemoryRecord {
     pub properties: BTreeMap<String, String>,
 }
 
+/// A link in [`MemoryCrm`]: (from object, from CRM id, to object, to CRM id).
+type LinkKey = (String, String, String, String);
+
 /// A CRM in memory: records upserted by the app's id, `max_batch` inputs a call, and failures on
 /// cue: an input refused for good or for now (by its key), or the next calls throttled.
 pub struct MemoryCrm {
@@ -167,6 +170,8 @@ pub struct MemoryCrm {
     merges: Mutex<(BTreeMap<String, Vec<crate::domain::crm::MergeSeen>>, usize)>,
     /// Continuation pages of merges still answered before the day's budget runs out.
     merge_pages_left: Mutex<Option<u32>>,
+    /// (from object, from CRM id, to object, to CRM id) → the pair's labels.
+    links: Mutex<BTreeMap<LinkKey, Vec<String>>>,
 }
 
 impl MemoryCrm {
@@ -179,6 +184,7 @@ impl MemoryCrm {
             throttle_next: AtomicU32::new(0),
             calls: AtomicUsize::new(0),
             merges: Mutex::new((BTreeMap::new(), 100)),
+            links: Mutex::default(),
             merge_pages_left: Mutex::new(None),
         }
     }
@@ -273,6 +279,28 @@ impl MemoryCrm {
             .values()
             .find(|record| record.crm_id == crm_id)
             .cloned()
+    }
+
+    /// The links from `from` records to `to` records: (from CRM id, to CRM id) → labels, sorted.
+    pub fn links(&self, from: &str, to: &str) -> BTreeMap<(String, String), Vec<String>> {
+        locked(&self.links)
+            .iter()
+            .filter(|((f, _, t, _), _)| f == from && t == to)
+            .map(|((_, from_id, _, to_id), labels)| {
+                let mut labels = labels.clone();
+                labels.sort();
+                ((from_id.clone(), to_id.clone()), labels)
+            })
+            .collect()
+    }
+
+    /// The app's id of the record with CRM id `crm_id`.
+    pub fn app_id_of(&self, object: &str, crm_id: &str) -> Option<String> {
+        locked(&self.records)
+            .get(object)?
+            .iter()
+            .find(|(_, record)| record.crm_id == crm_id)
+            .map(|(key, _)| key.clone())
     }
 
     /// How many records of `object` it holds.
@@ -508,6 +536,49 @@ impl Crm for MemoryCrm {
         })
     }
 
+    /// Links pairs; a pair whose `from_id` is failing (see [`MemoryCrm::fail`]) fails.
+    async fn link(&self, link: &CrmLink, pairs: &[LinkInput]) -> Result<BatchResult, CrmError> {
+        self.call()?;
+        let mut links = locked(&self.links);
+        let outcomes = pairs
+            .iter()
+            .map(|pair| {
+                if let Some(failed) = self.failure(&pair.from_id) {
+                    return failed;
+                }
+                let key = (
+                    link.from_object.clone(),
+                    pair.from_id.clone(),
+                    link.to_object.clone(),
+                    pair.to_id.clone(),
+                );
+                let labels = links.entry(key).or_default();
+                labels.retain(|label| !pair.drop_labels.contains(label));
+                for label in &pair.labels {
+                    if !labels.contains(label) {
+                        labels.push(label.clone());
+                    }
+                }
+                pair.done()
+            })
+            .collect();
+        Ok(Self::result(outcomes))
+    }
+
+    async fn unlink(&self, link: &CrmLink, pairs: &[LinkInput]) -> Result<BatchResult, CrmError> {
+        self.call()?;
+        let mut links = locked(&self.links);
+        for pair in pairs {
+            links.remove(&(
+                link.from_object.clone(),
+                pair.from_id.clone(),
+                link.to_object.clone(),
+                pair.to_id.clone(),
+            ));
+        }
+        Ok(Self::result(pairs.iter().map(|pair| pair.done()).collect()))
+    }
+
     async fn associate(
         &self,
         _from: &str,
@@ -515,15 +586,7 @@ impl Crm for MemoryCrm {
         pairs: &[AssociationInput],
     ) -> Result<BatchResult, CrmError> {
         self.call()?;
-        Ok(Self::result(
-            pairs
-                .iter()
-                .map(|pair| InputOutcome::Done {
-                    crm_id: pair.from_id.clone(),
-                    created: false,
-                })
-                .collect(),
-        ))
+        Ok(Self::result(pairs.iter().map(|pair| pair.done()).collect()))
     }
 }
 

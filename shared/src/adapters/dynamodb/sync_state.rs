@@ -223,7 +223,7 @@ fn number(item: &Item, name: &str) -> Option<i64> {
 /// taken as declared: crm-sync wrote it under a mapping that declared it, and a function that
 /// does not read the mapping (the dashboard) still shows the record.
 pub fn state_from_item(item: &Item) -> Option<RecordState> {
-    let object = ObjectKind::declare(&text(item, "object")?).ok()?;
+    let object = ObjectKind::stored(&text(item, "object")?)?;
     let record = RecordRef {
         object,
         record_id: text(item, "record_id")?,
@@ -375,7 +375,7 @@ fn to_item(value: impl serde::Serialize) -> Item {
 fn record_in(pk: &str) -> Option<RecordRef> {
     let mut parts = pk.splitn(3, '#').skip(1);
     Some(RecordRef {
-        object: ObjectKind::declare(parts.next()?).ok()?,
+        object: ObjectKind::stored(parts.next()?)?,
         record_id: parts.next()?.to_string(),
     })
 }

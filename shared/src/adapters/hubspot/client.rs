@@ -13,10 +13,12 @@ use serde_json::{json, Value};
 use crate::adapters::crm_http;
 use crate::domain::adoption::Found;
 use crate::domain::crm::{
-    existing_id, AssociationInput, BatchResult, CrmError, FailureKind, FindResult, InputError, InputOutcome,
-    MergeLookup, PropertyKinds, RateInfo, ReadResult, ThrottlePolicy, UpdateInput, UpsertInput, ValueKind,
+    existing_id, AssociationInput, BatchResult, CrmError, CrmLink, FailureKind, FindResult, InputError,
+    InputOutcome, LinkInput, MergeLookup, PropertyKinds, RateInfo, ReadResult, ThrottlePolicy, UpdateInput,
+    UpsertInput, ValueKind,
 };
-use crate::ports::Crm;
+use crate::domain::mapping::LinkVia;
+use crate::ports::{unsupported_link, Crm};
 
 /// HubSpot's public API.
 pub const DEFAULT_BASE_URL: &str = "https://api.hubapi.com";
@@ -28,7 +30,12 @@ pub struct HubSpotClient {
     base_url: String,
     token: SecretString,
     version: ApiVersion,
+    /// (from, to) → association label (`None`: the unlabelled default) → (category, type id),
+    /// read once per object pair and again when a label is not found.
+    labels: std::sync::Arc<std::sync::Mutex<HashMap<(String, String), LabelTypes>>>,
 }
+
+type LabelTypes = HashMap<Option<String>, (String, u64)>;
 
 impl HubSpotClient {
     /// A client on the default API version ([`ApiVersion::DEFAULT`]).
@@ -39,6 +46,7 @@ impl HubSpotClient {
             base_url: base_url.trim_end_matches('/').to_string(),
             token,
             version: ApiVersion::DEFAULT,
+            labels: std::sync::Arc::default(),
         })
     }
 
@@ -46,6 +54,61 @@ impl HubSpotClient {
     pub fn with_api_version(mut self, version: ApiVersion) -> Self {
         self.version = version;
         self
+    }
+
+    fn associations_path(&self, from: &str, to: &str) -> String {
+        format!("/crm/associations/{}/{from}/{to}", self.version)
+    }
+
+    fn labels_path(&self, from: &str, to: &str) -> String {
+        format!("{}/labels", self.associations_path(from, to))
+    }
+
+    /// The association types from `from` to `to` by label, read again when one of `wanted` is
+    /// not among those known (a label defined since).
+    async fn label_types(&self, from: &str, to: &str, wanted: &[&String]) -> Result<LabelTypes, CrmError> {
+        let key = (from.to_string(), to.to_string());
+        let known = self
+            .labels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            .cloned();
+        if let Some(known) = known.filter(|known| {
+            wanted
+                .iter()
+                .all(|label| known.contains_key(&Some((*label).clone())))
+        }) {
+            return Ok(known);
+        }
+        let (_, _, json, _) = self
+            .send(reqwest::Method::GET, &self.labels_path(from, to), None)
+            .await?;
+        let mut types = LabelTypes::new();
+        for result in json
+            .get("results")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let (Some(category), Some(id)) = (
+                result.get("category").and_then(Value::as_str),
+                result.get("typeId").and_then(Value::as_u64),
+            ) else {
+                continue;
+            };
+            let label = result.get("label").and_then(Value::as_str).map(str::to_string);
+            // Of the unlabelled types, HubSpot's own is the default one.
+            if label.is_none() && category != "HUBSPOT_DEFINED" && types.contains_key(&None) {
+                continue;
+            }
+            types.insert(label, (category.to_string(), id));
+        }
+        self.labels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, types.clone());
+        Ok(types)
     }
 
     fn objects_path(&self, object: &str, action: &str) -> String {
@@ -568,6 +631,119 @@ impl Crm for HubSpotClient {
         })
     }
 
+    fn holds_links(&self, via: &LinkVia) -> Result<(), String> {
+        match via {
+            LinkVia::Association => Ok(()),
+            _ => Err(
+                "HubSpot links records by associations (with labels): leave out `field` and `junction`"
+                    .into(),
+            ),
+        }
+    }
+
+    /// `batch/create` with the default type and each label's type; the labels crm-sync put on
+    /// a pair before and no longer wants come off with `batch/labels/archive`.
+    async fn link(&self, link: &CrmLink, pairs: &[LinkInput]) -> Result<BatchResult, CrmError> {
+        if link.via != LinkVia::Association {
+            return Err(unsupported_link(self.name(), link));
+        }
+        let (from, to) = (link.from_object.as_str(), link.to_object.as_str());
+        let wanted: Vec<&String> = pairs.iter().flat_map(|pair| &pair.labels).collect();
+        let types = self.label_types(from, to, &wanted).await?;
+        let Some(default) = types.get(&None).cloned() else {
+            return Err(CrmError::Rejected {
+                call: format!("GET {}", self.labels_path(from, to)),
+                status: 200,
+                message: format!("HubSpot lists no default association type from {from} to {to}"),
+            });
+        };
+        let spec = |(category, id): &(String, u64)| json!({"associationCategory": category, "associationTypeId": id});
+        let mut outcomes: Vec<Option<InputOutcome>> = vec![None; pairs.len()];
+        let (mut creates, mut created_pairs, mut drops) = (Vec::new(), Vec::new(), Vec::new());
+        for (index, pair) in pairs.iter().enumerate() {
+            if let Some(unknown) = pair
+                .labels
+                .iter()
+                .find(|label| !types.contains_key(&Some((*label).clone())))
+            {
+                outcomes[index] = Some(InputOutcome::Failed(InputError {
+                    kind: FailureKind::Permanent,
+                    code: "UNKNOWN_LABEL".into(),
+                    message: format!(
+                        "HubSpot has no association label `{unknown}` from {from} to {to}: define it in HubSpot \
+                         (the object's association settings) and re-sync"
+                    ),
+                    existing_id: None,
+                }));
+                continue;
+            }
+            let mut specs = vec![spec(&default)];
+            specs.extend(
+                pair.labels
+                    .iter()
+                    .filter_map(|label| types.get(&Some(label.clone())))
+                    .map(spec),
+            );
+            creates.push(json!({"from": {"id": pair.from_id}, "to": {"id": pair.to_id}, "types": specs}));
+            created_pairs.push((
+                index,
+                AssociationInput {
+                    from_id: pair.from_id.clone(),
+                    to_id: pair.to_id.clone(),
+                },
+            ));
+            let dropped: Vec<Value> = pair
+                .drop_labels
+                .iter()
+                .filter_map(|label| types.get(&Some(label.clone())))
+                .map(spec)
+                .collect();
+            if !dropped.is_empty() {
+                drops.push(json!({"from": {"id": pair.from_id}, "to": {"id": pair.to_id}, "types": dropped}));
+            }
+        }
+        let mut rate = RateInfo::default();
+        let mut call = String::from("no HubSpot call: no pair to link");
+        if !creates.is_empty() {
+            let path = format!("{}/batch/create", self.associations_path(from, to));
+            let (_, created_rate, json, created_call) =
+                self.post(&path, json!({ "inputs": creates })).await?;
+            let inputs: Vec<AssociationInput> = created_pairs.iter().map(|(_, pair)| pair.clone()).collect();
+            for ((index, _), outcome) in created_pairs.iter().zip(association_outcomes(&json, &inputs)) {
+                outcomes[*index] = Some(outcome);
+            }
+            (rate, call) = (created_rate, created_call);
+        }
+        if !drops.is_empty() {
+            let path = format!("{}/batch/labels/archive", self.associations_path(from, to));
+            let (_, dropped_rate, _, dropped_call) = self.post(&path, json!({ "inputs": drops })).await?;
+            rate = dropped_rate;
+            call = format!("{call}; {dropped_call}");
+        }
+        Ok(BatchResult::decided(outcomes, rate, call))
+    }
+
+    /// `batch/archive`: every association type between each pair goes.
+    async fn unlink(&self, link: &CrmLink, pairs: &[LinkInput]) -> Result<BatchResult, CrmError> {
+        if link.via != LinkVia::Association {
+            return Err(unsupported_link(self.name(), link));
+        }
+        let inputs: Vec<Value> = pairs
+            .iter()
+            .map(|pair| json!({"from": {"id": pair.from_id}, "to": [{"id": pair.to_id}]}))
+            .collect();
+        let path = format!(
+            "{}/batch/archive",
+            self.associations_path(&link.from_object, &link.to_object)
+        );
+        let (_, rate, _, call) = self.post(&path, json!({ "inputs": inputs })).await?;
+        Ok(BatchResult {
+            outcomes: pairs.iter().map(|pair| pair.done()).collect(),
+            rate,
+            call,
+        })
+    }
+
     async fn property_kinds(&self, object: &str) -> Result<PropertyKinds, CrmError> {
         let path = format!("/crm/properties/{}/{object}", self.version);
         let (_, rate, json, _) = match self.send(reqwest::Method::GET, &path, None).await {
@@ -621,7 +797,14 @@ fn association_outcomes(json: &Value, pairs: &[AssociationInput]) -> Vec<InputOu
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .map(|result| (id(result.pointer("/from/id")), id(result.pointer("/to/id"))))
+        .map(|result| {
+            // `batch/associate/default` names a pair as `from.id`/`to.id`, `batch/create` as
+            // `fromObjectId`/`toObjectId`.
+            (
+                id(result.pointer("/from/id").or_else(|| result.get("fromObjectId"))),
+                id(result.pointer("/to/id").or_else(|| result.get("toObjectId"))),
+            )
+        })
         .collect();
     let errors: Vec<&Value> = json
         .get("errors")
@@ -637,10 +820,7 @@ fn association_outcomes(json: &Value, pairs: &[AssociationInput]) -> Vec<InputOu
         .iter()
         .map(|pair| {
             if done.contains(&(pair.from_id.clone(), pair.to_id.clone())) {
-                return InputOutcome::Done {
-                    crm_id: pair.from_id.clone(),
-                    created: false,
-                };
+                return pair.done();
             }
             // The one error that names either id; else the only error when only this pair is
             // missing. Anything less certain is reported as transient: a retry finds out.

@@ -22,10 +22,11 @@ use super::webhook::flatten;
 use crate::adapters::crm_http;
 use crate::domain::adoption::Found;
 use crate::domain::crm::{
-    AssociationInput, BatchResult, CrmError, FailureKind, FindResult, InputError, InputOutcome,
-    PropertyKinds, RateInfo, ReadResult, ThrottlePolicy, UpdateInput, UpsertInput, ValueKind,
+    AssociationInput, BatchResult, CrmError, CrmLink, FailureKind, FindResult, InputError, InputOutcome,
+    LinkInput, PropertyKinds, RateInfo, ReadResult, ThrottlePolicy, UpdateInput, UpsertInput, ValueKind,
 };
-use crate::ports::Crm;
+use crate::domain::mapping::LinkVia;
+use crate::ports::{unsupported_link, Crm};
 
 /// Pipedrive's public API v2.
 pub const DEFAULT_BASE_URL: &str = "https://api.pipedrive.com/api/v2";
@@ -451,6 +452,38 @@ impl PipedriveClient {
     /// note ends with a line naming the app's id, and a creation first looks for it among the
     /// person's newest notes: a retry after a lost answer finds the note instead of creating a
     /// second one. Like a person's upsert, a creation is two requests.
+    /// One record's lookup field set (or cleared with `null`) over API v2.
+    async fn set_link_field(
+        &self,
+        object: &str,
+        field: &str,
+        id: &str,
+        value: Value,
+    ) -> Result<BatchResult, CrmError> {
+        if object == NOTES {
+            return Err(CrmError::Rejected {
+                call: "-".into(),
+                status: 400,
+                message: format!(
+                    "Pipedrive notes are written on their person; a note's `{field}` is not linked"
+                ),
+            });
+        }
+        let mut body = serde_json::Map::new();
+        body.insert(field.to_string(), value);
+        match self
+            .call(
+                Method::PATCH,
+                &format!("/{object}/{id}"),
+                Some(Value::Object(body)),
+            )
+            .await?
+        {
+            Some(answer) => Ok(Self::single(answer, false)),
+            None => Ok(Self::missing(format!("PATCH /{object}/{{id}} -> 404"))),
+        }
+    }
+
     async fn upsert_note(&self, input: &UpsertInput) -> Result<BatchResult, CrmError> {
         let mut body: Map<String, Value> = input
             .properties
@@ -1026,6 +1059,63 @@ impl Crm for PipedriveClient {
         }
     }
 
+    fn holds_links(&self, via: &LinkVia) -> Result<(), String> {
+        match via {
+            LinkVia::Field(_) => Ok(()),
+            _ => Err(
+                "Pipedrive links records by a field of the record (`field = \"org_id\"`), without labels"
+                    .into(),
+            ),
+        }
+    }
+
+    /// Sets the lookup field (`org_id`, `person_id`) of the `from` record to the `to` record's id.
+    async fn link(&self, link: &CrmLink, pairs: &[LinkInput]) -> Result<BatchResult, CrmError> {
+        one(pairs.len())?;
+        let LinkVia::Field(field) = &link.via else {
+            return Err(unsupported_link(self.name(), link));
+        };
+        self.set_link_field(
+            &link.from_object,
+            field,
+            &pairs[0].from_id,
+            numeric(&pairs[0].to_id),
+        )
+        .await
+    }
+
+    /// Clears the lookup field, if it still names the `to` record.
+    async fn unlink(&self, link: &CrmLink, pairs: &[LinkInput]) -> Result<BatchResult, CrmError> {
+        one(pairs.len())?;
+        let LinkVia::Field(field) = &link.via else {
+            return Err(unsupported_link(self.name(), link));
+        };
+        let pair = &pairs[0];
+        // A person may have moved the record to another organization since: that link is theirs.
+        let read = self
+            .read(
+                &link.from_object,
+                std::slice::from_ref(&pair.from_id),
+                std::slice::from_ref(field),
+            )
+            .await?;
+        let holds = read
+            .records
+            .first()
+            .and_then(Option::as_ref)
+            .and_then(|values| values.get(field))
+            .is_some_and(|value| *value == pair.to_id);
+        if !holds {
+            return Ok(BatchResult {
+                outcomes: vec![pair.done()],
+                rate: read.rate,
+                call: format!("no Pipedrive write: {field} no longer names {}", pair.to_id),
+            });
+        }
+        self.set_link_field(&link.from_object, field, &pair.from_id, Value::Null)
+            .await
+    }
+
     async fn associate(
         &self,
         from: &str,
@@ -1036,10 +1126,7 @@ impl Crm for PipedriveClient {
         // A note was written on its person already (see `upsert_note`).
         if (from, to) == (NOTES, "persons") {
             return Ok(BatchResult {
-                outcomes: vec![InputOutcome::Done {
-                    crm_id: pairs[0].from_id.clone(),
-                    created: false,
-                }],
+                outcomes: vec![pairs[0].done()],
                 rate: RateInfo::default(),
                 call: "-".into(),
             });

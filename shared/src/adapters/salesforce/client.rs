@@ -17,11 +17,12 @@ use tokio::sync::RwLock;
 use crate::adapters::crm_http;
 use crate::domain::adoption::Found;
 use crate::domain::crm::{
-    AssociationInput, BatchResult, CrmError, FailureKind, FindResult, InputError, InputOutcome, MergeLookup,
-    MergePage, MergeSeen, PropertyKinds, RateInfo, ReadResult, ThrottlePolicy, UpdateInput, UpsertInput,
-    ValueKind,
+    AssociationInput, BatchResult, CrmError, CrmLink, FailureKind, FindResult, InputError, InputOutcome,
+    LinkInput, MergeLookup, MergePage, MergeSeen, PropertyKinds, RateInfo, ReadResult, ThrottlePolicy,
+    UpdateInput, UpsertInput, ValueKind,
 };
-use crate::ports::Crm;
+use crate::domain::mapping::LinkVia;
+use crate::ports::{unsupported_link, Crm};
 
 /// The REST API version crm-sync speaks.
 pub const API_VERSION: &str = "v60.0";
@@ -221,7 +222,57 @@ fn soql_name(name: &str) -> Option<&str> {
     (!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')).then_some(name)
 }
 
+/// (from id, to id) → (junction record id, its labels).
+type JunctionRows = std::collections::HashMap<(String, String), (String, Vec<String>)>;
+
 impl SalesforceClient {
+    /// The junction records of the pairs, found by their `from_field` and kept where
+    /// `to_field` names the pair's other record.
+    async fn junction_rows(&self, link: &CrmLink, pairs: &[LinkInput]) -> Result<JunctionRows, CrmError> {
+        let LinkVia::Junction {
+            object,
+            from_field,
+            to_field,
+            labels_field,
+        } = &link.via
+        else {
+            return Ok(JunctionRows::new());
+        };
+        let mut from_ids: Vec<String> = pairs.iter().map(|pair| pair.from_id.clone()).collect();
+        from_ids.sort();
+        from_ids.dedup();
+        let read: Vec<String> = std::iter::once(to_field.clone())
+            .chain(labels_field.clone())
+            .collect();
+        let found = self.find(object, from_field, &from_ids, &read).await?;
+        let value_of = |values: &std::collections::BTreeMap<String, String>, field: &str| {
+            values
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(field))
+                .map(|(_, value)| value.clone())
+                .unwrap_or_default()
+        };
+        let mut rows = JunctionRows::new();
+        for (from_id, matches) in from_ids.iter().zip(found.matches) {
+            for row in matches {
+                let labels = labels_field
+                    .as_ref()
+                    .map(|field| value_of(&row.values, field))
+                    .unwrap_or_default();
+                let labels: Vec<String> = labels
+                    .split(';')
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                rows.insert(
+                    (from_id.clone(), value_of(&row.values, to_field)),
+                    (row.crm_id, labels),
+                );
+            }
+        }
+        Ok(rows)
+    }
+
     /// `instance_url` is the org's (`https://acme.my.salesforce.com`); `refresh` renews `token`.
     pub fn new(
         instance_url: &str,
@@ -704,6 +755,213 @@ impl Crm for SalesforceClient {
             _ => ValueKind::Text,
         });
         Ok(PropertyKinds { kinds, rate })
+    }
+
+    fn holds_links(&self, via: &LinkVia) -> Result<(), String> {
+        match via {
+            LinkVia::Association => Err(
+                "Salesforce links records by a lookup field (`field = \"AccountId\"`) or a junction object \
+                 (`junction`, `from_field`, `to_field`, `labels_field`)"
+                    .into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// A lookup field set on each `from` record, or a junction record per pair: found by its
+    /// two fields and given the labels, or created with them.
+    async fn link(&self, link: &CrmLink, pairs: &[LinkInput]) -> Result<BatchResult, CrmError> {
+        let outcome = |pair: &LinkInput| pair.done();
+        match &link.via {
+            LinkVia::Association => Err(unsupported_link(self.name(), link)),
+            LinkVia::Field(field) => {
+                let records: Vec<Value> = pairs
+                    .iter()
+                    .map(|pair| {
+                        record(
+                            &link.from_object,
+                            [
+                                ("id".to_string(), pair.from_id.clone()),
+                                (field.clone(), pair.to_id.clone()),
+                            ],
+                        )
+                    })
+                    .collect();
+                let ids: Vec<String> = pairs.iter().map(|pair| pair.from_id.clone()).collect();
+                let body = json!({ "allOrNone": false, "records": records });
+                let (json, rate, call) = self
+                    .call(Method::PATCH, "/composite/sobjects", Some(&body))
+                    .await?;
+                Ok(BatchResult {
+                    outcomes: Self::results(&json, pairs.len(), Some(&ids)),
+                    rate,
+                    call,
+                })
+            }
+            LinkVia::Junction {
+                object,
+                from_field,
+                to_field,
+                labels_field,
+            } => {
+                let rows = self.junction_rows(link, pairs).await?;
+                let mut outcomes: Vec<Option<InputOutcome>> = vec![None; pairs.len()];
+                let (mut creates, mut updates) = (Vec::new(), Vec::new());
+                for (index, pair) in pairs.iter().enumerate() {
+                    if pair.labels.iter().any(|label| label.contains(';')) {
+                        outcomes[index] = Some(InputOutcome::Failed(InputError {
+                            kind: FailureKind::Permanent,
+                            code: "INVALID_LABEL".into(),
+                            message: "a Salesforce multi-select value cannot hold `;`".into(),
+                            existing_id: None,
+                        }));
+                        continue;
+                    }
+                    match rows.get(&(pair.from_id.clone(), pair.to_id.clone())) {
+                        Some((row, held)) => {
+                            let mut labels: Vec<String> = held
+                                .iter()
+                                .filter(|label| !pair.drop_labels.contains(label))
+                                .cloned()
+                                .collect();
+                            for label in &pair.labels {
+                                if !labels.contains(label) {
+                                    labels.push(label.clone());
+                                }
+                            }
+                            match labels_field {
+                                Some(labels_field) if labels != *held => updates.push((
+                                    index,
+                                    record(
+                                        object,
+                                        [
+                                            ("id".to_string(), row.clone()),
+                                            (labels_field.clone(), labels.join(";")),
+                                        ],
+                                    ),
+                                )),
+                                _ => outcomes[index] = Some(outcome(pair)),
+                            }
+                        }
+                        None => {
+                            let mut fields = vec![
+                                (from_field.clone(), pair.from_id.clone()),
+                                (to_field.clone(), pair.to_id.clone()),
+                            ];
+                            if let Some(labels_field) =
+                                labels_field.as_ref().filter(|_| !pair.labels.is_empty())
+                            {
+                                fields.push((labels_field.clone(), pair.labels.join(";")));
+                            }
+                            creates.push((index, record(object, fields)));
+                        }
+                    }
+                }
+                let (mut rate, mut call) = (
+                    RateInfo::default(),
+                    format!("no Salesforce write: the {object} records are as wanted"),
+                );
+                for (method, writes) in [(Method::POST, creates), (Method::PATCH, updates)] {
+                    if writes.is_empty() {
+                        continue;
+                    }
+                    let records: Vec<Value> = writes.iter().map(|(_, record)| record.clone()).collect();
+                    let body = json!({ "allOrNone": false, "records": records });
+                    let (json, answered_rate, answered_call) =
+                        self.call(method, "/composite/sobjects", Some(&body)).await?;
+                    (rate, call) = (answered_rate, answered_call);
+                    for ((index, _), result) in writes.iter().zip(Self::results(&json, writes.len(), None)) {
+                        outcomes[*index] = Some(match result {
+                            InputOutcome::Done { .. } => outcome(&pairs[*index]),
+                            // Made meanwhile by another attempt: the retry finds it and sets its labels.
+                            InputOutcome::Failed(mut error) if error.code == "DUPLICATE_VALUE" => {
+                                error.kind = FailureKind::Transient;
+                                InputOutcome::Failed(error)
+                            }
+                            failed => failed,
+                        });
+                    }
+                }
+                Ok(BatchResult::decided(outcomes, rate, call))
+            }
+        }
+    }
+
+    /// The lookup field cleared where it still names the `to` record, or the pair's junction
+    /// record deleted; a pair not linked is done already.
+    async fn unlink(&self, link: &CrmLink, pairs: &[LinkInput]) -> Result<BatchResult, CrmError> {
+        let done: Vec<InputOutcome> = pairs.iter().map(|pair| pair.done()).collect();
+        match &link.via {
+            LinkVia::Association => Err(unsupported_link(self.name(), link)),
+            LinkVia::Field(field) => {
+                let ids: Vec<String> = pairs.iter().map(|pair| pair.from_id.clone()).collect();
+                let read = self
+                    .read(&link.from_object, &ids, std::slice::from_ref(field))
+                    .await?;
+                // A person may have moved the record elsewhere since: that link is theirs.
+                let clear: Vec<Value> = pairs
+                    .iter()
+                    .zip(&read.records)
+                    .filter(|(pair, values)| {
+                        values
+                            .as_ref()
+                            .and_then(|values| values.iter().find(|(name, _)| name.eq_ignore_ascii_case(field)))
+                            .is_some_and(|(_, value)| *value == pair.to_id)
+                    })
+                    .map(|(pair, _)| {
+                        json!({"attributes": {"type": link.from_object}, "id": pair.from_id, field.as_str(): null})
+                    })
+                    .collect();
+                if clear.is_empty() {
+                    return Ok(BatchResult {
+                        outcomes: done,
+                        rate: read.rate,
+                        call: read.call,
+                    });
+                }
+                let body = json!({ "allOrNone": false, "records": clear });
+                let (_, rate, call) = self
+                    .call(Method::PATCH, "/composite/sobjects", Some(&body))
+                    .await?;
+                Ok(BatchResult {
+                    outcomes: done,
+                    rate,
+                    call,
+                })
+            }
+            LinkVia::Junction { object, .. } => {
+                let rows = self.junction_rows(link, pairs).await?;
+                let ids: Vec<String> = pairs
+                    .iter()
+                    .filter_map(|pair| rows.get(&(pair.from_id.clone(), pair.to_id.clone())))
+                    .map(|(row, _)| row.clone())
+                    .collect();
+                if ids.is_empty() {
+                    return Ok(BatchResult {
+                        outcomes: done,
+                        rate: RateInfo::default(),
+                        call: "no Salesforce write: no junction record to delete".into(),
+                    });
+                }
+                let deleted = self.archive(object, &ids).await?;
+                if let Some(InputOutcome::Failed(error)) = deleted
+                    .outcomes
+                    .iter()
+                    .find(|outcome| matches!(outcome, InputOutcome::Failed(_)))
+                {
+                    return Err(CrmError::Rejected {
+                        call: deleted.call,
+                        status: 400,
+                        message: format!("{}: {}", error.code, error.message),
+                    });
+                }
+                Ok(BatchResult {
+                    outcomes: done,
+                    rate: deleted.rate,
+                    call: deleted.call,
+                })
+            }
+        }
     }
 
     async fn associate(
