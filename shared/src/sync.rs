@@ -258,6 +258,7 @@ impl SyncService {
             match parse_change(&message.body)
                 .and_then(|change| self.mapping.outbound(&change).map(|_| change))
                 .and_then(|change| check_clock_skew(&change, batch.now_ms, self.settings.max_clock_skew))
+                .map(|change| self.mapping.keyed(change))
             {
                 Ok(change) => queued.push(Queued {
                     message_id: message.message_id.clone(),
@@ -447,8 +448,9 @@ impl SyncService {
     ) -> HashMap<String, Outcome> {
         let mut outcomes: HashMap<String, Outcome> = HashMap::new();
         let mut written_contacts: HashMap<String, String> = HashMap::new();
-        // Every record this batch put in the CRM, for the associations that follow.
+        // Every record this batch put in the CRM or took out of it, for the links that follow.
         let mut written: HashMap<RecordRef, String> = HashMap::new();
+        let mut gone: HashSet<RecordRef> = HashSet::new();
         // The CRM ids of the contacts deals and activities belong to, once contacts are written.
         let mut parents: Option<ContactIds> = None;
         // The built-in kinds in the order their records depend on each other, then the kinds the
@@ -492,12 +494,15 @@ impl SyncService {
                 }
             };
             for (w, outcome) in group.iter().zip(results) {
-                if let Outcome::Applied {
-                    crm_id: Some(crm_id), ..
-                } = &outcome
-                {
-                    if operation != Operation::Delete {
-                        written.insert(w.queued.change.record(), crm_id.clone());
+                if let Outcome::Applied { crm_id, .. } = &outcome {
+                    match (operation, crm_id) {
+                        (Operation::Delete | Operation::Erase, _) => {
+                            gone.insert(w.queued.change.record());
+                        }
+                        (_, Some(crm_id)) => {
+                            written.insert(w.queued.change.record(), crm_id.clone());
+                        }
+                        _ => {}
                     }
                 }
                 if object == ObjectKind::Contact {
@@ -517,21 +522,22 @@ impl SyncService {
         };
         self.associate(work, &mut outcomes, &parents, deadline, report)
             .await;
-        self.write_links(work, &written, &mut outcomes, deadline, report)
+        self.write_links(work, (&written, &gone), &mut outcomes, deadline, report)
             .await;
         outcomes
     }
 
     /// Writes the batch's association changes, once the records they join are written: a pair
-    /// whose other end is not in the CRM yet waits and is retried (never linked to anything
-    /// else); a pair with an end the app deleted has nothing left to link.
+    /// whose other end is not in the CRM (yet, or again after the app deleted it) waits and is
+    /// retried, never linked to anything else; removing a link crm-sync never made, or one to a
+    /// deleted record, makes no call.
     ///
     /// Long on purpose: finding both ends' CRM ids, then one call a chunk of pairs per link
     /// type and direction.
     async fn write_links(
         &self,
         work: &[Work],
-        written: &HashMap<RecordRef, String>,
+        (written, gone): (&HashMap<RecordRef, String>, &HashSet<RecordRef>),
         outcomes: &mut HashMap<String, Outcome>,
         deadline: Instant,
         report: &mut BatchReport,
@@ -546,12 +552,13 @@ impl SyncService {
         let mut ends: Vec<RecordRef> = links
             .iter()
             .flat_map(|(_, a)| [a.from.clone(), a.to.clone()])
-            .filter(|end| !written.contains_key(end))
+            .filter(|end| !written.contains_key(end) && !gone.contains(end))
             .collect();
         ends.sort();
         ends.dedup();
         let mut crm_ids = written.clone();
-        let mut deleted: HashSet<RecordRef> = HashSet::new();
+        // Deleted or erased in this batch, or before (the state says so).
+        let mut deleted: HashSet<RecordRef> = gone.clone();
         if !ends.is_empty() {
             match self.queries.states(&ends).await {
                 Ok(states) => {
@@ -595,6 +602,18 @@ impl SyncService {
             };
             let id = w.queued.message_id.clone();
             let (from, to) = (&association.from, &association.to);
+            // crm-sync made no link for this record yet (or removed it last): nothing to remove.
+            let never_linked = w.prior.status == SyncStatus::Deleted
+                || (w.prior.crm_id.is_none()
+                    && w.prior.claimed_writes.is_empty()
+                    && w.prior.recent_writes.is_empty());
+            if operation == Operation::Delete && never_linked {
+                outcomes.insert(
+                    id,
+                    no_call("crm-sync has not linked these records, so there is no link to remove".into()),
+                );
+                continue;
+            }
             match (crm_ids.get(from), crm_ids.get(to)) {
                 (Some(from_id), Some(to_id)) => {
                     let before: Vec<&str> = w
@@ -618,11 +637,23 @@ impl SyncService {
                         .or_default()
                         .push((id, input));
                 }
-                _ if deleted.contains(from) || deleted.contains(to) => {
+                _ if operation == Operation::Delete && (deleted.contains(from) || deleted.contains(to)) => {
                     let gone = if deleted.contains(from) { from } else { to };
                     outcomes.insert(
                         id,
                         no_call(format!("{gone} is deleted, so there is no link to {verb}")),
+                    );
+                }
+                _ if deleted.contains(from) || deleted.contains(to) => {
+                    // The app may create it again (a change still on its way): the link waits.
+                    let gone = if deleted.contains(from) { from } else { to };
+                    outcomes.insert(
+                        id,
+                        Outcome::Waiting {
+                            reason: format!(
+                                "{gone} is deleted, so the link waits for it to be written again"
+                            ),
+                        },
                     );
                 }
                 (found_from, _) if operation == Operation::Delete => {

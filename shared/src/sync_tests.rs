@@ -28,6 +28,10 @@ struct Harness {
 }
 
 fn harness() -> Harness {
+    harness_with(DEFAULT_MAPPING)
+}
+
+fn harness_with(mapping: &str) -> Harness {
     let crm = Arc::new(MemoryCrm::new(100));
     let state = Arc::new(MemorySyncState::default());
     let retries = Arc::new(MemoryQueue::default());
@@ -37,7 +41,7 @@ fn harness() -> Harness {
         ..SyncSettings::default()
     };
     let service = SyncService::new(
-        Arc::new(Mapping::parse(DEFAULT_MAPPING).expect("the shipped mapping")),
+        Arc::new(Mapping::parse(mapping).expect("the shipped mapping")),
         crm.clone(),
         state.clone(),
         Arc::new(OpenLimiter),
@@ -355,6 +359,23 @@ fn link(id: &str, contact: &str, company: &str, at: i64, labels: Option<&[&str]>
     raw(id, body)
 }
 
+/// A link's state and newest timeline entries.
+async fn link_record(
+    h: &Harness,
+    contact: &str,
+    company: &str,
+    entries: usize,
+) -> (
+    crate::domain::sync::RecordState,
+    Vec<crate::domain::sync::TimelineEntry>,
+) {
+    h.state
+        .record(&link_ref(contact, company), entries)
+        .await
+        .unwrap()
+        .expect("the link has a state")
+}
+
 fn link_ref(contact: &str, company: &str) -> RecordRef {
     RecordRef {
         object: ObjectKind::Link,
@@ -404,12 +425,7 @@ async fn a_link_whose_company_is_not_in_the_crm_yet_waits_and_is_written_once_it
         h.crm.links("contacts", "companies").is_empty(),
         "linked to nothing meanwhile"
     );
-    let (state, _) = h
-        .state
-        .record(&link_ref("user-1", "acme"), 5)
-        .await
-        .unwrap()
-        .unwrap();
+    let (state, _) = link_record(&h, "user-1", "acme", 5).await;
     assert_eq!(state.status, SyncStatus::Pending);
     assert!(state
         .last_error
@@ -442,12 +458,7 @@ async fn a_link_whose_company_is_not_in_the_crm_yet_waits_and_is_written_once_it
         links_by_app_id(&h),
         vec![("user-1".into(), "acme".into(), vec!["Billing contact".into()])]
     );
-    let (state, timeline) = h
-        .state
-        .record(&link_ref("user-1", "acme"), 5)
-        .await
-        .unwrap()
-        .unwrap();
+    let (state, timeline) = link_record(&h, "user-1", "acme", 5).await;
     assert_eq!(state.status, SyncStatus::Synced);
     assert!(
         timeline[0].detail.starts_with("linked CRM records"),
@@ -535,17 +546,12 @@ async fn a_links_labels_are_replaced_whole_an_older_change_is_skipped_and_a_dele
         .process(vec![link("l-3", "user-1", "acme", NOW - 6_000, None)], deadline())
         .await;
     assert!(h.crm.links("contacts", "companies").is_empty());
-    let (state, _) = h
-        .state
-        .record(&link_ref("user-1", "acme"), 1)
-        .await
-        .unwrap()
-        .unwrap();
+    let (state, _) = link_record(&h, "user-1", "acme", 1).await;
     assert_eq!(state.status, SyncStatus::Deleted);
 }
 
 #[tokio::test]
-async fn a_link_to_a_deleted_record_or_undeclared_by_the_mapping_makes_no_crm_call() {
+async fn a_link_to_a_deleted_record_waits_for_it_and_removing_a_link_never_made_makes_no_crm_call() {
     let h = harness();
     h.service
         .process(
@@ -574,16 +580,25 @@ async fn a_link_to_a_deleted_record_or_undeclared_by_the_mapping_makes_no_crm_ca
             deadline(),
         )
         .await;
+    assert_eq!((report.retried, h.crm.calls()), (1, calls), "{report:?}");
+    let (state, _) = link_record(&h, "user-1", "acme", 1).await;
+    assert_eq!(
+        state.last_error.as_deref(),
+        Some("company/acme is deleted, so the link waits for it to be written again")
+    );
+
+    let report = h
+        .service
+        .process(
+            vec![link("l-9", "user-1", "other", NOW - 7_000, None)],
+            deadline(),
+        )
+        .await;
     assert_eq!((report.applied, h.crm.calls()), (1, calls), "{report:?}");
-    let (_, timeline) = h
-        .state
-        .record(&link_ref("user-1", "acme"), 1)
-        .await
-        .unwrap()
-        .unwrap();
+    let (_, timeline) = link_record(&h, "user-1", "other", 1).await;
     assert_eq!(
         timeline[0].detail,
-        "company/acme is deleted, so there is no link to set"
+        "crm-sync has not linked these records, so there is no link to remove"
     );
 
     // The shipped mapping declares no link from a company to a contact.
@@ -628,11 +643,51 @@ async fn a_link_still_waiting_a_day_after_it_was_made_is_dead_lettered_retryable
         reason,
         "gave up after waiting 86401 s for the linked records: contact/user-1 is not in the CRM yet, so the link waits"
     );
-    let (state, _) = h
-        .state
-        .record(&link_ref("user-1", "acme"), 1)
-        .await
-        .unwrap()
-        .unwrap();
+    let (state, _) = link_record(&h, "user-1", "acme", 1).await;
     assert!(state.retryable && state.status == SyncStatus::Failed, "{state:?}");
+}
+
+#[tokio::test]
+async fn a_link_held_in_one_field_is_one_record_so_the_newest_change_wins_whatever_arrives_last() {
+    let h = harness_with(crate::domain::mapping::PIPEDRIVE_MAPPING);
+    h.service
+        .process(
+            vec![
+                company("acme", NOW - 9_000),
+                company("globex", NOW - 9_000),
+                message("c-1", "user-1", NOW - 9_000, json!({"email": "a@example.com"})),
+                link("l-2", "user-1", "globex", NOW - 5_000, Some(&[])),
+            ],
+            deadline(),
+        )
+        .await;
+    let late = h
+        .service
+        .process(
+            vec![link("l-1", "user-1", "acme", NOW - 6_000, Some(&[]))],
+            deadline(),
+        )
+        .await;
+    assert_eq!(
+        late.skipped, 1,
+        "the older link does not take the field: {late:?}"
+    );
+    let one = RecordRef {
+        object: ObjectKind::Link,
+        record_id: "contact:user-1|company".into(),
+    };
+    let (state, _) = h.state.record(&one, 1).await.unwrap().unwrap();
+    assert_eq!(state.applied_idempotency_id.as_deref(), Some("l-2"));
+    let linked: Vec<(String, String)> = h
+        .crm
+        .links("persons", "organizations")
+        .into_keys()
+        .map(|(from, to)| {
+            (
+                h.crm.app_id_of("persons", &from).unwrap_or_default(),
+                h.crm.app_id_of("organizations", &to).unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(linked, vec![("user-1".to_string(), "globex".to_string())]);
 }

@@ -277,10 +277,17 @@ async fn in_every_crm_under_errors_and_timeouts_every_contact_ends_up_once_with_
     }
 }
 
-fn link_ref(from: (&str, &str), to: (&str, &str)) -> RecordRef {
+/// A link's own record in this CRM: a pair's, or, for a link the CRM holds in one field of the
+/// `from` record (Pipedrive's org_id, an opportunity's AccountId), the `from` record's.
+fn link_in(crm: Crm, from: (&str, &str), to: (&str, &str)) -> RecordRef {
+    let in_a_field = crm == Crm::Pipedrive || (crm == Crm::Salesforce && from.0 == "deal");
     RecordRef {
         object: ObjectKind::Link,
-        record_id: format!("{}:{}|{}:{}", from.0, from.1, to.0, to.1),
+        record_id: if in_a_field {
+            format!("{}:{}|{}", from.0, from.1, to.0)
+        } else {
+            format!("{}:{}|{}:{}", from.0, from.1, to.0, to.1)
+        },
     }
 }
 
@@ -345,7 +352,7 @@ async fn in_every_crm_a_company_its_contacts_and_deals_arriving_links_first_with
             &format!("{crm:?}: the first link waits for its records"),
             || async {
                 let state = store
-                    .record(&link_ref(("contact", "u-1"), company), 1)
+                    .record(&link_in(crm, ("contact", "u-1"), company), 1)
                     .await
                     .ok()??
                     .0;
@@ -387,11 +394,11 @@ async fn in_every_crm_a_company_its_contacts_and_deals_arriving_links_first_with
         stack.inject_faults(0.0, 0.0, 7);
 
         for (id, _) in &contacts {
-            app.settled(link_ref(("contact", id), company), SyncStatus::Synced)
+            app.settled(link_in(crm, ("contact", id), company), SyncStatus::Synced)
                 .await;
         }
         for id in ["d-1", "d-2"] {
-            app.settled(link_ref(("deal", id), company), SyncStatus::Synced)
+            app.settled(link_in(crm, ("deal", id), company), SyncStatus::Synced)
                 .await;
         }
         let (companies, contacts_object, deals) = match crm {
@@ -432,24 +439,38 @@ async fn in_every_crm_a_company_its_contacts_and_deals_arriving_links_first_with
             association(("deal", "d-2"), company, at + 20, None),
         ])
         .await;
-        app.applied(link_ref(("contact", "u-1"), company), at + 20).await;
-        app.settled(link_ref(("contact", "u-3"), company), SyncStatus::Deleted)
+        app.applied(link_in(crm, ("contact", "u-1"), company), at + 20)
             .await;
-        app.settled(link_ref(("deal", "d-2"), company), SyncStatus::Deleted)
+        app.settled(link_in(crm, ("deal", "d-2"), company), SyncStatus::Deleted)
             .await;
-        assert_eq!(
-            stack.company_links(),
-            expected_links(&[
-                ("contact", "u-1", labels(&["Decision maker"])),
-                ("contact", "u-2", labels(&["Decision maker"])),
-                ("deal", "d-1", &[]),
-            ]),
-            "{crm:?}"
-        );
-        assert!(
-            app.drain_dead_letters("OutboundDeadLetterQueue").await.is_empty(),
-            "{crm:?}"
-        );
+        // Pipedrive's API v2 cannot clear a person's org_id: the removal is refused, with why.
+        let u3_after = if labelled {
+            SyncStatus::Deleted
+        } else {
+            SyncStatus::Failed
+        };
+        app.settled(link_in(crm, ("contact", "u-3"), company), u3_after)
+            .await;
+        let mut expected = vec![
+            ("contact", "u-1", labels(&["Decision maker"])),
+            ("contact", "u-2", labels(&["Decision maker"])),
+            ("deal", "d-1", &[][..]),
+        ];
+        if !labelled {
+            expected.push(("contact", "u-3", &[]));
+        }
+        assert_eq!(stack.company_links(), expected_links(&expected), "{crm:?}");
+        let letters = app.drain_dead_letters("OutboundDeadLetterQueue").await;
+        if labelled {
+            assert!(letters.is_empty(), "{crm:?}: {letters:?}");
+        } else {
+            assert_eq!(letters.len(), 1, "{letters:?}");
+            assert!(
+                letters[0].1["crm_sync_error"]
+                    .starts_with("NOT_CLEARABLE: Pipedrive's API v2 cannot clear a person's org_id"),
+                "{letters:?}"
+            );
+        }
 
         if !labelled {
             // Pipedrive's org_id takes no labels: said so, and nothing is written.

@@ -1265,3 +1265,103 @@ async fn in_every_crm_a_declared_company_is_written_by_the_apps_id_and_renamed_i
         .await;
     }
 }
+
+#[tokio::test]
+async fn the_docs_worked_example_a_new_object_type_and_its_link_need_only_the_mapping_file() {
+    use crm_sync::domain::mapping::{DEFAULT_MAPPING, SALESFORCE_MAPPING};
+    use crm_sync_tests::app_changes::{association, object_upsert};
+    use crm_sync_tests::crms::Crm;
+    let dir = std::env::temp_dir().join(format!("crm-sync-project-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The first custom object a fresh HubSpot sandbox defines gets this id.
+    const PROJECTS: &str = "2-2000001";
+    for (crm, project_table) in [
+        (
+            Crm::HubSpot,
+            format!(
+                "{DEFAULT_MAPPING}\n[project]\ncrm_object = \"{PROJECTS}\"\nid_property = \"crm_sync_app_id\"\n\
+                 [project.fields]\nname = {{ crm = \"project_name\", owner = \"app\" }}\n\
+                 status = {{ crm = \"project_status\", owner = \"crm\" }}\n[project.links.company]\n"
+            ),
+        ),
+        (
+            Crm::Salesforce,
+            format!(
+                "{SALESFORCE_MAPPING}\n[project]\ncrm_object = \"Project__c\"\nid_property = \"Crm_Sync_App_Id__c\"\n\
+                 [project.fields]\nname = {{ crm = \"Name\", owner = \"app\" }}\n\
+                 status = {{ crm = \"Status__c\", owner = \"crm\" }}\n[project.links.company]\nfield = \"Account__c\"\n"
+            ),
+        ),
+    ] {
+        let mapping = dir.join(format!("{crm:?}.toml"));
+        std::fs::write(&mapping, project_table).unwrap();
+        let stack = crm
+            .stack_with_env(&[("CRM_SYNC_MAPPING_FILE", mapping.to_str().unwrap())])
+            .await;
+        if crm == Crm::HubSpot {
+            let schema = stack
+                .app
+                .sandbox()
+                .define_object(&json!({
+                    "name": "project", "labels": {"singular": "Project", "plural": "Projects"},
+                    "requiredProperties": ["project_name"], "primaryDisplayProperty": "project_name",
+                    "properties": [
+                        {"name": "project_name", "type": "string"},
+                        {"name": "project_status", "type": "string"},
+                        {"name": "crm_sync_app_id", "type": "string", "hasUniqueValue": true}
+                    ]
+                }))
+                .unwrap();
+            assert_eq!(schema["objectTypeId"], PROJECTS);
+        }
+        let at = now_ms();
+        // The link first: it waits for both records.
+        stack
+            .app
+            .send_changes(&[association(("project", "p-7"), ("company", "account-17"), at, Some(&[]))])
+            .await;
+        stack
+            .app
+            .send_changes(&[
+                object_upsert("project", "p-7", at, json!({"name": "Engine"})),
+                object_upsert("company", "account-17", at, json!({"name": "Analytical Engines"})),
+            ])
+            .await;
+        // Salesforce holds the link in the project's Account__c: one record per project.
+        let link = RecordRef {
+            object: ObjectKind::Link,
+            record_id: match crm {
+                Crm::Salesforce => "project:p-7|company".into(),
+                _ => "project:p-7|company:account-17".into(),
+            },
+        };
+        stack.app.settled(link, SyncStatus::Synced).await;
+        match stack.salesforce() {
+            None => {
+                let sandbox = stack.app.sandbox();
+                let project = sandbox.find(PROJECTS, "crm_sync_app_id", "p-7").expect("the project in HubSpot");
+                assert_eq!(project.properties["project_name"], "Engine");
+                let company = sandbox.find("companies", "crm_sync_app_id", "account-17").unwrap();
+                assert_eq!(
+                    sandbox.associations(PROJECTS, project.id),
+                    vec![("companies".to_string(), company.id)]
+                );
+            }
+            Some(sandbox) => {
+                let account = sandbox
+                    .records("Account")
+                    .into_iter()
+                    .find(|a| a["Crm_Sync_App_Id__c"] == "account-17")
+                    .unwrap();
+                let project = sandbox
+                    .records("Project__c")
+                    .into_iter()
+                    .find(|p| p["Crm_Sync_App_Id__c"] == "p-7")
+                    .expect("the project in Salesforce");
+                assert_eq!(project["Name"], "Engine");
+                assert_eq!(project["Account__c"], account["Id"]);
+            }
+        }
+    }
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -190,6 +190,14 @@ pub struct CrmStack {
 }
 
 impl CrmStack {
+    /// The Salesforce sandbox, when the stack writes to one.
+    pub fn salesforce(&self) -> Option<&salesforce_sandbox::Sandbox> {
+        match &self.sandbox {
+            Sandbox::Salesforce(sandbox) => Some(sandbox),
+            _ => None,
+        }
+    }
+
     /// Every contact the CRM holds, as app id → email.
     pub fn contact_emails(&self) -> BTreeMap<String, String> {
         match &self.sandbox {

@@ -300,6 +300,14 @@ impl Sandbox {
         self.state.lock().unwrap().store.associations_of(object, id)
     }
 
+    /// Defines a custom object type from an `ObjectSchemaEgg`, as an admin does in HubSpot's
+    /// settings; its `ObjectSchema` (with its `objectTypeId`), or why it is refused.
+    pub fn define_object(&self, egg: &serde_json::Value) -> Result<serde_json::Value, String> {
+        let mut state = self.state.lock().unwrap();
+        let portal = state.webhooks.portal_id;
+        state.store.define_object(egg, portal)
+    }
+
     /// Defines an association label and its inverse, as an admin does in HubSpot's settings.
     pub fn define_label(&self, from: &str, to: &str, label: &str, inverse: &str) {
         self.state

@@ -950,7 +950,9 @@ fn validate(state: &State, entity: &str, fields: &Map<String, Value>, creating: 
         let Some(kind) = model_field(entity, name) else {
             return Err(format!("{name}: Parameter is not allowed for this request"));
         };
-        if value.is_null() && name != "name" && name != "title" {
+        // The v2 models type a person's org_id as a number only; a deal's may be null.
+        let nullable = name != "name" && name != "title" && !(entity == "persons" && name == "org_id");
+        if value.is_null() && nullable {
             continue;
         }
         if !of_type(value, kind) {

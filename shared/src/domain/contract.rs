@@ -259,15 +259,30 @@ impl Association {
     /// The id of the association's own record: `{from type}:{from id}|{to type}:{to id}`, with `%`
     /// and `|` of the app's ids escaped, so that two pairs never share one.
     pub fn record_id(&self) -> String {
-        let escape = |id: &str| id.replace('%', "%25").replace('|', "%7C");
         format!(
             "{}:{}|{}:{}",
             self.from.object,
-            escape(&self.from.record_id),
+            escape_link_id(&self.from.record_id),
             self.to.object,
-            escape(&self.to.record_id)
+            escape_link_id(&self.to.record_id)
         )
     }
+
+    /// The id of the record of a link the CRM holds in one field of the `from` record (a
+    /// contact's `AccountId`): `{from type}:{from id}|{to type}`, one record whichever record
+    /// it names, so that the newest change wins the field.
+    pub fn field_record_id(&self) -> String {
+        format!(
+            "{}:{}|{}",
+            self.from.object,
+            escape_link_id(&self.from.record_id),
+            self.to.object
+        )
+    }
+}
+
+fn escape_link_id(id: &str) -> String {
+    id.replace('%', "%25").replace('|', "%7C")
 }
 
 impl Change {
@@ -424,12 +439,13 @@ fn association(
                 let Value::String(label) = item else {
                     return Err(invalid("`labels` must be an array of strings"));
                 };
-                if label.trim().is_empty()
+                if label.trim() != label
+                    || label.is_empty()
                     || label.chars().count() > MAX_LABEL_CHARS
                     || label.chars().any(char::is_control)
                 {
                     return Err(invalid(format!(
-                        "a label must be 1 to {MAX_LABEL_CHARS} characters, not blank, without control characters"
+                        "a label must be 1 to {MAX_LABEL_CHARS} characters, without control characters or spaces at either end"
                     )));
                 }
                 if labels.contains(label) {
@@ -441,6 +457,9 @@ fn association(
         }
         (_, Some(_)) => return Err(invalid("`labels` must be an array of strings")),
     };
+    if from == to {
+        return Err(invalid("an association links two different records"));
+    }
     let association = Association { from, to, labels };
     let bytes = association.record_id().len();
     if bytes > MAX_LINK_ID_BYTES {
@@ -1078,11 +1097,19 @@ mod tests {
             (with_labels(twenty_one), "`labels` names 21 labels, more than the 20 allowed".to_string()),
             (
                 with_labels(vec![format!("{long}x")]),
-                "a label must be 1 to 100 characters, not blank, without control characters".into(),
+                "a label must be 1 to 100 characters, without control characters or spaces at either end".into(),
             ),
-            (with_labels(vec![" ".into()]), "a label must be 1 to 100 characters, not blank, without control characters".into()),
-            (with_labels(vec!["a\nb".into()]), "a label must be 1 to 100 characters, not blank, without control characters".into()),
+            (with_labels(vec![" ".into()]), "a label must be 1 to 100 characters, without control characters or spaces at either end".into()),
+            (with_labels(vec!["a\nb".into()]), "a label must be 1 to 100 characters, without control characters or spaces at either end".into()),
             (with_labels(vec!["Owner".into(), "Owner".into()]), "label `Owner` is named twice".into()),
+            (
+                with_labels(vec!["Owner ".into()]),
+                "a label must be 1 to 100 characters, without control characters or spaces at either end".into(),
+            ),
+            (
+                LINK.replace(r#""company""#, r#""contact""#).replace(r#""acme""#, r#""u-1""#),
+                "an association links two different records".into(),
+            ),
             (LINK.replace(r#"["Billing contact","Decision maker"]"#, r#""Owner""#), "`labels` must be an array of strings".into()),
             (LINK.replace(r#""Decision maker""#, "7"), "`labels` must be an array of strings".into()),
             (

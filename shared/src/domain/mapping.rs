@@ -306,6 +306,19 @@ impl Mapping {
         self.links.get(&(from, to))
     }
 
+    /// A validated change with its record's final id: a link the CRM holds in one field of the
+    /// `from` record is one record whichever record it names (see
+    /// [`super::contract::Association::field_record_id`]), so that the newest change wins the
+    /// field.
+    pub fn keyed(&self, mut change: Change) -> Change {
+        if let Some(association) = &change.association {
+            if let Some(LinkVia::Field(_)) = self.link(association.from.object, association.to.object) {
+                change.record_id = association.field_record_id();
+            }
+        }
+        change
+    }
+
     /// Every association the mapping declares: (from, to, how).
     pub fn links(&self) -> Vec<(ObjectKind, ObjectKind, &LinkVia)> {
         let mut links: Vec<_> = self

@@ -447,11 +447,6 @@ impl PipedriveClient {
         }
     }
 
-    /// A note is written on its person: updated in place when crm-sync knows its id, else
-    /// created on the person. Notes have no custom field to find one by the app's id, so each
-    /// note ends with a line naming the app's id, and a creation first looks for it among the
-    /// person's newest notes: a retry after a lost answer finds the note instead of creating a
-    /// second one. Like a person's upsert, a creation is two requests.
     /// One record's lookup field set (or cleared with `null`) over API v2.
     async fn set_link_field(
         &self,
@@ -484,6 +479,11 @@ impl PipedriveClient {
         }
     }
 
+    /// A note is written on its person: updated in place when crm-sync knows its id, else
+    /// created on the person. Notes have no custom field to find one by the app's id, so each
+    /// note ends with a line naming the app's id, and a creation first looks for it among the
+    /// person's newest notes: a retry after a lost answer finds the note instead of creating a
+    /// second one. Like a person's upsert, a creation is two requests.
     async fn upsert_note(&self, input: &UpsertInput) -> Result<BatchResult, CrmError> {
         let mut body: Map<String, Value> = input
             .properties
@@ -1091,6 +1091,21 @@ impl Crm for PipedriveClient {
             return Err(unsupported_link(self.name(), link));
         };
         let pair = &pairs[0];
+        // Pipedrive's v2 person model takes a number for org_id, never null (a deal's may be).
+        if link.from_object == "persons" && field == "org_id" {
+            return Ok(BatchResult {
+                outcomes: vec![InputOutcome::Failed(InputError {
+                    kind: FailureKind::Permanent,
+                    code: "NOT_CLEARABLE".into(),
+                    message: "Pipedrive's API v2 cannot clear a person's org_id (it takes an organization's id, not \
+                              null): unlink the person in Pipedrive, or link it to another organization"
+                        .into(),
+                    existing_id: None,
+                })],
+                rate: RateInfo::default(),
+                call: "no Pipedrive call: a person's org_id cannot be cleared over API v2".into(),
+            });
+        }
         // A person may have moved the record to another organization since: that link is theirs.
         let read = self
             .read(

@@ -890,78 +890,75 @@ impl Crm for SalesforceClient {
     /// The lookup field cleared where it still names the `to` record, or the pair's junction
     /// record deleted; a pair not linked is done already.
     async fn unlink(&self, link: &CrmLink, pairs: &[LinkInput]) -> Result<BatchResult, CrmError> {
-        let done: Vec<InputOutcome> = pairs.iter().map(|pair| pair.done()).collect();
-        match &link.via {
-            LinkVia::Association => Err(unsupported_link(self.name(), link)),
+        let done: Vec<InputOutcome> = pairs.iter().map(LinkInput::done).collect();
+        // Only the pairs still linked are written to; each gets its own result.
+        let (targets, records): (Vec<usize>, Vec<Value>) = match &link.via {
+            LinkVia::Association => return Err(unsupported_link(self.name(), link)),
             LinkVia::Field(field) => {
                 let ids: Vec<String> = pairs.iter().map(|pair| pair.from_id.clone()).collect();
                 let read = self
                     .read(&link.from_object, &ids, std::slice::from_ref(field))
                     .await?;
                 // A person may have moved the record elsewhere since: that link is theirs.
-                let clear: Vec<Value> = pairs
+                pairs
                     .iter()
                     .zip(&read.records)
-                    .filter(|(pair, values)| {
+                    .enumerate()
+                    .filter(|(_, (pair, values))| {
                         values
                             .as_ref()
                             .and_then(|values| values.iter().find(|(name, _)| name.eq_ignore_ascii_case(field)))
                             .is_some_and(|(_, value)| *value == pair.to_id)
                     })
-                    .map(|(pair, _)| {
-                        json!({"attributes": {"type": link.from_object}, "id": pair.from_id, field.as_str(): null})
+                    .map(|(index, (pair, _))| {
+                        (
+                            index,
+                            json!({"attributes": {"type": link.from_object}, "id": pair.from_id, field.as_str(): null}),
+                        )
                     })
-                    .collect();
-                if clear.is_empty() {
-                    return Ok(BatchResult {
-                        outcomes: done,
-                        rate: read.rate,
-                        call: read.call,
-                    });
-                }
-                let body = json!({ "allOrNone": false, "records": clear });
-                let (_, rate, call) = self
-                    .call(Method::PATCH, "/composite/sobjects", Some(&body))
-                    .await?;
-                Ok(BatchResult {
-                    outcomes: done,
-                    rate,
-                    call,
-                })
+                    .unzip()
             }
-            LinkVia::Junction { object, .. } => {
+            LinkVia::Junction { .. } => {
                 let rows = self.junction_rows(link, pairs).await?;
-                let ids: Vec<String> = pairs
+                pairs
                     .iter()
-                    .filter_map(|pair| rows.get(&(pair.from_id.clone(), pair.to_id.clone())))
-                    .map(|(row, _)| row.clone())
-                    .collect();
-                if ids.is_empty() {
-                    return Ok(BatchResult {
-                        outcomes: done,
-                        rate: RateInfo::default(),
-                        call: "no Salesforce write: no junction record to delete".into(),
-                    });
-                }
-                let deleted = self.archive(object, &ids).await?;
-                if let Some(InputOutcome::Failed(error)) = deleted
-                    .outcomes
-                    .iter()
-                    .find(|outcome| matches!(outcome, InputOutcome::Failed(_)))
-                {
-                    return Err(CrmError::Rejected {
-                        call: deleted.call,
-                        status: 400,
-                        message: format!("{}: {}", error.code, error.message),
-                    });
-                }
-                Ok(BatchResult {
-                    outcomes: done,
-                    rate: deleted.rate,
-                    call: deleted.call,
-                })
+                    .enumerate()
+                    .filter_map(|(index, pair)| {
+                        rows.get(&(pair.from_id.clone(), pair.to_id.clone()))
+                            .map(|(row, _)| (index, Value::String(row.clone())))
+                    })
+                    .unzip()
             }
+        };
+        if targets.is_empty() {
+            return Ok(BatchResult {
+                outcomes: done,
+                rate: RateInfo::default(),
+                call: "no Salesforce write: the pairs are not linked".into(),
+            });
         }
+        let (json, rate, call) = match &link.via {
+            LinkVia::Junction { .. } => {
+                let ids: Vec<&str> = records.iter().filter_map(Value::as_str).collect();
+                let path = format!("/composite/sobjects?ids={}&allOrNone=false", ids.join(","));
+                self.call(Method::DELETE, &path, None).await?
+            }
+            _ => {
+                let body = json!({ "allOrNone": false, "records": records });
+                self.call(Method::PATCH, "/composite/sobjects", Some(&body))
+                    .await?
+            }
+        };
+        let mut outcomes = done;
+        for (index, outcome) in targets.iter().zip(Self::results(&json, targets.len(), None)) {
+            outcomes[*index] = match outcome {
+                InputOutcome::Done { .. } => pairs[*index].done(),
+                // Gone already: what a removal wants.
+                InputOutcome::Failed(error) if error.code == "ENTITY_IS_DELETED" => pairs[*index].done(),
+                failed => failed,
+            };
+        }
+        Ok(BatchResult { outcomes, rate, call })
     }
 
     async fn associate(
