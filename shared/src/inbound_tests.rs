@@ -44,7 +44,7 @@ fn harness() -> Harness {
     let inbound = InboundService::new(
         mapping.clone(),
         crm.clone(),
-        Arc::new(EventsOf::new("hubspot", Some(Arc::new(HubSpotEvents)))),
+        Arc::new(EventsOf::new("hubspot", Some(Arc::new(HubSpotEvents::default())))),
         journal.clone(),
         state.clone(),
         app_inbox.clone(),

@@ -133,6 +133,62 @@ async fn in_every_crm_a_persons_edit_of_an_app_owned_email_is_journaled_as_a_con
 }
 
 #[tokio::test]
+async fn in_every_crm_a_persons_edits_of_a_company_reach_the_conflict_journal_or_the_app_inbox_as_version_2()
+{
+    use crm_sync::domain::sync::SyncStatus;
+    use crm_sync_tests::app_changes::object_upsert;
+    for crm in Crm::ALL {
+        let stack = crm.looped_stack().await;
+        let app = &stack.app;
+        let company = RecordRef {
+            object: ObjectKind::declare("company").unwrap(),
+            record_id: "account-17".into(),
+        };
+        app.send_changes(&[object_upsert(
+            "company",
+            "account-17",
+            now_ms(),
+            json!({"name": "Analytical Engines"}),
+        )])
+        .await;
+        app.settled(company.clone(), SyncStatus::Synced).await;
+        stack.webhooks_settled().await;
+        assert!(
+            app.drain_app_inbox().await.is_empty(),
+            "{crm:?}: its own write is an echo"
+        );
+
+        let industry = stack.edit_company_as_a_person("account-17", "Engines Ltd");
+        let conflicts = app.journaled_conflicts(company.clone()).await;
+        stack.webhooks_settled().await;
+        assert_eq!(conflicts.len(), 1, "{crm:?}: only the name: {conflicts:?}");
+        assert_eq!(
+            (conflicts[0].field.as_str(), conflicts[0].crm_value.as_str()),
+            ("name", "Engines Ltd"),
+            "{crm:?}"
+        );
+        assert_eq!(
+            conflicts[0].app_value.as_deref(),
+            Some("Analytical Engines"),
+            "{crm:?}"
+        );
+        let inbox = app.drain_app_inbox().await;
+        match industry {
+            Some(industry) => {
+                assert_eq!(inbox.len(), 1, "{crm:?}: {inbox:?}");
+                assert_eq!(
+                    (&inbox[0]["version"], &inbox[0]["object"], &inbox[0]["record_id"]),
+                    (&json!(2), &json!("company"), &json!("account-17")),
+                    "{crm:?}"
+                );
+                assert_eq!(inbox[0]["changes"], json!({"industry": industry}), "{crm:?}");
+            }
+            None => assert!(inbox.is_empty(), "{crm:?}: {inbox:?}"),
+        }
+    }
+}
+
+#[tokio::test]
 async fn in_every_crm_a_persons_move_of_a_crm_owned_deal_stage_reaches_the_app_inbox() {
     for crm in Crm::ALL {
         let stack = crm.looped_stack().await;

@@ -470,3 +470,46 @@ async fn an_event_acted_on_again_after_a_crash_journals_its_conflict_once() {
     let conflicts = store.conflicts(&record, 10).await.unwrap();
     assert_eq!(conflicts.len(), 2, "one per event and property: {conflicts:?}");
 }
+
+#[tokio::test]
+async fn a_reps_edits_of_a_declared_company_reach_the_app_or_the_conflict_journal_and_its_echoes_neither() {
+    use crm_sync_tests::app_changes::object_upsert;
+    let app = spawn_app_with(AppOptions::syncing().with_webhooks()).await;
+    let company = record(ObjectKind::declare("company").unwrap(), "account-17");
+    app.send_changes(&[object_upsert(
+        "company",
+        "account-17",
+        now_ms(),
+        json!({"name": "Analytical Engines", "domain": "engines.example.com"}),
+    )])
+    .await;
+    app.settled(company.clone(), SyncStatus::Synced).await;
+    // crm-sync's own write comes back as company events: echoes, not conflicts.
+    settle_webhooks(&app).await;
+    assert!(app.drain_app_inbox().await.is_empty());
+    let crm_id = app
+        .sandbox()
+        .find("companies", "crm_sync_app_id", "account-17")
+        .unwrap()
+        .id;
+
+    // A rep sets the industry (the CRM's) and renames the company (the app's).
+    app.sandbox()
+        .edit("companies", crm_id, props(&[("industry", "AEROSPACE")]))
+        .unwrap();
+    app.sandbox()
+        .edit("companies", crm_id, props(&[("name", "Engines Ltd")]))
+        .unwrap();
+    settle_webhooks(&app).await;
+
+    let inbox = app.drain_app_inbox().await;
+    assert_eq!(inbox.len(), 1, "{inbox:?}");
+    assert_eq!(inbox[0]["version"], 2);
+    assert_eq!(inbox[0]["object"], "company");
+    assert_eq!(inbox[0]["record_id"], "account-17");
+    assert_eq!(inbox[0]["changes"], json!({"industry": "AEROSPACE"}));
+    let conflicts = app.journaled_conflicts(company).await;
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(conflicts[0].field, "name");
+    assert_eq!(conflicts[0].crm_value, "Engines Ltd");
+}

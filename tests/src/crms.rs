@@ -142,6 +142,10 @@ pub async fn salesforce_looped_app(
                 "Opportunity".to_string(),
                 selected(&["Name", "Amount", "StageName", "Crm_Sync_App_Id__c"]),
             ),
+            (
+                "Account".to_string(),
+                selected(&["Name", "Website", "Industry", "Crm_Sync_App_Id__c"]),
+            ),
         ]
         .into(),
     });
@@ -277,6 +281,56 @@ impl CrmStack {
                     .expect("the contact is in Salesforce");
                 let id = contact["Id"].as_str().expect("an id").to_string();
                 sandbox.edit("Contact", &id, serde_json::json!({"Email": email}));
+            }
+        }
+    }
+
+    /// Renames a company (the mapping's `[company]`) as a person in the CRM would, and sets its
+    /// industry where the mapping has one (the CRM's field); its webhook says so. Returns the
+    /// industry as the CRM names it, if set.
+    pub fn edit_company_as_a_person(&self, app_id: &str, name: &str) -> Option<String> {
+        match &self.sandbox {
+            Sandbox::HubSpot => {
+                let sandbox = self.app.sandbox();
+                let record = sandbox
+                    .find("companies", "crm_sync_app_id", app_id)
+                    .expect("the company is in HubSpot");
+                sandbox
+                    .edit(
+                        "companies",
+                        record.id,
+                        [
+                            ("name".to_string(), name.to_string()),
+                            ("industry".to_string(), "AEROSPACE".to_string()),
+                        ]
+                        .into(),
+                    )
+                    .expect("an edit HubSpot takes");
+                Some("AEROSPACE".into())
+            }
+            Sandbox::Pipedrive(sandbox) => {
+                let organization = sandbox
+                    .records("organizations")
+                    .into_iter()
+                    .find(|o| o["custom_fields"]["crm_sync_app_id"] == app_id)
+                    .expect("the organization is in Pipedrive");
+                let id = organization["id"].as_u64().expect("a numeric id");
+                sandbox.edit("organizations", id, serde_json::json!({"name": name}));
+                None
+            }
+            Sandbox::Salesforce(sandbox) => {
+                let account = sandbox
+                    .records("Account")
+                    .into_iter()
+                    .find(|a| a.get("Crm_Sync_App_Id__c").and_then(serde_json::Value::as_str) == Some(app_id))
+                    .expect("the account is in Salesforce");
+                let id = account["Id"].as_str().expect("an id").to_string();
+                sandbox.edit(
+                    "Account",
+                    &id,
+                    serde_json::json!({"Name": name, "Industry": "Aerospace"}),
+                );
+                Some("Aerospace".into())
             }
         }
     }

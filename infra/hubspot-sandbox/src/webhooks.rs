@@ -72,6 +72,7 @@ fn singular(object: &str) -> Option<&'static str> {
     match object {
         "contacts" => Some("contact"),
         "deals" => Some("deal"),
+        "companies" => Some("company"),
         _ => None,
     }
 }

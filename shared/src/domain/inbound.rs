@@ -296,7 +296,9 @@ pub struct ConflictEntry {
     pub resolution: String,
 }
 
-/// The app-inbox message (contract v1) for CRM-owned fields of one record that changed.
+/// The app-inbox message for CRM-owned fields of one record that changed: contract v1 for the
+/// built-in types, version 2 (the same shape) for a type the mapping declares, so that a
+/// consumer of version 1 never meets an object it does not know.
 /// `sequence` numbers the record's messages in the order crm-sync decided them: it orders two
 /// changes that happened in the same millisecond.
 #[allow(clippy::too_many_arguments)]
@@ -310,8 +312,13 @@ pub fn app_inbox_message(
     source: &str,
     event_key: &str,
 ) -> String {
+    let version = if record.object.is_built_in() {
+        APP_INBOX_CONTRACT_VERSION
+    } else {
+        super::identity::APP_INBOX_IDENTITY_VERSION
+    };
     json!({
-        "version": APP_INBOX_CONTRACT_VERSION,
+        "version": version,
         "type": "crm.change",
         "object": record.object.as_str(),
         "record_id": record.record_id,
@@ -558,6 +565,26 @@ mod tests {
         );
     }
 
+    /// A HubSpot change message of `record`, read back as JSON.
+    fn message_of(
+        record: &RecordRef,
+        sequence: u64,
+        crm_id: &str,
+        changes: &BTreeMap<String, String>,
+    ) -> Value {
+        serde_json::from_str(&app_inbox_message(
+            record,
+            sequence,
+            "hubspot",
+            crm_id,
+            changes,
+            1_795_774_800_000,
+            "CRM_UI",
+            "k",
+        ))
+        .unwrap()
+    }
+
     #[test]
     fn the_app_inbox_message_has_exactly_the_fields_its_published_schema_declares() {
         let schema: Value = serde_json::from_str(include_str!("../../schemas/app-inbox.v1.json")).unwrap();
@@ -566,17 +593,7 @@ mod tests {
             record_id: "order-7".into(),
         };
         let changes: BTreeMap<String, String> = [("stage".to_string(), "closedwon".to_string())].into();
-        let message: Value = serde_json::from_str(&app_inbox_message(
-            &record,
-            3,
-            "hubspot",
-            "18237",
-            &changes,
-            1_795_774_800_000,
-            "CRM_UI",
-            "k",
-        ))
-        .unwrap();
+        let message: Value = message_of(&record, 3, "18237", &changes);
         let produced: std::collections::BTreeSet<&String> = message.as_object().unwrap().keys().collect();
         let declared: std::collections::BTreeSet<&String> =
             schema["properties"].as_object().unwrap().keys().collect();
@@ -596,6 +613,34 @@ mod tests {
         ] {
             assert_eq!(message[field], example[field], "{field}");
         }
+    }
+
+    #[test]
+    fn a_declared_types_change_is_a_version_2_message_with_the_fields_of_version_1() {
+        let schema: Value = serde_json::from_str(include_str!("../../schemas/app-inbox.v2.json")).unwrap();
+        let company = RecordRef {
+            object: ObjectKind::declare("company").unwrap(),
+            record_id: "account-17".into(),
+        };
+        let changes: BTreeMap<String, String> = [("industry".to_string(), "AEROSPACE".to_string())].into();
+        let message: Value = message_of(&company, 2, "101", &changes);
+        assert_eq!(
+            (message["version"].as_u64(), message["object"].as_str()),
+            (Some(2), Some("company"))
+        );
+        let produced: std::collections::BTreeSet<&String> = message.as_object().unwrap().keys().collect();
+        let declared: std::collections::BTreeSet<&String> = schema["$defs"]["change"]["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        assert_eq!(produced, declared);
+        let contact = RecordRef {
+            object: ObjectKind::Contact,
+            record_id: "u".into(),
+        };
+        let message: Value = message_of(&contact, 2, "101", &changes);
+        assert_eq!(message["version"], 1, "the built-in types keep version 1");
     }
 
     #[test]

@@ -319,6 +319,16 @@ impl Mapping {
         change
     }
 
+    /// The object types the mapping declares, by their CRM object (lower-cased): how a CRM's
+    /// events name them, once each adapter has turned its own name into that one.
+    pub fn declared_by_crm_object(&self) -> HashMap<String, ObjectKind> {
+        self.objects
+            .iter()
+            .filter(|(kind, _)| kind.is_declared())
+            .map(|(kind, object)| (object.crm_object.to_ascii_lowercase(), *kind))
+            .collect()
+    }
+
     /// Every association the mapping declares: (from, to, how).
     pub fn links(&self) -> Vec<(ObjectKind, ObjectKind, &LinkVia)> {
         let mut links: Vec<_> = self

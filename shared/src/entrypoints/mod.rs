@@ -191,12 +191,13 @@ pub(crate) async fn crm_client(
 }
 
 /// How the configured CRM's webhook events read, for the inbound worker.
-pub(crate) fn crm_events(settings: &CrmSettings) -> Arc<dyn CrmEvents> {
+pub(crate) fn crm_events(settings: &CrmSettings, mapping: &Mapping) -> Arc<dyn CrmEvents> {
     let events: Option<Arc<dyn CrmEvents>> = match settings {
-        CrmSettings::HubSpot { .. } => Some(Arc::new(HubSpotEvents)),
-        CrmSettings::Pipedrive { .. } => Some(Arc::new(PipedriveEvents)),
+        CrmSettings::HubSpot { .. } => Some(Arc::new(HubSpotEvents::new(mapping))),
+        CrmSettings::Pipedrive { .. } => Some(Arc::new(PipedriveEvents::new(mapping))),
         CrmSettings::Salesforce(settings) => Some(Arc::new(SalesforceEvents {
             integration_user_id: settings.integration_user_id.clone(),
+            declared: mapping.declared_by_crm_object(),
         })),
     };
     Arc::new(EventsOf::new(settings.provider(), events))

@@ -67,13 +67,14 @@ impl SyncHandler {
     /// Long on purpose: the sync function's wiring, every port once, in one place.
     pub async fn build(aws: &SdkConfig, config: SyncConfig) -> anyhow::Result<Self> {
         let metrics = config.metrics.clone();
-        let events = super::crm_events(&config.crm.settings);
+        let settings = config.crm.settings.clone();
         let super::CrmWiring {
             mapping,
             crm,
             state,
             limiter,
         } = super::wire_crm(aws, config.crm).await?;
+        let events = super::crm_events(&settings, &mapping);
         let dynamodb = aws_sdk_dynamodb::Client::new(aws);
         let sqs = aws_sdk_sqs::Client::new(aws);
         let clock = Arc::new(SystemClock);

@@ -2,6 +2,8 @@
 //! (a JSON array of events) becomes [`InboundEvent`]s.
 
 use secrecy::{ExposeSecret, SecretString};
+use std::collections::HashMap;
+
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
@@ -140,30 +142,74 @@ impl WebhookProvider for HubSpotWebhooks {
 const INTEGRATION_SOURCES: [&str; 2] = ["INTEGRATION", "API"];
 
 /// HubSpot's stored webhook events, read as CRM changes.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct HubSpotEvents;
+#[derive(Debug, Clone, Default)]
+pub struct HubSpotEvents {
+    /// The object types the mapping declares, by each name HubSpot gives their CRM object in
+    /// events: `companies` is `company.*` and objectTypeId `0-2`; a custom object is its
+    /// objectTypeId (`2-…`), as the mapping names it.
+    declared: HashMap<String, ObjectKind>,
+}
 
-impl CrmEvents for HubSpotEvents {
-    fn interpret(&self, message: &InboundMessage) -> Interpretation {
-        interpret(message)
+impl HubSpotEvents {
+    /// Events of the built-in types, and of each type `mapping` declares.
+    pub fn new(mapping: &crate::domain::mapping::Mapping) -> Self {
+        let mut declared = HashMap::new();
+        for kind in mapping.kinds().into_iter().filter(|kind| kind.is_declared()) {
+            let Some(object) = mapping.object(kind) else {
+                continue;
+            };
+            let crm_object = object.crm_object.to_ascii_lowercase();
+            if let Some((prefix, type_id)) = STANDARD_OBJECTS.iter().find_map(|(plural, prefix, type_id)| {
+                (*plural == crm_object || *type_id == crm_object).then_some((*prefix, *type_id))
+            }) {
+                declared.insert(prefix.to_string(), kind);
+                declared.insert(type_id.to_string(), kind);
+            }
+            declared.insert(crm_object, kind);
+        }
+        Self { declared }
+    }
+
+    /// The type of an event's object: by its `{type}.` prefix, or for a generic `object.*`
+    /// event, by its objectTypeId.
+    fn object_of(&self, prefix: &str, object_type: Option<&str>) -> Option<ObjectKind> {
+        match (prefix, object_type) {
+            ("contact", _) | ("object", Some("0-1")) => Some(ObjectKind::Contact),
+            ("deal", _) | ("object", Some("0-3")) => Some(ObjectKind::Deal),
+            ("object", Some(type_id)) => self.declared.get(&type_id.to_ascii_lowercase()).copied(),
+            (prefix, _) => self.declared.get(prefix).copied(),
+        }
     }
 }
 
-/// Reads a stored HubSpot event as a change of a contact or a deal: `contact.propertyChange`
-/// and, from HubSpot's generic subscriptions, `object.propertyChange` with `objectTypeId` `0-1`.
+/// HubSpot's standard objects a mapping may declare: (CRM object, event prefix, objectTypeId).
+const STANDARD_OBJECTS: [(&str, &str, &str); 4] = [
+    ("companies", "company", "0-2"),
+    ("tickets", "ticket", "0-5"),
+    ("products", "product", "0-7"),
+    ("line_items", "line_item", "0-8"),
+];
+
+impl CrmEvents for HubSpotEvents {
+    fn interpret(&self, message: &InboundMessage) -> Interpretation {
+        interpret_with(self, message)
+    }
+}
+
+/// Reads a stored HubSpot event of a built-in type (see [`interpret_with`]).
 pub fn interpret(message: &InboundMessage) -> Interpretation {
+    interpret_with(&HubSpotEvents::default(), message)
+}
+
+/// Reads a stored HubSpot event as a change of a record: `contact.propertyChange`,
+/// `company.propertyChange` for a type the mapping declares on companies, and from HubSpot's
+/// generic subscriptions, `object.propertyChange` with the type's objectTypeId.
+pub fn interpret_with(events: &HubSpotEvents, message: &InboundMessage) -> Interpretation {
     if message.kind.ends_with(".associationChange") {
         return link(message);
     }
-    let subject = match event_subject(message, |prefix| match prefix {
-        "contact" => Some(ObjectKind::Contact),
-        "deal" => Some(ObjectKind::Deal),
-        "object" => match message.object_type.as_deref() {
-            Some("0-1") => Some(ObjectKind::Contact),
-            Some("0-3") => Some(ObjectKind::Deal),
-            _ => None,
-        },
-        _ => None,
+    let subject = match event_subject(message, |prefix| {
+        events.object_of(prefix, message.object_type.as_deref())
     }) {
         Ok(subject) => subject,
         Err(ignored) => return ignored,
@@ -790,6 +836,34 @@ mod tests {
             interpret(&inbound("contact.deletion", serde_json::json!({}))),
             Interpretation::Ignore(_)
         ));
+    }
+
+    #[test]
+    fn a_company_event_is_read_as_the_change_of_the_type_the_mapping_declares_on_companies() {
+        let mapping =
+            crate::domain::mapping::Mapping::parse(crate::domain::mapping::DEFAULT_MAPPING).unwrap();
+        let events = HubSpotEvents::new(&mapping);
+        let company = ObjectKind::parse("company").unwrap();
+        let change = serde_json::json!({"propertyName": "industry", "propertyValue": "AEROSPACE", "changeSource": "CRM_UI"});
+        for message in [
+            inbound("company.propertyChange", change.clone()),
+            InboundMessage {
+                kind: "object.propertyChange".into(),
+                object_type: Some("0-2".into()),
+                ..inbound("object.propertyChange", change.clone())
+            },
+        ] {
+            let Interpretation::Change(read) = events.interpret(&message) else {
+                panic!("{message:?}");
+            };
+            assert_eq!(read.object, company);
+            assert_eq!(read.properties.unwrap()["industry"], "AEROSPACE");
+        }
+        assert_eq!(
+            events.interpret(&inbound("ticket.propertyChange", change)),
+            Interpretation::Ignore("ticket events are not synced".into()),
+            "a type the mapping does not declare"
+        );
     }
 
     #[test]

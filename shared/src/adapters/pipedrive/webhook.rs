@@ -151,12 +151,24 @@ fn timestamp_ms(timestamp: &str) -> Option<i64> {
 }
 
 /// Pipedrive's stored webhook events, read as CRM changes.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PipedriveEvents;
+#[derive(Debug, Clone, Default)]
+pub struct PipedriveEvents {
+    /// The object types the mapping declares, by their CRM object (`organizations`).
+    declared: std::collections::HashMap<String, ObjectKind>,
+}
+
+impl PipedriveEvents {
+    /// Events of persons and deals, and of each type `mapping` declares.
+    pub fn new(mapping: &crate::domain::mapping::Mapping) -> Self {
+        Self {
+            declared: mapping.declared_by_crm_object(),
+        }
+    }
+}
 
 impl CrmEvents for PipedriveEvents {
     fn interpret(&self, message: &InboundMessage) -> Interpretation {
-        interpret(message)
+        interpret_with(self, message)
     }
 
     fn align(
@@ -203,10 +215,16 @@ pub fn align_name_parts(
 /// becomes `email` and `phone`, each custom field is its hash key, other scalars keep their key.
 /// A change carries only the fields `previous` names, with their new values from `data`.
 pub fn interpret(message: &InboundMessage) -> Interpretation {
+    interpret_with(&PipedriveEvents::default(), message)
+}
+
+/// [`interpret`], with the object types the mapping declares: an event's entity is the
+/// singular of its CRM object (`organization` for `organizations`).
+pub fn interpret_with(events: &PipedriveEvents, message: &InboundMessage) -> Interpretation {
     let subject = match event_subject(message, |entity| match entity {
         "person" => Some(ObjectKind::Contact),
         "deal" => Some(ObjectKind::Deal),
-        _ => None,
+        entity => events.declared.get(&format!("{entity}s")).copied(),
     }) {
         Ok(subject) => subject,
         Err(ignored) => return ignored,

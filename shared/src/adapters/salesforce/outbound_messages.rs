@@ -329,6 +329,8 @@ pub fn parse_notifications(body: &[u8]) -> Result<Vec<InboundEvent>, ParseError>
 pub struct SalesforceEvents {
     /// The user crm-sync's API calls run as: a record it modified last is crm-sync's own write.
     pub integration_user_id: Option<String>,
+    /// The object types the mapping declares, by their sObject (lower-cased: `account`).
+    pub declared: std::collections::HashMap<String, ObjectKind>,
 }
 
 impl SalesforceEvents {
@@ -362,7 +364,7 @@ impl CrmEvents for SalesforceEvents {
         let subject = match event_subject(message, |sobject| match sobject {
             "Contact" => Some(ObjectKind::Contact),
             "Opportunity" => Some(ObjectKind::Deal),
-            _ => None,
+            sobject => self.declared.get(&sobject.to_ascii_lowercase()).copied(),
         }) {
             Ok(subject) => subject,
             Err(ignored) => return ignored,
@@ -697,6 +699,7 @@ mod tests {
     fn a_notification_reads_as_every_data_field_and_names_who_changed_it() {
         let events = SalesforceEvents {
             integration_user_id: Some("005000000000001AAA".into()),
+            ..SalesforceEvents::default()
         };
         let Interpretation::Change(change) = events.interpret(&inbound("005000000000002AAA")) else {
             panic!("a change");
@@ -718,6 +721,7 @@ mod tests {
     fn a_record_last_modified_by_the_integration_user_is_crm_syncs_own_write() {
         let events = SalesforceEvents {
             integration_user_id: Some("005000000000001".into()),
+            ..SalesforceEvents::default()
         };
         let Interpretation::Change(change) = events.interpret(&inbound("005000000000001AAA")) else {
             panic!("a change");
@@ -773,6 +777,7 @@ mod tests {
         assert_eq!(message.event_key, again.event_key, "read twice, one event");
         let events = SalesforceEvents {
             integration_user_id: Some("005000000000001AAA".into()),
+            ..SalesforceEvents::default()
         };
         let Interpretation::Identity(change) = events.interpret(&message) else {
             panic!("an identity change");
