@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::domain::contract::ObjectKind;
 use crate::domain::crm::{UpdateInput, ValueKind};
 use crate::domain::mapping::Mapping;
 use crate::domain::sync::{RecordState, SyncStatus, TimelineEntry, TimelineKind};
@@ -379,8 +378,11 @@ impl ReconcileService {
         let Some(inbound) = &self.inbound else {
             return Ok(scan);
         };
-        let mut objects: Vec<&str> = ObjectKind::ALL
+        // Merges of the built-in types: those of declared types are not followed yet.
+        let kinds = self.mapping.kinds();
+        let mut objects: Vec<&str> = kinds
             .iter()
+            .filter(|kind| kind.is_built_in())
             .filter_map(|object| self.mapping.object(*object))
             .map(|mapping| mapping.crm_object.as_str())
             .filter(|object| self.crm.merges_are_read(object))
@@ -481,7 +483,8 @@ impl ReconcileService {
     ) -> Result<(), Stop> {
         let now_ms = self.clock.now_ms();
         let mut timeline = Vec::new();
-        for object in ObjectKind::ALL {
+        // Every type the mapping maps, declared ones included; links have no fields to compare.
+        for object in self.mapping.kinds() {
             let Some(mapping) = self.mapping.object(object) else {
                 continue;
             };

@@ -372,3 +372,59 @@ async fn a_heal_skipped_because_the_record_is_busy_is_counted_with_its_reason() 
         "{report:?}"
     );
 }
+
+#[tokio::test]
+async fn a_declared_companys_drift_is_healed_and_its_crm_owned_change_delivered_as_version_2() {
+    use crm_sync_tests::app_changes::object_upsert;
+    let app = spawn_app_with(AppOptions::syncing().with_env("RECONCILE_CYCLE_NIGHTS", "1")).await;
+    let company = RecordRef {
+        object: ObjectKind::declare("company").unwrap(),
+        record_id: "account-17".into(),
+    };
+    app.send_changes(&[object_upsert(
+        "company",
+        "account-17",
+        now_ms(),
+        json!({"name": "Analytical Engines", "domain": "engines.example.com"}),
+    )])
+    .await;
+    app.settled(company.clone(), SyncStatus::Synced).await;
+    let record = app
+        .sandbox()
+        .find("companies", "crm_sync_app_id", "account-17")
+        .unwrap();
+    // Edits in the CRM that no webhook reports (this stack has them off).
+    app.sandbox()
+        .edit(
+            "companies",
+            record.id,
+            [
+                ("name".to_string(), "Engines Ltd".to_string()),
+                ("industry".to_string(), "AEROSPACE".to_string()),
+            ]
+            .into(),
+        )
+        .unwrap();
+
+    let report = reconcile(&app).await;
+
+    assert_eq!(
+        (report.checked, report.healed, report.delivered),
+        (1, 1, 1),
+        "{report:?}"
+    );
+    let now = app
+        .sandbox()
+        .find("companies", "crm_sync_app_id", "account-17")
+        .unwrap();
+    assert_eq!(
+        now.properties["name"], "Analytical Engines",
+        "the app's name is back"
+    );
+    let inbox = app.drain_app_inbox().await;
+    assert_eq!(inbox.len(), 1, "{inbox:?}");
+    assert_eq!(
+        (&inbox[0]["version"], &inbox[0]["object"], &inbox[0]["changes"]),
+        (&json!(2), &json!("company"), &json!({"industry": "AEROSPACE"}))
+    );
+}

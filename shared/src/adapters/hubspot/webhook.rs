@@ -236,6 +236,13 @@ pub fn interpret_with(events: &HubSpotEvents, message: &InboundMessage) -> Inter
             }
         }
         "creation" => None,
+        // Merges of the types a mapping declares are not followed yet (see docs/sync.md).
+        "merge" | "restore" | "privacyDeletion" if subject.object.is_declared() => {
+            return Interpretation::Ignore(format!(
+                "{}.{action} events are not followed for declared object types",
+                subject.object
+            ))
+        }
         "merge" | "restore" | "privacyDeletion" => {
             return identity(message, subject.object, subject.crm_id, action, source)
         }
@@ -863,6 +870,13 @@ mod tests {
             events.interpret(&inbound("ticket.propertyChange", change)),
             Interpretation::Ignore("ticket events are not synced".into()),
             "a type the mapping does not declare"
+        );
+        assert_eq!(
+            events.interpret(&inbound(
+                "company.merge",
+                serde_json::json!({"primaryObjectId": 1, "mergedObjectIds": [2]})
+            )),
+            Interpretation::Ignore("company.merge events are not followed for declared object types".into())
         );
     }
 
