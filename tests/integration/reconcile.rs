@@ -375,20 +375,12 @@ async fn a_heal_skipped_because_the_record_is_busy_is_counted_with_its_reason() 
 
 #[tokio::test]
 async fn a_declared_companys_drift_is_healed_and_its_crm_owned_change_delivered_as_version_2() {
-    use crm_sync_tests::app_changes::object_upsert;
     let app = spawn_app_with(AppOptions::syncing().with_env("RECONCILE_CYCLE_NIGHTS", "1")).await;
-    let company = RecordRef {
-        object: ObjectKind::declare("company").unwrap(),
-        record_id: "account-17".into(),
-    };
-    app.send_changes(&[object_upsert(
-        "company",
+    app.synced_company(
         "account-17",
-        now_ms(),
         json!({"name": "Analytical Engines", "domain": "engines.example.com"}),
-    )])
+    )
     .await;
-    app.settled(company.clone(), SyncStatus::Synced).await;
     let record = app
         .sandbox()
         .find("companies", "crm_sync_app_id", "account-17")

@@ -135,23 +135,12 @@ async fn in_every_crm_a_persons_edit_of_an_app_owned_email_is_journaled_as_a_con
 #[tokio::test]
 async fn in_every_crm_a_persons_edits_of_a_company_reach_the_conflict_journal_or_the_app_inbox_as_version_2()
 {
-    use crm_sync::domain::sync::SyncStatus;
-    use crm_sync_tests::app_changes::object_upsert;
     for crm in Crm::ALL {
         let stack = crm.looped_stack().await;
         let app = &stack.app;
-        let company = RecordRef {
-            object: ObjectKind::declare("company").unwrap(),
-            record_id: "account-17".into(),
-        };
-        app.send_changes(&[object_upsert(
-            "company",
-            "account-17",
-            now_ms(),
-            json!({"name": "Analytical Engines"}),
-        )])
-        .await;
-        app.settled(company.clone(), SyncStatus::Synced).await;
+        let company = app
+            .synced_company("account-17", json!({"name": "Analytical Engines"}))
+            .await;
         stack.webhooks_settled().await;
         assert!(
             app.drain_app_inbox().await.is_empty(),

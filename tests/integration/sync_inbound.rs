@@ -473,17 +473,13 @@ async fn an_event_acted_on_again_after_a_crash_journals_its_conflict_once() {
 
 #[tokio::test]
 async fn a_reps_edits_of_a_declared_company_reach_the_app_or_the_conflict_journal_and_its_echoes_neither() {
-    use crm_sync_tests::app_changes::object_upsert;
     let app = spawn_app_with(AppOptions::syncing().with_webhooks()).await;
-    let company = record(ObjectKind::declare("company").unwrap(), "account-17");
-    app.send_changes(&[object_upsert(
-        "company",
-        "account-17",
-        now_ms(),
-        json!({"name": "Analytical Engines", "domain": "engines.example.com"}),
-    )])
-    .await;
-    app.settled(company.clone(), SyncStatus::Synced).await;
+    let company = app
+        .synced_company(
+            "account-17",
+            json!({"name": "Analytical Engines", "domain": "engines.example.com"}),
+        )
+        .await;
     // crm-sync's own write comes back as company events: echoes, not conflicts.
     settle_webhooks(&app).await;
     assert!(app.drain_app_inbox().await.is_empty());

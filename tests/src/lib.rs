@@ -364,6 +364,29 @@ impl TestApp {
         .await
     }
 
+    /// Sends a company (the built-in mappings' `[company]`) changed now and waits until it is
+    /// synced; returns its record.
+    pub async fn synced_company(
+        &self,
+        record_id: &str,
+        data: serde_json::Value,
+    ) -> crm_sync::domain::contract::RecordRef {
+        let company = crm_sync::domain::contract::RecordRef {
+            object: crm_sync::domain::contract::ObjectKind::declare("company").expect("a valid name"),
+            record_id: record_id.to_string(),
+        };
+        self.send_changes(&[crate::app_changes::object_upsert(
+            "company",
+            record_id,
+            crate::hubspot::now_ms(),
+            data,
+        )])
+        .await;
+        self.settled(company.clone(), crm_sync::domain::sync::SyncStatus::Synced)
+            .await;
+        company
+    }
+
     /// Waits until the record's conflict journal holds something; returns its newest entries.
     pub async fn journaled_conflicts(
         &self,
