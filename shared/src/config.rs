@@ -257,6 +257,8 @@ pub struct DashboardConfig {
     pub hubspot_app_url: String,
     /// Where record links point: the configured CRM's app, when it is known.
     pub record_links: RecordLinks,
+    /// The CRM object of each type the mapping declares, for links to their records.
+    pub declared_objects: std::collections::HashMap<crate::domain::contract::ObjectKind, String>,
 }
 
 /// The CRM app a record's dashboard link opens.
@@ -576,8 +578,18 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         // does the sync function's.
         let crm = crm_name(vars.crm.as_deref())?;
         let (mapping_toml, _) = mapping_text(vars.crm_sync_mapping_file, built_in_mapping(crm))?;
-        crate::domain::mapping::Mapping::parse(&mapping_toml)
+        let mapping = crate::domain::mapping::Mapping::parse(&mapping_toml)
             .map_err(|error| ConfigError::new("CRM_SYNC_MAPPING_FILE", error.to_string()))?;
+        let declared_objects = mapping
+            .kinds()
+            .into_iter()
+            .filter(|kind| kind.is_declared())
+            .filter_map(|kind| {
+                mapping
+                    .object(kind)
+                    .map(|object| (kind, object.crm_object.clone()))
+            })
+            .collect();
         let record_links = match crm {
             "pipedrive" => web_address("PIPEDRIVE_APP_URL", vars.pipedrive_app_url)?
                 .map_or(RecordLinks::None, RecordLinks::Pipedrive),
@@ -605,6 +617,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             hubspot_app_url: web_address("HUBSPOT_APP_URL", vars.hubspot_app_url)?
                 .unwrap_or_else(|| "https://app.hubspot.com".into()),
             record_links,
+            declared_objects,
         })
     }
 }

@@ -511,6 +511,18 @@ pub trait RecordQueries: Send + Sync {
         filter: RecordFilter,
         limit: usize,
         cursor: Option<String>,
+    ) -> Result<(Vec<RecordState>, Option<String>), ListError> {
+        self.list_of(filter, None, limit, cursor).await
+    }
+
+    /// [`RecordQueries::list`], of one object type when `object` names one. A page MAY hold
+    /// fewer than `limit` records while a cursor continues the listing.
+    async fn list_of(
+        &self,
+        filter: RecordFilter,
+        object: Option<ObjectKind>,
+        limit: usize,
+        cursor: Option<String>,
     ) -> Result<(Vec<RecordState>, Option<String>), ListError>;
 
     /// How many records the filter selects, reading at most `max_pages` index pages: a large set

@@ -864,7 +864,7 @@ async fn an_operator_reads_a_plans_decisions_cost_conflicts_and_field_changes_on
 #[tokio::test]
 async fn an_operator_finds_and_opens_a_record_of_an_object_type_the_mapping_declares() {
     // The built-in mapping declares [company]; the dashboard reads it at cold start.
-    let app = spawn_app_with(AppOptions::syncing()).await;
+    let app = spawn_app_with(AppOptions::syncing().with_env("HUBSPOT_PORTAL_ID", "62515")).await;
     let venue = RecordRef {
         object: ObjectKind::declare("company").unwrap(),
         record_id: "hall-9".into(),
@@ -882,6 +882,12 @@ async fn an_operator_finds_and_opens_a_record_of_an_object_type_the_mapping_decl
     let page = operator.get("/admin/record?object=company&id=hall-9").await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
     assert!(
+        page.body
+            .contains(&format!("/contacts/62515/record/0-2/{crm_id}")),
+        "a link to the company in HubSpot: {}",
+        page.body
+    );
+    assert!(
         page.body.contains("hall-9") && page.body.contains(&crm_id),
         "{}",
         page.body
@@ -894,4 +900,29 @@ async fn an_operator_finds_and_opens_a_record_of_an_object_type_the_mapping_decl
             "searching {query}: {found}"
         );
     }
+
+    // The synced listing, narrowed to one type.
+    app.send_changes(&[contact(
+        "guest-1",
+        now_ms(),
+        json!({"email": "guest-1@example.com"}),
+    )])
+    .await;
+    app.settled(contact_ref("guest-1"), SyncStatus::Synced).await;
+    let all = operator.get("/admin?filter=synced").await.body;
+    assert!(
+        all.contains("company/hall-9") && all.contains("contact/guest-1"),
+        "{all}"
+    );
+    assert!(
+        all.contains("filter=synced&amp;type=company"),
+        "a link per type: {all}"
+    );
+    let companies = operator.get("/admin?filter=synced&type=company").await.body;
+    assert!(companies.contains("company/hall-9"), "{companies}");
+    assert!(!companies.contains("contact/guest-1"), "{companies}");
+    let contacts = operator.get("/admin?filter=synced&type=contact").await.body;
+    assert!(contacts.contains("contact/guest-1") && !contacts.contains("company/hall-9"));
+    let unknown = operator.get("/admin?filter=synced&type=spaceship").await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
 }

@@ -8,7 +8,7 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use crate::domain::adoption::{Action, BackfillProgress, PlanItem, PlanSummary};
 use crate::domain::clock::rfc3339;
-use crate::domain::contract::RecordRef;
+use crate::domain::contract::{ObjectKind, RecordRef};
 use crate::domain::inbound::ConflictEntry;
 use crate::domain::sync::{RecordFilter, RecordState, SyncStatus, Tally, TimelineEntry};
 use crate::ports::{DeadLetterSummary, RedriveOutcome};
@@ -271,6 +271,10 @@ pub struct RecordsView<'a> {
     pub next_cursor: Option<&'a str>,
     /// This page's own URL, where actions come back to.
     pub here: &'a str,
+    /// The one object type the listing shows, if it is narrowed to one.
+    pub object: Option<ObjectKind>,
+    /// The types it may be narrowed to.
+    pub types: &'a [ObjectKind],
 }
 
 pub fn records_page(
@@ -283,7 +287,10 @@ pub fn records_page(
         (status_tabs(view))
         (search_form(view.query))
         @match view.filter {
-            Some(filter) => h2 { (filter_label(filter)) },
+            Some(filter) => {
+                h2 { (filter_label(filter)) }
+                (type_links(filter, view))
+            }
             None => h2 { "Results for “" (view.query) "”" },
         }
         @if view.records.is_empty() {
@@ -388,11 +395,31 @@ fn record_row(state: &RecordState, crm_url: Option<String>, now_ms: i64) -> Mark
 }
 
 /// Only listings page (search results are one page).
+/// The listing narrowed to one object type, or all of them.
+fn type_links(filter: RecordFilter, view: &RecordsView<'_>) -> Markup {
+    html! {
+        nav.types aria-label="Object type" {
+            a.on[view.object.is_none()] href={ "/admin?filter=" (filter.as_str()) }
+                aria-current=[view.object.is_none().then_some("page")] { "All types" }
+            @for object in view.types {
+                @let on = view.object == Some(*object);
+                " · "
+                a.on[on] href={ "/admin?filter=" (filter.as_str()) "&type=" (object.as_str()) }
+                    aria-current=[on.then_some("page")] { (object.as_str()) }
+            }
+        }
+    }
+}
+
 fn next_page_link(view: &RecordsView<'_>) -> Markup {
     html! {
         @if let (Some(cursor), Some(filter)) = (view.next_cursor, view.filter) {
             p {
-                a rel="next" href={ "/admin?filter=" (filter.as_str()) "&cursor=" (url_part(cursor)) } {
+                a rel="next" href={
+                    "/admin?filter=" (filter.as_str())
+                    @if let Some(object) = view.object { "&type=" (object.as_str()) }
+                    "&cursor=" (url_part(cursor))
+                } {
                     "Next page →"
                 }
             }
@@ -1070,6 +1097,8 @@ mod tests {
                 records: &[state],
                 next_cursor: Some("a&b"),
                 here: "/admin?filter=failed",
+                object: None,
+                types: &[],
             },
             &|_| None,
         );

@@ -276,8 +276,16 @@ impl DashboardService {
             .collect()
     }
 
-    pub async fn list(&self, filter: RecordFilter, cursor: Option<String>) -> Result<Page, DashboardError> {
-        let (records, next) = self.queries.list(filter, self.settings.page_size, cursor).await?;
+    pub async fn list(
+        &self,
+        filter: RecordFilter,
+        object: Option<ObjectKind>,
+        cursor: Option<String>,
+    ) -> Result<Page, DashboardError> {
+        let (records, next) = self
+            .queries
+            .list_of(filter, object, self.settings.page_size, cursor)
+            .await?;
         Ok(Page { records, next })
     }
 

@@ -335,21 +335,36 @@ impl DashboardApi {
                 queue: Arc::new(SqsDeadLetterQueue::new(sqs.clone(), dlq_url, queue_url)),
             })
             .collect();
+        // A declared type's records link by its CRM object; links between records have no page.
+        let declared = config.declared_objects;
         let crm_record_url: Option<crate::dashboard::CrmRecordUrl> = match config.record_links {
             RecordLinks::HubSpot => match config.hubspot_portal_id {
                 Some(portal) => {
                     let app_url = config.hubspot_app_url;
                     Some(Arc::new(move |object, crm_id: &str| {
-                        hubspot::record_url(&app_url, &portal, object, crm_id)
+                        match declared.get(&object) {
+                            Some(crm_object) => {
+                                hubspot::declared_record_url(&app_url, &portal, crm_object, crm_id)
+                            }
+                            None => hubspot::record_url(&app_url, &portal, object, crm_id),
+                        }
                     }))
                 }
                 None => None,
             },
             RecordLinks::Pipedrive(app_url) => Some(Arc::new(move |object, crm_id: &str| {
-                crate::adapters::pipedrive::record_url(&app_url, object, crm_id)
+                use crate::adapters::pipedrive::{declared_record_url, record_url};
+                match declared.get(&object) {
+                    Some(crm_object) => declared_record_url(&app_url, crm_object, crm_id),
+                    None => record_url(&app_url, object, crm_id),
+                }
             })),
             RecordLinks::Salesforce(instance) => Some(Arc::new(move |object, crm_id: &str| {
-                crate::adapters::salesforce::record_url(&instance, object, crm_id)
+                use crate::adapters::salesforce::{declared_record_url, record_url};
+                match declared.get(&object) {
+                    Some(crm_object) => declared_record_url(&instance, crm_object, crm_id),
+                    None => record_url(&instance, object, crm_id),
+                }
             })),
             RecordLinks::None => None,
         };
@@ -593,6 +608,8 @@ async fn records(
             records: &records,
             next_cursor: None,
             here: &here,
+            object: None,
+            types: &[],
         };
         return Ok(page(StatusCode::OK, html::records_page(&frame, &view, &crm_url)));
     }
@@ -601,8 +618,23 @@ async fn records(
         .and_then(|name| RecordFilter::parse(&name))
         .unwrap_or(RecordFilter::Status(SyncStatus::Failed));
     let cursor = request.query("cursor").filter(|cursor| !cursor.is_empty());
-    let listing = d.service.list(filter, cursor.clone()).await?;
+    // An object type this instance does not know lists nothing rather than everything.
+    let object = request.query("type").map(|name| ObjectKind::parse(&name));
+    if let Some(None) = object {
+        return Ok(page(
+            StatusCode::NOT_FOUND,
+            html::message_page(
+                "No such object type",
+                "The mapping declares no object type of that name.",
+            ),
+        ));
+    }
+    let object = object.flatten();
+    let listing = d.service.list(filter, object, cursor.clone()).await?;
     let mut here_query = vec![("filter", filter.as_str().to_string())];
+    if let Some(object) = object {
+        here_query.push(("type", object.as_str().to_string()));
+    }
     if let Some(cursor) = cursor {
         here_query.push(("cursor", cursor));
     }
@@ -614,6 +646,8 @@ async fn records(
         records: &listing.records,
         next_cursor: listing.next.as_deref(),
         here: &here,
+        object,
+        types: &ObjectKind::known(),
     };
     Ok(page(StatusCode::OK, html::records_page(&frame, &view, &crm_url)))
 }
@@ -633,7 +667,7 @@ async fn record(
             StatusCode::BAD_REQUEST,
             html::message_page(
                 "Not a record",
-                "A record page needs ?object=contact|deal|activity&id=…",
+                "A record page needs ?object=<type>&id=… (contact, deal, activity, link or a type the mapping declares)",
             ),
         ));
     };

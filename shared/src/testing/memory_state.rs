@@ -385,9 +385,10 @@ impl RecordQueries for MemorySyncState {
             .collect())
     }
 
-    async fn list(
+    async fn list_of(
         &self,
         filter: RecordFilter,
+        object: Option<ObjectKind>,
         limit: usize,
         cursor: Option<String>,
     ) -> Result<(Vec<RecordState>, Option<String>), ListError> {
@@ -403,6 +404,7 @@ impl RecordQueries for MemorySyncState {
                 RecordFilter::Status(status) => state.status == status,
                 RecordFilter::OpenConflicts => state.open_conflicts,
             })
+            .filter(|state| object.is_none_or(|object| state.record.object == object))
             .collect();
         selected.sort_by_key(|state| std::cmp::Reverse(state.last_attempt_at_ms));
         let page: Vec<RecordState> = selected.iter().skip(skip).take(limit).cloned().collect();

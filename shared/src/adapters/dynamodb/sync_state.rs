@@ -1024,25 +1024,42 @@ impl RecordQueries for DynamoDbSyncState {
         Ok(Some((state, timeline)))
     }
 
-    async fn list(
+    /// One type's records are the index's, filtered by `object`: DynamoDB filters after it
+    /// reads a page, so a few pages are read to fill one (at most [`TYPE_PAGES`]).
+    async fn list_of(
         &self,
         filter: RecordFilter,
+        object: Option<ObjectKind>,
         limit: usize,
         cursor: Option<String>,
     ) -> Result<(Vec<RecordState>, Option<String>), ListError> {
-        let start = match cursor.as_deref() {
+        let mut start = match cursor.as_deref() {
             None => None,
             Some(cursor) => Some(decode_cursor(cursor, filter).ok_or(ListError::BadCursor)?),
         };
-        let output = listing_query(self.client.query().table_name(&self.table), filter)
-            .scan_index_forward(false)
-            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .map_err(|error| ListError::Unavailable(unavailable(error)))?;
-        let states = output.items().iter().filter_map(state_from_item).collect();
-        Ok((states, output.last_evaluated_key().map(encode_cursor)))
+        let mut states: Vec<RecordState> = Vec::new();
+        for _ in 0..TYPE_PAGES {
+            let mut query = listing_query(self.client.query().table_name(&self.table), filter)
+                .scan_index_forward(false)
+                .limit(i32::try_from(limit - states.len()).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(start.take());
+            if let Some(object) = object {
+                query = query
+                    .filter_expression("#object = :object")
+                    .expression_attribute_names("#object", "object")
+                    .expression_attribute_values(":object", s(object.as_str()));
+            }
+            let output = query
+                .send()
+                .await
+                .map_err(|error| ListError::Unavailable(unavailable(error)))?;
+            states.extend(output.items().iter().filter_map(state_from_item));
+            start = output.last_evaluated_key().cloned();
+            if start.is_none() || states.len() >= limit {
+                break;
+            }
+        }
+        Ok((states, start.as_ref().map(encode_cursor)))
     }
 
     async fn count(&self, filter: RecordFilter, max_pages: usize) -> Result<Tally, StoreUnavailable> {
@@ -1087,6 +1104,9 @@ impl RecordQueries for DynamoDbSyncState {
         self.states_of_keys(output.items()).await
     }
 }
+
+/// How many index pages one listing of a single type reads at most to fill its page.
+const TYPE_PAGES: usize = 5;
 
 /// The index query behind a listing.
 fn listing_query(

@@ -11,6 +11,17 @@ use crate::domain::contract::ObjectKind;
 
 /// A record's page in the company's Pipedrive (`https://{company}.pipedrive.com`), for the
 /// built-in objects.
+/// A page in Pipedrive of a record of a type the mapping declares on `crm_object`
+/// (organizations, products).
+pub fn declared_record_url(app_url: &str, crm_object: &str, crm_id: &str) -> Option<String> {
+    let id: String = form_urlencoded::byte_serialize(crm_id.as_bytes()).collect();
+    match crm_object {
+        "organizations" => Some(format!("{app_url}/organization/{id}")),
+        "products" => Some(format!("{app_url}/product/{id}")),
+        _ => None,
+    }
+}
+
 pub fn record_url(app_url: &str, object: ObjectKind, crm_id: &str) -> Option<String> {
     let id: String = form_urlencoded::byte_serialize(crm_id.as_bytes()).collect();
     match object {
@@ -41,5 +52,15 @@ mod tests {
             record_url(app, ObjectKind::Deal, "7/../x").as_deref(),
             Some("https://acme.pipedrive.com/deal/7%2F..%2Fx")
         );
+    }
+
+    #[test]
+    fn an_organization_links_to_its_page_and_an_unknown_object_to_none() {
+        let app = "https://acme.pipedrive.com";
+        assert_eq!(
+            declared_record_url(app, "organizations", "9").as_deref(),
+            Some("https://acme.pipedrive.com/organization/9")
+        );
+        assert_eq!(declared_record_url(app, "leads", "9"), None);
     }
 }

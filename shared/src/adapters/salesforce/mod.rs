@@ -9,6 +9,13 @@ pub use outbound_messages::{SalesforceEvents, SalesforceOutboundMessages, Salesf
 
 use crate::domain::contract::ObjectKind;
 
+/// A page in Lightning Experience of a record of a type the mapping declares on an sObject.
+pub fn declared_record_url(instance_url: &str, sobject: &str, crm_id: &str) -> Option<String> {
+    let id: String = form_urlencoded::byte_serialize(crm_id.as_bytes()).collect();
+    let valid = !sobject.is_empty() && sobject.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    valid.then(|| format!("{instance_url}/lightning/r/{sobject}/{id}/view"))
+}
+
 /// A record's page in Lightning Experience at the org's instance URL, for the built-in objects.
 pub fn record_url(instance_url: &str, object: ObjectKind, crm_id: &str) -> Option<String> {
     let id: String = form_urlencoded::byte_serialize(crm_id.as_bytes()).collect();
@@ -40,5 +47,15 @@ mod tests {
             record_url("https://acme.my.salesforce.com", ObjectKind::Contact, "003x").as_deref(),
             Some("https://acme.my.salesforce.com/lightning/r/Contact/003x/view")
         );
+    }
+
+    #[test]
+    fn a_declared_types_records_link_to_their_sobjects_pages() {
+        let org = "https://acme.my.salesforce.com";
+        assert_eq!(
+            declared_record_url(org, "Project__c", "a01x").as_deref(),
+            Some("https://acme.my.salesforce.com/lightning/r/Project__c/a01x/view")
+        );
+        assert_eq!(declared_record_url(org, "Bad/Name", "a01x"), None);
     }
 }
