@@ -236,7 +236,8 @@ impl InboundService {
         waiting: &mut HashMap<(ObjectKind, String), String>,
     ) -> HashMap<(ObjectKind, String), String> {
         let mut unresolved = HashMap::new();
-        for object in ObjectKind::ALL {
+        // Every mapped type, declared ones included (links have no mapping of their own).
+        for object in self.mapping.kinds() {
             let Some(mapping) = self.mapping.object(object) else {
                 continue;
             };
@@ -753,7 +754,7 @@ impl InboundService {
     ) -> HashMap<String, Disposition> {
         // Creations and redacted values carry no usable values: read them, in bulk.
         let mut failed_reads: HashMap<String, Disposition> = HashMap::new();
-        for object in [ObjectKind::Contact, ObjectKind::Deal] {
+        for object in self.mapping.kinds() {
             let Some(mapping) = self.mapping.object(object) else {
                 continue;
             };
@@ -1083,7 +1084,7 @@ impl InboundService {
         deadline: Instant,
         report: &mut BatchReport,
     ) {
-        for object in [ObjectKind::Contact, ObjectKind::Deal] {
+        for object in self.mapping.kinds() {
             let Some(mapping) = self.mapping.object(object) else {
                 continue;
             };

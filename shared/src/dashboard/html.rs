@@ -294,11 +294,15 @@ pub fn records_page(
             None => h2 { "Results for “" (view.query) "”" },
         }
         @if view.records.is_empty() {
-            p.muted { "No records." }
+            @if view.next_cursor.is_some() {
+                p.muted { "None of this type among the records read so far." }
+            } @else {
+                p.muted { "No records." }
+            }
         } @else {
             (records_form(frame, view, crm_url))
-            (next_page_link(view))
         }
+        (next_page_link(view))
     };
     signed_in("Records", frame, content)
 }

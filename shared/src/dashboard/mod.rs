@@ -38,6 +38,8 @@ pub struct DashboardSettings {
     pub redrive_max: usize,
     /// Where a record lives in the CRM (`None`: no links).
     pub crm_record_url: Option<CrmRecordUrl>,
+    /// The object types a listing may be narrowed to: the mapping's, then links.
+    pub types: Vec<ObjectKind>,
 }
 
 impl Default for DashboardSettings {
@@ -49,6 +51,7 @@ impl Default for DashboardSettings {
             conflict_entries: 50,
             redrive_max: 500,
             crm_record_url: None,
+            types: ObjectKind::ALL.into_iter().chain([ObjectKind::Link]).collect(),
         }
     }
 }
@@ -274,6 +277,11 @@ impl DashboardService {
             .zip(counts)
             .map(|(filter, tally)| Ok((filter, tally?)))
             .collect()
+    }
+
+    /// The object types a listing may be narrowed to.
+    pub fn types(&self) -> &[ObjectKind] {
+        &self.settings.types
     }
 
     pub async fn list(

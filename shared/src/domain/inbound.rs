@@ -94,7 +94,14 @@ pub fn event_subject(
         )));
     };
     let Some(object) = object_of(prefix) else {
-        return Err(Interpretation::Ignore(format!("{prefix} events are not synced")));
+        return Err(Interpretation::Ignore(
+            match message.object_type.as_deref().filter(|_| prefix == "object") {
+                // A generic event names its type by id: say which, so that a mapping that names a
+                // custom object otherwise can be told why its events are not read.
+                Some(type_id) => format!("{prefix} events of objectTypeId {type_id} are not synced"),
+                None => format!("{prefix} events are not synced"),
+            },
+        ));
     };
     let Some(crm_id) = message.object_id.clone() else {
         return Err(Interpretation::Ignore("the event names no object".into()));

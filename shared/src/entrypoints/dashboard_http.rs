@@ -337,6 +337,12 @@ impl DashboardApi {
             .collect();
         // A declared type's records link by its CRM object; links between records have no page.
         let declared = config.declared_objects;
+        let mut types: Vec<ObjectKind> = ObjectKind::ALL
+            .into_iter()
+            .chain(declared.keys().copied())
+            .collect();
+        types.sort();
+        types.push(ObjectKind::Link);
         let crm_record_url: Option<crate::dashboard::CrmRecordUrl> = match config.record_links {
             RecordLinks::HubSpot => match config.hubspot_portal_id {
                 Some(portal) => {
@@ -370,6 +376,7 @@ impl DashboardApi {
         };
         let settings = DashboardSettings {
             crm_record_url,
+            types,
             ..DashboardSettings::default()
         };
         let service = DashboardService::new(
@@ -619,7 +626,13 @@ async fn records(
         .unwrap_or(RecordFilter::Status(SyncStatus::Failed));
     let cursor = request.query("cursor").filter(|cursor| !cursor.is_empty());
     // An object type this instance does not know lists nothing rather than everything.
-    let object = request.query("type").map(|name| ObjectKind::parse(&name));
+    let object = request.query("type").map(|name| {
+        d.service
+            .types()
+            .iter()
+            .copied()
+            .find(|kind| kind.as_str() == name)
+    });
     if let Some(None) = object {
         return Ok(page(
             StatusCode::NOT_FOUND,
@@ -647,7 +660,7 @@ async fn records(
         next_cursor: listing.next.as_deref(),
         here: &here,
         object,
-        types: &ObjectKind::known(),
+        types: d.service.types(),
     };
     Ok(page(StatusCode::OK, html::records_page(&frame, &view, &crm_url)))
 }

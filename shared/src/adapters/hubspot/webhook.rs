@@ -878,6 +878,16 @@ mod tests {
             )),
             Interpretation::Ignore("company.merge events are not followed for declared object types".into())
         );
+        let custom = InboundMessage {
+            kind: "object.propertyChange".into(),
+            object_type: Some("2-999".into()),
+            ..inbound("object.propertyChange", serde_json::json!({"propertyName": "x"}))
+        };
+        assert_eq!(
+            events.interpret(&custom),
+            Interpretation::Ignore("object events of objectTypeId 2-999 are not synced".into()),
+            "a custom object the mapping does not name by its objectTypeId"
+        );
     }
 
     #[test]

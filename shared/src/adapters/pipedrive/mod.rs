@@ -9,8 +9,6 @@ pub use webhook::{PipedriveEvents, PipedriveWebhookSettings, PipedriveWebhooks};
 
 use crate::domain::contract::ObjectKind;
 
-/// A record's page in the company's Pipedrive (`https://{company}.pipedrive.com`), for the
-/// built-in objects.
 /// A page in Pipedrive of a record of a type the mapping declares on `crm_object`
 /// (organizations, products).
 pub fn declared_record_url(app_url: &str, crm_object: &str, crm_id: &str) -> Option<String> {
@@ -22,6 +20,8 @@ pub fn declared_record_url(app_url: &str, crm_object: &str, crm_id: &str) -> Opt
     }
 }
 
+/// A record's page in the company's Pipedrive (`https://{company}.pipedrive.com`), for the
+/// built-in objects.
 pub fn record_url(app_url: &str, object: ObjectKind, crm_id: &str) -> Option<String> {
     let id: String = form_urlencoded::byte_serialize(crm_id.as_bytes()).collect();
     match object {

@@ -218,13 +218,22 @@ pub fn interpret(message: &InboundMessage) -> Interpretation {
     interpret_with(&PipedriveEvents::default(), message)
 }
 
+/// The CRM object of a webhook entity: `organization` → `organizations`, `activity` →
+/// `activities`.
+fn plural(entity: &str) -> String {
+    match entity.strip_suffix('y') {
+        Some(stem) => format!("{stem}ies"),
+        None => format!("{entity}s"),
+    }
+}
+
 /// [`interpret`], with the object types the mapping declares: an event's entity is the
 /// singular of its CRM object (`organization` for `organizations`).
 pub fn interpret_with(events: &PipedriveEvents, message: &InboundMessage) -> Interpretation {
     let subject = match event_subject(message, |entity| match entity {
         "person" => Some(ObjectKind::Contact),
         "deal" => Some(ObjectKind::Deal),
-        entity => events.declared.get(&format!("{entity}s")).copied(),
+        entity => events.declared.get(&plural(entity)).copied(),
     }) {
         Ok(subject) => subject,
         Err(ignored) => return ignored,
@@ -360,6 +369,13 @@ fn scalar(value: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_webhook_entity_names_the_crm_object_of_its_plural() {
+        assert_eq!(plural("organization"), "organizations");
+        assert_eq!(plural("activity"), "activities");
+        assert_eq!(plural("lead"), "leads");
+    }
 
     const USER: &str = "crm-sync";
     const PASSWORD: &str = "correct horse battery staple";
