@@ -10,7 +10,8 @@
 //! the Pipedrive and Salesforce rows, written to `crms.json`), `--only ingest` (just webhook
 //! ingest, its bursts and the functions' cold starts, written to `ingest.json`), `--only cold`
 //! (just the cold starts, printed), `--only ceiling` (just the sync handler against the CRM
-//! ceiling and the naive pattern, printed).
+//! ceiling and the naive pattern, printed), `--only graph` (companies, contacts and their
+//! labelled links through the sync handler beside contacts alone, written to `graph.json`).
 
 mod cold_start;
 mod footprint;
@@ -55,13 +56,52 @@ fn parse_args() -> anyhow::Result<Args> {
             "--footprint" => args.footprint = value.parse().context("--footprint")?,
             "--out" => args.out = PathBuf::from(value),
             "--crm-records" => args.crm_records = value.parse().context("--crm-records")?,
-            "--only" if ["crms", "ingest", "cold", "ceiling"].contains(&value.as_str()) => {
+            "--only" if ["crms", "ingest", "cold", "ceiling", "graph"].contains(&value.as_str()) => {
                 args.only = Some(value)
             }
             other => anyhow::bail!("unknown option {other}"),
         }
     }
     Ok(args)
+}
+
+/// The whole graph (companies, contacts, labelled links) through the sync handler at the CRM's
+/// ceiling, beside contacts alone: printed, and written to `graph.json`.
+async fn graph(moto: &str, args: &Args) -> anyhow::Result<()> {
+    eprintln!(
+        "sync handler against the CRM ceiling: {} contact upserts alone",
+        args.records
+    );
+    let alone = outbound::handler_ceiling(moto, args.records).await?;
+    eprintln!(
+        "the same contacts with {} companies and a link each",
+        args.records / 10
+    );
+    let (bulk, graph) = outbound::graph_ceiling(moto, args.records).await?;
+    let row = |label: &str, bulk: &outbound::Bulk| {
+        format!(
+            "| {label} | {} | {:.1} | {} | {:.0} | {} |",
+            bulk.records,
+            bulk.seconds,
+            bulk.crm_calls,
+            bulk.records as f64 / bulk.seconds,
+            bulk.throttled
+        )
+    };
+    println!(
+        "| workload | messages | seconds | CRM calls | messages/s | throttled |\n|---|---|---|---|---|---|"
+    );
+    println!("{}", row("contacts alone", &alone));
+    println!("{}", row("companies, contacts, links", &bulk));
+    println!("{graph:?}");
+    let json = serde_json::json!({
+        "machine": machine::describe(),
+        "contacts_alone": {"messages": alone.records, "seconds": alone.seconds, "crm_calls": alone.crm_calls, "throttled": alone.throttled},
+        "graph": {"messages": bulk.records, "seconds": bulk.seconds, "crm_calls": bulk.crm_calls, "throttled": bulk.throttled,
+                  "invocations": bulk.invocations, "written": graph.to_json()},
+    });
+    std::fs::write(args.out.join("graph.json"), serde_json::to_string_pretty(&json)?)?;
+    Ok(())
 }
 
 /// Webhook ingest against the raw calls, its bursts, and the cold starts: printed, and written to
@@ -119,6 +159,10 @@ async fn main() -> anyhow::Result<()> {
         for bulk in &rows {
             println!("{}", report::bulk_row("sync handler", bulk, &naive));
         }
+        return Ok(());
+    }
+    if args.only.as_deref() == Some("graph") {
+        graph(&moto.endpoint, &args).await?;
         return Ok(());
     }
     if args.only.as_deref() == Some("cold") {

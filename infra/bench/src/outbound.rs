@@ -312,6 +312,110 @@ pub async fn naive(records: usize) -> anyhow::Result<Naive> {
 /// rate limiter in DynamoDB (moto) and HubSpot (the sandbox) at Pro limits; the state in memory
 /// (see `crm_sync::testing::MemorySyncState`). Throttled changes re-queued by the handler are read back and handled.
 pub async fn handler_ceiling(moto: &str, records: usize) -> anyhow::Result<Bulk> {
+    let at = crm_sync_tests::hubspot::now_ms();
+    let messages = (0..records).map(|i| change(i, at)).collect();
+    let (bulk, _) = ceiling_run(
+        moto,
+        records,
+        messages,
+        |_| {},
+        move |sandbox| sandbox.records("contacts").len() >= records,
+    )
+    .await?;
+    Ok(bulk)
+}
+
+/// What the graph workload wrote, counted in the sandbox once it is done.
+#[derive(Debug, Clone)]
+pub struct Graph {
+    pub companies: usize,
+    pub contacts: usize,
+    pub links: usize,
+    pub labelled_links: usize,
+    pub link_calls: u64,
+    pub messages: usize,
+}
+
+impl Graph {
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "companies": self.companies, "contacts": self.contacts, "links": self.links,
+            "labelled_links": self.labelled_links, "link_calls": self.link_calls, "messages": self.messages,
+        })
+    }
+}
+
+/// The whole graph through the sync handler at the CRM's ceiling: `contacts / 10` companies,
+/// `contacts` contacts, and a link from each contact to its company (every second one labelled),
+/// each link sent just before its contact, so that a batch split between them makes links wait.
+pub async fn graph_ceiling(moto: &str, contacts: usize) -> anyhow::Result<(Bulk, Graph)> {
+    let at = crm_sync_tests::hubspot::now_ms();
+    let companies = (contacts / 10).max(1);
+    let mut messages: Vec<String> = (0..companies)
+        .map(|c| {
+            json!({"version": 2, "type": "object.upsert", "object_type": "company", "record_id": format!("co-{c}"),
+                   "idempotency_id": format!("co-{c}-1"), "changed_at": at, "data": {"name": format!("Company {c}")}})
+            .to_string()
+        })
+        .collect();
+    for i in 0..contacts {
+        let labels: Vec<&str> = if i % 2 == 0 {
+            vec!["Billing contact"]
+        } else {
+            vec![]
+        };
+        messages.push(
+            json!({"version": 2, "type": "association.upsert", "object_type": "contact", "record_id": format!("bench-{i}"),
+                   "to_object_type": "company", "to_record_id": format!("co-{}", i % companies), "labels": labels,
+                   "idempotency_id": format!("link-{i}-1"), "changed_at": at})
+            .to_string(),
+        );
+        messages.push(change(i, at));
+    }
+    let total = messages.len();
+    let (mut bulk, sandbox) = ceiling_run(
+        moto,
+        total,
+        messages,
+        |sandbox| sandbox.define_label("contacts", "companies", "Billing contact", "Billing contact"),
+        move |sandbox| sandbox.association_count("contacts", "companies") >= contacts,
+    )
+    .await?;
+    let stats = sandbox.stats();
+    let graph = Graph {
+        companies: sandbox.records("companies").len(),
+        contacts: sandbox.records("contacts").len(),
+        links: sandbox.association_count("contacts", "companies"),
+        labelled_links: sandbox.labelled_count("contacts", "companies"),
+        link_calls: stats
+            .calls
+            .iter()
+            .filter(|(call, _)| call.contains("batch/create"))
+            .map(|(_, n)| n)
+            .sum(),
+        messages: total,
+    };
+    anyhow::ensure!(
+        graph.companies == companies && graph.contacts == contacts && graph.links == contacts,
+        "the graph is not whole: {graph:?}"
+    );
+    anyhow::ensure!(
+        graph.labelled_links == contacts.div_ceil(2),
+        "labels lost: {graph:?}"
+    );
+    bulk.records = total;
+    Ok((bulk, graph))
+}
+
+/// `messages` through two sync handler instances against the HubSpot sandbox at Pro limits,
+/// through the production DynamoDB limiter, until `done` says the CRM holds the result.
+async fn ceiling_run(
+    moto: &str,
+    records: usize,
+    messages: Vec<String>,
+    prepare: impl Fn(&Sandbox),
+    done: impl Fn(&Sandbox) -> bool + Clone,
+) -> anyhow::Result<(Bulk, Sandbox)> {
     use std::sync::Arc;
 
     use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
@@ -325,6 +429,7 @@ pub async fn handler_ceiling(moto: &str, records: usize) -> anyhow::Result<Bulk>
     use lambda_runtime::{Context, LambdaEvent};
 
     let sandbox = Sandbox::start("127.0.0.1:0", SandboxConfig::default()).await?;
+    prepare(&sandbox);
     let stack = LocalStack::start(StackOptions {
         aws_endpoint: moto.to_string(),
         handler_aws_endpoint: None,
@@ -371,14 +476,15 @@ pub async fn handler_ceiling(moto: &str, records: usize) -> anyhow::Result<Bulk>
     );
     let handler = Arc::new(SyncHandler::new(service, None, None, None));
 
-    let at = crm_sync_tests::hubspot::now_ms();
     let pending: Arc<Mutex<Vec<SqsMessage>>> = Arc::new(Mutex::new(
-        (0..records)
-            .map(|i| {
+        messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, body)| {
                 let mut message = SqsMessage::default();
                 message.message_id = Some(format!("m-{i}"));
                 message.event_source_arn = Some(outbound.arn.clone());
-                message.body = Some(change(i, at));
+                message.body = Some(body);
                 message
             })
             .collect(),
@@ -387,12 +493,13 @@ pub async fn handler_ceiling(moto: &str, records: usize) -> anyhow::Result<Bulk>
     let started = Instant::now();
     let deadline = started + Duration::from_secs(600 + records as u64 / 10);
     let instances = (0..2).map(|_| {
-        let (handler, pending, busy, sqs, outbound) = (
+        let (handler, pending, busy, sqs, outbound, done) = (
             handler.clone(),
             pending.clone(),
             busy.clone(),
             sqs.clone(),
             outbound.clone(),
+            done.clone(),
         );
         let sandbox = &sandbox;
         async move {
@@ -403,7 +510,7 @@ pub async fn handler_ceiling(moto: &str, records: usize) -> anyhow::Result<Bulk>
                     pending.drain(..take).collect()
                 };
                 let batch = if batch.is_empty() {
-                    if sandbox.records("contacts").len() >= records {
+                    if done(sandbox) {
                         return anyhow::Ok(());
                     }
                     anyhow::ensure!(Instant::now() < deadline, "the load did not finish");
@@ -472,7 +579,7 @@ pub async fn handler_ceiling(moto: &str, records: usize) -> anyhow::Result<Bulk>
     let seconds = started.elapsed().as_secs_f64();
     let stats = sandbox.stats();
     let (invocations, busy) = *busy.lock().unwrap();
-    Ok(Bulk {
+    let bulk = Bulk {
         records,
         seconds,
         crm_calls: stats.total_calls,
@@ -484,5 +591,7 @@ pub async fn handler_ceiling(moto: &str, records: usize) -> anyhow::Result<Bulk>
         state_item_bytes: 0.0,
         timeline_item_bytes: 0.0,
         call_span_seconds: call_span_seconds(&stats),
-    })
+    };
+    drop(stack);
+    Ok((bulk, sandbox))
 }

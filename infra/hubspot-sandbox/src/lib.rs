@@ -317,6 +317,16 @@ impl Sandbox {
             .define_label(from, to, label, inverse);
     }
 
+    /// How many links there are from records of `from` to records of `to`.
+    pub fn association_count(&self, from: &str, to: &str) -> usize {
+        self.state.lock().unwrap().store.association_count(from, to)
+    }
+
+    /// How many links from `from` to `to` carry a label.
+    pub fn labelled_count(&self, from: &str, to: &str) -> usize {
+        self.state.lock().unwrap().store.labelled_count(from, to)
+    }
+
     /// The labels a linked pair carries, in this direction, sorted.
     pub fn labels_of(&self, from: &str, from_id: u64, to: &str, to_id: u64) -> Vec<String> {
         let mut labels = self

@@ -1006,6 +1006,23 @@ impl Store {
         Ok(self.labels_of(from, from_id, to, to_id))
     }
 
+    /// How many links there are from records of `from` to records of `to`.
+    pub fn association_count(&self, from: &str, to: &str) -> usize {
+        self.associations
+            .iter()
+            .filter(|(f, _, t, _)| f == from && t == to)
+            .count()
+    }
+
+    /// How many links from `from` to `to` carry a label (a type besides the default one).
+    pub fn labelled_count(&self, from: &str, to: &str) -> usize {
+        let default = default_association_type(from, to);
+        self.link_types
+            .iter()
+            .filter(|((f, _, t, _), types)| f == from && t == to && types.iter().any(|id| *id != default))
+            .count()
+    }
+
     /// The labels (not the default type) a linked pair has, in this direction.
     pub fn labels_of(&self, from: &str, from_id: u64, to: &str, to_id: u64) -> Vec<String> {
         let types = self.types_of(from, from_id, to, to_id);
