@@ -378,11 +378,9 @@ impl ReconcileService {
         let Some(inbound) = &self.inbound else {
             return Ok(scan);
         };
-        // Merges of the built-in types: those of declared types are not followed yet.
         let kinds = self.mapping.kinds();
         let mut objects: Vec<&str> = kinds
             .iter()
-            .filter(|kind| kind.is_built_in())
             .filter_map(|object| self.mapping.object(*object))
             .map(|mapping| mapping.crm_object.as_str())
             .filter(|object| self.crm.merges_are_read(object))

@@ -687,3 +687,58 @@ async fn a_reps_change_of_a_crm_owned_deal_contact_link_reaches_the_app_once_eac
     assert!(linked.contains(&("contacts".to_string(), second)), "{linked:?}");
     assert!(!linked.contains(&("contacts".to_string(), first)), "{linked:?}");
 }
+
+#[tokio::test]
+async fn in_every_crm_a_merge_of_a_declared_company_into_a_reps_moves_the_app_record_and_its_next_write_creates_nothing(
+) {
+    use crm_sync_tests::app_changes::object_upsert;
+    for crm in MERGING {
+        let stack = crm.looped_stack().await;
+        let app = &stack.app;
+        let company = app
+            .synced_company("account-17", json!({"name": "Analytical Engines"}))
+            .await;
+        stack.webhooks_settled().await;
+        app.drain_app_inbox().await;
+        let store = app.sync_state();
+        let (state, _) = store.record(&company, 1).await.unwrap().unwrap();
+        let loser = state.crm_id.expect("in the CRM");
+        let rep = stack.create_company_as_a_person("Engines (rep's entry)");
+
+        let survivor = stack.merge_companies_as_a_person(&loser, &rep);
+        stack.merges_noticed().await;
+        let moved = eventually(60, &format!("{crm:?}: the company on the survivor"), || async {
+            let (state, _) = store.record(&company, 1).await.ok().flatten()?;
+            (state.crm_id.as_deref() == Some(survivor.as_str())).then_some(state)
+        })
+        .await;
+        stack.webhooks_settled().await;
+        assert!(moved.identity_conflict.is_none(), "{crm:?}");
+        let inbox = app.drain_app_inbox().await;
+        let merged = of_type(&inbox, "crm.merged");
+        assert_eq!(merged.len(), 1, "{crm:?}: {inbox:?}");
+        assert_eq!(merged[0]["object"], "company", "{crm:?}");
+        assert_eq!(merged[0]["record_ids"], json!(["account-17"]), "{crm:?}");
+
+        let before = stack.companies().len();
+        let at = now_ms() + 1_000;
+        app.send_changes(&[object_upsert(
+            "company",
+            "account-17",
+            at,
+            json!({"name": "Engines plc"}),
+        )])
+        .await;
+        app.applied(company.clone(), at).await;
+        let companies = stack.companies();
+        assert_eq!(
+            companies.len(),
+            before,
+            "{crm:?}: no company created: {companies:?}"
+        );
+        assert!(
+            companies.contains(&(survivor.clone(), "Engines plc".to_string())),
+            "{crm:?}: the survivor renamed: {companies:?}"
+        );
+    }
+}

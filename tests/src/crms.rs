@@ -495,29 +495,73 @@ impl CrmStack {
     /// survivor is the primary, and the merge makes a new record); returns the surviving CRM id.
     /// Salesforce announces no merge: see [`Self::merges_noticed`].
     pub fn merge_contacts_as_a_person(&self, loser: &str, survivor: &str) -> String {
+        self.merge_as_a_person(["contacts", "persons", "Contact"], loser, survivor)
+    }
+
+    /// Merges `loser` into `survivor` of the CRM object each CRM names in `objects` (HubSpot's,
+    /// Pipedrive's, Salesforce's), as a person would; returns the surviving CRM id.
+    fn merge_as_a_person(&self, objects: [&str; 3], loser: &str, survivor: &str) -> String {
         let id = |text: &str| text.parse::<u64>().expect("a numeric CRM id");
         match &self.sandbox {
             Sandbox::HubSpot => self
                 .app
                 .sandbox()
-                .merge("contacts", id(survivor), id(loser))
+                .merge(objects[0], id(survivor), id(loser))
                 .expect("a merge HubSpot takes")
                 .id
                 .to_string(),
             Sandbox::Pipedrive(sandbox) => {
                 assert!(
-                    sandbox.merge("persons", id(loser), id(survivor)),
+                    sandbox.merge(objects[1], id(loser), id(survivor)),
                     "a merge Pipedrive takes"
                 );
                 survivor.to_string()
             }
             Sandbox::Salesforce(sandbox) => {
                 sandbox
-                    .merge("Contact", survivor, &[loser])
+                    .merge(objects[2], survivor, &[loser])
                     .expect("a merge Salesforce takes");
                 survivor.to_string()
             }
         }
+    }
+
+    /// A company (the mapping's `[company]`) created by a person in the CRM; returns its CRM id.
+    pub fn create_company_as_a_person(&self, name: &str) -> String {
+        match &self.sandbox {
+            Sandbox::HubSpot => self
+                .app
+                .sandbox()
+                .create("companies", [("name".to_string(), name.to_string())].into())
+                .expect("a company HubSpot takes")
+                .id
+                .to_string(),
+            Sandbox::Pipedrive(sandbox) => sandbox
+                .create("organizations", serde_json::json!({"name": name}))
+                .to_string(),
+            Sandbox::Salesforce(sandbox) => {
+                sandbox.create_as_person("Account", serde_json::json!({"Name": name}))
+            }
+        }
+    }
+
+    /// Merges the company `loser` into `survivor` as a person in the CRM would; returns the
+    /// surviving CRM id (see [`Self::merge_contacts_as_a_person`]).
+    pub fn merge_companies_as_a_person(&self, loser: &str, survivor: &str) -> String {
+        self.merge_as_a_person(["companies", "organizations", "Account"], loser, survivor)
+    }
+
+    /// The companies the CRM holds: (CRM id, name).
+    pub fn companies(&self) -> Vec<(String, String)> {
+        let object = match &self.sandbox {
+            Sandbox::HubSpot => "companies",
+            Sandbox::Pipedrive(_) => "organizations",
+            Sandbox::Salesforce(_) => "Account",
+        };
+        self.rows(object)
+            .into_iter()
+            .map(|(crm_id, _, name)| (crm_id, name))
+            .collect()
     }
 
     /// Lets crm-sync notice the CRM's merges: HubSpot and Pipedrive post them; Salesforce's are
@@ -550,10 +594,17 @@ impl CrmStack {
         }
     }
 
-    /// How many contacts the CRM holds (a contact written twice would show here).
     /// The live records of a CRM object as (the app's id, their name): HubSpot's `name`,
     /// Pipedrive's `name`, Salesforce's `Name`.
     pub fn named_records(&self, crm_object: &str) -> Vec<(String, String)> {
+        self.rows(crm_object)
+            .into_iter()
+            .map(|(_, app_id, name)| (app_id, name))
+            .collect()
+    }
+
+    /// The live records of a CRM object as (CRM id, the app's id, name).
+    fn rows(&self, crm_object: &str) -> Vec<(String, String, String)> {
         let text = |value: Option<&serde_json::Value>| {
             value.and_then(|v| v.as_str()).unwrap_or_default().to_string()
         };
@@ -565,7 +616,7 @@ impl CrmStack {
                 .into_iter()
                 .map(|r| {
                     let get = |name: &str| r.properties.get(name).cloned().unwrap_or_default();
-                    (get("crm_sync_app_id"), get("name"))
+                    (r.id.to_string(), get("crm_sync_app_id"), get("name"))
                 })
                 .collect(),
             Sandbox::Pipedrive(sandbox) => sandbox
@@ -573,6 +624,7 @@ impl CrmStack {
                 .iter()
                 .map(|r| {
                     (
+                        r["id"].to_string(),
                         text(r.get("custom_fields").and_then(|c| c.get("crm_sync_app_id"))),
                         text(r.get("name")),
                     )
@@ -581,7 +633,13 @@ impl CrmStack {
             Sandbox::Salesforce(sandbox) => sandbox
                 .records(crm_object)
                 .iter()
-                .map(|r| (text(r.get("Crm_Sync_App_Id__c")), text(r.get("Name"))))
+                .map(|r| {
+                    (
+                        text(r.get("Id")),
+                        text(r.get("Crm_Sync_App_Id__c")),
+                        text(r.get("Name")),
+                    )
+                })
                 .collect(),
         }
     }
@@ -694,6 +752,7 @@ impl CrmStack {
         }
     }
 
+    /// How many contacts the CRM holds (a contact written twice would show here).
     pub fn contact_count(&self) -> usize {
         match &self.sandbox {
             Sandbox::HubSpot => self.app.sandbox().records("contacts").len(),

@@ -236,8 +236,8 @@ pub fn interpret_with(events: &HubSpotEvents, message: &InboundMessage) -> Inter
             }
         }
         "creation" => None,
-        // Merges of the types a mapping declares are not followed yet (see docs/sync.md).
-        "merge" | "restore" | "privacyDeletion" if subject.object.is_declared() => {
+        // A privacy deletion is a contact's: other types are not erased this way.
+        "privacyDeletion" if subject.object.is_declared() => {
             return Interpretation::Ignore(format!(
                 "{}.{action} events are not followed for declared object types",
                 subject.object
@@ -871,12 +871,15 @@ mod tests {
             Interpretation::Ignore("ticket events are not synced".into()),
             "a type the mapping does not declare"
         );
-        assert_eq!(
-            events.interpret(&inbound(
-                "company.merge",
-                serde_json::json!({"primaryObjectId": 1, "mergedObjectIds": [2]})
-            )),
-            Interpretation::Ignore("company.merge events are not followed for declared object types".into())
+        assert!(
+            matches!(
+                events.interpret(&inbound(
+                    "company.merge",
+                    serde_json::json!({"primaryObjectId": 1, "mergedObjectIds": [2]})
+                )),
+                Interpretation::Identity(change) if change.object == company
+            ),
+            "a company's merge is followed"
         );
         let custom = InboundMessage {
             kind: "object.propertyChange".into(),

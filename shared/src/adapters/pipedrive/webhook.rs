@@ -259,11 +259,6 @@ pub fn interpret_with(events: &PipedriveEvents, message: &InboundMessage) -> Int
         ("create" | "change", None) => return Interpretation::Ignore("the event carries no data".into()),
         // A merge: the loser is deleted with the survivor's id in `meta.merged_to_id` (the
         // survivor's own `change` follows as a separate event).
-        ("delete", _) if subject.object.is_declared() => {
-            return Interpretation::Ignore(format!(
-                "{entity}.delete events are not followed for declared object types"
-            ))
-        }
         ("delete", _) => {
             let survivor = match event.pointer("/meta/merged_to_id") {
                 Some(Value::String(id)) => id.clone(),
