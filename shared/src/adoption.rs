@@ -138,11 +138,12 @@ impl Planner {
     /// A message the backfill can send: an upsert or an activity of a mapped object.
     fn plannable(&self, body: &str) -> Result<Change, String> {
         let change = parse_change(body).map_err(|error| error.0)?;
-        if !change.object.is_built_in() {
-            return Err(format!(
-                "a {} is not adopted yet: adoption plans contacts, deals and activities",
-                change.object
-            ));
+        // A link needs both records in the CRM first: the app sends its links after the backfill.
+        if change.association.is_some() {
+            return Err(
+                "a link is not adopted: send it after the backfill, once both records are in the CRM"
+                    .to_string(),
+            );
         }
         if !matches!(change.operation, Operation::Upsert | Operation::Log) {
             return Err(format!(

@@ -201,8 +201,8 @@ fn refused_links_stop_a_backfill_once_they_would_not_fit_its_saved_progress() {
 }
 
 #[tokio::test]
-async fn a_record_of_a_declared_object_type_is_listed_as_not_adopted_and_nothing_is_asked_of_the_crm() {
-    // The built-in mapping declares [company].
+async fn a_declared_company_is_planned_by_its_app_id_and_a_link_is_left_for_after_the_backfill() {
+    // The built-in mapping declares [company] and [contact.links.company].
     let mapping = Arc::new(Mapping::parse(DEFAULT_MAPPING).unwrap());
     let crm = Arc::new(MemoryCrm::new(100));
     let clock = Arc::new(ManualClock::at(1_796_000_000_000));
@@ -217,18 +217,35 @@ async fn a_record_of_a_declared_object_type_is_listed_as_not_adopted_and_nothing
                      "idempotency_id": "a-1", "changed_at": 1_796_000_000_000_i64, "data": {"name": "Engines"}})
         .to_string(),
     };
+    let link = InputLine::Message {
+        line: 2,
+        body:
+            json!({"version": 2, "type": "association.upsert", "object_type": "contact", "record_id": "u-1",
+                     "to_object_type": "company", "to_record_id": "acct-1",
+                     "idempotency_id": "l-1", "changed_at": 1_796_000_000_000_i64})
+            .to_string(),
+    };
     let mut sink = Collected::default();
     let counts = planner
-        .plan([company].into_iter(), &HashMap::new(), &mut sink, deadline())
+        .plan(
+            [company, link].into_iter(),
+            &HashMap::new(),
+            &mut sink,
+            deadline(),
+        )
         .await
         .unwrap();
-    assert_eq!((counts.invalid, counts.records, sink.items.len()), (1, 0, 0));
-    assert_eq!(counts.plan_calls, 0, "no CRM call for it");
+    assert_eq!(
+        (counts.records, counts.create, counts.invalid),
+        (1, 1, 1),
+        "{counts:?}"
+    );
+    assert_eq!(sink.items[0].object.as_str(), "company");
     assert_eq!(
         sink.invalid,
         vec![(
-            1,
-            "a company is not adopted yet: adoption plans contacts, deals and activities".to_string()
+            2,
+            "a link is not adopted: send it after the backfill, once both records are in the CRM".to_string()
         )]
     );
 }

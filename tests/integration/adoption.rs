@@ -76,6 +76,37 @@ async fn plan(tool: &AdoptionTool, plan_id: &str, input: &Path, dir: &Path) -> P
     summary.counts
 }
 
+/// A tool with a quick backfill (batches of 100, polled every 200 ms).
+async fn quick_tool(app: &TestApp) -> AdoptionTool {
+    tool(
+        app,
+        BackfillSettings {
+            send_batch: 100,
+            settle_poll: Duration::from_millis(200),
+            run_hold: Duration::from_secs(3),
+        },
+    )
+    .await
+}
+
+/// Runs the plan in `dir` to its end, within two minutes.
+async fn backfill_all(
+    tool: &AdoptionTool,
+    plan_id: &str,
+    counts: &PlanCounts,
+    dir: &Path,
+) -> crm_sync::domain::adoption::BackfillProgress {
+    let dir = dir.to_path_buf();
+    let reader = move || -> anyhow::Result<Box<dyn Iterator<Item = anyhow::Result<_>> + Send>> {
+        Ok(Box::new(plan_files::read_plan(&dir)?))
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    tool.backfill
+        .run(plan_id, counts, &reader, deadline, &|_| {})
+        .await
+        .unwrap()
+}
+
 fn contact_ref(id: &str) -> RecordRef {
     RecordRef {
         object: ObjectKind::Contact,
@@ -324,15 +355,7 @@ async fn adopts_against(crm: crm_sync_tests::crms::Crm) {
         message("sf-3", "new@example.com", "New"),
     ];
     std::fs::write(&input, lines.join("\n")).unwrap();
-    let tool = tool(
-        app,
-        BackfillSettings {
-            send_batch: 100,
-            settle_poll: Duration::from_millis(200),
-            run_hold: Duration::from_secs(3),
-        },
-    )
-    .await;
+    let tool = quick_tool(app).await;
     let plan_id = format!("plan-{name}");
     let counts = plan(&tool, &plan_id, &input, &dir).await;
     assert_eq!(
@@ -342,15 +365,7 @@ async fn adopts_against(crm: crm_sync_tests::crms::Crm) {
     );
     assert_eq!(stack.contact_count(), before, "{name}: the plan writes nothing");
 
-    let reader = || -> anyhow::Result<Box<dyn Iterator<Item = anyhow::Result<_>> + Send>> {
-        Ok(Box::new(plan_files::read_plan(&dir)?))
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    let done = tool
-        .backfill
-        .run(&plan_id, &counts, &reader, deadline, &|_| {})
-        .await
-        .unwrap();
+    let done = backfill_all(&tool, &plan_id, &counts, &dir).await;
     assert_eq!(
         (done.phase, done.linked, done.sent),
         (BackfillPhase::Done, 1, 2),
@@ -367,4 +382,66 @@ async fn adopts_against(crm: crm_sync_tests::crms::Crm) {
         "{name}: only the new one created"
     );
     std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
+async fn in_every_crm_companies_are_adopted_by_their_app_id_updated_in_place_or_created_once() {
+    use crm_sync_tests::crms::Crm;
+    for crm in Crm::ALL {
+        let stack = crm.stack().await;
+        let name = format!("{crm:?}").to_lowercase();
+        let crm_sync_tests::crms::CrmStack { app, .. } = &stack;
+        // A company crm-sync wrote long ago, under the app's id and an old name.
+        app.synced_company("acct-1", json!({"name": "Old Engines"})).await;
+        let before = stack.companies();
+
+        let dir = work_dir(&format!("companies-{name}"));
+        let input = dir.join("companies.jsonl");
+        // Renamed in the app since that write.
+        let changed_at = crm_sync_tests::hubspot::now_ms();
+        let company = |id: &str, company_name: &str| {
+            json!({"version": 2, "type": "object.upsert", "object_type": "company", "record_id": id,
+                   "idempotency_id": format!("adopt-{id}"), "changed_at": changed_at,
+                   "data": {"name": company_name}})
+            .to_string()
+        };
+        std::fs::write(
+            &input,
+            [
+                company("acct-1", "Analytical Engines"),
+                company("acct-2", "Difference Engines"),
+            ]
+            .join("\n"),
+        )
+        .unwrap();
+        let tool = quick_tool(app).await;
+        let plan_id = format!("plan-companies-{name}");
+        let counts = plan(&tool, &plan_id, &input, &dir).await;
+        assert_eq!(
+            (counts.update, counts.create, counts.invalid),
+            (1, 1, 0),
+            "{name}: {counts:?}"
+        );
+        assert_eq!(stack.companies(), before, "{name}: the plan writes nothing");
+
+        let done = backfill_all(&tool, &plan_id, &counts, &dir).await;
+        assert_eq!(done.phase, BackfillPhase::Done, "{name}: {done:?}");
+        let mut names: Vec<String> = stack.companies().into_iter().map(|(_, n)| n).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["Analytical Engines", "Difference Engines"],
+            "{name}: one each"
+        );
+        assert_eq!(
+            stack
+                .companies()
+                .iter()
+                .find(|(_, n)| n == "Analytical Engines")
+                .map(|(id, _)| id),
+            before.first().map(|(id, _)| id),
+            "{name}: updated in place"
+        );
+        std::fs::remove_dir_all(dir).ok();
+    }
 }
