@@ -660,3 +660,37 @@ async fn adoption_finds_persons_by_the_apps_id_and_by_any_of_their_emails_one_va
         other => panic!("notes cannot be searched: {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn an_organizations_custom_fields_are_written_as_organization_fields_types_them() {
+    let (sandbox, client) = sandbox(Limits::default()).await;
+    const EMPLOYEES: &str = "e7d1a2b3";
+    sandbox.add_custom_field("organizations", APP_ID_FIELD, "varchar");
+    sandbox.add_custom_field("organizations", EMPLOYEES, "double");
+    let company = UpsertInput::new(
+        "acct-1".to_string(),
+        BTreeMap::from([
+            ("name".to_string(), "Analytical Engines".to_string()),
+            (EMPLOYEES.to_string(), "120".to_string()),
+        ]),
+    );
+
+    let written = client
+        .upsert("organizations", APP_ID_FIELD, &[company])
+        .await
+        .expect("a call Pipedrive answers");
+
+    let (id, created) = done(&written.outcomes[0]);
+    assert!(created);
+    let organization = sandbox
+        .records("organizations")
+        .into_iter()
+        .find(|o| o["id"].to_string() == id)
+        .expect("the organization");
+    assert_eq!(
+        organization["custom_fields"][EMPLOYEES].as_f64(),
+        Some(120.0),
+        "a number, as the field's type says"
+    );
+    assert_eq!(organization["custom_fields"][APP_ID_FIELD], "acct-1");
+}

@@ -281,6 +281,7 @@ impl PipedriveClient {
         let fields = match object {
             "persons" => Some("personFields"),
             "deals" => Some("dealFields"),
+            "organizations" => Some("organizationFields"),
             _ => None,
         };
         let mut rate = RateInfo::default();
