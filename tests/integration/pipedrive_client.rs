@@ -685,7 +685,7 @@ async fn an_organizations_custom_fields_are_written_as_organization_fields_types
     let organization = sandbox
         .records("organizations")
         .into_iter()
-        .find(|o| o["id"].to_string() == id)
+        .find(|o| o["id"].as_u64() == id.parse().ok())
         .expect("the organization");
     assert_eq!(
         organization["custom_fields"][EMPLOYEES].as_f64(),
