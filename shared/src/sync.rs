@@ -590,6 +590,28 @@ impl SyncService {
                 }
             }
         }
+        // A record the CRM merged away is linked on its survivor (its merge's event may not have
+        // moved the record yet); one erased for privacy is gone.
+        let mut by_kind: BTreeMap<ObjectKind, Vec<String>> = BTreeMap::new();
+        for (record, crm_id) in &crm_ids {
+            by_kind.entry(record.object).or_default().push(crm_id.clone());
+        }
+        for (kind, ids) in by_kind {
+            let survivors = crate::merges::survivors(self.queries.as_ref(), kind, &ids).await;
+            if survivors.is_empty() {
+                continue;
+            }
+            for (record, crm_id) in crm_ids.iter_mut().filter(|(record, _)| record.object == kind) {
+                match survivors.get(crm_id.as_str()) {
+                    Some(survivor) if survivor == crate::domain::identity::ERASED_MARK => {
+                        deleted.insert(record.clone());
+                    }
+                    Some(survivor) => *crm_id = survivor.clone(),
+                    None => {}
+                }
+            }
+        }
+        crm_ids.retain(|record, _| !deleted.contains(record));
         // (from type, to type, operation) → the pairs to write, with the messages they settle.
         let mut groups: BTreeMap<(ObjectKind, ObjectKind, Operation), Vec<(String, LinkInput)>> =
             BTreeMap::new();

@@ -376,6 +376,19 @@ async fn link_record(
         .expect("the link has a state")
 }
 
+/// Company `acme` and contact `user-1`, both in the CRM.
+async fn acme_and_user_1(h: &Harness) {
+    h.service
+        .process(
+            vec![
+                company("acme", NOW - 9_000),
+                message("c-1", "user-1", NOW - 9_000, json!({"email": "a@example.com"})),
+            ],
+            deadline(),
+        )
+        .await;
+}
+
 fn link_ref(contact: &str, company: &str) -> RecordRef {
     RecordRef {
         object: ObjectKind::Link,
@@ -553,15 +566,7 @@ async fn a_links_labels_are_replaced_whole_an_older_change_is_skipped_and_a_dele
 #[tokio::test]
 async fn a_link_to_a_deleted_record_waits_for_it_and_removing_a_link_never_made_makes_no_crm_call() {
     let h = harness();
-    h.service
-        .process(
-            vec![
-                company("acme", NOW - 9_000),
-                message("c-1", "user-1", NOW - 9_000, json!({"email": "a@example.com"})),
-            ],
-            deadline(),
-        )
-        .await;
+    acme_and_user_1(&h).await;
     h.service
         .process(
             vec![raw(
@@ -690,4 +695,41 @@ async fn a_link_held_in_one_field_is_one_record_so_the_newest_change_wins_whatev
         })
         .collect();
     assert_eq!(linked, vec![("user-1".to_string(), "globex".to_string())]);
+}
+
+#[tokio::test]
+async fn a_link_to_a_record_the_crm_merged_away_is_made_on_its_survivor() {
+    let h = harness();
+    acme_and_user_1(&h).await;
+    let company_ref = RecordRef {
+        object: ObjectKind::parse("company").unwrap(),
+        record_id: "acme".into(),
+    };
+    let (state, _) = h.state.record(&company_ref, 1).await.unwrap().unwrap();
+    let merged_away = state.crm_id.unwrap();
+    // The CRM merged it into another company; the merge's event has not moved the record yet.
+    h.state
+        .record_merge(
+            company_ref.object,
+            std::slice::from_ref(&merged_away),
+            "999",
+            NOW - 8_000,
+        )
+        .await
+        .unwrap();
+
+    h.service
+        .process(
+            vec![link("l-1", "user-1", "acme", NOW - 7_000, Some(&[]))],
+            deadline(),
+        )
+        .await;
+
+    let linked: Vec<String> = h
+        .crm
+        .links("contacts", "companies")
+        .into_keys()
+        .map(|(_, to)| to)
+        .collect();
+    assert_eq!(linked, vec!["999".to_string()], "not {merged_away}");
 }

@@ -236,8 +236,8 @@ pub fn interpret_with(events: &HubSpotEvents, message: &InboundMessage) -> Inter
             }
         }
         "creation" => None,
-        // A privacy deletion is a contact's: other types are not erased this way.
-        "privacyDeletion" if subject.object.is_declared() => {
+        // A privacy deletion is a contact's; restores of declared types are not followed yet.
+        "privacyDeletion" | "restore" if subject.object.is_declared() => {
             return Interpretation::Ignore(format!(
                 "{}.{action} events are not followed for declared object types",
                 subject.object

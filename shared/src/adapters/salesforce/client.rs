@@ -596,7 +596,7 @@ impl Crm for SalesforceClient {
     }
 
     fn merges_are_read(&self, object: &str) -> bool {
-        MERGEABLE.contains(&object)
+        MERGEABLE.iter().any(|m| m.eq_ignore_ascii_case(object))
     }
 
     async fn merges_since(
@@ -606,7 +606,7 @@ impl Crm for SalesforceClient {
         next: Option<&str>,
     ) -> Result<MergePage, CrmError> {
         // The object goes into the query as it is: only Salesforce's own names do.
-        if !MERGEABLE.contains(&object) {
+        if !MERGEABLE.iter().any(|m| m.eq_ignore_ascii_case(object)) {
             return Err(CrmError::Rejected {
                 call: "GET /queryAll".into(),
                 status: 400,
@@ -663,7 +663,7 @@ impl Crm for SalesforceClient {
             rate: RateInfo::default(),
             call: format!("no CRM call: {crm_id} is no {object} id Salesforce merges"),
         };
-        if !MERGEABLE.contains(&object) {
+        if !MERGEABLE.iter().any(|m| m.eq_ignore_ascii_case(object)) {
             return Ok(lookup);
         }
         let mut at = crm_id.to_string();
