@@ -259,6 +259,8 @@ pub struct DashboardConfig {
     pub record_links: RecordLinks,
     /// The CRM object of each type the mapping declares, for links to their records.
     pub declared_objects: std::collections::HashMap<crate::domain::contract::ObjectKind, String>,
+    /// Each type's display properties (the mapping's `display`), which name a record to a person.
+    pub display: std::collections::HashMap<crate::domain::contract::ObjectKind, Vec<String>>,
 }
 
 /// The CRM app a record's dashboard link opens.
@@ -580,6 +582,12 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         let (mapping_toml, _) = mapping_text(vars.crm_sync_mapping_file, built_in_mapping(crm))?;
         let mapping = crate::domain::mapping::Mapping::parse(&mapping_toml)
             .map_err(|error| ConfigError::new("CRM_SYNC_MAPPING_FILE", error.to_string()))?;
+        let display = mapping
+            .kinds()
+            .into_iter()
+            .filter_map(|kind| mapping.object(kind).map(|object| (kind, object.display.clone())))
+            .filter(|(_, display)| !display.is_empty())
+            .collect();
         let declared_objects = mapping
             .kinds()
             .into_iter()
@@ -618,6 +626,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 .unwrap_or_else(|| "https://app.hubspot.com".into()),
             record_links,
             declared_objects,
+            display,
         })
     }
 }

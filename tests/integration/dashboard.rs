@@ -914,6 +914,9 @@ async fn an_operator_finds_and_opens_a_record_of_an_object_type_the_mapping_decl
         all.contains("company/hall-9") && all.contains("contact/guest-1"),
         "{all}"
     );
+    // People, not ids: each row leads with its display fields (the mapping's `display`).
+    assert!(all.contains(">Great Hall</a>"), "{all}");
+    assert!(all.contains(">guest-1@example.com</a>"), "{all}");
     assert!(
         all.contains("filter=synced&amp;type=company"),
         "a link per type: {all}"

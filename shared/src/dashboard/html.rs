@@ -271,6 +271,8 @@ pub struct RecordsView<'a> {
     pub next_cursor: Option<&'a str>,
     /// This page's own URL, where actions come back to.
     pub here: &'a str,
+    /// Each record's name for a person (its display fields), in the order of `records`.
+    pub names: &'a [Option<String>],
     /// The one object type the listing shows, if it is narrowed to one.
     pub object: Option<ObjectKind>,
     /// The types it may be narrowed to.
@@ -357,8 +359,13 @@ fn records_form(
                         }
                     }
                     tbody {
-                        @for state in view.records {
-                            (record_row(state, crm_url(state), frame.now_ms))
+                        @for (index, state) in view.records.iter().enumerate() {
+                            (record_row(
+                                state,
+                                view.names.get(index).cloned().flatten(),
+                                crm_url(state),
+                                frame.now_ms,
+                            ))
                         }
                     }
                 }
@@ -376,14 +383,23 @@ fn records_form(
     }
 }
 
-fn record_row(state: &RecordState, crm_url: Option<String>, now_ms: i64) -> Markup {
+fn record_row(state: &RecordState, name: Option<String>, crm_url: Option<String>, now_ms: i64) -> Markup {
     let key = record_key(&state.record);
     html! {
         tr {
             td {
-                input type="checkbox" name="record" value=(key) aria-label={ "Select " (key) };
+                input type="checkbox" name="record" value=(key)
+                    aria-label={ "Select " (name.as_deref().unwrap_or(&key)) };
             }
-            td { a href=(record_href(&state.record)) { (key) } }
+            td {
+                @if let Some(name) = &name {
+                    a href=(record_href(&state.record)) { (name) }
+                    br;
+                    span.muted { (key) }
+                } @else {
+                    a href=(record_href(&state.record)) { (key) }
+                }
+            }
             td {
                 (status_badge(state.status))
                 @if state.open_conflicts {
@@ -398,7 +414,6 @@ fn record_row(state: &RecordState, crm_url: Option<String>, now_ms: i64) -> Mark
     }
 }
 
-/// Only listings page (search results are one page).
 /// The listing narrowed to one object type, or all of them.
 fn type_links(filter: RecordFilter, view: &RecordsView<'_>) -> Markup {
     html! {
@@ -415,6 +430,7 @@ fn type_links(filter: RecordFilter, view: &RecordsView<'_>) -> Markup {
     }
 }
 
+/// Only listings page (search results are one page).
 fn next_page_link(view: &RecordsView<'_>) -> Markup {
     html! {
         @if let (Some(cursor), Some(filter)) = (view.next_cursor, view.filter) {
@@ -1101,6 +1117,7 @@ mod tests {
                 records: &[state],
                 next_cursor: Some("a&b"),
                 here: "/admin?filter=failed",
+                names: &[],
                 object: None,
                 types: &[],
             },

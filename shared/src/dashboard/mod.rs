@@ -40,6 +40,9 @@ pub struct DashboardSettings {
     pub crm_record_url: Option<CrmRecordUrl>,
     /// The object types a listing may be narrowed to: the mapping's, then links.
     pub types: Vec<ObjectKind>,
+    /// Each type's display properties (the mapping's `display`): how a record is named to a
+    /// person in lists.
+    pub display: HashMap<ObjectKind, Vec<String>>,
 }
 
 impl Default for DashboardSettings {
@@ -52,6 +55,7 @@ impl Default for DashboardSettings {
             redrive_max: 500,
             crm_record_url: None,
             types: ObjectKind::ALL.into_iter().chain([ObjectKind::Link]).collect(),
+            display: HashMap::new(),
         }
     }
 }
@@ -277,6 +281,24 @@ impl DashboardService {
             .zip(counts)
             .map(|(filter, tally)| Ok((filter, tally?)))
             .collect()
+    }
+
+    /// How a record is named to a person: its display fields' values as crm-sync last wrote or
+    /// received them, joined (`Ada Lovelace ada@example.com`), if it has any.
+    pub fn display_name(&self, state: &RecordState) -> Option<String> {
+        let properties = self.settings.display.get(&state.record.object)?;
+        let parts: Vec<&str> = properties
+            .iter()
+            .filter_map(|property| {
+                state
+                    .written
+                    .get(property)
+                    .or_else(|| state.received.get(property))
+            })
+            .map(|value| value.trim())
+            .filter(|value| !value.is_empty())
+            .collect();
+        (!parts.is_empty()).then(|| parts.join(" "))
     }
 
     /// The object types a listing may be narrowed to.

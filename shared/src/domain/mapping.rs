@@ -64,6 +64,8 @@ pub struct ObjectMapping {
     /// Who owns a deal's link to its contact: the app (its `contact_record_id`, the default) or
     /// the CRM (a person's change of it reaches the app). Deals only.
     pub contact_link: Owner,
+    /// The CRM properties of the fields that name a record to a person, in order (`display`).
+    pub display: Vec<String>,
 }
 
 /// A mapping error, naming the entry (`deal.fields.amount`) and what is wrong with it.
@@ -96,6 +98,9 @@ struct RawObject {
     /// `[<type>.links.<other type>]`: the associations this type's records make.
     #[serde(default)]
     links: BTreeMap<String, RawLink>,
+    /// The fields that name a record to a person (the dashboard shows them).
+    #[serde(default)]
+    display: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -437,11 +442,22 @@ impl Mapping {
                 ))
             }
         };
+        let mut display = Vec::new();
+        for field in &raw.display {
+            let rule = fields.get(field).ok_or_else(|| {
+                mapping_error(
+                    format!("{entry}.display"),
+                    format!("`{field}` is not a field of [{entry}.fields]"),
+                )
+            })?;
+            display.push(rule.crm_property.clone());
+        }
         Ok(ObjectMapping {
             crm_object: raw.crm_object,
             id_property: raw.id_property,
             fields,
             contact_link,
+            display,
         })
     }
 
@@ -768,6 +784,37 @@ mod tests {
                 .contains("reserved"),
             "`link` names the associations' own records"
         );
+    }
+
+    #[test]
+    fn display_names_fields_of_the_table_and_reads_as_their_crm_properties() {
+        let base = "[contact]\ncrm_object = \"contacts\"\nid_property = \"x\"\n";
+        let mapping = Mapping::parse(&format!(
+            "{base}display = [\"last_name\", \"email\"]\n[contact.fields]\nemail = {{ crm = \"email\", owner = \"app\" }}\nlast_name = {{ crm = \"lastname\", owner = \"app\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            mapping.object(ObjectKind::Contact).unwrap().display,
+            ["lastname", "email"]
+        );
+        let error = Mapping::parse(&format!("{base}display = [\"shoe_size\"]\n")).unwrap_err();
+        assert_eq!(error.entry, "contact.display");
+        assert!(
+            error.problem.contains("`shoe_size` is not a field"),
+            "{}",
+            error.problem
+        );
+        for text in [DEFAULT_MAPPING, PIPEDRIVE_MAPPING, SALESFORCE_MAPPING] {
+            assert_eq!(
+                Mapping::parse(text)
+                    .unwrap()
+                    .object(ObjectKind::Contact)
+                    .unwrap()
+                    .display
+                    .len(),
+                3
+            );
+        }
     }
 
     #[test]

@@ -377,6 +377,7 @@ impl DashboardApi {
         let settings = DashboardSettings {
             crm_record_url,
             types,
+            display: config.display,
             ..DashboardSettings::default()
         };
         let service = DashboardService::new(
@@ -613,6 +614,10 @@ async fn records(
             filter: None,
             query: &query,
             records: &records,
+            names: &records
+                .iter()
+                .map(|state| d.service.display_name(state))
+                .collect::<Vec<_>>(),
             next_cursor: None,
             here: &here,
             object: None,
@@ -657,6 +662,11 @@ async fn records(
         filter: Some(filter),
         query: "",
         records: &listing.records,
+        names: &listing
+            .records
+            .iter()
+            .map(|state| d.service.display_name(state))
+            .collect::<Vec<_>>(),
         next_cursor: listing.next.as_deref(),
         here: &here,
         object,
