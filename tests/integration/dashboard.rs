@@ -417,6 +417,16 @@ async fn redrive_returns_dead_letters_to_their_queue_and_running_it_twice_moves_
     let row = &row[..row.find("</tr>").unwrap()];
     assert!(row.contains("<td class=\"depth\">5</td>"), "{row}");
     assert!(row.contains("PROPERTY_DOESNT_EXIST: the oldest"), "{row}");
+    assert!(
+        !row.contains("disabled"),
+        "a queue with letters offers its redrive: {row}"
+    );
+    let empty = &page[page.find("data-lane=\"inbound\"").unwrap()..];
+    let empty = &empty[..empty.find("</tr>").unwrap()];
+    assert!(
+        empty.contains("<td class=\"depth\">0</td>") && empty.contains("disabled"),
+        "an empty queue offers none: {empty}"
+    );
     assert!(page.contains("No reconciliation has run yet."));
     assert_eq!(
         queue_depth(&app, "OutboundDeadLetterQueue").await,

@@ -983,10 +983,13 @@ fn lane_row(lane: &LaneView, frame: &Frame<'_>) -> Markup {
                 }
             }
             td {
+                // Nothing waits: nothing to redrive (a queue that cannot be read may still hold some).
+                @let empty = matches!(&lane.summary, Ok(summary) if summary.waiting == 0);
                 form method="post" action="/admin/queues/redrive" {
                     (csrf_field(frame.csrf))
                     input type="hidden" name="lane" value=(lane.name);
-                    button type="submit" { "Redrive" }
+                    button type="submit" disabled[empty]
+                        title=[empty.then_some("The queue is empty")] { "Redrive" }
                 }
             }
         }

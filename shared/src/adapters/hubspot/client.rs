@@ -363,6 +363,8 @@ fn error_detail(error: &Value) -> Option<String> {
         .into_iter()
         .flatten()
         .filter_map(|detail| detail.get("message").and_then(Value::as_str))
+        // HubSpot often repeats its message in the details: said once.
+        .filter(|detail| !top.contains(detail))
         .collect();
     Some(if details.is_empty() {
         top.to_string()
@@ -859,6 +861,22 @@ fn association_outcomes(json: &Value, pairs: &[AssociationInput]) -> Vec<InputOu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hubspots_message_repeated_in_its_details_is_said_once() {
+        let error = json!({"message": "Property \"shoe\" does not exist", "category": "VALIDATION_ERROR",
+                           "errors": [{"message": "Property \"shoe\" does not exist", "code": "PROPERTY_DOESNT_EXIST"}]});
+        assert_eq!(
+            error_detail(&error).as_deref(),
+            Some("Property \"shoe\" does not exist")
+        );
+        let more = json!({"message": "Property values were not valid",
+                          "errors": [{"message": "Email address x is invalid"}]});
+        assert_eq!(
+            error_detail(&more).as_deref(),
+            Some("Property values were not valid (Email address x is invalid)")
+        );
+    }
 
     #[test]
     fn a_partial_result_maps_back_to_inputs_by_trace_id() {
