@@ -260,7 +260,7 @@ pub struct DashboardConfig {
     /// The CRM object of each type the mapping declares, for links to their records.
     pub declared_objects: std::collections::HashMap<crate::domain::contract::ObjectKind, String>,
     /// Each type's display properties (the mapping's `display`), which name a record to a person.
-    pub display: std::collections::HashMap<crate::domain::contract::ObjectKind, Vec<String>>,
+    pub display: std::collections::HashMap<crate::domain::contract::ObjectKind, Vec<(String, String)>>,
 }
 
 /// The CRM app a record's dashboard link opens.

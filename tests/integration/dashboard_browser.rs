@@ -84,6 +84,15 @@ async fn an_operator_finds_a_failed_record_reads_its_error_and_re_syncs_it_after
         .await
         .unwrap();
     assert_eq!(failed_count, "1");
+    // The person, not the id: a record that never synced is named by its waiting change.
+    let named = browser
+        .find("a[href*='id=grace']")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(named, "grace@example.com");
     save(&browser, "records").await;
     browser
         .find("a[href*='id=grace']")
@@ -180,6 +189,15 @@ async fn an_operator_finds_a_failed_record_reads_its_error_and_re_syncs_it_after
         .await
         .unwrap();
     assert_eq!(browser.find_all("tbody tr").await.unwrap().len(), 3);
+    // Each row is a card: a cell takes the phone's whole width rather than a sliver of it.
+    let cell = browser
+        .find("tbody tr td[data-label=Status]")
+        .await
+        .unwrap()
+        .width()
+        .await
+        .unwrap();
+    assert!(cell > 300.0, "a card's cell is {cell} px wide on a 390 px screen");
     save(&browser, "records-phone").await;
 
     // The test ends every process it started: Chromium too, not only chromedriver.

@@ -329,6 +329,17 @@ impl Element<'_> {
         Ok(())
     }
 
+    /// The element's rendered width, in CSS pixels.
+    pub async fn width(&self) -> anyhow::Result<f64> {
+        let rect = self
+            .browser
+            .command(reqwest::Method::GET, &format!("/element/{}/rect", self.id), None)
+            .await?;
+        rect["width"]
+            .as_f64()
+            .ok_or_else(|| anyhow::anyhow!("no width in {rect}"))
+    }
+
     pub async fn text(&self) -> anyhow::Result<String> {
         Ok(self
             .browser

@@ -85,7 +85,11 @@ input[type=search],input[type=password]{font:inherit;padding:.4rem .6rem;border:
 .search{display:flex;gap:.5rem;margin-bottom:1rem}.notice{padding:.6rem .9rem;border-radius:8px;background:#e8f0fe;border:1px solid #bcd0fb;margin-bottom:1rem}\
 .notice.bad{background:#fde7e7;border-color:#f3b7b7}.muted{color:var(--muted)}.login{max-width:22rem;margin:12vh auto;background:#fff;border:1px solid var(--line);border-radius:10px;padding:1.4rem}\
 .login label{display:block;margin-bottom:.4rem}.login input{max-width:none;margin-bottom:1rem}\
-@media (max-width:640px){main{padding:.6rem}th,td{padding:.4rem}.hide-narrow{display:none}}";
+@media (max-width:640px){main{padding:.6rem}th,td{padding:.4rem}.hide-narrow{display:none}\
+table.cards thead{display:none}table.cards,table.cards tbody,table.cards tr,table.cards td{display:block;width:auto}\
+table.cards tr{background:#fff;border:1px solid var(--line);border-radius:8px;margin:.5rem 0;padding:.3rem .2rem}\
+table.cards td{border:0;padding:.2rem .5rem}table.cards td[data-label]::before{content:attr(data-label) \": \";color:var(--muted)}\
+table.cards .err{max-width:none}table.cards td.hide-narrow{display:none}}";
 
 /// Shown for a dead letter the queue moved by itself, without crm-sync recording why.
 const NO_REASON: &str =
@@ -346,7 +350,8 @@ fn records_form(
             (csrf_field(frame.csrf))
             input type="hidden" name="back" value=(view.here);
             div.scroll {
-                table {
+                // On a phone each row is a card, its cells labelled, the error at full width.
+                table.cards {
                     thead {
                         tr {
                             th { span.hide-narrow { "Select" } }
@@ -400,16 +405,19 @@ fn record_row(state: &RecordState, name: Option<String>, crm_url: Option<String>
                     a href=(record_href(&state.record)) { (key) }
                 }
             }
-            td {
+            td data-label="Status" {
                 (status_badge(state.status))
                 @if state.open_conflicts {
                     " " span.badge.s-conflict { "conflict" }
                 }
             }
-            td { (crm_cell(state, crm_url)) }
-            td { (when(state.last_synced_at_ms, now_ms)) }
-            td.hide-narrow { (state.attempts) }
-            td.err { (short(state.last_error.as_deref().unwrap_or(""), 160)) }
+            td data-label="CRM id" { (crm_cell(state, crm_url)) }
+            td data-label="Last synced" { (when(state.last_synced_at_ms, now_ms)) }
+            td.hide-narrow data-label="Attempts" { (state.attempts) }
+            @match state.last_error.as_deref() {
+                Some(error) => td.err data-label="Last error" { (short(error, 160)) },
+                None => td.err {},
+            }
         }
     }
 }

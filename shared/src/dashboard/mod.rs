@@ -42,7 +42,7 @@ pub struct DashboardSettings {
     pub types: Vec<ObjectKind>,
     /// Each type's display properties (the mapping's `display`): how a record is named to a
     /// person in lists.
-    pub display: HashMap<ObjectKind, Vec<String>>,
+    pub display: HashMap<ObjectKind, Vec<(String, String)>>,
 }
 
 impl Default for DashboardSettings {
@@ -284,18 +284,32 @@ impl DashboardService {
     }
 
     /// How a record is named to a person: its display fields' values as crm-sync last wrote or
-    /// received them, joined (`Ada Lovelace ada@example.com`), if it has any.
+    /// received them, else as the change waiting to be applied has them (a record that never
+    /// synced), joined (`Ada Lovelace ada@example.com`), if it has any.
     pub fn display_name(&self, state: &RecordState) -> Option<String> {
-        let properties = self.settings.display.get(&state.record.object)?;
-        let parts: Vec<&str> = properties
+        let fields = self.settings.display.get(&state.record.object)?;
+        let pending: Option<serde_json::Value> = state
+            .pending_change
+            .as_deref()
+            .and_then(|body| serde_json::from_str(body).ok());
+        let parts: Vec<String> = fields
             .iter()
-            .filter_map(|property| {
+            .filter_map(|(field, property)| {
                 state
                     .written
                     .get(property)
                     .or_else(|| state.received.get(property))
+                    .cloned()
+                    .or_else(|| {
+                        pending
+                            .as_ref()?
+                            .get("data")?
+                            .get(field)?
+                            .as_str()
+                            .map(str::to_string)
+                    })
             })
-            .map(|value| value.trim())
+            .map(|value| value.trim().to_string())
             .filter(|value| !value.is_empty())
             .collect();
         (!parts.is_empty()).then(|| parts.join(" "))

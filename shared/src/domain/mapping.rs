@@ -64,8 +64,8 @@ pub struct ObjectMapping {
     /// Who owns a deal's link to its contact: the app (its `contact_record_id`, the default) or
     /// the CRM (a person's change of it reaches the app). Deals only.
     pub contact_link: Owner,
-    /// The CRM properties of the fields that name a record to a person, in order (`display`).
-    pub display: Vec<String>,
+    /// The fields that name a record to a person, in order (`display`): (app field, CRM property).
+    pub display: Vec<(String, String)>,
 }
 
 /// A mapping error, naming the entry (`deal.fields.amount`) and what is wrong with it.
@@ -450,7 +450,7 @@ impl Mapping {
                     format!("`{field}` is not a field of [{entry}.fields]"),
                 )
             })?;
-            display.push(rule.crm_property.clone());
+            display.push((field.clone(), rule.crm_property.clone()));
         }
         Ok(ObjectMapping {
             crm_object: raw.crm_object,
@@ -795,7 +795,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             mapping.object(ObjectKind::Contact).unwrap().display,
-            ["lastname", "email"]
+            [
+                ("last_name".to_string(), "lastname".to_string()),
+                ("email".to_string(), "email".to_string())
+            ]
         );
         let error = Mapping::parse(&format!("{base}display = [\"shoe_size\"]\n")).unwrap_err();
         assert_eq!(error.entry, "contact.display");
