@@ -875,7 +875,7 @@ impl InboundService {
                         let resolution = if self.settings.reassert_app_values && app_value.is_some() {
                             "re-asserted the app's value in the CRM"
                         } else {
-                            "kept the app's value"
+                            "not applied: the app keeps its value, the CRM the person's until crm-sync writes the field again"
                         };
                         effects.conflicts.push(ConflictEntry {
                             record: record.clone(),

@@ -112,7 +112,7 @@ async fn in_every_crm_a_persons_edit_of_an_app_owned_email_is_journaled_as_a_con
         );
         assert_eq!(conflict.crm_value, "typo@example.com", "{crm:?}");
         assert_eq!(conflict.source, crm.person_source(), "{crm:?}");
-        assert_eq!(conflict.resolution, "kept the app's value", "{crm:?}");
+        assert_eq!(conflict.resolution, "not applied: the app keeps its value, the CRM the person's until crm-sync writes the field again", "{crm:?}");
         assert!(
             app.drain_app_inbox().await.is_empty(),
             "{crm:?}: the app owns the email"

@@ -450,7 +450,9 @@ async fn an_event_acted_on_again_after_a_crash_journals_its_conflict_once() {
         crm_value: "typo@example.com".into(),
         source: "CRM_UI".into(),
         event_key: "62515:1:contact.propertyChange:7:email:1:2".into(),
-        resolution: "kept the app's value".into(),
+        resolution:
+            "not applied: the app keeps its value, the CRM the person's until crm-sync writes the field again"
+                .into(),
     };
     let store = app.sync_state();
     let email = entry("email");

@@ -299,7 +299,7 @@ pub struct ConflictEntry {
     pub crm_value: String,
     pub source: String,
     pub event_key: String,
-    /// `kept the app's value` or `re-asserted the app's value in the CRM`.
+    /// `not applied: the app keeps its value, the CRM the person's until crm-sync writes the field again` or `re-asserted the app's value in the CRM`.
     pub resolution: String,
 }
 
