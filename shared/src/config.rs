@@ -1232,9 +1232,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn dashboard_sign_in_limits_default_to_five_per_client_and_a_hundred_in_all_per_quarter_hour() {
-        let mut pairs = vec![
+    /// The dashboard's required variables but its table.
+    fn dashboard_pairs() -> Vec<(&'static str, &'static str)> {
+        vec![
             ("SYNC_STATE_TABLE", "s"),
             ("RESYNC_QUEUE_URL", "http://r"),
             ("OUTBOUND_QUEUE_URL", "http://o"),
@@ -1244,7 +1244,12 @@ mod tests {
             ("APP_INBOX_QUEUE_URL", "http://a"),
             ("APP_INBOX_DLQ_URL", "http://ad"),
             ("DASHBOARD_PASSWORD", "p"),
-        ];
+        ]
+    }
+
+    #[test]
+    fn dashboard_sign_in_limits_default_to_five_per_client_and_a_hundred_in_all_per_quarter_hour() {
+        let mut pairs = dashboard_pairs();
         assert_eq!(env(&pairs).dashboard().unwrap_err().variable, "DASHBOARD_TABLE");
         pairs.push(("DASHBOARD_TABLE", "t"));
         let config = env(&pairs).dashboard().unwrap();
@@ -1287,18 +1292,8 @@ mod tests {
         )
         .unwrap();
         std::fs::write(&bad, "[contact]\ncrm_object = \"\"\nid_property = \"x\"\n").unwrap();
-        let mut pairs = vec![
-            ("SYNC_STATE_TABLE", "s"),
-            ("RESYNC_QUEUE_URL", "http://r"),
-            ("OUTBOUND_QUEUE_URL", "http://o"),
-            ("OUTBOUND_DLQ_URL", "http://od"),
-            ("INBOUND_QUEUE_URL", "http://i"),
-            ("INBOUND_DLQ_URL", "http://id"),
-            ("APP_INBOX_QUEUE_URL", "http://a"),
-            ("APP_INBOX_DLQ_URL", "http://ad"),
-            ("DASHBOARD_PASSWORD", "p"),
-            ("DASHBOARD_TABLE", "t"),
-        ];
+        let mut pairs = dashboard_pairs();
+        pairs.push(("DASHBOARD_TABLE", "t"));
         assert!(env(&pairs).dashboard().is_ok(), "the built-in mapping");
         assert_eq!(crate::domain::contract::ObjectKind::parse("gadget"), None);
         pairs.push(("CRM_SYNC_MAPPING_FILE", good.to_str().unwrap()));

@@ -560,19 +560,10 @@ impl SyncService {
         // Deleted or erased in this batch, or before (the state says so).
         let mut deleted: HashSet<RecordRef> = gone.clone();
         if !ends.is_empty() {
-            match self.queries.states(&ends).await {
-                Ok(states) => {
-                    for (record, state) in states {
-                        match (state.crm_id, state.status) {
-                            (_, SyncStatus::Deleted) => {
-                                deleted.insert(record);
-                            }
-                            (Some(crm_id), _) => {
-                                crm_ids.insert(record, crm_id);
-                            }
-                            (None, _) => {}
-                        }
-                    }
+            match self.in_crm(&ends).await {
+                Ok((in_crm, gone_before)) => {
+                    crm_ids.extend(in_crm);
+                    deleted.extend(gone_before);
                 }
                 Err(error) => {
                     let error = format!("could not read the linked records' states: {error}");
@@ -1232,25 +1223,42 @@ impl SyncService {
         if missing.is_empty() {
             return ids;
         }
-        match self.queries.states(&missing).await {
-            Ok(states) => {
-                for (record, state) in states {
-                    match (state.crm_id, state.status) {
-                        (_, SyncStatus::Deleted) => {
-                            ids.deleted.insert(record.record_id);
-                        }
-                        (Some(crm_id), _) => {
-                            ids.crm_ids.insert(record.record_id, crm_id);
-                        }
-                        (None, _) => {}
-                    }
-                }
+        match self.in_crm(&missing).await {
+            Ok((in_crm, deleted)) => {
+                ids.crm_ids.extend(
+                    in_crm
+                        .into_iter()
+                        .map(|(record, crm_id)| (record.record_id, crm_id)),
+                );
+                ids.deleted
+                    .extend(deleted.into_iter().map(|record| record.record_id));
             }
             Err(error) => {
                 tracing::error!(error = ?anyhow::Error::from(error), "could not read contact states")
             }
         }
         ids
+    }
+
+    /// Which of `records` the CRM holds, by their recorded CRM ids, and which the app deleted; a
+    /// record not written yet is in neither.
+    async fn in_crm(
+        &self,
+        records: &[RecordRef],
+    ) -> Result<(HashMap<RecordRef, String>, HashSet<RecordRef>), crate::ports::StoreUnavailable> {
+        let (mut in_crm, mut deleted) = (HashMap::new(), HashSet::new());
+        for (record, state) in self.queries.states(records).await? {
+            match (state.crm_id, state.status) {
+                (_, SyncStatus::Deleted) => {
+                    deleted.insert(record);
+                }
+                (Some(crm_id), _) => {
+                    in_crm.insert(record, crm_id);
+                }
+                (None, _) => {}
+            }
+        }
+        Ok((in_crm, deleted))
     }
 
     /// Links applied deals and activities to their contacts. A contact that is not in the CRM
