@@ -652,6 +652,8 @@ async fn an_over_long_search_or_record_id_is_answered_without_touching_dynamodb_
     let operator = signed_in(&app).await;
     let at_limit = "r".repeat(256);
     let past = "r".repeat(3000);
+    // A link's id holds both its records': up to 1,024 bytes.
+    let link = |bytes: usize| format!("contact:{}%7Ccompany:a", "r".repeat(bytes - 18));
 
     for (path, expected) in [
         (format!("/admin?q={at_limit}"), StatusCode::OK),
@@ -665,6 +667,16 @@ async fn an_over_long_search_or_record_id_is_answered_without_touching_dynamodb_
             format!("/admin/record?object=contact&id={past}"),
             StatusCode::BAD_REQUEST,
         ),
+        (
+            format!("/admin/record?object=link&id={}", link(1024)),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!("/admin/record?object=link&id={}", link(1025)),
+            StatusCode::BAD_REQUEST,
+        ),
+        (format!("/admin?q={}", link(1024)), StatusCode::OK),
+        (format!("/admin?q={}", link(1025)), StatusCode::OK),
     ] {
         let answer = operator.get(&path).await;
         assert_eq!(answer.status, expected, "{}: {}", &path[..40], answer.body);
