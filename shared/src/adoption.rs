@@ -399,6 +399,7 @@ impl Backfill {
             None => BackfillProgress::new(plan_id, counts, now_ms),
         };
         state.stopped = None;
+        state.runs += 1;
         state.run_token = uuid::Uuid::new_v4().to_string();
         // One run of a plan at a time: this run holds it while it saves, a little longer each step.
         if !self.save(&state, false).await? {
@@ -503,7 +504,7 @@ impl Backfill {
         }
         if Instant::now() >= deadline {
             return Err(AdoptionError::Deadline(
-                "the time given ran out; run it again to go on".into(),
+                "this run's time ran out; run again, it goes on from here (in the adoption function, its next slice does)".into(),
             ));
         }
         Ok(())
@@ -668,6 +669,7 @@ impl Backfill {
         let waiting = self.contacts_waiting(plan, &refused)?;
         let mut messages: Vec<crate::ports::OutgoingMessage> = Vec::new();
         let mut items = self.remaining(state, plan)?.peekable();
+        let mut waiting_unsaved = 0;
         while let Some(item) = items.next() {
             let item = item.map_err(AdoptionError::Plan)?;
             let last_line = item.plan_line;
@@ -679,8 +681,10 @@ impl Backfill {
             // A deal or an activity of a contact that waits for a person would only wait for its
             // contact on the lane and end dead-lettered: it waits here with its contact.
             let waits_on_contact = writes && contact_waits(&item, &waiting);
+            // Counted with the batch it belongs to, so that a run stopped before sending it does
+            // not count it twice.
             if waits_on_contact {
-                state.waiting_on_contact += 1;
+                waiting_unsaved += 1;
             }
             let writes = writes && !waits_on_contact;
             if writes {
@@ -697,11 +701,13 @@ impl Backfill {
                     return Err(AdoptionError::Lane(failures.len()));
                 }
                 state.sent += messages.len() as u64;
+                state.waiting_on_contact += std::mem::take(&mut waiting_unsaved);
                 state.line = last_line;
                 messages.clear();
                 self.step(state, progress).await?;
             }
         }
+        state.waiting_on_contact += waiting_unsaved;
         self.next_phase(state, BackfillPhase::Settle);
         self.step(state, progress).await
     }
@@ -745,10 +751,18 @@ impl Backfill {
                     }
                 }
                 Ok(_) => empty = 0,
-                // A busy queue service answers late now and then: look again.
-                Err(error) => tracing::warn!(error = ?error.0, "could not read the backfill lane's depth"),
+                // A busy queue service answers late now and then: look again (from the start, so
+                // that the deadline is heeded while the lane cannot be read).
+                Err(error) => {
+                    empty = 0;
+                    tracing::warn!(error = ?error.0, "could not read the backfill lane's depth")
+                }
             }
-            self.check_deadline(deadline)?;
+            // Once the lane reads empty, the readings are finished (two more polls) before the
+            // deadline is heeded: a run shorter than them would otherwise never settle.
+            if empty == 0 {
+                self.check_deadline(deadline)?;
+            }
             // Waiting is this run's work too: it keeps the plan held.
             if !self.save(state, false).await? {
                 return Err(AdoptionError::Busy);

@@ -236,6 +236,12 @@ pub struct AdoptConfig {
     pub backfill_queue_url: String,
     /// Where the initial pull delivers CRM-owned values (unset: no initial pull).
     pub app_inbox_queue_url: Option<String>,
+    /// Backfills run inside AWS: the bucket their plans are kept in and the adoption function's
+    /// queue (`crm-sync-adopt start` needs both; the adoption function too).
+    pub adoption_bucket: Option<String>,
+    pub adoption_queue_url: Option<String>,
+    /// The longest slice of the adoption function, if shorter than its invocation's time.
+    pub adoption_slice_seconds: Option<u64>,
 }
 
 /// Everything the dashboard function needs.
@@ -525,10 +531,16 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     pub fn adopt(&self) -> Result<AdoptConfig, ConfigError> {
         let crm = self.crm_section()?;
         let vars: variables::Adopt = self.read("")?;
+        if vars.adoption_slice_seconds == Some(0) {
+            return Err(ConfigError::new("ADOPTION_SLICE_SECONDS", "must be at least 1"));
+        }
         Ok(AdoptConfig {
             crm,
             backfill_queue_url: vars.backfill_queue_url,
             app_inbox_queue_url: vars.app_inbox_queue_url,
+            adoption_bucket: vars.adoption_bucket.filter(|bucket| !bucket.is_empty()),
+            adoption_queue_url: vars.adoption_queue_url.filter(|url| !url.is_empty()),
+            adoption_slice_seconds: vars.adoption_slice_seconds,
         })
     }
 
@@ -890,6 +902,9 @@ mod variables {
     pub(super) struct Adopt {
         pub backfill_queue_url: String,
         pub app_inbox_queue_url: Option<String>,
+        pub adoption_bucket: Option<String>,
+        pub adoption_queue_url: Option<String>,
+        pub adoption_slice_seconds: Option<u64>,
     }
 
     #[derive(Deserialize)]

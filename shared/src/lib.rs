@@ -11,6 +11,7 @@
 
 pub mod adapters;
 pub mod adoption;
+pub mod adoption_runs;
 pub mod config;
 pub mod dashboard;
 pub mod domain;

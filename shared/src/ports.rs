@@ -743,6 +743,22 @@ pub trait SignInCounters: Send + Sync {
     async fn uncount(&self, counter: &str, window: i64) -> Result<(), StoreUnavailable>;
 }
 
+/// Where plans are kept for backfills that run inside AWS, by plan id.
+#[async_trait]
+pub trait PlanArchive: Send + Sync {
+    /// Keeps the plan file of the plan directory `dir` under `plan_id`, replacing any earlier one.
+    async fn put(&self, plan_id: &str, dir: &std::path::Path) -> anyhow::Result<()>;
+    /// The kept plan's decisions, readable from the start as often as a backfill walks them;
+    /// `None` when no plan is kept under `plan_id` (never put, or expired). MAY fetch once and
+    /// reuse while the kept file is unchanged; MUST NOT read a partly fetched file.
+    async fn fetch(&self, plan_id: &str) -> anyhow::Result<Option<Box<KeptPlan>>>;
+}
+
+/// A kept plan: each call reads its decisions from the first.
+pub type KeptPlan = dyn Fn() -> anyhow::Result<Box<dyn Iterator<Item = anyhow::Result<crate::domain::adoption::PlanItem>> + Send>>
+    + Send
+    + Sync;
+
 /// Where backfills keep their progress.
 #[async_trait]
 pub trait AdoptionStore: Send + Sync {

@@ -445,3 +445,80 @@ async fn in_every_crm_companies_are_adopted_by_their_app_id_updated_in_place_or_
         std::fs::remove_dir_all(dir).ok();
     }
 }
+
+#[tokio::test]
+async fn a_backfill_started_in_aws_runs_slice_by_slice_to_the_end_with_nothing_kept_here() {
+    // Two-second slices: the adoption function hands the run on many times.
+    let mut options = AppOptions::syncing();
+    options.env.insert("ADOPTION_SLICE_SECONDS".into(), "2".into());
+    let app = spawn_app_with(options).await;
+    let sandbox = app.sandbox();
+    let person = sandbox
+        .create(
+            "contacts",
+            props(&[("email", "grace@example.com"), ("lifecyclestage", "customer")]),
+        )
+        .unwrap();
+    let crm_before = sandbox.records("contacts").len();
+    let dir = work_dir("in-aws");
+    let input = dir.join("users.jsonl");
+    let mut lines = vec![message("aws-grace", "grace@example.com", "Grace")];
+    lines.extend((0..30).map(|i| message(&format!("aws-{i}"), &format!("aws-{i}@example.com"), "New")));
+    std::fs::write(&input, lines.join("\n")).unwrap();
+
+    // Planned as `crm-sync-adopt` plans against the stack: with the adoption function's wiring.
+    let env = app.stack.adoption_env.clone();
+    let config = Env(move |name: &str| env.get(name).cloned()).adopt().unwrap();
+    let aws = load_sdk_config(
+        &AwsTarget::local(crm_sync_tests::moto_endpoint()),
+        CallBudget::BACKGROUND,
+    )
+    .await;
+    let tool = AdoptionTool::build(&aws, config).await.unwrap();
+    let counts = plan(&tool, "plan-in-aws", &input, &dir).await;
+    assert_eq!((counts.link, counts.create), (1, 30), "{counts:?}");
+    let summary = tool.store.plan("plan-in-aws").await.unwrap().unwrap();
+    tool.runs
+        .as_ref()
+        .expect("the stack has an adoption function")
+        .start(&summary, &dir)
+        .await
+        .unwrap();
+    // Nothing here is needed any more: the plan is kept in the stack's bucket.
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let done = eventually(180, "the backfill in AWS to finish", || async {
+        tool.store
+            .backfill("plan-in-aws")
+            .await
+            .unwrap()
+            .filter(|progress| progress.phase == BackfillPhase::Done)
+    })
+    .await;
+    assert!(done.runs >= 2, "handed on from slice to slice: {done:?}");
+    assert_eq!((done.linked, done.sent, done.pulled), (1, 31, 1), "{done:?}");
+    let store = app.sync_state();
+    for id in std::iter::once("aws-grace".to_string()).chain((0..30).map(|i| format!("aws-{i}"))) {
+        let (state, timeline) = store.record(&contact_ref(&id), 20).await.unwrap().unwrap();
+        assert_eq!(state.status, SyncStatus::Synced, "{id}");
+        let writes = timeline.iter().filter(|e| e.kind == TimelineKind::Synced).count();
+        assert_eq!(writes, 1, "{id} written once across the slices: {timeline:?}");
+    }
+    assert_eq!(
+        sandbox
+            .find("contacts", "crm_sync_app_id", "aws-grace")
+            .unwrap()
+            .id,
+        person.id,
+        "linked, not created"
+    );
+    assert_eq!(sandbox.records("contacts").len(), crm_before + 30);
+    let pulled: Vec<_> = app
+        .drain_app_inbox()
+        .await
+        .into_iter()
+        .filter(|m| m["source"] == "ADOPTION")
+        .collect();
+    assert_eq!(pulled.len(), 1, "pulled once: {pulled:?}");
+    assert_eq!(pulled[0]["changes"]["lifecycle_stage"], "customer");
+}

@@ -20,6 +20,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use crm_sync::adapters::aws::{load_sdk_config, AwsTarget, CallBudget};
 use crm_sync::config::Env;
+use crm_sync::entrypoints::adoption_sqs::AdoptionHandler;
 use crm_sync::entrypoints::dashboard_http::DashboardApi;
 use crm_sync::entrypoints::reconcile_schedule::ReconcileHandler;
 use crm_sync::entrypoints::sync_sqs::SyncHandler;
@@ -98,6 +99,7 @@ pub struct LocalStack {
     pub webhook_env: HashMap<String, String>,
     pub sync_env: HashMap<String, String>,
     pub reconcile_env: HashMap<String, String>,
+    pub adoption_env: HashMap<String, String>,
     pub dashboard_env: HashMap<String, String>,
     pub sandbox: Option<Sandbox>,
     pub sync: Arc<SyncHandler>,
@@ -175,6 +177,15 @@ impl LocalStack {
         let config = Env(move |name: &str| lookup.get(name).cloned()).reconcile()?;
         let reconcile = Arc::new(ReconcileHandler::build(&aws, config).await?);
 
+        let mut adoption_env = template.function_environment("AdoptionFunction", &resources.resolver)?;
+        if let Some(sandbox) = &sandbox {
+            adoption_env.insert("HUBSPOT_API_BASE".into(), sandbox.url());
+        }
+        adoption_env.extend(options.env_overrides.clone());
+        let lookup = adoption_env.clone();
+        let config = Env(move |name: &str| lookup.get(name).cloned()).adopt()?;
+        let adoption = Arc::new(AdoptionHandler::build(&aws, config).await?);
+
         let mut dashboard_env = template.function_environment("DashboardFunction", &resources.resolver)?;
         dashboard_env.extend(options.env_overrides.clone());
         let lookup = dashboard_env.clone();
@@ -216,6 +227,34 @@ impl LocalStack {
                 spec,
                 function_timeout: timeout,
                 crashes: crashes.clone(),
+            };
+            event_sources.push((sqs.clone(), source, call));
+        }
+        // The adoption function's slices: not counted with the sync function's invocations,
+        // and not crashed by the chaos switch (a slice that dies is offered again all the same).
+        let adoption_timeout =
+            Duration::from_secs(template.function_timeout_secs("AdoptionFunction", &resources.resolver)?);
+        for spec in template.sqs_event_sources("AdoptionFunction", &resources.resolver)? {
+            let queue = resources
+                .queues
+                .values()
+                .find(|queue| queue.arn == spec.queue_arn)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "AdoptionFunction reads {}, which the template does not declare",
+                        spec.queue_arn
+                    )
+                })?;
+            let handler = adoption.clone();
+            let call: esm::SqsHandler = Arc::new(move |event| {
+                let handler = handler.clone();
+                Box::pin(async move { handler.handle(event).await })
+            });
+            let source = esm::EventSource {
+                queue_url: queue.url.clone(),
+                spec,
+                function_timeout: adoption_timeout,
+                crashes: Arc::new(esm::CrashSwitch::default()),
             };
             event_sources.push((sqs.clone(), source, call));
         }
@@ -264,6 +303,7 @@ impl LocalStack {
             webhook_env,
             sync_env,
             reconcile_env,
+            adoption_env,
             dashboard_env,
             sandbox,
             sync,

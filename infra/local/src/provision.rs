@@ -1,5 +1,5 @@
 //! Creates in moto what `template.yaml` declares: DynamoDB tables (keys, indexes, TTL), SQS
-//! queues (attributes, redrive and redrive-allow policies), Secrets Manager secrets.
+//! queues (attributes, redrive and redrive-allow policies), S3 buckets, Secrets Manager secrets.
 
 use std::collections::HashMap;
 
@@ -42,6 +42,8 @@ pub struct LocalQueue {
 pub struct Provisioned {
     pub tables: HashMap<String, String>,
     pub queues: HashMap<String, LocalQueue>,
+    /// Bucket names by logical id.
+    pub buckets: HashMap<String, String>,
     pub secrets: HashMap<String, String>,
     pub resolver: Resolver,
 }
@@ -118,7 +120,24 @@ fn key_schema(pairs: &[(String, String)]) -> anyhow::Result<Vec<KeySchemaElement
         .collect()
 }
 
-/// Creates every table, queue and secret of `template` under `stack_name`.
+/// A bucket's name under `stack_name`: S3 takes 3 to 63 lowercase letters, digits and `-`, so a
+/// long stack name is cut and told apart by a hash of the whole.
+fn bucket_name(stack_name: &str, logical_id: &str) -> String {
+    let whole: String = format!("{stack_name}-{logical_id}")
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    if whole.len() <= 63 {
+        return whole;
+    }
+    let hash = whole.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("{}-{hash:016x}", &whole[..46])
+}
+
+/// Creates every table, queue, bucket and secret of `template` under `stack_name`.
 pub async fn provision(
     sdk: &SdkConfig,
     template: &Template,
@@ -288,6 +307,36 @@ pub async fn provision(
             .with_context(|| format!("setting the policies of queue {}", queue.logical_id))?;
     }
 
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(sdk)
+            .force_path_style(true)
+            .build(),
+    );
+    let mut buckets = HashMap::new();
+    for logical_id in template.buckets() {
+        let name = bucket_name(stack_name, &logical_id);
+        match s3.create_bucket().bucket(&name).send().await {
+            Ok(_) => {}
+            // A second command attaching to a running stack finds its bucket.
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_bucket_already_owned_by_you() || e.is_bucket_already_exists()) => {}
+            Err(error) => {
+                return Err(anyhow!("{}", aws_sdk_s3::error::DisplayErrorContext(&error)))
+                    .with_context(|| format!("creating bucket {name}"))
+            }
+        }
+        resolver.resources.insert(
+            logical_id.clone(),
+            ResourceValues {
+                reference: name.clone(),
+                attributes: [("Arn".to_string(), format!("arn:aws:s3:::{name}"))].into(),
+            },
+        );
+        buckets.insert(logical_id, name);
+    }
+
     let secrets_manager = aws_sdk_secretsmanager::Client::new(sdk);
     let mut secrets = HashMap::new();
     for secret in template.secrets() {
@@ -354,6 +403,7 @@ pub async fn provision(
     Ok(Provisioned {
         tables,
         queues,
+        buckets,
         secrets,
         resolver,
     })

@@ -180,6 +180,13 @@ impl Template {
             .collect()
     }
 
+    /// The logical ids of the S3 buckets.
+    pub fn buckets(&self) -> Vec<String> {
+        self.resources_of("AWS::S3::Bucket")
+            .map(|(logical_id, _)| logical_id)
+            .collect()
+    }
+
     pub fn queues(&self) -> Vec<QueueSpec> {
         self.resources_of("AWS::SQS::Queue")
             .map(|(logical_id, properties)| QueueSpec {

@@ -7,6 +7,7 @@ pub mod dynamodb;
 pub mod hubspot;
 pub mod pipedrive;
 pub mod plan_files;
+pub mod s3;
 pub mod salesforce;
 pub mod secrets_manager;
 pub mod sqs;

@@ -936,6 +936,7 @@ fn backfill_table(backfills: Result<&[BackfillProgress], &str>, now_ms: i64) -> 
                             th.hide-narrow { "Pulled" }
                             th { "Waiting for a person" }
                             th.hide-narrow { "CRM calls" }
+                            th.hide-narrow { "Runs" }
                             th { "Updated" }
                         }
                     }
@@ -964,6 +965,7 @@ fn backfill_table(backfills: Result<&[BackfillProgress], &str>, now_ms: i64) -> 
                                     }
                                 }
                                 td.hide-narrow { (backfill.crm_calls) }
+                                td.hide-narrow { (backfill.runs) }
                                 td { (when(Some(backfill.updated_at_ms), now_ms)) }
                             }
                         }

@@ -405,6 +405,10 @@ pub struct BackfillProgress {
     #[serde(default)]
     pub waiting_on_contact: u64,
     pub crm_calls: u64,
+    /// Runs that have worked on it: each `crm-sync-adopt backfill`, and each slice of the
+    /// adoption function.
+    #[serde(default)]
+    pub runs: u64,
     pub started_at_ms: i64,
     pub updated_at_ms: i64,
     pub finished_at_ms: Option<i64>,
@@ -432,6 +436,7 @@ impl BackfillProgress {
             conflicts: counts.conflict,
             waiting_on_contact: 0,
             crm_calls: 0,
+            runs: 0,
             started_at_ms: now_ms,
             updated_at_ms: now_ms,
             finished_at_ms: None,

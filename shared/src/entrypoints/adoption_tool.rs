@@ -7,8 +7,10 @@ use std::sync::Arc;
 use aws_config::SdkConfig;
 
 use crate::adapters::plan_files::{self, InputFormat, PlanFiles};
+use crate::adapters::s3::S3PlanArchive;
 use crate::adapters::sqs::SqsQueue;
 use crate::adoption::{Backfill, BackfillSettings, Planner};
+use crate::adoption_runs::BackfillRuns;
 use crate::config::AdoptConfig;
 use crate::domain::adoption::{cost, Budget, PlanSummary};
 use crate::domain::SystemClock;
@@ -18,7 +20,9 @@ use crate::worker::Worker;
 
 pub struct AdoptionTool {
     pub planner: Planner,
-    pub backfill: Backfill,
+    pub backfill: Arc<Backfill>,
+    /// Backfills run inside AWS by the adoption function, when the stack has one.
+    pub runs: Option<BackfillRuns>,
     pub store: Arc<dyn AdoptionStore>,
     /// The CRM's limits, for the plan's cost.
     pub budget: Budget,
@@ -61,20 +65,35 @@ impl AdoptionTool {
             )
         };
         let budget = budget_of(&limits, crm.max_batch());
+        let backfill = Arc::new(Backfill::new(
+            mapping.clone(),
+            crm.clone(),
+            worker(),
+            lane.clone(),
+            lane.clone(),
+            app_inbox,
+            state.clone(),
+            state.clone(),
+            clock.clone(),
+            settings,
+        ));
+        let runs = match (config.adoption_bucket, config.adoption_queue_url) {
+            (Some(bucket), Some(queue_url)) => {
+                let cache = std::env::temp_dir().join("crm-sync-plans");
+                Some(BackfillRuns::new(
+                    backfill.clone(),
+                    state.clone(),
+                    Arc::new(S3PlanArchive::new(aws, bucket, cache)),
+                    Arc::new(SqsQueue::new(sqs, queue_url)),
+                    clock.clone(),
+                ))
+            }
+            _ => None,
+        };
         Ok(Self {
-            planner: Planner::new(mapping.clone(), crm.clone(), worker()),
-            backfill: Backfill::new(
-                mapping,
-                crm.clone(),
-                worker(),
-                lane.clone(),
-                lane,
-                app_inbox,
-                state.clone(),
-                state.clone(),
-                clock,
-                settings,
-            ),
+            planner: Planner::new(mapping, crm.clone(), worker()),
+            backfill,
+            runs,
             store: state,
             budget,
             crm_name: crm.name(),

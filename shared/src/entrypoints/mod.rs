@@ -1,6 +1,7 @@
 //! How Lambda events reach the use cases. `functions/*` only build these and hand them to the
 //! Lambda runtime; the local stack hands them the same events.
 
+pub mod adoption_sqs;
 pub mod adoption_tool;
 pub mod dashboard_http;
 pub mod reconcile_schedule;
@@ -217,6 +218,16 @@ pub fn is_ambiguous_path(path: &str) -> bool {
         .split('/')
         .map(|segment| segment.replace("%2e", "."))
         .any(|segment| segment == "." || segment == "..")
+}
+
+/// An invocation's deadline (epoch ms) as an instant, less `margin`.
+pub(crate) fn deadline_of(deadline_ms: u64, margin: std::time::Duration) -> tokio::time::Instant {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let left = std::time::Duration::from_millis(deadline_ms.saturating_sub(now_ms));
+    tokio::time::Instant::now() + left.saturating_sub(margin)
 }
 
 #[cfg(test)]

@@ -161,7 +161,7 @@ impl SyncHandler {
         &self,
         event: LambdaEvent<SqsEvent>,
     ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
-        let deadline = deadline_of(event.context.deadline);
+        let deadline = super::deadline_of(event.context.deadline, DEADLINE_MARGIN);
         let source = event
             .payload
             .records
@@ -249,16 +249,6 @@ pub fn batch_metrics(messages: usize, report: &BatchReport) -> Vec<(&'static str
         metrics.push(("DailyCallsRemaining", left as f64, Unit::Count));
     }
     metrics
-}
-
-/// The invocation's deadline (epoch ms) as an instant, less the margin.
-fn deadline_of(deadline_ms: u64) -> tokio::time::Instant {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let left = Duration::from_millis(deadline_ms.saturating_sub(now_ms));
-    tokio::time::Instant::now() + left.saturating_sub(DEADLINE_MARGIN)
 }
 
 #[cfg(test)]

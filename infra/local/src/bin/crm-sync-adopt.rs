@@ -5,6 +5,8 @@
 //!   (`adoption/<plan id>/`: `plan.jsonl`, `invalid.jsonl`, `summary.json`);
 //! - `backfill <plan dir>` runs it: links, writes through the backfill lane, the initial pull;
 //!   stopped anywhere (Ctrl-C, `--minutes`), it goes on where it stopped when run again;
+//! - `start <plan dir>` hands the backfill to the stack's adoption function: the plan is kept in
+//!   its bucket and run inside AWS, a slice at a time, with nothing here staying up;
 //! - `status <plan dir>` shows a backfill's saved progress.
 //!
 //! Against the running local stack by default; `--deployed` reads the configuration from the
@@ -62,6 +64,9 @@ enum Command {
         #[arg(long)]
         minutes: Option<u64>,
     },
+    /// Hands a plan's backfill to the stack's adoption function, which runs it inside AWS
+    /// (started again, it goes on from the saved progress).
+    Start { plan: PathBuf },
     /// Shows a backfill's saved progress.
     Status { plan: PathBuf },
 }
@@ -78,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
             json,
         } => plan(&tool, &input, &object, out, json).await,
         Command::Backfill { plan, minutes } => backfill(&tool, &plan, minutes).await,
+        Command::Start { plan } => start(&tool, &plan).await,
         Command::Status { plan } => status(&tool, &plan).await,
     }
 }
@@ -87,7 +93,7 @@ async fn tool(deployed: bool) -> anyhow::Result<AdoptionTool> {
         let aws = load_sdk_config(&AwsTarget::FromEnvironment, CallBudget::BACKGROUND).await;
         (aws, std::env::vars().collect())
     } else {
-        crm_sync_local::running::function_env("SyncFunction").await?
+        crm_sync_local::running::function_env("AdoptionFunction").await?
     };
     let config = Env(move |name: &str| env.get(name).cloned()).adopt()?;
     AdoptionTool::build(&aws, config).await
@@ -310,6 +316,27 @@ async fn backfill(tool: &AdoptionTool, dir: &Path, minutes: Option<u64>) -> anyh
     Ok(())
 }
 
+async fn start(tool: &AdoptionTool, dir: &Path) -> anyhow::Result<()> {
+    let summary = summary(dir)?;
+    let runs = tool.runs.as_ref().context(
+        "this stack has no adoption function to start it on: set ADOPTION_BUCKET and ADOPTION_QUEUE_URL (the stack's AdoptionBucketName and AdoptionQueueUrl outputs)",
+    )?;
+    if let Some(progress) = tool.store.backfill(&summary.plan_id).await? {
+        if progress.phase == BackfillPhase::Done {
+            print_progress(&progress);
+            println!("{} is done already", summary.plan_id);
+            return Ok(());
+        }
+    }
+    runs.start(&summary, dir).await?;
+    println!(
+        "{} started in the stack's adoption function; follow it with `crm-sync-adopt status {}` or on the dashboard's Queues page",
+        summary.plan_id,
+        dir.display()
+    );
+    Ok(())
+}
+
 async fn status(tool: &AdoptionTool, dir: &Path) -> anyhow::Result<()> {
     let summary = summary(dir)?;
     match tool.store.backfill(&summary.plan_id).await? {
@@ -349,6 +376,7 @@ fn print_progress(progress: &BackfillProgress) {
         ),
     ]);
     table.add_row(["CRM calls".to_string(), progress.crm_calls.to_string()]);
+    table.add_row(["runs".to_string(), progress.runs.to_string()]);
     if let Some(stopped) = &progress.stopped {
         table.add_row(["stopped".to_string(), stopped.clone()]);
     }
