@@ -156,6 +156,25 @@ fn request(failures: u32) -> String {
     .unwrap()
 }
 
+/// The one slice expected next: after `failures`, in `delay_secs`.
+fn next_slice(failures: u32, delay_secs: u32) -> Vec<(RunRequest, u32)> {
+    vec![(
+        RunRequest {
+            plan_id: PLAN.into(),
+            failures,
+        },
+        delay_secs,
+    )]
+}
+
+/// A slice whose time is gone when it starts.
+async fn out_of_time(s: &Setup) -> SliceOutcome {
+    s.runs
+        .slice(&request(0), 1, tokio::time::Instant::now())
+        .await
+        .unwrap()
+}
+
 fn queued(queue: &MemoryQueue) -> Vec<(RunRequest, u32)> {
     queue
         .take()
@@ -182,25 +201,12 @@ async fn a_slice_whose_time_runs_out_queues_the_next_which_goes_on_from_its_prog
         })
     };
 
-    let first = s
-        .runs
-        .slice(&request(0), 1, tokio::time::Instant::now())
-        .await
-        .unwrap();
+    let first = out_of_time(&s).await;
     assert!(
         matches!(first, SliceOutcome::Continued { delay_secs: 0, .. }),
         "{first:?}"
     );
-    assert_eq!(
-        queued(&s.queue),
-        vec![(
-            RunRequest {
-                plan_id: PLAN.into(),
-                failures: 0
-            },
-            0
-        )]
-    );
+    assert_eq!(queued(&s.queue), next_slice(0, 0));
     assert_eq!(progress(&s.store).await.sent, 0);
 
     let second = s.runs.slice(&request(0), 1, deadline()).await.unwrap();
@@ -281,16 +287,7 @@ async fn a_failure_a_wait_may_cure_queues_a_later_slice_until_too_many_in_a_row_
         matches!(outcome, SliceOutcome::Continued { delay_secs: 300, .. }),
         "{outcome:?}"
     );
-    assert_eq!(
-        queued(&s.queue),
-        vec![(
-            RunRequest {
-                plan_id: PLAN.into(),
-                failures: 1
-            },
-            300
-        )]
-    );
+    assert_eq!(queued(&s.queue), next_slice(1, 300));
 
     let last = s
         .runs
@@ -349,11 +346,7 @@ async fn starting_keeps_the_summary_and_the_file_and_queues_the_first_slice() {
 async fn slices_that_end_without_a_step_or_keep_dying_stop_instead_of_handing_on_forever() {
     let s = setup().await;
     // The first slice takes the plan up, then its time is gone.
-    let first = s
-        .runs
-        .slice(&request(0), 1, tokio::time::Instant::now())
-        .await
-        .unwrap();
+    let first = out_of_time(&s).await;
     assert!(
         matches!(first, SliceOutcome::Continued { delay_secs: 0, .. }),
         "{first:?}"
@@ -361,25 +354,12 @@ async fn slices_that_end_without_a_step_or_keep_dying_stop_instead_of_handing_on
     s.queue.take();
 
     // The next one does no step either: a failure, tried again later, and said on the progress.
-    let idle = s
-        .runs
-        .slice(&request(0), 1, tokio::time::Instant::now())
-        .await
-        .unwrap();
+    let idle = out_of_time(&s).await;
     assert!(
         matches!(idle, SliceOutcome::Continued { delay_secs: 300, .. }),
         "{idle:?}"
     );
-    assert_eq!(
-        queued(&s.queue),
-        vec![(
-            RunRequest {
-                plan_id: PLAN.into(),
-                failures: 1
-            },
-            300
-        )]
-    );
+    assert_eq!(queued(&s.queue), next_slice(1, 300));
     let noted = progress(&s.store).await.stopped.unwrap_or_default();
     assert!(noted.contains("before a step was done"), "{noted}");
 
@@ -411,10 +391,7 @@ async fn slices_that_end_without_a_step_or_keep_dying_stop_instead_of_handing_on
 #[tokio::test]
 async fn a_plan_whose_file_is_no_longer_kept_stops_at_once_with_the_reason() {
     let s = setup().await;
-    s.runs
-        .slice(&request(0), 1, tokio::time::Instant::now())
-        .await
-        .unwrap();
+    out_of_time(&s).await;
     s.queue.take();
     s.archive.plans.lock().unwrap().clear();
 

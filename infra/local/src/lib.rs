@@ -168,20 +168,22 @@ impl LocalStack {
         let aws = load_sdk_config(&AwsTarget::local(handler_endpoint), CallBudget::BACKGROUND).await;
         let sync = Arc::new(SyncHandler::build(&aws, config).await?);
 
-        let mut reconcile_env = template.function_environment("ReconcileFunction", &resources.resolver)?;
-        if let Some(sandbox) = &sandbox {
-            reconcile_env.insert("HUBSPOT_API_BASE".into(), sandbox.url());
-        }
-        reconcile_env.extend(options.env_overrides.clone());
+        // A background function's environment: the template's, pointed at the sandbox, with the
+        // caller's overrides on top.
+        let background_env = |function: &str| -> anyhow::Result<HashMap<String, String>> {
+            let mut env = template.function_environment(function, &resources.resolver)?;
+            if let Some(sandbox) = &sandbox {
+                env.insert("HUBSPOT_API_BASE".into(), sandbox.url());
+            }
+            env.extend(options.env_overrides.clone());
+            Ok(env)
+        };
+        let reconcile_env = background_env("ReconcileFunction")?;
         let lookup = reconcile_env.clone();
         let config = Env(move |name: &str| lookup.get(name).cloned()).reconcile()?;
         let reconcile = Arc::new(ReconcileHandler::build(&aws, config).await?);
 
-        let mut adoption_env = template.function_environment("AdoptionFunction", &resources.resolver)?;
-        if let Some(sandbox) = &sandbox {
-            adoption_env.insert("HUBSPOT_API_BASE".into(), sandbox.url());
-        }
-        adoption_env.extend(options.env_overrides.clone());
+        let adoption_env = background_env("AdoptionFunction")?;
         let lookup = adoption_env.clone();
         let config = Env(move |name: &str| lookup.get(name).cloned()).adopt()?;
         let adoption = Arc::new(AdoptionHandler::build(&aws, config).await?);
@@ -199,17 +201,22 @@ impl LocalStack {
         let timeout =
             Duration::from_secs(template.function_timeout_secs("SyncFunction", &resources.resolver)?);
         let sqs = aws_sdk_sqs::Client::new(&admin);
-        for spec in template.sqs_event_sources("SyncFunction", &resources.resolver)? {
-            let queue = resources
+        // The queue an event source of `function` reads, as the template declares it.
+        let queue_of = |function: &str, spec: &template::SqsEventSpec| {
+            resources
                 .queues
                 .values()
                 .find(|queue| queue.arn == spec.queue_arn)
+                .cloned()
                 .ok_or_else(|| {
                     anyhow!(
-                        "SyncFunction reads {}, which the template does not declare",
+                        "{function} reads {}, which the template does not declare",
                         spec.queue_arn
                     )
-                })?;
+                })
+        };
+        for spec in template.sqs_event_sources("SyncFunction", &resources.resolver)? {
+            let queue = queue_of("SyncFunction", &spec)?;
             let handler = sync.clone();
             let stats = invocations.clone();
             let call: esm::SqsHandler = Arc::new(move |event| {
@@ -235,16 +242,7 @@ impl LocalStack {
         let adoption_timeout =
             Duration::from_secs(template.function_timeout_secs("AdoptionFunction", &resources.resolver)?);
         for spec in template.sqs_event_sources("AdoptionFunction", &resources.resolver)? {
-            let queue = resources
-                .queues
-                .values()
-                .find(|queue| queue.arn == spec.queue_arn)
-                .ok_or_else(|| {
-                    anyhow!(
-                        "AdoptionFunction reads {}, which the template does not declare",
-                        spec.queue_arn
-                    )
-                })?;
+            let queue = queue_of("AdoptionFunction", &spec)?;
             let handler = adoption.clone();
             let call: esm::SqsHandler = Arc::new(move |event| {
                 let handler = handler.clone();
