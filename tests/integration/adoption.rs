@@ -36,8 +36,9 @@ fn message(id: &str, email: &str, first_name: &str) -> String {
     .to_string()
 }
 
+/// The tool as `crm-sync-adopt` builds it against the stack: with the adoption function's wiring.
 async fn tool(app: &TestApp, settings: BackfillSettings) -> AdoptionTool {
-    let env = app.stack.sync_env.clone();
+    let env = app.stack.adoption_env.clone();
     let config = Env(move |name: &str| env.get(name).cloned()).adopt().unwrap();
     let aws = load_sdk_config(
         &AwsTarget::local(crm_sync_tests::moto_endpoint()),
@@ -466,15 +467,7 @@ async fn a_backfill_started_in_aws_runs_slice_by_slice_to_the_end_with_nothing_k
     lines.extend((0..30).map(|i| message(&format!("aws-{i}"), &format!("aws-{i}@example.com"), "New")));
     std::fs::write(&input, lines.join("\n")).unwrap();
 
-    // Planned as `crm-sync-adopt` plans against the stack: with the adoption function's wiring.
-    let env = app.stack.adoption_env.clone();
-    let config = Env(move |name: &str| env.get(name).cloned()).adopt().unwrap();
-    let aws = load_sdk_config(
-        &AwsTarget::local(crm_sync_tests::moto_endpoint()),
-        CallBudget::BACKGROUND,
-    )
-    .await;
-    let tool = AdoptionTool::build(&aws, config).await.unwrap();
+    let tool = tool(&app, BackfillSettings::default()).await;
     let counts = plan(&tool, "plan-in-aws", &input, &dir).await;
     assert_eq!((counts.link, counts.create), (1, 30), "{counts:?}");
     let summary = tool.store.plan("plan-in-aws").await.unwrap().unwrap();
