@@ -151,7 +151,7 @@ impl BackfillRuns {
         }
         if receives > MAX_RECEIVES {
             let reason = format!(
-                "a slice died {} times without ending (killed, or out of memory or time); see the adoption function's logs, then start it again",
+                "a slice died {} times without ending (killed, out of memory or time, or throttled before it ran); see the adoption function's logs, then start it again",
                 receives - 1
             );
             self.note(&request.plan_id, &reason).await;

@@ -299,6 +299,12 @@ async fn a_failure_a_wait_may_cure_queues_a_later_slice_until_too_many_in_a_row_
         "{last:?}"
     );
     assert!(queued(&s.queue).is_empty());
+
+    // A count no slice of ours writes stops the run as well, rather than wrapping to none.
+    let crafted = r#"{"plan_id": "plan-20261202T100000", "failures": 4294967295}"#;
+    let outcome = s.runs.slice(crafted, 1, deadline()).await.unwrap();
+    assert!(matches!(outcome, SliceOutcome::Stopped(_)), "{outcome:?}");
+    assert!(queued(&s.queue).is_empty());
 }
 
 #[tokio::test]
