@@ -120,11 +120,7 @@ impl CrmSettings {
 
     /// The mapping used when `CRM_SYNC_MAPPING_FILE` names none: (its text, where it came from).
     fn built_in_mapping(&self) -> (String, String) {
-        built_in_mapping(match self {
-            CrmSettings::HubSpot { .. } => "hubspot",
-            CrmSettings::Pipedrive { .. } => "pipedrive",
-            CrmSettings::Salesforce(_) => "salesforce",
-        })
+        built_in_mapping(self.provider())
     }
 
     /// The CRM's own limits, before any variable changes them.

@@ -288,10 +288,18 @@ impl DashboardService {
     /// synced), joined (`Ada Lovelace ada@example.com`), if it has any.
     pub fn display_name(&self, state: &RecordState) -> Option<String> {
         let fields = self.settings.display.get(&state.record.object)?;
-        let pending: Option<serde_json::Value> = state
-            .pending_change
-            .as_deref()
-            .and_then(|body| serde_json::from_str(body).ok());
+        // Read only when a field is found neither written nor received.
+        let pending = std::cell::OnceCell::new();
+        let pending = || {
+            pending
+                .get_or_init(|| {
+                    state
+                        .pending_change
+                        .as_deref()
+                        .and_then(|body| serde_json::from_str::<serde_json::Value>(body).ok())
+                })
+                .as_ref()
+        };
         let parts: Vec<String> = fields
             .iter()
             .filter_map(|(field, property)| {
@@ -300,19 +308,17 @@ impl DashboardService {
                     .get(property)
                     .or_else(|| state.received.get(property))
                     .cloned()
-                    .or_else(|| {
-                        pending
-                            .as_ref()?
-                            .get("data")?
-                            .get(field)?
-                            .as_str()
-                            .map(str::to_string)
-                    })
+                    .or_else(|| pending()?.get("data")?.get(field)?.as_str().map(str::to_string))
             })
             .map(|value| value.trim().to_string())
             .filter(|value| !value.is_empty())
             .collect();
         (!parts.is_empty()).then(|| parts.join(" "))
+    }
+
+    /// [`Self::display_name`] of each record, in order.
+    pub fn display_names(&self, states: &[RecordState]) -> Vec<Option<String>> {
+        states.iter().map(|state| self.display_name(state)).collect()
     }
 
     /// The object types a listing may be narrowed to.

@@ -614,10 +614,7 @@ async fn records(
             filter: None,
             query: &query,
             records: &records,
-            names: &records
-                .iter()
-                .map(|state| d.service.display_name(state))
-                .collect::<Vec<_>>(),
+            names: &d.service.display_names(&records),
             next_cursor: None,
             here: &here,
             object: None,
@@ -662,11 +659,7 @@ async fn records(
         filter: Some(filter),
         query: "",
         records: &listing.records,
-        names: &listing
-            .records
-            .iter()
-            .map(|state| d.service.display_name(state))
-            .collect::<Vec<_>>(),
+        names: &d.service.display_names(&listing.records),
         next_cursor: listing.next.as_deref(),
         here: &here,
         object,

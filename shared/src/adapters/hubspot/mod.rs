@@ -20,28 +20,35 @@ pub fn object_type_id(object: ObjectKind) -> Option<&'static str> {
     }
 }
 
+/// HubSpot's standard objects a mapping may declare: (CRM object, event prefix, objectTypeId).
+pub(crate) const STANDARD_OBJECTS: [(&str, &str, &str); 4] = [
+    ("companies", "company", "0-2"),
+    ("tickets", "ticket", "0-5"),
+    ("products", "product", "0-7"),
+    ("line_items", "line_item", "0-8"),
+];
+
 /// A page in HubSpot's app of a record of a type the mapping declares on `crm_object`: a
 /// standard object (`companies`, `tickets`) or a custom one named by its objectTypeId (`2-…`).
 pub fn declared_record_url(app_url: &str, portal_id: &str, crm_object: &str, crm_id: &str) -> Option<String> {
-    let id: String = form_urlencoded::byte_serialize(crm_id.as_bytes()).collect();
-    let type_id = match crm_object.to_ascii_lowercase().as_str() {
-        "companies" => "0-2".to_string(),
-        "tickets" => "0-5".to_string(),
-        "products" => "0-7".to_string(),
-        "line_items" => "0-8".to_string(),
-        custom if custom.starts_with("2-") && custom[2..].chars().all(|c| c.is_ascii_digit()) => {
-            custom.to_string()
-        }
-        _ => return None,
-    };
-    Some(format!("{app_url}/contacts/{portal_id}/record/{type_id}/{id}"))
+    let crm_object = crm_object.to_ascii_lowercase();
+    let standard = STANDARD_OBJECTS
+        .iter()
+        .find(|(plural, _, _)| *plural == crm_object)
+        .map(|(_, _, type_id)| *type_id);
+    let custom = crm_object.starts_with("2-") && crm_object[2..].chars().all(|c| c.is_ascii_digit());
+    let type_id = standard.or(custom.then_some(crm_object.as_str()))?;
+    Some(record_page(app_url, portal_id, type_id, crm_id))
 }
 
 /// A record's page in HubSpot's app, for the built-in objects.
 pub fn record_url(app_url: &str, portal_id: &str, object: ObjectKind, crm_id: &str) -> Option<String> {
+    Some(record_page(app_url, portal_id, object_type_id(object)?, crm_id))
+}
+
+fn record_page(app_url: &str, portal_id: &str, type_id: &str, crm_id: &str) -> String {
     let id: String = form_urlencoded::byte_serialize(crm_id.as_bytes()).collect();
-    let type_id = object_type_id(object)?;
-    Some(format!("{app_url}/contacts/{portal_id}/record/{type_id}/{id}"))
+    format!("{app_url}/contacts/{portal_id}/record/{type_id}/{id}")
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::signature;
+use super::{signature, STANDARD_OBJECTS};
 use crate::domain::contract::ObjectKind;
 use crate::domain::identity::{IdentityChange, IdentityKind, MAX_MERGED_IDS};
 use crate::domain::inbound::{event_subject, CrmChange, InboundMessage, Interpretation, LinkChange};
@@ -154,11 +154,7 @@ impl HubSpotEvents {
     /// Events of the built-in types, and of each type `mapping` declares.
     pub fn new(mapping: &crate::domain::mapping::Mapping) -> Self {
         let mut declared = HashMap::new();
-        for kind in mapping.kinds().into_iter().filter(|kind| kind.is_declared()) {
-            let Some(object) = mapping.object(kind) else {
-                continue;
-            };
-            let crm_object = object.crm_object.to_ascii_lowercase();
+        for (crm_object, kind) in mapping.declared_by_crm_object() {
             if let Some((prefix, type_id)) = STANDARD_OBJECTS.iter().find_map(|(plural, prefix, type_id)| {
                 (*plural == crm_object || *type_id == crm_object).then_some((*prefix, *type_id))
             }) {
@@ -181,14 +177,6 @@ impl HubSpotEvents {
         }
     }
 }
-
-/// HubSpot's standard objects a mapping may declare: (CRM object, event prefix, objectTypeId).
-const STANDARD_OBJECTS: [(&str, &str, &str); 4] = [
-    ("companies", "company", "0-2"),
-    ("tickets", "ticket", "0-5"),
-    ("products", "product", "0-7"),
-    ("line_items", "line_item", "0-8"),
-];
 
 impl CrmEvents for HubSpotEvents {
     fn interpret(&self, message: &InboundMessage) -> Interpretation {

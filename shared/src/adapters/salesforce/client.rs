@@ -218,8 +218,22 @@ fn soql_text(value: &str) -> Option<String> {
 }
 
 /// A field or sObject name as it may appear in a query: letters, digits and underscores.
-fn soql_name(name: &str) -> Option<&str> {
+pub(crate) fn soql_name(name: &str) -> Option<&str> {
     (!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')).then_some(name)
+}
+
+/// A record's value of `field`: Salesforce answers with the field's own spelling, whatever the
+/// mapping's.
+fn field_value<'a>(values: &'a std::collections::BTreeMap<String, String>, field: &str) -> Option<&'a str> {
+    values
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(field))
+        .map(|(_, value)| value.as_str())
+}
+
+/// Whether crm-sync reads merges of `object` (an sObject name in any case).
+fn mergeable(object: &str) -> bool {
+    MERGEABLE.iter().any(|m| m.eq_ignore_ascii_case(object))
 }
 
 /// (from id, to id) → (junction record id, its labels).
@@ -246,11 +260,7 @@ impl SalesforceClient {
             .collect();
         let found = self.find(object, from_field, &from_ids, &read).await?;
         let value_of = |values: &std::collections::BTreeMap<String, String>, field: &str| {
-            values
-                .iter()
-                .find(|(name, _)| name.eq_ignore_ascii_case(field))
-                .map(|(_, value)| value.clone())
-                .unwrap_or_default()
+            field_value(values, field).unwrap_or_default().to_string()
         };
         let mut rows = JunctionRows::new();
         for (from_id, matches) in from_ids.iter().zip(found.matches) {
@@ -569,12 +579,7 @@ impl Crm for SalesforceClient {
                         .as_object()
                         .map(|r| field_texts(r).collect())
                         .unwrap_or_default();
-                    // Salesforce answers with the field's own spelling, whatever the mapping's.
-                    let held = values
-                        .iter()
-                        .find(|(name, _)| name.eq_ignore_ascii_case(field))
-                        .map(|(_, value)| value.as_str());
-                    let key = fold(held.unwrap_or_default());
+                    let key = fold(field_value(&values, field).unwrap_or_default());
                     by_value.entry(key).or_default().push(Found {
                         crm_id: id.to_string(),
                         values,
@@ -596,7 +601,7 @@ impl Crm for SalesforceClient {
     }
 
     fn merges_are_read(&self, object: &str) -> bool {
-        MERGEABLE.iter().any(|m| m.eq_ignore_ascii_case(object))
+        mergeable(object)
     }
 
     async fn merges_since(
@@ -606,7 +611,7 @@ impl Crm for SalesforceClient {
         next: Option<&str>,
     ) -> Result<MergePage, CrmError> {
         // The object goes into the query as it is: only Salesforce's own names do.
-        if !MERGEABLE.iter().any(|m| m.eq_ignore_ascii_case(object)) {
+        if !mergeable(object) {
             return Err(CrmError::Rejected {
                 call: "GET /queryAll".into(),
                 status: 400,
@@ -663,7 +668,7 @@ impl Crm for SalesforceClient {
             rate: RateInfo::default(),
             call: format!("no CRM call: {crm_id} is no {object} id Salesforce merges"),
         };
-        if !MERGEABLE.iter().any(|m| m.eq_ignore_ascii_case(object)) {
+        if !mergeable(object) {
             return Ok(lookup);
         }
         let mut at = crm_id.to_string();
@@ -907,8 +912,8 @@ impl Crm for SalesforceClient {
                     .filter(|(_, (pair, values))| {
                         values
                             .as_ref()
-                            .and_then(|values| values.iter().find(|(name, _)| name.eq_ignore_ascii_case(field)))
-                            .is_some_and(|(_, value)| *value == pair.to_id)
+                            .and_then(|values| field_value(values, field))
+                            .is_some_and(|value| value == pair.to_id)
                     })
                     .map(|(index, (pair, _))| {
                         (

@@ -11,9 +11,9 @@ use crate::domain::contract::ObjectKind;
 
 /// A page in Lightning Experience of a record of a type the mapping declares on an sObject.
 pub fn declared_record_url(instance_url: &str, sobject: &str, crm_id: &str) -> Option<String> {
+    let sobject = client::soql_name(sobject)?;
     let id: String = form_urlencoded::byte_serialize(crm_id.as_bytes()).collect();
-    let valid = !sobject.is_empty() && sobject.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    valid.then(|| format!("{instance_url}/lightning/r/{sobject}/{id}/view"))
+    Some(format!("{instance_url}/lightning/r/{sobject}/{id}/view"))
 }
 
 /// A record's page in Lightning Experience at the org's instance URL, for the built-in objects.
