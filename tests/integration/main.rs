@@ -9,6 +9,7 @@ mod event_journal;
 mod hubspot_adapters;
 mod identity;
 mod local_api;
+mod local_dynamodb;
 mod pipedrive_client;
 mod pipedrive_webhooks;
 mod reconcile;
