@@ -91,6 +91,18 @@ async fn with_room_in_the_window(window_ms: i64, room_ms: i64) {
     }
 }
 
+/// A contact's change the sync function has taken in but not written (the state a failure
+/// leaves): its body and change.
+async fn taken_in_not_written(app: &TestApp, id: &str) -> (String, crm_sync::domain::contract::Change) {
+    let body = contact(id, now_ms(), json!({"email": format!("{id}@example.com")})).to_string();
+    let change = parse_change(&body).unwrap();
+    app.sync_state()
+        .claim(&change, &body, &Default::default(), "t", now_ms(), now_ms())
+        .await
+        .unwrap();
+    (body, change)
+}
+
 #[tokio::test]
 async fn no_dashboard_page_or_action_is_reachable_without_signing_in() {
     let app = spawn_app().await;
@@ -153,14 +165,8 @@ async fn no_dashboard_page_or_action_is_reachable_without_signing_in() {
 #[tokio::test]
 async fn a_re_sync_is_queued_only_for_a_same_site_post_carrying_the_session_token() {
     let app = spawn_app().await;
-    // A change the sync function has taken in but not written: the state a failure leaves.
+    let (body, _) = taken_in_not_written(&app, "csrf-1").await;
     let store = app.sync_state();
-    let body = contact("csrf-1", now_ms(), json!({"email": "csrf-1@example.com"})).to_string();
-    let change = parse_change(&body).unwrap();
-    store
-        .claim(&change, &body, &Default::default(), "t", now_ms(), now_ms())
-        .await
-        .unwrap();
 
     let operator = signed_in(&app).await;
     let other = signed_in(&app).await;
@@ -950,4 +956,155 @@ async fn an_operator_finds_and_opens_a_record_of_an_object_type_the_mapping_decl
     assert!(contacts.contains("contact/guest-1") && !contacts.contains("company/hall-9"));
     let unknown = operator.get("/admin?filter=synced&type=spaceship").await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+}
+
+/// The row of the causes table for a cause key.
+fn cause_row<'a>(page: &'a str, key: &str) -> Option<&'a str> {
+    let start = page.find(&format!("data-cause=\"{key}\""))?;
+    let end = start + page[start..].find("</tr>")?;
+    Some(&page[start..end])
+}
+
+#[tokio::test]
+async fn failures_are_grouped_by_cause_with_their_fix_and_one_click_re_syncs_a_cause() {
+    let app = spawn_app_with(AppOptions::syncing()).await;
+    // An admin removed the phone property; two records carry an email HubSpot refuses.
+    app.sandbox().remove_property("contacts", "phone");
+    let at = now_ms();
+    let phones: Vec<String> = (1..=3).map(|i| format!("cause-phone-{i}")).collect();
+    let emails: Vec<String> = (1..=2).map(|i| format!("cause-email-{i}")).collect();
+    let mut changes: Vec<serde_json::Value> = phones
+        .iter()
+        .map(|id| {
+            contact(
+                id,
+                at,
+                json!({"email": format!("{id}@example.com"), "phone": "+1 555 0100"}),
+            )
+        })
+        .collect();
+    changes.extend(
+        emails
+            .iter()
+            .map(|id| contact(id, at, json!({"email": format!("{id}-at-nowhere")}))),
+    );
+    app.send_changes(&changes).await;
+    for id in phones.iter().chain(&emails) {
+        app.settled(contact_ref(id), SyncStatus::Failed).await;
+    }
+
+    let operator = signed_in(&app).await;
+    let home = operator.get("/admin").await.body;
+    let missing = cause_row(&home, "PROPERTY_DOESNT_EXIST/phone").expect("the missing property is a cause");
+    assert!(missing.contains("3 records"), "{missing}");
+    assert!(missing.contains("Create it in the CRM"), "{missing}");
+    assert!(missing.contains("Re-sync 3"), "{missing}");
+    let refused = cause_row(&home, "INVALID_EMAIL/email").expect("the refused email is a cause");
+    assert!(refused.contains("2 records"), "{refused}");
+    assert!(refused.contains("Correct it in the app"), "{refused}");
+    assert!(refused.contains("A re-sync alone cannot fix these."), "{refused}");
+    assert_eq!(
+        home.matches("data-cause=").count(),
+        2,
+        "five failures, two causes"
+    );
+
+    let listed = operator
+        .get("/admin?filter=failed&cause=PROPERTY_DOESNT_EXIST%2Fphone")
+        .await
+        .body;
+    for id in &phones {
+        assert!(listed.contains(&format!("contact/{id}")), "{id} listed");
+    }
+    assert!(!listed.contains("cause-email-"), "only the cause's records");
+
+    app.sandbox().add_property("contacts", "phone");
+    let csrf = operator.csrf("/admin").await;
+    let answer = operator
+        .post(
+            "/admin/failures/resync",
+            &[
+                ("csrf", csrf.as_str()),
+                ("cause", "PROPERTY_DOESNT_EXIST/phone"),
+                ("back", "/admin"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        answer.location.as_deref(),
+        Some("/admin?done=resync&queued=3&skipped=0&more=0")
+    );
+    for id in &phones {
+        app.settled(contact_ref(id), SyncStatus::Synced).await;
+    }
+    let store = app.sync_state();
+    for id in &emails {
+        let (state, _) = store.record(&contact_ref(id), 1).await.unwrap().unwrap();
+        assert_eq!(
+            state.status,
+            SyncStatus::Failed,
+            "{id}: another cause, not re-synced"
+        );
+    }
+    let home = operator.get("/admin").await.body;
+    assert!(cause_row(&home, "PROPERTY_DOESNT_EXIST/phone").is_none(), "fixed");
+    assert!(cause_row(&home, "INVALID_EMAIL/email").is_some());
+}
+
+#[tokio::test]
+async fn a_record_page_follows_a_queued_re_sync_until_it_has_an_outcome_without_any_script() {
+    let app = spawn_app().await;
+    // No sync function runs here, so the re-sync waits in its queue.
+    let (_, change) = taken_in_not_written(&app, "live-1").await;
+    let store = app.sync_state();
+    let operator = signed_in(&app).await;
+    let path = "/admin/record?object=contact&id=live-1";
+    let before = operator.get(path).await.body;
+    assert!(
+        !before.contains("http-equiv=\"refresh\""),
+        "nothing to follow yet"
+    );
+
+    let csrf = operator.csrf(path).await;
+    let answer = operator
+        .post(
+            "/admin/resync",
+            &[
+                ("csrf", csrf.as_str()),
+                ("record", "contact/live-1"),
+                ("back", path),
+            ],
+        )
+        .await;
+    let page = operator.get(&answer.location.unwrap()).await;
+    assert!(page.body.contains("id=\"live-status\""), "queued, at once");
+    assert!(
+        page.body
+            .contains("http-equiv=\"refresh\" content=\"2; url=/admin/record?object=contact&amp;id=live-1\""),
+        "the page reloads itself, without the notice: {}",
+        page.body
+    );
+    assert!(!page.body.contains("<script"), "no script");
+    let stopped = operator.get(&format!("{path}&follow=0")).await.body;
+    assert!(stopped.contains("id=\"live-status\""));
+    assert!(
+        !stopped.contains("http-equiv=\"refresh\""),
+        "following can be stopped"
+    );
+
+    // The outcome lands: the page shows it and stops following.
+    store
+        .append_timeline(&[crm_sync::domain::sync::TimelineEntry {
+            record: contact_ref("live-1"),
+            at_ms: now_ms() + 1,
+            kind: TimelineKind::Synced,
+            idempotency_id: Some(change.idempotency_id.clone()),
+            detail: "created CRM record 1".into(),
+            call: None,
+        }])
+        .await
+        .unwrap();
+    let settled = operator.get(path).await.body;
+    assert!(!settled.contains("id=\"live-status\""), "no longer queued");
+    assert!(!settled.contains("http-equiv=\"refresh\""), "no longer followed");
 }

@@ -1,6 +1,6 @@
 //! The dashboard in a real browser (headless Chromium over WebDriver): an operator signs in,
-//! finds a failed record, reads the CRM's error, fixes the cause, clicks Re-sync and sees the
-//! record synced. With `CRM_SYNC_SCREENSHOTS=<dir>` it also saves the README's screenshots.
+//! finds a failed record and its cause's fix, reads the CRM's error, fixes the cause, clicks
+//! Re-sync and watches the page follow the record from queued to synced. With `CRM_SYNC_SCREENSHOTS=<dir>` it also saves the README's screenshots.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -93,6 +93,16 @@ async fn an_operator_finds_a_failed_record_reads_its_error_and_re_syncs_it_after
         .await
         .unwrap();
     assert_eq!(named, "grace@example.com");
+    // Failures lead with their cause and its fix.
+    let cause = browser
+        .find("tr[data-cause='PROPERTY_DOESNT_EXIST/phone']")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(cause.contains("1 record"), "{cause}");
+    assert!(cause.contains("Create it in the CRM"), "{cause}");
     save(&browser, "records").await;
     browser
         .find("a[href*='id=grace']")
@@ -111,6 +121,11 @@ async fn an_operator_finds_a_failed_record_reads_its_error_and_re_syncs_it_after
     save(&browser, "record-failed").await;
 
     app.sandbox().add_property("contacts", "phone");
+    // The CRM answers slowly: the re-sync is seen queued before it settles.
+    let calm = app.sandbox().faults();
+    let mut slow = calm.clone();
+    slow.latency_ms = 3_000;
+    app.sandbox().set_faults(slow);
     browser
         .find("button[value=selected]")
         .await
@@ -120,21 +135,29 @@ async fn an_operator_finds_a_failed_record_reads_its_error_and_re_syncs_it_after
         .unwrap();
     let notice = browser.find(".notice").await.unwrap().text().await.unwrap();
     assert_eq!(notice, "Queued 1 record for re-sync.");
+    let live = browser.find("#live-status").await.unwrap().text().await.unwrap();
+    assert_eq!(live, "re-sync queued", "shown at once");
+    save(&browser, "record-queued").await;
 
+    // The page follows the record by itself: the test never reloads it.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let status = browser.find("h1 .badge").await.unwrap().text().await.unwrap();
-        if status == "synced" {
+        // A read may meet the page mid-reload: then it is read again.
+        let status = match browser.find("h1 .badge").await {
+            Ok(badge) => badge.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let queued = browser.find("#live-status").await.is_ok();
+        if status == "synced" && !queued {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the record never showed as synced (last: {status})"
+            "the page never showed the record synced by itself (last: {status})"
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let here = browser.url().await.unwrap();
-        browser.goto(&here).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    app.sandbox().set_faults(calm);
     let crm = app
         .sandbox()
         .find("contacts", "crm_sync_app_id", "grace")

@@ -14,7 +14,8 @@ use crate::domain::sync::{RecordFilter, RecordState, SyncStatus, Tally, Timeline
 use crate::ports::{DeadLetterSummary, RedriveOutcome};
 use crate::reconcile::RunReport;
 
-use super::{LaneView, RecordView};
+use super::{FailureGroup, FailureGroups, LaneView, RecordView, FOLLOW_MS};
+use crate::domain::failures::Cause;
 
 /// Percent-encodes a value for a query string.
 pub fn url_part(text: &str) -> String {
@@ -50,6 +51,8 @@ pub enum Notice {
         queued: u64,
         skipped: u64,
         reason: Option<String>,
+        /// More records of the cause re-synced are left for another click.
+        more: bool,
     },
     Dismissed,
     /// An operator let a record in an identity conflict share its CRM record.
@@ -96,12 +99,21 @@ const NO_REASON: &str =
     "no reason recorded: the queue moved it here after repeated deliveries failed (a crash or a timeout)";
 
 fn document(title: &str, header: Markup, content: Markup) -> String {
+    document_with(title, None, header, content)
+}
+
+/// A page; `refresh` reloads it from that URL every [`FOLLOW_EVERY_S`] seconds (no script:
+/// the Content-Security-Policy allows none).
+fn document_with(title: &str, refresh: Option<&str>, header: Markup, content: Markup) -> String {
     html! {
         (DOCTYPE)
         html lang="en" {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
+                @if let Some(url) = refresh {
+                    meta http-equiv="refresh" content={ (FOLLOW_EVERY_S) "; url=" (url) };
+                }
                 title { (title) " · crm-sync" }
                 // Unescaped on purpose: a constant of this file, never data.
                 style { (PreEscaped(STYLE)) }
@@ -115,7 +127,14 @@ fn document(title: &str, header: Markup, content: Markup) -> String {
     .into_string()
 }
 
+/// Seconds between reloads of a record page that follows a re-sync.
+pub const FOLLOW_EVERY_S: u32 = 2;
+
 fn signed_in(title: &str, frame: &Frame<'_>, content: Markup) -> String {
+    signed_in_with(title, None, frame, content)
+}
+
+fn signed_in_with(title: &str, refresh: Option<&str>, frame: &Frame<'_>, content: Markup) -> String {
     let header = html! {
         header {
             a.brand href="/admin" { "crm-sync" }
@@ -135,7 +154,7 @@ fn signed_in(title: &str, frame: &Frame<'_>, content: Markup) -> String {
         }
         (content)
     };
-    document(title, header, page)
+    document_with(title, refresh, header, page)
 }
 
 fn csrf_field(token: &str) -> Markup {
@@ -157,11 +176,14 @@ fn notice_html(notice: &Notice) -> Markup {
 fn notice_text(notice: &Notice) -> Markup {
     html! {
         @match notice {
-            Notice::Resync { queued, skipped, reason } => {
+            Notice::Resync { queued, skipped, reason, more } => {
                 "Queued " (queued) " record" (plural(*queued)) " for re-sync."
                 @if *skipped > 0 {
                     " " (skipped) " not queued"
                     @if let Some(reason) = reason { ": " (reason) "." } @else { "." }
+                }
+                @if *more {
+                    " More of this cause are waiting: re-sync again."
                 }
             }
             Notice::Dismissed => "Conflicts dismissed.",
@@ -281,6 +303,35 @@ pub struct RecordsView<'a> {
     pub object: Option<ObjectKind>,
     /// The types it may be narrowed to.
     pub types: &'a [ObjectKind],
+    /// Failures grouped by cause (on the first page of the failed listing).
+    pub groups: Option<&'a FailureGroups>,
+    /// The one cause the listing is narrowed to.
+    pub cause: Option<&'a Cause>,
+}
+
+impl<'a> RecordsView<'a> {
+    /// Records that fit one page (search results, one cause's failures): no cursor, no
+    /// narrowing by type.
+    pub fn one_page(
+        counts: &'a [(RecordFilter, Tally)],
+        records: &'a [RecordState],
+        names: &'a [Option<String>],
+        here: &'a str,
+    ) -> Self {
+        Self {
+            counts,
+            filter: None,
+            query: "",
+            records,
+            next_cursor: None,
+            here,
+            names,
+            object: None,
+            types: &[],
+            groups: None,
+            cause: None,
+        }
+    }
 }
 
 pub fn records_page(
@@ -292,12 +343,19 @@ pub fn records_page(
         h1 { "Records" }
         (status_tabs(view))
         (search_form(view.query))
-        @match view.filter {
-            Some(filter) => {
+        @if let Some(groups) = view.groups {
+            (failure_groups(frame, groups, view.here))
+        }
+        @match (view.filter, view.cause) {
+            (_, Some(cause)) => {
+                h2 { "Failed: " (cause_label(cause)) }
+                p { (cause.hint()) " " a href="/admin?filter=failed" { "All failures" } }
+            }
+            (Some(filter), None) => {
                 h2 { (filter_label(filter)) }
                 (type_links(filter, view))
             }
-            None => h2 { "Results for “" (view.query) "”" },
+            (None, None) => h2 { "Results for “" (view.query) "”" },
         }
         @if view.records.is_empty() {
             @if view.next_cursor.is_some() {
@@ -311,6 +369,97 @@ pub fn records_page(
         (next_page_link(view))
     };
     signed_in("Records", frame, content)
+}
+
+/// A cause as an operator reads it: the code, and the property it names.
+fn cause_label(cause: &Cause) -> Markup {
+    html! {
+        code { (cause.code) }
+        @if let Some(field) = &cause.field {
+            " on " code { (field) }
+        }
+    }
+}
+
+/// The link to the failed records of one cause.
+pub fn cause_href(cause: &Cause) -> String {
+    format!("/admin?filter=failed&cause={}", url_part(&cause.key()))
+}
+
+/// Failures grouped by cause: how many, what fixes them, a few of them, and a re-sync of all.
+fn failure_groups(frame: &Frame<'_>, groups: &FailureGroups, back: &str) -> Markup {
+    html! {
+        section aria-labelledby="causes" {
+            h2 #causes { "Failures by cause" }
+            @if groups.groups.is_empty() {
+                p.muted { "No record is failing." }
+            } @else {
+                @if !groups.complete {
+                    p.muted { "Grouped from the " (groups.read) " most recent failures." }
+                }
+                div.scroll {
+                    table.cards {
+                        thead {
+                            tr {
+                                th { "Cause" }
+                                th { "Records" }
+                                th { "What to do" }
+                                th { "Action" }
+                            }
+                        }
+                        tbody {
+                            @for group in &groups.groups {
+                                (failure_group_row(frame, group, back))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn failure_group_row(frame: &Frame<'_>, group: &FailureGroup, back: &str) -> Markup {
+    let helps = group.cause.fix_in().resync_helps();
+    html! {
+        tr data-cause=(group.cause.key()) {
+            td { (cause_label(&group.cause)) }
+            td data-label="Records" {
+                a href=(cause_href(&group.cause)) {
+                    (group.count) " " (if group.count == 1 { "record" } else { "records" })
+                }
+                @let objects: Vec<&str> = group.objects.iter().map(|o| o.as_str()).collect();
+                " " span.muted { "(" (objects.join(", ")) ")" }
+                br;
+                span.muted {
+                    "e.g. "
+                    @for (index, (record, name)) in group.examples.iter().enumerate() {
+                        @if index > 0 { ", " }
+                        a href=(record_href(record)) { (name.clone().unwrap_or_else(|| record_key(record))) }
+                    }
+                }
+                br;
+                span.muted { "last failed " (when(group.newest_ms, frame.now_ms)) }
+            }
+            td data-label="What to do" {
+                (group.cause.hint())
+                @if !helps {
+                    " " strong { "A re-sync alone cannot fix these." }
+                }
+            }
+            td data-label="Action" {
+                form method="post" action="/admin/failures/resync" {
+                    (csrf_field(frame.csrf))
+                    input type="hidden" name="cause" value=(group.cause.key());
+                    input type="hidden" name="back" value=(back);
+                    button.quiet[!helps] type="submit"
+                        aria-label={ "Re-sync the " (group.count) " records failing with " (group.cause.key()) } {
+                        "Re-sync " (group.count)
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// One tab per listing, with its count.
@@ -484,12 +633,32 @@ fn short(text: &str, max: usize) -> String {
     cut
 }
 
-pub fn record_page(frame: &Frame<'_>, view: &RecordView, crm_url: Option<String>) -> String {
+/// A record's page. After a re-sync it follows the record, reloading itself until the
+/// re-sync has an outcome (for [`FOLLOW_MS`] at most), unless `follow` is off.
+pub fn record_page(frame: &Frame<'_>, view: &RecordView, crm_url: Option<String>, follow: bool) -> String {
     let state = &view.state;
     let key = record_key(&state.record);
+    let href = record_href(&state.record);
+    let queued_at = view.resync_queued_at();
+    let following = follow && queued_at.is_some_and(|at| frame.now_ms - at < FOLLOW_MS);
     let content = html! {
-        h1 { (key) " " (status_badge(state.status)) }
-        (resync_form(frame.csrf, &key, &record_href(&state.record)))
+        h1 {
+            (key) " " (status_badge(state.status))
+            @if queued_at.is_some() { " " span.badge.s-pending #live-status { "re-sync queued" } }
+        }
+        @if let Some(at) = queued_at {
+            p.notice role="status" #following {
+                "Re-sync queued " (when(Some(at), frame.now_ms)) "; no outcome yet."
+                @if following {
+                    " This page reloads every " (FOLLOW_EVERY_S) " s until the record settles. "
+                    a href={ (href) "&follow=0" } { "Stop following" }
+                } @else if follow {
+                    " Still none after " (FOLLOW_MS / 60_000) " minutes: the sync may be waiting for the \
+                     CRM's budget, or for a change of the record being written. Reload to check."
+                }
+            }
+        }
+        (resync_form(frame.csrf, &key, &href))
         (record_facts(state, crm_url, frame.now_ms))
         (identity_section(frame, state, &key))
         (conflicts_section(frame, view, &key))
@@ -497,7 +666,7 @@ pub fn record_page(frame: &Frame<'_>, view: &RecordView, crm_url: Option<String>
         (values_table("Written to the CRM", &state.written))
         (values_table("Received from the CRM", &state.received))
     };
-    signed_in(&key, frame, content)
+    signed_in_with(&key, following.then_some(href.as_str()), frame, content)
 }
 
 fn resync_form(csrf: &str, key: &str, back: &str) -> Markup {
@@ -1121,6 +1290,17 @@ mod tests {
             now_ms: 0,
             notice: None,
         };
+        let groups = FailureGroups {
+            groups: vec![FailureGroup {
+                cause: crate::domain::failures::cause_of(state.last_error.as_deref().unwrap_or_default()),
+                count: 1,
+                objects: [ObjectKind::Contact].into(),
+                examples: vec![(state.record.clone(), Some("<script>alert(3)</script>".into()))],
+                newest_ms: None,
+            }],
+            read: 1,
+            complete: true,
+        };
         let page = records_page(
             &frame,
             &RecordsView {
@@ -1133,8 +1313,14 @@ mod tests {
                 names: &[],
                 object: None,
                 types: &[],
+                groups: Some(&groups),
+                cause: None,
             },
             &|_| None,
+        );
+        assert!(
+            page.contains("&lt;script&gt;alert(3)"),
+            "a name in a cause's examples is text"
         );
         assert!(!page.contains("<img"), "{page}");
         assert!(!page.contains("<script>"), "{page}");
@@ -1189,7 +1375,7 @@ mod tests {
             now_ms: 0,
             notice: Some(Notice::Error(hostile("notice"))),
         };
-        let page = record_page(&frame, &view, Some(hostile("url")));
+        let page = record_page(&frame, &view, Some(hostile("url")), true);
         assert!(!page.contains("<script"), "{page}");
         assert!(!page.contains("\"'>"), "{page}");
         let shown = "id crm error pending property written received idempotency detail call field \

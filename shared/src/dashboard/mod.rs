@@ -6,13 +6,14 @@
 pub mod html;
 pub mod session;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::domain::clock::Clock;
 use crate::domain::contract::{with_idempotency_id, ObjectKind, RecordRef};
+use crate::domain::failures::{cause_of, Cause};
 use crate::domain::inbound::ConflictEntry;
-use crate::domain::sync::{RecordFilter, RecordState, Tally, TimelineEntry, TimelineKind};
+use crate::domain::sync::{RecordFilter, RecordState, SyncStatus, Tally, TimelineEntry, TimelineKind};
 use crate::ports::state::*;
 use crate::ports::{
     DeadLetterQueue, DeadLetterSummary, ListError, MessageQueue, OutgoingMessage, QueueUnavailable,
@@ -22,6 +23,12 @@ use crate::reconcile::{ReconcileStore, RunReport};
 
 /// Marks a message the dashboard sent, for the logs and the timeline.
 pub const RESYNC_ATTRIBUTE: &str = "crm_sync_resync";
+
+/// The timeline's note of a re-sync asked for on the dashboard.
+pub const RESYNC_NOTE: &str = "re-sync requested from the dashboard";
+
+/// How long a record's page follows a re-sync it queued, reloading itself.
+pub const FOLLOW_MS: i64 = 120_000;
 
 /// Builds a record's URL in the CRM from its object type and CRM id.
 pub type CrmRecordUrl = Arc<dyn Fn(ObjectKind, &str) -> Option<String> + Send + Sync>;
@@ -43,6 +50,10 @@ pub struct DashboardSettings {
     /// Each type's display properties (the mapping's `display`): how a record is named to a
     /// person in lists.
     pub display: HashMap<ObjectKind, Vec<(String, String)>>,
+    /// Pages of failed records read to group failures by cause (the newest first).
+    pub failure_pages: usize,
+    /// Records one "Re-sync these" click of a cause queues at most.
+    pub cause_resync_max: usize,
 }
 
 impl Default for DashboardSettings {
@@ -56,6 +67,8 @@ impl Default for DashboardSettings {
             crm_record_url: None,
             types: ObjectKind::ALL.into_iter().chain([ObjectKind::Link]).collect(),
             display: HashMap::new(),
+            failure_pages: 20,
+            cause_resync_max: 500,
         }
     }
 }
@@ -103,6 +116,43 @@ pub struct RecordView {
     pub state: RecordState,
     pub timeline: Vec<TimelineEntry>,
     pub conflicts: Vec<ConflictEntry>,
+}
+
+/// Failed records of one cause.
+#[derive(Debug, Clone)]
+pub struct FailureGroup {
+    pub cause: Cause,
+    pub count: usize,
+    /// The object types among them.
+    pub objects: BTreeSet<ObjectKind>,
+    /// A few of them, the most recently failed first, with their names for a person.
+    pub examples: Vec<(RecordRef, Option<String>)>,
+    /// When the most recent of them failed.
+    pub newest_ms: Option<i64>,
+}
+
+/// Failed records grouped by cause, largest group first.
+#[derive(Debug, Clone)]
+pub struct FailureGroups {
+    pub groups: Vec<FailureGroup>,
+    /// Failed records read.
+    pub read: usize,
+    /// Whether every failed record was read (else the groups count the newest `read`).
+    pub complete: bool,
+}
+
+/// Examples shown per cause.
+const CAUSE_EXAMPLES: usize = 3;
+
+impl RecordView {
+    /// When a re-sync was asked for that has no outcome yet (queued, or being written): the
+    /// newest line of the timeline is its note.
+    pub fn resync_queued_at(&self) -> Option<i64> {
+        self.timeline
+            .first()
+            .filter(|entry| entry.kind == TimelineKind::Note && entry.detail == RESYNC_NOTE)
+            .map(|entry| entry.at_ms)
+    }
 }
 
 /// Why a record was not re-synced.
@@ -339,6 +389,86 @@ impl DashboardService {
         Ok(Page { records, next })
     }
 
+    /// The failed records, newest failure first, as many as `failure_pages` pages hold; and
+    /// whether that is all of them.
+    async fn failed_records(&self) -> Result<(Vec<RecordState>, bool), DashboardError> {
+        let mut records = Vec::new();
+        let mut cursor = None;
+        for _ in 0..self.settings.failure_pages.max(1) {
+            let page = self
+                .list(RecordFilter::Status(SyncStatus::Failed), None, cursor)
+                .await?;
+            records.extend(page.records);
+            cursor = page.next;
+            if cursor.is_none() {
+                return Ok((records, true));
+            }
+        }
+        Ok((records, false))
+    }
+
+    /// Failed records grouped by the cause of their last error, largest group first.
+    pub async fn failure_groups(&self) -> Result<FailureGroups, DashboardError> {
+        let (records, complete) = self.failed_records().await?;
+        let mut groups: BTreeMap<Cause, FailureGroup> = BTreeMap::new();
+        for state in &records {
+            let cause = cause_of(state.last_error.as_deref().unwrap_or_default());
+            let group = groups.entry(cause.clone()).or_insert_with(|| FailureGroup {
+                cause,
+                count: 0,
+                objects: BTreeSet::new(),
+                examples: Vec::new(),
+                newest_ms: None,
+            });
+            group.count += 1;
+            group.objects.insert(state.record.object);
+            if group.examples.len() < CAUSE_EXAMPLES {
+                group
+                    .examples
+                    .push((state.record.clone(), self.display_name(state)));
+            }
+            group.newest_ms = group.newest_ms.max(state.last_attempt_at_ms);
+        }
+        let mut groups: Vec<FailureGroup> = groups.into_values().collect();
+        groups.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.cause.cmp(&b.cause)));
+        Ok(FailureGroups {
+            groups,
+            read: records.len(),
+            complete,
+        })
+    }
+
+    /// The failed records of one cause (by [`Cause::key`]), among those read; and whether every
+    /// failed record was read.
+    pub async fn failed_with_cause(&self, key: &str) -> Result<(Vec<RecordState>, bool), DashboardError> {
+        let (records, complete) = self.failed_records().await?;
+        let records = records
+            .into_iter()
+            .filter(|state| cause_of(state.last_error.as_deref().unwrap_or_default()).key() == key)
+            .collect();
+        Ok((records, complete))
+    }
+
+    /// Re-syncs the failed records of one cause, at most `cause_resync_max` of them; returns
+    /// what was done and whether more of that cause are left.
+    pub async fn resync_cause(&self, key: &str) -> Result<(ResyncOutcome, bool), DashboardError> {
+        let (records, _) = self.failed_with_cause(key).await?;
+        let max = self.settings.cause_resync_max.max(1);
+        let refs: Vec<RecordRef> = records
+            .iter()
+            .take(max)
+            .map(|state| state.record.clone())
+            .collect();
+        let outcome = self.resync(&refs).await?;
+        tracing::info!(
+            cause = key,
+            queued = outcome.queued.len(),
+            skipped = outcome.skipped.len(),
+            "re-sync of a cause"
+        );
+        Ok((outcome, records.len() > max))
+    }
+
     /// Records a support request may name: an email finds contacts; anything else is tried as an
     /// app record id and as a CRM id, of every object type.
     pub async fn search(&self, query: &str) -> Result<Vec<RecordState>, DashboardError> {
@@ -441,7 +571,7 @@ impl DashboardService {
                 at_ms: now_ms,
                 kind: TimelineKind::Note,
                 idempotency_id: None,
-                detail: "re-sync requested from the dashboard".into(),
+                detail: RESYNC_NOTE.into(),
                 call: None,
             })
             .collect();

@@ -4,6 +4,7 @@ pub mod adoption;
 pub mod clock;
 pub mod contract;
 pub mod crm;
+pub mod failures;
 pub mod identity;
 pub mod inbound;
 pub mod mapping;

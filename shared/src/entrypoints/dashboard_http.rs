@@ -26,7 +26,9 @@ use crate::adapters::sqs::{SqsDeadLetterQueue, SqsQueue};
 use crate::config::{DashboardConfig, RecordLinks, SecretSource};
 use crate::dashboard::html::{self, Frame, Notice, RecordsView};
 use crate::dashboard::session::{Session, SignIn, SignInOutcome, COOKIE_NAME};
-use crate::dashboard::{DashboardError, DashboardService, DashboardSettings, Lane, SkipReason};
+use crate::dashboard::{
+    DashboardError, DashboardService, DashboardSettings, Lane, ResyncOutcome, SkipReason,
+};
 use crate::domain::clock::rfc3339;
 use crate::domain::contract::{ObjectKind, RecordRef};
 use crate::domain::sync::{RecordFilter, SyncStatus};
@@ -269,6 +271,7 @@ impl DashboardApi {
             .route("/admin/queues", get(queues).head(not_found))
             .route("/admin/adoption", get(adoption_plan).head(not_found))
             .route("/admin/resync", post(resync))
+            .route("/admin/failures/resync", post(resync_cause))
             .route("/admin/conflicts/dismiss", post(dismiss))
             .route("/admin/identity/share", post(share))
             .route("/admin/queues/redrive", post(redrive))
@@ -575,6 +578,7 @@ fn notice(request: &Incoming) -> Option<Notice> {
                 .query("why")
                 .and_then(|code| SkipReason::describe(&code))
                 .map(str::to_string),
+            more: number("more") > 0,
         }),
         "dismissed" => Some(Notice::Dismissed),
         "shared" => Some(Notice::Shared),
@@ -609,16 +613,10 @@ async fn records(
     if !query.trim().is_empty() {
         let records = d.service.search(&query).await?;
         let here = with_query("/admin", &[("q", query.clone())]);
+        let names = d.service.display_names(&records);
         let view = RecordsView {
-            counts: &counts,
-            filter: None,
             query: &query,
-            records: &records,
-            names: &d.service.display_names(&records),
-            next_cursor: None,
-            here: &here,
-            object: None,
-            types: &[],
+            ..RecordsView::one_page(&counts, &records, &names, &here)
         };
         return Ok(page(StatusCode::OK, html::records_page(&frame, &view, &crm_url)));
     }
@@ -645,6 +643,16 @@ async fn records(
         ));
     }
     let object = object.flatten();
+    if filter == RecordFilter::Status(SyncStatus::Failed) {
+        if let Some(key) = request.query("cause").filter(|key| !key.is_empty()) {
+            return failures_of_cause(&d, &frame, &counts, &key).await;
+        }
+    }
+    // The first page of failures leads with their causes.
+    let groups = match (filter, object, &cursor) {
+        (RecordFilter::Status(SyncStatus::Failed), None, None) => Some(d.service.failure_groups().await?),
+        _ => None,
+    };
     let listing = d.service.list(filter, object, cursor.clone()).await?;
     let mut here_query = vec![("filter", filter.as_str().to_string())];
     if let Some(object) = object {
@@ -664,10 +672,45 @@ async fn records(
         here: &here,
         object,
         types: d.service.types(),
+        groups: groups.as_ref(),
+        cause: None,
     };
     Ok(page(StatusCode::OK, html::records_page(&frame, &view, &crm_url)))
 }
 
+/// The failed records of one cause.
+async fn failures_of_cause(
+    d: &Dashboard,
+    frame: &Frame<'_>,
+    counts: &[(RecordFilter, crate::domain::sync::Tally)],
+    key: &str,
+) -> Result<Response, DashboardError> {
+    let (records, _) = d.service.failed_with_cause(key).await?;
+    let cause = records
+        .first()
+        .map(|state| crate::domain::failures::cause_of(state.last_error.as_deref().unwrap_or_default()));
+    let Some(cause) = cause else {
+        return Ok(page(
+            StatusCode::OK,
+            html::message_page(
+                "No failures of this cause",
+                "No failed record has this cause now: fixed, re-synced, or failing for another reason.",
+            ),
+        ));
+    };
+    let here = with_query(
+        "/admin",
+        &[("filter", "failed".to_string()), ("cause", key.to_string())],
+    );
+    let crm_url = |state: &_| d.service.crm_url(state);
+    let names = d.service.display_names(&records);
+    let view = RecordsView {
+        filter: Some(RecordFilter::Status(SyncStatus::Failed)),
+        cause: Some(&cause),
+        ..RecordsView::one_page(counts, &records, &names, &here)
+    };
+    Ok(page(StatusCode::OK, html::records_page(frame, &view, &crm_url)))
+}
 async fn record(
     State(d): State<Arc<Dashboard>>,
     Extension(session): Extension<Session>,
@@ -702,7 +745,11 @@ async fn record(
         notice: notice(&request),
     };
     let crm_url = d.service.crm_url(&view.state);
-    Ok(page(StatusCode::OK, html::record_page(&frame, &view, crm_url)))
+    let follow = request.query("follow").as_deref() != Some("0");
+    Ok(page(
+        StatusCode::OK,
+        html::record_page(&frame, &view, crm_url, follow),
+    ))
 }
 
 async fn queues(
@@ -792,20 +839,37 @@ async fn resync(State(d): State<Arc<Dashboard>>, request: Incoming) -> Result<Re
         .take(d.service.settings().page_size)
         .collect();
     let outcome = d.service.resync(&records).await?;
-    let mut pairs = vec![
-        ("done", "resync".to_string()),
-        ("queued", outcome.queued.len().to_string()),
-        ("skipped", outcome.skipped.len().to_string()),
-    ];
-    if let Some((_, reason)) = outcome.skipped.first() {
-        pairs.push(("why", reason.code().to_string()));
-    }
     tracing::info!(
         queued = outcome.queued.len(),
         skipped = outcome.skipped.len(),
         "dashboard re-sync"
     );
-    Ok(redirect(&with_query(&safe_target(request.field("back")), &pairs)))
+    Ok(resync_done(&request, &outcome, None))
+}
+
+/// Back where a re-sync was asked for, with what it did (and whether more are left).
+fn resync_done(request: &Incoming, outcome: &ResyncOutcome, more: Option<bool>) -> Response {
+    let mut pairs = vec![
+        ("done", "resync".to_string()),
+        ("queued", outcome.queued.len().to_string()),
+        ("skipped", outcome.skipped.len().to_string()),
+    ];
+    if let Some(more) = more {
+        pairs.push(("more", u8::from(more).to_string()));
+    }
+    if let Some((_, reason)) = outcome.skipped.first() {
+        pairs.push(("why", reason.code().to_string()));
+    }
+    redirect(&with_query(&safe_target(request.field("back")), &pairs))
+}
+
+async fn resync_cause(
+    State(d): State<Arc<Dashboard>>,
+    request: Incoming,
+) -> Result<Response, DashboardError> {
+    let key = request.field("cause").unwrap_or_default();
+    let (outcome, more) = d.service.resync_cause(key).await?;
+    Ok(resync_done(&request, &outcome, Some(more)))
 }
 
 async fn dismiss(State(d): State<Arc<Dashboard>>, request: Incoming) -> Result<Response, DashboardError> {

@@ -380,7 +380,15 @@ fn input_error(error: &Value) -> InputError {
         .and_then(Value::as_str)
         .unwrap_or(category)
         .to_string();
-    let message = error_detail(error).unwrap_or_else(|| category.to_string());
+    let mut message = error_detail(error).unwrap_or_else(|| category.to_string());
+    // The property, where the message does not name it: failures are grouped by it.
+    if let Some(property) = error
+        .pointer("/errors/0/context/propertyName/0")
+        .and_then(Value::as_str)
+        .filter(|property| !property.is_empty() && !message.contains(&format!("\"{property}\"")))
+    {
+        message.push_str(&format!(" (property {property})"));
+    }
     let status: u16 = error
         .get("status")
         .and_then(|status| {
@@ -876,6 +884,21 @@ mod tests {
             error_detail(&more).as_deref(),
             Some("Property values were not valid (Email address x is invalid)")
         );
+    }
+
+    #[test]
+    fn the_property_of_a_refused_value_is_named_once_for_grouping() {
+        let named = |error: Value| input_error(&error).message;
+        let unnamed = json!({"category": "VALIDATION_ERROR", "message": "Property values were not valid",
+                             "errors": [{"message": "Email address x is invalid", "code": "INVALID_EMAIL",
+                                         "context": {"propertyName": ["email"]}}]});
+        assert_eq!(
+            named(unnamed),
+            "Property values were not valid (Email address x is invalid) (property email)"
+        );
+        let already = json!({"category": "VALIDATION_ERROR", "message": "Property \"shoe\" does not exist",
+                             "errors": [{"code": "PROPERTY_DOESNT_EXIST", "context": {"propertyName": ["shoe"]}}]});
+        assert_eq!(named(already), "Property \"shoe\" does not exist");
     }
 
     #[test]

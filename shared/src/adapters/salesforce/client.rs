@@ -111,13 +111,25 @@ fn save_result(result: &Value, fallback_id: Option<&str>) -> InputOutcome {
         .and_then(Value::as_str)
         .unwrap_or("UNKNOWN_ERROR")
         .to_string();
+    let mut message = error
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("Salesforce refused the record")
+        .to_string();
+    // The fields, where the message does not name them: failures are grouped by them.
+    let fields: Vec<&str> = error
+        .get("fields")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if !fields.is_empty() && !fields.iter().all(|field| message.contains(field)) {
+        message.push_str(&format!(" (fields: {})", fields.join(", ")));
+    }
     InputOutcome::Failed(InputError {
         kind: kind_of(&code),
-        message: error
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or("Salesforce refused the record")
-            .to_string(),
+        message,
         code,
         existing_id: None,
     })
@@ -1050,6 +1062,25 @@ mod tests {
             "the connected app's own cap is the nearer limit"
         );
         assert_eq!(rate_info(&HeaderMap::new()), RateInfo::default());
+    }
+
+    #[test]
+    fn the_fields_of_a_refusal_are_named_once_for_grouping() {
+        let message = |errors: Value| match save_result(&json!({"success": false, "errors": errors}), None) {
+            InputOutcome::Failed(error) => error.message,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            message(
+                json!([{"statusCode": "STRING_TOO_LONG", "message": "data value too large", "fields": ["Title"]}])
+            ),
+            "data value too large (fields: Title)"
+        );
+        assert_eq!(
+            message(json!([{"statusCode": "REQUIRED_FIELD_MISSING",
+                            "message": "Required fields are missing: [LastName]", "fields": ["LastName"]}])),
+            "Required fields are missing: [LastName]"
+        );
     }
 
     #[test]
