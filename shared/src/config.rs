@@ -109,56 +109,57 @@ impl CrmSettings {
         }
     }
 
-    /// The prefix of its limit variables (`HUBSPOT_BURST_LIMIT`, `PIPEDRIVE_BURST_LIMIT`, ...).
-    fn prefix(&self) -> &'static str {
-        match self {
-            CrmSettings::HubSpot { .. } => "HUBSPOT",
-            CrmSettings::Pipedrive { .. } => "PIPEDRIVE",
-            CrmSettings::Salesforce(_) => "SALESFORCE",
-        }
-    }
-
     /// The mapping used when `CRM_SYNC_MAPPING_FILE` names none: (its text, where it came from).
     fn built_in_mapping(&self) -> (String, String) {
         built_in_mapping(self.provider())
     }
+}
 
-    /// The CRM's own limits, before any variable changes them.
-    fn limiter_defaults(&self) -> crate::adapters::dynamodb::LimiterSettings {
-        let hubspot = crate::adapters::dynamodb::LimiterSettings::default();
-        match self {
-            CrmSettings::HubSpot { .. } => hubspot,
-            // The lowest plan's token window (20 requests per 2 s). The daily budget is the
-            // company's, in tokens (30,000 x plan multiplier x seats), shared with every other
-            // app; it is adopted from `x-daily-ratelimit-token-remaining` as calls report it.
-            CrmSettings::Pipedrive { .. } => crate::adapters::dynamodb::LimiterSettings {
-                burst_limit: 20,
-                burst_window_ms: 2_000,
-                daily_limit: 30_000,
-                daily_reserve: 1_500,
-                requests_per_call: 2,
-                daily_cost_per_call: crate::adapters::pipedrive::client::token_cost::PER_CALL,
-                // The window is short (2 s), so HubSpot's 2% margin would be 40 ms: less than a
-                // slow first connection between a search and its write. 10% is 200 ms.
-                headroom: 0.9,
-                // Nine calls a window: a live lead would cost a fifth of the pace.
-                live_burst: 0,
-                ..hubspot
-            },
-            // Salesforce has no short window, only the daily budget (100,000 requests and up,
-            // by edition and licences); 20 calls a second keeps well clear of its concurrent
-            // long-request limit.
-            CrmSettings::Salesforce(_) => crate::adapters::dynamodb::LimiterSettings {
-                burst_limit: 20,
-                burst_window_ms: 1_000,
-                daily_limit: 100_000,
-                daily_reserve: 5_000,
-                // Two slots would be a tenth of the pace: a live call waits two slots (100 ms)
-                // at most behind background work.
-                live_burst: 0,
-                ..hubspot
-            },
-        }
+/// The prefix of a CRM's limit variables (`HUBSPOT_BURST_LIMIT`, `PIPEDRIVE_BURST_LIMIT`, ...),
+/// by its name as `crm_name` gives it.
+fn limit_prefix(crm: &str) -> &'static str {
+    match crm {
+        "pipedrive" => "PIPEDRIVE",
+        "salesforce" => "SALESFORCE",
+        _ => "HUBSPOT",
+    }
+}
+
+/// A CRM's own limits, before any variable changes them.
+fn limiter_defaults(crm: &str) -> crate::adapters::dynamodb::LimiterSettings {
+    let hubspot = crate::adapters::dynamodb::LimiterSettings::default();
+    match crm {
+        "hubspot" => hubspot,
+        // The lowest plan's token window (20 requests per 2 s). The daily budget is the
+        // company's, in tokens (30,000 x plan multiplier x seats), shared with every other
+        // app; it is adopted from `x-daily-ratelimit-token-remaining` as calls report it.
+        "pipedrive" => crate::adapters::dynamodb::LimiterSettings {
+            burst_limit: 20,
+            burst_window_ms: 2_000,
+            daily_limit: 30_000,
+            daily_reserve: 1_500,
+            requests_per_call: 2,
+            daily_cost_per_call: crate::adapters::pipedrive::client::token_cost::PER_CALL,
+            // The window is short (2 s), so HubSpot's 2% margin would be 40 ms: less than a
+            // slow first connection between a search and its write. 10% is 200 ms.
+            headroom: 0.9,
+            // Nine calls a window: a live lead would cost a fifth of the pace.
+            live_burst: 0,
+            ..hubspot
+        },
+        // Salesforce has no short window, only the daily budget (100,000 requests and up,
+        // by edition and licences); 20 calls a second keeps well clear of its concurrent
+        // long-request limit.
+        _ => crate::adapters::dynamodb::LimiterSettings {
+            burst_limit: 20,
+            burst_window_ms: 1_000,
+            daily_limit: 100_000,
+            daily_reserve: 5_000,
+            // Two slots would be a tenth of the pace: a live call waits two slots (100 ms)
+            // at most behind background work.
+            live_burst: 0,
+            ..hubspot
+        },
     }
 }
 
@@ -263,6 +264,9 @@ pub struct DashboardConfig {
     pub declared_objects: std::collections::HashMap<crate::domain::contract::ObjectKind, String>,
     /// Each type's display properties (the mapping's `display`), which name a record to a person.
     pub display: std::collections::HashMap<crate::domain::contract::ObjectKind, Vec<(String, String)>>,
+    /// Where the CRM's daily budget is read, for the health page: the limiter's table, its key
+    /// (the CRM's name) and its settings; `None` without `RATE_LIMIT_TABLE`.
+    pub budget: Option<(String, String, crate::adapters::dynamodb::LimiterSettings)>,
 }
 
 /// The CRM app a record's dashboard link opens.
@@ -361,27 +365,24 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         })
     }
 
-    /// The CRM section the sync and the reconcile functions share.
-    fn crm_section(&self) -> Result<CrmSection, ConfigError> {
-        let vars: variables::Crm = self.read("")?;
-        let settings = crm_settings(vars.crm.as_deref(), &vars)?;
-        let defaults = settings.limiter_defaults();
-        let limits: variables::Limits = self.read(&format!("{}_", settings.prefix()))?;
+    /// The limiter's settings for a CRM (by its name, `hubspot`, ...): its own limits, changed
+    /// by the `{CRM}_…` variables.
+    fn limiter(&self, crm: &str) -> Result<crate::adapters::dynamodb::LimiterSettings, ConfigError> {
+        let defaults = limiter_defaults(crm);
+        let prefix = limit_prefix(crm);
+        let limits: variables::Limits = self.read(&format!("{prefix}_"))?;
         let headroom = limits.burst_headroom.unwrap_or(defaults.headroom);
         if !(0.05..=1.0).contains(&headroom) {
             return Err(ConfigError::new(
-                &format!("{}_BURST_HEADROOM", settings.prefix()),
+                &format!("{prefix}_BURST_HEADROOM"),
                 "must be between 0.05 and 1",
             ));
         }
-        let (mapping_toml, mapping_source) =
-            mapping_text(vars.crm_sync_mapping_file, settings.built_in_mapping())?;
         let daily_limit = limits.daily_limit.unwrap_or(defaults.daily_limit);
         let daily_reserve = limits.daily_reserve.unwrap_or(defaults.daily_reserve);
         // A tenth of the day for live changes unless set.
         let live_reserve = limits.live_reserve.unwrap_or(daily_limit / 10);
         if daily_reserve + live_reserve >= daily_limit {
-            let prefix = settings.prefix();
             return Err(ConfigError::new(
                 &format!("{prefix}_LIVE_RESERVE"),
                 format!(
@@ -390,19 +391,29 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 ),
             ));
         }
+        Ok(crate::adapters::dynamodb::LimiterSettings {
+            burst_limit: limits.burst_limit.unwrap_or(defaults.burst_limit),
+            burst_window_ms: limits.burst_window_ms.unwrap_or(defaults.burst_window_ms),
+            headroom,
+            daily_limit,
+            daily_reserve,
+            live_reserve,
+            day_offset_minutes: limits
+                .day_utc_offset_minutes
+                .unwrap_or(defaults.day_offset_minutes),
+            ..defaults
+        })
+    }
+
+    /// The CRM section the sync and the reconcile functions share.
+    fn crm_section(&self) -> Result<CrmSection, ConfigError> {
+        let vars: variables::Crm = self.read("")?;
+        let settings = crm_settings(vars.crm.as_deref(), &vars)?;
+        let limiter = self.limiter(settings.provider())?;
+        let (mapping_toml, mapping_source) =
+            mapping_text(vars.crm_sync_mapping_file, settings.built_in_mapping())?;
         Ok(CrmSection {
-            limiter: crate::adapters::dynamodb::LimiterSettings {
-                burst_limit: limits.burst_limit.unwrap_or(defaults.burst_limit),
-                burst_window_ms: limits.burst_window_ms.unwrap_or(defaults.burst_window_ms),
-                headroom,
-                daily_limit,
-                daily_reserve,
-                live_reserve,
-                day_offset_minutes: limits
-                    .day_utc_offset_minutes
-                    .unwrap_or(defaults.day_offset_minutes),
-                ..defaults
-            },
+            limiter,
             settings,
             mapping_toml,
             mapping_source,
@@ -635,6 +646,10 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             record_links,
             declared_objects,
             display,
+            budget: match vars.rate_limit_table {
+                Some(table) => Some((table, crm.to_string(), self.limiter(crm)?)),
+                None => None,
+            },
         })
     }
 }
@@ -926,6 +941,7 @@ mod variables {
         pub pipedrive_app_url: Option<String>,
         pub salesforce_instance_url: Option<String>,
         pub crm_sync_mapping_file: Option<String>,
+        pub rate_limit_table: Option<String>,
     }
 
     /// The variable names `T` declares, with `prefix`: serde hands a struct's deserializer its
@@ -1288,6 +1304,31 @@ mod tests {
         assert_eq!(
             env(&pairs).dashboard().unwrap_err().variable,
             "DASHBOARD_SIGN_IN_FAILURES_PER_CLIENT"
+        );
+    }
+
+    #[test]
+    fn the_dashboard_reads_the_days_budget_with_the_limits_the_sync_uses_when_it_knows_the_limiter() {
+        let mut pairs = dashboard_pairs();
+        pairs.push(("DASHBOARD_TABLE", "t"));
+        assert!(
+            env(&pairs).dashboard().unwrap().budget.is_none(),
+            "no limiter table, no budget"
+        );
+        pairs.extend([
+            ("RATE_LIMIT_TABLE", "limits"),
+            ("CRM", "pipedrive"),
+            ("PIPEDRIVE_DAILY_LIMIT", "90000"),
+        ]);
+        let (table, key, limiter) = env(&pairs).dashboard().unwrap().budget.unwrap();
+        assert_eq!((table.as_str(), key.as_str()), ("limits", "pipedrive"));
+        assert_eq!(limiter.daily_limit, 90_000);
+        assert_eq!(limiter.daily_reserve, 1_500, "Pipedrive's own reserve");
+        assert_eq!(limiter.live_reserve, 9_000, "a tenth of the day");
+        pairs.push(("PIPEDRIVE_DAILY_RESERVE", "90000"));
+        assert_eq!(
+            env(&pairs).dashboard().unwrap_err().variable,
+            "PIPEDRIVE_LIVE_RESERVE"
         );
     }
 

@@ -446,6 +446,9 @@ pub trait RecordJournal: Send + Sync {
     /// Deletes the record's timeline and conflict journal, which hold values (a privacy
     /// deletion); the state item stays.
     async fn forget(&self, record: &RecordRef) -> Result<(), StoreUnavailable>;
+
+    /// Adds a batch's outbound outcomes to the counts of the hour starting at `hour_ms`.
+    async fn count_outcomes(&self, hour_ms: i64, synced: u64, failed: u64) -> Result<(), StoreUnavailable>;
 }
 
 /// Reading records' states: by record, by CRM id, by email, by status.
@@ -531,6 +534,21 @@ pub trait RecordQueries: Send + Sync {
 
     /// Contacts whose email is `email` (compared lower-cased).
     async fn find_by_email(&self, email: &str, limit: usize) -> Result<Vec<RecordState>, StoreUnavailable>;
+
+    /// The record the filter selected longest ago (the oldest waiting change, for `pending`).
+    async fn oldest(&self, filter: RecordFilter) -> Result<Option<RecordState>, StoreUnavailable>;
+
+    /// The outbound outcomes counted per hour, of the hours from `from_hour_ms` on.
+    async fn outcome_hours(
+        &self,
+        from_hour_ms: i64,
+    ) -> Result<Vec<crate::domain::health::HourCount>, StoreUnavailable>;
+}
+
+/// The CRM day's budget, as the shared limiter holds it.
+#[async_trait]
+pub trait BudgetReader: Send + Sync {
+    async fn today(&self, now_ms: i64) -> Result<crate::domain::health::DayBudget, StoreUnavailable>;
 }
 
 /// The three roles the per-record sync store plays (leases, timeline and conflict journal,

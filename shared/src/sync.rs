@@ -239,13 +239,21 @@ impl SyncService {
             mut report,
             dispositions,
             timeline,
-            now_ms: _,
+            now_ms,
         } = batch;
         if let Err(error) = self.history.append_timeline(&timeline).await {
             // The outcome is in each record's state; only the history line is lost.
             tracing::error!(error = ?anyhow::Error::from(error), entries = timeline.len(), "could not write the timeline");
         }
         self.worker.dispatch(&messages, dispositions, &mut report).await;
+        let (synced, failed) = (report.applied as u64, report.dead_lettered as u64);
+        if synced + failed > 0 {
+            let hour = crate::domain::health::hour_of(now_ms);
+            if let Err(error) = self.history.count_outcomes(hour, synced, failed).await {
+                // Only the health page's hourly chart misses them.
+                tracing::warn!(error = ?anyhow::Error::from(error), "could not count the batch's outcomes");
+            }
+        }
         report
     }
 

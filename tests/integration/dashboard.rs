@@ -1108,3 +1108,93 @@ async fn a_record_page_follows_a_queued_re_sync_until_it_has_an_outcome_without_
     assert!(!settled.contains("id=\"live-status\""), "no longer queued");
     assert!(!settled.contains("http-equiv=\"refresh\""), "no longer followed");
 }
+
+/// The text of the element whose `id` is `id` (its first `>` to the next `</`), tags and all.
+fn element<'a>(page: &'a str, id: &str) -> &'a str {
+    let start = page
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id} on the page"));
+    let end = start
+        + page[start..]
+            .find("</section>")
+            .or_else(|| page[start..].find("</p>"))
+            .unwrap();
+    &page[start..end]
+}
+
+#[tokio::test]
+async fn the_landing_page_says_whether_sync_is_healthy_and_the_health_page_charts_it() {
+    let app = spawn_app_with(AppOptions::syncing()).await;
+    app.sandbox().remove_property("contacts", "phone");
+    let at = now_ms();
+    app.send_changes(&[
+        contact("health-1", at, json!({"email": "health-1@example.com"})),
+        contact("health-2", at, json!({"email": "health-2@example.com"})),
+        contact(
+            "health-3",
+            at,
+            json!({"email": "health-3@example.com", "phone": "+1 555 0100"}),
+        ),
+    ])
+    .await;
+    app.settled(contact_ref("health-1"), SyncStatus::Synced).await;
+    app.settled(contact_ref("health-2"), SyncStatus::Synced).await;
+    app.settled(contact_ref("health-3"), SyncStatus::Failed).await;
+
+    let operator = signed_in(&app).await;
+    let home = eventually(30, "the failure counted and dead-lettered", || async {
+        let home = operator.get("/admin").await.body;
+        (home.contains("1 change(s) failed in the last hour")
+            && home.contains("1 message(s) in dead-letter queues"))
+        .then_some(home)
+    })
+    .await;
+    let health = element(&home, "health");
+    assert!(health.contains("Sync needs attention"), "{health}");
+    assert!(
+        health.contains("href=\"/admin?filter=failed\""),
+        "a failure links to its causes"
+    );
+    assert!(health.contains("no reconciliation has run yet"), "{health}");
+    assert!(health.contains("Last successful sync: <time"), "{health}");
+
+    let page = operator.get("/admin/health").await.body;
+    assert!(
+        page.contains("2 changes synced and 1 failed in the last 168 hours"),
+        "the chart's numbers: {}",
+        element(&page, "hours-chart")
+    );
+    assert_eq!(
+        page.matches("class=\"failed\"").count(),
+        1,
+        "one hour with a failure bar"
+    );
+    let budget = element(&page, "budget-facts");
+    let used: u64 = budget
+        .split('>')
+        .nth(1)
+        .and_then(|text| text.split(' ').next())
+        .map(|n| n.replace(',', "").parse().unwrap())
+        .unwrap();
+    assert!(
+        used >= 1,
+        "the sync's calls are spent from today's budget: {budget}"
+    );
+    assert!(budget.contains(" of 625,000 calls used today"), "{budget}");
+    assert!(!page.contains("<script"), "drawn on the server");
+
+    // A healthy stack: syncs, a reconciliation, nothing failed.
+    let calm = spawn_app_with(AppOptions::syncing()).await;
+    calm.send_changes(&[contact(
+        "calm-1",
+        now_ms(),
+        json!({"email": "calm-1@example.com"}),
+    )])
+    .await;
+    calm.settled(contact_ref("calm-1"), SyncStatus::Synced).await;
+    calm.reconcile().await;
+    let home = signed_in(&calm).await.get("/admin").await.body;
+    let health = element(&home, "health");
+    assert!(health.contains("Sync is healthy"), "{health}");
+    assert!(!health.contains("<li data-level"), "{health}");
+}

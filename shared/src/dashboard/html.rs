@@ -16,6 +16,7 @@ use crate::reconcile::RunReport;
 
 use super::{FailureGroup, FailureGroups, LaneView, RecordView, FOLLOW_MS};
 use crate::domain::failures::Cause;
+use crate::domain::health::{DayBudget, HealthFacts, HourCount, Level};
 
 /// Percent-encodes a value for a query string.
 pub fn url_part(text: &str) -> String {
@@ -87,6 +88,10 @@ button.quiet{background:#fff;color:var(--accent)}.actions{display:flex;flex-wrap
 input[type=search],input[type=password]{font:inherit;padding:.4rem .6rem;border:1px solid var(--line);border-radius:6px;min-width:0;width:100%;max-width:24rem}\
 .search{display:flex;gap:.5rem;margin-bottom:1rem}.notice{padding:.6rem .9rem;border-radius:8px;background:#e8f0fe;border:1px solid #bcd0fb;margin-bottom:1rem}\
 .notice.bad{background:#fde7e7;border-color:#f3b7b7}.muted{color:var(--muted)}.login{max-width:22rem;margin:12vh auto;background:#fff;border:1px solid var(--line);border-radius:10px;padding:1.4rem}\
+.health{padding:.7rem 1rem;border-radius:8px;border:1px solid var(--line);background:#fff;margin-bottom:1rem}\
+.health.ok{border-color:#9fd3b0;background:#f1fbf4}.health.warn{border-color:#f0d089;background:#fffaf0}.health.bad{border-color:#f3b7b7;background:#fff5f5}\
+.health h2{margin:0 0 .3rem;font-size:1.05rem}.health ul{margin:.3rem 0;padding-left:1.2rem}.facts{display:flex;flex-wrap:wrap;gap:.3rem 1.4rem;margin:.4rem 0 0;padding:0;list-style:none}\
+.chart{width:100%;height:auto;background:#fff;border:1px solid var(--line);border-radius:8px}\
 .login label{display:block;margin-bottom:.4rem}.login input{max-width:none;margin-bottom:1rem}\
 @media (max-width:640px){main{padding:.6rem}th,td{padding:.4rem}.hide-narrow{display:none}\
 table.cards thead{display:none}table.cards,table.cards tbody,table.cards tr,table.cards td{display:block;width:auto}\
@@ -140,6 +145,7 @@ fn signed_in_with(title: &str, refresh: Option<&str>, frame: &Frame<'_>, content
             a.brand href="/admin" { "crm-sync" }
             nav {
                 a href="/admin" { "Records" }
+                a href="/admin/health" { "Health" }
                 a href="/admin/queues" { "Queues" }
                 form method="post" action="/admin/logout" {
                     (csrf_field(frame.csrf))
@@ -307,6 +313,8 @@ pub struct RecordsView<'a> {
     pub groups: Option<&'a FailureGroups>,
     /// The one cause the listing is narrowed to.
     pub cause: Option<&'a Cause>,
+    /// Sync health at a glance (on the landing page).
+    pub health: Option<&'a HealthFacts>,
 }
 
 impl<'a> RecordsView<'a> {
@@ -330,6 +338,7 @@ impl<'a> RecordsView<'a> {
             types: &[],
             groups: None,
             cause: None,
+            health: None,
         }
     }
 }
@@ -340,6 +349,9 @@ pub fn records_page(
     crm_url: &dyn Fn(&RecordState) -> Option<String>,
 ) -> String {
     let content = html! {
+        @if let Some(health) = view.health {
+            (health_summary(health))
+        }
         h1 { "Records" }
         (status_tabs(view))
         (search_form(view.query))
@@ -457,6 +469,222 @@ fn failure_group_row(frame: &Frame<'_>, group: &FailureGroup, back: &str) -> Mar
                         "Re-sync " (group.count)
                     }
                 }
+            }
+        }
+    }
+}
+
+fn level_class(level: Level) -> &'static str {
+    match level {
+        Level::Ok => "ok",
+        Level::Warn => "warn",
+        Level::Bad => "bad",
+    }
+}
+
+/// A count with thousands separated (`12,345`).
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+/// Is sync healthy, and if not, what to do: the verdict, what needs attention (each a link to
+/// where it is acted on), and the facts it rests on.
+pub fn health_summary(facts: &HealthFacts) -> Markup {
+    let attention = facts.attention();
+    let level = attention.first().map_or(Level::Ok, |line| line.level);
+    let (hour, day) = facts.failures();
+    let dead: u64 = facts.dead_letters.iter().map(|(_, depth)| depth).sum();
+    html! {
+        section.health.(level_class(level)) #health aria-labelledby="health-verdict" {
+            h2 #health-verdict {
+                @if attention.is_empty() { "Sync is healthy" } @else { "Sync needs attention" }
+            }
+            @if !attention.is_empty() {
+                ul {
+                    @for line in &attention {
+                        li data-level=(level_class(line.level)) { a href=(line.href) { (line.text) } }
+                    }
+                }
+            }
+            ul.facts {
+                li { "Last successful sync: " (when(facts.last_synced_ms, facts.now_ms)) }
+                li {
+                    "Oldest waiting change: "
+                    @match facts.oldest_pending_ms {
+                        Some(at) => { (ago(facts.now_ms - at).trim_end_matches(" ago")) " old" },
+                        None => (muted("none")),
+                    }
+                }
+                li { "Failed: " (hour) " in the last hour, " (day) " in 24 h" }
+                li { "Dead letters: " (dead) }
+                @if let Some(budget) = &facts.budget {
+                    li { "CRM budget today: " (percent(budget.used, budget.limit)) " used" }
+                }
+                li { a href="/admin/health" { "Health details" } }
+            }
+        }
+    }
+}
+
+fn percent(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        return "0%".into();
+    }
+    format!("{:.0}%", part as f64 * 100.0 / whole as f64)
+}
+
+/// The health page: the verdict, outcomes per hour over seven days, the day's CRM budget, the
+/// dead-letter queues and the last reconciliation.
+pub fn health_page(
+    frame: &Frame<'_>,
+    facts: &HealthFacts,
+    lanes: &[LaneView],
+    report: Result<Option<&RunReport>, &str>,
+) -> String {
+    let content = html! {
+        h1 { "Health" }
+        (health_summary(facts))
+        h2 #hours-title { "Changes synced and failed per hour, last 7 days" }
+        (hours_chart(&facts.hours))
+        (hours_table(&facts.hours))
+        h2 #budget-title { "CRM budget today" }
+        @match &facts.budget {
+            Some(budget) => (budget_chart(budget)),
+            None => p.muted { "Not shown: this dashboard does not read the limiter." },
+        }
+        h2 { "Dead-letter queues" }
+        div.scroll {
+            table {
+                thead { tr { th { "Queue" } th { "Waiting" } th { "Oldest" } } }
+                tbody {
+                    @for lane in lanes {
+                        tr data-lane=(lane.name) {
+                            td { (lane.name) }
+                            @match &lane.summary {
+                                Ok(summary) => {
+                                    td.depth { (summary.waiting) }
+                                    td { (when(summary.oldest.as_ref().map(|oldest| oldest.sent_at_ms), frame.now_ms)) }
+                                }
+                                Err(error) => td.err colspan="2" { (error) },
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        p { a href="/admin/queues" { "Redrive on the Queues page" } }
+        h2 { "Last reconciliation" }
+        (reconcile_report(report, frame.now_ms))
+    };
+    signed_in("Health", frame, content)
+}
+
+const CHART_W: i64 = 672;
+const CHART_H: i64 = 120;
+
+/// Bars per hour, synced below and failed stacked on top, drawn on the server (inline SVG: no
+/// script, nothing fetched).
+fn hours_chart(hours: &[HourCount]) -> Markup {
+    let top = hours
+        .iter()
+        .map(|h| h.synced + h.failed)
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let slot = CHART_W as f64 / hours.len().max(1) as f64;
+    let height = |n: u64| n as f64 * (CHART_H - 16) as f64 / top as f64;
+    let (synced, failed): (u64, u64) = hours
+        .iter()
+        .fold((0, 0), |(s, f), h| (s + h.synced, f + h.failed));
+    html! {
+        svg.chart #hours-chart viewBox={ "0 0 " (CHART_W) " " (CHART_H + 14) } role="img"
+            aria-labelledby="hours-title hours-desc" xmlns="http://www.w3.org/2000/svg" {
+            desc #hours-desc {
+                (synced) " changes synced and " (failed) " failed in the last " (hours.len()) " hours; the busiest hour had " (top) "."
+            }
+            @for (index, hour) in hours.iter().enumerate() {
+                @let x = index as f64 * slot;
+                @let s = height(hour.synced);
+                @let f = height(hour.failed);
+                @if hour.synced > 0 {
+                    rect x=(format!("{x:.1}")) y=(format!("{:.1}", CHART_H as f64 - s)) width=(format!("{:.1}", slot * 0.8))
+                        height=(format!("{s:.1}")) fill="#2e8b57" {}
+                }
+                @if hour.failed > 0 {
+                    rect.failed x=(format!("{x:.1}")) y=(format!("{:.1}", CHART_H as f64 - s - f)) width=(format!("{:.1}", slot * 0.8))
+                        height=(format!("{f:.1}")) fill="#c62828" {}
+                }
+                @if hour.hour_ms.rem_euclid(86_400_000) == 0 {
+                    line x1=(format!("{x:.1}")) x2=(format!("{x:.1}")) y1="0" y2=(CHART_H) stroke="#dde2ea" {}
+                    text x=(format!("{:.1}", x + 2.0)) y=(CHART_H + 12) font-size="10" fill="#5b6575" {
+                        (rfc3339(hour.hour_ms).get(5..10).unwrap_or_default())
+                    }
+                }
+            }
+            text x="4" y="11" font-size="10" fill="#5b6575" { (top) " an hour" }
+        }
+        p.muted { span style="color:#2e8b57" { "■" } " synced  " span style="color:#c62828" { "■" } " failed (dead-lettered)" }
+    }
+}
+
+/// The chart's numbers, a day a row, for reading without the picture.
+fn hours_table(hours: &[HourCount]) -> Markup {
+    let mut days: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for hour in hours {
+        let day = days
+            .entry(rfc3339(hour.hour_ms).get(..10).unwrap_or_default().to_string())
+            .or_default();
+        day.0 += hour.synced;
+        day.1 += hour.failed;
+    }
+    html! {
+        details {
+            summary { "The numbers, per day (UTC)" }
+            table #hours-table {
+                thead { tr { th { "Day" } th { "Synced" } th { "Failed" } } }
+                tbody {
+                    @for (day, (synced, failed)) in days.iter().rev() {
+                        tr { td { (day) } td { (synced) } td { (failed) } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The day's budget as one bar: spent, where background work stops, where every call stops.
+fn budget_chart(budget: &DayBudget) -> Markup {
+    let scale = |n: u64| n.min(budget.limit) as f64 * CHART_W as f64 / budget.limit.max(1) as f64;
+    let used = scale(budget.used);
+    let background = scale(budget.background_stop());
+    let live = scale(budget.live_stop());
+    html! {
+        svg.chart #budget-chart viewBox={ "0 0 " (CHART_W) " 40" } role="img" aria-labelledby="budget-title budget-desc"
+            xmlns="http://www.w3.org/2000/svg" {
+            desc #budget-desc {
+                (thousands(budget.used)) " of " (thousands(budget.limit)) " calls used; background work stops at "
+                (thousands(budget.background_stop())) ", live changes at " (thousands(budget.live_stop())) "."
+            }
+            rect x="0" y="8" width=(CHART_W) height="24" fill="#eceef2" {}
+            rect x=(format!("{background:.1}")) y="8" width=(format!("{:.1}", live - background)) height="24" fill="#fff4d6" {}
+            rect x=(format!("{live:.1}")) y="8" width=(format!("{:.1}", CHART_W as f64 - live)) height="24" fill="#fde7e7" {}
+            rect #budget-used x="0" y="8" width=(format!("{used:.1}")) height="24" fill="#1f5fd1" {}
+        }
+        p #budget-facts {
+            (thousands(budget.used)) " of " (thousands(budget.limit)) " calls used today ("
+            (percent(budget.used, budget.limit)) "). Background work (reconciliation, backfills) stops at "
+            (thousands(budget.background_stop())) " (the live reserve, yellow, is for live changes); every call stops at "
+            (thousands(budget.live_stop())) " (the reserve, red, is left for the account's other users)."
+            @if let Some(until) = budget.paused_until_ms {
+                " The CRM refused the day's calls (429): none before " (rfc3339(until)) "."
             }
         }
     }
@@ -1315,6 +1543,7 @@ mod tests {
                 types: &[],
                 groups: Some(&groups),
                 cause: None,
+                health: None,
             },
             &|_| None,
         );

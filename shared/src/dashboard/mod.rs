@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::domain::clock::Clock;
 use crate::domain::contract::{with_idempotency_id, ObjectKind, RecordRef};
 use crate::domain::failures::{cause_of, Cause};
+use crate::domain::health::HealthFacts;
 use crate::domain::inbound::ConflictEntry;
 use crate::domain::sync::{RecordFilter, RecordState, SyncStatus, Tally, TimelineEntry, TimelineKind};
 use crate::ports::state::*;
@@ -238,6 +239,8 @@ pub struct DashboardService {
     settings: DashboardSettings,
     /// Where adoption backfills keep their progress (`None`: not shown).
     adoptions: Option<Arc<dyn crate::ports::AdoptionStore>>,
+    /// The CRM day's budget (`None`: not shown).
+    budget: Option<Arc<dyn crate::ports::BudgetReader>>,
 }
 
 impl DashboardService {
@@ -258,7 +261,104 @@ impl DashboardService {
             clock,
             settings,
             adoptions: None,
+            budget: None,
         }
+    }
+
+    /// Shows the CRM day's budget on the health page.
+    pub fn with_budget(mut self, budget: Arc<dyn crate::ports::BudgetReader>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// What the health page shows: each part read at once, and named when it cannot be read.
+    pub async fn health(&self) -> (HealthFacts, Vec<LaneView>) {
+        use crate::domain::health::{hour_of, HOUR_MS, WEEK_HOURS};
+        let now_ms = self.clock.now_ms();
+        let from_hour = hour_of(now_ms) - HOUR_MS * (WEEK_HOURS as i64 - 1);
+        let budget = async {
+            match &self.budget {
+                Some(budget) => Some(budget.today(now_ms).await),
+                None => None,
+            }
+        };
+        let (synced, pending, hours, budget, lanes, report) = futures::join!(
+            self.queries
+                .list_of(RecordFilter::Status(SyncStatus::Synced), None, 1, None),
+            self.queries.oldest(RecordFilter::Status(SyncStatus::Pending)),
+            self.queries.outcome_hours(from_hour),
+            budget,
+            self.lanes(),
+            self.latest_report(),
+        );
+        let mut unreadable = Vec::new();
+        let mut note = |what: &str, error: &dyn std::fmt::Display| {
+            tracing::warn!(error = %error, what, "health: could not read");
+            unreadable.push(what.to_string());
+        };
+        let last_synced_ms = match synced {
+            Ok((states, _)) => states.first().and_then(|state| state.last_synced_at_ms),
+            Err(error) => {
+                note("the last sync", &DashboardError::from(error));
+                None
+            }
+        };
+        let oldest_pending_ms = match pending {
+            // Its age is the change's own (the app's `changed_at`): a retry moves the record
+            // on in the index, not the change.
+            Ok(state) => state.and_then(|state| {
+                let changed = state
+                    .pending_change
+                    .as_deref()
+                    .and_then(|body| crate::domain::contract::parse_change(body).ok())
+                    .map(|change| change.changed_at_ms);
+                changed.into_iter().chain(state.last_attempt_at_ms).min()
+            }),
+            Err(error) => {
+                note("the waiting changes", &error);
+                None
+            }
+        };
+        let hours = hours.unwrap_or_else(|error| {
+            note("the hourly counts", &error);
+            Vec::new()
+        });
+        let budget = match budget {
+            Some(Ok(budget)) => Some(budget),
+            Some(Err(error)) => {
+                note("the CRM's daily budget", &error);
+                None
+            }
+            None => None,
+        };
+        let last_reconcile = match report {
+            Ok(report) => report.map(|report| (report.started_at_ms, report.errors)),
+            Err(error) => {
+                note("the last reconciliation", &error);
+                None
+            }
+        };
+        let dead_letters = lanes
+            .iter()
+            .filter_map(|lane| match &lane.summary {
+                Ok(summary) => Some((lane.name.to_string(), summary.waiting)),
+                Err(_) => None,
+            })
+            .collect();
+        for lane in lanes.iter().filter(|lane| lane.summary.is_err()) {
+            unreadable.push(format!("the {} dead-letter queue", lane.name));
+        }
+        let facts = HealthFacts {
+            now_ms,
+            last_synced_ms,
+            oldest_pending_ms,
+            hours: crate::domain::health::last_hours(&hours, now_ms, WEEK_HOURS),
+            budget,
+            dead_letters,
+            last_reconcile,
+            unreadable,
+        };
+        (facts, lanes)
     }
 
     /// Shows adoption plans and their backfills' progress.

@@ -5,6 +5,7 @@ pub mod clock;
 pub mod contract;
 pub mod crm;
 pub mod failures;
+pub mod health;
 pub mod identity;
 pub mod inbound;
 pub mod mapping;

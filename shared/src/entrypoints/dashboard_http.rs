@@ -269,6 +269,7 @@ impl DashboardApi {
             .route("/admin", get(records).head(not_found))
             .route("/admin/record", get(record).head(not_found))
             .route("/admin/queues", get(queues).head(not_found))
+            .route("/admin/health", get(health).head(not_found))
             .route("/admin/adoption", get(adoption_plan).head(not_found))
             .route("/admin/resync", post(resync))
             .route("/admin/failures/resync", post(resync_cause))
@@ -321,7 +322,7 @@ impl DashboardApi {
         );
         // Timeline retention only matters for entries this function writes: the re-sync notes.
         let state = Arc::new(DynamoDbSyncState::new(
-            dynamodb,
+            dynamodb.clone(),
             config.state_table,
             90 * 86_400_000,
         ));
@@ -383,7 +384,7 @@ impl DashboardApi {
             display: config.display,
             ..DashboardSettings::default()
         };
-        let service = DashboardService::new(
+        let mut service = DashboardService::new(
             state.clone(),
             state.clone(),
             lanes,
@@ -392,6 +393,11 @@ impl DashboardApi {
             settings,
         )
         .with_adoptions(state);
+        if let Some((table, key, limiter)) = config.budget {
+            service = service.with_budget(Arc::new(crate::adapters::dynamodb::DynamoDbRateLimiter::new(
+                dynamodb, table, key, limiter,
+            )));
+        }
         Ok(Self::new(service, access))
     }
 
@@ -648,10 +654,13 @@ async fn records(
             return failures_of_cause(&d, &frame, &counts, &key).await;
         }
     }
-    // The first page of failures leads with their causes.
-    let groups = match (filter, object, &cursor) {
-        (RecordFilter::Status(SyncStatus::Failed), None, None) => Some(d.service.failure_groups().await?),
-        _ => None,
+    // The landing page leads with sync's health and the failures' causes.
+    let (groups, health) = match (filter, object, &cursor) {
+        (RecordFilter::Status(SyncStatus::Failed), None, None) => {
+            let (groups, (health, _)) = futures::join!(d.service.failure_groups(), d.service.health());
+            (Some(groups?), Some(health))
+        }
+        _ => (None, None),
     };
     let listing = d.service.list(filter, object, cursor.clone()).await?;
     let mut here_query = vec![("filter", filter.as_str().to_string())];
@@ -674,6 +683,7 @@ async fn records(
         types: d.service.types(),
         groups: groups.as_ref(),
         cause: None,
+        health: health.as_ref(),
     };
     Ok(page(StatusCode::OK, html::records_page(&frame, &view, &crm_url)))
 }
@@ -786,6 +796,28 @@ async fn queues(
             backfills.as_deref().map_err(String::as_str),
             plans.as_deref().map_err(String::as_str),
         ),
+    ))
+}
+
+async fn health(
+    State(d): State<Arc<Dashboard>>,
+    Extension(session): Extension<Session>,
+    request: Incoming,
+) -> Result<Response, DashboardError> {
+    let ((facts, lanes), report) = futures::join!(d.service.health(), d.service.latest_report());
+    let frame = Frame {
+        csrf: session.csrf_token(),
+        now_ms: facts.now_ms,
+        notice: notice(&request),
+    };
+    let report_error = report.as_ref().err().map(ToString::to_string);
+    let report = match &report {
+        Ok(report) => Ok(report.as_ref()),
+        Err(_) => Err(report_error.as_deref().unwrap_or("")),
+    };
+    Ok(page(
+        StatusCode::OK,
+        html::health_page(&frame, &facts, &lanes, report),
     ))
 }
 

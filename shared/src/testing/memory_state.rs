@@ -39,6 +39,8 @@ pub struct MemorySyncState {
     plans: Mutex<HashMap<String, crate::domain::adoption::PlanSummary>>,
     /// CRM object → how far its merges were read.
     merges_read: Mutex<HashMap<String, crate::domain::reconcile::MergeMark>>,
+    /// Outbound outcomes per hour: hour → (synced, failed).
+    outcomes: Mutex<std::collections::BTreeMap<i64, (u64, u64)>>,
 }
 
 impl MemorySyncState {
@@ -322,6 +324,14 @@ impl RecordJournal for MemorySyncState {
         }
         Ok(())
     }
+
+    async fn count_outcomes(&self, hour_ms: i64, synced: u64, failed: u64) -> Result<(), StoreUnavailable> {
+        let mut outcomes = self.outcomes.lock().unwrap();
+        let hour = outcomes.entry(hour_ms).or_default();
+        hour.0 += synced;
+        hour.1 += failed;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -426,6 +436,31 @@ impl RecordQueries for MemorySyncState {
     async fn find_by_email(&self, _email: &str, _limit: usize) -> Result<Vec<RecordState>, StoreUnavailable> {
         // The benchmark never searches; the state keeps no email here.
         Ok(Vec::new())
+    }
+
+    async fn oldest(&self, filter: RecordFilter) -> Result<Option<RecordState>, StoreUnavailable> {
+        let (all, _) = self
+            .list(filter, usize::MAX, None)
+            .await
+            .map_err(|_| StoreUnavailable(anyhow::anyhow!("listing failed")))?;
+        Ok(all.into_iter().last())
+    }
+
+    async fn outcome_hours(
+        &self,
+        from_hour_ms: i64,
+    ) -> Result<Vec<crate::domain::health::HourCount>, StoreUnavailable> {
+        Ok(self
+            .outcomes
+            .lock()
+            .unwrap()
+            .range(from_hour_ms..)
+            .map(|(hour_ms, (synced, failed))| crate::domain::health::HourCount {
+                hour_ms: *hour_ms,
+                synced: *synced,
+                failed: *failed,
+            })
+            .collect())
     }
 }
 

@@ -395,6 +395,37 @@ impl RateLimiter for DynamoDbRateLimiter {
     }
 }
 
+#[async_trait]
+impl crate::ports::BudgetReader for DynamoDbRateLimiter {
+    async fn today(&self, now_ms: i64) -> Result<crate::domain::health::DayBudget, StoreUnavailable> {
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(&self.key))
+            .send()
+            .await
+            .map_err(unavailable)?
+            .item
+            .unwrap_or_default();
+        let limit = self.settings.daily_limit;
+        // A day not started yet has spent nothing.
+        let today = number(&item, "day").map(|day| day as i64) == Some(self.settings.day_of(now_ms));
+        let left = number(&item, "day_left")
+            .filter(|_| today)
+            .map_or(limit, |left| left.max(0.0) as u64);
+        Ok(crate::domain::health::DayBudget {
+            limit,
+            used: limit.saturating_sub(left),
+            reserve: self.settings.daily_reserve,
+            live_reserve: self.settings.live_reserve,
+            paused_until_ms: number(&item, "paused_until")
+                .map(|until| until as i64)
+                .filter(|until| *until > now_ms),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

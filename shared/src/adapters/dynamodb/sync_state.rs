@@ -896,7 +896,28 @@ impl RecordJournal for DynamoDbSyncState {
         }
         Ok(())
     }
+
+    async fn count_outcomes(&self, hour_ms: i64, synced: u64, failed: u64) -> Result<(), StoreUnavailable> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(OUTCOMES_PK))
+            .key("sk", s(format!("{hour_ms:013}")))
+            .update_expression("ADD synced :synced, failed :failed SET expires_at = :expires")
+            .expression_attribute_values(":synced", n(synced))
+            .expression_attribute_values(":failed", n(failed))
+            .expression_attribute_values(":expires", n((hour_ms + OUTCOME_RETENTION_MS) / 1000))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
 }
+
+/// Outbound outcomes per hour: one item an hour (`sk` = the hour's start, 13 digits).
+const OUTCOMES_PK: &str = "STATS#outcomes";
+/// Kept a day longer than the health page's week.
+const OUTCOME_RETENTION_MS: i64 = 8 * 24 * 60 * 60 * 1000;
 
 #[async_trait]
 impl RecordQueries for DynamoDbSyncState {
@@ -1103,10 +1124,67 @@ impl RecordQueries for DynamoDbSyncState {
             .map_err(unavailable)?;
         self.states_of_keys(output.items()).await
     }
+
+    async fn oldest(&self, filter: RecordFilter) -> Result<Option<RecordState>, StoreUnavailable> {
+        self.oldest_of(filter).await
+    }
+
+    async fn outcome_hours(
+        &self,
+        from_hour_ms: i64,
+    ) -> Result<Vec<crate::domain::health::HourCount>, StoreUnavailable> {
+        self.hours_from(from_hour_ms).await
+    }
 }
 
 /// How many index pages one listing of a single type reads at most to fill its page.
 const TYPE_PAGES: usize = 5;
+
+/// `oldest` and `outcome_hours` (their own `impl` block: the trait's is long already).
+impl DynamoDbSyncState {
+    async fn oldest_of(&self, filter: RecordFilter) -> Result<Option<RecordState>, StoreUnavailable> {
+        let output = listing_query(self.client.query().table_name(&self.table), filter)
+            .scan_index_forward(true)
+            .limit(1)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(output.items().iter().find_map(state_from_item))
+    }
+
+    async fn hours_from(
+        &self,
+        from_hour_ms: i64,
+    ) -> Result<Vec<crate::domain::health::HourCount>, StoreUnavailable> {
+        let mut hours = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND sk >= :from")
+                .expression_attribute_values(":pk", s(OUTCOMES_PK))
+                .expression_attribute_values(":from", s(format!("{:013}", from_hour_ms.max(0))))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            hours.extend(output.items().iter().filter_map(|item| {
+                let count = |name: &str| number(item, name).unwrap_or(0).max(0) as u64;
+                Some(crate::domain::health::HourCount {
+                    hour_ms: text(item, "sk")?.parse().ok()?,
+                    synced: count("synced"),
+                    failed: count("failed"),
+                })
+            }));
+            start = output.last_evaluated_key().cloned();
+            if start.is_none() {
+                return Ok(hours);
+            }
+        }
+    }
+}
 
 /// The index query behind a listing.
 fn listing_query(
