@@ -128,6 +128,7 @@ async fn no_dashboard_page_or_action_is_reachable_without_signing_in() {
     }
     for path in [
         "/admin/resync",
+        "/admin/failures/resync",
         "/admin/queues/redrive",
         "/admin/conflicts/dismiss",
         "/admin/logout",
@@ -1055,7 +1056,7 @@ async fn failures_are_grouped_by_cause_with_their_fix_and_one_click_re_syncs_a_c
 async fn a_record_page_follows_a_queued_re_sync_until_it_has_an_outcome_without_any_script() {
     let app = spawn_app().await;
     // No sync function runs here, so the re-sync waits in its queue.
-    let (_, change) = taken_in_not_written(&app, "live-1").await;
+    let _ = taken_in_not_written(&app, "live-1").await;
     let store = app.sync_state();
     let operator = signed_in(&app).await;
     let path = "/admin/record?object=contact&id=live-1";
@@ -1092,16 +1093,52 @@ async fn a_record_page_follows_a_queued_re_sync_until_it_has_an_outcome_without_
         "following can be stopped"
     );
 
-    // The outcome lands: the page shows it and stops following.
+    // The sync takes the record up: the timeline line comes first, the state after it. While
+    // the state says the attempt is being written, the page keeps following.
+    let body = contact("live-1", now_ms(), json!({"email": "live-1b@example.com"})).to_string();
+    let taken = parse_change(&body).unwrap();
+    assert!(matches!(
+        store
+            .claim(
+                &taken,
+                &body,
+                &Default::default(),
+                "t2",
+                now_ms(),
+                now_ms() + 60_000
+            )
+            .await
+            .unwrap(),
+        crm_sync::ports::RecordClaim::Claimed(_)
+    ));
     store
         .append_timeline(&[crm_sync::domain::sync::TimelineEntry {
             record: contact_ref("live-1"),
-            at_ms: now_ms() + 1,
+            at_ms: now_ms(),
             kind: TimelineKind::Synced,
-            idempotency_id: Some(change.idempotency_id.clone()),
+            idempotency_id: Some(taken.idempotency_id.clone()),
             detail: "created CRM record 1".into(),
             call: None,
         }])
+        .await
+        .unwrap();
+    let writing = operator.get(path).await.body;
+    assert!(writing.contains("http-equiv=\"refresh\""), "still being written");
+    store
+        .settle(
+            &contact_ref("live-1"),
+            "t2",
+            now_ms(),
+            &crm_sync::ports::Settlement::Applied {
+                crm_id: Some("1".into()),
+                version_ms: taken.changed_at_ms,
+                idempotency_id: taken.idempotency_id.clone(),
+                written: Default::default(),
+                recent_writes: Default::default(),
+                status: SyncStatus::Synced,
+                previous_crm_ids: None,
+            },
+        )
         .await
         .unwrap();
     let settled = operator.get(path).await.body;

@@ -189,7 +189,7 @@ fn notice_text(notice: &Notice) -> Markup {
                     @if let Some(reason) = reason { ": " (reason) "." } @else { "." }
                 }
                 @if *more {
-                    " More of this cause are waiting: re-sync again."
+                    " More of this cause are waiting: re-sync them once these have left the failed list."
                 }
             }
             Notice::Dismissed => "Conflicts dismissed.",
@@ -362,6 +362,12 @@ pub fn records_page(
             (_, Some(cause)) => {
                 h2 { "Failed: " (cause_label(cause)) }
                 p { (cause.hint()) " " a href="/admin?filter=failed" { "All failures" } }
+                form.actions method="post" action="/admin/failures/resync" {
+                    (csrf_field(frame.csrf))
+                    input type="hidden" name="cause" value=(cause.key());
+                    input type="hidden" name="back" value=(view.here);
+                    button.quiet type="submit" { "Re-sync these " (view.records.len()) }
+                }
             }
             (Some(filter), None) => {
                 h2 { (filter_label(filter)) }
@@ -421,7 +427,7 @@ fn failure_groups(frame: &Frame<'_>, groups: &FailureGroups, back: &str) -> Mark
                         }
                         tbody {
                             @for group in &groups.groups {
-                                (failure_group_row(frame, group, back))
+                                (failure_group_row(frame, group, groups.per_click, back))
                             }
                         }
                     }
@@ -431,7 +437,7 @@ fn failure_groups(frame: &Frame<'_>, groups: &FailureGroups, back: &str) -> Mark
     }
 }
 
-fn failure_group_row(frame: &Frame<'_>, group: &FailureGroup, back: &str) -> Markup {
+fn failure_group_row(frame: &Frame<'_>, group: &FailureGroup, per_click: usize, back: &str) -> Markup {
     let helps = group.cause.fix_in().resync_helps();
     html! {
         tr data-cause=(group.cause.key()) {
@@ -464,9 +470,11 @@ fn failure_group_row(frame: &Frame<'_>, group: &FailureGroup, back: &str) -> Mar
                     (csrf_field(frame.csrf))
                     input type="hidden" name="cause" value=(group.cause.key());
                     input type="hidden" name="back" value=(back);
+                    @let queued = group.count.min(per_click);
                     button.quiet[!helps] type="submit"
-                        aria-label={ "Re-sync the " (group.count) " records failing with " (group.cause.key()) } {
-                        "Re-sync " (group.count)
+                        aria-label={ "Re-sync " (queued) " of the " (group.count) " records failing with " (group.cause.key()) } {
+                        "Re-sync " (queued)
+                        @if queued < group.count { " of " (group.count) }
                     }
                 }
             }
@@ -757,8 +765,11 @@ fn records_form(
             }
             div.actions {
                 button type="submit" name="scope" value="selected" { "Re-sync selected" }
-                button.quiet type="submit" name="scope" value="page" {
-                    "Re-sync all " (view.records.len()) " on this page"
+                // One cause's page lists more than a page: its own form above re-syncs them all.
+                @if view.cause.is_none() {
+                    button.quiet type="submit" name="scope" value="page" {
+                        "Re-sync all " (view.records.len()) " on this page"
+                    }
                 }
             }
         }
@@ -867,7 +878,7 @@ pub fn record_page(frame: &Frame<'_>, view: &RecordView, crm_url: Option<String>
     let state = &view.state;
     let key = record_key(&state.record);
     let href = record_href(&state.record);
-    let queued_at = view.resync_queued_at();
+    let queued_at = view.resync_queued_at(frame.now_ms);
     let following = follow && queued_at.is_some_and(|at| frame.now_ms - at < FOLLOW_MS);
     let content = html! {
         h1 {
@@ -881,8 +892,8 @@ pub fn record_page(frame: &Frame<'_>, view: &RecordView, crm_url: Option<String>
                     " This page reloads every " (FOLLOW_EVERY_S) " s until the record settles. "
                     a href={ (href) "&follow=0" } { "Stop following" }
                 } @else if follow {
-                    " Still none after " (FOLLOW_MS / 60_000) " minutes: the sync may be waiting for the \
-                     CRM's budget, or for a change of the record being written. Reload to check."
+                    " Still none after " (FOLLOW_MS / 60_000) " minutes: the re-sync queue may be backed up, \
+                     its event source paused, or another change of the record being written. Reload to check."
                 }
             }
         }
@@ -1526,6 +1537,7 @@ mod tests {
                 examples: vec![(state.record.clone(), Some("<script>alert(3)</script>".into()))],
                 newest_ms: None,
             }],
+            per_click: 500,
             read: 1,
             complete: true,
         };

@@ -68,7 +68,7 @@ impl Default for DashboardSettings {
             crm_record_url: None,
             types: ObjectKind::ALL.into_iter().chain([ObjectKind::Link]).collect(),
             display: HashMap::new(),
-            failure_pages: 20,
+            failure_pages: 10,
             cause_resync_max: 500,
         }
     }
@@ -136,6 +136,8 @@ pub struct FailureGroup {
 #[derive(Debug, Clone)]
 pub struct FailureGroups {
     pub groups: Vec<FailureGroup>,
+    /// Records one "Re-sync" click of a cause queues at most.
+    pub per_click: usize,
     /// Failed records read.
     pub read: usize,
     /// Whether every failed record was read (else the groups count the newest `read`).
@@ -146,15 +148,24 @@ pub struct FailureGroups {
 const CAUSE_EXAMPLES: usize = 3;
 
 impl RecordView {
-    /// When a re-sync was asked for that has no outcome yet (queued, or being written): the
-    /// newest line of the timeline is its note.
-    pub fn resync_queued_at(&self) -> Option<i64> {
-        self.timeline
-            .first()
-            .filter(|entry| entry.kind == TimelineKind::Note && entry.detail == RESYNC_NOTE)
-            .map(|entry| entry.at_ms)
+    /// When a re-sync was asked for, within [`QUEUED_SHOWN_MS`], that has no outcome yet: the
+    /// record has not been attempted since its note, or its attempt is still being written (the
+    /// state is `pending`; the timeline is written before the state is settled, so it is the
+    /// state that says when an attempt ended).
+    pub fn resync_queued_at(&self, now_ms: i64) -> Option<i64> {
+        let note = self
+            .timeline
+            .iter()
+            .find(|entry| entry.kind == TimelineKind::Note && entry.detail == RESYNC_NOTE)?;
+        let attempted_since = self.state.last_attempt_at_ms.is_some_and(|at| at >= note.at_ms);
+        let waiting = !attempted_since || self.state.status == SyncStatus::Pending;
+        (waiting && now_ms - note.at_ms < QUEUED_SHOWN_MS).then_some(note.at_ms)
     }
 }
+
+/// How long a re-sync with no outcome shows as queued: a re-sync the sync finds applied already
+/// (a redrive took the same change first) leaves no attempt behind.
+pub const QUEUED_SHOWN_MS: i64 = 10 * 60 * 1000;
 
 /// Why a record was not re-synced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -533,6 +544,7 @@ impl DashboardService {
         groups.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.cause.cmp(&b.cause)));
         Ok(FailureGroups {
             groups,
+            per_click: self.settings.cause_resync_max.max(1),
             read: records.len(),
             complete,
         })
@@ -549,8 +561,9 @@ impl DashboardService {
         Ok((records, complete))
     }
 
-    /// Re-syncs the failed records of one cause, at most `cause_resync_max` of them; returns
-    /// what was done and whether more of that cause are left.
+    /// Re-syncs the failed records of one cause, the newest `cause_resync_max` of them; returns
+    /// what was done and whether more of that cause are left (those queued stay failed until
+    /// the sync takes them up, so a click at once would queue the same ones again).
     pub async fn resync_cause(&self, key: &str) -> Result<(ResyncOutcome, bool), DashboardError> {
         let (records, _) = self.failed_with_cause(key).await?;
         let max = self.settings.cause_resync_max.max(1);
@@ -758,6 +771,52 @@ mod tests {
         let change = parse_change(&resync_message(&state, 9).unwrap()).unwrap();
         assert_eq!(change.idempotency_id, "resync-9");
         assert_eq!(change.changed_at_ms, 5);
+    }
+
+    #[test]
+    fn a_re_sync_shows_as_queued_until_an_attempt_since_it_has_settled_and_for_ten_minutes_at_most() {
+        let note = TimelineEntry {
+            record: state().record,
+            at_ms: 1_000,
+            kind: TimelineKind::Note,
+            idempotency_id: None,
+            detail: RESYNC_NOTE.into(),
+            call: None,
+        };
+        let view = |last_attempt: i64, status: SyncStatus, newer: Option<TimelineKind>| {
+            let mut state = state();
+            state.last_attempt_at_ms = Some(last_attempt);
+            state.status = status;
+            let mut timeline: Vec<TimelineEntry> = newer
+                .map(|kind| TimelineEntry {
+                    at_ms: 1_100,
+                    kind,
+                    detail: "outcome".into(),
+                    ..note.clone()
+                })
+                .into_iter()
+                .collect();
+            timeline.push(note.clone());
+            RecordView {
+                state,
+                timeline,
+                conflicts: Vec::new(),
+            }
+        };
+        let queued = view(900, SyncStatus::Failed, None);
+        assert_eq!(queued.resync_queued_at(2_000), Some(1_000));
+        assert_eq!(
+            queued.resync_queued_at(1_000 + QUEUED_SHOWN_MS),
+            None,
+            "not forever"
+        );
+        // The outcome's line is in, the state not yet settled: still followed.
+        let writing = view(1_100, SyncStatus::Pending, Some(TimelineKind::Synced));
+        assert_eq!(writing.resync_queued_at(2_000), Some(1_000));
+        let settled = view(1_100, SyncStatus::Synced, Some(TimelineKind::Synced));
+        assert_eq!(settled.resync_queued_at(2_000), None);
+        let failed = view(1_100, SyncStatus::Failed, Some(TimelineKind::Failed));
+        assert_eq!(failed.resync_queued_at(2_000), None);
     }
 
     #[test]

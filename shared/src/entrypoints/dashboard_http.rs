@@ -658,7 +658,11 @@ async fn records(
     let (groups, health) = match (filter, object, &cursor) {
         (RecordFilter::Status(SyncStatus::Failed), None, None) => {
             let (groups, (health, _)) = futures::join!(d.service.failure_groups(), d.service.health());
-            (Some(groups?), Some(health))
+            // The listing still shows when the grouping cannot be read.
+            let groups = groups
+                .map_err(|error| tracing::warn!(error = %error, "could not group the failures"))
+                .ok();
+            (groups, Some(health))
         }
         _ => (None, None),
     };

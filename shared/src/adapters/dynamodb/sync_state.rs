@@ -1029,6 +1029,8 @@ impl RecordQueries for DynamoDbSyncState {
             .key_condition_expression("pk = :pk")
             .expression_attribute_values(":pk", s(record_pk(record)))
             .scan_index_forward(false)
+            // A record's page follows a re-sync: it must see the state it reloads for.
+            .consistent_read(true)
             .limit(i32::try_from(limit + 1).unwrap_or(i32::MAX))
             .send()
             .await

@@ -116,7 +116,8 @@ fn save_result(result: &Value, fallback_id: Option<&str>) -> InputOutcome {
         .and_then(Value::as_str)
         .unwrap_or("Salesforce refused the record")
         .to_string();
-    // The fields, where the message does not name them: failures are grouped by them.
+    // The fields, always: failures are grouped by them, and Salesforce's message names them in
+    // forms no one reads alike (`Email: invalid email address`, `missing: [LastName]`).
     let fields: Vec<&str> = error
         .get("fields")
         .and_then(Value::as_array)
@@ -124,7 +125,7 @@ fn save_result(result: &Value, fallback_id: Option<&str>) -> InputOutcome {
         .flatten()
         .filter_map(Value::as_str)
         .collect();
-    if !fields.is_empty() && !fields.iter().all(|field| message.contains(field)) {
+    if !fields.is_empty() {
         message.push_str(&format!(" (fields: {})", fields.join(", ")));
     }
     InputOutcome::Failed(InputError {
@@ -1065,21 +1066,27 @@ mod tests {
     }
 
     #[test]
-    fn the_fields_of_a_refusal_are_named_once_for_grouping() {
+    fn the_fields_of_a_refusal_are_named_for_grouping() {
         let message = |errors: Value| match save_result(&json!({"success": false, "errors": errors}), None) {
             InputOutcome::Failed(error) => error.message,
             other => panic!("{other:?}"),
         };
         assert_eq!(
             message(
-                json!([{"statusCode": "STRING_TOO_LONG", "message": "data value too large", "fields": ["Title"]}])
+                json!([{"statusCode": "INVALID_EMAIL_ADDRESS", "message": "Email: invalid email address: bob",
+                            "fields": ["Email"]}])
             ),
-            "data value too large (fields: Title)"
+            "Email: invalid email address: bob (fields: Email)"
         );
         assert_eq!(
             message(json!([{"statusCode": "REQUIRED_FIELD_MISSING",
-                            "message": "Required fields are missing: [LastName]", "fields": ["LastName"]}])),
-            "Required fields are missing: [LastName]"
+                            "message": "Required fields are missing: [LastName, Company]",
+                            "fields": ["LastName", "Company"]}])),
+            "Required fields are missing: [LastName, Company] (fields: LastName, Company)"
+        );
+        assert_eq!(
+            message(json!([{"statusCode": "UNKNOWN_EXCEPTION", "message": "oops", "fields": []}])),
+            "oops"
         );
     }
 
