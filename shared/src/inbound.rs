@@ -35,6 +35,17 @@ use identity::IdentityWork;
 mod links;
 use links::LinkWork;
 
+/// A conflict's resolution, as journaled: the CRM keeps the person's value until crm-sync
+/// writes the field again (which resolves it).
+pub const NOT_APPLIED: &str =
+    "not applied: the app keeps its value, the CRM the person's until crm-sync writes the field again";
+/// The app's value was written back to the CRM at once (`REASSERT_APP_VALUES`).
+pub const REASSERTED: &str = "re-asserted the app's value in the CRM";
+/// Re-asserting failed: the CRM still holds the person's value.
+pub const REASSERT_FAILED: &str =
+    "not applied: re-asserting the app's value in the CRM failed, so the CRM keeps the \
+     person's until crm-sync writes the field again (the nightly reconciliation will)";
+
 /// How inbound events are handled.
 #[derive(Debug, Clone)]
 pub struct InboundSettings {
@@ -425,9 +436,31 @@ impl InboundService {
         });
         let mut per_record = self.decide_all(&ready, &failed_reads, &own_creations);
 
-        // Re-assert the app's values where configured (the CRM reports it back as an echo).
+        // Re-assert the app's values where configured (the CRM reports it back as an echo): a
+        // conflict whose app value is in the CRM again is resolved at once; one whose write
+        // failed stays open and says so.
         if self.settings.reassert_app_values {
-            self.reassert(&per_record, deadline, &mut batch.report).await;
+            let written = self.reassert(&per_record, deadline, &mut batch.report).await;
+            let now_ms = self.clock.now_ms();
+            for (record, (_, update, items)) in per_record.iter_mut() {
+                let done = written.contains(record);
+                for (_, effects) in items.iter_mut() {
+                    for conflict in effects.conflicts.iter_mut().filter(|c| c.app_value.is_some()) {
+                        if done {
+                            update
+                                .conflict_marks
+                                .reassert(std::iter::once(&conflict.crm_property), now_ms);
+                        } else {
+                            conflict.resolution = REASSERT_FAILED.to_string();
+                        }
+                    }
+                }
+                // Still flagged only if a conflict of this batch is still open.
+                update.flag_conflicts = items
+                    .iter()
+                    .flat_map(|(_, effects)| &effects.conflicts)
+                    .any(|c| update.conflict_marks.open.contains_key(&c.crm_property));
+            }
         }
 
         // Tell the app, journal conflicts, settle each record.
@@ -871,11 +904,11 @@ impl InboundService {
                         crm_value,
                     } => {
                         later(&mut entry.1.inbound_at, &property, p.change.occurred_at_ms);
-                        entry.1.new_conflicts += 1;
+                        entry.1.conflict(&property, p.change.occurred_at_ms);
                         let resolution = if self.settings.reassert_app_values && app_value.is_some() {
-                            "re-asserted the app's value in the CRM"
+                            REASSERTED
                         } else {
-                            "not applied: the app keeps its value, the CRM the person's until crm-sync writes the field again"
+                            NOT_APPLIED
                         };
                         effects.conflicts.push(ConflictEntry {
                             record: record.clone(),
@@ -1078,46 +1111,65 @@ impl InboundService {
         }
     }
 
+    /// Writes the app's values of this batch's conflicts back to the CRM; returns the records
+    /// whose write went through.
     async fn reassert(
         &self,
         per_record: &BTreeMap<RecordRef, RecordWork>,
         deadline: Instant,
         report: &mut BatchReport,
-    ) {
+    ) -> HashSet<RecordRef> {
+        let mut written = HashSet::new();
         for object in self.mapping.kinds() {
             let Some(mapping) = self.mapping.object(object) else {
                 continue;
             };
-            let inputs: Vec<UpdateInput> = per_record
+            let (records, inputs): (Vec<&RecordRef>, Vec<UpdateInput>) = per_record
                 .iter()
                 .filter(|(record, _)| record.object == object)
-                .filter_map(|(_, (state, _, items))| {
+                .filter_map(|(record, (state, _, items))| {
                     let properties: BTreeMap<String, String> = items
                         .iter()
                         .flat_map(|(_, effects)| effects.conflicts.iter())
                         .filter_map(|c| Some((c.crm_property.clone(), c.app_value.clone()?)))
                         .collect();
-                    (!properties.is_empty()).then(|| UpdateInput {
-                        crm_id: state.crm_id.clone().unwrap_or_default(),
-                        properties,
-                        written_before: state.written.clone(),
+                    (!properties.is_empty()).then(|| {
+                        (
+                            record,
+                            UpdateInput {
+                                crm_id: state.crm_id.clone().unwrap_or_default(),
+                                properties,
+                                written_before: state.written.clone(),
+                            },
+                        )
                     })
                 })
-                .collect();
-            for chunk in inputs.chunks(self.crm.max_batch().max(1)) {
-                if let Err(failure) = self
+                .unzip();
+            let max = self.crm.max_batch().max(1);
+            for (chunk, chunk_records) in inputs.chunks(max).zip(records.chunks(max)) {
+                match self
                     .worker
                     .call(deadline, report, || self.crm.update(&mapping.crm_object, chunk))
                     .await
                 {
-                    let reason = match failure {
-                        CallFailure::Throttled { .. } => "throttled".to_string(),
-                        CallFailure::Transient(reason) | CallFailure::Rejected(reason) => reason,
-                    };
-                    tracing::warn!(%reason, "could not re-assert app values; the nightly reconciliation will");
+                    Ok(result) => {
+                        for (record, outcome) in chunk_records.iter().zip(&result.outcomes) {
+                            if matches!(outcome, crate::domain::crm::InputOutcome::Done { .. }) {
+                                written.insert((*record).clone());
+                            }
+                        }
+                    }
+                    Err(failure) => {
+                        let reason = match failure {
+                            CallFailure::Throttled { .. } => "throttled".to_string(),
+                            CallFailure::Transient(reason) | CallFailure::Rejected(reason) => reason,
+                        };
+                        tracing::warn!(%reason, "could not re-assert app values; the nightly reconciliation will");
+                    }
                 }
             }
         }
+        written
     }
 }
 

@@ -479,7 +479,7 @@ impl InboundService {
                 }
             };
             if conflict && matches!(change.kind, IdentityKind::Merged { .. }) {
-                update.new_conflicts += 1;
+                update.conflict("(merge)", change.occurred_at_ms);
                 let entry = ConflictEntry {
                     record: record.clone(),
                     at_ms: change.occurred_at_ms,

@@ -176,7 +176,7 @@ impl InboundService {
                 )
             }
             Decided::Conflict { app_contact } => {
-                update.new_conflicts += 1;
+                update.conflict("(association)", change.occurred_at_ms);
                 let entry = ConflictEntry {
                     record: record.clone(),
                     at_ms: change.occurred_at_ms,

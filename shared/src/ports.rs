@@ -266,6 +266,9 @@ pub enum Settlement {
         /// The record moved to `crm_id` from another CRM id (a write that followed the CRM's
         /// merge): the ids it was on, its old one included (`RecordState::previous_crm_ids`).
         previous_crm_ids: Option<Vec<String>>,
+        /// The record's conflict marks, when the write resolved conflicts (it wrote the app's
+        /// value of a conflicted property); none left open takes it off the open listing.
+        conflicts: Option<crate::domain::inbound::ConflictMarks>,
     },
     /// The attempt failed; `status` is `Pending` when it will be retried, `Failed` when not;
     /// `retryable` when a later try may pass.
@@ -316,6 +319,10 @@ pub struct InboundUpdate {
     pub recent_events: Vec<String>,
     /// What an identity event (a merge, restore or privacy deletion) changes in the record.
     pub identity: Option<IdentityUpdate>,
+    /// The record's conflict marks after this update.
+    pub conflict_marks: crate::domain::inbound::ConflictMarks,
+    /// A conflict opened now is still open: the record joins the open-conflicts listing.
+    pub flag_conflicts: bool,
 }
 
 impl InboundUpdate {
@@ -329,7 +336,17 @@ impl InboundUpdate {
             inbox_sequence: state.inbox_sequence,
             recent_events: state.recent_events.clone(),
             identity: None,
+            conflict_marks: state.conflict_marks.clone(),
+            flag_conflicts: false,
         }
+    }
+
+    /// A conflict on `property` (a CRM property, or a pseudo-property such as `(merge)`) that
+    /// happened at `at_ms`.
+    pub fn conflict(&mut self, property: &str, at_ms: i64) {
+        self.new_conflicts += 1;
+        self.conflict_marks.open(property, at_ms);
+        self.flag_conflicts = true;
     }
 
     /// Adds an event acted on now, keeping the newest [`crate::domain::sync::RECENT_EVENTS`].

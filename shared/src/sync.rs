@@ -1576,6 +1576,21 @@ fn settlement(
                     w.outbound.crm_owned.join(", ")
                 ));
             }
+            // The app's values written now resolve the conflicts open on them: the CRM holds
+            // the app's value again.
+            let mut marks = w.prior.conflict_marks.clone();
+            let wrote = !deleted && without_call.is_none() && change.association.is_none();
+            let resolved = if wrote {
+                marks.reassert(w.outbound.properties.keys(), now_ms)
+            } else {
+                Vec::new()
+            };
+            if !resolved.is_empty() {
+                detail.push_str(&format!(
+                    "; resolved the conflict on {}: the app's value is in the CRM again",
+                    resolved.join(", ")
+                ));
+            }
             (
                 Settlement::Applied {
                     crm_id,
@@ -1589,6 +1604,7 @@ fn settlement(
                         SyncStatus::Synced
                     },
                     previous_crm_ids,
+                    conflicts: (!resolved.is_empty()).then_some(marks),
                 },
                 Disposition::Done,
                 if deleted {

@@ -375,6 +375,10 @@ async fn a_conflict_stays_listed_until_an_operator_dismisses_it() {
         page.contains("clash-1@example.com") && page.contains("typo@example.com"),
         "both values"
     );
+    assert!(
+        page.contains("<td class=\"conflict-status\"><span class=\"badge s-conflict\">open</span>"),
+        "open until something happens"
+    );
     let csrf = operator.csrf(record_path).await;
     let answer = operator
         .post(
@@ -392,6 +396,69 @@ async fn a_conflict_stays_listed_until_an_operator_dismisses_it() {
         "the history stays on the record"
     );
     assert!(!page.contains("Dismiss conflicts"));
+    assert!(
+        page.contains("<span class=\"badge s-deleted\">dismissed</span>"),
+        "it says it was dismissed"
+    );
+}
+
+#[tokio::test]
+async fn a_conflict_is_resolved_when_the_apps_value_is_written_to_the_crm_again() {
+    let app = spawn_app_with(AppOptions::syncing().with_webhooks()).await;
+    let email = json!({"email": "clash-2@example.com", "first_name": "Ada"});
+    app.send_changes(&[contact("clash-2", now_ms(), email.clone())])
+        .await;
+    let (state, _) = app.settled(contact_ref("clash-2"), SyncStatus::Synced).await;
+    let crm_id: u64 = state.crm_id.unwrap().parse().unwrap();
+    app.sandbox()
+        .edit(
+            "contacts",
+            crm_id,
+            [("email".to_string(), "typo-2@example.com".to_string())].into(),
+        )
+        .unwrap();
+    let operator = signed_in(&app).await;
+    eventually(60, "the conflict listed", || async {
+        let page = operator.get("/admin?filter=conflict").await.body;
+        page.contains("contact/clash-2").then_some(())
+    })
+    .await;
+    let record_path = "/admin/record?object=contact&id=clash-2";
+    let page = operator.get(record_path).await.body;
+    assert!(
+        page.contains("the CRM the person's until crm-sync writes the field again"),
+        "the outcome says the CRM still holds the person's value"
+    );
+
+    // The app sends the record again: its email goes to the CRM, which resolves the conflict.
+    app.send_changes(&[contact("clash-2", now_ms(), email)]).await;
+    let store = app.sync_state();
+    let state = eventually(30, "the conflict resolved", || async {
+        let (state, _) = store.record(&contact_ref("clash-2"), 1).await.ok()??;
+        (!state.open_conflicts).then_some(state)
+    })
+    .await;
+    assert!(state.conflict_marks.open.is_empty());
+    assert_eq!(
+        app.sandbox().records("contacts")[0].properties["email"],
+        "clash-2@example.com",
+        "the CRM holds the app's value again"
+    );
+    let listing = operator.get("/admin?filter=conflict").await.body;
+    assert!(!listing.contains("contact/clash-2"), "off the open listing");
+    let page = operator.get(record_path).await.body;
+    assert!(
+        page.contains(
+            "<span class=\"badge s-synced\">resolved</span> the app's value written to the CRM again"
+        ),
+        "{}",
+        &page[page.find("Conflicts").unwrap_or(0)..]
+    );
+    assert!(
+        page.contains("resolved the conflict on email: the app's value is in the CRM again"),
+        "on the timeline"
+    );
+    assert!(!page.contains("Dismiss conflicts"), "nothing left to dismiss");
 }
 
 #[tokio::test]
@@ -1137,6 +1204,7 @@ async fn a_record_page_follows_a_queued_re_sync_until_it_has_an_outcome_without_
                 recent_writes: Default::default(),
                 status: SyncStatus::Synced,
                 previous_crm_ids: None,
+                conflicts: None,
             },
         )
         .await

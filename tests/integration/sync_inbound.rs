@@ -134,6 +134,18 @@ async fn with_reassertion_on_the_apps_value_is_written_back_to_the_crm() {
         "the re-assertion's own echo is not another conflict"
     );
     assert_eq!(conflicts[0].resolution, "re-asserted the app's value in the CRM");
+    let (state, _) = app
+        .sync_state()
+        .record(&record(ObjectKind::Contact, "rep-3"), 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !state.open_conflicts,
+        "resolved at once: never on the open listing"
+    );
+    assert!(state.conflict_marks.open.is_empty(), "{:?}", state.conflict_marks);
+    assert!(state.conflict_marks.reasserted.contains_key("email"));
 }
 
 #[tokio::test]

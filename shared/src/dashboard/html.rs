@@ -9,7 +9,7 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 use crate::domain::adoption::{Action, BackfillProgress, PlanItem, PlanSummary};
 use crate::domain::clock::rfc3339;
 use crate::domain::contract::{ObjectKind, RecordRef};
-use crate::domain::inbound::ConflictEntry;
+use crate::domain::inbound::{conflict_status, ConflictEntry, ConflictStatus};
 use crate::domain::sync::{RecordFilter, RecordState, SyncStatus, Tally, TimelineEntry};
 use crate::ports::{DeadLetterSummary, RedriveOutcome};
 use crate::reconcile::RunReport;
@@ -1003,11 +1003,12 @@ fn conflicts_section(frame: &Frame<'_>, view: &RecordView, key: &str) -> Markup 
                             th { "App value" }
                             th { "CRM value" }
                             th { "Outcome" }
+                            th { "Status" }
                         }
                     }
                     tbody {
                         @for conflict in &view.conflicts {
-                            (conflict_row(conflict, frame.now_ms))
+                            (conflict_row(conflict, &view.state, frame.now_ms))
                         }
                     }
                 }
@@ -1016,7 +1017,13 @@ fn conflicts_section(frame: &Frame<'_>, view: &RecordView, key: &str) -> Markup 
     }
 }
 
-fn conflict_row(conflict: &ConflictEntry, now_ms: i64) -> Markup {
+fn conflict_row(conflict: &ConflictEntry, state: &RecordState, now_ms: i64) -> Markup {
+    let status = conflict_status(
+        conflict,
+        &state.conflict_marks,
+        state.conflicts_dismissed_at_ms,
+        state.open_conflicts,
+    );
     html! {
         tr {
             td { (when(Some(conflict.at_ms), now_ms)) }
@@ -1024,6 +1031,19 @@ fn conflict_row(conflict: &ConflictEntry, now_ms: i64) -> Markup {
             td { (text_or(conflict.app_value.as_deref(), "unknown")) }
             td { (conflict.crm_value) }
             td { (conflict.resolution) }
+            td.conflict-status {
+                @match status {
+                    ConflictStatus::Open => span.badge.s-conflict { "open" },
+                    ConflictStatus::Resolved(at) => {
+                        span.badge.s-synced { "resolved" }
+                        " the app's value written to the CRM again " (when(Some(at), now_ms))
+                    }
+                    ConflictStatus::Dismissed(at) => {
+                        span.badge.s-deleted { "dismissed" } " " (when(Some(at), now_ms))
+                    }
+                    ConflictStatus::Closed => span.badge.s-deleted { "closed" },
+                }
+            }
         }
     }
 }

@@ -184,6 +184,7 @@ impl RecordState {
             self.last_error = None;
             self.retryable = false;
             self.open_conflicts = false;
+            self.conflict_marks = Default::default();
         }
     }
 }

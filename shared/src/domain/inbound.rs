@@ -303,6 +303,77 @@ pub struct ConflictEntry {
     pub resolution: String,
 }
 
+/// Where a record's conflicts stand, per CRM property: when the newest still open one happened,
+/// and when crm-sync last wrote the app's value of a conflicted property to the CRM again (which
+/// resolves its conflicts up to then). Kept on the record's state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConflictMarks {
+    pub open: BTreeMap<String, i64>,
+    pub reasserted: BTreeMap<String, i64>,
+}
+
+impl ConflictMarks {
+    /// A conflict on `property` happened at `at_ms`.
+    pub fn open(&mut self, property: &str, at_ms: i64) {
+        let at = self.open.entry(property.to_string()).or_insert(at_ms);
+        *at = (*at).max(at_ms);
+    }
+
+    /// The app's values of `written` are in the CRM again at `now_ms`: the conflicts open on
+    /// them are resolved. Returns the properties resolved (none when none was open on them).
+    pub fn reassert<'a>(
+        &mut self,
+        written: impl IntoIterator<Item = &'a String>,
+        now_ms: i64,
+    ) -> Vec<String> {
+        let mut resolved = Vec::new();
+        for property in written {
+            if self.open.remove(property).is_some() {
+                self.reasserted.insert(property.clone(), now_ms);
+                resolved.push(property.clone());
+            }
+        }
+        resolved
+    }
+}
+
+/// Where one journaled conflict stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictStatus {
+    /// The CRM holds the person's value; the app keeps its own.
+    Open,
+    /// The app's value was written to the CRM again at this time.
+    Resolved(i64),
+    /// An operator dismissed it at this time.
+    Dismissed(i64),
+    /// Off the open listing by an older rule (before conflicts had a lifecycle).
+    Closed,
+}
+
+/// Where `entry` stands by its record's marks, dismissal and open flag.
+pub fn conflict_status(
+    entry: &ConflictEntry,
+    marks: &ConflictMarks,
+    dismissed_at_ms: Option<i64>,
+    flagged: bool,
+) -> ConflictStatus {
+    if let Some(at) = marks
+        .reasserted
+        .get(&entry.crm_property)
+        .filter(|at| **at >= entry.at_ms)
+    {
+        return ConflictStatus::Resolved(*at);
+    }
+    if let Some(at) = dismissed_at_ms.filter(|at| *at >= entry.at_ms) {
+        return ConflictStatus::Dismissed(at);
+    }
+    if flagged {
+        ConflictStatus::Open
+    } else {
+        ConflictStatus::Closed
+    }
+}
+
 /// The app-inbox message for CRM-owned fields of one record that changed: contract v1 for the
 /// built-in types, version 2 (the same shape) for a type the mapping declares, so that a
 /// consumer of version 1 never meets an object it does not know.

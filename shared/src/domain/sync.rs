@@ -98,6 +98,10 @@ pub struct RecordState {
     /// [`crate::domain::identity::MAX_MERGE_HOPS`]): a merge's event that comes after a later
     /// merge moved the record still finds it.
     pub previous_crm_ids: Vec<String>,
+    /// Where the record's conflicts stand, per CRM property.
+    pub conflict_marks: crate::domain::inbound::ConflictMarks,
+    /// When an operator last dismissed the record's conflicts.
+    pub conflicts_dismissed_at_ms: Option<i64>,
 }
 
 /// How many event fingerprints a record keeps: copies of an event race each other for moments,
@@ -142,6 +146,8 @@ impl RecordState {
             identity_conflict: None,
             erased_at_ms: None,
             previous_crm_ids: Vec::new(),
+            conflict_marks: Default::default(),
+            conflicts_dismissed_at_ms: None,
         }
     }
 }

@@ -135,7 +135,12 @@ impl RecordLeases for MemorySyncState {
                 recent_writes,
                 status,
                 previous_crm_ids,
+                conflicts,
             } => {
+                if let Some(marks) = conflicts {
+                    state.conflict_marks = marks.clone();
+                    state.open_conflicts &= !marks.open.is_empty();
+                }
                 if let Some(previous) = previous_crm_ids {
                     state.previous_crm_ids = previous.clone();
                     state.follow_crm_id = true;
@@ -235,7 +240,8 @@ impl RecordLeases for MemorySyncState {
             state.conflicts += update.new_conflicts;
             state.inbox_sequence = update.inbox_sequence;
             state.recent_events = update.recent_events.clone();
-            state.open_conflicts |= update.new_conflicts > 0;
+            state.open_conflicts |= update.flag_conflicts;
+            state.conflict_marks = update.conflict_marks.clone();
             if let Some(identity) = &update.identity {
                 state.apply_identity(identity);
             }
@@ -307,8 +313,12 @@ impl RecordJournal for MemorySyncState {
             .unwrap_or_default())
     }
 
-    async fn dismiss_conflicts(&self, record: &RecordRef, _now_ms: i64) -> Result<(), StoreUnavailable> {
-        self.mark_state(record, |state| state.open_conflicts = false);
+    async fn dismiss_conflicts(&self, record: &RecordRef, now_ms: i64) -> Result<(), StoreUnavailable> {
+        self.mark_state(record, |state| {
+            state.open_conflicts = false;
+            state.conflict_marks.open.clear();
+            state.conflicts_dismissed_at_ms = Some(now_ms);
+        });
         Ok(())
     }
 

@@ -149,7 +149,7 @@ fn identity_update(
         // What may hold the person's data; `received` and `inbound_at` are emptied by the caller.
         remove.push_str(
             ", written, recent_writes, claimed_writes, pending_change, last_change, last_error, \
-             retryable, email_key, conflict_flag, conflict_at",
+             retryable, email_key, conflict_flag, conflict_at, conflict_props, reasserted",
         );
     }
     if let Some(status) = identity.status {
@@ -229,15 +229,7 @@ pub fn state_from_item(item: &Item) -> Option<RecordState> {
         record_id: text(item, "record_id")?,
     };
     let written = string_map(item, "written");
-    let inbound_at = item
-        .get("inbound_at")
-        .and_then(|value| value.as_m().ok())
-        .map(|map| {
-            map.iter()
-                .filter_map(|(name, value)| Some((name.clone(), value.as_n().ok()?.parse().ok()?)))
-                .collect()
-        })
-        .unwrap_or_default();
+    let inbound_at = number_map(item, "inbound_at");
     let received = string_map(item, "received");
     let recent_writes = string_map(item, "recent_writes")
         .into_iter()
@@ -306,7 +298,28 @@ pub fn state_from_item(item: &Item) -> Option<RecordState> {
             .and_then(|value| value.as_l().ok())
             .map(|list| list.iter().filter_map(|v| v.as_s().ok().cloned()).collect())
             .unwrap_or_default(),
+        conflict_marks: crate::domain::inbound::ConflictMarks {
+            open: number_map(item, "conflict_props"),
+            reasserted: number_map(item, "reasserted"),
+        },
+        conflicts_dismissed_at_ms: number(item, "conflicts_dismissed_at"),
     })
+}
+
+/// A map of numbers (property → ms).
+fn number_map(item: &Item, name: &str) -> BTreeMap<String, i64> {
+    item.get(name)
+        .and_then(|value| value.as_m().ok())
+        .map(|map| {
+            map.iter()
+                .filter_map(|(name, value)| Some((name.clone(), value.as_n().ok()?.parse().ok()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn number_map_value(map: &BTreeMap<String, i64>) -> AttributeValue {
+    AttributeValue::M(map.iter().map(|(name, at)| (name.clone(), n(at))).collect())
 }
 
 fn string_map(item: &Item, name: &str) -> BTreeMap<String, String> {
@@ -529,6 +542,7 @@ impl RecordLeases for DynamoDbSyncState {
                 recent_writes,
                 status,
                 previous_crm_ids,
+                conflicts,
             } => {
                 let mut request = request
                     .expression_attribute_values(":recent", recent_value(recent_writes))
@@ -558,10 +572,20 @@ impl RecordLeases for DynamoDbSyncState {
                         .expression_attribute_values(":previous", AttributeValue::L(previous.iter().map(s).collect()))
                         .expression_attribute_values(":follow", AttributeValue::Bool(true));
                 }
-                request.update_expression(format!(
-                    "SET {set} REMOVE last_error, lease_token, lease_until, pending_change, retryable, claimed_writes, \
-                     identity_conflict"
-                ))
+                let mut remove = "last_error, lease_token, lease_until, pending_change, retryable, claimed_writes, \
+                                  identity_conflict"
+                    .to_string();
+                if let Some(marks) = conflicts {
+                    set.push_str(", conflict_props = :open_props, reasserted = :reasserted");
+                    request = request
+                        .expression_attribute_values(":open_props", number_map_value(&marks.open))
+                        .expression_attribute_values(":reasserted", number_map_value(&marks.reasserted));
+                    if marks.open.is_empty() {
+                        // Every conflict resolved: off the open listing.
+                        remove.push_str(", conflict_flag, conflict_at");
+                    }
+                }
+                request.update_expression(format!("SET {set} REMOVE {remove}"))
             }
             Settlement::Failed {
                 error,
@@ -593,7 +617,8 @@ impl RecordLeases for DynamoDbSyncState {
                      applied_version = :version, applied_idempotency_id = :idempotency, updated_at = :now, \
                      attempts = :zero, inbound_at = :empty, received = :empty \
                      REMOVE lease_token, lease_until, written, recent_writes, claimed_writes, pending_change, \
-                     last_change, last_error, retryable, email_key, conflict_flag, conflict_at",
+                     last_change, last_error, retryable, email_key, conflict_flag, conflict_at, conflict_props, \
+                     reasserted",
                 )
                 .expression_attribute_names("#status", "status")
                 .expression_attribute_values(":status", s(SyncStatus::Deleted.as_str()))
@@ -661,11 +686,6 @@ impl RecordLeases for DynamoDbSyncState {
         now_ms: i64,
         update: &InboundUpdate,
     ) -> Result<bool, StoreUnavailable> {
-        let inbound_at: HashMap<String, AttributeValue> = update
-            .inbound_at
-            .iter()
-            .map(|(name, at)| (name.clone(), n(at)))
-            .collect();
         let mut set = "inbound_at = :inbound_at, received = :received, updated_at = :now, \
                        conflicts = if_not_exists(conflicts, :zero) + :new_conflicts, inbox_sequence = :sequence, \
                        recent_events = :events"
@@ -674,7 +694,7 @@ impl RecordLeases for DynamoDbSyncState {
             .update_state(record)
             .condition_expression("lease_token = :token")
             .expression_attribute_values(":token", s(token))
-            .expression_attribute_values(":inbound_at", AttributeValue::M(inbound_at))
+            .expression_attribute_values(":inbound_at", number_map_value(&update.inbound_at))
             .expression_attribute_values(":received", map_value(&update.received))
             .expression_attribute_values(":now", n(now_ms))
             .expression_attribute_values(":zero", n(0))
@@ -684,7 +704,21 @@ impl RecordLeases for DynamoDbSyncState {
                 ":events",
                 AttributeValue::L(update.recent_events.iter().map(s).collect()),
             );
-        if update.new_conflicts > 0 {
+        // A privacy erasure removes the marks (they name properties the person's values were in).
+        let erasing = update
+            .identity
+            .as_ref()
+            .is_some_and(|identity| identity.erased_at_ms.is_some());
+        if !erasing {
+            set.push_str(", conflict_props = :open_props, reasserted = :reasserted");
+            request = request
+                .expression_attribute_values(":open_props", number_map_value(&update.conflict_marks.open))
+                .expression_attribute_values(
+                    ":reasserted",
+                    number_map_value(&update.conflict_marks.reasserted),
+                );
+        }
+        if update.flag_conflicts {
             set.push_str(", last_conflict_at = :now, conflict_flag = :open, conflict_at = :conflict_at");
             request = request
                 .expression_attribute_values(":open", s(CONFLICT_OPEN))
@@ -856,7 +890,7 @@ impl RecordJournal for DynamoDbSyncState {
     async fn dismiss_conflicts(&self, record: &RecordRef, now_ms: i64) -> Result<(), StoreUnavailable> {
         self.mark_state(
             record,
-            "SET conflicts_dismissed_at = :now REMOVE conflict_flag, conflict_at",
+            "SET conflicts_dismissed_at = :now REMOVE conflict_flag, conflict_at, conflict_props",
             now_ms,
         )
         .await
