@@ -129,7 +129,6 @@ fn limit_prefix(crm: &str) -> &'static str {
 fn limiter_defaults(crm: &str) -> crate::adapters::dynamodb::LimiterSettings {
     let hubspot = crate::adapters::dynamodb::LimiterSettings::default();
     match crm {
-        "hubspot" => hubspot,
         // The lowest plan's token window (20 requests per 2 s). The daily budget is the
         // company's, in tokens (30,000 x plan multiplier x seats), shared with every other
         // app; it is adopted from `x-daily-ratelimit-token-remaining` as calls report it.
@@ -150,7 +149,7 @@ fn limiter_defaults(crm: &str) -> crate::adapters::dynamodb::LimiterSettings {
         // Salesforce has no short window, only the daily budget (100,000 requests and up,
         // by edition and licences); 20 calls a second keeps well clear of its concurrent
         // long-request limit.
-        _ => crate::adapters::dynamodb::LimiterSettings {
+        "salesforce" => crate::adapters::dynamodb::LimiterSettings {
             burst_limit: 20,
             burst_window_ms: 1_000,
             daily_limit: 100_000,
@@ -160,6 +159,7 @@ fn limiter_defaults(crm: &str) -> crate::adapters::dynamodb::LimiterSettings {
             live_burst: 0,
             ..hubspot
         },
+        _ => hubspot,
     }
 }
 

@@ -552,8 +552,9 @@ pub trait RecordQueries: Send + Sync {
     /// Contacts whose email is `email` (compared lower-cased).
     async fn find_by_email(&self, email: &str, limit: usize) -> Result<Vec<RecordState>, StoreUnavailable>;
 
-    /// The record the filter selected longest ago (the oldest waiting change, for `pending`).
-    async fn oldest(&self, filter: RecordFilter) -> Result<Option<RecordState>, StoreUnavailable>;
+    /// Since when the longest-waiting change has waited (its record's `pending_since`), among
+    /// the pending records least recently tried (a bounded read).
+    async fn oldest_waiting_since(&self) -> Result<Option<i64>, StoreUnavailable>;
 
     /// The outbound outcomes counted per hour, of the hours from `from_hour_ms` on.
     async fn outcome_hours(
@@ -706,6 +707,9 @@ pub struct DeadLetterSummary {
     /// Messages someone is looking at or moving right now.
     pub in_flight: u64,
     pub oldest: Option<DeadLetter>,
+    /// Messages waiting, visible, on the queue it redrives to (its consumer's backlog), when
+    /// that could be read.
+    pub source_waiting: Option<u64>,
 }
 
 /// What a redrive did.

@@ -247,7 +247,8 @@ impl SyncService {
         }
         self.worker.dispatch(&messages, dispositions, &mut report).await;
         let (synced, failed) = (report.applied as u64, report.dead_lettered as u64);
-        if synced + failed > 0 {
+        // Live changes only: the reconciliation's and backfills' would drown them out.
+        if synced + failed > 0 && !self.settings.low_priority {
             let hour = crate::domain::health::hour_of(now_ms);
             if let Err(error) = self.history.count_outcomes(hour, synced, failed).await {
                 // Only the health page's hourly chart misses them.

@@ -1214,16 +1214,17 @@ async fn a_record_page_follows_a_queued_re_sync_until_it_has_an_outcome_without_
     assert!(!settled.contains("http-equiv=\"refresh\""), "no longer followed");
 }
 
-/// The text of the element whose `id` is `id` (its first `>` to the next `</`), tags and all.
+/// The element whose `id` is `id`, up to its closing tag (`section`, `p` or `svg`), tags and all.
 fn element<'a>(page: &'a str, id: &str) -> &'a str {
     let start = page
         .find(&format!("id=\"{id}\""))
         .unwrap_or_else(|| panic!("no #{id} on the page"));
-    let end = start
-        + page[start..]
-            .find("</section>")
-            .or_else(|| page[start..].find("</p>"))
-            .unwrap();
+    let tag_start = page[..start].rfind('<').unwrap() + 1;
+    let tag: String = page[tag_start..]
+        .chars()
+        .take_while(char::is_ascii_alphabetic)
+        .collect();
+    let end = start + page[start..].find(&format!("</{tag}>")).unwrap();
     &page[start..end]
 }
 
@@ -1247,21 +1248,87 @@ async fn the_landing_page_says_whether_sync_is_healthy_and_the_health_page_chart
     app.settled(contact_ref("health-3"), SyncStatus::Failed).await;
 
     let operator = signed_in(&app).await;
-    let home = eventually(30, "the failure counted and dead-lettered", || async {
-        let home = operator.get("/admin").await.body;
-        (home.contains("1 change(s) failed in the last hour")
-            && home.contains("1 message(s) in dead-letter queues"))
-        .then_some(home)
-    })
+    let home = eventually(
+        30,
+        "the failure and the syncs counted, the failure dead-lettered",
+        || async {
+            let home = operator.get("/admin").await.body;
+            (home.contains("1 change(s) failed in the last two hours (1 in 24 h), 2 synced")
+                && home.contains("1 message(s) in dead-letter queues"))
+            .then_some(home)
+        },
+    )
     .await;
     let health = element(&home, "health");
     assert!(health.contains("Sync needs attention"), "{health}");
     assert!(
-        health.contains("href=\"/admin?filter=failed\""),
-        "a failure links to its causes"
+        health.contains("<strong>Warning: </strong><a href=\"/admin?filter=failed\">"),
+        "a failure among syncs is a warning, linked to its causes: {health}"
     );
     assert!(health.contains("no reconciliation has run yet"), "{health}");
     assert!(health.contains("Last successful sync: <time"), "{health}");
+    assert!(
+        health.contains("Longest wait of a change: <span class=\"muted\">none waiting"),
+        "{health}"
+    );
+
+    // A change taken in twenty minutes ago and never written (its retries keep it waiting).
+    let body = contact(
+        "health-wait",
+        now_ms(),
+        json!({"email": "health-wait@example.com"}),
+    )
+    .to_string();
+    let twenty_minutes_ago = now_ms() - 20 * 60_000;
+    app.sync_state()
+        .claim(
+            &parse_change(&body).unwrap(),
+            &body,
+            &Default::default(),
+            "t",
+            twenty_minutes_ago,
+            twenty_minutes_ago,
+        )
+        .await
+        .unwrap();
+    // Retried since: the retry and the next try do not make the wait look new.
+    app.sync_state()
+        .settle(
+            &contact_ref("health-wait"),
+            "t",
+            twenty_minutes_ago,
+            &crm_sync::ports::Settlement::Failed {
+                error: "503".into(),
+                status: SyncStatus::Pending,
+                retryable: true,
+                recent_writes: Default::default(),
+            },
+        )
+        .await
+        .unwrap();
+    let body = contact(
+        "health-wait",
+        now_ms(),
+        json!({"email": "health-wait@example.com"}),
+    )
+    .to_string();
+    app.sync_state()
+        .claim(
+            &parse_change(&body).unwrap(),
+            &body,
+            &Default::default(),
+            "t2",
+            now_ms(),
+            now_ms(),
+        )
+        .await
+        .unwrap();
+    let health = operator.get("/admin").await.body;
+    let health = element(&health, "health");
+    assert!(
+        health.contains("Warning: </strong><a href=\"/admin?filter=pending\">a change has waited 20 min"),
+        "{health}"
+    );
 
     let page = operator.get("/admin/health").await.body;
     assert!(
@@ -1302,4 +1369,84 @@ async fn the_landing_page_says_whether_sync_is_healthy_and_the_health_page_chart
     let health = element(&home, "health");
     assert!(health.contains("Sync is healthy"), "{health}");
     assert!(!health.contains("<li data-level"), "{health}");
+
+    // A stack whose sync function does not run: the app's changes pile up on the queue.
+    let stalled = spawn_app().await;
+    stalled
+        .send_changes(&[contact(
+            "stuck-1",
+            now_ms(),
+            json!({"email": "stuck-1@example.com"}),
+        )])
+        .await;
+    let home = signed_in(&stalled).await.get("/admin").await.body;
+    let health = element(&home, "health");
+    assert!(
+        health.contains("Problem: </strong><a href=\"/admin/health\">1 change(s) wait on the outbound queue"),
+        "{health}"
+    );
+}
+
+#[tokio::test]
+async fn the_days_budget_is_read_as_the_limiter_keeps_it_in_the_crms_own_unit() {
+    use crm_sync::adapters::dynamodb::{DynamoDbRateLimiter, LimiterSettings};
+    use crm_sync::ports::BudgetReader;
+    let app = spawn_app().await;
+    let table = app.stack.resources.table("RateLimitTable").to_string();
+    // Pipedrive's budget is in tokens, 40 a call; its company budget exceeds the configured one.
+    let settings = LimiterSettings {
+        daily_limit: 30_000,
+        daily_reserve: 1_500,
+        live_reserve: 3_000,
+        daily_cost_per_call: 40,
+        ..LimiterSettings::default()
+    };
+    let limiter =
+        DynamoDbRateLimiter::new(app.dynamodb.clone(), table.clone(), "pipedrive", settings.clone());
+    let now = now_ms();
+    let fresh = limiter.today(now).await.unwrap();
+    assert_eq!(
+        (fresh.used, fresh.limit, fresh.unit),
+        (0, 30_000, "tokens"),
+        "no day started yet"
+    );
+
+    let put = |day: i64, left: u64, max: Option<u64>| {
+        let mut item = app
+            .dynamodb
+            .put_item()
+            .table_name(&table)
+            .item("pk", AttributeValue::S("pipedrive".into()))
+            .item("day", AttributeValue::N(day.to_string()))
+            .item("day_left", AttributeValue::N(left.to_string()));
+        if let Some(max) = max {
+            item = item.item("day_max", AttributeValue::N(max.to_string()));
+        }
+        item.send()
+    };
+    let today = settings.day_of(now);
+    put(today, 100_000, Some(150_000)).await.unwrap();
+    let budget = limiter.today(now).await.unwrap();
+    assert_eq!(
+        (budget.used, budget.limit),
+        (50_000, 150_000),
+        "the CRM's own maximum"
+    );
+    assert_eq!(
+        budget.live_stop(),
+        150_000 - 1_500 - 40,
+        "the reserve and one call's cost"
+    );
+    put(today, 100_000, None).await.unwrap();
+    assert_eq!(
+        limiter.today(now).await.unwrap().limit,
+        100_000,
+        "a count left above the configured budget shows the budget is larger"
+    );
+    put(today - 1, 10, Some(150_000)).await.unwrap();
+    assert_eq!(
+        limiter.today(now).await.unwrap().used,
+        0,
+        "yesterday's spend is not today's"
+    );
 }

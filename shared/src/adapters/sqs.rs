@@ -317,10 +317,27 @@ impl DeadLetterQueue for SqsDeadLetterQueue {
                 body: message.body().unwrap_or_default().to_string(),
             })
             .min_by_key(|letter| letter.sent_at_ms);
+        // The consumer's backlog: a sync that is not running leaves its queue full.
+        let source_waiting = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.source_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await
+            .ok()
+            .and_then(|source| {
+                source
+                    .attributes()?
+                    .get(&QueueAttributeName::ApproximateNumberOfMessages)?
+                    .parse()
+                    .ok()
+            });
         Ok(DeadLetterSummary {
             waiting,
             in_flight,
             oldest,
+            source_waiting,
         })
     }
 

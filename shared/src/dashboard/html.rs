@@ -16,7 +16,7 @@ use crate::reconcile::RunReport;
 
 use super::{FailureGroup, FailureGroups, LaneView, RecordView, FOLLOW_MS};
 use crate::domain::failures::Cause;
-use crate::domain::health::{DayBudget, HealthFacts, HourCount, Level};
+use crate::domain::health::{span, DayBudget, HealthFacts, HourCount, Level};
 
 /// Percent-encodes a value for a query string.
 pub fn url_part(text: &str) -> String {
@@ -349,10 +349,10 @@ pub fn records_page(
     crm_url: &dyn Fn(&RecordState) -> Option<String>,
 ) -> String {
     let content = html! {
+        h1 { "Records" }
         @if let Some(health) = view.health {
             (health_summary(health))
         }
-        h1 { "Records" }
         (status_tabs(view))
         (search_form(view.query))
         @if let Some(groups) = view.groups {
@@ -504,11 +504,11 @@ fn thousands(n: u64) -> String {
 }
 
 /// Is sync healthy, and if not, what to do: the verdict, what needs attention (each a link to
-/// where it is acted on), and the facts it rests on.
+/// where it is acted on, worst first), and the facts it rests on.
 pub fn health_summary(facts: &HealthFacts) -> Markup {
     let attention = facts.attention();
     let level = attention.first().map_or(Level::Ok, |line| line.level);
-    let (hour, day) = facts.failures();
+    let (_, failed, day) = facts.recent();
     let dead: u64 = facts.dead_letters.iter().map(|(_, depth)| depth).sum();
     html! {
         section.health.(level_class(level)) #health aria-labelledby="health-verdict" {
@@ -518,23 +518,29 @@ pub fn health_summary(facts: &HealthFacts) -> Markup {
             @if !attention.is_empty() {
                 ul {
                     @for line in &attention {
-                        li data-level=(level_class(line.level)) { a href=(line.href) { (line.text) } }
+                        li data-level=(level_class(line.level)) {
+                            strong { @if line.level == Level::Bad { "Problem: " } @else { "Warning: " } }
+                            a href=(line.href) { (line.text) }
+                        }
                     }
                 }
             }
             ul.facts {
                 li { "Last successful sync: " (when(facts.last_synced_ms, facts.now_ms)) }
                 li {
-                    "Oldest waiting change: "
+                    "Longest wait of a change: "
                     @match facts.oldest_pending_ms {
-                        Some(at) => { (ago(facts.now_ms - at).trim_end_matches(" ago")) " old" },
-                        None => (muted("none")),
+                        Some(at) => (span(facts.now_ms - at)),
+                        None => (muted("none waiting")),
                     }
                 }
-                li { "Failed: " (hour) " in the last hour, " (day) " in 24 h" }
+                @if let Some(backlog) = facts.backlog {
+                    li { "On the outbound queue: " (backlog) }
+                }
+                li { "Failed: " (failed) " in the last two hours, " (day) " in 24 h" }
                 li { "Dead letters: " (dead) }
                 @if let Some(budget) = &facts.budget {
-                    li { "CRM budget today: " (percent(budget.used, budget.limit)) " used" }
+                    li { "CRM budget today: " (percent(budget.used, budget.limit)) " of its " (budget.unit) " used" }
                 }
                 li { a href="/admin/health" { "Health details" } }
             }
@@ -560,7 +566,7 @@ pub fn health_page(
     let content = html! {
         h1 { "Health" }
         (health_summary(facts))
-        h2 #hours-title { "Changes synced and failed per hour, last 7 days" }
+        h2 #hours-title { "App changes synced to the CRM and failed, per hour, last 7 days (UTC)" }
         (hours_chart(&facts.hours))
         (hours_table(&facts.hours))
         h2 #budget-title { "CRM budget today" }
@@ -571,7 +577,7 @@ pub fn health_page(
         h2 { "Dead-letter queues" }
         div.scroll {
             table {
-                thead { tr { th { "Queue" } th { "Waiting" } th { "Oldest" } } }
+                thead { tr { th { "Queue" } th { "Waiting" } th { "Oldest" } th { "Its queue's backlog" } } }
                 tbody {
                     @for lane in lanes {
                         tr data-lane=(lane.name) {
@@ -580,8 +586,9 @@ pub fn health_page(
                                 Ok(summary) => {
                                     td.depth { (summary.waiting) }
                                     td { (when(summary.oldest.as_ref().map(|oldest| oldest.sent_at_ms), frame.now_ms)) }
+                                    td { (text_or(summary.source_waiting.map(|n| n.to_string()).as_deref(), "unknown")) }
                                 }
-                                Err(error) => td.err colspan="2" { (error) },
+                                Err(error) => td.err colspan="3" { (error) },
                             }
                         }
                     }
@@ -601,14 +608,14 @@ const CHART_H: i64 = 120;
 /// Bars per hour, synced below and failed stacked on top, drawn on the server (inline SVG: no
 /// script, nothing fetched).
 fn hours_chart(hours: &[HourCount]) -> Markup {
-    let top = hours
-        .iter()
-        .map(|h| h.synced + h.failed)
-        .max()
-        .unwrap_or(0)
-        .max(1);
+    let busiest = hours.iter().map(|h| h.synced + h.failed).max().unwrap_or(0);
+    let top = busiest.max(1);
     let slot = CHART_W as f64 / hours.len().max(1) as f64;
-    let height = |n: u64| n as f64 * (CHART_H - 16) as f64 / top as f64;
+    // A bar of one among thousands still shows (2 units at least).
+    let height = |n: u64| match n {
+        0 => 0.0,
+        n => (n as f64 * (CHART_H - 16) as f64 / top as f64).max(2.0),
+    };
     let (synced, failed): (u64, u64) = hours
         .iter()
         .fold((0, 0), |(s, f), h| (s + h.synced, f + h.failed));
@@ -616,7 +623,8 @@ fn hours_chart(hours: &[HourCount]) -> Markup {
         svg.chart #hours-chart viewBox={ "0 0 " (CHART_W) " " (CHART_H + 14) } role="img"
             aria-labelledby="hours-title hours-desc" xmlns="http://www.w3.org/2000/svg" {
             desc #hours-desc {
-                (synced) " changes synced and " (failed) " failed in the last " (hours.len()) " hours; the busiest hour had " (top) "."
+                (synced) " changes synced and " (failed) " failed in the last " (hours.len()) " hours"
+                @if busiest > 0 { "; the busiest hour had " (busiest) } "."
             }
             @for (index, hour) in hours.iter().enumerate() {
                 @let x = index as f64 * slot;
@@ -630,16 +638,22 @@ fn hours_chart(hours: &[HourCount]) -> Markup {
                     rect.failed x=(format!("{x:.1}")) y=(format!("{:.1}", CHART_H as f64 - s - f)) width=(format!("{:.1}", slot * 0.8))
                         height=(format!("{f:.1}")) fill="#c62828" {}
                 }
-                @if hour.hour_ms.rem_euclid(86_400_000) == 0 {
+                // A day's label where it fits (not on the chart's last bars).
+                @if hour.hour_ms.rem_euclid(86_400_000) == 0 && x < (CHART_W - 30) as f64 {
                     line x1=(format!("{x:.1}")) x2=(format!("{x:.1}")) y1="0" y2=(CHART_H) stroke="#dde2ea" {}
                     text x=(format!("{:.1}", x + 2.0)) y=(CHART_H + 12) font-size="10" fill="#5b6575" {
                         (rfc3339(hour.hour_ms).get(5..10).unwrap_or_default())
                     }
                 }
             }
-            text x="4" y="11" font-size="10" fill="#5b6575" { (top) " an hour" }
+            @if busiest > 0 {
+                text x="4" y="11" font-size="10" fill="#5b6575" { (busiest) " an hour at most" }
+            }
         }
-        p.muted { span style="color:#2e8b57" { "■" } " synced  " span style="color:#c62828" { "■" } " failed (dead-lettered)" }
+        p.muted {
+            span style="color:#2e8b57" aria-hidden="true" { "■ " } "synced (below),  "
+            span style="color:#c62828" aria-hidden="true" { "■ " } "failed, dead-lettered (stacked on top)"
+        }
     }
 }
 
@@ -678,16 +692,19 @@ fn budget_chart(budget: &DayBudget) -> Markup {
         svg.chart #budget-chart viewBox={ "0 0 " (CHART_W) " 40" } role="img" aria-labelledby="budget-title budget-desc"
             xmlns="http://www.w3.org/2000/svg" {
             desc #budget-desc {
-                (thousands(budget.used)) " of " (thousands(budget.limit)) " calls used; background work stops at "
+                (thousands(budget.used)) " of " (thousands(budget.limit)) " " (budget.unit) " used; background work stops at "
                 (thousands(budget.background_stop())) ", live changes at " (thousands(budget.live_stop())) "."
             }
             rect x="0" y="8" width=(CHART_W) height="24" fill="#eceef2" {}
-            rect x=(format!("{background:.1}")) y="8" width=(format!("{:.1}", live - background)) height="24" fill="#fff4d6" {}
-            rect x=(format!("{live:.1}")) y="8" width=(format!("{:.1}", CHART_W as f64 - live)) height="24" fill="#fde7e7" {}
             rect #budget-used x="0" y="8" width=(format!("{used:.1}")) height="24" fill="#1f5fd1" {}
+            // The reserves over the spend, so that where it stops always shows.
+            rect x=(format!("{background:.1}")) y="8" width=(format!("{:.1}", live - background)) height="24"
+                fill="#f0c24b" fill-opacity="0.55" {}
+            rect x=(format!("{live:.1}")) y="8" width=(format!("{:.1}", CHART_W as f64 - live)) height="24"
+                fill="#c62828" fill-opacity="0.45" {}
         }
         p #budget-facts {
-            (thousands(budget.used)) " of " (thousands(budget.limit)) " calls used today ("
+            (thousands(budget.used)) " of " (thousands(budget.limit)) " " (budget.unit) " used today ("
             (percent(budget.used, budget.limit)) "). Background work (reconciliation, backfills) stops at "
             (thousands(budget.background_stop())) " (the live reserve, yellow, is for live changes); every call stops at "
             (thousands(budget.live_stop())) " (the reserve, red, is left for the account's other users)."

@@ -167,6 +167,13 @@ impl RecordView {
 /// (a redrive took the same change first) leaves no attempt behind.
 pub const QUEUED_SHOWN_MS: i64 = 10 * 60 * 1000;
 
+/// What the health page shows: the facts, the dead-letter queues, the last reconciliation.
+pub struct Health {
+    pub facts: HealthFacts,
+    pub lanes: Vec<LaneView>,
+    pub report: Result<Option<RunReport>, String>,
+}
+
 /// Why a record was not re-synced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SkipReason {
@@ -283,7 +290,7 @@ impl DashboardService {
     }
 
     /// What the health page shows: each part read at once, and named when it cannot be read.
-    pub async fn health(&self) -> (HealthFacts, Vec<LaneView>) {
+    pub async fn health(&self) -> Health {
         use crate::domain::health::{hour_of, HOUR_MS, WEEK_HOURS};
         let now_ms = self.clock.now_ms();
         let from_hour = hour_of(now_ms) - HOUR_MS * (WEEK_HOURS as i64 - 1);
@@ -296,7 +303,7 @@ impl DashboardService {
         let (synced, pending, hours, budget, lanes, report) = futures::join!(
             self.queries
                 .list_of(RecordFilter::Status(SyncStatus::Synced), None, 1, None),
-            self.queries.oldest(RecordFilter::Status(SyncStatus::Pending)),
+            self.queries.oldest_waiting_since(),
             self.queries.outcome_hours(from_hour),
             budget,
             self.lanes(),
@@ -314,22 +321,10 @@ impl DashboardService {
                 None
             }
         };
-        let oldest_pending_ms = match pending {
-            // Its age is the change's own (the app's `changed_at`): a retry moves the record
-            // on in the index, not the change.
-            Ok(state) => state.and_then(|state| {
-                let changed = state
-                    .pending_change
-                    .as_deref()
-                    .and_then(|body| crate::domain::contract::parse_change(body).ok())
-                    .map(|change| change.changed_at_ms);
-                changed.into_iter().chain(state.last_attempt_at_ms).min()
-            }),
-            Err(error) => {
-                note("the waiting changes", &error);
-                None
-            }
-        };
+        let oldest_pending_ms = pending.unwrap_or_else(|error| {
+            note("the waiting changes", &error);
+            None
+        });
         let hours = hours.unwrap_or_else(|error| {
             note("the hourly counts", &error);
             Vec::new()
@@ -342,10 +337,12 @@ impl DashboardService {
             }
             None => None,
         };
-        let last_reconcile = match report {
-            Ok(report) => report.map(|report| (report.started_at_ms, report.errors)),
+        let last_reconcile = match &report {
+            Ok(report) => report
+                .as_ref()
+                .map(|report| (report.started_at_ms, report.errors)),
             Err(error) => {
-                note("the last reconciliation", &error);
+                note("the last reconciliation", error);
                 None
             }
         };
@@ -356,6 +353,11 @@ impl DashboardService {
                 Err(_) => None,
             })
             .collect();
+        let backlog = lanes
+            .iter()
+            .find(|lane| lane.name == "outbound")
+            .and_then(|lane| lane.summary.as_ref().ok())
+            .and_then(|summary| summary.source_waiting);
         for lane in lanes.iter().filter(|lane| lane.summary.is_err()) {
             unreadable.push(format!("the {} dead-letter queue", lane.name));
         }
@@ -363,13 +365,18 @@ impl DashboardService {
             now_ms,
             last_synced_ms,
             oldest_pending_ms,
+            backlog,
             hours: crate::domain::health::last_hours(&hours, now_ms, WEEK_HOURS),
             budget,
             dead_letters,
             last_reconcile,
             unreadable,
         };
-        (facts, lanes)
+        Health {
+            facts,
+            lanes,
+            report: report.map_err(|error| error.to_string()),
+        }
     }
 
     /// Shows adoption plans and their backfills' progress.

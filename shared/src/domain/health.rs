@@ -6,13 +6,18 @@ pub const HOUR_MS: i64 = 60 * 60 * 1000;
 /// The hours the health page charts: seven days.
 pub const WEEK_HOURS: usize = 7 * 24;
 
-/// A waiting change older than this needs a look; one older than [`PENDING_BAD_MS`] is stuck.
+/// A change waiting longer than this needs a look; longer than [`PENDING_BAD_MS`], it is stuck
+/// (a link may wait a day by design, so an hour is not yet a problem).
 pub const PENDING_WARN_MS: i64 = 15 * 60 * 1000;
-pub const PENDING_BAD_MS: i64 = HOUR_MS;
+pub const PENDING_BAD_MS: i64 = 6 * HOUR_MS;
+/// Changes waiting on the outbound queue while nothing synced for this long: the sync is not
+/// running.
+pub const STALLED_MS: i64 = 15 * 60 * 1000;
 /// A reconciliation runs nightly: none for longer than this means the schedule is not running.
 pub const RECONCILE_LATE_MS: i64 = 36 * HOUR_MS;
 
-/// Outbound outcomes of one hour.
+/// Outbound outcomes of one hour: live changes (the app's, and re-syncs); the reconciliation's
+/// and backfills' are not counted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HourCount {
     /// The hour's start (ms since the epoch, UTC).
@@ -51,9 +56,10 @@ pub fn last_hours(counts: &[HourCount], now_ms: i64, hours: usize) -> Vec<HourCo
         .collect()
 }
 
-/// The CRM day's call budget as the shared limiter holds it.
+/// The CRM day's budget as the shared limiter holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DayBudget {
+    /// The day's budget: the CRM's own daily maximum where it reports one, else the configured.
     pub limit: u64,
     /// Spent today (by crm-sync's count, corrected by the CRM's own remaining count).
     pub used: u64,
@@ -61,19 +67,25 @@ pub struct DayBudget {
     pub reserve: u64,
     /// Above the reserve, kept for live changes: background work stops here.
     pub live_reserve: u64,
+    /// What one call takes from the budget (Pipedrive counts tokens, 40 a call).
+    pub cost_per_call: u64,
+    /// What the budget counts: `calls`, or Pipedrive's `tokens`.
+    pub unit: &'static str,
     /// After a DAILY 429, no call until then.
     pub paused_until_ms: Option<i64>,
 }
 
 impl DayBudget {
-    /// Where background work (the reconciliation, a backfill) stops.
+    /// Where background work (the reconciliation, a backfill) stops: its next call would dip
+    /// into the live reserve.
     pub fn background_stop(&self) -> u64 {
-        self.limit.saturating_sub(self.reserve + self.live_reserve)
+        self.limit
+            .saturating_sub(self.reserve + self.live_reserve + self.cost_per_call)
     }
 
-    /// Where every call stops.
+    /// Where every call stops: the next would dip into the reserve.
     pub fn live_stop(&self) -> u64 {
-        self.limit.saturating_sub(self.reserve)
+        self.limit.saturating_sub(self.reserve + self.cost_per_call)
     }
 }
 
@@ -82,8 +94,10 @@ impl DayBudget {
 pub struct HealthFacts {
     pub now_ms: i64,
     pub last_synced_ms: Option<i64>,
-    /// When the oldest change still waiting was taken in.
+    /// Since when the longest-waiting change has waited (taken in, not yet applied or given up).
     pub oldest_pending_ms: Option<i64>,
+    /// Changes waiting on the outbound queue, not yet taken in.
+    pub backlog: Option<u64>,
     pub hours: Vec<HourCount>,
     pub budget: Option<DayBudget>,
     /// Messages in each dead-letter queue: (queue, depth).
@@ -92,6 +106,16 @@ pub struct HealthFacts {
     pub last_reconcile: Option<(i64, u64)>,
     /// What could not be read, for the page to say so.
     pub unreadable: Vec<String>,
+}
+
+/// A duration for a person: `25 min`, `3 h`, `2 d`.
+pub fn span(ms: i64) -> String {
+    let minutes = ms.max(0) / 60_000;
+    match minutes {
+        0..=119 => format!("{minutes} min"),
+        120..=2_879 => format!("{} h", minutes / 60),
+        _ => format!("{} d", minutes / 1_440),
+    }
 }
 
 /// How much something needs attention.
@@ -112,17 +136,18 @@ pub struct Attention {
 }
 
 impl HealthFacts {
-    /// Failed changes in the last hour and in the last 24.
-    pub fn failures(&self) -> (u64, u64) {
+    /// Synced and failed changes in the current hour and the one before (so that a failure
+    /// does not drop out at the turn of the hour), and failed ones in the last 24 hours.
+    pub fn recent(&self) -> (u64, u64, u64) {
         let since = |hours: i64| {
             let from = hour_of(self.now_ms) - HOUR_MS * (hours - 1);
-            self.hours
-                .iter()
-                .filter(|count| count.hour_ms >= from)
-                .map(|count| count.failed)
-                .sum()
+            self.hours.iter().filter(move |count| count.hour_ms >= from)
         };
-        (since(1), since(24))
+        (
+            since(2).map(|count| count.synced).sum(),
+            since(2).map(|count| count.failed).sum(),
+            since(24).map(|count| count.failed).sum(),
+        )
     }
 
     /// What needs attention, worst first; empty when sync is healthy.
@@ -130,11 +155,26 @@ impl HealthFacts {
         let mut lines = Vec::new();
         let mut say =
             |level: Level, text: String, href: &'static str| lines.push(Attention { level, text, href });
-        let (hour, day) = self.failures();
-        if hour > 0 {
+        let (synced, failed, day) = self.recent();
+        let stalled_since = self.last_synced_ms.map_or(STALLED_MS, |at| self.now_ms - at);
+        if let Some(backlog) = self.backlog.filter(|backlog| *backlog > 0) {
+            if stalled_since >= STALLED_MS {
+                say(
+                    Level::Bad,
+                    format!(
+                        "{backlog} change(s) wait on the outbound queue and none has synced for {}: is the \
+                         sync function running (its event source enabled, its concurrency above 0)?",
+                        span(stalled_since)
+                    ),
+                    "/admin/health",
+                );
+            }
+        }
+        if failed > 0 {
+            // Mostly failing is a problem; a few records the CRM refuses are a warning.
             say(
-                Level::Bad,
-                format!("{hour} change(s) failed in the last hour ({day} in 24 h): see the causes"),
+                if failed > synced { Level::Bad } else { Level::Warn },
+                format!("{failed} change(s) failed in the last two hours ({day} in 24 h), {synced} synced: see the causes"),
                 "/admin?filter=failed",
             );
         } else if day > 0 {
@@ -150,8 +190,8 @@ impl HealthFacts {
                 say(
                     if waited >= PENDING_BAD_MS { Level::Bad } else { Level::Warn },
                     format!(
-                        "the oldest waiting change has waited {} min (budget spent, the CRM failing, or a link waiting)",
-                        waited / 60_000
+                        "a change has waited {} (the CRM failing, its budget spent, or a linked record not synced yet)",
+                        span(waited)
                     ),
                     "/admin?filter=pending",
                 );
@@ -223,6 +263,7 @@ mod tests {
             now_ms: NOW,
             last_synced_ms: Some(NOW - 60_000),
             oldest_pending_ms: None,
+            backlog: Some(0),
             hours: vec![HourCount {
                 hour_ms: hour_of(NOW),
                 synced: 40,
@@ -233,6 +274,8 @@ mod tests {
                 used: 100,
                 reserve: 50,
                 live_reserve: 100,
+                cost_per_call: 1,
+                unit: "calls",
                 paused_until_ms: None,
             }),
             dead_letters: vec![("outbound".into(), 0)],
@@ -274,11 +317,12 @@ mod tests {
     }
 
     #[test]
-    fn a_failure_in_the_last_hour_comes_first_and_points_at_the_causes() {
+    fn failures_are_a_warning_and_a_problem_when_they_outnumber_the_syncs() {
         let mut facts = healthy();
         facts.dead_letters = vec![("outbound".into(), 2)];
+        // The hour before the current one still counts: a failure does not vanish at :00.
         facts.hours.push(HourCount {
-            hour_ms: hour_of(NOW),
+            hour_ms: hour_of(NOW) - HOUR_MS,
             synced: 0,
             failed: 2,
         });
@@ -288,15 +332,17 @@ mod tests {
             failed: 1,
         });
         let lines = facts.attention();
-        assert_eq!(lines[0].level, Level::Bad);
+        assert_eq!(lines[0].level, Level::Warn, "{lines:?}");
         assert!(
             lines[0]
                 .text
-                .starts_with("2 change(s) failed in the last hour (3 in 24 h)"),
+                .starts_with("2 change(s) failed in the last two hours (3 in 24 h), 40 synced"),
             "{lines:?}"
         );
         assert_eq!(lines[0].href, "/admin?filter=failed");
         assert!(lines[1].text.contains("2 message(s) in dead-letter queues"));
+        facts.hours[0].synced = 1;
+        assert_eq!(facts.attention()[0].level, Level::Bad, "mostly failing");
     }
 
     #[test]
@@ -306,21 +352,45 @@ mod tests {
         assert!(facts.attention().is_empty(), "within the bound");
         facts.oldest_pending_ms = Some(NOW - PENDING_WARN_MS);
         assert_eq!(facts.attention()[0].level, Level::Warn);
+        assert!(facts.attention()[0]
+            .text
+            .starts_with("a change has waited 15 min"));
         facts.oldest_pending_ms = Some(NOW - PENDING_BAD_MS);
         assert_eq!(facts.attention()[0].level, Level::Bad);
+        assert!(facts.attention()[0].text.starts_with("a change has waited 6 h"));
     }
 
     #[test]
-    fn the_budget_warns_at_the_live_reserve_and_is_a_problem_at_the_reserve_or_after_a_daily_429() {
+    fn a_backlog_with_nothing_synced_for_a_while_says_the_sync_is_not_running() {
+        let mut facts = healthy();
+        facts.backlog = Some(12);
+        assert!(facts.attention().is_empty(), "a backlog being worked on");
+        facts.last_synced_ms = Some(NOW - STALLED_MS);
+        let lines = facts.attention();
+        assert_eq!(lines[0].level, Level::Bad);
+        assert!(
+            lines[0].text.contains("is the sync function running"),
+            "{lines:?}"
+        );
+        facts.last_synced_ms = None;
+        assert_eq!(facts.attention()[0].level, Level::Bad, "never synced at all");
+        facts.backlog = Some(0);
+        assert!(facts.attention().is_empty(), "an idle app is healthy");
+    }
+
+    #[test]
+    fn the_budget_warns_where_background_work_stops_and_is_a_problem_where_every_call_stops() {
         let mut facts = healthy();
         let budget = facts.budget.as_mut().unwrap();
-        budget.used = budget.background_stop() - 1;
+        budget.cost_per_call = 40;
+        // 1,000 - 50 - 100 - 40: a background call here would dip into the live reserve.
+        assert_eq!(budget.background_stop(), 810);
+        assert_eq!(budget.live_stop(), 910);
+        budget.used = 809;
         assert!(facts.attention().is_empty());
-        let budget = facts.budget.as_mut().unwrap();
-        budget.used = budget.background_stop();
+        facts.budget.as_mut().unwrap().used = 810;
         assert_eq!(facts.attention()[0].level, Level::Warn);
-        let budget = facts.budget.as_mut().unwrap();
-        budget.used = budget.live_stop();
+        facts.budget.as_mut().unwrap().used = 910;
         assert_eq!(facts.attention()[0].level, Level::Bad);
         let budget = facts.budget.as_mut().unwrap();
         budget.used = 0;
@@ -337,5 +407,12 @@ mod tests {
         assert!(facts.attention()[0].text.contains("is its schedule enabled"));
         facts.last_reconcile = Some((NOW - HOUR_MS, 2));
         assert!(facts.attention()[0].text.contains("2 error(s)"));
+    }
+
+    #[test]
+    fn spans_read_as_minutes_hours_then_days() {
+        assert_eq!(span(119 * 60_000), "119 min");
+        assert_eq!(span(120 * 60_000), "2 h");
+        assert_eq!(span(3 * 24 * HOUR_MS), "3 d");
     }
 }

@@ -185,6 +185,7 @@ impl RecordState {
             self.retryable = false;
             self.open_conflicts = false;
             self.conflict_marks = Default::default();
+            self.pending_since_ms = None;
         }
     }
 }

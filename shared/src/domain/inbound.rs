@@ -415,6 +415,61 @@ pub fn app_inbox_message(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn journaled(property: &str, at_ms: i64) -> ConflictEntry {
+        ConflictEntry {
+            record: crate::domain::contract::RecordRef {
+                object: crate::domain::contract::ObjectKind::Contact,
+                record_id: "u-1".into(),
+            },
+            at_ms,
+            field: property.into(),
+            crm_property: property.into(),
+            app_value: Some("app".into()),
+            crm_value: "crm".into(),
+            source: "CRM_UI".into(),
+            event_key: "e".into(),
+            resolution: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_write_of_a_conflicted_property_resolves_its_conflicts_up_to_then_and_only_those() {
+        let mut marks = ConflictMarks::default();
+        marks.open("email", 100);
+        marks.open("email", 90);
+        marks.open("phone", 120);
+        assert_eq!(marks.open["email"], 100, "the newest conflict's time");
+        let resolved = marks.reassert(&["email".to_string(), "name".to_string()], 200);
+        assert_eq!(resolved, ["email"]);
+        assert_eq!(marks.open.keys().collect::<Vec<_>>(), ["phone"]);
+        let email = journaled("email", 100);
+        assert_eq!(
+            conflict_status(&email, &marks, None, true),
+            ConflictStatus::Resolved(200)
+        );
+        assert_eq!(
+            conflict_status(&journaled("phone", 120), &marks, None, true),
+            ConflictStatus::Open
+        );
+        // A conflict after the write is open again.
+        assert_eq!(
+            conflict_status(&journaled("email", 300), &marks, None, true),
+            ConflictStatus::Open
+        );
+        assert_eq!(
+            conflict_status(&journaled("phone", 120), &marks, Some(150), false),
+            ConflictStatus::Dismissed(150)
+        );
+        assert_eq!(
+            conflict_status(&journaled("x", 1), &marks, None, false),
+            ConflictStatus::Closed
+        );
+        assert!(
+            marks.reassert(&["name".to_string()], 300).is_empty(),
+            "nothing was open on it"
+        );
+    }
     use crate::domain::mapping::{Mapping, DEFAULT_MAPPING};
 
     fn change(properties: &[(&str, &str)], at: i64, from_integration: bool) -> CrmChange {

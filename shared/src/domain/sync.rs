@@ -102,6 +102,9 @@ pub struct RecordState {
     pub conflict_marks: crate::domain::inbound::ConflictMarks,
     /// When an operator last dismissed the record's conflicts.
     pub conflicts_dismissed_at_ms: Option<i64>,
+    /// Since when a change of the record has waited to be applied: set by the first claim,
+    /// kept through retries, cleared when a change is applied or given up.
+    pub pending_since_ms: Option<i64>,
 }
 
 /// How many event fingerprints a record keeps: copies of an event race each other for moments,
@@ -148,6 +151,7 @@ impl RecordState {
             previous_crm_ids: Vec::new(),
             conflict_marks: Default::default(),
             conflicts_dismissed_at_ms: None,
+            pending_since_ms: None,
         }
     }
 }

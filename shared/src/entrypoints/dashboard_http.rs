@@ -657,7 +657,8 @@ async fn records(
     // The landing page leads with sync's health and the failures' causes.
     let (groups, health) = match (filter, object, &cursor) {
         (RecordFilter::Status(SyncStatus::Failed), None, None) => {
-            let (groups, (health, _)) = futures::join!(d.service.failure_groups(), d.service.health());
+            let (groups, health) = futures::join!(d.service.failure_groups(), d.service.health());
+            let health = health.facts;
             // The listing still shows when the grouping cannot be read.
             let groups = groups
                 .map_err(|error| tracing::warn!(error = %error, "could not group the failures"))
@@ -808,20 +809,19 @@ async fn health(
     Extension(session): Extension<Session>,
     request: Incoming,
 ) -> Result<Response, DashboardError> {
-    let ((facts, lanes), report) = futures::join!(d.service.health(), d.service.latest_report());
+    let health = d.service.health().await;
     let frame = Frame {
         csrf: session.csrf_token(),
-        now_ms: facts.now_ms,
+        now_ms: health.facts.now_ms,
         notice: notice(&request),
     };
-    let report_error = report.as_ref().err().map(ToString::to_string);
-    let report = match &report {
+    let report = match &health.report {
         Ok(report) => Ok(report.as_ref()),
-        Err(_) => Err(report_error.as_deref().unwrap_or("")),
+        Err(error) => Err(error.as_str()),
     };
     Ok(page(
         StatusCode::OK,
-        html::health_page(&frame, &facts, &lanes, report),
+        html::health_page(&frame, &health.facts, &health.lanes, report),
     ))
 }
 

@@ -101,6 +101,7 @@ impl RecordLeases for MemorySyncState {
         let mut state = old.clone();
         state.status = SyncStatus::Pending;
         state.last_attempt_at_ms = Some(now_ms);
+        state.pending_since_ms.get_or_insert(now_ms);
         state.pending_change = Some(body.to_string());
         for (property, value) in writes {
             state
@@ -154,6 +155,7 @@ impl RecordLeases for MemorySyncState {
                 state.applied_idempotency_id = Some(idempotency_id.clone());
                 state.written = written.clone();
                 state.last_change = state.pending_change.take();
+                state.pending_since_ms = None;
                 state.last_error = None;
                 state.identity_conflict = None;
                 if crm_id.is_some() {
@@ -167,6 +169,9 @@ impl RecordLeases for MemorySyncState {
                 recent_writes,
             } => {
                 state.status = *status;
+                if *status != SyncStatus::Pending {
+                    state.pending_since_ms = None;
+                }
                 state.last_error = Some(error.clone());
                 state.attempts += 1;
                 state.retryable = *retryable;
@@ -190,6 +195,7 @@ impl RecordLeases for MemorySyncState {
                 state.status = SyncStatus::Deleted;
                 state.last_error = Some(error.clone());
                 state.pending_change = None;
+                state.pending_since_ms = None;
                 state.claimed_writes.clear();
             }
             Settlement::Released { recent_writes } => {
@@ -448,12 +454,14 @@ impl RecordQueries for MemorySyncState {
         Ok(Vec::new())
     }
 
-    async fn oldest(&self, filter: RecordFilter) -> Result<Option<RecordState>, StoreUnavailable> {
-        let (all, _) = self
-            .list(filter, usize::MAX, None)
-            .await
-            .map_err(|_| StoreUnavailable(anyhow::anyhow!("listing failed")))?;
-        Ok(all.into_iter().last())
+    async fn oldest_waiting_since(&self) -> Result<Option<i64>, StoreUnavailable> {
+        let rows = self.rows.lock().unwrap();
+        Ok(rows
+            .values()
+            .filter_map(|row| row.state.as_ref())
+            .filter(|state| state.status == SyncStatus::Pending)
+            .filter_map(|state| state.pending_since_ms.or(state.last_attempt_at_ms))
+            .min())
     }
 
     async fn outcome_hours(

@@ -100,7 +100,7 @@ impl LimiterSettings {
         f64::from(self.live_burst).min(paced / 2.0) * self.interval_ms()
     }
 
-    fn day_of(&self, now_ms: i64) -> i64 {
+    pub fn day_of(&self, now_ms: i64) -> i64 {
         (now_ms + i64::from(self.day_offset_minutes) * 60_000).div_euclid(DAY_MS)
     }
 
@@ -331,17 +331,22 @@ impl RateLimiter for DynamoDbRateLimiter {
             // The CRM's count is the truth; adopting it now and then (or near the reserve) keeps
             // ours honest without a write per call.
             if count % 20 == 0 || remaining <= self.settings.daily_reserve.saturating_mul(2) {
-                self.client
+                let request = self
+                    .client
                     .update_item()
                     .table_name(&self.table)
                     .key("pk", s(&self.key))
-                    .update_expression("SET #day = :today, day_left = :left")
                     .expression_attribute_names("#day", "day")
                     .expression_attribute_values(":today", n(self.settings.day_of(now_ms)))
-                    .expression_attribute_values(":left", n(remaining))
-                    .send()
-                    .await
-                    .map_err(unavailable)?;
+                    .expression_attribute_values(":left", n(remaining));
+                // The CRM's own daily maximum too, for the health page.
+                let request = match rate.daily_max {
+                    Some(max) => request
+                        .update_expression("SET #day = :today, day_left = :left, day_max = :max")
+                        .expression_attribute_values(":max", n(max)),
+                    None => request.update_expression("SET #day = :today, day_left = :left"),
+                };
+                request.send().await.map_err(unavailable)?;
             }
         }
         if let (Some(remaining), Some(max)) = (rate.burst_remaining, rate.burst_max) {
@@ -408,17 +413,26 @@ impl crate::ports::BudgetReader for DynamoDbRateLimiter {
             .map_err(unavailable)?
             .item
             .unwrap_or_default();
-        let limit = self.settings.daily_limit;
         // A day not started yet has spent nothing.
         let today = number(&item, "day").map(|day| day as i64) == Some(self.settings.day_of(now_ms));
         let left = number(&item, "day_left")
             .filter(|_| today)
-            .map_or(limit, |left| left.max(0.0) as u64);
+            .map(|left| left.max(0.0) as u64);
+        // The CRM's own maximum where it reported one: an account's real budget may exceed the
+        // configured one (Pipedrive's grows with seats), which the count left then shows.
+        let limit = number(&item, "day_max")
+            .filter(|_| today)
+            .map(|max| max.max(0.0) as u64)
+            .unwrap_or(self.settings.daily_limit)
+            .max(left.unwrap_or(0));
+        let cost = u64::from(self.settings.daily_cost_per_call.max(1));
         Ok(crate::domain::health::DayBudget {
             limit,
-            used: limit.saturating_sub(left),
+            used: left.map_or(0, |left| limit - left),
             reserve: self.settings.daily_reserve,
             live_reserve: self.settings.live_reserve,
+            cost_per_call: cost,
+            unit: if cost > 1 { "tokens" } else { "calls" },
             paused_until_ms: number(&item, "paused_until")
                 .map(|until| until as i64)
                 .filter(|until| *until > now_ms),

@@ -149,7 +149,7 @@ fn identity_update(
         // What may hold the person's data; `received` and `inbound_at` are emptied by the caller.
         remove.push_str(
             ", written, recent_writes, claimed_writes, pending_change, last_change, last_error, \
-             retryable, email_key, conflict_flag, conflict_at, conflict_props, reasserted",
+             retryable, email_key, conflict_flag, conflict_at, conflict_props, reasserted, pending_since",
         );
     }
     if let Some(status) = identity.status {
@@ -303,6 +303,7 @@ pub fn state_from_item(item: &Item) -> Option<RecordState> {
             reasserted: number_map(item, "reasserted"),
         },
         conflicts_dismissed_at_ms: number(item, "conflicts_dismissed_at"),
+        pending_since_ms: number(item, "pending_since"),
     })
 }
 
@@ -439,7 +440,7 @@ impl RecordLeases for DynamoDbSyncState {
         // item as it was there too.
         let mut set = "SET pending_change = :body, #object = :object, record_id = :record_id, #status = :pending, \
                        status_at = :status_at, last_attempt_at = :now, lease_token = :token, lease_until = :until, \
-                       updated_at = :now"
+                       updated_at = :now, pending_since = if_not_exists(pending_since, :now)"
             .to_string();
         let email = change.search_email();
         if email.is_some() {
@@ -573,7 +574,7 @@ impl RecordLeases for DynamoDbSyncState {
                         .expression_attribute_values(":follow", AttributeValue::Bool(true));
                 }
                 let mut remove = "last_error, lease_token, lease_until, pending_change, retryable, claimed_writes, \
-                                  identity_conflict"
+                                  identity_conflict, pending_since"
                     .to_string();
                 if let Some(marks) = conflicts {
                     set.push_str(", conflict_props = :open_props, reasserted = :reasserted");
@@ -593,12 +594,18 @@ impl RecordLeases for DynamoDbSyncState {
                 retryable,
                 recent_writes,
             } => request
-                .update_expression(
+                // A change given up waits no more; one to be retried still does.
+                .update_expression(if *status == SyncStatus::Pending {
                     "SET #status = :status, status_at = :status_at, last_error = :error, \
                      attempts = if_not_exists(attempts, :zero) + :one, updated_at = :now, retryable = :retryable, \
                      recent_writes = :recent \
-                     REMOVE lease_token, lease_until, claimed_writes",
-                )
+                     REMOVE lease_token, lease_until, claimed_writes"
+                } else {
+                    "SET #status = :status, status_at = :status_at, last_error = :error, \
+                     attempts = if_not_exists(attempts, :zero) + :one, updated_at = :now, retryable = :retryable, \
+                     recent_writes = :recent \
+                     REMOVE lease_token, lease_until, claimed_writes, pending_since"
+                })
                 .expression_attribute_values(":recent", recent_value(recent_writes))
                 .expression_attribute_values(":retryable", AttributeValue::Bool(*retryable))
                 .expression_attribute_names("#status", "status")
@@ -618,7 +625,7 @@ impl RecordLeases for DynamoDbSyncState {
                      attempts = :zero, inbound_at = :empty, received = :empty \
                      REMOVE lease_token, lease_until, written, recent_writes, claimed_writes, pending_change, \
                      last_change, last_error, retryable, email_key, conflict_flag, conflict_at, conflict_props, \
-                     reasserted",
+                     reasserted, pending_since",
                 )
                 .expression_attribute_names("#status", "status")
                 .expression_attribute_values(":status", s(SyncStatus::Deleted.as_str()))
@@ -631,7 +638,7 @@ impl RecordLeases for DynamoDbSyncState {
             Settlement::Dropped { error } => request
                 .update_expression(
                     "SET #status = :status, status_at = :status_at, last_error = :error, updated_at = :now \
-                     REMOVE lease_token, lease_until, claimed_writes, pending_change, email_key",
+                     REMOVE lease_token, lease_until, claimed_writes, pending_change, email_key, pending_since",
                 )
                 .expression_attribute_names("#status", "status")
                 .expression_attribute_values(":status", s(SyncStatus::Deleted.as_str()))
@@ -948,6 +955,9 @@ impl RecordJournal for DynamoDbSyncState {
     }
 }
 
+/// Pages (of 100) of pending records the health page reads for the longest wait.
+const WAITING_PAGES: usize = 3;
+
 /// Outbound outcomes per hour: one item an hour (`sk` = the hour's start, 13 digits).
 const OUTCOMES_PK: &str = "STATS#outcomes";
 /// Kept a day longer than the health page's week.
@@ -1161,8 +1171,8 @@ impl RecordQueries for DynamoDbSyncState {
         self.states_of_keys(output.items()).await
     }
 
-    async fn oldest(&self, filter: RecordFilter) -> Result<Option<RecordState>, StoreUnavailable> {
-        self.oldest_of(filter).await
+    async fn oldest_waiting_since(&self) -> Result<Option<i64>, StoreUnavailable> {
+        self.waiting_since().await
     }
 
     async fn outcome_hours(
@@ -1178,14 +1188,36 @@ const TYPE_PAGES: usize = 5;
 
 /// `oldest` and `outcome_hours` (their own `impl` block: the trait's is long already).
 impl DynamoDbSyncState {
-    async fn oldest_of(&self, filter: RecordFilter) -> Result<Option<RecordState>, StoreUnavailable> {
-        let output = listing_query(self.client.query().table_name(&self.table), filter)
+    /// The index orders pending records by their last try, and a retry moves a record on: the
+    /// least recently tried pages are read (each item's wait start only), and the earliest
+    /// `pending_since` among them taken.
+    async fn waiting_since(&self) -> Result<Option<i64>, StoreUnavailable> {
+        let mut earliest: Option<i64> = None;
+        let mut start: Option<Item> = None;
+        for _ in 0..WAITING_PAGES {
+            let output = listing_query(
+                self.client.query().table_name(&self.table),
+                RecordFilter::Status(SyncStatus::Pending),
+            )
             .scan_index_forward(true)
-            .limit(1)
+            .projection_expression("pending_since, last_attempt_at")
+            .limit(100)
+            .set_exclusive_start_key(start)
             .send()
             .await
             .map_err(unavailable)?;
-        Ok(output.items().iter().find_map(state_from_item))
+            for item in output.items() {
+                if let Some(since) = number(item, "pending_since").or_else(|| number(item, "last_attempt_at"))
+                {
+                    earliest = Some(earliest.map_or(since, |known| known.min(since)));
+                }
+            }
+            start = output.last_evaluated_key().cloned();
+            if start.is_none() {
+                break;
+            }
+        }
+        Ok(earliest)
     }
 
     async fn hours_from(
