@@ -14,6 +14,7 @@ pub mod adoption;
 pub mod adoption_runs;
 pub mod config;
 pub mod dashboard;
+pub mod dead_letters;
 pub mod domain;
 pub mod entrypoints;
 pub mod inbound;

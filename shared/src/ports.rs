@@ -716,6 +716,8 @@ pub struct DeadLetterSummary {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RedriveOutcome {
     pub moved: u64,
+    /// The journal keys of the moved letters crm-sync had journaled (their `crm_sync_letter`).
+    pub letters: Vec<String>,
     /// Messages the source queue refused; they stay in the dead-letter queue.
     pub failed: u64,
     /// The redrive stopped at its limit with messages left: run it again.
@@ -732,6 +734,48 @@ pub trait DeadLetterQueue: Send + Sync {
     /// delete a message only once the source queue holds it: an interrupted or repeated redrive
     /// may duplicate a message (consumers are idempotent), never lose one.
     async fn redrive(&self, max_messages: usize) -> Result<RedriveOutcome, QueueUnavailable>;
+}
+
+/// One message crm-sync dead-lettered, as its journal keeps it for the dashboard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LetterEntry {
+    /// The dead-letter queue's short name (`outbound`, `inbound`).
+    pub lane: String,
+    /// `{at, 13 digits}#{message id}`: unique in the lane, in time order. The dead letter carries
+    /// it as its `crm_sync_letter` attribute, so that a redrive can mark it.
+    pub key: String,
+    pub at_ms: i64,
+    pub reason: String,
+    /// The app record the message is about, when its body names one.
+    pub record: Option<RecordRef>,
+    /// What else names it (`CRM contact 1001` for a webhook event), when there is no record.
+    pub subject: Option<String>,
+    /// The message body, clipped to [`LETTER_BODY_BYTES`].
+    pub body: String,
+    /// When a redrive moved it back to its queue.
+    pub redriven_at_ms: Option<i64>,
+}
+
+/// The part of a dead letter's body its journal keeps (and search reads).
+pub const LETTER_BODY_BYTES: usize = 16 * 1024;
+
+/// The journal of the messages crm-sync dead-lettered: every one listed, paged, searchable.
+#[async_trait]
+pub trait DeadLetterJournal: Send + Sync {
+    async fn record_letters(&self, entries: &[LetterEntry]) -> Result<(), StoreUnavailable>;
+
+    /// A lane's letters, newest first; with `query`, those whose reason or body contains it
+    /// (reading at most a few pages to fill one). `cursor` continues a listing.
+    async fn letters(
+        &self,
+        lane: &str,
+        query: Option<&str>,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Result<(Vec<LetterEntry>, Option<String>), ListError>;
+
+    /// The letters a redrive moved back to their queue.
+    async fn mark_redriven(&self, lane: &str, keys: &[String], at_ms: i64) -> Result<(), StoreUnavailable>;
 }
 
 /// A dashboard session as stored. It is found by a digest of its cookie, never by the cookie

@@ -1391,6 +1391,15 @@ fn gave_up(
     )
 }
 
+/// The call a failure's text names (`POST /crm/… -> 503: …`, as the worker words a call that
+/// failed), for the timeline's CRM-call column.
+fn call_named(error: &str) -> Option<String> {
+    let (head, _) = error.split_once(": ")?;
+    let (method, target) = head.split_once(' ')?;
+    let method_like = ["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method);
+    (method_like && (target.starts_with('/') || target.starts_with("http"))).then(|| head.to_string())
+}
+
 /// Applied without a CRM call, for the reason given.
 fn no_call(why: String) -> Outcome {
     Outcome::Applied {
@@ -1460,13 +1469,13 @@ fn per_input(result: Result<BatchResult, CallFailure>, count: usize) -> Vec<Outc
                 CallFailure::Throttled { until_ms } => Outcome::Throttled { until_ms },
                 CallFailure::Transient(error) => Outcome::Failed {
                     kind: FailureKind::Transient,
+                    call: call_named(&error),
                     error,
-                    call: None,
                 },
                 CallFailure::Rejected(error) => Outcome::Failed {
                     kind: FailureKind::Permanent,
+                    call: call_named(&error),
                     error,
-                    call: None,
                 },
             };
             vec![outcome; count]
@@ -1645,7 +1654,7 @@ fn settlement(
                 },
                 TimelineKind::Retrying,
                 format!("retrying in {} s: {reason}", delay.as_secs()),
-                None,
+                Some("no CRM call: the linked records are not in the CRM yet".to_string()),
             )
         }
         Outcome::Throttled { until_ms } => (
@@ -1665,7 +1674,7 @@ fn settlement(
                 "CRM budget exhausted for now; retrying at {}",
                 crate::domain::clock::rfc3339(until_ms)
             ),
-            None,
+            Some("no CRM call: the shared limiter held it, or the CRM answered 429".to_string()),
         ),
         Outcome::Failed {
             kind: FailureKind::Transient,

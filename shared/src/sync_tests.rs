@@ -277,6 +277,34 @@ fn an_applied_outcome_records_the_values_written_and_names_the_fields_the_crm_ow
 }
 
 #[test]
+fn a_retry_names_the_crm_call_that_failed_or_why_no_call_was_made() {
+    let settings = SyncSettings::default();
+    let failed = super::per_input(
+        Err(crate::worker::CallFailure::Transient(
+            "POST /crm/objects/2026-03/contacts/batch/upsert -> 503: Service Unavailable".into(),
+        )),
+        1,
+    )
+    .pop()
+    .unwrap();
+    let (_, _, kind, _, call) = super::settlement(&work(0), failed, &settings, NOW, 0.5);
+    assert_eq!(kind, crate::domain::sync::TimelineKind::Retrying);
+    assert_eq!(
+        call.as_deref(),
+        Some("POST /crm/objects/2026-03/contacts/batch/upsert -> 503")
+    );
+    let throttled = super::Outcome::Throttled {
+        until_ms: NOW + 5_000,
+    };
+    let (_, _, _, _, call) = super::settlement(&work(0), throttled, &settings, NOW, 0.5);
+    assert!(call.unwrap().starts_with("no CRM call: the shared limiter"));
+    assert_eq!(
+        super::call_named("contact u-1 is not in the CRM yet: so it waits"),
+        None
+    );
+}
+
+#[test]
 fn a_transient_failure_retries_with_backoff_until_the_last_attempt_then_dead_letters_as_retryable() {
     let settings = SyncSettings::default();
     let failed = || super::Outcome::Failed {

@@ -19,6 +19,8 @@ pub const ATTEMPTS_ATTRIBUTE: &str = "crm_sync_attempts";
 /// Message attributes on dead letters.
 pub const ERROR_ATTRIBUTE: &str = "crm_sync_error";
 pub const FAILED_AT_ATTRIBUTE: &str = "crm_sync_failed_at";
+/// A dead letter's key in the dead-letter journal.
+pub const LETTER_ATTRIBUTE: &str = "crm_sync_letter";
 
 const CONCURRENCY: usize = 32;
 

@@ -1033,29 +1033,33 @@ fn cause_row<'a>(page: &'a str, key: &str) -> Option<&'a str> {
     Some(&page[start..end])
 }
 
+/// Removes the CRM's phone property and sends three contacts with a phone (`{prefix}-1` to
+/// `-3`), which the CRM will refuse; returns their ids.
+async fn refused_for_their_phone(app: &TestApp, prefix: &str) -> Vec<String> {
+    app.sandbox().remove_property("contacts", "phone");
+    let ids: Vec<String> = (1..=3).map(|i| format!("{prefix}-{i}")).collect();
+    let changes: Vec<serde_json::Value> = ids
+        .iter()
+        .map(|id| {
+            let data = json!({"email": format!("{id}@example.com"), "phone": "+1 555 0100"});
+            contact(id, now_ms(), data)
+        })
+        .collect();
+    app.send_changes(&changes).await;
+    ids
+}
+
 #[tokio::test]
 async fn failures_are_grouped_by_cause_with_their_fix_and_one_click_re_syncs_a_cause() {
     let app = spawn_app_with(AppOptions::syncing()).await;
     // An admin removed the phone property; two records carry an email HubSpot refuses.
-    app.sandbox().remove_property("contacts", "phone");
+    let phones = refused_for_their_phone(&app, "cause-phone").await;
     let at = now_ms();
-    let phones: Vec<String> = (1..=3).map(|i| format!("cause-phone-{i}")).collect();
     let emails: Vec<String> = (1..=2).map(|i| format!("cause-email-{i}")).collect();
-    let mut changes: Vec<serde_json::Value> = phones
+    let changes: Vec<serde_json::Value> = emails
         .iter()
-        .map(|id| {
-            contact(
-                id,
-                at,
-                json!({"email": format!("{id}@example.com"), "phone": "+1 555 0100"}),
-            )
-        })
+        .map(|id| contact(id, at, json!({"email": format!("{id}-at-nowhere")})))
         .collect();
-    changes.extend(
-        emails
-            .iter()
-            .map(|id| contact(id, at, json!({"email": format!("{id}-at-nowhere")}))),
-    );
     app.send_changes(&changes).await;
     for id in phones.iter().chain(&emails) {
         app.settled(contact_ref(id), SyncStatus::Failed).await;
@@ -1448,5 +1452,116 @@ async fn the_days_budget_is_read_as_the_limiter_keeps_it_in_the_crms_own_unit() 
         limiter.today(now).await.unwrap().used,
         0,
         "yesterday's spend is not today's"
+    );
+}
+
+#[tokio::test]
+async fn every_dead_letter_is_listed_with_its_reason_linked_searchable_paged_and_marked_once_fixed() {
+    let app = spawn_app_with(AppOptions::syncing()).await;
+    // An admin removed the phone property; one message breaks the contract (it has no record).
+    let people = refused_for_their_phone(&app, "letter").await;
+    app.send_changes(&[json!({"version": 1, "type": "contact.upsert", "note": "needle-42"})])
+        .await;
+    for id in &people {
+        app.settled(contact_ref(id), SyncStatus::Failed).await;
+    }
+    let operator = signed_in(&app).await;
+    let page = eventually(30, "four letters listed", || async {
+        let page = operator.get("/admin/queues/letters?lane=outbound").await.body;
+        (page.matches("data-letter=").count() == 4).then_some(page)
+    })
+    .await;
+    for id in &people {
+        assert!(
+            page.contains(&format!(
+                "href=\"/admin/record?object=contact&amp;id={id}\">{id}@example.com</a>"
+            )),
+            "{id} links to its record, by name"
+        );
+    }
+    assert_eq!(
+        page.matches("PROPERTY_DOESNT_EXIST").count(),
+        3,
+        "each with its reason"
+    );
+    assert_eq!(
+        page.matches("<span class=\"badge s-failed\">waiting</span>")
+            .count(),
+        4
+    );
+    let queues = operator.get("/admin/queues").await.body;
+    assert!(
+        queues.contains("href=\"/admin/queues/letters?lane=outbound\""),
+        "linked from the Queues page"
+    );
+
+    // The message with no record is found by any text of it.
+    let found = operator
+        .get("/admin/queues/letters?lane=outbound&q=NEEDLE-42")
+        .await
+        .body;
+    assert_eq!(found.matches("data-letter=").count(), 1, "{found}");
+    assert!(found.contains("invalid message"), "with its reason");
+    assert!(found.contains("no record"), "and said to have no record");
+    let none = operator
+        .get("/admin/queues/letters?lane=outbound&q=nothing-like-this")
+        .await
+        .body;
+    assert!(none.contains("No dead letter matches."));
+    let bad = operator
+        .get("/admin/queues/letters?lane=outbound&cursor=not-a-key")
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let unknown = operator.get("/admin/queues/letters?lane=nope").await;
+    assert_ne!(unknown.status, StatusCode::OK);
+
+    // Paged: two at a time, every letter once, newest first.
+    let journal = crm_sync::adapters::dynamodb::DynamoDbDeadLetterJournal::new(
+        app.dynamodb.clone(),
+        app.stack.resources.table("SyncStateTable"),
+    );
+    use crm_sync::ports::DeadLetterJournal;
+    let (first, next) = journal.letters("outbound", None, 2, None).await.unwrap();
+    let (second, last) = journal.letters("outbound", None, 2, next.clone()).await.unwrap();
+    assert_eq!((first.len(), second.len()), (2, 2));
+    assert!(next.is_some());
+    let keys: HashSet<String> = first.iter().chain(&second).map(|l| l.key.clone()).collect();
+    assert_eq!(keys.len(), 4, "no letter twice");
+    assert!(
+        first[0].key >= first[1].key && first[1].key >= second[0].key,
+        "newest first"
+    );
+    if let Some(last) = last {
+        assert!(journal
+            .letters("outbound", None, 2, Some(last))
+            .await
+            .unwrap()
+            .0
+            .is_empty());
+    }
+
+    // Fixed in the CRM, redriven: the records sync, and their letters say so.
+    app.sandbox().add_property("contacts", "phone");
+    let csrf = operator.csrf("/admin/queues").await;
+    let answer = operator
+        .post(
+            "/admin/queues/redrive",
+            &[("csrf", csrf.as_str()), ("lane", "outbound")],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER);
+    for id in &people {
+        app.settled(contact_ref(id), SyncStatus::Synced).await;
+    }
+    let page = operator.get("/admin/queues/letters?lane=outbound").await.body;
+    assert_eq!(
+        page.matches("<span class=\"badge s-synced\">fixed</span>")
+            .count(),
+        3,
+        "{page}"
+    );
+    assert!(
+        page.contains("<span class=\"badge s-pending\">redriven</span>"),
+        "the broken message was moved back (and dead-lettered again, as a new letter)"
     );
 }

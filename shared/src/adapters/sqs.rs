@@ -366,6 +366,17 @@ impl DeadLetterQueue for SqsDeadLetterQueue {
             }
             let sent = self.forward(messages).await?;
             outcome.failed += (messages.len() - sent.len()) as u64;
+            // The journal keys of what moves, for the dashboard to mark them redriven.
+            let letters: std::collections::HashMap<&str, String> = messages
+                .iter()
+                .filter_map(|message| {
+                    let key = message
+                        .message_attributes()?
+                        .get(crate::worker::LETTER_ATTRIBUTE)?
+                        .string_value()?;
+                    Some((message.receipt_handle()?, key.to_string()))
+                })
+                .collect();
             if sent.is_empty() {
                 // The source queue refuses them: stop rather than spin on the same messages.
                 break;
@@ -386,6 +397,16 @@ impl DeadLetterQueue for SqsDeadLetterQueue {
                 .await
                 .map_err(queue_error)?;
             outcome.moved += deleted.successful().len() as u64;
+            for done in deleted.successful() {
+                let handle = done
+                    .id()
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|position| sent.get(position));
+                if let Some(key) = handle.and_then(|handle| letters.get(handle.as_str())) {
+                    outcome.letters.push(key.clone());
+                }
+            }
         }
         Ok(outcome)
     }

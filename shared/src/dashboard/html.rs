@@ -715,6 +715,91 @@ fn budget_chart(budget: &DayBudget) -> Markup {
     }
 }
 
+/// Every dead letter crm-sync journaled for a queue: when, what it is about (a link to its
+/// record), why, and where it stands; paged and searchable.
+pub fn letters_page(
+    frame: &Frame<'_>,
+    lane: &str,
+    query: &str,
+    page: &super::LetterPage,
+    here_cursor: Option<&str>,
+) -> String {
+    let content = html! {
+        h1 { "Dead letters: " (lane) }
+        p.muted {
+            "Every message crm-sync dead-lettered to this queue in the last 15 days, newest first. "
+            "Fix the cause, then redrive from the " a href="/admin/queues" { "Queues page" } ". "
+            "A message the queue moved there by itself (after repeated crashed deliveries) is not "
+            "listed: the Queues page counts it and shows the oldest."
+        }
+        form.search method="get" action="/admin/queues/letters" role="search" {
+            input type="hidden" name="lane" value=(lane);
+            input type="search" name="q" value=(query) placeholder="Reason, record id or any text of the message"
+                aria-label="Search the dead letters";
+            button type="submit" { "Search" }
+        }
+        @if page.letters.is_empty() {
+            p.muted {
+                @if query.is_empty() { "No dead letters." } @else { "No dead letter matches." }
+            }
+        } @else {
+            div.scroll {
+                table.cards #letters {
+                    thead {
+                        tr { th { "When" } th { "About" } th { "Reason" } th { "Status" } th.hide-narrow { "Message" } }
+                    }
+                    tbody {
+                        @for (letter, standing, name) in &page.letters {
+                            tr data-letter=(letter.key) {
+                                td data-label="When" { (when(Some(letter.at_ms), frame.now_ms)) }
+                                td data-label="About" {
+                                    @match (&letter.record, &letter.subject) {
+                                        (Some(record), _) => {
+                                            a href=(record_href(record)) {
+                                                (name.clone().unwrap_or_else(|| record_key(record)))
+                                            }
+                                        }
+                                        (None, Some(subject)) => (subject),
+                                        (None, None) => (muted("no record: the message could not be read")),
+                                    }
+                                }
+                                td.err data-label="Reason" { (short(&letter.reason, 300)) }
+                                td data-label="Status" {
+                                    @match standing {
+                                        super::LetterStanding::Waiting => span.badge.s-failed { "waiting" },
+                                        super::LetterStanding::Fixed { synced_at_ms } => {
+                                            span.badge.s-synced { "fixed" } " synced " (when(Some(*synced_at_ms), frame.now_ms))
+                                        }
+                                        super::LetterStanding::Redriven { at_ms } => {
+                                            span.badge.s-pending { "redriven" } " " (when(Some(*at_ms), frame.now_ms))
+                                        }
+                                    }
+                                }
+                                td.hide-narrow data-label="Message" {
+                                    details { summary { "Show" } pre { (pretty(&letter.body)) } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if let Some(next) = &page.next {
+            p {
+                a rel="next" href={
+                    "/admin/queues/letters?lane=" (url_part(lane))
+                    @if !query.is_empty() { "&q=" (url_part(query)) }
+                    "&cursor=" (url_part(next))
+                } { "Next page →" }
+            }
+        }
+        @if here_cursor.is_some() {
+            p { a href={ "/admin/queues/letters?lane=" (url_part(lane)) } { "First page" } }
+        }
+    };
+    signed_in("Dead letters", frame, content)
+}
+
 /// One tab per listing, with its count.
 fn status_tabs(view: &RecordsView<'_>) -> Markup {
     html! {
@@ -1428,6 +1513,8 @@ fn lane_row(lane: &LaneView, frame: &Frame<'_>) -> Markup {
                 strong { (lane.name) }
                 br;
                 span.muted { (lane.description) }
+                br;
+                a href={ "/admin/queues/letters?lane=" (lane.name) } { "Every dead letter" }
             }
             @match &lane.summary {
                 Ok(summary) => (lane_cells(summary, frame.now_ms)),

@@ -167,6 +167,37 @@ impl RecordView {
 /// (a redrive took the same change first) leaves no attempt behind.
 pub const QUEUED_SHOWN_MS: i64 = 10 * 60 * 1000;
 
+/// Where a journaled dead letter stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LetterStanding {
+    /// In the dead-letter queue, its record not synced since.
+    Waiting,
+    /// Its record synced after it was dead-lettered (by a re-sync, a newer change or a redrive).
+    Fixed { synced_at_ms: i64 },
+    /// A redrive moved it back to its queue.
+    Redriven { at_ms: i64 },
+}
+
+/// Where `letter` stands, by its record's state.
+pub fn letter_standing(letter: &crate::ports::LetterEntry, state: Option<&RecordState>) -> LetterStanding {
+    let synced = state
+        .filter(|state| matches!(state.status, SyncStatus::Synced | SyncStatus::Deleted))
+        .and_then(|state| state.last_synced_at_ms)
+        .filter(|at| *at > letter.at_ms);
+    match (synced, letter.redriven_at_ms) {
+        (Some(synced_at_ms), _) => LetterStanding::Fixed { synced_at_ms },
+        (None, Some(at_ms)) => LetterStanding::Redriven { at_ms },
+        (None, None) => LetterStanding::Waiting,
+    }
+}
+
+/// A page of journaled dead letters: each with where it stands and its record's name.
+#[derive(Debug, Clone, Default)]
+pub struct LetterPage {
+    pub letters: Vec<(crate::ports::LetterEntry, LetterStanding, Option<String>)>,
+    pub next: Option<String>,
+}
+
 /// What the health page shows: the facts, the dead-letter queues, the last reconciliation.
 pub struct Health {
     pub facts: HealthFacts,
@@ -259,6 +290,8 @@ pub struct DashboardService {
     adoptions: Option<Arc<dyn crate::ports::AdoptionStore>>,
     /// The CRM day's budget (`None`: not shown).
     budget: Option<Arc<dyn crate::ports::BudgetReader>>,
+    /// The journal of dead letters (`None`: no list of them).
+    letters: Option<Arc<dyn crate::ports::DeadLetterJournal>>,
 }
 
 impl DashboardService {
@@ -280,7 +313,50 @@ impl DashboardService {
             settings,
             adoptions: None,
             budget: None,
+            letters: None,
         }
+    }
+
+    /// Lists every dead letter crm-sync journaled.
+    pub fn with_letters(mut self, journal: Arc<dyn crate::ports::DeadLetterJournal>) -> Self {
+        self.letters = Some(journal);
+        self
+    }
+
+    /// A page of a dead-letter queue's journaled letters, newest first, each with where it
+    /// stands; with `query`, those whose reason, record or body contains it.
+    pub async fn letters(
+        &self,
+        lane: &str,
+        query: Option<&str>,
+        cursor: Option<String>,
+    ) -> Result<LetterPage, DashboardError> {
+        let lane = self
+            .lanes
+            .iter()
+            .find(|candidate| candidate.name == lane)
+            .ok_or_else(|| DashboardError::UnknownLane(lane.to_string()))?;
+        let Some(journal) = &self.letters else {
+            return Ok(LetterPage::default());
+        };
+        let (letters, next) = journal
+            .letters(lane.name, query, self.settings.page_size, cursor)
+            .await?;
+        let records: Vec<RecordRef> = letters
+            .iter()
+            .filter_map(|letter| letter.record.clone())
+            .collect();
+        let states = self.queries.states(&records).await?;
+        let letters = letters
+            .into_iter()
+            .map(|letter| {
+                let state = letter.record.as_ref().and_then(|record| states.get(record));
+                let standing = letter_standing(&letter, state);
+                let name = state.and_then(|state| self.display_name(state));
+                (letter, standing, name)
+            })
+            .collect();
+        Ok(LetterPage { letters, next })
     }
 
     /// Shows the CRM day's budget on the health page.
@@ -734,6 +810,15 @@ impl DashboardService {
             .find(|candidate| candidate.name == lane)
             .ok_or_else(|| DashboardError::UnknownLane(lane.to_string()))?;
         let outcome = lane.queue.redrive(self.settings.redrive_max).await?;
+        if let Some(journal) = &self.letters {
+            if let Err(error) = journal
+                .mark_redriven(lane.name, &outcome.letters, self.clock.now_ms())
+                .await
+            {
+                // Moved all the same; only the list still shows them as waiting.
+                tracing::warn!(error = %error, lane = lane.name, "could not mark redriven letters");
+            }
+        }
         tracing::info!(
             lane = lane.name,
             moved = outcome.moved,

@@ -270,6 +270,7 @@ impl DashboardApi {
             .route("/admin/record", get(record).head(not_found))
             .route("/admin/queues", get(queues).head(not_found))
             .route("/admin/health", get(health).head(not_found))
+            .route("/admin/queues/letters", get(letters).head(not_found))
             .route("/admin/adoption", get(adoption_plan).head(not_found))
             .route("/admin/resync", post(resync))
             .route("/admin/failures/resync", post(resync_cause))
@@ -323,7 +324,7 @@ impl DashboardApi {
         // Timeline retention only matters for entries this function writes: the re-sync notes.
         let state = Arc::new(DynamoDbSyncState::new(
             dynamodb.clone(),
-            config.state_table,
+            config.state_table.clone(),
             90 * 86_400_000,
         ));
         let lanes = config
@@ -392,7 +393,13 @@ impl DashboardApi {
             Arc::new(SystemClock),
             settings,
         )
-        .with_adoptions(state);
+        .with_adoptions(state)
+        .with_letters(Arc::new(
+            crate::adapters::dynamodb::DynamoDbDeadLetterJournal::new(
+                dynamodb.clone(),
+                config.state_table.clone(),
+            ),
+        ));
         if let Some((table, key, limiter)) = config.budget {
             service = service.with_budget(Arc::new(crate::adapters::dynamodb::DynamoDbRateLimiter::new(
                 dynamodb, table, key, limiter,
@@ -593,6 +600,7 @@ fn notice(request: &Incoming) -> Option<Notice> {
                 .query("lane")
                 .filter(|lane| ["outbound", "inbound", "app-inbox"].contains(&lane.as_str()))?,
             outcome: RedriveOutcome {
+                letters: Vec::new(),
                 moved: number("moved"),
                 failed: number("failed"),
                 more: number("more") > 0,
@@ -822,6 +830,31 @@ async fn health(
     Ok(page(
         StatusCode::OK,
         html::health_page(&frame, &health.facts, &health.lanes, report),
+    ))
+}
+
+async fn letters(
+    State(d): State<Arc<Dashboard>>,
+    Extension(session): Extension<Session>,
+    request: Incoming,
+) -> Result<Response, DashboardError> {
+    let lane = request.query("lane").unwrap_or_default();
+    let query = request.query("q").unwrap_or_default();
+    // Longer than anything worth searching, and than a DynamoDB filter value should carry.
+    let query: String = query.chars().take(200).collect();
+    let cursor = request.query("cursor").filter(|cursor| !cursor.is_empty());
+    let page_of = d
+        .service
+        .letters(&lane, Some(query.as_str()), cursor.clone())
+        .await?;
+    let frame = Frame {
+        csrf: session.csrf_token(),
+        now_ms: d.service.now_ms(),
+        notice: notice(&request),
+    };
+    Ok(page(
+        StatusCode::OK,
+        html::letters_page(&frame, &lane, &query, &page_of, cursor.as_deref()),
     ))
 }
 

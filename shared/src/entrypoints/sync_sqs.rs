@@ -68,6 +68,7 @@ impl SyncHandler {
     pub async fn build(aws: &SdkConfig, config: SyncConfig) -> anyhow::Result<Self> {
         let metrics = config.metrics.clone();
         let settings = config.crm.settings.clone();
+        let state_table = config.crm.state_table.clone();
         let super::CrmWiring {
             mapping,
             crm,
@@ -78,11 +79,24 @@ impl SyncHandler {
         let dynamodb = aws_sdk_dynamodb::Client::new(aws);
         let sqs = aws_sdk_sqs::Client::new(aws);
         let clock = Arc::new(SystemClock);
+        // Every dead letter is journaled too, for the dashboard's list of them.
+        let journal = Arc::new(crate::adapters::dynamodb::DynamoDbDeadLetterJournal::new(
+            dynamodb.clone(),
+            state_table,
+        ));
+        let journaled = |url: String, lane: &'static str| -> Arc<dyn crate::ports::MessageQueue> {
+            Arc::new(crate::dead_letters::JournaledDeadLetters::new(
+                Arc::new(SqsQueue::new(sqs.clone(), url)),
+                journal.clone(),
+                lane,
+                clock.clone(),
+            ))
+        };
         let inbound = config.inbound.map(|inbound| {
             let worker = Worker::new(
                 limiter.clone(),
                 Arc::new(SqsQueue::new(sqs.clone(), inbound.queue_url)),
-                Arc::new(SqsQueue::new(sqs.clone(), inbound.dlq_url)),
+                journaled(inbound.dlq_url, "inbound"),
                 clock.clone(),
                 config.sync.call_settings(),
             );
@@ -112,7 +126,7 @@ impl SyncHandler {
             );
             (inbound.queue_arn, service)
         });
-        let dead_letters = Arc::new(SqsQueue::new(sqs.clone(), config.outbound_dlq_url));
+        let dead_letters = journaled(config.outbound_dlq_url, "outbound");
         // A lane is one more queue of app changes; its retries stay in it.
         let lane = |url: String, settings: crate::sync::SyncSettings| {
             SyncService::new(

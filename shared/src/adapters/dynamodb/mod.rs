@@ -1,11 +1,13 @@
 //! DynamoDB adapters.
 
 mod dashboard_store;
+mod dead_letter_journal;
 mod rate_limiter;
 mod sync_state;
 mod webhook_store;
 
 pub use dashboard_store::{session_pk, sign_in_pk, DynamoDbDashboardStore};
+pub use dead_letter_journal::DynamoDbDeadLetterJournal;
 pub use rate_limiter::{DynamoDbRateLimiter, LimiterSettings};
 pub use sync_state::{record_pk, state_from_item, DynamoDbSyncState, BY_CRM_ID, BY_STATUS};
 pub use webhook_store::{DynamoDbEventJournal, DynamoDbWebhookStore};
