@@ -13,6 +13,19 @@ use crm_sync_tests::hubspot::now_ms;
 use crm_sync_tests::{spawn_app_with, AppOptions, DASHBOARD_PASSWORD};
 use serde_json::json;
 
+/// Fails on any serious or critical accessibility violation axe-core finds on the page.
+async fn accessible(browser: &Browser, axe: &str, page: &str) {
+    let violations = browser
+        .accessibility_violations(axe)
+        .await
+        .expect("axe-core runs in the page");
+    assert!(
+        violations.is_empty(),
+        "{page}: {}",
+        serde_json::to_string_pretty(&violations).unwrap()
+    );
+}
+
 async fn save(browser: &Browser, name: &str) {
     let Some(dir) = std::env::var_os("CRM_SYNC_SCREENSHOTS").map(PathBuf::from) else {
         return;
@@ -52,6 +65,12 @@ async fn an_operator_finds_a_failed_record_reads_its_error_and_re_syncs_it_after
     };
     app.settled(grace.clone(), SyncStatus::Failed).await;
 
+    let axe = std::fs::read_to_string(
+        crm_sync_tests::contract::node_suites()
+            .expect("the Node packages install")
+            .join("node_modules/axe-core/axe.min.js"),
+    )
+    .expect("axe-core is installed");
     let browser = Browser::start().await.expect("headless Chromium starts");
     let base = app.stack.url();
     browser.goto(&format!("{base}/admin")).await.unwrap();
@@ -59,6 +78,7 @@ async fn an_operator_finds_a_failed_record_reads_its_error_and_re_syncs_it_after
         browser.url().await.unwrap().contains("/admin/login"),
         "sign-in comes first"
     );
+    accessible(&browser, &axe, "sign-in").await;
     save(&browser, "sign-in").await;
     browser
         .find("#password")
@@ -103,6 +123,28 @@ async fn an_operator_finds_a_failed_record_reads_its_error_and_re_syncs_it_after
         .unwrap();
     assert!(cause.contains("1 record"), "{cause}");
     assert!(cause.contains("Create it in the CRM"), "{cause}");
+    accessible(&browser, &axe, "records").await;
+    // The keyboard's first stop skips the navigation, and shows where it is.
+    browser.press("\u{E004}").await.unwrap();
+    let focused = browser
+        .execute(
+            "var e = document.activeElement; var s = getComputedStyle(e);
+             return [e.textContent, s.outlineStyle, s.outlineWidth];",
+            serde_json::json!([]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(focused[0], "Skip to content");
+    assert_ne!(focused[1], "none", "the focus is visible: {focused}");
+    let unreachable = browser
+        .execute(
+            "return Array.from(document.querySelectorAll('a[href], button:not([disabled]), input:not([type=hidden]), summary'))
+               .filter(function (e) { return e.tabIndex < 0; }).length;",
+            serde_json::json!([]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(unreachable, 0, "every control is reachable by the keyboard");
     save(&browser, "records").await;
     browser
         .find("a[href*='id=grace']")
@@ -118,6 +160,7 @@ async fn an_operator_finds_a_failed_record_reads_its_error_and_re_syncs_it_after
         error.contains("phone"),
         "the CRM's own message names the property: {error}"
     );
+    accessible(&browser, &axe, "record (failed)").await;
     save(&browser, "record-failed").await;
 
     app.sandbox().add_property("contacts", "phone");
@@ -171,7 +214,28 @@ async fn an_operator_finds_a_failed_record_reads_its_error_and_re_syncs_it_after
         timeline.contains("re-sync requested from the dashboard"),
         "{timeline}"
     );
+    accessible(&browser, &axe, "record (synced)").await;
     save(&browser, "record-synced").await;
+
+    browser.goto(&format!("{base}/admin/health")).await.unwrap();
+    let chart = browser.find("#hours-desc").await.unwrap().text().await;
+    assert!(chart.is_ok(), "the chart describes itself");
+    accessible(&browser, &axe, "health").await;
+    save(&browser, "health").await;
+    browser
+        .goto(&format!("{base}/admin/queues/letters?lane=outbound"))
+        .await
+        .unwrap();
+    let letter = browser
+        .find("#letters tbody tr")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(letter.contains("PROPERTY_DOESNT_EXIST"), "{letter}");
+    accessible(&browser, &axe, "dead letters").await;
+    save(&browser, "dead-letters").await;
 
     // Tonight's reconciliation, as the schedule would start it.
     let report = app
@@ -204,6 +268,7 @@ async fn an_operator_finds_a_failed_record_reads_its_error_and_re_syncs_it_after
         depth, "1",
         "the failed change's dead letter is still there until redriven"
     );
+    accessible(&browser, &axe, "queues").await;
     save(&browser, "queues").await;
 
     browser.resize(390, 844).await.unwrap();
@@ -221,6 +286,7 @@ async fn an_operator_finds_a_failed_record_reads_its_error_and_re_syncs_it_after
         .await
         .unwrap();
     assert!(cell > 300.0, "a card's cell is {cell} px wide on a 390 px screen");
+    accessible(&browser, &axe, "records on a phone").await;
     save(&browser, "records-phone").await;
 
     // The test ends every process it started: Chromium too, not only chromedriver.

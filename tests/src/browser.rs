@@ -173,6 +173,49 @@ impl Browser {
         self.call(method, &url, body).await
     }
 
+    /// Runs `script` in the page (a function body; `arguments` are `args`) and returns what it
+    /// returns; a returned promise is awaited.
+    pub async fn execute(&self, script: &str, args: Value) -> anyhow::Result<Value> {
+        self.command(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": script, "args": args})),
+        )
+        .await
+    }
+
+    /// Presses one key (`\u{E004}` is Tab) as a keyboard would.
+    pub async fn press(&self, key: &str) -> anyhow::Result<()> {
+        let actions = json!({"actions": [{
+            "type": "key", "id": "keyboard",
+            "actions": [{"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}],
+        }]});
+        self.command(reqwest::Method::POST, "/actions", Some(actions))
+            .await?;
+        Ok(())
+    }
+
+    /// The serious and critical accessibility violations axe-core finds on the page (their rule,
+    /// impact, help and the first elements), read from `axe_source` (axe.min.js).
+    pub async fn accessibility_violations(&self, axe_source: &str) -> anyhow::Result<Vec<Value>> {
+        self.execute(&format!("{axe_source}\nreturn true;"), json!([]))
+            .await?;
+        let found = self
+            .execute(
+                "return axe.run(document, {resultTypes: ['violations']}).then(function (result) {
+                   return result.violations
+                     .filter(function (v) { return v.impact === 'serious' || v.impact === 'critical'; })
+                     .map(function (v) {
+                       return {id: v.id, impact: v.impact, help: v.help,
+                               nodes: v.nodes.slice(0, 3).map(function (n) { return n.target.join(' '); })};
+                     });
+                 });",
+                json!([]),
+            )
+            .await?;
+        Ok(found.as_array().cloned().unwrap_or_default())
+    }
+
     pub async fn goto(&self, url: &str) -> anyhow::Result<()> {
         self.command(reqwest::Method::POST, "/url", Some(json!({"url": url})))
             .await?;

@@ -92,6 +92,9 @@ input[type=search],input[type=password]{font:inherit;padding:.4rem .6rem;border:
 .health.ok{border-color:#9fd3b0;background:#f1fbf4}.health.warn{border-color:#f0d089;background:#fffaf0}.health.bad{border-color:#f3b7b7;background:#fff5f5}\
 .health h2{margin:0 0 .3rem;font-size:1.05rem}.health ul{margin:.3rem 0;padding-left:1.2rem}.facts{display:flex;flex-wrap:wrap;gap:.3rem 1.4rem;margin:.4rem 0 0;padding:0;list-style:none}\
 .chart{width:100%;height:auto;background:#fff;border:1px solid var(--line);border-radius:8px}\
+.skip{position:absolute;left:-9999px;top:.4rem;background:#fff;padding:.4rem .8rem;border-radius:6px;z-index:10}.skip:focus{left:.6rem}\
+a:focus-visible,button:focus-visible,input:focus-visible,summary:focus-visible,main:focus-visible{outline:3px solid #1f5fd1;outline-offset:2px}\
+button:disabled{opacity:.55;cursor:not-allowed}\
 .login label{display:block;margin-bottom:.4rem}.login input{max-width:none;margin-bottom:1rem}\
 @media (max-width:640px){main{padding:.6rem}th,td{padding:.4rem}.hide-narrow{display:none}\
 table.cards thead{display:none}table.cards,table.cards tbody,table.cards tr,table.cards td{display:block;width:auto}\
@@ -124,8 +127,10 @@ fn document_with(title: &str, refresh: Option<&str>, header: Markup, content: Ma
                 style { (PreEscaped(STYLE)) }
             }
             body {
+                // The first stop of the Tab key: past the navigation, to the page itself.
+                a.skip href="#main" { "Skip to content" }
                 (header)
-                main { (content) }
+                main #main tabindex="-1" { (content) }
             }
         }
     }
@@ -1241,7 +1246,7 @@ pub fn queues_page(
                         th { "Waiting" }
                         th.hide-narrow { "In flight" }
                         th { "Oldest" }
-                        th {}
+                        th { "Action" }
                     }
                 }
                 tbody {
