@@ -124,6 +124,7 @@ async fn an_operator_finds_a_failed_record_reads_its_error_and_re_syncs_it_after
     assert!(cause.contains("1 record"), "{cause}");
     assert!(cause.contains("Create it in the CRM"), "{cause}");
     accessible(&browser, &axe, "records").await;
+    save(&browser, "records").await;
     // The keyboard's first stop skips the navigation, and shows where it is.
     browser.press("\u{E004}").await.unwrap();
     let focused = browser
@@ -145,7 +146,6 @@ async fn an_operator_finds_a_failed_record_reads_its_error_and_re_syncs_it_after
         .await
         .unwrap();
     assert_eq!(unreachable, 0, "every control is reachable by the keyboard");
-    save(&browser, "records").await;
     browser
         .find("a[href*='id=grace']")
         .await
