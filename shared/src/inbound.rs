@@ -39,6 +39,9 @@ use links::LinkWork;
 /// writes the field again (which resolves it).
 pub const NOT_APPLIED: &str =
     "not applied: the app keeps its value, the CRM the person's until crm-sync writes the field again";
+/// The change came before crm-sync's last write of the field, which overwrote it already.
+pub const OVERWRITTEN: &str =
+    "not applied, and already overwritten: crm-sync wrote the app's value to the CRM after this change";
 /// The app's value was written back to the CRM at once (`REASSERT_APP_VALUES`).
 pub const REASSERTED: &str = "re-asserted the app's value in the CRM";
 /// Re-asserting failed: the CRM still holds the person's value.
@@ -434,18 +437,24 @@ impl InboundService {
             (a.change.occurred_at_ms, &a.message.event_key)
                 .cmp(&(b.change.occurred_at_ms, &b.message.event_key))
         });
-        let mut per_record = self.decide_all(&ready, &failed_reads, &own_creations);
+        let noted_ms = self.clock.now_ms();
+        let mut per_record = self.decide_all(&ready, &failed_reads, &own_creations, noted_ms);
 
         // Re-assert the app's values where configured (the CRM reports it back as an echo): a
         // conflict whose app value is in the CRM again is resolved at once; one whose write
         // failed stays open and says so.
         if self.settings.reassert_app_values {
             let written = self.reassert(&per_record, deadline, &mut batch.report).await;
-            let now_ms = self.clock.now_ms();
+            // Written after the conflicts were noted: resolved as of then.
+            let now_ms = noted_ms;
             for (record, (_, update, items)) in per_record.iter_mut() {
                 let done = written.contains(record);
                 for (_, effects) in items.iter_mut() {
-                    for conflict in effects.conflicts.iter_mut().filter(|c| c.app_value.is_some()) {
+                    for conflict in effects
+                        .conflicts
+                        .iter_mut()
+                        .filter(|c| c.app_value.is_some() && c.resolution != OVERWRITTEN)
+                    {
                         if done {
                             update
                                 .conflict_marks
@@ -856,6 +865,7 @@ impl InboundService {
         ready: &[Pending],
         failed_reads: &HashMap<String, Disposition>,
         own_creations: &HashSet<String>,
+        noted_ms: i64,
     ) -> BTreeMap<RecordRef, RecordWork> {
         let mut per_record: BTreeMap<RecordRef, RecordWork> = BTreeMap::new();
         for p in ready {
@@ -904,8 +914,10 @@ impl InboundService {
                         crm_value,
                     } => {
                         later(&mut entry.1.inbound_at, &property, p.change.occurred_at_ms);
-                        entry.1.conflict(&property, p.change.occurred_at_ms);
-                        let resolution = if self.settings.reassert_app_values && app_value.is_some() {
+                        let open = entry.1.conflict(&property, p.change.occurred_at_ms, noted_ms);
+                        let resolution = if !open {
+                            OVERWRITTEN
+                        } else if self.settings.reassert_app_values && app_value.is_some() {
                             REASSERTED
                         } else {
                             NOT_APPLIED
@@ -920,6 +932,7 @@ impl InboundService {
                             source: p.change.source.clone(),
                             event_key: p.message.event_key.clone(),
                             resolution: resolution.to_string(),
+                            noted_at_ms: noted_ms,
                         });
                     }
                     FieldDecision::Echo => {

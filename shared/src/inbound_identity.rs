@@ -479,7 +479,7 @@ impl InboundService {
                 }
             };
             if conflict && matches!(change.kind, IdentityKind::Merged { .. }) {
-                update.conflict("(merge)", change.occurred_at_ms);
+                update.conflict("(merge)", change.occurred_at_ms, now_ms);
                 let entry = ConflictEntry {
                     record: record.clone(),
                     at_ms: change.occurred_at_ms,
@@ -498,6 +498,7 @@ impl InboundService {
                     source: change.source.clone(),
                     event_key: item.message.event_key.clone(),
                     resolution: "the moved records' writes wait for the app or an operator".into(),
+                    noted_at_ms: now_ms,
                 };
                 if let Err(error) = self.history.append_conflicts(&[entry]).await {
                     tracing::error!(record = %record, error = ?anyhow::Error::from(error), "could not journal an identity conflict");

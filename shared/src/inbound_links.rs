@@ -176,7 +176,7 @@ impl InboundService {
                 )
             }
             Decided::Conflict { app_contact } => {
-                update.conflict("(association)", change.occurred_at_ms);
+                let open = update.conflict("(association)", change.occurred_at_ms, now_ms);
                 let entry = ConflictEntry {
                     record: record.clone(),
                     at_ms: change.occurred_at_ms,
@@ -186,7 +186,12 @@ impl InboundService {
                     crm_value: what.clone(),
                     source: change.source.clone(),
                     event_key: item.message.event_key.clone(),
-                    resolution: "the app's link stands: the deal's next change links it again".into(),
+                    resolution: if open {
+                        "the app's link stands: the deal's next change links it again".into()
+                    } else {
+                        crate::inbound::OVERWRITTEN.into()
+                    },
+                    noted_at_ms: now_ms,
                 };
                 if self.history.append_conflicts(&[entry]).await.is_err() {
                     self.release_all(&states, &token, now_ms).await;

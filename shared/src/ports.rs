@@ -342,11 +342,22 @@ impl InboundUpdate {
     }
 
     /// A conflict on `property` (a CRM property, or a pseudo-property such as `(merge)`) that
-    /// happened at `at_ms`.
-    pub fn conflict(&mut self, property: &str, at_ms: i64) {
+    /// happened at `occurred_at_ms` (the CRM's clock), journaled at `noted_at_ms` (crm-sync's).
+    /// Returns whether it is open: not when crm-sync wrote the app's value after the change
+    /// happened (a late event of an edit the write overwrote already; within clock skew).
+    pub fn conflict(&mut self, property: &str, occurred_at_ms: i64, noted_at_ms: i64) -> bool {
         self.new_conflicts += 1;
-        self.conflict_marks.open(property, at_ms);
+        let overwritten = self
+            .conflict_marks
+            .reasserted
+            .get(property)
+            .is_some_and(|written| *written > occurred_at_ms);
+        if overwritten {
+            return false;
+        }
+        self.conflict_marks.open(property, noted_at_ms);
         self.flag_conflicts = true;
+        true
     }
 
     /// Adds an event acted on now, keeping the newest [`crate::domain::sync::RECENT_EVENTS`].
@@ -454,7 +465,8 @@ pub trait RecordJournal: Send + Sync {
     ) -> Result<Vec<ConflictEntry>, StoreUnavailable>;
 
     /// Marks the record's conflicts as seen: it leaves the open-conflicts listing until a new one.
-    async fn dismiss_conflicts(&self, record: &RecordRef, now_ms: i64) -> Result<(), StoreUnavailable>;
+    /// Returns `false`, changing nothing, while a sync holds the record (its lease is live).
+    async fn dismiss_conflicts(&self, record: &RecordRef, now_ms: i64) -> Result<bool, StoreUnavailable>;
 
     /// Lets a record in an identity conflict write its CRM record, shared with the other app
     /// records on it (an operator's decision); its writes leave the CRM's id property alone.

@@ -656,14 +656,18 @@ impl ReconcileService {
                 written_before: state.written.clone(),
             })
             .collect();
+        // Before the write: what it resolves conflicts up to.
+        let write_at = self.clock.now_ms();
         let result = self
             .worker
             .call(deadline, calls, || self.crm.update(&mapping.crm_object, &inputs))
             .await;
+        let mut healed = vec![false; leased.len()];
         match result {
             Ok(batch) => {
-                for ((state, _, restore), outcome) in leased.iter().zip(batch.outcomes) {
+                for (index, ((state, _, restore), outcome)) in leased.iter().zip(batch.outcomes).enumerate() {
                     if let crate::domain::crm::InputOutcome::Done { .. } = outcome {
+                        healed[index] = true;
                         report.healed += restore.len() as u64;
                         let fields: Vec<String> =
                             restore.iter().map(|(p, v)| format!("{p} = {v:?}")).collect();
@@ -680,8 +684,20 @@ impl ReconcileService {
             }
             Err(_) => report.errors += leased.len() as u64,
         }
-        for (_, current, _) in &leased {
-            self.release(current, &token, now_ms).await;
+        for ((_, current, restore), healed) in leased.iter().zip(healed) {
+            // Written back: the app's values are in the CRM again, which resolves the conflicts
+            // open on them.
+            let mut update = InboundUpdate::unchanged(current);
+            if healed {
+                update.conflict_marks.reassert(restore.keys(), write_at);
+            }
+            if let Err(error) = self
+                .leases
+                .settle_inbound(&current.record, &token, now_ms, &update)
+                .await
+            {
+                tracing::warn!(record = %current.record, error = ?anyhow::Error::from(error), "could not release a lease; it runs out");
+            }
         }
     }
 

@@ -131,6 +131,9 @@ struct Work {
     queued: Queued,
     prior: RecordState,
     outbound: OutboundProperties,
+    /// When the attempt took the record (before any CRM call): what its writes resolve
+    /// conflicts up to, and what a later event of the CRM is compared with.
+    claimed_at_ms: i64,
 }
 
 /// How one piece of work ended.
@@ -359,6 +362,7 @@ impl SyncService {
                         queued,
                         prior,
                         outbound,
+                        claimed_at_ms: batch.now_ms,
                     });
                 }
                 Ok(RecordClaim::Stale(state)) => {
@@ -1590,8 +1594,15 @@ fn settlement(
             // the app's value again.
             let mut marks = w.prior.conflict_marks.clone();
             let wrote = !deleted && without_call.is_none() && change.association.is_none();
+            // A deal's contact link is linked again by the deal's write (the app owns it, or no
+            // link conflict would be open).
+            let relinked = (wrote && change.object == ObjectKind::Deal && change.contact_record_id.is_some())
+                .then(|| "(association)".to_string());
             let resolved = if wrote {
-                marks.reassert(w.outbound.properties.keys(), now_ms)
+                marks.reassert(
+                    w.outbound.properties.keys().chain(relinked.as_ref()),
+                    w.claimed_at_ms,
+                )
             } else {
                 Vec::new()
             };

@@ -249,6 +249,7 @@ fn work(attempts: u32) -> super::Work {
             properties: [("email".to_string(), "w@example.com".to_string())].into(),
             crm_owned: vec!["lifecycle_stage".into()],
         },
+        claimed_at_ms: NOW,
     }
 }
 

@@ -1513,7 +1513,7 @@ async fn every_dead_letter_is_listed_with_its_reason_linked_searchable_paged_and
         .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     let unknown = operator.get("/admin/queues/letters?lane=nope").await;
-    assert_ne!(unknown.status, StatusCode::OK);
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
 
     // Paged: two at a time, every letter once, newest first.
     let journal = crm_sync::adapters::dynamodb::DynamoDbDeadLetterJournal::new(
@@ -1539,6 +1539,22 @@ async fn every_dead_letter_is_listed_with_its_reason_linked_searchable_paged_and
             .0
             .is_empty());
     }
+    // A search pages too: one match a page, each once, none skipped.
+    let mut found = Vec::new();
+    let mut cursor = None;
+    loop {
+        let (page, next) = journal
+            .letters("outbound", Some("property_doesnt_exist"), 1, cursor)
+            .await
+            .unwrap();
+        found.extend(page.into_iter().map(|letter| letter.key));
+        match next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    found.dedup();
+    assert_eq!(found.len(), 3, "{found:?}");
 
     // Fixed in the CRM, redriven: the records sync, and their letters say so.
     app.sandbox().add_property("contacts", "phone");
@@ -1564,4 +1580,16 @@ async fn every_dead_letter_is_listed_with_its_reason_linked_searchable_paged_and
         page.contains("<span class=\"badge s-pending\">redriven</span>"),
         "the broken message was moved back (and dead-lettered again, as a new letter)"
     );
+
+    // A privacy erasure forgets the record's letters with its history.
+    app.sync_state().forget(&contact_ref("letter-1")).await.unwrap();
+    let (left, _) = journal.letters("outbound", None, 50, None).await.unwrap();
+    assert!(
+        left.iter()
+            .all(|letter| letter.record != Some(contact_ref("letter-1"))),
+        "{left:?}"
+    );
+    assert!(left
+        .iter()
+        .any(|letter| letter.record == Some(contact_ref("letter-2"))));
 }

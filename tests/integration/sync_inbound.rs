@@ -465,6 +465,7 @@ async fn an_event_acted_on_again_after_a_crash_journals_its_conflict_once() {
         resolution:
             "not applied: the app keeps its value, the CRM the person's until crm-sync writes the field again"
                 .into(),
+        noted_at_ms: now_ms(),
     };
     let store = app.sync_state();
     let email = entry("email");

@@ -745,7 +745,13 @@ pub fn letters_page(
         }
         @if page.letters.is_empty() {
             p.muted {
-                @if query.is_empty() { "No dead letters." } @else { "No dead letter matches." }
+                @if page.next.is_some() {
+                    "None among the letters searched so far: the next page searches older ones."
+                } @else if query.is_empty() {
+                    "No dead letters."
+                } @else {
+                    "No dead letter matches."
+                }
             }
         } @else {
             div.scroll {
@@ -799,7 +805,12 @@ pub fn letters_page(
             }
         }
         @if here_cursor.is_some() {
-            p { a href={ "/admin/queues/letters?lane=" (url_part(lane)) } { "First page" } }
+            p {
+                a href={
+                    "/admin/queues/letters?lane=" (url_part(lane))
+                    @if !query.is_empty() { "&q=" (url_part(query)) }
+                } { "First page" }
+            }
         }
     };
     signed_in("Dead letters", frame, content)
@@ -1518,8 +1529,12 @@ fn lane_row(lane: &LaneView, frame: &Frame<'_>) -> Markup {
                 strong { (lane.name) }
                 br;
                 span.muted { (lane.description) }
-                br;
-                a href={ "/admin/queues/letters?lane=" (lane.name) } { "Every dead letter" }
+                // crm-sync journals what it dead-letters itself; the app-inbox queue's letters
+                // are the app consumer's.
+                @if lane.name != "app-inbox" {
+                    br;
+                    a href={ "/admin/queues/letters?lane=" (lane.name) } { "Every dead letter" }
+                }
             }
             @match &lane.summary {
                 Ok(summary) => (lane_cells(summary, frame.now_ms)),
@@ -1738,6 +1753,7 @@ mod tests {
                 source: "webhook".into(),
                 event_key: "e-1".into(),
                 resolution: hostile("resolution"),
+                noted_at_ms: 0,
             }],
         };
         let frame = Frame {

@@ -778,7 +778,8 @@ impl DashboardService {
         Ok(outcome)
     }
 
-    pub async fn dismiss_conflicts(&self, record: &RecordRef) -> Result<(), DashboardError> {
+    /// Dismisses the record's conflicts; `false` while a sync holds the record.
+    pub async fn dismiss_conflicts(&self, record: &RecordRef) -> Result<bool, DashboardError> {
         Ok(self
             .history
             .dismiss_conflicts(record, self.clock.now_ms())

@@ -301,11 +301,16 @@ pub struct ConflictEntry {
     pub event_key: String,
     /// `not applied: the app keeps its value, the CRM the person's until crm-sync writes the field again` or `re-asserted the app's value in the CRM`.
     pub resolution: String,
+    /// When crm-sync journaled it, by its own clock and under the record's lease: what a later
+    /// write or dismissal of the record is compared with.
+    pub noted_at_ms: i64,
 }
 
-/// Where a record's conflicts stand, per CRM property: when the newest still open one happened,
-/// and when crm-sync last wrote the app's value of a conflicted property to the CRM again (which
-/// resolves its conflicts up to then). Kept on the record's state.
+/// Where a record's conflicts stand, per CRM property: when the newest still open one was
+/// journaled, and when crm-sync last wrote the app's value of a conflicted property to the CRM
+/// again (which resolves its conflicts journaled up to then). Both by crm-sync's clock, under
+/// the record's lease, so that their order is the order things happened to the record. Kept on
+/// the record's state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConflictMarks {
     pub open: BTreeMap<String, i64>,
@@ -337,6 +342,10 @@ impl ConflictMarks {
     }
 }
 
+/// The mark of a record flagged before conflicts had marks: which property it was on is not
+/// known, so no write resolves it; a dismissal does.
+pub const BEFORE_MARKS: &str = "(before marks)";
+
 /// Where one journaled conflict stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConflictStatus {
@@ -360,11 +369,11 @@ pub fn conflict_status(
     if let Some(at) = marks
         .reasserted
         .get(&entry.crm_property)
-        .filter(|at| **at >= entry.at_ms)
+        .filter(|at| **at >= entry.noted_at_ms)
     {
         return ConflictStatus::Resolved(*at);
     }
-    if let Some(at) = dismissed_at_ms.filter(|at| *at >= entry.at_ms) {
+    if let Some(at) = dismissed_at_ms.filter(|at| *at >= entry.noted_at_ms) {
         return ConflictStatus::Dismissed(at);
     }
     if flagged {
@@ -430,7 +439,48 @@ mod tests {
             source: "CRM_UI".into(),
             event_key: "e".into(),
             resolution: String::new(),
+            noted_at_ms: at_ms,
         }
+    }
+
+    #[test]
+    fn a_late_event_of_an_edit_made_before_crm_syncs_write_is_journaled_but_not_opened() {
+        let mut update = crate::ports::InboundUpdate::unchanged(&crate::domain::sync::RecordState::new(
+            journaled("email", 0).record,
+        ));
+        update.conflict_marks.reasserted.insert("email".into(), 100);
+        assert!(
+            !update.conflict("email", 95, 120),
+            "the write at 100 overwrote the edit at 95"
+        );
+        assert!(update.conflict_marks.open.is_empty() && !update.flag_conflicts);
+        assert!(
+            update.conflict("email", 105, 120),
+            "an edit after the write stands"
+        );
+        assert_eq!(
+            update.conflict_marks.open["email"], 120,
+            "marked when noted, by crm-sync's clock"
+        );
+        assert!(update.flag_conflicts);
+        assert_eq!(update.new_conflicts, 2, "both are journaled");
+    }
+
+    #[test]
+    fn a_conflicts_status_compares_crm_syncs_own_times_never_the_crms() {
+        let mut entry = journaled("email", 500);
+        // Noted at 120 by crm-sync though the CRM dated it 500 (its clock ahead).
+        entry.noted_at_ms = 120;
+        let marks = ConflictMarks {
+            open: Default::default(),
+            reasserted: [("email".to_string(), 130)].into(),
+        };
+        assert_eq!(
+            conflict_status(&entry, &marks, None, false),
+            ConflictStatus::Resolved(130)
+        );
+        entry.noted_at_ms = 140;
+        assert_eq!(conflict_status(&entry, &marks, None, true), ConflictStatus::Open);
     }
 
     #[test]

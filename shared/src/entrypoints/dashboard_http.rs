@@ -594,6 +594,9 @@ fn notice(request: &Incoming) -> Option<Notice> {
             more: number("more") > 0,
         }),
         "dismissed" => Some(Notice::Dismissed),
+        "busy" => Some(Notice::Error(
+            "Not dismissed: a sync is writing this record right now. Try again in a moment.".into(),
+        )),
         "shared" => Some(Notice::Shared),
         "redrive" => Some(Notice::Redrive {
             lane: request
@@ -945,10 +948,14 @@ async fn dismiss(State(d): State<Arc<Dashboard>>, request: Incoming) -> Result<R
     let Some(record) = request.field("record").and_then(parse_record) else {
         return Ok(redirect("/admin"));
     };
-    d.service.dismiss_conflicts(&record).await?;
+    let done = if d.service.dismiss_conflicts(&record).await? {
+        "dismissed"
+    } else {
+        "busy"
+    };
     Ok(redirect(&with_query(
         &html::record_href(&record),
-        &[("done", "dismissed".to_string())],
+        &[("done", done.to_string())],
     )))
 }
 

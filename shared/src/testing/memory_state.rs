@@ -246,8 +246,12 @@ impl RecordLeases for MemorySyncState {
             state.conflicts += update.new_conflicts;
             state.inbox_sequence = update.inbox_sequence;
             state.recent_events = update.recent_events.clone();
-            state.open_conflicts |= update.flag_conflicts;
             state.conflict_marks = update.conflict_marks.clone();
+            if update.flag_conflicts {
+                state.open_conflicts = true;
+            } else if state.conflict_marks.open.is_empty() {
+                state.open_conflicts = false;
+            }
             if let Some(identity) = &update.identity {
                 state.apply_identity(identity);
             }
@@ -319,13 +323,23 @@ impl RecordJournal for MemorySyncState {
             .unwrap_or_default())
     }
 
-    async fn dismiss_conflicts(&self, record: &RecordRef, now_ms: i64) -> Result<(), StoreUnavailable> {
+    async fn dismiss_conflicts(&self, record: &RecordRef, now_ms: i64) -> Result<bool, StoreUnavailable> {
+        let held = self
+            .rows
+            .lock()
+            .unwrap()
+            .get(record)
+            .and_then(|row| row.lease.as_ref())
+            .is_some_and(|(_, until)| *until >= now_ms);
+        if held {
+            return Ok(false);
+        }
         self.mark_state(record, |state| {
             state.open_conflicts = false;
             state.conflict_marks.open.clear();
             state.conflicts_dismissed_at_ms = Some(now_ms);
         });
-        Ok(())
+        Ok(true)
     }
 
     async fn share_crm_record(&self, record: &RecordRef, _now_ms: i64) -> Result<(), StoreUnavailable> {

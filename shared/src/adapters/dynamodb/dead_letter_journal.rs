@@ -1,5 +1,7 @@
 //! The dead-letter journal in the state table: `pk = LETTERS#{lane}`, `sk` = the letter's key
-//! (`{at, 13 digits}#{message id}`), kept 15 days (a day past SQS's longest retention, 14).
+//! (`{at, 13 digits}#{message id}`), kept 15 days (a day past SQS's longest retention, 14). A
+//! letter about an app record has a pointer beside the record (`sk = L#{lane}#{key}`), so that
+//! forgetting the record (a privacy erasure) deletes its letters too.
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -31,6 +33,27 @@ impl DynamoDbDeadLetterJournal {
 
 fn lane_pk(lane: &str) -> String {
     format!("LETTERS#{lane}")
+}
+
+/// The sort-key prefix of a letter's pointer beside its record.
+pub(super) const POINTER_PREFIX: &str = "L#";
+
+/// The key of the letter a pointer (`L#{lane}#{letter key}`) names.
+pub(super) fn letter_of_pointer(sk: &str) -> Option<Item> {
+    let (lane, key) = sk.strip_prefix(POINTER_PREFIX)?.split_once('#')?;
+    Some([("pk".to_string(), s(lane_pk(lane))), ("sk".to_string(), s(key))].into())
+}
+
+fn pointer_item(entry: &LetterEntry, record: &RecordRef) -> Item {
+    [
+        ("pk".to_string(), s(super::record_pk(record))),
+        (
+            "sk".to_string(),
+            s(format!("{POINTER_PREFIX}{}#{}", entry.lane, entry.key)),
+        ),
+        ("expires_at".to_string(), n((entry.at_ms + RETENTION_MS) / 1000)),
+    ]
+    .into()
 }
 
 fn text(item: &Item, name: &str) -> Option<String> {
@@ -88,7 +111,7 @@ fn clip(text: &str, max_bytes: usize) -> String {
 fn letter_from(lane: &str, item: &Item) -> Option<LetterEntry> {
     let record = match (text(item, "record_object"), text(item, "record_id")) {
         (Some(object), Some(record_id)) => Some(RecordRef {
-            object: ObjectKind::parse(&object)?,
+            object: ObjectKind::stored(&object)?,
             record_id,
         }),
         _ => None,
@@ -116,10 +139,22 @@ fn valid_cursor(cursor: &str) -> bool {
 #[async_trait]
 impl DeadLetterJournal for DynamoDbDeadLetterJournal {
     async fn record_letters(&self, entries: &[LetterEntry]) -> Result<(), StoreUnavailable> {
-        for chunk in entries.chunks(25) {
-            super::batch_put(&self.client, &self.table, chunk.iter().map(letter_item).collect()).await?;
+        let items: Vec<Item> = entries
+            .iter()
+            .flat_map(|entry| {
+                let pointer = entry.record.as_ref().map(|record| pointer_item(entry, record));
+                std::iter::once(letter_item(entry)).chain(pointer)
+            })
+            .collect();
+        // Every chunk is tried: one refused (throttled in a burst) loses its letters from the
+        // list only, never the rest.
+        let mut failed = None;
+        for chunk in items.chunks(25) {
+            if let Err(error) = super::batch_put(&self.client, &self.table, chunk.to_vec()).await {
+                failed = Some(error);
+            }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     async fn letters(

@@ -299,7 +299,16 @@ pub fn state_from_item(item: &Item) -> Option<RecordState> {
             .map(|list| list.iter().filter_map(|v| v.as_s().ok().cloned()).collect())
             .unwrap_or_default(),
         conflict_marks: crate::domain::inbound::ConflictMarks {
-            open: number_map(item, "conflict_props"),
+            open: if item.contains_key("conflict_flag") && !item.contains_key("conflict_props") {
+                // Flagged before conflicts had marks: open until dismissed, whatever is
+                // written, since which property it was on is not known.
+                let at = text(item, "conflict_at")
+                    .and_then(|at| at.get(..13)?.parse().ok())
+                    .unwrap_or(0);
+                [(crate::domain::inbound::BEFORE_MARKS.to_string(), at)].into()
+            } else {
+                number_map(item, "conflict_props")
+            },
             reasserted: number_map(item, "reasserted"),
         },
         conflicts_dismissed_at_ms: number(item, "conflicts_dismissed_at"),
@@ -367,6 +376,9 @@ struct ConflictItem {
     pk: String,
     sk: String,
     at: i64,
+    /// 0 in entries journaled before it was kept: `at` stands in.
+    #[serde(default)]
+    noted_at: i64,
     field: String,
     crm_property: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -406,6 +418,7 @@ fn conflict_from_item(item: &Item) -> Option<ConflictEntry> {
         source: item.source,
         event_key: item.event_key,
         resolution: item.resolution,
+        noted_at_ms: if item.noted_at > 0 { item.noted_at } else { item.at },
     })
 }
 
@@ -736,6 +749,10 @@ impl RecordLeases for DynamoDbSyncState {
             request = request.expression_attribute_values(":written", map_value(written));
         }
         let mut remove = "lease_token, lease_until".to_string();
+        if !update.flag_conflicts && !erasing && update.conflict_marks.open.is_empty() {
+            // Every conflict resolved (a re-assertion that went through): off the open listing.
+            remove.push_str(", conflict_flag, conflict_at");
+        }
         if let Some(identity) = &update.identity {
             request = identity_update(request, record, identity, now_ms, &mut set, &mut remove);
         }
@@ -869,6 +886,7 @@ impl RecordJournal for DynamoDbSyncState {
                 source: entry.source.clone(),
                 event_key: entry.event_key.clone(),
                 resolution: entry.resolution.clone(),
+                noted_at: entry.noted_at_ms,
             })
         })
         .await
@@ -894,13 +912,20 @@ impl RecordJournal for DynamoDbSyncState {
         Ok(output.items().iter().filter_map(conflict_from_item).collect())
     }
 
-    async fn dismiss_conflicts(&self, record: &RecordRef, now_ms: i64) -> Result<(), StoreUnavailable> {
-        self.mark_state(
-            record,
-            "SET conflicts_dismissed_at = :now REMOVE conflict_flag, conflict_at, conflict_props",
-            now_ms,
-        )
-        .await
+    async fn dismiss_conflicts(&self, record: &RecordRef, now_ms: i64) -> Result<bool, StoreUnavailable> {
+        // Not while a sync holds the record: its settle would write the marks it read back.
+        let result = self
+            .update_state(record)
+            .update_expression(
+                "SET conflicts_dismissed_at = :now REMOVE conflict_flag, conflict_at, conflict_props",
+            )
+            .condition_expression(
+                "attribute_exists(pk) AND (attribute_not_exists(lease_until) OR lease_until < :now)",
+            )
+            .expression_attribute_values(":now", n(now_ms))
+            .send()
+            .await;
+        written_or_not(result)
     }
 
     async fn share_crm_record(&self, record: &RecordRef, now_ms: i64) -> Result<(), StoreUnavailable> {
@@ -909,7 +934,8 @@ impl RecordJournal for DynamoDbSyncState {
     }
 
     async fn forget(&self, record: &RecordRef) -> Result<(), StoreUnavailable> {
-        for prefix in ["T#", "C#"] {
+        // Timeline, conflicts, and the record's dead letters (by their pointers) hold values.
+        for prefix in ["T#", "C#", super::dead_letter_journal::POINTER_PREFIX] {
             let mut start: Option<Item> = None;
             loop {
                 let output = self
@@ -926,7 +952,11 @@ impl RecordJournal for DynamoDbSyncState {
                     .send()
                     .await
                     .map_err(unavailable)?;
-                for chunk in output.items().chunks(25) {
+                let mut keys: Vec<Item> = output.items().to_vec();
+                keys.extend(output.items().iter().filter_map(|pointer| {
+                    super::dead_letter_journal::letter_of_pointer(&text(pointer, "sk")?)
+                }));
+                for chunk in keys.chunks(25) {
                     super::batch_delete(&self.client, &self.table, chunk.to_vec()).await?;
                 }
                 start = output.last_evaluated_key().cloned();
