@@ -1,6 +1,7 @@
 //! The dashboard in a real browser (headless Chromium over WebDriver): an operator signs in,
 //! finds a failed record and its cause's fix, reads the CRM's error, fixes the cause, clicks
-//! Re-sync and watches the page follow the record from queued to synced. With `CRM_SYNC_SCREENSHOTS=<dir>` it also saves the README's screenshots.
+//! Re-sync and watches the page follow the record from queued to synced; then a rep's edit of
+//! the app-owned email opens a conflict that the app's next write resolves. With `CRM_SYNC_SCREENSHOTS=<dir>` it also saves the README's screenshots.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -216,6 +217,47 @@ async fn an_operator_finds_a_failed_record_reads_its_error_and_re_syncs_it_after
     );
     accessible(&browser, &axe, "record (synced)").await;
     save(&browser, "record-synced").await;
+
+    // A rep changes the app-owned email in the CRM: a conflict, open until the app's value is
+    // written again, which resolves it.
+    app.sandbox()
+        .edit(
+            "contacts",
+            crm.id,
+            [("email".to_string(), "grace.typo@example.com".to_string())].into(),
+        )
+        .unwrap();
+    let record_url = format!("{base}/admin/record?object=contact&id=grace");
+    let status_after = |wanted: &'static str| {
+        let (browser, record_url) = (&browser, record_url.clone());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                browser.goto(&record_url).await.unwrap();
+                let status = match browser.find("td.conflict-status .badge").await {
+                    Ok(badge) => badge.text().await.unwrap_or_default(),
+                    Err(_) => String::new(),
+                };
+                if status == wanted {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the conflict never showed {wanted} (last: {status:?})"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    status_after("open").await;
+    accessible(&browser, &axe, "record (conflict open)").await;
+    app.send_changes(&[contact(
+        "grace",
+        now_ms(),
+        json!({"email": "grace@example.com", "phone": "+1 555 0100"}),
+    )])
+    .await;
+    status_after("resolved").await;
 
     browser.goto(&format!("{base}/admin/health")).await.unwrap();
     let chart = browser.find("#hours-desc").await.unwrap().text().await;
