@@ -1,7 +1,8 @@
 //! The dashboard in a real browser (headless Chromium over WebDriver): an operator signs in,
 //! finds a failed record and its cause's fix, reads the CRM's error, fixes the cause, clicks
 //! Re-sync and watches the page follow the record from queued to synced; then a rep's edit of
-//! the app-owned email opens a conflict that the app's next write resolves. With `CRM_SYNC_SCREENSHOTS=<dir>` it also saves the README's screenshots.
+//! the app-owned email opens a conflict that the app's next write resolves. With
+//! `CRM_SYNC_SCREENSHOTS=<dir>` it also saves the README's screenshots.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
