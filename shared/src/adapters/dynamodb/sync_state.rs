@@ -936,33 +936,25 @@ impl RecordJournal for DynamoDbSyncState {
     async fn forget(&self, record: &RecordRef) -> Result<(), StoreUnavailable> {
         // Timeline, conflicts, and the record's dead letters (by their pointers) hold values.
         for prefix in ["T#", "C#", super::dead_letter_journal::POINTER_PREFIX] {
-            let mut start: Option<Item> = None;
-            loop {
-                let output = self
-                    .client
-                    .query()
-                    .table_name(&self.table)
-                    .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-                    .expression_attribute_values(":pk", s(record_pk(record)))
-                    .expression_attribute_values(":prefix", s(prefix))
-                    .projection_expression("pk, sk")
-                    // A line written a moment before must be seen, and forgotten, too.
-                    .consistent_read(true)
-                    .set_exclusive_start_key(start)
-                    .send()
-                    .await
-                    .map_err(unavailable)?;
-                let mut keys: Vec<Item> = output.items().to_vec();
-                keys.extend(output.items().iter().filter_map(|pointer| {
-                    super::dead_letter_journal::letter_of_pointer(&text(pointer, "sk")?)
-                }));
-                for chunk in keys.chunks(25) {
-                    super::batch_delete(&self.client, &self.table, chunk.to_vec()).await?;
-                }
-                start = output.last_evaluated_key().cloned();
-                if start.is_none() {
-                    break;
-                }
+            let found = self
+                .query_all(
+                    self.client
+                        .query()
+                        .table_name(&self.table)
+                        .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                        .expression_attribute_values(":pk", s(record_pk(record)))
+                        .expression_attribute_values(":prefix", s(prefix))
+                        .projection_expression("pk, sk")
+                        // A line written a moment before must be seen, and forgotten, too.
+                        .consistent_read(true),
+                )
+                .await?;
+            let letters: Vec<Item> = found
+                .iter()
+                .filter_map(|pointer| super::dead_letter_journal::letter_of_pointer(&text(pointer, "sk")?))
+                .collect();
+            for chunk in found.chunks(25).chain(letters.chunks(25)) {
+                super::batch_delete(&self.client, &self.table, chunk.to_vec()).await?;
             }
         }
         Ok(())
@@ -1254,31 +1246,47 @@ impl DynamoDbSyncState {
         &self,
         from_hour_ms: i64,
     ) -> Result<Vec<crate::domain::health::HourCount>, StoreUnavailable> {
-        let mut hours = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let output = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND sk >= :from")
-                .expression_attribute_values(":pk", s(OUTCOMES_PK))
-                .expression_attribute_values(":from", s(format!("{:013}", from_hour_ms.max(0))))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(unavailable)?;
-            hours.extend(output.items().iter().filter_map(|item| {
+        let items = self
+            .query_all(
+                self.client
+                    .query()
+                    .table_name(&self.table)
+                    .key_condition_expression("pk = :pk AND sk >= :from")
+                    .expression_attribute_values(":pk", s(OUTCOMES_PK))
+                    .expression_attribute_values(":from", s(format!("{:013}", from_hour_ms.max(0)))),
+            )
+            .await?;
+        Ok(items
+            .iter()
+            .filter_map(|item| {
                 let count = |name: &str| number(item, name).unwrap_or(0).max(0) as u64;
                 Some(crate::domain::health::HourCount {
                     hour_ms: text(item, "sk")?.parse().ok()?,
                     synced: count("synced"),
                     failed: count("failed"),
                 })
-            }));
+            })
+            .collect())
+    }
+
+    /// Every item a query finds, page after page.
+    async fn query_all(
+        &self,
+        query: aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+    ) -> Result<Vec<Item>, StoreUnavailable> {
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let output = query
+                .clone()
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            items.extend(output.items().iter().cloned());
             start = output.last_evaluated_key().cloned();
             if start.is_none() {
-                return Ok(hours);
+                return Ok(items);
             }
         }
     }
