@@ -83,7 +83,7 @@ fn letter_item(entry: &LetterEntry) -> Item {
                     .map(|record| format!("{}/{}", record.object, record.record_id))
                     .unwrap_or_default(),
                 entry.subject.as_deref().unwrap_or_default(),
-                entry.body
+                searchable(&entry.body)
             )
             .to_lowercase()),
         ),
@@ -98,6 +98,32 @@ fn letter_item(entry: &LetterEntry) -> Item {
         item.insert("subject".into(), s(subject));
     }
     item
+}
+
+/// A body as a person searches it: a JSON message's keys and values as they read (`é`, not
+/// `\u00e9`; `"`, not `\"`), anything else as it is.
+fn searchable(body: &str) -> String {
+    fn walk(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::String(text) => out.push(text.clone()),
+            serde_json::Value::Array(items) => items.iter().for_each(|item| walk(item, out)),
+            serde_json::Value::Object(fields) => {
+                for (key, value) in fields {
+                    out.push(key.clone());
+                    walk(value, out);
+                }
+            }
+            other => out.push(other.to_string()),
+        }
+    }
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(value) => {
+            let mut words = Vec::new();
+            walk(&value, &mut words);
+            words.join(" ")
+        }
+        Err(_) => body.to_string(),
+    }
 }
 
 fn clip(text: &str, max_bytes: usize) -> String {
@@ -226,5 +252,21 @@ impl DeadLetterJournal for DynamoDbDeadLetterJournal {
             super::written_or_not(result)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_json_body_is_searched_as_it_reads_not_as_it_is_escaped() {
+        let text = searchable(r#"{"data":{"name":"Ren\u00e9e \"Q\"","n":7},"note":"needle"}"#);
+        assert!(text.contains("Renée \"Q\""), "{text}");
+        assert!(
+            text.contains("needle") && text.contains(" 7") && text.contains("name"),
+            "{text}"
+        );
+        assert_eq!(searchable("not json {"), "not json {");
     }
 }
