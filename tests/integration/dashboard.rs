@@ -1593,3 +1593,72 @@ async fn every_dead_letter_is_listed_with_its_reason_linked_searchable_paged_and
         .iter()
         .any(|letter| letter.record == Some(contact_ref("letter-2"))));
 }
+
+#[tokio::test]
+async fn the_dashboards_newer_inputs_are_taken_at_their_limits_and_refused_past_them() {
+    let app = spawn_app().await;
+    let operator = signed_in(&app).await;
+    // A search: 200 characters are searched, more are cut (never a DynamoDB error).
+    // (A URL longer than API Gateway's 10 KB never reaches the function.)
+    for length in [200, 201, 1_000] {
+        let q = "é".repeat(length);
+        let answer = operator
+            .get(&format!(
+                "/admin/queues/letters?lane=outbound&q={}",
+                crm_sync::dashboard::html::url_part(&q)
+            ))
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "a {length}-character search");
+    }
+    // A cursor: a letter's key of at most 400 bytes; anything else is 400.
+    let at_limit = format!("{:013}#{}", 1, "m".repeat(400 - 14));
+    let past_it = format!("{:013}#{}", 1, "m".repeat(401 - 14));
+    for (cursor, status) in [
+        (at_limit.as_str(), StatusCode::OK),
+        (past_it.as_str(), StatusCode::BAD_REQUEST),
+        ("123#x", StatusCode::BAD_REQUEST),
+        ("abcdefghijklm#x", StatusCode::BAD_REQUEST),
+    ] {
+        let answer = operator
+            .get(&format!(
+                "/admin/queues/letters?lane=outbound&cursor={}",
+                crm_sync::dashboard::html::url_part(cursor)
+            ))
+            .await;
+        assert_eq!(answer.status, status, "cursor of {} bytes", cursor.len());
+    }
+    // A cause key is only compared: a huge or hostile one matches nothing and queues nothing.
+    let csrf = operator.csrf("/admin").await;
+    for cause in ["x".repeat(2_000), "<script>alert(1)</script>/\u{0}".to_string()] {
+        let answer = operator
+            .post(
+                "/admin/failures/resync",
+                &[
+                    ("csrf", csrf.as_str()),
+                    ("cause", cause.as_str()),
+                    ("back", "/admin"),
+                ],
+            )
+            .await;
+        assert_eq!(
+            answer.location.as_deref(),
+            Some("/admin?done=resync&queued=0&skipped=0&more=0")
+        );
+        let page = operator
+            .get(&format!(
+                "/admin?filter=failed&cause={}",
+                crm_sync::dashboard::html::url_part(&cause)
+            ))
+            .await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert!(!page.body.contains("<script>alert"));
+    }
+    assert_eq!(queue_depth(&app, "ResyncQueue").await, 0);
+    // Following a re-sync: any `follow` but 0 follows; a record page still reads.
+    for follow in ["0", "1", "", "%00"] {
+        let answer = operator
+            .get(&format!("/admin/record?object=contact&id=nobody&follow={follow}"))
+            .await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND, "follow={follow}");
+    }
+}
