@@ -206,7 +206,10 @@ impl DeadLetterJournal for DynamoDbDeadLetterJournal {
             }
         }
         if missed > 0 {
-            tracing::warn!(missed, "dead letters left out of the journal (throttled or refused)");
+            tracing::warn!(
+                missed,
+                "dead letters left out of the journal (throttled or refused)"
+            );
         }
         failed.map_or(Ok(()), Err)
     }
