@@ -39,9 +39,7 @@ use links::LinkWork;
 /// writes the field again (which resolves it).
 pub const NOT_APPLIED: &str =
     "not applied: the app keeps its value, the CRM the person's until crm-sync writes the field again";
-/// The change came before crm-sync's last write of the field, which overwrote it already.
-pub const OVERWRITTEN: &str =
-    "not applied, and already overwritten: crm-sync wrote the app's value to the CRM after this change";
+pub use crate::domain::inbound::OVERWRITTEN;
 /// The app's value was written back to the CRM at once (`REASSERT_APP_VALUES`).
 pub const REASSERTED: &str = "re-asserted the app's value in the CRM";
 /// Re-asserting failed: the CRM still holds the person's value.
@@ -1144,6 +1142,7 @@ impl InboundService {
                     let properties: BTreeMap<String, String> = items
                         .iter()
                         .flat_map(|(_, effects)| effects.conflicts.iter())
+                        .filter(|c| c.resolution != OVERWRITTEN)
                         .filter_map(|c| Some((c.crm_property.clone(), c.app_value.clone()?)))
                         .collect();
                     (!properties.is_empty()).then(|| {

@@ -1625,7 +1625,8 @@ fn settlement(
                         SyncStatus::Synced
                     },
                     previous_crm_ids,
-                    conflicts: (!resolved.is_empty()).then_some(marks),
+                    // Kept on every write: when each property was last written.
+                    conflicts: wrote.then_some(marks),
                 },
                 Disposition::Done,
                 if deleted {

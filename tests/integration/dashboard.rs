@@ -1553,8 +1553,12 @@ async fn every_dead_letter_is_listed_with_its_reason_linked_searchable_paged_and
             None => break,
         }
     }
-    found.dedup();
     assert_eq!(found.len(), 3, "{found:?}");
+    assert_eq!(
+        found.iter().collect::<HashSet<_>>().len(),
+        3,
+        "each once: {found:?}"
+    );
 
     // Fixed in the CRM, redriven: the records sync, and their letters say so.
     app.sandbox().add_property("contacts", "phone");

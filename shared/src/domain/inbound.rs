@@ -333,10 +333,17 @@ impl ConflictMarks {
     ) -> Vec<String> {
         let mut resolved = Vec::new();
         for property in written {
-            if self.open.remove(property).is_some() {
-                self.reasserted.insert(property.clone(), now_ms);
-                resolved.push(property.clone());
-            }
+            // Every write is remembered, conflict or not: a late event of an edit it overwrote
+            // must open nothing. A mark read under the lease was noted before this write.
+            let at = match self.open.remove(property) {
+                Some(open_at) => {
+                    resolved.push(property.clone());
+                    now_ms.max(open_at)
+                }
+                None => now_ms,
+            };
+            let known = self.reasserted.entry(property.clone()).or_insert(at);
+            *known = (*known).max(at);
         }
         resolved
     }
@@ -376,12 +383,23 @@ pub fn conflict_status(
     if let Some(at) = dismissed_at_ms.filter(|at| *at >= entry.noted_at_ms) {
         return ConflictStatus::Dismissed(at);
     }
-    if flagged {
-        ConflictStatus::Open
-    } else {
-        ConflictStatus::Closed
+    // Open while its property's mark is (or, for a record flagged before marks, the flag).
+    let marked =
+        marks.open.contains_key(&entry.crm_property) || (flagged && marks.open.contains_key(BEFORE_MARKS));
+    if marked && entry.resolution != OVERWRITTEN {
+        return ConflictStatus::Open;
+    }
+    match marks.reasserted.get(&entry.crm_property) {
+        // Journaled after a write that had overwritten it already.
+        Some(at) if entry.resolution == OVERWRITTEN => ConflictStatus::Resolved(*at),
+        _ => ConflictStatus::Closed,
     }
 }
+
+/// The resolution of a CRM change dated before crm-sync's last write of the field, which had
+/// overwritten it already.
+pub const OVERWRITTEN: &str =
+    "not applied, and already overwritten: crm-sync wrote the app's value to the CRM after this change";
 
 /// The app-inbox message for CRM-owned fields of one record that changed: contract v1 for the
 /// built-in types, version 2 (the same shape) for a type the mapping declares, so that a
@@ -448,7 +466,9 @@ mod tests {
         let mut update = crate::ports::InboundUpdate::unchanged(&crate::domain::sync::RecordState::new(
             journaled("email", 0).record,
         ));
-        update.conflict_marks.reasserted.insert("email".into(), 100);
+        // A write of email with no conflict open on it: remembered all the same.
+        update.conflict_marks.reassert(&["email".to_string()], 100);
+        assert_eq!(update.conflict_marks.reasserted["email"], 100);
         assert!(
             !update.conflict("email", 95, 120),
             "the write at 100 overwrote the edit at 95"
@@ -471,7 +491,7 @@ mod tests {
         let mut entry = journaled("email", 500);
         // Noted at 120 by crm-sync though the CRM dated it 500 (its clock ahead).
         entry.noted_at_ms = 120;
-        let marks = ConflictMarks {
+        let mut marks = ConflictMarks {
             open: Default::default(),
             reasserted: [("email".to_string(), 130)].into(),
         };
@@ -480,7 +500,16 @@ mod tests {
             ConflictStatus::Resolved(130)
         );
         entry.noted_at_ms = 140;
+        marks.open("email", 140);
         assert_eq!(conflict_status(&entry, &marks, None, true), ConflictStatus::Open);
+        // Journaled as already overwritten: never open, whatever else keeps the record flagged.
+        let mut late = journaled("email", 90);
+        late.resolution = OVERWRITTEN.to_string();
+        late.noted_at_ms = 150;
+        assert_eq!(
+            conflict_status(&late, &marks, None, true),
+            ConflictStatus::Resolved(130)
+        );
     }
 
     #[test]
@@ -503,6 +532,7 @@ mod tests {
             ConflictStatus::Open
         );
         // A conflict after the write is open again.
+        marks.open("email", 300);
         assert_eq!(
             conflict_status(&journaled("email", 300), &marks, None, true),
             ConflictStatus::Open
@@ -519,6 +549,12 @@ mod tests {
             marks.reassert(&["name".to_string()], 300).is_empty(),
             "nothing was open on it"
         );
+        assert_eq!(marks.reasserted["name"], 300, "but the write is remembered");
+        // A write claimed before a mark it read was noted resolves as of the mark.
+        let mut marks = ConflictMarks::default();
+        marks.open("phone", 500);
+        marks.reassert(&["phone".to_string()], 450);
+        assert_eq!(marks.reasserted["phone"], 500);
     }
     use crate::domain::mapping::{Mapping, DEFAULT_MAPPING};
 

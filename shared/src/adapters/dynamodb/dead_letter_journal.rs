@@ -165,17 +165,17 @@ fn valid_cursor(cursor: &str) -> bool {
 #[async_trait]
 impl DeadLetterJournal for DynamoDbDeadLetterJournal {
     async fn record_letters(&self, entries: &[LetterEntry]) -> Result<(), StoreUnavailable> {
-        let items: Vec<Item> = entries
+        // The pointers first, with retries: a letter must never be kept without the pointer an
+        // erasure finds it by (a pointer without its letter is harmless). Pointers spread over
+        // the records' partitions, so a burst does not throttle them as it does the letters.
+        let pointers: Vec<Item> = entries
             .iter()
-            .flat_map(|entry| {
-                let pointer = entry.record.as_ref().map(|record| pointer_item(entry, record));
-                std::iter::once(letter_item(entry)).chain(pointer)
-            })
+            .filter_map(|entry| Some(pointer_item(entry, entry.record.as_ref()?)))
             .collect();
-        // One try a chunk, no retry rounds: the journal is the dashboard's list, and waiting out
-        // a throttled partition (a burst of dead letters shares one) would stall the sync that
-        // is dead-lettering. What DynamoDB leaves unprocessed, or refuses, is missing from the
-        // list only; the letters are in the queue.
+        for chunk in pointers.chunks(25) {
+            super::batch_put(&self.client, &self.table, chunk.to_vec()).await?;
+        }
+        let items: Vec<Item> = entries.iter().map(letter_item).collect();
         let mut missed = 0;
         let mut failed = None;
         for chunk in items.chunks(25) {

@@ -917,7 +917,7 @@ impl RecordJournal for DynamoDbSyncState {
         let result = self
             .update_state(record)
             .update_expression(
-                "SET conflicts_dismissed_at = :now REMOVE conflict_flag, conflict_at, conflict_props",
+                "SET conflicts_dismissed_at = :now REMOVE conflict_flag, conflict_at, conflict_props, lease_token",
             )
             .condition_expression(
                 "attribute_exists(pk) AND (attribute_not_exists(lease_until) OR lease_until < :now)",
@@ -953,7 +953,8 @@ impl RecordJournal for DynamoDbSyncState {
                 .iter()
                 .filter_map(|pointer| super::dead_letter_journal::letter_of_pointer(&text(pointer, "sk")?))
                 .collect();
-            for chunk in found.chunks(25).chain(letters.chunks(25)) {
+            // The letters before their pointers: a failure in between is found again by a retry.
+            for chunk in letters.chunks(25).chain(found.chunks(25)) {
                 super::batch_delete(&self.client, &self.table, chunk.to_vec()).await?;
             }
         }
