@@ -9,7 +9,8 @@ use async_trait::async_trait;
 
 use crate::domain::clock::Clock;
 use crate::ports::{
-    DeadLetterJournal, LetterEntry, MessageQueue, OutgoingMessage, SendFailure, LETTER_BODY_BYTES,
+    clip_bytes as clip, DeadLetterJournal, LetterEntry, MessageQueue, OutgoingMessage, SendFailure,
+    LETTER_BODY_BYTES,
 };
 use crate::worker::{ERROR_ATTRIBUTE, LETTER_ATTRIBUTE};
 
@@ -104,14 +105,6 @@ fn about(body: &str) -> (Option<crate::domain::contract::RecordRef>, Option<Stri
         Some(format!("CRM {object} {id}"))
     });
     (None, subject.map(|subject| clip(&subject, 300)))
-}
-
-fn clip(text: &str, max_bytes: usize) -> String {
-    let mut end = text.len().min(max_bytes);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_string()
 }
 
 #[cfg(test)]

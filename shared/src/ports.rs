@@ -771,6 +771,15 @@ pub struct LetterEntry {
 /// The part of a dead letter's body its journal keeps (and search reads).
 pub const LETTER_BODY_BYTES: usize = 16 * 1024;
 
+/// `text` cut to at most `max_bytes`, at a character boundary.
+pub fn clip_bytes(text: &str, max_bytes: usize) -> String {
+    let mut end = text.len().min(max_bytes);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
 /// The journal of the messages crm-sync dead-lettered: every one listed, paged, searchable.
 #[async_trait]
 pub trait DeadLetterJournal: Send + Sync {

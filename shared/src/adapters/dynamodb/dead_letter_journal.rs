@@ -4,12 +4,12 @@
 //! forgetting the record (a privacy erasure) deletes its letters too.
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 
-use super::{n, s, unavailable, Item};
+use super::{n, number, s, text, unavailable, Item};
 use crate::domain::contract::{ObjectKind, RecordRef};
-use crate::ports::{DeadLetterJournal, LetterEntry, ListError, StoreUnavailable};
+use crate::ports::{clip_bytes as clip, DeadLetterJournal, LetterEntry, ListError, StoreUnavailable};
 
 const RETENTION_MS: i64 = 15 * 24 * 60 * 60 * 1000;
 /// Pages a search reads at most to fill one page of letters.
@@ -54,14 +54,6 @@ fn pointer_item(entry: &LetterEntry, record: &RecordRef) -> Item {
         ("expires_at".to_string(), n((entry.at_ms + RETENTION_MS) / 1000)),
     ]
     .into()
-}
-
-fn text(item: &Item, name: &str) -> Option<String> {
-    item.get(name)?.as_s().ok().cloned()
-}
-
-fn number(item: &Item, name: &str) -> Option<i64> {
-    item.get(name)?.as_n().ok()?.parse().ok()
 }
 
 fn letter_item(entry: &LetterEntry) -> Item {
@@ -126,14 +118,6 @@ fn searchable(body: &str) -> String {
     }
 }
 
-fn clip(text: &str, max_bytes: usize) -> String {
-    let mut end = text.len().min(max_bytes);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_string()
-}
-
 fn letter_from(lane: &str, item: &Item) -> Option<LetterEntry> {
     let record = match (text(item, "record_object"), text(item, "record_id")) {
         (Some(object), Some(record_id)) => Some(RecordRef {
@@ -179,29 +163,11 @@ impl DeadLetterJournal for DynamoDbDeadLetterJournal {
         let mut missed = 0;
         let mut failed = None;
         for chunk in items.chunks(25) {
-            let requests: Vec<WriteRequest> = chunk
-                .iter()
-                .filter_map(|item| {
-                    let put = PutRequest::builder().set_item(Some(item.clone())).build().ok()?;
-                    Some(WriteRequest::builder().put_request(put).build())
-                })
-                .collect();
-            match self
-                .client
-                .batch_write_item()
-                .request_items(&self.table, requests)
-                .send()
-                .await
-            {
-                Ok(output) => {
-                    missed += output
-                        .unprocessed_items()
-                        .and_then(|unprocessed| unprocessed.get(&self.table))
-                        .map_or(0, Vec::len);
-                }
+            match super::batch_put_once(&self.client, &self.table, chunk.to_vec()).await {
+                Ok(unprocessed) => missed += unprocessed,
                 Err(error) => {
                     missed += chunk.len();
-                    failed = Some(unavailable(error));
+                    failed = Some(error);
                 }
             }
         }

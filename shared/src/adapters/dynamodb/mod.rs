@@ -121,15 +121,21 @@ pub(crate) async fn batch_get(
     Ok(found)
 }
 
-/// Puts `items` into `table` in one batch call of at most 25, retrying the items DynamoDB leaves
-/// unprocessed.
-pub(crate) async fn batch_put(
-    client: &aws_sdk_dynamodb::Client,
-    table: &str,
-    items: Vec<Item>,
-) -> Result<(), StoreUnavailable> {
-    debug_assert!(items.len() <= 25, "one batch call takes at most 25 items");
-    let requests: Vec<WriteRequest> = items
+/// A string attribute of an item.
+pub(crate) fn text(item: &Item, name: &str) -> Option<String> {
+    item.get(name).and_then(|value| value.as_s().ok()).cloned()
+}
+
+/// A number attribute of an item, as whole milliseconds or counts.
+pub(crate) fn number(item: &Item, name: &str) -> Option<i64> {
+    item.get(name)
+        .and_then(|value| value.as_n().ok())
+        .and_then(|n| n.parse::<f64>().ok())
+        .map(|n| n as i64)
+}
+
+fn put_requests(items: Vec<Item>) -> Vec<WriteRequest> {
+    items
         .into_iter()
         .map(|item| {
             WriteRequest::builder()
@@ -141,8 +147,38 @@ pub(crate) async fn batch_put(
                 )
                 .build()
         })
-        .collect();
-    batch_write(client, table, requests).await
+        .collect()
+}
+
+/// Puts `items` into `table` in one batch call of at most 25, retrying the items DynamoDB leaves
+/// unprocessed.
+pub(crate) async fn batch_put(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    items: Vec<Item>,
+) -> Result<(), StoreUnavailable> {
+    debug_assert!(items.len() <= 25, "one batch call takes at most 25 items");
+    batch_write(client, table, put_requests(items)).await
+}
+
+/// Puts `items` (at most 25) in one try, without retry rounds; returns how many DynamoDB left
+/// unprocessed.
+pub(crate) async fn batch_put_once(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    items: Vec<Item>,
+) -> Result<usize, StoreUnavailable> {
+    debug_assert!(items.len() <= 25, "one batch call takes at most 25 items");
+    let output = client
+        .batch_write_item()
+        .request_items(table, put_requests(items))
+        .send()
+        .await
+        .map_err(unavailable)?;
+    Ok(output
+        .unprocessed_items()
+        .and_then(|unprocessed| unprocessed.get(table))
+        .map_or(0, Vec::len))
 }
 
 /// Deletes the items of `keys` from `table` in one batch call of at most 25, retrying what

@@ -16,7 +16,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditi
 use aws_sdk_dynamodb::Client;
 use base64::Engine as _;
 
-use super::{condition_failed, n, s, unavailable, written_or_not};
+use super::{condition_failed, n, number, s, text, unavailable, written_or_not};
 use crate::domain::contract::{Change, ObjectKind, RecordRef};
 use crate::domain::inbound::ConflictEntry;
 use crate::domain::sync::{
@@ -206,17 +206,6 @@ fn item_too_large<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(
         e.code() == Some("ValidationException")
             && e.message().is_some_and(|m| m.contains("maximum allowed size"))
     })
-}
-
-fn text(item: &Item, name: &str) -> Option<String> {
-    item.get(name).and_then(|value| value.as_s().ok()).cloned()
-}
-
-fn number(item: &Item, name: &str) -> Option<i64> {
-    item.get(name)
-        .and_then(|value| value.as_n().ok())
-        .and_then(|n| n.parse::<f64>().ok())
-        .map(|n| n as i64)
 }
 
 /// Reads a state item; `None` for an item that is not one. An object type the item names is
