@@ -115,19 +115,27 @@ async fn a_person_reads_back_flat_and_reads_as_none_once_deleted() {
 
 #[tokio::test]
 async fn a_full_burst_window_is_a_burst_throttle_with_the_reset_as_retry_after() {
-    let (_sandbox, client) = sandbox(Limits {
+    let (sandbox, client) = sandbox(Limits {
         burst_limit: 3,
         ..Limits::default()
     })
     .await;
-    client
+    let first = client
         .upsert("persons", APP_ID_FIELD, &[input("app-3", "a@example.com")])
         .await
-        .expect("two calls fit");
-    let error = client
+        .expect("two requests fit");
+    let (id, _) = done(&first.outcomes[0]);
+    client
+        .read("persons", &[id], &[])
+        .await
+        .expect("the third request fits");
+    // Another app on the same token knows nothing of this window: its request is refused.
+    let other = PipedriveClient::new(&sandbox.url(), SecretString::from(TOKEN), Duration::from_secs(5))
+        .expect("a client");
+    let error = other
         .upsert("persons", APP_ID_FIELD, &[input("app-4", "b@example.com")])
         .await
-        .expect_err("the fourth call of the window is refused");
+        .expect_err("the fourth request of the window is refused");
     let CrmError::Throttled {
         policy,
         retry_after,
@@ -144,6 +152,24 @@ async fn a_full_burst_window_is_a_burst_throttle_with_the_reset_as_retry_after()
     );
     assert_eq!(rate.burst_remaining, Some(0));
     assert_eq!(rate.burst_max, Some(3));
+}
+
+#[tokio::test]
+async fn the_client_waits_out_a_full_burst_window_instead_of_sending_into_it() {
+    let (sandbox, client) = sandbox(Limits {
+        burst_limit: 3,
+        ..Limits::default()
+    })
+    .await;
+    for (key, email) in [("app-5", "c@example.com"), ("app-6", "d@example.com")] {
+        let result = client
+            .upsert("persons", APP_ID_FIELD, &[input(key, email)])
+            .await
+            .expect("the upsert waits for room and succeeds");
+        assert!(done(&result.outcomes[0]).1, "{key} was created");
+    }
+    assert_eq!(sandbox.stats().throttled, 0, "{:?}", sandbox.stats());
+    assert_eq!(sandbox.records("persons").len(), 2);
 }
 
 #[tokio::test]

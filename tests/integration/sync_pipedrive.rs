@@ -6,7 +6,7 @@ use crm_sync::domain::sync::SyncStatus;
 use crm_sync_tests::app_changes::{activity, contact};
 use crm_sync_tests::hubspot::now_ms;
 use crm_sync_tests::{eventually, spawn_app_with, AppOptions, TestApp};
-use pipedrive_sandbox::{Limits, Sandbox};
+use pipedrive_sandbox::{Faults, Limits, Sandbox};
 use serde_json::{json, Map, Value};
 
 const TOKEN: &str = "pipedrive-sync-token";
@@ -99,44 +99,72 @@ async fn contacts_reach_pipedrive_as_persons_once_each_and_updates_follow_the_ap
     assert!(app.drain_dead_letters("OutboundDeadLetterQueue").await.is_empty());
 }
 
-#[tokio::test]
-async fn a_small_burst_window_is_paced_by_the_limiter_and_nothing_is_lost() {
-    // 6 calls per 2 s; each new contact costs a search and a create.
-    let (sandbox, app) = pipedrive_stack(
+/// A stack whose Pipedrive token allows 6 requests per 2 s, and the limiter told so.
+async fn six_a_window() -> (Sandbox, TestApp) {
+    pipedrive_stack(
         Limits {
             burst_limit: 6,
             ..Limits::default()
         },
         6,
     )
-    .await;
+    .await
+}
+
+/// Sends eight new contacts named `{prefix}-{i}` and waits until each is synced.
+async fn eight_new_contacts_synced(app: &TestApp, prefix: &str) {
     let at = now_ms();
     let changes: Vec<Value> = (0..8)
         .map(|i| {
             contact(
-                &format!("paced-{i}"),
+                &format!("{prefix}-{i}"),
                 at,
-                json!({"email": format!("p{i}@example.com")}),
+                json!({"email": format!("{prefix}{i}@example.com")}),
             )
         })
         .collect();
     app.send_changes(&changes).await;
-    eventually(60, "eight persons in Pipedrive", || async {
-        (sandbox.records("persons").len() == 8).then_some(())
-    })
-    .await;
     for i in 0..8 {
         app.settled(
             RecordRef {
                 object: ObjectKind::Contact,
-                record_id: format!("paced-{i}"),
+                record_id: format!("{prefix}-{i}"),
             },
             SyncStatus::Synced,
         )
         .await;
     }
+}
+
+#[tokio::test]
+async fn a_small_burst_window_is_paced_by_the_limiter_and_nothing_is_lost() {
+    // Each new contact costs a search and a create.
+    let (sandbox, app) = six_a_window().await;
+    eight_new_contacts_synced(&app, "paced").await;
     let stats = sandbox.stats();
     assert_eq!(stats.throttled, 0, "the limiter keeps to the window: {stats:?}");
+    assert_eq!(sandbox.records("persons").len(), 8);
+    assert!(app.drain_dead_letters("OutboundDeadLetterQueue").await.is_empty());
+}
+
+#[tokio::test]
+async fn slow_answers_do_not_push_an_upserts_write_past_the_burst_window() {
+    // The limiter grants a search and a write together; a search answered late sends its
+    // write into the next call's window, where only the client's own count keeps it out.
+    let (sandbox, app) = six_a_window().await;
+    sandbox.set_faults(
+        Faults {
+            timeout_rate: 0.4,
+            timeout: std::time::Duration::from_millis(700),
+            ..Faults::default()
+        },
+        7,
+    );
+    eight_new_contacts_synced(&app, "slow").await;
+    let stats = sandbox.stats();
+    assert!(stats.injected_timeouts > 0, "some answers came late: {stats:?}");
+    assert_eq!(stats.throttled, 0, "no request went past the window: {stats:?}");
+    assert_eq!(sandbox.records("persons").len(), 8);
     assert!(app.drain_dead_letters("OutboundDeadLetterQueue").await.is_empty());
 }
 

@@ -104,6 +104,65 @@ pub struct PipedriveClient {
     /// Each object's field kinds (`personFields`, `dealFields`) and when they were read: read
     /// again after [`KINDS_TTL`], so that a field an admin adds is typed within the hour.
     kinds: Arc<Mutex<HashMap<String, KindsRead>>>,
+    burst: Arc<Mutex<BurstWindow>>,
+}
+
+/// Pipedrive's burst window: requests per token in any rolling 2 s.
+const BURST_WINDOW: Duration = Duration::from_secs(2);
+
+/// Keeps this instance's requests inside Pipedrive's rolling burst window.
+///
+/// The shared limiter grants calls, but one upsert is a search and then a write, and the write
+/// leaves when the search's answer arrives: a slow answer pushes it into the next call's window.
+/// So each request also waits here for a free place among this instance's own recent requests,
+/// and for the window's reset once Pipedrive has answered that none is left (others' requests
+/// count there too).
+#[derive(Debug, Default)]
+struct BurstWindow {
+    /// When this instance's recent requests left, oldest first.
+    sent: std::collections::VecDeque<std::time::Instant>,
+    /// The token's limit, from `x-ratelimit-limit`; unknown until the first answer.
+    limit: Option<usize>,
+    /// Pipedrive answered that the window is full: no request before this.
+    closed_until: Option<std::time::Instant>,
+}
+
+impl BurstWindow {
+    /// How long the next request must wait; none means it may leave now, and it is counted.
+    fn take(&mut self, now: std::time::Instant) -> Option<Duration> {
+        while self
+            .sent
+            .front()
+            .is_some_and(|at| now.duration_since(*at) >= BURST_WINDOW)
+        {
+            self.sent.pop_front();
+        }
+        let full = self
+            .limit
+            .filter(|limit| *limit > 0 && self.sent.len() >= *limit)
+            .map(|limit| self.sent[self.sent.len() - limit] + BURST_WINDOW);
+        let until = full.max(self.closed_until).filter(|until| *until > now);
+        match until {
+            Some(until) => Some(until - now),
+            None => {
+                self.sent.push_back(now);
+                None
+            }
+        }
+    }
+
+    /// Learns from an answer's headers.
+    fn answered(&mut self, rate: &RateInfo, reset: Option<Duration>, now: std::time::Instant) {
+        if let Some(limit) = rate.burst_max {
+            self.limit = usize::try_from(limit).ok();
+        }
+        if rate.burst_remaining == Some(0) {
+            let wait = reset
+                .unwrap_or(BURST_WINDOW)
+                .clamp(Duration::from_millis(100), BURST_WINDOW);
+            self.closed_until = Some(now + wait);
+        }
+    }
 }
 
 /// The object activities are written as: notes on their person (API v1).
@@ -245,6 +304,7 @@ impl PipedriveClient {
             token,
             uncertain: Arc::default(),
             kinds: Arc::default(),
+            burst: Arc::default(),
         })
     }
 
@@ -377,6 +437,17 @@ impl PipedriveClient {
         if let Some(body) = body {
             request = request.json(&body);
         }
+        loop {
+            let wait = self
+                .burst
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(std::time::Instant::now());
+            match wait {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => break,
+            }
+        }
         let response = request
             .send()
             .await
@@ -384,6 +455,10 @@ impl PipedriveClient {
         let status = response.status().as_u16();
         let rate = rate_info(response.headers());
         let reset = crm_http::seconds(response.headers(), "x-ratelimit-reset");
+        self.burst
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .answered(&rate, reset, std::time::Instant::now());
         let retry_after = crm_http::seconds(response.headers(), "retry-after");
         let call = format!("{call} -> {status}");
         let text = crm_http::text(&call, response).await?;
@@ -1174,6 +1249,63 @@ impl Crm for PipedriveClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rate(max: u32, remaining: u32) -> RateInfo {
+        RateInfo {
+            burst_max: Some(max),
+            burst_remaining: Some(remaining),
+            ..RateInfo::default()
+        }
+    }
+
+    #[test]
+    fn a_request_waits_until_the_oldest_of_the_last_limit_requests_leaves_the_window() {
+        let start = std::time::Instant::now();
+        let mut window = BurstWindow::default();
+        window.answered(&rate(3, 2), None, start);
+        for offset in [0, 300, 600] {
+            assert_eq!(window.take(start + Duration::from_millis(offset)), None);
+        }
+        assert_eq!(
+            window.take(start + Duration::from_millis(700)),
+            Some(Duration::from_millis(1300)),
+            "the fourth request waits for the first to age out"
+        );
+        assert_eq!(window.take(start + Duration::from_millis(2000)), None);
+        assert_eq!(
+            window.take(start + Duration::from_millis(2100)),
+            Some(Duration::from_millis(200)),
+            "the window rolls: the second request leaves it at 2.3 s"
+        );
+    }
+
+    #[test]
+    fn before_the_first_answer_nothing_is_held_back() {
+        let start = std::time::Instant::now();
+        let mut window = BurstWindow::default();
+        for offset in 0..50 {
+            assert_eq!(window.take(start + Duration::from_millis(offset)), None);
+        }
+    }
+
+    #[test]
+    fn an_answer_with_none_left_closes_the_window_until_its_reset() {
+        let start = std::time::Instant::now();
+        let mut window = BurstWindow::default();
+        window.answered(&rate(80, 0), Some(Duration::from_secs(1)), start);
+        assert_eq!(
+            window.take(start + Duration::from_millis(250)),
+            Some(Duration::from_millis(750)),
+            "others spent the window: wait for its reset"
+        );
+        assert_eq!(window.take(start + Duration::from_secs(1)), None);
+        window.answered(&rate(80, 0), Some(Duration::from_secs(3600)), start);
+        assert_eq!(
+            window.take(start),
+            Some(BURST_WINDOW),
+            "a reset past the window is no longer than the window"
+        );
+    }
 
     #[test]
     fn a_notes_content_reads_back_without_its_marker_line_only() {
