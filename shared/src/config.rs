@@ -249,7 +249,8 @@ pub struct DashboardConfig {
     pub resync_queue_url: String,
     /// Each dead-letter queue with the queue it redrives to: (name, queue URL, DLQ URL).
     pub lanes: Vec<(&'static str, String, String)>,
-    pub password: SecretSource,
+    /// How operators sign in: through an identity provider, or (the local stack) a password.
+    pub access: DashboardAccess,
     pub session_ttl_ms: i64,
     /// Where sessions and failed sign-ins are kept (`DashboardTable`).
     pub table: String,
@@ -267,6 +268,41 @@ pub struct DashboardConfig {
     /// Where the CRM's daily budget is read, for the health page: the limiter's table, its key
     /// (the CRM's name) and its settings; `None` without `RATE_LIMIT_TABLE`.
     pub budget: Option<(String, String, crate::adapters::dynamodb::LimiterSettings)>,
+}
+
+/// How operators sign in to the dashboard.
+#[derive(Debug, Clone)]
+pub enum DashboardAccess {
+    /// One shared password: the local stack's way, which cannot tell operators apart.
+    Password(SecretSource),
+    /// Each operator as themselves, through an OpenID Connect provider.
+    Provider(ProviderConfig),
+}
+
+/// An OpenID Connect provider and this dashboard's client at it.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// The issuer (a Cognito user pool: `https://cognito-idp.{region}.amazonaws.com/{pool id}`).
+    pub issuer: String,
+    /// The client id, and the secret of a confidential client: from variables, or the fields
+    /// `client_id` and `client_secret` of one Secrets Manager secret.
+    pub client: ProviderClient,
+    /// The provider's name on the sign-in button.
+    pub name: String,
+    /// Where the dashboard is reached, for the redirect URI (`{public_url}/admin/auth/callback`);
+    /// without it, the URL is rebuilt from the request.
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum ProviderClient {
+    Values {
+        id: String,
+        secret: Option<SecretString>,
+    },
+    SecretsManager {
+        secret_id: String,
+    },
 }
 
 /// The CRM app a record's dashboard link opens.
@@ -554,6 +590,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     /// The dashboard function's configuration.
     pub fn dashboard(&self) -> Result<DashboardConfig, ConfigError> {
         let vars: variables::Dashboard = self.read("")?;
+        let access = dashboard_access(&vars)?;
         let hours = vars.dashboard_session_hours.unwrap_or(12);
         if hours == 0 || hours > 24 * 7 {
             return Err(ConfigError::new("DASHBOARD_SESSION_HOURS", "must be 1 to 168"));
@@ -632,11 +669,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 ("inbound", vars.inbound_queue_url, vars.inbound_dlq_url),
                 ("app-inbox", vars.app_inbox_queue_url, vars.app_inbox_dlq_url),
             ],
-            password: secret(
-                ("DASHBOARD_PASSWORD", vars.dashboard_password),
-                ("DASHBOARD_SECRET_ARN", vars.dashboard_secret_arn),
-                "password",
-            )?,
+            access,
             session_ttl_ms: i64::from(hours) * 3_600_000,
             table: vars.dashboard_table,
             sign_in_limits,
@@ -652,6 +685,58 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             },
         })
     }
+}
+
+/// A provider when `DASHBOARD_OIDC_ISSUER` is set, else the password; never both, so that a
+/// deployment cannot keep the shared password by mistake.
+fn dashboard_access(vars: &variables::Dashboard) -> Result<DashboardAccess, ConfigError> {
+    let Some(issuer) = vars
+        .dashboard_oidc_issuer
+        .clone()
+        .filter(|issuer| !issuer.trim().is_empty())
+    else {
+        return Ok(DashboardAccess::Password(secret(
+            ("DASHBOARD_PASSWORD", vars.dashboard_password.clone()),
+            ("DASHBOARD_SECRET_ARN", vars.dashboard_secret_arn.clone()),
+            "password",
+        )?));
+    };
+    if vars.dashboard_password.is_some() || vars.dashboard_secret_arn.is_some() {
+        return Err(ConfigError::new(
+            "DASHBOARD_OIDC_ISSUER",
+            "is set, and so is a dashboard password: choose one way to sign in",
+        ));
+    }
+    let issuer = web_address("DASHBOARD_OIDC_ISSUER", Some(issuer))?.unwrap_or_default();
+    let client = match (&vars.dashboard_oidc_client_id, &vars.dashboard_oidc_secret_arn) {
+        (Some(id), _) if !id.trim().is_empty() => ProviderClient::Values {
+            id: id.trim().to_string(),
+            secret: vars
+                .dashboard_oidc_client_secret
+                .clone()
+                .filter(|secret| !secret.is_empty())
+                .map(SecretString::from),
+        },
+        (_, Some(secret_id)) => ProviderClient::SecretsManager {
+            secret_id: secret_id.clone(),
+        },
+        _ => {
+            return Err(ConfigError::new(
+                "DASHBOARD_OIDC_CLIENT_ID",
+                "is not set, and neither is DASHBOARD_OIDC_SECRET_ARN",
+            ))
+        }
+    };
+    Ok(DashboardAccess::Provider(ProviderConfig {
+        issuer,
+        client,
+        name: vars
+            .dashboard_oidc_provider_name
+            .clone()
+            .filter(|name| !name.trim().is_empty())
+            .unwrap_or_else(|| "your identity provider".into()),
+        public_url: web_address("DASHBOARD_PUBLIC_URL", vars.dashboard_public_url.clone())?,
+    }))
 }
 
 /// A required value that a configuration choice made necessary (its struct field is optional).
@@ -931,6 +1016,12 @@ mod variables {
         pub app_inbox_dlq_url: String,
         pub dashboard_password: Option<String>,
         pub dashboard_secret_arn: Option<String>,
+        pub dashboard_oidc_issuer: Option<String>,
+        pub dashboard_oidc_client_id: Option<String>,
+        pub dashboard_oidc_client_secret: Option<String>,
+        pub dashboard_oidc_secret_arn: Option<String>,
+        pub dashboard_oidc_provider_name: Option<String>,
+        pub dashboard_public_url: Option<String>,
         pub dashboard_table: String,
         pub dashboard_session_hours: Option<u32>,
         pub dashboard_sign_in_failures_per_client: Option<u32>,
@@ -1257,6 +1348,75 @@ mod tests {
                 .variable,
             "PIPEDRIVE_APP_URL"
         );
+    }
+
+    #[test]
+    fn operators_sign_in_through_a_provider_when_an_issuer_is_set_and_never_also_with_a_password() {
+        let without_password: Vec<(&str, &str)> = DASHBOARD
+            .iter()
+            .copied()
+            .filter(|(name, _)| *name != "DASHBOARD_PASSWORD")
+            .collect();
+        let access = |extra: &[(&'static str, &'static str)]| {
+            let mut pairs = without_password.clone();
+            pairs.extend_from_slice(extra);
+            env(&pairs).dashboard().map(|config| config.access)
+        };
+        let issuer = (
+            "DASHBOARD_OIDC_ISSUER",
+            "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_abc/",
+        );
+        let Ok(DashboardAccess::Provider(provider)) =
+            access(&[issuer, ("DASHBOARD_OIDC_SECRET_ARN", "stack-dashboard-sign-in")])
+        else {
+            panic!("a provider");
+        };
+        assert_eq!(
+            provider.issuer,
+            "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_abc"
+        );
+        assert!(matches!(provider.client, ProviderClient::SecretsManager { .. }));
+        assert_eq!(provider.name, "your identity provider");
+        let Ok(DashboardAccess::Provider(provider)) = access(&[
+            issuer,
+            ("DASHBOARD_OIDC_CLIENT_ID", " abc "),
+            ("DASHBOARD_OIDC_SECRET_ARN", "ignored"),
+            ("DASHBOARD_PUBLIC_URL", "https://admin.example.com/"),
+        ]) else {
+            panic!("a provider");
+        };
+        assert!(matches!(&provider.client, ProviderClient::Values { id, secret: None } if id == "abc"));
+        assert_eq!(provider.public_url.as_deref(), Some("https://admin.example.com"));
+
+        assert_eq!(
+            access(&[issuer]).unwrap_err().variable,
+            "DASHBOARD_OIDC_CLIENT_ID"
+        );
+        assert_eq!(
+            access(&[
+                issuer,
+                ("DASHBOARD_OIDC_CLIENT_ID", "abc"),
+                ("DASHBOARD_PASSWORD", "p")
+            ])
+            .unwrap_err()
+            .variable,
+            "DASHBOARD_OIDC_ISSUER",
+            "a password beside a provider is refused"
+        );
+        assert_eq!(
+            access(&[
+                ("DASHBOARD_OIDC_ISSUER", "ftp://idp"),
+                ("DASHBOARD_OIDC_CLIENT_ID", "abc")
+            ])
+            .unwrap_err()
+            .variable,
+            "DASHBOARD_OIDC_ISSUER"
+        );
+        assert!(matches!(
+            access(&[("DASHBOARD_PASSWORD", "p")]),
+            Ok(DashboardAccess::Password(_))
+        ));
+        assert_eq!(access(&[]).unwrap_err().variable, "DASHBOARD_PASSWORD");
     }
 
     /// The dashboard's required variables but its table.

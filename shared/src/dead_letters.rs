@@ -89,6 +89,7 @@ fn entry(lane: &str, at_ms: i64, message: &OutgoingMessage) -> LetterEntry {
         subject,
         body: clip(&message.body, LETTER_BODY_BYTES),
         redriven_at_ms: None,
+        redriven_by: None,
     }
 }
 
@@ -157,8 +158,9 @@ mod tests {
             _: &str,
             _: &[String],
             _: i64,
-        ) -> Result<(), crate::ports::StoreUnavailable> {
-            Ok(())
+            _: &str,
+        ) -> Result<Vec<RecordRef>, crate::ports::StoreUnavailable> {
+            Ok(Vec::new())
         }
     }
 

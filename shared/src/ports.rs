@@ -764,8 +764,9 @@ pub struct LetterEntry {
     pub subject: Option<String>,
     /// The message body, clipped to [`LETTER_BODY_BYTES`].
     pub body: String,
-    /// When a redrive moved it back to its queue.
+    /// When a redrive moved it back to its queue, and who redrove it.
     pub redriven_at_ms: Option<i64>,
+    pub redriven_by: Option<String>,
 }
 
 /// The part of a dead letter's body its journal keeps (and search reads).
@@ -795,8 +796,14 @@ pub trait DeadLetterJournal: Send + Sync {
         cursor: Option<String>,
     ) -> Result<(Vec<LetterEntry>, Option<String>), ListError>;
 
-    /// The letters a redrive moved back to their queue.
-    async fn mark_redriven(&self, lane: &str, keys: &[String], at_ms: i64) -> Result<(), StoreUnavailable>;
+    /// The letters a redrive by `by` moved back to their queue; returns the records they name.
+    async fn mark_redriven(
+        &self,
+        lane: &str,
+        keys: &[String],
+        at_ms: i64,
+        by: &str,
+    ) -> Result<Vec<RecordRef>, StoreUnavailable>;
 }
 
 /// A dashboard session as stored. It is found by a digest of its cookie, never by the cookie
@@ -805,8 +812,81 @@ pub trait DeadLetterJournal: Send + Sync {
 pub struct StoredSession {
     pub created_at_ms: i64,
     pub expires_at_ms: i64,
-    /// The version of the password it was signed in with (not derived from the password).
+    /// The version of the password it was signed in with (not derived from the password), or
+    /// the identity provider's issuer.
     pub password_version: String,
+    /// Who signed in: the name every action of the session is recorded under.
+    pub operator: String,
+}
+
+/// A sign-in through the identity provider, between sending the browser there and its return.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingLogin {
+    /// The ID token must carry it back.
+    pub nonce: String,
+    /// The PKCE verifier the code is redeemed with.
+    pub verifier: String,
+    /// A digest of the cookie that binds the sign-in to the browser that began it.
+    pub browser: String,
+    /// The redirect URI the provider was given; the code is redeemed with the same.
+    pub redirect_uri: String,
+    /// The dashboard page to return to.
+    pub next: String,
+    pub expires_at_ms: i64,
+}
+
+/// Sign-ins under way, shared by every instance of the dashboard.
+#[async_trait]
+pub trait PendingLogins: Send + Sync {
+    async fn put(&self, key: &str, login: &PendingLogin) -> Result<(), StoreUnavailable>;
+
+    /// Removes and returns the sign-in stored under `key`: of concurrent takes, one at most gets
+    /// it, so that a redirect replayed does not sign in twice.
+    async fn take(&self, key: &str) -> Result<Option<PendingLogin>, StoreUnavailable>;
+}
+
+/// The claims of a verified ID token that name an operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorClaims {
+    /// `sub`: stable at the provider.
+    pub subject: String,
+    pub email: Option<String>,
+    /// `cognito:username`, `preferred_username` or `name`.
+    pub username: Option<String>,
+}
+
+/// Why the identity provider did not name an operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The provider could not be reached, or answered out of protocol: try again later.
+    #[error("the identity provider is unavailable: {0}")]
+    Unavailable(String),
+    /// The provider refused the code, or its ID token did not verify: this sign-in is over.
+    #[error("the sign-in was refused: {0}")]
+    Refused(String),
+}
+
+/// An OpenID Connect provider, through its authorization-code flow with PKCE.
+#[async_trait]
+pub trait IdentityProvider: Send + Sync {
+    /// Where to send the browser to sign in.
+    async fn authorization_url(
+        &self,
+        redirect_uri: &str,
+        state: &str,
+        nonce: &str,
+        challenge: &str,
+    ) -> Result<String, ProviderError>;
+
+    /// Redeems an authorization code and verifies the ID token it brings: signature (the
+    /// provider's JWKS), issuer, audience, expiry and `nonce`.
+    async fn redeem(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+        verifier: &str,
+        nonce: &str,
+    ) -> Result<OperatorClaims, ProviderError>;
 }
 
 /// The dashboard's sessions, shared by every instance of the dashboard.

@@ -397,6 +397,10 @@ async fn a_conflict_stays_listed_until_an_operator_dismisses_it() {
     );
     assert!(!page.contains("Dismiss conflicts"));
     assert!(
+        page.contains("conflicts dismissed by shared password"),
+        "the timeline names who dismissed them"
+    );
+    assert!(
         page.contains("<span class=\"badge s-deleted\">dismissed</span>"),
         "it says it was dismissed"
     );
@@ -1584,6 +1588,12 @@ async fn every_dead_letter_is_listed_with_its_reason_linked_searchable_paged_and
         page.contains("<span class=\"badge s-pending\">redriven</span>"),
         "the broken message was moved back (and dead-lettered again, as a new letter)"
     );
+    assert!(
+        page.contains(" by shared password"),
+        "the letter names who redrove it"
+    );
+    app.timeline_says(contact_ref(&people[0]), "dead letter redriven by shared password")
+        .await;
 
     // A privacy erasure forgets the record's letters with its history.
     app.sync_state().forget(&contact_ref("letter-1")).await.unwrap();

@@ -28,6 +28,16 @@ async fn accessible(browser: &Browser, axe: &str, page: &str) {
     );
 }
 
+/// axe-core's script, installed with the Node packages.
+fn axe_source() -> String {
+    std::fs::read_to_string(
+        crm_sync_tests::contract::node_suites()
+            .expect("the Node packages install")
+            .join("node_modules/axe-core/axe.min.js"),
+    )
+    .expect("axe-core is installed")
+}
+
 async fn save(browser: &Browser, name: &str) {
     let Some(dir) = std::env::var_os("CRM_SYNC_SCREENSHOTS").map(PathBuf::from) else {
         return;
@@ -67,12 +77,7 @@ async fn an_operator_finds_a_failed_record_reads_its_error_and_re_syncs_it_after
     };
     app.settled(grace.clone(), SyncStatus::Failed).await;
 
-    let axe = std::fs::read_to_string(
-        crm_sync_tests::contract::node_suites()
-            .expect("the Node packages install")
-            .join("node_modules/axe-core/axe.min.js"),
-    )
-    .expect("axe-core is installed");
+    let axe = axe_source();
     let browser = Browser::start().await.expect("headless Chromium starts");
     let base = app.stack.url();
     browser.goto(&format!("{base}/admin")).await.unwrap();
@@ -351,4 +356,82 @@ async fn an_operator_finds_a_failed_record_reads_its_error_and_re_syncs_it_after
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn an_operator_signs_in_through_the_identity_provider_and_every_page_names_them() {
+    let provider = crm_sync_tests::oidc::OidcProvider::start();
+    // `localhost`, not the dashboard's `127.0.0.1`: another site, as a real provider is, so the
+    // browser applies its cross-site cookie rules to the way back.
+    let issuer = provider.issuer.replace("127.0.0.1", "localhost");
+    provider
+        .set_user("ada-sub-1", json!({"email": "ada@example.com"}))
+        .await;
+    let app = spawn_app_with(
+        AppOptions::syncing()
+            .with_env("DASHBOARD_OIDC_ISSUER", &issuer)
+            .with_env("DASHBOARD_OIDC_CLIENT_ID", "crm-sync-dashboard")
+            .with_env("DASHBOARD_OIDC_CLIENT_SECRET", "dashboard client secret")
+            .with_env("DASHBOARD_OIDC_PROVIDER_NAME", "Example SSO"),
+    )
+    .await;
+    let axe = axe_source();
+    let browser = Browser::start().await.expect("headless Chromium starts");
+    let base = app.stack.url();
+    browser.goto(&format!("{base}/admin/health")).await.unwrap();
+    assert!(browser.url().await.unwrap().contains("/admin/login"));
+    accessible(&browser, &axe, "sign-in through a provider").await;
+    save(&browser, "sign-in-provider").await;
+    browser
+        .find("a.button")
+        .await
+        .unwrap()
+        .click_through()
+        .await
+        .unwrap();
+    assert!(
+        browser
+            .url()
+            .await
+            .unwrap()
+            .starts_with(&format!("{issuer}/oauth2/authorize")),
+        "at the provider"
+    );
+    browser
+        .find("input[name=sub]")
+        .await
+        .unwrap()
+        .type_text("ada-sub-1")
+        .await
+        .unwrap();
+    browser
+        .find("form button[type=submit]")
+        .await
+        .unwrap()
+        .click_through()
+        .await
+        .unwrap();
+    // Back at the dashboard, on the page first asked for, signed in as Ada.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let url = browser.url().await.unwrap_or_default();
+        let named = match browser.find(".operator").await {
+            Ok(element) => element.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if url.ends_with("/admin/health") && named == "ada@example.com" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not signed in as Ada on the health page (at {url}, named {named:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser.goto(&format!("{base}/admin/queues")).await.unwrap();
+    assert_eq!(
+        browser.find(".operator").await.unwrap().text().await.unwrap(),
+        "ada@example.com",
+        "the session holds across pages"
+    );
 }

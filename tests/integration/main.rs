@@ -5,6 +5,7 @@ mod chaos;
 mod contract;
 mod dashboard;
 mod dashboard_browser;
+mod dashboard_sign_in;
 mod event_journal;
 mod hubspot_adapters;
 mod identity;

@@ -513,6 +513,7 @@ async fn a_bad_mapping_file_stops_the_sync_function_from_starting_and_names_the_
         run_event_sources: false,
         sandbox_webhooks: false,
         generated_secrets: Default::default(),
+        dashboard_password: "test-dashboard-password".to_string(),
     })
     .await;
     let error = format!("{:#}", result.err().expect("a bad mapping stops the start"));

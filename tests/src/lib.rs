@@ -10,6 +10,7 @@ pub mod dashboard;
 pub mod fault_proxy;
 pub mod hubspot;
 pub mod identity_chaos;
+pub mod oidc;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -146,7 +147,8 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
             parameters
         },
         env_overrides: options.env,
-        generated_secrets: HashMap::from([("DashboardSecret".to_string(), DASHBOARD_PASSWORD.to_string())]),
+        generated_secrets: HashMap::new(),
+        dashboard_password: DASHBOARD_PASSWORD.to_string(),
     })
     .await
     .expect("the local stack starts");

@@ -82,6 +82,7 @@ pub async fn child() -> anyhow::Result<()> {
         run_event_sources: false,
         sandbox_webhooks: false,
         generated_secrets: HashMap::new(),
+        dashboard_password: "bench-dashboard-password".to_string(),
     })
     .await?;
     let queue = stack.resources.queue("OutboundQueue").clone();

@@ -71,6 +71,7 @@ async fn stack(
         run_event_sources: false,
         sandbox_webhooks: false,
         generated_secrets: HashMap::new(),
+        dashboard_password: "bench-dashboard-password".to_string(),
     })
     .await
 }

@@ -210,6 +210,7 @@ pub async fn bulk(moto: &str, records: usize) -> anyhow::Result<Bulk> {
         run_event_sources: false,
         sandbox_webhooks: false,
         generated_secrets: HashMap::new(),
+        dashboard_password: "bench-dashboard-password".to_string(),
     })
     .await?;
     let started = preload_and_start(&mut stack, moto, records).await?;
@@ -444,6 +445,7 @@ async fn ceiling_run(
         run_event_sources: false,
         sandbox_webhooks: false,
         generated_secrets: HashMap::new(),
+        dashboard_password: "bench-dashboard-password".to_string(),
     })
     .await?;
     let lookup = stack.sync_env.clone();

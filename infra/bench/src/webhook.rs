@@ -154,6 +154,7 @@ pub async fn stack(moto: &str, name: &str) -> anyhow::Result<LocalStack> {
         run_event_sources: false,
         sandbox_webhooks: false,
         generated_secrets: HashMap::new(),
+        dashboard_password: "bench-dashboard-password".to_string(),
     })
     .await
 }

@@ -63,6 +63,9 @@ pub struct StackOptions {
     /// Values for secrets the template has Secrets Manager generate, by logical id (the
     /// dashboard's password): random when absent.
     pub generated_secrets: HashMap<String, String>,
+    /// The local dashboard's shared password (the deployed dashboard has none: operators sign
+    /// in through the operator pool).
+    pub dashboard_password: String,
 }
 
 /// Counts the sync function's invocations and their time.
@@ -189,6 +192,12 @@ impl LocalStack {
         let adoption = Arc::new(AdoptionHandler::build(&aws, config).await?);
 
         let mut dashboard_env = template.function_environment("DashboardFunction", &resources.resolver)?;
+        // No Cognito locally: operators sign in with the password, unless the caller names an
+        // identity provider of its own.
+        dashboard_env.retain(|name, _| !name.starts_with("DASHBOARD_OIDC_"));
+        if !options.env_overrides.contains_key("DASHBOARD_OIDC_ISSUER") {
+            dashboard_env.insert("DASHBOARD_PASSWORD".into(), options.dashboard_password.clone());
+        }
         dashboard_env.extend(options.env_overrides.clone());
         let lookup = dashboard_env.clone();
         let config = Env(move |name: &str| lookup.get(name).cloned()).dashboard()?;

@@ -94,7 +94,8 @@ async fn main() -> anyhow::Result<()> {
         env_overrides,
         run_event_sources: true,
         sandbox_webhooks: true,
-        generated_secrets: HashMap::from([("DashboardSecret".to_string(), dashboard_password.clone())]),
+        generated_secrets: HashMap::new(),
+        dashboard_password: dashboard_password.clone(),
     })
     .await?;
 

@@ -337,6 +337,24 @@ pub async fn provision(
         buckets.insert(logical_id, name);
     }
 
+    // No Cognito locally: the operator pool and its client resolve to names that say so, and the
+    // local dashboard signs in with its password (or the identity provider a caller names).
+    for kind in [
+        "AWS::Cognito::UserPool",
+        "AWS::Cognito::UserPoolClient",
+        "AWS::Cognito::UserPoolDomain",
+    ] {
+        for logical_id in template.logical_ids_of(kind) {
+            resolver.resources.insert(
+                logical_id.clone(),
+                ResourceValues {
+                    reference: format!("local-{logical_id}"),
+                    attributes: HashMap::new(),
+                },
+            );
+        }
+    }
+
     let secrets_manager = aws_sdk_secretsmanager::Client::new(sdk);
     let mut secrets = HashMap::new();
     for secret in template.secrets() {

@@ -115,6 +115,11 @@ impl Template {
         })
     }
 
+    /// The logical ids of the resources of type `kind`.
+    pub fn logical_ids_of(&self, kind: &str) -> Vec<String> {
+        self.resources_of(kind).map(|(id, _)| id).collect()
+    }
+
     fn resources_of(&self, kind: &str) -> impl Iterator<Item = (String, &serde_norway::Mapping)> + '_ {
         let kind = kind.to_string();
         self.resources.iter().filter_map(move |(id, resource)| {
@@ -717,6 +722,21 @@ Resources:
                 }
             }
         }
+        // A policy of its own, attached to a function's role (one that would close a dependency
+        // loop inside the function), is held to the same rules.
+        for (policy, properties) in template.resources_of("AWS::IAM::Policy") {
+            let statements = mapping(properties, "PolicyDocument")
+                .and_then(|document| get(document, "Statement"))
+                .and_then(Value::as_sequence)
+                .cloned()
+                .unwrap_or_default();
+            if statements.is_empty() {
+                findings.push(format!("{policy}: no statements"));
+            }
+            for statement in &statements {
+                review_statement(&policy, statement, &mut findings);
+            }
+        }
         findings
     }
 
@@ -924,7 +944,12 @@ Resources:
                 let end = rest[start..].find('}').expect("a closed ${") + start;
                 let name = &rest[start + 2..end];
                 rest = &rest[end + 1..];
-                if name.starts_with('!') || name.contains('.') || name.starts_with("AWS::") {
+                // A resource's own id (a Cognito client id) is AWS's, safe in JSON.
+                if name.starts_with('!')
+                    || name.contains('.')
+                    || name.starts_with("AWS::")
+                    || get(&template.resources, name).is_some()
+                {
                     continue;
                 }
                 let parameter = mapping(&template.parameters, name)

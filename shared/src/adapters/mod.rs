@@ -5,6 +5,7 @@ pub mod cloudwatch;
 pub mod crm_http;
 pub mod dynamodb;
 pub mod hubspot;
+pub mod oidc_http;
 pub mod pipedrive;
 pub mod plan_files;
 pub mod s3;

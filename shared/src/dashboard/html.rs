@@ -40,6 +40,8 @@ pub fn record_href(record: &RecordRef) -> String {
 /// What every signed-in page needs.
 pub struct Frame<'a> {
     pub csrf: &'a str,
+    /// Who is signed in.
+    pub operator: &'a str,
     pub now_ms: i64,
     /// A message about the action just taken.
     pub notice: Option<Notice>,
@@ -84,7 +86,8 @@ th{font-size:.8rem;text-transform:uppercase;letter-spacing:.03em;color:var(--mut
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.35rem 1rem;background:#fff;border:1px solid var(--line);border-radius:8px;padding:.8rem 1rem;margin:0}\
 dt{color:var(--muted)}dd{margin:0;word-break:break-word}\
 button{font:inherit;padding:.4rem .9rem;border-radius:6px;border:1px solid var(--accent);background:var(--accent);color:#fff;cursor:pointer}\
-button.quiet{background:#fff;color:var(--accent)}.actions{display:flex;flex-wrap:wrap;gap:.5rem;margin:.7rem 0}\
+button.quiet{background:#fff;color:var(--accent)}a.button{display:inline-block;padding:.5rem 1rem;border-radius:6px;background:var(--accent);color:#fff;text-decoration:none}\
+.operator{color:var(--muted);margin-right:.6rem;word-break:break-all}.actions{display:flex;flex-wrap:wrap;gap:.5rem;margin:.7rem 0}\
 input[type=search],input[type=password]{font:inherit;padding:.4rem .6rem;border:1px solid var(--line);border-radius:6px;min-width:0;width:100%;max-width:24rem}\
 .search{display:flex;gap:.5rem;margin-bottom:1rem}.notice{padding:.6rem .9rem;border-radius:8px;background:#e8f0fe;border:1px solid #bcd0fb;margin-bottom:1rem}\
 .notice.bad{background:#fde7e7;border-color:#f3b7b7}.muted{color:var(--muted)}.login{max-width:22rem;margin:12vh auto;background:#fff;border:1px solid var(--line);border-radius:10px;padding:1.4rem}\
@@ -110,17 +113,44 @@ fn document(title: &str, header: Markup, content: Markup) -> String {
     document_with(title, None, header, content)
 }
 
+/// The page a browser lands on back from the identity provider: it moves on to `next` by itself.
+/// A redirect would not do: the session cookie is `SameSite=Strict`, and a browser does not send
+/// it on a redirect chain that began at another site; this page's own navigation is same-site.
+pub fn continue_page(next: &str) -> String {
+    let content = html! {
+        h1 { "Signed in" }
+        p { a href=(next) { "Continue to the dashboard" } }
+    };
+    document_with("Signed in", Some((0, next)), Markup::default(), content)
+}
+
+/// The sign-in page where operators sign in through an identity provider.
+pub fn provider_login_page(provider: &str, error: Option<&str>, start: &str) -> String {
+    let content = html! {
+        div.login {
+            h1 { "crm-sync dashboard" }
+            @if let Some(error) = error {
+                div.notice.bad role="alert" { (error) }
+            }
+            // A link, not a form: the Content-Security-Policy's `form-action 'self'` would stop
+            // a form's redirect to the provider.
+            a.button href=(start) { "Sign in with " (provider) }
+        }
+    };
+    document("Sign in", Markup::default(), content)
+}
+
 /// A page; `refresh` reloads it from that URL every [`FOLLOW_EVERY_S`] seconds (no script:
 /// the Content-Security-Policy allows none).
-fn document_with(title: &str, refresh: Option<&str>, header: Markup, content: Markup) -> String {
+fn document_with(title: &str, refresh: Option<(u32, &str)>, header: Markup, content: Markup) -> String {
     html! {
         (DOCTYPE)
         html lang="en" {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
-                @if let Some(url) = refresh {
-                    meta http-equiv="refresh" content={ (FOLLOW_EVERY_S) "; url=" (url) };
+                @if let Some((seconds, url)) = refresh {
+                    meta http-equiv="refresh" content={ (seconds) "; url=" (url) };
                 }
                 title { (title) " · crm-sync" }
                 // Unescaped on purpose: a constant of this file, never data.
@@ -154,6 +184,7 @@ fn signed_in_with(title: &str, refresh: Option<&str>, frame: &Frame<'_>, content
                 a href="/admin/queues" { "Queues" }
                 form method="post" action="/admin/logout" {
                     (csrf_field(frame.csrf))
+                    span.operator { (frame.operator) }
                     button.quiet type="submit" { "Sign out" }
                 }
             }
@@ -165,7 +196,7 @@ fn signed_in_with(title: &str, refresh: Option<&str>, frame: &Frame<'_>, content
         }
         (content)
     };
-    document_with(title, refresh, header, page)
+    document_with(title, refresh.map(|url| (FOLLOW_EVERY_S, url)), header, page)
 }
 
 fn csrf_field(token: &str) -> Markup {
@@ -783,6 +814,9 @@ pub fn letters_page(
                                         }
                                         super::LetterStanding::Redriven { at_ms } => {
                                             span.badge.s-pending { "redriven" } " " (when(Some(*at_ms), frame.now_ms))
+                                            @if let Some(by) = &letter.redriven_by {
+                                                " by " (by)
+                                            }
                                         }
                                     }
                                 }
@@ -1670,6 +1704,7 @@ mod tests {
         state.last_error = Some("\"><script>alert(2)</script>".into());
         let frame = Frame {
             csrf: "t\"oken",
+            operator: "ada@example.com",
             now_ms: 0,
             notice: None,
         };
@@ -1758,6 +1793,7 @@ mod tests {
         };
         let frame = Frame {
             csrf: "csrf",
+            operator: "ada@example.com",
             now_ms: 0,
             notice: Some(Notice::Error(hostile("notice"))),
         };

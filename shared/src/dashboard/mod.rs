@@ -4,6 +4,7 @@
 //! in [`session`]; the HTTP wiring is `entrypoints::dashboard_http`.
 
 pub mod html;
+pub mod oidc;
 pub mod session;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -156,7 +157,7 @@ impl RecordView {
         let note = self
             .timeline
             .iter()
-            .find(|entry| entry.kind == TimelineKind::Note && entry.detail == RESYNC_NOTE)?;
+            .find(|entry| entry.kind == TimelineKind::Note && entry.detail.starts_with(RESYNC_NOTE))?;
         let attempted_since = self.state.last_attempt_at_ms.is_some_and(|at| at >= note.at_ms);
         let waiting = !attempted_since || self.state.status == SyncStatus::Pending;
         (waiting && now_ms - note.at_ms < QUEUED_SHOWN_MS).then_some(note.at_ms)
@@ -647,7 +648,7 @@ impl DashboardService {
     /// Re-syncs the failed records of one cause, the newest `cause_resync_max` of them; returns
     /// what was done and whether more of that cause are left (those queued stay failed until
     /// the sync takes them up, so a click at once would queue the same ones again).
-    pub async fn resync_cause(&self, key: &str) -> Result<(ResyncOutcome, bool), DashboardError> {
+    pub async fn resync_cause(&self, key: &str, by: &str) -> Result<(ResyncOutcome, bool), DashboardError> {
         let (records, _) = self.failed_with_cause(key).await?;
         let max = self.settings.cause_resync_max.max(1);
         let refs: Vec<RecordRef> = records
@@ -655,8 +656,9 @@ impl DashboardService {
             .take(max)
             .map(|state| state.record.clone())
             .collect();
-        let outcome = self.resync(&refs).await?;
+        let outcome = self.resync(&refs, by).await?;
         tracing::info!(
+            operator = by,
             cause = key,
             queued = outcome.queued.len(),
             skipped = outcome.skipped.len(),
@@ -720,8 +722,9 @@ impl DashboardService {
         }))
     }
 
-    /// Queues each record's change on the re-sync lane, ahead of the outbound backlog.
-    pub async fn resync(&self, records: &[RecordRef]) -> Result<ResyncOutcome, DashboardError> {
+    /// Queues each record's change on the re-sync lane, ahead of the outbound backlog; `by` names
+    /// the operator on each record's timeline.
+    pub async fn resync(&self, records: &[RecordRef], by: &str) -> Result<ResyncOutcome, DashboardError> {
         let now_ms = self.clock.now_ms();
         let states: HashMap<RecordRef, RecordState> = self.queries.states(records).await?;
         let mut outcome = ResyncOutcome::default();
@@ -759,36 +762,59 @@ impl DashboardService {
             .collect();
         queued.sort();
         outcome.queued = queued.into_iter().map(|(_, record)| record).collect();
-        let notes: Vec<TimelineEntry> = outcome
-            .queued
+        // The re-syncs are queued whether or not their note is written.
+        self.note(&outcome.queued, &format!("{RESYNC_NOTE} by {by}"))
+            .await;
+        Ok(outcome)
+    }
+
+    /// Notes an operator's action on records' timelines; the action is done whether or not the
+    /// note is written.
+    async fn note(&self, records: &[RecordRef], detail: &str) {
+        let now_ms = self.clock.now_ms();
+        let notes: Vec<TimelineEntry> = records
             .iter()
             .map(|record| TimelineEntry {
                 record: record.clone(),
                 at_ms: now_ms,
                 kind: TimelineKind::Note,
                 idempotency_id: None,
-                detail: RESYNC_NOTE.into(),
+                detail: detail.to_string(),
                 call: None,
             })
             .collect();
         if let Err(error) = self.history.append_timeline(&notes).await {
-            // The re-syncs are queued; only their note is missing.
-            tracing::warn!(error = %error, "could not note the re-sync on the timelines");
+            tracing::warn!(error = %error, detail, "could not note an operator's action on the timelines");
         }
-        Ok(outcome)
     }
 
     /// Dismisses the record's conflicts; `false` while a sync holds the record.
-    pub async fn dismiss_conflicts(&self, record: &RecordRef) -> Result<bool, DashboardError> {
-        Ok(self
+    pub async fn dismiss_conflicts(&self, record: &RecordRef, by: &str) -> Result<bool, DashboardError> {
+        let dismissed = self
             .history
             .dismiss_conflicts(record, self.clock.now_ms())
-            .await?)
+            .await?;
+        if dismissed {
+            tracing::info!(operator = by, record = %record, "conflicts dismissed");
+            self.note(
+                std::slice::from_ref(record),
+                &format!("conflicts dismissed by {by}"),
+            )
+            .await;
+        }
+        Ok(dismissed)
     }
 
     /// An operator's decision on an identity conflict: the record writes the CRM record it shares.
-    pub async fn share_crm_record(&self, record: &RecordRef) -> Result<(), DashboardError> {
-        Ok(self.history.share_crm_record(record, self.clock.now_ms()).await?)
+    pub async fn share_crm_record(&self, record: &RecordRef, by: &str) -> Result<(), DashboardError> {
+        self.history.share_crm_record(record, self.clock.now_ms()).await?;
+        tracing::info!(operator = by, record = %record, "sharing of a CRM record allowed");
+        self.note(
+            std::slice::from_ref(record),
+            &format!("sharing its CRM record allowed by {by}"),
+        )
+        .await;
+        Ok(())
     }
 
     pub async fn lanes(&self) -> Vec<LaneView> {
@@ -804,7 +830,7 @@ impl DashboardService {
             .collect()
     }
 
-    pub async fn redrive(&self, lane: &str) -> Result<RedriveOutcome, DashboardError> {
+    pub async fn redrive(&self, lane: &str, by: &str) -> Result<RedriveOutcome, DashboardError> {
         let lane = self
             .lanes
             .iter()
@@ -812,15 +838,22 @@ impl DashboardService {
             .ok_or_else(|| DashboardError::UnknownLane(lane.to_string()))?;
         let outcome = lane.queue.redrive(self.settings.redrive_max).await?;
         if let Some(journal) = &self.letters {
-            if let Err(error) = journal
-                .mark_redriven(lane.name, &outcome.letters, self.clock.now_ms())
+            match journal
+                .mark_redriven(lane.name, &outcome.letters, self.clock.now_ms(), by)
                 .await
             {
+                Ok(records) => {
+                    self.note(&records, &format!("dead letter redriven by {by}"))
+                        .await;
+                }
                 // Moved all the same; only the list still shows them as waiting.
-                tracing::warn!(error = %error, lane = lane.name, "could not mark redriven letters");
+                Err(error) => {
+                    tracing::warn!(error = %error, lane = lane.name, "could not mark redriven letters")
+                }
             }
         }
         tracing::info!(
+            operator = by,
             lane = lane.name,
             moved = outcome.moved,
             failed = outcome.failed,

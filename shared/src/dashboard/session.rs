@@ -23,6 +23,10 @@ type HmacSha256 = Hmac<Sha256>;
 
 pub const COOKIE_NAME: &str = "crm_sync_session";
 
+/// Whom a session signed in with the shared password acts as: it cannot tell people apart, which
+/// is why it is for the local stack only.
+pub const SHARED_PASSWORD_OPERATOR: &str = "shared password";
+
 /// The counter of every client's sign-in attempts together.
 pub const ALL_CLIENTS: &str = "all";
 
@@ -135,6 +139,8 @@ pub struct Session {
     /// What the session is stored under (a digest of its cookie).
     pub key: String,
     pub expires_at_ms: i64,
+    /// Who signed in: every re-sync, redrive and dismissal is recorded under this name.
+    pub operator: String,
     csrf: String,
 }
 
@@ -143,15 +149,17 @@ impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
             .field("expires_at_ms", &self.expires_at_ms)
+            .field("operator", &self.operator)
             .finish_non_exhaustive()
     }
 }
 
 impl Session {
-    fn of(token: &str, expires_at_ms: i64) -> Self {
+    fn of(token: &str, expires_at_ms: i64, operator: String) -> Self {
         Self {
             key: storage_key(token),
             expires_at_ms,
+            operator,
             csrf: csrf_token(token),
         }
     }
@@ -183,7 +191,8 @@ pub enum SignInOutcome {
 
 /// Signs operators in and out, and finds the session a cookie names.
 pub struct SignIn {
-    password: Password,
+    /// `None` where operators sign in through an identity provider instead.
+    password: Option<Password>,
     /// Which password sessions are signed in with: a session of another version is refused, so
     /// that rotating the password ends every session.
     password_version: String,
@@ -210,13 +219,36 @@ impl SignIn {
         ttl_ms: i64,
     ) -> Self {
         Self {
-            password: Password::new(password),
+            password: Some(Password::new(password)),
             password_version: password_version.into(),
             sessions,
             counters,
             limits,
             ttl_ms,
         }
+    }
+
+    /// Sessions only, for sign-in through an identity provider: `issuer` marks its sessions, so
+    /// that moving to another provider (or to a password) ends them.
+    pub fn for_provider(
+        issuer: impl Into<String>,
+        sessions: Arc<dyn DashboardSessions>,
+        counters: Arc<dyn SignInCounters>,
+        ttl_ms: i64,
+    ) -> Self {
+        Self {
+            password: None,
+            password_version: format!("oidc {}", issuer.into()),
+            sessions,
+            counters,
+            limits: SignInLimits::default(),
+            ttl_ms,
+        }
+    }
+
+    /// Whether operators sign in with the shared password.
+    pub fn by_password(&self) -> bool {
+        self.password.is_some()
     }
 
     pub fn ttl_secs(&self) -> i64 {
@@ -280,7 +312,11 @@ impl SignIn {
                 return Err(error);
             }
         };
-        if !self.password.matches(attempt) {
+        if !self
+            .password
+            .as_ref()
+            .is_some_and(|password| password.matches(attempt))
+        {
             tracing::warn!(
                 client,
                 client_failures,
@@ -293,8 +329,19 @@ impl SignIn {
         }
         // A right password is no failure.
         futures::future::join(self.uncount(&own, window), self.uncount(ALL_CLIENTS, window)).await;
+        let (cookie, session) = self.open_session(SHARED_PASSWORD_OPERATOR, now_ms).await?;
+        tracing::info!(client, "dashboard sign-in");
+        Ok(SignInOutcome::SignedIn { cookie, session })
+    }
+
+    /// A new session for `operator`, who has proven who they are; returns its cookie.
+    pub async fn open_session(
+        &self,
+        operator: &str,
+        now_ms: i64,
+    ) -> Result<(String, Session), StoreUnavailable> {
         let cookie = new_token();
-        let session = Session::of(&cookie, now_ms + self.ttl_ms);
+        let session = Session::of(&cookie, now_ms + self.ttl_ms, operator.to_string());
         self.sessions
             .create(
                 &session.key,
@@ -302,11 +349,11 @@ impl SignIn {
                     created_at_ms: now_ms,
                     expires_at_ms: session.expires_at_ms,
                     password_version: self.password_version.clone(),
+                    operator: session.operator.clone(),
                 },
             )
             .await?;
-        tracing::info!(client, "dashboard sign-in");
-        Ok(SignInOutcome::SignedIn { cookie, session })
+        Ok((cookie, session))
     }
 
     async fn uncount(&self, counter: &str, window: i64) {
@@ -329,7 +376,7 @@ impl SignIn {
         if stored.expires_at_ms <= now_ms || stored.password_version != self.password_version {
             return Ok(None);
         }
-        Ok(Some(Session::of(cookie, stored.expires_at_ms)))
+        Ok(Some(Session::of(cookie, stored.expires_at_ms, stored.operator)))
     }
 
     /// Ends the session for every copy of its cookie.
@@ -505,7 +552,10 @@ mod tests {
 
     #[test]
     fn a_csrf_token_belongs_to_one_session() {
-        let (first, second) = (Session::of(&new_token(), 1), Session::of(&new_token(), 1));
+        let (first, second) = (
+            Session::of(&new_token(), 1, String::new()),
+            Session::of(&new_token(), 1, String::new()),
+        );
         let token = first.csrf_token().to_string();
         assert!(first.csrf_matches(&token));
         assert!(!second.csrf_matches(&token));

@@ -21,10 +21,12 @@ use tower::ServiceExt as _;
 
 use crate::adapters::dynamodb::{DynamoDbDashboardStore, DynamoDbSyncState};
 use crate::adapters::hubspot;
+use crate::adapters::oidc_http::OidcHttpProvider;
 use crate::adapters::secrets_manager::read_secret_field_and_version;
 use crate::adapters::sqs::{SqsDeadLetterQueue, SqsQueue};
-use crate::config::{DashboardConfig, RecordLinks, SecretSource};
+use crate::config::{DashboardAccess, DashboardConfig, ProviderClient, RecordLinks, SecretSource};
 use crate::dashboard::html::{self, Frame, Notice, RecordsView};
+use crate::dashboard::oidc::{FinishError, ProviderSignIn, Returned, LOGIN_COOKIE, LOGIN_TTL_MS};
 use crate::dashboard::session::{Session, SignIn, SignInOutcome, COOKIE_NAME};
 use crate::dashboard::{
     DashboardError, DashboardService, DashboardSettings, Lane, ResyncOutcome, SkipReason,
@@ -34,6 +36,7 @@ use crate::domain::contract::{ObjectKind, RecordRef};
 use crate::domain::sync::{RecordFilter, SyncStatus};
 use crate::domain::SystemClock;
 use crate::ports::RedriveOutcome;
+use secrecy::ExposeSecret;
 
 /// The dashboard HTTP API: its router over the dashboard service and the sign-in.
 pub struct DashboardApi {
@@ -43,7 +46,16 @@ pub struct DashboardApi {
 /// What the routes share.
 struct Dashboard {
     service: DashboardService,
+    /// Sessions, and the shared password where there is no identity provider.
     access: SignIn,
+    provider: Option<Provider>,
+}
+
+/// Sign-in through an identity provider.
+pub struct Provider {
+    pub flow: ProviderSignIn,
+    /// Where the dashboard is reached (`https://host`); else rebuilt from each request.
+    pub public_url: Option<String>,
 }
 
 /// One request, as the routes need it.
@@ -262,7 +274,16 @@ fn with_query(path: &str, pairs: &[(&str, String)]) -> String {
 
 impl DashboardApi {
     pub fn new(service: DashboardService, access: SignIn) -> Self {
-        let dashboard = Arc::new(Dashboard { service, access });
+        Self::with_provider(service, access, None)
+    }
+
+    /// With operators signing in through an identity provider (`access` then keeps sessions only).
+    pub fn with_provider(service: DashboardService, access: SignIn, provider: Option<Provider>) -> Self {
+        let dashboard = Arc::new(Dashboard {
+            service,
+            access,
+            provider,
+        });
         // Every page but the sign-in needs a session, and every form post its CSRF token.
         let signed_in = Router::new()
             // HEAD is no page: it would run a page's queries for nothing.
@@ -283,6 +304,8 @@ impl DashboardApi {
             .layer(middleware::from_fn_with_state(dashboard.clone(), require_session));
         let router = Router::new()
             .route("/admin/login", any(login))
+            .route("/admin/auth/start", get(auth_start).head(not_found))
+            .route("/admin/auth/callback", get(auth_callback).head(not_found))
             .merge(signed_in)
             .with_state(dashboard);
         Self { router }
@@ -292,35 +315,77 @@ impl DashboardApi {
     ///
     /// Long on purpose: the dashboard function's wiring, every port once, in one place.
     pub async fn build(aws: &SdkConfig, config: DashboardConfig) -> anyhow::Result<Self> {
-        // Sessions remember the password's version (never anything derived from the password),
-        // so that a new password ends them. A password from the environment has no version.
-        let (password, password_version) = match config.password {
-            SecretSource::Value(value) => (value, "environment".to_string()),
-            SecretSource::SecretsManager { secret_id, field } => {
-                let (value, version) = read_secret_field_and_version(
-                    &aws_sdk_secretsmanager::Client::new(aws),
-                    &secret_id,
-                    field,
-                )
-                .await?;
-                (value, version.unwrap_or_else(|| "unversioned".to_string()))
-            }
-        };
-        let password = super::not_empty(
-            password,
-            "the dashboard password (DashboardSecret, DASHBOARD_PASSWORD)",
-        )?;
         let dynamodb = aws_sdk_dynamodb::Client::new(aws);
         let sqs = aws_sdk_sqs::Client::new(aws);
         let sign_in_store = Arc::new(DynamoDbDashboardStore::new(dynamodb.clone(), config.table));
-        let access = SignIn::new(
-            &password,
-            password_version,
-            sign_in_store.clone(),
-            sign_in_store,
-            config.sign_in_limits,
-            config.session_ttl_ms,
-        );
+        let (access, provider) = match config.access {
+            DashboardAccess::Password(source) => {
+                // Sessions remember the password's version (never anything derived from the
+                // password), so that a new password ends them. One from the environment has none.
+                let (password, password_version) = match source {
+                    SecretSource::Value(value) => (value, "environment".to_string()),
+                    SecretSource::SecretsManager { secret_id, field } => {
+                        let (value, version) = read_secret_field_and_version(
+                            &aws_sdk_secretsmanager::Client::new(aws),
+                            &secret_id,
+                            field,
+                        )
+                        .await?;
+                        (value, version.unwrap_or_else(|| "unversioned".to_string()))
+                    }
+                };
+                let password = super::not_empty(
+                    password,
+                    "the dashboard password (DashboardSecret, DASHBOARD_PASSWORD)",
+                )?;
+                let access = SignIn::new(
+                    &password,
+                    password_version,
+                    sign_in_store.clone(),
+                    sign_in_store,
+                    config.sign_in_limits,
+                    config.session_ttl_ms,
+                );
+                (access, None)
+            }
+            DashboardAccess::Provider(settings) => {
+                let (client_id, client_secret) = match settings.client {
+                    ProviderClient::Values { id, secret } => (id, secret),
+                    ProviderClient::SecretsManager { secret_id } => {
+                        let secrets = aws_sdk_secretsmanager::Client::new(aws);
+                        let (id, _) =
+                            read_secret_field_and_version(&secrets, &secret_id, "client_id").await?;
+                        // A public client (PKCE alone) has no secret.
+                        let secret = read_secret_field_and_version(&secrets, &secret_id, "client_secret")
+                            .await
+                            .ok()
+                            .map(|(secret, _)| secret)
+                            .filter(|secret| !secret.expose_secret().is_empty());
+                        (id.expose_secret().to_string(), secret)
+                    }
+                };
+                let identity = OidcHttpProvider::new(
+                    &settings.issuer,
+                    &client_id,
+                    client_secret,
+                    std::time::Duration::from_secs(10),
+                )?;
+                let access = SignIn::for_provider(
+                    &settings.issuer,
+                    sign_in_store.clone(),
+                    sign_in_store.clone(),
+                    config.session_ttl_ms,
+                );
+                let flow = ProviderSignIn::new(Arc::new(identity), sign_in_store, settings.name);
+                (
+                    access,
+                    Some(Provider {
+                        flow,
+                        public_url: settings.public_url,
+                    }),
+                )
+            }
+        };
         // Timeline retention only matters for entries this function writes: the re-sync notes.
         let state = Arc::new(DynamoDbSyncState::new(
             dynamodb.clone(),
@@ -405,7 +470,7 @@ impl DashboardApi {
                 dynamodb, table, key, limiter,
             )));
         }
-        Ok(Self::new(service, access))
+        Ok(Self::with_provider(service, access, provider))
     }
 
     /// Answers one request; every failure is a page that says what went wrong.
@@ -507,12 +572,20 @@ impl IntoResponse for DashboardError {
 
 /// The sign-in form, and signing in with it.
 async fn login(State(d): State<Arc<Dashboard>>, request: Incoming) -> Response {
+    let next = safe_target(request.query("next").as_deref());
+    if let Some(provider) = &d.provider {
+        return page(
+            StatusCode::OK,
+            html::provider_login_page(
+                &provider.flow.provider_name,
+                None,
+                &with_query("/admin/auth/start", &[("next", next)]),
+            ),
+        );
+    }
     match request.method {
         Method::POST => sign_in(&d, &request, d.service.now_ms()).await,
-        _ => page(
-            StatusCode::OK,
-            html::login_page(None, &safe_target(request.query("next").as_deref())),
-        ),
+        _ => page(StatusCode::OK, html::login_page(None, &next)),
     }
 }
 
@@ -569,6 +642,140 @@ async fn sign_in(d: &Dashboard, request: &Incoming, now_ms: i64) -> Response {
     }
 }
 
+/// Sets or clears (`max_age` 0) the cookie that ties a sign-in under way to this browser. `Lax`,
+/// not `Strict`: it must come back on the provider's redirect, a top-level navigation from
+/// another site.
+fn set_login_cookie(response: &mut Response, value: &str, max_age: i64, https: bool) {
+    let cookie = cookie::Cookie::build((LOGIN_COOKIE, value))
+        .path("/admin/auth")
+        .max_age(cookie::time::Duration::seconds(max_age))
+        .http_only(true)
+        .same_site(cookie::SameSite::Lax)
+        .secure(https)
+        .build();
+    if let Ok(value) = cookie.to_string().parse() {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+}
+
+/// The redirect URI the provider sends the browser back to.
+fn callback_url(provider: &Provider, request: &Incoming) -> String {
+    let base = match &provider.public_url {
+        Some(base) => base.clone(),
+        None => {
+            let scheme = if request.https() { "https" } else { "http" };
+            let host = request
+                .headers
+                .get(header::HOST)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or("localhost");
+            format!("{scheme}://{host}")
+        }
+    };
+    format!("{base}/admin/auth/callback")
+}
+
+fn provider_login_failed(provider: &Provider, status: StatusCode, message: &str) -> Response {
+    page(
+        status,
+        html::provider_login_page(&provider.flow.provider_name, Some(message), "/admin/auth/start"),
+    )
+}
+
+/// Sends the browser to the identity provider.
+async fn auth_start(State(d): State<Arc<Dashboard>>, request: Incoming) -> Response {
+    let Some(provider) = &d.provider else {
+        return not_found().await;
+    };
+    let next = safe_target(request.query("next").as_deref());
+    let redirect_uri = callback_url(provider, &request);
+    match provider
+        .flow
+        .start(&redirect_uri, &next, d.service.now_ms())
+        .await
+    {
+        Ok(started) => {
+            let mut response = Response::new(Body::empty());
+            *response.status_mut() = StatusCode::SEE_OTHER;
+            secure(&mut response);
+            match started.url.parse() {
+                Ok(location) => response.headers_mut().insert(header::LOCATION, location),
+                Err(_) => {
+                    return provider_login_failed(
+                        provider,
+                        StatusCode::BAD_GATEWAY,
+                        "The identity provider's sign-in address is not a valid URL.",
+                    )
+                }
+            };
+            set_login_cookie(
+                &mut response,
+                &started.login_cookie,
+                LOGIN_TTL_MS / 1000,
+                request.https(),
+            );
+            response
+        }
+        Err(error) => {
+            tracing::error!(error = %error, detail = ?error, "could not start a sign-in at the identity provider");
+            provider_login_failed(
+                provider,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Signing in is unavailable right now: the identity provider could not be reached. Try again.",
+            )
+        }
+    }
+}
+
+/// The provider sent the browser back: a session for the operator it names, or a clear refusal.
+async fn auth_callback(State(d): State<Arc<Dashboard>>, request: Incoming) -> Response {
+    let Some(provider) = &d.provider else {
+        return not_found().await;
+    };
+    let (state, code, error) = (
+        request.query("state"),
+        request.query("code"),
+        request.query("error"),
+    );
+    let login_cookie = request.cookie(LOGIN_COOKIE);
+    let returned = Returned {
+        state: state.as_deref(),
+        code: code.as_deref(),
+        error: error.as_deref(),
+        login_cookie: login_cookie.as_deref(),
+    };
+    let outcome = provider
+        .flow
+        .finish(&d.access, returned, d.service.now_ms())
+        .await;
+    let mut response = match outcome {
+        Ok(finished) => {
+            let mut response = page(
+                StatusCode::OK,
+                html::continue_page(&safe_target(Some(&finished.next))),
+            );
+            set_cookie(
+                &mut response,
+                &finished.cookie,
+                d.access.ttl_secs(),
+                request.https(),
+            );
+            response
+        }
+        Err(error) => {
+            let status = match &error {
+                FinishError::Unknown | FinishError::Denied(_) => StatusCode::BAD_REQUEST,
+                FinishError::Provider(crate::ports::ProviderError::Refused(_)) => StatusCode::FORBIDDEN,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            tracing::warn!(error = %error, status = status.as_u16(), "dashboard sign-in through the identity provider failed");
+            provider_login_failed(provider, status, &format!("Not signed in: {error}."))
+        }
+    };
+    set_login_cookie(&mut response, "", 0, request.https());
+    response
+}
+
 /// Ends the session for every copy of the cookie, then clears this browser's.
 async fn sign_out(
     State(d): State<Arc<Dashboard>>,
@@ -623,6 +830,7 @@ async fn records(
     let counts = d.service.counts().await?;
     let frame = Frame {
         csrf,
+        operator: &session.operator,
         now_ms,
         notice: notice(&request),
     };
@@ -767,6 +975,7 @@ async fn record(
     };
     let frame = Frame {
         csrf,
+        operator: &session.operator,
         now_ms,
         notice: notice(&request),
     };
@@ -793,6 +1002,7 @@ async fn queues(
     .await;
     let frame = Frame {
         csrf,
+        operator: &session.operator,
         now_ms,
         notice: notice(&request),
     };
@@ -823,6 +1033,7 @@ async fn health(
     let health = d.service.health().await;
     let frame = Frame {
         csrf: session.csrf_token(),
+        operator: &session.operator,
         now_ms: health.facts.now_ms,
         notice: notice(&request),
     };
@@ -852,6 +1063,7 @@ async fn letters(
         .await?;
     let frame = Frame {
         csrf: session.csrf_token(),
+        operator: &session.operator,
         now_ms: d.service.now_ms(),
         notice: notice(&request),
     };
@@ -890,6 +1102,7 @@ async fn adoption_plan(
     };
     let frame = Frame {
         csrf,
+        operator: &session.operator,
         now_ms,
         notice: notice(&request),
     };
@@ -899,7 +1112,11 @@ async fn adoption_plan(
     ))
 }
 
-async fn resync(State(d): State<Arc<Dashboard>>, request: Incoming) -> Result<Response, DashboardError> {
+async fn resync(
+    State(d): State<Arc<Dashboard>>,
+    Extension(session): Extension<Session>,
+    request: Incoming,
+) -> Result<Response, DashboardError> {
     let field = if request.field("scope") == Some("page") {
         "page_record"
     } else {
@@ -910,8 +1127,9 @@ async fn resync(State(d): State<Arc<Dashboard>>, request: Incoming) -> Result<Re
         .filter_map(parse_record)
         .take(d.service.settings().page_size)
         .collect();
-    let outcome = d.service.resync(&records).await?;
+    let outcome = d.service.resync(&records, &session.operator).await?;
     tracing::info!(
+        operator = %session.operator,
         queued = outcome.queued.len(),
         skipped = outcome.skipped.len(),
         "dashboard re-sync"
@@ -937,18 +1155,23 @@ fn resync_done(request: &Incoming, outcome: &ResyncOutcome, more: Option<bool>) 
 
 async fn resync_cause(
     State(d): State<Arc<Dashboard>>,
+    Extension(session): Extension<Session>,
     request: Incoming,
 ) -> Result<Response, DashboardError> {
     let key = request.field("cause").unwrap_or_default();
-    let (outcome, more) = d.service.resync_cause(key).await?;
+    let (outcome, more) = d.service.resync_cause(key, &session.operator).await?;
     Ok(resync_done(&request, &outcome, Some(more)))
 }
 
-async fn dismiss(State(d): State<Arc<Dashboard>>, request: Incoming) -> Result<Response, DashboardError> {
+async fn dismiss(
+    State(d): State<Arc<Dashboard>>,
+    Extension(session): Extension<Session>,
+    request: Incoming,
+) -> Result<Response, DashboardError> {
     let Some(record) = request.field("record").and_then(parse_record) else {
         return Ok(redirect("/admin"));
     };
-    let done = if d.service.dismiss_conflicts(&record).await? {
+    let done = if d.service.dismiss_conflicts(&record, &session.operator).await? {
         "dismissed"
     } else {
         "busy"
@@ -959,21 +1182,28 @@ async fn dismiss(State(d): State<Arc<Dashboard>>, request: Incoming) -> Result<R
     )))
 }
 
-async fn share(State(d): State<Arc<Dashboard>>, request: Incoming) -> Result<Response, DashboardError> {
+async fn share(
+    State(d): State<Arc<Dashboard>>,
+    Extension(session): Extension<Session>,
+    request: Incoming,
+) -> Result<Response, DashboardError> {
     let Some(record) = request.field("record").and_then(parse_record) else {
         return Ok(redirect("/admin"));
     };
-    d.service.share_crm_record(&record).await?;
-    tracing::info!(record = %record, "dashboard share of a CRM record in an identity conflict");
+    d.service.share_crm_record(&record, &session.operator).await?;
     Ok(redirect(&with_query(
         &html::record_href(&record),
         &[("done", "shared".to_string())],
     )))
 }
 
-async fn redrive(State(d): State<Arc<Dashboard>>, request: Incoming) -> Result<Response, DashboardError> {
+async fn redrive(
+    State(d): State<Arc<Dashboard>>,
+    Extension(session): Extension<Session>,
+    request: Incoming,
+) -> Result<Response, DashboardError> {
     let lane = request.field("lane").unwrap_or("");
-    let outcome = d.service.redrive(lane).await?;
+    let outcome = d.service.redrive(lane, &session.operator).await?;
     Ok(redirect(&with_query(
         "/admin/queues",
         &[

@@ -2,7 +2,9 @@
 //! - `SESSION#{digest of the cookie}`: one item per signed-in session, deleted at sign-out and
 //!   expiring by TTL (`expires_at`, seconds) after `expires_at_ms`;
 //! - `SIGNIN#{counter}#{window}`: the attempts counted on one counter (`client#{ip}` or `all`) in
-//!   one fixed window, expiring by TTL once the window is long past.
+//!   one fixed window, expiring by TTL once the window is long past;
+//! - `LOGIN#{digest of the state}`: a sign-in gone to the identity provider, taken (deleted) when
+//!   the browser returns, expiring by TTL otherwise.
 
 use std::collections::HashMap;
 
@@ -12,7 +14,9 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use aws_sdk_dynamodb::Client;
 
 use super::{condition_failed, n, s, unavailable, written_or_not};
-use crate::ports::{DashboardSessions, SignInCounters, StoreUnavailable, StoredSession};
+use crate::ports::{
+    DashboardSessions, PendingLogin, PendingLogins, SignInCounters, StoreUnavailable, StoredSession,
+};
 
 /// [`DashboardSessions`] and [`SignInCounters`] over a DynamoDB table.
 #[derive(Debug, Clone)]
@@ -32,6 +36,10 @@ impl DynamoDbDashboardStore {
 
 pub fn session_pk(key: &str) -> String {
     format!("SESSION#{key}")
+}
+
+pub fn login_pk(key: &str) -> String {
+    format!("LOGIN#{key}")
 }
 
 pub fn sign_in_pk(counter: &str, window: i64) -> String {
@@ -59,6 +67,7 @@ impl DashboardSessions for DynamoDbDashboardStore {
             .item("created_at_ms", n(session.created_at_ms))
             .item("expires_at_ms", n(session.expires_at_ms))
             .item("password_version", s(&session.password_version))
+            .item("operator", s(&session.operator))
             .item("expires_at", n(ttl_seconds(session.expires_at_ms)))
             .condition_expression("attribute_not_exists(pk)")
             .send()
@@ -88,6 +97,11 @@ impl DashboardSessions for DynamoDbDashboardStore {
                 created_at_ms: number(item, "created_at_ms").unwrap_or(0),
                 expires_at_ms: number(item, "expires_at_ms")?,
                 password_version: item.get("password_version")?.as_s().ok()?.clone(),
+                operator: item
+                    .get("operator")
+                    .and_then(|value| value.as_s().ok())
+                    .cloned()
+                    .unwrap_or_else(|| crate::dashboard::session::SHARED_PASSWORD_OPERATOR.to_string()),
             })
         }))
     }
@@ -160,6 +174,52 @@ impl SignInCounters for DynamoDbDashboardStore {
             .await;
         // Nothing counted (the item expired or never was): nothing to take back.
         written_or_not(result).map(|_| ())
+    }
+}
+
+#[async_trait]
+impl PendingLogins for DynamoDbDashboardStore {
+    async fn put(&self, key: &str, login: &PendingLogin) -> Result<(), StoreUnavailable> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(login_pk(key)))
+            .item("kind", s("login"))
+            .item("nonce", s(&login.nonce))
+            .item("verifier", s(&login.verifier))
+            .item("browser", s(&login.browser))
+            .item("redirect_uri", s(&login.redirect_uri))
+            .item("next", s(&login.next))
+            .item("expires_at_ms", n(login.expires_at_ms))
+            .item("expires_at", n(ttl_seconds(login.expires_at_ms)))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn take(&self, key: &str) -> Result<Option<PendingLogin>, StoreUnavailable> {
+        // A delete that returns what it deleted: of two concurrent returns, one gets the item.
+        let output = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(login_pk(key)))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(output.attributes().and_then(|item| {
+            let text = |name: &str| item.get(name)?.as_s().ok().cloned();
+            Some(PendingLogin {
+                nonce: text("nonce")?,
+                verifier: text("verifier")?,
+                browser: text("browser")?,
+                redirect_uri: text("redirect_uri")?,
+                next: text("next")?,
+                expires_at_ms: number(item, "expires_at_ms")?,
+            })
+        }))
     }
 }
 

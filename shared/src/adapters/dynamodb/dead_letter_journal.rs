@@ -135,6 +135,7 @@ fn letter_from(lane: &str, item: &Item) -> Option<LetterEntry> {
         subject: text(item, "subject"),
         body: text(item, "body").unwrap_or_default(),
         redriven_at_ms: number(item, "redriven_at"),
+        redriven_by: text(item, "redriven_by"),
     })
 }
 
@@ -232,7 +233,14 @@ impl DeadLetterJournal for DynamoDbDeadLetterJournal {
         Ok((found, next))
     }
 
-    async fn mark_redriven(&self, lane: &str, keys: &[String], at_ms: i64) -> Result<(), StoreUnavailable> {
+    async fn mark_redriven(
+        &self,
+        lane: &str,
+        keys: &[String],
+        at_ms: i64,
+        by: &str,
+    ) -> Result<Vec<RecordRef>, StoreUnavailable> {
+        let mut records = Vec::new();
         for key in keys.iter().filter(|key| valid_cursor(key)) {
             // Only a letter the journal holds: a key that is not there adds nothing.
             let result = self
@@ -241,14 +249,25 @@ impl DeadLetterJournal for DynamoDbDeadLetterJournal {
                 .table_name(&self.table)
                 .key("pk", s(lane_pk(lane)))
                 .key("sk", s(key))
-                .update_expression("SET redriven_at = :at")
+                .update_expression("SET redriven_at = :at, redriven_by = :by")
                 .condition_expression("attribute_exists(pk)")
                 .expression_attribute_values(":at", n(at_ms))
+                .expression_attribute_values(":by", s(by))
+                .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
                 .send()
                 .await;
-            super::written_or_not(result)?;
+            match result {
+                Ok(output) => {
+                    let item = output.attributes().cloned().unwrap_or_default();
+                    if let Some(record) = letter_from(lane, &item).and_then(|letter| letter.record) {
+                        records.push(record);
+                    }
+                }
+                Err(error) if super::condition_failed(&error) => {}
+                Err(error) => return Err(super::unavailable(error)),
+            }
         }
-        Ok(())
+        Ok(records)
     }
 }
 

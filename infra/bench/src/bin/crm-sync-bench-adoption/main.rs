@@ -768,6 +768,7 @@ async fn main() -> anyhow::Result<()> {
         run_event_sources: false,
         sandbox_webhooks: false,
         generated_secrets: HashMap::new(),
+        dashboard_password: "bench-dashboard-password".to_string(),
     })
     .await?;
     let work = std::env::temp_dir().join(format!("crm-sync-adoption-bench-{}", std::process::id()));
