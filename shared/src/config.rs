@@ -292,6 +292,8 @@ pub struct ProviderConfig {
     /// Where the dashboard is reached, for the redirect URI (`{public_url}/admin/auth/callback`);
     /// without it, the URL is rebuilt from the request.
     pub public_url: Option<String>,
+    /// The group (`cognito:groups` or `groups`) an account must be in to be an operator.
+    pub required_group: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -736,6 +738,10 @@ fn dashboard_access(vars: &variables::Dashboard) -> Result<DashboardAccess, Conf
             .filter(|name| !name.trim().is_empty())
             .unwrap_or_else(|| "your identity provider".into()),
         public_url: web_address("DASHBOARD_PUBLIC_URL", vars.dashboard_public_url.clone())?,
+        required_group: vars
+            .dashboard_oidc_required_group
+            .clone()
+            .filter(|group| !group.trim().is_empty()),
     }))
 }
 
@@ -1021,6 +1027,7 @@ mod variables {
         pub dashboard_oidc_client_secret: Option<String>,
         pub dashboard_oidc_secret_arn: Option<String>,
         pub dashboard_oidc_provider_name: Option<String>,
+        pub dashboard_oidc_required_group: Option<String>,
         pub dashboard_public_url: Option<String>,
         pub dashboard_table: String,
         pub dashboard_session_hours: Option<u32>,

@@ -815,8 +815,10 @@ pub struct StoredSession {
     /// The version of the password it was signed in with (not derived from the password), or
     /// the identity provider's issuer.
     pub password_version: String,
-    /// Who signed in: the name every action of the session is recorded under.
+    /// Who signed in: the name every action of the session is recorded under on timelines.
     pub operator: String,
+    /// Their stable id at the provider (`sub`), which the logs carry instead of the name.
+    pub subject: String,
 }
 
 /// A sign-in through the identity provider, between sending the browser there and its return.
@@ -850,9 +852,12 @@ pub trait PendingLogins: Send + Sync {
 pub struct OperatorClaims {
     /// `sub`: stable at the provider.
     pub subject: String,
+    /// `email`, only when the token says it is verified (`email_verified`).
     pub email: Option<String>,
-    /// `cognito:username`, `preferred_username` or `name`.
+    /// `cognito:username`: an id the provider assigns, which the user cannot choose.
     pub username: Option<String>,
+    /// `cognito:groups`, or else `groups`.
+    pub groups: Vec<String>,
 }
 
 /// Why the identity provider did not name an operator.
@@ -887,6 +892,10 @@ pub trait IdentityProvider: Send + Sync {
         verifier: &str,
         nonce: &str,
     ) -> Result<OperatorClaims, ProviderError>;
+
+    /// Where to send the browser to end its session at the provider too, and come back to
+    /// `return_to`; `None` when the provider offers no such address.
+    async fn logout_url(&self, return_to: &str) -> Option<String>;
 }
 
 /// The dashboard's sessions, shared by every instance of the dashboard.

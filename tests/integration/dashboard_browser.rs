@@ -364,15 +364,14 @@ async fn an_operator_signs_in_through_the_identity_provider_and_every_page_names
     // `localhost`, not the dashboard's `127.0.0.1`: another site, as a real provider is, so the
     // browser applies its cross-site cookie rules to the way back.
     let issuer = provider.issuer.replace("127.0.0.1", "localhost");
-    provider
-        .set_user("ada-sub-1", json!({"email": "ada@example.com"}))
-        .await;
+    provider.add_operator("ada-sub-1", "ada@example.com").await;
     let app = spawn_app_with(
         AppOptions::syncing()
             .with_env("DASHBOARD_OIDC_ISSUER", &issuer)
             .with_env("DASHBOARD_OIDC_CLIENT_ID", "crm-sync-dashboard")
             .with_env("DASHBOARD_OIDC_CLIENT_SECRET", "dashboard client secret")
-            .with_env("DASHBOARD_OIDC_PROVIDER_NAME", "Example SSO"),
+            .with_env("DASHBOARD_OIDC_PROVIDER_NAME", "Example SSO")
+            .with_env("DASHBOARD_OIDC_REQUIRED_GROUP", "operators"),
     )
     .await;
     let axe = axe_source();

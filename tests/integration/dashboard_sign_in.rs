@@ -11,10 +11,8 @@ use crm_sync::ports::ProviderError;
 use crm_sync_tests::app_changes::contact;
 use crm_sync_tests::dashboard::csrf_in;
 use crm_sync_tests::hubspot::now_ms;
-use crm_sync_tests::oidc::OidcProvider;
+use crm_sync_tests::oidc::{query_of, OidcProvider, OperatorBrowser};
 use crm_sync_tests::{moto_endpoint, spawn_app_with, AppOptions, TestApp, DASHBOARD_PASSWORD};
-use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
-use reqwest::redirect::Policy;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -27,120 +25,18 @@ async fn app_signing_in_with(provider: &OidcProvider) -> TestApp {
             .with_env("DASHBOARD_OIDC_CLIENT_ID", CLIENT_ID)
             // A confidential client (client_secret_basic), as the provider wants one.
             .with_env("DASHBOARD_OIDC_CLIENT_SECRET", "dashboard client secret/+")
-            .with_env("DASHBOARD_OIDC_PROVIDER_NAME", "Example SSO"),
+            .with_env("DASHBOARD_OIDC_PROVIDER_NAME", "Example SSO")
+            .with_env("DASHBOARD_OIDC_REQUIRED_GROUP", "operators"),
     )
     .await
-}
-
-/// A browser: follows no redirects by itself, and keeps the cookies it is given.
-struct Browser {
-    http: reqwest::Client,
-    base: String,
-    cookies: Vec<(String, String)>,
-}
-
-struct Page {
-    status: StatusCode,
-    location: Option<String>,
-    body: String,
-}
-
-impl Browser {
-    fn new(base: &str) -> Self {
-        Self {
-            http: reqwest::Client::builder()
-                .redirect(Policy::none())
-                .build()
-                .unwrap(),
-            base: base.to_string(),
-            cookies: Vec::new(),
-        }
-    }
-
-    fn cookie(&self, name: &str) -> Option<&str> {
-        self.cookies
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, value)| value.as_str())
-    }
-
-    async fn send(&mut self, request: reqwest::RequestBuilder) -> Page {
-        let header: Vec<String> = self.cookies.iter().map(|(n, v)| format!("{n}={v}")).collect();
-        let request = if header.is_empty() {
-            request
-        } else {
-            request.header(COOKIE, header.join("; "))
-        };
-        let response = request.send().await.expect("the dashboard answers");
-        for set in response.headers().get_all(SET_COOKIE) {
-            let pair = set.to_str().unwrap().split(';').next().unwrap();
-            let (name, value) = pair.split_once('=').unwrap();
-            self.cookies.retain(|(n, _)| n != name);
-            if !value.is_empty() {
-                self.cookies.push((name.to_string(), value.to_string()));
-            }
-        }
-        Page {
-            status: response.status(),
-            location: response
-                .headers()
-                .get(LOCATION)
-                .map(|value| value.to_str().unwrap().to_string()),
-            body: response.text().await.unwrap(),
-        }
-    }
-
-    async fn get(&mut self, path_or_url: &str) -> Page {
-        let url = if path_or_url.starts_with("http") {
-            path_or_url.to_string()
-        } else {
-            format!("{}{path_or_url}", self.base)
-        };
-        let request = self.http.get(url);
-        self.send(request).await
-    }
-
-    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
-        let mut form = form_urlencoded::Serializer::new(String::new());
-        for (name, value) in fields {
-            form.append_pair(name, value);
-        }
-        let request = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header("origin", &self.base)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(form.finish());
-        self.send(request).await
-    }
-
-    /// From the sign-in link to the provider's authorization page; returns its URL.
-    async fn start(&mut self, next: &str) -> String {
-        let started = self.get(&format!("/admin/auth/start?next={next}")).await;
-        assert_eq!(started.status, StatusCode::SEE_OTHER, "{}", started.body);
-        assert!(
-            self.cookie("crm_sync_login").is_some(),
-            "the sign-in is tied to this browser"
-        );
-        started.location.expect("sent to the provider")
-    }
-}
-
-fn query_of(url: &str, name: &str) -> Option<String> {
-    let query = url.split_once('?')?.1;
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| value.into_owned())
 }
 
 #[tokio::test]
 async fn an_operator_signs_in_through_the_identity_provider_and_their_re_sync_names_them() {
     let provider = OidcProvider::start();
-    provider
-        .set_user("ada-sub-1", json!({"email": "ada@example.com"}))
-        .await;
+    provider.add_operator("ada-sub-1", "ada@example.com").await;
     let app = app_signing_in_with(&provider).await;
-    let mut browser = Browser::new(&app.stack.url());
+    let mut browser = OperatorBrowser::new(&app.stack.url());
 
     let asked = browser.get("/admin/queues").await;
     assert_eq!(asked.status, StatusCode::SEE_OTHER);
@@ -214,12 +110,14 @@ async fn an_operator_signs_in_through_the_identity_provider_and_their_re_sync_na
 async fn a_returning_browser_is_signed_in_once_and_only_where_the_sign_in_began() {
     let provider = OidcProvider::start();
     let app = app_signing_in_with(&provider).await;
-    let mut victim = Browser::new(&app.stack.url());
+    provider.add_operator("mallory-sub", "mallory@example.com").await;
+    provider.add_operator("ada-sub", "ada@example.com").await;
+    let mut victim = OperatorBrowser::new(&app.stack.url());
     let authorize = victim.start("%2Fadmin").await;
-    let back = provider.sign_in(&authorize, "mallory@example.com").await;
+    let back = provider.sign_in(&authorize, "mallory-sub").await;
 
     // Login CSRF: the same link opened in another browser (a victim sent it) signs nobody in.
-    let mut elsewhere = Browser::new(&app.stack.url());
+    let mut elsewhere = OperatorBrowser::new(&app.stack.url());
     let refused = elsewhere.get(&back).await;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
     assert!(elsewhere.cookie("crm_sync_session").is_none());
@@ -232,7 +130,7 @@ async fn a_returning_browser_is_signed_in_once_and_only_where_the_sign_in_began(
 
     // A fresh sign-in works once, and its redirect replayed does not sign in again.
     let authorize = victim.start("%2Fadmin").await;
-    let back = provider.sign_in(&authorize, "ada@example.com").await;
+    let back = provider.sign_in(&authorize, "ada-sub").await;
     assert_eq!(victim.get(&back).await.status, StatusCode::OK);
     let first_session = victim.cookie("crm_sync_session").unwrap().to_string();
     let again = victim.get(&back).await;
@@ -244,12 +142,13 @@ async fn a_returning_browser_is_signed_in_once_and_only_where_the_sign_in_began(
 async fn a_code_from_another_sign_in_is_refused_by_its_nonce() {
     let provider = OidcProvider::start();
     let app = app_signing_in_with(&provider).await;
-    let mut browser = Browser::new(&app.stack.url());
+    let mut browser = OperatorBrowser::new(&app.stack.url());
     // An attacker's code (issued for their own sign-in, with its own nonce) injected into this
     // browser's sign-in.
-    let mut attacker = Browser::new(&app.stack.url());
+    provider.add_operator("mallory-sub", "mallory@example.com").await;
+    let mut attacker = OperatorBrowser::new(&app.stack.url());
     let theirs = attacker.start("%2Fadmin").await;
-    let their_back = provider.sign_in(&theirs, "mallory@example.com").await;
+    let their_back = provider.sign_in(&theirs, "mallory-sub").await;
     let their_code = query_of(&their_back, "code").unwrap();
 
     let ours = browser.start("%2Fadmin").await;
@@ -261,7 +160,7 @@ async fn a_code_from_another_sign_in_is_refused_by_its_nonce() {
     );
     let refused = browser.get(&injected).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
-    assert!(refused.body.contains("nonce"), "{}", refused.body);
+    assert!(refused.body.contains("did not verify"), "{}", refused.body);
     assert!(browser.cookie("crm_sync_session").is_none());
 }
 
@@ -269,7 +168,7 @@ async fn a_code_from_another_sign_in_is_refused_by_its_nonce() {
 async fn with_an_identity_provider_the_shared_password_signs_nobody_in() {
     let provider = OidcProvider::start();
     let app = app_signing_in_with(&provider).await;
-    let mut browser = Browser::new(&app.stack.url());
+    let mut browser = OperatorBrowser::new(&app.stack.url());
     let posted = browser
         .post(
             "/admin/login",
@@ -285,7 +184,7 @@ async fn with_an_identity_provider_the_shared_password_signs_nobody_in() {
 async fn a_sign_in_refused_or_cancelled_at_the_provider_says_so_and_opens_no_session() {
     let provider = OidcProvider::start();
     let app = app_signing_in_with(&provider).await;
-    let mut browser = Browser::new(&app.stack.url());
+    let mut browser = OperatorBrowser::new(&app.stack.url());
     let authorize = browser.start("%2Fadmin").await;
     let state = query_of(&authorize, "state").unwrap();
     let cancelled = browser
@@ -320,13 +219,120 @@ async fn a_sign_in_refused_or_cancelled_at_the_provider_says_so_and_opens_no_ses
 async fn a_page_to_return_to_outside_the_dashboard_becomes_its_home() {
     let provider = OidcProvider::start();
     let app = app_signing_in_with(&provider).await;
-    let mut browser = Browser::new(&app.stack.url());
+    let mut browser = OperatorBrowser::new(&app.stack.url());
+    provider.add_operator("ada-sub", "ada@example.com").await;
     let authorize = browser.start("https%3A%2F%2Fevil.example%2Fadmin").await;
-    let back = provider.sign_in(&authorize, "ada@example.com").await;
+    let back = provider.sign_in(&authorize, "ada-sub").await;
     let landed = browser.get(&back).await;
     assert_eq!(landed.status, StatusCode::OK);
     assert!(landed.body.contains("url=/admin\""), "{}", landed.body);
     assert!(!landed.body.contains("evil.example"));
+}
+
+#[tokio::test]
+async fn an_account_outside_the_operators_group_is_refused_and_an_unverified_email_names_nobody() {
+    let provider = OidcProvider::start();
+    provider
+        .set_user(
+            "eve-sub",
+            json!({"email": "eve@example.com", "email_verified": true, "groups": ["everyone"]}),
+        )
+        .await;
+    provider
+        .set_user(
+            "bob-sub",
+            json!({"email": "ada@example.com", "email_verified": false, "groups": ["operators"]}),
+        )
+        .await;
+    let app = app_signing_in_with(&provider).await;
+
+    // Signed in at the provider, but no operator (a federated user's first sign-in).
+    let mut eve = OperatorBrowser::new(&app.stack.url());
+    let authorize = eve.start("%2Fadmin").await;
+    let back = provider.sign_in(&authorize, "eve-sub").await;
+    let refused = eve.get(&back).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    assert!(
+        refused.body.contains("not one of the dashboard"),
+        "{}",
+        refused.body
+    );
+    assert!(eve.cookie("crm_sync_session").is_none());
+
+    // An operator whose email the provider has not verified is named by their id, not by an
+    // address anyone could have typed (here, another operator's).
+    let mut bob = OperatorBrowser::new(&app.stack.url());
+    let authorize = bob.start("%2Fadmin%2Fqueues").await;
+    let back = provider.sign_in(&authorize, "bob-sub").await;
+    assert_eq!(bob.get(&back).await.status, StatusCode::OK);
+    let page = bob.get("/admin/queues").await.body;
+    assert!(page.contains("<span class=\"operator\">bob-sub</span>"), "{page}");
+    assert!(!page.contains("ada@example.com"));
+}
+
+#[tokio::test]
+async fn signing_out_ends_the_session_here_and_sends_the_browser_to_end_it_at_the_provider() {
+    let provider = OidcProvider::start();
+    provider.add_operator("ada-sub", "ada@example.com").await;
+    let app = app_signing_in_with(&provider).await;
+    let mut browser = OperatorBrowser::new(&app.stack.url());
+    let authorize = browser.start("%2Fadmin%2Fqueues").await;
+    let back = provider.sign_in(&authorize, "ada-sub").await;
+    assert_eq!(browser.get(&back).await.status, StatusCode::OK);
+    let page = browser.get("/admin/queues").await;
+    let csrf = csrf_in(&page.body).expect("a CSRF token");
+    let signed_out = browser.post("/admin/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(signed_out.status, StatusCode::OK, "{}", signed_out.body);
+    assert!(browser.cookie("crm_sync_session").is_none());
+    let return_to: String =
+        form_urlencoded::byte_serialize(format!("{}/admin/login", app.stack.url()).as_bytes()).collect();
+    let expected = format!(
+        "{}/oauth2/end_session?client_id={CLIENT_ID}&amp;post_logout_redirect_uri={return_to}",
+        provider.issuer
+    );
+    assert!(
+        signed_out.body.contains(&format!("url={expected}")),
+        "the page moves on to the provider's end_session_endpoint: {}",
+        signed_out.body
+    );
+    assert_eq!(browser.get("/admin/queues").await.status, StatusCode::SEE_OTHER);
+}
+
+/// The checker's check: the provider these tests sign in with refuses a code redeemed with
+/// another verifier than its challenge's, so the sign-in tests do prove crm-sync's PKCE.
+#[tokio::test]
+async fn the_test_provider_refuses_a_code_redeemed_with_the_wrong_pkce_verifier() {
+    let provider = OidcProvider::start();
+    provider.add_operator("ada-sub", "ada@example.com").await;
+    let app = app_signing_in_with(&provider).await;
+    let mut browser = OperatorBrowser::new(&app.stack.url());
+    let authorize = browser.start("%2Fadmin").await;
+    let back = provider.sign_in(&authorize, "ada-sub").await;
+    let code = query_of(&back, "code").unwrap();
+    let redirect_uri = query_of(&authorize, "redirect_uri").unwrap();
+    let discovery: Value = reqwest::get(format!("{}/.well-known/openid-configuration", provider.issuer))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let form = form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "authorization_code")
+        .append_pair("code", &code)
+        .append_pair("redirect_uri", &redirect_uri)
+        .append_pair("code_verifier", &"w".repeat(43))
+        .finish();
+    let answer = reqwest::Client::new()
+        .post(discovery["token_endpoint"].as_str().unwrap())
+        .basic_auth(CLIENT_ID, Some("any"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_grant", "{body}");
 }
 
 #[tokio::test]
@@ -337,7 +343,7 @@ async fn an_unreachable_identity_provider_is_a_clear_error_not_a_crash() {
             .with_env("DASHBOARD_OIDC_CLIENT_ID", CLIENT_ID),
     )
     .await;
-    let mut browser = Browser::new(&app.stack.url());
+    let mut browser = OperatorBrowser::new(&app.stack.url());
     let started = browser.get("/admin/auth/start?next=%2Fadmin").await;
     assert_eq!(started.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(started.body.contains("could not be reached"), "{}", started.body);
@@ -376,15 +382,39 @@ async fn cognito_operator() -> (String, String, String, String) {
         .to_string();
     let client = cognito(
         "CreateUserPoolClient",
-        json!({"UserPoolId": pool, "ClientName": "dashboard", "ExplicitAuthFlows": ["ADMIN_NO_SRP_AUTH"]}),
+        json!({
+            "UserPoolId": pool,
+            "ClientName": "dashboard",
+            "ExplicitAuthFlows": ["ADMIN_NO_SRP_AUTH"],
+            "ReadAttributes": ["email", "email_verified"]
+        }),
     )
     .await["UserPoolClient"]["ClientId"]
         .as_str()
         .unwrap()
         .to_string();
+    // As the invitation in docs/dashboard.md makes an operator.
     cognito(
         "AdminCreateUser",
-        json!({"UserPoolId": pool, "Username": "ada@example.com", "MessageAction": "SUPPRESS"}),
+        json!({
+            "UserPoolId": pool,
+            "Username": "ada@example.com",
+            "MessageAction": "SUPPRESS",
+            "UserAttributes": [
+                {"Name": "email", "Value": "ada@example.com"},
+                {"Name": "email_verified", "Value": "true"}
+            ]
+        }),
+    )
+    .await;
+    cognito(
+        "CreateGroup",
+        json!({"UserPoolId": pool, "GroupName": "operators"}),
+    )
+    .await;
+    cognito(
+        "AdminAddUserToGroup",
+        json!({"UserPoolId": pool, "Username": "ada@example.com", "GroupName": "operators"}),
     )
     .await;
     cognito(
@@ -435,6 +465,7 @@ async fn a_cognito_id_token_names_its_operator_and_nothing_else_passes_for_one()
         .await
         .expect("a Cognito ID token verifies");
     assert_eq!(claims.email.as_deref(), Some("ada@example.com"));
+    assert_eq!(claims.groups, vec!["operators".to_string()]);
     assert!(!claims.subject.is_empty());
 
     let refused = |result: Result<_, ProviderError>| match result {

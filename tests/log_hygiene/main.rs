@@ -18,6 +18,8 @@ use serde_json::json;
 static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
 
 const PIPEDRIVE_USER: &str = "crm-sync-hooks";
+const OPERATOR_EMAIL: &str = "operator.ada@example.com";
+const OIDC_CLIENT_SECRET: &str = "oidc-client-secret-Zq81";
 const PIPEDRIVE_PASSWORD: &str = "pipedrive-hook-password-7Hq";
 const SALESFORCE_ORG: &str = "00D000000000062EAA";
 const SALESFORCE_TOKEN: &str = "salesforce-outbound-token-4Zk";
@@ -199,6 +201,37 @@ async fn no_secret_email_address_or_phone_number_reaches_the_logs_on_any_path() 
         .await;
     assert_eq!(forged.status, 403);
 
+    // The dashboard signed in through an identity provider: a sign-in, a re-sync, a sign-out.
+    let provider = crm_sync_tests::oidc::OidcProvider::start();
+    provider.add_operator("operator-sub-7", OPERATOR_EMAIL).await;
+    let with_provider = spawn_app_with(
+        AppOptions::default()
+            .with_env("DASHBOARD_OIDC_ISSUER", &provider.issuer)
+            .with_env("DASHBOARD_OIDC_CLIENT_ID", "crm-sync-dashboard")
+            .with_env("DASHBOARD_OIDC_CLIENT_SECRET", OIDC_CLIENT_SECRET)
+            .with_env("DASHBOARD_OIDC_REQUIRED_GROUP", "operators"),
+    )
+    .await;
+    let mut operator = crm_sync_tests::oidc::OperatorBrowser::new(&with_provider.stack.url());
+    let authorize = operator.start("%2Fadmin").await;
+    let back = provider.sign_in(&authorize, "operator-sub-7").await;
+    assert_eq!(operator.get(&back).await.status, 200);
+    let provider_session = operator.cookie("crm_sync_session").unwrap().to_string();
+    let page = operator.get("/admin").await.body;
+    assert!(page.contains(OPERATOR_EMAIL), "signed in as the operator");
+    let csrf = crm_sync_tests::dashboard::csrf_in(&page).unwrap();
+    let resynced = operator
+        .post(
+            "/admin/resync",
+            &[("csrf", &csrf), ("record", "contact/ada"), ("back", "/admin")],
+        )
+        .await;
+    assert_eq!(resynced.status, 303);
+    assert_eq!(
+        operator.post("/admin/logout", &[("csrf", &csrf)]).await.status,
+        200
+    );
+
     let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
     if let Some(path) = std::env::var_os("CRM_SYNC_LOG_CAPTURE") {
         std::fs::write(path, &text).unwrap();
@@ -211,6 +244,8 @@ async fn no_secret_email_address_or_phone_number_reaches_the_logs_on_any_path() 
         r#"delivery accepted provider="salesforce""#,
         "dashboard sign-in with a wrong password",
         "dashboard POST refused",
+        "dashboard sign-in through the identity provider subject=operator-sub-7",
+        "dashboard action subject=operator-sub-7 path=/admin/resync",
     ] {
         assert!(
             text.contains(expected),
@@ -227,6 +262,8 @@ async fn no_secret_email_address_or_phone_number_reaches_the_logs_on_any_path() 
         ("a guessed Salesforce token", "a-guessed-token".to_string()),
         ("a wrong password tried", wrong_attempt.to_string()),
         ("the session cookie", cookie),
+        ("a provider session's cookie", provider_session),
+        ("the OpenID client secret", OIDC_CLIENT_SECRET.to_string()),
     ];
     let personal = [
         "ada.lovelace@example.com",
@@ -239,6 +276,7 @@ async fn no_secret_email_address_or_phone_number_reaches_the_logs_on_any_path() 
         "+1 555 0111",
         "pd.person@example.com",
         "sf.person@example.com",
+        OPERATOR_EMAIL,
     ];
     let mut leaks = Vec::new();
     for (what, value) in secrets

@@ -5,7 +5,9 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdin, Command, Stdio};
 
+use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use reqwest::redirect::Policy;
+use reqwest::StatusCode;
 
 pub struct OidcProvider {
     /// `http://127.0.0.1:{port}`: the `iss` of its tokens.
@@ -70,6 +72,15 @@ impl OidcProvider {
         assert!(response.status().is_success(), "{}", response.status());
     }
 
+    /// Makes `subject` an operator: a verified email, in the `operators` group.
+    pub async fn add_operator(&self, subject: &str, email: &str) {
+        self.set_user(
+            subject,
+            serde_json::json!({"email": email, "email_verified": true, "groups": ["operators"]}),
+        )
+        .await;
+    }
+
     /// Signs `subject` in on the provider's authorization page at `authorize_url` (what the
     /// person does there); returns where the provider sends the browser back.
     pub async fn sign_in(&self, authorize_url: &str, subject: &str) -> String {
@@ -97,4 +108,105 @@ impl OidcProvider {
             .expect("a Location")
             .to_string()
     }
+}
+
+/// A browser: follows no redirects by itself, and keeps the cookies it is given.
+pub struct OperatorBrowser {
+    http: reqwest::Client,
+    base: String,
+    cookies: Vec<(String, String)>,
+}
+
+pub struct Page {
+    pub status: StatusCode,
+    pub location: Option<String>,
+    pub body: String,
+}
+
+impl OperatorBrowser {
+    pub fn new(base: &str) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .redirect(Policy::none())
+                .build()
+                .unwrap(),
+            base: base.to_string(),
+            cookies: Vec::new(),
+        }
+    }
+
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        self.cookies
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    async fn send(&mut self, request: reqwest::RequestBuilder) -> Page {
+        let header: Vec<String> = self.cookies.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        let request = if header.is_empty() {
+            request
+        } else {
+            request.header(COOKIE, header.join("; "))
+        };
+        let response = request.send().await.expect("the dashboard answers");
+        for set in response.headers().get_all(SET_COOKIE) {
+            let pair = set.to_str().unwrap().split(';').next().unwrap();
+            let (name, value) = pair.split_once('=').unwrap();
+            self.cookies.retain(|(n, _)| n != name);
+            if !value.is_empty() {
+                self.cookies.push((name.to_string(), value.to_string()));
+            }
+        }
+        Page {
+            status: response.status(),
+            location: response
+                .headers()
+                .get(LOCATION)
+                .map(|value| value.to_str().unwrap().to_string()),
+            body: response.text().await.unwrap(),
+        }
+    }
+
+    pub async fn get(&mut self, path_or_url: &str) -> Page {
+        let url = if path_or_url.starts_with("http") {
+            path_or_url.to_string()
+        } else {
+            format!("{}{path_or_url}", self.base)
+        };
+        let request = self.http.get(url);
+        self.send(request).await
+    }
+
+    pub async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        for (name, value) in fields {
+            form.append_pair(name, value);
+        }
+        let request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("origin", &self.base)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.finish());
+        self.send(request).await
+    }
+
+    /// From the sign-in link to the provider's authorization page; returns its URL.
+    pub async fn start(&mut self, next: &str) -> String {
+        let started = self.get(&format!("/admin/auth/start?next={next}")).await;
+        assert_eq!(started.status, StatusCode::SEE_OTHER, "{}", started.body);
+        assert!(
+            self.cookie("crm_sync_login").is_some(),
+            "the sign-in is tied to this browser"
+        );
+        started.location.expect("sent to the provider")
+    }
+}
+
+pub fn query_of(url: &str, name: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
 }

@@ -343,6 +343,7 @@ pub async fn provision(
         "AWS::Cognito::UserPool",
         "AWS::Cognito::UserPoolClient",
         "AWS::Cognito::UserPoolDomain",
+        "AWS::Cognito::UserPoolGroup",
     ] {
         for logical_id in template.logical_ids_of(kind) {
             resolver.resources.insert(

@@ -781,6 +781,35 @@ Resources:
         }
     }
 
+    /// The operator pool's client sends browsers back to the paths the dashboard serves, and the
+    /// dashboard requires the group the template creates.
+    #[test]
+    fn the_operator_pools_client_returns_browsers_to_the_dashboards_own_paths() {
+        let path = crate::moto::repo_root().join("template.yaml");
+        let template = Template::load(&path).unwrap();
+        let (_, client) = template
+            .resources_of("AWS::Cognito::UserPoolClient")
+            .next()
+            .expect("the operator pool's client");
+        let url = |list: &str| -> String {
+            let urls = get(client, list).and_then(Value::as_sequence).expect(list);
+            assert_eq!(urls.len(), 1, "{list}");
+            match &urls[0] {
+                Value::Tagged(tagged) => tagged.value.as_str().unwrap_or_default().to_string(),
+                other => panic!("{list}: {other:?}"),
+            }
+        };
+        assert!(url("CallbackURLs").ends_with(crm_sync::dashboard::oidc::CALLBACK_PATH));
+        assert!(url("LogoutURLs").ends_with("/admin/login"));
+        let (_, group) = template
+            .resources_of("AWS::Cognito::UserPoolGroup")
+            .next()
+            .expect("the operators' group");
+        let name = get(group, "GroupName").and_then(Value::as_str).unwrap();
+        let source = std::fs::read_to_string(&path).unwrap();
+        assert!(source.contains(&format!("DASHBOARD_OIDC_REQUIRED_GROUP: {name}\n")));
+    }
+
     /// The shipped template grants each function named actions on named resources only: no
     /// wildcard action, no `*` resource, and SAM policy templates only where their expansion has
     /// neither.

@@ -44,6 +44,8 @@ struct Metadata {
     authorization_endpoint: Option<String>,
     token_endpoint: Option<String>,
     jwks_uri: String,
+    /// RP-Initiated Logout 1.0; Cognito has none (see `logout_url`).
+    end_session_endpoint: Option<String>,
 }
 
 /// The claims crm-sync reads from an ID token (the library checks `iss`, `aud` and `exp`).
@@ -52,10 +54,13 @@ struct IdClaims {
     sub: String,
     nonce: Option<String>,
     email: Option<String>,
+    /// A boolean, or (some providers) the text `"true"`.
+    email_verified: Option<serde_json::Value>,
     #[serde(rename = "cognito:username")]
     cognito_username: Option<String>,
-    preferred_username: Option<String>,
-    name: Option<String>,
+    #[serde(rename = "cognito:groups")]
+    cognito_groups: Option<serde_json::Value>,
+    groups: Option<serde_json::Value>,
     /// Cognito's: an access token has `access`, and must never pass for an ID token.
     token_use: Option<String>,
     azp: Option<String>,
@@ -216,7 +221,10 @@ impl OidcHttpProvider {
         .ok_or_else(|| refused("signed with a key the provider does not publish".into()))?;
         let key = DecodingKey::from_jwk(jwk).map_err(|error| refused(error.to_string()))?;
         let mut validation = Validation::new(header.alg);
-        validation.set_issuer(&[&self.issuer]);
+        // As the provider writes it (with a trailing slash, for some): the discovery document
+        // named it, and was checked to name the configured one.
+        let issuer = self.metadata().await?.issuer;
+        validation.set_issuer(&[issuer.as_str()]);
         validation.set_audience(&[&self.client_id]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = 60;
@@ -240,13 +248,25 @@ impl OidcHttpProvider {
         if claims.sub.trim().is_empty() {
             return Err(refused("no subject".into()));
         }
+        let verified = matches!(&claims.email_verified, Some(serde_json::Value::Bool(true)))
+            || matches!(&claims.email_verified, Some(serde_json::Value::String(text)) if text == "true");
+        let groups = claims
+            .cognito_groups
+            .or(claims.groups)
+            .and_then(|groups| match groups {
+                serde_json::Value::Array(all) => Some(
+                    all.into_iter()
+                        .filter_map(|group| group.as_str().map(str::to_string))
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .unwrap_or_default();
         Ok(OperatorClaims {
             subject: claims.sub,
-            email: claims.email,
-            username: claims
-                .cognito_username
-                .or(claims.preferred_username)
-                .or(claims.name),
+            email: claims.email.filter(|_| verified),
+            username: claims.cognito_username,
+            groups,
         })
     }
 }
@@ -365,6 +385,34 @@ impl IdentityProvider for OidcHttpProvider {
             })?;
         self.verify(id_token, Some(nonce)).await
     }
+
+    async fn logout_url(&self, return_to: &str) -> Option<String> {
+        let metadata = self.metadata().await.ok()?;
+        let (endpoint, query) = match metadata.end_session_endpoint {
+            Some(endpoint) => (
+                endpoint,
+                form_urlencoded::Serializer::new(String::new())
+                    .append_pair("client_id", &self.client_id)
+                    .append_pair("post_logout_redirect_uri", return_to)
+                    .finish(),
+            ),
+            // Cognito's hosted UI ends its session at `/logout` on the domain of its
+            // `/oauth2/authorize`, back to one of the client's registered logout URLs.
+            None if self.issuer.starts_with("https://cognito-idp.") => {
+                let authorize = reqwest::Url::parse(metadata.authorization_endpoint.as_deref()?).ok()?;
+                (
+                    format!("{}/logout", authorize.origin().ascii_serialization()),
+                    form_urlencoded::Serializer::new(String::new())
+                        .append_pair("client_id", &self.client_id)
+                        .append_pair("logout_uri", return_to)
+                        .finish(),
+                )
+            }
+            None => return None,
+        };
+        let separator = if endpoint.contains('?') { '&' } else { '?' };
+        Some(format!("{endpoint}{separator}{query}"))
+    }
 }
 
 #[cfg(test)]
@@ -407,6 +455,49 @@ mod tests {
                 "{header}"
             );
         }
+    }
+
+    /// A provider whose discovery document is already read.
+    fn discovered(issuer: &str, authorize: &str, end_session: Option<&str>) -> OidcHttpProvider {
+        let provider = OidcHttpProvider::new(issuer, "client 1", None, Duration::from_secs(1)).unwrap();
+        *provider.metadata.lock().unwrap() = Some((
+            Metadata {
+                issuer: issuer.to_string(),
+                authorization_endpoint: Some(authorize.to_string()),
+                token_endpoint: None,
+                jwks_uri: format!("{issuer}/jwks"),
+                end_session_endpoint: end_session.map(str::to_string),
+            },
+            Instant::now(),
+        ));
+        provider
+    }
+
+    #[tokio::test]
+    async fn signing_out_goes_to_the_providers_end_session_endpoint_or_cognitos_logout() {
+        let back = "https://d.example/admin/login";
+        let standard = discovered(
+            "https://idp.example",
+            "https://idp.example/authorize",
+            Some("https://idp.example/logout?tenant=1"),
+        );
+        assert_eq!(
+            standard.logout_url(back).await.as_deref(),
+            Some("https://idp.example/logout?tenant=1&client_id=client+1&post_logout_redirect_uri=https%3A%2F%2Fd.example%2Fadmin%2Flogin")
+        );
+        // Cognito's discovery document names no end-session endpoint; its hosted UI logs out at
+        // `/logout` on its own domain, with `logout_uri`.
+        let cognito = discovered(
+            "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_abc",
+            "https://crm-sync-1.auth.eu-west-1.amazoncognito.com/oauth2/authorize",
+            None,
+        );
+        assert_eq!(
+            cognito.logout_url(back).await.as_deref(),
+            Some("https://crm-sync-1.auth.eu-west-1.amazoncognito.com/logout?client_id=client+1&logout_uri=https%3A%2F%2Fd.example%2Fadmin%2Flogin")
+        );
+        let other = discovered("https://idp.example", "https://idp.example/authorize", None);
+        assert_eq!(other.logout_url(back).await, None, "no address to sign out at");
     }
 
     #[test]

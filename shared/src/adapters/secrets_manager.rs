@@ -15,13 +15,19 @@ pub async fn read_secret_field(
     Ok(read_secret_field_and_version(client, secret_id, field).await?.0)
 }
 
-/// [`read_secret_field`], with the version of the secret it read: Secrets Manager's `VersionId`,
-/// a new one with every new value, and nothing derived from the value.
-pub async fn read_secret_field_and_version(
+/// Every field of a secret holding a JSON object.
+pub async fn read_secret_json(
     client: &Client,
     secret_id: &str,
-    field: &str,
-) -> anyhow::Result<(SecretString, Option<String>)> {
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    Ok(read_secret_json_and_version(client, secret_id).await?.0)
+}
+
+/// The fields of a JSON secret, and the version read.
+async fn read_secret_json_and_version(
+    client: &Client,
+    secret_id: &str,
+) -> anyhow::Result<(serde_json::Map<String, serde_json::Value>, Option<String>)> {
     let output = client
         .get_secret_value()
         .secret_id(secret_id)
@@ -32,14 +38,22 @@ pub async fn read_secret_field_and_version(
     let text = output
         .secret_string()
         .with_context(|| format!("secret {secret_id} holds no string"))?;
-    let fields: serde_json::Map<String, serde_json::Value> =
+    let fields =
         serde_json::from_str(text).map_err(|_| anyhow!("secret {secret_id} is not a JSON object"))?;
+    Ok((fields, output.version_id().map(str::to_string)))
+}
+
+/// [`read_secret_field`], with the version of the secret it read: Secrets Manager's `VersionId`,
+/// a new one with every new value, and nothing derived from the value.
+pub async fn read_secret_field_and_version(
+    client: &Client,
+    secret_id: &str,
+    field: &str,
+) -> anyhow::Result<(SecretString, Option<String>)> {
+    let (fields, version) = read_secret_json_and_version(client, secret_id).await?;
     let value = fields
         .get(field)
         .and_then(|value| value.as_str())
         .with_context(|| format!("secret {secret_id} has no string field `{field}`"))?;
-    Ok((
-        SecretString::from(value.to_string()),
-        output.version_id().map(str::to_string),
-    ))
+    Ok((SecretString::from(value.to_string()), version))
 }

@@ -124,6 +124,20 @@ pub fn continue_page(next: &str) -> String {
     document_with("Signed in", Some((0, next)), Markup::default(), content)
 }
 
+/// The page after signing out, moving on to end the session at the identity provider too.
+pub fn signed_out_page(provider_logout: &str) -> String {
+    let content = html! {
+        h1 { "Signed out" }
+        p { a href=(provider_logout) { "Sign out at the identity provider too" } }
+    };
+    document_with(
+        "Signed out",
+        Some((0, provider_logout)),
+        Markup::default(),
+        content,
+    )
+}
+
 /// The sign-in page where operators sign in through an identity provider.
 pub fn provider_login_page(provider: &str, error: Option<&str>, start: &str) -> String {
     let content = html! {

@@ -658,7 +658,6 @@ impl DashboardService {
             .collect();
         let outcome = self.resync(&refs, by).await?;
         tracing::info!(
-            operator = by,
             cause = key,
             queued = outcome.queued.len(),
             skipped = outcome.skipped.len(),
@@ -784,7 +783,8 @@ impl DashboardService {
             })
             .collect();
         if let Err(error) = self.history.append_timeline(&notes).await {
-            tracing::warn!(error = %error, detail, "could not note an operator's action on the timelines");
+            // Not the note itself: it names the operator.
+            tracing::warn!(error = %error, records = records.len(), "could not note an operator's action on the timelines");
         }
     }
 
@@ -795,7 +795,7 @@ impl DashboardService {
             .dismiss_conflicts(record, self.clock.now_ms())
             .await?;
         if dismissed {
-            tracing::info!(operator = by, record = %record, "conflicts dismissed");
+            tracing::info!(record = %record, "conflicts dismissed");
             self.note(
                 std::slice::from_ref(record),
                 &format!("conflicts dismissed by {by}"),
@@ -808,7 +808,7 @@ impl DashboardService {
     /// An operator's decision on an identity conflict: the record writes the CRM record it shares.
     pub async fn share_crm_record(&self, record: &RecordRef, by: &str) -> Result<(), DashboardError> {
         self.history.share_crm_record(record, self.clock.now_ms()).await?;
-        tracing::info!(operator = by, record = %record, "sharing of a CRM record allowed");
+        tracing::info!(record = %record, "sharing of a CRM record allowed");
         self.note(
             std::slice::from_ref(record),
             &format!("sharing its CRM record allowed by {by}"),
@@ -853,7 +853,6 @@ impl DashboardService {
             }
         }
         tracing::info!(
-            operator = by,
             lane = lane.name,
             moved = outcome.moved,
             failed = outcome.failed,

@@ -17,6 +17,9 @@ use crate::ports::{
 /// The cookie that ties a sign-in under way to its browser.
 pub const LOGIN_COOKIE: &str = "crm_sync_login";
 
+/// Where the provider sends the browser back (the template registers it with the client).
+pub const CALLBACK_PATH: &str = "/admin/auth/callback";
+
 /// How long a sign-in may stay at the provider (typing a password, a second factor).
 pub const LOGIN_TTL_MS: i64 = 10 * 60_000;
 
@@ -27,16 +30,50 @@ pub fn pkce_challenge(verifier: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
 }
 
-/// The name an operator's actions are recorded under: the email, else the username, else the
-/// provider's subject id; control characters dropped, so that a name cannot forge a log line.
+/// The name an operator's actions are recorded under: the verified email, else the username the
+/// provider assigned, else its subject id. Never a claim the user may set freely (`name`,
+/// `preferred_username`), so that nobody can act under another operator's name. Control,
+/// invisible and direction-changing characters are dropped: a name cannot forge a line, or
+/// read as another.
 pub fn operator_name(claims: &OperatorClaims) -> String {
-    let name = [&claims.email, &claims.username]
+    let shown = |value: &str| -> String {
+        let kept: String = value.chars().filter(|c| !hidden(*c)).collect();
+        kept.trim().chars().take(200).collect()
+    };
+    [&claims.email, &claims.username]
         .into_iter()
         .flatten()
-        .map(|value| value.trim())
+        .map(|value| shown(value))
         .find(|value| !value.is_empty())
-        .unwrap_or(claims.subject.as_str());
-    name.chars().filter(|c| !c.is_control()).take(200).collect()
+        .unwrap_or_else(|| shown(&claims.subject))
+}
+
+/// Characters that do not show as themselves: controls, zero-width and joiners, line and
+/// paragraph separators, bidirectional marks, embeddings, overrides and isolates, invisible
+/// operators and fillers, variation selectors, tags, private use, the BOM.
+fn hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{034F}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{17B4}'
+                | '\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{206A}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{E000}'..='\u{F8FF}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FFA0}'
+                | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{E0000}'..='\u{E0FFF}'
+                | '\u{F0000}'..='\u{10FFFF}'
+        )
+        || matches!(
+            c,
+            '\u{00AD}' | '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
+        )
 }
 
 /// A sign-in begun: set the login cookie, then send the browser to `url`.
@@ -55,6 +92,9 @@ pub enum FinishError {
     /// The provider said no, or the user cancelled there.
     #[error("the identity provider did not sign you in: {0}")]
     Denied(String),
+    /// Signed in at the provider, but not in the group that makes an operator.
+    #[error("this account is not one of the dashboard's operators")]
+    NotAnOperator,
     #[error(transparent)]
     Provider(#[from] ProviderError),
     #[error(transparent)]
@@ -75,6 +115,9 @@ pub struct ProviderSignIn {
     logins: Arc<dyn PendingLogins>,
     /// The provider's name on the sign-in page ("Cognito", "Okta").
     pub provider_name: String,
+    /// The group an account must be in to be an operator; `None`: any account the provider
+    /// signs in.
+    required_group: Option<String>,
 }
 
 impl ProviderSignIn {
@@ -87,7 +130,21 @@ impl ProviderSignIn {
             provider,
             logins,
             provider_name: provider_name.into(),
+            required_group: None,
         }
+    }
+
+    /// Only accounts in `group` (the ID token's `cognito:groups` or `groups`) are operators: an
+    /// account the provider creates by itself (a user of a federated provider, signing in for
+    /// the first time) is not, until an administrator adds it.
+    pub fn requiring_group(mut self, group: Option<String>) -> Self {
+        self.required_group = group.filter(|group| !group.trim().is_empty());
+        self
+    }
+
+    /// Where to send a browser signing out, to end its session at the provider too.
+    pub async fn logout_url(&self, return_to: &str) -> Option<String> {
+        self.provider.logout_url(return_to).await
     }
 
     /// Stores what the return needs and says where to send the browser.
@@ -140,7 +197,16 @@ impl ProviderSignIn {
             return Err(FinishError::Unknown);
         }
         if let Some(error) = returned.error {
-            return Err(FinishError::Denied(error.chars().take(200).collect()));
+            // An OAuth error code (`access_denied`, `login_required`) is shown; any other text in
+            // the URL is not repeated on the page.
+            let code = error.len() <= 40
+                && !error.is_empty()
+                && error.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+            return Err(FinishError::Denied(if code {
+                error.to_string()
+            } else {
+                "an error".to_string()
+            }));
         }
         let code = returned
             .code
@@ -152,9 +218,16 @@ impl ProviderSignIn {
             .provider
             .redeem(code, &login.redirect_uri, &login.verifier, &login.nonce)
             .await?;
+        if let Some(group) = &self.required_group {
+            if !claims.groups.iter().any(|member_of| member_of == group) {
+                tracing::warn!(subject = %claims.subject, group = %group, "dashboard sign-in refused: not in the operators' group");
+                return Err(FinishError::NotAnOperator);
+            }
+        }
         let operator = operator_name(&claims);
-        let (cookie, session) = sessions.open_session(&operator, now_ms).await?;
-        tracing::info!(operator = %operator, subject = %claims.subject, "dashboard sign-in through the identity provider");
+        let (cookie, session) = sessions.open_session(&operator, &claims.subject, now_ms).await?;
+        // The subject, not the name: the logs carry no email address.
+        tracing::info!(subject = %claims.subject, "dashboard sign-in through the identity provider");
         Ok(Finished {
             cookie,
             session,
@@ -197,6 +270,7 @@ mod tests {
             subject: "sub-1".into(),
             email: email.map(str::to_string),
             username: username.map(str::to_string),
+            groups: Vec::new(),
         };
         assert_eq!(
             operator_name(&claims(Some("ada@example.com"), Some("ada"))),
@@ -205,6 +279,17 @@ mod tests {
         assert_eq!(operator_name(&claims(Some(" "), Some("ada"))), "ada");
         assert_eq!(operator_name(&claims(None, None)), "sub-1");
         assert_eq!(operator_name(&claims(Some("a\nforged=1"), None)), "aforged=1");
+        assert_eq!(
+            operator_name(&claims(Some("\u{202E}moc.elpmaxe@ada\u{2028}\u{200B}"), None)),
+            "moc.elpmaxe@ada",
+            "no override makes a name read as another"
+        );
+        assert_eq!(
+            operator_name(&claims(Some("\u{200B}\u{E0041}"), Some(" \u{3164}ada"))),
+            "ada",
+            "a value of hidden characters alone names nobody"
+        );
+        assert_eq!(operator_name(&claims(Some("\u{2066}"), None)), "sub-1");
     }
 
     /// A provider that accepts one code, and remembers what it was asked.
@@ -247,9 +332,20 @@ mod tests {
                     subject: "s".into(),
                     email: Some("ada@example.com".into()),
                     username: None,
+                    groups: vec!["operators".into()],
+                }),
+                "outsider" => Ok(OperatorClaims {
+                    subject: "o".into(),
+                    email: Some("eve@example.com".into()),
+                    username: None,
+                    groups: vec!["everyone".into()],
                 }),
                 _ => Err(ProviderError::Refused("invalid_grant".into())),
             }
+        }
+
+        async fn logout_url(&self, _: &str) -> Option<String> {
+            None
         }
     }
 
@@ -370,6 +466,28 @@ mod tests {
             provider.redeemed.lock().unwrap().is_empty(),
             "no code was redeemed"
         );
+    }
+
+    #[tokio::test]
+    async fn with_an_operators_group_only_its_members_are_signed_in() {
+        let (_, store, flow, sessions) = flow();
+        let flow = flow.requiring_group(Some("operators".into()));
+        for (code, signed_in) in [("outsider", false), ("good", true)] {
+            let started = flow.start("https://d.example/cb", "/admin", 0).await.unwrap();
+            let state = state_of(&started.url);
+            let returned = Returned {
+                state: Some(&state),
+                code: Some(code),
+                error: None,
+                login_cookie: Some(&started.login_cookie),
+            };
+            let outcome = flow.finish(&sessions, returned, 1).await;
+            assert_eq!(outcome.is_ok(), signed_in, "{code}: {outcome:?}");
+            if !signed_in {
+                assert!(matches!(outcome, Err(FinishError::NotAnOperator)));
+            }
+        }
+        assert_eq!(store.sessions.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]

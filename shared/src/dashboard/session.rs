@@ -141,6 +141,8 @@ pub struct Session {
     pub expires_at_ms: i64,
     /// Who signed in: every re-sync, redrive and dismissal is recorded under this name.
     pub operator: String,
+    /// Their stable id at the provider: what the logs name.
+    pub subject: String,
     csrf: String,
 }
 
@@ -149,17 +151,18 @@ impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
             .field("expires_at_ms", &self.expires_at_ms)
-            .field("operator", &self.operator)
+            .field("subject", &self.subject)
             .finish_non_exhaustive()
     }
 }
 
 impl Session {
-    fn of(token: &str, expires_at_ms: i64, operator: String) -> Self {
+    fn of(token: &str, expires_at_ms: i64, operator: String, subject: String) -> Self {
         Self {
             key: storage_key(token),
             expires_at_ms,
             operator,
+            subject,
             csrf: csrf_token(token),
         }
     }
@@ -329,19 +332,28 @@ impl SignIn {
         }
         // A right password is no failure.
         futures::future::join(self.uncount(&own, window), self.uncount(ALL_CLIENTS, window)).await;
-        let (cookie, session) = self.open_session(SHARED_PASSWORD_OPERATOR, now_ms).await?;
+        let (cookie, session) = self
+            .open_session(SHARED_PASSWORD_OPERATOR, SHARED_PASSWORD_OPERATOR, now_ms)
+            .await?;
         tracing::info!(client, "dashboard sign-in");
         Ok(SignInOutcome::SignedIn { cookie, session })
     }
 
-    /// A new session for `operator`, who has proven who they are; returns its cookie.
+    /// A new session for `operator` (`subject` at the provider), who has proven who they are;
+    /// returns its cookie.
     pub async fn open_session(
         &self,
         operator: &str,
+        subject: &str,
         now_ms: i64,
     ) -> Result<(String, Session), StoreUnavailable> {
         let cookie = new_token();
-        let session = Session::of(&cookie, now_ms + self.ttl_ms, operator.to_string());
+        let session = Session::of(
+            &cookie,
+            now_ms + self.ttl_ms,
+            operator.to_string(),
+            subject.to_string(),
+        );
         self.sessions
             .create(
                 &session.key,
@@ -350,6 +362,7 @@ impl SignIn {
                     expires_at_ms: session.expires_at_ms,
                     password_version: self.password_version.clone(),
                     operator: session.operator.clone(),
+                    subject: session.subject.clone(),
                 },
             )
             .await?;
@@ -376,7 +389,12 @@ impl SignIn {
         if stored.expires_at_ms <= now_ms || stored.password_version != self.password_version {
             return Ok(None);
         }
-        Ok(Some(Session::of(cookie, stored.expires_at_ms, stored.operator)))
+        Ok(Some(Session::of(
+            cookie,
+            stored.expires_at_ms,
+            stored.operator,
+            stored.subject,
+        )))
     }
 
     /// Ends the session for every copy of its cookie.
@@ -553,8 +571,8 @@ mod tests {
     #[test]
     fn a_csrf_token_belongs_to_one_session() {
         let (first, second) = (
-            Session::of(&new_token(), 1, String::new()),
-            Session::of(&new_token(), 1, String::new()),
+            Session::of(&new_token(), 1, String::new(), String::new()),
+            Session::of(&new_token(), 1, String::new(), String::new()),
         );
         let token = first.csrf_token().to_string();
         assert!(first.csrf_matches(&token));

@@ -26,7 +26,9 @@ use crate::adapters::secrets_manager::read_secret_field_and_version;
 use crate::adapters::sqs::{SqsDeadLetterQueue, SqsQueue};
 use crate::config::{DashboardAccess, DashboardConfig, ProviderClient, RecordLinks, SecretSource};
 use crate::dashboard::html::{self, Frame, Notice, RecordsView};
-use crate::dashboard::oidc::{FinishError, ProviderSignIn, Returned, LOGIN_COOKIE, LOGIN_TTL_MS};
+use crate::dashboard::oidc::{
+    FinishError, ProviderSignIn, Returned, CALLBACK_PATH, LOGIN_COOKIE, LOGIN_TTL_MS,
+};
 use crate::dashboard::session::{Session, SignIn, SignInOutcome, COOKIE_NAME};
 use crate::dashboard::{
     DashboardError, DashboardService, DashboardSettings, Lane, ResyncOutcome, SkipReason,
@@ -36,7 +38,6 @@ use crate::domain::contract::{ObjectKind, RecordRef};
 use crate::domain::sync::{RecordFilter, SyncStatus};
 use crate::domain::SystemClock;
 use crate::ports::RedriveOutcome;
-use secrecy::ExposeSecret;
 
 /// The dashboard HTTP API: its router over the dashboard service and the sign-in.
 pub struct DashboardApi {
@@ -305,7 +306,7 @@ impl DashboardApi {
         let router = Router::new()
             .route("/admin/login", any(login))
             .route("/admin/auth/start", get(auth_start).head(not_found))
-            .route("/admin/auth/callback", get(auth_callback).head(not_found))
+            .route(CALLBACK_PATH, get(auth_callback).head(not_found))
             .merge(signed_in)
             .with_state(dashboard);
         Self { router }
@@ -352,16 +353,20 @@ impl DashboardApi {
                 let (client_id, client_secret) = match settings.client {
                     ProviderClient::Values { id, secret } => (id, secret),
                     ProviderClient::SecretsManager { secret_id } => {
-                        let secrets = aws_sdk_secretsmanager::Client::new(aws);
-                        let (id, _) =
-                            read_secret_field_and_version(&secrets, &secret_id, "client_id").await?;
+                        let fields = crate::adapters::secrets_manager::read_secret_json(
+                            &aws_sdk_secretsmanager::Client::new(aws),
+                            &secret_id,
+                        )
+                        .await?;
+                        let text = |name: &str| fields.get(name).and_then(|value| value.as_str());
+                        let id = text("client_id")
+                            .filter(|id| !id.trim().is_empty())
+                            .ok_or_else(|| anyhow::anyhow!("secret {secret_id} has no field `client_id`"))?;
                         // A public client (PKCE alone) has no secret.
-                        let secret = read_secret_field_and_version(&secrets, &secret_id, "client_secret")
-                            .await
-                            .ok()
-                            .map(|(secret, _)| secret)
-                            .filter(|secret| !secret.expose_secret().is_empty());
-                        (id.expose_secret().to_string(), secret)
+                        let secret = text("client_secret")
+                            .filter(|secret| !secret.is_empty())
+                            .map(|secret| secrecy::SecretString::from(secret.to_string()));
+                        (id.trim().to_string(), secret)
                     }
                 };
                 let identity = OidcHttpProvider::new(
@@ -376,7 +381,8 @@ impl DashboardApi {
                     sign_in_store.clone(),
                     config.session_ttl_ms,
                 );
-                let flow = ProviderSignIn::new(Arc::new(identity), sign_in_store, settings.name);
+                let flow = ProviderSignIn::new(Arc::new(identity), sign_in_store, settings.name)
+                    .requiring_group(settings.required_group);
                 (
                     access,
                     Some(Provider {
@@ -550,6 +556,8 @@ async fn require_session(State(d): State<Arc<Dashboard>>, request: Request, next
                 ),
             );
         }
+        // Who did what: every action let through, by the operator's stable id (never their email).
+        tracing::info!(subject = %session.subject, path = %incoming.path, "dashboard action");
     }
     let mut request = Request::from_parts(parts, Body::from(body));
     request.extensions_mut().insert(session);
@@ -658,9 +666,10 @@ fn set_login_cookie(response: &mut Response, value: &str, max_age: i64, https: b
     }
 }
 
-/// The redirect URI the provider sends the browser back to.
-fn callback_url(provider: &Provider, request: &Incoming) -> String {
-    let base = match &provider.public_url {
+/// Where the dashboard is reached: the configured address, else the request's. A forged `Host`
+/// only misleads its own sender: the provider returns browsers only to registered addresses.
+fn public_base(provider: &Provider, request: &Incoming) -> String {
+    match &provider.public_url {
         Some(base) => base.clone(),
         None => {
             let scheme = if request.https() { "https" } else { "http" };
@@ -671,8 +680,12 @@ fn callback_url(provider: &Provider, request: &Incoming) -> String {
                 .unwrap_or("localhost");
             format!("{scheme}://{host}")
         }
-    };
-    format!("{base}/admin/auth/callback")
+    }
+}
+
+/// The redirect URI the provider sends the browser back to.
+fn callback_url(provider: &Provider, request: &Incoming) -> String {
+    format!("{}{CALLBACK_PATH}", public_base(provider, request))
 }
 
 fn provider_login_failed(provider: &Provider, status: StatusCode, message: &str) -> Response {
@@ -763,13 +776,38 @@ async fn auth_callback(State(d): State<Arc<Dashboard>>, request: Incoming) -> Re
             response
         }
         Err(error) => {
-            let status = match &error {
-                FinishError::Unknown | FinishError::Denied(_) => StatusCode::BAD_REQUEST,
-                FinishError::Provider(crate::ports::ProviderError::Refused(_)) => StatusCode::FORBIDDEN,
-                _ => StatusCode::SERVICE_UNAVAILABLE,
+            // The page says what the operator can do; the log says why (it is no business of
+            // someone not signed in which check failed, or what the provider answered).
+            let (status, message) = match &error {
+                FinishError::Unknown => (
+                    StatusCode::BAD_REQUEST,
+                    "Not signed in: this sign-in is no longer valid (it took longer than 10 minutes, \
+                     was used already, or began in another browser). Start again."
+                        .to_string(),
+                ),
+                FinishError::Denied(why) => (
+                    StatusCode::BAD_REQUEST,
+                    format!("Not signed in: the identity provider did not sign you in ({why})."),
+                ),
+                FinishError::NotAnOperator => (
+                    StatusCode::FORBIDDEN,
+                    "Not signed in: this account is not one of the dashboard's operators. Ask an \
+                     administrator to add it."
+                        .to_string(),
+                ),
+                FinishError::Provider(crate::ports::ProviderError::Refused(_)) => (
+                    StatusCode::FORBIDDEN,
+                    "Not signed in: the identity provider's answer did not verify. The dashboard's \
+                     log says why."
+                        .to_string(),
+                ),
+                _ => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Not signed in: the identity provider could not be reached. Try again.".to_string(),
+                ),
             };
             tracing::warn!(error = %error, status = status.as_u16(), "dashboard sign-in through the identity provider failed");
-            provider_login_failed(provider, status, &format!("Not signed in: {error}."))
+            provider_login_failed(provider, status, &message)
         }
     };
     set_login_cookie(&mut response, "", 0, request.https());
@@ -783,7 +821,21 @@ async fn sign_out(
     request: Incoming,
 ) -> Result<Response, DashboardError> {
     d.access.sign_out(&session).await?;
-    let mut response = redirect("/admin/login");
+    // Signed out at the provider too, or the next "Sign in" would go straight back in as the
+    // same person, without a password: on a shared computer, someone else would act under their
+    // name. A page that moves on by itself, not a redirect: the Content-Security-Policy's
+    // `form-action 'self'` stops a form's redirect to another site.
+    let at_provider = match &d.provider {
+        Some(provider) => {
+            let return_to = format!("{}/admin/login", public_base(provider, &request));
+            provider.flow.logout_url(&return_to).await
+        }
+        None => None,
+    };
+    let mut response = match at_provider {
+        Some(url) => page(StatusCode::OK, html::signed_out_page(&url)),
+        None => redirect("/admin/login"),
+    };
     set_cookie(&mut response, "", 0, request.https());
     Ok(response)
 }
@@ -1129,7 +1181,7 @@ async fn resync(
         .collect();
     let outcome = d.service.resync(&records, &session.operator).await?;
     tracing::info!(
-        operator = %session.operator,
+        subject = %session.subject,
         queued = outcome.queued.len(),
         skipped = outcome.skipped.len(),
         "dashboard re-sync"

@@ -68,6 +68,7 @@ impl DashboardSessions for DynamoDbDashboardStore {
             .item("expires_at_ms", n(session.expires_at_ms))
             .item("password_version", s(&session.password_version))
             .item("operator", s(&session.operator))
+            .item("subject", s(&session.subject))
             .item("expires_at", n(ttl_seconds(session.expires_at_ms)))
             .condition_expression("attribute_not_exists(pk)")
             .send()
@@ -102,6 +103,11 @@ impl DashboardSessions for DynamoDbDashboardStore {
                     .and_then(|value| value.as_s().ok())
                     .cloned()
                     .unwrap_or_else(|| crate::dashboard::session::SHARED_PASSWORD_OPERATOR.to_string()),
+                subject: item
+                    .get("subject")
+                    .and_then(|value| value.as_s().ok())
+                    .cloned()
+                    .unwrap_or_else(|| "unknown".to_string()),
             })
         }))
     }
