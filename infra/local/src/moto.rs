@@ -22,23 +22,26 @@ pub fn venv_dir() -> PathBuf {
         .unwrap_or_else(|| repo_root().join(".venv"))
 }
 
-/// Makes sure `moto_server` is installed in the project's virtualenv; returns its path.
+/// Makes sure `infra/requirements.txt` (moto, and the sign-in tests' OpenID provider) is
+/// installed in the project's virtualenv; returns the path of `moto_server`.
 pub fn ensure_installed() -> anyhow::Result<PathBuf> {
     let venv = venv_dir();
     let moto_server = venv.join("bin/moto_server");
-    if moto_server.exists() {
+    if moto_server.exists() && venv.join("bin/oidc-provider-mock").exists() {
         return Ok(moto_server);
     }
     eprintln!(
-        "crm-sync: installing moto into {} (first run only)",
+        "crm-sync: installing infra/requirements.txt into {} (first run only)",
         venv.display()
     );
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
-    run(std::process::Command::new(&python)
-        .arg("-m")
-        .arg("venv")
-        .arg(&venv))
-    .with_context(|| format!("creating a virtualenv with {python}"))?;
+    if !venv.join("bin/pip").exists() {
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
+        run(std::process::Command::new(&python)
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv))
+        .with_context(|| format!("creating a virtualenv with {python}"))?;
+    }
     let requirements = repo_root().join("infra/requirements.txt");
     run(std::process::Command::new(venv.join("bin/pip"))
         .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
