@@ -365,15 +365,7 @@ async fn an_operator_signs_in_through_the_identity_provider_and_every_page_names
     // browser applies its cross-site cookie rules to the way back.
     let issuer = provider.issuer.replace("127.0.0.1", "localhost");
     provider.add_operator("ada-sub-1", "ada@example.com").await;
-    let app = spawn_app_with(
-        AppOptions::syncing()
-            .with_env("DASHBOARD_OIDC_ISSUER", &issuer)
-            .with_env("DASHBOARD_OIDC_CLIENT_ID", "crm-sync-dashboard")
-            .with_env("DASHBOARD_OIDC_CLIENT_SECRET", "dashboard client secret")
-            .with_env("DASHBOARD_OIDC_PROVIDER_NAME", "Example SSO")
-            .with_env("DASHBOARD_OIDC_REQUIRED_GROUP", "operators"),
-    )
-    .await;
+    let app = spawn_app_with(provider.dashboard_options(&issuer, AppOptions::syncing())).await;
     let axe = axe_source();
     let browser = Browser::start().await.expect("headless Chromium starts");
     let base = app.stack.url();

@@ -11,24 +11,13 @@ use crm_sync::ports::ProviderError;
 use crm_sync_tests::app_changes::contact;
 use crm_sync_tests::dashboard::csrf_in;
 use crm_sync_tests::hubspot::now_ms;
-use crm_sync_tests::oidc::{query_of, OidcProvider, OperatorBrowser};
+use crm_sync_tests::oidc::{query_of, OidcProvider, OperatorBrowser, CLIENT_ID};
 use crm_sync_tests::{moto_endpoint, spawn_app_with, AppOptions, TestApp, DASHBOARD_PASSWORD};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-const CLIENT_ID: &str = "crm-sync-dashboard";
-
 async fn app_signing_in_with(provider: &OidcProvider) -> TestApp {
-    spawn_app_with(
-        AppOptions::syncing()
-            .with_env("DASHBOARD_OIDC_ISSUER", &provider.issuer)
-            .with_env("DASHBOARD_OIDC_CLIENT_ID", CLIENT_ID)
-            // A confidential client (client_secret_basic), as the provider wants one.
-            .with_env("DASHBOARD_OIDC_CLIENT_SECRET", "dashboard client secret/+")
-            .with_env("DASHBOARD_OIDC_PROVIDER_NAME", "Example SSO")
-            .with_env("DASHBOARD_OIDC_REQUIRED_GROUP", "operators"),
-    )
-    .await
+    spawn_app_with(provider.dashboard_options(&provider.issuer, AppOptions::syncing())).await
 }
 
 #[tokio::test]
@@ -262,9 +251,7 @@ async fn an_account_outside_the_operators_group_is_refused_and_an_unverified_ema
     // An operator whose email the provider has not verified is named by their id, not by an
     // address anyone could have typed (here, another operator's).
     let mut bob = OperatorBrowser::new(&app.stack.url());
-    let authorize = bob.start("%2Fadmin%2Fqueues").await;
-    let back = provider.sign_in(&authorize, "bob-sub").await;
-    assert_eq!(bob.get(&back).await.status, StatusCode::OK);
+    bob.sign_in(&provider, "bob-sub", "%2Fadmin%2Fqueues").await;
     let page = bob.get("/admin/queues").await.body;
     assert!(page.contains("<span class=\"operator\">bob-sub</span>"), "{page}");
     assert!(!page.contains("ada@example.com"));
@@ -276,9 +263,7 @@ async fn signing_out_ends_the_session_here_and_sends_the_browser_to_end_it_at_th
     provider.add_operator("ada-sub", "ada@example.com").await;
     let app = app_signing_in_with(&provider).await;
     let mut browser = OperatorBrowser::new(&app.stack.url());
-    let authorize = browser.start("%2Fadmin%2Fqueues").await;
-    let back = provider.sign_in(&authorize, "ada-sub").await;
-    assert_eq!(browser.get(&back).await.status, StatusCode::OK);
+    browser.sign_in(&provider, "ada-sub", "%2Fadmin%2Fqueues").await;
     let page = browser.get("/admin/queues").await;
     let csrf = csrf_in(&page.body).expect("a CSRF token");
     let signed_out = browser.post("/admin/logout", &[("csrf", &csrf)]).await;

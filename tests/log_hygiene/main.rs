@@ -19,7 +19,6 @@ static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
 
 const PIPEDRIVE_USER: &str = "crm-sync-hooks";
 const OPERATOR_EMAIL: &str = "operator.ada@example.com";
-const OIDC_CLIENT_SECRET: &str = "oidc-client-secret-Zq81";
 const PIPEDRIVE_PASSWORD: &str = "pipedrive-hook-password-7Hq";
 const SALESFORCE_ORG: &str = "00D000000000062EAA";
 const SALESFORCE_TOKEN: &str = "salesforce-outbound-token-4Zk";
@@ -204,18 +203,10 @@ async fn no_secret_email_address_or_phone_number_reaches_the_logs_on_any_path() 
     // The dashboard signed in through an identity provider: a sign-in, a re-sync, a sign-out.
     let provider = crm_sync_tests::oidc::OidcProvider::start();
     provider.add_operator("operator-sub-7", OPERATOR_EMAIL).await;
-    let with_provider = spawn_app_with(
-        AppOptions::default()
-            .with_env("DASHBOARD_OIDC_ISSUER", &provider.issuer)
-            .with_env("DASHBOARD_OIDC_CLIENT_ID", "crm-sync-dashboard")
-            .with_env("DASHBOARD_OIDC_CLIENT_SECRET", OIDC_CLIENT_SECRET)
-            .with_env("DASHBOARD_OIDC_REQUIRED_GROUP", "operators"),
-    )
-    .await;
+    let with_provider =
+        spawn_app_with(provider.dashboard_options(&provider.issuer, AppOptions::default())).await;
     let mut operator = crm_sync_tests::oidc::OperatorBrowser::new(&with_provider.stack.url());
-    let authorize = operator.start("%2Fadmin").await;
-    let back = provider.sign_in(&authorize, "operator-sub-7").await;
-    assert_eq!(operator.get(&back).await.status, 200);
+    operator.sign_in(&provider, "operator-sub-7", "%2Fadmin").await;
     let provider_session = operator.cookie("crm_sync_session").unwrap().to_string();
     let page = operator.get("/admin").await.body;
     assert!(page.contains(OPERATOR_EMAIL), "signed in as the operator");
@@ -263,7 +254,10 @@ async fn no_secret_email_address_or_phone_number_reaches_the_logs_on_any_path() 
         ("a wrong password tried", wrong_attempt.to_string()),
         ("the session cookie", cookie),
         ("a provider session's cookie", provider_session),
-        ("the OpenID client secret", OIDC_CLIENT_SECRET.to_string()),
+        (
+            "the OpenID client secret",
+            crm_sync_tests::oidc::CLIENT_SECRET.to_string(),
+        ),
     ];
     let personal = [
         "ada.lovelace@example.com",

@@ -126,7 +126,7 @@ impl DashboardClient {
     }
 }
 
-fn encode(fields: &[(&str, &str)]) -> String {
+pub(crate) fn encode(fields: &[(&str, &str)]) -> String {
     let mut form = form_urlencoded::Serializer::new(String::new());
     for (name, value) in fields {
         form.append_pair(name, value);
@@ -141,7 +141,7 @@ pub fn csrf_in(page: &str) -> Option<String> {
     Some(page[start..end].to_string())
 }
 
-async fn answer(response: reqwest::Response) -> Answer {
+pub(crate) async fn answer(response: reqwest::Response) -> Answer {
     let status = response.status();
     let location = response
         .headers()

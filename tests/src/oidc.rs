@@ -5,7 +5,10 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdin, Command, Stdio};
 
-use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use reqwest::header::{COOKIE, SET_COOKIE};
+
+use crate::dashboard::{answer, encode, Answer};
+use crate::AppOptions;
 use reqwest::redirect::Policy;
 use reqwest::StatusCode;
 
@@ -72,6 +75,18 @@ impl OidcProvider {
         assert!(response.status().is_success(), "{}", response.status());
     }
 
+    /// A stack's options with its dashboard signing operators in here, as `issuer` (this
+    /// provider's own, or the same one under another host name), as a confidential client, and
+    /// only members of `operators`.
+    pub fn dashboard_options(&self, issuer: &str, options: AppOptions) -> AppOptions {
+        options
+            .with_env("DASHBOARD_OIDC_ISSUER", issuer)
+            .with_env("DASHBOARD_OIDC_CLIENT_ID", CLIENT_ID)
+            .with_env("DASHBOARD_OIDC_CLIENT_SECRET", CLIENT_SECRET)
+            .with_env("DASHBOARD_OIDC_PROVIDER_NAME", "Example SSO")
+            .with_env("DASHBOARD_OIDC_REQUIRED_GROUP", "operators")
+    }
+
     /// Makes `subject` an operator: a verified email, in the `operators` group.
     pub async fn add_operator(&self, subject: &str, email: &str) {
         self.set_user(
@@ -117,12 +132,6 @@ pub struct OperatorBrowser {
     cookies: Vec<(String, String)>,
 }
 
-pub struct Page {
-    pub status: StatusCode,
-    pub location: Option<String>,
-    pub body: String,
-}
-
 impl OperatorBrowser {
     pub fn new(base: &str) -> Self {
         Self {
@@ -142,7 +151,7 @@ impl OperatorBrowser {
             .map(|(_, value)| value.as_str())
     }
 
-    async fn send(&mut self, request: reqwest::RequestBuilder) -> Page {
+    async fn send(&mut self, request: reqwest::RequestBuilder) -> Answer {
         let header: Vec<String> = self.cookies.iter().map(|(n, v)| format!("{n}={v}")).collect();
         let request = if header.is_empty() {
             request
@@ -158,17 +167,10 @@ impl OperatorBrowser {
                 self.cookies.push((name.to_string(), value.to_string()));
             }
         }
-        Page {
-            status: response.status(),
-            location: response
-                .headers()
-                .get(LOCATION)
-                .map(|value| value.to_str().unwrap().to_string()),
-            body: response.text().await.unwrap(),
-        }
+        answer(response).await
     }
 
-    pub async fn get(&mut self, path_or_url: &str) -> Page {
+    pub async fn get(&mut self, path_or_url: &str) -> Answer {
         let url = if path_or_url.starts_with("http") {
             path_or_url.to_string()
         } else {
@@ -178,18 +180,23 @@ impl OperatorBrowser {
         self.send(request).await
     }
 
-    pub async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
-        let mut form = form_urlencoded::Serializer::new(String::new());
-        for (name, value) in fields {
-            form.append_pair(name, value);
-        }
+    pub async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Answer {
         let request = self
             .http
             .post(format!("{}{path}", self.base))
             .header("origin", &self.base)
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(form.finish());
+            .body(encode(fields));
         self.send(request).await
+    }
+
+    /// Signs `subject` in through `provider`, from the sign-in link back to the dashboard, which
+    /// is to show `next` (percent-encoded) next.
+    pub async fn sign_in(&mut self, provider: &OidcProvider, subject: &str, next: &str) {
+        let authorize = self.start(next).await;
+        let back = provider.sign_in(&authorize, subject).await;
+        let landed = self.get(&back).await;
+        assert_eq!(landed.status, StatusCode::OK, "{}", landed.body);
     }
 
     /// From the sign-in link to the provider's authorization page; returns its URL.
@@ -203,6 +210,11 @@ impl OperatorBrowser {
         started.location.expect("sent to the provider")
     }
 }
+
+/// The dashboard's client at the provider, and its secret (the provider accepts any: it
+/// registers clients as they come).
+pub const CLIENT_ID: &str = "crm-sync-dashboard";
+pub const CLIENT_SECRET: &str = "oidc-client-secret-Zq81/+";
 
 pub fn query_of(url: &str, name: &str) -> Option<String> {
     let query = url.split_once('?')?.1;

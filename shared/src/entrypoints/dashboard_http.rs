@@ -177,18 +177,37 @@ fn source_ip(request: &Parts) -> Option<String> {
     }
 }
 
-/// Sets the session cookie (`value`, for `max_age` seconds; empty and 0 clear it).
-fn set_cookie(response: &mut Response, value: &str, max_age: i64, https: bool) {
-    let cookie = cookie::Cookie::build((COOKIE_NAME, value))
-        .path("/admin")
+/// Adds a cookie the dashboard sets: `HttpOnly`, `Secure` behind HTTPS, for `max_age` seconds
+/// (an empty value and 0 clear it).
+fn add_cookie(
+    response: &mut Response,
+    (name, path, same_site): (&'static str, &'static str, cookie::SameSite),
+    value: &str,
+    max_age: i64,
+    https: bool,
+) {
+    let cookie = cookie::Cookie::build((name, value))
+        .path(path)
         .max_age(cookie::time::Duration::seconds(max_age))
         .http_only(true)
-        .same_site(cookie::SameSite::Strict)
+        .same_site(same_site)
         .secure(https)
         .build();
     if let Ok(value) = cookie.to_string().parse() {
-        response.headers_mut().insert(header::SET_COOKIE, value);
+        response.headers_mut().append(header::SET_COOKIE, value);
     }
+}
+
+/// The session cookie, for every dashboard page; never sent along from another site.
+const SESSION: (&str, &str, cookie::SameSite) = (COOKIE_NAME, "/admin", cookie::SameSite::Strict);
+
+/// The cookie that ties a sign-in under way to its browser. `Lax`, not `Strict`: it must come back
+/// on the provider's redirect, a top-level navigation from another site.
+const LOGIN: (&str, &str, cookie::SameSite) = (LOGIN_COOKIE, "/admin/auth", cookie::SameSite::Lax);
+
+/// Sets the session cookie (`value`, for `max_age` seconds; empty and 0 clear it).
+fn set_cookie(response: &mut Response, value: &str, max_age: i64, https: bool) {
+    add_cookie(response, SESSION, value, max_age, https);
 }
 
 /// Where a redirect may go: only back into the dashboard.
@@ -650,20 +669,9 @@ async fn sign_in(d: &Dashboard, request: &Incoming, now_ms: i64) -> Response {
     }
 }
 
-/// Sets or clears (`max_age` 0) the cookie that ties a sign-in under way to this browser. `Lax`,
-/// not `Strict`: it must come back on the provider's redirect, a top-level navigation from
-/// another site.
+/// Sets or clears (`max_age` 0) the cookie that ties a sign-in under way to this browser.
 fn set_login_cookie(response: &mut Response, value: &str, max_age: i64, https: bool) {
-    let cookie = cookie::Cookie::build((LOGIN_COOKIE, value))
-        .path("/admin/auth")
-        .max_age(cookie::time::Duration::seconds(max_age))
-        .http_only(true)
-        .same_site(cookie::SameSite::Lax)
-        .secure(https)
-        .build();
-    if let Ok(value) = cookie.to_string().parse() {
-        response.headers_mut().append(header::SET_COOKIE, value);
-    }
+    add_cookie(response, LOGIN, value, max_age, https);
 }
 
 /// Where the dashboard is reached: the configured address, else the request's. A forged `Host`
